@@ -1,0 +1,199 @@
+//! The command line: argument parsing, exit codes, and one function per
+//! command. Commands are thin: they call the client, the store reader or the
+//! node, and print.
+//!
+//! Exit codes: 0 ok; 1 the operation failed (refused, task failed);
+//! 2 usage or configuration error; 3 grove unavailable.
+
+mod events;
+mod status;
+mod task;
+
+use crate::client::ClientError;
+use crate::config::Config;
+use crate::paths::Workspace;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_UNAVAILABLE: i32 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "grove",
+    version,
+    about = "One agent-task orchestrator per workspace, shared by every window",
+    long_about = "grove runs one orchestrator per workspace. The first `grove serve` becomes the \
+primary (store, bus, tasks); every other member follows it and takes over if it dies.",
+    after_help = "Examples:\n  grove serve &                      # a member for this workspace\n  grove task create 'make test'      # queue a task from any window\n  grove status                       # who is primary, who follows\n  grove events --follow              # every event, live\n\nExit codes: 0 ok, 1 operation failed, 2 usage/config error, 3 grove unavailable."
+)]
+pub struct Cli {
+    /// Workspace directory (default: $GROVE_WORKSPACE, else the current directory).
+    #[arg(long, short = 'w', global = true, env = "GROVE_WORKSPACE")]
+    workspace: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a long-lived member of the workspace's grove (primary or secondary).
+    Serve {
+        /// Append every event this member receives to FILE as JSON lines.
+        #[arg(long, value_name = "FILE")]
+        events_log: Option<PathBuf>,
+    },
+    /// Show the primary, the secondaries, heartbeat age and task counts.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create, list, show and change tasks.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
+    /// Print the event log; with --follow, stream new events live.
+    Events(events::EventsArgs),
+    /// Measure failover and RPC performance on this machine.
+    Bench(crate::bench::BenchArgs),
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    init_tracing(matches!(cli.command, Command::Serve { .. }));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("grove: cannot start the async runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+fn init_tracing(serving: bool) {
+    let default = if serving { "grove=info" } else { "grove=warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GROVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The resolved workspace and its configuration, shared by all commands.
+pub struct Context {
+    pub ws: Workspace,
+    pub config: Config,
+}
+
+impl Context {
+    fn load(workspace: Option<PathBuf>) -> Result<Context, CliError> {
+        let root = match workspace {
+            Some(w) => w,
+            None => std::env::current_dir().map_err(|e| CliError::Usage(e.to_string()))?,
+        };
+        let ws = Workspace::resolve(&root).map_err(|e| CliError::Usage(e.to_string()))?;
+        let config = Config::load(&ws.state_dir).map_err(|e| CliError::Usage(e.to_string()))?;
+        Ok(Context { ws, config })
+    }
+
+    pub fn client(&self) -> crate::client::Client {
+        let id = format!("cli-{}", uuid::Uuid::new_v4());
+        crate::client::Client::new(&self.ws, &self.config, &id)
+    }
+
+    pub fn reader(&self) -> Result<crate::store::Reader, CliError> {
+        crate::store::Reader::open(&self.ws.db_path()).map_err(|e| CliError::Unavailable(e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Failed(_) => EXIT_FAILED,
+            CliError::Unavailable(_) => EXIT_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        if e.is_unavailable() {
+            CliError::Unavailable(e.to_string())
+        } else {
+            CliError::Failed(e.to_string())
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for CliError {
+    fn from(e: crate::store::StoreError) -> Self {
+        CliError::Failed(e.to_string())
+    }
+}
+
+async fn run(cli: Cli) -> i32 {
+    let result = dispatch(cli).await;
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("grove: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, CliError> {
+    let ctx = Context::load(cli.workspace)?;
+    match cli.command {
+        Command::Serve { events_log } => {
+            let opts = crate::node::NodeOptions {
+                ws: ctx.ws,
+                config: ctx.config,
+                kind: "serve",
+                events_log,
+            };
+            crate::node::serve(opts)
+                .await
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            Ok(EXIT_OK)
+        }
+        Command::Status { json } => status::run(&ctx, json).await,
+        Command::Task(cmd) => task::run(&ctx, cmd).await,
+        Command::Events(args) => events::run(&ctx, args).await,
+        Command::Bench(args) => crate::bench::run(&ctx, args).await,
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("grove: cannot encode JSON: {e}"),
+    }
+}

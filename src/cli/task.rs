@@ -1,0 +1,302 @@
+//! `grove task ...`: writes go to the primary over RPC, reads come from this
+//! process's own read-only store connection.
+
+use super::{CliError, Context, EXIT_OK, print_json};
+use crate::protocol::{FailureReason, Method, NewTask, ReplyBody, TaskRecord, TaskStatus};
+use crate::store::{FindTask, TaskFilter};
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCommand {
+    /// Create a task (it waits for its dependencies, then for a slot).
+    Create {
+        /// What the task should do (for the `shell` engine: a shell command).
+        prompt: String,
+        #[arg(long)]
+        engine: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        /// A task id this task depends on (repeatable).
+        #[arg(long = "dep", value_name = "ID")]
+        dependencies: Vec<String>,
+        /// A tag (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i64,
+        /// Timeout in seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+    /// List tasks, optionally filtered.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only tasks whose prompt contains TEXT (case-insensitive).
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one task (full id or a unique prefix).
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report a task's progress: a percentage (0-100) and an optional text.
+    Progress {
+        id: String,
+        percent: u8,
+        text: Option<String>,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+    /// Set a task's status (low level; the orchestrator normally does this).
+    SetStatus {
+        id: String,
+        status: String,
+        #[arg(long)]
+        exit_code: Option<i32>,
+        /// Failure reason: exit_code, timeout, spawn_error, dependency_failed, lost.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+    /// Delete a task (refused while it runs).
+    Delete {
+        id: String,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct WriteOpts {
+    /// Idempotency key: repeating a write with the same id applies it once.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+    /// Print the resulting task as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(ctx: &Context, cmd: TaskCommand) -> Result<i32, CliError> {
+    match cmd {
+        TaskCommand::Create {
+            prompt,
+            engine,
+            model,
+            dependencies,
+            tags,
+            priority,
+            timeout,
+            write,
+        } => {
+            let timeout_ms = match timeout {
+                Some(t) if !(t.is_finite() && t > 0.0) => {
+                    return Err(CliError::Usage(format!(
+                        "--timeout must be a positive number of seconds, got {t}"
+                    )));
+                }
+                Some(t) => Some((t * 1000.0).ceil() as u64),
+                None => None,
+            };
+            let dependencies = dependencies
+                .iter()
+                .map(|d| resolve_id(ctx, d))
+                .collect::<Result<Vec<_>, _>>()?;
+            let method = Method::TaskCreate(NewTask {
+                prompt,
+                engine,
+                model,
+                work_dir: None,
+                persona: None,
+                dependencies,
+                tags,
+                priority,
+                timeout_ms,
+                session_id: None,
+            });
+            write_task(ctx, method, &write).await
+        }
+        TaskCommand::List {
+            status,
+            tag,
+            text,
+            json,
+        } => {
+            let status = status.map(|s| parse_status(&s)).transpose()?;
+            let filter = TaskFilter {
+                status,
+                tag,
+                text,
+                session_id: None,
+            };
+            let tasks = ctx.reader()?.tasks(&filter)?;
+            if json {
+                print_json(&tasks);
+            } else if tasks.is_empty() {
+                eprintln!("no tasks");
+            } else {
+                for t in &tasks {
+                    println!("{}", one_line(t));
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        TaskCommand::Show { id, json } => {
+            let id = resolve_id(ctx, &id)?;
+            let task = ctx
+                .reader()?
+                .task(&id)?
+                .ok_or_else(|| CliError::Failed(format!("no task {id}")))?;
+            if json {
+                print_json(&task);
+            } else {
+                print_details(&task);
+            }
+            Ok(EXIT_OK)
+        }
+        TaskCommand::Progress {
+            id,
+            percent,
+            text,
+            write,
+        } => {
+            if percent > 100 {
+                return Err(CliError::Usage(format!(
+                    "progress is a percentage 0-100, got {percent}"
+                )));
+            }
+            let id = resolve_id(ctx, &id)?;
+            let method = Method::TaskSetProgress {
+                id,
+                percent: Some(percent),
+                text,
+            };
+            write_task(ctx, method, &write).await
+        }
+        TaskCommand::SetStatus {
+            id,
+            status,
+            exit_code,
+            reason,
+            write,
+        } => {
+            let id = resolve_id(ctx, &id)?;
+            let status = parse_status(&status)?;
+            let reason = reason
+                .map(|r| {
+                    FailureReason::parse(&r).ok_or_else(|| {
+                        CliError::Usage(format!(
+                            "unknown failure reason '{r}'; one of: exit_code, timeout, spawn_error, dependency_failed, lost"
+                        ))
+                    })
+                })
+                .transpose()?;
+            let method = Method::TaskUpdateStatus {
+                id,
+                status,
+                reason,
+                exit_code,
+                pid: None,
+            };
+            write_task(ctx, method, &write).await
+        }
+        TaskCommand::Delete { id, write } => {
+            let id = resolve_id(ctx, &id)?;
+            write_task(ctx, Method::TaskDelete { id }, &write).await
+        }
+    }
+}
+
+async fn write_task(ctx: &Context, method: Method, opts: &WriteOpts) -> Result<i32, CliError> {
+    let mut client = ctx.client();
+    let reply = match &opts.request_id {
+        Some(id) => client.call_with_id(id, method).await?,
+        None => client.call(method).await?,
+    };
+    match reply {
+        ReplyBody::Task(task) if opts.json => print_json(&task),
+        ReplyBody::Task(task) => println!("{}", task.id),
+        ReplyBody::Deleted { id } if opts.json => print_json(&serde_json::json!({"deleted": id})),
+        ReplyBody::Deleted { id } => println!("deleted {id}"),
+        other => print_json(&format!("{other:?}")),
+    }
+    Ok(EXIT_OK)
+}
+
+/// Accepts a full id or a unique prefix, as users copy them from listings.
+pub fn resolve_id(ctx: &Context, id: &str) -> Result<String, CliError> {
+    if id.is_empty() {
+        return Err(CliError::Usage("a task id cannot be empty".into()));
+    }
+    match ctx.reader()?.find_task(id)? {
+        FindTask::Found(t) => Ok(t.id),
+        FindTask::Missing => Err(CliError::Failed(format!(
+            "no task {id} (see `grove task list`)"
+        ))),
+        FindTask::Ambiguous => Err(CliError::Usage(format!(
+            "task id prefix '{id}' matches several tasks; give more characters"
+        ))),
+    }
+}
+
+fn parse_status(s: &str) -> Result<TaskStatus, CliError> {
+    TaskStatus::parse(s).ok_or_else(|| {
+        let all: Vec<_> = crate::protocol::TASK_STATUSES
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        CliError::Usage(format!("unknown status '{s}'; one of: {}", all.join(", ")))
+    })
+}
+
+pub fn one_line(t: &TaskRecord) -> String {
+    let progress = t.progress_pct.map(|p| format!(" {p:>3}%")).unwrap_or_default();
+    let prompt: String = t.prompt.chars().take(60).collect();
+    format!(
+        "{}  {:<9}{}  {}  {}",
+        &t.id[..12.min(t.id.len())],
+        t.status.as_str(),
+        progress,
+        t.engine,
+        prompt.replace('\n', " ")
+    )
+}
+
+fn print_details(t: &TaskRecord) {
+    println!("id:        {}", t.id);
+    println!("status:    {}", t.status.as_str());
+    if let Some(r) = t.failure_reason {
+        println!("reason:    {}", r.as_str());
+    }
+    if let Some(c) = t.exit_code {
+        println!("exit code: {c}");
+    }
+    println!("engine:    {}", t.engine);
+    if let Some(m) = &t.model {
+        println!("model:     {m}");
+    }
+    println!("prompt:    {}", t.prompt);
+    if !t.dependencies.is_empty() {
+        println!("depends:   {}", t.dependencies.join(", "));
+    }
+    if !t.tags.is_empty() {
+        println!("tags:      {}", t.tags.join(", "));
+    }
+    println!("priority:  {}", t.priority);
+    if let Some(p) = t.progress_pct {
+        println!(
+            "progress:  {p}% {}",
+            t.progress_text.as_deref().unwrap_or("")
+        );
+    }
+    println!("attempt:   {}", t.attempt);
+}

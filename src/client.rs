@@ -1,0 +1,311 @@
+//! The RPC client every non-primary uses to write: secondaries, front ends
+//! and the CLI (DEALER → the primary's ROUTER, DESIGN §3).
+//!
+//! It follows failovers on its own: when `primary.json` names a new primary
+//! while a request is unanswered, it recreates its DEALER (the `zeromq`
+//! crate's DEALER never reconnects by itself) and resends the request with
+//! the **same id**, so the primary's ledger applies it exactly once.
+//!
+//! It never hangs: a primary that does not answer `ping` within
+//! `probe_timeout` (or a write within `rpc_timeout`) is reported unresponsive
+//! with what is known about its process.
+
+use crate::config::Config;
+use crate::paths::Workspace;
+use crate::primary_record::{PrimaryRecord, PrimaryWatch};
+use crate::protocol::{
+    ErrorCode, Method, PROTOCOL_VERSION, Reply, ReplyBody, Request, WireError, decode, encode,
+};
+use std::time::{Duration, Instant};
+use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+
+/// How often a waiting client re-checks `primary.json` and the primary's pid.
+const POLL: Duration = Duration::from_millis(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The primary answered with an error.
+    #[error("{0}")]
+    Refused(WireError),
+    /// No member of the grove is running (or none became primary in time).
+    #[error("no grove primary is running for {workspace}{detail}")]
+    NoPrimary { workspace: String, detail: String },
+    /// The primary exists but does not answer.
+    #[error("primary unresponsive: {0}")]
+    Unresponsive(String),
+    #[error("bus error: {0}")]
+    Bus(String),
+}
+
+impl ClientError {
+    /// True when grove itself is unreachable (CLI exit code 3).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ClientError::Refused(e) => e.code == ErrorCode::Unavailable,
+            _ => true,
+        }
+    }
+}
+
+struct Connection {
+    record: PrimaryRecord,
+    dealer: zeromq::DealerSocket,
+    probed: bool,
+}
+
+pub struct Client {
+    ws: Workspace,
+    rpc_timeout: Duration,
+    probe_timeout: Duration,
+    failover_wait: Duration,
+    instance_id: String,
+    watch: PrimaryWatch,
+    conn: Option<Connection>,
+    max_epoch_seen: u64,
+}
+
+impl Client {
+    pub fn new(ws: &Workspace, config: &Config, instance_id: &str) -> Self {
+        Client {
+            ws: ws.clone(),
+            rpc_timeout: config.rpc_timeout(),
+            probe_timeout: config.probe_timeout(),
+            failover_wait: config.failover_wait(),
+            instance_id: instance_id.to_string(),
+            watch: PrimaryWatch::new(ws),
+            conn: None,
+            max_epoch_seen: 0,
+        }
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Epoch of the primary this client currently talks to (0 if none yet).
+    pub fn epoch(&self) -> u64 {
+        self.max_epoch_seen
+    }
+
+    /// Calls a method with a fresh request id.
+    pub async fn call(&mut self, method: Method) -> Result<ReplyBody, ClientError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.call_with_id(&id, method).await
+    }
+
+    /// Calls a method with the caller's request id: calling again with the
+    /// same id after an error is safe, the write is applied at most once.
+    pub async fn call_with_id(
+        &mut self,
+        id: &str,
+        method: Method,
+    ) -> Result<ReplyBody, ClientError> {
+        let started = Instant::now();
+        let is_ping = matches!(method, Method::Ping {});
+        loop {
+            self.ensure_connected(started).await?;
+            // Probe a fresh connection with a ping first, so that a hung
+            // primary is reported after `probe_timeout`, not `rpc_timeout`.
+            if !is_ping && !self.conn.as_ref().is_some_and(|c| c.probed) {
+                let probe_id = uuid::Uuid::new_v4().to_string();
+                match self
+                    .exchange(&probe_id, &Method::Ping {}, self.probe_timeout)
+                    .await
+                {
+                    Outcome::Reply(_) => {
+                        if let Some(c) = self.conn.as_mut() {
+                            c.probed = true
+                        }
+                    }
+                    Outcome::PrimaryChanged => continue,
+                    Outcome::TimedOut => return Err(self.unresponsive(self.probe_timeout)),
+                }
+            }
+            let timeout = if is_ping {
+                self.probe_timeout
+            } else {
+                self.rpc_timeout
+            };
+            match self.exchange(id, &method, timeout).await {
+                Outcome::Reply(r) => return r.into_result().map_err(ClientError::Refused),
+                Outcome::PrimaryChanged => continue,
+                Outcome::TimedOut => return Err(self.unresponsive(timeout)),
+            }
+        }
+    }
+
+    /// Makes sure we hold a DEALER connected to the primary named by
+    /// `primary.json`, waiting up to `failover_wait` for one to appear.
+    async fn ensure_connected(&mut self, started: Instant) -> Result<(), ClientError> {
+        loop {
+            let changed = self.watch.poll();
+            if changed {
+                self.conn = None;
+            }
+            if self.conn.is_some() {
+                return Ok(());
+            }
+            let record = self.watch.current().cloned();
+            let failover_deadline = started + self.failover_wait;
+            match record {
+                Some(rec) if rec.pid_alive() && rec.epoch >= self.max_epoch_seen => {
+                    match self.connect(&rec).await {
+                        Ok(dealer) => {
+                            self.max_epoch_seen = rec.epoch;
+                            self.conn = Some(Connection {
+                                record: rec,
+                                dealer,
+                                probed: false,
+                            });
+                            return Ok(());
+                        }
+                        Err(e) if Instant::now() >= failover_deadline => {
+                            return Err(ClientError::Bus(format!(
+                                "cannot connect to the primary at {}: {e}",
+                                rec.rpc_endpoint
+                            )));
+                        }
+                        Err(_) => {}
+                    }
+                }
+                other => {
+                    // No record, or its process is gone: a failover is under
+                    // way, or no member runs at all.
+                    if Instant::now() >= failover_deadline || !self.someone_holds_lock() {
+                        let detail = match other {
+                            Some(r) => format!(
+                                " (primary.json names pid {} of epoch {}, which is gone)",
+                                r.pid, r.epoch
+                            ),
+                            None => String::new(),
+                        };
+                        if self.someone_holds_lock() {
+                            return Err(ClientError::Unresponsive(format!(
+                                "a member holds the election lock but published no primary within {} ms",
+                                self.failover_wait.as_millis()
+                            )));
+                        }
+                        return Err(ClientError::NoPrimary {
+                            workspace: self.ws.root.display().to_string(),
+                            detail,
+                        });
+                    }
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn someone_holds_lock(&self) -> bool {
+        crate::election::is_held(&self.ws.lock_path()).unwrap_or(false)
+    }
+
+    async fn connect(&self, rec: &PrimaryRecord) -> Result<zeromq::DealerSocket, String> {
+        let mut dealer = zeromq::DealerSocket::new();
+        match tokio::time::timeout(CONNECT_TIMEOUT, dealer.connect(&rec.rpc_endpoint)).await {
+            Ok(Ok(())) => Ok(dealer),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("connect timed out".into()),
+        }
+    }
+
+    /// Sends one request and waits for its reply, watching for a failover.
+    async fn exchange(&mut self, id: &str, method: &Method, timeout: Duration) -> Outcome {
+        let request = Request {
+            v: PROTOCOL_VERSION,
+            id: id.to_string(),
+            from: self.instance_id.clone(),
+            epoch_seen: self.max_epoch_seen,
+            method: method.clone(),
+        };
+        let frame = encode(&request);
+        let Some(conn) = self.conn.as_mut() else {
+            return Outcome::PrimaryChanged;
+        };
+        if conn.dealer.send(ZmqMessage::from(frame)).await.is_err() {
+            // The peer went away; wait for the next primary.
+            self.conn = None;
+            tokio::time::sleep(POLL).await;
+            return Outcome::PrimaryChanged;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut tick = tokio::time::interval(POLL);
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Outcome::PrimaryChanged;
+            };
+            tokio::select! {
+                msg = conn.dealer.recv() => {
+                    let Ok(msg) = msg else {
+                        self.conn = None;
+                        return Outcome::PrimaryChanged;
+                    };
+                    let Some(payload) = msg.iter().last() else { continue };
+                    let Ok(reply) = decode::<Reply>(payload) else {
+                        tracing::warn!("dropping an unreadable reply");
+                        continue;
+                    };
+                    if reply.id != id {
+                        continue; // the late answer to an earlier attempt
+                    }
+                    if reply.epoch < self.max_epoch_seen {
+                        tracing::warn!(epoch = reply.epoch, "ignoring a reply from an older epoch");
+                        continue;
+                    }
+                    self.max_epoch_seen = reply.epoch;
+                    return Outcome::Reply(reply);
+                }
+                _ = tick.tick() => {
+                    if self.watch.poll() {
+                        self.conn = None;
+                        return Outcome::PrimaryChanged;
+                    }
+                    if !conn.record.pid_alive() {
+                        self.conn = None;
+                        return Outcome::PrimaryChanged;
+                    }
+                    if Instant::now() >= deadline {
+                        return Outcome::TimedOut;
+                    }
+                }
+            }
+        }
+    }
+
+    fn unresponsive(&self, waited: Duration) -> ClientError {
+        let Some(rec) = self.watch.current() else {
+            return ClientError::Unresponsive(format!(
+                "no reply within {} ms",
+                waited.as_millis()
+            ));
+        };
+        let mut what = format!(
+            "primary pid {} (epoch {}) did not answer within {} ms",
+            rec.pid,
+            rec.epoch,
+            waited.as_millis()
+        );
+        if crate::proc::state(rec.pid) == Some('T') {
+            what.push_str("; the process is stopped (SIGSTOP?)");
+        }
+        what.push_str(
+            "; its watchdog restarts it if its loop is hung, then a secondary takes over",
+        );
+        ClientError::Unresponsive(what)
+    }
+}
+
+enum Outcome {
+    Reply(Reply),
+    PrimaryChanged,
+    TimedOut,
+}
+
+/// Convenience for one-shot tools: the primary's view of itself.
+pub async fn ping(client: &mut Client) -> Result<crate::protocol::PrimaryInfo, ClientError> {
+    match client.call(Method::Ping {}).await? {
+        ReplyBody::Pong(info) => Ok(info),
+        other => Err(ClientError::Bus(format!("unexpected reply to ping: {other:?}"))),
+    }
+}

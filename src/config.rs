@@ -1,0 +1,205 @@
+//! Configuration: `.grove/grove.toml` in the workspace, then
+//! `~/.config/grove/grove.toml`, then built-in defaults. A key set in the
+//! workspace file wins over the same key in the user file.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The effective configuration of one workspace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// How often the primary publishes `instance.heartbeat`.
+    pub heartbeat_ms: u64,
+    /// The primary aborts itself when its event loop has not ticked this long,
+    /// releasing the lock so that a secondary can take over.
+    pub watchdog_timeout_ms: u64,
+    /// How long a client waits for the reply to one write.
+    pub rpc_timeout_ms: u64,
+    /// How long a client waits for `ping` before calling the primary unresponsive.
+    pub probe_timeout_ms: u64,
+    /// How long a client waits for a new primary after the old one died.
+    pub failover_wait_ms: u64,
+    /// Most tasks running at once.
+    pub max_parallel: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat_ms: 250,
+            watchdog_timeout_ms: 5_000,
+            rpc_timeout_ms: 5_000,
+            probe_timeout_ms: 1_000,
+            failover_wait_ms: 10_000,
+            max_parallel: 4,
+        }
+    }
+}
+
+impl Config {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+    pub fn watchdog_timeout(&self) -> Duration {
+        Duration::from_millis(self.watchdog_timeout_ms)
+    }
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.rpc_timeout_ms)
+    }
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms)
+    }
+    pub fn failover_wait(&self) -> Duration {
+        Duration::from_millis(self.failover_wait_ms)
+    }
+
+    /// Loads the layered configuration for the workspace whose state dir is
+    /// `state_dir`.
+    pub fn load(state_dir: &Path) -> Result<Config, ConfigError> {
+        let mut merged = toml::Table::new();
+        for path in [user_config_path(), Some(state_dir.join("grove.toml"))]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(table) = read_table(&path)? {
+                check_known_keys(&path, &table)?;
+                merged.extend(table);
+            }
+        }
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("heartbeat_ms", self.heartbeat_ms),
+            ("watchdog_timeout_ms", self.watchdog_timeout_ms),
+            ("rpc_timeout_ms", self.rpc_timeout_ms),
+            ("probe_timeout_ms", self.probe_timeout_ms),
+            ("max_parallel", self.max_parallel as u64),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be > 0")));
+            }
+        }
+        if self.watchdog_timeout_ms < 2 * self.heartbeat_ms {
+            return Err(ConfigError::Invalid(format!(
+                "watchdog_timeout_ms ({}) must be at least twice heartbeat_ms ({})",
+                self.watchdog_timeout_ms, self.heartbeat_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn user_config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("grove").join("grove.toml"))
+}
+
+fn read_table(path: &Path) -> Result<Option<toml::Table>, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    text.parse::<toml::Table>()
+        .map(Some)
+        .map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// Parses the file's table as a `Config` on its own, so that an unknown key
+/// or a wrong type is reported with this file's path and line.
+fn check_known_keys(path: &Path, table: &toml::Table) -> Result<(), ConfigError> {
+    let text = toml::to_string(table).unwrap_or_default();
+    toml::from_str::<Config>(&text)
+        .map(|_| ())
+        .map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: line_hint(path, e.message()),
+        })
+}
+
+/// Finds the line of the offending key in the original file for the message.
+fn line_hint(path: &Path, message: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let key = message
+        .split('`')
+        .nth(1)
+        .map(str::to_string)
+        .unwrap_or_default();
+    if !key.is_empty() {
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with(&key) {
+                return format!("line {}: {message}", n + 1);
+            }
+        }
+    }
+    message.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        assert_eq!(c.heartbeat_ms, 250);
+        assert_eq!(c.max_parallel, 4);
+    }
+
+    #[test]
+    fn workspace_file_overrides_and_unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("grove.toml"), "heartbeat_ms = 100\n").unwrap();
+        assert_eq!(Config::load(dir.path()).unwrap().heartbeat_ms, 100);
+        std::fs::write(
+            dir.path().join("grove.toml"),
+            "heartbeat_ms = 100\nhartbeat = 3\n",
+        )
+        .unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("grove.toml"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("hartbeat"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("grove.toml"), "heartbeat_ms = = 1\n").unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

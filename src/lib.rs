@@ -1,0 +1,19 @@
+//! grove: one agent-task orchestrator per workspace, shared by every window.
+//!
+//! The binary (`src/main.rs`) is a thin wrapper around [`cli::main`]; the
+//! library exists so that integration tests (schema drift, golden vectors)
+//! can reach the wire types. See ARCHITECTURE.md for the map.
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod election;
+pub mod lifecycle;
+pub mod node;
+pub mod paths;
+pub mod primary_record;
+pub mod proc;
+pub mod protocol;
+pub mod store;
+pub mod subscriber;

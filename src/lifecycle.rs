@@ -1,0 +1,59 @@
+//! The task state machine (DESIGN §5): the one place that says which status
+//! may follow which. Both the store thread and the orchestrator ask it.
+//!
+//! ```text
+//! pending ──► queued ──► running ──► completed | failed | cancelled
+//!    │           │          │
+//!    └───────────┴──────────┴──► paused ──► (back to pending/queued/running)
+//! ```
+
+use crate::protocol::TaskStatus::{self, *};
+
+/// Why a transition is refused, for the `conflict` error message.
+pub fn check_transition(from: TaskStatus, to: TaskStatus) -> Result<(), String> {
+    let allowed = match from {
+        Pending => matches!(to, Queued | Paused | Cancelled | Failed),
+        Queued => matches!(to, Running | Paused | Cancelled | Failed),
+        // running → running lets the supervisor record a new pid.
+        Running => matches!(to, Running | Completed | Failed | Cancelled | Paused),
+        Paused => matches!(to, Pending | Queued | Running | Cancelled | Failed),
+        Completed | Failed | Cancelled => false,
+    };
+    if allowed {
+        Ok(())
+    } else if from.is_terminal() {
+        Err(format!(
+            "task is already {} (terminal); relaunch or retry it instead",
+            from.as_str()
+        ))
+    } else {
+        Err(format!(
+            "a task cannot go from {} to {}",
+            from.as_str(),
+            to.as_str()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::TASK_STATUSES;
+
+    #[test]
+    fn terminal_states_are_final() {
+        for from in [Completed, Failed, Cancelled] {
+            for to in TASK_STATUSES {
+                assert!(check_transition(from, *to).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn happy_path() {
+        assert!(check_transition(Pending, Queued).is_ok());
+        assert!(check_transition(Queued, Running).is_ok());
+        assert!(check_transition(Running, Completed).is_ok());
+        assert!(check_transition(Queued, Completed).is_err());
+    }
+}

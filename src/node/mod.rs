@@ -1,0 +1,180 @@
+//! A member of the grove: `grove serve` (and later `grove acp`).
+//!
+//! A member starts as whatever the election makes it. As a secondary it
+//! follows the primary and keeps one thread blocked on the election lock;
+//! when that thread wins, the member promotes itself and runs as primary
+//! until it is told to stop (DESIGN §2).
+
+mod primary;
+mod secondary;
+mod watchdog;
+
+use crate::config::Config;
+use crate::election;
+use crate::paths::{PathError, Workspace};
+use crate::protocol::{Event, now_ms};
+use crate::store::{Reader, StoreError};
+use std::io::Write;
+use std::path::PathBuf;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot bind {endpoint}: {message}")]
+    Bind { endpoint: String, message: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl NodeError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+        let what = what.into();
+        move |source| NodeError::Io { what, source }
+    }
+}
+
+/// How a member was asked to run.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub ws: Workspace,
+    pub config: Config,
+    /// `serve` or `acp`: shown by `grove status`.
+    pub kind: &'static str,
+    /// Append every event this member receives to this file as JSON lines
+    /// (used by tests and the chaos tool to prove nothing was missed).
+    pub events_log: Option<PathBuf>,
+}
+
+/// Who this process is in the grove.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub instance_id: String,
+    pub pid: u32,
+    pub started_at: u64,
+}
+
+/// Runs a member until SIGTERM/SIGINT/SIGHUP. A primary hands over on the
+/// way out: sockets closed, lock released, a secondary takes over at once.
+pub async fn serve(opts: NodeOptions) -> Result<(), NodeError> {
+    opts.ws.ensure_state_dir()?;
+    opts.ws.ensure_socket_dir()?;
+    let identity = Identity {
+        instance_id: uuid::Uuid::new_v4().to_string(),
+        pid: std::process::id(),
+        started_at: now_ms(),
+    };
+    let span = tracing::info_span!("member", instance = %&identity.instance_id[..8]);
+    let _enter = span.enter();
+
+    let shutdown = shutdown_on_signals();
+    let events_task = tokio::spawn(consume_events(opts.clone()));
+
+    let lock_path = opts.ws.lock_path();
+    let mut lock = election::try_acquire(&lock_path)
+        .map_err(NodeError::io(format!("cannot open {}", lock_path.display())))?;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        match lock.take() {
+            Some(held) => {
+                primary::run(&identity, &opts, held, shutdown.clone()).await?;
+                break;
+            }
+            None => {
+                match secondary::run(&identity, &opts, shutdown.clone()).await? {
+                    Some(held) => lock = Some(held),
+                    None => break,
+                }
+            }
+        }
+    }
+    events_task.abort();
+    Ok(())
+}
+
+/// A watch channel that flips to `true` on the first SIGTERM, SIGINT or SIGHUP.
+fn shutdown_on_signals() -> watch::Receiver<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = hup.recv() => {}
+        }
+        tracing::info!("stop requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// The member's own view of the event stream, across role changes: it
+/// starts at the current end of the log and never skips a durable event.
+async fn consume_events(opts: NodeOptions) {
+    let first = Reader::open(&opts.ws.db_path())
+        .and_then(|r| r.last_seq())
+        .map(|s| s + 1)
+        .unwrap_or(1);
+    let mut sub = crate::subscriber::subscribe(&opts.ws, first);
+    let mut log = opts.events_log.as_ref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| tracing::error!("cannot open events log {}: {e}", p.display()))
+            .ok()
+    });
+    let heartbeat_ms = opts.config.heartbeat_ms;
+    let mut reported_unresponsive = false;
+    let mut check = tokio::time::interval(opts.config.heartbeat());
+    loop {
+        tokio::select! {
+            event = sub.events.recv() => {
+                let Some(event) = event else { return };
+                if let Some(f) = log.as_mut() {
+                    record_event(f, &event);
+                }
+            }
+            _ = check.tick() => {
+                let silent = sub.health.heartbeat_age_ms().is_some_and(|a| a > 4 * heartbeat_ms);
+                if silent && !reported_unresponsive {
+                    tracing::warn!(
+                        "primary unresponsive: no heartbeat for {} ms",
+                        sub.health.heartbeat_age_ms().unwrap_or(0)
+                    );
+                } else if !silent && reported_unresponsive {
+                    tracing::info!("primary responsive again");
+                }
+                reported_unresponsive = silent;
+            }
+        }
+    }
+}
+
+fn record_event(f: &mut std::fs::File, event: &Event) {
+    if event.seq == 0 {
+        return; // transient events are not part of the gap-free stream
+    }
+    let line = serde_json::json!({
+        "seq": event.seq,
+        "epoch": event.epoch,
+        "topic": event.topic(),
+    });
+    let _ = writeln!(f, "{line}");
+}

@@ -1,0 +1,365 @@
+//! Running as primary: promotion in the order of DESIGN §2, the RPC loop on
+//! the ROUTER, the publisher on the PUB, and a graceful handover.
+
+use super::watchdog::Watchdog;
+use super::{Identity, NodeError, NodeOptions};
+use crate::election::PrimaryLock;
+use crate::primary_record::PrimaryRecord;
+use crate::protocol::{
+    ErrorCode, Event, EventData, MAX_REQUEST_ID_LEN, Method, PROTOCOL_VERSION, PrimaryInfo, Reply,
+    ReplyBody, WireError, decode_request, encode, now_ms,
+};
+use crate::store::writer::{self, Job};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+
+/// What the RPC loop needs to answer requests.
+struct Serving {
+    info: PrimaryInfo,
+    started: Instant,
+    last_seq: Arc<AtomicU64>,
+    jobs: std::sync::mpsc::Sender<Job>,
+    replies: mpsc::UnboundedSender<ZmqMessage>,
+    debug_hooks: bool,
+}
+
+pub async fn run(
+    me: &Identity,
+    opts: &NodeOptions,
+    lock: PrimaryLock,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let ws = &opts.ws;
+    let promoted_at = Instant::now();
+
+    // 1. Read-write store, migrations, epoch + 1 (one transaction).
+    let promotion = writer::promote(&ws.db_path(), &me.instance_id, me.pid)?;
+    let epoch = promotion.epoch;
+    let span = tracing::info_span!("primary", epoch);
+    let _enter = span.enter();
+
+    // 2. (Task reconciliation joins here with the orchestrator.)
+
+    // 3. Stale sockets of earlier epochs: only the lock holder unlinks them.
+    ws.ensure_socket_dir()?;
+    remove_stale_sockets(&ws.socket_dir);
+
+    // 4. Bind ROUTER and PUB on this epoch's paths.
+    let rpc_endpoint = format!("ipc://{}", ws.rpc_socket(epoch).display());
+    let pub_endpoint = format!("ipc://{}", ws.pub_socket(epoch).display());
+    let mut router = zeromq::RouterSocket::new();
+    bind(&mut router, &rpc_endpoint).await?;
+    let mut publisher = zeromq::PubSocket::new();
+    bind(&mut publisher, &pub_endpoint).await?;
+    restrict_socket_files(ws, epoch);
+
+    // 5. primary.json, so that everyone finds us.
+    let record = PrimaryRecord {
+        instance_id: me.instance_id.clone(),
+        pid: me.pid,
+        epoch,
+        pub_endpoint: pub_endpoint.clone(),
+        rpc_endpoint: rpc_endpoint.clone(),
+        started_at: me.started_at,
+    };
+    record
+        .write(ws)
+        .map_err(NodeError::io("cannot write primary.json"))?;
+
+    // 6. The publisher, fed by the store thread in commit order; its first
+    //    event is `instance.promoted`.
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let last_seq = Arc::new(AtomicU64::new(promotion.promoted.seq));
+    let _ = events_tx.send(promotion.promoted.clone());
+    let publish_task = tokio::spawn(publish_loop(
+        publisher,
+        events_rx,
+        opts.config.heartbeat(),
+        me.instance_id.clone(),
+        epoch,
+        last_seq.clone(),
+    ));
+    let store = writer::spawn(promotion.conn, epoch, events_tx)
+        .map_err(NodeError::io("cannot start the store thread"))?;
+    tracing::info!(
+        pid = me.pid,
+        "promoted to primary in {:.1} ms; rpc {rpc_endpoint}",
+        promoted_at.elapsed().as_secs_f64() * 1000.0
+    );
+
+    let watchdog = Watchdog::start(opts.config.watchdog_timeout())
+        .map_err(NodeError::io("cannot start the watchdog"))?;
+    let (router_send, mut router_recv) = router.split();
+    let (replies_tx, replies_rx) = mpsc::unbounded_channel();
+    let reply_task = tokio::spawn(reply_loop(router_send, replies_rx));
+    let serving = Serving {
+        info: PrimaryInfo {
+            instance_id: me.instance_id.clone(),
+            pid: me.pid,
+            epoch,
+            started_at: me.started_at,
+            uptime_ms: 0,
+            pub_endpoint,
+            rpc_endpoint,
+            last_seq: 0,
+        },
+        started: Instant::now(),
+        last_seq,
+        jobs: store.jobs.clone(),
+        replies: replies_tx,
+        debug_hooks: std::env::var("GROVE_DEBUG_HOOKS").is_ok_and(|v| v == "1"),
+    };
+
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            msg = router_recv.recv() => match msg {
+                Ok(msg) => serving.handle(msg),
+                Err(e) => tracing::warn!("rpc receive error: {e}"),
+            },
+            _ = tick.tick() => watchdog.tick(),
+            _ = shutdown.changed() => break,
+        }
+    }
+
+    // Graceful handover: stop taking requests, finish the queued writes,
+    // record and publish `instance.shutdown`, close the sockets, and only
+    // then release the lock.
+    tracing::info!("handing over");
+    drop(router_recv);
+    let (done_tx, done_rx) = oneshot::channel();
+    let _ = serving.jobs.send(Job::Shutdown {
+        instance_id: me.instance_id.clone(),
+        done: done_tx,
+    });
+    let _ = done_rx.await;
+    drop(serving);
+    let _ = tokio::task::spawn_blocking(move || store.join()).await;
+    // Replies in flight are flushed once every sender is gone.
+    let _ = tokio::time::timeout(Duration::from_secs(2), reply_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), publish_task).await;
+    watchdog.stop();
+    let _ = std::fs::remove_file(ws.rpc_socket(epoch));
+    let _ = std::fs::remove_file(ws.pub_socket(epoch));
+    drop(lock);
+    tracing::info!("handed over");
+    Ok(())
+}
+
+impl Serving {
+    /// Answers one ROUTER message: `[identity, payload]`, or
+    /// `[identity, "", payload]` from a REQ socket. Never fails the loop.
+    fn handle(&self, msg: ZmqMessage) {
+        let mut frames = msg.into_vec();
+        if frames.is_empty() {
+            return;
+        }
+        let identity = frames.remove(0);
+        let req_style = frames.len() == 2 && frames[0].is_empty();
+        let envelope = if req_style {
+            vec![identity, Bytes::new()]
+        } else {
+            vec![identity]
+        };
+        let payload = match frames.as_slice() {
+            [p] => p.clone(),
+            [empty, p] if empty.is_empty() => p.clone(),
+            _ => {
+                tracing::warn!(frames = frames.len(), "request of the wrong shape");
+                self.send(
+                    envelope,
+                    self.error(
+                        String::new(),
+                        ErrorCode::BadRequest,
+                        format!(
+                            "a request is exactly one frame, got {} frames",
+                            frames.len()
+                        ),
+                    ),
+                );
+                return;
+            }
+        };
+        let request = match decode_request(&payload) {
+            Ok(r) => r,
+            Err((id, e)) => {
+                tracing::warn!("refusing a request: {e}");
+                self.send(envelope, self.error(id, e.code(), e.to_string()));
+                return;
+            }
+        };
+        let id = request.id;
+        if request.v != PROTOCOL_VERSION {
+            let msg = format!(
+                "protocol version {} is not supported (this primary speaks {PROTOCOL_VERSION})",
+                request.v
+            );
+            return self.send(
+                envelope,
+                self.error(id, ErrorCode::UnsupportedVersion, msg),
+            );
+        }
+        if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
+            let msg = format!("the request id must be 1..={MAX_REQUEST_ID_LEN} bytes");
+            return self.send(envelope, self.error(id, ErrorCode::BadRequest, msg));
+        }
+        if request.epoch_seen > self.info.epoch {
+            let msg = format!(
+                "this primary has epoch {}, older than the epoch {} you have seen; it is stale",
+                self.info.epoch, request.epoch_seen
+            );
+            return self.send(envelope, self.error(id, ErrorCode::StaleEpoch, msg));
+        }
+        match request.method {
+            Method::Ping {} => {
+                let mut info = self.info.clone();
+                info.uptime_ms = self.started.elapsed().as_millis() as u64;
+                info.last_seq = self.last_seq.load(Ordering::Relaxed);
+                self.send(
+                    envelope,
+                    Reply::ok(id, self.info.epoch, ReplyBody::Pong(info)),
+                );
+            }
+            Method::DebugStall { ms } => {
+                if !self.debug_hooks {
+                    let msg = "debug hooks are disabled (set GROVE_DEBUG_HOOKS=1 on the primary)";
+                    return self.send(envelope, self.error(id, ErrorCode::BadRequest, msg));
+                }
+                tracing::warn!("debug.stall: blocking the event loop for {ms} ms");
+                // Deliberately blocks the (single-threaded) event loop.
+                std::thread::sleep(Duration::from_millis(ms));
+                self.send(envelope, Reply::ok(id, self.info.epoch, ReplyBody::Done {}));
+            }
+            method => self.write(envelope, id, request.from, method),
+        }
+    }
+
+    /// Queues a write on the store thread; the reply goes out after COMMIT.
+    fn write(&self, envelope: Vec<Bytes>, id: String, from: String, method: Method) {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Write {
+            request_id: id.clone(),
+            from,
+            method,
+            reply: tx,
+        };
+        if self.jobs.send(job).is_err() {
+            let msg = "the primary is shutting down; retry with the same id";
+            return self.send(envelope, self.error(id, ErrorCode::Unavailable, msg));
+        }
+        let epoch = self.info.epoch;
+        let replies = self.replies.clone();
+        tokio::spawn(async move {
+            let reply = match rx.await {
+                Ok(Ok(body)) => Reply::ok(id, epoch, body),
+                Ok(Err(e)) => Reply::err(id, epoch, e),
+                Err(_) => Reply::err(
+                    id,
+                    epoch,
+                    WireError::new(ErrorCode::Unavailable, "the store stopped; retry"),
+                ),
+            };
+            let _ = replies.send(frame(envelope, encode(&reply)));
+        });
+    }
+
+    fn error(&self, id: String, code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::err(id, self.info.epoch, WireError::new(code, message))
+    }
+
+    fn send(&self, envelope: Vec<Bytes>, reply: Reply) {
+        let _ = self.replies.send(frame(envelope, encode(&reply)));
+    }
+}
+
+fn frame(mut envelope: Vec<Bytes>, payload: Vec<u8>) -> ZmqMessage {
+    envelope.push(Bytes::from(payload));
+    ZmqMessage::try_from(envelope).expect("a reply has at least two frames")
+}
+
+async fn reply_loop(mut router: zeromq::RouterSendHalf, mut rx: mpsc::UnboundedReceiver<ZmqMessage>) {
+    while let Some(msg) = rx.recv().await {
+        if let Err(e) = router.send(msg).await {
+            // The client left before its answer: it will retry elsewhere.
+            tracing::debug!("cannot deliver a reply: {e}");
+        }
+    }
+}
+
+/// Publishes committed events in order, plus heartbeats.
+async fn publish_loop(
+    mut publisher: zeromq::PubSocket,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    heartbeat: Duration,
+    instance_id: String,
+    epoch: u64,
+    last_seq: Arc<AtomicU64>,
+) {
+    let started = Instant::now();
+    let mut beat = tokio::time::interval(heartbeat);
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => match e {
+                Some(e) => e,
+                None => break,
+            },
+            _ = beat.tick() => Event {
+                seq: 0,
+                epoch,
+                at: now_ms(),
+                data: EventData::Heartbeat {
+                    instance_id: instance_id.clone(),
+                    last_seq: last_seq.load(Ordering::Relaxed),
+                    uptime_ms: started.elapsed().as_millis() as u64,
+                },
+            },
+        };
+        if event.seq > 0 {
+            last_seq.store(event.seq, Ordering::Relaxed);
+        }
+        let mut msg = ZmqMessage::from(event.topic());
+        msg.push_back(Bytes::from(encode(&event)));
+        if let Err(e) = publisher.send(msg).await {
+            tracing::debug!("publish failed: {e}");
+        }
+    }
+}
+
+async fn bind<S: Socket>(socket: &mut S, endpoint: &str) -> Result<(), NodeError> {
+    socket
+        .bind(endpoint)
+        .await
+        .map(|_| ())
+        .map_err(|e| NodeError::Bind {
+            endpoint: endpoint.to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// Removes socket files left by earlier primaries (crashed ones leave them).
+fn remove_stale_sockets(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if (name.starts_with("pub-") || name.starts_with("rpc-")) && name.ends_with(".sock") {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!("cannot remove stale socket {name}: {e}");
+            }
+        }
+    }
+}
+
+/// The socket dir is 0700 already; make the files private as well.
+fn restrict_socket_files(ws: &crate::paths::Workspace, epoch: u64) {
+    use std::os::unix::fs::PermissionsExt;
+    for p in [ws.rpc_socket(epoch), ws.pub_socket(epoch)] {
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+    }
+}

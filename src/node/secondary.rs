@@ -1,0 +1,73 @@
+//! Running as secondary: follow the primary, register with it, and keep one
+//! thread blocked on the election lock — the crash detector (DESIGN §2).
+
+use super::{Identity, NodeError, NodeOptions};
+use crate::client::Client;
+use crate::election::{self, PrimaryLock};
+use crate::primary_record::PrimaryWatch;
+use crate::protocol::{MemberInfo, Method, ReplyBody};
+use std::time::Duration;
+use tokio::sync::watch;
+
+const POLL: Duration = Duration::from_millis(5);
+
+/// Returns the lock when this member must promote, `None` on shutdown.
+pub async fn run(
+    me: &Identity,
+    opts: &NodeOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Option<PrimaryLock>, NodeError> {
+    let lock_path = opts.ws.lock_path();
+    let mut lock_rx = election::wait_in_thread(&lock_path)
+        .map_err(NodeError::io("cannot start the lock waiter"))?;
+    let mut client = Client::new(&opts.ws, &opts.config, &me.instance_id);
+    let mut watch = PrimaryWatch::new(&opts.ws);
+    let mut registered_epoch = 0u64;
+    let hello = Method::Hello(MemberInfo {
+        instance_id: me.instance_id.clone(),
+        pid: me.pid,
+        kind: opts.kind.to_string(),
+        started_at: me.started_at,
+    });
+    tracing::info!("secondary: waiting on the election lock");
+    loop {
+        watch.poll();
+        let current_epoch = watch.current().map(|r| r.epoch).unwrap_or(0);
+        let need_hello = current_epoch != 0 && current_epoch != registered_epoch;
+        tokio::select! {
+            biased;
+            lock = &mut lock_rx => {
+                return match lock {
+                    Ok(lock) => {
+                        tracing::info!("won the election lock: promoting");
+                        Ok(Some(lock))
+                    }
+                    Err(_) => Err(NodeError::Io {
+                        what: "the lock waiter died".into(),
+                        source: std::io::Error::other("waiter thread ended"),
+                    }),
+                };
+            }
+            _ = shutdown.changed() => return Ok(None),
+            result = async {
+                if need_hello {
+                    Some(client.call(hello.clone()).await)
+                } else {
+                    tokio::time::sleep(POLL).await;
+                    None
+                }
+            } => match result {
+                Some(Ok(ReplyBody::Welcome { epoch, .. })) => {
+                    registered_epoch = epoch;
+                    tracing::info!(epoch, "following the primary");
+                }
+                Some(Ok(other)) => tracing::warn!("unexpected reply to hello: {other:?}"),
+                Some(Err(e)) => {
+                    tracing::warn!("cannot register with the primary: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => {}
+            }
+        }
+    }
+}

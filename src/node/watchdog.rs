@@ -1,0 +1,67 @@
+//! The primary's watchdog (DESIGN §2): a hung primary keeps the lock, so no
+//! one else can take over. The event loop ticks a shared clock; this thread
+//! aborts the process when the clock stops for `timeout`, which releases the
+//! lock and lets a secondary promote.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+pub struct Watchdog {
+    base: Instant,
+    last_tick_ms: Arc<AtomicU64>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Watchdog {
+    /// Starts the watchdog thread.
+    pub fn start(timeout: Duration) -> std::io::Result<Watchdog> {
+        let dog = Watchdog {
+            base: Instant::now(),
+            last_tick_ms: Arc::new(AtomicU64::new(0)),
+            stopped: Arc::new(AtomicBool::new(false)),
+        };
+        let watcher = dog.clone();
+        std::thread::Builder::new()
+            .name("grove-watchdog".into())
+            .spawn(move || watcher.watch(timeout))?;
+        Ok(dog)
+    }
+
+    /// Called by the event loop: "I am alive".
+    pub fn tick(&self) {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.last_tick_ms.store(now, Ordering::Relaxed);
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    fn watch(&self, timeout: Duration) {
+        let period = (timeout / 10).max(Duration::from_millis(10));
+        let mut last_wake = Instant::now();
+        while !self.stopped.load(Ordering::Relaxed) {
+            std::thread::sleep(period);
+            let woke = Instant::now();
+            // If this thread itself slept far too long, the whole process
+            // was frozen (SIGSTOP, suspended VM): the loop was not hung, so
+            // give it a fresh chance instead of killing a healthy primary.
+            if woke.duration_since(last_wake) > period + timeout / 2 {
+                self.tick();
+            }
+            last_wake = woke;
+            let now = self.base.elapsed().as_millis() as u64;
+            let stalled = now.saturating_sub(self.last_tick_ms.load(Ordering::Relaxed));
+            if stalled > timeout.as_millis() as u64 && !self.stopped.load(Ordering::Relaxed) {
+                tracing::error!(
+                    "watchdog: the event loop has not ticked for {stalled} ms; aborting so that a secondary can take over"
+                );
+                eprintln!("grove: watchdog: event loop hung for {stalled} ms, aborting");
+                // _exit: no atexit handlers, no locks to take in a hung process.
+                unsafe { libc::_exit(70) };
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Where a workspace keeps its state (DESIGN §1).
+//!
+//! The state dir lives in the workspace; the sockets do not, because unix
+//! socket paths are limited to 108 bytes. They go in a short per-user
+//! directory keyed by a hash of the workspace path.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error("workspace {path} does not exist or is not a directory")]
+    NoWorkspace { path: PathBuf },
+    #[error(
+        "cannot create the state dir {path}: {source} (is the workspace writable by you?)"
+    )]
+    StateDir { path: PathBuf, source: io::Error },
+    #[error("the state dir {path} is not writable: {source} (check its owner and mode)")]
+    NotWritable { path: PathBuf, source: io::Error },
+    #[error("cannot create the socket dir {path}: {source}")]
+    SocketDir { path: PathBuf, source: io::Error },
+    #[error(
+        "refusing the socket dir {path}: {reason}; remove it or fix its ownership/mode (must be owned by uid {uid} and mode 0700)"
+    )]
+    UnsafeSocketDir {
+        path: PathBuf,
+        reason: String,
+        uid: u32,
+    },
+}
+
+/// The resolved file layout of one workspace.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket_dir: PathBuf,
+}
+
+impl Workspace {
+    /// Resolves `root` (canonicalized, so every process agrees on the hash).
+    pub fn resolve(root: &Path) -> Result<Self, PathError> {
+        let root = fs::canonicalize(root).map_err(|_| PathError::NoWorkspace {
+            path: root.to_path_buf(),
+        })?;
+        if !root.is_dir() {
+            return Err(PathError::NoWorkspace { path: root });
+        }
+        let state_dir = root.join(".grove");
+        let socket_dir = socket_base().join(workspace_hash(&root));
+        Ok(Workspace {
+            root,
+            state_dir,
+            socket_dir,
+        })
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("grove.db")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.state_dir.join("primary.lock")
+    }
+    pub fn primary_json(&self) -> PathBuf {
+        self.state_dir.join("primary.json")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.state_dir.join("grove.toml")
+    }
+    pub fn pub_socket(&self, epoch: u64) -> PathBuf {
+        self.socket_dir.join(format!("pub-{epoch}.sock"))
+    }
+    pub fn rpc_socket(&self, epoch: u64) -> PathBuf {
+        self.socket_dir.join(format!("rpc-{epoch}.sock"))
+    }
+
+    /// Creates `.grove/` (0700) and checks that we can write in it.
+    pub fn ensure_state_dir(&self) -> Result<(), PathError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.state_dir)
+            .map_err(|source| PathError::StateDir {
+                path: self.state_dir.clone(),
+                source,
+            })?;
+        // Creating the dir succeeds when it already exists; prove writability.
+        let probe = self.state_dir.join(format!(".probe-{}", std::process::id()));
+        fs::write(&probe, b"")
+            .and_then(|_| fs::remove_file(&probe))
+            .map_err(|source| PathError::NotWritable {
+                path: self.state_dir.clone(),
+                source,
+            })
+    }
+
+    /// Creates the socket dir (0700) and refuses it when someone else owns it
+    /// or others can write to it, the way tmux and ssh-agent do.
+    pub fn ensure_socket_dir(&self) -> Result<(), PathError> {
+        for dir in [self.socket_dir.parent(), Some(self.socket_dir.as_path())]
+            .into_iter()
+            .flatten()
+        {
+            match fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(PathError::SocketDir {
+                        path: dir.to_path_buf(),
+                        source,
+                    });
+                }
+            }
+            check_private_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_private_dir(dir: &Path) -> Result<(), PathError> {
+    let uid = unsafe { libc::geteuid() };
+    let meta = fs::symlink_metadata(dir).map_err(|source| PathError::SocketDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let unsafe_dir = |reason: String| PathError::UnsafeSocketDir {
+        path: dir.to_path_buf(),
+        reason,
+        uid,
+    };
+    if !meta.is_dir() {
+        return Err(unsafe_dir("it is not a directory".into()));
+    }
+    if meta.uid() != uid {
+        return Err(unsafe_dir(format!("it is owned by uid {}", meta.uid())));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(unsafe_dir(format!(
+            "its mode is {:o}, open to other users",
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    Ok(())
+}
+
+/// `$XDG_RUNTIME_DIR/grove` when set and usable, else `/tmp/grove-<uid>`.
+fn socket_base() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        if dir.is_dir() {
+            return dir.join("grove");
+        }
+    }
+    let uid = unsafe { libc::geteuid() };
+    PathBuf::from(format!("/tmp/grove-{uid}"))
+}
+
+/// A short, stable name for a workspace path (FNV-1a, 64 bits, hex).
+fn workspace_hash(root: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in root.as_os_str().as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Writes `bytes` to `path` atomically: write a temp file, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_paths_are_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a".repeat(200));
+        fs::create_dir(&deep).unwrap();
+        let ws = Workspace::resolve(&deep).unwrap();
+        assert!(ws.rpc_socket(u64::MAX).as_os_str().len() < 108);
+    }
+
+    #[test]
+    fn hash_is_stable_and_distinct() {
+        assert_eq!(
+            workspace_hash(Path::new("/a/b")),
+            workspace_hash(Path::new("/a/b"))
+        );
+        assert_ne!(
+            workspace_hash(Path::new("/a/b")),
+            workspace_hash(Path::new("/a/c"))
+        );
+    }
+}

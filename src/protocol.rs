@@ -1,0 +1,651 @@
+//! Wire types of the grove bus (DESIGN §3) and their MessagePack codec.
+//!
+//! Everything that crosses a socket is defined here and nowhere else, so the
+//! language-neutral contract in `ipc-schema/` has exactly one Rust
+//! counterpart (the drift test in `tests/schema.rs` compares them).
+//!
+//! Encoding rules, chosen so that old and new peers can read each other:
+//! - MessagePack with **named** fields (`rmp_serde::to_vec_named`);
+//! - every field added after protocol v1 is `#[serde(default)]`;
+//! - enums are externally tagged only (`{"task.create": {...}}`): rmp-serde
+//!   has known bugs with untagged/adjacent tagging and `flatten`.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the wire protocol carried in every request and reply (`v`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest request frame the primary decodes. Anything bigger is answered
+/// with `too_large` (when the frame can be addressed) and never decoded.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Longest accepted request id (idempotency key).
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A request from any client to the primary's ROUTER socket: one frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub v: u32,
+    /// Client-generated unique id (a UUID in text form). For writes it is the
+    /// idempotency key: a retry with the same id is never applied twice.
+    pub id: String,
+    /// Instance id of the sender (a UUID string, or any name for tools).
+    pub from: String,
+    /// Highest primary epoch the sender has seen; a primary older than that
+    /// refuses the request with `stale_epoch`.
+    pub epoch_seen: u64,
+    pub method: Method,
+}
+
+/// Every RPC method. The variant name on the wire is the method name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Method {
+    /// Liveness probe, answered by the event loop without touching the store.
+    #[serde(rename = "ping")]
+    Ping {},
+    /// A member (secondary or front end) registers itself with the primary.
+    #[serde(rename = "hello")]
+    Hello(MemberInfo),
+    #[serde(rename = "task.create")]
+    TaskCreate(NewTask),
+    #[serde(rename = "task.set_progress")]
+    TaskSetProgress {
+        id: String,
+        /// 0..=100; `None` leaves the percentage unchanged.
+        #[serde(default)]
+        percent: Option<u8>,
+        #[serde(default)]
+        text: Option<String>,
+    },
+    #[serde(rename = "task.update_status")]
+    TaskUpdateStatus {
+        id: String,
+        status: TaskStatus,
+        #[serde(default)]
+        reason: Option<FailureReason>,
+        #[serde(default)]
+        exit_code: Option<i32>,
+        #[serde(default)]
+        pid: Option<u32>,
+    },
+    #[serde(rename = "task.delete")]
+    TaskDelete { id: String },
+    /// Test hook, refused unless the primary runs with `GROVE_DEBUG_HOOKS=1`:
+    /// blocks the primary's event loop for `ms` so the watchdog can be tested.
+    #[serde(rename = "debug.stall")]
+    DebugStall { ms: u64 },
+}
+
+/// Names of every method, as they appear on the wire.
+pub const METHOD_NAMES: &[&str] = &[
+    "ping",
+    "hello",
+    "task.create",
+    "task.set_progress",
+    "task.update_status",
+    "task.delete",
+    "debug.stall",
+];
+
+impl Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Ping {} => "ping",
+            Method::Hello(_) => "hello",
+            Method::TaskCreate(_) => "task.create",
+            Method::TaskSetProgress { .. } => "task.set_progress",
+            Method::TaskUpdateStatus { .. } => "task.update_status",
+            Method::TaskDelete { .. } => "task.delete",
+            Method::DebugStall { .. } => "debug.stall",
+        }
+    }
+
+    /// Writes go through the store thread and the idempotency ledger.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Method::Ping {} | Method::DebugStall { .. })
+    }
+}
+
+/// A reply to one request: exactly one of `ok` and `err` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub v: u32,
+    /// The id of the request this answers (empty if the request was unreadable).
+    pub id: String,
+    /// Epoch of the primary that produced this reply.
+    pub epoch: u64,
+    #[serde(default)]
+    pub ok: Option<ReplyBody>,
+    #[serde(default)]
+    pub err: Option<WireError>,
+}
+
+impl Reply {
+    pub fn ok(id: String, epoch: u64, body: ReplyBody) -> Self {
+        Reply {
+            v: PROTOCOL_VERSION,
+            id,
+            epoch,
+            ok: Some(body),
+            err: None,
+        }
+    }
+
+    pub fn err(id: String, epoch: u64, err: WireError) -> Self {
+        Reply {
+            v: PROTOCOL_VERSION,
+            id,
+            epoch,
+            ok: None,
+            err: Some(err),
+        }
+    }
+
+    pub fn into_result(self) -> Result<ReplyBody, WireError> {
+        match (self.ok, self.err) {
+            (_, Some(e)) => Err(e),
+            (Some(b), None) => Ok(b),
+            (None, None) => Err(WireError::new(
+                ErrorCode::Internal,
+                "reply carries neither ok nor err",
+            )),
+        }
+    }
+}
+
+/// The successful result of a method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ReplyBody {
+    #[serde(rename = "pong")]
+    Pong(PrimaryInfo),
+    #[serde(rename = "welcome")]
+    Welcome { epoch: u64, last_seq: u64 },
+    #[serde(rename = "task")]
+    Task(TaskRecord),
+    #[serde(rename = "deleted")]
+    Deleted { id: String },
+    #[serde(rename = "done")]
+    Done {},
+}
+
+/// The closed set of error codes (documented in `ipc-schema/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not valid MessagePack or not a valid request.
+    BadRequest,
+    /// The method name is not one this primary knows.
+    UnknownMethod,
+    /// The request is well formed but a field value is invalid.
+    InvalidParams,
+    /// The task (or other entity) does not exist.
+    NotFound,
+    /// The request conflicts with the current state (e.g. illegal transition).
+    Conflict,
+    /// The frame exceeds `MAX_FRAME_BYTES`.
+    TooLarge,
+    /// The request names an epoch newer than this primary's: it is stale.
+    StaleEpoch,
+    /// The protocol version is not supported.
+    UnsupportedVersion,
+    /// No primary can serve the request (shutting down, unresponsive).
+    Unavailable,
+    /// A bug or an I/O failure inside the primary.
+    Internal,
+}
+
+pub const ERROR_CODES: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::UnknownMethod,
+    ErrorCode::InvalidParams,
+    ErrorCode::NotFound,
+    ErrorCode::Conflict,
+    ErrorCode::TooLarge,
+    ErrorCode::StaleEpoch,
+    ErrorCode::UnsupportedVersion,
+    ErrorCode::Unavailable,
+    ErrorCode::Internal,
+];
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownMethod => "unknown_method",
+            ErrorCode::InvalidParams => "invalid_params",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::StaleEpoch => "stale_epoch",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Who the primary is, as answered to `ping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrimaryInfo {
+    pub instance_id: String,
+    pub pid: u32,
+    pub epoch: u64,
+    /// Unix milliseconds.
+    pub started_at: u64,
+    pub uptime_ms: u64,
+    pub pub_endpoint: String,
+    pub rpc_endpoint: String,
+    pub last_seq: u64,
+}
+
+/// A member of the grove, as announced by `hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub instance_id: String,
+    pub pid: u32,
+    /// `serve`, `acp`, `cli`, ...
+    pub kind: String,
+    /// Unix milliseconds.
+    pub started_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Pending,
+    Queued,
+    Running,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+pub const TASK_STATUSES: &[TaskStatus] = &[
+    TaskStatus::Pending,
+    TaskStatus::Queued,
+    TaskStatus::Running,
+    TaskStatus::Paused,
+    TaskStatus::Completed,
+    TaskStatus::Failed,
+    TaskStatus::Cancelled,
+];
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::Paused => "paused",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        TASK_STATUSES.iter().copied().find(|t| t.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    ExitCode,
+    Timeout,
+    SpawnError,
+    DependencyFailed,
+    Lost,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::ExitCode => "exit_code",
+            FailureReason::Timeout => "timeout",
+            FailureReason::SpawnError => "spawn_error",
+            FailureReason::DependencyFailed => "dependency_failed",
+            FailureReason::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            FailureReason::ExitCode,
+            FailureReason::Timeout,
+            FailureReason::SpawnError,
+            FailureReason::DependencyFailed,
+            FailureReason::Lost,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// Parameters of `task.create`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NewTask {
+    pub prompt: String,
+    #[serde(default)]
+    pub engine: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub work_dir: Option<String>,
+    #[serde(default)]
+    pub persona: Option<String>,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+/// A task as stored and as carried by events and replies (DESIGN §5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: String,
+    pub prompt: String,
+    pub engine: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub work_dir: Option<String>,
+    #[serde(default)]
+    pub persona: Option<String>,
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub failure_reason: Option<FailureReason>,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub progress_pct: Option<u8>,
+    #[serde(default)]
+    pub progress_text: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    #[serde(default)]
+    pub finished_at: Option<u64>,
+    #[serde(default)]
+    pub retry_of: Option<String>,
+    #[serde(default = "one")]
+    pub attempt: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// An event published on the PUB socket as `[topic, msgpack(Event)]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the durable event log; 0 for transient events
+    /// (`task.output`, `instance.heartbeat`), which are not logged.
+    pub seq: u64,
+    pub epoch: u64,
+    /// Unix milliseconds.
+    pub at: u64,
+    pub data: EventData,
+}
+
+impl Event {
+    pub fn topic(&self) -> &'static str {
+        self.data.topic()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventData {
+    #[serde(rename = "task.created")]
+    TaskCreated { task: TaskRecord },
+    #[serde(rename = "task.updated")]
+    TaskUpdated { task: TaskRecord },
+    #[serde(rename = "task.deleted")]
+    TaskDeleted { id: String },
+    /// Transient: a chunk of a running task's output (the log file is durable).
+    #[serde(rename = "task.output")]
+    TaskOutput { id: String, chunk: String },
+    #[serde(rename = "instance.joined")]
+    InstanceJoined { member: MemberInfo, epoch: u64 },
+    /// Transient: the primary is alive; `last_seq` lets subscribers notice a
+    /// lost tail of the event stream even when nothing else is published.
+    #[serde(rename = "instance.heartbeat")]
+    Heartbeat {
+        instance_id: String,
+        last_seq: u64,
+        uptime_ms: u64,
+    },
+    #[serde(rename = "instance.promoted")]
+    Promoted {
+        instance_id: String,
+        pid: u32,
+        epoch: u64,
+    },
+    #[serde(rename = "instance.shutdown")]
+    Shutdown { instance_id: String, epoch: u64 },
+}
+
+pub const TOPICS: &[&str] = &[
+    "task.created",
+    "task.updated",
+    "task.deleted",
+    "task.output",
+    "instance.joined",
+    "instance.heartbeat",
+    "instance.promoted",
+    "instance.shutdown",
+];
+
+impl EventData {
+    pub fn topic(&self) -> &'static str {
+        match self {
+            EventData::TaskCreated { .. } => "task.created",
+            EventData::TaskUpdated { .. } => "task.updated",
+            EventData::TaskDeleted { .. } => "task.deleted",
+            EventData::TaskOutput { .. } => "task.output",
+            EventData::InstanceJoined { .. } => "instance.joined",
+            EventData::Heartbeat { .. } => "instance.heartbeat",
+            EventData::Promoted { .. } => "instance.promoted",
+            EventData::Shutdown { .. } => "instance.shutdown",
+        }
+    }
+
+    /// Durable events are appended to the `events` table and get a `seq`.
+    pub fn is_durable(&self) -> bool {
+        !matches!(
+            self,
+            EventData::TaskOutput { .. } | EventData::Heartbeat { .. }
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("unknown method `{0}`")]
+    UnknownMethod(String),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl DecodeError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::TooLarge(_) => ErrorCode::TooLarge,
+            DecodeError::UnknownMethod(_) => ErrorCode::UnknownMethod,
+            DecodeError::Malformed(_) => ErrorCode::BadRequest,
+        }
+    }
+}
+
+/// Encodes any wire value with named fields.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing our own plain structs into a Vec cannot fail.
+    rmp_serde::to_vec_named(value).expect("wire types always serialize")
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// The parts of a request that can be read even when its method cannot, so
+/// that the error reply can still be addressed to the request's id.
+#[derive(Debug, Default, Deserialize)]
+pub struct RequestHead {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub method: Option<std::collections::BTreeMap<String, serde::de::IgnoredAny>>,
+}
+
+/// Decodes a request frame, telling apart an unknown method (peer is newer
+/// than us) from a malformed request. On failure returns the request id when
+/// it could be read, so the caller can still answer.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, (String, DecodeError)> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err((String::new(), DecodeError::TooLarge(bytes.len())));
+    }
+    match rmp_serde::from_slice::<Request>(bytes) {
+        Ok(req) => Ok(req),
+        Err(full_err) => {
+            let head: RequestHead = rmp_serde::from_slice(bytes).unwrap_or_default();
+            let method_name = head
+                .method
+                .as_ref()
+                .and_then(|m| m.keys().next().cloned());
+            let err = match method_name {
+                Some(name) if !METHOD_NAMES.contains(&name.as_str()) => {
+                    DecodeError::UnknownMethod(name)
+                }
+                _ => DecodeError::Malformed(full_err.to_string()),
+            };
+            Err((head.id, err))
+        }
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method) -> Request {
+        Request {
+            v: PROTOCOL_VERSION,
+            id: "r1".into(),
+            from: "me".into(),
+            epoch_seen: 3,
+            method,
+        }
+    }
+
+    #[test]
+    fn request_roundtrip() {
+        let r = req(Method::TaskCreate(NewTask {
+            prompt: "echo hi".into(),
+            tags: vec!["a".into()],
+            ..Default::default()
+        }));
+        let back = decode_request(&encode(&r)).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn unknown_method_is_told_apart() {
+        #[derive(Serialize)]
+        struct Weird {
+            v: u32,
+            id: String,
+            from: String,
+            epoch_seen: u64,
+            method: std::collections::BTreeMap<String, u8>,
+        }
+        let w = Weird {
+            v: 1,
+            id: "abc".into(),
+            from: "x".into(),
+            epoch_seen: 0,
+            method: [("task.frobnicate".to_string(), 1u8)].into(),
+        };
+        let (id, err) = decode_request(&encode(&w)).unwrap_err();
+        assert_eq!(id, "abc");
+        assert_eq!(err.code(), ErrorCode::UnknownMethod);
+    }
+
+    #[test]
+    fn garbage_is_bad_request() {
+        let (id, err) = decode_request(b"\xc1\xff garbage").unwrap_err();
+        assert_eq!(id, "");
+        assert_eq!(err.code(), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn oversized_is_refused_before_decoding() {
+        let big = vec![0u8; MAX_FRAME_BYTES + 1];
+        let (_, err) = decode_request(&big).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn error_code_names_match_serde() {
+        for code in ERROR_CODES {
+            let v: String = rmp_serde::from_slice(&encode(code)).unwrap();
+            assert_eq!(v, code.as_str());
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Versioned schema migrations. Only a primary runs them (DESIGN §4): a
+//! secondary's connection is read-only and could not anyway.
+
+use rusqlite::{Connection, OptionalExtension};
+
+/// Each entry upgrades the schema from version `index` to `index + 1`.
+/// Never edit a released migration; append a new one.
+const MIGRATIONS: &[&str] = &[
+    // v1: the substrate.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('epoch', 0);
+
+    CREATE TABLE tasks (
+        id             TEXT PRIMARY KEY,
+        prompt         TEXT NOT NULL,
+        engine         TEXT NOT NULL,
+        model          TEXT,
+        work_dir       TEXT,
+        persona        TEXT,
+        status         TEXT NOT NULL,
+        failure_reason TEXT,
+        dependencies   TEXT NOT NULL DEFAULT '[]',
+        tags           TEXT NOT NULL DEFAULT '[]',
+        priority       INTEGER NOT NULL DEFAULT 0,
+        timeout_ms     INTEGER,
+        progress_pct   INTEGER,
+        progress_text  TEXT,
+        exit_code      INTEGER,
+        pid            INTEGER,
+        session_id     TEXT,
+        created_at     INTEGER NOT NULL,
+        updated_at     INTEGER NOT NULL,
+        started_at     INTEGER,
+        finished_at    INTEGER,
+        retry_of       TEXT,
+        attempt        INTEGER NOT NULL DEFAULT 1,
+        created_seq    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX tasks_status ON tasks (status);
+    CREATE INDEX tasks_session ON tasks (session_id);
+
+    CREATE TABLE events (
+        seq     INTEGER PRIMARY KEY,
+        epoch   INTEGER NOT NULL,
+        at      INTEGER NOT NULL,
+        topic   TEXT NOT NULL,
+        payload BLOB NOT NULL
+    );
+
+    CREATE TABLE ledger (
+        request_id    TEXT PRIMARY KEY,
+        from_instance TEXT NOT NULL,
+        method        TEXT NOT NULL,
+        at            INTEGER NOT NULL,
+        reply         BLOB NOT NULL
+    );
+
+    CREATE TABLE members (
+        instance_id TEXT PRIMARY KEY,
+        pid         INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        started_at  INTEGER NOT NULL,
+        joined_at   INTEGER NOT NULL,
+        epoch       INTEGER NOT NULL
+    );
+    "#,
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the schema up to `SCHEMA_VERSION`, each step in its own
+/// transaction. Refuses a database written by a newer grove.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "the store has schema version {current}, newer than this grove ({SCHEMA_VERSION}); upgrade grove"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [version as i64 + 1],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub fn read_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}

@@ -1,0 +1,205 @@
+//! A gap-free event stream (DESIGN §4): SUB on the primary's PUB socket,
+//! repaired from the store.
+//!
+//! PUB/SUB drops messages by design (slow joiner, queue overflow, failover).
+//! Every durable event carries its `seq`; the subscriber delivers them in
+//! order, and whenever it sees a hole — a later seq, a heartbeat whose
+//! `last_seq` is ahead, a reconnect to a new primary — it reads the missing
+//! rows from its own read-only store connection. So no subscriber misses a
+//! durable event, ever.
+
+use crate::paths::Workspace;
+use crate::primary_record::PrimaryWatch;
+use crate::protocol::{Event, EventData, decode, now_ms};
+use crate::store::Reader;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use zeromq::{Socket, SocketRecv};
+
+const POLL: Duration = Duration::from_millis(5);
+const CATCH_UP_BATCH: usize = 1000;
+
+/// What a subscriber knows of the primary's health, shared with its owner.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Unix ms when the last heartbeat arrived (0: none yet).
+    last_heartbeat: AtomicU64,
+    /// Epoch of the primary we are subscribed to.
+    epoch: AtomicU64,
+}
+
+impl Health {
+    pub fn heartbeat_age_ms(&self) -> Option<u64> {
+        match self.last_heartbeat.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(now_ms().saturating_sub(at)),
+        }
+    }
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Subscription {
+    pub events: mpsc::Receiver<Event>,
+    pub health: Arc<Health>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a subscription that delivers every durable event with
+/// `seq >= first_seq` in order, plus transient events (`task.output`,
+/// heartbeats) as they arrive.
+pub fn subscribe(ws: &Workspace, first_seq: u64) -> Subscription {
+    let (tx, rx) = mpsc::channel(4096);
+    let health = Arc::new(Health::default());
+    let task = tokio::spawn(run(ws.clone(), first_seq.max(1), tx, health.clone()));
+    Subscription {
+        events: rx,
+        health,
+        task,
+    }
+}
+
+struct Cursor {
+    next: u64,
+    reader: Option<Reader>,
+    ws: Workspace,
+}
+
+impl Cursor {
+    /// Delivers every stored event from `next` on. Returns false when the
+    /// receiver is gone.
+    async fn catch_up(&mut self, tx: &mpsc::Sender<Event>) -> bool {
+        loop {
+            if self.reader.is_none() {
+                match Reader::open(&self.ws.db_path()) {
+                    Ok(r) => self.reader = Some(r),
+                    Err(e) => {
+                        tracing::debug!("cannot open the store to catch up yet: {e}");
+                        return true;
+                    }
+                }
+            }
+            let Some(reader) = self.reader.as_ref() else {
+                return true;
+            };
+            let batch = match reader.events_from(self.next, CATCH_UP_BATCH) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("catching up from the store failed: {e}");
+                    self.reader = None;
+                    return true;
+                }
+            };
+            let n = batch.len();
+            for event in batch {
+                self.next = event.seq + 1;
+                if tx.send(event).await.is_err() {
+                    return false;
+                }
+            }
+            if n < CATCH_UP_BATCH {
+                return true;
+            }
+        }
+    }
+}
+
+async fn run(ws: Workspace, first_seq: u64, tx: mpsc::Sender<Event>, health: Arc<Health>) {
+    let mut watch = PrimaryWatch::new(&ws);
+    let mut cursor = Cursor {
+        next: first_seq,
+        reader: None,
+        ws: ws.clone(),
+    };
+    loop {
+        watch.poll();
+        let Some(record) = watch.current().cloned() else {
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
+        let mut sub = zeromq::SubSocket::new();
+        let connected = tokio::time::timeout(
+            Duration::from_millis(1000),
+            sub.connect(&record.pub_endpoint),
+        )
+        .await;
+        if !matches!(connected, Ok(Ok(()))) || sub.subscribe("").await.is_err() {
+            // Not bound yet or already gone: wait for primary.json to move.
+            tokio::time::sleep(POLL).await;
+            continue;
+        }
+        health.epoch.store(record.epoch, Ordering::Relaxed);
+        // Anything published before the subscription took effect is in the
+        // store: catch up after subscribing, then dedupe by seq.
+        if !cursor.catch_up(&tx).await {
+            return;
+        }
+        let mut tick = tokio::time::interval(POLL);
+        loop {
+            tokio::select! {
+                msg = sub.recv() => {
+                    let Ok(msg) = msg else { break };
+                    let Some(payload) = msg.get(1) else { continue };
+                    let event: Event = match decode(payload) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::warn!("dropping an unreadable event: {e}");
+                            continue;
+                        }
+                    };
+                    if !deliver(event, &mut cursor, &tx, &health).await {
+                        return;
+                    }
+                }
+                _ = tick.tick() => {
+                    if watch.poll() {
+                        break; // a new primary: resubscribe on its endpoint
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn deliver(
+    event: Event,
+    cursor: &mut Cursor,
+    tx: &mpsc::Sender<Event>,
+    health: &Health,
+) -> bool {
+    if let EventData::Heartbeat { last_seq, .. } = &event.data {
+        health.last_heartbeat.store(now_ms(), Ordering::Relaxed);
+        if *last_seq >= cursor.next && !cursor.catch_up(tx).await {
+            return false;
+        }
+        return tx.send(event).await.is_ok();
+    }
+    if !event.data.is_durable() {
+        return tx.send(event).await.is_ok();
+    }
+    if event.seq < cursor.next {
+        return true; // already delivered (from the store or a duplicate)
+    }
+    if event.seq > cursor.next {
+        // A hole: the missing events are committed, read them.
+        if !cursor.catch_up(tx).await {
+            return false;
+        }
+        if event.seq != cursor.next {
+            // Either delivered by the catch-up, or the store could not be
+            // read: then the next heartbeat's `last_seq` triggers a retry.
+            return true;
+        }
+    }
+    cursor.next = event.seq + 1;
+    tx.send(event).await.is_ok()
+}
