@@ -21,7 +21,6 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 /// How often a waiting client re-checks `primary.json` and the primary's pid.
 const POLL: Duration = Duration::from_millis(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -129,6 +128,11 @@ impl Client {
             };
             match self.exchange(id, &method, timeout).await {
                 Outcome::Reply(r) => return r.into_result().map_err(ClientError::Refused),
+                // Writes are safe to resend (the ledger dedupes them), pings
+                // are harmless; a debug hook must hit one primary only.
+                Outcome::PrimaryChanged if matches!(method, Method::DebugStall { .. }) => {
+                    return Err(ClientError::Bus("the primary changed".into()));
+                }
                 Outcome::PrimaryChanged => continue,
                 Outcome::TimedOut => return Err(self.unresponsive(timeout)),
             }
@@ -160,7 +164,14 @@ impl Client {
                             });
                             return Ok(());
                         }
-                        Err(e) if Instant::now() >= failover_deadline => {
+                        Err(ConnectError::TimedOut) => {
+                            // The socket accepts but nobody completes the
+                            // ZMTP handshake: the process is alive but stuck.
+                            if !self.watch.poll() {
+                                return Err(self.unresponsive(self.probe_timeout));
+                            }
+                        }
+                        Err(ConnectError::Failed(e)) if Instant::now() >= failover_deadline => {
                             return Err(ClientError::Bus(format!(
                                 "cannot connect to the primary at {}: {e}",
                                 rec.rpc_endpoint
@@ -201,12 +212,13 @@ impl Client {
         crate::election::is_held(&self.ws.lock_path()).unwrap_or(false)
     }
 
-    async fn connect(&self, rec: &PrimaryRecord) -> Result<zeromq::DealerSocket, String> {
+    async fn connect(&self, rec: &PrimaryRecord) -> Result<zeromq::DealerSocket, ConnectError> {
         let mut dealer = zeromq::DealerSocket::new();
-        match tokio::time::timeout(CONNECT_TIMEOUT, dealer.connect(&rec.rpc_endpoint)).await {
+        let connecting = dealer.connect(&rec.rpc_endpoint);
+        match tokio::time::timeout(self.probe_timeout, connecting).await {
             Ok(Ok(())) => Ok(dealer),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("connect timed out".into()),
+            Ok(Err(e)) => Err(ConnectError::Failed(e.to_string())),
+            Err(_) => Err(ConnectError::TimedOut),
         }
     }
 
@@ -275,10 +287,7 @@ impl Client {
 
     fn unresponsive(&self, waited: Duration) -> ClientError {
         let Some(rec) = self.watch.current() else {
-            return ClientError::Unresponsive(format!(
-                "no reply within {} ms",
-                waited.as_millis()
-            ));
+            return ClientError::Unresponsive(format!("no reply within {} ms", waited.as_millis()));
         };
         let mut what = format!(
             "primary pid {} (epoch {}) did not answer within {} ms",
@@ -296,6 +305,20 @@ impl Client {
     }
 }
 
+enum ConnectError {
+    TimedOut,
+    Failed(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::TimedOut => f.write_str("connect timed out"),
+            ConnectError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 enum Outcome {
     Reply(Reply),
     PrimaryChanged,
@@ -306,6 +329,8 @@ enum Outcome {
 pub async fn ping(client: &mut Client) -> Result<crate::protocol::PrimaryInfo, ClientError> {
     match client.call(Method::Ping {}).await? {
         ReplyBody::Pong(info) => Ok(info),
-        other => Err(ClientError::Bus(format!("unexpected reply to ping: {other:?}"))),
+        other => Err(ClientError::Bus(format!(
+            "unexpected reply to ping: {other:?}"
+        ))),
     }
 }

@@ -159,7 +159,8 @@ fn line_hint(path: &Path, message: &str) -> String {
         .unwrap_or_default();
     if !key.is_empty() {
         for (n, line) in text.lines().enumerate() {
-            if line.trim_start().starts_with(&key) {
+            let rest = line.trim_start().strip_prefix(key.as_str()).unwrap_or("#");
+            if rest.trim_start().starts_with('=') {
                 return format!("line {}: {message}", n + 1);
             }
         }

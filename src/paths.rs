@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 pub enum PathError {
     #[error("workspace {path} does not exist or is not a directory")]
     NoWorkspace { path: PathBuf },
-    #[error(
-        "cannot create the state dir {path}: {source} (is the workspace writable by you?)"
-    )]
+    #[error("cannot create the state dir {path}: {source} (is the workspace writable by you?)")]
     StateDir { path: PathBuf, source: io::Error },
     #[error("the state dir {path} is not writable: {source} (check its owner and mode)")]
     NotWritable { path: PathBuf, source: io::Error },
@@ -90,7 +88,9 @@ impl Workspace {
                 source,
             })?;
         // Creating the dir succeeds when it already exists; prove writability.
-        let probe = self.state_dir.join(format!(".probe-{}", std::process::id()));
+        let probe = self
+            .state_dir
+            .join(format!(".probe-{}", std::process::id()));
         fs::write(&probe, b"")
             .and_then(|_| fs::remove_file(&probe))
             .map_err(|source| PathError::NotWritable {

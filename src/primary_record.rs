@@ -43,9 +43,10 @@ impl PrimaryRecord {
         }
     }
 
-    /// Whether the recorded process still exists (it may be hung or stopped).
+    /// Whether the recorded process still runs (it may be hung or stopped;
+    /// a zombie waiting for its parent counts as dead).
     pub fn pid_alive(&self) -> bool {
-        crate::proc::alive(self.pid)
+        crate::proc::running(self.pid)
     }
 }
 
@@ -71,9 +72,13 @@ impl PrimaryWatch {
     /// Re-checks the file; returns true when the record changed.
     pub fn poll(&mut self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        let stamp = std::fs::metadata(&self.path)
-            .ok()
-            .map(|m| (m.ino(), m.size(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+        let stamp = std::fs::metadata(&self.path).ok().map(|m| {
+            (
+                m.ino(),
+                m.size(),
+                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            )
+        });
         if stamp == self.stamp && self.current.is_some() {
             return false;
         }

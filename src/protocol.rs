@@ -99,11 +99,6 @@ impl Method {
             Method::DebugStall { .. } => "debug.stall",
         }
     }
-
-    /// Writes go through the store thread and the idempotency ledger.
-    pub fn is_write(&self) -> bool {
-        !matches!(self, Method::Ping {} | Method::DebugStall { .. })
-    }
 }
 
 /// A reply to one request: exactly one of `ok` and `err` is set.
@@ -557,10 +552,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, (String, DecodeError)> {
         Ok(req) => Ok(req),
         Err(full_err) => {
             let head: RequestHead = rmp_serde::from_slice(bytes).unwrap_or_default();
-            let method_name = head
-                .method
-                .as_ref()
-                .and_then(|m| m.keys().next().cloned());
+            let method_name = head.method.as_ref().and_then(|m| m.keys().next().cloned());
             let err = match method_name {
                 Some(name) if !METHOD_NAMES.contains(&name.as_str()) => {
                     DecodeError::UnknownMethod(name)

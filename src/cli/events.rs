@@ -56,7 +56,13 @@ fn print_event(e: &Event, json: bool) {
     let line = if json {
         serde_json::to_string(e).unwrap_or_default()
     } else {
-        format!("{:>6}  e{}  {:<18} {}", e.seq, e.epoch, e.topic(), summary(&e.data))
+        format!(
+            "{:>6}  e{}  {:<18} {}",
+            e.seq,
+            e.epoch,
+            e.topic(),
+            summary(&e.data)
+        )
     };
     let mut out = std::io::stdout().lock();
     if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
@@ -68,12 +74,21 @@ fn print_event(e: &Event, json: bool) {
 fn summary(d: &EventData) -> String {
     match d {
         EventData::TaskCreated { task } | EventData::TaskUpdated { task } => {
-            format!("{} {}", &task.id[..12.min(task.id.len())], task.status.as_str())
+            format!(
+                "{} {}",
+                &task.id[..12.min(task.id.len())],
+                task.status.as_str()
+            )
         }
         EventData::TaskDeleted { id } => id.clone(),
         EventData::TaskOutput { id, chunk } => format!("{id}: {}", chunk.trim_end()),
         EventData::InstanceJoined { member, .. } => {
-            format!("{} pid {} ({})", &member.instance_id[..8.min(member.instance_id.len())], member.pid, member.kind)
+            format!(
+                "{} pid {} ({})",
+                &member.instance_id[..8.min(member.instance_id.len())],
+                member.pid,
+                member.kind
+            )
         }
         EventData::Heartbeat { last_seq, .. } => format!("last_seq {last_seq}"),
         EventData::Promoted { pid, epoch, .. } => format!("pid {pid} epoch {epoch}"),

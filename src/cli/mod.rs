@@ -58,6 +58,12 @@ enum Command {
     Events(events::EventsArgs),
     /// Measure failover and RPC performance on this machine.
     Bench(crate::bench::BenchArgs),
+    /// Fault-injection hooks for tests (the primary must run with GROVE_DEBUG_HOOKS=1).
+    #[command(hide = true)]
+    DebugStall {
+        /// How long to block the primary's event loop.
+        ms: u64,
+    },
 }
 
 pub fn main() -> i32 {
@@ -117,7 +123,8 @@ impl Context {
     }
 
     pub fn reader(&self) -> Result<crate::store::Reader, CliError> {
-        crate::store::Reader::open(&self.ws.db_path()).map_err(|e| CliError::Unavailable(e.to_string()))
+        crate::store::Reader::open(&self.ws.db_path())
+            .map_err(|e| CliError::Unavailable(e.to_string()))
     }
 }
 
@@ -178,15 +185,23 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 kind: "serve",
                 events_log,
             };
-            crate::node::serve(opts)
-                .await
-                .map_err(|e| CliError::Failed(e.to_string()))?;
+            crate::node::serve(opts).await.map_err(|e| match e {
+                // A workspace we cannot use is a setup problem, not a crash.
+                crate::node::NodeError::Path(_) => CliError::Usage(e.to_string()),
+                e => CliError::Failed(e.to_string()),
+            })?;
             Ok(EXIT_OK)
         }
         Command::Status { json } => status::run(&ctx, json).await,
         Command::Task(cmd) => task::run(&ctx, cmd).await,
         Command::Events(args) => events::run(&ctx, args).await,
         Command::Bench(args) => crate::bench::run(&ctx, args).await,
+        Command::DebugStall { ms } => {
+            ctx.client()
+                .call(crate::protocol::Method::DebugStall { ms })
+                .await?;
+            Ok(EXIT_OK)
+        }
     }
 }
 

@@ -37,7 +37,9 @@ pub async fn run(ctx: &Context, json: bool) -> Result<i32, CliError> {
     let ping = crate::client::ping(&mut client).await;
     let (state, problem) = match &ping {
         Ok(_) => ("ok", None),
-        Err(e) if e.is_unavailable() && matches!(e, crate::client::ClientError::Unresponsive(_)) => {
+        Err(e)
+            if e.is_unavailable() && matches!(e, crate::client::ClientError::Unresponsive(_)) =>
+        {
             ("unresponsive", Some(e.to_string()))
         }
         Err(e) => ("down", Some(e.to_string())),

@@ -259,7 +259,10 @@ fn parse_status(s: &str) -> Result<TaskStatus, CliError> {
 }
 
 pub fn one_line(t: &TaskRecord) -> String {
-    let progress = t.progress_pct.map(|p| format!(" {p:>3}%")).unwrap_or_default();
+    let progress = t
+        .progress_pct
+        .map(|p| format!(" {p:>3}%"))
+        .unwrap_or_default();
     let prompt: String = t.prompt.chars().take(60).collect();
     format!(
         "{}  {:<9}{}  {}  {}",

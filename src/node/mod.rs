@@ -77,8 +77,10 @@ pub async fn serve(opts: NodeOptions) -> Result<(), NodeError> {
     let events_task = tokio::spawn(consume_events(opts.clone()));
 
     let lock_path = opts.ws.lock_path();
-    let mut lock = election::try_acquire(&lock_path)
-        .map_err(NodeError::io(format!("cannot open {}", lock_path.display())))?;
+    let mut lock = election::try_acquire(&lock_path).map_err(NodeError::io(format!(
+        "cannot open {}",
+        lock_path.display()
+    )))?;
     loop {
         if *shutdown.borrow() {
             break;
@@ -88,12 +90,10 @@ pub async fn serve(opts: NodeOptions) -> Result<(), NodeError> {
                 primary::run(&identity, &opts, held, shutdown.clone()).await?;
                 break;
             }
-            None => {
-                match secondary::run(&identity, &opts, shutdown.clone()).await? {
-                    Some(held) => lock = Some(held),
-                    None => break,
-                }
-            }
+            None => match secondary::run(&identity, &opts, shutdown.clone()).await? {
+                Some(held) => lock = Some(held),
+                None => break,
+            },
         }
     }
     events_task.abort();

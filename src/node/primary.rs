@@ -198,10 +198,7 @@ impl Serving {
                 "protocol version {} is not supported (this primary speaks {PROTOCOL_VERSION})",
                 request.v
             );
-            return self.send(
-                envelope,
-                self.error(id, ErrorCode::UnsupportedVersion, msg),
-            );
+            return self.send(envelope, self.error(id, ErrorCode::UnsupportedVersion, msg));
         }
         if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
             let msg = format!("the request id must be 1..={MAX_REQUEST_ID_LEN} bytes");
@@ -281,7 +278,10 @@ fn frame(mut envelope: Vec<Bytes>, payload: Vec<u8>) -> ZmqMessage {
     ZmqMessage::try_from(envelope).expect("a reply has at least two frames")
 }
 
-async fn reply_loop(mut router: zeromq::RouterSendHalf, mut rx: mpsc::UnboundedReceiver<ZmqMessage>) {
+async fn reply_loop(
+    mut router: zeromq::RouterSendHalf,
+    mut rx: mpsc::UnboundedReceiver<ZmqMessage>,
+) {
     while let Some(msg) = rx.recv().await {
         if let Err(e) = router.send(msg).await {
             // The client left before its answer: it will retry elsewhere.

@@ -226,13 +226,16 @@ pub enum FindTask {
 }
 
 pub(crate) fn last_seq(conn: &Connection) -> Result<u64, StoreError> {
-    Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
-        r.get::<_, i64>(0)
-    })? as u64)
+    Ok(
+        conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64,
+    )
 }
 
 pub(crate) fn get_task(conn: &Connection, id: &str) -> Result<Option<TaskRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
     match stmt.query_row([id], task_from_row).optional()? {
         Some(t) => Ok(Some(t?)),
         None => Ok(None),

@@ -13,8 +13,8 @@
 use super::{StoreError, get_task};
 use crate::lifecycle::check_transition;
 use crate::protocol::{
-    ErrorCode, Event, EventData, FailureReason, MemberInfo, Method, NewTask, ReplyBody,
-    TaskRecord, TaskStatus, WireError, decode, encode, now_ms,
+    ErrorCode, Event, EventData, FailureReason, MemberInfo, Method, NewTask, ReplyBody, TaskRecord,
+    TaskStatus, WireError, decode, encode, now_ms,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::sync::mpsc;
@@ -22,6 +22,11 @@ use tokio::sync::oneshot;
 
 /// Most writes committed in one transaction.
 pub const MAX_BATCH: usize = 512;
+
+/// Test hook (only with `GROVE_DEBUG_HOOKS=1`): a `task.create` with this
+/// prompt makes the primary die right after COMMIT and before answering, the
+/// exact window in which a client must retry and get the recorded reply.
+pub const CRASH_AFTER_COMMIT_PROMPT: &str = "__grove_crash_after_commit__";
 
 pub type WriteResult = Result<ReplyBody, WireError>;
 
@@ -119,6 +124,7 @@ fn run(
     rx: mpsc::Receiver<Job>,
     published: tokio::sync::mpsc::UnboundedSender<Event>,
 ) {
+    let crash_hook = std::env::var("GROVE_DEBUG_HOOKS").is_ok_and(|v| v == "1");
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -131,6 +137,10 @@ fn run(
         let mut shutdown = None;
         match commit_batch(&mut conn, epoch, &mut batch, &mut shutdown) {
             Ok((done, events)) => {
+                if crash_hook && events.iter().any(is_crash_marker) {
+                    tracing::warn!("debug hook: dying after commit, before replying");
+                    unsafe { libc::_exit(137) };
+                }
                 for e in events {
                     let _ = published.send(e);
                 }
@@ -159,6 +169,12 @@ fn run(
     }
 }
 
+/// Only a freshly applied marker (one that produced an event) crashes; the
+/// retry, answered from the ledger, must not.
+fn is_crash_marker(event: &Event) -> bool {
+    matches!(&event.data, EventData::TaskCreated { task } if task.prompt == CRASH_AFTER_COMMIT_PROMPT)
+}
+
 /// Applies every job of `batch` in one transaction. Returns the answers and
 /// the events to publish; answers are only sent by the caller after COMMIT.
 fn commit_batch(
@@ -181,7 +197,8 @@ fn commit_batch(
                 method,
                 ..
             } => {
-                let result = apply_idempotent(&mut tx, epoch, request_id, from, method, &mut events)?;
+                let result =
+                    apply_idempotent(&mut tx, epoch, request_id, from, method, &mut events)?;
                 results.push(Some(result));
             }
             Job::Shutdown { instance_id, .. } => {
@@ -430,7 +447,9 @@ fn create_task(
     let mut all_done = true;
     for dep in &new.dependencies {
         let status: Option<String> = tx
-            .query_row("SELECT status FROM tasks WHERE id = ?1", [dep], |r| r.get(0))
+            .query_row("SELECT status FROM tasks WHERE id = ?1", [dep], |r| {
+                r.get(0)
+            })
             .optional()?;
         match status.as_deref() {
             None => {
@@ -574,4 +593,3 @@ pub(crate) fn append_event(
         data,
     })
 }
-

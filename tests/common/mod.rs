@@ -1,0 +1,249 @@
+//! Test harness: real `grove` processes on a temporary workspace.
+//!
+//! Every wait is a poll with a deadline; nothing sleeps and hopes. Every
+//! process started here is killed when the harness drops, even when the
+//! test fails.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_grove");
+
+/// Generous: CI machines are shared and slow.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Member {
+    pub child: Child,
+    pub pid: u32,
+    pub events_log: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl Member {
+    /// Seqs of durable events this member received, in arrival order.
+    pub fn seqs(&self) -> Vec<u64> {
+        read_event_log(&self.events_log)
+            .iter()
+            .filter_map(|v| v["seq"].as_u64())
+            .collect()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid as i32, sig) };
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+pub struct Grove {
+    pub dir: tempfile::TempDir,
+    pub ws: PathBuf,
+    pub members: Vec<Member>,
+    extra_env: Vec<(String, String)>,
+    counter: usize,
+}
+
+impl Grove {
+    /// A fresh workspace with fast heartbeats.
+    pub fn new() -> Grove {
+        Grove::with_config("heartbeat_ms = 100\n")
+    }
+
+    pub fn with_config(toml: &str) -> Grove {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ws = dir.path().join("ws");
+        std::fs::create_dir_all(ws.join(".grove")).expect("mkdir");
+        std::fs::write(ws.join(".grove/grove.toml"), toml).expect("config");
+        Grove {
+            dir,
+            ws,
+            members: Vec::new(),
+            extra_env: Vec::new(),
+            counter: 0,
+        }
+    }
+
+    pub fn env(&mut self, k: &str, v: &str) {
+        self.extra_env.push((k.into(), v.into()));
+    }
+
+    /// Starts `grove serve` and returns its index in `members`.
+    pub fn serve(&mut self) -> usize {
+        self.counter += 1;
+        let events_log = self
+            .dir
+            .path()
+            .join(format!("events-{}.jsonl", self.counter));
+        let stderr_log = self.dir.path().join(format!("member-{}.log", self.counter));
+        let stderr = std::fs::File::create(&stderr_log).expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--workspace")
+            .arg(&self.ws)
+            .arg("--events-log")
+            .arg(&events_log)
+            .env("GROVE_LOG", "grove=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn grove serve");
+        let pid = child.id();
+        self.members.push(Member {
+            child,
+            pid,
+            events_log,
+            stderr_log,
+        });
+        self.members.len() - 1
+    }
+
+    pub fn member_by_pid(&mut self, pid: u32) -> &mut Member {
+        self.members
+            .iter_mut()
+            .find(|m| m.pid == pid)
+            .expect("no member with that pid")
+    }
+
+    /// Runs a CLI command on this workspace.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .arg("--workspace")
+            .arg(&self.ws)
+            .stdin(Stdio::null());
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run grove")
+    }
+
+    /// Runs a CLI command and insists on success; returns trimmed stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "grove {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.run(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Waits until `grove status` shows a healthy primary and returns its pid.
+    pub fn wait_primary(&self) -> (u32, u64) {
+        let s = wait_for("a healthy primary", DEADLINE, || {
+            let s = self.status();
+            (s["state"] == "ok").then_some(s)
+        });
+        (
+            s["primary"]["pid"].as_u64().unwrap() as u32,
+            s["primary"]["epoch"].as_u64().unwrap(),
+        )
+    }
+
+    /// Waits for a primary other than `old_pid` with a higher epoch.
+    pub fn wait_new_primary(&self, old_pid: u32, old_epoch: u64) -> (u32, u64) {
+        let s = wait_for("a new primary", DEADLINE, || {
+            let s = self.status();
+            let pid = s["primary"]["pid"].as_u64()? as u32;
+            let epoch = s["primary"]["epoch"].as_u64()?;
+            (s["state"] == "ok" && pid != old_pid && epoch > old_epoch).then_some((pid, epoch))
+        });
+        s
+    }
+
+    /// Waits until `n` secondaries are registered at `epoch`.
+    pub fn wait_secondaries_at(&self, n: usize, epoch: u64) {
+        wait_for(
+            &format!("{n} secondaries at epoch {epoch}"),
+            DEADLINE,
+            || {
+                let s = self.status();
+                let secs = s["secondaries"].as_array()?;
+                let at = secs
+                    .iter()
+                    .filter(|m| m["epoch"].as_u64() == Some(epoch))
+                    .count();
+                (at >= n).then_some(())
+            },
+        );
+    }
+
+    pub fn db(&self) -> grove::store::Reader {
+        grove::store::Reader::open(&self.ws.join(".grove/grove.db")).expect("open store")
+    }
+
+    pub fn task_create(&self, prompt: &str) -> String {
+        self.ok(&["task", "create", prompt])
+    }
+}
+
+impl Drop for Grove {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            let _ = m.child.kill();
+            let _ = m.child.wait();
+        }
+        if std::thread::panicking() {
+            for m in &self.members {
+                eprintln!("---- member pid {} ----\n{}", m.pid, m.stderr());
+            }
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics at the deadline.
+pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > until {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn read_event_log(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Asserts that `seqs` is one contiguous run with no gap and no duplicate.
+pub fn assert_contiguous(seqs: &[u64], who: &str) {
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{who}: gap or duplicate in {seqs:?}");
+    }
+}

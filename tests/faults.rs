@@ -1,0 +1,150 @@
+//! Bad input and faults at the workspace level: each gets a clear error or
+//! a recovery, and the primary keeps serving.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+
+#[test]
+fn unknown_task_id_is_a_clear_error() {
+    let mut g = Grove::new();
+    g.serve();
+    g.wait_primary();
+    let out = g.run(&["task", "progress", "nosuchtask", "10"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no task nosuchtask"), "{err}");
+    let out = g.run(&["task", "show", "nosuchtask"]);
+    assert_eq!(out.status.code(), Some(1));
+    // Still serving.
+    g.task_create("echo still fine");
+}
+
+#[test]
+fn refused_writes_name_the_reason() {
+    let mut g = Grove::new();
+    g.serve();
+    g.wait_primary();
+    let id = g.task_create("echo x");
+    let out = g.run(&["task", "set-status", &id, "completed"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("conflict") && err.contains("queued to completed"),
+        "{err}"
+    );
+    let out = g.run(&["task", "progress", &id, "101"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = g.run(&["task", "create", "echo y", "--dep", "doesnotexist"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = g.run(&["task", "create", "echo y", "--timeout", "-3"]);
+    assert_eq!(out.status.code(), Some(2));
+    g.ok(&["task", "delete", &id]);
+    assert!(g.db().task(&id).unwrap().is_none());
+}
+
+#[test]
+fn unwritable_state_dir_is_a_clear_error() {
+    if unsafe { libc::geteuid() } == 0 {
+        // Root writes through any mode; use a path that cannot be a directory.
+        let g = Grove::new();
+        std::fs::remove_dir_all(g.ws.join(".grove")).unwrap();
+        std::fs::write(g.ws.join(".grove"), b"not a dir").unwrap();
+        let out = g.run(&["serve"]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(".grove"), "{err}");
+        return;
+    }
+    let g = Grove::new();
+    std::fs::set_permissions(g.ws.join(".grove"), std::fs::Permissions::from_mode(0o500)).unwrap();
+    let out = g.run(&["serve"]);
+    std::fs::set_permissions(g.ws.join(".grove"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not writable"), "{err}");
+}
+
+#[test]
+fn stale_primary_json_with_dead_pid_is_replaced() {
+    let mut g = Grove::new();
+    // A record left by a primary that died long ago (pid far beyond pid_max).
+    std::fs::write(
+        g.ws.join(".grove/primary.json"),
+        r#"{"instance_id":"ghost","pid":4000000,"epoch":41,"pub":"ipc:///nonexistent/pub","rpc":"ipc:///nonexistent/rpc","started_at":0}"#,
+    )
+    .unwrap();
+    // No member runs: the CLI says so instead of hanging.
+    let out = g.run(&["task", "create", "echo nobody"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no grove primary"), "{err}");
+    assert!(err.contains("4000000"), "{err}");
+    g.serve();
+    let (pid, _) = g.wait_primary();
+    assert_eq!(pid, g.members[0].pid);
+    g.task_create("echo after stale record");
+}
+
+#[test]
+fn corrupt_primary_json_is_ignored_and_rewritten() {
+    let mut g = Grove::new();
+    std::fs::write(g.ws.join(".grove/primary.json"), b"{ not json").unwrap();
+    g.serve();
+    g.wait_primary();
+    let text = std::fs::read_to_string(g.ws.join(".grove/primary.json")).unwrap();
+    assert!(text.contains("\"epoch\""));
+}
+
+#[test]
+fn stale_socket_files_are_unlinked_by_the_new_primary() {
+    let mut g = Grove::new();
+    g.serve();
+    let (primary, epoch) = g.wait_primary();
+    let status = g.status();
+    let rpc = status["primary"]["rpc_endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sock_dir = std::path::Path::new(rpc.trim_start_matches("ipc://"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    // Junk a crashed primary could have left, including the next epoch's name.
+    std::fs::write(sock_dir.join(format!("rpc-{}.sock", epoch + 1)), b"").unwrap();
+    std::fs::write(sock_dir.join("pub-999.sock"), b"").unwrap();
+    g.serve();
+    g.wait_secondaries_at(1, epoch);
+    g.member_by_pid(primary).signal(libc::SIGKILL);
+    let (_, new_epoch) = g.wait_new_primary(primary, epoch);
+    g.task_create("echo on the new primary");
+    assert!(!sock_dir.join("pub-999.sock").exists());
+    assert!(!sock_dir.join(format!("rpc-{epoch}.sock")).exists());
+    assert!(sock_dir.join(format!("rpc-{new_epoch}.sock")).exists());
+    let mode = std::fs::metadata(&sock_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[test]
+fn no_member_running_is_reported_not_hung() {
+    let g = Grove::new();
+    let out = g.run(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["state"], "down");
+    let out = g.run(&["task", "list"]);
+    assert_eq!(out.status.code(), Some(3), "no store yet");
+}
+
+#[test]
+fn invalid_config_names_file_and_line() {
+    let g = Grove::with_config("heartbeat_ms = 100\nheartbeat = 5\n");
+    let out = g.run(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("grove.toml") && err.contains("line 2"),
+        "{err}"
+    );
+}
