@@ -183,7 +183,7 @@ impl Client {
                 other => {
                     // No record, or its process is gone: a failover is under
                     // way, or no member runs at all.
-                    if Instant::now() >= failover_deadline || !self.someone_holds_lock() {
+                    if Instant::now() >= failover_deadline || !self.failover_expected() {
                         let detail = match other {
                             Some(r) => format!(
                                 " (primary.json names pid {} of epoch {}, which is gone)",
@@ -210,6 +210,19 @@ impl Client {
 
     fn someone_holds_lock(&self) -> bool {
         crate::election::is_held(&self.ws.lock_path()).unwrap_or(false)
+    }
+
+    /// Whether a primary should appear soon: someone holds the lock (and is
+    /// promoting), or some registered member still runs (its lock waiter
+    /// wakes the instant the old primary died).
+    fn failover_expected(&self) -> bool {
+        if self.someone_holds_lock() {
+            return true;
+        }
+        crate::store::Reader::open(&self.ws.db_path())
+            .and_then(|r| r.members())
+            .map(|members| members.iter().any(|m| crate::proc::running(m.pid)))
+            .unwrap_or(false)
     }
 
     async fn connect(&self, rec: &PrimaryRecord) -> Result<zeromq::DealerSocket, ConnectError> {
@@ -266,7 +279,7 @@ impl Client {
                         continue;
                     }
                     self.max_epoch_seen = reply.epoch;
-                    return Outcome::Reply(reply);
+                    return Outcome::Reply(Box::new(reply));
                 }
                 _ = tick.tick() => {
                     if self.watch.poll() {
@@ -320,7 +333,7 @@ impl std::fmt::Display for ConnectError {
 }
 
 enum Outcome {
-    Reply(Reply),
+    Reply(Box<Reply>),
     PrimaryChanged,
     TimedOut,
 }

@@ -156,7 +156,7 @@ pub enum ReplyBody {
     #[serde(rename = "welcome")]
     Welcome { epoch: u64, last_seq: u64 },
     #[serde(rename = "task")]
-    Task(TaskRecord),
+    Task(Box<TaskRecord>),
     #[serde(rename = "deleted")]
     Deleted { id: String },
     #[serde(rename = "done")]

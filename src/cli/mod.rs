@@ -58,6 +58,9 @@ enum Command {
     Events(events::EventsArgs),
     /// Measure failover and RPC performance on this machine.
     Bench(crate::bench::BenchArgs),
+    /// Benchmark helper: hold or wait for a flock (the raw handoff baseline).
+    #[command(hide = true)]
+    BenchFlock { mode: String, path: PathBuf },
     /// Fault-injection hooks for tests (the primary must run with GROVE_DEBUG_HOOKS=1).
     #[command(hide = true)]
     DebugStall {
@@ -176,6 +179,9 @@ async fn run(cli: Cli) -> i32 {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, CliError> {
+    if let Command::BenchFlock { mode, path } = &cli.command {
+        return Ok(crate::bench::flock_helper(mode, path));
+    }
     let ctx = Context::load(cli.workspace)?;
     match cli.command {
         Command::Serve { events_log } => {
@@ -196,6 +202,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Task(cmd) => task::run(&ctx, cmd).await,
         Command::Events(args) => events::run(&ctx, args).await,
         Command::Bench(args) => crate::bench::run(&ctx, args).await,
+        Command::BenchFlock { .. } => unreachable!("handled before loading the workspace"),
         Command::DebugStall { ms } => {
             ctx.client()
                 .call(crate::protocol::Method::DebugStall { ms })

@@ -348,10 +348,10 @@ fn remove_stale_sockets(dir: &std::path::Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if (name.starts_with("pub-") || name.starts_with("rpc-")) && name.ends_with(".sock") {
-            if let Err(e) = std::fs::remove_file(entry.path()) {
-                tracing::warn!("cannot remove stale socket {name}: {e}");
-            }
+        let ours =
+            (name.starts_with("pub-") || name.starts_with("rpc-")) && name.ends_with(".sock");
+        if ours && let Err(e) = std::fs::remove_file(entry.path()) {
+            tracing::warn!("cannot remove stale socket {name}: {e}");
         }
     }
 }

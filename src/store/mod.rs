@@ -122,7 +122,7 @@ impl Reader {
                AND (?2 IS NULL OR EXISTS (SELECT 1 FROM json_each(tasks.tags) WHERE value = ?2))
                AND (?3 IS NULL OR instr(lower(prompt), lower(?3)) > 0)
                AND (?4 IS NULL OR session_id = ?4)
-             ORDER BY created_seq, created_at, id"
+             ORDER BY rowid"
         ))?;
         let rows = stmt.query_map(
             params![

@@ -37,8 +37,7 @@ const MIGRATIONS: &[&str] = &[
         started_at     INTEGER,
         finished_at    INTEGER,
         retry_of       TEXT,
-        attempt        INTEGER NOT NULL DEFAULT 1,
-        created_seq    INTEGER NOT NULL DEFAULT 0
+        attempt        INTEGER NOT NULL DEFAULT 1
     );
     CREATE INDEX tasks_status ON tasks (status);
     CREATE INDEX tasks_session ON tasks (session_id);

@@ -30,6 +30,8 @@ pub const CRASH_AFTER_COMMIT_PROMPT: &str = "__grove_crash_after_commit__";
 
 pub type WriteResult = Result<ReplyBody, WireError>;
 
+// Jobs are moved once through a channel; boxing the big variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Job {
     Write {
         request_id: String,
@@ -237,11 +239,8 @@ fn apply_idempotent(
     events: &mut Vec<Event>,
 ) -> Result<WriteResult, StoreError> {
     let recorded: Option<Vec<u8>> = tx
-        .query_row(
-            "SELECT reply FROM ledger WHERE request_id = ?1",
-            [request_id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT reply FROM ledger WHERE request_id = ?1")?
+        .query_row([request_id], |r| r.get(0))
         .optional()?;
     if let Some(bytes) = recorded {
         return Ok(decode::<WriteResult>(&bytes).unwrap_or_else(|e| {
@@ -264,9 +263,10 @@ fn apply_idempotent(
         sp.rollback()?;
         own_events.clear();
     }
-    sp.execute(
+    sp.prepare_cached(
         "INSERT INTO ledger (request_id, from_instance, method, at, reply) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![request_id, from, method.name(), now_ms() as i64, encode(&result)],
+    )?
+    .execute(params![request_id, from, method.name(), now_ms() as i64, encode(&result)],
     )?;
     sp.commit()?;
     events.extend(own_events);
@@ -447,9 +447,8 @@ fn create_task(
     let mut all_done = true;
     for dep in &new.dependencies {
         let status: Option<String> = tx
-            .query_row("SELECT status FROM tasks WHERE id = ?1", [dep], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT status FROM tasks WHERE id = ?1")?
+            .query_row([dep], |r| r.get(0))
             .optional()?;
         match status.as_deref() {
             None => {
@@ -497,7 +496,7 @@ fn create_task(
         epoch,
         EventData::TaskCreated { task: task.clone() },
     )?);
-    Ok(Ok(ReplyBody::Task(task)))
+    Ok(Ok(ReplyBody::Task(Box::new(task))))
 }
 
 fn existing_task(tx: &Connection, id: &str) -> Result<TaskRecord, Applied> {
@@ -505,39 +504,38 @@ fn existing_task(tx: &Connection, id: &str) -> Result<TaskRecord, Applied> {
 }
 
 pub(crate) fn insert_task(tx: &Connection, t: &TaskRecord) -> rusqlite::Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO tasks (id, prompt, engine, model, work_dir, persona, status, failure_reason,
             dependencies, tags, priority, timeout_ms, progress_pct, progress_text, exit_code, pid,
-            session_id, created_at, updated_at, started_at, finished_at, retry_of, attempt,
-            created_seq)
+            session_id, created_at, updated_at, started_at, finished_at, retry_of, attempt)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20, ?21, ?22, ?23, (SELECT COALESCE(MAX(created_seq), 0) + 1 FROM tasks))",
-        params![
-            t.id,
-            t.prompt,
-            t.engine,
-            t.model,
-            t.work_dir,
-            t.persona,
-            t.status.as_str(),
-            t.failure_reason.map(|r| r.as_str()),
-            serde_json::to_string(&t.dependencies).unwrap_or_else(|_| "[]".into()),
-            serde_json::to_string(&t.tags).unwrap_or_else(|_| "[]".into()),
-            t.priority,
-            t.timeout_ms.map(|v| v as i64),
-            t.progress_pct,
-            t.progress_text,
-            t.exit_code,
-            t.pid,
-            t.session_id,
-            t.created_at as i64,
-            t.updated_at as i64,
-            t.started_at.map(|v| v as i64),
-            t.finished_at.map(|v| v as i64),
-            t.retry_of,
-            t.attempt,
-        ],
-    )?;
+            ?19, ?20, ?21, ?22, ?23)",
+    )?
+    .execute(params![
+        t.id,
+        t.prompt,
+        t.engine,
+        t.model,
+        t.work_dir,
+        t.persona,
+        t.status.as_str(),
+        t.failure_reason.map(|r| r.as_str()),
+        serde_json::to_string(&t.dependencies).unwrap_or_else(|_| "[]".into()),
+        serde_json::to_string(&t.tags).unwrap_or_else(|_| "[]".into()),
+        t.priority,
+        t.timeout_ms.map(|v| v as i64),
+        t.progress_pct,
+        t.progress_text,
+        t.exit_code,
+        t.pid,
+        t.session_id,
+        t.created_at as i64,
+        t.updated_at as i64,
+        t.started_at.map(|v| v as i64),
+        t.finished_at.map(|v| v as i64),
+        t.retry_of,
+        t.attempt,
+    ])?;
     Ok(())
 }
 
@@ -549,29 +547,29 @@ fn save_task(
     events: &mut Vec<Event>,
 ) -> Result<WriteResult, Applied> {
     task.updated_at = now_ms();
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE tasks SET status = ?2, failure_reason = ?3, progress_pct = ?4, progress_text = ?5,
             exit_code = ?6, pid = ?7, updated_at = ?8, started_at = ?9, finished_at = ?10
          WHERE id = ?1",
-        params![
-            task.id,
-            task.status.as_str(),
-            task.failure_reason.map(|r| r.as_str()),
-            task.progress_pct,
-            task.progress_text,
-            task.exit_code,
-            task.pid,
-            task.updated_at as i64,
-            task.started_at.map(|v| v as i64),
-            task.finished_at.map(|v| v as i64),
-        ],
-    )?;
+    )?
+    .execute(params![
+        task.id,
+        task.status.as_str(),
+        task.failure_reason.map(|r| r.as_str()),
+        task.progress_pct,
+        task.progress_text,
+        task.exit_code,
+        task.pid,
+        task.updated_at as i64,
+        task.started_at.map(|v| v as i64),
+        task.finished_at.map(|v| v as i64),
+    ])?;
     events.push(append_event(
         tx,
         epoch,
         EventData::TaskUpdated { task: task.clone() },
     )?);
-    Ok(Ok(ReplyBody::Task(task)))
+    Ok(Ok(ReplyBody::Task(Box::new(task))))
 }
 
 /// Appends a durable event in the current transaction and returns it with
@@ -582,10 +580,13 @@ pub(crate) fn append_event(
     data: EventData,
 ) -> rusqlite::Result<Event> {
     let at = now_ms();
-    tx.execute(
-        "INSERT INTO events (epoch, at, topic, payload) VALUES (?1, ?2, ?3, ?4)",
-        params![epoch as i64, at as i64, data.topic(), encode(&data)],
-    )?;
+    tx.prepare_cached("INSERT INTO events (epoch, at, topic, payload) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            epoch as i64,
+            at as i64,
+            data.topic(),
+            encode(&data)
+        ])?;
     Ok(Event {
         seq: tx.last_insert_rowid() as u64,
         epoch,

@@ -170,13 +170,12 @@ impl Grove {
 
     /// Waits for a primary other than `old_pid` with a higher epoch.
     pub fn wait_new_primary(&self, old_pid: u32, old_epoch: u64) -> (u32, u64) {
-        let s = wait_for("a new primary", DEADLINE, || {
+        wait_for("a new primary", DEADLINE, || {
             let s = self.status();
             let pid = s["primary"]["pid"].as_u64()? as u32;
             let epoch = s["primary"]["epoch"].as_u64()?;
             (s["state"] == "ok" && pid != old_pid && epoch > old_epoch).then_some((pid, epoch))
-        });
-        s
+        })
     }
 
     /// Waits until `n` secondaries are registered at `epoch`.

@@ -1,0 +1,156 @@
+//! `grove bench`: what users feel, measured on this machine, each figure
+//! beside a baseline measured in the same run so that the ratio holds on a
+//! noisy machine. Every scenario starts real `grove serve` processes of this
+//! very binary on a temporary workspace and cleans them up.
+
+mod cluster;
+mod failover;
+mod rpc;
+mod stats;
+
+use crate::cli::{CliError, Context, EXIT_OK, print_json};
+use serde::Serialize;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  grove bench                 # every scenario\n  grove bench failover --kills 50\n  grove bench rpc --json"
+)]
+pub struct BenchArgs {
+    /// Scenarios to run: failover, rpc (default: all).
+    scenarios: Vec<String>,
+    /// Secondaries kept running during the failover scenario.
+    #[arg(long, default_value_t = 3)]
+    secondaries: usize,
+    /// How many times the failover scenario kills the primary.
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+    /// Sequential writes timed by the rpc scenario.
+    #[arg(long, default_value_t = 2000)]
+    writes: usize,
+    /// A short run for smoke tests (few kills, few writes).
+    #[arg(long)]
+    quick: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+const SCENARIOS: &[&str] = &["failover", "rpc"];
+
+/// One measured figure, with its same-run baseline when it has one.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub metric: String,
+    pub unit: String,
+    pub p50: f64,
+    pub p99: f64,
+    pub samples: usize,
+    pub baseline: Option<String>,
+    pub baseline_p50: Option<f64>,
+    pub goal: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: Machine,
+    rows: Vec<Row>,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cores: usize,
+    kernel: String,
+    grove_version: &'static str,
+}
+
+fn machine() -> Machine {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    Machine {
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        kernel,
+        grove_version: env!("CARGO_PKG_VERSION"),
+    }
+}
+
+pub async fn run(_ctx: &Context, args: BenchArgs) -> Result<i32, CliError> {
+    let chosen: Vec<String> = if args.scenarios.is_empty() {
+        SCENARIOS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.scenarios.clone()
+    };
+    for s in &chosen {
+        if !SCENARIOS.contains(&s.as_str()) {
+            return Err(CliError::Usage(format!(
+                "unknown bench scenario '{s}'; one of: {}",
+                SCENARIOS.join(", ")
+            )));
+        }
+    }
+    let (kills, writes) = if args.quick {
+        (3, 200)
+    } else {
+        (args.kills.max(1), args.writes.max(10))
+    };
+    let mut rows = Vec::new();
+    for s in &chosen {
+        eprintln!("bench: running {s} ...");
+        let result = match s.as_str() {
+            "failover" => failover::run(args.secondaries, kills).await,
+            "rpc" => rpc::run(writes).await,
+            _ => unreachable!("checked above"),
+        };
+        rows.extend(result.map_err(|e| CliError::Failed(format!("bench {s}: {e}")))?);
+    }
+    let report = Report {
+        machine: machine(),
+        rows,
+    };
+    if args.json {
+        print_json(&report);
+    } else {
+        print_table(&report);
+    }
+    Ok(EXIT_OK)
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "machine: {} cores, Linux {}, grove {}",
+        r.machine.cores, r.machine.kernel, r.machine.grove_version
+    );
+    println!(
+        "{:<9} {:<38} {:>10} {:>10} {:>6}  {:<34} {:>10}  goal",
+        "scenario", "metric", "p50", "p99", "n", "baseline", "base p50"
+    );
+    for row in &r.rows {
+        println!(
+            "{:<9} {:<38} {:>10} {:>10} {:>6}  {:<34} {:>10}  {}",
+            row.scenario,
+            row.metric,
+            fmt(row.p50, &row.unit),
+            fmt(row.p99, &row.unit),
+            row.samples,
+            row.baseline.as_deref().unwrap_or("-"),
+            row.baseline_p50
+                .map(|b| fmt(b, &row.unit))
+                .unwrap_or_else(|| "-".into()),
+            row.goal.as_deref().unwrap_or("-"),
+        );
+    }
+}
+
+fn fmt(v: f64, unit: &str) -> String {
+    match unit {
+        "ms" => format!("{v:.2} ms"),
+        "writes/s" => format!("{v:.0}/s"),
+        _ => format!("{v:.2} {unit}"),
+    }
+}
+
+/// Hidden helper processes the benchmarks time against (raw flock handoff).
+pub use failover::flock_helper;

@@ -1,0 +1,210 @@
+//! RPC: the write round trip from a client (as a secondary sends it) and
+//! write throughput with concurrent writers, beside a raw DEALER/ROUTER echo
+//! with the same crate and a raw one-row-per-commit SQLite loop.
+
+use super::Row;
+use super::cluster::BenchCluster;
+use super::stats::quantile;
+use crate::protocol::{Method, NewTask};
+use std::time::{Duration, Instant};
+use zeromq::{Socket, SocketRecv, SocketSend};
+
+pub async fn run(writes: usize) -> Result<Vec<Row>, String> {
+    let mut c = BenchCluster::new()?;
+    c.spawn_member()?;
+    let mut client = c.client("bench-rpc");
+    wait_ready(&mut client).await?;
+    for _ in 0..50 {
+        write(&mut client).await?;
+    }
+    let mut rtt = Vec::with_capacity(writes);
+    for _ in 0..writes {
+        let t = Instant::now();
+        write(&mut client).await?;
+        rtt.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut pings = Vec::with_capacity(writes);
+    for _ in 0..writes {
+        let t = Instant::now();
+        crate::client::ping(&mut client)
+            .await
+            .map_err(|e| e.to_string())?;
+        pings.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let echo = raw_echo(writes).await?;
+    let commits = raw_commits(writes)?;
+    let commit_p50 = quantile(&commits, 0.5);
+    let sqlite_rate = 1000.0 / (commits.iter().sum::<f64>() / commits.len() as f64);
+    let mut rows = vec![
+        Row {
+            scenario: "rpc".into(),
+            metric: "ping round trip (no store)".into(),
+            unit: "ms".into(),
+            p50: quantile(&pings, 0.5),
+            p99: quantile(&pings, 0.99),
+            samples: pings.len(),
+            baseline: Some("raw DEALER/ROUTER echo".into()),
+            baseline_p50: Some(quantile(&echo, 0.5)),
+            goal: None,
+        },
+        Row {
+            scenario: "rpc".into(),
+            metric: "write round trip (task.create)".into(),
+            unit: "ms".into(),
+            p50: quantile(&rtt, 0.5),
+            p99: quantile(&rtt, 0.99),
+            samples: rtt.len(),
+            baseline: Some("raw DEALER/ROUTER echo + raw commit".into()),
+            baseline_p50: Some(quantile(&echo, 0.5) + commit_p50),
+            goal: Some("≤ 2× baseline".into()),
+        },
+    ];
+    for writers in [1usize, 4, 16] {
+        let rate = throughput(&c, writers, writes).await?;
+        rows.push(Row {
+            scenario: "rpc".into(),
+            metric: format!("throughput, {writers} concurrent writers"),
+            unit: "writes/s".into(),
+            p50: rate,
+            p99: rate,
+            samples: writes,
+            baseline: Some("raw SQLite, one row per commit".into()),
+            baseline_p50: Some(sqlite_rate),
+            goal: Some("≥ 2× baseline".into()),
+        });
+    }
+    Ok(rows)
+}
+
+async fn wait_ready(client: &mut crate::client::Client) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        match crate::client::ping(client).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > until => return Err(e.to_string()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+async fn write(client: &mut crate::client::Client) -> Result<(), String> {
+    let task = NewTask {
+        prompt: "bench write".into(),
+        tags: vec!["bench".into()],
+        ..Default::default()
+    };
+    client
+        .call(Method::TaskCreate(task))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Writes/s with `writers` clients, each in its own thread and runtime (as
+/// separate windows would be), sharing `total` writes.
+async fn throughput(c: &BenchCluster, writers: usize, total: usize) -> Result<f64, String> {
+    let per = (total / writers).max(1);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let mut client = c.client(&format!("bench-writer-{w}"));
+            std::thread::spawn(move || -> Result<(), String> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async {
+                    for _ in 0..per {
+                        write(&mut client).await?;
+                    }
+                    Ok(())
+                })
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| "writer thread panicked")??;
+    }
+    Ok((per * writers) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Round trips of a bare DEALER→ROUTER echo on an ipc socket, the server in
+/// its own thread and runtime.
+async fn raw_echo(n: usize) -> Result<Vec<f64>, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let endpoint = format!("ipc://{}", dir.path().join("echo.sock").display());
+    let server_endpoint = endpoint.clone();
+    let total = n + 50;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let mut router = zeromq::RouterSocket::new();
+            if router.bind(&server_endpoint).await.is_err() {
+                return;
+            }
+            let _ = ready_tx.send(());
+            // Echo exactly the expected count: a "stop" message could sit
+            // unsent in the client's queue while the client joins us.
+            for _ in 0..total {
+                let Ok(msg) = router.recv().await else { return };
+                if router.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            // Keep the runtime (and so the last reply's write) alive until
+            // the client has read everything.
+            let _ = done_rx.await;
+        });
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| "echo server did not start")?;
+    let mut dealer = zeromq::DealerSocket::new();
+    dealer.connect(&endpoint).await.map_err(|e| e.to_string())?;
+
+    let payload = vec![0u8; 200];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..total {
+        let t = Instant::now();
+        dealer
+            .send(zeromq::ZmqMessage::from(payload.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        dealer.recv().await.map_err(|e| e.to_string())?;
+        if i >= 50 {
+            out.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    drop(dealer);
+    let _ = done_tx.send(());
+    let _ = tokio::task::spawn_blocking(move || server.join()).await;
+    Ok(out)
+}
+
+/// Durations (ms) of single-row autocommit inserts with grove's pragmas.
+fn raw_commits(n: usize) -> Result<Vec<f64>, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let conn = rusqlite::Connection::open(dir.path().join("raw.db")).map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+        .and_then(|_| {
+            conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+        })
+        .map_err(|e| e.to_string())?;
+    let payload = vec![7u8; 200];
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        conn.execute("INSERT INTO t (payload) VALUES (?1)", [&payload])
+            .map_err(|e| e.to_string())?;
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(out)
+}

@@ -1,0 +1,772 @@
+#!/usr/bin/env python3
+"""A grove client written only from ipc-schema/ (README.md, schema.json,
+vectors/): the proof that a third party can talk to grove without the Rust
+sources.
+
+Usage: grove_peer.py WORKSPACE [--schema-dir DIR]
+
+Against the primary of WORKSPACE it checks the RPC contract (ping, hello,
+task writes, idempotent retries, every error path), the event stream (SUB,
+seq order, repair from the events table) and the golden vectors. It prints a
+line per check and a final `N passed, M failed`; the exit status is non-zero
+when anything failed.
+
+Requires: pip install pyzmq msgpack
+"""
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+try:
+    import msgpack
+    import zmq
+except ImportError as e:  # pragma: no cover - environment problem
+    print(f"grove_peer: {e}; run `pip install pyzmq msgpack`", file=sys.stderr)
+    sys.exit(2)
+
+TIMEOUT_S = 10.0
+PEER_NAME = "grove-peer-" + str(uuid.uuid4())
+
+
+class CheckFailed(AssertionError):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise CheckFailed(what)
+
+
+def unpack(b):
+    return msgpack.unpackb(b, raw=False)
+
+
+def pack(v):
+    return msgpack.packb(v, use_bin_type=True)
+
+
+# ---------------------------------------------------------------------------
+# schema.json, as described in ipc-schema/README.md §7.
+
+
+class Schema:
+    def __init__(self, directory):
+        self.dir = Path(directory)
+        with open(self.dir / "schema.json") as f:
+            self.doc = json.load(f)
+
+    def names(self, list_key):
+        return [e["name"] for e in self.doc[list_key]]
+
+    def enum_values(self, enum):
+        return self.names(self.doc["enums"][enum])
+
+    def shape_fields(self, shape):
+        if "record" in shape:
+            return self.doc["records"][shape["record"]]["fields"]
+        return shape["fields"]
+
+    def variant_fields(self, table, name):
+        entry = self.doc[table].get(name)
+        if entry is None:
+            return None
+        if table == "methods":
+            return self.shape_fields(entry["params"])
+        return self.shape_fields(entry)
+
+    def validate(self, ty, v, path="value"):
+        """Checks a decoded value against a schema type. Unknown keys are
+        allowed (README §3); required fields must be present."""
+        ints = {
+            "u8": (0, 2**8 - 1),
+            "u32": (0, 2**32 - 1),
+            "u64": (0, 2**64 - 1),
+            "i32": (-(2**31), 2**31 - 1),
+            "i64": (-(2**63), 2**63 - 1),
+        }
+        if ty == "string":
+            check(isinstance(v, str), f"{path}: expected string, got {v!r}")
+        elif ty == "bool":
+            check(isinstance(v, bool), f"{path}: expected bool, got {v!r}")
+        elif ty in ints:
+            lo, hi = ints[ty]
+            check(
+                isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
+                f"{path}: expected {ty}, got {v!r}",
+            )
+        elif ty.startswith("list<"):
+            check(isinstance(v, list), f"{path}: expected {ty}, got {v!r}")
+            for i, item in enumerate(v):
+                self.validate(ty[5:-1], item, f"{path}[{i}]")
+        elif ty.startswith("enum<"):
+            check(v in self.enum_values(ty[5:-1]), f"{path}: {v!r} is not a {ty}")
+        elif ty.startswith("record<"):
+            self.validate_fields(self.doc["records"][ty[7:-1]]["fields"], v, path)
+        elif ty.startswith("variant<"):
+            table = ty[8:-1]
+            check(
+                isinstance(v, dict) and len(v) == 1,
+                f"{path}: a variant is a one-key map, got {v!r}",
+            )
+            (name, body), = v.items()
+            fields = self.variant_fields(table, name)
+            check(fields is not None, f"{path}: {name!r} is not in {table}")
+            self.validate_fields(fields, body, f"{path}.{name}")
+        else:
+            raise CheckFailed(f"{path}: unknown schema type {ty}")
+
+    def validate_fields(self, fields, v, path):
+        check(isinstance(v, dict), f"{path}: expected a map, got {v!r}")
+        for f in fields:
+            p = f"{path}.{f['name']}"
+            if f["name"] not in v:
+                check(not f["required"], f"{p}: required field missing")
+                continue
+            value = v[f["name"]]
+            if value is None:
+                check(f["nullable"], f"{p}: nil but not nullable")
+            else:
+                self.validate(f["type"], value, p)
+
+
+# ---------------------------------------------------------------------------
+# The client.
+
+
+class Peer:
+    def __init__(self, workspace, schema):
+        self.ws = Path(workspace)
+        self.schema = schema
+        self.version = schema.doc["protocol_version"]
+        with open(self.ws / ".grove" / "primary.json") as f:
+            self.record = json.load(f)
+        self.epoch_seen = self.record["epoch"]
+        self.ctx = zmq.Context()
+        self.dealer = self.ctx.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.connect(self.record["rpc"])
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(self.record["pub"])
+        self.poller = zmq.Poller()
+        self.poller.register(self.dealer, zmq.POLLIN)
+        self.poller.register(self.sub, zmq.POLLIN)
+        self.events = []  # (topic, Event) in arrival order
+        self.replies = []  # replies received but not yet claimed
+        self.expected = []  # (topic, data body) each fresh write must publish
+        self.member = {
+            "instance_id": PEER_NAME,
+            "pid": os.getpid(),
+            "kind": "python-peer",
+            "started_at": int(time.time() * 1000),
+        }
+
+    def close(self):
+        self.dealer.close(0)
+        self.sub.close(0)
+        self.ctx.term()
+
+    # -- sockets --
+
+    def _on_event(self, frames):
+        check(len(frames) == 2, f"a PUB message has 2 frames, got {len(frames)}")
+        topic = frames[0].decode()
+        event = unpack(frames[1])
+        self.schema.validate("record<Event>", event, f"event {topic}")
+        check(
+            list(event["data"]) == [topic],
+            f"the data key of an event equals its topic frame: {topic} vs {event['data']}",
+        )
+        self.events.append((topic, event))
+
+    def pump(self, seconds):
+        """Receives whatever arrives for `seconds`."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for sock, _ in self.poller.poll(int(left * 1000) + 1):
+                if sock is self.sub:
+                    self._on_event(self.sub.recv_multipart())
+                else:
+                    self._on_reply(self.dealer.recv_multipart())
+
+    def _on_reply(self, frames):
+        check(len(frames) == 1, f"a DEALER reply is one frame, got {len(frames)}")
+        reply = unpack(frames[0])
+        self.schema.validate("record<Reply>", reply, "reply")
+        check(reply["v"] == self.version, f"reply v {reply['v']}")
+        check(
+            (reply.get("ok") is None) != (reply.get("err") is None),
+            f"exactly one of ok/err: {reply}",
+        )
+        self.replies.append(reply)
+
+    def wait_reply(self, rid, accept_older_epoch=False):
+        """The reply to request `rid`; replies from an epoch older than one
+        seen are ignored (README §5)."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            for i, r in enumerate(self.replies):
+                if r["id"] == rid:
+                    del self.replies[i]
+                    if r["epoch"] < self.epoch_seen and not accept_older_epoch:
+                        break  # ignored
+                    self.epoch_seen = max(self.epoch_seen, r["epoch"])
+                    return r
+            left = deadline - time.monotonic()
+            check(left > 0, f"no reply to request {rid!r} within {TIMEOUT_S}s")
+            for sock, _ in self.poller.poll(int(left * 1000) + 1):
+                if sock is self.sub:
+                    self._on_event(self.sub.recv_multipart())
+                else:
+                    self._on_reply(self.dealer.recv_multipart())
+
+    def request(self, method, params, rid=None, **overrides):
+        rid = rid if rid is not None else str(uuid.uuid4())
+        req = {
+            "v": self.version,
+            "id": rid,
+            "from": PEER_NAME,
+            "epoch_seen": self.epoch_seen,
+            "method": {method: params},
+        }
+        req.update(overrides)
+        self.dealer.send(pack(req))
+        return self.wait_reply(rid, accept_older_epoch="epoch_seen" in overrides)
+
+    def call(self, method, params, rid=None, fresh=True):
+        """A request that must succeed; returns (variant, body)."""
+        reply = self.request(method, params, rid)
+        check(reply["err"] is None, f"{method} failed: {reply['err']}")
+        (variant, body), = reply["ok"].items()
+        want = self.schema.doc["methods"][method]["reply"]
+        check(variant == want, f"{method} answers {want}, got {variant}")
+        if fresh:
+            self.expect_event(method, variant, body, params)
+        return variant, body
+
+    def expect_event(self, method, variant, body, params):
+        if variant == "task":
+            topic = "task.created" if method == "task.create" else "task.updated"
+            self.expected.append((topic, {"task": body}))
+        elif variant == "deleted":
+            self.expected.append(("task.deleted", {"id": body["id"]}))
+        elif variant == "welcome":
+            self.expected.append(
+                ("instance.joined", {"member": params, "epoch": body["epoch"]})
+            )
+
+    def expect_error(self, reply, code, rid=None):
+        check(reply["ok"] is None, f"expected {code}, got ok {reply['ok']}")
+        check(
+            reply["err"]["code"] == code,
+            f"expected {code}, got {reply['err']['code']}: {reply['err']['message']}",
+        )
+        check(code in self.schema.names("error_codes"), f"{code} is documented")
+        if rid is not None:
+            check(reply["id"] == rid, f"reply id {reply['id']!r}, expected {rid!r}")
+
+    def raw(self, frames, rid):
+        """Sends raw frames; waits for the reply carrying `rid` ("" when the
+        request could not be addressed)."""
+        # An unaddressed reply can only be matched by order: forget stale ones.
+        self.replies = [r for r in self.replies if r["id"] != ""]
+        self.dealer.send_multipart(frames)
+        return self.wait_reply(rid, accept_older_epoch=True)
+
+    def read_events(self, after):
+        """Durable events with seq > after, from the store, read-only."""
+        db = self.ws / ".grove" / "grove.db"
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute(
+                "SELECT seq, epoch, at, topic, payload FROM events WHERE seq > ? ORDER BY seq",
+                (after,),
+            ).fetchall()
+        finally:
+            conn.close()
+        out = []
+        for seq, epoch, at, topic, payload in rows:
+            data = unpack(payload)
+            self.schema.validate("variant<topics>", data, f"events row {seq}")
+            check(list(data) == [topic], f"row {seq}: payload key is its topic")
+            out.append((topic, {"seq": seq, "epoch": epoch, "at": at, "data": data}))
+        return out
+
+
+def in_order(peer, received, last):
+    """README §6: turns what SUB delivered (in arrival order) into the gap-free
+    durable stream after seq `last`, reading every hole from the store:
+    duplicates are dropped, a jump in seq or a heartbeat whose last_seq is
+    ahead makes us read the missing rows."""
+    out = []
+
+    def fill(upto):
+        nonlocal last
+        for topic, e in peer.read_events(last):
+            if e["seq"] > upto:
+                break
+            out.append((topic, e))
+            last = e["seq"]
+
+    for topic, e in received:
+        if e["seq"] == 0:
+            if topic == "instance.heartbeat":
+                ahead = e["data"][topic]["last_seq"]
+                if ahead > last:
+                    fill(ahead)
+            continue
+        if e["seq"] <= last:
+            continue  # a duplicate (or before our start)
+        if e["seq"] > last + 1:
+            fill(e["seq"] - 1)
+        out.append((topic, e))
+        last = e["seq"]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The checks. Each is a method; they run in order and share state.
+
+
+class Checks:
+    def __init__(self, peer, schema):
+        self.p = peer
+        self.s = schema
+        self.gate = None
+        self.task = None
+        self.create_id = None
+        self.create_reply = None
+        self.first_seq_seen = None
+
+    def primary_json(self):
+        rec = self.p.record
+        self.s.validate_fields(
+            self.s.doc["files"]["primary.json"]["fields"], rec, "primary.json"
+        )
+        check(rec["rpc"].startswith("ipc://"), "rpc is an ipc:// endpoint")
+        check(rec["pub"].startswith("ipc://"), "pub is an ipc:// endpoint")
+        os.kill(rec["pid"], 0)  # raises if the primary's process is gone
+
+    def subscription_is_live(self):
+        # A SUB connects asynchronously: wait for a heartbeat so that the
+        # events of the writes below are not lost to the slow-joiner effect.
+        deadline = time.monotonic() + TIMEOUT_S
+        while not any(t == "instance.heartbeat" for t, _ in self.p.events):
+            check(time.monotonic() < deadline, "no heartbeat within the timeout")
+            self.p.pump(0.05)
+        topic, hb = next(e for e in self.p.events if e[0] == "instance.heartbeat")
+        check(not self.s.doc["topics"][topic]["durable"], "heartbeats are transient")
+        check(hb["seq"] == 0, f"a transient event has seq 0, got {hb['seq']}")
+        check(hb["epoch"] == self.p.record["epoch"], "heartbeat epoch")
+        body = hb["data"][topic]
+        check(body["instance_id"] == self.p.record["instance_id"], "heartbeat sender")
+        self.first_seq_seen = body["last_seq"]
+
+    def ping(self):
+        _, info = self.p.call("ping", {}, fresh=False)
+        rec = self.p.record
+        check(info["instance_id"] == rec["instance_id"], "pong instance_id")
+        check(info["pid"] == rec["pid"], "pong pid")
+        check(info["epoch"] == rec["epoch"], "pong epoch")
+        check(info["rpc_endpoint"] == rec["rpc"], "pong rpc_endpoint")
+        check(info["pub_endpoint"] == rec["pub"], "pong pub_endpoint")
+
+    def req_socket_ping(self):
+        req = self.p.ctx.socket(zmq.REQ)
+        req.setsockopt(zmq.LINGER, 0)
+        try:
+            req.connect(self.p.record["rpc"])
+            rid = str(uuid.uuid4())
+            req.send(
+                pack(
+                    {
+                        "v": self.p.version,
+                        "id": rid,
+                        "from": PEER_NAME,
+                        "epoch_seen": self.p.epoch_seen,
+                        "method": {"ping": {}},
+                    }
+                )
+            )
+            check(req.poll(int(TIMEOUT_S * 1000)), "REQ: no reply")
+            reply = unpack(req.recv())
+            self.s.validate("record<Reply>", reply, "reply")
+            check(reply["id"] == rid, "REQ: reply id")
+            check("pong" in (reply["ok"] or {}), f"REQ: {reply}")
+        finally:
+            req.close(0)
+
+    def hello(self):
+        _, welcome = self.p.call("hello", self.p.member)
+        check(welcome["epoch"] == self.p.record["epoch"], "welcome epoch")
+        check(welcome["last_seq"] > 0, "welcome last_seq")
+        self.joined_seq = welcome["last_seq"]
+
+    def task_create(self):
+        # The gate never completes during this run, so the task that depends
+        # on it stays pending (and writable) whatever the orchestrator does.
+        _, gate = self.p.call(
+            "task.create", {"prompt": "sleep 30", "tags": ["grove-peer"]}
+        )
+        self.gate = gate
+        check(gate["status"] in ("queued", "running"), f"gate status {gate['status']}")
+        check(gate["engine"] == "shell", "the default engine is shell")
+        check(gate["attempt"] == 1, "attempt defaults to 1")
+        self.create_id = str(uuid.uuid4())
+        params = {
+            "prompt": "echo from the python peer",
+            "dependencies": [gate["id"]],
+            "tags": ["grove-peer", "python"],
+            "priority": -3,
+            "timeout_ms": 60000,
+            "session_id": "peer-session",
+        }
+        self.create_params = params
+        reply = self.p.request("task.create", params, rid=self.create_id)
+        check(reply["err"] is None, f"task.create failed: {reply['err']}")
+        self.create_reply = reply
+        task = reply["ok"]["task"]
+        self.p.expect_event("task.create", "task", task, params)
+        self.task = task
+        check(task["status"] == "pending", f"a task with a running dependency is pending, got {task['status']}")
+        check(task["dependencies"] == [gate["id"]], "dependencies echoed")
+        check(task["tags"] == ["grove-peer", "python"], "tags echoed")
+        check(task["priority"] == -3, "priority echoed (negative)")
+        check(task["timeout_ms"] == 60000, "timeout echoed")
+        check(task["session_id"] == "peer-session", "session echoed")
+        check(task["model"] is None and task["progress_pct"] is None, "unset fields are nil")
+
+    def retry_same_id(self):
+        reply = self.p.request("task.create", self.create_params, rid=self.create_id)
+        check(reply["err"] is None, f"retry failed: {reply['err']}")
+        check(reply["ok"]["task"]["id"] == self.task["id"], "a retry returns the same task id")
+        check(reply["ok"] == self.create_reply["ok"], "a retry returns the recorded reply")
+        # Even with different params, the id decides (README §4).
+        other = dict(self.create_params, prompt="something else")
+        reply = self.p.request("task.create", other, rid=self.create_id)
+        check(reply["ok"] == self.create_reply["ok"], "the ledger is keyed by id")
+
+    def set_progress(self):
+        tid = self.task["id"]
+        _, t = self.p.call("task.set_progress", {"id": tid, "percent": 42, "text": "halfway"})
+        check(t["progress_pct"] == 42 and t["progress_text"] == "halfway", f"progress {t}")
+        check(t["id"] == tid, "same task")
+        # nil / absent leaves a value unchanged.
+        _, t = self.p.call("task.set_progress", {"id": tid, "percent": None, "text": "more"})
+        check(t["progress_pct"] == 42 and t["progress_text"] == "more", f"progress {t}")
+        _, t = self.p.call("task.set_progress", {"id": tid, "percent": 43})
+        check(t["progress_pct"] == 43 and t["progress_text"] == "more", f"progress {t}")
+        self.task = t
+
+    def invalid_params(self):
+        rid = str(uuid.uuid4())
+        r = self.p.request("task.set_progress", {"id": self.task["id"], "percent": 101}, rid=rid)
+        self.p.expect_error(r, "invalid_params", rid)
+        # A refusal decided by the method is recorded too.
+        r = self.p.request("task.set_progress", {"id": self.task["id"], "percent": 5}, rid=rid)
+        self.p.expect_error(r, "invalid_params", rid)
+        r = self.p.request("task.create", {"prompt": "   "})
+        self.p.expect_error(r, "invalid_params")
+        r = self.p.request("task.create", {"prompt": "x", "timeout_ms": 0})
+        self.p.expect_error(r, "invalid_params")
+        r = self.p.request("task.create", {"prompt": "x", "dependencies": ["f" * 32]})
+        self.p.expect_error(r, "invalid_params")
+        r = self.p.request("hello", dict(self.p.member, kind=""))
+        self.p.expect_error(r, "invalid_params")
+
+    def not_found(self):
+        r = self.p.request("task.set_progress", {"id": "0" * 32, "percent": 1})
+        self.p.expect_error(r, "not_found")
+        r = self.p.request("task.delete", {"id": "0" * 32})
+        self.p.expect_error(r, "not_found")
+
+    def conflict(self):
+        r = self.p.request("task.update_status", {"id": self.task["id"], "status": "completed"})
+        self.p.expect_error(r, "conflict")
+
+    def malformed(self):
+        r = self.p.raw([b"\xc1\xff not msgpack"], "")
+        self.p.expect_error(r, "bad_request", "")
+        r = self.p.raw([pack("a string, not a map")], "")
+        self.p.expect_error(r, "bad_request", "")
+        r = self.p.raw([b""], "")
+        self.p.expect_error(r, "bad_request", "")
+        # Readable id, missing method: the id is echoed.
+        rid = str(uuid.uuid4())
+        r = self.p.raw([pack({"v": 1, "id": rid, "from": PEER_NAME, "epoch_seen": 0})], rid)
+        self.p.expect_error(r, "bad_request", rid)
+        # Known method, params of the wrong type.
+        r = self.p.request("task.create", {"prompt": 5})
+        self.p.expect_error(r, "bad_request")
+        # A required param missing.
+        r = self.p.request("task.update_status", {"id": self.task["id"]})
+        self.p.expect_error(r, "bad_request")
+        # `method` not a map: even the id is not read back (README §4).
+        r = self.p.raw([pack({"v": 1, "id": rid, "from": "p", "epoch_seen": 0, "method": "ping"})], "")
+        self.p.expect_error(r, "bad_request", "")
+
+    def unknown_method(self):
+        rid = str(uuid.uuid4())
+        r = self.p.request("task.frobnicate", {"how": "hard"}, rid=rid)
+        self.p.expect_error(r, "unknown_method", rid)
+
+    def wrong_shape(self):
+        req = pack(
+            {
+                "v": 1,
+                "id": str(uuid.uuid4()),
+                "from": PEER_NAME,
+                "epoch_seen": 0,
+                "method": {"ping": {}},
+            }
+        )
+        r = self.p.raw([b"a", b"b", req], "")
+        self.p.expect_error(r, "bad_request", "")
+        r = self.p.raw([b"not-empty", req], "")
+        self.p.expect_error(r, "bad_request", "")
+        # Empty delimiter + request is the REQ shape: accepted from a DEALER
+        # too; the reply then carries the delimiter back.
+        rid = str(uuid.uuid4())
+        self.p.dealer.send_multipart(
+            [b"", pack({"v": 1, "id": rid, "from": PEER_NAME, "epoch_seen": 0, "method": {"ping": {}}})]
+        )
+        check(self.p.dealer.poll(int(TIMEOUT_S * 1000)), "no reply to the REQ-shaped request")
+        frames = self.p.dealer.recv_multipart()
+        check(len(frames) == 2 and frames[0] == b"", f"REQ-shaped reply frames {frames!r}")
+        reply = unpack(frames[1])
+        check(reply["id"] == rid and "pong" in reply["ok"], f"REQ-shaped reply {reply}")
+
+    def frame_limit(self):
+        limit = self.s.doc["max_frame_bytes"]
+
+        def ping_of_size(size, rid):
+            base = {"v": 1, "id": rid, "from": PEER_NAME, "epoch_seen": 0, "method": {"ping": {}}, "x_pad": ""}
+            n = size - len(pack(base))
+            for pad in range(max(n - 8, 0), n + 1):
+                frame = pack(dict(base, x_pad="p" * pad))
+                if len(frame) == size:
+                    return frame
+            raise CheckFailed(f"cannot build a frame of {size} bytes")
+
+        r = self.p.raw([ping_of_size(limit + 1, "too-big")], "")
+        self.p.expect_error(r, "too_large", "")
+        # Exactly at the limit is decoded (and the unknown key is ignored).
+        r = self.p.raw([ping_of_size(limit, "at-limit")], "at-limit")
+        check(r["err"] is None and "pong" in r["ok"], f"a {limit}-byte frame is served: {r}")
+
+    def stale_epoch(self):
+        rid = str(uuid.uuid4())
+        params = {"prompt": "created after a stale_epoch refusal", "tags": ["grove-peer"]}
+        future = self.p.epoch_seen + 1000
+        r = self.p.request("task.create", params, rid=rid, epoch_seen=future)
+        self.p.expect_error(r, "stale_epoch", rid)
+        check(r["epoch"] < future, "the stale primary's reply carries its older epoch")
+        # Nothing was applied or recorded: the same id now creates the task.
+        _, task = self.p.call("task.create", params, rid=rid)
+        self.p.call("task.delete", {"id": task["id"]})
+
+    def unsupported_version(self):
+        rid = str(uuid.uuid4())
+        r = self.p.request("ping", {}, rid=rid, v=self.p.version + 1)
+        self.p.expect_error(r, "unsupported_version", rid)
+
+    def request_ids(self):
+        limit = self.s.doc["max_request_id_len"]
+        r = self.p.request("ping", {}, rid="")
+        self.p.expect_error(r, "bad_request", "")
+        r = self.p.request("ping", {}, rid="i" * (limit + 1))
+        self.p.expect_error(r, "bad_request")
+        r = self.p.request("ping", {}, rid="i" * limit)
+        check(r["err"] is None, f"a {limit}-byte id is accepted: {r}")
+
+    def update_and_delete(self):
+        tid = self.task["id"]
+        _, t = self.p.call("task.update_status", {"id": tid, "status": "cancelled"})
+        check(t["status"] == "cancelled" and t["finished_at"] is not None, f"cancelled {t}")
+        r = self.p.request("task.set_progress", {"id": tid, "percent": 50})
+        self.p.expect_error(r, "conflict")
+        _, d = self.p.call("task.delete", {"id": tid})
+        check(d["id"] == tid, "deleted id")
+        _, g = self.p.call("task.update_status", {"id": self.gate["id"], "status": "cancelled"})
+        check(g["status"] == "cancelled", "gate cancelled")
+        self.task = t
+
+    def events_arrive(self):
+        """Every write's event arrives on SUB in increasing seq order, and
+        SUB agrees with the events table."""
+        p = self.p
+        # Wait (bounded) for the events of our writes and for a heartbeat
+        # that covers them (its last_seq tells whether a tail was lost).
+        last = max(e["seq"] for _, e in p.read_events(0))
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            got = [(t, e["data"][t]) for t, e in p.events if e["seq"] > 0]
+            hb_ok = any(
+                t == "instance.heartbeat" and e["data"][t]["last_seq"] >= last
+                for t, e in p.events
+            )
+            if hb_ok and all(x in got for x in p.expected):
+                break
+            if time.monotonic() > deadline:
+                break  # what SUB lost must be repaired from the table below
+            p.pump(0.05)
+        for t, e in p.events:
+            durable = self.s.doc["topics"][t]["durable"]
+            check((e["seq"] > 0) == durable, f"{t}: seq {e['seq']} vs durable {durable}")
+        seen = [(t, e) for t, e in p.events if e["seq"] > 0]
+        seqs = [e["seq"] for _, e in seen]
+        check(seqs == sorted(set(seqs)), f"SUB delivers durable events in increasing seq order: {seqs}")
+
+        floor = self.first_seq_seen
+        rows = p.read_events(floor)
+        by_seq = {e["seq"]: (t, e) for t, e in rows}
+        check(sorted(by_seq) == list(range(floor + 1, floor + 1 + len(rows))),
+              f"the events table has no holes after {floor}: {sorted(by_seq)}")
+        for t, e in seen:
+            if e["seq"] > floor:
+                check(by_seq.get(e["seq"]) == (t, e), f"SUB and table agree on seq {e['seq']}: {e}")
+
+        stream = in_order(p, p.events, floor)
+        check(stream == rows, "the repaired stream is exactly the events table")
+        all_events = [(t, e["data"][t]) for t, e in stream]
+        for topic, body in p.expected:
+            check((topic, body) in all_events, f"missing event {topic} {body}")
+        created = [b for t, b in all_events if t == "task.created" and b["task"]["id"] == self.task["id"]]
+        check(len(created) == 1, f"the retried create was applied once, got {len(created)} task.created")
+        joined = [e for t, e in stream if t == "instance.joined"
+                  and e["data"][t]["member"]["instance_id"] == PEER_NAME]
+        check(len(joined) == 1 and joined[0]["seq"] == self.joined_seq,
+              "welcome.last_seq is the seq of our instance.joined")
+        on_sub = len([1 for s in seqs if s > floor])
+        print(f"  (events since seq {floor}: {on_sub} durable on SUB, {len(rows)} in the table)")
+
+    def gap_repair(self):
+        """README §6 on a lossy copy of what SUB delivered: every other
+        durable event dropped, and the tail lost (only heartbeats remain)."""
+        p = self.p
+        floor = self.first_seq_seen
+        rows = p.read_events(floor)
+        durable = [i for i, (_, e) in enumerate(p.events) if e["seq"] > 0]
+        check(len(durable) >= 4, "enough events to drop some")
+        tail_from = durable[len(durable) // 2]
+        lossy = [
+            (t, e)
+            for i, (t, e) in enumerate(p.events)
+            if e["seq"] == 0 or (i < tail_from and durable.index(i) % 2 == 0)
+        ]
+        check(len([1 for _, e in lossy if e["seq"] > 0]) < len(durable), "events were dropped")
+        check(in_order(p, lossy, floor) == rows, "gaps and a lost tail are repaired from the table")
+
+    def read_only_store(self):
+        db = self.p.ws / ".grove" / "grove.db"
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            try:
+                conn.execute("INSERT INTO events (epoch, at, topic, payload) VALUES (0, 0, 'x', x'80')")
+                conn.commit()
+            except sqlite3.OperationalError as e:
+                check("readonly" in str(e).replace(" ", "").lower(), f"unexpected error {e}")
+            else:
+                raise CheckFailed("a mode=ro connection could write")
+        finally:
+            conn.close()
+
+    def golden_vectors(self):
+        vdir = self.s.dir / "vectors"
+        files = sorted(vdir.glob("*.json"))
+        check(len(files) > 0, "there are vectors")
+        kinds = {
+            "Request": "record<Request>",
+            "Reply": "record<Reply>",
+            "Event": "record<Event>",
+            "EventData": "variant<topics>",
+        }
+        for path in files:
+            with open(path) as f:
+                v = json.load(f)
+            raw = bytes.fromhex(v["msgpack_hex"])
+            value = unpack(raw)
+            check(value == v["value"], f"{path.name}: decodes to its JSON view")
+            check(pack(value) == raw, f"{path.name}: msgpack re-encodes to the same bytes")
+            self.s.validate(kinds[v["kind"]], value, path.name)
+            if "topic" in v:
+                data = value["data"] if v["kind"] == "Event" else value
+                check(list(data) == [v["topic"]], f"{path.name}: data key is the topic")
+
+    def still_serving(self):
+        self.p.call("ping", {}, fresh=False)
+
+
+ORDER = [
+    "primary_json",
+    "subscription_is_live",
+    "ping",
+    "req_socket_ping",
+    "hello",
+    "task_create",
+    "retry_same_id",
+    "set_progress",
+    "invalid_params",
+    "not_found",
+    "conflict",
+    "malformed",
+    "unknown_method",
+    "wrong_shape",
+    "frame_limit",
+    "stale_epoch",
+    "unsupported_version",
+    "request_ids",
+    "update_and_delete",
+    "events_arrive",
+    "gap_repair",
+    "read_only_store",
+    "golden_vectors",
+    "still_serving",
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workspace")
+    ap.add_argument(
+        "--schema-dir",
+        default=str(Path(__file__).resolve().parents[2] / "ipc-schema"),
+    )
+    args = ap.parse_args()
+    schema = Schema(args.schema_dir)
+    peer = Peer(args.workspace, schema)
+    checks = Checks(peer, schema)
+    passed = failed = 0
+    try:
+        for name in ORDER:
+            started = time.monotonic()
+            try:
+                getattr(checks, name)()
+            except Exception as e:  # noqa: BLE001 - report every failure
+                failed += 1
+                print(f"FAIL {name}: {e}")
+                if not isinstance(e, CheckFailed):
+                    traceback.print_exc(file=sys.stdout)
+            else:
+                passed += 1
+                print(f"ok   {name} ({(time.monotonic() - started) * 1000:.0f} ms)")
+            sys.stdout.flush()
+    finally:
+        peer.close()
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
