@@ -3,6 +3,7 @@
 //! workspace file wins over the same key in the user file.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +37,81 @@ pub struct Config {
     pub failover_wait_ms: u64,
     /// Most tasks running at once.
     pub max_parallel: usize,
+    /// Engine used when a task names none.
+    pub default_engine: String,
+    /// After SIGTERM to a task's process group, how long before SIGKILL.
+    pub kill_grace_ms: u64,
+    /// Where persona files (`NAME.md`) live; relative paths are relative to
+    /// the workspace. Default: `.grove/personas`.
+    pub personas_dir: Option<PathBuf>,
+    /// Engines by name, on top of the built-in ones (see `grove engines`).
+    pub engines: BTreeMap<String, EngineConfig>,
+}
+
+/// How to run one agent CLI.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// The command and its arguments; `{prompt}`, `{model}` and `{workdir}`
+    /// are replaced in each argument.
+    pub command: Vec<String>,
+    /// Appended when the task names a model, e.g. `["--model", "{model}"]`.
+    #[serde(default)]
+    pub model_args: Vec<String>,
+    /// `arg` (the prompt is in `command` as `{prompt}`) or `stdin`.
+    #[serde(default)]
+    pub prompt_via: PromptVia,
+    /// Extra environment for the agent.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptVia {
+    #[default]
+    Arg,
+    Stdin,
+}
+
+fn engine(command: &[&str], model_args: &[&str]) -> EngineConfig {
+    EngineConfig {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        model_args: model_args.iter().map(|s| s.to_string()).collect(),
+        prompt_via: PromptVia::Arg,
+        env: BTreeMap::new(),
+    }
+}
+
+/// The engines grove knows without configuration: `shell` for scripts, and
+/// presets for common agent CLIs in their non-interactive modes.
+pub fn builtin_engines() -> BTreeMap<String, EngineConfig> {
+    let mut m = BTreeMap::new();
+    m.insert("shell".into(), engine(&["sh", "-c", "{prompt}"], &[]));
+    m.insert(
+        "claude".into(),
+        engine(&["claude", "--print", "{prompt}"], &["--model", "{model}"]),
+    );
+    m.insert(
+        "gemini".into(),
+        engine(&["gemini", "--prompt", "{prompt}"], &["--model", "{model}"]),
+    );
+    m.insert(
+        "codex".into(),
+        engine(&["codex", "exec", "{prompt}"], &["--model", "{model}"]),
+    );
+    m.insert(
+        "opencode".into(),
+        engine(&["opencode", "run", "{prompt}"], &["--model", "{model}"]),
+    );
+    m.insert(
+        "copilot".into(),
+        engine(
+            &["copilot", "--prompt", "{prompt}", "--allow-all-tools"],
+            &["--model", "{model}"],
+        ),
+    );
+    m
 }
 
 impl Default for Config {
@@ -47,6 +123,10 @@ impl Default for Config {
             probe_timeout_ms: 1_000,
             failover_wait_ms: 10_000,
             max_parallel: 4,
+            default_engine: "shell".into(),
+            kill_grace_ms: 3_000,
+            personas_dir: None,
+            engines: BTreeMap::new(),
         }
     }
 }
@@ -67,6 +147,17 @@ impl Config {
     pub fn failover_wait(&self) -> Duration {
         Duration::from_millis(self.failover_wait_ms)
     }
+    pub fn kill_grace(&self) -> Duration {
+        Duration::from_millis(self.kill_grace_ms)
+    }
+
+    pub fn personas_dir(&self, workspace: &Path) -> PathBuf {
+        match &self.personas_dir {
+            Some(p) if p.is_absolute() => p.clone(),
+            Some(p) => workspace.join(p),
+            None => workspace.join(".grove").join("personas"),
+        }
+    }
 
     /// Loads the layered configuration for the workspace whose state dir is
     /// `state_dir`.
@@ -81,9 +172,13 @@ impl Config {
                 merged.extend(table);
             }
         }
-        let config: Config = toml::Value::Table(merged)
+        let mut config: Config = toml::Value::Table(merged)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
+        // Configured engines override presets of the same name.
+        let mut engines = builtin_engines();
+        engines.append(&mut config.engines);
+        config.engines = engines;
         config.validate()?;
         Ok(config)
     }
@@ -100,6 +195,19 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be > 0")));
             }
+        }
+        for (name, e) in &self.engines {
+            if e.command.is_empty() || e.command[0].is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "engine '{name}' has an empty command"
+                )));
+            }
+        }
+        if !self.engines.contains_key(&self.default_engine) {
+            return Err(ConfigError::Invalid(format!(
+                "default_engine '{}' is not a configured engine",
+                self.default_engine
+            )));
         }
         if self.watchdog_timeout_ms < 2 * self.heartbeat_ms {
             return Err(ConfigError::Invalid(format!(

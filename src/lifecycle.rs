@@ -16,7 +16,12 @@ pub fn check_transition(from: TaskStatus, to: TaskStatus) -> Result<(), String> 
         Queued => matches!(to, Running | Paused | Cancelled | Failed),
         // running → running lets the supervisor record a new pid.
         Running => matches!(to, Running | Completed | Failed | Cancelled | Paused),
-        Paused => matches!(to, Pending | Queued | Running | Cancelled | Failed),
+        // paused → completed: a stopped agent can still be reported done
+        // (e.g. it exited between our SIGSTOP and its delivery).
+        Paused => matches!(
+            to,
+            Pending | Queued | Running | Completed | Cancelled | Failed
+        ),
         Completed | Failed | Cancelled => false,
     };
     if allowed {

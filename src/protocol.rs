@@ -68,8 +68,44 @@ pub enum Method {
         #[serde(default)]
         pid: Option<u32>,
     },
+    /// Deletes a task. A running task is refused unless `force`, which
+    /// kills it first.
     #[serde(rename = "task.delete")]
-    TaskDelete { id: String },
+    TaskDelete {
+        id: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Cancels a task: a running one has its whole process group killed.
+    #[serde(rename = "task.cancel")]
+    TaskCancel { id: String },
+    /// Pauses a task: a running one is stopped (SIGSTOP to its group), a
+    /// waiting one is held back by the scheduler.
+    #[serde(rename = "task.pause")]
+    TaskPause { id: String },
+    /// Continues a paused task. New instructions are appended to the prompt;
+    /// a task that had started is then rerun with them (agent CLIs take
+    /// instructions only at start).
+    #[serde(rename = "task.resume")]
+    TaskResume {
+        id: String,
+        #[serde(default)]
+        instructions: Option<String>,
+    },
+    /// Creates a new task from a finished one (`retry_of`, `attempt + 1`).
+    #[serde(rename = "task.retry")]
+    TaskRetry { id: String },
+    /// Reruns a finished task under the same id; dependents that failed
+    /// because of it are rearmed.
+    #[serde(rename = "task.relaunch")]
+    TaskRelaunch { id: String },
+    /// Deletes a finished task and its log files; purging a missing task
+    /// succeeds (idempotent).
+    #[serde(rename = "task.purge")]
+    TaskPurge { id: String },
+    /// Sent by a task's supervisor (`grove shim`) when the agent ended.
+    #[serde(rename = "task.finished")]
+    TaskFinished(TaskExit),
     /// Test hook, refused unless the primary runs with `GROVE_DEBUG_HOOKS=1`:
     /// blocks the primary's event loop for `ms` so the watchdog can be tested.
     #[serde(rename = "debug.stall")]
@@ -84,6 +120,13 @@ pub const METHOD_NAMES: &[&str] = &[
     "task.set_progress",
     "task.update_status",
     "task.delete",
+    "task.cancel",
+    "task.pause",
+    "task.resume",
+    "task.retry",
+    "task.relaunch",
+    "task.purge",
+    "task.finished",
     "debug.stall",
 ];
 
@@ -96,6 +139,13 @@ impl Method {
             Method::TaskSetProgress { .. } => "task.set_progress",
             Method::TaskUpdateStatus { .. } => "task.update_status",
             Method::TaskDelete { .. } => "task.delete",
+            Method::TaskCancel { .. } => "task.cancel",
+            Method::TaskPause { .. } => "task.pause",
+            Method::TaskResume { .. } => "task.resume",
+            Method::TaskRetry { .. } => "task.retry",
+            Method::TaskRelaunch { .. } => "task.relaunch",
+            Method::TaskPurge { .. } => "task.purge",
+            Method::TaskFinished(_) => "task.finished",
             Method::DebugStall { .. } => "debug.stall",
         }
     }
@@ -341,6 +391,35 @@ impl FailureReason {
     }
 }
 
+/// How a task's run ended, as its supervisor saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitOutcome {
+    /// The agent exited by itself (see `exit_code` / `signal`).
+    Exited,
+    /// The supervisor killed it at its timeout.
+    Timeout,
+    /// The supervisor killed it on request.
+    Cancelled,
+    /// The agent could not be started.
+    SpawnError,
+}
+
+/// Parameters of `task.finished`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskExit {
+    pub id: String,
+    /// The run this report is about; reports of an older run are ignored.
+    pub run_id: String,
+    pub outcome: ExitOutcome,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
 /// Parameters of `task.create`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NewTask {
@@ -363,6 +442,12 @@ pub struct NewTask {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Extra arguments appended to the engine's command.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// Extra environment variables for the agent.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// A task as stored and as carried by events and replies (DESIGN §5).
@@ -409,6 +494,13 @@ pub struct TaskRecord {
     pub retry_of: Option<String>,
     #[serde(default = "one")]
     pub attempt: u32,
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Identifies the current run (a relaunch starts a new one).
+    #[serde(default)]
+    pub run_id: Option<String>,
 }
 
 fn one() -> u32 {

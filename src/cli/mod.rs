@@ -6,12 +6,14 @@
 //! 2 usage or configuration error; 3 grove unavailable.
 
 mod events;
+mod orchestrate;
 mod status;
 mod task;
 
 use crate::client::ClientError;
 use crate::config::Config;
 use crate::paths::Workspace;
+use crate::protocol::Method;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -51,13 +53,120 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create, list, show and change tasks.
+    /// Start an agent task (from any window; it outlives the window).
+    #[command(
+        after_help = "Examples:\n  grove spawn 'make test' --tag ci\n  grove spawn 'fix the failing test' -e claude -m sonnet --wait\n  grove spawn 'deploy' --dep 3f2a --timeout 600"
+    )]
+    Spawn(orchestrate::SpawnArgs),
+    /// List tasks (filters: --status, --tag, --text, --session).
+    #[command(alias = "tasks")]
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        text: Option<String>,
+        /// Only the tasks of this ACP session.
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one task.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait for tasks: all (default), --any, or --quorum N; --timeout SECS.
+    Wait(orchestrate::WaitArgs),
+    /// Cancel a task; a running one has its whole process group killed.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a task (a running one is stopped with SIGSTOP).
+    Pause {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a paused task, optionally with new instructions (a started
+    /// task is then rerun with them).
+    Resume {
+        id: String,
+        #[arg(long)]
+        instructions: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a new attempt of a finished task (linked by retry_of).
+    Retry {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rerun a finished task under the same id (its failed dependents too).
+    Relaunch {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a task; refused while it runs unless --force (which kills it).
+    Delete {
+        id: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a finished task and its log files (idempotent).
+    Purge {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report progress (inside a task, GROVE_TASK_ID names the task).
+    Progress {
+        /// 0-100.
+        percent: u8,
+        text: Option<String>,
+        #[arg(long)]
+        task: Option<String>,
+    },
+    /// Counts per status and the progress of running tasks.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a task's log; --follow tails it until the task ends.
+    Logs {
+        id: String,
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// List the engines and whether their binaries are found.
+    Engines {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the personas (NAME.md files in the personas dir).
+    Personas {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Low-level task commands (create, list, show, progress, set-status, delete).
     #[command(subcommand)]
     Task(task::TaskCommand),
     /// Print the event log; with --follow, stream new events live.
     Events(events::EventsArgs),
     /// Measure failover and RPC performance on this machine.
     Bench(crate::bench::BenchArgs),
+    /// Supervise one run of a task (started by the primary, not by users).
+    #[command(hide = true)]
+    Shim { spec: PathBuf },
     /// Benchmark helper: hold or wait for a flock (the raw handoff baseline).
     #[command(hide = true)]
     BenchFlock { mode: String, path: PathBuf },
@@ -179,8 +288,10 @@ async fn run(cli: Cli) -> i32 {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, CliError> {
-    if let Command::BenchFlock { mode, path } = &cli.command {
-        return Ok(crate::bench::flock_helper(mode, path));
+    match &cli.command {
+        Command::BenchFlock { mode, path } => return Ok(crate::bench::flock_helper(mode, path)),
+        Command::Shim { spec } => return Ok(crate::shim::run(spec).await),
+        _ => {}
     }
     let ctx = Context::load(cli.workspace)?;
     match cli.command {
@@ -200,9 +311,63 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Status { json } => status::run(&ctx, json).await,
         Command::Task(cmd) => task::run(&ctx, cmd).await,
+        Command::Spawn(a) => orchestrate::spawn(&ctx, a).await,
+        Command::List {
+            status,
+            tag,
+            text,
+            session,
+            json,
+        } => task::list(&ctx, status, tag, text, session, json),
+        Command::Show { id, json } => task::show(&ctx, &id, json),
+        Command::Wait(a) => orchestrate::wait(&ctx, a).await,
+        Command::Cancel { id, json } => {
+            let id = task::resolve_id(&ctx, &id)?;
+            orchestrate::simple(&ctx, Method::TaskCancel { id }, json).await
+        }
+        Command::Pause { id, json } => {
+            let id = task::resolve_id(&ctx, &id)?;
+            orchestrate::simple(&ctx, Method::TaskPause { id }, json).await
+        }
+        Command::Resume {
+            id,
+            instructions,
+            json,
+        } => {
+            let id = task::resolve_id(&ctx, &id)?;
+            orchestrate::simple(&ctx, Method::TaskResume { id, instructions }, json).await
+        }
+        Command::Retry { id, json } => {
+            let id = task::resolve_id(&ctx, &id)?;
+            orchestrate::simple(&ctx, Method::TaskRetry { id }, json).await
+        }
+        Command::Relaunch { id, json } => {
+            let id = task::resolve_id(&ctx, &id)?;
+            orchestrate::simple(&ctx, Method::TaskRelaunch { id }, json).await
+        }
+        Command::Delete { id, force, json } => {
+            let id = task::resolve_id(&ctx, &id)?;
+            orchestrate::simple(&ctx, Method::TaskDelete { id, force }, json).await
+        }
+        Command::Purge { id, json } => {
+            // Idempotent: purging an unknown or already purged id succeeds.
+            let id = task::resolve_id(&ctx, &id).unwrap_or(id);
+            orchestrate::simple(&ctx, Method::TaskPurge { id }, json).await
+        }
+        Command::Progress {
+            percent,
+            text,
+            task,
+        } => orchestrate::progress(&ctx, task, percent, text).await,
+        Command::Stats { json } => orchestrate::stats(&ctx, json),
+        Command::Logs { id, follow } => orchestrate::logs(&ctx, &id, follow).await,
+        Command::Engines { json } => orchestrate::engines(&ctx, json),
+        Command::Personas { json } => orchestrate::personas(&ctx, json),
         Command::Events(args) => events::run(&ctx, args).await,
         Command::Bench(args) => crate::bench::run(&ctx, args).await,
-        Command::BenchFlock { .. } => unreachable!("handled before loading the workspace"),
+        Command::BenchFlock { .. } | Command::Shim { .. } => {
+            unreachable!("handled before loading the workspace")
+        }
         Command::DebugStall { ms } => {
             ctx.client()
                 .call(crate::protocol::Method::DebugStall { ms })

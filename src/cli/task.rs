@@ -122,6 +122,7 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> Result<i32, CliError> {
                 priority,
                 timeout_ms,
                 session_id: None,
+                ..Default::default()
             });
             write_task(ctx, method, &write).await
         }
@@ -130,39 +131,8 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> Result<i32, CliError> {
             tag,
             text,
             json,
-        } => {
-            let status = status.map(|s| parse_status(&s)).transpose()?;
-            let filter = TaskFilter {
-                status,
-                tag,
-                text,
-                session_id: None,
-            };
-            let tasks = ctx.reader()?.tasks(&filter)?;
-            if json {
-                print_json(&tasks);
-            } else if tasks.is_empty() {
-                eprintln!("no tasks");
-            } else {
-                for t in &tasks {
-                    println!("{}", one_line(t));
-                }
-            }
-            Ok(EXIT_OK)
-        }
-        TaskCommand::Show { id, json } => {
-            let id = resolve_id(ctx, &id)?;
-            let task = ctx
-                .reader()?
-                .task(&id)?
-                .ok_or_else(|| CliError::Failed(format!("no task {id}")))?;
-            if json {
-                print_json(&task);
-            } else {
-                print_details(&task);
-            }
-            Ok(EXIT_OK)
-        }
+        } => list(ctx, status, tag, text, None, json),
+        TaskCommand::Show { id, json } => show(ctx, &id, json),
         TaskCommand::Progress {
             id,
             percent,
@@ -211,9 +181,51 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> Result<i32, CliError> {
         }
         TaskCommand::Delete { id, write } => {
             let id = resolve_id(ctx, &id)?;
-            write_task(ctx, Method::TaskDelete { id }, &write).await
+            write_task(ctx, Method::TaskDelete { id, force: false }, &write).await
         }
     }
+}
+
+pub fn list(
+    ctx: &Context,
+    status: Option<String>,
+    tag: Option<String>,
+    text: Option<String>,
+    session_id: Option<String>,
+    json: bool,
+) -> Result<i32, CliError> {
+    let status = status.map(|s| parse_status(&s)).transpose()?;
+    let filter = TaskFilter {
+        status,
+        tag,
+        text,
+        session_id,
+    };
+    let tasks = ctx.reader()?.tasks(&filter)?;
+    if json {
+        print_json(&tasks);
+    } else if tasks.is_empty() {
+        eprintln!("no tasks");
+    } else {
+        for t in &tasks {
+            println!("{}", one_line(t));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn show(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
+    let id = resolve_id(ctx, id)?;
+    let task = ctx
+        .reader()?
+        .task(&id)?
+        .ok_or_else(|| CliError::Failed(format!("no task {id}")))?;
+    if json {
+        print_json(&task);
+    } else {
+        print_details(&task);
+    }
+    Ok(EXIT_OK)
 }
 
 async fn write_task(ctx: &Context, method: Method, opts: &WriteOpts) -> Result<i32, CliError> {

@@ -20,6 +20,8 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 /// What the RPC loop needs to answer requests.
 struct Serving {
     info: PrimaryInfo,
+    ws: crate::paths::Workspace,
+    config: crate::config::Config,
     started: Instant,
     last_seq: Arc<AtomicU64>,
     jobs: std::sync::mpsc::Sender<Job>,
@@ -75,6 +77,7 @@ pub async fn run(
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let last_seq = Arc::new(AtomicU64::new(promotion.promoted.seq));
     let _ = events_tx.send(promotion.promoted.clone());
+    let changed = Arc::new(tokio::sync::Notify::new());
     let publish_task = tokio::spawn(publish_loop(
         publisher,
         events_rx,
@@ -82,9 +85,21 @@ pub async fn run(
         me.instance_id.clone(),
         epoch,
         last_seq.clone(),
+        changed.clone(),
     ));
-    let store = writer::spawn(promotion.conn, epoch, events_tx)
+    let store = writer::spawn(promotion.conn, epoch, events_tx.clone())
         .map_err(NodeError::io("cannot start the store thread"))?;
+
+    // The orchestrator: adopts running tasks (DESIGN §5), then keeps the
+    // processes in line with the store.
+    let orchestrator = crate::orchestrator::Orchestrator::new(
+        ws.clone(),
+        opts.config.clone(),
+        store.jobs.clone(),
+        events_tx,
+        epoch,
+    );
+    let orchestrator_task = tokio::spawn(orchestrator.run(changed));
     tracing::info!(
         pid = me.pid,
         "promoted to primary in {:.1} ms; rpc {rpc_endpoint}",
@@ -97,6 +112,8 @@ pub async fn run(
     let (replies_tx, replies_rx) = mpsc::unbounded_channel();
     let reply_task = tokio::spawn(reply_loop(router_send, replies_rx));
     let serving = Serving {
+        ws: ws.clone(),
+        config: opts.config.clone(),
         info: PrimaryInfo {
             instance_id: me.instance_id.clone(),
             pid: me.pid,
@@ -131,6 +148,10 @@ pub async fn run(
     // then release the lock.
     tracing::info!("handing over");
     drop(router_recv);
+    // Running tasks keep running under their shims; the next primary
+    // adopts them.
+    orchestrator_task.abort();
+    let _ = orchestrator_task.await;
     let (done_tx, done_rx) = oneshot::channel();
     let _ = serving.jobs.send(Job::Shutdown {
         instance_id: me.instance_id.clone(),
@@ -231,12 +252,35 @@ impl Serving {
                 std::thread::sleep(Duration::from_millis(ms));
                 self.send(envelope, Reply::ok(id, self.info.epoch, ReplyBody::Done {}));
             }
+            Method::TaskCreate(mut new) => {
+                let engine = new
+                    .engine
+                    .get_or_insert_with(|| self.config.default_engine.clone())
+                    .clone();
+                let checked = crate::orchestrator::engines::validate(
+                    &self.config,
+                    &self.ws.root,
+                    &engine,
+                    new.model.as_deref(),
+                    new.persona.as_deref(),
+                    new.work_dir.as_deref(),
+                );
+                match checked {
+                    Ok(()) => self.write(envelope, id, request.from, Method::TaskCreate(new)),
+                    Err(msg) => self.send(envelope, self.error(id, ErrorCode::InvalidParams, msg)),
+                }
+            }
             method => self.write(envelope, id, request.from, method),
         }
     }
 
     /// Queues a write on the store thread; the reply goes out after COMMIT.
     fn write(&self, envelope: Vec<Bytes>, id: String, from: String, method: Method) {
+        // Purge removes the task's files once its row is gone.
+        let purged = match &method {
+            Method::TaskPurge { id } => Some(id.clone()),
+            _ => None,
+        };
         let (tx, rx) = oneshot::channel();
         let job = Job::Write {
             request_id: id.clone(),
@@ -250,8 +294,13 @@ impl Serving {
         }
         let epoch = self.info.epoch;
         let replies = self.replies.clone();
+        let ws = self.ws.clone();
         tokio::spawn(async move {
-            let reply = match rx.await {
+            let result = rx.await;
+            if let (Some(task), Ok(Ok(_))) = (&purged, &result) {
+                crate::shim::RunFiles::remove_all(&ws, task);
+            }
+            let reply = match result {
                 Ok(Ok(body)) => Reply::ok(id, epoch, body),
                 Ok(Err(e)) => Reply::err(id, epoch, e),
                 Err(_) => Reply::err(
@@ -298,6 +347,7 @@ async fn publish_loop(
     instance_id: String,
     epoch: u64,
     last_seq: Arc<AtomicU64>,
+    changed: Arc<tokio::sync::Notify>,
 ) {
     let started = Instant::now();
     let mut beat = tokio::time::interval(heartbeat);
@@ -320,6 +370,7 @@ async fn publish_loop(
         };
         if event.seq > 0 {
             last_seq.store(event.seq, Ordering::Relaxed);
+            changed.notify_one();
         }
         let mut msg = ZmqMessage::from(event.topic());
         msg.push_back(Bytes::from(encode(&event)));

@@ -7,6 +7,7 @@
 //!   its read transactions short, so WAL checkpoints are never starved.
 
 pub mod schema;
+pub mod tasks;
 pub mod writer;
 
 use crate::protocol::{Event, EventData, FailureReason, TaskRecord, TaskStatus};
@@ -46,7 +47,8 @@ pub struct Reader {
 
 const TASK_COLUMNS: &str = "id, prompt, engine, model, work_dir, persona, status, failure_reason,
     dependencies, tags, priority, timeout_ms, progress_pct, progress_text, exit_code, pid,
-    session_id, created_at, updated_at, started_at, finished_at, retry_of, attempt";
+    session_id, created_at, updated_at, started_at, finished_at, retry_of, attempt,
+    extra_args, env, run_id";
 
 /// Filters for listing tasks.
 #[derive(Debug, Default, Clone)]
@@ -265,6 +267,12 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Result<TaskRecord, StoreError>
     let Ok(tags) = serde_json::from_str(&tags) else {
         return Ok(Err(corrupt("tags")));
     };
+    let Ok(extra_args) = serde_json::from_str(&r.get::<_, String>(23)?) else {
+        return Ok(Err(corrupt("extra_args")));
+    };
+    let Ok(env) = serde_json::from_str(&r.get::<_, String>(24)?) else {
+        return Ok(Err(corrupt("env")));
+    };
     let opt_u64 = |i: usize| -> rusqlite::Result<Option<u64>> {
         Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
     };
@@ -292,5 +300,8 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Result<TaskRecord, StoreError>
         finished_at: opt_u64(20)?,
         retry_of: r.get(21)?,
         attempt: r.get::<_, i64>(22)? as u32,
+        extra_args,
+        env,
+        run_id: r.get(25)?,
     }))
 }

@@ -37,7 +37,10 @@ const MIGRATIONS: &[&str] = &[
         started_at     INTEGER,
         finished_at    INTEGER,
         retry_of       TEXT,
-        attempt        INTEGER NOT NULL DEFAULT 1
+        attempt        INTEGER NOT NULL DEFAULT 1,
+        extra_args     TEXT NOT NULL DEFAULT '[]',
+        env            TEXT NOT NULL DEFAULT '{}',
+        run_id         TEXT
     );
     CREATE INDEX tasks_status ON tasks (status);
     CREATE INDEX tasks_session ON tasks (session_id);

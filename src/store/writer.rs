@@ -10,11 +10,9 @@
 //! savepoint, so a retried request (same id, to this or a later primary) gets
 //! the recorded reply and is never applied twice.
 
-use super::{StoreError, get_task};
-use crate::lifecycle::check_transition;
+use super::StoreError;
 use crate::protocol::{
-    ErrorCode, Event, EventData, FailureReason, MemberInfo, Method, NewTask, ReplyBody, TaskRecord,
-    TaskStatus, WireError, decode, encode, now_ms,
+    ErrorCode, Event, EventData, MemberInfo, Method, ReplyBody, WireError, decode, encode, now_ms,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::sync::mpsc;
@@ -37,6 +35,11 @@ pub enum Job {
         request_id: String,
         from: String,
         method: Method,
+        reply: oneshot::Sender<WriteResult>,
+    },
+    /// An orchestrator operation: applied without the ledger.
+    Internal {
+        op: super::tasks::InternalOp,
         reply: oneshot::Sender<WriteResult>,
     },
     /// Records `instance.shutdown`, then the thread exits.
@@ -155,7 +158,7 @@ fn run(
                 // was applied, so every caller gets an error and may retry.
                 tracing::error!("group commit failed: {e}");
                 for job in batch.drain(..) {
-                    if let Job::Write { reply, .. } = job {
+                    if let Job::Write { reply, .. } | Job::Internal { reply, .. } = job {
                         let _ = reply.send(Err(WireError::new(
                             ErrorCode::Internal,
                             format!("the store could not commit: {e}"),
@@ -203,6 +206,25 @@ fn commit_batch(
                     apply_idempotent(&mut tx, epoch, request_id, from, method, &mut events)?;
                 results.push(Some(result));
             }
+            Job::Internal { op, .. } => {
+                let sp = tx.savepoint()?;
+                let mut own_events = Vec::new();
+                let mut ctx = super::tasks::Ctx {
+                    tx: &sp,
+                    epoch,
+                    events: &mut own_events,
+                };
+                let result = match super::tasks::apply_internal(&mut ctx, op) {
+                    Ok(r) => r,
+                    Err(Applied::Refused(e)) => Err(e),
+                    Err(Applied::Sqlite(e)) => return Err(e.into()),
+                };
+                if result.is_ok() {
+                    sp.commit()?;
+                    events.extend(own_events);
+                } // else: dropping the savepoint rolls it back
+                results.push(Some(result));
+            }
             Job::Shutdown { instance_id, .. } => {
                 events.push(append_event(
                     &tx,
@@ -219,9 +241,13 @@ fn commit_batch(
     tx.commit()?;
     for (job, result) in batch.drain(..).zip(results) {
         match (job, result) {
-            (Job::Write { reply, .. }, Some(result)) => done.push(Done { reply, result }),
+            (Job::Write { reply, .. } | Job::Internal { reply, .. }, Some(result)) => {
+                done.push(Done { reply, result })
+            }
             (Job::Shutdown { done: d, .. }, _) => *shutdown = Some(d),
-            (Job::Write { .. }, None) => unreachable!("every write has a result"),
+            (Job::Write { .. } | Job::Internal { .. }, None) => {
+                unreachable!("every write has a result")
+            }
         }
     }
     Ok((done, events))
@@ -273,7 +299,7 @@ fn apply_idempotent(
     Ok(result)
 }
 
-enum Applied {
+pub(super) enum Applied {
     Refused(WireError),
     Sqlite(rusqlite::Error),
 }
@@ -293,7 +319,7 @@ impl From<StoreError> for Applied {
     }
 }
 
-fn refused(code: ErrorCode, message: impl Into<String>) -> Applied {
+pub(super) fn refused(code: ErrorCode, message: impl Into<String>) -> Applied {
     Applied::Refused(WireError::new(code, message))
 }
 
@@ -303,93 +329,15 @@ fn apply(
     method: &Method,
     events: &mut Vec<Event>,
 ) -> Result<WriteResult, Applied> {
+    let mut ctx = super::tasks::Ctx { tx, epoch, events };
     match method {
-        Method::Hello(member) => hello(tx, epoch, member, events),
-        Method::TaskCreate(new) => create_task(tx, epoch, new, events),
-        Method::TaskSetProgress { id, percent, text } => {
-            let mut task = existing_task(tx, id)?;
-            if task.status.is_terminal() {
-                return Err(refused(
-                    ErrorCode::Conflict,
-                    format!("task {id} is {}; progress is closed", task.status.as_str()),
-                ));
-            }
-            if let Some(p) = percent {
-                if *p > 100 {
-                    return Err(refused(
-                        ErrorCode::InvalidParams,
-                        format!("progress must be 0..=100, got {p}"),
-                    ));
-                }
-                task.progress_pct = Some(*p);
-            }
-            if let Some(t) = text {
-                task.progress_text = Some(t.clone());
-            }
-            save_task(tx, epoch, task, events)
-        }
-        Method::TaskUpdateStatus {
-            id,
-            status,
-            reason,
-            exit_code,
-            pid,
-        } => {
-            let task = existing_task(tx, id)?;
-            check_transition(task.status, *status)
-                .map_err(|m| refused(ErrorCode::Conflict, format!("task {id}: {m}")))?;
-            let task = with_status(task, *status, *reason, *exit_code, *pid);
-            save_task(tx, epoch, task, events)
-        }
-        Method::TaskDelete { id } => {
-            let task = existing_task(tx, id)?;
-            if task.status == TaskStatus::Running {
-                return Err(refused(
-                    ErrorCode::Conflict,
-                    format!("task {id} is running; cancel it before deleting it"),
-                ));
-            }
-            tx.execute("DELETE FROM tasks WHERE id = ?1", [id])?;
-            events.push(append_event(
-                tx,
-                epoch,
-                EventData::TaskDeleted { id: id.clone() },
-            )?);
-            Ok(Ok(ReplyBody::Deleted { id: id.clone() }))
-        }
+        Method::Hello(member) => hello(tx, epoch, member, ctx.events),
         Method::Ping {} | Method::DebugStall { .. } => Err(refused(
             ErrorCode::Internal,
             "not a write: answered by the event loop",
         )),
+        other => super::tasks::apply(&mut ctx, other),
     }
-}
-
-/// Applies a status change and its side fields (timestamps, exit code).
-pub fn with_status(
-    mut task: TaskRecord,
-    status: TaskStatus,
-    reason: Option<FailureReason>,
-    exit_code: Option<i32>,
-    pid: Option<u32>,
-) -> TaskRecord {
-    let now = now_ms();
-    if status == TaskStatus::Running && task.started_at.is_none() {
-        task.started_at = Some(now);
-    }
-    if status.is_terminal() {
-        task.finished_at = Some(now);
-    }
-    if status == TaskStatus::Failed {
-        task.failure_reason = reason.or(Some(FailureReason::ExitCode));
-    }
-    if exit_code.is_some() {
-        task.exit_code = exit_code;
-    }
-    if pid.is_some() {
-        task.pid = pid;
-    }
-    task.status = status;
-    task
 }
 
 fn hello(
@@ -430,146 +378,6 @@ fn hello(
     let last_seq = e.seq;
     events.push(e);
     Ok(Ok(ReplyBody::Welcome { epoch, last_seq }))
-}
-
-fn create_task(
-    tx: &Connection,
-    epoch: u64,
-    new: &NewTask,
-    events: &mut Vec<Event>,
-) -> Result<WriteResult, Applied> {
-    if new.prompt.trim().is_empty() {
-        return Err(refused(ErrorCode::InvalidParams, "the prompt is empty"));
-    }
-    if new.timeout_ms == Some(0) {
-        return Err(refused(ErrorCode::InvalidParams, "timeout must be > 0"));
-    }
-    let mut all_done = true;
-    for dep in &new.dependencies {
-        let status: Option<String> = tx
-            .prepare_cached("SELECT status FROM tasks WHERE id = ?1")?
-            .query_row([dep], |r| r.get(0))
-            .optional()?;
-        match status.as_deref() {
-            None => {
-                return Err(refused(
-                    ErrorCode::InvalidParams,
-                    format!("unknown dependency {dep}"),
-                ));
-            }
-            Some(s) => all_done &= s == TaskStatus::Completed.as_str(),
-        }
-    }
-    let now = now_ms();
-    let task = TaskRecord {
-        id: uuid::Uuid::new_v4().simple().to_string(),
-        prompt: new.prompt.clone(),
-        engine: new.engine.clone().unwrap_or_else(|| "shell".to_string()),
-        model: new.model.clone(),
-        work_dir: new.work_dir.clone(),
-        persona: new.persona.clone(),
-        status: if all_done {
-            TaskStatus::Queued
-        } else {
-            TaskStatus::Pending
-        },
-        failure_reason: None,
-        dependencies: new.dependencies.clone(),
-        tags: new.tags.clone(),
-        priority: new.priority,
-        timeout_ms: new.timeout_ms,
-        progress_pct: None,
-        progress_text: None,
-        exit_code: None,
-        pid: None,
-        session_id: new.session_id.clone(),
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
-        retry_of: None,
-        attempt: 1,
-    };
-    insert_task(tx, &task)?;
-    events.push(append_event(
-        tx,
-        epoch,
-        EventData::TaskCreated { task: task.clone() },
-    )?);
-    Ok(Ok(ReplyBody::Task(Box::new(task))))
-}
-
-fn existing_task(tx: &Connection, id: &str) -> Result<TaskRecord, Applied> {
-    get_task(tx, id)?.ok_or_else(|| refused(ErrorCode::NotFound, format!("no task {id}")))
-}
-
-pub(crate) fn insert_task(tx: &Connection, t: &TaskRecord) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO tasks (id, prompt, engine, model, work_dir, persona, status, failure_reason,
-            dependencies, tags, priority, timeout_ms, progress_pct, progress_text, exit_code, pid,
-            session_id, created_at, updated_at, started_at, finished_at, retry_of, attempt)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20, ?21, ?22, ?23)",
-    )?
-    .execute(params![
-        t.id,
-        t.prompt,
-        t.engine,
-        t.model,
-        t.work_dir,
-        t.persona,
-        t.status.as_str(),
-        t.failure_reason.map(|r| r.as_str()),
-        serde_json::to_string(&t.dependencies).unwrap_or_else(|_| "[]".into()),
-        serde_json::to_string(&t.tags).unwrap_or_else(|_| "[]".into()),
-        t.priority,
-        t.timeout_ms.map(|v| v as i64),
-        t.progress_pct,
-        t.progress_text,
-        t.exit_code,
-        t.pid,
-        t.session_id,
-        t.created_at as i64,
-        t.updated_at as i64,
-        t.started_at.map(|v| v as i64),
-        t.finished_at.map(|v| v as i64),
-        t.retry_of,
-        t.attempt,
-    ])?;
-    Ok(())
-}
-
-/// Writes back a changed task and appends `task.updated`.
-fn save_task(
-    tx: &Connection,
-    epoch: u64,
-    mut task: TaskRecord,
-    events: &mut Vec<Event>,
-) -> Result<WriteResult, Applied> {
-    task.updated_at = now_ms();
-    tx.prepare_cached(
-        "UPDATE tasks SET status = ?2, failure_reason = ?3, progress_pct = ?4, progress_text = ?5,
-            exit_code = ?6, pid = ?7, updated_at = ?8, started_at = ?9, finished_at = ?10
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        task.id,
-        task.status.as_str(),
-        task.failure_reason.map(|r| r.as_str()),
-        task.progress_pct,
-        task.progress_text,
-        task.exit_code,
-        task.pid,
-        task.updated_at as i64,
-        task.started_at.map(|v| v as i64),
-        task.finished_at.map(|v| v as i64),
-    ])?;
-    events.push(append_event(
-        tx,
-        epoch,
-        EventData::TaskUpdated { task: task.clone() },
-    )?);
-    Ok(Ok(ReplyBody::Task(Box::new(task))))
 }
 
 /// Appends a durable event in the current transaction and returns it with

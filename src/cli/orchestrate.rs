@@ -1,0 +1,401 @@
+//! The orchestrator's commands: spawn, wait, cancel, pause, resume, retry,
+//! relaunch, delete, purge, progress, stats, logs, engines, personas.
+
+use super::task::{one_line, resolve_id};
+use super::{CliError, Context, EXIT_FAILED, EXIT_OK, print_json};
+use crate::protocol::{Method, NewTask, ReplyBody, TaskRecord, TaskStatus};
+use crate::waiter::Policy;
+use clap::Args;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct SpawnArgs {
+    /// What the agent should do (for the `shell` engine: a shell command).
+    pub prompt: String,
+    /// Engine to run it with (see `grove engines`); default from config.
+    #[arg(long, short = 'e')]
+    pub engine: Option<String>,
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Working directory (default: the workspace).
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// A persona from the personas dir, prepended to the prompt.
+    #[arg(long)]
+    pub persona: Option<String>,
+    /// A task this one waits for (repeatable).
+    #[arg(long = "dep", value_name = "ID")]
+    pub dependencies: Vec<String>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i64,
+    /// Timeout in seconds; the task fails with reason `timeout`.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Extra argument for the engine command (repeatable).
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub extra_args: Vec<String>,
+    /// Environment variable for the agent, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Block until the task ends and exit with its exit code.
+    #[arg(long)]
+    pub wait: bool,
+    /// Idempotency key: the same key never creates a second task.
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// Task ids (full or unique prefix).
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    /// Return when any one task ends.
+    #[arg(long, conflicts_with = "quorum")]
+    pub any: bool,
+    /// Return when N tasks completed (or can no longer).
+    #[arg(long, value_name = "N")]
+    pub quorum: Option<usize>,
+    /// Give up after this many seconds (exit 1).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
+    let timeout_ms = seconds_to_ms(a.timeout, "--timeout")?;
+    let mut env = BTreeMap::new();
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| CliError::Usage(format!("--env wants KEY=VALUE, got '{kv}'")))?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    let dependencies = a
+        .dependencies
+        .iter()
+        .map(|d| resolve_id(ctx, d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let new = NewTask {
+        prompt: a.prompt,
+        engine: a.engine,
+        model: a.model,
+        work_dir: a.workdir,
+        persona: a.persona,
+        dependencies,
+        tags: a.tags,
+        priority: a.priority,
+        timeout_ms,
+        session_id: None,
+        extra_args: a.extra_args,
+        env,
+    };
+    let mut client = ctx.client();
+    let method = Method::TaskCreate(new);
+    let reply = match &a.request_id {
+        Some(id) => client.call_with_id(id, method).await?,
+        None => client.call(method).await?,
+    };
+    let ReplyBody::Task(task) = reply else {
+        return Err(CliError::Failed(format!("unexpected reply {reply:?}")));
+    };
+    if !a.wait {
+        if a.json {
+            print_json(&task);
+        } else {
+            println!("{}", task.id);
+        }
+        return Ok(EXIT_OK);
+    }
+    eprintln!("spawned {}", task.id);
+    let outcome = crate::waiter::wait(&ctx.ws, &[task.id.clone()], Policy::All, None, |t| {
+        progress_line(t)
+    })
+    .await
+    .map_err(CliError::Unavailable)?;
+    let last = outcome.tasks.get(&task.id).cloned().flatten();
+    if a.json {
+        print_json(&last);
+    }
+    Ok(match last {
+        Some(t) if t.status == TaskStatus::Completed => EXIT_OK,
+        Some(t) => {
+            eprintln!("task {} {}", t.id, describe_end(&t));
+            t.exit_code
+                .filter(|c| (1..=255).contains(c))
+                .unwrap_or(EXIT_FAILED)
+        }
+        None => EXIT_FAILED,
+    })
+}
+
+pub async fn wait(ctx: &Context, a: WaitArgs) -> Result<i32, CliError> {
+    let ids = a
+        .ids
+        .iter()
+        .map(|d| resolve_id(ctx, d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let policy = match (a.any, a.quorum) {
+        (true, _) => Policy::Any,
+        (_, Some(n)) => Policy::Quorum(n),
+        _ => Policy::All,
+    };
+    let deadline = seconds_to_ms(a.timeout, "--timeout")?.map(Duration::from_millis);
+    let outcome = crate::waiter::wait(&ctx.ws, &ids, policy, deadline, progress_line)
+        .await
+        .map_err(|e| {
+            if e.starts_with("quorum") {
+                CliError::Usage(e)
+            } else {
+                CliError::Unavailable(e)
+            }
+        })?;
+    if a.json {
+        print_json(&serde_json::json!({
+            "satisfied": outcome.satisfied,
+            "timed_out": outcome.timed_out,
+            "tasks": outcome.tasks,
+        }));
+    } else {
+        for (id, t) in &outcome.tasks {
+            match t {
+                Some(t) => println!("{}", one_line(t)),
+                None => println!("{id}  deleted"),
+            }
+        }
+    }
+    if outcome.timed_out {
+        eprintln!("grove: wait: deadline passed");
+    }
+    Ok(if outcome.satisfied {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
+}
+
+fn progress_line(t: &TaskRecord) {
+    if t.status.is_terminal() {
+        eprintln!("{} {}", &t.id[..12.min(t.id.len())], describe_end(t));
+    } else if let Some(p) = t.progress_pct {
+        eprintln!(
+            "{} {} {p}% {}",
+            &t.id[..12.min(t.id.len())],
+            t.status.as_str(),
+            t.progress_text.as_deref().unwrap_or("")
+        );
+    }
+}
+
+fn describe_end(t: &TaskRecord) -> String {
+    let mut s = t.status.as_str().to_string();
+    if let Some(r) = t.failure_reason {
+        s.push_str(&format!(" ({})", r.as_str()));
+    }
+    if let Some(c) = t.exit_code {
+        s.push_str(&format!(", exit code {c}"));
+    }
+    s
+}
+
+fn seconds_to_ms(v: Option<f64>, flag: &str) -> Result<Option<u64>, CliError> {
+    match v {
+        Some(t) if !(t.is_finite() && t > 0.0) => Err(CliError::Usage(format!(
+            "{flag} must be a positive number of seconds, got {t}"
+        ))),
+        Some(t) => Ok(Some((t * 1000.0).ceil() as u64)),
+        None => Ok(None),
+    }
+}
+
+/// cancel / pause / resume / retry / relaunch / delete / purge: one write,
+/// print the resulting task.
+pub async fn simple(ctx: &Context, method: Method, json: bool) -> Result<i32, CliError> {
+    let reply = ctx.client().call(method).await?;
+    match reply {
+        ReplyBody::Task(t) if json => print_json(&t),
+        ReplyBody::Task(t) => println!("{}", one_line(&t)),
+        ReplyBody::Deleted { id } if json => print_json(&serde_json::json!({ "deleted": id })),
+        ReplyBody::Deleted { id } => println!("deleted {id}"),
+        other => println!("{other:?}"),
+    }
+    Ok(EXIT_OK)
+}
+
+/// `grove progress PCT [TEXT]`: from inside a task, GROVE_TASK_ID says which.
+pub async fn progress(
+    ctx: &Context,
+    task: Option<String>,
+    percent: u8,
+    text: Option<String>,
+) -> Result<i32, CliError> {
+    if percent > 100 {
+        return Err(CliError::Usage(format!(
+            "progress is a percentage 0-100, got {percent}"
+        )));
+    }
+    let id = task
+        .or_else(|| std::env::var("GROVE_TASK_ID").ok())
+        .ok_or_else(|| {
+            CliError::Usage(
+                "which task? pass --task ID (inside a task, GROVE_TASK_ID is set)".into(),
+            )
+        })?;
+    let id = resolve_id(ctx, &id)?;
+    let method = Method::TaskSetProgress {
+        id,
+        percent: Some(percent),
+        text,
+    };
+    ctx.client().call(method).await?;
+    Ok(EXIT_OK)
+}
+
+pub fn stats(ctx: &Context, json: bool) -> Result<i32, CliError> {
+    let reader = ctx.reader()?;
+    let counts = reader.counts()?;
+    let running = reader.tasks(&crate::store::TaskFilter {
+        status: Some(TaskStatus::Running),
+        ..Default::default()
+    })?;
+    if json {
+        let running: Vec<_> = running
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "id": t.id, "progress_pct": t.progress_pct,
+                    "progress_text": t.progress_text, "started_at": t.started_at,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({ "counts": counts, "running": running }));
+        return Ok(EXIT_OK);
+    }
+    for (status, n) in &counts {
+        println!("{status:<10} {n}");
+    }
+    for t in &running {
+        println!(
+            "  {} {:>3}% {}",
+            &t.id[..12.min(t.id.len())],
+            t.progress_pct.unwrap_or(0),
+            t.progress_text.as_deref().unwrap_or("")
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// `grove logs ID [--follow]`: with --follow, tails until the task ends.
+pub async fn logs(ctx: &Context, id: &str, follow: bool) -> Result<i32, CliError> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let id = resolve_id(ctx, id)?;
+    let path = crate::shim::RunFiles::log(&ctx.ws, &id);
+    let reader = ctx.reader()?;
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = std::io::stdout().lock();
+    loop {
+        // Read the status before the file: output written before the task
+        // ended is then certainly in the file when we see it ended.
+        let ended = reader.task(&id)?.is_none_or(|t| t.status.is_terminal());
+        if let Ok(mut f) = std::fs::File::open(&path) {
+            f.seek(SeekFrom::Start(offset))
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .map_err(|e| CliError::Failed(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                offset += n as u64;
+                if out.write_all(&buf[..n]).is_err() {
+                    return Ok(EXIT_OK); // reader went away (e.g. `| head`)
+                }
+            }
+            let _ = out.flush();
+        } else if !follow {
+            return Err(CliError::Failed(format!(
+                "task {id} has no log yet (it has not started)"
+            )));
+        }
+        if !follow || ended {
+            return Ok(EXIT_OK);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn engines(ctx: &Context, json: bool) -> Result<i32, CliError> {
+    let rows: Vec<_> = ctx
+        .config
+        .engines
+        .iter()
+        .map(|(name, e)| {
+            let found = crate::orchestrator::engines::find_binary(&e.command[0]);
+            serde_json::json!({
+                "name": name,
+                "command": e.command,
+                "model_args": e.model_args,
+                "prompt_via": e.prompt_via,
+                "binary": found.as_ref().map(|p| p.display().to_string()),
+                "available": found.is_some(),
+                "default": *name == ctx.config.default_engine,
+            })
+        })
+        .collect();
+    if json {
+        print_json(&rows);
+    } else {
+        for r in &rows {
+            println!(
+                "{:<10} {:<9} {}{}",
+                r["name"].as_str().unwrap_or(""),
+                if r["available"] == true {
+                    "found"
+                } else {
+                    "missing"
+                },
+                r["command"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "))
+                    .unwrap_or_default(),
+                if r["default"] == true {
+                    "  (default)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn personas(ctx: &Context, json: bool) -> Result<i32, CliError> {
+    let names = crate::orchestrator::engines::personas(&ctx.config, &ctx.ws.root);
+    if json {
+        print_json(&names);
+    } else if names.is_empty() {
+        eprintln!(
+            "no personas in {} (add NAME.md files there)",
+            ctx.config.personas_dir(&ctx.ws.root).display()
+        );
+    } else {
+        for n in &names {
+            println!("{n}");
+        }
+    }
+    Ok(EXIT_OK)
+}

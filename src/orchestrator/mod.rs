@@ -1,0 +1,459 @@
+//! The task orchestrator (DESIGN §5). It runs on the primary only.
+//!
+//! The store is the desired state; this module makes the processes match
+//! it. After every committed change (and on a short tick) it:
+//! 1. checks each run it supervises: a run whose shim is gone is finalized
+//!    from its exit record, or failed as `lost` when there is none;
+//! 2. makes live runs match their task: kill runs of cancelled, deleted or
+//!    superseded tasks; stop (SIGSTOP) paused ones; continue resumed ones;
+//! 3. tails the logs of live runs into transient `task.output` events;
+//! 4. starts queued tasks, priority first then FIFO, while fewer than
+//!    `max_parallel` run. The store thread refuses a start beyond the limit,
+//!    so two completions at once can never start one task twice.
+//!
+//! On promotion, `adopt` reconciles every `running` task: adopted when its
+//! shim is alive (pid *and* start time match), finalized from its exit
+//! record when the shim finished meanwhile, `failed: lost` otherwise.
+
+pub mod engines;
+
+use crate::config::Config;
+use crate::paths::Workspace;
+use crate::protocol::{
+    Event, EventData, ExitOutcome, Method, TaskExit, TaskRecord, TaskStatus, now_ms,
+};
+use crate::shim::{RunFiles, ShimSpec, kill_group};
+use crate::store::tasks::InternalOp;
+use crate::store::writer::{Job, WriteResult};
+use crate::store::{Reader, TaskFilter};
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+const TICK: Duration = Duration::from_millis(100);
+/// Largest `task.output` chunk; a task that writes faster than the tail
+/// keeps up with is skipped ahead (the log file stays complete).
+const MAX_CHUNK: usize = 64 * 1024;
+const MAX_BACKLOG: u64 = 4 * 1024 * 1024;
+
+struct Run {
+    run_id: String,
+    shim_pid: u32,
+    shim_start: Option<u64>,
+    /// Our own child when we started it (reaped here); `None` if adopted.
+    child: Option<std::process::Child>,
+    stopped: bool,
+    kill_sent: bool,
+    log_offset: u64,
+}
+
+pub struct Orchestrator {
+    ws: Workspace,
+    config: Config,
+    jobs: std::sync::mpsc::Sender<Job>,
+    output: mpsc::UnboundedSender<Event>,
+    epoch: u64,
+    runs: HashMap<String, Run>,
+    /// Read-only view of the committed state. In a mutex only so that the
+    /// orchestrator future is `Send` (a connection is not `Sync`).
+    reader: std::sync::Mutex<Option<Reader>>,
+}
+
+impl Orchestrator {
+    pub fn new(
+        ws: Workspace,
+        config: Config,
+        jobs: std::sync::mpsc::Sender<Job>,
+        output: mpsc::UnboundedSender<Event>,
+        epoch: u64,
+    ) -> Self {
+        Orchestrator {
+            ws,
+            config,
+            jobs,
+            output,
+            epoch,
+            runs: HashMap::new(),
+            reader: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Runs until the task is aborted (on shutdown).
+    pub async fn run(mut self, changed: Arc<Notify>) {
+        if let Err(e) = std::fs::create_dir_all(RunFiles::dir(&self.ws))
+            .and_then(|_| std::fs::create_dir_all(self.ws.logs_dir()))
+        {
+            tracing::error!("cannot create the run/log dirs: {e}");
+        }
+        self.adopt().await;
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = tick.tick() => {}
+            }
+            self.sync().await;
+        }
+    }
+
+    /// Runs `f` on the reader, reopening it after an error.
+    fn read<T>(&self, f: impl FnOnce(&Reader) -> Result<T, crate::store::StoreError>) -> Option<T> {
+        let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Reader::open(&self.ws.db_path())
+                .map_err(|e| tracing::error!("orchestrator cannot read the store: {e}"))
+                .ok();
+        }
+        let result = f(guard.as_ref()?);
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!("reading the store failed: {e}");
+                *guard = None;
+                None
+            }
+        }
+    }
+
+    fn tasks(&self, status: TaskStatus) -> Vec<TaskRecord> {
+        let filter = TaskFilter {
+            status: Some(status),
+            ..Default::default()
+        };
+        self.read(|r| r.tasks(&filter)).unwrap_or_default()
+    }
+
+    /// Reconciles every started task after a promotion.
+    async fn adopt(&mut self) {
+        let mut started = self.tasks(TaskStatus::Running);
+        started.extend(
+            self.tasks(TaskStatus::Paused)
+                .into_iter()
+                .filter(|t| t.run_id.is_some()),
+        );
+        for task in started {
+            let Some(run_id) = task.run_id.clone() else {
+                continue;
+            };
+            match RunFiles::read_run(&self.ws, &task.id) {
+                Some(rec)
+                    if rec.run_id == run_id
+                        && crate::proc::running(rec.shim_pid)
+                        && crate::proc::start_time(rec.shim_pid) == Some(rec.shim_start) =>
+                {
+                    tracing::info!(task = %task.id, shim = rec.shim_pid, "adopted a running task");
+                    let log_offset = file_len(&RunFiles::log(&self.ws, &task.id));
+                    self.runs.insert(
+                        task.id.clone(),
+                        Run {
+                            run_id,
+                            shim_pid: rec.shim_pid,
+                            shim_start: Some(rec.shim_start),
+                            child: None,
+                            stopped: task.status == TaskStatus::Paused,
+                            kill_sent: false,
+                            log_offset,
+                        },
+                    );
+                }
+                _ => self.finalize(&task.id, &run_id).await,
+            }
+        }
+    }
+
+    /// Records the end of a run whose shim is gone: from its exit record,
+    /// or as `lost`.
+    async fn finalize(&mut self, task_id: &str, run_id: &str) {
+        let result = match RunFiles::read_exit(&self.ws, task_id, run_id) {
+            Some(exit) => {
+                tracing::info!(task = %task_id, "finalizing a run from its exit record");
+                // Same request id as the shim's own report: applied once.
+                self.write(
+                    format!("finished-{run_id}"),
+                    Method::TaskFinished(exit.to_exit(task_id)),
+                )
+                .await
+            }
+            None => {
+                tracing::warn!(task = %task_id, "run lost: no shim, no exit record");
+                self.internal(InternalOp::Lost {
+                    id: task_id.to_string(),
+                    run_id: run_id.to_string(),
+                })
+                .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(task = %task_id, "finalize: {e}");
+        }
+    }
+
+    async fn sync(&mut self) {
+        self.check_runs().await;
+        self.enforce().await;
+        self.tail_logs();
+        self.schedule().await;
+    }
+
+    async fn check_runs(&mut self) {
+        let mut ended = Vec::new();
+        for (task_id, run) in self.runs.iter_mut() {
+            if let Some(child) = run.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                run.child = None;
+                ended.push((task_id.clone(), run.run_id.clone()));
+                continue;
+            }
+            let alive = crate::proc::running(run.shim_pid)
+                && run
+                    .shim_start
+                    .is_none_or(|s| crate::proc::start_time(run.shim_pid) == Some(s));
+            if !alive {
+                ended.push((task_id.clone(), run.run_id.clone()));
+            }
+        }
+        for (task_id, run_id) in ended {
+            self.flush_log(&task_id);
+            self.runs.remove(&task_id);
+            self.finalize(&task_id, &run_id).await;
+        }
+    }
+
+    /// Makes each live run match its task's row.
+    async fn enforce(&mut self) {
+        let ids: Vec<String> = self.runs.keys().cloned().collect();
+        for id in ids {
+            let task = self.read(|r| r.task(&id)).flatten();
+            let Some(run) = self.runs.get_mut(&id) else {
+                continue;
+            };
+            let agent = RunFiles::read_run(&self.ws, &id)
+                .filter(|r| r.run_id == run.run_id)
+                .and_then(|r| r.agent_pid);
+            let current = task
+                .as_ref()
+                .is_some_and(|t| t.run_id.as_deref() == Some(run.run_id.as_str()));
+            match task.map(|t| t.status) {
+                Some(TaskStatus::Running) if current => {
+                    if run.stopped
+                        && let Some(pg) = agent
+                    {
+                        kill_group(pg, libc::SIGCONT);
+                        run.stopped = false;
+                    }
+                }
+                Some(TaskStatus::Paused) if current => {
+                    if !run.stopped
+                        && let Some(pg) = agent
+                    {
+                        kill_group(pg, libc::SIGSTOP);
+                        run.stopped = true;
+                    }
+                }
+                // Ended by itself: the shim is on its way out already.
+                Some(TaskStatus::Completed | TaskStatus::Failed) if current => {}
+                _ => {
+                    // Cancelled, deleted, or superseded by a newer run: the
+                    // shim kills the whole group (TERM, grace, KILL).
+                    if !run.kill_sent {
+                        tracing::info!(task = %id, "stopping a run that is no longer wanted");
+                        unsafe { libc::kill(run.shim_pid as i32, libc::SIGTERM) };
+                        run.kill_sent = true;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn schedule(&mut self) {
+        let running = self.tasks(TaskStatus::Running).len();
+        if running >= self.config.max_parallel {
+            return;
+        }
+        let mut queued = self.tasks(TaskStatus::Queued);
+        // Priority first, then FIFO (the list comes in creation order and the
+        // sort is stable).
+        queued.sort_by_key(|t| std::cmp::Reverse(t.priority));
+        for task in queued.into_iter().take(self.config.max_parallel - running) {
+            let run_id = uuid::Uuid::new_v4().simple().to_string();
+            let started = self
+                .internal(InternalOp::Start {
+                    id: task.id.clone(),
+                    run_id: run_id.clone(),
+                    max_parallel: self.config.max_parallel,
+                })
+                .await;
+            let task = match started {
+                Ok(crate::protocol::ReplyBody::Task(t)) => *t,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(task = %task.id, "not started: {e}");
+                    break;
+                }
+            };
+            if let Err(message) = self.launch(&task, &run_id) {
+                tracing::warn!(task = %task.id, "spawn failed: {message}");
+                let exit = TaskExit {
+                    id: task.id.clone(),
+                    run_id: run_id.clone(),
+                    outcome: ExitOutcome::SpawnError,
+                    exit_code: None,
+                    signal: None,
+                    message: Some(message),
+                };
+                let _ = self
+                    .write(format!("finished-{run_id}"), Method::TaskFinished(exit))
+                    .await;
+            }
+        }
+    }
+
+    /// Starts `grove shim` for one run, in a session of its own.
+    fn launch(&mut self, task: &TaskRecord, run_id: &str) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let launch = engines::launch(&self.config, &self.ws.root, task)?;
+        let spec = ShimSpec {
+            task_id: task.id.clone(),
+            run_id: run_id.to_string(),
+            workspace: self.ws.root.clone(),
+            argv: launch.argv,
+            env: launch.env,
+            work_dir: launch.work_dir,
+            stdin: launch.stdin,
+            timeout_ms: task.timeout_ms,
+            grace_ms: self.config.kill_grace_ms,
+        };
+        let spec_path = RunFiles::spec(&self.ws, &task.id);
+        let bytes = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
+        crate::paths::write_atomic(&spec_path, &bytes)
+            .map_err(|e| format!("cannot write {}: {e}", spec_path.display()))?;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let shim_log = std::fs::File::create(RunFiles::shim_log(&self.ws, &task.id))
+            .map_err(|e| e.to_string())?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("shim")
+            .arg(&spec_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(shim_log);
+        // SAFETY: setsid is async-signal-safe; a new session detaches the
+        // shim from the primary's terminal and process group, so it survives
+        // the primary's death.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the supervisor: {e}"))?;
+        let shim_pid = child.id();
+        tracing::info!(task = %task.id, shim = shim_pid, "started");
+        self.runs.insert(
+            task.id.clone(),
+            Run {
+                run_id: run_id.to_string(),
+                shim_pid,
+                shim_start: None,
+                child: Some(child),
+                stopped: false,
+                kill_sent: false,
+                log_offset: file_len(&RunFiles::log(&self.ws, &task.id)),
+            },
+        );
+        Ok(())
+    }
+
+    fn tail_logs(&mut self) {
+        let ids: Vec<String> = self.runs.keys().cloned().collect();
+        for id in ids {
+            self.flush_log(&id);
+        }
+    }
+
+    /// Publishes what the task wrote since the last look.
+    fn flush_log(&mut self, id: &str) {
+        let path = RunFiles::log(&self.ws, id);
+        let Some(run) = self.runs.get_mut(id) else {
+            return;
+        };
+        let len = file_len(&path);
+        if len <= run.log_offset {
+            return;
+        }
+        if len - run.log_offset > MAX_BACKLOG {
+            let skipped = len - MAX_CHUNK as u64 - run.log_offset;
+            let _ = self.output.send(Event {
+                seq: 0,
+                epoch: self.epoch,
+                at: now_ms(),
+                data: EventData::TaskOutput {
+                    id: id.to_string(),
+                    chunk: format!("[grove: {skipped} bytes skipped; see the log]\n"),
+                },
+            });
+            run.log_offset = len - MAX_CHUNK as u64;
+        }
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            return;
+        };
+        let mut buf = vec![0; MAX_CHUNK];
+        while run.log_offset < len {
+            if f.seek(SeekFrom::Start(run.log_offset)).is_err() {
+                return;
+            }
+            let n = match f.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            run.log_offset += n as u64;
+            let chunk = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let _ = self.output.send(Event {
+                seq: 0,
+                epoch: self.epoch,
+                at: now_ms(),
+                data: EventData::TaskOutput {
+                    id: id.to_string(),
+                    chunk,
+                },
+            });
+        }
+    }
+
+    async fn internal(&self, op: InternalOp) -> WriteResult {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Internal { op, reply: tx }, rx).await
+    }
+
+    async fn write(&self, request_id: String, method: Method) -> WriteResult {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Write {
+            request_id,
+            from: "orchestrator".into(),
+            method,
+            reply: tx,
+        };
+        self.send(job, rx).await
+    }
+
+    async fn send(&self, job: Job, rx: oneshot::Receiver<WriteResult>) -> WriteResult {
+        let gone = || {
+            crate::protocol::WireError::new(
+                crate::protocol::ErrorCode::Unavailable,
+                "the store thread stopped",
+            )
+        };
+        self.jobs.send(job).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}

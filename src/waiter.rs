@@ -1,0 +1,155 @@
+//! Waiting for tasks, from any process (DESIGN §5: "anyone can wait"):
+//! the store gives the starting state, the gap-free event stream the
+//! changes, so a wait survives a failover and never misses a transition.
+
+use crate::paths::Workspace;
+use crate::protocol::{EventData, TaskRecord, TaskStatus};
+use crate::store::Reader;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Until every task finished; satisfied when all completed.
+    All,
+    /// Until one task finished; satisfied when a finished one completed.
+    Any,
+    /// Until `n` tasks completed; unsatisfiable once too many failed.
+    Quorum(usize),
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    /// The last known state of each task (`None`: deleted meanwhile).
+    pub tasks: BTreeMap<String, Option<TaskRecord>>,
+    pub satisfied: bool,
+    pub timed_out: bool,
+}
+
+fn finished(t: &Option<TaskRecord>) -> bool {
+    t.as_ref().is_none_or(|t| t.status.is_terminal())
+}
+
+fn completed(t: &Option<TaskRecord>) -> bool {
+    t.as_ref()
+        .is_some_and(|t| t.status == TaskStatus::Completed)
+}
+
+/// `Some(satisfied)` once the policy is decided.
+fn decide(policy: Policy, tasks: &BTreeMap<String, Option<TaskRecord>>) -> Option<bool> {
+    let done = tasks.values().filter(|t| finished(t)).count();
+    let ok = tasks.values().filter(|t| completed(t)).count();
+    match policy {
+        Policy::All => (done == tasks.len()).then_some(ok == tasks.len()),
+        Policy::Any => (done > 0).then_some(ok > 0),
+        Policy::Quorum(n) => {
+            let still_possible = ok + (tasks.len() - done);
+            if ok >= n {
+                Some(true)
+            } else if still_possible < n {
+                Some(false)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Waits for `ids` under `policy`, calling `on_change` for each update.
+pub async fn wait(
+    ws: &Workspace,
+    ids: &[String],
+    policy: Policy,
+    deadline: Option<Duration>,
+    mut on_change: impl FnMut(&TaskRecord),
+) -> Result<Outcome, String> {
+    if let Policy::Quorum(n) = policy
+        && (n == 0 || n > ids.len())
+    {
+        return Err(format!(
+            "quorum must be between 1 and the number of tasks ({})",
+            ids.len()
+        ));
+    }
+    let reader = Reader::open(&ws.db_path()).map_err(|e| e.to_string())?;
+    // Subscribe first, then read: a change in between arrives as an event.
+    let first = reader.last_seq().map_err(|e| e.to_string())? + 1;
+    let mut sub = crate::subscriber::subscribe(ws, first);
+    let mut tasks = BTreeMap::new();
+    for id in ids {
+        let t = reader
+            .task(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no task {id}"))?;
+        tasks.insert(id.clone(), Some(t));
+    }
+    let sleep = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(sleep);
+    loop {
+        if let Some(satisfied) = decide(policy, &tasks) {
+            return Ok(Outcome {
+                tasks,
+                satisfied,
+                timed_out: false,
+            });
+        }
+        tokio::select! {
+            event = sub.events.recv() => {
+                let Some(event) = event else {
+                    return Err("the event stream ended".into());
+                };
+                match event.data {
+                    EventData::TaskUpdated { task } | EventData::TaskCreated { task }
+                        if tasks.contains_key(&task.id) =>
+                    {
+                        on_change(&task);
+                        tasks.insert(task.id.clone(), Some(task));
+                    }
+                    EventData::TaskDeleted { id } if tasks.contains_key(&id) => {
+                        tasks.insert(id, None);
+                    }
+                    _ => {}
+                }
+            }
+            _ = &mut sleep => {
+                return Ok(Outcome { tasks, satisfied: false, timed_out: true });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(status: TaskStatus) -> Option<TaskRecord> {
+        let mut r: TaskRecord = serde_json::from_value(serde_json::json!({
+            "id": "x", "prompt": "p", "engine": "shell", "status": "queued",
+            "created_at": 0, "updated_at": 0
+        }))
+        .unwrap();
+        r.status = status;
+        Some(r)
+    }
+
+    fn map(v: Vec<Option<TaskRecord>>) -> BTreeMap<String, Option<TaskRecord>> {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, t)| (i.to_string(), t))
+            .collect()
+    }
+
+    #[test]
+    fn policies() {
+        use TaskStatus::*;
+        let m = map(vec![t(Completed), t(Running), t(Failed)]);
+        assert_eq!(decide(Policy::All, &m), None);
+        assert_eq!(decide(Policy::Any, &m), Some(true));
+        assert_eq!(decide(Policy::Quorum(1), &m), Some(true));
+        assert_eq!(decide(Policy::Quorum(2), &m), None);
+        let m = map(vec![t(Failed), t(Running), t(Failed)]);
+        assert_eq!(decide(Policy::Quorum(2), &m), Some(false));
+        let m = map(vec![t(Completed), None]);
+        assert_eq!(decide(Policy::All, &m), Some(false));
+    }
+}
