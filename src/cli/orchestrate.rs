@@ -116,9 +116,13 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
         return Ok(EXIT_OK);
     }
     eprintln!("spawned {}", task.id);
-    let outcome = crate::waiter::wait(&ctx.ws, &[task.id.clone()], Policy::All, None, |t| {
-        progress_line(t)
-    })
+    let outcome = crate::waiter::wait(
+        &ctx.ws,
+        std::slice::from_ref(&task.id),
+        Policy::All,
+        None,
+        progress_line,
+    )
     .await
     .map_err(CliError::Unavailable)?;
     let last = outcome.tasks.get(&task.id).cloned().flatten();

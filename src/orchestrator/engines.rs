@@ -208,9 +208,10 @@ mod tests {
     use super::*;
 
     fn config() -> Config {
-        let mut c = Config::default();
-        c.engines = crate::config::builtin_engines();
-        c
+        Config {
+            engines: crate::config::builtin_engines(),
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -225,6 +225,7 @@ impl Orchestrator {
     /// Makes each live run match its task's row.
     async fn enforce(&mut self) {
         let ids: Vec<String> = self.runs.keys().cloned().collect();
+        let mut pids = Vec::new();
         for id in ids {
             let task = self.read(|r| r.task(&id)).flatten();
             let Some(run) = self.runs.get_mut(&id) else {
@@ -236,6 +237,16 @@ impl Orchestrator {
             let current = task
                 .as_ref()
                 .is_some_and(|t| t.run_id.as_deref() == Some(run.run_id.as_str()));
+            if let (true, Some(pid), Some(t)) = (current, agent, task.as_ref())
+                && t.pid != Some(pid)
+                && !t.status.is_terminal()
+            {
+                pids.push(InternalOp::SetPid {
+                    id: id.clone(),
+                    run_id: run.run_id.clone(),
+                    pid,
+                });
+            }
             match task.map(|t| t.status) {
                 Some(TaskStatus::Running) if current => {
                     if run.stopped
@@ -265,6 +276,9 @@ impl Orchestrator {
                     }
                 }
             }
+        }
+        for op in pids {
+            let _ = self.internal(op).await;
         }
     }
 
