@@ -154,7 +154,11 @@ impl Client {
             let failover_deadline = started + self.failover_wait;
             match record {
                 Some(rec) if rec.pid_alive() && rec.epoch >= self.max_epoch_seen => {
-                    match self.connect(&rec).await {
+                    let connected = self.connect(&rec).await;
+                    if self.watch.current() != Some(&rec) {
+                        continue; // replaced while connecting: start over
+                    }
+                    match connected {
                         Ok(dealer) => {
                             self.max_epoch_seen = rec.epoch;
                             self.conn = Some(Connection {
@@ -225,14 +229,30 @@ impl Client {
             .unwrap_or(false)
     }
 
-    async fn connect(&self, rec: &PrimaryRecord) -> Result<zeromq::DealerSocket, ConnectError> {
+    /// Connects a DEALER, giving up early when the primary dies or is
+    /// replaced meanwhile (a kill can land between our liveness check and
+    /// the handshake; waiting out the timeout would slow every failover).
+    async fn connect(&mut self, rec: &PrimaryRecord) -> Result<zeromq::DealerSocket, ConnectError> {
         let mut dealer = zeromq::DealerSocket::new();
-        let connecting = dealer.connect(&rec.rpc_endpoint);
-        match tokio::time::timeout(self.probe_timeout, connecting).await {
-            Ok(Ok(())) => Ok(dealer),
-            Ok(Err(e)) => Err(ConnectError::Failed(e.to_string())),
-            Err(_) => Err(ConnectError::TimedOut),
-        }
+        let result = {
+            let connecting = dealer.connect(&rec.rpc_endpoint);
+            tokio::pin!(connecting);
+            let deadline = tokio::time::sleep(self.probe_timeout);
+            tokio::pin!(deadline);
+            let mut tick = tokio::time::interval(POLL);
+            loop {
+                tokio::select! {
+                    r = &mut connecting => break r.map_err(|e| ConnectError::Failed(e.to_string())),
+                    _ = &mut deadline => break Err(ConnectError::TimedOut),
+                    _ = tick.tick() => {
+                        if !rec.pid_alive() || self.watch.poll() {
+                            break Err(ConnectError::Failed("the primary went away".into()));
+                        }
+                    }
+                }
+            }
+        };
+        result.map(|()| dealer)
     }
 
     /// Sends one request and waits for its reply, watching for a failover.

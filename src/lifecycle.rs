@@ -14,8 +14,13 @@ pub fn check_transition(from: TaskStatus, to: TaskStatus) -> Result<(), String> 
     let allowed = match from {
         Pending => matches!(to, Queued | Paused | Cancelled | Failed),
         Queued => matches!(to, Running | Paused | Cancelled | Failed),
-        // running → running lets the supervisor record a new pid.
-        Running => matches!(to, Running | Completed | Failed | Cancelled | Paused),
+        // running → running lets the supervisor record a new pid;
+        // running → queued requeues a run whose supervisor never started
+        // (its primary died between recording the start and spawning).
+        Running => matches!(
+            to,
+            Running | Queued | Completed | Failed | Cancelled | Paused
+        ),
         // paused → completed: a stopped agent can still be reported done
         // (e.g. it exited between our SIGSTOP and its delivery).
         Paused => matches!(

@@ -74,8 +74,8 @@ impl RunFiles {
     pub fn spec(ws: &Workspace, task: &str) -> PathBuf {
         Self::dir(ws).join(format!("{task}.spec.json"))
     }
-    pub fn run(ws: &Workspace, task: &str) -> PathBuf {
-        Self::dir(ws).join(format!("{task}.run.json"))
+    pub fn run(ws: &Workspace, task: &str, run_id: &str) -> PathBuf {
+        Self::dir(ws).join(format!("{task}.{run_id}.run.json"))
     }
     pub fn exit(ws: &Workspace, task: &str, run_id: &str) -> PathBuf {
         Self::dir(ws).join(format!("{task}.{run_id}.exit.json"))
@@ -87,8 +87,8 @@ impl RunFiles {
         Self::dir(ws).join(format!("{task}.shim.log"))
     }
 
-    pub fn read_run(ws: &Workspace, task: &str) -> Option<RunRecord> {
-        serde_json::from_slice(&std::fs::read(Self::run(ws, task)).ok()?).ok()
+    pub fn read_run(ws: &Workspace, task: &str, run_id: &str) -> Option<RunRecord> {
+        serde_json::from_slice(&std::fs::read(Self::run(ws, task, run_id)).ok()?).ok()
     }
     pub fn read_exit(ws: &Workspace, task: &str, run_id: &str) -> Option<ExitRecord> {
         serde_json::from_slice(&std::fs::read(Self::exit(ws, task, run_id)).ok()?).ok()
@@ -98,7 +98,6 @@ impl RunFiles {
     pub fn remove_all(ws: &Workspace, task: &str) {
         let _ = std::fs::remove_file(Self::log(ws, task));
         let _ = std::fs::remove_file(Self::spec(ws, task));
-        let _ = std::fs::remove_file(Self::run(ws, task));
         let _ = std::fs::remove_file(Self::shim_log(ws, task));
         if let Ok(entries) = std::fs::read_dir(Self::dir(ws)) {
             let prefix = format!("{task}.");
@@ -142,8 +141,18 @@ pub async fn run(spec_path: &Path) -> i32 {
         shim_start: crate::proc::start_time(me).unwrap_or(0),
         agent_pid: None,
     };
-    if let Err(e) = write_json(&RunFiles::run(&ws, &spec.task_id), &record) {
+    if let Err(e) = write_json(&RunFiles::run(&ws, &spec.task_id, &spec.run_id), &record) {
         eprintln!("grove shim: cannot write the run record: {e}");
+    }
+    // If the primary that started us died before we wrote the record, a new
+    // primary may have requeued the task: then this run is not wanted.
+    if !still_wanted(&ws, &spec) {
+        eprintln!(
+            "grove shim: run {} is no longer the task's run; not starting",
+            spec.run_id
+        );
+        let _ = std::fs::remove_file(RunFiles::run(&ws, &spec.task_id, &spec.run_id));
+        return 0;
     }
     let exit = supervise(&ws, &spec, &mut record).await;
     if let Err(e) = write_json(&RunFiles::exit(&ws, &spec.task_id, &spec.run_id), &exit) {
@@ -151,6 +160,19 @@ pub async fn run(spec_path: &Path) -> i32 {
     }
     report(&ws, &spec, &exit).await;
     0
+}
+
+fn still_wanted(ws: &Workspace, spec: &ShimSpec) -> bool {
+    use crate::protocol::TaskStatus;
+    match crate::store::Reader::open(&ws.db_path()).and_then(|r| r.task(&spec.task_id)) {
+        Ok(Some(t)) => {
+            t.run_id.as_deref() == Some(spec.run_id.as_str())
+                && matches!(t.status, TaskStatus::Running | TaskStatus::Paused)
+        }
+        Ok(None) => false,
+        // Cannot tell: run rather than lose the work.
+        Err(_) => true,
+    }
 }
 
 /// Runs the agent to its end and says how it ended.
@@ -214,7 +236,7 @@ async fn supervise(ws: &Workspace, spec: &ShimSpec, record: &mut RunRecord) -> E
         );
     };
     record.agent_pid = Some(pgid);
-    let _ = write_json(&RunFiles::run(ws, &spec.task_id), &record);
+    let _ = write_json(&RunFiles::run(ws, &spec.task_id, &spec.run_id), &record);
     if let (Some(text), Some(mut stdin)) = (spec.stdin.clone(), child.stdin.take()) {
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;

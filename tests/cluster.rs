@@ -33,16 +33,20 @@ fn one_primary_three_secondaries_writes_from_all_events_seen_by_all() {
     }
     g.wait_secondaries_at(3, epoch);
 
-    // Concurrent writers, as from several windows at once.
+    // Concurrent writers, as from several windows at once. Their tasks wait
+    // on a blocker so that they stay open for progress reports.
+    let blocker = g.task_create("sleep 60");
     let ws = g.ws.clone();
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let ws = ws.clone();
+            let blocker = blocker.clone();
             std::thread::spawn(move || {
                 let mut ids = Vec::new();
                 for i in 0..10 {
                     let out = std::process::Command::new(BIN)
                         .args(["task", "create", &format!("echo writer {w} task {i}")])
+                        .args(["--dep", &blocker])
                         .arg("--workspace")
                         .arg(&ws)
                         .output()
@@ -82,7 +86,7 @@ fn one_primary_three_secondaries_writes_from_all_events_seen_by_all() {
     assert_eq!(joined, 3);
     let listed = g.ok(&["task", "list", "--json"]);
     let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
-    assert_eq!(listed.len(), 40);
+    assert_eq!(listed.len(), 41);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! language-neutral contract in `ipc-schema/`.
 //!
 //! - (a) the closed lists (methods, topics, error codes, statuses, failure
-//!   reasons) and the limits are the same on both sides;
+//!   reasons, exit outcomes) and the limits are the same on both sides;
 //! - (b) for every record, method, reply variant and topic, the map keys that
 //!   Rust writes are exactly the schema's fields, with the schema's types,
 //!   nullability, requiredness and defaults;
@@ -180,6 +180,15 @@ impl Schema {
                         self.check_type(elem, item, &format!("{path}[{i}]"))?;
                     }
                     Ok(())
+                } else if let Some(elem) = inner("map<") {
+                    // String keys (a JSON view has no others), values of `elem`.
+                    let Some(map) = v.as_object() else {
+                        return bad();
+                    };
+                    for (k, item) in map {
+                        self.check_type(elem, item, &format!("{path}[{k:?}]"))?;
+                    }
+                    Ok(())
                 } else if let Some(e) = inner("enum<") {
                     match v.as_str() {
                         Some(s) if self.enum_values(e).iter().any(|x| x == s) => Ok(()),
@@ -283,6 +292,7 @@ const TASK_ID: &str = "0b5e6f7a8c9d4e1f a2b3c4d5e6f70819";
 const INSTANCE: &str = "3f2b8c1e-6d4a-4b7e-9a10-5c6d7e8f9a0b";
 const PEER: &str = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
 const T0: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z in Unix ms
+const RUN_ID: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a0";
 
 fn task_id() -> String {
     TASK_ID.replace(' ', "")
@@ -313,6 +323,12 @@ fn full_task() -> TaskRecord {
         finished_at: Some(T0 + 9_000),
         retry_of: Some("ffeeddccbbaa99887766554433221100".into()),
         attempt: 2,
+        extra_args: vec!["--max-turns".into(), "5".into()],
+        env: BTreeMap::from([
+            ("CI".to_string(), "1".to_string()),
+            ("RUST_LOG".to_string(), "debug".to_string()),
+        ]),
+        run_id: Some(RUN_ID.into()),
     }
 }
 
@@ -341,6 +357,9 @@ fn min_task() -> TaskRecord {
         finished_at: None,
         retry_of: None,
         attempt: 1,
+        extra_args: vec![],
+        env: BTreeMap::new(),
+        run_id: None,
     }
 }
 
@@ -356,6 +375,11 @@ fn full_new_task() -> NewTask {
         priority: 3,
         timeout_ms: Some(600_000),
         session_id: Some("sess-1".into()),
+        extra_args: vec!["--max-turns".into(), "5".into()],
+        env: BTreeMap::from([
+            ("CI".to_string(), "1".to_string()),
+            ("RUST_LOG".to_string(), "debug".to_string()),
+        ]),
     }
 }
 
@@ -371,6 +395,25 @@ fn min_new_task() -> NewTask {
         priority: 0,
         timeout_ms: None,
         session_id: None,
+        extra_args: vec![],
+        env: BTreeMap::new(),
+    }
+}
+
+/// A supervisor's report: "full" has every optional field set (a signal
+/// death reported with an exit code too is artificial, but legal).
+fn task_exit(full: bool) -> TaskExit {
+    TaskExit {
+        id: task_id(),
+        run_id: RUN_ID.into(),
+        outcome: if full {
+            ExitOutcome::Timeout
+        } else {
+            ExitOutcome::Cancelled
+        },
+        exit_code: full.then_some(124),
+        signal: full.then_some(15),
+        message: full.then(|| "timed out after 600000 ms".into()),
     }
 }
 
@@ -419,7 +462,20 @@ fn methods(full: bool) -> Vec<Method> {
             exit_code: full.then_some(137),
             pid: full.then_some(41_234),
         },
-        Method::TaskDelete { id: task_id() },
+        Method::TaskDelete {
+            id: task_id(),
+            force: full,
+        },
+        Method::TaskCancel { id: task_id() },
+        Method::TaskPause { id: task_id() },
+        Method::TaskResume {
+            id: task_id(),
+            instructions: full.then(|| "also run clippy".into()),
+        },
+        Method::TaskRetry { id: task_id() },
+        Method::TaskRelaunch { id: task_id() },
+        Method::TaskPurge { id: task_id() },
+        Method::TaskFinished(task_exit(full)),
         Method::DebugStall { ms: 250 },
     ]
 }
@@ -432,6 +488,13 @@ fn method_guard(m: &Method) -> &'static str {
         Method::TaskSetProgress { .. } => "task.set_progress",
         Method::TaskUpdateStatus { .. } => "task.update_status",
         Method::TaskDelete { .. } => "task.delete",
+        Method::TaskCancel { .. } => "task.cancel",
+        Method::TaskPause { .. } => "task.pause",
+        Method::TaskResume { .. } => "task.resume",
+        Method::TaskRetry { .. } => "task.retry",
+        Method::TaskRelaunch { .. } => "task.relaunch",
+        Method::TaskPurge { .. } => "task.purge",
+        Method::TaskFinished(_) => "task.finished",
         Method::DebugStall { .. } => "debug.stall",
     }
 }
@@ -551,6 +614,18 @@ fn all_failure_reasons() -> Vec<FailureReason> {
     all
 }
 
+/// Every exit outcome; a new variant fails to compile in the match.
+fn all_exit_outcomes() -> Vec<ExitOutcome> {
+    use ExitOutcome::*;
+    let all = vec![Exited, Timeout, Cancelled, SpawnError];
+    for o in &all {
+        match o {
+            Exited | Timeout | Cancelled | SpawnError => {}
+        }
+    }
+    all
+}
+
 fn request(id: &str, method: Method) -> Request {
     Request {
         v: PROTOCOL_VERSION,
@@ -619,6 +694,17 @@ fn lists_and_limits_match() {
             s.table("replies").contains_key(reply),
             "unknown reply {reply}"
         );
+        let others = entry["other_replies"]
+            .as_array()
+            .unwrap_or_else(|| panic!("methods.{}.other_replies is a list", m.name()));
+        for other in others {
+            let other = other.as_str().expect("a reply variant name");
+            assert!(
+                s.table("replies").contains_key(other) && other != reply,
+                "methods.{}.other_replies: {other} is unknown or the main reply",
+                m.name()
+            );
+        }
         for code in entry["errors"].as_array().expect("methods.*.errors") {
             let code = code.as_str().expect("an error code");
             assert!(
@@ -693,6 +779,18 @@ fn lists_and_limits_match() {
         assert_eq!(FailureReason::parse(r.as_str()), Some(r));
     }
 
+    // Exit outcomes (protocol.rs has no list: the guard is the list).
+    let every: Vec<String> = all_exit_outcomes().iter().map(wire_name).collect();
+    assert_eq!(
+        every,
+        s.names("exit_outcomes"),
+        "ExitOutcome vs schema.json exit_outcomes"
+    );
+    for o in all_exit_outcomes() {
+        let back: ExitOutcome = decode(&encode(&o)).unwrap();
+        assert_eq!(back, o);
+    }
+
     // The enums table points at the lists above.
     let enums: BTreeMap<&str, &str> = s
         .table("enums")
@@ -703,6 +801,7 @@ fn lists_and_limits_match() {
         enums,
         BTreeMap::from([
             ("ErrorCode", "error_codes"),
+            ("ExitOutcome", "exit_outcomes"),
             ("FailureReason", "failure_reasons"),
             ("TaskStatus", "task_statuses"),
         ])
@@ -813,6 +912,7 @@ impl Target {
                 "MemberInfo" => roundtrip::<MemberInfo>(bytes),
                 "NewTask" => roundtrip::<NewTask>(bytes),
                 "TaskRecord" => roundtrip::<TaskRecord>(bytes),
+                "TaskExit" => roundtrip::<TaskExit>(bytes),
                 other => panic!("no Rust type for record {other}"),
             },
             Target::Method(m) => Ok(roundtrip::<Request>(bytes)?["method"][m].clone()),
@@ -842,10 +942,17 @@ fn cases() -> Vec<Case> {
         WireError::new(ErrorCode::NotFound, "no task x"),
     );
     let ev = event(5, EventData::TaskDeleted { id: task_id() });
-    let req = request("r-1", Method::TaskDelete { id: task_id() });
+    let req = request(
+        "r-1",
+        Method::TaskDelete {
+            id: task_id(),
+            force: false,
+        },
+    );
     let mut out = vec![
         rec("TaskRecord", view(&full_task()), view(&min_task())),
         rec("NewTask", view(&full_new_task()), view(&min_new_task())),
+        rec("TaskExit", view(&task_exit(true)), view(&task_exit(false))),
         rec("MemberInfo", view(&member()), view(&member())),
         rec("PrimaryInfo", view(&primary_info()), view(&primary_info())),
         rec(
@@ -1100,6 +1207,14 @@ fn probes(s: &Schema, ty: &str) -> Vec<(Value, bool)> {
             (json!(["a", "b"]), true),
             (json!([1]), false),
         ],
+        "map<string>" => vec![
+            (json!({}), true),
+            (json!({"A": "b", "": ""}), true),
+            (json!({"A": 1}), false),
+            (json!({"A": null}), false),
+            (json!(["a"]), false),
+            (json!("a"), false),
+        ],
         _ => {
             if let Some(e) = ty.strip_prefix("enum<").and_then(|r| r.strip_suffix('>')) {
                 let mut out: Vec<(Value, bool)> = s
@@ -1211,6 +1326,32 @@ fn vectors() -> Vec<Vector> {
         &request(
             "5e0c2f3a-1b7d-4c8e-9f60-a1b2c3d4e5f7",
             Method::TaskCreate(min_new_task()),
+        ),
+    ));
+    out.push(Vector::new(
+        "request.task.finished.exited",
+        "Request",
+        "A supervisor's report of a clean exit (exit_code 0): the task becomes completed when run_id is its current run.",
+        &request(
+            "finished-9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+            Method::TaskFinished(TaskExit {
+                outcome: ExitOutcome::Exited,
+                exit_code: Some(0),
+                ..task_exit(false)
+            }),
+        ),
+    ));
+    out.push(Vector::new(
+        "request.task.finished.signal",
+        "Request",
+        "A supervisor's report of an agent killed by signal 9: no exit_code; the task becomes failed (exit_code) with exit_code 137.",
+        &request(
+            "finished-9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+            Method::TaskFinished(TaskExit {
+                outcome: ExitOutcome::Exited,
+                signal: Some(9),
+                ..task_exit(false)
+            }),
         ),
     ));
     for b in replies(true) {

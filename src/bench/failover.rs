@@ -4,8 +4,8 @@
 //! beside the raw kernel flock handoff between two processes.
 
 use super::Row;
-use super::cluster::BenchCluster;
 use super::stats::{monotonic_ns, ms_between, quantile};
+use crate::local_cluster::LocalCluster;
 use crate::protocol::{EventData, Method, NewTask, now_ms};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 pub async fn run(secondaries: usize, kills: usize) -> Result<Vec<Row>, String> {
     let secondaries = secondaries.max(1);
-    let mut c = BenchCluster::new()?;
+    let mut c = LocalCluster::new()?;
     c.spawn_member()?;
     let mut client = c.client("bench-failover");
     let (mut pid, mut epoch) = primary(&mut client).await?;
@@ -113,7 +113,7 @@ async fn write(client: &mut crate::client::Client) -> Result<(), String> {
 
 /// Milliseconds from the kill to the last `instance.joined` of `epoch`,
 /// using the events' commit timestamps (1 ms resolution).
-fn last_join_ms(c: &BenchCluster, epoch: u64, t0_wall: u64) -> Result<f64, String> {
+fn last_join_ms(c: &LocalCluster, epoch: u64, t0_wall: u64) -> Result<f64, String> {
     let reader = crate::store::Reader::open(&c.ws.db_path()).map_err(|e| e.to_string())?;
     let events = reader
         .events_from(1, usize::MAX >> 1)

@@ -3,7 +3,6 @@
 //! noisy machine. Every scenario starts real `grove serve` processes of this
 //! very binary on a temporary workspace and cleans them up.
 
-mod cluster;
 mod failover;
 mod rpc;
 mod stats;

@@ -3,14 +3,14 @@
 //! with the same crate and a raw one-row-per-commit SQLite loop.
 
 use super::Row;
-use super::cluster::BenchCluster;
 use super::stats::quantile;
+use crate::local_cluster::LocalCluster;
 use crate::protocol::{Method, NewTask};
 use std::time::{Duration, Instant};
 use zeromq::{Socket, SocketRecv, SocketSend};
 
 pub async fn run(writes: usize) -> Result<Vec<Row>, String> {
-    let mut c = BenchCluster::new()?;
+    let mut c = LocalCluster::new()?;
     c.spawn_member()?;
     let mut client = c.client("bench-rpc");
     wait_ready(&mut client).await?;
@@ -102,7 +102,7 @@ async fn write(client: &mut crate::client::Client) -> Result<(), String> {
 
 /// Writes/s with `writers` clients, each in its own thread and runtime (as
 /// separate windows would be), sharing `total` writes.
-async fn throughput(c: &BenchCluster, writers: usize, total: usize) -> Result<f64, String> {
+async fn throughput(c: &LocalCluster, writers: usize, total: usize) -> Result<f64, String> {
     let per = (total / writers).max(1);
     let started = Instant::now();
     let handles: Vec<_> = (0..writers)

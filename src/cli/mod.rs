@@ -42,6 +42,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// See grove work in 30 seconds: 4 members, a task DAG, a SIGKILLed
+    /// primary, and checks that nothing was lost (temporary workspace).
+    Demo,
     /// Run a long-lived member of the workspace's grove (primary or secondary).
     Serve {
         /// Append every event this member receives to FILE as JSON lines.
@@ -291,6 +294,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     match &cli.command {
         Command::BenchFlock { mode, path } => return Ok(crate::bench::flock_helper(mode, path)),
         Command::Shim { spec } => return Ok(crate::shim::run(spec).await),
+        Command::Demo => return Ok(crate::demo::run().await),
         _ => {}
     }
     let ctx = Context::load(cli.workspace)?;
@@ -365,7 +369,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Personas { json } => orchestrate::personas(&ctx, json),
         Command::Events(args) => events::run(&ctx, args).await,
         Command::Bench(args) => crate::bench::run(&ctx, args).await,
-        Command::BenchFlock { .. } | Command::Shim { .. } => {
+        Command::BenchFlock { .. } | Command::Shim { .. } | Command::Demo => {
             unreachable!("handled before loading the workspace")
         }
         Command::DebugStall { ms } => {

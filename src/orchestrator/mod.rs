@@ -37,6 +37,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// keeps up with is skipped ahead (the log file stays complete).
 const MAX_CHUNK: usize = 64 * 1024;
 const MAX_BACKLOG: u64 = 4 * 1024 * 1024;
+/// How long a new primary waits for the supervisor of a run that its
+/// predecessor recorded as started but may never have spawned.
+const START_GRACE: Duration = Duration::from_secs(2);
 
 struct Run {
     run_id: String,
@@ -56,6 +59,10 @@ pub struct Orchestrator {
     output: mpsc::UnboundedSender<Event>,
     epoch: u64,
     runs: HashMap<String, Run>,
+    /// Runs recorded as started whose supervisor has not shown itself yet
+    /// (task id → run id, give-up time): adopted if it appears, requeued if
+    /// not — the old primary may have died before spawning it.
+    unconfirmed: HashMap<String, (String, tokio::time::Instant)>,
     /// Read-only view of the committed state. In a mutex only so that the
     /// orchestrator future is `Send` (a connection is not `Sync`).
     reader: std::sync::Mutex<Option<Reader>>,
@@ -76,6 +83,7 @@ impl Orchestrator {
             output,
             epoch,
             runs: HashMap::new(),
+            unconfirmed: HashMap::new(),
             reader: std::sync::Mutex::new(None),
         }
     }
@@ -137,28 +145,69 @@ impl Orchestrator {
             let Some(run_id) = task.run_id.clone() else {
                 continue;
             };
-            match RunFiles::read_run(&self.ws, &task.id) {
-                Some(rec)
-                    if rec.run_id == run_id
-                        && crate::proc::running(rec.shim_pid)
-                        && crate::proc::start_time(rec.shim_pid) == Some(rec.shim_start) =>
-                {
-                    tracing::info!(task = %task.id, shim = rec.shim_pid, "adopted a running task");
-                    let log_offset = file_len(&RunFiles::log(&self.ws, &task.id));
-                    self.runs.insert(
-                        task.id.clone(),
-                        Run {
-                            run_id,
-                            shim_pid: rec.shim_pid,
-                            shim_start: Some(rec.shim_start),
-                            child: None,
-                            stopped: task.status == TaskStatus::Paused,
-                            kill_sent: false,
-                            log_offset,
-                        },
-                    );
+            if !self.try_adopt(&task.id, &run_id, task.status).await {
+                let give_up = tokio::time::Instant::now() + START_GRACE;
+                self.unconfirmed.insert(task.id.clone(), (run_id, give_up));
+            }
+        }
+    }
+
+    /// Adopts a live run, or finalizes an ended one. Returns false when the
+    /// run left no trace yet (no run record, no exit record).
+    async fn try_adopt(&mut self, task_id: &str, run_id: &str, status: TaskStatus) -> bool {
+        match RunFiles::read_run(&self.ws, task_id, run_id) {
+            Some(rec)
+                if crate::proc::running(rec.shim_pid)
+                    && crate::proc::start_time(rec.shim_pid) == Some(rec.shim_start) =>
+            {
+                tracing::info!(task = %task_id, shim = rec.shim_pid, "adopted a running task");
+                let log_offset = file_len(&RunFiles::log(&self.ws, task_id));
+                self.runs.insert(
+                    task_id.to_string(),
+                    Run {
+                        run_id: run_id.to_string(),
+                        shim_pid: rec.shim_pid,
+                        shim_start: Some(rec.shim_start),
+                        child: None,
+                        stopped: status == TaskStatus::Paused,
+                        kill_sent: false,
+                        log_offset,
+                    },
+                );
+                true
+            }
+            Some(_) => {
+                self.finalize(task_id, run_id).await;
+                true
+            }
+            None if RunFiles::read_exit(&self.ws, task_id, run_id).is_some() => {
+                self.finalize(task_id, run_id).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs that never showed up within the grace period never started.
+    async fn check_unconfirmed(&mut self) {
+        let pending: Vec<(String, String, tokio::time::Instant)> = self
+            .unconfirmed
+            .iter()
+            .map(|(t, (r, d))| (t.clone(), r.clone(), *d))
+            .collect();
+        for (task_id, run_id, give_up) in pending {
+            if self.try_adopt(&task_id, &run_id, TaskStatus::Running).await {
+                self.unconfirmed.remove(&task_id);
+            } else if tokio::time::Instant::now() >= give_up {
+                self.unconfirmed.remove(&task_id);
+                tracing::warn!(task = %task_id, "its supervisor never started: requeued");
+                let op = InternalOp::Requeue {
+                    id: task_id.clone(),
+                    run_id,
+                };
+                if let Err(e) = self.internal(op).await {
+                    tracing::warn!(task = %task_id, "requeue failed: {e}");
                 }
-                _ => self.finalize(&task.id, &run_id).await,
             }
         }
     }
@@ -191,6 +240,7 @@ impl Orchestrator {
     }
 
     async fn sync(&mut self) {
+        self.check_unconfirmed().await;
         self.check_runs().await;
         self.enforce().await;
         self.tail_logs();
@@ -231,9 +281,7 @@ impl Orchestrator {
             let Some(run) = self.runs.get_mut(&id) else {
                 continue;
             };
-            let agent = RunFiles::read_run(&self.ws, &id)
-                .filter(|r| r.run_id == run.run_id)
-                .and_then(|r| r.agent_pid);
+            let agent = RunFiles::read_run(&self.ws, &id, &run.run_id).and_then(|r| r.agent_pid);
             let current = task
                 .as_ref()
                 .is_some_and(|t| t.run_id.as_deref() == Some(run.run_id.as_str()));

@@ -40,6 +40,8 @@ pub enum InternalOp {
     },
     /// The run vanished without an exit record: failed, reason `lost`.
     Lost { id: String, run_id: String },
+    /// The run's supervisor never started: back to the queue.
+    Requeue { id: String, run_id: String },
 }
 
 type Res = Result<WriteResult, Applied>;
@@ -222,6 +224,16 @@ pub(super) fn apply_internal(c: &mut Ctx<'_>, op: &InternalOp) -> Res {
             }
             task.pid = Some(*pid);
             save(c, task)
+        }
+        InternalOp::Requeue { id, run_id } => {
+            let mut task = existing(c.tx, id)?;
+            if task.run_id.as_deref() != Some(run_id) || task.status != TaskStatus::Running {
+                return ok(task);
+            }
+            task.run_id = None;
+            task.started_at = None;
+            task.pid = None;
+            transition(c, task, TaskStatus::Queued, None, None, None)
         }
         InternalOp::Lost { id, run_id } => {
             let task = existing(c.tx, id)?;

@@ -6,8 +6,11 @@ sources.
 Usage: grove_peer.py WORKSPACE [--schema-dir DIR]
 
 Against the primary of WORKSPACE it checks the RPC contract (ping, hello,
-task writes, idempotent retries, every error path), the event stream (SUB,
-seq order, repair from the events table) and the golden vectors. It prints a
+task writes, idempotent retries, every error path), the task lifecycle
+(cancel, pause, resume, retry, relaunch, purge, forced delete, supervisor
+reports), the event stream (SUB, seq order, repair from the events table)
+and the golden vectors. The task checks use the default `shell` engine and
+look at the agents' process groups in /proc (Linux). It prints a
 line per check and a final `N passed, M failed`; the exit status is non-zero
 when anything failed.
 
@@ -105,6 +108,11 @@ class Schema:
             check(isinstance(v, list), f"{path}: expected {ty}, got {v!r}")
             for i, item in enumerate(v):
                 self.validate(ty[5:-1], item, f"{path}[{i}]")
+        elif ty.startswith("map<"):
+            check(isinstance(v, dict), f"{path}: expected {ty}, got {v!r}")
+            for k, item in v.items():
+                check(isinstance(k, str), f"{path}: map keys are strings, got {k!r}")
+                self.validate(ty[4:-1], item, f"{path}[{k!r}]")
         elif ty.startswith("enum<"):
             check(v in self.enum_values(ty[5:-1]), f"{path}: {v!r} is not a {ty}")
         elif ty.startswith("record<"):
@@ -249,15 +257,17 @@ class Peer:
         reply = self.request(method, params, rid)
         check(reply["err"] is None, f"{method} failed: {reply['err']}")
         (variant, body), = reply["ok"].items()
-        want = self.schema.doc["methods"][method]["reply"]
-        check(variant == want, f"{method} answers {want}, got {variant}")
+        entry = self.schema.doc["methods"][method]
+        want = [entry["reply"]] + entry["other_replies"]
+        check(variant in want, f"{method} answers one of {want}, got {variant}")
         if fresh:
             self.expect_event(method, variant, body, params)
         return variant, body
 
     def expect_event(self, method, variant, body, params):
         if variant == "task":
-            topic = "task.created" if method == "task.create" else "task.updated"
+            created = method in ("task.create", "task.retry")
+            topic = "task.created" if created else "task.updated"
             self.expected.append((topic, {"task": body}))
         elif variant == "deleted":
             self.expected.append(("task.deleted", {"id": body["id"]}))
@@ -302,6 +312,77 @@ class Peer:
             check(list(data) == [topic], f"row {seq}: payload key is its topic")
             out.append((topic, {"seq": seq, "epoch": epoch, "at": at, "data": data}))
         return out
+
+    # -- task state, as events tell it --
+
+    def mark(self):
+        """A point in time for `wait_task`: what SUB delivered so far and the
+        last seq in the store."""
+        rows = self.read_events(0)
+        return len(self.events), (rows[-1][1]["seq"] if rows else 0)
+
+    def wait_task(self, tid, pred, what, since=(0, 0)):
+        """The first task record of `tid` (from task.created/updated) after
+        `since` that satisfies `pred`: from SUB, or, if SUB lost it, from the
+        events table (README §6)."""
+        n, seq = since
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            for t, e in self.events[n:]:
+                if t in ("task.created", "task.updated"):
+                    task = e["data"][t]["task"]
+                    if task["id"] == tid and pred(task):
+                        return task
+            if time.monotonic() > deadline:
+                break
+            self.pump(0.05)
+        for t, e in self.read_events(seq):
+            if t in ("task.created", "task.updated"):
+                task = e["data"][t]["task"]
+                if task["id"] == tid and pred(task):
+                    return task
+        raise CheckFailed(f"task {tid}: never {what} within {TIMEOUT_S}s")
+
+    def latest_task(self, tid):
+        """The last recorded state of a task, from the events table."""
+        last = None
+        for t, e in self.read_events(0):
+            if t in ("task.created", "task.updated") and e["data"][t]["task"]["id"] == tid:
+                last = e["data"][t]["task"]
+        return last
+
+
+def group(pgid):
+    """States of the live (non-zombie) processes of process group `pgid`,
+    from /proc; None where there is no /proc."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    states = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid pgrp ..."; comm may hold spaces and parens.
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            states.append(fields[0])
+    return states
+
+
+def wait_group(pgid, pred, what):
+    """Waits until the states of group `pgid` satisfy `pred` (skipped
+    without /proc)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        states = group(pgid)
+        if states is None or pred(states):
+            return
+        check(time.monotonic() < deadline, f"process group {pgid}: not {what}: {states}")
+        time.sleep(0.05)
 
 
 def in_order(peer, received, last):
@@ -348,6 +429,11 @@ class Checks:
         self.create_id = None
         self.create_reply = None
         self.first_seq_seen = None
+        self.joined_seq = None
+        self.echo_task = None  # completed (env_and_extra_args)
+        self.sleeper = None  # cancelled `sleep 5` (cancel_running, relaunch)
+        self.sleeper_dep = None  # its dependent
+        self.retried = None  # the retry of the sleeper
 
     def primary_json(self):
         rec = self.p.record
@@ -417,12 +503,14 @@ class Checks:
         # The gate never completes during this run, so the task that depends
         # on it stays pending (and writable) whatever the orchestrator does.
         _, gate = self.p.call(
-            "task.create", {"prompt": "sleep 30", "tags": ["grove-peer"]}
+            "task.create", {"prompt": "sleep 300", "tags": ["grove-peer"]}
         )
         self.gate = gate
         check(gate["status"] in ("queued", "running"), f"gate status {gate['status']}")
         check(gate["engine"] == "shell", "the default engine is shell")
         check(gate["attempt"] == 1, "attempt defaults to 1")
+        check(gate["extra_args"] == [] and gate["env"] == {}, "extra_args and env default to empty")
+        check(gate["run_id"] is None, "no run before the orchestrator starts it")
         self.create_id = str(uuid.uuid4())
         params = {
             "prompt": "echo from the python peer",
@@ -567,7 +655,12 @@ class Checks:
 
     def stale_epoch(self):
         rid = str(uuid.uuid4())
-        params = {"prompt": "created after a stale_epoch refusal", "tags": ["grove-peer"]}
+        # Behind the gate, so it stays pending and can be deleted without force.
+        params = {
+            "prompt": "echo created after a stale_epoch refusal",
+            "dependencies": [self.gate["id"]],
+            "tags": ["grove-peer"],
+        }
         future = self.p.epoch_seen + 1000
         r = self.p.request("task.create", params, rid=rid, epoch_seen=future)
         self.p.expect_error(r, "stale_epoch", rid)
@@ -589,6 +682,186 @@ class Checks:
         self.p.expect_error(r, "bad_request")
         r = self.p.request("ping", {}, rid="i" * limit)
         check(r["err"] is None, f"a {limit}-byte id is accepted: {r}")
+
+    def engine_checks(self):
+        """task.create checks the engine, persona and work dir on the
+        primary (README §4, Tasks)."""
+        for params in (
+            {"prompt": "x", "engine": "no-such-engine"},
+            {"prompt": "x", "persona": "no-such-persona"},
+            {"prompt": "x", "work_dir": "/no/such/grove/peer/dir"},
+            {"prompt": "x", "work_dir": "no-such-subdir"},
+            {"prompt": "x", "model": "some-model"},  # shell takes no model
+        ):
+            r = self.p.request("task.create", params)
+            self.p.expect_error(r, "invalid_params")
+
+    def pause_resume_waiting(self):
+        """A task that has not started: pause holds it, resume puts it back
+        where it was (pending: its gate is still running)."""
+        tid = self.task["id"]
+        r = self.p.request("task.resume", {"id": tid})
+        self.p.expect_error(r, "conflict")
+        _, t = self.p.call("task.pause", {"id": tid})
+        check(t["status"] == "paused" and t["run_id"] is None, f"paused {t}")
+        r = self.p.request("task.pause", {"id": tid})
+        self.p.expect_error(r, "conflict")
+        prompt = t["prompt"]
+        _, t = self.p.call("task.resume", {"id": tid, "instructions": "and say bye"})
+        check(t["status"] == "pending", f"a resumed waiting task is pending again: {t}")
+        check(t["prompt"] == prompt + "\n\nand say bye", f"instructions appended: {t['prompt']!r}")
+        check(t["run_id"] is None, "never started")
+        self.task = t
+
+    def env_and_extra_args(self):
+        """extra_args go after the engine's command (sh -c PROMPT ARGS...: $0,
+        $1), env into the agent's environment; the log file holds the output."""
+        params = {
+            "prompt": 'echo "env=$GROVE_PEER_VAR args=$0,$1"',
+            "extra_args": ["peer-arg0", "peer arg1"],
+            "env": {"GROVE_PEER_VAR": "from python"},
+            "tags": ["grove-peer"],
+        }
+        since = self.p.mark()
+        _, t = self.p.call("task.create", params)
+        check(t["extra_args"] == params["extra_args"], f"extra_args echoed: {t['extra_args']}")
+        check(t["env"] == params["env"], f"env echoed: {t['env']}")
+        done = self.p.wait_task(t["id"], lambda x: x["status"] in ("completed", "failed"), "finished", since)
+        check(done["status"] == "completed" and done["exit_code"] == 0, f"completed: {done}")
+        check(done["run_id"] is not None and done["started_at"] is not None, f"it ran: {done}")
+        log = self.p.ws / ".grove" / "logs" / f"{t['id']}.log"
+        text = log.read_text()
+        check("env=from python args=peer-arg0,peer arg1" in text, f"log {log}: {text!r}")
+        self.echo_task = done
+
+    def cancel_running(self):
+        """pause SIGSTOPs the agent's process group, resume continues it,
+        cancel kills it; dependents fail; late supervisor reports are ignored."""
+        since = self.p.mark()
+        _, x = self.p.call("task.create", {"prompt": "sleep 5", "tags": ["grove-peer"]})
+        _, d = self.p.call(
+            "task.create", {"prompt": "true", "dependencies": [x["id"]], "tags": ["grove-peer"]}
+        )
+        check(d["status"] == "pending", f"dependent pending: {d}")
+        run = self.p.wait_task(
+            x["id"], lambda t: t["status"] == "running" and t["pid"] is not None, "running with a pid", since
+        )
+        check(run["run_id"] is not None and run["started_at"] is not None, f"a run: {run}")
+        pgid = run["pid"]
+        wait_group(pgid, lambda st: len(st) > 0, "alive")
+
+        _, t = self.p.call("task.pause", {"id": x["id"]})
+        check(t["status"] == "paused" and t["run_id"] == run["run_id"], f"paused, same run: {t}")
+        wait_group(pgid, lambda st: st and all(s in "Tt" for s in st), "stopped (SIGSTOP)")
+        _, t = self.p.call("task.resume", {"id": x["id"]})
+        check(t["status"] == "running" and t["run_id"] == run["run_id"], f"resumed, same run: {t}")
+        wait_group(pgid, lambda st: st and not any(s in "Tt" for s in st), "continued (SIGCONT)")
+
+        since = self.p.mark()
+        _, t = self.p.call("task.cancel", {"id": x["id"]})
+        check(t["status"] == "cancelled" and t["finished_at"] is not None, f"cancelled: {t}")
+        ev = self.p.wait_task(x["id"], lambda t: t["status"] == "cancelled", "cancelled (event)", since)
+        check(ev == t, f"the task.updated event carries the reply's record: {ev}")
+        dep = self.p.wait_task(d["id"], lambda t: t["status"] == "failed", "failed", since)
+        check(dep["failure_reason"] == "dependency_failed", f"dependent: {dep}")
+        wait_group(pgid, lambda st: st == [], "gone (the whole group is killed)")
+        r = self.p.request("task.cancel", {"id": x["id"]})
+        self.p.expect_error(r, "conflict")
+
+        # The supervisor's own report of the killed run: the task has
+        # finished already, so it is acknowledged and changes nothing.
+        self.p.pump(0.3)
+        before = self.p.latest_task(x["id"])
+        check(before["status"] == "cancelled", f"still cancelled after the run ended: {before}")
+        report = {"id": x["id"], "run_id": run["run_id"], "outcome": "exited", "exit_code": 0}
+        _, late = self.p.call("task.finished", report, fresh=False)
+        check(late == before, f"a late report changes nothing: {late}")
+        self.sleeper, self.sleeper_dep = t, dep
+
+    def finished_is_idempotent(self):
+        """task.finished about another run of a live task, or about a task
+        that does not exist, is acknowledged and changes nothing."""
+        gate = self.p.wait_task(
+            self.gate["id"], lambda t: t["status"] == "running" and t["pid"] is not None, "running"
+        )
+        before = self.p.latest_task(gate["id"])
+        check(before["status"] == "running", f"the gate runs: {before}")
+        report = {"id": gate["id"], "run_id": "not-" + before["run_id"], "outcome": "exited", "exit_code": 0}
+        rid = str(uuid.uuid4())
+        variant, t = self.p.call("task.finished", report, rid=rid, fresh=False)
+        check(variant == "task" and t == before, f"a report about another run changes nothing: {t}")
+        _, t = self.p.call("task.finished", report, fresh=False)
+        check(t == before, "and again with a new id")
+        self.p.pump(0.2)
+        check(self.p.latest_task(gate["id"]) == before, "no event was appended")
+        missing = {"id": "0" * 32, "run_id": "r", "outcome": "spawn_error", "message": "x"}
+        variant, body = self.p.call("task.finished", missing, fresh=False)
+        check(variant == "deleted" and body == {"id": "0" * 32}, f"about a missing task: {variant} {body}")
+
+    def retry(self):
+        r = self.p.request("task.retry", {"id": self.task["id"]})
+        self.p.expect_error(r, "conflict")  # not finished
+        r = self.p.request("task.retry", {"id": "0" * 32})
+        self.p.expect_error(r, "not_found")
+        old = self.sleeper
+        _, y = self.p.call("task.retry", {"id": old["id"]})
+        check(y["id"] != old["id"], "a retry is a new task")
+        check(y["retry_of"] == old["id"] and y["attempt"] == old["attempt"] + 1, f"linked: {y}")
+        check(y["prompt"] == old["prompt"] and y["tags"] == old["tags"], "same spec")
+        check(y["status"] in ("queued", "running") and y["run_id"] is None, f"fresh: {y}")
+        check(self.p.latest_task(old["id"])["status"] == "cancelled", "the old task is unchanged")
+        _, y = self.p.call("task.cancel", {"id": y["id"]})
+        self.retried = y
+
+    def relaunch(self):
+        r = self.p.request("task.relaunch", {"id": self.task["id"]})
+        self.p.expect_error(r, "conflict")  # not finished
+        x, d = self.sleeper, self.sleeper_dep
+        since = self.p.mark()
+        _, t = self.p.call("task.relaunch", {"id": x["id"]})
+        check(t["id"] == x["id"] and t["attempt"] == x["attempt"], f"same id and attempt: {t}")
+        check(t["status"] == "queued", f"queued again: {t}")
+        for f in ("run_id", "exit_code", "failure_reason", "finished_at", "started_at", "pid"):
+            check(t[f] is None, f"{f} cleared: {t}")
+        # The dependent that failed because of it is rearmed (and records
+        # its own task.updated).
+        dep = self.p.wait_task(d["id"], lambda t: t["status"] == "pending", "rearmed", since)
+        check(dep["failure_reason"] is None and dep["finished_at"] is None, f"rearmed: {dep}")
+        self.p.expected.append(("task.updated", {"task": dep}))
+        since = self.p.mark()
+        _, t = self.p.call("task.cancel", {"id": x["id"]})
+        check(t["status"] == "cancelled", f"cancelled again: {t}")
+        dep = self.p.wait_task(d["id"], lambda t: t["status"] == "failed", "failed again", since)
+        self.sleeper, self.sleeper_dep = t, dep
+
+    def purge(self):
+        r = self.p.request("task.purge", {"id": self.gate["id"]})
+        self.p.expect_error(r, "conflict")  # running
+        for task in (self.echo_task, self.sleeper, self.sleeper_dep, self.retried):
+            tid = task["id"]
+            _, d = self.p.call("task.purge", {"id": tid})
+            check(d == {"id": tid}, f"purged {d}")
+            # Idempotent: purging again succeeds, and appends nothing.
+            _, d = self.p.call("task.purge", {"id": tid}, fresh=False)
+            check(d == {"id": tid}, f"purged twice {d}")
+            r = self.p.request("task.cancel", {"id": tid})
+            self.p.expect_error(r, "not_found")
+        log = self.p.ws / ".grove" / "logs" / f"{self.echo_task['id']}.log"
+        check(not log.exists(), f"purge removes the log file {log}")
+
+    def delete_force(self):
+        since = self.p.mark()
+        _, z = self.p.call("task.create", {"prompt": "sleep 5", "tags": ["grove-peer"]})
+        run = self.p.wait_task(
+            z["id"], lambda t: t["status"] == "running" and t["pid"] is not None, "running", since
+        )
+        r = self.p.request("task.delete", {"id": z["id"]})
+        self.p.expect_error(r, "conflict")
+        r = self.p.request("task.delete", {"id": z["id"], "force": False})
+        self.p.expect_error(r, "conflict")
+        _, d = self.p.call("task.delete", {"id": z["id"], "force": True})
+        check(d == {"id": z["id"]}, f"deleted {d}")
+        wait_group(run["pid"], lambda st: st == [], "gone after a forced delete")
 
     def update_and_delete(self):
         tid = self.task["id"]
@@ -720,6 +993,15 @@ ORDER = [
     "invalid_params",
     "not_found",
     "conflict",
+    "engine_checks",
+    "pause_resume_waiting",
+    "env_and_extra_args",
+    "cancel_running",
+    "finished_is_idempotent",
+    "retry",
+    "relaunch",
+    "purge",
+    "delete_force",
     "malformed",
     "unknown_method",
     "wrong_shape",

@@ -1,5 +1,5 @@
-//! A throwaway grove for benchmarks: a temp workspace and `grove serve`
-//! processes of this binary, all killed on drop.
+//! A throwaway grove for benchmarks and the demo: a temp workspace and
+//! `grove serve` processes of this binary, all killed on drop.
 
 use crate::config::Config;
 use crate::paths::Workspace;
@@ -7,36 +7,66 @@ use crate::store::Reader;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct BenchCluster {
-    _dir: tempfile::TempDir,
+pub struct LocalCluster {
+    pub dir: tempfile::TempDir,
     pub ws: Workspace,
     pub config: Config,
     pub members: Vec<Child>,
 }
 
-impl BenchCluster {
-    pub fn new() -> Result<BenchCluster, String> {
+impl LocalCluster {
+    pub fn new() -> Result<LocalCluster, String> {
+        Self::with_config("")
+    }
+
+    /// A cluster whose workspace has this `grove.toml`.
+    pub fn with_config(toml: &str) -> Result<LocalCluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let ws = Workspace::resolve(dir.path()).map_err(|e| e.to_string())?;
         ws.ensure_state_dir().map_err(|e| e.to_string())?;
-        Ok(BenchCluster {
-            _dir: dir,
+        std::fs::write(ws.config_path(), toml).map_err(|e| e.to_string())?;
+        let config = Config::load(&ws.state_dir).map_err(|e| e.to_string())?;
+        Ok(LocalCluster {
+            dir,
             ws,
-            config: Config::default(),
+            config,
             members: Vec::new(),
         })
     }
 
     pub fn spawn_member(&mut self) -> Result<u32, String> {
+        self.spawn_member_logged(None)
+    }
+
+    /// Starts a member that records every event it receives in `events_log`.
+    pub fn spawn_member_logged(
+        &mut self,
+        events_log: Option<&std::path::Path>,
+    ) -> Result<u32, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let child = Command::new(exe)
-            .arg("serve")
-            .arg("--workspace")
-            .arg(&self.ws.root)
-            .env("GROVE_LOG", "grove=warn")
+        // Tasks may call `grove progress`: put this binary first on PATH.
+        let path = match (exe.parent(), std::env::var_os("PATH")) {
+            (Some(dir), Some(p)) => {
+                let mut dirs = vec![dir.to_path_buf()];
+                dirs.extend(std::env::split_paths(&p));
+                std::env::join_paths(dirs).unwrap_or(p)
+            }
+            (_, p) => p.unwrap_or_default(),
+        };
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve").arg("--workspace").arg(&self.ws.root);
+        if let Some(log) = events_log {
+            cmd.arg("--events-log").arg(log);
+        }
+        let child = cmd
+            .env("PATH", path)
+            .env(
+                "GROVE_LOG",
+                std::env::var("GROVE_LOG").unwrap_or_else(|_| "grove=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(member_log(&self.dir, self.members.len()))
             .spawn()
             .map_err(|e| format!("cannot start grove serve: {e}"))?;
         let pid = child.id();
@@ -84,7 +114,15 @@ impl BenchCluster {
     }
 }
 
-impl Drop for BenchCluster {
+/// Members log to files in the cluster's dir (kept only while it lives).
+fn member_log(dir: &tempfile::TempDir, n: usize) -> Stdio {
+    match std::fs::File::create(dir.path().join(format!("member-{n}.log"))) {
+        Ok(f) => Stdio::from(f),
+        Err(_) => Stdio::null(),
+    }
+}
+
+impl Drop for LocalCluster {
     fn drop(&mut self) {
         for c in &mut self.members {
             let _ = c.kill();
