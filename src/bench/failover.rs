@@ -6,7 +6,7 @@
 use super::Row;
 use super::stats::{monotonic_ns, ms_between, quantile};
 use crate::local_cluster::LocalCluster;
-use crate::protocol::{EventData, Method, NewTask, now_ms};
+use crate::protocol::{EventData, now_ms};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,16 +21,17 @@ pub async fn run(secondaries: usize, kills: usize) -> Result<Vec<Row>, String> {
         c.spawn_member()?;
     }
     c.wait_registered(secondaries, epoch, pid).await?;
+    let blocker = super::blocker(&mut client).await?;
 
     let mut to_write = Vec::new();
     let mut to_all = Vec::new();
     for _ in 0..kills {
         // Warm: the client is connected and probed, as a running window is.
-        write(&mut client).await?;
+        super::pending_write(&mut client, &blocker).await?;
         let t0 = monotonic_ns();
         let t0_wall = now_ms();
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        write(&mut client).await?;
+        super::pending_write(&mut client, &blocker).await?;
         to_write.push(ms_between(t0, monotonic_ns()));
         c.reap();
         let (new_pid, new_epoch) = primary(&mut client).await?;
@@ -48,6 +49,7 @@ pub async fn run(secondaries: usize, kills: usize) -> Result<Vec<Row>, String> {
         c.spawn_member()?;
         c.wait_registered(secondaries, epoch, pid).await?;
     }
+    super::release(&mut client, &blocker).await;
     let flock = flock_handoffs(kills)?;
     let flock_p50 = quantile(&flock, 0.5);
     let baseline = Some("raw flock handoff (kill -9 → waiter)".to_string());
@@ -97,18 +99,6 @@ async fn primary(client: &mut crate::client::Client) -> Result<(u32, u64), Strin
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
-}
-
-async fn write(client: &mut crate::client::Client) -> Result<(), String> {
-    let task = NewTask {
-        prompt: "bench".into(),
-        ..Default::default()
-    };
-    client
-        .call(Method::TaskCreate(task))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 /// Milliseconds from the kill to the last `instance.joined` of `epoch`,

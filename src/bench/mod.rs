@@ -6,6 +6,7 @@
 mod failover;
 mod rpc;
 mod stats;
+mod tasks;
 
 use crate::cli::{CliError, Context, EXIT_OK, print_json};
 use serde::Serialize;
@@ -15,7 +16,7 @@ use serde::Serialize;
     after_help = "Examples:\n  grove bench                 # every scenario\n  grove bench failover --kills 50\n  grove bench rpc --json"
 )]
 pub struct BenchArgs {
-    /// Scenarios to run: failover, rpc (default: all).
+    /// Scenarios to run: failover, rpc, tasks (default: all).
     scenarios: Vec<String>,
     /// Secondaries kept running during the failover scenario.
     #[arg(long, default_value_t = 3)]
@@ -26,6 +27,9 @@ pub struct BenchArgs {
     /// Sequential writes timed by the rpc scenario.
     #[arg(long, default_value_t = 2000)]
     writes: usize,
+    /// Trivial tasks run by the tasks scenario.
+    #[arg(long, default_value_t = 1000)]
+    tasks: usize,
     /// A short run for smoke tests (few kills, few writes).
     #[arg(long)]
     quick: bool,
@@ -34,7 +38,7 @@ pub struct BenchArgs {
     json: bool,
 }
 
-const SCENARIOS: &[&str] = &["failover", "rpc"];
+const SCENARIOS: &[&str] = &["failover", "rpc", "tasks"];
 
 /// One measured figure, with its same-run baseline when it has one.
 #[derive(Debug, Serialize)]
@@ -90,10 +94,10 @@ pub async fn run(_ctx: &Context, args: BenchArgs) -> Result<i32, CliError> {
             )));
         }
     }
-    let (kills, writes) = if args.quick {
-        (3, 200)
+    let (kills, writes, tasks) = if args.quick {
+        (3, 200, 40)
     } else {
-        (args.kills.max(1), args.writes.max(10))
+        (args.kills.max(1), args.writes.max(10), args.tasks.max(1))
     };
     let mut rows = Vec::new();
     for s in &chosen {
@@ -101,6 +105,7 @@ pub async fn run(_ctx: &Context, args: BenchArgs) -> Result<i32, CliError> {
         let result = match s.as_str() {
             "failover" => failover::run(args.secondaries, kills).await,
             "rpc" => rpc::run(writes).await,
+            "tasks" => tasks::run(tasks).await,
             _ => unreachable!("checked above"),
         };
         rows.extend(result.map_err(|e| CliError::Failed(format!("bench {s}: {e}")))?);
@@ -146,9 +151,51 @@ fn print_table(r: &Report) {
 fn fmt(v: f64, unit: &str) -> String {
     match unit {
         "ms" => format!("{v:.2} ms"),
-        "writes/s" => format!("{v:.0}/s"),
+        "writes/s" | "tasks/s" => format!("{v:.0}/s"),
         _ => format!("{v:.2} {unit}"),
     }
+}
+
+/// A task that never finishes on its own: benchmark writes depend on it, so
+/// they stay `pending` and measure the write path, not process spawning.
+pub(crate) async fn blocker(client: &mut crate::client::Client) -> Result<String, String> {
+    let task = crate::protocol::NewTask {
+        prompt: "sleep 3600".into(),
+        tags: vec!["bench-blocker".into()],
+        ..Default::default()
+    };
+    match client.call(crate::protocol::Method::TaskCreate(task)).await {
+        Ok(crate::protocol::ReplyBody::Task(t)) => Ok(t.id),
+        Ok(other) => Err(format!("unexpected reply {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// One benchmark write: a pending task (row + event + ledger entry).
+pub(crate) async fn pending_write(
+    client: &mut crate::client::Client,
+    blocker: &str,
+) -> Result<(), String> {
+    let task = crate::protocol::NewTask {
+        prompt: "bench write".into(),
+        tags: vec!["bench".into()],
+        dependencies: vec![blocker.to_string()],
+        ..Default::default()
+    };
+    client
+        .call(crate::protocol::Method::TaskCreate(task))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Cancels the blocker so that no process outlives the benchmark.
+pub(crate) async fn release(client: &mut crate::client::Client, blocker: &str) {
+    let _ = client
+        .call(crate::protocol::Method::TaskCancel {
+            id: blocker.to_string(),
+        })
+        .await;
 }
 
 /// Hidden helper processes the benchmarks time against (raw flock handoff).

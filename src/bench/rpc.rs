@@ -5,7 +5,6 @@
 use super::Row;
 use super::stats::quantile;
 use crate::local_cluster::LocalCluster;
-use crate::protocol::{Method, NewTask};
 use std::time::{Duration, Instant};
 use zeromq::{Socket, SocketRecv, SocketSend};
 
@@ -14,13 +13,14 @@ pub async fn run(writes: usize) -> Result<Vec<Row>, String> {
     c.spawn_member()?;
     let mut client = c.client("bench-rpc");
     wait_ready(&mut client).await?;
+    let blocker = super::blocker(&mut client).await?;
     for _ in 0..50 {
-        write(&mut client).await?;
+        write(&mut client, &blocker).await?;
     }
     let mut rtt = Vec::with_capacity(writes);
     for _ in 0..writes {
         let t = Instant::now();
-        write(&mut client).await?;
+        write(&mut client, &blocker).await?;
         rtt.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let mut pings = Vec::with_capacity(writes);
@@ -60,7 +60,7 @@ pub async fn run(writes: usize) -> Result<Vec<Row>, String> {
         },
     ];
     for writers in [1usize, 4, 16] {
-        let rate = throughput(&c, writers, writes).await?;
+        let rate = throughput(&c, writers, writes, &blocker).await?;
         rows.push(Row {
             scenario: "rpc".into(),
             metric: format!("throughput, {writers} concurrent writers"),
@@ -73,6 +73,7 @@ pub async fn run(writes: usize) -> Result<Vec<Row>, String> {
             goal: Some("≥ 2× baseline".into()),
         });
     }
+    super::release(&mut client, &blocker).await;
     Ok(rows)
 }
 
@@ -87,27 +88,24 @@ async fn wait_ready(client: &mut crate::client::Client) -> Result<(), String> {
     }
 }
 
-async fn write(client: &mut crate::client::Client) -> Result<(), String> {
-    let task = NewTask {
-        prompt: "bench write".into(),
-        tags: vec!["bench".into()],
-        ..Default::default()
-    };
-    client
-        .call(Method::TaskCreate(task))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+async fn write(client: &mut crate::client::Client, blocker: &str) -> Result<(), String> {
+    super::pending_write(client, blocker).await
 }
 
 /// Writes/s with `writers` clients, each in its own thread and runtime (as
 /// separate windows would be), sharing `total` writes.
-async fn throughput(c: &LocalCluster, writers: usize, total: usize) -> Result<f64, String> {
+async fn throughput(
+    c: &LocalCluster,
+    writers: usize,
+    total: usize,
+    blocker: &str,
+) -> Result<f64, String> {
     let per = (total / writers).max(1);
     let started = Instant::now();
     let handles: Vec<_> = (0..writers)
         .map(|w| {
             let mut client = c.client(&format!("bench-writer-{w}"));
+            let blocker = blocker.to_string();
             std::thread::spawn(move || -> Result<(), String> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -115,7 +113,7 @@ async fn throughput(c: &LocalCluster, writers: usize, total: usize) -> Result<f6
                     .map_err(|e| e.to_string())?;
                 rt.block_on(async {
                     for _ in 0..per {
-                        write(&mut client).await?;
+                        write(&mut client, &blocker).await?;
                     }
                     Ok(())
                 })

@@ -370,7 +370,18 @@ async fn publish_loop(
         };
         if event.seq > 0 {
             last_seq.store(event.seq, Ordering::Relaxed);
-            changed.notify_one();
+            // Wake the orchestrator only for what it acts on; a pending task
+            // or a joining member needs no process work.
+            let relevant = match &event.data {
+                EventData::TaskCreated { task } => {
+                    task.status == crate::protocol::TaskStatus::Queued
+                }
+                EventData::TaskUpdated { .. } | EventData::TaskDeleted { .. } => true,
+                _ => false,
+            };
+            if relevant {
+                changed.notify_one();
+            }
         }
         let mut msg = ZmqMessage::from(event.topic());
         msg.push_back(Bytes::from(encode(&event)));

@@ -118,23 +118,31 @@ impl Reader {
     }
 
     pub fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks
-             WHERE (?1 IS NULL OR status = ?1)
-               AND (?2 IS NULL OR EXISTS (SELECT 1 FROM json_each(tasks.tags) WHERE value = ?2))
-               AND (?3 IS NULL OR instr(lower(prompt), lower(?3)) > 0)
-               AND (?4 IS NULL OR session_id = ?4)
-             ORDER BY rowid"
-        ))?;
-        let rows = stmt.query_map(
-            params![
-                filter.status.map(|s| s.as_str()),
-                filter.tag,
-                filter.text,
-                filter.session_id
-            ],
-            task_from_row,
-        )?;
+        // Only the filters given go into the SQL, so that `status = ?` can
+        // use its index (the orchestrator asks for running/queued tasks after
+        // every commit; a scan of every task would grow with history).
+        let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1");
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        let status = filter.status.map(|s| s.as_str());
+        if let Some(s) = &status {
+            sql.push_str(" AND status = ?");
+            args.push(s);
+        }
+        if let Some(tag) = &filter.tag {
+            sql.push_str(" AND EXISTS (SELECT 1 FROM json_each(tasks.tags) WHERE value = ?)");
+            args.push(tag);
+        }
+        if let Some(text) = &filter.text {
+            sql.push_str(" AND instr(lower(prompt), lower(?)) > 0");
+            args.push(text);
+        }
+        if let Some(session) = &filter.session_id {
+            sql.push_str(" AND session_id = ?");
+            args.push(session);
+        }
+        sql.push_str(" ORDER BY rowid");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(args.as_slice(), task_from_row)?;
         let mut out = Vec::new();
         for row in rows {
             out.push(row??);
