@@ -219,6 +219,60 @@ impl Config {
     }
 }
 
+/// Every effective setting as `(key, value, source)`; engines are listed
+/// one per line as `engines.NAME`.
+pub fn explain(state_dir: &Path, config: &Config) -> Vec<(String, String, String)> {
+    let files: Vec<(PathBuf, toml::Table)> =
+        [user_config_path(), Some(state_dir.join("grove.toml"))]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| read_table(&p).ok().flatten().map(|t| (p, t)))
+            .collect();
+    // The last file that sets a key wins, as in `Config::load`.
+    let source = |key: &str, sub: Option<&str>| {
+        files
+            .iter()
+            .rev()
+            .find(|(_, t)| match sub {
+                None => t.contains_key(key),
+                Some(s) => t.get(key).and_then(|v| v.get(s)).is_some(),
+            })
+            .map(|(p, _)| p.display().to_string())
+    };
+    let mut rows = Vec::new();
+    let effective = toml::Table::try_from(config).unwrap_or_default();
+    for (key, value) in &effective {
+        if key == "engines" {
+            continue;
+        }
+        let src = source(key, None).unwrap_or_else(|| "default".into());
+        rows.push((key.clone(), value.to_string(), src));
+    }
+    if config.personas_dir.is_none() {
+        rows.push((
+            "personas_dir".into(),
+            "\".grove/personas\"".into(),
+            "default".into(),
+        ));
+    }
+    let builtin = builtin_engines();
+    for (name, engine) in &config.engines {
+        let value = toml::Value::try_from(engine)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let src = source("engines", Some(name)).unwrap_or_else(|| {
+            if builtin.contains_key(name) {
+                "built-in".into()
+            } else {
+                "default".into()
+            }
+        });
+        rows.push((format!("engines.{name}"), value, src));
+    }
+    rows.sort();
+    rows
+}
+
 fn user_config_path() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)

@@ -94,8 +94,16 @@ impl RunFiles {
         serde_json::from_slice(&std::fs::read(Self::exit(ws, task, run_id)).ok()?).ok()
     }
 
+    /// Task ids are generated hex; anything else must never reach a path.
+    pub fn is_safe_id(task: &str) -> bool {
+        !task.is_empty() && task.len() <= 64 && task.chars().all(|c| c.is_ascii_alphanumeric())
+    }
+
     /// Removes every file of a task (purge). Missing files are fine.
     pub fn remove_all(ws: &Workspace, task: &str) {
+        if !Self::is_safe_id(task) {
+            return;
+        }
         let _ = std::fs::remove_file(Self::log(ws, task));
         let _ = std::fs::remove_file(Self::spec(ws, task));
         let _ = std::fs::remove_file(Self::shim_log(ws, task));

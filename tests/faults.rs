@@ -26,14 +26,18 @@ fn refused_writes_name_the_reason() {
     let mut g = Grove::new();
     g.serve();
     g.wait_primary();
-    let id = g.task_create("echo x");
+    let blocker = g.task_create("sleep 60");
+    let id = g.ok(&["task", "create", "echo x", "--dep", &blocker]);
     let out = g.run(&["task", "set-status", &id, "completed"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("conflict") && err.contains("queued to completed"),
+        err.contains("conflict") && err.contains("pending to completed"),
         "{err}"
     );
+    let out = g.run(&["task", "set-status", &id, "running"]);
+    assert_eq!(out.status.code(), Some(1));
+    g.ok(&["cancel", &blocker]);
     let out = g.run(&["task", "progress", &id, "101"]);
     assert_eq!(out.status.code(), Some(2));
     let out = g.run(&["task", "create", "echo y", "--dep", "doesnotexist"]);
@@ -146,5 +150,74 @@ fn invalid_config_names_file_and_line() {
     assert!(
         err.contains("grove.toml") && err.contains("line 2"),
         "{err}"
+    );
+}
+
+#[test]
+fn autostart_starts_a_background_member_once() {
+    let g = Grove::new();
+    let out = std::process::Command::new(BIN)
+        .args(["spawn", "echo autostarted", "--wait", "--workspace"])
+        .arg(&g.ws)
+        .env_remove("GROVE_NO_AUTOSTART")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(g.ws.join(".grove/primary.json")).unwrap()).unwrap();
+    let pid = record["pid"].as_i64().unwrap() as i32;
+    // Stop the background member whatever happens next.
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGTERM) };
+        }
+    }
+    let _kill = Kill(pid);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("started `grove serve` in the background")
+            .count(),
+        1,
+        "{err}"
+    );
+    // The member is up now: no second autostart.
+    let again = g.run(&["spawn", "echo again"]);
+    assert!(again.status.success());
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("background"));
+    // --no-autostart (the harness default) reports instead.
+    let other = Grove::new();
+    let out = other.run(&["spawn", "echo nobody"]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn completions_and_config_show() {
+    let g = Grove::with_config(
+        "heartbeat_ms = 150\n[engines.mine]\ncommand = [\"sh\", \"-c\", \"{prompt}\"]\n",
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = g.run(&["completions", shell]);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("spawn"));
+    }
+    let shown = g.ok(&["config", "show"]);
+    assert!(
+        shown.contains("heartbeat_ms = 150    # ") && shown.contains("grove.toml"),
+        "{shown}"
+    );
+    assert!(shown.contains("max_parallel = 4    # default"), "{shown}");
+    assert!(
+        shown.contains("engines.claude = ") && shown.contains("# built-in"),
+        "{shown}"
+    );
+    assert!(shown.contains("engines.mine = "), "{shown}");
+    let json: serde_json::Value =
+        serde_json::from_str(&g.ok(&["config", "show", "--json"])).unwrap();
+    assert!(
+        json.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["key"] == "heartbeat_ms")
     );
 }

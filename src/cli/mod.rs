@@ -5,6 +5,8 @@
 //! Exit codes: 0 ok; 1 the operation failed (refused, task failed);
 //! 2 usage or configuration error; 3 grove unavailable.
 
+mod autostart;
+mod config_cmd;
 mod events;
 mod orchestrate;
 mod status;
@@ -35,6 +37,10 @@ pub struct Cli {
     /// Workspace directory (default: $GROVE_WORKSPACE, else the current directory).
     #[arg(long, short = 'w', global = true, env = "GROVE_WORKSPACE")]
     workspace: Option<PathBuf>,
+
+    /// Do not start a background `grove serve` when no member is running.
+    #[arg(long, global = true, env = "GROVE_NO_AUTOSTART", value_parser = clap::builder::FalseyValueParser::new())]
+    no_autostart: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -173,6 +179,11 @@ enum Command {
     /// Benchmark helper: hold or wait for a flock (the raw handoff baseline).
     #[command(hide = true)]
     BenchFlock { mode: String, path: PathBuf },
+    /// Print shell completions: grove completions bash|zsh|fish > FILE.
+    Completions { shell: clap_complete::Shell },
+    /// Show the effective configuration and where each value came from.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Fault-injection hooks for tests (the primary must run with GROVE_DEBUG_HOOKS=1).
     #[command(hide = true)]
     DebugStall {
@@ -219,17 +230,23 @@ fn init_tracing(serving: bool) {
 pub struct Context {
     pub ws: Workspace,
     pub config: Config,
+    /// Start a background member when none runs (see `autostart.rs`).
+    pub autostart: bool,
 }
 
 impl Context {
-    fn load(workspace: Option<PathBuf>) -> Result<Context, CliError> {
+    fn load(workspace: Option<PathBuf>, autostart: bool) -> Result<Context, CliError> {
         let root = match workspace {
             Some(w) => w,
             None => std::env::current_dir().map_err(|e| CliError::Usage(e.to_string()))?,
         };
         let ws = Workspace::resolve(&root).map_err(|e| CliError::Usage(e.to_string()))?;
         let config = Config::load(&ws.state_dir).map_err(|e| CliError::Usage(e.to_string()))?;
-        Ok(Context { ws, config })
+        Ok(Context {
+            ws,
+            config,
+            autostart,
+        })
     }
 
     pub fn client(&self) -> crate::client::Client {
@@ -297,7 +314,12 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Demo => return Ok(crate::demo::run().await),
         _ => {}
     }
-    let ctx = Context::load(cli.workspace)?;
+    if let Command::Completions { shell } = &cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(*shell, &mut Cli::command(), "grove", &mut std::io::stdout());
+        return Ok(EXIT_OK);
+    }
+    let ctx = Context::load(cli.workspace, !cli.no_autostart)?;
     match cli.command {
         Command::Serve { events_log } => {
             let opts = crate::node::NodeOptions {
@@ -369,13 +391,18 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Personas { json } => orchestrate::personas(&ctx, json),
         Command::Events(args) => events::run(&ctx, args).await,
         Command::Bench(args) => crate::bench::run(&ctx, args).await,
-        Command::BenchFlock { .. } | Command::Shim { .. } | Command::Demo => {
+        Command::Config(cmd) => config_cmd::run(&ctx, cmd),
+        Command::BenchFlock { .. }
+        | Command::Shim { .. }
+        | Command::Demo
+        | Command::Completions { .. } => {
             unreachable!("handled before loading the workspace")
         }
         Command::DebugStall { ms } => {
             ctx.client()
                 .call(crate::protocol::Method::DebugStall { ms })
                 .await?;
+            // (never autostarts: a debug hook needs a running primary)
             Ok(EXIT_OK)
         }
     }

@@ -98,12 +98,9 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
         extra_args: a.extra_args,
         env,
     };
-    let mut client = ctx.client();
-    let method = Method::TaskCreate(new);
-    let reply = match &a.request_id {
-        Some(id) => client.call_with_id(id, method).await?,
-        None => client.call(method).await?,
-    };
+    let reply = ctx
+        .call(Method::TaskCreate(new), a.request_id.as_deref())
+        .await?;
     let ReplyBody::Task(task) = reply else {
         return Err(CliError::Failed(format!("unexpected reply {reply:?}")));
     };
@@ -153,6 +150,7 @@ pub async fn wait(ctx: &Context, a: WaitArgs) -> Result<i32, CliError> {
         _ => Policy::All,
     };
     let deadline = seconds_to_ms(a.timeout, "--timeout")?.map(Duration::from_millis);
+    ctx.ensure_member().await?;
     let outcome = crate::waiter::wait(&ctx.ws, &ids, policy, deadline, progress_line)
         .await
         .map_err(|e| {
@@ -223,7 +221,7 @@ fn seconds_to_ms(v: Option<f64>, flag: &str) -> Result<Option<u64>, CliError> {
 /// cancel / pause / resume / retry / relaunch / delete / purge: one write,
 /// print the resulting task.
 pub async fn simple(ctx: &Context, method: Method, json: bool) -> Result<i32, CliError> {
-    let reply = ctx.client().call(method).await?;
+    let reply = ctx.call(method, None).await?;
     match reply {
         ReplyBody::Task(t) if json => print_json(&t),
         ReplyBody::Task(t) => println!("{}", one_line(&t)),
@@ -259,7 +257,7 @@ pub async fn progress(
         percent: Some(percent),
         text,
     };
-    ctx.client().call(method).await?;
+    ctx.call(method, None).await?;
     Ok(EXIT_OK)
 }
 

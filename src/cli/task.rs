@@ -229,11 +229,7 @@ pub fn show(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
 }
 
 async fn write_task(ctx: &Context, method: Method, opts: &WriteOpts) -> Result<i32, CliError> {
-    let mut client = ctx.client();
-    let reply = match &opts.request_id {
-        Some(id) => client.call_with_id(id, method).await?,
-        None => client.call(method).await?,
-    };
+    let reply = ctx.call(method, opts.request_id.as_deref()).await?;
     match reply {
         ReplyBody::Task(task) if opts.json => print_json(&task),
         ReplyBody::Task(task) => println!("{}", task.id),

@@ -19,6 +19,9 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 /// What the RPC loop needs to answer requests.
 struct Serving {
+    /// For ledger look-ups on the event loop (read-only, never blocks on
+    /// the writer in WAL mode).
+    reader: std::cell::RefCell<Option<crate::store::Reader>>,
     info: PrimaryInfo,
     ws: crate::paths::Workspace,
     config: crate::config::Config,
@@ -112,6 +115,7 @@ pub async fn run(
     let (replies_tx, replies_rx) = mpsc::unbounded_channel();
     let reply_task = tokio::spawn(reply_loop(router_send, replies_rx));
     let serving = Serving {
+        reader: std::cell::RefCell::new(None),
         ws: ws.clone(),
         config: opts.config.clone(),
         info: PrimaryInfo {
@@ -252,6 +256,11 @@ impl Serving {
                 std::thread::sleep(Duration::from_millis(ms));
                 self.send(envelope, Reply::ok(id, self.info.epoch, ReplyBody::Done {}));
             }
+            // A retry of a recorded create gets its recorded reply, even if
+            // the engine became invalid since: validate new requests only.
+            Method::TaskCreate(new) if self.recorded(&id) => {
+                self.write(envelope, id, request.from, Method::TaskCreate(new))
+            }
             Method::TaskCreate(mut new) => {
                 let engine = new
                     .engine
@@ -311,6 +320,20 @@ impl Serving {
             };
             let _ = replies.send(frame(envelope, encode(&reply)));
         });
+    }
+
+    fn recorded(&self, request_id: &str) -> bool {
+        let mut reader = self.reader.borrow_mut();
+        if reader.is_none() {
+            *reader = crate::store::Reader::open(&self.ws.db_path()).ok();
+        }
+        match reader.as_ref().map(|r| r.ledger_has(request_id)) {
+            Some(Ok(found)) => found,
+            _ => {
+                *reader = None;
+                false
+            }
+        }
     }
 
     fn error(&self, id: String, code: ErrorCode, message: impl Into<String>) -> Reply {

@@ -392,7 +392,7 @@ impl Orchestrator {
         let bytes = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
         crate::paths::write_atomic(&spec_path, &bytes)
             .map_err(|e| format!("cannot write {}: {e}", spec_path.display()))?;
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let exe = self_exe()?;
         let shim_log = std::fs::File::create(RunFiles::shim_log(&self.ws, &task.id))
             .map_err(|e| e.to_string())?;
         let mut cmd = std::process::Command::new(exe);
@@ -514,6 +514,16 @@ impl Orchestrator {
         self.jobs.send(job).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
+}
+
+/// This binary, even if the file was replaced (rebuilt, upgraded) since we
+/// started: `/proc/self/exe` still names the running image.
+pub fn self_exe() -> Result<std::path::PathBuf, String> {
+    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe().map_err(|e| e.to_string())
 }
 
 fn file_len(path: &std::path::Path) -> u64 {

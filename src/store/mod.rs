@@ -220,6 +220,16 @@ impl Reader {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 
+    /// Whether a request id is in the idempotency ledger.
+    pub fn ledger_has(&self, request_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM ledger WHERE request_id = ?1")?
+            .query_row([request_id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     /// Number of ledger rows (applied writes) — used by checks and benches.
     pub fn ledger_len(&self) -> Result<u64, StoreError> {
         Ok(self

@@ -91,6 +91,15 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
             exit_code,
             pid,
         } => {
+            if !status.is_terminal() {
+                return Err(refused(
+                    ErrorCode::InvalidParams,
+                    format!(
+                        "task.update_status sets a final status only (completed, failed, cancelled), not {}; use pause/resume/relaunch",
+                        status.as_str()
+                    ),
+                ));
+            }
             let task = existing(c.tx, id)?;
             transition(c, task, *status, *reason, *exit_code, *pid)
         }
@@ -176,7 +185,9 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
                 ));
             }
             let task = rearm(c, task)?;
-            rearm_dependents(c, &task.id)?;
+            if task.status != TaskStatus::Failed {
+                rearm_dependents(c, &task.id)?;
+            }
             ok(task)
         }
         Method::TaskFinished(exit) => finished(c, exit),
@@ -297,8 +308,16 @@ fn resume(c: &mut Ctx<'_>, id: &str, instructions: Option<&str>) -> Res {
             // instructions. The orchestrator kills the old run, whose id no
             // longer matches.
             task.run_id = None;
+            task.pid = None;
             let status = ready_status(c.tx, &task)?;
-            return transition(c, task, status, None, None, None);
+            return transition(
+                c,
+                task,
+                status,
+                Some(FailureReason::DependencyFailed),
+                None,
+                None,
+            );
         }
     }
     let status = if had_run {
@@ -306,34 +325,52 @@ fn resume(c: &mut Ctx<'_>, id: &str, instructions: Option<&str>) -> Res {
     } else {
         ready_status(c.tx, &task)?
     };
-    transition(c, task, status, None, None, None)
+    transition(
+        c,
+        task,
+        status,
+        Some(FailureReason::DependencyFailed),
+        None,
+        None,
+    )
 }
 
-/// Queued when every dependency completed, pending otherwise.
+/// Queued when every dependency completed, pending while some still may;
+/// failed (`dependency_failed`) when one failed, was cancelled or deleted.
 fn ready_status(tx: &Connection, task: &TaskRecord) -> Result<TaskStatus, Applied> {
+    let mut waiting = false;
     for dep in &task.dependencies {
         let status: Option<String> = tx
             .prepare_cached("SELECT status FROM tasks WHERE id = ?1")?
             .query_row([dep], |r| r.get(0))
             .optional()?;
-        if status.as_deref() != Some(TaskStatus::Completed.as_str()) {
-            return Ok(TaskStatus::Pending);
+        match status.as_deref().and_then(TaskStatus::parse) {
+            Some(TaskStatus::Completed) => {}
+            None | Some(TaskStatus::Failed | TaskStatus::Cancelled) => {
+                return Ok(TaskStatus::Failed);
+            }
+            Some(_) => waiting = true,
         }
     }
-    Ok(TaskStatus::Queued)
+    Ok(if waiting {
+        TaskStatus::Pending
+    } else {
+        TaskStatus::Queued
+    })
 }
 
 /// Resets a finished task for another run under the same id.
 fn rearm(c: &mut Ctx<'_>, mut task: TaskRecord) -> Result<TaskRecord, Applied> {
     task.status = ready_status(c.tx, &task)?;
-    task.failure_reason = None;
+    task.failure_reason =
+        (task.status == TaskStatus::Failed).then_some(FailureReason::DependencyFailed);
     task.exit_code = None;
     task.pid = None;
     task.run_id = None;
     task.progress_pct = None;
     task.progress_text = None;
     task.started_at = None;
-    task.finished_at = None;
+    task.finished_at = (task.status == TaskStatus::Failed).then(now_ms);
     match save(c, task)? {
         Ok(ReplyBody::Task(t)) => Ok(*t),
         Ok(_) => unreachable!("save returns the task"),
@@ -351,7 +388,9 @@ fn rearm_dependents(c: &mut Ctx<'_>, id: &str) -> Result<(), Applied> {
             && t.failure_reason == Some(FailureReason::DependencyFailed)
         {
             let t = rearm(c, t)?;
-            rearm_dependents(c, &t.id)?;
+            if t.status != TaskStatus::Failed {
+                rearm_dependents(c, &t.id)?;
+            }
         }
     }
     Ok(())
@@ -503,18 +542,12 @@ fn new_task(
         env: new.env.clone(),
         run_id: None,
     };
-    // A dependency that already failed dooms the new task at once.
-    for dep in &task.dependencies {
-        if let Some(d) = get_task(tx, dep)?
-            && matches!(d.status, TaskStatus::Failed | TaskStatus::Cancelled)
-        {
-            task.status = TaskStatus::Failed;
-            task.failure_reason = Some(FailureReason::DependencyFailed);
-            task.finished_at = Some(now);
-            return Ok(task);
-        }
-    }
     task.status = ready_status(tx, &task)?;
+    if task.status == TaskStatus::Failed {
+        // A dependency that already failed dooms the new task at once.
+        task.failure_reason = Some(FailureReason::DependencyFailed);
+        task.finished_at = Some(now);
+    }
     Ok(task)
 }
 

@@ -131,6 +131,8 @@ impl Grove {
         cmd.args(args)
             .arg("--workspace")
             .arg(&self.ws)
+            // Members started behind the harness's back would outlive it.
+            .env("GROVE_NO_AUTOSTART", "1")
             .stdin(Stdio::null());
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
@@ -209,6 +211,27 @@ impl Drop for Grove {
         for m in &mut self.members {
             let _ = m.child.kill();
             let _ = m.child.wait();
+        }
+        // Task supervisors run in sessions of their own and would outlive
+        // the test: kill every run's process group and shim.
+        if let Ok(entries) = std::fs::read_dir(self.ws.join(".grove/run")) {
+            for e in entries.flatten() {
+                if !e.file_name().to_string_lossy().ends_with(".run.json") {
+                    continue;
+                }
+                let Ok(text) = std::fs::read_to_string(e.path()) else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                if let Some(agent) = v["agent_pid"].as_i64() {
+                    unsafe { libc::kill(-(agent as i32), libc::SIGKILL) };
+                }
+                if let Some(shim) = v["shim_pid"].as_i64() {
+                    unsafe { libc::kill(shim as i32, libc::SIGKILL) };
+                }
+            }
         }
         if std::thread::panicking() {
             for m in &self.members {
