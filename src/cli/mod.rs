@@ -8,6 +8,7 @@
 mod autostart;
 mod config_cmd;
 mod events;
+mod live;
 mod orchestrate;
 mod status;
 mod task;
@@ -61,6 +62,9 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        /// Keep running: a live view of the grove and its running tasks.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// Start an agent task (from any window; it outlives the window).
     #[command(
@@ -335,7 +339,11 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             })?;
             Ok(EXIT_OK)
         }
-        Command::Status { json } => status::run(&ctx, json).await,
+        Command::Status {
+            json: _,
+            watch: true,
+        } => status::watch(&ctx).await,
+        Command::Status { json, .. } => status::run(&ctx, json).await,
         Command::Task(cmd) => task::run(&ctx, cmd).await,
         Command::Spawn(a) => orchestrate::spawn(&ctx, a).await,
         Command::List {

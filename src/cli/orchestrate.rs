@@ -151,7 +151,15 @@ pub async fn wait(ctx: &Context, a: WaitArgs) -> Result<i32, CliError> {
     };
     let deadline = seconds_to_ms(a.timeout, "--timeout")?.map(Duration::from_millis);
     ctx.ensure_member().await?;
-    let outcome = crate::waiter::wait(&ctx.ws, &ids, policy, deadline, progress_line)
+    let mut bars = super::live::TaskBars::new();
+    if let Ok(reader) = ctx.reader() {
+        for id in &ids {
+            if let Ok(Some(t)) = reader.task(id) {
+                bars.update(&t);
+            }
+        }
+    }
+    let outcome = crate::waiter::wait(&ctx.ws, &ids, policy, deadline, |t| bars.update(t))
         .await
         .map_err(|e| {
             if e.starts_with("quorum") {

@@ -177,3 +177,55 @@ fn print_human(s: &Status) {
         println!("problem:     {p}");
     }
 }
+
+/// `grove status --watch`: refreshes twice a second until interrupted.
+pub async fn watch(ctx: &Context) -> Result<i32, CliError> {
+    let mut bars = super::live::TaskBars::new();
+    let mut last_header = String::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(EXIT_OK),
+        }
+        let record = PrimaryRecord::read(&ctx.ws);
+        let header = match (&record, ctx.reader()) {
+            (Some(r), Ok(reader)) => {
+                let counts = reader.counts().unwrap_or_default();
+                let alive = if r.pid_alive() { "" } else { " (gone)" };
+                let counts: Vec<String> = counts
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect();
+                format!(
+                    "primary pid {}{alive} epoch {} | {}",
+                    r.pid,
+                    r.epoch,
+                    if counts.is_empty() {
+                        "no tasks".into()
+                    } else {
+                        counts.join(", ")
+                    }
+                )
+            }
+            _ => "no grove member is running".to_string(),
+        };
+        if header != last_header {
+            bars.println(&header);
+            last_header = header;
+        }
+        if let Ok(reader) = ctx.reader() {
+            let filter = crate::store::TaskFilter {
+                status: Some(crate::protocol::TaskStatus::Running),
+                ..Default::default()
+            };
+            let running = reader.tasks(&filter).unwrap_or_default();
+            let ids: Vec<String> = running.iter().map(|t| t.id.clone()).collect();
+            bars.retain(&ids);
+            for t in &running {
+                bars.update(t);
+            }
+        }
+    }
+}
