@@ -725,6 +725,40 @@ mod tests {
         assert_eq!(err.code(), ErrorCode::TooLarge);
     }
 
+    proptest::proptest! {
+        /// Whatever bytes arrive, decoding answers (Ok or a coded error) and
+        /// never panics.
+        #[test]
+        fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            match decode_request(&bytes) {
+                Ok(r) => proptest::prop_assert!(r.id.len() <= bytes.len()),
+                Err((_, e)) => proptest::prop_assert!(matches!(
+                    e.code(),
+                    ErrorCode::BadRequest | ErrorCode::UnknownMethod | ErrorCode::TooLarge
+                )),
+            }
+        }
+
+        /// Valid requests with bytes flipped or cut off: still no panic, and
+        /// an untouched frame always decodes to the same request.
+        #[test]
+        fn mutated_requests_decode_without_panic(
+            prompt in ".{0,64}",
+            flips in proptest::collection::vec((0usize..512, proptest::num::u8::ANY), 0..8),
+            cut in 0usize..512,
+        ) {
+            let r = req(Method::TaskCreate(NewTask { prompt, ..Default::default() }));
+            let mut bytes = encode(&r);
+            proptest::prop_assert_eq!(decode_request(&bytes).ok(), Some(r));
+            for (at, b) in flips {
+                let n = bytes.len();
+                bytes[at % n] = b;
+            }
+            bytes.truncate(cut.max(1));
+            let _ = decode_request(&bytes);
+        }
+    }
+
     #[test]
     fn error_code_names_match_serde() {
         for code in ERROR_CODES {

@@ -19,6 +19,7 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 /// What the RPC loop needs to answer requests.
 struct Serving {
+    bad_frames: LogLimiter,
     /// For ledger look-ups on the event loop (read-only, never blocks on
     /// the writer in WAL mode).
     reader: std::cell::RefCell<Option<crate::store::Reader>>,
@@ -28,7 +29,9 @@ struct Serving {
     started: Instant,
     last_seq: Arc<AtomicU64>,
     jobs: std::sync::mpsc::Sender<Job>,
-    replies: mpsc::UnboundedSender<ZmqMessage>,
+    /// Bounded: when a flood outruns the reply path, immediate answers
+    /// (errors, pings) are dropped rather than buffered without limit.
+    replies: mpsc::Sender<ZmqMessage>,
     debug_hooks: bool,
 }
 
@@ -112,9 +115,10 @@ pub async fn run(
     let watchdog = Watchdog::start(opts.config.watchdog_timeout())
         .map_err(NodeError::io("cannot start the watchdog"))?;
     let (router_send, mut router_recv) = router.split();
-    let (replies_tx, replies_rx) = mpsc::unbounded_channel();
+    let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
     let reply_task = tokio::spawn(reply_loop(router_send, replies_rx));
     let serving = Serving {
+        bad_frames: LogLimiter::new(),
         reader: std::cell::RefCell::new(None),
         ws: ws.clone(),
         config: opts.config.clone(),
@@ -194,7 +198,9 @@ impl Serving {
             [p] => p.clone(),
             [empty, p] if empty.is_empty() => p.clone(),
             _ => {
-                tracing::warn!(frames = frames.len(), "request of the wrong shape");
+                if self.bad_frames.allow() {
+                    tracing::warn!(frames = frames.len(), "request of the wrong shape");
+                }
                 self.send(
                     envelope,
                     self.error(
@@ -212,7 +218,9 @@ impl Serving {
         let request = match decode_request(&payload) {
             Ok(r) => r,
             Err((id, e)) => {
-                tracing::warn!("refusing a request: {e}");
+                if self.bad_frames.allow() {
+                    tracing::warn!("refusing a request: {e}");
+                }
                 self.send(envelope, self.error(id, e.code(), e.to_string()));
                 return;
             }
@@ -318,7 +326,8 @@ impl Serving {
                     WireError::new(ErrorCode::Unavailable, "the store stopped; retry"),
                 ),
             };
-            let _ = replies.send(frame(envelope, encode(&reply)));
+            // A write's answer waits for room: it reports a commit.
+            let _ = replies.send(frame(envelope, encode(&reply))).await;
         });
     }
 
@@ -341,7 +350,14 @@ impl Serving {
     }
 
     fn send(&self, envelope: Vec<Bytes>, reply: Reply) {
-        let _ = self.replies.send(frame(envelope, encode(&reply)));
+        if self
+            .replies
+            .try_send(frame(envelope, encode(&reply)))
+            .is_err()
+            && self.bad_frames.allow()
+        {
+            tracing::warn!("reply queue full: dropping an immediate answer");
+        }
     }
 }
 
@@ -350,15 +366,73 @@ fn frame(mut envelope: Vec<Bytes>, payload: Vec<u8>) -> ZmqMessage {
     ZmqMessage::try_from(envelope).expect("a reply has at least two frames")
 }
 
-async fn reply_loop(
-    mut router: zeromq::RouterSendHalf,
-    mut rx: mpsc::UnboundedReceiver<ZmqMessage>,
-) {
+/// How long one reply may wait for room in its peer's queue. The transport
+/// queues up to 100,000 messages per peer and then blocks the sender: a
+/// client that never reads must not stall the answers to everyone else.
+/// Replies waiting for the reply task.
+const REPLY_QUEUE: usize = 4096;
+const REPLY_SEND_TIMEOUT: Duration = Duration::from_millis(20);
+/// A peer whose queue was full gets its replies dropped for this long.
+const STALLED_PEER_PENALTY: Duration = Duration::from_secs(1);
+
+async fn reply_loop(mut router: zeromq::RouterSendHalf, mut rx: mpsc::Receiver<ZmqMessage>) {
+    let mut stalled: std::collections::HashMap<Bytes, Instant> = Default::default();
+    let mut dropped = 0u64;
     while let Some(msg) = rx.recv().await {
-        if let Err(e) = router.send(msg).await {
-            // The client left before its answer: it will retry elsewhere.
-            tracing::debug!("cannot deliver a reply: {e}");
+        let peer = msg.get(0).cloned().unwrap_or_default();
+        if let Some(until) = stalled.get(&peer) {
+            if Instant::now() < *until {
+                dropped += 1;
+                continue;
+            }
+            stalled.remove(&peer);
+            if dropped > 0 {
+                tracing::warn!("dropped {dropped} replies to a client that does not read them");
+                dropped = 0;
+            }
         }
+        match tokio::time::timeout(REPLY_SEND_TIMEOUT, router.send(msg)).await {
+            Ok(Ok(())) => {}
+            // The client left before its answer: it will retry elsewhere.
+            Ok(Err(e)) => tracing::debug!("cannot deliver a reply: {e}"),
+            Err(_) => {
+                tracing::warn!("a client does not read its replies; dropping them for a while");
+                stalled.insert(peer, Instant::now() + STALLED_PEER_PENALTY);
+            }
+        }
+    }
+}
+
+/// Rate-limits warnings about bad frames: a flood of garbage must not turn
+/// into a flood of log lines.
+struct LogLimiter {
+    window: std::cell::Cell<Instant>,
+    count: std::cell::Cell<u64>,
+}
+
+impl LogLimiter {
+    const PER_SECOND: u64 = 10;
+
+    fn new() -> Self {
+        LogLimiter {
+            window: std::cell::Cell::new(Instant::now()),
+            count: std::cell::Cell::new(0),
+        }
+    }
+
+    /// True when this event may be logged; reports what was suppressed.
+    fn allow(&self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window.get()) >= Duration::from_secs(1) {
+            let suppressed = self.count.get().saturating_sub(Self::PER_SECOND);
+            if suppressed > 0 {
+                tracing::warn!("{suppressed} more bad requests in the last second (not logged)");
+            }
+            self.window.set(now);
+            self.count.set(0);
+        }
+        self.count.set(self.count.get() + 1);
+        self.count.get() <= Self::PER_SECOND
     }
 }
 
