@@ -46,6 +46,10 @@ pub struct Config {
     pub personas_dir: Option<PathBuf>,
     /// Engines by name, on top of the built-in ones (see `grove engines`).
     pub engines: BTreeMap<String, EngineConfig>,
+    /// Durable events kept for gap repair; older ones are pruned.
+    pub event_retention: u64,
+    /// Hours a request id stays in the idempotency ledger.
+    pub ledger_retention_hours: u64,
 }
 
 /// How to run one agent CLI.
@@ -127,6 +131,8 @@ impl Default for Config {
             kill_grace_ms: 3_000,
             personas_dir: None,
             engines: BTreeMap::new(),
+            event_retention: 100_000,
+            ledger_retention_hours: 24 * 7,
         }
     }
 }
@@ -190,6 +196,8 @@ impl Config {
             ("rpc_timeout_ms", self.rpc_timeout_ms),
             ("probe_timeout_ms", self.probe_timeout_ms),
             ("max_parallel", self.max_parallel as u64),
+            ("event_retention", self.event_retention),
+            ("ledger_retention_hours", self.ledger_retention_hours),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -5,6 +5,7 @@
 //! can reach the wire types. See ARCHITECTURE.md for the map.
 
 pub mod bench;
+pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod config;

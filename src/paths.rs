@@ -87,6 +87,14 @@ impl Workspace {
                 path: self.state_dir.clone(),
                 source,
             })?;
+        // A state dir made by someone else's tool (or an older grove) may be
+        // open to other users: it holds task env and logs, so tighten it.
+        if let Ok(meta) = fs::metadata(&self.state_dir)
+            && meta.permissions().mode() & 0o077 != 0
+            && meta.uid() == unsafe { libc::geteuid() }
+        {
+            let _ = fs::set_permissions(&self.state_dir, fs::Permissions::from_mode(0o700));
+        }
         // Creating the dir succeeds when it already exists; prove writability.
         let probe = self
             .state_dir

@@ -100,6 +100,17 @@ impl Cursor {
                 }
             };
             let n = batch.len();
+            if let Some(first) = batch.first()
+                && first.seq > self.next
+            {
+                // Only when this subscriber fell further behind than the
+                // store's event retention (see `event_retention`).
+                tracing::warn!(
+                    "events {}..{} were pruned before this subscriber caught up",
+                    self.next,
+                    first.seq - 1
+                );
+            }
             for event in batch {
                 self.next = event.seq + 1;
                 if tx.send(event).await.is_err() {

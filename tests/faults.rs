@@ -221,3 +221,28 @@ fn completions_and_config_show() {
             .any(|r| r["key"] == "heartbeat_ms")
     );
 }
+
+#[test]
+fn old_events_and_ledger_entries_are_pruned() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nevent_retention = 20\n");
+    g.serve();
+    let (pid, epoch) = g.wait_primary();
+    let blocker = g.task_create("sleep 60");
+    for i in 0..40 {
+        g.ok(&["task", "create", &format!("echo {i}"), "--dep", &blocker]);
+    }
+    let before = g.db().events_from(1, 10_000).unwrap().len();
+    assert!(before > 40, "{before}");
+    // A new primary prunes before its first commit.
+    g.member_by_pid(pid).signal(libc::SIGTERM);
+    g.member_by_pid(pid).wait_exit(DEADLINE);
+    g.serve();
+    g.wait_new_primary(pid, epoch);
+    g.ok(&["cancel", &blocker]);
+    let after = g.db().events_from(1, 10_000).unwrap();
+    assert!(after.len() <= 20 + 45, "{} events kept", after.len());
+    assert!(after.first().unwrap().seq > 1, "the oldest events are gone");
+    // Subscribers still work from the pruned log.
+    let out = g.ok(&["events", "--json"]);
+    assert!(out.lines().count() >= 20);
+}

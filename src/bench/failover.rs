@@ -1,7 +1,11 @@
 //! Failover: SIGKILL the primary and time (a) until a client's write is
 //! acknowledged by the new primary and (b) until every surviving secondary
 //! has re-registered (its own write acknowledged) with the new primary —
-//! beside the raw kernel flock handoff between two processes.
+//! for 1, 3 and 8 secondaries, beside the raw kernel flock handoff between
+//! two processes (the floor any flock-elected failover stands on).
+//!
+//! With one secondary there is no survivor once it is promoted, so that
+//! size reports the write row only.
 
 use super::Row;
 use super::stats::{monotonic_ns, ms_between, quantile};
@@ -11,7 +15,101 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub async fn run(secondaries: usize, kills: usize) -> Result<Vec<Row>, String> {
+pub async fn run(sizes: &[usize], kills: usize) -> Result<Vec<Row>, String> {
+    let flock = flock_handoffs(kills, libc::SIGKILL)?;
+    let baseline = Baseline {
+        name: "raw flock handoff (kill -9 → waiter)",
+        p50: quantile(&flock, 0.5),
+    };
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let s = rounds(n, kills, libc::SIGKILL).await?;
+        rows.push(s.write_row("failover", "kill -9", &baseline, "p50 ≤ 20 ms"));
+        rows.extend(s.all_row("failover", "kill -9", &baseline, Some("p50 ≤ 100 ms")));
+    }
+    rows.push(flock_row("failover", "raw flock handoff", &flock));
+    Ok(rows)
+}
+
+/// The same-run floor a row is compared with.
+pub(super) struct Baseline {
+    pub name: &'static str,
+    pub p50: f64,
+}
+
+/// Timings of repeated primary stops with `secondaries` members following.
+pub(super) struct Samples {
+    pub secondaries: usize,
+    /// Signal → the first write acknowledged by the new primary (ms).
+    pub to_write: Vec<f64>,
+    /// Signal → the last survivor's `hello` committed (ms; empty with no survivor).
+    pub to_all: Vec<f64>,
+}
+
+impl Samples {
+    pub fn write_row(&self, scenario: &str, how: &str, base: &Baseline, goal: &str) -> Row {
+        Row {
+            scenario: scenario.into(),
+            metric: format!(
+                "{how} → new primary accepts a write, {} sec.",
+                self.secondaries
+            ),
+            unit: "ms".into(),
+            p50: quantile(&self.to_write, 0.5),
+            p99: quantile(&self.to_write, 0.99),
+            samples: self.to_write.len(),
+            baseline: Some(base.name.into()),
+            baseline_p50: Some(base.p50),
+            goal: Some(goal.into()),
+        }
+    }
+
+    /// `None` when no secondary survives the promotion.
+    pub fn all_row(
+        &self,
+        scenario: &str,
+        how: &str,
+        base: &Baseline,
+        goal: Option<&str>,
+    ) -> Option<Row> {
+        if self.to_all.is_empty() {
+            return None;
+        }
+        Some(Row {
+            scenario: scenario.into(),
+            metric: format!("{how} → all {} secondaries write", self.secondaries - 1),
+            unit: "ms".into(),
+            p50: quantile(&self.to_all, 0.5),
+            p99: quantile(&self.to_all, 0.99),
+            samples: self.to_all.len(),
+            baseline: Some(base.name.into()),
+            baseline_p50: Some(base.p50),
+            goal: goal.map(String::from),
+        })
+    }
+}
+
+pub(super) fn flock_row(scenario: &str, metric: &str, flock: &[f64]) -> Row {
+    Row {
+        scenario: scenario.into(),
+        metric: metric.into(),
+        unit: "ms".into(),
+        p50: quantile(flock, 0.5),
+        p99: quantile(flock, 0.99),
+        samples: flock.len(),
+        baseline: None,
+        baseline_p50: None,
+        goal: None,
+    }
+}
+
+/// Stops the primary with `signal` `count` times, each time with
+/// `secondaries` members following it, and times the takeover.
+pub(super) async fn rounds(
+    secondaries: usize,
+    count: usize,
+    signal: i32,
+) -> Result<Samples, String> {
     let secondaries = secondaries.max(1);
     let mut c = LocalCluster::new()?;
     c.spawn_member()?;
@@ -23,17 +121,27 @@ pub async fn run(secondaries: usize, kills: usize) -> Result<Vec<Row>, String> {
     c.wait_registered(secondaries, epoch, pid).await?;
     let blocker = super::blocker(&mut client).await?;
 
-    let mut to_write = Vec::new();
-    let mut to_all = Vec::new();
-    for _ in 0..kills {
+    let mut s = Samples {
+        secondaries,
+        to_write: Vec::new(),
+        to_all: Vec::new(),
+    };
+    for _ in 0..count {
         // Warm: the client is connected and probed, as a running window is.
         super::pending_write(&mut client, &blocker).await?;
         let t0 = monotonic_ns();
         let t0_wall = now_ms();
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        super::pending_write(&mut client, &blocker).await?;
-        to_write.push(ms_between(t0, monotonic_ns()));
-        c.reap();
+        unsafe { libc::kill(pid as i32, signal) };
+        // A graceful primary may still answer a write that raced the
+        // signal: only a write acknowledged at a newer epoch counts.
+        loop {
+            super::pending_write(&mut client, &blocker).await?;
+            if client.epoch() > epoch {
+                break;
+            }
+        }
+        s.to_write.push(ms_between(t0, monotonic_ns()));
+        wait_exit(&mut c, pid).await?;
         let (new_pid, new_epoch) = primary(&mut client).await?;
         if new_epoch != epoch + 1 {
             return Err(format!(
@@ -41,56 +149,40 @@ pub async fn run(secondaries: usize, kills: usize) -> Result<Vec<Row>, String> {
                 epoch + 1
             ));
         }
-        // Every survivor re-registers with a write of its own (`hello`).
-        c.wait_registered(secondaries - 1, new_epoch, new_pid)
-            .await?;
-        to_all.push(last_join_ms(&c, new_epoch, t0_wall)?);
+        if secondaries > 1 {
+            // Every survivor re-registers with a write of its own (`hello`).
+            c.wait_registered(secondaries - 1, new_epoch, new_pid)
+                .await?;
+            s.to_all.push(last_join_ms(&c, new_epoch, t0_wall)?);
+        }
         (pid, epoch) = (new_pid, new_epoch);
         c.spawn_member()?;
         c.wait_registered(secondaries, epoch, pid).await?;
     }
     super::release(&mut client, &blocker).await;
-    let flock = flock_handoffs(kills)?;
-    let flock_p50 = quantile(&flock, 0.5);
-    let baseline = Some("raw flock handoff (kill -9 → waiter)".to_string());
-    Ok(vec![
-        Row {
-            scenario: "failover".into(),
-            metric: "kill -9 → new primary accepts a write".into(),
-            unit: "ms".into(),
-            p50: quantile(&to_write, 0.5),
-            p99: quantile(&to_write, 0.99),
-            samples: to_write.len(),
-            baseline: baseline.clone(),
-            baseline_p50: Some(flock_p50),
-            goal: Some("p50 ≤ 20 ms".into()),
-        },
-        Row {
-            scenario: "failover".into(),
-            metric: format!("kill -9 → all {} secondaries write", secondaries - 1),
-            unit: "ms".into(),
-            p50: quantile(&to_all, 0.5),
-            p99: quantile(&to_all, 0.99),
-            samples: to_all.len(),
-            baseline,
-            baseline_p50: Some(flock_p50),
-            goal: Some("p50 ≤ 100 ms".into()),
-        },
-        Row {
-            scenario: "failover".into(),
-            metric: "raw flock handoff".into(),
-            unit: "ms".into(),
-            p50: flock_p50,
-            p99: quantile(&flock, 0.99),
-            samples: flock.len(),
-            baseline: None,
-            baseline_p50: None,
-            goal: None,
-        },
-    ])
+    Ok(s)
 }
 
-async fn primary(client: &mut crate::client::Client) -> Result<(u32, u64), String> {
+/// Waits (bounded) until the member `pid` has exited, then reaps it.
+async fn wait_exit(c: &mut LocalCluster, pid: u32) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let gone = match c.members.iter_mut().find(|m| m.id() == pid) {
+            Some(m) => matches!(m.try_wait(), Ok(Some(_))),
+            None => true,
+        };
+        if gone {
+            c.reap();
+            return Ok(());
+        }
+        if Instant::now() > until {
+            return Err(format!("the old primary (pid {pid}) did not exit"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+pub(super) async fn primary(client: &mut crate::client::Client) -> Result<(u32, u64), String> {
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         match crate::client::ping(client).await {
@@ -117,9 +209,10 @@ fn last_join_ms(c: &LocalCluster, epoch: u64, t0_wall: u64) -> Result<f64, Strin
     Ok(last.saturating_sub(t0_wall) as f64)
 }
 
-/// Times the kernel's lock handoff alone: a holder is SIGKILLed while a
-/// waiter blocks in `flock`; the waiter stamps the moment it gets the lock.
-fn flock_handoffs(rounds: usize) -> Result<Vec<f64>, String> {
+/// Times the kernel's lock handoff alone: a holder is sent `signal` (whose
+/// default action ends it) while a waiter blocks in `flock`; the waiter
+/// stamps the moment it gets the lock.
+pub(super) fn flock_handoffs(rounds: usize, signal: i32) -> Result<Vec<f64>, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = dir.path().join("bench.lock");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -149,7 +242,7 @@ fn flock_handoffs(rounds: usize) -> Result<Vec<f64>, String> {
             std::thread::yield_now();
         }
         let t0 = monotonic_ns();
-        let _ = holder.kill();
+        unsafe { libc::kill(holder.id() as i32, signal) };
         line.clear();
         waiter_out.read_line(&mut line).map_err(|e| e.to_string())?;
         let got: u64 = line

@@ -4,6 +4,11 @@
 //! very binary on a temporary workspace and cleans them up.
 
 mod failover;
+mod fanout;
+mod handover;
+mod join;
+mod load;
+mod memory;
 mod rpc;
 mod stats;
 mod tasks;
@@ -13,17 +18,27 @@ use serde::Serialize;
 
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  grove bench                 # every scenario\n  grove bench failover --kills 50\n  grove bench rpc --json"
+    after_help = "Examples:\n  grove bench                 # every scenario\n  grove bench failover --kills 50 --secondaries 3\n  grove bench fanout join --quick\n  grove bench rpc --json"
 )]
 pub struct BenchArgs {
-    /// Scenarios to run: failover, rpc, tasks (default: all).
+    /// Scenarios to run: failover, handover, rpc, fanout, join, memory,
+    /// tasks (default: all).
     scenarios: Vec<String>,
-    /// Secondaries kept running during the failover scenario.
-    #[arg(long, default_value_t = 3)]
-    secondaries: usize,
-    /// How many times the failover scenario kills the primary.
+    /// Secondary counts the failover scenario runs with, each its own rows.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 3, 8])]
+    secondaries: Vec<usize>,
+    /// How many times the failover scenario kills the primary (per count).
     #[arg(long, default_value_t = 20)]
     kills: usize,
+    /// How many times the handover scenario stops the primary with SIGTERM.
+    #[arg(long, default_value_t = 20)]
+    handovers: usize,
+    /// Events written per fanout pass (one pass per subscriber count).
+    #[arg(long, default_value_t = 20000)]
+    events: usize,
+    /// Secondaries started and timed by the join scenario.
+    #[arg(long, default_value_t = 50)]
+    joins: usize,
     /// Sequential writes timed by the rpc scenario.
     #[arg(long, default_value_t = 2000)]
     writes: usize,
@@ -38,7 +53,64 @@ pub struct BenchArgs {
     json: bool,
 }
 
-const SCENARIOS: &[&str] = &["failover", "rpc", "tasks"];
+const SCENARIOS: &[&str] = &[
+    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks",
+];
+
+/// How much each scenario does: from the flags, or small with `--quick`.
+struct Plan {
+    secondaries: Vec<usize>,
+    kills: usize,
+    handovers: usize,
+    writes: usize,
+    tasks: usize,
+    fanout: fanout::Plan,
+    joins: usize,
+    memory_samples: usize,
+    memory_writes: usize,
+}
+
+impl Plan {
+    fn new(args: &BenchArgs) -> Plan {
+        let secondaries = if args.secondaries.is_empty() {
+            vec![1, 3, 8]
+        } else {
+            args.secondaries.clone()
+        };
+        if args.quick {
+            return Plan {
+                secondaries,
+                kills: 3,
+                handovers: 3,
+                writes: 200,
+                tasks: 40,
+                fanout: fanout::Plan {
+                    events: 1000,
+                    kill_rounds: 2,
+                    kill_events: 400,
+                },
+                joins: 5,
+                memory_samples: 5,
+                memory_writes: 400,
+            };
+        }
+        Plan {
+            secondaries,
+            kills: args.kills.max(1),
+            handovers: args.handovers.max(1),
+            writes: args.writes.max(10),
+            tasks: args.tasks.max(1),
+            fanout: fanout::Plan {
+                events: args.events.max(4),
+                kill_rounds: 10,
+                kill_events: (args.events / 10).max(400),
+            },
+            joins: args.joins.max(1),
+            memory_samples: 50,
+            memory_writes: args.writes.max(10) * 4,
+        }
+    }
+}
 
 /// One measured figure, with its same-run baseline when it has one.
 #[derive(Debug, Serialize)]
@@ -94,18 +166,18 @@ pub async fn run(_ctx: &Context, args: BenchArgs) -> Result<i32, CliError> {
             )));
         }
     }
-    let (kills, writes, tasks) = if args.quick {
-        (3, 200, 40)
-    } else {
-        (args.kills.max(1), args.writes.max(10), args.tasks.max(1))
-    };
+    let plan = Plan::new(&args);
     let mut rows = Vec::new();
     for s in &chosen {
         eprintln!("bench: running {s} ...");
         let result = match s.as_str() {
-            "failover" => failover::run(args.secondaries, kills).await,
-            "rpc" => rpc::run(writes).await,
-            "tasks" => tasks::run(tasks).await,
+            "failover" => failover::run(&plan.secondaries, plan.kills).await,
+            "handover" => handover::run(plan.handovers).await,
+            "rpc" => rpc::run(plan.writes).await,
+            "fanout" => fanout::run(&plan.fanout).await,
+            "join" => join::run(plan.joins).await,
+            "memory" => memory::run(plan.memory_samples, plan.memory_writes).await,
+            "tasks" => tasks::run(plan.tasks).await,
             _ => unreachable!("checked above"),
         };
         rows.extend(result.map_err(|e| CliError::Failed(format!("bench {s}: {e}")))?);
@@ -128,12 +200,12 @@ fn print_table(r: &Report) {
         r.machine.cores, r.machine.kernel, r.machine.grove_version
     );
     println!(
-        "{:<9} {:<38} {:>10} {:>10} {:>6}  {:<34} {:>10}  goal",
+        "{:<9} {:<46} {:>11} {:>11} {:>6}  {:<38} {:>11}  goal",
         "scenario", "metric", "p50", "p99", "n", "baseline", "base p50"
     );
     for row in &r.rows {
         println!(
-            "{:<9} {:<38} {:>10} {:>10} {:>6}  {:<34} {:>10}  {}",
+            "{:<9} {:<46} {:>11} {:>11} {:>6}  {:<38} {:>11}  {}",
             row.scenario,
             row.metric,
             fmt(row.p50, &row.unit),
@@ -151,7 +223,9 @@ fn print_table(r: &Report) {
 fn fmt(v: f64, unit: &str) -> String {
     match unit {
         "ms" => format!("{v:.2} ms"),
-        "writes/s" | "tasks/s" => format!("{v:.0}/s"),
+        "writes/s" | "tasks/s" | "events/s" => format!("{v:.0}/s"),
+        "events" => format!("{v:.0}"),
+        "MiB" => format!("{v:.1} MiB"),
         _ => format!("{v:.2} {unit}"),
     }
 }

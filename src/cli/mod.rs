@@ -52,6 +52,9 @@ enum Command {
     /// See grove work in 30 seconds: 4 members, a task DAG, a SIGKILLed
     /// primary, and checks that nothing was lost (temporary workspace).
     Demo,
+    /// SIGKILL members at random while clients write and tasks run, then
+    /// check that nothing was lost, doubled, missed or left behind.
+    Chaos(crate::chaos::ChaosArgs),
     /// Run a long-lived member of the workspace's grove (primary or secondary).
     Serve {
         /// Append every event this member receives to FILE as JSON lines.
@@ -316,6 +319,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::BenchFlock { mode, path } => return Ok(crate::bench::flock_helper(mode, path)),
         Command::Shim { spec } => return Ok(crate::shim::run(spec).await),
         Command::Demo => return Ok(crate::demo::run().await),
+        Command::Chaos(args) => return Ok(crate::chaos::run(args.clone()).await),
         _ => {}
     }
     if let Command::Completions { shell } = &cli.command {
@@ -403,6 +407,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::BenchFlock { .. }
         | Command::Shim { .. }
         | Command::Demo
+        | Command::Chaos(_)
         | Command::Completions { .. } => {
             unreachable!("handled before loading the workspace")
         }

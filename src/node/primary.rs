@@ -93,7 +93,11 @@ pub async fn run(
         last_seq.clone(),
         changed.clone(),
     ));
-    let store = writer::spawn(promotion.conn, epoch, events_tx.clone())
+    let retention = writer::Retention {
+        events: opts.config.event_retention,
+        ledger_ms: opts.config.ledger_retention_hours * 3_600_000,
+    };
+    let store = writer::spawn(promotion.conn, epoch, events_tx.clone(), retention)
         .map_err(NodeError::io("cannot start the store thread"))?;
 
     // The orchestrator: adopts running tasks (DESIGN §5), then keeps the

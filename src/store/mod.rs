@@ -35,6 +35,9 @@ pub fn open_read_write(path: &Path) -> Result<Connection, StoreError> {
     // in the page cache); only an OS crash can lose the last commits.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // After a checkpoint, shrink the WAL file back instead of keeping its
+    // high-water mark (readers are short, so checkpoints do complete).
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     schema::migrate(&mut conn)?;
     Ok(conn)

@@ -110,12 +110,37 @@ pub fn spawn(
     conn: Connection,
     epoch: u64,
     published: tokio::sync::mpsc::UnboundedSender<Event>,
+    retention: Retention,
 ) -> std::io::Result<StoreThread> {
     let (jobs, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("grove-store".into())
-        .spawn(move || run(conn, epoch, rx, published))?;
+        .spawn(move || run(conn, epoch, rx, published, retention))?;
     Ok(StoreThread { jobs, thread })
+}
+
+/// How much history the store keeps (DESIGN §4 bounds). The event log is
+/// what subscribers repair gaps from, so it keeps many more events than any
+/// live subscriber can fall behind; the ledger keeps request ids long enough
+/// for any client retry (clients give up after seconds, not days).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub events: u64,
+    pub ledger_ms: u64,
+}
+
+/// Prunes at most this often, outside the hot path of a commit.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn prune(conn: &Connection, retention: Retention) -> rusqlite::Result<(usize, usize)> {
+    let last: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+    let events = conn.execute(
+        "DELETE FROM events WHERE seq <= ?1",
+        [last - retention.events as i64],
+    )?;
+    let cutoff = now_ms().saturating_sub(retention.ledger_ms) as i64;
+    let ledger = conn.execute("DELETE FROM ledger WHERE at < ?1", [cutoff])?;
+    Ok((events, ledger))
 }
 
 struct Done {
@@ -128,10 +153,20 @@ fn run(
     epoch: u64,
     rx: mpsc::Receiver<Job>,
     published: tokio::sync::mpsc::UnboundedSender<Event>,
+    retention: Retention,
 ) {
     let crash_hook = std::env::var("GROVE_DEBUG_HOOKS").is_ok_and(|v| v == "1");
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut last_prune = std::time::Instant::now() - PRUNE_EVERY;
     while let Ok(first) = rx.recv() {
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = std::time::Instant::now();
+            match prune(&conn, retention) {
+                Ok((0, 0)) => {}
+                Ok((e, l)) => tracing::info!("pruned {e} old events and {l} ledger entries"),
+                Err(e) => tracing::warn!("pruning failed: {e}"),
+            }
+        }
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
