@@ -1241,11 +1241,22 @@ async fn chaos(args: ChaosArgs) -> Result<bool, String> {
     shared.stop.store(true, Ordering::Relaxed);
     join_clients(std::mem::take(&mut handles), &shared).await;
     let mut end_errors = Vec::new();
-    if let Err(e) = wind_down(&mut run.client, &run.blocker).await {
-        end_errors.push(e);
+    // Timed: cancelling the blocker fails every pending write in one commit,
+    // the costliest single write of the run.
+    let cancel_started = Instant::now();
+    match wind_down(&mut run.client, &run.blocker).await {
+        Ok(()) => run.clock.say(format!(
+            "blocker cancelled: acknowledged after {:.2} s",
+            cancel_started.elapsed().as_secs_f64()
+        )),
+        Err(e) => end_errors.push(e),
     }
-    if let Err(e) = wait_terminal(run.cl.ws()).await {
-        end_errors.push(e);
+    match wait_terminal(run.cl.ws()).await {
+        Ok(()) => run.clock.say(format!(
+            "every task terminal {:.2} s after the cancel was sent",
+            cancel_started.elapsed().as_secs_f64()
+        )),
+        Err(e) => end_errors.push(e),
     }
     run.clock.say("verifying");
     let report = verify(&mut run, loop_result, end_errors).await?;

@@ -4,6 +4,7 @@
 //! library exists so that integration tests (schema drift, golden vectors)
 //! can reach the wire types. See ARCHITECTURE.md for the map.
 
+pub mod acp;
 pub mod bench;
 pub mod chaos;
 pub mod cli;

@@ -106,6 +106,10 @@ pub enum Method {
     /// Sent by a task's supervisor (`grove shim`) when the agent ended.
     #[serde(rename = "task.finished")]
     TaskFinished(TaskExit),
+    /// Records an ACP session so that any member can load it later.
+    /// Creating an existing session is a no-op.
+    #[serde(rename = "session.create")]
+    SessionCreate { id: String, cwd: String },
     /// Test hook, refused unless the primary runs with `GROVE_DEBUG_HOOKS=1`:
     /// blocks the primary's event loop for `ms` so the watchdog can be tested.
     #[serde(rename = "debug.stall")]
@@ -127,6 +131,7 @@ pub const METHOD_NAMES: &[&str] = &[
     "task.relaunch",
     "task.purge",
     "task.finished",
+    "session.create",
     "debug.stall",
 ];
 
@@ -146,6 +151,7 @@ impl Method {
             Method::TaskRelaunch { .. } => "task.relaunch",
             Method::TaskPurge { .. } => "task.purge",
             Method::TaskFinished(_) => "task.finished",
+            Method::SessionCreate { .. } => "session.create",
             Method::DebugStall { .. } => "debug.stall",
         }
     }
@@ -554,6 +560,8 @@ pub enum EventData {
     },
     #[serde(rename = "instance.shutdown")]
     Shutdown { instance_id: String, epoch: u64 },
+    #[serde(rename = "session.created")]
+    SessionCreated { id: String, cwd: String },
 }
 
 pub const TOPICS: &[&str] = &[
@@ -565,6 +573,7 @@ pub const TOPICS: &[&str] = &[
     "instance.heartbeat",
     "instance.promoted",
     "instance.shutdown",
+    "session.created",
 ];
 
 impl EventData {
@@ -578,6 +587,7 @@ impl EventData {
             EventData::Heartbeat { .. } => "instance.heartbeat",
             EventData::Promoted { .. } => "instance.promoted",
             EventData::Shutdown { .. } => "instance.shutdown",
+            EventData::SessionCreated { .. } => "session.created",
         }
     }
 

@@ -3,11 +3,26 @@
 
 mod common;
 
+use serde_json::Value;
+
+const SCENARIOS: &[&str] = &[
+    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks",
+];
+
+fn row<'a>(rows: &'a [Value], metric: &str, report: &Value) -> &'a Value {
+    let row = rows
+        .iter()
+        .find(|r| r["metric"] == metric)
+        .unwrap_or_else(|| panic!("no row {metric}: {report}"));
+    assert!(row["samples"].as_u64().unwrap() > 0, "{row}");
+    row
+}
+
 #[test]
 fn quick_bench_reports_every_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(common::BIN)
-        .args(["bench", "--quick", "--json", "--secondaries", "2"])
+        .args(["bench", "--quick", "--json", "--secondaries", "1,2"])
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -16,21 +31,42 @@ fn quick_bench_reports_every_scenario() {
         "bench failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
     let rows = report["rows"].as_array().unwrap();
+    for scenario in SCENARIOS {
+        assert!(
+            rows.iter()
+                .any(|r| r["scenario"] == *scenario && r["samples"].as_u64().unwrap() > 0),
+            "no row with samples for {scenario}: {report}"
+        );
+    }
+    // Durations and sizes are positive whatever the machine.
     for metric in [
-        "kill -9 → new primary accepts a write",
+        "kill -9 → new primary accepts a write, 1 sec.",
+        "kill -9 → new primary accepts a write, 2 sec.",
+        "kill -9 → the other secondary writes",
         "raw flock handoff",
+        "SIGTERM → new primary accepts a write, 3 sec.",
         "write round trip (task.create)",
         "throughput, 4 concurrent writers",
+        "events/s delivered to each of 1 subs",
+        "events/s delivered to each of 8 subs",
+        "events/s delivered to each of 32 subs",
+        "process start → secondary ready",
+        "RSS, idle primary",
+        "RSS, idle secondary",
+        "RSS, primary under load (4 writers)",
     ] {
-        let row = rows
-            .iter()
-            .find(|r| r["metric"] == metric)
-            .unwrap_or_else(|| panic!("no row {metric}: {report}"));
+        let row = row(rows, metric, &report);
         assert!(row["p50"].as_f64().unwrap() > 0.0, "{row}");
-        assert!(row["samples"].as_u64().unwrap() > 0, "{row}");
+    }
+    // Counts may be zero; the rows must exist and have samples.
+    for metric in [
+        "events lost on the wire, 32 subs",
+        "events missing after repair (all passes)",
+    ] {
+        row(rows, metric, &report);
     }
     let bad = std::process::Command::new(common::BIN)
         .args(["bench", "nosuch"])

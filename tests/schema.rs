@@ -293,6 +293,8 @@ const INSTANCE: &str = "3f2b8c1e-6d4a-4b7e-9a10-5c6d7e8f9a0b";
 const PEER: &str = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
 const T0: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z in Unix ms
 const RUN_ID: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a0";
+const SESSION_ID: &str = "sess-1";
+const SESSION_CWD: &str = "/home/dev/project";
 
 fn task_id() -> String {
     TASK_ID.replace(' ', "")
@@ -476,6 +478,10 @@ fn methods(full: bool) -> Vec<Method> {
         Method::TaskRelaunch { id: task_id() },
         Method::TaskPurge { id: task_id() },
         Method::TaskFinished(task_exit(full)),
+        Method::SessionCreate {
+            id: SESSION_ID.into(),
+            cwd: SESSION_CWD.into(),
+        },
         Method::DebugStall { ms: 250 },
     ]
 }
@@ -495,6 +501,7 @@ fn method_guard(m: &Method) -> &'static str {
         Method::TaskRelaunch { .. } => "task.relaunch",
         Method::TaskPurge { .. } => "task.purge",
         Method::TaskFinished(_) => "task.finished",
+        Method::SessionCreate { .. } => "session.create",
         Method::DebugStall { .. } => "debug.stall",
     }
 }
@@ -550,6 +557,10 @@ fn events(full: bool) -> Vec<EventData> {
             instance_id: INSTANCE.into(),
             epoch: 3,
         },
+        EventData::SessionCreated {
+            id: SESSION_ID.into(),
+            cwd: SESSION_CWD.into(),
+        },
     ]
 }
 
@@ -563,6 +574,7 @@ fn topic_guard(e: &EventData) -> &'static str {
         EventData::Heartbeat { .. } => "instance.heartbeat",
         EventData::Promoted { .. } => "instance.promoted",
         EventData::Shutdown { .. } => "instance.shutdown",
+        EventData::SessionCreated { .. } => "session.created",
     }
 }
 

@@ -77,7 +77,10 @@ impl Samples {
         }
         Some(Row {
             scenario: scenario.into(),
-            metric: format!("{how} → all {} secondaries write", self.secondaries - 1),
+            metric: match self.secondaries - 1 {
+                1 => format!("{how} → the other secondary writes"),
+                n => format!("{how} → all {n} secondaries write"),
+            },
             unit: "ms".into(),
             p50: quantile(&self.to_all, 0.5),
             p99: quantile(&self.to_all, 0.99),

@@ -179,19 +179,11 @@ fn tally(r: &Record, first: u64, target: u64, t0: Instant, kill: Option<Instant>
         delivered.insert(seq, at);
     }
     let expected = (target + 1).saturating_sub(first) as usize;
-    let last = r.delivered.iter().map(|d| d.1).max();
+    let last = delivered.values().max();
     let secs = last.map_or(0.0, |l| l.duration_since(t0).as_secs_f64());
     let lost: Vec<u64> = (first..=target)
         .filter(|s| !r.tapped.contains(s) && delivered.contains_key(s))
         .collect();
-    if std::env::var_os("GROVE_BENCH_DEBUG").is_some() && !lost.is_empty() {
-        eprintln!(
-            "DEBUG first {first} target {target} lost {lost:?} tapped {} min {:?} max {:?}",
-            r.tapped.len(),
-            r.tapped.iter().min(),
-            r.tapped.iter().max()
-        );
-    }
     let repair_ms = kill.and_then(|k| {
         lost.iter()
             .filter_map(|s| delivered.get(s))

@@ -93,5 +93,6 @@ fn summary(d: &EventData) -> String {
         EventData::Heartbeat { last_seq, .. } => format!("last_seq {last_seq}"),
         EventData::Promoted { pid, epoch, .. } => format!("pid {pid} epoch {epoch}"),
         EventData::Shutdown { epoch, .. } => format!("epoch {epoch}"),
+        EventData::SessionCreated { id, cwd } => format!("{id} in {cwd}"),
     }
 }

@@ -55,6 +55,11 @@ enum Command {
     /// SIGKILL members at random while clients write and tasks run, then
     /// check that nothing was lost, doubled, missed or left behind.
     Chaos(crate::chaos::ChaosArgs),
+    /// Run as an Agent Client Protocol agent on stdio (for editors such as
+    /// Zed: {"command": "grove", "args": ["acp"]}), joining the workspace's
+    /// grove as a member. The workspace is --workspace, else the cwd of the
+    /// first session.
+    Acp,
     /// Run a long-lived member of the workspace's grove (primary or secondary).
     Serve {
         /// Append every event this member receives to FILE as JSON lines.
@@ -319,6 +324,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::BenchFlock { mode, path } => return Ok(crate::bench::flock_helper(mode, path)),
         Command::Shim { spec } => return Ok(crate::shim::run(spec).await),
         Command::Demo => return Ok(crate::demo::run().await),
+        // ACP binds its workspace from the first session's cwd.
+        Command::Acp => return Ok(crate::acp::run(cli.workspace.clone()).await),
         Command::Chaos(args) => return Ok(crate::chaos::run(args.clone()).await),
         _ => {}
     }
@@ -407,6 +414,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::BenchFlock { .. }
         | Command::Shim { .. }
         | Command::Demo
+        | Command::Acp
         | Command::Chaos(_)
         | Command::Completions { .. } => {
             unreachable!("handled before loading the workspace")

@@ -63,6 +63,15 @@ pub struct Identity {
 /// Runs a member until SIGTERM/SIGINT/SIGHUP. A primary hands over on the
 /// way out: sockets closed, lock released, a secondary takes over at once.
 pub async fn serve(opts: NodeOptions) -> Result<(), NodeError> {
+    serve_until(opts, shutdown_on_signals()).await
+}
+
+/// Runs a member until `shutdown` flips to true (a front end such as
+/// `grove acp` decides when: EOF on its stdin).
+pub async fn serve_until(
+    opts: NodeOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
     opts.ws.ensure_state_dir()?;
     opts.ws.ensure_socket_dir()?;
     let identity = Identity {
@@ -73,7 +82,6 @@ pub async fn serve(opts: NodeOptions) -> Result<(), NodeError> {
     let span = tracing::info_span!("member", instance = %&identity.instance_id[..8]);
     let _enter = span.enter();
 
-    let shutdown = shutdown_on_signals();
     let events_task = tokio::spawn(consume_events(opts.clone()));
 
     let lock_path = opts.ws.lock_path();
@@ -101,7 +109,7 @@ pub async fn serve(opts: NodeOptions) -> Result<(), NodeError> {
 }
 
 /// A watch channel that flips to `true` on the first SIGTERM, SIGINT or SIGHUP.
-fn shutdown_on_signals() -> watch::Receiver<bool> {
+pub fn shutdown_on_signals() -> watch::Receiver<bool> {
     use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {

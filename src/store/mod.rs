@@ -223,6 +223,15 @@ impl Reader {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 
+    /// The cwd of a recorded ACP session.
+    pub fn session_cwd(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT cwd FROM sessions WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
+    }
+
     /// Whether a request id is in the idempotency ledger.
     pub fn ledger_has(&self, request_id: &str) -> Result<bool, StoreError> {
         Ok(self

@@ -70,6 +70,14 @@ const MIGRATIONS: &[&str] = &[
         epoch       INTEGER NOT NULL
     );
     "#,
+    // v2: ACP sessions (their tasks carry session_id).
+    r#"
+    CREATE TABLE sessions (
+        id         TEXT PRIMARY KEY,
+        cwd        TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -367,6 +367,31 @@ fn apply(
     let mut ctx = super::tasks::Ctx { tx, epoch, events };
     match method {
         Method::Hello(member) => hello(tx, epoch, member, ctx.events),
+        Method::SessionCreate { id, cwd } => {
+            if id.is_empty() || id.len() > 128 || !std::path::Path::new(cwd).is_absolute() {
+                return Err(refused(
+                    ErrorCode::InvalidParams,
+                    "a session needs an id (1-128 bytes) and an absolute cwd",
+                ));
+            }
+            let added = tx
+                .prepare_cached(
+                    "INSERT INTO sessions (id, cwd, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (id) DO NOTHING",
+                )?
+                .execute(params![id, cwd, now_ms() as i64])?;
+            if added > 0 {
+                ctx.events.push(append_event(
+                    tx,
+                    epoch,
+                    EventData::SessionCreated {
+                        id: id.clone(),
+                        cwd: cwd.clone(),
+                    },
+                )?);
+            }
+            Ok(Ok(ReplyBody::Done {}))
+        }
         Method::Ping {} | Method::DebugStall { .. } => Err(refused(
             ErrorCode::Internal,
             "not a write: answered by the event loop",

@@ -8,7 +8,7 @@ Usage: grove_peer.py WORKSPACE [--schema-dir DIR]
 Against the primary of WORKSPACE it checks the RPC contract (ping, hello,
 task writes, idempotent retries, every error path), the task lifecycle
 (cancel, pause, resume, retry, relaunch, purge, forced delete, supervisor
-reports), the event stream (SUB, seq order, repair from the events table)
+reports), session.create, the event stream (SUB, seq order, repair from the events table)
 and the golden vectors. The task checks use the default `shell` engine and
 look at the agents' process groups in /proc (Linux). It prints a
 line per check and a final `N passed, M failed`; the exit status is non-zero
@@ -696,6 +696,45 @@ class Checks:
             r = self.p.request("task.create", params)
             self.p.expect_error(r, "invalid_params")
 
+    def session_create(self):
+        """session.create records a session once: creating it again is a
+        no-op (done, no second session.created); a bad id or a relative cwd
+        is invalid_params (README §4, Sessions)."""
+        sid = "grove-peer-" + str(uuid.uuid4())
+        cwd = str(self.p.ws.resolve())
+        since = self.p.mark()
+        for params in ({"id": sid, "cwd": cwd}, {"id": sid, "cwd": "/elsewhere"}):
+            variant, body = self.p.call("session.create", params, fresh=False)
+            check(variant == "done" and body == {}, f"session.create answers done: {variant} {body}")
+        self.p.expected.append(("session.created", {"id": sid, "cwd": cwd}))
+        bad_ids = []
+        for params in (
+            {"id": "grove-peer-" + str(uuid.uuid4()), "cwd": "relative/dir"},
+            {"id": "", "cwd": cwd},
+            {"id": "s" * 129, "cwd": cwd},
+        ):
+            r = self.p.request("session.create", params)
+            self.p.expect_error(r, "invalid_params")
+            bad_ids.append(params["id"])
+
+        def created(events):
+            return [
+                e["data"][t]
+                for t, e in events
+                if t == "session.created" and e["data"][t]["id"] in [sid] + bad_ids
+            ]
+
+        # Writes are answered after COMMIT: the table is authoritative now.
+        rows = created(self.p.read_events(since[1]))
+        check(rows == [{"id": sid, "cwd": cwd}], f"one session.created, first cwd kept: {rows}")
+        deadline = time.monotonic() + TIMEOUT_S
+        while not created(self.p.events[since[0]:]) and time.monotonic() < deadline:
+            self.p.pump(0.05)
+        self.p.pump(0.2)
+        on_sub = created(self.p.events[since[0]:])
+        # (SUB may drop, README §2: events_arrive repairs from the table.)
+        check(on_sub in (rows, []), f"SUB never delivers it twice: {on_sub}")
+
     def pause_resume_waiting(self):
         """A task that has not started: pause holds it, resume puts it back
         where it was (pending: its gate is still running)."""
@@ -994,6 +1033,7 @@ ORDER = [
     "not_found",
     "conflict",
     "engine_checks",
+    "session_create",
     "pause_resume_waiting",
     "env_and_extra_args",
     "cancel_running",

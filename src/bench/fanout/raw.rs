@@ -16,6 +16,12 @@ pub struct RawRun {
     pub lost: Vec<f64>,
 }
 
+/// A SUB's "subscribed" flag and the task counting what it receives.
+type RawSub = (
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<(usize, Option<Instant>)>,
+);
+
 struct Publisher {
     go: std::sync::mpsc::Sender<()>,
     sent: oneshot::Receiver<()>,
@@ -63,10 +69,7 @@ pub async fn run(k: usize, n: usize, payload_len: usize) -> Result<RawRun, Strin
 async fn measure(
     go: &std::sync::mpsc::Sender<()>,
     sent: oneshot::Receiver<()>,
-    subs: &[(
-        Arc<AtomicBool>,
-        tokio::task::JoinHandle<(usize, Option<Instant>)>,
-    )],
+    subs: &[RawSub],
     stop: &watch::Sender<bool>,
 ) -> Result<Instant, String> {
     let until = Instant::now() + Duration::from_secs(10);
