@@ -10,6 +10,12 @@
 //! runtime, as separate windows would be. Every write carries a unique
 //! request id and is resent with that same id until acknowledged.
 //!
+//! Deaths, in random order: `kill -9` of the primary (most of them), of a
+//! secondary, of the primary and then of its successor the moment its
+//! promotion shows (in the store, or in `primary.json`), and a primary dying
+//! between COMMIT and reply (the `GROVE_DEBUG_HOOKS` crash hook). After each,
+//! a replacement member keeps the count.
+//!
 //! The seed fixes the tool's choices (which member dies, after how many
 //! writes, which exit codes the shell tasks return); how those choices
 //! interleave with the processes' own timing is not reproducible — finding
@@ -33,20 +39,22 @@ use std::time::{Duration, Instant};
 /// Fast heartbeats so that subscribers notice a lost tail quickly; a short
 /// kill grace so that cancelling the blocker at the end is quick.
 const CONFIG: &str = "heartbeat_ms = 100\nmax_parallel = 4\nkill_grace_ms = 500\n";
-/// Pause between two writes of one writer. Without it three writers fill
-/// the store with ~10k tasks a second and the final checks (every pending
-/// write fails in one cascade) would dominate the run.
+/// Pause between two writes of one writer. Without it the writers fill the
+/// store with tens of thousands of tasks within seconds, and the end of the
+/// run (every pending write fails in one cascade) would dominate it.
 const WRITE_PACE: Duration = Duration::from_millis(5);
 /// Pause between two shell tasks: a few run at any time, most of them
 /// across at least one kill.
 const SHELL_PACE: Duration = Duration::from_millis(150);
 /// How long one write may take, retries included, before it counts as
 /// never acknowledged. Far above any failover: reaching it is a finding.
-const WRITE_GIVE_UP: Duration = Duration::from_secs(60);
+const WRITE_GIVE_UP: Duration = Duration::from_secs(30);
 /// Deadline for whatever the cluster must do on its own: promote, register,
 /// acknowledge writes, deliver events, stop.
 const DEADLINE: Duration = Duration::from_secs(30);
-/// Deadline for every task to become terminal after the blocker is cancelled.
+/// Deadline for cancelling the blocker and every task becoming terminal:
+/// the cancel fails every pending write in one commit, and that commit takes
+/// seconds once there are thousands of them.
 const SETTLE: Duration = Duration::from_secs(120);
 /// How often watchers look at the store and `primary.json` (a promotion takes
 /// a few milliseconds; the mid-promotion kill must land inside it).
@@ -167,6 +175,8 @@ fn quantile(samples: &[f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
+/// A different run each time unless `--seed` is given (and it is printed,
+/// so any run can be repeated).
 fn default_seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -333,6 +343,8 @@ fn start_client(
         })
 }
 
+/// Writes one task after another, each under a fresh request id; pending
+/// writes go fast, shell tasks slower so that a few run at any time.
 async fn client_loop(
     mut client: Client,
     name: String,
@@ -391,6 +403,7 @@ async fn join_clients(handles: Vec<std::thread::JoinHandle<()>>, shared: &Shared
 // ---------------------------------------------------------------------------
 // The members
 
+/// A member this run started, and what it needs to check it afterwards.
 struct Member {
     pid: u32,
     events_log: PathBuf,
@@ -437,6 +450,7 @@ impl Cluster {
         self.members.iter().filter(|m| !m.killed)
     }
 
+    /// Survivors whose process still runs (a zombie does not).
     fn live_pids(&self) -> Vec<u32> {
         self.survivors()
             .filter(|m| crate::proc::running(m.pid))
@@ -462,6 +476,14 @@ impl Cluster {
             return Err(format!("kill -9 {pid}: {e}"));
         }
         Ok(())
+    }
+
+    /// Records that a member died by the debug hook: killed, as far as the
+    /// checks are concerned.
+    fn forget(&mut self, pid: u32) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.pid == pid) {
+            m.killed = true;
+        }
     }
 
     /// Reaps exited members without forgetting them (their `Child` handles
@@ -510,6 +532,7 @@ impl Cluster {
         }
     }
 
+    /// Primary, or registered with the current primary's epoch.
     fn is_ready(&self, pid: u32) -> bool {
         let Some(rec) = self.primary() else {
             return false;
@@ -587,16 +610,18 @@ struct Tally {
     secondary: usize,
     /// New primaries killed while (or right after) promoting.
     promoting: usize,
+    /// Primaries that died between COMMIT and reply (the debug hook).
+    at_commit: usize,
     /// ... of which before they had published `primary.json`.
     before_record: usize,
     probes: usize,
-    /// Kill of a primary → a write acknowledged by a later primary.
+    /// SIGKILL of a primary → a write acknowledged by a later primary.
     failover_ms: Vec<f64>,
 }
 
 impl Tally {
     fn kills(&self) -> usize {
-        self.primary + self.secondary + self.promoting
+        self.primary + self.secondary + self.promoting + self.at_commit
     }
 }
 
@@ -609,6 +634,7 @@ enum Trigger {
     Record,
 }
 
+/// Everything the kill loop works with.
 struct Chaos {
     cl: Cluster,
     client: Client,
@@ -649,8 +675,10 @@ impl Chaos {
         self.wait_for_acks(self.shared.acked() + writes).await?;
         let roll = self.rng.below(100);
         let double_fits = remaining.is_none_or(|r| r >= 2);
-        if roll < 70 || (roll >= 85 && !double_fits) {
+        if roll < 60 || (roll >= 85 && !double_fits) {
             self.kill_primary().await
+        } else if roll < 70 {
+            self.kill_at_commit().await
         } else if roll < 85 {
             self.kill_secondary().await
         } else {
@@ -680,12 +708,15 @@ impl Chaos {
         Ok(())
     }
 
+    /// The primary to kill: it must be a live member of ours, since every
+    /// round starts once the grove acknowledged writes again.
     fn current_primary(&self) -> Result<PrimaryRecord, String> {
         self.cl
             .primary()
             .ok_or_else(|| "primary.json names no live member of ours".to_string())
     }
 
+    /// "kill 7/20" or "kill 7-8/20" (without the total for --duration).
     fn kill_label(&self, n: usize) -> String {
         let k = self.tally.kills();
         match (n, self.duration) {
@@ -696,6 +727,7 @@ impl Chaos {
         }
     }
 
+    /// The common case: the primary dies; a write must get through soon.
     async fn kill_primary(&mut self) -> Result<(), String> {
         let rec = self.current_primary()?;
         let label = self.kill_label(1);
@@ -715,6 +747,42 @@ impl Chaos {
         self.settle().await
     }
 
+    /// The primary dies after committing a write and before answering it —
+    /// the one moment where only the ledger prevents a double apply. A
+    /// random SIGKILL almost never lands there, so the write itself asks
+    /// for it: with `GROVE_DEBUG_HOOKS=1` (set for the members by [`chaos`])
+    /// a primary that commits a task with this prompt exits at once. The
+    /// client resends the same id to the next primary and must get the
+    /// recorded reply; the store must hold one task for it.
+    async fn kill_at_commit(&mut self) -> Result<(), String> {
+        let rec = self.current_primary()?;
+        let label = self.kill_label(1);
+        self.tally.probes += 1;
+        let id = format!("chaos-probe-{}", self.tally.probes);
+        let prompt = crate::store::writer::CRASH_AFTER_COMMIT_PROMPT.to_string();
+        let task = tagged(prompt, &id, vec![self.blocker.clone()]);
+        let t0 = Instant::now();
+        create(&mut self.client, &self.shared, &id, task, Kind::Probe, None).await?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let epoch = self.client.epoch();
+        if crate::proc::running(rec.pid) || epoch <= rec.epoch {
+            return Err(format!(
+                "the crash-after-commit hook did not fire (primary pid {} still runs; reply from epoch {epoch}): are debug hooks off?",
+                rec.pid
+            ));
+        }
+        self.cl.forget(rec.pid);
+        // Not a failover sample: the clock started before the death.
+        self.tally.at_commit += 1;
+        self.clock.say(format!(
+            "{label}: primary pid {} (epoch {}) died between COMMIT and reply → the resent write acknowledged {ms:.1} ms after it was first sent (epoch {epoch})",
+            rec.pid, rec.epoch
+        ));
+        self.settle().await
+    }
+
+    /// A follower dies: the grove must not even notice, beyond its
+    /// replacement joining.
     async fn kill_secondary(&mut self) -> Result<(), String> {
         let primary = self.current_primary()?;
         let victims: Vec<u32> = self
@@ -873,36 +941,89 @@ async fn wind_down(client: &mut Client, blocker: &str) -> Result<(), String> {
     let cancel = Method::TaskCancel {
         id: blocker.to_string(),
     };
-    call_until_acked(client, "chaos-cancel-blocker", cancel, WRITE_GIVE_UP)
+    call_until_acked(client, "chaos-cancel-blocker", cancel, SETTLE)
         .await
         .map_err(|e| format!("cancelling the blocker: {e}"))?;
     Ok(())
 }
 
 /// Polls the store until no task is pending, queued, running or paused.
-async fn wait_terminal(ws: &Workspace) -> Result<(), String> {
-    let until = Instant::now() + SETTLE;
+/// Names the open tasks once when that takes long: a slow end is a finding
+/// worth a look even when the deadline holds.
+async fn wait_terminal(ws: &Workspace, since: Instant, clock: &Clock) -> Result<(), String> {
+    let until = since + SETTLE;
+    let mut told = false;
     loop {
-        let open = Reader::open(&ws.db_path())
-            .and_then(|r| r.counts())
-            .map(|c| {
-                ["pending", "queued", "running", "paused"]
-                    .iter()
-                    .map(|s| c.get(*s).copied().unwrap_or(0))
-                    .sum::<u64>()
-            })
-            .map_err(|e| e.to_string())?;
-        if open == 0 {
+        let open = open_tasks(ws)?;
+        if open.is_empty() {
             return Ok(());
+        }
+        if !told && since.elapsed() > Duration::from_secs(5) {
+            told = true;
+            clock.say(format!(
+                "{} tasks still open 5 s after the cancel, e.g. {}",
+                open.len(),
+                examples(&open)
+            ));
         }
         if Instant::now() > until {
             return Err(format!(
-                "{open} tasks still not terminal {} s after the blocker was cancelled",
-                SETTLE.as_secs()
+                "{} tasks still not terminal {} s after the blocker was cancelled, e.g. {}",
+                open.len(),
+                SETTLE.as_secs(),
+                examples(&open)
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Tasks not in a final state.
+fn open_tasks(ws: &Workspace) -> Result<Vec<TaskRecord>, String> {
+    let reader = Reader::open(&ws.db_path()).map_err(|e| e.to_string())?;
+    let mut open = Vec::new();
+    for status in [
+        TaskStatus::Running,
+        TaskStatus::Queued,
+        TaskStatus::Paused,
+        TaskStatus::Pending,
+    ] {
+        let filter = crate::store::TaskFilter {
+            status: Some(status),
+            ..Default::default()
+        };
+        open.extend(reader.tasks(&filter).map_err(|e| e.to_string())?);
+    }
+    Ok(open)
+}
+
+/// The first few open tasks, described.
+fn examples(open: &[TaskRecord]) -> String {
+    let some: Vec<String> = open.iter().take(3).map(describe).collect();
+    some.join("; ")
+}
+
+/// One line about a task, for diagnostics.
+fn describe(t: &TaskRecord) -> String {
+    let age = |ms: Option<u64>| {
+        ms.map(|at| {
+            format!(
+                "{:.1} s",
+                crate::protocol::now_ms().saturating_sub(at) as f64 / 1000.0
+            )
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    format!(
+        "{} {} (started {} ago, updated {} ago, run {}, pid {:?}): {}",
+        t.id,
+        t.status.as_str(),
+        age(t.started_at),
+        age(Some(t.updated_at)),
+        t.run_id.as_deref().unwrap_or("-"),
+        t.pid,
+        t.prompt
+    )
 }
 
 /// What the store says about the acknowledged writes.
@@ -916,6 +1037,9 @@ struct WriteFindings {
     ran_twice: Vec<String>,
     stuck_running: Vec<String>,
     not_terminal: usize,
+    /// Seconds from creation to the final state of each shell task (each
+    /// runs 0.2 s): how long failovers delay real work.
+    shell_latency: Vec<f64>,
 }
 
 fn kind_name(k: Kind) -> &'static str {
@@ -972,7 +1096,11 @@ fn check_writes(ws: &Workspace, reader: &Reader, acks: &[Ack]) -> Result<WriteFi
                     f.wrong_outcome
                         .push(format!("{} ({}): {why}", ack.request_id, t.id));
                 }
-                if ack.kind == Kind::Shell {
+                if let (Kind::Shell, Some(end)) = (ack.kind, t.finished_at) {
+                    let secs = end.saturating_sub(t.created_at) as f64 / 1000.0;
+                    f.shell_latency.push(secs);
+                }
+                if matches!(ack.kind, Kind::Shell | Kind::Blocker) {
                     let runs = count_runs(&RunFiles::log(ws, &t.id));
                     if runs > 1 {
                         f.ran_twice
@@ -1029,7 +1157,8 @@ fn wrong_outcome(ack: &Ack, t: &TaskRecord) -> Option<String> {
     })
 }
 
-/// How many times a shell task's script started, from its log.
+/// How many times a task's script started (shell tasks and the blocker
+/// print [`RUN_MARK`] first), from its log.
 fn count_runs(log: &Path) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -1070,7 +1199,10 @@ async fn check_events(cl: &Cluster, reader: &Reader) -> Result<(u64, Vec<StreamF
     let until = Instant::now() + DEADLINE;
     let mut findings = Vec::new();
     for m in &cl.members {
-        while !m.killed
+        // One that died on its own is reported as such; here it is held
+        // to what a killed member is held to.
+        let dead = m.killed || !crate::proc::running(m.pid);
+        while !dead
             && read_seqs(&m.events_log)
                 .iter()
                 .max()
@@ -1079,17 +1211,17 @@ async fn check_events(cl: &Cluster, reader: &Reader) -> Result<(u64, Vec<StreamF
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        findings.push(stream_finding(m, last));
+        findings.push(stream_finding(m, dead, last));
     }
     Ok((last, findings))
 }
 
 /// Compares one member's events log with the range it must cover. A
 /// survivor that logged nothing missed everything since it was started.
-fn stream_finding(m: &Member, last: u64) -> StreamFinding {
+fn stream_finding(m: &Member, dead: bool, last: u64) -> StreamFinding {
     let seqs = read_seqs(&m.events_log);
     let from = seqs.first().copied().unwrap_or(m.spawn_seq + 1);
-    let to = if m.killed {
+    let to = if dead {
         seqs.iter().copied().max().unwrap_or(0)
     } else {
         last
@@ -1097,7 +1229,7 @@ fn stream_finding(m: &Member, last: u64) -> StreamFinding {
     let have: BTreeSet<u64> = seqs.iter().copied().collect();
     StreamFinding {
         pid: m.pid,
-        survivor: !m.killed,
+        survivor: !dead,
         from,
         to,
         missed: (from..=to).filter(|s| !have.contains(s)).count(),
@@ -1164,6 +1296,12 @@ async fn wait_orphans(ws: &Workspace) -> Vec<u32> {
 // The run
 
 async fn chaos(args: ChaosArgs) -> Result<bool, String> {
+    // The members inherit it: it arms the crash-after-commit hook (see
+    // `Chaos::kill_at_commit`).
+    // SAFETY: no other thread runs yet (client threads start later, and the
+    // CLI runtime is single-threaded), so nothing reads the environment
+    // concurrently.
+    unsafe { std::env::set_var("GROVE_DEBUG_HOOKS", "1") };
     let seed = args.seed.unwrap_or_else(default_seed);
     let clock = Clock(Instant::now());
     let lc = LocalCluster::with_config(CONFIG)?;
@@ -1193,7 +1331,11 @@ async fn chaos(args: ChaosArgs) -> Result<bool, String> {
     ));
 
     let shared = Arc::new(Shared::default());
-    let blocker = tagged("sleep 3600".into(), "chaos-blocker", vec![]);
+    let blocker = tagged(
+        format!("echo {RUN_MARK}; sleep 3600"),
+        "chaos-blocker",
+        vec![],
+    );
     let blocker = create(
         &mut client,
         &shared,
@@ -1241,6 +1383,10 @@ async fn chaos(args: ChaosArgs) -> Result<bool, String> {
     shared.stop.store(true, Ordering::Relaxed);
     join_clients(std::mem::take(&mut handles), &shared).await;
     let mut end_errors = Vec::new();
+    // A loop that stopped early may have left too few members to finish.
+    if let Err(e) = run.settle().await {
+        end_errors.push(format!("bringing the grove back for the end: {e}"));
+    }
     // Timed: cancelling the blocker fails every pending write in one commit,
     // the costliest single write of the run.
     let cancel_started = Instant::now();
@@ -1251,7 +1397,7 @@ async fn chaos(args: ChaosArgs) -> Result<bool, String> {
         )),
         Err(e) => end_errors.push(e),
     }
-    match wait_terminal(run.cl.ws()).await {
+    match wait_terminal(run.cl.ws(), cancel_started, &run.clock).await {
         Ok(()) => run.clock.say(format!(
             "every task terminal {:.2} s after the cancel was sent",
             cancel_started.elapsed().as_secs_f64()
@@ -1308,9 +1454,10 @@ async fn verify(
     check(
         loop_ok,
         format!(
-            "kill loop: {} kills ({} of the primary, {} of a secondary, {} of a new primary mid-promotion, {} of them before it published primary.json)",
+            "kill loop: {} kills ({} of the primary, {} primaries dead between COMMIT and reply, {} of a secondary, {} of a new primary mid-promotion, {} of them before it published primary.json)",
             t.kills(),
             t.primary,
+            t.at_commit,
             t.secondary,
             t.promoting,
             t.before_record
@@ -1390,14 +1537,24 @@ async fn verify(
         &[],
     );
     check(
-        writes.stuck_running.is_empty() && writes.not_terminal == 0 && end_errors.is_empty(),
+        end_errors.is_empty(),
+        "end of the run: blocker cancelled, every task terminal".into(),
+        "the end of the run failed".into(),
+        &end_errors,
+    );
+    check(
+        writes.stuck_running.is_empty() && writes.not_terminal == 0,
         format!(
             "tasks stuck running: {} ({} not terminal)",
             writes.stuck_running.len(),
             writes.not_terminal
         ),
-        format!("{} tasks stuck running", writes.stuck_running.len()),
-        &[end_errors, writes.stuck_running.clone()].concat(),
+        format!(
+            "{} tasks stuck running, {} not terminal",
+            writes.stuck_running.len(),
+            writes.not_terminal
+        ),
+        &writes.stuck_running,
     );
     check(
         writes.wrong_outcome.is_empty(),
@@ -1410,7 +1567,10 @@ async fn verify(
     );
     check(
         writes.ran_twice.is_empty(),
-        format!("shell tasks run more than once: {}", writes.ran_twice.len()),
+        format!(
+            "tasks run more than once (shell tasks, and the blocker adopted by every new primary): {}",
+            writes.ran_twice.len()
+        ),
         format!("{} tasks ran twice", writes.ran_twice.len()),
         &writes.ran_twice,
     );
@@ -1437,6 +1597,14 @@ async fn verify(
         quantile(fo, 0.99),
         quantile(fo, 1.0),
         fo.len()
+    );
+    let sl = &writes.shell_latency;
+    println!(
+        "  shell tasks (0.2 s each), created → final state: p50 {:.2} s, p99 {:.2} s, max {:.2} s ({} tasks)",
+        quantile(sl, 0.5),
+        quantile(sl, 0.99),
+        quantile(sl, 1.0),
+        sl.len()
     );
     println!();
     let missed_total = missed;

@@ -117,53 +117,66 @@ pub(super) async fn rounds(
     let mut c = LocalCluster::new()?;
     c.spawn_member()?;
     let mut client = c.client("bench-failover");
-    let (mut pid, mut epoch) = primary(&mut client).await?;
+    let (pid, epoch) = primary(&mut client).await?;
     for _ in 0..secondaries {
         c.spawn_member()?;
     }
     c.wait_registered(secondaries, epoch, pid).await?;
     let blocker = super::blocker(&mut client).await?;
-
     let mut s = Samples {
         secondaries,
         to_write: Vec::new(),
         to_all: Vec::new(),
     };
+    let done = stop_primaries(&mut c, &mut client, &blocker, &mut s, count, signal).await;
+    super::release(&c, &mut client, &blocker).await;
+    done.map(|()| s)
+}
+
+/// The rounds themselves: stop, time, replace the lost member, repeat.
+async fn stop_primaries(
+    c: &mut LocalCluster,
+    client: &mut crate::client::Client,
+    blocker: &str,
+    s: &mut Samples,
+    count: usize,
+    signal: i32,
+) -> Result<(), String> {
+    let (mut pid, mut epoch) = primary(client).await?;
     for _ in 0..count {
         // Warm: the client is connected and probed, as a running window is.
-        super::pending_write(&mut client, &blocker).await?;
+        super::pending_write(client, blocker).await?;
         let t0 = monotonic_ns();
         let t0_wall = now_ms();
         unsafe { libc::kill(pid as i32, signal) };
         // A graceful primary may still answer a write that raced the
         // signal: only a write acknowledged at a newer epoch counts.
         loop {
-            super::pending_write(&mut client, &blocker).await?;
+            super::pending_write(client, blocker).await?;
             if client.epoch() > epoch {
                 break;
             }
         }
         s.to_write.push(ms_between(t0, monotonic_ns()));
-        wait_exit(&mut c, pid).await?;
-        let (new_pid, new_epoch) = primary(&mut client).await?;
+        wait_exit(c, pid).await?;
+        let (new_pid, new_epoch) = primary(client).await?;
         if new_epoch != epoch + 1 {
             return Err(format!(
                 "expected one promotion (epoch {}), got epoch {new_epoch}",
                 epoch + 1
             ));
         }
-        if secondaries > 1 {
+        if s.secondaries > 1 {
             // Every survivor re-registers with a write of its own (`hello`).
-            c.wait_registered(secondaries - 1, new_epoch, new_pid)
+            c.wait_registered(s.secondaries - 1, new_epoch, new_pid)
                 .await?;
-            s.to_all.push(last_join_ms(&c, new_epoch, t0_wall)?);
+            s.to_all.push(last_join_ms(c, new_epoch, t0_wall)?);
         }
         (pid, epoch) = (new_pid, new_epoch);
         c.spawn_member()?;
-        c.wait_registered(secondaries, epoch, pid).await?;
+        c.wait_registered(s.secondaries, epoch, pid).await?;
     }
-    super::release(&mut client, &blocker).await;
-    Ok(s)
+    Ok(())
 }
 
 /// Waits (bounded) until the member `pid` has exited, then reaps it.

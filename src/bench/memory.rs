@@ -41,18 +41,9 @@ pub async fn run(samples: usize, load_writes: usize) -> Result<Vec<Row>, String>
     }
 
     let blocker = super::blocker(&mut client).await?;
-    let per = (load_writes / WRITERS).max(1);
-    let writers = Writers::start(&c, WRITERS, per, &blocker);
-    let mut loaded = Vec::new();
-    loop {
-        loaded.push(rss_mib(primary_pid)?);
-        if writers.finished() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    writers.wait().await?;
-    super::release(&mut client, &blocker).await;
+    let loaded = loaded_rss(&c, primary_pid, load_writes, &blocker).await;
+    super::release(&c, &mut client, &blocker).await;
+    let loaded = loaded?;
 
     Ok(vec![
         row("idle primary", &idle_primary, "≤ 30 MiB"),
@@ -63,6 +54,26 @@ pub async fn run(samples: usize, load_writes: usize) -> Result<Vec<Row>, String>
             "≤ 30 MiB",
         ),
     ])
+}
+
+/// Samples the primary's RSS every few ms while the writers run.
+async fn loaded_rss(
+    c: &LocalCluster,
+    pid: u32,
+    writes: usize,
+    blocker: &str,
+) -> Result<Vec<f64>, String> {
+    let writers = Writers::start(c, WRITERS, (writes / WRITERS).max(1), blocker);
+    let mut loaded = Vec::new();
+    loop {
+        loaded.push(rss_mib(pid)?);
+        if writers.finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    writers.wait().await?;
+    Ok(loaded)
 }
 
 fn row(what: &str, samples: &[f64], goal: &str) -> Row {

@@ -81,7 +81,7 @@ impl Plan {
             return Plan {
                 secondaries,
                 kills: 3,
-                handovers: 3,
+                handovers: 5,
                 writes: 200,
                 tasks: 40,
                 fanout: fanout::Plan {
@@ -89,8 +89,8 @@ impl Plan {
                     kill_rounds: 2,
                     kill_events: 400,
                 },
-                joins: 5,
-                memory_samples: 5,
+                joins: 10,
+                memory_samples: 10,
                 memory_writes: 400,
             };
         }
@@ -263,13 +263,52 @@ pub(crate) async fn pending_write(
         .map_err(|e| e.to_string())
 }
 
-/// Cancels the blocker so that no process outlives the benchmark.
-pub(crate) async fn release(client: &mut crate::client::Client, blocker: &str) {
+/// Cancels the blocker and waits until its run has ended, so that no
+/// process outlives the benchmark: the cancel is only committed when the
+/// reply comes, the primary stops the run afterwards, and the run's
+/// supervisor then reports to the primary — all before the cluster drops.
+pub(crate) async fn release(
+    c: &crate::local_cluster::LocalCluster,
+    client: &mut crate::client::Client,
+    blocker: &str,
+) {
     let _ = client
         .call(crate::protocol::Method::TaskCancel {
             id: blocker.to_string(),
         })
         .await;
+    let until = std::time::Instant::now() + RELEASE_WAIT;
+    while let Some(run) = live_run(c, blocker) {
+        if std::time::Instant::now() > until {
+            // Ours, by the pids of its own run record: stop it directly.
+            eprintln!(
+                "bench: the blocker's run did not stop within {} s; killing its supervisor {}",
+                RELEASE_WAIT.as_secs(),
+                run.shim_pid
+            );
+            if let Some(agent) = run.agent_pid {
+                crate::shim::kill_group(agent, libc::SIGKILL);
+            }
+            unsafe { libc::kill(run.shim_pid as i32, libc::SIGKILL) };
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// How long the primary may take to stop the blocker's run once cancelled
+/// (it cancels every dependent write in the same commit first).
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The blocker's run record while its supervisor still runs.
+fn live_run(
+    c: &crate::local_cluster::LocalCluster,
+    blocker: &str,
+) -> Option<crate::shim::RunRecord> {
+    let reader = crate::store::Reader::open(&c.ws.db_path()).ok()?;
+    let run_id = reader.task(blocker).ok()??.run_id?;
+    let run = crate::shim::RunFiles::read_run(&c.ws, blocker, &run_id)?;
+    crate::proc::running(run.shim_pid).then_some(run)
 }
 
 /// Hidden helper processes the benchmarks time against (raw flock handoff).

@@ -14,19 +14,30 @@ pub async fn run(writes: usize) -> Result<Vec<Row>, String> {
     let mut client = c.client("bench-rpc");
     wait_ready(&mut client).await?;
     let blocker = super::blocker(&mut client).await?;
+    let rows = measure(&c, &mut client, writes, &blocker).await;
+    super::release(&c, &mut client, &blocker).await;
+    rows
+}
+
+async fn measure(
+    c: &LocalCluster,
+    client: &mut crate::client::Client,
+    writes: usize,
+    blocker: &str,
+) -> Result<Vec<Row>, String> {
     for _ in 0..50 {
-        write(&mut client, &blocker).await?;
+        write(client, blocker).await?;
     }
     let mut rtt = Vec::with_capacity(writes);
     for _ in 0..writes {
         let t = Instant::now();
-        write(&mut client, &blocker).await?;
+        write(client, blocker).await?;
         rtt.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let mut pings = Vec::with_capacity(writes);
     for _ in 0..writes {
         let t = Instant::now();
-        crate::client::ping(&mut client)
+        crate::client::ping(client)
             .await
             .map_err(|e| e.to_string())?;
         pings.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -60,7 +71,7 @@ pub async fn run(writes: usize) -> Result<Vec<Row>, String> {
         },
     ];
     for writers in [1usize, 4, 16] {
-        let rate = throughput(&c, writers, writes, &blocker).await?;
+        let rate = throughput(c, writers, writes, blocker).await?;
         rows.push(Row {
             scenario: "rpc".into(),
             metric: format!("throughput, {writers} concurrent writers"),
@@ -73,7 +84,6 @@ pub async fn run(writes: usize) -> Result<Vec<Row>, String> {
             goal: Some("≥ 2× baseline".into()),
         });
     }
-    super::release(&mut client, &blocker).await;
     Ok(rows)
 }
 

@@ -146,7 +146,12 @@ impl Orchestrator {
                 continue;
             };
             if !self.try_adopt(&task.id, &run_id, task.status).await {
-                let give_up = tokio::time::Instant::now() + START_GRACE;
+                // Counted from the recorded start, not from this takeover:
+                // otherwise back-to-back failovers would restart the clock
+                // and the task would hold a slot with no process.
+                let age =
+                    Duration::from_millis(now_ms().saturating_sub(task.started_at.unwrap_or(0)));
+                let give_up = tokio::time::Instant::now() + START_GRACE.saturating_sub(age);
                 self.unconfirmed.insert(task.id.clone(), (run_id, give_up));
             }
         }

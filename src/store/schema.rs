@@ -78,6 +78,19 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     "#,
+    // v3: dependency edges, indexed by dependency: finding a task's
+    // dependents must not scan every task (cancel of a task with thousands
+    // of dependents cascades through all of them in one transaction).
+    r#"
+    CREATE TABLE task_deps (
+        task_id TEXT NOT NULL,
+        dep_id  TEXT NOT NULL,
+        PRIMARY KEY (task_id, dep_id)
+    );
+    CREATE INDEX task_deps_dep ON task_deps (dep_id);
+    INSERT OR IGNORE INTO task_deps (task_id, dep_id)
+        SELECT tasks.id, json_each.value FROM tasks, json_each(tasks.dependencies);
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

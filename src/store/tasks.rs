@@ -400,6 +400,10 @@ fn rearm_dependents(c: &mut Ctx<'_>, id: &str) -> Result<(), Applied> {
 fn delete(c: &mut Ctx<'_>, task: &TaskRecord) -> Res {
     c.tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?
         .execute([&task.id])?;
+    // Edges from this task go; edges to it stay so that its dependents can
+    // still be found (and failed) below.
+    c.tx.prepare_cached("DELETE FROM task_deps WHERE task_id = ?1")?
+        .execute([&task.id])?;
     c.events.push(append_event(
         c.tx,
         c.epoch,
@@ -477,9 +481,8 @@ fn fail_dependents(c: &mut Ctx<'_>, id: &str) -> Result<(), Applied> {
 
 fn dependents(tx: &Connection, id: &str) -> Result<Vec<String>, Applied> {
     let mut stmt = tx.prepare_cached(
-        "SELECT id FROM tasks WHERE EXISTS
-           (SELECT 1 FROM json_each(tasks.dependencies) WHERE value = ?1)
-         ORDER BY rowid",
+        "SELECT t.id FROM task_deps d JOIN tasks t ON t.id = d.task_id
+         WHERE d.dep_id = ?1 ORDER BY t.rowid",
     )?;
     let ids = stmt
         .query_map([id], |r| r.get(0))?
@@ -621,6 +624,10 @@ pub(crate) fn insert_task(tx: &Connection, t: &TaskRecord) -> rusqlite::Result<(
         json(&t.env),
         t.run_id,
     ])?;
+    for dep in &t.dependencies {
+        tx.prepare_cached("INSERT OR IGNORE INTO task_deps (task_id, dep_id) VALUES (?1, ?2)")?
+            .execute([&t.id, dep])?;
+    }
     Ok(())
 }
 
