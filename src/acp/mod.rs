@@ -10,9 +10,10 @@
 //! `agent-client-protocol` crate's agent side: that crate (v5) owns the
 //! connection's dispatch loop and runs callbacks inside it, while this agent
 //! must live inside a grove member's event loop (election, failover, store
-//! reads) on a single-threaded runtime. The framing is 100 lines; the
+//! reads) on a single-threaded runtime. The framing is ~100 lines; the
 //! message shapes follow the ACP v1 schema and are checked by the tests with
-//! the official crate's *client* side.
+//! the official Python client (pydantic-validated) and by deserializing
+//! every message into the official Rust schema types that Zed uses.
 
 mod framing;
 mod prompt;
