@@ -25,6 +25,25 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_UNAVAILABLE: i32 = 3;
 
+/// Commands grouped by purpose above clap's full list (a unit test keeps
+/// the groups in step with the commands).
+const HELP_TEMPLATE: &str = "\
+{before-help}{about-with-newline}
+{usage-heading} {usage}
+
+By purpose:
+  members   serve, acp, status, events
+  tasks     spawn, list, show, wait, logs, progress, stats,
+            cancel, pause, resume, retry, relaunch, delete, purge, task
+  setup     engines, personas, config, completions
+  measure   demo, bench, chaos
+
+Commands:
+{subcommands}
+
+Options:
+{options}{after-help}";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "grove",
@@ -32,7 +51,8 @@ pub const EXIT_UNAVAILABLE: i32 = 3;
     about = "One agent-task orchestrator per workspace, shared by every window",
     long_about = "grove runs one orchestrator per workspace. The first `grove serve` becomes the \
 primary (store, bus, tasks); every other member follows it and takes over if it dies.",
-    after_help = "Examples:\n  grove serve &                      # a member for this workspace\n  grove task create 'make test'      # queue a task from any window\n  grove status                       # who is primary, who follows\n  grove events --follow              # every event, live\n\nExit codes: 0 ok, 1 operation failed, 2 usage/config error, 3 grove unavailable."
+    help_template = HELP_TEMPLATE,
+    after_help = "Examples:\n  grove serve &                      # a member for this workspace\n  grove spawn 'make test'            # run a task from any window\n  grove status                       # who is primary, who follows\n  grove events --follow              # every event, live\n\nExit codes: 0 ok, 1 operation failed, 2 usage/config error, 3 grove unavailable."
 )]
 pub struct Cli {
     /// Workspace directory (default: $GROVE_WORKSPACE, else the current directory).
@@ -434,5 +454,34 @@ pub fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("grove: cannot encode JSON: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_visible_command_is_in_a_help_group() {
+        let groups = HELP_TEMPLATE
+            .split("By purpose:")
+            .nth(1)
+            .and_then(|g| g.split("Commands:").next())
+            .unwrap_or_default();
+        let named: Vec<&str> = groups
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|w| !w.is_empty())
+            .collect();
+        for sub in Cli::command()
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+        {
+            assert!(
+                named.contains(&sub.get_name()),
+                "{} is in no help group",
+                sub.get_name()
+            );
+        }
     }
 }
