@@ -246,3 +246,103 @@ fn old_events_and_ledger_entries_are_pruned() {
     let out = g.ok(&["events", "--json"]);
     assert!(out.lines().count() >= 20);
 }
+
+#[test]
+fn a_deleted_socket_dir_is_rebuilt() {
+    let mut g = Grove::new();
+    g.serve();
+    let (pid, epoch) = g.wait_primary();
+    let rpc = g.status()["primary"]["rpc_endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = std::path::Path::new(rpc.trim_start_matches("ipc://"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    // The same process notices, hands over to itself under a new epoch.
+    let (new_pid, new_epoch) = wait_for("the bus to come back", DEADLINE, || {
+        let s = g.status();
+        let p = s["primary"]["pid"].as_u64()? as u32;
+        let e = s["primary"]["epoch"].as_u64()?;
+        (s["state"] == "ok" && e > epoch).then_some((p, e))
+    });
+    assert_eq!(new_pid, pid);
+    assert_eq!(new_epoch, epoch + 1);
+    assert!(dir.exists());
+    g.task_create("echo after the socket dir came back");
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_nothing_is_lost() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let g = Grove::new();
+    let mnt = g.dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mnt)
+        .status();
+    if !matches!(mounted, Ok(s) if s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let mut g2 = Grove::with_config("heartbeat_ms = 100\n");
+    // Put this grove's workspace on the small filesystem.
+    let ws = mnt.join("ws");
+    std::fs::create_dir_all(ws.join(".grove")).unwrap();
+    std::fs::copy(
+        g2.ws.join(".grove/grove.toml"),
+        ws.join(".grove/grove.toml"),
+    )
+    .unwrap();
+    g2.ws = ws.clone();
+    g2.serve();
+    g2.wait_primary();
+    let blocker = g2.task_create("sleep 60");
+    let big = "x".repeat(100_000);
+    let mut acked = Vec::new();
+    let mut refusal = String::new();
+    for _ in 0..80 {
+        let out = g2.run(&["task", "create", &format!("echo {big}"), "--dep", &blocker]);
+        if out.status.success() {
+            acked.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        } else {
+            refusal = String::from_utf8_lossy(&out.stderr).to_string();
+            break;
+        }
+    }
+    assert!(!refusal.is_empty(), "the disk never filled up");
+    assert!(refusal.contains("full"), "{refusal}");
+    // Still serving reads and pings, and every acknowledged write is there.
+    assert_eq!(g2.status()["state"], "ok");
+    for id in &acked {
+        assert!(
+            g2.db().task(id).unwrap().is_some(),
+            "acknowledged {id} lost"
+        );
+    }
+    assert_eq!(g2.db().integrity_check().unwrap(), "ok");
+    // Room again: writes resume without a restart.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&mnt)
+        .status();
+    assert!(matches!(grown, Ok(s) if s.success()));
+    g2.ok(&["cancel", &blocker]);
+    g2.task_create("echo room again");
+}

@@ -94,10 +94,16 @@ pub async fn serve_until(
             break;
         }
         match lock.take() {
-            Some(held) => {
-                primary::run(&identity, &opts, held, shutdown.clone()).await?;
-                break;
-            }
+            Some(held) => match primary::run(&identity, &opts, held, shutdown.clone()).await? {
+                primary::Ended::Stopped => break,
+                primary::Ended::Rebind => {
+                    opts.ws.ensure_socket_dir()?;
+                    lock = election::try_acquire(&lock_path).map_err(NodeError::io(format!(
+                        "cannot open {}",
+                        lock_path.display()
+                    )))?;
+                }
+            },
             None => match secondary::run(&identity, &opts, shutdown.clone()).await? {
                 Some(held) => lock = Some(held),
                 None => break,

@@ -40,7 +40,7 @@ pub async fn run(
     opts: &NodeOptions,
     lock: PrimaryLock,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), NodeError> {
+) -> Result<Ended, NodeError> {
     let ws = &opts.ws;
     let promoted_at = Instant::now();
 
@@ -144,16 +144,26 @@ pub async fn run(
     };
 
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    loop {
+    let mut socket_check = tokio::time::interval(Duration::from_secs(1));
+    let ended = loop {
         tokio::select! {
             msg = router_recv.recv() => match msg {
                 Ok(msg) => serving.handle(msg),
                 Err(e) => tracing::warn!("rpc receive error: {e}"),
             },
             _ = tick.tick() => watchdog.tick(),
-            _ = shutdown.changed() => break,
+            _ = socket_check.tick() => {
+                // Someone deleted our socket files (a tmp cleaner, a user):
+                // nobody new can reach us. Hand over and rebind under a new
+                // epoch rather than serve a bus that cannot be found.
+                if !ws.rpc_socket(epoch).exists() || !ws.pub_socket(epoch).exists() {
+                    tracing::warn!("the socket files vanished; handing over to rebind them");
+                    break Ended::Rebind;
+                }
+            }
+            _ = shutdown.changed() => break Ended::Stopped,
         }
-    }
+    };
 
     // Graceful handover: stop taking requests, finish the queued writes,
     // record and publish `instance.shutdown`, close the sockets, and only
@@ -180,7 +190,15 @@ pub async fn run(
     let _ = std::fs::remove_file(ws.pub_socket(epoch));
     drop(lock);
     tracing::info!("handed over");
-    Ok(())
+    Ok(ended)
+}
+
+/// Why the primary role ended.
+pub enum Ended {
+    /// Asked to stop (signal, or the front end closed).
+    Stopped,
+    /// The socket files disappeared: run the election again.
+    Rebind,
 }
 
 impl Serving {
