@@ -454,17 +454,20 @@ impl Orchestrator {
         if len <= run.log_offset {
             return;
         }
-        if len - run.log_offset > MAX_BACKLOG {
-            let skipped = len - MAX_CHUNK as u64 - run.log_offset;
+        let publish = |chunk: String| {
             let _ = self.output.send(Event {
                 seq: 0,
                 epoch: self.epoch,
                 at: now_ms(),
                 data: EventData::TaskOutput {
                     id: id.to_string(),
-                    chunk: format!("[grove: {skipped} bytes skipped; see the log]\n"),
+                    chunk,
                 },
             });
+        };
+        if len - run.log_offset > MAX_BACKLOG {
+            let skipped = len - MAX_CHUNK as u64 - run.log_offset;
+            publish(format!("[grove: {skipped} bytes skipped; see the log]\n"));
             run.log_offset = len - MAX_CHUNK as u64;
         }
         let Ok(mut f) = std::fs::File::open(&path) else {
@@ -480,16 +483,7 @@ impl Orchestrator {
                 Ok(n) => n,
             };
             run.log_offset += n as u64;
-            let chunk = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let _ = self.output.send(Event {
-                seq: 0,
-                epoch: self.epoch,
-                at: now_ms(),
-                data: EventData::TaskOutput {
-                    id: id.to_string(),
-                    chunk,
-                },
-            });
+            publish(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
     }
 
