@@ -89,6 +89,31 @@ pub async fn write_lines(mut rx: mpsc::UnboundedReceiver<Value>, closed: Rc<Noti
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any bytes split into lines: no panic, every line within the
+        /// limit, and the JSON parse of each answers (Ok or Err).
+        #[test]
+        fn any_input_is_framed_without_panic(input in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut r = LineReader::new(&input[..]);
+                let mut lines = 0;
+                loop {
+                    match r.next().await {
+                        Line::Eof => break,
+                        Line::TooLong => {}
+                        Line::Text(t) => {
+                            assert!(t.len() <= MAX_LINE);
+                            let _ = serde_json::from_str::<Value>(&t);
+                        }
+                    }
+                    lines += 1;
+                    assert!(lines <= input.len() + 1, "no progress");
+                }
+            });
+        }
+    }
+
     #[tokio::test]
     async fn lines_and_limits() {
         let mut input = b"{\"a\":1}\r\n\n".to_vec();

@@ -15,7 +15,7 @@
 //! the official Python client (pydantic-validated) and by deserializing
 //! every message into the official Rust schema types that Zed uses.
 
-mod framing;
+pub mod framing;
 mod prompt;
 
 use crate::config::Config;
