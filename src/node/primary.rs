@@ -20,6 +20,7 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 /// What the RPC loop needs to answer requests.
 struct Serving {
     bad_frames: LogLimiter,
+    full_queue: LogLimiter,
     /// For ledger look-ups on the event loop (read-only, never blocks on
     /// the writer in WAL mode).
     reader: std::cell::RefCell<Option<crate::store::Reader>>,
@@ -123,6 +124,7 @@ pub async fn run(
     let reply_task = tokio::spawn(reply_loop(router_send, replies_rx));
     let serving = Serving {
         bad_frames: LogLimiter::new(),
+        full_queue: LogLimiter::new(),
         reader: std::cell::RefCell::new(None),
         ws: ws.clone(),
         config: opts.config.clone(),
@@ -376,7 +378,7 @@ impl Serving {
             .replies
             .try_send(frame(envelope, encode(&reply)))
             .is_err()
-            && self.bad_frames.allow()
+            && self.full_queue.allow()
         {
             tracing::warn!("reply queue full: dropping an immediate answer");
         }

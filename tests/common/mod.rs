@@ -269,3 +269,13 @@ pub fn assert_contiguous(seqs: &[u64], who: &str) {
         assert_eq!(w[1], w[0] + 1, "{who}: gap or duplicate in {seqs:?}");
     }
 }
+
+/// Resident memory of a process in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
