@@ -28,12 +28,20 @@ pub struct Health {
     last_heartbeat: AtomicU64,
     /// Epoch of the primary we are subscribed to.
     epoch: AtomicU64,
+    /// Unix ms when the current subscription was made (0: none yet).
+    subscribed_at: AtomicU64,
 }
 
 impl Health {
+    /// Time since the last heartbeat — or, when none arrived yet on the
+    /// current subscription, since it was made (a primary that stops right
+    /// after we subscribed is silent too).
     pub fn heartbeat_age_ms(&self) -> Option<u64> {
         match self.last_heartbeat.load(Ordering::Relaxed) {
-            0 => None,
+            0 => match self.subscribed_at.load(Ordering::Relaxed) {
+                0 => None,
+                at => Some(now_ms().saturating_sub(at)),
+            },
             at => Some(now_ms().saturating_sub(at)),
         }
     }
@@ -149,6 +157,8 @@ async fn run(ws: Workspace, first_seq: u64, tx: mpsc::Sender<Event>, health: Arc
             continue;
         }
         health.epoch.store(record.epoch, Ordering::Relaxed);
+        health.last_heartbeat.store(0, Ordering::Relaxed);
+        health.subscribed_at.store(now_ms(), Ordering::Relaxed);
         // Anything published before the subscription took effect is in the
         // store: catch up after subscribing, then dedupe by seq.
         if !cursor.catch_up(&tx).await {
