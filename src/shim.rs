@@ -362,6 +362,11 @@ async fn report(ws: &Workspace, spec: &ShimSpec, exit: &ExitRecord) {
                 eprintln!("grove shim: the primary refused the exit report: {e}");
                 return;
             }
+            // No member runs at all: the next primary reads the exit record.
+            Err(e @ crate::client::ClientError::NoPrimary { .. }) => {
+                eprintln!("grove shim: {e}; the exit record stays on disk");
+                return;
+            }
             Err(e) if tokio::time::Instant::now() > deadline => {
                 eprintln!("grove shim: giving up reporting ({e}); the exit record stays on disk");
                 return;
