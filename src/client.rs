@@ -358,6 +358,22 @@ enum Outcome {
     TimedOut,
 }
 
+/// Pings until some primary answers (a member may still be starting or a
+/// failover under way), for at most `within`.
+pub async fn wait_for_primary(
+    client: &mut Client,
+    within: Duration,
+) -> Result<crate::protocol::PrimaryInfo, ClientError> {
+    let until = Instant::now() + within;
+    loop {
+        match ping(client).await {
+            Ok(info) => return Ok(info),
+            Err(e) if Instant::now() > until => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
 /// Convenience for one-shot tools: the primary's view of itself.
 pub async fn ping(client: &mut Client) -> Result<crate::protocol::PrimaryInfo, ClientError> {
     match client.call(Method::Ping {}).await? {

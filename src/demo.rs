@@ -90,7 +90,9 @@ async fn demo() -> Result<bool, String> {
     let mut windows: Vec<Client> = (1..=4)
         .map(|i| c.client(&format!("demo-window-{i}")))
         .collect();
-    let info = ping_until_ready(&mut windows[0]).await?;
+    let info = crate::client::wait_for_primary(&mut windows[0], Duration::from_secs(20))
+        .await
+        .map_err(|e| e.to_string())?;
     clock.say(format!("primary  pid {first} (epoch {})", info.epoch));
     let mut members = vec![first];
     for log in &logs[1..] {
@@ -341,17 +343,6 @@ async fn demo() -> Result<bool, String> {
         clock.0.elapsed().as_secs_f64()
     );
     Ok(ok)
-}
-
-async fn ping_until_ready(client: &mut Client) -> Result<crate::protocol::PrimaryInfo, String> {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        match crate::client::ping(client).await {
-            Ok(info) => return Ok(info),
-            Err(e) if Instant::now() > until => return Err(e.to_string()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
 }
 
 fn read_seqs(path: &std::path::Path) -> Vec<u64> {

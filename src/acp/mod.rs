@@ -262,14 +262,18 @@ fn bind_workspace(agent: &Shared, cwd: &Path) -> Result<(), (i64, String)> {
 
 /// Waits until some primary (maybe this very process) answers.
 async fn wait_for_primary(agent: &Shared) -> Result<(), (i64, String)> {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        match prompt::call(agent, Method::Ping {}).await {
-            Ok(_) => return Ok(()),
-            Err(e) if std::time::Instant::now() > until => return Err((INTERNAL_ERROR, e)),
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
-    }
+    let (ws, config) = {
+        let a = agent.borrow();
+        (
+            a.ws.clone().ok_or_else(|| invalid("no workspace"))?,
+            a.config.clone(),
+        )
+    };
+    let mut client = crate::client::Client::new(&ws, &config, "acp");
+    crate::client::wait_for_primary(&mut client, std::time::Duration::from_secs(15))
+        .await
+        .map(|_| ())
+        .map_err(|e| (INTERNAL_ERROR, e.to_string()))
 }
 
 fn cwd_param(params: &Value) -> Result<PathBuf, (i64, String)> {

@@ -199,14 +199,10 @@ async fn wait_exit(c: &mut LocalCluster, pid: u32) -> Result<(), String> {
 }
 
 pub(super) async fn primary(client: &mut crate::client::Client) -> Result<(u32, u64), String> {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        match crate::client::ping(client).await {
-            Ok(info) => return Ok((info.pid, info.epoch)),
-            Err(e) if Instant::now() > until => return Err(e.to_string()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
+    crate::client::wait_for_primary(client, Duration::from_secs(30))
+        .await
+        .map(|info| (info.pid, info.epoch))
+        .map_err(|e| e.to_string())
 }
 
 /// Milliseconds from the kill to the last `instance.joined` of `epoch`,

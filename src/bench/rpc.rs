@@ -88,14 +88,10 @@ async fn measure(
 }
 
 async fn wait_ready(client: &mut crate::client::Client) -> Result<(), String> {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        match crate::client::ping(client).await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > until => return Err(e.to_string()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
+    crate::client::wait_for_primary(client, Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn write(client: &mut crate::client::Client, blocker: &str) -> Result<(), String> {

@@ -12,13 +12,9 @@ pub async fn run(count: usize) -> Result<Vec<Row>, String> {
     let mut c = LocalCluster::with_config("max_parallel = 8\n")?;
     c.spawn_member()?;
     let mut client = c.client("bench-tasks");
-    let until = Instant::now() + Duration::from_secs(30);
-    while crate::client::ping(&mut client).await.is_err() {
-        if Instant::now() > until {
-            return Err("no primary".into());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::client::wait_for_primary(&mut client, Duration::from_secs(30))
+        .await
+        .map_err(|e| format!("no primary: {e}"))?;
     let started = Instant::now();
     let mut ids = Vec::with_capacity(count);
     for _ in 0..count {

@@ -5,7 +5,7 @@
 use super::{CliError, Context};
 use crate::client::ClientError;
 use crate::protocol::{Method, ReplyBody};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 impl Context {
     /// Calls `method` on the primary, starting a member first if none runs.
@@ -74,19 +74,15 @@ impl Context {
             child.id(),
             log_path.display()
         );
-        let until = Instant::now() + Duration::from_secs(15);
-        loop {
-            let mut client = self.client();
-            if crate::client::ping(&mut client).await.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > until {
-                return Err(CliError::Unavailable(format!(
-                    "the background member did not come up; see {}",
+        let mut client = self.client();
+        crate::client::wait_for_primary(&mut client, Duration::from_secs(15))
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                CliError::Unavailable(format!(
+                    "the background member did not come up ({e}); see {}",
                     log_path.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                ))
+            })
     }
 }

@@ -54,13 +54,7 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
     match method {
         Method::TaskCreate(new) => {
             let task = new_task(c.tx, new, None, 1)?;
-            insert_task(c.tx, &task)?;
-            c.events.push(append_event(
-                c.tx,
-                c.epoch,
-                EventData::TaskCreated { task: task.clone() },
-            )?);
-            ok(task)
+            create(c, task)
         }
         Method::TaskSetProgress { id, percent, text } => {
             let mut task = existing(c.tx, id)?;
@@ -140,16 +134,7 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
         }
         Method::TaskResume { id, instructions } => resume(c, id, instructions.as_deref()),
         Method::TaskRetry { id } => {
-            let old = existing(c.tx, id)?;
-            if !old.status.is_terminal() {
-                return Err(refused(
-                    ErrorCode::Conflict,
-                    format!(
-                        "task {id} is {}; retry a finished task",
-                        old.status.as_str()
-                    ),
-                ));
-            }
+            let old = finished_task(c.tx, id, "retry")?;
             let spec = NewTask {
                 prompt: old.prompt.clone(),
                 engine: Some(old.engine.clone()),
@@ -165,25 +150,10 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
                 env: old.env.clone(),
             };
             let task = new_task(c.tx, &spec, Some(old.id.clone()), old.attempt + 1)?;
-            insert_task(c.tx, &task)?;
-            c.events.push(append_event(
-                c.tx,
-                c.epoch,
-                EventData::TaskCreated { task: task.clone() },
-            )?);
-            ok(task)
+            create(c, task)
         }
         Method::TaskRelaunch { id } => {
-            let task = existing(c.tx, id)?;
-            if !task.status.is_terminal() {
-                return Err(refused(
-                    ErrorCode::Conflict,
-                    format!(
-                        "task {id} is {}; relaunch a finished task",
-                        task.status.as_str()
-                    ),
-                ));
-            }
+            let task = finished_task(c.tx, id, "relaunch")?;
             let task = rearm(c, task)?;
             if task.status != TaskStatus::Failed {
                 rearm_dependents(c, &task.id)?;
@@ -553,6 +523,32 @@ fn new_task(
         task.finished_at = Some(now);
     }
     Ok(task)
+}
+
+/// The task, which must have finished for `verb` to apply to it.
+fn finished_task(tx: &Connection, id: &str, verb: &str) -> Result<TaskRecord, Applied> {
+    let task = existing(tx, id)?;
+    if !task.status.is_terminal() {
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!(
+                "task {id} is {}; {verb} a finished task",
+                task.status.as_str()
+            ),
+        ));
+    }
+    Ok(task)
+}
+
+/// Inserts a new task and appends its `task.created`.
+fn create(c: &mut Ctx<'_>, task: TaskRecord) -> Res {
+    insert_task(c.tx, &task)?;
+    c.events.push(append_event(
+        c.tx,
+        c.epoch,
+        EventData::TaskCreated { task: task.clone() },
+    )?);
+    ok(task)
 }
 
 fn existing(tx: &Connection, id: &str) -> Result<TaskRecord, Applied> {
