@@ -98,7 +98,7 @@ pub async fn run(
         events: opts.config.event_retention,
         ledger_ms: opts.config.ledger_retention_hours * 3_600_000,
     };
-    let store = writer::spawn(promotion.conn, epoch, events_tx.clone(), retention)
+    let store = writer::spawn(promotion, &ws.db_path(), events_tx.clone(), retention)
         .map_err(NodeError::io("cannot start the store thread"))?;
 
     // The orchestrator: adopts running tasks (DESIGN §5), then keeps the

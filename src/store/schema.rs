@@ -91,6 +91,16 @@ const MIGRATIONS: &[&str] = &[
     INSERT OR IGNORE INTO task_deps (task_id, dep_id)
         SELECT tasks.id, json_each.value FROM tasks, json_each(tasks.dependencies);
     "#,
+    // v4: keys that were being applied when a primary crashed, and how
+    // often (see `crash_guard`): a request that crashes two primaries is
+    // refused instead of crashing every successor in turn.
+    r#"
+    CREATE TABLE suspect_requests (
+        request_id TEXT PRIMARY KEY,
+        crashes    INTEGER NOT NULL,
+        at         INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -14,7 +14,7 @@ use crate::protocol::{
     ErrorCode, Event, EventData, ExitOutcome, FailureReason, Method, NewTask, ReplyBody, TaskExit,
     TaskRecord, TaskStatus, now_ms,
 };
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 /// The open transaction, the primary's epoch and the events to publish.
 pub(super) struct Ctx<'a> {
@@ -42,6 +42,20 @@ pub enum InternalOp {
     Lost { id: String, run_id: String },
     /// The run's supervisor never started: back to the queue.
     Requeue { id: String, run_id: String },
+}
+
+impl InternalOp {
+    /// A stable name for the crash guard. `Start` carries a fresh run id on
+    /// every attempt, so it is named by its task alone.
+    pub fn key(&self) -> String {
+        let prefix = super::crash_guard::INTERNAL_PREFIX;
+        match self {
+            InternalOp::Start { id, .. } => format!("{prefix}start:{id}"),
+            InternalOp::SetPid { id, run_id, .. } => format!("{prefix}set_pid:{id}:{run_id}"),
+            InternalOp::Lost { id, run_id } => format!("{prefix}lost:{id}:{run_id}"),
+            InternalOp::Requeue { id, run_id } => format!("{prefix}requeue:{id}:{run_id}"),
+        }
+    }
 }
 
 type Res = Result<WriteResult, Applied>;
@@ -307,27 +321,39 @@ fn resume(c: &mut Ctx<'_>, id: &str, instructions: Option<&str>) -> Res {
 }
 
 /// Queued when every dependency completed, pending while some still may;
-/// failed (`dependency_failed`) when one failed, was cancelled or deleted.
+/// failed (`dependency_failed`) when one failed, was cancelled or deleted
+/// before completing. Read from the dependency edges, not the task's own
+/// list: a completed dependency that was purged since has no edge left and
+/// stays satisfied.
 fn ready_status(tx: &Connection, task: &TaskRecord) -> Result<TaskStatus, Applied> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT t.status FROM task_deps d LEFT JOIN tasks t ON t.id = d.dep_id
+         WHERE d.task_id = ?1",
+    )?;
+    let statuses = stmt
+        .query_map([&task.id], |r| r.get::<_, Option<String>>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(status_from_deps(statuses.iter().map(|s| {
+        s.as_deref().and_then(TaskStatus::parse)
+    })))
+}
+
+/// The status a task's dependencies call for; `None` is a dependency that
+/// no longer exists.
+fn status_from_deps(deps: impl Iterator<Item = Option<TaskStatus>>) -> TaskStatus {
     let mut waiting = false;
-    for dep in &task.dependencies {
-        let status: Option<String> = tx
-            .prepare_cached("SELECT status FROM tasks WHERE id = ?1")?
-            .query_row([dep], |r| r.get(0))
-            .optional()?;
-        match status.as_deref().and_then(TaskStatus::parse) {
+    for status in deps {
+        match status {
             Some(TaskStatus::Completed) => {}
-            None | Some(TaskStatus::Failed | TaskStatus::Cancelled) => {
-                return Ok(TaskStatus::Failed);
-            }
+            None | Some(TaskStatus::Failed | TaskStatus::Cancelled) => return TaskStatus::Failed,
             Some(_) => waiting = true,
         }
     }
-    Ok(if waiting {
+    if waiting {
         TaskStatus::Pending
     } else {
         TaskStatus::Queued
-    })
+    }
 }
 
 /// Resets a finished task for another run under the same id.
@@ -349,18 +375,23 @@ fn rearm(c: &mut Ctx<'_>, mut task: TaskRecord) -> Result<TaskRecord, Applied> {
     }
 }
 
-/// Dependents that failed only because of `id` get another chance.
-fn rearm_dependents(c: &mut Ctx<'_>, id: &str) -> Result<(), Applied> {
-    for dep_id in dependents(c.tx, id)? {
-        let Some(t) = get_task(c.tx, &dep_id)? else {
-            continue;
-        };
-        if t.status == TaskStatus::Failed
-            && t.failure_reason == Some(FailureReason::DependencyFailed)
-        {
-            let t = rearm(c, t)?;
-            if t.status != TaskStatus::Failed {
-                rearm_dependents(c, &t.id)?;
+/// Dependents that failed only because of `root` get another chance, and
+/// so on down the graph. A work list, not recursion: a chain of 10,000
+/// dependents must not take 10,000 stack frames of the store thread.
+fn rearm_dependents(c: &mut Ctx<'_>, root: &str) -> Result<(), Applied> {
+    let mut work = vec![root.to_string()];
+    while let Some(id) = work.pop() {
+        for dep_id in dependents(c.tx, &id)? {
+            let Some(t) = get_task(c.tx, &dep_id)? else {
+                continue;
+            };
+            if t.status == TaskStatus::Failed
+                && t.failure_reason == Some(FailureReason::DependencyFailed)
+            {
+                let t = rearm(c, t)?;
+                if t.status != TaskStatus::Failed {
+                    work.push(t.id);
+                }
             }
         }
     }
@@ -370,10 +401,16 @@ fn rearm_dependents(c: &mut Ctx<'_>, id: &str) -> Result<(), Applied> {
 fn delete(c: &mut Ctx<'_>, task: &TaskRecord) -> Res {
     c.tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?
         .execute([&task.id])?;
-    // Edges from this task go; edges to it stay so that its dependents can
-    // still be found (and failed) below.
+    // Edges from this task go. Edges to it stay when it had not completed,
+    // so that its waiting dependents can still be found (and failed) below;
+    // a completed task's edges go too: what it produced stays produced, so
+    // its dependents stay satisfied (purging history must not fail work).
     c.tx.prepare_cached("DELETE FROM task_deps WHERE task_id = ?1")?
         .execute([&task.id])?;
+    if task.status == TaskStatus::Completed {
+        c.tx.prepare_cached("DELETE FROM task_deps WHERE dep_id = ?1")?
+            .execute([&task.id])?;
+    }
     c.events.push(append_event(
         c.tx,
         c.epoch,
@@ -381,8 +418,10 @@ fn delete(c: &mut Ctx<'_>, task: &TaskRecord) -> Res {
             id: task.id.clone(),
         },
     )?);
-    // Waiting dependents can never run now.
-    fail_dependents(c, &task.id)?;
+    // Waiting dependents of an unfinished task can never run now.
+    if task.status != TaskStatus::Completed {
+        cascade(c, &task.id, TaskStatus::Failed)?;
+    }
     Ok(Ok(ReplyBody::Deleted {
         id: task.id.clone(),
     }))
@@ -399,51 +438,61 @@ fn transition(
     pid: Option<u32>,
 ) -> Res {
     let id = task.id.clone();
-    check_transition(task.status, to)
-        .map_err(|m| refused(ErrorCode::Conflict, format!("task {id}: {m}")))?;
-    let task = with_status(task, to, reason, exit_code, pid);
-    let result = save(c, task)?;
-    match to {
-        TaskStatus::Completed => release_dependents(c, &id)?,
-        TaskStatus::Failed | TaskStatus::Cancelled => fail_dependents(c, &id)?,
-        _ => {}
-    }
+    let result = set_status(c, task, to, reason, exit_code, pid)?;
+    cascade(c, &id, to)?;
     Ok(result)
 }
 
-/// Pending dependents whose dependencies all completed become queued.
-fn release_dependents(c: &mut Ctx<'_>, id: &str) -> Result<(), Applied> {
-    for dep_id in dependents(c.tx, id)? {
-        let Some(t) = get_task(c.tx, &dep_id)? else {
-            continue;
-        };
-        if t.status == TaskStatus::Pending && ready_status(c.tx, &t)? == TaskStatus::Queued {
-            // Allowed by the state machine by construction; a refusal here
-            // would leave the dependent pending, never half-applied.
-            let _ = transition(c, t, TaskStatus::Queued, None, None, None)?;
-        }
-    }
-    Ok(())
+/// One task's status change, checked against the state machine; no
+/// consequences for other tasks (that is [`cascade`]).
+fn set_status(
+    c: &mut Ctx<'_>,
+    task: TaskRecord,
+    to: TaskStatus,
+    reason: Option<FailureReason>,
+    exit_code: Option<i32>,
+    pid: Option<u32>,
+) -> Res {
+    check_transition(task.status, to)
+        .map_err(|m| refused(ErrorCode::Conflict, format!("task {}: {m}", task.id)))?;
+    save(c, with_status(task, to, reason, exit_code, pid))
 }
 
-/// Dependents that have not started fail with `dependency_failed`, and so
-/// on down the graph; each one's event wakes its waiters.
-fn fail_dependents(c: &mut Ctx<'_>, id: &str) -> Result<(), Applied> {
-    for dep_id in dependents(c.tx, id)? {
-        let Some(t) = get_task(c.tx, &dep_id)? else {
-            continue;
+/// Follows a status change down the dependency graph, breadth first, as a
+/// work list: a completed task releases its pending dependents whose
+/// dependencies all completed; a failed, cancelled or deleted one fails the
+/// dependents that have not started (`dependency_failed`), and so on down.
+/// Each changed dependent appends its own event, which wakes its waiters.
+/// Never recursion: user data decides the depth (a chain of 10,000 tasks
+/// once overflowed the store thread's stack and killed every member).
+fn cascade(c: &mut Ctx<'_>, root: &str, root_status: TaskStatus) -> Result<(), Applied> {
+    let mut work = std::collections::VecDeque::from([(root.to_string(), root_status)]);
+    while let Some((id, status)) = work.pop_front() {
+        let failing = match status {
+            TaskStatus::Completed => false,
+            TaskStatus::Failed | TaskStatus::Cancelled => true,
+            _ => continue,
         };
-        let waiting = matches!(t.status, TaskStatus::Pending | TaskStatus::Queued)
-            || (t.status == TaskStatus::Paused && t.run_id.is_none());
-        if waiting {
-            let _ = transition(
-                c,
-                t,
-                TaskStatus::Failed,
-                Some(FailureReason::DependencyFailed),
-                None,
-                None,
-            )?;
+        for dep_id in dependents(c.tx, &id)? {
+            let Some(t) = get_task(c.tx, &dep_id)? else {
+                continue;
+            };
+            if failing {
+                let waiting = matches!(t.status, TaskStatus::Pending | TaskStatus::Queued)
+                    || (t.status == TaskStatus::Paused && t.run_id.is_none());
+                if waiting {
+                    let reason = Some(FailureReason::DependencyFailed);
+                    let _ = set_status(c, t, TaskStatus::Failed, reason, None, None)?;
+                    work.push_back((dep_id, TaskStatus::Failed));
+                }
+            } else if t.status == TaskStatus::Pending
+                && ready_status(c.tx, &t)? == TaskStatus::Queued
+            {
+                // Allowed by the state machine by construction; a refusal
+                // would leave the dependent pending, never half-applied.
+                // Queued has no consequences downstream.
+                let _ = set_status(c, t, TaskStatus::Queued, None, None, None)?;
+            }
         }
     }
     Ok(())
@@ -516,7 +565,13 @@ fn new_task(
         env: new.env.clone(),
         run_id: None,
     };
-    task.status = ready_status(tx, &task)?;
+    // Not inserted yet, so no edges: read the listed dependencies (each was
+    // checked to exist above).
+    let mut deps = Vec::with_capacity(task.dependencies.len());
+    for dep in &task.dependencies {
+        deps.push(get_task(tx, dep)?.map(|t| t.status));
+    }
+    task.status = status_from_deps(deps.into_iter());
     if task.status == TaskStatus::Failed {
         // A dependency that already failed dooms the new task at once.
         task.failure_reason = Some(FailureReason::DependencyFailed);

@@ -26,6 +26,11 @@ pub const MAX_BATCH: usize = 512;
 /// exact window in which a client must retry and get the recorded reply.
 pub const CRASH_AFTER_COMMIT_PROMPT: &str = "__grove_crash_after_commit__";
 
+/// Test hook (only with `GROVE_DEBUG_HOOKS=1`): a `task.create` with this
+/// prompt aborts the primary while the write is being applied, the way a
+/// bug in a transition would; the crash guard must stop it after two.
+pub const CRASH_DURING_APPLY_PROMPT: &str = "__grove_crash_during_apply__";
+
 pub type WriteResult = Result<ReplyBody, WireError>;
 
 // Jobs are moved once through a channel; boxing the big variant buys nothing.
@@ -69,6 +74,7 @@ pub struct Promotion {
     pub conn: Connection,
     pub epoch: u64,
     pub promoted: Event,
+    pub crash: super::crash_guard::CrashReport,
 }
 
 /// First steps of a promotion (DESIGN §2): open read-write, migrate, then
@@ -88,6 +94,7 @@ pub fn promote(
         "UPDATE meta SET value = ?1 WHERE key = 'epoch'",
         [epoch as i64],
     )?;
+    let crash = super::crash_guard::record_crash(&tx, path)?;
     let promoted = append_event(
         &tx,
         epoch,
@@ -98,24 +105,39 @@ pub fn promote(
         },
     )?;
     tx.commit()?;
+    // Counted once: a primary that dies before its first batch must not
+    // make its successor count the same crash again.
+    super::crash_guard::forget_in_flight(path);
+    if crash.in_flight > 0 {
+        tracing::warn!(
+            "the previous primary died with {} writes in flight; each is suspect",
+            crash.in_flight
+        );
+    }
     Ok(Promotion {
         conn,
         epoch,
         promoted,
+        crash,
     })
 }
 
 /// Starts the store thread. Committed events go to `published`, in order.
 pub fn spawn(
-    conn: Connection,
-    epoch: u64,
+    promotion: Promotion,
+    db_path: &std::path::Path,
     published: tokio::sync::mpsc::UnboundedSender<Event>,
     retention: Retention,
 ) -> std::io::Result<StoreThread> {
     let (jobs, rx) = mpsc::channel();
+    let guard = Guard {
+        in_flight: super::crash_guard::InFlight::open(db_path),
+        poisoned: promotion.crash.poisoned_internal,
+    };
+    let (conn, epoch) = (promotion.conn, promotion.epoch);
     let thread = std::thread::Builder::new()
         .name("grove-store".into())
-        .spawn(move || run(conn, epoch, rx, published, retention))?;
+        .spawn(move || run(conn, epoch, rx, published, retention, guard))?;
     Ok(StoreThread { jobs, thread })
 }
 
@@ -143,6 +165,26 @@ fn prune(conn: &Connection, retention: Retention) -> rusqlite::Result<(usize, us
     Ok((events, ledger))
 }
 
+/// The store thread's crash guard (see `crash_guard`).
+struct Guard {
+    in_flight: super::crash_guard::InFlight,
+    /// Orchestrator operations that crashed two primaries.
+    poisoned: std::collections::HashSet<String>,
+}
+
+impl Guard {
+    fn keys(batch: &[Job]) -> Vec<String> {
+        batch
+            .iter()
+            .filter_map(|job| match job {
+                Job::Write { request_id, .. } => Some(request_id.clone()),
+                Job::Internal { op, .. } => Some(op.key()),
+                Job::Shutdown { .. } => None,
+            })
+            .collect()
+    }
+}
+
 struct Done {
     reply: oneshot::Sender<WriteResult>,
     result: WriteResult,
@@ -154,13 +196,18 @@ fn run(
     rx: mpsc::Receiver<Job>,
     published: tokio::sync::mpsc::UnboundedSender<Event>,
     retention: Retention,
+    mut guard: Guard,
 ) {
-    let crash_hook = std::env::var("GROVE_DEBUG_HOOKS").is_ok_and(|v| v == "1");
+    let crash_hook = debug_hooks();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_prune = std::time::Instant::now() - PRUNE_EVERY;
     while let Ok(first) = rx.recv() {
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();
+            let cutoff = now_ms().saturating_sub(retention.ledger_ms);
+            if let Err(e) = super::crash_guard::prune(&conn, cutoff) {
+                tracing::warn!("pruning suspects failed: {e}");
+            }
             match prune(&conn, retention) {
                 Ok((0, 0)) => {}
                 Ok((e, l)) => tracing::info!("pruned {e} old events and {l} ledger entries"),
@@ -175,7 +222,10 @@ fn run(
             }
         }
         let mut shutdown = None;
-        match commit_batch(&mut conn, epoch, &mut batch, &mut shutdown) {
+        guard.in_flight.mark(&Guard::keys(&batch));
+        let committed = commit_batch(&mut conn, epoch, &mut batch, &mut shutdown, &guard);
+        guard.in_flight.clear();
+        match committed {
             Ok((done, events)) => {
                 if crash_hook && events.iter().any(is_crash_marker) {
                     tracing::warn!("debug hook: dying after commit, before replying");
@@ -209,6 +259,16 @@ fn run(
     }
 }
 
+/// Test hooks are on when the primary runs with `GROVE_DEBUG_HOOKS=1`.
+fn debug_hooks() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GROVE_DEBUG_HOOKS").is_ok_and(|v| v == "1"))
+}
+
+fn is_apply_crash_marker(method: &Method) -> bool {
+    matches!(method, Method::TaskCreate(new) if new.prompt == CRASH_DURING_APPLY_PROMPT)
+}
+
 /// Only a freshly applied marker (one that produced an event) crashes; the
 /// retry, answered from the ledger, must not.
 fn is_crash_marker(event: &Event) -> bool {
@@ -222,6 +282,7 @@ fn commit_batch(
     epoch: u64,
     batch: &mut Vec<Job>,
     shutdown: &mut Option<oneshot::Sender<()>>,
+    guard: &Guard,
 ) -> Result<(Vec<Done>, Vec<Event>), StoreError> {
     let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut done = Vec::with_capacity(batch.len());
@@ -240,6 +301,12 @@ fn commit_batch(
                 let result =
                     apply_idempotent(&mut tx, epoch, request_id, from, method, &mut events)?;
                 results.push(Some(result));
+            }
+            Job::Internal { op, .. } if guard.poisoned.contains(&op.key()) => {
+                results.push(Some(Err(super::crash_guard::poison_error(
+                    &op.key(),
+                    2,
+                ))));
             }
             Job::Internal { op, .. } => {
                 let sp = tx.savepoint()?;
@@ -310,6 +377,10 @@ fn apply_idempotent(
                 format!("recorded reply unreadable: {e}"),
             ))
         }));
+    }
+    if debug_hooks() && is_apply_crash_marker(method) {
+        tracing::warn!("debug hook: aborting while applying a write");
+        std::process::abort();
     }
     let mut sp = tx.savepoint()?;
     let mut own_events = Vec::new();

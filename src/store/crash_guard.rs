@@ -1,0 +1,160 @@
+//! Poison requests: a write that crashes the primary must not crash every
+//! successor.
+//!
+//! A client resends an unanswered request, with the same id, to whichever
+//! member is primary next (that is what makes writes exactly-once across a
+//! failover). If applying the request itself kills the primary — a bug in
+//! grove, such as the dependency cascade that once overflowed the store
+//! thread's stack — the resend kills the next primary too, and so on until
+//! no member is left. Worse, an orchestrator operation that crashes is
+//! repeated by every new primary at adoption, so no member could ever start.
+//!
+//! The store thread therefore writes the keys of the batch it is applying
+//! to `.grove/inflight` before it applies the batch and empties the file
+//! once the batch is committed: a plain `pwrite`, no fsync, because it only
+//! has to survive the crash of our own process, and the page cache does.
+//! The next primary reads what was in flight when its predecessor died and
+//! counts a crash against each key in `suspect_requests`. One crash proves
+//! nothing (a `kill -9` can land during any batch); a key that was in flight
+//! at **two** crashes is poison: a write gets a recorded refusal in the
+//! ledger, so the client's next resend is answered from the ledger without
+//! being applied, and an orchestrator operation is refused from then on.
+
+use crate::protocol::{ErrorCode, WireError, encode, now_ms};
+use rusqlite::{Connection, params};
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Crashes while in flight after which a key is refused.
+const POISON_AFTER_CRASHES: i64 = 2;
+
+/// Prefix of the keys of orchestrator operations (they have no request id).
+pub const INTERNAL_PREFIX: &str = "internal:";
+
+/// The file that names the batch being applied.
+pub fn inflight_path(db_path: &Path) -> PathBuf {
+    db_path.with_file_name("inflight")
+}
+
+/// The store thread's handle on `.grove/inflight`.
+pub struct InFlight {
+    file: Option<File>,
+}
+
+impl InFlight {
+    /// Opens (creates, 0600) the marker. Without it the store still works,
+    /// only without this protection: a warning, not a refusal to serve.
+    pub fn open(db_path: &Path) -> InFlight {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = inflight_path(db_path);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| tracing::warn!("cannot open {}: {e}", path.display()))
+            .ok();
+        InFlight { file }
+    }
+
+    /// Names the keys about to be applied.
+    pub fn mark(&mut self, keys: &[String]) {
+        let Some(file) = &self.file else { return };
+        let Ok(bytes) = serde_json::to_vec(keys) else {
+            return;
+        };
+        if let Err(e) = file.set_len(0).and_then(|_| file.write_all_at(&bytes, 0)) {
+            tracing::warn!("cannot write the in-flight marker: {e}");
+        }
+    }
+
+    /// The batch is committed (or refused as a whole): nothing in flight.
+    pub fn clear(&mut self) {
+        if let Some(file) = &self.file {
+            let _ = file.set_len(0);
+        }
+    }
+}
+
+/// What a new primary learns from its predecessor's crash.
+#[derive(Debug, Default)]
+pub struct CrashReport {
+    /// Keys in flight when the previous primary died.
+    pub in_flight: usize,
+    /// Orchestrator operations to refuse from now on.
+    pub poisoned_internal: HashSet<String>,
+}
+
+/// Counts a crash against every key the previous primary had in flight, in
+/// the promotion's transaction; records a refusal for the poisoned writes.
+pub fn record_crash(tx: &Connection, db_path: &Path) -> rusqlite::Result<CrashReport> {
+    let keys: Vec<String> = std::fs::read(inflight_path(db_path))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let now = now_ms() as i64;
+    for key in &keys {
+        tx.prepare_cached(
+            "INSERT INTO suspect_requests (request_id, crashes, at) VALUES (?1, 1, ?2)
+             ON CONFLICT (request_id) DO UPDATE SET crashes = crashes + 1, at = excluded.at",
+        )?
+        .execute(params![key, now])?;
+        let crashes: i64 = tx
+            .prepare_cached("SELECT crashes FROM suspect_requests WHERE request_id = ?1")?
+            .query_row([key], |r| r.get(0))?;
+        if crashes >= POISON_AFTER_CRASHES && !key.starts_with(INTERNAL_PREFIX) {
+            tracing::error!(request = %key, "refusing a request that crashed {crashes} primaries");
+            let refusal: Result<(), WireError> = Err(poison_error(key, crashes));
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO ledger (request_id, from_instance, method, at, reply)
+                 VALUES (?1, 'grove', 'poisoned', ?2, ?3)",
+            )?
+            .execute(params![key, now, encode(&refusal)])?;
+        }
+    }
+    let mut poisoned_internal = HashSet::new();
+    let mut stmt = tx.prepare_cached(
+        "SELECT request_id FROM suspect_requests WHERE crashes >= ?1 AND request_id LIKE 'internal:%'",
+    )?;
+    for key in stmt.query_map([POISON_AFTER_CRASHES], |r| r.get::<_, String>(0))? {
+        poisoned_internal.insert(key?);
+    }
+    Ok(CrashReport {
+        in_flight: keys.len(),
+        poisoned_internal,
+    })
+}
+
+/// Empties the marker once its crash is counted.
+pub fn forget_in_flight(db_path: &Path) {
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(inflight_path(db_path))
+    {
+        let _ = f.set_len(0);
+    }
+}
+
+/// The refusal a poisoned key gets.
+pub fn poison_error(key: &str, crashes: i64) -> WireError {
+    WireError::new(
+        ErrorCode::Internal,
+        format!(
+            "request {key} was being applied when {crashes} primaries crashed, so it is \
+             refused rather than allowed to crash the next one (this is a bug in grove: \
+             please report it with the members' logs); nothing of it was applied"
+        ),
+    )
+}
+
+/// Forgets suspects as old as the ledger's retention.
+pub fn prune(conn: &Connection, cutoff_ms: u64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM suspect_requests WHERE at < ?1",
+        [cutoff_ms as i64],
+    )
+}
