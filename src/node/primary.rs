@@ -81,9 +81,9 @@ pub async fn run(
 
     // 6. The publisher, fed by the store thread in commit order; its first
     //    event is `instance.promoted`.
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let last_seq = Arc::new(AtomicU64::new(promotion.promoted.seq));
-    let _ = events_tx.send(promotion.promoted.clone());
+    let _ = events_tx.try_send(promotion.promoted.clone());
     let changed = Arc::new(tokio::sync::Notify::new());
     let publish_task = tokio::spawn(publish_loop(
         publisher,
@@ -460,10 +460,19 @@ impl LogLimiter {
     }
 }
 
+/// Events on their way from the store thread (and the orchestrator's output
+/// tail) to the PUB socket. Bounded like every queue: the store thread waits
+/// for room (it never drops a durable event before publishing it), the
+/// orchestrator drops output chunks when it is full (the log file is the
+/// durable output). The publisher only hands each event to the socket,
+/// whose per-subscriber queues drop at their own bound, so this queue is
+/// normally near empty.
+const EVENT_QUEUE: usize = 4096;
+
 /// Publishes committed events in order, plus heartbeats.
 async fn publish_loop(
     mut publisher: zeromq::PubSocket,
-    mut events: mpsc::UnboundedReceiver<Event>,
+    mut events: mpsc::Receiver<Event>,
     heartbeat: Duration,
     instance_id: String,
     epoch: u64,
@@ -471,6 +480,7 @@ async fn publish_loop(
     changed: Arc<tokio::sync::Notify>,
 ) {
     let started = Instant::now();
+    let mut last_trim = Instant::now();
     let mut beat = tokio::time::interval(heartbeat);
     loop {
         let event = tokio::select! {
@@ -478,7 +488,9 @@ async fn publish_loop(
                 Some(e) => e,
                 None => break,
             },
-            _ = beat.tick() => Event {
+            _ = beat.tick() => {
+                release_freed_memory(&mut last_trim);
+                Event {
                 seq: 0,
                 epoch,
                 at: now_ms(),
@@ -487,7 +499,7 @@ async fn publish_loop(
                     last_seq: last_seq.load(Ordering::Relaxed),
                     uptime_ms: started.elapsed().as_millis() as u64,
                 },
-            },
+            }},
         };
         if event.seq > 0 {
             last_seq.store(event.seq, Ordering::Relaxed);
@@ -509,6 +521,24 @@ async fn publish_loop(
         if let Err(e) = publisher.send(msg).await {
             tracing::debug!("publish failed: {e}");
         }
+    }
+}
+
+/// How often an idle-or-not primary hands freed heap back to the kernel.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Returns freed heap pages to the kernel. glibc keeps what a burst of
+/// messages (a stopped subscriber's full queue, a big cascade) freed, so
+/// without this the primary stays at its high-water mark for good.
+fn release_freed_memory(last: &mut Instant) {
+    if last.elapsed() < TRIM_EVERY {
+        return;
+    }
+    *last = Instant::now();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

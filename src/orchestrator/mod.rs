@@ -33,10 +33,14 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 const TICK: Duration = Duration::from_millis(100);
-/// Largest `task.output` chunk; a task that writes faster than the tail
-/// keeps up with is skipped ahead (the log file stays complete).
-const MAX_CHUNK: usize = 64 * 1024;
-const MAX_BACKLOG: u64 = 4 * 1024 * 1024;
+/// Largest `task.output` chunk. Small, because the bus bounds each
+/// subscriber's queue in messages, not bytes: 1,000 chunks of 16 KiB is
+/// what a stopped subscriber can cost the primary.
+const MAX_CHUNK: usize = 16 * 1024;
+/// Most output published per run per look: a task that writes faster is
+/// skipped ahead with a note (its log file stays complete; `grove logs`
+/// reads the file). Live output is for watching, not for archiving.
+const MAX_PER_LOOK: u64 = 4 * MAX_CHUNK as u64;
 /// How long a new primary waits for the supervisor of a run that its
 /// predecessor recorded as started but may never have spawned.
 const START_GRACE: Duration = Duration::from_secs(2);
@@ -56,7 +60,7 @@ pub struct Orchestrator {
     ws: Workspace,
     config: Config,
     jobs: std::sync::mpsc::Sender<Job>,
-    output: mpsc::UnboundedSender<Event>,
+    output: mpsc::Sender<Event>,
     epoch: u64,
     runs: HashMap<String, Run>,
     /// Runs recorded as started whose supervisor has not shown itself yet
@@ -73,7 +77,7 @@ impl Orchestrator {
         ws: Workspace,
         config: Config,
         jobs: std::sync::mpsc::Sender<Job>,
-        output: mpsc::UnboundedSender<Event>,
+        output: mpsc::Sender<Event>,
         epoch: u64,
     ) -> Self {
         Orchestrator {
@@ -455,7 +459,8 @@ impl Orchestrator {
             return;
         }
         let publish = |chunk: String| {
-            let _ = self.output.send(Event {
+            // Dropped when the publisher is behind: output is transient.
+            let _ = self.output.try_send(Event {
                 seq: 0,
                 epoch: self.epoch,
                 at: now_ms(),
@@ -465,10 +470,10 @@ impl Orchestrator {
                 },
             });
         };
-        if len - run.log_offset > MAX_BACKLOG {
-            let skipped = len - MAX_CHUNK as u64 - run.log_offset;
+        if len - run.log_offset > MAX_PER_LOOK {
+            let skipped = len - MAX_PER_LOOK - run.log_offset;
             publish(format!("[grove: {skipped} bytes skipped; see the log]\n"));
-            run.log_offset = len - MAX_CHUNK as u64;
+            run.log_offset = len - MAX_PER_LOOK;
         }
         let Ok(mut f) = std::fs::File::open(&path) else {
             return;

@@ -126,7 +126,7 @@ pub fn promote(
 pub fn spawn(
     promotion: Promotion,
     db_path: &std::path::Path,
-    published: tokio::sync::mpsc::UnboundedSender<Event>,
+    published: tokio::sync::mpsc::Sender<Event>,
     retention: Retention,
 ) -> std::io::Result<StoreThread> {
     let (jobs, rx) = mpsc::channel();
@@ -194,7 +194,7 @@ fn run(
     mut conn: Connection,
     epoch: u64,
     rx: mpsc::Receiver<Job>,
-    published: tokio::sync::mpsc::UnboundedSender<Event>,
+    published: tokio::sync::mpsc::Sender<Event>,
     retention: Retention,
     mut guard: Guard,
 ) {
@@ -232,7 +232,9 @@ fn run(
                     unsafe { libc::_exit(137) };
                 }
                 for e in events {
-                    let _ = published.send(e);
+                    // Waits while the publisher's queue is full: a durable
+                    // event is never dropped before it is published.
+                    let _ = published.blocking_send(e);
                 }
                 for d in done {
                     let _ = d.reply.send(d.result);
@@ -303,10 +305,7 @@ fn commit_batch(
                 results.push(Some(result));
             }
             Job::Internal { op, .. } if guard.poisoned.contains(&op.key()) => {
-                results.push(Some(Err(super::crash_guard::poison_error(
-                    &op.key(),
-                    2,
-                ))));
+                results.push(Some(Err(super::crash_guard::poison_error(&op.key(), 2))));
             }
             Job::Internal { op, .. } => {
                 let sp = tx.savepoint()?;
