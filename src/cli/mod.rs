@@ -273,6 +273,10 @@ impl Context {
             None => std::env::current_dir().map_err(|e| CliError::Usage(e.to_string()))?,
         };
         let ws = Workspace::resolve(&root).map_err(|e| CliError::Usage(e.to_string()))?;
+        // Before anything from `.grove` is read: another user's state dir
+        // or config must never configure what grove runs as this user.
+        ws.check_state_dir()
+            .map_err(|e| CliError::Usage(e.to_string()))?;
         let config = Config::load(&ws.state_dir).map_err(|e| CliError::Usage(e.to_string()))?;
         Ok(Context {
             ws,
@@ -287,8 +291,12 @@ impl Context {
     }
 
     pub fn reader(&self) -> Result<crate::store::Reader, CliError> {
-        crate::store::Reader::open(&self.ws.db_path())
-            .map_err(|e| CliError::Unavailable(e.to_string()))
+        crate::store::Reader::open(&self.ws.db_path()).map_err(|e| match e {
+            crate::store::StoreError::Missing(_) | crate::store::StoreError::Sqlite(_) => {
+                CliError::Unavailable(e.to_string())
+            }
+            e => e.into(),
+        })
     }
 }
 
@@ -324,7 +332,13 @@ impl From<ClientError> for CliError {
 
 impl From<crate::store::StoreError> for CliError {
     fn from(e: crate::store::StoreError) -> Self {
-        CliError::Failed(e.to_string())
+        use crate::store::StoreError;
+        match e {
+            // The workspace needs the user's attention before grove may
+            // use it: a setup problem (exit 2), like a bad config.
+            StoreError::Emptied { .. } | StoreError::Untrusted(_) => CliError::Usage(e.to_string()),
+            e => CliError::Failed(e.to_string()),
+        }
     }
 }
 
@@ -366,6 +380,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             crate::node::serve(opts).await.map_err(|e| match e {
                 // A workspace we cannot use is a setup problem, not a crash.
                 crate::node::NodeError::Path(_) => CliError::Usage(e.to_string()),
+                crate::node::NodeError::Store(e) => e.into(),
                 e => CliError::Failed(e.to_string()),
             })?;
             Ok(EXIT_OK)
