@@ -404,6 +404,9 @@ pub struct LoadReport {
 }
 
 struct Loaded {
+    /// Counts the reloads (and failed reloads), so that whoever reports
+    /// them learns of a reload another caller triggered.
+    generation: u64,
     stamps: Vec<Stamp>,
     config: Arc<Config>,
     report: LoadReport,
@@ -425,6 +428,7 @@ impl LiveConfig {
         let live = LiveConfig {
             state_dir: state_dir.to_path_buf(),
             loaded: Mutex::new(Loaded {
+                generation: 0,
                 stamps: Vec::new(),
                 config: Arc::new(fallback),
                 report: LoadReport {
@@ -449,6 +453,13 @@ impl LiveConfig {
         self.lock().report.clone()
     }
 
+    /// Reloads when a file changed; returns the generation, which changes
+    /// with every reload attempt.
+    pub fn generation(&self) -> u64 {
+        self.refresh();
+        self.lock().generation
+    }
+
     /// Reloads when a file changed; true when it did (loaded or failed).
     pub fn refresh(&self) -> bool {
         let stamps: Vec<Stamp> = self.files.iter().map(|f| stamp(f)).collect();
@@ -457,6 +468,7 @@ impl LiveConfig {
             return false;
         }
         loaded.stamps = stamps;
+        loaded.generation += 1;
         loaded.report.files = self
             .files
             .iter()

@@ -2,7 +2,7 @@
 //! place it came from (a file, or the built-in default), and which config
 //! files each running member uses and whether they loaded.
 
-use super::{CliError, Context, EXIT_OK, print_json};
+use super::{CliError, Context, EXIT_OK, EXIT_USAGE, print_json};
 use crate::config::LoadReport;
 use crate::node::state::MemberReport;
 use clap::Subcommand;
@@ -19,8 +19,18 @@ pub enum ConfigCommand {
 
 pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<i32, CliError> {
     let ConfigCommand::Show { json } = cmd;
-    let rows = crate::config::explain(&ctx.ws.state_dir, &ctx.config);
+    let rows = match &ctx.config_error {
+        None => crate::config::explain(&ctx.ws.state_dir, &ctx.config),
+        Some(_) => Vec::new(),
+    };
     let members = MemberReport::read_all(&ctx.ws);
+    // A config that does not load is still a configuration error (exit 2),
+    // reported after what the members use.
+    let exit = if ctx.config_error.is_some() {
+        EXIT_USAGE
+    } else {
+        EXIT_OK
+    };
     if json {
         let settings: Vec<_> = rows
             .iter()
@@ -40,8 +50,15 @@ pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<i32, CliError> {
                 })
             })
             .collect();
-        print_json(&serde_json::json!({ "settings": settings, "members": members }));
-        return Ok(EXIT_OK);
+        print_json(&serde_json::json!({
+            "settings": settings,
+            "error": ctx.config_error,
+            "members": members,
+        }));
+        return Ok(exit);
+    }
+    if let Some(e) = &ctx.config_error {
+        println!("# the config files do not load: {e}");
     }
     for (k, v, src) in &rows {
         println!("{k} = {v}    # {src}");
@@ -60,7 +77,7 @@ pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<i32, CliError> {
             describe(&m.config)
         );
     }
-    Ok(EXIT_OK)
+    Ok(exit)
 }
 
 fn files_json(report: &LoadReport) -> Vec<serde_json::Value> {

@@ -264,10 +264,17 @@ pub struct Context {
     pub config: Config,
     /// Start a background member when none runs (see `autostart.rs`).
     pub autostart: bool,
+    /// Why the config files did not load, for the one command that goes on
+    /// without them (`config show`, which must report the error).
+    pub config_error: Option<String>,
 }
 
 impl Context {
-    fn load(workspace: Option<PathBuf>, autostart: bool) -> Result<Context, CliError> {
+    fn load(
+        workspace: Option<PathBuf>,
+        autostart: bool,
+        lenient: bool,
+    ) -> Result<Context, CliError> {
         let root = match workspace {
             Some(w) => w,
             None => std::env::current_dir().map_err(|e| CliError::Usage(e.to_string()))?,
@@ -277,11 +284,18 @@ impl Context {
         // or config must never configure what grove runs as this user.
         ws.check_state_dir()
             .map_err(|e| CliError::Usage(e.to_string()))?;
-        let config = Config::load(&ws.state_dir).map_err(|e| CliError::Usage(e.to_string()))?;
+        let (config, config_error) = match Config::load(&ws.state_dir) {
+            Ok(c) => (c, None),
+            Err(e) if lenient && !matches!(e, crate::config::ConfigError::Untrusted(_)) => {
+                (Config::default(), Some(e.to_string()))
+            }
+            Err(e) => return Err(CliError::Usage(e.to_string())),
+        };
         Ok(Context {
             ws,
             config,
             autostart,
+            config_error,
         })
     }
 
@@ -368,7 +382,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         clap_complete::generate(*shell, &mut Cli::command(), "grove", &mut std::io::stdout());
         return Ok(EXIT_OK);
     }
-    let ctx = Context::load(cli.workspace, !cli.no_autostart)?;
+    let lenient = matches!(cli.command, Command::Config(_));
+    let ctx = Context::load(cli.workspace, !cli.no_autostart, lenient)?;
     match cli.command {
         Command::Serve { events_log } => {
             let opts = crate::node::NodeOptions {

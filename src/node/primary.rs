@@ -135,6 +135,7 @@ pub async fn run(
         promoted_at.elapsed().as_secs_f64() * 1000.0
     );
 
+    let mut reported = live.generation();
     super::report(opts, me, live, "primary");
     let watchdog = Watchdog::start(config.watchdog_timeout())
         .map_err(NodeError::io("cannot start the watchdog"))?;
@@ -187,8 +188,9 @@ pub async fn run(
                     tracing::warn!("the state dir was deleted or replaced; handing over");
                     break Ended::StateGone;
                 }
-                let report_gone = !ws.member_report(&me.instance_id).exists();
-                if live.refresh() || report_gone {
+                let generation = live.generation();
+                if generation != reported || !ws.member_report(&me.instance_id).exists() {
+                    reported = generation;
                     super::report(opts, me, live, "primary");
                 }
             }

@@ -33,6 +33,7 @@ pub async fn run(
     let lock_path = opts.ws.lock_path();
     let (mut lock_rx, waited_on) = election::wait_in_thread(&lock_path)
         .map_err(NodeError::io("cannot start the lock waiter"))?;
+    let mut reported = live.generation();
     super::report(opts, me, live, "secondary");
     let mut state_check = tokio::time::interval(state::SECONDARY_CHECK);
     let mut client = Client::new(&opts.ws, &opts.config, &me.instance_id);
@@ -69,7 +70,9 @@ pub async fn run(
                     tracing::warn!("{} was deleted or replaced: electing again", lock_path.display());
                     return Ok(Followed::StateGone);
                 }
-                if live.refresh() {
+                let generation = live.generation();
+                if generation != reported {
+                    reported = generation;
                     super::report(opts, me, live, "secondary");
                 }
             }
