@@ -469,11 +469,7 @@ impl LiveConfig {
         }
         loaded.stamps = stamps;
         loaded.generation += 1;
-        loaded.report.files = self
-            .files
-            .iter()
-            .map(|f| (f.clone(), f.exists()))
-            .collect();
+        loaded.report.files = self.files.iter().map(|f| (f.clone(), f.exists())).collect();
         match Config::load(&self.state_dir) {
             Ok(config) => {
                 if loaded.report.error.is_some() || *loaded.config != config {
@@ -522,6 +518,40 @@ mod tests {
         assert!(err.contains("grove.toml"), "{err}");
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("hartbeat"), "{err}");
+    }
+
+    #[test]
+    fn engines_merge_by_name_workspace_wins() {
+        let mut base: toml::Table =
+            "max_parallel = 2\n[engines.a]\ncommand = [\"a\"]\n[engines.b]\ncommand = [\"user\"]\n"
+                .parse()
+                .unwrap();
+        let over: toml::Table =
+            "max_parallel = 3\n[engines.b]\ncommand = [\"ws\"]\n[engines.c]\ncommand = [\"c\"]\n"
+                .parse()
+                .unwrap();
+        merge(&mut base, over);
+        assert_eq!(base["max_parallel"].as_integer(), Some(3));
+        let engines = base["engines"].as_table().unwrap();
+        assert_eq!(engines.len(), 3);
+        assert_eq!(engines["b"]["command"][0].as_str(), Some("ws"));
+    }
+
+    #[test]
+    fn live_config_reloads_on_change_and_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grove.toml");
+        std::fs::write(&file, "max_parallel = 2\n").unwrap();
+        let live = LiveConfig::new(dir.path(), Config::default());
+        assert_eq!(live.current().max_parallel, 2);
+        let generation = live.generation();
+        assert_eq!(live.generation(), generation, "no change, no reload");
+        std::fs::write(&file, "max_parallel = 7\n").unwrap();
+        assert_eq!(live.current().max_parallel, 7);
+        std::fs::write(&file, "max_parallel = = 1\n").unwrap();
+        assert_eq!(live.current().max_parallel, 7);
+        assert!(live.report().error.unwrap().contains("line 1"));
+        assert!(live.generation() > generation);
     }
 
     #[test]

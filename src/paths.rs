@@ -135,7 +135,10 @@ impl Workspace {
         };
         let meta = if meta.file_type().is_symlink() {
             // Follow it, but the target must pass the same test.
-            match trust::check_owner(&fs::canonicalize(&self.state_dir).unwrap_or_default(), "the grove state dir")? {
+            match trust::check_owner(
+                &fs::canonicalize(&self.state_dir).unwrap_or_default(),
+                "the grove state dir",
+            )? {
                 Some(m) => m,
                 None => return Ok(()),
             }

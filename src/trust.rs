@@ -214,7 +214,10 @@ mod tests {
         assert!(check(&p, "the file").unwrap().is_some());
         fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
         let err = check(&p, "the file").unwrap_err().to_string();
-        assert!(err.contains("writable by every user") && err.contains("0666"), "{err}");
+        assert!(
+            err.contains("writable by every user") && err.contains("0666"),
+            "{err}"
+        );
         assert!(check(&dir.path().join("missing"), "x").unwrap().is_none());
     }
 

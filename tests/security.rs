@@ -199,7 +199,11 @@ fn a_state_dir_of_another_user_is_refused() {
         pwned.display()
     );
     let out = run_as(user, &ws, &plant);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config_home = tempfile::tempdir().unwrap();
     let victim = |args: &[&str]| {
         // Autostart on: before the fix, this started a member that ran
@@ -237,7 +241,11 @@ fn a_state_dir_of_another_user_is_refused() {
     std::fs::create_dir(ws.join(".grove")).unwrap();
     std::fs::set_permissions(ws.join(".grove"), std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = run_as(user, ws, "echo 'heartbeat_ms = 100' > .grove/grove.toml");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(BIN)
         .args(["status", "--no-autostart", "--workspace"])
         .arg(ws)
@@ -250,7 +258,10 @@ fn a_state_dir_of_another_user_is_refused() {
         err.contains(".grove/grove.toml") && err.contains(&format!("owned by uid {uid}")),
         "{err}"
     );
-    let mode = std::fs::metadata(ws.join(".grove")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(ws.join(".grove"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o700, "our own state dir was tightened");
 }
 
@@ -265,7 +276,9 @@ fn a_config_file_others_can_write_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("grove.toml") && err.contains("writable by every user") && err.contains("chmod go-w"),
+        err.contains("grove.toml")
+            && err.contains("writable by every user")
+            && err.contains("chmod go-w"),
         "{err}"
     );
     std::fs::set_permissions(&toml, std::fs::Permissions::from_mode(0o600)).unwrap();

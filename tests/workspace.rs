@@ -131,8 +131,7 @@ fn user_and_workspace_engines_merge_by_name() {
     )
     .unwrap();
     g.env("XDG_CONFIG_HOME", xdg.to_str().unwrap());
-    let engines: serde_json::Value =
-        serde_json::from_str(&g.ok(&["engines", "--json"])).unwrap();
+    let engines: serde_json::Value = serde_json::from_str(&g.ok(&["engines", "--json"])).unwrap();
     let names: Vec<&str> = engines
         .as_array()
         .unwrap()

@@ -3,7 +3,9 @@
 //! node, and print.
 //!
 //! Exit codes: 0 ok; 1 the operation failed (refused, task failed);
-//! 2 usage or configuration error; 3 grove unavailable.
+//! 2 usage or configuration error, or a workspace grove refuses to use
+//! (another user's `.grove`, config or store; an emptied store);
+//! 3 grove unavailable.
 
 mod autostart;
 mod config_cmd;
@@ -52,7 +54,7 @@ Options:
     long_about = "grove runs one orchestrator per workspace. The first `grove serve` becomes the \
 primary (store, bus, tasks); every other member follows it and takes over if it dies.",
     help_template = HELP_TEMPLATE,
-    after_help = "Examples:\n  grove serve &                      # a member for this workspace\n  grove spawn 'make test'            # run a task from any window\n  grove status                       # who is primary, who follows\n  grove events --follow              # every event, live\n\nExit codes: 0 ok, 1 operation failed, 2 usage/config error, 3 grove unavailable."
+    after_help = "Examples:\n  grove serve &                      # a member for this workspace\n  grove spawn 'make test'            # run a task from any window\n  grove status                       # who is primary, who follows\n  grove events --follow              # every event, live\n\nExit codes: 0 ok, 1 operation failed, 2 usage/config error or a refused workspace (not yours, emptied store), 3 grove unavailable."
 )]
 pub struct Cli {
     /// Workspace directory (default: $GROVE_WORKSPACE, else the current directory).

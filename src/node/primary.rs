@@ -117,7 +117,7 @@ pub async fn run(
         retention,
         still_current,
     )
-        .map_err(NodeError::io("cannot start the store thread"))?;
+    .map_err(NodeError::io("cannot start the store thread"))?;
 
     // The orchestrator: adopts running tasks (DESIGN §5), then keeps the
     // processes in line with the store.

@@ -68,7 +68,10 @@ pub fn record_epoch(ws: &Workspace, epoch: u64) {
         return;
     }
     if let Err(e) = write_atomic(&ws.epoch_mark(), format!("{epoch}\n").as_bytes()) {
-        tracing::warn!("cannot record epoch {epoch} in {}: {e}", ws.epoch_mark().display());
+        tracing::warn!(
+            "cannot record epoch {epoch} in {}: {e}",
+            ws.epoch_mark().display()
+        );
     }
 }
 
