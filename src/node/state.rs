@@ -18,7 +18,7 @@
 
 use crate::config::LoadReport;
 use crate::election::{FileId, PrimaryLock, file_id};
-use crate::paths::{Workspace, write_atomic};
+use crate::paths::Workspace;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -67,7 +67,7 @@ pub fn record_epoch(ws: &Workspace, epoch: u64) {
     if epoch <= epoch_mark(ws) {
         return;
     }
-    if let Err(e) = write_atomic(&ws.epoch_mark(), format!("{epoch}\n").as_bytes()) {
+    if let Err(e) = write_replace(&ws.epoch_mark(), format!("{epoch}\n").as_bytes()) {
         tracing::warn!(
             "cannot record epoch {epoch} in {}: {e}",
             ws.epoch_mark().display()
@@ -94,7 +94,7 @@ impl MemberReport {
         let path = ws.member_report(&self.instance_id);
         let result = serde_json::to_vec_pretty(self)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| write_atomic(&path, &bytes));
+            .and_then(|bytes| write_replace(&path, &bytes));
         if let Err(e) = result {
             tracing::debug!("cannot write {}: {e}", path.display());
         }
@@ -130,6 +130,23 @@ impl MemberReport {
         out.sort_by_key(|r| (r.role != "primary", r.pid));
         out
     }
+}
+
+/// Temp file + rename, without the fsync of `paths::write_atomic`: these
+/// files live in the runtime dir and matter only while members run, and a
+/// promotion must not wait for a disk flush.
+fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?
+        .write_all(bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn read_report(path: &Path) -> Option<MemberReport> {
