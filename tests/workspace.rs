@@ -18,6 +18,19 @@ fn unlinked_store_fds(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// `rm -rf .grove`, retried: a member may create a file in it while it
+/// is being removed.
+fn remove_state_dir(g: &Grove) {
+    let dir = g.ws.join(".grove");
+    wait_for("the state dir to be removed", DEADLINE, || {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Some(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(()),
+            Err(_) => None,
+        }
+    });
+}
+
 /// `.grove` deleted while a primary and a secondary run: both notice, the
 /// workspace gets a primary again at an epoch above every earlier one, no
 /// member keeps the unlinked store open, writes land in the new store, and
@@ -29,10 +42,11 @@ fn deleting_the_state_dir_under_running_members() {
     let (_, e0) = g.wait_primary();
     g.serve();
     g.wait_secondaries_at(1, e0);
-    let before = g.task_create("echo before");
+    let before = g.ok(&["spawn", "echo before"]);
+    g.ok(&["wait", &before]);
     let toml = std::fs::read_to_string(g.ws.join(".grove/grove.toml")).unwrap();
 
-    std::fs::remove_dir_all(g.ws.join(".grove")).unwrap();
+    remove_state_dir(&g);
 
     let e1 = wait_for("a primary on the new state dir", DEADLINE, || {
         let s = g.status();
@@ -59,7 +73,7 @@ fn deleting_the_state_dir_under_running_members() {
         m.signal(libc::SIGTERM);
         assert!(m.wait_exit(DEADLINE).is_some(), "a member did not stop");
     }
-    std::fs::remove_dir_all(g.ws.join(".grove")).unwrap();
+    remove_state_dir(&g);
     std::fs::create_dir(g.ws.join(".grove")).unwrap();
     std::fs::write(g.ws.join(".grove/grove.toml"), toml).unwrap();
     g.serve();
