@@ -22,13 +22,15 @@ fn unlinked_store_fds(pid: u32) -> Vec<String> {
 /// is being removed.
 fn remove_state_dir(g: &Grove) {
     let dir = g.ws.join(".grove");
-    wait_for("the state dir to be removed", DEADLINE, || {
-        match std::fs::remove_dir_all(&dir) {
+    wait_for(
+        "the state dir to be removed",
+        DEADLINE,
+        || match std::fs::remove_dir_all(&dir) {
             Ok(()) => Some(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(()),
             Err(_) => None,
-        }
-    });
+        },
+    );
 }
 
 /// `.grove` deleted while a primary and a secondary run: both notice, the
