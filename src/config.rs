@@ -1,10 +1,16 @@
 //! Configuration: `.grove/grove.toml` in the workspace, then
 //! `~/.config/grove/grove.toml`, then built-in defaults. A key set in the
-//! workspace file wins over the same key in the user file.
+//! workspace file wins over the same key in the user file; engines merge by
+//! name (a workspace engine replaces the user engine of the same name, and
+//! the user's other engines stay).
+//!
+//! A running member reloads the files when they change ([`LiveConfig`]), so
+//! that `grove engines` and `spawn -e` never disagree until a restart.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,10 +24,12 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::Untrusted),
 }
 
 /// The effective configuration of one workspace.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// How often the primary publishes `instance.heartbeat`.
@@ -169,13 +177,10 @@ impl Config {
     /// `state_dir`.
     pub fn load(state_dir: &Path) -> Result<Config, ConfigError> {
         let mut merged = toml::Table::new();
-        for path in [user_config_path(), Some(state_dir.join("grove.toml"))]
-            .into_iter()
-            .flatten()
-        {
+        for path in config_files(state_dir) {
             if let Some(table) = read_table(&path)? {
                 check_known_keys(&path, &table)?;
-                merged.extend(table);
+                merge(&mut merged, table);
             }
         }
         let mut config: Config = toml::Value::Table(merged)
@@ -230,12 +235,10 @@ impl Config {
 /// Every effective setting as `(key, value, source)`; engines are listed
 /// one per line as `engines.NAME`.
 pub fn explain(state_dir: &Path, config: &Config) -> Vec<(String, String, String)> {
-    let files: Vec<(PathBuf, toml::Table)> =
-        [user_config_path(), Some(state_dir.join("grove.toml"))]
-            .into_iter()
-            .flatten()
-            .filter_map(|p| read_table(&p).ok().flatten().map(|t| (p, t)))
-            .collect();
+    let files: Vec<(PathBuf, toml::Table)> = config_files(state_dir)
+        .into_iter()
+        .filter_map(|p| read_table(&p).ok().flatten().map(|t| (p, t)))
+        .collect();
     // The last file that sets a key wins, as in `Config::load`.
     let source = |key: &str, sub: Option<&str>| {
         files
@@ -281,6 +284,29 @@ pub fn explain(state_dir: &Path, config: &Config) -> Vec<(String, String, String
     rows
 }
 
+/// The files a member in this environment reads, lowest precedence first.
+pub fn config_files(state_dir: &Path) -> Vec<PathBuf> {
+    [user_config_path(), Some(state_dir.join("grove.toml"))]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Lays `over` on `base`: a key in `over` replaces the same key in `base`,
+/// except `engines`, which merge by engine name.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (key.as_str(), base.get_mut(&key), value) {
+            ("engines", Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => {
+                mine.extend(theirs);
+            }
+            (_, _, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 fn user_config_path() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
@@ -289,6 +315,14 @@ fn user_config_path() -> Option<PathBuf> {
 }
 
 fn read_table(path: &Path) -> Result<Option<toml::Table>, ConfigError> {
+    // The file configures the commands grove runs: it, and the dir it is
+    // in, must be this user's and not writable by others.
+    if crate::trust::check(path, "the config file")?.is_none() {
+        return Ok(None);
+    }
+    if let Some(dir) = path.parent() {
+        crate::trust::check(dir, "the directory of the config file")?;
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -338,6 +372,126 @@ fn line_hint(path: &Path, message: &str) -> String {
     message.to_string()
 }
 
+/// Identity of one config file as seen by `stat`: changes when it is
+/// edited, replaced, created or removed.
+type Stamp = Option<(u64, u64, u64, i64, i64, i64, i64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
+}
+
+/// What a member reports about its configuration (`grove config show`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoadReport {
+    /// The files this member reads, lowest precedence first, and whether
+    /// each exists.
+    pub files: Vec<(PathBuf, bool)>,
+    /// The error of the last load, when it failed; the member then keeps
+    /// the configuration it loaded at `loaded_at`.
+    pub error: Option<String>,
+    /// Unix milliseconds of the last successful load.
+    pub loaded_at: u64,
+}
+
+struct Loaded {
+    /// Counts the reloads (and failed reloads), so that whoever reports
+    /// them learns of a reload another caller triggered.
+    generation: u64,
+    stamps: Vec<Stamp>,
+    config: Arc<Config>,
+    report: LoadReport,
+}
+
+/// The configuration of a running member, reloaded when a file changes.
+/// A check costs one `stat` per file; a file that fails to load leaves the
+/// last good configuration in use, and the error in the report.
+pub struct LiveConfig {
+    state_dir: PathBuf,
+    files: Vec<PathBuf>,
+    loaded: Mutex<Loaded>,
+}
+
+impl LiveConfig {
+    /// Loads the files now; when they do not load, starts from `fallback`.
+    pub fn new(state_dir: &Path, fallback: Config) -> LiveConfig {
+        let files = config_files(state_dir);
+        let live = LiveConfig {
+            state_dir: state_dir.to_path_buf(),
+            loaded: Mutex::new(Loaded {
+                generation: 0,
+                stamps: Vec::new(),
+                config: Arc::new(fallback),
+                report: LoadReport {
+                    files: files.iter().map(|f| (f.clone(), f.exists())).collect(),
+                    error: None,
+                    loaded_at: crate::protocol::now_ms(),
+                },
+            }),
+            files,
+        };
+        live.refresh();
+        live
+    }
+
+    /// The configuration to use now (reloaded first if a file changed).
+    pub fn current(&self) -> Arc<Config> {
+        self.refresh();
+        self.lock().config.clone()
+    }
+
+    pub fn report(&self) -> LoadReport {
+        self.lock().report.clone()
+    }
+
+    /// Reloads when a file changed; returns the generation, which changes
+    /// with every reload attempt.
+    pub fn generation(&self) -> u64 {
+        self.refresh();
+        self.lock().generation
+    }
+
+    /// Reloads when a file changed; true when it did (loaded or failed).
+    pub fn refresh(&self) -> bool {
+        let stamps: Vec<Stamp> = self.files.iter().map(|f| stamp(f)).collect();
+        let mut loaded = self.lock();
+        if loaded.stamps == stamps {
+            return false;
+        }
+        loaded.stamps = stamps;
+        loaded.generation += 1;
+        loaded.report.files = self.files.iter().map(|f| (f.clone(), f.exists())).collect();
+        match Config::load(&self.state_dir) {
+            Ok(config) => {
+                if loaded.report.error.is_some() || *loaded.config != config {
+                    tracing::info!("configuration reloaded");
+                }
+                loaded.config = Arc::new(config);
+                loaded.report.error = None;
+                loaded.report.loaded_at = crate::protocol::now_ms();
+            }
+            Err(e) => {
+                tracing::error!("configuration not reloaded, keeping the last good one: {e}");
+                loaded.report.error = Some(e.to_string());
+            }
+        }
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +518,40 @@ mod tests {
         assert!(err.contains("grove.toml"), "{err}");
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("hartbeat"), "{err}");
+    }
+
+    #[test]
+    fn engines_merge_by_name_workspace_wins() {
+        let mut base: toml::Table =
+            "max_parallel = 2\n[engines.a]\ncommand = [\"a\"]\n[engines.b]\ncommand = [\"user\"]\n"
+                .parse()
+                .unwrap();
+        let over: toml::Table =
+            "max_parallel = 3\n[engines.b]\ncommand = [\"ws\"]\n[engines.c]\ncommand = [\"c\"]\n"
+                .parse()
+                .unwrap();
+        merge(&mut base, over);
+        assert_eq!(base["max_parallel"].as_integer(), Some(3));
+        let engines = base["engines"].as_table().unwrap();
+        assert_eq!(engines.len(), 3);
+        assert_eq!(engines["b"]["command"][0].as_str(), Some("ws"));
+    }
+
+    #[test]
+    fn live_config_reloads_on_change_and_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grove.toml");
+        std::fs::write(&file, "max_parallel = 2\n").unwrap();
+        let live = LiveConfig::new(dir.path(), Config::default());
+        assert_eq!(live.current().max_parallel, 2);
+        let generation = live.generation();
+        assert_eq!(live.generation(), generation, "no change, no reload");
+        std::fs::write(&file, "max_parallel = 7\n").unwrap();
+        assert_eq!(live.current().max_parallel, 7);
+        std::fs::write(&file, "max_parallel = = 1\n").unwrap();
+        assert_eq!(live.current().max_parallel, 7);
+        assert!(live.report().error.unwrap().contains("line 1"));
+        assert!(live.generation() > generation);
     }
 
     #[test]

@@ -16,6 +16,34 @@ pub struct PrimaryLock {
     _file: File,
 }
 
+/// Which file a path names: `(device, inode)`. A lock file that was
+/// unlinked (the state dir deleted) keeps its inode while a new file at the
+/// same path gets another, so comparing ids tells whether a lock taken on
+/// an open file still guards the path everyone else locks.
+pub type FileId = (u64, u64);
+
+pub fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn open_file_id(file: &File) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl PrimaryLock {
+    /// True when this lock is on the file that `path` names now.
+    pub fn is_at(&self, path: &Path) -> bool {
+        let held = open_file_id(&self._file);
+        held.is_some() && held == file_id(path)
+    }
+
+    pub fn id(&self) -> Option<FileId> {
+        open_file_id(&self._file)
+    }
+}
+
 fn open_lock_file(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     // Opened for writing only because flock needs an open fd; never written.
@@ -49,8 +77,12 @@ pub fn is_held(path: &Path) -> io::Result<bool> {
 
 /// Starts the dedicated waiter thread: it blocks in `flock` until the lock is
 /// ours and then hands it over through the returned channel.
-pub fn wait_in_thread(path: &Path) -> io::Result<tokio::sync::oneshot::Receiver<PrimaryLock>> {
+/// Also returns the id of the file it waits on.
+pub fn wait_in_thread(
+    path: &Path,
+) -> io::Result<(tokio::sync::oneshot::Receiver<PrimaryLock>, Option<FileId>)> {
     let file = open_lock_file(path)?;
+    let id = open_file_id(&file);
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("grove-lock-waiter".into())
@@ -62,7 +94,7 @@ pub fn wait_in_thread(path: &Path) -> io::Result<tokio::sync::oneshot::Receiver<
             }
             Err(e) => tracing::error!("waiting for the election lock failed: {e}"),
         })?;
-    Ok(rx)
+    Ok((rx, id))
 }
 
 #[cfg(test)]
@@ -85,7 +117,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("primary.lock");
         let first = try_acquire(&path).unwrap().unwrap();
-        let rx = wait_in_thread(&path).unwrap();
+        let (rx, id) = wait_in_thread(&path).unwrap();
+        assert_eq!(id, file_id(&path));
         drop(first);
         let _second = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
             .await

@@ -23,4 +23,5 @@ pub mod protocol;
 pub mod shim;
 pub mod store;
 pub mod subscriber;
+pub mod trust;
 pub mod waiter;

@@ -27,6 +27,8 @@ pub enum PathError {
         reason: String,
         uid: u32,
     },
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::Untrusted),
 }
 
 /// The resolved file layout of one workspace.
@@ -76,25 +78,36 @@ impl Workspace {
     pub fn rpc_socket(&self, epoch: u64) -> PathBuf {
         self.socket_dir.join(format!("rpc-{epoch}.sock"))
     }
+    /// The highest epoch any primary of this workspace took, kept outside
+    /// `.grove` so that it survives the state dir being deleted.
+    pub fn epoch_mark(&self) -> PathBuf {
+        self.socket_dir.join("epoch")
+    }
+    /// What one member reports about the config files it loaded.
+    pub fn member_report(&self, instance_id: &str) -> PathBuf {
+        self.socket_dir.join(format!("member-{instance_id}.json"))
+    }
 
-    /// Creates `.grove/` (0700) and checks that we can write in it.
+    /// Creates `.grove/` (0700), checks that it can be trusted (see
+    /// [`Workspace::check_state_dir`]) and that we can write in it.
     pub fn ensure_state_dir(&self) -> Result<(), PathError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.state_dir)
-            .map_err(|source| PathError::StateDir {
-                path: self.state_dir.clone(),
-                source,
-            })?;
-        // A state dir made by someone else's tool (or an older grove) may be
-        // open to other users: it holds task env and logs, so tighten it.
-        if let Ok(meta) = fs::metadata(&self.state_dir)
-            && meta.permissions().mode() & 0o077 != 0
-            && meta.uid() == unsafe { libc::geteuid() }
-        {
-            let _ = fs::set_permissions(&self.state_dir, fs::Permissions::from_mode(0o700));
+        // Never recreate a workspace that was deleted: only `.grove` itself.
+        if !self.root.is_dir() {
+            return Err(PathError::NoWorkspace {
+                path: self.root.clone(),
+            });
         }
+        match fs::DirBuilder::new().mode(0o700).create(&self.state_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(PathError::StateDir {
+                    path: self.state_dir.clone(),
+                    source,
+                });
+            }
+        }
+        self.check_state_dir()?;
         // Creating the dir succeeds when it already exists; prove writability.
         let probe = self
             .state_dir
@@ -105,6 +118,75 @@ impl Workspace {
                 path: self.state_dir.clone(),
                 source,
             })
+    }
+
+    /// Refuses a state dir that another user owns, and every entry in it
+    /// that another user owns: grove runs what `grove.toml` and the store
+    /// say, and writes logs where the state dir says. Our own state dir
+    /// that is merely too open (an older grove, a permissive umask) is
+    /// tightened to 0700, and our store files to 0600 (they hold prompts
+    /// and task environments); our config file, store or personas dir that
+    /// others could write is refused, since its content may not be ours.
+    /// A missing state dir is fine.
+    pub fn check_state_dir(&self) -> Result<(), PathError> {
+        use crate::trust;
+        let Some(meta) = trust::check_owner(&self.state_dir, "the grove state dir")? else {
+            return Ok(());
+        };
+        let meta = if meta.file_type().is_symlink() {
+            // Follow it, but the target must pass the same test.
+            match trust::check_owner(
+                &fs::canonicalize(&self.state_dir).unwrap_or_default(),
+                "the grove state dir",
+            )? {
+                Some(m) => m,
+                None => return Ok(()),
+            }
+        } else {
+            meta
+        };
+        if !meta.is_dir() {
+            return Err(PathError::StateDir {
+                path: self.state_dir.clone(),
+                source: io::Error::other("it is not a directory"),
+            });
+        }
+        if meta.uid() == trust::euid() {
+            trust::tighten(&self.state_dir, &meta, 0o700);
+        } else if trust::writable_by_others(&meta) {
+            // Owned by root but open to others: not ours to change.
+            trust::check(&self.state_dir, "the grove state dir")?;
+        }
+        let entries = fs::read_dir(&self.state_dir).map_err(|source| PathError::StateDir {
+            path: self.state_dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let what = match name.as_ref() {
+                "grove.toml" => "the workspace config file",
+                "personas" => "the personas dir",
+                "grove.db" | "grove.db-wal" | "grove.db-shm" => "the grove store",
+                _ => "a file in the grove state dir",
+            };
+            let Some(meta) = trust::check_owner(&path, what)? else {
+                continue;
+            };
+            match name.as_ref() {
+                "grove.toml" | "personas" => {
+                    trust::check(&path, what)?;
+                }
+                "grove.db" | "grove.db-wal" | "grove.db-shm" => {
+                    trust::check(&path, what)?;
+                    trust::tighten(&path, &meta, 0o600);
+                }
+                "logs" | "run" if meta.is_dir() => trust::tighten(&path, &meta, 0o700),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Creates the socket dir (0700) and refuses it when someone else owns it

@@ -215,7 +215,8 @@ fn completions_and_config_show() {
     let json: serde_json::Value =
         serde_json::from_str(&g.ok(&["config", "show", "--json"])).unwrap();
     assert!(
-        json.as_array()
+        json["settings"]
+            .as_array()
             .unwrap()
             .iter()
             .any(|r| r["key"] == "heartbeat_ms")

@@ -22,6 +22,11 @@ fn state_dir_socket_dir_and_logs_are_private() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&g.ws.join(".grove")), 0o700);
     assert_eq!(mode(&g.ws.join(format!(".grove/logs/{id}.log"))), 0o600);
+    // The store holds prompts and task environments: 0600, and SQLite's
+    // side files follow it.
+    for f in ["grove.db", "grove.db-wal", "grove.db-shm"] {
+        assert_eq!(mode(&g.ws.join(".grove").join(f)), 0o600, "{f}");
+    }
     let rpc = g.status()["primary"]["rpc_endpoint"]
         .as_str()
         .unwrap()
@@ -88,27 +93,51 @@ fn refuses_a_socket_dir_others_can_write_or_own() {
     assert!(err.contains("owned by uid 65534"), "{err}");
 }
 
-#[test]
-fn another_local_user_cannot_connect() {
+/// A second local user for the tests that need one (root only), and its
+/// uid. Made once per test binary: parallel `useradd`s race.
+fn other_user() -> Option<(&'static str, u32)> {
+    static USER: std::sync::OnceLock<Option<(&'static str, u32)>> = std::sync::OnceLock::new();
+    *USER.get_or_init(make_other_user)
+}
+
+fn make_other_user() -> Option<(&'static str, u32)> {
     if !is_root() {
         eprintln!("skipped: creating a second user needs root");
-        return;
+        return None;
     }
     let user = "grove-other";
-    let exists = Command::new("id")
-        .arg(user)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !exists {
+    let uid = || {
+        let out = Command::new("id").args(["-u", user]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    if uid().is_none() {
         let made = Command::new("useradd")
             .args(["--no-create-home", "--shell", "/bin/sh", user])
             .status();
         if !matches!(made, Ok(s) if s.success()) {
             eprintln!("skipped: useradd is not available here");
-            return;
+            return None;
         }
     }
+    Some((user, uid()?))
+}
+
+/// Runs a shell script as `user` in `dir`.
+fn run_as(user: &str, dir: &std::path::Path, script: &str) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", user, "--", "sh", "-c", script])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .expect("runuser")
+}
+
+#[test]
+fn another_local_user_cannot_connect() {
+    let Some((user, _)) = other_user() else {
+        return;
+    };
     let mut g = Grove::new();
     g.serve();
     g.wait_primary();
@@ -148,4 +177,110 @@ fn another_local_user_cannot_connect() {
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
     let _ = std::fs::metadata(&g.ws).map(|m| m.uid());
+}
+
+/// The attack of a shared directory: another user creates `.grove/` (0777)
+/// with a `grove.toml` whose shell engine runs their command. Every grove
+/// command of the victim refuses the workspace, naming the path and its
+/// owner, and nothing of theirs runs.
+#[test]
+fn a_state_dir_of_another_user_is_refused() {
+    let Some((user, uid)) = other_user() else {
+        return;
+    };
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let ws = shared.path().join("project");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::set_permissions(&ws, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pwned = ws.join("pwned");
+    let plant = format!(
+        "mkdir .grove && chmod 777 .grove && printf '[engines.shell]\\ncommand = [\"sh\", \"-c\", \"id > {} ; {{prompt}}\"]\\n' > .grove/grove.toml && chmod 666 .grove/grove.toml",
+        pwned.display()
+    );
+    let out = run_as(user, &ws, &plant);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config_home = tempfile::tempdir().unwrap();
+    let victim = |args: &[&str]| {
+        // Autostart on: before the fix, this started a member that ran
+        // the planted engine.
+        Command::new(BIN)
+            .args(args)
+            .arg("--workspace")
+            .arg(&ws)
+            .env_remove("GROVE_NO_AUTOSTART")
+            .env("XDG_CONFIG_HOME", config_home.path())
+            .output()
+            .unwrap()
+    };
+    for args in [&["spawn", "echo hi"][..], &["serve"], &["status"]] {
+        let out = victim(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("{}", ws.join(".grove").display()))
+                && err.contains(&format!("owned by uid {uid}"))
+                && err.contains("0777")
+                && err.contains("chown"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!pwned.exists(), "the other user's engine ran");
+    assert!(!ws.join(".grove/primary.json").exists(), "a member started");
+    assert!(!ws.join(".grove/grove.db").exists(), "a store was created");
+
+    // Our own state dir left open (0777): grove tightens it, but a config
+    // file that the other user put in it is still refused.
+    let mine = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(mine.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ws = mine.path();
+    std::fs::create_dir(ws.join(".grove")).unwrap();
+    std::fs::set_permissions(ws.join(".grove"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run_as(user, ws, "echo 'heartbeat_ms = 100' > .grove/grove.toml");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["status", "--no-autostart", "--workspace"])
+        .arg(ws)
+        .env("XDG_CONFIG_HOME", config_home.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(".grove/grove.toml") && err.contains(&format!("owned by uid {uid}")),
+        "{err}"
+    );
+    let mode = std::fs::metadata(ws.join(".grove"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "our own state dir was tightened");
+}
+
+/// A config file (ours) that others can write is refused: its content may
+/// not be ours any more.
+#[test]
+fn a_config_file_others_can_write_is_refused() {
+    let g = Grove::new();
+    let toml = g.ws.join(".grove/grove.toml");
+    std::fs::set_permissions(&toml, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = g.run(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("grove.toml")
+            && err.contains("writable by every user")
+            && err.contains("chmod go-w"),
+        "{err}"
+    );
+    std::fs::set_permissions(&toml, std::fs::Permissions::from_mode(0o600)).unwrap();
+    g.ok(&["config", "show"]);
 }

@@ -3,7 +3,9 @@
 //! node, and print.
 //!
 //! Exit codes: 0 ok; 1 the operation failed (refused, task failed);
-//! 2 usage or configuration error; 3 grove unavailable.
+//! 2 usage or configuration error, or a workspace grove refuses to use
+//! (another user's `.grove`, config or store; an emptied store);
+//! 3 grove unavailable.
 
 mod autostart;
 mod config_cmd;
@@ -52,7 +54,7 @@ Options:
     long_about = "grove runs one orchestrator per workspace. The first `grove serve` becomes the \
 primary (store, bus, tasks); every other member follows it and takes over if it dies.",
     help_template = HELP_TEMPLATE,
-    after_help = "Examples:\n  grove serve &                      # a member for this workspace\n  grove spawn 'make test'            # run a task from any window\n  grove status                       # who is primary, who follows\n  grove events --follow              # every event, live\n\nExit codes: 0 ok, 1 operation failed, 2 usage/config error, 3 grove unavailable."
+    after_help = "Examples:\n  grove serve &                      # a member for this workspace\n  grove spawn 'make test'            # run a task from any window\n  grove status                       # who is primary, who follows\n  grove events --follow              # every event, live\n\nExit codes: 0 ok, 1 operation failed, 2 usage/config error or a refused workspace (not yours, emptied store), 3 grove unavailable."
 )]
 pub struct Cli {
     /// Workspace directory (default: $GROVE_WORKSPACE, else the current directory).
@@ -264,20 +266,38 @@ pub struct Context {
     pub config: Config,
     /// Start a background member when none runs (see `autostart.rs`).
     pub autostart: bool,
+    /// Why the config files did not load, for the one command that goes on
+    /// without them (`config show`, which must report the error).
+    pub config_error: Option<String>,
 }
 
 impl Context {
-    fn load(workspace: Option<PathBuf>, autostart: bool) -> Result<Context, CliError> {
+    fn load(
+        workspace: Option<PathBuf>,
+        autostart: bool,
+        lenient: bool,
+    ) -> Result<Context, CliError> {
         let root = match workspace {
             Some(w) => w,
             None => std::env::current_dir().map_err(|e| CliError::Usage(e.to_string()))?,
         };
         let ws = Workspace::resolve(&root).map_err(|e| CliError::Usage(e.to_string()))?;
-        let config = Config::load(&ws.state_dir).map_err(|e| CliError::Usage(e.to_string()))?;
+        // Before anything from `.grove` is read: another user's state dir
+        // or config must never configure what grove runs as this user.
+        ws.check_state_dir()
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let (config, config_error) = match Config::load(&ws.state_dir) {
+            Ok(c) => (c, None),
+            Err(e) if lenient && !matches!(e, crate::config::ConfigError::Untrusted(_)) => {
+                (Config::default(), Some(e.to_string()))
+            }
+            Err(e) => return Err(CliError::Usage(e.to_string())),
+        };
         Ok(Context {
             ws,
             config,
             autostart,
+            config_error,
         })
     }
 
@@ -287,8 +307,12 @@ impl Context {
     }
 
     pub fn reader(&self) -> Result<crate::store::Reader, CliError> {
-        crate::store::Reader::open(&self.ws.db_path())
-            .map_err(|e| CliError::Unavailable(e.to_string()))
+        crate::store::Reader::open(&self.ws.db_path()).map_err(|e| match e {
+            crate::store::StoreError::Missing(_) | crate::store::StoreError::Sqlite(_) => {
+                CliError::Unavailable(e.to_string())
+            }
+            e => e.into(),
+        })
     }
 }
 
@@ -324,7 +348,13 @@ impl From<ClientError> for CliError {
 
 impl From<crate::store::StoreError> for CliError {
     fn from(e: crate::store::StoreError) -> Self {
-        CliError::Failed(e.to_string())
+        use crate::store::StoreError;
+        match e {
+            // The workspace needs the user's attention before grove may
+            // use it: a setup problem (exit 2), like a bad config.
+            StoreError::Emptied { .. } | StoreError::Untrusted(_) => CliError::Usage(e.to_string()),
+            e => CliError::Failed(e.to_string()),
+        }
     }
 }
 
@@ -354,7 +384,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         clap_complete::generate(*shell, &mut Cli::command(), "grove", &mut std::io::stdout());
         return Ok(EXIT_OK);
     }
-    let ctx = Context::load(cli.workspace, !cli.no_autostart)?;
+    let lenient = matches!(cli.command, Command::Config(_));
+    let ctx = Context::load(cli.workspace, !cli.no_autostart, lenient)?;
     match cli.command {
         Command::Serve { events_log } => {
             let opts = crate::node::NodeOptions {
@@ -366,6 +397,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             crate::node::serve(opts).await.map_err(|e| match e {
                 // A workspace we cannot use is a setup problem, not a crash.
                 crate::node::NodeError::Path(_) => CliError::Usage(e.to_string()),
+                crate::node::NodeError::Store(e) => e.into(),
                 e => CliError::Failed(e.to_string()),
             })?;
             Ok(EXIT_OK)

@@ -7,10 +7,11 @@
 
 mod primary;
 mod secondary;
+pub mod state;
 mod watchdog;
 
-use crate::config::Config;
-use crate::election;
+use crate::config::{Config, LiveConfig};
+use crate::election::{self, PrimaryLock};
 use crate::paths::{PathError, Workspace};
 use crate::protocol::{Event, now_ms};
 use crate::store::{Reader, StoreError};
@@ -82,36 +83,81 @@ pub async fn serve_until(
     let span = tracing::info_span!("member", instance = %&identity.instance_id[..8]);
     let _enter = span.enter();
 
-    let events_task = tokio::spawn(consume_events(opts.clone()));
+    // One view of the config files for the member's whole life: reloaded
+    // when they change, reported for `grove config show`.
+    let live = std::sync::Arc::new(LiveConfig::new(&opts.ws.state_dir, opts.config.clone()));
+    let mut events_task = tokio::spawn(consume_events(opts.clone()));
 
     let lock_path = opts.ws.lock_path();
-    let mut lock = election::try_acquire(&lock_path).map_err(NodeError::io(format!(
+    let mut lock = acquire(&lock_path)?;
+    let result = loop {
+        if *shutdown.borrow() {
+            break Ok(());
+        }
+        let state_gone = match lock.take() {
+            // Taken on a lock file that was unlinked meanwhile: promoting
+            // on it would make a second primary beside the one that holds
+            // the workspace's current lock file.
+            Some(held) if !held.is_at(&lock_path) => true,
+            Some(held) => {
+                match primary::run(&identity, &opts, &live, held, shutdown.clone()).await? {
+                    primary::Ended::Stopped => break Ok(()),
+                    primary::Ended::Rebind => false,
+                    primary::Ended::StateGone => true,
+                }
+            }
+            None => match secondary::run(&identity, &opts, &live, shutdown.clone()).await? {
+                secondary::Followed::Promote(held) => {
+                    lock = Some(held);
+                    continue;
+                }
+                secondary::Followed::Stopped => break Ok(()),
+                secondary::Followed::StateGone => true,
+            },
+        };
+        if state_gone {
+            // `.grove` was deleted or replaced. Start over on the new one
+            // (recreated if need be, checked like at startup); the member's
+            // own event view restarts with the new store. A member whose
+            // workspace itself is gone stops here with the error.
+            tracing::warn!("the workspace state was deleted or replaced: joining it anew");
+            events_task.abort();
+            if let Err(e) = opts.ws.ensure_state_dir() {
+                break Err(e.into());
+            }
+            events_task = tokio::spawn(consume_events(opts.clone()));
+        }
+        if let Err(e) = opts.ws.ensure_socket_dir() {
+            break Err(e.into());
+        }
+        lock = match acquire(&lock_path) {
+            Ok(l) => l,
+            Err(e) => break Err(e),
+        };
+    };
+    events_task.abort();
+    state::MemberReport::remove(&opts.ws, &identity.instance_id);
+    result
+}
+
+fn acquire(lock_path: &std::path::Path) -> Result<Option<PrimaryLock>, NodeError> {
+    election::try_acquire(lock_path).map_err(NodeError::io(format!(
         "cannot open {}",
         lock_path.display()
-    )))?;
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        match lock.take() {
-            Some(held) => match primary::run(&identity, &opts, held, shutdown.clone()).await? {
-                primary::Ended::Stopped => break,
-                primary::Ended::Rebind => {
-                    opts.ws.ensure_socket_dir()?;
-                    lock = election::try_acquire(&lock_path).map_err(NodeError::io(format!(
-                        "cannot open {}",
-                        lock_path.display()
-                    )))?;
-                }
-            },
-            None => match secondary::run(&identity, &opts, shutdown.clone()).await? {
-                Some(held) => lock = Some(held),
-                None => break,
-            },
-        }
+    )))
+}
+
+/// Writes this member's account of its config files (`grove config show`).
+fn report(opts: &NodeOptions, me: &Identity, live: &LiveConfig, role: &str) {
+    state::MemberReport {
+        instance_id: me.instance_id.clone(),
+        pid: me.pid,
+        proc_start: crate::proc::start_time(me.pid),
+        kind: opts.kind.to_string(),
+        role: role.to_string(),
+        config: live.report(),
     }
-    events_task.abort();
-    Ok(())
+    .write(&opts.ws);
 }
 
 /// A watch channel that flips to `true` on the first SIGTERM, SIGINT or SIGHUP.

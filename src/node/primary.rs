@@ -1,8 +1,10 @@
 //! Running as primary: promotion in the order of DESIGN §2, the RPC loop on
 //! the ROUTER, the publisher on the PUB, and a graceful handover.
 
+use super::state::{self, StateGuard};
 use super::watchdog::Watchdog;
 use super::{Identity, NodeError, NodeOptions};
+use crate::config::LiveConfig;
 use crate::election::PrimaryLock;
 use crate::primary_record::PrimaryRecord;
 use crate::protocol::{
@@ -26,7 +28,8 @@ struct Serving {
     reader: std::cell::RefCell<Option<crate::store::Reader>>,
     info: PrimaryInfo,
     ws: crate::paths::Workspace,
-    config: crate::config::Config,
+    /// Read per spawn: an engine added to `grove.toml` works at once.
+    live: Arc<LiveConfig>,
     started: Instant,
     last_seq: Arc<AtomicU64>,
     jobs: std::sync::mpsc::Sender<Job>,
@@ -39,15 +42,21 @@ struct Serving {
 pub async fn run(
     me: &Identity,
     opts: &NodeOptions,
+    live: &Arc<LiveConfig>,
     lock: PrimaryLock,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Ended, NodeError> {
     let ws = &opts.ws;
     let promoted_at = Instant::now();
+    // The files as they are now, not as they were when this member started.
+    let config = live.current();
 
-    // 1. Read-write store, migrations, epoch + 1 (one transaction).
-    let promotion = writer::promote(&ws.db_path(), &me.instance_id, me.pid)?;
+    // 1. Read-write store, migrations, epoch + 1 (one transaction), above
+    //    every epoch this workspace had, even in a deleted `.grove`.
+    let floor = state::epoch_mark(ws);
+    let promotion = writer::promote(&ws.db_path(), &me.instance_id, me.pid, floor)?;
     let epoch = promotion.epoch;
+    let guard = StateGuard::new(ws, &lock);
     let span = tracing::info_span!("primary", epoch);
     let _enter = span.enter();
 
@@ -55,6 +64,7 @@ pub async fn run(
 
     // 3. Stale sockets of earlier epochs: only the lock holder unlinks them.
     ws.ensure_socket_dir()?;
+    state::record_epoch(ws, epoch);
     remove_stale_sockets(&ws.socket_dir);
 
     // 4. Bind ROUTER and PUB on this epoch's paths.
@@ -88,24 +98,32 @@ pub async fn run(
     let publish_task = tokio::spawn(publish_loop(
         publisher,
         events_rx,
-        opts.config.heartbeat(),
+        config.heartbeat(),
         me.instance_id.clone(),
         epoch,
         last_seq.clone(),
         changed.clone(),
     ));
     let retention = writer::Retention {
-        events: opts.config.event_retention,
-        ledger_ms: opts.config.ledger_retention_hours * 3_600_000,
+        events: config.event_retention,
+        ledger_ms: config.ledger_retention_hours * 3_600_000,
     };
-    let store = writer::spawn(promotion, &ws.db_path(), events_tx.clone(), retention)
-        .map_err(NodeError::io("cannot start the store thread"))?;
+    let store_guard = guard.clone();
+    let still_current = Box::new(move || store_guard.intact());
+    let store = writer::spawn(
+        promotion,
+        &ws.db_path(),
+        events_tx.clone(),
+        retention,
+        still_current,
+    )
+    .map_err(NodeError::io("cannot start the store thread"))?;
 
     // The orchestrator: adopts running tasks (DESIGN §5), then keeps the
     // processes in line with the store.
     let orchestrator = crate::orchestrator::Orchestrator::new(
         ws.clone(),
-        opts.config.clone(),
+        live.clone(),
         store.jobs.clone(),
         events_tx,
         epoch,
@@ -117,7 +135,9 @@ pub async fn run(
         promoted_at.elapsed().as_secs_f64() * 1000.0
     );
 
-    let watchdog = Watchdog::start(opts.config.watchdog_timeout())
+    let mut reported = live.generation();
+    super::report(opts, me, live, "primary");
+    let watchdog = Watchdog::start(config.watchdog_timeout())
         .map_err(NodeError::io("cannot start the watchdog"))?;
     let (router_send, mut router_recv) = router.split();
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
@@ -127,7 +147,7 @@ pub async fn run(
         full_queue: LogLimiter::new(),
         reader: std::cell::RefCell::new(None),
         ws: ws.clone(),
-        config: opts.config.clone(),
+        live: live.clone(),
         info: PrimaryInfo {
             instance_id: me.instance_id.clone(),
             pid: me.pid,
@@ -161,6 +181,17 @@ pub async fn run(
                 if !ws.rpc_socket(epoch).exists() || !ws.pub_socket(epoch).exists() {
                     tracing::warn!("the socket files vanished; handing over to rebind them");
                     break Ended::Rebind;
+                }
+                // `.grove` deleted or replaced: our lock and store are
+                // unlinked files nobody else sees. Stop serving them.
+                if !guard.intact() {
+                    tracing::warn!("the state dir was deleted or replaced; handing over");
+                    break Ended::StateGone;
+                }
+                let generation = live.generation();
+                if generation != reported || !ws.member_report(&me.instance_id).exists() {
+                    reported = generation;
+                    super::report(opts, me, live, "primary");
                 }
             }
             _ = shutdown.changed() => break Ended::Stopped,
@@ -201,6 +232,8 @@ pub enum Ended {
     Stopped,
     /// The socket files disappeared: run the election again.
     Rebind,
+    /// The lock file or the store was unlinked: join the workspace anew.
+    StateGone,
 }
 
 impl Serving {
@@ -294,12 +327,13 @@ impl Serving {
                 self.write(envelope, id, request.from, Method::TaskCreate(new))
             }
             Method::TaskCreate(mut new) => {
+                let config = self.live.current();
                 let engine = new
                     .engine
-                    .get_or_insert_with(|| self.config.default_engine.clone())
+                    .get_or_insert_with(|| config.default_engine.clone())
                     .clone();
                 let checked = crate::orchestrator::engines::validate(
-                    &self.config,
+                    &config,
                     &self.ws.root,
                     &engine,
                     new.model.as_deref(),

@@ -1,8 +1,10 @@
 //! Running as secondary: follow the primary, register with it, and keep one
 //! thread blocked on the election lock — the crash detector (DESIGN §2).
 
+use super::state;
 use super::{Identity, NodeError, NodeOptions};
 use crate::client::Client;
+use crate::config::LiveConfig;
 use crate::election::{self, PrimaryLock};
 use crate::primary_record::PrimaryWatch;
 use crate::protocol::{MemberInfo, Method, ReplyBody};
@@ -11,15 +13,29 @@ use tokio::sync::watch;
 
 const POLL: Duration = Duration::from_millis(5);
 
-/// Returns the lock when this member must promote, `None` on shutdown.
+/// How following the primary ended.
+pub enum Followed {
+    /// This member won the lock: it must promote.
+    Promote(PrimaryLock),
+    /// Asked to stop.
+    Stopped,
+    /// The lock file waited on is no longer the workspace's (`.grove` was
+    /// deleted or replaced): run the election again on the new one.
+    StateGone,
+}
+
 pub async fn run(
     me: &Identity,
     opts: &NodeOptions,
+    live: &LiveConfig,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<Option<PrimaryLock>, NodeError> {
+) -> Result<Followed, NodeError> {
     let lock_path = opts.ws.lock_path();
-    let mut lock_rx = election::wait_in_thread(&lock_path)
+    let (mut lock_rx, waited_on) = election::wait_in_thread(&lock_path)
         .map_err(NodeError::io("cannot start the lock waiter"))?;
+    let mut reported = live.generation();
+    super::report(opts, me, live, "secondary");
+    let mut state_check = tokio::time::interval(state::SECONDARY_CHECK);
     let mut client = Client::new(&opts.ws, &opts.config, &me.instance_id);
     let mut watch = PrimaryWatch::new(&opts.ws);
     let mut registered_epoch = 0u64;
@@ -40,7 +56,7 @@ pub async fn run(
                 return match lock {
                     Ok(lock) => {
                         tracing::info!("won the election lock: promoting");
-                        Ok(Some(lock))
+                        Ok(Followed::Promote(lock))
                     }
                     Err(_) => Err(NodeError::Io {
                         what: "the lock waiter died".into(),
@@ -48,7 +64,18 @@ pub async fn run(
                     }),
                 };
             }
-            _ = shutdown.changed() => return Ok(None),
+            _ = shutdown.changed() => return Ok(Followed::Stopped),
+            _ = state_check.tick() => {
+                if election::file_id(&lock_path) != waited_on {
+                    tracing::warn!("{} was deleted or replaced: electing again", lock_path.display());
+                    return Ok(Followed::StateGone);
+                }
+                let generation = live.generation();
+                if generation != reported {
+                    reported = generation;
+                    super::report(opts, me, live, "secondary");
+                }
+            }
             result = async {
                 if need_hello {
                     Some(client.call(hello.clone()).await)

@@ -138,6 +138,12 @@ pub fn persona_text(config: &Config, workspace: &Path, name: &str) -> Result<Str
     let dir = config.personas_dir(workspace);
     let valid = !name.is_empty() && !name.contains(['/', '\\']) && !name.starts_with('.');
     let path = dir.join(format!("{name}.md"));
+    // A persona becomes part of the prompt an agent acts on: only this
+    // user's files, in a dir others cannot write.
+    if valid {
+        crate::trust::check(&dir, "the personas dir").map_err(|e| e.to_string())?;
+        crate::trust::check(&path, "the persona file").map_err(|e| e.to_string())?;
+    }
     match valid.then(|| std::fs::read_to_string(&path)) {
         Some(Ok(text)) => Ok(text.trim_end().to_string()),
         _ => {

@@ -17,7 +17,7 @@
 
 pub mod engines;
 
-use crate::config::Config;
+use crate::config::{Config, LiveConfig};
 use crate::paths::Workspace;
 use crate::protocol::{
     Event, EventData, ExitOutcome, Method, TaskExit, TaskRecord, TaskStatus, now_ms,
@@ -58,7 +58,9 @@ struct Run {
 
 pub struct Orchestrator {
     ws: Workspace,
-    config: Config,
+    /// The configuration of this scheduling pass, from `live`.
+    config: Arc<Config>,
+    live: Arc<LiveConfig>,
     jobs: std::sync::mpsc::Sender<Job>,
     output: mpsc::Sender<Event>,
     epoch: u64,
@@ -75,14 +77,15 @@ pub struct Orchestrator {
 impl Orchestrator {
     pub fn new(
         ws: Workspace,
-        config: Config,
+        live: Arc<LiveConfig>,
         jobs: std::sync::mpsc::Sender<Job>,
         output: mpsc::Sender<Event>,
         epoch: u64,
     ) -> Self {
         Orchestrator {
             ws,
-            config,
+            config: live.current(),
+            live,
             jobs,
             output,
             epoch,
@@ -340,6 +343,8 @@ impl Orchestrator {
     }
 
     async fn schedule(&mut self) {
+        // An edited grove.toml applies to the next task started.
+        self.config = self.live.current();
         let running = self.tasks(TaskStatus::Running).len();
         if running >= self.config.max_parallel {
             return;

@@ -21,6 +21,21 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("no store at {0}: no grove has run in this workspace yet")]
     Missing(String),
+    #[error(
+        "the store {path} is empty: {why}. grove will not start a fresh store in its place, which would silently forget every task. \
+         Restore it from a backup; or, to start anew on purpose, move it aside (`mv {path} {path}.broken`) and run grove again"
+    )]
+    Emptied { path: String, why: String },
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::Untrusted),
+    /// The store may not take writes now; the caller retries elsewhere.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("cannot create the store {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("store error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("corrupt row in the store: {0}")]
@@ -28,9 +43,37 @@ pub enum StoreError {
 }
 
 /// Opens the database read-write (primary only) and brings the schema up to
-/// date.
-pub fn open_read_write(path: &Path) -> Result<Connection, StoreError> {
+/// date. `epoch_floor` is the highest epoch recorded for the workspace
+/// outside the store: proof, with other traces, that a store existed.
+pub fn open_read_write(path: &Path, epoch_floor: u64) -> Result<Connection, StoreError> {
+    for p in store_files(path) {
+        if let Some(meta) = crate::trust::check(&p, "the grove store")? {
+            // It holds prompts and task environments: ours alone.
+            crate::trust::tighten(&p, &meta, 0o600);
+        }
+    }
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path)?,
+        Err(source) => return Err(create_error(path, source)),
+        Ok(meta) if meta.len() == 0 => replace_empty(path, epoch_floor)?,
+        Ok(_) => {}
+    }
     let mut conn = Connection::open(path)?;
+    configure(&conn)?;
+    // A file SQLite reads but that holds no grove schema is as empty as a
+    // 0-byte one (grove only ever puts a fully created store in place).
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == 0 {
+        drop(conn);
+        replace_empty(path, epoch_floor)?;
+        conn = Connection::open(path)?;
+        configure(&conn)?;
+    }
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
     // WAL + NORMAL: a commit survives the crash of any process (the WAL is
     // in the page cache); only an OS crash can lose the last commits.
@@ -39,9 +82,89 @@ pub fn open_read_write(path: &Path) -> Result<Connection, StoreError> {
     // After a checkpoint, shrink the WAL file back instead of keeping its
     // high-water mark (readers are short, so checkpoints do complete).
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    schema::migrate(&mut conn)?;
-    Ok(conn)
+    conn.pragma_update(None, "foreign_keys", "ON")
+}
+
+/// The store and the files SQLite keeps beside it.
+fn store_files(path: &Path) -> [std::path::PathBuf; 3] {
+    let with = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        std::path::PathBuf::from(p)
+    };
+    [path.to_path_buf(), with("-wal"), with("-shm")]
+}
+
+/// Creates a new store: built and migrated under a temporary name, then
+/// renamed into place, so that `grove.db` never exists half made (an empty
+/// `grove.db` is then always damage, never a store being born). The file
+/// is created 0600 before SQLite opens it; SQLite gives the WAL and
+/// shared-memory files the mode of the database file.
+fn create(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_file_name(format!("grove.db.new-{}", std::process::id()));
+    for p in store_files(&tmp) {
+        let _ = std::fs::remove_file(p);
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| create_error(&tmp, e))?;
+    {
+        let mut conn = Connection::open(&tmp)?;
+        configure(&conn)?;
+        schema::migrate(&mut conn)?;
+    } // closing the last connection checkpoints and removes its WAL
+    // A WAL or shared-memory file left from an older store would be
+    // replayed into the new one.
+    for p in &store_files(path)[1..] {
+        let _ = std::fs::remove_file(p);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| create_error(path, e))
+}
+
+fn create_error(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Create {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// An empty store where one existed is refused; where nothing shows that
+/// this workspace ever ran (a store from an older grove that died while
+/// creating it), it is replaced by a new one.
+fn replace_empty(path: &Path, epoch_floor: u64) -> Result<(), StoreError> {
+    let state_dir = path.parent().unwrap_or(Path::new("."));
+    let mut traces = Vec::new();
+    if epoch_floor > 0 {
+        traces.push(format!("epoch {epoch_floor} was recorded for it"));
+    }
+    if state_dir.join("primary.json").exists() {
+        traces.push("a primary ran here (primary.json)".to_string());
+    }
+    let has_logs = std::fs::read_dir(state_dir.join("logs"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if has_logs {
+        traces.push("task logs exist".to_string());
+    }
+    if !traces.is_empty() {
+        return Err(StoreError::Emptied {
+            path: path.display().to_string(),
+            why: format!(
+                "it was truncated or replaced, and this workspace had a store ({})",
+                traces.join("; ")
+            ),
+        });
+    }
+    tracing::warn!(
+        "{} is empty and nothing shows this workspace ran before: creating a new store",
+        path.display()
+    );
+    std::fs::remove_file(path).map_err(|e| create_error(path, e))?;
+    create(path)
 }
 
 /// A read-only view of the store, usable by any process.
@@ -76,8 +199,15 @@ pub struct MemberRow {
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.display().to_string()));
+        match std::fs::metadata(path) {
+            Err(_) => return Err(StoreError::Missing(path.display().to_string())),
+            Ok(m) if m.len() == 0 => {
+                return Err(StoreError::Emptied {
+                    path: path.display().to_string(),
+                    why: "it was truncated or replaced".into(),
+                });
+            }
+            Ok(_) => {}
         }
         let conn = Connection::open_with_flags(
             path,

@@ -78,18 +78,22 @@ pub struct Promotion {
 }
 
 /// First steps of a promotion (DESIGN §2): open read-write, migrate, then
-/// `epoch += 1` and append `instance.promoted` in one transaction.
+/// `epoch += 1` and append `instance.promoted` in one transaction. The new
+/// epoch is also above `epoch_floor`, the highest epoch recorded for the
+/// workspace outside the store, so that epochs never repeat even when the
+/// store was deleted and recreated.
 pub fn promote(
     path: &std::path::Path,
     instance_id: &str,
     pid: u32,
+    epoch_floor: u64,
 ) -> Result<Promotion, StoreError> {
-    let mut conn = super::open_read_write(path)?;
+    let mut conn = super::open_read_write(path, epoch_floor)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let epoch: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
         r.get(0)
     })?;
-    let epoch = epoch as u64 + 1;
+    let epoch = (epoch as u64).max(epoch_floor) + 1;
     tx.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'epoch'",
         [epoch as i64],
@@ -122,12 +126,17 @@ pub fn promote(
     })
 }
 
+/// Tells the store thread whether the database it holds is still the
+/// workspace's (it is not once `.grove` was deleted).
+pub type StillCurrent = Box<dyn Fn() -> bool + Send>;
+
 /// Starts the store thread. Committed events go to `published`, in order.
 pub fn spawn(
     promotion: Promotion,
     db_path: &std::path::Path,
     published: tokio::sync::mpsc::Sender<Event>,
     retention: Retention,
+    still_current: StillCurrent,
 ) -> std::io::Result<StoreThread> {
     let (jobs, rx) = mpsc::channel();
     let guard = Guard {
@@ -137,7 +146,7 @@ pub fn spawn(
     let (conn, epoch) = (promotion.conn, promotion.epoch);
     let thread = std::thread::Builder::new()
         .name("grove-store".into())
-        .spawn(move || run(conn, epoch, rx, published, retention, guard))?;
+        .spawn(move || run(conn, epoch, rx, published, retention, guard, still_current))?;
     Ok(StoreThread { jobs, thread })
 }
 
@@ -197,6 +206,7 @@ fn run(
     published: tokio::sync::mpsc::Sender<Event>,
     retention: Retention,
     mut guard: Guard,
+    still_current: StillCurrent,
 ) {
     let crash_hook = debug_hooks();
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -222,9 +232,18 @@ fn run(
             }
         }
         let mut shutdown = None;
-        guard.in_flight.mark(&Guard::keys(&batch));
-        let committed = commit_batch(&mut conn, epoch, &mut batch, &mut shutdown, &guard);
-        guard.in_flight.clear();
+        // A write committed to an unlinked store would be acknowledged and
+        // lost: refuse it, and the client retries with the next primary.
+        let committed = if still_current() {
+            guard.in_flight.mark(&Guard::keys(&batch));
+            let committed = commit_batch(&mut conn, epoch, &mut batch, &mut shutdown, &guard);
+            guard.in_flight.clear();
+            committed
+        } else {
+            Err(StoreError::Unavailable(
+                "the workspace's .grove was deleted or replaced; a new primary takes over".into(),
+            ))
+        };
         match committed {
             Ok((done, events)) => {
                 if crash_hook && events.iter().any(is_crash_marker) {
@@ -244,10 +263,14 @@ fn run(
                 // The whole transaction failed (disk full, I/O error): nothing
                 // was applied, so every caller gets an error and may retry.
                 tracing::error!("group commit failed: {e}");
+                let code = match e {
+                    StoreError::Unavailable(_) => ErrorCode::Unavailable,
+                    _ => ErrorCode::Internal,
+                };
                 for job in batch.drain(..) {
                     if let Job::Write { reply, .. } | Job::Internal { reply, .. } = job {
                         let _ = reply.send(Err(WireError::new(
-                            ErrorCode::Internal,
+                            code,
                             format!("the store could not commit: {e}"),
                         )));
                     }

@@ -1,0 +1,154 @@
+//! Continuity of a workspace's state across a deleted `.grove`, and what a
+//! member reports about itself.
+//!
+//! - [`StateGuard`]: the primary's lock and store are open files; when
+//!   `.grove` is deleted (or replaced) they live on unlinked, and a member
+//!   that kept using them would answer writes into a file nobody will ever
+//!   read, while a new member elects itself on the new lock file. The guard
+//!   compares the inodes of the open lock and store with what the paths name
+//!   now; a member whose state is gone stops and runs the election again.
+//! - The epoch mark: every epoch a primary takes is recorded in the per-user
+//!   socket dir (outside `.grove`), and a new primary takes one above both
+//!   the store's epoch and the mark, so epochs (and the socket names that
+//!   carry them) never repeat for a workspace, even after `.grove` is
+//!   deleted. It is also the evidence that a store existed (an emptied
+//!   `grove.db` must not silently become a fresh store).
+//! - Member reports: each member writes which config files it uses and
+//!   whether they loaded, for `grove config show`.
+
+use crate::config::LoadReport;
+use crate::election::{FileId, PrimaryLock, file_id};
+use crate::paths::Workspace;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// How often a secondary checks that the lock it waits on is still the
+/// workspace's (a `stat`; the primary checks on its socket-check tick).
+pub const SECONDARY_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The identities of the files a primary holds open.
+#[derive(Debug, Clone)]
+pub struct StateGuard {
+    lock_path: PathBuf,
+    lock_id: Option<FileId>,
+    db_path: PathBuf,
+    db_id: Option<FileId>,
+}
+
+impl StateGuard {
+    /// Taken right after the store was opened, with the lock held.
+    pub fn new(ws: &Workspace, lock: &PrimaryLock) -> StateGuard {
+        StateGuard {
+            lock_path: ws.lock_path(),
+            lock_id: lock.id(),
+            db_path: ws.db_path(),
+            db_id: file_id(&ws.db_path()),
+        }
+    }
+
+    /// True while the paths still name the files this primary holds.
+    pub fn intact(&self) -> bool {
+        self.lock_id.is_some()
+            && file_id(&self.lock_path) == self.lock_id
+            && file_id(&self.db_path) == self.db_id
+    }
+}
+
+/// The highest epoch recorded for this workspace outside `.grove` (0 when
+/// none, e.g. after a reboot emptied the runtime dir).
+pub fn epoch_mark(ws: &Workspace) -> u64 {
+    std::fs::read_to_string(ws.epoch_mark())
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn record_epoch(ws: &Workspace, epoch: u64) {
+    if epoch <= epoch_mark(ws) {
+        return;
+    }
+    if let Err(e) = write_replace(&ws.epoch_mark(), format!("{epoch}\n").as_bytes()) {
+        tracing::warn!(
+            "cannot record epoch {epoch} in {}: {e}",
+            ws.epoch_mark().display()
+        );
+    }
+}
+
+/// One member's account of its configuration, in the socket dir.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberReport {
+    pub instance_id: String,
+    pub pid: u32,
+    /// Start time of the process (clock ticks since boot): with the pid it
+    /// tells a live member from a dead one whose pid was reused.
+    pub proc_start: Option<u64>,
+    pub kind: String,
+    /// `primary` or `secondary`.
+    pub role: String,
+    pub config: LoadReport,
+}
+
+impl MemberReport {
+    pub fn write(&self, ws: &Workspace) {
+        let path = ws.member_report(&self.instance_id);
+        let result = serde_json::to_vec_pretty(self)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_replace(&path, &bytes));
+        if let Err(e) = result {
+            tracing::debug!("cannot write {}: {e}", path.display());
+        }
+    }
+
+    pub fn remove(ws: &Workspace, instance_id: &str) {
+        let _ = std::fs::remove_file(ws.member_report(instance_id));
+    }
+
+    /// Reports of the members that run now; removes those of dead ones.
+    pub fn read_all(ws: &Workspace) -> Vec<MemberReport> {
+        let Ok(entries) = std::fs::read_dir(&ws.socket_dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with("member-") && name.ends_with(".json")) {
+                continue;
+            }
+            let Some(report) = read_report(&entry.path()) else {
+                continue;
+            };
+            let alive = crate::proc::running(report.pid)
+                && crate::proc::start_time(report.pid) == report.proc_start;
+            if alive {
+                out.push(report);
+            } else {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        out.sort_by_key(|r| (r.role != "primary", r.pid));
+        out
+    }
+}
+
+/// Temp file + rename, without the fsync of `paths::write_atomic`: these
+/// files live in the runtime dir and matter only while members run, and a
+/// promotion must not wait for a disk flush.
+fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?
+        .write_all(bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn read_report(path: &Path) -> Option<MemberReport> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}

@@ -1,0 +1,234 @@
+//! The workspace's state and configuration under change: `.grove` deleted
+//! under running members, an emptied store, `grove.toml` edited while
+//! members run, user and workspace engines together.
+
+mod common;
+
+use common::*;
+
+/// Files of the store that `pid` holds open although they were unlinked.
+fn unlinked_store_fds(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.display().to_string())
+        .filter(|l| l.contains("grove.db") && l.ends_with("(deleted)"))
+        .collect()
+}
+
+/// `rm -rf .grove`, retried: a member may create a file in it while it
+/// is being removed.
+fn remove_state_dir(g: &Grove) {
+    let dir = g.ws.join(".grove");
+    wait_for(
+        "the state dir to be removed",
+        DEADLINE,
+        || match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Some(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(()),
+            Err(_) => None,
+        },
+    );
+}
+
+/// `.grove` deleted while a primary and a secondary run: both notice, the
+/// workspace gets a primary again at an epoch above every earlier one, no
+/// member keeps the unlinked store open, writes land in the new store, and
+/// a member started later still never reuses an epoch.
+#[test]
+fn deleting_the_state_dir_under_running_members() {
+    let mut g = Grove::new();
+    g.serve();
+    let (_, e0) = g.wait_primary();
+    g.serve();
+    g.wait_secondaries_at(1, e0);
+    let before = g.ok(&["spawn", "echo before"]);
+    g.ok(&["wait", &before]);
+    let toml = std::fs::read_to_string(g.ws.join(".grove/grove.toml")).unwrap();
+
+    remove_state_dir(&g);
+
+    let e1 = wait_for("a primary on the new state dir", DEADLINE, || {
+        let s = g.status();
+        let e = s["primary"]["epoch"].as_u64()?;
+        (s["state"] == "ok" && e > e0).then_some(e)
+    });
+    g.wait_secondaries_at(1, e1);
+    for m in &g.members {
+        wait_for("the unlinked store to be closed", DEADLINE, || {
+            unlinked_store_fds(m.pid).is_empty().then_some(())
+        });
+    }
+    let after = g.task_create("echo after");
+    let db = g.db();
+    assert!(db.task(&after).unwrap().is_some());
+    assert!(
+        db.task(&before).unwrap().is_none(),
+        "the new store is a new one"
+    );
+
+    // Every member stops; `.grove` goes again; a new member still starts
+    // above every epoch this workspace had.
+    for m in &mut g.members {
+        m.signal(libc::SIGTERM);
+        assert!(m.wait_exit(DEADLINE).is_some(), "a member did not stop");
+    }
+    remove_state_dir(&g);
+    std::fs::create_dir(g.ws.join(".grove")).unwrap();
+    std::fs::write(g.ws.join(".grove/grove.toml"), toml).unwrap();
+    g.serve();
+    let (_, e2) = g.wait_primary();
+    assert!(e2 > e1, "epoch {e2} repeats (earlier: {e0}, {e1})");
+}
+
+/// A truncated `grove.db` is refused (exit 2, with what to do), by a member
+/// and by a reading command; moving it aside as told starts a new store at
+/// a higher epoch. An empty store in a workspace that never ran is fine.
+#[test]
+fn an_emptied_store_is_refused() {
+    let mut g = Grove::new();
+    g.serve();
+    let (pid, e0) = g.wait_primary();
+    g.task_create("echo a task to lose");
+    g.member_by_pid(pid).signal(libc::SIGTERM);
+    g.member_by_pid(pid).wait_exit(DEADLINE).expect("stopped");
+    let db = g.ws.join(".grove/grove.db");
+    std::fs::File::create(&db).unwrap(); // truncates to 0 bytes
+
+    let i = g.serve();
+    let status = g.members[i].wait_exit(DEADLINE);
+    let err = g.members[i].stderr();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "a member accepted the emptied store: {err}"
+    );
+    assert!(
+        err.contains(&format!("the store {} is empty", db.display()))
+            && err.contains("mv ")
+            && err.contains("backup"),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "left as it was");
+    let out = g.run(&["list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is empty"), "{err}");
+
+    std::fs::rename(&db, g.ws.join(".grove/grove.db.broken")).unwrap();
+    g.serve();
+    let (_, e1) = g.wait_primary();
+    assert!(e1 > e0, "epoch {e1} after {e0}");
+
+    // A workspace that never ran, with an empty file where the store goes.
+    let mut fresh = Grove::new();
+    std::fs::File::create(fresh.ws.join(".grove/grove.db")).unwrap();
+    fresh.serve();
+    fresh.wait_primary();
+}
+
+/// An engine in the user's `~/.config/grove/grove.toml` stays when the
+/// workspace file defines engines too; the workspace wins per name.
+#[test]
+fn user_and_workspace_engines_merge_by_name() {
+    let mut g = Grove::with_config(
+        "heartbeat_ms = 100\n\
+         [engines.wsecho]\ncommand = [\"sh\", \"-c\", \"echo ws:{prompt}\"]\n\
+         [engines.both]\ncommand = [\"sh\", \"-c\", \"echo ws-wins:{prompt}\"]\n",
+    );
+    let xdg = g.dir.path().join("xdg");
+    std::fs::create_dir_all(xdg.join("grove")).unwrap();
+    std::fs::write(
+        xdg.join("grove/grove.toml"),
+        "[engines.userecho]\ncommand = [\"sh\", \"-c\", \"echo user:{prompt}\"]\n\
+         [engines.both]\ncommand = [\"sh\", \"-c\", \"echo user-loses:{prompt}\"]\n",
+    )
+    .unwrap();
+    g.env("XDG_CONFIG_HOME", xdg.to_str().unwrap());
+    let engines: serde_json::Value = serde_json::from_str(&g.ok(&["engines", "--json"])).unwrap();
+    let names: Vec<&str> = engines
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for name in ["userecho", "wsecho", "both", "shell"] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    g.serve();
+    g.wait_primary();
+    for (engine, expect) in [
+        ("userecho", "user:x"),
+        ("wsecho", "ws:x"),
+        ("both", "ws-wins:x"),
+    ] {
+        let id = g.ok(&["spawn", "x", "-e", engine]);
+        g.ok(&["wait", &id]);
+        let log = g.ok(&["logs", &id]);
+        assert!(log.contains(expect), "{engine}: {log}");
+    }
+}
+
+/// `grove.toml` edited while members run: `spawn -e` of a new engine works
+/// at once, `grove config show` names each member's files and whether they
+/// loaded, and a broken edit keeps the last good config in use.
+#[test]
+fn grove_toml_edited_while_members_run() {
+    let mut g = Grove::new();
+    g.serve();
+    let (pid, epoch) = g.wait_primary();
+    g.serve();
+    g.wait_secondaries_at(1, epoch);
+    let toml = g.ws.join(".grove/grove.toml");
+    let out = g.run(&["spawn", "x", "-e", "newengine"]);
+    assert!(!out.status.success(), "an unknown engine was accepted");
+
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str("[engines.newengine]\ncommand = [\"sh\", \"-c\", \"echo new:{prompt}\"]\n");
+    std::fs::write(&toml, &text).unwrap();
+    let id = g.ok(&["spawn", "x", "-e", "newengine"]);
+    g.ok(&["wait", &id]);
+    assert!(g.ok(&["logs", &id]).contains("new:x"));
+
+    let shown = g.ok(&["config", "show"]);
+    let line = format!("pid {pid} (serve, primary): ");
+    assert!(
+        shown.contains(&line) && shown.contains(&format!("{}; loaded OK", toml.display())),
+        "{shown}"
+    );
+    assert!(shown.contains("(serve, secondary)"), "{shown}");
+
+    std::fs::write(&toml, "heartbeat_ms = = 1\n").unwrap();
+    let report = wait_for("the primary to report the broken file", DEADLINE, || {
+        let out = g.run(&["config", "show", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let primary = v["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["role"] == "primary")?
+            .clone();
+        (primary["ok"] == false).then_some((out, v, primary))
+    });
+    let (out, v, primary) = report;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(v["error"].as_str().unwrap().contains("line 1"), "{v}");
+    assert!(
+        primary["error"].as_str().unwrap().contains("grove.toml"),
+        "{primary}"
+    );
+    // Fixed again: reported as loaded, and the engine still works.
+    std::fs::write(&toml, &text).unwrap();
+    wait_for("the primary to report the fixed file", DEADLINE, || {
+        let v: serde_json::Value =
+            serde_json::from_str(&g.ok(&["config", "show", "--json"])).ok()?;
+        v["members"]
+            .as_array()?
+            .iter()
+            .all(|m| m["ok"] == true)
+            .then_some(())
+    });
+    let id = g.ok(&["spawn", "y", "-e", "newengine"]);
+    g.ok(&["wait", &id]);
+}
