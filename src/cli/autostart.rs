@@ -68,7 +68,7 @@ impl Context {
         let child = cmd
             .spawn()
             .map_err(|e| CliError::Failed(format!("cannot start grove serve: {e}")))?;
-        eprintln!(
+        errln!(
             "grove: no member was running for {}; started `grove serve` in the background (pid {}, log {}). Use --no-autostart to prevent this.",
             self.ws.root.display(),
             child.id(),

@@ -24,7 +24,7 @@ pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<i32, CliError> {
         print_json(&v);
     } else {
         for (k, v, src) in &rows {
-            println!("{k} = {v}    # {src}");
+            outln!("{k} = {v}    # {src}");
         }
     }
     Ok(EXIT_OK)

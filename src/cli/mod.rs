@@ -163,7 +163,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a finished task and its log files (idempotent).
+    /// Delete a finished task and its log files. With a full task id it is
+    /// idempotent (purging a purged task succeeds); a prefix must name a task.
     Purge {
         id: String,
         #[arg(long)]
@@ -239,11 +240,12 @@ pub fn main() -> i32 {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("grove: cannot start the async runtime: {e}");
+            errln!("grove: cannot start the async runtime: {e}");
             return EXIT_FAILED;
         }
     };
-    runtime.block_on(run(cli))
+    // A closed stdout (`grove list | head -1`) ends the command quietly.
+    crate::output::run_command(EXIT_OK, EXIT_FAILED, || runtime.block_on(run(cli)))
 }
 
 fn init_tracing(serving: bool) {
@@ -314,10 +316,23 @@ impl CliError {
 
 impl From<ClientError> for CliError {
     fn from(e: ClientError) -> Self {
-        if e.is_unavailable() {
-            CliError::Unavailable(e.to_string())
-        } else {
-            CliError::Failed(e.to_string())
+        use crate::protocol::ErrorCode;
+        match &e {
+            _ if e.is_unavailable() => CliError::Unavailable(e.to_string()),
+            // The request itself was wrong (a value, its size, a reused
+            // --request-id): the user has to change the command line.
+            ClientError::Refused(w)
+                if matches!(
+                    w.code,
+                    ErrorCode::InvalidParams
+                        | ErrorCode::BadRequest
+                        | ErrorCode::TooLarge
+                        | ErrorCode::IdempotencyConflict
+                ) =>
+            {
+                CliError::Usage(e.to_string())
+            }
+            _ => CliError::Failed(e.to_string()),
         }
     }
 }
@@ -333,7 +348,7 @@ async fn run(cli: Cli) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("grove: {e}");
+            errln!("grove: {e}");
             e.exit_code()
         }
     }
@@ -351,7 +366,12 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     }
     if let Command::Completions { shell } = &cli.command {
         use clap::CommandFactory;
-        clap_complete::generate(*shell, &mut Cli::command(), "grove", &mut std::io::stdout());
+        clap_complete::generate(
+            *shell,
+            &mut Cli::command(),
+            "grove",
+            &mut crate::output::Stdout,
+        );
         return Ok(EXIT_OK);
     }
     let ctx = Context::load(cli.workspace, !cli.no_autostart)?;
@@ -415,8 +435,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             orchestrate::simple(&ctx, Method::TaskDelete { id, force }, json).await
         }
         Command::Purge { id, json } => {
-            // Idempotent: purging an unknown or already purged id succeeds.
-            let id = task::resolve_id(&ctx, &id).unwrap_or(id);
+            let id = task::resolve_purge_id(&ctx, &id)?;
             orchestrate::simple(&ctx, Method::TaskPurge { id }, json).await
         }
         Command::Progress {
@@ -452,8 +471,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("grove: cannot encode JSON: {e}"),
+        Ok(s) => outln!("{s}"),
+        Err(e) => errln!("grove: cannot encode JSON: {e}"),
     }
 }
 
