@@ -12,7 +12,12 @@ use std::time::Duration;
 #[derive(Args, Debug)]
 pub struct SpawnArgs {
     /// What the agent should do (for the `shell` engine: a shell command).
-    pub prompt: String,
+    #[arg(required_unless_present = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from FILE (`-`: standard input), for prompts too long
+    /// for the command line.
+    #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
+    pub prompt_file: Option<std::path::PathBuf>,
     /// Engine to run it with (see `grove engines`); default from config.
     #[arg(long, short = 'e')]
     pub engine: Option<String>,
@@ -70,7 +75,12 @@ pub struct WaitArgs {
 }
 
 pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
-    check_prompt(&a.prompt)?;
+    let prompt = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(path)) => read_prompt_file(path)?,
+        (None, None) => return Err(CliError::Usage("spawn needs a prompt".into())),
+    };
+    check_prompt(&prompt)?;
     let timeout_ms = seconds_to_ms(a.timeout, "--timeout")?;
     let mut env = BTreeMap::new();
     for kv in &a.env {
@@ -82,7 +92,7 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
     }
     let dependencies = resolve_distinct(ctx, &a.dependencies, "--dep")?;
     let new = NewTask {
-        prompt: a.prompt,
+        prompt,
         engine: a.engine,
         model: a.model,
         work_dir: a.workdir,
@@ -212,7 +222,25 @@ fn describe_end(t: &TaskRecord) -> String {
     if let Some(c) = t.exit_code {
         s.push_str(&format!(", exit code {c}"));
     }
+    // A run that could not start says why in its progress text.
+    if t.failure_reason == Some(crate::protocol::FailureReason::SpawnError)
+        && let Some(why) = &t.progress_text
+    {
+        s.push_str(&format!(": {why}"));
+    }
     s
+}
+
+fn read_prompt_file(path: &std::path::Path) -> Result<String, CliError> {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text).map(|_| ()))
+    };
+    read.map_err(|e| CliError::Usage(format!("cannot read the prompt from {}: {e}", path.display())))?;
+    Ok(text)
 }
 
 /// An empty prompt is refused before anything starts (the primary would

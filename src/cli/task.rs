@@ -308,11 +308,11 @@ fn print_details(t: &TaskRecord) {
         outln!("tags:      {}", t.tags.join(", "));
     }
     outln!("priority:  {}", t.priority);
-    if let Some(p) = t.progress_pct {
-        outln!(
-            "progress:  {p}% {}",
-            t.progress_text.as_deref().unwrap_or("")
-        );
+    match (t.progress_pct, &t.progress_text) {
+        (Some(p), text) => outln!("progress:  {p}% {}", text.as_deref().unwrap_or("")),
+        // Without a percentage it is a note, e.g. why a run could not start.
+        (None, Some(text)) => outln!("note:      {text}"),
+        (None, None) => {}
     }
     outln!("attempt:   {}", t.attempt);
 }
