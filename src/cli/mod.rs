@@ -11,6 +11,7 @@ mod events;
 mod live;
 mod orchestrate;
 mod status;
+mod stop;
 mod task;
 
 use crate::client::ClientError;
@@ -32,7 +33,7 @@ const HELP_TEMPLATE: &str = "\
 {usage-heading} {usage}
 
 By purpose:
-  members   serve, acp, status, events
+  members   serve, acp, status, events, stop
   tasks     spawn, list, show, wait, logs, progress, stats,
             cancel, pause, resume, retry, relaunch, delete, purge, task
   setup     engines, personas, config, completions
@@ -85,6 +86,17 @@ enum Command {
         /// Append every event this member receives to FILE as JSON lines.
         #[arg(long, value_name = "FILE")]
         events_log: Option<PathBuf>,
+        /// Exit after `autostart_idle_exit_ms` (default 10 min) without a
+        /// request, a running or queued task, or an ACP session (members
+        /// that autostart starts run this way).
+        #[arg(long)]
+        exit_when_idle: bool,
+    },
+    /// Stop every member of the workspace (secondaries first, so nothing is
+    /// handed over). Running tasks keep running; the next member adopts them.
+    Stop {
+        #[arg(long)]
+        json: bool,
     },
     /// Show the primary, the secondaries, heartbeat age and task counts.
     Status {
@@ -376,8 +388,12 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     }
     let ctx = Context::load(cli.workspace, !cli.no_autostart)?;
     match cli.command {
-        Command::Serve { events_log } => {
+        Command::Serve {
+            events_log,
+            exit_when_idle,
+        } => {
             let opts = crate::node::NodeOptions {
+                idle_exit: exit_when_idle.then(|| ctx.config.autostart_idle_exit()),
                 ws: ctx.ws,
                 config: ctx.config,
                 kind: "serve",
@@ -395,6 +411,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             watch: true,
         } => status::watch(&ctx).await,
         Command::Status { json, .. } => status::run(&ctx, json).await,
+        Command::Stop { json } => stop::run(&ctx, json).await,
         Command::Task(cmd) => task::run(&ctx, cmd).await,
         Command::Spawn(a) => orchestrate::spawn(&ctx, a).await,
         Command::List {

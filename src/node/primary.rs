@@ -34,6 +34,8 @@ struct Serving {
     /// (errors, pings) are dropped rather than buffered without limit.
     replies: mpsc::Sender<ZmqMessage>,
     debug_hooks: bool,
+    /// When the last request arrived (an idle member exits; see `idle.rs`).
+    last_request: Arc<AtomicU64>,
 }
 
 pub async fn run(
@@ -143,6 +145,7 @@ pub async fn run(
         jobs: store.jobs.clone(),
         replies: replies_tx,
         debug_hooks: std::env::var("GROVE_DEBUG_HOOKS").is_ok_and(|v| v == "1"),
+        last_request: me.last_request.clone(),
     };
 
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -211,6 +214,7 @@ impl Serving {
         if frames.is_empty() {
             return;
         }
+        self.last_request.store(now_ms(), Ordering::Relaxed);
         let identity = frames.remove(0);
         let req_style = frames.len() == 2 && frames[0].is_empty();
         let envelope = if req_style {
