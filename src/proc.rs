@@ -75,7 +75,10 @@ mod tests {
         assert!(start_time(me).is_some());
         let started = started_at_ms(me).unwrap();
         let now = crate::protocol::now_ms();
-        assert!(started <= now + 2000 && now - started < 3_600_000, "{started} vs {now}");
+        assert!(
+            started <= now + 2000 && now - started < 3_600_000,
+            "{started} vs {now}"
+        );
         assert!(!cmdline(me).is_empty());
         assert!(matches!(state(me), Some('R') | Some('S')));
     }

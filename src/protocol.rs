@@ -772,7 +772,10 @@ mod tests {
             ..Default::default()
         }));
         let bytes = encode(&huge);
-        assert_eq!(decode_request(&bytes).unwrap_err().1.code(), ErrorCode::TooLarge);
+        assert_eq!(
+            decode_request(&bytes).unwrap_err().1.code(),
+            ErrorCode::TooLarge
+        );
         assert_eq!(oversized_request_id(&bytes), huge.id);
     }
 
@@ -780,8 +783,14 @@ mod tests {
     fn digest_tells_requests_apart() {
         let a = Method::TaskCancel { id: "a".into() };
         assert_eq!(request_digest(&a), request_digest(&a.clone()));
-        assert_ne!(request_digest(&a), request_digest(&Method::TaskCancel { id: "b".into() }));
-        assert_ne!(request_digest(&a), request_digest(&Method::TaskPause { id: "a".into() }));
+        assert_ne!(
+            request_digest(&a),
+            request_digest(&Method::TaskCancel { id: "b".into() })
+        );
+        assert_ne!(
+            request_digest(&a),
+            request_digest(&Method::TaskPause { id: "a".into() })
+        );
     }
 
     proptest::proptest! {

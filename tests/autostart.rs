@@ -23,7 +23,10 @@ fn run_autostart(g: &Grove, args: &[&str]) -> Output {
 fn started_pid(out: &Output) -> Option<u32> {
     let err = String::from_utf8_lossy(&out.stderr);
     let rest = err.split("in the background (pid ").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Kills the members autostart started, whatever the test's outcome.

@@ -48,7 +48,11 @@ fn finished(g: &Grove, id: &str) -> serde_json::Value {
     wait_for("the task to finish", DEADLINE, || {
         let out = g.run(&["show", id, "--json"]);
         let t: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        matches!(t["status"].as_str(), Some("completed" | "failed" | "cancelled")).then_some(t)
+        matches!(
+            t["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        )
+        .then_some(t)
     })
 }
 
@@ -61,7 +65,14 @@ fn placeholders_in_inserted_text_reach_the_agent_as_typed() {
     assert_eq!(g.ok(&["logs", &id]), "{workdir} {model}");
     // A model that contains a placeholder does not leak the prompt or the
     // work dir, and neither does a prompt that names the model.
-    let id = g.ok(&["spawn", "-e", "echoer", "-m", "M{workdir}{prompt}", "say {model}"]);
+    let id = g.ok(&[
+        "spawn",
+        "-e",
+        "echoer",
+        "-m",
+        "M{workdir}{prompt}",
+        "say {model}",
+    ]);
     assert_eq!(finished(&g, &id)["status"], "completed");
     assert_eq!(
         g.ok(&["logs", &id]),
@@ -74,7 +85,8 @@ fn run_into_closed_pipe(g: &Grove, args: &[&str]) -> Output {
     let mut fds = [0i32; 2];
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     unsafe { libc::close(fds[0]) };
-    let write_end = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+    let write_end =
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .arg("--workspace")
@@ -130,13 +142,31 @@ fn usage_mistakes_exit_2_with_a_message() {
         (vec!["spawn", "x", "-e", "nope"], "no engine 'nope'"),
         (vec!["spawn", "   "], "prompt is empty"),
         (vec!["task", "create", ""], "prompt is empty"),
-        (vec!["spawn", "x", "--dep", &a, "--dep", &a[..10]], "given twice"),
+        (
+            vec!["spawn", "x", "--dep", &a, "--dep", &a[..10]],
+            "given twice",
+        ),
         (vec!["wait", &a, &a, &a, "--quorum", "3"], "given twice"),
-        (vec!["wait", &a, "--quorum", "2"], "--quorum 2 must be between 1 and"),
-        (vec!["wait", &a, "--quorum", "0"], "--quorum 0 must be between 1 and"),
-        (vec!["spawn", "x", "--timeout", "-1"], "--timeout must be a number of seconds"),
-        (vec!["wait", &a, "--timeout", "-1"], "--timeout must be a number of seconds"),
-        (vec!["task", "create", "x", "--timeout", "0"], "--timeout must be"),
+        (
+            vec!["wait", &a, "--quorum", "2"],
+            "--quorum 2 must be between 1 and",
+        ),
+        (
+            vec!["wait", &a, "--quorum", "0"],
+            "--quorum 0 must be between 1 and",
+        ),
+        (
+            vec!["spawn", "x", "--timeout", "-1"],
+            "--timeout must be a number of seconds",
+        ),
+        (
+            vec!["wait", &a, "--timeout", "-1"],
+            "--timeout must be a number of seconds",
+        ),
+        (
+            vec!["task", "create", "x", "--timeout", "0"],
+            "--timeout must be",
+        ),
         (vec!["progress", "101", "--task", &a], "0-100"),
     ];
     for (args, message) in cases {
@@ -326,19 +356,30 @@ fn a_huge_acp_prompt_gets_a_clear_answer_at_once() {
         writeln!(stdin, "{v}").unwrap();
         stdin.flush().unwrap();
     };
-    send(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": 1}}));
+    send(
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": 1}}),
+    );
     let cwd = std::fs::canonicalize(&g.ws).unwrap();
-    send(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "session/new", "params": {"cwd": cwd, "mcpServers": []}}));
+    send(
+        serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "session/new", "params": {"cwd": cwd, "mcpServers": []}}),
+    );
     let mut said = String::new();
     let mut prompted = false;
     loop {
-        let line = rx.recv_timeout(DEADLINE).expect("the agent answers in time");
+        let line = rx
+            .recv_timeout(DEADLINE)
+            .expect("the agent answers in time");
         let msg: serde_json::Value = serde_json::from_str(&line).unwrap();
         if msg["id"] == 2 && !prompted {
-            let sid = msg["result"]["sessionId"].as_str().expect("a session").to_string();
+            let sid = msg["result"]["sessionId"]
+                .as_str()
+                .expect("a session")
+                .to_string();
             let text = "y".repeat(1_200_000);
-            send(serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "session/prompt",
-                "params": {"sessionId": sid, "prompt": [{"type": "text", "text": text}]}}));
+            send(
+                serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "session/prompt",
+                "params": {"sessionId": sid, "prompt": [{"type": "text", "text": text}]}}),
+            );
             prompted = true;
         }
         if let Some(t) = msg["params"]["update"]["content"]["text"].as_str() {

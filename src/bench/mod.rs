@@ -197,11 +197,19 @@ pub async fn run(_ctx: &Context, args: BenchArgs) -> Result<i32, CliError> {
 fn print_table(r: &Report) {
     outln!(
         "machine: {} cores, Linux {}, grove {}",
-        r.machine.cores, r.machine.kernel, r.machine.grove_version
+        r.machine.cores,
+        r.machine.kernel,
+        r.machine.grove_version
     );
     outln!(
         "{:<9} {:<46} {:>11} {:>11} {:>6}  {:<38} {:>11}  goal",
-        "scenario", "metric", "p50", "p99", "n", "baseline", "base p50"
+        "scenario",
+        "metric",
+        "p50",
+        "p99",
+        "n",
+        "baseline",
+        "base p50"
     );
     for row in &r.rows {
         outln!(

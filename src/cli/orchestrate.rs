@@ -239,7 +239,12 @@ fn read_prompt_file(path: &std::path::Path) -> Result<String, CliError> {
     } else {
         std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text).map(|_| ()))
     };
-    read.map_err(|e| CliError::Usage(format!("cannot read the prompt from {}: {e}", path.display())))?;
+    read.map_err(|e| {
+        CliError::Usage(format!(
+            "cannot read the prompt from {}: {e}",
+            path.display()
+        ))
+    })?;
     Ok(text)
 }
 

@@ -38,10 +38,9 @@ async fn watch_idle(
 ) {
     // A few looks per period, and never more than one every 30 s: an idle
     // member must cost next to nothing.
-    let mut tick = tokio::time::interval((after / 4).clamp(
-        Duration::from_millis(100),
-        Duration::from_secs(30),
-    ));
+    let mut tick = tokio::time::interval(
+        (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(30)),
+    );
     let mut busy_at = now_ms();
     let mut outer_open = true;
     loop {

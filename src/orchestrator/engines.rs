@@ -379,7 +379,11 @@ mod tests {
 
     #[test]
     fn placeholders_are_filled_in_one_pass() {
-        let values = [("{prompt}", "echo {workdir} {model}"), ("{model}", "M{workdir}"), ("{workdir}", "/w")];
+        let values = [
+            ("{prompt}", "echo {workdir} {model}"),
+            ("{model}", "M{workdir}"),
+            ("{workdir}", "/w"),
+        ];
         assert_eq!(
             fill_template("{prompt}|{model}|{workdir}|{x}|{", &values),
             "echo {workdir} {model}|M{workdir}|/w|{x}|{"
@@ -400,7 +404,10 @@ mod tests {
         t.prompt = "say {workdir} {model}".into();
         t.model = Some("M{prompt}".into());
         let l = launch(&c, dir.path(), &t).unwrap();
-        assert_eq!(l.argv, vec!["echo", "say {workdir} {model}", "--model", "M{prompt}"]);
+        assert_eq!(
+            l.argv,
+            vec!["echo", "say {workdir} {model}", "--model", "M{prompt}"]
+        );
     }
 
     #[test]
