@@ -34,7 +34,11 @@ fn create_many(g: &Grove, n: usize, root: &str, chain: bool) -> Vec<String> {
         let mut ids = Vec::with_capacity(n);
         let mut prev = root.to_string();
         for _ in 0..n {
-            let dep = if chain { prev.clone() } else { root.to_string() };
+            let dep = if chain {
+                prev.clone()
+            } else {
+                root.to_string()
+            };
             let new = NewTask {
                 prompt: "true".into(),
                 dependencies: vec![dep],
@@ -156,7 +160,11 @@ fn purging_a_completed_dependency_keeps_its_dependents_satisfied() {
     let b = g.ok(&["spawn", "echo b", "--dep", &a, "--dep", &blocker]);
     g.ok(&["purge", &a]);
     let t = g.db().task(&b).unwrap().unwrap();
-    assert_eq!(t.status, TaskStatus::Pending, "still waiting for the blocker");
+    assert_eq!(
+        t.status,
+        TaskStatus::Pending,
+        "still waiting for the blocker"
+    );
     std::fs::write(&gate, b"").unwrap();
     g.ok(&["wait", &b]);
     let t = g.db().task(&b).unwrap().unwrap();

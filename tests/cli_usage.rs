@@ -157,11 +157,11 @@ fn usage_mistakes_exit_2_with_a_message() {
         ),
         (
             vec!["spawn", "x", "--timeout", "-1"],
-            "--timeout must be a number of seconds",
+            "--timeout must be a positive number of seconds",
         ),
         (
             vec!["wait", &a, "--timeout", "-1"],
-            "--timeout must be a number of seconds",
+            "--timeout must be a positive number of seconds",
         ),
         (
             vec!["task", "create", "x", "--timeout", "0"],

@@ -287,7 +287,7 @@ pub(super) fn seconds_to_ms(v: Option<f64>, flag: &str) -> Result<Option<u64>, C
     const MAX_SECS: f64 = 365.0 * 24.0 * 3600.0;
     match v {
         Some(t) if !(t.is_finite() && t > 0.0 && t <= MAX_SECS) => Err(CliError::Usage(format!(
-            "{flag} must be a number of seconds greater than 0 and at most {MAX_SECS} (a year), got {t}"
+            "{flag} must be a positive number of seconds, at most {MAX_SECS} (a year), got {t}"
         ))),
         Some(t) => Ok(Some((t * 1000.0).ceil() as u64)),
         None => Ok(None),

@@ -333,9 +333,11 @@ fn ready_status(tx: &Connection, task: &TaskRecord) -> Result<TaskStatus, Applie
     let statuses = stmt
         .query_map([&task.id], |r| r.get::<_, Option<String>>(0))?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(status_from_deps(statuses.iter().map(|s| {
-        s.as_deref().and_then(TaskStatus::parse)
-    })))
+    Ok(status_from_deps(
+        statuses
+            .iter()
+            .map(|s| s.as_deref().and_then(TaskStatus::parse)),
+    ))
 }
 
 /// The status a task's dependencies call for; `None` is a dependency that

@@ -310,10 +310,7 @@ fn commit_batch(
                 results.push(Some(result));
             }
             Job::Internal { op, .. } if guard.poisoned.contains(&op.key()) => {
-                results.push(Some(Err(super::crash_guard::poison_error(
-                    &op.key(),
-                    2,
-                ))));
+                results.push(Some(Err(super::crash_guard::poison_error(&op.key(), 2))));
             }
             Job::Internal { op, .. } => {
                 let sp = tx.savepoint()?;

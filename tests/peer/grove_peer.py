@@ -562,9 +562,13 @@ class Checks:
         rid = str(uuid.uuid4())
         r = self.p.request("task.set_progress", {"id": self.task["id"], "percent": 101}, rid=rid)
         self.p.expect_error(r, "invalid_params", rid)
-        # A refusal decided by the method is recorded too.
-        r = self.p.request("task.set_progress", {"id": self.task["id"], "percent": 5}, rid=rid)
+        # A refusal decided by the method is recorded too: resending the
+        # same request gets it again...
+        r = self.p.request("task.set_progress", {"id": self.task["id"], "percent": 101}, rid=rid)
         self.p.expect_error(r, "invalid_params", rid)
+        # ...and another request under that id is refused, not answered.
+        r = self.p.request("task.set_progress", {"id": self.task["id"], "percent": 5}, rid=rid)
+        self.p.expect_error(r, "idempotency_conflict", rid)
         r = self.p.request("task.create", {"prompt": "   "})
         self.p.expect_error(r, "invalid_params")
         r = self.p.request("task.create", {"prompt": "x", "timeout_ms": 0})
