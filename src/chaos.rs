@@ -91,7 +91,7 @@ pub struct ChaosArgs {
 /// Entry point of `grove chaos`: 0 only if every check held.
 pub async fn run(args: ChaosArgs) -> i32 {
     if args.members < 2 || args.writers == 0 {
-        eprintln!("grove chaos: needs --members >= 2 and --writers >= 1");
+        errln!("grove chaos: needs --members >= 2 and --writers >= 1");
         return crate::cli::EXIT_USAGE;
     }
     // On Ctrl-C or SIGTERM the run is dropped, and with it the cluster,
@@ -101,12 +101,12 @@ pub async fn run(args: ChaosArgs) -> i32 {
             Ok(true) => 0,
             Ok(false) => 1,
             Err(e) => {
-                eprintln!("grove chaos: {e}");
+                errln!("grove chaos: {e}");
                 1
             }
         },
         () = interrupted() => {
-            eprintln!("grove chaos: interrupted; every process it started was killed");
+            errln!("grove chaos: interrupted; every process it started was killed");
             130
         }
     }
@@ -157,7 +157,7 @@ struct Clock(Instant);
 
 impl Clock {
     fn say(&self, msg: impl AsRef<str>) {
-        println!(
+        outln!(
             "[{:>7.2}s] {}",
             self.0.elapsed().as_secs_f64(),
             msg.as_ref()
@@ -1309,7 +1309,7 @@ async fn chaos(args: ChaosArgs) -> Result<bool, String> {
         Some(s) => format!("kills for {s} s"),
         None => format!("{} kills", args.kills),
     };
-    println!(
+    outln!(
         "chaos: seed {seed} (rerun with --seed {seed}), {} members, {} writers, {plan}, workspace {}",
         args.members,
         args.writers,
@@ -1434,16 +1434,16 @@ async fn verify(
         .unwrap_or_else(|e| e.to_string());
     let failures = run.shared.failures();
 
-    println!();
-    println!("checks:");
+    outln!();
+    outln!("checks:");
     let mut failed: Vec<String> = Vec::new();
     let mut check = |passed: bool, what: String, short: String, detail: &[String]| {
-        println!("  [{}] {what}", if passed { "ok" } else { "FAILED" });
+        outln!("  [{}] {what}", if passed { "ok" } else { "FAILED" });
         for d in detail.iter().take(10) {
-            println!("         {d}");
+            outln!("         {d}");
         }
         if detail.len() > 10 {
-            println!("         ... and {} more", detail.len() - 10);
+            outln!("         ... and {} more", detail.len() - 10);
         }
         if !passed {
             failed.push(short);
@@ -1591,7 +1591,7 @@ async fn verify(
         &[],
     );
     let fo = &t.failover_ms;
-    println!(
+    outln!(
         "  failover, kill -9 of the primary → a write acknowledged: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} kills)",
         quantile(fo, 0.5),
         quantile(fo, 0.99),
@@ -1599,21 +1599,21 @@ async fn verify(
         fo.len()
     );
     let sl = &writes.shell_latency;
-    println!(
+    outln!(
         "  shell tasks (0.2 s each), created → final state: p50 {:.2} s, p99 {:.2} s, max {:.2} s ({} tasks)",
         quantile(sl, 0.5),
         quantile(sl, 0.99),
         quantile(sl, 1.0),
         sl.len()
     );
-    println!();
+    outln!();
     let missed_total = missed;
     let verdict = if failed.is_empty() {
         "all checks passed".to_string()
     } else {
         format!("FAILED: {}", failed.join("; "))
     };
-    println!(
+    outln!(
         "chaos: {} kills, {} writes acknowledged, {} lost, {} applied twice, {missed_total} events missed, integrity {integrity}, {} stuck running, {left} orphans, failover p50 {:.1} ms p99 {:.1} ms, {verdict}",
         t.kills(),
         writes.acked,
@@ -1636,8 +1636,8 @@ fn keep_workspace(cl: &mut Cluster) {
     match tempfile::tempdir() {
         Ok(placeholder) => {
             let kept = std::mem::replace(&mut cl.lc.dir, placeholder).keep();
-            println!("kept {} for inspection", kept.display());
+            outln!("kept {} for inspection", kept.display());
         }
-        Err(e) => eprintln!("grove chaos: cannot keep the workspace: {e}"),
+        Err(e) => errln!("grove chaos: cannot keep the workspace: {e}"),
     }
 }

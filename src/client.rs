@@ -14,7 +14,8 @@ use crate::config::Config;
 use crate::paths::Workspace;
 use crate::primary_record::{PrimaryRecord, PrimaryWatch};
 use crate::protocol::{
-    ErrorCode, Method, PROTOCOL_VERSION, Reply, ReplyBody, Request, WireError, decode, encode,
+    ErrorCode, MAX_FRAME_BYTES, Method, PROTOCOL_VERSION, Reply, ReplyBody, Request, WireError,
+    decode, encode,
 };
 use std::time::{Duration, Instant};
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
@@ -100,6 +101,7 @@ impl Client {
         id: &str,
         method: Method,
     ) -> Result<ReplyBody, ClientError> {
+        self.check_size(id, &method)?;
         let started = Instant::now();
         let is_ping = matches!(method, Method::Ping {});
         loop {
@@ -137,6 +139,31 @@ impl Client {
                 Outcome::TimedOut => return Err(self.unresponsive(timeout)),
             }
         }
+    }
+
+    /// Refuses, before anything is sent, a request the primary would refuse
+    /// as `too_large`: it is never applied, and saying so here names its
+    /// size and what to do.
+    fn check_size(&self, id: &str, method: &Method) -> Result<(), ClientError> {
+        let request = Request {
+            v: PROTOCOL_VERSION,
+            id: id.to_string(),
+            from: self.instance_id.clone(),
+            epoch_seen: u64::MAX, // the longest encoding of any epoch
+            method: method.clone(),
+        };
+        let size = encode(&request).len();
+        if size <= MAX_FRAME_BYTES {
+            return Ok(());
+        }
+        Err(ClientError::Refused(WireError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the {} request is {size} bytes, more than the {MAX_FRAME_BYTES} bytes (1 MiB) one request may carry; \
+put large inputs (prompt text, environment values) in a file in the workspace and refer to it instead",
+                method.name()
+            ),
+        )))
     }
 
     /// Makes sure we hold a DEALER connected to the primary named by

@@ -58,6 +58,10 @@ pub struct Config {
     pub event_retention: u64,
     /// Hours a request id stays in the idempotency ledger.
     pub ledger_retention_hours: u64,
+    /// A member started by autostart (`serve --exit-when-idle`) exits after
+    /// this long with nothing to do: no request, no task running or queued,
+    /// no ACP session.
+    pub autostart_idle_exit_ms: u64,
 }
 
 /// How to run one agent CLI.
@@ -141,6 +145,7 @@ impl Default for Config {
             engines: BTreeMap::new(),
             event_retention: 100_000,
             ledger_retention_hours: 24 * 7,
+            autostart_idle_exit_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -163,6 +168,9 @@ impl Config {
     }
     pub fn kill_grace(&self) -> Duration {
         Duration::from_millis(self.kill_grace_ms)
+    }
+    pub fn autostart_idle_exit(&self) -> Duration {
+        Duration::from_millis(self.autostart_idle_exit_ms)
     }
 
     pub fn personas_dir(&self, workspace: &Path) -> PathBuf {
@@ -203,6 +211,7 @@ impl Config {
             ("max_parallel", self.max_parallel as u64),
             ("event_retention", self.event_retention),
             ("ledger_retention_hours", self.ledger_retention_hours),
+            ("autostart_idle_exit_ms", self.autostart_idle_exit_ms),
         ];
         for (name, value) in positive {
             if value == 0 {

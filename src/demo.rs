@@ -59,7 +59,7 @@ struct Clock(Instant);
 
 impl Clock {
     fn say(&self, msg: impl AsRef<str>) {
-        println!(
+        outln!(
             "[{:>6.2}s] {}",
             self.0.elapsed().as_secs_f64(),
             msg.as_ref()
@@ -72,7 +72,7 @@ pub async fn run() -> i32 {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
-            eprintln!("grove demo: {e}");
+            errln!("grove demo: {e}");
             1
         }
     }
@@ -229,11 +229,11 @@ async fn demo() -> Result<bool, String> {
     )
     .await?;
 
-    println!();
-    println!("checks:");
+    outln!();
+    outln!("checks:");
     let mut ok = true;
     let mut check = |passed: bool, what: String| {
-        println!("  [{}] {what}", if passed { "ok" } else { "FAILED" });
+        outln!("  [{}] {what}", if passed { "ok" } else { "FAILED" });
         ok &= passed;
     };
     let reader = Reader::open(&c.ws.db_path()).map_err(|e| e.to_string())?;
@@ -330,10 +330,10 @@ async fn demo() -> Result<bool, String> {
     if !ok && std::env::var_os("GROVE_DEMO_KEEP").is_some() {
         let kept = c.dir.path().to_path_buf();
         std::mem::forget(c);
-        println!("kept {} for inspection", kept.display());
+        outln!("kept {} for inspection", kept.display());
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{} in {:.1} s",
         if ok {
             "all checks passed"

@@ -4,6 +4,12 @@
 //! library exists so that integration tests (schema drift, golden vectors)
 //! can reach the wire types. See ARCHITECTURE.md for the map.
 
+// All output goes through `output` (a closed stdout must not panic).
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+#[macro_use]
+pub mod output;
+
 pub mod acp;
 pub mod bench;
 pub mod chaos;

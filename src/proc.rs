@@ -28,6 +28,36 @@ pub fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// When a process started, in Unix milliseconds (boot time plus its start
+/// time since boot; the boot time is known to the second).
+pub fn started_at_ms(pid: u32) -> Option<u64> {
+    let ticks = start_time(pid)?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(btime * 1000 + ticks * 1000 / hz as u64)
+}
+
+/// The process's command line arguments (empty if unreadable).
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A member is alive if its pid exists and is not a zombie.
 pub fn running(pid: u32) -> bool {
     alive(pid) && state(pid) != Some('Z')
@@ -43,6 +73,13 @@ mod tests {
         assert!(alive(me));
         assert!(running(me));
         assert!(start_time(me).is_some());
+        let started = started_at_ms(me).unwrap();
+        let now = crate::protocol::now_ms();
+        assert!(
+            started <= now + 2000 && now - started < 3_600_000,
+            "{started} vs {now}"
+        );
+        assert!(!cmdline(me).is_empty());
         assert!(matches!(state(me), Some('R') | Some('S')));
     }
 

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Largest request frame the primary decodes. Anything bigger is answered
-/// with `too_large` (when the frame can be addressed) and never decoded.
+/// with `too_large` (addressed to the request's id when it can be read) and
+/// never decoded; clients refuse to send such a request in the first place.
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 
 /// Longest accepted request id (idempotency key).
@@ -235,6 +236,8 @@ pub enum ErrorCode {
     Conflict,
     /// The frame exceeds `MAX_FRAME_BYTES`.
     TooLarge,
+    /// The request id was already used for a different request.
+    IdempotencyConflict,
     /// The request names an epoch newer than this primary's: it is stale.
     StaleEpoch,
     /// The protocol version is not supported.
@@ -252,6 +255,7 @@ pub const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::NotFound,
     ErrorCode::Conflict,
     ErrorCode::TooLarge,
+    ErrorCode::IdempotencyConflict,
     ErrorCode::StaleEpoch,
     ErrorCode::UnsupportedVersion,
     ErrorCode::Unavailable,
@@ -267,6 +271,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
             ErrorCode::StaleEpoch => "stale_epoch",
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::Unavailable => "unavailable",
@@ -666,6 +671,34 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, (String, DecodeError)> {
     }
 }
 
+/// The id of a request too large to decode, read without building its
+/// method (whose payload is skipped), so that the `too_large` answer still
+/// reaches the caller waiting for that id. Empty when it cannot be read.
+pub fn oversized_request_id(bytes: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(default)]
+        id: String,
+    }
+    rmp_serde::from_slice::<Head>(bytes)
+        .map(|h| h.id)
+        .unwrap_or_default()
+}
+
+/// A fingerprint of what a write asks for, stored beside its ledger row so
+/// that an id reused for a different request is refused
+/// (`idempotency_conflict`) instead of answered with the first reply.
+/// FNV-1a over the method's encoding: stable across builds and versions, as
+/// the ledger outlives the process that wrote it.
+pub fn request_digest(method: &Method) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in encode(method) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -733,6 +766,31 @@ mod tests {
         let big = vec![0u8; MAX_FRAME_BYTES + 1];
         let (_, err) = decode_request(&big).unwrap_err();
         assert_eq!(err.code(), ErrorCode::TooLarge);
+        assert_eq!(oversized_request_id(&big), "");
+        let huge = req(Method::TaskCreate(NewTask {
+            prompt: "x".repeat(MAX_FRAME_BYTES),
+            ..Default::default()
+        }));
+        let bytes = encode(&huge);
+        assert_eq!(
+            decode_request(&bytes).unwrap_err().1.code(),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(oversized_request_id(&bytes), huge.id);
+    }
+
+    #[test]
+    fn digest_tells_requests_apart() {
+        let a = Method::TaskCancel { id: "a".into() };
+        assert_eq!(request_digest(&a), request_digest(&a.clone()));
+        assert_ne!(
+            request_digest(&a),
+            request_digest(&Method::TaskCancel { id: "b".into() })
+        );
+        assert_ne!(
+            request_digest(&a),
+            request_digest(&Method::TaskPause { id: "a".into() })
+        );
     }
 
     proptest::proptest! {

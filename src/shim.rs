@@ -131,14 +131,14 @@ pub async fn run(spec_path: &Path) -> i32 {
     {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("grove shim: cannot read {}: {e}", spec_path.display());
+            errln!("grove shim: cannot read {}: {e}", spec_path.display());
             return 2;
         }
     };
     let ws = match Workspace::resolve(&spec.workspace) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("grove shim: {e}");
+            errln!("grove shim: {e}");
             return 2;
         }
     };
@@ -150,12 +150,12 @@ pub async fn run(spec_path: &Path) -> i32 {
         agent_pid: None,
     };
     if let Err(e) = write_json(&RunFiles::run(&ws, &spec.task_id, &spec.run_id), &record) {
-        eprintln!("grove shim: cannot write the run record: {e}");
+        errln!("grove shim: cannot write the run record: {e}");
     }
     // If the primary that started us died before we wrote the record, a new
     // primary may have requeued the task: then this run is not wanted.
     if !still_wanted(&ws, &spec) {
-        eprintln!(
+        errln!(
             "grove shim: run {} is no longer the task's run; not starting",
             spec.run_id
         );
@@ -164,7 +164,7 @@ pub async fn run(spec_path: &Path) -> i32 {
     }
     let exit = supervise(&ws, &spec, &mut record).await;
     if let Err(e) = write_json(&RunFiles::exit(&ws, &spec.task_id, &spec.run_id), &exit) {
-        eprintln!("grove shim: cannot write the exit record: {e}");
+        errln!("grove shim: cannot write the exit record: {e}");
     }
     report(&ws, &spec, &exit).await;
     0
@@ -359,16 +359,16 @@ async fn report(ws: &Workspace, spec: &ShimSpec, exit: &ExitRecord) {
         match client.call_with_id(&request_id, method).await {
             Ok(_) => return,
             Err(crate::client::ClientError::Refused(e)) => {
-                eprintln!("grove shim: the primary refused the exit report: {e}");
+                errln!("grove shim: the primary refused the exit report: {e}");
                 return;
             }
             // No member runs at all: the next primary reads the exit record.
             Err(e @ crate::client::ClientError::NoPrimary { .. }) => {
-                eprintln!("grove shim: {e}; the exit record stays on disk");
+                errln!("grove shim: {e}; the exit record stays on disk");
                 return;
             }
             Err(e) if tokio::time::Instant::now() > deadline => {
-                eprintln!("grove shim: giving up reporting ({e}); the exit record stays on disk");
+                errln!("grove shim: giving up reporting ({e}); the exit record stays on disk");
                 return;
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,

@@ -35,8 +35,9 @@ fn refused_writes_name_the_reason() {
         err.contains("conflict") && err.contains("pending to completed"),
         "{err}"
     );
+    // Not a final status: an invalid value, a usage error.
     let out = g.run(&["task", "set-status", &id, "running"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     g.ok(&["cancel", &blocker]);
     let out = g.run(&["task", "progress", &id, "101"]);
     assert_eq!(out.status.code(), Some(2));

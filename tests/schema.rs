@@ -588,6 +588,7 @@ fn all_error_codes() -> Vec<ErrorCode> {
         NotFound,
         Conflict,
         TooLarge,
+        IdempotencyConflict,
         StaleEpoch,
         UnsupportedVersion,
         Unavailable,
@@ -596,7 +597,7 @@ fn all_error_codes() -> Vec<ErrorCode> {
     for c in &all {
         match c {
             BadRequest | UnknownMethod | InvalidParams | NotFound | Conflict | TooLarge
-            | StaleEpoch | UnsupportedVersion | Unavailable | Internal => {}
+            | IdempotencyConflict | StaleEpoch | UnsupportedVersion | Unavailable | Internal => {}
         }
     }
     all

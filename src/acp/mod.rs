@@ -247,6 +247,7 @@ fn bind_workspace(agent: &Shared, cwd: &Path) -> Result<(), (i64, String)> {
         ws: ws.clone(),
         config: config.clone(),
         kind: "acp",
+        idle_exit: None,
         events_log: None,
     };
     let task = tokio::task::spawn_local(async move {

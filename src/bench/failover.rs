@@ -278,11 +278,11 @@ pub fn flock_helper(mode: &str, path: &std::path::Path) -> i32 {
     {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("grove bench-flock: {e}");
+            errln!("grove bench-flock: {e}");
             return 2;
         }
     };
-    let mut stdout = std::io::stdout();
+    let mut stdout = crate::output::Stdout;
     match mode {
         "hold" => {
             if file.lock().is_err() {
@@ -304,7 +304,7 @@ pub fn flock_helper(mode: &str, path: &std::path::Path) -> i32 {
             0
         }
         _ => {
-            eprintln!("grove bench-flock: mode is hold or wait");
+            errln!("grove bench-flock: mode is hold or wait");
             2
         }
     }

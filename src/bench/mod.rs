@@ -169,7 +169,7 @@ pub async fn run(_ctx: &Context, args: BenchArgs) -> Result<i32, CliError> {
     let plan = Plan::new(&args);
     let mut rows = Vec::new();
     for s in &chosen {
-        eprintln!("bench: running {s} ...");
+        errln!("bench: running {s} ...");
         let result = match s.as_str() {
             "failover" => failover::run(&plan.secondaries, plan.kills).await,
             "handover" => handover::run(plan.handovers).await,
@@ -195,16 +195,24 @@ pub async fn run(_ctx: &Context, args: BenchArgs) -> Result<i32, CliError> {
 }
 
 fn print_table(r: &Report) {
-    println!(
+    outln!(
         "machine: {} cores, Linux {}, grove {}",
-        r.machine.cores, r.machine.kernel, r.machine.grove_version
+        r.machine.cores,
+        r.machine.kernel,
+        r.machine.grove_version
     );
-    println!(
+    outln!(
         "{:<9} {:<46} {:>11} {:>11} {:>6}  {:<38} {:>11}  goal",
-        "scenario", "metric", "p50", "p99", "n", "baseline", "base p50"
+        "scenario",
+        "metric",
+        "p50",
+        "p99",
+        "n",
+        "baseline",
+        "base p50"
     );
     for row in &r.rows {
-        println!(
+        outln!(
             "{:<9} {:<46} {:>11} {:>11} {:>6}  {:<38} {:>11}  {}",
             row.scenario,
             row.metric,
@@ -281,7 +289,7 @@ pub(crate) async fn release(
     while let Some(run) = live_run(c, blocker) {
         if std::time::Instant::now() > until {
             // Ours, by the pids of its own run record: stop it directly.
-            eprintln!(
+            errln!(
                 "bench: the blocker's run did not stop within {} s; killing its supervisor {}",
                 RELEASE_WAIT.as_secs(),
                 run.shim_pid

@@ -38,25 +38,96 @@ impl Context {
         }
     }
 
+    /// Starts one background member, unless another command started one
+    /// meanwhile: the first to take `.grove/autostart.lock` starts it and
+    /// holds the lock until it is up (or dead); the others then find it.
     async fn start_member(&self) -> Result<(), CliError> {
-        use std::os::unix::process::CommandExt;
         self.ws
             .ensure_state_dir()
             .map_err(|e| CliError::Usage(e.to_string()))?;
-        let log_path = self.ws.state_dir.join("serve.log");
-        let log = std::fs::OpenOptions::new()
+        let _lock = self.autostart_lock().await?;
+        let mut client = self.client();
+        if crate::client::ping(&mut client).await.is_ok() {
+            return Ok(()); // another command started it while we waited
+        }
+        let (mut child, log) = self.spawn_member()?;
+        errln!(
+            "grove: no member was running for {}; started `grove serve` in the background (pid {}, log {}). Use --no-autostart to prevent this.",
+            self.ws.root.display(),
+            child.id(),
+            log.describe()
+        );
+        let until = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            // Watch the child: one that exits at once (a store it cannot
+            // open, say) is reported now, with what it said.
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(member_died(status, &log));
+            }
+            let probe = tokio::time::timeout(POLL_PING, crate::client::ping(&mut client)).await;
+            if let Ok(Ok(_)) = probe {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= until {
+                return Err(CliError::Unavailable(format!(
+                    "the background member (pid {}) did not come up within 15 s; see {}",
+                    child.id(),
+                    log.describe()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Takes `.grove/autostart.lock`, waiting while another command starts
+    /// a member. `None` when the lock file cannot be opened (a state dir we
+    /// cannot write: the member will fail too, and say why).
+    async fn autostart_lock(&self) -> Result<Option<std::fs::File>, CliError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.ws.state_dir.join("autostart.lock");
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
             .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| CliError::Failed(format!("cannot open {}: {e}", log_path.display())))?;
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+        else {
+            return Ok(None);
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(file)),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(CliError::Unavailable(format!(
+                        "another grove command has been starting a member for 30 s ({} is held)",
+                        path.display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(_)) => return Ok(None),
+            }
+        }
+    }
+
+    /// Starts `grove serve --exit-when-idle` in a session of its own, its
+    /// stderr appended to `.grove/serve.log` (or, if that cannot be opened,
+    /// to a temporary file, so that its error can still be reported).
+    fn spawn_member(&self) -> Result<(std::process::Child, MemberLog), CliError> {
+        use std::os::unix::process::CommandExt;
+        let log = MemberLog::open(self.ws.state_dir.join("serve.log"))?;
         let exe = std::env::current_exe().map_err(|e| CliError::Failed(e.to_string()))?;
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("serve")
+            .arg("--exit-when-idle")
             .arg("--workspace")
             .arg(&self.ws.root)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(log);
+            .stderr(log.writer()?);
         // SAFETY: setsid is async-signal-safe. A session of its own keeps
         // the member alive when this terminal goes away.
         unsafe {
@@ -68,21 +139,84 @@ impl Context {
         let child = cmd
             .spawn()
             .map_err(|e| CliError::Failed(format!("cannot start grove serve: {e}")))?;
-        eprintln!(
-            "grove: no member was running for {}; started `grove serve` in the background (pid {}, log {}). Use --no-autostart to prevent this.",
-            self.ws.root.display(),
-            child.id(),
-            log_path.display()
-        );
-        let mut client = self.client();
-        crate::client::wait_for_primary(&mut client, Duration::from_secs(15))
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                CliError::Unavailable(format!(
-                    "the background member did not come up ({e}); see {}",
-                    log_path.display()
-                ))
-            })
+        Ok((child, log))
+    }
+}
+
+/// How long one readiness probe may take before the child is checked again.
+const POLL_PING: Duration = Duration::from_millis(500);
+
+/// Where the background member's stderr goes, and where its output for this
+/// start begins.
+struct MemberLog {
+    file: std::fs::File,
+    path: Option<std::path::PathBuf>,
+    start: u64,
+}
+
+impl MemberLog {
+    fn open(path: std::path::PathBuf) -> Result<MemberLog, CliError> {
+        use std::io::Seek;
+        let opened = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path);
+        let (mut file, path) = match opened {
+            Ok(f) => (f, Some(path)),
+            Err(_) => (
+                tempfile::tempfile().map_err(|e| {
+                    CliError::Failed(format!("cannot open {}: {e}", path.display()))
+                })?,
+                None,
+            ),
+        };
+        let start = file.seek(std::io::SeekFrom::End(0)).unwrap_or(0);
+        Ok(MemberLog { file, path, start })
+    }
+
+    fn writer(&self) -> Result<std::fs::File, CliError> {
+        self.file
+            .try_clone()
+            .map_err(|e| CliError::Failed(format!("cannot duplicate the log file: {e}")))
+    }
+
+    fn describe(&self) -> String {
+        match &self.path {
+            Some(p) => p.display().to_string(),
+            None => "a temporary file (the state dir is not writable)".into(),
+        }
+    }
+
+    /// What the member wrote since it started (its last lines).
+    fn tail(&self) -> String {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        let mut f = &self.file;
+        if f.seek(std::io::SeekFrom::Start(self.start)).is_ok() {
+            let _ = f.take(64 * 1024).read_to_string(&mut text);
+        }
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+}
+
+/// The error for a background member that exited before it served.
+fn member_died(status: std::process::ExitStatus, log: &MemberLog) -> CliError {
+    let said = log.tail();
+    let said = if said.is_empty() {
+        "(it printed nothing)".to_string()
+    } else {
+        said
+    };
+    let message = format!(
+        "the background `grove serve` exited at once ({status}):\n{said}\n(full log: {})",
+        log.describe()
+    );
+    // It exits 2 for a workspace or configuration it cannot use.
+    if status.code() == Some(super::EXIT_USAGE) {
+        CliError::Usage(message)
+    } else {
+        CliError::Unavailable(message)
     }
 }

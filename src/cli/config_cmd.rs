@@ -58,18 +58,18 @@ pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<i32, CliError> {
         return Ok(exit);
     }
     if let Some(e) = &ctx.config_error {
-        println!("# the config files do not load: {e}");
+        outln!("# the config files do not load: {e}");
     }
     for (k, v, src) in &rows {
-        println!("{k} = {v}    # {src}");
+        outln!("{k} = {v}    # {src}");
     }
     if members.is_empty() {
-        println!("# no member is running");
+        outln!("# no member is running");
     } else {
-        println!("# config files of the running members (later files win):");
+        outln!("# config files of the running members (later files win):");
     }
     for m in &members {
-        println!(
+        outln!(
             "#   pid {} ({}, {}): {}",
             m.pid,
             m.kind,

@@ -52,7 +52,6 @@ pub async fn run(ctx: &Context, args: EventsArgs) -> Result<i32, CliError> {
 }
 
 fn print_event(e: &Event, json: bool) {
-    use std::io::Write;
     let line = if json {
         serde_json::to_string(e).unwrap_or_default()
     } else {
@@ -64,11 +63,7 @@ fn print_event(e: &Event, json: bool) {
             summary(&e.data)
         )
     };
-    let mut out = std::io::stdout().lock();
-    if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
-        // stdout closed (e.g. piped into `head`): stop quietly.
-        std::process::exit(EXIT_OK);
-    }
+    outln!("{line}");
 }
 
 fn summary(d: &EventData) -> String {

@@ -36,7 +36,7 @@ impl TaskBars {
         let Some(multi) = &self.multi else {
             let line = format!("{short} {state} {pct}% {text}");
             if self.last_line.get(&t.id) != Some(&line) {
-                eprintln!("{line}");
+                errln!("{line}");
                 self.last_line.insert(t.id.clone(), line);
             }
             return;
@@ -78,7 +78,7 @@ impl TaskBars {
             Some(m) => {
                 let _ = m.println(line);
             }
-            None => eprintln!("{line}"),
+            None => errln!("{line}"),
         }
     }
 }

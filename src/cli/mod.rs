@@ -13,6 +13,7 @@ mod events;
 mod live;
 mod orchestrate;
 mod status;
+mod stop;
 mod task;
 
 use crate::client::ClientError;
@@ -34,7 +35,7 @@ const HELP_TEMPLATE: &str = "\
 {usage-heading} {usage}
 
 By purpose:
-  members   serve, acp, status, events
+  members   serve, acp, status, events, stop
   tasks     spawn, list, show, wait, logs, progress, stats,
             cancel, pause, resume, retry, relaunch, delete, purge, task
   setup     engines, personas, config, completions
@@ -87,6 +88,17 @@ enum Command {
         /// Append every event this member receives to FILE as JSON lines.
         #[arg(long, value_name = "FILE")]
         events_log: Option<PathBuf>,
+        /// Exit after `autostart_idle_exit_ms` (default 10 min) without a
+        /// request, a running or queued task, or an ACP session (members
+        /// that autostart starts run this way).
+        #[arg(long)]
+        exit_when_idle: bool,
+    },
+    /// Stop every member of the workspace (secondaries first, so nothing is
+    /// handed over). Running tasks keep running; the next member adopts them.
+    Stop {
+        #[arg(long)]
+        json: bool,
     },
     /// Show the primary, the secondaries, heartbeat age and task counts.
     Status {
@@ -165,7 +177,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a finished task and its log files (idempotent).
+    /// Delete a finished task and its log files. With a full task id it is
+    /// idempotent (purging a purged task succeeds); a prefix must name a task.
     Purge {
         id: String,
         #[arg(long)]
@@ -241,11 +254,12 @@ pub fn main() -> i32 {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("grove: cannot start the async runtime: {e}");
+            errln!("grove: cannot start the async runtime: {e}");
             return EXIT_FAILED;
         }
     };
-    runtime.block_on(run(cli))
+    // A closed stdout (`grove list | head -1`) ends the command quietly.
+    crate::output::run_command(EXIT_OK, EXIT_FAILED, || runtime.block_on(run(cli)))
 }
 
 fn init_tracing(serving: bool) {
@@ -338,10 +352,23 @@ impl CliError {
 
 impl From<ClientError> for CliError {
     fn from(e: ClientError) -> Self {
-        if e.is_unavailable() {
-            CliError::Unavailable(e.to_string())
-        } else {
-            CliError::Failed(e.to_string())
+        use crate::protocol::ErrorCode;
+        match &e {
+            _ if e.is_unavailable() => CliError::Unavailable(e.to_string()),
+            // The request itself was wrong (a value, its size, a reused
+            // --request-id): the user has to change the command line.
+            ClientError::Refused(w)
+                if matches!(
+                    w.code,
+                    ErrorCode::InvalidParams
+                        | ErrorCode::BadRequest
+                        | ErrorCode::TooLarge
+                        | ErrorCode::IdempotencyConflict
+                ) =>
+            {
+                CliError::Usage(e.to_string())
+            }
+            _ => CliError::Failed(e.to_string()),
         }
     }
 }
@@ -363,7 +390,7 @@ async fn run(cli: Cli) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("grove: {e}");
+            errln!("grove: {e}");
             e.exit_code()
         }
     }
@@ -381,14 +408,23 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     }
     if let Command::Completions { shell } = &cli.command {
         use clap::CommandFactory;
-        clap_complete::generate(*shell, &mut Cli::command(), "grove", &mut std::io::stdout());
+        clap_complete::generate(
+            *shell,
+            &mut Cli::command(),
+            "grove",
+            &mut crate::output::Stdout,
+        );
         return Ok(EXIT_OK);
     }
     let lenient = matches!(cli.command, Command::Config(_));
     let ctx = Context::load(cli.workspace, !cli.no_autostart, lenient)?;
     match cli.command {
-        Command::Serve { events_log } => {
+        Command::Serve {
+            events_log,
+            exit_when_idle,
+        } => {
             let opts = crate::node::NodeOptions {
+                idle_exit: exit_when_idle.then(|| ctx.config.autostart_idle_exit()),
                 ws: ctx.ws,
                 config: ctx.config,
                 kind: "serve",
@@ -407,6 +443,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             watch: true,
         } => status::watch(&ctx).await,
         Command::Status { json, .. } => status::run(&ctx, json).await,
+        Command::Stop { json } => stop::run(&ctx, json).await,
         Command::Task(cmd) => task::run(&ctx, cmd).await,
         Command::Spawn(a) => orchestrate::spawn(&ctx, a).await,
         Command::List {
@@ -447,8 +484,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             orchestrate::simple(&ctx, Method::TaskDelete { id, force }, json).await
         }
         Command::Purge { id, json } => {
-            // Idempotent: purging an unknown or already purged id succeeds.
-            let id = task::resolve_id(&ctx, &id).unwrap_or(id);
+            let id = task::resolve_purge_id(&ctx, &id)?;
             orchestrate::simple(&ctx, Method::TaskPurge { id }, json).await
         }
         Command::Progress {
@@ -484,8 +520,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("grove: cannot encode JSON: {e}"),
+        Ok(s) => outln!("{s}"),
+        Err(e) => errln!("grove: cannot encode JSON: {e}"),
     }
 }
 

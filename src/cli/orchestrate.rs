@@ -12,7 +12,12 @@ use std::time::Duration;
 #[derive(Args, Debug)]
 pub struct SpawnArgs {
     /// What the agent should do (for the `shell` engine: a shell command).
-    pub prompt: String,
+    #[arg(required_unless_present = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from FILE (`-`: standard input), for prompts too long
+    /// for the command line.
+    #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
+    pub prompt_file: Option<std::path::PathBuf>,
     /// Engine to run it with (see `grove engines`); default from config.
     #[arg(long, short = 'e')]
     pub engine: Option<String>,
@@ -33,7 +38,7 @@ pub struct SpawnArgs {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i64,
     /// Timeout in seconds; the task fails with reason `timeout`.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub timeout: Option<f64>,
     /// Extra argument for the engine command (repeatable).
     #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -63,13 +68,19 @@ pub struct WaitArgs {
     #[arg(long, value_name = "N")]
     pub quorum: Option<usize>,
     /// Give up after this many seconds (exit 1).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub timeout: Option<f64>,
     #[arg(long)]
     pub json: bool,
 }
 
 pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
+    let prompt = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(path)) => read_prompt_file(path)?,
+        (None, None) => return Err(CliError::Usage("spawn needs a prompt".into())),
+    };
+    check_prompt(&prompt)?;
     let timeout_ms = seconds_to_ms(a.timeout, "--timeout")?;
     let mut env = BTreeMap::new();
     for kv in &a.env {
@@ -79,13 +90,9 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
             .ok_or_else(|| CliError::Usage(format!("--env wants KEY=VALUE, got '{kv}'")))?;
         env.insert(k.to_string(), v.to_string());
     }
-    let dependencies = a
-        .dependencies
-        .iter()
-        .map(|d| resolve_id(ctx, d))
-        .collect::<Result<Vec<_>, _>>()?;
+    let dependencies = resolve_distinct(ctx, &a.dependencies, "--dep")?;
     let new = NewTask {
-        prompt: a.prompt,
+        prompt,
         engine: a.engine,
         model: a.model,
         work_dir: a.workdir,
@@ -108,11 +115,11 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
         if a.json {
             print_json(&task);
         } else {
-            println!("{}", task.id);
+            outln!("{}", task.id);
         }
         return Ok(EXIT_OK);
     }
-    eprintln!("spawned {}", task.id);
+    errln!("spawned {}", task.id);
     let outcome = crate::waiter::wait(
         &ctx.ws,
         std::slice::from_ref(&task.id),
@@ -129,7 +136,7 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
     Ok(match last {
         Some(t) if t.status == TaskStatus::Completed => EXIT_OK,
         Some(t) => {
-            eprintln!("task {} {}", t.id, describe_end(&t));
+            errln!("task {} {}", t.id, describe_end(&t));
             t.exit_code
                 .filter(|c| (1..=255).contains(c))
                 .unwrap_or(EXIT_FAILED)
@@ -139,13 +146,15 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
 }
 
 pub async fn wait(ctx: &Context, a: WaitArgs) -> Result<i32, CliError> {
-    let ids = a
-        .ids
-        .iter()
-        .map(|d| resolve_id(ctx, d))
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = resolve_distinct(ctx, &a.ids, "wait")?;
     let policy = match (a.any, a.quorum) {
         (true, _) => Policy::Any,
+        (_, Some(n)) if n == 0 || n > ids.len() => {
+            return Err(CliError::Usage(format!(
+                "--quorum {n} must be between 1 and the number of tasks waited for ({})",
+                ids.len()
+            )));
+        }
         (_, Some(n)) => Policy::Quorum(n),
         _ => Policy::All,
     };
@@ -177,13 +186,13 @@ pub async fn wait(ctx: &Context, a: WaitArgs) -> Result<i32, CliError> {
     } else {
         for (id, t) in &outcome.tasks {
             match t {
-                Some(t) => println!("{}", one_line(t)),
-                None => println!("{id}  deleted"),
+                Some(t) => outln!("{}", one_line(t)),
+                None => outln!("{id}  deleted"),
             }
         }
     }
     if outcome.timed_out {
-        eprintln!("grove: wait: deadline passed");
+        errln!("grove: wait: deadline passed");
     }
     Ok(if outcome.satisfied {
         EXIT_OK
@@ -194,9 +203,9 @@ pub async fn wait(ctx: &Context, a: WaitArgs) -> Result<i32, CliError> {
 
 fn progress_line(t: &TaskRecord) {
     if t.status.is_terminal() {
-        eprintln!("{} {}", &t.id[..12.min(t.id.len())], describe_end(t));
+        errln!("{} {}", &t.id[..12.min(t.id.len())], describe_end(t));
     } else if let Some(p) = t.progress_pct {
-        eprintln!(
+        errln!(
             "{} {} {p}% {}",
             &t.id[..12.min(t.id.len())],
             t.status.as_str(),
@@ -213,13 +222,72 @@ fn describe_end(t: &TaskRecord) -> String {
     if let Some(c) = t.exit_code {
         s.push_str(&format!(", exit code {c}"));
     }
+    // A run that could not start says why in its progress text.
+    if t.failure_reason == Some(crate::protocol::FailureReason::SpawnError)
+        && let Some(why) = &t.progress_text
+    {
+        s.push_str(&format!(": {why}"));
+    }
     s
 }
 
-fn seconds_to_ms(v: Option<f64>, flag: &str) -> Result<Option<u64>, CliError> {
+fn read_prompt_file(path: &std::path::Path) -> Result<String, CliError> {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text).map(|_| ()))
+    };
+    read.map_err(|e| {
+        CliError::Usage(format!(
+            "cannot read the prompt from {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(text)
+}
+
+/// An empty prompt is refused before anything starts (the primary would
+/// refuse it too, after an autostart).
+pub(super) fn check_prompt(prompt: &str) -> Result<(), CliError> {
+    if prompt.trim().is_empty() {
+        return Err(CliError::Usage(
+            "the prompt is empty; say what the task should do (for the shell engine: a command)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves ids (or prefixes) and refuses one task named twice: a
+/// duplicate is a mistake on the command line, not a request.
+pub(super) fn resolve_distinct(
+    ctx: &Context,
+    given: &[String],
+    what: &str,
+) -> Result<Vec<String>, CliError> {
+    let mut ids: Vec<String> = Vec::with_capacity(given.len());
+    for g in given {
+        let id = resolve_id(ctx, g)?;
+        if let Some(j) = ids.iter().position(|x| *x == id) {
+            return Err(CliError::Usage(format!(
+                "{what}: task {id} is given twice ('{}' and '{g}'); name each task once",
+                given[j]
+            )));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+pub(super) fn seconds_to_ms(v: Option<f64>, flag: &str) -> Result<Option<u64>, CliError> {
+    // A year is more than any task or wait needs, and keeps the value far
+    // from the store's signed 64-bit column.
+    const MAX_SECS: f64 = 365.0 * 24.0 * 3600.0;
     match v {
-        Some(t) if !(t.is_finite() && t > 0.0) => Err(CliError::Usage(format!(
-            "{flag} must be a positive number of seconds, got {t}"
+        Some(t) if !(t.is_finite() && t > 0.0 && t <= MAX_SECS) => Err(CliError::Usage(format!(
+            "{flag} must be a positive number of seconds, at most {MAX_SECS} (a year), got {t}"
         ))),
         Some(t) => Ok(Some((t * 1000.0).ceil() as u64)),
         None => Ok(None),
@@ -232,10 +300,10 @@ pub async fn simple(ctx: &Context, method: Method, json: bool) -> Result<i32, Cl
     let reply = ctx.call(method, None).await?;
     match reply {
         ReplyBody::Task(t) if json => print_json(&t),
-        ReplyBody::Task(t) => println!("{}", one_line(&t)),
+        ReplyBody::Task(t) => outln!("{}", one_line(&t)),
         ReplyBody::Deleted { id } if json => print_json(&serde_json::json!({ "deleted": id })),
-        ReplyBody::Deleted { id } => println!("deleted {id}"),
-        other => println!("{other:?}"),
+        ReplyBody::Deleted { id } => outln!("deleted {id}"),
+        other => outln!("{other:?}"),
     }
     Ok(EXIT_OK)
 }
@@ -290,10 +358,10 @@ pub fn stats(ctx: &Context, json: bool) -> Result<i32, CliError> {
         return Ok(EXIT_OK);
     }
     for (status, n) in &counts {
-        println!("{status:<10} {n}");
+        outln!("{status:<10} {n}");
     }
     for t in &running {
-        println!(
+        outln!(
             "  {} {:>3}% {}",
             &t.id[..12.min(t.id.len())],
             t.progress_pct.unwrap_or(0),
@@ -305,13 +373,12 @@ pub fn stats(ctx: &Context, json: bool) -> Result<i32, CliError> {
 
 /// `grove logs ID [--follow]`: with --follow, tails until the task ends.
 pub async fn logs(ctx: &Context, id: &str, follow: bool) -> Result<i32, CliError> {
-    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::io::{Read, Seek, SeekFrom};
     let id = resolve_id(ctx, id)?;
     let path = crate::shim::RunFiles::log(&ctx.ws, &id);
     let reader = ctx.reader()?;
     let mut offset = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut out = std::io::stdout().lock();
     loop {
         // Read the status before the file: output written before the task
         // ended is then certainly in the file when we see it ended.
@@ -327,11 +394,8 @@ pub async fn logs(ctx: &Context, id: &str, follow: bool) -> Result<i32, CliError
                     break;
                 }
                 offset += n as u64;
-                if out.write_all(&buf[..n]).is_err() {
-                    return Ok(EXIT_OK); // reader went away (e.g. `| head`)
-                }
+                crate::output::stdout_bytes(&buf[..n]);
             }
-            let _ = out.flush();
         } else if !follow {
             return Err(CliError::Failed(format!(
                 "task {id} has no log yet (it has not started)"
@@ -366,7 +430,7 @@ pub fn engines(ctx: &Context, json: bool) -> Result<i32, CliError> {
         print_json(&rows);
     } else {
         for r in &rows {
-            println!(
+            outln!(
                 "{:<10} {:<9} {}{}",
                 r["name"].as_str().unwrap_or(""),
                 if r["available"] == true {
@@ -398,13 +462,13 @@ pub fn personas(ctx: &Context, json: bool) -> Result<i32, CliError> {
     if json {
         print_json(&names);
     } else if names.is_empty() {
-        eprintln!(
+        errln!(
             "no personas in {} (add NAME.md files there)",
             ctx.config.personas_dir(&ctx.ws.root).display()
         );
     } else {
         for n in &names {
-            println!("{n}");
+            outln!("{n}");
         }
     }
     Ok(EXIT_OK)

@@ -125,33 +125,33 @@ async fn heartbeat_age(ctx: &Context) -> Option<u64> {
 }
 
 fn print_human(s: &Status) {
-    println!("workspace:   {}", s.workspace);
-    println!("state:       {}", s.state);
+    outln!("workspace:   {}", s.workspace);
+    outln!("state:       {}", s.state);
     match &s.primary {
         Some(p) => {
             let uptime = p
                 .uptime_ms
                 .map(|u| format!("{:.1}s", u as f64 / 1000.0))
                 .unwrap_or_else(|| "?".into());
-            println!(
+            outln!(
                 "primary:     {} pid {} epoch {} up {}",
                 &p.instance_id[..8.min(p.instance_id.len())],
                 p.pid,
                 p.epoch,
                 uptime
             );
-            println!("  rpc:       {}", p.rpc_endpoint);
-            println!("  pub:       {}", p.pub_endpoint);
+            outln!("  rpc:       {}", p.rpc_endpoint);
+            outln!("  pub:       {}", p.pub_endpoint);
         }
-        None => println!("primary:     none"),
+        None => outln!("primary:     none"),
     }
     match s.heartbeat_age_ms {
-        Some(a) => println!("heartbeat:   {a} ms ago"),
-        None => println!("heartbeat:   none received"),
+        Some(a) => outln!("heartbeat:   {a} ms ago"),
+        None => outln!("heartbeat:   none received"),
     }
-    println!("secondaries: {}", s.secondaries.len());
+    outln!("secondaries: {}", s.secondaries.len());
     for m in &s.secondaries {
-        println!(
+        outln!(
             "  {} pid {} ({}) joined at epoch {}",
             &m.instance_id[..8.min(m.instance_id.len())],
             m.pid,
@@ -165,7 +165,7 @@ fn print_human(s: &Status) {
         .filter(|(_, n)| **n > 0)
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
-    println!(
+    outln!(
         "tasks:       {}",
         if counts.is_empty() {
             "none".into()
@@ -174,7 +174,7 @@ fn print_human(s: &Status) {
         }
     );
     if let Some(p) = &s.problem {
-        println!("problem:     {p}");
+        outln!("problem:     {p}");
     }
 }
 

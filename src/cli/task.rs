@@ -25,7 +25,7 @@ pub enum TaskCommand {
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         priority: i64,
         /// Timeout in seconds.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         timeout: Option<f64>,
         #[command(flatten)]
         write: WriteOpts,
@@ -98,19 +98,9 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> Result<i32, CliError> {
             timeout,
             write,
         } => {
-            let timeout_ms = match timeout {
-                Some(t) if !(t.is_finite() && t > 0.0) => {
-                    return Err(CliError::Usage(format!(
-                        "--timeout must be a positive number of seconds, got {t}"
-                    )));
-                }
-                Some(t) => Some((t * 1000.0).ceil() as u64),
-                None => None,
-            };
-            let dependencies = dependencies
-                .iter()
-                .map(|d| resolve_id(ctx, d))
-                .collect::<Result<Vec<_>, _>>()?;
+            super::orchestrate::check_prompt(&prompt)?;
+            let timeout_ms = super::orchestrate::seconds_to_ms(timeout, "--timeout")?;
+            let dependencies = super::orchestrate::resolve_distinct(ctx, &dependencies, "--dep")?;
             let method = Method::TaskCreate(NewTask {
                 prompt,
                 engine,
@@ -205,10 +195,10 @@ pub fn list(
     if json {
         print_json(&tasks);
     } else if tasks.is_empty() {
-        eprintln!("no tasks");
+        errln!("no tasks");
     } else {
         for t in &tasks {
-            println!("{}", one_line(t));
+            outln!("{}", one_line(t));
         }
     }
     Ok(EXIT_OK)
@@ -232,9 +222,9 @@ async fn write_task(ctx: &Context, method: Method, opts: &WriteOpts) -> Result<i
     let reply = ctx.call(method, opts.request_id.as_deref()).await?;
     match reply {
         ReplyBody::Task(task) if opts.json => print_json(&task),
-        ReplyBody::Task(task) => println!("{}", task.id),
+        ReplyBody::Task(task) => outln!("{}", task.id),
         ReplyBody::Deleted { id } if opts.json => print_json(&serde_json::json!({"deleted": id})),
-        ReplyBody::Deleted { id } => println!("deleted {id}"),
+        ReplyBody::Deleted { id } => outln!("deleted {id}"),
         other => print_json(&format!("{other:?}")),
     }
     Ok(EXIT_OK)
@@ -254,6 +244,21 @@ pub fn resolve_id(ctx: &Context, id: &str) -> Result<String, CliError> {
             "task id prefix '{id}' matches several tasks; give more characters"
         ))),
     }
+}
+
+/// Like `resolve_id`, except that a full task id that no longer exists is
+/// accepted: purging it again succeeds (idempotent). A prefix or a typo
+/// that names no task is an error, as for every other command.
+pub fn resolve_purge_id(ctx: &Context, id: &str) -> Result<String, CliError> {
+    match resolve_id(ctx, id) {
+        Err(CliError::Failed(_)) if is_full_task_id(id) => Ok(id.to_string()),
+        other => other,
+    }
+}
+
+/// Task ids are UUIDs in simple form: 32 lowercase hex digits.
+fn is_full_task_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn parse_status(s: &str) -> Result<TaskStatus, CliError> {
@@ -283,31 +288,31 @@ pub fn one_line(t: &TaskRecord) -> String {
 }
 
 fn print_details(t: &TaskRecord) {
-    println!("id:        {}", t.id);
-    println!("status:    {}", t.status.as_str());
+    outln!("id:        {}", t.id);
+    outln!("status:    {}", t.status.as_str());
     if let Some(r) = t.failure_reason {
-        println!("reason:    {}", r.as_str());
+        outln!("reason:    {}", r.as_str());
     }
     if let Some(c) = t.exit_code {
-        println!("exit code: {c}");
+        outln!("exit code: {c}");
     }
-    println!("engine:    {}", t.engine);
+    outln!("engine:    {}", t.engine);
     if let Some(m) = &t.model {
-        println!("model:     {m}");
+        outln!("model:     {m}");
     }
-    println!("prompt:    {}", t.prompt);
+    outln!("prompt:    {}", t.prompt);
     if !t.dependencies.is_empty() {
-        println!("depends:   {}", t.dependencies.join(", "));
+        outln!("depends:   {}", t.dependencies.join(", "));
     }
     if !t.tags.is_empty() {
-        println!("tags:      {}", t.tags.join(", "));
+        outln!("tags:      {}", t.tags.join(", "));
     }
-    println!("priority:  {}", t.priority);
-    if let Some(p) = t.progress_pct {
-        println!(
-            "progress:  {p}% {}",
-            t.progress_text.as_deref().unwrap_or("")
-        );
+    outln!("priority:  {}", t.priority);
+    match (t.progress_pct, &t.progress_text) {
+        (Some(p), text) => outln!("progress:  {p}% {}", text.as_deref().unwrap_or("")),
+        // Without a percentage it is a note, e.g. why a run could not start.
+        (None, Some(text)) => outln!("note:      {text}"),
+        (None, None) => {}
     }
-    println!("attempt:   {}", t.attempt);
+    outln!("attempt:   {}", t.attempt);
 }

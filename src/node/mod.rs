@@ -5,6 +5,7 @@
 //! when that thread wins, the member promotes itself and runs as primary
 //! until it is told to stop (DESIGN §2).
 
+mod idle;
 mod primary;
 mod secondary;
 pub mod state;
@@ -17,6 +18,8 @@ use crate::protocol::{Event, now_ms};
 use crate::store::{Reader, StoreError};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,9 @@ pub struct NodeOptions {
     /// Append every event this member receives to this file as JSON lines
     /// (used by tests and the chaos tool to prove nothing was missed).
     pub events_log: Option<PathBuf>,
+    /// Exit after this long with nothing to do (members started by
+    /// autostart); `None`: run until stopped.
+    pub idle_exit: Option<std::time::Duration>,
 }
 
 /// Who this process is in the grove.
@@ -59,6 +65,8 @@ pub struct Identity {
     pub instance_id: String,
     pub pid: u32,
     pub started_at: u64,
+    /// Unix ms of the last request this member answered as primary.
+    pub last_request: Arc<AtomicU64>,
 }
 
 /// Runs a member until SIGTERM/SIGINT/SIGHUP. A primary hands over on the
@@ -79,6 +87,11 @@ pub async fn serve_until(
         instance_id: uuid::Uuid::new_v4().to_string(),
         pid: std::process::id(),
         started_at: now_ms(),
+        last_request: Arc::new(AtomicU64::new(now_ms())),
+    };
+    let shutdown = match opts.idle_exit {
+        Some(after) => idle::stop_when_idle(&opts, &identity, after, shutdown),
+        None => shutdown,
     };
     let span = tracing::info_span!("member", instance = %&identity.instance_id[..8]);
     let _enter = span.enter();

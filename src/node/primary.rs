@@ -9,7 +9,7 @@ use crate::election::PrimaryLock;
 use crate::primary_record::PrimaryRecord;
 use crate::protocol::{
     ErrorCode, Event, EventData, MAX_REQUEST_ID_LEN, Method, PROTOCOL_VERSION, PrimaryInfo, Reply,
-    ReplyBody, WireError, decode_request, encode, now_ms,
+    ReplyBody, WireError, decode_request, encode, now_ms, oversized_request_id, request_digest,
 };
 use crate::store::writer::{self, Job};
 use bytes::Bytes;
@@ -37,6 +37,8 @@ struct Serving {
     /// (errors, pings) are dropped rather than buffered without limit.
     replies: mpsc::Sender<ZmqMessage>,
     debug_hooks: bool,
+    /// When the last request arrived (an idle member exits; see `idle.rs`).
+    last_request: Arc<AtomicU64>,
 }
 
 pub async fn run(
@@ -163,6 +165,7 @@ pub async fn run(
         jobs: store.jobs.clone(),
         replies: replies_tx,
         debug_hooks: std::env::var("GROVE_DEBUG_HOOKS").is_ok_and(|v| v == "1"),
+        last_request: me.last_request.clone(),
     };
 
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -244,6 +247,7 @@ impl Serving {
         if frames.is_empty() {
             return;
         }
+        self.last_request.store(now_ms(), Ordering::Relaxed);
         let identity = frames.remove(0);
         let req_style = frames.len() == 2 && frames[0].is_empty();
         let envelope = if req_style {
@@ -274,7 +278,13 @@ impl Serving {
         };
         let request = match decode_request(&payload) {
             Ok(r) => r,
-            Err((id, e)) => {
+            Err((mut id, e)) => {
+                if e.code() == ErrorCode::TooLarge {
+                    // The transport has already buffered the whole frame;
+                    // reading its id lets the caller get this answer at once
+                    // instead of waiting out its timeout.
+                    id = oversized_request_id(&payload);
+                }
                 if self.bad_frames.allow() {
                     tracing::warn!("refusing a request: {e}");
                 }
@@ -301,6 +311,12 @@ impl Serving {
             );
             return self.send(envelope, self.error(id, ErrorCode::StaleEpoch, msg));
         }
+        // Of the request as sent (before the default engine is filled in),
+        // so that a retry of the same request matches its ledger row.
+        let digest = match &request.method {
+            Method::Ping {} | Method::DebugStall { .. } => 0,
+            method => request_digest(method),
+        };
         match request.method {
             Method::Ping {} => {
                 let mut info = self.info.clone();
@@ -324,7 +340,7 @@ impl Serving {
             // A retry of a recorded create gets its recorded reply, even if
             // the engine became invalid since: validate new requests only.
             Method::TaskCreate(new) if self.recorded(&id) => {
-                self.write(envelope, id, request.from, Method::TaskCreate(new))
+                self.write(envelope, id, request.from, Method::TaskCreate(new), digest)
             }
             Method::TaskCreate(mut new) => {
                 let config = self.live.current();
@@ -332,25 +348,20 @@ impl Serving {
                     .engine
                     .get_or_insert_with(|| config.default_engine.clone())
                     .clone();
-                let checked = crate::orchestrator::engines::validate(
-                    &config,
-                    &self.ws.root,
-                    &engine,
-                    new.model.as_deref(),
-                    new.persona.as_deref(),
-                    new.work_dir.as_deref(),
-                );
-                match checked {
-                    Ok(()) => self.write(envelope, id, request.from, Method::TaskCreate(new)),
+                let spec = crate::orchestrator::engines::RunSpec::of_new(&new, &engine);
+                match crate::orchestrator::engines::validate(&config, &self.ws.root, &spec) {
+                    Ok(()) => {
+                        self.write(envelope, id, request.from, Method::TaskCreate(new), digest)
+                    }
                     Err(msg) => self.send(envelope, self.error(id, ErrorCode::InvalidParams, msg)),
                 }
             }
-            method => self.write(envelope, id, request.from, method),
+            method => self.write(envelope, id, request.from, method, digest),
         }
     }
 
     /// Queues a write on the store thread; the reply goes out after COMMIT.
-    fn write(&self, envelope: Vec<Bytes>, id: String, from: String, method: Method) {
+    fn write(&self, envelope: Vec<Bytes>, id: String, from: String, method: Method, digest: u64) {
         // Purge removes the task's files once its row is gone.
         let purged = match &method {
             Method::TaskPurge { id } => Some(id.clone()),
@@ -361,6 +372,7 @@ impl Serving {
             request_id: id.clone(),
             from,
             method,
+            digest,
             reply: tx,
         };
         if self.jobs.send(job).is_err() {

@@ -58,7 +58,7 @@ impl Watchdog {
                 tracing::error!(
                     "watchdog: the event loop has not ticked for {stalled} ms; aborting so that a secondary can take over"
                 );
-                eprintln!("grove: watchdog: event loop hung for {stalled} ms, aborting");
+                errln!("grove: watchdog: event loop hung for {stalled} ms, aborting");
                 // _exit: no atexit handlers, no locks to take in a hung process.
                 unsafe { libc::_exit(70) };
             }

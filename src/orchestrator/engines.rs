@@ -3,7 +3,7 @@
 //! unknown persona) so that a task that cannot start is never created.
 
 use crate::config::{Config, EngineConfig, PromptVia};
-use crate::protocol::TaskRecord;
+use crate::protocol::{NewTask, TaskRecord};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -19,59 +19,167 @@ pub struct Launch {
 
 const PLACEHOLDERS: &[&str] = &["{prompt}", "{model}", "{workdir}"];
 
-/// Checks everything a spawn can get wrong, without running anything.
-pub fn validate(
-    config: &Config,
-    workspace: &Path,
-    engine: &str,
-    model: Option<&str>,
-    persona: Option<&str>,
-    work_dir: Option<&str>,
-) -> Result<(), String> {
+/// Linux refuses (`E2BIG`) any single argument or environment string longer
+/// than this, terminating NUL included (`MAX_ARG_STRLEN`, 32 pages).
+pub const MAX_ARG_STRLEN: usize = 128 * 1024;
+
+/// What a run is made from: the fields of a task (or of a task about to be
+/// created) that shape its command line.
+pub struct RunSpec<'a> {
+    pub engine: &'a str,
+    pub prompt: &'a str,
+    pub model: Option<&'a str>,
+    pub persona: Option<&'a str>,
+    pub work_dir: Option<&'a str>,
+    pub extra_args: &'a [String],
+    pub env: &'a BTreeMap<String, String>,
+}
+
+impl<'a> RunSpec<'a> {
+    pub fn of_task(task: &'a TaskRecord) -> Self {
+        RunSpec {
+            engine: &task.engine,
+            prompt: &task.prompt,
+            model: task.model.as_deref(),
+            persona: task.persona.as_deref(),
+            work_dir: task.work_dir.as_deref(),
+            extra_args: &task.extra_args,
+            env: &task.env,
+        }
+    }
+
+    /// A task about to be created, with its engine already defaulted.
+    pub fn of_new(new: &'a NewTask, engine: &'a str) -> Self {
+        RunSpec {
+            engine,
+            prompt: &new.prompt,
+            model: new.model.as_deref(),
+            persona: new.persona.as_deref(),
+            work_dir: new.work_dir.as_deref(),
+            extra_args: &new.extra_args,
+            env: &new.env,
+        }
+    }
+}
+
+/// Checks everything a spawn can get wrong, without running anything, so
+/// that a task that cannot start is refused when it is created.
+pub fn validate(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<(), String> {
+    let engine = spec.engine;
     let e = lookup(config, engine)?;
-    check_template(engine, e, model)?;
     if find_binary(&e.command[0]).is_none() {
+        check_template(engine, e, spec.model)?;
         return Err(format!(
             "engine '{engine}' needs '{}', which is not on PATH; install it or configure [engines.{engine}] command in .grove/grove.toml",
             e.command[0]
         ));
     }
-    if let Some(p) = persona {
-        persona_text(config, workspace, p)?;
-    }
-    resolve_work_dir(workspace, work_dir)?;
-    Ok(())
+    build(config, workspace, spec).map(|_| ())
 }
 
 /// The command line for one run of `task`.
 pub fn launch(config: &Config, workspace: &Path, task: &TaskRecord) -> Result<Launch, String> {
-    let e = lookup(config, &task.engine)?;
-    check_template(&task.engine, e, task.model.as_deref())?;
-    let work_dir = resolve_work_dir(workspace, task.work_dir.as_deref())?;
-    let prompt = match &task.persona {
-        Some(p) => format!("{}\n\n{}", persona_text(config, workspace, p)?, task.prompt),
-        None => task.prompt.clone(),
+    build(config, workspace, &RunSpec::of_task(task))
+}
+
+fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch, String> {
+    let e = lookup(config, spec.engine)?;
+    check_template(spec.engine, e, spec.model)?;
+    let work_dir = resolve_work_dir(workspace, spec.work_dir)?;
+    let prompt = match spec.persona {
+        Some(p) => format!("{}\n\n{}", persona_text(config, workspace, p)?, spec.prompt),
+        None => spec.prompt.to_string(),
     };
-    let model = task.model.clone().unwrap_or_default();
+    let model = spec.model.unwrap_or_default();
     let wd = work_dir.display().to_string();
-    let fill = |arg: &str| {
-        arg.replace("{prompt}", &prompt)
-            .replace("{model}", &model)
-            .replace("{workdir}", &wd)
-    };
+    let values = [
+        ("{prompt}", prompt.as_str()),
+        ("{model}", model),
+        ("{workdir}", wd.as_str()),
+    ];
+    let fill = |arg: &str| fill_template(arg, &values);
     let mut argv: Vec<String> = e.command.iter().map(|a| fill(a)).collect();
-    if task.model.is_some() {
+    if spec.model.is_some() {
         argv.extend(e.model_args.iter().map(|a| fill(a)));
     }
-    argv.extend(task.extra_args.iter().cloned());
+    argv.extend(spec.extra_args.iter().cloned());
     let mut env = e.env.clone();
-    env.extend(task.env.clone());
+    env.extend(spec.env.clone());
+    check_exec_limits(spec.engine, e, &argv, &env)?;
     Ok(Launch {
         argv,
         env,
         stdin: (e.prompt_via == PromptVia::Stdin).then_some(prompt),
         work_dir,
     })
+}
+
+/// Refuses a command line the kernel would refuse at `exec` (`E2BIG`), with
+/// a message that says which part is too long and what to do instead.
+fn check_exec_limits(
+    name: &str,
+    e: &EngineConfig,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let limit = MAX_ARG_STRLEN - 1;
+    if let Some(i) = argv.iter().position(|a| a.len() > limit) {
+        if e.command.get(i).is_some_and(|t| t.contains("{prompt}")) {
+            return Err(format!(
+                "the prompt makes an argument of {} bytes; engine '{name}' passes the prompt as one command-line argument, which Linux limits to {limit} bytes (128 KiB). \
+Use an engine that reads the prompt from stdin (prompt_via = \"stdin\" in its [engines.{name}] section), \
+or write the text to a file in the workspace and refer to it in the prompt",
+                argv[i].len()
+            ));
+        }
+        return Err(format!(
+            "argument {i} of engine '{name}' is {} bytes; Linux limits one command-line argument to {limit} bytes (128 KiB)",
+            argv[i].len()
+        ));
+    }
+    if let Some((k, v)) = env.iter().find(|(k, v)| k.len() + 1 + v.len() > limit) {
+        return Err(format!(
+            "environment variable {k} is {} bytes; Linux limits one variable to {limit} bytes (128 KiB); put the value in a file instead",
+            v.len()
+        ));
+    }
+    // argv and the environment together (the agent also inherits the
+    // supervisor's environment, about the size of ours) must fit ARG_MAX.
+    let strings = |it: &mut dyn Iterator<Item = usize>| it.map(|n| n + 1 + 8).sum::<usize>();
+    let total = strings(&mut argv.iter().map(String::len))
+        + strings(&mut env.iter().map(|(k, v)| k.len() + 1 + v.len()))
+        + strings(&mut std::env::vars_os().map(|(k, v)| k.len() + 1 + v.len()));
+    let arg_max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+    if arg_max > 0 && total > arg_max as usize {
+        return Err(format!(
+            "the command line and environment of engine '{name}' total {total} bytes, more than this system's ARG_MAX of {arg_max}; pass less through arguments and --env"
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces each placeholder of `template` with its value in one pass over
+/// the template. Inserted text is never scanned again: a prompt or model
+/// that contains `{workdir}` reaches the agent as typed.
+pub fn fill_template(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        match values.iter().find(|(name, _)| tail.starts_with(name)) {
+            Some((name, value)) => {
+                out.push_str(value);
+                rest = &tail[name.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn lookup<'c>(config: &'c Config, engine: &str) -> Result<&'c EngineConfig, String> {
@@ -82,7 +190,7 @@ fn lookup<'c>(config: &'c Config, engine: &str) -> Result<&'c EngineConfig, Stri
             .min_by_key(|n| edit_distance(n, engine))
             .filter(|n| edit_distance(n, engine) <= 2)
             .map(|n| format!(" — did you mean '{n}'?"))
-            .unwrap_or_default();
+            .unwrap_or_else(|| ".".into());
         format!(
             "no engine '{engine}'{hint} Configured engines: {}",
             names.join(", ")
@@ -240,7 +348,17 @@ mod tests {
     #[test]
     fn model_needs_model_args() {
         let dir = tempfile::tempdir().unwrap();
-        let err = validate(&config(), dir.path(), "shell", Some("m"), None, None).unwrap_err();
+        let env = BTreeMap::new();
+        let spec = RunSpec {
+            engine: "shell",
+            prompt: "p",
+            model: Some("m"),
+            persona: None,
+            work_dir: None,
+            extra_args: &[],
+            env: &env,
+        };
+        let err = validate(&config(), dir.path(), &spec).unwrap_err();
         assert!(err.contains("takes no model"), "{err}");
     }
 
@@ -257,8 +375,45 @@ mod tests {
             },
         );
         let dir = tempfile::tempdir().unwrap();
-        let err = validate(&c, dir.path(), "odd", None, None, None).unwrap_err();
+        let t = TaskRecord {
+            engine: "odd".into(),
+            ..sample()
+        };
+        let err = validate(&c, dir.path(), &RunSpec::of_task(&t)).unwrap_err();
         assert!(err.contains("{nope}"), "{err}");
+    }
+
+    #[test]
+    fn placeholders_are_filled_in_one_pass() {
+        let values = [
+            ("{prompt}", "echo {workdir} {model}"),
+            ("{model}", "M{workdir}"),
+            ("{workdir}", "/w"),
+        ];
+        assert_eq!(
+            fill_template("{prompt}|{model}|{workdir}|{x}|{", &values),
+            "echo {workdir} {model}|M{workdir}|/w|{x}|{"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config();
+        c.engines.insert(
+            "echoer".into(),
+            EngineConfig {
+                command: vec!["echo".into(), "{prompt}".into()],
+                model_args: vec!["--model".into(), "{model}".into()],
+                prompt_via: PromptVia::Arg,
+                env: Default::default(),
+            },
+        );
+        let mut t = sample();
+        t.engine = "echoer".into();
+        t.prompt = "say {workdir} {model}".into();
+        t.model = Some("M{prompt}".into());
+        let l = launch(&c, dir.path(), &t).unwrap();
+        assert_eq!(
+            l.argv,
+            vec!["echo", "say {workdir} {model}", "--model", "M{prompt}"]
+        );
     }
 
     #[test]

@@ -507,6 +507,7 @@ impl Orchestrator {
         let job = Job::Write {
             request_id,
             from: "orchestrator".into(),
+            digest: crate::protocol::request_digest(&method),
             method,
             reply: tx,
         };

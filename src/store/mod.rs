@@ -234,12 +234,14 @@ impl Reader {
         if let Some(t) = self.task(id_or_prefix)? {
             return Ok(FindTask::Found(Box::new(t)));
         }
-        let pattern = format!("{}%", id_or_prefix.replace(['%', '_'], ""));
+        // A range on the primary key: the prefix is taken literally (no
+        // LIKE wildcards: `%` is not "any task") and the lookup uses the index.
+        let upper = format!("{id_or_prefix}\u{10FFFF}");
         let mut stmt = self
             .conn
-            .prepare("SELECT id FROM tasks WHERE id LIKE ?1 LIMIT 2")?;
+            .prepare("SELECT id FROM tasks WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT 2")?;
         let ids: Vec<String> = stmt
-            .query_map([pattern], |r| r.get(0))?
+            .query_map([id_or_prefix, upper.as_str()], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         Ok(match ids.as_slice() {
             [one] => match self.task(one)? {

@@ -101,6 +101,12 @@ const MIGRATIONS: &[&str] = &[
         at         INTEGER NOT NULL
     );
     "#,
+    // v5: a digest of each ledgered request, so that an id reused for a
+    // different request is refused rather than answered with the first
+    // reply. Older rows keep NULL and are trusted.
+    r#"
+    ALTER TABLE ledger ADD COLUMN digest INTEGER;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

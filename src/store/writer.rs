@@ -40,6 +40,8 @@ pub enum Job {
         request_id: String,
         from: String,
         method: Method,
+        /// `protocol::request_digest` of the method as the client sent it.
+        digest: u64,
         reply: oneshot::Sender<WriteResult>,
     },
     /// An orchestrator operation: applied without the ledger.
@@ -321,10 +323,15 @@ fn commit_batch(
                 request_id,
                 from,
                 method,
+                digest,
                 ..
             } => {
-                let result =
-                    apply_idempotent(&mut tx, epoch, request_id, from, method, &mut events)?;
+                let request = LedgerKey {
+                    request_id,
+                    from,
+                    digest: *digest,
+                };
+                let result = apply_idempotent(&mut tx, epoch, &request, method, &mut events)?;
                 results.push(Some(result));
             }
             Job::Internal { op, .. } if guard.poisoned.contains(&op.key()) => {
@@ -377,22 +384,38 @@ fn commit_batch(
     Ok((done, events))
 }
 
+/// Who asked for a write, as the ledger records it.
+struct LedgerKey<'a> {
+    request_id: &'a str,
+    from: &'a str,
+    digest: u64,
+}
+
 /// Looks the request up in the ledger; applies it under a savepoint if new.
 /// A returned `Err` is an SQLite failure that dooms the whole transaction;
 /// an `Ok(Err(..))` is this request's own error reply.
 fn apply_idempotent(
     tx: &mut Transaction<'_>,
     epoch: u64,
-    request_id: &str,
-    from: &str,
+    key: &LedgerKey<'_>,
     method: &Method,
     events: &mut Vec<Event>,
 ) -> Result<WriteResult, StoreError> {
-    let recorded: Option<Vec<u8>> = tx
-        .prepare_cached("SELECT reply FROM ledger WHERE request_id = ?1")?
-        .query_row([request_id], |r| r.get(0))
+    let request_id = key.request_id;
+    let recorded: Option<(Vec<u8>, Option<i64>)> = tx
+        .prepare_cached("SELECT reply, digest FROM ledger WHERE request_id = ?1")?
+        .query_row([request_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    if let Some(bytes) = recorded {
+    if let Some((bytes, digest)) = recorded {
+        // Rows written before digests were recorded have none: trust them.
+        if digest.is_some_and(|d| d as u64 != key.digest) {
+            return Ok(Err(WireError::new(
+                ErrorCode::IdempotencyConflict,
+                format!(
+                    "request id {request_id} was already used for a different request; use a new id for a new request (reuse an id only to retry the same request)"
+                ),
+            )));
+        }
         return Ok(decode::<WriteResult>(&bytes).unwrap_or_else(|e| {
             Err(WireError::new(
                 ErrorCode::Internal,
@@ -418,10 +441,17 @@ fn apply_idempotent(
         own_events.clear();
     }
     sp.prepare_cached(
-        "INSERT INTO ledger (request_id, from_instance, method, at, reply) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO ledger (request_id, from_instance, method, at, reply, digest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![request_id, from, method.name(), now_ms() as i64, encode(&result)],
-    )?;
+    .execute(params![
+        request_id,
+        key.from,
+        method.name(),
+        now_ms() as i64,
+        encode(&result),
+        key.digest as i64
+    ])?;
     sp.commit()?;
     events.extend(own_events);
     Ok(result)

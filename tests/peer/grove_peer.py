@@ -540,10 +540,11 @@ class Checks:
         check(reply["err"] is None, f"retry failed: {reply['err']}")
         check(reply["ok"]["task"]["id"] == self.task["id"], "a retry returns the same task id")
         check(reply["ok"] == self.create_reply["ok"], "a retry returns the recorded reply")
-        # Even with different params, the id decides (README §4).
+        # The same id with different params is refused, not answered with
+        # the first reply (README §4, Idempotency).
         other = dict(self.create_params, prompt="something else")
         reply = self.p.request("task.create", other, rid=self.create_id)
-        check(reply["ok"] == self.create_reply["ok"], "the ledger is keyed by id")
+        self.p.expect_error(reply, "idempotency_conflict", self.create_id)
 
     def set_progress(self):
         tid = self.task["id"]
@@ -561,9 +562,13 @@ class Checks:
         rid = str(uuid.uuid4())
         r = self.p.request("task.set_progress", {"id": self.task["id"], "percent": 101}, rid=rid)
         self.p.expect_error(r, "invalid_params", rid)
-        # A refusal decided by the method is recorded too.
-        r = self.p.request("task.set_progress", {"id": self.task["id"], "percent": 5}, rid=rid)
+        # A refusal decided by the method is recorded too: resending the
+        # same request gets it again...
+        r = self.p.request("task.set_progress", {"id": self.task["id"], "percent": 101}, rid=rid)
         self.p.expect_error(r, "invalid_params", rid)
+        # ...and another request under that id is refused, not answered.
+        r = self.p.request("task.set_progress", {"id": self.task["id"], "percent": 5}, rid=rid)
+        self.p.expect_error(r, "idempotency_conflict", rid)
         r = self.p.request("task.create", {"prompt": "   "})
         self.p.expect_error(r, "invalid_params")
         r = self.p.request("task.create", {"prompt": "x", "timeout_ms": 0})
@@ -647,8 +652,9 @@ class Checks:
                     return frame
             raise CheckFailed(f"cannot build a frame of {size} bytes")
 
-        r = self.p.raw([ping_of_size(limit + 1, "too-big")], "")
-        self.p.expect_error(r, "too_large", "")
+        # Not decoded, but its id is read so that the answer reaches us.
+        r = self.p.raw([ping_of_size(limit + 1, "too-big")], "too-big")
+        self.p.expect_error(r, "too_large", "too-big")
         # Exactly at the limit is decoded (and the unknown key is ignored).
         r = self.p.raw([ping_of_size(limit, "at-limit")], "at-limit")
         check(r["err"] is None and "pong" in r["ok"], f"a {limit}-byte frame is served: {r}")

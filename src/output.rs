@@ -1,0 +1,115 @@
+//! The one way grove writes to its standard output and standard error.
+//!
+//! A reader that goes away (`grove list | head -1`) must end the command
+//! quietly, not with a panic. Every write to stdout goes through
+//! [`outln!`]/[`out!`] or [`Stdout`]; when the write fails, the command is
+//! unwound (running destructors, so that child processes of `demo`, `bench`
+//! or `chaos` are still stopped) up to [`run_command`], which turns it into
+//! an exit code: 0 for a closed pipe (the reader had all it wanted), 1 for
+//! any other failure (e.g. a full disk), with a message.
+//!
+//! stderr goes through [`errln!`], which ignores write errors: when stderr
+//! is gone there is nobody left to tell.
+//!
+//! The crate denies `outln!`/`errln!` (clippy `print_stdout`,
+//! `print_stderr` in `lib.rs`), so no command can bypass this.
+
+use std::io::{self, Write};
+
+/// Unwind payload: stdout cannot be written any more.
+struct StdoutGone {
+    broken_pipe: bool,
+}
+
+fn stdout_failed(e: io::Error) -> ! {
+    let broken_pipe = e.kind() == io::ErrorKind::BrokenPipe;
+    if !broken_pipe {
+        let _ = writeln!(io::stderr(), "grove: cannot write to standard output: {e}");
+    }
+    // Not `panic!`: this is not a bug, and the panic hook must not print.
+    std::panic::resume_unwind(Box::new(StdoutGone { broken_pipe }))
+}
+
+/// Writes formatted text to stdout (used by [`out!`] and [`outln!`]).
+pub fn stdout_fmt(args: std::fmt::Arguments<'_>) {
+    if let Err(e) = io::stdout().lock().write_fmt(args) {
+        stdout_failed(e)
+    }
+}
+
+/// Writes bytes to stdout and flushes them (for streamed output: logs,
+/// events).
+pub fn stdout_bytes(bytes: &[u8]) {
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        stdout_failed(e)
+    }
+}
+
+/// Writes formatted text to stderr; errors are ignored (used by [`errln!`]).
+pub fn stderr_fmt(args: std::fmt::Arguments<'_>) {
+    let _ = io::stderr().lock().write_fmt(args);
+}
+
+/// stdout as an `io::Write`, for APIs that want a writer (completions).
+pub struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match io::stdout().write(buf) {
+            Ok(n) => Ok(n),
+            Err(e) => stdout_failed(e),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match io::stdout().flush() {
+            Ok(()) => Ok(()),
+            Err(e) => stdout_failed(e),
+        }
+    }
+}
+
+/// Runs a whole command; a command whose stdout went away ends here with
+/// exit code `closed_ok` (a closed pipe) or `failed` (any other error).
+/// Real panics pass through untouched.
+pub fn run_command(closed_ok: i32, failed: i32, command: impl FnOnce() -> i32) -> i32 {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(command)) {
+        Ok(code) => code,
+        Err(payload) => match payload.downcast::<StdoutGone>() {
+            Ok(gone) if gone.broken_pipe => closed_ok,
+            Ok(_) => failed,
+            Err(other) => std::panic::resume_unwind(other),
+        },
+    }
+}
+
+/// `outln!` that ends the command quietly when stdout is closed.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::output::stdout_fmt(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stdout_fmt(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that ends the command quietly when stdout is closed.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::stdout_fmt(format_args!($($arg)*))
+    };
+}
+
+/// `errln!` that never panics.
+#[macro_export]
+macro_rules! errln {
+    () => {
+        $crate::output::stderr_fmt(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stderr_fmt(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
