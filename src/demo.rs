@@ -8,6 +8,7 @@
 use crate::client::Client;
 use crate::local_cluster::LocalCluster;
 use crate::protocol::{EventData, Method, NewTask, ReplyBody, TaskStatus};
+use crate::stats::{Clock, read_seqs};
 use crate::store::Reader;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,18 +55,6 @@ const PIPELINE: &[Step] = &[
         expect_exit: 0,
     },
 ];
-
-struct Clock(Instant);
-
-impl Clock {
-    fn say(&self, msg: impl AsRef<str>) {
-        outln!(
-            "[{:>6.2}s] {}",
-            self.0.elapsed().as_secs_f64(),
-            msg.as_ref()
-        );
-    }
-}
 
 pub async fn run() -> i32 {
     match demo().await {
@@ -343,15 +332,6 @@ async fn demo() -> Result<bool, String> {
         clock.0.elapsed().as_secs_f64()
     );
     Ok(ok)
-}
-
-fn read_seqs(path: &std::path::Path) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["seq"].as_u64())
-        .collect()
 }
 
 async fn wait_until_seq(path: &std::path::Path, last: u64) -> bool {

@@ -27,6 +27,7 @@ pub mod primary_record;
 pub mod proc;
 pub mod protocol;
 pub mod shim;
+pub mod stats;
 pub mod store;
 pub mod subscriber;
 pub mod trust;

@@ -10,7 +10,8 @@ mod join;
 mod load;
 mod memory;
 mod rpc;
-mod stats;
+// Shared with the demo and chaos; kept nameable as `bench::stats`.
+use crate::stats;
 mod tasks;
 
 use crate::cli::{CliError, Context, EXIT_OK, print_json};

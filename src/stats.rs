@@ -1,4 +1,7 @@
-//! Percentiles and a monotonic clock comparable across processes.
+//! Measuring and reporting, shared by `grove bench`, `grove demo` and
+//! `grove chaos`: percentiles, a monotonic clock comparable across
+//! processes, progress lines stamped with the time since start, and the
+//! `seq`s of a member's event log.
 
 /// The `q`-quantile (0..=1) of `samples` by nearest rank; 0 when empty.
 pub fn quantile(samples: &[f64], q: f64) -> f64 {
@@ -24,6 +27,34 @@ pub fn monotonic_ns() -> u64 {
 
 pub fn ms_between(start_ns: u64, end_ns: u64) -> f64 {
     end_ns.saturating_sub(start_ns) as f64 / 1e6
+}
+
+/// Prefixes progress lines with the time since start, so a log of a run
+/// shows where the time went.
+pub struct Clock(pub std::time::Instant);
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock(std::time::Instant::now())
+    }
+
+    pub fn say(&self, msg: impl AsRef<str>) {
+        outln!(
+            "[{:>7.2}s] {}",
+            self.0.elapsed().as_secs_f64(),
+            msg.as_ref()
+        );
+    }
+}
+
+/// The `seq`s of an event log written by `grove serve --events-log`.
+pub fn read_seqs(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["seq"].as_u64())
+        .collect()
 }
 
 #[cfg(test)]
