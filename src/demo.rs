@@ -67,271 +67,379 @@ pub async fn run() -> i32 {
     }
 }
 
+/// Cluster settings: fast heartbeats so the narration is live, room for the
+/// pipeline's parallel steps, a short kill grace.
+const CONFIG: &str = "heartbeat_ms = 100\nmax_parallel = 4\nkill_grace_ms = 500\n";
+/// The whole pipeline must be done within this (it takes ~6 s).
+const PIPELINE_DEADLINE: Duration = Duration::from_secs(60);
+/// How long to wait for the last writes and for the members to stop.
+const WIND_DOWN: Duration = Duration::from_secs(30);
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
 async fn demo() -> Result<bool, String> {
-    let clock = Clock(Instant::now());
-    let mut c =
-        LocalCluster::with_config("heartbeat_ms = 100\nmax_parallel = 4\nkill_grace_ms = 500\n")?;
-    clock.say(format!("workspace {}", c.ws.root.display()));
-    let logs: Vec<PathBuf> = (0..4)
-        .map(|i| c.dir.path().join(format!("member-{i}.events")))
-        .collect();
-    let first = c.spawn_member_logged(Some(&logs[0]))?;
-    let mut windows: Vec<Client> = (1..=4)
-        .map(|i| c.client(&format!("demo-window-{i}")))
-        .collect();
-    let info = crate::client::wait_for_primary(&mut windows[0], Duration::from_secs(20))
-        .await
-        .map_err(|e| e.to_string())?;
-    clock.say(format!("primary  pid {first} (epoch {})", info.epoch));
-    let mut members = vec![first];
-    for log in &logs[1..] {
-        members.push(c.spawn_member_logged(Some(log))?);
-    }
-    c.wait_registered(3, info.epoch, first).await?;
-    clock.say(format!(
-        "secondaries pids {:?} registered and following",
-        &members[1..]
-    ));
+    let mut d = Demo::start().await?;
+    d.spawn_pipeline().await?;
+    let story = d.narrate_and_kill().await?;
+    let ok = d.check(&story).await?;
+    d.finish(ok);
+    Ok(ok)
+}
 
-    // The demo's own view of the event stream, to narrate and to check.
-    let mut sub = crate::subscriber::subscribe(&c.ws, 1);
+/// The running demo: its cluster, the windows that write, what was spawned.
+struct Demo {
+    clock: Clock,
+    c: LocalCluster,
+    /// The members' own event logs (the first is the primary's).
+    logs: Vec<PathBuf>,
+    members: Vec<u32>,
+    windows: Vec<Client>,
+    first_epoch: u64,
+    sub: crate::subscriber::Subscription,
+    ids: BTreeMap<&'static str, String>,
+    names: BTreeMap<String, &'static str>,
+}
 
-    let mut ids: BTreeMap<&str, String> = BTreeMap::new();
-    let mut names: BTreeMap<String, &str> = BTreeMap::new();
-    for (i, step) in PIPELINE.iter().enumerate() {
-        let window = i % windows.len();
-        let new = NewTask {
-            prompt: step.script.to_string(),
-            dependencies: step.deps.iter().map(|d| ids[d].clone()).collect(),
-            tags: vec!["demo".into(), step.name.into()],
-            ..Default::default()
-        };
-        let reply = windows[window]
-            .call(Method::TaskCreate(new))
+/// What happened while the pipeline ran.
+#[derive(Default)]
+struct Story {
+    seen_seqs: Vec<u64>,
+    killed_at: Option<Instant>,
+    promoted: Option<(u32, u64)>,
+    failover_ms: Option<f64>,
+    done: usize,
+}
+
+impl Demo {
+    /// A primary and three secondaries, registered and following.
+    async fn start() -> Result<Demo, String> {
+        let clock = Clock::start();
+        let mut c = LocalCluster::with_config(CONFIG)?;
+        clock.say(format!("workspace {}", c.ws.root.display()));
+        let logs: Vec<PathBuf> = (0..4)
+            .map(|i| c.dir.path().join(format!("member-{i}.events")))
+            .collect();
+        let first = c.spawn_member_logged(Some(&logs[0]))?;
+        let mut windows: Vec<Client> = (1..=4)
+            .map(|i| c.client(&format!("demo-window-{i}")))
+            .collect();
+        let info = crate::client::wait_for_primary(&mut windows[0], Duration::from_secs(20))
             .await
             .map_err(|e| e.to_string())?;
-        let ReplyBody::Task(task) = reply else {
-            return Err("unexpected reply to task.create".into());
-        };
+        clock.say(format!("primary  pid {first} (epoch {})", info.epoch));
+        let mut members = vec![first];
+        for log in &logs[1..] {
+            members.push(c.spawn_member_logged(Some(log))?);
+        }
+        c.wait_registered(3, info.epoch, first).await?;
         clock.say(format!(
-            "window {} spawned {:<12} {} {}",
-            window + 1,
-            step.name,
-            &task.id[..8],
-            if step.deps.is_empty() {
+            "secondaries pids {:?} registered and following",
+            &members[1..]
+        ));
+        // The demo's own view of the event stream, to narrate and to check.
+        let sub = crate::subscriber::subscribe(&c.ws, 1);
+        Ok(Demo {
+            clock,
+            c,
+            logs,
+            members,
+            windows,
+            first_epoch: info.epoch,
+            sub,
+            ids: BTreeMap::new(),
+            names: BTreeMap::new(),
+        })
+    }
+
+    /// Each step from another window, as separate editors would.
+    async fn spawn_pipeline(&mut self) -> Result<(), String> {
+        for (i, step) in PIPELINE.iter().enumerate() {
+            let window = i % self.windows.len();
+            let new = NewTask {
+                prompt: step.script.to_string(),
+                dependencies: step.deps.iter().map(|d| self.ids[d].clone()).collect(),
+                tags: vec!["demo".into(), step.name.into()],
+                ..Default::default()
+            };
+            let reply = self.windows[window]
+                .call(Method::TaskCreate(new))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ReplyBody::Task(task) = reply else {
+                return Err("unexpected reply to task.create".into());
+            };
+            let after = if step.deps.is_empty() {
                 String::new()
             } else {
                 format!("(after {})", step.deps.join(", "))
-            }
-        ));
-        names.insert(task.id.clone(), step.name);
-        ids.insert(step.name, task.id.clone());
+            };
+            self.clock.say(format!(
+                "window {} spawned {:<12} {} {after}",
+                window + 1,
+                step.name,
+                &task.id[..8],
+            ));
+            self.names.insert(task.id.clone(), step.name);
+            self.ids.insert(step.name, task.id.clone());
+        }
+        Ok(())
     }
 
-    // Narrate until the build is done and the tests run, then kill.
-    let mut seen_seqs = Vec::new();
-    let mut killed_at: Option<Instant> = None;
-    let mut promoted: Option<(u32, u64)> = None;
-    let mut failover_ms = None;
-    let mut done = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while done < PIPELINE.len() {
-        if Instant::now() > deadline {
-            return Err("the pipeline did not finish within 60 s".into());
-        }
-        let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(5), sub.events.recv()).await
-        else {
-            continue;
-        };
-        if event.seq > 0 {
-            seen_seqs.push(event.seq);
-        }
-        match &event.data {
-            EventData::TaskUpdated { task } => {
-                let name = names.get(&task.id).copied().unwrap_or("?");
-                match task.status {
-                    TaskStatus::Running if task.progress_pct.is_some() => clock.say(format!(
-                        "  {name:<12} {:>3}% {}",
-                        task.progress_pct.unwrap_or(0),
-                        task.progress_text.as_deref().unwrap_or("")
-                    )),
-                    TaskStatus::Running if task.pid.is_none() => {
-                        clock.say(format!("  {name:<12} running"))
-                    }
-                    s if s.is_terminal() => {
-                        if name != "after-kill" {
-                            done += 1;
-                        }
-                        clock.say(format!(
-                            "  {name:<12} {} (exit code {})",
-                            s.as_str(),
-                            task.exit_code.map(|c| c.to_string()).unwrap_or("-".into())
-                        ));
-                    }
-                    _ => {}
-                }
-                let tests_running = name == "unit-tests" && task.status == TaskStatus::Running;
-                if tests_running && killed_at.is_none() {
-                    clock.say(format!(
-                        ">>> kill -9 the primary (pid {first}) while 3 tasks run"
-                    ));
-                    unsafe { libc::kill(first as i32, libc::SIGKILL) };
-                    killed_at = Some(Instant::now());
-                    c.reap();
-                    // A window writes as soon as a new primary accepts it.
-                    let probe = NewTask {
-                        prompt: "echo written after the failover".into(),
-                        tags: vec!["demo".into(), "after-failover".into()],
-                        ..Default::default()
-                    };
-                    let reply = windows[3]
-                        .call(Method::TaskCreate(probe))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let ms = killed_at.map(|k| k.elapsed().as_secs_f64() * 1000.0);
-                    failover_ms = ms;
-                    if let ReplyBody::Task(t) = reply {
-                        names.insert(t.id.clone(), "after-kill");
-                        ids.insert("after-failover", t.id.clone());
-                    }
-                    clock.say(format!(
-                        ">>> a write was accepted {:.1} ms after the kill",
-                        ms.unwrap_or(0.0)
-                    ));
-                }
+    /// Narrates the events until the pipeline is done; kills the primary
+    /// the moment the unit tests run.
+    async fn narrate_and_kill(&mut self) -> Result<Story, String> {
+        let mut story = Story::default();
+        let deadline = Instant::now() + PIPELINE_DEADLINE;
+        while story.done < PIPELINE.len() {
+            if Instant::now() > deadline {
+                return Err("the pipeline did not finish within 60 s".into());
             }
-            EventData::Promoted { pid, epoch, .. } if killed_at.is_some() => {
-                promoted = Some((*pid, *epoch));
-                clock.say(format!(">>> pid {pid} promoted itself: epoch {epoch}"));
+            let next = tokio::time::timeout(Duration::from_secs(5), self.sub.events.recv()).await;
+            let Ok(Some(event)) = next else {
+                continue;
+            };
+            if event.seq > 0 {
+                story.seen_seqs.push(event.seq);
+            }
+            match &event.data {
+                EventData::TaskUpdated { task } => {
+                    let name = self.names.get(&task.id).copied().unwrap_or("?");
+                    self.narrate(name, task, &mut story);
+                    let tests_running = name == "unit-tests" && task.status == TaskStatus::Running;
+                    if tests_running && story.killed_at.is_none() {
+                        self.kill_primary(&mut story).await?;
+                    }
+                }
+                EventData::Promoted { pid, epoch, .. } if story.killed_at.is_some() => {
+                    story.promoted = Some((*pid, *epoch));
+                    self.clock
+                        .say(format!(">>> pid {pid} promoted itself: epoch {epoch}"));
+                }
+                _ => {}
+            }
+        }
+        Ok(story)
+    }
+
+    fn narrate(&self, name: &str, task: &crate::protocol::TaskRecord, story: &mut Story) {
+        match task.status {
+            TaskStatus::Running if task.progress_pct.is_some() => self.clock.say(format!(
+                "  {name:<12} {:>3}% {}",
+                task.progress_pct.unwrap_or(0),
+                task.progress_text.as_deref().unwrap_or("")
+            )),
+            TaskStatus::Running if task.pid.is_none() => {
+                self.clock.say(format!("  {name:<12} running"))
+            }
+            s if s.is_terminal() => {
+                if name != "after-kill" {
+                    story.done += 1;
+                }
+                self.clock.say(format!(
+                    "  {name:<12} {} (exit code {})",
+                    s.as_str(),
+                    task.exit_code.map(|c| c.to_string()).unwrap_or("-".into())
+                ));
             }
             _ => {}
         }
     }
-    // The extra write must finish too.
-    let all: Vec<String> = ids.values().cloned().collect();
-    let outcome = crate::waiter::wait(
-        &c.ws,
-        &all,
-        crate::waiter::Policy::All,
-        Some(Duration::from_secs(30)),
-        |_| {},
-    )
-    .await?;
 
-    outln!();
-    outln!("checks:");
-    let mut ok = true;
-    let mut check = |passed: bool, what: String| {
+    /// `kill -9` of the primary, then a write from a window, timed: the
+    /// failover as a user sees it.
+    async fn kill_primary(&mut self, story: &mut Story) -> Result<(), String> {
+        let first = self.members[0];
+        self.clock.say(format!(
+            ">>> kill -9 the primary (pid {first}) while 3 tasks run"
+        ));
+        unsafe { libc::kill(first as i32, libc::SIGKILL) };
+        let killed_at = Instant::now();
+        story.killed_at = Some(killed_at);
+        self.c.reap();
+        // A window writes as soon as a new primary accepts it.
+        let probe = NewTask {
+            prompt: "echo written after the failover".into(),
+            tags: vec!["demo".into(), "after-failover".into()],
+            ..Default::default()
+        };
+        let reply = self.windows[3]
+            .call(Method::TaskCreate(probe))
+            .await
+            .map_err(|e| e.to_string())?;
+        let ms = killed_at.elapsed().as_secs_f64() * 1000.0;
+        story.failover_ms = Some(ms);
+        if let ReplyBody::Task(t) = reply {
+            self.names.insert(t.id.clone(), "after-kill");
+            self.ids.insert("after-failover", t.id.clone());
+        }
+        self.clock.say(format!(
+            ">>> a write was accepted {ms:.1} ms after the kill"
+        ));
+        Ok(())
+    }
+
+    /// Every claim, checked against the store, the members' own event logs
+    /// and `/proc`.
+    async fn check(&mut self, story: &Story) -> Result<bool, String> {
+        // The extra write must finish too.
+        let all: Vec<String> = self.ids.values().cloned().collect();
+        let policy = crate::waiter::Policy::All;
+        let outcome =
+            crate::waiter::wait(&self.c.ws, &all, policy, Some(WIND_DOWN), |_| {}).await?;
+        outln!();
+        outln!("checks:");
+        let mut checks = Checks { ok: true };
+        let reader = Reader::open(&self.c.ws.db_path()).map_err(|e| e.to_string())?;
+        checks.check(
+            story
+                .promoted
+                .is_some_and(|(_, e)| e == self.first_epoch + 1),
+            format!(
+                "exactly one promotion after the kill: {}",
+                story
+                    .promoted
+                    .map(|(p, e)| format!("pid {p}, epoch {e}"))
+                    .unwrap_or("none".into())
+            ),
+        );
+        checks.check(
+            story.failover_ms.is_some(),
+            format!(
+                "failover measured: kill → write accepted in {:.1} ms",
+                story.failover_ms.unwrap_or(f64::NAN)
+            ),
+        );
+        self.check_tasks(&reader, &mut checks, outcome.timed_out)?;
+        self.check_events(&reader, story, &mut checks).await?;
+        let integrity = reader.integrity_check().map_err(|e| e.to_string())?;
+        checks.check(
+            integrity == "ok",
+            format!("PRAGMA integrity_check: {integrity}"),
+        );
+        drop(reader);
+        self.stop_members().await;
+        let members = &self.members;
+        checks.check(
+            !members.iter().any(|p| crate::proc::running(*p)),
+            "every process the demo started has exited".into(),
+        );
+        Ok(checks.ok)
+    }
+
+    /// True exit codes, nothing lost.
+    fn check_tasks(
+        &self,
+        reader: &Reader,
+        checks: &mut Checks,
+        timed_out: bool,
+    ) -> Result<(), String> {
+        for step in PIPELINE {
+            let t = reader
+                .task(&self.ids[step.name])
+                .map_err(|e| e.to_string())?;
+            let code = t.as_ref().and_then(|t| t.exit_code);
+            checks.check(
+                t.as_ref().is_some_and(|t| t.status.is_terminal())
+                    && code == Some(step.expect_exit),
+                format!(
+                    "{:<12} finished with its true exit code {} (recorded: {})",
+                    step.name,
+                    step.expect_exit,
+                    code.map(|c| c.to_string()).unwrap_or("none".into())
+                ),
+            );
+        }
+        checks.check(!timed_out, "every task reached a final state".to_string());
+        let stored = reader
+            .tasks(&Default::default())
+            .map_err(|e| e.to_string())?;
+        let lost = self
+            .ids
+            .values()
+            .filter(|id| !stored.iter().any(|t| &t.id == *id))
+            .count();
+        checks.check(
+            lost == 0 && stored.len() == self.ids.len(),
+            format!(
+                "no acknowledged write lost: {} acknowledged, {} stored",
+                self.ids.len(),
+                stored.len()
+            ),
+        );
+        Ok(())
+    }
+
+    /// No gap in the demo's own stream; every survivor caught up.
+    async fn check_events(
+        &self,
+        reader: &Reader,
+        story: &Story,
+        checks: &mut Checks,
+    ) -> Result<(), String> {
+        let last = reader.last_seq().map_err(|e| e.to_string())?;
+        checks.check(
+            contiguous(&story.seen_seqs, 1),
+            format!(
+                "the demo's subscriber saw events 1..{} with no gap",
+                story.seen_seqs.last().copied().unwrap_or(0)
+            ),
+        );
+        for (i, log) in self.logs.iter().enumerate().skip(1) {
+            let seqs = read_seqs(log);
+            let first_seq = seqs.first().copied().unwrap_or(0);
+            let caught_up = wait_until_seq(log, last).await;
+            checks.check(
+                caught_up && contiguous(&read_seqs(log), first_seq),
+                format!(
+                    "secondary {} (pid {}) saw every event from {first_seq} to {last}, none missed",
+                    i, self.members[i]
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to the survivors, and reap them.
+    async fn stop_members(&mut self) {
+        for pid in &self.members[1..] {
+            unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + STOP_DEADLINE;
+        while self.members.iter().any(|p| crate::proc::running(*p)) && Instant::now() < deadline {
+            self.c.reap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.c.reap();
+    }
+
+    fn finish(self, ok: bool) {
+        if !ok && std::env::var_os("GROVE_DEMO_KEEP").is_some() {
+            let kept = self.c.dir.path().to_path_buf();
+            std::mem::forget(self.c);
+            outln!("kept {} for inspection", kept.display());
+        }
+        outln!();
+        outln!(
+            "{} in {:.1} s",
+            if ok {
+                "all checks passed"
+            } else {
+                "SOME CHECKS FAILED"
+            },
+            self.clock.0.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Prints each check as it is decided; remembers whether all held.
+struct Checks {
+    ok: bool,
+}
+
+impl Checks {
+    fn check(&mut self, passed: bool, what: String) {
         outln!("  [{}] {what}", if passed { "ok" } else { "FAILED" });
-        ok &= passed;
-    };
-    let reader = Reader::open(&c.ws.db_path()).map_err(|e| e.to_string())?;
-    check(
-        promoted.is_some_and(|(_, e)| e == info.epoch + 1),
-        format!(
-            "exactly one promotion after the kill: {}",
-            promoted
-                .map(|(p, e)| format!("pid {p}, epoch {e}"))
-                .unwrap_or("none".into())
-        ),
-    );
-    check(
-        failover_ms.is_some(),
-        format!(
-            "failover measured: kill → write accepted in {:.1} ms",
-            failover_ms.unwrap_or(f64::NAN)
-        ),
-    );
-    for step in PIPELINE {
-        let t = reader.task(&ids[step.name]).map_err(|e| e.to_string())?;
-        let code = t.as_ref().and_then(|t| t.exit_code);
-        check(
-            t.as_ref().is_some_and(|t| t.status.is_terminal()) && code == Some(step.expect_exit),
-            format!(
-                "{:<12} finished with its true exit code {} (recorded: {})",
-                step.name,
-                step.expect_exit,
-                code.map(|c| c.to_string()).unwrap_or("none".into())
-            ),
-        );
+        self.ok &= passed;
     }
-    check(
-        !outcome.timed_out,
-        "every task reached a final state".to_string(),
-    );
-    let stored = reader
-        .tasks(&Default::default())
-        .map_err(|e| e.to_string())?;
-    let lost: Vec<&String> = ids
-        .values()
-        .filter(|id| !stored.iter().any(|t| &t.id == *id))
-        .collect();
-    check(
-        lost.is_empty() && stored.len() == ids.len(),
-        format!(
-            "no acknowledged write lost: {} acknowledged, {} stored",
-            ids.len(),
-            stored.len()
-        ),
-    );
-    let last = reader.last_seq().map_err(|e| e.to_string())?;
-    check(
-        contiguous(&seen_seqs, 1),
-        format!(
-            "the demo's subscriber saw events 1..{} with no gap",
-            seen_seqs.last().copied().unwrap_or(0)
-        ),
-    );
-    // Survivors must have caught up to the end of the log.
-    for (i, log) in logs.iter().enumerate().skip(1) {
-        let seqs = read_seqs(log);
-        let first_seq = seqs.first().copied().unwrap_or(0);
-        let caught_up = wait_until_seq(log, last).await;
-        check(
-            caught_up && contiguous(&read_seqs(log), first_seq),
-            format!(
-                "secondary {} (pid {}) saw every event from {first_seq} to {last}, none missed",
-                i, members[i]
-            ),
-        );
-    }
-    let integrity = reader.integrity_check().map_err(|e| e.to_string())?;
-    check(
-        integrity == "ok",
-        format!("PRAGMA integrity_check: {integrity}"),
-    );
-    drop(reader);
-    drop(sub);
-    // Stop the members gracefully, then make sure nothing is left.
-    for pid in &members[1..] {
-        unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
-    }
-    let stop_deadline = Instant::now() + Duration::from_secs(10);
-    while members.iter().any(|p| crate::proc::running(*p)) && Instant::now() < stop_deadline {
-        c.reap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    c.reap();
-    check(
-        !members.iter().any(|p| crate::proc::running(*p)),
-        "every process the demo started has exited".into(),
-    );
-    if !ok && std::env::var_os("GROVE_DEMO_KEEP").is_some() {
-        let kept = c.dir.path().to_path_buf();
-        std::mem::forget(c);
-        outln!("kept {} for inspection", kept.display());
-    }
-    outln!();
-    outln!(
-        "{} in {:.1} s",
-        if ok {
-            "all checks passed"
-        } else {
-            "SOME CHECKS FAILED"
-        },
-        clock.0.elapsed().as_secs_f64()
-    );
-    Ok(ok)
 }
 
 async fn wait_until_seq(path: &std::path::Path, last: u64) -> bool {
