@@ -1,0 +1,252 @@
+//! The shim as a supervisor, with real processes: cancel racing the start
+//! of a run, daemons that leave the task's process group and session,
+//! the timeout clock while paused, and the parallel limit across pause and
+//! resume.
+
+mod common;
+
+use common::*;
+use grove::protocol::{EventData, TaskStatus};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn show(g: &Grove, id: &str) -> Value {
+    serde_json::from_str(&g.ok(&["show", id, "--json"])).unwrap()
+}
+
+fn wait_status(g: &Grove, id: &str, status: &str) -> Value {
+    wait_for(&format!("task {id} {status}"), DEADLINE, || {
+        let t = show(g, id);
+        (t["status"] == status).then_some(t)
+    })
+}
+
+/// A string no other test's processes carry.
+fn marker(g: &Grove, what: &str) -> String {
+    let tmp = g.dir.path().file_name().unwrap().to_string_lossy();
+    format!("{what}-{}", tmp.trim_start_matches('.'))
+}
+
+/// Every live process that belongs to a task of this workspace or carries
+/// `marker`: agents and their children (they inherit `GROVE_WORKSPACE`),
+/// shims (their spec lies under `.grove/run/`), and anything whose command
+/// line names the marker. Members and CLI calls match none of these.
+fn task_processes(g: &Grove, marker: &str) -> Vec<(u32, String)> {
+    let ws = std::fs::canonicalize(&g.ws).unwrap();
+    let env_tag = format!("GROVE_WORKSPACE={}", ws.display());
+    let run_dir = format!("{}/.grove/run/", ws.display());
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !grove::proc::running(pid) {
+            continue;
+        }
+        let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&read("cmdline")).replace('\0', " ");
+        let ours = cmdline.contains(marker)
+            || cmdline.contains(&run_dir)
+            || read("environ")
+                .split(|b| *b == 0)
+                .any(|v| v == env_tag.as_bytes());
+        if ours {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+fn wait_no_task_processes(g: &Grove, marker: &str, after: &str) {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let left = task_processes(g, marker);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > until {
+            panic!("{} processes survived {after}: {left:?}", left.len());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn temp_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().contains(".tmp-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn cancel_right_after_spawn_leaves_no_process_and_no_temp_file() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nmax_parallel = 8\nkill_grace_ms = 500\n");
+    g.serve();
+    g.wait_primary();
+    let mark = marker(&g, "leak");
+    // Two commands, so that `sh` stays and its command line keeps the marker.
+    let script = format!("sleep 120; : {mark}");
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        let id = g.ok(&["spawn", &script]);
+        g.ok(&["cancel", &id]);
+        ids.push(id);
+    }
+    wait_no_task_processes(&g, &mark, "200 cancels right after spawn");
+    for id in &ids {
+        assert_eq!(show(&g, id)["status"], "cancelled", "task {id}");
+    }
+    let tmp = temp_files(&g.ws.join(".grove/run"));
+    assert!(tmp.is_empty(), "temp files left behind: {tmp:?}");
+}
+
+/// A task that leaves a daemon behind: a double fork, the grandchild in a
+/// session (and process group) of its own.
+fn daemonizing(mark: &str, then: &str) -> String {
+    format!("(setsid sh -c 'sleep 300; : {mark}' &); {then}")
+}
+
+fn wait_daemon(g: &Grove, mark: &str) {
+    wait_for("the daemon to start", DEADLINE, || {
+        task_processes(g, mark)
+            .iter()
+            .any(|(_, cmd)| cmd.starts_with(&format!("sh -c sleep 300; : {mark}")))
+            .then_some(())
+    });
+}
+
+#[test]
+fn cancel_timeout_and_exit_kill_setsid_daemons() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nkill_grace_ms = 300\n");
+    g.serve();
+    g.wait_primary();
+
+    let mark = marker(&g, "dmn-cancel");
+    let id = g.ok(&["spawn", &daemonizing(&mark, "sleep 300")]);
+    wait_daemon(&g, &mark);
+    g.ok(&["cancel", &id]);
+    wait_no_task_processes(&g, &mark, "cancel");
+
+    let mark = marker(&g, "dmn-timeout");
+    let id = g.ok(&[
+        "spawn",
+        &daemonizing(&mark, "sleep 300"),
+        "--timeout",
+        "1",
+    ]);
+    wait_daemon(&g, &mark);
+    let t = wait_status(&g, &id, "failed");
+    assert_eq!(t["failure_reason"], "timeout");
+    wait_no_task_processes(&g, &mark, "a timeout");
+
+    // A task that ends by itself takes its daemons with it too.
+    let mark = marker(&g, "dmn-exit");
+    let id = g.ok(&["spawn", &daemonizing(&mark, "true")]);
+    wait_status(&g, &id, "completed");
+    wait_no_task_processes(&g, &mark, "the task's own exit");
+}
+
+#[test]
+fn time_spent_paused_does_not_count_towards_the_timeout() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nkill_grace_ms = 300\n");
+    g.serve();
+    g.wait_primary();
+    // About 1.2 s of its own work against a 2 s timeout.
+    let id = g.ok(&[
+        "spawn",
+        "echo started; sleep 0.4; sleep 0.4; sleep 0.4; echo finished",
+        "--timeout",
+        "2",
+    ]);
+    let log = g.ws.join(format!(".grove/logs/{id}.log"));
+    wait_for("the task to start", DEADLINE, || {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("started")
+            .then_some(())
+    });
+    let pid = wait_for("agent pid", DEADLINE, || show(&g, &id)["pid"].as_u64()) as u32;
+    g.ok(&["pause", &id]);
+    wait_for("the agent to be stopped", DEADLINE, || {
+        (grove::proc::state(pid) == Some('T')).then_some(())
+    });
+    // The pause itself lasts longer than the whole timeout.
+    let resume_at = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < resume_at {
+        let t = show(&g, &id);
+        assert_eq!(t["status"], "paused", "the task ended while paused: {t}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    g.ok(&["resume", &id]);
+    let t = wait_for("the task to end", DEADLINE, || {
+        let t = show(&g, &id);
+        matches!(t["status"].as_str(), Some("completed" | "failed")).then_some(t)
+    });
+    assert_eq!(t["status"], "completed", "{t}");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("finished"));
+}
+
+/// Replays the event log: the most tasks that ever held a slot at once
+/// (running, or paused with a live run), and the most that ran at once.
+fn peak_slots(g: &Grove) -> (usize, usize) {
+    let events = g.db().events_from(1, 100_000).unwrap();
+    let mut tasks: HashMap<String, (TaskStatus, bool)> = HashMap::new();
+    let (mut slots, mut running) = (0, 0);
+    for e in events {
+        match e.data {
+            EventData::TaskCreated { task } | EventData::TaskUpdated { task } => {
+                tasks.insert(task.id, (task.status, task.run_id.is_some()));
+            }
+            EventData::TaskDeleted { id } => {
+                tasks.remove(&id);
+            }
+            _ => continue,
+        }
+        let held = tasks
+            .values()
+            .filter(|(s, run)| *s == TaskStatus::Running || (*s == TaskStatus::Paused && *run))
+            .count();
+        let run = tasks
+            .values()
+            .filter(|(s, _)| *s == TaskStatus::Running)
+            .count();
+        slots = slots.max(held);
+        running = running.max(run);
+    }
+    (slots, running)
+}
+
+#[test]
+fn a_paused_task_keeps_its_slot() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nmax_parallel = 1\nkill_grace_ms = 300\n");
+    g.serve();
+    g.wait_primary();
+    let go = g.dir.path().join("go");
+    let script = format!("until [ -e {} ]; do sleep 0.05; done", go.display());
+    let a = g.ok(&["spawn", &script]);
+    let b = g.ok(&["spawn", &script]);
+    wait_status(&g, &a, "running");
+    let pid = wait_for("agent pid", DEADLINE, || show(&g, &a)["pid"].as_u64()) as u32;
+    assert_eq!(show(&g, &b)["status"], "queued");
+    g.ok(&["pause", &a]);
+    // Stopping the agent and scheduling happen in the same pass of the
+    // orchestrator: once it is stopped, B had its chance to start.
+    wait_for("the agent to be stopped", DEADLINE, || {
+        (grove::proc::state(pid) == Some('T')).then_some(())
+    });
+    g.ok(&["resume", &a]);
+    wait_for("the agent to run again", DEADLINE, || {
+        (grove::proc::state(pid) != Some('T')).then_some(())
+    });
+    assert_eq!(show(&g, &a)["status"], "running");
+    assert_eq!(show(&g, &b)["status"], "queued", "B took A's slot");
+    std::fs::write(&go, b"").unwrap();
+    g.ok(&["wait", &a, &b, "--timeout", "30"]);
+    assert_eq!(peak_slots(&g), (1, 1), "max_parallel 1 was exceeded");
+}
