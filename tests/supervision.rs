@@ -250,3 +250,58 @@ fn a_paused_task_keeps_its_slot() {
     g.ok(&["wait", &a, &b, "--timeout", "30"]);
     assert_eq!(peak_slots(&g), (1, 1), "max_parallel 1 was exceeded");
 }
+
+/// The run record of a task's current run, once its agent has started.
+fn run_record(g: &Grove, id: &str) -> Value {
+    wait_for("the run record with the agent", DEADLINE, || {
+        let dir = g.ws.join(".grove/run");
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with(id) && name.ends_with(".run.json")) {
+                return None;
+            }
+            let v: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            v["agent_pid"].is_u64().then_some(v)
+        })
+    })
+}
+
+#[test]
+fn a_shim_killed_with_sigkill_takes_its_agent_with_it() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\n");
+    g.serve();
+    g.wait_primary();
+    let mark = marker(&g, "orphan");
+    let id = g.ok(&["spawn", &format!("sleep 300; : {mark}")]);
+    let rec = run_record(&g, &id);
+    wait_for("the agent's child", DEADLINE, || {
+        task_processes(&g, &mark)
+            .iter()
+            .any(|(_, cmd)| cmd.starts_with("sleep 300"))
+            .then_some(())
+    });
+    unsafe { libc::kill(rec["shim_pid"].as_u64().unwrap() as i32, libc::SIGKILL) };
+    let t = wait_status(&g, &id, "failed");
+    assert_eq!(t["failure_reason"], "lost");
+    wait_no_task_processes(&g, &mark, "the death of their shim");
+}
+
+#[test]
+fn a_new_primary_resumes_a_task_paused_under_the_old_one() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nkill_grace_ms = 300\n");
+    g.serve();
+    let (primary, epoch) = g.wait_primary();
+    g.serve();
+    g.wait_secondaries_at(1, epoch);
+    let id = g.ok(&["spawn", "echo started; sleep 0.5; echo finished", "--timeout", "20"]);
+    let pid = wait_for("agent pid", DEADLINE, || show(&g, &id)["pid"].as_u64()) as u32;
+    g.ok(&["pause", &id]);
+    wait_for("the agent to be stopped", DEADLINE, || {
+        (grove::proc::state(pid) == Some('T')).then_some(())
+    });
+    g.member_by_pid(primary).signal(libc::SIGKILL);
+    g.wait_new_primary(primary, epoch);
+    assert_eq!(show(&g, &id)["status"], "paused");
+    g.ok(&["resume", &id]);
+    wait_status(&g, &id, "completed");
+}
