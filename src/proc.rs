@@ -196,7 +196,14 @@ mod tests {
             session: pid,
             start: 0,
         };
-        let all = [p(10, 1), p(11, 10), p(12, 11), p(13, 1), p(20, 21), p(21, 20)];
+        let all = [
+            p(10, 1),
+            p(11, 10),
+            p(12, 11),
+            p(13, 1),
+            p(20, 21),
+            p(21, 20),
+        ];
         let mut d: Vec<u32> = descendants_in(10, &all).iter().map(|s| s.pid).collect();
         d.sort();
         assert_eq!(d, [11, 12]);
@@ -205,7 +212,10 @@ mod tests {
 
     #[test]
     fn our_own_child_is_a_descendant() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let me = std::process::id();
         assert!(descendants(me).iter().any(|s| s.pid == child.id()));
         child.kill().unwrap();

@@ -134,12 +134,7 @@ fn cancel_timeout_and_exit_kill_setsid_daemons() {
     wait_no_task_processes(&g, &mark, "cancel");
 
     let mark = marker(&g, "dmn-timeout");
-    let id = g.ok(&[
-        "spawn",
-        &daemonizing(&mark, "sleep 300"),
-        "--timeout",
-        "1",
-    ]);
+    let id = g.ok(&["spawn", &daemonizing(&mark, "sleep 300"), "--timeout", "1"]);
     wait_daemon(&g, &mark);
     let t = wait_status(&g, &id, "failed");
     assert_eq!(t["failure_reason"], "timeout");
@@ -293,7 +288,12 @@ fn a_new_primary_resumes_a_task_paused_under_the_old_one() {
     let (primary, epoch) = g.wait_primary();
     g.serve();
     g.wait_secondaries_at(1, epoch);
-    let id = g.ok(&["spawn", "echo started; sleep 0.5; echo finished", "--timeout", "20"]);
+    let id = g.ok(&[
+        "spawn",
+        "echo started; sleep 0.5; echo finished",
+        "--timeout",
+        "20",
+    ]);
     let pid = wait_for("agent pid", DEADLINE, || show(&g, &id)["pid"].as_u64()) as u32;
     g.ok(&["pause", &id]);
     wait_for("the agent to be stopped", DEADLINE, || {

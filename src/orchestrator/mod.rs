@@ -321,7 +321,8 @@ impl Orchestrator {
             match task.map(|t| t.status) {
                 Some(s @ (TaskStatus::Running | TaskStatus::Paused)) if current => {
                     let pause = s == TaskStatus::Paused;
-                    if run.told_paused != Some(pause) && tell_paused(run, pause, pauses_itself, agent)
+                    if run.told_paused != Some(pause)
+                        && tell_paused(run, pause, pauses_itself, agent)
                     {
                         run.told_paused = Some(pause);
                     }
@@ -330,7 +331,7 @@ impl Orchestrator {
                 Some(TaskStatus::Completed | TaskStatus::Failed) if current => {}
                 _ => {
                     // Cancelled, deleted, or superseded by a newer run: the
-                    // shim kills the whole group (TERM, grace, KILL).
+                    // shim kills every process of it (TERM, grace, KILL).
                     if !run.kill_sent {
                         tracing::info!(task = %id, "stopping a run that is no longer wanted");
                         unsafe { libc::kill(run.shim_pid as i32, libc::SIGTERM) };

@@ -15,7 +15,11 @@ use tokio::time::Instant;
 const SYNC_RETRY: Duration = Duration::from_millis(200);
 
 /// Runs the agent to its end and says how it ended.
-pub(super) async fn supervise(ws: &Workspace, spec: &ShimSpec, record: &mut RunRecord) -> ExitRecord {
+pub(super) async fn supervise(
+    ws: &Workspace,
+    spec: &ShimSpec,
+    record: &mut RunRecord,
+) -> ExitRecord {
     let finish = |outcome, status: Option<std::process::ExitStatus>, message| ExitRecord {
         run_id: spec.run_id.clone(),
         outcome,

@@ -198,9 +198,8 @@ pub(super) fn apply_internal(c: &mut Ctx<'_>, op: &InternalOp) -> Res {
                     format!("task {id} is {}, not queued", task.status.as_str()),
                 ));
             }
-            let held: i64 = c
-                .tx
-                .prepare_cached(
+            let held: i64 =
+                c.tx.prepare_cached(
                     "SELECT COUNT(*) FROM tasks WHERE status = 'running'
                         OR (status = 'paused' AND run_id IS NOT NULL)",
                 )?
