@@ -305,3 +305,28 @@ fn a_new_primary_resumes_a_task_paused_under_the_old_one() {
     g.ok(&["resume", &id]);
     wait_status(&g, &id, "completed");
 }
+
+#[test]
+fn the_agent_starts_with_no_signal_blocked_or_ignored() {
+    // grep started directly, not through a shell, which might reset what
+    // it inherited.
+    let mut g = Grove::with_config(
+        "heartbeat_ms = 100\n[engines.probe]\ncommand = [\"grep\", \"-E\", \"{prompt}\", \"/proc/self/status\"]\n",
+    );
+    g.serve();
+    g.wait_primary();
+    // The shim runs with its control signals blocked until it can handle
+    // them; none of that may reach the agent (a blocked TERM would make
+    // every cancel wait for the KILL). Nor may signals ignored by whoever
+    // started the member.
+    let id = g.ok(&["spawn", "-e", "probe", "^Sig(Blk|Ign)"]);
+    wait_status(&g, &id, "completed");
+    let log = std::fs::read_to_string(g.ws.join(format!(".grove/logs/{id}.log"))).unwrap();
+    let mask = |name: &str| {
+        let line = log.lines().find(|l| l.starts_with(name)).expect(name);
+        u64::from_str_radix(line[name.len()..].trim(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{log}");
+    // The standard signals (1..=31); glibc keeps 32 and 33 to itself.
+    assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{log}");
+}

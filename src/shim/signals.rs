@@ -46,9 +46,18 @@ pub fn block_control_in_child() -> io::Result<()> {
     set_mask(libc::SIG_SETMASK, &CONTROL)
 }
 
-/// For the shim's `pre_exec` of the agent: nothing blocked, as a program
-/// expects to start (the mask survives exec).
-pub fn unblock_all_in_child() -> io::Result<()> {
+/// For the shim's `pre_exec` of the agent: nothing blocked and nothing
+/// ignored, as a program expects to start. Both survive exec, and the shim
+/// may have inherited ignored signals from whoever started the member (a
+/// background job of a script ignores INT and QUIT, `nohup` HUP).
+/// Async-signal-safe.
+pub fn reset_all_in_child() -> io::Result<()> {
+    // Linux numbers signals 1..=64; KILL, STOP and the two glibc keeps for
+    // itself refuse the change, which is fine.
+    for sig in 1..=64 {
+        // SAFETY: resets one disposition in the forked child.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
     set_mask(libc::SIG_SETMASK, &[])
 }
 

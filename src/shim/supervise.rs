@@ -115,10 +115,11 @@ fn command(ws: &Workspace, spec: &ShimSpec) -> Result<tokio::process::Command, S
         })
         .process_group(0)
         .kill_on_drop(false);
-    // SAFETY: pthread_sigmask is async-signal-safe. The agent must not
-    // inherit the shim's blocked control signals.
+    // SAFETY: signal and pthread_sigmask are async-signal-safe. The agent
+    // must not inherit the shim's blocked control signals (std keeps the
+    // spawning thread's mask).
     unsafe {
-        cmd.pre_exec(signals::unblock_all_in_child);
+        cmd.pre_exec(signals::reset_all_in_child);
     }
     Ok(cmd)
 }
