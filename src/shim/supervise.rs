@@ -198,7 +198,7 @@ async fn watch(
             }
             Ok(_) => {}
             Err(e) => {
-                eprintln!("grove shim: cannot read the task to pause or resume it: {e}");
+                errln!("grove shim: cannot read the task to pause or resume it: {e}");
                 retry = Some(Instant::now() + SYNC_RETRY);
             }
         }

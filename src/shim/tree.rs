@@ -28,7 +28,7 @@ fn kill(pid: u32, sig: i32) {
 pub fn become_subreaper() {
     // SAFETY: prctl with an integer argument.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        eprintln!(
+        errln!(
             "grove shim: cannot become a subreaper ({}); daemons of the task may survive it",
             std::io::Error::last_os_error()
         );
@@ -68,7 +68,7 @@ pub async fn kill_all() {
         }
         if tokio::time::Instant::now() > until {
             let pids: Vec<u32> = left.iter().map(|p| p.pid).collect();
-            eprintln!("grove shim: processes of the task outlived SIGKILL: {pids:?}");
+            errln!("grove shim: processes of the task outlived SIGKILL: {pids:?}");
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
