@@ -22,7 +22,7 @@ pub fn check_transition(from: TaskStatus, to: TaskStatus) -> Result<(), String> 
             Running | Queued | Completed | Failed | Cancelled | Paused
         ),
         // paused → completed: a stopped agent can still be reported done
-        // (e.g. it exited between our SIGSTOP and its delivery).
+        // (e.g. it exited between the shim's SIGSTOP and its delivery).
         Paused => matches!(
             to,
             Pending | Queued | Running | Completed | Cancelled | Failed

@@ -1,5 +1,7 @@
 //! Facts about local processes, read from `/proc` and `kill(pid, 0)`.
 
+use std::collections::{HashMap, HashSet};
+
 /// True when a process with this pid exists (zombies included).
 pub fn alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
@@ -10,22 +12,49 @@ pub fn alive(pid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// The fields of `/proc/<pid>/stat` that grove uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    /// `R`, `S`, `T` for stopped, `Z` for a zombie...
+    pub state: char,
+    pub ppid: u32,
+    pub pgrp: u32,
+    pub session: u32,
+    /// Clock ticks since boot: together with the pid it names one process
+    /// for good.
+    pub start: u64,
+}
+
+pub fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &text)
+}
+
+fn parse_stat(pid: u32, text: &str) -> Option<Stat> {
+    // The command name is in parentheses and may contain spaces and ')':
+    // skip past the last ')' before splitting. The fields after it start at
+    // #3 (state); ppid is #4, pgrp #5, session #6, starttime #22.
+    let f: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    Some(Stat {
+        pid,
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
+    })
+}
+
 /// The single-letter state of a process (`R`, `S`, `T` for stopped, `Z`...).
 pub fn state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces: skip past
-    // the last ')' before splitting.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().next()?.chars().next()
+    stat(pid).map(|s| s.state)
 }
 
 /// Start time of a process in clock ticks since boot (field 22 of
-/// `/proc/<pid>/stat`): together with the pid it names one process for good.
+/// `/proc/<pid>/stat`).
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After the ')' the fields start at #3 (state); starttime is #22.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    stat(pid).map(|s| s.start)
 }
 
 /// When a process started, in Unix milliseconds (boot time plus its start
@@ -63,6 +92,64 @@ pub fn running(pid: u32) -> bool {
     alive(pid) && state(pid) != Some('Z')
 }
 
+/// Every process `/proc` shows, zombies included, in one pass.
+pub fn all() -> Vec<Stat> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(stat)
+        .collect()
+}
+
+/// The descendants of `root` (children, theirs, and so on), zombies
+/// included, from one snapshot of `/proc`.
+pub fn descendants(root: u32) -> Vec<Stat> {
+    descendants_in(root, &all())
+}
+
+fn descendants_in(root: u32, all: &[Stat]) -> Vec<Stat> {
+    let mut children: HashMap<u32, Vec<&Stat>> = HashMap::new();
+    for s in all {
+        children.entry(s.ppid).or_default().push(s);
+    }
+    // A work list, and a visited set: the snapshot is not atomic, so a pid
+    // reused while it was taken could make the parent links loop.
+    let mut seen = HashSet::from([root]);
+    let mut todo = vec![root];
+    let mut out = Vec::new();
+    while let Some(pid) = todo.pop() {
+        for kid in children.get(&pid).into_iter().flatten() {
+            if seen.insert(kid.pid) {
+                out.push(**kid);
+                todo.push(kid.pid);
+            }
+        }
+    }
+    out
+}
+
+/// Live (non-zombie) processes whose session id is `sid`.
+pub fn in_session(sid: u32) -> Vec<Stat> {
+    all()
+        .into_iter()
+        .filter(|s| s.session == sid && s.state != 'Z')
+        .collect()
+}
+
+/// True when `pid` still names the process that had `start`, or names no
+/// process at all. Either way a process group or session with that id can
+/// only hold that process's descendants: the kernel does not reuse a pid
+/// while a group or session of that id has a member.
+pub fn same_or_gone(pid: u32, start: Option<u64>) -> bool {
+    match start_time(pid) {
+        None => true,
+        now => start.is_some() && now == start,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,11 +168,57 @@ mod tests {
         );
         assert!(!cmdline(me).is_empty());
         assert!(matches!(state(me), Some('R') | Some('S')));
+        assert!(same_or_gone(me, start_time(me)));
+        assert!(!same_or_gone(me, start_time(me).map(|s| s + 1)));
     }
 
     #[test]
     fn pid_zero_and_huge_are_not_alive() {
         assert!(!alive(0));
         assert!(!alive(u32::MAX));
+    }
+
+    #[test]
+    fn stat_survives_odd_command_names() {
+        let line = "42 (a) b (c) S 7 42 40 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0";
+        let s = parse_stat(42, line).unwrap();
+        assert_eq!((s.state, s.ppid, s.pgrp, s.session), ('S', 7, 42, 40));
+        assert_eq!(s.start, 12345);
+    }
+
+    #[test]
+    fn descendants_follow_every_generation_and_survive_loops() {
+        let p = |pid, ppid| Stat {
+            pid,
+            state: 'S',
+            ppid,
+            pgrp: pid,
+            session: pid,
+            start: 0,
+        };
+        let all = [
+            p(10, 1),
+            p(11, 10),
+            p(12, 11),
+            p(13, 1),
+            p(20, 21),
+            p(21, 20),
+        ];
+        let mut d: Vec<u32> = descendants_in(10, &all).iter().map(|s| s.pid).collect();
+        d.sort();
+        assert_eq!(d, [11, 12]);
+        assert_eq!(descendants_in(20, &all).len(), 1);
+    }
+
+    #[test]
+    fn our_own_child_is_a_descendant() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        assert!(descendants(me).iter().any(|s| s.pid == child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

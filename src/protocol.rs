@@ -80,8 +80,9 @@ pub enum Method {
     /// Cancels a task: a running one has its whole process group killed.
     #[serde(rename = "task.cancel")]
     TaskCancel { id: String },
-    /// Pauses a task: a running one is stopped (SIGSTOP to its group), a
-    /// waiting one is held back by the scheduler.
+    /// Pauses a task: a running one is stopped (SIGSTOP to its processes;
+    /// it keeps its slot and its timeout clock stops), a waiting one is held
+    /// back by the scheduler.
     #[serde(rename = "task.pause")]
     TaskPause { id: String },
     /// Continues a paused task. New instructions are appended to the prompt;

@@ -260,7 +260,7 @@ fn retry_relaunch_resume_lineage_and_purge() {
     g.ok(&["relaunch", &a]);
     wait_status(&g, &a, "completed");
     wait_status(&g, &b, "completed");
-    // pause / resume of a running task (SIGSTOP / SIGCONT of its group).
+    // pause / resume of a running task (its shim stops / continues it).
     let r = g.ok(&[
         "spawn",
         "grove progress 10 started; sleep 1; echo resumed-ok",

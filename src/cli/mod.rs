@@ -142,7 +142,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Pause a task (a running one is stopped with SIGSTOP).
+    /// Pause a task (a running one is stopped with SIGSTOP, keeps its slot;
+    /// its --timeout clock stops).
     Pause {
         id: String,
         #[arg(long)]

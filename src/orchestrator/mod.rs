@@ -5,15 +5,19 @@
 //! 1. checks each run it supervises: a run whose shim is gone is finalized
 //!    from its exit record, or failed as `lost` when there is none;
 //! 2. makes live runs match their task: kill runs of cancelled, deleted or
-//!    superseded tasks; stop (SIGSTOP) paused ones; continue resumed ones;
+//!    superseded tasks; tell the shims of paused and resumed ones (SIGUSR1:
+//!    the shim reads the row, stops or continues its agent and its timeout
+//!    clock);
 //! 3. tails the logs of live runs into transient `task.output` events;
 //! 4. starts queued tasks, priority first then FIFO, while fewer than
-//!    `max_parallel` run. The store thread refuses a start beyond the limit,
-//!    so two completions at once can never start one task twice.
+//!    `max_parallel` hold a slot (running, or paused with a live run). The
+//!    store thread refuses a start beyond the limit, so two completions at
+//!    once can never start one task twice.
 //!
 //! On promotion, `adopt` reconciles every `running` task: adopted when its
 //! shim is alive (pid *and* start time match), finalized from its exit
-//! record when the shim finished meanwhile, `failed: lost` otherwise.
+//! record when the shim finished meanwhile, `failed: lost` otherwise (and
+//! whatever the dead shim left running is killed).
 
 pub mod engines;
 
@@ -22,7 +26,7 @@ use crate::paths::Workspace;
 use crate::protocol::{
     Event, EventData, ExitOutcome, Method, TaskExit, TaskRecord, TaskStatus, now_ms,
 };
-use crate::shim::{RunFiles, ShimSpec, kill_group};
+use crate::shim::{RunFiles, ShimSpec, kill_group, kill_leftovers};
 use crate::store::tasks::InternalOp;
 use crate::store::writer::{Job, WriteResult};
 use crate::store::{Reader, TaskFilter};
@@ -51,7 +55,10 @@ struct Run {
     shim_start: Option<u64>,
     /// Our own child when we started it (reaped here); `None` if adopted.
     child: Option<std::process::Child>,
-    stopped: bool,
+    /// Whether the shim was last told to pause (`None` when adopted: it is
+    /// told once, whatever the row says, in case the old primary died
+    /// between committing a pause and signalling it).
+    told_paused: Option<bool>,
     kill_sent: bool,
     log_offset: u64,
 }
@@ -152,7 +159,7 @@ impl Orchestrator {
             let Some(run_id) = task.run_id.clone() else {
                 continue;
             };
-            if !self.try_adopt(&task.id, &run_id, task.status).await {
+            if !self.try_adopt(&task.id, &run_id).await {
                 // Counted from the recorded start, not from this takeover:
                 // otherwise back-to-back failovers would restart the clock
                 // and the task would hold a slot with no process.
@@ -166,7 +173,7 @@ impl Orchestrator {
 
     /// Adopts a live run, or finalizes an ended one. Returns false when the
     /// run left no trace yet (no run record, no exit record).
-    async fn try_adopt(&mut self, task_id: &str, run_id: &str, status: TaskStatus) -> bool {
+    async fn try_adopt(&mut self, task_id: &str, run_id: &str) -> bool {
         match RunFiles::read_run(&self.ws, task_id, run_id) {
             Some(rec)
                 if crate::proc::running(rec.shim_pid)
@@ -181,19 +188,19 @@ impl Orchestrator {
                         shim_pid: rec.shim_pid,
                         shim_start: Some(rec.shim_start),
                         child: None,
-                        stopped: status == TaskStatus::Paused,
+                        told_paused: None,
                         kill_sent: false,
                         log_offset,
                     },
                 );
                 true
             }
-            Some(_) => {
-                self.finalize(task_id, run_id).await;
+            Some(rec) => {
+                self.finalize(task_id, run_id, rec.shim_pid).await;
                 true
             }
             None if RunFiles::read_exit(&self.ws, task_id, run_id).is_some() => {
-                self.finalize(task_id, run_id).await;
+                self.finalize(task_id, run_id, 0).await;
                 true
             }
             None => false,
@@ -208,7 +215,7 @@ impl Orchestrator {
             .map(|(t, (r, d))| (t.clone(), r.clone(), *d))
             .collect();
         for (task_id, run_id, give_up) in pending {
-            if self.try_adopt(&task_id, &run_id, TaskStatus::Running).await {
+            if self.try_adopt(&task_id, &run_id).await {
                 self.unconfirmed.remove(&task_id);
             } else if tokio::time::Instant::now() >= give_up {
                 self.unconfirmed.remove(&task_id);
@@ -225,8 +232,9 @@ impl Orchestrator {
     }
 
     /// Records the end of a run whose shim is gone: from its exit record,
-    /// or as `lost`.
-    async fn finalize(&mut self, task_id: &str, run_id: &str) {
+    /// or as `lost` — then nothing killed what the run had started, so it
+    /// is killed here.
+    async fn finalize(&mut self, task_id: &str, run_id: &str, shim_pid: u32) {
         let result = match RunFiles::read_exit(&self.ws, task_id, run_id) {
             Some(exit) => {
                 tracing::info!(task = %task_id, "finalizing a run from its exit record");
@@ -239,6 +247,7 @@ impl Orchestrator {
             }
             None => {
                 tracing::warn!(task = %task_id, "run lost: no shim, no exit record");
+                kill_leftovers(&self.ws, task_id, run_id, shim_pid);
                 self.internal(InternalOp::Lost {
                     id: task_id.to_string(),
                     run_id: run_id.to_string(),
@@ -266,7 +275,7 @@ impl Orchestrator {
                 && let Ok(Some(_)) = child.try_wait()
             {
                 run.child = None;
-                ended.push((task_id.clone(), run.run_id.clone()));
+                ended.push((task_id.clone(), run.run_id.clone(), run.shim_pid));
                 continue;
             }
             let alive = crate::proc::running(run.shim_pid)
@@ -274,13 +283,13 @@ impl Orchestrator {
                     .shim_start
                     .is_none_or(|s| crate::proc::start_time(run.shim_pid) == Some(s));
             if !alive {
-                ended.push((task_id.clone(), run.run_id.clone()));
+                ended.push((task_id.clone(), run.run_id.clone(), run.shim_pid));
             }
         }
-        for (task_id, run_id) in ended {
+        for (task_id, run_id, shim_pid) in ended {
             self.flush_log(&task_id);
             self.runs.remove(&task_id);
-            self.finalize(&task_id, &run_id).await;
+            self.finalize(&task_id, &run_id, shim_pid).await;
         }
     }
 
@@ -293,7 +302,9 @@ impl Orchestrator {
             let Some(run) = self.runs.get_mut(&id) else {
                 continue;
             };
-            let agent = RunFiles::read_run(&self.ws, &id, &run.run_id).and_then(|r| r.agent_pid);
+            let record = RunFiles::read_run(&self.ws, &id, &run.run_id);
+            let agent = record.as_ref().and_then(|r| r.agent_pid);
+            let pauses_itself = record.is_some_and(|r| r.pauses_itself);
             let current = task
                 .as_ref()
                 .is_some_and(|t| t.run_id.as_deref() == Some(run.run_id.as_str()));
@@ -308,27 +319,19 @@ impl Orchestrator {
                 });
             }
             match task.map(|t| t.status) {
-                Some(TaskStatus::Running) if current => {
-                    if run.stopped
-                        && let Some(pg) = agent
+                Some(s @ (TaskStatus::Running | TaskStatus::Paused)) if current => {
+                    let pause = s == TaskStatus::Paused;
+                    if run.told_paused != Some(pause)
+                        && tell_paused(run, pause, pauses_itself, agent)
                     {
-                        kill_group(pg, libc::SIGCONT);
-                        run.stopped = false;
-                    }
-                }
-                Some(TaskStatus::Paused) if current => {
-                    if !run.stopped
-                        && let Some(pg) = agent
-                    {
-                        kill_group(pg, libc::SIGSTOP);
-                        run.stopped = true;
+                        run.told_paused = Some(pause);
                     }
                 }
                 // Ended by itself: the shim is on its way out already.
                 Some(TaskStatus::Completed | TaskStatus::Failed) if current => {}
                 _ => {
                     // Cancelled, deleted, or superseded by a newer run: the
-                    // shim kills the whole group (TERM, grace, KILL).
+                    // shim kills every process of it (TERM, grace, KILL).
                     if !run.kill_sent {
                         tracing::info!(task = %id, "stopping a run that is no longer wanted");
                         unsafe { libc::kill(run.shim_pid as i32, libc::SIGTERM) };
@@ -345,7 +348,14 @@ impl Orchestrator {
     async fn schedule(&mut self) {
         // An edited grove.toml applies to the next task started.
         self.config = self.live.current();
-        let running = self.tasks(TaskStatus::Running).len();
+        // A paused task with a live run keeps its slot: resuming it must
+        // not exceed the limit.
+        let running = self.tasks(TaskStatus::Running).len()
+            + self
+                .tasks(TaskStatus::Paused)
+                .iter()
+                .filter(|t| t.run_id.is_some())
+                .count();
         if running >= self.config.max_parallel {
             return;
         }
@@ -415,15 +425,17 @@ impl Orchestrator {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(shim_log);
-        // SAFETY: setsid is async-signal-safe; a new session detaches the
-        // shim from the primary's terminal and process group, so it survives
-        // the primary's death.
+        // SAFETY: setsid and pthread_sigmask are async-signal-safe. A new
+        // session detaches the shim from the primary's terminal and process
+        // group, so it survives the primary's death; its control signals
+        // stay blocked until it handles them (a cancel right after the
+        // start must not kill it before it can kill its agent).
         unsafe {
             cmd.pre_exec(|| {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                crate::shim::block_control_in_child()
             });
         }
         let child = cmd
@@ -438,7 +450,7 @@ impl Orchestrator {
                 shim_pid,
                 shim_start: None,
                 child: Some(child),
-                stopped: false,
+                told_paused: Some(false),
                 kill_sent: false,
                 log_offset: file_len(&RunFiles::log(&self.ws, &task.id)),
             },
@@ -524,6 +536,22 @@ impl Orchestrator {
         self.jobs.send(job).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
+}
+
+/// Tells a run's shim to pause or resume; false when it cannot be told yet
+/// (an older shim whose agent has not started).
+fn tell_paused(run: &Run, pause: bool, pauses_itself: bool, agent: Option<u32>) -> bool {
+    if pauses_itself {
+        // The shim reads the row itself, so a signal that coalesces with
+        // an earlier one still ends in the latest state.
+        unsafe { libc::kill(run.shim_pid as i32, crate::shim::SYNC_SIGNAL) };
+        return true;
+    }
+    let Some(pgid) = agent else {
+        return false;
+    };
+    kill_group(pgid, if pause { libc::SIGSTOP } else { libc::SIGCONT });
+    true
 }
 
 /// This binary, even if the file was replaced (rebuilt, upgraded) since we

@@ -26,7 +26,9 @@ pub(super) struct Ctx<'a> {
 /// Orchestrator-only operations: never accepted from the wire.
 #[derive(Debug, Clone)]
 pub enum InternalOp {
-    /// queued → running, refused when `max_parallel` tasks already run.
+    /// queued → running, refused when `max_parallel` tasks already hold a
+    /// slot: running, or paused with a live run (it keeps its slot, so
+    /// resuming it never exceeds the limit).
     Start {
         id: String,
         run_id: String,
@@ -196,13 +198,18 @@ pub(super) fn apply_internal(c: &mut Ctx<'_>, op: &InternalOp) -> Res {
                     format!("task {id} is {}, not queued", task.status.as_str()),
                 ));
             }
-            let running: i64 =
-                c.tx.prepare_cached("SELECT COUNT(*) FROM tasks WHERE status = 'running'")?
-                    .query_row([], |r| r.get(0))?;
-            if running as usize >= *max_parallel {
+            let held: i64 =
+                c.tx.prepare_cached(
+                    "SELECT COUNT(*) FROM tasks WHERE status = 'running'
+                        OR (status = 'paused' AND run_id IS NOT NULL)",
+                )?
+                .query_row([], |r| r.get(0))?;
+            if held as usize >= *max_parallel {
                 return Err(refused(
                     ErrorCode::Conflict,
-                    format!("{running} tasks already run (max_parallel {max_parallel})"),
+                    format!(
+                        "{held} tasks already run or are paused mid-run (max_parallel {max_parallel})"
+                    ),
                 ));
             }
             task.run_id = Some(run_id.clone());

@@ -1,16 +1,26 @@
-//! `grove shim SPEC`: the supervisor of one run of one task (DESIGN §5).
+//! `grove shim SPEC`: the supervisor of one run of one task.
 //!
 //! The primary starts it in a session of its own, so it outlives the
-//! primary. It starts the agent in a new process group with stdout and
+//! primary, with its control signals blocked until it can handle them
+//! (`signals`). It starts the agent in a new process group with stdout and
 //! stderr going straight into the task's log file (no pipe to drain, no
-//! line-length limit, no memory growth with output), enforces the timeout,
-//! kills the whole group on cancel (TERM, grace, KILL), writes the exit
-//! status atomically beside the log, and reports it to whichever instance is
-//! primary by then.
+//! line-length limit, no memory growth with output), enforces the timeout
+//! (which stops while the task is paused), pauses and resumes the agent,
+//! kills every process of the task on cancel, timeout or exit (`tree`:
+//! TERM, grace, KILL; daemons included, the shim being their subreaper),
+//! writes the exit status atomically beside the log, and reports it to
+//! whichever instance is primary by then.
+
+mod signals;
+mod supervise;
+mod tree;
+
+pub use signals::{SYNC as SYNC_SIGNAL, block_control_in_child};
+pub use tree::{kill_group, kill_leftovers};
 
 use crate::config::Config;
 use crate::paths::{Workspace, write_atomic};
-use crate::protocol::{ExitOutcome, Method, TaskExit, now_ms};
+use crate::protocol::{ExitOutcome, Method, TaskExit};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,14 +40,25 @@ pub struct ShimSpec {
     pub grace_ms: u64,
 }
 
-/// Written by the shim when it starts (`.grove/run/<task>.run.json`): how a
-/// new primary recognises a live run — pid *and* start time.
+/// Written by the shim when it starts (`.grove/run/<task>.<run>.run.json`):
+/// how a new primary recognises a live run — pid *and* start time — and
+/// what to kill if the shim dies without finishing the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
     pub shim_pid: u32,
     pub shim_start: u64,
     pub agent_pid: Option<u32>,
+    /// The agent's start time, so that its process group is only killed
+    /// while its pid still names it (or nothing).
+    #[serde(default)]
+    pub agent_start: Option<u64>,
+    /// The shim pauses and resumes its agent itself on SIGUSR1 (after
+    /// reading the task's row), so that time paused does not count towards
+    /// the timeout. Absent in records of older shims: those are paused by
+    /// SIGSTOP to the agent's group.
+    #[serde(default)]
+    pub pauses_itself: bool,
 }
 
 /// Written atomically when the run ends (`.grove/run/<task>.<run>.exit.json`).
@@ -125,6 +146,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
 
 /// Entry point of `grove shim SPEC`. Returns the process exit code.
 pub async fn run(spec_path: &Path) -> i32 {
+    signals::block_control();
     let spec: ShimSpec = match std::fs::read(spec_path)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -148,6 +170,8 @@ pub async fn run(spec_path: &Path) -> i32 {
         shim_pid: me,
         shim_start: crate::proc::start_time(me).unwrap_or(0),
         agent_pid: None,
+        agent_start: None,
+        pauses_itself: true,
     };
     if let Err(e) = write_json(&RunFiles::run(&ws, &spec.task_id, &spec.run_id), &record) {
         errln!("grove shim: cannot write the run record: {e}");
@@ -159,10 +183,21 @@ pub async fn run(spec_path: &Path) -> i32 {
             "grove shim: run {} is no longer the task's run; not starting",
             spec.run_id
         );
+        // An exit record all the same: whoever finalizes the run then knows
+        // it ended and does not take it for lost.
+        let exit = ExitRecord {
+            run_id: spec.run_id.clone(),
+            outcome: ExitOutcome::Cancelled,
+            exit_code: None,
+            signal: None,
+            message: Some("not started: no longer the task's run".into()),
+            finished_at: crate::protocol::now_ms(),
+        };
+        let _ = write_json(&RunFiles::exit(&ws, &spec.task_id, &spec.run_id), &exit);
         let _ = std::fs::remove_file(RunFiles::run(&ws, &spec.task_id, &spec.run_id));
         return 0;
     }
-    let exit = supervise(&ws, &spec, &mut record).await;
+    let exit = supervise::supervise(&ws, &spec, &mut record).await;
     if let Err(e) = write_json(&RunFiles::exit(&ws, &spec.task_id, &spec.run_id), &exit) {
         errln!("grove shim: cannot write the exit record: {e}");
     }
@@ -180,157 +215,6 @@ fn still_wanted(ws: &Workspace, spec: &ShimSpec) -> bool {
         Ok(None) => false,
         // Cannot tell: run rather than lose the work.
         Err(_) => true,
-    }
-}
-
-/// Runs the agent to its end and says how it ended.
-async fn supervise(ws: &Workspace, spec: &ShimSpec, record: &mut RunRecord) -> ExitRecord {
-    let finish = |outcome, exit_code, signal, message: Option<String>| ExitRecord {
-        run_id: spec.run_id.clone(),
-        outcome,
-        exit_code,
-        signal,
-        message,
-        finished_at: now_ms(),
-    };
-    let log = match open_log(&RunFiles::log(ws, &spec.task_id)) {
-        Ok(f) => f,
-        Err(e) => {
-            let m = format!("cannot open the log file: {e}");
-            return finish(ExitOutcome::SpawnError, None, None, Some(m));
-        }
-    };
-    let (Ok(out), Ok(err)) = (log.try_clone(), log.try_clone()) else {
-        let m = "cannot duplicate the log file descriptor".to_string();
-        return finish(ExitOutcome::SpawnError, None, None, Some(m));
-    };
-    let Some((program, args)) = spec.argv.split_first() else {
-        return finish(
-            ExitOutcome::SpawnError,
-            None,
-            None,
-            Some("empty command".into()),
-        );
-    };
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .current_dir(&spec.work_dir)
-        .envs(&spec.env)
-        .env("GROVE_TASK_ID", &spec.task_id)
-        .env("GROVE_WORKSPACE", &ws.root)
-        .stdout(out)
-        .stderr(err)
-        .stdin(if spec.stdin.is_some() {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        // A process group of its own, so that cancel reaches grandchildren.
-        .process_group(0)
-        .kill_on_drop(false);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let m = format!("cannot start {program}: {e}");
-            return finish(ExitOutcome::SpawnError, None, None, Some(m));
-        }
-    };
-    let Some(pgid) = child.id() else {
-        return finish(
-            ExitOutcome::SpawnError,
-            None,
-            None,
-            Some("agent vanished".into()),
-        );
-    };
-    record.agent_pid = Some(pgid);
-    let _ = write_json(&RunFiles::run(ws, &spec.task_id, &spec.run_id), &record);
-    if let (Some(text), Some(mut stdin)) = (spec.stdin.clone(), child.stdin.take()) {
-        tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let _ = stdin.write_all(text.as_bytes()).await;
-        });
-    }
-
-    let timeout = async {
-        match spec.timeout_ms {
-            Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-            None => std::future::pending().await,
-        }
-    };
-    let grace = Duration::from_millis(spec.grace_ms);
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        kill_group(pgid, libc::SIGKILL);
-        return finish(
-            ExitOutcome::SpawnError,
-            None,
-            None,
-            Some("no signal handlers".into()),
-        );
-    };
-    let outcome = tokio::select! {
-        status = child.wait() => {
-            // The leader is gone; nothing of its group may outlive the task.
-            kill_group(pgid, libc::SIGKILL);
-            return match status {
-                Ok(st) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    finish(ExitOutcome::Exited, st.code(), st.signal(), None)
-                }
-                Err(e) => finish(ExitOutcome::Exited, None, None, Some(format!("wait failed: {e}"))),
-            };
-        }
-        _ = timeout => ExitOutcome::Timeout,
-        _ = term.recv() => ExitOutcome::Cancelled,
-        _ = int.recv() => ExitOutcome::Cancelled,
-        _ = hup.recv() => ExitOutcome::Cancelled,
-    };
-    let status = terminate_group(&mut child, pgid, grace).await;
-    use std::os::unix::process::ExitStatusExt;
-    let message = match outcome {
-        ExitOutcome::Timeout => Some(format!(
-            "timed out after {} ms",
-            spec.timeout_ms.unwrap_or(0)
-        )),
-        _ => Some("cancelled".to_string()),
-    };
-    finish(
-        outcome,
-        status.as_ref().and_then(|s| s.code()),
-        status.as_ref().and_then(|s| s.signal()),
-        message,
-    )
-}
-
-/// TERM to the whole group (CONT too, in case it is paused), up to `grace`
-/// for it to go, then KILL to whatever is left.
-async fn terminate_group(
-    child: &mut tokio::process::Child,
-    pgid: u32,
-    grace: Duration,
-) -> Option<std::process::ExitStatus> {
-    kill_group(pgid, libc::SIGTERM);
-    kill_group(pgid, libc::SIGCONT);
-    let status = match tokio::time::timeout(grace, child.wait()).await {
-        Ok(s) => s.ok(),
-        Err(_) => {
-            kill_group(pgid, libc::SIGKILL);
-            child.wait().await.ok()
-        }
-    };
-    // The leader may have left children behind in its group.
-    kill_group(pgid, libc::SIGKILL);
-    status
-}
-
-pub fn kill_group(pgid: u32, sig: i32) {
-    if pgid > 1 {
-        unsafe { libc::kill(-(pgid as i32), sig) };
     }
 }
 

@@ -1,0 +1,127 @@
+//! The signals a shim obeys, and keeping them from killing it too early.
+//!
+//! TERM, INT and HUP cancel the run; USR1 says "the task's row changed:
+//! read it" (pause or resume). Every one of them kills a process by
+//! default, so a shim signalled before its handlers exist would die and
+//! orphan its agent, or leave a half-written record behind. The primary
+//! therefore starts the shim with them blocked (in `pre_exec`, which runs
+//! after std has set up the child: std keeps the parent's mask, it does not
+//! reset it); they stay pending until the shim has installed its handlers
+//! and started the agent, and a cancel that arrived meanwhile is seen by
+//! `cancel_pending` before any agent exists.
+
+use std::io;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+const CANCEL: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+const CONTROL: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
+
+/// The signal that tells a shim to read its task's row and pause or resume.
+pub const SYNC: libc::c_int = libc::SIGUSR1;
+
+fn set_of(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set before sigaddset reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        set
+    }
+}
+
+fn set_mask(how: libc::c_int, signals: &[libc::c_int]) -> io::Result<()> {
+    let set = set_of(signals);
+    // SAFETY: pthread_sigmask is async-signal-safe and only reads `set`.
+    match unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) } {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// For the primary's `pre_exec` of a shim: exactly the control signals
+/// blocked, whatever the forking thread had. Async-signal-safe.
+pub fn block_control_in_child() -> io::Result<()> {
+    set_mask(libc::SIG_SETMASK, &CONTROL)
+}
+
+/// For the shim's `pre_exec` of the agent: nothing blocked and nothing
+/// ignored, as a program expects to start. Both survive exec, and the shim
+/// may have inherited ignored signals from whoever started the member (a
+/// background job of a script ignores INT and QUIT, `nohup` HUP).
+/// Async-signal-safe.
+pub fn reset_all_in_child() -> io::Result<()> {
+    // Linux numbers signals 1..=64; KILL, STOP and the two glibc keeps for
+    // itself refuse the change, which is fine.
+    for sig in 1..=64 {
+        // SAFETY: resets one disposition in the forked child.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    set_mask(libc::SIG_SETMASK, &[])
+}
+
+/// Blocks the control signals in this thread (the shim's first step; a
+/// no-op when the primary started it, kept for a shim started by hand).
+pub fn block_control() {
+    let _ = set_mask(libc::SIG_BLOCK, &CONTROL);
+}
+
+/// Lets the control signals through to the installed handlers; any that
+/// arrived meanwhile are delivered now.
+pub fn unblock_control() {
+    let _ = set_mask(libc::SIG_UNBLOCK, &CONTROL);
+}
+
+/// True when a cancel is waiting behind the mask.
+pub fn cancel_pending() -> bool {
+    // SAFETY: sigpending fills the zeroed set; sigismember only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        if libc::sigpending(&mut set) != 0 {
+            return false;
+        }
+        CANCEL.iter().any(|s| libc::sigismember(&set, *s) == 1)
+    }
+}
+
+/// What a signal asks of the shim.
+pub enum Control {
+    Cancel,
+    /// Read the task's row: paused or resumed.
+    Sync,
+    /// A child exited (an orphan to reap, or the agent).
+    Child,
+}
+
+/// Handlers for the control signals and SIGCHLD.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    sync: Signal,
+    child: Signal,
+}
+
+impl Signals {
+    pub fn install() -> io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            sync: signal(SignalKind::from_raw(SYNC))?,
+            child: signal(SignalKind::child())?,
+        })
+    }
+
+    /// The next signal that arrives.
+    pub async fn next(&mut self) -> Control {
+        tokio::select! {
+            _ = self.term.recv() => Control::Cancel,
+            _ = self.int.recv() => Control::Cancel,
+            _ = self.hup.recv() => Control::Cancel,
+            _ = self.sync.recv() => Control::Sync,
+            _ = self.child.recv() => Control::Child,
+        }
+    }
+}
