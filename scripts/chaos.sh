@@ -11,15 +11,16 @@
 #   scripts/chaos.sh --duration 600 --members 6 --writers 4 --seed 42
 #   scripts/chaos.sh --kills 200 --keep   # keep the workspace if a check fails
 #
-# Builds the release binary first when it is missing or older than the sources.
+# Builds the release binary first with the test hooks (the `test-hooks`
+# feature, as `cargo test --release` does, so the two share one build): they
+# let chaos kill a primary exactly between COMMIT and reply.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${CARGO_TARGET_DIR:-$root/target}/release/grove"
 
-if [[ ! -x "$bin" ]] ||
-  [[ -n "$(find "$root/src" "$root/Cargo.toml" "$root/Cargo.lock" -newer "$bin" -print -quit)" ]]; then
-  (cd "$root" && cargo build --release --quiet)
-fi
+# Always asked: cargo knows whether the binary is current *and* was built
+# with the feature (a plain `cargo build` leaves one without it).
+(cd "$root" && cargo build --release --quiet --features test-hooks)
 
 exec "$bin" chaos "$@"

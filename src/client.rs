@@ -131,7 +131,8 @@ impl Client {
             match self.exchange(id, &method, timeout).await {
                 Outcome::Reply(r) => return r.into_result().map_err(ClientError::Refused),
                 // Writes are safe to resend (the ledger dedupes them), pings
-                // are harmless; a debug hook must hit one primary only.
+                // are harmless; a test hook must hit one primary only.
+                #[cfg(feature = "test-hooks")]
                 Outcome::PrimaryChanged if matches!(method, Method::DebugStall { .. }) => {
                     return Err(ClientError::Bus("the primary changed".into()));
                 }

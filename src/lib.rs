@@ -30,5 +30,7 @@ pub mod shim;
 pub mod stats;
 pub mod store;
 pub mod subscriber;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 pub mod trust;
 pub mod waiter;

@@ -112,13 +112,16 @@ pub enum Method {
     /// Creating an existing session is a no-op.
     #[serde(rename = "session.create")]
     SessionCreate { id: String, cwd: String },
-    /// Test hook, refused unless the primary runs with `GROVE_DEBUG_HOOKS=1`:
-    /// blocks the primary's event loop for `ms` so the watchdog can be tested.
+    /// Test builds only (the `test-hooks` feature), not part of the
+    /// protocol: blocks the primary's event loop for `ms` so the watchdog
+    /// can be tested.
+    #[cfg(feature = "test-hooks")]
     #[serde(rename = "debug.stall")]
     DebugStall { ms: u64 },
 }
 
-/// Names of every method, as they appear on the wire.
+/// Names of every method, as they appear on the wire (in a test build, with
+/// the [`TEST_HOOK_METHODS`]).
 pub const METHOD_NAMES: &[&str] = &[
     "ping",
     "hello",
@@ -134,6 +137,14 @@ pub const METHOD_NAMES: &[&str] = &[
     "task.purge",
     "task.finished",
     "session.create",
+    #[cfg(feature = "test-hooks")]
+    "debug.stall",
+];
+
+/// Methods that only test builds know (the `test-hooks` feature): not part
+/// of the protocol that `ipc-schema/` describes.
+pub const TEST_HOOK_METHODS: &[&str] = &[
+    #[cfg(feature = "test-hooks")]
     "debug.stall",
 ];
 
@@ -154,6 +165,7 @@ impl Method {
             Method::TaskPurge { .. } => "task.purge",
             Method::TaskFinished(_) => "task.finished",
             Method::SessionCreate { .. } => "session.create",
+            #[cfg(feature = "test-hooks")]
             Method::DebugStall { .. } => "debug.stall",
         }
     }

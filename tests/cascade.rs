@@ -181,7 +181,6 @@ fn purging_a_completed_dependency_keeps_its_dependents_satisfied() {
 #[test]
 fn a_request_that_crashes_primaries_is_refused_after_two() {
     let mut g = Grove::new();
-    g.env("GROVE_DEBUG_HOOKS", "1");
     for _ in 0..3 {
         g.serve();
     }
@@ -190,7 +189,7 @@ fn a_request_that_crashes_primaries_is_refused_after_two() {
     let out = g.run(&[
         "task",
         "create",
-        grove::store::writer::CRASH_DURING_APPLY_PROMPT,
+        grove::test_hooks::CRASH_DURING_APPLY_PROMPT,
     ]);
     assert!(!out.status.success(), "the poison request is refused");
     let err = String::from_utf8_lossy(&out.stderr);

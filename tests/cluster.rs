@@ -208,12 +208,34 @@ fn sigstop_is_reported_unresponsive_and_writes_fail_fast() {
     g.task_create("echo after resume");
 }
 
+/// The fault injection the tests below rely on lives behind the
+/// `test-hooks` feature; the self dev-dependency in Cargo.toml must turn it
+/// on for the test crates *and* for the `grove` binary they run, with no
+/// environment variable to set. (A plain `cargo build --release` binary
+/// answers `grove debug-stall` with "unrecognized subcommand".)
+#[test]
+fn the_test_build_has_the_fault_hooks() {
+    assert!(
+        cfg!(feature = "test-hooks"),
+        "tests build without test-hooks"
+    );
+    assert!(grove::protocol::TEST_HOOK_METHODS.contains(&"debug.stall"));
+    let mut g = Grove::new();
+    g.serve();
+    g.wait_primary();
+    let out = g.run(&["debug-stall", "1"]);
+    assert!(
+        out.status.success(),
+        "the test binary {BIN} has no working debug-stall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn watchdog_aborts_a_hung_primary_and_failover_proceeds() {
     let mut g = Grove::with_config(
         "heartbeat_ms = 100\nprobe_timeout_ms = 300\nwatchdog_timeout_ms = 1000\n",
     );
-    g.env("GROVE_DEBUG_HOOKS", "1");
     g.serve();
     let (primary, epoch) = g.wait_primary();
     g.serve();
@@ -241,7 +263,6 @@ fn watchdog_aborts_a_hung_primary_and_failover_proceeds() {
 #[test]
 fn write_in_flight_during_a_crash_is_applied_exactly_once() {
     let mut g = Grove::new();
-    g.env("GROVE_DEBUG_HOOKS", "1");
     g.serve();
     let (primary, epoch) = g.wait_primary();
     g.serve();
@@ -251,7 +272,7 @@ fn write_in_flight_during_a_crash_is_applied_exactly_once() {
     let id = g.ok(&[
         "task",
         "create",
-        grove::store::writer::CRASH_AFTER_COMMIT_PROMPT,
+        grove::test_hooks::CRASH_AFTER_COMMIT_PROMPT,
     ]);
     let (_, new_epoch) = g.wait_new_primary(primary, epoch);
     assert_eq!(new_epoch, epoch + 1);

@@ -87,8 +87,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// Records that a member died by the debug hook: killed, as far as the
+    /// Records that a member died by the crash hook: killed, as far as the
     /// checks are concerned.
+    #[cfg(feature = "test-hooks")]
     pub(super) fn forget(&mut self, pid: u32) {
         if let Some(m) = self.members.iter_mut().find(|m| m.pid == pid) {
             m.killed = true;

@@ -19,7 +19,7 @@ pub(super) struct Tally {
     pub(super) secondary: usize,
     /// New primaries killed while (or right after) promoting.
     pub(super) promoting: usize,
-    /// Primaries that died between COMMIT and reply (the debug hook).
+    /// Primaries that died between COMMIT and reply (the crash hook).
     pub(super) at_commit: usize,
     /// ... of which before they had published `primary.json`.
     pub(super) before_record: usize,
@@ -159,16 +159,17 @@ impl Chaos {
     /// The primary dies after committing a write and before answering it —
     /// the one moment where only the ledger prevents a double apply. A
     /// random SIGKILL almost never lands there, so the write itself asks
-    /// for it: with `GROVE_DEBUG_HOOKS=1` (set for the members by [`chaos`])
-    /// a primary that commits a task with this prompt exits at once. The
-    /// client resends the same id to the next primary and must get the
-    /// recorded reply; the store must hold one task for it.
+    /// for it: a test build's primary (the members run this binary) that
+    /// commits a task with this prompt exits at once. The client resends the
+    /// same id to the next primary and must get the recorded reply; the
+    /// store must hold one task for it.
+    #[cfg(feature = "test-hooks")]
     pub(super) async fn kill_at_commit(&mut self) -> Result<(), String> {
         let rec = self.current_primary()?;
         let label = self.kill_label(1);
         self.tally.probes += 1;
         let id = format!("chaos-probe-{}", self.tally.probes);
-        let prompt = crate::store::writer::CRASH_AFTER_COMMIT_PROMPT.to_string();
+        let prompt = crate::test_hooks::CRASH_AFTER_COMMIT_PROMPT.to_string();
         let task = tagged(prompt, &id, vec![self.blocker.clone()]);
         let t0 = Instant::now();
         create(&mut self.client, &self.shared, &id, task, Kind::Probe, None).await?;
@@ -176,7 +177,7 @@ impl Chaos {
         let epoch = self.client.epoch();
         if crate::proc::running(rec.pid) || epoch <= rec.epoch {
             return Err(format!(
-                "the crash-after-commit hook did not fire (primary pid {} still runs; reply from epoch {epoch}): are debug hooks off?",
+                "the crash-after-commit hook did not fire (primary pid {} still runs; reply from epoch {epoch})",
                 rec.pid
             ));
         }
@@ -188,6 +189,13 @@ impl Chaos {
             rec.pid, rec.epoch
         ));
         self.settle().await
+    }
+
+    /// Without the crash hook (a shipped build), the closest thing: a
+    /// SIGKILL of the primary at a random moment.
+    #[cfg(not(feature = "test-hooks"))]
+    pub(super) async fn kill_at_commit(&mut self) -> Result<(), String> {
+        self.kill_primary().await
     }
 
     /// A follower dies: the grove must not even notice, beyond its

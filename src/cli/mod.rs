@@ -232,7 +232,9 @@ enum Command {
     /// Show the effective configuration and where each value came from.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
-    /// Fault-injection hooks for tests (the primary must run with GROVE_DEBUG_HOOKS=1).
+    /// Test builds only (the `test-hooks` feature): block the primary's
+    /// event loop, to test the watchdog.
+    #[cfg(feature = "test-hooks")]
     #[command(hide = true)]
     DebugStall {
         /// How long to block the primary's event loop.
@@ -508,11 +510,12 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         | Command::Completions { .. } => {
             unreachable!("handled before loading the workspace")
         }
+        #[cfg(feature = "test-hooks")]
         Command::DebugStall { ms } => {
             ctx.client()
                 .call(crate::protocol::Method::DebugStall { ms })
                 .await?;
-            // (never autostarts: a debug hook needs a running primary)
+            // (never autostarts: a test hook needs a running primary)
             Ok(EXIT_OK)
         }
     }

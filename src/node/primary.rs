@@ -36,7 +36,6 @@ struct Serving {
     /// Bounded: when a flood outruns the reply path, immediate answers
     /// (errors, pings) are dropped rather than buffered without limit.
     replies: mpsc::Sender<ZmqMessage>,
-    debug_hooks: bool,
     /// When the last request arrived (an idle member exits; see `idle.rs`).
     last_request: Arc<AtomicU64>,
 }
@@ -164,7 +163,6 @@ pub async fn run(
         last_seq,
         jobs: store.jobs.clone(),
         replies: replies_tx,
-        debug_hooks: std::env::var("GROVE_DEBUG_HOOKS").is_ok_and(|v| v == "1"),
         last_request: me.last_request.clone(),
     };
 
@@ -314,7 +312,9 @@ impl Serving {
         // Of the request as sent (before the default engine is filled in),
         // so that a retry of the same request matches its ledger row.
         let digest = match &request.method {
-            Method::Ping {} | Method::DebugStall { .. } => 0,
+            Method::Ping {} => 0,
+            #[cfg(feature = "test-hooks")]
+            Method::DebugStall { .. } => 0,
             method => request_digest(method),
         };
         match request.method {
@@ -327,14 +327,9 @@ impl Serving {
                     Reply::ok(id, self.info.epoch, ReplyBody::Pong(info)),
                 );
             }
+            #[cfg(feature = "test-hooks")]
             Method::DebugStall { ms } => {
-                if !self.debug_hooks {
-                    let msg = "debug hooks are disabled (set GROVE_DEBUG_HOOKS=1 on the primary)";
-                    return self.send(envelope, self.error(id, ErrorCode::BadRequest, msg));
-                }
-                tracing::warn!("debug.stall: blocking the event loop for {ms} ms");
-                // Deliberately blocks the (single-threaded) event loop.
-                std::thread::sleep(Duration::from_millis(ms));
+                crate::test_hooks::stall(ms);
                 self.send(envelope, Reply::ok(id, self.info.epoch, ReplyBody::Done {}));
             }
             // A retry of a recorded create gets its recorded reply, even if

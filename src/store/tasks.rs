@@ -177,10 +177,11 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
             ok(task)
         }
         Method::TaskFinished(exit) => finished(c, exit),
-        Method::Hello(_)
-        | Method::SessionCreate { .. }
-        | Method::Ping {}
-        | Method::DebugStall { .. } => Err(refused(ErrorCode::Internal, "not a task operation")),
+        Method::Hello(_) | Method::SessionCreate { .. } | Method::Ping {} => {
+            Err(refused(ErrorCode::Internal, "not a task operation"))
+        }
+        #[cfg(feature = "test-hooks")]
+        Method::DebugStall { .. } => Err(refused(ErrorCode::Internal, "not a task operation")),
     }
 }
 

@@ -21,16 +21,6 @@ use tokio::sync::oneshot;
 /// Most writes committed in one transaction.
 pub const MAX_BATCH: usize = 512;
 
-/// Test hook (only with `GROVE_DEBUG_HOOKS=1`): a `task.create` with this
-/// prompt makes the primary die right after COMMIT and before answering, the
-/// exact window in which a client must retry and get the recorded reply.
-pub const CRASH_AFTER_COMMIT_PROMPT: &str = "__grove_crash_after_commit__";
-
-/// Test hook (only with `GROVE_DEBUG_HOOKS=1`): a `task.create` with this
-/// prompt aborts the primary while the write is being applied, the way a
-/// bug in a transition would; the crash guard must stop it after two.
-pub const CRASH_DURING_APPLY_PROMPT: &str = "__grove_crash_during_apply__";
-
 pub type WriteResult = Result<ReplyBody, WireError>;
 
 // Jobs are moved once through a channel; boxing the big variant buys nothing.
@@ -210,7 +200,6 @@ fn run(
     mut guard: Guard,
     still_current: StillCurrent,
 ) {
-    let crash_hook = debug_hooks();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_prune = std::time::Instant::now() - PRUNE_EVERY;
     while let Ok(first) = rx.recv() {
@@ -248,10 +237,8 @@ fn run(
         };
         match committed {
             Ok((done, events)) => {
-                if crash_hook && events.iter().any(is_crash_marker) {
-                    tracing::warn!("debug hook: dying after commit, before replying");
-                    unsafe { libc::_exit(137) };
-                }
+                #[cfg(feature = "test-hooks")]
+                crate::test_hooks::after_commit(&events);
                 for e in events {
                     // Waits while the publisher's queue is full: a durable
                     // event is never dropped before it is published.
@@ -284,22 +271,6 @@ fn run(
             return;
         }
     }
-}
-
-/// Test hooks are on when the primary runs with `GROVE_DEBUG_HOOKS=1`.
-fn debug_hooks() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("GROVE_DEBUG_HOOKS").is_ok_and(|v| v == "1"))
-}
-
-fn is_apply_crash_marker(method: &Method) -> bool {
-    matches!(method, Method::TaskCreate(new) if new.prompt == CRASH_DURING_APPLY_PROMPT)
-}
-
-/// Only a freshly applied marker (one that produced an event) crashes; the
-/// retry, answered from the ledger, must not.
-fn is_crash_marker(event: &Event) -> bool {
-    matches!(&event.data, EventData::TaskCreated { task } if task.prompt == CRASH_AFTER_COMMIT_PROMPT)
 }
 
 /// Applies every job of `batch` in one transaction. Returns the answers and
@@ -423,10 +394,8 @@ fn apply_idempotent(
             ))
         }));
     }
-    if debug_hooks() && is_apply_crash_marker(method) {
-        tracing::warn!("debug hook: aborting while applying a write");
-        std::process::abort();
-    }
+    #[cfg(feature = "test-hooks")]
+    crate::test_hooks::while_applying(method);
     let mut sp = tx.savepoint()?;
     let mut own_events = Vec::new();
     let result = match apply(&sp, epoch, method, &mut own_events) {
@@ -481,6 +450,14 @@ pub(super) fn refused(code: ErrorCode, message: impl Into<String>) -> Applied {
     Applied::Refused(WireError::new(code, message))
 }
 
+/// A method the event loop answers itself reached the store thread.
+fn not_a_write() -> Applied {
+    refused(
+        ErrorCode::Internal,
+        "not a write: answered by the event loop",
+    )
+}
+
 fn apply(
     tx: &Connection,
     epoch: u64,
@@ -515,10 +492,9 @@ fn apply(
             }
             Ok(Ok(ReplyBody::Done {}))
         }
-        Method::Ping {} | Method::DebugStall { .. } => Err(refused(
-            ErrorCode::Internal,
-            "not a write: answered by the event loop",
-        )),
+        Method::Ping {} => Err(not_a_write()),
+        #[cfg(feature = "test-hooks")]
+        Method::DebugStall { .. } => Err(not_a_write()),
         other => super::tasks::apply(&mut ctx, other),
     }
 }

@@ -1,0 +1,52 @@
+//! Fault injection for the test suite, compiled only with the `test-hooks`
+//! cargo feature (every `cargo test` build has it through the self
+//! dev-dependency in Cargo.toml; `cargo build`/`cargo install` never does).
+//!
+//! Some failures matter at one exact moment that a random `kill -9` almost
+//! never hits: a primary dying between COMMIT and reply, a transition that
+//! crashes the primary every time it is applied, an event loop that hangs.
+//! The tests (and `grove chaos`) ask for that moment through the hooks here.
+//! A shipped binary has none of them: no `debug.stall` method on the wire,
+//! no `grove debug-stall` command, no prompt check on the store thread.
+
+use crate::protocol::{Event, EventData, Method};
+use std::time::Duration;
+
+/// A `task.create` with this prompt makes the primary die right after
+/// COMMIT and before answering, the exact window in which a client must
+/// retry and get the recorded reply.
+pub const CRASH_AFTER_COMMIT_PROMPT: &str = "__grove_crash_after_commit__";
+
+/// A `task.create` with this prompt aborts the primary while the write is
+/// being applied, the way a bug in a transition would; the crash guard must
+/// stop it after two.
+pub const CRASH_DURING_APPLY_PROMPT: &str = "__grove_crash_during_apply__";
+
+/// Called by the store thread before it applies a write.
+pub fn while_applying(method: &Method) {
+    if matches!(method, Method::TaskCreate(new) if new.prompt == CRASH_DURING_APPLY_PROMPT) {
+        tracing::warn!("test hook: aborting while applying a write");
+        std::process::abort();
+    }
+}
+
+/// Called by the store thread after COMMIT, before anyone is answered. Only
+/// a freshly applied marker (one that produced an event) crashes; its retry,
+/// answered from the ledger, must not.
+pub fn after_commit(events: &[Event]) {
+    let marked = events.iter().any(|e| {
+        matches!(&e.data, EventData::TaskCreated { task } if task.prompt == CRASH_AFTER_COMMIT_PROMPT)
+    });
+    if marked {
+        tracing::warn!("test hook: dying after commit, before replying");
+        // SAFETY: _exit(2) ends the process at once; nothing runs after it.
+        unsafe { libc::_exit(137) };
+    }
+}
+
+/// `debug.stall`: blocks the primary's (single-threaded) event loop so that
+/// the watchdog can be tested.
+pub fn stall(ms: u64) {
+    tracing::warn!("test hook: blocking the event loop for {ms} ms");
+    std::thread::sleep(Duration::from_millis(ms));
+}
