@@ -15,22 +15,14 @@ use std::process::{Command, Stdio};
 
 #[test]
 fn official_python_client_drives_grove_acp() {
-    let ok = Command::new("python3")
-        .args(["-c", "import acp"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "the Python ACP client is missing: pip install -r tests/peer/requirements.txt (CI does)"
-    );
+    let python = test_env::python();
     let g = Grove::new();
     let bin_dir = std::path::Path::new(BIN)
         .parent()
         .unwrap()
         .display()
         .to_string();
-    let out = Command::new("python3")
+    let out = Command::new(python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/acp/acp_client_test.py"

@@ -2,9 +2,11 @@
 //! `ipc-schema/`) against a real `grove serve`: the proof that the contract
 //! is enough for a libzmq client in another language.
 //!
-//! Needs `python3` with pyzmq and msgpack (`pip install -r
-//! tests/peer/requirements.txt`). Without them this test fails — it never
+//! pyzmq and msgpack come from the tests' own Python environment
+//! (`common::test_env`); if it cannot be built this test fails — it never
 //! passes silently.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -104,27 +106,9 @@ fn run_with_deadline(mut cmd: Command, name: &'static str, within: Duration) -> 
     }
 }
 
-/// Fails (never skips) when the peer's dependencies are missing.
-fn require_python() {
-    let probe = Command::new("python3")
-        .args(["-c", "import zmq, msgpack"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "python3 cannot import zmq and msgpack ({}); \
-             run `pip install pyzmq msgpack` (or `pip install -r tests/peer/requirements.txt`)",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => {
-            panic!("cannot run python3 ({e}); install Python 3, then `pip install pyzmq msgpack`")
-        }
-    }
-}
-
 #[test]
 fn python_peer_speaks_the_contract() {
-    require_python();
+    let python = common::test_env::python();
     let tmp = tempfile::tempdir().expect("tempdir");
     let ws = tmp.path().join("ws");
     std::fs::create_dir_all(&ws).expect("mkdir workspace");
@@ -178,12 +162,12 @@ fn python_peer_speaks_the_contract() {
     }
 
     // The peer.
-    let mut py = Command::new("python3");
+    let mut py = Command::new(python);
     py.arg(repo().join("tests/peer/grove_peer.py"))
         .arg(&ws)
         .current_dir(repo())
         .env("PYTHONUNBUFFERED", "1");
-    let out = run_with_deadline(py, "python3 grove_peer.py", PEER_DEADLINE);
+    let out = run_with_deadline(py, "python grove_peer.py", PEER_DEADLINE);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report = format!(
@@ -221,5 +205,43 @@ fn python_peer_speaks_the_contract() {
         st.is_some_and(|s| s.success()),
         "grove serve did not stop cleanly on SIGTERM ({st:?})\n{}",
         server_stderr()
+    );
+}
+
+/// The private environment is built once even when several tests ask at
+/// the same time, reused while its stamp matches, rebuilt when the stamp
+/// changes or when a build was interrupted (no stamp written).
+#[test]
+fn test_env_is_built_once_under_its_lock() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("env");
+    let builds = AtomicUsize::new(0);
+    let build = |d: &Path| {
+        builds.fetch_add(1, Ordering::SeqCst);
+        std::fs::create_dir_all(d).expect("mkdir env");
+        // Long enough for the other threads to queue on the lock.
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| common::test_env::prepare(&dir, "v1", build));
+        }
+    });
+    assert_eq!(builds.load(Ordering::SeqCst), 1, "built once");
+    common::test_env::prepare(&dir, "v1", build);
+    assert_eq!(builds.load(Ordering::SeqCst), 1, "reused");
+    common::test_env::prepare(&dir, "v2", build);
+    assert_eq!(builds.load(Ordering::SeqCst), 2, "rebuilt for a new stamp");
+    // An interrupted build leaves no stamp: the next call starts over.
+    let interrupted = std::panic::catch_unwind(|| {
+        common::test_env::prepare(&dir, "v3", |_: &Path| panic!("interrupted"))
+    });
+    assert!(interrupted.is_err());
+    common::test_env::prepare(&dir, "v3", build);
+    assert_eq!(
+        builds.load(Ordering::SeqCst),
+        3,
+        "rebuilt after an interruption"
     );
 }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod test_env;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
