@@ -12,8 +12,8 @@
 #   scripts/chaos.sh --kills 200 --keep   # keep the workspace if a check fails
 #
 # Builds the release binary first with the test hooks (the `test-hooks`
-# feature, as `cargo test --release` does, so the two share one build): they
-# let chaos kill a primary exactly between COMMIT and reply.
+# feature, which `cargo test` also turns on): they let chaos kill a primary
+# exactly between COMMIT and reply.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
