@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -93,13 +94,25 @@ pub async fn serve_until(
         Some(after) => idle::stop_when_idle(&opts, &identity, after, shutdown),
         None => shutdown,
     };
+    // Instrumented, not entered: a guard held across `.await` would leave
+    // the span entered on the thread while other tasks run there.
     let span = tracing::info_span!("member", instance = %&identity.instance_id[..8]);
-    let _enter = span.enter();
+    follow_or_lead(opts, identity, shutdown)
+        .instrument(span)
+        .await
+}
 
+/// The member's life: the election loop, as primary or secondary, until
+/// `shutdown` flips or the workspace is gone.
+async fn follow_or_lead(
+    opts: NodeOptions,
+    identity: Identity,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
     // One view of the config files for the member's whole life: reloaded
     // when they change, reported for `grove config show`.
     let live = std::sync::Arc::new(LiveConfig::new(&opts.ws.state_dir, opts.config.clone()));
-    let mut events_task = tokio::spawn(consume_events(opts.clone()));
+    let mut events_task = tokio::spawn(consume_events(opts.clone()).in_current_span());
 
     let lock_path = opts.ws.lock_path();
     let mut lock = acquire(&lock_path)?;
@@ -138,7 +151,7 @@ pub async fn serve_until(
             if let Err(e) = opts.ws.ensure_state_dir() {
                 break Err(e.into());
             }
-            events_task = tokio::spawn(consume_events(opts.clone()));
+            events_task = tokio::spawn(consume_events(opts.clone()).in_current_span());
         }
         if let Err(e) = opts.ws.ensure_socket_dir() {
             break Err(e.into());

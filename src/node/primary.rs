@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 /// What the RPC loop needs to answer requests.
@@ -45,6 +46,21 @@ pub async fn run(
     opts: &NodeOptions,
     live: &Arc<LiveConfig>,
     lock: PrimaryLock,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Ended, NodeError> {
+    // Instrumented, not entered (a guard must not be held across `.await`);
+    // the epoch is recorded once the promotion has taken it.
+    let span = tracing::info_span!("primary", epoch = tracing::field::Empty);
+    promote_and_serve(me, opts, live, lock, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn promote_and_serve(
+    me: &Identity,
+    opts: &NodeOptions,
+    live: &Arc<LiveConfig>,
+    lock: PrimaryLock,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Ended, NodeError> {
     let ws = &opts.ws;
@@ -58,8 +74,7 @@ pub async fn run(
     let promotion = writer::promote(&ws.db_path(), &me.instance_id, me.pid, floor)?;
     let epoch = promotion.epoch;
     let guard = StateGuard::new(ws, &lock);
-    let span = tracing::info_span!("primary", epoch);
-    let _enter = span.enter();
+    tracing::Span::current().record("epoch", epoch);
 
     // 2. (Task reconciliation joins here with the orchestrator.)
 
@@ -96,15 +111,18 @@ pub async fn run(
     let last_seq = Arc::new(AtomicU64::new(promotion.promoted.seq));
     let _ = events_tx.try_send(promotion.promoted.clone());
     let changed = Arc::new(tokio::sync::Notify::new());
-    let publish_task = tokio::spawn(publish_loop(
-        publisher,
-        events_rx,
-        config.heartbeat(),
-        me.instance_id.clone(),
-        epoch,
-        last_seq.clone(),
-        changed.clone(),
-    ));
+    let publish_task = tokio::spawn(
+        publish_loop(
+            publisher,
+            events_rx,
+            config.heartbeat(),
+            me.instance_id.clone(),
+            epoch,
+            last_seq.clone(),
+            changed.clone(),
+        )
+        .in_current_span(),
+    );
     let retention = writer::Retention {
         events: config.event_retention,
         ledger_ms: config.ledger_retention_hours * 3_600_000,
@@ -129,7 +147,7 @@ pub async fn run(
         events_tx,
         epoch,
     );
-    let orchestrator_task = tokio::spawn(orchestrator.run(changed));
+    let orchestrator_task = tokio::spawn(orchestrator.run(changed).in_current_span());
     tracing::info!(
         pid = me.pid,
         "promoted to primary in {:.1} ms; rpc {rpc_endpoint}",
@@ -142,7 +160,7 @@ pub async fn run(
         .map_err(NodeError::io("cannot start the watchdog"))?;
     let (router_send, mut router_recv) = router.split();
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
-    let reply_task = tokio::spawn(reply_loop(router_send, replies_rx));
+    let reply_task = tokio::spawn(reply_loop(router_send, replies_rx).in_current_span());
     let serving = Serving {
         bad_frames: LogLimiter::new(),
         full_queue: LogLimiter::new(),
