@@ -1,5 +1,5 @@
 //! The RPC client every non-primary uses to write: secondaries, front ends
-//! and the CLI (DEALER → the primary's ROUTER, DESIGN §3).
+//! and the CLI (DEALER → the primary's ROUTER; see docs/design.md, Following).
 //!
 //! It follows failovers on its own: when `primary.json` names a new primary
 //! while a request is unanswered, it recreates its DEALER (the `zeromq`

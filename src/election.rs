@@ -1,4 +1,4 @@
-//! Election by `flock(LOCK_EX)` on `.grove/primary.lock` (DESIGN §2).
+//! Election by `flock(LOCK_EX)` on `.grove/primary.lock` (see docs/design.md, Election).
 //!
 //! The lock alone decides who is primary. The kernel releases it the instant
 //! the holder's process dies, so a secondary that keeps one OS thread blocked

@@ -1,11 +1,20 @@
-//! The task state machine (DESIGN §5): the one place that says which status
-//! may follow which. Both the store thread and the orchestrator ask it.
+//! The task state machine: the one place that says which status may follow
+//! which (see docs/design.md, Tasks). The store thread asks it for every
+//! status change of an existing task (`store/tasks.rs::transition`). Two
+//! paths do not: creation derives a task's first status from its
+//! dependencies, and relaunch (`store/tasks.rs::rearm`) re-arms a terminal
+//! task, which this table forbids for every other operation. The
+//! orchestrator never asks it: it only requests changes from the store
+//! thread.
 //!
 //! ```text
 //! pending ──► queued ──► running ──► completed | failed | cancelled
-//!    │           │          │
-//!    └───────────┴──────────┴──► paused ──► (back to pending/queued/running)
+//!    │           │ ◄────────┤ (requeue: its supervisor never started)
+//!    └───────────┴──────────┴──► paused ──► pending | queued | running,
+//!                                           or a final status
 //! ```
+//! Pending and queued tasks may also fail (`dependency_failed`) or be
+//! cancelled directly.
 
 use crate::protocol::TaskStatus::{self, *};
 

@@ -1,4 +1,4 @@
-//! Where a workspace keeps its state (DESIGN §1).
+//! Where a workspace keeps its state (see docs/design.md, Workspace layout).
 //!
 //! The state dir lives in the workspace; the sockets do not, because unix
 //! socket paths are limited to 108 bytes. They go in a short per-user

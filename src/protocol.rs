@@ -1,4 +1,4 @@
-//! Wire types of the grove bus (DESIGN §3) and their MessagePack codec.
+//! Wire types of the grove bus (see docs/design.md, Wire protocol) and their MessagePack codec.
 //!
 //! Everything that crosses a socket is defined here and nowhere else, so the
 //! language-neutral contract in `ipc-schema/` has exactly one Rust
@@ -474,7 +474,7 @@ pub struct NewTask {
     pub env: std::collections::BTreeMap<String, String>,
 }
 
-/// A task as stored and as carried by events and replies (DESIGN §5).
+/// A task as stored and as carried by events and replies (see docs/design.md, Tasks).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub id: String,

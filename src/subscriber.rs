@@ -1,4 +1,4 @@
-//! A gap-free event stream (DESIGN §4): SUB on the primary's PUB socket,
+//! A gap-free event stream (see docs/design.md, Events and subscribers): SUB on the primary's PUB socket,
 //! repaired from the store.
 //!
 //! PUB/SUB drops messages by design (slow joiner, queue overflow, failover).

@@ -1,4 +1,4 @@
-//! Waiting for tasks, from any process (DESIGN §5: "anyone can wait"):
+//! Waiting for tasks, from any process (see docs/design.md, Waiting):
 //! the store gives the starting state, the gap-free event stream the
 //! changes, so a wait survives a failover and never misses a transition.
 

@@ -3,7 +3,7 @@
 //! A member starts as whatever the election makes it. As a secondary it
 //! follows the primary and keeps one thread blocked on the election lock;
 //! when that thread wins, the member promotes itself and runs as primary
-//! until it is told to stop (DESIGN §2).
+//! until it is told to stop (see docs/design.md, Election).
 
 mod idle;
 mod primary;

@@ -1,5 +1,6 @@
-//! Running as primary: promotion in the order of DESIGN §2, the RPC loop on
-//! the ROUTER, the publisher on the PUB, and a graceful handover.
+//! Running as primary: promotion (in the order docs/design.md, Promotion,
+//! gives and explains), the RPC loop on the ROUTER, the publisher on the
+//! PUB, and a graceful handover.
 
 use super::state::{self, StateGuard};
 use super::watchdog::Watchdog;
@@ -138,7 +139,7 @@ async fn promote_and_serve(
     )
     .map_err(NodeError::io("cannot start the store thread"))?;
 
-    // The orchestrator: adopts running tasks (DESIGN §5), then keeps the
+    // The orchestrator: adopts running tasks (see docs/design.md, Orchestrator), then keeps the
     // processes in line with the store.
     let orchestrator = crate::orchestrator::Orchestrator::new(
         ws.clone(),

@@ -1,5 +1,5 @@
 //! Running as secondary: follow the primary, register with it, and keep one
-//! thread blocked on the election lock — the crash detector (DESIGN §2).
+//! thread blocked on the election lock — the crash detector (see docs/design.md, Election).
 
 use super::state;
 use super::{Identity, NodeError, NodeOptions};

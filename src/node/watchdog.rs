@@ -1,4 +1,4 @@
-//! The primary's watchdog (DESIGN §2): a hung primary keeps the lock, so no
+//! The primary's watchdog (see docs/design.md, Serving as primary): a hung primary keeps the lock, so no
 //! one else can take over. The event loop ticks a shared clock; this thread
 //! aborts the process when the clock stops for `timeout`, which releases the
 //! lock and lets a secondary promote.

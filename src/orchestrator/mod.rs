@@ -1,4 +1,4 @@
-//! The task orchestrator (DESIGN §5). It runs on the primary only.
+//! The task orchestrator (see docs/design.md, Orchestrator). It runs on the primary only.
 //!
 //! The store is the desired state; this module makes the processes match
 //! it. After every committed change (and on a short tick) it:

@@ -1,4 +1,5 @@
-//! `grove shim SPEC`: the supervisor of one run of one task.
+//! `grove shim SPEC`: the supervisor of one run of one task (see
+//! docs/design.md, Shim).
 //!
 //! The primary starts it in a session of its own, so it outlives the
 //! primary, with its control signals blocked until it can handle them

@@ -1,4 +1,4 @@
-//! The SQLite store (DESIGN §4).
+//! The SQLite store (see docs/design.md, Store).
 //!
 //! - The primary owns the only read-write connection, inside the store
 //!   thread ([`writer`]); every write goes through it.

@@ -1,4 +1,4 @@
-//! Versioned schema migrations. Only a primary runs them (DESIGN §4): a
+//! Versioned schema migrations. Only a primary runs them: a
 //! secondary's connection is read-only and could not anyway.
 
 use rusqlite::{Connection, OptionalExtension};

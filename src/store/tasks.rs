@@ -1,4 +1,4 @@
-//! Task transitions as the store thread applies them (DESIGN §5). Every
+//! Task transitions as the store thread applies them (see docs/design.md, Tasks). Every
 //! change of a task happens here, inside the caller's transaction, together
 //! with its `task.*` event and its consequences for dependents — so a
 //! terminal transition and the waking of every waiter are one commit.

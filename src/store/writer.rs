@@ -1,4 +1,4 @@
-//! The primary's store thread: the only writer (DESIGN §4).
+//! The primary's store thread: the only writer (see docs/design.md, Store).
 //!
 //! Requests queue on a channel. The thread takes whatever is queued (up to
 //! [`MAX_BATCH`]) and group-commits it: one `BEGIN IMMEDIATE`, a savepoint per
@@ -69,7 +69,7 @@ pub struct Promotion {
     pub crash: super::crash_guard::CrashReport,
 }
 
-/// First steps of a promotion (DESIGN §2): open read-write, migrate, then
+/// First steps of a promotion (see docs/design.md, Promotion): open read-write, migrate, then
 /// `epoch += 1` and append `instance.promoted` in one transaction. The new
 /// epoch is also above `epoch_floor`, the highest epoch recorded for the
 /// workspace outside the store, so that epochs never repeat even when the
@@ -142,7 +142,7 @@ pub fn spawn(
     Ok(StoreThread { jobs, thread })
 }
 
-/// How much history the store keeps (DESIGN §4 bounds). The event log is
+/// How much history the store keeps (see docs/design.md, Store). The event log is
 /// what subscribers repair gaps from, so it keeps many more events than any
 /// live subscriber can fall behind; the ledger keeps request ids long enough
 /// for any client retry (clients give up after seconds, not days).
