@@ -11,8 +11,8 @@
 //! stderr goes through [`errln!`], which ignores write errors: when stderr
 //! is gone there is nobody left to tell.
 //!
-//! The crate denies `outln!`/`errln!` (clippy `print_stdout`,
-//! `print_stderr` in `lib.rs`), so no command can bypass this.
+//! `lib.rs` makes clippy flag `println!`/`eprintln!` (`print_stdout`,
+//! `print_stderr`; CI denies warnings), so no command can bypass this.
 
 use std::io::{self, Write};
 
