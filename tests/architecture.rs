@@ -195,7 +195,10 @@ fn every_name_in_the_invariant_table_exists() {
             }
         }
     }
-    assert!(checked > 20, "only {checked} references found: is the table still parsed?");
+    assert!(
+        checked > 20,
+        "only {checked} references found: is the table still parsed?"
+    );
     assert!(
         problems.is_empty(),
         "ARCHITECTURE.md's invariant table names what does not exist:\n{}",
@@ -269,4 +272,51 @@ fn a_renamed_function_is_caught() {
     assert!(check_reference("node/primary.rs::Ended::Rebind").is_ok());
     assert!(check_reference("node/primary.rs::Ended::Renamed").is_err());
     assert!(check_reference("no_such_module::f").is_err());
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("readable").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn comments_point_at_sections_of_the_design() {
+    let design = std::fs::read_to_string(root().join("docs/design.md")).expect("docs/design.md");
+    let headings: BTreeSet<&str> = design
+        .lines()
+        .filter_map(|l| l.strip_prefix("### ").or_else(|| l.strip_prefix("## ")))
+        .collect();
+    // Built from pieces so that this file does not match itself.
+    let pointer = concat!("docs/design.md", ", ");
+    let old_citation = format!("DESIGN {}", '\u{a7}');
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    rust_files(&root().join("tests"), &mut files);
+    let mut problems = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("readable");
+        for (n, line) in text.lines().enumerate() {
+            let at = format!("{}:{}", file.display(), n + 1);
+            if line.contains(&old_citation) {
+                problems.push(format!(
+                    "{at}: cites {old_citation}n, a file outside the repository"
+                ));
+            }
+            for (i, _) in line.match_indices(pointer) {
+                let rest = &line[i + pointer.len()..];
+                let end = rest.find([')', '.', ',', ';', ':']).unwrap_or(rest.len());
+                let name = rest[..end].trim();
+                if !headings.contains(name) {
+                    problems.push(format!("{at}: no section '{name}' in docs/design.md"));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
