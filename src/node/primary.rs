@@ -77,7 +77,8 @@ async fn promote_and_serve(
     let guard = StateGuard::new(ws, &lock);
     tracing::Span::current().record("epoch", epoch);
 
-    // 2. (Task reconciliation joins here with the orchestrator.)
+    // 2. Running tasks are not reconciled here: the orchestrator adopts them
+    //    once it starts, after `primary.json` (see docs/design.md, Promotion).
 
     // 3. Stale sockets of earlier epochs: only the lock holder unlinks them.
     ws.ensure_socket_dir()?;
@@ -139,8 +140,8 @@ async fn promote_and_serve(
     )
     .map_err(NodeError::io("cannot start the store thread"))?;
 
-    // The orchestrator: adopts running tasks (see docs/design.md, Orchestrator), then keeps the
-    // processes in line with the store.
+    // The orchestrator: adopts running tasks (see docs/design.md,
+    // Orchestrator), then keeps the processes in line with the store.
     let orchestrator = crate::orchestrator::Orchestrator::new(
         ws.clone(),
         live.clone(),
