@@ -1,13 +1,91 @@
-//! Newline-delimited JSON-RPC framing on stdio, with a bounded line length
-//! (a client cannot make us buffer without limit).
+//! Newline-delimited JSON-RPC framing on stdio, bounded both ways: a
+//! client cannot make us buffer a line without limit, and a client that
+//! stops reading our stdout cannot make us queue messages without limit.
 
-use serde_json::Value;
+use super::error::AcpError;
+use agent_client_protocol_schema::v1 as schema;
+use schema::{AgentNotification, AgentResponse, JsonRpcMessage, RequestId, SessionId};
 use std::rc::Rc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::{Notify, mpsc};
 
 /// Longest accepted line.
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// Messages waiting for stdout. When the queue is full, senders wait for
+/// room rather than drop anything: every producer of many messages (a
+/// turn tailing its task's log, the tracker of spawned cards) derives what
+/// it sends from durable state (the log file and its offset, the task
+/// row), so while it waits the output piles up in the log on disk, not in
+/// our memory, and intermediate progress states fold into the latest.
+/// Dropping chunks instead would lose output the user never sees.
+/// Memory held here is at most this many messages of at most one log read
+/// (`prompt::LOG_READ`) each.
+pub const OUT_QUEUE: usize = 64;
+
+/// One message for the client.
+pub enum Outgoing {
+    Response(schema::Response<AgentResponse>),
+    Update(schema::SessionNotification),
+}
+
+impl Outgoing {
+    fn into_line(self) -> String {
+        let json = match self {
+            Outgoing::Response(r) => serde_json::to_string(&JsonRpcMessage::wrap(r)),
+            Outgoing::Update(n) => {
+                serde_json::to_string(&JsonRpcMessage::wrap(schema::Notification {
+                    method: schema::CLIENT_METHOD_NAMES.session_update.into(),
+                    params: Some(AgentNotification::SessionNotification(n)),
+                }))
+            }
+        };
+        let mut line = json.expect("ACP messages serialize");
+        line.push('\n');
+        line
+    }
+}
+
+/// Where outgoing messages go: the stdout writer task. Every send waits
+/// for room in the bounded queue; after stdout closed, sends are no-ops.
+#[derive(Clone)]
+pub struct Out(mpsc::Sender<Outgoing>);
+
+impl Out {
+    pub fn channel() -> (Out, mpsc::Receiver<Outgoing>) {
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        (Out(tx), rx)
+    }
+
+    async fn send(&self, msg: Outgoing) {
+        // Err: the writer is gone (stdout closed); the agent is stopping.
+        let _ = self.0.send(msg).await;
+    }
+
+    pub async fn respond(&self, id: RequestId, result: AgentResponse) {
+        self.send(Outgoing::Response(schema::Response::Result { id, result }))
+            .await
+    }
+
+    pub async fn fail(&self, id: RequestId, error: &AcpError) {
+        let error = schema::Error::from(error);
+        self.send(Outgoing::Response(schema::Response::Error { id, error }))
+            .await
+    }
+
+    /// A `session/update` notification.
+    pub async fn update(&self, session: &SessionId, update: schema::SessionUpdate) {
+        let n = schema::SessionNotification::new(session.clone(), update);
+        self.send(Outgoing::Update(n)).await
+    }
+
+    /// Agent text in the chat.
+    pub async fn say(&self, session: &SessionId, text: impl Into<String>) {
+        let chunk = schema::ContentChunk::new(text.into().into());
+        self.update(session, schema::SessionUpdate::AgentMessageChunk(chunk))
+            .await
+    }
+}
 
 pub enum Line {
     Text(String),
@@ -72,11 +150,11 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 }
 
 /// Writes each message as one line on stdout; notifies `closed` on EPIPE.
-pub async fn write_lines(mut rx: mpsc::UnboundedReceiver<Value>, closed: Rc<Notify>) {
+/// Ends when every `Out` is gone and the queue is drained.
+pub async fn write_lines(mut rx: mpsc::Receiver<Outgoing>, closed: Rc<Notify>) {
     let mut stdout = tokio::io::stdout();
     while let Some(msg) = rx.recv().await {
-        let mut line = msg.to_string();
-        line.push('\n');
+        let line = msg.into_line();
         if stdout.write_all(line.as_bytes()).await.is_err() || stdout.flush().await.is_err() {
             tracing::info!("acp: stdout closed");
             closed.notify_one();
@@ -104,7 +182,7 @@ mod tests {
                         Line::TooLong => {}
                         Line::Text(t) => {
                             assert!(t.len() <= MAX_LINE);
-                            let _ = serde_json::from_str::<Value>(&t);
+                            let _ = serde_json::from_str::<serde_json::Value>(&t);
                         }
                     }
                     lines += 1;

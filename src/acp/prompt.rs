@@ -1,111 +1,76 @@
 //! One `session/prompt`: it runs as an orchestrator task of the session.
-//! The task shows as a `tool_call` (kind `execute`) with updates for its
-//! status and progress; its output, tailed from the task's log file (the
-//! durable record, so nothing is lost across a failover), streams as
+//! The task shows as a tool card (cards.rs) with updates for its status and
+//! progress; its output, tailed from the task's log file (the durable
+//! record, so nothing is lost across a failover), streams as
 //! `agent_message_chunk`; the turn ends when the task does.
 
-use super::{INVALID_PARAMS, Out, Shared};
+use super::cards::{self, Card};
+use super::error::AcpError;
+use super::framing::Out;
+use super::{Shared, slash};
 use crate::protocol::{Method, NewTask, ReplyBody, TaskRecord, TaskStatus};
 use crate::shim::RunFiles;
-use serde_json::{Value, json};
+use agent_client_protocol_schema::v1 as schema;
+use schema::{AgentResponse, ContentBlock, RequestId, SessionId, StopReason};
 use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
 use tokio::sync::Notify;
 
-const POLL: Duration = Duration::from_millis(100);
 /// History replay sends at most this much of each task's log.
 const REPLAY_LOG_BYTES: u64 = 64 * 1024;
-
-/// The slash commands advertised with `available_commands_update`.
-pub fn available_commands() -> Value {
-    let cmd = |name: &str, description: &str, hint: Option<&str>| {
-        let mut c = json!({"name": name, "description": description});
-        if let Some(h) = hint {
-            c["input"] = json!({"hint": h});
-        }
-        c
-    };
-    json!({
-        "sessionUpdate": "available_commands_update",
-        "availableCommands": [
-            cmd("spawn", "Start a background task in this session without waiting", Some("what the task should do")),
-            cmd("tasks", "List this session's tasks", None),
-            cmd("wait", "Wait for this session's unfinished tasks (or the given ids)", Some("task ids (optional)")),
-            cmd("cancel", "Cancel a task", Some("task id")),
-            cmd("status", "Show the grove: primary, members, task counts", None),
-        ],
-    })
-}
-
-/// Calls the primary over RPC (a fresh client follows any failover).
-pub async fn call(agent: &Shared, method: Method) -> Result<ReplyBody, String> {
-    let (ws, config) = {
-        let a = agent.borrow();
-        let ws = a.ws.clone().ok_or("no workspace yet")?;
-        (ws, a.config.clone())
-    };
-    let mut client = crate::client::Client::new(&ws, &config, "acp");
-    client.call(method).await.map_err(|e| e.to_string())
-}
+/// The most of a log one chunk message carries.
+pub const LOG_READ: usize = 64 * 1024;
 
 /// Starts a prompt; its response is sent when the turn ends.
-pub fn start(agent: &Shared, id: Value, params: &Value) {
+pub async fn start(agent: &Shared, id: RequestId, req: schema::PromptRequest) {
     let out = agent.borrow().out.clone();
-    let Some(session) = params.get("sessionId").and_then(Value::as_str) else {
-        return out.error(&id, INVALID_PARAMS, "sessionId is required");
-    };
-    let Some(blocks) = params.get("prompt").and_then(Value::as_array) else {
-        return out.error(
-            &id,
-            INVALID_PARAMS,
-            "prompt must be an array of content blocks",
-        );
-    };
-    let text = prompt_text(blocks);
+    let session = req.session_id;
     let cancel = Rc::new(Notify::new());
-    let engine = {
-        let mut a = agent.borrow_mut();
-        let Some(s) = a.sessions.get_mut(session) else {
-            return out.error(&id, INVALID_PARAMS, format!("unknown session {session}"));
-        };
-        if s.cancel.is_some() {
-            return out.error(
-                &id,
-                INVALID_PARAMS,
-                "a prompt is already running in this session",
-            );
-        }
-        s.cancel = Some(cancel.clone());
-        s.engine.clone()
+    let engine = match claim(agent, &session, &cancel) {
+        Ok(engine) => engine,
+        Err(e) => return out.fail(id, &e).await,
     };
-    let agent = agent.clone();
-    let session = session.to_string();
-    tokio::task::spawn_local(async move {
-        let stop = run_turn(&agent, &session, &text, &engine, &cancel).await;
-        if let Some(s) = agent.borrow_mut().sessions.get_mut(&session) {
+    let text = prompt_text(&req.prompt);
+    let turn_agent = agent.clone();
+    agent.borrow_mut().spawn(async move {
+        let stop = run_turn(&turn_agent, &session, &text, &engine, &cancel).await;
+        if let Some(s) = turn_agent.borrow_mut().sessions.get_mut(&*session.0) {
             s.cancel = None;
         }
-        out.respond(&id, json!({"stopReason": stop}));
+        let response = schema::PromptResponse::new(stop);
+        out.respond(id, AgentResponse::PromptResponse(response))
+            .await;
     });
 }
 
-/// The text of the prompt: text blocks, and the text of embedded resources.
-fn prompt_text(blocks: &[Value]) -> String {
+/// Marks the session busy with this turn; returns its engine.
+fn claim(agent: &Shared, session: &SessionId, cancel: &Rc<Notify>) -> Result<String, AcpError> {
+    let mut a = agent.borrow_mut();
+    let s = a
+        .sessions
+        .get_mut(&*session.0)
+        .ok_or_else(|| AcpError::UnknownSession(session.to_string()))?;
+    if s.cancel.is_some() {
+        return Err(AcpError::PromptRunning);
+    }
+    s.cancel = Some(cancel.clone());
+    Ok(s.engine.clone())
+}
+
+/// The text of the prompt: text blocks, the text of embedded resources,
+/// and links as `<uri>`.
+fn prompt_text(blocks: &[ContentBlock]) -> String {
     let mut parts = Vec::new();
     for b in blocks {
-        match b.get("type").and_then(Value::as_str) {
-            Some("text") => parts.extend(b.get("text").and_then(Value::as_str).map(str::to_string)),
-            Some("resource") => parts.extend(
-                b.pointer("/resource/text")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-            ),
-            Some("resource_link") => parts.extend(
-                b.get("uri")
-                    .and_then(Value::as_str)
-                    .map(|u| format!("<{u}>")),
-            ),
+        match b {
+            ContentBlock::Text(t) => parts.push(t.text.clone()),
+            ContentBlock::Resource(r) => {
+                if let schema::EmbeddedResourceResource::TextResourceContents(t) = &r.resource {
+                    parts.push(t.text.clone());
+                }
+            }
+            ContentBlock::ResourceLink(l) => parts.push(format!("<{}>", l.uri)),
             _ => {}
         }
     }
@@ -115,41 +80,43 @@ fn prompt_text(blocks: &[Value]) -> String {
 /// Runs one turn and returns its stop reason.
 async fn run_turn(
     agent: &Shared,
-    session: &str,
+    session: &SessionId,
     text: &str,
     engine: &str,
     cancel: &Notify,
-) -> &'static str {
+) -> StopReason {
     let out = agent.borrow().out.clone();
     if let Some(command) = text.trim().strip_prefix('/') {
-        return slash(agent, session, command, cancel).await;
+        return slash::run(agent, session, command, cancel).await;
     }
     if text.trim().is_empty() {
-        out.say(session, "The prompt is empty.");
-        return "end_turn";
+        out.say(session, "The prompt is empty.").await;
+        return StopReason::EndTurn;
     }
     // Probe first: a dead primary is replaced before we continue; a hung one
     // is reported instead of hanging the editor.
-    if let Err(e) = call(agent, Method::Ping {}).await {
-        out.say(session, &format!("grove is unavailable: {e}"));
-        return "end_turn";
+    if let Err(e) = super::call(agent, Method::Ping {}).await {
+        out.say(session, e.to_string()).await;
+        return StopReason::EndTurn;
     }
-    let task = match spawn(agent, session, text, Some(engine)).await {
+    let task = match create_task(agent, session, text, Some(engine)).await {
         Ok(t) => t,
         Err(e) => {
-            out.say(session, &format!("Could not start the task: {e}"));
-            return "end_turn";
+            out.say(session, format!("Could not start the task: {e}"))
+                .await;
+            return StopReason::EndTurn;
         }
     };
     follow(agent, session, &task, cancel).await
 }
 
-async fn spawn(
+/// Creates a task of the session (in `engine`, or the default one).
+pub async fn create_task(
     agent: &Shared,
-    session: &str,
+    session: &SessionId,
     text: &str,
     engine: Option<&str>,
-) -> Result<TaskRecord, String> {
+) -> Result<TaskRecord, AcpError> {
     let new = NewTask {
         prompt: text.to_string(),
         engine: engine.map(str::to_string),
@@ -157,278 +124,214 @@ async fn spawn(
         tags: vec!["acp".into()],
         ..Default::default()
     };
-    match call(agent, Method::TaskCreate(new)).await? {
+    match super::call(agent, Method::TaskCreate(new)).await? {
         ReplyBody::Task(t) => Ok(*t),
-        other => Err(format!("unexpected reply {other:?}")),
+        other => Err(AcpError::UnexpectedReply(format!("{other:?}"))),
     }
 }
 
-fn title(prompt: &str) -> String {
-    let first = prompt.lines().next().unwrap_or("");
-    let mut t: String = first.chars().take(80).collect();
-    if first.chars().count() > 80 || prompt.lines().count() > 1 {
-        t.push('…');
-    }
-    t
-}
-
-fn tool_status(s: TaskStatus) -> &'static str {
-    match s {
-        TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Paused => "pending",
-        TaskStatus::Running => "in_progress",
-        TaskStatus::Completed => "completed",
-        TaskStatus::Failed | TaskStatus::Cancelled => "failed",
-    }
-}
-
-fn tool_call(t: &TaskRecord) -> Value {
-    json!({
-        "sessionUpdate": "tool_call",
-        "toolCallId": t.id,
-        "title": title(&t.prompt),
-        "kind": "execute",
-        "status": tool_status(t.status),
-        "rawInput": {"prompt": t.prompt, "engine": t.engine},
-    })
-}
-
-fn describe(t: &TaskRecord) -> String {
-    let mut s = format!("task {} {}", &t.id[..12.min(t.id.len())], t.status.as_str());
-    if let Some(r) = t.failure_reason {
-        s.push_str(&format!(" ({})", r.as_str()));
-    }
-    if let Some(c) = t.exit_code {
-        s.push_str(&format!(", exit code {c}"));
-    }
-    s
+/// A turn's task as the turn shows it: its card and how much of its log
+/// the client has.
+struct Turn {
+    agent: Shared,
+    out: Out,
+    session: SessionId,
+    card: Card,
+    log: PathBuf,
+    offset: u64,
+    cancelled: bool,
 }
 
 /// Streams the task until it ends; cancels it on `session/cancel`.
-async fn follow(agent: &Shared, session: &str, task: &TaskRecord, cancel: &Notify) -> &'static str {
-    let out = agent.borrow().out.clone();
+async fn follow(
+    agent: &Shared,
+    session: &SessionId,
+    task: &TaskRecord,
+    cancel: &Notify,
+) -> StopReason {
     let Some(ws) = agent.borrow().ws.clone() else {
-        return "end_turn";
+        return StopReason::EndTurn;
     };
-    out.update(session, tool_call(task));
-    let log = RunFiles::log(&ws, &task.id);
-    let mut offset = 0u64;
-    let mut last = (task.status, task.progress_pct, task.progress_text.clone());
-    let mut cancelled = false;
+    let mut turn = Turn {
+        agent: agent.clone(),
+        out: agent.borrow().out.clone(),
+        session: session.clone(),
+        card: Card::of(task),
+        log: RunFiles::log(&ws, &task.id),
+        offset: 0,
+        cancelled: false,
+    };
+    turn.out.update(session, cards::tool_call(task)).await;
     let mut reader = None;
     loop {
-        tokio::select! {
-            _ = cancel.notified(), if !cancelled => {
-                cancelled = true;
-                if let Err(e) = call(agent, Method::TaskCancel { id: task.id.clone() }).await {
-                    out.say(session, &format!("Could not cancel: {e}"));
-                }
-            }
-            _ = tokio::time::sleep(POLL) => {}
-        }
+        turn.pause(cancel).await;
         if reader.is_none() {
             reader = crate::store::Reader::open(&ws.db_path()).ok();
         }
-        // Status before output: what was written before the end is in the
-        // file once the end is visible.
-        let now = reader
-            .as_ref()
-            .and_then(|r| r.task(&task.id).ok())
-            .flatten();
-        offset = stream_log(&out, session, &log, offset);
-        let Some(t) = now else {
-            out.say(session, "The task was deleted.");
-            return if cancelled { "cancelled" } else { "end_turn" };
+        let Some(r) = &reader else { continue };
+        let Ok(row) = r.task(&task.id) else { continue };
+        let Some(t) = row else {
+            return turn.gone().await;
         };
-        let state = (t.status, t.progress_pct, t.progress_text.clone());
-        if state != last {
-            let mut update = json!({
-                "sessionUpdate": "tool_call_update",
-                "toolCallId": t.id,
-                "status": tool_status(t.status),
-            });
-            if let Some(p) = t.progress_pct {
-                let text = format!("{p}% {}", t.progress_text.as_deref().unwrap_or(""));
-                update["content"] = json!([{"type": "content", "content": {"type": "text", "text": text.trim_end()}}]);
-            }
-            out.update(session, update);
-            last = state;
-        }
-        if t.status.is_terminal() {
-            if t.status != TaskStatus::Completed && !cancelled {
-                out.say(session, &format!("\n{}\n", describe(&t)));
-            }
-            return if cancelled { "cancelled" } else { "end_turn" };
+        if let Some(stop) = turn.show(&t).await {
+            return stop;
         }
     }
 }
 
-/// Sends what the log gained since `offset`; returns the new offset.
-fn stream_log(out: &Out, session: &str, path: &std::path::Path, mut offset: u64) -> u64 {
+impl Turn {
+    /// Waits for the next look, cancelling the task if asked meanwhile.
+    async fn pause(&mut self, cancel: &Notify) {
+        tokio::select! {
+            _ = cancel.notified(), if !self.cancelled => {
+                self.cancelled = true;
+                let id = self.card.task_id.clone();
+                if let Err(e) = super::call(&self.agent, Method::TaskCancel { id }).await {
+                    self.out.say(&self.session, format!("Could not cancel: {e}")).await;
+                }
+            }
+            _ = tokio::time::sleep(cards::POLL) => {}
+        }
+    }
+
+    /// Shows the task as read (`t`) and the output it gained; returns the
+    /// stop reason once the task has ended. The card goes in progress
+    /// before the output it produced and finishes after the last of it.
+    /// `t` is read before the log: what the task wrote before it ended is
+    /// in the file once the end is visible.
+    async fn show(&mut self, t: &TaskRecord) -> Option<StopReason> {
+        let ended = t.status.is_terminal();
+        if !ended {
+            self.show_card(t).await;
+        }
+        self.stream_output(ended).await;
+        if !ended {
+            return None;
+        }
+        self.show_card(t).await;
+        if t.status != TaskStatus::Completed && !self.cancelled {
+            let line = format!("\n{}\n", cards::describe(t));
+            self.out.say(&self.session, line).await;
+        }
+        Some(self.stop_reason())
+    }
+
+    async fn show_card(&mut self, t: &TaskRecord) {
+        if let Some(update) = self.card.follow(t) {
+            self.out.update(&self.session, update).await;
+        }
+    }
+
+    async fn stream_output(&mut self, ended: bool) {
+        let len = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
+        if len <= self.offset {
+            return;
+        }
+        if let Some(update) = self.card.running() {
+            self.out.update(&self.session, update).await;
+        }
+        self.offset = stream_log(&self.out, &self.session, &self.log, self.offset, ended).await;
+    }
+
+    async fn gone(&mut self) -> StopReason {
+        let update = self.card.gone();
+        self.out.update(&self.session, update).await;
+        self.out.say(&self.session, "The task was deleted.").await;
+        self.stop_reason()
+    }
+
+    fn stop_reason(&self) -> StopReason {
+        if self.cancelled {
+            StopReason::Cancelled
+        } else {
+            StopReason::EndTurn
+        }
+    }
+}
+
+/// Sends what the log gained since `offset`, one read per message (each
+/// send waits for room on stdout, so a slow client slows the reading, not
+/// our memory); returns the new offset. A character cut by the end of a
+/// read is left for the next one, unless `at_end` (nothing more will come).
+async fn stream_log(
+    out: &Out,
+    session: &SessionId,
+    path: &Path,
+    mut offset: u64,
+    at_end: bool,
+) -> u64 {
     let Ok(mut f) = std::fs::File::open(path) else {
         return offset;
     };
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; LOG_READ];
     loop {
         if f.seek(SeekFrom::Start(offset)).is_err() {
             return offset;
         }
-        match f.read(&mut buf) {
+        let n = match f.read(&mut buf) {
             Ok(0) | Err(_) => return offset,
-            Ok(n) => {
-                offset += n as u64;
-                out.say(session, &String::from_utf8_lossy(&buf[..n]));
-            }
+            Ok(n) => n,
+        };
+        let used = if at_end { n } else { whole_chars(&buf[..n]) };
+        if used == 0 {
+            return offset; // only part of a character so far
         }
+        offset += used as u64;
+        let text = String::from_utf8_lossy(&buf[..used]).into_owned();
+        out.say(session, text).await;
+    }
+}
+
+/// How much of `bytes` to send now: all of it, except an incomplete UTF-8
+/// sequence at its end (the rest of it is not read yet).
+fn whole_chars(bytes: &[u8]) -> usize {
+    match std::str::from_utf8(bytes) {
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        _ => bytes.len(),
     }
 }
 
 /// Replays a session's history as `session/update`s (before the response
 /// to `session/load`).
-pub fn replay(agent: &Shared, reader: &crate::store::Reader, session: &str) -> Result<(), String> {
+pub async fn replay(
+    agent: &Shared,
+    reader: &crate::store::Reader,
+    session: &SessionId,
+) -> Result<(), AcpError> {
     let out = agent.borrow().out.clone();
-    let Some(ws) = agent.borrow().ws.clone() else {
-        return Ok(());
-    };
+    let ws = agent.borrow().ws.clone().ok_or(AcpError::NoWorkspace)?;
     let filter = crate::store::TaskFilter {
         session_id: Some(session.to_string()),
         ..Default::default()
     };
-    for t in reader.tasks(&filter).map_err(|e| e.to_string())? {
-        out.update(
-            session,
-            json!({"sessionUpdate": "user_message_chunk", "content": {"type": "text", "text": t.prompt}}),
-        );
-        out.update(session, tool_call(&t));
+    for t in reader.tasks(&filter)? {
+        let prompt = schema::ContentChunk::new(t.prompt.clone().into());
+        out.update(session, schema::SessionUpdate::UserMessageChunk(prompt))
+            .await;
+        out.update(session, cards::tool_call(&t)).await;
         let log = RunFiles::log(&ws, &t.id);
         let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        stream_log(&out, session, &log, len.saturating_sub(REPLAY_LOG_BYTES));
+        let from = len.saturating_sub(REPLAY_LOG_BYTES);
+        stream_log(&out, session, &log, from, true).await;
         if t.status.is_terminal() && t.status != TaskStatus::Completed {
-            out.say(session, &format!("\n{}\n", describe(&t)));
+            out.say(session, format!("\n{}\n", cards::describe(&t)))
+                .await;
         }
     }
     Ok(())
 }
 
-/// `/spawn`, `/tasks`, `/wait`, `/cancel`, `/status`.
-async fn slash(agent: &Shared, session: &str, command: &str, cancel: &Notify) -> &'static str {
-    let out = agent.borrow().out.clone();
-    let (name, arg) = command
-        .split_once(char::is_whitespace)
-        .unwrap_or((command, ""));
-    let arg = arg.trim();
-    let ws = agent.borrow().ws.clone();
-    let reader = ws
-        .as_ref()
-        .and_then(|w| crate::store::Reader::open(&w.db_path()).ok());
-    let session_tasks = || -> Vec<TaskRecord> {
-        let filter = crate::store::TaskFilter {
-            session_id: Some(session.to_string()),
-            ..Default::default()
-        };
-        reader
-            .as_ref()
-            .and_then(|r| r.tasks(&filter).ok())
-            .unwrap_or_default()
-    };
-    match name {
-        "spawn" if !arg.is_empty() => match spawn(agent, session, arg, None).await {
-            Ok(t) => {
-                out.update(session, tool_call(&t));
-                out.say(session, &format!("Spawned task {}.", t.id));
-            }
-            Err(e) => out.say(session, &format!("Could not start the task: {e}")),
-        },
-        "spawn" => out.say(session, "Usage: /spawn <what the task should do>"),
-        "tasks" => {
-            let tasks = session_tasks();
-            if tasks.is_empty() {
-                out.say(session, "No tasks in this session yet.");
-            }
-            for t in tasks {
-                out.say(
-                    session,
-                    &format!("{}  {}\n", describe(&t), title(&t.prompt)),
-                );
-            }
-        }
-        "wait" => {
-            let ids: Vec<String> = if arg.is_empty() {
-                session_tasks()
-                    .into_iter()
-                    .filter(|t| !t.status.is_terminal())
-                    .map(|t| t.id)
-                    .collect()
-            } else {
-                arg.split_whitespace().map(str::to_string).collect()
-            };
-            if ids.is_empty() {
-                out.say(session, "Nothing to wait for.");
-                return "end_turn";
-            }
-            let Some(ws) = ws else { return "end_turn" };
-            let waiting = crate::waiter::wait(&ws, &ids, crate::waiter::Policy::All, None, |_| {});
-            tokio::select! {
-                r = waiting => match r {
-                    Ok(o) => {
-                        for t in o.tasks.values().flatten() {
-                            out.say(session, &format!("{}\n", describe(t)));
-                        }
-                    }
-                    Err(e) => out.say(session, &format!("Cannot wait: {e}")),
-                },
-                _ = cancel.notified() => return "cancelled",
-            }
-        }
-        "cancel" if !arg.is_empty() => {
-            match call(
-                agent,
-                Method::TaskCancel {
-                    id: arg.to_string(),
-                },
-            )
-            .await
-            {
-                Ok(_) => out.say(session, &format!("Cancelled {arg}.")),
-                Err(e) => out.say(session, &format!("Could not cancel {arg}: {e}")),
-            }
-        }
-        "cancel" => out.say(session, "Usage: /cancel <task id>"),
-        "status" => {
-            let text = match (
-                ws.as_ref()
-                    .and_then(crate::primary_record::PrimaryRecord::read),
-                &reader,
-            ) {
-                (Some(p), Some(r)) => {
-                    let counts: Vec<String> = r
-                        .counts()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|(_, n)| *n > 0)
-                        .map(|(k, n)| format!("{k} {n}"))
-                        .collect();
-                    format!(
-                        "primary pid {} epoch {}; this agent is pid {}; tasks: {}",
-                        p.pid,
-                        p.epoch,
-                        std::process::id(),
-                        if counts.is_empty() {
-                            "none".into()
-                        } else {
-                            counts.join(", ")
-                        }
-                    )
-                }
-                _ => "no primary yet".into(),
-            };
-            out.say(session, &text);
-        }
-        other => out.say(
-            session,
-            &format!(
-                "Unknown command /{other}. Available: /spawn, /tasks, /wait, /cancel, /status."
-            ),
-        ),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_character_waits_for_its_rest() {
+        let e_acute = "é".as_bytes();
+        assert_eq!(whole_chars(b"abc"), 3);
+        assert_eq!(whole_chars(&[b'a', e_acute[0]]), 1);
+        assert_eq!(whole_chars(&[e_acute[0]]), 0);
+        // Invalid bytes are not waited for: they go out as U+FFFD.
+        assert_eq!(whole_chars(&[0xff, b'a']), 2);
     }
-    "end_turn"
 }
