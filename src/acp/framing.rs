@@ -19,64 +19,50 @@ pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// row), so while it waits the output piles up in the log on disk, not in
 /// our memory, and intermediate progress states fold into the latest.
 /// Dropping chunks instead would lose output the user never sees.
-/// Memory held here is at most this many messages of at most one log read
-/// (`prompt::LOG_READ`) each.
+/// Memory held here is at most this many lines, the longest being one log
+/// read (`prompt::LOG_READ`) JSON-escaped.
 pub const OUT_QUEUE: usize = 64;
 
-/// One message for the client.
-pub enum Outgoing {
-    Response(schema::Response<AgentResponse>),
-    Update(schema::SessionNotification),
-}
-
-impl Outgoing {
-    fn into_line(self) -> String {
-        let json = match self {
-            Outgoing::Response(r) => serde_json::to_string(&JsonRpcMessage::wrap(r)),
-            Outgoing::Update(n) => {
-                serde_json::to_string(&JsonRpcMessage::wrap(schema::Notification {
-                    method: schema::CLIENT_METHOD_NAMES.session_update.into(),
-                    params: Some(AgentNotification::SessionNotification(n)),
-                }))
-            }
-        };
-        let mut line = json.expect("ACP messages serialize");
-        line.push('\n');
-        line
-    }
-}
-
-/// Where outgoing messages go: the stdout writer task. Every send waits
-/// for room in the bounded queue; after stdout closed, sends are no-ops.
+/// Where outgoing messages go: the stdout writer task. Each message is
+/// serialized as it is sent, so the queue holds lines (their memory is what
+/// they weigh); every send waits for room; after stdout closed, sends are
+/// no-ops.
 #[derive(Clone)]
-pub struct Out(mpsc::Sender<Outgoing>);
+pub struct Out(mpsc::Sender<String>);
 
 impl Out {
-    pub fn channel() -> (Out, mpsc::Receiver<Outgoing>) {
+    pub fn channel() -> (Out, mpsc::Receiver<String>) {
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         (Out(tx), rx)
     }
 
-    async fn send(&self, msg: Outgoing) {
+    async fn send(&self, msg: impl serde::Serialize) {
+        let mut line =
+            serde_json::to_string(&JsonRpcMessage::wrap(msg)).expect("ACP messages serialize");
+        line.push('\n');
         // Err: the writer is gone (stdout closed); the agent is stopping.
-        let _ = self.0.send(msg).await;
+        let _ = self.0.send(line).await;
     }
 
     pub async fn respond(&self, id: RequestId, result: AgentResponse) {
-        self.send(Outgoing::Response(schema::Response::Result { id, result }))
-            .await
+        let response: schema::Response<AgentResponse> = schema::Response::Result { id, result };
+        self.send(response).await
     }
 
     pub async fn fail(&self, id: RequestId, error: &AcpError) {
         let error = schema::Error::from(error);
-        self.send(Outgoing::Response(schema::Response::Error { id, error }))
-            .await
+        let response: schema::Response<AgentResponse> = schema::Response::Error { id, error };
+        self.send(response).await
     }
 
     /// A `session/update` notification.
     pub async fn update(&self, session: &SessionId, update: schema::SessionUpdate) {
         let n = schema::SessionNotification::new(session.clone(), update);
-        self.send(Outgoing::Update(n)).await
+        self.send(schema::Notification {
+            method: schema::CLIENT_METHOD_NAMES.session_update.into(),
+            params: Some(AgentNotification::SessionNotification(n)),
+        })
+        .await
     }
 
     /// Agent text in the chat.
@@ -151,10 +137,9 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 
 /// Writes each message as one line on stdout; notifies `closed` on EPIPE.
 /// Ends when every `Out` is gone and the queue is drained.
-pub async fn write_lines(mut rx: mpsc::Receiver<Outgoing>, closed: Rc<Notify>) {
+pub async fn write_lines(mut rx: mpsc::Receiver<String>, closed: Rc<Notify>) {
     let mut stdout = tokio::io::stdout();
-    while let Some(msg) = rx.recv().await {
-        let line = msg.into_line();
+    while let Some(line) = rx.recv().await {
         if stdout.write_all(line.as_bytes()).await.is_err() || stdout.flush().await.is_err() {
             tracing::info!("acp: stdout closed");
             closed.notify_one();

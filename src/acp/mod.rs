@@ -138,7 +138,7 @@ enum Incoming {
 /// such as `session/list` or `logout`, and is non-exhaustive: routing on it
 /// would need arms that cannot happen.)
 enum Call {
-    Initialize(schema::InitializeRequest),
+    Initialize(Box<schema::InitializeRequest>),
     Authenticate(schema::AuthenticateRequest),
     NewSession(schema::NewSessionRequest),
     LoadSession(schema::LoadSessionRequest),
