@@ -1,8 +1,11 @@
 //! grove: one agent-task orchestrator per workspace, shared by every window.
 //!
 //! The binary (`src/main.rs`) is a thin wrapper around [`cli::main`]; the
-//! library exists so that integration tests (schema drift, golden vectors)
-//! can reach the wire types. See ARCHITECTURE.md for the map.
+//! library exists so that integration tests (schema drift, golden vectors,
+//! the store and client they drive directly) can reach what they need.
+//! Modules are private unless a test or the binary uses them, so the
+//! compiler reports what nothing uses; `tests/architecture.rs` checks that
+//! imports between modules point down the layers (see ARCHITECTURE.md).
 
 // All output goes through `output` (a closed stdout must not panic).
 #![warn(clippy::print_stdout, clippy::print_stderr)]
@@ -10,27 +13,28 @@
 #[macro_use]
 pub mod output;
 
-pub mod acp;
-pub mod bench;
-pub mod chaos;
+mod acp;
+mod bench;
+mod chaos;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod demo;
-pub mod election;
-pub mod lifecycle;
-pub mod local_cluster;
-pub mod node;
-pub mod orchestrator;
+mod demo;
+mod election;
+mod lifecycle;
+mod local_cluster;
+mod node;
+mod orchestrator;
 pub mod paths;
 pub mod primary_record;
 pub mod proc;
 pub mod protocol;
-pub mod shim;
-pub mod stats;
+mod runs;
+mod shim;
+mod stats;
 pub mod store;
-pub mod subscriber;
+mod subscriber;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
-pub mod trust;
-pub mod waiter;
+mod trust;
+mod waiter;

@@ -16,6 +16,16 @@
 
 use std::io::{self, Write};
 
+// Exit codes of every command (README, "Exit codes"); shared by the CLI and
+// the tools it runs (`bench`, `chaos`, `demo`), which sit beside it.
+pub const EXIT_OK: i32 = 0;
+/// The operation or the task failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Usage or configuration error, or a workspace grove refuses to use.
+pub const EXIT_USAGE: i32 = 2;
+/// grove unavailable: no member running, primary unresponsive.
+pub const EXIT_UNAVAILABLE: i32 = 3;
+
 /// Unwind payload: stdout cannot be written any more.
 struct StdoutGone {
     broken_pipe: bool,
@@ -112,4 +122,12 @@ macro_rules! errln {
     ($($arg:tt)*) => {
         $crate::output::stderr_fmt(format_args!("{}\n", format_args!($($arg)*)))
     };
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => outln!("{s}"),
+        Err(e) => errln!("grove: cannot encode JSON: {e}"),
+    }
 }

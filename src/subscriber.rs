@@ -45,9 +45,6 @@ impl Health {
             at => Some(now_ms().saturating_sub(at)),
         }
     }
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Relaxed)
-    }
 }
 
 pub struct Subscription {

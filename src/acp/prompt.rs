@@ -9,7 +9,7 @@ use super::error::AcpError;
 use super::framing::Out;
 use super::{Shared, slash};
 use crate::protocol::{Method, NewTask, ReplyBody, TaskRecord, TaskStatus};
-use crate::shim::RunFiles;
+use crate::runs::RunFiles;
 use agent_client_protocol_schema::v1 as schema;
 use schema::{AgentResponse, ContentBlock, RequestId, SessionId, StopReason};
 use std::io::{Read, Seek, SeekFrom};

@@ -14,7 +14,16 @@ mod rpc;
 use crate::stats;
 mod tasks;
 
-use crate::cli::{CliError, Context, EXIT_OK, print_json};
+use crate::output::print_json;
+
+/// Why `grove bench` did not produce a report.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+}
 use serde::Serialize;
 
 #[derive(clap::Args, Debug)]
@@ -153,7 +162,7 @@ fn machine() -> Machine {
     }
 }
 
-pub async fn run(_ctx: &Context, args: BenchArgs) -> Result<i32, CliError> {
+pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let chosen: Vec<String> = if args.scenarios.is_empty() {
         SCENARIOS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -161,7 +170,7 @@ pub async fn run(_ctx: &Context, args: BenchArgs) -> Result<i32, CliError> {
     };
     for s in &chosen {
         if !SCENARIOS.contains(&s.as_str()) {
-            return Err(CliError::Usage(format!(
+            return Err(BenchError::Usage(format!(
                 "unknown bench scenario '{s}'; one of: {}",
                 SCENARIOS.join(", ")
             )));
@@ -181,7 +190,7 @@ pub async fn run(_ctx: &Context, args: BenchArgs) -> Result<i32, CliError> {
             "tasks" => tasks::run(plan.tasks).await,
             _ => unreachable!("checked above"),
         };
-        rows.extend(result.map_err(|e| CliError::Failed(format!("bench {s}: {e}")))?);
+        rows.extend(result.map_err(|e| BenchError::Failed(format!("bench {s}: {e}")))?);
     }
     let report = Report {
         machine: machine(),
@@ -192,7 +201,7 @@ pub async fn run(_ctx: &Context, args: BenchArgs) -> Result<i32, CliError> {
     } else {
         print_table(&report);
     }
-    Ok(EXIT_OK)
+    Ok(())
 }
 
 fn print_table(r: &Report) {
@@ -296,7 +305,7 @@ pub(crate) async fn release(
                 run.shim_pid
             );
             if let Some(agent) = run.agent_pid {
-                crate::shim::kill_group(agent, libc::SIGKILL);
+                crate::runs::kill_group(agent, libc::SIGKILL);
             }
             unsafe { libc::kill(run.shim_pid as i32, libc::SIGKILL) };
             return;
@@ -313,10 +322,10 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 fn live_run(
     c: &crate::local_cluster::LocalCluster,
     blocker: &str,
-) -> Option<crate::shim::RunRecord> {
+) -> Option<crate::runs::RunRecord> {
     let reader = crate::store::Reader::open(&c.ws.db_path()).ok()?;
     let run_id = reader.task(blocker).ok()??.run_id?;
-    let run = crate::shim::RunFiles::read_run(&c.ws, blocker, &run_id)?;
+    let run = crate::runs::RunFiles::read_run(&c.ws, blocker, &run_id)?;
     crate::proc::running(run.shim_pid).then_some(run)
 }
 

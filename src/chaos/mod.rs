@@ -96,7 +96,7 @@ pub struct ChaosArgs {
 pub async fn run(args: ChaosArgs) -> i32 {
     if args.members < 2 || args.writers == 0 {
         errln!("grove chaos: needs --members >= 2 and --writers >= 1");
-        return crate::cli::EXIT_USAGE;
+        return crate::output::EXIT_USAGE;
     }
     // On Ctrl-C or SIGTERM the run is dropped, and with it the cluster,
     // whose drop kills every process the run started.

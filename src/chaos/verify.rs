@@ -6,7 +6,7 @@ use super::*;
 
 use crate::paths::Workspace;
 use crate::protocol::{FailureReason, TaskRecord, TaskStatus};
-use crate::shim::{RunFiles, RunRecord};
+use crate::runs::{RunFiles, RunRecord};
 use crate::store::Reader;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;

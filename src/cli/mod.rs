@@ -23,10 +23,7 @@ use crate::protocol::Method;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_UNAVAILABLE: i32 = 3;
+pub use crate::output::{EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, print_json};
 
 /// Commands grouped by purpose above clap's full list (a unit test keeps
 /// the groups in step with the commands).
@@ -500,7 +497,11 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Engines { json } => orchestrate::engines(&ctx, json),
         Command::Personas { json } => orchestrate::personas(&ctx, json),
         Command::Events(args) => events::run(&ctx, args).await,
-        Command::Bench(args) => crate::bench::run(&ctx, args).await,
+        Command::Bench(args) => match crate::bench::run(args).await {
+            Ok(()) => Ok(EXIT_OK),
+            Err(crate::bench::BenchError::Usage(m)) => Err(CliError::Usage(m)),
+            Err(crate::bench::BenchError::Failed(m)) => Err(CliError::Failed(m)),
+        },
         Command::Config(cmd) => config_cmd::run(&ctx, cmd),
         Command::BenchFlock { .. }
         | Command::Shim { .. }
@@ -518,14 +519,6 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             // (never autostarts: a test hook needs a running primary)
             Ok(EXIT_OK)
         }
-    }
-}
-
-/// Prints a value as pretty JSON on stdout.
-pub fn print_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(s) => outln!("{s}"),
-        Err(e) => errln!("grove: cannot encode JSON: {e}"),
     }
 }
 

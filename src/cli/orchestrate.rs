@@ -375,7 +375,7 @@ pub fn stats(ctx: &Context, json: bool) -> Result<i32, CliError> {
 pub async fn logs(ctx: &Context, id: &str, follow: bool) -> Result<i32, CliError> {
     use std::io::{Read, Seek, SeekFrom};
     let id = resolve_id(ctx, id)?;
-    let path = crate::shim::RunFiles::log(&ctx.ws, &id);
+    let path = crate::runs::RunFiles::log(&ctx.ws, &id);
     let reader = ctx.reader()?;
     let mut offset = 0u64;
     let mut buf = vec![0u8; 64 * 1024];

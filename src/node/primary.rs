@@ -400,7 +400,7 @@ impl Serving {
         tokio::spawn(async move {
             let result = rx.await;
             if let (Some(task), Ok(Ok(_))) = (&purged, &result) {
-                crate::shim::RunFiles::remove_all(&ws, task);
+                crate::runs::RunFiles::remove_all(&ws, task);
             }
             let reply = match result {
                 Ok(Ok(body)) => Reply::ok(id, epoch, body),

@@ -26,7 +26,7 @@ use crate::paths::Workspace;
 use crate::protocol::{
     Event, EventData, ExitOutcome, Method, TaskExit, TaskRecord, TaskStatus, now_ms,
 };
-use crate::shim::{RunFiles, ShimSpec, kill_group, kill_leftovers};
+use crate::runs::{RunFiles, ShimSpec, kill_group, kill_leftovers};
 use crate::store::tasks::InternalOp;
 use crate::store::writer::{Job, WriteResult};
 use crate::store::{Reader, TaskFilter};
@@ -435,7 +435,7 @@ impl Orchestrator {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                crate::shim::block_control_in_child()
+                crate::runs::block_control_in_child()
             });
         }
         let child = cmd
@@ -544,7 +544,7 @@ fn tell_paused(run: &Run, pause: bool, pauses_itself: bool, agent: Option<u32>) 
     if pauses_itself {
         // The shim reads the row itself, so a signal that coalesces with
         // an earlier one still ends in the latest state.
-        unsafe { libc::kill(run.shim_pid as i32, crate::shim::SYNC_SIGNAL) };
+        unsafe { libc::kill(run.shim_pid as i32, crate::runs::SYNC_SIGNAL) };
         return true;
     }
     let Some(pgid) = agent else {

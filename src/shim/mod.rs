@@ -12,138 +12,15 @@
 //! writes the exit status atomically beside the log, and reports it to
 //! whichever instance is primary by then.
 
-mod signals;
 mod supervise;
-mod tree;
 
-pub use signals::{SYNC as SYNC_SIGNAL, block_control_in_child};
-pub use tree::{kill_group, kill_leftovers};
+use crate::runs::{ExitRecord, RunFiles, RunRecord, ShimSpec, signals, write_json};
 
 use crate::config::Config;
-use crate::paths::{Workspace, write_atomic};
-use crate::protocol::{ExitOutcome, Method, TaskExit};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use crate::paths::Workspace;
+use crate::protocol::{ExitOutcome, Method};
+use std::path::Path;
 use std::time::Duration;
-
-/// What the primary asks the shim to run (`.grove/run/<task>.spec.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShimSpec {
-    pub task_id: String,
-    pub run_id: String,
-    pub workspace: PathBuf,
-    pub argv: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub work_dir: PathBuf,
-    pub stdin: Option<String>,
-    pub timeout_ms: Option<u64>,
-    pub grace_ms: u64,
-}
-
-/// Written by the shim when it starts (`.grove/run/<task>.<run>.run.json`):
-/// how a new primary recognises a live run — pid *and* start time — and
-/// what to kill if the shim dies without finishing the run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub run_id: String,
-    pub shim_pid: u32,
-    pub shim_start: u64,
-    pub agent_pid: Option<u32>,
-    /// The agent's start time, so that its process group is only killed
-    /// while its pid still names it (or nothing).
-    #[serde(default)]
-    pub agent_start: Option<u64>,
-    /// The shim pauses and resumes its agent itself on SIGUSR1 (after
-    /// reading the task's row), so that time paused does not count towards
-    /// the timeout. Absent in records of older shims: those are paused by
-    /// SIGSTOP to the agent's group.
-    #[serde(default)]
-    pub pauses_itself: bool,
-}
-
-/// Written atomically when the run ends (`.grove/run/<task>.<run>.exit.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExitRecord {
-    pub run_id: String,
-    pub outcome: ExitOutcome,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub message: Option<String>,
-    pub finished_at: u64,
-}
-
-impl ExitRecord {
-    pub fn to_exit(&self, task_id: &str) -> TaskExit {
-        TaskExit {
-            id: task_id.to_string(),
-            run_id: self.run_id.clone(),
-            outcome: self.outcome,
-            exit_code: self.exit_code,
-            signal: self.signal,
-            message: self.message.clone(),
-        }
-    }
-}
-
-/// File locations of a task's runs.
-pub struct RunFiles;
-
-impl RunFiles {
-    pub fn dir(ws: &Workspace) -> PathBuf {
-        ws.state_dir.join("run")
-    }
-    pub fn spec(ws: &Workspace, task: &str) -> PathBuf {
-        Self::dir(ws).join(format!("{task}.spec.json"))
-    }
-    pub fn run(ws: &Workspace, task: &str, run_id: &str) -> PathBuf {
-        Self::dir(ws).join(format!("{task}.{run_id}.run.json"))
-    }
-    pub fn exit(ws: &Workspace, task: &str, run_id: &str) -> PathBuf {
-        Self::dir(ws).join(format!("{task}.{run_id}.exit.json"))
-    }
-    pub fn log(ws: &Workspace, task: &str) -> PathBuf {
-        ws.logs_dir().join(format!("{task}.log"))
-    }
-    pub fn shim_log(ws: &Workspace, task: &str) -> PathBuf {
-        Self::dir(ws).join(format!("{task}.shim.log"))
-    }
-
-    pub fn read_run(ws: &Workspace, task: &str, run_id: &str) -> Option<RunRecord> {
-        serde_json::from_slice(&std::fs::read(Self::run(ws, task, run_id)).ok()?).ok()
-    }
-    pub fn read_exit(ws: &Workspace, task: &str, run_id: &str) -> Option<ExitRecord> {
-        serde_json::from_slice(&std::fs::read(Self::exit(ws, task, run_id)).ok()?).ok()
-    }
-
-    /// Task ids are generated hex; anything else must never reach a path.
-    pub fn is_safe_id(task: &str) -> bool {
-        !task.is_empty() && task.len() <= 64 && task.chars().all(|c| c.is_ascii_alphanumeric())
-    }
-
-    /// Removes every file of a task (purge). Missing files are fine.
-    pub fn remove_all(ws: &Workspace, task: &str) {
-        if !Self::is_safe_id(task) {
-            return;
-        }
-        let _ = std::fs::remove_file(Self::log(ws, task));
-        let _ = std::fs::remove_file(Self::spec(ws, task));
-        let _ = std::fs::remove_file(Self::shim_log(ws, task));
-        if let Ok(entries) = std::fs::read_dir(Self::dir(ws)) {
-            let prefix = format!("{task}.");
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-    }
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    write_atomic(path, &bytes)
-}
 
 /// Entry point of `grove shim SPEC`. Returns the process exit code.
 pub async fn run(spec_path: &Path) -> i32 {

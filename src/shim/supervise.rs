@@ -1,11 +1,12 @@
 //! The run itself: start the agent, then wait for its exit, the timeout, a
 //! cancel, or a pause/resume of the task, and leave no process behind.
 
-use super::signals::{self, Control, Signals};
-use super::tree::{self, kill_group};
-use super::{ExitRecord, RunFiles, RunRecord, ShimSpec, open_log, write_json};
+use super::open_log;
 use crate::paths::Workspace;
 use crate::protocol::{ExitOutcome, TaskStatus, now_ms};
+use crate::runs::signals::{self, Control, Signals};
+use crate::runs::tree::{self, kill_group};
+use crate::runs::{ExitRecord, RunFiles, RunRecord, ShimSpec, write_json};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 use tokio::time::Instant;

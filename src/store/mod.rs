@@ -9,6 +9,7 @@
 pub mod crash_guard;
 pub mod schema;
 pub mod tasks;
+mod txn;
 pub mod writer;
 
 use crate::protocol::{Event, EventData, FailureReason, TaskRecord, TaskStatus};

@@ -8,7 +8,7 @@
 //! (start, stop, continue, kill).
 
 use super::get_task;
-use super::writer::{Applied, WriteResult, append_event, refused};
+use super::txn::{Applied, WriteResult, append_event, refused};
 use crate::lifecycle::check_transition;
 use crate::protocol::{
     ErrorCode, Event, EventData, ExitOutcome, FailureReason, Method, NewTask, ReplyBody, TaskExit,

@@ -21,7 +21,8 @@ use tokio::sync::oneshot;
 /// Most writes committed in one transaction.
 pub const MAX_BATCH: usize = 512;
 
-pub type WriteResult = Result<ReplyBody, WireError>;
+pub use super::txn::WriteResult;
+use super::txn::{Applied, append_event, refused};
 
 // Jobs are moved once through a channel; boxing the big variant buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -426,30 +427,6 @@ fn apply_idempotent(
     Ok(result)
 }
 
-pub(super) enum Applied {
-    Refused(WireError),
-    Sqlite(rusqlite::Error),
-}
-
-impl From<rusqlite::Error> for Applied {
-    fn from(e: rusqlite::Error) -> Self {
-        Applied::Sqlite(e)
-    }
-}
-
-impl From<StoreError> for Applied {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Sqlite(e) => Applied::Sqlite(e),
-            other => Applied::Refused(WireError::new(ErrorCode::Internal, other.to_string())),
-        }
-    }
-}
-
-pub(super) fn refused(code: ErrorCode, message: impl Into<String>) -> Applied {
-    Applied::Refused(WireError::new(code, message))
-}
-
 /// A method the event loop answers itself reached the store thread.
 fn not_a_write() -> Applied {
     refused(
@@ -537,27 +514,4 @@ fn hello(
     let last_seq = e.seq;
     events.push(e);
     Ok(Ok(ReplyBody::Welcome { epoch, last_seq }))
-}
-
-/// Appends a durable event in the current transaction and returns it with
-/// its `seq`.
-pub(crate) fn append_event(
-    tx: &Connection,
-    epoch: u64,
-    data: EventData,
-) -> rusqlite::Result<Event> {
-    let at = now_ms();
-    tx.prepare_cached("INSERT INTO events (epoch, at, topic, payload) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![
-            epoch as i64,
-            at as i64,
-            data.topic(),
-            encode(&data)
-        ])?;
-    Ok(Event {
-        seq: tx.last_insert_rowid() as u64,
-        epoch,
-        at,
-        data,
-    })
 }
