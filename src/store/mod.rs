@@ -11,6 +11,9 @@ pub mod schema;
 pub mod tasks;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use crate::protocol::{Event, EventData, FailureReason, TaskRecord, TaskStatus};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use std::collections::BTreeMap;

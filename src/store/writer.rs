@@ -561,3 +561,7 @@ pub(crate) fn append_event(
         data,
     })
 }
+
+#[cfg(test)]
+#[path = "tests/writer.rs"]
+mod tests;
