@@ -11,13 +11,16 @@
 //! - `writer.rs` (a child of `writer`, for its private parts): group commit.
 
 mod crash_guard;
+mod fixes;
 mod model;
 mod property;
 mod table;
 
 use super::tasks::{self, Ctx, InternalOp};
 use super::writer::{Applied, WriteResult};
-use crate::protocol::{Event, Method, NewTask, ReplyBody, TaskRecord, TaskStatus};
+use crate::protocol::{
+    Event, ExitOutcome, Method, NewTask, ReplyBody, TaskExit, TaskRecord, TaskStatus,
+};
 use rusqlite::Connection;
 
 /// One store, as the store thread holds it.
@@ -42,15 +45,15 @@ impl Store {
     /// Applies a wire method the way the store thread does: in its own
     /// transaction, rolled back (events and all) when refused.
     pub fn apply(&mut self, method: &Method) -> Outcome {
-        self.run(|c| tasks::apply(c, method))
+        self.in_tx(|c| tasks::apply(c, method))
     }
 
     /// Applies an orchestrator operation, likewise.
     pub fn internal(&mut self, op: &InternalOp) -> Outcome {
-        self.run(|c| tasks::apply_internal(c, op))
+        self.in_tx(|c| tasks::apply_internal(c, op))
     }
 
-    fn run(&mut self, f: impl FnOnce(&mut Ctx<'_>) -> Result<WriteResult, Applied>) -> Outcome {
+    fn in_tx(&mut self, f: impl FnOnce(&mut Ctx<'_>) -> Result<WriteResult, Applied>) -> Outcome {
         let tx = self.conn.transaction().expect("begin");
         let mut events = Vec::new();
         let mut ctx = Ctx {
@@ -125,6 +128,52 @@ impl Store {
     pub fn status(&self, id: &str) -> Option<TaskStatus> {
         self.task(id).map(|t| t.status)
     }
+
+    /// Starts `id` as `run_id` with slots to spare.
+    pub fn start(&mut self, id: &str, run_id: &str) {
+        self.ok_internal(InternalOp::Start {
+            id: id.into(),
+            run_id: run_id.into(),
+            max_parallel: 100,
+        });
+    }
+
+    /// Starts `id` and reports its run's end.
+    pub fn run(&mut self, id: &str, run_id: &str, exit: Exit) {
+        self.start(id, run_id);
+        self.ok(exit_method(id, run_id, exit));
+    }
+}
+
+/// How a run ended, as its supervisor reports it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Exit {
+    Code0,
+    Code1,
+    /// Killed by signal 9: no exit code.
+    Signal9,
+    Timeout,
+    Cancelled,
+    SpawnError,
+}
+
+pub(super) fn exit_method(id: &str, run_id: &str, e: Exit) -> Method {
+    let (outcome, exit_code, signal) = match e {
+        Exit::Code0 => (ExitOutcome::Exited, Some(0), None),
+        Exit::Code1 => (ExitOutcome::Exited, Some(1), None),
+        Exit::Signal9 => (ExitOutcome::Exited, None, Some(9)),
+        Exit::Timeout => (ExitOutcome::Timeout, None, Some(15)),
+        Exit::Cancelled => (ExitOutcome::Cancelled, None, Some(15)),
+        Exit::SpawnError => (ExitOutcome::SpawnError, None, None),
+    };
+    Method::TaskFinished(TaskExit {
+        id: id.into(),
+        run_id: run_id.into(),
+        outcome,
+        exit_code,
+        signal,
+        message: None,
+    })
 }
 
 pub(super) fn expect_task(result: WriteResult) -> TaskRecord {

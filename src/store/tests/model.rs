@@ -10,8 +10,9 @@
 //! completed is queued. Only relaunch's second chance for dependents is a
 //! walk, as it is in the store.
 
+use super::Exit;
 use crate::protocol::{
-    ErrorCode, ExitOutcome, FailureReason, Method, TaskExit,
+    ErrorCode, FailureReason,
     TaskStatus::{self, *},
 };
 use proptest::sample::Index;
@@ -33,14 +34,12 @@ pub struct MTask {
     pub edges: Vec<usize>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub enum Exit {
-    Code0,
-    Code1,
-    Signal9,
-    Timeout,
-    Cancelled,
-    SpawnError,
+impl MTask {
+    /// What the store must agree on (edges are compared through their
+    /// effects).
+    pub fn state(&self) -> (bool, TaskStatus, Option<FailureReason>, Option<String>) {
+        (self.exists, self.status, self.reason, self.run.clone())
+    }
 }
 
 /// An operation; indexes pick among the tasks when it is applied.
@@ -232,11 +231,7 @@ impl Model {
                 return self.new_task(deps.collect(), new_id);
             }
             Op::Relaunch(_) => self.relaunch(i),
-            Op::Delete(_, false)
-                if t.status == Running || (t.status == Paused && t.run.is_some()) =>
-            {
-                return Err(ErrorCode::Conflict);
-            }
+            Op::Delete(_, false) if t.status == Running => return Err(ErrorCode::Conflict),
             Op::Delete(..) | Op::Purge(_) => {
                 self.tasks[i].exists = false;
                 if t.status == Completed {
@@ -313,23 +308,4 @@ impl Model {
             }
         }
     }
-}
-
-pub fn exit_method(id: &str, run_id: &str, e: Exit) -> Method {
-    let (outcome, exit_code, signal) = match e {
-        Exit::Code0 => (ExitOutcome::Exited, Some(0), None),
-        Exit::Code1 => (ExitOutcome::Exited, Some(1), None),
-        Exit::Signal9 => (ExitOutcome::Exited, None, Some(9)),
-        Exit::Timeout => (ExitOutcome::Timeout, None, Some(15)),
-        Exit::Cancelled => (ExitOutcome::Cancelled, None, Some(15)),
-        Exit::SpawnError => (ExitOutcome::SpawnError, None, None),
-    };
-    Method::TaskFinished(TaskExit {
-        id: id.into(),
-        run_id: run_id.into(),
-        outcome,
-        exit_code,
-        signal,
-        message: None,
-    })
 }

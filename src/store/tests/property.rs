@@ -7,7 +7,8 @@
 //! appended exactly one event, and nothing else did, with contiguous seqs.
 
 use super::Store;
-use super::model::{Exit, MAX_PARALLEL, Model, Op, Res, exit_method};
+use super::model::{MAX_PARALLEL, Model, Op, Res};
+use super::{Exit, exit_method};
 use crate::protocol::{EventData, Method, NewTask, ReplyBody, TaskStatus};
 use crate::store::tasks::InternalOp;
 use proptest::prelude::*;
@@ -159,7 +160,7 @@ impl Harness {
             };
             live += 1;
             let got = (true, s.status, s.failure_reason, s.run_id.clone());
-            let want = (t.exists, t.status, t.reason, t.run.clone());
+            let want = t.state();
             if got != want {
                 return Err(format!(
                     "task {}: the model has {want:?}, the store {got:?}",
@@ -215,7 +216,7 @@ impl Harness {
         }
         let target_id = target.map(|i| self.model.tasks[i].id.clone());
         for (i, t) in self.model.tasks.iter().enumerate() {
-            let changed = before.tasks.get(i) != Some(t);
+            let changed = before.tasks.get(i).map(|b| b.state()) != Some(t.state());
             let has_event = seen.contains(&t.id);
             if changed && !has_event {
                 return Err(format!("task {} changed without an event", t.id));
@@ -253,8 +254,9 @@ impl Harness {
 }
 
 proptest! {
+    // PROPTEST_CASES=100000 for a longer hunt.
     #![proptest_config(ProptestConfig {
-        cases: 256,
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
