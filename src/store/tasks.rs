@@ -100,29 +100,7 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
             reason,
             exit_code,
             pid,
-        } => {
-            if !status.is_terminal() {
-                return Err(refused(
-                    ErrorCode::InvalidParams,
-                    format!(
-                        "task.update_status sets a final status only (completed, failed, cancelled), not {}; use pause/resume/relaunch",
-                        status.as_str()
-                    ),
-                ));
-            }
-            let task = existing(c.tx, id)?;
-            // The state machine lets a paused task complete because its
-            // stopped process may still exit; one paused before it started
-            // has no process, and is no more done than a queued task.
-            let paused_unstarted = task.status == TaskStatus::Paused && !started(&task);
-            if *status == TaskStatus::Completed && paused_unstarted {
-                return Err(refused(
-                    ErrorCode::Conflict,
-                    format!("task {id} is paused and never started; it cannot have completed"),
-                ));
-            }
-            transition(c, task, *status, *reason, *exit_code, *pid)
-        }
+        } => update_status(c, id, *status, *reason, *exit_code, *pid),
         Method::TaskDelete { id, force } => {
             let task = existing(c.tx, id)?;
             if task.status == TaskStatus::Running && !force {
@@ -159,47 +137,8 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
             transition(c, task, TaskStatus::Paused, None, None, None)
         }
         Method::TaskResume { id, instructions } => resume(c, id, instructions.as_deref()),
-        Method::TaskRetry { id } => {
-            let old = finished_task(c.tx, id, "retry")?;
-            // A completed dependency purged since stays satisfied: the new
-            // attempt does not wait for it (nor could it name it).
-            let waits_on = edges_of(c.tx, &old.id)?;
-            let dependencies = old
-                .dependencies
-                .iter()
-                .filter(|d| waits_on.contains(*d))
-                .cloned()
-                .collect();
-            let spec = NewTask {
-                prompt: old.prompt.clone(),
-                engine: Some(old.engine.clone()),
-                model: old.model.clone(),
-                work_dir: old.work_dir.clone(),
-                persona: old.persona.clone(),
-                dependencies,
-                tags: old.tags.clone(),
-                priority: old.priority,
-                timeout_ms: old.timeout_ms,
-                session_id: old.session_id.clone(),
-                extra_args: old.extra_args.clone(),
-                env: old.env.clone(),
-            };
-            let task = new_task(c.tx, &spec, Some(old.id.clone()), old.attempt + 1)?;
-            create(c, task)
-        }
-        Method::TaskRelaunch { id } => {
-            let task = finished_task(c.tx, id, "relaunch")?;
-            let task = rearm(c, task)?;
-            if task.status == TaskStatus::Failed {
-                // Failed again at once (a dependency failed or is gone):
-                // dependents that were released when it completed, and
-                // still wait, can never run either.
-                cascade(c, &task.id, TaskStatus::Failed)?;
-            } else {
-                rearm_dependents(c, &task.id)?;
-            }
-            ok(task)
-        }
+        Method::TaskRetry { id } => retry(c, id),
+        Method::TaskRelaunch { id } => relaunch(c, id),
         Method::TaskFinished(exit) => finished(c, exit),
         Method::Hello(_) | Method::SessionCreate { .. } | Method::Ping {} => {
             Err(refused(ErrorCode::Internal, "not a task operation"))
@@ -269,6 +208,83 @@ pub(super) fn apply_internal(c: &mut Ctx<'_>, op: &InternalOp) -> Res {
             )
         }
     }
+}
+
+/// The low-level form: a final status, checked against the state machine.
+fn update_status(
+    c: &mut Ctx<'_>,
+    id: &str,
+    status: TaskStatus,
+    reason: Option<FailureReason>,
+    exit_code: Option<i32>,
+    pid: Option<u32>,
+) -> Res {
+    if !status.is_terminal() {
+        return Err(refused(
+            ErrorCode::InvalidParams,
+            format!(
+                "task.update_status sets a final status only (completed, failed, cancelled), not {}; use pause/resume/relaunch",
+                status.as_str()
+            ),
+        ));
+    }
+    let task = existing(c.tx, id)?;
+    // The state machine lets a paused task complete because its
+    // stopped process may still exit; one paused before it started
+    // has no process, and is no more done than a queued task.
+    let paused_unstarted = task.status == TaskStatus::Paused && !started(&task);
+    if status == TaskStatus::Completed && paused_unstarted {
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!("task {id} is paused and never started; it cannot have completed"),
+        ));
+    }
+    transition(c, task, status, reason, exit_code, pid)
+}
+
+/// A new task from a finished one (`retry_of`, `attempt + 1`).
+fn retry(c: &mut Ctx<'_>, id: &str) -> Res {
+    let old = finished_task(c.tx, id, "retry")?;
+    // A completed dependency purged since stays satisfied: the new
+    // attempt does not wait for it (nor could it name it).
+    let waits_on = edges_of(c.tx, &old.id)?;
+    let dependencies = old
+        .dependencies
+        .iter()
+        .filter(|d| waits_on.contains(*d))
+        .cloned()
+        .collect();
+    let spec = NewTask {
+        prompt: old.prompt.clone(),
+        engine: Some(old.engine.clone()),
+        model: old.model.clone(),
+        work_dir: old.work_dir.clone(),
+        persona: old.persona.clone(),
+        dependencies,
+        tags: old.tags.clone(),
+        priority: old.priority,
+        timeout_ms: old.timeout_ms,
+        session_id: old.session_id.clone(),
+        extra_args: old.extra_args.clone(),
+        env: old.env.clone(),
+    };
+    let task = new_task(c.tx, &spec, Some(old.id.clone()), old.attempt + 1)?;
+    create(c, task)
+}
+
+/// Reruns a finished task under its id (see [`rearm`]).
+fn relaunch(c: &mut Ctx<'_>, id: &str) -> Res {
+    let task = finished_task(c.tx, id, "relaunch")?;
+    let task = rearm(c, task)?;
+    if task.status == TaskStatus::Failed {
+        // Failed again at once (a dependency failed or is gone):
+        // dependents that were released when it completed, and
+        // still wait, can never run either.
+        cascade(c, &task.id, TaskStatus::Failed)?;
+    } else {
+        rearm_dependents(c, &task.id)?;
+    }
+    ok(task)
 }
 
 /// A task has started when it has a run: running, or paused mid-run (its

@@ -5,6 +5,10 @@
 //! at most `max_parallel` tasks hold a slot; a task is released to the
 //! queue only when its dependencies all completed; every changed task
 //! appended exactly one event, and nothing else did, with contiguous seqs.
+//!
+//! "Released", not "is queued": relaunching a completed task leaves the
+//! dependents it had released queued, and a requeued run goes back to the
+//! queue it had already left; neither waits for a rerun of its dependency.
 
 use super::Store;
 use super::model::{MAX_PARALLEL, Model, Op, Res};
