@@ -7,12 +7,14 @@
 //! build chains and fans of 10,000 (through the library client, which is
 //! what the CLI uses, so that building them takes seconds) and drive every
 //! path that follows dependents: cancel, relaunch (re-arm), completion,
-//! purge, and finalizing a run after a failover.
+//! purge, and finalizing a run after a failover. Then the corners of the
+//! cascade that the in-process model (`src/store/tests`) found, with the
+//! real binary.
 
 mod common;
 
 use common::*;
-use grove::protocol::{Method, NewTask, ReplyBody, TaskStatus};
+use grove::protocol::{EventData, FailureReason, Method, NewTask, ReplyBody, TaskStatus};
 use std::time::Duration;
 
 const N: usize = 10_000;
@@ -176,6 +178,75 @@ fn purging_a_completed_dependency_keeps_its_dependents_satisfied() {
         g.db().task(&b).unwrap().unwrap().status,
         TaskStatus::Completed
     );
+    // And so does a retry (it was refused: "unknown dependency").
+    let again: serde_json::Value = serde_json::from_str(&g.ok(&["retry", &b, "--json"])).unwrap();
+    let again = again["id"].as_str().unwrap();
+    g.ok(&["wait", again]);
+    let t = g.db().task(again).unwrap().unwrap();
+    assert_eq!(t.dependencies, vec![blocker]);
+}
+
+#[test]
+fn a_relaunch_that_fails_at_once_fails_the_dependents_it_had_released() {
+    let mut g = Grove::with_config("max_parallel = 1\n");
+    g.serve();
+    g.wait_primary();
+    let d = g.ok(&["spawn", "true"]);
+    g.ok(&["wait", &d]);
+    let x = g.ok(&["spawn", "true", "--dep", &d]);
+    g.ok(&["wait", &x]);
+    // The only slot is taken, so that y stays queued.
+    let gate = g.ws.join("go");
+    let blocker = g.ok(&[
+        "spawn",
+        &format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()),
+    ]);
+    wait_for("the blocker running", LONG, || {
+        (g.db().task(&blocker).unwrap()?.status == TaskStatus::Running).then_some(())
+    });
+    let y = g.ok(&["spawn", "true", "--dep", &x]);
+    assert_eq!(g.db().task(&y).unwrap().unwrap().status, TaskStatus::Queued);
+    // x's own dependency runs again and is deleted before it completes:
+    // relaunched, x fails at once, and so must y, which still waits.
+    g.ok(&["relaunch", &d]);
+    g.ok(&["delete", &d]);
+    g.ok(&["relaunch", &x]);
+    let t = g.db().task(&x).unwrap().unwrap();
+    assert_eq!(t.status, TaskStatus::Failed);
+    let t = g.db().task(&y).unwrap().unwrap();
+    assert_eq!(
+        (t.status, t.failure_reason),
+        (TaskStatus::Failed, Some(FailureReason::DependencyFailed))
+    );
+    std::fs::write(&gate, b"").unwrap();
+    g.ok(&["wait", &blocker]);
+}
+
+#[test]
+fn a_relaunch_leaves_alone_a_dependent_that_another_dependency_still_fails() {
+    let mut g = Grove::new();
+    g.serve();
+    g.wait_primary();
+    let a = g.ok(&["spawn", "exit 1"]);
+    let _ = g.run(&["wait", &a]);
+    let b = g.ok(&["spawn", "sleep 60"]);
+    g.ok(&["cancel", &b]);
+    let c = g.ok(&["spawn", "true", "--dep", &a, "--dep", &b]);
+    let before = g.db().task(&c).unwrap().unwrap();
+    assert_eq!(before.status, TaskStatus::Failed);
+    let seq = g.db().last_seq().unwrap();
+    g.ok(&["relaunch", &a]);
+    let _ = g.run(&["wait", &a]);
+    // c was rewritten and announced again, although nothing changed for it.
+    let about_c = g
+        .db()
+        .events_from(seq + 1, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(&e.data, EventData::TaskUpdated { task } if task.id == c))
+        .count();
+    assert_eq!(about_c, 0);
+    assert_eq!(g.db().task(&c).unwrap().unwrap(), before);
 }
 
 #[test]

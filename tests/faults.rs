@@ -35,6 +35,12 @@ fn refused_writes_name_the_reason() {
         err.contains("conflict") && err.contains("pending to completed"),
         "{err}"
     );
+    // Paused before it started, it has still never run.
+    g.ok(&["pause", &id]);
+    let out = g.run(&["task", "set-status", &id, "completed"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("never started"), "{err}");
     // Not a final status: an invalid value, a usage error.
     let out = g.run(&["task", "set-status", &id, "running"]);
     assert_eq!(out.status.code(), Some(2));

@@ -12,6 +12,9 @@ pub mod tasks;
 mod txn;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use crate::protocol::{Event, EventData, FailureReason, TaskRecord, TaskStatus};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use std::collections::BTreeMap;

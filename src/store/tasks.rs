@@ -100,19 +100,7 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
             reason,
             exit_code,
             pid,
-        } => {
-            if !status.is_terminal() {
-                return Err(refused(
-                    ErrorCode::InvalidParams,
-                    format!(
-                        "task.update_status sets a final status only (completed, failed, cancelled), not {}; use pause/resume/relaunch",
-                        status.as_str()
-                    ),
-                ));
-            }
-            let task = existing(c.tx, id)?;
-            transition(c, task, *status, *reason, *exit_code, *pid)
-        }
+        } => update_status(c, id, *status, *reason, *exit_code, *pid),
         Method::TaskDelete { id, force } => {
             let task = existing(c.tx, id)?;
             if task.status == TaskStatus::Running && !force {
@@ -149,33 +137,8 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
             transition(c, task, TaskStatus::Paused, None, None, None)
         }
         Method::TaskResume { id, instructions } => resume(c, id, instructions.as_deref()),
-        Method::TaskRetry { id } => {
-            let old = finished_task(c.tx, id, "retry")?;
-            let spec = NewTask {
-                prompt: old.prompt.clone(),
-                engine: Some(old.engine.clone()),
-                model: old.model.clone(),
-                work_dir: old.work_dir.clone(),
-                persona: old.persona.clone(),
-                dependencies: old.dependencies.clone(),
-                tags: old.tags.clone(),
-                priority: old.priority,
-                timeout_ms: old.timeout_ms,
-                session_id: old.session_id.clone(),
-                extra_args: old.extra_args.clone(),
-                env: old.env.clone(),
-            };
-            let task = new_task(c.tx, &spec, Some(old.id.clone()), old.attempt + 1)?;
-            create(c, task)
-        }
-        Method::TaskRelaunch { id } => {
-            let task = finished_task(c.tx, id, "relaunch")?;
-            let task = rearm(c, task)?;
-            if task.status != TaskStatus::Failed {
-                rearm_dependents(c, &task.id)?;
-            }
-            ok(task)
-        }
+        Method::TaskRetry { id } => retry(c, id),
+        Method::TaskRelaunch { id } => relaunch(c, id),
         Method::TaskFinished(exit) => finished(c, exit),
         Method::Hello(_) | Method::SessionCreate { .. } | Method::Ping {} => {
             Err(refused(ErrorCode::Internal, "not a task operation"))
@@ -229,16 +192,7 @@ pub(super) fn apply_internal(c: &mut Ctx<'_>, op: &InternalOp) -> Res {
             task.pid = Some(*pid);
             save(c, task)
         }
-        InternalOp::Requeue { id, run_id } => {
-            let mut task = existing(c.tx, id)?;
-            if task.run_id.as_deref() != Some(run_id) || task.status != TaskStatus::Running {
-                return ok(task);
-            }
-            task.run_id = None;
-            task.started_at = None;
-            task.pid = None;
-            transition(c, task, TaskStatus::Queued, None, None, None)
-        }
+        InternalOp::Requeue { id, run_id } => requeue(c, id, run_id),
         InternalOp::Lost { id, run_id } => {
             let task = existing(c.tx, id)?;
             if task.run_id.as_deref() != Some(run_id) || task.status.is_terminal() {
@@ -253,6 +207,114 @@ pub(super) fn apply_internal(c: &mut Ctx<'_>, op: &InternalOp) -> Res {
                 None,
             )
         }
+    }
+}
+
+/// The low-level form: a final status, checked against the state machine.
+fn update_status(
+    c: &mut Ctx<'_>,
+    id: &str,
+    status: TaskStatus,
+    reason: Option<FailureReason>,
+    exit_code: Option<i32>,
+    pid: Option<u32>,
+) -> Res {
+    if !status.is_terminal() {
+        return Err(refused(
+            ErrorCode::InvalidParams,
+            format!(
+                "task.update_status sets a final status only (completed, failed, cancelled), not {}; use pause/resume/relaunch",
+                status.as_str()
+            ),
+        ));
+    }
+    let task = existing(c.tx, id)?;
+    // The state machine lets a paused task complete because its
+    // stopped process may still exit; one paused before it started
+    // has no process, and is no more done than a queued task.
+    let paused_unstarted = task.status == TaskStatus::Paused && !started(&task);
+    if status == TaskStatus::Completed && paused_unstarted {
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!("task {id} is paused and never started; it cannot have completed"),
+        ));
+    }
+    transition(c, task, status, reason, exit_code, pid)
+}
+
+/// A new task from a finished one (`retry_of`, `attempt + 1`).
+fn retry(c: &mut Ctx<'_>, id: &str) -> Res {
+    let old = finished_task(c.tx, id, "retry")?;
+    // A completed dependency purged since stays satisfied: the new
+    // attempt does not wait for it (nor could it name it).
+    let waits_on = edges_of(c.tx, &old.id)?;
+    let dependencies = old
+        .dependencies
+        .iter()
+        .filter(|d| waits_on.contains(*d))
+        .cloned()
+        .collect();
+    let spec = NewTask {
+        prompt: old.prompt.clone(),
+        engine: Some(old.engine.clone()),
+        model: old.model.clone(),
+        work_dir: old.work_dir.clone(),
+        persona: old.persona.clone(),
+        dependencies,
+        tags: old.tags.clone(),
+        priority: old.priority,
+        timeout_ms: old.timeout_ms,
+        session_id: old.session_id.clone(),
+        extra_args: old.extra_args.clone(),
+        env: old.env.clone(),
+    };
+    let task = new_task(c.tx, &spec, Some(old.id.clone()), old.attempt + 1)?;
+    create(c, task)
+}
+
+/// Reruns a finished task under its id (see [`rearm`]).
+fn relaunch(c: &mut Ctx<'_>, id: &str) -> Res {
+    let task = finished_task(c.tx, id, "relaunch")?;
+    let task = rearm(c, task)?;
+    if task.status == TaskStatus::Failed {
+        // Failed again at once (a dependency failed or is gone):
+        // dependents that were released when it completed, and
+        // still wait, can never run either.
+        cascade(c, &task.id, TaskStatus::Failed)?;
+    } else {
+        rearm_dependents(c, &task.id)?;
+    }
+    ok(task)
+}
+
+/// A task has started when it has a run: running, or paused mid-run (its
+/// process stopped, not gone).
+fn started(task: &TaskRecord) -> bool {
+    match task.status {
+        TaskStatus::Running => true,
+        TaskStatus::Paused => task.run_id.is_some(),
+        _ => false,
+    }
+}
+
+/// A run whose supervisor never started: the task waits again, as if it had
+/// never been started — queued, or still paused when it was paused
+/// meanwhile (otherwise the phantom run would keep its slot and nobody
+/// would ever finalize it). Waiting, it fails like any waiting task when a
+/// dependency has failed since (one relaunched after it started).
+fn requeue(c: &mut Ctx<'_>, id: &str, run_id: &str) -> Res {
+    let mut task = existing(c.tx, id)?;
+    if task.run_id.as_deref() != Some(run_id) || !started(&task) {
+        return ok(task);
+    }
+    task.run_id = None;
+    task.started_at = None;
+    task.pid = None;
+    let reason = Some(FailureReason::DependencyFailed);
+    match (task.status, ready_status(c.tx, &task)?) {
+        (_, TaskStatus::Failed) => transition(c, task, TaskStatus::Failed, reason, None, None),
+        (TaskStatus::Paused, _) => save(c, task),
+        _ => transition(c, task, TaskStatus::Queued, None, None, None),
     }
 }
 
@@ -386,8 +448,10 @@ fn rearm(c: &mut Ctx<'_>, mut task: TaskRecord) -> Result<TaskRecord, Applied> {
 }
 
 /// Dependents that failed only because of `root` get another chance, and
-/// so on down the graph. A work list, not recursion: a chain of 10,000
-/// dependents must not take 10,000 stack frames of the store thread.
+/// so on down the graph. One that another dependency still fails is left
+/// alone: rearming it would only rewrite its failure (and wake its waiters)
+/// for nothing. A work list, not recursion: a chain of 10,000 dependents
+/// must not take 10,000 stack frames of the store thread.
 fn rearm_dependents(c: &mut Ctx<'_>, root: &str) -> Result<(), Applied> {
     let mut work = vec![root.to_string()];
     while let Some(id) = work.pop() {
@@ -397,11 +461,9 @@ fn rearm_dependents(c: &mut Ctx<'_>, root: &str) -> Result<(), Applied> {
             };
             if t.status == TaskStatus::Failed
                 && t.failure_reason == Some(FailureReason::DependencyFailed)
+                && ready_status(c.tx, &t)? != TaskStatus::Failed
             {
-                let t = rearm(c, t)?;
-                if t.status != TaskStatus::Failed {
-                    work.push(t.id);
-                }
+                work.push(rearm(c, t)?.id);
             }
         }
     }
@@ -506,6 +568,16 @@ fn cascade(c: &mut Ctx<'_>, root: &str, root_status: TaskStatus) -> Result<(), A
         }
     }
     Ok(())
+}
+
+/// The dependencies `id` still waits on (see [`delete`] for which edges
+/// stay).
+fn edges_of(tx: &Connection, id: &str) -> Result<std::collections::HashSet<String>, Applied> {
+    let mut stmt = tx.prepare_cached("SELECT dep_id FROM task_deps WHERE task_id = ?1")?;
+    let ids = stmt
+        .query_map([id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
 }
 
 fn dependents(tx: &Connection, id: &str) -> Result<Vec<String>, Applied> {

@@ -515,3 +515,7 @@ fn hello(
     events.push(e);
     Ok(Ok(ReplyBody::Welcome { epoch, last_seq }))
 }
+
+#[cfg(test)]
+#[path = "tests/writer.rs"]
+mod tests;

@@ -1,0 +1,144 @@
+//! One scenario per fault the table and the model found, each failing on
+//! the code before its fix.
+
+use super::{Exit, Store, expect_task};
+use crate::protocol::{EventData, FailureReason, Method, TaskStatus};
+use crate::store::tasks::InternalOp;
+
+fn events_about(events: &[crate::protocol::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.data {
+            EventData::TaskUpdated { task } | EventData::TaskCreated { task } => {
+                Some(task.id.clone())
+            }
+            EventData::TaskDeleted { id } => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A relaunched task that fails at once (its own dependency is gone) must
+/// fail the dependents its completion had released; they stayed queued,
+/// and would have run, although their dependency had failed.
+#[test]
+fn a_relaunch_that_fails_at_once_fails_released_dependents() {
+    let mut s = Store::new();
+    let d = s.create(&[]).id;
+    let x = s.create(&[&d]).id;
+    let y = s.create(&[&x]).id;
+    s.run(&d, "d1", Exit::Code0);
+    s.run(&x, "x1", Exit::Code0);
+    assert_eq!(s.status(&y), Some(TaskStatus::Queued));
+    // d runs again and is deleted before completing: x's input is gone.
+    s.ok(Method::TaskRelaunch { id: d.clone() });
+    s.ok(Method::TaskDelete {
+        id: d,
+        force: false,
+    });
+    let x_now = expect_task(s.apply(&Method::TaskRelaunch { id: x }).result);
+    assert_eq!(x_now.status, TaskStatus::Failed);
+    let y = s.task(&y).unwrap();
+    assert_eq!(
+        (y.status, y.failure_reason),
+        (TaskStatus::Failed, Some(FailureReason::DependencyFailed))
+    );
+}
+
+/// Relaunching one failed dependency must not touch a dependent that
+/// another failed dependency still fails: it used to be rewritten (new
+/// `finished_at`, an event waking its waiters) for nothing.
+#[test]
+fn rearming_leaves_a_dependent_another_dependency_still_fails() {
+    let mut s = Store::new();
+    let a = s.create(&[]).id;
+    let b = s.create(&[]).id;
+    let c = s.create(&[&a, &b]).id;
+    s.ok(Method::TaskCancel { id: b });
+    s.run(&a, "a1", Exit::Code1);
+    let c_before = s.task(&c).unwrap();
+    let out = s.apply(&Method::TaskRelaunch { id: a.clone() });
+    assert!(out.result.is_ok());
+    assert_eq!(events_about(&out.events), vec![a]);
+    assert_eq!(s.task(&c).unwrap(), c_before);
+}
+
+/// A completed dependency that was purged stays satisfied for a retry too:
+/// the retry was refused with "unknown dependency".
+#[test]
+fn a_retry_keeps_a_purged_completed_dependency_satisfied() {
+    let mut s = Store::new();
+    let d = s.create(&[]).id;
+    let t = s.create(&[&d]).id;
+    s.run(&d, "d1", Exit::Code0);
+    s.run(&t, "t1", Exit::Code1);
+    s.ok(Method::TaskPurge { id: d.clone() });
+    let again = expect_task(s.apply(&Method::TaskRetry { id: t.clone() }).result);
+    assert_eq!(again.status, TaskStatus::Queued);
+    assert_eq!(again.retry_of.as_deref(), Some(t.as_str()));
+    assert!(again.dependencies.is_empty(), "{:?}", again.dependencies);
+}
+
+/// A run that never started, on a task paused meanwhile, was left on the
+/// task: it held a `max_parallel` slot and no one would ever end it.
+#[test]
+fn requeueing_a_paused_run_that_never_started_frees_its_slot() {
+    let mut s = Store::new();
+    let a = s.create(&[]).id;
+    let b = s.create(&[]).id;
+    let start = |id: &str, run: &str| InternalOp::Start {
+        id: id.into(),
+        run_id: run.into(),
+        max_parallel: 1,
+    };
+    s.ok_internal(start(&a, "a1"));
+    s.ok(Method::TaskPause { id: a.clone() });
+    assert!(
+        s.internal(&start(&b, "b1")).result.is_err(),
+        "a keeps its slot"
+    );
+    s.ok_internal(InternalOp::Requeue {
+        id: a.clone(),
+        run_id: "a1".into(),
+    });
+    let a_now = s.task(&a).unwrap();
+    assert_eq!((a_now.status, a_now.run_id), (TaskStatus::Paused, None));
+    s.ok_internal(start(&b, "b1"));
+    // Resumed, it waits for a slot like a task paused before it started.
+    s.ok(Method::TaskResume {
+        id: a.clone(),
+        instructions: None,
+    });
+    assert_eq!(s.status(&a), Some(TaskStatus::Queued));
+}
+
+/// A requeued run waits again, so a dependency that failed since (it was
+/// relaunched after the run started) fails it like any waiting task.
+#[test]
+fn a_requeued_run_fails_when_a_dependency_failed_since() {
+    let mut s = Store::new();
+    let d = s.create(&[]).id;
+    let t = s.create(&[&d]).id;
+    s.run(&d, "d1", Exit::Code0);
+    s.start(&t, "t1");
+    s.ok(Method::TaskRelaunch { id: d.clone() });
+    s.run(&d, "d2", Exit::Code1);
+    assert_eq!(
+        s.status(&t),
+        Some(TaskStatus::Running),
+        "a started task runs on"
+    );
+    s.ok_internal(InternalOp::Requeue {
+        id: t.clone(),
+        run_id: "t1".into(),
+    });
+    let t = s.task(&t).unwrap();
+    assert_eq!(
+        (t.status, t.failure_reason, t.run_id),
+        (
+            TaskStatus::Failed,
+            Some(FailureReason::DependencyFailed),
+            None
+        )
+    );
+}

@@ -1,0 +1,172 @@
+//! The group commit (`commit_batch`), in-process: one transaction for a
+//! batch, a refused write undone alone and its refusal recorded, a request
+//! id applied at most once, a poisoned orchestrator operation refused,
+//! events in seq order.
+
+use super::{Guard, Job, LedgerKey, WriteResult, apply_idempotent, commit_batch};
+use crate::protocol::{ErrorCode, Event, EventData, Method, NewTask, ReplyBody, request_digest};
+use crate::store::crash_guard::InFlight;
+use crate::store::tasks::InternalOp;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+fn store() -> Connection {
+    let mut conn = Connection::open_in_memory().expect("in-memory database");
+    crate::store::schema::migrate(&mut conn).expect("migrations");
+    conn
+}
+
+fn create(prompt: &str) -> Method {
+    Method::TaskCreate(NewTask {
+        prompt: prompt.into(),
+        ..Default::default()
+    })
+}
+
+fn write(request_id: &str, method: Method) -> Job {
+    Job::Write {
+        request_id: request_id.into(),
+        from: "test".into(),
+        digest: request_digest(&method),
+        method,
+        reply: oneshot::channel().0,
+    }
+}
+
+fn internal(op: InternalOp) -> Job {
+    Job::Internal {
+        op,
+        reply: oneshot::channel().0,
+    }
+}
+
+fn guard(dir: &tempfile::TempDir, poisoned: &[String]) -> Guard {
+    Guard {
+        in_flight: InFlight::open(&dir.path().join("grove.db")),
+        poisoned: poisoned.iter().cloned().collect(),
+    }
+}
+
+fn count(conn: &Connection, table: &str) -> i64 {
+    conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .expect("count")
+}
+
+fn task_id(r: &WriteResult) -> String {
+    match r {
+        Ok(ReplyBody::Task(t)) => t.id.clone(),
+        other => panic!("expected a task, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_batch_one_commit_each_write_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = store();
+    let start_of = |id: &str| InternalOp::Start {
+        id: id.into(),
+        run_id: "r1".into(),
+        max_parallel: 10,
+    };
+    let poisoned = start_of("poisoned");
+    let mut batch = vec![
+        write("req-1", create("one")),
+        write("req-2", Method::TaskCancel { id: "nope".into() }),
+        write("req-1", create("one")),
+        write("req-1", create("a different request")),
+        internal(start_of("nope")),
+        internal(poisoned.clone()),
+        write("req-3", create("two")),
+    ];
+    let mut shutdown = None;
+    let (done, events) = commit_batch(
+        &mut conn,
+        7,
+        &mut batch,
+        &mut shutdown,
+        &guard(&dir, &[poisoned.key()]),
+    )
+    .expect("commit");
+    assert!(batch.is_empty(), "every job answered");
+    let results: Vec<_> = done.into_iter().map(|d| d.result).collect();
+    let first = task_id(&results[0]);
+    assert_eq!(results[1].as_ref().unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(
+        task_id(&results[2]),
+        first,
+        "a resend gets the recorded reply"
+    );
+    assert_eq!(
+        results[3].as_ref().unwrap_err().code,
+        ErrorCode::IdempotencyConflict
+    );
+    assert_eq!(results[4].as_ref().unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(results[5].as_ref().unwrap_err().code, ErrorCode::Internal);
+    let second = task_id(&results[6]);
+    // Two tasks, two creations: nothing applied twice, nothing refused left.
+    assert_eq!(count(&conn, "tasks"), 2);
+    assert_created(&events, &[&first, &second]);
+    // Refusals of writes are recorded too: a resend gets the same answer.
+    assert_eq!(count(&conn, "ledger"), 3);
+}
+
+fn assert_created(events: &[Event], ids: &[&str]) {
+    let created: Vec<&str> = events
+        .iter()
+        .map(|e| match &e.data {
+            EventData::TaskCreated { task } => task.id.as_str(),
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert_eq!(created, ids);
+    for pair in events.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1, "seqs in order, no gap");
+    }
+    assert!(events.iter().all(|e| e.epoch == 7));
+}
+
+#[test]
+fn a_shutdown_is_recorded_last_and_answered_after_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = store();
+    let (tx, _rx) = oneshot::channel();
+    let mut batch = vec![
+        write("req-1", create("one")),
+        Job::Shutdown {
+            instance_id: "me".into(),
+            done: tx,
+        },
+    ];
+    let mut shutdown = None;
+    let (done, events) =
+        commit_batch(&mut conn, 7, &mut batch, &mut shutdown, &guard(&dir, &[])).unwrap();
+    assert_eq!(done.len(), 1);
+    assert!(shutdown.is_some());
+    assert!(matches!(
+        events.last().map(|e| &e.data),
+        Some(EventData::Shutdown { .. })
+    ));
+}
+
+#[test]
+fn a_refused_write_undoes_its_partial_effects() {
+    let mut conn = store();
+    let mut tx = conn.transaction().unwrap();
+    let mut events = Vec::new();
+    let method = Method::TaskCreate(NewTask {
+        prompt: " ".into(),
+        ..Default::default()
+    });
+    let key = LedgerKey {
+        request_id: "req-1",
+        from: "test",
+        digest: request_digest(&method),
+    };
+    let result = apply_idempotent(&mut tx, 7, &key, &method, &mut events).unwrap();
+    assert_eq!(result.unwrap_err().code, ErrorCode::InvalidParams);
+    assert!(events.is_empty());
+    tx.commit().unwrap();
+    assert_eq!(count(&conn, "tasks"), 0);
+    assert_eq!(count(&conn, "events"), 0);
+    assert_eq!(count(&conn, "ledger"), 1);
+}
