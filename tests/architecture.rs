@@ -320,3 +320,113 @@ fn comments_point_at_sections_of_the_design() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The layers of ARCHITECTURE.md ("Dependencies point down the layers"):
+/// a module may use only modules of a lower layer.
+const LAYERS: &[(&str, u8)] = &[
+    ("protocol", 0),
+    ("output", 0),
+    ("stats", 0),
+    ("test_hooks", 1),
+    ("trust", 1),
+    ("proc", 1),
+    ("lifecycle", 1),
+    ("election", 1),
+    ("paths", 2),
+    ("config", 2),
+    ("store", 3),
+    ("primary_record", 3),
+    ("runs", 3),
+    ("client", 4),
+    ("subscriber", 4),
+    ("orchestrator", 5),
+    ("shim", 5),
+    ("waiter", 5),
+    ("node", 6),
+    ("local_cluster", 6),
+    ("acp", 7),
+    ("demo", 7),
+    ("bench", 7),
+    ("chaos", 7),
+    ("cli", 8),
+];
+
+/// Edges inside a module that once made a cycle: (file, forbidden path).
+const FORBIDDEN_INSIDE: &[(&str, &str)] = &[
+    ("src/store/tasks.rs", "writer::"),
+    ("src/store/txn.rs", "writer::"),
+    ("src/store/txn.rs", "tasks::"),
+];
+
+fn layer(module: &str) -> Option<u8> {
+    LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
+}
+
+/// `crate::name` references in `source`, comments left out.
+fn crate_references(source: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in source.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            let after = &rest[i + "crate::".len()..];
+            let name: String = after.chars().take_while(|c| is_ident_char(*c)).collect();
+            if !name.is_empty() {
+                out.insert(name);
+            }
+            rest = after;
+        }
+    }
+    out
+}
+
+#[test]
+fn imports_point_down_the_layers() {
+    let mut files = Vec::new();
+    source_files(&root().join("src"), &mut files);
+    let mut wrong = Vec::new();
+    for file in &files {
+        let rel = file.trim_start_matches("src/");
+        let top = rel.split('/').next().unwrap().trim_end_matches(".rs");
+        if matches!(top, "lib" | "main") {
+            continue;
+        }
+        let Some(own) = layer(top) else {
+            wrong.push(format!("{file}: module `{top}` has no layer in LAYERS"));
+            continue;
+        };
+        let source = std::fs::read_to_string(root().join(file)).unwrap();
+        for used in crate_references(&source) {
+            if used == top {
+                continue;
+            }
+            match layer(&used) {
+                Some(l) if l < own => {}
+                Some(l) => wrong.push(format!(
+                    "{file}: `{top}` (layer {own}) uses `{used}` (layer {l})"
+                )),
+                None => wrong.push(format!("{file}: uses `{used}`, which has no layer")),
+            }
+        }
+        for (forbidden_file, path) in FORBIDDEN_INSIDE {
+            if file == forbidden_file && source.contains(&format!("super::{path}")) {
+                wrong.push(format!(
+                    "{file}: uses super::{path} (a cycle inside the module)"
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "imports against the layers:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn the_layer_check_sees_a_wrong_import() {
+    let refs = crate_references("use crate::client::Client; // crate::cli is a comment");
+    assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec!["client"]);
+    assert!(layer("orchestrator") <= layer("client").map(|l| l + 1));
+    assert!(layer("client") < layer("orchestrator"));
+}
