@@ -20,8 +20,14 @@ use crate::protocol::{
 use std::time::{Duration, Instant};
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
-/// How often a waiting client re-checks `primary.json` and the primary's pid.
-const POLL: Duration = Duration::from_millis(5);
+/// While a failover is under way, how often a client re-checks whether one
+/// is still expected (the new record itself wakes it at once).
+const RECHECK: Duration = Duration::from_millis(20);
+/// Where the kernel cannot tell us that a process ended (no pidfd), how
+/// often its pid is checked while we wait on it.
+const PID_POLL: Duration = Duration::from_millis(20);
+/// Pause after a send failed before connecting again.
+const SEND_RETRY: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -49,8 +55,9 @@ impl ClientError {
 }
 
 struct Connection {
-    record: PrimaryRecord,
     dealer: zeromq::DealerSocket,
+    /// Resolves when the primary's process ends.
+    exit: crate::proc::ExitWatch,
     probed: bool,
 }
 
@@ -187,11 +194,11 @@ put large inputs (prompt text, environment values) in a file in the workspace an
                         continue; // replaced while connecting: start over
                     }
                     match connected {
-                        Ok(dealer) => {
+                        Ok((dealer, exit)) => {
                             self.max_epoch_seen = rec.epoch;
                             self.conn = Some(Connection {
-                                record: rec,
                                 dealer,
+                                exit,
                                 probed: false,
                             });
                             return Ok(());
@@ -236,7 +243,13 @@ put large inputs (prompt text, environment values) in a file in the workspace an
                     }
                 }
             }
-            tokio::time::sleep(POLL).await;
+            // The next primary's record wakes us at once; meanwhile re-check
+            // now and then whether one is still expected.
+            let recheck = RECHECK.min(failover_deadline.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                _ = self.watch.notified() => {}
+                _ = tokio::time::sleep(recheck) => {}
+            }
         }
     }
 
@@ -260,30 +273,36 @@ put large inputs (prompt text, environment values) in a file in the workspace an
     /// Connects a DEALER, giving up early when the primary dies or is
     /// replaced meanwhile (a kill can land between our liveness check and
     /// the handshake; waiting out the timeout would slow every failover).
-    async fn connect(&mut self, rec: &PrimaryRecord) -> Result<zeromq::DealerSocket, ConnectError> {
+    async fn connect(
+        &mut self,
+        rec: &PrimaryRecord,
+    ) -> Result<(zeromq::DealerSocket, crate::proc::ExitWatch), ConnectError> {
+        let exit = crate::proc::ExitWatch::new(rec.pid, PID_POLL);
         let mut dealer = zeromq::DealerSocket::new();
         let result = {
             let connecting = dealer.connect(&rec.rpc_endpoint);
             tokio::pin!(connecting);
             let deadline = tokio::time::sleep(self.probe_timeout);
             tokio::pin!(deadline);
-            let mut tick = tokio::time::interval(POLL);
+            let gone = || ConnectError::Failed("the primary went away".into());
             loop {
                 tokio::select! {
                     r = &mut connecting => break r.map_err(|e| ConnectError::Failed(e.to_string())),
                     _ = &mut deadline => break Err(ConnectError::TimedOut),
-                    _ = tick.tick() => {
-                        if !rec.pid_alive() || self.watch.poll() {
-                            break Err(ConnectError::Failed("the primary went away".into()));
+                    _ = exit.exited() => break Err(gone()),
+                    _ = self.watch.notified() => {
+                        if self.watch.poll() {
+                            break Err(gone());
                         }
                     }
                 }
             }
         };
-        result.map(|()| dealer)
+        result.map(|()| (dealer, exit))
     }
 
-    /// Sends one request and waits for its reply, watching for a failover.
+    /// Sends one request and waits for its reply, watching for a failover:
+    /// the primary's exit, or a new `primary.json`, ends the wait at once.
     async fn exchange(&mut self, id: &str, method: &Method, timeout: Duration) -> Outcome {
         let request = Request {
             v: PROTOCOL_VERSION,
@@ -297,19 +316,19 @@ put large inputs (prompt text, environment values) in a file in the workspace an
             return Outcome::PrimaryChanged;
         };
         if conn.dealer.send(ZmqMessage::from(frame)).await.is_err() {
-            // The peer went away; wait for the next primary.
+            // The peer went away: pause briefly so that a primary that
+            // keeps refusing cannot spin us, then reconnect (or fail over).
             self.conn = None;
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(SEND_RETRY).await;
             return Outcome::PrimaryChanged;
         }
-        let deadline = Instant::now() + timeout;
-        let mut tick = tokio::time::interval(POLL);
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let Some(conn) = self.conn.as_mut() else {
+            let Some(Connection { dealer, exit, .. }) = self.conn.as_mut() else {
                 return Outcome::PrimaryChanged;
             };
             tokio::select! {
-                msg = conn.dealer.recv() => {
+                msg = dealer.recv() => {
                     let Ok(msg) = msg else {
                         self.conn = None;
                         return Outcome::PrimaryChanged;
@@ -329,19 +348,17 @@ put large inputs (prompt text, environment values) in a file in the workspace an
                     self.max_epoch_seen = reply.epoch;
                     return Outcome::Reply(Box::new(reply));
                 }
-                _ = tick.tick() => {
+                _ = exit.exited() => {
+                    self.conn = None;
+                    return Outcome::PrimaryChanged;
+                }
+                _ = self.watch.notified() => {
                     if self.watch.poll() {
                         self.conn = None;
                         return Outcome::PrimaryChanged;
                     }
-                    if !conn.record.pid_alive() {
-                        self.conn = None;
-                        return Outcome::PrimaryChanged;
-                    }
-                    if Instant::now() >= deadline {
-                        return Outcome::TimedOut;
-                    }
                 }
+                _ = tokio::time::sleep_until(deadline) => return Outcome::TimedOut,
             }
         }
     }

@@ -462,6 +462,11 @@ impl LiveConfig {
         self.lock().report.clone()
     }
 
+    /// The files this configuration is loaded from (some may not exist).
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
     /// Reloads when a file changed; returns the generation, which changes
     /// with every reload attempt.
     pub fn generation(&self) -> u64 {

@@ -47,13 +47,39 @@ impl PrimaryLock {
 fn open_lock_file(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     // Opened for writing only because flock needs an open fd; never written.
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(path)
+        .open(path)?;
+    Ok(above_inotify(file))
+}
+
+/// Moves the lock's descriptor above the process's inotify descriptor.
+///
+/// A process killed with `kill -9` has its files released newest
+/// descriptor first, and releasing an inotify instance that has watches
+/// waits for an RCU grace period (~20 ms). Were the lock below the inotify
+/// descriptor, every crash failover would wait for that; above it, the lock
+/// is released first and a secondary takes over at once. (flock belongs to
+/// the open file, so the duplicate keeps it and closing the original does
+/// not release it.)
+fn above_inotify(file: File) -> File {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let Some(inotify) = crate::fs_watch::instance_fd() else {
+        return file;
+    };
+    if file.as_raw_fd() > inotify {
+        return file;
+    }
+    let dup = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, inotify + 1) };
+    if dup < 0 {
+        return file;
+    }
+    drop(file);
+    unsafe { File::from_raw_fd(dup) }
 }
 
 /// Takes the lock if nobody holds it.
@@ -100,6 +126,23 @@ pub fn wait_in_thread(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lock_sits_above_inotify_and_survives_the_move() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("primary.lock");
+        let held = try_acquire(&path).unwrap().expect("free lock");
+        let inotify = crate::fs_watch::instance_fd().expect("inotify in tests");
+        assert!(
+            held._file.as_raw_fd() > inotify,
+            "released before inotify on kill -9"
+        );
+        assert!(
+            is_held(&path).unwrap(),
+            "the duplicate still holds the flock"
+        );
+    }
 
     #[test]
     fn second_try_fails_until_first_drops() {

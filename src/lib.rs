@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 mod demo;
 mod election;
+mod fs_watch;
 mod lifecycle;
 mod local_cluster;
 mod node;
@@ -36,5 +37,6 @@ pub mod store;
 mod subscriber;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
+mod ticker;
 mod trust;
 mod waiter;

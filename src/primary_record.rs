@@ -4,10 +4,11 @@
 //! its sockets are bound. Everyone else watches it to follow failovers; it is
 //! a hint, never the authority — the flock is.
 
+use crate::fs_watch::FileWatch;
 use crate::paths::{Workspace, write_atomic};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrimaryRecord {
@@ -50,13 +51,19 @@ impl PrimaryRecord {
     }
 }
 
-/// Notices changes of `primary.json` cheaply: a `stat` per poll, a read only
-/// when the file's identity (inode, size, mtime) changed.
+/// How often a watch re-reads `primary.json` when the kernel cannot notify
+/// it (inotify unavailable): the failover latency of that degraded mode.
+const FALLBACK_POLL: Duration = Duration::from_millis(20);
+
+/// Notices changes of `primary.json`: the kernel wakes `next_change` when the
+/// file is replaced or removed (a new primary renames its record into place),
+/// and `poll` reads it only when its identity (inode, size, mtime) changed.
 pub struct PrimaryWatch {
     path: PathBuf,
     ws: Workspace,
     stamp: Option<(u64, u64, SystemTime)>,
     current: Option<PrimaryRecord>,
+    notify: FileWatch,
 }
 
 impl PrimaryWatch {
@@ -66,7 +73,28 @@ impl PrimaryWatch {
             ws: ws.clone(),
             stamp: None,
             current: None,
+            // Watching starts before the first read, so no change between
+            // the two is missed.
+            notify: FileWatch::new(&ws.primary_json(), FALLBACK_POLL),
         }
+    }
+
+    /// Waits until the record differs from the last one `poll` saw (it may
+    /// have changed already). Cancel-safe.
+    pub async fn next_change(&mut self) {
+        loop {
+            if self.poll() {
+                return;
+            }
+            self.notify.changed().await;
+        }
+    }
+
+    /// Resolves when the file may have changed since the last call; follow
+    /// with `poll`. Cheaper than `next_change` in a loop that is woken by
+    /// other things often (it does not `stat` the file each time).
+    pub async fn notified(&mut self) {
+        self.notify.changed().await
     }
 
     /// Re-checks the file; returns true when the record changed.

@@ -150,6 +150,51 @@ pub fn same_or_gone(pid: u32, start: Option<u64>) -> bool {
     }
 }
 
+/// Notices the end of another process without polling: a pidfd becomes
+/// readable when its process exits (zombie or reaped). Where pidfds are not
+/// available (kernels before 5.3, fd limit) it falls back to checking
+/// `running` on a timer.
+pub struct ExitWatch {
+    pid: u32,
+    fd: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    fallback: std::time::Duration,
+}
+
+impl ExitWatch {
+    /// Must be called inside a tokio runtime (the pidfd joins its reactor).
+    pub fn new(pid: u32, fallback: std::time::Duration) -> ExitWatch {
+        use std::os::fd::FromRawFd;
+        let fd = (pid != 0 && pid <= i32::MAX as u32)
+            .then(|| unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) })
+            .filter(|&fd| fd >= 0)
+            .and_then(|fd| {
+                let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) };
+                // SAFETY: the AsyncFd owns the descriptor, so it stays open
+                // for as long as it is registered.
+                unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        owned,
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .ok()
+            });
+        ExitWatch { pid, fd, fallback }
+    }
+
+    /// Resolves once the process has ended (at once if it already had).
+    pub async fn exited(&self) {
+        if let Some(fd) = &self.fd
+            && fd.readable().await.is_ok()
+        {
+            return;
+        }
+        while running(self.pid) {
+            tokio::time::sleep(self.fallback).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +215,23 @@ mod tests {
         assert!(matches!(state(me), Some('R') | Some('S')));
         assert!(same_or_gone(me, start_time(me)));
         assert!(!same_or_gone(me, start_time(me).map(|s| s + 1)));
+    }
+
+    #[tokio::test]
+    async fn exit_watch_wakes_when_the_process_ends() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let watch = ExitWatch::new(child.id(), std::time::Duration::from_secs(3600));
+        assert!(watch.fd.is_some(), "pidfd_open should work in tests");
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), watch.exited());
+        assert!(early.await.is_err(), "still running");
+        child.kill().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), watch.exited())
+            .await
+            .expect("the exit was noticed");
+        child.wait().unwrap();
     }
 
     #[test]

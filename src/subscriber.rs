@@ -18,7 +18,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use zeromq::{Socket, SocketRecv};
 
-const POLL: Duration = Duration::from_millis(5);
+/// Back-off between attempts to subscribe to a live primary that refused.
+const RETRY_MIN: Duration = Duration::from_millis(5);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 const CATCH_UP_BATCH: usize = 1000;
 
 /// What a subscriber knows of the primary's health, shared with its owner.
@@ -30,6 +32,9 @@ pub struct Health {
     epoch: AtomicU64,
     /// Unix ms when the current subscription was made (0: none yet).
     subscribed_at: AtomicU64,
+    /// How often events this subscriber still needed had been pruned from
+    /// the store (it fell further behind than the retention).
+    pruned_gaps: AtomicU64,
 }
 
 impl Health {
@@ -44,6 +49,13 @@ impl Health {
             },
             at => Some(now_ms().saturating_sub(at)),
         }
+    }
+    /// Grows each time the stream skipped events that were pruned before
+    /// they could be delivered; raised before the first event after the
+    /// gap is sent. A consumer that keeps state from events must then
+    /// re-read that state from the store.
+    pub fn pruned_gaps(&self) -> u64 {
+        self.pruned_gaps.load(Ordering::Relaxed)
     }
 }
 
@@ -77,6 +89,7 @@ struct Cursor {
     next: u64,
     reader: Option<Reader>,
     ws: Workspace,
+    health: Arc<Health>,
 }
 
 impl Cursor {
@@ -115,6 +128,7 @@ impl Cursor {
                     self.next,
                     first.seq - 1
                 );
+                self.health.pruned_gaps.fetch_add(1, Ordering::Relaxed);
             }
             for event in batch {
                 self.next = event.seq + 1;
@@ -135,11 +149,13 @@ async fn run(ws: Workspace, first_seq: u64, tx: mpsc::Sender<Event>, health: Arc
         next: first_seq,
         reader: None,
         ws: ws.clone(),
+        health: health.clone(),
     };
+    let mut retry = RETRY_MIN;
     loop {
         watch.poll();
         let Some(record) = watch.current().cloned() else {
-            tokio::time::sleep(POLL).await;
+            watch.next_change().await;
             continue;
         };
         let mut sub = zeromq::SubSocket::new();
@@ -149,10 +165,21 @@ async fn run(ws: Workspace, first_seq: u64, tx: mpsc::Sender<Event>, health: Arc
         )
         .await;
         if !matches!(connected, Ok(Ok(()))) || sub.subscribe("").await.is_err() {
-            // Not bound yet or already gone: wait for primary.json to move.
-            tokio::time::sleep(POLL).await;
+            // Gone already, or not reachable yet. A dead primary is replaced
+            // by a new record: wait for it. A live one that refused us is
+            // retried, backing off, in case the refusal was passing.
+            if record.pid_alive() {
+                tokio::select! {
+                    _ = watch.next_change() => {}
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+            } else {
+                watch.next_change().await;
+            }
             continue;
         }
+        retry = RETRY_MIN;
         health.epoch.store(record.epoch, Ordering::Relaxed);
         health.last_heartbeat.store(0, Ordering::Relaxed);
         health.subscribed_at.store(now_ms(), Ordering::Relaxed);
@@ -161,7 +188,6 @@ async fn run(ws: Workspace, first_seq: u64, tx: mpsc::Sender<Event>, health: Arc
         if !cursor.catch_up(&tx).await {
             return;
         }
-        let mut tick = tokio::time::interval(POLL);
         loop {
             tokio::select! {
                 msg = sub.recv() => {
@@ -178,7 +204,7 @@ async fn run(ws: Workspace, first_seq: u64, tx: mpsc::Sender<Event>, health: Arc
                         return;
                     }
                 }
-                _ = tick.tick() => {
+                _ = watch.notified() => {
                     if watch.poll() {
                         break; // a new primary: resubscribe on its endpoint
                     }

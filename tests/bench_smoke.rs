@@ -6,7 +6,7 @@ mod common;
 use serde_json::Value;
 
 const SCENARIOS: &[&str] = &[
-    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks",
+    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks", "idle",
 ];
 
 fn row<'a>(rows: &'a [Value], metric: &str, report: &Value) -> &'a Value {
@@ -57,14 +57,21 @@ fn quick_bench_reports_every_scenario() {
         "RSS, idle primary",
         "RSS, idle secondary",
         "RSS, primary under load (4 writers)",
+        "RSS per idle member",
+        "PSS per idle member (shared pages split)",
     ] {
         let row = row(rows, metric, &report);
         assert!(row["p50"].as_f64().unwrap() > 0.0, "{row}");
     }
-    // Counts may be zero; the rows must exist and have samples.
+    // Counts may be zero; the rows must exist and have samples. The quick
+    // idle run starts 5 members.
     for metric in [
         "events lost on the wire, 32 subs",
         "events missing after repair (all passes)",
+        "CPU, 5 idle members together (% of a core)",
+        "wakeups/s per idle secondary (all switches)",
+        "wakeups/s of the idle primary (voluntary)",
+        "preemptions/s of the idle primary (5 subs)",
     ] {
         row(rows, metric, &report);
     }

@@ -6,6 +6,7 @@
 mod failover;
 mod fanout;
 mod handover;
+mod idle;
 mod join;
 mod load;
 mod memory;
@@ -28,11 +29,11 @@ use serde::Serialize;
 
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  grove bench                 # every scenario\n  grove bench failover --kills 50 --secondaries 3\n  grove bench fanout join --quick\n  grove bench rpc --json"
+    after_help = "Examples:\n  grove bench                 # every scenario\n  grove bench failover --kills 50 --secondaries 3\n  grove bench fanout join --quick\n  grove bench idle --members 100\n  grove bench rpc --json"
 )]
 pub struct BenchArgs {
     /// Scenarios to run: failover, handover, rpc, fanout, join, memory,
-    /// tasks (default: all).
+    /// tasks, idle (default: all).
     scenarios: Vec<String>,
     /// Secondary counts the failover scenario runs with, each its own rows.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 3, 8])]
@@ -55,6 +56,9 @@ pub struct BenchArgs {
     /// Trivial tasks run by the tasks scenario.
     #[arg(long, default_value_t = 1000)]
     tasks: usize,
+    /// Members (one primary, the rest secondaries) the idle scenario starts.
+    #[arg(long, default_value_t = 100)]
+    members: usize,
     /// A short run for smoke tests (few kills, few writes).
     #[arg(long)]
     quick: bool,
@@ -64,7 +68,7 @@ pub struct BenchArgs {
 }
 
 const SCENARIOS: &[&str] = &[
-    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks",
+    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks", "idle",
 ];
 
 /// How much each scenario does: from the flags, or small with `--quick`.
@@ -78,6 +82,7 @@ struct Plan {
     joins: usize,
     memory_samples: usize,
     memory_writes: usize,
+    idle: idle::Plan,
 }
 
 impl Plan {
@@ -102,6 +107,11 @@ impl Plan {
                 joins: 10,
                 memory_samples: 10,
                 memory_writes: 400,
+                idle: idle::Plan {
+                    members: args.members.clamp(1, 5),
+                    windows: 1,
+                    window: std::time::Duration::from_secs(1),
+                },
             };
         }
         Plan {
@@ -118,6 +128,11 @@ impl Plan {
             joins: args.joins.max(1),
             memory_samples: 50,
             memory_writes: args.writes.max(10) * 4,
+            idle: idle::Plan {
+                members: args.members.max(1),
+                windows: 3,
+                window: std::time::Duration::from_secs(5),
+            },
         }
     }
 }
@@ -188,6 +203,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             "join" => join::run(plan.joins).await,
             "memory" => memory::run(plan.memory_samples, plan.memory_writes).await,
             "tasks" => tasks::run(plan.tasks).await,
+            "idle" => idle::run(&plan.idle).await,
             _ => unreachable!("checked above"),
         };
         rows.extend(result.map_err(|e| BenchError::Failed(format!("bench {s}: {e}")))?);
@@ -244,6 +260,8 @@ fn fmt(v: f64, unit: &str) -> String {
         "writes/s" | "tasks/s" | "events/s" => format!("{v:.0}/s"),
         "events" => format!("{v:.0}"),
         "MiB" => format!("{v:.1} MiB"),
+        "%" => format!("{v:.2} %"),
+        "wakeups/s" => format!("{v:.1}/s"),
         _ => format!("{v:.2} {unit}"),
     }
 }

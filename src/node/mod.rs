@@ -116,54 +116,113 @@ async fn follow_or_lead(
 
     let lock_path = opts.ws.lock_path();
     let mut lock = acquire(&lock_path)?;
+    let mut rebuild = Rebuild::default();
     let result = loop {
         if *shutdown.borrow() {
             break Ok(());
         }
-        let state_gone = match lock.take() {
+        rebuild.begin(&opts.ws);
+        let ran = match lock.take() {
             // Taken on a lock file that was unlinked meanwhile: promoting
             // on it would make a second primary beside the one that holds
             // the workspace's current lock file.
-            Some(held) if !held.is_at(&lock_path) => true,
-            Some(held) => {
-                match primary::run(&identity, &opts, &live, held, shutdown.clone()).await? {
-                    primary::Ended::Stopped => break Ok(()),
-                    primary::Ended::Rebind => false,
-                    primary::Ended::StateGone => true,
-                }
-            }
-            None => match secondary::run(&identity, &opts, &live, shutdown.clone()).await? {
-                secondary::Followed::Promote(held) => {
+            Some(held) if !held.is_at(&lock_path) => Ok(true),
+            Some(held) => match primary::run(&identity, &opts, &live, held, shutdown.clone()).await
+            {
+                Ok(primary::Ended::Stopped) => break Ok(()),
+                Ok(primary::Ended::Rebind) => Ok(false),
+                Ok(primary::Ended::StateGone) => Ok(true),
+                Err(e) => Err(e),
+            },
+            None => match secondary::run(&identity, &opts, &live, shutdown.clone()).await {
+                Ok(secondary::Followed::Promote(held)) => {
                     lock = Some(held);
                     continue;
                 }
-                secondary::Followed::Stopped => break Ok(()),
-                secondary::Followed::StateGone => true,
+                Ok(secondary::Followed::Stopped) => break Ok(()),
+                Ok(secondary::Followed::StateGone) => Ok(true),
+                Err(e) => Err(e),
             },
         };
-        if state_gone {
-            // `.grove` was deleted or replaced. Start over on the new one
-            // (recreated if need be, checked like at startup); the member's
-            // own event view restarts with the new store. A member whose
-            // workspace itself is gone stops here with the error.
-            tracing::warn!("the workspace state was deleted or replaced: joining it anew");
-            events_task.abort();
-            if let Err(e) = opts.ws.ensure_state_dir() {
-                break Err(e.into());
+        let state_gone = match ran {
+            Ok(gone) => {
+                rebuild.failures = 0;
+                gone
             }
-            events_task = tokio::spawn(consume_events(opts.clone()).in_current_span());
+            Err(e) => match rebuild.retry(&opts.ws, e).await {
+                Ok(()) => true,
+                Err(e) => break Err(e),
+            },
+        };
+        if *shutdown.borrow() {
+            break Ok(());
         }
-        if let Err(e) = opts.ws.ensure_socket_dir() {
-            break Err(e.into());
-        }
-        lock = match acquire(&lock_path) {
+        rebuild.begin(&opts.ws);
+        lock = match rejoin(&opts, state_gone, &mut events_task) {
             Ok(l) => l,
-            Err(e) => break Err(e),
+            Err(e) => match rebuild.retry(&opts.ws, e).await {
+                Ok(()) => None,
+                Err(e) => break Err(e),
+            },
         };
     };
     events_task.abort();
     state::MemberReport::remove(&opts.ws, &identity.instance_id);
     result
+}
+
+/// Before the next election: after `.grove` was deleted or replaced, start
+/// over on the new one (recreated if need be, checked like at startup; the
+/// member's own event view restarts with the new store). A member whose
+/// workspace itself is gone stops with the error.
+fn rejoin(
+    opts: &NodeOptions,
+    state_gone: bool,
+    events_task: &mut tokio::task::JoinHandle<()>,
+) -> Result<Option<PrimaryLock>, NodeError> {
+    if state_gone {
+        tracing::warn!("the workspace state was deleted or replaced: joining it anew");
+        events_task.abort();
+        opts.ws.ensure_state_dir()?;
+        *events_task = tokio::spawn(consume_events(opts.clone()).in_current_span());
+    }
+    opts.ws.ensure_socket_dir()?;
+    acquire(&opts.ws.lock_path())
+}
+
+/// Rebuilding a deleted `.grove` can race with the deletion itself (an
+/// `rm -rf` still running removes what we just recreated): a step of the
+/// rebuild then fails for a moment. Such failures are retried, a bounded
+/// number of times in a row; any other error stops the member.
+#[derive(Default)]
+struct Rebuild {
+    failures: u32,
+    /// The state dir as it was when the current step began.
+    state_dir: Option<election::FileId>,
+}
+
+impl Rebuild {
+    const TRIES: u32 = 50;
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+    /// Notes the state dir a step starts on.
+    fn begin(&mut self, ws: &Workspace) {
+        self.state_dir = election::file_id(&ws.state_dir);
+    }
+
+    async fn retry(&mut self, ws: &Workspace, e: NodeError) -> Result<(), NodeError> {
+        // Deleted or replaced during the step, in a workspace that is still
+        // there: the failure is the race, not a lasting problem.
+        let replaced =
+            election::file_id(&ws.state_dir) != self.state_dir || self.state_dir.is_none();
+        if !ws.root.is_dir() || !replaced || self.failures >= Self::TRIES {
+            return Err(e);
+        }
+        self.failures += 1;
+        tracing::warn!("{e}; the state dir is being replaced: trying again");
+        tokio::time::sleep(Self::PAUSE).await;
+        Ok(())
+    }
 }
 
 fn acquire(lock_path: &std::path::Path) -> Result<Option<PrimaryLock>, NodeError> {
@@ -226,9 +285,14 @@ async fn consume_events(opts: NodeOptions) {
             .map_err(|e| tracing::error!("cannot open events log {}: {e}", p.display()))
             .ok()
     });
-    let heartbeat_ms = opts.config.heartbeat_ms;
+    // Silence is noticed by a timer pushed back by every heartbeat, so a
+    // healthy primary's heartbeats are the only thing that wakes us. It is
+    // replaced, not `reset`: tokio extends a later deadline lazily, waking
+    // at the old one to re-file the timer — once a second for nothing.
+    let silence = 4 * opts.config.heartbeat();
     let mut reported_unresponsive = false;
-    let mut check = tokio::time::interval(opts.config.heartbeat());
+    let alarm = tokio::time::sleep(silence);
+    tokio::pin!(alarm);
     loop {
         tokio::select! {
             event = sub.events.recv() => {
@@ -236,22 +300,37 @@ async fn consume_events(opts: NodeOptions) {
                 if let Some(f) = log.as_mut() {
                     record_event(f, &event);
                 }
-            }
-            _ = check.tick() => {
-                let silent = sub.health.heartbeat_age_ms().is_some_and(|a| a > 4 * heartbeat_ms);
-                if silent && !reported_unresponsive {
-                    tracing::warn!(
-                        "primary unresponsive: no heartbeat for {} ms",
-                        sub.health.heartbeat_age_ms().unwrap_or(0)
-                    );
-                } else if !silent && reported_unresponsive {
-                    tracing::info!("primary responsive again");
+                if matches!(event.data, crate::protocol::EventData::Heartbeat { .. }) {
+                    if reported_unresponsive {
+                        tracing::info!("primary responsive again");
+                        reported_unresponsive = false;
+                    }
+                    alarm.set(tokio::time::sleep(silence));
                 }
-                reported_unresponsive = silent;
+            }
+            _ = &mut alarm => {
+                let age = sub.health.heartbeat_age_ms().map(std::time::Duration::from_millis);
+                match age {
+                    Some(age) if age > silence => {
+                        tracing::warn!(
+                            "primary unresponsive: no heartbeat for {} ms",
+                            age.as_millis()
+                        );
+                        reported_unresponsive = true;
+                        // Said once; the next heartbeat re-arms the alarm.
+                        alarm.set(tokio::time::sleep(FOREVER));
+                    }
+                    // Not subscribed yet, or heard from lately.
+                    Some(age) => alarm.set(tokio::time::sleep(silence - age)),
+                    None => alarm.set(tokio::time::sleep(silence)),
+                }
             }
         }
     }
 }
+
+/// "Never", for a timer that something else re-arms.
+const FOREVER: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 fn record_event(f: &mut std::fs::File, event: &Event) {
     if event.seq == 0 {

@@ -113,13 +113,21 @@ async fn promote_and_serve(
     let last_seq = Arc::new(AtomicU64::new(promotion.promoted.seq));
     let _ = events_tx.try_send(promotion.promoted.clone());
     let changed = Arc::new(tokio::sync::Notify::new());
+    // The heartbeat ticks the watchdog: every member runs its loop on one
+    // thread, so a heartbeat that went out proves the loop is not stuck,
+    // and an idle primary needs no timer of its own.
+    let watchdog = Watchdog::start(config.watchdog_timeout())
+        .map_err(NodeError::io("cannot start the watchdog"))?;
     let publish_task = tokio::spawn(
         publish_loop(
             publisher,
             events_rx,
-            config.heartbeat(),
-            me.instance_id.clone(),
-            epoch,
+            Heartbeat {
+                every: config.heartbeat(),
+                instance_id: me.instance_id.clone(),
+                epoch,
+                watchdog: watchdog.clone(),
+            },
             last_seq.clone(),
             changed.clone(),
         )
@@ -158,8 +166,6 @@ async fn promote_and_serve(
 
     let mut reported = live.generation();
     super::report(opts, me, live, "primary");
-    let watchdog = Watchdog::start(config.watchdog_timeout())
-        .map_err(NodeError::io("cannot start the watchdog"))?;
     let (router_send, mut router_recv) = router.split();
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
     let reply_task = tokio::spawn(reply_loop(router_send, replies_rx).in_current_span());
@@ -186,16 +192,27 @@ async fn promote_and_serve(
         last_request: me.last_request.clone(),
     };
 
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut socket_check = tokio::time::interval(Duration::from_secs(1));
+    // Watched, not polled, so that an idle primary sleeps: the socket files
+    // (deleted: rebind), the lock and the store (`.grove` deleted or
+    // replaced: hand over), the config files and our member report.
+    let mut watches = state::watches(
+        &[
+            ws.rpc_socket(epoch),
+            ws.pub_socket(epoch),
+            ws.lock_path(),
+            ws.db_path(),
+            ws.member_report(&me.instance_id),
+        ],
+        live,
+        PRIMARY_CHECK,
+    );
     let ended = loop {
         tokio::select! {
             msg = router_recv.recv() => match msg {
                 Ok(msg) => serving.handle(msg),
                 Err(e) => tracing::warn!("rpc receive error: {e}"),
             },
-            _ = tick.tick() => watchdog.tick(),
-            _ = socket_check.tick() => {
+            _ = crate::fs_watch::any(&mut watches) => {
                 // Someone deleted our socket files (a tmp cleaner, a user):
                 // nobody new can reach us. Hand over and rebind under a new
                 // epoch rather than serve a bus that cannot be found.
@@ -530,19 +547,25 @@ impl LogLimiter {
 /// normally near empty.
 const EVENT_QUEUE: usize = 4096;
 
+/// What the publisher needs for its heartbeats.
+struct Heartbeat {
+    every: Duration,
+    instance_id: String,
+    epoch: u64,
+    watchdog: Watchdog,
+}
+
 /// Publishes committed events in order, plus heartbeats.
 async fn publish_loop(
     mut publisher: zeromq::PubSocket,
     mut events: mpsc::Receiver<Event>,
-    heartbeat: Duration,
-    instance_id: String,
-    epoch: u64,
+    heartbeat: Heartbeat,
     last_seq: Arc<AtomicU64>,
     changed: Arc<tokio::sync::Notify>,
 ) {
     let started = Instant::now();
     let mut last_trim = Instant::now();
-    let mut beat = tokio::time::interval(heartbeat);
+    let mut beat = crate::ticker::Ticker::new(heartbeat.every);
     loop {
         let event = tokio::select! {
             e = events.recv() => match e {
@@ -551,16 +574,18 @@ async fn publish_loop(
             },
             _ = beat.tick() => {
                 release_freed_memory(&mut last_trim);
+                heartbeat.watchdog.tick();
                 Event {
-                seq: 0,
-                epoch,
-                at: now_ms(),
-                data: EventData::Heartbeat {
-                    instance_id: instance_id.clone(),
-                    last_seq: last_seq.load(Ordering::Relaxed),
-                    uptime_ms: started.elapsed().as_millis() as u64,
-                },
-            }},
+                    seq: 0,
+                    epoch: heartbeat.epoch,
+                    at: now_ms(),
+                    data: EventData::Heartbeat {
+                        instance_id: heartbeat.instance_id.clone(),
+                        last_seq: last_seq.load(Ordering::Relaxed),
+                        uptime_ms: started.elapsed().as_millis() as u64,
+                    },
+                }
+            }
         };
         if event.seq > 0 {
             last_seq.store(event.seq, Ordering::Relaxed);
@@ -584,6 +609,10 @@ async fn publish_loop(
         }
     }
 }
+
+/// Where the kernel cannot notify us, how often the primary checks its
+/// socket files, state dir and configuration.
+const PRIMARY_CHECK: Duration = Duration::from_secs(1);
 
 /// How often an idle-or-not primary hands freed heap back to the kernel.
 const TRIM_EVERY: Duration = Duration::from_secs(10);

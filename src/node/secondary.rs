@@ -11,8 +11,6 @@ use crate::protocol::{MemberInfo, Method, ReplyBody};
 use std::time::Duration;
 use tokio::sync::watch;
 
-const POLL: Duration = Duration::from_millis(5);
-
 /// How following the primary ended.
 pub enum Followed {
     /// This member won the lock: it must promote.
@@ -35,7 +33,12 @@ pub async fn run(
         .map_err(NodeError::io("cannot start the lock waiter"))?;
     let mut reported = live.generation();
     super::report(opts, me, live, "secondary");
-    let mut state_check = tokio::time::interval(state::SECONDARY_CHECK);
+    // The lock file and the configuration are watched, not polled.
+    let mut watches = state::watches(
+        std::slice::from_ref(&lock_path),
+        live,
+        state::SECONDARY_CHECK,
+    );
     let mut client = Client::new(&opts.ws, &opts.config, &me.instance_id);
     let mut watch = PrimaryWatch::new(&opts.ws);
     let mut registered_epoch = 0u64;
@@ -65,7 +68,7 @@ pub async fn run(
                 };
             }
             _ = shutdown.changed() => return Ok(Followed::Stopped),
-            _ = state_check.tick() => {
+            _ = crate::fs_watch::any(&mut watches) => {
                 if election::file_id(&lock_path) != waited_on {
                     tracing::warn!("{} was deleted or replaced: electing again", lock_path.display());
                     return Ok(Followed::StateGone);
@@ -78,9 +81,14 @@ pub async fn run(
             }
             result = async {
                 if need_hello {
-                    Some(client.call(hello.clone()).await)
+                    // One id per epoch: the other branches may cancel this
+                    // call mid-flight, and its retry must not register twice.
+                    let id = format!("hello-{}-{current_epoch}", me.instance_id);
+                    Some(client.call_with_id(&id, hello.clone()).await)
                 } else {
-                    tokio::time::sleep(POLL).await;
+                    // Idle: asleep until a new primary renames its record
+                    // into place (or the lock waiter wins, or a signal).
+                    watch.next_change().await;
                     None
                 }
             } => match result {

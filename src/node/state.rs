@@ -22,9 +22,28 @@ use crate::paths::Workspace;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// How often a secondary checks that the lock it waits on is still the
-/// workspace's (a `stat`; the primary checks on its socket-check tick).
+/// Where the kernel cannot notify a secondary, how often it checks that the
+/// lock it waits on is still the workspace's and whether its configuration
+/// changed (normally both are watched: see `watches`).
 pub const SECONDARY_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Watches for the files whose change a member must act on: `paths` and
+/// the configuration files. Each wakes its member once per change (inotify),
+/// or every `fallback` where the kernel cannot notify.
+pub fn watches(
+    paths: &[PathBuf],
+    live: &crate::config::LiveConfig,
+    fallback: std::time::Duration,
+) -> Vec<crate::fs_watch::FileWatch> {
+    use crate::fs_watch::FileWatch;
+    let entries = paths.iter().map(|p| FileWatch::new(p, fallback));
+    // Config files may be saved in place.
+    let configs = live
+        .files()
+        .iter()
+        .map(|p| FileWatch::with_writes(p, fallback));
+    entries.chain(configs).collect()
+}
 
 /// The identities of the files a primary holds open.
 #[derive(Debug, Clone)]

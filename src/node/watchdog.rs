@@ -1,7 +1,8 @@
-//! The primary's watchdog (see docs/design.md, Serving as primary): a hung primary keeps the lock, so no
-//! one else can take over. The event loop ticks a shared clock; this thread
-//! aborts the process when the clock stops for `timeout`, which releases the
-//! lock and lets a secondary promote.
+//! The primary's watchdog (see docs/design.md, Serving as primary): a hung
+//! primary keeps the lock, so no one else can take over. The event loop
+//! ticks a shared clock (with each heartbeat); this thread aborts the process
+//! when the clock stops for `timeout`, which releases the lock and lets a
+//! secondary promote.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,22 +40,26 @@ impl Watchdog {
         self.stopped.store(true, Ordering::Relaxed);
     }
 
+    /// Sleeps until the moment the loop would count as hung if it did not
+    /// tick meanwhile, so a healthy primary wakes this thread about once
+    /// per `timeout`, not on a short period.
     fn watch(&self, timeout: Duration) {
-        let period = (timeout / 10).max(Duration::from_millis(10));
-        let mut last_wake = Instant::now();
+        let timeout_ms = timeout.as_millis() as u64;
         while !self.stopped.load(Ordering::Relaxed) {
-            std::thread::sleep(period);
-            let woke = Instant::now();
+            let now = self.base.elapsed().as_millis() as u64;
+            let since_tick = now.saturating_sub(self.last_tick_ms.load(Ordering::Relaxed));
+            let nap = Duration::from_millis(timeout_ms.saturating_sub(since_tick).max(10) + 1);
+            let slept_from = Instant::now();
+            std::thread::sleep(nap);
             // If this thread itself slept far too long, the whole process
             // was frozen (SIGSTOP, suspended VM): the loop was not hung, so
             // give it a fresh chance instead of killing a healthy primary.
-            if woke.duration_since(last_wake) > period + timeout / 2 {
+            if slept_from.elapsed() > nap + timeout / 2 {
                 self.tick();
             }
-            last_wake = woke;
             let now = self.base.elapsed().as_millis() as u64;
             let stalled = now.saturating_sub(self.last_tick_ms.load(Ordering::Relaxed));
-            if stalled > timeout.as_millis() as u64 && !self.stopped.load(Ordering::Relaxed) {
+            if stalled > timeout_ms && !self.stopped.load(Ordering::Relaxed) {
                 tracing::error!(
                     "watchdog: the event loop has not ticked for {stalled} ms; aborting so that a secondary can take over"
                 );

@@ -79,6 +79,9 @@ pub struct Orchestrator {
     /// Read-only view of the committed state. In a mutex only so that the
     /// orchestrator future is `Send` (a connection is not `Sync`).
     reader: std::sync::Mutex<Option<Reader>>,
+    /// A start failed for a reason other than a full house: try again on
+    /// the tick rather than wait for the next change.
+    reschedule: bool,
 }
 
 impl Orchestrator {
@@ -99,6 +102,7 @@ impl Orchestrator {
             runs: HashMap::new(),
             unconfirmed: HashMap::new(),
             reader: std::sync::Mutex::new(None),
+            reschedule: false,
         }
     }
 
@@ -110,11 +114,17 @@ impl Orchestrator {
             tracing::error!("cannot create the run/log dirs: {e}");
         }
         self.adopt().await;
-        let mut tick = tokio::time::interval(TICK);
         loop {
-            tokio::select! {
-                _ = changed.notified() => {}
-                _ = tick.tick() => {}
+            // Runs are watched (shim alive? new output?) on a short tick;
+            // with none, only a committed change can give us work, so an
+            // idle primary sleeps until one arrives.
+            if self.runs.is_empty() && self.unconfirmed.is_empty() && !self.reschedule {
+                changed.notified().await;
+            } else {
+                tokio::select! {
+                    _ = changed.notified() => {}
+                    _ = tokio::time::sleep(TICK) => {}
+                }
             }
             self.sync().await;
         }
@@ -140,11 +150,16 @@ impl Orchestrator {
     }
 
     fn tasks(&self, status: TaskStatus) -> Vec<TaskRecord> {
+        self.try_tasks(status).unwrap_or_default()
+    }
+
+    /// `None` when the store could not be read.
+    fn try_tasks(&self, status: TaskStatus) -> Option<Vec<TaskRecord>> {
         let filter = TaskFilter {
             status: Some(status),
             ..Default::default()
         };
-        self.read(|r| r.tasks(&filter)).unwrap_or_default()
+        self.read(|r| r.tasks(&filter))
     }
 
     /// Reconciles every started task after a promotion.
@@ -348,18 +363,25 @@ impl Orchestrator {
     async fn schedule(&mut self) {
         // An edited grove.toml applies to the next task started.
         self.config = self.live.current();
+        // Unreadable store: retry on the tick (nothing else may wake us).
+        self.reschedule = true;
         // A paused task with a live run keeps its slot: resuming it must
         // not exceed the limit.
-        let running = self.tasks(TaskStatus::Running).len()
-            + self
-                .tasks(TaskStatus::Paused)
-                .iter()
-                .filter(|t| t.run_id.is_some())
-                .count();
+        let (Some(running), Some(paused)) = (
+            self.try_tasks(TaskStatus::Running),
+            self.try_tasks(TaskStatus::Paused),
+        ) else {
+            return;
+        };
+        let running = running.len() + paused.iter().filter(|t| t.run_id.is_some()).count();
         if running >= self.config.max_parallel {
+            self.reschedule = false;
             return;
         }
-        let mut queued = self.tasks(TaskStatus::Queued);
+        let Some(mut queued) = self.try_tasks(TaskStatus::Queued) else {
+            return;
+        };
+        self.reschedule = false;
         // Priority first, then FIFO (the list comes in creation order and the
         // sort is stable).
         queued.sort_by_key(|t| std::cmp::Reverse(t.priority));
@@ -377,6 +399,7 @@ impl Orchestrator {
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::debug!(task = %task.id, "not started: {e}");
+                    self.reschedule = true;
                     break;
                 }
             };

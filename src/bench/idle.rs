@@ -1,0 +1,206 @@
+//! Idle: what members cost while nothing happens. Editors keep a member per
+//! window all day, so an idle member must cost next to nothing: no CPU, few
+//! wakeups (each one keeps a laptop's core out of its deep sleep states), and
+//! little memory.
+//!
+//! Starts `n` members (one primary, `n - 1` secondaries) on a temp workspace,
+//! waits until every secondary is registered, lets them settle, then reads
+//! `/proc` over a few windows of several seconds: CPU time (utime + stime of
+//! every member), wakeups (voluntary + involuntary context switches, summed
+//! over each member's threads) and memory. The goals are absolute: there is
+//! no baseline that an idle process could be compared with.
+//!
+//! The primary's two kinds of switches are shown apart: a voluntary one is a
+//! wakeup (its thread slept); an involuntary one is a preemption while it
+//! runs anyway — each heartbeat wakes every subscriber, and on a small
+//! machine the woken ones preempt the primary while it is still sending.
+//! Preemptions cost a little CPU (counted in the CPU row) but wake no core.
+
+use super::Row;
+use super::failover::primary;
+use super::stats::quantile;
+use crate::local_cluster::LocalCluster;
+use std::time::{Duration, Instant};
+
+/// How much the scenario measures.
+pub struct Plan {
+    pub members: usize,
+    pub windows: usize,
+    pub window: Duration,
+}
+
+/// Time for startup work (registration, first catch-up, the runtime's
+/// blocking threads) to end before the first window.
+const SETTLE: Duration = Duration::from_secs(2);
+
+pub async fn run(plan: &Plan) -> Result<Vec<Row>, String> {
+    let n = plan.members.max(1);
+    let mut c = LocalCluster::new()?;
+    let primary_pid = c.spawn_member()?;
+    let mut client = c.client("bench-idle");
+    let (pid, epoch) = primary(&mut client).await?;
+    if pid != primary_pid {
+        return Err(format!(
+            "expected pid {primary_pid} to be primary, got {pid}"
+        ));
+    }
+    drop(client);
+    for _ in 1..n {
+        c.spawn_member()?;
+    }
+    c.wait_registered(n - 1, epoch, pid).await?;
+    tokio::time::sleep(SETTLE).await;
+
+    let pids: Vec<u32> = c.members.iter().map(|m| m.id()).collect();
+    let ticks_per_s = clock_ticks_per_second();
+    let mut cpu_percent = Vec::new();
+    let mut wakeups: Vec<f64> = vec![0.0; pids.len()];
+    let mut primary_switches = [0.0; 2];
+    let mut measured = Duration::ZERO;
+    for _ in 0..plan.windows.max(1) {
+        let before = snapshot(&pids)?;
+        let t0 = Instant::now();
+        tokio::time::sleep(plan.window).await;
+        let after = snapshot(&pids)?;
+        let elapsed = t0.elapsed();
+        measured += elapsed;
+        let ticks: u64 = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| a.cpu_ticks.saturating_sub(b.cpu_ticks))
+            .sum();
+        cpu_percent.push(ticks as f64 / ticks_per_s / elapsed.as_secs_f64() * 100.0);
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            wakeups[i] +=
+                (a.voluntary + a.involuntary).saturating_sub(b.voluntary + b.involuntary) as f64;
+        }
+        primary_switches[0] += after[0].voluntary.saturating_sub(before[0].voluntary) as f64;
+        primary_switches[1] += after[0].involuntary.saturating_sub(before[0].involuntary) as f64;
+    }
+    let secs = measured.as_secs_f64();
+    let secondaries: Vec<f64> = wakeups[1..].iter().map(|w| w / secs).collect();
+    let memory = snapshot(&pids)?;
+    let rss: Vec<f64> = memory.iter().map(|s| s.rss_kib as f64 / 1024.0).collect();
+    let pss: Vec<f64> = memory.iter().map(|s| s.pss_kib as f64 / 1024.0).collect();
+
+    Ok(vec![
+        row(
+            &format!("CPU, {n} idle members together (% of a core)"),
+            "%",
+            &cpu_percent,
+            Some("≤ 2 %"),
+        ),
+        row(
+            "wakeups/s per idle secondary (all switches)",
+            "wakeups/s",
+            &secondaries,
+            Some("≤ 5/s"),
+        ),
+        row(
+            "wakeups/s of the idle primary (voluntary)",
+            "wakeups/s",
+            &[primary_switches[0] / secs],
+            Some("≤ 5/s"),
+        ),
+        row(
+            &format!("preemptions/s of the idle primary ({} subs)", n),
+            "wakeups/s",
+            &[primary_switches[1] / secs],
+            None,
+        ),
+        row("RSS per idle member", "MiB", &rss, Some("≤ 15 MiB")),
+        row(
+            "PSS per idle member (shared pages split)",
+            "MiB",
+            &pss,
+            None,
+        ),
+    ])
+}
+
+fn row(metric: &str, unit: &str, samples: &[f64], goal: Option<&str>) -> Row {
+    Row {
+        scenario: "idle".into(),
+        metric: metric.into(),
+        unit: unit.into(),
+        p50: quantile(samples, 0.5),
+        p99: quantile(samples, 0.99),
+        samples: samples.len(),
+        baseline: None,
+        baseline_p50: None,
+        goal: goal.map(String::from),
+    }
+}
+
+/// One member's counters at one moment.
+struct Sample {
+    cpu_ticks: u64,
+    voluntary: u64,
+    involuntary: u64,
+    rss_kib: u64,
+    pss_kib: u64,
+}
+
+fn snapshot(pids: &[u32]) -> Result<Vec<Sample>, String> {
+    pids.iter()
+        .map(|&pid| {
+            let gone = || format!("member {pid} exited while idle (see its log)");
+            let (voluntary, involuntary) = context_switches(pid).ok_or_else(gone)?;
+            Ok(Sample {
+                cpu_ticks: cpu_ticks(pid).ok_or_else(gone)?,
+                voluntary,
+                involuntary,
+                rss_kib: kib_field(&format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0),
+                pss_kib: kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:").unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// utime + stime of the whole process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields are counted
+    // from the last ')'. utime and stime are fields 14 and 15; the first
+    // field after ')' is field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// (voluntary, involuntary) context switches summed over the live threads.
+fn context_switches(pid: u32) -> Option<(u64, u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let (mut voluntary, mut involuntary) = (0, 0);
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let count = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
+        for line in status.lines() {
+            if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+                voluntary += count(v);
+            } else if let Some(v) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
+                involuntary += count(v);
+            }
+        }
+    }
+    Some((voluntary, involuntary))
+}
+
+/// A `Key:   123 kB` line of a /proc file.
+fn kib_field(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as f64,
+        _ => 100.0,
+    }
+}

@@ -1,0 +1,394 @@
+//! Waking up when a file is created, replaced or removed — without polling.
+//!
+//! Members follow `primary.json` all day; polling it (a `stat` every few
+//! milliseconds) kept every idle member's core awake. Instead, one inotify
+//! instance per process watches the directories of interest for entry
+//! changes only (create, rename in or out, delete — never writes, so the
+//! store's WAL next to `primary.json` wakes nobody), and one thread blocked
+//! in `read` on it wakes exactly the watchers of the file that changed.
+//!
+//! One instance per process, not per watcher: the kernel allows a user only
+//! `fs.inotify.max_user_instances` (often 128) of them, and a workspace may
+//! have a hundred members. When inotify is unavailable (that limit reached,
+//! a file system without it) a watch falls back to a timer of the caller's
+//! choosing, and says so once in the log.
+//!
+//! A path whose directory does not exist yet (`~/.config/grove/grove.toml`
+//! on most machines, `.grove` after someone deleted it) is watched through
+//! its nearest existing ancestor: the creation of the next directory down
+//! wakes the watch, which then moves closer.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Directory-entry changes (creating, renaming, removing files, the
+/// directory itself going away) and files written in place being closed
+/// (an editor saving `grove.toml`) — never each write (`IN_MODIFY`), so the
+/// store's WAL next to `primary.json` wakes nobody.
+const MASK: u32 = libc::IN_CREATE
+    | libc::IN_CLOSE_WRITE
+    | libc::IN_DELETE
+    | libc::IN_MOVED_FROM
+    | libc::IN_MOVED_TO
+    | libc::IN_DELETE_SELF
+    | libc::IN_MOVE_SELF
+    | libc::IN_ONLYDIR;
+
+/// Notices changes of one path's directory entry.
+pub struct FileWatch {
+    path: PathBuf,
+    /// `None` while not registered (inotify unavailable): then `changed`
+    /// waits `fallback` and reports a change.
+    rx: Option<watch::Receiver<u64>>,
+    /// Registered on an ancestor because a directory on the way is missing.
+    proxy: bool,
+    /// Also woken when the file, written in place, is closed.
+    writes: bool,
+    fallback: Duration,
+}
+
+impl FileWatch {
+    /// Starts watching `path` at once: a change made after `new` returns is
+    /// reported by the next `changed`, even if nobody awaited it meanwhile.
+    pub fn new(path: &Path, fallback: Duration) -> FileWatch {
+        Self::start(path, fallback, false)
+    }
+
+    /// Like `new`, and also woken when the file is written in place and
+    /// closed (an editor saving a config file). Not for files that others
+    /// open for writing without changing them (the election lock).
+    pub fn with_writes(path: &Path, fallback: Duration) -> FileWatch {
+        Self::start(path, fallback, true)
+    }
+
+    fn start(path: &Path, fallback: Duration, writes: bool) -> FileWatch {
+        let mut w = FileWatch {
+            path: path.to_path_buf(),
+            rx: None,
+            proxy: false,
+            writes,
+            fallback,
+        };
+        w.register();
+        w
+    }
+
+    /// Watches the path's directory, or the nearest ancestor that exists
+    /// for the creation of the next directory down.
+    fn register(&mut self) {
+        let mut target = self.path.as_path();
+        loop {
+            let dir = match target.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if dir.is_dir() {
+                // On an ancestor only the creation of the next directory
+                // down matters.
+                let writes = self.writes && target == self.path;
+                self.rx = register(dir, target, writes);
+                self.proxy = target != self.path;
+                return;
+            }
+            if dir == Path::new(".") || dir.parent().is_none() {
+                self.rx = None;
+                return;
+            }
+            target = dir;
+        }
+    }
+
+    /// Whether the kernel notifies this watch (false: it polls).
+    #[cfg(test)]
+    fn is_notified(&self) -> bool {
+        self.rx.is_some()
+    }
+
+    /// Resolves when the path may have changed since the last call (or since
+    /// `new`). It can resolve spuriously: callers re-check the file.
+    pub async fn changed(&mut self) {
+        if let Some(rx) = self.rx.as_mut() {
+            // Err: the directory went away (or the watcher thread failed).
+            // Either way, or when a missing directory on the way appeared,
+            // watch again and let the caller look at what is there now.
+            if rx.changed().await.is_err() || self.proxy {
+                self.register();
+            }
+            return;
+        }
+        tokio::time::sleep(self.fallback).await;
+        self.register();
+    }
+}
+
+/// The descriptor of the process's inotify instance (started if need be),
+/// `None` without inotify. See `election` for why the election lock cares.
+pub fn instance_fd() -> Option<libc::c_int> {
+    watcher().map(|w| w.fd)
+}
+
+/// The process-wide inotify instance and who waits on what.
+struct Watcher {
+    fd: libc::c_int,
+    dirs: Mutex<Dirs>,
+}
+
+#[derive(Default)]
+struct Dirs {
+    by_wd: HashMap<libc::c_int, Dir>,
+    /// Set when the reader thread stopped: every watch then polls.
+    broken: bool,
+}
+
+/// The watchers of one file name.
+struct Watched {
+    sender: watch::Sender<u64>,
+    /// Some watcher wants in-place writes too (`IN_CLOSE_WRITE`).
+    writes: bool,
+}
+
+struct Dir {
+    path: PathBuf,
+    /// File name → its watchers (a generation counter).
+    files: HashMap<OsString, Watched>,
+}
+
+fn watcher() -> Option<&'static Watcher> {
+    static WATCHER: OnceLock<Option<Watcher>> = OnceLock::new();
+    WATCHER
+        .get_or_init(|| match start() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "inotify is unavailable ({e}); watching files by polling instead \
+                     (raise fs.inotify.max_user_instances if the limit was reached)"
+                );
+                None
+            }
+        })
+        .as_ref()
+}
+
+fn start() -> std::io::Result<Watcher> {
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    std::thread::Builder::new()
+        .name("grove-fs-watch".into())
+        .stack_size(256 * 1024)
+        .spawn(move || read_loop(fd))
+        .inspect_err(|_| unsafe {
+            libc::close(fd);
+        })?;
+    Ok(Watcher {
+        fd,
+        dirs: Mutex::new(Dirs::default()),
+    })
+}
+
+/// Resolves when any of `watches` reports a change (see `FileWatch::changed`;
+/// cancel-safe like it).
+pub async fn any(watches: &mut [FileWatch]) {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+    let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = watches
+        .iter_mut()
+        .map(|w| Box::pin(w.changed()) as Pin<Box<dyn Future<Output = ()> + Send + '_>>)
+        .collect();
+    std::future::poll_fn(|cx| {
+        for w in waits.iter_mut() {
+            if w.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Adds `dir` to the instance (once per directory) and returns a receiver
+/// that sees every change of `path`'s entry in it from now on.
+fn register(dir: &Path, path: &Path, writes: bool) -> Option<watch::Receiver<u64>> {
+    let w = watcher()?;
+    let name = path.file_name()?.to_os_string();
+    let c_dir = CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut dirs = w.dirs.lock().unwrap_or_else(|p| p.into_inner());
+    if dirs.broken {
+        return None;
+    }
+    // The same directory (inode) always yields the same descriptor, so two
+    // watchers of one directory share its entry.
+    let wd = unsafe { libc::inotify_add_watch(w.fd, c_dir.as_ptr(), MASK) };
+    if wd < 0 {
+        tracing::debug!(
+            "cannot watch {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    let entry = dirs.by_wd.entry(wd).or_insert_with(|| Dir {
+        path: dir.to_path_buf(),
+        files: HashMap::new(),
+    });
+    // Forget files nobody watches any more (short-lived clients).
+    entry.files.retain(|_, w| w.sender.receiver_count() > 0);
+    let watched = entry.files.entry(name).or_insert_with(|| Watched {
+        sender: watch::channel(0).0,
+        writes: false,
+    });
+    watched.writes |= writes;
+    Some(watched.sender.subscribe())
+}
+
+fn read_loop(fd: libc::c_int) {
+    // u64 elements: aligned for `inotify_event`; room for many events.
+    let mut buf = vec![0u64; 1024];
+    loop {
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len() * 8) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!("the inotify reader failed ({e}); watching files by polling instead");
+            if let Some(w) = watcher() {
+                let mut dirs = w.dirs.lock().unwrap_or_else(|p| p.into_inner());
+                dirs.broken = true;
+                dirs.by_wd.clear(); // dropping the senders wakes every watch
+            }
+            return;
+        }
+        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
+        dispatch(bytes);
+    }
+}
+
+/// Wakes the watchers named by a buffer of `inotify_event`s.
+fn dispatch(mut bytes: &[u8]) {
+    let Some(w) = watcher() else { return };
+    let mut dirs = w.dirs.lock().unwrap_or_else(|p| p.into_inner());
+    let header = std::mem::size_of::<libc::inotify_event>();
+    while bytes.len() >= header {
+        let event: libc::inotify_event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let len = event.len as usize;
+        let Some(raw_name) = bytes.get(header..header + len) else {
+            break;
+        };
+        bytes = &bytes[header + len..];
+        let name_len = raw_name.iter().position(|&b| b == 0).unwrap_or(len);
+        let name = OsString::from_vec(raw_name[..name_len].to_vec());
+        if event.mask & libc::IN_Q_OVERFLOW != 0 {
+            // Events were lost: anyone may have missed theirs.
+            for dir in dirs.by_wd.values() {
+                dir.files.values().for_each(|w| bump(&w.sender));
+            }
+            continue;
+        }
+        if event.mask & libc::IN_IGNORED != 0 {
+            // The directory is gone (or unmounted): wake its watchers by
+            // dropping their senders; they register again.
+            if let Some(dir) = dirs.by_wd.remove(&event.wd) {
+                tracing::debug!("stopped watching {}", dir.path.display());
+            }
+            continue;
+        }
+        let Some(dir) = dirs.by_wd.get(&event.wd) else {
+            continue;
+        };
+        if name.is_empty() {
+            // The directory itself moved or was deleted.
+            dir.files.values().for_each(|w| bump(&w.sender));
+        } else if let Some(w) = dir.files.get(&name) {
+            // A close after writing only matters to those who asked.
+            let only_written = event.mask & !libc::IN_CLOSE_WRITE == 0;
+            if w.writes || !only_written {
+                bump(&w.sender);
+            }
+        }
+    }
+}
+
+fn bump(sender: &watch::Sender<u64>) {
+    sender.send_modify(|g| *g = g.wrapping_add(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_rename_onto_the_file_wakes_its_watch_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("primary.json");
+        let mut watch = FileWatch::new(&target, Duration::from_secs(3600));
+        assert!(watch.is_notified(), "inotify should work in tests");
+        let mut other = FileWatch::new(&dir.path().join("other"), Duration::from_secs(3600));
+        std::fs::write(dir.path().join("tmp"), b"x").unwrap();
+        std::fs::rename(dir.path().join("tmp"), &target).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the rename was noticed");
+        let quiet = tokio::time::timeout(Duration::from_millis(100), other.changed()).await;
+        assert!(quiet.is_err(), "another file's watch stayed asleep");
+        // Opened for writing and closed, as the election lock is by every
+        // member: not a change of the entry.
+        drop(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&target)
+                .unwrap(),
+        );
+        let quiet = tokio::time::timeout(Duration::from_millis(100), watch.changed()).await;
+        assert!(
+            quiet.is_err(),
+            "a close after writing does not wake an entry watch"
+        );
+        std::fs::remove_file(&target).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the removal was noticed");
+    }
+
+    #[tokio::test]
+    async fn a_missing_directory_is_watched_through_its_ancestor() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("state");
+        std::fs::create_dir(&sub).unwrap();
+        let file = sub.join("deeper").join("grove.toml");
+        let forever = Duration::from_secs(3600);
+        let mut watch = FileWatch::with_writes(&file, forever);
+        assert!(watch.is_notified() && watch.proxy);
+        std::fs::create_dir(sub.join("deeper")).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the missing directory's creation was noticed");
+        assert!(!watch.proxy, "now on the file's own directory");
+        // Written in place (no rename): its close is seen.
+        std::fs::write(&file, b"x = 1\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the new file was noticed");
+        // The whole tree removed: the watch moves up again, and wakes.
+        std::fs::remove_dir_all(&sub).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !watch.proxy {
+                watch.changed().await;
+            }
+        })
+        .await
+        .expect("the removal was noticed");
+        let mut others = [FileWatch::new(&dir.path().join("a"), forever), watch];
+        std::fs::create_dir(&sub).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), any(&mut others))
+            .await
+            .expect("any() wakes on one of them");
+    }
+}
