@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+mod wire_form;
+
 /// Version of the wire protocol carried in every request and reply (`v`).
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -624,6 +626,8 @@ pub enum DecodeError {
     TooLarge(usize),
     #[error("unknown method `{0}`")]
     UnknownMethod(String),
+    #[error("protocol version {0} is not supported (this primary speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u32),
     #[error("malformed message: {0}")]
     Malformed(String),
 }
@@ -633,6 +637,7 @@ impl DecodeError {
         match self {
             DecodeError::TooLarge(_) => ErrorCode::TooLarge,
             DecodeError::UnknownMethod(_) => ErrorCode::UnknownMethod,
+            DecodeError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
             DecodeError::Malformed(_) => ErrorCode::BadRequest,
         }
     }
@@ -661,17 +666,48 @@ pub struct RequestHead {
     pub method: Option<std::collections::BTreeMap<String, serde::de::IgnoredAny>>,
 }
 
-/// Decodes a request frame, telling apart an unknown method (peer is newer
-/// than us) from a malformed request. On failure returns the request id when
-/// it could be read, so the caller can still answer.
+/// Only the version of a request, read on its own so that a request of a
+/// newer protocol is told so even when the rest of it does not decode here.
+#[derive(Debug, Default, Deserialize)]
+struct VersionHead {
+    #[serde(default)]
+    v: Option<u32>,
+}
+
+/// Decodes a request frame, telling apart a newer protocol version and an
+/// unknown method (the peer is newer than us) from a malformed request, and
+/// refusing the MessagePack forms the contract leaves out (see `wire_form`).
+/// On failure returns the request id when it could be read, so the caller
+/// can still answer.
 pub fn decode_request(bytes: &[u8]) -> Result<Request, (String, DecodeError)> {
     if bytes.len() > MAX_FRAME_BYTES {
         return Err((String::new(), DecodeError::TooLarge(bytes.len())));
     }
+    // The id and the version are read only from a map: in a positional
+    // array they would be guesses (and arrays are refused anyway).
+    let is_map = matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf));
+    let head = || -> RequestHead {
+        match is_map {
+            true => rmp_serde::from_slice(bytes).unwrap_or_default(),
+            false => RequestHead::default(),
+        }
+    };
     match rmp_serde::from_slice::<Request>(bytes) {
-        Ok(req) => Ok(req),
+        // Refused by its version alone, by the caller.
+        Ok(req) if req.v != PROTOCOL_VERSION && is_map => Ok(req),
+        Ok(req) => match wire_form::check(bytes, &req) {
+            Ok(()) => Ok(req),
+            Err(msg) => Err((head().id, DecodeError::Malformed(msg))),
+        },
         Err(full_err) => {
-            let head: RequestHead = rmp_serde::from_slice(bytes).unwrap_or_default();
+            let head = head();
+            let version = is_map
+                .then(|| rmp_serde::from_slice::<VersionHead>(bytes).ok())
+                .flatten()
+                .and_then(|h| h.v);
+            if let Some(v) = version.filter(|&v| v != PROTOCOL_VERSION) {
+                return Err((head.id, DecodeError::UnsupportedVersion(v)));
+            }
             let method_name = head.method.as_ref().and_then(|m| m.keys().next().cloned());
             let err = match method_name {
                 Some(name) if !METHOD_NAMES.contains(&name.as_str()) => {
@@ -815,7 +851,10 @@ mod tests {
                 Ok(r) => proptest::prop_assert!(r.id.len() <= bytes.len()),
                 Err((_, e)) => proptest::prop_assert!(matches!(
                     e.code(),
-                    ErrorCode::BadRequest | ErrorCode::UnknownMethod | ErrorCode::TooLarge
+                    ErrorCode::BadRequest
+                        | ErrorCode::UnknownMethod
+                        | ErrorCode::UnsupportedVersion
+                        | ErrorCode::TooLarge
                 )),
             }
         }

@@ -1,6 +1,8 @@
-//! Waiting for tasks, from any process (see docs/design.md, Waiting):
-//! the store gives the starting state, the gap-free event stream the
-//! changes, so a wait survives a failover and never misses a transition.
+//! Waiting for tasks, from any process (see docs/design.md, Waiting): a
+//! snapshot of the store gives the starting state, the gap-free event
+//! stream the changes after it, so a wait survives a failover and never
+//! misses a transition. A waiter that fell behind the event retention (stopped for
+//! long) re-reads the tasks instead of trusting a stream with a hole.
 
 use crate::paths::Workspace;
 use crate::protocol::{EventData, TaskRecord, TaskStatus};
@@ -72,17 +74,20 @@ pub async fn wait(
         ));
     }
     let reader = Reader::open(&ws.db_path()).map_err(|e| e.to_string())?;
-    // Subscribe first, then read: a change in between arrives as an event.
-    let first = reader.last_seq().map_err(|e| e.to_string())? + 1;
-    let mut sub = crate::subscriber::subscribe(ws, first);
+    let (snapshot, last) = reader.snapshot(ids).map_err(|e| e.to_string())?;
     let mut tasks = BTreeMap::new();
-    for id in ids {
-        let t = reader
-            .task(id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no task {id}"))?;
+    for (id, t) in ids.iter().zip(snapshot) {
+        let t = t.ok_or_else(|| format!("no task {id}"))?;
         tasks.insert(id.clone(), Some(t));
     }
+    let mut sub = crate::subscriber::subscribe(ws, last + 1);
+    tracing::debug!(
+        "waiting for {} task(s), following events after seq {last}",
+        ids.len()
+    );
+    // Events up to this seq are already in `tasks`.
+    let mut known_upto = last;
+    let mut gaps = 0;
     let sleep = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(sleep);
     loop {
@@ -98,6 +103,16 @@ pub async fn wait(
                 let Some(event) = event else {
                     return Err("the event stream ended".into());
                 };
+                if sub.health.pruned_gaps() != gaps {
+                    // We fell behind the store's event retention: the
+                    // transitions we missed are gone. Read the tasks as
+                    // they are now and go on after that point.
+                    gaps = sub.health.pruned_gaps();
+                    known_upto = resync(&reader, &mut tasks, &mut on_change)?;
+                }
+                if event.seq != 0 && event.seq <= known_upto {
+                    continue;
+                }
                 match event.data {
                     EventData::TaskUpdated { task } | EventData::TaskCreated { task }
                         if tasks.contains_key(&task.id) =>
@@ -116,6 +131,23 @@ pub async fn wait(
             }
         }
     }
+}
+
+/// Re-reads every waited task; returns the seq the new state reflects.
+fn resync(
+    reader: &Reader,
+    tasks: &mut BTreeMap<String, Option<TaskRecord>>,
+    on_change: &mut impl FnMut(&TaskRecord),
+) -> Result<u64, String> {
+    let ids: Vec<String> = tasks.keys().cloned().collect();
+    let (now, seq) = reader.snapshot(&ids).map_err(|e| e.to_string())?;
+    for (id, t) in ids.into_iter().zip(now) {
+        if let Some(t) = &t {
+            on_change(t);
+        }
+        tasks.insert(id, t);
+    }
+    Ok(seq)
 }
 
 #[cfg(test)]

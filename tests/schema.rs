@@ -1290,6 +1290,38 @@ fn files_match() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(cols, schema_cols, "events table columns vs schema.json");
+
+    // The tasks table: its columns, their SQL types, and that they are the
+    // TaskRecord's fields, one for one (a client reads the row as a record).
+    let mut stmt = conn.prepare("PRAGMA table_info(tasks)").unwrap();
+    let cols: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let table = &s.0["files"]["tasks_table"];
+    assert_eq!(table["table"], "tasks");
+    let schema_cols: Vec<(String, String)> = table["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let ty = c["type"].as_str().unwrap();
+            let base = ty.split_whitespace().next().unwrap_or(ty);
+            (c["name"].as_str().unwrap().to_string(), base.to_string())
+        })
+        .collect();
+    assert_eq!(
+        cols, schema_cols,
+        "tasks table columns and types vs schema.json"
+    );
+    let record: Vec<String> = s
+        .record_fields("TaskRecord")
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    let names: Vec<String> = cols.into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, record, "tasks table columns vs TaskRecord fields");
 }
 
 // ---------------------------------------------------------------------------

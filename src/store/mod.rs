@@ -233,6 +233,21 @@ impl Reader {
         get_task(&self.conn, id)
     }
 
+    /// The tasks `ids` (`None`: no such task) and the seq of the last event
+    /// they reflect, read in one transaction: every write commits its task
+    /// rows and its events together, so following the events after that seq
+    /// misses nothing and repeats nothing.
+    pub fn snapshot(&self, ids: &[String]) -> Result<(Vec<Option<TaskRecord>>, u64), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let tasks = ids
+            .iter()
+            .map(|id| get_task(&tx, id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let seq = last_seq(&tx)?;
+        tx.finish()?;
+        Ok((tasks, seq))
+    }
+
     /// Finds a task by full id or by a unique id prefix (as users type them).
     pub fn find_task(&self, id_or_prefix: &str) -> Result<FindTask, StoreError> {
         if let Some(t) = self.task(id_or_prefix)? {

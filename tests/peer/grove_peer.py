@@ -9,6 +9,7 @@ Against the primary of WORKSPACE it checks the RPC contract (ping, hello,
 task writes, idempotent retries, every error path), the task lifecycle
 (cancel, pause, resume, retry, relaunch, purge, forced delete, supervisor
 reports), session.create, the event stream (SUB, seq order, repair from the events table)
+the tasks-table snapshot, the encoding's refusals and their order,
 and the golden vectors. The task checks use the default `shell` engine and
 look at the agents' process groups in /proc (Linux). It prints a
 line per check and a final `N passed, M failed`; the exit status is non-zero
@@ -546,6 +547,66 @@ class Checks:
         reply = self.p.request("task.create", other, rid=self.create_id)
         self.p.expect_error(reply, "idempotency_conflict", self.create_id)
 
+    def resend_in_flight(self):
+        """Resending a write before its reply came is safe: it is applied
+        once and both attempts get the same answer (README §4)."""
+        rid = str(uuid.uuid4())
+        params = {
+            "prompt": "echo resent while in flight",
+            "dependencies": [self.gate["id"]],
+            "tags": ["grove-peer"],
+        }
+        frame = pack(
+            {
+                "v": self.p.version,
+                "id": rid,
+                "from": PEER_NAME,
+                "epoch_seen": self.p.epoch_seen,
+                "method": {"task.create": params},
+            }
+        )
+        self.p.dealer.send(frame)
+        self.p.dealer.send(frame)
+        first = self.p.wait_reply(rid)
+        second = self.p.wait_reply(rid)
+        check(first["err"] is None, f"task.create failed: {first['err']}")
+        check(first["ok"] == second["ok"], f"two attempts, one answer: {first} vs {second}")
+        task = first["ok"]["task"]
+        self.p.expect_event("task.create", "task", task, params)
+        created = [
+            e for t, e in self.p.read_events(0)
+            if t == "task.created" and e["data"][t]["task"]["id"] == task["id"]
+        ]
+        check(len(created) == 1, f"applied once, got {len(created)} task.created")
+
+    def tasks_table_snapshot(self):
+        """The tasks table read with MAX(seq) in one read transaction is the
+        state the events up to that seq describe (README §6)."""
+        db = self.p.ws / ".grove" / "grove.db"
+        cols = [c["name"] for c in self.s.doc["files"]["tasks_table"]["columns"]]
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5, isolation_level=None)
+        try:
+            conn.execute("BEGIN")
+            row = conn.execute(
+                f"SELECT {', '.join(cols)} FROM tasks WHERE id = ?", (self.task["id"],)
+            ).fetchone()
+            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        check(row is not None, "our task has a row")
+        task = dict(zip(cols, row))
+        for k in ("dependencies", "tags", "extra_args", "env"):
+            task[k] = json.loads(task[k])
+        self.s.validate("record<TaskRecord>", task, "tasks row")
+        last = None
+        for t, e in self.p.read_events(0):
+            if e["seq"] > seq:
+                break
+            if t in ("task.created", "task.updated") and e["data"][t]["task"]["id"] == task["id"]:
+                last = e["data"][t]["task"]
+        check(last == task, f"the row is the last event's record: {task} vs {last}")
+
     def set_progress(self):
         tid = self.task["id"]
         _, t = self.p.call("task.set_progress", {"id": tid, "percent": 42, "text": "halfway"})
@@ -608,6 +669,21 @@ class Checks:
         # `method` not a map: even the id is not read back (README §4).
         r = self.p.raw([pack({"v": 1, "id": rid, "from": "p", "epoch_seen": 0, "method": "ping"})], "")
         self.p.expect_error(r, "bad_request", "")
+
+    def wire_forms(self):
+        """Only the encoding of README §3: a record as an array, an enum
+        value as a number or a string as bin is refused."""
+        rid = str(uuid.uuid4())
+        r = self.p.raw([pack([1, rid, PEER_NAME, 0, {"ping": {}}])], "")
+        self.p.expect_error(r, "bad_request", "")
+        m = self.p.member
+        positional = [m["instance_id"], m["pid"], m["kind"], m["started_at"]]
+        r = self.p.request("hello", positional, rid=rid)
+        self.p.expect_error(r, "bad_request", rid)
+        r = self.p.request("task.update_status", {"id": self.task["id"], "status": 4})
+        self.p.expect_error(r, "bad_request")
+        r = self.p.request("task.set_progress", {"id": self.task["id"], "text": b"as bin"})
+        self.p.expect_error(r, "bad_request")
 
     def unknown_method(self):
         rid = str(uuid.uuid4())
@@ -679,6 +755,19 @@ class Checks:
         rid = str(uuid.uuid4())
         r = self.p.request("ping", {}, rid=rid, v=self.p.version + 1)
         self.p.expect_error(r, "unsupported_version", rid)
+
+    def refusal_order(self):
+        """When several checks fail, the first in README §4's order answers:
+        the version before the method and its params, the id before the
+        epoch."""
+        rid = str(uuid.uuid4())
+        r = self.p.request("task.frobnicate", {"x": 1}, rid=rid, v=self.p.version + 1)
+        self.p.expect_error(r, "unsupported_version", rid)
+        rid = str(uuid.uuid4())
+        r = self.p.request("task.create", {"prompt": 5}, rid=rid, v=self.p.version + 1)
+        self.p.expect_error(r, "unsupported_version", rid)
+        r = self.p.request("ping", {}, rid="", epoch_seen=self.p.epoch_seen + 1000)
+        self.p.expect_error(r, "bad_request", "")
 
     def request_ids(self):
         limit = self.s.doc["max_request_id_len"]
@@ -1034,7 +1123,9 @@ ORDER = [
     "hello",
     "task_create",
     "retry_same_id",
+    "resend_in_flight",
     "set_progress",
+    "tasks_table_snapshot",
     "invalid_params",
     "not_found",
     "conflict",
@@ -1049,11 +1140,13 @@ ORDER = [
     "purge",
     "delete_force",
     "malformed",
+    "wire_forms",
     "unknown_method",
     "wrong_shape",
     "frame_limit",
     "stale_epoch",
     "unsupported_version",
+    "refusal_order",
     "request_ids",
     "update_and_delete",
     "events_arrive",
