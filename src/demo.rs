@@ -103,6 +103,9 @@ struct Demo {
 #[derive(Default)]
 struct Story {
     seen_seqs: Vec<u64>,
+    /// The progress last narrated per task: a row saved again for another
+    /// reason (its pid recorded) must not print the same line twice.
+    last_progress: BTreeMap<String, (Option<u8>, Option<String>)>,
     killed_at: Option<Instant>,
     promoted: Option<(u32, u64)>,
     failover_ms: Option<f64>,
@@ -222,11 +225,18 @@ impl Demo {
 
     fn narrate(&self, name: &str, task: &crate::protocol::TaskRecord, story: &mut Story) {
         match task.status {
-            TaskStatus::Running if task.progress_pct.is_some() => self.clock.say(format!(
-                "  {name:<12} {:>3}% {}",
-                task.progress_pct.unwrap_or(0),
-                task.progress_text.as_deref().unwrap_or("")
-            )),
+            TaskStatus::Running if task.progress_pct.is_some() => {
+                let progress = (task.progress_pct, task.progress_text.clone());
+                if story.last_progress.get(&task.id) == Some(&progress) {
+                    return;
+                }
+                self.clock.say(format!(
+                    "  {name:<12} {:>3}% {}",
+                    task.progress_pct.unwrap_or(0),
+                    task.progress_text.as_deref().unwrap_or("")
+                ));
+                story.last_progress.insert(task.id.clone(), progress);
+            }
             TaskStatus::Running if task.pid.is_none() => {
                 self.clock.say(format!("  {name:<12} running"))
             }
