@@ -175,6 +175,13 @@ impl Chaos {
         create(&mut self.client, &self.shared, &id, task, Kind::Probe, None).await?;
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         let epoch = self.client.epoch();
+        // A killed process releases its election lock (its newest fd) before
+        // it finishes exiting: the next primary may answer while the old one
+        // is still tearing down its other files. Wait for it to be gone.
+        let gone_by = Instant::now() + EXIT_GRACE;
+        while crate::proc::running(rec.pid) && Instant::now() < gone_by {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         if crate::proc::running(rec.pid) || epoch <= rec.epoch {
             return Err(format!(
                 "the crash-after-commit hook did not fire (primary pid {} still runs; reply from epoch {epoch})",

@@ -65,6 +65,9 @@ const SETTLE: Duration = Duration::from_secs(120);
 const WATCH_POLL: Duration = Duration::from_millis(1);
 /// Printed by every shell task: counting it in the task's log tells how many
 /// times the task really ran.
+/// How long a member that died may take to finish exiting after the next
+/// primary already answered (its exit closes the lock first, then the rest).
+const EXIT_GRACE: Duration = Duration::from_secs(5);
 const RUN_MARK: &str = "chaos-run";
 
 #[derive(clap::Args, Debug, Clone)]
