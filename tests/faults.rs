@@ -268,8 +268,12 @@ fn a_deleted_socket_dir_is_rebuilt() {
         .parent()
         .unwrap()
         .to_path_buf();
-    std::fs::remove_dir_all(&dir).unwrap();
-    // The same process notices, hands over to itself under a new epoch.
+    // The primary watches the dir and may rebuild it while `rm -rf` still
+    // runs (then the removal fails with "not empty"): either way its socket
+    // files went away under it.
+    let _ = std::fs::remove_dir_all(&dir);
+    // The same process notices, hands over to itself under a new epoch (more
+    // than one if the removal also took the files it had just rebuilt).
     let (new_pid, new_epoch) = wait_for("the bus to come back", DEADLINE, || {
         let s = g.status();
         let p = s["primary"]["pid"].as_u64()? as u32;
@@ -277,7 +281,7 @@ fn a_deleted_socket_dir_is_rebuilt() {
         (s["state"] == "ok" && e > epoch).then_some((p, e))
     });
     assert_eq!(new_pid, pid);
-    assert_eq!(new_epoch, epoch + 1);
+    assert!(new_epoch > epoch);
     assert!(dir.exists());
     g.task_create("echo after the socket dir came back");
 }
