@@ -321,37 +321,28 @@ fn comments_point_at_sections_of_the_design() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// The layers of ARCHITECTURE.md ("Dependencies point down the layers"):
-/// a module may use only modules of a lower layer.
-const LAYERS: &[(&str, u8)] = &[
-    ("protocol", 0),
-    ("output", 0),
-    ("stats", 0),
-    ("fs_watch", 0),
-    ("test_hooks", 1),
-    ("ticker", 1),
-    ("trust", 1),
-    ("proc", 1),
-    ("lifecycle", 1),
-    ("election", 1),
-    ("paths", 2),
-    ("config", 2),
-    ("store", 3),
-    ("primary_record", 3),
-    ("runs", 3),
-    ("client", 4),
-    ("subscriber", 4),
-    ("orchestrator", 5),
-    ("shim", 5),
-    ("waiter", 5),
-    ("node", 6),
-    ("local_cluster", 6),
-    ("acp", 7),
-    ("demo", 7),
-    ("bench", 7),
-    ("chaos", 7),
-    ("cli", 8),
-];
+/// The layers as ARCHITECTURE.md states them (its `| layer | modules |`
+/// table is the one place they are written): module → layer number.
+fn layers() -> Vec<(String, u8)> {
+    let doc = architecture();
+    let start = doc
+        .find("| layer | modules |")
+        .expect("ARCHITECTURE.md has a `| layer | modules |` table");
+    let table = &doc[start..];
+    let table = &table[..table.find("\n\n").unwrap_or(table.len())];
+    let mut out = Vec::new();
+    for row in table_rows(table) {
+        let number: u8 = row[0]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("layer row without a number: {row:?}"));
+        for module in code_spans(&row[1]) {
+            out.push((module, number));
+        }
+    }
+    out
+}
 
 /// Edges inside a module that once made a cycle: (file, forbidden path).
 const FORBIDDEN_INSIDE: &[(&str, &str)] = &[
@@ -360,8 +351,8 @@ const FORBIDDEN_INSIDE: &[(&str, &str)] = &[
     ("src/store/txn.rs", "tasks::"),
 ];
 
-fn layer(module: &str) -> Option<u8> {
-    LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
+fn layer_in(layers: &[(String, u8)], module: &str) -> Option<u8> {
+    layers.iter().find(|(m, _)| m == module).map(|(_, l)| *l)
 }
 
 /// `crate::name` references in `source`, comments left out.
@@ -384,6 +375,8 @@ fn crate_references(source: &str) -> BTreeSet<String> {
 
 #[test]
 fn imports_point_down_the_layers() {
+    let layers = layers();
+    let layer = |m: &str| layer_in(&layers, m);
     let mut files = Vec::new();
     source_files(&root().join("src"), &mut files);
     let mut wrong = Vec::new();
@@ -394,7 +387,9 @@ fn imports_point_down_the_layers() {
             continue;
         }
         let Some(own) = layer(top) else {
-            wrong.push(format!("{file}: module `{top}` has no layer in LAYERS"));
+            wrong.push(format!(
+                "{file}: module `{top}` has no layer in ARCHITECTURE.md's layer table"
+            ));
             continue;
         };
         let source = std::fs::read_to_string(root().join(file)).unwrap();
@@ -427,6 +422,8 @@ fn imports_point_down_the_layers() {
 
 #[test]
 fn the_layer_check_sees_a_wrong_import() {
+    let layers = layers();
+    let layer = |m: &str| layer_in(&layers, m);
     let refs = crate_references("use crate::client::Client; // crate::cli is a comment");
     assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec!["client"]);
     assert!(layer("orchestrator") <= layer("client").map(|l| l + 1));

@@ -28,7 +28,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Crashes while in flight after which a key is refused.
-const POISON_AFTER_CRASHES: i64 = 2;
+pub const POISON_AFTER_CRASHES: i64 = 2;
 
 /// Prefix of the keys of orchestrator operations (they have no request id).
 pub const INTERNAL_PREFIX: &str = "internal:";

@@ -307,7 +307,10 @@ fn commit_batch(
                 results.push(Some(result));
             }
             Job::Internal { op, .. } if guard.poisoned.contains(&op.key()) => {
-                results.push(Some(Err(super::crash_guard::poison_error(&op.key(), 2))));
+                results.push(Some(Err(super::crash_guard::poison_error(
+                    &op.key(),
+                    super::crash_guard::POISON_AFTER_CRASHES,
+                ))));
             }
             Job::Internal { op, .. } => {
                 let sp = tx.savepoint()?;
