@@ -9,17 +9,6 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn show(g: &Grove, id: &str) -> Value {
-    serde_json::from_str(&g.ok(&["show", id, "--json"])).unwrap()
-}
-
-fn wait_status(g: &Grove, id: &str, status: &str) -> Value {
-    wait_for(&format!("task {id} {status}"), DEADLINE, || {
-        let t = show(g, id);
-        (t["status"] == status).then_some(t)
-    })
-}
-
 /// A workspace whose tasks can call `grove` (for `grove progress`).
 fn grove_with(config: &str) -> Grove {
     let mut g = Grove::with_config(config);

@@ -12,17 +12,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-fn show(g: &Grove, id: &str) -> Value {
-    serde_json::from_str(&g.ok(&["show", id, "--json"])).unwrap()
-}
-
-fn wait_status(g: &Grove, id: &str, status: &str) -> Value {
-    wait_for(&format!("task {id} {status}"), DEADLINE, || {
-        let t = show(g, id);
-        (t["status"] == status).then_some(t)
-    })
-}
-
 /// A string no other test's processes carry.
 fn marker(g: &Grove, what: &str) -> String {
     let tmp = g.dir.path().file_name().unwrap().to_string_lossy();

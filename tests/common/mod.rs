@@ -281,3 +281,16 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// `grove show ID --json`.
+pub fn show(g: &Grove, id: &str) -> Value {
+    serde_json::from_str(&g.ok(&["show", id, "--json"])).expect("show --json prints JSON")
+}
+
+/// Waits until the task has `status`; returns its `show --json`.
+pub fn wait_status(g: &Grove, id: &str, status: &str) -> Value {
+    wait_for(&format!("task {id} {status}"), DEADLINE, || {
+        let t = show(g, id);
+        (t["status"] == status).then_some(t)
+    })
+}
