@@ -63,11 +63,12 @@ const SETTLE: Duration = Duration::from_secs(120);
 /// How often watchers look at the store and `primary.json` (a promotion takes
 /// a few milliseconds; the mid-promotion kill must land inside it).
 const WATCH_POLL: Duration = Duration::from_millis(1);
-/// Printed by every shell task: counting it in the task's log tells how many
-/// times the task really ran.
 /// How long a member that died may take to finish exiting after the next
 /// primary already answered (its exit closes the lock first, then the rest).
+#[cfg(feature = "test-hooks")]
 const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// Printed by every shell task: counting it in the task's log tells how many
+/// times the task really ran.
 const RUN_MARK: &str = "chaos-run";
 
 #[derive(clap::Args, Debug, Clone)]

@@ -54,6 +54,21 @@ impl UnixSocketAddrExt for tokio::net::unix::SocketAddr {
     }
 }
 
+#[cfg(all(feature = "tokio-runtime", target_family = "unix"))]
+mod quiet;
+
+/// grove patch: IPC streams on tokio ask for write readiness only while a
+/// write is blocked (see `quiet.rs`).
+#[cfg(all(feature = "tokio-runtime", target_family = "unix"))]
+fn framed_ipc(stream: UnixStream, options: Arc<crate::SocketOptions>) -> std::io::Result<FramedIo> {
+    Ok(make_framed(quiet::QuietUnixStream::new(stream)?, options))
+}
+
+#[cfg(not(all(feature = "tokio-runtime", target_family = "unix")))]
+fn framed_ipc(stream: UnixStream, options: Arc<crate::SocketOptions>) -> std::io::Result<FramedIo> {
+    Ok(make_framed(stream, options))
+}
+
 #[cfg(windows)]
 fn make_framed(stream: UnixStream, options: Arc<crate::SocketOptions>) -> FramedIo {
     use futures::AsyncReadExt;
@@ -75,7 +90,7 @@ pub(crate) async fn connect(
     #[cfg(windows)]
     let peer_addr = Some(path.to_owned());
 
-    Ok((make_framed(raw_socket, options), Endpoint::Ipc(peer_addr)))
+    Ok((framed_ipc(raw_socket, options)?, Endpoint::Ipc(peer_addr)))
 }
 
 pub(crate) async fn begin_accept<T>(
@@ -146,7 +161,7 @@ where
         loop {
             select! {
                 incoming = listener.accept().fuse() => {
-                    let maybe_accepted: Result<_, _> = incoming.map(|(raw_socket, peer_addr)| {
+                    let maybe_accepted: Result<_, _> = incoming.and_then(|(raw_socket, peer_addr)| {
                         #[cfg(target_family = "unix")]
                         let peer_addr = pathname_from_unix_addr(peer_addr);
                         #[cfg(windows)]
@@ -154,7 +169,7 @@ where
                             let _ = peer_addr;
                             None
                         };
-                        (make_framed(raw_socket, Arc::clone(&options)), Endpoint::Ipc(peer_addr))
+                        Ok((framed_ipc(raw_socket, Arc::clone(&options))?, Endpoint::Ipc(peer_addr)))
                     }).map_err(|err| err.into());
                     async_rt::task::spawn(cback(maybe_accepted));
                 },
