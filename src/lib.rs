@@ -24,6 +24,7 @@ mod election;
 mod fs_watch;
 mod lifecycle;
 mod local_cluster;
+mod loop_watch;
 mod node;
 mod orchestrator;
 pub mod paths;

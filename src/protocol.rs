@@ -323,6 +323,17 @@ pub struct PrimaryInfo {
     pub pub_endpoint: String,
     pub rpc_endpoint: String,
     pub last_seq: u64,
+    /// The longest single poll of the primary's event loop so far, in
+    /// microseconds: every request waits behind a long one. Absent from
+    /// primaries older than this field.
+    #[serde(default)]
+    pub longest_poll_us: u64,
+    /// Group commits by this primary's store thread so far, and the client
+    /// writes they carried: their ratio is the mean batch size.
+    #[serde(default)]
+    pub commits: u64,
+    #[serde(default)]
+    pub writes_committed: u64,
 }
 
 /// A member of the grove, as announced by `hello`.

@@ -45,7 +45,11 @@ async fn blocked_ipc_writes_resume_and_deliver_everything_in_order() {
         let receive = async {
             for i in 0..MESSAGES {
                 let m = dealer.recv().await.unwrap();
-                assert_eq!(m.get(0).unwrap().as_ref(), payload(i).as_slice(), "message {i}");
+                assert_eq!(
+                    m.get(0).unwrap().as_ref(),
+                    payload(i).as_slice(),
+                    "message {i}"
+                );
             }
         };
         tokio::join!(send, receive);
@@ -59,7 +63,11 @@ async fn blocked_ipc_writes_resume_and_deliver_everything_in_order() {
         let receive = async {
             for i in 0..MESSAGES {
                 let m = router.recv().await.unwrap();
-                assert_eq!(m.get(1).unwrap().as_ref(), payload(i).as_slice(), "message {i}");
+                assert_eq!(
+                    m.get(1).unwrap().as_ref(),
+                    payload(i).as_slice(),
+                    "message {i}"
+                );
             }
         };
         tokio::join!(send, receive);

@@ -184,7 +184,9 @@ fn bind_workspace(agent: &Shared, cwd: &Path) -> Result<(), AcpError> {
         events_log: None,
     };
     let task = tokio::task::spawn_local(async move {
-        if let Err(e) = crate::node::serve_until(opts, stop_rx).await {
+        if let Err(e) =
+            crate::loop_watch::watched("member", crate::node::serve_until(opts, stop_rx)).await
+        {
             tracing::error!("acp: the grove member stopped: {e}");
         }
     });

@@ -430,12 +430,14 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 kind: "serve",
                 events_log,
             };
-            crate::node::serve(opts).await.map_err(|e| match e {
-                // A workspace we cannot use is a setup problem, not a crash.
-                crate::node::NodeError::Path(_) => CliError::Usage(e.to_string()),
-                crate::node::NodeError::Store(e) => e.into(),
-                e => CliError::Failed(e.to_string()),
-            })?;
+            crate::loop_watch::watched("member", crate::node::serve(opts))
+                .await
+                .map_err(|e| match e {
+                    // A workspace we cannot use is a setup problem, not a crash.
+                    crate::node::NodeError::Path(_) => CliError::Usage(e.to_string()),
+                    crate::node::NodeError::Store(e) => e.into(),
+                    e => CliError::Failed(e.to_string()),
+                })?;
             Ok(EXIT_OK)
         }
         Command::Status {

@@ -29,6 +29,8 @@ struct PrimaryView {
     pub_endpoint: String,
     rpc_endpoint: String,
     last_seq: Option<u64>,
+    /// The longest single poll of the primary's event loop (loop_watch).
+    longest_poll_ms: Option<f64>,
 }
 
 pub async fn run(ctx: &Context, json: bool) -> Result<i32, CliError> {
@@ -55,6 +57,7 @@ pub async fn run(ctx: &Context, json: bool) -> Result<i32, CliError> {
             pub_endpoint: info.pub_endpoint.clone(),
             rpc_endpoint: info.rpc_endpoint.clone(),
             last_seq: Some(info.last_seq),
+            longest_poll_ms: Some(info.longest_poll_us as f64 / 1000.0),
         }),
         (Err(_), Some(r)) if r.pid_alive() => Some(PrimaryView {
             instance_id: r.instance_id,
@@ -64,6 +67,7 @@ pub async fn run(ctx: &Context, json: bool) -> Result<i32, CliError> {
             pub_endpoint: r.pub_endpoint,
             rpc_endpoint: r.rpc_endpoint,
             last_seq: None,
+            longest_poll_ms: None,
         }),
         _ => None,
     };
@@ -142,6 +146,9 @@ fn print_human(s: &Status) {
             );
             outln!("  rpc:       {}", p.rpc_endpoint);
             outln!("  pub:       {}", p.pub_endpoint);
+            if let Some(ms) = p.longest_poll_ms {
+                outln!("  longest event-loop poll: {ms:.1} ms");
+            }
         }
         None => outln!("primary:     none"),
     }

@@ -112,7 +112,8 @@ async fn follow_or_lead(
     // One view of the config files for the member's whole life: reloaded
     // when they change, reported for `grove config show`.
     let live = std::sync::Arc::new(LiveConfig::new(&opts.ws.state_dir, opts.config.clone()));
-    let mut events_task = tokio::spawn(consume_events(opts.clone()).in_current_span());
+    let mut events_task =
+        crate::loop_watch::spawn("events", consume_events(opts.clone()).in_current_span());
 
     let lock_path = opts.ws.lock_path();
     let mut lock = acquire(&lock_path)?;
@@ -184,7 +185,8 @@ fn rejoin(
         tracing::warn!("the workspace state was deleted or replaced: joining it anew");
         events_task.abort();
         opts.ws.ensure_state_dir()?;
-        *events_task = tokio::spawn(consume_events(opts.clone()).in_current_span());
+        *events_task =
+            crate::loop_watch::spawn("events", consume_events(opts.clone()).in_current_span());
     }
     opts.ws.ensure_socket_dir()?;
     acquire(&opts.ws.lock_path())

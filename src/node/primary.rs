@@ -25,13 +25,8 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 struct Serving {
     bad_frames: LogLimiter,
     full_queue: LogLimiter,
-    /// For ledger look-ups on the event loop (read-only, never blocks on
-    /// the writer in WAL mode).
-    reader: std::cell::RefCell<Option<crate::store::Reader>>,
     info: PrimaryInfo,
     ws: crate::paths::Workspace,
-    /// Read per spawn: an engine added to `grove.toml` works at once.
-    live: Arc<LiveConfig>,
     started: Instant,
     last_seq: Arc<AtomicU64>,
     jobs: std::sync::mpsc::Sender<Job>,
@@ -118,7 +113,8 @@ async fn promote_and_serve(
     // and an idle primary needs no timer of its own.
     let watchdog = Watchdog::start(config.watchdog_timeout())
         .map_err(NodeError::io("cannot start the watchdog"))?;
-    let publish_task = tokio::spawn(
+    let publish_task = crate::loop_watch::spawn(
+        "publisher",
         publish_loop(
             publisher,
             events_rx,
@@ -145,6 +141,7 @@ async fn promote_and_serve(
         events_tx.clone(),
         retention,
         still_current,
+        admission(live.clone(), ws.root.clone()),
     )
     .map_err(NodeError::io("cannot start the store thread"))?;
 
@@ -157,7 +154,8 @@ async fn promote_and_serve(
         events_tx,
         epoch,
     );
-    let orchestrator_task = tokio::spawn(orchestrator.run(changed).in_current_span());
+    let orchestrator_task =
+        crate::loop_watch::spawn("orchestrator", orchestrator.run(changed).in_current_span());
     tracing::info!(
         pid = me.pid,
         "promoted to primary in {:.1} ms; rpc {rpc_endpoint}",
@@ -168,13 +166,14 @@ async fn promote_and_serve(
     super::report(opts, me, live, "primary");
     let (router_send, mut router_recv) = router.split();
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
-    let reply_task = tokio::spawn(reply_loop(router_send, replies_rx).in_current_span());
+    let reply_task = crate::loop_watch::spawn(
+        "replies",
+        reply_loop(router_send, replies_rx).in_current_span(),
+    );
     let serving = Serving {
         bad_frames: LogLimiter::new(),
         full_queue: LogLimiter::new(),
-        reader: std::cell::RefCell::new(None),
         ws: ws.clone(),
-        live: live.clone(),
         info: PrimaryInfo {
             instance_id: me.instance_id.clone(),
             pid: me.pid,
@@ -184,6 +183,9 @@ async fn promote_and_serve(
             pub_endpoint,
             rpc_endpoint,
             last_seq: 0,
+            longest_poll_us: 0,
+            commits: 0,
+            writes_committed: 0,
         },
         started: Instant::now(),
         last_seq,
@@ -359,6 +361,8 @@ impl Serving {
                 let mut info = self.info.clone();
                 info.uptime_ms = self.started.elapsed().as_millis() as u64;
                 info.last_seq = self.last_seq.load(Ordering::Relaxed);
+                info.longest_poll_us = crate::loop_watch::longest_poll().as_micros() as u64;
+                (info.commits, info.writes_committed) = writer::commit_counts();
                 self.send(
                     envelope,
                     Reply::ok(id, self.info.epoch, ReplyBody::Pong(info)),
@@ -368,25 +372,6 @@ impl Serving {
             Method::DebugStall { ms } => {
                 crate::test_hooks::stall(ms);
                 self.send(envelope, Reply::ok(id, self.info.epoch, ReplyBody::Done {}));
-            }
-            // A retry of a recorded create gets its recorded reply, even if
-            // the engine became invalid since: validate new requests only.
-            Method::TaskCreate(new) if self.recorded(&id) => {
-                self.write(envelope, id, request.from, Method::TaskCreate(new), digest)
-            }
-            Method::TaskCreate(mut new) => {
-                let config = self.live.current();
-                let engine = new
-                    .engine
-                    .get_or_insert_with(|| config.default_engine.clone())
-                    .clone();
-                let spec = crate::orchestrator::engines::RunSpec::of_new(&new, &engine);
-                match crate::orchestrator::engines::validate(&config, &self.ws.root, &spec) {
-                    Ok(()) => {
-                        self.write(envelope, id, request.from, Method::TaskCreate(new), digest)
-                    }
-                    Err(msg) => self.send(envelope, self.error(id, ErrorCode::InvalidParams, msg)),
-                }
             }
             method => self.write(envelope, id, request.from, method, digest),
         }
@@ -414,7 +399,7 @@ impl Serving {
         let epoch = self.info.epoch;
         let replies = self.replies.clone();
         let ws = self.ws.clone();
-        tokio::spawn(async move {
+        crate::loop_watch::spawn("write reply", async move {
             let result = rx.await;
             if let (Some(task), Ok(Ok(_))) = (&purged, &result) {
                 crate::runs::RunFiles::remove_all(&ws, task);
@@ -433,20 +418,6 @@ impl Serving {
         });
     }
 
-    fn recorded(&self, request_id: &str) -> bool {
-        let mut reader = self.reader.borrow_mut();
-        if reader.is_none() {
-            *reader = crate::store::Reader::open(&self.ws.db_path()).ok();
-        }
-        match reader.as_ref().map(|r| r.ledger_has(request_id)) {
-            Some(Ok(found)) => found,
-            _ => {
-                *reader = None;
-                false
-            }
-        }
-    }
-
     fn error(&self, id: String, code: ErrorCode, message: impl Into<String>) -> Reply {
         Reply::err(id, self.info.epoch, WireError::new(code, message))
     }
@@ -461,6 +432,25 @@ impl Serving {
             tracing::warn!("reply queue full: dropping an immediate answer");
         }
     }
+}
+
+/// Checks a new `task.create` before the store applies it: the default
+/// engine filled in, the engine, its binary, the model and the persona
+/// validated. Runs on the store thread (see `writer::Admission`).
+fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admission {
+    Box::new(move |method| {
+        let Method::TaskCreate(new) = method else {
+            return Ok(());
+        };
+        let config = live.current();
+        let engine = new
+            .engine
+            .get_or_insert_with(|| config.default_engine.clone())
+            .clone();
+        let spec = crate::orchestrator::engines::RunSpec::of_new(new, &engine);
+        crate::orchestrator::engines::validate(&config, &root, &spec)
+            .map_err(|msg| WireError::new(ErrorCode::InvalidParams, msg))
+    })
 }
 
 fn frame(mut envelope: Vec<Bytes>, payload: Vec<u8>) -> ZmqMessage {

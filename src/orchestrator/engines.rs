@@ -286,21 +286,47 @@ pub fn personas(config: &Config, workspace: &Path) -> Vec<String> {
 
 /// Finds an executable like the shell would (a path, or a name on PATH).
 pub fn find_binary(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        p.is_file()
-            && p.metadata()
-                .map(|m| m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-    };
+    use std::collections::HashMap;
+    use std::ffi::OsString;
+    use std::sync::Mutex;
+    /// Where each program was last found, per `PATH`: every `task.create`
+    /// checks its engine's binary, and re-checking one remembered file costs
+    /// one `stat` instead of one per `PATH` entry. Only hits are kept, so a
+    /// binary installed after a refusal is found at once. Bounded: cleared
+    /// when full (engines are few; `PATH` rarely changes).
+    static FOUND: Mutex<Option<HashMap<(String, OsString), PathBuf>>> = Mutex::new(None);
+    const REMEMBERED: usize = 64;
+
     if program.contains('/') {
         let p = PathBuf::from(program);
-        return executable(&p).then_some(p);
+        return is_executable(&p).then_some(p);
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    let key = (program.to_string(), path);
+    let remembered = FOUND
+        .lock()
+        .ok()
+        .and_then(|m| m.as_ref()?.get(&key).cloned());
+    if let Some(p) = remembered.filter(|p| is_executable(p)) {
+        return Some(p);
+    }
+    let found = std::env::split_paths(&key.1)
         .map(|d| d.join(program))
-        .find(|p| executable(p))
+        .find(|p| is_executable(p))?;
+    if let Ok(mut m) = FOUND.lock() {
+        let m = m.get_or_insert_with(HashMap::new);
+        if m.len() >= REMEMBERED {
+            m.clear();
+        }
+        m.insert(key, found.clone());
+    }
+    Some(found)
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

@@ -15,11 +15,25 @@ use crate::protocol::{
     ErrorCode, Event, EventData, MemberInfo, Method, ReplyBody, WireError, decode, encode, now_ms,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 /// Most writes committed in one transaction.
 pub const MAX_BATCH: usize = 512;
+
+/// Commits made by this process's store thread, and the client writes they
+/// carried (reported by `ping`, so `grove bench` can show batch sizes).
+static COMMITS: AtomicU64 = AtomicU64::new(0);
+static WRITES_COMMITTED: AtomicU64 = AtomicU64::new(0);
+
+/// `(commits, client writes committed)` so far in this process.
+pub fn commit_counts() -> (u64, u64) {
+    (
+        COMMITS.load(Ordering::Relaxed),
+        WRITES_COMMITTED.load(Ordering::Relaxed),
+    )
+}
 
 pub use super::txn::WriteResult;
 use super::txn::{Applied, append_event, refused};
@@ -123,6 +137,15 @@ pub fn promote(
 /// workspace's (it is not once `.grove` was deleted).
 pub type StillCurrent = Box<dyn Fn() -> bool + Send>;
 
+/// Checks (and may complete, e.g. fill in a default) a write that the ledger
+/// has not seen, before it is applied; an `Err` refuses it without recording
+/// it, so a retry after the user fixed the cause can succeed. It runs here,
+/// on the store thread, because the checks read files (an engine's binary on
+/// `PATH`, a persona) and the ledger look-up that must come first is a query:
+/// neither may block the primary's event loop. A retry of a recorded write
+/// gets its recorded reply without being checked again.
+pub type Admission = Box<dyn Fn(&mut Method) -> Result<(), WireError> + Send>;
+
 /// Starts the store thread. Committed events go to `published`, in order.
 pub fn spawn(
     promotion: Promotion,
@@ -130,11 +153,13 @@ pub fn spawn(
     published: tokio::sync::mpsc::Sender<Event>,
     retention: Retention,
     still_current: StillCurrent,
+    admission: Admission,
 ) -> std::io::Result<StoreThread> {
     let (jobs, rx) = mpsc::channel();
     let guard = Guard {
         in_flight: super::crash_guard::InFlight::open(db_path),
         poisoned: promotion.crash.poisoned_internal,
+        admission,
     };
     let (conn, epoch) = (promotion.conn, promotion.epoch);
     let thread = std::thread::Builder::new()
@@ -172,6 +197,7 @@ struct Guard {
     in_flight: super::crash_guard::InFlight,
     /// Orchestrator operations that crashed two primaries.
     poisoned: std::collections::HashSet<String>,
+    admission: Admission,
 }
 
 impl Guard {
@@ -289,7 +315,7 @@ fn commit_batch(
     // On error we must hand the jobs back to the caller untouched, so work
     // on them in place and only drain after the commit succeeded.
     let mut results = Vec::with_capacity(batch.len());
-    for job in batch.iter() {
+    for job in batch.iter_mut() {
         match job {
             Job::Write {
                 request_id,
@@ -303,7 +329,9 @@ fn commit_batch(
                     from,
                     digest: *digest,
                 };
-                let result = apply_idempotent(&mut tx, epoch, &request, method, &mut events)?;
+                let admission = &guard.admission;
+                let result =
+                    apply_idempotent(&mut tx, epoch, &request, method, admission, &mut events)?;
                 results.push(Some(result));
             }
             Job::Internal { op, .. } if guard.poisoned.contains(&op.key()) => {
@@ -345,6 +373,12 @@ fn commit_batch(
         }
     }
     tx.commit()?;
+    let writes = batch
+        .iter()
+        .filter(|j| matches!(j, Job::Write { .. }))
+        .count();
+    COMMITS.fetch_add(1, Ordering::Relaxed);
+    WRITES_COMMITTED.fetch_add(writes as u64, Ordering::Relaxed);
     for (job, result) in batch.drain(..).zip(results) {
         match (job, result) {
             (Job::Write { reply, .. } | Job::Internal { reply, .. }, Some(result)) => {
@@ -373,7 +407,8 @@ fn apply_idempotent(
     tx: &mut Transaction<'_>,
     epoch: u64,
     key: &LedgerKey<'_>,
-    method: &Method,
+    method: &mut Method,
+    admission: &Admission,
     events: &mut Vec<Event>,
 ) -> Result<WriteResult, StoreError> {
     let request_id = key.request_id;
@@ -397,6 +432,9 @@ fn apply_idempotent(
                 format!("recorded reply unreadable: {e}"),
             ))
         }));
+    }
+    if let Err(e) = admission(method) {
+        return Ok(Err(e));
     }
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::while_applying(method);

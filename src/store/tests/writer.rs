@@ -3,7 +3,7 @@
 //! id applied at most once, a poisoned orchestrator operation refused,
 //! events in seq order.
 
-use super::{Guard, Job, LedgerKey, WriteResult, apply_idempotent, commit_batch};
+use super::{Admission, Guard, Job, LedgerKey, WriteResult, apply_idempotent, commit_batch};
 use crate::protocol::{ErrorCode, Event, EventData, Method, NewTask, ReplyBody, request_digest};
 use crate::store::crash_guard::InFlight;
 use crate::store::tasks::InternalOp;
@@ -44,7 +44,25 @@ fn guard(dir: &tempfile::TempDir, poisoned: &[String]) -> Guard {
     Guard {
         in_flight: InFlight::open(&dir.path().join("grove.db")),
         poisoned: poisoned.iter().cloned().collect(),
+        admission: admit_all(),
     }
+}
+
+fn admit_all() -> Admission {
+    Box::new(|_| Ok(()))
+}
+
+/// Refuses every create whose prompt is "refuse me", counting its calls.
+fn picky(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Admission {
+    Box::new(move |method| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match method {
+            Method::TaskCreate(new) if new.prompt == "refuse me" => Err(
+                crate::protocol::WireError::new(ErrorCode::InvalidParams, "no such engine"),
+            ),
+            _ => Ok(()),
+        }
+    })
 }
 
 fn count(conn: &Connection, table: &str) -> i64 {
@@ -153,20 +171,65 @@ fn a_refused_write_undoes_its_partial_effects() {
     let mut conn = store();
     let mut tx = conn.transaction().unwrap();
     let mut events = Vec::new();
-    let method = Method::TaskCreate(NewTask {
+    let mut method = Method::TaskCreate(NewTask {
         prompt: " ".into(),
         ..Default::default()
     });
+    let digest = request_digest(&method);
     let key = LedgerKey {
         request_id: "req-1",
         from: "test",
-        digest: request_digest(&method),
+        digest,
     };
-    let result = apply_idempotent(&mut tx, 7, &key, &method, &mut events).unwrap();
+    let result =
+        apply_idempotent(&mut tx, 7, &key, &mut method, &admit_all(), &mut events).unwrap();
     assert_eq!(result.unwrap_err().code, ErrorCode::InvalidParams);
     assert!(events.is_empty());
     tx.commit().unwrap();
     assert_eq!(count(&conn, "tasks"), 0);
     assert_eq!(count(&conn, "events"), 0);
     assert_eq!(count(&conn, "ledger"), 1);
+}
+
+/// A write the admission refuses is answered with its error and leaves no
+/// trace (no ledger row: a retry after the user fixed the cause can
+/// succeed); a write the ledger already holds is answered from it without
+/// being checked again.
+#[test]
+fn admission_runs_only_for_new_writes_and_its_refusal_is_not_recorded() {
+    let mut conn = store();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let admission = picky(calls.clone());
+    let mut events = Vec::new();
+    let mut tx = conn.transaction().unwrap();
+    let mut refused = create("refuse me");
+    let key = LedgerKey {
+        request_id: "req-refused",
+        from: "test",
+        digest: request_digest(&refused),
+    };
+    let result = apply_idempotent(&mut tx, 7, &key, &mut refused, &admission, &mut events);
+    assert_eq!(result.unwrap().unwrap_err().code, ErrorCode::InvalidParams);
+
+    let mut fine = create("echo hi");
+    let key = LedgerKey {
+        request_id: "req-fine",
+        from: "test",
+        digest: request_digest(&fine),
+    };
+    let first = apply_idempotent(&mut tx, 7, &key, &mut fine, &admission, &mut events).unwrap();
+    let again = apply_idempotent(&mut tx, 7, &key, &mut fine, &admission, &mut events).unwrap();
+    assert_eq!(task_id(&first), task_id(&again));
+    tx.commit().unwrap();
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the retry was checked again"
+    );
+    assert_eq!(
+        count(&conn, "ledger"),
+        1,
+        "only the admitted write is recorded"
+    );
+    assert_eq!(count(&conn, "tasks"), 1);
 }
