@@ -43,6 +43,41 @@ pub fn python() -> PathBuf {
     dir.join("bin/python")
 }
 
+/// Claude Code's ACP adapter, the real published agent the tests drive
+/// offline (against `tests/peer/model_stub.py`), pinned to the version whose
+/// behaviour ../shared/REAL-AGENTS.md records.
+pub const CLAUDE_AGENT_ACP: &str = "@agentclientprotocol/claude-agent-acp@0.49.0";
+
+/// The absolute path of the adapter's entry point (run it with `node`),
+/// installed once into `target/test-env/npm` (about 290 MB with the Claude
+/// Code binary it pulls in). The path must be absolute: the agent's working
+/// directory is the session's.
+pub fn claude_agent_acp() -> PathBuf {
+    let dir = root().join("npm");
+    let stamp = format!("{CLAUDE_AGENT_ACP}\n# node {}\n", node_version());
+    prepare(&dir, &stamp, |dir| {
+        std::fs::create_dir_all(dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        run(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+                .arg(dir)
+                .arg(CLAUDE_AGENT_ACP),
+            "npm install",
+            "the first test run downloads the agent from the npm registry: it needs network access",
+        );
+    });
+    dir.join("node_modules/@agentclientprotocol/claude-agent-acp/dist/index.js")
+}
+
+fn node_version() -> String {
+    let out = Command::new("node")
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node ({e}): the tests need Node.js 20 or newer and npm"));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Makes sure `dir` holds an environment built from `stamp`: if its stamp
 /// file differs (or is missing), empties `dir`, runs `build` and records the
 /// stamp last. The lock file sits beside `dir`, not in it, so that emptying
