@@ -61,6 +61,10 @@ pub struct Grove {
     pub members: Vec<Member>,
     extra_env: Vec<(String, String)>,
     counter: usize,
+    /// Runs members through this command first (e.g. `nsenter --net=…`, so
+    /// that they and the agents their shims start share a network
+    /// namespace); it must exec `grove` in place, keeping the pid.
+    pub member_prefix: Vec<String>,
 }
 
 impl Grove {
@@ -80,6 +84,7 @@ impl Grove {
             members: Vec::new(),
             extra_env: Vec::new(),
             counter: 0,
+            member_prefix: Vec::new(),
         }
     }
 
@@ -96,7 +101,14 @@ impl Grove {
             .join(format!("events-{}.jsonl", self.counter));
         let stderr_log = self.dir.path().join(format!("member-{}.log", self.counter));
         let stderr = std::fs::File::create(&stderr_log).expect("log file");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.member_prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BIN);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("serve")
             .arg("--workspace")
             .arg(&self.ws)

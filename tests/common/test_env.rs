@@ -60,7 +60,13 @@ pub fn claude_agent_acp() -> PathBuf {
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         run(
             Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+                .args([
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    "--prefix",
+                ])
                 .arg(dir)
                 .arg(CLAUDE_AGENT_ACP),
             "npm install",
@@ -74,7 +80,9 @@ fn node_version() -> String {
     let out = Command::new("node")
         .arg("--version")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run node ({e}): the tests need Node.js 20 or newer and npm"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run node ({e}): the tests need Node.js 20 or newer and npm")
+        });
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 

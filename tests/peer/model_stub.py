@@ -22,7 +22,8 @@ The script, by the words of the last human text:
 - anything else: "Hello from the stub model." (with the human text's
   first word echoed, so follow-ups are told apart).
 
-Usage: model_stub.py PORT_FILE — binds 127.0.0.1 on a free port, writes the
+Usage: model_stub.py [--lo-up] PORT_FILE — with --lo-up (in a fresh network
+namespace, where even loopback starts down) first brings `lo` up; binds 127.0.0.1 on a free port, writes the
 port to PORT_FILE (atomically), serves until killed. Every request is also
 appended as one JSON line to PORT_FILE + ".log" for the tests to inspect.
 """
@@ -183,8 +184,24 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+def loopback_up():
+    """Brings `lo` up (SIOCGIFFLAGS / SIOCSIFFLAGS with IFF_UP), as
+    `ip link set lo up` would, without needing iproute2."""
+    import fcntl
+    import socket
+    import struct
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0)))[1]
+    fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))
+    s.close()
+
+
 def main():
-    port_file = sys.argv[1]
+    args = sys.argv[1:]
+    if args and args[0] == "--lo-up":
+        loopback_up()
+        args = args[1:]
+    port_file = args[0]
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     server.log_path = port_file + ".log"
