@@ -25,6 +25,33 @@ async fn measure(
     writes: usize,
     blocker: &str,
 ) -> Result<Vec<Row>, String> {
+    let mut rows = round_trips(client, writes, blocker).await?;
+    rows.extend(throughputs(c, client, writes, blocker).await?);
+    let stall = counters(client).await?.longest_poll_us as f64 / 1000.0;
+    rows.push(Row {
+        scenario: "rpc".into(),
+        metric: "longest event-loop poll of the primary, under load".into(),
+        unit: "ms".into(),
+        p50: stall,
+        p99: stall,
+        samples: 1,
+        baseline: None,
+        baseline_p50: None,
+        goal: Some(format!(
+            "≤ {} ms (warning threshold)",
+            crate::loop_watch::STALL_WARN.as_millis()
+        )),
+    });
+    Ok(rows)
+}
+
+/// The sequential write and ping round trips, beside a raw echo (+ a raw
+/// commit for the write).
+async fn round_trips(
+    client: &mut crate::client::Client,
+    writes: usize,
+    blocker: &str,
+) -> Result<Vec<Row>, String> {
     for _ in 0..50 {
         write(client, blocker).await?;
     }
@@ -45,8 +72,7 @@ async fn measure(
     let echo = raw_echo(writes).await?;
     let commits = raw_commits(writes)?;
     let commit_p50 = quantile(&commits, 0.5);
-    let sqlite_rate = 1000.0 / (commits.iter().sum::<f64>() / commits.len() as f64);
-    let mut rows = vec![
+    Ok(vec![
         Row {
             scenario: "rpc".into(),
             metric: "ping round trip (no store)".into(),
@@ -69,7 +95,20 @@ async fn measure(
             baseline_p50: Some(quantile(&echo, 0.5) + commit_p50),
             goal: Some("≤ 3× baseline".into()),
         },
-    ];
+    ])
+}
+
+/// Writes/s with 1, 4 and 16 concurrent writers and how many writes each
+/// commit carried, beside raw single-row commits and the store's ceiling.
+async fn throughputs(
+    c: &LocalCluster,
+    client: &mut crate::client::Client,
+    writes: usize,
+    blocker: &str,
+) -> Result<Vec<Row>, String> {
+    let commits = raw_commits(writes)?;
+    let sqlite_rate = 1000.0 / (commits.iter().sum::<f64>() / commits.len() as f64);
+    let mut rows = Vec::new();
     let ceiling = store_ceiling(writes.max(MIN_CEILING_WRITES))?;
     for writers in [1usize, 4, 16] {
         let before = counters(client).await?;
@@ -106,21 +145,6 @@ async fn measure(
             goal: None,
         });
     }
-    let stall = counters(client).await?.longest_poll_us as f64 / 1000.0;
-    rows.push(Row {
-        scenario: "rpc".into(),
-        metric: "longest event-loop poll of the primary, under load".into(),
-        unit: "ms".into(),
-        p50: stall,
-        p99: stall,
-        samples: 1,
-        baseline: None,
-        baseline_p50: None,
-        goal: Some(format!(
-            "≤ {} ms (warning threshold)",
-            crate::loop_watch::STALL_WARN.as_millis()
-        )),
-    });
     Ok(rows)
 }
 

@@ -176,21 +176,7 @@ async fn chaos(args: ChaosArgs) -> Result<bool, String> {
     let seed = args.seed.unwrap_or_else(default_seed);
     let clock = Clock(Instant::now());
     let lc = LocalCluster::with_config(CONFIG)?;
-    let plan = match args.duration {
-        Some(s) => format!("kills for {s} s"),
-        None => format!("{} kills", args.kills),
-    };
-    outln!(
-        "chaos: seed {seed} (rerun with --seed {seed}), {} members, {} writers, {plan}, workspace {}",
-        args.members,
-        args.writers,
-        lc.ws.root.display()
-    );
-    #[cfg(not(feature = "test-hooks"))]
-    outln!(
-        "chaos: this build has no test hooks, so no primary is made to die between COMMIT and reply \
-         (scripts/chaos.sh builds with --features test-hooks)"
-    );
+    announce(&args, seed, &lc);
     let mut cl = Cluster {
         lc,
         members: Vec::new(),
@@ -221,23 +207,7 @@ async fn chaos(args: ChaosArgs) -> Result<bool, String> {
         None,
     )
     .await?;
-    let mut handles = Vec::new();
-    for i in 0..=args.writers {
-        let (name, load) = if i < args.writers {
-            let load = Load::Pending {
-                blocker: blocker.clone(),
-            };
-            (format!("w{i}"), load)
-        } else {
-            ("sh".to_string(), Load::Shell)
-        };
-        let seed_i = seed.wrapping_add(i as u64 + 1);
-        handles.push(
-            start_client(&cl.lc.ws, &cl.lc.config, name, load, seed_i, shared.clone())
-                .map_err(|e| format!("cannot start a client thread: {e}"))?,
-        );
-    }
-
+    let handles = start_clients(&args, seed, &cl, &blocker, &shared)?;
     let mut run = Chaos {
         cl,
         client,
@@ -257,7 +227,62 @@ async fn chaos(args: ChaosArgs) -> Result<bool, String> {
     run.clock
         .say("stopping the clients; cancelling the blocker");
     shared.stop.store(true, Ordering::Relaxed);
-    join_clients(std::mem::take(&mut handles), &shared).await;
+    join_clients(handles, &shared).await;
+    let end_errors = wind_up(&mut run).await;
+    run.clock.say("verifying");
+    verify(&mut run, loop_result, end_errors).await
+}
+
+/// The first lines of a run: how to rerun it, and what this build can do.
+fn announce(args: &ChaosArgs, seed: u64, lc: &LocalCluster) {
+    let plan = match args.duration {
+        Some(s) => format!("kills for {s} s"),
+        None => format!("{} kills", args.kills),
+    };
+    outln!(
+        "chaos: seed {seed} (rerun with --seed {seed}), {} members, {} writers, {plan}, workspace {}",
+        args.members,
+        args.writers,
+        lc.ws.root.display()
+    );
+    #[cfg(not(feature = "test-hooks"))]
+    outln!(
+        "chaos: this build has no test hooks, so no primary is made to die between COMMIT and reply \
+         (scripts/chaos.sh builds with --features test-hooks)"
+    );
+}
+
+/// The writer threads (pending writes behind the blocker) and one thread of
+/// short shell tasks, each with its own seed.
+fn start_clients(
+    args: &ChaosArgs,
+    seed: u64,
+    cl: &Cluster,
+    blocker: &str,
+    shared: &Arc<Shared>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+    let mut handles = Vec::new();
+    for i in 0..=args.writers {
+        let (name, load) = if i < args.writers {
+            let load = Load::Pending {
+                blocker: blocker.to_string(),
+            };
+            (format!("w{i}"), load)
+        } else {
+            ("sh".to_string(), Load::Shell)
+        };
+        let seed_i = seed.wrapping_add(i as u64 + 1);
+        handles.push(
+            start_client(&cl.lc.ws, &cl.lc.config, name, load, seed_i, shared.clone())
+                .map_err(|e| format!("cannot start a client thread: {e}"))?,
+        );
+    }
+    Ok(handles)
+}
+
+/// After the kill loop: the grove brought back, the blocker cancelled and
+/// every task terminal. Returns what went wrong on the way.
+async fn wind_up(run: &mut Chaos) -> Vec<String> {
     let mut end_errors = Vec::new();
     // A loop that stopped early may have left too few members to finish.
     if let Err(e) = run.settle().await {
@@ -280,9 +305,7 @@ async fn chaos(args: ChaosArgs) -> Result<bool, String> {
         )),
         Err(e) => end_errors.push(e),
     }
-    run.clock.say("verifying");
-    let report = verify(&mut run, loop_result, end_errors).await?;
-    Ok(report)
+    end_errors
 }
 
 /// Detaches the temporary workspace (store, run records, member logs and

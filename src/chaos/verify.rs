@@ -282,6 +282,40 @@ pub(super) async fn verify(
     loop_result: Result<(), String>,
     end_errors: Vec<String>,
 ) -> Result<bool, String> {
+    let found = gather(run, loop_result, end_errors).await?;
+    outln!();
+    outln!("checks:");
+    let mut report = Report::default();
+    check_writes_and_events(&mut report, &found, &run.tally);
+    check_the_end(&mut report, &found);
+    print_timings(&found, &run.tally);
+    print_verdict(&report, &found, &run.tally);
+    let ok = report.failed.is_empty();
+    if !ok && run.keep {
+        keep_workspace(&mut run.cl);
+    }
+    Ok(ok)
+}
+
+/// Everything the checks look at, gathered once the kill loop ended.
+struct Findings {
+    loop_result: Result<(), String>,
+    end_errors: Vec<String>,
+    writes: WriteFindings,
+    died: Vec<u32>,
+    last_seq: u64,
+    streams: Vec<StreamFinding>,
+    not_stopped: Vec<u32>,
+    orphans: Vec<u32>,
+    integrity: String,
+    failures: Vec<String>,
+}
+
+async fn gather(
+    run: &mut Chaos,
+    loop_result: Result<(), String>,
+    end_errors: Vec<String>,
+) -> Result<Findings, String> {
     let ws = run.cl.ws().clone();
     let reader = Reader::open(&ws.db_path()).map_err(|e| e.to_string())?;
     let acks = run.shared.acks();
@@ -299,12 +333,28 @@ pub(super) async fn verify(
     let integrity = Reader::open(&ws.db_path())
         .and_then(|r| r.integrity_check())
         .unwrap_or_else(|e| e.to_string());
-    let failures = run.shared.failures();
+    Ok(Findings {
+        loop_result,
+        end_errors,
+        writes,
+        died,
+        last_seq,
+        streams,
+        not_stopped,
+        orphans,
+        integrity,
+        failures: run.shared.failures(),
+    })
+}
 
-    outln!();
-    outln!("checks:");
-    let mut failed: Vec<String> = Vec::new();
-    let mut check = |passed: bool, what: String, short: String, detail: &[String]| {
+/// The checks printed so far, and the short names of those that failed.
+#[derive(Default)]
+struct Report {
+    failed: Vec<String>,
+}
+
+impl Report {
+    fn check(&mut self, passed: bool, what: String, short: String, detail: &[String]) {
         outln!("  [{}] {what}", if passed { "ok" } else { "FAILED" });
         for d in detail.iter().take(10) {
             outln!("         {d}");
@@ -313,13 +363,16 @@ pub(super) async fn verify(
             outln!("         ... and {} more", detail.len() - 10);
         }
         if !passed {
-            failed.push(short);
+            self.failed.push(short);
         }
-    };
-    let t = &run.tally;
-    let loop_ok = loop_result.is_ok();
-    check(
-        loop_ok,
+    }
+}
+
+/// The kill loop, acknowledged writes, and what subscribers saw.
+fn check_writes_and_events(report: &mut Report, f: &Findings, t: &Tally) {
+    let writes = &f.writes;
+    report.check(
+        f.loop_result.is_ok(),
         format!(
             "kill loop: {} kills ({} of the primary, {} primaries dead between COMMIT and reply, {} of a secondary, {} of a new primary mid-promotion, {} of them before it published primary.json)",
             t.kills(),
@@ -330,7 +383,7 @@ pub(super) async fn verify(
             t.before_record
         ),
         "the kill loop stopped early".into(),
-        &loop_result.err().into_iter().collect::<Vec<_>>(),
+        &f.loop_result.clone().err().into_iter().collect::<Vec<_>>(),
     );
     let mut kinds: Vec<String> = writes
         .by_kind
@@ -338,7 +391,7 @@ pub(super) async fn verify(
         .map(|(k, n)| format!("{n} {k}"))
         .collect();
     kinds.sort();
-    check(
+    report.check(
         writes.lost.is_empty(),
         format!(
             "acknowledged writes lost: {} of {} ({})",
@@ -349,27 +402,42 @@ pub(super) async fn verify(
         format!("{} acknowledged writes lost", writes.lost.len()),
         &writes.lost,
     );
-    check(
+    report.check(
         writes.doubled.is_empty(),
         format!("writes applied twice: {}", writes.doubled.len()),
         format!("{} writes applied twice", writes.doubled.len()),
         &writes.doubled,
     );
-    check(
-        failures.is_empty(),
+    report.check(
+        f.failures.is_empty(),
         format!(
             "writes refused or never acknowledged (each retried with its id for {} s): {}",
             WRITE_GIVE_UP.as_secs(),
-            failures.len()
+            f.failures.len()
         ),
-        format!("{} writes refused or never acknowledged", failures.len()),
-        &failures,
+        format!("{} writes refused or never acknowledged", f.failures.len()),
+        &f.failures,
     );
-    let missed: usize = streams.iter().map(|s| s.missed).sum();
-    let disordered = streams.iter().filter(|s| s.out_of_order).count();
-    let survivors = streams.iter().filter(|s| s.survivor).count();
+    check_streams(report, f);
+    report.check(
+        f.integrity == "ok",
+        format!("PRAGMA integrity_check: {}", f.integrity),
+        format!("integrity_check: {}", f.integrity),
+        &[],
+    );
+}
+
+fn missed_events(f: &Findings) -> usize {
+    f.streams.iter().map(|s| s.missed).sum()
+}
+
+fn check_streams(report: &mut Report, f: &Findings) {
+    let missed = missed_events(f);
+    let disordered = f.streams.iter().filter(|s| s.out_of_order).count();
+    let survivors = f.streams.iter().filter(|s| s.survivor).count();
     // Survivors always; killed members only when something is wrong.
-    let stream_detail: Vec<String> = streams
+    let detail: Vec<String> = f
+        .streams
         .iter()
         .filter(|s| s.survivor || s.missed > 0 || s.out_of_order)
         .map(|s| {
@@ -388,28 +456,29 @@ pub(super) async fn verify(
             )
         })
         .collect();
-    check(
+    report.check(
         missed == 0 && disordered == 0,
         format!(
-            "events missed by subscribers: {missed} ({survivors} survivors up to store seq {last_seq}; {} killed members up to their death)",
-            streams.len() - survivors
+            "events missed by subscribers: {missed} ({survivors} survivors up to store seq {}; {} killed members up to their death)",
+            f.last_seq,
+            f.streams.len() - survivors
         ),
         format!("{missed} events missed, {disordered} logs out of order"),
-        &stream_detail,
+        &detail,
     );
-    check(
-        integrity == "ok",
-        format!("PRAGMA integrity_check: {integrity}"),
-        format!("integrity_check: {integrity}"),
-        &[],
-    );
-    check(
-        end_errors.is_empty(),
+}
+
+/// How the run ended: every task terminal with the right outcome, once,
+/// and no member or process left behind.
+fn check_the_end(report: &mut Report, f: &Findings) {
+    let writes = &f.writes;
+    report.check(
+        f.end_errors.is_empty(),
         "end of the run: blocker cancelled, every task terminal".into(),
         "the end of the run failed".into(),
-        &end_errors,
+        &f.end_errors,
     );
-    check(
+    report.check(
         writes.stuck_running.is_empty() && writes.not_terminal == 0,
         format!(
             "tasks stuck running: {} ({} not terminal)",
@@ -423,7 +492,7 @@ pub(super) async fn verify(
         ),
         &writes.stuck_running,
     );
-    check(
+    report.check(
         writes.wrong_outcome.is_empty(),
         format!(
             "tasks with a wrong ending: {} (shell tasks keep their exit code, writes fail with their blocker)",
@@ -432,7 +501,7 @@ pub(super) async fn verify(
         format!("{} tasks with a wrong ending", writes.wrong_outcome.len()),
         &writes.wrong_outcome,
     );
-    check(
+    report.check(
         writes.ran_twice.is_empty(),
         format!(
             "tasks run more than once (shell tasks, and the blocker adopted by every new primary): {}",
@@ -441,22 +510,25 @@ pub(super) async fn verify(
         format!("{} tasks ran twice", writes.ran_twice.len()),
         &writes.ran_twice,
     );
-    check(
-        died.is_empty(),
-        format!("members that died without being killed: {}", died.len()),
-        format!("{} members died on their own", died.len()),
-        &died.iter().map(|p| format!("pid {p}")).collect::<Vec<_>>(),
+    report.check(
+        f.died.is_empty(),
+        format!("members that died without being killed: {}", f.died.len()),
+        format!("{} members died on their own", f.died.len()),
+        &f.died.iter().map(|p| format!("pid {p}")).collect::<Vec<_>>(),
     );
-    let left = orphans.len() + not_stopped.len();
-    check(
+    let left = f.orphans.len() + f.not_stopped.len();
+    report.check(
         left == 0,
         format!(
             "orphan processes left: {} (shims/agents of .grove/run/*.run.json still alive: {:?}; members that ignored SIGTERM: {:?})",
-            left, orphans, not_stopped
+            left, f.orphans, f.not_stopped
         ),
         format!("{left} orphan processes"),
         &[],
     );
+}
+
+fn print_timings(f: &Findings, t: &Tally) {
     let fo = &t.failover_ms;
     outln!(
         "  failover, kill -9 of the primary → a write acknowledged: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} kills)",
@@ -465,7 +537,7 @@ pub(super) async fn verify(
         quantile(fo, 1.0),
         fo.len()
     );
-    let sl = &writes.shell_latency;
+    let sl = &f.writes.shell_latency;
     outln!(
         "  shell tasks (0.2 s each), created → final state: p50 {:.2} s, p99 {:.2} s, max {:.2} s ({} tasks)",
         quantile(sl, 0.5),
@@ -474,25 +546,26 @@ pub(super) async fn verify(
         sl.len()
     );
     outln!();
-    let missed_total = missed;
-    let verdict = if failed.is_empty() {
+}
+
+/// The one-line summary scripts and the tests read.
+fn print_verdict(report: &Report, f: &Findings, t: &Tally) {
+    let verdict = if report.failed.is_empty() {
         "all checks passed".to_string()
     } else {
-        format!("FAILED: {}", failed.join("; "))
+        format!("FAILED: {}", report.failed.join("; "))
     };
+    let left = f.orphans.len() + f.not_stopped.len();
     outln!(
-        "chaos: {} kills, {} writes acknowledged, {} lost, {} applied twice, {missed_total} events missed, integrity {integrity}, {} stuck running, {left} orphans, failover p50 {:.1} ms p99 {:.1} ms, {verdict}",
+        "chaos: {} kills, {} writes acknowledged, {} lost, {} applied twice, {} events missed, integrity {}, {} stuck running, {left} orphans, failover p50 {:.1} ms p99 {:.1} ms, {verdict}",
         t.kills(),
-        writes.acked,
-        writes.lost.len(),
-        writes.doubled.len(),
-        writes.stuck_running.len(),
-        quantile(fo, 0.5),
-        quantile(fo, 0.99),
+        f.writes.acked,
+        f.writes.lost.len(),
+        f.writes.doubled.len(),
+        missed_events(f),
+        f.integrity,
+        f.writes.stuck_running.len(),
+        quantile(&t.failover_ms, 0.5),
+        quantile(&t.failover_ms, 0.99),
     );
-    let ok = failed.is_empty();
-    if !ok && run.keep {
-        keep_workspace(&mut run.cl);
-    }
-    Ok(ok)
 }
