@@ -50,6 +50,8 @@ fn quick_bench_reports_every_scenario() {
         "SIGTERM → new primary accepts a write, 3 sec.",
         "write round trip (task.create)",
         "throughput, 4 concurrent writers",
+        "throughput, 16 concurrent writers, beside the store's ceiling",
+        "writes per commit, 16 concurrent writers",
         "events/s delivered to each of 1 subs",
         "events/s delivered to each of 8 subs",
         "events/s delivered to each of 32 subs",

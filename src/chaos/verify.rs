@@ -514,7 +514,10 @@ fn check_the_end(report: &mut Report, f: &Findings) {
         f.died.is_empty(),
         format!("members that died without being killed: {}", f.died.len()),
         format!("{} members died on their own", f.died.len()),
-        &f.died.iter().map(|p| format!("pid {p}")).collect::<Vec<_>>(),
+        &f.died
+            .iter()
+            .map(|p| format!("pid {p}"))
+            .collect::<Vec<_>>(),
     );
     let left = f.orphans.len() + f.not_stopped.len();
     report.check(
