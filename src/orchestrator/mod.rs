@@ -384,7 +384,7 @@ impl Orchestrator {
         self.reschedule = false;
         // Priority first, then FIFO (the list comes in creation order and the
         // sort is stable).
-        queued.sort_by_key(|t| std::cmp::Reverse(t.priority));
+        queued.sort_by_key(|t| std::cmp::Reverse(t.spec.priority));
         for task in queued.into_iter().take(self.config.max_parallel - running) {
             let run_id = uuid::Uuid::new_v4().simple().to_string();
             let started = self
@@ -432,7 +432,7 @@ impl Orchestrator {
             env: launch.env,
             work_dir: launch.work_dir,
             stdin: launch.stdin,
-            timeout_ms: task.timeout_ms,
+            timeout_ms: task.spec.timeout_ms,
             grace_ms: self.config.kill_grace_ms,
         };
         let spec_path = RunFiles::spec(&self.ws, &task.id);

@@ -76,7 +76,7 @@ impl Store {
     }
 
     pub fn task(&self, id: &str) -> Option<TaskRecord> {
-        super::get_task(&self.conn, id).expect("read task")
+        super::rows::get(&self.conn, id).expect("read task")
     }
 
     pub fn last_seq(&self) -> u64 {
