@@ -1,8 +1,8 @@
 //! The task state machine: the one place that says which status may follow
 //! which (see docs/design.md, Tasks). The store thread asks it for every
-//! status change of an existing task (`store/tasks.rs::transition`). Two
+//! status change of an existing task (`store/tasks/change.rs::transition`). Two
 //! paths do not: creation derives a task's first status from its
-//! dependencies, and relaunch (`store/tasks.rs::rearm`) re-arms a terminal
+//! dependencies, and relaunch (`store/tasks/lineage.rs::rearm`) re-arms a terminal
 //! task, which this table forbids for every other operation. The
 //! orchestrator never asks it: it only requests changes from the store
 //! thread.
