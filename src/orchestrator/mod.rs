@@ -255,7 +255,7 @@ impl Orchestrator {
                 tracing::info!(task = %task_id, "finalizing a run from its exit record");
                 // Same request id as the shim's own report: applied once.
                 self.write(
-                    format!("finished-{run_id}"),
+                    crate::protocol::finished_request_id(run_id),
                     Method::TaskFinished(exit.to_exit(task_id)),
                 )
                 .await
@@ -414,7 +414,10 @@ impl Orchestrator {
                     message: Some(message),
                 };
                 let _ = self
-                    .write(format!("finished-{run_id}"), Method::TaskFinished(exit))
+                    .write(
+                        crate::protocol::finished_request_id(&run_id),
+                        Method::TaskFinished(exit),
+                    )
                     .await;
             }
         }

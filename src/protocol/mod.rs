@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 mod codec;
 mod error;
 mod event;
+mod route;
 mod task;
 mod wire_form;
 
@@ -23,6 +24,7 @@ pub use codec::{
 };
 pub use error::{DecodeError, ERROR_CODES, ErrorCode, WireError};
 pub use event::{Event, EventData, TOPICS};
+pub use route::{Local, Route, TaskOp};
 pub use task::{
     ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, TASK_STATUSES, TaskExit, TaskRecord,
     TaskSpec, TaskStatus, finished_request_id,

@@ -116,17 +116,9 @@ pub struct TaskExit {
     pub message: Option<String>,
 }
 
-impl TaskExit {
-    /// The request id of a supervisor's report of this run: the same for
-    /// every sender (the shim, or an orchestrator finalizing from the exit
-    /// record), so that the run's end is applied exactly once.
-    pub fn request_id(&self) -> String {
-        finished_request_id(&self.run_id)
-    }
-}
-
-/// The request id under which the end of run `run_id` is reported (see
-/// [`TaskExit::request_id`]).
+/// The request id of every report of run `run_id`'s end: the same for every
+/// sender (the shim, or an orchestrator finalizing from the exit record),
+/// so that the run's end is applied exactly once.
 pub fn finished_request_id(run_id: &str) -> String {
     format!("finished-{run_id}")
 }

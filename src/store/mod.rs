@@ -45,6 +45,12 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("corrupt row in the store: {0}")]
     Corrupt(String),
+    /// Written by a newer grove: migrating it down is not possible, and
+    /// writing it with this schema would corrupt it.
+    #[error(
+        "the store has schema version {found}, newer than this grove ({supported}); upgrade grove"
+    )]
+    TooNew { found: i64, supported: i64 },
 }
 
 /// Opens the database read-write (primary only) and brings the schema up to

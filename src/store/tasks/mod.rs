@@ -21,7 +21,7 @@ mod runs;
 
 use super::rows;
 use super::txn::{Applied, WriteResult, refused};
-use crate::protocol::{ErrorCode, Event, FailureReason, Method, ReplyBody, TaskRecord, TaskStatus};
+use crate::protocol::{ErrorCode, Event, FailureReason, ReplyBody, TaskOp, TaskRecord, TaskStatus};
 use change::{save, transition};
 use rusqlite::Connection;
 
@@ -75,10 +75,10 @@ pub(super) fn ok(task: TaskRecord) -> Res {
     Ok(Ok(ReplyBody::Task(Box::new(task))))
 }
 
-pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
-    match method {
-        Method::TaskCreate(new) => lineage::create_new(c, new),
-        Method::TaskSetProgress { id, percent, text } => {
+pub(super) fn apply(c: &mut Ctx<'_>, op: TaskOp<'_>) -> Res {
+    match op {
+        TaskOp::Create(new) => lineage::create_new(c, new),
+        TaskOp::SetProgress { id, percent, text } => {
             let mut task = existing(c.tx, id)?;
             if task.status.is_terminal() {
                 return Err(refused(
@@ -87,27 +87,27 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
                 ));
             }
             if let Some(p) = percent {
-                if *p > 100 {
+                if p > 100 {
                     return Err(refused(
                         ErrorCode::InvalidParams,
                         format!("progress must be 0..=100, got {p}"),
                     ));
                 }
-                task.progress_pct = Some(*p);
+                task.progress_pct = Some(p);
             }
             if let Some(t) = text {
-                task.progress_text = Some(t.clone());
+                task.progress_text = Some(t.to_string());
             }
             save(c, task)
         }
-        Method::TaskUpdateStatus {
+        TaskOp::UpdateStatus {
             id,
             status,
             reason,
             exit_code,
             pid,
-        } => runs::update_status(c, id, *status, *reason, *exit_code, *pid),
-        Method::TaskDelete { id, force } => {
+        } => runs::update_status(c, id, status, reason, exit_code, pid),
+        TaskOp::Delete { id, force } => {
             let task = existing(c.tx, id)?;
             if task.status == TaskStatus::Running && !force {
                 return Err(refused(
@@ -117,8 +117,8 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
             }
             lineage::delete(c, &task)
         }
-        Method::TaskPurge { id } => match rows::get(c.tx, id)? {
-            None => Ok(Ok(ReplyBody::Deleted { id: id.clone() })),
+        TaskOp::Purge { id } => match rows::get(c.tx, id)? {
+            None => Ok(Ok(ReplyBody::Deleted { id: id.to_string() })),
             Some(task) if !task.status.is_terminal() => Err(refused(
                 ErrorCode::Conflict,
                 format!(
@@ -128,7 +128,7 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
             )),
             Some(task) => lineage::delete(c, &task),
         },
-        Method::TaskCancel { id } => {
+        TaskOp::Cancel { id } => {
             let task = existing(c.tx, id)?;
             if task.status.is_terminal() {
                 return Err(refused(
@@ -138,19 +138,14 @@ pub(super) fn apply(c: &mut Ctx<'_>, method: &Method) -> Res {
             }
             transition(c, task, TaskStatus::Cancelled, None, None, None)
         }
-        Method::TaskPause { id } => {
+        TaskOp::Pause { id } => {
             let task = existing(c.tx, id)?;
             transition(c, task, TaskStatus::Paused, None, None, None)
         }
-        Method::TaskResume { id, instructions } => runs::resume(c, id, instructions.as_deref()),
-        Method::TaskRetry { id } => lineage::retry(c, id),
-        Method::TaskRelaunch { id } => lineage::relaunch(c, id),
-        Method::TaskFinished(exit) => runs::finished(c, exit),
-        Method::Hello(_) | Method::SessionCreate { .. } | Method::Ping {} => {
-            Err(refused(ErrorCode::Internal, "not a task operation"))
-        }
-        #[cfg(feature = "test-hooks")]
-        Method::DebugStall { .. } => Err(refused(ErrorCode::Internal, "not a task operation")),
+        TaskOp::Resume { id, instructions } => runs::resume(c, id, instructions),
+        TaskOp::Retry { id } => lineage::retry(c, id),
+        TaskOp::Relaunch { id } => lineage::relaunch(c, id),
+        TaskOp::Finished(exit) => runs::finished(c, exit),
     }
 }
 
