@@ -60,7 +60,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, (String, DecodeError)> {
         Ok(req) if req.v != PROTOCOL_VERSION && is_map => Ok(req),
         Ok(req) => match wire_form::check(bytes, &req) {
             Ok(()) => Ok(req),
-            Err(msg) => Err((head().id, DecodeError::Malformed(msg))),
+            Err(form) => Err((head().id, DecodeError::Form(form))),
         },
         Err(full_err) => {
             let head = head();

@@ -90,6 +90,9 @@ pub enum DecodeError {
     UnsupportedVersion(u32),
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// Decoded, but through a form the contract leaves out.
+    #[error("malformed message: {0}")]
+    Form(#[from] super::wire_form::FormError),
 }
 
 impl DecodeError {
@@ -98,7 +101,7 @@ impl DecodeError {
             DecodeError::TooLarge(_) => ErrorCode::TooLarge,
             DecodeError::UnknownMethod(_) => ErrorCode::UnknownMethod,
             DecodeError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
-            DecodeError::Malformed(_) => ErrorCode::BadRequest,
+            DecodeError::Malformed(_) | DecodeError::Form(_) => ErrorCode::BadRequest,
         }
     }
 }

@@ -29,6 +29,7 @@ pub use task::{
     ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, TASK_STATUSES, TaskExit, TaskRecord,
     TaskSpec, TaskStatus, finished_request_id,
 };
+pub use wire_form::FormError;
 
 /// Version of the wire protocol carried in every request and reply (`v`).
 pub const PROTOCOL_VERSION: u32 = 1;
