@@ -8,7 +8,10 @@
 //! - MessagePack with **named** fields (`rmp_serde::to_vec_named`);
 //! - every field added after protocol v1 is `#[serde(default)]`;
 //! - enums are externally tagged only (`{"task.create": {...}}`): rmp-serde
-//!   has known bugs with untagged/adjacent tagging and `flatten`.
+//!   has known bugs with untagged/adjacent tagging and `flatten`. The one
+//!   `flatten` (a record's spec, in `task.rs`) is only ever read, never
+//!   written: the record's shape is written out by hand, and its golden
+//!   vectors and requiredness probes (`tests/schema.rs`) check both ways.
 
 use serde::{Deserialize, Serialize};
 

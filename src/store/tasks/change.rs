@@ -9,46 +9,59 @@ use crate::protocol::{ErrorCode, EventData, FailureReason, TaskRecord, TaskStatu
 use crate::store::rows;
 use crate::store::txn::{append_event, refused};
 
+/// A status change, and what it records beside the status.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Change {
+    pub to: TaskStatus,
+    /// Why, when `to` is failed (`exit_code` when not given); ignored
+    /// otherwise.
+    pub reason: Option<FailureReason>,
+    /// Recorded when given; the previous value stays otherwise.
+    pub exit_code: Option<i32>,
+    pub pid: Option<u32>,
+}
+
+impl Change {
+    /// To `to`, recording nothing else.
+    pub fn to(to: TaskStatus) -> Change {
+        Change {
+            to,
+            reason: None,
+            exit_code: None,
+            pid: None,
+        }
+    }
+
+    /// To `to`, for `reason` should that be a failure.
+    pub fn failing(to: TaskStatus, reason: FailureReason) -> Change {
+        Change {
+            reason: Some(reason),
+            ..Change::to(to)
+        }
+    }
+}
+
 /// The one path of every status change: checks the state machine, saves,
 /// and applies the consequences of a terminal status to the dependents.
-pub(super) fn transition(
-    c: &mut Ctx<'_>,
-    task: TaskRecord,
-    to: TaskStatus,
-    reason: Option<FailureReason>,
-    exit_code: Option<i32>,
-    pid: Option<u32>,
-) -> Res {
+pub(super) fn transition(c: &mut Ctx<'_>, task: TaskRecord, change: Change) -> Res {
     let id = task.id.clone();
-    let result = set_status(c, task, to, reason, exit_code, pid)?;
-    cascade(c, &id, to)?;
+    let result = set_status(c, task, change)?;
+    cascade(c, &id, change.to)?;
     Ok(result)
 }
 
 /// One task's status change, checked against the state machine; no
 /// consequences for other tasks (that is [`cascade`]).
-pub(super) fn set_status(
-    c: &mut Ctx<'_>,
-    task: TaskRecord,
-    to: TaskStatus,
-    reason: Option<FailureReason>,
-    exit_code: Option<i32>,
-    pid: Option<u32>,
-) -> Res {
-    check_transition(task.status, to)
+pub(super) fn set_status(c: &mut Ctx<'_>, task: TaskRecord, change: Change) -> Res {
+    check_transition(task.status, change.to)
         .map_err(|m| refused(ErrorCode::Conflict, format!("task {}: {m}", task.id)))?;
-    save(c, with_status(task, to, reason, exit_code, pid))
+    save(c, with_status(task, change))
 }
 
 /// Applies a status change and its side fields (timestamps, exit code).
-fn with_status(
-    mut task: TaskRecord,
-    status: TaskStatus,
-    reason: Option<FailureReason>,
-    exit_code: Option<i32>,
-    pid: Option<u32>,
-) -> TaskRecord {
+fn with_status(mut task: TaskRecord, change: Change) -> TaskRecord {
     let now = now_ms();
+    let status = change.to;
     if status == TaskStatus::Running && task.started_at.is_none() {
         task.started_at = Some(now);
     }
@@ -56,13 +69,13 @@ fn with_status(
         task.finished_at = Some(now);
     }
     if status == TaskStatus::Failed {
-        task.failure_reason = reason.or(Some(FailureReason::ExitCode));
+        task.failure_reason = change.reason.or(Some(FailureReason::ExitCode));
     }
-    if exit_code.is_some() {
-        task.exit_code = exit_code;
+    if change.exit_code.is_some() {
+        task.exit_code = change.exit_code;
     }
-    if pid.is_some() {
-        task.pid = pid;
+    if change.pid.is_some() {
+        task.pid = change.pid;
     }
     task.status = status;
     task

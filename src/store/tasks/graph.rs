@@ -2,7 +2,7 @@
 //! status change followed down to the dependents it releases or fails.
 
 use super::Ctx;
-use super::change::set_status;
+use super::change::{Change, set_status};
 use crate::protocol::{FailureReason, TaskRecord, TaskStatus};
 use crate::store::rows;
 use crate::store::txn::Applied;
@@ -69,8 +69,9 @@ pub(super) fn cascade(c: &mut Ctx<'_>, root: &str, root_status: TaskStatus) -> R
                 let waiting = matches!(t.status, TaskStatus::Pending | TaskStatus::Queued)
                     || (t.status == TaskStatus::Paused && t.run_id.is_none());
                 if waiting {
-                    let reason = Some(FailureReason::DependencyFailed);
-                    let _ = set_status(c, t, TaskStatus::Failed, reason, None, None)?;
+                    let change =
+                        Change::failing(TaskStatus::Failed, FailureReason::DependencyFailed);
+                    let _ = set_status(c, t, change)?;
                     work.push_back((dep_id, TaskStatus::Failed));
                 }
             } else if t.status == TaskStatus::Pending
@@ -79,7 +80,7 @@ pub(super) fn cascade(c: &mut Ctx<'_>, root: &str, root_status: TaskStatus) -> R
                 // Allowed by the state machine by construction; a refusal
                 // would leave the dependent pending, never half-applied.
                 // Queued has no consequences downstream.
-                let _ = set_status(c, t, TaskStatus::Queued, None, None, None)?;
+                let _ = set_status(c, t, Change::to(TaskStatus::Queued))?;
             }
         }
     }

@@ -22,7 +22,7 @@ mod runs;
 use super::rows;
 use super::txn::{Applied, WriteResult, refused};
 use crate::protocol::{ErrorCode, Event, FailureReason, ReplyBody, TaskOp, TaskRecord, TaskStatus};
-use change::{save, transition};
+use change::{Change, save, transition};
 use rusqlite::Connection;
 
 /// The open transaction, the primary's epoch and the events to publish.
@@ -136,11 +136,11 @@ pub(super) fn apply(c: &mut Ctx<'_>, op: TaskOp<'_>) -> Res {
                     format!("task {id} is already {}", task.status.as_str()),
                 ));
             }
-            transition(c, task, TaskStatus::Cancelled, None, None, None)
+            transition(c, task, Change::to(TaskStatus::Cancelled))
         }
         TaskOp::Pause { id } => {
             let task = existing(c.tx, id)?;
-            transition(c, task, TaskStatus::Paused, None, None, None)
+            transition(c, task, Change::to(TaskStatus::Paused))
         }
         TaskOp::Resume { id, instructions } => runs::resume(c, id, instructions),
         TaskOp::Retry { id } => lineage::retry(c, id),
@@ -173,10 +173,7 @@ pub(super) fn apply_internal(c: &mut Ctx<'_>, op: &InternalOp) -> Res {
             transition(
                 c,
                 task,
-                TaskStatus::Failed,
-                Some(FailureReason::Lost),
-                None,
-                None,
+                Change::failing(TaskStatus::Failed, FailureReason::Lost),
             )
         }
     }

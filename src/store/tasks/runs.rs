@@ -2,7 +2,7 @@
 //! (or as `task.update_status` sets it), a run that never started, and a
 //! resume (which may rerun it with new instructions).
 
-use super::change::{save, transition};
+use super::change::{Change, save, transition};
 use super::graph::ready_status;
 use super::{Ctx, Res, existing, ok};
 use crate::protocol::{
@@ -40,7 +40,13 @@ pub(super) fn update_status(
             format!("task {id} is paused and never started; it cannot have completed"),
         ));
     }
-    transition(c, task, status, reason, exit_code, pid)
+    let change = Change {
+        to: status,
+        reason,
+        exit_code,
+        pid,
+    };
+    transition(c, task, change)
 }
 
 /// A task has started when it has a run: running, or paused mid-run (its
@@ -66,11 +72,13 @@ pub(super) fn requeue(c: &mut Ctx<'_>, id: &str, run_id: &str) -> Res {
     task.run_id = None;
     task.started_at = None;
     task.pid = None;
-    let reason = Some(FailureReason::DependencyFailed);
     match (task.status, ready_status(c.tx, &task)?) {
-        (_, TaskStatus::Failed) => transition(c, task, TaskStatus::Failed, reason, None, None),
+        (_, TaskStatus::Failed) => {
+            let change = Change::failing(TaskStatus::Failed, FailureReason::DependencyFailed);
+            transition(c, task, change)
+        }
         (TaskStatus::Paused, _) => save(c, task),
-        _ => transition(c, task, TaskStatus::Queued, None, None, None),
+        _ => transition(c, task, Change::to(TaskStatus::Queued)),
     }
 }
 
@@ -100,7 +108,13 @@ pub(super) fn finished(c: &mut Ctx<'_>, exit: &TaskExit) -> Res {
     // A signal death has no exit code; record it shell-style (128 + n).
     let code = exit.exit_code.or(exit.signal.map(|s| 128 + s));
     // Paused → terminal is allowed: the process ended while stopped.
-    transition(c, task, status, reason, code, None)
+    let change = Change {
+        to: status,
+        reason,
+        exit_code: code,
+        pid: None,
+    };
+    transition(c, task, change)
 }
 
 pub(super) fn resume(c: &mut Ctx<'_>, id: &str, instructions: Option<&str>) -> Res {
@@ -121,14 +135,8 @@ pub(super) fn resume(c: &mut Ctx<'_>, id: &str, instructions: Option<&str>) -> R
             task.run_id = None;
             task.pid = None;
             let status = ready_status(c.tx, &task)?;
-            return transition(
-                c,
-                task,
-                status,
-                Some(FailureReason::DependencyFailed),
-                None,
-                None,
-            );
+            let change = Change::failing(status, FailureReason::DependencyFailed);
+            return transition(c, task, change);
         }
     }
     let status = if had_run {
@@ -139,10 +147,7 @@ pub(super) fn resume(c: &mut Ctx<'_>, id: &str, instructions: Option<&str>) -> R
     transition(
         c,
         task,
-        status,
-        Some(FailureReason::DependencyFailed),
-        None,
-        None,
+        Change::failing(status, FailureReason::DependencyFailed),
     )
 }
 
@@ -175,5 +180,5 @@ pub(super) fn start(c: &mut Ctx<'_>, id: &str, run_id: &str, max_parallel: usize
     task.failure_reason = None;
     task.started_at = None;
     task.finished_at = None;
-    transition(c, task, TaskStatus::Running, None, None, None)
+    transition(c, task, Change::to(TaskStatus::Running))
 }
