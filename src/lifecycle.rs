@@ -1,8 +1,8 @@
 //! The task state machine: the one place that says which status may follow
 //! which (see docs/design.md, Tasks). The store thread asks it for every
-//! status change of an existing task (`store/tasks.rs::transition`). Two
+//! status change of an existing task (`store/tasks/change.rs::transition`). Two
 //! paths do not: creation derives a task's first status from its
-//! dependencies, and relaunch (`store/tasks.rs::rearm`) re-arms a terminal
+//! dependencies, and relaunch (`store/tasks/lineage.rs::rearm`) re-arms a terminal
 //! task, which this table forbids for every other operation. The
 //! orchestrator never asks it: it only requests changes from the store
 //! thread.
@@ -18,8 +18,18 @@
 
 use crate::protocol::TaskStatus::{self, *};
 
-/// Why a transition is refused, for the `conflict` error message.
-pub fn check_transition(from: TaskStatus, to: TaskStatus) -> Result<(), String> {
+/// A status change the state machine forbids; its text is the `conflict`
+/// error's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IllegalTransition {
+    #[error("task is already {} (terminal); relaunch or retry it instead", .from.as_str())]
+    Terminal { from: TaskStatus },
+    #[error("a task cannot go from {} to {}", .from.as_str(), .to.as_str())]
+    Forbidden { from: TaskStatus, to: TaskStatus },
+}
+
+/// Whether a task may go from `from` to `to`.
+pub fn check_transition(from: TaskStatus, to: TaskStatus) -> Result<(), IllegalTransition> {
     let allowed = match from {
         Pending => matches!(to, Queued | Paused | Cancelled | Failed),
         Queued => matches!(to, Running | Paused | Cancelled | Failed),
@@ -41,16 +51,9 @@ pub fn check_transition(from: TaskStatus, to: TaskStatus) -> Result<(), String> 
     if allowed {
         Ok(())
     } else if from.is_terminal() {
-        Err(format!(
-            "task is already {} (terminal); relaunch or retry it instead",
-            from.as_str()
-        ))
+        Err(IllegalTransition::Terminal { from })
     } else {
-        Err(format!(
-            "a task cannot go from {} to {}",
-            from.as_str(),
-            to.as_str()
-        ))
+        Err(IllegalTransition::Forbidden { from, to })
     }
 }
 
@@ -74,5 +77,19 @@ mod tests {
         assert!(check_transition(Queued, Running).is_ok());
         assert!(check_transition(Running, Completed).is_ok());
         assert!(check_transition(Queued, Completed).is_err());
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let terminal = check_transition(Failed, Queued).unwrap_err();
+        assert_eq!(
+            terminal.to_string(),
+            "task is already failed (terminal); relaunch or retry it instead"
+        );
+        let forbidden = check_transition(Pending, Completed).unwrap_err();
+        assert_eq!(
+            forbidden.to_string(),
+            "a task cannot go from pending to completed"
+        );
     }
 }

@@ -7,6 +7,34 @@ use crate::store::Reader;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Why a throwaway cluster could not be set up or did not come up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot make the cluster's temporary workspace: {0}")]
+    TempDir(std::io::Error),
+    #[error(transparent)]
+    Workspace(#[from] crate::paths::PathError),
+    #[error("cannot write the cluster's grove.toml: {0}")]
+    Config(std::io::Error),
+    #[error(transparent)]
+    BadConfig(#[from] crate::config::ConfigError),
+    #[error("cannot find this grove binary: {0}")]
+    Exe(std::io::Error),
+    #[error("cannot start grove serve: {0}")]
+    Spawn(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{n} secondaries did not register at epoch {epoch}")]
+    NotRegistered { n: usize, epoch: u64 },
+}
+
+/// The benchmarks, the demo and chaos report failures as text.
+impl From<ClusterError> for String {
+    fn from(e: ClusterError) -> String {
+        e.to_string()
+    }
+}
+
 pub struct LocalCluster {
     pub dir: tempfile::TempDir,
     pub ws: Workspace,
@@ -15,17 +43,17 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    pub fn new() -> Result<LocalCluster, String> {
+    pub fn new() -> Result<LocalCluster, ClusterError> {
         Self::with_config("")
     }
 
     /// A cluster whose workspace has this `grove.toml`.
-    pub fn with_config(toml: &str) -> Result<LocalCluster, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let ws = Workspace::resolve(dir.path()).map_err(|e| e.to_string())?;
-        ws.ensure_state_dir().map_err(|e| e.to_string())?;
-        std::fs::write(ws.config_path(), toml).map_err(|e| e.to_string())?;
-        let config = Config::load(&ws.state_dir).map_err(|e| e.to_string())?;
+    pub fn with_config(toml: &str) -> Result<LocalCluster, ClusterError> {
+        let dir = tempfile::tempdir().map_err(ClusterError::TempDir)?;
+        let ws = Workspace::resolve(dir.path())?;
+        ws.ensure_state_dir()?;
+        std::fs::write(ws.config_path(), toml).map_err(ClusterError::Config)?;
+        let config = Config::load(&ws.state_dir)?;
         Ok(LocalCluster {
             dir,
             ws,
@@ -34,7 +62,7 @@ impl LocalCluster {
         })
     }
 
-    pub fn spawn_member(&mut self) -> Result<u32, String> {
+    pub fn spawn_member(&mut self) -> Result<u32, ClusterError> {
         self.spawn_member_logged(None)
     }
 
@@ -42,8 +70,8 @@ impl LocalCluster {
     pub fn spawn_member_logged(
         &mut self,
         events_log: Option<&std::path::Path>,
-    ) -> Result<u32, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    ) -> Result<u32, ClusterError> {
+        let exe = std::env::current_exe().map_err(ClusterError::Exe)?;
         // Tasks may call `grove progress`: put this binary first on PATH.
         let path = match (exe.parent(), std::env::var_os("PATH")) {
             (Some(dir), Some(p)) => {
@@ -68,7 +96,7 @@ impl LocalCluster {
             .stdout(Stdio::null())
             .stderr(member_log(&self.dir, self.members.len()))
             .spawn()
-            .map_err(|e| format!("cannot start grove serve: {e}"))?;
+            .map_err(ClusterError::Spawn)?;
         let pid = child.id();
         self.members.push(child);
         Ok(pid)
@@ -91,11 +119,11 @@ impl LocalCluster {
         n: usize,
         epoch: u64,
         primary_pid: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClusterError> {
         let until = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(reader) = Reader::open(&self.ws.db_path()) {
-                let members = reader.members().map_err(|e| e.to_string())?;
+                let members = reader.members()?;
                 let ready = members
                     .iter()
                     .filter(|m| {
@@ -107,7 +135,7 @@ impl LocalCluster {
                 }
             }
             if Instant::now() > until {
-                return Err(format!("{n} secondaries did not register at epoch {epoch}"));
+                return Err(ClusterError::NotRegistered { n, epoch });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

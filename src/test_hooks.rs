@@ -35,7 +35,7 @@ pub fn while_applying(method: &Method) {
 /// answered from the ledger, must not.
 pub fn after_commit(events: &[Event]) {
     let marked = events.iter().any(|e| {
-        matches!(&e.data, EventData::TaskCreated { task } if task.prompt == CRASH_AFTER_COMMIT_PROMPT)
+        matches!(&e.data, EventData::TaskCreated { task } if task.spec.prompt == CRASH_AFTER_COMMIT_PROMPT)
     });
     if marked {
         tracing::warn!("test hook: dying after commit, before replying");

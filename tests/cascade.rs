@@ -183,7 +183,7 @@ fn purging_a_completed_dependency_keeps_its_dependents_satisfied() {
     let again = again["id"].as_str().unwrap();
     g.ok(&["wait", again]);
     let t = g.db().task(again).unwrap().unwrap();
-    assert_eq!(t.dependencies, vec![blocker]);
+    assert_eq!(t.spec.dependencies, vec![blocker]);
 }
 
 #[test]

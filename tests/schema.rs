@@ -305,70 +305,35 @@ fn task_id() -> String {
 }
 
 fn full_task() -> TaskRecord {
+    let spec = TaskSpec {
+        priority: -5,
+        ..full_new_task().with_engine_or("claude")
+    };
     TaskRecord {
-        id: task_id(),
-        prompt: "cargo test --workspace".into(),
-        engine: "claude".into(),
-        model: Some("sonnet".into()),
-        work_dir: Some("/home/dev/project".into()),
-        persona: Some("reviewer".into()),
         status: TaskStatus::Failed,
         failure_reason: Some(FailureReason::ExitCode),
-        dependencies: vec!["a1b2c3d4e5f60718293a4b5c6d7e8f90".into()],
-        tags: vec!["ci".into(), "nightly".into()],
-        priority: -5,
-        timeout_ms: Some(600_000),
         progress_pct: Some(80),
         progress_text: Some("running tests".into()),
         exit_code: Some(-1),
         pid: Some(41_234),
-        session_id: Some("sess-1".into()),
-        created_at: T0,
         updated_at: T0 + 9_000,
         started_at: Some(T0 + 1_000),
         finished_at: Some(T0 + 9_000),
         retry_of: Some("ffeeddccbbaa99887766554433221100".into()),
         attempt: 2,
-        extra_args: vec!["--max-turns".into(), "5".into()],
-        env: BTreeMap::from([
-            ("CI".to_string(), "1".to_string()),
-            ("RUST_LOG".to_string(), "debug".to_string()),
-        ]),
         run_id: Some(RUN_ID.into()),
+        ..TaskRecord::new(task_id(), spec, T0)
     }
 }
 
 fn min_task() -> TaskRecord {
     TaskRecord {
-        id: task_id(),
-        prompt: "echo hi".into(),
-        engine: "shell".into(),
-        model: None,
-        work_dir: None,
-        persona: None,
         status: TaskStatus::Queued,
-        failure_reason: None,
-        dependencies: vec![],
-        tags: vec![],
-        priority: 0,
-        timeout_ms: None,
-        progress_pct: None,
-        progress_text: None,
-        exit_code: None,
-        pid: None,
-        session_id: None,
-        created_at: T0,
-        updated_at: T0,
-        started_at: None,
-        finished_at: None,
-        retry_of: None,
-        attempt: 1,
-        extra_args: vec![],
-        env: BTreeMap::new(),
-        run_id: None,
+        ..TaskRecord::new(task_id(), min_new_task().with_engine_or("shell"), T0)
     }
 }
 
+/// Every field set (the full record's spec, but for its priority).
 fn full_new_task() -> NewTask {
     NewTask {
         prompt: "cargo test --workspace".into(),
@@ -392,17 +357,7 @@ fn full_new_task() -> NewTask {
 fn min_new_task() -> NewTask {
     NewTask {
         prompt: "echo hi".into(),
-        engine: None,
-        model: None,
-        work_dir: None,
-        persona: None,
-        dependencies: vec![],
-        tags: vec![],
-        priority: 0,
-        timeout_ms: None,
-        session_id: None,
-        extra_args: vec![],
-        env: BTreeMap::new(),
+        ..Default::default()
     }
 }
 

@@ -83,6 +83,44 @@ fn deleting_the_state_dir_under_running_members() {
     assert!(e2 > e1, "epoch {e2} repeats (earlier: {e0}, {e1})");
 }
 
+/// A store written by a newer grove is refused by name, saying what to do
+/// (it was reported as "Invalid parameter name"), and left untouched.
+#[test]
+fn a_store_from_a_newer_grove_is_refused_by_name() {
+    let mut g = Grove::new();
+    g.serve();
+    let (pid, _) = g.wait_primary();
+    g.member_by_pid(pid).signal(libc::SIGTERM);
+    g.member_by_pid(pid).wait_exit(DEADLINE).expect("stopped");
+    let db = g.ws.join(".grove/grove.db");
+    let newer = grove::store::schema::SCHEMA_VERSION + 1;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "user_version", newer)
+        .unwrap();
+
+    let i = g.serve();
+    let status = g.members[i].wait_exit(DEADLINE);
+    let err = g.members[i].stderr();
+    assert_ne!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "a member served a newer store: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "the store has schema version {newer}, newer than this grove"
+        )) && err.contains("upgrade grove")
+            && !err.contains("Invalid parameter name"),
+        "{err}"
+    );
+    let version: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, newer, "left as it was");
+}
+
 /// A truncated `grove.db` is refused (exit 2, with what to do), by a member
 /// and by a reading command; moving it aside as told starts a new store at
 /// a higher epoch. An empty store in a workspace that never ran is fine.

@@ -48,10 +48,10 @@ pub fn describe(t: &TaskRecord) -> String {
 
 /// The card's first appearance.
 pub fn tool_call(t: &TaskRecord) -> SessionUpdate {
-    let call = schema::ToolCall::new(t.id.clone(), title(&t.prompt))
+    let call = schema::ToolCall::new(t.id.clone(), title(&t.spec.prompt))
         .kind(schema::ToolKind::Execute)
         .status(status(t.status))
-        .raw_input(serde_json::json!({"prompt": t.prompt, "engine": t.engine}));
+        .raw_input(serde_json::json!({"prompt": t.spec.prompt, "engine": t.spec.engine}));
     SessionUpdate::ToolCall(call)
 }
 

@@ -305,7 +305,7 @@ pub async fn replay(
         ..Default::default()
     };
     for t in reader.tasks(&filter)? {
-        let prompt = schema::ContentChunk::new(t.prompt.clone().into());
+        let prompt = schema::ContentChunk::new(t.spec.prompt.clone().into());
         out.update(session, schema::SessionUpdate::UserMessageChunk(prompt))
             .await;
         out.update(session, cards::tool_call(&t)).await;

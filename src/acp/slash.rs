@@ -118,7 +118,11 @@ async fn tasks(ctx: &Ctx<'_>) {
         ctx.say("No tasks in this session yet.").await;
     }
     for t in tasks {
-        let line = format!("{}  {}\n", cards::describe(&t), cards::title(&t.prompt));
+        let line = format!(
+            "{}  {}\n",
+            cards::describe(&t),
+            cards::title(&t.spec.prompt)
+        );
         ctx.say(line).await;
     }
 }

@@ -450,6 +450,6 @@ pub(super) fn describe(t: &TaskRecord) -> String {
         age(Some(t.updated_at)),
         t.run_id.as_deref().unwrap_or("-"),
         t.pid,
-        t.prompt
+        t.spec.prompt
     )
 }

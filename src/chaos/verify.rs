@@ -50,7 +50,7 @@ pub(super) fn check_writes(
         .map_err(|e| e.to_string())?;
     let mut by_request: HashMap<&str, Vec<&TaskRecord>> = HashMap::new();
     for t in &tasks {
-        for tag in t.tags.iter().filter(|t| t.starts_with("chaos-")) {
+        for tag in t.spec.tags.iter().filter(|t| t.starts_with("chaos-")) {
             by_request.entry(tag.as_str()).or_default().push(t);
         }
     }
@@ -102,7 +102,8 @@ pub(super) fn check_writes(
     }
     for t in &tasks {
         if t.status == TaskStatus::Running {
-            f.stuck_running.push(format!("{} ({})", t.id, t.prompt));
+            f.stuck_running
+                .push(format!("{} ({})", t.id, t.spec.prompt));
         }
         if !t.status.is_terminal() {
             f.not_terminal += 1;

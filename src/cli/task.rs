@@ -276,13 +276,13 @@ pub fn one_line(t: &TaskRecord) -> String {
         .progress_pct
         .map(|p| format!(" {p:>3}%"))
         .unwrap_or_default();
-    let prompt: String = t.prompt.chars().take(60).collect();
+    let prompt: String = t.spec.prompt.chars().take(60).collect();
     format!(
         "{}  {:<9}{}  {}  {}",
         &t.id[..12.min(t.id.len())],
         t.status.as_str(),
         progress,
-        t.engine,
+        t.spec.engine,
         prompt.replace('\n', " ")
     )
 }
@@ -296,18 +296,18 @@ fn print_details(t: &TaskRecord) {
     if let Some(c) = t.exit_code {
         outln!("exit code: {c}");
     }
-    outln!("engine:    {}", t.engine);
-    if let Some(m) = &t.model {
+    outln!("engine:    {}", t.spec.engine);
+    if let Some(m) = &t.spec.model {
         outln!("model:     {m}");
     }
-    outln!("prompt:    {}", t.prompt);
-    if !t.dependencies.is_empty() {
-        outln!("depends:   {}", t.dependencies.join(", "));
+    outln!("prompt:    {}", t.spec.prompt);
+    if !t.spec.dependencies.is_empty() {
+        outln!("depends:   {}", t.spec.dependencies.join(", "));
     }
-    if !t.tags.is_empty() {
-        outln!("tags:      {}", t.tags.join(", "));
+    if !t.spec.tags.is_empty() {
+        outln!("tags:      {}", t.spec.tags.join(", "));
     }
-    outln!("priority:  {}", t.priority);
+    outln!("priority:  {}", t.spec.priority);
     match (t.progress_pct, &t.progress_text) {
         (Some(p), text) => outln!("progress:  {p}% {}", text.as_deref().unwrap_or("")),
         // Without a percentage it is a note, e.g. why a run could not start.

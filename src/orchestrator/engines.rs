@@ -38,13 +38,13 @@ pub struct RunSpec<'a> {
 impl<'a> RunSpec<'a> {
     pub fn of_task(task: &'a TaskRecord) -> Self {
         RunSpec {
-            engine: &task.engine,
-            prompt: &task.prompt,
-            model: task.model.as_deref(),
-            persona: task.persona.as_deref(),
-            work_dir: task.work_dir.as_deref(),
-            extra_args: &task.extra_args,
-            env: &task.env,
+            engine: &task.spec.engine,
+            prompt: &task.spec.prompt,
+            model: task.spec.model.as_deref(),
+            persona: task.spec.persona.as_deref(),
+            work_dir: task.spec.work_dir.as_deref(),
+            extra_args: &task.spec.extra_args,
+            env: &task.spec.env,
         }
     }
 
@@ -365,7 +365,7 @@ mod tests {
     fn shell_launch_fills_the_prompt() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = sample();
-        t.prompt = "echo hi".into();
+        t.spec.prompt = "echo hi".into();
         let l = launch(&config(), dir.path(), &t).unwrap();
         assert_eq!(l.argv, vec!["sh", "-c", "echo hi"]);
         assert!(l.stdin.is_none());
@@ -401,10 +401,8 @@ mod tests {
             },
         );
         let dir = tempfile::tempdir().unwrap();
-        let t = TaskRecord {
-            engine: "odd".into(),
-            ..sample()
-        };
+        let mut t = sample();
+        t.spec.engine = "odd".into();
         let err = validate(&c, dir.path(), &RunSpec::of_task(&t)).unwrap_err();
         assert!(err.contains("{nope}"), "{err}");
     }
@@ -432,9 +430,9 @@ mod tests {
             },
         );
         let mut t = sample();
-        t.engine = "echoer".into();
-        t.prompt = "say {workdir} {model}".into();
-        t.model = Some("M{prompt}".into());
+        t.spec.engine = "echoer".into();
+        t.spec.prompt = "say {workdir} {model}".into();
+        t.spec.model = Some("M{prompt}".into());
         let l = launch(&c, dir.path(), &t).unwrap();
         assert_eq!(
             l.argv,
@@ -449,33 +447,14 @@ mod tests {
     }
 
     fn sample() -> TaskRecord {
-        TaskRecord {
-            id: "t".into(),
+        let spec = crate::protocol::TaskSpec {
             prompt: "p".into(),
             engine: "shell".into(),
-            model: None,
-            work_dir: None,
-            persona: None,
+            ..Default::default()
+        };
+        TaskRecord {
             status: crate::protocol::TaskStatus::Queued,
-            failure_reason: None,
-            dependencies: vec![],
-            tags: vec![],
-            priority: 0,
-            timeout_ms: None,
-            progress_pct: None,
-            progress_text: None,
-            exit_code: None,
-            pid: None,
-            session_id: None,
-            created_at: 0,
-            updated_at: 0,
-            started_at: None,
-            finished_at: None,
-            retry_of: None,
-            attempt: 1,
-            extra_args: vec![],
-            env: Default::default(),
-            run_id: None,
+            ..TaskRecord::new("t".into(), spec, 0)
         }
     }
 }

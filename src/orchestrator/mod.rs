@@ -255,7 +255,7 @@ impl Orchestrator {
                 tracing::info!(task = %task_id, "finalizing a run from its exit record");
                 // Same request id as the shim's own report: applied once.
                 self.write(
-                    format!("finished-{run_id}"),
+                    crate::protocol::finished_request_id(run_id),
                     Method::TaskFinished(exit.to_exit(task_id)),
                 )
                 .await
@@ -384,7 +384,7 @@ impl Orchestrator {
         self.reschedule = false;
         // Priority first, then FIFO (the list comes in creation order and the
         // sort is stable).
-        queued.sort_by_key(|t| std::cmp::Reverse(t.priority));
+        queued.sort_by_key(|t| std::cmp::Reverse(t.spec.priority));
         for task in queued.into_iter().take(self.config.max_parallel - running) {
             let run_id = uuid::Uuid::new_v4().simple().to_string();
             let started = self
@@ -414,7 +414,10 @@ impl Orchestrator {
                     message: Some(message),
                 };
                 let _ = self
-                    .write(format!("finished-{run_id}"), Method::TaskFinished(exit))
+                    .write(
+                        crate::protocol::finished_request_id(&run_id),
+                        Method::TaskFinished(exit),
+                    )
                     .await;
             }
         }
@@ -432,7 +435,7 @@ impl Orchestrator {
             env: launch.env,
             work_dir: launch.work_dir,
             stdin: launch.stdin,
-            timeout_ms: task.timeout_ms,
+            timeout_ms: task.spec.timeout_ms,
             grace_ms: self.config.kill_grace_ms,
         };
         let spec_path = RunFiles::spec(&self.ws, &task.id);

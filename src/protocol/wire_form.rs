@@ -10,24 +10,34 @@
 use serde::Serialize;
 use serde_json::Value;
 
+/// A form the contract leaves out, and where it was.
+#[derive(Debug, thiserror::Error)]
+pub enum FormError {
+    #[error("only MessagePack str, int, bool, nil, array and map (with str keys) are allowed: {0}")]
+    NotContractForm(rmp_serde::decode::Error),
+    #[error("{path} must be a map of named fields (a record or a variant), not {found}")]
+    NotAMap { path: String, found: &'static str },
+    #[error("{path} must be a string (an enum value is sent by name), not {found}")]
+    NotAString { path: String, found: &'static str },
+    /// Our own value has no JSON view (a bug, not the sender's fault).
+    #[error("cannot compare with the canonical form: {0}")]
+    Canonical(serde_json::Error),
+}
+
 /// Checks that `bytes`, which decoded to `decoded`, used only the contract's
 /// forms. `Err` names the first offending place (e.g.
 /// `request.method.hello`) and what to send instead.
-pub fn check<T: Serialize>(bytes: &[u8], decoded: &T) -> Result<(), String> {
+pub fn check<T: Serialize>(bytes: &[u8], decoded: &T) -> Result<(), FormError> {
     // The generic view keeps the received structure: arrays stay arrays,
     // numbers stay numbers. It refuses bin, ext and non-string map keys.
-    let received: Value = rmp_serde::from_slice(bytes).map_err(|e| {
-        format!(
-            "only MessagePack str, int, bool, nil, array and map (with str keys) are allowed: {e}"
-        )
-    })?;
-    let canonical = serde_json::to_value(decoded).map_err(|e| e.to_string())?;
+    let received: Value = rmp_serde::from_slice(bytes).map_err(FormError::NotContractForm)?;
+    let canonical = serde_json::to_value(decoded).map_err(FormError::Canonical)?;
     compare(&canonical, &received)
 }
 
 /// Walks both values side by side (a work list: the depth is the sender's
 /// choice). Keys the canonical form lacks are unknown fields: ignored.
-fn compare(canonical: &Value, received: &Value) -> Result<(), String> {
+fn compare(canonical: &Value, received: &Value) -> Result<(), FormError> {
     let mut work = vec![(canonical, received, String::from("request"))];
     while let Some((c, r, path)) = work.pop() {
         match (c, r) {
@@ -39,10 +49,10 @@ fn compare(canonical: &Value, received: &Value) -> Result<(), String> {
                 }
             }
             (Value::Object(_), _) => {
-                return Err(format!(
-                    "{path} must be a map of named fields (a record or a variant), not {}",
-                    kind(r)
-                ));
+                return Err(FormError::NotAMap {
+                    path,
+                    found: kind(r),
+                });
             }
             (Value::Array(c), Value::Array(r)) => {
                 for (i, (cv, rv)) in c.iter().zip(r).enumerate() {
@@ -50,10 +60,10 @@ fn compare(canonical: &Value, received: &Value) -> Result<(), String> {
                 }
             }
             (Value::String(_), r) if !r.is_string() => {
-                return Err(format!(
-                    "{path} must be a string (an enum value is sent by name), not {}",
-                    kind(r)
-                ));
+                return Err(FormError::NotAString {
+                    path,
+                    found: kind(r),
+                });
             }
             _ => {}
         }

@@ -114,7 +114,7 @@ fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
 async fn report(ws: &Workspace, spec: &ShimSpec, exit: &ExitRecord) {
     let config = Config::load(&ws.state_dir).unwrap_or_default();
     let mut client = crate::client::Client::new(ws, &config, &format!("shim-{}", spec.task_id));
-    let request_id = format!("finished-{}", spec.run_id);
+    let request_id = crate::protocol::finished_request_id(&spec.run_id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let method = Method::TaskFinished(exit.to_exit(&spec.task_id));

@@ -7,6 +7,7 @@
 //!   its read transactions short, so WAL checkpoints are never starved.
 
 pub mod crash_guard;
+mod rows;
 pub mod schema;
 pub mod tasks;
 mod txn;
@@ -15,8 +16,8 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
-use crate::protocol::{Event, EventData, FailureReason, TaskRecord, TaskStatus};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use crate::protocol::{Event, EventData, TaskRecord, TaskStatus};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -44,6 +45,12 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("corrupt row in the store: {0}")]
     Corrupt(String),
+    /// Written by a newer grove: migrating it down is not possible, and
+    /// writing it with this schema would corrupt it.
+    #[error(
+        "the store has schema version {found}, newer than this grove ({supported}); upgrade grove"
+    )]
+    TooNew { found: i64, supported: i64 },
 }
 
 /// Opens the database read-write (primary only) and brings the schema up to
@@ -176,11 +183,6 @@ pub struct Reader {
     conn: Connection,
 }
 
-const TASK_COLUMNS: &str = "id, prompt, engine, model, work_dir, persona, status, failure_reason,
-    dependencies, tags, priority, timeout_ms, progress_pct, progress_text, exit_code, pid,
-    session_id, created_at, updated_at, started_at, finished_at, retry_of, attempt,
-    extra_args, env, run_id";
-
 /// Filters for listing tasks.
 #[derive(Debug, Default, Clone)]
 pub struct TaskFilter {
@@ -230,7 +232,7 @@ impl Reader {
     }
 
     pub fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        get_task(&self.conn, id)
+        rows::get(&self.conn, id)
     }
 
     /// The tasks `ids` (`None`: no such task) and the seq of the last event
@@ -241,7 +243,7 @@ impl Reader {
         let tx = self.conn.unchecked_transaction()?;
         let tasks = ids
             .iter()
-            .map(|id| get_task(&tx, id))
+            .map(|id| rows::get(&tx, id))
             .collect::<Result<Vec<_>, _>>()?;
         let seq = last_seq(&tx)?;
         tx.finish()?;
@@ -276,7 +278,7 @@ impl Reader {
         // Only the filters given go into the SQL, so that `status = ?` can
         // use its index (the orchestrator asks for running/queued tasks after
         // every commit; a scan of every task would grow with history).
-        let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1");
+        let mut sql = String::from("SELECT * FROM tasks WHERE 1");
         let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
         let status = filter.status.map(|s| s.as_str());
         if let Some(s) = &status {
@@ -297,9 +299,9 @@ impl Reader {
         }
         sql.push_str(" ORDER BY rowid");
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(args.as_slice(), task_from_row)?;
+        let found = stmt.query_map(args.as_slice(), rows::read)?;
         let mut out = Vec::new();
-        for row in rows {
+        for row in found {
             out.push(row??);
         }
         Ok(out)
@@ -415,75 +417,4 @@ pub(crate) fn last_seq(conn: &Connection) -> Result<u64, StoreError> {
             r.get::<_, i64>(0)
         })? as u64,
     )
-}
-
-pub(crate) fn get_task(conn: &Connection, id: &str) -> Result<Option<TaskRecord>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
-    match stmt.query_row([id], task_from_row).optional()? {
-        Some(t) => Ok(Some(t?)),
-        None => Ok(None),
-    }
-}
-
-/// Maps a row to a task. The outer result is SQLite's, the inner one catches
-/// values that SQLite stored fine but that grove cannot read back.
-fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Result<TaskRecord, StoreError>> {
-    let id: String = r.get(0)?;
-    let status: String = r.get(6)?;
-    let reason: Option<String> = r.get(7)?;
-    let deps: String = r.get(8)?;
-    let tags: String = r.get(9)?;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("task {id}: bad {what}"));
-    let Some(status) = TaskStatus::parse(&status) else {
-        return Ok(Err(corrupt("status")));
-    };
-    let failure_reason = match reason.as_deref().map(FailureReason::parse) {
-        None => None,
-        Some(Some(r)) => Some(r),
-        Some(None) => return Ok(Err(corrupt("failure reason"))),
-    };
-    let Ok(dependencies) = serde_json::from_str(&deps) else {
-        return Ok(Err(corrupt("dependencies")));
-    };
-    let Ok(tags) = serde_json::from_str(&tags) else {
-        return Ok(Err(corrupt("tags")));
-    };
-    let Ok(extra_args) = serde_json::from_str(&r.get::<_, String>(23)?) else {
-        return Ok(Err(corrupt("extra_args")));
-    };
-    let Ok(env) = serde_json::from_str(&r.get::<_, String>(24)?) else {
-        return Ok(Err(corrupt("env")));
-    };
-    let opt_u64 = |i: usize| -> rusqlite::Result<Option<u64>> {
-        Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
-    };
-    Ok(Ok(TaskRecord {
-        id: id.clone(),
-        prompt: r.get(1)?,
-        engine: r.get(2)?,
-        model: r.get(3)?,
-        work_dir: r.get(4)?,
-        persona: r.get(5)?,
-        status,
-        failure_reason,
-        dependencies,
-        tags,
-        priority: r.get(10)?,
-        timeout_ms: opt_u64(11)?,
-        progress_pct: r.get::<_, Option<i64>>(12)?.map(|v| v.clamp(0, 100) as u8),
-        progress_text: r.get(13)?,
-        exit_code: r.get(14)?,
-        pid: r.get::<_, Option<i64>>(15)?.map(|v| v as u32),
-        session_id: r.get(16)?,
-        created_at: r.get::<_, i64>(17)? as u64,
-        updated_at: r.get::<_, i64>(18)? as u64,
-        started_at: opt_u64(19)?,
-        finished_at: opt_u64(20)?,
-        retry_of: r.get(21)?,
-        attempt: r.get::<_, i64>(22)? as u32,
-        extra_args,
-        env,
-        run_id: r.get(25)?,
-    }))
 }

@@ -1,6 +1,7 @@
 //! Versioned schema migrations. Only a primary runs them: a
 //! secondary's connection is read-only and could not anyway.
 
+use super::StoreError;
 use rusqlite::{Connection, OptionalExtension};
 
 /// Each entry upgrades the schema from version `index` to `index + 1`.
@@ -113,12 +114,13 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the schema up to `SCHEMA_VERSION`, each step in its own
 /// transaction. Refuses a database written by a newer grove.
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > SCHEMA_VERSION {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
-            "the store has schema version {current}, newer than this grove ({SCHEMA_VERSION}); upgrade grove"
-        )));
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
     }
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

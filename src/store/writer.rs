@@ -12,7 +12,8 @@
 
 use super::StoreError;
 use crate::protocol::{
-    ErrorCode, Event, EventData, MemberInfo, Method, ReplyBody, WireError, decode, encode, now_ms,
+    ErrorCode, Event, EventData, MemberInfo, Method, ReplyBody, Route, WireError, decode, encode,
+    now_ms,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -483,38 +484,45 @@ fn apply(
     events: &mut Vec<Event>,
 ) -> Result<WriteResult, Applied> {
     let mut ctx = super::tasks::Ctx { tx, epoch, events };
-    match method {
-        Method::Hello(member) => hello(tx, epoch, member, ctx.events),
-        Method::SessionCreate { id, cwd } => {
-            if id.is_empty() || id.len() > 128 || !std::path::Path::new(cwd).is_absolute() {
-                return Err(refused(
-                    ErrorCode::InvalidParams,
-                    "a session needs an id (1-128 bytes) and an absolute cwd",
-                ));
-            }
-            let added = tx
-                .prepare_cached(
-                    "INSERT INTO sessions (id, cwd, created_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (id) DO NOTHING",
-                )?
-                .execute(params![id, cwd, now_ms() as i64])?;
-            if added > 0 {
-                ctx.events.push(append_event(
-                    tx,
-                    epoch,
-                    EventData::SessionCreated {
-                        id: id.clone(),
-                        cwd: cwd.clone(),
-                    },
-                )?);
-            }
-            Ok(Ok(ReplyBody::Done {}))
-        }
-        Method::Ping {} => Err(not_a_write()),
-        #[cfg(feature = "test-hooks")]
-        Method::DebugStall { .. } => Err(not_a_write()),
-        other => super::tasks::apply(&mut ctx, other),
+    match method.route() {
+        Route::Member(member) => hello(tx, epoch, member, ctx.events),
+        Route::Session { id, cwd } => session(tx, epoch, id, cwd, ctx.events),
+        Route::Task(op) => super::tasks::apply(&mut ctx, op),
+        // Routed to the event loop, which never queues it here.
+        Route::Local(_) => Err(not_a_write()),
     }
+}
+
+fn session(
+    tx: &Connection,
+    epoch: u64,
+    id: &str,
+    cwd: &str,
+    events: &mut Vec<Event>,
+) -> Result<WriteResult, Applied> {
+    if id.is_empty() || id.len() > 128 || !std::path::Path::new(cwd).is_absolute() {
+        return Err(refused(
+            ErrorCode::InvalidParams,
+            "a session needs an id (1-128 bytes) and an absolute cwd",
+        ));
+    }
+    let added = tx
+        .prepare_cached(
+            "INSERT INTO sessions (id, cwd, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![id, cwd, now_ms() as i64])?;
+    if added > 0 {
+        events.push(append_event(
+            tx,
+            epoch,
+            EventData::SessionCreated {
+                id: id.to_string(),
+                cwd: cwd.to_string(),
+            },
+        )?);
+    }
+    Ok(Ok(ReplyBody::Done {}))
 }
 
 fn hello(

@@ -76,7 +76,11 @@ fn a_retry_keeps_a_purged_completed_dependency_satisfied() {
     let again = expect_task(s.apply(&Method::TaskRetry { id: t.clone() }).result);
     assert_eq!(again.status, TaskStatus::Queued);
     assert_eq!(again.retry_of.as_deref(), Some(t.as_str()));
-    assert!(again.dependencies.is_empty(), "{:?}", again.dependencies);
+    assert!(
+        again.spec.dependencies.is_empty(),
+        "{:?}",
+        again.spec.dependencies
+    );
 }
 
 /// A run that never started, on a task paused meanwhile, was left on the

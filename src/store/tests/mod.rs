@@ -14,12 +14,13 @@ mod crash_guard;
 mod fixes;
 mod model;
 mod property;
+mod rows;
 mod table;
 
 use super::tasks::{self, Ctx, InternalOp};
 use super::txn::{Applied, WriteResult};
 use crate::protocol::{
-    Event, ExitOutcome, Method, NewTask, ReplyBody, TaskExit, TaskRecord, TaskStatus,
+    Event, ExitOutcome, Method, NewTask, ReplyBody, Route, TaskExit, TaskRecord, TaskStatus,
 };
 use rusqlite::Connection;
 
@@ -45,7 +46,10 @@ impl Store {
     /// Applies a wire method the way the store thread does: in its own
     /// transaction, rolled back (events and all) when refused.
     pub fn apply(&mut self, method: &Method) -> Outcome {
-        self.in_tx(|c| tasks::apply(c, method))
+        let Route::Task(op) = method.route() else {
+            panic!("not a task operation: {method:?}");
+        };
+        self.in_tx(|c| tasks::apply(c, op))
     }
 
     /// Applies an orchestrator operation, likewise.
@@ -76,7 +80,7 @@ impl Store {
     }
 
     pub fn task(&self, id: &str) -> Option<TaskRecord> {
-        super::get_task(&self.conn, id).expect("read task")
+        super::rows::get(&self.conn, id).expect("read task")
     }
 
     pub fn last_seq(&self) -> u64 {

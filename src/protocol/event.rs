@@ -1,0 +1,93 @@
+//! Events: what the primary publishes on its PUB socket, and (the durable
+//! ones) appends to the store's event log in the same transaction as the
+//! change they report.
+
+use super::{MemberInfo, TaskRecord};
+use serde::{Deserialize, Serialize};
+
+/// An event published on the PUB socket as `[topic, msgpack(Event)]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the durable event log; 0 for transient events
+    /// (`task.output`, `instance.heartbeat`), which are not logged.
+    pub seq: u64,
+    pub epoch: u64,
+    /// Unix milliseconds.
+    pub at: u64,
+    pub data: EventData,
+}
+
+impl Event {
+    pub fn topic(&self) -> &'static str {
+        self.data.topic()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventData {
+    #[serde(rename = "task.created")]
+    TaskCreated { task: TaskRecord },
+    #[serde(rename = "task.updated")]
+    TaskUpdated { task: TaskRecord },
+    #[serde(rename = "task.deleted")]
+    TaskDeleted { id: String },
+    /// Transient: a chunk of a running task's output (the log file is durable).
+    #[serde(rename = "task.output")]
+    TaskOutput { id: String, chunk: String },
+    #[serde(rename = "instance.joined")]
+    InstanceJoined { member: MemberInfo, epoch: u64 },
+    /// Transient: the primary is alive; `last_seq` lets subscribers notice a
+    /// lost tail of the event stream even when nothing else is published.
+    #[serde(rename = "instance.heartbeat")]
+    Heartbeat {
+        instance_id: String,
+        last_seq: u64,
+        uptime_ms: u64,
+    },
+    #[serde(rename = "instance.promoted")]
+    Promoted {
+        instance_id: String,
+        pid: u32,
+        epoch: u64,
+    },
+    #[serde(rename = "instance.shutdown")]
+    Shutdown { instance_id: String, epoch: u64 },
+    #[serde(rename = "session.created")]
+    SessionCreated { id: String, cwd: String },
+}
+
+pub const TOPICS: &[&str] = &[
+    "task.created",
+    "task.updated",
+    "task.deleted",
+    "task.output",
+    "instance.joined",
+    "instance.heartbeat",
+    "instance.promoted",
+    "instance.shutdown",
+    "session.created",
+];
+
+impl EventData {
+    pub fn topic(&self) -> &'static str {
+        match self {
+            EventData::TaskCreated { .. } => "task.created",
+            EventData::TaskUpdated { .. } => "task.updated",
+            EventData::TaskDeleted { .. } => "task.deleted",
+            EventData::TaskOutput { .. } => "task.output",
+            EventData::InstanceJoined { .. } => "instance.joined",
+            EventData::Heartbeat { .. } => "instance.heartbeat",
+            EventData::Promoted { .. } => "instance.promoted",
+            EventData::Shutdown { .. } => "instance.shutdown",
+            EventData::SessionCreated { .. } => "session.created",
+        }
+    }
+
+    /// Durable events are appended to the `events` table and get a `seq`.
+    pub fn is_durable(&self) -> bool {
+        !matches!(
+            self,
+            EventData::TaskOutput { .. } | EventData::Heartbeat { .. }
+        )
+    }
+}

@@ -1,0 +1,300 @@
+//! Wire types of the grove bus (see docs/design.md, Wire protocol) and their MessagePack codec.
+//!
+//! Everything that crosses a socket is defined here and nowhere else, so the
+//! language-neutral contract in `ipc-schema/` has exactly one Rust
+//! counterpart (the drift test in `tests/schema.rs` compares them).
+//!
+//! Encoding rules, chosen so that old and new peers can read each other:
+//! - MessagePack with **named** fields (`rmp_serde::to_vec_named`);
+//! - every field added after protocol v1 is `#[serde(default)]`;
+//! - enums are externally tagged only (`{"task.create": {...}}`): rmp-serde
+//!   has known bugs with untagged/adjacent tagging and `flatten`. The one
+//!   `flatten` (a record's spec, in `task.rs`) is only ever read, never
+//!   written: the record's shape is written out by hand, and its golden
+//!   vectors and requiredness probes (`tests/schema.rs`) check both ways.
+
+use serde::{Deserialize, Serialize};
+
+mod codec;
+mod error;
+mod event;
+mod route;
+mod task;
+mod wire_form;
+
+pub use codec::{
+    RequestHead, decode, decode_request, encode, oversized_request_id, request_digest,
+};
+pub use error::{DecodeError, ERROR_CODES, ErrorCode, WireError};
+pub use event::{Event, EventData, TOPICS};
+pub use route::{Local, Route, TaskOp};
+pub use task::{
+    ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, TASK_STATUSES, TaskExit, TaskRecord,
+    TaskSpec, TaskStatus, finished_request_id,
+};
+pub use wire_form::FormError;
+
+/// Version of the wire protocol carried in every request and reply (`v`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest request frame the primary decodes. Anything bigger is answered
+/// with `too_large` (addressed to the request's id when it can be read) and
+/// never decoded; clients refuse to send such a request in the first place.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Longest accepted request id (idempotency key).
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A request from any client to the primary's ROUTER socket: one frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub v: u32,
+    /// Client-generated unique id (a UUID in text form). For writes it is the
+    /// idempotency key: a retry with the same id is never applied twice.
+    pub id: String,
+    /// Instance id of the sender (a UUID string, or any name for tools).
+    pub from: String,
+    /// Highest primary epoch the sender has seen; a primary older than that
+    /// refuses the request with `stale_epoch`.
+    pub epoch_seen: u64,
+    pub method: Method,
+}
+
+/// Every RPC method. The variant name on the wire is the method name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Method {
+    /// Liveness probe, answered by the event loop without touching the store.
+    #[serde(rename = "ping")]
+    Ping {},
+    /// A member (secondary or front end) registers itself with the primary.
+    #[serde(rename = "hello")]
+    Hello(MemberInfo),
+    #[serde(rename = "task.create")]
+    TaskCreate(NewTask),
+    #[serde(rename = "task.set_progress")]
+    TaskSetProgress {
+        id: String,
+        /// 0..=100; `None` leaves the percentage unchanged.
+        #[serde(default)]
+        percent: Option<u8>,
+        #[serde(default)]
+        text: Option<String>,
+    },
+    #[serde(rename = "task.update_status")]
+    TaskUpdateStatus {
+        id: String,
+        status: TaskStatus,
+        #[serde(default)]
+        reason: Option<FailureReason>,
+        #[serde(default)]
+        exit_code: Option<i32>,
+        #[serde(default)]
+        pid: Option<u32>,
+    },
+    /// Deletes a task. A running task is refused unless `force`, which
+    /// kills it first.
+    #[serde(rename = "task.delete")]
+    TaskDelete {
+        id: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Cancels a task: a running one has its whole process group killed.
+    #[serde(rename = "task.cancel")]
+    TaskCancel { id: String },
+    /// Pauses a task: a running one is stopped (SIGSTOP to its processes;
+    /// it keeps its slot and its timeout clock stops), a waiting one is held
+    /// back by the scheduler.
+    #[serde(rename = "task.pause")]
+    TaskPause { id: String },
+    /// Continues a paused task. New instructions are appended to the prompt;
+    /// a task that had started is then rerun with them (agent CLIs take
+    /// instructions only at start).
+    #[serde(rename = "task.resume")]
+    TaskResume {
+        id: String,
+        #[serde(default)]
+        instructions: Option<String>,
+    },
+    /// Creates a new task from a finished one (`retry_of`, `attempt + 1`).
+    #[serde(rename = "task.retry")]
+    TaskRetry { id: String },
+    /// Reruns a finished task under the same id; dependents that failed
+    /// because of it are rearmed.
+    #[serde(rename = "task.relaunch")]
+    TaskRelaunch { id: String },
+    /// Deletes a finished task and its log files; purging a missing task
+    /// succeeds (idempotent).
+    #[serde(rename = "task.purge")]
+    TaskPurge { id: String },
+    /// Sent by a task's supervisor (`grove shim`) when the agent ended.
+    #[serde(rename = "task.finished")]
+    TaskFinished(TaskExit),
+    /// Records an ACP session so that any member can load it later.
+    /// Creating an existing session is a no-op.
+    #[serde(rename = "session.create")]
+    SessionCreate { id: String, cwd: String },
+    /// Test builds only (the `test-hooks` feature), not part of the
+    /// protocol: blocks the primary's event loop for `ms` so the watchdog
+    /// can be tested.
+    #[cfg(feature = "test-hooks")]
+    #[serde(rename = "debug.stall")]
+    DebugStall { ms: u64 },
+}
+
+/// Names of every method, as they appear on the wire (in a test build, with
+/// the [`TEST_HOOK_METHODS`]).
+pub const METHOD_NAMES: &[&str] = &[
+    "ping",
+    "hello",
+    "task.create",
+    "task.set_progress",
+    "task.update_status",
+    "task.delete",
+    "task.cancel",
+    "task.pause",
+    "task.resume",
+    "task.retry",
+    "task.relaunch",
+    "task.purge",
+    "task.finished",
+    "session.create",
+    #[cfg(feature = "test-hooks")]
+    "debug.stall",
+];
+
+/// Methods that only test builds know (the `test-hooks` feature): not part
+/// of the protocol that `ipc-schema/` describes.
+pub const TEST_HOOK_METHODS: &[&str] = &[
+    #[cfg(feature = "test-hooks")]
+    "debug.stall",
+];
+
+impl Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Ping {} => "ping",
+            Method::Hello(_) => "hello",
+            Method::TaskCreate(_) => "task.create",
+            Method::TaskSetProgress { .. } => "task.set_progress",
+            Method::TaskUpdateStatus { .. } => "task.update_status",
+            Method::TaskDelete { .. } => "task.delete",
+            Method::TaskCancel { .. } => "task.cancel",
+            Method::TaskPause { .. } => "task.pause",
+            Method::TaskResume { .. } => "task.resume",
+            Method::TaskRetry { .. } => "task.retry",
+            Method::TaskRelaunch { .. } => "task.relaunch",
+            Method::TaskPurge { .. } => "task.purge",
+            Method::TaskFinished(_) => "task.finished",
+            Method::SessionCreate { .. } => "session.create",
+            #[cfg(feature = "test-hooks")]
+            Method::DebugStall { .. } => "debug.stall",
+        }
+    }
+}
+
+/// A reply to one request: exactly one of `ok` and `err` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub v: u32,
+    /// The id of the request this answers (empty if the request was unreadable).
+    pub id: String,
+    /// Epoch of the primary that produced this reply.
+    pub epoch: u64,
+    #[serde(default)]
+    pub ok: Option<ReplyBody>,
+    #[serde(default)]
+    pub err: Option<WireError>,
+}
+
+impl Reply {
+    pub fn ok(id: String, epoch: u64, body: ReplyBody) -> Self {
+        Reply {
+            v: PROTOCOL_VERSION,
+            id,
+            epoch,
+            ok: Some(body),
+            err: None,
+        }
+    }
+
+    pub fn err(id: String, epoch: u64, err: WireError) -> Self {
+        Reply {
+            v: PROTOCOL_VERSION,
+            id,
+            epoch,
+            ok: None,
+            err: Some(err),
+        }
+    }
+
+    pub fn into_result(self) -> Result<ReplyBody, WireError> {
+        match (self.ok, self.err) {
+            (_, Some(e)) => Err(e),
+            (Some(b), None) => Ok(b),
+            (None, None) => Err(WireError::new(
+                ErrorCode::Internal,
+                "reply carries neither ok nor err",
+            )),
+        }
+    }
+}
+
+/// The successful result of a method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ReplyBody {
+    #[serde(rename = "pong")]
+    Pong(PrimaryInfo),
+    #[serde(rename = "welcome")]
+    Welcome { epoch: u64, last_seq: u64 },
+    #[serde(rename = "task")]
+    Task(Box<TaskRecord>),
+    #[serde(rename = "deleted")]
+    Deleted { id: String },
+    #[serde(rename = "done")]
+    Done {},
+}
+
+/// Who the primary is, as answered to `ping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrimaryInfo {
+    pub instance_id: String,
+    pub pid: u32,
+    pub epoch: u64,
+    /// Unix milliseconds.
+    pub started_at: u64,
+    pub uptime_ms: u64,
+    pub pub_endpoint: String,
+    pub rpc_endpoint: String,
+    pub last_seq: u64,
+    /// The longest single poll of the primary's event loop so far, in
+    /// microseconds: every request waits behind a long one. Absent from
+    /// primaries older than this field.
+    #[serde(default)]
+    pub longest_poll_us: u64,
+    /// Group commits by this primary's store thread so far, and the client
+    /// writes they carried: their ratio is the mean batch size.
+    #[serde(default)]
+    pub commits: u64,
+    #[serde(default)]
+    pub writes_committed: u64,
+}
+
+/// A member of the grove, as announced by `hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub instance_id: String,
+    pub pid: u32,
+    /// `serve`, `acp`, `cli`, ...
+    pub kind: String,
+    /// Unix milliseconds.
+    pub started_at: u64,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,122 @@
+//! Who answers each method: the one place that routes them. The primary's
+//! event loop answers [`Route::Local`] itself; everything else is a write
+//! for the store thread, which hands [`Route::Task`] to the task
+//! operations. Each of those matches only its own kind, so none has to
+//! answer a method that can never reach it.
+
+use super::{FailureReason, MemberInfo, Method, NewTask, TaskExit, TaskStatus};
+
+/// Where a method is answered, with its parameters borrowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Route<'a> {
+    /// By the primary's event loop, at once: never stored, no ledger row.
+    Local(Local),
+    /// On the store thread: a member registers (`hello`).
+    Member(&'a MemberInfo),
+    /// On the store thread: an ACP session is recorded.
+    Session { id: &'a str, cwd: &'a str },
+    /// On the store thread: an operation on tasks.
+    Task(TaskOp<'a>),
+}
+
+/// The methods the event loop answers without the store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Local {
+    Ping,
+    /// Test builds only (see [`Method::DebugStall`]).
+    #[cfg(feature = "test-hooks")]
+    DebugStall {
+        ms: u64,
+    },
+}
+
+/// A task operation from the wire (the parameters of the `task.*` methods).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TaskOp<'a> {
+    Create(&'a NewTask),
+    SetProgress {
+        id: &'a str,
+        percent: Option<u8>,
+        text: Option<&'a str>,
+    },
+    UpdateStatus {
+        id: &'a str,
+        status: TaskStatus,
+        reason: Option<FailureReason>,
+        exit_code: Option<i32>,
+        pid: Option<u32>,
+    },
+    Delete {
+        id: &'a str,
+        force: bool,
+    },
+    Cancel {
+        id: &'a str,
+    },
+    Pause {
+        id: &'a str,
+    },
+    Resume {
+        id: &'a str,
+        instructions: Option<&'a str>,
+    },
+    Retry {
+        id: &'a str,
+    },
+    Relaunch {
+        id: &'a str,
+    },
+    Purge {
+        id: &'a str,
+    },
+    Finished(&'a TaskExit),
+}
+
+impl Method {
+    /// Who answers this method.
+    pub fn route(&self) -> Route<'_> {
+        match self {
+            Method::Ping {} => Route::Local(Local::Ping),
+            #[cfg(feature = "test-hooks")]
+            Method::DebugStall { ms } => Route::Local(Local::DebugStall { ms: *ms }),
+            Method::Hello(member) => Route::Member(member),
+            Method::SessionCreate { id, cwd } => Route::Session { id, cwd },
+            Method::TaskCreate(new) => Route::Task(TaskOp::Create(new)),
+            Method::TaskSetProgress { id, percent, text } => Route::Task(TaskOp::SetProgress {
+                id,
+                percent: *percent,
+                text: text.as_deref(),
+            }),
+            Method::TaskUpdateStatus {
+                id,
+                status,
+                reason,
+                exit_code,
+                pid,
+            } => Route::Task(TaskOp::UpdateStatus {
+                id,
+                status: *status,
+                reason: *reason,
+                exit_code: *exit_code,
+                pid: *pid,
+            }),
+            Method::TaskDelete { id, force } => Route::Task(TaskOp::Delete { id, force: *force }),
+            Method::TaskCancel { id } => Route::Task(TaskOp::Cancel { id }),
+            Method::TaskPause { id } => Route::Task(TaskOp::Pause { id }),
+            Method::TaskResume { id, instructions } => Route::Task(TaskOp::Resume {
+                id,
+                instructions: instructions.as_deref(),
+            }),
+            Method::TaskRetry { id } => Route::Task(TaskOp::Retry { id }),
+            Method::TaskRelaunch { id } => Route::Task(TaskOp::Relaunch { id }),
+            Method::TaskPurge { id } => Route::Task(TaskOp::Purge { id }),
+            Method::TaskFinished(exit) => Route::Task(TaskOp::Finished(exit)),
+        }
+    }
+
+    /// Whether the event loop answers it itself (nothing stored, so no
+    /// digest and no ledger row).
+    pub fn is_local(&self) -> bool {
+        matches!(self.route(), Route::Local(_))
+    }
+}

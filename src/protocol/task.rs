@@ -1,0 +1,288 @@
+//! Tasks on the wire: what a task is (its [`TaskSpec`]), its record as
+//! stored and published ([`TaskRecord`]: the spec and its run state), and
+//! the vocabulary of its life (status, failure reason, how a run ended).
+
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Pending,
+    Queued,
+    Running,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+pub const TASK_STATUSES: &[TaskStatus] = &[
+    TaskStatus::Pending,
+    TaskStatus::Queued,
+    TaskStatus::Running,
+    TaskStatus::Paused,
+    TaskStatus::Completed,
+    TaskStatus::Failed,
+    TaskStatus::Cancelled,
+];
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::Paused => "paused",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        TASK_STATUSES.iter().copied().find(|t| t.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    ExitCode,
+    Timeout,
+    SpawnError,
+    DependencyFailed,
+    Lost,
+}
+
+pub const FAILURE_REASONS: &[FailureReason] = &[
+    FailureReason::ExitCode,
+    FailureReason::Timeout,
+    FailureReason::SpawnError,
+    FailureReason::DependencyFailed,
+    FailureReason::Lost,
+];
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::ExitCode => "exit_code",
+            FailureReason::Timeout => "timeout",
+            FailureReason::SpawnError => "spawn_error",
+            FailureReason::DependencyFailed => "dependency_failed",
+            FailureReason::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        FAILURE_REASONS.iter().copied().find(|r| r.as_str() == s)
+    }
+}
+
+/// How a task's run ended, as its supervisor saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitOutcome {
+    /// The agent exited by itself (see `exit_code` / `signal`).
+    Exited,
+    /// The supervisor killed it at its timeout.
+    Timeout,
+    /// The supervisor killed it on request.
+    Cancelled,
+    /// The agent could not be started.
+    SpawnError,
+}
+
+/// Parameters of `task.finished`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskExit {
+    pub id: String,
+    /// The run this report is about; reports of an older run are ignored.
+    pub run_id: String,
+    pub outcome: ExitOutcome,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The request id of every report of run `run_id`'s end: the same for every
+/// sender (the shim, or an orchestrator finalizing from the exit record),
+/// so that the run's end is applied exactly once.
+pub fn finished_request_id(run_id: &str) -> String {
+    format!("finished-{run_id}")
+}
+
+/// What a task is: everything the user asked for, the same in each of its
+/// runs (only the prompt grows, by the instructions of a resume). A retry
+/// copies it whole.
+///
+/// `Engine` is what differs between asking and having: in a request
+/// ([`NewTask`]) the engine may be left out (`None`: the primary fills in
+/// its default; serde reads a missing `Option` field as `None`), in a
+/// record it is always the engine the task runs with (required).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec<Engine = String> {
+    pub prompt: String,
+    pub engine: Engine,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub work_dir: Option<String>,
+    #[serde(default)]
+    pub persona: Option<String>,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Extra arguments appended to the engine's command.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// Extra environment variables for the agent.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Parameters of `task.create`: a spec whose engine may be left to the
+/// primary's default.
+pub type NewTask = TaskSpec<Option<String>>;
+
+impl NewTask {
+    /// The spec with its engine decided: the one asked for, else `default`.
+    pub fn with_engine_or(self, default: &str) -> TaskSpec {
+        let engine = self.engine.unwrap_or_else(|| default.to_string());
+        TaskSpec {
+            prompt: self.prompt,
+            engine,
+            model: self.model,
+            work_dir: self.work_dir,
+            persona: self.persona,
+            dependencies: self.dependencies,
+            tags: self.tags,
+            priority: self.priority,
+            timeout_ms: self.timeout_ms,
+            session_id: self.session_id,
+            extra_args: self.extra_args,
+            env: self.env,
+        }
+    }
+}
+
+/// A task as stored and as carried by events and replies (see
+/// docs/design.md, Tasks): its id, its spec, and the state of its runs.
+///
+/// Serialized by hand (below) so that the wire and JSON shape stays the
+/// flat map of protocol v1, field for field and in its order; read back
+/// through `flatten`, which takes the fields in any order.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TaskRecord {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: TaskSpec,
+    // The run state: what happened to the spec so far.
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub failure_reason: Option<FailureReason>,
+    #[serde(default)]
+    pub progress_pct: Option<u8>,
+    #[serde(default)]
+    pub progress_text: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    #[serde(default)]
+    pub finished_at: Option<u64>,
+    #[serde(default)]
+    pub retry_of: Option<String>,
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// Identifies the current run (a relaunch starts a new one).
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl TaskRecord {
+    /// A task that has not run: pending, first attempt, created `now`.
+    pub fn new(id: String, spec: TaskSpec, now: u64) -> TaskRecord {
+        TaskRecord {
+            id,
+            spec,
+            status: TaskStatus::Pending,
+            failure_reason: None,
+            progress_pct: None,
+            progress_text: None,
+            exit_code: None,
+            pid: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            retry_of: None,
+            attempt: 1,
+            run_id: None,
+        }
+    }
+}
+
+/// The wire (and `--json`) shape of a record: protocol v1's flat map, in
+/// its field order (the golden vectors in `ipc-schema/vectors/` pin the
+/// bytes).
+impl Serialize for TaskRecord {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (t, s) = (self, &self.spec);
+        let mut m = serializer.serialize_struct("TaskRecord", 26)?;
+        m.serialize_field("id", &t.id)?;
+        m.serialize_field("prompt", &s.prompt)?;
+        m.serialize_field("engine", &s.engine)?;
+        m.serialize_field("model", &s.model)?;
+        m.serialize_field("work_dir", &s.work_dir)?;
+        m.serialize_field("persona", &s.persona)?;
+        m.serialize_field("status", &t.status)?;
+        m.serialize_field("failure_reason", &t.failure_reason)?;
+        m.serialize_field("dependencies", &s.dependencies)?;
+        m.serialize_field("tags", &s.tags)?;
+        m.serialize_field("priority", &s.priority)?;
+        m.serialize_field("timeout_ms", &s.timeout_ms)?;
+        m.serialize_field("progress_pct", &t.progress_pct)?;
+        m.serialize_field("progress_text", &t.progress_text)?;
+        m.serialize_field("exit_code", &t.exit_code)?;
+        m.serialize_field("pid", &t.pid)?;
+        m.serialize_field("session_id", &s.session_id)?;
+        m.serialize_field("created_at", &t.created_at)?;
+        m.serialize_field("updated_at", &t.updated_at)?;
+        m.serialize_field("started_at", &t.started_at)?;
+        m.serialize_field("finished_at", &t.finished_at)?;
+        m.serialize_field("retry_of", &t.retry_of)?;
+        m.serialize_field("attempt", &t.attempt)?;
+        m.serialize_field("extra_args", &s.extra_args)?;
+        m.serialize_field("env", &s.env)?;
+        m.serialize_field("run_id", &t.run_id)?;
+        m.end()
+    }
+}

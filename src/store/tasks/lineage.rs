@@ -1,0 +1,193 @@
+//! A task's lineage: creation (with its first status), retry (a new task
+//! from a finished one), relaunch (the same task again, and the dependents
+//! it failed rearmed), deletion (and the dependents it fails).
+
+use super::change::save;
+use super::graph::{cascade, dependents, edges_of, ready_status, status_from_deps};
+use super::{Ctx, Res, finished_task, ok};
+use crate::protocol::{
+    ErrorCode, EventData, FailureReason, NewTask, ReplyBody, TaskRecord, TaskSpec, TaskStatus,
+    now_ms,
+};
+use crate::store::rows;
+use crate::store::txn::{Applied, append_event, refused};
+use rusqlite::Connection;
+
+/// A task for `spec`, not yet inserted: checked, and pending, queued or
+/// already failed as its dependencies call for.
+fn new_task(
+    tx: &Connection,
+    spec: TaskSpec,
+    retry_of: Option<String>,
+    attempt: u32,
+) -> Result<TaskRecord, Applied> {
+    check_spec(tx, &spec)?;
+    let now = now_ms();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut task = TaskRecord {
+        retry_of,
+        attempt,
+        ..TaskRecord::new(id, spec, now)
+    };
+    // Not inserted yet, so no edges: read the listed dependencies (each was
+    // checked to exist).
+    let mut deps = Vec::with_capacity(task.spec.dependencies.len());
+    for dep in &task.spec.dependencies {
+        deps.push(rows::get(tx, dep)?.map(|t| t.status));
+    }
+    task.status = status_from_deps(deps.into_iter());
+    if task.status == TaskStatus::Failed {
+        // A dependency that already failed dooms the new task at once.
+        task.failure_reason = Some(FailureReason::DependencyFailed);
+        task.finished_at = Some(now);
+    }
+    Ok(task)
+}
+
+/// What a new task may not be: without a prompt, with a zero timeout, or
+/// waiting on a task twice or on one that does not exist.
+fn check_spec(tx: &Connection, spec: &TaskSpec) -> Result<(), Applied> {
+    if spec.prompt.trim().is_empty() {
+        return Err(refused(ErrorCode::InvalidParams, "the prompt is empty"));
+    }
+    if spec.timeout_ms == Some(0) {
+        return Err(refused(ErrorCode::InvalidParams, "timeout must be > 0"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for dep in &spec.dependencies {
+        if !seen.insert(dep) {
+            return Err(refused(
+                ErrorCode::InvalidParams,
+                format!("dependency {dep} is listed twice"),
+            ));
+        }
+        if rows::get(tx, dep)?.is_none() {
+            return Err(refused(
+                ErrorCode::InvalidParams,
+                format!("unknown dependency {dep}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A task created by `task.create`; the engine left out is the shell (the
+/// primary fills in its configured default before the write gets here).
+pub(super) fn create_new(c: &mut Ctx<'_>, new: &NewTask) -> Res {
+    let task = new_task(c.tx, new.clone().with_engine_or("shell"), None, 1)?;
+    create(c, task)
+}
+
+/// Inserts a new task and appends its `task.created`.
+fn create(c: &mut Ctx<'_>, task: TaskRecord) -> Res {
+    rows::insert(c.tx, &task)?;
+    c.events.push(append_event(
+        c.tx,
+        c.epoch,
+        EventData::TaskCreated { task: task.clone() },
+    )?);
+    ok(task)
+}
+
+/// A new task from a finished one (`retry_of`, `attempt + 1`).
+pub(super) fn retry(c: &mut Ctx<'_>, id: &str) -> Res {
+    let old = finished_task(c.tx, id, "retry")?;
+    // A completed dependency purged since stays satisfied: the new
+    // attempt does not wait for it (nor could it name it).
+    let waits_on = edges_of(c.tx, &old.id)?;
+    let spec = TaskSpec {
+        dependencies: (old.spec.dependencies.iter())
+            .filter(|d| waits_on.contains(*d))
+            .cloned()
+            .collect(),
+        ..old.spec.clone()
+    };
+    let task = new_task(c.tx, spec, Some(old.id.clone()), old.attempt + 1)?;
+    create(c, task)
+}
+
+/// Reruns a finished task under its id (see [`rearm`]).
+pub(super) fn relaunch(c: &mut Ctx<'_>, id: &str) -> Res {
+    let task = finished_task(c.tx, id, "relaunch")?;
+    let task = rearm(c, task)?;
+    if task.status == TaskStatus::Failed {
+        // Failed again at once (a dependency failed or is gone):
+        // dependents that were released when it completed, and
+        // still wait, can never run either.
+        cascade(c, &task.id, TaskStatus::Failed)?;
+    } else {
+        rearm_dependents(c, &task.id)?;
+    }
+    ok(task)
+}
+
+/// Resets a finished task for another run under the same id.
+fn rearm(c: &mut Ctx<'_>, mut task: TaskRecord) -> Result<TaskRecord, Applied> {
+    task.status = ready_status(c.tx, &task)?;
+    task.failure_reason =
+        (task.status == TaskStatus::Failed).then_some(FailureReason::DependencyFailed);
+    task.exit_code = None;
+    task.pid = None;
+    task.run_id = None;
+    task.progress_pct = None;
+    task.progress_text = None;
+    task.started_at = None;
+    task.finished_at = (task.status == TaskStatus::Failed).then(now_ms);
+    match save(c, task)? {
+        Ok(ReplyBody::Task(t)) => Ok(*t),
+        Ok(_) => unreachable!("save returns the task"),
+        Err(e) => Err(Applied::Refused(e)),
+    }
+}
+
+/// Dependents that failed only because of `root` get another chance, and
+/// so on down the graph. One that another dependency still fails is left
+/// alone: rearming it would only rewrite its failure (and wake its waiters)
+/// for nothing. A work list, not recursion: a chain of 10,000 dependents
+/// must not take 10,000 stack frames of the store thread.
+fn rearm_dependents(c: &mut Ctx<'_>, root: &str) -> Result<(), Applied> {
+    let mut work = vec![root.to_string()];
+    while let Some(id) = work.pop() {
+        for dep_id in dependents(c.tx, &id)? {
+            let Some(t) = rows::get(c.tx, &dep_id)? else {
+                continue;
+            };
+            if t.status == TaskStatus::Failed
+                && t.failure_reason == Some(FailureReason::DependencyFailed)
+                && ready_status(c.tx, &t)? != TaskStatus::Failed
+            {
+                work.push(rearm(c, t)?.id);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn delete(c: &mut Ctx<'_>, task: &TaskRecord) -> Res {
+    c.tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?
+        .execute([&task.id])?;
+    // Edges from this task go. Edges to it stay when it had not completed,
+    // so that its waiting dependents can still be found (and failed) below;
+    // a completed task's edges go too: what it produced stays produced, so
+    // its dependents stay satisfied (purging history must not fail work).
+    c.tx.prepare_cached("DELETE FROM task_deps WHERE task_id = ?1")?
+        .execute([&task.id])?;
+    if task.status == TaskStatus::Completed {
+        c.tx.prepare_cached("DELETE FROM task_deps WHERE dep_id = ?1")?
+            .execute([&task.id])?;
+    }
+    c.events.push(append_event(
+        c.tx,
+        c.epoch,
+        EventData::TaskDeleted {
+            id: task.id.clone(),
+        },
+    )?);
+    // Waiting dependents of an unfinished task can never run now.
+    if task.status != TaskStatus::Completed {
+        cascade(c, &task.id, TaskStatus::Failed)?;
+    }
+    Ok(Ok(ReplyBody::Deleted {
+        id: task.id.clone(),
+    }))
+}

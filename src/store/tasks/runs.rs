@@ -1,0 +1,184 @@
+//! What a task's runs do to it: a run's end as its supervisor reports it
+//! (or as `task.update_status` sets it), a run that never started, and a
+//! resume (which may rerun it with new instructions).
+
+use super::change::{Change, save, transition};
+use super::graph::ready_status;
+use super::{Ctx, Res, existing, ok};
+use crate::protocol::{
+    ErrorCode, ExitOutcome, FailureReason, ReplyBody, TaskExit, TaskRecord, TaskStatus,
+};
+use crate::store::rows;
+use crate::store::txn::refused;
+
+/// The low-level form: a final status, checked against the state machine.
+pub(super) fn update_status(
+    c: &mut Ctx<'_>,
+    id: &str,
+    status: TaskStatus,
+    reason: Option<FailureReason>,
+    exit_code: Option<i32>,
+    pid: Option<u32>,
+) -> Res {
+    if !status.is_terminal() {
+        return Err(refused(
+            ErrorCode::InvalidParams,
+            format!(
+                "task.update_status sets a final status only (completed, failed, cancelled), not {}; use pause/resume/relaunch",
+                status.as_str()
+            ),
+        ));
+    }
+    let task = existing(c.tx, id)?;
+    // The state machine lets a paused task complete because its
+    // stopped process may still exit; one paused before it started
+    // has no process, and is no more done than a queued task.
+    let paused_unstarted = task.status == TaskStatus::Paused && !started(&task);
+    if status == TaskStatus::Completed && paused_unstarted {
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!("task {id} is paused and never started; it cannot have completed"),
+        ));
+    }
+    let change = Change {
+        to: status,
+        reason,
+        exit_code,
+        pid,
+    };
+    transition(c, task, change)
+}
+
+/// A task has started when it has a run: running, or paused mid-run (its
+/// process stopped, not gone).
+fn started(task: &TaskRecord) -> bool {
+    match task.status {
+        TaskStatus::Running => true,
+        TaskStatus::Paused => task.run_id.is_some(),
+        _ => false,
+    }
+}
+
+/// A run whose supervisor never started: the task waits again, as if it had
+/// never been started — queued, or still paused when it was paused
+/// meanwhile (otherwise the phantom run would keep its slot and nobody
+/// would ever finalize it). Waiting, it fails like any waiting task when a
+/// dependency has failed since (one relaunched after it started).
+pub(super) fn requeue(c: &mut Ctx<'_>, id: &str, run_id: &str) -> Res {
+    let mut task = existing(c.tx, id)?;
+    if task.run_id.as_deref() != Some(run_id) || !started(&task) {
+        return ok(task);
+    }
+    task.run_id = None;
+    task.started_at = None;
+    task.pid = None;
+    match (task.status, ready_status(c.tx, &task)?) {
+        (_, TaskStatus::Failed) => {
+            let change = Change::failing(TaskStatus::Failed, FailureReason::DependencyFailed);
+            transition(c, task, change)
+        }
+        (TaskStatus::Paused, _) => save(c, task),
+        _ => transition(c, task, Change::to(TaskStatus::Queued)),
+    }
+}
+
+/// A supervisor's report. Reports about another run, or a task already
+/// finished (cancelled, deleted), are acknowledged and ignored.
+pub(super) fn finished(c: &mut Ctx<'_>, exit: &TaskExit) -> Res {
+    let Some(task) = rows::get(c.tx, &exit.id)? else {
+        return Ok(Ok(ReplyBody::Deleted {
+            id: exit.id.clone(),
+        }));
+    };
+    let live = matches!(task.status, TaskStatus::Running | TaskStatus::Paused);
+    if task.run_id.as_deref() != Some(exit.run_id.as_str()) || !live {
+        return ok(task);
+    }
+    let (status, reason) = match (exit.outcome, exit.exit_code) {
+        (ExitOutcome::Exited, Some(0)) => (TaskStatus::Completed, None),
+        (ExitOutcome::Exited, _) => (TaskStatus::Failed, Some(FailureReason::ExitCode)),
+        (ExitOutcome::Timeout, _) => (TaskStatus::Failed, Some(FailureReason::Timeout)),
+        (ExitOutcome::Cancelled, _) => (TaskStatus::Cancelled, None),
+        (ExitOutcome::SpawnError, _) => (TaskStatus::Failed, Some(FailureReason::SpawnError)),
+    };
+    let mut task = task;
+    if let Some(m) = &exit.message {
+        task.progress_text = Some(m.clone());
+    }
+    // A signal death has no exit code; record it shell-style (128 + n).
+    let code = exit.exit_code.or(exit.signal.map(|s| 128 + s));
+    // Paused → terminal is allowed: the process ended while stopped.
+    let change = Change {
+        to: status,
+        reason,
+        exit_code: code,
+        pid: None,
+    };
+    transition(c, task, change)
+}
+
+pub(super) fn resume(c: &mut Ctx<'_>, id: &str, instructions: Option<&str>) -> Res {
+    let mut task = existing(c.tx, id)?;
+    if task.status != TaskStatus::Paused {
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!("task {id} is {}, not paused", task.status.as_str()),
+        ));
+    }
+    let had_run = task.run_id.is_some();
+    if let Some(extra) = instructions.filter(|s| !s.trim().is_empty()) {
+        task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
+        if had_run {
+            // The agent took its prompt at start: rerun it with the new
+            // instructions. The orchestrator kills the old run, whose id no
+            // longer matches.
+            task.run_id = None;
+            task.pid = None;
+            let status = ready_status(c.tx, &task)?;
+            let change = Change::failing(status, FailureReason::DependencyFailed);
+            return transition(c, task, change);
+        }
+    }
+    let status = if had_run {
+        TaskStatus::Running
+    } else {
+        ready_status(c.tx, &task)?
+    };
+    transition(
+        c,
+        task,
+        Change::failing(status, FailureReason::DependencyFailed),
+    )
+}
+
+/// queued → running as run `run_id`, refused when `max_parallel` tasks
+/// already hold a slot (running, or paused mid-run), counted inside the
+/// transaction so that two starts can never both take the last slot.
+pub(super) fn start(c: &mut Ctx<'_>, id: &str, run_id: &str, max_parallel: usize) -> Res {
+    let mut task = existing(c.tx, id)?;
+    if task.status != TaskStatus::Queued {
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!("task {id} is {}, not queued", task.status.as_str()),
+        ));
+    }
+    let held: i64 =
+        c.tx.prepare_cached(
+            "SELECT COUNT(*) FROM tasks WHERE status = 'running'
+                OR (status = 'paused' AND run_id IS NOT NULL)",
+        )?
+        .query_row([], |r| r.get(0))?;
+    if held as usize >= max_parallel {
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!("{held} tasks already run or are paused mid-run (max_parallel {max_parallel})"),
+        ));
+    }
+    task.run_id = Some(run_id.to_string());
+    task.exit_code = None;
+    task.pid = None;
+    task.failure_reason = None;
+    task.started_at = None;
+    task.finished_at = None;
+    transition(c, task, Change::to(TaskStatus::Running))
+}
