@@ -233,15 +233,7 @@ fn run(
     while let Ok(first) = rx.recv() {
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();
-            let cutoff = now_ms().saturating_sub(retention.ledger_ms);
-            if let Err(e) = super::crash_guard::prune(&conn, cutoff) {
-                tracing::warn!("pruning suspects failed: {e}");
-            }
-            match prune(&conn, retention) {
-                Ok((0, 0)) => {}
-                Ok((e, l)) => tracing::info!("pruned {e} old events and {l} ledger entries"),
-                Err(e) => tracing::warn!("pruning failed: {e}"),
-            }
+            prune_history(&conn, retention);
         }
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -264,39 +256,57 @@ fn run(
             ))
         };
         match committed {
-            Ok((done, events)) => {
-                #[cfg(feature = "test-hooks")]
-                crate::test_hooks::after_commit(&events);
-                for e in events {
-                    // Waits while the publisher's queue is full: a durable
-                    // event is never dropped before it is published.
-                    let _ = published.blocking_send(e);
-                }
-                for d in done {
-                    let _ = d.reply.send(d.result);
-                }
-            }
-            Err(e) => {
-                // The whole transaction failed (disk full, I/O error): nothing
-                // was applied, so every caller gets an error and may retry.
-                tracing::error!("group commit failed: {e}");
-                let code = match e {
-                    StoreError::Unavailable(_) => ErrorCode::Unavailable,
-                    _ => ErrorCode::Internal,
-                };
-                for job in batch.drain(..) {
-                    if let Job::Write { reply, .. } | Job::Internal { reply, .. } = job {
-                        let _ = reply.send(Err(WireError::new(
-                            code,
-                            format!("the store could not commit: {e}"),
-                        )));
-                    }
-                }
-            }
+            Ok((done, events)) => hand_out(done, events, &published),
+            Err(e) => fail_batch(&mut batch, e),
         }
         if let Some(done) = shutdown {
             let _ = done.send(());
             return;
+        }
+    }
+}
+
+/// Old events, ledger rows and crash suspects, outside any batch.
+fn prune_history(conn: &Connection, retention: Retention) {
+    let cutoff = now_ms().saturating_sub(retention.ledger_ms);
+    if let Err(e) = super::crash_guard::prune(conn, cutoff) {
+        tracing::warn!("pruning suspects failed: {e}");
+    }
+    match prune(conn, retention) {
+        Ok((0, 0)) => {}
+        Ok((e, l)) => tracing::info!("pruned {e} old events and {l} ledger entries"),
+        Err(e) => tracing::warn!("pruning failed: {e}"),
+    }
+}
+
+/// After COMMIT: the events to the publisher (in order), then the answers.
+fn hand_out(done: Vec<Done>, events: Vec<Event>, published: &tokio::sync::mpsc::Sender<Event>) {
+    #[cfg(feature = "test-hooks")]
+    crate::test_hooks::after_commit(&events);
+    for e in events {
+        // Waits while the publisher's queue is full: a durable event is
+        // never dropped before it is published.
+        let _ = published.blocking_send(e);
+    }
+    for d in done {
+        let _ = d.reply.send(d.result);
+    }
+}
+
+/// The whole transaction failed (disk full, I/O error): nothing was
+/// applied, so every caller gets an error and may retry.
+fn fail_batch(batch: &mut Vec<Job>, e: StoreError) {
+    tracing::error!("group commit failed: {e}");
+    let code = match e {
+        StoreError::Unavailable(_) => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    };
+    for job in batch.drain(..) {
+        if let Job::Write { reply, .. } | Job::Internal { reply, .. } = job {
+            let _ = reply.send(Err(WireError::new(
+                code,
+                format!("the store could not commit: {e}"),
+            )));
         }
     }
 }
@@ -342,23 +352,7 @@ fn commit_batch(
                 ))));
             }
             Job::Internal { op, .. } => {
-                let sp = tx.savepoint()?;
-                let mut own_events = Vec::new();
-                let mut ctx = super::tasks::Ctx {
-                    tx: &sp,
-                    epoch,
-                    events: &mut own_events,
-                };
-                let result = match super::tasks::apply_internal(&mut ctx, op) {
-                    Ok(r) => r,
-                    Err(Applied::Refused(e)) => Err(e),
-                    Err(Applied::Sqlite(e)) => return Err(e.into()),
-                };
-                if result.is_ok() {
-                    sp.commit()?;
-                    events.extend(own_events);
-                } // else: dropping the savepoint rolls it back
-                results.push(Some(result));
+                results.push(Some(apply_internal(&mut tx, epoch, op, &mut events)?));
             }
             Job::Shutdown { instance_id, .. } => {
                 events.push(append_event(
@@ -392,6 +386,33 @@ fn commit_batch(
         }
     }
     Ok((done, events))
+}
+
+/// An orchestrator operation under its own savepoint: a refusal rolls back
+/// only its own effects. A returned `Err` dooms the whole transaction.
+fn apply_internal(
+    tx: &mut Transaction<'_>,
+    epoch: u64,
+    op: &super::tasks::InternalOp,
+    events: &mut Vec<Event>,
+) -> Result<WriteResult, StoreError> {
+    let sp = tx.savepoint()?;
+    let mut own_events = Vec::new();
+    let mut ctx = super::tasks::Ctx {
+        tx: &sp,
+        epoch,
+        events: &mut own_events,
+    };
+    let result = match super::tasks::apply_internal(&mut ctx, op) {
+        Ok(r) => r,
+        Err(Applied::Refused(e)) => Err(e),
+        Err(Applied::Sqlite(e)) => return Err(e.into()),
+    };
+    if result.is_ok() {
+        sp.commit()?;
+        events.extend(own_events);
+    } // else: dropping the savepoint rolls it back
+    Ok(result)
 }
 
 /// Who asked for a write, as the ledger records it.
