@@ -262,6 +262,19 @@ fn workspace_hash(root: &Path) -> String {
 }
 
 /// Writes `bytes` to `path` atomically: write a temp file, fsync, rename.
+/// Opens a file of ours for reading and writing, creating it 0600 if
+/// absent and keeping its content (lock and marker files).
+pub fn open_private(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

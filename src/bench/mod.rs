@@ -17,6 +17,23 @@ mod tasks;
 
 use crate::output::print_json;
 
+/// Runs `work` on a thread of its own with its own current-thread runtime,
+/// as another process's event loop would run: the counterpart of a
+/// baseline, or one of several concurrent clients.
+pub(crate) fn on_own_thread<T, F>(work: F) -> std::thread::JoinHandle<Result<T, String>>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        Ok(rt.block_on(work))
+    })
+}
+
 /// Why `grove bench` did not produce a report.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

@@ -245,22 +245,16 @@ async fn throughput(
         .map(|w| {
             let mut client = c.client(&format!("bench-writer-{w}"));
             let blocker = blocker.to_string();
-            std::thread::spawn(move || -> Result<(), String> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(async {
-                    for _ in 0..per {
-                        write(&mut client, &blocker).await?;
-                    }
-                    Ok(())
-                })
+            super::on_own_thread(async move {
+                for _ in 0..per {
+                    write(&mut client, &blocker).await?;
+                }
+                Ok::<(), String>(())
             })
         })
         .collect();
     for h in handles {
-        h.join().map_err(|_| "writer thread panicked")??;
+        h.join().map_err(|_| "writer thread panicked")???;
     }
     Ok((per * writers) as f64 / started.elapsed().as_secs_f64())
 }
@@ -274,31 +268,23 @@ async fn raw_echo(n: usize) -> Result<Vec<f64>, String> {
     let total = n + 50;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
+    let server = super::on_own_thread(async move {
+        let mut router = zeromq::RouterSocket::new();
+        if router.bind(&server_endpoint).await.is_err() {
             return;
-        };
-        rt.block_on(async move {
-            let mut router = zeromq::RouterSocket::new();
-            if router.bind(&server_endpoint).await.is_err() {
+        }
+        let _ = ready_tx.send(());
+        // Echo exactly the expected count: a "stop" message could sit
+        // unsent in the client's queue while the client joins us.
+        for _ in 0..total {
+            let Ok(msg) = router.recv().await else { return };
+            if router.send(msg).await.is_err() {
                 return;
             }
-            let _ = ready_tx.send(());
-            // Echo exactly the expected count: a "stop" message could sit
-            // unsent in the client's queue while the client joins us.
-            for _ in 0..total {
-                let Ok(msg) = router.recv().await else { return };
-                if router.send(msg).await.is_err() {
-                    return;
-                }
-            }
-            // Keep the runtime (and so the last reply's write) alive until
-            // the client has read everything.
-            let _ = done_rx.await;
-        });
+        }
+        // Keep the runtime (and so the last reply's write) alive until
+        // the client has read everything.
+        let _ = done_rx.await;
     });
     ready_rx
         .recv_timeout(Duration::from_secs(5))

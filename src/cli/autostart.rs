@@ -83,16 +83,8 @@ impl Context {
     /// a member. `None` when the lock file cannot be opened (a state dir we
     /// cannot write: the member will fail too, and say why).
     async fn autostart_lock(&self) -> Result<Option<std::fs::File>, CliError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.ws.state_dir.join("autostart.lock");
-        let Ok(file) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-        else {
+        let Ok(file) = crate::paths::open_private(&path) else {
             return Ok(None);
         };
         let until = std::time::Instant::now() + Duration::from_secs(30);

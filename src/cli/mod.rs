@@ -112,19 +112,7 @@ enum Command {
     Spawn(orchestrate::SpawnArgs),
     /// List tasks (filters: --status, --tag, --text, --session).
     #[command(alias = "tasks")]
-    List {
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long)]
-        tag: Option<String>,
-        #[arg(long)]
-        text: Option<String>,
-        /// Only the tasks of this ACP session.
-        #[arg(long)]
-        session: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    List(task::ListArgs),
     /// Show one task.
     Show {
         id: String,
@@ -448,13 +436,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Stop { json } => stop::run(&ctx, json).await,
         Command::Task(cmd) => task::run(&ctx, cmd).await,
         Command::Spawn(a) => orchestrate::spawn(&ctx, a).await,
-        Command::List {
-            status,
-            tag,
-            text,
-            session,
-            json,
-        } => task::list(&ctx, status, tag, text, session, json),
+        Command::List(args) => task::list(&ctx, args),
         Command::Show { id, json } => task::show(&ctx, &id, json),
         Command::Wait(a) => orchestrate::wait(&ctx, a).await,
         Command::Cancel { id, json } => {

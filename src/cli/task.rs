@@ -31,17 +31,7 @@ pub enum TaskCommand {
         write: WriteOpts,
     },
     /// List tasks, optionally filtered.
-    List {
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long)]
-        tag: Option<String>,
-        /// Only tasks whose prompt contains TEXT (case-insensitive).
-        #[arg(long)]
-        text: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    List(ListArgs),
     /// Show one task (full id or a unique prefix).
     Show {
         id: String,
@@ -116,12 +106,7 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> Result<i32, CliError> {
             });
             write_task(ctx, method, &write).await
         }
-        TaskCommand::List {
-            status,
-            tag,
-            text,
-            json,
-        } => list(ctx, status, tag, text, None, json),
+        TaskCommand::List(args) => list(ctx, args),
         TaskCommand::Show { id, json } => show(ctx, &id, json),
         TaskCommand::Progress {
             id,
@@ -176,20 +161,40 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> Result<i32, CliError> {
     }
 }
 
-pub fn list(
-    ctx: &Context,
+/// The filters of `grove list` and `grove task list`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only tasks in this status (queued, running, failed, ...).
+    #[arg(long)]
     status: Option<String>,
+    /// Only tasks with this tag.
+    #[arg(long)]
     tag: Option<String>,
+    /// Only tasks whose prompt contains TEXT (case-insensitive).
+    #[arg(long)]
     text: Option<String>,
-    session_id: Option<String>,
+    /// Only the tasks of this ACP session.
+    #[arg(long)]
+    session: Option<String>,
+    /// Print the tasks as JSON.
+    #[arg(long)]
     json: bool,
-) -> Result<i32, CliError> {
+}
+
+pub fn list(ctx: &Context, args: ListArgs) -> Result<i32, CliError> {
+    let ListArgs {
+        status,
+        tag,
+        text,
+        session,
+        json,
+    } = args;
     let status = status.map(|s| parse_status(&s)).transpose()?;
     let filter = TaskFilter {
         status,
         tag,
         text,
-        session_id,
+        session_id: session,
     };
     let tasks = ctx.reader()?.tasks(&filter)?;
     if json {

@@ -47,15 +47,8 @@ impl InFlight {
     /// Opens (creates, 0600) the marker. Without it the store still works,
     /// only without this protection: a warning, not a refusal to serve.
     pub fn open(db_path: &Path) -> InFlight {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = inflight_path(db_path);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
+        let file = crate::paths::open_private(&path)
             .map_err(|e| tracing::warn!("cannot open {}: {e}", path.display()))
             .ok();
         InFlight { file }

@@ -26,7 +26,7 @@ struct Publisher {
     go: std::sync::mpsc::Sender<()>,
     sent: oneshot::Receiver<()>,
     done: oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
 }
 
 pub async fn run(k: usize, n: usize, payload_len: usize) -> Result<RawRun, String> {
@@ -99,39 +99,31 @@ fn start_publisher(endpoint: &str, n: usize, payload_len: usize) -> Result<Publi
     let (sent_tx, sent_rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel();
     let endpoint = endpoint.to_string();
-    let thread = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
+    let thread = crate::bench::on_own_thread(async move {
+        let mut publisher = zeromq::PubSocket::new();
+        if publisher.bind(&endpoint).await.is_err() {
             return;
-        };
-        rt.block_on(async move {
-            let mut publisher = zeromq::PubSocket::new();
-            if publisher.bind(&endpoint).await.is_err() {
-                return;
-            }
-            let _ = ready_tx.send(());
-            // Until told to go, send warm-up frames: a SUB that got one is
-            // subscribed (PUB drops everything before the subscription).
-            loop {
-                match go_rx.try_recv() {
-                    Ok(()) => break,
-                    Err(std::sync::mpsc::TryRecvError::Empty) => {
-                        let _ = publisher.send(frame("w", 0, 8)).await;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+        }
+        let _ = ready_tx.send(());
+        // Until told to go, send warm-up frames: a SUB that got one is
+        // subscribed (PUB drops everything before the subscription).
+        loop {
+            match go_rx.try_recv() {
+                Ok(()) => break,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    let _ = publisher.send(frame("w", 0, 8)).await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
             }
-            for seq in 0..n {
-                let _ = publisher.send(frame("d", seq as u64, payload_len)).await;
-            }
-            let _ = sent_tx.send(());
-            // Keep the runtime, and so the queued sends, alive until the
-            // bench has read everything.
-            let _ = done_rx.await;
-        });
+        }
+        for seq in 0..n {
+            let _ = publisher.send(frame("d", seq as u64, payload_len)).await;
+        }
+        let _ = sent_tx.send(());
+        // Keep the runtime, and so the queued sends, alive until the
+        // bench has read everything.
+        let _ = done_rx.await;
     });
     ready_rx
         .recv_timeout(Duration::from_secs(5))
