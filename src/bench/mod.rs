@@ -95,6 +95,8 @@ struct Plan {
     handovers: usize,
     writes: usize,
     tasks: usize,
+    /// Tasks started one at a time into an idle workspace.
+    free_slot_spawns: usize,
     fanout: fanout::Plan,
     joins: usize,
     memory_samples: usize,
@@ -116,6 +118,7 @@ impl Plan {
                 handovers: 5,
                 writes: 200,
                 tasks: 40,
+                free_slot_spawns: 20,
                 fanout: fanout::Plan {
                     events: 1000,
                     kill_rounds: 2,
@@ -137,6 +140,7 @@ impl Plan {
             handovers: args.handovers.max(1),
             writes: args.writes.max(10),
             tasks: args.tasks.max(1),
+            free_slot_spawns: 200,
             fanout: fanout::Plan {
                 events: args.events.max(4),
                 kill_rounds: 10,
@@ -219,7 +223,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             "fanout" => fanout::run(&plan.fanout).await,
             "join" => join::run(plan.joins).await,
             "memory" => memory::run(plan.memory_samples, plan.memory_writes).await,
-            "tasks" => tasks::run(plan.tasks).await,
+            "tasks" => tasks::run(plan.tasks, plan.free_slot_spawns).await,
             "idle" => idle::run(&plan.idle).await,
             _ => unreachable!("checked above"),
         };
