@@ -276,8 +276,23 @@ pub fn open_private(path: &Path) -> io::Result<fs::File> {
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_temp_and_rename(path, bytes, true)
+}
+
+/// Temp file + rename, without the fsync of [`write_atomic`]: readers never
+/// see a half-written file, and a process crash loses nothing (the page
+/// cache outlives it); only a power loss may. For files that matter only
+/// while the processes that use them run (a run's spec and run record, a
+/// member's report), so that no hot path waits for a disk flush.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_temp_and_rename(path, bytes, false)
+}
+
+fn write_temp_and_rename(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    // The writer's pid in the temp name: the files a dead writer left are
+    // recognisable (`runs::tree` removes a dead shim's).
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     {
         let mut f = fs::OpenOptions::new()
@@ -287,7 +302,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
     }
     fs::rename(&tmp, path)
 }

@@ -2,6 +2,24 @@
 
 use std::collections::{HashMap, HashSet};
 
+/// Starts `cmd` in a session of its own (`setsid` between fork and exec):
+/// it leaves our terminal and process group, so it outlives us and a
+/// terminal hang-up or a signal to our group does not reach it. A failed
+/// `setsid` fails the spawn rather than start a process that would die
+/// with us.
+pub fn in_new_session(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// True when a process with this pid exists (zombies included).
 pub fn alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {

@@ -11,7 +11,7 @@ pub mod tree;
 pub use signals::{SYNC as SYNC_SIGNAL, block_control_in_child};
 pub use tree::{kill_group, kill_leftovers};
 
-use crate::paths::{Workspace, write_atomic};
+use crate::paths::{Workspace, write_atomic, write_replace};
 use crate::protocol::{ExitOutcome, TaskExit};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -130,7 +130,34 @@ impl RunFiles {
     }
 }
 
+/// Writes a record atomically and durably (fsync): for the exit record,
+/// the only trace of how a run ended until the primary has recorded it.
+/// After a power loss the store's last commits may be gone too (it commits
+/// with `synchronous = NORMAL`), and a missing exit record would turn a
+/// finished run into a `lost` one.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     write_atomic(path, &bytes)
+}
+
+/// Writes a record atomically without fsync: for the run record, which
+/// matters only while its shim runs (a new primary adopts a live shim by
+/// it); a power loss ends the shim too, and the page cache outlives any
+/// process crash. Keeps a disk flush off every task start.
+pub fn write_json_volatile<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    write_replace(path, &bytes)
+}
+
+/// Starts a shim's command the way every shim must start: in a session of
+/// its own (it outlives the primary and its terminal), with its control
+/// signals blocked until it handles them (a cancel right after the start
+/// must not kill it before it can kill its agent).
+pub fn detach_as_shim(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    crate::proc::in_new_session(cmd);
+    // SAFETY: pthread_sigmask is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(block_control_in_child);
+    }
 }

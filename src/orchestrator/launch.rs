@@ -1,0 +1,70 @@
+//! Starting `grove shim` for one run: the spec file, then one fork+exec of
+//! this binary in a session of its own. Blocking (a PATH scan for the
+//! engine, file writes, the fork): called off the event loop.
+
+use super::engines;
+use super::tail::log_end;
+use crate::config::Config;
+use crate::paths::Workspace;
+use crate::protocol::TaskRecord;
+use crate::runs::{RunFiles, ShimSpec};
+
+/// A shim we started: reaped by us.
+pub struct Launched {
+    pub child: std::process::Child,
+    /// Where the run's live output starts in the task's log.
+    pub log_offset: u64,
+}
+
+/// Writes the run's spec and starts its shim.
+pub fn launch(
+    config: &Config,
+    ws: &Workspace,
+    task: &TaskRecord,
+    run_id: &str,
+) -> Result<Launched, String> {
+    let launch = engines::launch(config, &ws.root, task)?;
+    let spec = ShimSpec {
+        task_id: task.id.clone(),
+        run_id: run_id.to_string(),
+        workspace: ws.root.clone(),
+        argv: launch.argv,
+        env: launch.env,
+        work_dir: launch.work_dir,
+        stdin: launch.stdin,
+        timeout_ms: task.spec.timeout_ms,
+        grace_ms: config.kill_grace_ms,
+    };
+    let spec_path = RunFiles::spec(ws, &task.id);
+    let bytes = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
+    // No fsync: the shim reads the spec right away, and after a power loss
+    // no shim runs to read it (the run is then requeued or lost from the
+    // store's rows alone).
+    crate::paths::write_replace(&spec_path, &bytes)
+        .map_err(|e| format!("cannot write {}: {e}", spec_path.display()))?;
+    let shim_log = std::fs::File::create(RunFiles::shim_log(ws, &task.id))
+        .map_err(|e| format!("cannot create the supervisor's log: {e}"))?;
+    let log_offset = log_end(ws, &task.id);
+    let mut cmd = std::process::Command::new(self_exe()?);
+    cmd.arg("shim")
+        .arg(&spec_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(shim_log);
+    crate::runs::detach_as_shim(&mut cmd);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the supervisor: {e}"))?;
+    tracing::info!(task = %task.id, shim = child.id(), "started");
+    Ok(Launched { child, log_offset })
+}
+
+/// This binary, even if the file was replaced (rebuilt, upgraded) since we
+/// started: `/proc/self/exe` still names the running image.
+fn self_exe() -> Result<std::path::PathBuf, String> {
+    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe().map_err(|e| e.to_string())
+}

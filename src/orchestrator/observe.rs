@@ -1,0 +1,237 @@
+//! What the orchestrator looks at before it decides: the store's rows,
+//! `/proc`, run and exit records, the task logs. All of it is blocking
+//! (SQLite, file reads), so it runs on a blocking thread
+//! (`spawn_blocking`), never on the primary's single event-loop thread,
+//! where every slow step would delay every request.
+
+use super::decide::{Facts, Queued, Row, RowFact, RunFacts, Slots, Trace, Unconfirmed};
+use super::tail::{Tail, tail_log};
+use crate::config::{Config, LiveConfig};
+use crate::paths::Workspace;
+use crate::protocol::{TaskRecord, TaskStatus};
+use crate::runs::RunFiles;
+use crate::store::{Reader, TaskFilter};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// What the event loop hands over for one look: the state it keeps.
+pub struct Look {
+    pub ws: Workspace,
+    pub live: Arc<LiveConfig>,
+    pub reader: Arc<Mutex<Option<Reader>>>,
+    pub runs: Vec<RunState>,
+    pub unconfirmed: Vec<(String, String, Instant)>,
+}
+
+/// A supervised run as the event loop knows it.
+pub struct RunState {
+    pub task_id: String,
+    pub run_id: String,
+    pub shim_pid: u32,
+    pub shim_start: Option<u64>,
+    /// Our own child that we reaped already: gone, whatever `/proc` says.
+    pub reaped: bool,
+    pub told_paused: Option<bool>,
+    pub kill_sent: bool,
+    pub log_offset: u64,
+}
+
+/// What one look saw.
+pub struct Seen {
+    pub facts: Facts,
+    /// The configuration of this pass (an edited `grove.toml` applies to
+    /// the next task started).
+    pub config: Arc<Config>,
+    /// New output of each run, and where its log now ends.
+    pub tails: Vec<(String, Tail)>,
+}
+
+/// Gathers the facts of one pass. Blocking: call it off the event loop.
+pub fn look(l: Look) -> Seen {
+    let config = l.live.current();
+    let reader = Store {
+        ws: &l.ws,
+        reader: &l.reader,
+    };
+    let mut tails = Vec::new();
+    let runs = l
+        .runs
+        .iter()
+        .map(|r| {
+            let facts = run_facts(&l.ws, &reader, r);
+            // After the liveness check: a run that ended has written all
+            // its output, which goes out before its end is recorded.
+            tails.push((r.task_id.clone(), tail_log(&l.ws, &r.task_id, r.log_offset)));
+            facts
+        })
+        .collect();
+    let unconfirmed = l
+        .unconfirmed
+        .into_iter()
+        .map(|(task_id, run_id, give_up)| Unconfirmed {
+            trace: trace(&l.ws, &task_id, &run_id),
+            task_id,
+            run_id,
+            give_up,
+        })
+        .collect();
+    let facts = Facts {
+        now: Instant::now(),
+        max_parallel: config.max_parallel,
+        runs,
+        unconfirmed,
+        slots: reader.slots(config.max_parallel),
+    };
+    Seen {
+        facts,
+        config,
+        tails,
+    }
+}
+
+fn run_facts(ws: &Workspace, store: &Store<'_>, r: &RunState) -> RunFacts {
+    let alive = !r.reaped
+        && crate::proc::running(r.shim_pid)
+        && r.shim_start
+            .is_none_or(|s| crate::proc::start_time(r.shim_pid) == Some(s));
+    RunFacts {
+        task_id: r.task_id.clone(),
+        run_id: r.run_id.clone(),
+        shim_pid: r.shim_pid,
+        alive,
+        exit: (!alive)
+            .then(|| RunFiles::read_exit(ws, &r.task_id, &r.run_id))
+            .flatten(),
+        row: if alive {
+            store.row(&r.task_id)
+        } else {
+            RowFact::Unreadable
+        },
+        record: RunFiles::read_run(ws, &r.task_id, &r.run_id),
+        told_paused: r.told_paused,
+        kill_sent: r.kill_sent,
+    }
+}
+
+/// What a run whose supervisor we have not seen left on disk.
+pub fn trace(ws: &Workspace, task_id: &str, run_id: &str) -> Trace {
+    match RunFiles::read_run(ws, task_id, run_id) {
+        Some(rec)
+            if crate::proc::running(rec.shim_pid)
+                && crate::proc::start_time(rec.shim_pid) == Some(rec.shim_start) =>
+        {
+            Trace::Alive {
+                shim_pid: rec.shim_pid,
+                shim_start: rec.shim_start,
+            }
+        }
+        Some(rec) => Trace::Ended {
+            shim_pid: rec.shim_pid,
+            exit: RunFiles::read_exit(ws, task_id, run_id),
+        },
+        None => match RunFiles::read_exit(ws, task_id, run_id) {
+            Some(exit) => Trace::Ended {
+                shim_pid: 0,
+                exit: Some(exit),
+            },
+            None => Trace::Nothing,
+        },
+    }
+}
+
+/// A task's row as the decision sees it: the one place that reads a
+/// `TaskRecord` for it.
+pub fn row_of(t: &TaskRecord) -> Row {
+    Row {
+        status: t.status,
+        run_id: t.run_id.clone(),
+        pid: t.pid,
+    }
+}
+
+/// The orchestrator's read-only store connection, reopened after an error.
+struct Store<'a> {
+    ws: &'a Workspace,
+    /// Shared across looks; a connection is not `Sync`, hence the mutex.
+    reader: &'a Mutex<Option<Reader>>,
+}
+
+impl Store<'_> {
+    fn read<T>(&self, f: impl FnOnce(&Reader) -> Result<T, crate::store::StoreError>) -> Option<T> {
+        let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Reader::open(&self.ws.db_path())
+                .map_err(|e| tracing::error!("orchestrator cannot read the store: {e}"))
+                .ok();
+        }
+        match f(guard.as_ref()?) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!("reading the store failed: {e}");
+                *guard = None;
+                None
+            }
+        }
+    }
+
+    fn row(&self, id: &str) -> RowFact {
+        match self.read(|r| r.task(id)) {
+            Some(Some(t)) => RowFact::Present(row_of(&t)),
+            Some(None) => RowFact::Gone,
+            None => RowFact::Unreadable,
+        }
+    }
+
+    fn tasks(&self, status: TaskStatus) -> Option<Vec<TaskRecord>> {
+        let filter = TaskFilter {
+            status: Some(status),
+            ..Default::default()
+        };
+        self.read(|r| r.tasks(&filter))
+    }
+
+    /// Slot use, and the queue only when a slot is free.
+    fn slots(&self, max_parallel: usize) -> Option<Slots> {
+        let running = self.tasks(TaskStatus::Running)?;
+        let paused = self.tasks(TaskStatus::Paused)?;
+        let held = running.len() + paused.iter().filter(|t| t.run_id.is_some()).count();
+        let queued = if held < max_parallel {
+            self.tasks(TaskStatus::Queued)?
+                .into_iter()
+                .map(|t| Queued {
+                    id: t.id,
+                    priority: t.spec.priority,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(Slots { held, queued })
+    }
+
+    /// Started tasks (running, or paused with a run), for adoption.
+    pub fn started(&self) -> Option<Vec<TaskRecord>> {
+        let mut started = self.tasks(TaskStatus::Running)?;
+        started.extend(
+            self.tasks(TaskStatus::Paused)?
+                .into_iter()
+                .filter(|t| t.run_id.is_some()),
+        );
+        Some(started)
+    }
+}
+
+/// Every started task's run, for a new primary to confirm: task id, run id,
+/// and when its run was recorded as started (Unix ms). Blocking.
+pub fn started_runs(
+    ws: &Workspace,
+    reader: &Mutex<Option<Reader>>,
+) -> Vec<(String, String, Option<u64>)> {
+    let store = Store { ws, reader };
+    store
+        .started()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| Some((t.id, t.run_id?, t.started_at)))
+        .collect()
+}

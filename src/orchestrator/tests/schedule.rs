@@ -1,0 +1,111 @@
+//! Which queued tasks a pass starts.
+
+use super::*;
+
+#[test]
+fn an_idle_workspace_starts_nothing_and_does_not_tick() {
+    let d = decide(&facts());
+    assert_eq!(d, Decision::default());
+}
+
+#[test]
+fn priority_first_then_creation_order() {
+    let mut f = facts();
+    f.max_parallel = 3;
+    f.slots = Some(Slots {
+        held: 0,
+        queued: vec![
+            queued("old-low", 0),
+            queued("mid", 5),
+            queued("new-low", 0),
+            queued("high", 9),
+        ],
+    });
+    assert_eq!(started(&decide(&f)), ["high", "mid", "old-low"]);
+}
+
+#[test]
+fn never_more_than_max_parallel() {
+    let mut f = facts();
+    f.max_parallel = 4;
+    f.slots = Some(Slots {
+        held: 3,
+        queued: vec![queued("a", 0), queued("b", 0), queued("c", 0)],
+    });
+    assert_eq!(started(&decide(&f)), ["a"]);
+
+    // Full (or over, after `max_parallel` was lowered): nothing starts.
+    for held in [4, 6] {
+        f.slots.as_mut().unwrap().held = held;
+        assert!(started(&decide(&f)).is_empty(), "held {held}");
+    }
+}
+
+#[test]
+fn a_paused_task_with_a_run_keeps_its_slot() {
+    // The observer counts paused-with-a-run as held: one running and one
+    // paused at max_parallel 2 leave no room, so resuming never exceeds it.
+    let mut f = facts();
+    f.runs = vec![
+        run("running", TaskStatus::Running),
+        run("paused", TaskStatus::Paused),
+    ];
+    f.runs[1].told_paused = Some(true);
+    f.slots = Some(Slots {
+        held: 2,
+        queued: vec![queued("waiting", 0)],
+    });
+    let d = decide(&f);
+    assert!(started(&d).is_empty());
+    assert!(others(&d).is_empty(), "{:?}", d.actions);
+}
+
+#[test]
+fn only_queued_tasks_start_so_dependents_wait() {
+    // A task whose dependencies are unfinished is `pending`, which the
+    // observer never lists: only what the store released as `queued`
+    // is started, and it starts on the pass after its release.
+    let mut f = facts();
+    f.slots = Some(Slots {
+        held: 0,
+        queued: Vec::new(),
+    });
+    assert!(started(&decide(&f)).is_empty());
+    f.slots = Some(Slots {
+        held: 0,
+        queued: vec![queued("released-dependent", 0)],
+    });
+    assert_eq!(started(&decide(&f)), ["released-dependent"]);
+}
+
+#[test]
+fn an_unreadable_store_starts_nothing_and_retries_on_the_tick() {
+    let mut f = facts();
+    f.slots = None;
+    let d = decide(&f);
+    assert!(d.actions.is_empty());
+    assert!(d.retry);
+}
+
+#[test]
+fn finalizing_comes_before_starting() {
+    // The executor queues store writes in the decision's order: a slot the
+    // finished run frees is free when the start asks the store for it.
+    let mut f = facts();
+    let mut done = run("done", TaskStatus::Running);
+    done.alive = false;
+    done.exit = Some(exit("done", 0));
+    f.runs = vec![done];
+    f.slots = Some(Slots {
+        held: 0,
+        queued: vec![queued("next", 0)],
+    });
+    let d = decide(&f);
+    assert!(matches!(d.actions[0], Action::Finish { .. }));
+    assert_eq!(
+        d.actions[1],
+        Action::Start {
+            task_id: "next".into()
+        }
+    );
+}
