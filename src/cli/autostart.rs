@@ -109,7 +109,6 @@ impl Context {
     /// stderr appended to `.grove/serve.log` (or, if that cannot be opened,
     /// to a temporary file, so that its error can still be reported).
     fn spawn_member(&self) -> Result<(std::process::Child, MemberLog), CliError> {
-        use std::os::unix::process::CommandExt;
         let log = MemberLog::open(self.ws.state_dir.join("serve.log"))?;
         let exe = std::env::current_exe().map_err(|e| CliError::Failed(e.to_string()))?;
         let mut cmd = std::process::Command::new(exe);
@@ -120,14 +119,9 @@ impl Context {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log.writer()?);
-        // SAFETY: setsid is async-signal-safe. A session of its own keeps
-        // the member alive when this terminal goes away.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
+        // A session of its own keeps the member alive when this terminal
+        // goes away.
+        crate::proc::in_new_session(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| CliError::Failed(format!("cannot start grove serve: {e}")))?;

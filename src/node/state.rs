@@ -19,6 +19,7 @@
 use crate::config::LoadReport;
 use crate::election::{FileId, PrimaryLock, file_id};
 use crate::paths::Workspace;
+use crate::paths::write_replace;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -149,23 +150,6 @@ impl MemberReport {
         out.sort_by_key(|r| (r.role != "primary", r.pid));
         out
     }
-}
-
-/// Temp file + rename, without the fsync of `paths::write_atomic`: these
-/// files live in the runtime dir and matter only while members run, and a
-/// promotion must not wait for a disk flush.
-fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?
-        .write_all(bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 fn read_report(path: &Path) -> Option<MemberReport> {

@@ -14,7 +14,9 @@
 
 mod supervise;
 
-use crate::runs::{ExitRecord, RunFiles, RunRecord, ShimSpec, signals, write_json};
+use crate::runs::{
+    ExitRecord, RunFiles, RunRecord, ShimSpec, signals, write_json, write_json_volatile,
+};
 
 use crate::config::Config;
 use crate::paths::Workspace;
@@ -51,7 +53,7 @@ pub async fn run(spec_path: &Path) -> i32 {
         agent_start: None,
         pauses_itself: true,
     };
-    if let Err(e) = write_json(&RunFiles::run(&ws, &spec.task_id, &spec.run_id), &record) {
+    if let Err(e) = write_json_volatile(&RunFiles::run(&ws, &spec.task_id, &spec.run_id), &record) {
         errln!("grove shim: cannot write the run record: {e}");
     }
     // If the primary that started us died before we wrote the record, a new
