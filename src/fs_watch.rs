@@ -194,13 +194,14 @@ fn start() -> std::io::Result<Watcher> {
 
 /// Resolves when any of `watches` reports a change (see `FileWatch::changed`;
 /// cancel-safe like it).
-pub async fn any(watches: &mut [FileWatch]) {
+/// With no watch at all it never resolves.
+pub async fn any<'a>(watches: impl IntoIterator<Item = &'a mut FileWatch>) {
     use std::future::Future;
     use std::pin::Pin;
     use std::task::Poll;
-    let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = watches
-        .iter_mut()
-        .map(|w| Box::pin(w.changed()) as Pin<Box<dyn Future<Output = ()> + Send + '_>>)
+    let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> = watches
+        .into_iter()
+        .map(|w| Box::pin(w.changed()) as Pin<Box<dyn Future<Output = ()> + Send + 'a>>)
         .collect();
     std::future::poll_fn(|cx| {
         for w in waits.iter_mut() {

@@ -17,7 +17,7 @@ pub async fn run(count: usize, free_slot_spawns: usize) -> Result<Vec<Row>, Stri
     crate::client::wait_for_primary(&mut client, Duration::from_secs(30))
         .await
         .map_err(|e| format!("no primary: {e}"))?;
-    let free = free_slot(&c, &mut client, free_slot_spawns).await?;
+    let (free, agent) = free_slot(&c, &mut client, free_slot_spawns).await?;
     let mut rows = vec![Row {
         scenario: "tasks".into(),
         // The row has no p90 column; the brief's goal is stated at p50/p90.
@@ -33,24 +33,41 @@ pub async fn run(count: usize, free_slot_spawns: usize) -> Result<Vec<Row>, Stri
         baseline_p50: Some(exec_p50),
         goal: Some("p50 ≤ 5 ms".into()),
     }];
+    rows.push(Row {
+        scenario: "tasks".into(),
+        metric: format!(
+            "spawn → agent started, free slot (p90 {:.2} ms)",
+            quantile(&agent, 0.9)
+        ),
+        unit: "ms".into(),
+        p50: quantile(&agent, 0.5),
+        p99: quantile(&agent, 0.99),
+        samples: agent.len(),
+        baseline: Some("fork+exec /bin/true".into()),
+        baseline_p50: Some(exec_p50),
+        goal: None,
+    });
     rows.extend(throughput(&c, &mut client, count, exec_p50).await?);
     Ok(rows)
 }
 
 /// Milliseconds from sending `task.create` until a subscriber sees the task
-/// `running`, one task at a time into an idle workspace (each waits for the
-/// previous one to finish, so a slot is always free).
+/// `running` (its slot taken), and until it sees the agent's pid (the shim
+/// started and started the agent), one task at a time into an idle
+/// workspace (each waits for the previous one to finish, so a slot is
+/// always free).
 async fn free_slot(
     c: &LocalCluster,
     client: &mut crate::client::Client,
     n: usize,
-) -> Result<Vec<f64>, String> {
+) -> Result<(Vec<f64>, Vec<f64>), String> {
     let first = crate::store::Reader::open(&c.ws.db_path())
         .and_then(|r| r.last_seq())
         .map_err(|e| e.to_string())?
         + 1;
     let mut sub = crate::subscriber::subscribe(&c.ws, first);
     let mut out = Vec::with_capacity(n);
+    let mut agents: Vec<f64> = Vec::with_capacity(n);
     for _ in 0..n {
         let task = NewTask {
             prompt: "true".into(),
@@ -62,7 +79,7 @@ async fn free_slot(
             Ok(other) => return Err(format!("unexpected reply {other:?}")),
             Err(e) => return Err(e.to_string()),
         };
-        let mut running = None;
+        let (mut running, mut agent) = (None, None);
         let until = Instant::now() + TASK_WAIT;
         loop {
             let event = tokio::time::timeout_at(until.into(), sub.events.recv())
@@ -75,16 +92,23 @@ async fn free_slot(
             if task.id != id {
                 continue;
             }
+            let ms = sent.elapsed().as_secs_f64() * 1000.0;
             if task.status == TaskStatus::Running && running.is_none() {
-                running = Some(sent.elapsed().as_secs_f64() * 1000.0);
+                running = Some(ms);
+            }
+            if task.pid.is_some() && agent.is_none() {
+                agent = Some(ms);
             }
             if task.status.is_terminal() {
                 break;
             }
         }
         out.push(running.ok_or(format!("task {id} ended without running"))?);
+        // A task so quick that it ended before its pid was recorded has
+        // no agent sample.
+        agents.extend(agent);
     }
-    Ok(out)
+    Ok((out, agents))
 }
 
 /// How long one trivial task of the free-slot pass may take.
@@ -157,6 +181,7 @@ async fn throughput(
 /// Milliseconds per `fork+exec+wait` of `/bin/true`.
 fn fork_exec_true(n: usize) -> Result<Vec<f64>, String> {
     let mut out = Vec::with_capacity(n);
+    let mut agents: Vec<f64> = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
         std::process::Command::new("/bin/true")

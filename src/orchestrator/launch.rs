@@ -14,6 +14,9 @@ pub struct Launched {
     pub child: std::process::Child,
     /// Where the run's live output starts in the task's log.
     pub log_offset: u64,
+    /// Wakes the orchestrator when the shim writes its run record (the
+    /// agent's pid), so that the pid is recorded at once, not on the tick.
+    pub record_watch: crate::fs_watch::FileWatch,
 }
 
 /// Writes the run's spec and starts its shim.
@@ -45,6 +48,9 @@ pub fn launch(
     let shim_log = std::fs::File::create(RunFiles::shim_log(ws, &task.id))
         .map_err(|e| format!("cannot create the supervisor's log: {e}"))?;
     let log_offset = log_end(ws, &task.id);
+    // Before the shim exists, so that none of its writes is missed.
+    let record_watch =
+        crate::fs_watch::FileWatch::new(&RunFiles::run(ws, &task.id, run_id), RECORD_FALLBACK);
     let mut cmd = std::process::Command::new(self_exe()?);
     cmd.arg("shim")
         .arg(&spec_path)
@@ -56,8 +62,16 @@ pub fn launch(
         .spawn()
         .map_err(|e| format!("cannot start the supervisor: {e}"))?;
     tracing::info!(task = %task.id, shim = child.id(), "started");
-    Ok(Launched { child, log_offset })
+    Ok(Launched {
+        child,
+        log_offset,
+        record_watch,
+    })
 }
+
+/// Without inotify, how often a run record is looked for (the pass's own
+/// tick looks as often).
+const RECORD_FALLBACK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// This binary, even if the file was replaced (rebuilt, upgraded) since we
 /// started: `/proc/self/exe` still names the running image.

@@ -34,6 +34,7 @@ mod tail;
 mod tests;
 
 use crate::config::{Config, LiveConfig};
+use crate::fs_watch::FileWatch;
 use crate::paths::Workspace;
 use crate::protocol::{
     Event, EventData, ExitOutcome, Method, ReplyBody, TaskExit, TaskRecord, now_ms,
@@ -71,6 +72,8 @@ struct Run {
     told_paused: Option<bool>,
     kill_sent: bool,
     log_offset: u64,
+    /// Until the agent's pid is recorded: the run record's watch.
+    record_watch: Option<FileWatch>,
 }
 
 pub struct Orchestrator {
@@ -123,8 +126,13 @@ impl Orchestrator {
             if self.runs.is_empty() && self.unconfirmed.is_empty() && !self.reschedule {
                 changed.notified().await;
             } else {
+                let records = self
+                    .runs
+                    .values_mut()
+                    .filter_map(|r| r.record_watch.as_mut());
                 tokio::select! {
                     _ = changed.notified() => {}
+                    _ = crate::fs_watch::any(records) => {}
                     _ = tokio::time::sleep(TICK) => {}
                 }
             }
@@ -282,6 +290,7 @@ impl Orchestrator {
                         told_paused: None,
                         kill_sent: false,
                         log_offset: tail::AT_END,
+                        record_watch: None,
                     },
                 );
                 None
@@ -322,6 +331,9 @@ impl Orchestrator {
                 run_id,
                 pid,
             } => {
+                if let Some(run) = self.runs.get_mut(&task_id) {
+                    run.record_watch = None;
+                }
                 let op = InternalOp::SetPid {
                     id: task_id.clone(),
                     run_id,
@@ -437,6 +449,7 @@ impl Orchestrator {
                         told_paused: Some(false),
                         kill_sent: false,
                         log_offset: l.log_offset,
+                        record_watch: Some(l.record_watch),
                     };
                     self.runs.insert(task_id, run);
                 }
