@@ -181,7 +181,6 @@ async fn throughput(
 /// Milliseconds per `fork+exec+wait` of `/bin/true`.
 fn fork_exec_true(n: usize) -> Result<Vec<f64>, String> {
     let mut out = Vec::with_capacity(n);
-    let mut agents: Vec<f64> = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
         std::process::Command::new("/bin/true")
