@@ -177,71 +177,25 @@ put large inputs (prompt text, environment values) in a file in the workspace an
     /// Makes sure we hold a DEALER connected to the primary named by
     /// `primary.json`, waiting up to `failover_wait` for one to appear.
     async fn ensure_connected(&mut self, started: Instant) -> Result<(), ClientError> {
+        let failover_deadline = started + self.failover_wait;
         loop {
-            let changed = self.watch.poll();
-            if changed {
+            if self.watch.poll() {
                 self.conn = None;
             }
             if self.conn.is_some() {
                 return Ok(());
             }
-            let record = self.watch.current().cloned();
-            let failover_deadline = started + self.failover_wait;
-            match record {
+            let step = match self.watch.current().cloned() {
                 Some(rec) if rec.pid_alive() && rec.epoch >= self.max_epoch_seen => {
-                    let connected = self.connect(&rec).await;
-                    if self.watch.current() != Some(&rec) {
-                        continue; // replaced while connecting: start over
-                    }
-                    match connected {
-                        Ok((dealer, exit)) => {
-                            self.max_epoch_seen = rec.epoch;
-                            self.conn = Some(Connection {
-                                dealer,
-                                exit,
-                                probed: false,
-                            });
-                            return Ok(());
-                        }
-                        Err(ConnectError::TimedOut) => {
-                            // The socket accepts but nobody completes the
-                            // ZMTP handshake: the process is alive but stuck.
-                            if !self.watch.poll() {
-                                return Err(self.unresponsive(self.probe_timeout));
-                            }
-                        }
-                        Err(ConnectError::Failed(e)) if Instant::now() >= failover_deadline => {
-                            return Err(ClientError::Bus(format!(
-                                "cannot connect to the primary at {}: {e}",
-                                rec.rpc_endpoint
-                            )));
-                        }
-                        Err(_) => {}
-                    }
+                    self.connect_to(&rec, failover_deadline).await
                 }
-                other => {
-                    // No record, or its process is gone: a failover is under
-                    // way, or no member runs at all.
-                    if Instant::now() >= failover_deadline || !self.failover_expected() {
-                        let detail = match other {
-                            Some(r) => format!(
-                                " (primary.json names pid {} of epoch {}, which is gone)",
-                                r.pid, r.epoch
-                            ),
-                            None => String::new(),
-                        };
-                        if self.someone_holds_lock() {
-                            return Err(ClientError::Unresponsive(format!(
-                                "a member holds the election lock but published no primary within {} ms",
-                                self.failover_wait.as_millis()
-                            )));
-                        }
-                        return Err(ClientError::NoPrimary {
-                            workspace: self.ws.root.display().to_string(),
-                            detail,
-                        });
-                    }
-                }
+                other => self.without_primary(other.as_ref(), failover_deadline),
+            };
+            match step {
+                Step::Connected => return Ok(()),
+                Step::Fail(e) => return Err(e),
+                Step::StartOver => continue,
+                Step::Wait => {}
             }
             // The next primary's record wakes us at once; meanwhile re-check
             // now and then whether one is still expected.
@@ -251,6 +205,62 @@ put large inputs (prompt text, environment values) in a file in the workspace an
                 _ = tokio::time::sleep(recheck) => {}
             }
         }
+    }
+
+    /// One attempt to connect to the live primary `rec` names.
+    async fn connect_to(&mut self, rec: &PrimaryRecord, failover_deadline: Instant) -> Step {
+        let connected = self.connect(rec).await;
+        if self.watch.current() != Some(rec) {
+            return Step::StartOver; // replaced while connecting
+        }
+        match connected {
+            Ok((dealer, exit)) => {
+                self.max_epoch_seen = rec.epoch;
+                self.conn = Some(Connection {
+                    dealer,
+                    exit,
+                    probed: false,
+                });
+                Step::Connected
+            }
+            // The socket accepts but nobody completes the ZMTP handshake:
+            // the process is alive but stuck (unless it was replaced).
+            Err(ConnectError::TimedOut) if !self.watch.poll() => {
+                Step::Fail(self.unresponsive(self.probe_timeout))
+            }
+            Err(ConnectError::Failed(e)) if Instant::now() >= failover_deadline => {
+                Step::Fail(ClientError::Bus(format!(
+                    "cannot connect to the primary at {}: {e}",
+                    rec.rpc_endpoint
+                )))
+            }
+            Err(_) => Step::Wait,
+        }
+    }
+
+    /// No record, or its process is gone: a failover is under way (wait
+    /// for it, up to the deadline), or no member runs at all.
+    fn without_primary(&self, gone: Option<&PrimaryRecord>, failover_deadline: Instant) -> Step {
+        if Instant::now() < failover_deadline && self.failover_expected() {
+            return Step::Wait;
+        }
+        if self.someone_holds_lock() {
+            return Step::Fail(ClientError::Unresponsive(format!(
+                "a member holds the election lock but published no primary within {} ms",
+                self.failover_wait.as_millis()
+            )));
+        }
+        let detail = match gone {
+            Some(r) => format!(
+                " (primary.json names pid {} of epoch {}, which is gone)",
+                r.pid, r.epoch
+            ),
+            None => String::new(),
+        };
+        Step::Fail(ClientError::NoPrimary {
+            workspace: self.ws.root.display().to_string(),
+            detail,
+        })
     }
 
     fn someone_holds_lock(&self) -> bool {
@@ -381,6 +391,16 @@ put large inputs (prompt text, environment values) in a file in the workspace an
         );
         ClientError::Unresponsive(what)
     }
+}
+
+/// What one look at `primary.json` leads to.
+enum Step {
+    Connected,
+    Fail(ClientError),
+    /// The record changed meanwhile: look again at once.
+    StartOver,
+    /// Wait for the record to change (or the next re-check).
+    Wait,
 }
 
 enum ConnectError {
