@@ -7,7 +7,9 @@
 
 mod idle;
 mod primary;
+mod publisher;
 mod secondary;
+mod serving;
 pub mod state;
 mod watchdog;
 

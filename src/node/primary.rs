@@ -1,41 +1,23 @@
 //! Running as primary: promotion (in the order docs/design.md, Promotion,
-//! gives and explains), the RPC loop on the ROUTER, the publisher on the
-//! PUB, and a graceful handover.
+//! gives and explains), then serving until the role ends, then a graceful
+//! handover. The RPC path is `serving.rs`, the publisher `publisher.rs`.
 
+use super::publisher::{EVENT_QUEUE, Heartbeat, publish_loop};
+use super::serving::{LogLimiter, REPLY_QUEUE, Serving, reply_loop};
 use super::state::{self, StateGuard};
 use super::watchdog::Watchdog;
 use super::{Identity, NodeError, NodeOptions};
-use crate::config::LiveConfig;
+use crate::config::{Config, LiveConfig};
 use crate::election::PrimaryLock;
 use crate::primary_record::PrimaryRecord;
-use crate::protocol::{
-    ErrorCode, Event, EventData, MAX_REQUEST_ID_LEN, Method, PROTOCOL_VERSION, PrimaryInfo, Reply,
-    ReplyBody, WireError, decode_request, encode, now_ms, oversized_request_id, request_digest,
-};
-use crate::store::writer::{self, Job};
-use bytes::Bytes;
+use crate::protocol::{ErrorCode, Method, PrimaryInfo, WireError};
+use crate::store::writer::{self, Job, Promotion};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::Instrument;
-use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
-
-/// What the RPC loop needs to answer requests.
-struct Serving {
-    bad_frames: LogLimiter,
-    full_queue: LogLimiter,
-    info: PrimaryInfo,
-    ws: crate::paths::Workspace,
-    started: Instant,
-    last_seq: Arc<AtomicU64>,
-    jobs: std::sync::mpsc::Sender<Job>,
-    /// Bounded: when a flood outruns the reply path, immediate answers
-    /// (errors, pings) are dropped rather than buffered without limit.
-    replies: mpsc::Sender<ZmqMessage>,
-    /// When the last request arrived (an idle member exits; see `idle.rs`).
-    last_request: Arc<AtomicU64>,
-}
+use zeromq::{Socket, SocketRecv};
 
 pub async fn run(
     me: &Identity,
@@ -52,12 +34,13 @@ pub async fn run(
         .await
 }
 
+/// The promotion, step by step; each step's reason is at the step.
 async fn promote_and_serve(
     me: &Identity,
     opts: &NodeOptions,
     live: &Arc<LiveConfig>,
     lock: PrimaryLock,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<Ended, NodeError> {
     let ws = &opts.ws;
     let promoted_at = Instant::now();
@@ -75,96 +58,39 @@ async fn promote_and_serve(
     // 2. Running tasks are not reconciled here: the orchestrator adopts them
     //    once it starts, after `primary.json` (see docs/design.md, Promotion).
 
-    // 3. Stale sockets of earlier epochs: only the lock holder unlinks them.
-    ws.ensure_socket_dir()?;
-    state::record_epoch(ws, epoch);
-    remove_stale_sockets(&ws.socket_dir);
-
-    // 4. Bind ROUTER and PUB on this epoch's paths.
-    let rpc_endpoint = format!("ipc://{}", ws.rpc_socket(epoch).display());
-    let pub_endpoint = format!("ipc://{}", ws.pub_socket(epoch).display());
-    let mut router = zeromq::RouterSocket::new();
-    bind(&mut router, &rpc_endpoint).await?;
-    let mut publisher = zeromq::PubSocket::new();
-    bind(&mut publisher, &pub_endpoint).await?;
-    restrict_socket_files(ws, epoch);
+    // 3. + 4. Stale sockets gone, ours bound.
+    let sockets = bind_sockets(ws, epoch).await?;
 
     // 5. primary.json, so that everyone finds us.
     let record = PrimaryRecord {
         instance_id: me.instance_id.clone(),
         pid: me.pid,
         epoch,
-        pub_endpoint: pub_endpoint.clone(),
-        rpc_endpoint: rpc_endpoint.clone(),
+        pub_endpoint: sockets.pub_endpoint.clone(),
+        rpc_endpoint: sockets.rpc_endpoint.clone(),
         started_at: me.started_at,
     };
     record
         .write(ws)
         .map_err(NodeError::io("cannot write primary.json"))?;
 
-    // 6. The publisher, fed by the store thread in commit order; its first
-    //    event is `instance.promoted`.
-    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let last_seq = Arc::new(AtomicU64::new(promotion.promoted.seq));
-    let _ = events_tx.try_send(promotion.promoted.clone());
-    let changed = Arc::new(tokio::sync::Notify::new());
-    // The heartbeat ticks the watchdog: every member runs its loop on one
-    // thread, so a heartbeat that went out proves the loop is not stuck,
-    // and an idle primary needs no timer of its own.
-    let watchdog = Watchdog::start(config.watchdog_timeout())
-        .map_err(NodeError::io("cannot start the watchdog"))?;
-    let publish_task = crate::loop_watch::spawn(
-        "publisher",
-        publish_loop(
-            publisher,
-            events_rx,
-            Heartbeat {
-                every: config.heartbeat(),
-                instance_id: me.instance_id.clone(),
-                epoch,
-                watchdog: watchdog.clone(),
-            },
-            last_seq.clone(),
-            changed.clone(),
-        )
-        .in_current_span(),
-    );
-    let retention = writer::Retention {
-        events: config.event_retention,
-        ledger_ms: config.ledger_retention_hours * 3_600_000,
-    };
-    let store_guard = guard.clone();
-    let still_current = Box::new(move || store_guard.intact());
-    let store = writer::spawn(
-        promotion,
-        &ws.db_path(),
-        events_tx.clone(),
-        retention,
-        still_current,
-        admission(live.clone(), ws.root.clone()),
-    )
-    .map_err(NodeError::io("cannot start the store thread"))?;
-
-    // The orchestrator: adopts running tasks (see docs/design.md,
-    // Orchestrator), then keeps the processes in line with the store.
-    let orchestrator = crate::orchestrator::Orchestrator::new(
-        ws.clone(),
-        live.clone(),
-        store.jobs.clone(),
-        events_tx,
-        epoch,
-    );
-    let orchestrator_task =
-        crate::loop_watch::spawn("orchestrator", orchestrator.run(changed).in_current_span());
+    // 6. Publisher, store thread, orchestrator.
+    let Sockets {
+        router,
+        publisher,
+        rpc_endpoint,
+        pub_endpoint,
+    } = sockets;
+    let parts = start_parts(me, opts, live, &config, &guard, promotion, publisher)?;
     tracing::info!(
         pid = me.pid,
         "promoted to primary in {:.1} ms; rpc {rpc_endpoint}",
         promoted_at.elapsed().as_secs_f64() * 1000.0
     );
 
-    let mut reported = live.generation();
+    // 7. The RPC loop, until the role ends.
     super::report(opts, me, live, "primary");
-    let (router_send, mut router_recv) = router.split();
+    let (router_send, router_recv) = router.split();
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
     let reply_task = crate::loop_watch::spawn(
         "replies",
@@ -188,15 +114,145 @@ async fn promote_and_serve(
             writes_committed: 0,
         },
         started: Instant::now(),
-        last_seq,
-        jobs: store.jobs.clone(),
+        last_seq: parts.last_seq.clone(),
+        jobs: parts.store.jobs.clone(),
         replies: replies_tx,
         last_request: me.last_request.clone(),
     };
+    let ended = serve(me, opts, live, &guard, &serving, router_recv, shutdown).await;
 
-    // Watched, not polled, so that an idle primary sleeps: the socket files
-    // (deleted: rebind), the lock and the store (`.grove` deleted or
-    // replaced: hand over), the config files and our member report.
+    // 8. Graceful handover.
+    hand_over(me, ws, epoch, serving, parts, reply_task).await;
+    drop(lock);
+    tracing::info!("handed over");
+    Ok(ended)
+}
+
+/// The ROUTER and PUB sockets of this epoch.
+struct Sockets {
+    router: zeromq::RouterSocket,
+    publisher: zeromq::PubSocket,
+    rpc_endpoint: String,
+    pub_endpoint: String,
+}
+
+/// Unlinks the sockets of earlier epochs (only the lock holder may), then
+/// binds ROUTER and PUB on this epoch's paths.
+async fn bind_sockets(ws: &crate::paths::Workspace, epoch: u64) -> Result<Sockets, NodeError> {
+    ws.ensure_socket_dir()?;
+    state::record_epoch(ws, epoch);
+    remove_stale_sockets(&ws.socket_dir);
+    let rpc_endpoint = format!("ipc://{}", ws.rpc_socket(epoch).display());
+    let pub_endpoint = format!("ipc://{}", ws.pub_socket(epoch).display());
+    let mut router = zeromq::RouterSocket::new();
+    bind(&mut router, &rpc_endpoint).await?;
+    let mut publisher = zeromq::PubSocket::new();
+    bind(&mut publisher, &pub_endpoint).await?;
+    restrict_socket_files(ws, epoch);
+    Ok(Sockets {
+        router,
+        publisher,
+        rpc_endpoint,
+        pub_endpoint,
+    })
+}
+
+/// What runs beside the RPC loop while we are primary.
+struct Parts {
+    store: writer::StoreThread,
+    publish_task: tokio::task::JoinHandle<()>,
+    orchestrator_task: tokio::task::JoinHandle<()>,
+    watchdog: Watchdog,
+    last_seq: Arc<AtomicU64>,
+}
+
+/// Starts the publisher (fed by the store thread in commit order; its first
+/// event is `instance.promoted`), the store thread and the orchestrator,
+/// which adopts running tasks (see docs/design.md, Orchestrator) and then
+/// keeps the processes in line with the store.
+fn start_parts(
+    me: &Identity,
+    opts: &NodeOptions,
+    live: &Arc<LiveConfig>,
+    config: &Config,
+    guard: &StateGuard,
+    promotion: Promotion,
+    publisher: zeromq::PubSocket,
+) -> Result<Parts, NodeError> {
+    let epoch = promotion.epoch;
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let last_seq = Arc::new(AtomicU64::new(promotion.promoted.seq));
+    let _ = events_tx.try_send(promotion.promoted.clone());
+    let changed = Arc::new(Notify::new());
+    // The heartbeat ticks the watchdog: every member runs its loop on one
+    // thread, so a heartbeat that went out proves the loop is not stuck,
+    // and an idle primary needs no timer of its own.
+    let watchdog = Watchdog::start(config.watchdog_timeout())
+        .map_err(NodeError::io("cannot start the watchdog"))?;
+    let heartbeat = Heartbeat {
+        every: config.heartbeat(),
+        instance_id: me.instance_id.clone(),
+        epoch,
+        watchdog: watchdog.clone(),
+    };
+    let publish = publish_loop(
+        publisher,
+        events_rx,
+        heartbeat,
+        last_seq.clone(),
+        changed.clone(),
+    );
+    let publish_task = crate::loop_watch::spawn("publisher", publish.in_current_span());
+    let retention = writer::Retention {
+        events: config.event_retention,
+        ledger_ms: config.ledger_retention_hours * 3_600_000,
+    };
+    let store_guard = guard.clone();
+    let still_current = Box::new(move || store_guard.intact());
+    let db = opts.ws.db_path();
+    let store = writer::spawn(
+        promotion,
+        &db,
+        events_tx.clone(),
+        retention,
+        still_current,
+        admission(live.clone(), opts.ws.root.clone()),
+    )
+    .map_err(NodeError::io("cannot start the store thread"))?;
+    let orchestrator = crate::orchestrator::Orchestrator::new(
+        opts.ws.clone(),
+        live.clone(),
+        store.jobs.clone(),
+        events_tx,
+        epoch,
+    );
+    let orchestrator_task =
+        crate::loop_watch::spawn("orchestrator", orchestrator.run(changed).in_current_span());
+    Ok(Parts {
+        store,
+        publish_task,
+        orchestrator_task,
+        watchdog,
+        last_seq,
+    })
+}
+
+/// Answers requests until asked to stop or until our files vanish. Watched,
+/// not polled, so that an idle primary sleeps: the socket files (deleted:
+/// rebind), the lock and the store (`.grove` deleted or replaced: hand
+/// over), the config files and our member report.
+async fn serve(
+    me: &Identity,
+    opts: &NodeOptions,
+    live: &Arc<LiveConfig>,
+    guard: &StateGuard,
+    serving: &Serving,
+    mut router_recv: zeromq::RouterRecvHalf,
+    mut shutdown: watch::Receiver<bool>,
+) -> Ended {
+    let ws = &opts.ws;
+    let epoch = serving.info.epoch;
+    let mut reported = live.generation();
     let mut watches = state::watches(
         &[
             ws.rpc_socket(epoch),
@@ -208,25 +264,15 @@ async fn promote_and_serve(
         live,
         PRIMARY_CHECK,
     );
-    let ended = loop {
+    loop {
         tokio::select! {
             msg = router_recv.recv() => match msg {
                 Ok(msg) => serving.handle(msg),
                 Err(e) => tracing::warn!("rpc receive error: {e}"),
             },
             _ = crate::fs_watch::any(&mut watches) => {
-                // Someone deleted our socket files (a tmp cleaner, a user):
-                // nobody new can reach us. Hand over and rebind under a new
-                // epoch rather than serve a bus that cannot be found.
-                if !ws.rpc_socket(epoch).exists() || !ws.pub_socket(epoch).exists() {
-                    tracing::warn!("the socket files vanished; handing over to rebind them");
-                    break Ended::Rebind;
-                }
-                // `.grove` deleted or replaced: our lock and store are
-                // unlinked files nobody else sees. Stop serving them.
-                if !guard.intact() {
-                    tracing::warn!("the state dir was deleted or replaced; handing over");
-                    break Ended::StateGone;
+                if let Some(ended) = files_changed(ws, epoch, guard) {
+                    return ended;
                 }
                 let generation = live.generation();
                 if generation != reported || !ws.member_report(&me.instance_id).exists() {
@@ -234,19 +280,44 @@ async fn promote_and_serve(
                     super::report(opts, me, live, "primary");
                 }
             }
-            _ = shutdown.changed() => break Ended::Stopped,
+            _ = shutdown.changed() => return Ended::Stopped,
         }
-    };
+    }
+}
 
-    // Graceful handover: stop taking requests, finish the queued writes,
-    // record and publish `instance.shutdown`, close the sockets, and only
-    // then release the lock.
+/// Why a watched file's change ends the role, if it does.
+fn files_changed(ws: &crate::paths::Workspace, epoch: u64, guard: &StateGuard) -> Option<Ended> {
+    // Someone deleted our socket files (a tmp cleaner, a user): nobody new
+    // can reach us. Hand over and rebind under a new epoch rather than
+    // serve a bus that cannot be found.
+    if !ws.rpc_socket(epoch).exists() || !ws.pub_socket(epoch).exists() {
+        tracing::warn!("the socket files vanished; handing over to rebind them");
+        return Some(Ended::Rebind);
+    }
+    // `.grove` deleted or replaced: our lock and store are unlinked files
+    // nobody else sees. Stop serving them.
+    if !guard.intact() {
+        tracing::warn!("the state dir was deleted or replaced; handing over");
+        return Some(Ended::StateGone);
+    }
+    None
+}
+
+/// Stops taking requests, finishes the queued writes, records and
+/// publishes `instance.shutdown`, closes the sockets; the caller releases
+/// the lock only then. Running tasks keep running under their shims; the
+/// next primary adopts them.
+async fn hand_over(
+    me: &Identity,
+    ws: &crate::paths::Workspace,
+    epoch: u64,
+    serving: Serving,
+    parts: Parts,
+    reply_task: tokio::task::JoinHandle<()>,
+) {
     tracing::info!("handing over");
-    drop(router_recv);
-    // Running tasks keep running under their shims; the next primary
-    // adopts them.
-    orchestrator_task.abort();
-    let _ = orchestrator_task.await;
+    parts.orchestrator_task.abort();
+    let _ = parts.orchestrator_task.await;
     let (done_tx, done_rx) = oneshot::channel();
     let _ = serving.jobs.send(Job::Shutdown {
         instance_id: me.instance_id.clone(),
@@ -254,183 +325,14 @@ async fn promote_and_serve(
     });
     let _ = done_rx.await;
     drop(serving);
+    let store = parts.store;
     let _ = tokio::task::spawn_blocking(move || store.join()).await;
     // Replies in flight are flushed once every sender is gone.
-    let _ = tokio::time::timeout(Duration::from_secs(2), reply_task).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), publish_task).await;
-    watchdog.stop();
+    let _ = tokio::time::timeout(FLUSH_WAIT, reply_task).await;
+    let _ = tokio::time::timeout(FLUSH_WAIT, parts.publish_task).await;
+    parts.watchdog.stop();
     let _ = std::fs::remove_file(ws.rpc_socket(epoch));
     let _ = std::fs::remove_file(ws.pub_socket(epoch));
-    drop(lock);
-    tracing::info!("handed over");
-    Ok(ended)
-}
-
-/// Why the primary role ended.
-pub enum Ended {
-    /// Asked to stop (signal, or the front end closed).
-    Stopped,
-    /// The socket files disappeared: run the election again.
-    Rebind,
-    /// The lock file or the store was unlinked: join the workspace anew.
-    StateGone,
-}
-
-impl Serving {
-    /// Answers one ROUTER message: `[identity, payload]`, or
-    /// `[identity, "", payload]` from a REQ socket. Never fails the loop.
-    fn handle(&self, msg: ZmqMessage) {
-        let mut frames = msg.into_vec();
-        if frames.is_empty() {
-            return;
-        }
-        self.last_request.store(now_ms(), Ordering::Relaxed);
-        let identity = frames.remove(0);
-        let req_style = frames.len() == 2 && frames[0].is_empty();
-        let envelope = if req_style {
-            vec![identity, Bytes::new()]
-        } else {
-            vec![identity]
-        };
-        let payload = match frames.as_slice() {
-            [p] => p.clone(),
-            [empty, p] if empty.is_empty() => p.clone(),
-            _ => {
-                if self.bad_frames.allow() {
-                    tracing::warn!(frames = frames.len(), "request of the wrong shape");
-                }
-                self.send(
-                    envelope,
-                    self.error(
-                        String::new(),
-                        ErrorCode::BadRequest,
-                        format!(
-                            "a request is exactly one frame, got {} frames",
-                            frames.len()
-                        ),
-                    ),
-                );
-                return;
-            }
-        };
-        let request = match decode_request(&payload) {
-            Ok(r) => r,
-            Err((mut id, e)) => {
-                if e.code() == ErrorCode::TooLarge {
-                    // The transport has already buffered the whole frame;
-                    // reading its id lets the caller get this answer at once
-                    // instead of waiting out its timeout.
-                    id = oversized_request_id(&payload);
-                }
-                if self.bad_frames.allow() {
-                    tracing::warn!("refusing a request: {e}");
-                }
-                self.send(envelope, self.error(id, e.code(), e.to_string()));
-                return;
-            }
-        };
-        let id = request.id;
-        if request.v != PROTOCOL_VERSION {
-            let msg = format!(
-                "protocol version {} is not supported (this primary speaks {PROTOCOL_VERSION})",
-                request.v
-            );
-            return self.send(envelope, self.error(id, ErrorCode::UnsupportedVersion, msg));
-        }
-        if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
-            let msg = format!("the request id must be 1..={MAX_REQUEST_ID_LEN} bytes");
-            return self.send(envelope, self.error(id, ErrorCode::BadRequest, msg));
-        }
-        if request.epoch_seen > self.info.epoch {
-            let msg = format!(
-                "this primary has epoch {}, older than the epoch {} you have seen; it is stale",
-                self.info.epoch, request.epoch_seen
-            );
-            return self.send(envelope, self.error(id, ErrorCode::StaleEpoch, msg));
-        }
-        // Of the request as sent (before the default engine is filled in),
-        // so that a retry of the same request matches its ledger row.
-        let digest = if request.method.is_local() {
-            0
-        } else {
-            request_digest(&request.method)
-        };
-        match request.method {
-            Method::Ping {} => {
-                let mut info = self.info.clone();
-                info.uptime_ms = self.started.elapsed().as_millis() as u64;
-                info.last_seq = self.last_seq.load(Ordering::Relaxed);
-                info.longest_poll_us = crate::loop_watch::longest_poll().as_micros() as u64;
-                (info.commits, info.writes_committed) = writer::commit_counts();
-                self.send(
-                    envelope,
-                    Reply::ok(id, self.info.epoch, ReplyBody::Pong(info)),
-                );
-            }
-            #[cfg(feature = "test-hooks")]
-            Method::DebugStall { ms } => {
-                crate::test_hooks::stall(ms);
-                self.send(envelope, Reply::ok(id, self.info.epoch, ReplyBody::Done {}));
-            }
-            method => self.write(envelope, id, request.from, method, digest),
-        }
-    }
-
-    /// Queues a write on the store thread; the reply goes out after COMMIT.
-    fn write(&self, envelope: Vec<Bytes>, id: String, from: String, method: Method, digest: u64) {
-        // Purge removes the task's files once its row is gone.
-        let purged = match &method {
-            Method::TaskPurge { id } => Some(id.clone()),
-            _ => None,
-        };
-        let (tx, rx) = oneshot::channel();
-        let job = Job::Write {
-            request_id: id.clone(),
-            from,
-            method,
-            digest,
-            reply: tx,
-        };
-        if self.jobs.send(job).is_err() {
-            let msg = "the primary is shutting down; retry with the same id";
-            return self.send(envelope, self.error(id, ErrorCode::Unavailable, msg));
-        }
-        let epoch = self.info.epoch;
-        let replies = self.replies.clone();
-        let ws = self.ws.clone();
-        crate::loop_watch::spawn("write reply", async move {
-            let result = rx.await;
-            if let (Some(task), Ok(Ok(_))) = (&purged, &result) {
-                crate::runs::RunFiles::remove_all(&ws, task);
-            }
-            let reply = match result {
-                Ok(Ok(body)) => Reply::ok(id, epoch, body),
-                Ok(Err(e)) => Reply::err(id, epoch, e),
-                Err(_) => Reply::err(
-                    id,
-                    epoch,
-                    WireError::new(ErrorCode::Unavailable, "the store stopped; retry"),
-                ),
-            };
-            // A write's answer waits for room: it reports a commit.
-            let _ = replies.send(frame(envelope, encode(&reply))).await;
-        });
-    }
-
-    fn error(&self, id: String, code: ErrorCode, message: impl Into<String>) -> Reply {
-        Reply::err(id, self.info.epoch, WireError::new(code, message))
-    }
-
-    fn send(&self, envelope: Vec<Bytes>, reply: Reply) {
-        if self
-            .replies
-            .try_send(frame(envelope, encode(&reply)))
-            .is_err()
-            && self.full_queue.allow()
-        {
-            tracing::warn!("reply queue full: dropping an immediate answer");
-        }
-    }
 }
 
 /// Checks a new `task.create` before the store applies it: the default
@@ -452,174 +354,24 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
     })
 }
 
-fn frame(mut envelope: Vec<Bytes>, payload: Vec<u8>) -> ZmqMessage {
-    envelope.push(Bytes::from(payload));
-    ZmqMessage::try_from(envelope).expect("a reply has at least two frames")
-}
+/// How long a handover waits for the replies and events in flight to go
+/// out: they normally take microseconds; a peer that stopped reading must
+/// not hold the lock (and so the next primary) back for long.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
-/// How long one reply may wait for room in its peer's queue. The transport
-/// queues up to 100,000 messages per peer and then blocks the sender: a
-/// client that never reads must not stall the answers to everyone else.
-/// Replies waiting for the reply task.
-const REPLY_QUEUE: usize = 4096;
-const REPLY_SEND_TIMEOUT: Duration = Duration::from_millis(20);
-/// A peer whose queue was full gets its replies dropped for this long.
-const STALLED_PEER_PENALTY: Duration = Duration::from_secs(1);
-
-async fn reply_loop(mut router: zeromq::RouterSendHalf, mut rx: mpsc::Receiver<ZmqMessage>) {
-    let mut stalled: std::collections::HashMap<Bytes, Instant> = Default::default();
-    let mut dropped = 0u64;
-    while let Some(msg) = rx.recv().await {
-        let peer = msg.get(0).cloned().unwrap_or_default();
-        if let Some(until) = stalled.get(&peer) {
-            if Instant::now() < *until {
-                dropped += 1;
-                continue;
-            }
-            stalled.remove(&peer);
-            if dropped > 0 {
-                tracing::warn!("dropped {dropped} replies to a client that does not read them");
-                dropped = 0;
-            }
-        }
-        match tokio::time::timeout(REPLY_SEND_TIMEOUT, router.send(msg)).await {
-            Ok(Ok(())) => {}
-            // The client left before its answer: it will retry elsewhere.
-            Ok(Err(e)) => tracing::debug!("cannot deliver a reply: {e}"),
-            Err(_) => {
-                tracing::warn!("a client does not read its replies; dropping them for a while");
-                stalled.insert(peer, Instant::now() + STALLED_PEER_PENALTY);
-            }
-        }
-    }
-}
-
-/// Rate-limits warnings about bad frames: a flood of garbage must not turn
-/// into a flood of log lines.
-struct LogLimiter {
-    window: std::cell::Cell<Instant>,
-    count: std::cell::Cell<u64>,
-}
-
-impl LogLimiter {
-    const PER_SECOND: u64 = 10;
-
-    fn new() -> Self {
-        LogLimiter {
-            window: std::cell::Cell::new(Instant::now()),
-            count: std::cell::Cell::new(0),
-        }
-    }
-
-    /// True when this event may be logged; reports what was suppressed.
-    fn allow(&self) -> bool {
-        let now = Instant::now();
-        if now.duration_since(self.window.get()) >= Duration::from_secs(1) {
-            let suppressed = self.count.get().saturating_sub(Self::PER_SECOND);
-            if suppressed > 0 {
-                tracing::warn!("{suppressed} more bad requests in the last second (not logged)");
-            }
-            self.window.set(now);
-            self.count.set(0);
-        }
-        self.count.set(self.count.get() + 1);
-        self.count.get() <= Self::PER_SECOND
-    }
-}
-
-/// Events on their way from the store thread (and the orchestrator's output
-/// tail) to the PUB socket. Bounded like every queue: the store thread waits
-/// for room (it never drops a durable event before publishing it), the
-/// orchestrator drops output chunks when it is full (the log file is the
-/// durable output). The publisher only hands each event to the socket,
-/// whose per-subscriber queues drop at their own bound, so this queue is
-/// normally near empty.
-const EVENT_QUEUE: usize = 4096;
-
-/// What the publisher needs for its heartbeats.
-struct Heartbeat {
-    every: Duration,
-    instance_id: String,
-    epoch: u64,
-    watchdog: Watchdog,
-}
-
-/// Publishes committed events in order, plus heartbeats.
-async fn publish_loop(
-    mut publisher: zeromq::PubSocket,
-    mut events: mpsc::Receiver<Event>,
-    heartbeat: Heartbeat,
-    last_seq: Arc<AtomicU64>,
-    changed: Arc<tokio::sync::Notify>,
-) {
-    let started = Instant::now();
-    let mut last_trim = Instant::now();
-    let mut beat = crate::ticker::Ticker::new(heartbeat.every);
-    loop {
-        let event = tokio::select! {
-            e = events.recv() => match e {
-                Some(e) => e,
-                None => break,
-            },
-            _ = beat.tick() => {
-                release_freed_memory(&mut last_trim);
-                heartbeat.watchdog.tick();
-                Event {
-                    seq: 0,
-                    epoch: heartbeat.epoch,
-                    at: now_ms(),
-                    data: EventData::Heartbeat {
-                        instance_id: heartbeat.instance_id.clone(),
-                        last_seq: last_seq.load(Ordering::Relaxed),
-                        uptime_ms: started.elapsed().as_millis() as u64,
-                    },
-                }
-            }
-        };
-        if event.seq > 0 {
-            last_seq.store(event.seq, Ordering::Relaxed);
-            // Wake the orchestrator only for what it acts on; a pending task
-            // or a joining member needs no process work.
-            let relevant = match &event.data {
-                EventData::TaskCreated { task } => {
-                    task.status == crate::protocol::TaskStatus::Queued
-                }
-                EventData::TaskUpdated { .. } | EventData::TaskDeleted { .. } => true,
-                _ => false,
-            };
-            if relevant {
-                changed.notify_one();
-            }
-        }
-        let mut msg = ZmqMessage::from(event.topic());
-        msg.push_back(Bytes::from(encode(&event)));
-        if let Err(e) = publisher.send(msg).await {
-            tracing::debug!("publish failed: {e}");
-        }
-    }
+/// Why the primary role ended.
+pub enum Ended {
+    /// Asked to stop (signal, or the front end closed).
+    Stopped,
+    /// The socket files disappeared: run the election again.
+    Rebind,
+    /// The lock file or the store was unlinked: join the workspace anew.
+    StateGone,
 }
 
 /// Where the kernel cannot notify us, how often the primary checks its
 /// socket files, state dir and configuration.
 const PRIMARY_CHECK: Duration = Duration::from_secs(1);
-
-/// How often an idle-or-not primary hands freed heap back to the kernel.
-const TRIM_EVERY: Duration = Duration::from_secs(10);
-
-/// Returns freed heap pages to the kernel. glibc keeps what a burst of
-/// messages (a stopped subscriber's full queue, a big cascade) freed, so
-/// without this the primary stays at its high-water mark for good.
-fn release_freed_memory(last: &mut Instant) {
-    if last.elapsed() < TRIM_EVERY {
-        return;
-    }
-    *last = Instant::now();
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 async fn bind<S: Socket>(socket: &mut S, endpoint: &str) -> Result<(), NodeError> {
     socket

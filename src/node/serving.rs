@@ -1,0 +1,267 @@
+//! The primary's RPC path: each request on the ROUTER answered at once
+//! (ping, refusals) or queued on the store thread and answered after
+//! COMMIT; the reply task that sends the answers without letting a peer
+//! that never reads stall the others.
+
+use crate::protocol::{
+    ErrorCode, MAX_REQUEST_ID_LEN, Method, PROTOCOL_VERSION, PrimaryInfo, Reply, ReplyBody,
+    WireError, decode_request, encode, now_ms, oversized_request_id, request_digest,
+};
+use crate::store::writer::{self, Job};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use zeromq::{SocketSend, ZmqMessage};
+
+/// What the RPC loop needs to answer requests.
+pub(super) struct Serving {
+    pub(super) bad_frames: LogLimiter,
+    pub(super) full_queue: LogLimiter,
+    pub(super) info: PrimaryInfo,
+    pub(super) ws: crate::paths::Workspace,
+    pub(super) started: Instant,
+    pub(super) last_seq: Arc<AtomicU64>,
+    pub(super) jobs: std::sync::mpsc::Sender<Job>,
+    /// Bounded: when a flood outruns the reply path, immediate answers
+    /// (errors, pings) are dropped rather than buffered without limit.
+    pub(super) replies: mpsc::Sender<ZmqMessage>,
+    /// When the last request arrived (an idle member exits; see `idle.rs`).
+    pub(super) last_request: Arc<AtomicU64>,
+}
+
+impl Serving {
+    /// Answers one ROUTER message: `[identity, payload]`, or
+    /// `[identity, "", payload]` from a REQ socket. Never fails the loop.
+    pub(super) fn handle(&self, msg: ZmqMessage) {
+        let mut frames = msg.into_vec();
+        if frames.is_empty() {
+            return;
+        }
+        self.last_request.store(now_ms(), Ordering::Relaxed);
+        let identity = frames.remove(0);
+        let req_style = frames.len() == 2 && frames[0].is_empty();
+        let envelope = if req_style {
+            vec![identity, Bytes::new()]
+        } else {
+            vec![identity]
+        };
+        let payload = match frames.as_slice() {
+            [p] => p.clone(),
+            [empty, p] if empty.is_empty() => p.clone(),
+            _ => {
+                if self.bad_frames.allow() {
+                    tracing::warn!(frames = frames.len(), "request of the wrong shape");
+                }
+                self.send(
+                    envelope,
+                    self.error(
+                        String::new(),
+                        ErrorCode::BadRequest,
+                        format!(
+                            "a request is exactly one frame, got {} frames",
+                            frames.len()
+                        ),
+                    ),
+                );
+                return;
+            }
+        };
+        let request = match decode_request(&payload) {
+            Ok(r) => r,
+            Err((mut id, e)) => {
+                if e.code() == ErrorCode::TooLarge {
+                    // The transport has already buffered the whole frame;
+                    // reading its id lets the caller get this answer at once
+                    // instead of waiting out its timeout.
+                    id = oversized_request_id(&payload);
+                }
+                if self.bad_frames.allow() {
+                    tracing::warn!("refusing a request: {e}");
+                }
+                self.send(envelope, self.error(id, e.code(), e.to_string()));
+                return;
+            }
+        };
+        let id = request.id;
+        if request.v != PROTOCOL_VERSION {
+            let msg = format!(
+                "protocol version {} is not supported (this primary speaks {PROTOCOL_VERSION})",
+                request.v
+            );
+            return self.send(envelope, self.error(id, ErrorCode::UnsupportedVersion, msg));
+        }
+        if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
+            let msg = format!("the request id must be 1..={MAX_REQUEST_ID_LEN} bytes");
+            return self.send(envelope, self.error(id, ErrorCode::BadRequest, msg));
+        }
+        if request.epoch_seen > self.info.epoch {
+            let msg = format!(
+                "this primary has epoch {}, older than the epoch {} you have seen; it is stale",
+                self.info.epoch, request.epoch_seen
+            );
+            return self.send(envelope, self.error(id, ErrorCode::StaleEpoch, msg));
+        }
+        // Of the request as sent (before the default engine is filled in),
+        // so that a retry of the same request matches its ledger row.
+        let digest = if request.method.is_local() {
+            0
+        } else {
+            request_digest(&request.method)
+        };
+        match request.method {
+            Method::Ping {} => {
+                let mut info = self.info.clone();
+                info.uptime_ms = self.started.elapsed().as_millis() as u64;
+                info.last_seq = self.last_seq.load(Ordering::Relaxed);
+                info.longest_poll_us = crate::loop_watch::longest_poll().as_micros() as u64;
+                (info.commits, info.writes_committed) = writer::commit_counts();
+                self.send(
+                    envelope,
+                    Reply::ok(id, self.info.epoch, ReplyBody::Pong(info)),
+                );
+            }
+            #[cfg(feature = "test-hooks")]
+            Method::DebugStall { ms } => {
+                crate::test_hooks::stall(ms);
+                self.send(envelope, Reply::ok(id, self.info.epoch, ReplyBody::Done {}));
+            }
+            method => self.write(envelope, id, request.from, method, digest),
+        }
+    }
+
+    /// Queues a write on the store thread; the reply goes out after COMMIT.
+    fn write(&self, envelope: Vec<Bytes>, id: String, from: String, method: Method, digest: u64) {
+        // Purge removes the task's files once its row is gone.
+        let purged = match &method {
+            Method::TaskPurge { id } => Some(id.clone()),
+            _ => None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Write {
+            request_id: id.clone(),
+            from,
+            method,
+            digest,
+            reply: tx,
+        };
+        if self.jobs.send(job).is_err() {
+            let msg = "the primary is shutting down; retry with the same id";
+            return self.send(envelope, self.error(id, ErrorCode::Unavailable, msg));
+        }
+        let epoch = self.info.epoch;
+        let replies = self.replies.clone();
+        let ws = self.ws.clone();
+        crate::loop_watch::spawn("write reply", async move {
+            let result = rx.await;
+            if let (Some(task), Ok(Ok(_))) = (&purged, &result) {
+                crate::runs::RunFiles::remove_all(&ws, task);
+            }
+            let reply = match result {
+                Ok(Ok(body)) => Reply::ok(id, epoch, body),
+                Ok(Err(e)) => Reply::err(id, epoch, e),
+                Err(_) => Reply::err(
+                    id,
+                    epoch,
+                    WireError::new(ErrorCode::Unavailable, "the store stopped; retry"),
+                ),
+            };
+            // A write's answer waits for room: it reports a commit.
+            let _ = replies.send(frame(envelope, encode(&reply))).await;
+        });
+    }
+
+    fn error(&self, id: String, code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::err(id, self.info.epoch, WireError::new(code, message))
+    }
+
+    fn send(&self, envelope: Vec<Bytes>, reply: Reply) {
+        if self
+            .replies
+            .try_send(frame(envelope, encode(&reply)))
+            .is_err()
+            && self.full_queue.allow()
+        {
+            tracing::warn!("reply queue full: dropping an immediate answer");
+        }
+    }
+}
+
+fn frame(mut envelope: Vec<Bytes>, payload: Vec<u8>) -> ZmqMessage {
+    envelope.push(Bytes::from(payload));
+    ZmqMessage::try_from(envelope).expect("a reply has at least two frames")
+}
+
+/// How long one reply may wait for room in its peer's queue. The transport
+/// queues up to 100,000 messages per peer and then blocks the sender: a
+/// client that never reads must not stall the answers to everyone else.
+/// Replies waiting for the reply task.
+pub(super) const REPLY_QUEUE: usize = 4096;
+const REPLY_SEND_TIMEOUT: Duration = Duration::from_millis(20);
+/// A peer whose queue was full gets its replies dropped for this long.
+const STALLED_PEER_PENALTY: Duration = Duration::from_secs(1);
+
+pub(super) async fn reply_loop(
+    mut router: zeromq::RouterSendHalf,
+    mut rx: mpsc::Receiver<ZmqMessage>,
+) {
+    let mut stalled: std::collections::HashMap<Bytes, Instant> = Default::default();
+    let mut dropped = 0u64;
+    while let Some(msg) = rx.recv().await {
+        let peer = msg.get(0).cloned().unwrap_or_default();
+        if let Some(until) = stalled.get(&peer) {
+            if Instant::now() < *until {
+                dropped += 1;
+                continue;
+            }
+            stalled.remove(&peer);
+            if dropped > 0 {
+                tracing::warn!("dropped {dropped} replies to a client that does not read them");
+                dropped = 0;
+            }
+        }
+        match tokio::time::timeout(REPLY_SEND_TIMEOUT, router.send(msg)).await {
+            Ok(Ok(())) => {}
+            // The client left before its answer: it will retry elsewhere.
+            Ok(Err(e)) => tracing::debug!("cannot deliver a reply: {e}"),
+            Err(_) => {
+                tracing::warn!("a client does not read its replies; dropping them for a while");
+                stalled.insert(peer, Instant::now() + STALLED_PEER_PENALTY);
+            }
+        }
+    }
+}
+
+/// Rate-limits warnings about bad frames: a flood of garbage must not turn
+/// into a flood of log lines.
+pub(super) struct LogLimiter {
+    window: std::cell::Cell<Instant>,
+    count: std::cell::Cell<u64>,
+}
+
+impl LogLimiter {
+    const PER_SECOND: u64 = 10;
+
+    pub(super) fn new() -> Self {
+        LogLimiter {
+            window: std::cell::Cell::new(Instant::now()),
+            count: std::cell::Cell::new(0),
+        }
+    }
+
+    /// True when this event may be logged; reports what was suppressed.
+    fn allow(&self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window.get()) >= Duration::from_secs(1) {
+            let suppressed = self.count.get().saturating_sub(Self::PER_SECOND);
+            if suppressed > 0 {
+                tracing::warn!("{suppressed} more bad requests in the last second (not logged)");
+            }
+            self.window.set(now);
+            self.count.set(0);
+        }
+        self.count.set(self.count.get() + 1);
+        self.count.get() <= Self::PER_SECOND
+    }
+}
