@@ -113,28 +113,10 @@ pub async fn run(args: ChaosArgs) -> i32 {
                 1
             }
         },
-        () = interrupted() => {
+        () = crate::runs::signals::stop_requested() => {
             errln!("grove chaos: interrupted; every process it started was killed");
             130
         }
-    }
-}
-
-/// Resolves on the first SIGINT, SIGTERM or SIGHUP (never, if the handlers
-/// cannot be installed).
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
     }
 }
 

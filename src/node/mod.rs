@@ -251,22 +251,9 @@ fn report(opts: &NodeOptions, me: &Identity, live: &LiveConfig, role: &str) {
 
 /// A watch channel that flips to `true` on the first SIGTERM, SIGINT or SIGHUP.
 pub fn shutdown_on_signals() -> watch::Receiver<bool> {
-    use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            _ = hup.recv() => {}
-        }
+        crate::runs::signals::stop_requested().await;
         tracing::info!("stop requested");
         let _ = tx.send(true);
     });

@@ -94,11 +94,48 @@ pub enum Control {
     Child,
 }
 
-/// Handlers for the control signals and SIGCHLD.
-pub struct Signals {
+/// Handlers for TERM, INT and HUP: every way a grove process is asked to
+/// stop (a member, `grove chaos`, a shim's cancel).
+pub struct StopSignals {
     term: Signal,
     int: Signal,
     hup: Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> io::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Resolves when one of them arrives.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
+}
+
+/// Resolves on the first TERM, INT or HUP; never, if the handlers cannot
+/// be installed (said once in the log).
+pub async fn stop_requested() {
+    match StopSignals::install() {
+        Ok(mut s) => s.recv().await,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            std::future::pending().await
+        }
+    }
+}
+
+/// Handlers for the control signals and SIGCHLD.
+pub struct Signals {
+    stop: StopSignals,
     sync: Signal,
     child: Signal,
 }
@@ -106,9 +143,7 @@ pub struct Signals {
 impl Signals {
     pub fn install() -> io::Result<Signals> {
         Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
+            stop: StopSignals::install()?,
             sync: signal(SignalKind::from_raw(SYNC))?,
             child: signal(SignalKind::child())?,
         })
@@ -117,9 +152,7 @@ impl Signals {
     /// The next signal that arrives.
     pub async fn next(&mut self) -> Control {
         tokio::select! {
-            _ = self.term.recv() => Control::Cancel,
-            _ = self.int.recv() => Control::Cancel,
-            _ = self.hup.recv() => Control::Cancel,
+            _ = self.stop.recv() => Control::Cancel,
             _ = self.sync.recv() => Control::Sync,
             _ = self.child.recv() => Control::Child,
         }
