@@ -42,6 +42,8 @@ pub struct Stat {
     /// Clock ticks since boot: together with the pid it names one process
     /// for good.
     pub start: u64,
+    /// CPU time used (user + system), in clock ticks.
+    pub cpu_ticks: u64,
 }
 
 pub fn stat(pid: u32) -> Option<Stat> {
@@ -52,15 +54,18 @@ pub fn stat(pid: u32) -> Option<Stat> {
 fn parse_stat(pid: u32, text: &str) -> Option<Stat> {
     // The command name is in parentheses and may contain spaces and ')':
     // skip past the last ')' before splitting. The fields after it start at
-    // #3 (state); ppid is #4, pgrp #5, session #6, starttime #22.
+    // #3 (state); ppid is #4, pgrp #5, session #6, utime #14, stime #15,
+    // starttime #22.
     let f: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    let field = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
     Some(Stat {
         pid,
         state: f.first()?.chars().next()?,
-        ppid: f.get(1)?.parse().ok()?,
-        pgrp: f.get(2)?.parse().ok()?,
-        session: f.get(3)?.parse().ok()?,
-        start: f.get(19)?.parse().ok()?,
+        ppid: field(4)? as u32,
+        pgrp: field(5)? as u32,
+        session: field(6)? as u32,
+        start: field(22)?,
+        cpu_ticks: field(14)? + field(15)?,
     })
 }
 
@@ -260,10 +265,11 @@ mod tests {
 
     #[test]
     fn stat_survives_odd_command_names() {
-        let line = "42 (a) b (c) S 7 42 40 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0";
+        let line = "42 (a) b (c) S 7 42 40 0 -1 4194560 0 0 0 0 3 4 0 0 20 0 1 0 12345 0 0";
         let s = parse_stat(42, line).unwrap();
         assert_eq!((s.state, s.ppid, s.pgrp, s.session), ('S', 7, 42, 40));
         assert_eq!(s.start, 12345);
+        assert_eq!(s.cpu_ticks, 7);
     }
 
     #[test]
@@ -275,6 +281,7 @@ mod tests {
             pgrp: pid,
             session: pid,
             start: 0,
+            cpu_ticks: 0,
         };
         let all = [
             p(10, 1),

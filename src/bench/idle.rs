@@ -182,15 +182,7 @@ fn snapshot(pids: &[u32]) -> Result<Vec<Sample>, String> {
 
 /// utime + stime of the whole process, in clock ticks.
 fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields are counted
-    // from the last ')'. utime and stime are fields 14 and 15; the first
-    // field after ')' is field 3.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    crate::proc::stat(pid).map(|s| s.cpu_ticks)
 }
 
 /// (voluntary, involuntary) context switches summed over the live threads.

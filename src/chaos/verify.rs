@@ -222,15 +222,6 @@ pub(super) fn stream_finding(m: &Member, dead: bool, last: u64) -> StreamFinding
     }
 }
 
-/// Fields 3.. of `/proc/<pid>/stat`: state and session id.
-pub(super) fn state_and_session(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    let session = rest.nth(2)?.parse().ok()?;
-    Some((state, session))
-}
-
 /// Shim pids of every run recorded in `.grove/run/*.run.json`.
 pub(super) fn recorded_shims(ws: &Workspace) -> HashSet<u32> {
     let Ok(entries) = std::fs::read_dir(RunFiles::dir(ws)) else {
@@ -251,16 +242,10 @@ pub(super) fn recorded_shims(ws: &Workspace) -> HashSet<u32> {
 /// leftover — the shim, the agent or a grandchild.
 pub(super) fn run_processes(ws: &Workspace) -> Vec<u32> {
     let shims = recorded_shims(ws);
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            state_and_session(*pid)
-                .is_some_and(|(state, session)| state != 'Z' && shims.contains(&session))
-        })
+    crate::proc::all()
+        .into_iter()
+        .filter(|p| p.state != 'Z' && shims.contains(&p.session))
+        .map(|p| p.pid)
         .collect()
 }
 
