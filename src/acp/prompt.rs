@@ -10,9 +10,9 @@ use super::framing::Out;
 use super::{Shared, slash};
 use crate::protocol::{Method, NewTask, ReplyBody, TaskRecord, TaskStatus};
 use crate::runs::RunFiles;
+use crate::runs::log::LogReader;
 use agent_client_protocol_schema::v1 as schema;
 use schema::{AgentResponse, ContentBlock, RequestId, SessionId, StopReason};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use tokio::sync::Notify;
@@ -253,31 +253,26 @@ impl Turn {
 /// send waits for room on stdout, so a slow client slows the reading, not
 /// our memory); returns the new offset. A character cut by the end of a
 /// read is left for the next one, unless `at_end` (nothing more will come).
-async fn stream_log(
-    out: &Out,
-    session: &SessionId,
-    path: &Path,
-    mut offset: u64,
-    at_end: bool,
-) -> u64 {
-    let Ok(mut f) = std::fs::File::open(path) else {
+async fn stream_log(out: &Out, session: &SessionId, path: &Path, offset: u64, at_end: bool) -> u64 {
+    let Ok(mut log) = LogReader::open(path, offset, LOG_READ) else {
         return offset;
     };
-    let mut buf = vec![0u8; LOG_READ];
     loop {
-        if f.seek(SeekFrom::Start(offset)).is_err() {
-            return offset;
-        }
-        let n = match f.read(&mut buf) {
-            Ok(0) | Err(_) => return offset,
-            Ok(n) => n,
+        let (text, used) = match log.peek() {
+            Ok(bytes) if !bytes.is_empty() => {
+                let used = if at_end {
+                    bytes.len()
+                } else {
+                    whole_chars(bytes)
+                };
+                (String::from_utf8_lossy(&bytes[..used]).into_owned(), used)
+            }
+            _ => return log.offset(),
         };
-        let used = if at_end { n } else { whole_chars(&buf[..n]) };
         if used == 0 {
-            return offset; // only part of a character so far
+            return log.offset(); // only part of a character so far
         }
-        offset += used as u64;
-        let text = String::from_utf8_lossy(&buf[..used]).into_owned();
+        log.consume(used);
         out.say(session, text).await;
     }
 }

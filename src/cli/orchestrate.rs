@@ -373,29 +373,28 @@ pub fn stats(ctx: &Context, json: bool) -> Result<i32, CliError> {
 
 /// `grove logs ID [--follow]`: with --follow, tails until the task ends.
 pub async fn logs(ctx: &Context, id: &str, follow: bool) -> Result<i32, CliError> {
-    use std::io::{Read, Seek, SeekFrom};
+    use crate::runs::log::LogReader;
+    /// One read of the log per write to stdout.
+    const LOG_READ: usize = 64 * 1024;
     let id = resolve_id(ctx, id)?;
     let path = crate::runs::RunFiles::log(&ctx.ws, &id);
     let reader = ctx.reader()?;
     let mut offset = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
         // Read the status before the file: output written before the task
         // ended is then certainly in the file when we see it ended.
         let ended = reader.task(&id)?.is_none_or(|t| t.status.is_terminal());
-        if let Ok(mut f) = std::fs::File::open(&path) {
-            f.seek(SeekFrom::Start(offset))
-                .map_err(|e| CliError::Failed(e.to_string()))?;
+        if let Ok(mut log) = LogReader::open(&path, offset, LOG_READ) {
             loop {
-                let n = f
-                    .read(&mut buf)
-                    .map_err(|e| CliError::Failed(e.to_string()))?;
-                if n == 0 {
+                let bytes = log.peek().map_err(|e| CliError::Failed(e.to_string()))?;
+                if bytes.is_empty() {
                     break;
                 }
-                offset += n as u64;
-                crate::output::stdout_bytes(&buf[..n]);
+                crate::output::stdout_bytes(bytes);
+                let n = bytes.len();
+                log.consume(n);
             }
+            offset = log.offset();
         } else if !follow {
             return Err(CliError::Failed(format!(
                 "task {id} has no log yet (it has not started)"
@@ -404,7 +403,7 @@ pub async fn logs(ctx: &Context, id: &str, follow: bool) -> Result<i32, CliError
         if !follow || ended {
             return Ok(EXIT_OK);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(FOLLOW_POLL).await;
     }
 }
 
@@ -473,3 +472,6 @@ pub fn personas(ctx: &Context, json: bool) -> Result<i32, CliError> {
     }
     Ok(EXIT_OK)
 }
+
+/// How often `grove logs --follow` reads the log again.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);

@@ -4,7 +4,7 @@
 
 use crate::paths::Workspace;
 use crate::runs::RunFiles;
-use std::io::{Read, Seek, SeekFrom};
+use crate::runs::log::LogReader;
 
 /// Largest `task.output` chunk. Small, because the bus bounds each
 /// subscriber's queue in messages, not bytes: 1,000 chunks of 16 KiB is
@@ -47,22 +47,20 @@ pub fn tail_log(ws: &Workspace, task: &str, mut offset: u64) -> Tail {
             .push(format!("[grove: {skipped} bytes skipped; see the log]\n"));
         tail.offset = len - MAX_PER_LOOK;
     }
-    let Ok(mut f) = std::fs::File::open(&path) else {
+    let Ok(mut log) = LogReader::open(&path, tail.offset, MAX_CHUNK) else {
         return tail;
     };
-    let mut buf = vec![0; MAX_CHUNK];
-    while tail.offset < len {
-        if f.seek(SeekFrom::Start(tail.offset)).is_err() {
-            break;
-        }
-        let n = match f.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+    while log.offset() < len {
+        let (chunk, n) = match log.peek() {
+            Ok(bytes) if !bytes.is_empty() => {
+                (String::from_utf8_lossy(bytes).into_owned(), bytes.len())
+            }
+            _ => break,
         };
-        tail.offset += n as u64;
-        tail.chunks
-            .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        log.consume(n);
+        tail.chunks.push(chunk);
     }
+    tail.offset = log.offset();
     tail
 }
 

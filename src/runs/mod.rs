@@ -5,6 +5,7 @@
 //! both, so that the scheduler never depends on the shim's RPC client (see
 //! docs/design.md, Shim).
 
+pub mod log;
 pub mod signals;
 pub mod tree;
 
