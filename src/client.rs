@@ -434,7 +434,7 @@ pub async fn wait_for_primary(
         match ping(client).await {
             Ok(info) => return Ok(info),
             Err(e) if Instant::now() > until => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(_) => tokio::time::sleep(PRIMARY_RETRY).await,
         }
     }
 }
@@ -448,3 +448,7 @@ pub async fn ping(client: &mut Client) -> Result<crate::protocol::PrimaryInfo, C
         ))),
     }
 }
+
+/// How soon `wait_for_primary` pings again: a member that is starting
+/// answers within milliseconds of binding.
+const PRIMARY_RETRY: Duration = Duration::from_millis(10);

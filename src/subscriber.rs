@@ -159,11 +159,8 @@ async fn run(ws: Workspace, first_seq: u64, tx: mpsc::Sender<Event>, health: Arc
             continue;
         };
         let mut sub = zeromq::SubSocket::new();
-        let connected = tokio::time::timeout(
-            Duration::from_millis(1000),
-            sub.connect(&record.pub_endpoint),
-        )
-        .await;
+        let connected =
+            tokio::time::timeout(CONNECT_TIMEOUT, sub.connect(&record.pub_endpoint)).await;
         if !matches!(connected, Ok(Ok(()))) || sub.subscribe("").await.is_err() {
             // Gone already, or not reachable yet. A dead primary is replaced
             // by a new record: wait for it. A live one that refused us is
@@ -247,3 +244,7 @@ async fn deliver(
     cursor.next = event.seq + 1;
     tx.send(event).await.is_ok()
 }
+
+/// How long connecting the SUB to the recorded primary may take before
+/// the record is looked at again (a dead primary's socket never answers).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

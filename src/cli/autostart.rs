@@ -57,7 +57,7 @@ impl Context {
             child.id(),
             log.describe()
         );
-        let until = std::time::Instant::now() + Duration::from_secs(15);
+        let until = std::time::Instant::now() + COME_UP_WITHIN;
         loop {
             // Watch the child: one that exits at once (a store it cannot
             // open, say) is reported now, with what it said.
@@ -70,12 +70,13 @@ impl Context {
             }
             if std::time::Instant::now() >= until {
                 return Err(CliError::Unavailable(format!(
-                    "the background member (pid {}) did not come up within 15 s; see {}",
+                    "the background member (pid {}) did not come up within {} s; see {}",
                     child.id(),
+                    COME_UP_WITHIN.as_secs(),
                     log.describe()
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(START_POLL).await;
         }
     }
 
@@ -87,12 +88,12 @@ impl Context {
         let Ok(file) = crate::paths::open_private(&path) else {
             return Ok(None);
         };
-        let until = std::time::Instant::now() + Duration::from_secs(30);
+        let until = std::time::Instant::now() + LOCK_WAIT;
         loop {
             match file.try_lock() {
                 Ok(()) => return Ok(Some(file)),
                 Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(START_POLL).await;
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
                     return Err(CliError::Unavailable(format!(
@@ -206,3 +207,14 @@ fn member_died(status: std::process::ExitStatus, log: &MemberLog) -> CliError {
         CliError::Unavailable(message)
     }
 }
+
+/// How long a started member may take to answer its first ping (opening
+/// and migrating a store, binding): far more than it needs, so that only a
+/// stuck one is reported.
+const COME_UP_WITHIN: Duration = Duration::from_secs(15);
+/// How long a command waits for another one that is starting a member.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// How often a starting member (or the autostart lock) is looked at: the
+/// member's exit is polled with `try_wait`, so this bounds how late a
+/// member that died at once is reported.
+const START_POLL: Duration = Duration::from_millis(20);

@@ -189,7 +189,7 @@ fn print_human(s: &Status) {
 pub async fn watch(ctx: &Context) -> Result<i32, CliError> {
     let mut bars = super::live::TaskBars::new();
     let mut last_header = String::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(WATCH_REFRESH);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -236,3 +236,7 @@ pub async fn watch(ctx: &Context) -> Result<i32, CliError> {
         }
     }
 }
+
+/// How often `grove status --watch` redraws: twice a second reads as live
+/// without flicker.
+const WATCH_REFRESH: Duration = Duration::from_millis(500);

@@ -120,6 +120,10 @@ async fn terminate(members: &[Member]) -> Result<(), CliError> {
                 left[0]
             )));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(STOP_POLL).await;
     }
 }
+
+/// How often `grove stop` looks whether the members it signalled are gone
+/// (they are not our children: no exit to wait for).
+const STOP_POLL: Duration = Duration::from_millis(20);

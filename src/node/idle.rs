@@ -38,9 +38,7 @@ async fn watch_idle(
 ) {
     // A few looks per period, and never more than one every 30 s: an idle
     // member must cost next to nothing.
-    let mut tick = tokio::time::interval(
-        (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(30)),
-    );
+    let mut tick = tokio::time::interval((after / 4).clamp(LOOK_MIN, LOOK_MAX));
     let mut busy_at = now_ms();
     let mut outer_open = true;
     loop {
@@ -90,3 +88,9 @@ fn needed(ws: &Workspace, me: &Identity) -> bool {
     };
     busy || sessions
 }
+
+/// Bounds of the idle check's period: often enough that a short idle limit
+/// (tests use a few hundred ms) is kept, rarely enough that an idle member
+/// costs next to nothing.
+const LOOK_MIN: Duration = Duration::from_millis(100);
+const LOOK_MAX: Duration = Duration::from_secs(30);

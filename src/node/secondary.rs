@@ -99,10 +99,14 @@ pub async fn run(
                 Some(Ok(other)) => tracing::warn!("unexpected reply to hello: {other:?}"),
                 Some(Err(e)) => {
                     tracing::warn!("cannot register with the primary: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(HELLO_RETRY).await;
                 }
                 None => {}
             }
         }
     }
 }
+
+/// After a refused `hello`, how long before trying again: the primary is
+/// busy or going away; retrying at once would only add to its load.
+const HELLO_RETRY: Duration = Duration::from_millis(100);

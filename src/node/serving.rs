@@ -242,6 +242,8 @@ pub(super) struct LogLimiter {
 
 impl LogLimiter {
     const PER_SECOND: u64 = 10;
+    /// The window `PER_SECOND` counts in.
+    const WINDOW: Duration = Duration::from_secs(1);
 
     pub(super) fn new() -> Self {
         LogLimiter {
@@ -253,7 +255,7 @@ impl LogLimiter {
     /// True when this event may be logged; reports what was suppressed.
     fn allow(&self) -> bool {
         let now = Instant::now();
-        if now.duration_since(self.window.get()) >= Duration::from_secs(1) {
+        if now.duration_since(self.window.get()) >= Self::WINDOW {
             let suppressed = self.count.get().saturating_sub(Self::PER_SECOND);
             if suppressed > 0 {
                 tracing::warn!("{suppressed} more bad requests in the last second (not logged)");

@@ -71,7 +71,7 @@ pub async fn kill_all() {
             errln!("grove shim: processes of the task outlived SIGKILL: {pids:?}");
             return;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(KILL_PASS).await;
     }
 }
 
@@ -148,3 +148,7 @@ fn remove_temp_files(ws: &Workspace, task: &str, run_id: &str, shim_pid: u32) {
         }
     }
 }
+
+/// Between two passes of `kill_all`: long enough for killed processes to
+/// die and hand their children to us.
+const KILL_PASS: Duration = Duration::from_millis(5);

@@ -117,7 +117,7 @@ async fn report(ws: &Workspace, spec: &ShimSpec, exit: &ExitRecord) {
     let config = Config::load(&ws.state_dir).unwrap_or_default();
     let mut client = crate::client::Client::new(ws, &config, &format!("shim-{}", spec.task_id));
     let request_id = crate::protocol::finished_request_id(&spec.run_id);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let deadline = tokio::time::Instant::now() + REPORT_FOR;
     loop {
         let method = Method::TaskFinished(exit.to_exit(&spec.task_id));
         match client.call_with_id(&request_id, method).await {
@@ -135,7 +135,13 @@ async fn report(ws: &Workspace, spec: &ShimSpec, exit: &ExitRecord) {
                 errln!("grove shim: giving up reporting ({e}); the exit record stays on disk");
                 return;
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => tokio::time::sleep(REPORT_RETRY).await,
         }
     }
 }
+
+/// How long a shim keeps trying to report its run's end across failovers;
+/// after that the exit record on disk is the report.
+const REPORT_FOR: Duration = Duration::from_secs(120);
+/// Between two attempts to report.
+const REPORT_RETRY: Duration = Duration::from_millis(200);

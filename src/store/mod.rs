@@ -13,6 +13,14 @@ pub mod tasks;
 mod txn;
 pub mod writer;
 
+/// How long the read-write connection waits for a lock held by another
+/// connection (a reader's checkpoint-blocking transaction, a predecessor's
+/// last commit) before the write fails.
+const WRITER_BUSY: Duration = Duration::from_secs(10);
+/// How long a reader waits for a lock (the writer's checkpoint) before the
+/// read fails; readers retry.
+const READER_BUSY: Duration = Duration::from_secs(5);
+
 #[cfg(test)]
 mod tests;
 
@@ -85,7 +93,7 @@ pub fn open_read_write(path: &Path, epoch_floor: u64) -> Result<Connection, Stor
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(WRITER_BUSY)?;
     // WAL + NORMAL: a commit survives the crash of any process (the WAL is
     // in the page cache); only an OS crash can lose the last commits.
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -219,7 +227,7 @@ impl Reader {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.busy_timeout(READER_BUSY)?;
         Ok(Reader { conn })
     }
 

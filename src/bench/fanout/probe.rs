@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zeromq::{Socket, SocketRecv};
 
-const POLL: Duration = Duration::from_millis(5);
+/// How often a probe looks for the events it still waits for.
+const PROBE_POLL: Duration = Duration::from_millis(5);
 /// How long a subscription may take to deliver up to the target seq.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a tap may lag behind its subscription before it is stopped.
@@ -78,7 +79,7 @@ impl Probes {
             if Instant::now() > until {
                 return Err("subscribers did not connect within 10 s".into());
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(PROBE_POLL).await;
         }
         Ok(())
     }
@@ -161,10 +162,10 @@ async fn tap(ws: Workspace, mut until: watch::Receiver<u64>, ready: Arc<AtomicBo
         watch.poll();
         let endpoint = watch.current().map(|r| r.pub_endpoint.clone());
         let Some(mut sub) = connect(endpoint).await else {
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(PROBE_POLL).await;
             continue;
         };
-        let mut tick = tokio::time::interval(POLL);
+        let mut tick = tokio::time::interval(PROBE_POLL);
         while !reached(seen.last().copied(), &until) {
             tokio::select! {
                 msg = sub.recv() => {
