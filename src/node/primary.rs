@@ -62,17 +62,7 @@ async fn promote_and_serve(
     let sockets = bind_sockets(ws, epoch).await?;
 
     // 5. primary.json, so that everyone finds us.
-    let record = PrimaryRecord {
-        instance_id: me.instance_id.clone(),
-        pid: me.pid,
-        epoch,
-        pub_endpoint: sockets.pub_endpoint.clone(),
-        rpc_endpoint: sockets.rpc_endpoint.clone(),
-        started_at: me.started_at,
-    };
-    record
-        .write(ws)
-        .map_err(NodeError::io("cannot write primary.json"))?;
+    publish_record(me, ws, epoch, &sockets)?;
 
     // 6. Publisher, store thread, orchestrator.
     let Sockets {
@@ -96,23 +86,24 @@ async fn promote_and_serve(
         "replies",
         reply_loop(router_send, replies_rx).in_current_span(),
     );
+    let info = PrimaryInfo {
+        instance_id: me.instance_id.clone(),
+        pid: me.pid,
+        epoch,
+        started_at: me.started_at,
+        uptime_ms: 0,
+        pub_endpoint,
+        rpc_endpoint,
+        last_seq: 0,
+        longest_poll_us: 0,
+        commits: 0,
+        writes_committed: 0,
+    };
     let serving = Serving {
         bad_frames: LogLimiter::new(),
         full_queue: LogLimiter::new(),
         ws: ws.clone(),
-        info: PrimaryInfo {
-            instance_id: me.instance_id.clone(),
-            pid: me.pid,
-            epoch,
-            started_at: me.started_at,
-            uptime_ms: 0,
-            pub_endpoint,
-            rpc_endpoint,
-            last_seq: 0,
-            longest_poll_us: 0,
-            commits: 0,
-            writes_committed: 0,
-        },
+        info,
         started: Instant::now(),
         last_seq: parts.last_seq.clone(),
         jobs: parts.store.jobs.clone(),
@@ -126,6 +117,26 @@ async fn promote_and_serve(
     drop(lock);
     tracing::info!("handed over");
     Ok(ended)
+}
+
+/// Writes `primary.json` (atomically): from now on clients find us.
+fn publish_record(
+    me: &Identity,
+    ws: &crate::paths::Workspace,
+    epoch: u64,
+    sockets: &Sockets,
+) -> Result<(), NodeError> {
+    let record = PrimaryRecord {
+        instance_id: me.instance_id.clone(),
+        pid: me.pid,
+        epoch,
+        pub_endpoint: sockets.pub_endpoint.clone(),
+        rpc_endpoint: sockets.rpc_endpoint.clone(),
+        started_at: me.started_at,
+    };
+    record
+        .write(ws)
+        .map_err(NodeError::io("cannot write primary.json"))
 }
 
 /// The ROUTER and PUB sockets of this epoch.
