@@ -463,7 +463,9 @@ impl Orchestrator {
                         signal: None,
                         message: Some(message),
                     };
-                    failed.push(self.queue_write(crate::protocol::finished_request_id(&run_id), exit));
+                    failed.push(
+                        self.queue_write(crate::protocol::finished_request_id(&run_id), exit),
+                    );
                 }
             }
         }
