@@ -62,14 +62,25 @@ pub struct Config {
     /// this long with nothing to do: no request, no task running or queued,
     /// no ACP session.
     pub autostart_idle_exit_ms: u64,
+    /// Model aliases: `sonnet = "claude-sonnet-4-5"` lets `-m sonnet` reach
+    /// every engine as the full name. Resolved once, before the engine sees
+    /// the model.
+    pub models: BTreeMap<String, String>,
 }
 
-/// How to run one agent CLI.
+/// How to run one agent: a CLI run once per task, or an agent that speaks
+/// the Agent Client Protocol on its stdio.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
+    /// `cli` (the default) or `acp`. Never guessed from the command: an
+    /// engine is one or the other, so a task never silently runs as the
+    /// other kind.
+    #[serde(default)]
+    pub kind: EngineKind,
     /// The command and its arguments; `{prompt}`, `{model}` and `{workdir}`
-    /// are replaced in each argument.
+    /// are replaced in each argument (an `acp` engine gets its prompt over
+    /// the protocol, so its command has no `{prompt}`).
     pub command: Vec<String>,
     /// Appended when the task names a model, e.g. `["--model", "{model}"]`.
     #[serde(default)]
@@ -80,6 +91,52 @@ pub struct EngineConfig {
     /// Extra environment for the agent.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// `acp` engines: which permission requests of the agent grove answers
+    /// by itself (the others wait for `grove approve`/`grove deny`).
+    #[serde(default)]
+    pub permissions: PermissionPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    #[default]
+    Cli,
+    Acp,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Cli => "cli",
+            EngineKind::Acp => "acp",
+        }
+    }
+}
+
+/// How an ACP engine's permission requests are answered.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PermissionPolicy {
+    /// Every request waits for a human (`grove approve` / `grove deny`).
+    #[default]
+    Ask,
+    /// Tool kinds that only look (read, search, fetch, think) are allowed;
+    /// the rest wait for a human.
+    AllowReads,
+    /// Every request is allowed.
+    AllowAll,
+}
+
+impl PermissionPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ask" => Some(Self::Ask),
+            "allow_reads" => Some(Self::AllowReads),
+            "allow_all" => Some(Self::AllowAll),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -92,12 +149,40 @@ pub enum PromptVia {
 
 fn engine(command: &[&str], model_args: &[&str]) -> EngineConfig {
     EngineConfig {
+        kind: EngineKind::Cli,
         command: command.iter().map(|s| s.to_string()).collect(),
         model_args: model_args.iter().map(|s| s.to_string()).collect(),
         prompt_via: PromptVia::Arg,
         env: BTreeMap::new(),
+        permissions: PermissionPolicy::Ask,
     }
 }
+
+fn acp_engine(command: &[&str], model_args: &[&str]) -> EngineConfig {
+    EngineConfig {
+        kind: EngineKind::Acp,
+        ..engine(command, model_args)
+    }
+}
+
+/// Presets of agents that speak ACP on their stdio, under names distinct
+/// from the CLI presets of the same tools (`claude` stays the one-shot CLI,
+/// `claude-acp` is the conversation).
+const ACP_PRESETS: &[(&str, &[&str], &[&str])] = &[
+    // npm @agentclientprotocol/claude-agent-acp; takes its model from the
+    // session, not from a flag.
+    ("claude-acp", &["claude-agent-acp"], &[]),
+    // npm @agentclientprotocol/codex-acp
+    ("codex-acp", &["codex-acp"], &[]),
+    ("gemini-acp", &["gemini", "--acp"], &["--model", "{model}"]),
+    ("opencode-acp", &["opencode", "acp"], &[]),
+    ("goose-acp", &["goose", "acp"], &[]),
+    (
+        "copilot-acp",
+        &["copilot", "--acp"],
+        &["--model", "{model}"],
+    ),
+];
 
 /// The engines grove knows without configuration: `shell` for scripts, and
 /// presets for common agent CLIs in their non-interactive modes.
@@ -127,6 +212,9 @@ pub fn builtin_engines() -> BTreeMap<String, EngineConfig> {
             &["--model", "{model}"],
         ),
     );
+    for (name, command, model_args) in ACP_PRESETS {
+        m.insert(name.to_string(), acp_engine(command, model_args));
+    }
     m
 }
 
@@ -146,6 +234,7 @@ impl Default for Config {
             event_retention: 100_000,
             ledger_retention_hours: 24 * 7,
             autostart_idle_exit_ms: 10 * 60 * 1000,
+            models: BTreeMap::new(),
         }
     }
 }
@@ -171,6 +260,13 @@ impl Config {
     }
     pub fn autostart_idle_exit(&self) -> Duration {
         Duration::from_millis(self.autostart_idle_exit_ms)
+    }
+
+    /// The model a task's `-m` names: an alias from `[models]` becomes its
+    /// target (one step: an alias of an alias is not followed, so a cycle
+    /// cannot loop), anything else is passed as typed.
+    pub fn resolve_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.models.get(model).map(String::as_str).unwrap_or(model)
     }
 
     pub fn personas_dir(&self, workspace: &Path) -> PathBuf {
@@ -222,6 +318,13 @@ impl Config {
             if e.command.is_empty() || e.command[0].is_empty() {
                 return Err(ConfigError::Invalid(format!(
                     "engine '{name}' has an empty command"
+                )));
+            }
+        }
+        for (alias, target) in &self.models {
+            if target.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "model alias '{alias}' names an empty model"
                 )));
             }
         }
@@ -302,11 +405,11 @@ pub fn config_files(state_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Lays `over` on `base`: a key in `over` replaces the same key in `base`,
-/// except `engines`, which merge by engine name.
+/// except `engines` and `models`, which merge by name.
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (key, value) in over {
         match (key.as_str(), base.get_mut(&key), value) {
-            ("engines", Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => {
+            ("engines" | "models", Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => {
                 mine.extend(theirs);
             }
             (_, _, value) => {
@@ -566,6 +669,29 @@ mod tests {
         assert_eq!(live.current().max_parallel, 7);
         assert!(live.report().error.unwrap().contains("line 1"));
         assert!(live.generation() > generation);
+    }
+
+    #[test]
+    fn acp_engines_and_model_aliases_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("grove.toml"),
+            "[models]\nsonnet = \"claude-sonnet-4-5\"\n[engines.mine]\nkind = \"acp\"\ncommand = [\"my-agent\", \"--acp\"]\npermissions = \"allow_reads\"\nenv = { A = \"1\" }\n",
+        )
+        .unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        let e = &c.engines["mine"];
+        assert_eq!(e.kind, EngineKind::Acp);
+        assert_eq!(e.permissions, PermissionPolicy::AllowReads);
+        assert_eq!(c.resolve_model("sonnet"), "claude-sonnet-4-5");
+        assert_eq!(c.resolve_model("other"), "other");
+        std::fs::write(
+            dir.path().join("grove.toml"),
+            "[engines.mine]\nkind = \"rpc\"\ncommand = [\"x\"]\n",
+        )
+        .unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("rpc"), "{err}");
     }
 
     #[test]

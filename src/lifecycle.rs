@@ -14,7 +14,8 @@
 //!                                           or a final status
 //! ```
 //! Pending and queued tasks may also fail (`dependency_failed`) or be
-//! cancelled directly.
+//! cancelled directly. An ACP task goes running ⇄ waiting while a
+//! permission request waits for a human; from waiting it may also end.
 
 use crate::protocol::TaskStatus::{self, *};
 
@@ -38,8 +39,11 @@ pub fn check_transition(from: TaskStatus, to: TaskStatus) -> Result<(), IllegalT
         // (its primary died between recording the start and spawning).
         Running => matches!(
             to,
-            Running | Queued | Completed | Failed | Cancelled | Paused
+            Running | Queued | Completed | Failed | Cancelled | Paused | Waiting
         ),
+        // waiting → running: the permission request was answered. Pausing
+        // is refused: the agent holds a live request.
+        Waiting => matches!(to, Running | Completed | Failed | Cancelled),
         // paused → completed: a stopped agent can still be reported done
         // (e.g. it exited between the shim's SIGSTOP and its delivery).
         Paused => matches!(

@@ -378,6 +378,29 @@ fn task_exit(full: bool) -> TaskExit {
     }
 }
 
+/// A batch of an ACP agent's updates ("full": two of them).
+fn agent_updates(full: bool) -> AgentUpdates {
+    AgentUpdates {
+        id: task_id(),
+        run_id: RUN_ID.into(),
+        batch: 7,
+        updates: if full {
+            vec![
+                AgentUpdate {
+                    kind: "agent_message_chunk".into(),
+                    acp: r#"{"content":{"text":"Hello world","type":"text"},"sessionUpdate":"agent_message_chunk"}"#.into(),
+                },
+                AgentUpdate {
+                    kind: "turn_end".into(),
+                    acp: r#"{"stopReason":"end_turn"}"#.into(),
+                },
+            ]
+        } else {
+            vec![]
+        },
+    }
+}
+
 fn member() -> MemberInfo {
     MemberInfo {
         instance_id: PEER.into(),
@@ -441,6 +464,13 @@ fn methods(full: bool) -> Vec<Method> {
         Method::TaskRelaunch { id: task_id() },
         Method::TaskPurge { id: task_id() },
         Method::TaskFinished(task_exit(full)),
+        Method::TaskAgentUpdates(agent_updates(full)),
+        Method::TaskControl(TaskControl {
+            id: task_id(),
+            kind: ControlKind::Approve,
+            option: full.then(|| "allow".into()),
+            text: full.then(|| "also run the tests".into()),
+        }),
         Method::SessionCreate {
             id: SESSION_ID.into(),
             cwd: SESSION_CWD.into(),
@@ -463,6 +493,8 @@ fn method_guard(m: &Method) -> &'static str {
         Method::TaskRelaunch { .. } => "task.relaunch",
         Method::TaskPurge { .. } => "task.purge",
         Method::TaskFinished(_) => "task.finished",
+        Method::TaskAgentUpdates(_) => "task.agent_updates",
+        Method::TaskControl(_) => "task.control",
         Method::SessionCreate { .. } => "session.create",
         // A test hook: not in the schema, so not sampled (see the module doc).
         #[cfg(feature = "test-hooks")]
@@ -525,6 +557,19 @@ fn events(full: bool) -> Vec<EventData> {
             id: SESSION_ID.into(),
             cwd: SESSION_CWD.into(),
         },
+        EventData::TaskAgentUpdate {
+            id: task_id(),
+            run_id: RUN_ID.into(),
+            kind: "tool_call".into(),
+            acp: r#"{"kind":"edit","sessionUpdate":"tool_call","status":"pending","title":"Write f.txt","toolCallId":"t1"}"#.into(),
+        },
+        EventData::TaskControlled {
+            id: task_id(),
+            run_id: RUN_ID.into(),
+            kind: ControlKind::Deny,
+            option: full.then(|| "reject".into()),
+            text: full.then(|| "also run the tests".into()),
+        },
     ]
 }
 
@@ -539,6 +584,8 @@ fn topic_guard(e: &EventData) -> &'static str {
         EventData::Promoted { .. } => "instance.promoted",
         EventData::Shutdown { .. } => "instance.shutdown",
         EventData::SessionCreated { .. } => "session.created",
+        EventData::TaskAgentUpdate { .. } => "task.agent_update",
+        EventData::TaskControlled { .. } => "task.control",
     }
 }
 
@@ -570,11 +617,11 @@ fn all_error_codes() -> Vec<ErrorCode> {
 fn all_statuses() -> Vec<TaskStatus> {
     use TaskStatus::*;
     let all = vec![
-        Pending, Queued, Running, Paused, Completed, Failed, Cancelled,
+        Pending, Queued, Running, Waiting, Paused, Completed, Failed, Cancelled,
     ];
     for s in &all {
         match s {
-            Pending | Queued | Running | Paused | Completed | Failed | Cancelled => {}
+            Pending | Queued | Running | Waiting | Paused | Completed | Failed | Cancelled => {}
         }
     }
     all
@@ -582,10 +629,21 @@ fn all_statuses() -> Vec<TaskStatus> {
 
 fn all_failure_reasons() -> Vec<FailureReason> {
     use FailureReason::*;
-    let all = vec![ExitCode, Timeout, SpawnError, DependencyFailed, Lost];
+    let all = vec![
+        ExitCode,
+        Timeout,
+        SpawnError,
+        DependencyFailed,
+        Lost,
+        Refusal,
+        MaxTokens,
+        MaxTurnRequests,
+        AgentError,
+    ];
     for r in &all {
         match r {
-            ExitCode | Timeout | SpawnError | DependencyFailed | Lost => {}
+            ExitCode | Timeout | SpawnError | DependencyFailed | Lost | Refusal | MaxTokens
+            | MaxTurnRequests | AgentError => {}
         }
     }
     all
@@ -594,10 +652,21 @@ fn all_failure_reasons() -> Vec<FailureReason> {
 /// Every exit outcome; a new variant fails to compile in the match.
 fn all_exit_outcomes() -> Vec<ExitOutcome> {
     use ExitOutcome::*;
-    let all = vec![Exited, Timeout, Cancelled, SpawnError];
+    let all = vec![
+        Exited,
+        Timeout,
+        Cancelled,
+        SpawnError,
+        EndTurn,
+        Refusal,
+        MaxTokens,
+        MaxTurnRequests,
+        AgentError,
+    ];
     for o in &all {
         match o {
-            Exited | Timeout | Cancelled | SpawnError => {}
+            Exited | Timeout | Cancelled | SpawnError | EndTurn | Refusal | MaxTokens
+            | MaxTurnRequests | AgentError => {}
         }
     }
     all
@@ -770,6 +839,27 @@ fn lists_and_limits_match() {
         assert_eq!(back, o);
     }
 
+    // Control kinds (the guard is the list).
+    let every: Vec<String> = [
+        ControlKind::Approve,
+        ControlKind::Deny,
+        ControlKind::Say,
+        ControlKind::Mode,
+    ]
+    .iter()
+    .map(|k| {
+        match k {
+            ControlKind::Approve | ControlKind::Deny | ControlKind::Say | ControlKind::Mode => {}
+        }
+        wire_name(k)
+    })
+    .collect();
+    assert_eq!(
+        every,
+        s.names("control_kinds"),
+        "ControlKind vs schema.json control_kinds"
+    );
+
     // The enums table points at the lists above.
     let enums: BTreeMap<&str, &str> = s
         .table("enums")
@@ -779,6 +869,7 @@ fn lists_and_limits_match() {
     assert_eq!(
         enums,
         BTreeMap::from([
+            ("ControlKind", "control_kinds"),
             ("ErrorCode", "error_codes"),
             ("ExitOutcome", "exit_outcomes"),
             ("FailureReason", "failure_reasons"),
@@ -892,6 +983,9 @@ impl Target {
                 "NewTask" => roundtrip::<NewTask>(bytes),
                 "TaskRecord" => roundtrip::<TaskRecord>(bytes),
                 "TaskExit" => roundtrip::<TaskExit>(bytes),
+                "AgentUpdates" => roundtrip::<AgentUpdates>(bytes),
+                "AgentUpdate" => roundtrip::<AgentUpdate>(bytes),
+                "TaskControl" => roundtrip::<TaskControl>(bytes),
                 other => panic!("no Rust type for record {other}"),
             },
             Target::Method(m) => Ok(roundtrip::<Request>(bytes)?["method"][m].clone()),
@@ -932,6 +1026,31 @@ fn cases() -> Vec<Case> {
         rec("TaskRecord", view(&full_task()), view(&min_task())),
         rec("NewTask", view(&full_new_task()), view(&min_new_task())),
         rec("TaskExit", view(&task_exit(true)), view(&task_exit(false))),
+        rec(
+            "TaskControl",
+            view(&TaskControl {
+                id: task_id(),
+                kind: ControlKind::Say,
+                option: Some("reject".into()),
+                text: Some("also run the tests".into()),
+            }),
+            view(&TaskControl {
+                id: task_id(),
+                kind: ControlKind::Approve,
+                option: None,
+                text: None,
+            }),
+        ),
+        rec(
+            "AgentUpdates",
+            view(&agent_updates(true)),
+            view(&agent_updates(false)),
+        ),
+        rec(
+            "AgentUpdate",
+            view(&agent_updates(true).updates[0]),
+            view(&agent_updates(true).updates[1]),
+        ),
         rec("MemberInfo", view(&member()), view(&member())),
         rec("PrimaryInfo", view(&primary_info()), view(&primary_info())),
         rec(

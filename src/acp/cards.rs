@@ -18,7 +18,7 @@ const TITLE_CHARS: usize = 80;
 pub fn status(s: TaskStatus) -> ToolCallStatus {
     match s {
         TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Paused => ToolCallStatus::Pending,
-        TaskStatus::Running => ToolCallStatus::InProgress,
+        TaskStatus::Running | TaskStatus::Waiting => ToolCallStatus::InProgress,
         TaskStatus::Completed => ToolCallStatus::Completed,
         TaskStatus::Failed | TaskStatus::Cancelled => ToolCallStatus::Failed,
     }

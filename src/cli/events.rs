@@ -89,5 +89,16 @@ fn summary(d: &EventData) -> String {
         EventData::Promoted { pid, epoch, .. } => format!("pid {pid} epoch {epoch}"),
         EventData::Shutdown { epoch, .. } => format!("epoch {epoch}"),
         EventData::SessionCreated { id, cwd } => format!("{id} in {cwd}"),
+        EventData::TaskControlled {
+            id, kind, option, ..
+        } => format!(
+            "{} {kind:?} {}",
+            &id[..12.min(id.len())],
+            option.as_deref().unwrap_or("")
+        ),
+        EventData::TaskAgentUpdate { id, kind, acp, .. } => {
+            let short: String = acp.chars().take(100).collect();
+            format!("{} {kind} {short}", &id[..12.min(id.len())])
+        }
     }
 }

@@ -13,13 +13,14 @@ mod events;
 mod live;
 mod orchestrate;
 mod status;
+mod steer;
 mod stop;
 mod task;
 
 use crate::client::ClientError;
 use crate::config::Config;
 use crate::paths::Workspace;
-use crate::protocol::Method;
+use crate::protocol::{ControlKind, Method, TaskControl};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -34,7 +35,8 @@ const HELP_TEMPLATE: &str = "\
 By purpose:
   members   serve, acp, status, events, stop
   tasks     spawn, list, show, wait, logs, progress, stats,
-            cancel, pause, resume, retry, relaunch, delete, purge, task
+            cancel, pause, resume, retry, relaunch, delete, purge, task,
+            approve, deny, say, mode
   setup     engines, personas, config, completions
   measure   demo, bench, chaos
 
@@ -167,6 +169,36 @@ enum Command {
     /// idempotent (purging a purged task succeeds); a prefix must name a task.
     Purge {
         id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allow an ACP task's pending permission request (OPTION: one of the
+    /// option ids its agent offered; default the narrowest allow option).
+    Approve {
+        id: String,
+        option: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reject an ACP task's pending permission request.
+    Deny {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch a running ACP task's agent session to MODE (session/set_mode).
+    Mode {
+        id: String,
+        mode: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A follow-up prompt for an ACP task, in the same agent session: sent
+    /// when the current turn ends.
+    Say {
+        id: String,
+        #[arg(required = true)]
+        text: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -470,6 +502,66 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Purge { id, json } => {
             let id = task::resolve_purge_id(&ctx, &id)?;
             orchestrate::simple(&ctx, Method::TaskPurge { id }, json).await
+        }
+        Command::Approve { id, option, json } => {
+            let kind = ControlKind::Approve;
+            let text = None;
+            steer::send(
+                &ctx,
+                TaskControl {
+                    id,
+                    kind,
+                    option,
+                    text,
+                },
+                json,
+            )
+            .await
+        }
+        Command::Deny { id, json } => {
+            let kind = ControlKind::Deny;
+            let (option, text) = (None, None);
+            steer::send(
+                &ctx,
+                TaskControl {
+                    id,
+                    kind,
+                    option,
+                    text,
+                },
+                json,
+            )
+            .await
+        }
+        Command::Mode { id, mode, json } => {
+            let kind = ControlKind::Mode;
+            let (option, text) = (None, Some(mode));
+            steer::send(
+                &ctx,
+                TaskControl {
+                    id,
+                    kind,
+                    option,
+                    text,
+                },
+                json,
+            )
+            .await
+        }
+        Command::Say { id, text, json } => {
+            let kind = ControlKind::Say;
+            let (option, text) = (None, Some(text.join(" ")));
+            steer::send(
+                &ctx,
+                TaskControl {
+                    id,
+                    kind,
+                    option,
+                    text,
+                },
+                json,
+            )
+            .await
         }
         Command::Progress {
             percent,

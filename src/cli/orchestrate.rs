@@ -416,9 +416,11 @@ pub fn engines(ctx: &Context, json: bool) -> Result<i32, CliError> {
             let found = crate::orchestrator::engines::find_binary(&e.command[0]);
             serde_json::json!({
                 "name": name,
+                "kind": e.kind.as_str(),
                 "command": e.command,
                 "model_args": e.model_args,
                 "prompt_via": e.prompt_via,
+                "permissions": e.permissions,
                 "binary": found.as_ref().map(|p| p.display().to_string()),
                 "available": found.is_some(),
                 "default": *name == ctx.config.default_engine,
@@ -430,8 +432,9 @@ pub fn engines(ctx: &Context, json: bool) -> Result<i32, CliError> {
     } else {
         for r in &rows {
             outln!(
-                "{:<10} {:<9} {}{}",
+                "{:<13} {:<4} {:<8} {}{}",
                 r["name"].as_str().unwrap_or(""),
+                r["kind"].as_str().unwrap_or(""),
                 if r["available"] == true {
                     "found"
                 } else {

@@ -86,8 +86,8 @@ pub enum Trace {
 /// Slot use and the queue, from the store.
 #[derive(Debug, Clone, Default)]
 pub struct Slots {
-    /// Running tasks plus paused tasks with a run: a paused task keeps its
-    /// slot, so that resuming it never exceeds `max_parallel`.
+    /// Running and waiting tasks plus paused tasks with a run: a paused task
+    /// keeps its slot, so that resuming it never exceeds `max_parallel`.
     pub held: usize,
     /// Queued tasks in creation order.
     pub queued: Vec<Queued>,
@@ -244,6 +244,9 @@ fn supervise(run: &RunFacts, out: &mut Vec<Action>) {
                 out.extend(tell(run, pause, agent));
             }
         }
+        // Its agent waits for a permission answer: the shim holds it and is
+        // told of the answer by whoever gives it.
+        Some(TaskStatus::Waiting) => {}
         // Ended by itself: the shim is on its way out already.
         Some(TaskStatus::Completed | TaskStatus::Failed) => {}
         _ if run.kill_sent => {}

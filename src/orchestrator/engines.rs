@@ -2,8 +2,9 @@
 //! checks made at spawn time (unknown engine, bad template, missing binary,
 //! unknown persona) so that a task that cannot start is never created.
 
-use crate::config::{Config, EngineConfig, PromptVia};
+use crate::config::{Config, EngineConfig, EngineKind, PromptVia};
 use crate::protocol::{NewTask, TaskRecord};
+use crate::runs::AcpSpec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,8 @@ pub struct Launch {
     /// Written to the agent's stdin, then closed (engines with `stdin`).
     pub stdin: Option<String>,
     pub work_dir: PathBuf,
+    /// Set for an `acp` engine: the conversation the shim holds with it.
+    pub acp: Option<AcpSpec>,
 }
 
 const PLACEHOLDERS: &[&str] = &["{prompt}", "{model}", "{workdir}"];
@@ -70,8 +73,10 @@ pub fn validate(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result
     if find_binary(&e.command[0]).is_none() {
         check_template(engine, e, spec.model)?;
         return Err(format!(
-            "engine '{engine}' needs '{}', which is not on PATH; install it or configure [engines.{engine}] command in .grove/grove.toml",
-            e.command[0]
+            "{} engine '{engine}' needs '{}', which is not on PATH; install it{} or configure [engines.{engine}] command in .grove/grove.toml",
+            e.kind.as_str(),
+            e.command[0],
+            install_hint(&e.command[0]),
         ));
     }
     build(config, workspace, spec).map(|_| ())
@@ -90,7 +95,8 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
         Some(p) => format!("{}\n\n{}", persona_text(config, workspace, p)?, spec.prompt),
         None => spec.prompt.to_string(),
     };
-    let model = spec.model.unwrap_or_default();
+    let resolved = spec.model.map(|m| config.resolve_model(m));
+    let model = resolved.unwrap_or_default();
     let wd = work_dir.display().to_string();
     let values = [
         ("{prompt}", prompt.as_str()),
@@ -106,12 +112,30 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
     let mut env = e.env.clone();
     env.extend(spec.env.clone());
     check_exec_limits(spec.engine, e, &argv, &env)?;
+    let acp = (e.kind == EngineKind::Acp).then(|| AcpSpec {
+        prompt: prompt.clone(),
+        // A model the command line already carries is not chosen again.
+        model: resolved
+            .filter(|_| e.model_args.is_empty())
+            .map(str::to_string),
+        permissions: e.permissions,
+    });
     Ok(Launch {
         argv,
         env,
-        stdin: (e.prompt_via == PromptVia::Stdin).then_some(prompt),
+        stdin: (e.kind == EngineKind::Cli && e.prompt_via == PromptVia::Stdin).then_some(prompt),
         work_dir,
+        acp,
     })
+}
+
+/// Where the agent binaries of the presets come from.
+fn install_hint(program: &str) -> &'static str {
+    match program {
+        "claude-agent-acp" => " (npm install -g @agentclientprotocol/claude-agent-acp)",
+        "codex-acp" => " (npm install -g @agentclientprotocol/codex-acp)",
+        _ => "",
+    }
 }
 
 /// Refuses a command line the kernel would refuse at `exec` (`E2BIG`), with
@@ -216,6 +240,16 @@ fn check_template(name: &str, e: &EngineConfig, model: Option<&str>) -> Result<(
         }
     }
     let in_command = |p: &str| e.command.iter().any(|a| a.contains(p));
+    if e.kind == EngineKind::Acp {
+        // The prompt goes over the protocol; in the command it would start
+        // the agent with the prompt as an argument, which no ACP agent takes.
+        if in_command("{prompt}") {
+            return Err(format!(
+                "engine '{name}' is of kind acp: it gets the prompt over the protocol, so its command must not contain {{prompt}}"
+            ));
+        }
+        return Ok(());
+    }
     if e.prompt_via == PromptVia::Arg && !in_command("{prompt}") {
         return Err(format!(
             "engine '{name}': its command has no {{prompt}} (or set prompt_via = \"stdin\")"
@@ -396,8 +430,7 @@ mod tests {
             EngineConfig {
                 command: vec!["sh".into(), "-c".into(), "{prompt} {nope}".into()],
                 model_args: vec![],
-                prompt_via: PromptVia::Arg,
-                env: Default::default(),
+                ..c.engines["shell"].clone()
             },
         );
         let dir = tempfile::tempdir().unwrap();
@@ -425,8 +458,7 @@ mod tests {
             EngineConfig {
                 command: vec!["echo".into(), "{prompt}".into()],
                 model_args: vec!["--model".into(), "{model}".into()],
-                prompt_via: PromptVia::Arg,
-                env: Default::default(),
+                ..c.engines["shell"].clone()
             },
         );
         let mut t = sample();
@@ -438,6 +470,54 @@ mod tests {
             l.argv,
             vec!["echo", "say {workdir} {model}", "--model", "M{prompt}"]
         );
+    }
+
+    #[test]
+    fn acp_engine_gets_its_prompt_over_the_protocol_and_aliases_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config();
+        c.models.insert("fast".into(), "vendor-fast-2".into());
+        c.engines.insert(
+            "agent".into(),
+            EngineConfig {
+                kind: EngineKind::Acp,
+                command: vec!["sh".into()],
+                model_args: vec![],
+                ..c.engines["shell"].clone()
+            },
+        );
+        let mut t = sample();
+        t.spec.engine = "agent".into();
+        t.spec.prompt = "do it".into();
+        t.spec.model = Some("fast".into());
+        let l = launch(&c, dir.path(), &t).unwrap();
+        assert_eq!(l.argv, vec!["sh"]);
+        assert!(l.stdin.is_none());
+        let acp = l.acp.unwrap();
+        assert_eq!(acp.prompt, "do it");
+        assert_eq!(acp.model.as_deref(), Some("vendor-fast-2"));
+        // A CLI engine gets the resolved name through its flag.
+        t.spec.engine = "claude".into();
+        let l = launch(&c, dir.path(), &t).unwrap();
+        assert_eq!(l.argv[3..], ["--model", "vendor-fast-2"]);
+        assert!(l.acp.is_none());
+        // {prompt} in an acp command is a configuration error.
+        c.engines.get_mut("agent").unwrap().command = vec!["sh".into(), "{prompt}".into()];
+        t.spec.engine = "agent".into();
+        let err = validate(&c, dir.path(), &RunSpec::of_task(&t)).unwrap_err();
+        assert!(err.contains("kind acp"), "{err}");
+    }
+
+    #[test]
+    fn acp_presets_keep_names_apart_from_the_cli_presets() {
+        let c = config();
+        assert_eq!(c.engines["claude"].kind, EngineKind::Cli);
+        assert_eq!(c.engines["claude-acp"].kind, EngineKind::Acp);
+        assert_eq!(c.engines["claude-acp"].command, ["claude-agent-acp"]);
+        assert_eq!(c.engines["gemini-acp"].command, ["gemini", "--acp"]);
+        for name in ["codex-acp", "opencode-acp", "goose-acp", "copilot-acp"] {
+            assert_eq!(c.engines[name].kind, EngineKind::Acp, "{name}");
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub fn launch(
         env: launch.env,
         work_dir: launch.work_dir,
         stdin: launch.stdin,
+        acp: launch.acp,
         timeout_ms: task.spec.timeout_ms,
         grace_ms: config.kill_grace_ms,
     };

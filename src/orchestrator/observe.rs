@@ -193,8 +193,12 @@ impl Store<'_> {
     /// Slot use, and the queue only when a slot is free.
     fn slots(&self, max_parallel: usize) -> Option<Slots> {
         let running = self.tasks(TaskStatus::Running)?;
+        // A task waiting for a permission answer keeps its slot too.
+        let waiting = self.tasks(TaskStatus::Waiting)?;
         let paused = self.tasks(TaskStatus::Paused)?;
-        let held = running.len() + paused.iter().filter(|t| t.run_id.is_some()).count();
+        let held = running.len()
+            + waiting.len()
+            + paused.iter().filter(|t| t.run_id.is_some()).count();
         let queued = if held < max_parallel {
             self.tasks(TaskStatus::Queued)?
                 .into_iter()
@@ -209,9 +213,11 @@ impl Store<'_> {
         Some(Slots { held, queued })
     }
 
-    /// Started tasks (running, or paused with a run), for adoption.
+    /// Started tasks (running, waiting for a permission answer, or paused
+    /// with a run), for adoption.
     pub fn started(&self) -> Option<Vec<TaskRecord>> {
         let mut started = self.tasks(TaskStatus::Running)?;
+        started.extend(self.tasks(TaskStatus::Waiting)?);
         started.extend(
             self.tasks(TaskStatus::Paused)?
                 .into_iter()

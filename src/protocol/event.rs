@@ -2,6 +2,7 @@
 //! ones) appends to the store's event log in the same transaction as the
 //! change they report.
 
+use super::ControlKind;
 use super::{MemberInfo, TaskRecord};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,26 @@ pub enum EventData {
     Shutdown { instance_id: String, epoch: u64 },
     #[serde(rename = "session.created")]
     SessionCreated { id: String, cwd: String },
+    /// One update of an ACP agent's session (`task.agent_updates`).
+    #[serde(rename = "task.agent_update")]
+    TaskAgentUpdate {
+        id: String,
+        run_id: String,
+        kind: String,
+        acp: String,
+    },
+    /// A steering control for a task's shim (`task.control`); its `seq` is
+    /// the control's id, which the shim applies once.
+    #[serde(rename = "task.control")]
+    TaskControlled {
+        id: String,
+        run_id: String,
+        kind: ControlKind,
+        #[serde(default)]
+        option: Option<String>,
+        #[serde(default)]
+        text: Option<String>,
+    },
 }
 
 pub const TOPICS: &[&str] = &[
@@ -66,6 +87,8 @@ pub const TOPICS: &[&str] = &[
     "instance.promoted",
     "instance.shutdown",
     "session.created",
+    "task.agent_update",
+    "task.control",
 ];
 
 impl EventData {
@@ -80,6 +103,8 @@ impl EventData {
             EventData::Promoted { .. } => "instance.promoted",
             EventData::Shutdown { .. } => "instance.shutdown",
             EventData::SessionCreated { .. } => "session.created",
+            EventData::TaskAgentUpdate { .. } => "task.agent_update",
+            EventData::TaskControlled { .. } => "task.control",
         }
     }
 

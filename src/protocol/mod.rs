@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+mod agent;
 mod codec;
 mod error;
 mod event;
@@ -22,12 +23,13 @@ mod route;
 mod task;
 mod wire_form;
 
+pub use agent::{AgentUpdate, AgentUpdates, ControlKind, TaskControl};
 pub use codec::{
     RequestHead, decode, decode_request, encode, oversized_request_id, request_digest,
 };
 pub use error::{DecodeError, ERROR_CODES, ErrorCode, WireError};
 pub use event::{Event, EventData, TOPICS};
-pub use route::{Local, Route, TaskOp};
+pub use route::{AgentOp, Local, Route, TaskOp};
 pub use task::{
     ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, TASK_STATUSES, TaskExit, TaskRecord,
     TaskSpec, TaskStatus, finished_request_id,
@@ -130,6 +132,17 @@ pub enum Method {
     /// Sent by a task's supervisor (`grove shim`) when the agent ended.
     #[serde(rename = "task.finished")]
     TaskFinished(TaskExit),
+    /// Sent by the shim of an `acp` engine: the next batch of its agent's
+    /// session updates, in order; each becomes a durable
+    /// `task.agent_update` event. The shim resends a batch with the same
+    /// request id until it is acknowledged, so each is stored once.
+    #[serde(rename = "task.agent_updates")]
+    TaskAgentUpdates(AgentUpdates),
+    /// Steers an ACP task from any window (a permission answer, a
+    /// follow-up, a mode). Recorded as a durable `task.control` event
+    /// first; the task's shim applies it.
+    #[serde(rename = "task.control")]
+    TaskControl(TaskControl),
     /// Records an ACP session so that any member can load it later.
     /// Creating an existing session is a no-op.
     #[serde(rename = "session.create")]
@@ -158,6 +171,8 @@ pub const METHOD_NAMES: &[&str] = &[
     "task.relaunch",
     "task.purge",
     "task.finished",
+    "task.agent_updates",
+    "task.control",
     "session.create",
     #[cfg(feature = "test-hooks")]
     "debug.stall",
@@ -186,6 +201,8 @@ impl Method {
             Method::TaskRelaunch { .. } => "task.relaunch",
             Method::TaskPurge { .. } => "task.purge",
             Method::TaskFinished(_) => "task.finished",
+            Method::TaskAgentUpdates(_) => "task.agent_updates",
+            Method::TaskControl(_) => "task.control",
             Method::SessionCreate { .. } => "session.create",
             #[cfg(feature = "test-hooks")]
             Method::DebugStall { .. } => "debug.stall",

@@ -4,7 +4,9 @@
 //! operations. Each of those matches only its own kind, so none has to
 //! answer a method that can never reach it.
 
-use super::{FailureReason, MemberInfo, Method, NewTask, TaskExit, TaskStatus};
+use super::{
+    AgentUpdates, FailureReason, MemberInfo, Method, NewTask, TaskControl, TaskExit, TaskStatus,
+};
 
 /// Where a method is answered, with its parameters borrowed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,6 +19,16 @@ pub enum Route<'a> {
     Session { id: &'a str, cwd: &'a str },
     /// On the store thread: an operation on tasks.
     Task(TaskOp<'a>),
+    /// On the store thread: an ACP agent's conversation (its updates, the
+    /// controls that steer it).
+    Agent(AgentOp<'a>),
+}
+
+/// An operation on an ACP task's conversation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AgentOp<'a> {
+    Updates(&'a AgentUpdates),
+    Control(&'a TaskControl),
 }
 
 /// The methods the event loop answers without the store.
@@ -111,6 +123,8 @@ impl Method {
             Method::TaskRelaunch { id } => Route::Task(TaskOp::Relaunch { id }),
             Method::TaskPurge { id } => Route::Task(TaskOp::Purge { id }),
             Method::TaskFinished(exit) => Route::Task(TaskOp::Finished(exit)),
+            Method::TaskAgentUpdates(batch) => Route::Agent(AgentOp::Updates(batch)),
+            Method::TaskControl(ctl) => Route::Agent(AgentOp::Control(ctl)),
         }
     }
 

@@ -16,12 +16,16 @@ pub enum TaskStatus {
     Completed,
     Failed,
     Cancelled,
+    /// Running, but its ACP agent waits for a human to answer a permission
+    /// request (`grove approve` / `grove deny`); keeps its slot.
+    Waiting,
 }
 
 pub const TASK_STATUSES: &[TaskStatus] = &[
     TaskStatus::Pending,
     TaskStatus::Queued,
     TaskStatus::Running,
+    TaskStatus::Waiting,
     TaskStatus::Paused,
     TaskStatus::Completed,
     TaskStatus::Failed,
@@ -38,6 +42,7 @@ impl TaskStatus {
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
             TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Waiting => "waiting",
         }
     }
 
@@ -61,6 +66,15 @@ pub enum FailureReason {
     SpawnError,
     DependencyFailed,
     Lost,
+    /// An ACP agent ended its turn with `refusal`.
+    Refusal,
+    /// An ACP agent ended its turn with `max_tokens`.
+    MaxTokens,
+    /// An ACP agent ended its turn with `max_turn_requests`.
+    MaxTurnRequests,
+    /// The ACP conversation broke: the agent died mid-turn, wrote what is
+    /// not the protocol, or answered with an error.
+    AgentError,
 }
 
 pub const FAILURE_REASONS: &[FailureReason] = &[
@@ -69,6 +83,10 @@ pub const FAILURE_REASONS: &[FailureReason] = &[
     FailureReason::SpawnError,
     FailureReason::DependencyFailed,
     FailureReason::Lost,
+    FailureReason::Refusal,
+    FailureReason::MaxTokens,
+    FailureReason::MaxTurnRequests,
+    FailureReason::AgentError,
 ];
 
 impl FailureReason {
@@ -79,6 +97,10 @@ impl FailureReason {
             FailureReason::SpawnError => "spawn_error",
             FailureReason::DependencyFailed => "dependency_failed",
             FailureReason::Lost => "lost",
+            FailureReason::Refusal => "refusal",
+            FailureReason::MaxTokens => "max_tokens",
+            FailureReason::MaxTurnRequests => "max_turn_requests",
+            FailureReason::AgentError => "agent_error",
         }
     }
 
@@ -99,6 +121,16 @@ pub enum ExitOutcome {
     Cancelled,
     /// The agent could not be started.
     SpawnError,
+    /// An ACP agent's turn ended with `end_turn`.
+    EndTurn,
+    /// An ACP agent's turn ended with `refusal`.
+    Refusal,
+    /// An ACP agent's turn ended with `max_tokens`.
+    MaxTokens,
+    /// An ACP agent's turn ended with `max_turn_requests`.
+    MaxTurnRequests,
+    /// The ACP conversation broke (see `message`).
+    AgentError,
 }
 
 /// Parameters of `task.finished`.

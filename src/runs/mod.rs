@@ -30,6 +30,23 @@ pub struct ShimSpec {
     pub stdin: Option<String>,
     pub timeout_ms: Option<u64>,
     pub grace_ms: u64,
+    /// Set when the engine speaks ACP: the shim is then the agent's ACP
+    /// client instead of a byte pipe into the log.
+    #[serde(default)]
+    pub acp: Option<AcpSpec>,
+}
+
+/// The conversation the shim of an `acp` engine holds with its agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcpSpec {
+    /// The first turn's prompt, persona prepended.
+    pub prompt: String,
+    /// The model after alias resolution, when the engine has no flag for
+    /// it: the shim selects it through the session's model option.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub permissions: crate::config::PermissionPolicy,
 }
 
 /// Written by the shim when it starts (`.grove/run/<task>.<run>.run.json`):

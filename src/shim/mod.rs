@@ -12,6 +12,7 @@
 //! writes the exit status atomically beside the log, and reports it to
 //! whichever instance is primary by then.
 
+mod acp;
 mod supervise;
 
 use crate::runs::{
@@ -77,7 +78,10 @@ pub async fn run(spec_path: &Path) -> i32 {
         let _ = std::fs::remove_file(RunFiles::run(&ws, &spec.task_id, &spec.run_id));
         return 0;
     }
-    let exit = supervise::supervise(&ws, &spec, &mut record).await;
+    let exit = match &spec.acp {
+        Some(acp) => acp::supervise(&ws, &spec, acp, &mut record).await,
+        None => supervise::supervise(&ws, &spec, &mut record).await,
+    };
     if let Err(e) = write_json(&RunFiles::exit(&ws, &spec.task_id, &spec.run_id), &exit) {
         errln!("grove shim: cannot write the exit record: {e}");
     }

@@ -35,7 +35,7 @@ pub(super) async fn supervise(
         Err(e) => return spawn_error(format!("cannot install signal handlers: {e}")),
     };
     tree::become_subreaper();
-    let mut cmd = match command(ws, spec) {
+    let mut cmd = match command(ws, spec, false) {
         Ok(c) => c,
         Err(m) => return spawn_error(m),
     };
@@ -91,8 +91,13 @@ pub(super) async fn supervise(
 }
 
 /// The agent's command: its own process group (so that signals reach its
-/// children at once), output straight into the log file.
-fn command(ws: &Workspace, spec: &ShimSpec) -> Result<tokio::process::Command, String> {
+/// children at once), output straight into the log file — except an ACP
+/// agent's stdin and stdout, which are the protocol's pipes (`acp`).
+pub(super) fn command(
+    ws: &Workspace,
+    spec: &ShimSpec,
+    acp: bool,
+) -> Result<tokio::process::Command, String> {
     let log = open_log(&RunFiles::log(ws, &spec.task_id))
         .map_err(|e| format!("cannot open the log file: {e}"))?;
     let (Ok(out), Ok(err)) = (log.try_clone(), log.try_clone()) else {
@@ -107,9 +112,8 @@ fn command(ws: &Workspace, spec: &ShimSpec) -> Result<tokio::process::Command, S
         .envs(&spec.env)
         .env("GROVE_TASK_ID", &spec.task_id)
         .env("GROVE_WORKSPACE", &ws.root)
-        .stdout(out)
         .stderr(err)
-        .stdin(if spec.stdin.is_some() {
+        .stdin(if spec.stdin.is_some() || acp {
             std::process::Stdio::piped()
         } else {
             std::process::Stdio::null()
@@ -122,31 +126,36 @@ fn command(ws: &Workspace, spec: &ShimSpec) -> Result<tokio::process::Command, S
     unsafe {
         cmd.pre_exec(signals::reset_all_in_child);
     }
+    if acp {
+        cmd.stdout(std::process::Stdio::piped());
+    } else {
+        cmd.stdout(out);
+    }
     Ok(cmd)
 }
 
 /// The timeout budget: it runs only while the task is not paused.
-struct Clock {
-    left: Option<Duration>,
+pub(super) struct Clock {
+    pub(super) left: Option<Duration>,
     /// When the current stretch of running began; `None` while paused.
-    since: Option<Instant>,
+    pub(super) since: Option<Instant>,
 }
 
 impl Clock {
-    fn expiry(&self) -> Option<Instant> {
+    pub(super) fn expiry(&self) -> Option<Instant> {
         Some(self.since? + self.left?)
     }
-    fn pause(&mut self) {
+    pub(super) fn pause(&mut self) {
         if let (Some(since), Some(left)) = (self.since.take(), self.left) {
             self.left = Some(left.saturating_sub(since.elapsed()));
         }
     }
-    fn resume(&mut self) {
+    pub(super) fn resume(&mut self) {
         self.since.get_or_insert_with(Instant::now);
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
+pub(super) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
@@ -222,7 +231,7 @@ fn wants_paused(ws: &Workspace, spec: &ShimSpec) -> Result<Option<bool>, String>
 
 /// TERM to every process of the task (CONT too, in case it is paused), up
 /// to `grace` for the agent to go, then KILL to whatever is left.
-async fn terminate(
+pub(super) async fn terminate(
     child: &mut tokio::process::Child,
     pgid: u32,
     grace: Duration,

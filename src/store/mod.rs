@@ -6,6 +6,7 @@
 //!   opens the file with `SQLITE_OPEN_READ_ONLY` through [`Reader`] and keeps
 //!   its read transactions short, so WAL checkpoints are never starved.
 
+pub mod agent;
 pub mod crash_guard;
 mod rows;
 pub mod schema;

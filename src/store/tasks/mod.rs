@@ -109,7 +109,7 @@ pub(super) fn apply(c: &mut Ctx<'_>, op: TaskOp<'_>) -> Res {
         } => runs::update_status(c, id, status, reason, exit_code, pid),
         TaskOp::Delete { id, force } => {
             let task = existing(c.tx, id)?;
-            if task.status == TaskStatus::Running && !force {
+            if matches!(task.status, TaskStatus::Running | TaskStatus::Waiting) && !force {
                 return Err(refused(
                     ErrorCode::Conflict,
                     format!("task {id} is running; cancel it first, or delete with force"),
@@ -192,6 +192,12 @@ pub(super) fn finished_task(tx: &Connection, id: &str, verb: &str) -> Result<Tas
         ));
     }
     Ok(task)
+}
+
+/// A status change of `task` to `to` and its consequences, for the ACP
+/// conversation operations (`store/agent.rs`): running ⇄ waiting.
+pub(super) fn move_to(c: &mut Ctx<'_>, task: TaskRecord, to: TaskStatus) -> Res {
+    transition(c, task, Change::to(to))
 }
 
 pub(super) fn existing(tx: &Connection, id: &str) -> Result<TaskRecord, Applied> {

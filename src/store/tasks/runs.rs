@@ -53,7 +53,7 @@ pub(super) fn update_status(
 /// process stopped, not gone).
 fn started(task: &TaskRecord) -> bool {
     match task.status {
-        TaskStatus::Running => true,
+        TaskStatus::Running | TaskStatus::Waiting => true,
         TaskStatus::Paused => task.run_id.is_some(),
         _ => false,
     }
@@ -90,7 +90,10 @@ pub(super) fn finished(c: &mut Ctx<'_>, exit: &TaskExit) -> Res {
             id: exit.id.clone(),
         }));
     };
-    let live = matches!(task.status, TaskStatus::Running | TaskStatus::Paused);
+    let live = matches!(
+        task.status,
+        TaskStatus::Running | TaskStatus::Paused | TaskStatus::Waiting
+    );
     if task.run_id.as_deref() != Some(exit.run_id.as_str()) || !live {
         return ok(task);
     }
@@ -100,6 +103,13 @@ pub(super) fn finished(c: &mut Ctx<'_>, exit: &TaskExit) -> Res {
         (ExitOutcome::Timeout, _) => (TaskStatus::Failed, Some(FailureReason::Timeout)),
         (ExitOutcome::Cancelled, _) => (TaskStatus::Cancelled, None),
         (ExitOutcome::SpawnError, _) => (TaskStatus::Failed, Some(FailureReason::SpawnError)),
+        (ExitOutcome::EndTurn, _) => (TaskStatus::Completed, None),
+        (ExitOutcome::Refusal, _) => (TaskStatus::Failed, Some(FailureReason::Refusal)),
+        (ExitOutcome::MaxTokens, _) => (TaskStatus::Failed, Some(FailureReason::MaxTokens)),
+        (ExitOutcome::MaxTurnRequests, _) => {
+            (TaskStatus::Failed, Some(FailureReason::MaxTurnRequests))
+        }
+        (ExitOutcome::AgentError, _) => (TaskStatus::Failed, Some(FailureReason::AgentError)),
     };
     let mut task = task;
     if let Some(m) = &exit.message {
@@ -164,7 +174,7 @@ pub(super) fn start(c: &mut Ctx<'_>, id: &str, run_id: &str, max_parallel: usize
     }
     let held: i64 =
         c.tx.prepare_cached(
-            "SELECT COUNT(*) FROM tasks WHERE status = 'running'
+            "SELECT COUNT(*) FROM tasks WHERE status IN ('running', 'waiting')
                 OR (status = 'paused' AND run_id IS NOT NULL)",
         )?
         .query_row([], |r| r.get(0))?;

@@ -1,0 +1,60 @@
+//! The conversations of ACP agents on the wire: the session updates a
+//! task's supervisor reports (`task.agent_updates`) and the controls that
+//! steer it from any window (`task.control`).
+
+use serde::{Deserialize, Serialize};
+
+/// What a `task.control` asks of an ACP task's shim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlKind {
+    /// Allow the pending permission request (`option`, else the agent's
+    /// narrowest allow option).
+    Approve,
+    /// Reject the pending permission request (`option`, else the agent's
+    /// narrowest reject option).
+    Deny,
+    /// A follow-up prompt (`text`) in the same agent session: sent when
+    /// the current turn ends, in order; the task ends after its last turn.
+    Say,
+    /// Switch the agent session to mode `text` (`session/set_mode`).
+    Mode,
+}
+
+/// Parameters of `task.control`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskControl {
+    pub id: String,
+    pub kind: ControlKind,
+    /// A permission option id the agent offered.
+    #[serde(default)]
+    pub option: Option<String>,
+    /// The follow-up prompt of `say`, the mode id of `mode`.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// Parameters of `task.agent_updates`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentUpdates {
+    pub id: String,
+    /// The run the updates belong to; a batch of another run is
+    /// acknowledged and dropped.
+    pub run_id: String,
+    /// The batch's number in its run, from 1 (for the reader; the request id
+    /// is what makes a resend harmless).
+    pub batch: u64,
+    pub updates: Vec<AgentUpdate>,
+}
+
+/// One update of an ACP agent's session, as the shim coalesced it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentUpdate {
+    /// The ACP `sessionUpdate` kind (`agent_message_chunk`, `tool_call`,
+    /// `plan`, ...), or one of grove's own: `prompt` (what the turn was
+    /// asked), `turn_end` (its stop reason), `permission_request` and
+    /// `permission` (a request the agent made and how it was answered).
+    pub kind: String,
+    /// The update as ACP JSON (consecutive text chunks merged into one).
+    pub acp: String,
+}

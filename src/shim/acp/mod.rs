@@ -1,0 +1,339 @@
+//! The shim of an `acp` engine: the ACP client of its agent. It holds the
+//! agent's stdio, so the death of any member — the primary included — never
+//! interrupts a turn; the agent's session updates reach whoever is primary
+//! through the outbox (`outbox.rs`), and the turn's stop reason decides how
+//! the task ends.
+
+mod conversation;
+mod fs;
+mod outbox;
+mod transcript;
+mod transport;
+
+use super::open_log;
+use super::supervise::{Clock, command, sleep_until, terminate};
+use crate::config::Config;
+use crate::paths::Workspace;
+use crate::protocol::{ExitOutcome, now_ms};
+use crate::runs::signals::{self, Control, Signals};
+use crate::runs::tree;
+use crate::runs::{AcpSpec, ExitRecord, RunFiles, RunRecord, ShimSpec, write_json};
+pub use crate::store::agent::PERMISSION_REQUEST;
+use agent_client_protocol::v1::schema::StopReason;
+use conversation::{Session, Turn};
+use outbox::Outbox;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How long the conversation may take to end after the agent exited (its
+/// last lines are still being read).
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// How the turn ended, before it is written as an exit record.
+struct Ended {
+    outcome: ExitOutcome,
+    status: Option<std::process::ExitStatus>,
+    message: Option<String>,
+}
+
+fn stopped(reason: StopReason) -> (ExitOutcome, &'static str) {
+    match reason {
+        StopReason::EndTurn => (ExitOutcome::EndTurn, "end_turn"),
+        StopReason::Refusal => (ExitOutcome::Refusal, "refusal"),
+        StopReason::MaxTokens => (ExitOutcome::MaxTokens, "max_tokens"),
+        StopReason::MaxTurnRequests => (ExitOutcome::MaxTurnRequests, "max_turn_requests"),
+        StopReason::Cancelled => (ExitOutcome::Cancelled, "cancelled"),
+        #[allow(unreachable_patterns)]
+        _ => (ExitOutcome::AgentError, "unknown"),
+    }
+}
+
+/// Runs the agent through one turn and says how it ended. Every update is
+/// acknowledged by a primary (or kept in the run dir, if none answered for
+/// long) before this returns, so the exit report comes after them.
+pub(super) async fn supervise(
+    ws: &Workspace,
+    spec: &ShimSpec,
+    acp: &AcpSpec,
+    record: &mut RunRecord,
+) -> ExitRecord {
+    let finish = |e: Ended| ExitRecord {
+        run_id: spec.run_id.clone(),
+        outcome: e.outcome,
+        exit_code: e.status.and_then(|s| s.code()),
+        signal: e
+            .status
+            .and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
+        message: e.message,
+        finished_at: now_ms(),
+    };
+    let spawn_error = |m: String| {
+        finish(Ended {
+            outcome: ExitOutcome::SpawnError,
+            status: None,
+            message: Some(m),
+        })
+    };
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => return spawn_error(format!("cannot install signal handlers: {e}")),
+    };
+    tree::become_subreaper();
+    let (mut cmd, log) = match command(ws, spec, true).and_then(|c| {
+        Ok((
+            c,
+            open_log(&RunFiles::log(ws, &spec.task_id)).map_err(|e| e.to_string())?,
+        ))
+    }) {
+        Ok(x) => x,
+        Err(m) => return spawn_error(m),
+    };
+    let confined = match fs::Confined::new(&spec.work_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            return spawn_error(format!(
+                "cannot resolve the workdir {}: {e}",
+                spec.work_dir.display()
+            ));
+        }
+    };
+    if signals::cancel_pending() {
+        return finish(Ended {
+            outcome: ExitOutcome::Cancelled,
+            status: None,
+            message: Some("cancelled before the agent started".into()),
+        });
+    }
+    let spawned = cmd.spawn();
+    signals::unblock_control();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return spawn_error(format!("cannot start {}: {e}", spec.argv[0])),
+    };
+    let (Some(pgid), Some(stdin), Some(stdout)) =
+        (child.id(), child.stdin.take(), child.stdout.take())
+    else {
+        return spawn_error("agent vanished".into());
+    };
+    record.agent_pid = Some(pgid);
+    record.agent_start = crate::proc::start_time(pgid);
+    let _ = write_json(&RunFiles::run(ws, &spec.task_id, &spec.run_id), &record);
+
+    let outbox = Arc::new(Outbox::new(
+        &spec.task_id,
+        &spec.run_id,
+        RunFiles::dir(ws).join(format!("{}.{}.outbox", spec.task_id, spec.run_id)),
+    ));
+    let config = Config::load(&ws.state_dir).unwrap_or_default();
+    let client = crate::client::Client::new(ws, &config, &format!("shim-{}", spec.task_id));
+    let sender = tokio::spawn({
+        let outbox = outbox.clone();
+        async move { outbox.send_all(client).await }
+    });
+    let session = Arc::new(Session {
+        outbox: outbox.clone(),
+        transcript: Mutex::new(transcript::Transcript::new(log)),
+        fs: confined,
+        policy: acp.permissions,
+        pending: Mutex::new(None),
+        asked: Notify::new(),
+        controls: conversation::Controls {
+            db: ws.db_path(),
+            task_id: spec.task_id.clone(),
+            run_id: spec.run_id.clone(),
+            last: Mutex::new(0),
+        },
+        followups: Mutex::default(),
+        modes: Mutex::default(),
+        steer: Notify::new(),
+    });
+    let fatal: transport::Fatal = Arc::default();
+    let lines = agent_client_protocol::Lines::new(
+        transport::outgoing(stdin),
+        transport::incoming(stdout, outbox.clone(), fatal.clone()),
+    );
+    let cancel = Arc::new(Notify::new());
+    let turn = Turn {
+        work_dir: spec.work_dir.clone(),
+        prompt: acp.prompt.clone(),
+        model: acp.model.clone(),
+    };
+    let conversation = tokio::spawn(conversation::converse(
+        lines,
+        session.clone(),
+        turn,
+        cancel.clone(),
+    ));
+    let grace = Duration::from_millis(spec.grace_ms);
+    let turn = Watched {
+        spec,
+        session: &session,
+        cancel: &cancel,
+        fatal: &fatal,
+        grace,
+    };
+    let ended = watch(&mut child, pgid, conversation, &turn, &mut signals).await;
+    let stop = json_stop(&ended);
+    session.note(&format!(
+        "turn ended: {}",
+        ended.message.as_deref().unwrap_or(stop)
+    ));
+    outbox.push(
+        "turn_end",
+        serde_json::json!({"stopReason": stop, "message": ended.message}),
+    );
+    // One turn per task: the session ends with it, and so does the agent.
+    let status = terminate(&mut child, pgid, grace).await.or(ended.status);
+    outbox.close();
+    let _ = sender.await;
+    outbox.remove_dir();
+    finish(Ended { status, ..ended })
+}
+
+fn json_stop(e: &Ended) -> &'static str {
+    match e.outcome {
+        ExitOutcome::EndTurn => "end_turn",
+        ExitOutcome::Refusal => "refusal",
+        ExitOutcome::MaxTokens => "max_tokens",
+        ExitOutcome::MaxTurnRequests => "max_turn_requests",
+        ExitOutcome::Cancelled => "cancelled",
+        ExitOutcome::Timeout => "timeout",
+        _ => "error",
+    }
+}
+
+type Conversation = tokio::task::JoinHandle<Result<StopReason, String>>;
+
+/// The agent exited before its turn ended.
+fn died(status: Option<std::process::ExitStatus>, fatal: &transport::Fatal) -> Ended {
+    let fatal = fatal.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ended {
+        outcome: ExitOutcome::AgentError,
+        status,
+        message: Some(fatal.unwrap_or_else(|| {
+            format!(
+                "the agent exited mid-turn ({})",
+                status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "status unknown".into())
+            )
+        })),
+    }
+}
+
+/// What the watch of a turn refers to.
+struct Watched<'a> {
+    spec: &'a ShimSpec,
+    session: &'a Session,
+    cancel: &'a Notify,
+    fatal: &'a transport::Fatal,
+    grace: Duration,
+}
+
+impl Watched<'_> {
+    /// Ends the turn through the protocol: a pending request is answered
+    /// `cancelled` first, as ACP asks of a client that cancels.
+    async fn cancel_turn(&self, conversation: &mut Conversation, by: &str) {
+        self.session.answer(None, None, by);
+        self.cancel.notify_one();
+        let _ = tokio::time::timeout(self.grace, conversation).await;
+    }
+}
+
+/// Waits for the turn to end, the agent to die, the timeout or a cancel;
+/// the timeout clock stops while a permission request waits for a human.
+async fn watch(
+    child: &mut tokio::process::Child,
+    pgid: u32,
+    mut conversation: Conversation,
+    w: &Watched<'_>,
+    signals: &mut Signals,
+) -> Ended {
+    let (spec, fatal) = (w.spec, w.fatal);
+    let mut clock = Clock {
+        left: spec.timeout_ms.map(Duration::from_millis),
+        since: Some(tokio::time::Instant::now()),
+    };
+    let why = |r: Result<Result<StopReason, String>, tokio::task::JoinError>| -> Ended {
+        let broken = |m: String| Ended {
+            outcome: ExitOutcome::AgentError,
+            status: None,
+            message: Some(
+                fatal
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or(m),
+            ),
+        };
+        match r {
+            Ok(Ok(reason)) => {
+                let (outcome, name) = stopped(reason);
+                Ended {
+                    outcome,
+                    status: None,
+                    message: (outcome != ExitOutcome::EndTurn)
+                        .then(|| format!("the agent stopped: {name}")),
+                }
+            }
+            Ok(Err(m)) => broken(m),
+            Err(e) => broken(format!("the conversation failed: {e}")),
+        }
+    };
+    loop {
+        tokio::select! {
+            r = &mut conversation => {
+                if matches!(r, Ok(Ok(_))) {
+                    return why(r);
+                }
+                // The connection broke: when it is because the agent died,
+                // say so (its exit is seen a moment after its stdout closes).
+                return match tokio::time::timeout(DRAIN, child.wait()).await {
+                    Ok(status) => died(status.ok(), fatal),
+                    Err(_) => why(r),
+                };
+            }
+            status = child.wait() => {
+                // Its last lines may still be in the pipe.
+                let r = tokio::time::timeout(DRAIN, &mut conversation).await;
+                let status = status.ok();
+                return match r {
+                    Ok(Ok(Ok(reason))) => Ended { status, ..why(Ok(Ok(reason))) },
+                    _ => {
+                        conversation.abort();
+                        died(status, fatal)
+                    }
+                };
+            }
+            _ = w.session.asked.notified() => clock.pause(),
+            _ = sleep_until(clock.expiry()) => {
+                w.cancel_turn(&mut conversation, "timeout").await;
+                return Ended {
+                    outcome: ExitOutcome::Timeout,
+                    status: None,
+                    message: Some(format!("timed out after {} ms", spec.timeout_ms.unwrap_or(0))),
+                };
+            }
+            control = signals.next() => match control {
+                Control::Cancel => {
+                    w.cancel_turn(&mut conversation, "grove cancel").await;
+                    return Ended {
+                        outcome: ExitOutcome::Cancelled,
+                        status: None,
+                        message: Some("cancelled".into()),
+                    };
+                }
+                // A control was written (pausing an ACP agent by SIGSTOP
+                // would freeze its live streams: pause is not applied).
+                Control::Sync => {
+                    w.session.apply_controls();
+                    if !w.session.waiting() {
+                        clock.resume();
+                    }
+                }
+                Control::Child => tree::reap_orphans(pgid),
+            },
+        }
+    }
+}

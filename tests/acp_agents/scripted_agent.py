@@ -1,0 +1,172 @@
+"""A scripted ACP agent on the official Python SDK (PyPI
+`agent-client-protocol`), for grove's tests. It chooses what to do from the
+words of the prompt, never from the order of requests:
+
+  hello          streams a message in chunks and a thought; end_turn
+  edit NAME      a plan, an `edit` tool call with a diff, the file written
+                 through the client's fs/write_text_file; end_turn
+  permission     asks for permission for an `execute` tool call; the tool
+                 completes when allowed, fails when rejected or cancelled
+  slow N         streams N chunks, 50 ms apart; honours session/cancel
+(session/set_mode accepts the modes default and plan)
+  refuse         stop reason refusal
+  crash          one chunk, then exits with status 3 mid-turn
+  garbage        writes a line that is not JSON on stdout
+  read PATH      reads PATH through fs/read_text_file and says what it got
+  write PATH     writes PATH through fs/write_text_file and says how it went
+
+Usage: python3 scripted_agent.py
+"""
+
+import asyncio
+import os
+import sys
+
+import acp
+from acp import schema
+from acp.helpers import (
+    plan_entry,
+    start_edit_tool_call,
+    start_tool_call,
+    tool_diff_content,
+    update_agent_message_text,
+    update_agent_thought_text,
+    update_current_mode,
+    update_plan,
+    update_tool_call,
+)
+
+
+class Scripted:
+    def __init__(self):
+        self.conn = None
+        self.cancelled = {}
+        self.cwd = {}
+
+    def on_connect(self, conn):
+        self.conn = conn
+
+    async def initialize(self, protocol_version, client_capabilities=None, client_info=None, **kw):
+        return schema.InitializeResponse(
+            protocol_version=1,
+            agent_capabilities=schema.AgentCapabilities(load_session=False),
+            agent_info=schema.Implementation(name="scripted-agent", version="1"),
+        )
+
+    async def new_session(self, cwd, mcp_servers=None, **kw):
+        sid = f"s{len(self.cwd) + 1}"
+        self.cwd[sid] = cwd
+        modes = schema.SessionModeState(
+            current_mode_id="default",
+            available_modes=[
+                schema.SessionMode(id="default", name="Default"),
+                schema.SessionMode(id="plan", name="Plan"),
+            ],
+        )
+        return schema.NewSessionResponse(session_id=sid, modes=modes)
+
+    async def set_session_mode(self, session_id, mode_id, **kw):
+        if mode_id not in ("default", "plan"):
+            raise acp.RequestError.invalid_params({"modeId": mode_id})
+        await self.conn.session_update(session_id=session_id, update=update_current_mode(mode_id))
+        return schema.SetSessionModeResponse()
+
+    async def cancel(self, session_id, **kw):
+        self.cancelled[session_id] = True
+
+    async def say(self, sid, text):
+        await self.conn.session_update(session_id=sid, update=update_agent_message_text(text))
+
+    async def prompt(self, session_id, prompt, **kw):
+        sid = session_id
+        self.cancelled[sid] = False
+        text = " ".join(b.text for b in prompt if getattr(b, "type", "") == "text")
+        words = text.split()
+        if "hello" in words:
+            await self.conn.session_update(session_id=sid, update=update_agent_thought_text("greeting"))
+            for w in ["Hel", "lo ", "wor", "ld"]:
+                await self.say(sid, w)
+        elif "edit" in words:
+            name = words[words.index("edit") + 1]
+            path = os.path.join(self.cwd[sid], name)
+            await self.conn.session_update(
+                session_id=sid,
+                update=update_plan([plan_entry("write the file", status="in_progress")]),
+            )
+            await self.conn.session_update(
+                session_id=sid,
+                update=start_edit_tool_call("t1", f"Write {name}", path, "new\n"),
+            )
+            await self.conn.session_update(
+                session_id=sid,
+                update=update_tool_call(
+                    "t1", status="in_progress", content=[tool_diff_content(path, "new\n", "old\n")]
+                ),
+            )
+            await self.conn.write_text_file(session_id=sid, path=path, content="new\n")
+            await self.conn.session_update(session_id=sid, update=update_tool_call("t1", status="completed"))
+            await self.say(sid, "edited")
+        elif "permission" in words:
+            await self.conn.session_update(
+                session_id=sid, update=start_tool_call("t2", "Run make", kind="execute", status="pending")
+            )
+            options = [
+                schema.PermissionOption(option_id="allow", name="Allow once", kind="allow_once"),
+                schema.PermissionOption(option_id="reject", name="Reject", kind="reject_once"),
+            ]
+            answer = await self.conn.request_permission(
+                session_id=sid,
+                tool_call=update_tool_call("t2", title="Run make", kind="execute"),
+                options=options,
+            )
+            outcome = answer.outcome
+            allowed = getattr(outcome, "outcome", "") == "selected" and outcome.option_id == "allow"
+            await self.conn.session_update(
+                session_id=sid, update=update_tool_call("t2", status="completed" if allowed else "failed")
+            )
+            if self.cancelled.get(sid):
+                return schema.PromptResponse(stop_reason="cancelled")
+            await self.say(sid, "ran make" if allowed else "did not run make")
+        elif "slow" in words:
+            n = int(words[words.index("slow") + 1])
+            for i in range(n):
+                if self.cancelled.get(sid):
+                    return schema.PromptResponse(stop_reason="cancelled")
+                await self.say(sid, f"c{i} ")
+                await asyncio.sleep(0.05)
+        elif "refuse" in words:
+            await self.say(sid, "no")
+            return schema.PromptResponse(stop_reason="refusal")
+        elif "crash" in words:
+            await self.say(sid, "about to crash")
+            await asyncio.sleep(0.1)
+            os._exit(3)
+        elif "garbage" in words:
+            sys.stdout.write("this is not json\n")
+            sys.stdout.flush()
+            await asyncio.sleep(30)
+        elif "read" in words:
+            path = words[words.index("read") + 1]
+            try:
+                got = await self.conn.read_text_file(session_id=sid, path=path)
+                await self.say(sid, f"read ok: {got.content}")
+            except Exception as e:  # the client's refusal
+                await self.say(sid, f"read refused: {e}")
+        elif "write" in words:
+            path = words[words.index("write") + 1]
+            try:
+                await self.conn.write_text_file(session_id=sid, path=path, content="pwned")
+                await self.say(sid, "write ok")
+            except Exception as e:
+                await self.say(sid, f"write refused: {e}")
+        else:
+            await self.say(sid, f"unknown script: {text}")
+        return schema.PromptResponse(stop_reason="end_turn")
+
+
+async def main():
+    await acp.run_agent(Scripted())
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
