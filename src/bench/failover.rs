@@ -24,8 +24,9 @@ pub async fn run(sizes: &[usize], kills: usize) -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
     for &n in sizes {
         let s = rounds(n, kills, libc::SIGKILL).await?;
-        rows.push(s.write_row("failover", "kill -9", &baseline, "p50 ≤ 20 ms"));
+        rows.push(s.write_row("failover", "kill -9", &baseline, "p50 ≤ 5 ms"));
         rows.extend(s.all_row("failover", "kill -9", &baseline, Some("p50 ≤ 100 ms")));
+        rows.extend(s.phase_rows("failover", "kill -9"));
     }
     rows.push(flock_row("failover", "raw flock handoff", &flock));
     Ok(rows)
@@ -44,7 +45,24 @@ pub(super) struct Samples {
     pub to_write: Vec<f64>,
     /// Signal → the last survivor's `hello` committed (ms; empty with no survivor).
     pub to_all: Vec<f64>,
+    /// Signal → the end of each promotion phase (ms), one entry per round
+    /// whose new primary logged its phases.
+    pub phases: Vec<[f64; PHASES.len()]>,
+    /// Signal → a survivor noticed the new `primary.json`, and → it was
+    /// registered (its first write answered), per survivor and round (ms).
+    pub noticed: Vec<f64>,
+    pub registered: Vec<f64>,
 }
+
+/// The promotion phases the new primary logs (`node/primary.rs::Phases`),
+/// as the log's field names and as the bench shows them.
+pub(super) const PHASES: [(&str, &str); 5] = [
+    ("lock_ns", "election lock won"),
+    ("store_ns", "store read-write, epoch committed"),
+    ("bound_ns", "sockets bound"),
+    ("record_ns", "primary.json written"),
+    ("serving_ns", "store thread and publisher started"),
+];
 
 impl Samples {
     pub fn write_row(&self, scenario: &str, how: &str, base: &Baseline, goal: &str) -> Row {
@@ -62,6 +80,37 @@ impl Samples {
             baseline_p50: Some(base.p50),
             goal: Some(goal.into()),
         }
+    }
+
+    /// Where the time to a new primary goes: kill → the end of each
+    /// promotion phase, and → a survivor noticed / registered.
+    pub fn phase_rows(&self, scenario: &str, how: &str) -> Vec<Row> {
+        let n = self.secondaries;
+        let row = |what: &str, samples: &[f64]| Row {
+            scenario: scenario.into(),
+            metric: format!("{how} → {what}, {n} sec."),
+            unit: "ms".into(),
+            p50: quantile(samples, 0.5),
+            p99: quantile(samples, 0.99),
+            samples: samples.len(),
+            baseline: None,
+            baseline_p50: None,
+            goal: None,
+        };
+        let mut rows: Vec<Row> = PHASES
+            .iter()
+            .enumerate()
+            .map(|(i, (_, what))| {
+                let at: Vec<f64> = self.phases.iter().map(|p| p[i]).collect();
+                row(what, &at)
+            })
+            .filter(|r| r.samples > 0)
+            .collect();
+        if !self.noticed.is_empty() {
+            rows.push(row("a survivor noticed primary.json", &self.noticed));
+            rows.push(row("a survivor registered", &self.registered));
+        }
+        rows
     }
 
     /// `None` when no secondary survives the promotion.
@@ -127,6 +176,9 @@ pub(super) async fn rounds(
         secondaries,
         to_write: Vec::new(),
         to_all: Vec::new(),
+        phases: Vec::new(),
+        noticed: Vec::new(),
+        registered: Vec::new(),
     };
     let done = stop_primaries(&mut c, &mut client, &blocker, &mut s, count, signal).await;
     super::release(&c, &mut client, &blocker).await;
@@ -172,6 +224,7 @@ async fn stop_primaries(
                 .await?;
             s.to_all.push(last_join_ms(c, new_epoch, t0_wall)?);
         }
+        read_phases(c, new_epoch, t0, s);
         (pid, epoch) = (new_pid, new_epoch);
         c.spawn_member()?;
         c.wait_registered(s.secondaries, epoch, pid).await?;
@@ -203,6 +256,53 @@ pub(super) async fn primary(client: &mut crate::client::Client) -> Result<(u32, 
         .await
         .map(|info| (info.pid, info.epoch))
         .map_err(|e| e.to_string())
+}
+
+/// The phases the members logged for `epoch`, as milliseconds after `t0`.
+/// A round whose lines are not (yet) in the logs adds nothing.
+fn read_phases(c: &LocalCluster, epoch: u64, t0: u64, s: &mut Samples) {
+    let since = |ns: u64| ns.saturating_sub(t0) as f64 / 1e6;
+    for line in member_log_lines(c) {
+        let fields = log_fields(&line);
+        if fields.get("epoch") != Some(&epoch) {
+            continue;
+        }
+        if line.contains("promotion phases") {
+            let mut row = [0.0; PHASES.len()];
+            for (i, (key, _)) in PHASES.iter().enumerate() {
+                row[i] = fields.get(*key).map_or(f64::NAN, |ns| since(*ns));
+            }
+            if row.iter().all(|v| v.is_finite()) {
+                s.phases.push(row);
+            }
+        } else if line.contains("following the primary")
+            && let (Some(n), Some(r)) = (fields.get("noticed_ns"), fields.get("registered_ns"))
+        {
+            s.noticed.push(since(*n));
+            s.registered.push(since(*r));
+        }
+    }
+}
+
+fn member_log_lines(c: &LocalCluster) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(c.dir.path()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("member-"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|text| text.lines().map(String::from).collect::<Vec<_>>())
+        .collect()
+}
+
+/// The numeric `key=value` fields of a log line; a later field wins over a
+/// span's field of the same name.
+fn log_fields(line: &str) -> std::collections::HashMap<&str, u64> {
+    line.split(|c: char| c.is_whitespace() || c == '{' || c == '}' || c == ':')
+        .filter_map(|token| token.split_once('='))
+        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+        .collect()
 }
 
 /// Milliseconds from the kill to the last `instance.joined` of `epoch`,

@@ -95,13 +95,10 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> Result<i32, CliError> {
                 prompt,
                 engine,
                 model,
-                work_dir: None,
-                persona: None,
                 dependencies,
                 tags,
                 priority,
                 timeout_ms,
-                session_id: None,
                 ..Default::default()
             });
             write_task(ctx, method, &write).await
@@ -136,15 +133,7 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> Result<i32, CliError> {
         } => {
             let id = resolve_id(ctx, &id)?;
             let status = parse_status(&status)?;
-            let reason = reason
-                .map(|r| {
-                    FailureReason::parse(&r).ok_or_else(|| {
-                        CliError::Usage(format!(
-                            "unknown failure reason '{r}'; one of: exit_code, timeout, spawn_error, dependency_failed, lost"
-                        ))
-                    })
-                })
-                .transpose()?;
+            let reason = reason.map(|r| parse_reason(&r)).transpose()?;
             let method = Method::TaskUpdateStatus {
                 id,
                 status,
@@ -159,6 +148,14 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> Result<i32, CliError> {
             write_task(ctx, Method::TaskDelete { id, force: false }, &write).await
         }
     }
+}
+
+fn parse_reason(r: &str) -> Result<FailureReason, CliError> {
+    FailureReason::parse(r).ok_or_else(|| {
+        CliError::Usage(format!(
+            "unknown failure reason '{r}'; one of: exit_code, timeout, spawn_error, dependency_failed, lost"
+        ))
+    })
 }
 
 /// The filters of `grove list` and `grove task list`.

@@ -2,6 +2,7 @@
 //! gives and explains), then serving until the role ends, then a graceful
 //! handover. The RPC path is `serving.rs`, the publisher `publisher.rs`.
 
+use crate::stats::monotonic_ns;
 use super::publisher::{EVENT_QUEUE, Heartbeat, publish_loop};
 use super::serving::{LogLimiter, REPLY_QUEUE, Serving, reply_loop};
 use super::state::{self, StateGuard};
@@ -44,6 +45,12 @@ async fn promote_and_serve(
 ) -> Result<Ended, NodeError> {
     let ws = &opts.ws;
     let promoted_at = Instant::now();
+    // The lock was just won: each phase is stamped on CLOCK_MONOTONIC so
+    // that `grove bench failover` can set them beside the kill's own stamp.
+    let mut phases = Phases {
+        lock: monotonic_ns(),
+        ..Phases::default()
+    };
     // The files as they are now, not as they were when this member started.
     let config = live.current();
 
@@ -54,15 +61,18 @@ async fn promote_and_serve(
     let epoch = promotion.epoch;
     let guard = StateGuard::new(ws, &lock);
     tracing::Span::current().record("epoch", epoch);
+    phases.store = monotonic_ns();
 
     // 2. Running tasks are not reconciled here: the orchestrator adopts them
     //    once it starts, after `primary.json` (see docs/design.md, Promotion).
 
     // 3. + 4. Stale sockets gone, ours bound.
     let sockets = bind_sockets(ws, epoch).await?;
+    phases.bound = monotonic_ns();
 
     // 5. primary.json, so that everyone finds us.
     publish_record(me, ws, epoch, &sockets)?;
+    phases.record = monotonic_ns();
 
     // 6. Publisher, store thread, orchestrator.
     let Sockets {
@@ -72,11 +82,13 @@ async fn promote_and_serve(
         pub_endpoint,
     } = sockets;
     let parts = start_parts(me, opts, live, &config, &guard, promotion, publisher)?;
+    phases.serving = monotonic_ns();
     tracing::info!(
         pid = me.pid,
         "promoted to primary in {:.1} ms; rpc {rpc_endpoint}",
         promoted_at.elapsed().as_secs_f64() * 1000.0
     );
+    phases.log(epoch);
 
     // 7. The RPC loop, until the role ends.
     super::report(opts, me, live, "primary");
@@ -86,6 +98,25 @@ async fn promote_and_serve(
         "replies",
         reply_loop(router_send, replies_rx).in_current_span(),
     );
+    let serving = serving(me, ws, epoch, (pub_endpoint, rpc_endpoint), &parts, replies_tx);
+    let ended = serve(me, opts, live, &guard, &serving, router_recv, shutdown).await;
+
+    // 8. Graceful handover.
+    hand_over(me, ws, epoch, serving, parts, reply_task).await;
+    drop(lock);
+    tracing::info!("handed over");
+    Ok(ended)
+}
+
+/// What the RPC path needs: who we are (for `ping`) and where writes go.
+fn serving(
+    me: &Identity,
+    ws: &crate::paths::Workspace,
+    epoch: u64,
+    (pub_endpoint, rpc_endpoint): (String, String),
+    parts: &Parts,
+    replies: mpsc::Sender<zeromq::ZmqMessage>,
+) -> Serving {
     let info = PrimaryInfo {
         instance_id: me.instance_id.clone(),
         pid: me.pid,
@@ -99,7 +130,7 @@ async fn promote_and_serve(
         commits: 0,
         writes_committed: 0,
     };
-    let serving = Serving {
+    Serving {
         bad_frames: LogLimiter::new(),
         full_queue: LogLimiter::new(),
         ws: ws.clone(),
@@ -107,16 +138,45 @@ async fn promote_and_serve(
         started: Instant::now(),
         last_seq: parts.last_seq.clone(),
         jobs: parts.store.jobs.clone(),
-        replies: replies_tx,
+        replies,
         last_request: me.last_request.clone(),
-    };
-    let ended = serve(me, opts, live, &guard, &serving, router_recv, shutdown).await;
+    }
+}
 
-    // 8. Graceful handover.
-    hand_over(me, ws, epoch, serving, parts, reply_task).await;
-    drop(lock);
-    tracing::info!("handed over");
-    Ok(ended)
+/// When each step of a promotion ended, in CLOCK_MONOTONIC nanoseconds
+/// (comparable across processes): logged once per promotion, read by
+/// `grove bench failover` to break a failover down.
+#[derive(Default)]
+struct Phases {
+    /// The election lock won (promotion starts).
+    lock: u64,
+    /// The store opened read-write, migrated, the new epoch committed.
+    store: u64,
+    /// Stale sockets removed, ours bound.
+    bound: u64,
+    /// `primary.json` written: clients can find us.
+    record: u64,
+    /// Store thread, publisher and orchestrator started: writes are served.
+    serving: u64,
+}
+
+impl Phases {
+    fn log(&self, epoch: u64) {
+        let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
+        tracing::info!(
+            epoch,
+            lock_ns = self.lock,
+            store_ns = self.store,
+            bound_ns = self.bound,
+            record_ns = self.record,
+            serving_ns = self.serving,
+            "promotion phases: store {:.2} ms, bind {:.2} ms, primary.json {:.2} ms, start {:.2} ms",
+            ms(self.lock, self.store),
+            ms(self.store, self.bound),
+            ms(self.bound, self.record),
+            ms(self.record, self.serving),
+        );
+    }
 }
 
 /// Writes `primary.json` (atomically): from now on clients find us.

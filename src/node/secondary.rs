@@ -42,6 +42,9 @@ pub async fn run(
     let mut client = Client::new(&opts.ws, &opts.config, &me.instance_id);
     let mut watch = PrimaryWatch::new(&opts.ws);
     let mut registered_epoch = 0u64;
+    // When this member first saw the current epoch's record (CLOCK_MONOTONIC
+    // ns), logged with the registration for `grove bench failover`.
+    let mut noticed: (u64, u64) = (0, 0);
     let hello = Method::Hello(MemberInfo {
         instance_id: me.instance_id.clone(),
         pid: me.pid,
@@ -53,6 +56,9 @@ pub async fn run(
         watch.poll();
         let current_epoch = watch.current().map(|r| r.epoch).unwrap_or(0);
         let need_hello = current_epoch != 0 && current_epoch != registered_epoch;
+        if need_hello && noticed.0 != current_epoch {
+            noticed = (current_epoch, crate::stats::monotonic_ns());
+        }
         tokio::select! {
             biased;
             lock = &mut lock_rx => {
@@ -91,18 +97,41 @@ pub async fn run(
                     watch.next_change().await;
                     None
                 }
-            } => match result {
-                Some(Ok(ReplyBody::Welcome { epoch, .. })) => {
+            } => {
+                if let Some(epoch) = registered(result, noticed.1).await {
                     registered_epoch = epoch;
-                    tracing::info!(epoch, "following the primary");
                 }
-                Some(Ok(other)) => tracing::warn!("unexpected reply to hello: {other:?}"),
-                Some(Err(e)) => {
-                    tracing::warn!("cannot register with the primary: {e}");
-                    tokio::time::sleep(HELLO_RETRY).await;
-                }
-                None => {}
             }
+        }
+    }
+}
+
+/// The epoch this member is registered with after a `hello` reply (`None`
+/// while not registered: no call was made, or it failed and was waited out).
+async fn registered(
+    result: Option<Result<ReplyBody, crate::client::ClientError>>,
+    noticed_ns: u64,
+) -> Option<u64> {
+    match result? {
+        Ok(ReplyBody::Welcome { epoch, .. }) => {
+            let registered_ns = crate::stats::monotonic_ns();
+            tracing::info!(
+                epoch,
+                noticed_ns,
+                registered_ns,
+                "following the primary (registered {:.2} ms after noticing its record)",
+                registered_ns.saturating_sub(noticed_ns) as f64 / 1e6
+            );
+            Some(epoch)
+        }
+        Ok(other) => {
+            tracing::warn!("unexpected reply to hello: {other:?}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("cannot register with the primary: {e}");
+            tokio::time::sleep(HELLO_RETRY).await;
+            None
         }
     }
 }

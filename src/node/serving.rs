@@ -4,7 +4,7 @@
 //! that never reads stall the others.
 
 use crate::protocol::{
-    ErrorCode, MAX_REQUEST_ID_LEN, Method, PROTOCOL_VERSION, PrimaryInfo, Reply, ReplyBody,
+    ErrorCode, MAX_REQUEST_ID_LEN, Method, PROTOCOL_VERSION, PrimaryInfo, Reply, ReplyBody, Request,
     WireError, decode_request, encode, now_ms, oversized_request_id, request_digest,
 };
 use crate::store::writer::{self, Job};
@@ -47,62 +47,11 @@ impl Serving {
         } else {
             vec![identity]
         };
-        let payload = match frames.as_slice() {
-            [p] => p.clone(),
-            [empty, p] if empty.is_empty() => p.clone(),
-            _ => {
-                if self.bad_frames.allow() {
-                    tracing::warn!(frames = frames.len(), "request of the wrong shape");
-                }
-                self.send(
-                    envelope,
-                    self.error(
-                        String::new(),
-                        ErrorCode::BadRequest,
-                        format!(
-                            "a request is exactly one frame, got {} frames",
-                            frames.len()
-                        ),
-                    ),
-                );
-                return;
-            }
-        };
-        let request = match decode_request(&payload) {
-            Ok(r) => r,
-            Err((mut id, e)) => {
-                if e.code() == ErrorCode::TooLarge {
-                    // The transport has already buffered the whole frame;
-                    // reading its id lets the caller get this answer at once
-                    // instead of waiting out its timeout.
-                    id = oversized_request_id(&payload);
-                }
-                if self.bad_frames.allow() {
-                    tracing::warn!("refusing a request: {e}");
-                }
-                self.send(envelope, self.error(id, e.code(), e.to_string()));
-                return;
-            }
+        let request = match self.admit(&frames) {
+            Ok(request) => request,
+            Err(refusal) => return self.send(envelope, refusal),
         };
         let id = request.id;
-        if request.v != PROTOCOL_VERSION {
-            let msg = format!(
-                "protocol version {} is not supported (this primary speaks {PROTOCOL_VERSION})",
-                request.v
-            );
-            return self.send(envelope, self.error(id, ErrorCode::UnsupportedVersion, msg));
-        }
-        if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
-            let msg = format!("the request id must be 1..={MAX_REQUEST_ID_LEN} bytes");
-            return self.send(envelope, self.error(id, ErrorCode::BadRequest, msg));
-        }
-        if request.epoch_seen > self.info.epoch {
-            let msg = format!(
-                "this primary has epoch {}, older than the epoch {} you have seen; it is stale",
-                self.info.epoch, request.epoch_seen
-            );
-            return self.send(envelope, self.error(id, ErrorCode::StaleEpoch, msg));
-        }
         // Of the request as sent (before the default engine is filled in),
         // so that a retry of the same request matches its ledger row.
         let digest = if request.method.is_local() {
@@ -112,15 +61,8 @@ impl Serving {
         };
         match request.method {
             Method::Ping {} => {
-                let mut info = self.info.clone();
-                info.uptime_ms = self.started.elapsed().as_millis() as u64;
-                info.last_seq = self.last_seq.load(Ordering::Relaxed);
-                info.longest_poll_us = crate::loop_watch::longest_poll().as_micros() as u64;
-                (info.commits, info.writes_committed) = writer::commit_counts();
-                self.send(
-                    envelope,
-                    Reply::ok(id, self.info.epoch, ReplyBody::Pong(info)),
-                );
+                let pong = ReplyBody::Pong(self.pong());
+                self.send(envelope, Reply::ok(id, self.info.epoch, pong));
             }
             #[cfg(feature = "test-hooks")]
             Method::DebugStall { ms } => {
@@ -129,6 +71,70 @@ impl Serving {
             }
             method => self.write(envelope, id, request.from, method, digest),
         }
+    }
+
+    /// The request in `frames` (after the identity), decoded and checked in
+    /// the contract's order; a refusal is the reply to send instead.
+    fn admit(&self, frames: &[Bytes]) -> Result<Request, Reply> {
+        let payload = match frames {
+            [p] => p,
+            [empty, p] if empty.is_empty() => p,
+            _ => {
+                if self.bad_frames.allow() {
+                    tracing::warn!(frames = frames.len(), "request of the wrong shape");
+                }
+                let msg = format!(
+                    "a request is exactly one frame, got {} frames",
+                    frames.len()
+                );
+                return Err(self.error(String::new(), ErrorCode::BadRequest, msg));
+            }
+        };
+        let request = match decode_request(payload) {
+            Ok(r) => r,
+            Err((mut id, e)) => {
+                if e.code() == ErrorCode::TooLarge {
+                    // The transport has already buffered the whole frame;
+                    // reading its id lets the caller get this answer at once
+                    // instead of waiting out its timeout.
+                    id = oversized_request_id(payload);
+                }
+                if self.bad_frames.allow() {
+                    tracing::warn!("refusing a request: {e}");
+                }
+                return Err(self.error(id, e.code(), e.to_string()));
+            }
+        };
+        let id = &request.id;
+        if request.v != PROTOCOL_VERSION {
+            let msg = format!(
+                "protocol version {} is not supported (this primary speaks {PROTOCOL_VERSION})",
+                request.v
+            );
+            return Err(self.error(id.clone(), ErrorCode::UnsupportedVersion, msg));
+        }
+        if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
+            let msg = format!("the request id must be 1..={MAX_REQUEST_ID_LEN} bytes");
+            return Err(self.error(id.clone(), ErrorCode::BadRequest, msg));
+        }
+        if request.epoch_seen > self.info.epoch {
+            let msg = format!(
+                "this primary has epoch {}, older than the epoch {} you have seen; it is stale",
+                self.info.epoch, request.epoch_seen
+            );
+            return Err(self.error(id.clone(), ErrorCode::StaleEpoch, msg));
+        }
+        Ok(request)
+    }
+
+    /// Who we are, with the live counters.
+    fn pong(&self) -> PrimaryInfo {
+        let mut info = self.info.clone();
+        info.uptime_ms = self.started.elapsed().as_millis() as u64;
+        info.last_seq = self.last_seq.load(Ordering::Relaxed);
+        info.longest_poll_us = crate::loop_watch::longest_poll().as_micros() as u64;
+        (info.commits, info.writes_committed) = writer::commit_counts();
+        info
     }
 
     /// Queues a write on the store thread; the reply goes out after COMMIT.
