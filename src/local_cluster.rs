@@ -90,7 +90,7 @@ impl LocalCluster {
             .env("PATH", path)
             .env(
                 "GROVE_LOG",
-                std::env::var("GROVE_LOG").unwrap_or_else(|_| "grove=warn".into()),
+                std::env::var("GROVE_LOG").unwrap_or_else(|_| MEMBER_LOG.into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -141,6 +141,11 @@ impl LocalCluster {
         }
     }
 }
+
+/// What members log unless `GROVE_LOG` says otherwise: warnings, plus the
+/// promotion and registration lines whose phase stamps `grove bench
+/// failover` reads back (one line per member per failover).
+const MEMBER_LOG: &str = "grove=warn,grove::node::primary=info,grove::node::secondary=info";
 
 /// Members log to files in the cluster's dir (kept only while it lives).
 fn member_log(dir: &tempfile::TempDir, n: usize) -> Stdio {

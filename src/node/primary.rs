@@ -2,7 +2,6 @@
 //! gives and explains), then serving until the role ends, then a graceful
 //! handover. The RPC path is `serving.rs`, the publisher `publisher.rs`.
 
-use crate::stats::monotonic_ns;
 use super::publisher::{EVENT_QUEUE, Heartbeat, publish_loop};
 use super::serving::{LogLimiter, REPLY_QUEUE, Serving, reply_loop};
 use super::state::{self, StateGuard};
@@ -12,6 +11,7 @@ use crate::config::{Config, LiveConfig};
 use crate::election::PrimaryLock;
 use crate::primary_record::PrimaryRecord;
 use crate::protocol::{ErrorCode, Method, PrimaryInfo, WireError};
+use crate::stats::monotonic_ns;
 use crate::store::writer::{self, Job, Promotion};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -98,7 +98,14 @@ async fn promote_and_serve(
         "replies",
         reply_loop(router_send, replies_rx).in_current_span(),
     );
-    let serving = serving(me, ws, epoch, (pub_endpoint, rpc_endpoint), &parts, replies_tx);
+    let serving = serving(
+        me,
+        ws,
+        epoch,
+        (pub_endpoint, rpc_endpoint),
+        &parts,
+        replies_tx,
+    );
     let ended = serve(me, opts, live, &guard, &serving, router_recv, shutdown).await;
 
     // 8. Graceful handover.

@@ -4,8 +4,8 @@
 //! that never reads stall the others.
 
 use crate::protocol::{
-    ErrorCode, MAX_REQUEST_ID_LEN, Method, PROTOCOL_VERSION, PrimaryInfo, Reply, ReplyBody, Request,
-    WireError, decode_request, encode, now_ms, oversized_request_id, request_digest,
+    ErrorCode, MAX_REQUEST_ID_LEN, Method, PROTOCOL_VERSION, PrimaryInfo, Reply, ReplyBody,
+    Request, WireError, decode_request, encode, now_ms, oversized_request_id, request_digest,
 };
 use crate::store::writer::{self, Job};
 use bytes::Bytes;
@@ -49,7 +49,7 @@ impl Serving {
         };
         let request = match self.admit(&frames) {
             Ok(request) => request,
-            Err(refusal) => return self.send(envelope, refusal),
+            Err(refusal) => return self.send(envelope, *refusal),
         };
         let id = request.id;
         // Of the request as sent (before the default engine is filled in),
@@ -75,7 +75,7 @@ impl Serving {
 
     /// The request in `frames` (after the identity), decoded and checked in
     /// the contract's order; a refusal is the reply to send instead.
-    fn admit(&self, frames: &[Bytes]) -> Result<Request, Reply> {
+    fn admit(&self, frames: &[Bytes]) -> Result<Request, Box<Reply>> {
         let payload = match frames {
             [p] => p,
             [empty, p] if empty.is_empty() => p,
@@ -87,7 +87,11 @@ impl Serving {
                     "a request is exactly one frame, got {} frames",
                     frames.len()
                 );
-                return Err(self.error(String::new(), ErrorCode::BadRequest, msg));
+                return Err(Box::new(self.error(
+                    String::new(),
+                    ErrorCode::BadRequest,
+                    msg,
+                )));
             }
         };
         let request = match decode_request(payload) {
@@ -102,7 +106,7 @@ impl Serving {
                 if self.bad_frames.allow() {
                     tracing::warn!("refusing a request: {e}");
                 }
-                return Err(self.error(id, e.code(), e.to_string()));
+                return Err(Box::new(self.error(id, e.code(), e.to_string())));
             }
         };
         let id = &request.id;
@@ -111,18 +115,22 @@ impl Serving {
                 "protocol version {} is not supported (this primary speaks {PROTOCOL_VERSION})",
                 request.v
             );
-            return Err(self.error(id.clone(), ErrorCode::UnsupportedVersion, msg));
+            return Err(Box::new(self.error(
+                id.clone(),
+                ErrorCode::UnsupportedVersion,
+                msg,
+            )));
         }
         if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
             let msg = format!("the request id must be 1..={MAX_REQUEST_ID_LEN} bytes");
-            return Err(self.error(id.clone(), ErrorCode::BadRequest, msg));
+            return Err(Box::new(self.error(id.clone(), ErrorCode::BadRequest, msg)));
         }
         if request.epoch_seen > self.info.epoch {
             let msg = format!(
                 "this primary has epoch {}, older than the epoch {} you have seen; it is stale",
                 self.info.epoch, request.epoch_seen
             );
-            return Err(self.error(id.clone(), ErrorCode::StaleEpoch, msg));
+            return Err(Box::new(self.error(id.clone(), ErrorCode::StaleEpoch, msg)));
         }
         Ok(request)
     }

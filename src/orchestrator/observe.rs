@@ -196,9 +196,8 @@ impl Store<'_> {
         // A task waiting for a permission answer keeps its slot too.
         let waiting = self.tasks(TaskStatus::Waiting)?;
         let paused = self.tasks(TaskStatus::Paused)?;
-        let held = running.len()
-            + waiting.len()
-            + paused.iter().filter(|t| t.run_id.is_some()).count();
+        let held =
+            running.len() + waiting.len() + paused.iter().filter(|t| t.run_id.is_some()).count();
         let queued = if held < max_parallel {
             self.tasks(TaskStatus::Queued)?
                 .into_iter()

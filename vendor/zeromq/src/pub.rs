@@ -19,7 +19,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-const PUB_SEND_QUEUE_CAPACITY: usize = 100_000;
+// grove patch: the socket-level queue in front of the fan-out holds 8,192
+// messages, not 100,000. `ArrayQueue::new` writes every slot, so the crate's
+// size cost a new primary 4 MB and ~1.5 ms of page faults before it could
+// bind its PUB socket during a failover. grove's publisher feeds it from a
+// queue of 4,096 events, so a full burst still fits; beyond the bound a
+// message is dropped (as before) and subscribers repair the gap from the store.
+const PUB_SEND_QUEUE_CAPACITY: usize = 8_192;
 // grove patch: the queue of one subscriber holds at most this many messages
 // (libzmq's default ZMQ_SNDHWM), not 100,000; beyond it, messages to that
 // subscriber are dropped, as libzmq's PUB does. A stopped subscriber once

@@ -1,0 +1,256 @@
+//! A real, published agent as a grove engine: Claude Code's ACP adapter
+//! (npm `@agentclientprotocol/claude-agent-acp`, installed once under
+//! `target/test-env/npm`), run offline against the scripted model endpoint
+//! `tests/peer/model_stub.py`. Where the machine allows it (root, util-linux),
+//! the endpoint, the members and so the agents live in a network namespace
+//! that has only loopback; everywhere the agent is told to send nothing
+//! non-essential and to reach the model on 127.0.0.1.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The first start of the agent (node, the Claude Code binary) is slow on
+/// a cold, busy machine; a turn against the stub takes well under a second.
+const TURN: Duration = Duration::from_secs(120);
+
+/// The scripted model endpoint, in its own network namespace when possible.
+struct ModelStub {
+    child: Child,
+    port: u16,
+    /// The stub's pid when it holds a loopback-only network namespace.
+    netns: Option<u32>,
+    log: PathBuf,
+}
+
+impl ModelStub {
+    fn start(dir: &Path) -> ModelStub {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peer/model_stub.py");
+        let port_file = dir.join("model-port");
+        // In a namespace of its own, if this machine lets us make one.
+        let isolated = Command::new("unshare")
+            .args(["--net", "--", "python3", script, "--lo-up"])
+            .arg(&port_file)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let (child, netns) = match isolated {
+            Ok(mut child) => match wait_port(&port_file, &mut child) {
+                Some(_) => {
+                    let pid = child.id();
+                    (child, Some(pid))
+                }
+                None => (plain(script, &port_file), None),
+            },
+            Err(_) => (plain(script, &port_file), None),
+        };
+        let port = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .expect("the model stub wrote its port");
+        ModelStub {
+            child,
+            port,
+            netns,
+            log: dir.join("model-port.log"),
+        }
+    }
+
+    /// The human texts of the model requests so far.
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for ModelStub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn plain(script: &str, port_file: &Path) -> Child {
+    let _ = std::fs::remove_file(port_file);
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(port_file)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the model stub");
+    wait_port(port_file, &mut child).expect("the model stub did not start");
+    child
+}
+
+/// Waits for the stub to write its port; `None` if it exited first.
+fn wait_port(port_file: &Path, child: &mut Child) -> Option<()> {
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        if port_file.exists() {
+            return Some(());
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A workspace whose engine `claude-real` is the real adapter, talking to
+/// `stub`, with the given permission policy.
+fn workspace(stub: &ModelStub, permissions: &str) -> Grove {
+    let agent = test_env::claude_agent_acp();
+    let home = tempfile::tempdir().expect("home").keep();
+    let config_dir = home.join(".claude-config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    // Only these variables, as the facts about this agent advise: anything
+    // else of the test's environment could change its behaviour (for one,
+    // `IS_SANDBOX` makes its Claude Code process exit at session/new).
+    let env = [
+        format!("PATH={}", std::env::var("PATH").unwrap_or_default()),
+        "LANG=C.UTF-8".to_string(),
+        format!("ANTHROPIC_BASE_URL=http://127.0.0.1:{}", stub.port),
+        "ANTHROPIC_API_KEY=test-key-for-the-stub".to_string(),
+        "ANTHROPIC_MODEL=claude-stub-1".to_string(),
+        "ANTHROPIC_SMALL_FAST_MODEL=claude-stub-1".to_string(),
+        format!("CLAUDE_CONFIG_DIR={}", config_dir.display()),
+        format!("HOME={}", home.display()),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1".to_string(),
+        "DISABLE_TELEMETRY=1".to_string(),
+        "DISABLE_AUTOUPDATER=1".to_string(),
+        "MAX_THINKING_TOKENS=0".to_string(),
+        "NO_PROXY=127.0.0.1,localhost".to_string(),
+    ];
+    let mut command = vec!["env".to_string(), "-i".to_string()];
+    command.extend(env);
+    command.extend(["node".to_string(), agent.display().to_string()]);
+    let command: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
+    let toml = format!(
+        "heartbeat_ms = 100\nkill_grace_ms = 2000\n\
+         [engines.claude-real]\nkind = \"acp\"\ncommand = [{}]\n\
+         permissions = \"{permissions}\"\n",
+        command.join(", ")
+    );
+    let mut g = Grove::with_config(&toml);
+    if let Some(pid) = stub.netns {
+        g.member_prefix = vec![
+            "nsenter".into(),
+            format!("--net=/proc/{pid}/ns/net"),
+            "--".into(),
+        ];
+    }
+    g
+}
+
+/// The task's stored agent updates as (kind, ACP JSON), in seq order.
+fn updates(g: &Grove, id: &str) -> Vec<(String, Value)> {
+    g.db()
+        .events_from(1, 1_000_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.data {
+            grove::protocol::EventData::TaskAgentUpdate {
+                id: i, kind, acp, ..
+            } if i == id => Some((kind, serde_json::from_str(&acp).unwrap())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn message_text(updates: &[(String, Value)]) -> String {
+    updates
+        .iter()
+        .filter(|(k, _)| k == "agent_message_chunk")
+        .filter_map(|(_, u)| u["content"]["text"].as_str())
+        .collect()
+}
+
+/// Waits for the task's status; on a timeout, fails with its row and log.
+fn wait_done(g: &Grove, id: &str, status: &str) {
+    let until = Instant::now() + TURN;
+    while Instant::now() < until {
+        if show(g, id)["status"] == status {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "task {id} did not become {status}: {}\nlog:\n{}",
+        show(g, id),
+        std::fs::read_to_string(g.ws.join(format!(".grove/logs/{id}.log"))).unwrap_or_default()
+    );
+}
+
+#[test]
+fn claude_code_holds_a_text_turn_and_writes_a_file_through_grove() {
+    let dir = tempfile::tempdir().unwrap();
+    let stub = ModelStub::start(dir.path());
+    let mut g = workspace(&stub, "allow_all");
+    g.serve();
+    g.wait_primary();
+
+    let id = g.ok(&["spawn", "hello there", "-e", "claude-real"]);
+    wait_done(&g, &id, "completed");
+    let u = updates(&g, &id);
+    assert_eq!(
+        message_text(&u),
+        "Hello from the stub model (hello).",
+        "{u:?}"
+    );
+
+    let id = g.ok(&[
+        "spawn",
+        "please write the file notes.txt",
+        "-e",
+        "claude-real",
+    ]);
+    wait_done(&g, &id, "completed");
+    let written =
+        std::fs::read_to_string(g.ws.join("notes.txt")).expect("the agent wrote the file");
+    assert_eq!(written, "written by the stub\n");
+    let u = updates(&g, &id);
+    let tool = u
+        .iter()
+        .find(|(k, v)| k == "tool_call_update" && v["content"].to_string().contains("\"diff\""))
+        .unwrap_or_else(|| panic!("no tool call update with a diff in {u:?}"));
+    assert!(tool.1.to_string().contains("notes.txt"), "{tool:?}");
+    assert!(message_text(&u).ends_with("The file is written."), "{u:?}");
+    assert!(
+        stub.requests().iter().any(|r| r["tool_result"] == true),
+        "the agent never sent the tool result to the model"
+    );
+}
+
+#[test]
+fn a_kill_9_of_the_primary_mid_turn_does_not_interrupt_claude_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let stub = ModelStub::start(dir.path());
+    let mut g = workspace(&stub, "allow_all");
+    let first = g.serve();
+    g.wait_primary();
+    g.serve();
+
+    // "slowly": the stub streams the reply in 20 pieces, 150 ms apart.
+    let id = g.ok(&["spawn", "tell me slowly", "-e", "claude-real"]);
+    wait_for("the turn streaming", TURN, || {
+        updates(&g, &id)
+            .iter()
+            .any(|(k, _)| k == "agent_message_chunk")
+            .then_some(())
+    });
+    g.members[first].signal(libc::SIGKILL);
+    wait_done(&g, &id, "completed");
+    // Every piece stored once, in order: the text is whole, not doubled.
+    assert_eq!(
+        message_text(&updates(&g, &id)),
+        "Hello from the stub model (tell)."
+    );
+}
