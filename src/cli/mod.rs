@@ -417,49 +417,22 @@ async fn run(cli: Cli) -> i32 {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, CliError> {
-    match &cli.command {
-        Command::BenchFlock { mode, path } => return Ok(crate::bench::flock_helper(mode, path)),
-        Command::Shim { spec } => return Ok(crate::shim::run(spec).await),
-        Command::Demo => return Ok(crate::demo::run().await),
-        // ACP binds its workspace from the first session's cwd.
-        Command::Acp => return Ok(crate::acp::run(cli.workspace.clone()).await),
-        Command::Chaos(args) => return Ok(crate::chaos::run(args.clone()).await),
-        _ => {}
-    }
-    if let Command::Completions { shell } = &cli.command {
-        use clap::CommandFactory;
-        clap_complete::generate(
-            *shell,
-            &mut Cli::command(),
-            "grove",
-            &mut crate::output::Stdout,
-        );
-        return Ok(EXIT_OK);
+    if let Some(code) = without_workspace(&cli).await {
+        return Ok(code);
     }
     let lenient = matches!(cli.command, Command::Config(_));
     let ctx = Context::load(cli.workspace, !cli.no_autostart, lenient)?;
+    let control = |id, kind, option, text| TaskControl {
+        id,
+        kind,
+        option,
+        text,
+    };
     match cli.command {
         Command::Serve {
             events_log,
             exit_when_idle,
-        } => {
-            let opts = crate::node::NodeOptions {
-                idle_exit: exit_when_idle.then(|| ctx.config.autostart_idle_exit()),
-                ws: ctx.ws,
-                config: ctx.config,
-                kind: "serve",
-                events_log,
-            };
-            crate::loop_watch::watched("member", crate::node::serve(opts))
-                .await
-                .map_err(|e| match e {
-                    // A workspace we cannot use is a setup problem, not a crash.
-                    crate::node::NodeError::Path(_) => CliError::Usage(e.to_string()),
-                    crate::node::NodeError::Store(e) => e.into(),
-                    e => CliError::Failed(e.to_string()),
-                })?;
-            Ok(EXIT_OK)
-        }
+        } => serve(ctx, events_log, exit_when_idle).await,
         Command::Status {
             json: _,
             watch: true,
@@ -472,96 +445,48 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Show { id, json } => task::show(&ctx, &id, json),
         Command::Wait(a) => orchestrate::wait(&ctx, a).await,
         Command::Cancel { id, json } => {
-            let id = task::resolve_id(&ctx, &id)?;
-            orchestrate::simple(&ctx, Method::TaskCancel { id }, json).await
+            task_op(&ctx, &id, json, |id| Method::TaskCancel { id }).await
         }
         Command::Pause { id, json } => {
-            let id = task::resolve_id(&ctx, &id)?;
-            orchestrate::simple(&ctx, Method::TaskPause { id }, json).await
+            task_op(&ctx, &id, json, |id| Method::TaskPause { id }).await
         }
         Command::Resume {
             id,
             instructions,
             json,
         } => {
-            let id = task::resolve_id(&ctx, &id)?;
-            orchestrate::simple(&ctx, Method::TaskResume { id, instructions }, json).await
+            task_op(&ctx, &id, json, |id| Method::TaskResume {
+                id,
+                instructions,
+            })
+            .await
         }
         Command::Retry { id, json } => {
-            let id = task::resolve_id(&ctx, &id)?;
-            orchestrate::simple(&ctx, Method::TaskRetry { id }, json).await
+            task_op(&ctx, &id, json, |id| Method::TaskRetry { id }).await
         }
         Command::Relaunch { id, json } => {
-            let id = task::resolve_id(&ctx, &id)?;
-            orchestrate::simple(&ctx, Method::TaskRelaunch { id }, json).await
+            task_op(&ctx, &id, json, |id| Method::TaskRelaunch { id }).await
         }
         Command::Delete { id, force, json } => {
-            let id = task::resolve_id(&ctx, &id)?;
-            orchestrate::simple(&ctx, Method::TaskDelete { id, force }, json).await
+            task_op(&ctx, &id, json, |id| Method::TaskDelete { id, force }).await
         }
         Command::Purge { id, json } => {
             let id = task::resolve_purge_id(&ctx, &id)?;
             orchestrate::simple(&ctx, Method::TaskPurge { id }, json).await
         }
         Command::Approve { id, option, json } => {
-            let kind = ControlKind::Approve;
-            let text = None;
-            steer::send(
-                &ctx,
-                TaskControl {
-                    id,
-                    kind,
-                    option,
-                    text,
-                },
-                json,
-            )
-            .await
+            let c = control(id, ControlKind::Approve, option, None);
+            steer::send(&ctx, c, json).await
         }
         Command::Deny { id, json } => {
-            let kind = ControlKind::Deny;
-            let (option, text) = (None, None);
-            steer::send(
-                &ctx,
-                TaskControl {
-                    id,
-                    kind,
-                    option,
-                    text,
-                },
-                json,
-            )
-            .await
+            steer::send(&ctx, control(id, ControlKind::Deny, None, None), json).await
         }
         Command::Mode { id, mode, json } => {
-            let kind = ControlKind::Mode;
-            let (option, text) = (None, Some(mode));
-            steer::send(
-                &ctx,
-                TaskControl {
-                    id,
-                    kind,
-                    option,
-                    text,
-                },
-                json,
-            )
-            .await
+            steer::send(&ctx, control(id, ControlKind::Mode, None, Some(mode)), json).await
         }
         Command::Say { id, text, json } => {
-            let kind = ControlKind::Say;
-            let (option, text) = (None, Some(text.join(" ")));
-            steer::send(
-                &ctx,
-                TaskControl {
-                    id,
-                    kind,
-                    option,
-                    text,
-                },
-                json,
-            )
-            .await
+            let c = control(id, ControlKind::Say, None, Some(text.join(" ")));
+            steer::send(&ctx, c, json).await
         }
         Command::Progress {
             percent,
@@ -596,6 +521,65 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             Ok(EXIT_OK)
         }
     }
+}
+
+/// The commands that need no workspace (or find their own): their exit
+/// code, or `None` for every other command.
+async fn without_workspace(cli: &Cli) -> Option<i32> {
+    Some(match &cli.command {
+        Command::BenchFlock { mode, path } => crate::bench::flock_helper(mode, path),
+        Command::Shim { spec } => crate::shim::run(spec).await,
+        Command::Demo => crate::demo::run().await,
+        // ACP binds its workspace from the first session's cwd.
+        Command::Acp => crate::acp::run(cli.workspace.clone()).await,
+        Command::Chaos(args) => crate::chaos::run(args.clone()).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "grove",
+                &mut crate::output::Stdout,
+            );
+            EXIT_OK
+        }
+        _ => return None,
+    })
+}
+
+/// `grove serve`: a member of the workspace until stopped.
+async fn serve(
+    ctx: Context,
+    events_log: Option<std::path::PathBuf>,
+    exit_when_idle: bool,
+) -> Result<i32, CliError> {
+    let opts = crate::node::NodeOptions {
+        idle_exit: exit_when_idle.then(|| ctx.config.autostart_idle_exit()),
+        ws: ctx.ws,
+        config: ctx.config,
+        kind: "serve",
+        events_log,
+    };
+    crate::loop_watch::watched("member", crate::node::serve(opts))
+        .await
+        .map_err(|e| match e {
+            // A workspace we cannot use is a setup problem, not a crash.
+            crate::node::NodeError::Path(_) => CliError::Usage(e.to_string()),
+            crate::node::NodeError::Store(e) => e.into(),
+            e => CliError::Failed(e.to_string()),
+        })?;
+    Ok(EXIT_OK)
+}
+
+/// A write about one task named by a full id or a unique prefix.
+async fn task_op(
+    ctx: &Context,
+    id: &str,
+    json: bool,
+    method: impl FnOnce(String) -> Method,
+) -> Result<i32, CliError> {
+    let id = task::resolve_id(ctx, id)?;
+    orchestrate::simple(ctx, method(id), json).await
 }
 
 #[cfg(test)]

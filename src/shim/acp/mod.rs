@@ -80,23 +80,9 @@ pub(super) async fn supervise(
         Err(e) => return spawn_error(format!("cannot install signal handlers: {e}")),
     };
     tree::become_subreaper();
-    let (mut cmd, log) = match command(ws, spec, true).and_then(|c| {
-        Ok((
-            c,
-            open_log(&RunFiles::log(ws, &spec.task_id)).map_err(|e| e.to_string())?,
-        ))
-    }) {
+    let (mut cmd, log, confined) = match prepare(ws, spec) {
         Ok(x) => x,
         Err(m) => return spawn_error(m),
-    };
-    let confined = match fs::Confined::new(&spec.work_dir) {
-        Ok(c) => c,
-        Err(e) => {
-            return spawn_error(format!(
-                "cannot resolve the workdir {}: {e}",
-                spec.work_dir.display()
-            ));
-        }
     };
     if signals::cancel_pending() {
         return finish(Ended {
@@ -131,23 +117,7 @@ pub(super) async fn supervise(
         let outbox = outbox.clone();
         async move { outbox.send_all(client).await }
     });
-    let session = Arc::new(Session {
-        outbox: outbox.clone(),
-        transcript: Mutex::new(transcript::Transcript::new(log)),
-        fs: confined,
-        policy: acp.permissions,
-        pending: Mutex::new(None),
-        asked: Notify::new(),
-        controls: conversation::Controls {
-            db: ws.db_path(),
-            task_id: spec.task_id.clone(),
-            run_id: spec.run_id.clone(),
-            last: Mutex::new(0),
-        },
-        followups: Mutex::default(),
-        modes: Mutex::default(),
-        steer: Notify::new(),
-    });
+    let session = new_session(ws, spec, acp, &outbox, log, confined);
     let fatal: transport::Fatal = Arc::default();
     let lines = agent_client_protocol::Lines::new(
         transport::outgoing(stdin),
@@ -189,6 +159,52 @@ pub(super) async fn supervise(
     let _ = sender.await;
     outbox.remove_dir();
     finish(Ended { status, ..ended })
+}
+
+/// The agent's command, the task's log and the workdir confinement, or
+/// why the run cannot start.
+fn prepare(
+    ws: &Workspace,
+    spec: &ShimSpec,
+) -> Result<(tokio::process::Command, std::fs::File, fs::Confined), String> {
+    let cmd = command(ws, spec, true)?;
+    let log = open_log(&RunFiles::log(ws, &spec.task_id)).map_err(|e| e.to_string())?;
+    let confined = fs::Confined::new(&spec.work_dir).map_err(|e| {
+        format!(
+            "cannot resolve the workdir {}: {e}",
+            spec.work_dir.display()
+        )
+    })?;
+    Ok((cmd, log, confined))
+}
+
+/// The conversation's shared state: where updates go, the transcript, the
+/// file-system capability, the permission policy and the controls to read.
+fn new_session(
+    ws: &Workspace,
+    spec: &ShimSpec,
+    acp: &AcpSpec,
+    outbox: &Arc<Outbox>,
+    log: std::fs::File,
+    confined: fs::Confined,
+) -> Arc<Session> {
+    Arc::new(Session {
+        outbox: outbox.clone(),
+        transcript: Mutex::new(transcript::Transcript::new(log)),
+        fs: confined,
+        policy: acp.permissions,
+        pending: Mutex::new(None),
+        asked: Notify::new(),
+        controls: conversation::Controls {
+            db: ws.db_path(),
+            task_id: spec.task_id.clone(),
+            run_id: spec.run_id.clone(),
+            last: Mutex::new(0),
+        },
+        followups: Mutex::default(),
+        modes: Mutex::default(),
+        steer: Notify::new(),
+    })
 }
 
 fn json_stop(e: &Ended) -> &'static str {
@@ -241,6 +257,39 @@ impl Watched<'_> {
     }
 }
 
+/// How a turn ended, from the conversation's result: a stop reason of the
+/// agent, or the broken connection (with the transport's own account of
+/// it when it has one: non-JSON output, a closed stdout).
+fn why_it_ended(
+    r: Result<Result<StopReason, String>, tokio::task::JoinError>,
+    fatal: &transport::Fatal,
+) -> Ended {
+    let broken = |m: String| Ended {
+        outcome: ExitOutcome::AgentError,
+        status: None,
+        message: Some(
+            fatal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or(m),
+        ),
+    };
+    match r {
+        Ok(Ok(reason)) => {
+            let (outcome, name) = stopped(reason);
+            Ended {
+                outcome,
+                status: None,
+                message: (outcome != ExitOutcome::EndTurn)
+                    .then(|| format!("the agent stopped: {name}")),
+            }
+        }
+        Ok(Err(m)) => broken(m),
+        Err(e) => broken(format!("the conversation failed: {e}")),
+    }
+}
+
 /// Waits for the turn to end, the agent to die, the timeout or a cancel;
 /// the timeout clock stops while a permission request waits for a human.
 async fn watch(
@@ -255,32 +304,7 @@ async fn watch(
         left: spec.timeout_ms.map(Duration::from_millis),
         since: Some(tokio::time::Instant::now()),
     };
-    let why = |r: Result<Result<StopReason, String>, tokio::task::JoinError>| -> Ended {
-        let broken = |m: String| Ended {
-            outcome: ExitOutcome::AgentError,
-            status: None,
-            message: Some(
-                fatal
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone()
-                    .unwrap_or(m),
-            ),
-        };
-        match r {
-            Ok(Ok(reason)) => {
-                let (outcome, name) = stopped(reason);
-                Ended {
-                    outcome,
-                    status: None,
-                    message: (outcome != ExitOutcome::EndTurn)
-                        .then(|| format!("the agent stopped: {name}")),
-                }
-            }
-            Ok(Err(m)) => broken(m),
-            Err(e) => broken(format!("the conversation failed: {e}")),
-        }
-    };
+    let why = |r| why_it_ended(r, fatal);
     loop {
         tokio::select! {
             r = &mut conversation => {

@@ -1,0 +1,155 @@
+//! Engines: how to run one agent (a CLI run once per task, or an ACP agent
+//! on its stdio), and the presets grove knows by name.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How to run one agent: a CLI run once per task, or an agent that speaks
+/// the Agent Client Protocol on its stdio.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `cli` (the default) or `acp`. Never guessed from the command: an
+    /// engine is one or the other, so a task never silently runs as the
+    /// other kind.
+    #[serde(default)]
+    pub kind: EngineKind,
+    /// The command and its arguments; `{prompt}`, `{model}` and `{workdir}`
+    /// are replaced in each argument (an `acp` engine gets its prompt over
+    /// the protocol, so its command has no `{prompt}`).
+    pub command: Vec<String>,
+    /// Appended when the task names a model, e.g. `["--model", "{model}"]`.
+    #[serde(default)]
+    pub model_args: Vec<String>,
+    /// `arg` (the prompt is in `command` as `{prompt}`) or `stdin`.
+    #[serde(default)]
+    pub prompt_via: PromptVia,
+    /// Extra environment for the agent.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `acp` engines: which permission requests of the agent grove answers
+    /// by itself (the others wait for `grove approve`/`grove deny`).
+    #[serde(default)]
+    pub permissions: PermissionPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    #[default]
+    Cli,
+    Acp,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Cli => "cli",
+            EngineKind::Acp => "acp",
+        }
+    }
+}
+
+/// How an ACP engine's permission requests are answered.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PermissionPolicy {
+    /// Every request waits for a human (`grove approve` / `grove deny`).
+    #[default]
+    Ask,
+    /// Tool kinds that only look (read, search, fetch, think) are allowed;
+    /// the rest wait for a human.
+    AllowReads,
+    /// Every request is allowed.
+    AllowAll,
+}
+
+impl PermissionPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ask" => Some(Self::Ask),
+            "allow_reads" => Some(Self::AllowReads),
+            "allow_all" => Some(Self::AllowAll),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptVia {
+    #[default]
+    Arg,
+    Stdin,
+}
+
+fn engine(command: &[&str], model_args: &[&str]) -> EngineConfig {
+    EngineConfig {
+        kind: EngineKind::Cli,
+        command: command.iter().map(|s| s.to_string()).collect(),
+        model_args: model_args.iter().map(|s| s.to_string()).collect(),
+        prompt_via: PromptVia::Arg,
+        env: BTreeMap::new(),
+        permissions: PermissionPolicy::Ask,
+    }
+}
+
+fn acp_engine(command: &[&str], model_args: &[&str]) -> EngineConfig {
+    EngineConfig {
+        kind: EngineKind::Acp,
+        ..engine(command, model_args)
+    }
+}
+
+/// Presets of agents that speak ACP on their stdio, under names distinct
+/// from the CLI presets of the same tools (`claude` stays the one-shot CLI,
+/// `claude-acp` is the conversation).
+const ACP_PRESETS: &[(&str, &[&str], &[&str])] = &[
+    // npm @agentclientprotocol/claude-agent-acp; takes its model from the
+    // session, not from a flag.
+    ("claude-acp", &["claude-agent-acp"], &[]),
+    // npm @agentclientprotocol/codex-acp
+    ("codex-acp", &["codex-acp"], &[]),
+    ("gemini-acp", &["gemini", "--acp"], &["--model", "{model}"]),
+    ("opencode-acp", &["opencode", "acp"], &[]),
+    ("goose-acp", &["goose", "acp"], &[]),
+    (
+        "copilot-acp",
+        &["copilot", "--acp"],
+        &["--model", "{model}"],
+    ),
+];
+
+/// The engines grove knows without configuration: `shell` for scripts, and
+/// presets for common agent CLIs in their non-interactive modes.
+pub fn builtin_engines() -> BTreeMap<String, EngineConfig> {
+    let mut m = BTreeMap::new();
+    m.insert("shell".into(), engine(&["sh", "-c", "{prompt}"], &[]));
+    m.insert(
+        "claude".into(),
+        engine(&["claude", "--print", "{prompt}"], &["--model", "{model}"]),
+    );
+    m.insert(
+        "gemini".into(),
+        engine(&["gemini", "--prompt", "{prompt}"], &["--model", "{model}"]),
+    );
+    m.insert(
+        "codex".into(),
+        engine(&["codex", "exec", "{prompt}"], &["--model", "{model}"]),
+    );
+    m.insert(
+        "opencode".into(),
+        engine(&["opencode", "run", "{prompt}"], &["--model", "{model}"]),
+    );
+    m.insert(
+        "copilot".into(),
+        engine(
+            &["copilot", "--prompt", "{prompt}", "--allow-all-tools"],
+            &["--model", "{model}"],
+        ),
+    );
+    for (name, command, model_args) in ACP_PRESETS {
+        m.insert(name.to_string(), acp_engine(command, model_args));
+    }
+    m
+}
