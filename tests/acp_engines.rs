@@ -53,29 +53,6 @@ fn scripted_with(permissions: &str, settings: &str) -> Grove {
     ))
 }
 
-/// The task's stored agent updates as (kind, ACP JSON), in seq order.
-fn updates(g: &Grove, id: &str) -> Vec<(String, Value)> {
-    g.db()
-        .events_from(1, 1_000_000)
-        .unwrap()
-        .into_iter()
-        .filter_map(|e| match e.data {
-            grove::protocol::EventData::TaskAgentUpdate {
-                id: i, kind, acp, ..
-            } if i == id => Some((kind, serde_json::from_str(&acp).unwrap())),
-            _ => None,
-        })
-        .collect()
-}
-
-fn message_text(updates: &[(String, Value)]) -> String {
-    updates
-        .iter()
-        .filter(|(k, _)| k == "agent_message_chunk")
-        .filter_map(|(_, u)| u["content"]["text"].as_str())
-        .collect()
-}
-
 fn log(g: &Grove, id: &str) -> String {
     std::fs::read_to_string(g.ws.join(format!(".grove/logs/{id}.log"))).unwrap_or_default()
 }

@@ -150,29 +150,6 @@ fn workspace(stub: &ModelStub, permissions: &str) -> Grove {
     g
 }
 
-/// The task's stored agent updates as (kind, ACP JSON), in seq order.
-fn updates(g: &Grove, id: &str) -> Vec<(String, Value)> {
-    g.db()
-        .events_from(1, 1_000_000)
-        .unwrap()
-        .into_iter()
-        .filter_map(|e| match e.data {
-            grove::protocol::EventData::TaskAgentUpdate {
-                id: i, kind, acp, ..
-            } if i == id => Some((kind, serde_json::from_str(&acp).unwrap())),
-            _ => None,
-        })
-        .collect()
-}
-
-fn message_text(updates: &[(String, Value)]) -> String {
-    updates
-        .iter()
-        .filter(|(k, _)| k == "agent_message_chunk")
-        .filter_map(|(_, u)| u["content"]["text"].as_str())
-        .collect()
-}
-
 /// Waits for the task's status; on a timeout, fails with its row and log.
 fn wait_done(g: &Grove, id: &str, status: &str) {
     let until = Instant::now() + TURN;

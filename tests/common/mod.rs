@@ -306,3 +306,27 @@ pub fn wait_status(g: &Grove, id: &str, status: &str) -> Value {
         (t["status"] == status).then_some(t)
     })
 }
+
+/// The task's stored agent updates as (kind, ACP JSON), in seq order.
+pub fn updates(g: &Grove, id: &str) -> Vec<(String, Value)> {
+    g.db()
+        .events_from(1, 1_000_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.data {
+            grove::protocol::EventData::TaskAgentUpdate {
+                id: i, kind, acp, ..
+            } if i == id => Some((kind, serde_json::from_str(&acp).unwrap())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The agent's message text, its chunks joined.
+pub fn message_text(updates: &[(String, Value)]) -> String {
+    updates
+        .iter()
+        .filter(|(k, _)| k == "agent_message_chunk")
+        .filter_map(|(_, u)| u["content"]["text"].as_str())
+        .collect()
+}

@@ -1,5 +1,5 @@
-//! The counterparts the tests run (Python clients today, npm packages
-//! later), installed by the tests themselves into private environments
+//! The counterparts the tests run (Python clients, and a real published
+//! agent from npm), installed by the tests themselves into private environments
 //! under `target/test-env/`, so that `cargo test --release` works alone on
 //! a fresh machine and never installs anything into the user's system.
 //!
@@ -8,8 +8,8 @@
 //! its stamp — what it was built from — still matches. A build that was
 //! interrupted leaves no stamp and is redone.
 //!
-//! Prerequisites, named in the README: `python3` with its `venv` module, and
-//! network access to PyPI the first time.
+//! Prerequisites, named in the README: `python3` with its `venv` module, Node.js
+//! with `npm`, and network access to PyPI and npm the first time.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
