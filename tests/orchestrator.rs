@@ -405,3 +405,34 @@ fn logs_follow_ends_when_the_task_ends() {
     let stats: Value = serde_json::from_str(&g.ok(&["stats", "--json"])).unwrap();
     assert_eq!(stats["counts"]["completed"], 1);
 }
+
+/// With one slot, queued tasks start highest priority first, then in the
+/// order they were created (the scheduler reads only as many queued rows as
+/// there are free slots, so the order must come from the store's query).
+#[test]
+fn queued_tasks_start_by_priority_then_age() {
+    let mut g = grove_with("heartbeat_ms = 100\nmax_parallel = 1\n");
+    g.serve();
+    g.wait_primary();
+    let go = g.dir.path().join("go");
+    let trace = g.dir.path().join("order.txt");
+    let blocker = g.ok(&[
+        "spawn",
+        &format!("while [ ! -e {} ]; do sleep 0.05; done", go.display()),
+    ]);
+    wait_status(&g, &blocker, "running");
+    let mut ids = Vec::new();
+    for (name, priority) in [("a", "0"), ("b", "5"), ("c", "1"), ("d", "5"), ("e", "-2")] {
+        let script = format!("echo {name} >> {}", trace.display());
+        ids.push(g.ok(&["spawn", &script, "--priority", priority]));
+    }
+    std::fs::write(&go, "").unwrap();
+    for id in &ids {
+        wait_status(&g, id, "completed");
+    }
+    let order = std::fs::read_to_string(&trace).unwrap();
+    assert_eq!(
+        order.split_whitespace().collect::<Vec<_>>(),
+        ["b", "d", "c", "a", "e"]
+    );
+}

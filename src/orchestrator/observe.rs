@@ -198,13 +198,11 @@ impl Store<'_> {
         let paused = self.tasks(TaskStatus::Paused)?;
         let held =
             running.len() + waiting.len() + paused.iter().filter(|t| t.run_id.is_some()).count();
+        // Only as many as there are free slots, in start order.
         let queued = if held < max_parallel {
-            self.tasks(TaskStatus::Queued)?
+            self.read(|r| r.next_queued(max_parallel - held))?
                 .into_iter()
-                .map(|t| Queued {
-                    id: t.id,
-                    priority: t.spec.priority,
-                })
+                .map(|(id, priority)| Queued { id, priority })
                 .collect()
         } else {
             Vec::new()
