@@ -428,7 +428,7 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
             .clone();
         let spec = crate::orchestrator::engines::RunSpec::of_new(new, &engine);
         crate::orchestrator::engines::validate(&config, &root, &spec)
-            .map_err(|msg| WireError::new(ErrorCode::InvalidParams, msg))
+            .map_err(|msg| WireError::new(ErrorCode::InvalidParams, msg.to_string()))
     })
 }
 

@@ -65,29 +65,53 @@ impl<'a> RunSpec<'a> {
     }
 }
 
+/// Why a task cannot run with its engine: refused at create (`validate`)
+/// or at start (`launch`). Each message names the value and what to do.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// No engine of that name is configured.
+    #[error("{0}")]
+    Unknown(String),
+    /// The engine's program is not on `PATH`.
+    #[error("{0}")]
+    MissingBinary(String),
+    /// The command template, a model or the ACP settings do not fit.
+    #[error("{0}")]
+    Template(String),
+    /// An argument or the environment is over the kernel's `exec` limits.
+    #[error("{0}")]
+    TooLong(String),
+    /// The task's work dir does not exist or is not a directory.
+    #[error("{0}")]
+    WorkDir(String),
+    /// The persona is missing, or its file is not one grove may trust.
+    #[error("{0}")]
+    Persona(String),
+}
+
 /// Checks everything a spawn can get wrong, without running anything, so
 /// that a task that cannot start is refused when it is created.
-pub fn validate(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<(), String> {
+pub fn validate(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<(), EngineError> {
     let engine = spec.engine;
     let e = lookup(config, engine)?;
     if find_binary(&e.command[0]).is_none() {
         check_template(engine, e, spec.model)?;
-        return Err(format!(
+        return Err(EngineError::MissingBinary(format!(
             "{} engine '{engine}' needs '{}', which is not on PATH; install it{} or configure [engines.{engine}] command in .grove/grove.toml",
             e.kind.as_str(),
             e.command[0],
             install_hint(&e.command[0]),
-        ));
+        )));
     }
     build(config, workspace, spec).map(|_| ())
 }
 
 /// The command line for one run of `task`.
-pub fn launch(config: &Config, workspace: &Path, task: &TaskRecord) -> Result<Launch, String> {
+pub fn launch(config: &Config, workspace: &Path, task: &TaskRecord) -> Result<Launch, EngineError> {
     build(config, workspace, &RunSpec::of_task(task))
 }
 
-fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch, String> {
+fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch, EngineError> {
     let e = lookup(config, spec.engine)?;
     check_template(spec.engine, e, spec.model)?;
     let work_dir = resolve_work_dir(workspace, spec.work_dir)?;
@@ -145,27 +169,27 @@ fn check_exec_limits(
     e: &EngineConfig,
     argv: &[String],
     env: &BTreeMap<String, String>,
-) -> Result<(), String> {
+) -> Result<(), EngineError> {
     let limit = MAX_ARG_STRLEN - 1;
     if let Some(i) = argv.iter().position(|a| a.len() > limit) {
         if e.command.get(i).is_some_and(|t| t.contains("{prompt}")) {
-            return Err(format!(
+            return Err(EngineError::TooLong(format!(
                 "the prompt makes an argument of {} bytes; engine '{name}' passes the prompt as one command-line argument, which Linux limits to {limit} bytes (128 KiB). \
 Use an engine that reads the prompt from stdin (prompt_via = \"stdin\" in its [engines.{name}] section), \
 or write the text to a file in the workspace and refer to it in the prompt",
                 argv[i].len()
-            ));
+            )));
         }
-        return Err(format!(
+        return Err(EngineError::TooLong(format!(
             "argument {i} of engine '{name}' is {} bytes; Linux limits one command-line argument to {limit} bytes (128 KiB)",
             argv[i].len()
-        ));
+        )));
     }
     if let Some((k, v)) = env.iter().find(|(k, v)| k.len() + 1 + v.len() > limit) {
-        return Err(format!(
+        return Err(EngineError::TooLong(format!(
             "environment variable {k} is {} bytes; Linux limits one variable to {limit} bytes (128 KiB); put the value in a file instead",
             v.len()
-        ));
+        )));
     }
     // argv and the environment together (the agent also inherits the
     // supervisor's environment, about the size of ours) must fit ARG_MAX.
@@ -175,9 +199,9 @@ or write the text to a file in the workspace and refer to it in the prompt",
         + strings(&mut std::env::vars_os().map(|(k, v)| k.len() + 1 + v.len()));
     let arg_max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
     if arg_max > 0 && total > arg_max as usize {
-        return Err(format!(
+        return Err(EngineError::TooLong(format!(
             "the command line and environment of engine '{name}' total {total} bytes, more than this system's ARG_MAX of {arg_max}; pass less through arguments and --env"
-        ));
+        )));
     }
     Ok(())
 }
@@ -206,7 +230,7 @@ pub fn fill_template(template: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
-fn lookup<'c>(config: &'c Config, engine: &str) -> Result<&'c EngineConfig, String> {
+fn lookup<'c>(config: &'c Config, engine: &str) -> Result<&'c EngineConfig, EngineError> {
     config.engines.get(engine).ok_or_else(|| {
         let names: Vec<&str> = config.engines.keys().map(String::as_str).collect();
         let hint = names
@@ -215,14 +239,14 @@ fn lookup<'c>(config: &'c Config, engine: &str) -> Result<&'c EngineConfig, Stri
             .filter(|n| edit_distance(n, engine) <= 2)
             .map(|n| format!(" — did you mean '{n}'?"))
             .unwrap_or_else(|| ".".into());
-        format!(
+        EngineError::Unknown(format!(
             "no engine '{engine}'{hint} Configured engines: {}",
             names.join(", ")
-        )
+        ))
     })
 }
 
-fn check_template(name: &str, e: &EngineConfig, model: Option<&str>) -> Result<(), String> {
+fn check_template(name: &str, e: &EngineConfig, model: Option<&str>) -> Result<(), EngineError> {
     for arg in e.command.iter().chain(&e.model_args) {
         let mut rest = arg.as_str();
         while let Some(start) = rest.find('{') {
@@ -231,10 +255,10 @@ fn check_template(name: &str, e: &EngineConfig, model: Option<&str>) -> Result<(
             };
             let token = &rest[start..start + len + 1];
             if !PLACEHOLDERS.contains(&token) {
-                return Err(format!(
+                return Err(EngineError::Template(format!(
                     "engine '{name}': unknown placeholder {token} in its command (known: {})",
                     PLACEHOLDERS.join(", ")
-                ));
+                )));
             }
             rest = &rest[start + len + 1..];
         }
@@ -244,53 +268,58 @@ fn check_template(name: &str, e: &EngineConfig, model: Option<&str>) -> Result<(
         // The prompt goes over the protocol; in the command it would start
         // the agent with the prompt as an argument, which no ACP agent takes.
         if in_command("{prompt}") {
-            return Err(format!(
+            return Err(EngineError::Template(format!(
                 "engine '{name}' is of kind acp: it gets the prompt over the protocol, so its command must not contain {{prompt}}"
-            ));
+            )));
         }
         return Ok(());
     }
     if e.prompt_via == PromptVia::Arg && !in_command("{prompt}") {
-        return Err(format!(
+        return Err(EngineError::Template(format!(
             "engine '{name}': its command has no {{prompt}} (or set prompt_via = \"stdin\")"
-        ));
+        )));
     }
     if model.is_some() && e.model_args.is_empty() && !in_command("{model}") {
-        return Err(format!(
+        return Err(EngineError::Template(format!(
             "engine '{name}' takes no model (configure model_args for it)"
-        ));
+        )));
     }
     Ok(())
 }
 
-fn resolve_work_dir(workspace: &Path, work_dir: Option<&str>) -> Result<PathBuf, String> {
+fn resolve_work_dir(workspace: &Path, work_dir: Option<&str>) -> Result<PathBuf, EngineError> {
     let dir = match work_dir {
         Some(d) if Path::new(d).is_absolute() => PathBuf::from(d),
         Some(d) => workspace.join(d),
         None => workspace.to_path_buf(),
     };
     if !dir.is_dir() {
-        return Err(format!("work dir {} is not a directory", dir.display()));
+        return Err(EngineError::WorkDir(format!(
+            "work dir {} is not a directory",
+            dir.display()
+        )));
     }
     Ok(dir)
 }
 
 /// The text of persona `name` (`<personas_dir>/<name>.md`).
-pub fn persona_text(config: &Config, workspace: &Path, name: &str) -> Result<String, String> {
+pub fn persona_text(config: &Config, workspace: &Path, name: &str) -> Result<String, EngineError> {
     let dir = config.personas_dir(workspace);
     let valid = !name.is_empty() && !name.contains(['/', '\\']) && !name.starts_with('.');
     let path = dir.join(format!("{name}.md"));
     // A persona becomes part of the prompt an agent acts on: only this
     // user's files, in a dir others cannot write.
     if valid {
-        crate::trust::check(&dir, "the personas dir").map_err(|e| e.to_string())?;
-        crate::trust::check(&path, "the persona file").map_err(|e| e.to_string())?;
+        crate::trust::check(&dir, "the personas dir")
+            .map_err(|e| EngineError::Persona(e.to_string()))?;
+        crate::trust::check(&path, "the persona file")
+            .map_err(|e| EngineError::Persona(e.to_string()))?;
     }
     match valid.then(|| std::fs::read_to_string(&path)) {
         Some(Ok(text)) => Ok(text.trim_end().to_string()),
         _ => {
             let known = personas(config, workspace);
-            Err(format!(
+            Err(EngineError::Persona(format!(
                 "no persona '{name}' in {}; available: {}",
                 dir.display(),
                 if known.is_empty() {
@@ -298,7 +327,7 @@ pub fn persona_text(config: &Config, workspace: &Path, name: &str) -> Result<Str
                 } else {
                     known.join(", ")
                 }
-            ))
+            )))
         }
     }
 }
@@ -391,6 +420,8 @@ mod tests {
     #[test]
     fn typo_gets_a_suggestion() {
         let err = lookup(&config(), "claud").unwrap_err();
+        assert!(matches!(err, EngineError::Unknown(_)), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("did you mean 'claude'"), "{err}");
         assert!(err.contains("Configured engines:"), "{err}");
     }
@@ -419,6 +450,8 @@ mod tests {
             env: &env,
         };
         let err = validate(&config(), dir.path(), &spec).unwrap_err();
+        assert!(matches!(err, EngineError::Template(_)), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("takes no model"), "{err}");
     }
 
@@ -436,7 +469,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut t = sample();
         t.spec.engine = "odd".into();
-        let err = validate(&c, dir.path(), &RunSpec::of_task(&t)).unwrap_err();
+        let err = validate(&c, dir.path(), &RunSpec::of_task(&t))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("{nope}"), "{err}");
     }
 
@@ -504,7 +539,9 @@ mod tests {
         // {prompt} in an acp command is a configuration error.
         c.engines.get_mut("agent").unwrap().command = vec!["sh".into(), "{prompt}".into()];
         t.spec.engine = "agent".into();
-        let err = validate(&c, dir.path(), &RunSpec::of_task(&t)).unwrap_err();
+        let err = validate(&c, dir.path(), &RunSpec::of_task(&t))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("kind acp"), "{err}");
     }
 

@@ -26,7 +26,7 @@ pub fn launch(
     task: &TaskRecord,
     run_id: &str,
 ) -> Result<Launched, String> {
-    let launch = engines::launch(config, &ws.root, task)?;
+    let launch = engines::launch(config, &ws.root, task).map_err(|e| e.to_string())?;
     let spec = ShimSpec {
         task_id: task.id.clone(),
         run_id: run_id.to_string(),
