@@ -44,7 +44,12 @@ impl ModelStub {
                     let pid = child.id();
                     (child, Some(pid))
                 }
-                None => (plain(script, &port_file), None),
+                None => {
+                    // No namespace here (not root, or no util-linux).
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    (plain(script, &port_file), None)
+                }
             },
             Err(_) => (plain(script, &port_file), None),
         };
@@ -106,9 +111,10 @@ fn wait_port(port_file: &Path, child: &mut Child) -> Option<()> {
 
 /// A workspace whose engine `claude-real` is the real adapter, talking to
 /// `stub`, with the given permission policy.
-fn workspace(stub: &ModelStub, permissions: &str) -> Grove {
+fn workspace(dir: &Path, stub: &ModelStub, permissions: &str) -> Grove {
     let agent = test_env::claude_agent_acp();
-    let home = tempfile::tempdir().expect("home").keep();
+    // Inside the test's temp dir, so it goes with it.
+    let home = dir.join("agent-home");
     let config_dir = home.join(".claude-config");
     std::fs::create_dir_all(&config_dir).unwrap();
     // Only these variables, as the facts about this agent advise: anything
@@ -170,7 +176,7 @@ fn wait_done(g: &Grove, id: &str, status: &str) {
 fn claude_code_holds_a_text_turn_and_writes_a_file_through_grove() {
     let dir = tempfile::tempdir().unwrap();
     let stub = ModelStub::start(dir.path());
-    let mut g = workspace(&stub, "allow_all");
+    let mut g = workspace(dir.path(), &stub, "allow_all");
     g.serve();
     g.wait_primary();
 
@@ -210,7 +216,7 @@ fn claude_code_holds_a_text_turn_and_writes_a_file_through_grove() {
 fn a_kill_9_of_the_primary_mid_turn_does_not_interrupt_claude_code() {
     let dir = tempfile::tempdir().unwrap();
     let stub = ModelStub::start(dir.path());
-    let mut g = workspace(&stub, "allow_all");
+    let mut g = workspace(dir.path(), &stub, "allow_all");
     let first = g.serve();
     g.wait_primary();
     g.serve();
