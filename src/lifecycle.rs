@@ -15,7 +15,10 @@
 //! ```
 //! Pending and queued tasks may also fail (`dependency_failed`) or be
 //! cancelled directly. An ACP task goes running ⇄ waiting while a
-//! permission request waits for a human; from waiting it may also end.
+//! permission request waits for a human; from waiting it may also end or
+//! be paused (the turn is cancelled, the session kept). An ACP task that
+//! keeps its session goes running ⇄ idle between turns; from idle it may
+//! end (closed, cancelled, its agent died) but not pause: nothing runs.
 
 use crate::protocol::TaskStatus::{self, *};
 
@@ -39,11 +42,12 @@ pub fn check_transition(from: TaskStatus, to: TaskStatus) -> Result<(), IllegalT
         // (its primary died between recording the start and spawning).
         Running => matches!(
             to,
-            Running | Queued | Completed | Failed | Cancelled | Paused | Waiting
+            Running | Queued | Completed | Failed | Cancelled | Paused | Waiting | Idle
         ),
-        // waiting → running: the permission request was answered. Pausing
-        // is refused: the agent holds a live request.
-        Waiting => matches!(to, Running | Completed | Failed | Cancelled),
+        // waiting → running: the permission request was answered.
+        Waiting => matches!(to, Running | Completed | Failed | Cancelled | Paused),
+        // idle → running: a follow-up started the next turn.
+        Idle => matches!(to, Running | Completed | Failed | Cancelled),
         // paused → completed: a stopped agent can still be reported done
         // (e.g. it exited between the shim's SIGSTOP and its delivery).
         Paused => matches!(

@@ -28,13 +28,17 @@ pub struct Outcome {
     pub timed_out: bool,
 }
 
+/// Ended, or an ACP task whose kept session is idle: its turn ended well
+/// and it waits for a follow-up, so a wait for it would otherwise last
+/// until its session is closed.
 fn finished(t: &Option<TaskRecord>) -> bool {
-    t.as_ref().is_none_or(|t| t.status.is_terminal())
+    t.as_ref()
+        .is_none_or(|t| t.status.is_terminal() || t.status == TaskStatus::Idle)
 }
 
 fn completed(t: &Option<TaskRecord>) -> bool {
     t.as_ref()
-        .is_some_and(|t| t.status == TaskStatus::Completed)
+        .is_some_and(|t| matches!(t.status, TaskStatus::Completed | TaskStatus::Idle))
 }
 
 /// `Some(satisfied)` once the policy is decided.

@@ -34,23 +34,12 @@ fn engines_show_their_kind_and_a_missing_acp_binary_is_refused() {
     assert!(g.db().tasks(&Default::default()).unwrap().is_empty());
 }
 
-/// A workspace whose engine `scripted` is the scripted Python agent.
 fn scripted(permissions: &str) -> Grove {
-    scripted_with(permissions, "")
+    Grove::scripted_acp(permissions, "")
 }
 
-/// The same, with more top-level settings.
 fn scripted_with(permissions: &str, settings: &str) -> Grove {
-    let python = test_env::python();
-    let agent = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/acp_agents/scripted_agent.py"
-    );
-    Grove::with_config(&format!(
-        "heartbeat_ms = 100\nkill_grace_ms = 2000\n{settings}[engines.scripted]\nkind = \"acp\"\n\
-         command = [\"{}\", \"{agent}\"]\npermissions = \"{permissions}\"\n",
-        python.display()
-    ))
+    Grove::scripted_acp(permissions, settings)
 }
 
 fn log(g: &Grove, id: &str) -> String {

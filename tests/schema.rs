@@ -351,6 +351,8 @@ fn full_new_task() -> NewTask {
             ("CI".to_string(), "1".to_string()),
             ("RUST_LOG".to_string(), "debug".to_string()),
         ]),
+        keep_session: true,
+        permissions: Some(grove::protocol::PermissionPolicy::AllowReads),
     }
 }
 
@@ -617,11 +619,12 @@ fn all_error_codes() -> Vec<ErrorCode> {
 fn all_statuses() -> Vec<TaskStatus> {
     use TaskStatus::*;
     let all = vec![
-        Pending, Queued, Running, Waiting, Paused, Completed, Failed, Cancelled,
+        Pending, Queued, Running, Waiting, Idle, Paused, Completed, Failed, Cancelled,
     ];
     for s in &all {
         match s {
-            Pending | Queued | Running | Waiting | Paused | Completed | Failed | Cancelled => {}
+            Pending | Queued | Running | Waiting | Idle | Paused | Completed | Failed
+            | Cancelled => {}
         }
     }
     all
@@ -845,11 +848,16 @@ fn lists_and_limits_match() {
         ControlKind::Deny,
         ControlKind::Say,
         ControlKind::Mode,
+        ControlKind::Close,
     ]
     .iter()
     .map(|k| {
         match k {
-            ControlKind::Approve | ControlKind::Deny | ControlKind::Say | ControlKind::Mode => {}
+            ControlKind::Approve
+            | ControlKind::Deny
+            | ControlKind::Say
+            | ControlKind::Mode
+            | ControlKind::Close => {}
         }
         wire_name(k)
     })
@@ -859,6 +867,18 @@ fn lists_and_limits_match() {
         s.names("control_kinds"),
         "ControlKind vs schema.json control_kinds"
     );
+
+    // Permission policies: the list is PermissionPolicy::NAMES.
+    assert_eq!(
+        PermissionPolicy::NAMES.to_vec(),
+        s.names("permission_policies"),
+        "PermissionPolicy vs schema.json permission_policies"
+    );
+    for name in PermissionPolicy::NAMES {
+        let p = PermissionPolicy::parse(name).unwrap();
+        assert_eq!(wire_name(&p), *name);
+        assert_eq!(p.as_str(), *name);
+    }
 
     // The enums table points at the lists above.
     let enums: BTreeMap<&str, &str> = s
@@ -873,6 +893,7 @@ fn lists_and_limits_match() {
             ("ErrorCode", "error_codes"),
             ("ExitOutcome", "exit_outcomes"),
             ("FailureReason", "failure_reasons"),
+            ("PermissionPolicy", "permission_policies"),
             ("TaskStatus", "task_statuses"),
         ])
     );

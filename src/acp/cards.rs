@@ -19,7 +19,8 @@ pub fn status(s: TaskStatus) -> ToolCallStatus {
     match s {
         TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Paused => ToolCallStatus::Pending,
         TaskStatus::Running | TaskStatus::Waiting => ToolCallStatus::InProgress,
-        TaskStatus::Completed => ToolCallStatus::Completed,
+        // Idle: its turn is done; the session waits for a follow-up.
+        TaskStatus::Completed | TaskStatus::Idle => ToolCallStatus::Completed,
         TaskStatus::Failed | TaskStatus::Cancelled => ToolCallStatus::Failed,
     }
 }

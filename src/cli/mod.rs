@@ -36,7 +36,7 @@ By purpose:
   members   serve, acp, status, events, stop
   tasks     spawn, list, show, wait, logs, progress, stats,
             cancel, pause, resume, retry, relaunch, delete, purge, task,
-            approve, deny, say, mode
+            approve, deny, say, mode, close
   setup     engines, personas, config, completions
   measure   demo, bench, chaos
 
@@ -194,11 +194,19 @@ enum Command {
         json: bool,
     },
     /// A follow-up prompt for an ACP task, in the same agent session: sent
-    /// when the current turn ends.
+    /// when the current turn ends, or at once to an idle session
+    /// (`spawn --session`).
     Say {
         id: String,
         #[arg(required = true)]
         text: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End an ACP task's kept session (`spawn --session`): after the
+    /// current turn, if one runs; the task completes and its agent stops.
+    Close {
+        id: String,
         #[arg(long)]
         json: bool,
     },
@@ -487,6 +495,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Say { id, text, json } => {
             let c = control(id, ControlKind::Say, None, Some(text.join(" ")));
             steer::send(&ctx, c, json).await
+        }
+        Command::Close { id, json } => {
+            steer::send(&ctx, control(id, ControlKind::Close, None, None), json).await
         }
         Command::Progress {
             percent,

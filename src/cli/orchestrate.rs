@@ -46,7 +46,22 @@ pub struct SpawnArgs {
     /// Environment variable for the agent, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// Block until the task ends and exit with its exit code.
+    /// ACP engines: keep the agent session open after each turn. The task
+    /// goes `idle` until a follow-up (`grove say`) or `grove close`, or
+    /// until `idle_timeout_ms` (config) passes.
+    #[arg(long)]
+    pub session: bool,
+    /// ACP engines: which permission requests grove answers by itself —
+    /// ask (every one waits for `grove approve`/`deny`), allow_reads
+    /// (tools that only read, search, fetch or think), allow_all. Default:
+    /// the engine's `permissions`.
+    #[arg(long, value_name = "POLICY", value_parser = clap::builder::PossibleValuesParser::new(crate::protocol::PermissionPolicy::NAMES))]
+    pub permissions: Option<String>,
+    /// ACP engines: allow every permission request (`--permissions allow_all`).
+    #[arg(long, conflicts_with = "permissions")]
+    pub yolo: bool,
+    /// Block until the task ends (with --session: until its first turn
+    /// ends) and exit with its exit code.
     #[arg(long)]
     pub wait: bool,
     /// Idempotency key: the same key never creates a second task.
@@ -104,6 +119,11 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
         session_id: None,
         extra_args: a.extra_args,
         env,
+        keep_session: a.session,
+        permissions: match (a.yolo, a.permissions.as_deref()) {
+            (true, _) => Some(crate::protocol::PermissionPolicy::AllowAll),
+            (false, p) => p.and_then(crate::protocol::PermissionPolicy::parse),
+        },
     };
     let reply = ctx
         .call(Method::TaskCreate(new), a.request_id.as_deref())
@@ -134,7 +154,7 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
         print_json(&last);
     }
     Ok(match last {
-        Some(t) if t.status == TaskStatus::Completed => EXIT_OK,
+        Some(t) if matches!(t.status, TaskStatus::Completed | TaskStatus::Idle) => EXIT_OK,
         Some(t) => {
             errln!("task {} {}", t.id, describe_end(&t));
             t.exit_code

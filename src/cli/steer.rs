@@ -1,14 +1,13 @@
 //! Steering an ACP task from any window: `grove approve ID [OPTION]` and
 //! `grove deny ID` answer its pending permission request, `grove say ID
 //! TEXT` queues a follow-up turn, `grove mode ID MODE` switches the agent
-//! session's mode. A control is a write first (a durable
-//! `task.control` event), then the task's shim is woken to apply it; a shim
-//! that was not woken finds the control in the store the next time it
-//! looks (at the latest when its turn ends).
+//! session's mode, `grove close ID` ends a kept session. A control is a
+//! write (a durable `task.control` event); the primary wakes the task's
+//! shim when it publishes it, and every new primary wakes each shim it
+//! adopts, so a control is applied even when its writer is gone at once.
 
 use super::{CliError, Context, orchestrate};
 use crate::protocol::{ControlKind, Method, TaskControl};
-use crate::runs::RunFiles;
 
 pub async fn send(ctx: &Context, control: TaskControl, json: bool) -> Result<i32, CliError> {
     let id = super::task::resolve_id(ctx, &control.id)?;
@@ -29,7 +28,6 @@ pub async fn send(ctx: &Context, control: TaskControl, json: bool) -> Result<i32
         json,
     )
     .await?;
-    wake_shim(ctx, &id);
     Ok(code)
 }
 
@@ -57,20 +55,5 @@ fn check_option(ctx: &Context, id: &str, option: &str) -> Result<(), CliError> {
             "task {id}'s agent offered no option '{option}'; it offered: {}",
             offered.join(", ")
         )))
-    }
-}
-
-/// Sends the shim of the task's current run its sync signal, when its run
-/// record names a live shim (pid and start time).
-fn wake_shim(ctx: &Context, id: &str) {
-    let Ok(reader) = ctx.reader() else { return };
-    let Some(run_id) = reader.task(id).ok().flatten().and_then(|t| t.run_id) else {
-        return;
-    };
-    let Some(run) = RunFiles::read_run(&ctx.ws, id, &run_id) else {
-        return;
-    };
-    if crate::proc::start_time(run.shim_pid) == Some(run.shim_start) {
-        unsafe { libc::kill(run.shim_pid as i32, crate::runs::SYNC_SIGNAL) };
     }
 }

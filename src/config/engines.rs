@@ -50,30 +50,7 @@ impl EngineKind {
     }
 }
 
-/// How an ACP engine's permission requests are answered.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum PermissionPolicy {
-    /// Every request waits for a human (`grove approve` / `grove deny`).
-    #[default]
-    Ask,
-    /// Tool kinds that only look (read, search, fetch, think) are allowed;
-    /// the rest wait for a human.
-    AllowReads,
-    /// Every request is allowed.
-    AllowAll,
-}
-
-impl PermissionPolicy {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ask" => Some(Self::Ask),
-            "allow_reads" => Some(Self::AllowReads),
-            "allow_all" => Some(Self::AllowAll),
-            _ => None,
-        }
-    }
-}
+pub use crate::protocol::PermissionPolicy;
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -70,6 +70,51 @@ pub struct Config {
     /// every engine as the full name. Resolved once, before the engine sees
     /// the model.
     pub models: BTreeMap<String, String>,
+    /// ACP engines: a kept session (`spawn --session`) with no turn for
+    /// this long is closed and its task completes (0: never).
+    pub idle_timeout_ms: u64,
+    /// ACP engines: a permission request nobody answered for this long is
+    /// denied (0: it waits for a human however long it takes).
+    pub permission_timeout_ms: u64,
+    /// MCP servers given to every ACP agent session (`session/new`), by
+    /// name: `command` (stdio) or `url` (HTTP).
+    pub mcp_servers: BTreeMap<String, McpServerConfig>,
+}
+
+/// One MCP server for ACP agents: a command on stdio, or an HTTP url.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpServerConfig {
+    /// Program and arguments of a stdio server.
+    pub command: Vec<String>,
+    /// Environment of a stdio server.
+    pub env: BTreeMap<String, String>,
+    /// The url of an HTTP server (instead of `command`).
+    pub url: Option<String>,
+    /// HTTP headers of an HTTP server.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl McpServerConfig {
+    /// The server as ACP's `McpServer` JSON (what `session/new` carries).
+    pub fn to_acp(&self, name: &str) -> serde_json::Value {
+        let pairs = |m: &BTreeMap<String, String>| -> Vec<serde_json::Value> {
+            m.iter()
+                .map(|(k, v)| serde_json::json!({"name": k, "value": v}))
+                .collect()
+        };
+        match &self.url {
+            Some(url) => serde_json::json!({
+                "type": "http", "name": name, "url": url, "headers": pairs(&self.headers)
+            }),
+            None => serde_json::json!({
+                "name": name,
+                "command": self.command.first().cloned().unwrap_or_default(),
+                "args": self.command.iter().skip(1).collect::<Vec<_>>(),
+                "env": pairs(&self.env),
+            }),
+        }
+    }
 }
 
 impl Default for Config {
@@ -89,6 +134,9 @@ impl Default for Config {
             ledger_retention_hours: 24 * 7,
             autostart_idle_exit_ms: 10 * 60 * 1000,
             models: BTreeMap::new(),
+            idle_timeout_ms: 60 * 60 * 1000,
+            permission_timeout_ms: 0,
+            mcp_servers: BTreeMap::new(),
         }
     }
 }
@@ -172,6 +220,14 @@ impl Config {
             if e.command.is_empty() || e.command[0].is_empty() {
                 return Err(ConfigError::Invalid(format!(
                     "engine '{name}' has an empty command"
+                )));
+            }
+        }
+        for (name, m) in &self.mcp_servers {
+            let stdio = m.command.first().is_some_and(|c| !c.is_empty());
+            if stdio == m.url.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "mcp_servers.{name} needs either a command (stdio) or a url (HTTP)"
                 )));
             }
         }
@@ -263,7 +319,11 @@ pub fn config_files(state_dir: &Path) -> Vec<PathBuf> {
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (key, value) in over {
         match (key.as_str(), base.get_mut(&key), value) {
-            ("engines" | "models", Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => {
+            (
+                "engines" | "models" | "mcp_servers",
+                Some(toml::Value::Table(mine)),
+                toml::Value::Table(theirs),
+            ) => {
                 mine.extend(theirs);
             }
             (_, _, value) => {

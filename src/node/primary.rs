@@ -16,7 +16,7 @@ use crate::store::writer::{self, Job, Promotion};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 use zeromq::{Socket, SocketRecv};
 
@@ -261,7 +261,7 @@ fn start_parts(
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let last_seq = Arc::new(AtomicU64::new(promotion.promoted.seq));
     let _ = events_tx.try_send(promotion.promoted.clone());
-    let changed = Arc::new(Notify::new());
+    let changed = Arc::new(crate::orchestrator::Wake::default());
     // The heartbeat ticks the watchdog: every member runs its loop on one
     // thread, so a heartbeat that went out proves the loop is not stuck,
     // and an idle primary needs no timer of its own.

@@ -34,7 +34,7 @@ pub(super) async fn publish_loop(
     mut events: mpsc::Receiver<Event>,
     heartbeat: Heartbeat,
     last_seq: Arc<AtomicU64>,
-    changed: Arc<tokio::sync::Notify>,
+    changed: Arc<crate::orchestrator::Wake>,
 ) {
     let started = Instant::now();
     let mut last_trim = Instant::now();
@@ -69,10 +69,16 @@ pub(super) async fn publish_loop(
                     task.status == crate::protocol::TaskStatus::Queued
                 }
                 EventData::TaskUpdated { .. } | EventData::TaskDeleted { .. } => true,
+                // A control for an ACP task's shim: the orchestrator wakes
+                // it (whoever wrote the control may be gone already).
+                EventData::TaskControlled { id, .. } => {
+                    changed.controlled(id);
+                    false
+                }
                 _ => false,
             };
             if relevant {
-                changed.notify_one();
+                changed.changed();
             }
         }
         let mut msg = ZmqMessage::from(event.topic());

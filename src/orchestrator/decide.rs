@@ -244,9 +244,13 @@ fn supervise(run: &RunFacts, out: &mut Vec<Action>) {
                 out.extend(tell(run, pause, agent));
             }
         }
-        // Its agent waits for a permission answer: the shim holds it and is
-        // told of the answer by whoever gives it.
-        Some(TaskStatus::Waiting) => {}
+        // Its agent waits for a permission answer, or its kept session for
+        // a follow-up: the shim holds it and is woken by each control.
+        Some(TaskStatus::Waiting | TaskStatus::Idle) => {
+            if run.told_paused != Some(false) {
+                out.extend(tell(run, false, agent));
+            }
+        }
         // Ended by itself: the shim is on its way out already.
         Some(TaskStatus::Completed | TaskStatus::Failed) => {}
         _ if run.kill_sent => {}

@@ -2,7 +2,7 @@
 //! checks made at spawn time (unknown engine, bad template, missing binary,
 //! unknown persona) so that a task that cannot start is never created.
 
-use crate::config::{Config, EngineConfig, EngineKind, PromptVia};
+use crate::config::{Config, EngineConfig, EngineKind, PermissionPolicy, PromptVia};
 use crate::protocol::{NewTask, TaskRecord};
 use crate::runs::AcpSpec;
 use std::collections::BTreeMap;
@@ -36,6 +36,8 @@ pub struct RunSpec<'a> {
     pub work_dir: Option<&'a str>,
     pub extra_args: &'a [String],
     pub env: &'a BTreeMap<String, String>,
+    pub keep_session: bool,
+    pub permissions: Option<PermissionPolicy>,
 }
 
 impl<'a> RunSpec<'a> {
@@ -48,6 +50,8 @@ impl<'a> RunSpec<'a> {
             work_dir: task.spec.work_dir.as_deref(),
             extra_args: &task.spec.extra_args,
             env: &task.spec.env,
+            keep_session: task.spec.keep_session,
+            permissions: task.spec.permissions,
         }
     }
 
@@ -61,6 +65,8 @@ impl<'a> RunSpec<'a> {
             work_dir: new.work_dir.as_deref(),
             extra_args: &new.extra_args,
             env: &new.env,
+            keep_session: new.keep_session,
+            permissions: new.permissions,
         }
     }
 }
@@ -114,6 +120,13 @@ pub fn launch(config: &Config, workspace: &Path, task: &TaskRecord) -> Result<La
 fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch, EngineError> {
     let e = lookup(config, spec.engine)?;
     check_template(spec.engine, e, spec.model)?;
+    if e.kind != EngineKind::Acp && (spec.keep_session || spec.permissions.is_some()) {
+        return Err(EngineError::Template(format!(
+            "engine '{}' is a {} engine: --session, --permissions and --yolo are for acp engines (see grove engines)",
+            spec.engine,
+            e.kind.as_str()
+        )));
+    }
     let work_dir = resolve_work_dir(workspace, spec.work_dir)?;
     let prompt = match spec.persona {
         Some(p) => format!("{}\n\n{}", persona_text(config, workspace, p)?, spec.prompt),
@@ -142,7 +155,15 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
         model: resolved
             .filter(|_| e.model_args.is_empty())
             .map(str::to_string),
-        permissions: e.permissions,
+        permissions: spec.permissions.unwrap_or(e.permissions),
+        keep_session: spec.keep_session,
+        idle_timeout_ms: config.idle_timeout_ms,
+        permission_timeout_ms: config.permission_timeout_ms,
+        mcp_servers: config
+            .mcp_servers
+            .iter()
+            .map(|(name, m)| m.to_acp(name))
+            .collect(),
     });
     Ok(Launch {
         argv,
@@ -448,6 +469,8 @@ mod tests {
             work_dir: None,
             extra_args: &[],
             env: &env,
+            keep_session: false,
+            permissions: None,
         };
         let err = validate(&config(), dir.path(), &spec).unwrap_err();
         assert!(matches!(err, EngineError::Template(_)), "{err:?}");

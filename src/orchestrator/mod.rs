@@ -58,6 +58,36 @@ const TICK: Duration = Duration::from_millis(100);
 /// predecessor recorded as started but may never have spawned.
 const START_GRACE: Duration = Duration::from_secs(2);
 
+/// How the orchestrator is woken: by a committed change it may act on,
+/// and with the tasks whose shims have a new control to read (each woken
+/// once per pass, however many controls were written).
+#[derive(Default)]
+pub struct Wake {
+    notify: Notify,
+    controlled: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Wake {
+    pub fn changed(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Task `id` has a new control. The set holds existing tasks only (a
+    /// control for an unknown task is refused before it is an event), and
+    /// is drained by every pass.
+    pub fn controlled(&self, id: &str) {
+        self.controlled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        self.notify.notify_one();
+    }
+
+    fn take_controlled(&self) -> std::collections::HashSet<String> {
+        std::mem::take(&mut *self.controlled.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 struct Run {
     run_id: String,
     shim_pid: u32,
@@ -117,9 +147,11 @@ impl Orchestrator {
     }
 
     /// Runs until the task is aborted (on shutdown).
-    pub async fn run(mut self, changed: Arc<Notify>) {
+    pub async fn run(mut self, wake: Arc<Wake>) {
         self.adopt().await;
+        let changed = &wake.notify;
         loop {
+            self.wake_controlled(wake.take_controlled());
             self.pass().await;
             // With no run, only a committed change can give us work, so an
             // idle primary sleeps until one arrives.
@@ -135,6 +167,20 @@ impl Orchestrator {
                     _ = crate::fs_watch::any(records) => {}
                     _ = tokio::time::sleep(TICK) => {}
                 }
+            }
+        }
+    }
+
+    /// Wakes the shims of tasks with a new control (a permission answer, a
+    /// follow-up, a close): they read their controls from the store. A
+    /// task whose run is not known here yet is woken when adopted (every
+    /// adopted shim is synced once).
+    fn wake_controlled(&self, tasks: std::collections::HashSet<String>) {
+        for id in tasks {
+            if let Some(run) = self.runs.get(&id)
+                && !run.reaped
+            {
+                unsafe { libc::kill(run.shim_pid as i32, crate::runs::SYNC_SIGNAL) };
             }
         }
     }

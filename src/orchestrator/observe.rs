@@ -193,7 +193,8 @@ impl Store<'_> {
     /// Slot use, and the queue only when a slot is free.
     fn slots(&self, max_parallel: usize) -> Option<Slots> {
         let running = self.tasks(TaskStatus::Running)?;
-        // A task waiting for a permission answer keeps its slot too.
+        // A task waiting for a permission answer keeps its slot too; an
+        // idle one (its session waits for a follow-up) holds none.
         let waiting = self.tasks(TaskStatus::Waiting)?;
         let paused = self.tasks(TaskStatus::Paused)?;
         let held =
@@ -210,11 +211,12 @@ impl Store<'_> {
         Some(Slots { held, queued })
     }
 
-    /// Started tasks (running, waiting for a permission answer, or paused
-    /// with a run), for adoption.
+    /// Started tasks (running, waiting for a permission answer, idle
+    /// between turns, or paused with a run), for adoption.
     pub fn started(&self) -> Option<Vec<TaskRecord>> {
         let mut started = self.tasks(TaskStatus::Running)?;
         started.extend(self.tasks(TaskStatus::Waiting)?);
+        started.extend(self.tasks(TaskStatus::Idle)?);
         started.extend(
             self.tasks(TaskStatus::Paused)?
                 .into_iter()

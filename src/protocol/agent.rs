@@ -19,6 +19,45 @@ pub enum ControlKind {
     Say,
     /// Switch the agent session to mode `text` (`session/set_mode`).
     Mode,
+    /// End a kept session (`--session`): after the current turn, if one
+    /// runs; the task completes.
+    Close,
+}
+
+/// How an ACP agent's permission requests are answered: an engine's
+/// setting, or a task's own (`grove spawn --permissions`, `--yolo`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PermissionPolicy {
+    /// Every request waits for a human (`grove approve` / `grove deny`).
+    #[default]
+    Ask,
+    /// Tool kinds that only look (read, search, fetch, think) are allowed;
+    /// the rest wait for a human.
+    AllowReads,
+    /// Every request is allowed.
+    AllowAll,
+}
+
+impl PermissionPolicy {
+    pub const NAMES: &[&str] = &["ask", "allow_reads", "allow_all"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ask" => Some(Self::Ask),
+            "allow_reads" => Some(Self::AllowReads),
+            "allow_all" => Some(Self::AllowAll),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ask => "ask",
+            Self::AllowReads => "allow_reads",
+            Self::AllowAll => "allow_all",
+        }
+    }
 }
 
 /// Parameters of `task.control`.
@@ -52,8 +91,10 @@ pub struct AgentUpdates {
 pub struct AgentUpdate {
     /// The ACP `sessionUpdate` kind (`agent_message_chunk`, `tool_call`,
     /// `plan`, ...), or one of grove's own: `prompt` (what the turn was
-    /// asked), `turn_end` (its stop reason), `permission_request` and
-    /// `permission` (a request the agent made and how it was answered).
+    /// asked), `turn_end` (its stop reason), `idle` (a kept session waits
+    /// for a follow-up), `permission_request` and `permission` (a request
+    /// the agent made and how it was answered), `note` (what grove did on
+    /// the session's behalf: a model chosen, an MCP server left out).
     pub kind: String,
     /// The update as ACP JSON (consecutive text chunks merged into one).
     pub acp: String,

@@ -23,7 +23,7 @@ mod route;
 mod task;
 mod wire_form;
 
-pub use agent::{AgentUpdate, AgentUpdates, ControlKind, TaskControl};
+pub use agent::{AgentUpdate, AgentUpdates, ControlKind, PermissionPolicy, TaskControl};
 pub use codec::{
     RequestHead, decode, decode_request, encode, oversized_request_id, request_digest,
 };

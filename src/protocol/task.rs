@@ -19,6 +19,10 @@ pub enum TaskStatus {
     /// Running, but its ACP agent waits for a human to answer a permission
     /// request (`grove approve` / `grove deny`); keeps its slot.
     Waiting,
+    /// An ACP task whose session stays open (`--session`) between turns:
+    /// its agent waits for a follow-up (`grove say`) or `grove close`;
+    /// holds no slot and no timeout clock.
+    Idle,
 }
 
 pub const TASK_STATUSES: &[TaskStatus] = &[
@@ -26,6 +30,7 @@ pub const TASK_STATUSES: &[TaskStatus] = &[
     TaskStatus::Queued,
     TaskStatus::Running,
     TaskStatus::Waiting,
+    TaskStatus::Idle,
     TaskStatus::Paused,
     TaskStatus::Completed,
     TaskStatus::Failed,
@@ -43,6 +48,7 @@ impl TaskStatus {
             TaskStatus::Failed => "failed",
             TaskStatus::Cancelled => "cancelled",
             TaskStatus::Waiting => "waiting",
+            TaskStatus::Idle => "idle",
         }
     }
 
@@ -189,6 +195,14 @@ pub struct TaskSpec<Engine = String> {
     /// Extra environment variables for the agent.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// ACP engines: the agent session stays open after a turn (the task
+    /// goes `idle`) until `grove close` or the idle timeout.
+    #[serde(default)]
+    pub keep_session: bool,
+    /// ACP engines: this task's permission policy, instead of its
+    /// engine's (`--yolo` is `allow_all`).
+    #[serde(default)]
+    pub permissions: Option<super::PermissionPolicy>,
 }
 
 /// Parameters of `task.create`: a spec whose engine may be left to the
@@ -212,6 +226,8 @@ impl NewTask {
             session_id: self.session_id,
             extra_args: self.extra_args,
             env: self.env,
+            keep_session: self.keep_session,
+            permissions: self.permissions,
         }
     }
 }
@@ -288,7 +304,7 @@ impl TaskRecord {
 impl Serialize for TaskRecord {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let (t, s) = (self, &self.spec);
-        let mut m = serializer.serialize_struct("TaskRecord", 26)?;
+        let mut m = serializer.serialize_struct("TaskRecord", 28)?;
         m.serialize_field("id", &t.id)?;
         m.serialize_field("prompt", &s.prompt)?;
         m.serialize_field("engine", &s.engine)?;
@@ -315,6 +331,8 @@ impl Serialize for TaskRecord {
         m.serialize_field("extra_args", &s.extra_args)?;
         m.serialize_field("env", &s.env)?;
         m.serialize_field("run_id", &t.run_id)?;
+        m.serialize_field("keep_session", &s.keep_session)?;
+        m.serialize_field("permissions", &s.permissions)?;
         m.end()
     }
 }

@@ -47,6 +47,18 @@ pub struct AcpSpec {
     pub model: Option<String>,
     #[serde(default)]
     pub permissions: crate::config::PermissionPolicy,
+    /// The session stays open after a turn (the task goes idle).
+    #[serde(default)]
+    pub keep_session: bool,
+    /// An idle session is closed after this long (0: never).
+    #[serde(default)]
+    pub idle_timeout_ms: u64,
+    /// A permission request is denied after this long (0: never).
+    #[serde(default)]
+    pub permission_timeout_ms: u64,
+    /// ACP `McpServer`s for `session/new`.
+    #[serde(default)]
+    pub mcp_servers: Vec<serde_json::Value>,
 }
 
 /// Written by the shim when it starts (`.grove/run/<task>.<run>.run.json`):

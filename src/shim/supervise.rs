@@ -217,7 +217,7 @@ async fn watch(
 
 /// Whether the task's row says this run is paused (`None`: the row is not
 /// about this run any more; the primary will cancel it).
-fn wants_paused(ws: &Workspace, spec: &ShimSpec) -> Result<Option<bool>, String> {
+pub(super) fn wants_paused(ws: &Workspace, spec: &ShimSpec) -> Result<Option<bool>, String> {
     let reader = crate::store::Reader::open(&ws.db_path()).map_err(|e| e.to_string())?;
     let task = reader.task(&spec.task_id).map_err(|e| e.to_string())?;
     Ok(task

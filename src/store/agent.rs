@@ -1,16 +1,20 @@
 //! The conversations of ACP agents: each update of a `task.agent_updates`
 //! batch becomes one durable `task.agent_update` event, in the batch's
 //! order, in the batch's transaction; a `permission_request` among them
-//! puts the task in `waiting`. `task.control` records a steering control
-//! (a permission answer) as a durable `task.control` event for the task's
-//! shim, and the task runs again. Kept apart from `tasks` because most of
-//! this is the conversation, not the lifecycle.
+//! puts the task in `waiting`, an `idle` in `idle` (a kept session between
+//! turns). `task.control` records a steering control as a durable
+//! `task.control` event for the task's shim: a permission answer makes the
+//! task run again, a follow-up wakes an idle one. Both kinds of event carry
+//! their task id in a column (`events.task_id`): read by task, and kept past
+//! the retention while the task exists (the transcript is replayed whole).
+//! Kept apart from `tasks` because most of this is the conversation, not
+//! the lifecycle.
 
 use super::tasks::{Ctx, existing, move_to};
 use super::txn::{Applied, WriteResult, append_event, refused};
 use crate::protocol::{
-    AgentOp, AgentUpdates, ControlKind, ErrorCode, EventData, ReplyBody, TaskControl, TaskStatus,
-    decode,
+    AgentOp, AgentUpdates, ControlKind, ErrorCode, EventData, ReplyBody, TaskControl, TaskRecord,
+    TaskStatus, decode,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -19,6 +23,14 @@ pub const MAX_BATCH_UPDATES: usize = 1024;
 
 /// The update kind by which a shim says its agent waits for a human.
 pub const PERMISSION_REQUEST: &str = "permission_request";
+
+/// The update kind by which a shim says how a permission request was
+/// answered (by a policy, a human, a timeout, a cancel).
+pub const PERMISSION: &str = "permission";
+
+/// The update kind by which a shim says its kept session waits for a
+/// follow-up (the turn ended; the agent stays).
+pub const IDLE: &str = "idle";
 
 pub(super) fn apply(c: &mut Ctx<'_>, op: AgentOp<'_>) -> Result<WriteResult, Applied> {
     match op {
@@ -59,10 +71,32 @@ fn append(c: &mut Ctx<'_>, batch: &AgentUpdates) -> Result<WriteResult, Applied>
         )?;
         c.events.push(event);
     }
-    if batch.updates.iter().any(|u| u.kind == PERMISSION_REQUEST) {
+    // The last of them says where the conversation stands now. A kept
+    // session goes idle only from running: paused, it stays paused (the
+    // turn was cancelled by the pause), and a follow-up written meanwhile
+    // has already moved it back to running (the shim sends it next).
+    // A request answered by the shim itself (the permission timeout) lets
+    // a waiting task run again.
+    let status_now = batch
+        .updates
+        .iter()
+        .rev()
+        .find_map(|u| match u.kind.as_str() {
+            PERMISSION_REQUEST => Some((TaskStatus::Waiting, u)),
+            IDLE => Some((TaskStatus::Idle, u)),
+            PERMISSION => Some((TaskStatus::Running, u)),
+            _ => None,
+        });
+    if let Some((to, update)) = status_now {
         let task = existing(c.tx, &batch.id)?;
-        if task.status == TaskStatus::Running {
-            move_to(c, task, TaskStatus::Waiting)?.map_err(Applied::Refused)?;
+        let from = if to == TaskStatus::Running {
+            TaskStatus::Waiting
+        } else {
+            TaskStatus::Running
+        };
+        let stale = to == TaskStatus::Idle && followup_pending(c, &task, &update.acp)?;
+        if task.status == from && !stale {
+            move_to(c, task, to)?.map_err(Applied::Refused)?;
         }
     }
     Ok(Ok(ReplyBody::Done {}))
@@ -82,6 +116,10 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
             format!("task {} is {}: {why}", ctl.id, status.as_str()),
         ))
     };
+    let session_open = matches!(
+        status,
+        TaskStatus::Running | TaskStatus::Waiting | TaskStatus::Idle
+    ) || (status == TaskStatus::Paused && task.run_id.is_some());
     match ctl.kind {
         ControlKind::Approve | ControlKind::Deny if status != TaskStatus::Waiting => {
             return refuse("it has no pending permission request to answer");
@@ -92,10 +130,13 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
                 "say needs a text, mode a mode id",
             ));
         }
-        ControlKind::Say | ControlKind::Mode
-            if !matches!(status, TaskStatus::Running | TaskStatus::Waiting) =>
-        {
+        ControlKind::Say | ControlKind::Mode | ControlKind::Close if !session_open => {
             return refuse("its agent session has ended");
+        }
+        ControlKind::Close if !task.spec.keep_session => {
+            return refuse(
+                "it does not keep its session (spawn --session); it ends after its turn",
+            );
         }
         _ => {}
     }
@@ -111,8 +152,74 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
         },
     )?;
     c.events.push(event);
-    if matches!(ctl.kind, ControlKind::Say | ControlKind::Mode) {
-        return Ok(Ok(ReplyBody::Task(Box::new(task))));
+    match ctl.kind {
+        // A follow-up to an idle session is its next turn, at once: the
+        // user asked for it (it takes no slot from the queue's order).
+        ControlKind::Say if status == TaskStatus::Idle => move_to(c, task, TaskStatus::Running),
+        ControlKind::Say | ControlKind::Mode | ControlKind::Close => {
+            Ok(Ok(ReplyBody::Task(Box::new(task))))
+        }
+        ControlKind::Approve | ControlKind::Deny => move_to(c, task, TaskStatus::Running),
+    }
+}
+
+/// Whether a follow-up for the task's run was written after the last
+/// control the shim had read when it reported `idle` (`controlsSeen` in
+/// the update): the report is stale, the shim reads that follow-up next
+/// and starts the turn, so the task stays running.
+fn followup_pending(c: &Ctx<'_>, task: &TaskRecord, idle: &str) -> Result<bool, Applied> {
+    let seen = serde_json::from_str::<serde_json::Value>(idle)
+        .ok()
+        .and_then(|v| v["controlsSeen"].as_u64())
+        .unwrap_or(0);
+    let run = task.run_id.clone().unwrap_or_default();
+    let mut stmt = c.tx.prepare_cached(
+        "SELECT payload FROM events WHERE task_id = ?1 AND seq > ?2 AND topic = 'task.control'",
+    )?;
+    let mut rows = stmt.query(params![task.id, seen as i64])?;
+    while let Some(row) = rows.next()? {
+        let payload: Vec<u8> = row.get(0)?;
+        if let Ok(EventData::TaskControlled {
+            run_id,
+            kind: ControlKind::Say,
+            ..
+        }) = decode::<EventData>(&payload)
+            && run_id == run
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether the task has an ACP conversation (any update or control).
+pub(super) fn has_conversation(tx: &rusqlite::Connection, id: &str) -> rusqlite::Result<bool> {
+    tx.prepare_cached("SELECT 1 FROM events WHERE task_id = ?1 LIMIT 1")?
+        .query_row(params![id], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+}
+
+/// Resumes a paused ACP task: its session was kept; the resume's
+/// instructions (if any) are its next turn, as a follow-up would be.
+pub(super) fn resume_session(
+    c: &mut Ctx<'_>,
+    task: TaskRecord,
+    instructions: Option<&str>,
+) -> Result<WriteResult, Applied> {
+    if let Some(text) = instructions.filter(|s| !s.trim().is_empty()) {
+        let event = append_event(
+            c.tx,
+            c.epoch,
+            EventData::TaskControlled {
+                id: task.id.clone(),
+                run_id: task.run_id.clone().unwrap_or_default(),
+                kind: ControlKind::Say,
+                option: None,
+                text: Some(text.to_string()),
+            },
+        )?;
+        c.events.push(event);
     }
     move_to(c, task, TaskStatus::Running)
 }
@@ -137,9 +244,10 @@ impl super::Reader {
         kind: &str,
     ) -> Result<Option<String>, super::StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT payload FROM events WHERE topic = 'task.agent_update' ORDER BY seq DESC",
+            "SELECT payload FROM events WHERE task_id = ?1 AND topic = 'task.agent_update' \
+             ORDER BY seq DESC",
         )?;
-        let mut rows = stmt.query([])?;
+        let mut rows = stmt.query(params![id])?;
         while let Some(row) = rows.next()? {
             let payload: Vec<u8> = row.get(0)?;
             if let Ok(EventData::TaskAgentUpdate {
@@ -160,9 +268,10 @@ impl super::Reader {
     /// The controls of task `id` after seq `after`, in order.
     pub fn controls_after(&self, id: &str, after: u64) -> Result<Vec<Control>, super::StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, payload FROM events WHERE seq > ?1 AND topic = 'task.control' ORDER BY seq",
+            "SELECT seq, payload FROM events WHERE task_id = ?1 AND seq > ?2 \
+             AND topic = 'task.control' ORDER BY seq",
         )?;
-        let rows = stmt.query_map(params![after as i64], |r| {
+        let rows = stmt.query_map(params![id, after as i64], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
         })?;
         let mut out = Vec::new();

@@ -6,7 +6,7 @@
 //! migration never shifts the others.
 
 use super::StoreError;
-use crate::protocol::{FailureReason, TaskRecord, TaskSpec, TaskStatus};
+use crate::protocol::{FailureReason, PermissionPolicy, TaskRecord, TaskSpec, TaskStatus};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
 
@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
 type Column = (&'static str, Value);
 
 /// The spec's columns (see [`TaskSpec`]).
-fn spec_columns(s: &TaskSpec) -> [Column; 12] {
+fn spec_columns(s: &TaskSpec) -> [Column; 14] {
     [
         ("prompt", s.prompt.clone().into()),
         ("engine", s.engine.clone().into()),
@@ -28,6 +28,11 @@ fn spec_columns(s: &TaskSpec) -> [Column; 12] {
         ("session_id", s.session_id.clone().into()),
         ("extra_args", json(&s.extra_args)),
         ("env", json(&s.env)),
+        ("keep_session", s.keep_session.into()),
+        (
+            "permissions",
+            s.permissions.map(|p| p.as_str().to_string()).into(),
+        ),
     ]
 }
 
@@ -184,5 +189,10 @@ fn spec(r: &Row<'_>) -> Result<TaskSpec, Unreadable> {
         session_id: r.get("session_id")?,
         extra_args: parse(r, "extra_args")?,
         env: parse(r, "env")?,
+        keep_session: r.get("keep_session")?,
+        permissions: match r.get::<_, Option<String>>("permissions")? {
+            None => None,
+            Some(p) => Some(PermissionPolicy::parse(&p).ok_or(Unreadable::Bad("permissions"))?),
+        },
     })
 }

@@ -108,6 +108,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE ledger ADD COLUMN digest INTEGER;
     "#,
+    // v6: ACP sessions kept open between turns, a task's own permission
+    // policy; and the task an event is about, for the events that make up
+    // a conversation (agent updates, controls): read by task through the
+    // index, and kept by retention while their task exists, so that a
+    // transcript can always be replayed whole.
+    r#"
+    ALTER TABLE tasks ADD COLUMN keep_session INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN permissions TEXT;
+    ALTER TABLE events ADD COLUMN task_id TEXT;
+    CREATE INDEX events_task ON events (task_id, seq) WHERE task_id IS NOT NULL;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

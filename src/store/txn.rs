@@ -37,6 +37,15 @@ pub(crate) fn refused(code: ErrorCode, message: impl Into<String>) -> Applied {
     Applied::Refused(WireError::new(code, message))
 }
 
+/// The task whose conversation an event is part of: such events are read
+/// by task and outlive the event retention while their task exists.
+fn conversation_of(data: &EventData) -> Option<&str> {
+    match data {
+        EventData::TaskAgentUpdate { id, .. } | EventData::TaskControlled { id, .. } => Some(id),
+        _ => None,
+    }
+}
+
 /// Appends a durable event in the current transaction and returns it with
 /// its `seq`.
 pub(crate) fn append_event(
@@ -45,13 +54,16 @@ pub(crate) fn append_event(
     data: EventData,
 ) -> rusqlite::Result<Event> {
     let at = now_ms();
-    tx.prepare_cached("INSERT INTO events (epoch, at, topic, payload) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![
-            epoch as i64,
-            at as i64,
-            data.topic(),
-            encode(&data)
-        ])?;
+    tx.prepare_cached(
+        "INSERT INTO events (epoch, at, topic, payload, task_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        epoch as i64,
+        at as i64,
+        data.topic(),
+        encode(&data),
+        conversation_of(&data)
+    ])?;
     Ok(Event {
         seq: tx.last_insert_rowid() as u64,
         epoch,

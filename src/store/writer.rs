@@ -182,12 +182,23 @@ pub struct Retention {
 /// Prunes at most this often, outside the hot path of a commit.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn prune(conn: &Connection, retention: Retention) -> rusqlite::Result<(usize, usize)> {
+/// Deletes events beyond the retention, but those of a live task's
+/// conversation (its transcript is replayed whole; a deleted task's go with
+/// it). `floor`: below it only such kept events remain, so each prune
+/// scans only what aged since the last one.
+fn prune(
+    conn: &Connection,
+    retention: Retention,
+    floor: &mut i64,
+) -> rusqlite::Result<(usize, usize)> {
     let last: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+    let cutoff = last - retention.events as i64;
     let events = conn.execute(
-        "DELETE FROM events WHERE seq <= ?1",
-        [last - retention.events as i64],
+        "DELETE FROM events WHERE seq > ?1 AND seq <= ?2 \
+         AND (task_id IS NULL OR task_id NOT IN (SELECT id FROM tasks))",
+        [*floor, cutoff],
     )?;
+    *floor = (*floor).max(cutoff);
     let cutoff = now_ms().saturating_sub(retention.ledger_ms) as i64;
     let ledger = conn.execute("DELETE FROM ledger WHERE at < ?1", [cutoff])?;
     Ok((events, ledger))
@@ -230,10 +241,11 @@ fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_prune = std::time::Instant::now() - PRUNE_EVERY;
+    let mut prune_floor = 0;
     while let Ok(first) = rx.recv() {
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();
-            prune_history(&conn, retention);
+            prune_history(&conn, retention, &mut prune_floor);
         }
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -267,12 +279,12 @@ fn run(
 }
 
 /// Old events, ledger rows and crash suspects, outside any batch.
-fn prune_history(conn: &Connection, retention: Retention) {
+fn prune_history(conn: &Connection, retention: Retention, floor: &mut i64) {
     let cutoff = now_ms().saturating_sub(retention.ledger_ms);
     if let Err(e) = super::crash_guard::prune(conn, cutoff) {
         tracing::warn!("pruning suspects failed: {e}");
     }
-    match prune(conn, retention) {
+    match prune(conn, retention, floor) {
         Ok((0, 0)) => {}
         Ok((e, l)) => tracing::info!("pruned {e} old events and {l} ledger entries"),
         Err(e) => tracing::warn!("pruning failed: {e}"),

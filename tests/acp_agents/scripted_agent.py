@@ -14,6 +14,10 @@ words of the prompt, never from the order of requests:
   garbage        writes a line that is not JSON on stdout
   read PATH      reads PATH through fs/read_text_file and says what it got
   write PATH     writes PATH through fs/write_text_file and says how it went
+  model          says the session's model (a `model` config option: fast, smart)
+  mcp            says the names of the MCP servers session/new gave it
+  turns          says how many prompts this session has had
+(a prompt that starts with "Continue" says "continued")
 
 Usage: python3 scripted_agent.py
 """
@@ -42,6 +46,9 @@ class Scripted:
         self.conn = None
         self.cancelled = {}
         self.cwd = {}
+        self.model = {}
+        self.mcp = {}
+        self.turns = {}
 
     def on_connect(self, conn):
         self.conn = conn
@@ -56,6 +63,8 @@ class Scripted:
     async def new_session(self, cwd, mcp_servers=None, **kw):
         sid = f"s{len(self.cwd) + 1}"
         self.cwd[sid] = cwd
+        self.model[sid] = "fast"
+        self.mcp[sid] = [getattr(m, "name", "?") for m in (mcp_servers or [])]
         modes = schema.SessionModeState(
             current_mode_id="default",
             available_modes=[
@@ -63,7 +72,28 @@ class Scripted:
                 schema.SessionMode(id="plan", name="Plan"),
             ],
         )
-        return schema.NewSessionResponse(session_id=sid, modes=modes)
+        return schema.NewSessionResponse(
+            session_id=sid, modes=modes, config_options=[self.model_option(sid)]
+        )
+
+    def model_option(self, sid):
+        return schema.SessionConfigOptionSelect(
+            id="model",
+            name="Model",
+            category="model",
+            type="select",
+            current_value=self.model[sid],
+            options=[
+                schema.SessionConfigSelectOption(value="fast", name="Fast"),
+                schema.SessionConfigSelectOption(value="smart", name="Smart One"),
+            ],
+        )
+
+    async def set_config_option(self, config_id, session_id, value, **kw):
+        if config_id != "model" or value not in ("fast", "smart"):
+            raise acp.RequestError.invalid_params({"configId": config_id, "value": value})
+        self.model[session_id] = value
+        return schema.SetSessionConfigOptionResponse(config_options=[self.model_option(session_id)])
 
     async def set_session_mode(self, session_id, mode_id, **kw):
         if mode_id not in ("default", "plan"):
@@ -82,7 +112,16 @@ class Scripted:
         self.cancelled[sid] = False
         text = " ".join(b.text for b in prompt if getattr(b, "type", "") == "text")
         words = text.split()
-        if "hello" in words:
+        self.turns[sid] = self.turns.get(sid, 0) + 1
+        if text.startswith("Continue"):
+            await self.say(sid, "continued")
+        elif "model" in words:
+            await self.say(sid, f"model {self.model[sid]}")
+        elif "mcp" in words:
+            await self.say(sid, "mcp " + ",".join(self.mcp[sid]))
+        elif "turns" in words:
+            await self.say(sid, f"turns {self.turns[sid]}")
+        elif "hello" in words:
             await self.conn.session_update(session_id=sid, update=update_agent_thought_text("greeting"))
             for w in ["Hel", "lo ", "wor", "ld"]:
                 await self.say(sid, w)

@@ -73,6 +73,22 @@ impl Grove {
         Grove::with_config("heartbeat_ms = 100\n")
     }
 
+    /// A workspace whose engine `scripted` is the scripted ACP agent on the
+    /// Python SDK (tests/acp_agents/scripted_agent.py), answering permission
+    /// requests by `permissions`; `settings` are more top-level lines.
+    pub fn scripted_acp(permissions: &str, settings: &str) -> Grove {
+        let python = test_env::python();
+        let agent = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/acp_agents/scripted_agent.py"
+        );
+        Grove::with_config(&format!(
+            "heartbeat_ms = 100\nkill_grace_ms = 2000\n{settings}[engines.scripted]\nkind = \"acp\"\n\
+             command = [\"{}\", \"{agent}\"]\npermissions = \"{permissions}\"\n",
+            python.display()
+        ))
+    }
+
     pub fn with_config(toml: &str) -> Grove {
         let dir = tempfile::tempdir().expect("tempdir");
         let ws = dir.path().join("ws");

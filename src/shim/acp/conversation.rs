@@ -1,83 +1,41 @@
 //! The ACP conversation itself, on the official `agent-client-protocol`
 //! crate (client side): initialize with a file-system capability confined
-//! to the workdir, open a session in the workdir, run the turn, and turn
-//! every message of the agent into an update for the outbox and the
-//! transcript. Permission requests are answered by the engine's policy.
+//! to the workdir, open a session in the workdir (with the configured MCP
+//! servers), choose the model through the session's model option, run the
+//! turns, and turn every message of the agent into an update for the
+//! outbox and the transcript. Steering (`steering.rs`) decides what
+//! follows a turn.
 
-use super::fs::Confined;
-use super::outbox::Outbox;
-use super::transcript::Transcript;
-use crate::config::PermissionPolicy;
-use crate::protocol::ControlKind;
+use super::steering::{Next, Session};
 use agent_client_protocol::v1::schema::{
     CancelNotification, ClientCapabilities, ContentBlock, FileSystemCapabilities, Implementation,
-    InitializeRequest, NewSessionRequest, PermissionOption, PermissionOptionKind, PromptRequest,
-    ReadTextFileRequest, ReadTextFileResponse, RequestPermissionOutcome, RequestPermissionRequest,
-    RequestPermissionResponse, SelectedPermissionOutcome, SessionNotification,
-    SetSessionModeRequest, StopReason, TextContent, WriteTextFileRequest, WriteTextFileResponse,
+    InitializeRequest, McpServer, NewSessionRequest, NewSessionResponse, PromptRequest,
+    ReadTextFileRequest, ReadTextFileResponse, RequestPermissionRequest, SessionId,
+    SessionNotification, SetSessionConfigOptionRequest, SetSessionModeRequest, StopReason,
+    TextContent, WriteTextFileRequest, WriteTextFileResponse,
 };
 use agent_client_protocol::{Agent, Client, ConnectTo, Error as AcpError};
 use serde_json::{Value, json};
-use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-/// What the conversation's handlers share.
-pub struct Session {
-    pub outbox: Arc<Outbox>,
-    pub transcript: Mutex<Transcript>,
-    pub fs: Confined,
-    pub policy: PermissionPolicy,
-    /// The permission request that waits for a human, if any.
-    pub pending: Mutex<Option<Pending>>,
-    /// Woken when a request starts waiting (the timeout clock stops).
-    pub asked: Notify,
-    pub controls: Controls,
-    /// Follow-up prompts (`grove say`) for when the current turn ends.
-    pub followups: Mutex<VecDeque<String>>,
-    /// Modes to switch to (`grove mode`), in order.
-    pub modes: Mutex<VecDeque<String>>,
-    /// Woken when a mode was asked for.
-    pub steer: Notify,
+type Connection = agent_client_protocol::v1::ConnectionTo<Agent>;
+
+/// What the conversation is asked to do.
+pub struct Turn {
+    pub work_dir: PathBuf,
+    pub prompt: String,
+    pub model: Option<String>,
+    /// ACP `McpServer` JSON for `session/new`.
+    pub mcp_servers: Vec<Value>,
 }
 
-/// Where the task's steering controls are read from, and the seq of the
-/// last one applied (each is applied once).
-pub struct Controls {
-    pub db: PathBuf,
-    pub task_id: String,
-    pub run_id: String,
-    pub last: Mutex<u64>,
+fn protocol_error(what: &str, e: AcpError) -> String {
+    format!("{what}: {e}")
 }
-
-/// A permission request the policy did not answer: it waits, without
-/// holding the connection's dispatch loop, for `grove approve`/`deny`.
-pub struct Pending {
-    options: Vec<PermissionOption>,
-    tool_call_id: String,
-    respond: Respond,
-}
-
-type Respond = Box<dyn FnOnce(RequestPermissionResponse) + Send>;
 
 impl Session {
-    /// One update: into the transcript, then the outbox.
-    pub fn record(&self, kind: &str, update: Value) {
-        self.transcript
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .update(kind, &update);
-        self.outbox.push(kind, update);
-    }
-
-    pub fn note(&self, text: &str) {
-        self.transcript
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .note(text);
-    }
-
     fn on_update(&self, n: SessionNotification) {
         let update = serde_json::to_value(&n.update).unwrap_or(Value::Null);
         let kind = update["sessionUpdate"]
@@ -86,198 +44,15 @@ impl Session {
             .to_string();
         self.record(&kind, update);
     }
-
-    fn on_permission(&self, req: &RequestPermissionRequest, respond: Respond) {
-        let request = serde_json::to_value(req).unwrap_or(Value::Null);
-        if let Some(id) = decide(self.policy, req) {
-            let answer = json!({"outcome": "selected", "optionId": id, "by": "policy"});
-            self.record("permission", json!({"request": request, "answer": answer}));
-            respond(RequestPermissionResponse::new(
-                RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(id)),
-            ));
-            return;
-        }
-        let tool_call_id = req.tool_call.tool_call_id.to_string();
-        let title = request["toolCall"]["title"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        // Pending before the request is reported: an answer can only be
-        // given once the store has it, and must then find it here.
-        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pending {
-            options: req.options.clone(),
-            tool_call_id: tool_call_id.clone(),
-            respond,
-        });
-        self.note(&format!(
-            "permission asked for tool {tool_call_id} {title}: waiting for grove approve / grove deny"
-        ));
-        self.outbox
-            .push_now(super::PERMISSION_REQUEST, json!({"request": request}));
-        self.asked.notify_one();
-    }
-
-    /// Applies the task's controls written since the last one applied:
-    /// permission answers at once, follow-ups queued for the turn's end.
-    pub fn apply_controls(&self) {
-        let c = &self.controls;
-        let mut last = c.last.lock().unwrap_or_else(|p| p.into_inner());
-        let read =
-            crate::store::Reader::open(&c.db).and_then(|r| r.controls_after(&c.task_id, *last));
-        let controls = match read {
-            Ok(list) => list,
-            Err(e) => {
-                errln!("grove shim: cannot read the task's controls: {e}");
-                return;
-            }
-        };
-        for ctl in controls {
-            *last = ctl.seq;
-            if ctl.run_id != c.run_id {
-                continue;
-            }
-            let by = match ctl.kind {
-                ControlKind::Approve => "grove approve",
-                ControlKind::Deny => "grove deny",
-                ControlKind::Mode => {
-                    let mode = ctl.text.unwrap_or_default();
-                    self.modes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_back(mode);
-                    self.steer.notify_one();
-                    continue;
-                }
-                ControlKind::Say => {
-                    let text = ctl.text.unwrap_or_default();
-                    self.note(&format!("follow-up queued: {text}"));
-                    self.followups
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_back(text);
-                    continue;
-                }
-            };
-            if !self.answer(Some(ctl.kind), ctl.option.as_deref(), by) {
-                self.note(&format!("{by}: no permission request is pending; ignored"));
-            }
-        }
-    }
-
-    /// The next follow-up, after reading the controls once more (one may
-    /// have been written while the turn was ending).
-    fn next_followup(&self) -> Option<String> {
-        self.apply_controls();
-        self.followups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
-    }
-
-    /// Whether a permission request waits for a human.
-    pub fn waiting(&self) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-    }
-
-    /// Answers the pending request (`None`: the turn is being cancelled);
-    /// false when none is pending.
-    pub fn answer(&self, kind: Option<ControlKind>, option: Option<&str>, by: &str) -> bool {
-        let Some(p) = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return false;
-        };
-        let find = |kinds: &[PermissionOptionKind]| {
-            option
-                .and_then(|o| p.options.iter().find(|x| x.option_id.to_string() == o))
-                .or_else(|| {
-                    kinds
-                        .iter()
-                        .find_map(|k| p.options.iter().find(|x| x.kind == *k))
-                })
-                .map(|x| x.option_id.to_string())
-        };
-        let chosen = match kind {
-            Some(ControlKind::Approve) => find(&[
-                PermissionOptionKind::AllowOnce,
-                PermissionOptionKind::AllowAlways,
-            ]),
-            Some(ControlKind::Deny) => find(&[
-                PermissionOptionKind::RejectOnce,
-                PermissionOptionKind::RejectAlways,
-            ]),
-            Some(ControlKind::Say | ControlKind::Mode) | None => None,
-        };
-        let answer = match &chosen {
-            Some(id) => json!({"outcome": "selected", "optionId": id, "by": by}),
-            None => json!({"outcome": "cancelled", "by": by}),
-        };
-        self.record(
-            "permission",
-            json!({"request": {"toolCall": {"toolCallId": p.tool_call_id}}, "answer": answer}),
-        );
-        let outcome = match chosen {
-            Some(id) => RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(id)),
-            None => RequestPermissionOutcome::Cancelled,
-        };
-        (p.respond)(RequestPermissionResponse::new(outcome));
-        true
-    }
 }
 
-/// The option the policy picks by itself, if any: the narrowest allow
-/// option when the policy allows this kind of tool. Anything else waits
-/// for a human.
-fn decide(policy: PermissionPolicy, req: &RequestPermissionRequest) -> Option<String> {
-    let tool = serde_json::to_value(&req.tool_call).unwrap_or(Value::Null);
-    let looks_only = matches!(
-        tool["kind"].as_str(),
-        Some("read" | "search" | "fetch" | "think")
-    );
-    let allow = match policy {
-        PermissionPolicy::AllowAll => true,
-        PermissionPolicy::AllowReads => looks_only,
-        PermissionPolicy::Ask => false,
-    };
-    if !allow {
-        return None;
-    }
-    let kinds = [
-        PermissionOptionKind::AllowOnce,
-        PermissionOptionKind::AllowAlways,
-    ];
-    kinds.iter().find_map(|k| {
-        req.options
-            .iter()
-            .find(|o| o.kind == *k)
-            .map(|o| o.option_id.to_string())
-    })
-}
-
-/// What the conversation is asked to do.
-pub struct Turn {
-    pub work_dir: PathBuf,
-    pub prompt: String,
-    pub model: Option<String>,
-}
-
-fn protocol_error(what: &str, e: AcpError) -> String {
-    format!("{what}: {e}")
-}
-
-/// Runs the conversation over `transport` until the turn ends; `cancel`
-/// sends `session/cancel` and waits for the agent to end the turn.
+/// Runs the conversation over `transport` until its last turn ends; the
+/// session's `interrupt` sends `session/cancel` and waits for the agent
+/// to end the turn.
 pub async fn converse(
     transport: impl ConnectTo<Client> + 'static,
     session: Arc<Session>,
     turn: Turn,
-    cancel: Arc<Notify>,
 ) -> Result<StopReason, String> {
     let (s1, s2, s3, s4) = (
         session.clone(),
@@ -335,7 +110,7 @@ pub async fn converse(
             agent_client_protocol::on_receive_request!(),
         )
         .connect_with(transport, async move |cx| {
-            run_turn(cx, session, turn, cancel).await
+            run_turns(cx, session, turn).await
         })
         .await;
     match result {
@@ -344,76 +119,164 @@ pub async fn converse(
     }
 }
 
-async fn run_turn(
-    cx: agent_client_protocol::v1::ConnectionTo<Agent>,
+async fn run_turns(
+    cx: Connection,
     session: Arc<Session>,
     turn: Turn,
-    cancel: Arc<Notify>,
 ) -> Result<Result<StopReason, String>, AcpError> {
+    let id = match open(&cx, &session, &turn).await {
+        Ok(id) => id,
+        Err(m) => return Ok(Err(m)),
+    };
+    let mut text = turn.prompt;
+    loop {
+        session.in_turn.store(true, Ordering::SeqCst);
+        let stop = prompt(&cx, &session, &id, &text).await;
+        session.in_turn.store(false, Ordering::SeqCst);
+        let (stop, paused) = match stop {
+            Ok(stop) => stop,
+            Err(e) => return Ok(Err(protocol_error("session/prompt failed", e))),
+        };
+        // A turn cut short by a pause is not the task's end (even when it
+        // was resumed before the agent ended it); any other stop reason but
+        // end_turn is (refusal, max_tokens, a cancel).
+        let paused = stop == StopReason::Cancelled && paused;
+        if stop != StopReason::EndTurn && !paused {
+            return Ok(Ok(stop));
+        }
+        match session.between_turns().await {
+            Next::Turn(next) => {
+                session.outbox.push("turn_end", json!({"stopReason": stop}));
+                text = next;
+            }
+            Next::End => return Ok(Ok(StopReason::EndTurn)),
+        }
+    }
+}
+
+/// `initialize` and `session/new`, then the model; the session's id, or
+/// why the conversation cannot go on.
+async fn open(cx: &Connection, session: &Session, turn: &Turn) -> Result<SessionId, String> {
     let fs = FileSystemCapabilities::new()
         .read_text_file(true)
         .write_text_file(true);
     let init = InitializeRequest::new(agent_client_protocol::schema::ProtocolVersion::V1)
         .client_capabilities(ClientCapabilities::new().fs(fs))
         .client_info(Implementation::new("grove", env!("CARGO_PKG_VERSION")));
-    let info = match cx.send_request(init).block_task().await {
-        Ok(i) => i,
-        Err(e) => return Ok(Err(protocol_error("initialize failed", e))),
-    };
-    session.record(
-        "initialized",
-        serde_json::to_value(&info).unwrap_or(Value::Null),
-    );
-    let new = match cx
-        .send_request(NewSessionRequest::new(turn.work_dir.clone()))
+    let info = cx
+        .send_request(init)
         .block_task()
         .await
-    {
-        Ok(n) => n,
-        Err(e) => return Ok(Err(protocol_error("session/new failed", e))),
-    };
+        .map_err(|e| protocol_error("initialize failed", e))?;
+    let info = serde_json::to_value(&info).unwrap_or(Value::Null);
+    session.record("initialized", info.clone());
+    let servers = mcp_servers(session, &info, &turn.mcp_servers);
+    let request = NewSessionRequest::new(turn.work_dir.clone()).mcp_servers(servers);
+    let new = cx
+        .send_request(request)
+        .block_task()
+        .await
+        .map_err(|e| protocol_error("session/new failed", e))?;
     session.record("session", serde_json::to_value(&new).unwrap_or(Value::Null));
     if let Some(model) = &turn.model {
-        session.note(&format!(
-            "model {model}: passed to the agent only through its command line or its own configuration"
-        ));
+        choose_model(cx, session, &new, model).await?;
     }
-    let id = new.session_id.clone();
-    let mut text = turn.prompt;
-    loop {
-        let stop = match prompt(&cx, &session, &id, &text, &cancel).await {
-            Ok(stop) => stop,
-            Err(e) => return Ok(Err(protocol_error("session/prompt failed", e))),
-        };
-        // A follow-up said during the turn is the next turn, in the same
-        // session; the task ends after the last one.
-        match (stop, session.next_followup()) {
-            (StopReason::EndTurn, Some(next)) => {
-                session
-                    .outbox
-                    .push("turn_end", json!({"stopReason": "end_turn"}));
-                text = next;
-            }
-            _ => return Ok(Ok(stop)),
-        }
-    }
+    Ok(new.session_id)
 }
 
-/// One turn: the prompt, then its stop reason; `cancel` sends
-/// `session/cancel` and the turn ends as the agent ends it.
-async fn prompt(
-    cx: &agent_client_protocol::v1::ConnectionTo<Agent>,
+/// The configured MCP servers the agent can take: an HTTP server only when
+/// it says it supports them (a left-out server is said, never silent).
+fn mcp_servers(session: &Session, info: &Value, wanted: &[Value]) -> Vec<McpServer> {
+    let http = info["agentCapabilities"]["mcpCapabilities"]["http"]
+        .as_bool()
+        .unwrap_or(false);
+    let mut out = Vec::new();
+    for server in wanted {
+        let name = server["name"].as_str().unwrap_or("?");
+        if server["type"] == "http" && !http {
+            session.tell(&format!(
+                "MCP server {name} left out: the agent does not take HTTP MCP servers"
+            ));
+            continue;
+        }
+        match serde_json::from_value::<McpServer>(server.clone()) {
+            Ok(s) => out.push(s),
+            Err(e) => session.tell(&format!("MCP server {name} left out: {e}")),
+        }
+    }
+    out
+}
+
+/// Selects `model` through the session's model option (ACP session config
+/// options, category `model`): its value id or name, case-insensitively.
+/// An agent that offers no such option or value fails the task with the
+/// values it does offer: a task never runs on another model silently.
+async fn choose_model(
+    cx: &Connection,
     session: &Session,
-    id: &agent_client_protocol::v1::schema::SessionId,
+    new: &NewSessionResponse,
+    model: &str,
+) -> Result<(), String> {
+    let options = serde_json::to_value(&new.config_options).unwrap_or(Value::Null);
+    let Some(option) = options
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["category"] == "model" && o["type"] == "select")
+    else {
+        return Err(format!(
+            "cannot select model {model}: the agent offers no session model option, and its engine has no model_args to pass it on the command line"
+        ));
+    };
+    let values = select_values(&option["options"]);
+    let Some((value, _)) = values
+        .iter()
+        .find(|(id, name)| id.eq_ignore_ascii_case(model) || name.eq_ignore_ascii_case(model))
+    else {
+        let offered: Vec<&str> = values.iter().map(|(id, _)| id.as_str()).collect();
+        return Err(format!(
+            "the agent offers no model '{model}'; it offers: {}",
+            offered.join(", ")
+        ));
+    };
+    let config_id = option["id"].as_str().unwrap_or_default().to_string();
+    let request =
+        SetSessionConfigOptionRequest::new(new.session_id.clone(), config_id, value.as_str());
+    cx.send_request(request)
+        .block_task()
+        .await
+        .map_err(|e| protocol_error(&format!("selecting model {value} failed"), e))?;
+    session.tell(&format!(
+        "model {value} selected through the session's model option"
+    ));
+    Ok(())
+}
+
+/// The (value id, name) pairs of a select option, grouped or not.
+fn select_values(options: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for o in options.as_array().into_iter().flatten() {
+        if let Some(group) = o["options"].as_array() {
+            out.extend(select_values(&Value::Array(group.clone())));
+        } else if let Some(id) = o["value"].as_str() {
+            let name = o["name"].as_str().unwrap_or(id);
+            out.push((id.to_string(), name.to_string()));
+        }
+    }
+    out
+}
+
+/// One turn: the prompt, then its stop reason and whether a pause cut it
+/// short. An interrupt (a pause, a cancel, the timeout) sends
+/// `session/cancel` and the turn ends as the agent ends it; modes asked
+/// meanwhile are sent as they come.
+async fn prompt(
+    cx: &Connection,
+    session: &Session,
+    id: &SessionId,
     text: &str,
-    cancel: &Notify,
-) -> Result<StopReason, AcpError> {
-    session
-        .transcript
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .prompt(text);
-    session.outbox.push("prompt", json!({"text": text}));
+) -> Result<(StopReason, bool), AcpError> {
+    session.prompted(text);
     let request = PromptRequest::new(
         id.clone(),
         vec![ContentBlock::Text(TextContent::new(text.to_string()))],
@@ -422,13 +285,16 @@ async fn prompt(
     tokio::pin!(sent);
     loop {
         tokio::select! {
-            r = &mut sent => return r.map(|r| r.stop_reason),
+            r = &mut sent => return r.map(|r| (r.stop_reason, false)),
             _ = session.steer.notified() => set_modes(cx, session, id).await,
-            _ = cancel.notified() => {
-                // The agent ends the turn with `cancelled`; the shim kills
-                // the process tree if it does not within the grace.
-                let _ = cx.send_notification(CancelNotification::new(id.clone()));
-                return sent.await.map(|r| r.stop_reason);
+            _ = session.interrupt.notified() => {
+                if session.interrupting() {
+                    let by_pause = !session.closing();
+                    // The shim kills the process tree if the agent does
+                    // not end the turn within the grace.
+                    let _ = cx.send_notification(CancelNotification::new(id.clone()));
+                    return sent.await.map(|r| (r.stop_reason, by_pause));
+                }
             }
         }
     }
@@ -436,18 +302,8 @@ async fn prompt(
 
 /// Sends the modes asked for (`session/set_mode`); a mode the agent
 /// refuses is noted in the transcript and the turn goes on.
-async fn set_modes(
-    cx: &agent_client_protocol::v1::ConnectionTo<Agent>,
-    session: &Session,
-    id: &agent_client_protocol::v1::schema::SessionId,
-) {
-    loop {
-        let next = session
-            .modes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front();
-        let Some(mode) = next else { return };
+async fn set_modes(cx: &Connection, session: &Session, id: &SessionId) {
+    while let Some(mode) = session.next_mode() {
         let request = SetSessionModeRequest::new(id.clone(), mode.clone());
         match cx.send_request(request).block_task().await {
             Ok(_) => session.note(&format!("mode {mode} asked (grove mode)")),

@@ -1,12 +1,14 @@
 //! The shim of an `acp` engine: the ACP client of its agent. It holds the
 //! agent's stdio, so the death of any member — the primary included — never
 //! interrupts a turn; the agent's session updates reach whoever is primary
-//! through the outbox (`outbox.rs`), and the turn's stop reason decides how
-//! the task ends.
+//! through the outbox (`outbox.rs`), and the last turn's stop reason
+//! decides how the task ends. A kept session (`--session`) waits idle
+//! between turns until a follow-up, `grove close` or its idle timeout.
 
 mod conversation;
 mod fs;
 mod outbox;
+mod steering;
 mod transcript;
 mod transport;
 
@@ -18,13 +20,13 @@ use crate::protocol::{ExitOutcome, now_ms};
 use crate::runs::signals::{self, Control, Signals};
 use crate::runs::tree;
 use crate::runs::{AcpSpec, ExitRecord, RunFiles, RunRecord, ShimSpec, write_json};
-pub use crate::store::agent::PERMISSION_REQUEST;
+pub use crate::store::agent::{IDLE, PERMISSION_REQUEST};
 use agent_client_protocol::v1::schema::StopReason;
-use conversation::{Session, Turn};
+use conversation::Turn;
 use outbox::Outbox;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Notify;
+use steering::Session;
 
 /// How long the conversation may take to end after the agent exited (its
 /// last lines are still being read).
@@ -123,23 +125,19 @@ pub(super) async fn supervise(
         transport::outgoing(stdin),
         transport::incoming(stdout, outbox.clone(), fatal.clone()),
     );
-    let cancel = Arc::new(Notify::new());
     let turn = Turn {
         work_dir: spec.work_dir.clone(),
         prompt: acp.prompt.clone(),
         model: acp.model.clone(),
+        mcp_servers: acp.mcp_servers.clone(),
     };
-    let conversation = tokio::spawn(conversation::converse(
-        lines,
-        session.clone(),
-        turn,
-        cancel.clone(),
-    ));
+    let conversation = tokio::spawn(conversation::converse(lines, session.clone(), turn));
     let grace = Duration::from_millis(spec.grace_ms);
     let turn = Watched {
+        ws,
         spec,
+        acp,
         session: &session,
-        cancel: &cancel,
         fatal: &fatal,
         grace,
     };
@@ -153,12 +151,14 @@ pub(super) async fn supervise(
         "turn_end",
         serde_json::json!({"stopReason": stop, "message": ended.message}),
     );
-    // One turn per task: the session ends with it, and so does the agent.
-    let status = terminate(&mut child, pgid, grace).await.or(ended.status);
+    // The session ended (its last turn, a close, a cancel): so does the
+    // agent.
+    // Its exit status is not the task's: the agent is stopped by us here.
+    let _ = terminate(&mut child, pgid, grace).await;
     outbox.close();
     let _ = sender.await;
     outbox.remove_dir();
-    finish(Ended { status, ..ended })
+    finish(ended)
 }
 
 /// The agent's command, the task's log and the workdir confinement, or
@@ -188,23 +188,20 @@ fn new_session(
     log: std::fs::File,
     confined: fs::Confined,
 ) -> Arc<Session> {
-    Arc::new(Session {
-        outbox: outbox.clone(),
-        transcript: Mutex::new(transcript::Transcript::new(log)),
-        fs: confined,
-        policy: acp.permissions,
-        pending: Mutex::new(None),
-        asked: Notify::new(),
-        controls: conversation::Controls {
-            db: ws.db_path(),
-            task_id: spec.task_id.clone(),
-            run_id: spec.run_id.clone(),
-            last: Mutex::new(0),
-        },
-        followups: Mutex::default(),
-        modes: Mutex::default(),
-        steer: Notify::new(),
-    })
+    let controls = steering::Controls {
+        db: ws.db_path(),
+        task_id: spec.task_id.clone(),
+        run_id: spec.run_id.clone(),
+        last: Mutex::new(0),
+    };
+    Arc::new(Session::new(
+        outbox.clone(),
+        transcript::Transcript::new(log),
+        confined,
+        acp.permissions,
+        acp.keep_session,
+        controls,
+    ))
 }
 
 fn json_stop(e: &Ended) -> &'static str {
@@ -238,22 +235,52 @@ fn died(status: Option<std::process::ExitStatus>, fatal: &transport::Fatal) -> E
     }
 }
 
-/// What the watch of a turn refers to.
+/// What the watch of a conversation refers to.
 struct Watched<'a> {
+    ws: &'a Workspace,
     spec: &'a ShimSpec,
+    acp: &'a AcpSpec,
     session: &'a Session,
-    cancel: &'a Notify,
     fatal: &'a transport::Fatal,
     grace: Duration,
 }
 
 impl Watched<'_> {
-    /// Ends the turn through the protocol: a pending request is answered
-    /// `cancelled` first, as ACP asks of a client that cancels.
+    /// Ends the turn and the session through the protocol, then waits for
+    /// the conversation up to the grace.
     async fn cancel_turn(&self, conversation: &mut Conversation, by: &str) {
-        self.session.answer(None, None, by);
-        self.cancel.notify_one();
+        self.session.cancel(by);
         let _ = tokio::time::timeout(self.grace, conversation).await;
+    }
+
+    /// When the idle session is closed, if it is idle and has a timeout.
+    fn idle_expiry(&self) -> Option<tokio::time::Instant> {
+        let limit = Duration::from_millis(self.acp.idle_timeout_ms);
+        (!limit.is_zero())
+            .then(|| self.session.idle_since())
+            .flatten()
+            .map(|since| since + limit)
+    }
+
+    /// When the pending permission request is denied, if one waits and
+    /// requests time out.
+    fn permission_expiry(&self) -> Option<tokio::time::Instant> {
+        let limit = Duration::from_millis(self.acp.permission_timeout_ms);
+        (!limit.is_zero())
+            .then(|| self.session.waiting_since())
+            .flatten()
+            .map(|since| since + limit)
+    }
+
+    /// A control was written, or the task was paused or resumed: reads
+    /// both from the store.
+    fn sync(&self) {
+        self.session.apply_controls();
+        match super::supervise::wants_paused(self.ws, self.spec) {
+            Ok(Some(paused)) => self.session.set_paused(paused),
+            Ok(None) => {}
+            Err(e) => errln!("grove shim: cannot read the task to pause or resume it: {e}"),
+        }
     }
 }
 
@@ -290,8 +317,10 @@ fn why_it_ended(
     }
 }
 
-/// Waits for the turn to end, the agent to die, the timeout or a cancel;
-/// the timeout clock stops while a permission request waits for a human.
+/// Waits for the conversation to end, the agent to die, the timeout or a
+/// cancel; the timeout clock runs only during a turn that waits for nobody
+/// (not while a permission request waits for a human, not while idle or
+/// paused).
 async fn watch(
     child: &mut tokio::process::Child,
     pgid: u32,
@@ -305,15 +334,31 @@ async fn watch(
         since: Some(tokio::time::Instant::now()),
     };
     let why = |r| why_it_ended(r, fatal);
+    let mut idle_closed = false;
     loop {
+        if w.session.clock_runs() {
+            clock.resume();
+        } else {
+            clock.pause();
+        }
         tokio::select! {
             r = &mut conversation => {
                 if matches!(r, Ok(Ok(_))) {
-                    return why(r);
+                    let mut ended = why(r);
+                    if idle_closed {
+                        ended.message = Some(format!(
+                            "session closed after {} ms idle (idle_timeout_ms)",
+                            w.acp.idle_timeout_ms
+                        ));
+                    }
+                    return ended;
                 }
                 // The connection broke: when it is because the agent died,
                 // say so (its exit is seen a moment after its stdout closes).
+                // An agent that exits cleanly once we gave up on it (we
+                // closed its stdin) did not die: our reason stands.
                 return match tokio::time::timeout(DRAIN, child.wait()).await {
+                    Ok(Ok(status)) if status.success() => why(r),
                     Ok(status) => died(status.ok(), fatal),
                     Err(_) => why(r),
                 };
@@ -330,7 +375,7 @@ async fn watch(
                     }
                 };
             }
-            _ = w.session.asked.notified() => clock.pause(),
+            _ = w.session.changed.notified() => {}
             _ = sleep_until(clock.expiry()) => {
                 w.cancel_turn(&mut conversation, "timeout").await;
                 return Ended {
@@ -338,6 +383,17 @@ async fn watch(
                     status: None,
                     message: Some(format!("timed out after {} ms", spec.timeout_ms.unwrap_or(0))),
                 };
+            }
+            _ = sleep_until(w.idle_expiry()) => {
+                idle_closed = true;
+                w.session.close("idle_timeout_ms");
+            }
+            _ = sleep_until(w.permission_expiry()) => {
+                let by = format!(
+                    "permission_timeout_ms: nobody answered for {} ms",
+                    w.acp.permission_timeout_ms
+                );
+                w.session.answer(Some(crate::protocol::ControlKind::Deny), None, &by);
             }
             control = signals.next() => match control {
                 Control::Cancel => {
@@ -348,14 +404,7 @@ async fn watch(
                         message: Some("cancelled".into()),
                     };
                 }
-                // A control was written (pausing an ACP agent by SIGSTOP
-                // would freeze its live streams: pause is not applied).
-                Control::Sync => {
-                    w.session.apply_controls();
-                    if !w.session.waiting() {
-                        clock.resume();
-                    }
-                }
+                Control::Sync => w.sync(),
                 Control::Child => tree::reap_orphans(pgid),
             },
         }

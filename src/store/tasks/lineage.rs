@@ -166,6 +166,9 @@ fn rearm_dependents(c: &mut Ctx<'_>, root: &str) -> Result<(), Applied> {
 pub(super) fn delete(c: &mut Ctx<'_>, task: &TaskRecord) -> Res {
     c.tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?
         .execute([&task.id])?;
+    // Its conversation (kept past the event retention while it existed).
+    c.tx.prepare_cached("DELETE FROM events WHERE task_id = ?1")?
+        .execute([&task.id])?;
     // Edges from this task go. Edges to it stay when it had not completed,
     // so that its waiting dependents can still be found (and failed) below;
     // a completed task's edges go too: what it produced stays produced, so

@@ -109,7 +109,11 @@ pub(super) fn apply(c: &mut Ctx<'_>, op: TaskOp<'_>) -> Res {
         } => runs::update_status(c, id, status, reason, exit_code, pid),
         TaskOp::Delete { id, force } => {
             let task = existing(c.tx, id)?;
-            if matches!(task.status, TaskStatus::Running | TaskStatus::Waiting) && !force {
+            if matches!(
+                task.status,
+                TaskStatus::Running | TaskStatus::Waiting | TaskStatus::Idle
+            ) && !force
+            {
                 return Err(refused(
                     ErrorCode::Conflict,
                     format!("task {id} is running; cancel it first, or delete with force"),

@@ -49,11 +49,11 @@ pub(super) fn update_status(
     transition(c, task, change)
 }
 
-/// A task has started when it has a run: running, or paused mid-run (its
-/// process stopped, not gone).
+/// A task has started when it has a run: running, waiting or idle, or
+/// paused mid-run (its process stopped, not gone).
 fn started(task: &TaskRecord) -> bool {
     match task.status {
-        TaskStatus::Running | TaskStatus::Waiting => true,
+        TaskStatus::Running | TaskStatus::Waiting | TaskStatus::Idle => true,
         TaskStatus::Paused => task.run_id.is_some(),
         _ => false,
     }
@@ -92,7 +92,7 @@ pub(super) fn finished(c: &mut Ctx<'_>, exit: &TaskExit) -> Res {
     };
     let live = matches!(
         task.status,
-        TaskStatus::Running | TaskStatus::Paused | TaskStatus::Waiting
+        TaskStatus::Running | TaskStatus::Paused | TaskStatus::Waiting | TaskStatus::Idle
     );
     if task.run_id.as_deref() != Some(exit.run_id.as_str()) || !live {
         return ok(task);
@@ -136,6 +136,11 @@ pub(super) fn resume(c: &mut Ctx<'_>, id: &str, instructions: Option<&str>) -> R
         ));
     }
     let had_run = task.run_id.is_some();
+    if had_run && super::super::agent::has_conversation(c.tx, id)? {
+        // An ACP agent's session is kept across a pause (its turn was
+        // cancelled): the instructions are its next turn, not a rerun.
+        return super::super::agent::resume_session(c, task, instructions);
+    }
     if let Some(extra) = instructions.filter(|s| !s.trim().is_empty()) {
         task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
         if had_run {

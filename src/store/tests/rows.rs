@@ -27,6 +27,8 @@ fn full_record() -> TaskRecord {
         session_id: Some("sess-1".into()),
         extra_args: vec!["--max-turns".into(), "5".into()],
         env: [("CI".to_string(), "1".to_string())].into(),
+        keep_session: true,
+        permissions: Some(crate::protocol::PermissionPolicy::AllowReads),
     };
     TaskRecord {
         status: TaskStatus::Failed,

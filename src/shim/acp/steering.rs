@@ -1,0 +1,430 @@
+//! What the conversation's handlers and the shim's watch share: where
+//! updates go, the permission request waiting for a human, and the
+//! steering of the session from any window — controls read from the store
+//! (answers, follow-ups, modes, close), a pause that cancels the turn but
+//! keeps the session, and the phase that says whether the timeout clock
+//! runs (only during a turn that waits for nobody).
+
+use super::fs::Confined;
+use super::outbox::Outbox;
+use super::transcript::Transcript;
+use crate::config::PermissionPolicy;
+use crate::protocol::ControlKind;
+use agent_client_protocol::v1::schema::{
+    PermissionOption, PermissionOptionKind, RequestPermissionOutcome, RequestPermissionRequest,
+    RequestPermissionResponse, SelectedPermissionOutcome,
+};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// What a resumed turn is asked when the resume gave no instructions.
+pub const CONTINUE: &str = "Continue where you stopped.";
+
+pub struct Session {
+    pub outbox: std::sync::Arc<Outbox>,
+    pub transcript: Mutex<Transcript>,
+    pub fs: Confined,
+    pub policy: PermissionPolicy,
+    /// The session stays open after a turn (`spawn --session`).
+    pub keep: bool,
+    /// The permission request that waits for a human, if any.
+    pub pending: Mutex<Option<Pending>>,
+    pub controls: Controls,
+    /// Follow-up prompts (`grove say`, a resume's instructions) for when
+    /// the current turn ends.
+    pub followups: Mutex<VecDeque<String>>,
+    /// Modes to switch to (`grove mode`), in order.
+    pub modes: Mutex<VecDeque<String>>,
+    /// Woken when a mode was asked for.
+    pub steer: Notify,
+    /// Asks the running turn to end through `session/cancel` (a pause, a
+    /// cancel, the timeout); a turn only obeys while `interrupting()`.
+    pub interrupt: Notify,
+    /// Woken between turns: a follow-up, a close, a resume.
+    pub wake: Notify,
+    /// Woken when the phase changed (the watch recomputes its clocks).
+    pub changed: Notify,
+    /// The task's row says paused: no turn runs until it is resumed.
+    paused: AtomicBool,
+    /// A turn is running (between its prompt and its stop reason).
+    pub in_turn: AtomicBool,
+    /// A turn was cut short by a pause: the resume continues it.
+    resume_pending: AtomicBool,
+    /// The session ends after the current turn (close, cancel, idle timeout).
+    closing: AtomicBool,
+    /// Since when a kept session has waited for a follow-up.
+    idle_since: Mutex<Option<Instant>>,
+}
+
+/// Where the task's steering controls are read from, and the seq of the
+/// last one read (each is applied once).
+pub struct Controls {
+    pub db: PathBuf,
+    pub task_id: String,
+    pub run_id: String,
+    pub last: Mutex<u64>,
+}
+
+/// A permission request the policy did not answer: it waits, without
+/// holding the connection's dispatch loop, for `grove approve`/`deny` (or
+/// the permission timeout).
+pub struct Pending {
+    options: Vec<PermissionOption>,
+    tool_call_id: String,
+    respond: Respond,
+    pub since: Instant,
+}
+
+pub type Respond = Box<dyn FnOnce(RequestPermissionResponse) + Send>;
+
+/// What comes after a turn.
+pub enum Next {
+    Turn(String),
+    End,
+}
+
+impl Session {
+    pub fn new(
+        outbox: std::sync::Arc<Outbox>,
+        transcript: Transcript,
+        fs: Confined,
+        policy: PermissionPolicy,
+        keep: bool,
+        controls: Controls,
+    ) -> Session {
+        Session {
+            outbox,
+            transcript: Mutex::new(transcript),
+            fs,
+            policy,
+            keep,
+            pending: Mutex::new(None),
+            controls,
+            followups: Mutex::default(),
+            modes: Mutex::default(),
+            steer: Notify::new(),
+            interrupt: Notify::new(),
+            wake: Notify::new(),
+            changed: Notify::new(),
+            paused: AtomicBool::new(false),
+            in_turn: AtomicBool::new(false),
+            resume_pending: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            idle_since: Mutex::new(None),
+        }
+    }
+
+    fn transcript(&self) -> std::sync::MutexGuard<'_, Transcript> {
+        self.transcript.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One update: into the transcript, then the outbox.
+    pub fn record(&self, kind: &str, update: Value) {
+        self.transcript().update(kind, &update);
+        self.outbox.push(kind, update);
+    }
+
+    pub fn note(&self, text: &str) {
+        self.transcript().note(text);
+    }
+
+    /// A note that also goes to the store, for whoever watches the task.
+    pub fn tell(&self, text: &str) {
+        self.note(text);
+        self.outbox.push("note", json!({"text": text}));
+    }
+
+    pub fn prompted(&self, text: &str) {
+        self.transcript().prompt(text);
+        self.outbox.push("prompt", json!({"text": text}));
+    }
+
+    pub fn on_permission(&self, req: &RequestPermissionRequest, respond: Respond) {
+        let request = serde_json::to_value(req).unwrap_or(Value::Null);
+        if let Some(id) = decide(self.policy, req) {
+            let answer = json!({"outcome": "selected", "optionId": id, "by": "policy"});
+            self.record("permission", json!({"request": request, "answer": answer}));
+            respond(RequestPermissionResponse::new(
+                RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(id)),
+            ));
+            return;
+        }
+        let tool_call_id = req.tool_call.tool_call_id.to_string();
+        let title = request["toolCall"]["title"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        // Pending before the request is reported: an answer can only be
+        // given once the store has it, and must then find it here.
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pending {
+            options: req.options.clone(),
+            tool_call_id: tool_call_id.clone(),
+            respond,
+            since: Instant::now(),
+        });
+        self.note(&format!(
+            "permission asked for tool {tool_call_id} {title}: waiting for grove approve / grove deny"
+        ));
+        self.outbox
+            .push_now(super::PERMISSION_REQUEST, json!({"request": request}));
+        self.changed.notify_one();
+    }
+
+    /// Applies the task's controls written since the last one read:
+    /// permission answers at once, follow-ups and a close for the turn's
+    /// end, modes during the turn.
+    pub fn apply_controls(&self) {
+        let c = &self.controls;
+        let mut last = c.last.lock().unwrap_or_else(|p| p.into_inner());
+        let read =
+            crate::store::Reader::open(&c.db).and_then(|r| r.controls_after(&c.task_id, *last));
+        let controls = match read {
+            Ok(list) => list,
+            Err(e) => {
+                errln!("grove shim: cannot read the task's controls: {e}");
+                return;
+            }
+        };
+        for ctl in controls {
+            *last = ctl.seq;
+            if ctl.run_id != c.run_id {
+                continue;
+            }
+            let by = match ctl.kind {
+                ControlKind::Approve => "grove approve",
+                ControlKind::Deny => "grove deny",
+                ControlKind::Mode => {
+                    self.lock_modes().push_back(ctl.text.unwrap_or_default());
+                    self.steer.notify_one();
+                    continue;
+                }
+                ControlKind::Say => {
+                    let text = ctl.text.unwrap_or_default();
+                    self.note(&format!("follow-up queued: {text}"));
+                    self.lock_followups().push_back(text);
+                    self.wake.notify_one();
+                    continue;
+                }
+                ControlKind::Close => {
+                    self.close("grove close");
+                    continue;
+                }
+            };
+            if !self.answer(Some(ctl.kind), ctl.option.as_deref(), by) {
+                self.note(&format!("{by}: no permission request is pending; ignored"));
+            }
+        }
+    }
+
+    fn lock_modes(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+        self.modes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_followups(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+        self.followups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn next_mode(&self) -> Option<String> {
+        self.lock_modes().pop_front()
+    }
+
+    /// The session ends after the current turn (at once, between turns).
+    pub fn close(&self, by: &str) {
+        if !self.closing.swap(true, Ordering::SeqCst) {
+            self.note(&format!("session closing ({by})"));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Ends the turn and the session: a pending request is answered
+    /// `cancelled` first, as ACP asks of a client that cancels.
+    pub fn cancel(&self, by: &str) {
+        self.answer(None, None, by);
+        self.close(by);
+        self.interrupt.notify_one();
+    }
+
+    /// The task was paused (true) or resumed (false), as its row says.
+    pub fn set_paused(&self, paused: bool) {
+        if self.paused.swap(paused, Ordering::SeqCst) == paused {
+            return;
+        }
+        if paused {
+            // The agent holds live streams: its turn is cancelled through
+            // the protocol, never by SIGSTOP; the session is kept.
+            self.note("paused: the turn is cancelled, the session kept");
+            self.answer(None, None, "grove pause");
+            if self.in_turn.load(Ordering::SeqCst) {
+                self.resume_pending.store(true, Ordering::SeqCst);
+            }
+            self.interrupt.notify_one();
+        } else {
+            self.note("resumed");
+            self.wake.notify_one();
+        }
+        self.changed.notify_one();
+    }
+
+    /// Whether the running turn must end now (paused, or closing by a
+    /// cancel): a stale interrupt is ignored.
+    pub fn interrupting(&self) -> bool {
+        self.paused.load(Ordering::SeqCst) || self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Whether the session ends after the current turn.
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Whether the timeout clock runs: during a turn that waits for nobody.
+    pub fn clock_runs(&self) -> bool {
+        !self.paused.load(Ordering::SeqCst) && !self.waiting() && self.idle_since().is_none()
+    }
+
+    pub fn idle_since(&self) -> Option<Instant> {
+        *self.idle_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_idle(&self, idle: bool) {
+        let mut since = self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        if idle != since.is_some() {
+            *since = idle.then(Instant::now);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Waits for what comes after a turn: the next follow-up, a resume, or
+    /// the session's end. A kept session reports itself idle while it
+    /// waits, with the last control it has read, so that the store can tell
+    /// a stale report from a current one.
+    pub async fn between_turns(&self) -> Next {
+        loop {
+            self.apply_controls();
+            if self.closing.load(Ordering::SeqCst) {
+                self.set_idle(false);
+                return Next::End;
+            }
+            if !self.paused.load(Ordering::SeqCst) {
+                if let Some(text) = self.lock_followups().pop_front() {
+                    self.resume_pending.store(false, Ordering::SeqCst);
+                    self.set_idle(false);
+                    return Next::Turn(text);
+                }
+                if self.resume_pending.swap(false, Ordering::SeqCst) {
+                    return Next::Turn(CONTINUE.to_string());
+                }
+                if !self.keep {
+                    return Next::End;
+                }
+                if self.idle_since().is_none() {
+                    let seen = *self.controls.last.lock().unwrap_or_else(|p| p.into_inner());
+                    self.note("idle: waiting for grove say or grove close");
+                    self.outbox
+                        .push_now(super::IDLE, json!({"controlsSeen": seen}));
+                    self.set_idle(true);
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    /// Whether a permission request waits for a human.
+    pub fn waiting(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// When the pending request started waiting, if one does.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| p.since)
+    }
+
+    /// Answers the pending request (`None`: the turn is being cancelled);
+    /// false when none is pending.
+    pub fn answer(&self, kind: Option<ControlKind>, option: Option<&str>, by: &str) -> bool {
+        let Some(p) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return false;
+        };
+        let find = |kinds: &[PermissionOptionKind]| {
+            option
+                .and_then(|o| p.options.iter().find(|x| x.option_id.to_string() == o))
+                .or_else(|| {
+                    kinds
+                        .iter()
+                        .find_map(|k| p.options.iter().find(|x| x.kind == *k))
+                })
+                .map(|x| x.option_id.to_string())
+        };
+        let chosen = match kind {
+            Some(ControlKind::Approve) => find(&[
+                PermissionOptionKind::AllowOnce,
+                PermissionOptionKind::AllowAlways,
+            ]),
+            Some(ControlKind::Deny) => find(&[
+                PermissionOptionKind::RejectOnce,
+                PermissionOptionKind::RejectAlways,
+            ]),
+            Some(ControlKind::Say | ControlKind::Mode | ControlKind::Close) | None => None,
+        };
+        let answer = match &chosen {
+            Some(id) => json!({"outcome": "selected", "optionId": id, "by": by}),
+            None => json!({"outcome": "cancelled", "by": by}),
+        };
+        self.record(
+            "permission",
+            json!({"request": {"toolCall": {"toolCallId": p.tool_call_id}}, "answer": answer}),
+        );
+        let outcome = match chosen {
+            Some(id) => RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(id)),
+            None => RequestPermissionOutcome::Cancelled,
+        };
+        (p.respond)(RequestPermissionResponse::new(outcome));
+        self.changed.notify_one();
+        true
+    }
+}
+
+/// The option the policy picks by itself, if any: the narrowest allow
+/// option when the policy allows this kind of tool. Anything else waits
+/// for a human.
+fn decide(policy: PermissionPolicy, req: &RequestPermissionRequest) -> Option<String> {
+    let tool = serde_json::to_value(&req.tool_call).unwrap_or(Value::Null);
+    let looks_only = matches!(
+        tool["kind"].as_str(),
+        Some("read" | "search" | "fetch" | "think")
+    );
+    let allow = match policy {
+        PermissionPolicy::AllowAll => true,
+        PermissionPolicy::AllowReads => looks_only,
+        PermissionPolicy::Ask => false,
+    };
+    if !allow {
+        return None;
+    }
+    let kinds = [
+        PermissionOptionKind::AllowOnce,
+        PermissionOptionKind::AllowAlways,
+    ];
+    kinds.iter().find_map(|k| {
+        req.options
+            .iter()
+            .find(|o| o.kind == *k)
+            .map(|o| o.option_id.to_string())
+    })
+}
