@@ -50,6 +50,33 @@ fn official_python_client_drives_grove_acp() {
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
 
+/// `grove acp` in front of an ACP engine (the scripted agent), driven by
+/// the official Python client: tests/acp/relay_client_test.py.
+#[test]
+fn official_python_client_talks_to_an_acp_agent_through_grove_acp() {
+    let python = test_env::python();
+    let g = Grove::scripted_acp("ask", "");
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/acp/relay_client_test.py"
+        ))
+        .arg(BIN)
+        .arg(&g.ws)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let logs: String = ["relay-a.log", "relay-b.log", "relay-c.log"]
+        .iter()
+        .map(|f| std::fs::read_to_string(g.ws.join("..").join(f)).unwrap_or_default())
+        .collect();
+    assert!(
+        out.status.success() && stdout.contains(" passed, 0 failed"),
+        "{stdout}\n{}\n{logs}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn every_message_fits_the_official_rust_types() {
     let g = Grove::new();

@@ -65,6 +65,18 @@ impl Out {
         .await
     }
 
+    /// A request to the client (its response comes back through the read
+    /// loop: `Agent::answered`).
+    pub async fn request(&self, id: RequestId, request: schema::AgentRequest) {
+        let method = request.method();
+        self.send(schema::Request {
+            id,
+            method: method.into(),
+            params: Some(request),
+        })
+        .await
+    }
+
     /// Agent text in the chat.
     pub async fn say(&self, session: &SessionId, text: impl Into<String>) {
         let chunk = schema::ContentChunk::new(text.into().into());

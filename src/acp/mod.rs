@@ -21,6 +21,7 @@ mod cards;
 mod error;
 pub mod framing;
 mod prompt;
+mod relay;
 mod session;
 mod slash;
 
@@ -31,7 +32,7 @@ use agent_client_protocol_schema::v1 as schema;
 use error::AcpError;
 use framing::Out;
 use schema::{AgentResponse, RequestId};
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -46,6 +47,9 @@ pub struct Session {
     pub engine: String,
     /// Set while a prompt runs: notified by `session/cancel`.
     pub cancel: Option<Rc<Notify>>,
+    /// The task that holds this session's conversation with an ACP engine's
+    /// agent (a kept session), once one was started or found.
+    pub agent_task: Option<String>,
 }
 
 /// The agent's state, shared with running prompts.
@@ -62,11 +66,41 @@ pub struct Agent {
     background: JoinSet<()>,
     /// Cards of tasks started by `/spawn`, still to be finished.
     pub spawned: cards::Spawned,
+    /// Our requests to the client (permission requests of a relayed
+    /// agent) waiting for its response, by request id; bounded by the
+    /// agents' own requests, one pending per task at a time.
+    pub asked: HashMap<String, tokio::sync::oneshot::Sender<Result<Value, Value>>>,
+    next_request: i64,
 }
 
 pub type Shared = Rc<RefCell<Agent>>;
 
 impl Agent {
+    /// A new id for a request to the client, and where its answer goes.
+    pub fn ask(
+        &mut self,
+    ) -> (
+        RequestId,
+        tokio::sync::oneshot::Receiver<Result<Value, Value>>,
+    ) {
+        self.next_request += 1;
+        let id = RequestId::Str(format!("grove-{}", self.next_request));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.asked.insert(request_key(&id), tx);
+        (id, rx)
+    }
+
+    /// The client answered one of our requests.
+    fn answered(&mut self, response: schema::Response<Value, Value>) {
+        let (id, result) = match response {
+            schema::Response::Result { id, result } => (id, Ok(result)),
+            schema::Response::Error { id, error } => (id, Err(error)),
+        };
+        if let Some(tx) = self.asked.remove(&request_key(&id)) {
+            let _ = tx.send(result);
+        }
+    }
+
     /// Runs `work` beside the read loop.
     pub fn spawn(&mut self, work: impl Future<Output = ()> + 'static) {
         // Reap what finished, so the set holds only what runs.
@@ -95,6 +129,8 @@ async fn serve(workspace: Option<PathBuf>) -> i32 {
         member: None,
         background: JoinSet::new(),
         spawned: cards::Spawned::default(),
+        asked: HashMap::new(),
+        next_request: 0,
     }));
     let mut lines = framing::LineReader::new(tokio::io::stdin());
     loop {
@@ -129,8 +165,12 @@ async fn serve(workspace: Option<PathBuf>) -> i32 {
 enum Incoming {
     Request(schema::Request<Value>),
     Notification(schema::Notification<Value>),
-    /// To a request we never send: ignored.
-    Response(#[allow(dead_code)] schema::Response<IgnoredAny, IgnoredAny>),
+    /// To a request of ours (a relayed permission request).
+    Response(schema::Response<Value, Value>),
+}
+
+fn request_key(id: &RequestId) -> String {
+    serde_json::to_string(id).unwrap_or_default()
 }
 
 /// The requests this agent serves, each with its official params type.
@@ -182,7 +222,7 @@ async fn handle_line(agent: &Shared, text: &str) {
             Err(e) => out.fail(r.id, &e).await,
         },
         Incoming::Notification(n) => notification(agent, &n.method, n.params),
-        Incoming::Response(_) => {}
+        Incoming::Response(r) => agent.borrow_mut().answered(r),
     }
 }
 

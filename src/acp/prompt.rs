@@ -99,6 +99,9 @@ async fn run_turn(
         out.say(session, e.to_string()).await;
         return StopReason::EndTurn;
     }
+    if super::relay::is_acp_engine(agent, engine) {
+        return super::relay::run_turn(agent, session, text, engine, cancel).await;
+    }
     let task = match create_task(agent, session, text, Some(engine)).await {
         Ok(t) => t,
         Err(e) => {
@@ -286,12 +289,14 @@ fn whole_chars(bytes: &[u8]) -> usize {
     }
 }
 
-/// Replays a session's history as `session/update`s (before the response
-/// to `session/load`).
+/// Replays a session's history up to seq `upto` as `session/update`s
+/// (before the response to `session/load`): an ACP agent's conversation
+/// whole, a command's task as its card and the end of its log.
 pub async fn replay(
     agent: &Shared,
     reader: &crate::store::Reader,
     session: &SessionId,
+    upto: u64,
 ) -> Result<(), AcpError> {
     let out = agent.borrow().out.clone();
     let ws = agent.borrow().ws.clone().ok_or(AcpError::NoWorkspace)?;
@@ -299,7 +304,13 @@ pub async fn replay(
         session_id: Some(session.to_string()),
         ..Default::default()
     };
-    for t in reader.tasks(&filter)? {
+    let mut tasks = reader.tasks(&filter)?;
+    tasks.sort_by_key(|t| t.created_at);
+    for t in tasks {
+        if t.spec.keep_session {
+            super::relay::replay(agent, reader, session, &t.id, upto).await?;
+            continue;
+        }
         let prompt = schema::ContentChunk::new(t.spec.prompt.clone().into());
         out.update(session, schema::SessionUpdate::UserMessageChunk(prompt))
             .await;

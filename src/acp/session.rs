@@ -5,7 +5,7 @@
 use super::error::AcpError;
 use super::{Session, Shared};
 use crate::config::Config;
-use crate::protocol::Method;
+use crate::protocol::{Method, TaskStatus};
 use agent_client_protocol_schema::ProtocolVersion;
 use agent_client_protocol_schema::v1 as schema;
 use schema::{SessionId, SessionModeState};
@@ -71,9 +71,38 @@ pub async fn load_session(
         return Err(AcpError::UnknownSession(id.to_string()));
     }
     // History first, then the response (the client shows it as it arrives).
-    super::prompt::replay(agent, &reader, &id).await?;
+    let upto = reader.last_seq()?;
+    super::prompt::replay(agent, &reader, &id, upto).await?;
+    open_session(agent, &id.0);
+    reattach(agent, &reader, &id, upto)?;
     let modes = open_session(agent, &id.0);
     Ok(schema::LoadSessionResponse::new().modes(modes))
+}
+
+/// Takes up the session's agent conversation in this window: its task is
+/// the session's, and a turn still running (started by a window that may
+/// be gone) is followed to its end from just after the replay.
+fn reattach(
+    agent: &Shared,
+    reader: &crate::store::Reader,
+    id: &SessionId,
+    upto: u64,
+) -> Result<(), AcpError> {
+    let Some(task) = super::relay::live_agent_task(reader, id)? else {
+        return Ok(());
+    };
+    let mut a = agent.borrow_mut();
+    if let Some(s) = a.sessions.get_mut(&*id.0) {
+        s.agent_task = Some(task.id.clone());
+        s.engine = task.spec.engine.clone();
+    }
+    if matches!(task.status, TaskStatus::Running | TaskStatus::Waiting) {
+        let (follower, session) = (agent.clone(), id.clone());
+        a.spawn(async move {
+            super::relay::follow(&follower, &session, &task.id, upto + 1, None).await;
+        });
+    }
+    Ok(())
 }
 
 /// Holds the session in this process (in the default mode unless it is
@@ -84,6 +113,7 @@ fn open_session(agent: &Shared, id: &str) -> SessionModeState {
     let session = a.sessions.entry(id.to_string()).or_insert(Session {
         engine,
         cancel: None,
+        agent_task: None,
     });
     let current = session.engine.clone();
     SessionModeState::new(current, offered_modes(&a.config))

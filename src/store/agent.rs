@@ -265,6 +265,31 @@ impl super::Reader {
         Ok(None)
     }
 
+    /// Task `id`'s conversation: every agent update up to seq `upto`, in
+    /// order, as (seq, kind, ACP JSON).
+    pub fn agent_updates(
+        &self,
+        id: &str,
+        upto: u64,
+    ) -> Result<Vec<(u64, String, String)>, super::StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, payload FROM events WHERE task_id = ?1 AND seq <= ?2 \
+             AND topic = 'task.agent_update' ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![id, upto as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, payload) = row?;
+            if let Ok(EventData::TaskAgentUpdate { kind, acp, .. }) = decode::<EventData>(&payload)
+            {
+                out.push((seq as u64, kind, acp));
+            }
+        }
+        Ok(out)
+    }
+
     /// The controls of task `id` after seq `after`, in order.
     pub fn controls_after(&self, id: &str, after: u64) -> Result<Vec<Control>, super::StoreError> {
         let mut stmt = self.conn.prepare_cached(

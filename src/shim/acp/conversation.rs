@@ -144,11 +144,12 @@ async fn run_turns(
         if stop != StopReason::EndTurn && !paused {
             return Ok(Ok(stop));
         }
+        // Said at once (whoever follows the turn sees it end), before the
+        // session waits for what comes next.
+        session.outbox.push("turn_end", json!({"stopReason": stop}));
+        session.turn_end_sent.store(true, Ordering::SeqCst);
         match session.between_turns().await {
-            Next::Turn(next) => {
-                session.outbox.push("turn_end", json!({"stopReason": stop}));
-                text = next;
-            }
+            Next::Turn(next) => text = next,
             Next::End => return Ok(Ok(StopReason::EndTurn)),
         }
     }
@@ -277,6 +278,7 @@ async fn prompt(
     text: &str,
 ) -> Result<(StopReason, bool), AcpError> {
     session.prompted(text);
+    session.turn_end_sent.store(false, Ordering::SeqCst);
     let request = PromptRequest::new(
         id.clone(),
         vec![ContentBlock::Text(TextContent::new(text.to_string()))],

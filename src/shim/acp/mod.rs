@@ -147,10 +147,17 @@ pub(super) async fn supervise(
         "turn ended: {}",
         ended.message.as_deref().unwrap_or(stop)
     ));
-    outbox.push(
-        "turn_end",
-        serde_json::json!({"stopReason": stop, "message": ended.message}),
-    );
+    // Unless the conversation said it already: its last turn ended and
+    // the session was then closed (by a close, the idle timeout, a cancel).
+    if !session
+        .turn_end_sent
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        outbox.push(
+            "turn_end",
+            serde_json::json!({"stopReason": stop, "message": ended.message}),
+        );
+    }
     // The session ended (its last turn, a close, a cancel): so does the
     // agent.
     // Its exit status is not the task's: the agent is stopped by us here.

@@ -53,6 +53,8 @@ pub struct Session {
     paused: AtomicBool,
     /// A turn is running (between its prompt and its stop reason).
     pub in_turn: AtomicBool,
+    /// The last turn's end was reported (the session then waited).
+    pub turn_end_sent: AtomicBool,
     /// A turn was cut short by a pause: the resume continues it.
     resume_pending: AtomicBool,
     /// The session ends after the current turn (close, cancel, idle timeout).
@@ -113,6 +115,7 @@ impl Session {
             changed: Notify::new(),
             paused: AtomicBool::new(false),
             in_turn: AtomicBool::new(false),
+            turn_end_sent: AtomicBool::new(false),
             resume_pending: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             idle_since: Mutex::new(None),

@@ -1,0 +1,319 @@
+//! An ACP engine's agent, relayed to the editor: when a session's mode is
+//! an `acp` engine, its prompts are turns of one kept agent session that a
+//! task's shim holds (`spawn --session`), and the agent's updates reach the
+//! editor as themselves — message and thought chunks, tool calls with
+//! their diffs, plans, modes, commands — read from the durable event
+//! stream, so a failover loses none. The agent's permission requests are
+//! asked of the editor and its answer goes back as a control. The editor's
+//! `session/cancel` pauses the task (the turn is cancelled, the session
+//! kept); its next prompt resumes it. Closing or killing the editor leaves
+//! the agent working; `session/load` replays the whole conversation and
+//! follows a turn still running.
+
+use super::Shared;
+use super::error::AcpError;
+use crate::protocol::{
+    ControlKind, EventData, Method, NewTask, ReplyBody, TaskControl, TaskStatus,
+};
+use agent_client_protocol_schema::v1 as schema;
+use schema::{SessionId, StopReason};
+use serde_json::Value;
+use tokio::sync::Notify;
+
+/// Whether prompts in `engine` are relayed to an ACP agent.
+pub fn is_acp_engine(agent: &Shared, engine: &str) -> bool {
+    agent
+        .borrow()
+        .config
+        .engines
+        .get(engine)
+        .is_some_and(|e| e.kind == crate::config::EngineKind::Acp)
+}
+
+/// One prompt of the editor, as a turn of the session's agent.
+pub async fn run_turn(
+    agent: &Shared,
+    session: &SessionId,
+    text: &str,
+    engine: &str,
+    cancel: &Notify,
+) -> StopReason {
+    let out = agent.borrow().out.clone();
+    match start_turn(agent, session, text, engine).await {
+        Ok((task_id, from)) => follow(agent, session, &task_id, from, Some(cancel)).await,
+        Err(e) => {
+            out.say(session, format!("Could not reach the agent: {e}"))
+                .await;
+            StopReason::EndTurn
+        }
+    }
+}
+
+/// Gives the session's agent its next turn: a follow-up to its idle (or
+/// busy: queued) session, the resume of a paused one, or a new kept
+/// session when there is none. Returns the task and the first event seq
+/// that can belong to the turn.
+async fn start_turn(
+    agent: &Shared,
+    session: &SessionId,
+    text: &str,
+    engine: &str,
+) -> Result<(String, u64), AcpError> {
+    let ws = agent.borrow().ws.clone().ok_or(AcpError::NoWorkspace)?;
+    let reader = crate::store::Reader::open(&ws.db_path())?;
+    let from = reader.last_seq()? + 1;
+    let current = session_task(agent, &reader, session)?;
+    let method = match current {
+        Some(t) if t.status == TaskStatus::Paused => Method::TaskResume {
+            id: t.id.clone(),
+            instructions: Some(text.to_string()),
+        },
+        Some(t) => Method::TaskControl(TaskControl {
+            id: t.id.clone(),
+            kind: ControlKind::Say,
+            option: None,
+            text: Some(text.to_string()),
+        }),
+        None => Method::TaskCreate(NewTask {
+            prompt: text.to_string(),
+            engine: Some(engine.to_string()),
+            session_id: Some(session.to_string()),
+            tags: vec!["acp".into()],
+            keep_session: true,
+            ..Default::default()
+        }),
+    };
+    let task = match super::call(agent, method).await? {
+        ReplyBody::Task(t) => *t,
+        other => return Err(AcpError::UnexpectedReply(format!("{other:?}"))),
+    };
+    if let Some(s) = agent.borrow_mut().sessions.get_mut(&*session.0) {
+        s.agent_task = Some(task.id.clone());
+    }
+    Ok((task.id, from))
+}
+
+/// The session's live agent task: the one this process knows, else the
+/// newest kept session of the editor session in the store (another window
+/// started it). A task that ended is not continued.
+fn session_task(
+    agent: &Shared,
+    reader: &crate::store::Reader,
+    session: &SessionId,
+) -> Result<Option<crate::protocol::TaskRecord>, AcpError> {
+    let known = agent
+        .borrow()
+        .sessions
+        .get(&*session.0)
+        .and_then(|s| s.agent_task.clone());
+    let task = match known {
+        Some(id) => reader.task(&id)?,
+        None => live_agent_task(reader, session)?,
+    };
+    Ok(task.filter(|t| !t.status.is_terminal()))
+}
+
+/// The newest unfinished kept session of an editor session.
+pub fn live_agent_task(
+    reader: &crate::store::Reader,
+    session: &SessionId,
+) -> Result<Option<crate::protocol::TaskRecord>, AcpError> {
+    let filter = crate::store::TaskFilter {
+        session_id: Some(session.to_string()),
+        ..Default::default()
+    };
+    Ok(reader
+        .tasks(&filter)?
+        .into_iter()
+        .filter(|t| t.spec.keep_session && !t.status.is_terminal())
+        .max_by_key(|t| t.created_at))
+}
+
+/// Relays task `task_id`'s updates from seq `from` until its turn ends;
+/// `cancel` (the editor's `session/cancel`) pauses the task. A prompt's
+/// turn (with `cancel`) starts at its `prompt` update: the end of a turn
+/// still running when the prompt was queued is not its end.
+pub async fn follow(
+    agent: &Shared,
+    session: &SessionId,
+    task_id: &str,
+    from: u64,
+    cancel: Option<&Notify>,
+) -> StopReason {
+    let Some(ws) = agent.borrow().ws.clone() else {
+        return StopReason::EndTurn;
+    };
+    let out = agent.borrow().out.clone();
+    let mut sub = crate::subscriber::subscribe(&ws, from);
+    let mut cancelled = false;
+    let mut started = cancel.is_none();
+    loop {
+        let event = tokio::select! {
+            e = sub.events.recv() => e,
+            _ = async { cancel.unwrap().notified().await }, if cancel.is_some() && !cancelled => {
+                cancelled = true;
+                let id = task_id.to_string();
+                if let Err(e) = super::call(agent, Method::TaskPause { id }).await {
+                    out.say(session, format!("Could not cancel the turn: {e}")).await;
+                }
+                continue;
+            }
+        };
+        let Some(event) = event else {
+            out.say(session, "The event stream ended.").await;
+            return StopReason::EndTurn;
+        };
+        match event.data {
+            EventData::TaskAgentUpdate { id, kind, acp, .. } if id == task_id => {
+                started |= kind == "prompt";
+                let stop = relay_update(agent, session, task_id, &kind, &acp).await;
+                if let Some(stop) = stop.filter(|_| started) {
+                    return stop;
+                }
+            }
+            EventData::TaskUpdated { task } if task.id == task_id && task.status.is_terminal() => {
+                if task.status != TaskStatus::Completed && !cancelled {
+                    out.say(session, format!("\n{}\n", super::cards::describe(&task)))
+                        .await;
+                }
+                return match task.status {
+                    TaskStatus::Cancelled => StopReason::Cancelled,
+                    _ => StopReason::EndTurn,
+                };
+            }
+            EventData::TaskDeleted { id } if id == task_id => {
+                out.say(session, "The task was deleted.").await;
+                return StopReason::EndTurn;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Sends one live update to the editor; `Some` when it ends the turn.
+async fn relay_update(
+    agent: &Shared,
+    session: &SessionId,
+    task_id: &str,
+    kind: &str,
+    acp: &str,
+) -> Option<StopReason> {
+    let value: Value = serde_json::from_str(acp).unwrap_or(Value::Null);
+    match kind {
+        "turn_end" => Some(stop_reason(&value)),
+        crate::store::agent::PERMISSION_REQUEST => {
+            // Asked beside the relay: the turn's other updates (an answer
+            // from another window, the turn's end) keep flowing.
+            let (a, s, t) = (agent.clone(), session.clone(), task_id.to_string());
+            agent.borrow_mut().spawn(async move {
+                ask_editor(&a, &s, &t, &value["request"]).await;
+            });
+            None
+        }
+        _ => {
+            forward(agent, session, &value).await;
+            None
+        }
+    }
+}
+
+/// An update of the agent's session as the editor gets it: ACP session
+/// updates as themselves; grove's own (prompts, permission answers,
+/// notes, the session's set-up) are not the editor's.
+async fn forward(agent: &Shared, session: &SessionId, value: &Value) {
+    if value.get("sessionUpdate").is_none() {
+        return;
+    }
+    match serde_json::from_value::<schema::SessionUpdate>(value.clone()) {
+        Ok(update) => {
+            let out = agent.borrow().out.clone();
+            out.update(session, update).await;
+        }
+        Err(e) => tracing::debug!("acp: an agent update the editor cannot take: {e}"),
+    }
+}
+
+fn stop_reason(turn_end: &Value) -> StopReason {
+    match turn_end["stopReason"].as_str() {
+        Some("cancelled") => StopReason::Cancelled,
+        Some("refusal") => StopReason::Refusal,
+        Some("max_tokens") => StopReason::MaxTokens,
+        Some("max_turn_requests") => StopReason::MaxTurnRequests,
+        _ => StopReason::EndTurn,
+    }
+}
+
+/// Asks the editor the agent's permission request and answers the task
+/// with what the editor chose (a reject option denies; no choice denies).
+async fn ask_editor(agent: &Shared, session: &SessionId, task_id: &str, request: &Value) {
+    let mut request = request.clone();
+    request["sessionId"] = Value::String(session.to_string());
+    let parsed = match serde_json::from_value::<schema::RequestPermissionRequest>(request.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("acp: a permission request the editor cannot take: {e}");
+            return;
+        }
+    };
+    let (id, answer) = agent.borrow_mut().ask();
+    let out = agent.borrow().out.clone();
+    out.request(id, schema::AgentRequest::RequestPermissionRequest(parsed))
+        .await;
+    let chosen = match answer.await {
+        Ok(Ok(v)) => serde_json::from_value::<schema::RequestPermissionResponse>(v)
+            .ok()
+            .and_then(|r| match r.outcome {
+                schema::RequestPermissionOutcome::Selected(s) => Some(s.option_id.to_string()),
+                _ => None,
+            }),
+        _ => None,
+    };
+    let rejects = |option: &str| {
+        request["options"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|o| {
+                o["optionId"] == option
+                    && o["kind"].as_str().is_some_and(|k| k.starts_with("reject"))
+            })
+    };
+    let kind = match &chosen {
+        Some(o) if !rejects(o) => ControlKind::Approve,
+        _ => ControlKind::Deny,
+    };
+    let control = TaskControl {
+        id: task_id.to_string(),
+        kind,
+        option: chosen,
+        text: None,
+    };
+    // Refused when another window answered first: that answer stands.
+    if let Err(e) = super::call(agent, Method::TaskControl(control)).await {
+        tracing::info!("acp: the editor's permission answer was not applied: {e}");
+    }
+}
+
+/// Replays task `task`'s conversation up to seq `upto` (its prompts as the
+/// user's messages, the agent's updates as themselves).
+pub async fn replay(
+    agent: &Shared,
+    reader: &crate::store::Reader,
+    session: &SessionId,
+    task: &str,
+    upto: u64,
+) -> Result<(), AcpError> {
+    let out = agent.borrow().out.clone();
+    for (_, kind, acp) in reader.agent_updates(task, upto)? {
+        let value: Value = serde_json::from_str(&acp).unwrap_or(Value::Null);
+        if kind == "prompt" {
+            let text = value["text"].as_str().unwrap_or_default().to_string();
+            let chunk = schema::ContentChunk::new(text.into());
+            out.update(session, schema::SessionUpdate::UserMessageChunk(chunk))
+                .await;
+        } else {
+            forward(agent, session, &value).await;
+        }
+    }
+    Ok(())
+}
