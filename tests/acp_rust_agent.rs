@@ -105,10 +105,7 @@ fn the_rust_agent_s_tool_call_diff_and_plan_arrive_and_the_file_is_written() {
             .any(|(k, u)| k == "tool_call_update" && u["status"] == "completed"),
         "{u:?}"
     );
-    assert_eq!(
-        first(&u, "plan")["entries"][0]["content"],
-        "write the file"
-    );
+    assert_eq!(first(&u, "plan")["entries"][0]["content"], "write the file");
     assert_eq!(message_text(&u), "edited");
     // Written through grove's fs capability, inside the workdir.
     assert_eq!(
@@ -116,7 +113,10 @@ fn the_rust_agent_s_tool_call_diff_and_plan_arrive_and_the_file_is_written() {
         "new\n"
     );
     let log = log(&g, &id);
-    assert!(log.contains("   + new") && log.contains("   - old"), "{log}");
+    assert!(
+        log.contains("   + new") && log.contains("   - old"),
+        "{log}"
+    );
 }
 
 #[test]

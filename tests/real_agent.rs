@@ -275,13 +275,13 @@ fn waiting_write(g: &Grove, file: &str) -> (String, Value) {
 /// The status of the task's tool call, as its last update says.
 fn tool_status(u: &[(String, Value)], tool_call_id: &str) -> String {
     u.iter()
+        .rev()
         .filter(|(k, v)| {
             (k == "tool_call" || k == "tool_call_update")
                 && v["toolCallId"] == tool_call_id
                 && v["status"].is_string()
         })
-        .filter_map(|(_, v)| v["status"].as_str())
-        .last()
+        .find_map(|(_, v)| v["status"].as_str())
         .unwrap_or("none")
         .to_string()
 }
@@ -327,7 +327,10 @@ fn grove_deny_fails_claude_code_s_tool_and_its_final_text_still_arrives() {
     assert_eq!(answer["answer"]["by"], "grove deny");
     let call = req["request"]["toolCall"]["toolCallId"].as_str().unwrap();
     assert_eq!(tool_status(&u, call), "failed", "{u:?}");
-    assert!(message_text(&u).ends_with("The write was refused."), "{u:?}");
+    assert!(
+        message_text(&u).ends_with("The write was refused."),
+        "{u:?}"
+    );
     assert_eq!(u.last().unwrap().1["stopReason"], "end_turn", "{u:?}");
     assert!(
         stub.requests().iter().any(|r| r["tool_error"] == true),

@@ -250,7 +250,8 @@ async fn edit(
         .status(ToolCallStatus::Pending)
         .locations(vec![ToolCallLocation::new(path.clone())]);
     update(cx, sid, SessionUpdate::ToolCall(call))?;
-    let diff = ToolCallContent::Diff(Diff::new(path.clone(), "new\n").old_text("old\n".to_string()));
+    let diff =
+        ToolCallContent::Diff(Diff::new(path.clone(), "new\n").old_text("old\n".to_string()));
     update(
         cx,
         sid,
