@@ -301,50 +301,61 @@ async fn flood(
         .unwrap_or(0);
     let last = events.last().map(|(at, _)| *at).unwrap_or(first);
     let secs = (last.saturating_sub(first) as f64 / 1e9).max(1e-9);
-    let rate = chunks as f64 / secs;
+    Ok(flood_rows(
+        plan,
+        chunks,
+        (chunks as f64 / secs, direct_rate),
+        (shim_peak, primary_peak),
+    ))
+}
+
+/// The flood's rows: `rates` (through grove, directly) in chunks/s and the
+/// peaks (shim, primary) in MiB.
+fn flood_rows(plan: &Plan, chunks: u64, rates: (f64, f64), peaks: (f64, f64)) -> Vec<Row> {
+    let size = plan.chunk_bytes.max(32) as f64;
     let mb = plan.flood_bytes as f64 / 1e6;
-    let one = |metric: String, unit: &str, v: f64, base: Option<(&str, f64)>, goal: &str| Row {
+    let one = |metric: String, unit: &str, v: f64, base: Option<f64>, goal: &str| Row {
         scenario: "acp".into(),
         metric,
         unit: unit.into(),
         p50: v,
         p99: v,
         samples: chunks as usize,
-        baseline: base.map(|(b, _)| b.to_string()),
-        baseline_p50: base.map(|(_, v)| v),
+        baseline: base.map(|_| "the agent read directly".to_string()),
+        baseline_p50: base,
         goal: Some(goal.into()),
     };
-    let alone = "the agent read directly";
-    Ok(vec![
+    let of = format!("{mb:.0} MB of {size} B");
+    vec![
         one(
-            format!("chunks/s through grove, {mb:.0} MB of {size} B"),
+            format!("chunks/s through grove, {of}"),
             "chunks/s",
-            rate,
-            Some((alone, direct_rate)),
+            rates.0,
+            Some(rates.1),
             "keeps up",
         ),
         one(
-            format!("MB/s through grove, {mb:.0} MB of {size} B"),
+            format!("MB/s through grove, {of}"),
             "MB/s",
-            rate * size as f64 / 1e6,
-            Some((alone, direct_rate * size as f64 / 1e6)),
+            rates.0 * size / 1e6,
+            Some(rates.1 * size / 1e6),
             "keeps up",
         ),
         one(
             format!("peak RSS of the shim, {mb:.0} MB flood"),
             "MiB",
-            shim_peak,
+            peaks.0,
             None,
             "bounded",
         ),
         one(
             format!("peak RSS of the primary, {mb:.0} MB flood"),
             "MiB",
-            primary_peak,
+            peaks.1,
             None,
             "bounded",
         ),
-    ])
+    ]
 }
 
 /// The shim of the task's current run, while it runs.
