@@ -6,7 +6,7 @@ mod common;
 use serde_json::Value;
 
 const SCENARIOS: &[&str] = &[
-    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks", "idle",
+    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks", "idle", "acp",
 ];
 
 fn row<'a>(rows: &'a [Value], metric: &str, report: &Value) -> &'a Value {
@@ -76,6 +76,27 @@ fn quick_bench_reports_every_scenario() {
         "preemptions/s of the idle primary (5 subs)",
     ] {
         row(rows, metric, &report);
+    }
+    // The acp rows name their own sizes; found by what they start with.
+    // Each chunk arrived both ways (directly and through grove), and the
+    // memory readings are real.
+    for prefix in [
+        "chunk agent → subscriber",
+        "added per chunk",
+        "chunks/s through grove",
+        "MB/s through grove",
+        "peak RSS of the shim",
+        "peak RSS of the primary",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["scenario"] == "acp" && r["metric"].as_str().unwrap().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no acp row {prefix}: {report}"));
+        assert!(row["samples"].as_u64().unwrap() > 0, "{row}");
+        assert!(row["p50"].as_f64().unwrap() > 0.0, "{row}");
+        if let Some(base) = row["baseline_p50"].as_f64() {
+            assert!(base > 0.0, "{row}");
+        }
     }
     let bad = std::process::Command::new(common::BIN)
         .args(["bench", "nosuch"])

@@ -237,3 +237,136 @@ fn a_kill_9_of_the_primary_mid_turn_does_not_interrupt_claude_code() {
         "Hello from the stub model (tell)."
     );
 }
+
+/// A started workspace of the real agent under the `ask` policy: every
+/// tool call waits for a human.
+fn asking(dir: &Path, stub: &ModelStub) -> Grove {
+    let mut g = workspace(dir, stub, "ask");
+    g.serve();
+    g.wait_primary();
+    g
+}
+
+/// Spawns a Write tool turn and waits until its permission request is
+/// pending (`waiting`); returns the task and the request as stored.
+fn waiting_write(g: &Grove, file: &str) -> (String, Value) {
+    let prompt = format!("please write the file {file}");
+    let id = g.ok(&["spawn", &prompt, "-e", "claude-real"]);
+    wait_done(g, &id, "waiting");
+    let u = updates(g, &id);
+    let (_, req) = u
+        .iter()
+        .find(|(k, _)| k == "permission_request")
+        .unwrap_or_else(|| panic!("waiting without a permission request: {u:?}"));
+    let options: Vec<&str> = req["request"]["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["optionId"].as_str())
+        .collect();
+    assert!(
+        options.contains(&"allow") && options.contains(&"reject"),
+        "{req}"
+    );
+    assert!(req.to_string().contains(file), "{req}");
+    (id, req.clone())
+}
+
+/// The status of the task's tool call, as its last update says.
+fn tool_status(u: &[(String, Value)], tool_call_id: &str) -> String {
+    u.iter()
+        .rev()
+        .filter(|(k, v)| {
+            (k == "tool_call" || k == "tool_call_update")
+                && v["toolCallId"] == tool_call_id
+                && v["status"].is_string()
+        })
+        .find_map(|(_, v)| v["status"].as_str())
+        .unwrap_or("none")
+        .to_string()
+}
+
+#[test]
+fn claude_code_s_permission_request_is_answered_by_grove_approve_from_another_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let stub = ModelStub::start(dir.path());
+    let g = asking(dir.path(), &stub);
+    let (id, req) = waiting_write(&g, "approved.txt");
+    // Nothing written while the human has not answered.
+    assert!(!g.ws.join("approved.txt").exists());
+    // `grove approve` runs as a process of its own, as from another window.
+    g.ok(&["approve", &id]);
+    wait_done(&g, &id, "completed");
+    assert_eq!(
+        std::fs::read_to_string(g.ws.join("approved.txt")).unwrap(),
+        "written by the stub\n"
+    );
+    let u = updates(&g, &id);
+    let (_, answer) = u.iter().find(|(k, _)| k == "permission").unwrap();
+    assert_eq!(answer["answer"]["optionId"], "allow", "{answer}");
+    assert_eq!(answer["answer"]["by"], "grove approve");
+    let call = req["request"]["toolCall"]["toolCallId"].as_str().unwrap();
+    assert_eq!(tool_status(&u, call), "completed", "{u:?}");
+    assert!(message_text(&u).ends_with("The file is written."), "{u:?}");
+}
+
+#[test]
+fn grove_deny_fails_claude_code_s_tool_and_its_final_text_still_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let stub = ModelStub::start(dir.path());
+    let g = asking(dir.path(), &stub);
+    let (id, req) = waiting_write(&g, "refused.txt");
+    g.ok(&["deny", &id]);
+    // A refused tool is not a failed turn: the agent tells the model, the
+    // model answers, the turn ends normally.
+    wait_done(&g, &id, "completed");
+    assert!(!g.ws.join("refused.txt").exists());
+    let u = updates(&g, &id);
+    let (_, answer) = u.iter().find(|(k, _)| k == "permission").unwrap();
+    assert_eq!(answer["answer"]["optionId"], "reject", "{answer}");
+    assert_eq!(answer["answer"]["by"], "grove deny");
+    let call = req["request"]["toolCall"]["toolCallId"].as_str().unwrap();
+    assert_eq!(tool_status(&u, call), "failed", "{u:?}");
+    assert!(
+        message_text(&u).ends_with("The write was refused."),
+        "{u:?}"
+    );
+    assert_eq!(u.last().unwrap().1["stopReason"], "end_turn", "{u:?}");
+    assert!(
+        stub.requests().iter().any(|r| r["tool_error"] == true),
+        "the model never got the refusal as an error tool result"
+    );
+}
+
+#[test]
+fn a_follow_up_said_during_claude_code_s_turn_is_its_next_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let stub = ModelStub::start(dir.path());
+    let g = asking(dir.path(), &stub);
+    // "slowly": 20 pieces 150 ms apart, time enough to say something.
+    let id = g.ok(&["spawn", "tell me slowly", "-e", "claude-real"]);
+    wait_for("the turn streaming", TURN, || {
+        (!message_text(&updates(&g, &id)).is_empty()).then_some(())
+    });
+    g.ok(&["say", &id, "goodbye now"]);
+    wait_done(&g, &id, "completed");
+    let u = updates(&g, &id);
+    assert_eq!(
+        message_text(&u),
+        "Hello from the stub model (tell).Hello from the stub model (goodbye).",
+        "{u:?}"
+    );
+    let prompts: Vec<&str> = u
+        .iter()
+        .filter(|(k, _)| k == "prompt")
+        .filter_map(|(_, v)| v["text"].as_str())
+        .collect();
+    assert_eq!(prompts, ["tell me slowly", "goodbye now"]);
+    // The same agent session: opened once, two turns ended.
+    assert_eq!(u.iter().filter(|(k, _)| k == "session").count(), 1);
+    assert_eq!(u.iter().filter(|(k, _)| k == "turn_end").count(), 2);
+    assert!(
+        stub.requests().iter().any(|r| r["human"] == "goodbye now"),
+        "the follow-up never reached the model"
+    );
+}

@@ -3,6 +3,7 @@
 //! noisy machine. Every scenario starts real `grove serve` processes of this
 //! very binary on a temporary workspace and cleans them up.
 
+mod acp;
 mod failover;
 mod fanout;
 mod handover;
@@ -50,7 +51,7 @@ use serde::Serialize;
 )]
 pub struct BenchArgs {
     /// Scenarios to run: failover, handover, rpc, fanout, join, memory,
-    /// tasks, idle (default: all).
+    /// tasks, idle, acp (default: all).
     scenarios: Vec<String>,
     /// Secondary counts the failover scenario runs with, each its own rows.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 3, 8])]
@@ -76,6 +77,9 @@ pub struct BenchArgs {
     /// Members (one primary, the rest secondaries) the idle scenario starts.
     #[arg(long, default_value_t = 100)]
     members: usize,
+    /// Megabytes of message chunks the acp scenario's agent floods.
+    #[arg(long, default_value_t = 10)]
+    acp_mb: u64,
     /// A short run for smoke tests (few kills, few writes).
     #[arg(long)]
     quick: bool,
@@ -85,7 +89,7 @@ pub struct BenchArgs {
 }
 
 const SCENARIOS: &[&str] = &[
-    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks", "idle",
+    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks", "idle", "acp",
 ];
 
 /// How much each scenario does: from the flags, or small with `--quick`.
@@ -102,6 +106,7 @@ struct Plan {
     memory_samples: usize,
     memory_writes: usize,
     idle: idle::Plan,
+    acp: acp::Plan,
 }
 
 impl Plan {
@@ -132,6 +137,12 @@ impl Plan {
                     windows: 1,
                     window: std::time::Duration::from_secs(1),
                 },
+                acp: acp::Plan {
+                    chunks: 30,
+                    every_ms: 20,
+                    flood_bytes: 1_000_000,
+                    chunk_bytes: 1000,
+                },
             };
         }
         Plan {
@@ -153,6 +164,12 @@ impl Plan {
                 members: args.members.max(1),
                 windows: 3,
                 window: std::time::Duration::from_secs(5),
+            },
+            acp: acp::Plan {
+                chunks: 300,
+                every_ms: 20,
+                flood_bytes: args.acp_mb.max(1) * 1_000_000,
+                chunk_bytes: 1000,
             },
         }
     }
@@ -225,6 +242,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             "memory" => memory::run(plan.memory_samples, plan.memory_writes).await,
             "tasks" => tasks::run(plan.tasks, plan.free_slot_spawns).await,
             "idle" => idle::run(&plan.idle).await,
+            "acp" => acp::run(&plan.acp).await,
             _ => unreachable!("checked above"),
         };
         rows.extend(result.map_err(|e| BenchError::Failed(format!("bench {s}: {e}")))?);
@@ -278,7 +296,7 @@ fn print_table(r: &Report) {
 fn fmt(v: f64, unit: &str) -> String {
     match unit {
         "ms" => format!("{v:.2} ms"),
-        "writes/s" | "tasks/s" | "events/s" => format!("{v:.0}/s"),
+        "writes/s" | "tasks/s" | "events/s" | "chunks/s" => format!("{v:.0}/s"),
         "events" => format!("{v:.0}"),
         "MiB" => format!("{v:.1} MiB"),
         "%" => format!("{v:.2} %"),
@@ -368,5 +386,7 @@ fn live_run(
     crate::proc::running(run.shim_pid).then_some(run)
 }
 
-/// Hidden helper processes the benchmarks time against (raw flock handoff).
+/// Hidden helper processes the benchmarks time against (raw flock handoff)
+/// or run (the acp scenario's agent).
+pub use acp::bench_agent;
 pub use failover::flock_helper;

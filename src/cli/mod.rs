@@ -252,6 +252,9 @@ enum Command {
     /// Benchmark helper: hold or wait for a flock (the raw handoff baseline).
     #[command(hide = true)]
     BenchFlock { mode: String, path: PathBuf },
+    /// Benchmark helper: the fast ACP agent of `grove bench acp`.
+    #[command(hide = true)]
+    BenchAgent,
     /// Print shell completions: grove completions bash|zsh|fish > FILE.
     Completions { shell: clap_complete::Shell },
     /// Show the effective configuration and where each value came from.
@@ -516,6 +519,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         },
         Command::Config(cmd) => config_cmd::run(&ctx, cmd),
         Command::BenchFlock { .. }
+        | Command::BenchAgent
         | Command::Shim { .. }
         | Command::Demo
         | Command::Acp
@@ -539,6 +543,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
 async fn without_workspace(cli: &Cli) -> Option<i32> {
     Some(match &cli.command {
         Command::BenchFlock { mode, path } => crate::bench::flock_helper(mode, path),
+        Command::BenchAgent => crate::bench::bench_agent().await,
         Command::Shim { spec } => crate::shim::run(spec).await,
         Command::Demo => crate::demo::run().await,
         // ACP binds its workspace from the first session's cwd.

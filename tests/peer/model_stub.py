@@ -25,7 +25,9 @@ The script, by the words of the last human text:
 Usage: model_stub.py [--lo-up] PORT_FILE — with --lo-up (in a fresh network
 namespace, where even loopback starts down) first brings `lo` up; binds 127.0.0.1 on a free port, writes the
 port to PORT_FILE (atomically), serves until killed. Every request is also
-appended as one JSON line to PORT_FILE + ".log" for the tests to inspect.
+appended as one JSON line to PORT_FILE + ".log" for the tests to inspect
+(its path, the last human text, whether it carries a tool result and
+whether that result is an error).
 """
 
 import json
@@ -103,8 +105,10 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = {}
         with open(self.server.log_path, "a") as log:
+            result = tool_result(body)
             log.write(json.dumps({"path": self.path, "human": human_text(body),
-                                  "tool_result": tool_result(body) is not None}) + "\n")
+                                  "tool_result": result is not None,
+                                  "tool_error": bool(result and result.get("is_error"))}) + "\n")
         if not self.path.startswith("/v1/messages"):
             self.send_response(404)
             self.send_header("Content-Length", "0")
