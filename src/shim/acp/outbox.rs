@@ -4,6 +4,12 @@
 //! acknowledged — so every update is stored once, in order, whatever member
 //! dies meanwhile. The outbox is bounded: when it is full, the transport
 //! stops reading the agent's stdout (backpressure) instead of dropping.
+//!
+//! One batch is in flight at a time, and what arrives meanwhile is the
+//! next batch: an update waits for no timer when the store is idle (a
+//! chunk reaches the editor in about a round trip), while a chatty agent's
+//! words are merged into a batch per round trip, so the store's load from
+//! one agent is bounded by its own speed, not by the agent's.
 
 use crate::client::{Client, ClientError};
 use crate::protocol::{AgentUpdate, AgentUpdates, ErrorCode, Method};
@@ -14,9 +20,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// How long text chunks are merged before their batch is sealed: a chatty
-/// agent sends a word at a time, the store gets a few events per second.
-pub const WINDOW: Duration = Duration::from_millis(50);
 /// A batch is sealed at this size even inside the window.
 pub const BATCH_BYTES: usize = 128 * 1024;
 /// One update larger than this is stored as a stub (the transcript in the
@@ -131,9 +134,11 @@ impl Outbox {
         inner.next += 1;
         let batch = Batch { n, updates, bytes };
         // On disk before it is sent: what the shim holds survives in the
-        // run dir while no primary answers.
+        // run dir while no primary answers. Not synced: it matters while
+        // the shim lives (a power loss ends the agent's turn anyway), and
+        // a flush per batch would be on the path that reads the agent.
         if let Err(e) = std::fs::create_dir_all(&self.dir)
-            .and_then(|_| crate::runs::write_json(&self.file(n), &batch.updates))
+            .and_then(|_| crate::runs::write_json_volatile(&self.file(n), &batch.updates))
         {
             errln!(
                 "grove shim: cannot keep batch {n} in {}: {e}",
@@ -183,10 +188,8 @@ impl Outbox {
         loop {
             let next = {
                 let mut inner = self.lock();
-                if inner.sealed.is_empty()
-                    && let Some(at) = inner.opened_at
-                    && at.elapsed() >= WINDOW
-                {
+                // Nothing in flight: what is open goes now.
+                if inner.sealed.is_empty() {
                     self.seal(&mut inner);
                 }
                 if inner.closed {
@@ -199,13 +202,9 @@ impl Outbox {
                 }
             };
             let Some((n, updates)) = next else {
-                let window = self.lock().opened_at.map(|at| at + WINDOW);
                 let woken = self.work.notified();
-                match window {
-                    Some(at) => {
-                        let _ = tokio::time::timeout_at(at, woken).await;
-                    }
-                    None => woken.await,
+                if self.lock().open.is_empty() {
+                    woken.await;
                 }
                 continue;
             };
