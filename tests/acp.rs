@@ -189,8 +189,9 @@ fn spawned_card(a: &Agent, sid: &schema::SessionId) -> schema::ToolCallId {
         .expect("a tool_call for the spawned task")
 }
 
-/// A turn shows its card in progress before any of the task's output, and
-/// completed only after the last of it.
+/// A turn shows its card in progress with (or before) the task's output —
+/// the card's content, a code block, not message text — and completed only
+/// after the last of it.
 #[test]
 fn output_comes_while_the_card_is_in_progress() {
     let g = Grove::new();
@@ -205,13 +206,21 @@ fn output_comes_while_the_card_is_in_progress() {
         .expect("the card went in progress");
     let completed = position(&|u| card_status(u, &card) == Some(ToolCallStatus::Completed))
         .expect("the card completed");
-    let first_chunk = position(&|u| chunk_text(u).is_some()).expect("output");
+    let first_chunk = position(&|u| card_output(u).is_some()).expect("output");
     let last_chunk = updates
         .iter()
-        .rposition(|u| chunk_text(u).is_some())
+        .rposition(|u| card_output(u).is_some())
         .unwrap();
+    assert_eq!(
+        card_output(updates[last_chunk]).as_deref(),
+        Some("first\nsecond")
+    );
     assert!(
-        in_progress < first_chunk && last_chunk < completed,
+        updates.iter().all(|u| chunk_text(u).is_none()),
+        "a command's output is not the agent's message text"
+    );
+    assert!(
+        in_progress <= first_chunk && last_chunk < completed,
         "in_progress at {in_progress}, output at {first_chunk}..={last_chunk}, completed at {completed}: {updates:?}"
     );
 }
@@ -293,11 +302,13 @@ fn an_editor_that_stops_reading_does_not_grow_our_memory() {
     );
     let resp = a.response(id);
     assert_eq!(resp["result"]["stopReason"], "end_turn", "{resp}");
-    let streamed: usize = a.updates[seen..]
+    // The card shows the end of the output, bounded, up to its last byte.
+    let last = a.updates[seen..]
         .iter()
         .filter(|n| n.session_id == sid)
-        .filter_map(|n| chunk_text(&n.update))
-        .map(str::len)
-        .sum();
-    assert_eq!(streamed, SIZE, "every byte of the output is delivered");
+        .filter_map(|n| card_output(&n.update))
+        .next_back()
+        .expect("the output is shown");
+    assert_eq!(last.len(), 64 * 1024, "the card shows a bounded tail");
+    assert!(last.bytes().all(|b| b == b'a'));
 }

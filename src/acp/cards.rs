@@ -14,6 +14,9 @@ pub const POLL: Duration = Duration::from_millis(100);
 
 /// Longest card title, in characters.
 const TITLE_CHARS: usize = 80;
+/// The most of a task's output its card shows (the end of it): a card's
+/// content is resent whole with each update, so it is bounded.
+pub const OUTPUT_TAIL: usize = 64 * 1024;
 
 pub fn status(s: TaskStatus) -> ToolCallStatus {
     match s {
@@ -56,12 +59,16 @@ pub fn tool_call(t: &TaskRecord) -> SessionUpdate {
     SessionUpdate::ToolCall(call)
 }
 
-/// What a card shows; an update goes out when it changes.
+/// What a card shows; an update goes out when it changes. A command's
+/// output is the card's content, as a code block (the terminal's text, not
+/// Markdown for the editor to render as the agent's words).
 #[derive(Clone, PartialEq)]
 pub struct Card {
     pub task_id: String,
     pub status: ToolCallStatus,
     progress: Option<(u8, Option<String>)>,
+    /// The end of the task's output so far (at most `OUTPUT_TAIL`).
+    output: String,
 }
 
 impl Card {
@@ -71,38 +78,65 @@ impl Card {
             task_id: t.id.clone(),
             status: status(t.status),
             progress: None,
+            output: String::new(),
         }
+    }
+
+    /// The card's content: the progress line, then the output block.
+    fn content(&self) -> Vec<schema::ToolCallContent> {
+        let mut content = Vec::new();
+        if let Some((pct, text)) = &self.progress {
+            let line = format!("{pct}% {}", text.as_deref().unwrap_or(""));
+            content.push(line.trim_end().to_string().into());
+        }
+        if !self.output.is_empty() {
+            // A fence longer than any run of backticks in the output.
+            let longest = self
+                .output
+                .split(|c| c != '`')
+                .map(str::len)
+                .max()
+                .unwrap_or(0);
+            let fence = "`".repeat(longest.max(2) + 1);
+            let block = format!("{fence}\n{}\n{fence}", self.output.trim_end_matches('\n'));
+            content.push(block.into());
+        }
+        content
+    }
+
+    /// The task printed `text`: the update that shows it (in progress).
+    pub fn output(&mut self, text: &str) -> SessionUpdate {
+        self.output.push_str(text);
+        if self.output.len() > OUTPUT_TAIL {
+            let mut cut = self.output.len() - OUTPUT_TAIL;
+            while !self.output.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.output.drain(..cut);
+        }
+        if self.status == ToolCallStatus::Pending {
+            self.status = ToolCallStatus::InProgress;
+        }
+        let fields = ToolCallUpdateFields::new()
+            .status(self.status)
+            .content(self.content());
+        self.update(fields)
     }
 
     /// The update that brings the card to `t`'s state, if it changed.
     pub fn follow(&mut self, t: &TaskRecord) -> Option<SessionUpdate> {
         let progress = t.progress_pct.map(|p| (p, t.progress_text.clone()));
-        let next = Card {
-            task_id: self.task_id.clone(),
-            status: status(t.status),
-            progress,
-        };
-        if next == *self {
+        let (status, changed) = (status(t.status), progress != self.progress);
+        if status == self.status && !changed {
             return None;
         }
-        *self = next;
+        self.status = status;
+        self.progress = progress;
         let mut fields = ToolCallUpdateFields::new().status(self.status);
-        if let Some((pct, text)) = &self.progress {
-            let line = format!("{pct}% {}", text.as_deref().unwrap_or(""));
-            let content: schema::ToolCallContent = line.trim_end().to_string().into();
-            fields = fields.content(vec![content]);
+        if changed {
+            fields = fields.content(self.content());
         }
         Some(self.update(fields))
-    }
-
-    /// Marks the card in progress (its task has output, so it ran even if
-    /// no read of the store caught it running); `None` if it already is.
-    pub fn running(&mut self) -> Option<SessionUpdate> {
-        if self.status != ToolCallStatus::Pending {
-            return None;
-        }
-        self.status = ToolCallStatus::InProgress;
-        Some(self.update(ToolCallUpdateFields::new().status(self.status)))
     }
 
     /// The task is gone from the store (deleted or purged).

@@ -1,8 +1,9 @@
-//! One `session/prompt`: it runs as an orchestrator task of the session.
-//! The task shows as a tool card (cards.rs) with updates for its status and
+//! One `session/prompt`: it runs as an orchestrator task of the session
+//! (or, in an ACP engine's mode, as a turn of its agent: relay.rs). The
+//! task shows as a tool card (cards.rs) with updates for its status and
 //! progress; its output, tailed from the task's log file (the durable
-//! record, so nothing is lost across a failover), streams as
-//! `agent_message_chunk`; the turn ends when the task does.
+//! record, so nothing is lost across a failover), is the card's content, a
+//! code block; the turn ends when the task does.
 
 use super::cards::{self, Card};
 use super::error::AcpError;
@@ -230,10 +231,8 @@ impl Turn {
         if len <= self.offset {
             return;
         }
-        if let Some(update) = self.card.running() {
-            self.out.update(&self.session, update).await;
-        }
-        self.offset = stream_log(&self.out, &self.session, &self.log, self.offset, ended).await;
+        let (out, session) = (&self.out, &self.session);
+        self.offset = stream_log(out, session, &mut self.card, &self.log, self.offset, ended).await;
     }
 
     async fn gone(&mut self) -> StopReason {
@@ -252,11 +251,19 @@ impl Turn {
     }
 }
 
-/// Sends what the log gained since `offset`, one read per message (each
-/// send waits for room on stdout, so a slow client slows the reading, not
-/// our memory); returns the new offset. A character cut by the end of a
-/// read is left for the next one, unless `at_end` (nothing more will come).
-async fn stream_log(out: &Out, session: &SessionId, path: &Path, offset: u64, at_end: bool) -> u64 {
+/// Shows what the log gained since `offset` on the card, one read per
+/// update (each send waits for room on stdout, so a slow client slows the
+/// reading, not our memory); returns the new offset. A character cut by the
+/// end of a read is left for the next one, unless `at_end` (nothing more
+/// will come).
+async fn stream_log(
+    out: &Out,
+    session: &SessionId,
+    card: &mut Card,
+    path: &Path,
+    offset: u64,
+    at_end: bool,
+) -> u64 {
     let Ok(mut log) = LogReader::open(path, offset, LOG_READ) else {
         return offset;
     };
@@ -276,7 +283,7 @@ async fn stream_log(out: &Out, session: &SessionId, path: &Path, offset: u64, at
             return log.offset(); // only part of a character so far
         }
         log.consume(used);
-        out.say(session, text).await;
+        out.update(session, card.output(&text)).await;
     }
 }
 
@@ -318,7 +325,11 @@ pub async fn replay(
         let log = RunFiles::log(&ws, &t.id);
         let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let from = len.saturating_sub(REPLAY_LOG_BYTES);
-        stream_log(&out, session, &log, from, true).await;
+        let mut card = Card::of(&t);
+        stream_log(&out, session, &mut card, &log, from, true).await;
+        if let Some(update) = card.follow(&t) {
+            out.update(session, update).await;
+        }
         if t.status.is_terminal() && t.status != TaskStatus::Completed {
             out.say(session, format!("\n{}\n", cards::describe(&t)))
                 .await;

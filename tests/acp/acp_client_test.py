@@ -46,6 +46,16 @@ class Recorder:
     def of(self, kind):
         return [u for _, u in self.updates if isinstance(u, kind)]
 
+    def output(self):
+        """What the command cards show: their code blocks."""
+        out = []
+        for p in self.of(schema.ToolCallProgress):
+            for c in p.content or []:
+                block = getattr(c, "content", None)
+                if isinstance(block, schema.TextContentBlock) and block.text.startswith("```"):
+                    out.append(block.text)
+        return "\n".join(out)
+
     def text(self):
         return "".join(
             u.content.text
@@ -89,8 +99,10 @@ async def full_turn_and_cancel():
         check(len(starts) == 1 and starts[0].kind == "execute", "the task appears as an execute tool_call")
         progress = rec.of(schema.ToolCallProgress)
         check(any(p.status == "completed" for p in progress), "tool_call_update reports completion")
-        text = rec.text()
-        check("hello from grove" in text and "bye" in text, "output streamed as agent_message_chunk")
+        output = rec.output()
+        check("hello from grove" in output and "bye" in output,
+              "output streamed as the tool call's content (a code block)")
+        check("hello from grove" not in rec.text(), "not as the agent's message text")
         cmds = rec.of(schema.AvailableCommandsUpdate)
         names = {c.name for u in cmds for c in u.available_commands}
         check({"spawn", "tasks", "wait", "cancel", "status"} <= names, "slash commands advertised")
@@ -139,7 +151,7 @@ async def load_from_another_process(sid):
         users = [u.content.text for u in rec.of(schema.UserMessageChunk)]
         check(any("hello from grove" in u for u in users), "load replays the user's prompts before responding")
         check(len(rec.of(schema.ToolCallStart)) >= 3, "load replays the tasks as tool calls")
-        check("hello from grove" in rec.text(), "load replays the output")
+        check("hello from grove" in rec.output(), "load replays the output")
         try:
             await conn.load_session(cwd=WS, session_id="no-such-session", mcp_servers=[])
             check(False, "loading an unknown session fails")
@@ -171,7 +183,7 @@ async def failover_between_two_agents():
                 survivor.prompt(session_id=sid, prompt=[text_block("echo after the failover")]), 30
             )
             check(resp.stop_reason == "end_turn", "the surviving agent still serves prompts")
-            check("after the failover" in rec.text(), "and streams their output")
+            check("after the failover" in rec.output(), "and streams their output")
             check(primary_pid() != victim, "a new primary took over")
 
 

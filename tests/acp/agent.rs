@@ -197,6 +197,28 @@ pub fn chunk_text(u: &schema::SessionUpdate) -> Option<&str> {
     }
 }
 
+/// The output a command's card shows (its code block, fences removed), if
+/// `u` is an update that carries it.
+pub fn card_output(u: &schema::SessionUpdate) -> Option<String> {
+    let schema::SessionUpdate::ToolCallUpdate(t) = u else {
+        return None;
+    };
+    t.fields.content.as_ref()?.iter().find_map(|c| match c {
+        schema::ToolCallContent::Content(c) => match &c.content {
+            schema::ContentBlock::Text(t) if t.text.starts_with("```") => {
+                let body = t.text.trim_start_matches('`').strip_prefix('\n')?;
+                Some(
+                    body.trim_end_matches('`')
+                        .trim_end_matches('\n')
+                        .to_string(),
+                )
+            }
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
 /// The status a tool call update sets, if `u` is one for `id`.
 pub fn card_status(
     u: &schema::SessionUpdate,
