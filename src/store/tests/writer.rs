@@ -233,3 +233,82 @@ fn admission_runs_only_for_new_writes_and_its_refusal_is_not_recorded() {
     );
     assert_eq!(count(&conn, "tasks"), 1);
 }
+
+/// A live task's conversation outlives the event retention (its transcript
+/// is replayed whole); other events, and a deleted task's conversation, do
+/// not; each prune scans only what aged since the last one.
+#[test]
+fn retention_keeps_the_conversation_of_a_live_task() {
+    use crate::protocol::{AgentUpdate, AgentUpdates};
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = store();
+    let mut shutdown = None;
+    let mut commit = |conn: &mut Connection, jobs: Vec<Job>| {
+        let mut batch = jobs;
+        let (done, _) =
+            commit_batch(conn, 1, &mut batch, &mut shutdown, &guard(&dir, &[])).unwrap();
+        done.into_iter().map(|d| d.result).collect::<Vec<_>>()
+    };
+    let kept = task_id(&commit(&mut conn, vec![write("a", create("kept"))])[0]);
+    let gone = task_id(&commit(&mut conn, vec![write("b", create("gone"))])[0]);
+    for id in [&kept, &gone] {
+        let run_id = format!("run-{id}");
+        conn.execute(
+            "UPDATE tasks SET run_id = ?1 WHERE id = ?2",
+            [run_id.as_str(), id.as_str()],
+        )
+        .unwrap();
+        let updates = Method::TaskAgentUpdates(AgentUpdates {
+            id: id.clone(),
+            run_id,
+            batch: 1,
+            updates: vec![AgentUpdate {
+                kind: "agent_message_chunk".into(),
+                acp: "{}".into(),
+            }],
+        });
+        commit(&mut conn, vec![write(&format!("u-{id}"), updates)]);
+    }
+    commit(
+        &mut conn,
+        vec![write(
+            "del",
+            Method::TaskDelete {
+                id: gone.clone(),
+                force: true,
+            },
+        )],
+    );
+    for i in 0..20 {
+        commit(&mut conn, vec![write(&format!("w{i}"), create("filler"))]);
+    }
+    let conversation = |conn: &Connection, id: &str| -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM events WHERE task_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let retention = super::Retention {
+        events: 5,
+        ledger_ms: u64::MAX / 4,
+    };
+    let mut floor = 0;
+    let (pruned, _) = super::prune(&conn, retention, &mut floor).unwrap();
+    assert!(pruned > 0);
+    assert_eq!(conversation(&conn, &kept), 1, "a live task's update stays");
+    assert_eq!(conversation(&conn, &gone), 0, "a deleted task's goes");
+    let left: i64 = conn
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 5 + 1, "the retention and the kept update");
+    let last: i64 = conn
+        .query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        floor,
+        last - 5,
+        "the next prune starts where this one ended"
+    );
+}
