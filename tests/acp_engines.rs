@@ -70,13 +70,15 @@ fn a_full_turn_is_stored_as_agent_updates_and_a_transcript() {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
     assert_eq!(message_text(&u), "Hello world");
-    // Chunks inside the coalescing window are merged: fewer events than chunks.
+    // Chunks that arrive while a batch is in flight are merged (how many
+    // do depends on timing; the outbox's unit test pins the merging): never
+    // more events than chunks.
     assert!(
         kinds
             .iter()
             .filter(|k| **k == "agent_message_chunk")
             .count()
-            < 4,
+            <= 4,
         "{kinds:?}"
     );
     assert_eq!(u.last().unwrap().1["stopReason"], "end_turn");
