@@ -598,6 +598,10 @@ class Checks:
         task = dict(zip(cols, row))
         for k in ("dependencies", "tags", "extra_args", "env"):
             task[k] = json.loads(task[k])
+        # SQLite has no booleans: a bool field is an INTEGER 0 or 1.
+        for f in self.s.doc["records"]["TaskRecord"]["fields"]:
+            if f["type"] == "bool":
+                task[f["name"]] = bool(task[f["name"]])
         self.s.validate("record<TaskRecord>", task, "tasks row")
         last = None
         for t, e in self.p.read_events(0):
