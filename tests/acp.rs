@@ -66,10 +66,16 @@ fn official_python_client_talks_to_an_acp_agent_through_grove_acp() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let logs: String = ["relay-a.log", "relay-b.log", "relay-c.log"]
-        .iter()
-        .map(|f| std::fs::read_to_string(g.ws.join("..").join(f)).unwrap_or_default())
-        .collect();
+    let logs: String = [
+        "relay-a.log",
+        "relay-b.log",
+        "relay-c.log",
+        "relay-d.log",
+        "relay-e.log",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(g.ws.join("..").join(f)).unwrap_or_default())
+    .collect();
     assert!(
         out.status.success() && stdout.contains(" passed, 0 failed"),
         "{stdout}\n{}\n{logs}",

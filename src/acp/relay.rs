@@ -243,6 +243,13 @@ fn stop_reason(turn_end: &Value) -> StopReason {
     }
 }
 
+/// Asks the editor a request that was waiting when it loaded the session
+/// (`update`: the stored `permission_request` update).
+pub async fn ask_pending(agent: &Shared, session: &SessionId, task_id: &str, update: &str) {
+    let value: Value = serde_json::from_str(update).unwrap_or(Value::Null);
+    ask_editor(agent, session, task_id, &value["request"]).await;
+}
+
 /// Asks the editor the agent's permission request and answers the task
 /// with what the editor chose (a reject option denies; no choice denies).
 async fn ask_editor(agent: &Shared, session: &SessionId, task_id: &str, request: &Value) {

@@ -81,7 +81,8 @@ pub async fn load_session(
 
 /// Takes up the session's agent conversation in this window: its task is
 /// the session's, and a turn still running (started by a window that may
-/// be gone) is followed to its end from just after the replay.
+/// be gone) is followed to its end from just after the replay; a
+/// permission request still waiting is asked here.
 fn reattach(
     agent: &Shared,
     reader: &crate::store::Reader,
@@ -95,6 +96,15 @@ fn reattach(
     if let Some(s) = a.sessions.get_mut(&*id.0) {
         s.agent_task = Some(task.id.clone());
         s.engine = task.spec.engine.clone();
+    }
+    if task.status == TaskStatus::Waiting
+        && let Some(request) =
+            reader.last_agent_update(&task.id, crate::store::agent::PERMISSION_REQUEST)?
+    {
+        let (asker, session, task_id) = (agent.clone(), id.clone(), task.id.clone());
+        a.spawn(async move {
+            super::relay::ask_pending(&asker, &session, &task_id, &request).await;
+        });
     }
     if matches!(task.status, TaskStatus::Running | TaskStatus::Waiting) {
         let (follower, session) = (agent.clone(), id.clone());

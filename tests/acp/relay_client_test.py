@@ -3,7 +3,8 @@ client (PyPI `agent-client-protocol`): the editor talks to the scripted
 agent (tests/acp_agents/scripted_agent.py, engine `scripted`) through
 grove. Its updates arrive as themselves (tool calls, diffs, plans), its
 permission requests are asked of the editor, a cancel keeps the session,
-and a `grove acp` killed mid-turn leaves the agent working: a new one
+and a `grove acp` killed mid-turn (or while its editor is asked a
+permission) leaves the agent working: a new one
 loads the session, gets the whole conversation and the rest of the turn.
 
 Usage: python3 relay_client_test.py GROVE_BIN WORKSPACE
@@ -176,9 +177,49 @@ async def killed_editor_and_load(sid):
         member.wait(timeout=15)
 
 
+class Silent(Editor):
+    """An editor that never answers a permission request (its window dies
+    first)."""
+
+    async def request_permission(self, options, session_id, tool_call, **kwargs):
+        self.asked.append((session_id, tool_call))
+        await asyncio.Future()
+
+
+async def a_pending_permission_outlives_the_editor():
+    member = subprocess.Popen([GROVE, "serve", "--workspace", WS], env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ed = Silent()
+        async with await connect(ed, "relay-d.log") as (conn, proc):
+            await conn.initialize(protocol_version=acp.PROTOCOL_VERSION)
+            sid = (await conn.new_session(cwd=WS, mcp_servers=[])).session_id
+            await conn.set_session_mode(session_id=sid, mode_id="scripted")
+            prompt = asyncio.create_task(conn.prompt(session_id=sid, prompt=[text_block("permission")]))
+            await wait_until(lambda: ed.asked, "the editor is asked")
+            os.kill(proc.pid, signal.SIGKILL)
+            try:
+                await asyncio.wait_for(prompt, 5)
+            except Exception:
+                pass
+        later = Editor(answer="allow")
+        async with await connect(later, "relay-e.log") as (conn, proc):
+            await conn.initialize(protocol_version=acp.PROTOCOL_VERSION)
+            await conn.load_session(cwd=WS, session_id=sid, mcp_servers=[])
+            await wait_until(lambda: later.asked, "the request is asked again in the new window")
+            check(len(later.asked) == 1 and later.asked[0][0] == sid,
+                  "a permission request still waiting is asked of the window that loads the session")
+            await wait_until(lambda: "ran make" in later.text(), "the answer reaches the agent")
+            check("ran make" in later.text(), "and the agent's turn goes on to its end")
+    finally:
+        member.send_signal(signal.SIGTERM)
+        member.wait(timeout=15)
+
+
 async def main():
     sid = await turns_through_grove()
     await killed_editor_and_load(sid)
+    await a_pending_permission_outlives_the_editor()
 
 
 asyncio.run(main())
