@@ -276,7 +276,8 @@ impl super::Reader {
             "SELECT seq, payload FROM events WHERE task_id = ?1 AND seq <= ?2 \
              AND topic = 'task.agent_update' ORDER BY seq",
         )?;
-        let rows = stmt.query_map(params![id, upto as i64], |r| {
+        let upto = upto.min(i64::MAX as u64) as i64;
+        let rows = stmt.query_map(params![id, upto], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
         })?;
         let mut out = Vec::new();

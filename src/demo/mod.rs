@@ -1,15 +1,19 @@
 //! `grove demo`: grove proving itself in under 30 seconds, with nothing but
 //! this binary. A primary and three secondaries run as real processes on a
-//! fresh temporary workspace; a small DAG of shell tasks is spawned from
-//! different members; the primary is SIGKILLed mid-run; then every claim is
-//! checked against the store and the members' own event logs — not asserted
-//! by text. Exit 0 only if every check held.
+//! fresh temporary workspace; a small DAG of shell tasks and an agent
+//! conversation (conversation.rs) are spawned from different members; the
+//! primary is SIGKILLed mid-run; then every claim is checked against the
+//! store and the members' own event logs — not asserted by text. Exit 0
+//! only if every check held.
+
+mod conversation;
 
 use crate::client::Client;
 use crate::local_cluster::LocalCluster;
 use crate::protocol::{EventData, Method, NewTask, ReplyBody, TaskStatus};
 use crate::stats::{Clock, read_seqs};
 use crate::store::Reader;
+use conversation::Conversation;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -97,6 +101,7 @@ struct Demo {
     sub: crate::subscriber::Subscription,
     ids: BTreeMap<&'static str, String>,
     names: BTreeMap<String, &'static str>,
+    agent: Option<Conversation>,
 }
 
 /// What happened while the pipeline ran.
@@ -116,7 +121,8 @@ impl Demo {
     /// A primary and three secondaries, registered and following.
     async fn start() -> Result<Demo, String> {
         let clock = Clock::start();
-        let mut c = LocalCluster::with_config(CONFIG)?;
+        let config = format!("{CONFIG}{}", conversation::engine_config()?);
+        let mut c = LocalCluster::with_config(&config)?;
         clock.say(format!("workspace {}", c.ws.root.display()));
         let logs: Vec<PathBuf> = (0..4)
             .map(|i| c.dir.path().join(format!("member-{i}.events")))
@@ -150,6 +156,7 @@ impl Demo {
             sub,
             ids: BTreeMap::new(),
             names: BTreeMap::new(),
+            agent: None,
         })
     }
 
@@ -184,6 +191,15 @@ impl Demo {
             self.names.insert(task.id.clone(), step.name);
             self.ids.insert(step.name, task.id.clone());
         }
+        let agent = Conversation::start(&mut self.windows[2]).await?;
+        self.clock.say(format!(
+            "window 3 spawned {:<12} {} (an ACP agent, its session kept)",
+            "agent",
+            &agent.id[..8]
+        ));
+        self.names.insert(agent.id.clone(), "agent");
+        self.ids.insert("agent", agent.id.clone());
+        self.agent = Some(agent);
         Ok(())
     }
 
@@ -192,7 +208,8 @@ impl Demo {
     async fn narrate_and_kill(&mut self) -> Result<Story, String> {
         let mut story = Story::default();
         let deadline = Instant::now() + PIPELINE_DEADLINE;
-        while story.done < PIPELINE.len() {
+        // The pipeline's steps and the agent's conversation.
+        while story.done < PIPELINE.len() + 1 {
             if Instant::now() > deadline {
                 return Err("the pipeline did not finish within 60 s".into());
             }
@@ -207,6 +224,12 @@ impl Demo {
                 EventData::TaskUpdated { task } => {
                     let name = self.names.get(&task.id).copied().unwrap_or("?");
                     self.narrate(name, task, &mut story);
+                    if name == "agent"
+                        && let Some(agent) = self.agent.as_mut()
+                        && let Some(line) = agent.on_update(&mut self.windows[2], task).await?
+                    {
+                        self.clock.say(format!("  {name:<12} {line}"));
+                    }
                     let tests_running = name == "unit-tests" && task.status == TaskStatus::Running;
                     if tests_running && story.killed_at.is_none() {
                         self.kill_primary(&mut story).await?;
@@ -259,7 +282,7 @@ impl Demo {
     async fn kill_primary(&mut self, story: &mut Story) -> Result<(), String> {
         let first = self.members[0];
         self.clock.say(format!(
-            ">>> kill -9 the primary (pid {first}) while 3 tasks run"
+            ">>> kill -9 the primary (pid {first}) while 3 tasks and an agent's turn run"
         ));
         unsafe { libc::kill(first as i32, libc::SIGKILL) };
         let killed_at = Instant::now();
@@ -319,6 +342,10 @@ impl Demo {
             ),
         );
         self.check_tasks(&reader, &mut checks, outcome.timed_out)?;
+        if let Some(agent) = &self.agent {
+            let (passed, what) = agent.check(&reader)?;
+            checks.check(passed, what);
+        }
         self.check_events(&reader, story, &mut checks).await?;
         let integrity = reader.integrity_check().map_err(|e| e.to_string())?;
         checks.check(
