@@ -32,7 +32,7 @@ pub use event::{Event, EventData, TOPICS};
 pub use route::{AgentOp, Local, Route, TaskOp};
 pub use task::{
     ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, TASK_STATUSES, TaskExit, TaskRecord,
-    TaskSpec, TaskStatus, finished_request_id,
+    TaskSpec, TaskStatus, Worktree, WorktreeAsk, finished_request_id,
 };
 pub use wire_form::FormError;
 
@@ -122,9 +122,14 @@ pub enum Method {
     #[serde(rename = "task.retry")]
     TaskRetry { id: String },
     /// Reruns a finished task under the same id; dependents that failed
-    /// because of it are rearmed.
+    /// because of it are rearmed. Instructions are appended to the prompt
+    /// first (`grove review` of a CLI-engine task).
     #[serde(rename = "task.relaunch")]
-    TaskRelaunch { id: String },
+    TaskRelaunch {
+        id: String,
+        #[serde(default)]
+        instructions: Option<String>,
+    },
     /// Deletes a finished task and its log files; purging a missing task
     /// succeeds (idempotent).
     #[serde(rename = "task.purge")]
