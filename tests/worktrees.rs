@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{DEADLINE, Grove, show, wait_for, wait_status};
+use common::{DEADLINE, Grove, message_text, show, updates, wait_for, wait_status};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +39,13 @@ fn git(dir: &Path, args: &[&str]) -> String {
 /// member serving it, git's identity in every grove process's env.
 fn repo(config: &str) -> Grove {
     let mut g = Grove::with_config(&format!("heartbeat_ms = 100\n{config}"));
+    init_repo(&mut g);
+    g.serve();
+    g.wait_primary();
+    g
+}
+
+fn init_repo(g: &mut Grove) {
     for (k, v) in IDENTITY {
         g.env(k, v);
     }
@@ -48,9 +55,6 @@ fn repo(config: &str) -> Grove {
     std::fs::write(g.ws.join(".gitignore"), ".grove/\n.env\n").unwrap();
     git(&g.ws, &["add", "f.txt", ".gitignore"]);
     git(&g.ws, &["commit", "-q", "-m", "start"]);
-    g.serve();
-    g.wait_primary();
-    g
 }
 
 fn spawn(g: &Grove, args: &[&str]) -> Value {
@@ -538,4 +542,31 @@ fn twenty_worktree_tasks_at_once() {
         std::fs::read_to_string(g.ws.join("f.txt")).unwrap(),
         "one\ntwo\nthree\n"
     );
+}
+
+#[test]
+fn review_of_a_running_acp_task_is_its_next_turn_in_the_same_session() {
+    let mut g = Grove::scripted_acp("ask", "");
+    init_repo(&mut g);
+    g.serve();
+    g.wait_primary();
+    let t = spawn(&g, &["--worktree", "-e", "scripted", "slow 20"]);
+    let id = id_of(&t);
+    wait_for("a first chunk stored", DEADLINE, || {
+        (!message_text(&updates(&g, &id)).is_empty()).then_some(())
+    });
+    g.ok(&["review", &id, "--comment", "f.txt:1", "why one?"]);
+    wait_status(&g, &id, "completed");
+    let u = updates(&g, &id);
+    let prompts: Vec<&str> = u
+        .iter()
+        .filter(|(k, _)| k == "prompt")
+        .filter_map(|(_, u)| u["text"].as_str())
+        .collect();
+    assert_eq!(prompts.len(), 2, "{prompts:?}");
+    assert!(
+        prompts[1].contains("f.txt, line 1:\n    1 | one\nwhy one?"),
+        "{prompts:?}"
+    );
+    assert_eq!(u.iter().filter(|(k, _)| k == "session").count(), 1);
 }

@@ -10,7 +10,8 @@
 //! kills every process of the task on cancel, timeout or exit (`tree`:
 //! TERM, grace, KILL; daemons included, the shim being their subreaper),
 //! writes the exit status atomically beside the log, and reports it to
-//! whichever instance is primary by then.
+//! whichever instance is primary by then. A worktree task's worktree is
+//! made (and set up) first, by the shim, as part of the run (`worktree`).
 
 mod acp;
 mod supervise;
