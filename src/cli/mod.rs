@@ -494,17 +494,11 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Delete { id, force, json } => {
             let id = task::resolve_id(&ctx, &id)?;
-            let tree = worktree::guard_removal(&ctx, &id, force)?;
-            let code = orchestrate::simple(&ctx, Method::TaskDelete { id, force }, json).await?;
-            worktree::remove_after(&ctx, tree);
-            Ok(code)
+            worktree::removing(&ctx, Method::TaskDelete { id, force }, force, json).await
         }
         Command::Purge { id, force, json } => {
             let id = task::resolve_purge_id(&ctx, &id)?;
-            let tree = worktree::guard_removal(&ctx, &id, force)?;
-            let code = orchestrate::simple(&ctx, Method::TaskPurge { id }, json).await?;
-            worktree::remove_after(&ctx, tree);
-            Ok(code)
+            worktree::removing(&ctx, Method::TaskPurge { id }, force, json).await
         }
         Command::Worktree(cmd) => worktree::run(&ctx, cmd).await,
         Command::Approve { id, option, json } => {

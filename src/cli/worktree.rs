@@ -220,6 +220,23 @@ fn discard(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
     Ok(EXIT_OK)
 }
 
+/// `delete` or `purge` (`method`) of a task with its worktree (see
+/// [`guard_removal`]).
+pub async fn removing(
+    ctx: &Context,
+    method: Method,
+    force: bool,
+    json: bool,
+) -> Result<i32, CliError> {
+    let (Method::TaskDelete { id, .. } | Method::TaskPurge { id }) = &method else {
+        unreachable!("only delete and purge remove a task");
+    };
+    let tree = guard_removal(ctx, id, force)?;
+    let code = orchestrate::simple(ctx, method, json).await?;
+    remove_after(ctx, tree);
+    Ok(code)
+}
+
 /// Before `delete`/`purge`: the worktree of task `id` if it has one, after
 /// refusing (unless `force`) when removing it would lose work.
 pub fn guard_removal(ctx: &Context, id: &str, force: bool) -> Result<Option<Worktree>, CliError> {
