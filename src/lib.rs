@@ -41,3 +41,4 @@ pub mod test_hooks;
 mod ticker;
 mod trust;
 mod waiter;
+mod worktree;

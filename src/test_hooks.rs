@@ -50,3 +50,22 @@ pub fn stall(ms: u64) {
     tracing::warn!("test hook: blocking the event loop for {ms} ms");
     std::thread::sleep(Duration::from_millis(ms));
 }
+
+/// Set in a `grove merge`'s environment: it waits this many milliseconds
+/// after preparing the merge and before moving anything, so that a test can
+/// kill it there.
+pub const MERGE_STALL_ENV: &str = "GROVE_TEST_MERGE_STALL_MS";
+
+/// Called by `grove merge` between preparing the merge commit and moving
+/// the branch and the checkout.
+pub fn merge_prepared() {
+    if let Some(ms) = std::env::var(MERGE_STALL_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        crate::output::stderr_fmt(format_args!(
+            "test hook: merge prepared, stalling {ms} ms\n"
+        ));
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}

@@ -300,6 +300,8 @@ const RUN_ID: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a0";
 const SESSION_ID: &str = "sess-1";
 const SESSION_CWD: &str = "/home/dev/project";
 
+const BASE_COMMIT: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+
 fn task_id() -> String {
     TASK_ID.replace(' ', "")
 }
@@ -307,6 +309,7 @@ fn task_id() -> String {
 fn full_task() -> TaskRecord {
     let spec = TaskSpec {
         priority: -5,
+        worktree: Some(Worktree::for_task(&task_id(), BASE_COMMIT.into())),
         ..full_new_task().with_engine_or("claude")
     };
     TaskRecord {
@@ -353,6 +356,10 @@ fn full_new_task() -> NewTask {
         ]),
         keep_session: true,
         permissions: Some(grove::protocol::PermissionPolicy::AllowReads),
+        worktree: Some(WorktreeAsk {
+            enabled: true,
+            base: Some("main".into()),
+        }),
     }
 }
 
@@ -463,7 +470,10 @@ fn methods(full: bool) -> Vec<Method> {
             instructions: full.then(|| "also run clippy".into()),
         },
         Method::TaskRetry { id: task_id() },
-        Method::TaskRelaunch { id: task_id() },
+        Method::TaskRelaunch {
+            id: task_id(),
+            instructions: full.then(|| "address the review comments".into()),
+        },
         Method::TaskPurge { id: task_id() },
         Method::TaskFinished(task_exit(full)),
         Method::TaskAgentUpdates(agent_updates(full)),
@@ -1007,6 +1017,8 @@ impl Target {
                 "AgentUpdates" => roundtrip::<AgentUpdates>(bytes),
                 "AgentUpdate" => roundtrip::<AgentUpdate>(bytes),
                 "TaskControl" => roundtrip::<TaskControl>(bytes),
+                "Worktree" => roundtrip::<Worktree>(bytes),
+                "WorktreeAsk" => roundtrip::<WorktreeAsk>(bytes),
                 other => panic!("no Rust type for record {other}"),
             },
             Target::Method(m) => Ok(roundtrip::<Request>(bytes)?["method"][m].clone()),
@@ -1047,6 +1059,22 @@ fn cases() -> Vec<Case> {
         rec("TaskRecord", view(&full_task()), view(&min_task())),
         rec("NewTask", view(&full_new_task()), view(&min_new_task())),
         rec("TaskExit", view(&task_exit(true)), view(&task_exit(false))),
+        rec(
+            "Worktree",
+            view(&Worktree::for_task(&task_id(), BASE_COMMIT.into())),
+            view(&Worktree::for_task(&task_id(), BASE_COMMIT.into())),
+        ),
+        rec(
+            "WorktreeAsk",
+            view(&WorktreeAsk {
+                enabled: true,
+                base: Some("main".into()),
+            }),
+            view(&WorktreeAsk {
+                enabled: false,
+                base: None,
+            }),
+        ),
         rec(
             "TaskControl",
             view(&TaskControl {

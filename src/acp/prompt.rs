@@ -126,6 +126,9 @@ pub async fn create_task(
         engine: engine.map(str::to_string),
         session_id: Some(session.to_string()),
         tags: vec!["acp".into()],
+        // The editor shows and edits its own checkout: a worktree (the
+        // `worktree` setting) would hide the agent's edits from it.
+        worktree: Some(crate::protocol::WorktreeAsk::default()),
         ..Default::default()
     };
     match super::call(agent, Method::TaskCreate(new)).await? {

@@ -80,6 +80,8 @@ async fn start_turn(
             session_id: Some(session.to_string()),
             tags: vec!["acp".into()],
             keep_session: true,
+            // The editor's own checkout, never a worktree (see prompt.rs).
+            worktree: Some(crate::protocol::WorktreeAsk::default()),
             ..Default::default()
         }),
     };

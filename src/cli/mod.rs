@@ -16,6 +16,7 @@ mod status;
 mod steer;
 mod stop;
 mod task;
+mod worktree;
 
 use crate::client::ClientError;
 use crate::config::Config;
@@ -37,6 +38,7 @@ By purpose:
   tasks     spawn, list, show, wait, logs, progress, stats,
             cancel, pause, resume, retry, relaunch, delete, purge, task,
             approve, deny, say, mode, close
+  worktrees diff, merge, discard, review
   setup     engines, personas, config, completions
   measure   demo, bench, chaos
 
@@ -158,6 +160,8 @@ enum Command {
         json: bool,
     },
     /// Delete a task; refused while it runs unless --force (which kills it).
+    /// Its worktree and branch go too, refused while they hold work that
+    /// was never merged unless --force.
     Delete {
         id: String,
         #[arg(long)]
@@ -167,8 +171,12 @@ enum Command {
     },
     /// Delete a finished task and its log files. With a full task id it is
     /// idempotent (purging a purged task succeeds); a prefix must name a task.
+    /// Its worktree and branch go too, refused while they hold work that
+    /// was never merged unless --force.
     Purge {
         id: String,
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -239,6 +247,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Worktree(worktree::WorktreeCommand),
     /// Low-level task commands (create, list, show, progress, set-status, delete).
     #[command(subcommand)]
     Task(task::TaskCommand),
@@ -476,15 +486,21 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             task_op(&ctx, &id, json, |id| Method::TaskRetry { id }).await
         }
         Command::Relaunch { id, json } => {
-            task_op(&ctx, &id, json, |id| Method::TaskRelaunch { id }).await
+            task_op(&ctx, &id, json, |id| Method::TaskRelaunch {
+                id,
+                instructions: None,
+            })
+            .await
         }
         Command::Delete { id, force, json } => {
-            task_op(&ctx, &id, json, |id| Method::TaskDelete { id, force }).await
+            let id = task::resolve_id(&ctx, &id)?;
+            worktree::removing(&ctx, Method::TaskDelete { id, force }, force, json).await
         }
-        Command::Purge { id, json } => {
+        Command::Purge { id, force, json } => {
             let id = task::resolve_purge_id(&ctx, &id)?;
-            orchestrate::simple(&ctx, Method::TaskPurge { id }, json).await
+            worktree::removing(&ctx, Method::TaskPurge { id }, force, json).await
         }
+        Command::Worktree(cmd) => worktree::run(&ctx, cmd).await,
         Command::Approve { id, option, json } => {
             let c = control(id, ControlKind::Approve, option, None);
             steer::send(&ctx, c, json).await

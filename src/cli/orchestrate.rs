@@ -3,7 +3,7 @@
 
 use super::task::{one_line, resolve_id};
 use super::{CliError, Context, EXIT_FAILED, EXIT_OK, print_json};
-use crate::protocol::{Method, NewTask, ReplyBody, TaskRecord, TaskStatus};
+use crate::protocol::{Method, NewTask, ReplyBody, TaskRecord, TaskStatus, WorktreeAsk};
 use crate::waiter::Policy;
 use clap::Args;
 use std::collections::BTreeMap;
@@ -46,6 +46,20 @@ pub struct SpawnArgs {
     /// Environment variable for the agent, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Run the task in a git worktree of its own (`.grove/worktrees/<id>`,
+    /// branch `grove/<short id>`), so that parallel tasks never edit the
+    /// same files; review with `grove diff`, bring back with `grove merge`.
+    /// Default: the config's `worktree` setting (never, agents, always).
+    #[arg(long, conflicts_with = "no_worktree")]
+    pub worktree: bool,
+    /// Run in the workspace even when the config's `worktree` setting says
+    /// otherwise.
+    #[arg(long)]
+    pub no_worktree: bool,
+    /// The commit or branch the worktree starts from (implies --worktree;
+    /// default: the workspace's HEAD when the task is created).
+    #[arg(long, value_name = "REF", conflicts_with = "no_worktree")]
+    pub base: Option<String>,
     /// ACP engines: keep the agent session open after each turn. The task
     /// goes `idle` until a follow-up (`grove say`) or `grove close`, or
     /// until `idle_timeout_ms` (config) passes.
@@ -89,6 +103,15 @@ pub struct WaitArgs {
     pub json: bool,
 }
 
+/// What `--worktree`, `--no-worktree` and `--base` ask for; nothing when
+/// none is given (the primary applies the config's `worktree` setting).
+fn worktree_ask(on: bool, off: bool, base: Option<String>) -> Option<WorktreeAsk> {
+    (on || off || base.is_some()).then_some(WorktreeAsk {
+        enabled: !off,
+        base,
+    })
+}
+
 pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
     let prompt = match (&a.prompt, &a.prompt_file) {
         (Some(p), _) => p.clone(),
@@ -124,6 +147,7 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
             (true, _) => Some(crate::protocol::PermissionPolicy::AllowAll),
             (false, p) => p.and_then(crate::protocol::PermissionPolicy::parse),
         },
+        worktree: worktree_ask(a.worktree, a.no_worktree, a.base),
     };
     let reply = ctx
         .call(Method::TaskCreate(new), a.request_id.as_deref())

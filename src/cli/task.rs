@@ -145,7 +145,10 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> Result<i32, CliError> {
         }
         TaskCommand::Delete { id, write } => {
             let id = resolve_id(ctx, &id)?;
-            write_task(ctx, Method::TaskDelete { id, force: false }, &write).await
+            let tree = super::worktree::guard_removal(ctx, &id, false)?;
+            let code = write_task(ctx, Method::TaskDelete { id, force: false }, &write).await?;
+            super::worktree::remove_after(ctx, tree);
+            Ok(code)
         }
     }
 }

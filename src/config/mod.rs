@@ -79,6 +79,12 @@ pub struct Config {
     /// MCP servers given to every ACP agent session (`session/new`), by
     /// name: `command` (stdio) or `url` (HTTP).
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
+    /// Which new tasks get a git worktree of their own when the request
+    /// does not say (`spawn` without `--worktree` / `--no-worktree`).
+    pub worktree: WorktreeMode,
+    /// What a task's supervisor does in a new worktree before its agent
+    /// starts.
+    pub setup: Setup,
 }
 
 /// One MCP server for ACP agents: a command on stdio, or an HTTP url.
@@ -117,6 +123,44 @@ impl McpServerConfig {
     }
 }
 
+/// The `worktree` setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorktreeMode {
+    /// Tasks run in the workspace unless they ask for a worktree.
+    #[default]
+    Never,
+    /// Tasks of every engine but `shell` (the agents) get one.
+    Agents,
+    /// Every task gets one.
+    Always,
+}
+
+impl WorktreeMode {
+    /// Whether a task of `engine` that did not say gets a worktree.
+    pub fn applies_to(self, engine: &str) -> bool {
+        match self {
+            WorktreeMode::Never => false,
+            WorktreeMode::Agents => engine != "shell",
+            WorktreeMode::Always => true,
+        }
+    }
+}
+
+/// The `[setup]` table: run in a task's new worktree, output into the
+/// task's log, before the agent starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Setup {
+    /// Files (paths relative to the workspace) copied into the worktree,
+    /// such as `.env`: git does not carry untracked files over. A missing
+    /// one is skipped.
+    pub copy: Vec<String>,
+    /// A command run with `sh -c` in the worktree (e.g. `npm ci`); when it
+    /// fails, the task fails without starting its agent.
+    pub run: Option<String>,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -137,6 +181,8 @@ impl Default for Config {
             idle_timeout_ms: 60 * 60 * 1000,
             permission_timeout_ms: 0,
             mcp_servers: BTreeMap::new(),
+            worktree: WorktreeMode::Never,
+            setup: Setup::default(),
         }
     }
 }
@@ -235,6 +281,22 @@ impl Config {
             if target.is_empty() {
                 return Err(ConfigError::Invalid(format!(
                     "model alias '{alias}' names an empty model"
+                )));
+            }
+        }
+        for file in &self.setup.copy {
+            // Copied from the workspace into a worktree inside it: a path
+            // that leaves either would copy what the user did not mean.
+            let p = Path::new(file);
+            let escapes = p.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+            if file.is_empty() || escapes {
+                return Err(ConfigError::Invalid(format!(
+                    "setup.copy entry {file:?} must be a path inside the workspace, relative, without '..'"
                 )));
             }
         }

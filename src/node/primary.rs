@@ -428,8 +428,31 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
             .clone();
         let spec = crate::orchestrator::engines::RunSpec::of_new(new, &engine);
         crate::orchestrator::engines::validate(&config, &root, &spec)
-            .map_err(|msg| WireError::new(ErrorCode::InvalidParams, msg.to_string()))
+            .map_err(|msg| WireError::new(ErrorCode::InvalidParams, msg.to_string()))?;
+        decide_worktree(&config, &root, &engine, &mut new.worktree)
     })
+}
+
+/// Whether a new task gets a worktree (what it asked, else the `worktree`
+/// setting for its engine), and if so its base resolved to a commit id
+/// now, so that every run and `grove diff` start from the same commit.
+fn decide_worktree(
+    config: &crate::config::Config,
+    root: &std::path::Path,
+    engine: &str,
+    ask: &mut Option<crate::protocol::WorktreeAsk>,
+) -> Result<(), WireError> {
+    let wanted = ask.get_or_insert_with(|| crate::protocol::WorktreeAsk {
+        enabled: config.worktree.applies_to(engine),
+        base: None,
+    });
+    if !wanted.enabled {
+        return Ok(());
+    }
+    let base = crate::worktree::resolve_base(root, wanted.base.as_deref())
+        .map_err(|e| WireError::new(ErrorCode::InvalidParams, e.to_string()))?;
+    wanted.base = Some(base);
+    Ok(())
 }
 
 /// How long a handover waits for the replies and events in flight to go

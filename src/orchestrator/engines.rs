@@ -38,6 +38,9 @@ pub struct RunSpec<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub keep_session: bool,
     pub permissions: Option<PermissionPolicy>,
+    /// The task's worktree (relative to the workspace), where its work dir
+    /// is then taken from; not made yet at create, so only a run has one.
+    pub worktree: Option<&'a str>,
 }
 
 impl<'a> RunSpec<'a> {
@@ -52,6 +55,7 @@ impl<'a> RunSpec<'a> {
             env: &task.spec.env,
             keep_session: task.spec.keep_session,
             permissions: task.spec.permissions,
+            worktree: task.spec.worktree.as_ref().map(|w| w.path.as_str()),
         }
     }
 
@@ -67,6 +71,7 @@ impl<'a> RunSpec<'a> {
             env: &new.env,
             keep_session: new.keep_session,
             permissions: new.permissions,
+            worktree: None,
         }
     }
 }
@@ -127,7 +132,10 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
             e.kind.as_str()
         )));
     }
-    let work_dir = resolve_work_dir(workspace, spec.work_dir)?;
+    let work_dir = match spec.worktree {
+        Some(tree) => in_worktree(workspace, &workspace.join(tree), spec.work_dir),
+        None => resolve_work_dir(workspace, spec.work_dir)?,
+    };
     let prompt = match spec.persona {
         Some(p) => format!("{}\n\n{}", persona_text(config, workspace, p)?, spec.prompt),
         None => spec.prompt.to_string(),
@@ -308,6 +316,21 @@ fn check_template(name: &str, e: &EngineConfig, model: Option<&str>) -> Result<(
     Ok(())
 }
 
+/// A worktree task's work dir: the same place in its worktree as in the
+/// workspace (checked when the task was created; the worktree itself only
+/// exists once the supervisor made it). A directory outside the workspace
+/// stays where it is.
+fn in_worktree(workspace: &Path, tree: &Path, work_dir: Option<&str>) -> PathBuf {
+    match work_dir {
+        Some(d) if Path::new(d).is_absolute() => match Path::new(d).strip_prefix(workspace) {
+            Ok(rel) => tree.join(rel),
+            Err(_) => PathBuf::from(d),
+        },
+        Some(d) => tree.join(d),
+        None => tree.to_path_buf(),
+    }
+}
+
 fn resolve_work_dir(workspace: &Path, work_dir: Option<&str>) -> Result<PathBuf, EngineError> {
     let dir = match work_dir {
         Some(d) if Path::new(d).is_absolute() => PathBuf::from(d),
@@ -471,6 +494,7 @@ mod tests {
             env: &env,
             keep_session: false,
             permissions: None,
+            worktree: None,
         };
         let err = validate(&config(), dir.path(), &spec).unwrap_err();
         assert!(matches!(err, EngineError::Template(_)), "{err:?}");

@@ -7,7 +7,7 @@ use super::tail::log_end;
 use crate::config::Config;
 use crate::paths::Workspace;
 use crate::protocol::TaskRecord;
-use crate::runs::{RunFiles, ShimSpec};
+use crate::runs::{RunFiles, ShimSpec, WorktreeRun};
 
 /// A shim we started: reaped by us.
 pub struct Launched {
@@ -36,6 +36,10 @@ pub fn launch(
         work_dir: launch.work_dir,
         stdin: launch.stdin,
         acp: launch.acp,
+        worktree: (task.spec.worktree.clone()).map(|worktree| WorktreeRun {
+            worktree,
+            setup: config.setup.clone(),
+        }),
         timeout_ms: task.spec.timeout_ms,
         grace_ms: config.kill_grace_ms,
     };

@@ -32,7 +32,7 @@ pub use event::{Event, EventData, TOPICS};
 pub use route::{AgentOp, Local, Route, TaskOp};
 pub use task::{
     ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, TASK_STATUSES, TaskExit, TaskRecord,
-    TaskSpec, TaskStatus, finished_request_id,
+    TaskSpec, TaskStatus, Worktree, WorktreeAsk, finished_request_id,
 };
 pub use wire_form::FormError;
 
@@ -63,6 +63,10 @@ pub struct Request {
 }
 
 /// Every RPC method. The variant name on the wire is the method name.
+// `task.create` carries a whole task spec and is the largest by far; a
+// request is decoded once and moved a few times, so boxing it would only
+// add an allocation per create.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Method {
     /// Liveness probe, answered by the event loop without touching the store.
@@ -122,9 +126,14 @@ pub enum Method {
     #[serde(rename = "task.retry")]
     TaskRetry { id: String },
     /// Reruns a finished task under the same id; dependents that failed
-    /// because of it are rearmed.
+    /// because of it are rearmed. Instructions are appended to the prompt
+    /// first (`grove review` of a CLI-engine task).
     #[serde(rename = "task.relaunch")]
-    TaskRelaunch { id: String },
+    TaskRelaunch {
+        id: String,
+        #[serde(default)]
+        instructions: Option<String>,
+    },
     /// Deletes a finished task and its log files; purging a missing task
     /// succeeds (idempotent).
     #[serde(rename = "task.purge")]

@@ -77,6 +77,7 @@ pub enum TaskOp<'a> {
     },
     Relaunch {
         id: &'a str,
+        instructions: Option<&'a str>,
     },
     Purge {
         id: &'a str,
@@ -120,7 +121,10 @@ impl Method {
                 instructions: instructions.as_deref(),
             }),
             Method::TaskRetry { id } => Route::Task(TaskOp::Retry { id }),
-            Method::TaskRelaunch { id } => Route::Task(TaskOp::Relaunch { id }),
+            Method::TaskRelaunch { id, instructions } => Route::Task(TaskOp::Relaunch {
+                id,
+                instructions: instructions.as_deref(),
+            }),
             Method::TaskPurge { id } => Route::Task(TaskOp::Purge { id }),
             Method::TaskFinished(exit) => Route::Task(TaskOp::Finished(exit)),
             Method::TaskAgentUpdates(batch) => Route::Agent(AgentOp::Updates(batch)),

@@ -170,7 +170,7 @@ pub fn finished_request_id(run_id: &str) -> String {
 /// its default; serde reads a missing `Option` field as `None`), in a
 /// record it is always the engine the task runs with (required).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpec<Engine = String> {
+pub struct TaskSpec<Engine = String, Tree = Option<Worktree>> {
     pub prompt: String,
     pub engine: Engine,
     #[serde(default)]
@@ -203,11 +203,55 @@ pub struct TaskSpec<Engine = String> {
     /// engine's (`--yolo` is `allow_all`).
     #[serde(default)]
     pub permissions: Option<super::PermissionPolicy>,
+    /// The task's own git worktree: in a record, the one it runs in (nil:
+    /// it runs in the workspace); in a request, what is asked
+    /// ([`WorktreeAsk`]; nil: the configuration's `worktree` setting
+    /// decides).
+    #[serde(default)]
+    pub worktree: Tree,
 }
 
 /// Parameters of `task.create`: a spec whose engine may be left to the
-/// primary's default.
-pub type NewTask = TaskSpec<Option<String>>;
+/// primary's default, and whose worktree is asked for, not yet made.
+pub type NewTask = TaskSpec<Option<String>, Option<WorktreeAsk>>;
+
+/// The git worktree a task runs in: `path` (relative to the workspace) on
+/// branch `branch`, made from commit `base`. The primary names the branch
+/// and the path when it creates the task; the task's supervisor creates
+/// the worktree before the agent starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worktree {
+    /// The full commit id the branch starts from (what `grove diff`
+    /// compares against).
+    pub base: String,
+    /// `grove/<first 12 characters of the task id>`.
+    pub branch: String,
+    /// `.grove/worktrees/<task id>`, relative to the workspace.
+    pub path: String,
+}
+
+impl Worktree {
+    /// The branch and path of task `id`'s worktree, from `base`.
+    pub fn for_task(id: &str, base: String) -> Worktree {
+        Worktree {
+            base,
+            branch: format!("grove/{}", &id[..id.len().min(12)]),
+            path: format!(".grove/worktrees/{id}"),
+        }
+    }
+}
+
+/// What a `task.create` asks about a worktree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorktreeAsk {
+    /// False: no worktree, whatever the configuration says.
+    pub enabled: bool,
+    /// The commit (or any name git resolves to one) to branch from; nil:
+    /// the workspace's `HEAD`. The primary resolves it to a commit id when
+    /// the task is created.
+    #[serde(default)]
+    pub base: Option<String>,
+}
 
 impl NewTask {
     /// The spec with its engine decided: the one asked for, else `default`.
@@ -228,6 +272,10 @@ impl NewTask {
             env: self.env,
             keep_session: self.keep_session,
             permissions: self.permissions,
+            // A base left unresolved (no primary checked it) is refused by
+            // the store as not a commit id.
+            worktree: (self.worktree.filter(|w| w.enabled))
+                .map(|w| Worktree::for_task("", w.base.unwrap_or_default())),
         }
     }
 }
@@ -304,7 +352,7 @@ impl TaskRecord {
 impl Serialize for TaskRecord {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let (t, s) = (self, &self.spec);
-        let mut m = serializer.serialize_struct("TaskRecord", 28)?;
+        let mut m = serializer.serialize_struct("TaskRecord", 29)?;
         m.serialize_field("id", &t.id)?;
         m.serialize_field("prompt", &s.prompt)?;
         m.serialize_field("engine", &s.engine)?;
@@ -333,6 +381,7 @@ impl Serialize for TaskRecord {
         m.serialize_field("run_id", &t.run_id)?;
         m.serialize_field("keep_session", &s.keep_session)?;
         m.serialize_field("permissions", &s.permissions)?;
+        m.serialize_field("worktree", &s.worktree)?;
         m.end()
     }
 }

@@ -34,6 +34,17 @@ pub struct ShimSpec {
     /// client instead of a byte pipe into the log.
     #[serde(default)]
     pub acp: Option<AcpSpec>,
+    /// Set when the task runs in a worktree of its own: the shim makes it
+    /// (or finds it made) and runs the setup before starting the agent.
+    #[serde(default)]
+    pub worktree: Option<WorktreeRun>,
+}
+
+/// A worktree to make before the agent starts, and what to do in a new one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorktreeRun {
+    pub worktree: crate::protocol::Worktree,
+    pub setup: crate::config::Setup,
 }
 
 /// The conversation the shim of an `acp` engine holds with its agent.

@@ -10,10 +10,12 @@
 //! kills every process of the task on cancel, timeout or exit (`tree`:
 //! TERM, grace, KILL; daemons included, the shim being their subreaper),
 //! writes the exit status atomically beside the log, and reports it to
-//! whichever instance is primary by then.
+//! whichever instance is primary by then. A worktree task's worktree is
+//! made (and set up) first, by the shim, as part of the run (`worktree`).
 
 mod acp;
 mod supervise;
+mod worktree;
 
 use crate::runs::{
     ExitRecord, RunFiles, RunRecord, ShimSpec, signals, write_json, write_json_volatile,
@@ -78,9 +80,14 @@ pub async fn run(spec_path: &Path) -> i32 {
         let _ = std::fs::remove_file(RunFiles::run(&ws, &spec.task_id, &spec.run_id));
         return 0;
     }
-    let exit = match &spec.acp {
-        Some(acp) => acp::supervise(&ws, &spec, acp, &mut record).await,
-        None => supervise::supervise(&ws, &spec, &mut record).await,
+    let prepared = match &spec.worktree {
+        Some(run) => worktree::prepare(&ws, &spec, run).await,
+        None => Ok(()),
+    };
+    let exit = match (prepared, &spec.acp) {
+        (Err(exit), _) => exit,
+        (Ok(()), Some(acp)) => acp::supervise(&ws, &spec, acp, &mut record).await,
+        (Ok(()), None) => supervise::supervise(&ws, &spec, &mut record).await,
     };
     if let Err(e) = write_json(&RunFiles::exit(&ws, &spec.task_id, &spec.run_id), &exit) {
         errln!("grove shim: cannot write the exit record: {e}");

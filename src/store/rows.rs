@@ -2,7 +2,7 @@
 //! the other. Each column is the record's field of the same name, as the
 //! contract says (`ipc-schema/README.md`, the store section): strings and
 //! enum names as TEXT, integers as INTEGER, nil as NULL, the lists and the
-//! map as JSON text. Rows are read by column name, so a column added by a
+//! map (and the worktree, NULL when none) as JSON text. Rows are read by column name, so a column added by a
 //! migration never shifts the others.
 
 use super::StoreError;
@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
 type Column = (&'static str, Value);
 
 /// The spec's columns (see [`TaskSpec`]).
-fn spec_columns(s: &TaskSpec) -> [Column; 14] {
+fn spec_columns(s: &TaskSpec) -> [Column; 15] {
     [
         ("prompt", s.prompt.clone().into()),
         ("engine", s.engine.clone().into()),
@@ -33,6 +33,7 @@ fn spec_columns(s: &TaskSpec) -> [Column; 14] {
             "permissions",
             s.permissions.map(|p| p.as_str().to_string()).into(),
         ),
+        ("worktree", s.worktree.as_ref().map_or(Value::Null, json)),
     ]
 }
 
@@ -193,6 +194,12 @@ fn spec(r: &Row<'_>) -> Result<TaskSpec, Unreadable> {
         permissions: match r.get::<_, Option<String>>("permissions")? {
             None => None,
             Some(p) => Some(PermissionPolicy::parse(&p).ok_or(Unreadable::Bad("permissions"))?),
+        },
+        worktree: match r.get::<_, Option<String>>("worktree")? {
+            Some(text) => {
+                Some(serde_json::from_str(&text).map_err(|_| Unreadable::Bad("worktree"))?)
+            }
+            None => None,
         },
     })
 }

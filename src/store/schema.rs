@@ -119,6 +119,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE events ADD COLUMN task_id TEXT;
     CREATE INDEX events_task ON events (task_id, seq) WHERE task_id IS NOT NULL;
     "#,
+    // v7: the task's git worktree (TaskRecord.worktree as JSON text: base
+    // commit, branch, path), NULL for a task that runs in the workspace.
+    r#"
+    ALTER TABLE tasks ADD COLUMN worktree TEXT;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -602,6 +602,9 @@ class Checks:
         for f in self.s.doc["records"]["TaskRecord"]["fields"]:
             if f["type"] == "bool":
                 task[f["name"]] = bool(task[f["name"]])
+        # The worktree object is JSON text too, NULL when the task has none.
+        if task.get("worktree") is not None:
+            task["worktree"] = json.loads(task["worktree"])
         self.s.validate("record<TaskRecord>", task, "tasks row")
         last = None
         for t, e in self.p.read_events(0):

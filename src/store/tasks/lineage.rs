@@ -7,7 +7,7 @@ use super::graph::{cascade, dependents, edges_of, ready_status, status_from_deps
 use super::{Ctx, Res, finished_task, ok};
 use crate::protocol::{
     ErrorCode, EventData, FailureReason, NewTask, ReplyBody, TaskRecord, TaskSpec, TaskStatus,
-    now_ms,
+    Worktree, now_ms,
 };
 use crate::store::rows;
 use crate::store::txn::{Applied, append_event, refused};
@@ -24,6 +24,10 @@ fn new_task(
     check_spec(tx, &spec)?;
     let now = now_ms();
     let id = uuid::Uuid::new_v4().simple().to_string();
+    // A retry copies its task's spec: its worktree is named after the new
+    // id, from the same base.
+    let mut spec = spec;
+    spec.worktree = (spec.worktree.take()).map(|w| Worktree::for_task(&id, w.base));
     let mut task = TaskRecord {
         retry_of,
         attempt,
@@ -53,6 +57,17 @@ fn check_spec(tx: &Connection, spec: &TaskSpec) -> Result<(), Applied> {
     if spec.timeout_ms == Some(0) {
         return Err(refused(ErrorCode::InvalidParams, "timeout must be > 0"));
     }
+    if let Some(w) = &spec.worktree
+        && !is_commit_id(&w.base)
+    {
+        return Err(refused(
+            ErrorCode::InvalidParams,
+            format!(
+                "worktree base {:?} is not a full commit id (the primary resolves a ref when it creates the task)",
+                w.base
+            ),
+        ));
+    }
     let mut seen = std::collections::HashSet::new();
     for dep in &spec.dependencies {
         if !seen.insert(dep) {
@@ -69,6 +84,13 @@ fn check_spec(tx: &Connection, spec: &TaskSpec) -> Result<(), Applied> {
         }
     }
     Ok(())
+}
+
+/// A full SHA-1 or SHA-256 commit id, in lowercase hex.
+fn is_commit_id(s: &str) -> bool {
+    matches!(s.len(), 40 | 64)
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A task created by `task.create`; the engine left out is the shell (the
@@ -107,8 +129,11 @@ pub(super) fn retry(c: &mut Ctx<'_>, id: &str) -> Res {
 }
 
 /// Reruns a finished task under its id (see [`rearm`]).
-pub(super) fn relaunch(c: &mut Ctx<'_>, id: &str) -> Res {
-    let task = finished_task(c.tx, id, "relaunch")?;
+pub(super) fn relaunch(c: &mut Ctx<'_>, id: &str, instructions: Option<&str>) -> Res {
+    let mut task = finished_task(c.tx, id, "relaunch")?;
+    if let Some(extra) = instructions.filter(|s| !s.trim().is_empty()) {
+        task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
+    }
     let task = rearm(c, task)?;
     if task.status == TaskStatus::Failed {
         // Failed again at once (a dependency failed or is gone):

@@ -148,7 +148,7 @@ pub(super) fn apply(c: &mut Ctx<'_>, op: TaskOp<'_>) -> Res {
         }
         TaskOp::Resume { id, instructions } => runs::resume(c, id, instructions),
         TaskOp::Retry { id } => lineage::retry(c, id),
-        TaskOp::Relaunch { id } => lineage::relaunch(c, id),
+        TaskOp::Relaunch { id, instructions } => lineage::relaunch(c, id, instructions),
         TaskOp::Finished(exit) => runs::finished(c, exit),
     }
 }

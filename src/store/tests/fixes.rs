@@ -31,12 +31,21 @@ fn a_relaunch_that_fails_at_once_fails_released_dependents() {
     s.run(&x, "x1", Exit::Code0);
     assert_eq!(s.status(&y), Some(TaskStatus::Queued));
     // d runs again and is deleted before completing: x's input is gone.
-    s.ok(Method::TaskRelaunch { id: d.clone() });
+    s.ok(Method::TaskRelaunch {
+        id: d.clone(),
+        instructions: None,
+    });
     s.ok(Method::TaskDelete {
         id: d,
         force: false,
     });
-    let x_now = expect_task(s.apply(&Method::TaskRelaunch { id: x }).result);
+    let x_now = expect_task(
+        s.apply(&Method::TaskRelaunch {
+            id: x,
+            instructions: None,
+        })
+        .result,
+    );
     assert_eq!(x_now.status, TaskStatus::Failed);
     let y = s.task(&y).unwrap();
     assert_eq!(
@@ -57,7 +66,10 @@ fn rearming_leaves_a_dependent_another_dependency_still_fails() {
     s.ok(Method::TaskCancel { id: b });
     s.run(&a, "a1", Exit::Code1);
     let c_before = s.task(&c).unwrap();
-    let out = s.apply(&Method::TaskRelaunch { id: a.clone() });
+    let out = s.apply(&Method::TaskRelaunch {
+        id: a.clone(),
+        instructions: None,
+    });
     assert!(out.result.is_ok());
     assert_eq!(events_about(&out.events), vec![a]);
     assert_eq!(s.task(&c).unwrap(), c_before);
@@ -125,7 +137,10 @@ fn a_requeued_run_fails_when_a_dependency_failed_since() {
     let t = s.create(&[&d]).id;
     s.run(&d, "d1", Exit::Code0);
     s.start(&t, "t1");
-    s.ok(Method::TaskRelaunch { id: d.clone() });
+    s.ok(Method::TaskRelaunch {
+        id: d.clone(),
+        instructions: None,
+    });
     s.run(&d, "d2", Exit::Code1);
     assert_eq!(
         s.status(&t),

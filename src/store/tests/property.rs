@@ -115,7 +115,10 @@ impl Harness {
                 instructions: more.then(|| "more".into()),
             },
             Op::Retry(_) => Method::TaskRetry { id },
-            Op::Relaunch(_) => Method::TaskRelaunch { id },
+            Op::Relaunch(_) => Method::TaskRelaunch {
+                id,
+                instructions: None,
+            },
             Op::Delete(_, force) => Method::TaskDelete { id, force: *force },
             Op::Purge(_) => Method::TaskPurge { id },
             Op::Finished(_, exit, own) => {

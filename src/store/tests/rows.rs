@@ -29,6 +29,7 @@ fn full_record() -> TaskRecord {
         env: [("CI".to_string(), "1".to_string())].into(),
         keep_session: true,
         permissions: Some(crate::protocol::PermissionPolicy::AllowReads),
+        worktree: Some(crate::protocol::Worktree::for_task("t1", "a".repeat(40))),
     };
     TaskRecord {
         status: TaskStatus::Failed,

@@ -231,7 +231,10 @@ fn apply(s: &mut Store, id: &str, op: Op) -> Outcome {
             instructions: matches!(op, Op::ResumeWith).then(|| "and then more".into()),
         },
         Op::Retry => Method::TaskRetry { id },
-        Op::Relaunch => Method::TaskRelaunch { id },
+        Op::Relaunch => Method::TaskRelaunch {
+            id,
+            instructions: None,
+        },
         Op::Delete | Op::DeleteForce => Method::TaskDelete {
             id,
             force: matches!(op, Op::DeleteForce),

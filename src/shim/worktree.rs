@@ -1,0 +1,165 @@
+//! Before the agent of a worktree task starts: its worktree made (or found
+//! made: a requeued, relaunched or adopted run reuses it), and in a new one
+//! the `[setup]` step — files copied from the workspace, then a command —
+//! with everything it says going into the task's log.
+//!
+//! The shim does this, not the primary, so that it is part of the run: a
+//! primary that dies meanwhile loses nothing (the shim outlives it and is
+//! adopted), and a shim that dies leaves a half-made worktree that the
+//! next run's `worktree::ensure` repairs.
+
+use super::open_log;
+use crate::paths::Workspace;
+use crate::protocol::{ExitOutcome, now_ms};
+use crate::runs::{ExitRecord, RunFiles, ShimSpec, WorktreeRun, signals, tree};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How often a running setup command looks for a cancel (the control
+/// signals stay blocked until the agent runs, so a cancel waits pending).
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
+
+/// Makes the worktree ready; the exit record of the run when it cannot be.
+pub(super) async fn prepare(
+    ws: &Workspace,
+    spec: &ShimSpec,
+    run: &WorktreeRun,
+) -> Result<(), ExitRecord> {
+    let end = |outcome, message: String| ExitRecord {
+        run_id: spec.run_id.clone(),
+        outcome,
+        exit_code: None,
+        signal: None,
+        message: Some(message),
+        finished_at: now_ms(),
+    };
+    let mut log = open_log(&RunFiles::log(ws, &spec.task_id))
+        .map_err(|e| end(ExitOutcome::SpawnError, format!("cannot open the log: {e}")))?;
+    let root = ws.root.clone();
+    let w = run.worktree.clone();
+    let made = tokio::task::spawn_blocking(move || crate::worktree::ensure(&root, &w))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let made = made.map_err(|e| {
+        let _ = writeln!(log, "grove: {e}");
+        end(ExitOutcome::SpawnError, e)
+    })?;
+    let _ = writeln!(log, "grove: {made}");
+    let tree = crate::worktree::path_of(&ws.root, &run.worktree);
+    let marker = setup_marker(&tree);
+    if marker.as_ref().is_some_and(|m| m.exists()) {
+        return Ok(());
+    }
+    copy_files(&ws.root, &tree, &run.setup.copy, &mut log)
+        .map_err(|e| end(ExitOutcome::SpawnError, e))?;
+    if let Some(command) = &run.setup.run {
+        let _ = writeln!(log, "grove: setup: {command}");
+        match run_setup(ws, spec, &tree, command, &log).await {
+            Ok(()) => {}
+            Err((outcome, message)) => {
+                let _ = writeln!(log, "grove: {message}");
+                return Err(end(outcome, message));
+            }
+        }
+    }
+    if let Some(m) = marker {
+        let _ = std::fs::write(m, b"");
+    }
+    Ok(())
+}
+
+/// Where a worktree records that its setup ran: in its own git admin dir
+/// (`.git/worktrees/<id>/`), which goes when the worktree goes, so a
+/// worktree made again is set up again.
+fn setup_marker(tree: &Path) -> Option<PathBuf> {
+    let dir = crate::worktree::git_dir(tree)?;
+    Some(dir.join("grove-setup-done"))
+}
+
+fn copy_files(
+    root: &Path,
+    tree: &Path,
+    files: &[String],
+    log: &mut std::fs::File,
+) -> Result<(), String> {
+    for file in files {
+        let from = root.join(file);
+        if !from.is_file() {
+            let _ = writeln!(
+                log,
+                "grove: setup: {file} is not in the workspace; not copied"
+            );
+            continue;
+        }
+        let to = tree.join(file);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("setup: cannot create {}: {e}", dir.display()))?;
+        }
+        std::fs::copy(&from, &to)
+            .map_err(|e| format!("setup: cannot copy {file} into the worktree: {e}"))?;
+        let _ = writeln!(log, "grove: setup: copied {file}");
+    }
+    Ok(())
+}
+
+/// Runs the setup command in its own process group, output into the log;
+/// a cancel that arrives meanwhile ends it (TERM, grace, KILL).
+async fn run_setup(
+    ws: &Workspace,
+    spec: &ShimSpec,
+    tree: &Path,
+    command: &str,
+    log: &std::fs::File,
+) -> Result<(), (ExitOutcome, String)> {
+    let failed = |m: String| (ExitOutcome::SpawnError, m);
+    let (out, err) = match (log.try_clone(), log.try_clone()) {
+        (Ok(o), Ok(e)) => (o, e),
+        _ => return Err(failed("cannot duplicate the log file descriptor".into())),
+    };
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .current_dir(tree)
+        .env("GROVE_TASK_ID", &spec.task_id)
+        .env("GROVE_WORKSPACE", &ws.root)
+        .env("GROVE_WORKTREE", tree)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(false);
+    // SAFETY: as for the agent: nothing blocked or ignored in the child.
+    unsafe {
+        cmd.pre_exec(signals::reset_all_in_child);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| failed(format!("setup: cannot start sh: {e}")))?;
+    let pgid = child.id().unwrap_or(0);
+    let mut check = tokio::time::interval(CANCEL_CHECK);
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                return match status {
+                    Ok(s) if s.success() => Ok(()),
+                    Ok(s) => Err(failed(format!("setup command failed ({s}); the agent was not started"))),
+                    Err(e) => Err(failed(format!("setup: wait failed: {e}"))),
+                };
+            }
+            _ = check.tick() => {
+                if signals::cancel_pending() {
+                    tree::kill_group(pgid, libc::SIGTERM);
+                    let grace = Duration::from_millis(spec.grace_ms);
+                    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                        tree::kill_group(pgid, libc::SIGKILL);
+                        let _ = child.wait().await;
+                    }
+                    tree::kill_group(pgid, libc::SIGKILL);
+                    return Err((ExitOutcome::Cancelled, "cancelled during the worktree setup".into()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! A task's own git worktree: `.grove/worktrees/<id>` on branch
+//! `grove/<short id>`, made from a recorded base commit (see
+//! docs/design.md, Worktrees).
+//!
+//! Everything goes through the `git` command line, not a library: it is
+//! what the user already has and trusts with their repository (its hooks,
+//! config, credentials and on-disk format are the ones their own `git`
+//! uses), `worktree` and `merge-tree --write-tree` are only there in full,
+//! and it costs no large dependency. Branch names, paths and refs are
+//! always separate arguments, never text for a shell.
+//!
+//! `mod.rs` the base, creation and removal; `diff.rs` a task's changes;
+//! `merge.rs` bringing them into a branch.
+
+pub mod diff;
+pub mod merge;
+
+use crate::protocol::Worktree;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+/// Why a worktree operation did not happen. `Usage` is the user's to fix
+/// (no repository, an unknown ref, a dirty checkout): the CLI exits 2 for
+/// the first two and 1 for the rest, as it reports them.
+#[derive(Debug, thiserror::Error)]
+pub enum WorktreeError {
+    /// Not possible in this workspace or with these arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// Refused or failed: a conflict, a dirty checkout, git failing.
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type Result<T> = std::result::Result<T, WorktreeError>;
+
+/// One `git` command in `dir`: its stdout, or its stderr as the error.
+pub(crate) fn git<I, S>(dir: &Path, args: I) -> std::result::Result<String, String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = command(dir, args)
+        .output()
+        .map_err(|e| format!("cannot run git: {e} (is git installed?)"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(if err.is_empty() {
+            format!("git exited with {}", out.status)
+        } else {
+            err
+        })
+    }
+}
+
+/// A `git` command in `dir`, not steered by the caller's git environment
+/// (an agent inside a task may run grove with `GIT_DIR` set).
+pub(crate) fn command<I, S>(dir: &Path, args: I) -> std::process::Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = std::process::Command::new("git");
+    cmd.arg("-C").arg(dir).args(args);
+    for var in ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// The workspace's checkout: `root` must be the top of a git work tree (a
+/// worktree holds the whole repository, so an agent started in a
+/// subdirectory's copy would see a different layout than its task says).
+pub fn check_repo(root: &Path) -> Result<()> {
+    let top = git(root, ["rev-parse", "--show-toplevel"]).map_err(|e| {
+        WorktreeError::Usage(format!(
+            "workspace {} is not a git repository, so its tasks cannot have worktrees ({}); run `git init` there, or spawn without --worktree",
+            root.display(),
+            e.lines().next().unwrap_or("")
+        ))
+    })?;
+    let top = PathBuf::from(top.trim());
+    let same = match (top.canonicalize(), root.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same {
+        return Err(WorktreeError::Usage(format!(
+            "workspace {} is inside the git repository {}, not at its top; task worktrees need the workspace at the repository's top",
+            root.display(),
+            top.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The full commit id `base` names (default `HEAD`) in the workspace's
+/// repository.
+pub fn resolve_base(root: &Path, base: Option<&str>) -> Result<String> {
+    check_repo(root)?;
+    let name = base.unwrap_or("HEAD");
+    let spec = format!("{name}^{{commit}}");
+    match git(
+        root,
+        [
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            &spec,
+        ],
+    ) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ if base.is_none() => Err(WorktreeError::Usage(format!(
+            "the repository at {} has no commit yet: a worktree branches from one (commit first, or give --base)",
+            root.display()
+        ))),
+        _ => Err(WorktreeError::Usage(format!(
+            "--base {name:?} names no commit in {}",
+            root.display()
+        ))),
+    }
+}
+
+/// Where a task's worktree is.
+pub fn path_of(root: &Path, w: &Worktree) -> PathBuf {
+    root.join(&w.path)
+}
+
+fn branch_ref(w: &Worktree) -> String {
+    format!("refs/heads/{}", w.branch)
+}
+
+/// The commit the branch points to, if it exists.
+pub fn branch_head(root: &Path, w: &Worktree) -> Option<String> {
+    let r = format!("{}^{{commit}}", branch_ref(w));
+    git(
+        root,
+        ["rev-parse", "--verify", "--quiet", "--end-of-options", &r],
+    )
+    .ok()
+    .map(|s| s.trim().to_string())
+    .filter(|s| !s.is_empty())
+}
+
+/// One entry of `git worktree list --porcelain`.
+#[derive(Debug, Default)]
+struct Listed {
+    path: PathBuf,
+    branch: Option<String>,
+    /// `locked initializing`: a `worktree add` that did not finish.
+    initializing: bool,
+    prunable: bool,
+}
+
+fn listed(root: &Path) -> std::result::Result<Vec<Listed>, String> {
+    let text = git(root, ["worktree", "list", "--porcelain"])?;
+    let mut all = Vec::new();
+    for block in text.split("\n\n") {
+        let mut entry = Listed::default();
+        for line in block.lines() {
+            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+            match key {
+                "worktree" => entry.path = PathBuf::from(value),
+                "branch" => entry.branch = Some(value.to_string()),
+                "locked" => entry.initializing |= value == "initializing",
+                "prunable" => entry.prunable = true,
+                _ => {}
+            }
+        }
+        if !entry.path.as_os_str().is_empty() {
+            all.push(entry);
+        }
+    }
+    Ok(all)
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    canon(a) == canon(b)
+}
+
+/// How the task's worktree stands now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum State {
+    /// Registered, on its branch, checked out.
+    Ready,
+    /// Nothing of it: no directory, no registration.
+    Absent,
+    /// Left half made (an interrupted `worktree add`, a deleted directory,
+    /// another branch checked out there).
+    Broken,
+}
+
+pub fn state(root: &Path, w: &Worktree) -> std::result::Result<State, String> {
+    let path = path_of(root, w);
+    let entry = listed(root)?
+        .into_iter()
+        .find(|e| same_path(&e.path, &path));
+    Ok(match entry {
+        None if !path.exists() => State::Absent,
+        None => State::Broken,
+        Some(e)
+            if !e.initializing
+                && !e.prunable
+                && e.branch.as_deref() == Some(branch_ref(w).as_str())
+                && path.join(".git").exists() =>
+        {
+            State::Ready
+        }
+        Some(_) => State::Broken,
+    })
+}
+
+/// Makes the task's worktree exist, whatever an earlier attempt left:
+/// reused when ready; a half-made one (an interrupted `worktree add`) is
+/// removed and made again, on the branch when the branch exists (it may
+/// hold the task's commits), else on a new branch from the base. The
+/// branch and the checkout come from one `git worktree add -b`. Returns
+/// what was done, for the task's log.
+pub fn ensure(root: &Path, w: &Worktree) -> std::result::Result<String, String> {
+    let path = path_of(root, w);
+    // Several tasks' supervisors add worktrees to one repository at once:
+    // git's lock files make a loser fail rather than wait, and `worktree
+    // list` fails on an entry another `worktree add` is still writing. So
+    // grove's own additions take turns (a flock: a killed holder releases
+    // it), and what else races with them is retried.
+    let _turn = take_turn(root)?;
+    let mut last = String::new();
+    for attempt in 0..ENSURE_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50 << attempt.min(4)));
+        }
+        let now = match state(root, w) {
+            Ok(s) => s,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        match now {
+            State::Ready => {
+                return Ok(if attempt == 0 {
+                    format!("reusing worktree {} on {}", w.path, w.branch)
+                } else {
+                    format!("created worktree {} on {}", w.path, w.branch)
+                });
+            }
+            State::Broken => clear(root, &path),
+            State::Absent => {}
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            // So that `git add -A` in the workspace never records the
+            // worktrees as embedded repositories.
+            let ignore = dir.join(".gitignore");
+            if !ignore.exists() {
+                let _ = std::fs::write(ignore, "*\n");
+            }
+        }
+        let exists = branch_head(root, w).is_some();
+        let mut args: Vec<&OsStr> = vec![OsStr::new("worktree"), OsStr::new("add")];
+        if !exists {
+            args.extend([OsStr::new("-b"), OsStr::new(&w.branch)]);
+        }
+        args.extend([OsStr::new("--end-of-options"), path.as_os_str()]);
+        args.push(OsStr::new(if exists { &w.branch } else { &w.base }));
+        if let Err(e) = git(root, &args) {
+            last = e;
+        }
+    }
+    Err(format!(
+        "cannot create worktree {} on {}: {last}",
+        w.path, w.branch
+    ))
+}
+
+const ENSURE_ATTEMPTS: u32 = 8;
+
+/// An exclusive flock on `.grove/worktrees/.lock`, held while one
+/// supervisor makes its worktree.
+fn take_turn(root: &Path) -> std::result::Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let dir = root.join(".grove").join("worktrees");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(".lock");
+    let file = crate::paths::open_private(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on an fd we own; waits for the supervisor before us.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(format!(
+            "cannot lock {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(file)
+}
+
+/// Removes a worktree's directory and registration (not its branch).
+fn clear(root: &Path, path: &Path) {
+    let _ = git(
+        root,
+        [
+            "worktree".as_ref(),
+            "remove".as_ref(),
+            "--force".as_ref(),
+            "--force".as_ref(),
+            path.as_os_str(),
+        ],
+    );
+    // Only ever under `.grove/worktrees/`: never a directory of the user's.
+    if path.starts_with(root.join(".grove").join("worktrees")) && path.exists() {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    let _ = git(root, ["worktree", "prune"]);
+}
+
+/// Removes the task's worktree and its branch (`grove discard`, and
+/// `delete`/`purge` once they are allowed to).
+pub fn remove(root: &Path, w: &Worktree) -> Result<()> {
+    clear(root, &path_of(root, w));
+    if branch_head(root, w).is_some() {
+        git(root, ["branch", "-D", "--end-of-options", &w.branch]).map_err(|e| {
+            WorktreeError::Failed(format!("cannot delete branch {}: {e}", w.branch))
+        })?;
+    }
+    Ok(())
+}
+
+/// What would be lost if the worktree and its branch went now: changes not
+/// committed in the worktree, commits the workspace's `HEAD` does not
+/// contain. Empty when nothing would.
+pub fn unmerged(root: &Path, w: &Worktree, copied: &[String]) -> Vec<String> {
+    let mut lost = Vec::new();
+    let path = path_of(root, w);
+    let mut status = vec!["status".to_string(), "--porcelain".into(), "--".into()];
+    status.extend(work_pathspec(root, w, copied));
+    if path.exists()
+        && let Ok(status) = git(&path, &status)
+        && !status.trim().is_empty()
+    {
+        lost.push(format!("uncommitted changes in {}", w.path));
+    }
+    if branch_head(root, w).is_some() {
+        let range = format!("HEAD..{}", branch_ref(w));
+        if let Ok(n) = git(root, ["rev-list", "--count", "--end-of-options", &range]) {
+            let n: u64 = n.trim().parse().unwrap_or(0);
+            if n > 0 {
+                lost.push(format!(
+                    "{n} commit(s) on {} that HEAD does not contain",
+                    w.branch
+                ));
+            }
+        }
+    }
+    lost
+}
+
+/// The worktree's own git admin dir (`<repo>/.git/worktrees/<name>`).
+pub fn git_dir(tree: &Path) -> Option<PathBuf> {
+    let dir = git(tree, ["rev-parse", "--path-format=absolute", "--git-dir"]).ok()?;
+    Some(PathBuf::from(dir.trim()))
+}
+
+/// The pathspec for "every change" in a worktree, without the files the
+/// setup copied in that the base does not track (a `.env`): they are the
+/// worktree's configuration, not the task's work, and never reach a diff
+/// or a commit.
+pub fn work_pathspec(root: &Path, w: &Worktree, copied: &[String]) -> Vec<String> {
+    let mut spec = vec![".".to_string()];
+    let quiet = |mut cmd: std::process::Command| {
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    for file in copied {
+        let tracked = quiet({
+            let mut c = command(root, ["cat-file", "-e"]);
+            c.arg(format!("{}:{file}", w.base));
+            c
+        });
+        // An ignored file is left out already, and git refuses a pathspec
+        // that names one.
+        let ignored = quiet({
+            let mut c = command(root, ["check-ignore", "-q", "--"]);
+            c.arg(file);
+            c
+        });
+        if !tracked && !ignored {
+            spec.push(format!(":(exclude,literal){file}"));
+        }
+    }
+    spec
+}

@@ -1,0 +1,572 @@
+//! A git worktree per task, with real processes and real git: parallel
+//! tasks that edit the same file, diff, merge (fast-forward, conflict,
+//! dirty checkout, a killed merge), discard, delete, review, the setup
+//! step, and kills of the primary while a worktree is made and used.
+
+mod common;
+
+use common::{DEADLINE, Grove, message_text, show, updates, wait_for, wait_status};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const IDENTITY: [(&str, &str); 4] = [
+    ("GIT_AUTHOR_NAME", "grove test"),
+    ("GIT_AUTHOR_EMAIL", "test@grove.invalid"),
+    ("GIT_COMMITTER_NAME", "grove test"),
+    ("GIT_COMMITTER_EMAIL", "test@grove.invalid"),
+];
+
+/// `git` in `dir` with the test identity, never the user's global config.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .envs(IDENTITY)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A workspace that is a git repository with one commit (`f.txt`), a
+/// member serving it, git's identity in every grove process's env.
+fn repo(config: &str) -> Grove {
+    let mut g = Grove::with_config(&format!("heartbeat_ms = 100\n{config}"));
+    init_repo(&mut g);
+    g.serve();
+    g.wait_primary();
+    g
+}
+
+fn init_repo(g: &mut Grove) {
+    for (k, v) in IDENTITY {
+        g.env(k, v);
+    }
+    g.env("GIT_CONFIG_GLOBAL", "/dev/null");
+    git(&g.ws, &["init", "-q", "-b", "main"]);
+    std::fs::write(g.ws.join("f.txt"), "one\ntwo\nthree\n").unwrap();
+    std::fs::write(g.ws.join(".gitignore"), ".grove/\n.env\n").unwrap();
+    git(&g.ws, &["add", "f.txt", ".gitignore"]);
+    git(&g.ws, &["commit", "-q", "-m", "start"]);
+}
+
+fn spawn(g: &Grove, args: &[&str]) -> Value {
+    let mut all = vec!["spawn", "--json"];
+    all.extend(args);
+    serde_json::from_str(&g.ok(&all)).expect("spawn --json")
+}
+
+fn id_of(t: &Value) -> String {
+    t["id"].as_str().unwrap().to_string()
+}
+
+fn tree_of(g: &Grove, t: &Value) -> PathBuf {
+    g.ws.join(t["worktree"]["path"].as_str().expect("a worktree"))
+}
+
+fn branch_of(t: &Value) -> String {
+    t["worktree"]["branch"].as_str().unwrap().to_string()
+}
+
+fn branch_exists(g: &Grove, branch: &str) -> bool {
+    Command::new("git")
+        .arg("-C")
+        .arg(&g.ws)
+        .args(["rev-parse", "--verify", "--quiet"])
+        .arg(format!("refs/heads/{branch}"))
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// The checkout has no change to a tracked file and is not mid-merge.
+fn assert_clean(g: &Grove) {
+    assert_eq!(
+        git(&g.ws, &["status", "--porcelain", "--untracked-files=no"]),
+        ""
+    );
+    assert!(!g.ws.join(".git/MERGE_HEAD").exists(), "left mid-merge");
+}
+
+/// Registered worktrees as `git worktree list --porcelain` blocks.
+fn worktrees(g: &Grove) -> Vec<String> {
+    git(&g.ws, &["worktree", "list", "--porcelain"])
+        .split("\n\n")
+        .map(str::to_string)
+        .collect()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn parallel_tasks_on_one_file_merge_fast_forward_then_conflict_then_discard() {
+    let g = repo("");
+    let a = spawn(
+        &g,
+        &["--worktree", "printf 'one\\nTWO by a\\nthree\\n' > f.txt"],
+    );
+    let b = spawn(
+        &g,
+        &["--worktree", "printf 'one\\nTWO by b\\nthree\\n' > f.txt"],
+    );
+    for t in [&a, &b] {
+        wait_status(&g, &id_of(t), "completed");
+        assert!(tree_of(&g, t).join("f.txt").exists());
+    }
+    // Each edited its own copy; the workspace's is untouched.
+    assert_eq!(
+        std::fs::read_to_string(g.ws.join("f.txt")).unwrap(),
+        "one\ntwo\nthree\n"
+    );
+    let stat: Value =
+        serde_json::from_str(&g.ok(&["diff", &id_of(&a), "--stat", "--json"])).unwrap();
+    assert_eq!(stat["files"][0]["path"], "f.txt");
+    let patch = g.ok(&["diff", &id_of(&b)]);
+    assert!(patch.contains("+TWO by b"), "{patch}");
+
+    let main_before = git(&g.ws, &["rev-parse", "main"]);
+    let merged: Value = serde_json::from_str(&g.ok(&["merge", &id_of(&a), "--json"])).unwrap();
+    assert_eq!(merged["result"], "fast_forward", "{merged}");
+    assert_eq!(
+        git(&g.ws, &["rev-parse", "main"]),
+        git(&g.ws, &["rev-parse", &branch_of(&a)])
+    );
+    assert_ne!(git(&g.ws, &["rev-parse", "main"]), main_before);
+    assert_eq!(
+        std::fs::read_to_string(g.ws.join("f.txt")).unwrap(),
+        "one\nTWO by a\nthree\n"
+    );
+    assert_clean(&g);
+
+    let main_after_a = git(&g.ws, &["rev-parse", "main"]);
+    let out = g.run(&["merge", &id_of(&b)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("conflicts in:\n  f.txt"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(git(&g.ws, &["rev-parse", "main"]), main_after_a);
+    assert_eq!(
+        std::fs::read_to_string(g.ws.join("f.txt")).unwrap(),
+        "one\nTWO by a\nthree\n"
+    );
+    assert_clean(&g);
+    assert!(
+        branch_exists(&g, &branch_of(&b)),
+        "the conflicting branch is kept"
+    );
+
+    g.ok(&["discard", &id_of(&b)]);
+    assert!(!tree_of(&g, &b).exists());
+    assert!(!branch_exists(&g, &branch_of(&b)));
+    assert!(!worktrees(&g).iter().any(|w| w.contains(&id_of(&b))));
+}
+
+#[test]
+fn setup_copies_env_and_runs_its_command_in_the_worktree() {
+    let g = repo(
+        "[setup]\ncopy = [\".env\", \"missing.txt\"]\nrun = \"echo setup ran > from-setup.txt; echo SETUP-OUTPUT\"\n",
+    );
+    std::fs::write(g.ws.join(".env"), "SECRET=42\n").unwrap();
+    let t = spawn(
+        &g,
+        &[
+            "--worktree",
+            "test -f from-setup.txt && cat .env > seen.txt",
+        ],
+    );
+    wait_status(&g, &id_of(&t), "completed");
+    let tree = tree_of(&g, &t);
+    assert_eq!(
+        std::fs::read_to_string(tree.join("seen.txt")).unwrap(),
+        "SECRET=42\n"
+    );
+    let log = g.ok(&["logs", &id_of(&t)]);
+    assert!(log.contains("copied .env"), "{log}");
+    assert!(log.contains("missing.txt is not in the workspace"), "{log}");
+    assert!(log.contains("SETUP-OUTPUT"), "{log}");
+    // The copied .env is configuration, not the task's work.
+    let diff = g.ok(&["diff", &id_of(&t), "--stat"]);
+    assert!(
+        diff.contains("seen.txt") && !diff.contains(".env"),
+        "{diff}"
+    );
+
+    // A failing setup fails the task before its agent starts.
+    std::fs::write(
+        g.ws.join(".grove/grove.toml"),
+        "heartbeat_ms = 100\n[setup]\nrun = \"exit 3\"\n",
+    )
+    .unwrap();
+    let t = spawn(&g, &["--worktree", "touch agent-ran"]);
+    let done = wait_status(&g, &id_of(&t), "failed");
+    assert_eq!(done["failure_reason"], "spawn_error", "{done}");
+    assert!(!tree_of(&g, &t).join("agent-ran").exists());
+}
+
+#[test]
+fn a_workspace_that_is_not_a_git_repository_is_refused_at_spawn() {
+    let mut g = Grove::new();
+    g.serve();
+    g.wait_primary();
+    let out = g.run(&["spawn", "--worktree", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("not a git repository"),
+        "{}",
+        stderr_of(&out)
+    );
+    // No fallback: no task was created.
+    assert_eq!(g.ok(&["list"]), "");
+    // The config default too.
+    std::fs::write(
+        g.ws.join(".grove/grove.toml"),
+        "heartbeat_ms = 100\nworktree = \"always\"\n",
+    )
+    .unwrap();
+    let out = g.run(&["spawn", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    // ... unless the spawn says no.
+    g.ok(&["spawn", "--no-worktree", "true"]);
+}
+
+#[test]
+fn an_unknown_base_is_refused_and_a_branch_base_is_recorded_as_its_commit() {
+    let g = repo("");
+    let out = g.run(&["spawn", "--base", "no-such-branch", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("no-such-branch"),
+        "{}",
+        stderr_of(&out)
+    );
+    let t = spawn(&g, &["--base", "main", "true"]);
+    assert_eq!(t["worktree"]["base"], git(&g.ws, &["rev-parse", "main"]));
+}
+
+#[test]
+fn a_dirty_checkout_is_refused_at_merge_and_left_as_it_was() {
+    let g = repo("");
+    let t = spawn(&g, &["--worktree", "echo four >> f.txt"]);
+    wait_status(&g, &id_of(&t), "completed");
+    std::fs::write(g.ws.join("f.txt"), "my own edit\n").unwrap();
+    let main_before = git(&g.ws, &["rev-parse", "main"]);
+    let out = g.run(&["merge", &id_of(&t)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("uncommitted changes (f.txt)"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(g.ws.join("f.txt")).unwrap(),
+        "my own edit\n"
+    );
+    assert_eq!(git(&g.ws, &["rev-parse", "main"]), main_before);
+    assert!(!g.ws.join(".git/MERGE_HEAD").exists());
+}
+
+#[test]
+fn a_merge_killed_before_it_moves_anything_leaves_no_trace() {
+    let g = repo("");
+    let t = spawn(&g, &["--worktree", "echo new > g.txt"]);
+    wait_status(&g, &id_of(&t), "completed");
+    // main moves on meanwhile: the merge needs a merge commit.
+    std::fs::write(g.ws.join("h.txt"), "h\n").unwrap();
+    git(&g.ws, &["add", "h.txt"]);
+    git(&g.ws, &["commit", "-q", "-m", "meanwhile"]);
+    let main_before = git(&g.ws, &["rev-parse", "main"]);
+
+    let err = g.dir.path().join("merge.err");
+    let mut merging = Command::new(common::BIN)
+        .args(["merge", &id_of(&t), "--workspace"])
+        .arg(&g.ws)
+        .envs(IDENTITY)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GROVE_NO_AUTOSTART", "1")
+        .env(grove::test_hooks::MERGE_STALL_ENV, "60000")
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the merge prepared", DEADLINE, || {
+        let text = std::fs::read_to_string(&err).unwrap_or_default();
+        text.contains("merge prepared").then_some(())
+    });
+    // The task's leftovers were committed on its branch by now.
+    let branch_head = git(&g.ws, &["rev-parse", &branch_of(&t)]);
+    merging.kill().unwrap();
+    merging.wait().unwrap();
+
+    assert_eq!(
+        git(&g.ws, &["rev-parse", "main"]),
+        main_before,
+        "main moved"
+    );
+    assert_eq!(git(&g.ws, &["rev-parse", &branch_of(&t)]), branch_head);
+    assert_clean(&g);
+    assert!(!g.ws.join("g.txt").exists());
+
+    // The lock died with it: the next merge goes through.
+    let merged: Value = serde_json::from_str(&g.ok(&["merge", &id_of(&t), "--json"])).unwrap();
+    assert_eq!(merged["result"], "merge_commit", "{merged}");
+    assert_eq!(
+        std::fs::read_to_string(g.ws.join("g.txt")).unwrap(),
+        "new\n"
+    );
+    assert_clean(&g);
+}
+
+/// A shell loop that waits for `file` to exist.
+fn wait_for_file(file: &Path) -> String {
+    format!("while [ ! -e '{}' ]; do sleep 0.05; done", file.display())
+}
+
+#[test]
+fn kill_9_of_the_primary_while_the_worktree_is_set_up_and_while_the_agent_runs() {
+    let mut g = repo("");
+    let gate = g.dir.path().join("setup-go");
+    let agent_gate = g.dir.path().join("agent-go");
+    let started = g.dir.path().join("setup-started");
+    std::fs::write(
+        g.ws.join(".grove/grove.toml"),
+        format!(
+            "heartbeat_ms = 100\n[setup]\nrun = \"touch '{}'; {}\"\n",
+            started.display(),
+            wait_for_file(&gate)
+        ),
+    )
+    .unwrap();
+    let prompt = format!(
+        "echo by-agent > f.txt; touch agent-started; {}; echo done >> f.txt",
+        wait_for_file(&agent_gate)
+    );
+    let t = spawn(&g, &["--worktree", &prompt]);
+    let id = id_of(&t);
+    wait_for("the setup running", DEADLINE, || {
+        started.exists().then_some(())
+    });
+
+    let (pid, epoch) = g.wait_primary();
+    g.member_by_pid(pid).signal(libc::SIGKILL);
+    g.serve();
+    let (pid, epoch) = g.wait_new_primary(pid, epoch);
+    std::fs::write(&gate, "").unwrap();
+    let tree = tree_of(&g, &t);
+    wait_for("the agent running in the worktree", DEADLINE, || {
+        tree.join("agent-started").exists().then_some(())
+    });
+
+    g.member_by_pid(pid).signal(libc::SIGKILL);
+    g.serve();
+    g.wait_new_primary(pid, epoch);
+    std::fs::write(&agent_gate, "").unwrap();
+    let done = wait_status(&g, &id, "completed");
+    assert_eq!(done["attempt"], 1);
+
+    assert_eq!(
+        std::fs::read_to_string(tree.join("f.txt")).unwrap(),
+        "by-agent\ndone\n"
+    );
+    let entry = worktrees(&g)
+        .into_iter()
+        .find(|w| w.contains(&id))
+        .expect("the worktree is registered");
+    assert!(
+        entry.contains(&format!("branch refs/heads/{}", branch_of(&t))),
+        "{entry}"
+    );
+    assert!(
+        !entry.contains("locked") && !entry.contains("prunable"),
+        "{entry}"
+    );
+    // Exactly one branch for the task, at the base until merged.
+    let branches = git(&g.ws, &["branch", "--list", "grove/*"]);
+    assert_eq!(branches.lines().count(), 1, "{branches}");
+}
+
+#[test]
+fn a_half_made_worktree_is_repaired_by_the_next_run() {
+    let g = repo("");
+    let gate = g.dir.path().join("go");
+    let blocker = spawn(&g, &[&wait_for_file(&gate)]);
+    let t = spawn(
+        &g,
+        &[
+            "--worktree",
+            "--dep",
+            &id_of(&blocker),
+            "echo fixed > f.txt",
+        ],
+    );
+    let tree = tree_of(&g, &t);
+    // What a supervisor killed inside `git worktree add -b` leaves: the
+    // branch made, the directory half there and not a worktree.
+    git(&g.ws, &["branch", &branch_of(&t), "main"]);
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("f.txt"), "half written").unwrap();
+    std::fs::write(&gate, "").unwrap();
+    wait_status(&g, &id_of(&t), "completed");
+    assert_eq!(
+        std::fs::read_to_string(tree.join("f.txt")).unwrap(),
+        "fixed\n"
+    );
+    let entry = worktrees(&g)
+        .into_iter()
+        .find(|w| w.contains(&id_of(&t)))
+        .unwrap();
+    assert!(
+        entry.contains(&format!("branch refs/heads/{}", branch_of(&t))),
+        "{entry}"
+    );
+    assert_eq!(
+        git(&g.ws, &["branch", "--list", "grove/*"]).lines().count(),
+        1
+    );
+}
+
+#[test]
+fn delete_and_purge_refuse_unmerged_work_without_force_and_remove_the_worktree() {
+    let g = repo("");
+    let t = spawn(&g, &["--worktree", "echo work > w.txt"]);
+    let id = id_of(&t);
+    wait_status(&g, &id, "completed");
+    let out = g.run(&["delete", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("never merged"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(tree_of(&g, &t).exists());
+    let out = g.run(&["purge", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    g.ok(&["purge", &id, "--force"]);
+    assert!(!tree_of(&g, &t).exists());
+    assert!(!branch_exists(&g, &branch_of(&t)));
+
+    // Merged work goes without --force.
+    let t = spawn(&g, &["--worktree", "echo merged > m.txt"]);
+    wait_status(&g, &id_of(&t), "completed");
+    g.ok(&["merge", &id_of(&t)]);
+    g.ok(&["delete", &id_of(&t)]);
+    assert!(!tree_of(&g, &t).exists());
+    assert!(!branch_exists(&g, &branch_of(&t)));
+}
+
+#[test]
+fn review_relaunches_a_cli_task_in_its_worktree_with_the_quoted_lines() {
+    let g = repo("");
+    // `exit 0` ends the shell script before the appended comments.
+    let t = spawn(&g, &["--worktree", "echo run >> runs.txt; exit 0"]);
+    let id = id_of(&t);
+    wait_status(&g, &id, "completed");
+    g.ok(&[
+        "review",
+        &id,
+        "--comment",
+        "f.txt:2-3",
+        "say why",
+        "--comment",
+        "runs.txt:1",
+        "once is enough",
+    ]);
+    wait_for("the rerun", DEADLINE, || {
+        let t = show(&g, &id);
+        (t["status"] == "completed" && t["run_id"].is_string()).then_some(())
+    });
+    let prompt = show(&g, &id)["prompt"].as_str().unwrap().to_string();
+    assert!(
+        prompt.contains("f.txt, lines 2-3:\n    2 | two\n    3 | three\nsay why"),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("runs.txt, line 1:\n    1 | run\nonce is enough"),
+        "{prompt}"
+    );
+    // Same task, same worktree: the second run appended to the first's file.
+    wait_for("two runs in one worktree", DEADLINE, || {
+        let text = std::fs::read_to_string(tree_of(&g, &t).join("runs.txt")).ok()?;
+        (text == "run\nrun\n").then_some(())
+    });
+    let out = g.run(&["review", &id, "--comment", "f.txt:9-10", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+}
+
+#[test]
+fn twenty_worktree_tasks_at_once() {
+    let g = repo("max_parallel = 20\n");
+    let tasks: Vec<Value> = (0..20)
+        .map(|i| {
+            spawn(
+                &g,
+                &[
+                    "--worktree",
+                    &format!("echo {i} > f.txt; echo {i} > own-{i}.txt"),
+                ],
+            )
+        })
+        .collect();
+    for (i, t) in tasks.iter().enumerate() {
+        let done = wait_for("the task ended", DEADLINE * 2, || {
+            let t = show(&g, &id_of(t));
+            (t["status"] != "queued" && t["status"] != "running").then_some(t)
+        });
+        let log = g.ok(&["logs", &id_of(t)]);
+        assert_eq!(done["status"], "completed", "{done}\n{log}");
+        let tree = tree_of(&g, t);
+        assert_eq!(
+            std::fs::read_to_string(tree.join("f.txt")).unwrap(),
+            format!("{i}\n")
+        );
+        assert!(!tree.join(format!("own-{}.txt", (i + 1) % 20)).exists());
+    }
+    let listed = worktrees(&g);
+    assert_eq!(listed.len(), 21, "the workspace and 20 task worktrees");
+    assert!(listed.iter().all(|w| !w.contains("locked")));
+    assert_eq!(
+        git(&g.ws, &["branch", "--list", "grove/*"]).lines().count(),
+        20
+    );
+    assert_eq!(
+        std::fs::read_to_string(g.ws.join("f.txt")).unwrap(),
+        "one\ntwo\nthree\n"
+    );
+}
+
+#[test]
+fn review_of_a_running_acp_task_is_its_next_turn_in_the_same_session() {
+    let mut g = Grove::scripted_acp("ask", "");
+    init_repo(&mut g);
+    g.serve();
+    g.wait_primary();
+    let t = spawn(&g, &["--worktree", "-e", "scripted", "slow 20"]);
+    let id = id_of(&t);
+    wait_for("a first chunk stored", DEADLINE, || {
+        (!message_text(&updates(&g, &id)).is_empty()).then_some(())
+    });
+    g.ok(&["review", &id, "--comment", "f.txt:1", "why one?"]);
+    wait_status(&g, &id, "completed");
+    let u = updates(&g, &id);
+    let prompts: Vec<&str> = u
+        .iter()
+        .filter(|(k, _)| k == "prompt")
+        .filter_map(|(_, u)| u["text"].as_str())
+        .collect();
+    assert_eq!(prompts.len(), 2, "{prompts:?}");
+    assert!(
+        prompts[1].contains("f.txt, line 1:\n    1 | one\nwhy one?"),
+        "{prompts:?}"
+    );
+    assert_eq!(u.iter().filter(|(k, _)| k == "session").count(), 1);
+}
