@@ -159,6 +159,8 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
         keep_session: spec.keep_session,
         idle_timeout_ms: config.idle_timeout_ms,
         permission_timeout_ms: config.permission_timeout_ms,
+        shared: e.shared,
+        agent_idle_ms: config.agent_idle_ms,
         mcp_servers: config
             .mcp_servers
             .iter()

@@ -15,6 +15,8 @@
 mod acp;
 mod supervise;
 
+pub use acp::host::{HostArgs, run as agent_host};
+
 use crate::runs::{
     ExitRecord, RunFiles, RunRecord, ShimSpec, signals, write_json, write_json_volatile,
 };
