@@ -71,7 +71,9 @@ fn two_tasks_share_one_agent_initialized_once_and_a_cancel_ends_only_its_session
         .filter_map(|(_, u)| u["text"].as_str().map(str::to_string))
         .collect();
     assert!(
-        notes.iter().any(|n| n.contains(&format!("shared agent (pid {pid}"))),
+        notes
+            .iter()
+            .any(|n| n.contains(&format!("shared agent (pid {pid}"))),
         "{notes:?}"
     );
     // Cancel one mid-turn: its session ends, the other's turn completes,
@@ -85,7 +87,7 @@ fn two_tasks_share_one_agent_initialized_once_and_a_cancel_ends_only_its_session
     wait_for("b's turn whole", DEADLINE, || {
         (said(&g, &b, "c0") == expected).then_some(())
     });
-    assert_eq!(show(&g, &b)["status"], "idle");
+    wait_status(&g, &b, "idle");
     assert!(alive(pid), "the shared agent survives one task's cancel");
     let c = spawn(&g, "pid", &[]);
     assert_eq!(pid_of(&g, &c), pid);

@@ -120,7 +120,8 @@ pub(super) async fn supervise(
     if let Agent::Shared { pid, log } = &agent {
         session.tell(&format!(
             "shared agent (pid {}; its host's log: {})",
-            pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+            pid.map(|p| p.to_string())
+                .unwrap_or_else(|| "unknown".into()),
             log.display()
         ));
     }
@@ -245,7 +246,11 @@ fn own(
     record.agent_pid = Some(pgid);
     record.agent_start = crate::proc::start_time(pgid);
     let _ = write_json(&RunFiles::run(ws, &spec.task_id, &spec.run_id), &record);
-    Ok((Agent::Own { child, pgid }, Box::new(stdout), Box::new(stdin)))
+    Ok((
+        Agent::Own { child, pgid },
+        Box::new(stdout),
+        Box::new(stdin),
+    ))
 }
 
 /// Connects to the engine's shared agent (starting its host if none
@@ -341,7 +346,8 @@ fn shared_gone(
         status: None,
         message: Some(format!(
             "the shared agent (pid {}) exited or its host stopped mid-turn: {}; see {}",
-            pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+            pid.map(|p| p.to_string())
+                .unwrap_or_else(|| "unknown".into()),
             said.unwrap_or(why),
             log.display()
         )),

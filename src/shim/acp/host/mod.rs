@@ -109,10 +109,8 @@ pub async fn run(args: &HostArgs) -> i32 {
 async fn serve(args: &HostArgs) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     // The shim that started us holds the start lock: no host listens here.
-    let _ = std::fs::remove_file(&args.socket);
-    let listener = UnixListener::bind(&args.socket)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.socket.display()))?;
-    let _ = std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600));
+    // The agent first, and which it is on disk before anyone can connect:
+    // every shim can name the agent that serves it.
     let mut agent = spawn_agent(args)?;
     let pgid = agent.id().unwrap_or(0);
     errln!("grove agent-host: agent {} started: {:?}", pgid, args.argv);
@@ -122,7 +120,14 @@ async fn serve(args: &HostArgs) -> Result<(), String> {
             .to_string()
             .as_bytes(),
     );
-    let result = relay(args, &listener, &mut agent).await;
+    let _ = std::fs::remove_file(&args.socket);
+    let result = match UnixListener::bind(&args.socket) {
+        Ok(listener) => {
+            let _ = std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600));
+            relay(args, &listener, &mut agent).await
+        }
+        Err(e) => Err(format!("cannot listen on {}: {e}", args.socket.display())),
+    };
     if result.is_err() {
         remove_files(args);
     }
@@ -322,7 +327,9 @@ fn admit(hub: &Arc<Hub>, id: ClientId, stream: UnixStream) {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    errln!("grove agent-host: connection {id}: {e} (lines are at most {MAX_LINE} bytes)");
+                    errln!(
+                        "grove agent-host: connection {id}: {e} (lines are at most {MAX_LINE} bytes)"
+                    );
                     break;
                 }
             }

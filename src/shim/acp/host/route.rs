@@ -168,7 +168,8 @@ impl Router {
                 };
                 let host_id = self.fresh();
                 msg["id"] = json!(host_id);
-                self.to_client.insert(host_id, Asking { client, id, method });
+                self.to_client
+                    .insert(host_id, Asking { client, id, method });
                 vec![Out::Client(client, line(&msg))]
             }
             (Some(_), None) => {
@@ -264,55 +265,118 @@ mod tests {
         r.connected(1);
         r.connected(2);
         // initialize is answered from the cache, never sent to the agent.
-        let o = r.from_client(1, r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#);
-        assert_eq!(parse(&o[0]), (Some(1), json!({"jsonrpc":"2.0","id":0,"result":{"protocolVersion":1}})));
+        let o = r.from_client(
+            1,
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#,
+        );
+        assert_eq!(
+            parse(&o[0]),
+            (
+                Some(1),
+                json!({"jsonrpc":"2.0","id":0,"result":{"protocolVersion":1}})
+            )
+        );
         // Both ask session/new with the same id 1.
-        let a = r.from_client(1, r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{}}"#);
-        let b = r.from_client(2, r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{}}"#);
+        let a = r.from_client(
+            1,
+            r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{}}"#,
+        );
+        let b = r.from_client(
+            2,
+            r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{}}"#,
+        );
         let (ha, hb) = (parse(&a[0]).1["id"].clone(), parse(&b[0]).1["id"].clone());
         assert_ne!(ha, hb);
-        let o = r.from_agent(&format!(r#"{{"jsonrpc":"2.0","id":{hb},"result":{{"sessionId":"s1"}}}}"#));
-        assert_eq!(parse(&o[0]), (Some(2), json!({"jsonrpc":"2.0","id":1,"result":{"sessionId":"s1"}})));
-        let o = r.from_agent(&format!(r#"{{"jsonrpc":"2.0","id":{ha},"result":{{"sessionId":"s2"}}}}"#));
+        let o = r.from_agent(&format!(
+            r#"{{"jsonrpc":"2.0","id":{hb},"result":{{"sessionId":"s1"}}}}"#
+        ));
+        assert_eq!(
+            parse(&o[0]),
+            (
+                Some(2),
+                json!({"jsonrpc":"2.0","id":1,"result":{"sessionId":"s1"}})
+            )
+        );
+        let o = r.from_agent(&format!(
+            r#"{{"jsonrpc":"2.0","id":{ha},"result":{{"sessionId":"s2"}}}}"#
+        ));
         assert_eq!(parse(&o[0]).0, Some(1));
         // Updates go to the session's owner only.
-        let o = r.from_agent(r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1"}}"#);
+        let o = r.from_agent(
+            r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1"}}"#,
+        );
         assert_eq!(parse(&o[0]).0, Some(2));
         // The agent's request reaches the owner under a host id, and the
         // answer returns under the agent's id.
-        let o = r.from_agent(r#"{"jsonrpc":"2.0","id":7,"method":"fs/read_text_file","params":{"sessionId":"s2"}}"#);
+        let o = r.from_agent(
+            r#"{"jsonrpc":"2.0","id":7,"method":"fs/read_text_file","params":{"sessionId":"s2"}}"#,
+        );
         let (to, req) = parse(&o[0]);
         assert_eq!(to, Some(1));
         let h = req["id"].clone();
         // Another client cannot answer it.
-        assert!(r.from_client(2, &format!(r#"{{"jsonrpc":"2.0","id":{h},"result":{{}}}}"#)).is_empty());
-        let o = r.from_client(1, &format!(r#"{{"jsonrpc":"2.0","id":{h},"result":{{"content":"x"}}}}"#));
+        assert!(
+            r.from_client(2, &format!(r#"{{"jsonrpc":"2.0","id":{h},"result":{{}}}}"#))
+                .is_empty()
+        );
+        let o = r.from_client(
+            1,
+            &format!(r#"{{"jsonrpc":"2.0","id":{h},"result":{{"content":"x"}}}}"#),
+        );
         assert_eq!(parse(&o[0]).1["id"], 7);
         // A client cannot prompt or cancel another's session.
-        let o = r.from_client(1, r#"{"jsonrpc":"2.0","id":3,"method":"session/prompt","params":{"sessionId":"s1"}}"#);
+        let o = r.from_client(
+            1,
+            r#"{"jsonrpc":"2.0","id":3,"method":"session/prompt","params":{"sessionId":"s1"}}"#,
+        );
         assert_eq!(parse(&o[0]).0, Some(1));
         assert!(parse(&o[0]).1.get("error").is_some());
-        assert!(r.from_client(1, r#"{"jsonrpc":"2.0","method":"session/cancel","params":{"sessionId":"s1"}}"#).is_empty());
+        assert!(
+            r.from_client(
+                1,
+                r#"{"jsonrpc":"2.0","method":"session/cancel","params":{"sessionId":"s1"}}"#
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn a_client_that_leaves_has_its_sessions_cancelled_and_its_requests_answered() {
         let mut r = Router::new(json!({}));
         r.connected(1);
-        let a = r.from_client(1, r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{}}"#);
+        let a = r.from_client(
+            1,
+            r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{}}"#,
+        );
         let h = parse(&a[0]).1["id"].clone();
-        r.from_agent(&format!(r#"{{"jsonrpc":"2.0","id":{h},"result":{{"sessionId":"s1"}}}}"#));
+        r.from_agent(&format!(
+            r#"{{"jsonrpc":"2.0","id":{h},"result":{{"sessionId":"s1"}}}}"#
+        ));
         r.from_agent(r#"{"jsonrpc":"2.0","id":9,"method":"session/request_permission","params":{"sessionId":"s1"}}"#);
         let o = r.gone(1);
-        assert_eq!(parse(&o[0]), (None, json!({"jsonrpc":"2.0","method":"session/cancel","params":{"sessionId":"s1"}})));
-        assert_eq!(parse(&o[1]).1, json!({"jsonrpc":"2.0","id":9,"result":{"outcome":{"outcome":"cancelled"}}}));
+        assert_eq!(
+            parse(&o[0]),
+            (
+                None,
+                json!({"jsonrpc":"2.0","method":"session/cancel","params":{"sessionId":"s1"}})
+            )
+        );
+        assert_eq!(
+            parse(&o[1]).1,
+            json!({"jsonrpc":"2.0","id":9,"result":{"outcome":{"outcome":"cancelled"}}})
+        );
         assert_eq!((r.sessions(), r.clients()), (0, 0));
         // A session opened after its client left is cancelled at once.
         r.connected(2);
-        let a = r.from_client(2, r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{}}"#);
+        let a = r.from_client(
+            2,
+            r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{}}"#,
+        );
         let h = parse(&a[0]).1["id"].clone();
         r.gone(2);
-        let o = r.from_agent(&format!(r#"{{"jsonrpc":"2.0","id":{h},"result":{{"sessionId":"s2"}}}}"#));
+        let o = r.from_agent(&format!(
+            r#"{{"jsonrpc":"2.0","id":{h},"result":{{"sessionId":"s2"}}}}"#
+        ));
         assert_eq!(o.len(), 1);
         assert_eq!(parse(&o[0]).1["method"], "session/cancel");
     }
