@@ -277,7 +277,7 @@ async fn read_agent(mut out: BufReader<tokio::process::ChildStdout>, hub: Arc<Hu
                     let shown: String = line.chars().take(200).collect();
                     return format!("the agent wrote what is not ACP on its stdout: {shown:?}");
                 }
-                let outs = hub.lock().from_agent(&line);
+                let outs = hub.lock().agent_line(&line);
                 hub.deliver(outs).await;
             }
             Ok(None) => return "the agent closed its stdout".into(),
@@ -322,7 +322,7 @@ fn admit(hub: &Arc<Hub>, id: ClientId, stream: UnixStream) {
         loop {
             match read_line(&mut r).await {
                 Ok(Some(line)) => {
-                    let outs = hub.lock().from_client(id, &line);
+                    let outs = hub.lock().client_line(id, &line);
                     hub.deliver(outs).await;
                 }
                 Ok(None) => break,

@@ -96,7 +96,7 @@ impl Router {
 
     /// A line from a shim. Lines that are not JSON-RPC are dropped: the
     /// shim's own ACP connection never writes one.
-    pub fn from_client(&mut self, client: ClientId, text: &str) -> Vec<Out> {
+    pub fn client_line(&mut self, client: ClientId, text: &str) -> Vec<Out> {
         let Ok(mut msg) = serde_json::from_str::<Value>(text) else {
             return vec![];
         };
@@ -153,7 +153,7 @@ impl Router {
     }
 
     /// A line from the agent.
-    pub fn from_agent(&mut self, text: &str) -> Vec<Out> {
+    pub fn agent_line(&mut self, text: &str) -> Vec<Out> {
         let Ok(mut msg) = serde_json::from_str::<Value>(text) else {
             return vec![];
         };
@@ -265,7 +265,7 @@ mod tests {
         r.connected(1);
         r.connected(2);
         // initialize is answered from the cache, never sent to the agent.
-        let o = r.from_client(
+        let o = r.client_line(
             1,
             r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#,
         );
@@ -277,17 +277,17 @@ mod tests {
             )
         );
         // Both ask session/new with the same id 1.
-        let a = r.from_client(
+        let a = r.client_line(
             1,
             r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{}}"#,
         );
-        let b = r.from_client(
+        let b = r.client_line(
             2,
             r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{}}"#,
         );
         let (ha, hb) = (parse(&a[0]).1["id"].clone(), parse(&b[0]).1["id"].clone());
         assert_ne!(ha, hb);
-        let o = r.from_agent(&format!(
+        let o = r.agent_line(&format!(
             r#"{{"jsonrpc":"2.0","id":{hb},"result":{{"sessionId":"s1"}}}}"#
         ));
         assert_eq!(
@@ -297,18 +297,18 @@ mod tests {
                 json!({"jsonrpc":"2.0","id":1,"result":{"sessionId":"s1"}})
             )
         );
-        let o = r.from_agent(&format!(
+        let o = r.agent_line(&format!(
             r#"{{"jsonrpc":"2.0","id":{ha},"result":{{"sessionId":"s2"}}}}"#
         ));
         assert_eq!(parse(&o[0]).0, Some(1));
         // Updates go to the session's owner only.
-        let o = r.from_agent(
+        let o = r.agent_line(
             r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1"}}"#,
         );
         assert_eq!(parse(&o[0]).0, Some(2));
         // The agent's request reaches the owner under a host id, and the
         // answer returns under the agent's id.
-        let o = r.from_agent(
+        let o = r.agent_line(
             r#"{"jsonrpc":"2.0","id":7,"method":"fs/read_text_file","params":{"sessionId":"s2"}}"#,
         );
         let (to, req) = parse(&o[0]);
@@ -316,23 +316,23 @@ mod tests {
         let h = req["id"].clone();
         // Another client cannot answer it.
         assert!(
-            r.from_client(2, &format!(r#"{{"jsonrpc":"2.0","id":{h},"result":{{}}}}"#))
+            r.client_line(2, &format!(r#"{{"jsonrpc":"2.0","id":{h},"result":{{}}}}"#))
                 .is_empty()
         );
-        let o = r.from_client(
+        let o = r.client_line(
             1,
             &format!(r#"{{"jsonrpc":"2.0","id":{h},"result":{{"content":"x"}}}}"#),
         );
         assert_eq!(parse(&o[0]).1["id"], 7);
         // A client cannot prompt or cancel another's session.
-        let o = r.from_client(
+        let o = r.client_line(
             1,
             r#"{"jsonrpc":"2.0","id":3,"method":"session/prompt","params":{"sessionId":"s1"}}"#,
         );
         assert_eq!(parse(&o[0]).0, Some(1));
         assert!(parse(&o[0]).1.get("error").is_some());
         assert!(
-            r.from_client(
+            r.client_line(
                 1,
                 r#"{"jsonrpc":"2.0","method":"session/cancel","params":{"sessionId":"s1"}}"#
             )
@@ -344,15 +344,15 @@ mod tests {
     fn a_client_that_leaves_has_its_sessions_cancelled_and_its_requests_answered() {
         let mut r = Router::new(json!({}));
         r.connected(1);
-        let a = r.from_client(
+        let a = r.client_line(
             1,
             r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{}}"#,
         );
         let h = parse(&a[0]).1["id"].clone();
-        r.from_agent(&format!(
+        r.agent_line(&format!(
             r#"{{"jsonrpc":"2.0","id":{h},"result":{{"sessionId":"s1"}}}}"#
         ));
-        r.from_agent(r#"{"jsonrpc":"2.0","id":9,"method":"session/request_permission","params":{"sessionId":"s1"}}"#);
+        r.agent_line(r#"{"jsonrpc":"2.0","id":9,"method":"session/request_permission","params":{"sessionId":"s1"}}"#);
         let o = r.gone(1);
         assert_eq!(
             parse(&o[0]),
@@ -368,13 +368,13 @@ mod tests {
         assert_eq!((r.sessions(), r.clients()), (0, 0));
         // A session opened after its client left is cancelled at once.
         r.connected(2);
-        let a = r.from_client(
+        let a = r.client_line(
             2,
             r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{}}"#,
         );
         let h = parse(&a[0]).1["id"].clone();
         r.gone(2);
-        let o = r.from_agent(&format!(
+        let o = r.agent_line(&format!(
             r#"{{"jsonrpc":"2.0","id":{h},"result":{{"sessionId":"s2"}}}}"#
         ));
         assert_eq!(o.len(), 1);
