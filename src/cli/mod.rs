@@ -259,6 +259,10 @@ enum Command {
     /// Supervise one run of a task (started by the primary, not by users).
     #[command(hide = true)]
     Shim { spec: PathBuf },
+    /// Serve one agent of a shared ACP engine to several tasks' shims
+    /// (started by a shim, not by users).
+    #[command(hide = true)]
+    AgentHost(crate::shim::HostArgs),
     /// Benchmark helper: hold or wait for a flock (the raw handoff baseline).
     #[command(hide = true)]
     BenchFlock { mode: String, path: PathBuf },
@@ -537,6 +541,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::BenchFlock { .. }
         | Command::BenchAgent
         | Command::Shim { .. }
+        | Command::AgentHost(_)
         | Command::Demo
         | Command::Acp
         | Command::Chaos(_)
@@ -561,6 +566,7 @@ async fn without_workspace(cli: &Cli) -> Option<i32> {
         Command::BenchFlock { mode, path } => crate::bench::flock_helper(mode, path),
         Command::BenchAgent => crate::bench::bench_agent().await,
         Command::Shim { spec } => crate::shim::run(spec).await,
+        Command::AgentHost(args) => crate::shim::agent_host(args).await,
         Command::Demo => crate::demo::run().await,
         // ACP binds its workspace from the first session's cwd.
         Command::Acp => crate::acp::run(cli.workspace.clone()).await,

@@ -31,6 +31,13 @@ pub struct EngineConfig {
     /// by itself (the others wait for `grove approve`/`grove deny`).
     #[serde(default)]
     pub permissions: PermissionPolicy,
+    /// `acp` engines: one agent process serves the sessions of every task
+    /// of this engine (same command and environment), through a host
+    /// (`grove agent-host`) that outlives each task and stops after
+    /// `agent_idle_ms` without one. Off by default: each task then has
+    /// its own agent.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -68,6 +75,7 @@ fn engine(command: &[&str], model_args: &[&str]) -> EngineConfig {
         prompt_via: PromptVia::Arg,
         env: BTreeMap::new(),
         permissions: PermissionPolicy::Ask,
+        shared: false,
     }
 }
 

@@ -76,6 +76,9 @@ pub struct Config {
     /// ACP engines: a permission request nobody answered for this long is
     /// denied (0: it waits for a human however long it takes).
     pub permission_timeout_ms: u64,
+    /// ACP engines with `shared = true`: their agent process stops after
+    /// this long without a task using it (0: as soon as the last one ends).
+    pub agent_idle_ms: u64,
     /// MCP servers given to every ACP agent session (`session/new`), by
     /// name: `command` (stdio) or `url` (HTTP).
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
@@ -180,6 +183,7 @@ impl Default for Config {
             models: BTreeMap::new(),
             idle_timeout_ms: 60 * 60 * 1000,
             permission_timeout_ms: 0,
+            agent_idle_ms: 60_000,
             mcp_servers: BTreeMap::new(),
             worktree: WorktreeMode::Never,
             setup: Setup::default(),

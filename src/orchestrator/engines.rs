@@ -132,6 +132,13 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
             e.kind.as_str()
         )));
     }
+    if e.kind != EngineKind::Acp && e.shared {
+        return Err(EngineError::Template(format!(
+            "engine '{}' is a {} engine: shared = true is for acp engines (one agent serving several sessions)",
+            spec.engine,
+            e.kind.as_str()
+        )));
+    }
     let work_dir = match spec.worktree {
         Some(tree) => in_worktree(workspace, &workspace.join(tree), spec.work_dir),
         None => resolve_work_dir(workspace, spec.work_dir)?,
@@ -167,6 +174,8 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
         keep_session: spec.keep_session,
         idle_timeout_ms: config.idle_timeout_ms,
         permission_timeout_ms: config.permission_timeout_ms,
+        shared: e.shared,
+        agent_idle_ms: config.agent_idle_ms,
         mcp_servers: config
             .mcp_servers
             .iter()
@@ -582,6 +591,13 @@ mod tests {
         t.spec.engine = "claude".into();
         let l = launch(&c, dir.path(), &t).unwrap();
         assert_eq!(l.argv[3..], ["--model", "vendor-fast-2"]);
+        // Only an acp engine can be shared.
+        let mut odd = c.engines["claude"].clone();
+        odd.shared = true;
+        c.engines.insert("odd".into(), odd);
+        t.spec.engine = "odd".into();
+        let err = launch(&c, dir.path(), &t).unwrap_err().to_string();
+        assert!(err.contains("shared = true is for acp engines"), "{err}");
         assert!(l.acp.is_none());
         // {prompt} in an acp command is a configuration error.
         c.engines.get_mut("agent").unwrap().command = vec!["sh".into(), "{prompt}".into()];

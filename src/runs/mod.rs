@@ -70,6 +70,13 @@ pub struct AcpSpec {
     /// ACP `McpServer`s for `session/new`.
     #[serde(default)]
     pub mcp_servers: Vec<serde_json::Value>,
+    /// The engine is `shared`: the session is opened on the agent host's
+    /// agent (started if none runs) instead of an agent of the shim's own.
+    #[serde(default)]
+    pub shared: bool,
+    /// A shared agent stops after this long without a session.
+    #[serde(default)]
+    pub agent_idle_ms: u64,
 }
 
 /// Written by the shim when it starts (`.grove/run/<task>.<run>.run.json`):

@@ -17,6 +17,8 @@ mod acp;
 mod supervise;
 mod worktree;
 
+pub use acp::host::{HostArgs, run as agent_host};
+
 use crate::runs::{
     ExitRecord, RunFiles, RunRecord, ShimSpec, signals, write_json, write_json_volatile,
 };

@@ -17,6 +17,8 @@ words of the prompt, never from the order of requests:
   model          says the session's model (a `model` config option: fast, smart)
   mcp            says the names of the MCP servers session/new gave it
   turns          says how many prompts this session has had
+  pid            says the agent's process id
+  inits          says how many times the agent was initialized
 (a prompt that starts with "Continue" says "continued")
 
 Usage: python3 scripted_agent.py
@@ -49,11 +51,13 @@ class Scripted:
         self.model = {}
         self.mcp = {}
         self.turns = {}
+        self.inits = 0
 
     def on_connect(self, conn):
         self.conn = conn
 
     async def initialize(self, protocol_version, client_capabilities=None, client_info=None, **kw):
+        self.inits += 1
         return schema.InitializeResponse(
             protocol_version=1,
             agent_capabilities=schema.AgentCapabilities(load_session=False),
@@ -119,6 +123,10 @@ class Scripted:
             await self.say(sid, f"model {self.model[sid]}")
         elif "mcp" in words:
             await self.say(sid, "mcp " + ",".join(self.mcp[sid]))
+        elif "pid" in words:
+            await self.say(sid, f"pid {os.getpid()}")
+        elif "inits" in words:
+            await self.say(sid, f"inits {self.inits}")
         elif "turns" in words:
             await self.say(sid, f"turns {self.turns[sid]}")
         elif "hello" in words:

@@ -7,6 +7,7 @@
 
 mod conversation;
 mod fs;
+pub mod host;
 mod outbox;
 mod steering;
 mod transcript;
@@ -81,8 +82,7 @@ pub(super) async fn supervise(
         Ok(s) => s,
         Err(e) => return spawn_error(format!("cannot install signal handlers: {e}")),
     };
-    tree::become_subreaper();
-    let (mut cmd, log, confined) = match prepare(ws, spec) {
+    let (log, confined) = match prepare(ws, spec) {
         Ok(x) => x,
         Err(m) => return spawn_error(m),
     };
@@ -93,20 +93,16 @@ pub(super) async fn supervise(
             message: Some("cancelled before the agent started".into()),
         });
     }
-    let spawned = cmd.spawn();
+    let started = if acp.shared {
+        shared(ws, spec, acp).await
+    } else {
+        own(ws, spec, record)
+    };
     signals::unblock_control();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => return spawn_error(format!("cannot start {}: {e}", spec.argv[0])),
+    let (mut agent, reader, writer) = match started {
+        Ok(x) => x,
+        Err(m) => return spawn_error(m),
     };
-    let (Some(pgid), Some(stdin), Some(stdout)) =
-        (child.id(), child.stdin.take(), child.stdout.take())
-    else {
-        return spawn_error("agent vanished".into());
-    };
-    record.agent_pid = Some(pgid);
-    record.agent_start = crate::proc::start_time(pgid);
-    let _ = write_json(&RunFiles::run(ws, &spec.task_id, &spec.run_id), &record);
 
     let outbox = Arc::new(Outbox::new(
         &spec.task_id,
@@ -121,9 +117,17 @@ pub(super) async fn supervise(
     });
     let session = new_session(ws, spec, acp, &outbox, log, confined);
     let fatal: transport::Fatal = Arc::default();
+    if let Agent::Shared { pid, log } = &agent {
+        session.tell(&format!(
+            "shared agent (pid {}; its host's log: {})",
+            pid.map(|p| p.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            log.display()
+        ));
+    }
     let lines = agent_client_protocol::Lines::new(
-        transport::outgoing(stdin),
-        transport::incoming(stdout, outbox.clone(), fatal.clone()),
+        transport::outgoing(writer),
+        transport::incoming(reader, outbox.clone(), fatal.clone()),
     );
     let turn = Turn {
         work_dir: spec.work_dir.clone(),
@@ -132,6 +136,7 @@ pub(super) async fn supervise(
         mcp_servers: acp.mcp_servers.clone(),
     };
     let conversation = tokio::spawn(conversation::converse(lines, session.clone(), turn));
+    let talking = conversation.abort_handle();
     let grace = Duration::from_millis(spec.grace_ms);
     let turn = Watched {
         ws,
@@ -141,7 +146,7 @@ pub(super) async fn supervise(
         fatal: &fatal,
         grace,
     };
-    let ended = watch(&mut child, pgid, conversation, &turn, &mut signals).await;
+    let ended = watch(&mut agent, conversation, &turn, &mut signals).await;
     let stop = json_stop(&ended);
     session.note(&format!(
         "turn ended: {}",
@@ -159,9 +164,15 @@ pub(super) async fn supervise(
         );
     }
     // The session ended (its last turn, a close, a cancel): so does the
-    // agent.
+    // agent, unless it is shared: then only our connection closes (the
+    // host cancels the session), and the agent serves the other tasks.
     // Its exit status is not the task's: the agent is stopped by us here.
-    let _ = terminate(&mut child, pgid, grace).await;
+    match &mut agent {
+        Agent::Own { child, pgid } => {
+            let _ = terminate(child, *pgid, grace).await;
+        }
+        Agent::Shared { .. } => talking.abort(),
+    }
     outbox.close();
     let _ = sender.await;
     outbox.remove_dir();
@@ -170,11 +181,7 @@ pub(super) async fn supervise(
 
 /// The agent's command, the task's log and the workdir confinement, or
 /// why the run cannot start.
-fn prepare(
-    ws: &Workspace,
-    spec: &ShimSpec,
-) -> Result<(tokio::process::Command, std::fs::File, fs::Confined), String> {
-    let cmd = command(ws, spec, true)?;
+fn prepare(ws: &Workspace, spec: &ShimSpec) -> Result<(std::fs::File, fs::Confined), String> {
     let log = open_log(&RunFiles::log(ws, &spec.task_id)).map_err(|e| e.to_string())?;
     let confined = fs::Confined::new(&spec.work_dir).map_err(|e| {
         format!(
@@ -182,7 +189,85 @@ fn prepare(
             spec.work_dir.display()
         )
     })?;
-    Ok((cmd, log, confined))
+    Ok((log, confined))
+}
+
+/// The agent the conversation talks to: the shim's own child, or the
+/// shared agent behind its host's socket.
+enum Agent {
+    Own {
+        child: tokio::process::Child,
+        pgid: u32,
+    },
+    Shared {
+        pid: Option<u32>,
+        log: std::path::PathBuf,
+    },
+}
+
+impl Agent {
+    /// The agent's exit; never, for a shared agent (its connection's end
+    /// says it is gone).
+    async fn exited(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Agent::Own { child, .. } => child.wait().await,
+            Agent::Shared { .. } => std::future::pending().await,
+        }
+    }
+
+    fn pgid(&self) -> u32 {
+        match self {
+            Agent::Own { pgid, .. } => *pgid,
+            Agent::Shared { .. } => 0,
+        }
+    }
+}
+
+type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+/// Starts the agent as the shim's child, in a process group of its own;
+/// the shim becomes the subreaper of whatever it leaves behind.
+fn own(
+    ws: &Workspace,
+    spec: &ShimSpec,
+    record: &mut RunRecord,
+) -> Result<(Agent, Reader, Writer), String> {
+    tree::become_subreaper();
+    let mut cmd = command(ws, spec, true)?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", spec.argv[0]))?;
+    let (Some(pgid), Some(stdin), Some(stdout)) =
+        (child.id(), child.stdin.take(), child.stdout.take())
+    else {
+        return Err("agent vanished".into());
+    };
+    record.agent_pid = Some(pgid);
+    record.agent_start = crate::proc::start_time(pgid);
+    let _ = write_json(&RunFiles::run(ws, &spec.task_id, &spec.run_id), &record);
+    Ok((
+        Agent::Own { child, pgid },
+        Box::new(stdout),
+        Box::new(stdin),
+    ))
+}
+
+/// Connects to the engine's shared agent (starting its host if none
+/// runs). The run record names no agent: what the orchestrator kills
+/// when this run ends or its shim dies must never be the shared agent.
+async fn shared(
+    ws: &Workspace,
+    spec: &ShimSpec,
+    acp: &AcpSpec,
+) -> Result<(Agent, Reader, Writer), String> {
+    let c = host::start::connect(ws, spec, acp).await?;
+    let (r, w) = c.stream.into_split();
+    let agent = Agent::Shared {
+        pid: c.agent_pid,
+        log: c.log,
+    };
+    Ok((agent, Box::new(r), Box::new(w)))
 }
 
 /// The conversation's shared state: where updates go, the transcript, the
@@ -239,6 +324,33 @@ fn died(status: Option<std::process::ExitStatus>, fatal: &transport::Fatal) -> E
                     .unwrap_or_else(|| "status unknown".into())
             )
         })),
+    }
+}
+
+/// The connection to the shared agent broke before the session ended:
+/// its host stopped because the agent exited (or the host was killed).
+fn shared_gone(
+    r: Result<Result<StopReason, String>, tokio::task::JoinError>,
+    fatal: &transport::Fatal,
+    pid: Option<u32>,
+    log: &std::path::Path,
+) -> Ended {
+    let said = fatal.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let why = match r {
+        Ok(Err(m)) => m,
+        Ok(Ok(_)) => "the session ended".into(),
+        Err(e) => e.to_string(),
+    };
+    Ended {
+        outcome: ExitOutcome::AgentError,
+        status: None,
+        message: Some(format!(
+            "the shared agent (pid {}) exited or its host stopped mid-turn: {}; see {}",
+            pid.map(|p| p.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            said.unwrap_or(why),
+            log.display()
+        )),
     }
 }
 
@@ -329,8 +441,7 @@ fn why_it_ended(
 /// (not while a permission request waits for a human, not while idle or
 /// paused).
 async fn watch(
-    child: &mut tokio::process::Child,
-    pgid: u32,
+    agent: &mut Agent,
     mut conversation: Conversation,
     w: &Watched<'_>,
     signals: &mut Signals,
@@ -364,13 +475,16 @@ async fn watch(
                 // say so (its exit is seen a moment after its stdout closes).
                 // An agent that exits cleanly once we gave up on it (we
                 // closed its stdin) did not die: our reason stands.
-                return match tokio::time::timeout(DRAIN, child.wait()).await {
+                if let Agent::Shared { pid, log } = agent {
+                    return shared_gone(r, fatal, *pid, log);
+                }
+                return match tokio::time::timeout(DRAIN, agent.exited()).await {
                     Ok(Ok(status)) if status.success() => why(r),
                     Ok(status) => died(status.ok(), fatal),
                     Err(_) => why(r),
                 };
             }
-            status = child.wait() => {
+            status = agent.exited() => {
                 // Its last lines may still be in the pipe.
                 let r = tokio::time::timeout(DRAIN, &mut conversation).await;
                 let status = status.ok();
@@ -412,7 +526,7 @@ async fn watch(
                     };
                 }
                 Control::Sync => w.sync(),
-                Control::Child => tree::reap_orphans(pgid),
+                Control::Child => tree::reap_orphans(agent.pgid()),
             },
         }
     }

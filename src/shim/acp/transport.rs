@@ -8,8 +8,7 @@
 use super::outbox::Outbox;
 use futures::{Sink, Stream};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{ChildStdin, ChildStdout};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// Longest line accepted from an agent (a tool call carrying a large diff
 /// is one line).
@@ -18,14 +17,16 @@ pub const MAX_LINE: usize = 32 * 1024 * 1024;
 /// Why the transport ended the conversation, when it did.
 pub type Fatal = Arc<Mutex<Option<String>>>;
 
-struct Reader {
-    out: BufReader<ChildStdout>,
+struct Reader<R> {
+    out: BufReader<R>,
     outbox: Arc<Outbox>,
     fatal: Fatal,
 }
 
-pub fn incoming(
-    stdout: ChildStdout,
+/// The agent's lines: its stdout, or the socket of the shared agent's
+/// host (`super::super::host`), which relays them.
+pub fn incoming<R: AsyncRead + Unpin + Send + 'static>(
+    stdout: R,
     outbox: Arc<Outbox>,
     fatal: Fatal,
 ) -> impl Stream<Item = std::io::Result<String>> + Send + 'static {
@@ -66,7 +67,9 @@ fn set(fatal: &Fatal, message: String) {
 }
 
 /// One line without its newline; `None` at end of file.
-async fn read_line(out: &mut BufReader<ChildStdout>) -> std::io::Result<Option<String>> {
+pub async fn read_line<R: AsyncRead + Unpin>(
+    out: &mut BufReader<R>,
+) -> std::io::Result<Option<String>> {
     let mut buf = Vec::new();
     loop {
         let chunk = out.fill_buf().await?;
@@ -93,7 +96,9 @@ async fn read_line(out: &mut BufReader<ChildStdout>) -> std::io::Result<Option<S
     }
 }
 
-pub fn outgoing(stdin: ChildStdin) -> impl Sink<String, Error = std::io::Error> + Send + 'static {
+pub fn outgoing<W: AsyncWrite + Unpin + Send + 'static>(
+    stdin: W,
+) -> impl Sink<String, Error = std::io::Error> + Send + 'static {
     futures::sink::unfold(stdin, |mut stdin, line: String| async move {
         stdin.write_all(line.as_bytes()).await?;
         stdin.write_all(b"\n").await?;
