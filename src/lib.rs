@@ -25,6 +25,7 @@ mod fs_watch;
 mod lifecycle;
 mod local_cluster;
 mod loop_watch;
+mod mcp;
 mod node;
 mod orchestrator;
 pub mod paths;

@@ -169,7 +169,8 @@ impl Schema {
         match ty {
             "string" if v.is_string() => Ok(()),
             "bool" if v.is_boolean() => Ok(()),
-            "string" | "bool" => bad(),
+            "f64" if v.is_number() => Ok(()),
+            "string" | "bool" | "f64" => bad(),
             "u8" => unsigned(u8::MAX as u64),
             "u32" => unsigned(u32::MAX as u64),
             "u64" => unsigned(u64::MAX),
@@ -325,6 +326,7 @@ fn full_task() -> TaskRecord {
         retry_of: Some("ffeeddccbbaa99887766554433221100".into()),
         attempt: 2,
         run_id: Some(RUN_ID.into()),
+        conclusion: Some(conclusion(true)),
         ..TaskRecord::new(task_id(), spec, T0)
     }
 }
@@ -360,6 +362,8 @@ fn full_new_task() -> NewTask {
             enabled: true,
             base: Some("main".into()),
         }),
+        parent_id: Some("0123456789abcdef0123456789abcdef".into()),
+        want_conclusion: true,
     }
 }
 
@@ -384,6 +388,28 @@ fn task_exit(full: bool) -> TaskExit {
         exit_code: full.then_some(124),
         signal: full.then_some(15),
         message: full.then(|| "timed out after 600000 ms".into()),
+        conclusion: full.then(|| conclusion(false)),
+    }
+}
+
+/// A conclusion: "full" as an agent reports one, minimal as grove makes one.
+fn conclusion(full: bool) -> Conclusion {
+    Conclusion {
+        status: if full {
+            ConclusionStatus::Partial
+        } else {
+            ConclusionStatus::Failed
+        },
+        summary: "fixed 2 of 3 tests".into(),
+        artifacts: full.then(|| "src/lib.rs".into()).into_iter().collect(),
+        follow_up: full.then(|| "fix test_c".into()).into_iter().collect(),
+        confidence: full.then_some(0.75),
+        source: if full {
+            ConclusionSource::Malformed
+        } else {
+            ConclusionSource::Synthesized
+        },
+        error: full.then(|| "`confidence` must be a number from 0 to 1".into()),
     }
 }
 
@@ -468,11 +494,36 @@ fn methods(full: bool) -> Vec<Method> {
         Method::TaskResume {
             id: task_id(),
             instructions: full.then(|| "also run clippy".into()),
+            changes: if full {
+                TaskChanges {
+                    model: Some("opus".into()),
+                    timeout_ms: Some(60_000),
+                    tags: Some(vec!["ci".into()]),
+                    ..Default::default()
+                }
+            } else {
+                TaskChanges::default()
+            },
         },
         Method::TaskRetry { id: task_id() },
         Method::TaskRelaunch {
             id: task_id(),
             instructions: full.then(|| "address the review comments".into()),
+            changes: if full {
+                TaskChanges {
+                    prompt: Some("cargo test -p grove".into()),
+                    engine: Some("claude".into()),
+                    model: Some("opus".into()),
+                    timeout_ms: Some(60_000),
+                    tags: Some(vec![]),
+                }
+            } else {
+                TaskChanges::default()
+            },
+        },
+        Method::TaskConclude {
+            id: task_id(),
+            conclusion: conclusion(full),
         },
         Method::TaskPurge { id: task_id() },
         Method::TaskFinished(task_exit(full)),
@@ -503,6 +554,7 @@ fn method_guard(m: &Method) -> &'static str {
         Method::TaskResume { .. } => "task.resume",
         Method::TaskRetry { .. } => "task.retry",
         Method::TaskRelaunch { .. } => "task.relaunch",
+        Method::TaskConclude { .. } => "task.conclude",
         Method::TaskPurge { .. } => "task.purge",
         Method::TaskFinished(_) => "task.finished",
         Method::TaskAgentUpdates(_) => "task.agent_updates",
@@ -899,6 +951,8 @@ fn lists_and_limits_match() {
     assert_eq!(
         enums,
         BTreeMap::from([
+            ("ConclusionSource", "conclusion_sources"),
+            ("ConclusionStatus", "conclusion_statuses"),
             ("ControlKind", "control_kinds"),
             ("ErrorCode", "error_codes"),
             ("ExitOutcome", "exit_outcomes"),
@@ -1019,6 +1073,8 @@ impl Target {
                 "TaskControl" => roundtrip::<TaskControl>(bytes),
                 "Worktree" => roundtrip::<Worktree>(bytes),
                 "WorktreeAsk" => roundtrip::<WorktreeAsk>(bytes),
+                "TaskChanges" => roundtrip::<TaskChanges>(bytes),
+                "Conclusion" => roundtrip::<Conclusion>(bytes),
                 other => panic!("no Rust type for record {other}"),
             },
             Target::Method(m) => Ok(roundtrip::<Request>(bytes)?["method"][m].clone()),
@@ -1074,6 +1130,22 @@ fn cases() -> Vec<Case> {
                 enabled: false,
                 base: None,
             }),
+        ),
+        rec(
+            "Conclusion",
+            view(&conclusion(true)),
+            view(&conclusion(false)),
+        ),
+        rec(
+            "TaskChanges",
+            view(&TaskChanges {
+                prompt: Some("p".into()),
+                engine: Some("shell".into()),
+                model: Some("m".into()),
+                timeout_ms: Some(1),
+                tags: Some(vec!["t".into()]),
+            }),
+            view(&TaskChanges::default()),
         ),
         rec(
             "TaskControl",
@@ -1323,6 +1395,7 @@ fn probes(s: &Schema, ty: &str) -> Vec<(Value, bool)> {
     match ty {
         "string" => vec![(json!(""), true), (json!(1), false), wrong_kind],
         "bool" => vec![(json!(true), true), (json!(1), false)],
+        "f64" => vec![(json!(0.5), true), (json!("0.5"), false)],
         "u8" => vec![
             (json!(u8::MAX), true),
             (json!(256), false),

@@ -67,6 +67,7 @@ async fn start_turn(
         Some(t) if t.status == TaskStatus::Paused => Method::TaskResume {
             id: t.id.clone(),
             instructions: Some(text.to_string()),
+            changes: Default::default(),
         },
         Some(t) => Method::TaskControl(TaskControl {
             id: t.id.clone(),

@@ -11,7 +11,9 @@ mod autostart;
 mod config_cmd;
 mod events;
 mod live;
+mod mcp;
 mod orchestrate;
+mod rerun;
 mod status;
 mod steer;
 mod stop;
@@ -34,7 +36,7 @@ const HELP_TEMPLATE: &str = "\
 {usage-heading} {usage}
 
 By purpose:
-  members   serve, acp, status, events, stop
+  members   serve, acp, mcp, status, events, stop
   tasks     spawn, list, show, wait, logs, progress, stats,
             cancel, pause, resume, retry, relaunch, delete, purge, task,
             approve, deny, say, mode, close
@@ -84,6 +86,10 @@ enum Command {
     /// grove as a member. The workspace is --workspace, else the cwd of the
     /// first session.
     Acp,
+    /// Serve grove's tools over the Model Context Protocol on stdio, for
+    /// agents that delegate (spawn, wait, get, list, output, cancel, say,
+    /// conclude, ...). Inside a task, what it spawns is that task's child.
+    Mcp,
     /// Run a long-lived member of the workspace's grove (primary or secondary).
     Serve {
         /// Append every event this member receives to FILE as JSON lines.
@@ -128,6 +134,9 @@ enum Command {
     /// Cancel a task; a running one has its whole process group killed.
     Cancel {
         id: String,
+        /// Cancel every unfinished task it spawned too, all the way down.
+        #[arg(long)]
+        tree: bool,
         #[arg(long)]
         json: bool,
     },
@@ -138,27 +147,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Resume a paused task, optionally with new instructions (a started
-    /// task is then rerun with them).
-    Resume {
-        id: String,
-        #[arg(long)]
-        instructions: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Create a new attempt of a finished task (linked by retry_of).
-    Retry {
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Rerun a finished task under the same id (its failed dependents too).
-    Relaunch {
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
+    /// Resume a paused task, optionally with new instructions, model,
+    /// timeout or tags (a started task is then rerun with them).
+    Resume(rerun::ResumeArgs),
+    /// Create a new attempt of a finished task (linked by retry_of); its
+    /// agent is told why the last attempt failed (`retry_notice`).
+    Retry(rerun::RetryArgs),
+    /// Rerun a finished task under the same id (its failed dependents too),
+    /// optionally with a new prompt, engine, model, timeout or tags.
+    Relaunch(rerun::RelaunchArgs),
     /// Delete a task; refused while it runs unless --force (which kills it).
     /// Its worktree and branch go too, refused while they hold work that
     /// was never merged unless --force.
@@ -458,6 +455,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             events_log,
             exit_when_idle,
         } => serve(ctx, events_log, exit_when_idle).await,
+        Command::Mcp => mcp::run(ctx).await,
         Command::Status {
             json: _,
             watch: true,
@@ -469,33 +467,20 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::List(args) => task::list(&ctx, args),
         Command::Show { id, json } => task::show(&ctx, &id, json),
         Command::Wait(a) => orchestrate::wait(&ctx, a).await,
-        Command::Cancel { id, json } => {
+        Command::Cancel {
+            id,
+            tree: true,
+            json,
+        } => orchestrate::cancel_tree(&ctx, &id, json).await,
+        Command::Cancel { id, json, .. } => {
             task_op(&ctx, &id, json, |id| Method::TaskCancel { id }).await
         }
         Command::Pause { id, json } => {
             task_op(&ctx, &id, json, |id| Method::TaskPause { id }).await
         }
-        Command::Resume {
-            id,
-            instructions,
-            json,
-        } => {
-            task_op(&ctx, &id, json, |id| Method::TaskResume {
-                id,
-                instructions,
-            })
-            .await
-        }
-        Command::Retry { id, json } => {
-            task_op(&ctx, &id, json, |id| Method::TaskRetry { id }).await
-        }
-        Command::Relaunch { id, json } => {
-            task_op(&ctx, &id, json, |id| Method::TaskRelaunch {
-                id,
-                instructions: None,
-            })
-            .await
-        }
+        Command::Resume(a) => rerun::resume(&ctx, a).await,
+        Command::Retry(a) => rerun::retry(&ctx, a).await,
+        Command::Relaunch(a) => rerun::relaunch(&ctx, a).await,
         Command::Delete { id, force, json } => {
             let id = task::resolve_id(&ctx, &id)?;
             worktree::removing(&ctx, Method::TaskDelete { id, force }, force, json).await

@@ -78,6 +78,11 @@ pub struct SpawnArgs {
     /// ends) and exit with its exit code.
     #[arg(long)]
     pub wait: bool,
+    /// Ask the agent to end with a conclusion block (status, summary,
+    /// artifacts, follow-up, confidence) and record the task's conclusion
+    /// (`grove show`).
+    #[arg(long)]
+    pub conclusion: bool,
     /// Idempotency key: the same key never creates a second task.
     #[arg(long, value_name = "ID")]
     pub request_id: Option<String>,
@@ -148,6 +153,8 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
             (false, p) => p.and_then(crate::protocol::PermissionPolicy::parse),
         },
         worktree: worktree_ask(a.worktree, a.no_worktree, a.base),
+        parent_id: calling_task(ctx),
+        want_conclusion: a.conclusion,
     };
     let reply = ctx
         .call(Method::TaskCreate(new), a.request_id.as_deref())
@@ -164,6 +171,35 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
         return Ok(EXIT_OK);
     }
     errln!("spawned {}", task.id);
+    wait_for_end(ctx, &task, a.json).await
+}
+
+/// A write that answers with a task (resume, retry, relaunch): printed, or
+/// with `wait`, followed to its end (exit code as `spawn --wait`).
+pub(super) async fn written_task(
+    ctx: &Context,
+    method: Method,
+    wait: bool,
+    json: bool,
+) -> Result<i32, CliError> {
+    let reply = ctx.call(method, None).await?;
+    let ReplyBody::Task(task) = reply else {
+        return Err(CliError::Failed(format!("unexpected reply {reply:?}")));
+    };
+    if !wait {
+        if json {
+            print_json(&task);
+        } else {
+            outln!("{}", one_line(&task));
+        }
+        return Ok(EXIT_OK);
+    }
+    errln!("{}", one_line(&task));
+    wait_for_end(ctx, &task, json).await
+}
+
+/// Follows `task` to its end; the exit code is its own (1 without one).
+async fn wait_for_end(ctx: &Context, task: &TaskRecord, json: bool) -> Result<i32, CliError> {
     let outcome = crate::waiter::wait(
         &ctx.ws,
         std::slice::from_ref(&task.id),
@@ -174,7 +210,7 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
     .await
     .map_err(CliError::Unavailable)?;
     let last = outcome.tasks.get(&task.id).cloned().flatten();
-    if a.json {
+    if json {
         print_json(&last);
     }
     Ok(match last {
@@ -243,6 +279,17 @@ pub async fn wait(ctx: &Context, a: WaitArgs) -> Result<i32, CliError> {
     } else {
         EXIT_FAILED
     })
+}
+
+/// The task this command runs inside (`GROVE_TASK_ID`, set by the shim
+/// for its agent), when it is a task of this workspace: a task spawned
+/// from there is its child.
+pub(super) fn calling_task(ctx: &Context) -> Option<String> {
+    let id = std::env::var("GROVE_TASK_ID")
+        .ok()
+        .filter(|s| !s.is_empty())?;
+    let found = ctx.reader().ok()?.task(&id).ok()??;
+    Some(found.id)
 }
 
 fn progress_line(t: &TaskRecord) {
@@ -336,6 +383,43 @@ pub(super) fn seconds_to_ms(v: Option<f64>, flag: &str) -> Result<Option<u64>, C
         Some(t) => Ok(Some((t * 1000.0).ceil() as u64)),
         None => Ok(None),
     }
+}
+
+/// `grove cancel --tree`: the task, then every unfinished task below it,
+/// parents before their children (a cancelled parent spawns no more).
+pub async fn cancel_tree(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
+    let id = resolve_id(ctx, id)?;
+    let reader = ctx.reader()?;
+    let root = reader
+        .task(&id)?
+        .ok_or_else(|| CliError::Failed(format!("no task {id}")))?;
+    let below = reader.descendants(&id)?.into_iter().map(|(_, t)| t);
+    let mut cancelled = Vec::new();
+    for t in std::iter::once(root).chain(below) {
+        if t.status.is_terminal() {
+            continue;
+        }
+        match ctx
+            .call(Method::TaskCancel { id: t.id.clone() }, None)
+            .await
+        {
+            Ok(_) => cancelled.push(t.id),
+            // Finished meanwhile: nothing left to cancel.
+            Err(CliError::Failed(e)) if e.contains("already") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if json {
+        print_json(&serde_json::json!({ "cancelled": cancelled }));
+    } else {
+        for c in &cancelled {
+            outln!("cancelled {c}");
+        }
+        if cancelled.is_empty() {
+            errln!("nothing to cancel: {id} and the tasks below it have finished");
+        }
+    }
+    Ok(EXIT_OK)
 }
 
 /// cancel / pause / resume / retry / relaunch / delete / purge: one write,

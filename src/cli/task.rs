@@ -176,6 +176,9 @@ pub struct ListArgs {
     /// Only the tasks of this ACP session.
     #[arg(long)]
     session: Option<String>,
+    /// Only the children of this task (tasks it spawned).
+    #[arg(long, value_name = "ID")]
+    parent: Option<String>,
     /// Print the tasks as JSON.
     #[arg(long)]
     json: bool,
@@ -187,14 +190,17 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<i32, CliError> {
         tag,
         text,
         session,
+        parent,
         json,
     } = args;
     let status = status.map(|s| parse_status(&s)).transpose()?;
+    let parent_id = parent.map(|p| resolve_id(ctx, &p)).transpose()?;
     let filter = TaskFilter {
         status,
         tag,
         text,
         session_id: session,
+        parent_id,
     };
     let tasks = ctx.reader()?.tasks(&filter)?;
     if json {
@@ -211,14 +217,21 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<i32, CliError> {
 
 pub fn show(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
     let id = resolve_id(ctx, id)?;
-    let task = ctx
-        .reader()?
+    let reader = ctx.reader()?;
+    let task = reader
         .task(&id)?
         .ok_or_else(|| CliError::Failed(format!("no task {id}")))?;
     if json {
         print_json(&task);
     } else {
         print_details(&task);
+        let tree = reader.descendants(&task.id)?;
+        if !tree.is_empty() {
+            outln!("children:");
+            for (depth, t) in &tree {
+                outln!("{}{}", "  ".repeat(*depth), one_line(t));
+            }
+        }
     }
     Ok(EXIT_OK)
 }
@@ -320,4 +333,27 @@ fn print_details(t: &TaskRecord) {
         (None, None) => {}
     }
     outln!("attempt:   {}", t.attempt);
+    if let Some(p) = &t.spec.parent_id {
+        outln!("parent:    {p}");
+    }
+    if let Some(c) = &t.conclusion {
+        outln!(
+            "concluded: {} ({}){}",
+            c.status.as_str(),
+            c.source.as_str(),
+            c.confidence
+                .map(|x| format!(", confidence {x:.2}"))
+                .unwrap_or_default()
+        );
+        outln!("summary:   {}", c.summary);
+        if let Some(e) = &c.error {
+            outln!("malformed: {e}");
+        }
+        for a in &c.artifacts {
+            outln!("artifact:  {a}");
+        }
+        for f in &c.follow_up {
+            outln!("follow-up: {f}");
+        }
+    }
 }

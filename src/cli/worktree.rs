@@ -340,6 +340,7 @@ async fn review(ctx: &Context, id: &str, comments: &[String], json: bool) -> Res
     let method = Method::TaskRelaunch {
         id,
         instructions: Some(text),
+        changes: Default::default(),
     };
     orchestrate::simple(ctx, method, json).await
 }

@@ -88,6 +88,19 @@ pub struct Config {
     /// What a task's supervisor does in a new worktree before its agent
     /// starts.
     pub setup: Setup,
+    /// Delegation: how deep tasks may spawn tasks (a task spawned from
+    /// outside any task is at depth 0), so a runaway agent gets an error
+    /// instead of a fork bomb.
+    pub max_delegation_depth: u32,
+    /// Delegation: most children one task may have (finished ones count).
+    pub max_children: u32,
+    /// Delegation: add a short brief to the prompt of a task that wants a
+    /// conclusion, asking its agent to end with a conclusion block (never
+    /// for the `shell` engine).
+    pub conclusion_brief: bool,
+    /// `retry`: prepend a short notice of why the last attempt failed to
+    /// the new attempt's prompt (never for the `shell` engine).
+    pub retry_notice: bool,
 }
 
 /// One MCP server for ACP agents: a command on stdio, or an HTTP url.
@@ -187,6 +200,10 @@ impl Default for Config {
             mcp_servers: BTreeMap::new(),
             worktree: WorktreeMode::Never,
             setup: Setup::default(),
+            max_delegation_depth: 4,
+            max_children: 16,
+            conclusion_brief: true,
+            retry_notice: true,
         }
     }
 }

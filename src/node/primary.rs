@@ -413,23 +413,46 @@ async fn hand_over(
     let _ = std::fs::remove_file(ws.pub_socket(epoch));
 }
 
-/// Checks a new `task.create` before the store applies it: the default
-/// engine filled in, the engine, its binary, the model and the persona
-/// validated. Runs on the store thread (see `writer::Admission`).
+/// Checks a new `task.create`, and the changes of a resume or relaunch,
+/// before the store applies them: the default engine filled in, the
+/// engine, its binary, the model and the persona validated, as the task
+/// would run. Runs on the store thread (see `writer::Admission`).
 fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admission {
-    Box::new(move |method| {
-        let Method::TaskCreate(new) = method else {
-            return Ok(());
-        };
+    use crate::orchestrator::engines::{RunSpec, validate};
+    Box::new(move |method, tx| {
         let config = live.current();
-        let engine = new
-            .engine
-            .get_or_insert_with(|| config.default_engine.clone())
-            .clone();
-        let spec = crate::orchestrator::engines::RunSpec::of_new(new, &engine);
-        crate::orchestrator::engines::validate(&config, &root, &spec)
-            .map_err(|msg| WireError::new(ErrorCode::InvalidParams, msg.to_string()))?;
-        decide_worktree(&config, &root, &engine, &mut new.worktree)
+        let limits = writer::Limits {
+            max_depth: config.max_delegation_depth,
+            max_children: config.max_children,
+            retry_notice: config.retry_notice,
+        };
+        let invalid = |msg: String| WireError::new(ErrorCode::InvalidParams, msg);
+        let (id, changes) = match method {
+            Method::TaskCreate(new) => {
+                let engine = new
+                    .engine
+                    .get_or_insert_with(|| config.default_engine.clone())
+                    .clone();
+                let spec = RunSpec::of_new(new, &engine);
+                validate(&config, &root, &spec).map_err(|e| invalid(e.to_string()))?;
+                decide_worktree(&config, &root, &engine, &mut new.worktree)?;
+                return Ok(limits);
+            }
+            Method::TaskRelaunch { id, changes, .. } | Method::TaskResume { id, changes, .. } => {
+                (id, changes)
+            }
+            _ => return Ok(limits),
+        };
+        // A missing task is the store's to refuse.
+        if changes.is_empty() {
+            return Ok(limits);
+        }
+        let Ok(Some(mut task)) = crate::store::read_task(tx, id) else {
+            return Ok(limits);
+        };
+        changes.apply(&mut task.spec);
+        validate(&config, &root, &RunSpec::of_task(&task)).map_err(|e| invalid(e.to_string()))?;
+        Ok(limits)
     })
 }
 

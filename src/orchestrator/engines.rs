@@ -41,6 +41,10 @@ pub struct RunSpec<'a> {
     /// The task's worktree (relative to the workspace), where its work dir
     /// is then taken from; not made yet at create, so only a run has one.
     pub worktree: Option<&'a str>,
+    /// Append the conclusion brief to the prompt (a task that wants a
+    /// conclusion; `build` leaves it out for the `shell` engine and when
+    /// the config turns it off).
+    pub brief: bool,
 }
 
 impl<'a> RunSpec<'a> {
@@ -56,6 +60,7 @@ impl<'a> RunSpec<'a> {
             keep_session: task.spec.keep_session,
             permissions: task.spec.permissions,
             worktree: task.spec.worktree.as_ref().map(|w| w.path.as_str()),
+            brief: task.spec.want_conclusion,
         }
     }
 
@@ -72,6 +77,7 @@ impl<'a> RunSpec<'a> {
             keep_session: new.keep_session,
             permissions: new.permissions,
             worktree: None,
+            brief: new.want_conclusion,
         }
     }
 }
@@ -143,10 +149,13 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
         Some(tree) => in_worktree(workspace, &workspace.join(tree), spec.work_dir),
         None => resolve_work_dir(workspace, spec.work_dir)?,
     };
-    let prompt = match spec.persona {
+    let mut prompt = match spec.persona {
         Some(p) => format!("{}\n\n{}", persona_text(config, workspace, p)?, spec.prompt),
         None => spec.prompt.to_string(),
     };
+    if spec.brief && config.conclusion_brief && spec.engine != "shell" {
+        prompt.push_str(crate::runs::conclusion::BRIEF);
+    }
     let resolved = spec.model.map(|m| config.resolve_model(m));
     let model = resolved.unwrap_or_default();
     let wd = work_dir.display().to_string();
@@ -504,6 +513,7 @@ mod tests {
             keep_session: false,
             permissions: None,
             worktree: None,
+            brief: false,
         };
         let err = validate(&config(), dir.path(), &spec).unwrap_err();
         assert!(matches!(err, EngineError::Template(_)), "{err:?}");

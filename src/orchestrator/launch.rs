@@ -40,6 +40,7 @@ pub fn launch(
             worktree,
             setup: config.setup.clone(),
         }),
+        conclusion: task.spec.want_conclusion || task.spec.parent_id.is_some(),
         timeout_ms: task.spec.timeout_ms,
         grace_ms: config.kill_grace_ms,
     };

@@ -508,6 +508,7 @@ impl Orchestrator {
                         exit_code: None,
                         signal: None,
                         message: Some(message),
+                        conclusion: None,
                     };
                     failed.push(
                         self.queue_write(crate::protocol::finished_request_id(&run_id), exit),

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 mod agent;
 mod codec;
+mod conclusion;
 mod error;
 mod event;
 mod route;
@@ -27,12 +28,15 @@ pub use agent::{AgentUpdate, AgentUpdates, ControlKind, PermissionPolicy, TaskCo
 pub use codec::{
     RequestHead, decode, decode_request, encode, oversized_request_id, request_digest,
 };
+pub use conclusion::{
+    CONCLUSION_SOURCES, CONCLUSION_STATUSES, Conclusion, ConclusionSource, ConclusionStatus,
+};
 pub use error::{DecodeError, ERROR_CODES, ErrorCode, WireError};
 pub use event::{Event, EventData, TOPICS};
 pub use route::{AgentOp, Local, Route, TaskOp};
 pub use task::{
-    ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, TASK_STATUSES, TaskExit, TaskRecord,
-    TaskSpec, TaskStatus, Worktree, WorktreeAsk, finished_request_id,
+    ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, TASK_STATUSES, TaskChanges, TaskExit,
+    TaskRecord, TaskSpec, TaskStatus, Worktree, WorktreeAsk, finished_request_id,
 };
 pub use wire_form::FormError;
 
@@ -121,6 +125,10 @@ pub enum Method {
         id: String,
         #[serde(default)]
         instructions: Option<String>,
+        /// A new model, timeout or tags (a new prompt is `instructions`); a
+        /// task that had started reruns with a new model or timeout.
+        #[serde(default)]
+        changes: TaskChanges,
     },
     /// Creates a new task from a finished one (`retry_of`, `attempt + 1`).
     #[serde(rename = "task.retry")]
@@ -133,7 +141,16 @@ pub enum Method {
         id: String,
         #[serde(default)]
         instructions: Option<String>,
+        /// What the rerun does differently: a new prompt, engine, model,
+        /// timeout or tags, checked like a spawn's.
+        #[serde(default)]
+        changes: TaskChanges,
     },
+    /// A task's own conclusion, reported while it runs (the `conclude`
+    /// tool of `grove mcp`): kept when the run ends, unless the run's
+    /// output holds a conclusion block of its own.
+    #[serde(rename = "task.conclude")]
+    TaskConclude { id: String, conclusion: Conclusion },
     /// Deletes a finished task and its log files; purging a missing task
     /// succeeds (idempotent).
     #[serde(rename = "task.purge")]
@@ -178,6 +195,7 @@ pub const METHOD_NAMES: &[&str] = &[
     "task.resume",
     "task.retry",
     "task.relaunch",
+    "task.conclude",
     "task.purge",
     "task.finished",
     "task.agent_updates",
@@ -208,6 +226,7 @@ impl Method {
             Method::TaskResume { .. } => "task.resume",
             Method::TaskRetry { .. } => "task.retry",
             Method::TaskRelaunch { .. } => "task.relaunch",
+            Method::TaskConclude { .. } => "task.conclude",
             Method::TaskPurge { .. } => "task.purge",
             Method::TaskFinished(_) => "task.finished",
             Method::TaskAgentUpdates(_) => "task.agent_updates",

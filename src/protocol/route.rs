@@ -5,7 +5,8 @@
 //! answer a method that can never reach it.
 
 use super::{
-    AgentUpdates, FailureReason, MemberInfo, Method, NewTask, TaskControl, TaskExit, TaskStatus,
+    AgentUpdates, Conclusion, FailureReason, MemberInfo, Method, NewTask, TaskChanges, TaskControl,
+    TaskExit, TaskStatus,
 };
 
 /// Where a method is answered, with its parameters borrowed.
@@ -71,6 +72,7 @@ pub enum TaskOp<'a> {
     Resume {
         id: &'a str,
         instructions: Option<&'a str>,
+        changes: &'a TaskChanges,
     },
     Retry {
         id: &'a str,
@@ -78,6 +80,11 @@ pub enum TaskOp<'a> {
     Relaunch {
         id: &'a str,
         instructions: Option<&'a str>,
+        changes: &'a TaskChanges,
+    },
+    Conclude {
+        id: &'a str,
+        conclusion: &'a Conclusion,
     },
     Purge {
         id: &'a str,
@@ -116,15 +123,28 @@ impl Method {
             Method::TaskDelete { id, force } => Route::Task(TaskOp::Delete { id, force: *force }),
             Method::TaskCancel { id } => Route::Task(TaskOp::Cancel { id }),
             Method::TaskPause { id } => Route::Task(TaskOp::Pause { id }),
-            Method::TaskResume { id, instructions } => Route::Task(TaskOp::Resume {
+            Method::TaskResume {
+                id,
+                instructions,
+                changes,
+            } => Route::Task(TaskOp::Resume {
                 id,
                 instructions: instructions.as_deref(),
+                changes,
             }),
             Method::TaskRetry { id } => Route::Task(TaskOp::Retry { id }),
-            Method::TaskRelaunch { id, instructions } => Route::Task(TaskOp::Relaunch {
+            Method::TaskRelaunch {
+                id,
+                instructions,
+                changes,
+            } => Route::Task(TaskOp::Relaunch {
                 id,
                 instructions: instructions.as_deref(),
+                changes,
             }),
+            Method::TaskConclude { id, conclusion } => {
+                Route::Task(TaskOp::Conclude { id, conclusion })
+            }
             Method::TaskPurge { id } => Route::Task(TaskOp::Purge { id }),
             Method::TaskFinished(exit) => Route::Task(TaskOp::Finished(exit)),
             Method::TaskAgentUpdates(batch) => Route::Agent(AgentOp::Updates(batch)),

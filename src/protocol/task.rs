@@ -2,6 +2,7 @@
 //! stored and published ([`TaskRecord`]: the spec and its run state), and
 //! the vocabulary of its life (status, failure reason, how a run ended).
 
+use super::conclusion::Conclusion;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -152,6 +153,10 @@ pub struct TaskExit {
     pub signal: Option<i32>,
     #[serde(default)]
     pub message: Option<String>,
+    /// The run's conclusion, for a task that records one (the shim reads
+    /// it from the output when the run ends).
+    #[serde(default)]
+    pub conclusion: Option<Conclusion>,
 }
 
 /// The request id of every report of run `run_id`'s end: the same for every
@@ -209,6 +214,59 @@ pub struct TaskSpec<Engine = String, Tree = Option<Worktree>> {
     /// decides).
     #[serde(default)]
     pub worktree: Tree,
+    /// The task that spawned this one (delegation): set when the caller
+    /// runs inside a task (`GROVE_TASK_ID`).
+    #[serde(default)]
+    pub parent_id: Option<String>,
+    /// Ask the agent for a conclusion block (a short brief is added to its
+    /// prompt at launch, never for the `shell` engine) and record the task's
+    /// conclusion when it ends.
+    #[serde(default)]
+    pub want_conclusion: bool,
+}
+
+/// What a resume or a relaunch changes in a task's spec (every field left
+/// out keeps its value).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskChanges {
+    /// A new prompt (relaunch only; a resume appends `instructions`).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// A new engine (relaunch only).
+    #[serde(default)]
+    pub engine: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The new tags, replacing the old ones.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+}
+
+impl TaskChanges {
+    pub fn is_empty(&self) -> bool {
+        *self == TaskChanges::default()
+    }
+
+    /// Applies the changes to `spec`.
+    pub fn apply(&self, spec: &mut TaskSpec) {
+        if let Some(p) = &self.prompt {
+            spec.prompt = p.clone();
+        }
+        if let Some(e) = &self.engine {
+            spec.engine = e.clone();
+        }
+        if let Some(m) = &self.model {
+            spec.model = Some(m.clone());
+        }
+        if let Some(t) = self.timeout_ms {
+            spec.timeout_ms = Some(t);
+        }
+        if let Some(tags) = &self.tags {
+            spec.tags = tags.clone();
+        }
+    }
 }
 
 /// Parameters of `task.create`: a spec whose engine may be left to the
@@ -276,6 +334,8 @@ impl NewTask {
             // the store as not a commit id.
             worktree: (self.worktree.filter(|w| w.enabled))
                 .map(|w| Worktree::for_task("", w.base.unwrap_or_default())),
+            parent_id: self.parent_id,
+            want_conclusion: self.want_conclusion,
         }
     }
 }
@@ -317,6 +377,10 @@ pub struct TaskRecord {
     /// Identifies the current run (a relaunch starts a new one).
     #[serde(default)]
     pub run_id: Option<String>,
+    /// What the task concluded, once it ended (tasks with a parent or that
+    /// asked for one, see [`TaskSpec::want_conclusion`]).
+    #[serde(default)]
+    pub conclusion: Option<Conclusion>,
 }
 
 fn one() -> u32 {
@@ -342,6 +406,7 @@ impl TaskRecord {
             retry_of: None,
             attempt: 1,
             run_id: None,
+            conclusion: None,
         }
     }
 }
@@ -352,7 +417,7 @@ impl TaskRecord {
 impl Serialize for TaskRecord {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let (t, s) = (self, &self.spec);
-        let mut m = serializer.serialize_struct("TaskRecord", 29)?;
+        let mut m = serializer.serialize_struct("TaskRecord", 32)?;
         m.serialize_field("id", &t.id)?;
         m.serialize_field("prompt", &s.prompt)?;
         m.serialize_field("engine", &s.engine)?;
@@ -382,6 +447,9 @@ impl Serialize for TaskRecord {
         m.serialize_field("keep_session", &s.keep_session)?;
         m.serialize_field("permissions", &s.permissions)?;
         m.serialize_field("worktree", &s.worktree)?;
+        m.serialize_field("parent_id", &s.parent_id)?;
+        m.serialize_field("want_conclusion", &s.want_conclusion)?;
+        m.serialize_field("conclusion", &t.conclusion)?;
         m.end()
     }
 }

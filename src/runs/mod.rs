@@ -5,6 +5,7 @@
 //! both, so that the scheduler never depends on the shim's RPC client (see
 //! docs/design.md, Shim).
 
+pub mod conclusion;
 pub mod log;
 pub mod signals;
 pub mod tree;
@@ -34,6 +35,9 @@ pub struct ShimSpec {
     /// client instead of a byte pipe into the log.
     #[serde(default)]
     pub acp: Option<AcpSpec>,
+    /// Record the run's conclusion from its output when it ends.
+    #[serde(default)]
+    pub conclusion: bool,
     /// Set when the task runs in a worktree of its own: the shim makes it
     /// (or finds it made) and runs the setup before starting the agent.
     #[serde(default)]
@@ -109,6 +113,9 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     pub message: Option<String>,
     pub finished_at: u64,
+    /// The run's conclusion, when its task records one.
+    #[serde(default)]
+    pub conclusion: Option<crate::protocol::Conclusion>,
 }
 
 impl ExitRecord {
@@ -120,6 +127,7 @@ impl ExitRecord {
             exit_code: self.exit_code,
             signal: self.signal,
             message: self.message.clone(),
+            conclusion: self.conclusion.clone(),
         }
     }
 }

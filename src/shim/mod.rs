@@ -20,7 +20,7 @@ mod worktree;
 pub use acp::host::{HostArgs, run as agent_host};
 
 use crate::runs::{
-    ExitRecord, RunFiles, RunRecord, ShimSpec, signals, write_json, write_json_volatile,
+    ExitRecord, RunFiles, RunRecord, ShimSpec, conclusion, signals, write_json, write_json_volatile,
 };
 
 use crate::config::Config;
@@ -77,20 +77,31 @@ pub async fn run(spec_path: &Path) -> i32 {
             signal: None,
             message: Some("not started: no longer the task's run".into()),
             finished_at: crate::protocol::now_ms(),
+            conclusion: None,
         };
         let _ = write_json(&RunFiles::exit(&ws, &spec.task_id, &spec.run_id), &exit);
         let _ = std::fs::remove_file(RunFiles::run(&ws, &spec.task_id, &spec.run_id));
         return 0;
     }
+    // This run's output starts where the log ends now (a relaunch or a
+    // rerun appends to the same log).
+    let log = RunFiles::log(&ws, &spec.task_id);
+    let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let prepared = match &spec.worktree {
         Some(run) => worktree::prepare(&ws, &spec, run).await,
         None => Ok(()),
     };
-    let exit = match (prepared, &spec.acp) {
+    let mut exit = match (prepared, &spec.acp) {
         (Err(exit), _) => exit,
         (Ok(()), Some(acp)) => acp::supervise(&ws, &spec, acp, &mut record).await,
         (Ok(()), None) => supervise::supervise(&ws, &spec, &mut record).await,
     };
+    if spec.conclusion {
+        // Read here, where the run ends, so that the primary's store thread
+        // never reads a log.
+        let tail = conclusion::read_tail(&log, log_start);
+        exit.conclusion = Some(conclusion::from_output(&tail, exit.outcome, exit.exit_code));
+    }
     if let Err(e) = write_json(&RunFiles::exit(&ws, &spec.task_id, &spec.run_id), &exit) {
         errln!("grove shim: cannot write the exit record: {e}");
     }

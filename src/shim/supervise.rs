@@ -28,6 +28,7 @@ pub(super) async fn supervise(
         signal: status.and_then(|s| s.signal()),
         message,
         finished_at: now_ms(),
+        conclusion: None,
     };
     let spawn_error = |m: String| finish(ExitOutcome::SpawnError, None, Some(m));
     let mut signals = match Signals::install() {

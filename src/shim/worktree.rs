@@ -33,6 +33,7 @@ pub(super) async fn prepare(
         signal: None,
         message: Some(message),
         finished_at: now_ms(),
+        conclusion: None,
     };
     let mut log = open_log(&RunFiles::log(ws, &spec.task_id))
         .map_err(|e| end(ExitOutcome::SpawnError, format!("cannot open the log: {e}")))?;

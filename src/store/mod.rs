@@ -192,6 +192,12 @@ pub struct Reader {
     conn: Connection,
 }
 
+/// The task `id` as the open connection `conn` sees it (the admission
+/// checks a relaunch's changes against the task they change).
+pub fn read_task(conn: &Connection, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+    rows::get(conn, id)
+}
+
 /// Filters for listing tasks.
 #[derive(Debug, Default, Clone)]
 pub struct TaskFilter {
@@ -199,6 +205,8 @@ pub struct TaskFilter {
     pub tag: Option<String>,
     pub text: Option<String>,
     pub session_id: Option<String>,
+    /// Only the children of this task.
+    pub parent_id: Option<String>,
 }
 
 /// A registered member, as recorded by `hello`.
@@ -319,12 +327,43 @@ impl Reader {
             sql.push_str(" AND session_id = ?");
             args.push(session);
         }
+        if let Some(parent) = &filter.parent_id {
+            sql.push_str(" AND parent_id = ?");
+            args.push(parent);
+        }
         sql.push_str(" ORDER BY rowid");
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let found = stmt.query_map(args.as_slice(), rows::read)?;
         let mut out = Vec::new();
         for row in found {
             out.push(row??);
+        }
+        Ok(out)
+    }
+
+    /// The tasks below `root` (children, their children, ...) in tree
+    /// order (each task before its children, siblings oldest first), with
+    /// their depth below it (1 for a child). A work list, not recursion:
+    /// user data decides the depth.
+    pub fn descendants(&self, root: &str) -> Result<Vec<(usize, TaskRecord)>, StoreError> {
+        let mut out = Vec::new();
+        let mut work = vec![(root.to_string(), 0usize)];
+        let mut seen = std::collections::HashSet::from([root.to_string()]);
+        while let Some((id, depth)) = work.pop() {
+            let filter = TaskFilter {
+                parent_id: Some(id.clone()),
+                ..Default::default()
+            };
+            let children = self.tasks(&filter)?;
+            for child in children.iter().rev() {
+                if seen.insert(child.id.clone()) {
+                    work.push((child.id.clone(), depth + 1));
+                }
+            }
+            if id != root {
+                let task = self.task(&id)?;
+                out.extend(task.map(|t| (depth, t)));
+            }
         }
         Ok(out)
     }

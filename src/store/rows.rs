@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
 type Column = (&'static str, Value);
 
 /// The spec's columns (see [`TaskSpec`]).
-fn spec_columns(s: &TaskSpec) -> [Column; 15] {
+fn spec_columns(s: &TaskSpec) -> [Column; 17] {
     [
         ("prompt", s.prompt.clone().into()),
         ("engine", s.engine.clone().into()),
@@ -34,11 +34,13 @@ fn spec_columns(s: &TaskSpec) -> [Column; 15] {
             s.permissions.map(|p| p.as_str().to_string()).into(),
         ),
         ("worktree", s.worktree.as_ref().map_or(Value::Null, json)),
+        ("parent_id", s.parent_id.clone().into()),
+        ("want_conclusion", s.want_conclusion.into()),
     ]
 }
 
 /// The run state's columns: everything a save may change, but the prompt.
-fn run_columns(t: &TaskRecord) -> [Column; 13] {
+fn run_columns(t: &TaskRecord) -> [Column; 14] {
     [
         ("status", t.status.as_str().to_string().into()),
         (
@@ -56,6 +58,10 @@ fn run_columns(t: &TaskRecord) -> [Column; 13] {
         ("retry_of", t.retry_of.clone().into()),
         ("attempt", t.attempt.into()),
         ("run_id", t.run_id.clone().into()),
+        (
+            "conclusion",
+            t.conclusion.as_ref().map_or(Value::Null, json),
+        ),
     ]
 }
 
@@ -91,11 +97,13 @@ pub(crate) fn insert(tx: &Connection, t: &TaskRecord) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Writes back what may change after creation: the run state, and the
-/// prompt (which a resume extends). The rest of the spec never changes.
+/// Writes back the task: the run state, and the spec, which a resume or a
+/// relaunch may change (its prompt, engine, model, timeout, tags). The
+/// dependency edges never change after creation.
 pub(crate) fn update(tx: &Connection, t: &TaskRecord) -> rusqlite::Result<()> {
-    let prompt: Column = ("prompt", t.spec.prompt.clone().into());
-    let columns: Vec<Column> = std::iter::once(prompt).chain(run_columns(t)).collect();
+    let columns: Vec<Column> = (spec_columns(&t.spec).into_iter())
+        .chain(run_columns(t))
+        .collect();
     let sets: Vec<String> = (columns.iter().enumerate())
         .map(|(i, (name, _))| format!("{name} = ?{}", i + 2))
         .collect();
@@ -167,6 +175,12 @@ fn record(r: &Row<'_>) -> Result<TaskRecord, Unreadable> {
         retry_of: r.get("retry_of")?,
         attempt: r.get::<_, i64>("attempt")? as u32,
         run_id: r.get("run_id")?,
+        conclusion: match r.get::<_, Option<String>>("conclusion")? {
+            None => None,
+            Some(text) => {
+                Some(serde_json::from_str(&text).map_err(|_| Unreadable::Bad("conclusion"))?)
+            }
+        },
     })
 }
 
@@ -201,5 +215,7 @@ fn spec(r: &Row<'_>) -> Result<TaskSpec, Unreadable> {
             }
             None => None,
         },
+        parent_id: r.get("parent_id")?,
+        want_conclusion: r.get("want_conclusion")?,
     })
 }

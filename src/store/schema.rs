@@ -124,6 +124,15 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN worktree TEXT;
     "#,
+    // v8: delegation. A task spawned from inside a task records its parent
+    // (children are looked up by parent: list, fan-out, cancel --tree), asks
+    // for a conclusion, and keeps the one it reached (JSON).
+    r#"
+    ALTER TABLE tasks ADD COLUMN parent_id TEXT;
+    ALTER TABLE tasks ADD COLUMN want_conclusion INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN conclusion TEXT;
+    CREATE INDEX tasks_parent ON tasks (parent_id) WHERE parent_id IS NOT NULL;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -144,8 +144,12 @@ pub type StillCurrent = Box<dyn Fn() -> bool + Send>;
 /// on the store thread, because the checks read files (an engine's binary on
 /// `PATH`, a persona) and the ledger look-up that must come first is a query:
 /// neither may block the primary's event loop. A retry of a recorded write
-/// gets its recorded reply without being checked again.
-pub type Admission = Box<dyn Fn(&mut Method) -> Result<(), WireError> + Send>;
+/// gets its recorded reply without being checked again. It reads the task a
+/// resume or relaunch changes through the write's transaction, and answers
+/// with the configured [`Limits`] the write is applied under.
+pub type Admission = Box<dyn Fn(&mut Method, &Connection) -> Result<Limits, WireError> + Send>;
+
+pub use super::tasks::Limits;
 
 /// Starts the store thread. Committed events go to `published`, in order.
 pub fn spawn(
@@ -414,6 +418,7 @@ fn apply_internal(
         tx: &sp,
         epoch,
         events: &mut own_events,
+        limits: Limits::default(),
     };
     let result = match super::tasks::apply_internal(&mut ctx, op) {
         Ok(r) => r,
@@ -467,14 +472,15 @@ fn apply_idempotent(
             ))
         }));
     }
-    if let Err(e) = admission(method) {
-        return Ok(Err(e));
-    }
+    let limits = match admission(method, tx) {
+        Ok(limits) => limits,
+        Err(e) => return Ok(Err(e)),
+    };
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::while_applying(method);
     let mut sp = tx.savepoint()?;
     let mut own_events = Vec::new();
-    let result = match apply(&sp, epoch, method, &mut own_events) {
+    let result = match apply(&sp, epoch, limits, method, &mut own_events) {
         Ok(r) => r,
         Err(Applied::Refused(e)) => Err(e),
         Err(Applied::Sqlite(e)) => return Err(e.into()),
@@ -513,10 +519,16 @@ fn not_a_write() -> Applied {
 fn apply(
     tx: &Connection,
     epoch: u64,
+    limits: Limits,
     method: &Method,
     events: &mut Vec<Event>,
 ) -> Result<WriteResult, Applied> {
-    let mut ctx = super::tasks::Ctx { tx, epoch, events };
+    let mut ctx = super::tasks::Ctx {
+        tx,
+        epoch,
+        events,
+        limits,
+    };
     match method.route() {
         Route::Member(member) => hello(tx, epoch, member, ctx.events),
         Route::Session { id, cwd } => session(tx, epoch, id, cwd, ctx.events),

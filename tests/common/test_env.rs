@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The Python packages of every Python counterpart (the pyzmq peer of
-/// tests/peer/, the official ACP client of tests/acp/).
+/// tests/peer/, the official ACP client of tests/acp/, the official MCP
+/// client of tests/mcp/).
 const PYTHON_REQUIREMENTS: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peer/requirements.txt");
 

@@ -99,6 +99,11 @@ class Schema:
             check(isinstance(v, str), f"{path}: expected string, got {v!r}")
         elif ty == "bool":
             check(isinstance(v, bool), f"{path}: expected bool, got {v!r}")
+        elif ty == "f64":
+            check(
+                isinstance(v, (int, float)) and not isinstance(v, bool),
+                f"{path}: expected f64, got {v!r}",
+            )
         elif ty in ints:
             lo, hi = ints[ty]
             check(

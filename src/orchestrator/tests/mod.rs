@@ -75,6 +75,7 @@ fn exit(task: &str, code: i32) -> ExitRecord {
         signal: None,
         message: None,
         finished_at: 1,
+        conclusion: None,
     }
 }
 

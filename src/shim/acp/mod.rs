@@ -70,6 +70,7 @@ pub(super) async fn supervise(
             .and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
         message: e.message,
         finished_at: now_ms(),
+        conclusion: None,
     };
     let spawn_error = |m: String| {
         finish(Ended {

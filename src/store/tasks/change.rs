@@ -71,6 +71,17 @@ fn with_status(mut task: TaskRecord, change: Change) -> TaskRecord {
     if status == TaskStatus::Failed {
         task.failure_reason = change.reason.or(Some(FailureReason::ExitCode));
     }
+    // A task that ended without a run's conclusion (cancelled or failed
+    // before it ran, lost) concludes from its status alone: a parent always
+    // gets one, and nothing here reads a log.
+    let wants = task.spec.want_conclusion || task.spec.parent_id.is_some();
+    if status.is_terminal() && wants && task.conclusion.is_none() {
+        task.conclusion = Some(crate::protocol::Conclusion::from_status(
+            status,
+            task.failure_reason,
+            task.progress_text.as_deref(),
+        ));
+    }
     if change.exit_code.is_some() {
         task.exit_code = change.exit_code;
     }

@@ -4,10 +4,10 @@
 
 use super::change::save;
 use super::graph::{cascade, dependents, edges_of, ready_status, status_from_deps};
-use super::{Ctx, Res, finished_task, ok};
+use super::{Ctx, Limits, Res, finished_task, ok};
 use crate::protocol::{
-    ErrorCode, EventData, FailureReason, NewTask, ReplyBody, TaskRecord, TaskSpec, TaskStatus,
-    Worktree, now_ms,
+    ErrorCode, EventData, FailureReason, NewTask, ReplyBody, TaskChanges, TaskRecord, TaskSpec,
+    TaskStatus, Worktree, now_ms,
 };
 use crate::store::rows;
 use crate::store::txn::{Applied, append_event, refused};
@@ -16,12 +16,16 @@ use rusqlite::Connection;
 /// A task for `spec`, not yet inserted: checked, and pending, queued or
 /// already failed as its dependencies call for.
 fn new_task(
-    tx: &Connection,
+    c: &Ctx<'_>,
     spec: TaskSpec,
     retry_of: Option<String>,
     attempt: u32,
 ) -> Result<TaskRecord, Applied> {
+    let tx = c.tx;
     check_spec(tx, &spec)?;
+    if let Some(parent) = &spec.parent_id {
+        check_parent(tx, parent, c.limits)?;
+    }
     let now = now_ms();
     let id = uuid::Uuid::new_v4().simple().to_string();
     // A retry copies its task's spec: its worktree is named after the new
@@ -93,10 +97,63 @@ fn is_commit_id(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A child of `parent` may be created: the parent exists, is not too deep
+/// and has room for another child. The parent chain is walked at most
+/// `max_depth` steps, and parents are only ever older tasks, so it ends.
+fn check_parent(tx: &Connection, parent: &str, limits: Limits) -> Result<(), Applied> {
+    let Some(p) = rows::get(tx, parent)? else {
+        return Err(refused(
+            ErrorCode::InvalidParams,
+            format!("unknown parent task {parent}"),
+        ));
+    };
+    let mut depth = 1;
+    let mut up = p.spec.parent_id.clone();
+    while let Some(id) = up {
+        depth += 1;
+        if depth > limits.max_depth {
+            return Err(refused(
+                ErrorCode::Conflict,
+                format!(
+                    "delegation too deep: task {parent} is already {} levels below a top-level task, and max_delegation_depth is {}; do the work in this task, or raise max_delegation_depth in .grove/grove.toml",
+                    depth - 1,
+                    limits.max_depth
+                ),
+            ));
+        }
+        up = rows::get(tx, &id)?.and_then(|t| t.spec.parent_id);
+    }
+    let children: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM tasks WHERE parent_id = ?1")?
+        .query_row([parent], |r| r.get(0))?;
+    if children >= i64::from(limits.max_children) {
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!(
+                "task {parent} already has {children} children, the most max_children ({}) allows; wait for them and purge finished ones, or raise max_children in .grove/grove.toml",
+                limits.max_children
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a resume or relaunch may not change a task to: an empty prompt or
+/// a zero timeout (the engine and model are the admission's).
+pub(super) fn check_changes(changes: &TaskChanges) -> Result<(), Applied> {
+    if changes.prompt.as_ref().is_some_and(|p| p.trim().is_empty()) {
+        return Err(refused(ErrorCode::InvalidParams, "the new prompt is empty"));
+    }
+    if changes.timeout_ms == Some(0) {
+        return Err(refused(ErrorCode::InvalidParams, "timeout must be > 0"));
+    }
+    Ok(())
+}
+
 /// A task created by `task.create`; the engine left out is the shell (the
 /// primary fills in its configured default before the write gets here).
 pub(super) fn create_new(c: &mut Ctx<'_>, new: &NewTask) -> Res {
-    let task = new_task(c.tx, new.clone().with_engine_or("shell"), None, 1)?;
+    let task = new_task(c, new.clone().with_engine_or("shell"), None, 1)?;
     create(c, task)
 }
 
@@ -117,20 +174,61 @@ pub(super) fn retry(c: &mut Ctx<'_>, id: &str) -> Res {
     // A completed dependency purged since stays satisfied: the new
     // attempt does not wait for it (nor could it name it).
     let waits_on = edges_of(c.tx, &old.id)?;
-    let spec = TaskSpec {
+    let mut spec = TaskSpec {
         dependencies: (old.spec.dependencies.iter())
             .filter(|d| waits_on.contains(*d))
             .cloned()
             .collect(),
         ..old.spec.clone()
     };
-    let task = new_task(c.tx, spec, Some(old.id.clone()), old.attempt + 1)?;
+    if c.limits.retry_notice
+        && spec.engine != "shell"
+        && let Some(notice) = retry_notice(&old)
+    {
+        spec.prompt = format!("{notice}\n\n{}", spec.prompt);
+    }
+    let task = new_task(c, spec, Some(old.id.clone()), old.attempt + 1)?;
     create(c, task)
 }
 
-/// Reruns a finished task under its id (see [`rearm`]).
-pub(super) fn relaunch(c: &mut Ctx<'_>, id: &str, instructions: Option<&str>) -> Res {
+/// A short notice of why the previous attempt did not succeed, for the
+/// agent of the next one (nothing when it completed).
+fn retry_notice(old: &TaskRecord) -> Option<String> {
+    if old.status == TaskStatus::Completed {
+        return None;
+    }
+    let mut why = match old.failure_reason {
+        Some(r) => format!("{} ({})", old.status.as_str(), r.as_str()),
+        None => old.status.as_str().to_string(),
+    };
+    if let Some(code) = old.exit_code {
+        why.push_str(&format!(", exit code {code}"));
+    }
+    if let Some(c) = &old.conclusion {
+        let summary: String = c.summary.chars().take(400).collect();
+        why.push_str(&format!("; it concluded: {summary}"));
+    } else if let Some(note) = &old.progress_text {
+        let note: String = note.chars().take(400).collect();
+        why.push_str(&format!("; last note: {note}"));
+    }
+    Some(format!(
+        "[grove: attempt {} of this task ended {why}. Take that into account.]",
+        old.attempt
+    ))
+}
+
+/// Reruns a finished task under its id (see [`rearm`]), with `changes`
+/// to its spec (checked by the admission like a spawn's) and then
+/// `instructions` appended to its prompt (a review's comments).
+pub(super) fn relaunch(
+    c: &mut Ctx<'_>,
+    id: &str,
+    instructions: Option<&str>,
+    changes: &TaskChanges,
+) -> Res {
     let mut task = finished_task(c.tx, id, "relaunch")?;
+    check_changes(changes)?;
+    changes.apply(&mut task.spec);
     if let Some(extra) = instructions.filter(|s| !s.trim().is_empty()) {
         task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
     }
@@ -157,6 +255,7 @@ fn rearm(c: &mut Ctx<'_>, mut task: TaskRecord) -> Result<TaskRecord, Applied> {
     task.progress_pct = None;
     task.progress_text = None;
     task.started_at = None;
+    task.conclusion = None;
     task.finished_at = (task.status == TaskStatus::Failed).then(now_ms);
     match save(c, task)? {
         Ok(ReplyBody::Task(t)) => Ok(*t),

@@ -30,6 +30,30 @@ pub(super) struct Ctx<'a> {
     pub tx: &'a Connection,
     pub epoch: u64,
     pub events: &'a mut Vec<Event>,
+    pub limits: Limits,
+}
+
+/// What the configuration allows a new task, as the admission read it
+/// (the store thread has no configuration of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How deep tasks may spawn tasks: a task without a parent is at depth
+    /// 0, its children at 1.
+    pub max_depth: u32,
+    /// Most children one task may have, finished ones included.
+    pub max_children: u32,
+    /// `retry` prepends a notice of why the last attempt failed.
+    pub retry_notice: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_depth: 4,
+            max_children: 16,
+            retry_notice: true,
+        }
+    }
 }
 
 /// Orchestrator-only operations: never accepted from the wire.
@@ -146,9 +170,31 @@ pub(super) fn apply(c: &mut Ctx<'_>, op: TaskOp<'_>) -> Res {
             let task = existing(c.tx, id)?;
             transition(c, task, Change::to(TaskStatus::Paused))
         }
-        TaskOp::Resume { id, instructions } => runs::resume(c, id, instructions),
+        TaskOp::Resume {
+            id,
+            instructions,
+            changes,
+        } => runs::resume(c, id, instructions, changes),
         TaskOp::Retry { id } => lineage::retry(c, id),
-        TaskOp::Relaunch { id, instructions } => lineage::relaunch(c, id, instructions),
+        TaskOp::Relaunch {
+            id,
+            instructions,
+            changes,
+        } => lineage::relaunch(c, id, instructions, changes),
+        TaskOp::Conclude { id, conclusion } => {
+            let mut task = existing(c.tx, id)?;
+            if task.status.is_terminal() {
+                return Err(refused(
+                    ErrorCode::Conflict,
+                    format!(
+                        "task {id} is {}; a task concludes while it runs",
+                        task.status.as_str()
+                    ),
+                ));
+            }
+            task.conclusion = Some(conclusion.clone());
+            save(c, task)
+        }
         TaskOp::Finished(exit) => runs::finished(c, exit),
     }
 }

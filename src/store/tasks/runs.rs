@@ -5,6 +5,7 @@
 use super::change::{Change, save, transition};
 use super::graph::ready_status;
 use super::{Ctx, Res, existing, ok};
+use crate::protocol::{Conclusion, ConclusionSource, TaskChanges};
 use crate::protocol::{
     ErrorCode, ExitOutcome, FailureReason, ReplyBody, TaskExit, TaskRecord, TaskStatus,
 };
@@ -115,6 +116,16 @@ pub(super) fn finished(c: &mut Ctx<'_>, exit: &TaskExit) -> Res {
     if let Some(m) = &exit.message {
         task.progress_text = Some(m.clone());
     }
+    if task.spec.want_conclusion || task.spec.parent_id.is_some() {
+        // A block in the output wins; grove's own guess does not replace
+        // what the agent reported through `task.conclude`.
+        let guessed = |c: &Conclusion| c.source != ConclusionSource::Reported;
+        match (&task.conclusion, &exit.conclusion) {
+            (Some(own), Some(c)) if own.source == ConclusionSource::Reported && guessed(c) => {}
+            (_, Some(c)) => task.conclusion = Some(c.clone()),
+            (_, None) => {}
+        }
+    }
     // A signal death has no exit code; record it shell-style (128 + n).
     let code = exit.exit_code.or(exit.signal.map(|s| 128 + s));
     // Paused → terminal is allowed: the process ended while stopped.
@@ -127,7 +138,12 @@ pub(super) fn finished(c: &mut Ctx<'_>, exit: &TaskExit) -> Res {
     transition(c, task, change)
 }
 
-pub(super) fn resume(c: &mut Ctx<'_>, id: &str, instructions: Option<&str>) -> Res {
+pub(super) fn resume(
+    c: &mut Ctx<'_>,
+    id: &str,
+    instructions: Option<&str>,
+    changes: &TaskChanges,
+) -> Res {
     let mut task = existing(c.tx, id)?;
     if task.status != TaskStatus::Paused {
         return Err(refused(
@@ -135,24 +151,37 @@ pub(super) fn resume(c: &mut Ctx<'_>, id: &str, instructions: Option<&str>) -> R
             format!("task {id} is {}, not paused", task.status.as_str()),
         ));
     }
+    if changes.prompt.is_some() || changes.engine.is_some() {
+        return Err(refused(
+            ErrorCode::InvalidParams,
+            "resume takes new instructions, a model, a timeout and tags; to change the prompt or the engine, relaunch",
+        ));
+    }
+    super::lineage::check_changes(changes)?;
     let had_run = task.run_id.is_some();
     if had_run && super::super::agent::has_conversation(c.tx, id)? {
         // An ACP agent's session is kept across a pause (its turn was
         // cancelled): the instructions are its next turn, not a rerun.
+        // The tags are the record's; a new model or timeout takes effect
+        // at the task's next run.
+        changes.apply(&mut task.spec);
         return super::super::agent::resume_session(c, task, instructions);
     }
-    if let Some(extra) = instructions.filter(|s| !s.trim().is_empty()) {
+    let extra = instructions.filter(|s| !s.trim().is_empty());
+    // The agent took its prompt, model and timeout at start: new ones
+    // need a new run. Tags are only the record's.
+    let rerun = extra.is_some() || changes.model.is_some() || changes.timeout_ms.is_some();
+    changes.apply(&mut task.spec);
+    if let Some(extra) = extra {
         task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
-        if had_run {
-            // The agent took its prompt at start: rerun it with the new
-            // instructions. The orchestrator kills the old run, whose id no
-            // longer matches.
-            task.run_id = None;
-            task.pid = None;
-            let status = ready_status(c.tx, &task)?;
-            let change = Change::failing(status, FailureReason::DependencyFailed);
-            return transition(c, task, change);
-        }
+    }
+    if rerun && had_run {
+        // The orchestrator kills the old run, whose id no longer matches.
+        task.run_id = None;
+        task.pid = None;
+        let status = ready_status(c.tx, &task)?;
+        let change = Change::failing(status, FailureReason::DependencyFailed);
+        return transition(c, task, change);
     }
     let status = if had_run {
         TaskStatus::Running

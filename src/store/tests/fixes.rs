@@ -34,6 +34,7 @@ fn a_relaunch_that_fails_at_once_fails_released_dependents() {
     s.ok(Method::TaskRelaunch {
         id: d.clone(),
         instructions: None,
+        changes: Default::default(),
     });
     s.ok(Method::TaskDelete {
         id: d,
@@ -43,6 +44,7 @@ fn a_relaunch_that_fails_at_once_fails_released_dependents() {
         s.apply(&Method::TaskRelaunch {
             id: x,
             instructions: None,
+            changes: Default::default(),
         })
         .result,
     );
@@ -69,6 +71,7 @@ fn rearming_leaves_a_dependent_another_dependency_still_fails() {
     let out = s.apply(&Method::TaskRelaunch {
         id: a.clone(),
         instructions: None,
+        changes: Default::default(),
     });
     assert!(out.result.is_ok());
     assert_eq!(events_about(&out.events), vec![a]);
@@ -124,6 +127,7 @@ fn requeueing_a_paused_run_that_never_started_frees_its_slot() {
     s.ok(Method::TaskResume {
         id: a.clone(),
         instructions: None,
+        changes: Default::default(),
     });
     assert_eq!(s.status(&a), Some(TaskStatus::Queued));
 }
@@ -140,6 +144,7 @@ fn a_requeued_run_fails_when_a_dependency_failed_since() {
     s.ok(Method::TaskRelaunch {
         id: d.clone(),
         instructions: None,
+        changes: Default::default(),
     });
     s.run(&d, "d2", Exit::Code1);
     assert_eq!(

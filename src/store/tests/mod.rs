@@ -64,6 +64,7 @@ impl Store {
             tx: &tx,
             epoch: self.epoch,
             events: &mut events,
+            limits: Default::default(),
         };
         let result = match f(&mut ctx) {
             Ok(r) => r,
@@ -177,6 +178,7 @@ pub(super) fn exit_method(id: &str, run_id: &str, e: Exit) -> Method {
         exit_code,
         signal,
         message: None,
+        conclusion: None,
     })
 }
 

@@ -113,11 +113,13 @@ impl Harness {
             Op::Resume(_, more) => Method::TaskResume {
                 id,
                 instructions: more.then(|| "more".into()),
+                changes: Default::default(),
             },
             Op::Retry(_) => Method::TaskRetry { id },
             Op::Relaunch(_) => Method::TaskRelaunch {
                 id,
                 instructions: None,
+                changes: Default::default(),
             },
             Op::Delete(_, force) => Method::TaskDelete { id, force: *force },
             Op::Purge(_) => Method::TaskPurge { id },

@@ -30,6 +30,8 @@ fn full_record() -> TaskRecord {
         keep_session: true,
         permissions: Some(crate::protocol::PermissionPolicy::AllowReads),
         worktree: Some(crate::protocol::Worktree::for_task("t1", "a".repeat(40))),
+        parent_id: Some("p1".into()),
+        want_conclusion: true,
     };
     TaskRecord {
         status: TaskStatus::Failed,
@@ -44,6 +46,11 @@ fn full_record() -> TaskRecord {
         retry_of: Some("old".into()),
         attempt: 3,
         run_id: Some("run-1".into()),
+        conclusion: Some(crate::protocol::Conclusion::from_status(
+            TaskStatus::Failed,
+            Some(FailureReason::Timeout),
+            Some("slow"),
+        )),
         ..TaskRecord::new("t1".into(), spec, 1_000)
     }
 }

@@ -229,11 +229,13 @@ fn apply(s: &mut Store, id: &str, op: Op) -> Outcome {
         Op::Resume | Op::ResumeWith => Method::TaskResume {
             id,
             instructions: matches!(op, Op::ResumeWith).then(|| "and then more".into()),
+            changes: Default::default(),
         },
         Op::Retry => Method::TaskRetry { id },
         Op::Relaunch => Method::TaskRelaunch {
             id,
             instructions: None,
+            changes: Default::default(),
         },
         Op::Delete | Op::DeleteForce => Method::TaskDelete {
             id,

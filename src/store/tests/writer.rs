@@ -49,18 +49,18 @@ fn guard(dir: &tempfile::TempDir, poisoned: &[String]) -> Guard {
 }
 
 fn admit_all() -> Admission {
-    Box::new(|_| Ok(()))
+    Box::new(|_, _| Ok(Default::default()))
 }
 
 /// Refuses every create whose prompt is "refuse me", counting its calls.
 fn picky(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Admission {
-    Box::new(move |method| {
+    Box::new(move |method, _| {
         calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match method {
             Method::TaskCreate(new) if new.prompt == "refuse me" => Err(
                 crate::protocol::WireError::new(ErrorCode::InvalidParams, "no such engine"),
             ),
-            _ => Ok(()),
+            _ => Ok(Default::default()),
         }
     })
 }

@@ -1,0 +1,50 @@
+//! The information tools: stats, engines, personas.
+
+use super::{Answer, GroveMcp, reply};
+use rmcp::model::CallToolResult;
+use rmcp::{tool, tool_router};
+use serde_json::json;
+
+#[tool_router(router = info_router, vis = "pub(super)")]
+impl GroveMcp {
+    /// Task counts per status, the running tasks' progress, and (inside a
+    /// task) how many of your children are unfinished.
+    #[tool(name = "stats")]
+    async fn stats(&self) -> CallToolResult {
+        reply(self.do_stats().await)
+    }
+
+    /// The engines a task can run with: name, kind (cli or acp) and whether
+    /// its program is installed.
+    #[tool(name = "engines")]
+    async fn engines(&self) -> CallToolResult {
+        let config = self.grove.config();
+        let rows: Vec<_> = (config.engines.iter())
+            .map(|(name, e)| {
+                let found = crate::orchestrator::engines::find_binary(&e.command[0]).is_some();
+                json!({ "name": name, "kind": e.kind.as_str(), "available": found })
+            })
+            .collect();
+        reply(Ok(
+            json!({ "default": config.default_engine, "engines": rows }),
+        ))
+    }
+
+    /// The personas a task can take (prepended to its prompt).
+    #[tool(name = "personas")]
+    async fn personas(&self) -> CallToolResult {
+        let config = self.grove.config();
+        let root = &self.grove.workspace().root;
+        let names = crate::orchestrator::engines::personas(&config, root);
+        reply(Ok(json!({ "personas": names })))
+    }
+}
+
+impl GroveMcp {
+    async fn do_stats(&self) -> Answer {
+        let reader = self.reader().await?;
+        let counts = reader.counts().map_err(|e| e.to_string())?;
+        let mine = (self.parent().await).map(|id| super::control::open_children(&reader, &id));
+        Ok(json!({ "counts": counts, "my_unfinished_children": mine }))
+    }
+}

@@ -1,0 +1,126 @@
+//! A task's conclusion: what a delegated agent says it achieved, in a form
+//! its parent can act on. The agent reports it as the last
+//! `<grove:conclusion>{json}</grove:conclusion>` block of its output; a
+//! block that does not parse is kept as `malformed`, and without one grove
+//! makes one from how the run ended (`synthesized`).
+
+use super::task::{FailureReason, TaskStatus};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConclusionStatus {
+    Success,
+    Partial,
+    Failed,
+    Blocked,
+}
+
+pub const CONCLUSION_STATUSES: &[ConclusionStatus] = &[
+    ConclusionStatus::Success,
+    ConclusionStatus::Partial,
+    ConclusionStatus::Failed,
+    ConclusionStatus::Blocked,
+];
+
+impl ConclusionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConclusionStatus::Success => "success",
+            ConclusionStatus::Partial => "partial",
+            ConclusionStatus::Failed => "failed",
+            ConclusionStatus::Blocked => "blocked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        CONCLUSION_STATUSES
+            .iter()
+            .copied()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+/// Where a conclusion came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConclusionSource {
+    /// The agent's own block.
+    Reported,
+    /// The agent wrote a block that is not a conclusion (`error` says why);
+    /// the status and summary are grove's, as for `synthesized`.
+    Malformed,
+    /// No block: made from the output's tail or how the run ended.
+    Synthesized,
+}
+
+pub const CONCLUSION_SOURCES: &[ConclusionSource] = &[
+    ConclusionSource::Reported,
+    ConclusionSource::Malformed,
+    ConclusionSource::Synthesized,
+];
+
+impl ConclusionSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConclusionSource::Reported => "reported",
+            ConclusionSource::Malformed => "malformed",
+            ConclusionSource::Synthesized => "synthesized",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conclusion {
+    pub status: ConclusionStatus,
+    pub summary: String,
+    /// Files, branches, URLs the work produced.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+    /// What is left to do, as the agent sees it.
+    #[serde(default)]
+    pub follow_up: Vec<String>,
+    /// 0.0..=1.0, when the agent gave one.
+    #[serde(default)]
+    pub confidence: Option<f64>,
+    pub source: ConclusionSource,
+    /// Why a block was malformed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl Conclusion {
+    /// For a task that ended without a run to read (cancelled or failed
+    /// before it started, its supervisor lost): made from its status alone.
+    pub fn from_status(
+        status: TaskStatus,
+        reason: Option<FailureReason>,
+        note: Option<&str>,
+    ) -> Conclusion {
+        let (status, summary) = match (status, reason) {
+            (TaskStatus::Completed, _) => (ConclusionStatus::Success, "completed".to_string()),
+            (TaskStatus::Cancelled, _) => (ConclusionStatus::Failed, "cancelled".to_string()),
+            (_, Some(FailureReason::DependencyFailed)) => (
+                ConclusionStatus::Blocked,
+                "not run: a task it depends on failed".to_string(),
+            ),
+            (_, r) => (
+                ConclusionStatus::Failed,
+                format!("failed ({})", r.unwrap_or(FailureReason::ExitCode).as_str()),
+            ),
+        };
+        let summary = match note {
+            Some(n) if !n.is_empty() => format!("{summary}: {n}"),
+            _ => summary,
+        };
+        Conclusion {
+            status,
+            summary,
+            artifacts: Vec::new(),
+            follow_up: Vec::new(),
+            confidence: None,
+            source: ConclusionSource::Synthesized,
+            error: None,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! `grove mcp` driven by the official MCP Python SDK (PyPI `mcp`): every
+//! tool listed with a valid schema and called, bad arguments refused as tool
+//! errors; delegation from inside a task (parent and children, the fan-out
+//! limit, the caller's own progress and conclusion); conclusions, overrides
+//! and `cancel --tree` from the CLI.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+/// Runs tests/mcp/mcp_client.py SCENARIO against `g`; returns its stdout.
+fn client(g: &Grove, scenario: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(test_env::python());
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/mcp/mcp_client.py"
+    ))
+    .arg(BIN)
+    .arg(&g.ws)
+    .arg(scenario)
+    .env("GROVE_NO_AUTOSTART", "1")
+    .env_remove("GROVE_TASK_ID");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the MCP client");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && stdout.contains(" passed, 0 failed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn official_python_client_lists_validates_and_calls_every_tool() {
+    let mut g = Grove::new();
+    g.serve();
+    g.wait_primary();
+    client(&g, "tools", &[]);
+}
+
+#[test]
+fn a_task_delegates_through_mcp_within_its_fan_out() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nmax_children = 2\n");
+    g.serve();
+    g.wait_primary();
+    let parent = g.ok(&["spawn", "sleep 60"]);
+    let out = client(&g, "children", &[("GROVE_TASK_ID", &parent)]);
+    let ids: serde_json::Value = out
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("the client prints the children's ids");
+    let slow = ids["slow"].as_str().unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&g.ok(&["list", "--parent", &parent, "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    let shown = g.ok(&["show", &parent]);
+    assert!(
+        shown.contains("children:") && shown.contains(&slow[..12]),
+        "{shown}"
+    );
+    assert!(shown.contains("concluded: partial (reported)"), "{shown}");
+    // The parent and its unfinished child go; the finished child stays.
+    let out = g.ok(&["cancel", "--tree", &parent]);
+    assert!(out.contains(&parent) && out.contains(slow), "{out}");
+    wait_status(&g, slow, "cancelled");
+    wait_status(&g, &parent, "cancelled");
+    assert_eq!(
+        show(&g, ids["quick"].as_str().unwrap())["status"],
+        "completed"
+    );
+}
+
+#[test]
+fn delegation_depth_is_limited() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nmax_delegation_depth = 1\n");
+    g.serve();
+    g.wait_primary();
+    let top = g.ok(&["spawn", "sleep 60"]);
+    let mut inside = Grove::with_config("");
+    inside.ws = g.ws.clone();
+    inside.env("GROVE_TASK_ID", &top);
+    let child = inside.ok(&["spawn", "sleep 60"]);
+    assert_eq!(show(&g, &child)["parent_id"], top.as_str());
+    inside = Grove::with_config("");
+    inside.ws = g.ws.clone();
+    inside.env("GROVE_TASK_ID", &child);
+    let out = inside.run(&["spawn", "echo grandchild"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("max_delegation_depth is 1"), "{err}");
+    g.ok(&["cancel", "--tree", &top]);
+}
+
+/// The last block wins; a malformed one is kept as such with why; none is
+/// synthesized from the output's tail and exit code.
+#[test]
+fn conclusions_block_malformed_and_none() {
+    let mut g = Grove::new();
+    g.serve();
+    g.wait_primary();
+    let conclude = |script: &str| {
+        let out = g.run(&["spawn", "--conclusion", "--wait", script]);
+        let id = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .find_map(|l| l.strip_prefix("spawned ").map(str::to_string))
+            .expect("spawned ID on stderr");
+        show(&g, &id)["conclusion"].clone()
+    };
+    let c = conclude(
+        r#"echo '<grove:conclusion>{"status":"failed","summary":"first"}</grove:conclusion>'; echo '<grove:conclusion>{"status":"partial","summary":"second","artifacts":["a.txt"],"follow_up":["more"],"confidence":0.25}</grove:conclusion>'"#,
+    );
+    assert_eq!(c["source"], "reported", "{c}");
+    assert_eq!(c["status"], "partial");
+    assert_eq!(c["summary"], "second");
+    assert_eq!(c["artifacts"], serde_json::json!(["a.txt"]));
+    assert_eq!(c["confidence"], 0.25);
+    let c = conclude(r#"echo '<grove:conclusion>{"status":"done"}</grove:conclusion>'; exit 4"#);
+    assert_eq!(c["source"], "malformed", "{c}");
+    assert_eq!(c["status"], "failed");
+    assert!(c["error"].as_str().unwrap().contains("status"), "{c}");
+    assert!(
+        c["summary"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 4"),
+        "{c}"
+    );
+    let c = conclude("echo built 3 crates");
+    assert_eq!(c["source"], "synthesized", "{c}");
+    assert_eq!(c["status"], "success");
+    assert_eq!(c["summary"], "built 3 crates");
+    // Without --conclusion (and no parent) a task records none.
+    let plain: serde_json::Value =
+        serde_json::from_str(&g.ok(&["spawn", "--wait", "--json", "echo plain"])).unwrap();
+    assert_eq!(plain["status"], "completed");
+    assert!(plain["conclusion"].is_null(), "{plain}");
+}
+
+/// retry tells a (non-shell) agent why the last attempt failed; relaunch and
+/// resume take overrides, and an invalid one changes nothing.
+#[test]
+fn retry_notice_and_overrides() {
+    let mut g = Grove::with_config(
+        "heartbeat_ms = 100\n[engines.echoer]\ncommand = [\"sh\", \"-c\", \"printf '%s\\\\n' \\\"$0\\\"; exit 3\", \"{prompt}\"]\n",
+    );
+    g.serve();
+    g.wait_primary();
+    let out = g.run(&["spawn", "-e", "echoer", "--wait", "do the thing"]);
+    assert_eq!(out.status.code(), Some(3));
+    let first = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("spawned ").map(str::to_string))
+        .unwrap();
+    let out = g.run(&["retry", &first, "--wait", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let second: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let prompt = second["prompt"].as_str().unwrap();
+    assert!(
+        prompt.starts_with("[grove: attempt 1 of this task ended failed (exit_code), exit code 3")
+            && prompt.ends_with("do the thing"),
+        "{prompt}"
+    );
+    // An unknown engine or a bad timeout: refused, the task unchanged.
+    let out = g.run(&["relaunch", &first, "-e", "no-such-engine"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = g.run(&["relaunch", &first, "--timeout", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(show(&g, &first)["engine"], "echoer");
+    assert_eq!(show(&g, &first)["status"], "failed");
+    // A new engine and prompt: the same id runs them.
+    g.ok(&[
+        "relaunch",
+        &first,
+        "-e",
+        "shell",
+        "--prompt",
+        "echo relaunched",
+        "--timeout",
+        "30",
+        "--wait",
+    ]);
+    let t = show(&g, &first);
+    assert_eq!(
+        (t["engine"].as_str(), t["status"].as_str()),
+        (Some("shell"), Some("completed"))
+    );
+    assert_eq!(t["timeout_ms"], 30_000);
+    // resume refuses a new engine; takes tags.
+    let long = g.ok(&["spawn", "sleep 60"]);
+    g.ok(&["pause", &long]);
+    g.ok(&["resume", &long, "--tag", "again"]);
+    assert_eq!(show(&g, &long)["tags"], serde_json::json!(["again"]));
+    g.ok(&["cancel", &long]);
+}
