@@ -16,7 +16,8 @@ pub enum Policy {
     All,
     /// Until one task finished; satisfied when a finished one completed.
     Any,
-    /// Until `n` tasks completed; unsatisfiable once too many failed.
+    /// Until `n` tasks ended, whatever their status (a failed one counts:
+    /// the caller learns what each one reached); satisfied then.
     Quorum(usize),
 }
 
@@ -48,16 +49,7 @@ fn decide(policy: Policy, tasks: &BTreeMap<String, Option<TaskRecord>>) -> Optio
     match policy {
         Policy::All => (done == tasks.len()).then_some(ok == tasks.len()),
         Policy::Any => (done > 0).then_some(ok > 0),
-        Policy::Quorum(n) => {
-            let still_possible = ok + (tasks.len() - done);
-            if ok >= n {
-                Some(true)
-            } else if still_possible < n {
-                Some(false)
-            } else {
-                None
-            }
-        }
+        Policy::Quorum(n) => (done >= n).then_some(true),
     }
 }
 
@@ -182,9 +174,11 @@ mod tests {
         assert_eq!(decide(Policy::All, &m), None);
         assert_eq!(decide(Policy::Any, &m), Some(true));
         assert_eq!(decide(Policy::Quorum(1), &m), Some(true));
-        assert_eq!(decide(Policy::Quorum(2), &m), None);
+        // A quorum counts ended tasks, a failed one too.
+        assert_eq!(decide(Policy::Quorum(2), &m), Some(true));
+        assert_eq!(decide(Policy::Quorum(3), &m), None);
         let m = map(vec![t(Failed), t(Running), t(Failed)]);
-        assert_eq!(decide(Policy::Quorum(2), &m), Some(false));
+        assert_eq!(decide(Policy::Quorum(2), &m), Some(true));
         let m = map(vec![t(Completed), None]);
         assert_eq!(decide(Policy::All, &m), Some(false));
     }

@@ -214,6 +214,17 @@ fn a_model_is_chosen_through_the_session_s_model_option_after_its_alias() {
 }
 
 #[test]
+fn mcp_inject_false_keeps_grove_s_own_server_out() {
+    let settings = "mcp_inject = false\n[mcp_servers.files]\ncommand = [\"/bin/true\"]\n";
+    let mut g = Grove::scripted_acp("ask", settings);
+    g.serve();
+    g.wait_primary();
+    let id = g.ok(&["spawn", "mcp", "-e", "scripted"]);
+    wait_status(&g, &id, "completed");
+    assert_eq!(message_text(&updates(&g, &id)), "mcp files");
+}
+
+#[test]
 fn configured_mcp_servers_reach_the_agent_s_session() {
     let settings = "[mcp_servers.files]\ncommand = [\"/bin/true\", \"--stdio\"]\n\
                     [mcp_servers.web]\nurl = \"http://127.0.0.1:9/mcp\"\n";
@@ -223,7 +234,8 @@ fn configured_mcp_servers_reach_the_agent_s_session() {
     let id = g.ok(&["spawn", "mcp", "-e", "scripted"]);
     wait_status(&g, &id, "completed");
     let u = updates(&g, &id);
-    assert_eq!(message_text(&u), "mcp files");
+    // grove's own server comes first (delegation), then the configured.
+    assert_eq!(message_text(&u), "mcp grove,files");
     // The agent takes no HTTP servers: said, not silently dropped.
     let notes: Vec<&str> = u
         .iter()

@@ -525,6 +525,10 @@ fn methods(full: bool) -> Vec<Method> {
             id: task_id(),
             conclusion: conclusion(full),
         },
+        Method::TaskAwait(await_spec(full)),
+        Method::TaskAwaitCancel {
+            parent_id: task_id(),
+        },
         Method::TaskPurge { id: task_id() },
         Method::TaskFinished(task_exit(full)),
         Method::TaskAgentUpdates(agent_updates(full)),
@@ -555,6 +559,8 @@ fn method_guard(m: &Method) -> &'static str {
         Method::TaskRetry { .. } => "task.retry",
         Method::TaskRelaunch { .. } => "task.relaunch",
         Method::TaskConclude { .. } => "task.conclude",
+        Method::TaskAwait(_) => "task.await",
+        Method::TaskAwaitCancel { .. } => "task.await_cancel",
         Method::TaskPurge { .. } => "task.purge",
         Method::TaskFinished(_) => "task.finished",
         Method::TaskAgentUpdates(_) => "task.agent_updates",
@@ -576,7 +582,40 @@ fn replies(full: bool) -> Vec<ReplyBody> {
         ReplyBody::Task(Box::new(if full { full_task() } else { min_task() })),
         ReplyBody::Deleted { id: task_id() },
         ReplyBody::Done {},
+        ReplyBody::Await(Box::new(await_record(full))),
     ]
+}
+
+fn await_spec(full: bool) -> AwaitSpec {
+    AwaitSpec {
+        parent_id: task_id(),
+        children: if full { vec![task_id()] } else { vec![] },
+        policy: if full {
+            AwaitPolicy::Quorum
+        } else {
+            AwaitPolicy::All
+        },
+        quorum: full.then_some(1),
+        timeout_ms: full.then_some(60_000),
+    }
+}
+
+fn await_record(full: bool) -> AwaitRecord {
+    AwaitRecord {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        parent_id: task_id(),
+        children: vec![task_id()],
+        policy: AwaitPolicy::Any,
+        quorum: 1,
+        created_at: 1_700_000_000_000,
+        deadline: 1_700_003_600_000,
+        state: if full {
+            AwaitState::Satisfied
+        } else {
+            AwaitState::Pending
+        },
+        settled_at: full.then_some(1_700_000_100_000),
+    }
 }
 
 fn reply_guard(b: &ReplyBody) -> &'static str {
@@ -586,6 +625,7 @@ fn reply_guard(b: &ReplyBody) -> &'static str {
         ReplyBody::Task(_) => "task",
         ReplyBody::Deleted { .. } => "deleted",
         ReplyBody::Done {} => "done",
+        ReplyBody::Await(_) => "await",
     }
 }
 
@@ -942,6 +982,35 @@ fn lists_and_limits_match() {
         assert_eq!(p.as_str(), *name);
     }
 
+    // Await policies and states: the lists are the constants.
+    assert_eq!(
+        AWAIT_POLICIES.iter().map(wire_name).collect::<Vec<_>>(),
+        s.names("await_policies"),
+        "AwaitPolicy vs schema.json await_policies"
+    );
+    assert_eq!(
+        AWAIT_STATES.iter().map(wire_name).collect::<Vec<_>>(),
+        s.names("await_states"),
+        "AwaitState vs schema.json await_states"
+    );
+    for p in AWAIT_POLICIES {
+        match p {
+            AwaitPolicy::All | AwaitPolicy::Any | AwaitPolicy::Quorum => {}
+        }
+        assert_eq!(AwaitPolicy::parse(p.as_str()), Some(*p));
+    }
+    for st in AWAIT_STATES {
+        match st {
+            AwaitState::Pending
+            | AwaitState::Satisfied
+            | AwaitState::Expired
+            | AwaitState::Cancelled
+            | AwaitState::Replaced
+            | AwaitState::Dropped => {}
+        }
+        assert_eq!(AwaitState::parse(st.as_str()), Some(*st));
+    }
+
     // The enums table points at the lists above.
     let enums: BTreeMap<&str, &str> = s
         .table("enums")
@@ -953,6 +1022,8 @@ fn lists_and_limits_match() {
         BTreeMap::from([
             ("ConclusionSource", "conclusion_sources"),
             ("ConclusionStatus", "conclusion_statuses"),
+            ("AwaitPolicy", "await_policies"),
+            ("AwaitState", "await_states"),
             ("ControlKind", "control_kinds"),
             ("ErrorCode", "error_codes"),
             ("ExitOutcome", "exit_outcomes"),
@@ -1075,6 +1146,8 @@ impl Target {
                 "WorktreeAsk" => roundtrip::<WorktreeAsk>(bytes),
                 "TaskChanges" => roundtrip::<TaskChanges>(bytes),
                 "Conclusion" => roundtrip::<Conclusion>(bytes),
+                "AwaitSpec" => roundtrip::<AwaitSpec>(bytes),
+                "AwaitRecord" => roundtrip::<AwaitRecord>(bytes),
                 other => panic!("no Rust type for record {other}"),
             },
             Target::Method(m) => Ok(roundtrip::<Request>(bytes)?["method"][m].clone()),
@@ -1135,6 +1208,16 @@ fn cases() -> Vec<Case> {
             "Conclusion",
             view(&conclusion(true)),
             view(&conclusion(false)),
+        ),
+        rec(
+            "AwaitSpec",
+            view(&await_spec(true)),
+            view(&await_spec(false)),
+        ),
+        rec(
+            "AwaitRecord",
+            view(&await_record(true)),
+            view(&await_record(false)),
         ),
         rec(
             "TaskChanges",

@@ -8,6 +8,7 @@
 //! 3 grove unavailable.
 
 mod autostart;
+mod awaits;
 mod config_cmd;
 mod events;
 mod live;
@@ -39,7 +40,7 @@ By purpose:
   members   serve, acp, mcp, status, events, stop
   tasks     spawn, list, show, wait, logs, progress, stats,
             cancel, pause, resume, retry, relaunch, delete, purge, task,
-            approve, deny, say, mode, close
+            approve, deny, say, mode, close, awaits
   worktrees diff, merge, discard, review
   setup     engines, personas, config, completions
   measure   demo, bench, chaos
@@ -222,6 +223,19 @@ enum Command {
         text: Option<String>,
         #[arg(long)]
         task: Option<String>,
+    },
+    /// Durable awaits: parents to be resumed with their children's
+    /// results (pending ones; --all: settled ones too), or --cancel one.
+    Awaits {
+        /// Settled awaits too (satisfied, expired, cancelled, replaced,
+        /// dropped), newest first.
+        #[arg(long)]
+        all: bool,
+        /// Cancel the pending await of this parent task.
+        #[arg(long, value_name = "PARENT")]
+        cancel: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Counts per status and the progress of running tasks.
     Stats {
@@ -513,6 +527,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             task,
         } => orchestrate::progress(&ctx, task, percent, text).await,
         Command::Stats { json } => orchestrate::stats(&ctx, json),
+        Command::Awaits { all, cancel, json } => awaits::run(&ctx, all, cancel, json).await,
         Command::Logs { id, follow } => orchestrate::logs(&ctx, &id, follow).await,
         Command::Engines { json } => orchestrate::engines(&ctx, json),
         Command::Personas { json } => orchestrate::personas(&ctx, json),

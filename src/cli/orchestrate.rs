@@ -98,7 +98,8 @@ pub struct WaitArgs {
     /// Return when any one task ends.
     #[arg(long, conflicts_with = "quorum")]
     pub any: bool,
-    /// Return when N tasks completed (or can no longer).
+    /// Return when N tasks ended, whatever their status (a failed one
+    /// counts); exit 0 then.
     #[arg(long, value_name = "N")]
     pub quorum: Option<usize>,
     /// Give up after this many seconds (exit 1).

@@ -38,6 +38,13 @@ pub struct EngineConfig {
     /// its own agent.
     #[serde(default)]
     pub shared: bool,
+    /// `cli` engines whose agent takes an MCP configuration on its command
+    /// line: appended with `{mcp_config}` replaced by the JSON
+    /// `{"mcpServers": {...}}` of grove's own server and the configured
+    /// `[mcp_servers]` (e.g. `["--mcp-config", "{mcp_config}"]`), unless
+    /// `mcp_inject = false`.
+    #[serde(default)]
+    pub mcp_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -76,6 +83,7 @@ fn engine(command: &[&str], model_args: &[&str]) -> EngineConfig {
         env: BTreeMap::new(),
         permissions: PermissionPolicy::Ask,
         shared: false,
+        mcp_args: Vec::new(),
     }
 }
 
@@ -112,7 +120,10 @@ pub fn builtin_engines() -> BTreeMap<String, EngineConfig> {
     m.insert("shell".into(), engine(&["sh", "-c", "{prompt}"], &[]));
     m.insert(
         "claude".into(),
-        engine(&["claude", "--print", "{prompt}"], &["--model", "{model}"]),
+        EngineConfig {
+            mcp_args: vec!["--mcp-config".into(), "{mcp_config}".into()],
+            ..engine(&["claude", "--print", "{prompt}"], &["--model", "{model}"])
+        },
     );
     m.insert(
         "gemini".into(),

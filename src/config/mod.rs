@@ -101,6 +101,11 @@ pub struct Config {
     /// `retry`: prepend a short notice of why the last attempt failed to
     /// the new attempt's prompt (never for the `shell` engine).
     pub retry_notice: bool,
+    /// Delegation: hand every agent grove's own MCP server (`grove mcp`,
+    /// with its task's id), beside `[mcp_servers]`: in an ACP session's
+    /// `session/new`, and on the command line of a CLI engine with
+    /// `mcp_args`.
+    pub mcp_inject: bool,
 }
 
 /// One MCP server for ACP agents: a command on stdio, or an HTTP url.
@@ -204,6 +209,7 @@ impl Default for Config {
             max_children: 16,
             conclusion_brief: true,
             retry_notice: true,
+            mcp_inject: true,
         }
     }
 }

@@ -9,8 +9,10 @@
 //! so the agent can correct itself; malformed arguments too (rmcp answers
 //! those as tool errors). Tools by area: `tasks.rs` (spawn, get, list,
 //! output, wait), `control.rs` (cancel, pause, resume, retry, relaunch,
-//! say, progress, conclude), `info.rs` (stats, engines, personas).
+//! say, progress, conclude), `info.rs` (stats, engines, personas),
+//! `awaits.rs` (await, awaits, await_cancel).
 
+mod awaits;
 mod control;
 mod info;
 mod tasks;
@@ -58,7 +60,8 @@ pub async fn serve(grove: Arc<dyn Grove>) -> Result<(), String> {
         caller,
         tool_router: GroveMcp::tasks_router()
             + GroveMcp::control_router()
-            + GroveMcp::info_router(),
+            + GroveMcp::info_router()
+            + GroveMcp::awaits_router(),
     };
     let running = server
         .serve(rmcp::transport::stdio())
@@ -74,7 +77,7 @@ pub async fn serve(grove: Arc<dyn Grove>) -> Result<(), String> {
 #[tool_handler(
     router = self.tool_router,
     name = "grove",
-    instructions = "grove runs agent tasks for this workspace. Delegate work with `spawn` (each task you spawn is your child), follow it with `get`, `list` (parent = \"self\"), `output`, and collect results with `wait`, which returns each task's conclusion. Steer with `say`, `cancel`, `pause`, `resume`, `retry`, `relaunch`. Inside a task, report with `progress` and `conclude`."
+    instructions = "grove runs agent tasks for this workspace. Delegate work with `spawn` (each task you spawn is your child), follow it with `get`, `list` (parent = \"self\"), `output`, and collect results with `wait` (blocking), which returns each task's conclusion, or — better for long work — `await` and end your turn: you are resumed with the results. Steer with `say`, `cancel`, `pause`, `resume`, `retry`, `relaunch`. Inside a task, report with `progress` and `conclude`."
 )]
 impl ServerHandler for GroveMcp {}
 

@@ -89,9 +89,10 @@ pub struct WaitParams {
     #[serde(default)]
     pub ids: Vec<String>,
     /// "all" (default): until every task ended; "any": until one ended;
-    /// "quorum": until `quorum` completed.
+    /// "quorum": until `quorum` ended (whatever their status: a failed
+    /// task counts).
     pub policy: Option<String>,
-    /// For policy "quorum": how many must complete.
+    /// For policy "quorum": how many must end.
     pub quorum: Option<usize>,
     /// Give up after this many seconds (default 600, at most 3600); the
     /// answer then says `timed_out`.
@@ -135,7 +136,7 @@ impl GroveMcp {
         reply(self.do_output(p).await)
     }
 
-    /// Block until tasks end (all, any, or a quorum completed) or the
+    /// Block until tasks end (all, any, or a quorum of them ended) or the
     /// timeout passes; returns each task with its conclusion.
     #[tool(name = "wait")]
     async fn wait(&self, Parameters(p): Parameters<WaitParams>) -> CallToolResult {

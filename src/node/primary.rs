@@ -441,6 +441,10 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
             Method::TaskRelaunch { id, changes, .. } | Method::TaskResume { id, changes, .. } => {
                 (id, changes)
             }
+            Method::TaskAwait(spec) => {
+                awaitable(&config, tx, &spec.parent_id)?;
+                return Ok(limits);
+            }
             _ => return Ok(limits),
         };
         // A missing task is the store's to refuse.
@@ -454,6 +458,31 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
         validate(&config, &root, &RunSpec::of_task(&task)).map_err(|e| invalid(e.to_string()))?;
         Ok(limits)
     })
+}
+
+/// A task may await its children only if its agent session can be
+/// resumed with their results: an ACP engine's (the shim keeps the session
+/// open while the await is pending). A missing task is the store's to
+/// refuse.
+fn awaitable(
+    config: &crate::config::Config,
+    tx: &rusqlite::Connection,
+    parent: &str,
+) -> Result<(), WireError> {
+    let Ok(Some(task)) = crate::store::read_task(tx, parent) else {
+        return Ok(());
+    };
+    let kind = config.engines.get(&task.spec.engine).map(|e| e.kind);
+    if kind == Some(crate::config::EngineKind::Acp) {
+        return Ok(());
+    }
+    Err(WireError::new(
+        ErrorCode::Conflict,
+        format!(
+            "task {parent} runs on engine '{}', which is not an acp engine: its agent cannot be resumed with results after its turn; use wait (blocking) instead of await",
+            task.spec.engine
+        ),
+    ))
 }
 
 /// Whether a new task gets a worktree (what it asked, else the `worktree`

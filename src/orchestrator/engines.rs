@@ -169,6 +169,10 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
     if spec.model.is_some() {
         argv.extend(e.model_args.iter().map(|a| fill(a)));
     }
+    if e.kind == EngineKind::Cli && config.mcp_inject && !e.mcp_args.is_empty() {
+        let mcp = mcp_config(config);
+        argv.extend(e.mcp_args.iter().map(|a| a.replace("{mcp_config}", &mcp)));
+    }
     argv.extend(spec.extra_args.iter().cloned());
     let mut env = e.env.clone();
     env.extend(spec.env.clone());
@@ -190,6 +194,7 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
             .iter()
             .map(|(name, m)| m.to_acp(name))
             .collect(),
+        inject_grove: config.mcp_inject,
     });
     Ok(Launch {
         argv,
@@ -198,6 +203,33 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
         work_dir,
         acp,
     })
+}
+
+/// The MCP configuration a CLI agent takes on its command line (Claude
+/// Code's `--mcp-config` form): grove's own server, which finds its task
+/// and workspace in the environment the shim gives the agent
+/// (`GROVE_TASK_ID`, `GROVE_WORKSPACE`), and the configured stdio servers
+/// (a CLI agent's HTTP support is not known, so those stay out).
+fn mcp_config(config: &Config) -> String {
+    let mut servers = serde_json::Map::new();
+    let grove = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "grove".into());
+    servers.insert(
+        "grove".into(),
+        serde_json::json!({ "command": grove, "args": ["mcp"] }),
+    );
+    for (name, m) in &config.mcp_servers {
+        if m.url.is_none() && !m.command.is_empty() {
+            servers.insert(
+                name.clone(),
+                serde_json::json!({
+                    "command": m.command[0], "args": &m.command[1..], "env": m.env,
+                }),
+            );
+        }
+    }
+    serde_json::json!({ "mcpServers": servers }).to_string()
 }
 
 /// Where the agent binaries of the presets come from.
@@ -600,7 +632,7 @@ mod tests {
         // A CLI engine gets the resolved name through its flag.
         t.spec.engine = "claude".into();
         let l = launch(&c, dir.path(), &t).unwrap();
-        assert_eq!(l.argv[3..], ["--model", "vendor-fast-2"]);
+        assert_eq!(l.argv[3..5], ["--model", "vendor-fast-2"]);
         // Only an acp engine can be shared.
         let mut odd = c.engines["claude"].clone();
         odd.shared = true;
@@ -634,6 +666,32 @@ mod tests {
     fn distance() {
         assert_eq!(edit_distance("claude", "claud"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn a_cli_engine_with_mcp_args_gets_grove_s_server_unless_turned_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = sample();
+        t.spec.engine = "claude".into();
+        let mut c = config();
+        c.mcp_servers.insert(
+            "files".into(),
+            crate::config::McpServerConfig {
+                command: vec!["files-mcp".into(), "--stdio".into()],
+                ..Default::default()
+            },
+        );
+        let argv = launch(&c, dir.path(), &t).unwrap().argv;
+        let at = argv
+            .iter()
+            .position(|a| a == "--mcp-config")
+            .expect("{argv:?}");
+        let mcp: serde_json::Value = serde_json::from_str(&argv[at + 1]).unwrap();
+        assert_eq!(mcp["mcpServers"]["grove"]["args"][0], "mcp", "{mcp}");
+        assert_eq!(mcp["mcpServers"]["files"]["command"], "files-mcp", "{mcp}");
+        c.mcp_inject = false;
+        let argv = launch(&c, dir.path(), &t).unwrap().argv;
+        assert!(!argv.iter().any(|a| a == "--mcp-config"), "{argv:?}");
     }
 
     fn sample() -> TaskRecord {

@@ -123,6 +123,11 @@ pub struct Orchestrator {
     /// Look again on the tick even without a change (the store was
     /// unreadable, or a start failed for a reason other than a full house).
     reschedule: bool,
+    /// The earliest deadline of a pending await (Unix ms), as last seen.
+    await_deadline: Option<u64>,
+    /// Settle the awaits once after taking over: their deadlines may have
+    /// passed while no primary ran.
+    settle_on_takeover: bool,
 }
 
 impl Orchestrator {
@@ -143,6 +148,8 @@ impl Orchestrator {
             unconfirmed: HashMap::new(),
             reader: Arc::new(Mutex::new(None)),
             reschedule: false,
+            await_deadline: None,
+            settle_on_takeover: true,
         }
     }
 
@@ -153,10 +160,13 @@ impl Orchestrator {
         loop {
             self.wake_controlled(wake.take_controlled());
             self.pass().await;
-            // With no run, only a committed change can give us work, so an
-            // idle primary sleeps until one arrives.
+            // With no run, only a committed change (or an await's deadline)
+            // can give us work, so an idle primary sleeps until one arrives.
             if self.runs.is_empty() && self.unconfirmed.is_empty() && !self.reschedule {
-                changed.notified().await;
+                tokio::select! {
+                    _ = changed.notified() => {}
+                    _ = until_ms(self.await_deadline) => {}
+                }
             } else {
                 let records = self
                     .runs
@@ -166,6 +176,7 @@ impl Orchestrator {
                     _ = changed.notified() => {}
                     _ = crate::fs_watch::any(records) => {}
                     _ = tokio::time::sleep(TICK) => {}
+                    _ = until_ms(self.await_deadline) => {}
                 }
             }
         }
@@ -223,6 +234,27 @@ impl Orchestrator {
         }
         let decision = decide::decide(&seen.facts);
         self.execute(decision, &seen.config).await;
+        self.settle_awaits(seen.await_deadline).await;
+    }
+
+    /// Fires the awaits whose deadline passed (and, once after a takeover,
+    /// any that are satisfied): a child's end fires its parent's await in
+    /// its own commit, so only time and a takeover need a pass.
+    async fn settle_awaits(&mut self, deadline: Option<u64>) {
+        let takeover = std::mem::take(&mut self.settle_on_takeover);
+        self.await_deadline = deadline;
+        let now = now_ms();
+        if deadline.is_none_or(|d| d > now && !takeover) {
+            return;
+        }
+        let rx = self.queue_internal(InternalOp::SettleAwaits { now });
+        if let Err(e) = reply(rx).await {
+            tracing::warn!("settling awaits: {e}");
+        }
+        // A deadline not due yet (a takeover's settle) still stands; the
+        // next one after a fired await is read by the next pass, soon.
+        self.await_deadline = deadline.filter(|d| *d > now);
+        self.reschedule = true;
     }
 
     /// Reaps shims of ours that exited (`waitpid` with `WNOHANG`).
@@ -549,6 +581,14 @@ impl Orchestrator {
 
 /// A store write on its way: its reply comes after COMMIT.
 type Pending = oneshot::Receiver<WriteResult>;
+
+/// Sleeps until the Unix-ms time `at` (forever when `None`).
+async fn until_ms(at: Option<u64>) {
+    match at {
+        Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+        None => std::future::pending().await,
+    }
+}
 
 async fn reply(rx: Pending) -> WriteResult {
     rx.await.map_err(|_| {

@@ -44,6 +44,9 @@ pub struct Seen {
     pub config: Arc<Config>,
     /// New output of each run, and where its log now ends.
     pub tails: Vec<(String, Tail)>,
+    /// The earliest deadline of a pending await (Unix ms): the pass that
+    /// sees it passed settles the awaits.
+    pub await_deadline: Option<u64>,
 }
 
 /// Gathers the facts of one pass. Blocking: call it off the event loop.
@@ -86,6 +89,7 @@ pub fn look(l: Look) -> Seen {
         facts,
         config,
         tails,
+        await_deadline: reader.read(|r| r.next_await_deadline()).flatten(),
     }
 }
 

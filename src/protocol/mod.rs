@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 mod agent;
+mod awaits;
 mod codec;
 mod conclusion;
 mod error;
@@ -25,6 +26,7 @@ mod task;
 mod wire_form;
 
 pub use agent::{AgentUpdate, AgentUpdates, ControlKind, PermissionPolicy, TaskControl};
+pub use awaits::{AWAIT_POLICIES, AWAIT_STATES, AwaitPolicy, AwaitRecord, AwaitSpec, AwaitState};
 pub use codec::{
     RequestHead, decode, decode_request, encode, oversized_request_id, request_digest,
 };
@@ -33,7 +35,7 @@ pub use conclusion::{
 };
 pub use error::{DecodeError, ERROR_CODES, ErrorCode, WireError};
 pub use event::{Event, EventData, TOPICS};
-pub use route::{AgentOp, Local, Route, TaskOp};
+pub use route::{AgentOp, AwaitOp, Local, Route, TaskOp};
 pub use task::{
     ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, TASK_STATUSES, TaskChanges, TaskExit,
     TaskRecord, TaskSpec, TaskStatus, Worktree, WorktreeAsk, finished_request_id,
@@ -151,6 +153,14 @@ pub enum Method {
     /// output holds a conclusion block of its own.
     #[serde(rename = "task.conclude")]
     TaskConclude { id: String, conclusion: Conclusion },
+    /// Records a parent task's durable await of its children (replacing
+    /// its pending one); the parent is resumed exactly once when enough of
+    /// them ended or the deadline passed.
+    #[serde(rename = "task.await")]
+    TaskAwait(AwaitSpec),
+    /// Cancels a parent's pending await.
+    #[serde(rename = "task.await_cancel")]
+    TaskAwaitCancel { parent_id: String },
     /// Deletes a finished task and its log files; purging a missing task
     /// succeeds (idempotent).
     #[serde(rename = "task.purge")]
@@ -196,6 +206,8 @@ pub const METHOD_NAMES: &[&str] = &[
     "task.retry",
     "task.relaunch",
     "task.conclude",
+    "task.await",
+    "task.await_cancel",
     "task.purge",
     "task.finished",
     "task.agent_updates",
@@ -227,6 +239,8 @@ impl Method {
             Method::TaskRetry { .. } => "task.retry",
             Method::TaskRelaunch { .. } => "task.relaunch",
             Method::TaskConclude { .. } => "task.conclude",
+            Method::TaskAwait(_) => "task.await",
+            Method::TaskAwaitCancel { .. } => "task.await_cancel",
             Method::TaskPurge { .. } => "task.purge",
             Method::TaskFinished(_) => "task.finished",
             Method::TaskAgentUpdates(_) => "task.agent_updates",
@@ -298,6 +312,8 @@ pub enum ReplyBody {
     Deleted { id: String },
     #[serde(rename = "done")]
     Done {},
+    #[serde(rename = "await")]
+    Await(Box<AwaitRecord>),
 }
 
 /// Who the primary is, as answered to `ping`.

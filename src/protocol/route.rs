@@ -5,8 +5,8 @@
 //! answer a method that can never reach it.
 
 use super::{
-    AgentUpdates, Conclusion, FailureReason, MemberInfo, Method, NewTask, TaskChanges, TaskControl,
-    TaskExit, TaskStatus,
+    AgentUpdates, AwaitSpec, Conclusion, FailureReason, MemberInfo, Method, NewTask, TaskChanges,
+    TaskControl, TaskExit, TaskStatus,
 };
 
 /// Where a method is answered, with its parameters borrowed.
@@ -23,6 +23,15 @@ pub enum Route<'a> {
     /// On the store thread: an ACP agent's conversation (its updates, the
     /// controls that steer it).
     Agent(AgentOp<'a>),
+    /// On the store thread: a parent's durable await of its children.
+    Await(AwaitOp<'a>),
+}
+
+/// An operation on a parent's await.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AwaitOp<'a> {
+    Create(&'a AwaitSpec),
+    Cancel { parent_id: &'a str },
 }
 
 /// An operation on an ACP task's conversation.
@@ -149,6 +158,8 @@ impl Method {
             Method::TaskFinished(exit) => Route::Task(TaskOp::Finished(exit)),
             Method::TaskAgentUpdates(batch) => Route::Agent(AgentOp::Updates(batch)),
             Method::TaskControl(ctl) => Route::Agent(AgentOp::Control(ctl)),
+            Method::TaskAwait(spec) => Route::Await(AwaitOp::Create(spec)),
+            Method::TaskAwaitCancel { parent_id } => Route::Await(AwaitOp::Cancel { parent_id }),
         }
     }
 

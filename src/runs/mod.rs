@@ -74,6 +74,10 @@ pub struct AcpSpec {
     /// ACP `McpServer`s for `session/new`.
     #[serde(default)]
     pub mcp_servers: Vec<serde_json::Value>,
+    /// Add grove's own MCP server (`grove mcp` for this task) to the
+    /// session, unless `mcp_servers` already has one named `grove`.
+    #[serde(default)]
+    pub inject_grove: bool,
     /// The engine is `shared`: the session is opened on the agent host's
     /// agent (started if none runs) instead of an agent of the shim's own.
     #[serde(default)]

@@ -252,6 +252,25 @@ impl Reader {
         rows::get(&self.conn, id)
     }
 
+    /// Pending awaits (and, with `all`, settled ones too), newest first.
+    pub fn awaits(
+        &self,
+        all: bool,
+        limit: usize,
+    ) -> Result<Vec<crate::protocol::AwaitRecord>, StoreError> {
+        Ok(tasks::awaits::list(&self.conn, all, limit)?)
+    }
+
+    /// The earliest deadline of a pending await, Unix milliseconds.
+    pub fn next_await_deadline(&self) -> Result<Option<u64>, StoreError> {
+        Ok(tasks::awaits::next_deadline(&self.conn)?)
+    }
+
+    /// Whether the task has a pending await (its shim keeps the session).
+    pub fn is_awaiting(&self, task_id: &str) -> Result<bool, StoreError> {
+        Ok(tasks::awaits::is_awaiting(&self.conn, task_id)?)
+    }
+
     /// The tasks `ids` (`None`: no such task) and the seq of the last event
     /// they reflect, read in one transaction: every write commits its task
     /// rows and its events together, so following the events after that seq

@@ -133,6 +133,24 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN conclusion TEXT;
     CREATE INDEX tasks_parent ON tasks (parent_id) WHERE parent_id IS NOT NULL;
     "#,
+    // v9: durable awaits. A parent's intent to be resumed with its
+    // children's results: one pending row per parent, kept after it fires
+    // (state, settled_at) for `grove awaits --all`, deleted with its parent.
+    r#"
+    CREATE TABLE awaits (
+        id TEXT PRIMARY KEY,
+        parent_id TEXT NOT NULL,
+        children TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        quorum INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        deadline INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        settled_at INTEGER
+    );
+    CREATE UNIQUE INDEX awaits_pending ON awaits (parent_id) WHERE state = 'pending';
+    CREATE INDEX awaits_deadline ON awaits (deadline) WHERE state = 'pending';
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -534,6 +534,7 @@ fn apply(
         Route::Session { id, cwd } => session(tx, epoch, id, cwd, ctx.events),
         Route::Task(op) => super::tasks::apply(&mut ctx, op),
         Route::Agent(op) => super::agent::apply(&mut ctx, op),
+        Route::Await(op) => super::tasks::apply_await(&mut ctx, op),
         // Routed to the event loop, which never queues it here.
         Route::Local(_) => Err(not_a_write()),
     }

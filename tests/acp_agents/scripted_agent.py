@@ -19,6 +19,11 @@ words of the prompt, never from the order of requests:
   turns          says how many prompts this session has had
   pid            says the agent's process id
   inits          says how many times the agent was initialized
+  delegate       through grove's MCP server (from session/new): spawns the
+                 children listed in delegate.json in its cwd, awaits them
+                 (policy and quorum from the file) and ends its turn
+  [grove: ...    (a resumption with delegated results) appends one line to
+                 resumed.log in its cwd and says "resumed" and the text
 (a prompt that starts with "Continue" says "continued")
 
 Usage: python3 scripted_agent.py
@@ -69,6 +74,8 @@ class Scripted:
         self.cwd[sid] = cwd
         self.model[sid] = "fast"
         self.mcp[sid] = [getattr(m, "name", "?") for m in (mcp_servers or [])]
+        self.servers = getattr(self, "servers", {})
+        self.servers[sid] = list(mcp_servers or [])
         modes = schema.SessionModeState(
             current_mode_id="default",
             available_modes=[
@@ -105,6 +112,16 @@ class Scripted:
         await self.conn.session_update(session_id=session_id, update=update_current_mode(mode_id))
         return schema.SetSessionModeResponse()
 
+    async def delegate(self, sid):
+        import json
+
+        with open(os.path.join(self.cwd[sid], "delegate.json")) as f:
+            plan = json.load(f)
+        server = next((m for m in self.servers[sid] if getattr(m, "name", "") == "grove"), None)
+        if server is None:
+            return "no grove MCP server in session/new"
+        return await _delegate(server, plan)
+
     async def cancel(self, session_id, **kw):
         self.cancelled[session_id] = True
 
@@ -119,6 +136,15 @@ class Scripted:
         self.turns[sid] = self.turns.get(sid, 0) + 1
         if text.startswith("Continue"):
             await self.say(sid, "continued")
+        elif text.startswith("[grove:"):
+            with open(os.path.join(self.cwd[sid], "resumed.log"), "a") as f:
+                f.write(text.replace("\n", " ") + "\n")
+            await self.say(sid, "resumed " + text)
+        elif "delegate" in words:
+            try:
+                await self.say(sid, await self.delegate(sid))
+            except Exception as e:
+                await self.say(sid, f"delegate failed: {e!r}")
         elif "model" in words:
             await self.say(sid, f"model {self.model[sid]}")
         elif "mcp" in words:
@@ -209,6 +235,35 @@ class Scripted:
         else:
             await self.say(sid, f"unknown script: {text}")
         return schema.PromptResponse(stop_reason="end_turn")
+
+
+async def _delegate(server, plan):
+    # The official MCP Python SDK as grove's MCP client, on the stdio
+    # server that session/new named.
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    env = dict(os.environ)
+    for e in getattr(server, "env", None) or []:
+        env[e.name] = e.value
+    params = StdioServerParameters(command=server.command, args=list(server.args or []), env=env)
+    async with stdio_client(params) as (r, w):
+        async with ClientSession(r, w) as s:
+            await s.initialize()
+            ids = []
+            for prompt in plan["children"]:
+                got = await s.call_tool("spawn", {"prompt": prompt, "engine": "shell"})
+                if got.is_error:
+                    return f"spawn refused: {got.content[0].text}"
+                ids.append(got.structured_content["id"])
+            args = {"ids": ids, "policy": plan.get("policy", "all")}
+            for key in ("quorum", "timeout_seconds"):
+                if key in plan:
+                    args[key] = plan[key]
+            got = await s.call_tool("await", args)
+            if got.is_error:
+                return f"await refused: {got.content[0].text}"
+            return "awaiting " + " ".join(ids)
 
 
 async def main():

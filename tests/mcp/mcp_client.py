@@ -22,7 +22,7 @@ passed, failed = 0, 0
 TOOLS = {
     "spawn", "get", "list", "output", "wait", "cancel", "pause", "resume",
     "retry", "relaunch", "say", "progress", "conclude", "stats", "engines",
-    "personas",
+    "personas", "await", "awaits", "await_cancel",
 }
 
 
@@ -133,7 +133,10 @@ async def tools(s, g):
     check(retried["id"] != long["id"] and retried["prompt"] == "sleep 60", "retry: a new task, a shell prompt unchanged")
     await g.call("cancel", {"id": retried["id"]})
 
-    for tool, args in (("progress", {"percent": 5}), ("conclude", {"status": "success", "summary": "x"})):
+    listed = await g.call("awaits", {"all": True})
+    check(listed["awaits"] == [], f"no awaits yet: {listed}")
+    for tool, args in (("progress", {"percent": 5}), ("conclude", {"status": "success", "summary": "x"}),
+                       ("await", {}), ("await_cancel", {})):
         why = await g.refused(tool, args)
         check("GROVE_TASK_ID" in why, f"{tool} outside a task: {why}")
     why = await g.refused("wait", {})
@@ -165,6 +168,12 @@ async def children(s, g):
     check(mine["conclusion"]["source"] == "reported", "conclude my own task")
     why = await g.refused("conclude", {"status": "great", "summary": "x"})
     check("one of" in why, f"conclude with a bad status: {why}")
+    why = await g.refused("await", {"ids": [slow["id"]]})
+    check("not an acp engine" in why and "wait" in why, f"a shell task cannot await: {why}")
+    why = await g.refused("await", {"ids": [slow["id"]], "policy": "most"})
+    check("one of all, any, quorum" in why, f"await with a bad policy: {why}")
+    why = await g.refused("await_cancel", {})
+    check("no pending await" in why, f"await_cancel with nothing pending: {why}")
     print(json.dumps({"slow": slow["id"], "quick": quick["id"]}), flush=True)
 
 

@@ -134,7 +134,7 @@ pub(super) async fn supervise(
         work_dir: spec.work_dir.clone(),
         prompt: acp.prompt.clone(),
         model: acp.model.clone(),
-        mcp_servers: acp.mcp_servers.clone(),
+        mcp_servers: session_mcp_servers(ws, spec, acp),
     };
     let conversation = tokio::spawn(conversation::converse(lines, session.clone(), turn));
     let talking = conversation.abort_handle();
@@ -353,6 +353,33 @@ fn shared_gone(
             log.display()
         )),
     }
+}
+
+/// The MCP servers of the session: the configured ones, and grove's own
+/// (`grove mcp` run as this task, so that what the agent spawns is this
+/// task's child and `await` resumes this session) unless turned off or
+/// configured under the name `grove` already.
+fn session_mcp_servers(ws: &Workspace, spec: &ShimSpec, acp: &AcpSpec) -> Vec<serde_json::Value> {
+    let mut servers = acp.mcp_servers.clone();
+    if acp.inject_grove && !servers.iter().any(|s| s["name"] == "grove") {
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "grove".into());
+        let root = ws.root.display().to_string();
+        servers.insert(
+            0,
+            serde_json::json!({
+                "name": "grove",
+                "command": exe,
+                "args": ["mcp"],
+                "env": [
+                    {"name": "GROVE_TASK_ID", "value": spec.task_id},
+                    {"name": "GROVE_WORKSPACE", "value": root},
+                ],
+            }),
+        );
+    }
+    servers
 }
 
 /// What the watch of a conversation refers to.

@@ -72,6 +72,17 @@ pub struct Controls {
     pub last: Mutex<u64>,
 }
 
+impl Controls {
+    /// Whether the task awaits its children (`task.await`): its session
+    /// stays open after the turn, to be resumed with their results, even
+    /// when it does not keep it otherwise. Unreadable counts as no.
+    fn awaiting(&self) -> bool {
+        crate::store::Reader::open(&self.db)
+            .and_then(|r| r.is_awaiting(&self.task_id))
+            .unwrap_or(false)
+    }
+}
+
 /// A permission request the policy did not answer: it waits, without
 /// holding the connection's dispatch loop, for `grove approve`/`deny` (or
 /// the permission timeout).
@@ -307,6 +318,11 @@ impl Session {
     /// a stale report from a current one.
     pub async fn between_turns(&self) -> Next {
         loop {
+            // Read before the controls: an await fires by writing the
+            // parent's follow-up and retiring itself in one commit, so
+            // either the await is still seen here or its follow-up is
+            // among the controls read next — never neither.
+            let awaiting = !self.keep && self.controls.awaiting();
             self.apply_controls();
             if self.closing.load(Ordering::SeqCst) {
                 self.set_idle(false);
@@ -321,12 +337,16 @@ impl Session {
                 if self.resume_pending.swap(false, Ordering::SeqCst) {
                     return Next::Turn(CONTINUE.to_string());
                 }
-                if !self.keep {
+                if !self.keep && !awaiting {
                     return Next::End;
                 }
                 if self.idle_since().is_none() {
                     let seen = *self.controls.last.lock().unwrap_or_else(|p| p.into_inner());
-                    self.note("idle: waiting for grove say or grove close");
+                    self.note(if awaiting {
+                        "idle: awaiting the results of delegated tasks"
+                    } else {
+                        "idle: waiting for grove say or grove close"
+                    });
                     self.outbox
                         .push_now(super::IDLE, json!({"controlsSeen": seen}));
                     self.set_idle(true);

@@ -55,7 +55,18 @@ pub(super) fn transition(c: &mut Ctx<'_>, task: TaskRecord, change: Change) -> R
 pub(super) fn set_status(c: &mut Ctx<'_>, task: TaskRecord, change: Change) -> Res {
     check_transition(task.status, change.to)
         .map_err(|m| refused(ErrorCode::Conflict, format!("task {}: {m}", task.id)))?;
-    save(c, with_status(task, change))
+    let (id, parent) = (task.id.clone(), task.spec.parent_id.clone());
+    let saved = save(c, with_status(task, change))?;
+    // A durable await sees every child's end in the child's own commit.
+    if change.to.is_terminal()
+        && let Some(parent) = parent
+    {
+        super::awaits::child_ended(c, &parent, &id)?;
+    }
+    if change.to == TaskStatus::Cancelled {
+        super::awaits::parent_gone(c, &id)?;
+    }
+    Ok(saved)
 }
 
 /// Applies a status change and its side fields (timestamps, exit code).

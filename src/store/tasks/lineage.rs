@@ -299,6 +299,12 @@ pub(super) fn delete(c: &mut Ctx<'_>, task: &TaskRecord) -> Res {
     // its dependents stay satisfied (purging history must not fail work).
     c.tx.prepare_cached("DELETE FROM task_deps WHERE task_id = ?1")?
         .execute([&task.id])?;
+    // Its awaits go with it; an await of its parent counts it as ended.
+    c.tx.prepare_cached("DELETE FROM awaits WHERE parent_id = ?1")?
+        .execute([&task.id])?;
+    if let Some(parent) = &task.spec.parent_id {
+        super::awaits::child_ended(c, parent, &task.id)?;
+    }
     if task.status == TaskStatus::Completed {
         c.tx.prepare_cached("DELETE FROM task_deps WHERE dep_id = ?1")?
             .execute([&task.id])?;

@@ -14,6 +14,7 @@
 //! - `change`: one task's change checked and saved (the only writer of
 //!   `task.updated`).
 
+pub mod awaits;
 mod change;
 mod graph;
 mod lineage;
@@ -77,6 +78,9 @@ pub enum InternalOp {
     Lost { id: String, run_id: String },
     /// The run's supervisor never started: back to the queue.
     Requeue { id: String, run_id: String },
+    /// Fires the pending awaits that are satisfied or past their deadline
+    /// (at a deadline, and once after each promotion).
+    SettleAwaits { now: u64 },
 }
 
 impl InternalOp {
@@ -89,6 +93,7 @@ impl InternalOp {
             InternalOp::SetPid { id, run_id, .. } => format!("{prefix}set_pid:{id}:{run_id}"),
             InternalOp::Lost { id, run_id } => format!("{prefix}lost:{id}:{run_id}"),
             InternalOp::Requeue { id, run_id } => format!("{prefix}requeue:{id}:{run_id}"),
+            InternalOp::SettleAwaits { .. } => format!("{prefix}settle_awaits"),
         }
     }
 }
@@ -226,7 +231,16 @@ pub(super) fn apply_internal(c: &mut Ctx<'_>, op: &InternalOp) -> Res {
                 Change::failing(TaskStatus::Failed, FailureReason::Lost),
             )
         }
+        InternalOp::SettleAwaits { now } => {
+            awaits::settle_due(c, *now, 1000)?;
+            Ok(Ok(ReplyBody::Done {}))
+        }
     }
+}
+
+/// A parent's await (`task.await`, `task.await_cancel`).
+pub(super) fn apply_await(c: &mut Ctx<'_>, op: crate::protocol::AwaitOp<'_>) -> Res {
+    awaits::apply(c, op)
 }
 
 /// The task, which must have finished for `verb` to apply to it.
