@@ -14,10 +14,13 @@ mod live;
 mod mcp;
 mod orchestrate;
 mod rerun;
+mod run;
+mod run_view;
 mod status;
 mod steer;
 mod stop;
 mod task;
+mod task_args;
 mod worktree;
 
 use crate::client::ClientError;
@@ -37,7 +40,7 @@ const HELP_TEMPLATE: &str = "\
 
 By purpose:
   members   serve, acp, mcp, status, events, stop
-  tasks     spawn, list, show, wait, logs, progress, stats,
+  tasks     run, spawn, list, show, wait, logs, progress, stats,
             cancel, pause, resume, retry, relaunch, delete, purge, task,
             approve, deny, say, mode, close
   worktrees diff, merge, discard, review
@@ -120,6 +123,10 @@ enum Command {
         after_help = "Examples:\n  grove spawn 'make test' --tag ci\n  grove spawn 'fix the failing test' -e claude -m sonnet --wait\n  grove spawn 'deploy' --dep 3f2a --timeout 600"
     )]
     Spawn(orchestrate::SpawnArgs),
+    /// Run one task and stream what it does to stdout; exit with its exit
+    /// code (125-127 and 130: grove's own, see below).
+    #[command(after_help = run::RUN_AFTER_HELP)]
+    Run(run::RunArgs),
     /// List tasks (filters: --status, --tag, --text, --session).
     #[command(alias = "tasks")]
     List(task::ListArgs),
@@ -464,6 +471,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Stop { json } => stop::run(&ctx, json).await,
         Command::Task(cmd) => task::run(&ctx, cmd).await,
         Command::Spawn(a) => orchestrate::spawn(&ctx, a).await,
+        Command::Run(a) => run::run(&ctx, a).await,
         Command::List(args) => task::list(&ctx, args),
         Command::Show { id, json } => task::show(&ctx, &id, json),
         Command::Wait(a) => orchestrate::wait(&ctx, a).await,
