@@ -114,7 +114,7 @@ fn an_acp_agent_streams_its_message_and_tool_calls_in_each_format() {
     let o = run(&g, &["-e", "scripted", "edit f.txt"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = stdout(&o);
-    let tool = format!("[tool] Write f.txt (edit) completed");
+    let tool = "[tool] Write f.txt (edit) completed";
     assert!(text.lines().any(|l| l == tool), "{text}");
     assert!(text.ends_with("edited\n"), "{text}");
 

@@ -5,7 +5,8 @@
 //! Exit codes: 0 ok; 1 the operation failed (refused, task failed);
 //! 2 usage or configuration error, or a workspace grove refuses to use
 //! (another user's `.grove`, config or store; an emptied store);
-//! 3 grove unavailable.
+//! 3 grove unavailable. `grove run` exits with its task's own code and keeps
+//! grove's failures apart (125-127, 130: see `run.rs`).
 
 mod autostart;
 mod config_cmd;

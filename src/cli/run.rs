@@ -389,7 +389,7 @@ fn explain(t: &TaskRecord, code: i32, engine: &str) {
         EXIT_OK | EXIT_INTERRUPTED => {}
         EXIT_CANNOT_START => {
             errln!(
-                "grove: engine '{engine}' could not start task {}: {why}",
+                "grove: engine '{engine}' could not start task {0}: {why} (what it wrote: `grove logs {0}`)",
                 t.id
             )
         }
