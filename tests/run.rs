@@ -374,3 +374,12 @@ fn a_second_ctrl_c_exits_at_once_and_leaves_the_task_cancelling() {
         gone(pid).then_some(())
     });
 }
+
+#[test]
+fn grove_failing_is_125_whatever_the_task_would_have_done() {
+    // No member runs and none may be started (the harness forbids autostart).
+    let g = Grove::new();
+    let o = run(&g, &["exit 0"]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(stderr(&o).starts_with("grove: "), "{}", stderr(&o));
+}

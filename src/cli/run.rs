@@ -162,35 +162,8 @@ async fn run_task(ctx: &Context, args: RunArgs) -> Result<i32, CliError> {
         view,
         gaps: 0,
     };
-    loop {
-        if follow.task.status.is_terminal() {
-            break;
-        }
-        tokio::select! {
-            event = sub.events.recv() => {
-                let Some(event) = event else {
-                    return Err(CliError::Unavailable("the event stream ended".into()));
-                };
-                if sub.health.pruned_gaps() != follow.gaps {
-                    follow.gaps = sub.health.pruned_gaps();
-                    follow.resync()?;
-                }
-                if !follow.on_event(event.data) {
-                    errln!("grove: task {} was deleted while it ran", follow.task.id);
-                    return Ok(EXIT_FAILED);
-                }
-            }
-            _ = interrupt.signal.recv() => {
-                if interrupt.pressed {
-                    return Ok(interrupt.again(Some(&follow.task.id)));
-                }
-                interrupt.pressed = true;
-                let id = follow.task.id.clone();
-                if !cancel(ctx, &id, &mut interrupt, &mut follow.view).await {
-                    return Ok(interrupt.again(Some(&id)));
-                }
-            }
-        }
+    if let Some(code) = follow.to_the_end(&mut sub, &mut interrupt).await? {
+        return Ok(code);
     }
     let Follow { task, mut view, .. } = follow;
     if task.status == TaskStatus::Cancelled && !run_gone(ctx, &task, &mut interrupt).await {
@@ -312,6 +285,44 @@ struct Follow<'a> {
 }
 
 impl Follow<'_> {
+    /// Follows the task until it ended. `Some(code)`: the command ends
+    /// now without it (a second Ctrl-C, the task deleted).
+    async fn to_the_end(
+        &mut self,
+        sub: &mut crate::subscriber::Subscription,
+        interrupt: &mut Interrupt,
+    ) -> Result<Option<i32>, CliError> {
+        while !self.task.status.is_terminal() {
+            tokio::select! {
+                event = sub.events.recv() => {
+                    let Some(event) = event else {
+                        return Err(CliError::Unavailable("the event stream ended".into()));
+                    };
+                    let mut exists = true;
+                    if sub.health.pruned_gaps() != self.gaps {
+                        self.gaps = sub.health.pruned_gaps();
+                        exists = self.resync()?;
+                    }
+                    if !exists || !self.on_event(event.data) {
+                        errln!("grove: task {} was deleted while it ran", self.task.id);
+                        return Ok(Some(EXIT_FAILED));
+                    }
+                }
+                _ = interrupt.signal.recv() => {
+                    let id = self.task.id.clone();
+                    if interrupt.pressed {
+                        return Ok(Some(interrupt.again(Some(&id))));
+                    }
+                    interrupt.pressed = true;
+                    if !cancel(self.ctx, &id, interrupt, &mut self.view).await {
+                        return Ok(Some(interrupt.again(Some(&id))));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// One event of the stream; false when the task was deleted.
     fn on_event(&mut self, data: EventData) -> bool {
         let ws = &self.ctx.ws;
@@ -351,18 +362,14 @@ impl Follow<'_> {
     }
 
     /// The stream lost events this follower needed (it fell behind the
-    /// store's retention): the task as it is now.
-    fn resync(&mut self) -> Result<(), CliError> {
+    /// store's retention): the task as it is now; false when it was
+    /// deleted.
+    fn resync(&mut self) -> Result<bool, CliError> {
         match self.ctx.reader()?.task(&self.task.id)? {
             Some(t) => self.changed(t),
-            None => {
-                return Err(CliError::Failed(format!(
-                    "task {} was deleted while it ran",
-                    self.task.id
-                )));
-            }
+            None => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
