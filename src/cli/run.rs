@@ -162,7 +162,7 @@ async fn run_task(ctx: &Context, args: RunArgs) -> Result<i32, CliError> {
         view,
         gaps: 0,
     };
-    if let Some(code) = follow.to_the_end(&mut sub, &mut interrupt).await? {
+    if let Some(code) = follow.until_ended(&mut sub, &mut interrupt).await? {
         return Ok(code);
     }
     let Follow { task, mut view, .. } = follow;
@@ -287,7 +287,7 @@ struct Follow<'a> {
 impl Follow<'_> {
     /// Follows the task until it ended. `Some(code)`: the command ends
     /// now without it (a second Ctrl-C, the task deleted).
-    async fn to_the_end(
+    async fn until_ended(
         &mut self,
         sub: &mut crate::subscriber::Subscription,
         interrupt: &mut Interrupt,
