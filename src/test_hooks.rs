@@ -69,3 +69,17 @@ pub fn merge_prepared() {
         std::thread::sleep(Duration::from_millis(ms));
     }
 }
+
+/// Set in a `grove run`'s environment: it waits this many milliseconds
+/// after its task was created and before it takes the reply, so that a test
+/// can press Ctrl-C while the task exists but its id is not known yet.
+pub const RUN_CREATED_STALL_ENV: &str = "GROVE_TEST_RUN_CREATED_STALL_MS";
+
+/// Called by `grove run` when its task.create returned.
+pub fn run_created_stall() -> Option<Duration> {
+    let ms = std::env::var(RUN_CREATED_STALL_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())?;
+    crate::output::stderr_fmt(format_args!("test hook: task created, stalling {ms} ms\n"));
+    Some(Duration::from_millis(ms))
+}

@@ -5,7 +5,8 @@
 //! Exit codes: 0 ok; 1 the operation failed (refused, task failed);
 //! 2 usage or configuration error, or a workspace grove refuses to use
 //! (another user's `.grove`, config or store; an emptied store);
-//! 3 grove unavailable.
+//! 3 grove unavailable. `grove run` exits with its task's own code and keeps
+//! grove's failures apart (125-127, 130: see `run.rs`).
 
 mod autostart;
 mod awaits;
@@ -15,10 +16,13 @@ mod live;
 mod mcp;
 mod orchestrate;
 mod rerun;
+mod run;
+mod run_view;
 mod status;
 mod steer;
 mod stop;
 mod task;
+mod task_args;
 mod worktree;
 
 use crate::client::ClientError;
@@ -38,7 +42,7 @@ const HELP_TEMPLATE: &str = "\
 
 By purpose:
   members   serve, acp, mcp, status, events, stop
-  tasks     spawn, list, show, wait, logs, progress, stats,
+  tasks     run, spawn, list, show, wait, logs, progress, stats,
             cancel, pause, resume, retry, relaunch, delete, purge, task,
             approve, deny, say, mode, close, awaits
   worktrees diff, merge, discard, review
@@ -121,6 +125,10 @@ enum Command {
         after_help = "Examples:\n  grove spawn 'make test' --tag ci\n  grove spawn 'fix the failing test' -e claude -m sonnet --wait\n  grove spawn 'deploy' --dep 3f2a --timeout 600"
     )]
     Spawn(orchestrate::SpawnArgs),
+    /// Run one task and stream what it does to stdout; exit with its exit
+    /// code (125-127 and 130: grove's own, see below).
+    #[command(after_help = run::RUN_AFTER_HELP)]
+    Run(run::RunArgs),
     /// List tasks (filters: --status, --tag, --text, --session).
     #[command(alias = "tasks")]
     List(task::ListArgs),
@@ -478,6 +486,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Stop { json } => stop::run(&ctx, json).await,
         Command::Task(cmd) => task::run(&ctx, cmd).await,
         Command::Spawn(a) => orchestrate::spawn(&ctx, a).await,
+        Command::Run(a) => run::run(&ctx, a).await,
         Command::List(args) => task::list(&ctx, args),
         Command::Show { id, json } => task::show(&ctx, &id, json),
         Command::Wait(a) => orchestrate::wait(&ctx, a).await,

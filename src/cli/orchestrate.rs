@@ -3,86 +3,27 @@
 
 use super::task::{one_line, resolve_id};
 use super::{CliError, Context, EXIT_FAILED, EXIT_OK, print_json};
-use crate::protocol::{Method, NewTask, ReplyBody, TaskRecord, TaskStatus, WorktreeAsk};
+use crate::protocol::{Method, ReplyBody, TaskRecord, TaskStatus};
 use crate::waiter::Policy;
 use clap::Args;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct SpawnArgs {
-    /// What the agent should do (for the `shell` engine: a shell command).
-    #[arg(required_unless_present = "prompt_file")]
-    pub prompt: Option<String>,
-    /// Read the prompt from FILE (`-`: standard input), for prompts too long
-    /// for the command line.
-    #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
-    pub prompt_file: Option<std::path::PathBuf>,
-    /// Engine to run it with (see `grove engines`); default from config.
-    #[arg(long, short = 'e')]
-    pub engine: Option<String>,
-    #[arg(long, short = 'm')]
-    pub model: Option<String>,
-    /// Working directory (default: the workspace).
-    #[arg(long)]
-    pub workdir: Option<String>,
-    /// A persona from the personas dir, prepended to the prompt.
-    #[arg(long)]
-    pub persona: Option<String>,
+    #[command(flatten)]
+    pub task: super::task_args::TaskArgs,
     /// A task this one waits for (repeatable).
     #[arg(long = "dep", value_name = "ID")]
     pub dependencies: Vec<String>,
-    #[arg(long = "tag")]
-    pub tags: Vec<String>,
-    /// Higher runs first.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub priority: i64,
-    /// Timeout in seconds; the task fails with reason `timeout`.
-    #[arg(long, allow_negative_numbers = true)]
-    pub timeout: Option<f64>,
-    /// Extra argument for the engine command (repeatable).
-    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
-    pub extra_args: Vec<String>,
-    /// Environment variable for the agent, KEY=VALUE (repeatable).
-    #[arg(long = "env", value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Run the task in a git worktree of its own (`.grove/worktrees/<id>`,
-    /// branch `grove/<short id>`), so that parallel tasks never edit the
-    /// same files; review with `grove diff`, bring back with `grove merge`.
-    /// Default: the config's `worktree` setting (never, agents, always).
-    #[arg(long, conflicts_with = "no_worktree")]
-    pub worktree: bool,
-    /// Run in the workspace even when the config's `worktree` setting says
-    /// otherwise.
-    #[arg(long)]
-    pub no_worktree: bool,
-    /// The commit or branch the worktree starts from (implies --worktree;
-    /// default: the workspace's HEAD when the task is created).
-    #[arg(long, value_name = "REF", conflicts_with = "no_worktree")]
-    pub base: Option<String>,
     /// ACP engines: keep the agent session open after each turn. The task
     /// goes `idle` until a follow-up (`grove say`) or `grove close`, or
     /// until `idle_timeout_ms` (config) passes.
     #[arg(long)]
     pub session: bool,
-    /// ACP engines: which permission requests grove answers by itself —
-    /// ask (every one waits for `grove approve`/`deny`), allow_reads
-    /// (tools that only read, search, fetch or think), allow_all. Default:
-    /// the engine's `permissions`.
-    #[arg(long, value_name = "POLICY", value_parser = clap::builder::PossibleValuesParser::new(crate::protocol::PermissionPolicy::NAMES))]
-    pub permissions: Option<String>,
-    /// ACP engines: allow every permission request (`--permissions allow_all`).
-    #[arg(long, conflicts_with = "permissions")]
-    pub yolo: bool,
     /// Block until the task ends (with --session: until its first turn
     /// ends) and exit with its exit code.
     #[arg(long)]
     pub wait: bool,
-    /// Ask the agent to end with a conclusion block (status, summary,
-    /// artifacts, follow-up, confidence) and record the task's conclusion
-    /// (`grove show`).
-    #[arg(long)]
-    pub conclusion: bool,
     /// Idempotency key: the same key never creates a second task.
     #[arg(long, value_name = "ID")]
     pub request_id: Option<String>,
@@ -109,54 +50,11 @@ pub struct WaitArgs {
     pub json: bool,
 }
 
-/// What `--worktree`, `--no-worktree` and `--base` ask for; nothing when
-/// none is given (the primary applies the config's `worktree` setting).
-fn worktree_ask(on: bool, off: bool, base: Option<String>) -> Option<WorktreeAsk> {
-    (on || off || base.is_some()).then_some(WorktreeAsk {
-        enabled: !off,
-        base,
-    })
-}
-
 pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
-    let prompt = match (&a.prompt, &a.prompt_file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(path)) => read_prompt_file(path)?,
-        (None, None) => return Err(CliError::Usage("spawn needs a prompt".into())),
-    };
-    check_prompt(&prompt)?;
-    let timeout_ms = seconds_to_ms(a.timeout, "--timeout")?;
-    let mut env = BTreeMap::new();
-    for kv in &a.env {
-        let (k, v) = kv
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| CliError::Usage(format!("--env wants KEY=VALUE, got '{kv}'")))?;
-        env.insert(k.to_string(), v.to_string());
-    }
-    let dependencies = resolve_distinct(ctx, &a.dependencies, "--dep")?;
-    let new = NewTask {
-        prompt,
-        engine: a.engine,
-        model: a.model,
-        work_dir: a.workdir,
-        persona: a.persona,
-        dependencies,
-        tags: a.tags,
-        priority: a.priority,
-        timeout_ms,
-        session_id: None,
-        extra_args: a.extra_args,
-        env,
-        keep_session: a.session,
-        permissions: match (a.yolo, a.permissions.as_deref()) {
-            (true, _) => Some(crate::protocol::PermissionPolicy::AllowAll),
-            (false, p) => p.and_then(crate::protocol::PermissionPolicy::parse),
-        },
-        worktree: worktree_ask(a.worktree, a.no_worktree, a.base),
-        parent_id: calling_task(ctx),
-        want_conclusion: a.conclusion,
-    };
+    let mut new = a.task.new_task()?;
+    new.dependencies = resolve_distinct(ctx, &a.dependencies, "--dep")?;
+    new.keep_session = a.session;
+    new.parent_id = calling_task(ctx);
     let reply = ctx
         .call(Method::TaskCreate(new), a.request_id.as_deref())
         .await?;
@@ -306,7 +204,7 @@ fn progress_line(t: &TaskRecord) {
     }
 }
 
-fn describe_end(t: &TaskRecord) -> String {
+pub(super) fn describe_end(t: &TaskRecord) -> String {
     let mut s = t.status.as_str().to_string();
     if let Some(r) = t.failure_reason {
         s.push_str(&format!(" ({})", r.as_str()));
@@ -321,23 +219,6 @@ fn describe_end(t: &TaskRecord) -> String {
         s.push_str(&format!(": {why}"));
     }
     s
-}
-
-fn read_prompt_file(path: &std::path::Path) -> Result<String, CliError> {
-    use std::io::Read;
-    let mut text = String::new();
-    let read = if path.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut text).map(|_| ())
-    } else {
-        std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text).map(|_| ()))
-    };
-    read.map_err(|e| {
-        CliError::Usage(format!(
-            "cannot read the prompt from {}: {e}",
-            path.display()
-        ))
-    })?;
-    Ok(text)
 }
 
 /// An empty prompt is refused before anything starts (the primary would

@@ -1,0 +1,385 @@
+//! `grove run`: one task followed to its end, with real processes — a
+//! shell task and the scripted ACP agent in each output format, exit codes
+//! (the task's own, and grove's 125/126/127/130 kept apart), Ctrl-C.
+
+mod common;
+
+use common::{BIN, DEADLINE, Grove, show, wait_for};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// `grove run ARGS` on the workspace, to its end.
+fn run(g: &Grove, args: &[&str]) -> Output {
+    let mut all = vec!["run"];
+    all.extend(args);
+    g.run(&all)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The JSON objects of a stream-json run, one per line.
+fn json_lines(o: &Output) -> Vec<Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn scripted() -> Grove {
+    let mut g = Grove::scripted_acp("ask", "");
+    g.serve();
+    g.wait_primary();
+    g
+}
+
+fn shell() -> Grove {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nkill_grace_ms = 5000\n");
+    g.serve();
+    g.wait_primary();
+    g
+}
+
+#[test]
+fn a_shell_task_streams_its_output_in_each_format_and_passes_its_exit_code() {
+    let g = shell();
+    let script = "printf 'one\\n'; printf 'two\\n' >&2; exit 3";
+
+    let o = run(&g, &[script]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "one\ntwo\n");
+    assert!(stderr(&o).contains("exit code 3"), "{}", stderr(&o));
+
+    let o = run(&g, &["--output-format", "stream-json", script]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let lines = json_lines(&o);
+    let output: String = lines
+        .iter()
+        .filter(|l| l["type"] == "output")
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(output, "one\ntwo\n");
+    let statuses: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["type"] == "status")
+        .map(|l| l["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses.first(), Some(&"queued"), "{statuses:?}");
+    assert!(statuses.contains(&"running"), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&"failed"), "{statuses:?}");
+    let result = lines.last().unwrap();
+    assert_eq!(result["type"], "result", "{result}");
+    assert_eq!(result["exit_code"], 3, "{result}");
+    assert_eq!(result["output"], "one\ntwo\n", "{result}");
+
+    let o = run(&g, &["--output-format", "json", "echo fine"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let result: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    assert_eq!(result["status"], "completed", "{result}");
+    assert_eq!(result["exit_code"], 0, "{result}");
+    assert_eq!(result["engine"], "shell", "{result}");
+    assert_eq!(result["output"], "fine\n", "{result}");
+    assert!(result["duration_ms"].is_u64(), "{result}");
+    assert!(result["conclusion"].is_null(), "{result}");
+    let id = result["task_id"].as_str().unwrap();
+    assert_eq!(show(&g, id)["status"], "completed");
+
+    // A conclusion asked for is in the result.
+    let block =
+        r#"echo '<grove:conclusion>{"status":"success","summary":"all good"}</grove:conclusion>'"#;
+    let o = run(&g, &["--conclusion", "--output-format", "json", block]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let result: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    let c = &result["conclusion"];
+    assert_eq!(c["status"], "success", "{result}");
+    assert_eq!(c["summary"], "all good", "{result}");
+    assert_eq!(c["source"], "reported", "{result}");
+}
+
+#[test]
+fn an_acp_agent_streams_its_message_and_tool_calls_in_each_format() {
+    let g = scripted();
+
+    let o = run(&g, &["-e", "scripted", "hello"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "Hello world\n");
+
+    let o = run(&g, &["-e", "scripted", "edit f.txt"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    let tool = "[tool] Write f.txt (edit) completed";
+    assert!(text.lines().any(|l| l == tool), "{text}");
+    assert!(text.ends_with("edited\n"), "{text}");
+
+    let o = run(
+        &g,
+        &["-e", "scripted", "--output-format", "stream-json", "hello"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let lines = json_lines(&o);
+    let updates: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "agent_update")
+        .collect();
+    assert!(updates.iter().any(|u| u["kind"] == "prompt"), "{lines:?}");
+    let said: String = updates
+        .iter()
+        .filter(|u| u["kind"] == "agent_message_chunk")
+        .map(|u| u["update"]["content"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(said, "Hello world");
+    assert!(lines.iter().any(|l| l["status"] == "running"), "{lines:?}");
+    let result = lines.last().unwrap();
+    assert_eq!(result["type"], "result", "{result}");
+    assert_eq!(result["message"], "Hello world", "{result}");
+
+    let o = run(&g, &["-e", "scripted", "--output-format", "json", "hello"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let result: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    assert_eq!(result["status"], "completed", "{result}");
+    assert_eq!(result["message"], "Hello world", "{result}");
+    assert_eq!(result["engine"], "scripted", "{result}");
+    assert_eq!(result["model"], Value::Null, "{result}");
+    assert!(result["output"].is_null(), "{result}");
+}
+
+#[test]
+fn yolo_allows_every_permission_request_of_the_run() {
+    let g = scripted();
+    let o = run(&g, &["-e", "scripted", "--yolo", "permission"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("[tool] Run make (execute) completed"),
+        "{text}"
+    );
+    assert!(text.ends_with("ran make\n"), "{text}");
+}
+
+#[test]
+fn a_missing_engine_or_binary_is_127_and_an_agent_that_cannot_start_is_126() {
+    let mut g = Grove::with_config(
+        "heartbeat_ms = 100\n\
+         [engines.ghost]\nkind = \"cli\"\ncommand = [\"grove-no-such-agent-binary\", \"{prompt}\"]\n\
+         [engines.dies]\nkind = \"acp\"\ncommand = [\"sh\", \"-c\", \"echo dying >&2; exit 5\"]\n",
+    );
+    g.serve();
+    g.wait_primary();
+
+    let o = run(&g, &["-e", "nosuch", "hi"]);
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no engine 'nosuch'"), "{}", stderr(&o));
+
+    let o = run(&g, &["-e", "ghost", "hi"]);
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("'grove-no-such-agent-binary', which is not on PATH"),
+        "{}",
+        stderr(&o)
+    );
+    // Refused before anything was created.
+    assert_eq!(g.ok(&["list", "--json"]), "[]");
+
+    let o = run(&g, &["-e", "dies", "hi"]);
+    assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("engine 'dies' could not start task"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn an_agent_that_crashes_mid_turn_fails_the_run_with_its_exit_code() {
+    let g = scripted();
+    let o = run(&g, &["-e", "scripted", "crash"]);
+    // The scripted agent exits with status 3 once its turn has begun.
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("about to crash"), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("agent_error") && stderr(&o).contains("exited mid-turn"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_run_in_its_own_worktree() {
+    let g = shell();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&g.ws)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@grove.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@grove.invalid")
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(g.ws.join(".gitignore"), ".grove/\n").unwrap();
+    git(&["add", ".gitignore"]);
+    git(&["commit", "-q", "-m", "start"]);
+    let o = run(&g, &["--worktree", "pwd"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let dir = stdout(&o);
+    assert!(dir.contains("/.grove/worktrees/"), "{dir}");
+}
+
+/// A `grove run` in the background, its stderr collected line by line.
+struct Background {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Background {
+    fn start(g: &Grove, args: &[&str], env: &[(&str, &str)]) -> Background {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .args(args)
+            .arg("--workspace")
+            .arg(&g.ws)
+            .env("GROVE_NO_AUTOSTART", "1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start grove run");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let collected = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = collected.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Background { child, stderr }
+    }
+
+    fn interrupt(&self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    }
+
+    fn said(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn wait_said(&self, what: &str) {
+        wait_for(&format!("grove run to say '{what}'"), DEADLINE, || {
+            self.said().contains(what).then_some(())
+        });
+    }
+
+    fn exit_code(&mut self) -> Option<i32> {
+        wait_for("grove run to exit", DEADLINE, || {
+            self.child.try_wait().unwrap()
+        })
+        .code()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The only task of the workspace, once it runs: (id, the pid of its process).
+fn running_task(g: &Grove) -> (String, u32) {
+    wait_for("the task to run", DEADLINE, || {
+        let tasks: Value = serde_json::from_str(&g.ok(&["list", "--json"])).unwrap();
+        let t = tasks.as_array()?.first()?.clone();
+        let pid = t["pid"].as_u64().filter(|_| t["status"] == "running")?;
+        Some((t["id"].as_str()?.to_string(), pid as u32))
+    })
+}
+
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+#[test]
+fn ctrl_c_cancels_the_task_waits_for_its_processes_and_exits_130() {
+    let g = shell();
+    let mut bg = Background::start(&g, &["sleep 300"], &[]);
+    let (id, pid) = running_task(&g);
+    bg.interrupt();
+    assert_eq!(bg.exit_code(), Some(130), "{}", bg.said());
+    // Exited only once the task's processes were gone.
+    assert!(gone(pid), "process {pid} of the task outlived grove run");
+    assert_eq!(show(&g, &id)["status"], "cancelled");
+    assert!(
+        bg.said().contains(&format!("cancelling task {id}")),
+        "{}",
+        bg.said()
+    );
+}
+
+#[test]
+fn ctrl_c_before_the_task_id_is_known_still_cancels_the_task() {
+    let g = shell();
+    let env = [("GROVE_TEST_RUN_CREATED_STALL_MS", "2000")];
+    let mut bg = Background::start(&g, &["sleep 300"], &env);
+    // The task exists; grove run has not taken the reply that names it.
+    bg.wait_said("test hook: task created");
+    bg.interrupt();
+    assert_eq!(bg.exit_code(), Some(130), "{}", bg.said());
+    let tasks: Value = serde_json::from_str(&g.ok(&["list", "--json"])).unwrap();
+    let tasks = tasks.as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0]["status"], "cancelled", "{tasks:?}");
+}
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_leaves_the_task_cancelling() {
+    let g = shell();
+    // The task ignores SIGTERM: its end waits for the kill grace (5 s).
+    let mut bg = Background::start(&g, &["trap '' TERM; sleep 300"], &[]);
+    let (id, pid) = running_task(&g);
+    bg.interrupt();
+    bg.wait_said("cancelling task");
+    common::wait_status(&g, &id, "cancelled");
+    bg.interrupt();
+    assert_eq!(bg.exit_code(), Some(130), "{}", bg.said());
+    assert!(bg.said().contains("still being cancelled"), "{}", bg.said());
+    // The kill grace ends it all the same.
+    wait_for("the task's process to be killed", DEADLINE, || {
+        gone(pid).then_some(())
+    });
+}
+
+#[test]
+fn grove_failing_is_125_whatever_the_task_would_have_done() {
+    // No member runs and none may be started (the harness forbids autostart).
+    let g = Grove::new();
+    let o = run(&g, &["exit 0"]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(stderr(&o).starts_with("grove: "), "{}", stderr(&o));
+}
