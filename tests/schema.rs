@@ -410,6 +410,9 @@ fn conclusion(full: bool) -> Conclusion {
             ConclusionSource::Synthesized
         },
         error: full.then(|| "`confidence` must be a number from 0 to 1".into()),
+        progress: full.then_some(40.0),
+        next_step: full.then(|| "write the tests".into()),
+        blocked_reason: full.then(|| "needs a decision on the API".into()),
     }
 }
 

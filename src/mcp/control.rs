@@ -328,6 +328,9 @@ impl GroveMcp {
             confidence: p.confidence,
             source: ConclusionSource::Reported,
             error: None,
+            progress: None,
+            next_step: None,
+            blocked_reason: None,
         };
         let method = Method::TaskConclude {
             id: me.id,

@@ -87,6 +87,15 @@ pub struct Conclusion {
     /// Why a block was malformed.
     #[serde(default)]
     pub error: Option<String>,
+    /// Goals: how much of the objective is done, 0 to 100.
+    #[serde(default)]
+    pub progress: Option<f64>,
+    /// Goals: what the agent means to do next.
+    #[serde(default)]
+    pub next_step: Option<String>,
+    /// Goals: why the agent cannot go on (with status blocked).
+    #[serde(default)]
+    pub blocked_reason: Option<String>,
 }
 
 impl Conclusion {
@@ -121,6 +130,9 @@ impl Conclusion {
             confidence: None,
             source: ConclusionSource::Synthesized,
             error: None,
+            progress: None,
+            next_step: None,
+            blocked_reason: None,
         }
     }
 }

@@ -43,6 +43,9 @@ pub fn from_output(tail: &str, outcome: ExitOutcome, exit_code: Option<i32>) -> 
         Some(block) => parse_block(block).unwrap_or_else(|why| Conclusion {
             source: ConclusionSource::Malformed,
             error: Some(why),
+            progress: None,
+            next_step: None,
+            blocked_reason: None,
             ..synthesized(tail, outcome, exit_code)
         }),
         None => synthesized(tail, outcome, exit_code),
@@ -90,6 +93,14 @@ fn parse_block(block: &str) -> Result<Conclusion, String> {
                 .ok_or("`confidence` must be a number from 0 to 1")?,
         ),
     };
+    let progress = match &v["progress"] {
+        Value::Null => None,
+        p => Some(
+            p.as_f64()
+                .filter(|p| (0.0..=100.0).contains(p))
+                .ok_or("`progress` must be a number from 0 to 100")?,
+        ),
+    };
     Ok(Conclusion {
         status,
         summary: summary.trim().to_string(),
@@ -98,7 +109,20 @@ fn parse_block(block: &str) -> Result<Conclusion, String> {
         confidence,
         source: ConclusionSource::Reported,
         error: None,
+        progress,
+        next_step: text(&v["next_step"], "next_step")?,
+        blocked_reason: text(&v["blocked_reason"], "blocked_reason")?,
     })
+}
+
+/// An optional string (blank counts as none).
+fn text(v: &Value, name: &str) -> Result<Option<String>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s.trim().is_empty() => Ok(None),
+        Value::String(s) => Ok(Some(s.trim().to_string())),
+        _ => Err(format!("`{name}` must be a string")),
+    }
 }
 
 /// A list of strings; a lone string is a list of one.
@@ -144,6 +168,9 @@ fn synthesized(tail: &str, outcome: ExitOutcome, exit_code: Option<i32>) -> Conc
         confidence: None,
         source: ConclusionSource::Synthesized,
         error: None,
+        progress: None,
+        next_step: None,
+        blocked_reason: None,
     }
 }
 
