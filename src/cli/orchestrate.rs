@@ -350,6 +350,7 @@ pub async fn progress(
 pub fn stats(ctx: &Context, json: bool) -> Result<i32, CliError> {
     let reader = ctx.reader()?;
     let counts = reader.counts()?;
+    let delegation = reader.counters()?;
     let running = reader.tasks(&crate::store::TaskFilter {
         status: Some(TaskStatus::Running),
         ..Default::default()
@@ -364,11 +365,17 @@ pub fn stats(ctx: &Context, json: bool) -> Result<i32, CliError> {
                 })
             })
             .collect();
-        print_json(&serde_json::json!({ "counts": counts, "running": running }));
+        print_json(&serde_json::json!({
+            "counts": counts, "running": running, "delegation": delegation,
+        }));
         return Ok(EXIT_OK);
     }
     for (status, n) in &counts {
         outln!("{status:<10} {n}");
+    }
+    outln!("delegation:");
+    for (name, n) in &delegation {
+        outln!("  {name:<16} {n}");
     }
     for t in &running {
         outln!(

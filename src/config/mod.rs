@@ -106,6 +106,14 @@ pub struct Config {
     /// `session/new`, and on the command line of a CLI engine with
     /// `mcp_args`.
     pub mcp_inject: bool,
+    /// Warm reuse: a delegated task of a `shared` ACP engine becomes a new
+    /// session on the engine's running agent, at most this many such
+    /// sessions per agent at once; past it the task gets an agent of its
+    /// own (0: always its own).
+    pub warm_cap: u32,
+    /// The project's name in `grove projects` (default: the workspace
+    /// directory's name).
+    pub name: Option<String>,
 }
 
 /// One MCP server for ACP agents: a command on stdio, or an HTTP url.
@@ -210,6 +218,8 @@ impl Default for Config {
             conclusion_brief: true,
             retry_notice: true,
             mcp_inject: true,
+            warm_cap: 2,
+            name: None,
         }
     }
 }

@@ -17,7 +17,7 @@ use super::open_log;
 use super::supervise::{Clock, command, sleep_until, terminate};
 use crate::config::Config;
 use crate::paths::Workspace;
-use crate::protocol::{ExitOutcome, now_ms};
+use crate::protocol::{ExitOutcome, WarmUse, now_ms};
 use crate::runs::signals::{self, Control, Signals};
 use crate::runs::tree;
 use crate::runs::{AcpSpec, ExitRecord, RunFiles, RunRecord, ShimSpec, write_json};
@@ -61,6 +61,26 @@ pub(super) async fn supervise(
     acp: &AcpSpec,
     record: &mut RunRecord,
 ) -> ExitRecord {
+    let mut warm = None;
+    let mut exit = converse(ws, spec, acp, record, &mut warm).await;
+    // A warm session that broke (its host or shared agent gone, the
+    // session refused) fails the task: counted, never rerun cold.
+    if matches!(warm, Some(WarmUse::Hit | WarmUse::Started))
+        && exit.outcome == ExitOutcome::AgentError
+    {
+        warm = Some(WarmUse::Failed);
+    }
+    exit.warm = warm;
+    exit
+}
+
+async fn converse(
+    ws: &Workspace,
+    spec: &ShimSpec,
+    acp: &AcpSpec,
+    record: &mut RunRecord,
+    warm: &mut Option<WarmUse>,
+) -> ExitRecord {
     let finish = |e: Ended| ExitRecord {
         run_id: spec.run_id.clone(),
         outcome: e.outcome,
@@ -71,6 +91,7 @@ pub(super) async fn supervise(
         message: e.message,
         finished_at: now_ms(),
         conclusion: None,
+        warm: None,
     };
     let spawn_error = |m: String| {
         finish(Ended {
@@ -94,10 +115,10 @@ pub(super) async fn supervise(
             message: Some("cancelled before the agent started".into()),
         });
     }
-    let started = if acp.shared {
-        shared(ws, spec, acp).await
-    } else {
-        own(ws, spec, record)
+    let started = match (acp.shared, acp.warm_cap) {
+        (true, Some(cap)) => warm_agent(ws, spec, acp, record, cap, warm).await,
+        (true, None) => shared(ws, spec, acp).await,
+        (false, _) => own(ws, spec, record),
     };
     signals::unblock_control();
     let (mut agent, reader, writer) = match started {
@@ -118,6 +139,16 @@ pub(super) async fn supervise(
     });
     let session = new_session(ws, spec, acp, &outbox, log, confined);
     let fatal: transport::Fatal = Arc::default();
+    match warm {
+        Some(WarmUse::CapReached) => {
+            session.tell("warm reuse: the shared agent is at warm_cap; this task has an agent of its own")
+        }
+        Some(WarmUse::NoTarget) => {
+            session.tell("warm reuse: the shared agent went away; this task has an agent of its own")
+        }
+        Some(WarmUse::Hit) => session.tell("warm reuse: a new session on the running shared agent"),
+        _ => {}
+    }
     if let Agent::Shared { pid, log } = &agent {
         session.tell(&format!(
             "shared agent (pid {}; its host's log: {})",
@@ -263,12 +294,103 @@ async fn shared(
     acp: &AcpSpec,
 ) -> Result<(Agent, Reader, Writer), String> {
     let c = host::start::connect(ws, spec, acp).await?;
-    let (r, w) = c.stream.into_split();
-    let agent = Agent::Shared {
-        pid: c.agent_pid,
-        log: c.log,
+    Ok(on_host(c.stream, c.agent_pid, c.log))
+}
+
+fn on_host(
+    stream: tokio::net::UnixStream,
+    pid: Option<u32>,
+    log: std::path::PathBuf,
+) -> (Agent, Reader, Writer) {
+    let (r, w) = stream.into_split();
+    (Agent::Shared { pid, log }, Box::new(r), Box::new(w))
+}
+
+/// How long the host may take to answer a warm request.
+const WARM_ANSWER: Duration = Duration::from_secs(10);
+
+/// Warm reuse, for a delegated task of a shared engine: a new session on
+/// the engine's running agent (or one this run starts), if the host takes
+/// it under `cap`. Only a host at the cap, or one that went away before it
+/// answered, sends the run to an agent of its own (the cold path); any
+/// other failure here fails the task, so that a broken warm path is seen
+/// rather than hidden behind cold reruns.
+async fn warm_agent(
+    ws: &Workspace,
+    spec: &ShimSpec,
+    acp: &AcpSpec,
+    record: &mut RunRecord,
+    cap: u32,
+    warm: &mut Option<WarmUse>,
+) -> Result<(Agent, Reader, Writer), String> {
+    let failed = |warm: &mut Option<WarmUse>, m: String| {
+        *warm = Some(WarmUse::Failed);
+        format!("warm reuse failed: {m} (a delegated task is not rerun on an agent of its own)")
     };
-    Ok((agent, Box::new(r), Box::new(w)))
+    let c = match host::start::connect(ws, spec, acp).await {
+        Ok(c) => c,
+        Err(m) => return Err(failed(warm, m)),
+    };
+    let mut stream = c.stream;
+    match tokio::time::timeout(WARM_ANSWER, ask_warm(&mut stream, cap)).await {
+        Ok(Ok(Some(true))) => {
+            *warm = Some(if c.started {
+                WarmUse::Started
+            } else {
+                WarmUse::Hit
+            });
+            Ok(on_host(stream, c.agent_pid, c.log))
+        }
+        Ok(Ok(Some(false))) => {
+            *warm = Some(WarmUse::CapReached);
+            own(ws, spec, record)
+        }
+        Ok(Ok(None)) => {
+            *warm = Some(WarmUse::NoTarget);
+            own(ws, spec, record)
+        }
+        Ok(Err(m)) => Err(failed(warm, m)),
+        Err(_) => Err(failed(
+            warm,
+            format!(
+                "the agent host did not answer within {WARM_ANSWER:?}; see {}",
+                c.log.display()
+            ),
+        )),
+    }
+}
+
+/// Asks the host for a warm session under `cap`: `Some(admitted)`, or
+/// `None` when it closed the connection without answering (it is gone).
+async fn ask_warm(stream: &mut tokio::net::UnixStream, cap: u32) -> Result<Option<bool>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = format!("{}\n", serde_json::json!({"grove": "warm", "cap": cap}));
+    if stream.write_all(ask.as_bytes()).await.is_err() {
+        return Ok(None);
+    }
+    // Byte by byte: nothing past the answer's newline may be taken from
+    // the stream, which the conversation reads next.
+    let mut answer = Vec::new();
+    loop {
+        let mut b = [0u8; 1];
+        match stream.read(&mut b).await {
+            Ok(0) if answer.is_empty() => return Ok(None),
+            Ok(0) => return Err("the agent host closed the connection mid-answer".into()),
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) if answer.len() < 4096 => answer.push(b[0]),
+            Ok(_) => return Err("the agent host's answer is too long".into()),
+            Err(e) if answer.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok(None);
+            }
+            Err(e) => return Err(format!("cannot read the agent host's answer: {e}")),
+        }
+    }
+    let v: serde_json::Value = serde_json::from_slice(&answer)
+        .map_err(|_| "the agent host's answer is not JSON (an older grove?)".to_string())?;
+    v["admitted"]
+        .as_bool()
+        .map(Some)
+        .ok_or_else(|| format!("unexpected answer from the agent host: {v}"))
 }
 
 /// The conversation's shared state: where updates go, the transcript, the
