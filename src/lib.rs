@@ -30,6 +30,7 @@ mod node;
 mod orchestrator;
 pub mod paths;
 pub mod primary_record;
+mod projects;
 pub mod proc;
 pub mod protocol;
 mod runs;

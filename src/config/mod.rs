@@ -10,7 +10,9 @@
 mod engines;
 mod live;
 
-pub use engines::{EngineConfig, EngineKind, PermissionPolicy, PromptVia, builtin_engines};
+pub use engines::{
+    DELEGATE_ENGINE, EngineConfig, EngineKind, PermissionPolicy, PromptVia, builtin_engines,
+};
 pub use live::{LiveConfig, LoadReport};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -170,7 +172,8 @@ impl WorktreeMode {
     pub fn applies_to(self, engine: &str) -> bool {
         match self {
             WorktreeMode::Never => false,
-            WorktreeMode::Agents => engine != "shell",
+            // A delegated task's work happens in the other workspace.
+            WorktreeMode::Agents => engine != "shell" && engine != DELEGATE_ENGINE,
             WorktreeMode::Always => true,
         }
     }

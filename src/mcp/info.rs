@@ -1,4 +1,4 @@
-//! The information tools: stats, engines, personas.
+//! The information tools: stats, engines, personas, projects.
 
 use super::{Answer, GroveMcp, reply};
 use rmcp::model::CallToolResult;
@@ -30,6 +30,15 @@ impl GroveMcp {
         reply(Ok(
             json!({ "default": config.default_engine, "engines": rows }),
         ))
+    }
+
+    /// The workspaces you can delegate to (`spawn` with `project` = id,
+    /// name or path): id, name, path, whether a grove member runs there
+    /// (one is started when needed), and stale entries whose path is gone.
+    #[tool(name = "projects")]
+    async fn projects(&self) -> CallToolResult {
+        let here = crate::projects::id_of(self.grove.workspace());
+        reply(crate::projects::list().map(|l| json!({ "this": here, "projects": l })))
     }
 
     /// The personas a task can take (prepended to its prompt).

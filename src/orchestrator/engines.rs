@@ -157,7 +157,10 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
         Some(p) => format!("{}\n\n{}", persona_text(config, workspace, p)?, spec.prompt),
         None => spec.prompt.to_string(),
     };
-    if spec.brief && config.conclusion_brief && spec.engine != "shell" {
+    // Never for a delegated task's proxy: the task it creates in the other
+    // workspace gets the brief there.
+    let briefed = spec.engine != "shell" && spec.engine != crate::config::DELEGATE_ENGINE;
+    if spec.brief && config.conclusion_brief && briefed {
         prompt.push_str(crate::runs::conclusion::BRIEF);
     }
     let resolved = spec.model.map(|m| config.resolve_model(m));

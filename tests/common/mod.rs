@@ -108,6 +108,11 @@ impl Grove {
         self.extra_env.push((k.into(), v.into()));
     }
 
+    /// No longer sets `k` for the commands and members started from now.
+    pub fn unset_env(&mut self, k: &str) {
+        self.extra_env.retain(|(name, _)| name != k);
+    }
+
     /// Starts `grove serve` and returns its index in `members`.
     pub fn serve(&mut self) -> usize {
         self.counter += 1;
