@@ -76,9 +76,16 @@ fn checked_dir(create: bool) -> Result<Option<PathBuf>, String> {
     }
 }
 
+/// Set (non-empty) in a member's environment: its workspace is not
+/// registered (the throwaway clusters of `grove demo`, `bench`, `chaos`).
+pub const NO_REGISTER_ENV: &str = "GROVE_NO_REGISTER";
+
 /// Records `ws` (named `name`, else its directory's name). Rewrites the
 /// file only when its content changed.
 pub fn register(ws: &Workspace, name: Option<&str>) -> Result<(), String> {
+    if std::env::var_os(NO_REGISTER_ENV).is_some_and(|v| !v.is_empty()) {
+        return Ok(());
+    }
     let dir = checked_dir(true)?.ok_or("the projects registry vanished")?;
     let dir_name = ws.root.file_name().map(|n| n.to_string_lossy().into_owned());
     let project = Project {
@@ -198,7 +205,7 @@ pub fn resolve(query: &str) -> Result<Project, String> {
     }
     let names: Vec<&str> = known.iter().map(|p| p.project.name.as_str()).collect();
     Err(format!(
-        "no project '{query}': give a registered id or name ({}) or a workspace path; a workspace is registered when a grove member first runs there",
+        "no project '{query}': give the id or name of a registered one ({}; see `projects`) or a workspace path; a workspace is registered when a grove member first runs there",
         if names.is_empty() {
             "none yet".to_string()
         } else {
