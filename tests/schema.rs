@@ -389,7 +389,7 @@ fn task_exit(full: bool) -> TaskExit {
         signal: full.then_some(15),
         message: full.then(|| "timed out after 600000 ms".into()),
         conclusion: full.then(|| conclusion(false)),
-        warm: None,
+        warm: full.then_some(grove::protocol::WarmUse::Hit),
     }
 }
 

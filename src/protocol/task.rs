@@ -158,9 +158,9 @@ pub struct TaskExit {
     #[serde(default)]
     pub conclusion: Option<Conclusion>,
     /// How a delegated run on a shared agent's engine got its agent (warm
-    /// reuse), counted when the report is applied; absent for every other
-    /// run (and from older shims).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// reuse), counted when the report is applied; nil for every other
+    /// run (and absent from older shims' reports).
+    #[serde(default)]
     pub warm: Option<WarmUse>,
 }
 
