@@ -87,7 +87,10 @@ pub fn register(ws: &Workspace, name: Option<&str>) -> Result<(), String> {
         return Ok(());
     }
     let dir = checked_dir(true)?.ok_or("the projects registry vanished")?;
-    let dir_name = ws.root.file_name().map(|n| n.to_string_lossy().into_owned());
+    let dir_name = ws
+        .root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
     let project = Project {
         id: id_of(ws),
         name: name
@@ -132,9 +135,7 @@ pub fn list() -> Result<Vec<Listed>, String> {
             }
         })
         .collect();
-    out.sort_by(|a, b| {
-        (&a.project.name, &a.project.path).cmp(&(&b.project.name, &b.project.path))
-    });
+    out.sort_by(|a, b| (&a.project.name, &a.project.path).cmp(&(&b.project.name, &b.project.path)));
     Ok(out)
 }
 
@@ -196,7 +197,10 @@ pub fn resolve(query: &str) -> Result<Project, String> {
     let path = Path::new(query);
     if path.is_absolute() || query.contains('/') {
         let ws = Workspace::resolve(path).map_err(|e| e.to_string())?;
-        let name = ws.root.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = ws
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
         return Ok(Project {
             id: id_of(&ws),
             name: name.unwrap_or_else(|| "/".into()),

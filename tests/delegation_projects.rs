@@ -29,7 +29,11 @@ fn two_workspaces() -> (Grove, Grove) {
 
 fn projects(g: &Grove) -> Vec<Value> {
     let out = g.ok(&["projects", "--json"]);
-    serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().clone()
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// The tasks of `g` as `list --json` shows them.
@@ -46,7 +50,10 @@ fn members_register_their_workspaces_and_stale_entries_can_be_forgotten() {
     let (here, there) = two_workspaces();
     let listed = projects(&here);
     let other = listed.iter().find(|p| p["name"] == "other").expect("other");
-    assert_eq!(other["path"], there.ws.canonicalize().unwrap().to_str().unwrap());
+    assert_eq!(
+        other["path"],
+        there.ws.canonicalize().unwrap().to_str().unwrap()
+    );
     assert_eq!(other["running"], true);
     assert_eq!(other["stale"], false);
     assert!(listed.iter().any(|p| p["name"] == "ws"), "{listed:?}");
@@ -61,13 +68,21 @@ fn members_register_their_workspaces_and_stale_entries_can_be_forgotten() {
         .into_iter()
         .find(|p| p["name"] == "gone")
         .expect("listed");
-    assert_eq!((gone["stale"].clone(), gone["running"].clone()), (true.into(), false.into()));
+    assert_eq!(
+        (gone["stale"].clone(), gone["running"].clone()),
+        (true.into(), false.into())
+    );
     let refused = here.run(&["spawn", "echo x", "--project", "gone"]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--forget"));
     here.ok(&["projects", "--forget", "00000000deadbeef"]);
     assert!(projects(&here).iter().all(|p| p["name"] != "gone"));
-    assert_eq!(here.run(&["projects", "--forget", "00000000deadbeef"]).status.code(), Some(1));
+    assert_eq!(
+        here.run(&["projects", "--forget", "00000000deadbeef"])
+            .status
+            .code(),
+        Some(1)
+    );
 }
 
 #[test]
@@ -76,14 +91,17 @@ fn a_child_delegated_to_another_workspace_through_mcp_reports_back() {
     let parent = here.ok(&["spawn", "sleep 300"]);
     let registry = here.dir.path().join("config");
     let mut cmd = Command::new(test_env::python());
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/mcp_client.py"))
-        .arg(BIN)
-        .arg(&here.ws)
-        .arg("projects")
-        .env("GROVE_NO_AUTOSTART", "1")
-        .env("GROVE_TASK_ID", &parent)
-        .env("OTHER_PROJECT", "other")
-        .env("XDG_CONFIG_HOME", &registry);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/mcp/mcp_client.py"
+    ))
+    .arg(BIN)
+    .arg(&here.ws)
+    .arg("projects")
+    .env("GROVE_NO_AUTOSTART", "1")
+    .env("GROVE_TASK_ID", &parent)
+    .env("OTHER_PROJECT", "other")
+    .env("XDG_CONFIG_HOME", &registry);
     let out = cmd.output().expect("run the MCP client");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(

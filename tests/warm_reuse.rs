@@ -76,7 +76,11 @@ fn delegated_tasks_share_one_warm_agent_up_to_the_cap_then_run_cold() {
     let a = spawn(&g, "pid", &["--session"]);
     let pid = pid_of(&g, &a);
     let b = spawn(&g, "pid", &["--session"]);
-    assert_eq!(pid_of(&g, &b), pid, "the second delegated task reuses the agent");
+    assert_eq!(
+        pid_of(&g, &b),
+        pid,
+        "the second delegated task reuses the agent"
+    );
     assert_eq!(show(&g, &b)["parent_id"], parent.as_str());
     g.ok(&["say", &b, "inits"]);
     assert_eq!(said(&g, &b, "inits"), "inits 1");
@@ -156,7 +160,10 @@ fn a_warm_failure_fails_the_task_counted_and_never_reruns_it_cold() {
     assert_eq!(d["warm_attempts"], 2, "{d}");
     assert_eq!(d["cold_fallbacks"], 0, "{d}");
     // No cold rerun: one prompt, one run, still failed.
-    let prompts = updates(&g, &a).iter().filter(|(k, _)| k == "prompt").count();
+    let prompts = updates(&g, &a)
+        .iter()
+        .filter(|(k, _)| k == "prompt")
+        .count();
     assert_eq!(prompts, 1);
     assert_eq!(show(&g, &a)["status"], "failed");
 }

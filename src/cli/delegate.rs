@@ -37,7 +37,8 @@ fn env(name: &str) -> Option<String> {
 /// This task (from the environment its shim gave it) and the other
 /// workspace's context.
 fn contexts(autostart: bool) -> Result<(Context, TaskRecord, Context), CliError> {
-    let usage = |m: &str| CliError::Usage(format!("{m} (grove delegate-run is run by a task's shim)"));
+    let usage =
+        |m: &str| CliError::Usage(format!("{m} (grove delegate-run is run by a task's shim)"));
     let (Some(here), Some(id)) = (env("GROVE_WORKSPACE"), env("GROVE_TASK_ID")) else {
         return Err(usage("GROVE_WORKSPACE and GROVE_TASK_ID are not set"));
     };
@@ -135,7 +136,10 @@ async fn follow(remote: &Context, id: &str) -> Result<i32, CliError> {
         }
         match now {
             None => {
-                errln!("grove delegate-run: task {id} was deleted in {}", remote.ws.root.display());
+                errln!(
+                    "grove delegate-run: task {id} was deleted in {}",
+                    remote.ws.root.display()
+                );
                 return Ok(EXIT_FAILED);
             }
             Some(t) if t.status.is_terminal() => return Ok(ended(&t)),

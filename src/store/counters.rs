@@ -55,10 +55,7 @@ pub fn read(conn: &Connection) -> rusqlite::Result<BTreeMap<String, serde_json::
         NAMES.iter().map(|n| (n.to_string(), 0.into())).collect();
     let stored: rusqlite::Result<Vec<(String, i64)>> = conn
         .prepare("SELECT name, value FROM counters")
-        .and_then(|mut s| {
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        });
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect());
     let stored = match stored {
         Ok(rows) => rows,
         Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => vec![],

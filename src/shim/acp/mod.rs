@@ -141,12 +141,10 @@ async fn converse(
     let session = new_session(ws, spec, acp, &outbox, log, confined);
     let fatal: transport::Fatal = Arc::default();
     match warm {
-        Some(WarmUse::CapReached) => {
-            session.tell("warm reuse: the shared agent is at warm_cap; this task has an agent of its own")
-        }
-        Some(WarmUse::NoTarget) => {
-            session.tell("warm reuse: the shared agent went away; this task has an agent of its own")
-        }
+        Some(WarmUse::CapReached) => session
+            .tell("warm reuse: the shared agent is at warm_cap; this task has an agent of its own"),
+        Some(WarmUse::NoTarget) => session
+            .tell("warm reuse: the shared agent went away; this task has an agent of its own"),
         Some(WarmUse::Hit) => session.tell("warm reuse: a new session on the running shared agent"),
         _ => {}
     }
@@ -306,7 +304,6 @@ fn on_host(
     let (r, w) = stream.into_split();
     (Agent::Shared { pid, log }, Box::new(r), Box::new(w))
 }
-
 
 /// The conversation's shared state: where updates go, the transcript, the
 /// file-system capability, the permission policy and the controls to read.

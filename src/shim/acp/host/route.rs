@@ -368,7 +368,10 @@ mod tests {
         let (admitted, answer) = r.warm(3, 2);
         assert!(!admitted);
         let answer: Value = serde_json::from_str(&answer).unwrap();
-        assert_eq!(answer, json!({"grove": "warm", "admitted": false, "sessions": 2}));
+        assert_eq!(
+            answer,
+            json!({"grove": "warm", "admitted": false, "sessions": 2})
+        );
         r.gone(1);
         assert!(r.warm(3, 2).0);
         // A cap of 0 admits nobody.
