@@ -48,7 +48,7 @@ By purpose:
             cancel, pause, resume, retry, relaunch, delete, purge, task,
             approve, deny, say, mode, close, awaits
   worktrees diff, merge, discard, review
-  setup     engines, personas, config, completions
+  setup     engines, personas, projects, config, completions
   measure   demo, bench, chaos
 
 Commands:
