@@ -31,6 +31,7 @@ mod orchestrator;
 pub mod paths;
 pub mod primary_record;
 pub mod proc;
+mod projects;
 pub mod protocol;
 mod runs;
 mod shim;

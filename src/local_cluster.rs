@@ -88,6 +88,8 @@ impl LocalCluster {
         }
         let child = cmd
             .env("PATH", path)
+            // A throwaway workspace: not one to delegate to.
+            .env(crate::projects::NO_REGISTER_ENV, "1")
             .env(
                 "GROVE_LOG",
                 std::env::var("GROVE_LOG").unwrap_or_else(|_| MEMBER_LOG.into()),

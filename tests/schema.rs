@@ -389,6 +389,7 @@ fn task_exit(full: bool) -> TaskExit {
         signal: full.then_some(15),
         message: full.then(|| "timed out after 600000 ms".into()),
         conclusion: full.then(|| conclusion(false)),
+        warm: full.then_some(grove::protocol::WarmUse::Hit),
     }
 }
 
@@ -973,6 +974,22 @@ fn lists_and_limits_match() {
         "ControlKind vs schema.json control_kinds"
     );
 
+    // Warm uses: the list is WarmUse::NAMES.
+    assert_eq!(
+        grove::protocol::WarmUse::NAMES.to_vec(),
+        s.names("warm_uses"),
+        "WarmUse vs schema.json warm_uses"
+    );
+    for w in [
+        grove::protocol::WarmUse::Hit,
+        grove::protocol::WarmUse::Started,
+        grove::protocol::WarmUse::CapReached,
+        grove::protocol::WarmUse::NoTarget,
+        grove::protocol::WarmUse::Failed,
+    ] {
+        assert!(grove::protocol::WarmUse::NAMES.contains(&wire_name(&w).as_str()));
+    }
+
     // Permission policies: the list is PermissionPolicy::NAMES.
     assert_eq!(
         PermissionPolicy::NAMES.to_vec(),
@@ -1033,6 +1050,7 @@ fn lists_and_limits_match() {
             ("FailureReason", "failure_reasons"),
             ("PermissionPolicy", "permission_policies"),
             ("TaskStatus", "task_statuses"),
+            ("WarmUse", "warm_uses"),
         ])
     );
 }

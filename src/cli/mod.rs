@@ -11,10 +11,12 @@
 mod autostart;
 mod awaits;
 mod config_cmd;
+mod delegate;
 mod events;
 mod live;
 mod mcp;
 mod orchestrate;
+mod projects;
 mod rerun;
 mod run;
 mod run_view;
@@ -46,7 +48,7 @@ By purpose:
             cancel, pause, resume, retry, relaunch, delete, purge, task,
             approve, deny, say, mode, close, awaits
   worktrees diff, merge, discard, review
-  setup     engines, personas, config, completions
+  setup     engines, personas, projects, config, completions
   measure   demo, bench, chaos
 
 Commands:
@@ -275,9 +277,22 @@ enum Command {
     Events(events::EventsArgs),
     /// Measure failover and RPC performance on this machine.
     Bench(crate::bench::BenchArgs),
+    /// The workspaces this user runs grove in (each member registers its
+    /// own): id, name, path, whether a member runs, stale entries.
+    Projects {
+        /// Remove the entry with this id (a stale one, typically).
+        #[arg(long, value_name = "ID")]
+        forget: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Supervise one run of a task (started by the primary, not by users).
     #[command(hide = true)]
     Shim { spec: PathBuf },
+    /// The agent of a task delegated to another workspace (the `delegate`
+    /// engine, run by the task's shim, not by users).
+    #[command(hide = true)]
+    DelegateRun,
     /// Serve one agent of a shared ACP engine to several tasks' shims
     /// (started by a shim, not by users).
     #[command(hide = true)]
@@ -550,6 +565,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::BenchFlock { .. }
         | Command::BenchAgent
         | Command::Shim { .. }
+        | Command::Projects { .. }
+        | Command::DelegateRun
         | Command::AgentHost(_)
         | Command::Demo
         | Command::Acp
@@ -576,6 +593,8 @@ async fn without_workspace(cli: &Cli) -> Option<i32> {
         Command::BenchAgent => crate::bench::bench_agent().await,
         Command::Shim { spec } => crate::shim::run(spec).await,
         Command::AgentHost(args) => crate::shim::agent_host(args).await,
+        Command::Projects { forget, json } => projects::run(forget.as_deref(), *json),
+        Command::DelegateRun => delegate::run(!cli.no_autostart).await,
         Command::Demo => crate::demo::run().await,
         // ACP binds its workspace from the first session's cwd.
         Command::Acp => crate::acp::run(cli.workspace.clone()).await,

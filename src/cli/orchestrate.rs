@@ -24,6 +24,12 @@ pub struct SpawnArgs {
     /// ends) and exit with its exit code.
     #[arg(long)]
     pub wait: bool,
+    /// Run the task in another workspace: its id, name or path (see
+    /// `grove projects`). The task created here follows the one there
+    /// (output, result, conclusion); cancelling it cancels that one. Engine,
+    /// model, persona and workdir are that workspace's.
+    #[arg(long, value_name = "PROJECT")]
+    pub project: Option<String>,
     /// Idempotency key: the same key never creates a second task.
     #[arg(long, value_name = "ID")]
     pub request_id: Option<String>,
@@ -55,6 +61,17 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
     new.dependencies = resolve_distinct(ctx, &a.dependencies, "--dep")?;
     new.keep_session = a.session;
     new.parent_id = calling_task(ctx);
+    let new = match &a.project {
+        None => new,
+        Some(query) => {
+            let project = crate::projects::resolve(query).map_err(CliError::Usage)?;
+            if project.path == ctx.ws.root {
+                new
+            } else {
+                crate::projects::proxy_task(&project, new).map_err(CliError::Usage)?
+            }
+        }
+    };
     let reply = ctx
         .call(Method::TaskCreate(new), a.request_id.as_deref())
         .await?;
@@ -350,6 +367,7 @@ pub async fn progress(
 pub fn stats(ctx: &Context, json: bool) -> Result<i32, CliError> {
     let reader = ctx.reader()?;
     let counts = reader.counts()?;
+    let delegation = reader.counters()?;
     let running = reader.tasks(&crate::store::TaskFilter {
         status: Some(TaskStatus::Running),
         ..Default::default()
@@ -364,11 +382,17 @@ pub fn stats(ctx: &Context, json: bool) -> Result<i32, CliError> {
                 })
             })
             .collect();
-        print_json(&serde_json::json!({ "counts": counts, "running": running }));
+        print_json(&serde_json::json!({
+            "counts": counts, "running": running, "delegation": delegation,
+        }));
         return Ok(EXIT_OK);
     }
     for (status, n) in &counts {
         outln!("{status:<10} {n}");
+    }
+    outln!("delegation:");
+    for (name, n) in &delegation {
+        outln!("  {name:<16} {n}");
     }
     for t in &running {
         outln!(

@@ -147,5 +147,17 @@ pub fn builtin_engines() -> BTreeMap<String, EngineConfig> {
     for (name, command, model_args) in ACP_PRESETS {
         m.insert(name.to_string(), acp_engine(command, model_args));
     }
+    // A task delegated to another workspace runs here as this engine: its
+    // agent is grove itself, a client of the other workspace's grove.
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "grove".into());
+    let mut delegate = engine(&[exe.as_str(), "delegate-run"], &[]);
+    delegate.prompt_via = PromptVia::Stdin;
+    m.insert(DELEGATE_ENGINE.into(), delegate);
     m
 }
+
+/// The built-in engine of a task delegated to another workspace (see
+/// `grove delegate-run`): the task here follows the one it created there.
+pub const DELEGATE_ENGINE: &str = "delegate";

@@ -10,7 +10,9 @@
 mod engines;
 mod live;
 
-pub use engines::{EngineConfig, EngineKind, PermissionPolicy, PromptVia, builtin_engines};
+pub use engines::{
+    DELEGATE_ENGINE, EngineConfig, EngineKind, PermissionPolicy, PromptVia, builtin_engines,
+};
 pub use live::{LiveConfig, LoadReport};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -106,6 +108,14 @@ pub struct Config {
     /// `session/new`, and on the command line of a CLI engine with
     /// `mcp_args`.
     pub mcp_inject: bool,
+    /// Warm reuse: a delegated task of a `shared` ACP engine becomes a new
+    /// session on the engine's running agent, at most this many such
+    /// sessions per agent at once; past it the task gets an agent of its
+    /// own (0: always its own).
+    pub warm_cap: u32,
+    /// The project's name in `grove projects` (default: the workspace
+    /// directory's name).
+    pub name: Option<String>,
 }
 
 /// One MCP server for ACP agents: a command on stdio, or an HTTP url.
@@ -162,7 +172,8 @@ impl WorktreeMode {
     pub fn applies_to(self, engine: &str) -> bool {
         match self {
             WorktreeMode::Never => false,
-            WorktreeMode::Agents => engine != "shell",
+            // A delegated task's work happens in the other workspace.
+            WorktreeMode::Agents => engine != "shell" && engine != DELEGATE_ENGINE,
             WorktreeMode::Always => true,
         }
     }
@@ -210,6 +221,8 @@ impl Default for Config {
             conclusion_brief: true,
             retry_notice: true,
             mcp_inject: true,
+            warm_cap: 2,
+            name: None,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The information tools: stats, engines, personas.
+//! The information tools: stats, engines, personas, projects.
 
 use super::{Answer, GroveMcp, reply};
 use rmcp::model::CallToolResult;
@@ -7,8 +7,10 @@ use serde_json::json;
 
 #[tool_router(router = info_router, vis = "pub(super)")]
 impl GroveMcp {
-    /// Task counts per status, the running tasks' progress, and (inside a
-    /// task) how many of your children are unfinished.
+    /// Task counts per status, (inside a task) how many of your children
+    /// are unfinished, and the delegation counters (warm reuse of agents:
+    /// attempts, hits, failures, cold fallbacks, cap rejections, hit rate;
+    /// resurrections, live injections).
     #[tool(name = "stats")]
     async fn stats(&self) -> CallToolResult {
         reply(self.do_stats().await)
@@ -30,6 +32,15 @@ impl GroveMcp {
         ))
     }
 
+    /// The workspaces you can delegate to (`spawn` with `project` = id,
+    /// name or path): id, name, path, whether a grove member runs there
+    /// (one is started when needed), and stale entries whose path is gone.
+    #[tool(name = "projects")]
+    async fn projects(&self) -> CallToolResult {
+        let here = crate::projects::id_of(self.grove.workspace());
+        reply(crate::projects::list().map(|l| json!({ "this": here, "projects": l })))
+    }
+
     /// The personas a task can take (prepended to its prompt).
     #[tool(name = "personas")]
     async fn personas(&self) -> CallToolResult {
@@ -45,6 +56,7 @@ impl GroveMcp {
         let reader = self.reader().await?;
         let counts = reader.counts().map_err(|e| e.to_string())?;
         let mine = (self.parent().await).map(|id| super::control::open_children(&reader, &id));
-        Ok(json!({ "counts": counts, "my_unfinished_children": mine }))
+        let delegation = reader.counters().map_err(|e| e.to_string())?;
+        Ok(json!({ "counts": counts, "my_unfinished_children": mine, "delegation": delegation }))
     }
 }

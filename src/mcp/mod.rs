@@ -9,8 +9,8 @@
 //! so the agent can correct itself; malformed arguments too (rmcp answers
 //! those as tool errors). Tools by area: `tasks.rs` (spawn, get, list,
 //! output, wait), `control.rs` (cancel, pause, resume, retry, relaunch,
-//! say, progress, conclude), `info.rs` (stats, engines, personas),
-//! `awaits.rs` (await, awaits, await_cancel).
+//! say, progress, conclude), `info.rs` (stats, engines, personas,
+//! projects), `awaits.rs` (await, awaits, await_cancel).
 
 mod awaits;
 mod control;
@@ -77,7 +77,7 @@ pub async fn serve(grove: Arc<dyn Grove>) -> Result<(), String> {
 #[tool_handler(
     router = self.tool_router,
     name = "grove",
-    instructions = "grove runs agent tasks for this workspace. Delegate work with `spawn` (each task you spawn is your child), follow it with `get`, `list` (parent = \"self\"), `output`, and collect results with `wait` (blocking), which returns each task's conclusion, or — better for long work — `await` and end your turn: you are resumed with the results. Steer with `say`, `cancel`, `pause`, `resume`, `retry`, `relaunch`. Inside a task, report with `progress` and `conclude`."
+    instructions = "grove runs agent tasks for this workspace. Delegate work with `spawn` (each task you spawn is your child), follow it with `get`, `list` (parent = \"self\"), `output`, and collect results with `wait` (blocking), which returns each task's conclusion, or — better for long work — `await` and end your turn: you are resumed with the results. Steer with `say`, `cancel`, `pause`, `resume`, `retry`, `relaunch`. Inside a task, report with `progress` and `conclude`. To run a task in another workspace, pass `project` to `spawn` (see `projects`)."
 )]
 impl ServerHandler for GroveMcp {}
 

@@ -45,6 +45,13 @@ pub struct SpawnParams {
     /// added to a `shell` command). The conclusion comes back from `get`
     /// and `wait` either way.
     pub conclusion: Option<bool>,
+    /// Run the task in another workspace: its id, name or path (see the
+    /// `projects` tool). The task you get back lives here and follows the
+    /// one in that workspace: its output, result and conclusion are that
+    /// task's, so `get` and `wait` work on it as on any child; cancelling
+    /// it cancels the other. Engine, model, persona and workdir are that
+    /// workspace's.
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -167,6 +174,17 @@ impl GroveMcp {
             want_conclusion: p.conclusion.unwrap_or(true),
             keep_session: p.keep_session,
             ..Default::default()
+        };
+        let new = match &p.project {
+            None => new,
+            Some(query) => {
+                let project = crate::projects::resolve(query)?;
+                if project.path == self.grove.workspace().root {
+                    new // this very workspace
+                } else {
+                    crate::projects::proxy_task(&project, new)?
+                }
+            }
         };
         let task = self.write_task(Method::TaskCreate(new)).await?;
         Ok(summary(&task))

@@ -86,6 +86,11 @@ pub async fn serve_until(
 ) -> Result<(), NodeError> {
     opts.ws.ensure_state_dir()?;
     opts.ws.ensure_socket_dir()?;
+    // So that other workspaces' tasks can delegate here by name; a
+    // registry grove cannot write costs only that.
+    if let Err(e) = crate::projects::register(&opts.ws, opts.config.name.as_deref()) {
+        tracing::warn!("not registered in the projects registry: {e}");
+    }
     let identity = Identity {
         instance_id: uuid::Uuid::new_v4().to_string(),
         pid: std::process::id(),

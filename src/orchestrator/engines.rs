@@ -45,6 +45,8 @@ pub struct RunSpec<'a> {
     /// conclusion; `build` leaves it out for the `shell` engine and when
     /// the config turns it off).
     pub brief: bool,
+    /// Spawned by another task (warm reuse applies to its run).
+    pub delegated: bool,
 }
 
 impl<'a> RunSpec<'a> {
@@ -61,6 +63,7 @@ impl<'a> RunSpec<'a> {
             permissions: task.spec.permissions,
             worktree: task.spec.worktree.as_ref().map(|w| w.path.as_str()),
             brief: task.spec.want_conclusion,
+            delegated: task.spec.is_delegated(),
         }
     }
 
@@ -78,6 +81,7 @@ impl<'a> RunSpec<'a> {
             permissions: new.permissions,
             worktree: None,
             brief: new.want_conclusion,
+            delegated: new.is_delegated(),
         }
     }
 }
@@ -153,7 +157,10 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
         Some(p) => format!("{}\n\n{}", persona_text(config, workspace, p)?, spec.prompt),
         None => spec.prompt.to_string(),
     };
-    if spec.brief && config.conclusion_brief && spec.engine != "shell" {
+    // Never for a delegated task's proxy: the task it creates in the other
+    // workspace gets the brief there.
+    let briefed = spec.engine != "shell" && spec.engine != crate::config::DELEGATE_ENGINE;
+    if spec.brief && config.conclusion_brief && briefed {
         prompt.push_str(crate::runs::conclusion::BRIEF);
     }
     let resolved = spec.model.map(|m| config.resolve_model(m));
@@ -189,6 +196,7 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
         permission_timeout_ms: config.permission_timeout_ms,
         shared: e.shared,
         agent_idle_ms: config.agent_idle_ms,
+        warm_cap: (e.shared && spec.delegated).then_some(config.warm_cap),
         mcp_servers: config
             .mcp_servers
             .iter()
@@ -546,6 +554,7 @@ mod tests {
             permissions: None,
             worktree: None,
             brief: false,
+            delegated: false,
         };
         let err = validate(&config(), dir.path(), &spec).unwrap_err();
         assert!(matches!(err, EngineError::Template(_)), "{err:?}");

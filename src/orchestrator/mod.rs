@@ -541,6 +541,7 @@ impl Orchestrator {
                         signal: None,
                         message: Some(message),
                         conclusion: None,
+                        warm: None,
                     };
                     failed.push(
                         self.queue_write(crate::protocol::finished_request_id(&run_id), exit),

@@ -37,8 +37,9 @@ pub use error::{DecodeError, ERROR_CODES, ErrorCode, WireError};
 pub use event::{Event, EventData, TOPICS};
 pub use route::{AgentOp, AwaitOp, Local, Route, TaskOp};
 pub use task::{
-    ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, TASK_STATUSES, TaskChanges, TaskExit,
-    TaskRecord, TaskSpec, TaskStatus, Worktree, WorktreeAsk, finished_request_id,
+    ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, PARENT_REF_ENV, TASK_STATUSES,
+    TaskChanges, TaskExit, TaskRecord, TaskSpec, TaskStatus, WarmUse, Worktree, WorktreeAsk,
+    finished_request_id,
 };
 pub use wire_form::FormError;
 

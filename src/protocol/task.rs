@@ -157,6 +157,32 @@ pub struct TaskExit {
     /// it from the output when the run ends).
     #[serde(default)]
     pub conclusion: Option<Conclusion>,
+    /// How a delegated run on a shared agent's engine got its agent (warm
+    /// reuse), counted when the report is applied; nil for every other
+    /// run (and absent from older shims' reports).
+    #[serde(default)]
+    pub warm: Option<WarmUse>,
+}
+
+/// How a delegated task's run on a `shared` ACP engine got its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmUse {
+    /// A new session on an agent host that was already running.
+    Hit,
+    /// No host ran: this run started one (it stays warm for the next).
+    Started,
+    /// The host was at the warm cap: the run got an agent of its own.
+    CapReached,
+    /// The host went away before it took the session: an agent of its own.
+    NoTarget,
+    /// The warm path failed (the host could not be started or reached, or
+    /// it or its agent died mid-session): the task failed, no cold rerun.
+    Failed,
+}
+
+impl WarmUse {
+    pub const NAMES: &[&str] = &["hit", "started", "cap_reached", "no_target", "failed"];
 }
 
 /// The request id of every report of run `run_id`'s end: the same for every
@@ -223,6 +249,21 @@ pub struct TaskSpec<Engine = String, Tree = Option<Worktree>> {
     /// conclusion when it ends.
     #[serde(default)]
     pub want_conclusion: bool,
+}
+
+/// The environment variable that names the task a task was delegated by
+/// from another workspace (`<workspace path>#<task id>`): set by
+/// `grove delegate-run` on the task it creates there. The parent lives in
+/// another store, so it cannot be a `parent_id`; carried in the task's
+/// environment, its agent sees it too.
+pub const PARENT_REF_ENV: &str = "GROVE_PARENT_REF";
+
+impl<E, T> TaskSpec<E, T> {
+    /// Spawned by another task: here (`parent_id`) or from another
+    /// workspace ([`PARENT_REF_ENV`]).
+    pub fn is_delegated(&self) -> bool {
+        self.parent_id.is_some() || self.env.contains_key(PARENT_REF_ENV)
+    }
 }
 
 /// What a resume or a relaunch changes in a task's spec (every field left

@@ -85,6 +85,12 @@ pub struct AcpSpec {
     /// A shared agent stops after this long without a session.
     #[serde(default)]
     pub agent_idle_ms: u64,
+    /// A delegated task of a `shared` engine (warm reuse): the host takes
+    /// at most this many such sessions at once; beyond it, or when the
+    /// host goes away before taking the session, the run gets an agent of
+    /// its own. Absent: the engine is not shared or the task not delegated.
+    #[serde(default)]
+    pub warm_cap: Option<u32>,
 }
 
 /// Written by the shim when it starts (`.grove/run/<task>.<run>.run.json`):
@@ -120,6 +126,10 @@ pub struct ExitRecord {
     /// The run's conclusion, when its task records one.
     #[serde(default)]
     pub conclusion: Option<crate::protocol::Conclusion>,
+    /// How the run got a warm agent, when it was a delegated run of a
+    /// `shared` engine.
+    #[serde(default)]
+    pub warm: Option<crate::protocol::WarmUse>,
 }
 
 impl ExitRecord {
@@ -132,6 +142,7 @@ impl ExitRecord {
             signal: self.signal,
             message: self.message.clone(),
             conclusion: self.conclusion.clone(),
+            warm: self.warm,
         }
     }
 }

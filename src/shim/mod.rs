@@ -78,6 +78,7 @@ pub async fn run(spec_path: &Path) -> i32 {
             message: Some("not started: no longer the task's run".into()),
             finished_at: crate::protocol::now_ms(),
             conclusion: None,
+            warm: None,
         };
         let _ = write_json(&RunFiles::exit(&ws, &spec.task_id, &spec.run_id), &exit);
         let _ = std::fs::remove_file(RunFiles::run(&ws, &spec.task_id, &spec.run_id));

@@ -29,6 +29,7 @@ pub(super) async fn supervise(
         message,
         finished_at: now_ms(),
         conclusion: None,
+        warm: None,
     };
     let spawn_error = |m: String| finish(ExitOutcome::SpawnError, None, Some(m));
     let mut signals = match Signals::install() {

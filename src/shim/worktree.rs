@@ -34,6 +34,7 @@ pub(super) async fn prepare(
         message: Some(message),
         finished_at: now_ms(),
         conclusion: None,
+        warm: None,
     };
     let mut log = open_log(&RunFiles::log(ws, &spec.task_id))
         .map_err(|e| end(ExitOutcome::SpawnError, format!("cannot open the log: {e}")))?;

@@ -7,6 +7,7 @@
 //!   its read transactions short, so WAL checkpoints are never starved.
 
 pub mod agent;
+pub mod counters;
 pub mod crash_guard;
 mod rows;
 pub mod schema;
@@ -402,6 +403,11 @@ impl Reader {
             counts.insert(status, n as u64);
         }
         Ok(counts)
+    }
+
+    /// The delegation counters and the warm hit rate (see `counters`).
+    pub fn counters(&self) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
+        Ok(counters::read(&self.conn)?)
     }
 
     /// Durable events with `seq >= from`, in order, at most `limit`.

@@ -151,6 +151,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX awaits_pending ON awaits (parent_id) WHERE state = 'pending';
     CREATE INDEX awaits_deadline ON awaits (deadline) WHERE state = 'pending';
     "#,
+    // v10: delegation counters (warm reuse of shared agents, resurrections,
+    // live injections): rows, so that they outlive every process.
+    r#"
+    CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

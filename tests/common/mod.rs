@@ -94,11 +94,14 @@ impl Grove {
         let ws = dir.path().join("ws");
         std::fs::create_dir_all(ws.join(".grove")).expect("mkdir");
         std::fs::write(ws.join(".grove/grove.toml"), toml).expect("config");
+        // The user's config dir holds the projects registry, where every
+        // member registers its workspace: each test has its own.
+        let config_home = dir.path().join("config");
         Grove {
+            extra_env: vec![("XDG_CONFIG_HOME".into(), config_home.display().to_string())],
             dir,
             ws,
             members: Vec::new(),
-            extra_env: Vec::new(),
             counter: 0,
             member_prefix: Vec::new(),
         }
@@ -106,6 +109,11 @@ impl Grove {
 
     pub fn env(&mut self, k: &str, v: &str) {
         self.extra_env.push((k.into(), v.into()));
+    }
+
+    /// No longer sets `k` for the commands and members started from now.
+    pub fn unset_env(&mut self, k: &str) {
+        self.extra_env.retain(|(name, _)| name != k);
     }
 
     /// Starts `grove serve` and returns its index in `members`.

@@ -2,8 +2,10 @@
 
 Usage: python3 mcp_client.py GROVE_BIN WORKSPACE SCENARIO
 SCENARIO is `tools` (every tool listed, its schema valid, each one called,
-bad arguments refused as tool errors) or `children` (run with GROVE_TASK_ID
-set: what it spawns are that task's children, under max_children = 2).
+bad arguments refused as tool errors), `children` (run with GROVE_TASK_ID
+set: what it spawns are that task's children, under max_children = 2) or
+`projects` (GROVE_TASK_ID and OTHER_PROJECT set: a child delegated to
+another workspace).
 Prints `N passed, M failed` and exits non-zero on any failure.
 """
 
@@ -22,7 +24,7 @@ passed, failed = 0, 0
 TOOLS = {
     "spawn", "get", "list", "output", "wait", "cancel", "pause", "resume",
     "retry", "relaunch", "say", "progress", "conclude", "stats", "engines",
-    "personas", "await", "awaits", "await_cancel",
+    "personas", "await", "awaits", "await_cancel", "projects",
 }
 
 
@@ -78,7 +80,7 @@ async def tools(s, g):
             why = await g.refused(t.name, {"no_such_argument": 1})
             check("unknown field" in why, f"{t.name} with an unknown argument: {why}")
 
-    for name in ("stats", "engines", "personas"):
+    for name in ("stats", "engines", "personas", "projects"):
         check(await g.call(name, {}) is not None, f"{name} answers")
     engines = await g.call("engines", {})
     check(any(e["name"] == "shell" for e in engines["engines"]), "engines lists shell")
@@ -177,6 +179,36 @@ async def children(s, g):
     print(json.dumps({"slow": slow["id"], "quick": quick["id"]}), flush=True)
 
 
+async def projects(s, g):
+    """Run with GROVE_TASK_ID set and OTHER_PROJECT naming a registered
+    workspace where a member runs: a child delegated there."""
+    parent, other = os.environ["GROVE_TASK_ID"], os.environ["OTHER_PROJECT"]
+    listed = await g.call("projects", {})
+    mine = [p for p in listed["projects"] if p["name"] == other]
+    check(len(mine) == 1 and mine[0]["running"] and not mine[0]["stale"], f"projects lists {other}, running: {listed}")
+    check(any(p["id"] == listed["this"] for p in listed["projects"]), "projects lists this workspace too")
+    child = await g.call("spawn", {"prompt": "echo from there; " + block("success", "done there"), "project": other})
+    check(child["parent_id"] == parent and child["engine"] == "delegate", f"the child is ours, run by the delegate engine {child}")
+    waited = await g.call("wait", {"ids": [child["id"]], "timeout_seconds": 60})
+    t = waited["tasks"][0]
+    check(waited["satisfied"] and t["status"] == "completed", f"wait: completed {waited}")
+    c = t["conclusion"] or {}
+    check(c.get("status") == "success" and c.get("summary") == "done there", f"the other task's conclusion {c}")
+    got = await g.call("get", {"id": child["id"]})
+    check(got["conclusion"] == t["conclusion"], "get returns it too")
+    out = await g.call("output", {"id": child["id"]})
+    check("from there" in out["text"] and "delegated to" in out["text"], f"its output is the other task's {out}")
+    failing = await g.call("spawn", {"prompt": "echo broken; exit 3", "project": other})
+    waited = await g.call("wait", {"ids": [failing["id"]], "timeout_seconds": 60})
+    t = waited["tasks"][0]
+    check(t["status"] == "failed" and t["exit_code"] == 3, f"a failure there fails the child here {t}")
+    why = await g.refused("spawn", {"prompt": "echo x", "project": "no-such-project"})
+    check("no project" in why and "projects" in why, f"an unknown project: {why}")
+    why = await g.refused("spawn", {"prompt": "echo x", "project": other, "keep_session": True})
+    check("keep_session" in why, f"keep_session with a project: {why}")
+    print(json.dumps({"child": child["id"]}), flush=True)
+
+
 async def main():
     params = StdioServerParameters(
         command=GROVE, args=["mcp", "--workspace", WS], env=dict(os.environ)
@@ -187,7 +219,7 @@ async def main():
             check(init.server_info.name == "grove", "initialize: the server is grove")
             g = Grove(s)
             try:
-                await {"tools": tools, "children": children}[SCENARIO](s, g)
+                await {"tools": tools, "children": children, "projects": projects}[SCENARIO](s, g)
             except AssertionError as e:
                 check(False, str(e))
 

@@ -76,6 +76,7 @@ fn exit(task: &str, code: i32) -> ExitRecord {
         message: None,
         finished_at: 1,
         conclusion: None,
+        warm: None,
     }
 }
 

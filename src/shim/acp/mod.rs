@@ -12,12 +12,13 @@ mod outbox;
 mod steering;
 mod transcript;
 mod transport;
+mod warm;
 
 use super::open_log;
 use super::supervise::{Clock, command, sleep_until, terminate};
 use crate::config::Config;
 use crate::paths::Workspace;
-use crate::protocol::{ExitOutcome, now_ms};
+use crate::protocol::{ExitOutcome, WarmUse, now_ms};
 use crate::runs::signals::{self, Control, Signals};
 use crate::runs::tree;
 use crate::runs::{AcpSpec, ExitRecord, RunFiles, RunRecord, ShimSpec, write_json};
@@ -61,6 +62,26 @@ pub(super) async fn supervise(
     acp: &AcpSpec,
     record: &mut RunRecord,
 ) -> ExitRecord {
+    let mut warm = None;
+    let mut exit = converse(ws, spec, acp, record, &mut warm).await;
+    // A warm session that broke (its host or shared agent gone, the
+    // session refused) fails the task: counted, never rerun cold.
+    if matches!(warm, Some(WarmUse::Hit | WarmUse::Started))
+        && exit.outcome == ExitOutcome::AgentError
+    {
+        warm = Some(WarmUse::Failed);
+    }
+    exit.warm = warm;
+    exit
+}
+
+async fn converse(
+    ws: &Workspace,
+    spec: &ShimSpec,
+    acp: &AcpSpec,
+    record: &mut RunRecord,
+    warm: &mut Option<WarmUse>,
+) -> ExitRecord {
     let finish = |e: Ended| ExitRecord {
         run_id: spec.run_id.clone(),
         outcome: e.outcome,
@@ -71,6 +92,7 @@ pub(super) async fn supervise(
         message: e.message,
         finished_at: now_ms(),
         conclusion: None,
+        warm: None,
     };
     let spawn_error = |m: String| {
         finish(Ended {
@@ -94,10 +116,10 @@ pub(super) async fn supervise(
             message: Some("cancelled before the agent started".into()),
         });
     }
-    let started = if acp.shared {
-        shared(ws, spec, acp).await
-    } else {
-        own(ws, spec, record)
+    let started = match (acp.shared, acp.warm_cap) {
+        (true, Some(cap)) => warm::warm_agent(ws, spec, acp, record, cap, warm).await,
+        (true, None) => shared(ws, spec, acp).await,
+        (false, _) => own(ws, spec, record),
     };
     signals::unblock_control();
     let (mut agent, reader, writer) = match started {
@@ -118,6 +140,14 @@ pub(super) async fn supervise(
     });
     let session = new_session(ws, spec, acp, &outbox, log, confined);
     let fatal: transport::Fatal = Arc::default();
+    match warm {
+        Some(WarmUse::CapReached) => session
+            .tell("warm reuse: the shared agent is at warm_cap; this task has an agent of its own"),
+        Some(WarmUse::NoTarget) => session
+            .tell("warm reuse: the shared agent went away; this task has an agent of its own"),
+        Some(WarmUse::Hit) => session.tell("warm reuse: a new session on the running shared agent"),
+        _ => {}
+    }
     if let Agent::Shared { pid, log } = &agent {
         session.tell(&format!(
             "shared agent (pid {}; its host's log: {})",
@@ -263,12 +293,16 @@ async fn shared(
     acp: &AcpSpec,
 ) -> Result<(Agent, Reader, Writer), String> {
     let c = host::start::connect(ws, spec, acp).await?;
-    let (r, w) = c.stream.into_split();
-    let agent = Agent::Shared {
-        pid: c.agent_pid,
-        log: c.log,
-    };
-    Ok((agent, Box::new(r), Box::new(w)))
+    Ok(on_host(c.stream, c.agent_pid, c.log))
+}
+
+fn on_host(
+    stream: tokio::net::UnixStream,
+    pid: Option<u32>,
+    log: std::path::PathBuf,
+) -> (Agent, Reader, Writer) {
+    let (r, w) = stream.into_split();
+    (Agent::Shared { pid, log }, Box::new(r), Box::new(w))
 }
 
 /// The conversation's shared state: where updates go, the transcript, the

@@ -326,6 +326,7 @@ fn resume_parent(c: &mut Ctx<'_>, parent_id: &str, text: String) -> Result<(), A
         TaskStatus::Completed | TaskStatus::Failed => {
             lineage::relaunch(c, parent_id, Some(&text), &TaskChanges::default())?
                 .map_err(Applied::Refused)?;
+            crate::store::counters::bump(c.tx, "resurrections", 1)?;
         }
         TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Paused => {
             let mut parent = parent;

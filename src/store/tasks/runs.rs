@@ -91,6 +91,14 @@ pub(super) fn finished(c: &mut Ctx<'_>, exit: &TaskExit) -> Res {
             id: exit.id.clone(),
         }));
     };
+    // Counted for the run's own report even when the task ended already
+    // (a cancel ends it before the shim reports): the ledger applies each
+    // report once, so each run counts once.
+    if let Some(warm) = exit.warm
+        && task.run_id.as_deref() == Some(exit.run_id.as_str())
+    {
+        crate::store::counters::count_warm(c.tx, warm)?;
+    }
     let live = matches!(
         task.status,
         TaskStatus::Running | TaskStatus::Paused | TaskStatus::Waiting | TaskStatus::Idle

@@ -179,6 +179,7 @@ pub(super) fn exit_method(id: &str, run_id: &str, e: Exit) -> Method {
         signal,
         message: None,
         conclusion: None,
+        warm: None,
     })
 }
 

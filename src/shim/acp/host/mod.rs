@@ -15,6 +15,12 @@
 //! its task with that). Every queue is bounded: a shim that stops reading
 //! (its outbox is full while no primary answers) stops the host reading
 //! the agent, so nothing is ever dropped.
+//!
+//! Warm reuse: a delegated task's shim opens its connection with a grove
+//! line asking for a warm session under a cap (`route.rs::Router::warm`);
+//! the host counts such shims while they are connected and refuses one
+//! past the cap (it answers, then closes), so that the shim can run the
+//! task on an agent of its own instead.
 
 mod route;
 pub mod start;
@@ -319,8 +325,17 @@ fn admit(hub: &Arc<Hub>, id: ClientId, stream: UnixStream) {
     let hub = hub.clone();
     tokio::spawn(async move {
         let mut r = BufReader::new(r);
+        let mut first = true;
         loop {
             match read_line(&mut r).await {
+                Ok(Some(line)) if std::mem::take(&mut first) && warm_cap(&line).is_some() => {
+                    let cap = warm_cap(&line).unwrap_or(0);
+                    let (admitted, answer) = hub.lock().warm(id, cap);
+                    hub.deliver(vec![Out::Client(id, answer)]).await;
+                    if !admitted {
+                        break;
+                    }
+                }
                 Ok(Some(line)) => {
                     let outs = hub.lock().client_line(id, &line);
                     hub.deliver(outs).await;
@@ -342,6 +357,13 @@ fn admit(hub: &Arc<Hub>, id: ClientId, stream: UnixStream) {
         hub.deliver(outs).await;
         hub.changed.notify_one();
     });
+}
+
+/// A delegated task's shim opens with `{"grove":"warm","cap":N}` (before
+/// any ACP message) to ask for a warm session under the cap.
+fn warm_cap(line: &str) -> Option<u64> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    (v["grove"] == "warm").then(|| v["cap"].as_u64()).flatten()
 }
 
 enum IdleCheck {

@@ -45,6 +45,8 @@ pub struct Router {
     /// The agent's `initialize` result, given to every shim as its own.
     init: Value,
     live: std::collections::HashSet<ClientId>,
+    /// The shims of delegated tasks, counted against the warm cap.
+    warm: std::collections::HashSet<ClientId>,
     sessions: HashMap<String, ClientId>,
     to_agent: HashMap<u64, Asked>,
     to_client: HashMap<u64, Asking>,
@@ -82,6 +84,20 @@ impl Router {
 
     pub fn clients(&self) -> usize {
         self.live.len()
+    }
+
+    /// A delegated task's shim asks for a warm session: taken when fewer
+    /// than `cap` delegated shims are connected, counted until it leaves.
+    /// The answer (a grove line, not JSON-RPC) says which, with the count
+    /// before this one; a refused shim is then disconnected by the host.
+    pub fn warm(&mut self, client: ClientId, cap: u64) -> (bool, String) {
+        let sessions = self.warm.len();
+        let admitted = self.live.contains(&client) && (sessions as u64) < cap;
+        if admitted {
+            self.warm.insert(client);
+        }
+        let answer = json!({"grove": "warm", "admitted": admitted, "sessions": sessions});
+        (admitted, line(&answer))
     }
 
     #[cfg(test)]
@@ -216,6 +232,7 @@ impl Router {
     /// requests it left unanswered are answered for it.
     pub fn gone(&mut self, client: ClientId) -> Vec<Out> {
         self.live.remove(&client);
+        self.warm.remove(&client);
         let mut out = Vec::new();
         let mut mine: Vec<String> = self
             .sessions
@@ -338,6 +355,28 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn warm_sessions_are_capped_and_a_leaving_shim_frees_its_place() {
+        let mut r = Router::new(json!({}));
+        for c in 1..=3 {
+            r.connected(c);
+        }
+        assert!(r.warm(1, 2).0);
+        assert!(r.warm(2, 2).0);
+        let (admitted, answer) = r.warm(3, 2);
+        assert!(!admitted);
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(
+            answer,
+            json!({"grove": "warm", "admitted": false, "sessions": 2})
+        );
+        r.gone(1);
+        assert!(r.warm(3, 2).0);
+        // A cap of 0 admits nobody.
+        r.connected(4);
+        assert!(!r.warm(4, 0).0);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Connected {
     pub agent_pid: Option<u32>,
     /// The host's log (its stderr and the agent's).
     pub log: PathBuf,
+    /// No host ran: this shim started it.
+    pub started: bool,
 }
 
 /// The agents' files are named by a hash of what makes an agent: its
@@ -74,9 +76,9 @@ pub async fn connect(ws: &Workspace, spec: &ShimSpec, acp: &AcpSpec) -> Result<C
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
     let log = log_path(ws, spec);
-    let stream = match try_connect(&socket).await? {
-        Some(s) => s,
-        None => start(ws, spec, acp, &socket, &lock_path, &log).await?,
+    let (stream, started) = match try_connect(&socket).await? {
+        Some(s) => (s, false),
+        None => (start(ws, spec, acp, &socket, &lock_path, &log).await?, true),
     };
     drop(lock);
     let agent_pid = std::fs::read(info_path(&socket))
@@ -88,6 +90,7 @@ pub async fn connect(ws: &Workspace, spec: &ShimSpec, acp: &AcpSpec) -> Result<C
         stream,
         agent_pid,
         log,
+        started,
     })
 }
 

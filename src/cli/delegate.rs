@@ -1,0 +1,208 @@
+//! `grove delegate-run`: the agent of a task delegated to another
+//! workspace (the built-in `delegate` engine, see `projects::proxy_task`).
+//!
+//! Its shim runs it like any agent, so the proxy task here is supervised,
+//! timed, cancelled and adopted as any task is. It is a client of the other
+//! workspace's grove (started there when none runs): it creates the task
+//! there with a request id derived from this task and run — so a rerun of
+//! the same run never creates a second one — prints that task's output as
+//! it comes, and ends with its conclusion as a conclusion block (which the
+//! shim records as this task's) and its outcome as the exit code. A cancel
+//! or timeout here (SIGTERM from the shim) cancels the task there. Either
+//! workspace may fail over meanwhile: both clients follow their primary.
+
+use super::{CliError, Context, EXIT_FAILED, EXIT_OK};
+use crate::projects;
+use crate::protocol::{Method, NewTask, PARENT_REF_ENV, ReplyBody, TaskRecord, TaskStatus};
+use std::time::Duration;
+
+/// How often the other task's log and status are read.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+/// Entry point; `autostart` as the command line says.
+pub async fn run(autostart: bool) -> i32 {
+    match delegate(autostart).await {
+        Ok(code) => code,
+        Err(e) => {
+            errln!("grove delegate-run: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// This task (from the environment its shim gave it) and the other
+/// workspace's context.
+fn contexts(autostart: bool) -> Result<(Context, TaskRecord, Context), CliError> {
+    let usage =
+        |m: &str| CliError::Usage(format!("{m} (grove delegate-run is run by a task's shim)"));
+    let (Some(here), Some(id)) = (env("GROVE_WORKSPACE"), env("GROVE_TASK_ID")) else {
+        return Err(usage("GROVE_WORKSPACE and GROVE_TASK_ID are not set"));
+    };
+    let there = env(projects::PROJECT_ENV)
+        .ok_or_else(|| usage(&format!("{} is not set", projects::PROJECT_ENV)))?;
+    let local = Context::load(Some(here.into()), false, false)?;
+    let task = local
+        .reader()?
+        .task(&id)?
+        .ok_or_else(|| CliError::Failed(format!("task {id} is not in this workspace")))?;
+    let remote = Context::load(Some(there.into()), autostart, false)?;
+    Ok((local, task, remote))
+}
+
+/// The task to create there: this one's prompt, tags, priority and
+/// environment, with the other workspace's engine, model, persona and
+/// work dir, marked as delegated from here.
+fn remote_task(local: &Context, task: &TaskRecord) -> NewTask {
+    let mut env = task.spec.env.clone();
+    env.retain(|k, _| !k.starts_with("GROVE_DELEGATE_"));
+    env.insert(
+        PARENT_REF_ENV.into(),
+        format!("{}#{}", local.ws.root.display(), task.id),
+    );
+    NewTask {
+        prompt: task.spec.prompt.clone(),
+        engine: env_of(task, projects::ENGINE_ENV),
+        model: env_of(task, projects::MODEL_ENV),
+        persona: env_of(task, projects::PERSONA_ENV),
+        work_dir: env_of(task, projects::WORKDIR_ENV),
+        tags: task.spec.tags.clone(),
+        priority: task.spec.priority,
+        env,
+        want_conclusion: true,
+        ..Default::default()
+    }
+}
+
+fn env_of(task: &TaskRecord, name: &str) -> Option<String> {
+    task.spec.env.get(name).cloned()
+}
+
+async fn delegate(autostart: bool) -> Result<i32, CliError> {
+    let (local, task, remote) = contexts(autostart)?;
+    let run = task.run_id.clone().unwrap_or_default();
+    let key = format!("delegate-{}-{}-{run}", projects::id_of(&local.ws), task.id);
+    let reply = remote
+        .call(Method::TaskCreate(remote_task(&local, &task)), Some(&key))
+        .await?;
+    let ReplyBody::Task(there) = reply else {
+        return Err(CliError::Failed(format!("unexpected reply {reply:?}")));
+    };
+    outln!(
+        "grove: delegated to {} as task {}",
+        remote.ws.root.display(),
+        there.id
+    );
+    let mut stop = Stop::install()?;
+    tokio::select! {
+        r = follow(&remote, &there.id) => r,
+        _ = stop.next() => {
+            // Cancelled or timed out here: so is the task there.
+            let cancel = Method::TaskCancel { id: there.id.clone() };
+            let key = format!("{key}-cancel");
+            if let Err(e) = remote.call(cancel, Some(&key)).await {
+                errln!("grove delegate-run: cannot cancel task {} there: {e}", there.id);
+            }
+            Ok(128 + libc::SIGTERM)
+        }
+    }
+}
+
+/// Prints the task's output until it ended, then its conclusion block;
+/// the exit code is 0 when it completed.
+async fn follow(remote: &Context, id: &str) -> Result<i32, CliError> {
+    use crate::runs::log::LogReader;
+    let path = crate::runs::RunFiles::log(&remote.ws, id);
+    let reader = remote.reader()?;
+    let mut offset = 0u64;
+    loop {
+        // The status before the file: output written before the task ended
+        // is then certainly in the file when we see it ended.
+        let now = reader.task(id)?;
+        if let Ok(mut log) = LogReader::open(&path, offset, 64 * 1024) {
+            loop {
+                let bytes = log.peek().map_err(|e| CliError::Failed(e.to_string()))?;
+                if bytes.is_empty() {
+                    break;
+                }
+                crate::output::stdout_bytes(bytes);
+                let n = bytes.len();
+                log.consume(n);
+            }
+            offset = log.offset();
+        }
+        match now {
+            None => {
+                errln!(
+                    "grove delegate-run: task {id} was deleted in {}",
+                    remote.ws.root.display()
+                );
+                return Ok(EXIT_FAILED);
+            }
+            Some(t) if t.status.is_terminal() => return Ok(ended(&t)),
+            Some(_) => tokio::time::sleep(FOLLOW_POLL).await,
+        }
+    }
+}
+
+/// The other task's end, as this task's: its conclusion as a block (the
+/// shim reads the last one), then why it did not complete.
+fn ended(t: &TaskRecord) -> i32 {
+    use crate::runs::conclusion::{CLOSE, OPEN};
+    outln!("");
+    if let Some(c) = &t.conclusion {
+        let block = serde_json::json!({
+            "status": c.status, "summary": c.summary, "artifacts": c.artifacts,
+            "follow_up": c.follow_up, "confidence": c.confidence,
+        });
+        outln!("{OPEN}{block}{CLOSE}");
+    }
+    if t.status == TaskStatus::Completed {
+        return EXIT_OK;
+    }
+    let reason = t.failure_reason.map(|r| r.as_str()).unwrap_or("");
+    errln!(
+        "grove delegate-run: task {} {} {reason} {}",
+        t.id,
+        t.status.as_str(),
+        t.progress_text.as_deref().unwrap_or("")
+    );
+    match t.exit_code {
+        Some(c) if (1..=255).contains(&c) => c,
+        _ if t.status == TaskStatus::Cancelled => 128 + libc::SIGTERM,
+        _ => EXIT_FAILED,
+    }
+}
+
+/// SIGTERM, SIGINT or SIGHUP: how the shim stops its agent.
+struct Stop(Vec<tokio::signal::unix::Signal>);
+
+impl Stop {
+    fn install() -> Result<Stop, CliError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let kinds = [
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::hangup(),
+        ];
+        let mut out = Vec::new();
+        for k in kinds {
+            out.push(signal(k).map_err(|e| CliError::Failed(format!("signals: {e}")))?);
+        }
+        Ok(Stop(out))
+    }
+
+    async fn next(&mut self) {
+        let [a, b, c] = self.0.as_mut_slice() else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = a.recv() => {}
+            _ = b.recv() => {}
+            _ = c.recv() => {}
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Delegation into another workspace: the projects registry (every member
+//! registers its workspace; `grove projects` lists, marks stale entries,
+//! forgets), and a task spawned with a project — through MCP from inside a
+//! task, and from the CLI — runs in that workspace's grove while its proxy
+//! here, an ordinary child of the caller, follows it: output, result and
+//! conclusion flow back, and cancelling the proxy cancels the task there.
+//! Real processes: two workspaces' members, shims, `grove delegate-run`,
+//! and the official MCP Python SDK as the client.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::Command;
+
+/// Two workspaces sharing one user config dir (so one registry); the
+/// second is named `other` in its config, and a member runs in each.
+fn two_workspaces() -> (Grove, Grove) {
+    let mut here = Grove::with_config("heartbeat_ms = 100\n");
+    let mut there = Grove::with_config("heartbeat_ms = 100\nname = \"other\"\n");
+    let registry = here.dir.path().join("config");
+    there.env("XDG_CONFIG_HOME", registry.to_str().unwrap());
+    here.serve();
+    there.serve();
+    here.wait_primary();
+    there.wait_primary();
+    (here, there)
+}
+
+fn projects(g: &Grove) -> Vec<Value> {
+    let out = g.ok(&["projects", "--json"]);
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The tasks of `g` as `list --json` shows them.
+fn tasks(g: &Grove) -> Vec<Value> {
+    serde_json::from_str::<Value>(&g.ok(&["list", "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn members_register_their_workspaces_and_stale_entries_can_be_forgotten() {
+    let (here, there) = two_workspaces();
+    let listed = projects(&here);
+    let other = listed.iter().find(|p| p["name"] == "other").expect("other");
+    assert_eq!(
+        other["path"],
+        there.ws.canonicalize().unwrap().to_str().unwrap()
+    );
+    assert_eq!(other["running"], true);
+    assert_eq!(other["stale"], false);
+    assert!(listed.iter().any(|p| p["name"] == "ws"), "{listed:?}");
+    // An entry whose workspace is gone is shown as stale, and forgotten.
+    let dir = here.dir.path().join("config/grove/projects");
+    std::fs::write(
+        dir.join("00000000deadbeef.json"),
+        r#"{"id": "00000000deadbeef", "name": "gone", "path": "/nonexistent/gone"}"#,
+    )
+    .unwrap();
+    let gone = projects(&here)
+        .into_iter()
+        .find(|p| p["name"] == "gone")
+        .expect("listed");
+    assert_eq!(
+        (gone["stale"].clone(), gone["running"].clone()),
+        (true.into(), false.into())
+    );
+    let refused = here.run(&["spawn", "echo x", "--project", "gone"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--forget"));
+    here.ok(&["projects", "--forget", "00000000deadbeef"]);
+    assert!(projects(&here).iter().all(|p| p["name"] != "gone"));
+    assert_eq!(
+        here.run(&["projects", "--forget", "00000000deadbeef"])
+            .status
+            .code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_child_delegated_to_another_workspace_through_mcp_reports_back() {
+    let (here, there) = two_workspaces();
+    let parent = here.ok(&["spawn", "sleep 300"]);
+    let registry = here.dir.path().join("config");
+    let mut cmd = Command::new(test_env::python());
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/mcp/mcp_client.py"
+    ))
+    .arg(BIN)
+    .arg(&here.ws)
+    .arg("projects")
+    .env("GROVE_NO_AUTOSTART", "1")
+    .env("GROVE_TASK_ID", &parent)
+    .env("OTHER_PROJECT", "other")
+    .env("XDG_CONFIG_HOME", &registry);
+    let out = cmd.output().expect("run the MCP client");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && stdout.contains(" passed, 0 failed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child: Value = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("the client prints the child's id");
+    let child = child["child"].as_str().unwrap();
+    // The task there knows where it was delegated from.
+    let here_root = here.ws.canonicalize().unwrap();
+    let reference = format!("{}#{child}", here_root.display());
+    let theirs = tasks(&there);
+    let remote = theirs
+        .iter()
+        .find(|t| t["env"]["GROVE_PARENT_REF"] == reference.as_str())
+        .unwrap_or_else(|| panic!("no task there delegated by {reference}: {theirs:?}"));
+    assert_eq!(remote["status"], "completed");
+    assert_eq!(remote["conclusion"]["summary"], "done there");
+    // The proxy here is the parent's child.
+    assert_eq!(show(&here, child)["parent_id"], parent.as_str());
+    here.ok(&["cancel", &parent]);
+}
+
+#[test]
+fn cancelling_the_proxy_cancels_the_task_in_the_other_workspace() {
+    let (here, there) = two_workspaces();
+    let proxy = here.ok(&["spawn", "sleep 300", "--project", "other"]);
+    let remote = wait_for("the task there to run", DEADLINE, || {
+        tasks(&there)
+            .into_iter()
+            .find(|t| t["prompt"] == "sleep 300" && t["status"] == "running")
+    });
+    let remote = remote["id"].as_str().unwrap().to_string();
+    wait_status(&here, &proxy, "running");
+    here.ok(&["cancel", &proxy]);
+    wait_status(&here, &proxy, "cancelled");
+    wait_status(&there, &remote, "cancelled");
+    // One task there: the proxy's run created it once.
+    assert_eq!(tasks(&there).len(), 1);
+}
