@@ -106,6 +106,13 @@ pub struct Config {
     /// `session/new`, and on the command line of a CLI engine with
     /// `mcp_args`.
     pub mcp_inject: bool,
+    /// Serve the web board on the primary even when `grove web` did not
+    /// turn it on (its port is still the stored one, `.grove/web.json`).
+    pub web: bool,
+    /// A command the primary runs (`sh -c`, the title and the text as
+    /// `$1` and `$2`) when a top-level task finishes or waits for an
+    /// answer, e.g. `notify-send`.
+    pub notify: Option<String>,
 }
 
 /// One MCP server for ACP agents: a command on stdio, or an HTTP url.
@@ -210,6 +217,8 @@ impl Default for Config {
             conclusion_brief: true,
             retry_notice: true,
             mcp_inject: true,
+            web: false,
+            notify: None,
         }
     }
 }
