@@ -11,6 +11,8 @@ const board = {
   tasks: new Map(),     // id -> task record
   lastSeq: 0,           // the last durable event applied
   seen: [],             // every durable seq received, in order (checked by the tests)
+  firstSeq: 0,          // the seq the stream started from (seen[0] when no gap)
+  reconnects: 0,        // streams opened after the first
   source: null,
   view: "tasks",
   detail: null,         // the task page's state: {id, updates, upto, logNext}
@@ -105,6 +107,8 @@ async function loadState() {
   const s = await getJson("/api/state");
   board.tasks = new Map(s.tasks.map((t) => [t.id, t]));
   board.lastSeq = s.last_seq;
+  board.firstSeq = s.last_seq + 1;
+  board.seen = [];
   board.engines = s.engines;
   document.getElementById("epoch").textContent = `epoch ${s.epoch}`;
   fillEngines(s.engines, s.default_engine);
@@ -117,7 +121,11 @@ function connect(since) {
   const es = new EventSource(`/api/events?since=${since}`);
   board.source = es;
   const conn = document.getElementById("conn");
+  let opened = false;
   es.addEventListener("hello", () => {
+    if (opened || board.connected) board.reconnects += 1;
+    opened = true;
+    board.connected = true;
     conn.textContent = "live";
     conn.className = "conn on";
   });
@@ -575,7 +583,8 @@ function renderDetail() {
     d.diff = r.changes ? r.changes.text : (r.error || "no changes");
     renderDetail();
   } }, "Show changes") : null;
-  document.getElementById("task").replaceChildren(
+  const talks = t.status === "paused" || t.status === "idle" || (!TERMINAL.has(t.status) && d.updates.length > 0);
+  document.getElementById("task").replaceChildren(...[
     h("p", {}, h("a", { href: "#tasks" }, "← tasks")),
     h("div", { class: "card" },
       h("h2", {}, statusPill(t), " ", h("span", { class: "mono" }, short(t.id)), " ", progress(t)),
@@ -583,10 +592,11 @@ function renderDetail() {
       h("dl", { class: "facts" }, facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
       children.length ? h("div", {}, "delegated: ", children.map((c) => h("a", { href: "#task/" + c.id, class: "mono" }, `${short(c.id)} (${c.status}) `))) : "",
       h("div", { class: "actions" }, actionButtons(t), diffButton),
-      sayBox),
+      talks ? sayBox : null),
     permission,
-    d.diff !== null ? h("div", { class: "card" }, h("h3", {}, "Changes"), patchBlock(d.diff)) : "",
-    h("div", { class: "card", id: "transcript" }, h("h3", {}, d.updates.length ? "Conversation" : "Log"), body));
+    d.diff !== null ? h("div", { class: "card" }, h("h3", {}, "Changes"), patchBlock(d.diff)) : null,
+    h("div", { class: "card", id: "transcript" }, h("h3", {}, d.updates.length ? "Conversation" : "Log"), body),
+  ].filter(Boolean));
 }
 
 // ---- the spawn form and filters ---------------------------------------------
@@ -613,6 +623,7 @@ function setUpForms() {
       const r = await post("/api/tasks", body);
       toast("spawned " + short(r.ok.task.id));
       f.prompt.value = "";
+      f.deps.value = "";
     } catch (err) {
       toast("spawn refused: " + err.message, true);
     }
