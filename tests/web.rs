@@ -144,7 +144,10 @@ fn requests_without_the_token_for_another_host_or_from_another_site_are_refused(
         let (status, text) = http(port, "GET", "/api/state", &[("X-Grove-Token", token)]);
         (status == 200).then_some(text)
     });
-    assert!(!ok.to_lowercase().contains("access-control-allow"), "no CORS: {ok}");
+    assert!(
+        !ok.to_lowercase().contains("access-control-allow"),
+        "no CORS: {ok}"
+    );
     // No token, a wrong one: 401, and the body says what to do.
     let (status, text) = http(port, "GET", "/api/state", &[]);
     assert_eq!(status, 401, "{text}");
@@ -173,10 +176,7 @@ fn requests_without_the_token_for_another_host_or_from_another_site_are_refused(
         port,
         "POST",
         "/api/tasks",
-        &[
-            ("X-Grove-Token", token),
-            ("Origin", "http://evil.example"),
-        ],
+        &[("X-Grove-Token", token), ("Origin", "http://evil.example")],
     );
     assert_eq!(status, 403);
     assert_eq!(g.db().tasks(&Default::default()).unwrap().len(), 0);
@@ -204,11 +204,15 @@ fn requests_without_the_token_for_another_host_or_from_another_site_are_refused(
         (lines.len() >= 2).then_some(lines)
     });
     assert!(
-        lines.iter().any(|l| l.contains(&done[..8]) && l.contains("completed")),
+        lines
+            .iter()
+            .any(|l| l.contains(&done[..8]) && l.contains("completed")),
         "{lines:?}"
     );
     assert!(
-        lines.iter().any(|l| l.contains(&slow[..8]) && l.contains("cancelled")),
+        lines
+            .iter()
+            .any(|l| l.contains(&slow[..8]) && l.contains("cancelled")),
         "{lines:?}"
     );
     // A later update of a finished task (a second cancel is refused; a
@@ -221,5 +225,9 @@ fn requests_without_the_token_for_another_host_or_from_another_site_are_refused(
             .filter(|t| t.contains(&marker[..8]))
     });
     let text = std::fs::read_to_string(&notes).unwrap();
-    assert_eq!(text.lines().count(), 3, "one line per task and state: {text}");
+    assert_eq!(
+        text.lines().count(),
+        3,
+        "one line per task and state: {text}"
+    );
 }

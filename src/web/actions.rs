@@ -93,7 +93,12 @@ pub async fn act(
             None => return Err(bad("say needs a text")),
         },
         "merge" | "discard" => return worktree(&board, &id, &action, ask.squash).await,
-        other => return Err(Failure(StatusCode::NOT_FOUND, format!("no action '{other}'"))),
+        other => {
+            return Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!("no action '{other}'"),
+            ));
+        }
     };
     call(&board, method, ask.request_id).await
 }
@@ -102,7 +107,11 @@ fn bad(why: &str) -> Failure {
     Failure(StatusCode::BAD_REQUEST, why.to_string())
 }
 
-async fn call(board: &Board, method: Method, request_id: Option<String>) -> Result<Json<Value>, Failure> {
+async fn call(
+    board: &Board,
+    method: Method,
+    request_id: Option<String>,
+) -> Result<Json<Value>, Failure> {
     let config = board.live.current();
     let mut client = Client::new(&board.ws, &config, "web");
     let id = request_id
@@ -131,7 +140,12 @@ fn refused(e: ClientError) -> Failure {
 
 /// `merge` or `discard` of a finished task's worktree, on the blocking
 /// pool (git runs meanwhile). Refused while its agent may still write.
-async fn worktree(board: &Board, id: &str, action: &str, squash: bool) -> Result<Json<Value>, Failure> {
+async fn worktree(
+    board: &Board,
+    id: &str,
+    action: &str,
+    squash: bool,
+) -> Result<Json<Value>, Failure> {
     let root = board.ws.root.clone();
     let state_dir = board.ws.state_dir.clone();
     let copied = board.live.current().setup.copy.clone();

@@ -62,14 +62,19 @@ const STYLE: &str = include_str!("assets/board.css");
 /// changes: only a page served to a holder of the token gets it, and no
 /// other origin can read it (no CORS).
 async fn index(State(board): State<Arc<Board>>) -> Response {
-    let page = INDEX
-        .replace("{{TOKEN}}", &board.token)
-        .replace("{{WORKSPACE}}", &escape(&board.ws.root.display().to_string()));
+    let page = INDEX.replace("{{TOKEN}}", &board.token).replace(
+        "{{WORKSPACE}}",
+        &escape(&board.ws.root.display().to_string()),
+    );
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }
 
 async fn script() -> Response {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
+        .into_response()
 }
 
 async fn style() -> Response {
@@ -256,7 +261,9 @@ async fn members(State(board): State<Arc<Board>>) -> Result<Json<Value>, Failure
             .into_iter()
             .map(|m| {
                 let alive = crate::proc::running(m.pid);
-                let primary = record.as_ref().is_some_and(|p| p.instance_id == m.instance_id);
+                let primary = record
+                    .as_ref()
+                    .is_some_and(|p| p.instance_id == m.instance_id);
                 let mut v = serde_json::to_value(&m).unwrap_or_default();
                 v["alive"] = alive.into();
                 v["primary"] = primary.into();

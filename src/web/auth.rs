@@ -25,15 +25,19 @@ pub const TOKEN_HEADER: &str = "x-grove-token";
 
 /// The middleware in front of every route.
 pub async fn guard(State(board): State<Arc<Board>>, req: Request, next: Next) -> Response {
-    if let Err(refused) = check(&board, &req) {
-        return refused;
+    if let Err((status, why)) = check(&board, &req) {
+        return harden((status, format!("{why}\n")).into_response());
     }
     board.touch();
     // A first visit with `?token=`: keep it as a cookie and take it out of
     // the address bar (and of the history).
     let from_query = query_token(req.uri().query()).is_some();
     if from_query && req.method() == Method::GET && !req.uri().path().starts_with("/api/") {
-        let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, req.uri().path())]).into_response();
+        let mut resp = (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, req.uri().path())],
+        )
+            .into_response();
         if let Ok(v) = HeaderValue::from_str(&board.cookie()) {
             resp.headers_mut().insert(header::SET_COOKIE, v);
         }
@@ -42,7 +46,8 @@ pub async fn guard(State(board): State<Arc<Board>>, req: Request, next: Next) ->
     harden(next.run(req).await)
 }
 
-fn check(board: &Board, req: &Request) -> Result<(), Response> {
+/// Why a request is refused, if it is: the status and a reason for people.
+fn check(board: &Board, req: &Request) -> Result<(), (StatusCode, String)> {
     let headers = req.headers();
     let host = headers
         .get(header::HOST)
@@ -86,8 +91,8 @@ fn check(board: &Board, req: &Request) -> Result<(), Response> {
     Ok(())
 }
 
-fn refuse(status: StatusCode, body: &str) -> Response {
-    harden((status, format!("{body}\n")).into_response())
+fn refuse(status: StatusCode, why: &str) -> (StatusCode, String) {
+    (status, why.to_string())
 }
 
 /// Headers every answer carries: no framing (clickjacking), no referrer
@@ -101,7 +106,10 @@ fn harden(mut resp: Response) -> Response {
         ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -139,8 +147,7 @@ fn query_token(query: Option<&str>) -> Option<String> {
 /// Compares in time independent of where they differ.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0

@@ -69,7 +69,15 @@ fn tell(ws: &Workspace, command: &str, task: &TaskRecord) {
         TaskStatus::Waiting => format!("grove: task {short} needs an answer"),
         s => format!("grove: task {short} {}", s.as_str()),
     };
-    let prompt: String = task.spec.prompt.lines().next().unwrap_or("").chars().take(120).collect();
+    let prompt: String = task
+        .spec
+        .prompt
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(120)
+        .collect();
     // The command is the user's own configuration; the task's words reach
     // it only as arguments, never as shell text.
     let spawned = tokio::process::Command::new("sh")

@@ -53,11 +53,8 @@ pub async fn events(
         pending: None,
     };
     let stream = futures::stream::unfold(state, next);
-    axum::response::sse::Sse::new(stream).keep_alive(
-        KeepAlive::new()
-            .interval(KEEP_ALIVE)
-            .text("keep-alive"),
-    )
+    axum::response::sse::Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
 }
 
 struct Stream {
