@@ -140,25 +140,42 @@ pub async fn run(opts: BoardOptions) {
         .chain(live.files().iter().cloned())
         .map(|p| FileWatch::with_writes(&p, RECHECK))
         .collect();
-    let mut serving: Option<(u16, tokio::task::JoinHandle<()>)> = None;
+    let mut serving: Option<(u16, Serving)> = None;
     loop {
         live.refresh();
         let wanted = wanted_port(&ws, &live);
         match (&serving, wanted) {
             (Some((port, _)), Some(want)) if *port == want => {}
             (_, want) => {
-                if let Some((port, task)) = serving.take() {
-                    task.abort();
-                    let _ = task.await;
+                if let Some((port, server)) = serving.take() {
+                    server.stop().await;
                     tracing::info!("web board on port {port} stopped");
                 }
                 if let Some(port) = want {
                     let server = serve(ws.clone(), live.clone(), last_request.clone(), port);
-                    serving = Some((port, crate::loop_watch::spawn("web", server)));
+                    serving = Some((port, Serving(crate::loop_watch::spawn("web", server))));
                 }
             }
         }
         crate::fs_watch::any(&mut watches).await;
+    }
+}
+
+/// The server's task, stopped when dropped: aborting `run` (the primary's
+/// role ended, the member lives on) must close the listener too, or the
+/// next primary could not bind the port.
+struct Serving(tokio::task::JoinHandle<()>);
+
+impl Serving {
+    async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
