@@ -43,4 +43,5 @@ pub mod test_hooks;
 mod ticker;
 mod trust;
 mod waiter;
+mod web;
 mod worktree;

@@ -6,7 +6,7 @@ mod common;
 use serde_json::Value;
 
 const SCENARIOS: &[&str] = &[
-    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks", "idle", "acp",
+    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks", "idle", "acp", "web",
 ];
 
 fn row<'a>(rows: &'a [Value], metric: &str, report: &Value) -> &'a Value {

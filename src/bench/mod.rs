@@ -15,6 +15,7 @@ mod rpc;
 // Shared with the demo and chaos; kept nameable as `bench::stats`.
 use crate::stats;
 mod tasks;
+mod web;
 
 use crate::output::print_json;
 
@@ -51,7 +52,7 @@ use serde::Serialize;
 )]
 pub struct BenchArgs {
     /// Scenarios to run: failover, handover, rpc, fanout, join, memory,
-    /// tasks, idle, acp (default: all).
+    /// tasks, idle, acp, web (default: all).
     scenarios: Vec<String>,
     /// Secondary counts the failover scenario runs with, each its own rows.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 3, 8])]
@@ -89,7 +90,7 @@ pub struct BenchArgs {
 }
 
 const SCENARIOS: &[&str] = &[
-    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks", "idle", "acp",
+    "failover", "handover", "rpc", "fanout", "join", "memory", "tasks", "idle", "acp", "web",
 ];
 
 /// How much each scenario does: from the flags, or small with `--quick`.
@@ -243,6 +244,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             "tasks" => tasks::run(plan.tasks, plan.free_slot_spawns).await,
             "idle" => idle::run(&plan.idle).await,
             "acp" => acp::run(&plan.acp).await,
+            "web" => web::run(plan.free_slot_spawns).await,
             _ => unreachable!("checked above"),
         };
         rows.extend(result.map_err(|e| BenchError::Failed(format!("bench {s}: {e}")))?);

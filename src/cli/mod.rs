@@ -25,6 +25,7 @@ mod steer;
 mod stop;
 mod task;
 mod task_args;
+mod web;
 mod worktree;
 
 use crate::client::ClientError;
@@ -43,7 +44,7 @@ const HELP_TEMPLATE: &str = "\
 {usage-heading} {usage}
 
 By purpose:
-  members   serve, acp, mcp, status, events, stop
+  members   serve, acp, mcp, status, events, stop, web
   tasks     run, spawn, list, show, wait, logs, progress, stats,
             cancel, pause, resume, retry, relaunch, delete, purge, task,
             approve, deny, say, mode, close, awaits
@@ -107,6 +108,10 @@ enum Command {
         /// that autostart starts run this way).
         #[arg(long)]
         exit_when_idle: bool,
+        /// Turn the workspace's web board on (stored, like `grove web`):
+        /// whichever member is primary serves it.
+        #[arg(long)]
+        web: bool,
     },
     /// Stop every member of the workspace (secondaries first, so nothing is
     /// handed over). Running tasks keep running; the next member adopts them.
@@ -114,6 +119,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Turn on the workspace's live web board (served by the primary on
+    /// 127.0.0.1, moving with it) and print its URL with the token.
+    Web(web::WebArgs),
     /// Show the primary, the secondaries, heartbeat age and task counts.
     Status {
         #[arg(long)]
@@ -491,7 +499,14 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Serve {
             events_log,
             exit_when_idle,
-        } => serve(ctx, events_log, exit_when_idle).await,
+            web,
+        } => {
+            if web {
+                web::enable(&ctx, None)?;
+            }
+            serve(ctx, events_log, exit_when_idle).await
+        }
+        Command::Web(a) => web::run(&ctx, a).await,
         Command::Mcp => mcp::run(ctx).await,
         Command::Status {
             json: _,

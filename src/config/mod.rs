@@ -116,6 +116,13 @@ pub struct Config {
     /// The project's name in `grove projects` (default: the workspace
     /// directory's name).
     pub name: Option<String>,
+    /// Serve the web board on the primary even when `grove web` did not
+    /// turn it on (its port is still the stored one, `.grove/web.json`).
+    pub web: bool,
+    /// A command the primary runs (`sh -c`, the title and the text as
+    /// `$1` and `$2`) when a top-level task finishes or waits for an
+    /// answer, e.g. `notify-send`.
+    pub notify: Option<String>,
 }
 
 /// One MCP server for ACP agents: a command on stdio, or an HTTP url.
@@ -223,6 +230,8 @@ impl Default for Config {
             mcp_inject: true,
             warm_cap: 2,
             name: None,
+            web: false,
+            notify: None,
         }
     }
 }

@@ -240,6 +240,9 @@ struct Parts {
     store: writer::StoreThread,
     publish_task: tokio::task::JoinHandle<()>,
     orchestrator_task: tokio::task::JoinHandle<()>,
+    /// The web board (when turned on) and the notifications: they run
+    /// where the primary runs, and stop with its role.
+    board_tasks: [tokio::task::JoinHandle<()>; 2],
     watchdog: Watchdog,
     last_seq: Arc<AtomicU64>,
 }
@@ -306,10 +309,21 @@ fn start_parts(
     );
     let orchestrator_task =
         crate::loop_watch::spawn("orchestrator", orchestrator.run(changed).in_current_span());
+    let board = crate::web::run(crate::web::BoardOptions {
+        ws: opts.ws.clone(),
+        live: live.clone(),
+        last_request: me.last_request.clone(),
+    });
+    let notify = crate::web::notify::run(opts.ws.clone(), live.clone());
+    let board_tasks = [
+        crate::loop_watch::spawn("web board", board.in_current_span()),
+        crate::loop_watch::spawn("notify", notify.in_current_span()),
+    ];
     Ok(Parts {
         store,
         publish_task,
         orchestrator_task,
+        board_tasks,
         watchdog,
         last_seq,
     })
@@ -396,6 +410,11 @@ async fn hand_over(
     tracing::info!("handing over");
     parts.orchestrator_task.abort();
     let _ = parts.orchestrator_task.await;
+    // The board's port is free for the next primary before the lock is.
+    for task in parts.board_tasks {
+        task.abort();
+        let _ = task.await;
+    }
     let (done_tx, done_rx) = oneshot::channel();
     let _ = serving.jobs.send(Job::Shutdown {
         instance_id: me.instance_id.clone(),

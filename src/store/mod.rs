@@ -456,6 +456,47 @@ impl Reader {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The last `limit` promotions, newest first: each with its epoch, when
+    /// it happened, and the event before it (an `instance.shutdown` is a
+    /// handover; anything else was the dead primary's last event, so the
+    /// gap bounds the failover from above). For the web board.
+    pub fn promotions(&self, limit: usize) -> Result<Vec<Promotion>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, at, payload FROM events WHERE topic = 'instance.promoted' \
+             ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let rows: Vec<(i64, i64, Vec<u8>)> = stmt
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut before = self.conn.prepare_cached(
+            "SELECT at, topic FROM events WHERE seq < ?1 ORDER BY seq DESC LIMIT 1",
+        )?;
+        let mut out = Vec::new();
+        for (seq, at, payload) in rows {
+            let Ok(EventData::Promoted {
+                instance_id,
+                pid,
+                epoch,
+            }) = crate::protocol::decode::<EventData>(&payload)
+            else {
+                continue;
+            };
+            let prev: Option<(i64, String)> = before
+                .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            out.push(Promotion {
+                seq: seq as u64,
+                at: at as u64,
+                instance_id,
+                pid,
+                epoch,
+                handover: prev.as_ref().is_some_and(|(_, t)| t == "instance.shutdown"),
+                after_ms: prev.map(|(p, _)| (at - p).max(0) as u64),
+            });
+        }
+        Ok(out)
+    }
+
     /// `PRAGMA integrity_check`: "ok" when the file is sound.
     pub fn integrity_check(&self) -> Result<String, StoreError> {
         Ok(self
@@ -489,6 +530,20 @@ impl Reader {
             .query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get::<_, i64>(0))?
             as u64)
     }
+}
+
+/// A promotion as the board shows it (see [`Reader::promotions`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Promotion {
+    pub seq: u64,
+    pub at: u64,
+    pub instance_id: String,
+    pub pid: u32,
+    pub epoch: u64,
+    /// The primary before handed over (`instance.shutdown` came just before).
+    pub handover: bool,
+    /// Milliseconds since the event before it.
+    pub after_ms: Option<u64>,
 }
 
 pub enum FindTask {

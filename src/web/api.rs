@@ -1,0 +1,286 @@
+//! The board's routes and its reads: the page, its assets, and JSON views
+//! of the store (tasks, one task with its conversation, its log, its
+//! changes, the members). Reads open the store read-only on the blocking
+//! pool: the member's own loop never waits for SQLite.
+
+use super::{actions, auth, sse};
+use crate::config::LiveConfig;
+use crate::paths::Workspace;
+use crate::protocol::now_ms;
+use crate::store::{FindTask, Reader};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What every handler shares.
+pub struct Board {
+    pub ws: Workspace,
+    pub live: Arc<LiveConfig>,
+    pub token: String,
+    pub port: u16,
+    pub last_request: Arc<AtomicU64>,
+}
+
+impl Board {
+    /// Counts as a request for the member's idle exit.
+    pub fn touch(&self) {
+        self.last_request.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+pub fn router(board: Arc<Board>) -> axum::Router {
+    axum::Router::new()
+        .route("/", get(index))
+        .route("/board.js", get(script))
+        .route("/board.css", get(style))
+        .route("/api/state", get(state))
+        .route("/api/members", get(members))
+        .route("/api/events", get(sse::events))
+        .route("/api/tasks", post(actions::spawn))
+        .route("/api/tasks/{id}", get(task))
+        .route("/api/tasks/{id}/log", get(log))
+        .route("/api/tasks/{id}/diff", get(diff))
+        .route("/api/tasks/{id}/{action}", post(actions::act))
+        .layer(axum::middleware::from_fn_with_state(
+            board.clone(),
+            auth::guard,
+        ))
+        .with_state(board)
+}
+
+const INDEX: &str = include_str!("assets/index.html");
+const SCRIPT: &str = include_str!("assets/board.js");
+const STYLE: &str = include_str!("assets/board.css");
+
+/// The page, with the token for the `X-Grove-Token` header of its
+/// changes: only a page served to a holder of the token gets it, and no
+/// other origin can read it (no CORS).
+async fn index(State(board): State<Arc<Board>>) -> Response {
+    let page = INDEX.replace("{{TOKEN}}", &board.token).replace(
+        "{{WORKSPACE}}",
+        &escape(&board.ws.root.display().to_string()),
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// An error answer with a plain-text reason.
+pub struct Failure(pub StatusCode, pub String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        Failure(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+/// Runs `f` with a read-only store connection on the blocking pool.
+pub async fn read<T: Send + 'static>(
+    board: &Board,
+    f: impl FnOnce(&Reader) -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
+    let db = board.ws.db_path();
+    tokio::task::spawn_blocking(move || f(&Reader::open(&db)?))
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+/// A task by full id (or unique prefix), or 404.
+pub fn find(reader: &Reader, id: &str) -> Result<crate::protocol::TaskRecord, Failure> {
+    match reader.find_task(id)? {
+        FindTask::Found(t) => Ok(*t),
+        FindTask::Missing => Err(Failure(StatusCode::NOT_FOUND, format!("no task {id}"))),
+        FindTask::Ambiguous => Err(Failure(
+            StatusCode::BAD_REQUEST,
+            format!("'{id}' names more than one task"),
+        )),
+    }
+}
+
+/// Every task and the seq they are at least as new as: the page follows
+/// the events after it. The seq is read first, so an event committed in
+/// between is both in the rows and replayed, never lost (replaying a
+/// task's whole record is harmless).
+async fn state(State(board): State<Arc<Board>>) -> Result<Json<Value>, Failure> {
+    let config = board.live.current();
+    let engines: Vec<String> = config.engines.keys().cloned().collect();
+    let default_engine = config.default_engine.clone();
+    let root = board.ws.root.display().to_string();
+    read(&board, move |r| {
+        let last_seq = r.last_seq()?;
+        let tasks = r.tasks(&Default::default())?;
+        Ok(Json(json!({
+            "workspace": root,
+            "last_seq": last_seq,
+            "epoch": r.epoch()?,
+            "tasks": tasks,
+            "engines": engines,
+            "default_engine": default_engine,
+        })))
+    })
+    .await
+}
+
+/// One task, its conversation up to a seq (the page takes later updates
+/// from the event stream) and its pending permission request.
+async fn task(
+    State(board): State<Arc<Board>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Failure> {
+    read(&board, move |r| {
+        let upto = r.last_seq()?;
+        let task = find(r, &id)?;
+        let updates: Vec<Value> = r
+            .agent_updates(&task.id, upto)?
+            .into_iter()
+            .map(|(seq, kind, acp)| json!({"seq": seq, "kind": kind, "acp": parse(&acp)}))
+            .collect();
+        let pending = if task.status == crate::protocol::TaskStatus::Waiting {
+            r.last_agent_update(&task.id, crate::store::agent::PERMISSION_REQUEST)?
+                .map(|acp| parse(&acp))
+        } else {
+            None
+        };
+        Ok(Json(json!({
+            "task": task,
+            "upto": upto,
+            "updates": updates,
+            "permission": pending,
+        })))
+    })
+    .await
+}
+
+fn parse(acp: &str) -> Value {
+    serde_json::from_str(acp).unwrap_or_else(|_| Value::String(acp.to_string()))
+}
+
+#[derive(Deserialize)]
+struct LogAsk {
+    /// Read from this offset; absent: the last `LOG_TAIL` bytes.
+    from: Option<u64>,
+}
+
+/// The most a log read returns; the page asks again from `next`.
+const LOG_MAX: usize = 256 * 1024;
+const LOG_TAIL: u64 = 64 * 1024;
+
+/// A task's log from an offset: the page asks again from `next` whenever
+/// the event stream says the task wrote output, so the file (durable) is
+/// what it shows, not the chunks (which a full queue may drop).
+async fn log(
+    State(board): State<Arc<Board>>,
+    Path(id): Path<String>,
+    Query(ask): Query<LogAsk>,
+) -> Result<Json<Value>, Failure> {
+    let ws = board.ws.clone();
+    read(&board, move |r| {
+        let task = find(r, &id)?;
+        let path = crate::runs::RunFiles::log(&ws, &task.id);
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let from = ask.from.unwrap_or(len.saturating_sub(LOG_TAIL)).min(len);
+        let mut bytes = Vec::new();
+        if let Ok(mut reader) = crate::runs::log::LogReader::open(&path, from, LOG_MAX) {
+            bytes = reader.peek().map(<[u8]>::to_vec).unwrap_or_default();
+        }
+        // Never a character cut in two: its rest comes with the next read.
+        let whole = match std::str::from_utf8(&bytes) {
+            Ok(_) => bytes.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => bytes.len(),
+        };
+        let text = String::from_utf8_lossy(&bytes[..whole]).into_owned();
+        Ok(Json(json!({
+            "from": from,
+            "next": from + whole as u64,
+            "size": len,
+            "text": text,
+        })))
+    })
+    .await
+}
+
+/// A worktree task's changes (`grove diff`).
+async fn diff(
+    State(board): State<Arc<Board>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Failure> {
+    let root = board.ws.root.clone();
+    let copied = board.live.current().setup.copy.clone();
+    read(&board, move |r| {
+        let task = find(r, &id)?;
+        let Some(w) = task.spec.worktree else {
+            return Ok(Json(json!({"worktree": null})));
+        };
+        let form = crate::worktree::diff::Form::Patch;
+        match crate::worktree::diff::changes(&root, &w, form, &copied) {
+            Ok(c) => Ok(Json(json!({"worktree": w, "changes": c}))),
+            Err(e) => Ok(Json(json!({"worktree": w, "error": e.to_string()}))),
+        }
+    })
+    .await
+}
+
+/// The primary, the live members, and the last promotions (failovers and
+/// handovers) with how long after the previous primary's last event each
+/// came.
+async fn members(State(board): State<Arc<Board>>) -> Result<Json<Value>, Failure> {
+    let record = crate::primary_record::PrimaryRecord::read(&board.ws);
+    read(&board, move |r| {
+        let members: Vec<Value> = r
+            .members()?
+            .into_iter()
+            .map(|m| {
+                let alive = crate::proc::running(m.pid);
+                let primary = record
+                    .as_ref()
+                    .is_some_and(|p| p.instance_id == m.instance_id);
+                let mut v = serde_json::to_value(&m).unwrap_or_default();
+                v["alive"] = alive.into();
+                v["primary"] = primary.into();
+                v
+            })
+            .filter(|m| m["alive"] == true)
+            .collect();
+        let promotions = r.promotions(PROMOTIONS_SHOWN)?;
+        Ok(Json(json!({
+            "primary": record,
+            "epoch": r.epoch()?,
+            "members": members,
+            "promotions": promotions,
+            "counts": r.counts()?,
+        })))
+    })
+    .await
+}
+
+const PROMOTIONS_SHOWN: usize = 20;

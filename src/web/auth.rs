@@ -1,0 +1,189 @@
+//! Who may use the board. It listens on 127.0.0.1, which every local user
+//! (and every web page in a local browser) can reach, so:
+//!
+//! - every request needs the workspace's token: from the URL `grove web`
+//!   prints (`?token=`, then kept as an HttpOnly, SameSite=Strict cookie
+//!   named after the port, since cookies do not tell ports apart), the
+//!   cookie, or the `X-Grove-Token` header;
+//! - the `Host` header must be `127.0.0.1:PORT` or `localhost:PORT`, so a
+//!   DNS name rebound to 127.0.0.1 reaches nothing (its pages send their
+//!   own host name);
+//! - a request that changes anything (every POST) needs the token in the
+//!   `X-Grove-Token` header, which a page of another origin cannot set
+//!   without a CORS preflight the board never answers, and an `Origin`,
+//!   when sent, must be the board's own;
+//! - no CORS header is ever sent.
+
+use super::api::Board;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+pub const TOKEN_HEADER: &str = "x-grove-token";
+
+/// The middleware in front of every route.
+pub async fn guard(State(board): State<Arc<Board>>, req: Request, next: Next) -> Response {
+    if let Err((status, why)) = check(&board, &req) {
+        return harden((status, format!("{why}\n")).into_response());
+    }
+    board.touch();
+    // A first visit with `?token=`: keep it as a cookie and take it out of
+    // the address bar (and of the history).
+    let from_query = query_token(req.uri().query()).is_some();
+    if from_query && req.method() == Method::GET && !req.uri().path().starts_with("/api/") {
+        let mut resp = (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, req.uri().path())],
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&board.cookie()) {
+            resp.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        return harden(resp);
+    }
+    harden(next.run(req).await)
+}
+
+/// Why a request is refused, if it is: the status and a reason for people.
+fn check(board: &Board, req: &Request) -> Result<(), (StatusCode, String)> {
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let port = board.port;
+    if host != format!("127.0.0.1:{port}") && host != format!("localhost:{port}") {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "grove board: refused a request for host '{host}': only http://127.0.0.1:{port}/ or http://localhost:{port}/ are served (a page of another site cannot reach the board through its own name)"
+            ),
+        ));
+    }
+    let given = header_token(headers)
+        .or_else(|| cookie_token(headers, &board.cookie_name()))
+        .or_else(|| query_token(req.uri().query()));
+    if !given.is_some_and(|t| same(&t, &board.token)) {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "grove board: this needs the workspace's token; open the URL that `grove web` prints (http://127.0.0.1:PORT/?token=...)",
+        ));
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        if !header_token(headers).is_some_and(|t| same(&t, &board.token)) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "grove board: a change needs the token in the X-Grove-Token header (the board's page sends it; a page of another site cannot)",
+            ));
+        }
+        if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
+            && origin != format!("http://127.0.0.1:{port}")
+            && origin != format!("http://localhost:{port}")
+        {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                &format!("grove board: refused a change sent from another origin ({origin})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn refuse(status: StatusCode, why: &str) -> (StatusCode, String) {
+    (status, why.to_string())
+}
+
+/// Headers every answer carries: no framing (clickjacking), no referrer
+/// (the first URL holds the token), scripts and styles only from the board.
+fn harden(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn header_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn cookie_token(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn query_token(query: Option<&str>) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "token")
+        .map(|(_, v)| v.to_string())
+}
+
+/// Compares in time independent of where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl Board {
+    pub fn cookie_name(&self) -> String {
+        format!("grove_token_{}", self.port)
+    }
+
+    fn cookie(&self) -> String {
+        format!(
+            "{}={}; HttpOnly; SameSite=Strict; Path=/",
+            self.cookie_name(),
+            self.token
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_found_where_they_are_sent() {
+        assert_eq!(query_token(Some("a=1&token=xyz")).as_deref(), Some("xyz"));
+        assert_eq!(query_token(Some("tokens=1")), None);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("other=1; grove_token_80=abc"),
+        );
+        assert_eq!(cookie_token(&h, "grove_token_80").as_deref(), Some("abc"));
+        assert_eq!(cookie_token(&h, "grove_token_81"), None);
+        assert!(same("abc", "abc"));
+        assert!(!same("abc", "abd"));
+        assert!(!same("abc", "abcd"));
+    }
+}

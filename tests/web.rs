@@ -1,0 +1,233 @@
+//! The web board, with real grove processes and a real browser: Debian's
+//! Chromium (headless) driven by Playwright for Python (tests/web/board.py,
+//! in the tests' own Python environment; no browser is downloaded). The
+//! board lists and follows tasks, cancels, spawns, approves and denies
+//! from the page, and keeps a page live and gap-free across a `kill -9` of
+//! the primary. Its refusals (no token, another `Host`, a cross-site
+//! change) and the `notify` command are checked over plain HTTP.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::Command;
+
+const BOARD_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/web/board.py");
+
+/// `grove web`: the board's port, token and URL.
+fn web(g: &Grove) -> (u16, String, String) {
+    let v: Value = serde_json::from_str(&g.ok(&["web", "--json"])).expect("grove web --json");
+    assert_eq!(v["up"], true, "the board came up: {v}");
+    let url = v["url"].as_str().unwrap().to_string();
+    let token = url.split("token=").nth(1).unwrap().to_string();
+    (v["port"].as_u64().unwrap() as u16, token, url)
+}
+
+/// Where a scenario's screenshot goes: `target/web-board-NAME.png`.
+fn screenshot(name: &str) -> PathBuf {
+    let bin = std::path::Path::new(BIN);
+    bin.parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir")
+        .join(format!("web-board-{name}.png"))
+}
+
+/// Runs one scenario of board.py against the board; fails with its output.
+fn browser(g: &Grove, scenario: &str, url: &str) {
+    let shot = screenshot(scenario);
+    let _ = std::fs::remove_file(&shot);
+    let out = Command::new(test_env::python())
+        .arg(BOARD_PY)
+        .arg(scenario)
+        .arg(BIN)
+        .arg(&g.ws)
+        .arg(url)
+        .arg(&shot)
+        .output()
+        .expect("run board.py");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "board.py {scenario} failed ({:?}):\n{}{stderr}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    eprintln!("{stderr}");
+    assert!(shot.exists(), "no screenshot at {}", shot.display());
+}
+
+#[test]
+fn the_board_lists_follows_spawns_and_cancels_tasks() {
+    let mut g = Grove::new();
+    g.serve();
+    g.wait_primary();
+    let (_, _, url) = web(&g);
+    browser(&g, "tasks", &url);
+}
+
+#[test]
+fn a_permission_request_is_approved_and_denied_from_the_page() {
+    let mut g = Grove::scripted_acp("ask", "");
+    g.serve();
+    g.wait_primary();
+    let (_, _, url) = web(&g);
+    browser(&g, "approve", &url);
+}
+
+#[test]
+fn an_open_page_keeps_up_across_a_kill_9_of_the_primary() {
+    let mut g = Grove::new();
+    g.serve();
+    let (_, epoch) = g.wait_primary();
+    g.serve();
+    g.wait_secondaries_at(1, epoch);
+    let (port, _, url) = web(&g);
+    browser(&g, "failover", &url);
+    // The next primary serves the board on the same port.
+    let settings: Value =
+        serde_json::from_slice(&std::fs::read(g.ws.join(".grove/web.json")).unwrap()).unwrap();
+    assert_eq!(settings["port"], port);
+}
+
+/// One HTTP/1.1 request over a plain socket: (status, headers and body).
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: 2\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Content-Type: application/json\r\n\r\n{}");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn requests_without_the_token_for_another_host_or_from_another_site_are_refused() {
+    let notes = tempfile::tempdir().unwrap();
+    let notes = notes.path().join("notes");
+    // `web = true` in the config turns the board on without `grove web`;
+    // the primary picks and stores the port.
+    let mut g = Grove::with_config(&format!(
+        "heartbeat_ms = 100\nweb = true\nnotify = \"printf '%s|%s\\\\n' >> '{}'\"\n",
+        notes.display()
+    ));
+    g.serve();
+    g.wait_primary();
+    let settings = g.ws.join(".grove/web.json");
+    let port = wait_for("the primary to store the board's port", DEADLINE, || {
+        let v: Value = serde_json::from_slice(&std::fs::read(&settings).ok()?).ok()?;
+        v["port"].as_u64().filter(|p| *p > 0)
+    }) as u16;
+    let token_file = g.ws.join(".grove/web.token");
+    let token = wait_for("the token", DEADLINE, || {
+        std::fs::read_to_string(&token_file).ok()
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the token is private");
+    let token = token.trim();
+    let ok = wait_for("the board to answer", DEADLINE, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        let (status, text) = http(port, "GET", "/api/state", &[("X-Grove-Token", token)]);
+        (status == 200).then_some(text)
+    });
+    assert!(
+        !ok.to_lowercase().contains("access-control-allow"),
+        "no CORS: {ok}"
+    );
+    // No token, a wrong one: 401, and the body says what to do.
+    let (status, text) = http(port, "GET", "/api/state", &[]);
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("grove web"), "{text}");
+    let (status, _) = http(port, "GET", "/api/events", &[("X-Grove-Token", "nope")]);
+    assert_eq!(status, 401);
+    let (status, _) = http(port, "GET", "/", &[]);
+    assert_eq!(status, 401);
+    // DNS rebinding: a page of evil.example resolved to 127.0.0.1 sends its
+    // own name as Host; even with a token it gets nothing.
+    let (status, text) = http(
+        port,
+        "GET",
+        &format!("/api/state?token={token}"),
+        &[("Host", &format!("evil.example:{port}"))],
+    );
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("evil.example"), "{text}");
+    // A cross-site form or fetch carries the cookie but cannot set the
+    // header: refused, and nothing is spawned.
+    let cookie = format!("grove_token_{port}={token}");
+    let (status, text) = http(port, "POST", "/api/tasks", &[("Cookie", &cookie)]);
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("X-Grove-Token"), "{text}");
+    let (status, _) = http(
+        port,
+        "POST",
+        "/api/tasks",
+        &[("X-Grove-Token", token), ("Origin", "http://evil.example")],
+    );
+    assert_eq!(status, 403);
+    assert_eq!(g.db().tasks(&Default::default()).unwrap().len(), 0);
+    // The board's own page sends the header and its origin: accepted (here
+    // refused only for the empty prompt).
+    let origin = format!("http://127.0.0.1:{port}");
+    let (status, text) = http(
+        port,
+        "POST",
+        "/api/tasks",
+        &[("X-Grove-Token", token), ("Origin", &origin)],
+    );
+    assert_eq!(status, 400, "{text}");
+
+    // Notifications: once per top-level task and state.
+    let done = g.ok(&["spawn", "true"]);
+    let slow = g.ok(&["spawn", "sleep 60"]);
+    wait_status(&g, &slow, "running");
+    g.ok(&["progress", "50", "--task", &slow]);
+    g.ok(&["cancel", &slow]);
+    wait_status(&g, &done, "completed");
+    let lines = wait_for("two notifications", DEADLINE, || {
+        let text = std::fs::read_to_string(&notes).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        (lines.len() >= 2).then_some(lines)
+    });
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&done[..8]) && l.contains("completed")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&slow[..8]) && l.contains("cancelled")),
+        "{lines:?}"
+    );
+    // A later update of a finished task (a second cancel is refused; a
+    // relaunch would be a new state) does not notify again.
+    let _ = g.run(&["cancel", &slow]);
+    let marker = g.ok(&["spawn", "true"]);
+    wait_for("the marker's notification", DEADLINE, || {
+        std::fs::read_to_string(&notes)
+            .ok()
+            .filter(|t| t.contains(&marker[..8]))
+    });
+    let text = std::fs::read_to_string(&notes).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        3,
+        "one line per task and state: {text}"
+    );
+}

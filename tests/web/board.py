@@ -1,0 +1,205 @@
+"""Drives grove's web board in a real browser (Debian's Chromium, headless,
+through Playwright for Python: no browser download), for tests/web.rs.
+
+Usage: python3 board.py SCENARIO GROVE_BIN WORKSPACE URL SCREENSHOT
+
+Scenarios:
+  tasks     the board lists the tasks; a task spawned from the CLI appears;
+            cancel from the page; spawn from the page; the graph and the
+            members views render
+  approve   an ACP task waiting on a permission request (engine `scripted`)
+            is approved from the page, another one denied
+  failover  with the page open, the primary is killed with SIGKILL: the
+            page reconnects to the next primary on the same port, keeps
+            updating, and the seqs it received have no gap
+
+Every wait has a generous deadline; a failed check exits 1 with its reason.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from playwright.sync_api import sync_playwright
+
+DEADLINE = 60.0
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def fail(why):
+    print(f"board.py: FAILED: {why}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, why):
+    if not cond:
+        fail(why)
+
+
+class Run:
+    def __init__(self, grove, ws, url, shot):
+        self.grove, self.ws, self.url, self.shot = grove, ws, url, shot
+
+    def cli(self, *args):
+        out = subprocess.run([self.grove, "--workspace", self.ws, "--no-autostart", *args],
+                             capture_output=True, text=True, timeout=DEADLINE)
+        check(out.returncode == 0, f"grove {' '.join(args)}: {out.returncode} {out.stderr}")
+        return out.stdout.strip()
+
+    def task(self, tid):
+        return json.loads(self.cli("show", tid, "--json"))
+
+    def wait(self, what, f, within=DEADLINE):
+        until = time.time() + within
+        while time.time() < until:
+            v = f()
+            if v:
+                return v
+            time.sleep(0.1)
+        fail(f"timed out after {within}s waiting for {what}")
+
+    def wait_status(self, tid, status):
+        return self.wait(f"task {tid} {status}", lambda: self.task(tid)["status"] == status)
+
+    def page_status(self, page, tid):
+        return page.evaluate("id => { const t = window.groveBoard.tasks.get(id); return t ? t.status : null; }", tid)
+
+    def wait_page_status(self, page, tid, status):
+        return self.wait(f"the page to show task {tid} {status}",
+                         lambda: self.page_status(page, tid) == status)
+
+    def contiguous(self, page):
+        seen = page.evaluate("window.groveBoard.seen")
+        first = page.evaluate("window.groveBoard.firstSeq")
+        check(seen == list(range(first, first + len(seen))),
+              f"the page's seqs are not contiguous from {first}: {seen}")
+        return seen
+
+
+def tasks(r, page):
+    first = r.cli("spawn", "echo first", "--tag", "ci")
+    page.goto(r.url)
+    row = page.locator(f'tr.task[data-id="{first}"]')
+    row.wait_for(timeout=DEADLINE * 1000)
+    # The token went from the URL into a cookie; the address bar lost it.
+    check("token=" not in page.url, f"the token stays in the address bar: {page.url}")
+    # A task spawned from the CLI appears, and follows its status live.
+    sleeper = r.cli("spawn", "sleep 60", "--tag", "slow")
+    page.locator(f'tr.task[data-id="{sleeper}"]').wait_for(timeout=DEADLINE * 1000)
+    r.wait_page_status(page, sleeper, "running")
+    r.wait_page_status(page, first, "completed")
+    # Cancel from the page.
+    page.locator(f'tr.task[data-id="{sleeper}"] button[data-action="cancel"]').click()
+    r.wait_status(sleeper, "cancelled")
+    r.wait_page_status(page, sleeper, "cancelled")
+    # Filters: by tag, then by search.
+    page.fill("#tag-filter", "ci")
+    r.wait("the tag filter", lambda: page.locator("tr.task").count() == 1)
+    page.fill("#tag-filter", "")
+    page.fill("#search", "sleep")
+    r.wait("the search", lambda: page.locator("tr.task").count() == 1)
+    page.fill("#search", "")
+    # Spawn from the page, with a dependency: the graph puts it right of it.
+    page.fill("#spawn textarea[name=prompt]", "echo from the page")
+    page.fill("#spawn input[name=deps]", first)
+    page.click("#spawn button[type=submit]")
+    spawned = r.wait("the page's spawn", lambda: page.evaluate(
+        "[...window.groveBoard.tasks.values()].find(t => t.prompt === 'echo from the page')"))
+    r.wait_status(spawned["id"], "completed")
+    check(r.task(spawned["id"])["dependencies"] == [first], "the page's spawn kept its dependency")
+    # The task page shows the log.
+    page.goto(base(r) + f"#task/{first}")
+    r.wait("the task's log", lambda: "first" in page.locator("#transcript").inner_text())
+    page.goto(base(r) + "#graph")
+    r.wait("the graph", lambda: page.locator("#graph g.node").count() == 3)
+    page.goto(base(r) + "#members")
+    r.wait("the members", lambda: "Primary" in page.locator("#members").inner_text())
+    # A running task's progress bar follows `grove progress`.
+    build = r.cli("spawn", "sleep 60", "--tag", "build", "--tag", "ci")
+    r.wait_status(build, "running")
+    r.cli("progress", "40", "compiling", "--task", build)
+    page.goto(base(r) + "#tasks")
+    r.wait("the progress bar", lambda: page.evaluate(
+        "id => (window.groveBoard.tasks.get(id) || {}).progress_pct", build) == 40)
+    page.locator(f'tr.task[data-id="{build}"] .bar').wait_for(timeout=DEADLINE * 1000)
+    page.screenshot(path=r.shot, full_page=True)
+    r.contiguous(page)
+
+
+def approve(r, page):
+    yes = r.cli("spawn", "permission", "-e", "scripted")
+    no = r.cli("spawn", "permission", "-e", "scripted")
+    r.wait_status(yes, "waiting")
+    r.wait_status(no, "waiting")
+    page.goto(r.url)
+    page.goto(base(r) + "#asks")
+    card = page.locator(f'[data-ask="{yes}"]')
+    card.wait_for(timeout=DEADLINE * 1000)
+    card.locator('button[data-action="approve"]').first.click()
+    r.wait_status(yes, "completed")
+    page.locator(f'[data-ask="{no}"] button[data-action="deny"]').click()
+    r.wait(f"task {no} to end after the deny", lambda: r.task(no)["status"] in ("completed", "failed"))
+    r.wait_page_status(page, yes, "completed")
+    # The conversation shows the tool call and the answer.
+    page.goto(base(r) + f"#task/{yes}")
+    r.wait("the transcript", lambda: "permission: selected" in page.locator("#transcript").inner_text())
+    page.screenshot(path=r.shot, full_page=True)
+    r.contiguous(page)
+
+
+def failover(r, page):
+    page.goto(r.url)
+    # (wait_for_function evaluates a string, which the board's CSP forbids)
+    r.wait("the page's event stream", lambda: page.evaluate(
+        "() => !!(window.groveBoard && window.groveBoard.source && window.groveBoard.source.readyState === 1)"))
+    before = [r.cli("spawn", f"echo before {i}") for i in range(3)]
+    for t in before:
+        r.wait_page_status(page, t, "completed")
+    primary = json.load(open(os.path.join(r.ws, ".grove", "primary.json")))
+    os.kill(primary["pid"], signal.SIGKILL)
+    # Writes go on through the next primary; the page must see them all.
+    after = [r.cli("spawn", f"echo after {i}") for i in range(3)]
+    for t in after:
+        r.wait_page_status(page, t, "completed")
+    ask = urllib.request.Request(base(r) + "api/state", headers={"X-Grove-Token": token(r.url)})
+    state = json.load(urllib.request.urlopen(ask, timeout=DEADLINE))
+    r.wait("the page to reach the store's last seq",
+           lambda: page.evaluate("window.groveBoard.lastSeq") >= state["last_seq"])
+    seen = r.contiguous(page)
+    check(page.evaluate("window.groveBoard.reconnects") >= 1, "the page never reconnected")
+    print(f"board.py: the page saw seqs {seen[0]}..{seen[-1]} across the failover", file=sys.stderr)
+    page.screenshot(path=r.shot, full_page=True)
+
+
+def base(r):
+    return r.url.split("?")[0]
+
+
+def token(url):
+    return url.split("token=")[1]
+
+
+def main():
+    scenario, grove, ws, url, shot = sys.argv[1:6]
+    r = Run(grove, ws, url, shot)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        {"tasks": tasks, "approve": approve, "failover": failover}[scenario](r, page)
+        check(not errors, f"the page threw: {errors}")
+        browser.close()
+    print(f"board.py: {scenario} passed", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
