@@ -232,14 +232,14 @@ fn rows(
     vec![
         row(
             format!(
-                "chunk agent → editor via grove acp, one per {} ms",
+                "chunk agent → editor (grove acp), one per {} ms",
                 plan.every_ms
             ),
             &through,
             None,
         ),
         row(
-            "added per chunk to the editor (via grove acp − direct)".into(),
+            "added to the editor (grove acp − direct)".into(),
             &added,
             Some("p50 ≤ 2 ms added"),
         ),
