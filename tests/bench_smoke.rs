@@ -78,11 +78,13 @@ fn quick_bench_reports_every_scenario() {
         row(rows, metric, &report);
     }
     // The acp rows name their own sizes; found by what they start with.
-    // Each chunk arrived both ways (directly and through grove), and the
-    // memory readings are real.
+    // Each chunk arrived every way (directly, to a subscriber and through
+    // `grove acp` to an editor), and the memory readings are real.
     for prefix in [
         "chunk agent → subscriber",
         "added per chunk",
+        "chunk agent → editor",
+        "added to the editor",
         "chunks/s through grove",
         "MB/s through grove",
         "peak RSS of the shim",

@@ -9,7 +9,10 @@
 //!   twice in the same run: directly (the agent reports it on a FIFO right
 //!   after writing its line on stdout: the cost of a pipe) and through grove
 //!   (agent → shim → outbox → primary → store commit → PUB → subscriber).
-//!   The difference is what grove adds. The shim coalesces text chunks for
+//!   The difference is what grove adds. A third path (`acp/editor.rs`)
+//!   goes all the way to an editor: this bench as the ACP client of a
+//!   `grove acp` subprocess whose session's mode is the agent's engine.
+//!   The shim coalesces text chunks for
 //!   a window before sending them (so that a chatty agent cannot flood the
 //!   store); the chunk that opens a batch waits that whole window.
 //! - Throughput: the agent sends its chunks as fast as it can; the rate at
@@ -27,6 +30,7 @@ use crate::protocol::{EventData, Method, NewTask, ReplyBody};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+mod editor;
 mod tap;
 
 pub struct Plan {
@@ -54,6 +58,7 @@ pub async fn run(plan: &Plan) -> Result<Vec<Row>, String> {
     let mut client = c.client("bench-acp");
     let (primary, _) = super::failover::primary(&mut client).await?;
     let mut rows = latency(&c, &mut client, plan).await?;
+    rows.extend(editor::latency(&c, &mut client, plan).await?);
     let direct = direct_flood(&exe, plan).await?;
     rows.extend(flood(&c, &mut client, primary, plan, direct).await?);
     Ok(rows)
