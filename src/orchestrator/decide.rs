@@ -69,6 +69,9 @@ pub struct Unconfirmed {
 }
 
 /// What a run left on disk, checked in this order.
+// A pass makes a handful of these and drops them: boxing the exit
+// record would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Trace {
     /// Its shim runs (pid *and* start time of the run record match).
@@ -101,6 +104,9 @@ pub struct Queued {
 
 /// One thing to do. The executor carries them out in order: every store
 /// write goes through the one store thread, in this order.
+// A pass makes a handful of these and drops them: boxing the exit
+// record would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Supervise a run whose live shim a predecessor started.
