@@ -26,6 +26,9 @@ pub const MAX_CHILDREN: usize = 1024;
 /// Most characters of one child's conclusion summary in the parent's
 /// prompt: a chatty child must not flood its parent's context.
 const SUMMARY_CHARS: usize = 4000;
+/// Most bytes of the whole results prompt: it is one control event, which
+/// every subscriber receives; children past it are named, not quoted.
+const PROMPT_BYTES: usize = 64 * 1024;
 
 pub(in crate::store) fn apply(c: &mut Ctx<'_>, op: AwaitOp<'_>) -> Res {
     match op {
@@ -255,7 +258,14 @@ pub fn results_prompt(
         rec.policy.as_str(),
         rec.quorum
     );
+    let mut left_out: Vec<&str> = Vec::new();
     for (id, task) in children {
+        if out.len() > PROMPT_BYTES {
+            if task.as_ref().is_none_or(|t| t.status.is_terminal()) {
+                left_out.push(id);
+            }
+            continue;
+        }
         let Some(t) = task else {
             out.push_str(&format!("\n[delegated-result {id} deleted]\n(the task was deleted before it reported)\n[/delegated-result]\n"));
             continue;
@@ -278,6 +288,12 @@ pub fn results_prompt(
             None => out.push_str("(no conclusion recorded)"),
         }
         out.push_str("\n[/delegated-result]\n");
+    }
+    if !left_out.is_empty() {
+        out.push_str(&format!(
+            "\nAlso ended (results too long to include; see `get`): {}\n",
+            left_out.join(", ")
+        ));
     }
     let running: Vec<&str> = (children.iter())
         .filter(|(_, t)| !ended(t))
