@@ -100,5 +100,12 @@ fn summary(d: &EventData) -> String {
             let short: String = acp.chars().take(100).collect();
             format!("{} {kind} {short}", &id[..12.min(id.len())])
         }
+        EventData::GoalUpdated { goal } => format!(
+            "{} {} iteration {}/{}",
+            &goal.id[..12.min(goal.id.len())],
+            goal.status.as_str(),
+            goal.iteration,
+            goal.max_iterations
+        ),
     }
 }

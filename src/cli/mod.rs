@@ -13,6 +13,7 @@ mod awaits;
 mod config_cmd;
 mod delegate;
 mod events;
+mod goal;
 mod live;
 mod mcp;
 mod orchestrate;
@@ -45,9 +46,9 @@ const HELP_TEMPLATE: &str = "\
 
 By purpose:
   members   serve, acp, mcp, status, events, stop, web
-  tasks     run, spawn, list, show, wait, logs, progress, stats,
+  tasks     run, goal, spawn, list, show, wait, logs, progress, stats,
             cancel, pause, resume, retry, relaunch, delete, purge, task,
-            approve, deny, say, mode, close, awaits
+            approve, deny, say, mode, close, awaits, goals
   worktrees diff, merge, discard, review
   setup     engines, personas, projects, config, completions
   measure   demo, bench, chaos
@@ -139,6 +140,19 @@ enum Command {
     /// code (125-127 and 130: grove's own, see below).
     #[command(after_help = run::RUN_AFTER_HELP)]
     Run(run::RunArgs),
+    /// Pursue an objective over many iterations until the agent reports
+    /// success (or it is blocked, stalls, or runs out of iterations or
+    /// time); stream it like `run`, exit by how it ended.
+    #[command(after_help = goal::GOAL_AFTER_HELP)]
+    Goal(goal::GoalArgs),
+    /// Goals: the running ones (--all: ended ones too, newest first).
+    /// `grove show ID` shows one, `grove cancel ID` stops one.
+    Goals {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List tasks (filters: --status, --tag, --text, --session).
     #[command(alias = "tasks")]
     List(task::ListArgs),
@@ -517,6 +531,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Task(cmd) => task::run(&ctx, cmd).await,
         Command::Spawn(a) => orchestrate::spawn(&ctx, a).await,
         Command::Run(a) => run::run(&ctx, a).await,
+        Command::Goal(a) => goal::run(&ctx, a).await,
+        Command::Goals { all, json } => goal::list(&ctx, all, json).await,
         Command::List(args) => task::list(&ctx, args),
         Command::Show { id, json } => task::show(&ctx, &id, json),
         Command::Wait(a) => orchestrate::wait(&ctx, a).await,

@@ -13,7 +13,9 @@ use super::task_args::TaskArgs;
 use super::{CliError, Context, EXIT_FAILED, EXIT_OK};
 use crate::config::EngineKind;
 use crate::orchestrator::engines::{EngineError, RunSpec};
-use crate::protocol::{ErrorCode, EventData, FailureReason, Method, NewTask, ReplyBody};
+use crate::protocol::{
+    ErrorCode, EventData, FailureReason, GoalRecord, GoalStatus, Method, NewTask, ReplyBody,
+};
 use crate::protocol::{TaskRecord, TaskStatus};
 use clap::Args;
 use futures::FutureExt;
@@ -111,6 +113,23 @@ impl Interrupt {
 }
 
 async fn run_task(ctx: &Context, args: RunArgs) -> Result<i32, CliError> {
+    let RunArgs {
+        task,
+        output_format,
+        quiet,
+    } = args;
+    follow_new(ctx, task.new_task()?, None, output_format, quiet).await
+}
+
+/// Creates the task (with `goal`: a goal and its task) and follows it to
+/// its end (a goal's); the exit code (see `RUN_AFTER_HELP`, `GOAL_AFTER_HELP`).
+pub(super) async fn follow_new(
+    ctx: &Context,
+    mut new: NewTask,
+    goal: Option<super::goal::GoalLimits>,
+    output_format: OutputFormat,
+    quiet: bool,
+) -> Result<i32, CliError> {
     // First of all: from here on Ctrl-C is handled, however early it comes.
     let signal = signal(SignalKind::interrupt())
         .map_err(|e| CliError::Failed(format!("cannot handle Ctrl-C: {e}")))?;
@@ -118,12 +137,6 @@ async fn run_task(ctx: &Context, args: RunArgs) -> Result<i32, CliError> {
         signal,
         pressed: false,
     };
-    let RunArgs {
-        task,
-        output_format,
-        quiet,
-    } = args;
-    let mut new = task.new_task()?;
     new.parent_id = super::orchestrate::calling_task(ctx);
     let engine = new
         .engine
@@ -149,7 +162,11 @@ async fn run_task(ctx: &Context, args: RunArgs) -> Result<i32, CliError> {
     if interrupt.signal.recv().now_or_never().is_some() {
         return Ok(EXIT_INTERRUPTED); // nothing was created yet
     }
-    let Some(task) = create(ctx, new, &mut interrupt).await? else {
+    let method = match goal {
+        None => Method::TaskCreate(new),
+        Some(limits) => Method::GoalCreate(limits.spec(new)),
+    };
+    let Some((task, goal)) = create(ctx, method, &mut interrupt).await? else {
         return Ok(EXIT_INTERRUPTED);
     };
     view.started(&task);
@@ -159,24 +176,39 @@ async fn run_task(ctx: &Context, args: RunArgs) -> Result<i32, CliError> {
     let mut follow = Follow {
         ctx,
         task,
+        goal,
         view,
         gaps: 0,
     };
     if let Some(code) = follow.until_ended(&mut sub, &mut interrupt).await? {
         return Ok(code);
     }
-    let Follow { task, mut view, .. } = follow;
+    let Follow {
+        task,
+        goal,
+        mut view,
+        ..
+    } = follow;
     if task.status == TaskStatus::Cancelled && !run_gone(ctx, &task, &mut interrupt).await {
         return Ok(interrupt.again(Some(&task.id)));
     }
     view.read_log(&ctx.ws, &task.id, true);
-    let code = if interrupt.pressed {
-        EXIT_INTERRUPTED
-    } else {
-        exit_code(&task, view.saw_prompt, acp)
+    let run_code = exit_code(&task, view.saw_prompt, acp);
+    let code = match &goal {
+        _ if interrupt.pressed => EXIT_INTERRUPTED,
+        Some(goal) => super::goal::exit_code(goal, run_code),
+        None => run_code,
     };
-    view.finish(&task);
-    explain(&task, code, &engine);
+    match &goal {
+        Some(goal) => {
+            view.finish_with(super::goal::result(goal));
+            super::goal::explain(goal, &task, code, &engine);
+        }
+        None => {
+            view.finish(&task);
+            explain(&task, code, &engine);
+        }
+    }
     Ok(code)
 }
 
@@ -191,17 +223,18 @@ fn check_engine(ctx: &Context, new: &NewTask, engine: &str) -> Result<(), Engine
     }
 }
 
-/// Creates the task. Ctrl-C meanwhile is remembered, not obeyed: the
-/// create may already be committed, and only its reply names the task to
-/// cancel. `None`: a second Ctrl-C gave up on it.
+/// Creates the task (or the goal and its task). Ctrl-C meanwhile is
+/// remembered, not obeyed: the create may already be committed, and only
+/// its reply names the task to cancel. `None`: a second Ctrl-C gave up on
+/// it.
 async fn create(
     ctx: &Context,
-    new: NewTask,
+    method: Method,
     interrupt: &mut Interrupt,
-) -> Result<Option<TaskRecord>, CliError> {
+) -> Result<Option<(TaskRecord, Option<GoalRecord>)>, CliError> {
     let request_id = uuid::Uuid::new_v4().to_string();
     let call = async {
-        let reply = ctx.call(Method::TaskCreate(new), Some(&request_id)).await;
+        let reply = ctx.call(method, Some(&request_id)).await;
         #[cfg(feature = "test-hooks")]
         if let Some(stall) = crate::test_hooks::run_created_stall() {
             tokio::time::sleep(stall).await;
@@ -213,7 +246,15 @@ async fn create(
         tokio::select! {
             reply = &mut call => {
                 return match reply? {
-                    ReplyBody::Task(task) => Ok(Some(*task)),
+                    ReplyBody::Task(task) => Ok(Some((*task, None))),
+                    // Committed with its task, which the reader sees now.
+                    ReplyBody::Goal(goal) => match ctx.reader()?.task(&goal.id)? {
+                        Some(task) => Ok(Some((task, Some(*goal)))),
+                        None => Err(CliError::Failed(format!(
+                            "goal {} was created but its task is gone (deleted meanwhile?)",
+                            goal.id
+                        ))),
+                    },
                     other => Err(CliError::Failed(format!("unexpected reply {other:?}"))),
                 };
             }
@@ -275,16 +316,25 @@ async fn run_gone(ctx: &Context, task: &TaskRecord, interrupt: &mut Interrupt) -
 /// How often a supervisor's exit is checked where pidfds are unavailable.
 const EXIT_FALLBACK: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The task being followed and what was shown of it.
+/// The task being followed (and the goal it pursues) and what was shown
+/// of it.
 struct Follow<'a> {
     ctx: &'a Context,
     task: TaskRecord,
+    goal: Option<GoalRecord>,
     view: View,
     /// The subscriber's count of pruned gaps when last looked at.
     gaps: u64,
 }
 
 impl Follow<'_> {
+    /// Over: the task ended, and its goal too (a goal's CLI-engine task
+    /// ends once per iteration, and is rerun in the same commit).
+    fn done(&self) -> bool {
+        self.task.status.is_terminal()
+            && (self.goal.as_ref()).is_none_or(|g| g.status != GoalStatus::Running)
+    }
+
     /// Follows the task until it ended. `Some(code)`: the command ends
     /// now without it (a second Ctrl-C, the task deleted).
     async fn until_ended(
@@ -292,7 +342,7 @@ impl Follow<'_> {
         sub: &mut crate::subscriber::Subscription,
         interrupt: &mut Interrupt,
     ) -> Result<Option<i32>, CliError> {
-        while !self.task.status.is_terminal() {
+        while !self.done() {
             tokio::select! {
                 event = sub.events.recv() => {
                     let Some(event) = event else {
@@ -333,6 +383,10 @@ impl Follow<'_> {
                 self.changed(task);
             }
             EventData::TaskDeleted { id } if id == self.task.id => return false,
+            EventData::GoalUpdated { goal } if goal.id == self.task.id => {
+                self.view.goal(&goal);
+                self.goal = Some(goal);
+            }
             EventData::TaskAgentUpdate { id, kind, acp, .. } if id == self.task.id => {
                 self.view.agent_update(&id, &kind, &acp);
             }
@@ -365,16 +419,20 @@ impl Follow<'_> {
     /// store's retention): the task as it is now; false when it was
     /// deleted.
     fn resync(&mut self) -> Result<bool, CliError> {
-        match self.ctx.reader()?.task(&self.task.id)? {
+        let reader = self.ctx.reader()?;
+        match reader.task(&self.task.id)? {
             Some(t) => self.changed(t),
             None => return Ok(false),
+        }
+        if self.goal.is_some() {
+            self.goal = reader.goal(&self.task.id)?;
         }
         Ok(true)
     }
 }
 
 /// `grove run`'s exit code for a task that ended (see `RUN_AFTER_HELP`).
-fn exit_code(t: &TaskRecord, saw_prompt: bool, acp: bool) -> i32 {
+pub(super) fn exit_code(t: &TaskRecord, saw_prompt: bool, acp: bool) -> i32 {
     if t.status == TaskStatus::Completed {
         return EXIT_OK;
     }

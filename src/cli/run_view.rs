@@ -2,7 +2,7 @@
 //! spinner and notes on stderr.
 
 use crate::paths::Workspace;
-use crate::protocol::{TaskRecord, TaskStatus};
+use crate::protocol::{GoalRecord, GoalStatus, TaskRecord, TaskStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -38,6 +38,8 @@ pub struct View {
     /// The ACP turn began (the shim sent the prompt): a failure after it is
     /// the agent's, not a failure to start.
     pub saw_prompt: bool,
+    /// The goal's iteration last announced.
+    goal_iteration: u32,
 }
 
 struct Tool {
@@ -61,6 +63,7 @@ impl View {
             output: Tail::default(),
             log_offset: 0,
             saw_prompt: false,
+            goal_iteration: 1,
         }
     }
 
@@ -111,7 +114,14 @@ impl View {
             }));
         }
         match kind {
-            "prompt" => self.saw_prompt = true,
+            "prompt" => {
+                self.saw_prompt = true;
+                // A new turn (a follow-up, a goal's next iteration) starts
+                // on a line of its own.
+                if self.mid_line && self.format == OutputFormat::Text {
+                    self.text("\n");
+                }
+            }
             "agent_message_chunk" => {
                 let text = update["content"]["text"].as_str().unwrap_or_default();
                 self.message.push(text);
@@ -211,6 +221,32 @@ impl View {
     /// The task ended: the result (json, stream-json), the last newline
     /// (text), the spinner gone.
     pub fn finish(&mut self, t: &TaskRecord) {
+        let result = self.result(t);
+        self.finish_with(result);
+    }
+
+    /// A goal changed: a line of stream-json; a note when an iteration
+    /// begins.
+    pub fn goal(&mut self, g: &GoalRecord) {
+        if self.format == OutputFormat::StreamJson {
+            self.json_line(json!({"type": "goal", "goal": g}));
+        }
+        if g.status == GoalStatus::Running && g.iteration > self.goal_iteration {
+            self.goal_iteration = g.iteration;
+            if g.iteration > 1 {
+                let progress = g.progress.map(|p| format!(", progress {p}%")).unwrap_or_default();
+                self.note(&format!(
+                    "grove: goal iteration {} of at most {}{progress}",
+                    g.iteration, g.max_iterations
+                ));
+            }
+        }
+        self.spin(&format!("iteration {}", g.iteration));
+    }
+
+    /// The end, with `result` as the result document (and the last line of
+    /// stream-json, with `"type": "result"`).
+    pub fn finish_with(&mut self, mut result: Value) {
         let open: Vec<String> = self
             .tools
             .values()
@@ -226,10 +262,14 @@ impl View {
             }
         }
         self.spinner.stop();
-        let result = self.result(t);
         match self.format {
             OutputFormat::Text => {}
-            OutputFormat::StreamJson => self.json_line(result),
+            OutputFormat::StreamJson => {
+                if let Some(doc) = result.as_object_mut() {
+                    doc.insert("type".into(), json!("result"));
+                }
+                self.json_line(result)
+            }
             OutputFormat::Json => crate::output::print_json(&result),
         }
     }

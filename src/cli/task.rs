@@ -221,10 +221,19 @@ pub fn show(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
     let task = reader
         .task(&id)?
         .ok_or_else(|| CliError::Failed(format!("no task {id}")))?;
+    let goal = reader.goal(&task.id)?;
     if json {
-        print_json(&task);
+        // The task's own document, and its goal beside it when it has one.
+        let mut doc = serde_json::to_value(&task).unwrap_or_default();
+        if let (Some(g), Some(obj)) = (&goal, doc.as_object_mut()) {
+            obj.insert("goal".into(), serde_json::to_value(g).unwrap_or_default());
+        }
+        print_json(&doc);
     } else {
         print_details(&task);
+        for line in goal.iter().flat_map(super::goal::show_lines) {
+            outln!("{line}");
+        }
         let tree = reader.descendants(&task.id)?;
         if !tree.is_empty() {
             outln!("children:");

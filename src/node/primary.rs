@@ -448,13 +448,17 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
         let invalid = |msg: String| WireError::new(ErrorCode::InvalidParams, msg);
         let (id, changes) = match method {
             Method::TaskCreate(new) => {
-                let engine = new
-                    .engine
-                    .get_or_insert_with(|| config.default_engine.clone())
-                    .clone();
-                let spec = RunSpec::of_new(new, &engine);
-                validate(&config, &root, &spec).map_err(|e| invalid(e.to_string()))?;
-                decide_worktree(&config, &root, &engine, &mut new.worktree)?;
+                admit_new(&config, &root, new)?;
+                return Ok(limits);
+            }
+            Method::GoalCreate(goal) => {
+                // Iterations are the turns of one kept session on an ACP
+                // engine, successive runs on any other.
+                let engine = (goal.task.engine)
+                    .get_or_insert_with(|| config.default_engine.clone());
+                let kind = config.engines.get(engine.as_str()).map(|e| e.kind);
+                goal.task.keep_session = kind == Some(crate::config::EngineKind::Acp);
+                admit_new(&config, &root, &mut goal.task)?;
                 return Ok(limits);
             }
             Method::TaskRelaunch { id, changes, .. } | Method::TaskResume { id, changes, .. } => {
@@ -477,6 +481,24 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
         validate(&config, &root, &RunSpec::of_task(&task)).map_err(|e| invalid(e.to_string()))?;
         Ok(limits)
     })
+}
+
+/// A new task as it would run: the default engine filled in, the engine,
+/// its binary, the model and the persona validated, its worktree decided.
+fn admit_new(
+    config: &crate::config::Config,
+    root: &std::path::Path,
+    new: &mut crate::protocol::NewTask,
+) -> Result<(), WireError> {
+    use crate::orchestrator::engines::{RunSpec, validate};
+    let engine = new
+        .engine
+        .get_or_insert_with(|| config.default_engine.clone())
+        .clone();
+    let spec = RunSpec::of_new(new, &engine);
+    validate(config, root, &spec)
+        .map_err(|e| WireError::new(ErrorCode::InvalidParams, e.to_string()))?;
+    decide_worktree(config, root, &engine, &mut new.worktree)
 }
 
 /// A task may await its children only if its agent session can be

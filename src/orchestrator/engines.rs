@@ -159,7 +159,10 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
     };
     // Never for a delegated task's proxy: the task it creates in the other
     // workspace gets the brief there.
-    let briefed = spec.engine != "shell" && spec.engine != crate::config::DELEGATE_ENGINE;
+    // Nor for a prompt that asks for its own block already (a goal's).
+    let briefed = spec.engine != "shell"
+        && spec.engine != crate::config::DELEGATE_ENGINE
+        && !prompt.contains(crate::runs::conclusion::OPEN);
     if spec.brief && config.conclusion_brief && briefed {
         prompt.push_str(crate::runs::conclusion::BRIEF);
     }

@@ -3,7 +3,7 @@
 //! change they report.
 
 use super::ControlKind;
-use super::{MemberInfo, TaskRecord};
+use super::{GoalRecord, MemberInfo, TaskRecord};
 use serde::{Deserialize, Serialize};
 
 /// An event published on the PUB socket as `[topic, msgpack(Event)]`.
@@ -75,6 +75,9 @@ pub enum EventData {
         #[serde(default)]
         text: Option<String>,
     },
+    /// A goal changed: created, an iteration ended, or it ended.
+    #[serde(rename = "goal.updated")]
+    GoalUpdated { goal: GoalRecord },
 }
 
 pub const TOPICS: &[&str] = &[
@@ -89,6 +92,7 @@ pub const TOPICS: &[&str] = &[
     "session.created",
     "task.agent_update",
     "task.control",
+    "goal.updated",
 ];
 
 impl EventData {
@@ -105,6 +109,7 @@ impl EventData {
             EventData::SessionCreated { .. } => "session.created",
             EventData::TaskAgentUpdate { .. } => "task.agent_update",
             EventData::TaskControlled { .. } => "task.control",
+            EventData::GoalUpdated { .. } => "goal.updated",
         }
     }
 

@@ -21,6 +21,7 @@ mod codec;
 mod conclusion;
 mod error;
 mod event;
+mod goal;
 mod route;
 mod task;
 mod wire_form;
@@ -35,6 +36,7 @@ pub use conclusion::{
 };
 pub use error::{DecodeError, ERROR_CODES, ErrorCode, WireError};
 pub use event::{Event, EventData, TOPICS};
+pub use goal::{GOAL_EXAMPLE, GOAL_STATUSES, GoalRecord, GoalSpec, GoalStatus, goal_brief};
 pub use route::{AgentOp, AwaitOp, Local, Route, TaskOp};
 pub use task::{
     ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, PARENT_REF_ENV, TASK_STATUSES,
@@ -162,6 +164,11 @@ pub enum Method {
     /// Cancels a parent's pending await.
     #[serde(rename = "task.await_cancel")]
     TaskAwaitCancel { parent_id: String },
+    /// Creates a goal and its task in one commit: the task's iterations
+    /// run until the goal ends (see [`GoalRecord`]). Cancel it by
+    /// cancelling its task.
+    #[serde(rename = "goal.create")]
+    GoalCreate(GoalSpec),
     /// Deletes a finished task and its log files; purging a missing task
     /// succeeds (idempotent).
     #[serde(rename = "task.purge")]
@@ -209,6 +216,7 @@ pub const METHOD_NAMES: &[&str] = &[
     "task.conclude",
     "task.await",
     "task.await_cancel",
+    "goal.create",
     "task.purge",
     "task.finished",
     "task.agent_updates",
@@ -242,6 +250,7 @@ impl Method {
             Method::TaskConclude { .. } => "task.conclude",
             Method::TaskAwait(_) => "task.await",
             Method::TaskAwaitCancel { .. } => "task.await_cancel",
+            Method::GoalCreate(_) => "goal.create",
             Method::TaskPurge { .. } => "task.purge",
             Method::TaskFinished(_) => "task.finished",
             Method::TaskAgentUpdates(_) => "task.agent_updates",
@@ -315,6 +324,8 @@ pub enum ReplyBody {
     Done {},
     #[serde(rename = "await")]
     Await(Box<AwaitRecord>),
+    #[serde(rename = "goal")]
+    Goal(Box<GoalRecord>),
 }
 
 /// Who the primary is, as answered to `ping`.

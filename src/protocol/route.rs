@@ -5,7 +5,7 @@
 //! answer a method that can never reach it.
 
 use super::{
-    AgentUpdates, AwaitSpec, Conclusion, FailureReason, MemberInfo, Method, NewTask, TaskChanges,
+    AgentUpdates, AwaitSpec, Conclusion, GoalSpec, FailureReason, MemberInfo, Method, NewTask, TaskChanges,
     TaskControl, TaskExit, TaskStatus,
 };
 
@@ -25,6 +25,8 @@ pub enum Route<'a> {
     Agent(AgentOp<'a>),
     /// On the store thread: a parent's durable await of its children.
     Await(AwaitOp<'a>),
+    /// On the store thread: a new goal and its task.
+    Goal(&'a GoalSpec),
 }
 
 /// An operation on a parent's await.
@@ -160,6 +162,7 @@ impl Method {
             Method::TaskControl(ctl) => Route::Agent(AgentOp::Control(ctl)),
             Method::TaskAwait(spec) => Route::Await(AwaitOp::Create(spec)),
             Method::TaskAwaitCancel { parent_id } => Route::Await(AwaitOp::Cancel { parent_id }),
+            Method::GoalCreate(spec) => Route::Goal(spec),
         }
     }
 

@@ -53,7 +53,7 @@ pub fn from_output(tail: &str, outcome: ExitOutcome, exit_code: Option<i32>) -> 
 }
 
 /// The text between the last opening tag and the closing tag after it,
-/// the brief's own example left out.
+/// the briefs' own examples (a delegation's, a goal's) left out.
 fn last_block(text: &str) -> Option<&str> {
     let mut upto = text.len();
     loop {
@@ -61,6 +61,7 @@ fn last_block(text: &str) -> Option<&str> {
         let rest = &text[start + OPEN.len()..];
         if let Some(end) = rest.find(CLOSE)
             && rest[..end] != *EXAMPLE
+            && rest[..end] != *crate::protocol::GOAL_EXAMPLE
         {
             return Some(&rest[..end]);
         }
@@ -222,6 +223,10 @@ mod tests {
     fn the_briefs_example_is_not_a_conclusion() {
         assert!(BRIEF.contains(EXAMPLE));
         let c = from_output(BRIEF, ExitOutcome::EndTurn, None);
+        assert_eq!(c.source, ConclusionSource::Synthesized);
+        let goal = crate::protocol::goal_brief(20, true);
+        assert!(goal.contains(crate::protocol::GOAL_EXAMPLE));
+        let c = from_output(&goal, ExitOutcome::EndTurn, None);
         assert_eq!(c.source, ConclusionSource::Synthesized);
     }
 

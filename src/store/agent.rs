@@ -13,8 +13,8 @@
 use super::tasks::{Ctx, existing, move_to};
 use super::txn::{Applied, WriteResult, append_event, refused};
 use crate::protocol::{
-    AgentOp, AgentUpdates, ControlKind, ErrorCode, EventData, ReplyBody, TaskControl, TaskRecord,
-    TaskStatus, decode,
+    AgentOp, AgentUpdates, Conclusion, ConclusionSource, ControlKind, ErrorCode, EventData,
+    ReplyBody, TaskControl, TaskRecord, TaskStatus, decode,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -31,6 +31,10 @@ pub const PERMISSION: &str = "permission";
 /// The update kind by which a shim says its kept session waits for a
 /// follow-up (the turn ended; the agent stays).
 pub const IDLE: &str = "idle";
+
+/// The update kind by which a shim says a turn ended (its stop reason, and
+/// the turn's conclusion when the task asked for one).
+pub const TURN_END: &str = "turn_end";
 
 pub(super) fn apply(c: &mut Ctx<'_>, op: AgentOp<'_>) -> Result<WriteResult, Applied> {
     match op {
@@ -71,6 +75,15 @@ fn append(c: &mut Ctx<'_>, batch: &AgentUpdates) -> Result<WriteResult, Applied>
         )?;
         c.events.push(event);
     }
+    // A turn that ended with a conclusion (the task asked for one): the
+    // task's conclusion so far, and a goal's verdict on the iteration —
+    // before the status below, so that a goal's next turn, written here,
+    // keeps the session running rather than idle.
+    for u in batch.updates.iter().filter(|u| u.kind == TURN_END) {
+        if let Some(con) = turn_conclusion(&u.acp) {
+            concluded(c, &batch.id, con)?;
+        }
+    }
     // The last of them says where the conversation stands now. A kept
     // session goes idle only from running: paused, it stays paused (the
     // turn was cancelled by the pause), and a follow-up written meanwhile
@@ -100,6 +113,25 @@ fn append(c: &mut Ctx<'_>, batch: &AgentUpdates) -> Result<WriteResult, Applied>
         }
     }
     Ok(Ok(ReplyBody::Done {}))
+}
+
+/// The conclusion a shim put in a `turn_end` update, if any.
+fn turn_conclusion(acp: &str) -> Option<Conclusion> {
+    let v: serde_json::Value = serde_json::from_str(acp).ok()?;
+    serde_json::from_value(v.get("conclusion")?.clone()).ok()
+}
+
+/// A turn of task `id` concluded `con`: kept as the task's conclusion (one
+/// the agent reported through `task.conclude` is not replaced by grove's
+/// guess), then judged by the task's goal, if it pursues one.
+fn concluded(c: &mut Ctx<'_>, id: &str, con: Conclusion) -> Result<(), Applied> {
+    let mut task = existing(c.tx, id)?;
+    let own = (task.conclusion.as_ref()).is_some_and(|o| o.source == ConclusionSource::Reported);
+    if !own || con.source == ConclusionSource::Reported {
+        task.conclusion = Some(con.clone());
+        super::tasks::save_task(c, task)?.map_err(Applied::Refused)?;
+    }
+    super::tasks::goals::turn_ended(c, id, &con)
 }
 
 /// `task.control`: a steering control for the task's shim, recorded as a

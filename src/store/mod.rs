@@ -262,9 +262,26 @@ impl Reader {
         Ok(tasks::awaits::list(&self.conn, all, limit)?)
     }
 
-    /// The earliest deadline of a pending await, Unix milliseconds.
+    /// The earliest deadline of a pending await or a running goal, Unix
+    /// milliseconds (the orchestrator settles them then).
     pub fn next_await_deadline(&self) -> Result<Option<u64>, StoreError> {
-        Ok(tasks::awaits::next_deadline(&self.conn)?)
+        let awaits = tasks::awaits::next_deadline(&self.conn)?;
+        let goals = tasks::goals::next_deadline(&self.conn)?;
+        Ok(awaits.into_iter().chain(goals).min())
+    }
+
+    /// Goals, running first, then the most recent.
+    pub fn goals(
+        &self,
+        all: bool,
+        limit: usize,
+    ) -> Result<Vec<crate::protocol::GoalRecord>, StoreError> {
+        Ok(tasks::goals::list(&self.conn, all, limit)?)
+    }
+
+    /// The goal task `id` pursues, if any.
+    pub fn goal(&self, id: &str) -> Result<Option<crate::protocol::GoalRecord>, StoreError> {
+        Ok(tasks::goals::get(&self.conn, id)?)
     }
 
     /// Whether the task has a pending await (its shim keeps the session).

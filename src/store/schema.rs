@@ -159,6 +159,34 @@ const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
     );
     "#,
+    // v11: goals. One row per goal, keyed by its task's id, advanced in the
+    // commit of each iteration's end; `prompt` is the first iteration's
+    // (a CLI engine's next run gets it again with the last conclusion),
+    // `best_progress` what a stall is measured against. Deleted with its
+    // task.
+    r#"
+    CREATE TABLE goals (
+        id TEXT PRIMARY KEY,
+        objective TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        status TEXT NOT NULL,
+        iteration INTEGER NOT NULL,
+        max_iterations INTEGER NOT NULL,
+        max_duration_ms INTEGER NOT NULL,
+        stall_after INTEGER NOT NULL,
+        stalls INTEGER NOT NULL,
+        session INTEGER NOT NULL,
+        progress REAL,
+        best_progress REAL,
+        response TEXT,
+        next_step TEXT,
+        blocked_reason TEXT,
+        created_at INTEGER NOT NULL,
+        deadline INTEGER NOT NULL,
+        finished_at INTEGER
+    );
+    CREATE INDEX goals_deadline ON goals (deadline) WHERE status = 'running';
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -535,6 +535,7 @@ fn apply(
         Route::Task(op) => super::tasks::apply(&mut ctx, op),
         Route::Agent(op) => super::agent::apply(&mut ctx, op),
         Route::Await(op) => super::tasks::apply_await(&mut ctx, op),
+        Route::Goal(spec) => super::tasks::apply_goal(&mut ctx, spec),
         // Routed to the event loop, which never queues it here.
         Route::Local(_) => Err(not_a_write()),
     }

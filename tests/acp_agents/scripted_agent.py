@@ -22,6 +22,15 @@ words of the prompt, never from the order of requests:
   delegate       through grove's MCP server (from session/new): spawns the
                  children listed in delegate.json in its cwd, awaits them
                  (policy and quorum from the file) and ends its turn
+  goal:MODE      one iteration of a goal (its number read from the prompt's
+                 "iteration N", else 1) appended to goals.log in its cwd,
+                 then a conclusion block: reach3 (progress 33 per iteration,
+                 success at the third), stall (progress 10 each time),
+                 blocked (blocked, "need the deploy key"), forever (1 s
+                 per iteration, honours session/cancel, progress rising,
+                 never done), gated (waits for the file release-N in its
+                 cwd, then as reach3 but success at the second), crash
+                 (exits mid-turn)
   [grove: ...    (a resumption with delegated results) appends one line to
                  resumed.log in its cwd and says "resumed" and the text
 (a prompt that starts with "Continue" says "continued")
@@ -122,6 +131,44 @@ class Scripted:
             return "no grove MCP server in session/new"
         return await _delegate(server, plan)
 
+    async def goal(self, sid, text):
+        import json
+        import re
+
+        mode = re.search(r"goal:(\w+)", text).group(1)
+        m = re.search(r"iteration (\d+)", text)
+        n = int(m.group(1)) if m else 1
+        cwd = self.cwd[sid]
+        with open(os.path.join(cwd, "goals.log"), "a") as f:
+            f.write(f"{n}\n")
+        con = {"status": "partial", "summary": f"iteration {n} of {mode}", "next_step": f"iteration {n + 1}"}
+        if mode == "reach3":
+            con.update(progress=33 * n, status="success" if n >= 3 else "partial")
+        elif mode == "stall":
+            con.update(progress=10)
+        elif mode == "blocked":
+            con.update(status="blocked", blocked_reason="need the deploy key", progress=5)
+        elif mode == "forever":
+            for _ in range(20):
+                if self.cancelled.get(sid):
+                    return "cancelled"
+                await asyncio.sleep(0.05)
+            con.update(progress=n)
+        elif mode == "gated":
+            gate = os.path.join(cwd, f"release-{n}")
+            for _ in range(1200):
+                if os.path.exists(gate) or self.cancelled.get(sid):
+                    break
+                await asyncio.sleep(0.05)
+            con.update(progress=50 * n, status="success" if n >= 2 else "partial")
+        elif mode == "crash":
+            await self.say(sid, "about to crash")
+            await asyncio.sleep(0.1)
+            os._exit(3)
+        await self.say(sid, f"working on iteration {n}\n")
+        await self.say(sid, "<grove:conclusion>" + json.dumps(con) + "</grove:conclusion>")
+        return None
+
     async def cancel(self, session_id, **kw):
         self.cancelled[session_id] = True
 
@@ -134,7 +181,11 @@ class Scripted:
         text = " ".join(b.text for b in prompt if getattr(b, "type", "") == "text")
         words = text.split()
         self.turns[sid] = self.turns.get(sid, 0) + 1
-        if text.startswith("Continue"):
+        if "goal:" in text:
+            stop = await self.goal(sid, text)
+            if stop:
+                return schema.PromptResponse(stop_reason=stop)
+        elif text.startswith("Continue"):
             await self.say(sid, "continued")
         elif text.startswith("[grove:"):
             with open(os.path.join(self.cwd[sid], "resumed.log"), "a") as f:

@@ -15,7 +15,7 @@ use agent_client_protocol::v1::schema::{
     TextContent, WriteTextFileRequest, WriteTextFileResponse,
 };
 use agent_client_protocol::{Agent, Client, ConnectTo, Error as AcpError};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -146,7 +146,7 @@ async fn run_turns(
         }
         // Said at once (whoever follows the turn sees it end), before the
         // session waits for what comes next.
-        session.outbox.push("turn_end", json!({"stopReason": stop}));
+        session.outbox.push(super::TURN_END, session.turn_end(&stop));
         session.turn_end_sent.store(true, Ordering::SeqCst);
         match session.between_turns().await {
             Next::Turn(next) => text = next,

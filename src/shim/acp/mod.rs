@@ -22,7 +22,7 @@ use crate::protocol::{ExitOutcome, WarmUse, now_ms};
 use crate::runs::signals::{self, Control, Signals};
 use crate::runs::tree;
 use crate::runs::{AcpSpec, ExitRecord, RunFiles, RunRecord, ShimSpec, write_json};
-pub use crate::store::agent::{IDLE, PERMISSION_REQUEST};
+pub use crate::store::agent::{IDLE, PERMISSION_REQUEST, TURN_END};
 use agent_client_protocol::v1::schema::StopReason;
 use conversation::Turn;
 use outbox::Outbox;
@@ -327,6 +327,7 @@ fn new_session(
         confined,
         acp.permissions,
         acp.keep_session,
+        spec.conclusion,
         controls,
     ))
 }

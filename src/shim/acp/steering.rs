@@ -32,6 +32,9 @@ pub struct Session {
     pub policy: PermissionPolicy,
     /// The session stays open after a turn (`spawn --session`).
     pub keep: bool,
+    /// Each turn's end carries the conclusion block of its message (the
+    /// task asked for one; a goal decides on it).
+    pub conclude: bool,
     /// The permission request that waits for a human, if any.
     pub pending: Mutex<Option<Pending>>,
     pub controls: Controls,
@@ -108,6 +111,7 @@ impl Session {
         fs: Confined,
         policy: PermissionPolicy,
         keep: bool,
+        conclude: bool,
         controls: Controls,
     ) -> Session {
         Session {
@@ -116,6 +120,7 @@ impl Session {
             fs,
             policy,
             keep,
+            conclude,
             pending: Mutex::new(None),
             controls,
             followups: Mutex::default(),
@@ -151,6 +156,24 @@ impl Session {
     pub fn tell(&self, text: &str) {
         self.note(text);
         self.outbox.push("note", json!({"text": text}));
+    }
+
+    /// The ending turn's `turn_end` update: its stop reason and, when the
+    /// task asked for one and the turn ended normally, the conclusion of
+    /// its message (an ACP turn has no exit code: a turn without a block
+    /// concludes as synthesized, which never completes a goal).
+    pub fn turn_end(&self, stop: &agent_client_protocol::v1::schema::StopReason) -> Value {
+        use crate::protocol::ExitOutcome;
+        let ended = *stop == agent_client_protocol::v1::schema::StopReason::EndTurn;
+        if !(self.conclude && ended) {
+            return json!({ "stopReason": stop });
+        }
+        let con = crate::runs::conclusion::from_output(
+            self.transcript().turn_text(),
+            ExitOutcome::EndTurn,
+            None,
+        );
+        json!({ "stopReason": stop, "conclusion": con })
     }
 
     pub fn prompted(&self, text: &str) {

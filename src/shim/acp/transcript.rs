@@ -10,13 +10,21 @@ pub struct Transcript {
     /// The kind of text chunk being streamed, to head a new section when
     /// it changes.
     streaming: Option<String>,
+    /// The agent's message in the current turn (its end, at most
+    /// `TURN_KEEP` bytes): a turn's conclusion block is read from it.
+    turn_text: String,
 }
+
+/// How much of a turn's message is kept for its conclusion (the block is
+/// at its end).
+const TURN_KEEP: usize = crate::runs::conclusion::TAIL_BYTES as usize;
 
 impl Transcript {
     pub fn new(log: std::fs::File) -> Transcript {
         Transcript {
             log,
             streaming: None,
+            turn_text: String::new(),
         }
     }
 
@@ -37,7 +45,24 @@ impl Transcript {
         self.write(&format!("## {text}\n"));
     }
 
+    /// The agent's message so far in this turn (its end).
+    pub fn turn_text(&self) -> &str {
+        &self.turn_text
+    }
+
+    fn keep_turn_text(&mut self, text: &str) {
+        self.turn_text.push_str(text);
+        if self.turn_text.len() > 2 * TURN_KEEP {
+            let mut from = self.turn_text.len() - TURN_KEEP;
+            while !self.turn_text.is_char_boundary(from) {
+                from += 1;
+            }
+            self.turn_text.drain(..from);
+        }
+    }
+
     pub fn prompt(&mut self, text: &str) {
+        self.turn_text.clear();
         self.end_stream();
         self.write(&format!("## prompt\n{}\n", text.trim_end()));
     }
@@ -60,6 +85,9 @@ impl Transcript {
                     self.streaming = Some(kind.to_string());
                 }
                 self.write(&text);
+                if kind == "agent_message_chunk" {
+                    self.keep_turn_text(&text);
+                }
             }
             "tool_call" | "tool_call_update" => self.tool(kind, u),
             "plan" => {

@@ -7,14 +7,13 @@
 //! session ended) and retires the row in that same transaction: the parent
 //! is resumed exactly once, whichever primary commits it.
 
-use super::change::{Change, transition};
-use super::{Ctx, Res, existing, lineage};
+use super::{Ctx, Res, existing, lineage, next_turn};
 use crate::protocol::{
-    AwaitOp, AwaitPolicy, AwaitRecord, AwaitSpec, AwaitState, ControlKind, ErrorCode, EventData,
-    ReplyBody, TaskChanges, TaskRecord, TaskStatus, now_ms,
+    AwaitOp, AwaitPolicy, AwaitRecord, AwaitSpec, AwaitState, ErrorCode, ReplyBody, TaskChanges,
+    TaskRecord, TaskStatus, now_ms,
 };
 use crate::store::rows;
-use crate::store::txn::{Applied, append_event, refused};
+use crate::store::txn::{Applied, refused};
 use rusqlite::{OptionalExtension, params};
 
 /// An await's deadline when the caller gives none.
@@ -317,26 +316,8 @@ fn resume_parent(c: &mut Ctx<'_>, parent_id: &str, text: String) -> Result<(), A
     let Some(parent) = rows::get(c.tx, parent_id)? else {
         return Ok(());
     };
-    let session_open = matches!(
-        parent.status,
-        TaskStatus::Running | TaskStatus::Waiting | TaskStatus::Idle
-    ) || (parent.status == TaskStatus::Paused && parent.run_id.is_some());
-    if session_open {
-        c.events.push(append_event(
-            c.tx,
-            c.epoch,
-            EventData::TaskControlled {
-                id: parent.id.clone(),
-                run_id: parent.run_id.clone().unwrap_or_default(),
-                kind: ControlKind::Say,
-                option: None,
-                text: Some(text),
-            },
-        )?);
-        if parent.status == TaskStatus::Idle {
-            transition(c, parent, Change::to(TaskStatus::Running))?.map_err(Applied::Refused)?;
-        }
-        return Ok(());
+    if next_turn::session_open(&parent) {
+        return next_turn::give(c, parent, text);
     }
     match parent.status {
         TaskStatus::Completed | TaskStatus::Failed => {

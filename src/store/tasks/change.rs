@@ -5,7 +5,9 @@
 use super::graph::cascade;
 use super::{Ctx, Res, ok};
 use crate::lifecycle::check_transition;
-use crate::protocol::{ErrorCode, EventData, FailureReason, TaskRecord, TaskStatus, now_ms};
+use crate::protocol::{
+    ErrorCode, EventData, FailureReason, ReplyBody, TaskRecord, TaskStatus, now_ms,
+};
 use crate::store::rows;
 use crate::store::txn::{append_event, refused};
 
@@ -46,7 +48,13 @@ impl Change {
 pub(super) fn transition(c: &mut Ctx<'_>, task: TaskRecord, change: Change) -> Res {
     let id = task.id.clone();
     let result = set_status(c, task, change)?;
-    cascade(c, &id, change.to)?;
+    // A goal's next run may have rerun the task in this same commit: its
+    // dependents follow what it is now, not the run that just ended.
+    let now = match &result {
+        Ok(ReplyBody::Task(t)) => t.status,
+        _ => change.to,
+    };
+    cascade(c, &id, now)?;
     Ok(result)
 }
 
@@ -65,6 +73,13 @@ pub(super) fn set_status(c: &mut Ctx<'_>, task: TaskRecord, change: Change) -> R
     }
     if change.to == TaskStatus::Cancelled {
         super::awaits::parent_gone(c, &id)?;
+    }
+    // A goal decides in the commit of its task's end: over, or the next run.
+    if change.to.is_terminal()
+        && let Ok(ReplyBody::Task(task)) = &saved
+        && let Some(rerun) = super::goals::task_ended(c, task)?
+    {
+        return ok(rerun);
     }
     Ok(saved)
 }

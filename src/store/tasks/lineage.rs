@@ -299,6 +299,7 @@ pub(super) fn delete(c: &mut Ctx<'_>, task: &TaskRecord) -> Res {
     // its dependents stay satisfied (purging history must not fail work).
     c.tx.prepare_cached("DELETE FROM task_deps WHERE task_id = ?1")?
         .execute([&task.id])?;
+    super::goals::deleted(c, &task.id)?;
     // Its awaits go with it; an await of its parent counts it as ended.
     c.tx.prepare_cached("DELETE FROM awaits WHERE parent_id = ?1")?
         .execute([&task.id])?;

@@ -17,7 +17,9 @@
 pub mod awaits;
 mod change;
 mod graph;
+pub mod goals;
 mod lineage;
+mod next_turn;
 mod runs;
 
 use super::rows;
@@ -233,9 +235,15 @@ pub(super) fn apply_internal(c: &mut Ctx<'_>, op: &InternalOp) -> Res {
         }
         InternalOp::SettleAwaits { now } => {
             awaits::settle_due(c, *now, 1000)?;
+            goals::settle_due(c, *now, 1000)?;
             Ok(Ok(ReplyBody::Done {}))
         }
     }
+}
+
+/// A new goal and its task (`goal.create`).
+pub(super) fn apply_goal(c: &mut Ctx<'_>, spec: &crate::protocol::GoalSpec) -> Res {
+    goals::create(c, spec)
 }
 
 /// A parent's await (`task.await`, `task.await_cancel`).
@@ -262,6 +270,11 @@ pub(super) fn finished_task(tx: &Connection, id: &str, verb: &str) -> Result<Tas
 /// conversation operations (`store/agent.rs`): running ⇄ waiting.
 pub(super) fn move_to(c: &mut Ctx<'_>, task: TaskRecord, to: TaskStatus) -> Res {
     transition(c, task, Change::to(to))
+}
+
+/// Writes back a task changed outside the state machine (its conclusion).
+pub(super) fn save_task(c: &mut Ctx<'_>, task: TaskRecord) -> Res {
+    save(c, task)
 }
 
 pub(super) fn existing(tx: &Connection, id: &str) -> Result<TaskRecord, Applied> {
