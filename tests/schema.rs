@@ -533,6 +533,7 @@ fn methods(full: bool) -> Vec<Method> {
         Method::TaskAwaitCancel {
             parent_id: task_id(),
         },
+        Method::GoalCreate(goal_spec(full)),
         Method::TaskPurge { id: task_id() },
         Method::TaskFinished(task_exit(full)),
         Method::TaskAgentUpdates(agent_updates(full)),
@@ -565,6 +566,7 @@ fn method_guard(m: &Method) -> &'static str {
         Method::TaskConclude { .. } => "task.conclude",
         Method::TaskAwait(_) => "task.await",
         Method::TaskAwaitCancel { .. } => "task.await_cancel",
+        Method::GoalCreate(_) => "goal.create",
         Method::TaskPurge { .. } => "task.purge",
         Method::TaskFinished(_) => "task.finished",
         Method::TaskAgentUpdates(_) => "task.agent_updates",
@@ -587,7 +589,42 @@ fn replies(full: bool) -> Vec<ReplyBody> {
         ReplyBody::Deleted { id: task_id() },
         ReplyBody::Done {},
         ReplyBody::Await(Box::new(await_record(full))),
+        ReplyBody::Goal(Box::new(goal_record(full))),
     ]
+}
+
+fn goal_spec(full: bool) -> GoalSpec {
+    GoalSpec {
+        task: if full { full_new_task() } else { min_new_task() },
+        max_iterations: 20,
+        max_duration_ms: 3_600_000,
+        stall_after: 3,
+    }
+}
+
+fn goal_record(full: bool) -> GoalRecord {
+    GoalRecord {
+        id: task_id(),
+        objective: "make every test pass".into(),
+        status: if full {
+            GoalStatus::Blocked
+        } else {
+            GoalStatus::Running
+        },
+        iteration: if full { 4 } else { 1 },
+        max_iterations: 20,
+        max_duration_ms: 3_600_000,
+        stall_after: 3,
+        stalls: u32::from(full),
+        session: full,
+        progress: full.then_some(62.5),
+        response: full.then(|| "the deploy step needs a key".into()),
+        next_step: full.then(|| "deploy".into()),
+        blocked_reason: full.then(|| "need the deploy key".into()),
+        created_at: 1_700_000_000_000,
+        deadline: 1_700_003_600_000,
+        finished_at: full.then_some(1_700_000_900_000),
+    }
 }
 
 fn await_spec(full: bool) -> AwaitSpec {
@@ -630,6 +667,7 @@ fn reply_guard(b: &ReplyBody) -> &'static str {
         ReplyBody::Deleted { .. } => "deleted",
         ReplyBody::Done {} => "done",
         ReplyBody::Await(_) => "await",
+        ReplyBody::Goal(_) => "goal",
     }
 }
 
@@ -678,6 +716,9 @@ fn events(full: bool) -> Vec<EventData> {
             option: full.then(|| "reject".into()),
             text: full.then(|| "also run the tests".into()),
         },
+        EventData::GoalUpdated {
+            goal: goal_record(full),
+        },
     ]
 }
 
@@ -694,6 +735,7 @@ fn topic_guard(e: &EventData) -> &'static str {
         EventData::SessionCreated { .. } => "session.created",
         EventData::TaskAgentUpdate { .. } => "task.agent_update",
         EventData::TaskControlled { .. } => "task.control",
+        EventData::GoalUpdated { .. } => "goal.updated",
     }
 }
 
@@ -1030,6 +1072,23 @@ fn lists_and_limits_match() {
         }
         assert_eq!(AwaitState::parse(st.as_str()), Some(*st));
     }
+    assert_eq!(
+        GOAL_STATUSES.iter().map(wire_name).collect::<Vec<_>>(),
+        s.names("goal_statuses"),
+        "GoalStatus vs schema.json goal_statuses"
+    );
+    for g in GOAL_STATUSES {
+        match g {
+            GoalStatus::Running
+            | GoalStatus::Completed
+            | GoalStatus::Blocked
+            | GoalStatus::Stalled
+            | GoalStatus::Timeout
+            | GoalStatus::Failed
+            | GoalStatus::Cancelled => {}
+        }
+        assert_eq!(GoalStatus::parse(g.as_str()), Some(*g));
+    }
 
     // The enums table points at the lists above.
     let enums: BTreeMap<&str, &str> = s
@@ -1051,6 +1110,7 @@ fn lists_and_limits_match() {
             ("PermissionPolicy", "permission_policies"),
             ("TaskStatus", "task_statuses"),
             ("WarmUse", "warm_uses"),
+            ("GoalStatus", "goal_statuses"),
         ])
     );
 }
@@ -1169,6 +1229,8 @@ impl Target {
                 "Conclusion" => roundtrip::<Conclusion>(bytes),
                 "AwaitSpec" => roundtrip::<AwaitSpec>(bytes),
                 "AwaitRecord" => roundtrip::<AwaitRecord>(bytes),
+                "GoalSpec" => roundtrip::<GoalSpec>(bytes),
+                "GoalRecord" => roundtrip::<GoalRecord>(bytes),
                 other => panic!("no Rust type for record {other}"),
             },
             Target::Method(m) => Ok(roundtrip::<Request>(bytes)?["method"][m].clone()),
@@ -1239,6 +1301,12 @@ fn cases() -> Vec<Case> {
             "AwaitRecord",
             view(&await_record(true)),
             view(&await_record(false)),
+        ),
+        rec("GoalSpec", view(&goal_spec(true)), view(&goal_spec(false))),
+        rec(
+            "GoalRecord",
+            view(&goal_record(true)),
+            view(&goal_record(false)),
         ),
         rec(
             "TaskChanges",
