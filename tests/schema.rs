@@ -595,7 +595,11 @@ fn replies(full: bool) -> Vec<ReplyBody> {
 
 fn goal_spec(full: bool) -> GoalSpec {
     GoalSpec {
-        task: if full { full_new_task() } else { min_new_task() },
+        task: if full {
+            full_new_task()
+        } else {
+            min_new_task()
+        },
         max_iterations: 20,
         max_duration_ms: 3_600_000,
         stall_after: 3,

@@ -244,13 +244,22 @@ pub async fn list(ctx: &Context, all: bool, json: bool) -> Result<i32, CliError>
 }
 
 fn row(g: &GoalRecord) -> String {
-    let objective: String = g.objective.lines().next().unwrap_or("").chars().take(60).collect();
+    let objective: String = g
+        .objective
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(60)
+        .collect();
     format!(
         "{:<12} {:<9} {:>9} {:>8}  {objective}",
         &g.id[..12.min(g.id.len())],
         g.status.as_str(),
         format!("{}/{}", g.iteration, g.max_iterations),
-        g.progress.map(|p| format!("{p}%")).unwrap_or_else(|| "-".into()),
+        g.progress
+            .map(|p| format!("{p}%"))
+            .unwrap_or_else(|| "-".into()),
     )
 }
 

@@ -234,7 +234,10 @@ impl View {
         if g.status == GoalStatus::Running && g.iteration > self.goal_iteration {
             self.goal_iteration = g.iteration;
             if g.iteration > 1 {
-                let progress = g.progress.map(|p| format!(", progress {p}%")).unwrap_or_default();
+                let progress = g
+                    .progress
+                    .map(|p| format!(", progress {p}%"))
+                    .unwrap_or_default();
                 self.note(&format!(
                     "grove: goal iteration {} of at most {}{progress}",
                     g.iteration, g.max_iterations

@@ -454,8 +454,8 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
             Method::GoalCreate(goal) => {
                 // Iterations are the turns of one kept session on an ACP
                 // engine, successive runs on any other.
-                let engine = (goal.task.engine)
-                    .get_or_insert_with(|| config.default_engine.clone());
+                let engine =
+                    (goal.task.engine).get_or_insert_with(|| config.default_engine.clone());
                 let kind = config.engines.get(engine.as_str()).map(|e| e.kind);
                 goal.task.keep_session = kind == Some(crate::config::EngineKind::Acp);
                 admit_new(&config, &root, &mut goal.task)?;

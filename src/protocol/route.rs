@@ -5,8 +5,8 @@
 //! answer a method that can never reach it.
 
 use super::{
-    AgentUpdates, AwaitSpec, Conclusion, GoalSpec, FailureReason, MemberInfo, Method, NewTask, TaskChanges,
-    TaskControl, TaskExit, TaskStatus,
+    AgentUpdates, AwaitSpec, Conclusion, FailureReason, GoalSpec, MemberInfo, Method, NewTask,
+    TaskChanges, TaskControl, TaskExit, TaskStatus,
 };
 
 /// Where a method is answered, with its parameters borrowed.

@@ -146,7 +146,9 @@ async fn run_turns(
         }
         // Said at once (whoever follows the turn sees it end), before the
         // session waits for what comes next.
-        session.outbox.push(super::TURN_END, session.turn_end(&stop));
+        session
+            .outbox
+            .push(super::TURN_END, session.turn_end(&stop));
         session.turn_end_sent.store(true, Ordering::SeqCst);
         match session.between_turns().await {
             Next::Turn(next) => text = next,

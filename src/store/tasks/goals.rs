@@ -54,10 +54,7 @@ pub(in crate::store) fn create(c: &mut Ctx<'_>, spec: &GoalSpec) -> Res {
     // The admission kept the session of an ACP engine (its turns are the
     // iterations) and of nothing else.
     let session = new.keep_session;
-    new.prompt = format!(
-        "{objective}{}",
-        goal_brief(spec.max_iterations, session)
-    );
+    new.prompt = format!("{objective}{}", goal_brief(spec.max_iterations, session));
     new.want_conclusion = true;
     let task = match lineage::create_new(c, &new)? {
         Ok(ReplyBody::Task(t)) => *t,
@@ -240,10 +237,9 @@ fn next_run(
     con: &Conclusion,
 ) -> Result<TaskRecord, Applied> {
     goal.iteration += 1;
-    let first: String = c
-        .tx
-        .prepare_cached("SELECT prompt FROM goals WHERE id = ?1")?
-        .query_row([&goal.id], |r| r.get(0))?;
+    let first: String =
+        c.tx.prepare_cached("SELECT prompt FROM goals WHERE id = ?1")?
+            .query_row([&goal.id], |r| r.get(0))?;
     let mut last = con.clone();
     if last.summary.chars().count() > SUMMARY_CHARS {
         last.summary = last.summary.chars().take(SUMMARY_CHARS).collect::<String>() + "…";
@@ -325,12 +321,8 @@ pub(super) fn settle_due(c: &mut Ctx<'_>, now: u64, limit: usize) -> Result<usiz
         if let Some(task) = rows::get(c.tx, id)?
             && !task.status.is_terminal()
         {
-            super::change::transition(
-                c,
-                task,
-                super::change::Change::to(TaskStatus::Cancelled),
-            )?
-            .map_err(Applied::Refused)?;
+            super::change::transition(c, task, super::change::Change::to(TaskStatus::Cancelled))?
+                .map_err(Applied::Refused)?;
         }
     }
     Ok(due.len())
@@ -510,7 +502,10 @@ mod tests {
             (Failed, GoalStatus::Failed),
         ] {
             let (mut g, mut best) = (goal(5, 3), None);
-            assert_eq!(judge(&mut g, &mut best, &con(s, None), 1), Verdict::End(want));
+            assert_eq!(
+                judge(&mut g, &mut best, &con(s, None), 1),
+                Verdict::End(want)
+            );
         }
     }
 
@@ -518,8 +513,14 @@ mod tests {
     fn progress_that_does_not_pass_its_best_stalls() {
         let (mut g, mut best) = (goal(20, 2), None);
         let partial = |p| con(ConclusionStatus::Partial, Some(p));
-        assert_eq!(judge(&mut g, &mut best, &partial(50.0), 1), Verdict::Continue);
-        assert_eq!(judge(&mut g, &mut best, &partial(40.0), 1), Verdict::Continue);
+        assert_eq!(
+            judge(&mut g, &mut best, &partial(50.0), 1),
+            Verdict::Continue
+        );
+        assert_eq!(
+            judge(&mut g, &mut best, &partial(40.0), 1),
+            Verdict::Continue
+        );
         assert_eq!(g.stalls, 1);
         assert_eq!(
             judge(&mut g, &mut best, &partial(50.0), 1),

@@ -16,8 +16,8 @@
 
 pub mod awaits;
 mod change;
-mod graph;
 pub mod goals;
+mod graph;
 mod lineage;
 mod next_turn;
 mod runs;

@@ -4,8 +4,8 @@
 //! if it is idle), written in the commit that decided it, so that the
 //! decision and the turn are never apart.
 
-use super::change::{Change, transition};
 use super::Ctx;
+use super::change::{Change, transition};
 use crate::protocol::{ControlKind, EventData, TaskRecord, TaskStatus};
 use crate::store::txn::{Applied, append_event};
 
