@@ -1,12 +1,14 @@
 //! `grove demo`: grove proving itself in under 30 seconds, with nothing but
 //! this binary. A primary and three secondaries run as real processes on a
 //! fresh temporary workspace; a small DAG of shell tasks and an agent
-//! conversation (conversation.rs) are spawned from different members; the
+//! conversation (conversation.rs) and a goal the agent pursues over three
+//! turns (goal.rs) are spawned from different members; the
 //! primary is SIGKILLed mid-run; then every claim is checked against the
 //! store and the members' own event logs — not asserted by text. Exit 0
 //! only if every check held.
 
 mod conversation;
+mod goal;
 
 use crate::client::Client;
 use crate::local_cluster::LocalCluster;
@@ -102,6 +104,7 @@ struct Demo {
     ids: BTreeMap<&'static str, String>,
     names: BTreeMap<String, &'static str>,
     agent: Option<Conversation>,
+    goal: Option<goal::Goal>,
 }
 
 /// What happened while the pipeline ran.
@@ -157,6 +160,7 @@ impl Demo {
             ids: BTreeMap::new(),
             names: BTreeMap::new(),
             agent: None,
+            goal: None,
         })
     }
 
@@ -200,6 +204,15 @@ impl Demo {
         self.names.insert(agent.id.clone(), "agent");
         self.ids.insert("agent", agent.id.clone());
         self.agent = Some(agent);
+        let goal = goal::Goal::start(&mut self.windows[1]).await?;
+        self.clock.say(format!(
+            "window 2 set a   {:<12} {} (the agent pursues it over turns, until it reports success)",
+            "goal",
+            &goal.id[..8]
+        ));
+        self.names.insert(goal.id.clone(), "goal");
+        self.ids.insert("goal", goal.id.clone());
+        self.goal = Some(goal);
         Ok(())
     }
 
@@ -208,8 +221,8 @@ impl Demo {
     async fn narrate_and_kill(&mut self) -> Result<Story, String> {
         let mut story = Story::default();
         let deadline = Instant::now() + PIPELINE_DEADLINE;
-        // The pipeline's steps and the agent's conversation.
-        while story.done < PIPELINE.len() + 1 {
+        // The pipeline's steps, the agent's conversation and its goal.
+        while story.done < PIPELINE.len() + 2 {
             if Instant::now() > deadline {
                 return Err("the pipeline did not finish within 60 s".into());
             }
@@ -233,6 +246,11 @@ impl Demo {
                     let tests_running = name == "unit-tests" && task.status == TaskStatus::Running;
                     if tests_running && story.killed_at.is_none() {
                         self.kill_primary(&mut story).await?;
+                    }
+                }
+                EventData::GoalUpdated { goal } => {
+                    if let Some(line) = self.goal.as_mut().and_then(|g| g.on_update(goal)) {
+                        self.clock.say(format!("  {:<12} {line}", "goal"));
                     }
                 }
                 EventData::Promoted { pid, epoch, .. } if story.killed_at.is_some() => {
@@ -344,6 +362,10 @@ impl Demo {
         self.check_tasks(&reader, &mut checks, outcome.timed_out)?;
         if let Some(agent) = &self.agent {
             let (passed, what) = agent.check(&reader)?;
+            checks.check(passed, what);
+        }
+        if let Some(goal) = &self.goal {
+            let (passed, what) = goal.check(&reader)?;
             checks.check(passed, what);
         }
         self.check_events(&reader, story, &mut checks).await?;

@@ -187,8 +187,46 @@ async fn script(cx: &ConnectionTo<Client>, req: &PromptRequest, tap: &Tap) -> Re
             }
             Ok(())
         }
+        _ if goal_target(&words).is_some() => goal_iteration(cx, sid, &words).await,
         _ => Err(format!("unknown bench script {text:?}")),
     }
+}
+
+/// `goal N ...` anywhere in the prompt (a goal's objective, repeated in
+/// each next turn): the iterations until success.
+fn goal_target(words: &[&str]) -> Option<u32> {
+    words
+        .windows(2)
+        .find(|w| w[0] == "goal")
+        .and_then(|w| w[1].parse().ok())
+}
+
+/// One iteration of the demo's goal: its number is the prompt's
+/// `iteration K` (1 in the first prompt); a few words over 0.7 s, then a
+/// conclusion block, progress rising to success at iteration N.
+async fn goal_iteration(
+    cx: &ConnectionTo<Client>,
+    sid: &SessionId,
+    words: &[&str],
+) -> Result<(), String> {
+    let target = goal_target(words).unwrap_or(1).max(1);
+    let k: u32 = (words.windows(2))
+        .find_map(|w| (w[0] == "iteration").then(|| w[1].parse().ok()).flatten())
+        .unwrap_or(1);
+    for part in ["tidying ", "step ", &format!("{k} ")] {
+        say(cx, sid, part.to_string())?;
+        tokio::time::sleep(Duration::from_millis(230)).await;
+    }
+    let progress = (100 * k / target).min(100);
+    let status = if k >= target { "success" } else { "partial" };
+    say(
+        cx,
+        sid,
+        format!(
+            "\n<grove:conclusion>{{\"status\": \"{status}\", \"summary\": \"step {k} of {target} done\", \"progress\": {progress}, \"next_step\": \"step {}\"}}</grove:conclusion>",
+            k + 1
+        ),
+    )
 }
 
 fn say(cx: &ConnectionTo<Client>, sid: &SessionId, text: String) -> Result<(), String> {
