@@ -1,5 +1,5 @@
-//! Goals as the store thread advances them (see docs/design.md, Runs and
-//! goals). A goal is a row beside its task. Each iteration's end is decided
+//! Goals as the store thread advances them (see docs/design.md,
+//! Runs and goals). A goal is a row beside its task. Each iteration's end is decided
 //! in the commit that records it — an ACP turn's `turn_end` (in
 //! `store/agent.rs`) or a CLI run's end (in `change::set_status`) — and the
 //! next iteration is written in that same commit: a `say` to the open
