@@ -38,6 +38,7 @@ pub fn router(board: Arc<Board>) -> axum::Router {
     axum::Router::new()
         .route("/", get(index))
         .route("/board.js", get(script))
+        .route("/cluster.js", get(cluster_script))
         .route("/board.css", get(style))
         .route("/api/state", get(state))
         .route("/api/members", get(members))
@@ -57,6 +58,7 @@ pub fn router(board: Arc<Board>) -> axum::Router {
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/board.js");
+const CLUSTER_SCRIPT: &str = include_str!("assets/cluster.js");
 const STYLE: &str = include_str!("assets/board.css");
 
 /// The page, with the token for the `X-Grove-Token` header of its
@@ -71,9 +73,17 @@ async fn index(State(board): State<Arc<Board>>) -> Response {
 }
 
 async fn script() -> Response {
+    javascript(SCRIPT)
+}
+
+async fn cluster_script() -> Response {
+    javascript(CLUSTER_SCRIPT)
+}
+
+fn javascript(text: &'static str) -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        SCRIPT,
+        text,
     )
         .into_response()
 }
