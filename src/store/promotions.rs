@@ -127,8 +127,8 @@ pub fn read(conn: &Connection, limit: usize) -> Result<Vec<Promotion>, StoreErro
             ))
         })?
         .collect::<Result<_, _>>()?;
-    let mut before =
-        conn.prepare_cached("SELECT at, topic FROM events WHERE seq < ?1 ORDER BY seq DESC LIMIT 1")?;
+    let mut before = conn
+        .prepare_cached("SELECT at, topic FROM events WHERE seq < ?1 ORDER BY seq DESC LIMIT 1")?;
     let mut out = Vec::new();
     for (seq, at, payload, won, takeover_us, prev_instance_id, prev_heartbeat) in rows {
         let Ok(EventData::Promoted {
@@ -162,4 +162,49 @@ pub fn read(conn: &Connection, limit: usize) -> Result<Vec<Promotion>, StoreErro
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn promoted(conn: &Connection, epoch: u64, instance_id: &str) {
+        let data = EventData::Promoted {
+            instance_id: instance_id.into(),
+            pid: 1,
+            epoch,
+        };
+        crate::store::txn::append_event(conn, epoch, data).unwrap();
+    }
+
+    #[test]
+    fn a_promotion_keeps_its_measurements_and_only_the_previous_epochs_heartbeat() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::schema::migrate(&mut conn).unwrap();
+        let heard = |epoch| Heard {
+            instance_id: "old".into(),
+            epoch,
+            at: 1_000,
+        };
+        // Epoch 2 heard epoch 1's primary; epoch 3 heard only epoch 1's.
+        for (epoch, heard) in [(2, heard(1)), (3, heard(1))] {
+            promoted(&conn, epoch, "new");
+            let won = LockWon {
+                at: 1_250,
+                heard: Some(heard),
+            };
+            record(&conn, epoch, epoch - 1, "new", &won).unwrap();
+        }
+        served(&conn, 2, 1_500).unwrap();
+        let list = read(&conn, 10).unwrap();
+        let (three, two) = (&list[0], &list[1]);
+        assert_eq!(two.takeover_ms, Some(1.5));
+        assert_eq!(two.lock_won_at, Some(1_250));
+        assert_eq!(two.prev_instance_id.as_deref(), Some("old"));
+        assert_eq!(two.lock_after_heartbeat_ms, Some(250));
+        // Never served; no heartbeat of its predecessor was heard.
+        assert_eq!(three.takeover_ms, None);
+        assert_eq!(three.prev_heartbeat_at, None);
+        assert_eq!(three.lock_after_heartbeat_ms, None);
+    }
 }

@@ -27,7 +27,8 @@ function refresher(read) {
 // older promotion has only the gap to the event before it, an upper bound.
 function takeover(x) {
   if (x.takeover_ms !== null && x.takeover_ms !== undefined) {
-    const parts = [`took over in ${x.takeover_ms.toFixed(1)} ms`];
+    const ms = x.takeover_ms.toFixed(1);
+    const parts = [x.after_ms == null ? `serving ${ms} ms after winning the lock` : `took over in ${ms} ms`];
     if (x.lock_after_heartbeat_ms !== null && x.lock_after_heartbeat_ms !== undefined) {
       parts.push(`lock won ${x.lock_after_heartbeat_ms} ms after the last heartbeat of ${short(x.prev_instance_id)}`);
     }
