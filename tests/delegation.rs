@@ -114,6 +114,11 @@ fn a_parent_awaits_a_quorum_and_is_resumed_once_across_failovers() {
     );
     let show_parent = show(&g, &parent);
     assert_eq!(show_parent["status"], "completed", "{show_parent}");
+    // The results went into the parent's open session: one live
+    // injection, counted in the firing's commit, so once across the kills.
+    let stats: Value = serde_json::from_str(&g.ok(&["stats", "--json"])).unwrap();
+    assert_eq!(stats["delegation"]["live_injections"], 1, "{stats}");
+    assert_eq!(stats["delegation"]["resurrections"], 0, "{stats}");
 }
 
 #[test]

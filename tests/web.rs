@@ -3,8 +3,10 @@
 //! in the tests' own Python environment; no browser is downloaded). The
 //! board lists and follows tasks, cancels, spawns, approves and denies
 //! from the page, and keeps a page live and gap-free across a `kill -9` of
-//! the primary. Its refusals (no token, another `Host`, a cross-site
-//! change) and the `notify` command are checked over plain HTTP.
+//! the primary, whose successor's measured takeover the members view
+//! shows; the delegation view follows awaits and counters. Its refusals
+//! (no token, another `Host`, a cross-site change) and the `notify`
+//! command are checked over plain HTTP.
 
 mod common;
 
@@ -89,6 +91,15 @@ fn an_open_page_keeps_up_across_a_kill_9_of_the_primary() {
     let settings: Value =
         serde_json::from_slice(&std::fs::read(g.ws.join(".grove/web.json")).unwrap()).unwrap();
     assert_eq!(settings["port"], port);
+}
+
+#[test]
+fn the_delegation_view_follows_awaits_and_counters() {
+    let mut g = Grove::scripted_acp("allow_all", "");
+    g.serve();
+    g.wait_primary();
+    let (_, _, url) = web(&g);
+    browser(&g, "delegation", &url);
 }
 
 /// One HTTP/1.1 request over a plain socket: (status, headers and body).

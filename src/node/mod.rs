@@ -70,7 +70,13 @@ pub struct Identity {
     pub started_at: u64,
     /// Unix ms of the last request this member answered as primary.
     pub last_request: Arc<AtomicU64>,
+    /// The last primary heartbeat this member's event stream delivered:
+    /// on promotion, how long before winning the lock the old primary
+    /// was last heard from.
+    pub heard: Heard,
 }
+
+pub type Heard = Arc<std::sync::Mutex<Option<crate::store::promotions::Heard>>>;
 
 /// Runs a member until SIGTERM/SIGINT/SIGHUP. A primary hands over on the
 /// way out: sockets closed, lock released, a secondary takes over at once.
@@ -96,6 +102,7 @@ pub async fn serve_until(
         pid: std::process::id(),
         started_at: now_ms(),
         last_request: Arc::new(AtomicU64::new(now_ms())),
+        heard: Heard::default(),
     };
     let shutdown = match opts.idle_exit {
         Some(after) => idle::stop_when_idle(&opts, &identity, after, shutdown),
@@ -119,8 +126,8 @@ async fn follow_or_lead(
     // One view of the config files for the member's whole life: reloaded
     // when they change, reported for `grove config show`.
     let live = std::sync::Arc::new(LiveConfig::new(&opts.ws.state_dir, opts.config.clone()));
-    let mut events_task =
-        crate::loop_watch::spawn("events", consume_events(opts.clone()).in_current_span());
+    let events = consume_events(opts.clone(), identity.heard.clone());
+    let mut events_task = crate::loop_watch::spawn("events", events.in_current_span());
 
     let lock_path = opts.ws.lock_path();
     let mut lock = acquire(&lock_path)?;
@@ -166,7 +173,7 @@ async fn follow_or_lead(
             break Ok(());
         }
         rebuild.begin(&opts.ws);
-        lock = match rejoin(&opts, state_gone, &mut events_task) {
+        lock = match rejoin(&opts, &identity, state_gone, &mut events_task) {
             Ok(l) => l,
             Err(e) => match rebuild.retry(&opts.ws, e).await {
                 Ok(()) => None,
@@ -185,6 +192,7 @@ async fn follow_or_lead(
 /// workspace itself is gone stops with the error.
 fn rejoin(
     opts: &NodeOptions,
+    me: &Identity,
     state_gone: bool,
     events_task: &mut tokio::task::JoinHandle<()>,
 ) -> Result<Option<PrimaryLock>, NodeError> {
@@ -192,8 +200,8 @@ fn rejoin(
         tracing::warn!("the workspace state was deleted or replaced: joining it anew");
         events_task.abort();
         opts.ws.ensure_state_dir()?;
-        *events_task =
-            crate::loop_watch::spawn("events", consume_events(opts.clone()).in_current_span());
+        let events = consume_events(opts.clone(), me.heard.clone());
+        *events_task = crate::loop_watch::spawn("events", events.in_current_span());
     }
     opts.ws.ensure_socket_dir()?;
     acquire(&opts.ws.lock_path())
@@ -267,7 +275,7 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
 
 /// The member's own view of the event stream, across role changes: it
 /// starts at the current end of the log and never skips a durable event.
-async fn consume_events(opts: NodeOptions) {
+async fn consume_events(opts: NodeOptions, heard: Heard) {
     let first = Reader::open(&opts.ws.db_path())
         .and_then(|r| r.last_seq())
         .map(|s| s + 1)
@@ -296,7 +304,13 @@ async fn consume_events(opts: NodeOptions) {
                 if let Some(f) = log.as_mut() {
                     record_event(f, &event);
                 }
-                if matches!(event.data, crate::protocol::EventData::Heartbeat { .. }) {
+                if let crate::protocol::EventData::Heartbeat { instance_id, .. } = &event.data {
+                    let last = crate::store::promotions::Heard {
+                        instance_id: instance_id.clone(),
+                        epoch: event.epoch,
+                        at: event.at,
+                    };
+                    *heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
                     if reported_unresponsive {
                         tracing::info!("primary responsive again");
                         reported_unresponsive = false;

@@ -51,13 +51,19 @@ async fn promote_and_serve(
         lock: monotonic_ns(),
         ..Phases::default()
     };
+    // The same instant on the wall clock, kept with the epoch: the board's
+    // failover history compares it with the old primary's last heartbeat.
+    let won = crate::store::promotions::LockWon {
+        at: crate::protocol::now_ms(),
+        heard: me.heard.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+    };
     // The files as they are now, not as they were when this member started.
     let config = live.current();
 
     // 1. Read-write store, migrations, epoch + 1 (one transaction), above
     //    every epoch this workspace had, even in a deleted `.grove`.
     let floor = state::epoch_mark(ws);
-    let promotion = writer::promote(&ws.db_path(), &me.instance_id, me.pid, floor)?;
+    let promotion = writer::promote(&ws.db_path(), &me.instance_id, me.pid, floor, &won)?;
     let epoch = promotion.epoch;
     let guard = StateGuard::new(ws, &lock);
     tracing::Span::current().record("epoch", epoch);
@@ -89,6 +95,10 @@ async fn promote_and_serve(
         promoted_at.elapsed().as_secs_f64() * 1000.0
     );
     phases.log(epoch);
+    // Kept with the epoch's promotion record: the failover history shows
+    // this measured takeover, not a gap between stored events.
+    let takeover_us = phases.serving.saturating_sub(phases.lock) / 1000;
+    let _ = parts.store.jobs.send(Job::Served { epoch, takeover_us });
 
     // 7. The RPC loop, until the role ends.
     super::report(opts, me, live, "primary");

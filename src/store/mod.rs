@@ -9,11 +9,14 @@
 pub mod agent;
 pub mod counters;
 pub mod crash_guard;
+pub mod promotions;
 mod rows;
 pub mod schema;
 pub mod tasks;
 mod txn;
 pub mod writer;
+
+pub use promotions::Promotion;
 
 /// How long the read-write connection waits for a lock held by another
 /// connection (a reader's checkpoint-blocking transaction, a predecessor's
@@ -473,45 +476,26 @@ impl Reader {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The last `limit` promotions, newest first: each with its epoch, when
-    /// it happened, and the event before it (an `instance.shutdown` is a
-    /// handover; anything else was the dead primary's last event, so the
-    /// gap bounds the failover from above). For the web board.
+    /// The last `limit` promotions, newest first, with what each measured
+    /// (see `promotions`). For the web board.
     pub fn promotions(&self, limit: usize) -> Result<Vec<Promotion>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT seq, at, payload FROM events WHERE topic = 'instance.promoted' \
-             ORDER BY seq DESC LIMIT ?1",
-        )?;
-        let rows: Vec<(i64, i64, Vec<u8>)> = stmt
-            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut before = self.conn.prepare_cached(
-            "SELECT at, topic FROM events WHERE seq < ?1 ORDER BY seq DESC LIMIT 1",
-        )?;
-        let mut out = Vec::new();
-        for (seq, at, payload) in rows {
-            let Ok(EventData::Promoted {
-                instance_id,
-                pid,
-                epoch,
-            }) = crate::protocol::decode::<EventData>(&payload)
-            else {
-                continue;
-            };
-            let prev: Option<(i64, String)> = before
-                .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            out.push(Promotion {
-                seq: seq as u64,
-                at: at as u64,
-                instance_id,
-                pid,
-                epoch,
-                handover: prev.as_ref().is_some_and(|(_, t)| t == "instance.shutdown"),
-                after_ms: prev.map(|(p, _)| (at - p).max(0) as u64),
-            });
-        }
-        Ok(out)
+        promotions::read(&self.conn, limit)
+    }
+
+    /// What the board's delegation card shows beside the counters: pending
+    /// awaits, and tasks with a parent (all, and those not ended).
+    pub fn delegation_counts(&self) -> Result<(u64, u64, u64), StoreError> {
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+        };
+        Ok((
+            count("SELECT COUNT(*) FROM awaits WHERE state = 'pending'")?,
+            count("SELECT COUNT(*) FROM tasks WHERE parent_id IS NOT NULL")?,
+            count(
+                "SELECT COUNT(*) FROM tasks WHERE parent_id IS NOT NULL \
+                 AND status NOT IN ('completed', 'failed', 'cancelled')",
+            )?,
+        ))
     }
 
     /// `PRAGMA integrity_check`: "ok" when the file is sound.
@@ -547,20 +531,6 @@ impl Reader {
             .query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get::<_, i64>(0))?
             as u64)
     }
-}
-
-/// A promotion as the board shows it (see [`Reader::promotions`]).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Promotion {
-    pub seq: u64,
-    pub at: u64,
-    pub instance_id: String,
-    pub pid: u32,
-    pub epoch: u64,
-    /// The primary before handed over (`instance.shutdown` came just before).
-    pub handover: bool,
-    /// Milliseconds since the event before it.
-    pub after_ms: Option<u64>,
 }
 
 pub enum FindTask {

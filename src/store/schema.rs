@@ -187,6 +187,20 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX goals_deadline ON goals (deadline) WHERE status = 'running';
     "#,
+    // v12: promotions. What each promotion measured — the election lock
+    // won (wall clock), lock won → serving, and the previous primary's last
+    // heartbeat as the new primary heard it — so that failover history
+    // shows measured durations rather than gaps between stored events.
+    r#"
+    CREATE TABLE promotions (
+        epoch             INTEGER PRIMARY KEY,
+        instance_id       TEXT NOT NULL,
+        lock_won_at       INTEGER NOT NULL,
+        takeover_us       INTEGER,
+        prev_instance_id  TEXT,
+        prev_heartbeat_at INTEGER
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -55,6 +55,9 @@ pub enum Job {
         op: super::tasks::InternalOp,
         reply: oneshot::Sender<WriteResult>,
     },
+    /// The promotion of `epoch` serves: its measured takeover is recorded
+    /// (see `promotions`).
+    Served { epoch: u64, takeover_us: u64 },
     /// Records `instance.shutdown`, then the thread exits.
     Shutdown {
         instance_id: String,
@@ -95,13 +98,14 @@ pub fn promote(
     instance_id: &str,
     pid: u32,
     epoch_floor: u64,
+    won: &super::promotions::LockWon,
 ) -> Result<Promotion, StoreError> {
     let mut conn = super::open_read_write(path, epoch_floor)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let epoch: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+    let stored: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
         r.get(0)
     })?;
-    let epoch = (epoch as u64).max(epoch_floor) + 1;
+    let epoch = (stored as u64).max(epoch_floor) + 1;
     tx.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'epoch'",
         [epoch as i64],
@@ -116,6 +120,7 @@ pub fn promote(
             epoch,
         },
     )?;
+    super::promotions::record(&tx, epoch, epoch - 1, instance_id, won)?;
     tx.commit()?;
     // Counted once: a primary that dies before its first batch must not
     // make its successor count the same crash again.
@@ -223,7 +228,7 @@ impl Guard {
             .filter_map(|job| match job {
                 Job::Write { request_id, .. } => Some(request_id.clone()),
                 Job::Internal { op, .. } => Some(op.key()),
-                Job::Shutdown { .. } => None,
+                Job::Served { .. } | Job::Shutdown { .. } => None,
             })
             .collect()
     }
@@ -370,6 +375,10 @@ fn commit_batch(
             Job::Internal { op, .. } => {
                 results.push(Some(apply_internal(&mut tx, epoch, op, &mut events)?));
             }
+            Job::Served { epoch, takeover_us } => {
+                super::promotions::served(&tx, *epoch, *takeover_us)?;
+                results.push(None);
+            }
             Job::Shutdown { instance_id, .. } => {
                 events.push(append_event(
                     &tx,
@@ -396,6 +405,7 @@ fn commit_batch(
                 done.push(Done { reply, result })
             }
             (Job::Shutdown { done: d, .. }, _) => *shutdown = Some(d),
+            (Job::Served { .. }, _) => {}
             (Job::Write { .. } | Job::Internal { .. }, None) => {
                 unreachable!("every write has a result")
             }

@@ -38,9 +38,11 @@ pub fn router(board: Arc<Board>) -> axum::Router {
     axum::Router::new()
         .route("/", get(index))
         .route("/board.js", get(script))
+        .route("/cluster.js", get(cluster_script))
         .route("/board.css", get(style))
         .route("/api/state", get(state))
         .route("/api/members", get(members))
+        .route("/api/delegation", get(delegation))
         .route("/api/events", get(sse::events))
         .route("/api/tasks", post(actions::spawn))
         .route("/api/tasks/{id}", get(task))
@@ -56,6 +58,7 @@ pub fn router(board: Arc<Board>) -> axum::Router {
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/board.js");
+const CLUSTER_SCRIPT: &str = include_str!("assets/cluster.js");
 const STYLE: &str = include_str!("assets/board.css");
 
 /// The page, with the token for the `X-Grove-Token` header of its
@@ -70,9 +73,17 @@ async fn index(State(board): State<Arc<Board>>) -> Response {
 }
 
 async fn script() -> Response {
+    javascript(SCRIPT)
+}
+
+async fn cluster_script() -> Response {
+    javascript(CLUSTER_SCRIPT)
+}
+
+fn javascript(text: &'static str) -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        SCRIPT,
+        text,
     )
         .into_response()
 }
@@ -251,8 +262,8 @@ async fn diff(
 }
 
 /// The primary, the live members, and the last promotions (failovers and
-/// handovers) with how long after the previous primary's last event each
-/// came.
+/// handovers) with what each measured: the lock won, the takeover, the old
+/// primary's last heartbeat heard (see `store::promotions`).
 async fn members(State(board): State<Arc<Board>>) -> Result<Json<Value>, Failure> {
     let record = crate::primary_record::PrimaryRecord::read(&board.ws);
     read(&board, move |r| {
@@ -284,3 +295,19 @@ async fn members(State(board): State<Arc<Board>>) -> Result<Json<Value>, Failure
 }
 
 const PROMOTIONS_SHOWN: usize = 20;
+
+/// The delegation counters (as `grove stats --json` reports them), the
+/// pending awaits (`grove awaits`) and the tasks that have a parent.
+async fn delegation(State(board): State<Arc<Board>>) -> Result<Json<Value>, Failure> {
+    read(&board, move |r| {
+        let (awaits_pending, delegated, delegated_open) = r.delegation_counts()?;
+        Ok(Json(json!({
+            "last_seq": r.last_seq()?,
+            "counters": r.counters()?,
+            "awaits_pending": awaits_pending,
+            "delegated_tasks": delegated,
+            "delegated_open": delegated_open,
+        })))
+    })
+    .await
+}

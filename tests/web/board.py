@@ -11,7 +11,12 @@ Scenarios:
             is approved from the page, another one denied
   failover  with the page open, the primary is killed with SIGKILL: the
             page reconnects to the next primary on the same port, keeps
-            updating, and the seqs it received have no gap
+            updating, and the seqs it received have no gap; the members
+            view shows the new promotion with its measured takeover
+  delegation  the delegation view (engine `scripted`, which spawns and
+            awaits children through grove's MCP server) follows the
+            pending awaits, the delegated tasks and the live injections
+            as grove commands change them
 
 Every wait has a generous deadline; a failed check exits 1 with its reason.
 """
@@ -163,6 +168,10 @@ def failover(r, page):
     before = [r.cli("spawn", f"echo before {i}") for i in range(3)]
     for t in before:
         r.wait_page_status(page, t, "completed")
+    # The members view stays open across the kill: the new promotion
+    # appears there by itself.
+    page.evaluate("() => { location.hash = '#members'; }")
+    page.locator("#promotions").wait_for(timeout=DEADLINE * 1000)
     primary = json.load(open(os.path.join(r.ws, ".grove", "primary.json")))
     os.kill(primary["pid"], signal.SIGKILL)
     # Writes go on through the next primary; the page must see them all.
@@ -175,8 +184,52 @@ def failover(r, page):
            lambda: page.evaluate("window.groveBoard.lastSeq") >= state["last_seq"])
     seen = r.contiguous(page)
     check(page.evaluate("window.groveBoard.reconnects") >= 1, "the page never reconnected")
+    # The failover's promotion carries measured durations (the takeover on
+    # the new primary's clock; the lock won after the old primary's last
+    # heartbeat it heard), not the upper bound of older promotions.
+    row = page.locator(f'tr.promotion[data-epoch="{primary["epoch"] + 1}"]')
+    row.wait_for(timeout=DEADLINE * 1000)
+    measured = row.locator("[data-takeover-ms]")
+    measured.wait_for(timeout=DEADLINE * 1000)
+    took = float(measured.get_attribute("data-takeover-ms"))
+    check(took >= 0, f"the takeover is a measured number: {took}")
+    text = row.inner_text()
+    check("took over in" in text and "after the last heartbeat of " + primary["instance_id"][:8] in text,
+          f"the promotion shows its measured takeover and the old primary's last heartbeat: {text}")
+    check(row.locator("[data-unmeasured]").count() == 0, f"an upper bound shown for a measured promotion: {text}")
+    print(f"board.py: the page shows the failover: {text}", file=sys.stderr)
     print(f"board.py: the page saw seqs {seen[0]}..{seen[-1]} across the failover", file=sys.stderr)
     page.screenshot(path=r.shot, full_page=True)
+
+
+def delegation(r, page):
+    page.goto(r.url)
+    page.goto(base(r) + "#delegation")
+    shown = lambda key: page.locator(f'[data-metric="{key}"]').inner_text()
+    r.wait("the delegation view", lambda: page.locator('[data-metric="awaits_pending"]').count() == 1)
+    check(shown("awaits_pending") == "0" and shown("live_injections") == "0",
+          f"a fresh workspace shows no await and no injection: {page.locator('#delegation').inner_text()}")
+    # The scripted agent spawns one child through grove's MCP server,
+    # awaits it, and ends its turn; the child ends when go_a exists.
+    child = ("while [ ! -e go_a ]; do sleep 0.02; done; "
+             "echo '<grove:conclusion>{\"status\":\"success\",\"summary\":\"child a done\"}</grove:conclusion>'")
+    with open(os.path.join(r.ws, "delegate.json"), "w") as f:
+        json.dump({"children": [child]}, f)
+    parent = r.cli("spawn", "delegate", "-e", "scripted")
+    r.wait("the page to show the pending await", lambda: shown("awaits_pending") == "1")
+    r.wait("the page to show the delegated task", lambda: shown("delegated_tasks") == "1")
+    awaits = json.loads(r.cli("awaits", "--json"))
+    check(len(awaits) == 1 and awaits[0]["parent_id"] == parent, f"grove awaits: {awaits}")
+    # The child ends: the await fires into the parent's open session.
+    open(os.path.join(r.ws, "go_a"), "w").close()
+    r.wait("the page to show the live injection", lambda: shown("live_injections") == "1")
+    r.wait("the page to show no pending await", lambda: shown("awaits_pending") == "0")
+    r.wait_status(parent, "completed")
+    r.wait("the page to show the delegated task ended", lambda: shown("delegated_open") == "0")
+    stats = json.loads(r.cli("stats", "--json"))["delegation"]
+    check(stats["live_injections"] == 1, f"grove stats agrees: {stats}")
+    page.screenshot(path=r.shot, full_page=True)
+    r.contiguous(page)
 
 
 def base(r):
@@ -195,7 +248,8 @@ def main():
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        {"tasks": tasks, "approve": approve, "failover": failover}[scenario](r, page)
+        scenarios = {"tasks": tasks, "approve": approve, "failover": failover, "delegation": delegation}
+        scenarios[scenario](r, page)
         check(not errors, f"the page threw: {errors}")
         browser.close()
     print(f"board.py: {scenario} passed", file=sys.stderr)

@@ -317,6 +317,9 @@ fn resume_parent(c: &mut Ctx<'_>, parent_id: &str, text: String) -> Result<(), A
         return Ok(());
     };
     if next_turn::session_open(&parent) {
+        // The results reach the agent in its open session: a live
+        // injection (a rerun below is a resurrection).
+        crate::store::counters::bump(c.tx, "live_injections", 1)?;
         return next_turn::give(c, parent, text);
     }
     match parent.status {

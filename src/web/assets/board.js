@@ -155,6 +155,7 @@ function apply(event) {
     if (event.seq <= board.lastSeq) return; // already applied
     board.seen.push(event.seq);
     board.lastSeq = event.seq;
+    followCluster(event);
   }
   const topic = Object.keys(event.data)[0];
   const body = event.data[topic];
@@ -180,16 +181,25 @@ function apply(event) {
       return;
     case "instance.promoted":
       document.getElementById("epoch").textContent = `epoch ${body.epoch}`;
-      if (board.view === "members") renderMembers();
       return;
     case "instance.joined":
     case "instance.shutdown":
-      if (board.view === "members") renderMembers();
       return;
     default:
       return;
   }
   scheduleRender();
+}
+
+// The members and delegation views read the store again when an event may
+// have changed them. Any task event may move a delegation counter (a run's
+// end counts its warm use, an await's firing a live injection or a
+// resurrection), and an await is recorded inside the turn whose updates
+// and end follow it; a burst of events costs one read (see refresher).
+function followCluster(event) {
+  const topic = Object.keys(event.data)[0];
+  if (board.view === "delegation" && topic !== "session.created") renderDelegation();
+  if (board.view === "members" && (topic.startsWith("instance.") || board.membersStale)) renderMembers();
 }
 
 function parseAcp(s) {
@@ -235,7 +245,7 @@ function setUpNotifications() {
 function route() {
   const hash = location.hash.slice(1) || "tasks";
   const [view, id] = hash.split("/");
-  board.view = view === "task" ? "task" : (["tasks", "graph", "asks", "members"].includes(view) ? view : "tasks");
+  board.view = view === "task" ? "task" : (["tasks", "graph", "asks", "members", "delegation"].includes(view) ? view : "tasks");
   for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== "view-" + board.view;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === board.view);
   if (board.view === "task" && id) {
@@ -252,6 +262,7 @@ function render() {
   if (board.view === "graph") renderGraph();
   if (board.view === "asks") renderAsks();
   if (board.view === "members") renderMembers();
+  if (board.view === "delegation") renderDelegation();
   if (board.view === "task" && board.detail) {
     board.detail.task = board.tasks.get(board.detail.id) || board.detail.task;
     renderDetail();
@@ -418,34 +429,6 @@ async function renderAsks() {
     cards.push(c.card);
   }
   if (board.view === "asks") box.replaceChildren(...cards);
-}
-
-// ---- members ---------------------------------------------------------------
-
-async function renderMembers() {
-  let m;
-  try { m = await getJson("/api/members"); } catch (e) { return; }
-  const p = m.primary;
-  const rows = m.members.map((x) => h("tr", {},
-    h("td", { class: "mono" }, short(x.instance_id)), h("td", {}, x.primary ? "primary" : "secondary"),
-    h("td", {}, x.kind), h("td", {}, x.pid), h("td", {}, ago(x.started_at))));
-  const promos = m.promotions.map((x) => h("tr", {},
-    h("td", {}, x.epoch), h("td", { class: "mono" }, short(x.instance_id)), h("td", {}, x.pid),
-    h("td", {}, new Date(x.at).toLocaleString()),
-    h("td", {}, x.handover ? "handover" : "failover"),
-    h("td", {}, x.after_ms === null || x.after_ms === undefined ? "" : `${x.after_ms} ms after the previous event`)));
-  document.getElementById("members").replaceChildren(
-    h("div", { class: "card" },
-      h("h3", {}, "Primary"),
-      p ? h("dl", { class: "facts" },
-        h("dt", {}, "instance"), h("dd", { class: "mono" }, p.instance_id),
-        h("dt", {}, "pid"), h("dd", {}, p.pid),
-        h("dt", {}, "epoch"), h("dd", {}, p.epoch),
-        h("dt", {}, "since"), h("dd", {}, ago(p.started_at))) : h("p", {}, "none")),
-    h("div", { class: "card" }, h("h3", {}, "Members"),
-      h("table", {}, h("thead", {}, h("tr", {}, ["instance", "role", "kind", "pid", "started"].map((c) => h("th", {}, c)))), h("tbody", {}, rows))),
-    h("div", { class: "card" }, h("h3", {}, "Promotions (failovers and handovers)"),
-      h("table", {}, h("thead", {}, h("tr", {}, ["epoch", "instance", "pid", "at", "how", "gap"].map((c) => h("th", {}, c)))), h("tbody", {}, promos))));
 }
 
 // ---- the task page -------------------------------------------------------
