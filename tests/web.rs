@@ -102,6 +102,15 @@ fn the_delegation_view_follows_awaits_and_counters() {
     browser(&g, "delegation", &url);
 }
 
+#[test]
+fn the_goals_view_follows_a_goal_to_its_end() {
+    let mut g = Grove::scripted_acp("allow_all", "");
+    g.serve();
+    g.wait_primary();
+    let (_, _, url) = web(&g);
+    browser(&g, "goals", &url);
+}
+
 /// One HTTP/1.1 request over a plain socket: (status, headers and body).
 fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");

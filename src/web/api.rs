@@ -43,6 +43,7 @@ pub fn router(board: Arc<Board>) -> axum::Router {
         .route("/api/state", get(state))
         .route("/api/members", get(members))
         .route("/api/delegation", get(delegation))
+        .route("/api/goals", get(goals))
         .route("/api/events", get(sse::events))
         .route("/api/tasks", post(actions::spawn))
         .route("/api/tasks/{id}", get(task))
@@ -181,8 +182,10 @@ async fn task(
         } else {
             None
         };
+        let goal = r.goal(&task.id)?;
         Ok(Json(json!({
             "task": task,
+            "goal": goal,
             "upto": upto,
             "updates": updates,
             "permission": pending,
@@ -307,6 +310,20 @@ async fn delegation(State(board): State<Arc<Board>>) -> Result<Json<Value>, Fail
             "awaits_pending": awaits_pending,
             "delegated_tasks": delegated,
             "delegated_open": delegated_open,
+        })))
+    })
+    .await
+}
+
+/// Most goals the goals view lists (running first, then the newest).
+const GOALS_SHOWN: usize = 100;
+
+/// The goals: running ones first, then the most recent (`grove goals --all`).
+async fn goals(State(board): State<Arc<Board>>) -> Result<Json<Value>, Failure> {
+    read(&board, move |r| {
+        Ok(Json(json!({
+            "last_seq": r.last_seq()?,
+            "goals": r.goals(true, GOALS_SHOWN)?,
         })))
     })
     .await

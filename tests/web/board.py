@@ -17,6 +17,9 @@ Scenarios:
             awaits children through grove's MCP server) follows the
             pending awaits, the delegated tasks and the live injections
             as grove commands change them
+  goals     the goals view follows a goal of the scripted agent (engine
+            `scripted`, `goal:gated`: each iteration waits for a file) from
+            iteration 1 to completed, and the task page shows its goal
 
 Every wait has a generous deadline; a failed check exits 1 with its reason.
 """
@@ -232,6 +235,41 @@ def delegation(r, page):
     r.contiguous(page)
 
 
+def goals(r, page):
+    page.goto(r.url)
+    page.goto(base(r) + "#goals")
+    r.wait("the goals view", lambda: page.locator("#goals .card").count() == 1)
+    proc = subprocess.Popen(
+        [r.grove, "--workspace", r.ws, "--no-autostart", "goal", "-e", "scripted",
+         "goal:gated ship the release", "--output-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        goal = page.locator("#goals [data-goal]")
+        attr = lambda name: goal.first.get_attribute(name) if goal.count() == 1 else None
+        r.wait("the page to show the goal at iteration 1",
+               lambda: attr("data-goal-status") == "running" and attr("data-iteration") == "1")
+        open(os.path.join(r.ws, "release-1"), "w").close()
+        r.wait("the page to show iteration 2", lambda: attr("data-iteration") == "2")
+        text = goal.first.inner_text()
+        check("50" in text and "iteration 1 of gated" in text,
+              f"the goal shows the first iteration's progress and summary: {text}")
+        open(os.path.join(r.ws, "release-2"), "w").close()
+        r.wait("the page to show the goal completed", lambda: attr("data-goal-status") == "completed")
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    check(proc.returncode == 0, f"grove goal exited {proc.returncode}: {err}")
+    result = json.loads(out)
+    check(result["status"] == "completed" and result["iteration"] == 2, f"grove goal: {result}")
+    page.screenshot(path=r.shot, full_page=True)
+    # The task page shows the goal beside the task.
+    page.goto(base(r) + "#task/" + result["session_id"])
+    r.wait("the task page to show its goal",
+           lambda: page.locator('#task [data-goal-status="completed"]').count() == 1)
+    r.contiguous(page)
+
+
 def base(r):
     return r.url.split("?")[0]
 
@@ -248,7 +286,8 @@ def main():
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        scenarios = {"tasks": tasks, "approve": approve, "failover": failover, "delegation": delegation}
+        scenarios = {"tasks": tasks, "approve": approve, "failover": failover, "delegation": delegation,
+                     "goals": goals}
         scenarios[scenario](r, page)
         check(not errors, f"the page threw: {errors}")
         browser.close()

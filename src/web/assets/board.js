@@ -199,6 +199,12 @@ function apply(event) {
 function followCluster(event) {
   const topic = Object.keys(event.data)[0];
   if (board.view === "delegation" && topic !== "session.created") renderDelegation();
+  if (board.view === "goals" && topic === "goal.updated") renderGoals();
+  const goal = event.data["goal.updated"] && event.data["goal.updated"].goal;
+  if (board.view === "task" && goal && board.detail && board.detail.id === goal.id) {
+    board.detail.goal = goal;
+    renderDetail();
+  }
   if (board.view === "members" && (topic.startsWith("instance.") || board.membersStale)) renderMembers();
 }
 
@@ -245,7 +251,7 @@ function setUpNotifications() {
 function route() {
   const hash = location.hash.slice(1) || "tasks";
   const [view, id] = hash.split("/");
-  board.view = view === "task" ? "task" : (["tasks", "graph", "asks", "members", "delegation"].includes(view) ? view : "tasks");
+  board.view = view === "task" ? "task" : (["tasks", "graph", "asks", "members", "delegation", "goals"].includes(view) ? view : "tasks");
   for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== "view-" + board.view;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === board.view);
   if (board.view === "task" && id) {
@@ -263,6 +269,7 @@ function render() {
   if (board.view === "asks") renderAsks();
   if (board.view === "members") renderMembers();
   if (board.view === "delegation") renderDelegation();
+  if (board.view === "goals") renderGoals();
   if (board.view === "task" && board.detail) {
     board.detail.task = board.tasks.get(board.detail.id) || board.detail.task;
     renderDetail();
@@ -436,7 +443,7 @@ async function renderAsks() {
 async function loadDetail(id) {
   try {
     const d = await getJson(`/api/tasks/${encodeURIComponent(id)}`);
-    board.detail = { id: d.task.id, task: d.task, upto: d.upto, updates: d.updates, permission: d.permission, log: "", logNext: null, diff: null };
+    board.detail = { id: d.task.id, task: d.task, goal: d.goal, upto: d.upto, updates: d.updates, permission: d.permission, log: "", logNext: null, diff: null };
     renderDetail();
     if (!d.updates.length) readLog();
   } catch (e) {
@@ -544,6 +551,7 @@ function renderDetail() {
     t.parent_id ? ["parent", h("a", { href: "#task/" + t.parent_id, class: "mono" }, short(t.parent_id))] : null,
     t.retry_of ? ["retry of", h("a", { href: "#task/" + t.retry_of, class: "mono" }, short(t.retry_of))] : null,
     t.worktree ? ["worktree", `${t.worktree.branch} (${t.worktree.path})`] : null,
+    d.goal ? ["goal", goalSummary(d.goal)] : null,
     t.conclusion ? ["conclusion", h("pre", {}, typeof t.conclusion === "string" ? t.conclusion : JSON.stringify(t.conclusion, null, 2))] : null,
     t.exit_code !== null && t.exit_code !== undefined ? ["exit code", t.exit_code] : null,
   ].filter(Boolean);

@@ -1,5 +1,6 @@
-// grove's web board: the members view (primary, members, failover history)
-// and the delegation view (counters, awaits, delegated tasks). Loaded
+// grove's web board: the members view (primary, members, failover history),
+// the delegation view (counters, awaits, delegated tasks) and the goals
+// view (each goal's status, iteration, progress and last conclusion). Loaded
 // before board.js, whose helpers (h, short, ago, getJson, board) these
 // functions use when they run.
 "use strict";
@@ -112,4 +113,41 @@ const refreshDelegation = refresher(async () => {
 
 function renderDelegation() {
   refreshDelegation();
+}
+
+// ---- goals -----------------------------------------------------------------
+
+// A goal in one line: its status, iteration and progress, what it last
+// said (for the goals view and the task page).
+function goalSummary(g) {
+  const bar = h("div");
+  bar.style.width = (g.progress || 0) + "%";
+  const said = g.status === "blocked" && g.blocked_reason ? g.blocked_reason : g.response;
+  return h("span", { class: "goal", "data-goal": g.id, "data-goal-status": g.status, "data-iteration": g.iteration },
+    h("span", { class: "status " + g.status }, g.status), " ",
+    `iteration ${g.iteration} of ${g.max_iterations} `,
+    h("span", { class: "bar", title: g.progress == null ? "no progress reported yet" : g.progress + "%" }, bar),
+    g.progress == null ? "" : ` ${g.progress}%`,
+    said ? h("span", { class: "muted" }, " — " + said) : "",
+    g.next_step && g.status === "running" ? h("span", { class: "muted" }, " · next: " + g.next_step) : "");
+}
+
+const refreshGoals = refresher(async () => {
+  let d;
+  try { d = await getJson("/api/goals"); } catch (e) { return; }
+  if (board.view !== "goals") return;
+  const rows = d.goals.map((g) => h("tr", { class: "goal-row", "data-id": g.id, onclick: () => (location.hash = "#task/" + g.id) },
+    h("td", { class: "mono" }, short(g.id)),
+    h("td", {}, goalSummary(g)),
+    h("td", {}, g.objective.split("\n")[0].slice(0, 120)),
+    h("td", {}, ago(g.created_at))));
+  document.getElementById("goals").replaceChildren(
+    h("div", { class: "card" }, h("h3", {}, "Goals"),
+      rows.length
+        ? h("table", { id: "goal-table" }, h("thead", {}, h("tr", {}, ["goal", "where it stands", "objective", "set"].map((c) => h("th", {}, c)))), h("tbody", {}, rows))
+        : h("p", { class: "muted" }, "No goal yet: grove goal OBJECTIVE pursues one over many iterations.")));
+});
+
+function renderGoals() {
+  refreshGoals();
 }
