@@ -39,13 +39,6 @@ fn resumptions(g: &Grove) -> Vec<String> {
         .collect()
 }
 
-fn kill_primary(g: &mut Grove) {
-    let (pid, epoch) = g.wait_primary();
-    g.member_by_pid(pid).signal(libc::SIGKILL);
-    g.wait_new_primary(pid, epoch);
-    g.serve();
-}
-
 #[test]
 fn a_parent_awaits_a_quorum_and_is_resumed_once_across_failovers() {
     let mut g = Grove::scripted_acp("allow_all", "");
@@ -77,7 +70,7 @@ fn a_parent_awaits_a_quorum_and_is_resumed_once_across_failovers() {
     wait_status(&g, &parent, "idle");
 
     // Between the await and the completions.
-    kill_primary(&mut g);
+    common::kill_primary(&mut g);
     std::fs::write(g.ws.join("go_a"), "").unwrap();
     wait_status(&g, &children[0], "completed");
     assert!(resumptions(&g).is_empty(), "resumed after one child");
@@ -86,7 +79,7 @@ fn a_parent_awaits_a_quorum_and_is_resumed_once_across_failovers() {
     wait_status(&g, &children[1], "completed");
     // Between the completions and the resumption: the await fired in the
     // second child's commit; the new primary must not fire it again.
-    kill_primary(&mut g);
+    common::kill_primary(&mut g);
     wait_for("the parent resumed", DEADLINE, || {
         (!resumptions(&g).is_empty()).then_some(())
     });

@@ -32,13 +32,7 @@ fn goal(g: &Grove, args: &[&str]) -> Output {
     g.run(&all)
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{stderr_of as stderr, stdout_of as stdout};
 
 fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout)
@@ -274,13 +268,6 @@ impl Drop for Background {
     }
 }
 
-fn kill_primary(g: &mut Grove) {
-    let (pid, epoch) = g.wait_primary();
-    g.member_by_pid(pid).signal(libc::SIGKILL);
-    g.wait_new_primary(pid, epoch);
-    g.serve();
-}
-
 #[test]
 fn kill_9_of_the_primary_mid_goal_continues_it_and_runs_no_iteration_twice() {
     let mut g = Grove::scripted_acp("allow_all", "");
@@ -295,13 +282,13 @@ fn kill_9_of_the_primary_mid_goal_continues_it_and_runs_no_iteration_twice() {
     wait_for("iteration 1 to start", DEADLINE, || {
         (iterations(&g) == [1]).then_some(())
     });
-    kill_primary(&mut g);
+    common::kill_primary(&mut g);
     std::fs::write(g.ws.join("release-1"), "").unwrap();
     // Iteration 2 was given by the new primary; it dies too.
     wait_for("iteration 2 to start", DEADLINE, || {
         (iterations(&g) == [1, 2]).then_some(())
     });
-    kill_primary(&mut g);
+    common::kill_primary(&mut g);
     std::fs::write(g.ws.join("release-2"), "").unwrap();
     let (code, out, err) = bg.finish(DEADLINE * 2);
     assert_eq!(code, Some(0), "{err}");

@@ -17,13 +17,7 @@ fn run(g: &Grove, args: &[&str]) -> Output {
     g.run(&all)
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{stderr_of as stderr, stdout_of as stdout};
 
 /// The JSON objects of a stream-json run, one per line.
 fn json_lines(o: &Output) -> Vec<Value> {

@@ -96,14 +96,7 @@ impl Conversation {
             .agent_updates(&self.id, last)
             .map_err(|e| e.to_string())?;
         let count = |kind: &str| updates.iter().filter(|(_, k, _)| k == kind).count();
-        let text: String = updates
-            .iter()
-            .filter(|(_, k, _)| k == "agent_message_chunk")
-            .filter_map(|(_, _, acp)| {
-                let v: serde_json::Value = serde_json::from_str(acp).ok()?;
-                v["content"]["text"].as_str().map(str::to_string)
-            })
-            .collect();
+        let text = message_text(&updates);
         let markers: Vec<usize> = text
             .split('#')
             .filter_map(|m| m.split(':').next()?.parse().ok())
@@ -118,4 +111,17 @@ impl Conversation {
             ),
         ))
     }
+}
+
+/// The agent's message, all its chunks joined, from a task's stored updates
+/// (seq, kind, ACP JSON).
+pub fn message_text(updates: &[(u64, String, String)]) -> String {
+    updates
+        .iter()
+        .filter(|(_, k, _)| k == "agent_message_chunk")
+        .filter_map(|(_, _, acp)| {
+            let v: serde_json::Value = serde_json::from_str(acp).ok()?;
+            v["content"]["text"].as_str().map(str::to_string)
+        })
+        .collect()
 }

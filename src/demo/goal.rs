@@ -74,14 +74,7 @@ impl Goal {
         let updates = reader
             .agent_updates(&self.id, last)
             .map_err(|e| e.to_string())?;
-        let text: String = updates
-            .iter()
-            .filter(|(_, k, _)| k == "agent_message_chunk")
-            .filter_map(|(_, _, acp)| {
-                let v: serde_json::Value = serde_json::from_str(acp).ok()?;
-                v["content"]["text"].as_str().map(str::to_string)
-            })
-            .collect();
+        let text = super::conversation::message_text(&updates);
         let steps: Vec<u32> = text
             .split("tidying step ")
             .skip(1)

@@ -354,3 +354,22 @@ pub fn message_text(updates: &[(String, Value)]) -> String {
         .filter_map(|(_, u)| u["content"]["text"].as_str())
         .collect()
 }
+
+/// `kill -9` of the primary, the wait for the next one, and a new member in
+/// place of the dead one (so that the next kill has a successor too).
+pub fn kill_primary(g: &mut Grove) {
+    let (pid, epoch) = g.wait_primary();
+    g.member_by_pid(pid).signal(libc::SIGKILL);
+    g.wait_new_primary(pid, epoch);
+    g.serve();
+}
+
+/// A finished command's stdout, as text.
+pub fn stdout_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A finished command's stderr, as text.
+pub fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
