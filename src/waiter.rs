@@ -5,9 +5,9 @@
 //! long) re-reads the tasks instead of trusting a stream with a hole.
 
 use crate::paths::Workspace;
-use crate::protocol::{EventData, TaskRecord, TaskStatus};
+use crate::protocol::{EventData, GoalStatus, TaskRecord, TaskStatus};
 use crate::store::Reader;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,10 +31,11 @@ pub struct Outcome {
 
 /// Ended, or an ACP task whose kept session is idle: its turn ended well
 /// and it waits for a follow-up, so a wait for it would otherwise last
-/// until its session is closed.
-fn finished(t: &Option<TaskRecord>) -> bool {
-    t.as_ref()
-        .is_none_or(|t| t.status.is_terminal() || t.status == TaskStatus::Idle)
+/// until its session is closed. Not while it is `held`.
+fn finished(t: &Option<TaskRecord>, held: &BTreeSet<String>) -> bool {
+    t.as_ref().is_none_or(|t| {
+        (t.status.is_terminal() || t.status == TaskStatus::Idle) && !held.contains(&t.id)
+    })
 }
 
 fn completed(t: &Option<TaskRecord>) -> bool {
@@ -42,10 +43,46 @@ fn completed(t: &Option<TaskRecord>) -> bool {
         .is_some_and(|t| matches!(t.status, TaskStatus::Completed | TaskStatus::Idle))
 }
 
+/// Whether the task's end or idleness is not its end yet: it pursues a
+/// running goal (a CLI goal's task ends once per iteration and is rerun in
+/// the same commit), or it is idle only until its await fires. Read from
+/// the store as it is now, which is never older than the event that asked.
+fn is_held(reader: &Reader, t: &TaskRecord) -> Result<bool, String> {
+    let ending = t.status.is_terminal() || t.status == TaskStatus::Idle;
+    if !ending {
+        return Ok(false);
+    }
+    let goal = reader.goal(&t.id).map_err(|e| e.to_string())?;
+    if goal.is_some_and(|g| g.status == GoalStatus::Running) {
+        return Ok(true);
+    }
+    if t.status == TaskStatus::Idle {
+        return reader.is_awaiting(&t.id).map_err(|e| e.to_string());
+    }
+    Ok(false)
+}
+
+/// Records whether `t` is held (see [`is_held`]).
+fn note_held(reader: &Reader, held: &mut BTreeSet<String>, t: &TaskRecord) -> Result<(), String> {
+    if is_held(reader, t)? {
+        held.insert(t.id.clone());
+    } else {
+        held.remove(&t.id);
+    }
+    Ok(())
+}
+
 /// `Some(satisfied)` once the policy is decided.
-fn decide(policy: Policy, tasks: &BTreeMap<String, Option<TaskRecord>>) -> Option<bool> {
-    let done = tasks.values().filter(|t| finished(t)).count();
-    let ok = tasks.values().filter(|t| completed(t)).count();
+fn decide(
+    policy: Policy,
+    tasks: &BTreeMap<String, Option<TaskRecord>>,
+    held: &BTreeSet<String>,
+) -> Option<bool> {
+    let done = tasks.values().filter(|t| finished(t, held)).count();
+    let ok = tasks
+        .values()
+        .filter(|t| finished(t, held) && completed(t))
+        .count();
     match policy {
         Policy::All => (done == tasks.len()).then_some(ok == tasks.len()),
         Policy::Any => (done > 0).then_some(ok > 0),
@@ -72,8 +109,10 @@ pub async fn wait(
     let reader = Reader::open(&ws.db_path()).map_err(|e| e.to_string())?;
     let (snapshot, last) = reader.snapshot(ids).map_err(|e| e.to_string())?;
     let mut tasks = BTreeMap::new();
+    let mut held = BTreeSet::new();
     for (id, t) in ids.iter().zip(snapshot) {
         let t = t.ok_or_else(|| format!("no task {id}"))?;
+        note_held(&reader, &mut held, &t)?;
         tasks.insert(id.clone(), Some(t));
     }
     let mut sub = crate::subscriber::subscribe(ws, last + 1);
@@ -87,7 +126,7 @@ pub async fn wait(
     let sleep = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(sleep);
     loop {
-        if let Some(satisfied) = decide(policy, &tasks) {
+        if let Some(satisfied) = decide(policy, &tasks, &held) {
             return Ok(Outcome {
                 tasks,
                 satisfied,
@@ -105,6 +144,9 @@ pub async fn wait(
                     // they are now and go on after that point.
                     gaps = sub.health.pruned_gaps();
                     known_upto = resync(&reader, &mut tasks, &mut on_change)?;
+                    for t in tasks.values().flatten() {
+                        note_held(&reader, &mut held, t)?;
+                    }
                 }
                 if event.seq != 0 && event.seq <= known_upto {
                     continue;
@@ -114,7 +156,14 @@ pub async fn wait(
                         if tasks.contains_key(&task.id) =>
                     {
                         on_change(&task);
+                        note_held(&reader, &mut held, &task)?;
                         tasks.insert(task.id.clone(), Some(task));
+                    }
+                    // A goal ended: its task's end is now the end.
+                    EventData::GoalUpdated { goal } if tasks.contains_key(&goal.id) => {
+                        if let Some(Some(t)) = tasks.get(&goal.id) {
+                            note_held(&reader, &mut held, t)?;
+                        }
                     }
                     EventData::TaskDeleted { id } if tasks.contains_key(&id) => {
                         tasks.insert(id, None);
@@ -170,16 +219,23 @@ mod tests {
     #[test]
     fn policies() {
         use TaskStatus::*;
+        let none = BTreeSet::new();
         let m = map(vec![t(Completed), t(Running), t(Failed)]);
-        assert_eq!(decide(Policy::All, &m), None);
-        assert_eq!(decide(Policy::Any, &m), Some(true));
-        assert_eq!(decide(Policy::Quorum(1), &m), Some(true));
+        assert_eq!(decide(Policy::All, &m, &none), None);
+        assert_eq!(decide(Policy::Any, &m, &none), Some(true));
+        assert_eq!(decide(Policy::Quorum(1), &m, &none), Some(true));
         // A quorum counts ended tasks, a failed one too.
-        assert_eq!(decide(Policy::Quorum(2), &m), Some(true));
-        assert_eq!(decide(Policy::Quorum(3), &m), None);
+        assert_eq!(decide(Policy::Quorum(2), &m, &none), Some(true));
+        assert_eq!(decide(Policy::Quorum(3), &m, &none), None);
         let m = map(vec![t(Failed), t(Running), t(Failed)]);
-        assert_eq!(decide(Policy::Quorum(2), &m), Some(true));
+        assert_eq!(decide(Policy::Quorum(2), &m, &none), Some(true));
         let m = map(vec![t(Completed), None]);
-        assert_eq!(decide(Policy::All, &m), Some(false));
+        assert_eq!(decide(Policy::All, &m, &none), Some(false));
+        // A task held open (its goal runs, its await is pending) has not
+        // ended, whatever its status says.
+        let m = map(vec![t(Completed)]);
+        let held = BTreeSet::from(["x".to_string()]);
+        assert_eq!(decide(Policy::All, &m, &held), None);
+        assert_eq!(decide(Policy::Quorum(1), &m, &held), None);
     }
 }

@@ -136,6 +136,12 @@ fn an_await_is_cancelled_counts_any_end_and_expires_at_its_deadline() {
 
     // A cancelled await resumes nobody; cancelling twice finds nothing.
     let (parent, children) = delegate(&g, serde_json::json!({ "children": [child("x")] }));
+    // Idle only until its await fires: a wait for it has not ended.
+    let out = g.run(&["wait", &parent, "--timeout", "0.5"]);
+    assert!(
+        !out.status.success(),
+        "grove wait took an awaiting parent for finished: {out:?}"
+    );
     let out = g.run(&["awaits", "--cancel", &parent]);
     assert!(out.status.success(), "{out:?}");
     assert!(awaits(&g, false).is_empty());

@@ -323,6 +323,8 @@ with open("prompts.log", "a") as f:
     f.write(json.dumps(prompt) + "\n")
 con = {"status": "success" if n >= 3 else "partial", "summary": f"run {n}",
        "progress": 33 * n, "next_step": f"run {n + 1}"}
+import time
+time.sleep(0.3)
 print(f"run {n} working")
 print("<grove:conclusion>" + json.dumps(con) + "</grove:conclusion>")
 "#;
@@ -340,7 +342,7 @@ fn a_cli_engine_iterates_in_runs_each_given_the_last_conclusion() {
     ));
     g.serve();
     g.wait_primary();
-    let o = goal(
+    let bg = Background::start(
         &g,
         &[
             "-e",
@@ -350,8 +352,22 @@ fn a_cli_engine_iterates_in_runs_each_given_the_last_conclusion() {
             "json",
         ],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let doc = json(&o);
+    // `grove wait` on the goal's task: its task ends once per iteration,
+    // but the wait lasts until the goal has ended.
+    let id = wait_for("the goal to exist", DEADLINE, || {
+        goals_json(&g)
+            .first()
+            .map(|g| g["id"].as_str().unwrap().to_string())
+    });
+    g.ok(&["wait", &id]);
+    assert_eq!(
+        goals_json(&g)[0]["status"],
+        "completed",
+        "wait returned mid-goal"
+    );
+    let (code, out, err) = bg.finish(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
     assert_eq!(doc["status"], "completed", "{doc}");
     assert_eq!(doc["iteration"], 3, "{doc}");
     let prompts: Vec<String> = std::fs::read_to_string(g.ws.join("prompts.log"))
