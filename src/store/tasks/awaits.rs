@@ -40,6 +40,15 @@ pub(in crate::store) fn apply(c: &mut Ctx<'_>, op: AwaitOp<'_>) -> Res {
                 ));
             };
             let rec = settle(c, rec, AwaitState::Cancelled)?;
+            // A one-turn parent that stayed idle only for this await has
+            // nothing left to wait for: its session ends (it completes),
+            // rather than idling until its idle timeout.
+            if let Some(parent) = rows::get(c.tx, parent_id)?
+                && parent.status == TaskStatus::Idle
+                && !parent.spec.keep_session
+            {
+                next_turn::close(c, &parent)?;
+            }
             Ok(Ok(ReplyBody::Await(Box::new(rec))))
         }
     }
