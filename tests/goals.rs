@@ -433,6 +433,10 @@ fn a_missing_engine_or_program_exits_127_and_a_crashing_agent_fails_the_goal() {
         stderr(&o)
     );
 
+    // The shell engine cannot pursue a goal: a usage error that says why.
+    let o = goal(&g, &["-e", "shell", "make test"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("needs an agent"), "{}", stderr(&o));
     // Bad limits are usage errors.
     let o = goal(&g, &["-e", "scripted", "x", "--max-duration", "soon"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

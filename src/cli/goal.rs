@@ -62,7 +62,8 @@ Examples:
 
 #[derive(Args, Debug)]
 pub struct GoalArgs {
-    /// The objective (PROMPT); the flags are `grove run`'s.
+    /// The objective is PROMPT (an agent engine's: not `shell`); the task
+    /// flags are `grove run`'s.
     #[command(flatten)]
     pub task: TaskArgs,
     /// Most iterations before the goal ends `failed`.

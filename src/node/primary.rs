@@ -466,6 +466,12 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
                 // engine, successive runs on any other.
                 let engine =
                     (goal.task.engine).get_or_insert_with(|| config.default_engine.clone());
+                if engine == "shell" {
+                    return Err(WireError::new(
+                        ErrorCode::InvalidParams,
+                        "a goal needs an agent: the shell engine runs its prompt as a command and cannot follow a goal's brief (choose an acp or cli engine with -e; see grove engines)",
+                    ));
+                }
                 let kind = config.engines.get(engine.as_str()).map(|e| e.kind);
                 goal.task.keep_session = kind == Some(crate::config::EngineKind::Acp);
                 admit_new(&config, &root, &mut goal.task)?;
