@@ -4,6 +4,7 @@
 //! very binary on a temporary workspace and cleans them up.
 
 mod acp;
+mod cpu;
 mod failover;
 mod fanout;
 mod handover;

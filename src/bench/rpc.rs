@@ -3,6 +3,7 @@
 //! with the same crate and a raw one-row-per-commit SQLite loop.
 
 use super::Row;
+use super::cpu::ThreadCpu;
 use super::stats::quantile;
 use crate::local_cluster::LocalCluster;
 use std::time::{Duration, Instant};
@@ -10,23 +11,24 @@ use zeromq::{Socket, SocketRecv, SocketSend};
 
 pub async fn run(writes: usize) -> Result<Vec<Row>, String> {
     let mut c = LocalCluster::new()?;
-    c.spawn_member()?;
+    let primary = c.spawn_member()?;
     let mut client = c.client("bench-rpc");
     wait_ready(&mut client).await?;
     let blocker = super::blocker(&mut client).await?;
-    let rows = measure(&c, &mut client, writes, &blocker).await;
+    let rows = measure(&c, primary, &mut client, writes, &blocker).await;
     super::release(&c, &mut client, &blocker).await;
     rows
 }
 
 async fn measure(
     c: &LocalCluster,
+    primary: u32,
     client: &mut crate::client::Client,
     writes: usize,
     blocker: &str,
 ) -> Result<Vec<Row>, String> {
-    let mut rows = round_trips(client, writes, blocker).await?;
-    rows.extend(throughputs(c, client, writes, blocker).await?);
+    let mut rows = round_trips(primary, client, writes, blocker).await?;
+    rows.extend(throughputs(c, primary, client, writes, blocker).await?);
     let stall = counters(client).await?.longest_poll_us as f64 / 1000.0;
     rows.push(Row {
         scenario: "rpc".into(),
@@ -48,6 +50,7 @@ async fn measure(
 /// The sequential write and ping round trips, beside a raw echo (+ a raw
 /// commit for the write).
 async fn round_trips(
+    primary: u32,
     client: &mut crate::client::Client,
     writes: usize,
     blocker: &str,
@@ -56,11 +59,13 @@ async fn round_trips(
         write(client, blocker).await?;
     }
     let mut rtt = Vec::with_capacity(writes);
+    let cpu_before = ThreadCpu::of(primary);
     for _ in 0..writes {
         let t = Instant::now();
         write(client, blocker).await?;
         rtt.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    let cpu = ThreadCpu::of(primary);
     let mut pings = Vec::with_capacity(writes);
     for _ in 0..writes {
         let t = Instant::now();
@@ -95,13 +100,40 @@ async fn round_trips(
             baseline_p50: Some(quantile(&echo, 0.5) + commit_p50),
             goal: Some("≤ 3× baseline".into()),
         },
+        cpu_row(
+            "primary CPU per sequential write: event loop (main thread)",
+            cpu.since(&cpu_before, "grove"),
+            writes,
+        ),
+        cpu_row(
+            "primary CPU per sequential write: store thread",
+            cpu.since(&cpu_before, "grove-store"),
+            writes,
+        ),
     ])
+}
+
+/// A row of CPU microseconds per write.
+fn cpu_row(metric: &str, ns: u64, writes: usize) -> Row {
+    let us = ns as f64 / 1000.0 / writes.max(1) as f64;
+    Row {
+        scenario: "rpc".into(),
+        metric: metric.into(),
+        unit: "µs".into(),
+        p50: us,
+        p99: us,
+        samples: writes,
+        baseline: None,
+        baseline_p50: None,
+        goal: None,
+    }
 }
 
 /// Writes/s with 1, 4 and 16 concurrent writers and how many writes each
 /// commit carried, beside raw single-row commits and the store's ceiling.
 async fn throughputs(
     c: &LocalCluster,
+    primary: u32,
     client: &mut crate::client::Client,
     writes: usize,
     blocker: &str,
@@ -112,7 +144,9 @@ async fn throughputs(
     let ceiling = store_ceiling(writes.max(MIN_CEILING_WRITES))?;
     for writers in [1usize, 4, 16] {
         let before = counters(client).await?;
+        let (primary_before, own_before) = (ThreadCpu::of(primary), ThreadCpu::own_process());
         let rate = throughput(c, writers, writes, blocker).await?;
+        let (primary_cpu, own_cpu) = (ThreadCpu::of(primary), ThreadCpu::own_process());
         let after = counters(client).await?;
         let commits = after.commits.saturating_sub(before.commits).max(1);
         let carried = after
@@ -153,6 +187,34 @@ async fn throughputs(
             samples: commits as usize,
             baseline: None,
             baseline_p50: None,
+            goal: None,
+        });
+        let done = (writes / writers).max(1) * writers;
+        let primary_ns = primary_cpu.all_since(&primary_before);
+        rows.push(cpu_row(
+            &format!("primary CPU per write (all threads), {writers} concurrent writers"),
+            primary_ns,
+            done,
+        ));
+        rows.push(cpu_row(
+            &format!("the writers' own CPU per write (this process), {writers} concurrent writers"),
+            own_cpu.saturating_sub(own_before),
+            done,
+        ));
+        // The raw loop has a core to itself; the primary shares two with
+        // the writers. Writes per second of the primary's own CPU time is
+        // the rate it would reach with a core to itself and the clients
+        // elsewhere.
+        let per_core = done as f64 / (primary_ns.max(1) as f64 / 1e9);
+        rows.push(Row {
+            scenario: "rpc".into(),
+            metric: format!("{metric}, per second of the primary's CPU"),
+            unit: "writes/s".into(),
+            p50: per_core,
+            p99: per_core,
+            samples: done,
+            baseline: Some("raw SQLite, one row per commit".into()),
+            baseline_p50: Some(sqlite_rate),
             goal: None,
         });
     }
