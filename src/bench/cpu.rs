@@ -5,6 +5,9 @@
 
 use std::collections::BTreeMap;
 
+/// The name [`ThreadCpu`] gives a process's main thread.
+pub const MAIN: &str = "main";
+
 /// CPU nanoseconds per thread name (threads of one name summed).
 #[derive(Debug, Default, Clone)]
 pub struct ThreadCpu(BTreeMap<String, u64>);
@@ -18,7 +21,12 @@ impl ThreadCpu {
         };
         for entry in dir.flatten() {
             let path = entry.path();
-            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            // The main thread carries the binary's name, whatever it is.
+            let name = if entry.file_name().to_str() == Some(&pid.to_string()) {
+                MAIN.to_string()
+            } else {
+                std::fs::read_to_string(path.join("comm")).unwrap_or_default()
+            };
             let ns = std::fs::read_to_string(path.join("schedstat"))
                 .ok()
                 .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())

@@ -102,7 +102,7 @@ async fn round_trips(
         },
         cpu_row(
             "primary CPU per sequential write: event loop (main thread)",
-            cpu.since(&cpu_before, "grove"),
+            cpu.since(&cpu_before, super::cpu::MAIN),
             writes,
         ),
         cpu_row(
