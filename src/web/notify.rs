@@ -36,15 +36,17 @@ pub async fn run(ws: Workspace, live: Arc<LiveConfig>) {
             }
             _ => continue,
         };
-        let Some(command) = live.current().notify.clone() else {
-            continue;
-        };
         if !worth_telling(&task) {
             if !task.status.is_terminal() {
                 told.remove(&task.id);
             }
             continue;
         }
+        // Only now: reading the config stats its files, on the primary's
+        // event loop, and most events (every write's) are not worth telling.
+        let Some(command) = live.current().notify.clone() else {
+            continue;
+        };
         if told.get(&task.id) == Some(&task.status) {
             continue;
         }
