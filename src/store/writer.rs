@@ -4,7 +4,7 @@
 //! [`MAX_BATCH`]) and group-commits it: one `BEGIN IMMEDIATE`, a savepoint per
 //! write so that one failing write does not abort its neighbours, one
 //! `COMMIT`. Only after the commit are the callers answered and the events
-//! handed to the publisher, in `seq` order.
+//! handed to the publisher, in `seq` order (answers first, see `hand_out`).
 //!
 //! Each write records `request id → reply` in the ledger inside its own
 //! savepoint, so a retried request (same id, to this or a later primary) gets
@@ -172,9 +172,25 @@ pub fn spawn(
         admission,
     };
     let (conn, epoch) = (promotion.conn, promotion.epoch);
+    let path = db_path.to_path_buf();
     let thread = std::thread::Builder::new()
         .name("grove-store".into())
-        .spawn(move || run(conn, epoch, rx, published, retention, guard, still_current))?;
+        .spawn(move || {
+            // Dropped (its hook removed) before the connection.
+            let mut conn = conn;
+            let checkpoints = super::checkpoint::Checkpointer::start(&conn, &path);
+            run(
+                &mut conn,
+                epoch,
+                rx,
+                published,
+                retention,
+                guard,
+                still_current,
+            );
+            drop(checkpoints);
+            drop(conn);
+        })?;
     Ok(StoreThread { jobs, thread })
 }
 
@@ -240,7 +256,7 @@ struct Done {
 }
 
 fn run(
-    mut conn: Connection,
+    conn: &mut Connection,
     epoch: u64,
     rx: mpsc::Receiver<Job>,
     published: tokio::sync::mpsc::Sender<Event>,
@@ -254,7 +270,7 @@ fn run(
     while let Ok(first) = rx.recv() {
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();
-            prune_history(&conn, retention, &mut prune_floor);
+            prune_history(conn, retention, &mut prune_floor);
         }
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -268,7 +284,7 @@ fn run(
         // lost: refuse it, and the client retries with the next primary.
         let committed = if still_current() {
             guard.in_flight.mark(&Guard::keys(&batch));
-            let committed = commit_batch(&mut conn, epoch, &mut batch, &mut shutdown, &guard);
+            let committed = commit_batch(conn, epoch, &mut batch, &mut shutdown, &guard);
             guard.in_flight.clear();
             committed
         } else {
@@ -300,17 +316,23 @@ fn prune_history(conn: &Connection, retention: Retention, floor: &mut i64) {
     }
 }
 
-/// After COMMIT: the events to the publisher (in order), then the answers.
+/// After COMMIT: the answers, then the events to the publisher (in order).
+/// Answers first because the caller waits for its answer and nobody waits
+/// for the bus: the primary's event loop runs woken tasks in the order they
+/// were woken, so events handed over first would be sent to every
+/// subscriber before any reply. Either order is correct: both are sent
+/// only after COMMIT, and a subscriber that sees a reply before its event
+/// gets the event next (or repairs it from the store).
 fn hand_out(done: Vec<Done>, events: Vec<Event>, published: &tokio::sync::mpsc::Sender<Event>) {
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::after_commit(&events);
+    for d in done {
+        let _ = d.reply.send(d.result);
+    }
     for e in events {
         // Waits while the publisher's queue is full: a durable event is
         // never dropped before it is published.
         let _ = published.blocking_send(e);
-    }
-    for d in done {
-        let _ = d.reply.send(d.result);
     }
 }
 

@@ -1,0 +1,111 @@
+//! WAL checkpoints off the store thread.
+//!
+//! SQLite's automatic checkpoint runs inside the `COMMIT` that crosses
+//! 1,000 WAL pages: that commit copies every page into the database and
+//! fsyncs the WAL and the database before its callers are answered (a
+//! `task.create` writes about 12 pages, so every ~80th write waited for two
+//! fsyncs). Here the store thread's connection only signals, from SQLite's
+//! WAL hook, and a thread of its own runs the same `PASSIVE` checkpoint on
+//! a second connection while the store thread goes on committing; the two
+//! are serialized by SQLite's own locks, as any two connections are. The
+//! checkpointer never writes a row: the store thread stays the only writer.
+//! Durability is unchanged (a commit is durable once it is in the WAL).
+
+use rusqlite::Connection;
+use std::ffi::{c_char, c_int, c_void};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+/// WAL pages after which a checkpoint is asked for (SQLite's default
+/// automatic checkpoint threshold).
+const CHECKPOINT_PAGES: c_int = 1000;
+
+/// The store thread's side: the hook is registered on its connection for
+/// as long as this lives.
+pub struct Checkpointer {
+    /// Boxed so the hook's pointer to it stays valid while this moves;
+    /// dropped (ending the thread) after `Drop` unregistered the hook.
+    _wake: Box<SyncSender<()>>,
+    db: *mut rusqlite::ffi::sqlite3,
+}
+
+impl Checkpointer {
+    /// Starts the checkpoint thread for the store at `path` and points
+    /// `conn`'s WAL hook at it. `None` (the store keeps SQLite's automatic
+    /// checkpoints) when the thread or its connection cannot be had.
+    pub fn start(conn: &Connection, path: &Path) -> Option<Checkpointer> {
+        let checkpoints = open(path)
+            .map_err(|e| tracing::warn!("checkpoints stay on the store thread: {e}"))
+            .ok()?;
+        let (wake, woken) = sync_channel(1);
+        std::thread::Builder::new()
+            .name("grove-checkpoint".into())
+            .spawn(move || run(checkpoints, woken))
+            .map_err(|e| tracing::warn!("checkpoints stay on the store thread: {e}"))
+            .ok()?;
+        let wake = Box::new(wake);
+        // SAFETY: the connection's handle is valid while `conn` lives; the
+        // hook's argument points into `wake`'s box, which outlives the hook:
+        // `Drop` unregisters the hook before the box is freed, and the store
+        // thread drops this before its connection.
+        let db = unsafe { conn.handle() };
+        unsafe {
+            rusqlite::ffi::sqlite3_wal_hook(
+                db,
+                Some(on_commit),
+                &*wake as *const SyncSender<()> as *mut c_void,
+            );
+        }
+        Some(Checkpointer { _wake: wake, db })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // SAFETY: see `start`; afterwards nothing refers to `wake`. The
+        // checkpoint thread ends when the sender is dropped.
+        unsafe {
+            rusqlite::ffi::sqlite3_wal_hook(self.db, None, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Called by SQLite on the store thread after each commit, with the WAL's
+/// length in pages. Never blocks: a checkpoint already asked for is enough.
+extern "C" fn on_commit(
+    arg: *mut c_void,
+    _: *mut rusqlite::ffi::sqlite3,
+    _: *const c_char,
+    pages: c_int,
+) -> c_int {
+    if pages >= CHECKPOINT_PAGES {
+        // SAFETY: `arg` is the `SyncSender` registered in `start`, alive
+        // while the hook is registered.
+        let wake = unsafe { &*(arg as *const SyncSender<()>) };
+        if let Err(TrySendError::Disconnected(())) = wake.try_send(()) {
+            tracing::warn!("the checkpoint thread is gone; the WAL grows until the next primary");
+        }
+    }
+    rusqlite::ffi::SQLITE_OK
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_millis(100))?;
+    // The WAL is shrunk back by whichever connection resets it.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    Ok(conn)
+}
+
+fn run(conn: Connection, woken: Receiver<()>) {
+    while woken.recv().is_ok() {
+        // PASSIVE: copies what no reader still needs, waits for nobody.
+        // What it cannot copy now is copied by the next one.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!("checkpoint failed (the next one retries): {e}");
+        }
+    }
+}
