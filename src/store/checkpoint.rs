@@ -14,56 +14,68 @@
 use rusqlite::Connection;
 use std::ffi::{c_char, c_int, c_void};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 /// WAL pages after which a checkpoint is asked for (SQLite's default
 /// automatic checkpoint threshold).
 const CHECKPOINT_PAGES: c_int = 1000;
 
+/// What the hook reaches: the checkpoint thread, or, once it could not
+/// open its connection or is gone, the word to checkpoint inline as
+/// SQLite itself would.
+struct Hook {
+    wake: SyncSender<()>,
+    inline: Arc<AtomicBool>,
+}
+
 /// The store thread's side: the hook is registered on its connection for
 /// as long as this lives.
 pub struct Checkpointer {
     /// Boxed so the hook's pointer to it stays valid while this moves;
     /// dropped (ending the thread) after `Drop` unregistered the hook.
-    _wake: Box<SyncSender<()>>,
+    _hook: Box<Hook>,
     db: *mut rusqlite::ffi::sqlite3,
 }
 
 impl Checkpointer {
     /// Starts the checkpoint thread for the store at `path` and points
-    /// `conn`'s WAL hook at it. `None` (the store keeps SQLite's automatic
-    /// checkpoints) when the thread or its connection cannot be had.
-    pub fn start(conn: &Connection, path: &Path) -> Option<Checkpointer> {
-        let checkpoints = open(path)
-            .map_err(|e| tracing::warn!("checkpoints stay on the store thread: {e}"))
-            .ok()?;
+    /// `conn`'s WAL hook at it. The thread opens its own connection, so a
+    /// promotion does not wait for it; until it has one (or if it never
+    /// gets one) the hook checkpoints inline, as SQLite would have.
+    pub fn start(conn: &Connection, path: &Path) -> Checkpointer {
         let (wake, woken) = sync_channel(1);
-        std::thread::Builder::new()
+        let inline = Arc::new(AtomicBool::new(false));
+        let (path, failed) = (path.to_path_buf(), inline.clone());
+        let spawned = std::thread::Builder::new()
             .name("grove-checkpoint".into())
-            .spawn(move || run(checkpoints, woken))
-            .map_err(|e| tracing::warn!("checkpoints stay on the store thread: {e}"))
-            .ok()?;
-        let wake = Box::new(wake);
+            .spawn(move || run(&path, woken, &failed));
+        if let Err(e) = spawned {
+            tracing::warn!("checkpoints stay on the store thread: {e}");
+            inline.store(true, Ordering::Relaxed);
+        }
+        let hook = Box::new(Hook { wake, inline });
         // SAFETY: the connection's handle is valid while `conn` lives; the
-        // hook's argument points into `wake`'s box, which outlives the hook:
-        // `Drop` unregisters the hook before the box is freed, and the store
-        // thread drops this before its connection.
+        // hook's argument points into `hook`'s box, which outlives the
+        // registration: `Drop` unregisters the hook before the box is freed,
+        // and the store thread drops this before its connection.
         let db = unsafe { conn.handle() };
         unsafe {
             rusqlite::ffi::sqlite3_wal_hook(
                 db,
                 Some(on_commit),
-                &*wake as *const SyncSender<()> as *mut c_void,
+                &*hook as *const Hook as *mut c_void,
             );
         }
-        Some(Checkpointer { _wake: wake, db })
+        Checkpointer { _hook: hook, db }
     }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        // SAFETY: see `start`; afterwards nothing refers to `wake`. The
-        // checkpoint thread ends when the sender is dropped.
+        // SAFETY: see `start`; afterwards nothing refers to the hook. The
+        // checkpoint thread ends when its sender is dropped.
         unsafe {
             rusqlite::ffi::sqlite3_wal_hook(self.db, None, std::ptr::null_mut());
         }
@@ -71,20 +83,25 @@ impl Drop for Checkpointer {
 }
 
 /// Called by SQLite on the store thread after each commit, with the WAL's
-/// length in pages. Never blocks: a checkpoint already asked for is enough.
+/// length in pages. Never blocks on the thread: a checkpoint already asked
+/// for is enough.
 extern "C" fn on_commit(
     arg: *mut c_void,
-    _: *mut rusqlite::ffi::sqlite3,
-    _: *const c_char,
+    db: *mut rusqlite::ffi::sqlite3,
+    name: *const c_char,
     pages: c_int,
 ) -> c_int {
-    if pages >= CHECKPOINT_PAGES {
-        // SAFETY: `arg` is the `SyncSender` registered in `start`, alive
-        // while the hook is registered.
-        let wake = unsafe { &*(arg as *const SyncSender<()>) };
-        if let Err(TrySendError::Disconnected(())) = wake.try_send(()) {
-            tracing::warn!("the checkpoint thread is gone; the WAL grows until the next primary");
-        }
+    if pages < CHECKPOINT_PAGES {
+        return rusqlite::ffi::SQLITE_OK;
+    }
+    // SAFETY: `arg` is the `Hook` registered in `start`, alive while the
+    // hook is registered.
+    let hook = unsafe { &*(arg as *const Hook) };
+    let gone = matches!(hook.wake.try_send(()), Err(TrySendError::Disconnected(())));
+    if gone || hook.inline.load(Ordering::Relaxed) {
+        // What SQLite's own automatic checkpoint does from this hook.
+        // SAFETY: `db` and `name` are what SQLite called us with.
+        unsafe { rusqlite::ffi::sqlite3_wal_checkpoint(db, name) };
     }
     rusqlite::ffi::SQLITE_OK
 }
@@ -100,7 +117,15 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn run(conn: Connection, woken: Receiver<()>) {
+fn run(path: &Path, woken: Receiver<()>, failed: &AtomicBool) {
+    let conn = match open(path) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!("checkpoints stay on the store thread: {e}");
+            failed.store(true, Ordering::Relaxed);
+            return;
+        }
+    };
     while woken.recv().is_ok() {
         // PASSIVE: copies what no reader still needs, waits for nobody.
         // What it cannot copy now is copied by the next one.
