@@ -12,15 +12,18 @@
 //! Durability is unchanged (a commit is durable once it is in the WAL).
 
 use rusqlite::Connection;
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-/// WAL pages after which a checkpoint is asked for (SQLite's default
-/// automatic checkpoint threshold).
+/// New WAL pages after which the thread is asked for a checkpoint
+/// (SQLite's default automatic checkpoint threshold).
 const CHECKPOINT_PAGES: c_int = 1000;
+/// WAL pages at which the store thread checkpoints inline (16 MiB).
+const INLINE_PAGES: c_int = 4 * CHECKPOINT_PAGES;
 
 /// What the hook reaches: the checkpoint thread, or, once it could not
 /// open its connection or is gone, the word to checkpoint inline as
@@ -28,6 +31,9 @@ const CHECKPOINT_PAGES: c_int = 1000;
 struct Hook {
     wake: SyncSender<()>,
     inline: Arc<AtomicBool>,
+    /// The WAL's length when the thread was last asked (only the store
+    /// thread touches it).
+    asked_at: Cell<c_int>,
 }
 
 /// The store thread's side: the hook is registered on its connection for
@@ -55,7 +61,11 @@ impl Checkpointer {
             tracing::warn!("checkpoints stay on the store thread: {e}");
             inline.store(true, Ordering::Relaxed);
         }
-        let hook = Box::new(Hook { wake, inline });
+        let hook = Box::new(Hook {
+            wake,
+            inline,
+            asked_at: Cell::new(0),
+        });
         // SAFETY: the connection's handle is valid while `conn` lives; the
         // hook's argument points into `hook`'s box, which outlives the
         // registration: `Drop` unregisters the hook before the box is freed,
@@ -83,25 +93,36 @@ impl Drop for Checkpointer {
 }
 
 /// Called by SQLite on the store thread after each commit, with the WAL's
-/// length in pages. Never blocks on the thread: a checkpoint already asked
-/// for is enough.
+/// length in pages. Asks the thread once per `CHECKPOINT_PAGES` new pages,
+/// never waiting for it. A checkpoint that runs beside the writer cannot
+/// reset the WAL while commits keep coming (the writer starts it over only
+/// when every frame was copied), so under a sustained load the WAL grows:
+/// at `INLINE_PAGES` this commit checkpoints inline, as SQLite's automatic
+/// checkpoint would every 1,000 pages, which lets the next one start the
+/// WAL over. Most pages were copied by the thread by then.
 extern "C" fn on_commit(
     arg: *mut c_void,
     db: *mut rusqlite::ffi::sqlite3,
     name: *const c_char,
     pages: c_int,
 ) -> c_int {
-    if pages < CHECKPOINT_PAGES {
-        return rusqlite::ffi::SQLITE_OK;
-    }
     // SAFETY: `arg` is the `Hook` registered in `start`, alive while the
-    // hook is registered.
+    // hook is registered, used on the store thread only.
     let hook = unsafe { &*(arg as *const Hook) };
-    let gone = matches!(hook.wake.try_send(()), Err(TrySendError::Disconnected(())));
-    if gone || hook.inline.load(Ordering::Relaxed) {
-        // What SQLite's own automatic checkpoint does from this hook.
+    if pages < hook.asked_at.get() {
+        hook.asked_at.set(0); // the WAL was started over
+    }
+    let inline =
+        pages >= INLINE_PAGES || hook.inline.load(Ordering::Relaxed) && pages >= CHECKPOINT_PAGES;
+    if inline {
+        hook.asked_at.set(pages);
         // SAFETY: `db` and `name` are what SQLite called us with.
         unsafe { rusqlite::ffi::sqlite3_wal_checkpoint(db, name) };
+    } else if pages - hook.asked_at.get() >= CHECKPOINT_PAGES {
+        hook.asked_at.set(pages);
+        if let Err(TrySendError::Disconnected(())) = hook.wake.try_send(()) {
+            hook.inline.store(true, Ordering::Relaxed);
+        }
     }
     rusqlite::ffi::SQLITE_OK
 }
