@@ -13,12 +13,6 @@
 //! to `.grove/inflight` before it applies the batch and empties the file
 //! once the batch is committed: a plain `pwrite`, no fsync, because it only
 //! has to survive the crash of our own process, and the page cache does.
-//! The marker is one line (the keys as a JSON array, which never holds a
-//! raw newline) written over whatever was there; "empty" is a newline at
-//! the start. It is never truncated: on ext4 a truncate to zero of a file
-//! just written starts its writeback (`auto_da_alloc`), block I/O twice per
-//! batch on the store thread's hot path. Bytes after the first newline are
-//! the rest of a longer earlier batch and mean nothing.
 //! The next primary reads what was in flight when its predecessor died and
 //! counts a crash against each key in `suspect_requests`. One crash proves
 //! nothing (a `kill -9` can land during any batch); a key that was in flight
@@ -63,11 +57,10 @@ impl InFlight {
     /// Names the keys about to be applied.
     pub fn mark(&mut self, keys: &[String]) {
         let Some(file) = &self.file else { return };
-        let Ok(mut bytes) = serde_json::to_vec(keys) else {
+        let Ok(bytes) = serde_json::to_vec(keys) else {
             return;
         };
-        bytes.push(b'\n');
-        if let Err(e) = file.write_all_at(&bytes, 0) {
+        if let Err(e) = file.set_len(0).and_then(|_| file.write_all_at(&bytes, 0)) {
             tracing::warn!("cannot write the in-flight marker: {e}");
         }
     }
@@ -75,7 +68,7 @@ impl InFlight {
     /// The batch is committed (or refused as a whole): nothing in flight.
     pub fn clear(&mut self) {
         if let Some(file) = &self.file {
-            let _ = file.write_all_at(b"\n", 0);
+            let _ = file.set_len(0);
         }
     }
 }
@@ -92,7 +85,10 @@ pub struct CrashReport {
 /// Counts a crash against every key the previous primary had in flight, in
 /// the promotion's transaction; records a refusal for the poisoned writes.
 pub fn record_crash(tx: &Connection, db_path: &Path) -> rusqlite::Result<CrashReport> {
-    let keys = read_in_flight(db_path);
+    let keys: Vec<String> = std::fs::read(inflight_path(db_path))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
     let now = now_ms() as i64;
     for key in &keys {
         tx.prepare_cached(
@@ -126,28 +122,13 @@ pub fn record_crash(tx: &Connection, db_path: &Path) -> rusqlite::Result<CrashRe
     })
 }
 
-/// The keys the marker names: its first line (a marker of an older grove,
-/// truncated instead, has no newline: all of it); none when it is empty,
-/// missing or unreadable.
-fn read_in_flight(db_path: &Path) -> Vec<String> {
-    let Ok(bytes) = std::fs::read(inflight_path(db_path)) else {
-        return Vec::new();
-    };
-    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
-    if line.is_empty() {
-        return Vec::new();
-    }
-    serde_json::from_slice(line).unwrap_or_default()
-}
-
-/// Empties the marker once its crash is counted (a newline, not a
-/// truncate: this is on the promotion's path, see the module's comment).
+/// Empties the marker once its crash is counted.
 pub fn forget_in_flight(db_path: &Path) {
     if let Ok(f) = std::fs::OpenOptions::new()
         .write(true)
         .open(inflight_path(db_path))
     {
-        let _ = f.write_all_at(b"\n", 0);
+        let _ = f.set_len(0);
     }
 }
 

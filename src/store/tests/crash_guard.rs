@@ -135,28 +135,6 @@ fn a_committed_batch_leaves_nothing_in_flight() {
 }
 
 #[test]
-fn a_shorter_batch_after_a_longer_one_names_only_its_own_keys() {
-    let f = Fixture::new();
-    let mut marker = InFlight::open(&f.db_path);
-    marker.mark(&["a-long-request-id-1".into(), "a-long-request-id-2".into()]);
-    marker.clear();
-    marker.mark(&[WRITE.to_string()]);
-    drop(marker); // died while applying the short batch
-    assert_eq!(f.promote().in_flight, 1);
-    assert_eq!(f.crashes(WRITE), Some(1));
-    assert_eq!(f.crashes("a-long-request-id-1"), None);
-}
-
-#[test]
-fn a_marker_of_an_older_grove_is_read() {
-    // Older primaries truncated the file and wrote the bare array.
-    let f = Fixture::new();
-    std::fs::write(inflight_path(&f.db_path), br#"["req-1"]"#).unwrap();
-    assert_eq!(f.promote().in_flight, 1);
-    assert_eq!(f.crashes(WRITE), Some(1));
-}
-
-#[test]
 fn an_unreadable_marker_counts_no_crash() {
     let f = Fixture::new();
     std::fs::write(inflight_path(&f.db_path), b"not json").unwrap();
