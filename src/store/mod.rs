@@ -7,7 +7,6 @@
 //!   its read transactions short, so WAL checkpoints are never starved.
 
 pub mod agent;
-mod checkpoint;
 pub mod counters;
 pub mod crash_guard;
 pub mod promotions;

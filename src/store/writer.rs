@@ -172,25 +172,9 @@ pub fn spawn(
         admission,
     };
     let (conn, epoch) = (promotion.conn, promotion.epoch);
-    let path = db_path.to_path_buf();
     let thread = std::thread::Builder::new()
         .name("grove-store".into())
-        .spawn(move || {
-            // Dropped (its hook removed) before the connection.
-            let mut conn = conn;
-            let checkpoints = super::checkpoint::Checkpointer::start(&conn, &path);
-            run(
-                &mut conn,
-                epoch,
-                rx,
-                published,
-                retention,
-                guard,
-                still_current,
-            );
-            drop(checkpoints);
-            drop(conn);
-        })?;
+        .spawn(move || run(conn, epoch, rx, published, retention, guard, still_current))?;
     Ok(StoreThread { jobs, thread })
 }
 
@@ -256,7 +240,7 @@ struct Done {
 }
 
 fn run(
-    conn: &mut Connection,
+    mut conn: Connection,
     epoch: u64,
     rx: mpsc::Receiver<Job>,
     published: tokio::sync::mpsc::Sender<Event>,
@@ -270,7 +254,7 @@ fn run(
     while let Ok(first) = rx.recv() {
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();
-            prune_history(conn, retention, &mut prune_floor);
+            prune_history(&conn, retention, &mut prune_floor);
         }
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -284,7 +268,7 @@ fn run(
         // lost: refuse it, and the client retries with the next primary.
         let committed = if still_current() {
             guard.in_flight.mark(&Guard::keys(&batch));
-            let committed = commit_batch(conn, epoch, &mut batch, &mut shutdown, &guard);
+            let committed = commit_batch(&mut conn, epoch, &mut batch, &mut shutdown, &guard);
             guard.in_flight.clear();
             committed
         } else {
