@@ -96,10 +96,11 @@ fn a_chain_of_ten_thousand_cancels_relaunches_and_survives_failover() {
     // The root's supervisor and the primary die: the next primary finalizes
     // the root (lost) and fails the chain while adopting. Every member that
     // starts afterwards must come up.
-    let run = g.db().task(&root).unwrap().unwrap();
+    // Read once it runs: right after the relaunch it may not have a run yet.
     wait_for("the root's agent pid", LONG, || {
         g.db().task(&root).unwrap().unwrap().pid
     });
+    let run = g.db().task(&root).unwrap().unwrap();
     g.member_by_pid(primary).signal(libc::SIGKILL);
     let run_file = g.ws.join(format!(
         ".grove/run/{root}.{}.run.json",
