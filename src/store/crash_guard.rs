@@ -19,6 +19,11 @@
 //! at **two** crashes is poison: a write gets a recorded refusal in the
 //! ledger, so the client's next resend is answered from the ledger without
 //! being applied, and an orchestrator operation is refused from then on.
+//! A suspect whose batch later commits is acquitted (its row deleted in
+//! that commit): it was applied without a crash, so an unrelated crash
+//! while it is in flight again — a task's start is retried under the same
+//! key by every new primary — starts its count afresh instead of poisoning
+//! it.
 
 use crate::protocol::{ErrorCode, WireError, encode, now_ms};
 use rusqlite::{Connection, params};
@@ -80,6 +85,9 @@ pub struct CrashReport {
     pub in_flight: usize,
     /// Orchestrator operations to refuse from now on.
     pub poisoned_internal: HashSet<String>,
+    /// Keys with one crash against them: acquitted when their batch
+    /// commits (see [`acquit`]).
+    pub suspects: HashSet<String>,
 }
 
 /// Counts a crash against every key the previous primary had in flight, in
@@ -116,10 +124,26 @@ pub fn record_crash(tx: &Connection, db_path: &Path) -> rusqlite::Result<CrashRe
     for key in stmt.query_map([POISON_AFTER_CRASHES], |r| r.get::<_, String>(0))? {
         poisoned_internal.insert(key?);
     }
+    let mut suspects = HashSet::new();
+    let mut stmt =
+        tx.prepare_cached("SELECT request_id FROM suspect_requests WHERE crashes < ?1")?;
+    for key in stmt.query_map([POISON_AFTER_CRASHES], |r| r.get::<_, String>(0))? {
+        suspects.insert(key?);
+    }
     Ok(CrashReport {
         in_flight: keys.len(),
         poisoned_internal,
+        suspects,
     })
+}
+
+/// A suspect was applied in a batch that commits (call it inside that
+/// batch's transaction): it did not crash the primary, so it is no longer
+/// suspect.
+pub fn acquit(tx: &Connection, key: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM suspect_requests WHERE request_id = ?1 AND crashes < ?2")?
+        .execute(params![key, POISON_AFTER_CRASHES])?;
+    Ok(())
 }
 
 /// Empties the marker once its crash is counted.

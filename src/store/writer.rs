@@ -169,6 +169,7 @@ pub fn spawn(
     let guard = Guard {
         in_flight: super::crash_guard::InFlight::open(db_path),
         poisoned: promotion.crash.poisoned_internal,
+        suspects: promotion.crash.suspects,
         admission,
     };
     let (conn, epoch) = (promotion.conn, promotion.epoch);
@@ -218,6 +219,9 @@ struct Guard {
     in_flight: super::crash_guard::InFlight,
     /// Orchestrator operations that crashed two primaries.
     poisoned: std::collections::HashSet<String>,
+    /// Keys with one crash against them, acquitted when a batch carrying
+    /// them commits. Usually empty: the hot path only looks them up.
+    suspects: std::collections::HashSet<String>,
     admission: Admission,
 }
 
@@ -267,9 +271,19 @@ fn run(
         // A write committed to an unlinked store would be acknowledged and
         // lost: refuse it, and the client retries with the next primary.
         let committed = if still_current() {
-            guard.in_flight.mark(&Guard::keys(&batch));
-            let committed = commit_batch(&mut conn, epoch, &mut batch, &mut shutdown, &guard);
+            let keys = Guard::keys(&batch);
+            guard.in_flight.mark(&keys);
+            let acquit: Vec<String> = (keys.into_iter())
+                .filter(|k| guard.suspects.contains(k))
+                .collect();
+            let committed =
+                commit_batch(&mut conn, epoch, &mut batch, &mut shutdown, &guard, &acquit);
             guard.in_flight.clear();
+            if committed.is_ok() {
+                for key in &acquit {
+                    guard.suspects.remove(key);
+                }
+            }
             committed
         } else {
             Err(StoreError::Unavailable(
@@ -346,6 +360,7 @@ fn commit_batch(
     batch: &mut Vec<Job>,
     shutdown: &mut Option<oneshot::Sender<()>>,
     guard: &Guard,
+    acquit: &[String],
 ) -> Result<(Vec<Done>, Vec<Event>), StoreError> {
     let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut done = Vec::with_capacity(batch.len());
@@ -397,6 +412,11 @@ fn commit_batch(
                 results.push(None);
             }
         }
+    }
+    // Applied without a crash: no longer suspect (in this commit, so a
+    // crash before it leaves them suspect).
+    for key in acquit {
+        super::crash_guard::acquit(&tx, key)?;
     }
     tx.commit()?;
     let writes = batch

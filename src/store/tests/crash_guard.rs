@@ -4,7 +4,7 @@
 
 use crate::protocol::{ErrorCode, WireError, decode};
 use crate::store::crash_guard::{
-    CrashReport, InFlight, forget_in_flight, inflight_path, prune, record_crash,
+    CrashReport, InFlight, acquit, forget_in_flight, inflight_path, prune, record_crash,
 };
 use rusqlite::{Connection, OptionalExtension};
 use std::path::PathBuf;
@@ -148,4 +148,25 @@ fn old_suspects_are_pruned() {
     assert_eq!(prune(&f.conn, 0).unwrap(), 0, "nothing is older than 0");
     assert_eq!(prune(&f.conn, u64::MAX >> 1).unwrap(), 1);
     assert_eq!(f.crashes(WRITE), None);
+}
+
+#[test]
+fn a_suspect_applied_since_is_acquitted_and_not_poisoned_by_an_unrelated_crash() {
+    let f = Fixture::new();
+    let report = f.crash_with(&[OP, WRITE]);
+    assert!(report.suspects.contains(OP) && report.suspects.contains(WRITE));
+    // Its batch committed on the next primary: it did not crash anything.
+    acquit(&f.conn, OP).unwrap();
+    assert_eq!(f.crashes(OP), None);
+    // Another crash with it in flight again (a task's start is retried
+    // under the same key): one crash against it, not two.
+    let report = f.crash_with(&[OP, WRITE]);
+    assert!(!report.poisoned_internal.contains(OP), "{report:?}");
+    assert_eq!(f.crashes(OP), Some(1));
+    // The one never applied in between is poison, as before.
+    assert_eq!(f.crashes(WRITE), Some(2));
+    assert!(f.recorded_reply(WRITE).is_some_and(|r| r.is_err()));
+    // A poisoned key is never acquitted.
+    acquit(&f.conn, WRITE).unwrap();
+    assert_eq!(f.crashes(WRITE), Some(2));
 }

@@ -44,6 +44,7 @@ fn guard(dir: &tempfile::TempDir, poisoned: &[String]) -> Guard {
     Guard {
         in_flight: InFlight::open(&dir.path().join("grove.db")),
         poisoned: poisoned.iter().cloned().collect(),
+        suspects: Default::default(),
         admission: admit_all(),
     }
 }
@@ -103,6 +104,7 @@ fn one_batch_one_commit_each_write_on_its_own() {
         &mut batch,
         &mut shutdown,
         &guard(&dir, &[poisoned.key()]),
+        &[],
     )
     .expect("commit");
     assert!(batch.is_empty(), "every job answered");
@@ -156,14 +158,48 @@ fn a_shutdown_is_recorded_last_and_answered_after_commit() {
         },
     ];
     let mut shutdown = None;
-    let (done, events) =
-        commit_batch(&mut conn, 7, &mut batch, &mut shutdown, &guard(&dir, &[])).unwrap();
+    let (done, events) = commit_batch(
+        &mut conn,
+        7,
+        &mut batch,
+        &mut shutdown,
+        &guard(&dir, &[]),
+        &[],
+    )
+    .unwrap();
     assert_eq!(done.len(), 1);
     assert!(shutdown.is_some());
     assert!(matches!(
         events.last().map(|e| &e.data),
         Some(EventData::Shutdown { .. })
     ));
+}
+
+#[test]
+fn a_committed_batch_acquits_its_suspects_in_its_own_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = store();
+    conn.execute(
+        "INSERT INTO suspect_requests (request_id, crashes, at) VALUES ('req-1', 1, 0)",
+        [],
+    )
+    .unwrap();
+    let mut batch = vec![write("req-1", create("one"))];
+    let mut shutdown = None;
+    let acquit = ["req-1".to_string()];
+    commit_batch(
+        &mut conn,
+        7,
+        &mut batch,
+        &mut shutdown,
+        &guard(&dir, &[]),
+        &acquit,
+    )
+    .unwrap();
+    let left: i64 = conn
+        .query_row("SELECT COUNT(*) FROM suspect_requests", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "applied without a crash: no longer suspect");
 }
 
 #[test]
@@ -246,7 +282,7 @@ fn retention_keeps_the_conversation_of_a_live_task() {
     let mut commit = |conn: &mut Connection, jobs: Vec<Job>| {
         let mut batch = jobs;
         let (done, _) =
-            commit_batch(conn, 1, &mut batch, &mut shutdown, &guard(&dir, &[])).unwrap();
+            commit_batch(conn, 1, &mut batch, &mut shutdown, &guard(&dir, &[]), &[]).unwrap();
         done.into_iter().map(|d| d.result).collect::<Vec<_>>()
     };
     let kept = task_id(&commit(&mut conn, vec![write("a", create("kept"))])[0]);
