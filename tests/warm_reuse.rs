@@ -8,18 +8,9 @@
 
 mod common;
 
+use common::scripted::{pid_of, said, shared, spawn};
 use common::*;
 use serde_json::Value;
-
-/// A workspace whose `scripted` engine is shared.
-fn shared(settings: &str) -> Grove {
-    let g = Grove::scripted_acp("ask", settings);
-    let path = g.ws.join(".grove/grove.toml");
-    let mut toml = std::fs::read_to_string(&path).unwrap();
-    toml.push_str("shared = true\n");
-    std::fs::write(&path, toml).unwrap();
-    g
-}
 
 /// A running parent task; every task the test spawns afterwards is its
 /// child (the CLI reads `GROVE_TASK_ID` as the shim sets it for agents).
@@ -27,29 +18,6 @@ fn delegating(g: &mut Grove) -> String {
     let parent = g.ok(&["spawn", "sleep 300"]);
     g.env("GROVE_TASK_ID", &parent);
     parent
-}
-
-fn spawn(g: &Grove, prompt: &str, extra: &[&str]) -> String {
-    let mut args = vec!["spawn", prompt, "-e", "scripted"];
-    args.extend_from_slice(extra);
-    g.ok(&args)
-}
-
-/// The last turn's message, once it says something starting with `word`.
-fn said(g: &Grove, id: &str, word: &str) -> String {
-    wait_for(&format!("{id} to say {word}"), DEADLINE, || {
-        let u = updates(g, id);
-        let last_prompt = u.iter().rposition(|(k, _)| k == "prompt").unwrap_or(0);
-        let text = message_text(&u[last_prompt..]);
-        text.starts_with(word).then_some(text)
-    })
-}
-
-fn pid_of(g: &Grove, id: &str) -> u32 {
-    said(g, id, "pid ")
-        .trim_start_matches("pid ")
-        .parse()
-        .unwrap()
 }
 
 fn notes(g: &Grove, id: &str) -> Vec<String> {

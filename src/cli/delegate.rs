@@ -114,7 +114,6 @@ async fn delegate(autostart: bool) -> Result<i32, CliError> {
 /// Prints the task's output until it ended, then its conclusion block;
 /// the exit code is 0 when it completed.
 async fn follow(remote: &Context, id: &str) -> Result<i32, CliError> {
-    use crate::runs::log::LogReader;
     let path = crate::runs::RunFiles::log(&remote.ws, id);
     let reader = remote.reader()?;
     let mut offset = 0u64;
@@ -122,17 +121,8 @@ async fn follow(remote: &Context, id: &str) -> Result<i32, CliError> {
         // The status before the file: output written before the task ended
         // is then certainly in the file when we see it ended.
         let now = reader.task(id)?;
-        if let Ok(mut log) = LogReader::open(&path, offset, 64 * 1024) {
-            loop {
-                let bytes = log.peek().map_err(|e| CliError::Failed(e.to_string()))?;
-                if bytes.is_empty() {
-                    break;
-                }
-                crate::output::stdout_bytes(bytes);
-                let n = bytes.len();
-                log.consume(n);
-            }
-            offset = log.offset();
+        if let Some(end) = super::orchestrate::copy_log(&path, offset)? {
+            offset = end;
         }
         match now {
             None => {

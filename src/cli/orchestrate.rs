@@ -407,9 +407,6 @@ pub fn stats(ctx: &Context, json: bool) -> Result<i32, CliError> {
 
 /// `grove logs ID [--follow]`: with --follow, tails until the task ends.
 pub async fn logs(ctx: &Context, id: &str, follow: bool) -> Result<i32, CliError> {
-    use crate::runs::log::LogReader;
-    /// One read of the log per write to stdout.
-    const LOG_READ: usize = 64 * 1024;
     let id = resolve_id(ctx, id)?;
     let path = crate::runs::RunFiles::log(&ctx.ws, &id);
     let reader = ctx.reader()?;
@@ -418,17 +415,8 @@ pub async fn logs(ctx: &Context, id: &str, follow: bool) -> Result<i32, CliError
         // Read the status before the file: output written before the task
         // ended is then certainly in the file when we see it ended.
         let ended = reader.task(&id)?.is_none_or(|t| t.status.is_terminal());
-        if let Ok(mut log) = LogReader::open(&path, offset, LOG_READ) {
-            loop {
-                let bytes = log.peek().map_err(|e| CliError::Failed(e.to_string()))?;
-                if bytes.is_empty() {
-                    break;
-                }
-                crate::output::stdout_bytes(bytes);
-                let n = bytes.len();
-                log.consume(n);
-            }
-            offset = log.offset();
+        if let Some(end) = copy_log(&path, offset)? {
+            offset = end;
         } else if !follow {
             return Err(CliError::Failed(format!(
                 "task {id} has no log yet (it has not started)"
@@ -512,3 +500,23 @@ pub fn personas(ctx: &Context, json: bool) -> Result<i32, CliError> {
 
 /// How often `grove logs --follow` reads the log again.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+/// One read of a task's log.
+const LOG_READ: usize = 64 * 1024;
+
+/// Copies a task's log from `offset` to stdout, as far as it is written;
+/// the offset it reached, or `None` when the log does not exist yet.
+pub(super) fn copy_log(path: &std::path::Path, offset: u64) -> Result<Option<u64>, CliError> {
+    let Ok(mut log) = crate::runs::log::LogReader::open(path, offset, LOG_READ) else {
+        return Ok(None);
+    };
+    loop {
+        let bytes = log.peek().map_err(|e| CliError::Failed(e.to_string()))?;
+        if bytes.is_empty() {
+            return Ok(Some(log.offset()));
+        }
+        crate::output::stdout_bytes(bytes);
+        let n = bytes.len();
+        log.consume(n);
+    }
+}

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod scripted;
 pub mod test_env;
 
 use serde_json::Value;
