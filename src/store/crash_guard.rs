@@ -10,7 +10,7 @@
 //! repeated by every new primary at adoption, so no member could ever start.
 //!
 //! The store thread therefore writes the keys of the batch it is applying
-//! to `.grove/inflight` before it applies the batch and empties the file
+//! to `.grove/inflight` before it applies the batch and marks it empty
 //! once the batch is committed: a plain `pwrite`, no fsync, because it only
 //! has to survive the crash of our own process, and the page cache does.
 //! The next primary reads what was in flight when its predecessor died and
@@ -59,13 +59,18 @@ impl InFlight {
         InFlight { file }
     }
 
-    /// Names the keys about to be applied.
+    /// Names the keys about to be applied: one `pwrite` over the start of
+    /// the file, never a truncation. ext4 treats truncating a file it has
+    /// written as a "replace" and starts writing its pages back to disk at
+    /// once, which cost the store thread more than the commit itself; what
+    /// lies past the JSON array is a longer marker's stale tail, which
+    /// [`read_marker`] ignores.
     pub fn mark(&mut self, keys: &[String]) {
         let Some(file) = &self.file else { return };
         let Ok(bytes) = serde_json::to_vec(keys) else {
             return;
         };
-        if let Err(e) = file.set_len(0).and_then(|_| file.write_all_at(&bytes, 0)) {
+        if let Err(e) = file.write_all_at(&bytes, 0) {
             tracing::warn!("cannot write the in-flight marker: {e}");
         }
     }
@@ -73,9 +78,24 @@ impl InFlight {
     /// The batch is committed (or refused as a whole): nothing in flight.
     pub fn clear(&mut self) {
         if let Some(file) = &self.file {
-            let _ = file.set_len(0);
+            let _ = file.write_all_at(EMPTY, 0);
         }
     }
+}
+
+/// The marker of an empty batch.
+const EMPTY: &[u8] = b"[]";
+
+/// The keys a marker names: its first JSON value (a stale tail follows it
+/// when a shorter marker was written over a longer one). A marker torn by
+/// a crash in the middle of its write names nothing: that crash counts
+/// against no key, as if it had landed between two batches.
+fn read_marker(bytes: &[u8]) -> Vec<String> {
+    serde_json::Deserializer::from_slice(bytes)
+        .into_iter::<Vec<String>>()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default()
 }
 
 /// What a new primary learns from its predecessor's crash.
@@ -93,9 +113,8 @@ pub struct CrashReport {
 /// Counts a crash against every key the previous primary had in flight, in
 /// the promotion's transaction; records a refusal for the poisoned writes.
 pub fn record_crash(tx: &Connection, db_path: &Path) -> rusqlite::Result<CrashReport> {
-    let keys: Vec<String> = std::fs::read(inflight_path(db_path))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+    let keys = std::fs::read(inflight_path(db_path))
+        .map(|b| read_marker(&b))
         .unwrap_or_default();
     let now = now_ms() as i64;
     for key in &keys {

@@ -81,14 +81,19 @@ pub(crate) fn insert(tx: &Connection, t: &TaskRecord) -> rusqlite::Result<()> {
         .chain(spec_columns(&t.spec))
         .chain(run_columns(t))
         .collect();
-    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-    let slots: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-    let sql = format!(
-        "INSERT INTO tasks ({}) VALUES ({})",
-        names.join(", "),
-        slots.join(", ")
-    );
-    tx.prepare_cached(&sql)?
+    // The names never change: the statement is built once (formatting it
+    // for every write showed in the store thread's profile).
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+        let slots: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+        format!(
+            "INSERT INTO tasks ({}) VALUES ({})",
+            names.join(", "),
+            slots.join(", ")
+        )
+    });
+    tx.prepare_cached(sql)?
         .execute(params_from_iter(columns.into_iter().map(|(_, v)| v)))?;
     for dep in &t.spec.dependencies {
         tx.prepare_cached("INSERT OR IGNORE INTO task_deps (task_id, dep_id) VALUES (?1, ?2)")?
@@ -104,13 +109,28 @@ pub(crate) fn update(tx: &Connection, t: &TaskRecord) -> rusqlite::Result<()> {
     let columns: Vec<Column> = (spec_columns(&t.spec).into_iter())
         .chain(run_columns(t))
         .collect();
-    let sets: Vec<String> = (columns.iter().enumerate())
-        .map(|(i, (name, _))| format!("{name} = ?{}", i + 2))
-        .collect();
-    let sql = format!("UPDATE tasks SET {} WHERE id = ?1", sets.join(", "));
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        let sets: Vec<String> = (columns.iter().enumerate())
+            .map(|(i, (name, _))| format!("{name} = ?{}", i + 2))
+            .collect();
+        format!("UPDATE tasks SET {} WHERE id = ?1", sets.join(", "))
+    });
     let values = std::iter::once(Value::from(t.id.clone())).chain(columns.into_iter().map(|c| c.1));
-    tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
+    tx.prepare_cached(sql)?.execute(params_from_iter(values))?;
     Ok(())
+}
+
+/// A task's status alone, without reading (and parsing) the whole row: a
+/// new task checks each of its dependencies.
+pub(crate) fn status(conn: &Connection, id: &str) -> Result<Option<TaskStatus>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT status FROM tasks WHERE id = ?1")?;
+    let Some(name) = stmt.query_row([id], |r| r.get::<_, String>(0)).optional()? else {
+        return Ok(None);
+    };
+    TaskStatus::parse(&name)
+        .map(Some)
+        .ok_or_else(|| StoreError::Corrupt(format!("task {id}: bad status {name:?}")))
 }
 
 pub(crate) fn get(conn: &Connection, id: &str) -> Result<Option<TaskRecord>, StoreError> {

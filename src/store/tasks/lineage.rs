@@ -22,7 +22,7 @@ fn new_task(
     attempt: u32,
 ) -> Result<TaskRecord, Applied> {
     let tx = c.tx;
-    check_spec(tx, &spec)?;
+    let deps = check_spec(tx, &spec)?;
     if let Some(parent) = &spec.parent_id {
         check_parent(tx, parent, c.limits)?;
     }
@@ -37,13 +37,8 @@ fn new_task(
         attempt,
         ..TaskRecord::new(id, spec, now)
     };
-    // Not inserted yet, so no edges: read the listed dependencies (each was
-    // checked to exist).
-    let mut deps = Vec::with_capacity(task.spec.dependencies.len());
-    for dep in &task.spec.dependencies {
-        deps.push(rows::get(tx, dep)?.map(|t| t.status));
-    }
-    task.status = status_from_deps(deps.into_iter());
+    // Not inserted yet, so no edges: the listed dependencies' statuses.
+    task.status = status_from_deps(deps.into_iter().map(Some));
     if task.status == TaskStatus::Failed {
         // A dependency that already failed dooms the new task at once.
         task.failure_reason = Some(FailureReason::DependencyFailed);
@@ -53,8 +48,9 @@ fn new_task(
 }
 
 /// What a new task may not be: without a prompt, with a zero timeout, or
-/// waiting on a task twice or on one that does not exist.
-fn check_spec(tx: &Connection, spec: &TaskSpec) -> Result<(), Applied> {
+/// waiting on a task twice or on one that does not exist. Answers the
+/// statuses of its dependencies, in the listed order.
+fn check_spec(tx: &Connection, spec: &TaskSpec) -> Result<Vec<TaskStatus>, Applied> {
     if spec.prompt.trim().is_empty() {
         return Err(refused(ErrorCode::InvalidParams, "the prompt is empty"));
     }
@@ -73,6 +69,7 @@ fn check_spec(tx: &Connection, spec: &TaskSpec) -> Result<(), Applied> {
         ));
     }
     let mut seen = std::collections::HashSet::new();
+    let mut statuses = Vec::with_capacity(spec.dependencies.len());
     for dep in &spec.dependencies {
         if !seen.insert(dep) {
             return Err(refused(
@@ -80,14 +77,15 @@ fn check_spec(tx: &Connection, spec: &TaskSpec) -> Result<(), Applied> {
                 format!("dependency {dep} is listed twice"),
             ));
         }
-        if rows::get(tx, dep)?.is_none() {
+        let Some(status) = rows::status(tx, dep)? else {
             return Err(refused(
                 ErrorCode::InvalidParams,
                 format!("unknown dependency {dep}"),
             ));
-        }
+        };
+        statuses.push(status);
     }
-    Ok(())
+    Ok(statuses)
 }
 
 /// A full SHA-1 or SHA-256 commit id, in lowercase hex.

@@ -170,3 +170,24 @@ fn a_suspect_applied_since_is_acquitted_and_not_poisoned_by_an_unrelated_crash()
     acquit(&f.conn, WRITE).unwrap();
     assert_eq!(f.crashes(WRITE), Some(2));
 }
+
+#[test]
+fn a_short_marker_over_a_longer_one_names_only_its_own_keys() {
+    let f = Fixture::new();
+    let mut marker = InFlight::open(&f.db_path);
+    let long: Vec<String> = (0..20).map(|i| format!("req-long-{i}")).collect();
+    marker.mark(&long);
+    marker.clear();
+    marker.mark(&[WRITE.to_string()]);
+    drop(marker); // died while applying the short batch
+    let report = f.promote();
+    assert_eq!(report.in_flight, 1);
+    assert_eq!(f.crashes(WRITE), Some(1));
+    assert_eq!(f.crashes("req-long-0"), None);
+    // Cleared over the long one: nothing in flight at all.
+    let mut marker = InFlight::open(&f.db_path);
+    marker.mark(&long);
+    marker.clear();
+    drop(marker);
+    assert_eq!(f.promote().in_flight, 0);
+}
