@@ -75,9 +75,50 @@ impl Drop for Subscription {
 /// `seq >= first_seq` in order, plus transient events (`task.output`,
 /// heartbeats) as they arrive.
 pub fn subscribe(ws: &Workspace, first_seq: u64) -> Subscription {
+    subscribe_to(ws, first_seq, Interest::All)
+}
+
+/// What a subscriber delivers. Decoding every event costs its consumer's
+/// event loop more than anything else it does with most of them, and on
+/// the primary that loop is the one that answers requests.
+#[derive(Debug, Clone, Copy)]
+pub enum Interest {
+    /// Every event: durable ones gap-free, transient ones as they come.
+    All,
+    /// The durable events of these topics, gap-free among themselves. The
+    /// others still move the cursor (their `seq` alone is read), so a hole
+    /// is still noticed and repaired.
+    Topics(&'static [&'static str]),
+    /// Heartbeats only (a member watching its primary's health): the PUB
+    /// socket sends nothing else, and the store is never read.
+    Heartbeats,
+}
+
+impl Interest {
+    fn wants(self, topic: &str) -> bool {
+        match self {
+            Interest::All => true,
+            Interest::Topics(topics) => topics.contains(&topic),
+            Interest::Heartbeats => topic == HEARTBEAT,
+        }
+    }
+}
+
+/// The heartbeat's topic (`EventData::Heartbeat`).
+const HEARTBEAT: &str = "instance.heartbeat";
+
+/// [`subscribe`], delivering only what `interest` names.
+pub fn subscribe_to(ws: &Workspace, first_seq: u64, interest: Interest) -> Subscription {
     let (tx, rx) = mpsc::channel(4096);
     let health = Arc::new(Health::default());
-    let task = tokio::spawn(run(ws.clone(), first_seq.max(1), tx, health.clone()));
+    let cursor = Cursor {
+        next: first_seq.max(1),
+        reader: None,
+        ws: ws.clone(),
+        health: health.clone(),
+        interest,
+    };
+    let task = tokio::spawn(run(ws.clone(), cursor, tx, health.clone()));
     Subscription {
         events: rx,
         health,
@@ -90,6 +131,7 @@ struct Cursor {
     reader: Option<Reader>,
     ws: Workspace,
     health: Arc<Health>,
+    interest: Interest,
 }
 
 impl Cursor {
@@ -132,6 +174,9 @@ impl Cursor {
             }
             for event in batch {
                 self.next = event.seq + 1;
+                if !self.interest.wants(event.topic()) {
+                    continue;
+                }
                 if tx.send(event).await.is_err() {
                     return false;
                 }
@@ -143,14 +188,10 @@ impl Cursor {
     }
 }
 
-async fn run(ws: Workspace, first_seq: u64, tx: mpsc::Sender<Event>, health: Arc<Health>) {
+async fn run(ws: Workspace, mut cursor: Cursor, tx: mpsc::Sender<Event>, health: Arc<Health>) {
     let mut watch = PrimaryWatch::new(&ws);
-    let mut cursor = Cursor {
-        next: first_seq,
-        reader: None,
-        ws: ws.clone(),
-        health: health.clone(),
-    };
+    let heartbeats_only = matches!(cursor.interest, Interest::Heartbeats);
+    let filter = if heartbeats_only { HEARTBEAT } else { "" };
     let mut retry = RETRY_MIN;
     loop {
         watch.poll();
@@ -161,7 +202,7 @@ async fn run(ws: Workspace, first_seq: u64, tx: mpsc::Sender<Event>, health: Arc
         let mut sub = zeromq::SubSocket::new();
         let connected =
             tokio::time::timeout(CONNECT_TIMEOUT, sub.connect(&record.pub_endpoint)).await;
-        if !matches!(connected, Ok(Ok(()))) || sub.subscribe("").await.is_err() {
+        if !matches!(connected, Ok(Ok(()))) || sub.subscribe(filter).await.is_err() {
             // Gone already, or not reachable yet. A dead primary is replaced
             // by a new record: wait for it. A live one that refused us is
             // retried, backing off, in case the refusal was passing.
@@ -182,7 +223,7 @@ async fn run(ws: Workspace, first_seq: u64, tx: mpsc::Sender<Event>, health: Arc
         health.subscribed_at.store(now_ms(), Ordering::Relaxed);
         // Anything published before the subscription took effect is in the
         // store: catch up after subscribing, then dedupe by seq.
-        if !cursor.catch_up(&tx).await {
+        if !heartbeats_only && !cursor.catch_up(&tx).await {
             return;
         }
         loop {
@@ -190,6 +231,18 @@ async fn run(ws: Workspace, first_seq: u64, tx: mpsc::Sender<Event>, health: Arc
                 msg = sub.recv() => {
                     let Ok(msg) = msg else { break };
                     let Some(payload) = msg.get(1) else { continue };
+                    let topic = msg.get(0).map(|t| t.as_ref()).unwrap_or_default();
+                    if heartbeats_only && topic != HEARTBEAT.as_bytes() {
+                        continue;
+                    }
+                    let wanted = std::str::from_utf8(topic)
+                        .is_ok_and(|t| t == HEARTBEAT || cursor.interest.wants(t));
+                    if !wanted {
+                        if !skip(payload, &mut cursor, &tx).await {
+                            return;
+                        }
+                        continue;
+                    }
                     let event: Event = match decode(payload) {
                         Ok(e) => e,
                         Err(e) => {
@@ -211,6 +264,30 @@ async fn run(ws: Workspace, first_seq: u64, tx: mpsc::Sender<Event>, health: Arc
     }
 }
 
+/// An event the subscriber does not deliver: only its `seq` is read, to
+/// keep the cursor (and notice a hole before it).
+async fn skip(payload: &[u8], cursor: &mut Cursor, tx: &mpsc::Sender<Event>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    let Ok(Seq { seq }) = decode::<Seq>(payload) else {
+        return true; // unreadable: the next heartbeat repairs the cursor
+    };
+    if seq == 0 || seq < cursor.next {
+        return true; // transient, or already passed
+    }
+    if seq > cursor.next && !cursor.catch_up(tx).await {
+        return false;
+    }
+    // Not past it when the store could not be read: the next heartbeat's
+    // `last_seq` retries the repair.
+    if seq == cursor.next {
+        cursor.next = seq + 1;
+    }
+    true
+}
+
 async fn deliver(
     event: Event,
     cursor: &mut Cursor,
@@ -219,8 +296,13 @@ async fn deliver(
 ) -> bool {
     if let EventData::Heartbeat { last_seq, .. } = &event.data {
         health.last_heartbeat.store(now_ms(), Ordering::Relaxed);
-        if *last_seq >= cursor.next && !cursor.catch_up(tx).await {
+        let behind = *last_seq >= cursor.next;
+        if behind && !matches!(cursor.interest, Interest::Heartbeats) && !cursor.catch_up(tx).await
+        {
             return false;
+        }
+        if !cursor.interest.wants(HEARTBEAT) {
+            return true;
         }
         return tx.send(event).await.is_ok();
     }

@@ -18,6 +18,7 @@ use crate::election::{self, PrimaryLock};
 use crate::paths::{PathError, Workspace};
 use crate::protocol::{Event, now_ms};
 use crate::store::{Reader, StoreError};
+use crate::subscriber::Interest;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -276,11 +277,19 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
 /// The member's own view of the event stream, across role changes: it
 /// starts at the current end of the log and never skips a durable event.
 async fn consume_events(opts: NodeOptions, heard: Heard) {
-    let first = Reader::open(&opts.ws.db_path())
-        .and_then(|r| r.last_seq())
-        .map(|s| s + 1)
-        .unwrap_or(1);
-    let mut sub = crate::subscriber::subscribe(&opts.ws, first);
+    // Without an events log only the heartbeats matter here: the primary's
+    // PUB socket then sends this member nothing else (each event would
+    // cost every member a decode, and the primary a send per member).
+    let mut sub = match &opts.events_log {
+        None => crate::subscriber::subscribe_to(&opts.ws, 1, Interest::Heartbeats),
+        Some(_) => {
+            let first = Reader::open(&opts.ws.db_path())
+                .and_then(|r| r.last_seq())
+                .map(|s| s + 1)
+                .unwrap_or(1);
+            crate::subscriber::subscribe(&opts.ws, first)
+        }
+    };
     let mut log = opts.events_log.as_ref().and_then(|p| {
         std::fs::OpenOptions::new()
             .create(true)

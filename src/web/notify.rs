@@ -9,6 +9,7 @@
 use crate::config::LiveConfig;
 use crate::paths::Workspace;
 use crate::protocol::{EventData, TaskRecord, TaskStatus};
+use crate::subscriber::Interest;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -25,7 +26,9 @@ pub async fn run(ws: Workspace, live: Arc<LiveConfig>) {
             return;
         }
     };
-    let mut sub = crate::subscriber::subscribe(&ws, first);
+    // Only task events are told about: the others are not decoded.
+    let topics = &["task.created", "task.updated", "task.deleted"];
+    let mut sub = crate::subscriber::subscribe_to(&ws, first, Interest::Topics(topics));
     let mut told: HashMap<String, TaskStatus> = HashMap::new();
     while let Some(event) = sub.events.recv().await {
         let task = match event.data {
