@@ -85,23 +85,9 @@ pub fn subscribe(ws: &Workspace, first_seq: u64) -> Subscription {
 pub enum Interest {
     /// Every event: durable ones gap-free, transient ones as they come.
     All,
-    /// The durable events of these topics, gap-free among themselves. The
-    /// others still move the cursor (their `seq` alone is read), so a hole
-    /// is still noticed and repaired.
-    Topics(&'static [&'static str]),
     /// Heartbeats only (a member watching its primary's health): the PUB
     /// socket sends nothing else, and the store is never read.
     Heartbeats,
-}
-
-impl Interest {
-    fn wants(self, topic: &str) -> bool {
-        match self {
-            Interest::All => true,
-            Interest::Topics(topics) => topics.contains(&topic),
-            Interest::Heartbeats => topic == HEARTBEAT,
-        }
-    }
 }
 
 /// The heartbeat's topic (`EventData::Heartbeat`).
@@ -174,9 +160,6 @@ impl Cursor {
             }
             for event in batch {
                 self.next = event.seq + 1;
-                if !self.interest.wants(event.topic()) {
-                    continue;
-                }
                 if tx.send(event).await.is_err() {
                     return false;
                 }
@@ -233,15 +216,7 @@ async fn run(ws: Workspace, mut cursor: Cursor, tx: mpsc::Sender<Event>, health:
                     let Some(payload) = msg.get(1) else { continue };
                     let topic = msg.get(0).map(|t| t.as_ref()).unwrap_or_default();
                     if heartbeats_only && topic != HEARTBEAT.as_bytes() {
-                        continue;
-                    }
-                    let wanted = std::str::from_utf8(topic)
-                        .is_ok_and(|t| t == HEARTBEAT || cursor.interest.wants(t));
-                    if !wanted {
-                        if !skip(payload, &mut cursor, &tx).await {
-                            return;
-                        }
-                        continue;
+                        continue; // sent before our subscription took effect
                     }
                     let event: Event = match decode(payload) {
                         Ok(e) => e,
@@ -264,30 +239,6 @@ async fn run(ws: Workspace, mut cursor: Cursor, tx: mpsc::Sender<Event>, health:
     }
 }
 
-/// An event the subscriber does not deliver: only its `seq` is read, to
-/// keep the cursor (and notice a hole before it).
-async fn skip(payload: &[u8], cursor: &mut Cursor, tx: &mpsc::Sender<Event>) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Seq {
-        seq: u64,
-    }
-    let Ok(Seq { seq }) = decode::<Seq>(payload) else {
-        return true; // unreadable: the next heartbeat repairs the cursor
-    };
-    if seq == 0 || seq < cursor.next {
-        return true; // transient, or already passed
-    }
-    if seq > cursor.next && !cursor.catch_up(tx).await {
-        return false;
-    }
-    // Not past it when the store could not be read: the next heartbeat's
-    // `last_seq` retries the repair.
-    if seq == cursor.next {
-        cursor.next = seq + 1;
-    }
-    true
-}
-
 async fn deliver(
     event: Event,
     cursor: &mut Cursor,
@@ -300,9 +251,6 @@ async fn deliver(
         if behind && !matches!(cursor.interest, Interest::Heartbeats) && !cursor.catch_up(tx).await
         {
             return false;
-        }
-        if !cursor.interest.wants(HEARTBEAT) {
-            return true;
         }
         return tx.send(event).await.is_ok();
     }

@@ -286,12 +286,14 @@ fn start_parts(
         epoch,
         watchdog: watchdog.clone(),
     };
+    let (notify_tx, notify_rx) = mpsc::channel(crate::web::notify::QUEUE);
     let publish = publish_loop(
         publisher,
         events_rx,
         heartbeat,
         last_seq.clone(),
         changed.clone(),
+        notify_tx,
     );
     let publish_task = crate::loop_watch::spawn("publisher", publish.in_current_span());
     let retention = writer::Retention {
@@ -324,7 +326,7 @@ fn start_parts(
         live: live.clone(),
         last_request: me.last_request.clone(),
     });
-    let notify = crate::web::notify::run(opts.ws.clone(), live.clone());
+    let notify = crate::web::notify::run(opts.ws.clone(), live.clone(), notify_rx);
     let board_tasks = [
         crate::loop_watch::spawn("web board", board.in_current_span()),
         crate::loop_watch::spawn("notify", notify.in_current_span()),

@@ -28,14 +28,19 @@ pub(super) struct Heartbeat {
     pub(super) watchdog: Watchdog,
 }
 
-/// Publishes committed events in order, plus heartbeats.
+/// Publishes committed events in order, plus heartbeats. The task events
+/// also go, as they are, to this primary's notify follower (`notify`): it
+/// runs in this process, so sending them through the PUB socket only to
+/// decode them again would cost the event loop a decode per write.
 pub(super) async fn publish_loop(
     mut publisher: zeromq::PubSocket,
     mut events: mpsc::Receiver<Event>,
     heartbeat: Heartbeat,
     last_seq: Arc<AtomicU64>,
     changed: Arc<crate::orchestrator::Wake>,
+    notify: mpsc::Sender<Event>,
 ) {
+    let mut notify_dropped = 0u64;
     let started = Instant::now();
     let mut last_trim = Instant::now();
     let mut beat = crate::ticker::Ticker::new(heartbeat.every);
@@ -85,6 +90,14 @@ pub(super) async fn publish_loop(
         msg.push_back(Bytes::from(encode(&event)));
         if let Err(e) = publisher.send(msg).await {
             tracing::debug!("publish failed: {e}");
+        }
+        if crate::web::notify::follows(&event.data) && notify.try_send(event).is_err() {
+            // Full only while the follower cannot keep up with thousands of
+            // task events (a notification is not data: the store has it all).
+            notify_dropped += 1;
+            if notify_dropped.is_power_of_two() {
+                tracing::warn!("notify follower behind: {notify_dropped} task events not told");
+            }
         }
     }
 }

@@ -8,29 +8,33 @@
 
 use crate::config::LiveConfig;
 use crate::paths::Workspace;
-use crate::protocol::{EventData, TaskRecord, TaskStatus};
-use crate::subscriber::Interest;
+use crate::protocol::{Event, EventData, TaskRecord, TaskStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// Tasks whose last notified state is remembered; past it, those that
 /// ended are forgotten first (they do not notify again anyway unless
 /// relaunched).
 const REMEMBERED: usize = 10_000;
 
-pub async fn run(ws: Workspace, live: Arc<LiveConfig>) {
-    let first = match crate::store::Reader::open(&ws.db_path()).and_then(|r| r.last_seq()) {
-        Ok(seq) => seq + 1,
-        Err(e) => {
-            tracing::warn!("notifications off: cannot read the store: {e}");
-            return;
-        }
-    };
-    // Only task events are told about: the others are not decoded.
-    let topics = &["task.created", "task.updated", "task.deleted"];
-    let mut sub = crate::subscriber::subscribe_to(&ws, first, Interest::Topics(topics));
+/// Task events waiting for the follower (see [`follows`]).
+pub const QUEUE: usize = 4096;
+
+/// The events the follower reads: the primary's publisher hands it these
+/// as they are published, in order, from its promotion on.
+pub fn follows(event: &EventData) -> bool {
+    matches!(
+        event,
+        EventData::TaskCreated { .. }
+            | EventData::TaskUpdated { .. }
+            | EventData::TaskDeleted { .. }
+    )
+}
+
+pub async fn run(ws: Workspace, live: Arc<LiveConfig>, mut events: mpsc::Receiver<Event>) {
     let mut told: HashMap<String, TaskStatus> = HashMap::new();
-    while let Some(event) = sub.events.recv().await {
+    while let Some(event) = events.recv().await {
         let task = match event.data {
             EventData::TaskCreated { task } | EventData::TaskUpdated { task } => task,
             EventData::TaskDeleted { id } => {
