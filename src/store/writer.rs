@@ -255,6 +255,7 @@ fn run(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_prune = std::time::Instant::now() - PRUNE_EVERY;
     let mut prune_floor = 0;
+    let wal = Checkpoints::take_over(&mut conn);
     while let Ok(first) = rx.recv() {
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();
@@ -294,9 +295,55 @@ fn run(
             Ok((done, events)) => hand_out(done, events, &published),
             Err(e) => fail_batch(&mut batch, e),
         }
+        wal.checkpoint_if_due(&conn);
         if let Some(done) = shutdown {
             let _ = done.send(());
             return;
+        }
+    }
+}
+
+/// WAL checkpoints, run by the store thread itself between batches rather
+/// than by SQLite inside a `COMMIT`. SQLite's automatic checkpoint runs in
+/// the commit that crosses its threshold: that batch's callers waited for
+/// it (copying pages and two `fsync`s, the longest step of the hot path),
+/// and its keys stayed marked in flight (see `crash_guard`) for all of it,
+/// so a `kill -9` during a checkpoint counted a crash against writes that
+/// were already committed. Here it runs after the batch is answered and its
+/// marker cleared. Same thread, same connection: no other writer exists.
+struct Checkpoints {
+    /// Frames in the WAL after the last commit (SQLite's WAL hook).
+    frames: std::sync::Arc<std::sync::atomic::AtomicI32>,
+}
+
+/// SQLite's own default threshold, in WAL frames (pages).
+const CHECKPOINT_FRAMES: i32 = 1000;
+
+impl Checkpoints {
+    /// Turns SQLite's automatic checkpoints off on `conn` and counts the
+    /// WAL's frames instead. Without the hook, SQLite keeps checkpointing.
+    fn take_over(conn: &mut Connection) -> Checkpoints {
+        let frames = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let seen = frames.clone();
+        let hooked = conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
+            seen.store(pages, Ordering::Relaxed);
+            Ok(())
+        }));
+        if let Err(e) = hooked {
+            tracing::warn!("WAL checkpoints stay inside commits: {e}");
+        }
+        Checkpoints { frames }
+    }
+
+    fn checkpoint_if_due(&self, conn: &Connection) {
+        if self.frames.load(Ordering::Relaxed) < CHECKPOINT_FRAMES {
+            return;
+        }
+        self.frames.store(0, Ordering::Relaxed);
+        // PASSIVE: never waits for a reader; what a reader still needs is
+        // copied by a later checkpoint.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!("WAL checkpoint failed: {e}");
         }
     }
 }
