@@ -92,10 +92,14 @@ struct Run {
     run_id: String,
     shim_pid: u32,
     shim_start: Option<u64>,
-    /// Our own child when we started it (reaped here); `None` if adopted.
-    child: Option<std::process::Child>,
+    /// Our own child (we started it, and reap it); false if adopted.
+    own: bool,
     /// Our child exited and was reaped: its pid may name another process.
     reaped: bool,
+    /// Wakes a pass the moment the shim ends: its exit record is then
+    /// read and committed at once, which frees the slot (the shim itself
+    /// sends no report when its exit record is on disk).
+    exit_watch: crate::proc::ExitWatch,
     /// Whether the shim was last told to pause (`None` when adopted: it is
     /// told once, whatever the row says, in case the old primary died
     /// between committing a pause and signalling it).
@@ -168,13 +172,15 @@ impl Orchestrator {
                     _ = until_ms(self.await_deadline) => {}
                 }
             } else {
-                let records = self
-                    .runs
-                    .values_mut()
-                    .filter_map(|r| r.record_watch.as_mut());
+                let (mut records, mut exits) = (Vec::new(), Vec::new());
+                for run in self.runs.values_mut() {
+                    records.extend(run.record_watch.as_mut());
+                    exits.push(&run.exit_watch);
+                }
                 tokio::select! {
                     _ = changed.notified() => {}
                     _ = crate::fs_watch::any(records) => {}
+                    _ = any_exit(exits.into_iter()) => {}
                     _ = tokio::time::sleep(TICK) => {}
                     _ = until_ms(self.await_deadline) => {}
                 }
@@ -260,12 +266,15 @@ impl Orchestrator {
     /// Reaps shims of ours that exited (`waitpid` with `WNOHANG`).
     fn reap_children(&mut self) {
         for run in self.runs.values_mut() {
-            if let Some(child) = run.child.as_mut()
-                && let Ok(Some(_)) = child.try_wait()
-            {
-                run.child = None;
-                run.reaped = true;
-            }
+            reap(run);
+        }
+    }
+
+    /// Stops supervising a run whose shim is gone, reaping it if it is
+    /// ours (it may have ended after this pass's reaping).
+    fn forget(&mut self, task_id: &str) {
+        if let Some(mut run) = self.runs.remove(task_id) {
+            reap(&mut run);
         }
     }
 
@@ -357,14 +366,19 @@ impl Orchestrator {
                 shim_start,
             } => {
                 tracing::info!(task = %task_id, shim = shim_pid, "adopted a running task");
+                // Its pid and start time were just seen to match: should
+                // the pid be reused before the watch opens, the pass that
+                // it wakes checks the start time again.
+                let exit_watch = crate::proc::ExitWatch::new(shim_pid, TICK);
                 self.runs.insert(
                     task_id,
                     Run {
                         run_id,
                         shim_pid,
                         shim_start: Some(shim_start),
-                        child: None,
+                        own: false,
                         reaped: false,
+                        exit_watch,
                         told_paused: None,
                         kill_sent: false,
                         log_offset: tail::AT_END,
@@ -374,8 +388,8 @@ impl Orchestrator {
                 None
             }
             Action::Finish { task_id, exit } => {
-                tracing::info!(task = %task_id, "finalizing a run from its exit record");
-                self.runs.remove(&task_id);
+                tracing::debug!(task = %task_id, "finalizing a run from its exit record");
+                self.forget(&task_id);
                 let key = crate::protocol::finished_request_id(&exit.run_id);
                 Some((format!("finish {task_id}"), self.queue_write(key, exit)))
             }
@@ -385,7 +399,7 @@ impl Orchestrator {
                 shim_pid,
             } => {
                 tracing::warn!(task = %task_id, "run lost: no shim, no exit record");
-                self.runs.remove(&task_id);
+                self.forget(&task_id);
                 // Nothing killed what the run had started: kill it here
                 // (`/proc` walks: off the event loop).
                 let (ws, t, r) = (self.ws.clone(), task_id.clone(), run_id.clone());
@@ -520,10 +534,13 @@ impl Orchestrator {
                 Ok(l) => {
                     let run = Run {
                         run_id,
-                        shim_pid: l.child.id(),
+                        shim_pid: l.pid,
                         shim_start: None,
-                        child: Some(l.child),
+                        own: true,
                         reaped: false,
+                        // Our unreaped child: its pid cannot name another
+                        // process yet.
+                        exit_watch: crate::proc::ExitWatch::new(l.pid, TICK),
                         told_paused: Some(false),
                         kill_sent: false,
                         log_offset: l.log_offset,
@@ -582,6 +599,36 @@ impl Orchestrator {
 
 /// A store write on its way: its reply comes after COMMIT.
 type Pending = oneshot::Receiver<WriteResult>;
+
+/// Reaps `run`'s shim if it is our child and has exited.
+fn reap(run: &mut Run) {
+    if run.own && !run.reaped {
+        // SAFETY: waits for one specific child of ours, without blocking.
+        let rc = unsafe { libc::waitpid(run.shim_pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+        // ECHILD too: nothing left to reap under this pid.
+        if rc == run.shim_pid as i32 || rc < 0 {
+            run.reaped = true;
+        }
+    }
+}
+
+/// Resolves when any of the shims ends (never, with none).
+async fn any_exit<'a>(watches: impl Iterator<Item = &'a crate::proc::ExitWatch>) {
+    use std::future::Future;
+    use std::pin::Pin;
+    let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> = watches
+        .map(|w| Box::pin(w.exited()) as Pin<Box<dyn Future<Output = ()> + Send + 'a>>)
+        .collect();
+    std::future::poll_fn(|cx| {
+        for w in waits.iter_mut() {
+            if w.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
 
 /// Sleeps until the Unix-ms time `at` (forever when `None`).
 async fn until_ms(at: Option<u64>) {

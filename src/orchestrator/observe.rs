@@ -57,7 +57,7 @@ pub fn look(l: Look) -> Seen {
         reader: &l.reader,
     };
     let mut tails = Vec::new();
-    let runs = l
+    let runs: Vec<_> = l
         .runs
         .iter()
         .map(|r| {
@@ -78,12 +78,13 @@ pub fn look(l: Look) -> Seen {
             give_up,
         })
         .collect();
+    let ending = super::decide::ending(&runs);
     let facts = Facts {
         now: Instant::now(),
         max_parallel: config.max_parallel,
+        slots: reader.slots(config.max_parallel + ending),
         runs,
         unconfirmed,
-        slots: reader.slots(config.max_parallel),
     };
     Seen {
         facts,
@@ -106,11 +107,8 @@ fn run_facts(ws: &Workspace, store: &Store<'_>, r: &RunState) -> RunFacts {
         exit: (!alive)
             .then(|| RunFiles::read_exit(ws, &r.task_id, &r.run_id))
             .flatten(),
-        row: if alive {
-            store.row(&r.task_id)
-        } else {
-            RowFact::Unreadable
-        },
+        // Read for an ended run too: whether its end frees a slot.
+        row: store.row(&r.task_id),
         record: RunFiles::read_run(ws, &r.task_id, &r.run_id),
         told_paused: r.told_paused,
         kill_sent: r.kill_sent,
@@ -194,8 +192,9 @@ impl Store<'_> {
         self.read(|r| r.tasks(&filter))
     }
 
-    /// Slot use, and the queue only when a slot is free.
-    fn slots(&self, max_parallel: usize) -> Option<Slots> {
+    /// Slot use, and the queue only when a slot is free (`limit`:
+    /// `max_parallel` plus the slots this pass frees).
+    fn slots(&self, limit: usize) -> Option<Slots> {
         let running = self.tasks(TaskStatus::Running)?;
         // A task waiting for a permission answer keeps its slot too; an
         // idle one (its session waits for a follow-up) holds none.
@@ -204,8 +203,8 @@ impl Store<'_> {
         let held =
             running.len() + waiting.len() + paused.iter().filter(|t| t.run_id.is_some()).count();
         // Only as many as there are free slots, in start order.
-        let queued = if held < max_parallel {
-            self.read(|r| r.next_queued(max_parallel - held))?
+        let queued = if held < limit {
+            self.read(|r| r.next_queued(limit - held))?
                 .into_iter()
                 .map(|(id, priority)| Queued { id, priority })
                 .collect()
