@@ -108,6 +108,8 @@ struct Run {
     log_offset: u64,
     /// Until the agent's pid is recorded: the run record's watch.
     record_watch: Option<FileWatch>,
+    /// The run record, once it names the agent (it does not change then).
+    record: Option<crate::runs::RunRecord>,
 }
 
 pub struct Orchestrator {
@@ -132,6 +134,10 @@ pub struct Orchestrator {
     /// Settle the awaits once after taking over: their deadlines may have
     /// passed while no primary ran.
     settle_on_takeover: bool,
+    /// The started runs of the store were read after taking over. Until
+    /// then every pass tries again: a run no primary knows of would never
+    /// be finalized (its shim leaves its end on disk only).
+    adopted: bool,
 }
 
 impl Orchestrator {
@@ -154,12 +160,12 @@ impl Orchestrator {
             reschedule: false,
             await_deadline: None,
             settle_on_takeover: true,
+            adopted: false,
         }
     }
 
     /// Runs until the task is aborted (on shutdown).
     pub async fn run(mut self, wake: Arc<Wake>) {
-        self.adopt().await;
         let changed = &wake.notify;
         loop {
             self.wake_controlled(wake.take_controlled());
@@ -215,8 +221,18 @@ impl Orchestrator {
             observe::started_runs(&ws, &reader)
         })
         .await
-        .unwrap_or_default();
+        .flatten();
+        let Some(started) = started else {
+            tracing::warn!("cannot read the started tasks yet; trying again");
+            self.reschedule = true;
+            return;
+        };
+        self.adopted = true;
         let now = Instant::now();
+        // On a retry, runs this primary started meanwhile are its own.
+        let started = started
+            .into_iter()
+            .filter(|(task_id, ..)| !self.runs.contains_key(task_id));
         for (task_id, run_id, started_at) in started {
             // Counted from the recorded start, not from this takeover:
             // otherwise back-to-back failovers would restart the clock and
@@ -229,6 +245,9 @@ impl Orchestrator {
 
     /// One pass: observe (off the event loop), decide, act.
     async fn pass(&mut self) {
+        if !self.adopted {
+            self.adopt().await;
+        }
         self.reap_children();
         let look = self.look();
         let Some(seen) = blocking(move || observe::look(look)).await else {
@@ -237,6 +256,14 @@ impl Orchestrator {
         };
         for (task_id, tail) in seen.tails {
             self.publish_output(&task_id, tail);
+        }
+        for facts in &seen.facts.runs {
+            if let Some(run) = self.runs.get_mut(&facts.task_id)
+                && run.record.is_none()
+                && facts.record.as_ref().is_some_and(|r| r.agent_pid.is_some())
+            {
+                run.record = facts.record.clone();
+            }
         }
         let decision = decide::decide(&seen.facts);
         self.execute(decision, &seen.config).await;
@@ -295,6 +322,7 @@ impl Orchestrator {
                     told_paused: r.told_paused,
                     kill_sent: r.kill_sent,
                     log_offset: r.log_offset,
+                    record: r.record.clone(),
                 })
                 .collect(),
             unconfirmed: self
@@ -332,7 +360,7 @@ impl Orchestrator {
         let keep: std::collections::HashSet<String> =
             decision.still_unconfirmed.into_iter().collect();
         self.unconfirmed.retain(|task, _| keep.contains(task));
-        self.reschedule = decision.retry;
+        self.reschedule = decision.retry || !self.adopted;
         let mut writes = Vec::new();
         let mut starts = Vec::new();
         for action in decision.actions {
@@ -383,6 +411,7 @@ impl Orchestrator {
                         kill_sent: false,
                         log_offset: tail::AT_END,
                         record_watch: None,
+                        record: None,
                     },
                 );
                 None
@@ -545,6 +574,7 @@ impl Orchestrator {
                         kill_sent: false,
                         log_offset: l.log_offset,
                         record_watch: Some(l.record_watch),
+                        record: None,
                     };
                     self.runs.insert(task_id, run);
                 }
