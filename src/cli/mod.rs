@@ -341,6 +341,9 @@ enum Command {
 }
 
 pub fn main() -> i32 {
+    if let Some(spec) = shim_spec() {
+        return shim_main(&spec);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -363,16 +366,54 @@ pub fn main() -> i32 {
     crate::output::run_command(EXIT_OK, EXIT_FAILED, || runtime.block_on(run(cli)))
 }
 
+/// `grove shim SPEC`, exactly as the orchestrator starts it: its path.
+/// Every task start runs it, so it skips the parsing of the whole command
+/// line (any other form goes through clap as usual).
+fn shim_spec() -> Option<PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    let (cmd, spec) = (args.next()?, args.next()?);
+    let plain = cmd == "shim" && !spec.as_encoded_bytes().starts_with(b"-");
+    (plain && args.next().is_none()).then(|| PathBuf::from(spec))
+}
+
+fn shim_main(spec: &std::path::Path) -> i32 {
+    init_tracing(false);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            errln!("grove: cannot start the async runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    runtime.block_on(crate::shim::run(spec))
+}
+
 fn init_tracing(serving: bool) {
-    let default = if serving { "grove=info" } else { "grove=warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GROVE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // `EnvFilter` compiles regexes to parse its directives, a cost every
+    // command (and every task's shim) would pay at start: only for
+    // `GROVE_LOG`, the default is a plain target filter.
+    if std::env::var_os("GROVE_LOG").is_some()
+        && let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("GROVE_LOG")
+    {
+        fmt.with_env_filter(filter).init();
+        return;
+    }
+    let level = if serving {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::WARN
+    };
+    let filter = tracing_subscriber::filter::Targets::new().with_target("grove", level);
+    fmt.finish().with(filter).init();
 }
 
 /// The resolved workspace and its configuration, shared by all commands.

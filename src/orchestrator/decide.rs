@@ -170,10 +170,34 @@ pub fn decide(facts: &Facts) -> Decision {
         supervise(run, &mut d.actions);
     }
     match &facts.slots {
-        Some(slots) => d.actions.extend(starts(slots, facts.max_parallel)),
+        Some(slots) => {
+            let free = facts.max_parallel + ending(&facts.runs);
+            d.actions.extend(starts(slots, free))
+        }
         None => d.retry = true,
     }
     d
+}
+
+/// Runs whose shim is gone while their row still holds a slot. This pass
+/// commits their end before it asks for any start (the store thread
+/// applies writes in order), so their slots count as free now rather than
+/// one pass later; the store thread still checks the limit in the start's
+/// own transaction.
+pub fn ending(runs: &[RunFacts]) -> usize {
+    runs.iter()
+        .filter(|r| !r.alive)
+        .filter(|r| match &r.row {
+            RowFact::Present(row) => {
+                row.run_id.as_deref() == Some(r.run_id.as_str())
+                    && matches!(
+                        row.status,
+                        TaskStatus::Running | TaskStatus::Waiting | TaskStatus::Paused
+                    )
+            }
+            _ => false,
+        })
+        .count()
 }
 
 /// An unconfirmed run: adopted once its shim shows, finalized when it
@@ -283,11 +307,12 @@ fn tell(run: &RunFacts, pause: bool, agent: Option<u32>) -> Option<Action> {
     })
 }
 
-/// Queued tasks to start: priority first, then FIFO, while slots are free.
-/// The store thread checks the limit again inside the start's
-/// transaction, so a stale count can never start more than the limit.
-fn starts(slots: &Slots, max_parallel: usize) -> Vec<Action> {
-    let free = max_parallel.saturating_sub(slots.held);
+/// Queued tasks to start: priority first, then FIFO, while slots are free
+/// (`limit`: `max_parallel` plus the slots this pass frees). The store
+/// thread checks the limit again inside the start's transaction, so a
+/// stale count can never start more than the limit.
+fn starts(slots: &Slots, limit: usize) -> Vec<Action> {
+    let free = limit.saturating_sub(slots.held);
     let mut queued: Vec<&Queued> = slots.queued.iter().collect();
     // The list comes in creation order and the sort is stable.
     queued.sort_by_key(|q| std::cmp::Reverse(q.priority));

@@ -1,6 +1,7 @@
-//! Starting `grove shim` for one run: the spec file, then one fork+exec of
-//! this binary in a session of its own. Blocking (a PATH scan for the
-//! engine, file writes, the fork): called off the event loop.
+//! Starting `grove shim` for one run: the spec file, then one spawn of
+//! this binary in a session of its own (`runs::spawn_shim`: one
+//! `posix_spawn`, no copy of the primary's memory). Blocking (a PATH scan
+//! for the engine, file writes, the spawn): called off the event loop.
 
 use super::engines;
 use super::tail::log_end;
@@ -11,7 +12,7 @@ use crate::runs::{RunFiles, ShimSpec, WorktreeRun};
 
 /// A shim we started: reaped by us.
 pub struct Launched {
-    pub child: std::process::Child,
+    pub pid: u32,
     /// Where the run's live output starts in the task's log.
     pub log_offset: u64,
     /// Wakes the orchestrator when the shim writes its run record (the
@@ -57,19 +58,11 @@ pub fn launch(
     // Before the shim exists, so that none of its writes is missed.
     let record_watch =
         crate::fs_watch::FileWatch::new(&RunFiles::run(ws, &task.id, run_id), RECORD_FALLBACK);
-    let mut cmd = std::process::Command::new(self_exe()?);
-    cmd.arg("shim")
-        .arg(&spec_path)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(shim_log);
-    crate::runs::detach_as_shim(&mut cmd);
-    let child = cmd
-        .spawn()
+    let pid = crate::runs::spawn_shim(&self_exe()?, &spec_path, &shim_log)
         .map_err(|e| format!("cannot start the supervisor: {e}"))?;
-    tracing::info!(task = %task.id, shim = child.id(), "started");
+    tracing::info!(task = %task.id, shim = pid, "started");
     Ok(Launched {
-        child,
+        pid,
         log_offset,
         record_watch,
     })

@@ -92,10 +92,14 @@ struct Run {
     run_id: String,
     shim_pid: u32,
     shim_start: Option<u64>,
-    /// Our own child when we started it (reaped here); `None` if adopted.
-    child: Option<std::process::Child>,
+    /// Our own child (we started it, and reap it); false if adopted.
+    own: bool,
     /// Our child exited and was reaped: its pid may name another process.
     reaped: bool,
+    /// Wakes a pass the moment the shim ends: its exit record is then
+    /// read and committed at once, which frees the slot (the shim itself
+    /// sends no report when its exit record is on disk).
+    exit_watch: crate::proc::ExitWatch,
     /// Whether the shim was last told to pause (`None` when adopted: it is
     /// told once, whatever the row says, in case the old primary died
     /// between committing a pause and signalling it).
@@ -104,6 +108,8 @@ struct Run {
     log_offset: u64,
     /// Until the agent's pid is recorded: the run record's watch.
     record_watch: Option<FileWatch>,
+    /// The run record, once it names the agent (it does not change then).
+    record: Option<crate::runs::RunRecord>,
 }
 
 pub struct Orchestrator {
@@ -128,6 +134,10 @@ pub struct Orchestrator {
     /// Settle the awaits once after taking over: their deadlines may have
     /// passed while no primary ran.
     settle_on_takeover: bool,
+    /// The started runs of the store were read after taking over. Until
+    /// then every pass tries again: a run no primary knows of would never
+    /// be finalized (its shim leaves its end on disk only).
+    adopted: bool,
 }
 
 impl Orchestrator {
@@ -150,12 +160,12 @@ impl Orchestrator {
             reschedule: false,
             await_deadline: None,
             settle_on_takeover: true,
+            adopted: false,
         }
     }
 
     /// Runs until the task is aborted (on shutdown).
     pub async fn run(mut self, wake: Arc<Wake>) {
-        self.adopt().await;
         let changed = &wake.notify;
         loop {
             self.wake_controlled(wake.take_controlled());
@@ -168,13 +178,15 @@ impl Orchestrator {
                     _ = until_ms(self.await_deadline) => {}
                 }
             } else {
-                let records = self
-                    .runs
-                    .values_mut()
-                    .filter_map(|r| r.record_watch.as_mut());
+                let (mut records, mut exits) = (Vec::new(), Vec::new());
+                for run in self.runs.values_mut() {
+                    records.extend(run.record_watch.as_mut());
+                    exits.push(&run.exit_watch);
+                }
                 tokio::select! {
                     _ = changed.notified() => {}
                     _ = crate::fs_watch::any(records) => {}
+                    _ = any_exit(exits.into_iter()) => {}
                     _ = tokio::time::sleep(TICK) => {}
                     _ = until_ms(self.await_deadline) => {}
                 }
@@ -209,8 +221,18 @@ impl Orchestrator {
             observe::started_runs(&ws, &reader)
         })
         .await
-        .unwrap_or_default();
+        .flatten();
+        let Some(started) = started else {
+            tracing::warn!("cannot read the started tasks yet; trying again");
+            self.reschedule = true;
+            return;
+        };
+        self.adopted = true;
         let now = Instant::now();
+        // On a retry, runs this primary started meanwhile are its own.
+        let started = started
+            .into_iter()
+            .filter(|(task_id, ..)| !self.runs.contains_key(task_id));
         for (task_id, run_id, started_at) in started {
             // Counted from the recorded start, not from this takeover:
             // otherwise back-to-back failovers would restart the clock and
@@ -223,6 +245,9 @@ impl Orchestrator {
 
     /// One pass: observe (off the event loop), decide, act.
     async fn pass(&mut self) {
+        if !self.adopted {
+            self.adopt().await;
+        }
         self.reap_children();
         let look = self.look();
         let Some(seen) = blocking(move || observe::look(look)).await else {
@@ -231,6 +256,14 @@ impl Orchestrator {
         };
         for (task_id, tail) in seen.tails {
             self.publish_output(&task_id, tail);
+        }
+        for facts in &seen.facts.runs {
+            if let Some(run) = self.runs.get_mut(&facts.task_id)
+                && run.record.is_none()
+                && facts.record.as_ref().is_some_and(|r| r.agent_pid.is_some())
+            {
+                run.record = facts.record.clone();
+            }
         }
         let decision = decide::decide(&seen.facts);
         self.execute(decision, &seen.config).await;
@@ -260,12 +293,15 @@ impl Orchestrator {
     /// Reaps shims of ours that exited (`waitpid` with `WNOHANG`).
     fn reap_children(&mut self) {
         for run in self.runs.values_mut() {
-            if let Some(child) = run.child.as_mut()
-                && let Ok(Some(_)) = child.try_wait()
-            {
-                run.child = None;
-                run.reaped = true;
-            }
+            reap(run);
+        }
+    }
+
+    /// Stops supervising a run whose shim is gone, reaping it if it is
+    /// ours (it may have ended after this pass's reaping).
+    fn forget(&mut self, task_id: &str) {
+        if let Some(mut run) = self.runs.remove(task_id) {
+            reap(&mut run);
         }
     }
 
@@ -286,6 +322,7 @@ impl Orchestrator {
                     told_paused: r.told_paused,
                     kill_sent: r.kill_sent,
                     log_offset: r.log_offset,
+                    record: r.record.clone(),
                 })
                 .collect(),
             unconfirmed: self
@@ -323,7 +360,7 @@ impl Orchestrator {
         let keep: std::collections::HashSet<String> =
             decision.still_unconfirmed.into_iter().collect();
         self.unconfirmed.retain(|task, _| keep.contains(task));
-        self.reschedule = decision.retry;
+        self.reschedule = decision.retry || !self.adopted;
         let mut writes = Vec::new();
         let mut starts = Vec::new();
         for action in decision.actions {
@@ -357,25 +394,31 @@ impl Orchestrator {
                 shim_start,
             } => {
                 tracing::info!(task = %task_id, shim = shim_pid, "adopted a running task");
+                // Its pid and start time were just seen to match: should
+                // the pid be reused before the watch opens, the pass that
+                // it wakes checks the start time again.
+                let exit_watch = crate::proc::ExitWatch::new(shim_pid, TICK);
                 self.runs.insert(
                     task_id,
                     Run {
                         run_id,
                         shim_pid,
                         shim_start: Some(shim_start),
-                        child: None,
+                        own: false,
                         reaped: false,
+                        exit_watch,
                         told_paused: None,
                         kill_sent: false,
                         log_offset: tail::AT_END,
                         record_watch: None,
+                        record: None,
                     },
                 );
                 None
             }
             Action::Finish { task_id, exit } => {
-                tracing::info!(task = %task_id, "finalizing a run from its exit record");
-                self.runs.remove(&task_id);
+                tracing::debug!(task = %task_id, "finalizing a run from its exit record");
+                self.forget(&task_id);
                 let key = crate::protocol::finished_request_id(&exit.run_id);
                 Some((format!("finish {task_id}"), self.queue_write(key, exit)))
             }
@@ -385,7 +428,7 @@ impl Orchestrator {
                 shim_pid,
             } => {
                 tracing::warn!(task = %task_id, "run lost: no shim, no exit record");
-                self.runs.remove(&task_id);
+                self.forget(&task_id);
                 // Nothing killed what the run had started: kill it here
                 // (`/proc` walks: off the event loop).
                 let (ws, t, r) = (self.ws.clone(), task_id.clone(), run_id.clone());
@@ -520,14 +563,18 @@ impl Orchestrator {
                 Ok(l) => {
                     let run = Run {
                         run_id,
-                        shim_pid: l.child.id(),
+                        shim_pid: l.pid,
                         shim_start: None,
-                        child: Some(l.child),
+                        own: true,
                         reaped: false,
+                        // Our unreaped child: its pid cannot name another
+                        // process yet.
+                        exit_watch: crate::proc::ExitWatch::new(l.pid, TICK),
                         told_paused: Some(false),
                         kill_sent: false,
                         log_offset: l.log_offset,
                         record_watch: Some(l.record_watch),
+                        record: None,
                     };
                     self.runs.insert(task_id, run);
                 }
@@ -582,6 +629,36 @@ impl Orchestrator {
 
 /// A store write on its way: its reply comes after COMMIT.
 type Pending = oneshot::Receiver<WriteResult>;
+
+/// Reaps `run`'s shim if it is our child and has exited.
+fn reap(run: &mut Run) {
+    if run.own && !run.reaped {
+        // SAFETY: waits for one specific child of ours, without blocking.
+        let rc = unsafe { libc::waitpid(run.shim_pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+        // ECHILD too: nothing left to reap under this pid.
+        if rc == run.shim_pid as i32 || rc < 0 {
+            run.reaped = true;
+        }
+    }
+}
+
+/// Resolves when any of the shims ends (never, with none).
+async fn any_exit<'a>(watches: impl Iterator<Item = &'a crate::proc::ExitWatch>) {
+    use std::future::Future;
+    use std::pin::Pin;
+    let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> = watches
+        .map(|w| Box::pin(w.exited()) as Pin<Box<dyn Future<Output = ()> + Send + 'a>>)
+        .collect();
+    std::future::poll_fn(|cx| {
+        for w in waits.iter_mut() {
+            if w.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
 
 /// Sleeps until the Unix-ms time `at` (forever when `None`).
 async fn until_ms(at: Option<u64>) {

@@ -11,6 +11,7 @@ use crate::paths::Workspace;
 use crate::protocol::{TaskRecord, TaskStatus};
 use crate::runs::RunFiles;
 use crate::store::{Reader, TaskFilter};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -34,6 +35,8 @@ pub struct RunState {
     pub told_paused: Option<bool>,
     pub kill_sent: bool,
     pub log_offset: u64,
+    /// The run record as last read, once it named the agent.
+    pub record: Option<crate::runs::RunRecord>,
 }
 
 /// What one look saw.
@@ -56,12 +59,24 @@ pub fn look(l: Look) -> Seen {
         ws: &l.ws,
         reader: &l.reader,
     };
+    // The rows that hold a slot, read once: the slot count, and the row of
+    // every run still running (a look per run only for the others).
+    let holding = reader.holding();
+    let rows: HashMap<&str, Row> = holding
+        .iter()
+        .flatten()
+        .map(|t| (t.id.as_str(), row_of(t)))
+        .collect();
     let mut tails = Vec::new();
-    let runs = l
+    let runs: Vec<_> = l
         .runs
         .iter()
         .map(|r| {
-            let facts = run_facts(&l.ws, &reader, r);
+            let row = match rows.get(r.task_id.as_str()) {
+                Some(row) => RowFact::Present(row.clone()),
+                None => reader.row(&r.task_id),
+            };
+            let facts = run_facts(&l.ws, r, row);
             // After the liveness check: a run that ended has written all
             // its output, which goes out before its end is recorded.
             tails.push((r.task_id.clone(), tail_log(&l.ws, &r.task_id, r.log_offset)));
@@ -78,12 +93,13 @@ pub fn look(l: Look) -> Seen {
             give_up,
         })
         .collect();
+    let ending = super::decide::ending(&runs);
     let facts = Facts {
         now: Instant::now(),
         max_parallel: config.max_parallel,
+        slots: holding.and_then(|h| reader.slots(&h, config.max_parallel + ending)),
         runs,
         unconfirmed,
-        slots: reader.slots(config.max_parallel),
     };
     Seen {
         facts,
@@ -93,7 +109,7 @@ pub fn look(l: Look) -> Seen {
     }
 }
 
-fn run_facts(ws: &Workspace, store: &Store<'_>, r: &RunState) -> RunFacts {
+fn run_facts(ws: &Workspace, r: &RunState, row: RowFact) -> RunFacts {
     let alive = !r.reaped
         && crate::proc::running(r.shim_pid)
         && r.shim_start
@@ -106,12 +122,14 @@ fn run_facts(ws: &Workspace, store: &Store<'_>, r: &RunState) -> RunFacts {
         exit: (!alive)
             .then(|| RunFiles::read_exit(ws, &r.task_id, &r.run_id))
             .flatten(),
-        row: if alive {
-            store.row(&r.task_id)
-        } else {
-            RowFact::Unreadable
+        // Read for an ended run too: whether its end frees a slot.
+        row,
+        // Once it names the agent the record does not change: no need to
+        // read it again on every pass.
+        record: match &r.record {
+            Some(rec) if rec.agent_pid.is_some() => Some(rec.clone()),
+            _ => RunFiles::read_run(ws, &r.task_id, &r.run_id),
         },
-        record: RunFiles::read_run(ws, &r.task_id, &r.run_id),
         told_paused: r.told_paused,
         kill_sent: r.kill_sent,
     }
@@ -194,18 +212,27 @@ impl Store<'_> {
         self.read(|r| r.tasks(&filter))
     }
 
-    /// Slot use, and the queue only when a slot is free.
-    fn slots(&self, max_parallel: usize) -> Option<Slots> {
-        let running = self.tasks(TaskStatus::Running)?;
-        // A task waiting for a permission answer keeps its slot too; an
-        // idle one (its session waits for a follow-up) holds none.
-        let waiting = self.tasks(TaskStatus::Waiting)?;
-        let paused = self.tasks(TaskStatus::Paused)?;
-        let held =
-            running.len() + waiting.len() + paused.iter().filter(|t| t.run_id.is_some()).count();
+    /// The tasks that may hold a slot: running, waiting for a permission
+    /// answer (it keeps its slot), paused. An idle one (its session waits
+    /// for a follow-up) holds none.
+    fn holding(&self) -> Option<Vec<TaskRecord>> {
+        let mut tasks = self.tasks(TaskStatus::Running)?;
+        tasks.extend(self.tasks(TaskStatus::Waiting)?);
+        tasks.extend(self.tasks(TaskStatus::Paused)?);
+        Some(tasks)
+    }
+
+    /// Slot use, and the queue only when a slot is free (`limit`:
+    /// `max_parallel` plus the slots this pass frees).
+    fn slots(&self, holding: &[TaskRecord], limit: usize) -> Option<Slots> {
+        // A paused task keeps its slot only while it has a run.
+        let held = holding
+            .iter()
+            .filter(|t| t.status != TaskStatus::Paused || t.run_id.is_some())
+            .count();
         // Only as many as there are free slots, in start order.
-        let queued = if held < max_parallel {
-            self.read(|r| r.next_queued(max_parallel - held))?
+        let queued = if held < limit {
+            self.read(|r| r.next_queued(limit - held))?
                 .into_iter()
                 .map(|(id, priority)| Queued { id, priority })
                 .collect()
@@ -231,16 +258,18 @@ impl Store<'_> {
 }
 
 /// Every started task's run, for a new primary to confirm: task id, run id,
-/// and when its run was recorded as started (Unix ms). Blocking.
+/// and when its run was recorded as started (Unix ms); `None` when the
+/// store could not be read. Blocking.
 pub fn started_runs(
     ws: &Workspace,
     reader: &Mutex<Option<Reader>>,
-) -> Vec<(String, String, Option<u64>)> {
+) -> Option<Vec<(String, String, Option<u64>)>> {
     let store = Store { ws, reader };
-    store
-        .started()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|t| Some((t.id, t.run_id?, t.started_at)))
-        .collect()
+    Some(
+        store
+            .started()?
+            .into_iter()
+            .filter_map(|t| Some((t.id, t.run_id?, t.started_at)))
+            .collect(),
+    )
 }

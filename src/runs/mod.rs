@@ -10,7 +10,7 @@ pub mod log;
 pub mod signals;
 pub mod tree;
 
-pub use signals::{SYNC as SYNC_SIGNAL, block_control_in_child};
+pub use signals::SYNC as SYNC_SIGNAL;
 pub use tree::{kill_group, kill_leftovers};
 
 use crate::paths::{Workspace, write_atomic, write_replace};
@@ -220,15 +220,96 @@ pub fn write_json_volatile<T: Serialize>(path: &Path, value: &T) -> std::io::Res
     write_replace(path, &bytes)
 }
 
-/// Starts a shim's command the way every shim must start: in a session of
-/// its own (it outlives the primary and its terminal), with its control
-/// signals blocked until it handles them (a cancel right after the start
-/// must not kill it before it can kill its agent).
-pub fn detach_as_shim(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    crate::proc::in_new_session(cmd);
-    // SAFETY: pthread_sigmask is async-signal-safe.
+/// Starts `grove shim SPEC` the way every shim must start: in a session
+/// of its own (it outlives the primary and its terminal), with exactly its
+/// control signals blocked until it handles them (a cancel right after the
+/// start must not kill it before it can kill its agent), SIGPIPE at its
+/// default as std gives every child, stdin and stdout on `/dev/null`,
+/// stderr into `stderr`. Returns its pid; the caller reaps it.
+///
+/// Through `posix_spawn`, which glibc runs as `clone(CLONE_VM |
+/// CLONE_VFORK)`: a fork of the primary would copy its page tables only for
+/// the exec to throw them away again, which cost more than the shim's own
+/// start. No code of ours runs in the child; glibc's `setsid`, mask and
+/// dup2 steps stand in for what a `pre_exec` would do.
+pub fn spawn_shim(exe: &Path, spec: &Path, stderr: &std::fs::File) -> std::io::Result<u32> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |b: &[u8]| CString::new(b).map_err(std::io::Error::other);
+    let argv = [
+        c(exe.as_os_str().as_bytes())?,
+        c(b"shim")?,
+        c(spec.as_os_str().as_bytes())?,
+    ];
+    // The environment as std sees it (its own lock guards `environ`).
+    let envs = std::env::vars_os()
+        .map(|(k, v)| c(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut argv_p: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr() as *mut _).collect();
+    argv_p.push(std::ptr::null_mut());
+    let mut envp: Vec<*mut libc::c_char> = envs.iter().map(|e| e.as_ptr() as *mut _).collect();
+    envp.push(std::ptr::null_mut());
+    let null = c(b"/dev/null")?;
+    let check = |rc: libc::c_int| match rc {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    };
+    // SAFETY: the attribute and file-action objects are initialised before
+    // use and destroyed on every path; every pointer handed to
+    // `posix_spawn` (argv, envp, paths) outlives the call, which copies
+    // what it needs before returning.
     unsafe {
-        cmd.pre_exec(block_control_in_child);
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(e);
+        }
+        let mut pid: libc::pid_t = 0;
+        let result = (|| {
+            check(libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                0,
+                null.as_ptr(),
+                libc::O_RDONLY,
+                0,
+            ))?;
+            check(libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                1,
+                null.as_ptr(),
+                libc::O_WRONLY,
+                0,
+            ))?;
+            // dup2 clears close-on-exec on the copy.
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut actions,
+                stderr.as_raw_fd(),
+                2,
+            ))?;
+            let mask = signals::control_set();
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &mask))?;
+            let mut default: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut default);
+            libc::sigaddset(&mut default, libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &default))?;
+            let flags = libc::POSIX_SPAWN_SETSID
+                | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short
+                | libc::POSIX_SPAWN_SETSIGDEF as libc::c_short;
+            check(libc::posix_spawnattr_setflags(&mut attr, flags))?;
+            check(libc::posix_spawn(
+                &mut pid,
+                argv[0].as_ptr(),
+                &actions,
+                &attr,
+                argv_p.as_ptr(),
+                envp.as_ptr(),
+            ))
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        result.map(|()| pid as u32)
     }
 }

@@ -4,9 +4,8 @@
 //! read it" (pause or resume). Every one of them kills a process by
 //! default, so a shim signalled before its handlers exist would die and
 //! orphan its agent, or leave a half-written record behind. The primary
-//! therefore starts the shim with them blocked (in `pre_exec`, which runs
-//! after std has set up the child: std keeps the parent's mask, it does not
-//! reset it); they stay pending until the shim has installed its handlers
+//! therefore starts the shim with them blocked (the mask `posix_spawn`
+//! sets in the child, `super::spawn_shim`); they stay pending until the shim has installed its handlers
 //! and started the agent, and a cancel that arrived meanwhile is seen by
 //! `cancel_pending` before any agent exists.
 
@@ -40,10 +39,10 @@ fn set_mask(how: libc::c_int, signals: &[libc::c_int]) -> io::Result<()> {
     }
 }
 
-/// For the primary's `pre_exec` of a shim: exactly the control signals
-/// blocked, whatever the forking thread had. Async-signal-safe.
-pub fn block_control_in_child() -> io::Result<()> {
-    set_mask(libc::SIG_SETMASK, &CONTROL)
+/// The mask a shim starts with: exactly the control signals blocked,
+/// whatever the spawning thread had (`super::spawn_shim`).
+pub fn control_set() -> libc::sigset_t {
+    set_of(&CONTROL)
 }
 
 /// For the shim's `pre_exec` of the agent: nothing blocked and nothing

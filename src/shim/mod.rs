@@ -9,9 +9,10 @@
 //! (which stops while the task is paused), pauses and resumes the agent,
 //! kills every process of the task on cancel, timeout or exit (`tree`:
 //! TERM, grace, KILL; daemons included, the shim being their subreaper),
-//! writes the exit status atomically beside the log, and reports it to
-//! whichever instance is primary by then. A worktree task's worktree is
-//! made (and set up) first, by the shim, as part of the run (`worktree`).
+//! and writes the exit status atomically beside the log, where whichever
+//! instance is primary by then reads it when the shim ends. A worktree
+//! task's worktree is made (and set up) first, by the shim, as part of the
+//! run (`worktree`).
 
 mod acp;
 mod supervise;
@@ -103,10 +104,14 @@ pub async fn run(spec_path: &Path) -> i32 {
         let tail = conclusion::read_tail(&log, log_start);
         exit.conclusion = Some(conclusion::from_output(&tail, exit.outcome, exit.exit_code));
     }
+    // The exit record is the report: whichever primary supervises the run
+    // is woken by this process's end (a pidfd) and commits the run's end
+    // from the record, and a primary that takes over later finds it too.
+    // Only without a record does the shim tell the primary itself.
     if let Err(e) = write_json(&RunFiles::exit(&ws, &spec.task_id, &spec.run_id), &exit) {
-        errln!("grove shim: cannot write the exit record: {e}");
+        errln!("grove shim: cannot write the exit record: {e}; reporting instead");
+        report(&ws, &spec, &exit).await;
     }
-    report(&ws, &spec, &exit).await;
     0
 }
 

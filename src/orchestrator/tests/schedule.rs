@@ -109,3 +109,55 @@ fn finalizing_comes_before_starting() {
         }
     );
 }
+
+#[test]
+fn a_run_that_ended_frees_its_slot_in_the_same_pass() {
+    // Full at max_parallel 2, but one shim is gone while its row still
+    // says running: its end is committed before the starts, so one queued
+    // task starts now, after the finish, not one pass later.
+    let mut f = facts();
+    f.runs = vec![
+        run("ended", TaskStatus::Running),
+        run("live", TaskStatus::Running),
+    ];
+    f.runs[0].alive = false;
+    f.runs[0].exit = Some(exit("ended", 0));
+    f.slots = Some(Slots {
+        held: 2,
+        queued: vec![queued("next", 0), queued("later", 0)],
+    });
+    let d = decide(&f);
+    assert_eq!(started(&d), ["next"]);
+    let finish = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::Finish { .. }));
+    let start = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::Start { .. }));
+    assert!(
+        finish.unwrap() < start.unwrap(),
+        "the finish comes first: {:?}",
+        d.actions
+    );
+
+    // Its row already ended (or is about another run): no slot to free.
+    for row in [
+        RowFact::Present(Row {
+            status: TaskStatus::Completed,
+            run_id: Some("r-ended".into()),
+            pid: None,
+        }),
+        RowFact::Present(Row {
+            status: TaskStatus::Running,
+            run_id: Some("r-other".into()),
+            pid: None,
+        }),
+        RowFact::Gone,
+        RowFact::Unreadable,
+    ] {
+        f.runs[0].row = row.clone();
+        assert!(started(&decide(&f)).is_empty(), "{row:?}");
+    }
+}
