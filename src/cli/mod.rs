@@ -352,15 +352,8 @@ pub fn main() -> i32 {
         }
     };
     init_tracing(matches!(cli.command, Command::Serve { .. }));
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            errln!("grove: cannot start the async runtime: {e}");
-            return EXIT_FAILED;
-        }
+    let Some(runtime) = runtime() else {
+        return EXIT_FAILED;
     };
     // A closed stdout (`grove list | head -1`) ends the command quietly.
     crate::output::run_command(EXIT_OK, EXIT_FAILED, || runtime.block_on(run(cli)))
@@ -378,17 +371,19 @@ fn shim_spec() -> Option<PathBuf> {
 
 fn shim_main(spec: &std::path::Path) -> i32 {
     init_tracing(false);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            errln!("grove: cannot start the async runtime: {e}");
-            return EXIT_FAILED;
-        }
+    let Some(runtime) = runtime() else {
+        return EXIT_FAILED;
     };
     runtime.block_on(crate::shim::run(spec))
+}
+
+/// Every command's one-thread runtime (`None`: could not start, said why).
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| errln!("grove: cannot start the async runtime: {e}"))
+        .ok()
 }
 
 fn init_tracing(serving: bool) {
