@@ -14,6 +14,7 @@ mod rows;
 pub mod schema;
 pub mod tasks;
 mod txn;
+mod upkeep;
 pub mod writer;
 
 pub use promotions::Promotion;

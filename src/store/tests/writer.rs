@@ -331,7 +331,7 @@ fn retention_keeps_the_conversation_of_a_live_task() {
         ledger_ms: u64::MAX / 4,
     };
     let mut floor = 0;
-    let (pruned, _) = super::prune(&conn, retention, &mut floor).unwrap();
+    let (pruned, _) = crate::store::upkeep::prune(&conn, retention, &mut floor).unwrap();
     assert!(pruned > 0);
     assert_eq!(conversation(&conn, &kept), 1, "a live task's update stays");
     assert_eq!(conversation(&conn, &gone), 0, "a deleted task's goes");
