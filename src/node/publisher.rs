@@ -91,9 +91,12 @@ pub(super) async fn publish_loop(
         if let Err(e) = publisher.send(msg).await {
             tracing::debug!("publish failed: {e}");
         }
-        if crate::web::notify::follows(&event.data) && notify.try_send(event).is_err() {
+        if crate::web::notify::follows(&event.data)
+            && let Err(mpsc::error::TrySendError::Full(_)) = notify.try_send(event)
+        {
             // Full only while the follower cannot keep up with thousands of
             // task events (a notification is not data: the store has it all).
+            // Closed is the follower stopped with the role: nothing to say.
             notify_dropped += 1;
             if notify_dropped.is_power_of_two() {
                 tracing::warn!("notify follower behind: {notify_dropped} task events not told");

@@ -269,6 +269,14 @@ pub fn spawn_shim(exe: &Path, spec: &Path, stderr: &std::fs::File) -> std::io::R
         }
         let mut pid: libc::pid_t = 0;
         let result = (|| {
+            // dup2 clears close-on-exec on the copy. First: the log's fd may
+            // be 0 or 1 (a primary started with them closed), which the
+            // opens of /dev/null below would close under it.
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut actions,
+                stderr.as_raw_fd(),
+                2,
+            ))?;
             check(libc::posix_spawn_file_actions_addopen(
                 &mut actions,
                 0,
@@ -282,12 +290,6 @@ pub fn spawn_shim(exe: &Path, spec: &Path, stderr: &std::fs::File) -> std::io::R
                 null.as_ptr(),
                 libc::O_WRONLY,
                 0,
-            ))?;
-            // dup2 clears close-on-exec on the copy.
-            check(libc::posix_spawn_file_actions_adddup2(
-                &mut actions,
-                stderr.as_raw_fd(),
-                2,
             ))?;
             let mask = signals::control_set();
             check(libc::posix_spawnattr_setsigmask(&mut attr, &mask))?;
