@@ -61,6 +61,15 @@ struct Connection {
     probed: bool,
 }
 
+/// A fresh request id for a write. Time-ordered (UUIDv7), so that the
+/// ledger, whose key it is, grows at its right edge: a random key puts every
+/// write's reply on its own B-tree page, and group commit then writes one
+/// WAL page per write instead of sharing pages (see docs/design.md, Store).
+/// Task ids stay random: users type their prefixes.
+pub fn new_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 pub struct Client {
     ws: Workspace,
     rpc_timeout: Duration,
@@ -95,10 +104,9 @@ impl Client {
         self.max_epoch_seen
     }
 
-    /// Calls a method with a fresh request id.
+    /// Calls a method with a fresh request id ([`new_request_id`]).
     pub async fn call(&mut self, method: Method) -> Result<ReplyBody, ClientError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        self.call_with_id(&id, method).await
+        self.call_with_id(&new_request_id(), method).await
     }
 
     /// Calls a method with the caller's request id: calling again with the

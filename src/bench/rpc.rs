@@ -262,6 +262,7 @@ fn store_ceiling(writes: usize) -> Result<f64, String> {
         let tx = conn.transaction().map_err(e)?;
         for _ in 0..CEILING_BATCH {
             let id = uuid::Uuid::new_v4().to_string();
+            let request_id = crate::client::new_request_id();
             tx.prepare_cached(
                 "INSERT INTO tasks VALUES (?1, 'queued', 'sleep 3000', 'shell', 0, ?2, ?3)",
             )
@@ -273,7 +274,7 @@ fn store_ceiling(writes: usize) -> Result<f64, String> {
             .and_then(|mut s| s.execute(rusqlite::params![done as i64, id, record]))
             .map_err(e)?;
             tx.prepare_cached("INSERT INTO ledger VALUES (?1, 'bench', 'task.create', ?2, ?3, 0)")
-                .and_then(|mut s| s.execute(rusqlite::params![id, done as i64, record]))
+                .and_then(|mut s| s.execute(rusqlite::params![request_id, done as i64, record]))
                 .map_err(e)?;
             done += 1;
         }

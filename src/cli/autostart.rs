@@ -18,7 +18,7 @@ impl Context {
         let mut client = self.client();
         let id = request_id
             .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(crate::client::new_request_id);
         match client.call_with_id(&id, method.clone()).await {
             Err(ClientError::NoPrimary { .. }) if self.autostart => {
                 self.start_member().await?;

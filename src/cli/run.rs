@@ -232,7 +232,7 @@ async fn create(
     method: Method,
     interrupt: &mut Interrupt,
 ) -> Result<Option<(TaskRecord, Option<GoalRecord>)>, CliError> {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = crate::client::new_request_id();
     let call = async {
         let reply = ctx.call(method, Some(&request_id)).await;
         #[cfg(feature = "test-hooks")]

@@ -116,7 +116,7 @@ async fn call(
     let mut client = Client::new(&board.ws, &config, "web");
     let id = request_id
         .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(crate::client::new_request_id);
     match client.call_with_id(&id, method).await {
         Ok(reply) => Ok(Json(json!({ "ok": reply }))),
         Err(e) => Err(refused(e)),
