@@ -56,9 +56,23 @@ pub fn stdout_bytes(bytes: &[u8]) {
     }
 }
 
+/// Written before every [`errln!`] line of this process (see
+/// [`set_stderr_prefix`]).
+static STDERR_PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process on each of its stderr lines: every shim of a
+/// workspace writes to the same `run/shims.log`.
+pub fn set_stderr_prefix(prefix: String) {
+    let _ = STDERR_PREFIX.set(prefix);
+}
+
 /// Writes formatted text to stderr; errors are ignored (used by [`errln!`]).
+/// One `write` per call: lines of processes sharing an append-only log
+/// file do not interleave mid-line.
 pub fn stderr_fmt(args: std::fmt::Arguments<'_>) {
-    let _ = io::stderr().lock().write_fmt(args);
+    let prefix = STDERR_PREFIX.get().map_or("", String::as_str);
+    let line = format!("{prefix}{args}");
+    let _ = io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// stdout as an `io::Write`, for APIs that want a writer (completions).

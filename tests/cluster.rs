@@ -297,3 +297,32 @@ fn explicit_request_id_is_idempotent_across_failover() {
     assert_eq!(first, after, "the new primary answers from the ledger");
     assert_eq!(g.db().tasks(&Default::default()).unwrap().len(), 1);
 }
+
+/// A waiting secondary keeps the store's WAL index (`grove.db-shm`) mapped,
+/// so that after a `kill -9` of the primary its promotion does not rebuild
+/// the index from the whole WAL (see docs/design.md, Promotion); and it
+/// still promotes, with every write before the crash kept.
+#[test]
+fn a_waiting_secondary_keeps_the_wal_index_for_its_promotion() {
+    let mut g = Grove::new();
+    g.serve();
+    let (primary, epoch) = g.wait_primary();
+    let second = g.serve();
+    g.wait_secondaries_at(1, epoch);
+    let secondary = g.members[second].pid;
+    let maps_shm = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map(|m| m.contains("grove.db-shm"))
+            .unwrap_or(false)
+    };
+    wait_for("the secondary maps the WAL index", DEADLINE, || {
+        maps_shm(secondary).then_some(())
+    });
+    let before = g.task_create("echo before the crash");
+    g.member_by_pid(primary).signal(libc::SIGKILL);
+    let (new_primary, new_epoch) = g.wait_new_primary(primary, epoch);
+    assert_eq!((new_primary, new_epoch), (secondary, epoch + 1));
+    assert!(g.db().task(&before).unwrap().is_some());
+    let after = g.task_create("echo after the crash");
+    assert!(g.db().task(&after).unwrap().is_some());
+}

@@ -309,6 +309,7 @@ enum Command {
         json: bool,
     },
     /// Supervise one run of a task (started by the primary, not by users).
+    /// SPEC is `-` (the spec on stdin) or a spec file.
     #[command(hide = true)]
     Shim { spec: PathBuf },
     /// The agent of a task delegated to another workspace (the `delegate`
@@ -359,13 +360,15 @@ pub fn main() -> i32 {
     crate::output::run_command(EXIT_OK, EXIT_FAILED, || runtime.block_on(run(cli)))
 }
 
-/// `grove shim SPEC`, exactly as the orchestrator starts it: its path.
+/// `grove shim SPEC`, exactly as the orchestrator starts it (`-`: the spec
+/// on stdin) or with a spec file.
 /// Every task start runs it, so it skips the parsing of the whole command
 /// line (any other form goes through clap as usual).
 fn shim_spec() -> Option<PathBuf> {
     let mut args = std::env::args_os().skip(1);
     let (cmd, spec) = (args.next()?, args.next()?);
-    let plain = cmd == "shim" && !spec.as_encoded_bytes().starts_with(b"-");
+    let spec_bytes = spec.as_encoded_bytes();
+    let plain = cmd == "shim" && (spec_bytes == b"-" || !spec_bytes.starts_with(b"-"));
     (plain && args.next().is_none()).then(|| PathBuf::from(spec))
 }
 

@@ -132,6 +132,9 @@ async fn follow_or_lead(
 
     let lock_path = opts.ws.lock_path();
     let mut lock = acquire(&lock_path)?;
+    // A secondary's open store connection, kept until the promotion it
+    // won has opened its own (see `secondary::hold_wal_index`).
+    let mut warm = None;
     let mut rebuild = Rebuild::default();
     let result = loop {
         if *shutdown.borrow() {
@@ -143,7 +146,14 @@ async fn follow_or_lead(
             // on it would make a second primary beside the one that holds
             // the workspace's current lock file.
             Some(held) if !held.is_at(&lock_path) => Ok(true),
-            Some(held) => match primary::run(&identity, &opts, &live, held, shutdown.clone()).await
+            Some(held) => match primary::run(
+                &identity,
+                &opts,
+                &live,
+                (held, warm.take()),
+                shutdown.clone(),
+            )
+            .await
             {
                 Ok(primary::Ended::Stopped) => break Ok(()),
                 Ok(primary::Ended::Rebind) => Ok(false),
@@ -151,8 +161,9 @@ async fn follow_or_lead(
                 Err(e) => Err(e),
             },
             None => match secondary::run(&identity, &opts, &live, shutdown.clone()).await {
-                Ok(secondary::Followed::Promote(held)) => {
+                Ok(secondary::Followed::Promote(held, wal_index)) => {
                     lock = Some(held);
+                    warm = wal_index;
                     continue;
                 }
                 Ok(secondary::Followed::Stopped) => break Ok(()),
@@ -160,6 +171,8 @@ async fn follow_or_lead(
                 Err(e) => Err(e),
             },
         };
+        // Only the promotion right after a secondary's win uses it.
+        warm = None;
         let state_gone = match ran {
             Ok(gone) => {
                 rebuild.failures = 0;

@@ -24,7 +24,7 @@ pub async fn run(
     me: &Identity,
     opts: &NodeOptions,
     live: &Arc<LiveConfig>,
-    lock: PrimaryLock,
+    lock: (PrimaryLock, Option<crate::store::Reader>),
     shutdown: watch::Receiver<bool>,
 ) -> Result<Ended, NodeError> {
     // Instrumented, not entered (a guard must not be held across `.await`);
@@ -40,7 +40,7 @@ async fn promote_and_serve(
     me: &Identity,
     opts: &NodeOptions,
     live: &Arc<LiveConfig>,
-    lock: PrimaryLock,
+    (lock, wal_index): (PrimaryLock, Option<crate::store::Reader>),
     shutdown: watch::Receiver<bool>,
 ) -> Result<Ended, NodeError> {
     let ws = &opts.ws;
@@ -64,6 +64,8 @@ async fn promote_and_serve(
     //    every epoch this workspace had, even in a deleted `.grove`.
     let floor = state::epoch_mark(ws);
     let promotion = writer::promote(&ws.db_path(), &me.instance_id, me.pid, floor, &won)?;
+    // Open until ours is: the WAL index was not rebuilt (`secondary`).
+    drop(wal_index);
     let epoch = promotion.epoch;
     let guard = StateGuard::new(ws, &lock);
     tracing::Span::current().record("epoch", epoch);

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 /// How following the primary ended.
 pub enum Followed {
     /// This member won the lock: it must promote.
-    Promote(PrimaryLock),
+    Promote(PrimaryLock, Option<crate::store::Reader>),
     /// Asked to stop.
     Stopped,
     /// The lock file waited on is no longer the workspace's (`.grove` was
@@ -52,7 +52,11 @@ pub async fn run(
         started_at: me.started_at,
     });
     tracing::info!("secondary: waiting on the election lock");
+    let mut wal_index = None;
     loop {
+        if wal_index.is_none() {
+            wal_index = hold_wal_index(&opts.ws);
+        }
         watch.poll();
         let current_epoch = watch.current().map(|r| r.epoch).unwrap_or(0);
         let need_hello = current_epoch != 0 && current_epoch != registered_epoch;
@@ -65,7 +69,7 @@ pub async fn run(
                 return match lock {
                     Ok(lock) => {
                         tracing::info!("won the election lock: promoting");
-                        Ok(Followed::Promote(lock))
+                        Ok(Followed::Promote(lock, wal_index.take()))
                     }
                     Err(_) => Err(NodeError::Io {
                         what: "the lock waiter died".into(),
@@ -104,6 +108,20 @@ pub async fn run(
             }
         }
     }
+}
+
+/// A read-only connection that has read the store once, kept open while
+/// this member waits, and handed to the promotion, which drops it once its
+/// read-write connection is open. While any connection is open, SQLite
+/// keeps the shared WAL index (`grove.db-shm`); when the primary is killed
+/// and nobody has it open, the next opener (the new primary, on the
+/// failover's critical path) rebuilds it by reading the whole WAL, up to
+/// 4,000 frames (see docs/design.md, Promotion). It holds no transaction,
+/// so it never holds back a checkpoint. `None` while there is no store.
+fn hold_wal_index(ws: &crate::paths::Workspace) -> Option<crate::store::Reader> {
+    let reader = crate::store::Reader::open(&ws.db_path()).ok()?;
+    reader.epoch().ok()?;
+    Some(reader)
 }
 
 /// The epoch this member is registered with after a `hello` reply (`None`

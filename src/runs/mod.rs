@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// What the primary asks the shim to run (`.grove/run/<task>.spec.json`).
+/// What the primary asks the shim to run (written to the shim's stdin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShimSpec {
     pub task_id: String,
@@ -154,6 +154,8 @@ impl RunFiles {
     pub fn dir(ws: &Workspace) -> PathBuf {
         ws.state_dir.join("run")
     }
+    /// Where shims of older versions were handed their spec: removed with
+    /// the task.
     pub fn spec(ws: &Workspace, task: &str) -> PathBuf {
         Self::dir(ws).join(format!("{task}.spec.json"))
     }
@@ -166,8 +168,35 @@ impl RunFiles {
     pub fn log(ws: &Workspace, task: &str) -> PathBuf {
         ws.logs_dir().join(format!("{task}.log"))
     }
-    pub fn shim_log(ws: &Workspace, task: &str) -> PathBuf {
+    /// Every shim's stderr, one file for the workspace (lines name their
+    /// task): a file per task was an inode created on every task start.
+    pub fn shim_log(ws: &Workspace) -> PathBuf {
+        Self::dir(ws).join("shims.log")
+    }
+    /// Where shims of older versions logged: removed with the task.
+    fn old_shim_log(ws: &Workspace, task: &str) -> PathBuf {
         Self::dir(ws).join(format!("{task}.shim.log"))
+    }
+
+    /// Opens the shims' log for appending (0600), moving it aside to
+    /// `shims.log.old` first once it holds [`SHIM_LOG_LIMIT`] bytes, so it
+    /// stays bounded. Shims write to it only when something went wrong.
+    pub fn open_shim_log(ws: &Workspace) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = Self::shim_log(ws);
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+        };
+        let file = open()?;
+        if file.metadata()?.len() < SHIM_LOG_LIMIT {
+            return Ok(file);
+        }
+        std::fs::rename(&path, path.with_extension("log.old"))?;
+        open()
     }
 
     pub fn read_run(ws: &Workspace, task: &str, run_id: &str) -> Option<RunRecord> {
@@ -189,7 +218,7 @@ impl RunFiles {
         }
         let _ = std::fs::remove_file(Self::log(ws, task));
         let _ = std::fs::remove_file(Self::spec(ws, task));
-        let _ = std::fs::remove_file(Self::shim_log(ws, task));
+        let _ = std::fs::remove_file(Self::old_shim_log(ws, task));
         if let Ok(entries) = std::fs::read_dir(Self::dir(ws)) {
             let prefix = format!("{task}.");
             for e in entries.flatten() {
@@ -200,6 +229,9 @@ impl RunFiles {
         }
     }
 }
+
+/// Size at which `run/shims.log` is moved aside (one older file is kept).
+pub const SHIM_LOG_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// Writes a record atomically and durably (fsync): for the exit record,
 /// the only trace of how a run ended until the primary has recorded it.
@@ -220,28 +252,30 @@ pub fn write_json_volatile<T: Serialize>(path: &Path, value: &T) -> std::io::Res
     write_replace(path, &bytes)
 }
 
-/// Starts `grove shim SPEC` the way every shim must start: in a session
+/// Starts `grove shim -` the way every shim must start: in a session
 /// of its own (it outlives the primary and its terminal), with exactly its
 /// control signals blocked until it handles them (a cancel right after the
 /// start must not kill it before it can kill its agent), SIGPIPE at its
-/// default as std gives every child, stdin and stdout on `/dev/null`,
-/// stderr into `stderr`. Returns its pid; the caller reaps it.
+/// default as std gives every child, stdin on `spec` (a pipe the caller
+/// writes the run's spec into: a spec file was one more inode created per
+/// task start), stdout on `/dev/null`, stderr into `stderr`. Returns its
+/// pid; the caller reaps it.
 ///
 /// Through `posix_spawn`, which glibc runs as `clone(CLONE_VM |
 /// CLONE_VFORK)`: a fork of the primary would copy its page tables only for
 /// the exec to throw them away again, which cost more than the shim's own
 /// start. No code of ours runs in the child; glibc's `setsid`, mask and
 /// dup2 steps stand in for what a `pre_exec` would do.
-pub fn spawn_shim(exe: &Path, spec: &Path, stderr: &std::fs::File) -> std::io::Result<u32> {
+pub fn spawn_shim(
+    exe: &Path,
+    spec: &std::io::PipeReader,
+    stderr: &std::fs::File,
+) -> std::io::Result<u32> {
     use std::ffi::CString;
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
     let c = |b: &[u8]| CString::new(b).map_err(std::io::Error::other);
-    let argv = [
-        c(exe.as_os_str().as_bytes())?,
-        c(b"shim")?,
-        c(spec.as_os_str().as_bytes())?,
-    ];
+    let argv = [c(exe.as_os_str().as_bytes())?, c(b"shim")?, c(b"-")?];
     // The environment as std sees it (its own lock guards `environ`).
     let envs = std::env::vars_os()
         .map(|(k, v)| c(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
@@ -269,19 +303,19 @@ pub fn spawn_shim(exe: &Path, spec: &Path, stderr: &std::fs::File) -> std::io::R
         }
         let mut pid: libc::pid_t = 0;
         let result = (|| {
-            // dup2 clears close-on-exec on the copy. First: the log's fd may
-            // be 0 or 1 (a primary started with them closed), which the
-            // opens of /dev/null below would close under it.
+            // dup2 clears close-on-exec on the copy. The log's and the
+            // pipe's fds may be 0, 1 or 2 (a primary started with them
+            // closed): each is first copied above 2, so that no dup2 onto
+            // 0-2 closes one still to be copied.
+            let (log, pipe) = (high_fd(stderr.as_raw_fd())?, high_fd(spec.as_raw_fd())?);
             check(libc::posix_spawn_file_actions_adddup2(
                 &mut actions,
-                stderr.as_raw_fd(),
+                log.0,
                 2,
             ))?;
-            check(libc::posix_spawn_file_actions_addopen(
+            check(libc::posix_spawn_file_actions_adddup2(
                 &mut actions,
-                0,
-                null.as_ptr(),
-                libc::O_RDONLY,
+                pipe.0,
                 0,
             ))?;
             check(libc::posix_spawn_file_actions_addopen(
@@ -313,5 +347,69 @@ pub fn spawn_shim(exe: &Path, spec: &Path, stderr: &std::fs::File) -> std::io::R
         libc::posix_spawnattr_destroy(&mut attr);
         libc::posix_spawn_file_actions_destroy(&mut actions);
         result.map(|()| pid as u32)
+    }
+}
+
+/// An fd above 2 for `fd`: itself, or a close-on-exec copy (closed on drop).
+fn high_fd(fd: std::os::fd::RawFd) -> std::io::Result<HighFd> {
+    if fd > 2 {
+        return Ok(HighFd(fd, false));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on an fd we hold; the copy is ours to close.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(HighFd(copy, true))
+}
+
+/// See [`high_fd`]: `.1` says whether `.0` is a copy of ours.
+struct HighFd(std::os::fd::RawFd, bool);
+
+impl Drop for HighFd {
+    fn drop(&mut self) {
+        if self.1 {
+            // SAFETY: a copy made by `high_fd`, closed once.
+            unsafe { libc::close(self.0) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_shims_log_is_appended_to_and_moved_aside_at_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::resolve(dir.path()).unwrap();
+        std::fs::create_dir_all(RunFiles::dir(&ws)).unwrap();
+        let path = RunFiles::shim_log(&ws);
+        RunFiles::open_shim_log(&ws)
+            .unwrap()
+            .write_all(b"one\n")
+            .unwrap();
+        RunFiles::open_shim_log(&ws)
+            .unwrap()
+            .write_all(b"two\n")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // At the limit: the full file becomes `shims.log.old`, a new one starts.
+        let full = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        full.set_len(SHIM_LOG_LIMIT).unwrap();
+        RunFiles::open_shim_log(&ws)
+            .unwrap()
+            .write_all(b"three\n")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
+        let old = path.with_extension("log.old");
+        assert_eq!(std::fs::metadata(old).unwrap().len(), SHIM_LOG_LIMIT);
     }
 }

@@ -30,19 +30,32 @@ use crate::protocol::{ExitOutcome, Method};
 use std::path::Path;
 use std::time::Duration;
 
-/// Entry point of `grove shim SPEC`. Returns the process exit code.
+/// Entry point of `grove shim SPEC`, where SPEC is `-` (the spec on stdin,
+/// as the primary starts every shim) or a file. Returns the process exit
+/// code.
 pub async fn run(spec_path: &Path) -> i32 {
     signals::block_control();
-    let spec: ShimSpec = match std::fs::read(spec_path)
+    let from_stdin = spec_path == Path::new("-");
+    let read = if from_stdin {
+        read_stdin()
+    } else {
+        std::fs::read(spec_path)
+    };
+    let spec: ShimSpec = match read
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
     {
         Ok(s) => s,
         Err(e) => {
-            errln!("grove shim: cannot read {}: {e}", spec_path.display());
+            errln!(
+                "grove shim: cannot read the spec from {}: {e}",
+                spec_path.display()
+            );
             return 2;
         }
     };
+    // Every shim of the workspace logs to one file: name our lines.
+    crate::output::set_stderr_prefix(format!("[task {} run {}] ", spec.task_id, spec.run_id));
     let ws = match Workspace::resolve(&spec.workspace) {
         Ok(w) => w,
         Err(e) => {
@@ -113,6 +126,20 @@ pub async fn run(spec_path: &Path) -> i32 {
         report(&ws, &spec, &exit).await;
     }
     0
+}
+
+/// The spec from stdin, to its end; then stdin is `/dev/null`, so that
+/// nothing the shim starts inherits the pipe.
+fn read_stdin() -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut bytes)?;
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 of an fd we hold onto fd 0, which nothing else uses now.
+    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(bytes)
 }
 
 fn still_wanted(ws: &Workspace, spec: &ShimSpec) -> bool {
