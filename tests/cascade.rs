@@ -106,8 +106,7 @@ fn a_chain_of_ten_thousand_cancels_relaunches_and_survives_failover() {
         ".grove/run/{root}.{}.run.json",
         run.run_id.clone().unwrap()
     ));
-    let rec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&run_file).unwrap()).unwrap();
+    let rec = read_run_record(&run_file).expect("the root's run record");
     unsafe {
         libc::kill(rec["shim_pid"].as_i64().unwrap() as i32, libc::SIGKILL);
         libc::kill(-(rec["agent_pid"].as_i64().unwrap() as i32), libc::SIGKILL);

@@ -244,7 +244,7 @@ fn run_record(g: &Grove, id: &str) -> Value {
             if !(name.starts_with(id) && name.ends_with(".run.json")) {
                 return None;
             }
-            let v: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            let v = read_run_record(&e.path())?;
             v["agent_pid"].is_u64().then_some(v)
         })
     })

@@ -28,6 +28,7 @@ pub fn launch(
     ws: &Workspace,
     task: &TaskRecord,
     run_id: &str,
+    epoch: u64,
 ) -> Result<Launched, String> {
     let launch = engines::launch(config, &ws.root, task).map_err(|e| e.to_string())?;
     let spec = ShimSpec {
@@ -46,6 +47,7 @@ pub fn launch(
         conclusion: task.spec.want_conclusion || task.spec.parent_id.is_some(),
         timeout_ms: task.spec.timeout_ms,
         grace_ms: config.kill_grace_ms,
+        epoch,
     };
     let bytes = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
     let shim_log = RunFiles::open_shim_log(ws).map_err(|e| {
@@ -56,8 +58,12 @@ pub fn launch(
     })?;
     let log_offset = log_end(ws, &task.id);
     // Before the shim exists, so that none of its writes is missed.
-    let record_watch =
-        crate::fs_watch::FileWatch::new(&RunFiles::run(ws, &task.id, run_id), RECORD_FALLBACK);
+    // With its writes: the shim appends the agent's pid to the file it
+    // created (and closes it each time).
+    let record_watch = crate::fs_watch::FileWatch::with_writes(
+        &RunFiles::run(ws, &task.id, run_id),
+        RECORD_FALLBACK,
+    );
     let (spec_out, mut spec_in) =
         std::io::pipe().map_err(|e| format!("cannot make the supervisor's pipe: {e}"))?;
     let pid = crate::runs::spawn_shim(&self_exe()?, &spec_out, &shim_log)

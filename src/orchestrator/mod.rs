@@ -543,12 +543,12 @@ impl Orchestrator {
         if started.is_empty() {
             return;
         }
-        let (ws, cfg) = (self.ws.clone(), config.clone());
+        let (ws, cfg, epoch) = (self.ws.clone(), config.clone(), self.epoch);
         let Some(results) = blocking(move || {
             started
                 .into_iter()
                 .map(|(task, run_id)| {
-                    let result = launch::launch(&cfg, &ws, &task, &run_id);
+                    let result = launch::launch(&cfg, &ws, &task, &run_id, epoch);
                     (task.id, run_id, result)
                 })
                 .collect::<Vec<_>>()

@@ -13,7 +13,7 @@ pub mod tree;
 pub use signals::SYNC as SYNC_SIGNAL;
 pub use tree::{kill_group, kill_leftovers};
 
-use crate::paths::{Workspace, write_atomic, write_replace};
+use crate::paths::{Workspace, write_replace};
 use crate::protocol::{ExitOutcome, TaskExit};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,6 +42,11 @@ pub struct ShimSpec {
     /// (or finds it made) and runs the setup before starting the agent.
     #[serde(default)]
     pub worktree: Option<WorktreeRun>,
+    /// The epoch of the primary that started the shim (0: unknown). While
+    /// `primary.json` still names it, no other primary can have requeued
+    /// the run, and the shim skips reading the store (`shim::still_wanted`).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// A worktree to make before the agent starts, and what to do in a new one.
@@ -93,8 +98,9 @@ pub struct AcpSpec {
     pub warm_cap: Option<u32>,
 }
 
-/// Written by the shim when it starts (`.grove/run/<task>.<run>.run.json`):
-/// how a new primary recognises a live run — pid *and* start time — and
+/// Appended by the shim to its run's file (`.grove/run/<task>.<run>.run.json`,
+/// see [`RunFiles::append_run`]) when it starts and again once its agent
+/// runs: how a new primary recognises a live run — pid *and* start time — and
 /// what to kill if the shim dies without finishing the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -114,7 +120,8 @@ pub struct RunRecord {
     pub pauses_itself: bool,
 }
 
-/// Written atomically when the run ends (`.grove/run/<task>.<run>.exit.json`).
+/// Appended to the run's file when the run ends ([`RunFiles::append_exit`]);
+/// shims of older versions wrote it to `.grove/run/<task>.<run>.exit.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExitRecord {
     pub run_id: String,
@@ -199,11 +206,48 @@ impl RunFiles {
         open()
     }
 
+    /// The run's latest record (the last one its shim appended).
     pub fn read_run(ws: &Workspace, task: &str, run_id: &str) -> Option<RunRecord> {
-        serde_json::from_slice(&std::fs::read(Self::run(ws, task, run_id)).ok()?).ok()
+        let bytes = std::fs::read(Self::run(ws, task, run_id)).ok()?;
+        records::<RunRecord>(&bytes).last()
     }
+
+    /// How the run ended, once its shim appended it (or, from a shim of an
+    /// older version, wrote its own exit file).
     pub fn read_exit(ws: &Workspace, task: &str, run_id: &str) -> Option<ExitRecord> {
-        serde_json::from_slice(&std::fs::read(Self::exit(ws, task, run_id)).ok()?).ok()
+        let appended = std::fs::read(Self::run(ws, task, run_id))
+            .ok()
+            .and_then(|bytes| records::<ExitLine>(&bytes).last());
+        match appended {
+            Some(line) => Some(line.exit),
+            None => serde_json::from_slice(&std::fs::read(Self::exit(ws, task, run_id)).ok()?).ok(),
+        }
+    }
+
+    /// Appends the run record, without fsync: it matters only while its
+    /// shim runs (a new primary adopts a live shim by it); a power loss
+    /// ends the shim too, and the page cache outlives any process crash.
+    pub fn append_run(
+        ws: &Workspace,
+        task: &str,
+        run_id: &str,
+        record: &RunRecord,
+    ) -> std::io::Result<()> {
+        append_line(&Self::run(ws, task, run_id), record, false)
+    }
+
+    /// Appends the exit record and syncs it: the only trace of how a run
+    /// ended until the primary has recorded it. After a power loss the
+    /// store's last commits may be gone too (it commits with `synchronous =
+    /// NORMAL`), and a missing exit record would turn a finished run into a
+    /// `lost` one.
+    pub fn append_exit(
+        ws: &Workspace,
+        task: &str,
+        run_id: &str,
+        exit: &ExitRecord,
+    ) -> std::io::Result<()> {
+        append_line(&Self::run(ws, task, run_id), &ExitLineRef { exit }, true)
     }
 
     /// Task ids are generated hex; anything else must never reach a path.
@@ -230,23 +274,58 @@ impl RunFiles {
     }
 }
 
+/// An exit record as a line of the run's file: named, so that it is never
+/// taken for a run record (nor one for it).
+#[derive(Deserialize)]
+struct ExitLine {
+    exit: ExitRecord,
+}
+
+#[derive(Serialize)]
+struct ExitLineRef<'a> {
+    exit: &'a ExitRecord,
+}
+
+/// A run's records, one JSON value per line, oldest first. The file is
+/// only ever appended to, each line with one `write` (see [`append_line`]),
+/// so a reader racing a write sees a prefix of the last line at worst:
+/// JSON values are self-delimiting, so that prefix does not parse and is
+/// skipped. A file from an older shim holds one value without a newline.
+fn records<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> impl Iterator<Item = T> + '_ {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice(line).ok())
+}
+
+/// Appends `value` and a newline to `path` in one `write` (0600, created
+/// if missing, never through a symlink). One file per run, appended to,
+/// rather than a temp file renamed over it per record: on ext4 every file
+/// created is an inode allocated under the run directory's lock, and
+/// without a journal ext4 skips every inode freed in the last minute on
+/// the way (see docs/design.md, Orchestrator).
+fn append_line<T: Serialize>(path: &Path, value: &T, sync: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(&line)?;
+    if sync {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
 /// Size at which `run/shims.log` is moved aside (one older file is kept).
 pub const SHIM_LOG_LIMIT: u64 = 4 * 1024 * 1024;
 
-/// Writes a record atomically and durably (fsync): for the exit record,
-/// the only trace of how a run ended until the primary has recorded it.
-/// After a power loss the store's last commits may be gone too (it commits
-/// with `synchronous = NORMAL`), and a missing exit record would turn a
-/// finished run into a `lost` one.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    write_atomic(path, &bytes)
-}
-
-/// Writes a record atomically without fsync: for the run record, which
-/// matters only while its shim runs (a new primary adopts a live shim by
-/// it); a power loss ends the shim too, and the page cache outlives any
-/// process crash. Keeps a disk flush off every task start.
+/// Writes a file atomically without fsync (an ACP run's update batches,
+/// which matter only while their shim lives).
 pub fn write_json_volatile<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     write_replace(path, &bytes)
@@ -379,6 +458,83 @@ impl Drop for HighFd {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    fn record(agent_pid: Option<u32>) -> RunRecord {
+        RunRecord {
+            run_id: "r1".into(),
+            shim_pid: 42,
+            shim_start: 7,
+            agent_pid,
+            agent_start: None,
+            pauses_itself: true,
+        }
+    }
+
+    fn exit() -> ExitRecord {
+        ExitRecord {
+            run_id: "r1".into(),
+            outcome: ExitOutcome::Exited,
+            exit_code: Some(0),
+            signal: None,
+            message: None,
+            finished_at: 1,
+            conclusion: None,
+            warm: None,
+        }
+    }
+
+    #[test]
+    fn a_runs_file_gives_its_latest_record_and_its_exit_even_mid_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::resolve(dir.path()).unwrap();
+        std::fs::create_dir_all(RunFiles::dir(&ws)).unwrap();
+        assert_eq!(RunFiles::read_run(&ws, "t1", "r1"), None);
+        RunFiles::append_run(&ws, "t1", "r1", &record(None)).unwrap();
+        RunFiles::append_run(&ws, "t1", "r1", &record(Some(99))).unwrap();
+        assert_eq!(RunFiles::read_run(&ws, "t1", "r1"), Some(record(Some(99))));
+        assert_eq!(RunFiles::read_exit(&ws, "t1", "r1"), None);
+        // A reader racing the exit's write sees part of its line: skipped.
+        let path = RunFiles::run(&ws, "t1", "r1");
+        let whole = std::fs::read(&path).unwrap();
+        let line = serde_json::to_vec(&ExitLineRef { exit: &exit() }).unwrap();
+        std::fs::write(&path, [&whole[..], &line[..line.len() / 2]].concat()).unwrap();
+        assert_eq!(RunFiles::read_exit(&ws, "t1", "r1"), None);
+        assert_eq!(RunFiles::read_run(&ws, "t1", "r1"), Some(record(Some(99))));
+        std::fs::write(&path, whole).unwrap();
+        RunFiles::append_exit(&ws, "t1", "r1", &exit()).unwrap();
+        assert_eq!(RunFiles::read_exit(&ws, "t1", "r1"), Some(exit()));
+        // The exit line is not a run record.
+        assert_eq!(RunFiles::read_run(&ws, "t1", "r1"), Some(record(Some(99))));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_files_of_an_older_shim_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::resolve(dir.path()).unwrap();
+        std::fs::create_dir_all(RunFiles::dir(&ws)).unwrap();
+        let run = serde_json::to_vec(&record(Some(5))).unwrap();
+        std::fs::write(RunFiles::run(&ws, "t1", "r1"), run).unwrap();
+        assert_eq!(RunFiles::read_run(&ws, "t1", "r1"), Some(record(Some(5))));
+        assert_eq!(RunFiles::read_exit(&ws, "t1", "r1"), None);
+        let old_exit = serde_json::to_vec(&exit()).unwrap();
+        std::fs::write(RunFiles::exit(&ws, "t1", "r1"), old_exit).unwrap();
+        assert_eq!(RunFiles::read_exit(&ws, "t1", "r1"), Some(exit()));
+    }
+
+    #[test]
+    fn a_run_file_is_never_written_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::resolve(dir.path()).unwrap();
+        std::fs::create_dir_all(RunFiles::dir(&ws)).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, RunFiles::run(&ws, "t1", "r1")).unwrap();
+        assert!(RunFiles::append_run(&ws, "t1", "r1", &record(None)).is_err());
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"");
+    }
 
     #[test]
     fn the_shims_log_is_appended_to_and_moved_aside_at_its_limit() {

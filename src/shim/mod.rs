@@ -20,9 +20,7 @@ mod worktree;
 
 pub use acp::host::{HostArgs, run as agent_host};
 
-use crate::runs::{
-    ExitRecord, RunFiles, RunRecord, ShimSpec, conclusion, signals, write_json, write_json_volatile,
-};
+use crate::runs::{ExitRecord, RunFiles, RunRecord, ShimSpec, conclusion, signals};
 
 use crate::config::Config;
 use crate::paths::Workspace;
@@ -72,7 +70,7 @@ pub async fn run(spec_path: &Path) -> i32 {
         agent_start: None,
         pauses_itself: true,
     };
-    if let Err(e) = write_json_volatile(&RunFiles::run(&ws, &spec.task_id, &spec.run_id), &record) {
+    if let Err(e) = RunFiles::append_run(&ws, &spec.task_id, &spec.run_id, &record) {
         errln!("grove shim: cannot write the run record: {e}");
     }
     // If the primary that started us died before we wrote the record, a new
@@ -94,8 +92,7 @@ pub async fn run(spec_path: &Path) -> i32 {
             conclusion: None,
             warm: None,
         };
-        let _ = write_json(&RunFiles::exit(&ws, &spec.task_id, &spec.run_id), &exit);
-        let _ = std::fs::remove_file(RunFiles::run(&ws, &spec.task_id, &spec.run_id));
+        let _ = RunFiles::append_exit(&ws, &spec.task_id, &spec.run_id, &exit);
         return 0;
     }
     // This run's output starts where the log ends now (a relaunch or a
@@ -121,7 +118,7 @@ pub async fn run(spec_path: &Path) -> i32 {
     // is woken by this process's end (a pidfd) and commits the run's end
     // from the record, and a primary that takes over later finds it too.
     // Only without a record does the shim tell the primary itself.
-    if let Err(e) = write_json(&RunFiles::exit(&ws, &spec.task_id, &spec.run_id), &exit) {
+    if let Err(e) = RunFiles::append_exit(&ws, &spec.task_id, &spec.run_id, &exit) {
         errln!("grove shim: cannot write the exit record: {e}; reporting instead");
         report(&ws, &spec, &exit).await;
     }
@@ -142,8 +139,22 @@ fn read_stdin() -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Whether this run is still its task's, asked after the run record is
+/// written. While `primary.json` still names the epoch that started us,
+/// the answer is yes without reading the store: only a later primary
+/// requeues a run it found without a record, and it reads the records
+/// after writing its own `primary.json`, so it will find ours (written
+/// before this look). A change the starting primary makes itself (a
+/// cancel) reaches us as a signal, handled once the agent runs. Reading
+/// the store here (an SQLite open and its schema) was a tenth of a
+/// trivial task's start.
 fn still_wanted(ws: &Workspace, spec: &ShimSpec) -> bool {
     use crate::protocol::TaskStatus;
+    let starter_serves = spec.epoch != 0
+        && crate::primary_record::PrimaryRecord::read(ws).is_some_and(|r| r.epoch == spec.epoch);
+    if starter_serves {
+        return true;
+    }
     match crate::store::Reader::open(&ws.db_path()).and_then(|r| r.task(&spec.task_id)) {
         Ok(Some(t)) => {
             t.run_id.as_deref() == Some(spec.run_id.as_str())

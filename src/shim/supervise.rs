@@ -6,7 +6,7 @@ use crate::paths::Workspace;
 use crate::protocol::{ExitOutcome, TaskStatus, now_ms};
 use crate::runs::signals::{self, Control, Signals};
 use crate::runs::tree::{self, kill_group};
-use crate::runs::{ExitRecord, RunFiles, RunRecord, ShimSpec, write_json_volatile};
+use crate::runs::{ExitRecord, RunFiles, RunRecord, ShimSpec};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -61,7 +61,7 @@ pub(super) async fn supervise(
     };
     record.agent_pid = Some(pgid);
     record.agent_start = crate::proc::start_time(pgid);
-    let _ = write_json_volatile(&RunFiles::run(ws, &spec.task_id, &spec.run_id), &record);
+    let _ = RunFiles::append_run(ws, &spec.task_id, &spec.run_id, &record);
     if let (Some(text), Some(mut stdin)) = (spec.stdin.clone(), child.stdin.take()) {
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;

@@ -258,10 +258,7 @@ impl Drop for Grove {
                 if !e.file_name().to_string_lossy().ends_with(".run.json") {
                     continue;
                 }
-                let Ok(text) = std::fs::read_to_string(e.path()) else {
-                    continue;
-                };
-                let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                let Some(v) = read_run_record(&e.path()) else {
                     continue;
                 };
                 if let Some(agent) = v["agent_pid"].as_i64() {
@@ -281,6 +278,16 @@ impl Drop for Grove {
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics at the deadline.
+/// The latest run record in a run's file (`run/<task>.<run>.run.json`):
+/// the shim appends one JSON line per record, and its exit line after.
+pub fn read_run_record(path: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("shim_pid").is_some())
+        .last()
+}
+
 pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let until = Instant::now() + within;
     loop {

@@ -21,7 +21,7 @@ use crate::paths::Workspace;
 use crate::protocol::{ExitOutcome, WarmUse, now_ms};
 use crate::runs::signals::{self, Control, Signals};
 use crate::runs::tree;
-use crate::runs::{AcpSpec, ExitRecord, RunFiles, RunRecord, ShimSpec, write_json};
+use crate::runs::{AcpSpec, ExitRecord, RunFiles, RunRecord, ShimSpec};
 pub use crate::store::agent::{IDLE, PERMISSION_REQUEST, TURN_END};
 use agent_client_protocol::v1::schema::StopReason;
 use conversation::Turn;
@@ -276,7 +276,7 @@ fn own(
     };
     record.agent_pid = Some(pgid);
     record.agent_start = crate::proc::start_time(pgid);
-    let _ = write_json(&RunFiles::run(ws, &spec.task_id, &spec.run_id), &record);
+    let _ = RunFiles::append_run(ws, &spec.task_id, &spec.run_id, &record);
     Ok((
         Agent::Own { child, pgid },
         Box::new(stdout),
