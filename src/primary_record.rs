@@ -125,3 +125,21 @@ impl PrimaryWatch {
         self.current.as_ref()
     }
 }
+
+/// How long a member that survived a failover waits before it connects to
+/// the new primary (registers, resubscribes to its heartbeats): a random
+/// moment within [`SURVIVOR_SPREAD`] (from a quarter of it). Every survivor
+/// notices the new `primary.json` at the same instant; connecting at once,
+/// each with a handshake, a probe and a write, they competed with the
+/// users' own reconnecting windows for the new primary's first
+/// milliseconds, on the same cores (see docs/design.md, Following). A
+/// member needs neither to follow: its events do not wait for either.
+pub fn survivor_delay() -> std::time::Duration {
+    let spread = SURVIVOR_SPREAD.as_micros() as u64;
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    std::time::Duration::from_micros(spread / 4 + random % (spread - spread / 4))
+}
+
+/// See [`survivor_delay`]: far under the 100 ms in which every survivor
+/// must write again.
+pub const SURVIVOR_SPREAD: std::time::Duration = std::time::Duration::from_millis(16);

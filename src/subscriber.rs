@@ -176,12 +176,19 @@ async fn run(ws: Workspace, mut cursor: Cursor, tx: mpsc::Sender<Event>, health:
     let heartbeats_only = matches!(cursor.interest, Interest::Heartbeats);
     let filter = if heartbeats_only { HEARTBEAT } else { "" };
     let mut retry = RETRY_MIN;
+    // A member's heartbeat view that followed a primary before: after a
+    // failover it reconnects a moment later (`survivor_delay`).
+    let mut followed = false;
     loop {
         watch.poll();
         let Some(record) = watch.current().cloned() else {
             watch.next_change().await;
             continue;
         };
+        if heartbeats_only && followed {
+            tokio::time::sleep(crate::primary_record::survivor_delay()).await;
+            followed = false;
+        }
         let mut sub = zeromq::SubSocket::new();
         let connected =
             tokio::time::timeout(CONNECT_TIMEOUT, sub.connect(&record.pub_endpoint)).await;
@@ -201,6 +208,7 @@ async fn run(ws: Workspace, mut cursor: Cursor, tx: mpsc::Sender<Event>, health:
             continue;
         }
         retry = RETRY_MIN;
+        followed = true;
         health.epoch.store(record.epoch, Ordering::Relaxed);
         health.last_heartbeat.store(0, Ordering::Relaxed);
         health.subscribed_at.store(now_ms(), Ordering::Relaxed);

@@ -91,6 +91,9 @@ pub async fn run(
             }
             result = async {
                 if need_hello {
+                    if registered_epoch != 0 {
+                        tokio::time::sleep(crate::primary_record::survivor_delay()).await;
+                    }
                     // One id per epoch: the other branches may cancel this
                     // call mid-flight, and its retry must not register twice.
                     let id = format!("hello-{}-{current_epoch}", me.instance_id);
