@@ -60,6 +60,32 @@ pub fn reset_all_in_child() -> io::Result<()> {
     set_mask(libc::SIG_SETMASK, &[])
 }
 
+/// Sets every signal this process inherited as ignored back to its default
+/// action (the shim's second step), SIGPIPE aside: std ignores it here and
+/// restores it for every child. Ignored dispositions survive `exec`, and
+/// the shim may have inherited some from whoever started the member (a
+/// background job of a script ignores INT and QUIT, `nohup` HUP); with
+/// none left, and nothing blocked when it spawns, the shim starts its agent
+/// as a program expects to start without a `pre_exec` (which would force
+/// std to fork the shim rather than `posix_spawn` the agent).
+pub fn default_the_ignored() {
+    for sig in 1..=64 {
+        if sig == libc::SIGPIPE {
+            continue;
+        }
+        // SAFETY: reads one disposition into a zeroed struct and, when it
+        // is SIG_IGN, sets the default; no handler of ours is involved.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+            {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
 /// Blocks the control signals in this thread (the shim's first step; a
 /// no-op when the primary started it, kept for a shim started by hand).
 pub fn block_control() {

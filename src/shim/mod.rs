@@ -33,6 +33,7 @@ use std::time::Duration;
 /// code.
 pub async fn run(spec_path: &Path) -> i32 {
     signals::block_control();
+    signals::default_the_ignored();
     let from_stdin = spec_path == Path::new("-");
     let read = if from_stdin {
         read_stdin()

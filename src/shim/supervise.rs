@@ -48,10 +48,11 @@ pub(super) async fn supervise(
             Some("cancelled before the agent started".into()),
         );
     }
-    let spawned = cmd.spawn();
     // From here on a cancel reaches the handlers; one that arrived since
-    // the check above is delivered now and seen by `watch`.
+    // the check above is delivered now and seen by `watch`. Before the
+    // spawn: the agent starts with this thread's mask (std keeps it).
     signals::unblock_control();
+    let spawned = cmd.spawn();
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return spawn_error(format!("cannot start {}: {e}", spec.argv[0])),
@@ -122,12 +123,9 @@ pub(super) fn command(
         })
         .process_group(0)
         .kill_on_drop(false);
-    // SAFETY: signal and pthread_sigmask are async-signal-safe. The agent
-    // must not inherit the shim's blocked control signals (std keeps the
-    // spawning thread's mask).
-    unsafe {
-        cmd.pre_exec(signals::reset_all_in_child);
-    }
+    // No `pre_exec`: the shim has no signal ignored
+    // (`signals::default_the_ignored`) and none blocked when it spawns the
+    // agent, so std can `posix_spawn` it instead of forking the shim.
     if acp {
         cmd.stdout(std::process::Stdio::piped());
     } else {

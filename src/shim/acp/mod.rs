@@ -116,12 +116,15 @@ async fn converse(
             message: Some("cancelled before the agent started".into()),
         });
     }
+    // A cancel from here on reaches the handlers and is seen once the
+    // agent runs. Before the start: an own agent inherits this thread's
+    // mask (std keeps it) and must start with nothing blocked.
+    signals::unblock_control();
     let started = match (acp.shared, acp.warm_cap) {
         (true, Some(cap)) => warm::warm_agent(ws, spec, acp, record, cap, warm).await,
         (true, None) => shared(ws, spec, acp).await,
         (false, _) => own(ws, spec, record),
     };
-    signals::unblock_control();
     let (mut agent, reader, writer) = match started {
         Ok(x) => x,
         Err(m) => return spawn_error(m),
