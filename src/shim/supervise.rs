@@ -62,7 +62,7 @@ pub(super) async fn supervise(
     };
     record.agent_pid = Some(pgid);
     record.agent_start = crate::proc::start_time(pgid);
-    let _ = RunFiles::append_run(ws, &spec.task_id, &spec.run_id, &record);
+    let _ = RunFiles::append_run(ws, &spec.task_id, &spec.run_id, record);
     if let (Some(text), Some(mut stdin)) = (spec.stdin.clone(), child.stdin.take()) {
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;

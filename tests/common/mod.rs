@@ -283,9 +283,9 @@ impl Drop for Grove {
 pub fn read_run_record(path: &Path) -> Option<Value> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("shim_pid").is_some())
-        .last()
+        .find(|v| v.get("shim_pid").is_some())
 }
 
 pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {

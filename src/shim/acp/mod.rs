@@ -279,7 +279,7 @@ fn own(
     };
     record.agent_pid = Some(pgid);
     record.agent_start = crate::proc::start_time(pgid);
-    let _ = RunFiles::append_run(ws, &spec.task_id, &spec.run_id, &record);
+    let _ = RunFiles::append_run(ws, &spec.task_id, &spec.run_id, record);
     Ok((
         Agent::Own { child, pgid },
         Box::new(stdout),
