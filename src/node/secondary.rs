@@ -123,7 +123,7 @@ pub async fn run(
 /// so it never holds back a checkpoint. `None` while there is no store.
 fn hold_wal_index(ws: &crate::paths::Workspace) -> Option<crate::store::Reader> {
     let reader = crate::store::Reader::open(&ws.db_path()).ok()?;
-    reader.epoch().ok()?;
+    reader.map_wal_index().ok()?;
     Some(reader)
 }
 

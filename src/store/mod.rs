@@ -245,6 +245,17 @@ impl Reader {
         Ok(Reader { conn })
     }
 
+    /// Maps the shared WAL index with as little as SQLite can do: a read
+    /// of the header (`user_version`), no schema parsed, so a connection
+    /// kept open only to keep the index alive (`node::secondary`) costs a
+    /// member next to no memory.
+    pub fn map_wal_index(&self) -> Result<(), StoreError> {
+        let _: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        Ok(())
+    }
+
     pub fn epoch(&self) -> Result<u64, StoreError> {
         Ok(schema::read_meta(&self.conn, "epoch")?.unwrap_or(0) as u64)
     }
