@@ -9,8 +9,8 @@
 //! (which stops while the task is paused), pauses and resumes the agent,
 //! kills every process of the task on cancel, timeout or exit (`tree`:
 //! TERM, grace, KILL; daemons included, the shim being their subreaper),
-//! and writes the exit status atomically beside the log, where whichever
-//! instance is primary by then reads it when the shim ends. A worktree
+//! and appends the exit status (one line, synced) to the run's file, where
+//! whichever instance is primary by then reads it when the shim ends. A worktree
 //! task's worktree is made (and set up) first, by the shim, as part of the
 //! run (`worktree`).
 
