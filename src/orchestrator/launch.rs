@@ -66,12 +66,14 @@ pub fn launch(
     );
     let (spec_out, mut spec_in) =
         std::io::pipe().map_err(|e| format!("cannot make the supervisor's pipe: {e}"))?;
+    make_room(&spec_in, bytes.len());
     let pid = crate::runs::spawn_shim(&self_exe()?, &spec_out, &shim_log)
         .map_err(|e| format!("cannot start the supervisor: {e}"))?;
     drop(spec_out);
-    // A spec over the pipe's buffer waits for the shim to read it, which it
-    // does first. A shim that died before reading breaks the pipe: the run
-    // then ends like any shim that left no record (see `observe`).
+    // Into the pipe's buffer (see `make_room`); only a spec larger than
+    // Linux lets a pipe grow waits for the shim to read it, which it does
+    // first. A shim that died before reading breaks the pipe: the run then
+    // ends like any shim that left no record (see `observe`).
     if let Err(e) = std::io::Write::write_all(&mut spec_in, &bytes) {
         tracing::warn!(task = %task.id, shim = pid, "cannot hand the supervisor its spec: {e}");
     }
@@ -82,6 +84,28 @@ pub fn launch(
         log_offset,
         record_watch,
     })
+}
+
+/// Grows the pipe's buffer to hold `len` bytes (64 KiB by default; Linux
+/// allows up to `/proc/sys/fs/pipe-max-size`, 1 MiB unless changed, about
+/// the most one request carries), so that handing a spec over never waits
+/// for its shim: the launches of a pass run one after another, and a shim
+/// stopped before it read its spec would otherwise hold up every later
+/// start. Best effort: a pipe that cannot grow is written as it is.
+fn make_room(pipe: &std::io::PipeWriter, len: usize) {
+    const DEFAULT_PIPE: usize = 64 * 1024;
+    if len <= DEFAULT_PIPE {
+        return;
+    }
+    let len = libc::c_int::try_from(len).unwrap_or(libc::c_int::MAX);
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we hold; failure changes nothing.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(pipe),
+            libc::F_SETPIPE_SZ,
+            len,
+        )
+    };
 }
 
 /// Without inotify, how often a run record is looked for (the pass's own

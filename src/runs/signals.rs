@@ -5,9 +5,10 @@
 //! default, so a shim signalled before its handlers exist would die and
 //! orphan its agent, or leave a half-written record behind. The primary
 //! therefore starts the shim with them blocked (the mask `posix_spawn`
-//! sets in the child, `super::spawn_shim`); they stay pending until the shim has installed its handlers
-//! and started the agent, and a cancel that arrived meanwhile is seen by
-//! `cancel_pending` before any agent exists.
+//! sets in the child, `super::spawn_shim`); they stay pending until the
+//! shim has installed its handlers, a cancel that arrived meanwhile is seen
+//! by `cancel_pending` before any agent exists, and they are unblocked
+//! just before the agent starts (which inherits the mask).
 
 use std::io;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -45,8 +46,10 @@ pub fn control_set() -> libc::sigset_t {
     set_of(&CONTROL)
 }
 
-/// For the shim's `pre_exec` of the agent: nothing blocked and nothing
-/// ignored, as a program expects to start. Both survive exec, and the shim
+/// For the `pre_exec` of the other programs the shim's side starts (a
+/// worktree's setup command, spawned while the control signals are still
+/// blocked; a shared agent's host, and that host's agent): nothing blocked
+/// and nothing ignored, as a program expects to start. Both survive exec, and the shim
 /// may have inherited ignored signals from whoever started the member (a
 /// background job of a script ignores INT and QUIT, `nohup` HUP).
 /// Async-signal-safe.
