@@ -137,6 +137,52 @@ fn stale_socket_files_are_unlinked_by_the_new_primary() {
     assert_eq!(mode & 0o777, 0o700);
 }
 
+/// The promotion binds its sockets while the store commits its epoch,
+/// naming them by the epoch recorded outside `.grove` plus one. With that
+/// record lost, the store's epoch is higher: the sockets are bound again
+/// under the store's epoch, and nothing is left under the guessed one.
+#[test]
+fn a_lost_epoch_record_still_gives_the_new_primary_its_own_sockets() {
+    let mut g = Grove::new();
+    g.serve();
+    let (primary, _) = g.wait_primary();
+    g.run(&["stop"]);
+    g.serve();
+    let (primary2, epoch) = wait_for("a second epoch", DEADLINE, || {
+        let s = g.status();
+        let p = s["primary"]["pid"].as_u64()? as u32;
+        let e = s["primary"]["epoch"].as_u64()?;
+        (p != primary && e >= 2).then_some((p, e))
+    });
+    let rpc = g.status()["primary"]["rpc_endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sock_dir = std::path::Path::new(rpc.trim_start_matches("ipc://"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    g.serve();
+    g.wait_secondaries_at(1, epoch);
+    std::fs::remove_file(sock_dir.join("epoch")).unwrap();
+    g.member_by_pid(primary2).signal(libc::SIGKILL);
+    let (_, new_epoch) = g.wait_new_primary(primary2, epoch);
+    assert_eq!(
+        new_epoch,
+        epoch + 1,
+        "the store's epoch wins over the lost record"
+    );
+    g.task_create("echo on the new primary");
+    assert!(sock_dir.join(format!("rpc-{new_epoch}.sock")).exists());
+    assert!(sock_dir.join(format!("pub-{new_epoch}.sock")).exists());
+    assert!(
+        !sock_dir.join("rpc-1.sock").exists(),
+        "the guessed epoch's socket is gone"
+    );
+    let mark = std::fs::read_to_string(sock_dir.join("epoch")).unwrap();
+    assert_eq!(mark.trim(), new_epoch.to_string());
+}
+
 #[test]
 fn no_member_running_is_reported_not_hung() {
     let g = Grove::new();

@@ -61,22 +61,37 @@ async fn promote_and_serve(
     let config = live.current();
 
     // 1. Read-write store, migrations, epoch + 1 (one transaction), above
-    //    every epoch this workspace had, even in a deleted `.grove`.
+    //    every epoch this workspace had, even in a deleted `.grove`. On a
+    //    thread of its own: meanwhile this one binds the sockets (3. + 4.).
     let floor = state::epoch_mark(ws);
-    let promotion = writer::promote(&ws.db_path(), &me.instance_id, me.pid, floor, &won)?;
+    let store = promote_in_thread(me, ws, floor, won)?;
+
+    // 2. Running tasks are not reconciled here: the orchestrator adopts them
+    //    once it starts, after `primary.json` (see docs/design.md, Promotion).
+
+    // 3. + 4. Stale sockets gone, ours bound, named by the epoch the store
+    //    is committing: the last one recorded plus one, unless the store
+    //    holds a higher one (the mark was lost), when they are bound again.
+    let predicted = floor + 1;
+    let bound = bind_sockets(ws, predicted).await;
+    phases.bound = monotonic_ns();
+    let promotion = store.join().map_err(|_| {
+        NodeError::io("cannot promote")(std::io::Error::other("the promotion thread panicked"))
+    })??;
+    phases.store = monotonic_ns();
     // Open until ours is: the WAL index was not rebuilt (`secondary`).
     drop(wal_index);
     let epoch = promotion.epoch;
     let guard = StateGuard::new(ws, &lock);
     tracing::Span::current().record("epoch", epoch);
-    phases.store = monotonic_ns();
-
-    // 2. Running tasks are not reconciled here: the orchestrator adopts them
-    //    once it starts, after `primary.json` (see docs/design.md, Promotion).
-
-    // 3. + 4. Stale sockets gone, ours bound.
-    let sockets = bind_sockets(ws, epoch).await?;
-    phases.bound = monotonic_ns();
+    let sockets = match bound {
+        Ok(sockets) if epoch == predicted => sockets,
+        _ => {
+            let sockets = bind_sockets(ws, epoch).await?;
+            phases.bound = monotonic_ns();
+            sockets
+        }
+    };
 
     // 5. primary.json, so that everyone finds us.
     publish_record(me, ws, epoch, &sockets)?;
@@ -245,6 +260,23 @@ async fn bind_sockets(ws: &crate::paths::Workspace, epoch: u64) -> Result<Socket
         rpc_endpoint,
         pub_endpoint,
     })
+}
+
+/// Step 1 of the promotion on a thread of its own (it blocks for a
+/// millisecond or so: opening, migrating, committing the epoch), so that
+/// the event loop binds the sockets meanwhile. The thread is spawned when
+/// the lock is won, not kept waiting: an idle member keeps no thread for it.
+fn promote_in_thread(
+    me: &Identity,
+    ws: &crate::paths::Workspace,
+    floor: u64,
+    won: crate::store::promotions::LockWon,
+) -> Result<std::thread::JoinHandle<Result<Promotion, crate::store::StoreError>>, NodeError> {
+    let (db, instance, pid) = (ws.db_path(), me.instance_id.clone(), me.pid);
+    std::thread::Builder::new()
+        .name("grove-promote".into())
+        .spawn(move || writer::promote(&db, &instance, pid, floor, &won))
+        .map_err(NodeError::io("cannot start the promotion"))
 }
 
 /// What runs beside the RPC loop while we are primary.

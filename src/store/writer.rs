@@ -219,6 +219,7 @@ fn run(
     mut guard: Guard,
     still_current: StillCurrent,
 ) {
+    rehearse(&mut conn, epoch);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_prune = std::time::Instant::now() - PRUNE_EVERY;
     let mut prune_floor = 0;
@@ -267,6 +268,43 @@ fn run(
             let _ = done.send(());
             return;
         }
+    }
+}
+
+/// A new primary's first write would prepare every statement it runs and
+/// read every page it touches, after a failover with a user waiting on it.
+/// The store thread rehearses one `task.create` at its start instead, in a
+/// transaction it rolls back, while the event loop is still starting up
+/// (see docs/design.md, Promotion). Nothing of it stays: no row, no event
+/// (`seq` is the rowid, so the next event takes the same number), no
+/// ledger entry, and nobody is answered.
+fn rehearse(conn: &mut Connection, epoch: u64) {
+    let Ok(mut tx) = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    else {
+        return;
+    };
+    let mut method = Method::TaskCreate(crate::protocol::NewTask {
+        prompt: "grove: a rehearsal, rolled back".into(),
+        engine: Some("shell".into()),
+        ..Default::default()
+    });
+    let request_id = crate::client::new_request_id();
+    let key = LedgerKey {
+        request_id: &request_id,
+        from: "grove-store",
+        digest: 0,
+    };
+    let admit_all: Admission = Box::new(|_, _| Ok(Limits::default()));
+    let _ = apply_idempotent(
+        &mut tx,
+        epoch,
+        &key,
+        &mut method,
+        &admit_all,
+        &mut Vec::new(),
+    );
+    if let Err(e) = tx.rollback() {
+        tracing::warn!("rolling back the store's rehearsal failed: {e}");
     }
 }
 

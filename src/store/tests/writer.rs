@@ -3,7 +3,9 @@
 //! id applied at most once, a poisoned orchestrator operation refused,
 //! events in seq order.
 
-use super::{Admission, Guard, Job, LedgerKey, WriteResult, apply_idempotent, commit_batch};
+use super::{
+    Admission, Guard, Job, LedgerKey, WriteResult, apply_idempotent, commit_batch, rehearse,
+};
 use crate::protocol::{ErrorCode, Event, EventData, Method, NewTask, ReplyBody, request_digest};
 use crate::store::crash_guard::InFlight;
 use crate::store::tasks::InternalOp;
@@ -128,6 +130,24 @@ fn one_batch_one_commit_each_write_on_its_own() {
     assert_created(&events, &[&first, &second]);
     // Refusals of writes are recorded too: a resend gets the same answer.
     assert_eq!(count(&conn, "ledger"), 3);
+}
+
+/// The store thread's rehearsal at its start leaves no trace: no task, no
+/// ledger entry, and the next event still takes the next `seq`.
+#[test]
+fn the_rehearsal_of_a_write_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = store();
+    rehearse(&mut conn, 3);
+    rehearse(&mut conn, 3);
+    for table in ["tasks", "events", "ledger", "task_deps"] {
+        assert_eq!(count(&conn, table), 0, "{table} after the rehearsal");
+    }
+    let mut batch = vec![write("req-1", create("after the rehearsal"))];
+    let (_, events) =
+        commit_batch(&mut conn, 3, &mut batch, &mut None, &guard(&dir, &[]), &[]).expect("commit");
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(count(&conn, "tasks"), 1);
 }
 
 fn assert_created(events: &[Event], ids: &[&str]) {
