@@ -54,32 +54,57 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
         .truncate(false)
         .mode(0o600)
         .open(path)?;
-    Ok(above_inotify(file))
+    Ok(to_the_top(file))
 }
 
-/// Moves the lock's descriptor above the process's inotify descriptor.
+/// Moves the lock's descriptor to the top of the process's descriptors.
 ///
 /// A process killed with `kill -9` has its files released newest
-/// descriptor first, and releasing an inotify instance that has watches
-/// waits for an RCU grace period (~20 ms). Were the lock below the inotify
-/// descriptor, every crash failover would wait for that; above it, the lock
-/// is released first and a secondary takes over at once. (flock belongs to
-/// the open file, so the duplicate keeps it and closing the original does
-/// not release it.)
-fn above_inotify(file: File) -> File {
+/// descriptor first (the kernel queues each final close as task work, and
+/// runs that work last-queued first). Every descriptor above the lock's is
+/// released before the lock: releasing an inotify instance that has watches
+/// waits for an RCU grace period (~20 ms), and each socket a primary accepted
+/// wakes its peer on the way. So the lock goes above all of them — as high
+/// as the descriptor limit allows, up to [`LOCK_FD_CEILING`] — and a
+/// secondary takes over as soon as the memory is torn down. (flock belongs
+/// to the open file, so the duplicate keeps it and closing the original
+/// does not release it.) Where no high descriptor is free, it goes just
+/// above inotify, as before.
+fn to_the_top(file: File) -> File {
     use std::os::fd::{AsRawFd, FromRawFd};
-    let Some(inotify) = crate::fs_watch::instance_fd() else {
-        return file;
+    let inotify = crate::fs_watch::instance_fd().unwrap_or(-1);
+    let top = top_descriptor();
+    let wanted = [top, top / 2, inotify + 1];
+    for min in wanted.into_iter().filter(|&min| min > inotify) {
+        if file.as_raw_fd() >= min {
+            return file;
+        }
+        let dup = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+        if dup >= 0 {
+            drop(file);
+            return unsafe { File::from_raw_fd(dup) };
+        }
+    }
+    file
+}
+
+/// The highest descriptor the lock may take: the kernel sizes a process's
+/// descriptor table by its highest descriptor, so not beyond this even when
+/// the limit allows a million.
+const LOCK_FD_CEILING: libc::c_int = 4096;
+
+/// The descriptor just below the limit of open files, at most
+/// [`LOCK_FD_CEILING`] - 1.
+fn top_descriptor() -> libc::c_int {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    if file.as_raw_fd() > inotify {
-        return file;
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
     }
-    let dup = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, inotify + 1) };
-    if dup < 0 {
-        return file;
-    }
-    drop(file);
-    unsafe { File::from_raw_fd(dup) }
+    let soft = libc::c_int::try_from(limit.rlim_cur).unwrap_or(libc::c_int::MAX);
+    soft.min(LOCK_FD_CEILING) - 1
 }
 
 /// Takes the lock if nobody holds it.
@@ -128,7 +153,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_lock_sits_above_inotify_and_survives_the_move() {
+    fn the_lock_sits_above_every_other_descriptor_and_survives_the_move() {
         use std::os::fd::AsRawFd;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("primary.lock");
@@ -138,6 +163,13 @@ mod tests {
             held._file.as_raw_fd() > inotify,
             "released before inotify on kill -9"
         );
+        // Opened after the lock, as a primary's sockets are: still below it.
+        let later = std::fs::File::open(&path).unwrap();
+        assert!(
+            held._file.as_raw_fd() > later.as_raw_fd(),
+            "a descriptor opened later would be released first on kill -9"
+        );
+        assert!(held._file.as_raw_fd() >= top_descriptor() / 2);
         assert!(
             is_held(&path).unwrap(),
             "the duplicate still holds the flock"
