@@ -288,7 +288,7 @@ fn rehearse(conn: &mut Connection, epoch: u64) {
         engine: Some("shell".into()),
         ..Default::default()
     });
-    let request_id = crate::client::new_request_id();
+    let request_id = uuid::Uuid::new_v4().to_string();
     let key = LedgerKey {
         request_id: &request_id,
         from: "grove-store",
