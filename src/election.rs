@@ -65,7 +65,7 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
 /// released before the lock: releasing an inotify instance that has watches
 /// waits for an RCU grace period (~20 ms), and each socket a primary accepted
 /// wakes its peer on the way. So the lock goes above all of them — as high
-/// as the descriptor limit allows, up to [`LOCK_FD_CEILING`] — and a
+/// as the descriptor limit allows, below [`LOCK_FD_CEILING`] — and a
 /// secondary takes over as soon as the memory is torn down. (flock belongs
 /// to the open file, so the duplicate keeps it and closing the original
 /// does not release it.) Where no high descriptor is free, it goes just
@@ -88,10 +88,30 @@ fn to_the_top(file: File) -> File {
     file
 }
 
-/// The highest descriptor the lock may take: the kernel sizes a process's
-/// descriptor table by its highest descriptor, so not beyond this even when
-/// the limit allows a million.
-const LOCK_FD_CEILING: libc::c_int = 4096;
+/// The highest descriptor the lock may take, plus one: the kernel sizes a
+/// process's descriptor table by its highest descriptor, so not beyond
+/// this even when the limit allows a million.
+const LOCK_FD_CEILING: libc::c_int = 1024;
+
+/// Grows this process's descriptor table to hold [`top_descriptor`] now,
+/// while it has one thread. The kernel grows a table shared by several
+/// threads only after an RCU grace period (`synchronize_rcu`, 10–20 ms
+/// here): moving the lock to the top in a running member or command would
+/// wait for one every time. Called first thing in `main`; a table never
+/// shrinks.
+pub fn reserve_lock_descriptor() {
+    let top = top_descriptor();
+    if top <= 2 {
+        return;
+    }
+    for fd in [2, 1, 0] {
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, top) };
+        if dup >= 0 {
+            unsafe { libc::close(dup) };
+            return;
+        }
+    }
+}
 
 /// The descriptor just below the limit of open files, at most
 /// [`LOCK_FD_CEILING`] - 1.

@@ -345,6 +345,8 @@ pub fn main() -> i32 {
     if let Some(spec) = shim_spec() {
         return shim_main(&spec);
     }
+    // Before any thread exists (see the function).
+    crate::election::reserve_lock_descriptor();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

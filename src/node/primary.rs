@@ -204,10 +204,10 @@ impl Phases {
             bound_ns = self.bound,
             record_ns = self.record,
             serving_ns = self.serving,
-            "promotion phases: store {:.2} ms, bind {:.2} ms, primary.json {:.2} ms, start {:.2} ms",
+            "promotion phases: store {:.2} ms beside binding {:.2} ms, primary.json {:.2} ms, start {:.2} ms",
             ms(self.lock, self.store),
-            ms(self.store, self.bound),
-            ms(self.bound, self.record),
+            ms(self.lock, self.bound),
+            ms(self.store.max(self.bound), self.record),
             ms(self.record, self.serving),
         );
     }
