@@ -108,20 +108,24 @@ fn corrupt_primary_json_is_ignored_and_rewritten() {
     assert!(text.contains("\"epoch\""));
 }
 
+/// The directory of the serving primary's sockets, from `status`.
+fn socket_dir(g: &Grove) -> std::path::PathBuf {
+    let rpc = g.status()["primary"]["rpc_endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::path::Path::new(rpc.trim_start_matches("ipc://"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
 #[test]
 fn stale_socket_files_are_unlinked_by_the_new_primary() {
     let mut g = Grove::new();
     g.serve();
     let (primary, epoch) = g.wait_primary();
-    let status = g.status();
-    let rpc = status["primary"]["rpc_endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sock_dir = std::path::Path::new(rpc.trim_start_matches("ipc://"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let sock_dir = socket_dir(&g);
     // Junk a crashed primary could have left, including the next epoch's name.
     std::fs::write(sock_dir.join(format!("rpc-{}.sock", epoch + 1)), b"").unwrap();
     std::fs::write(sock_dir.join("pub-999.sock"), b"").unwrap();
@@ -154,14 +158,7 @@ fn a_lost_epoch_record_still_gives_the_new_primary_its_own_sockets() {
         let e = s["primary"]["epoch"].as_u64()?;
         (p != primary && e >= 2).then_some((p, e))
     });
-    let rpc = g.status()["primary"]["rpc_endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sock_dir = std::path::Path::new(rpc.trim_start_matches("ipc://"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let sock_dir = socket_dir(&g);
     g.serve();
     g.wait_secondaries_at(1, epoch);
     std::fs::remove_file(sock_dir.join("epoch")).unwrap();
@@ -306,14 +303,7 @@ fn a_deleted_socket_dir_is_rebuilt() {
     let mut g = Grove::new();
     g.serve();
     let (pid, epoch) = g.wait_primary();
-    let rpc = g.status()["primary"]["rpc_endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let dir = std::path::Path::new(rpc.trim_start_matches("ipc://"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let dir = socket_dir(&g);
     // The primary watches the dir and may rebuild it while `rm -rf` still
     // runs (then the removal fails with "not empty"): either way its socket
     // files went away under it.
