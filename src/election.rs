@@ -54,7 +54,7 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
         .truncate(false)
         .mode(0o600)
         .open(path)?;
-    Ok(to_the_top(file))
+    Ok(file)
 }
 
 /// Moves the lock's descriptor to the top of the process's descriptors.
@@ -78,6 +78,12 @@ fn to_the_top(file: File) -> File {
     for min in wanted.into_iter().filter(|&min| min > inotify) {
         if file.as_raw_fd() >= min {
             return file;
+        }
+        // The top taken (a second lock file in this process): the next
+        // free descriptor above it would grow the table, see
+        // `reserve_lock_descriptor`.
+        if min == top && unsafe { libc::fcntl(top, libc::F_GETFD) } >= 0 {
+            continue;
         }
         let dup = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
         if dup >= 0 {
@@ -131,7 +137,9 @@ fn top_descriptor() -> libc::c_int {
 pub fn try_acquire(path: &Path) -> io::Result<Option<PrimaryLock>> {
     let file = open_lock_file(path)?;
     match file.try_lock() {
-        Ok(()) => Ok(Some(PrimaryLock { _file: file })),
+        Ok(()) => Ok(Some(PrimaryLock {
+            _file: to_the_top(file),
+        })),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
         Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
@@ -143,7 +151,12 @@ pub fn is_held(path: &Path) -> io::Result<bool> {
     if !path.exists() {
         return Ok(false);
     }
-    Ok(try_acquire(path)?.is_none())
+    // A probe, released at once: its descriptor stays where it opened.
+    match open_lock_file(path)?.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 /// Starts the dedicated waiter thread: it blocks in `flock` until the lock is
@@ -152,7 +165,8 @@ pub fn is_held(path: &Path) -> io::Result<bool> {
 pub fn wait_in_thread(
     path: &Path,
 ) -> io::Result<(tokio::sync::oneshot::Receiver<PrimaryLock>, Option<FileId>)> {
-    let file = open_lock_file(path)?;
+    // At the top before it is won: a kill may come at any moment after.
+    let file = to_the_top(open_lock_file(path)?);
     let id = open_file_id(&file);
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -194,6 +208,24 @@ mod tests {
             is_held(&path).unwrap(),
             "the duplicate still holds the flock"
         );
+    }
+
+    /// A second lock in the process (another workspace's) and a probe of
+    /// a held one stay within the reserved table: above it the kernel
+    /// would grow a shared table only after an RCU grace period.
+    #[test]
+    fn a_second_lock_and_a_probe_stay_below_the_top() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one.lock"), dir.path().join("two.lock"));
+        let first = try_acquire(&one).unwrap().expect("free lock");
+        let second = try_acquire(&two).unwrap().expect("free lock");
+        let top = top_descriptor();
+        assert!(first._file.as_raw_fd() <= top);
+        assert!(second._file.as_raw_fd() <= top);
+        assert!(is_held(&one).unwrap());
+        drop(first);
+        assert!(!is_held(&one).unwrap());
     }
 
     #[test]
