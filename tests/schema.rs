@@ -462,6 +462,7 @@ fn primary_info() -> PrimaryInfo {
         longest_poll_us: 840,
         commits: 12,
         writes_committed: 40,
+        wal_pages: 95,
     }
 }
 

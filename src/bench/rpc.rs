@@ -153,6 +153,7 @@ async fn throughputs(
             .writes_committed
             .saturating_sub(before.writes_committed);
         let batch = carried as f64 / commits as f64;
+        let pages = after.wal_pages.saturating_sub(before.wal_pages) as f64 / carried.max(1) as f64;
         let metric = format!("throughput, {writers} concurrent writers");
         rows.push(Row {
             scenario: "rpc".into(),
@@ -185,6 +186,17 @@ async fn throughputs(
             p50: batch,
             p99: batch,
             samples: commits as usize,
+            baseline: None,
+            baseline_p50: None,
+            goal: None,
+        });
+        rows.push(Row {
+            scenario: "rpc".into(),
+            metric: format!("WAL pages per write, {writers} concurrent writers"),
+            unit: "pages".into(),
+            p50: pages,
+            p99: pages,
+            samples: carried as usize,
             baseline: None,
             baseline_p50: None,
             goal: None,

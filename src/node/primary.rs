@@ -163,6 +163,7 @@ fn serving(
         longest_poll_us: 0,
         commits: 0,
         writes_committed: 0,
+        wal_pages: 0,
     };
     Serving {
         bad_frames: LogLimiter::new(),

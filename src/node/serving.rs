@@ -141,7 +141,9 @@ impl Serving {
         info.uptime_ms = self.started.elapsed().as_millis() as u64;
         info.last_seq = self.last_seq.load(Ordering::Relaxed);
         info.longest_poll_us = crate::loop_watch::longest_poll().as_micros() as u64;
-        (info.commits, info.writes_committed) = writer::commit_counts();
+        let counts = writer::commit_counts();
+        (info.commits, info.writes_committed) = (counts.commits, counts.writes);
+        info.wal_pages = counts.wal_pages;
         info
     }
 

@@ -351,6 +351,10 @@ pub struct PrimaryInfo {
     pub commits: u64,
     #[serde(default)]
     pub writes_committed: u64,
+    /// Pages the commits appended to the WAL: per write, what group commit
+    /// shares and what each write's own B-tree pages cost.
+    #[serde(default)]
+    pub wal_pages: u64,
 }
 
 /// A member of the grove, as announced by `hello`.

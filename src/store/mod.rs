@@ -107,8 +107,21 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // After a checkpoint, shrink the WAL file back instead of keeping its
     // high-water mark (readers are short, so checkpoints do complete).
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    // A write's savepoint journals the pages it changes that the batch had
+    // already changed, so that a refused write can be undone alone: in
+    // memory (bounded by the batch's pages), not in a temporary file that
+    // costs a `pwrite` per page.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Random task ids put each new task on its own leaf of the id index
+    // (and of the dependency edges): with SQLite's default 2 MiB cache those
+    // leaves are read again from the file (a `pread` each) once the store
+    // holds a few thousand tasks. Filled only as pages are read.
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     conn.pragma_update(None, "foreign_keys", "ON")
 }
+
+/// The writer connection's page cache, in KiB.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
 /// The store and the files SQLite keeps beside it.
 fn store_files(path: &Path) -> [std::path::PathBuf; 3] {

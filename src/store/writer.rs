@@ -23,17 +23,28 @@ use tokio::sync::oneshot;
 /// Most writes committed in one transaction.
 pub const MAX_BATCH: usize = 512;
 
-/// Commits made by this process's store thread, and the client writes they
-/// carried (reported by `ping`, so `grove bench` can show batch sizes).
+/// Commits made by this process's store thread, the client writes they
+/// carried and the pages they wrote to the WAL (reported by `ping`, so
+/// `grove bench` can show batch sizes and what a write costs in pages).
 static COMMITS: AtomicU64 = AtomicU64::new(0);
 static WRITES_COMMITTED: AtomicU64 = AtomicU64::new(0);
+pub(super) static WAL_PAGES: AtomicU64 = AtomicU64::new(0);
 
-/// `(commits, client writes committed)` so far in this process.
-pub fn commit_counts() -> (u64, u64) {
-    (
-        COMMITS.load(Ordering::Relaxed),
-        WRITES_COMMITTED.load(Ordering::Relaxed),
-    )
+/// What this process's store thread has committed so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitCounts {
+    pub commits: u64,
+    pub writes: u64,
+    /// Pages (WAL frames) the commits appended to the WAL.
+    pub wal_pages: u64,
+}
+
+pub fn commit_counts() -> CommitCounts {
+    CommitCounts {
+        commits: COMMITS.load(Ordering::Relaxed),
+        writes: WRITES_COMMITTED.load(Ordering::Relaxed),
+        wal_pages: WAL_PAGES.load(Ordering::Relaxed),
+    }
 }
 
 pub use super::txn::WriteResult;
