@@ -118,3 +118,27 @@ fn a_store_from_a_newer_grove_is_refused_by_name() {
         )
     );
 }
+
+/// The orchestrator asks for each slot-holding status in turn through one
+/// cached statement; binding another status must not parse and plan it
+/// again (see `stable_plans`).
+#[test]
+fn a_cached_task_query_is_not_prepared_again_for_each_status() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("grove.db");
+    let _writer = crate::store::open_read_write(&path, 0).expect("store");
+    let reader = crate::store::Reader::open(&path).expect("reader");
+    let statuses = [TaskStatus::Running, TaskStatus::Waiting, TaskStatus::Paused];
+    for status in statuses.iter().cycle().take(9) {
+        let filter = crate::store::TaskFilter {
+            status: Some(*status),
+            ..Default::default()
+        };
+        reader.tasks(&filter).expect("tasks");
+    }
+    let stmt = (reader.conn)
+        .prepare_cached("SELECT * FROM tasks WHERE 1 AND status = ? ORDER BY rowid")
+        .expect("the cached statement");
+    assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 9);
+    assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+}
