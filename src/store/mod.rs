@@ -127,16 +127,13 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // memory (bounded by the batch's pages), not in a temporary file that
     // costs a `pwrite` per page.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // Random task ids put each new task on its own leaf of the id index
-    // (and of the dependency edges): with SQLite's default 2 MiB cache those
-    // leaves are read again from the file (a `pread` each) once the store
-    // holds a few thousand tasks. Filled only as pages are read.
-    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    // SQLite's default page cache (2 MiB) is kept on purpose: a killed
+    // process frees its memory before its descriptors are closed, so every
+    // MiB the primary holds delays the election lock's release (see
+    // docs/design.md, Promotion). A 32 MiB cache saved `pread`s of random
+    // index leaves, and cost ~4 ms of failover once filled.
     conn.pragma_update(None, "foreign_keys", "ON")
 }
-
-/// The writer connection's page cache, in KiB.
-const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
 /// The store and the files SQLite keeps beside it.
 fn store_files(path: &Path) -> [std::path::PathBuf; 3] {
