@@ -140,8 +140,10 @@ impl Client {
                     return Err(ClientError::Bus("the primary changed".into()));
                 }
                 Outcome::PrimaryChanged => continue,
-                Outcome::TimedOut => return Err(self.unresponsive(timeout)),
-                Outcome::ProbeTimedOut => return Err(self.unresponsive(self.probe_timeout)),
+                Outcome::TimedOut => return Err(unanswered(self.unresponsive(timeout), &method)),
+                Outcome::ProbeTimedOut => {
+                    return Err(unanswered(self.unresponsive(self.probe_timeout), &method));
+                }
             }
         }
     }
@@ -469,6 +471,22 @@ impl std::fmt::Display for ConnectError {
             ConnectError::TimedOut => f.write_str("connect timed out"),
             ConnectError::Failed(e) => f.write_str(e),
         }
+    }
+}
+
+/// A write that was sent but not answered may still be applied when its
+/// primary recovers: said so, since the user's next step depends on it.
+fn unanswered(e: ClientError, method: &Method) -> ClientError {
+    match e {
+        ClientError::Unresponsive(what)
+            if !matches!(method.route(), crate::protocol::Route::Local(_)) =>
+        {
+            ClientError::Unresponsive(format!(
+                "{what}; the {} was sent and may still be applied when it answers: check (grove list, grove show) before sending it again",
+                method.name()
+            ))
+        }
+        other => other,
     }
 }
 

@@ -337,10 +337,8 @@ fn start_parts(
     };
     let store_guard = guard.clone();
     let still_current = Box::new(move || store_guard.intact());
-    let db = opts.ws.db_path();
     let store = writer::spawn(
         promotion,
-        &db,
         events_tx.clone(),
         retention,
         still_current,

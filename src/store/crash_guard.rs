@@ -165,18 +165,6 @@ pub fn acquit(tx: &Connection, key: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Empties the marker once its crash is counted (an overwrite, as
-/// [`InFlight::clear`]: a truncation would start a writeback on ext4, on
-/// the promotion's path).
-pub fn forget_in_flight(db_path: &Path) {
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .write(true)
-        .open(inflight_path(db_path))
-    {
-        let _ = f.write_all_at(EMPTY, 0);
-    }
-}
-
 /// The refusal a poisoned key gets.
 pub fn poison_error(key: &str, crashes: i64) -> WireError {
     WireError::new(

@@ -99,6 +99,11 @@ pub struct Promotion {
     pub epoch: u64,
     pub promoted: Event,
     pub crash: super::crash_guard::CrashReport,
+    /// The in-flight marker, emptied once the crash was counted and kept
+    /// open for the store thread: closing a file opened for writing wakes
+    /// every member watching `.grove` (inotify's `IN_CLOSE_WRITE`), in the
+    /// middle of a failover.
+    pub in_flight: super::crash_guard::InFlight,
 }
 
 /// First steps of a promotion (see docs/design.md, Promotion): open read-write, migrate, then
@@ -137,7 +142,8 @@ pub fn promote(
     tx.commit()?;
     // Counted once: a primary that dies before its first batch must not
     // make its successor count the same crash again.
-    super::crash_guard::forget_in_flight(path);
+    let mut in_flight = super::crash_guard::InFlight::open(path);
+    in_flight.clear();
     if crash.in_flight > 0 {
         tracing::warn!(
             "the previous primary died with {} writes in flight; each is suspect",
@@ -149,6 +155,7 @@ pub fn promote(
         epoch,
         promoted,
         crash,
+        in_flight,
     })
 }
 
@@ -172,7 +179,6 @@ pub use super::tasks::Limits;
 /// Starts the store thread. Committed events go to `published`, in order.
 pub fn spawn(
     promotion: Promotion,
-    db_path: &std::path::Path,
     published: tokio::sync::mpsc::Sender<Event>,
     retention: Retention,
     still_current: StillCurrent,
@@ -180,7 +186,7 @@ pub fn spawn(
 ) -> std::io::Result<StoreThread> {
     let (jobs, rx) = mpsc::channel();
     let guard = Guard {
-        in_flight: super::crash_guard::InFlight::open(db_path),
+        in_flight: promotion.in_flight,
         poisoned: promotion.crash.poisoned_internal,
         suspects: promotion.crash.suspects,
         admission,

@@ -4,7 +4,7 @@
 
 use crate::protocol::{ErrorCode, WireError, decode};
 use crate::store::crash_guard::{
-    CrashReport, InFlight, acquit, forget_in_flight, inflight_path, prune, record_crash,
+    CrashReport, InFlight, acquit, inflight_path, prune, record_crash,
 };
 use rusqlite::{Connection, OptionalExtension};
 use std::path::PathBuf;
@@ -41,7 +41,9 @@ impl Fixture {
 
     fn promote(&self) -> CrashReport {
         let report = record_crash(&self.conn, &self.db_path).expect("record crash");
-        forget_in_flight(&self.db_path);
+        // As `writer::promote` does: the marker emptied through the handle
+        // the store thread goes on with.
+        InFlight::open(&self.db_path).clear();
         report
     }
 
