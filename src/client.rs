@@ -528,3 +528,26 @@ pub async fn ping(client: &mut Client) -> Result<crate::protocol::PrimaryInfo, C
 /// How soon `wait_for_primary` pings again: a member that is starting
 /// answers within milliseconds of binding.
 const PRIMARY_RETRY: Duration = Duration::from_millis(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unanswered_write_says_it_may_still_be_applied() {
+        let hung = || ClientError::Unresponsive("primary pid 7 did not answer".into());
+        let write = Method::TaskCancel { id: "t1".into() };
+        let said = unanswered(hung(), &write).to_string();
+        assert!(said.contains("did not answer"), "{said}");
+        assert!(
+            said.contains("task.cancel was sent and may still be applied"),
+            "{said}"
+        );
+        // A ping changes nothing: nothing to apply.
+        let said = unanswered(hung(), &Method::Ping {}).to_string();
+        assert!(!said.contains("may still be applied"), "{said}");
+        // Other errors pass through.
+        let refused = ClientError::Bus("gone".into());
+        assert!(!unanswered(refused, &write).to_string().contains("applied"));
+    }
+}
