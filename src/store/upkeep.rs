@@ -68,15 +68,18 @@ impl Checkpoints {
     pub(super) fn take_over(conn: &mut Connection) -> Checkpoints {
         let frames = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
         let seen = frames.clone();
-        let last = std::sync::atomic::AtomicI32::new(0);
+        // Frames after the previous commit; -1 until the first: the WAL may
+        // hold frames of earlier primaries, so the first commit only sets
+        // the count that the next ones are measured from.
+        let last = std::sync::atomic::AtomicI32::new(-1);
         let hooked = conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
             seen.store(pages, Ordering::Relaxed);
-            // Fewer frames than last time: the WAL restarted at its start.
             let before = last.swap(pages, Ordering::Relaxed);
-            let appended = if pages >= before {
-                pages - before
-            } else {
-                pages
+            // Fewer frames than last time: the WAL restarted at its start.
+            let appended = match before {
+                -1 => 0,
+                b if pages >= b => pages - b,
+                _ => pages,
             };
             super::writer::WAL_PAGES.fetch_add(appended as u64, Ordering::Relaxed);
             Ok(())

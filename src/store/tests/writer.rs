@@ -368,3 +368,22 @@ fn retention_keeps_the_conversation_of_a_live_task() {
         "the next prune starts where this one ended"
     );
 }
+
+/// `ping`'s WAL page count: each commit adds the frames it appended, and
+/// the first commit after taking over only sets the count (the WAL may
+/// hold an earlier primary's frames). Other tests commit in parallel, so
+/// only growth is checked.
+#[test]
+fn commits_count_the_wal_pages_they_append() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut conn = crate::store::open_read_write(&dir.path().join("grove.db"), 0).expect("store");
+    let _checkpoints = super::super::upkeep::Checkpoints::take_over(&mut conn);
+    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'epoch'", [])
+        .expect("first commit");
+    let before = super::WAL_PAGES.load(Ordering::Relaxed);
+    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'epoch'", [])
+        .expect("second commit");
+    let after = super::WAL_PAGES.load(Ordering::Relaxed);
+    assert!(after > before, "a commit that changed a page counted none");
+}
