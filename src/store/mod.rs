@@ -122,11 +122,11 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // After a checkpoint, shrink the WAL file back instead of keeping its
     // high-water mark (readers are short, so checkpoints do complete).
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-    // A write's savepoint journals the pages it changes that the batch had
-    // already changed, so that a refused write can be undone alone: in
-    // memory (bounded by the batch's pages), not in a temporary file that
-    // costs a `pwrite` per page.
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // A write's savepoint journal stays where SQLite puts it: in memory up
+    // to 64 KiB, then in a temporary file. In memory without that bound
+    // (`temp_store=MEMORY`) a cancel cascading through thousands of
+    // dependents would hold every page it touched, in a primary whose
+    // memory delays every failover (below).
     // SQLite's default page cache (2 MiB) is kept on purpose: a killed
     // process frees its memory before its descriptors are closed, so every
     // MiB the primary holds delays the election lock's release (see
