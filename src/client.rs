@@ -121,17 +121,30 @@ impl Client {
         let is_ping = matches!(method, Method::Ping {});
         loop {
             self.ensure_connected(started).await?;
+            // Probe a fresh connection with a ping first, so that a hung
+            // primary is reported after `probe_timeout`, not `rpc_timeout`.
+            if !is_ping && !self.conn.as_ref().is_some_and(|c| c.probed) {
+                let probe_id = uuid::Uuid::new_v4().to_string();
+                match self
+                    .exchange(&probe_id, &Method::Ping {}, self.probe_timeout)
+                    .await
+                {
+                    Outcome::Reply(_) => {
+                        if let Some(c) = self.conn.as_mut() {
+                            c.probed = true
+                        }
+                    }
+                    Outcome::PrimaryChanged => continue,
+                    // Nothing was sent but the ping.
+                    Outcome::TimedOut => return Err(self.unresponsive(self.probe_timeout)),
+                }
+            }
             let timeout = if is_ping {
                 self.probe_timeout
             } else {
                 self.rpc_timeout
             };
-            let outcome = if !is_ping && !self.conn.as_ref().is_some_and(|c| c.probed) {
-                self.probed_exchange(id, &method, timeout).await
-            } else {
-                self.exchange(id, &method, timeout).await
-            };
-            match outcome {
+            match self.exchange(id, &method, timeout).await {
                 Outcome::Reply(r) => return r.into_result().map_err(ClientError::Refused),
                 // Writes are safe to resend (the ledger dedupes them), pings
                 // are harmless; a test hook must hit one primary only.
@@ -141,42 +154,7 @@ impl Client {
                 }
                 Outcome::PrimaryChanged => continue,
                 Outcome::TimedOut => return Err(unanswered(self.unresponsive(timeout), &method)),
-                Outcome::ProbeTimedOut => {
-                    return Err(unanswered(self.unresponsive(self.probe_timeout), &method));
-                }
             }
-        }
-    }
-
-    /// The first request on a fresh connection, probed: a ping goes out
-    /// just before it, and the ping's answer is awaited for `probe_timeout`
-    /// only, so that a hung primary is reported after `probe_timeout`, not
-    /// `rpc_timeout`. Both are sent at once rather than one round trip
-    /// apart: the first write after a failover (and every CLI command's)
-    /// waits one round trip less. A request sent to a primary that then
-    /// does not answer the ping is no different from one whose answer
-    /// timed out: resent with the same id, it is applied at most once.
-    async fn probed_exchange(&mut self, id: &str, method: &Method, timeout: Duration) -> Outcome {
-        let probe_id = uuid::Uuid::new_v4().to_string();
-        if !self.send(&probe_id, &Method::Ping {}).await || !self.send(id, method).await {
-            return Outcome::PrimaryChanged;
-        }
-        let mut early = None;
-        match self
-            .await_reply(&probe_id, self.probe_timeout, Some((id, &mut early)))
-            .await
-        {
-            Outcome::Reply(_) => {
-                if let Some(c) = self.conn.as_mut() {
-                    c.probed = true
-                }
-            }
-            Outcome::TimedOut | Outcome::ProbeTimedOut => return Outcome::ProbeTimedOut,
-            Outcome::PrimaryChanged => return Outcome::PrimaryChanged,
-        }
-        match early {
-            Some(reply) => Outcome::Reply(reply),
-            None => self.await_reply(id, timeout, None).await,
         }
     }
 
@@ -345,16 +323,6 @@ put large inputs (prompt text, environment values) in a file in the workspace an
     /// Sends one request and waits for its reply, watching for a failover:
     /// the primary's exit, or a new `primary.json`, ends the wait at once.
     async fn exchange(&mut self, id: &str, method: &Method, timeout: Duration) -> Outcome {
-        if !self.send(id, method).await {
-            return Outcome::PrimaryChanged;
-        }
-        self.await_reply(id, timeout, None).await
-    }
-
-    /// Sends one request; false when there is no connection or the peer
-    /// went away (after a short pause, so that a primary that keeps
-    /// refusing cannot spin us; the caller reconnects or fails over).
-    async fn send(&mut self, id: &str, method: &Method) -> bool {
         let request = Request {
             v: PROTOCOL_VERSION,
             id: id.to_string(),
@@ -364,25 +332,15 @@ put large inputs (prompt text, environment values) in a file in the workspace an
         };
         let frame = encode(&request);
         let Some(conn) = self.conn.as_mut() else {
-            return false;
+            return Outcome::PrimaryChanged;
         };
         if conn.dealer.send(ZmqMessage::from(frame)).await.is_err() {
+            // The peer went away: pause briefly so that a primary that
+            // keeps refusing cannot spin us, then reconnect (or fail over).
             self.conn = None;
             tokio::time::sleep(SEND_RETRY).await;
-            return false;
+            return Outcome::PrimaryChanged;
         }
-        true
-    }
-
-    /// Waits for the reply to `id`. Replies to other ids are late answers
-    /// to earlier attempts and dropped, but for `keep`'s id (a request sent
-    /// right after this one), whose reply is kept for its caller.
-    async fn await_reply(
-        &mut self,
-        id: &str,
-        timeout: Duration,
-        mut keep: Option<(&str, &mut Option<Box<Reply>>)>,
-    ) -> Outcome {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let Some(Connection { dealer, exit, .. }) = self.conn.as_mut() else {
@@ -399,18 +357,12 @@ put large inputs (prompt text, environment values) in a file in the workspace an
                         tracing::warn!("dropping an unreadable reply");
                         continue;
                     };
+                    if reply.id != id {
+                        continue; // the late answer to an earlier attempt
+                    }
                     if reply.epoch < self.max_epoch_seen {
                         tracing::warn!(epoch = reply.epoch, "ignoring a reply from an older epoch");
                         continue;
-                    }
-                    if reply.id != id {
-                        if let Some((kept_id, slot)) = keep.as_mut()
-                            && reply.id == *kept_id
-                        {
-                            self.max_epoch_seen = reply.epoch;
-                            **slot = Some(Box::new(reply));
-                        }
-                        continue; // the late answer to an earlier attempt
                     }
                     self.max_epoch_seen = reply.epoch;
                     return Outcome::Reply(Box::new(reply));
@@ -494,9 +446,6 @@ enum Outcome {
     Reply(Box<Reply>),
     PrimaryChanged,
     TimedOut,
-    /// The ping sent ahead of a fresh connection's first request was not
-    /// answered within `probe_timeout`.
-    ProbeTimedOut,
 }
 
 /// Pings until some primary answers (a member may still be starting or a
