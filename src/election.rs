@@ -19,7 +19,9 @@ pub struct PrimaryLock {
 /// Which file a path names: `(device, inode)`. A lock file that was
 /// unlinked (the state dir deleted) keeps its inode while a new file at the
 /// same path gets another, so comparing ids tells whether a lock taken on
-/// an open file still guards the path everyone else locks.
+/// an open file still guards the path everyone else locks. That holds only
+/// while the first file is open: a file deleted and closed frees its inode
+/// number, and the next file made may get it.
 pub type FileId = (u64, u64);
 
 pub fn file_id(path: &Path) -> Option<FileId> {
@@ -27,7 +29,7 @@ pub fn file_id(path: &Path) -> Option<FileId> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-fn open_file_id(file: &File) -> Option<FileId> {
+pub fn open_file_id(file: &File) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
     file.metadata().ok().map(|m| (m.dev(), m.ino()))
 }

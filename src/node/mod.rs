@@ -228,8 +228,11 @@ fn rejoin(
 #[derive(Default)]
 struct Rebuild {
     failures: u32,
-    /// The state dir as it was when the current step began.
-    state_dir: Option<election::FileId>,
+    /// The state dir as it was when the current step began, held open: a
+    /// directory deleted and made again at once may get the same inode
+    /// number (ext4 hands a freed inode out again), and would then pass for
+    /// the same one. An open directory's inode is not freed.
+    state_dir: Option<(std::fs::File, election::FileId)>,
 }
 
 impl Rebuild {
@@ -238,15 +241,22 @@ impl Rebuild {
 
     /// Notes the state dir a step starts on.
     fn begin(&mut self, ws: &Workspace) {
-        self.state_dir = election::file_id(&ws.state_dir);
+        self.state_dir = std::fs::File::open(&ws.state_dir)
+            .ok()
+            .and_then(|dir| election::open_file_id(&dir).map(|id| (dir, id)));
     }
 
     async fn retry(&mut self, ws: &Workspace, e: NodeError) -> Result<(), NodeError> {
         // Deleted or replaced during the step, in a workspace that is still
         // there: the failure is the race, not a lasting problem.
-        let replaced =
-            election::file_id(&ws.state_dir) != self.state_dir || self.state_dir.is_none();
-        if !ws.root.is_dir() || !replaced || self.failures >= Self::TRIES {
+        // Or emptied: `rm -rf` unlinks the entries before the directory,
+        // and fails to remove a directory we put new entries in meanwhile,
+        // so the step may lose a file it just made in a directory that is
+        // still the same one.
+        let began_on = self.state_dir.as_ref().map(|(_, id)| *id);
+        let replaced = began_on.is_none() || election::file_id(&ws.state_dir) != began_on;
+        let raced = replaced || vanished(&e);
+        if !ws.root.is_dir() || !raced || self.failures >= Self::TRIES {
             return Err(e);
         }
         self.failures += 1;
@@ -254,6 +264,24 @@ impl Rebuild {
         tokio::time::sleep(Self::PAUSE).await;
         Ok(())
     }
+}
+
+/// True when `e` comes of a file that was not there: in a rebuild's
+/// steps, which make every file they use, that is a file deleted under it.
+fn vanished(e: &NodeError) -> bool {
+    if let NodeError::Store(StoreError::Missing(_)) = e {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::NotFound
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn acquire(lock_path: &std::path::Path) -> Result<Option<PrimaryLock>, NodeError> {
@@ -374,4 +402,35 @@ fn record_event(f: &mut std::fs::File, event: &Event) {
         "topic": event.topic(),
     });
     let _ = writeln!(f, "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_gone_under_a_step_is_told_from_other_failures() {
+        let gone = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let store_lost_its_file = NodeError::Store(StoreError::Create {
+            path: "grove.db".into(),
+            source: gone(),
+        });
+        assert!(vanished(&store_lost_its_file));
+        assert!(vanished(&NodeError::Io {
+            what: "cannot write primary.json".into(),
+            source: gone(),
+        }));
+        assert!(vanished(&NodeError::Store(StoreError::Missing(
+            "grove.db".into()
+        ))));
+        let refused = NodeError::Io {
+            what: "cannot open primary.lock".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert!(!vanished(&refused));
+        assert!(!vanished(&NodeError::Store(StoreError::Emptied {
+            path: "grove.db".into(),
+            why: "truncated".into(),
+        })));
+    }
 }

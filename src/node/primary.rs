@@ -424,18 +424,21 @@ async fn serve(
 
 /// Why a watched file's change ends the role, if it does.
 fn files_changed(ws: &crate::paths::Workspace, epoch: u64, guard: &StateGuard) -> Option<Ended> {
+    // `.grove` deleted or replaced: our lock and store are unlinked files
+    // nobody else sees. Stop serving them. Checked first: the primary of
+    // the new state dir removes our socket files as stale, and a member
+    // that took that for a mere rebind would keep its view of the old
+    // store open.
+    if !guard.intact() {
+        tracing::warn!("the state dir was deleted or replaced; handing over");
+        return Some(Ended::StateGone);
+    }
     // Someone deleted our socket files (a tmp cleaner, a user): nobody new
     // can reach us. Hand over and rebind under a new epoch rather than
     // serve a bus that cannot be found.
     if !ws.rpc_socket(epoch).exists() || !ws.pub_socket(epoch).exists() {
         tracing::warn!("the socket files vanished; handing over to rebind them");
         return Some(Ended::Rebind);
-    }
-    // `.grove` deleted or replaced: our lock and store are unlinked files
-    // nobody else sees. Stop serving them.
-    if !guard.intact() {
-        tracing::warn!("the state dir was deleted or replaced; handing over");
-        return Some(Ended::StateGone);
     }
     None
 }
