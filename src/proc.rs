@@ -173,6 +173,18 @@ pub fn same_or_gone(pid: u32, start: Option<u64>) -> bool {
     }
 }
 
+/// A pidfd of `pid`: it names that process for good, even once the pid
+/// is reused. `None` where pidfds are not available.
+pub fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if pid == 0 || pid > i32::MAX as u32 {
+        return None;
+    }
+    // SAFETY: pidfd_open returns a new descriptor we then own, or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
 /// Notices the end of another process without polling: a pidfd becomes
 /// readable when its process exits (zombie or reaped). Where pidfds are not
 /// available (kernels before 5.3, fd limit) it falls back to checking
@@ -186,22 +198,27 @@ pub struct ExitWatch {
 impl ExitWatch {
     /// Must be called inside a tokio runtime (the pidfd joins its reactor).
     pub fn new(pid: u32, fallback: std::time::Duration) -> ExitWatch {
-        use std::os::fd::FromRawFd;
-        let fd = (pid != 0 && pid <= i32::MAX as u32)
-            .then(|| unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) })
-            .filter(|&fd| fd >= 0)
-            .and_then(|fd| {
-                let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) };
-                // SAFETY: the AsyncFd owns the descriptor, so it stays open
-                // for as long as it is registered.
-                unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        owned,
-                        tokio::io::Interest::READABLE,
-                    )
-                }
-                .ok()
-            });
+        ExitWatch::with_pidfd(pid, pidfd(pid), fallback)
+    }
+
+    /// With a pidfd opened earlier (while the pid was known to be the
+    /// process's), or `None` to watch on the timer.
+    pub fn with_pidfd(
+        pid: u32,
+        pidfd: Option<std::os::fd::OwnedFd>,
+        fallback: std::time::Duration,
+    ) -> ExitWatch {
+        let fd = pidfd.and_then(|owned| {
+            // SAFETY: the AsyncFd owns the descriptor, so it stays open
+            // for as long as it is registered.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    owned,
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .ok()
+        });
         ExitWatch { pid, fd, fallback }
     }
 

@@ -319,3 +319,45 @@ fn the_agent_starts_with_no_signal_blocked_or_ignored() {
     // The standard signals (1..=31); glibc keeps 32 and 33 to itself.
     assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{log}");
 }
+
+/// The shims' fork server: a child of the primary that forks the shims.
+/// The shim it forked is supervised like a spawned one (it runs in a
+/// session of its own and is not the server's session), and when the
+/// primary is killed the server ends (its end of the pair closes) while the
+/// shim runs on and its task completes under the next primary.
+#[test]
+fn the_fork_server_ends_with_its_primary_and_its_shims_live_on() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\n");
+    g.serve();
+    let (primary, epoch) = g.wait_primary();
+    g.serve();
+    g.wait_secondaries_at(1, epoch);
+    let id = g.ok(&["spawn", "sleep 1; echo survived"]);
+    let rec = run_record(&g, &id);
+    let shim = rec["shim_pid"].as_u64().unwrap() as u32;
+    let stat = |pid: u32| grove::proc::stat(pid).expect("a live process");
+    let server = stat(shim).ppid;
+    let cmdline = |pid: u32| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+            .replace('\0', " ")
+    };
+    assert!(
+        cmdline(server).contains("shim --zygote") && stat(server).ppid == primary,
+        "the shim was forked by the primary's fork server: parent {server} ({})",
+        cmdline(server)
+    );
+    assert_eq!(
+        stat(shim).session,
+        shim,
+        "the shim leads a session of its own"
+    );
+
+    g.member_by_pid(primary).signal(libc::SIGKILL);
+    wait_for("the fork server to end with its primary", DEADLINE, || {
+        (!grove::proc::running(server)).then_some(())
+    });
+    g.wait_new_primary(primary, epoch);
+    let t = wait_status(&g, &id, "completed");
+    assert_eq!(t["exit_code"], 0);
+    assert!(g.ok(&["logs", &id]).contains("survived"));
+}

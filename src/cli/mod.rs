@@ -345,6 +345,9 @@ pub fn main() -> i32 {
     if let Some(spec) = shim_spec() {
         return shim_main(&spec);
     }
+    if is_zygote() {
+        return crate::shim::zygote::serve(|| shim_main(std::path::Path::new("-")));
+    }
     // Before any thread exists (see the function).
     crate::election::reserve_lock_descriptor();
     let cli = match Cli::try_parse() {
@@ -372,6 +375,14 @@ fn shim_spec() -> Option<PathBuf> {
     let spec_bytes = spec.as_encoded_bytes();
     let plain = cmd == "shim" && (spec_bytes == b"-" || !spec_bytes.starts_with(b"-"));
     (plain && args.next().is_none()).then(|| PathBuf::from(spec))
+}
+
+/// `grove shim --zygote`: the shims' fork server (`shim::zygote`), which a
+/// primary starts; it must stay single-threaded, so it too skips clap and
+/// everything else this function's callers set up.
+fn is_zygote() -> bool {
+    let args: Vec<_> = std::env::args_os().skip(1).take(3).collect();
+    args.len() == 2 && args[0] == "shim" && args[1] == "--zygote"
 }
 
 fn shim_main(spec: &std::path::Path) -> i32 {

@@ -1,6 +1,7 @@
-//! Starting `grove shim` for one run: one spawn of this binary in a
-//! session of its own (`runs::spawn_shim`: one `posix_spawn`, no copy of
-//! the primary's memory), its spec written to its stdin. No file is
+//! Starting `grove shim` for one run: a fork of the shims' fork server
+//! (`runs::zygote`), or where that cannot be had one spawn of this binary
+//! in a session of its own (`runs::spawn_shim`: one `posix_spawn`, no copy
+//! of the primary's memory), its spec written to its stdin. No file is
 //! created per start: on ext4 an inode allocation, serialised on the run
 //! directory, was the largest cost of a task start. Blocking (a PATH scan
 //! for the engine, the spawn, the pipe): called off the event loop.
@@ -12,9 +13,12 @@ use crate::paths::Workspace;
 use crate::protocol::TaskRecord;
 use crate::runs::{RunFiles, ShimSpec, WorktreeRun};
 
-/// A shim we started: reaped by us.
+/// A shim we started.
 pub struct Launched {
     pub pid: u32,
+    /// Forked by the shims' fork server, which reaps it (its start time
+    /// and pidfd); `None`: spawned by us, our child to reap.
+    pub forked: Option<crate::runs::zygote::Forked>,
     /// Where the run's live output starts in the task's log.
     pub log_offset: u64,
     /// Wakes the orchestrator when the shim writes its run record (the
@@ -64,11 +68,24 @@ pub fn launch(
         &RunFiles::run(ws, &task.id, run_id),
         RECORD_FALLBACK,
     );
-    let (spec_out, mut spec_in) =
-        std::io::pipe().map_err(|e| format!("cannot make the supervisor's pipe: {e}"))?;
-    make_room(&spec_in, bytes.len());
-    let pid = crate::runs::spawn_shim(&self_exe()?, &spec_out, &shim_log)
-        .map_err(|e| format!("cannot start the supervisor: {e}"))?;
+    let pipe = || {
+        let (spec_out, spec_in) =
+            std::io::pipe().map_err(|e| format!("cannot make the supervisor's pipe: {e}"))?;
+        make_room(&spec_in, bytes.len());
+        Ok::<_, String>((spec_out, spec_in))
+    };
+    let (mut spec_out, mut spec_in) = pipe()?;
+    let exe = self_exe()?;
+    let (pid, forked) = match crate::runs::zygote::start_shim(&exe, &spec_out, &shim_log) {
+        Some(f) => (f.pid, Some(f)),
+        None => {
+            // A pipe of its own (see `start_shim`).
+            (spec_out, spec_in) = pipe()?;
+            let pid = crate::runs::spawn_shim(&exe, &spec_out, &shim_log)
+                .map_err(|e| format!("cannot start the supervisor: {e}"))?;
+            (pid, None)
+        }
+    };
     drop(spec_out);
     // Into the pipe's buffer (see `make_room`); only a spec larger than
     // Linux lets a pipe grow waits for the shim to read it, which it does
@@ -81,6 +98,7 @@ pub fn launch(
     tracing::info!(task = %task.id, shim = pid, "started");
     Ok(Launched {
         pid,
+        forked,
         log_offset,
         record_watch,
     })

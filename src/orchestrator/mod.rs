@@ -560,16 +560,24 @@ impl Orchestrator {
         let mut failed = Vec::new();
         for (task_id, run_id, result) in results {
             match result {
-                Ok(l) => {
+                Ok(mut l) => {
+                    let own = l.forked.is_none();
+                    let (shim_start, pidfd) = match l.forked.take() {
+                        Some(f) => (f.start, f.pidfd),
+                        None => (None, crate::proc::pidfd(l.pid)),
+                    };
                     let run = Run {
                         run_id,
                         shim_pid: l.pid,
-                        shim_start: None,
-                        own: true,
+                        // Forked by the fork server, which reaps it: its
+                        // start time pins the pid, as for an adopted run.
+                        shim_start,
+                        own,
                         reaped: false,
-                        // Our unreaped child: its pid cannot name another
-                        // process yet.
-                        exit_watch: crate::proc::ExitWatch::new(l.pid, TICK),
+                        // Our unreaped child (its pid cannot name another
+                        // process yet), or the server's, whose pidfd was
+                        // opened before the server could reap it.
+                        exit_watch: crate::proc::ExitWatch::with_pidfd(l.pid, pidfd, TICK),
                         told_paused: Some(false),
                         kill_sent: false,
                         log_offset: l.log_offset,

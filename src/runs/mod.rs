@@ -9,6 +9,7 @@ pub mod conclusion;
 pub mod log;
 pub mod signals;
 pub mod tree;
+pub mod zygote;
 
 pub use signals::SYNC as SYNC_SIGNAL;
 pub use tree::{kill_group, kill_leftovers};
@@ -350,11 +351,26 @@ pub fn spawn_shim(
     spec: &std::io::PipeReader,
     stderr: &std::fs::File,
 ) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    spawn_supervisor(exe, &[b"shim", b"-"], spec.as_raw_fd(), stderr)
+}
+
+/// [`spawn_shim`] for any `grove` command line `args` that starts like a
+/// shim (the shims' fork server, `zygote`), with `stdin` as its fd 0.
+fn spawn_supervisor(
+    exe: &Path,
+    args: &[&[u8]],
+    stdin: std::os::fd::RawFd,
+    stderr: &std::fs::File,
+) -> std::io::Result<u32> {
     use std::ffi::CString;
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
     let c = |b: &[u8]| CString::new(b).map_err(std::io::Error::other);
-    let argv = [c(exe.as_os_str().as_bytes())?, c(b"shim")?, c(b"-")?];
+    let argv = std::iter::once(exe.as_os_str().as_bytes())
+        .chain(args.iter().copied())
+        .map(c)
+        .collect::<std::io::Result<Vec<_>>>()?;
     // The environment as std sees it (its own lock guards `environ`).
     let envs = std::env::vars_os()
         .map(|(k, v)| c(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
@@ -386,7 +402,7 @@ pub fn spawn_shim(
             // pipe's fds may be 0, 1 or 2 (a primary started with them
             // closed): each is first copied above 2, so that no dup2 onto
             // 0-2 closes one still to be copied.
-            let (log, pipe) = (high_fd(stderr.as_raw_fd())?, high_fd(spec.as_raw_fd())?);
+            let (log, pipe) = (high_fd(stderr.as_raw_fd())?, high_fd(stdin)?);
             check(libc::posix_spawn_file_actions_adddup2(
                 &mut actions,
                 log.0,

@@ -17,6 +17,7 @@
 mod acp;
 mod supervise;
 mod worktree;
+pub mod zygote;
 
 pub use acp::host::{HostArgs, run as agent_host};
 
