@@ -361,3 +361,40 @@ fn the_fork_server_ends_with_its_primary_and_its_shims_live_on() {
     assert_eq!(t["exit_code"], 0);
     assert!(g.ok(&["logs", &id]).contains("survived"));
 }
+
+/// The primary's fork server, found as the parent of a shim it forked.
+fn fork_server_of(g: &Grove, task: &str) -> u32 {
+    let shim = run_record(g, task)["shim_pid"].as_u64().unwrap() as u32;
+    grove::proc::stat(shim).expect("the shim runs").ppid
+}
+
+/// A neighbour kills the fork server, or stops it: the next task still
+/// starts (a killed server is replaced; a stopped one is given up after
+/// its answer's deadline and the shim spawned), and nothing is left behind.
+#[test]
+fn tasks_start_when_the_fork_server_is_killed_or_stopped() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\n");
+    g.serve();
+    let (primary, _) = g.wait_primary();
+    let mark = marker(&g, "zygote");
+    let first = g.ok(&["spawn", &format!("sleep 2; : {mark}")]);
+    let server = fork_server_of(&g, &first);
+    assert_ne!(server, primary, "the first shim came from a fork server");
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    let second = g.ok(&["spawn", &format!("sleep 2; : {mark}")]);
+    let replaced = fork_server_of(&g, &second);
+    assert!(
+        replaced != server && replaced != primary,
+        "a new server forked the second shim"
+    );
+    unsafe { libc::kill(replaced as i32, libc::SIGSTOP) };
+    let third = g.ok(&["spawn", &format!("echo third; : {mark}")]);
+    for id in [&first, &second, &third] {
+        assert_eq!(wait_status(&g, id, "completed")["exit_code"], 0);
+    }
+    assert!(g.ok(&["logs", &third]).contains("third"));
+    wait_for("the stopped server to be killed", DEADLINE, || {
+        (!grove::proc::running(replaced)).then_some(())
+    });
+    wait_no_task_processes(&g, &mark, "every task's end");
+}
