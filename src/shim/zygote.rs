@@ -15,6 +15,9 @@ const SOCK: i32 = 0;
 /// [`IDLE_EXIT`]. Each child runs `shim` (the shim's whole life, reading
 /// its spec from stdin) and exits with its code.
 pub fn serve(shim: fn() -> i32) -> i32 {
+    // Its command line is every forked shim's too: the names (`ps -e`,
+    // `top`) tell them apart.
+    set_name(c"grove-zygote");
     loop {
         reap_ended();
         let mut poll = libc::pollfd {
@@ -73,6 +76,7 @@ fn fork_shim(spec: OwnedFd, log: OwnedFd, shim: fn() -> i32) -> i32 {
                     && libc::dup2(spec.as_raw_fd(), SOCK) == SOCK
             };
             drop((spec, log));
+            set_name(c"grove-shim");
             if !ok {
                 // SAFETY: leaves the child at once, without running
                 // anything of the server's.
@@ -94,4 +98,10 @@ fn reap_ended() {
             return;
         }
     }
+}
+
+/// This process's name (its `comm`, 15 bytes at most).
+fn set_name(name: &std::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of ours.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
