@@ -561,10 +561,9 @@ impl Orchestrator {
         for (task_id, run_id, result) in results {
             match result {
                 Ok(mut l) => {
-                    let own = l.forked.is_none();
-                    let (shim_start, pidfd) = match l.forked.take() {
-                        Some(f) => (f.start, f.pidfd),
-                        None => (None, crate::proc::pidfd(l.pid)),
+                    let (own, shim_start, pidfd) = match l.forked.take() {
+                        Some(f) => (false, f.start, f.pidfd),
+                        None => (true, None, crate::proc::pidfd(l.pid)),
                     };
                     let run = Run {
                         run_id,

@@ -59,7 +59,8 @@ static SERVER: Mutex<Server> = Mutex::new(Server::Unstarted);
 /// request that was never answered.
 pub fn start_shim(exe: &Path, spec: &impl AsRawFd, stderr: &File) -> Option<Forked> {
     let mut server = SERVER.lock().unwrap_or_else(|p| p.into_inner());
-    for fresh_only in [false, true] {
+    // At most two rounds: the server at hand, then (if it had gone) a new one.
+    for _ in 0..2 {
         if let Server::Running(z) = &*server
             && z.has_exited()
         {
@@ -67,9 +68,6 @@ pub fn start_shim(exe: &Path, spec: &impl AsRawFd, stderr: &File) -> Option<Fork
             *server = Server::Unstarted;
         }
         let fresh = matches!(*server, Server::Unstarted);
-        if fresh_only && !fresh {
-            return None;
-        }
         if fresh {
             match Zygote::spawn(exe, stderr) {
                 Ok(z) => *server = Server::Running(z),

@@ -19,7 +19,6 @@ pub fn serve(shim: fn() -> i32) -> i32 {
     // `top`) tell them apart.
     set_name(c"grove-zygote");
     loop {
-        reap_ended();
         let mut poll = libc::pollfd {
             fd: SOCK,
             events: libc::POLLIN,
@@ -47,6 +46,10 @@ pub fn serve(shim: fn() -> i32) -> i32 {
                 return 1;
             }
         };
+        // Only now: the primary sends a request after it has read the
+        // last shim's start time and opened its pidfd, so no shim is
+        // reaped (its pid freed) before that.
+        reap_ended();
         let answer = match <[OwnedFd; 2]>::try_from(fds) {
             Ok([spec, log]) => fork_shim(spec, log, shim),
             Err(_) => -libc::EINVAL,
@@ -88,8 +91,9 @@ fn fork_shim(spec: OwnedFd, log: OwnedFd, shim: fn() -> i32) -> i32 {
     }
 }
 
-/// Reaps the shims that ended (not while a request is being answered: the
-/// primary reads a new shim's start time before it sends the next one).
+/// Reaps the shims that ended; called when a request arrives (see there).
+/// Until then an ended shim stays a zombie; when the server exits, init
+/// reaps those left.
 fn reap_ended() {
     loop {
         // SAFETY: reaps any ended child without blocking.
