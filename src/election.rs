@@ -161,12 +161,26 @@ pub fn is_held(path: &Path) -> io::Result<bool> {
     }
 }
 
+/// The election won by the waiter thread: the lock, and what the thread
+/// went on to do while holding it (`then` of [`wait_in_thread`]).
+pub struct Won<T> {
+    pub lock: PrimaryLock,
+    /// Closed without a value when the thread could not run `then`.
+    pub then: tokio::sync::oneshot::Receiver<T>,
+}
+
 /// Starts the dedicated waiter thread: it blocks in `flock` until the lock is
-/// ours and then hands it over through the returned channel.
-/// Also returns the id of the file it waits on.
-pub fn wait_in_thread(
+/// ours, hands it over through the returned channel at once, and then runs
+/// `then` on the same thread, still holding the lock through a second
+/// descriptor of the file (so a receiver that drops the lock meanwhile
+/// does not release it under `then`). A promotion's first step thus starts
+/// on the thread that learned of the win, the moment it did, while the
+/// event loop wakes and binds the sockets on the other core (see
+/// docs/design.md, Promotion). Also returns the id of the file it waits on.
+pub fn wait_in_thread<T: Send + 'static>(
     path: &Path,
-) -> io::Result<(tokio::sync::oneshot::Receiver<PrimaryLock>, Option<FileId>)> {
+    then: impl FnOnce(&PrimaryLock) -> T + Send + 'static,
+) -> io::Result<(tokio::sync::oneshot::Receiver<Won<T>>, Option<FileId>)> {
     // At the top before it is won: a kill may come at any moment after.
     let file = to_the_top(open_lock_file(path)?);
     let id = open_file_id(&file);
@@ -175,9 +189,24 @@ pub fn wait_in_thread(
         .name("grove-lock-waiter".into())
         .spawn(move || match file.lock() {
             Ok(()) => {
+                let kept = file.try_clone().ok().map(|f| PrimaryLock { _file: f });
+                let (done, then_rx) = tokio::sync::oneshot::channel();
+                let won = Won {
+                    lock: PrimaryLock { _file: file },
+                    then: then_rx,
+                };
                 // If the receiver is gone the process is shutting down; the
-                // lock is released when `file` drops here.
-                let _ = tx.send(PrimaryLock { _file: file });
+                // lock is released when the message drops here.
+                if tx.send(won).is_err() {
+                    return;
+                }
+                if let Some(kept) = kept {
+                    let result = then(&kept);
+                    // Closed before the result is told: whoever hears it
+                    // holds the lock's only descriptor.
+                    drop(kept);
+                    let _ = done.send(result);
+                }
             }
             Err(e) => tracing::error!("waiting for the election lock failed: {e}"),
         })?;
@@ -246,12 +275,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("primary.lock");
         let first = try_acquire(&path).unwrap().unwrap();
-        let (rx, id) = wait_in_thread(&path).unwrap();
+        let path_in_thread = path.clone();
+        let (rx, id) = wait_in_thread(&path, move |held| held.is_at(&path_in_thread)).unwrap();
         assert_eq!(id, file_id(&path));
         drop(first);
-        let _second = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+        let won = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
             .await
             .expect("waiter woke")
             .expect("lock handed over");
+        // `then` ran holding the lock, on the file it was taken on.
+        assert!(won.then.await.unwrap(), "then saw the lock on the path");
+        assert!(is_held(&path).unwrap());
+        drop(won.lock);
+        assert!(!is_held(&path).unwrap(), "the second descriptor is closed");
     }
 }

@@ -326,3 +326,55 @@ fn a_waiting_secondary_keeps_the_wal_index_for_its_promotion() {
     let after = g.task_create("echo after the crash");
     assert!(g.db().task(&after).unwrap().is_some());
 }
+
+/// A waiting secondary makes its `primary.json` file ahead of time
+/// (`.grove/primary.next-PID`), so that its promotion only writes and
+/// renames it (see docs/design.md, Promotion): the promoted member's slot
+/// becomes the record, and the slot a `kill -9`ed secondary left behind is
+/// removed by the next primary.
+#[test]
+fn a_secondary_prepares_its_record_and_dead_members_slots_are_removed() {
+    let mut g = Grove::new();
+    g.serve();
+    let (primary, epoch) = g.wait_primary();
+    let doomed = g.serve();
+    let heir = g.serve();
+    g.wait_secondaries_at(2, epoch);
+    let state_dir = g.ws.join(".grove");
+    let slot = |pid: u32| state_dir.join(format!("primary.next-{pid}"));
+    let (doomed_pid, heir_pid) = (g.members[doomed].pid, g.members[heir].pid);
+    for pid in [doomed_pid, heir_pid] {
+        wait_for("each secondary has its slot", DEADLINE, || {
+            slot(pid).exists().then_some(())
+        });
+    }
+    assert!(!slot(primary).exists(), "a primary keeps no slot");
+    g.member_by_pid(doomed_pid).signal(libc::SIGKILL);
+    g.member_by_pid(doomed_pid).wait_exit(DEADLINE);
+    assert!(slot(doomed_pid).exists(), "a killed member cannot clean up");
+    g.member_by_pid(primary).signal(libc::SIGKILL);
+    let (new_primary, new_epoch) = g.wait_new_primary(primary, epoch);
+    assert_eq!((new_primary, new_epoch), (heir_pid, epoch + 1));
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(g.ws.join(".grove/primary.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["pid"], heir_pid);
+    assert_eq!(record["epoch"], new_epoch);
+    assert!(!slot(heir_pid).exists(), "the slot became the record");
+    wait_for("the dead member's slot is removed", DEADLINE, || {
+        (!slot(doomed_pid).exists()).then_some(())
+    });
+    // A member that stops on its own removes its slot.
+    let quitter = g.serve();
+    g.wait_secondaries_at(1, new_epoch);
+    let quitter_pid = g.members[quitter].pid;
+    wait_for("the new secondary has its slot", DEADLINE, || {
+        slot(quitter_pid).exists().then_some(())
+    });
+    g.member_by_pid(quitter_pid).signal(libc::SIGTERM);
+    g.member_by_pid(quitter_pid).wait_exit(DEADLINE);
+    assert!(
+        !slot(quitter_pid).exists(),
+        "a stopped member removes its slot"
+    );
+}

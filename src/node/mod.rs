@@ -131,10 +131,7 @@ async fn follow_or_lead(
     let mut events_task = crate::loop_watch::spawn("events", events.in_current_span());
 
     let lock_path = opts.ws.lock_path();
-    let mut lock = acquire(&lock_path)?;
-    // A secondary's open store connection, kept until the promotion it
-    // won has opened its own (see `secondary::hold_wal_index`).
-    let mut warm = None;
+    let mut lock = acquire(&lock_path)?.map(primary::Held::taken);
     let mut rebuild = Rebuild::default();
     let result = loop {
         if *shutdown.borrow() {
@@ -145,15 +142,8 @@ async fn follow_or_lead(
             // Taken on a lock file that was unlinked meanwhile: promoting
             // on it would make a second primary beside the one that holds
             // the workspace's current lock file.
-            Some(held) if !held.is_at(&lock_path) => Ok(true),
-            Some(held) => match primary::run(
-                &identity,
-                &opts,
-                &live,
-                (held, warm.take()),
-                shutdown.clone(),
-            )
-            .await
+            Some(held) if !held.lock.is_at(&lock_path) => Ok(true),
+            Some(held) => match primary::run(&identity, &opts, &live, held, shutdown.clone()).await
             {
                 Ok(primary::Ended::Stopped) => break Ok(()),
                 Ok(primary::Ended::Rebind) => Ok(false),
@@ -161,9 +151,8 @@ async fn follow_or_lead(
                 Err(e) => Err(e),
             },
             None => match secondary::run(&identity, &opts, &live, shutdown.clone()).await {
-                Ok(secondary::Followed::Promote(held, wal_index)) => {
+                Ok(secondary::Followed::Promote(held)) => {
                     lock = Some(held);
-                    warm = wal_index;
                     continue;
                 }
                 Ok(secondary::Followed::Stopped) => break Ok(()),
@@ -171,8 +160,6 @@ async fn follow_or_lead(
                 Err(e) => Err(e),
             },
         };
-        // Only the promotion right after a secondary's win uses it.
-        warm = None;
         let state_gone = match ran {
             Ok(gone) => {
                 rebuild.failures = 0;
@@ -188,7 +175,7 @@ async fn follow_or_lead(
         }
         rebuild.begin(&opts.ws);
         lock = match rejoin(&opts, &identity, state_gone, &mut events_task) {
-            Ok(l) => l,
+            Ok(l) => l.map(primary::Held::taken),
             Err(e) => match rebuild.retry(&opts.ws, e).await {
                 Ok(()) => None,
                 Err(e) => break Err(e),

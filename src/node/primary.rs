@@ -20,17 +20,81 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 use zeromq::{Socket, SocketRecv};
 
+/// The lock this member holds, with what came with it: a secondary's open
+/// store connection (kept until the promotion has its own, see
+/// `secondary::hold_wal_index`) and the promotion its lock waiter began.
+pub struct Held {
+    pub lock: PrimaryLock,
+    pub wal_index: Option<crate::store::Reader>,
+    pub begun: Option<Begun>,
+    /// The file made ahead for our `primary.json` (see `RecordSlot`).
+    pub record_slot: Option<crate::primary_record::RecordSlot>,
+}
+
+impl Held {
+    /// A lock taken by a try at startup or after a rebuild, with nothing
+    /// begun yet.
+    pub fn taken(lock: PrimaryLock) -> Held {
+        Held {
+            lock,
+            wal_index: None,
+            begun: None,
+            record_slot: None,
+        }
+    }
+}
+
+/// Step 1 of a promotion, under way on another thread.
+pub struct Begun {
+    /// The epoch mark the promotion reads before it opens the store: the
+    /// sockets are bound under it + 1 and the mark then raised, which must
+    /// not happen before the promotion has read it (it would take one
+    /// epoch more than the sockets are named by). Closed when the
+    /// promotion did not begin.
+    pub floor: oneshot::Receiver<u64>,
+    pub done: oneshot::Receiver<Option<Started>>,
+}
+
+/// Step 1 of a promotion, done: when the lock was won (CLOCK_MONOTONIC
+/// ns) and what opening the store read-write and committing the new epoch
+/// gave.
+pub struct Started {
+    won_ns: u64,
+    result: Result<Promotion, crate::store::StoreError>,
+}
+
+/// Step 1 of the promotion (see `promote_and_serve`): run by the thread
+/// that holds the lock, right after winning it. `won_ns` is when it did.
+pub fn begin_promotion(
+    ws: &crate::paths::Workspace,
+    instance_id: &str,
+    pid: u32,
+    heard: &super::Heard,
+    (won_ns, floor): (u64, u64),
+) -> Started {
+    // The same instant on the wall clock, kept with the epoch: the board's
+    // failover history compares it with the old primary's last heartbeat.
+    let won = crate::store::promotions::LockWon {
+        at: crate::protocol::now_ms(),
+        heard: heard.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+    };
+    Started {
+        won_ns,
+        result: writer::promote(&ws.db_path(), instance_id, pid, floor, &won),
+    }
+}
+
 pub async fn run(
     me: &Identity,
     opts: &NodeOptions,
     live: &Arc<LiveConfig>,
-    lock: (PrimaryLock, Option<crate::store::Reader>),
+    held: Held,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Ended, NodeError> {
     // Instrumented, not entered (a guard must not be held across `.await`);
     // the epoch is recorded once the promotion has taken it.
     let span = tracing::info_span!("primary", epoch = tracing::field::Empty);
-    promote_and_serve(me, opts, live, lock, shutdown)
+    promote_and_serve(me, opts, live, held, shutdown)
         .instrument(span)
         .await
 }
@@ -40,31 +104,40 @@ async fn promote_and_serve(
     me: &Identity,
     opts: &NodeOptions,
     live: &Arc<LiveConfig>,
-    (lock, wal_index): (PrimaryLock, Option<crate::store::Reader>),
+    held: Held,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Ended, NodeError> {
     let ws = &opts.ws;
+    let Held {
+        lock,
+        wal_index,
+        begun,
+        record_slot,
+    } = held;
     let promoted_at = Instant::now();
-    // The lock was just won: each phase is stamped on CLOCK_MONOTONIC so
-    // that `grove bench failover` can set them beside the kill's own stamp.
-    let mut phases = Phases {
-        lock: monotonic_ns(),
-        ..Phases::default()
-    };
-    // The same instant on the wall clock, kept with the epoch: the board's
-    // failover history compares it with the old primary's last heartbeat.
-    let won = crate::store::promotions::LockWon {
-        at: crate::protocol::now_ms(),
-        heard: me.heard.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-    };
+    // Each phase is stamped on CLOCK_MONOTONIC so that `grove bench
+    // failover` can set them beside the kill's own stamp.
+    let mut phases = Phases::default();
     // The files as they are now, not as they were when this member started.
     let config = live.current();
 
     // 1. Read-write store, migrations, epoch + 1 (one transaction), above
     //    every epoch this workspace had, even in a deleted `.grove`. On a
-    //    thread of its own: meanwhile this one binds the sockets (3. + 4.).
-    let floor = state::epoch_mark(ws);
-    let store = promote_in_thread(me, ws, floor, won)?;
+    //    thread of its own, begun by the secondary's lock waiter the moment
+    //    it won (else here): meanwhile this one binds the sockets (3. + 4.).
+    let (floor, store) = match begun {
+        Some(begun) => match begun.floor.await {
+            Ok(floor) => (floor, begun.done),
+            Err(_) => {
+                let floor = state::epoch_mark(ws);
+                (floor, promote_in_thread(me, ws, floor)?)
+            }
+        },
+        None => {
+            let floor = state::epoch_mark(ws);
+            (floor, promote_in_thread(me, ws, floor)?)
+        }
+    };
 
     // 2. Running tasks are not reconciled here: the orchestrator adopts them
     //    once it starts, after `primary.json` (see docs/design.md, Promotion).
@@ -75,9 +148,24 @@ async fn promote_and_serve(
     let predicted = floor + 1;
     let bound = bind_sockets(ws, predicted).await;
     phases.bound = monotonic_ns();
-    let promotion = store.join().map_err(|_| {
-        NodeError::io("cannot promote")(std::io::Error::other("the promotion thread panicked"))
-    })??;
+
+    // Awaited, not joined: the loop does not block while the store commits.
+    // A waiter that could not begin it (no second descriptor; the lock file
+    // no longer the workspace's when it won) leaves it to a thread of ours.
+    let started = match store.await {
+        Ok(Some(started)) => started,
+        _ => promote_in_thread(me, ws, floor)?
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                NodeError::io("cannot promote")(std::io::Error::other(
+                    "the promotion thread panicked",
+                ))
+            })?,
+    };
+    phases.lock = started.won_ns;
+    let promotion = started.result?;
     phases.store = monotonic_ns();
     // Open until ours is: the WAL index was not rebuilt (`secondary`).
     drop(wal_index);
@@ -94,7 +182,7 @@ async fn promote_and_serve(
     };
 
     // 5. primary.json, so that everyone finds us.
-    publish_record(me, ws, epoch, &sockets)?;
+    publish_record(me, ws, epoch, &sockets, record_slot)?;
     phases.record = monotonic_ns();
 
     // 6. Publisher, store thread, orchestrator.
@@ -112,6 +200,8 @@ async fn promote_and_serve(
         promoted_at.elapsed().as_secs_f64() * 1000.0
     );
     phases.log(epoch);
+    let stale = ws.clone();
+    tokio::task::spawn_blocking(move || crate::primary_record::remove_stale_slots(&stale));
     // Kept with the epoch's promotion record: the failover history shows
     // this measured takeover, not a gap between stored events.
     let takeover_us = phases.serving.saturating_sub(phases.lock) / 1000;
@@ -123,7 +213,7 @@ async fn promote_and_serve(
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
     let reply_task = crate::loop_watch::spawn(
         "replies",
-        reply_loop(router_send, replies_rx).in_current_span(),
+        reply_loop(router_send, replies_rx, epoch).in_current_span(),
     );
     let serving = serving(
         me,
@@ -149,7 +239,7 @@ fn serving(
     epoch: u64,
     (pub_endpoint, rpc_endpoint): (String, String),
     parts: &Parts,
-    replies: mpsc::Sender<zeromq::ZmqMessage>,
+    replies: mpsc::Sender<super::serving::Outgoing>,
 ) -> Serving {
     let info = PrimaryInfo {
         instance_id: me.instance_id.clone(),
@@ -220,6 +310,7 @@ fn publish_record(
     ws: &crate::paths::Workspace,
     epoch: u64,
     sockets: &Sockets,
+    slot: Option<crate::primary_record::RecordSlot>,
 ) -> Result<(), NodeError> {
     let record = PrimaryRecord {
         instance_id: me.instance_id.clone(),
@@ -230,7 +321,7 @@ fn publish_record(
         started_at: me.started_at,
     };
     record
-        .write(ws)
+        .write_into(ws, slot)
         .map_err(NodeError::io("cannot write primary.json"))
 }
 
@@ -263,21 +354,29 @@ async fn bind_sockets(ws: &crate::paths::Workspace, epoch: u64) -> Result<Socket
     })
 }
 
-/// Step 1 of the promotion on a thread of its own (it blocks for a
-/// millisecond or so: opening, migrating, committing the epoch), so that
-/// the event loop binds the sockets meanwhile. The thread is spawned when
-/// the lock is won, not kept waiting: an idle member keeps no thread for it.
+/// Step 1 of the promotion on a thread of its own, for a lock won here
+/// rather than by a secondary's waiter (it blocks for a millisecond or so:
+/// opening, migrating, committing the epoch), so that the event loop binds
+/// the sockets meanwhile. The thread is spawned when the lock is won, not
+/// kept waiting: an idle member keeps no thread for it. The result comes
+/// through a channel, so the loop awaits it instead of blocking in a join;
+/// a panic closes it.
 fn promote_in_thread(
     me: &Identity,
     ws: &crate::paths::Workspace,
     floor: u64,
-    won: crate::store::promotions::LockWon,
-) -> Result<std::thread::JoinHandle<Result<Promotion, crate::store::StoreError>>, NodeError> {
-    let (db, instance, pid) = (ws.db_path(), me.instance_id.clone(), me.pid);
+) -> Result<oneshot::Receiver<Option<Started>>, NodeError> {
+    let won_ns = monotonic_ns();
+    let (ws, instance, pid, heard) = (ws.clone(), me.instance_id.clone(), me.pid, me.heard.clone());
+    let (tx, rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("grove-promote".into())
-        .spawn(move || writer::promote(&db, &instance, pid, floor, &won))
-        .map_err(NodeError::io("cannot start the promotion"))
+        .spawn(move || {
+            let started = begin_promotion(&ws, &instance, pid, &heard, (won_ns, floor));
+            let _ = tx.send(Some(started));
+        })
+        .map_err(NodeError::io("cannot start the promotion"))?;
+    Ok(rx)
 }
 
 /// What runs beside the RPC loop while we are primary.
@@ -486,8 +585,21 @@ async fn hand_over(
 /// would run. Runs on the store thread (see `writer::Admission`).
 fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admission {
     use crate::orchestrator::engines::{RunSpec, validate};
+    // The configuration as read for the current batch: its files are
+    // checked once per batch, not once per write.
+    let read = std::cell::RefCell::new(None::<(u64, Arc<Config>)>);
     Box::new(move |method, tx| {
-        let config = live.current();
+        let config = {
+            let mut read = read.borrow_mut();
+            match &*read {
+                Some((batch, config)) if *batch == writer::batch_number() => config.clone(),
+                _ => {
+                    let config = live.current();
+                    *read = Some((writer::batch_number(), config.clone()));
+                    config
+                }
+            }
+        };
         let limits = writer::Limits {
             max_depth: config.max_delegation_depth,
             max_children: config.max_children,

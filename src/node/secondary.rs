@@ -13,8 +13,9 @@ use tokio::sync::watch;
 
 /// How following the primary ended.
 pub enum Followed {
-    /// This member won the lock: it must promote.
-    Promote(PrimaryLock, Option<crate::store::Reader>),
+    /// This member won the lock: it must promote (the promotion's first
+    /// step already began on the lock waiter's thread).
+    Promote(super::primary::Held),
     /// Asked to stop.
     Stopped,
     /// The lock file waited on is no longer the workspace's (`.grove` was
@@ -29,7 +30,10 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Followed, NodeError> {
     let lock_path = opts.ws.lock_path();
-    let (mut lock_rx, waited_on) = election::wait_in_thread(&lock_path)
+    // Made now, while nothing waits: a promotion only fills it in.
+    let mut record_slot = crate::primary_record::RecordSlot::prepare(&opts.ws);
+    let (floor_tx, floor) = tokio::sync::oneshot::channel();
+    let (mut lock_rx, waited_on) = election::wait_in_thread(&lock_path, begin(me, opts, floor_tx))
         .map_err(NodeError::io("cannot start the lock waiter"))?;
     let mut reported = live.generation();
     super::report(opts, me, live, "secondary");
@@ -67,9 +71,17 @@ pub async fn run(
             biased;
             lock = &mut lock_rx => {
                 return match lock {
-                    Ok(lock) => {
+                    Ok(won) => {
                         tracing::info!("won the election lock: promoting");
-                        Ok(Followed::Promote(lock, wal_index.take()))
+                        Ok(Followed::Promote(super::primary::Held {
+                            lock: won.lock,
+                            wal_index: wal_index.take(),
+                            begun: Some(super::primary::Begun {
+                                floor,
+                                done: won.then,
+                            }),
+                            record_slot: record_slot.take(),
+                        }))
                     }
                     Err(_) => Err(NodeError::Io {
                         what: "the lock waiter died".into(),
@@ -110,6 +122,33 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// What the lock waiter does the moment it wins, still holding the lock:
+/// the promotion's first step (see `primary::begin_promotion`), unless the
+/// lock file is no longer the workspace's (the member elects again then).
+fn begin(
+    me: &Identity,
+    opts: &NodeOptions,
+    floor_tx: tokio::sync::oneshot::Sender<u64>,
+) -> impl FnOnce(&PrimaryLock) -> Option<super::primary::Started> + Send + 'static {
+    let (ws, instance, pid, heard) = (
+        opts.ws.clone(),
+        me.instance_id.clone(),
+        me.pid,
+        me.heard.clone(),
+    );
+    move |held| {
+        let won_ns = crate::stats::monotonic_ns();
+        if !held.is_at(&ws.lock_path()) {
+            return None;
+        }
+        // Read before the event loop raises it (see `primary::Begun`).
+        let floor = state::epoch_mark(&ws);
+        let _ = floor_tx.send(floor);
+        let started = super::primary::begin_promotion(&ws, &instance, pid, &heard, (won_ns, floor));
+        Some(started)
     }
 }
 

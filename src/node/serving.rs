@@ -7,7 +7,7 @@ use crate::protocol::{
     ErrorCode, MAX_REQUEST_ID_LEN, Method, PROTOCOL_VERSION, PrimaryInfo, Reply, ReplyBody,
     Request, WireError, decode_request, encode, now_ms, oversized_request_id, request_digest,
 };
-use crate::store::writer::{self, Job};
+use crate::store::writer::{self, DirectReply, Job, ReplyTo};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +26,7 @@ pub(super) struct Serving {
     pub(super) jobs: std::sync::mpsc::Sender<Job>,
     /// Bounded: when a flood outruns the reply path, immediate answers
     /// (errors, pings) are dropped rather than buffered without limit.
-    pub(super) replies: mpsc::Sender<ZmqMessage>,
+    pub(super) replies: mpsc::Sender<Outgoing>,
     /// When the last request arrived (an idle member exits; see `idle.rs`).
     pub(super) last_request: Arc<AtomicU64>,
 }
@@ -148,44 +148,72 @@ impl Serving {
     }
 
     /// Queues a write on the store thread; the reply goes out after COMMIT.
+    /// The store thread hands the answer to the reply task itself: a write
+    /// costs the event loop no task of its own (see docs/design.md, Serving as primary).
     fn write(&self, envelope: Vec<Bytes>, id: String, from: String, method: Method, digest: u64) {
-        // Purge removes the task's files once its row is gone.
-        let purged = match &method {
-            Method::TaskPurge { id } => Some(id.clone()),
-            _ => None,
+        let reply = match &method {
+            // Purge removes the task's files once its row is gone.
+            Method::TaskPurge { id: task } => self.after_purge(task.clone(), envelope, id.clone()),
+            _ => {
+                let (replies, id) = (self.replies.clone(), id.clone());
+                ReplyTo::Direct(DirectReply::new(move |result| {
+                    let answer = Outgoing::Answer {
+                        envelope,
+                        id,
+                        result,
+                    };
+                    if tokio::runtime::Handle::try_current().is_ok() {
+                        // Dropped unanswered on the event loop (the store
+                        // had stopped): it must not block there.
+                        let _ = replies.try_send(answer);
+                    } else {
+                        // The store thread waits while the reply queue is
+                        // full: the reply task drains it on its own (a peer
+                        // that does not read is given up on after
+                        // `REPLY_SEND_TIMEOUT`), and the answer reports a
+                        // commit, so it is not dropped.
+                        let _ = replies.blocking_send(answer);
+                    }
+                }))
+            }
         };
-        let (tx, rx) = oneshot::channel();
         let job = Job::Write {
             request_id: id.clone(),
             from,
             method,
             digest,
-            reply: tx,
+            reply,
         };
-        if self.jobs.send(job).is_err() {
-            let msg = "the primary is shutting down; retry with the same id";
-            return self.send(envelope, self.error(id, ErrorCode::Unavailable, msg));
+        if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(job) {
+            // Dropping the job answers its caller: the store has stopped.
+            drop(job);
         }
-        let epoch = self.info.epoch;
+    }
+
+    /// The answer to a purge, sent once the purged task's files are gone.
+    fn after_purge(&self, task: String, envelope: Vec<Bytes>, id: String) -> ReplyTo {
+        let (tx, rx) = oneshot::channel();
         let replies = self.replies.clone();
         let ws = self.ws.clone();
-        crate::loop_watch::spawn("write reply", async move {
-            let result = rx.await;
-            if let (Some(task), Ok(Ok(_))) = (&purged, &result) {
-                crate::runs::RunFiles::remove_all(&ws, task);
+        crate::loop_watch::spawn("purge reply", async move {
+            let result = rx.await.unwrap_or_else(|_| {
+                Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    "the store stopped; retry",
+                ))
+            });
+            if result.is_ok() {
+                crate::runs::RunFiles::remove_all(&ws, &task);
             }
-            let reply = match result {
-                Ok(Ok(body)) => Reply::ok(id, epoch, body),
-                Ok(Err(e)) => Reply::err(id, epoch, e),
-                Err(_) => Reply::err(
+            let _ = replies
+                .send(Outgoing::Answer {
+                    envelope,
                     id,
-                    epoch,
-                    WireError::new(ErrorCode::Unavailable, "the store stopped; retry"),
-                ),
-            };
-            // A write's answer waits for room: it reports a commit.
-            let _ = replies.send(frame(envelope, encode(&reply))).await;
+                    result,
+                })
+                .await;
         });
+        ReplyTo::Waiter(tx)
     }
 
     fn error(&self, id: String, code: ErrorCode, message: impl Into<String>) -> Reply {
@@ -195,13 +223,25 @@ impl Serving {
     fn send(&self, envelope: Vec<Bytes>, reply: Reply) {
         if self
             .replies
-            .try_send(frame(envelope, encode(&reply)))
+            .try_send(Outgoing::Ready(frame(envelope, encode(&reply))))
             .is_err()
             && self.full_queue.allow()
         {
             tracing::warn!("reply queue full: dropping an immediate answer");
         }
     }
+}
+
+/// What the reply task sends: an answer encoded already, or a write's
+/// result as the store thread handed it over (encoded by the reply task,
+/// off the store thread).
+pub(super) enum Outgoing {
+    Ready(ZmqMessage),
+    Answer {
+        envelope: Vec<Bytes>,
+        id: String,
+        result: writer::WriteResult,
+    },
 }
 
 fn frame(mut envelope: Vec<Bytes>, payload: Vec<u8>) -> ZmqMessage {
@@ -220,11 +260,26 @@ const STALLED_PEER_PENALTY: Duration = Duration::from_secs(1);
 
 pub(super) async fn reply_loop(
     mut router: zeromq::RouterSendHalf,
-    mut rx: mpsc::Receiver<ZmqMessage>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    epoch: u64,
 ) {
     let mut stalled: std::collections::HashMap<Bytes, Instant> = Default::default();
     let mut dropped = 0u64;
-    while let Some(msg) = rx.recv().await {
+    while let Some(out) = rx.recv().await {
+        let msg = match out {
+            Outgoing::Ready(msg) => msg,
+            Outgoing::Answer {
+                envelope,
+                id,
+                result,
+            } => {
+                let reply = match result {
+                    Ok(body) => Reply::ok(id, epoch, body),
+                    Err(e) => Reply::err(id, epoch, e),
+                };
+                frame(envelope, encode(&reply))
+            }
+        };
         let peer = msg.get(0).cloned().unwrap_or_default();
         if let Some(until) = stalled.get(&peer) {
             if Instant::now() < *until {

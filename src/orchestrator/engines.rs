@@ -284,10 +284,17 @@ or write the text to a file in the workspace and refer to it in the prompt",
     // argv and the environment together (the agent also inherits the
     // supervisor's environment, about the size of ours) must fit ARG_MAX.
     let strings = |it: &mut dyn Iterator<Item = usize>| it.map(|n| n + 1 + 8).sum::<usize>();
+    // Ours and the limit, measured once: grove never changes its
+    // environment or stack limit after start, and every `task.create` is
+    // checked here (on the store thread, between commits).
+    static INHERITED: std::sync::OnceLock<(usize, libc::c_long)> = std::sync::OnceLock::new();
+    let (inherited, arg_max) = *INHERITED.get_or_init(|| {
+        let ours = strings(&mut std::env::vars_os().map(|(k, v)| k.len() + 1 + v.len()));
+        (ours, unsafe { libc::sysconf(libc::_SC_ARG_MAX) })
+    });
     let total = strings(&mut argv.iter().map(String::len))
         + strings(&mut env.iter().map(|(k, v)| k.len() + 1 + v.len()))
-        + strings(&mut std::env::vars_os().map(|(k, v)| k.len() + 1 + v.len()));
-    let arg_max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+        + inherited;
     if arg_max > 0 && total > arg_max as usize {
         return Err(EngineError::TooLong(format!(
             "the command line and environment of engine '{name}' total {total} bytes, more than this system's ARG_MAX of {arg_max}; pass less through arguments and --env"

@@ -42,7 +42,7 @@ use crate::protocol::{
 use crate::runs::{RunFiles, kill_group, kill_leftovers};
 use crate::store::Reader;
 use crate::store::tasks::InternalOp;
-use crate::store::writer::{Job, WriteResult};
+use crate::store::writer::{Job, ReplyTo, WriteResult};
 use decide::{Action, Decision};
 use observe::{Look, RunState};
 use std::collections::HashMap;
@@ -622,7 +622,7 @@ impl Orchestrator {
             from: "orchestrator".into(),
             digest: crate::protocol::request_digest(&method),
             method,
-            reply: tx,
+            reply: ReplyTo::Waiter(tx),
         };
         self.queue(job, rx)
     }

@@ -61,7 +61,7 @@ pub enum Job {
         method: Method,
         /// `protocol::request_digest` of the method as the client sent it.
         digest: u64,
-        reply: oneshot::Sender<WriteResult>,
+        reply: ReplyTo,
     },
     /// An orchestrator operation: applied without the ledger.
     Internal {
@@ -76,6 +76,55 @@ pub enum Job {
         instance_id: String,
         done: oneshot::Sender<()>,
     },
+}
+
+/// Where a write's answer goes once its batch has committed.
+pub enum ReplyTo {
+    /// A task awaiting it (the orchestrator, tests).
+    Waiter(oneshot::Sender<WriteResult>),
+    /// Handed by the store thread straight to the caller's reply path: no
+    /// task is spawned or woken per write (see docs/design.md, Serving as primary).
+    Direct(DirectReply),
+}
+
+impl ReplyTo {
+    fn answer(self, result: WriteResult) {
+        match self {
+            ReplyTo::Waiter(tx) => {
+                let _ = tx.send(result);
+            }
+            ReplyTo::Direct(d) => d.answer(result),
+        }
+    }
+}
+
+/// An answer to deliver, exactly once: one dropped unanswered (the store
+/// thread stopped with the write queued) answers "unavailable", as a
+/// waiter would learn from its closed channel, so the caller retries at
+/// once instead of waiting out its timeout.
+pub struct DirectReply(Option<Box<dyn FnOnce(WriteResult) + Send>>);
+
+impl DirectReply {
+    pub fn new(deliver: impl FnOnce(WriteResult) + Send + 'static) -> Self {
+        DirectReply(Some(Box::new(deliver)))
+    }
+
+    fn answer(mut self, result: WriteResult) {
+        if let Some(deliver) = self.0.take() {
+            deliver(result);
+        }
+    }
+}
+
+impl Drop for DirectReply {
+    fn drop(&mut self) {
+        if let Some(deliver) = self.0.take() {
+            deliver(Err(WireError::new(
+                ErrorCode::Unavailable,
+                "the store stopped; retry",
+            )));
+        }
+    }
 }
 
 /// Handle to the running store thread.
@@ -163,6 +212,18 @@ pub fn promote(
 /// workspace's (it is not once `.grove` was deleted).
 pub type StillCurrent = Box<dyn Fn() -> bool + Send>;
 
+thread_local! {
+    /// Counts the batches of this thread (see [`batch_number`]).
+    static BATCH: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The batch the store thread is applying now: an [`Admission`] may keep
+/// what it read (the configuration) for as long as this stays the same,
+/// instead of checking the files again for each write of the batch.
+pub fn batch_number() -> u64 {
+    BATCH.with(|b| b.get())
+}
+
 /// Checks (and may complete, e.g. fill in a default) a write that the ledger
 /// has not seen, before it is applied; an `Err` refuses it without recording
 /// it, so a retry after the user fixed the cause can succeed. It runs here,
@@ -223,7 +284,7 @@ impl Guard {
 }
 
 struct Done {
-    reply: oneshot::Sender<WriteResult>,
+    reply: ReplyTo,
     result: WriteResult,
 }
 
@@ -246,6 +307,7 @@ fn run(
             last_prune = std::time::Instant::now();
             prune_history(&conn, retention, &mut prune_floor);
         }
+        BATCH.with(|b| b.set(b.get() + 1));
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -336,7 +398,7 @@ fn hand_out(done: Vec<Done>, events: Vec<Event>, published: &tokio::sync::mpsc::
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::after_commit(&events);
     for d in done {
-        let _ = d.reply.send(d.result);
+        d.reply.answer(d.result);
     }
     for e in events {
         // Waits while the publisher's queue is full: a durable event is
@@ -354,12 +416,15 @@ fn fail_batch(batch: &mut Vec<Job>, e: StoreError) {
         _ => ErrorCode::Internal,
     };
     for job in batch.drain(..) {
-        if let Job::Write { reply, .. } | Job::Internal { reply, .. } = job {
-            let _ = reply.send(Err(WireError::new(
-                code,
-                format!("the store could not commit: {e}"),
-            )));
-        }
+        let reply = match job {
+            Job::Write { reply, .. } => reply,
+            Job::Internal { reply, .. } => ReplyTo::Waiter(reply),
+            Job::Served { .. } | Job::Shutdown { .. } => continue,
+        };
+        reply.answer(Err(WireError::new(
+            code,
+            format!("the store could not commit: {e}"),
+        )));
     }
 }
 
@@ -438,9 +503,11 @@ fn commit_batch(
     WRITES_COMMITTED.fetch_add(writes as u64, Ordering::Relaxed);
     for (job, result) in batch.drain(..).zip(results) {
         match (job, result) {
-            (Job::Write { reply, .. } | Job::Internal { reply, .. }, Some(result)) => {
-                done.push(Done { reply, result })
-            }
+            (Job::Write { reply, .. }, Some(result)) => done.push(Done { reply, result }),
+            (Job::Internal { reply, .. }, Some(result)) => done.push(Done {
+                reply: ReplyTo::Waiter(reply),
+                result,
+            }),
             (Job::Shutdown { done: d, .. }, _) => *shutdown = Some(d),
             (Job::Served { .. }, _) => {}
             (Job::Write { .. } | Job::Internal { .. }, None) => {

@@ -4,7 +4,8 @@
 //! events in seq order.
 
 use super::{
-    Admission, Guard, Job, LedgerKey, WriteResult, apply_idempotent, commit_batch, rehearse,
+    Admission, Guard, Job, LedgerKey, ReplyTo, WriteResult, apply_idempotent, commit_batch,
+    rehearse,
 };
 use crate::protocol::{ErrorCode, Event, EventData, Method, NewTask, ReplyBody, request_digest};
 use crate::store::crash_guard::InFlight;
@@ -31,7 +32,7 @@ fn write(request_id: &str, method: Method) -> Job {
         from: "test".into(),
         digest: request_digest(&method),
         method,
-        reply: oneshot::channel().0,
+        reply: ReplyTo::Waiter(oneshot::channel().0),
     }
 }
 
