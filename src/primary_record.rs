@@ -69,7 +69,7 @@ impl PrimaryRecord {
 /// a file allocates an inode, which on a file system without a journal
 /// searches past every inode freed in the last minutes (ext4's
 /// `recently_deleted`), and each failover frees one (the record it
-/// replaces): up to ~1.5 ms of a failover went there. `.grove/primary.next-PID`;
+/// replaces): up to ~1.5 ms of a failover went there. `.grove/primary.next-PID-INSTANCE`;
 /// removed when dropped unused, and a dead member's by the next primary
 /// ([`remove_stale_slots`]).
 pub struct RecordSlot {
@@ -82,11 +82,13 @@ const SLOT_PREFIX: &str = "primary.next-";
 impl RecordSlot {
     /// `None` when the file cannot be made: the record is then written
     /// the usual way.
-    pub fn prepare(ws: &Workspace) -> Option<RecordSlot> {
+    pub fn prepare(ws: &Workspace, instance_id: &str) -> Option<RecordSlot> {
         use std::os::unix::fs::OpenOptionsExt;
+        // The instance as well as the pid: members in different pid
+        // namespaces may share a workspace, and a pid.
         let path = ws
             .state_dir
-            .join(format!("{SLOT_PREFIX}{}", std::process::id()));
+            .join(format!("{SLOT_PREFIX}{}-{instance_id}", std::process::id()));
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -102,8 +104,8 @@ impl RecordSlot {
     }
 
     /// Writes `record` into the slot and renames it over `primary.json`.
-    /// Fails (leaving `primary.json` as it was) when the slot is not in
-    /// the workspace's `.grove` any more.
+    /// Fails when the slot is not in the workspace's `.grove` any more
+    /// (the caller then writes the record the usual way).
     fn fill(mut self, record: &[u8], ws: &Workspace) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let file = self.file.take().expect("a slot is filled once");
@@ -132,9 +134,8 @@ pub fn remove_stale_slots(ws: &Workspace) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let pid = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(SLOT_PREFIX)?.parse().ok());
+        let pid = (name.to_str())
+            .and_then(|n| n.strip_prefix(SLOT_PREFIX)?.split('-').next()?.parse().ok());
         if pid.is_some_and(|pid: u32| pid != std::process::id() && !crate::proc::running(pid)) {
             let _ = std::fs::remove_file(entry.path());
         }

@@ -341,17 +341,22 @@ fn a_secondary_prepares_its_record_and_dead_members_slots_are_removed() {
     let heir = g.serve();
     g.wait_secondaries_at(2, epoch);
     let state_dir = g.ws.join(".grove");
-    let slot = |pid: u32| state_dir.join(format!("primary.next-{pid}"));
+    // `.grove/primary.next-PID-INSTANCE`
+    let slot_exists = |pid: u32| {
+        let prefix = format!("primary.next-{pid}-");
+        (std::fs::read_dir(&state_dir).unwrap().flatten())
+            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    };
     let (doomed_pid, heir_pid) = (g.members[doomed].pid, g.members[heir].pid);
     for pid in [doomed_pid, heir_pid] {
         wait_for("each secondary has its slot", DEADLINE, || {
-            slot(pid).exists().then_some(())
+            slot_exists(pid).then_some(())
         });
     }
-    assert!(!slot(primary).exists(), "a primary keeps no slot");
+    assert!(!slot_exists(primary), "a primary keeps no slot");
     g.member_by_pid(doomed_pid).signal(libc::SIGKILL);
     g.member_by_pid(doomed_pid).wait_exit(DEADLINE);
-    assert!(slot(doomed_pid).exists(), "a killed member cannot clean up");
+    assert!(slot_exists(doomed_pid), "a killed member cannot clean up");
     g.member_by_pid(primary).signal(libc::SIGKILL);
     let (new_primary, new_epoch) = g.wait_new_primary(primary, epoch);
     assert_eq!((new_primary, new_epoch), (heir_pid, epoch + 1));
@@ -360,21 +365,21 @@ fn a_secondary_prepares_its_record_and_dead_members_slots_are_removed() {
             .unwrap();
     assert_eq!(record["pid"], heir_pid);
     assert_eq!(record["epoch"], new_epoch);
-    assert!(!slot(heir_pid).exists(), "the slot became the record");
+    assert!(!slot_exists(heir_pid), "the slot became the record");
     wait_for("the dead member's slot is removed", DEADLINE, || {
-        (!slot(doomed_pid).exists()).then_some(())
+        (!slot_exists(doomed_pid)).then_some(())
     });
     // A member that stops on its own removes its slot.
     let quitter = g.serve();
     g.wait_secondaries_at(1, new_epoch);
     let quitter_pid = g.members[quitter].pid;
     wait_for("the new secondary has its slot", DEADLINE, || {
-        slot(quitter_pid).exists().then_some(())
+        slot_exists(quitter_pid).then_some(())
     });
     g.member_by_pid(quitter_pid).signal(libc::SIGTERM);
     g.member_by_pid(quitter_pid).wait_exit(DEADLINE);
     assert!(
-        !slot(quitter_pid).exists(),
+        !slot_exists(quitter_pid),
         "a stopped member removes its slot"
     );
 }

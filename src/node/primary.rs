@@ -53,6 +53,26 @@ pub struct Begun {
     /// promotion did not begin.
     pub floor: oneshot::Receiver<u64>,
     pub done: oneshot::Receiver<Option<Started>>,
+    /// Dropped with the win when the member gives it up (it stops, or the
+    /// lock file turned out not to be the workspace's): the promotion,
+    /// which asks just before it commits, then rolls back.
+    pub wanted: Wanted,
+}
+
+/// See [`Begun::wanted`]: set to false when dropped.
+pub struct Wanted(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl Wanted {
+    pub fn new() -> (Wanted, Arc<std::sync::atomic::AtomicBool>) {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        (Wanted(flag.clone()), flag)
+    }
+}
+
+impl Drop for Wanted {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Step 1 of a promotion, done: when the lock was won (CLOCK_MONOTONIC
@@ -71,6 +91,7 @@ pub fn begin_promotion(
     pid: u32,
     heard: &super::Heard,
     (won_ns, floor): (u64, u64),
+    proceed: &dyn Fn() -> bool,
 ) -> Started {
     // The same instant on the wall clock, kept with the epoch: the board's
     // failover history compares it with the old primary's last heartbeat.
@@ -80,7 +101,7 @@ pub fn begin_promotion(
     };
     Started {
         won_ns,
-        result: writer::promote(&ws.db_path(), instance_id, pid, floor, &won),
+        result: writer::promote(&ws.db_path(), instance_id, pid, floor, &won, proceed),
     }
 }
 
@@ -125,9 +146,15 @@ async fn promote_and_serve(
     //    every epoch this workspace had, even in a deleted `.grove`. On a
     //    thread of its own, begun by the secondary's lock waiter the moment
     //    it won (else here): meanwhile this one binds the sockets (3. + 4.).
+    // Kept until the promotion is in: dropped earlier (this returns on an
+    // error), it makes a promotion still under way roll back.
+    let mut wanted = None;
     let (floor, store) = match begun {
         Some(begun) => match begun.floor.await {
-            Ok(floor) => (floor, begun.done),
+            Ok(floor) => {
+                wanted = Some(begun.wanted);
+                (floor, begun.done)
+            }
             Err(_) => {
                 let floor = state::epoch_mark(ws);
                 (floor, promote_in_thread(me, ws, floor)?)
@@ -164,6 +191,12 @@ async fn promote_and_serve(
                 ))
             })?,
     };
+    drop(wanted);
+    if started.result.is_err() && !lock.is_at(&ws.lock_path()) {
+        // Given up because the lock file was replaced meanwhile (the loop
+        // checked it just before): elect again on the new one.
+        return Ok(Ended::StateGone);
+    }
     phases.lock = started.won_ns;
     let promotion = started.result?;
     phases.store = monotonic_ns();
@@ -372,7 +405,7 @@ fn promote_in_thread(
     std::thread::Builder::new()
         .name("grove-promote".into())
         .spawn(move || {
-            let started = begin_promotion(&ws, &instance, pid, &heard, (won_ns, floor));
+            let started = begin_promotion(&ws, &instance, pid, &heard, (won_ns, floor), &|| true);
             let _ = tx.send(Some(started));
         })
         .map_err(NodeError::io("cannot start the promotion"))?;

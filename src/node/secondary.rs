@@ -31,10 +31,13 @@ pub async fn run(
 ) -> Result<Followed, NodeError> {
     let lock_path = opts.ws.lock_path();
     // Made now, while nothing waits: a promotion only fills it in.
-    let mut record_slot = crate::primary_record::RecordSlot::prepare(&opts.ws);
+    let mut record_slot = crate::primary_record::RecordSlot::prepare(&opts.ws, &me.instance_id);
     let (floor_tx, floor) = tokio::sync::oneshot::channel();
-    let (mut lock_rx, waited_on) = election::wait_in_thread(&lock_path, begin(me, opts, floor_tx))
-        .map_err(NodeError::io("cannot start the lock waiter"))?;
+    let (wanted, still_wanted) = super::primary::Wanted::new();
+    let mut wanted = Some(wanted);
+    let (mut lock_rx, waited_on) =
+        election::wait_in_thread(&lock_path, begin(me, opts, floor_tx, still_wanted))
+            .map_err(NodeError::io("cannot start the lock waiter"))?;
     let mut reported = live.generation();
     super::report(opts, me, live, "secondary");
     // The lock file and the configuration are watched, not polled.
@@ -76,9 +79,10 @@ pub async fn run(
                         Ok(Followed::Promote(super::primary::Held {
                             lock: won.lock,
                             wal_index: wal_index.take(),
-                            begun: Some(super::primary::Begun {
+                            begun: wanted.take().map(|wanted| super::primary::Begun {
                                 floor,
                                 done: won.then,
+                                wanted,
                             }),
                             record_slot: record_slot.take(),
                         }))
@@ -132,6 +136,7 @@ fn begin(
     me: &Identity,
     opts: &NodeOptions,
     floor_tx: tokio::sync::oneshot::Sender<u64>,
+    still_wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> impl FnOnce(&PrimaryLock) -> Option<super::primary::Started> + Send + 'static {
     let (ws, instance, pid, heard) = (
         opts.ws.clone(),
@@ -141,13 +146,23 @@ fn begin(
     );
     move |held| {
         let won_ns = crate::stats::monotonic_ns();
-        if !held.is_at(&ws.lock_path()) {
+        let lock_path = ws.lock_path();
+        if !held.is_at(&lock_path) {
             return None;
         }
-        // Read before the event loop raises it (see `primary::Begun`).
+        // Read before the event loop raises it (see `primary::Begun`); a
+        // loop that is gone has given the win up.
         let floor = state::epoch_mark(&ws);
-        let _ = floor_tx.send(floor);
-        let started = super::primary::begin_promotion(&ws, &instance, pid, &heard, (won_ns, floor));
+        if floor_tx.send(floor).is_err() {
+            return None;
+        }
+        // Asked again inside the promotion's transaction, just before it
+        // commits: the member may have stopped meanwhile, or `.grove` been
+        // replaced under the lock.
+        let proceed =
+            || still_wanted.load(std::sync::atomic::Ordering::SeqCst) && held.is_at(&lock_path);
+        let started =
+            super::primary::begin_promotion(&ws, &instance, pid, &heard, (won_ns, floor), &proceed);
         Some(started)
     }
 }

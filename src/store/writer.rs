@@ -160,12 +160,17 @@ pub struct Promotion {
 /// epoch is also above `epoch_floor`, the highest epoch recorded for the
 /// workspace outside the store, so that epochs never repeat even when the
 /// store was deleted and recreated.
+///
+/// `proceed` is asked last, inside the transaction: when it says no (the
+/// member gave the win up, or the lock is no longer the workspace's), the
+/// transaction is rolled back and nothing of the promotion stays.
 pub fn promote(
     path: &std::path::Path,
     instance_id: &str,
     pid: u32,
     epoch_floor: u64,
     won: &super::promotions::LockWon,
+    proceed: &dyn Fn() -> bool,
 ) -> Result<Promotion, StoreError> {
     let mut conn = super::open_read_write(path, epoch_floor)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -188,6 +193,12 @@ pub fn promote(
         },
     )?;
     super::promotions::record(&tx, epoch, epoch - 1, instance_id, won)?;
+    if !proceed() {
+        // Dropping the transaction rolls it back.
+        return Err(StoreError::Unavailable(
+            "the promotion was given up before it committed".into(),
+        ));
+    }
     tx.commit()?;
     // Counted once: a primary that dies before its first batch must not
     // make its successor count the same crash again.

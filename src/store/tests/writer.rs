@@ -388,3 +388,28 @@ fn commits_count_the_wal_pages_they_append() {
     let after = super::WAL_PAGES.load(Ordering::Relaxed);
     assert!(after > before, "a commit that changed a page counted none");
 }
+
+/// A promotion whose member gave the win up before it committed (the
+/// `proceed` check, asked last inside the transaction) leaves nothing: the
+/// same epoch, no `instance.promoted`, no promotion row; the next one takes
+/// the very next epoch.
+#[test]
+fn a_promotion_given_up_before_its_commit_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grove.db");
+    let won = crate::store::promotions::LockWon { at: 1, heard: None };
+    let first = super::promote(&path, "first", 1, 0, &won, &|| true).expect("promoted");
+    assert_eq!(first.epoch, 1);
+    drop(first);
+    let reader = crate::store::Reader::open(&path).unwrap();
+    let seq = reader.last_seq().unwrap();
+    let given_up = super::promote(&path, "given-up", 2, 0, &won, &|| false);
+    assert!(
+        matches!(given_up, Err(crate::store::StoreError::Unavailable(_))),
+        "refused"
+    );
+    assert_eq!(reader.epoch().unwrap(), 1, "the epoch is not taken");
+    assert_eq!(reader.last_seq().unwrap(), seq, "no event appended");
+    let next = super::promote(&path, "next", 3, 0, &won, &|| true).expect("promoted");
+    assert_eq!(next.epoch, 2, "the next promotion takes the next epoch");
+}
