@@ -261,9 +261,8 @@ fn workspace_hash(root: &Path) -> String {
     format!("{h:016x}")
 }
 
-/// Writes `bytes` to `path` atomically: write a temp file, fsync, rename.
 /// Opens a file of ours for reading and writing, creating it 0600 if
-/// absent and keeping its content (lock and marker files).
+/// absent and keeping its content (marker files), never through a link.
 pub fn open_private(path: &Path) -> io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
@@ -272,9 +271,11 @@ pub fn open_private(path: &Path) -> io::Result<fs::File> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }
 
+/// Writes `bytes` to `path` atomically: write a temp file, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_temp_and_rename(path, bytes, true)
 }

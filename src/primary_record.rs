@@ -69,9 +69,9 @@ impl PrimaryRecord {
 /// a file allocates an inode, which on a file system without a journal
 /// searches past every inode freed in the last minutes (ext4's
 /// `recently_deleted`), and each failover frees one (the record it
-/// replaces): up to ~1.5 ms of a failover went there. `.grove/primary.next-PID-INSTANCE`;
-/// removed when dropped unused, and a dead member's by the next primary
-/// ([`remove_stale_slots`]).
+/// replaces): up to ~1.5 ms of a failover went there.
+/// `.grove/primary.next-PID-INSTANCE`; removed when dropped unused, and a
+/// dead member's by the next member that makes its own.
 pub struct RecordSlot {
     path: PathBuf,
     file: Option<std::fs::File>,
@@ -83,20 +83,13 @@ impl RecordSlot {
     /// `None` when the file cannot be made: the record is then written
     /// the usual way.
     pub fn prepare(ws: &Workspace, instance_id: &str) -> Option<RecordSlot> {
-        use std::os::unix::fs::OpenOptionsExt;
+        remove_stale_slots(ws);
         // The instance as well as the pid: members in different pid
         // namespaces may share a workspace, and a pid.
         let path = ws
             .state_dir
             .join(format!("{SLOT_PREFIX}{}-{instance_id}", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .ok()?;
+        let file = crate::paths::open_private(&path).ok()?;
         Some(RecordSlot {
             path,
             file: Some(file),
@@ -127,8 +120,9 @@ impl Drop for RecordSlot {
 }
 
 /// Removes the slots of members that are gone (they die without cleaning
-/// up); off the promotion's critical path.
-pub fn remove_stale_slots(ws: &Workspace) {
+/// up): so there are never more than the members that died since the last
+/// one started waiting.
+fn remove_stale_slots(ws: &Workspace) {
     let Ok(entries) = std::fs::read_dir(&ws.state_dir) else {
         return;
     };

@@ -331,7 +331,7 @@ fn a_waiting_secondary_keeps_the_wal_index_for_its_promotion() {
 /// (`.grove/primary.next-PID`), so that its promotion only writes and
 /// renames it (see docs/design.md, Promotion): the promoted member's slot
 /// becomes the record, and the slot a `kill -9`ed secondary left behind is
-/// removed by the next primary.
+/// removed by the next member that makes its own.
 #[test]
 fn a_secondary_prepares_its_record_and_dead_members_slots_are_removed() {
     let mut g = Grove::new();
@@ -366,16 +366,19 @@ fn a_secondary_prepares_its_record_and_dead_members_slots_are_removed() {
     assert_eq!(record["pid"], heir_pid);
     assert_eq!(record["epoch"], new_epoch);
     assert!(!slot_exists(heir_pid), "the slot became the record");
-    wait_for("the dead member's slot is removed", DEADLINE, || {
-        (!slot_exists(doomed_pid)).then_some(())
-    });
-    // A member that stops on its own removes its slot.
+    // The next member to wait makes its slot, and removes the dead one's
+    // first.
     let quitter = g.serve();
     g.wait_secondaries_at(1, new_epoch);
     let quitter_pid = g.members[quitter].pid;
     wait_for("the new secondary has its slot", DEADLINE, || {
         slot_exists(quitter_pid).then_some(())
     });
+    assert!(
+        !slot_exists(doomed_pid),
+        "the dead member's slot is removed"
+    );
+    // A member that stops on its own removes its slot.
     g.member_by_pid(quitter_pid).signal(libc::SIGTERM);
     g.member_by_pid(quitter_pid).wait_exit(DEADLINE);
     assert!(

@@ -60,7 +60,7 @@ pub struct Begun {
 }
 
 /// See [`Begun::wanted`]: set to false when dropped.
-pub struct Wanted(pub Arc<std::sync::atomic::AtomicBool>);
+pub struct Wanted(Arc<std::sync::atomic::AtomicBool>);
 
 impl Wanted {
     pub fn new() -> (Wanted, Arc<std::sync::atomic::AtomicBool>) {
@@ -148,19 +148,19 @@ async fn promote_and_serve(
     //    it won (else here): meanwhile this one binds the sockets (3. + 4.).
     // Kept until the promotion is in: dropped earlier (this returns on an
     // error), it makes a promotion still under way roll back.
+    let mut begun = begun;
+    let told = match begun.as_mut() {
+        Some(b) => (&mut b.floor).await.ok(),
+        None => None,
+    };
     let mut wanted = None;
-    let (floor, store) = match begun {
-        Some(begun) => match begun.floor.await {
-            Ok(floor) => {
-                wanted = Some(begun.wanted);
-                (floor, begun.done)
-            }
-            Err(_) => {
-                let floor = state::epoch_mark(ws);
-                (floor, promote_in_thread(me, ws, floor)?)
-            }
-        },
-        None => {
+    let (floor, store) = match (told, begun) {
+        (Some(floor), Some(b)) => {
+            wanted = Some(b.wanted);
+            (floor, b.done)
+        }
+        // Not begun by a waiter (or it could not begin it): ours to run.
+        _ => {
             let floor = state::epoch_mark(ws);
             (floor, promote_in_thread(me, ws, floor)?)
         }
@@ -233,8 +233,6 @@ async fn promote_and_serve(
         promoted_at.elapsed().as_secs_f64() * 1000.0
     );
     phases.log(epoch);
-    let stale = ws.clone();
-    tokio::task::spawn_blocking(move || crate::primary_record::remove_stale_slots(&stale));
     // Kept with the epoch's promotion record: the failover history shows
     // this measured takeover, not a gap between stored events.
     let takeover_us = phases.serving.saturating_sub(phases.lock) / 1000;

@@ -184,10 +184,9 @@ impl Serving {
             digest,
             reply,
         };
-        if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(job) {
-            // Dropping the job answers its caller: the store has stopped.
-            drop(job);
-        }
+        // A job the stopped store thread refuses is dropped here, which
+        // answers its caller "unavailable" (see `DirectReply`).
+        let _ = self.jobs.send(job);
     }
 
     /// The answer to a purge, sent once the purged task's files are gone.

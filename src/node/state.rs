@@ -110,16 +110,9 @@ pub fn record_epoch(ws: &Workspace, epoch: u64) {
 const MARK_WIDTH: u64 = 21;
 
 fn write_mark(path: &std::path::Path, epoch: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    // In the private socket dir (checked by `ensure_socket_dir`); not
-    // following a link all the same.
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+    use std::os::unix::fs::FileExt;
+    // In the private socket dir (checked by `ensure_socket_dir`).
+    let file = crate::paths::open_private(path)?;
     file.write_all_at(format!("{epoch:020}\n").as_bytes(), 0)?;
     // Longer only if something else wrote it; not on the usual path.
     if file.metadata()?.len() > MARK_WIDTH {

@@ -610,7 +610,8 @@ impl Orchestrator {
 
     fn queue_internal(&self, op: InternalOp) -> Pending {
         let (tx, rx) = oneshot::channel();
-        self.queue(Job::Internal { op, reply: tx }, rx)
+        let reply = ReplyTo::Waiter(tx);
+        self.queue(Job::Internal { op, reply }, rx)
     }
 
     /// `TaskFinished` under the request id the shim reports with.

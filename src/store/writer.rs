@@ -66,7 +66,7 @@ pub enum Job {
     /// An orchestrator operation: applied without the ledger.
     Internal {
         op: super::tasks::InternalOp,
-        reply: oneshot::Sender<WriteResult>,
+        reply: ReplyTo,
     },
     /// The promotion of `epoch` serves: its measured takeover is recorded
     /// (see `promotions`).
@@ -427,15 +427,12 @@ fn fail_batch(batch: &mut Vec<Job>, e: StoreError) {
         _ => ErrorCode::Internal,
     };
     for job in batch.drain(..) {
-        let reply = match job {
-            Job::Write { reply, .. } => reply,
-            Job::Internal { reply, .. } => ReplyTo::Waiter(reply),
-            Job::Served { .. } | Job::Shutdown { .. } => continue,
-        };
-        reply.answer(Err(WireError::new(
-            code,
-            format!("the store could not commit: {e}"),
-        )));
+        if let Job::Write { reply, .. } | Job::Internal { reply, .. } = job {
+            reply.answer(Err(WireError::new(
+                code,
+                format!("the store could not commit: {e}"),
+            )));
+        }
     }
 }
 
@@ -514,11 +511,9 @@ fn commit_batch(
     WRITES_COMMITTED.fetch_add(writes as u64, Ordering::Relaxed);
     for (job, result) in batch.drain(..).zip(results) {
         match (job, result) {
-            (Job::Write { reply, .. }, Some(result)) => done.push(Done { reply, result }),
-            (Job::Internal { reply, .. }, Some(result)) => done.push(Done {
-                reply: ReplyTo::Waiter(reply),
-                result,
-            }),
+            (Job::Write { reply, .. } | Job::Internal { reply, .. }, Some(result)) => {
+                done.push(Done { reply, result })
+            }
             (Job::Shutdown { done: d, .. }, _) => *shutdown = Some(d),
             (Job::Served { .. }, _) => {}
             (Job::Write { .. } | Job::Internal { .. }, None) => {

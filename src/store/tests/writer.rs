@@ -39,7 +39,7 @@ fn write(request_id: &str, method: Method) -> Job {
 fn internal(op: InternalOp) -> Job {
     Job::Internal {
         op,
-        reply: oneshot::channel().0,
+        reply: ReplyTo::Waiter(oneshot::channel().0),
     }
 }
 
