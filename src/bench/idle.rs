@@ -5,9 +5,18 @@
 //!
 //! Starts `n` members (one primary, `n - 1` secondaries) on a temp workspace,
 //! waits until every secondary is registered, lets them settle, then reads
-//! `/proc` over a few windows of several seconds: CPU time (utime + stime of
-//! every member), wakeups (voluntary + involuntary context switches, summed
-//! over each member's threads) and memory. The goals are absolute: there is
+//! `/proc` over a few windows of several seconds: CPU time (the scheduler's
+//! own run time of each member's threads), wakeups (voluntary + involuntary
+//! context switches, summed over each member's threads) and memory.
+//!
+//! Run time is read from each thread's `schedstat` (nanoseconds on a CPU),
+//! not from utime + stime: those are clock ticks (4 ms at HZ=250), and a
+//! member that runs ~0.1 ms per second earns one rarely; the kernel's
+//! scaling of the sampled split keeps their sum monotonic by holding it
+//! back and then letting it jump, so three 5 s windows of the same idle
+//! cluster read anywhere from 0.4 % to 2.8 % where the run time said a
+//! steady 1.6 %. A thread that ends within a window loses its share of it;
+//! an idle member starts none. The goals are absolute: there is
 //! no baseline that an idle process could be compared with.
 //!
 //! The primary's two kinds of switches are shown apart: a voluntary one is a
@@ -107,7 +116,6 @@ struct Windows {
 }
 
 async fn measure_windows(pids: &[u32], plan: &Plan) -> Result<Windows, String> {
-    let ticks_per_s = clock_ticks_per_second();
     let mut cpu_percent = Vec::new();
     let mut wakeups: Vec<f64> = vec![0.0; pids.len()];
     let mut primary_switches = [0.0; 2];
@@ -119,12 +127,12 @@ async fn measure_windows(pids: &[u32], plan: &Plan) -> Result<Windows, String> {
         let after = snapshot(pids)?;
         let elapsed = t0.elapsed();
         measured += elapsed;
-        let ticks: u64 = before
+        let ran_ns: u64 = before
             .iter()
             .zip(&after)
-            .map(|(b, a)| a.cpu_ticks.saturating_sub(b.cpu_ticks))
+            .map(|(b, a)| ran_between(&b.threads_ns, &a.threads_ns))
             .sum();
-        cpu_percent.push(ticks as f64 / ticks_per_s / elapsed.as_secs_f64() * 100.0);
+        cpu_percent.push(ran_ns as f64 / 1e9 / elapsed.as_secs_f64() * 100.0);
         for (i, (b, a)) in before.iter().zip(&after).enumerate() {
             wakeups[i] +=
                 (a.voluntary + a.involuntary).saturating_sub(b.voluntary + b.involuntary) as f64;
@@ -157,7 +165,8 @@ fn row(metric: &str, unit: &str, samples: &[f64], goal: Option<&str>) -> Row {
 
 /// One member's counters at one moment.
 struct Sample {
-    cpu_ticks: u64,
+    /// Nanoseconds each thread (by tid) has run.
+    threads_ns: Vec<(u32, u64)>,
     voluntary: u64,
     involuntary: u64,
     rss_kib: u64,
@@ -170,7 +179,7 @@ fn snapshot(pids: &[u32]) -> Result<Vec<Sample>, String> {
             let gone = || format!("member {pid} exited while idle (see its log)");
             let (voluntary, involuntary) = context_switches(pid).ok_or_else(gone)?;
             Ok(Sample {
-                cpu_ticks: cpu_ticks(pid).ok_or_else(gone)?,
+                threads_ns: threads_run_ns(pid).ok_or_else(gone)?,
                 voluntary,
                 involuntary,
                 rss_kib: kib_field(&format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0),
@@ -180,9 +189,36 @@ fn snapshot(pids: &[u32]) -> Result<Vec<Sample>, String> {
         .collect()
 }
 
-/// utime + stime of the whole process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    crate::proc::stat(pid).map(|s| s.cpu_ticks)
+/// How long each live thread of `pid` has run, in nanoseconds (the first
+/// field of its `schedstat`).
+fn threads_run_ns(pid: u32) -> Option<Vec<(u32, u64)>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut threads = Vec::new();
+    for task in tasks.flatten() {
+        let tid = task.file_name().to_str().and_then(|t| t.parse().ok());
+        let ran = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok());
+        if let (Some(tid), Some(ran)) = (tid, ran) {
+            threads.push((tid, ran)); // else the thread ended meanwhile
+        }
+    }
+    Some(threads)
+}
+
+/// Run time between two readings of one member: a thread seen only in
+/// the later one started in between and counts whole.
+fn ran_between(before: &[(u32, u64)], after: &[(u32, u64)]) -> u64 {
+    after
+        .iter()
+        .map(|&(tid, ran)| {
+            let earlier = before
+                .iter()
+                .find(|&&(t, _)| t == tid)
+                .map_or(0, |&(_, r)| r);
+            ran.saturating_sub(earlier)
+        })
+        .sum()
 }
 
 /// (voluntary, involuntary) context switches summed over the live threads.
@@ -213,9 +249,14 @@ fn kib_field(path: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn clock_ticks_per_second() -> f64 {
-    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        n if n > 0 => n as f64,
-        _ => 100.0,
+#[cfg(test)]
+mod tests {
+    use super::ran_between;
+
+    #[test]
+    fn run_time_counts_threads_that_started_and_skips_those_that_ended() {
+        let before = [(10, 1_000), (11, 500)];
+        let after = [(10, 1_700), (12, 300)];
+        assert_eq!(ran_between(&before, &after), 700 + 300);
     }
 }

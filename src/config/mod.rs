@@ -38,7 +38,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// How often the primary publishes `instance.heartbeat`.
+    /// How often the primary publishes `instance.heartbeat`. Each one wakes
+    /// every member and follower of the workspace: the period is most of an
+    /// idle member's cost (docs/design.md, Following).
     pub heartbeat_ms: u64,
     /// The primary aborts itself when its event loop has not ticked this long,
     /// releasing the lock so that a secondary can take over.
@@ -203,7 +205,7 @@ pub struct Setup {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            heartbeat_ms: 250,
+            heartbeat_ms: 500,
             watchdog_timeout_ms: 5_000,
             rpc_timeout_ms: 5_000,
             probe_timeout_ms: 1_000,
@@ -517,7 +519,7 @@ mod tests {
     fn defaults_without_files() {
         let dir = tempfile::tempdir().unwrap();
         let c = Config::load(dir.path()).unwrap();
-        assert_eq!(c.heartbeat_ms, 250);
+        assert_eq!(c.heartbeat_ms, 500);
         assert_eq!(c.max_parallel, 4);
     }
 
