@@ -280,6 +280,11 @@ fn acquire(lock_path: &std::path::Path) -> Result<Option<PrimaryLock>, NodeError
 
 /// Writes this member's account of its config files (`grove config show`).
 fn report(opts: &NodeOptions, me: &Identity, live: &LiveConfig, role: &str) {
+    // One writer at a time (the primary writes its first report on a
+    // blocking thread): both use one temp file, and the later one must
+    // write the configuration as it is then.
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = WRITING.lock().unwrap_or_else(|p| p.into_inner());
     state::MemberReport {
         instance_id: me.instance_id.clone(),
         pid: me.pid,

@@ -238,8 +238,13 @@ async fn promote_and_serve(
     let takeover_us = phases.serving.saturating_sub(phases.lock) / 1000;
     let _ = parts.store.jobs.send(Job::Served { epoch, takeover_us });
 
-    // 7. The RPC loop, until the role ends.
-    super::report(opts, me, live, "primary");
+    // 7. The RPC loop, until the role ends. The member report (the role
+    //    `grove status` shows) is written on a blocking thread: a new file
+    //    and a rename, ~0.5 ms on a disk where creating a file searches
+    //    for a free inode, during which a reconnecting client's handshake
+    //    waited (`perf sched` of a failover). Awaited before the member
+    //    can remove it; writes of the report never interleave (`report`).
+    let first_report = report_off_loop(opts, me, live, "primary");
     let (router_send, router_recv) = router.split();
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
     let reply_task = crate::loop_watch::spawn(
@@ -255,6 +260,7 @@ async fn promote_and_serve(
         replies_tx,
     );
     let ended = serve(me, opts, live, &guard, &serving, router_recv, shutdown).await;
+    let _ = first_report.await;
 
     // 8. Graceful handover.
     hand_over(me, ws, epoch, serving, parts, reply_task).await;
@@ -333,6 +339,18 @@ impl Phases {
             ms(self.record, self.serving),
         );
     }
+}
+
+/// Writes this member's report on a blocking thread (see step 7 of
+/// `promote_and_serve`).
+fn report_off_loop(
+    opts: &NodeOptions,
+    me: &Identity,
+    live: &Arc<LiveConfig>,
+    role: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    let (opts, me, live) = (opts.clone(), me.clone(), live.clone());
+    tokio::task::spawn_blocking(move || super::report(&opts, &me, &live, role))
 }
 
 /// Writes `primary.json` (atomically): from now on clients find us.
