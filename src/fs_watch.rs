@@ -58,6 +58,8 @@ pub struct FileWatch {
     /// `None` while not registered (inotify unavailable): then `changed`
     /// waits `fallback` and reports a change.
     rx: Option<watch::Receiver<u64>>,
+    /// Where `rx` is registered: the directory's descriptor and the name.
+    at: Option<(libc::c_int, OsString)>,
     /// Registered on an ancestor because a directory on the way is missing.
     proxy: bool,
     /// Also woken when the file, written in place, is closed.
@@ -83,6 +85,7 @@ impl FileWatch {
         let mut w = FileWatch {
             path: path.to_path_buf(),
             rx: None,
+            at: None,
             proxy: false,
             writes,
             fallback,
@@ -94,6 +97,7 @@ impl FileWatch {
     /// Watches the path's directory, or the nearest ancestor that exists
     /// for the creation of the next directory down.
     fn register(&mut self) {
+        self.release();
         let mut target = self.path.as_path();
         loop {
             let dir = match target.parent() {
@@ -104,7 +108,10 @@ impl FileWatch {
                 // On an ancestor only the creation of the next directory
                 // down matters.
                 let writes = self.writes && target == self.path;
-                self.rx = register(dir, target, writes);
+                if let Some((rx, at)) = register(dir, target, writes) {
+                    self.rx = Some(rx);
+                    self.at = Some(at);
+                }
                 self.proxy = target != self.path;
                 return;
             }
@@ -114,6 +121,38 @@ impl FileWatch {
             }
             target = dir;
         }
+    }
+
+    /// Ends this watch's registration; the last watcher of a name takes
+    /// its entry and its file watch with it. Without this, each run's
+    /// record (watched until its agent's pid is in) left a kernel watch
+    /// behind, held against the user's `fs.inotify.max_user_watches` until
+    /// the record was deleted.
+    fn release(&mut self) {
+        self.rx = None;
+        let (Some((dir_wd, name)), Some(w)) = (self.at.take(), watcher()) else {
+            return;
+        };
+        let mut dirs = w.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(dir) = dirs.by_wd.get_mut(&dir_wd) else {
+            return;
+        };
+        if dir
+            .files
+            .get(&name)
+            .is_some_and(|w| w.sender.receiver_count() > 0)
+        {
+            return; // others still watch it
+        }
+        dir.files.remove(&name);
+        let dirs = &mut *dirs;
+        dirs.files_by_wd.retain(|&wd, (d, n)| {
+            let ours = *d == dir_wd && *n == name;
+            if ours {
+                unsafe { libc::inotify_rm_watch(w.fd, wd) };
+            }
+            !ours
+        });
     }
 
     /// Whether the kernel notifies this watch (false: it polls).
@@ -136,6 +175,12 @@ impl FileWatch {
         }
         tokio::time::sleep(self.fallback).await;
         self.register();
+    }
+}
+
+impl Drop for FileWatch {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -234,8 +279,13 @@ pub async fn any<'a>(watches: impl IntoIterator<Item = &'a mut FileWatch>) {
 }
 
 /// Adds `dir` to the instance (once per directory) and returns a receiver
-/// that sees every change of `path`'s entry in it from now on.
-fn register(dir: &Path, path: &Path, writes: bool) -> Option<watch::Receiver<u64>> {
+/// that sees every change of `path`'s entry in it from now on, and where
+/// it is registered.
+fn register(
+    dir: &Path,
+    path: &Path,
+    writes: bool,
+) -> Option<(watch::Receiver<u64>, (libc::c_int, OsString))> {
     let w = watcher()?;
     let name = path.file_name()?.to_os_string();
     let c_dir = CString::new(dir.as_os_str().as_bytes()).ok()?;
@@ -271,7 +321,7 @@ fn register(dir: &Path, path: &Path, writes: bool) -> Option<watch::Receiver<u64
     if writes {
         watch_file(w.fd, &mut dirs, wd, &name);
     }
-    Some(rx)
+    Some((rx, (wd, name)))
 }
 
 /// Adds the watch on the file `name` of the directory `dir_wd` itself (its
@@ -285,7 +335,25 @@ fn watch_file(fd: libc::c_int, dirs: &mut Dirs, dir_wd: libc::c_int, name: &OsSt
     };
     let wd = unsafe { libc::inotify_add_watch(fd, c_file.as_ptr(), FILE_MASK) };
     if wd < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::NotFound {
+            // Its in-place saves go unseen (a rename over it still wakes
+            // the watch): say why, once per attempt.
+            tracing::warn!(
+                "cannot watch {} for in-place writes: {e}",
+                dir.path.join(name).display()
+            );
+        }
         return false; // not there (yet): its creation adds it
+    }
+    if let Some(dir) = dirs.by_wd.get(&wd) {
+        // The name leads to a directory we watch (a link to it, or a
+        // directory made where a file was expected): the add replaced that
+        // directory's mask. Put it back; there are no writes to watch.
+        if let Ok(c_dir) = CString::new(dir.path.as_os_str().as_bytes()) {
+            unsafe { libc::inotify_add_watch(fd, c_dir.as_ptr(), DIR_MASK) };
+        }
+        return false;
     }
     dirs.files_by_wd.insert(wd, (dir_wd, name.clone()));
     true
@@ -330,9 +398,19 @@ fn dispatch(mut bytes: &[u8]) {
         let name_len = raw_name.iter().position(|&b| b == 0).unwrap_or(len);
         let name = OsString::from_vec(raw_name[..name_len].to_vec());
         if event.mask & libc::IN_Q_OVERFLOW != 0 {
-            // Events were lost: anyone may have missed theirs.
-            for dir in dirs.by_wd.values() {
-                dir.files.values().for_each(|w| bump(&w.sender));
+            // Events were lost: anyone may have missed theirs, and a file
+            // replaced meanwhile its watch on in-place writes.
+            let mut rewatch = Vec::new();
+            for (&dir_wd, dir) in &dirs.by_wd {
+                for (name, w) in &dir.files {
+                    bump(&w.sender);
+                    if w.writes && w.sender.receiver_count() > 0 {
+                        rewatch.push((dir_wd, name.clone()));
+                    }
+                }
+            }
+            for (dir_wd, name) in rewatch {
+                watch_file(fd, &mut dirs, dir_wd, &name);
             }
             continue;
         }
@@ -370,7 +448,8 @@ fn dispatch(mut bytes: &[u8]) {
         } else if let Some(watched) = dir.files.get(&name) {
             bump(&watched.sender);
             let appeared = event.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0;
-            if watched.writes && appeared && watch_file(fd, &mut dirs, event.wd, &name) {
+            let wanted = watched.writes && watched.sender.receiver_count() > 0;
+            if wanted && appeared && watch_file(fd, &mut dirs, event.wd, &name) {
                 // Closed before its watch was added, the file's writes would
                 // go unseen: wake the watchers again, after the add, so that
                 // they read it as it is now (or its close wakes them).
@@ -478,6 +557,60 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), watch.changed())
             .await
             .expect("the new file's in-place write was noticed");
+    }
+
+    /// The watches on files themselves (for in-place writes) in `dir`.
+    fn file_watches_in(dir: &Path) -> usize {
+        let dirs = watcher().unwrap().dirs.lock().unwrap();
+        let wds: Vec<_> = (dirs.by_wd.iter())
+            .filter(|(_, d)| d.path == dir)
+            .map(|(wd, _)| *wd)
+            .collect();
+        (dirs.files_by_wd.values())
+            .filter(|(d, _)| wds.contains(d))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_dropped_watch_leaves_no_kernel_watch_behind() {
+        // The orchestrator watches each run's record until its agent's pid
+        // is in: thousands of runs must not hold thousands of watches.
+        let dir = tempfile::tempdir().unwrap();
+        let forever = Duration::from_secs(3600);
+        for i in 0..3 {
+            let record = dir.path().join(format!("run-{i}.json"));
+            let mut watch = FileWatch::with_writes(&record, forever);
+            std::fs::write(&record, b"{}").unwrap(); // created: watched on its own
+            tokio::time::timeout(Duration::from_secs(5), watch.changed())
+                .await
+                .expect("the record's creation was noticed");
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while file_watches_in(dir.path()) != 1 {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "the record got its watch"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let second = FileWatch::with_writes(&record, forever);
+            drop(watch);
+            assert_eq!(file_watches_in(dir.path()), 1, "still watched by another");
+            drop(second);
+            assert_eq!(file_watches_in(dir.path()), 0, "the last one took it along");
+        }
+        // A link to the directory itself where a file was expected must not
+        // take over the directory's own watch.
+        let other = FileWatch::new(&dir.path().join("primary.json"), forever);
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("grove.toml")).unwrap();
+        let mut linked = FileWatch::with_writes(&dir.path().join("grove.toml"), forever);
+        assert_eq!(file_watches_in(dir.path()), 0);
+        let mut other = other;
+        std::fs::write(dir.path().join("tmp"), b"x").unwrap();
+        std::fs::rename(dir.path().join("tmp"), dir.path().join("primary.json")).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), other.changed())
+            .await
+            .expect("the directory still reports its entries");
+        let _ = tokio::time::timeout(Duration::from_millis(10), linked.changed()).await;
     }
 
     /// Waits (bounded) until the reader has read `n` events for `dir`.

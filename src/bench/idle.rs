@@ -176,7 +176,11 @@ struct Sample {
 fn snapshot(pids: &[u32]) -> Result<Vec<Sample>, String> {
     pids.iter()
         .map(|&pid| {
-            let gone = || format!("member {pid} exited while idle (see its log)");
+            let gone = || {
+                format!(
+                    "member {pid} exited while idle (see its log), or /proc/{pid}/task/*/schedstat cannot be read here"
+                )
+            };
             let (voluntary, involuntary) = context_switches(pid).ok_or_else(gone)?;
             Ok(Sample {
                 threads_ns: threads_run_ns(pid).ok_or_else(gone)?,
@@ -203,7 +207,9 @@ fn threads_run_ns(pid: u32) -> Option<Vec<(u32, u64)>> {
             threads.push((tid, ran)); // else the thread ended meanwhile
         }
     }
-    Some(threads)
+    // A live process has a thread; none read means no `schedstat` here
+    // (a kernel without CONFIG_SCHED_INFO): no reading, rather than 0 %.
+    (!threads.is_empty()).then_some(threads)
 }
 
 /// Run time between two readings of one member: a thread seen only in
