@@ -134,17 +134,14 @@ impl FileWatch {
             return;
         };
         let mut dirs = w.dirs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(dir) = dirs.by_wd.get_mut(&dir_wd) else {
-            return;
-        };
-        if dir
-            .files
-            .get(&name)
-            .is_some_and(|w| w.sender.receiver_count() > 0)
-        {
-            return; // others still watch it
+        // The directory's entry is gone when the directory was (its files'
+        // watches may outlive it, moved away with it): theirs go too.
+        if let Some(dir) = dirs.by_wd.get_mut(&dir_wd) {
+            if (dir.files.get(&name)).is_some_and(|w| w.sender.receiver_count() > 0) {
+                return; // others still watch it
+            }
+            dir.files.remove(&name);
         }
-        dir.files.remove(&name);
         let dirs = &mut *dirs;
         dirs.files_by_wd.retain(|&wd, (d, n)| {
             let ours = *d == dir_wd && *n == name;
@@ -310,8 +307,6 @@ fn register(
         #[cfg(test)]
         events: 0,
     });
-    // Forget files nobody watches any more (short-lived clients).
-    entry.files.retain(|_, w| w.sender.receiver_count() > 0);
     let watched = entry.files.entry(name.clone()).or_insert_with(|| Watched {
         sender: watch::channel(0).0,
         writes: false,

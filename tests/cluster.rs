@@ -328,7 +328,7 @@ fn a_waiting_secondary_keeps_the_wal_index_for_its_promotion() {
 }
 
 /// A waiting secondary makes its `primary.json` file ahead of time
-/// (`.grove/primary.next-PID`), so that its promotion only writes and
+/// (`.grove/primary.next-PID-INSTANCE`), so that its promotion only writes and
 /// renames it (see docs/design.md, Promotion): the promoted member's slot
 /// becomes the record, and the slot a `kill -9`ed secondary left behind is
 /// removed by the next member that makes its own.

@@ -40,7 +40,7 @@ pub enum ConfigError {
 pub struct Config {
     /// How often the primary publishes `instance.heartbeat`. Each one wakes
     /// every member and follower of the workspace: the period is most of an
-    /// idle member's cost (docs/design.md, Following).
+    /// idle member's cost (docs/design.md, Serving as primary).
     pub heartbeat_ms: u64,
     /// The primary aborts itself when its event loop has not ticked this long,
     /// releasing the lock so that a secondary can take over.

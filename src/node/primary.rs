@@ -238,8 +238,8 @@ async fn promote_and_serve(
     let takeover_us = phases.serving.saturating_sub(phases.lock) / 1000;
     let _ = parts.store.jobs.send(Job::Served { epoch, takeover_us });
 
-    // 7. The RPC loop, until the role ends. The member report (the role
-    //    `grove status` shows) is written on a blocking thread: a new file
+    // 7. The RPC loop, until the role ends. The member report (what
+    //    `grove config show` lists) is written on a blocking thread: a new file
     //    and a rename, ~0.5 ms on a disk where creating a file searches
     //    for a free inode, during which a reconnecting client's handshake
     //    waited (`perf sched` of a failover). Awaited before the member
