@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use zeromq::{Socket, SocketRecv, SocketSend};
 
 pub async fn run(writes: usize) -> Result<Vec<Row>, String> {
+    // As the primary has them (the baselines below open connections of
+    // their own first).
+    crate::store::process_settings();
     let mut c = LocalCluster::new()?;
     let primary = c.spawn_member()?;
     let mut client = c.client("bench-rpc");
@@ -142,6 +145,17 @@ async fn throughputs(
     let sqlite_rate = 1000.0 / (commits.iter().sum::<f64>() / commits.len() as f64);
     let mut rows = Vec::new();
     let ceiling = store_ceiling(writes.max(MIN_CEILING_WRITES))?;
+    let n = writes.max(MIN_CEILING_WRITES);
+    let alone = tokio::task::spawn_blocking(move || store_thread_alone(n))
+        .await
+        .map_err(|e| e.to_string())??;
+    let mut alone_row = cpu_row(
+        "store thread CPU per write, fed in process (16 in flight)",
+        alone.cpu_ns as u64,
+        1,
+    );
+    alone_row.samples = n;
+    let mut alone_row = Some(alone_row);
     for writers in [1usize, 4, 16] {
         let before = counters(client).await?;
         let (primary_before, own_before) = (ThreadCpu::of(primary), ThreadCpu::own_process());
@@ -181,6 +195,20 @@ async fn throughputs(
         });
         rows.push(Row {
             scenario: "rpc".into(),
+            metric: format!("{metric}, beside grove's store thread alone"),
+            unit: "writes/s".into(),
+            p50: rate,
+            p99: rate,
+            samples: writes,
+            baseline: Some(format!(
+                "store thread fed in process, {CEILING_BATCH} in flight ({:.1}/commit)",
+                alone.per_commit
+            )),
+            baseline_p50: Some(alone.rate),
+            goal: None,
+        });
+        rows.push(Row {
+            scenario: "rpc".into(),
             metric: format!("writes per commit, {writers} concurrent writers"),
             unit: "writes".into(),
             p50: batch,
@@ -201,6 +229,9 @@ async fn throughputs(
             baseline_p50: None,
             goal: None,
         });
+        if writers == 16 {
+            rows.extend(alone_row.take());
+        }
         let done = (writes / writers).max(1) * writers;
         let primary_ns = primary_cpu.all_since(&primary_before);
         rows.push(cpu_row(
@@ -244,7 +275,7 @@ async fn counters(
 /// thread batches when 16 writers keep it busy.
 const CEILING_BATCH: usize = 16;
 /// Enough writes for the ceiling's rate to be stable.
-const MIN_CEILING_WRITES: usize = 5_000;
+const MIN_CEILING_WRITES: usize = 20_000;
 
 /// The store's own ceiling, in writes/s: the three rows a `task.create`
 /// writes (a task row, an event row, a ledger row, with payloads of a real
@@ -293,6 +324,118 @@ fn store_ceiling(writes: usize) -> Result<f64, String> {
         tx.commit().map_err(e)?;
     }
     Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+/// What grove's own store thread does alone: [`store_thread_alone`].
+struct StoreAlone {
+    rate: f64,
+    per_commit: f64,
+    /// CPU of the store thread (and its checkpointer) per write, in ns.
+    cpu_ns: f64,
+}
+
+/// grove's store thread, schema and write path by themselves: the same
+/// pending `task.create` as the clients send, queued straight onto the
+/// thread's channel from this process with `CEILING_BATCH` in flight (a
+/// new one as each is answered), so no socket, decoding, event loop or
+/// client stands between. Between it and the throughputs beside it is what
+/// the pipeline costs; between it and the store's ceiling, what grove's
+/// write path costs beyond SQLite's three inserts (the admission is the
+/// only part left out: it reads the configuration).
+fn store_thread_alone(writes: usize) -> Result<StoreAlone, String> {
+    use crate::protocol::{Method, NewTask, ReplyBody};
+    use crate::store::writer::{self, Job, ReplyTo};
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let won = crate::store::promotions::LockWon {
+        at: crate::protocol::now_ms(),
+        heard: None,
+    };
+    let db = dir.path().join("grove.db");
+    let promotion = writer::promote(&db, "bench", std::process::id(), 0, &won, &|| true)
+        .map_err(|e| e.to_string())?;
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(4096);
+    let drain = std::thread::spawn(move || while events_rx.blocking_recv().is_some() {});
+    let defaults = crate::config::Config::default();
+    let retention = writer::Retention {
+        events: defaults.event_retention,
+        ledger_ms: defaults.ledger_retention_hours * 3_600_000,
+    };
+    let store = writer::spawn(
+        promotion,
+        events_tx,
+        retention,
+        Box::new(|| true),
+        Box::new(|_, _| Ok(writer::Limits::default())),
+    )
+    .map_err(|e| e.to_string())?;
+    let send = |method: Method| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job::Write {
+            request_id: crate::client::new_request_id(),
+            from: "bench".into(),
+            method,
+            digest: 0,
+            reply: ReplyTo::Waiter(tx),
+        };
+        store
+            .jobs
+            .send(job)
+            .map(|_| rx)
+            .map_err(|_| "the store thread stopped".to_string())
+    };
+    let answer = |rx: tokio::sync::oneshot::Receiver<writer::WriteResult>| match rx.blocking_recv()
+    {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the store thread dropped a write".to_string()),
+    };
+    let blocker = match answer(send(Method::TaskCreate(NewTask {
+        prompt: "sleep 3600".into(),
+        engine: Some("shell".into()),
+        ..Default::default()
+    }))?)? {
+        ReplyBody::Task(t) => t.id,
+        other => return Err(format!("unexpected reply {other:?}")),
+    };
+    let pending = || {
+        Method::TaskCreate(NewTask {
+            prompt: "bench write".into(),
+            engine: Some("shell".into()),
+            tags: vec!["bench".into()],
+            dependencies: vec![blocker.clone()],
+            ..Default::default()
+        })
+    };
+    let before = writer::commit_counts();
+    let cpu_before = ThreadCpu::of(std::process::id());
+    let started = Instant::now();
+    let mut in_flight = std::collections::VecDeque::with_capacity(CEILING_BATCH);
+    for _ in 0..CEILING_BATCH.min(writes) {
+        in_flight.push_back(send(pending())?);
+    }
+    let mut sent = in_flight.len();
+    while let Some(rx) = in_flight.pop_front() {
+        answer(rx)?;
+        if sent < writes {
+            in_flight.push_back(send(pending())?);
+            sent += 1;
+        }
+    }
+    let rate = writes as f64 / started.elapsed().as_secs_f64();
+    let after = writer::commit_counts();
+    let cpu = ThreadCpu::of(std::process::id());
+    let cpu_ns = (cpu.since(&cpu_before, "grove-store")
+        + cpu.since(&cpu_before, "grove-checkpoint")) as f64
+        / writes.max(1) as f64;
+    store.join();
+    let _ = drain.join();
+    let commits = after.commits.saturating_sub(before.commits).max(1);
+    let per_commit = after.writes.saturating_sub(before.writes) as f64 / commits as f64;
+    Ok(StoreAlone {
+        rate,
+        per_commit,
+        cpu_ns,
+    })
 }
 
 async fn wait_ready(client: &mut crate::client::Client) -> Result<(), String> {

@@ -37,6 +37,56 @@ pub(crate) fn refused(code: ErrorCode, message: impl Into<String>) -> Applied {
     Applied::Refused(WireError::new(code, message))
 }
 
+/// A savepoint: one write's changes inside the batch's transaction,
+/// undone alone when the write is refused. Its three statements are
+/// prepared once per connection; rusqlite's `Savepoint` parses its SQL on
+/// every use, three parses per write. Savepoints of one name nest: a
+/// release or rollback acts on the innermost. Dropped without `release`,
+/// its changes are rolled back.
+pub(crate) struct Savepoint<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> Savepoint<'c> {
+    pub(crate) fn begin(conn: &'c Connection) -> rusqlite::Result<Savepoint<'c>> {
+        conn.prepare_cached("SAVEPOINT write")?.execute([])?;
+        Ok(Savepoint { conn, open: true })
+    }
+
+    /// The connection, to apply the write through.
+    pub(crate) fn conn(&self) -> &'c Connection {
+        self.conn
+    }
+
+    /// Undoes the changes made since `begin`; the savepoint stays open.
+    pub(crate) fn rollback(&mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("ROLLBACK TO write")?.execute([])?;
+        Ok(())
+    }
+
+    /// Keeps the changes (they commit with the transaction).
+    pub(crate) fn release(mut self) -> rusqlite::Result<()> {
+        self.open = false;
+        self.conn.prepare_cached("RELEASE write")?.execute([])?;
+        Ok(())
+    }
+}
+
+impl Drop for Savepoint<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A failure here leaves the transaction itself failing: the
+            // batch's commit reports it.
+            let _ = self.rollback();
+            let _ = self
+                .conn
+                .prepare_cached("RELEASE write")
+                .and_then(|mut s| s.execute([]));
+        }
+    }
+}
+
 /// The task whose conversation an event is part of: such events are read
 /// by task and outlive the event retention while their task exists.
 fn conversation_of(data: &EventData) -> Option<&str> {

@@ -40,17 +40,42 @@ pub(super) fn prune(
     Ok((events, ledger))
 }
 
-/// WAL checkpoints, run by the store thread itself between batches rather
-/// than by SQLite inside a `COMMIT`. SQLite's automatic checkpoint runs in
-/// the commit that crosses its threshold: that batch's callers waited for
-/// it (copying pages and two `fsync`s, the longest step of the hot path),
-/// and its keys stayed marked in flight (see `crash_guard`) for all of it,
-/// so a `kill -9` during a checkpoint counted a crash against writes that
-/// were already committed. Here it runs after the batch is answered and its
-/// marker cleared. Same thread, same connection: no other writer exists.
+/// WAL checkpoints, run beside the store thread rather than by SQLite
+/// inside a `COMMIT`. SQLite's automatic checkpoint runs in the commit that
+/// crosses its threshold: that batch's callers waited for it (copying pages
+/// and two `fsync`s, the longest step of the hot path), and its keys stayed
+/// marked in flight (see `crash_guard`) for all of it, so a `kill -9` during
+/// a checkpoint counted a crash against writes that were already committed.
+///
+/// Here the bulk of a checkpoint runs on a thread of its own with a
+/// connection of its own (started at the first one due, so that a promotion
+/// and an idle primary pay nothing for it): in WAL mode a checkpoint copies
+/// committed frames while the writer keeps appending, so the store thread
+/// goes on with the next batches on the other core. But a WAL starts over
+/// at its beginning only when a checkpoint copied every frame in it, which
+/// one that runs beside a busy writer never does: the WAL would grow for as
+/// long as the writes keep coming. So once the checkpointer is done, the
+/// store thread copies what was appended meanwhile itself, between
+/// batches — a few pages and two small `fsync`s instead of the whole WAL —
+/// and its next commit starts the WAL over. Should the thread or its
+/// connection fail, the store thread checkpoints alone, as before.
 pub(super) struct Checkpoints {
     /// Frames in the WAL after the last commit (SQLite's WAL hook).
     frames: std::sync::Arc<std::sync::atomic::AtomicI32>,
+    /// The store's file, for the checkpointer's connection.
+    path: Option<std::path::PathBuf>,
+    checkpointer: Option<Checkpointer>,
+}
+
+/// The checkpoint thread, woken through `due`.
+struct Checkpointer {
+    due: std::sync::mpsc::SyncSender<()>,
+    /// Checkpoints the thread has run.
+    ran: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Handed a checkpoint whose end the store thread has not seen yet:
+    /// it has when `ran` passes this.
+    busy: Option<u64>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// WAL frames (pages) that start a checkpoint: four times SQLite's default.
@@ -87,19 +112,121 @@ impl Checkpoints {
         if let Err(e) = hooked {
             tracing::warn!("WAL checkpoints stay inside commits: {e}");
         }
-        Checkpoints { frames }
+        let path = (conn.path())
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from);
+        Checkpoints {
+            frames,
+            path,
+            checkpointer: None,
+        }
     }
 
-    pub(super) fn checkpoint_if_due(&self, conn: &Connection) {
+    /// Between batches: hands a checkpoint to the checkpointer when the
+    /// WAL has grown past [`CHECKPOINT_FRAMES`], and finishes it here once
+    /// the checkpointer is done (see [`Checkpoints`]).
+    pub(super) fn checkpoint_if_due(&mut self, conn: &Connection) {
+        if let Some(c) = &mut self.checkpointer
+            && let Some(handed_after) = c.busy
+        {
+            if c.ran.load(Ordering::Acquire) > handed_after {
+                c.busy = None;
+                checkpoint(conn);
+            } else if c.thread.is_finished() {
+                // It could not open the store: this thread checkpoints.
+                self.stop_checkpointer();
+                checkpoint(conn);
+            }
+            return;
+        }
         if self.frames.load(Ordering::Relaxed) < CHECKPOINT_FRAMES {
             return;
         }
         self.frames.store(0, Ordering::Relaxed);
-        // PASSIVE: never waits for a reader; what a reader still needs is
-        // copied by a later checkpoint.
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!("WAL checkpoint failed: {e}");
+        if self.checkpointer.is_none() {
+            self.checkpointer = self.path.as_deref().and_then(Checkpointer::start);
         }
+        let handed = match &mut self.checkpointer {
+            Some(c) => {
+                let ran = c.ran.load(Ordering::Acquire);
+                c.busy = c.due.try_send(()).is_ok().then_some(ran);
+                c.busy.is_some()
+            }
+            None => false,
+        };
+        if !handed {
+            // No checkpointer (it could not start or open the store):
+            // nobody else copies the WAL back, so this thread does.
+            self.stop_checkpointer();
+            checkpoint(conn);
+        }
+    }
+
+    /// Stops the checkpointer, for good: this thread checkpoints from now on.
+    fn stop_checkpointer(&mut self) {
+        self.path = None;
+        if let Some(c) = self.checkpointer.take() {
+            drop(c.due);
+            let _ = c.thread.join();
+        }
+    }
+}
+
+impl Drop for Checkpoints {
+    /// The checkpointer stops with the store thread (its connection closed
+    /// before the store thread's: the last one to close removes the WAL).
+    fn drop(&mut self) {
+        self.stop_checkpointer();
+    }
+}
+
+impl Checkpointer {
+    fn start(path: &std::path::Path) -> Option<Checkpointer> {
+        let (due, asked) = std::sync::mpsc::sync_channel::<()>(1);
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = ran.clone();
+        let path = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("grove-checkpoint".into())
+            .spawn(move || {
+                // Read-write, never created: the store thread's file, which
+                // exists while it runs. It writes nothing but the copied
+                // pages; the store thread is still the only writer of rows.
+                let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
+                let conn = match Connection::open_with_flags(&path, flags) {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!("the checkpointer cannot open the store: {e}");
+                        return;
+                    }
+                };
+                while asked.recv().is_ok() {
+                    checkpoint(&conn);
+                    counted.fetch_add(1, Ordering::Release);
+                }
+            });
+        match thread {
+            Ok(thread) => Some(Checkpointer {
+                due,
+                ran,
+                busy: None,
+                thread,
+            }),
+            Err(e) => {
+                tracing::warn!("cannot start the checkpointer: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// One passive checkpoint: it never waits for a reader (or the writer);
+/// what a reader still needs is copied by a later one.
+fn checkpoint(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::warn!("WAL checkpoint failed: {e}");
     }
 }
 
@@ -113,5 +240,55 @@ pub(super) fn prune_history(conn: &Connection, retention: Retention, floor: &mut
         Ok((0, 0)) => {}
         Ok((e, l)) => tracing::info!("pruned {e} old events and {l} ledger entries"),
         Err(e) => tracing::warn!("pruning failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CHECKPOINT_FRAMES, Checkpoints};
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    /// A due checkpoint is handed to the checkpointer thread, which copies
+    /// the WAL back while the writer goes on: the writer's WAL then starts
+    /// over at its beginning instead of growing.
+    #[test]
+    fn a_due_checkpoint_runs_beside_the_writer_and_the_wal_starts_over() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut conn =
+            crate::store::open_read_write(&dir.path().join("grove.db"), 0).expect("store");
+        conn.execute_batch("CREATE TABLE filler (b BLOB)")
+            .expect("table");
+        let mut checkpoints = Checkpoints::take_over(&mut conn);
+        let commit = |conn: &rusqlite::Connection| {
+            conn.execute("INSERT INTO filler VALUES (zeroblob(8000))", [])
+                .expect("commit");
+        };
+        while checkpoints.frames.load(Ordering::Relaxed) < CHECKPOINT_FRAMES {
+            commit(&conn);
+        }
+        let peak = checkpoints.frames.load(Ordering::Relaxed);
+        checkpoints.checkpoint_if_due(&conn);
+        assert!(
+            checkpoints.checkpointer.is_some(),
+            "the checkpoint was not handed to the checkpointer"
+        );
+        let ran = checkpoints.checkpointer.as_ref().map(|c| c.ran.clone());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            commit(&conn);
+            checkpoints.checkpoint_if_due(&conn);
+            if checkpoints.frames.load(Ordering::Relaxed) < peak / 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the WAL never started over: the checkpoint did not run"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let ran = ran.map_or(0, |r| r.load(Ordering::Acquire));
+        assert!(ran >= 1, "the checkpointer thread ran no checkpoint");
+        drop(checkpoints);
     }
 }

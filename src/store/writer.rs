@@ -48,7 +48,7 @@ pub fn commit_counts() -> CommitCounts {
 }
 
 pub use super::txn::WriteResult;
-use super::txn::{Applied, append_event, refused};
+use super::txn::{Applied, Savepoint, append_event, refused};
 pub use super::upkeep::Retention;
 use super::upkeep::{Checkpoints, PRUNE_EVERY, prune_history};
 
@@ -312,7 +312,7 @@ fn run(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_prune = std::time::Instant::now() - PRUNE_EVERY;
     let mut prune_floor = 0;
-    let wal = Checkpoints::take_over(&mut conn);
+    let mut wal = Checkpoints::take_over(&mut conn);
     while let Ok(first) = rx.recv() {
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();
@@ -532,10 +532,10 @@ fn apply_internal(
     op: &super::tasks::InternalOp,
     events: &mut Vec<Event>,
 ) -> Result<WriteResult, StoreError> {
-    let sp = tx.savepoint()?;
+    let sp = Savepoint::begin(tx)?;
     let mut own_events = Vec::new();
     let mut ctx = super::tasks::Ctx {
-        tx: &sp,
+        tx: sp.conn(),
         epoch,
         events: &mut own_events,
         limits: Limits::default(),
@@ -546,7 +546,7 @@ fn apply_internal(
         Err(Applied::Sqlite(e)) => return Err(e.into()),
     };
     if result.is_ok() {
-        sp.commit()?;
+        sp.release()?;
         events.extend(own_events);
     } // else: dropping the savepoint rolls it back
     Ok(result)
@@ -598,9 +598,9 @@ fn apply_idempotent(
     };
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::while_applying(method);
-    let mut sp = tx.savepoint()?;
+    let mut sp = Savepoint::begin(tx)?;
     let mut own_events = Vec::new();
-    let result = match apply(&sp, epoch, limits, method, &mut own_events) {
+    let result = match apply(sp.conn(), epoch, limits, method, &mut own_events) {
         Ok(r) => r,
         Err(Applied::Refused(e)) => Err(e),
         Err(Applied::Sqlite(e)) => return Err(e.into()),
@@ -611,19 +611,20 @@ fn apply_idempotent(
         sp.rollback()?;
         own_events.clear();
     }
-    sp.prepare_cached(
-        "INSERT INTO ledger (request_id, from_instance, method, at, reply, digest)
+    sp.conn()
+        .prepare_cached(
+            "INSERT INTO ledger (request_id, from_instance, method, at, reply, digest)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        request_id,
-        key.from,
-        method.name(),
-        now_ms() as i64,
-        encode(&result),
-        key.digest as i64
-    ])?;
-    sp.commit()?;
+        )?
+        .execute(params![
+            request_id,
+            key.from,
+            method.name(),
+            now_ms() as i64,
+            encode(&result),
+            key.digest as i64
+        ])?;
+    sp.release()?;
     events.extend(own_events);
     Ok(result)
 }
