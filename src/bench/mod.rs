@@ -350,11 +350,13 @@ pub(crate) async fn release(
     client: &mut crate::client::Client,
     blocker: &str,
 ) {
-    let _ = client
-        .call(crate::protocol::Method::TaskCancel {
-            id: blocker.to_string(),
-        })
-        .await;
+    let cancel = crate::protocol::Method::TaskCancel {
+        id: blocker.to_string(),
+    };
+    if let Err(e) = client.call(cancel).await {
+        // Said, not swallowed: the wait below would otherwise only time out.
+        errln!("bench: cancelling the blocker {blocker} failed: {e}");
+    }
     let until = std::time::Instant::now() + RELEASE_WAIT;
     while let Some(run) = live_run(c, blocker) {
         if std::time::Instant::now() > until {

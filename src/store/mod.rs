@@ -71,7 +71,6 @@ pub enum StoreError {
 /// date. `epoch_floor` is the highest epoch recorded for the workspace
 /// outside the store: proof, with other traces, that a store existed.
 pub fn open_read_write(path: &Path, epoch_floor: u64) -> Result<Connection, StoreError> {
-    process_settings();
     for p in store_files(path) {
         if let Some(meta) = crate::trust::check(&p, "the grove store")? {
             // It holds prompts and task environments: ours alone.
@@ -113,38 +112,6 @@ fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
     .map(|_| ())
 }
 
-/// How much of a savepoint's journal SQLite keeps in memory before it
-/// moves it to a temporary file. Every write runs under a savepoint (see
-/// `writer`), whose journal holds the original of each page the write
-/// changes that the batch had changed before it: a `task.create` late in
-/// a batch of 16 journals ~10 pages, past SQLite's default 64 KiB, and
-/// each such write then created, wrote and closed a temporary file (a
-/// tenth of the store thread's time in `grove bench rpc`). 1 MiB holds
-/// any ordinary write; a cancel cascading through thousands of tasks
-/// still spills rather than grow the primary's memory without bound
-/// (every MiB it holds delays a failover, see `configure`).
-const SAVEPOINT_JOURNAL_IN_MEMORY: std::ffi::c_int = 1 << 20;
-
-/// SQLite's process-wide settings, made before its first connection in
-/// this process (SQLite takes them only until it is initialized).
-pub fn process_settings() {
-    static SET: std::sync::Once = std::sync::Once::new();
-    SET.call_once(|| {
-        // SAFETY: called before any connection of this process is opened
-        // (every open goes through here first), with the int argument
-        // this option takes.
-        let rc = unsafe {
-            rusqlite::ffi::sqlite3_config(
-                rusqlite::ffi::SQLITE_CONFIG_STMTJRNL_SPILL,
-                SAVEPOINT_JOURNAL_IN_MEMORY,
-            )
-        };
-        if rc != rusqlite::ffi::SQLITE_OK {
-            tracing::warn!("SQLite was initialized before its settings: {rc}");
-        }
-    });
-}
-
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(WRITER_BUSY)?;
     stable_plans(conn)?;
@@ -155,11 +122,13 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // After a checkpoint, shrink the WAL file back instead of keeping its
     // high-water mark (readers are short, so checkpoints do complete).
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-    // A write's savepoint journal is kept in memory up to a bound
-    // (`SAVEPOINT_JOURNAL_IN_MEMORY`), then in a temporary file. Without
-    // the bound (`temp_store=MEMORY`) a cancel cascading through thousands
-    // of dependents would hold every page it touched, in a primary whose
-    // memory delays every failover (below).
+    // A write's savepoint journal stays where SQLite puts it: in memory up
+    // to 64 KiB, then in a temporary file. In memory without that bound
+    // (`temp_store=MEMORY`) a cancel cascading through thousands of
+    // dependents would hold every page it touched, in a primary whose
+    // memory delays every failover (below); with a bound of 1 MiB
+    // (`SQLITE_CONFIG_STMTJRNL_SPILL`) such a cancel failed with
+    // SQLITE_FULL (docs/design.md, The writer's memory stays small).
     // SQLite's default page cache (2 MiB) is kept on purpose: a killed
     // process frees its memory before its descriptors are closed, so every
     // MiB the primary holds delays the election lock's release (see
@@ -285,7 +254,6 @@ pub struct MemberRow {
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader, StoreError> {
-        process_settings();
         match std::fs::metadata(path) {
             Err(_) => return Err(StoreError::Missing(path.display().to_string())),
             Ok(m) if m.len() == 0 => {

@@ -413,3 +413,47 @@ fn a_promotion_given_up_before_its_commit_leaves_nothing() {
     let next = super::promote(&path, "next", 3, 0, &won, &|| true).expect("promoted");
     assert_eq!(next.epoch, 2, "the next promotion takes the next epoch");
 }
+
+/// A cancel that cascades through thousands of dependents commits, its
+/// savepoint journal past what is kept in memory (a file-backed store, as
+/// the primary's).
+#[test]
+fn a_cancel_cascading_through_thousands_of_dependents_commits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut conn = crate::store::open_read_write(&dir.path().join("grove.db"), 0).expect("store");
+    let g = guard(&dir, &[]);
+    let mut events = Vec::new();
+    let mut apply = |conn: &mut Connection, n: usize, method: Method| {
+        let tx = conn.transaction().expect("tx");
+        let mut tx = tx;
+        let key = LedgerKey {
+            request_id: &format!("r{n}"),
+            from: "test",
+            digest: 0,
+        };
+        let mut method = method;
+        let result = apply_idempotent(&mut tx, 1, &key, &mut method, &g.admission, &mut events)
+            .expect("no SQLite failure");
+        tx.commit().expect("commit");
+        result
+    };
+    let Ok(ReplyBody::Task(blocker)) = apply(&mut conn, 0, create("blocker")) else {
+        panic!("the blocker was not created");
+    };
+    for n in 1..=10000 {
+        let dependent = Method::TaskCreate(NewTask {
+            prompt: format!("dependent {n}"),
+            dependencies: vec![blocker.id.clone()],
+            ..Default::default()
+        });
+        assert!(apply(&mut conn, n, dependent).is_ok(), "dependent {n}");
+    }
+    let cancelled = apply(
+        &mut conn,
+        9999,
+        Method::TaskCancel {
+            id: blocker.id.clone(),
+        },
+    );
+    assert!(cancelled.is_ok(), "the cancel failed: {cancelled:?}");
+}
