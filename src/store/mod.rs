@@ -128,7 +128,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // dependents would hold every page it touched, in a primary whose
     // memory delays every failover (below); with a bound of 1 MiB
     // (`SQLITE_CONFIG_STMTJRNL_SPILL`) such a cancel failed with
-    // SQLITE_FULL (docs/design.md, The writer's memory stays small).
+    // SQLITE_FULL (docs/design.md, Store).
     // SQLite's default page cache (2 MiB) is kept on purpose: a killed
     // process frees its memory before its descriptors are closed, so every
     // MiB the primary holds delays the election lock's release (see
