@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use zeromq::{Socket, SocketRecv, SocketSend};
 
 pub async fn run(writes: usize) -> Result<Vec<Row>, String> {
+    // As the primary has them (the baselines below open connections of
+    // their own first).
+    crate::store::process_settings();
     let mut c = LocalCluster::new()?;
     let primary = c.spawn_member()?;
     let mut client = c.client("bench-rpc");

@@ -71,6 +71,7 @@ pub enum StoreError {
 /// date. `epoch_floor` is the highest epoch recorded for the workspace
 /// outside the store: proof, with other traces, that a store existed.
 pub fn open_read_write(path: &Path, epoch_floor: u64) -> Result<Connection, StoreError> {
+    process_settings();
     for p in store_files(path) {
         if let Some(meta) = crate::trust::check(&p, "the grove store")? {
             // It holds prompts and task environments: ours alone.
@@ -112,6 +113,45 @@ fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
     .map(|_| ())
 }
 
+/// How much of a savepoint's journal SQLite keeps in memory before it
+/// moves it to a temporary file. Every write runs under a savepoint (see
+/// `writer`), whose journal holds the original of each page the write
+/// changes that its batch had changed before it: a `task.create` late in a
+/// batch of 16 journals more than SQLite's default 64 KiB, and each such
+/// write then created, wrote and closed a temporary file. Below 128 KiB on
+/// purpose: SQLite keeps the in-memory journal in chunks of this size and
+/// writes each whole when it spills, and its unix VFS masks a write's
+/// length to 17 bits (`seekAndWriteFd`), so a 256 KiB chunk was written as
+/// 0 bytes and the spill failed with SQLITE_FULL (a cancel cascading
+/// through 8,000 dependents, in `grove bench rpc`). A bigger cascade still
+/// spills rather than grow the primary's memory (every MiB it holds delays
+/// a failover, see `configure`).
+const SAVEPOINT_JOURNAL_IN_MEMORY: std::ffi::c_int = 120 << 10;
+const _: () = assert!(
+    SAVEPOINT_JOURNAL_IN_MEMORY < 1 << 17,
+    "SQLite writes at most 128 KiB - 1 at once"
+);
+
+/// SQLite's process-wide settings, made before the first connection of
+/// this process (SQLite takes them only until it is initialized; every
+/// open of the store goes through here first).
+pub fn process_settings() {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        // SAFETY: this option takes one int; SQLite refuses it (without
+        // harm) once initialized.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_STMTJRNL_SPILL,
+                SAVEPOINT_JOURNAL_IN_MEMORY,
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            tracing::debug!("SQLite was initialized before its settings: {rc}");
+        }
+    });
+}
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(WRITER_BUSY)?;
     stable_plans(conn)?;
@@ -122,13 +162,11 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // After a checkpoint, shrink the WAL file back instead of keeping its
     // high-water mark (readers are short, so checkpoints do complete).
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-    // A write's savepoint journal stays where SQLite puts it: in memory up
-    // to 64 KiB, then in a temporary file. In memory without that bound
-    // (`temp_store=MEMORY`) a cancel cascading through thousands of
-    // dependents would hold every page it touched, in a primary whose
-    // memory delays every failover (below); with a bound of 1 MiB
-    // (`SQLITE_CONFIG_STMTJRNL_SPILL`) such a cancel failed with
-    // SQLITE_FULL (docs/design.md, Store).
+    // A write's savepoint journal is kept in memory up to a bound
+    // (`SAVEPOINT_JOURNAL_IN_MEMORY`), then in a temporary file. In memory
+    // without a bound (`temp_store=MEMORY`) a cancel cascading through
+    // thousands of dependents would hold every page it touched, in a
+    // primary whose memory delays every failover (below).
     // SQLite's default page cache (2 MiB) is kept on purpose: a killed
     // process frees its memory before its descriptors are closed, so every
     // MiB the primary holds delays the election lock's release (see
@@ -254,6 +292,7 @@ pub struct MemberRow {
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader, StoreError> {
+        process_settings();
         match std::fs::metadata(path) {
             Err(_) => return Err(StoreError::Missing(path.display().to_string())),
             Ok(m) if m.len() == 0 => {
