@@ -149,13 +149,6 @@ async fn throughputs(
     let alone = tokio::task::spawn_blocking(move || store_thread_alone(n))
         .await
         .map_err(|e| e.to_string())??;
-    let mut alone_row = cpu_row(
-        "store thread CPU per write, fed in process (16 in flight)",
-        alone.cpu_ns as u64,
-        1,
-    );
-    alone_row.samples = n;
-    let mut alone_row = Some(alone_row);
     for writers in [1usize, 4, 16] {
         let before = counters(client).await?;
         let (primary_before, own_before) = (ThreadCpu::of(primary), ThreadCpu::own_process());
@@ -229,9 +222,6 @@ async fn throughputs(
             baseline_p50: None,
             goal: None,
         });
-        if writers == 16 {
-            rows.extend(alone_row.take());
-        }
         let done = (writes / writers).max(1) * writers;
         let primary_ns = primary_cpu.all_since(&primary_before);
         rows.push(cpu_row(
@@ -261,6 +251,11 @@ async fn throughputs(
             goal: None,
         });
     }
+    rows.push(cpu_row(
+        &format!("store thread CPU per write, fed in process ({CEILING_BATCH} in flight)"),
+        alone.cpu_ns,
+        n,
+    ));
     Ok(rows)
 }
 
@@ -330,8 +325,8 @@ fn store_ceiling(writes: usize) -> Result<f64, String> {
 struct StoreAlone {
     rate: f64,
     per_commit: f64,
-    /// CPU of the store thread (and its checkpointer) per write, in ns.
-    cpu_ns: f64,
+    /// CPU of the store thread and its checkpointer over all the writes.
+    cpu_ns: u64,
 }
 
 /// grove's store thread, schema and write path by themselves: the same
@@ -424,9 +419,7 @@ fn store_thread_alone(writes: usize) -> Result<StoreAlone, String> {
     let rate = writes as f64 / started.elapsed().as_secs_f64();
     let after = writer::commit_counts();
     let cpu = ThreadCpu::of(std::process::id());
-    let cpu_ns = (cpu.since(&cpu_before, "grove-store")
-        + cpu.since(&cpu_before, "grove-checkpoint")) as f64
-        / writes.max(1) as f64;
+    let cpu_ns = cpu.since(&cpu_before, "grove-store") + cpu.since(&cpu_before, "grove-checkpoint");
     store.join();
     let _ = drain.join();
     let commits = after.commits.saturating_sub(before.commits).max(1);
