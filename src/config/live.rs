@@ -83,6 +83,13 @@ impl LiveConfig {
         self.lock().config.clone()
     }
 
+    /// The configuration as last loaded, without looking at the files:
+    /// for a timer re-armed at every heartbeat (the member's watches
+    /// reload it when a file changes).
+    pub fn latest(&self) -> Arc<Config> {
+        self.lock().config.clone()
+    }
+
     pub fn report(&self) -> LoadReport {
         self.lock().report.clone()
     }

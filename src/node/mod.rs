@@ -127,7 +127,7 @@ async fn follow_or_lead(
     // One view of the config files for the member's whole life: reloaded
     // when they change, reported for `grove config show`.
     let live = std::sync::Arc::new(LiveConfig::new(&opts.ws.state_dir, opts.config.clone()));
-    let events = consume_events(opts.clone(), identity.heard.clone());
+    let events = consume_events(opts.clone(), live.clone(), identity.heard.clone());
     let mut events_task = crate::loop_watch::spawn("events", events.in_current_span());
 
     let lock_path = opts.ws.lock_path();
@@ -174,7 +174,7 @@ async fn follow_or_lead(
             break Ok(());
         }
         rebuild.begin(&opts.ws);
-        lock = match rejoin(&opts, &identity, state_gone, &mut events_task) {
+        lock = match rejoin(&opts, &live, &identity, state_gone, &mut events_task) {
             Ok(l) => l.map(primary::Held::taken),
             Err(e) => match rebuild.retry(&opts.ws, e).await {
                 Ok(()) => None,
@@ -193,6 +193,7 @@ async fn follow_or_lead(
 /// workspace itself is gone stops with the error.
 fn rejoin(
     opts: &NodeOptions,
+    live: &Arc<LiveConfig>,
     me: &Identity,
     state_gone: bool,
     events_task: &mut tokio::task::JoinHandle<()>,
@@ -201,7 +202,7 @@ fn rejoin(
         tracing::warn!("the workspace state was deleted or replaced: joining it anew");
         events_task.abort();
         opts.ws.ensure_state_dir()?;
-        let events = consume_events(opts.clone(), me.heard.clone());
+        let events = consume_events(opts.clone(), live.clone(), me.heard.clone());
         *events_task = crate::loop_watch::spawn("events", events.in_current_span());
     }
     opts.ws.ensure_socket_dir()?;
@@ -309,7 +310,7 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
 
 /// The member's own view of the event stream, across role changes: it
 /// starts at the current end of the log and never skips a durable event.
-async fn consume_events(opts: NodeOptions, heard: Heard) {
+async fn consume_events(opts: NodeOptions, live: Arc<LiveConfig>, heard: Heard) {
     // Without an events log only the heartbeats matter here: the primary's
     // PUB socket then sends this member nothing else (each event would
     // cost every member a decode, and the primary a send per member).
@@ -335,9 +336,13 @@ async fn consume_events(opts: NodeOptions, heard: Heard) {
     // healthy primary's heartbeats are the only thing that wakes us. It is
     // replaced, not `reset`: tokio extends a later deadline lazily, waking
     // at the old one to re-file the timer — once a second for nothing.
-    let silence = 4 * opts.config.heartbeat();
+    // The heartbeat period as configured now: the config files may change
+    // (or be recreated with `.grove`) while the member runs, and a silence
+    // measured against an older, shorter period cries "unresponsive" at
+    // every healthy heartbeat.
+    let silence = || 4 * live.latest().heartbeat();
     let mut reported_unresponsive = false;
-    let alarm = tokio::time::sleep(silence);
+    let alarm = tokio::time::sleep(silence());
     tokio::pin!(alarm);
     loop {
         tokio::select! {
@@ -357,11 +362,12 @@ async fn consume_events(opts: NodeOptions, heard: Heard) {
                         tracing::info!("primary responsive again");
                         reported_unresponsive = false;
                     }
-                    alarm.set(tokio::time::sleep(silence));
+                    alarm.set(tokio::time::sleep(silence()));
                 }
             }
             _ = &mut alarm => {
                 let age = sub.health.heartbeat_age_ms().map(std::time::Duration::from_millis);
+                let silence = silence();
                 match age {
                     Some(age) if age > silence => {
                         tracing::warn!(

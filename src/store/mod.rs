@@ -186,13 +186,33 @@ fn store_files(path: &Path) -> [std::path::PathBuf; 3] {
 }
 
 /// Creates a new store: built and migrated under a temporary name, then
-/// renamed into place, so that `grove.db` never exists half made (an empty
+/// linked into place, so that `grove.db` never exists half made (an empty
 /// `grove.db` is then always damage, never a store being born). The file
 /// is created 0600 before SQLite opens it; SQLite gives the WAL and
 /// shared-memory files the mode of the database file.
+///
+/// Two promotions may create at once, in one process or two: one begun on
+/// a lock file that was replaced meanwhile (`.grove` deleted under running
+/// members) gives up only before it commits. So the temporary name is this
+/// call's alone, and the new store is linked in only where there is none
+/// yet: a store another promotion put there first is kept, and opened,
+/// rather than renamed over while that promotion writes to it (its
+/// commits went into files nobody else could see, and the two creators
+/// deleted each other's temporary file).
 fn create(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_file_name(format!("grove.db.new-{}", std::process::id()));
+    static CREATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_file_name(format!("grove.db.new-{}-{n}", std::process::id()));
+    // A WAL or shared-memory file left from an older store would be
+    // replayed into the new one. Removed only while there is no store, and
+    // before this one is built: a store linked in meanwhile by another
+    // promotion has its own files by the time this one is done.
+    if !path.exists() {
+        for p in &store_files(path)[1..] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
     for p in store_files(&tmp) {
         let _ = std::fs::remove_file(p);
     }
@@ -202,17 +222,23 @@ fn create(path: &Path) -> Result<(), StoreError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| create_error(&tmp, e))?;
-    {
+    let built = (|| {
         let mut conn = Connection::open(&tmp)?;
         configure(&conn)?;
-        schema::migrate(&mut conn)?;
-    } // closing the last connection checkpoints and removes its WAL
-    // A WAL or shared-memory file left from an older store would be
-    // replayed into the new one.
-    for p in &store_files(path)[1..] {
+        schema::migrate(&mut conn)
+    })(); // closing the last connection checkpoints and removes its WAL
+    let placed = built.and_then(|()| {
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(()),
+            // Another promotion's store is in place: that one is used.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(create_error(path, e)),
+        }
+    });
+    for p in store_files(&tmp) {
         let _ = std::fs::remove_file(p);
     }
-    std::fs::rename(&tmp, path).map_err(|e| create_error(path, e))
+    placed
 }
 
 fn create_error(path: &Path, source: std::io::Error) -> StoreError {

@@ -161,9 +161,10 @@ pub struct Promotion {
 /// workspace outside the store, so that epochs never repeat even when the
 /// store was deleted and recreated.
 ///
-/// `proceed` is asked last, inside the transaction: when it says no (the
-/// member gave the win up, or the lock is no longer the workspace's), the
-/// transaction is rolled back and nothing of the promotion stays.
+/// `proceed` is asked first, and last inside the transaction: when it says
+/// no (the member gave the win up, or the lock is no longer the
+/// workspace's), the transaction is rolled back and nothing of the
+/// promotion stays.
 pub fn promote(
     path: &std::path::Path,
     instance_id: &str,
@@ -172,6 +173,12 @@ pub fn promote(
     won: &super::promotions::LockWon,
     proceed: &dyn Fn() -> bool,
 ) -> Result<Promotion, StoreError> {
+    // Given up already (the lock file was replaced, the member stopped):
+    // then it must not even create a store, which a promotion on the new
+    // lock file may be creating at the same moment (see `create`).
+    if !proceed() {
+        return Err(given_up());
+    }
     let mut conn = super::open_read_write(path, epoch_floor)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let stored: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
@@ -195,9 +202,7 @@ pub fn promote(
     super::promotions::record(&tx, epoch, epoch - 1, instance_id, won)?;
     if !proceed() {
         // Dropping the transaction rolls it back.
-        return Err(StoreError::Unavailable(
-            "the promotion was given up before it committed".into(),
-        ));
+        return Err(given_up());
     }
     tx.commit()?;
     // Counted once: a primary that dies before its first batch must not
@@ -217,6 +222,10 @@ pub fn promote(
         crash,
         in_flight,
     })
+}
+
+fn given_up() -> StoreError {
+    StoreError::Unavailable("the promotion was given up before it committed".into())
 }
 
 /// Tells the store thread whether the database it holds is still the

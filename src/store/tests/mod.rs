@@ -8,9 +8,11 @@
 //! - `model`, `property`: a reference model, and a property test of random
 //!   sequences of operations applied to both.
 //! - `crash_guard`: counting crashes, poisoning after two.
+//! - `files`: two promotions creating the store at once.
 //! - `writer.rs` (a child of `writer`, for its private parts): group commit.
 
 mod crash_guard;
+mod files;
 mod fixes;
 mod model;
 mod property;
