@@ -96,8 +96,10 @@ pub(crate) fn insert(tx: &Connection, t: &TaskRecord) -> rusqlite::Result<()> {
     tx.prepare_cached(sql)?
         .execute(params_from_iter(columns.into_iter().map(|(_, v)| v)))?;
     for dep in &t.spec.dependencies {
-        tx.prepare_cached("INSERT OR IGNORE INTO task_deps (task_id, dep_id) VALUES (?1, ?2)")?
-            .execute([&t.id, dep])?;
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO task_deps (task_at, task_id, dep_id) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(rusqlite::params![int(t.created_at), t.id, dep])?;
     }
     Ok(())
 }

@@ -233,6 +233,27 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX tasks_session;
     CREATE INDEX tasks_session ON tasks (session_id) WHERE session_id IS NOT NULL;
     "#,
+    // v14: dependency edges ordered by when their dependent was created.
+    // Keyed by the dependent's random id, each new task's edge and its
+    // entry in the dependency index landed on a page of their own: two of
+    // the ~5.7 WAL pages a `task.create` with a dependency wrote, which no
+    // batch shared. Led by the dependent's `created_at` (set once, never
+    // changed), a batch's edges append to the same last pages of both.
+    // Every lookup knows the dependent's record, so `task_at` costs none.
+    r#"
+    CREATE TABLE task_deps_v14 (
+        task_at INTEGER NOT NULL,
+        task_id TEXT NOT NULL,
+        dep_id  TEXT NOT NULL,
+        PRIMARY KEY (task_at, task_id, dep_id)
+    ) WITHOUT ROWID;
+    INSERT INTO task_deps_v14 (task_at, task_id, dep_id)
+        SELECT COALESCE(t.created_at, 0), d.task_id, d.dep_id
+        FROM task_deps d LEFT JOIN tasks t ON t.id = d.task_id;
+    DROP TABLE task_deps;
+    ALTER TABLE task_deps_v14 RENAME TO task_deps;
+    CREATE INDEX task_deps_dep ON task_deps (dep_id, task_at);
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -312,5 +333,42 @@ mod tests {
                 .unwrap();
             assert!(sql.contains("WITHOUT ROWID"), "{table}: {sql}");
         }
+    }
+
+    /// v14 keys the edges by their dependent's creation time: each edge of
+    /// a v13 store is there after it, under its dependent's `created_at`,
+    /// and found through the dependency index as before.
+    #[test]
+    fn v14_orders_the_edges_by_their_dependents_creation() {
+        let mut conn = Connection::open_in_memory().expect("in-memory database");
+        for sql in &MIGRATIONS[..13] {
+            conn.execute_batch(sql).expect("migrations up to v13");
+        }
+        conn.pragma_update(None, "user_version", 13).unwrap();
+        conn.execute_batch(
+            "INSERT INTO tasks (id, prompt, engine, status, created_at, updated_at)
+                 VALUES ('t1', 'a', 'shell', 'completed', 100, 100),
+                        ('t2', 'b', 'shell', 'pending', 500, 500);
+             INSERT INTO task_deps (task_id, dep_id) VALUES ('t2', 't1');",
+        )
+        .unwrap();
+        migrate(&mut conn).expect("v14");
+        let edge: (i64, String, String) = conn
+            .query_row("SELECT task_at, task_id, dep_id FROM task_deps", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(edge, (500, "t2".into(), "t1".into()));
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT task_id FROM task_deps WHERE dep_id = 't1'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(
+            plan.contains("task_deps_dep"),
+            "dependents are scanned: {plan}"
+        );
     }
 }

@@ -16,10 +16,10 @@ use rusqlite::Connection;
 pub(super) fn ready_status(tx: &Connection, task: &TaskRecord) -> Result<TaskStatus, Applied> {
     let mut stmt = tx.prepare_cached(
         "SELECT t.status FROM task_deps d LEFT JOIN tasks t ON t.id = d.dep_id
-         WHERE d.task_id = ?1",
+         WHERE d.task_at = ?1 AND d.task_id = ?2",
     )?;
     let statuses = stmt
-        .query_map([&task.id], |r| r.get::<_, Option<String>>(0))?
+        .query_map(edge_key(task), |r| r.get::<_, Option<String>>(0))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(status_from_deps(
         statuses
@@ -91,13 +91,20 @@ pub(super) fn cascade(c: &mut Ctx<'_>, root: &str, root_status: TaskStatus) -> R
 /// stay).
 pub(super) fn edges_of(
     tx: &Connection,
-    id: &str,
+    task: &TaskRecord,
 ) -> Result<std::collections::HashSet<String>, Applied> {
-    let mut stmt = tx.prepare_cached("SELECT dep_id FROM task_deps WHERE task_id = ?1")?;
+    let mut stmt =
+        tx.prepare_cached("SELECT dep_id FROM task_deps WHERE task_at = ?1 AND task_id = ?2")?;
     let ids = stmt
-        .query_map([id], |r| r.get(0))?
+        .query_map(edge_key(task), |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(ids)
+}
+
+/// Where a task's own edges are: `task_deps` is keyed by the dependent's
+/// creation time first (see the v14 migration in `schema`).
+pub(super) fn edge_key(task: &TaskRecord) -> (i64, &str) {
+    (task.created_at as i64, &task.id)
 }
 
 pub(super) fn dependents(tx: &Connection, id: &str) -> Result<Vec<String>, Applied> {

@@ -3,7 +3,7 @@
 //! it failed rearmed), deletion (and the dependents it fails).
 
 use super::change::save;
-use super::graph::{cascade, dependents, edges_of, ready_status, status_from_deps};
+use super::graph::{cascade, dependents, edge_key, edges_of, ready_status, status_from_deps};
 use super::{Ctx, Limits, Res, finished_task, ok};
 use crate::protocol::{
     ErrorCode, EventData, FailureReason, NewTask, ReplyBody, TaskChanges, TaskRecord, TaskSpec,
@@ -171,7 +171,7 @@ pub(super) fn retry(c: &mut Ctx<'_>, id: &str) -> Res {
     let old = finished_task(c.tx, id, "retry")?;
     // A completed dependency purged since stays satisfied: the new
     // attempt does not wait for it (nor could it name it).
-    let waits_on = edges_of(c.tx, &old.id)?;
+    let waits_on = edges_of(c.tx, &old)?;
     let mut spec = TaskSpec {
         dependencies: (old.spec.dependencies.iter())
             .filter(|d| waits_on.contains(*d))
@@ -295,8 +295,8 @@ pub(super) fn delete(c: &mut Ctx<'_>, task: &TaskRecord) -> Res {
     // so that its waiting dependents can still be found (and failed) below;
     // a completed task's edges go too: what it produced stays produced, so
     // its dependents stay satisfied (purging history must not fail work).
-    c.tx.prepare_cached("DELETE FROM task_deps WHERE task_id = ?1")?
-        .execute([&task.id])?;
+    c.tx.prepare_cached("DELETE FROM task_deps WHERE task_at = ?1 AND task_id = ?2")?
+        .execute(edge_key(task))?;
     super::goals::deleted(c, &task.id)?;
     // Its awaits go with it; an await of its parent counts it as ended.
     c.tx.prepare_cached("DELETE FROM awaits WHERE parent_id = ?1")?
