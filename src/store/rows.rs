@@ -99,9 +99,17 @@ pub(crate) fn insert(tx: &Connection, t: &TaskRecord) -> rusqlite::Result<()> {
         tx.prepare_cached(
             "INSERT OR IGNORE INTO task_deps (task_at, task_id, dep_id) VALUES (?1, ?2, ?3)",
         )?
-        .execute(rusqlite::params![int(t.created_at), t.id, dep])?;
+        .execute(rusqlite::params![edge_key(t).0, t.id, dep])?;
     }
     Ok(())
+}
+
+/// Where a task's own dependency edges are: `task_deps` is keyed by the
+/// dependent's creation time first, then its id (see the v14 migration in
+/// `schema`), so that a batch's new edges append instead of landing on
+/// random pages.
+pub(crate) fn edge_key(task: &TaskRecord) -> (i64, &str) {
+    (int(task.created_at), &task.id)
 }
 
 /// Writes back the task: the run state, and the spec, which a resume or a

@@ -291,15 +291,23 @@ pub fn read_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> 
 mod tests {
     use super::*;
 
+    /// An in-memory store migrated up to `version` only, as an older grove
+    /// left it.
+    fn store_at(version: usize) -> Connection {
+        let conn = Connection::open_in_memory().expect("in-memory database");
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).expect("the older migrations");
+        }
+        conn.pragma_update(None, "user_version", version as i64)
+            .expect("user_version");
+        conn
+    }
+
     /// v13 rebuilds the ledger and the dependency edges: what a store of
     /// v12 held must be there after it, in the new tables.
     #[test]
     fn v13_keeps_the_ledger_and_the_edges() {
-        let mut conn = Connection::open_in_memory().expect("in-memory database");
-        for sql in &MIGRATIONS[..12] {
-            conn.execute_batch(sql).expect("migrations up to v12");
-        }
-        conn.pragma_update(None, "user_version", 12).unwrap();
+        let mut conn = store_at(12);
         conn.execute_batch(
             "INSERT INTO ledger (request_id, from_instance, method, at, reply, digest)
                  VALUES ('r1', 'me', 'task.create', 5, x'c0', 7);
@@ -340,11 +348,7 @@ mod tests {
     /// and found through the dependency index as before.
     #[test]
     fn v14_orders_the_edges_by_their_dependents_creation() {
-        let mut conn = Connection::open_in_memory().expect("in-memory database");
-        for sql in &MIGRATIONS[..13] {
-            conn.execute_batch(sql).expect("migrations up to v13");
-        }
-        conn.pragma_update(None, "user_version", 13).unwrap();
+        let mut conn = store_at(13);
         conn.execute_batch(
             "INSERT INTO tasks (id, prompt, engine, status, created_at, updated_at)
                  VALUES ('t1', 'a', 'shell', 'completed', 100, 100),

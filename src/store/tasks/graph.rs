@@ -4,7 +4,7 @@
 use super::Ctx;
 use super::change::{Change, set_status};
 use crate::protocol::{FailureReason, TaskRecord, TaskStatus};
-use crate::store::rows;
+use crate::store::rows::{self, edge_key};
 use crate::store::txn::Applied;
 use rusqlite::Connection;
 
@@ -99,12 +99,6 @@ pub(super) fn edges_of(
         .query_map(edge_key(task), |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(ids)
-}
-
-/// Where a task's own edges are: `task_deps` is keyed by the dependent's
-/// creation time first (see the v14 migration in `schema`).
-pub(super) fn edge_key(task: &TaskRecord) -> (i64, &str) {
-    (task.created_at as i64, &task.id)
 }
 
 pub(super) fn dependents(tx: &Connection, id: &str) -> Result<Vec<String>, Applied> {

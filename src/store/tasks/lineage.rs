@@ -3,13 +3,13 @@
 //! it failed rearmed), deletion (and the dependents it fails).
 
 use super::change::save;
-use super::graph::{cascade, dependents, edge_key, edges_of, ready_status, status_from_deps};
+use super::graph::{cascade, dependents, edges_of, ready_status, status_from_deps};
 use super::{Ctx, Limits, Res, finished_task, ok};
 use crate::protocol::{
     ErrorCode, EventData, FailureReason, NewTask, ReplyBody, TaskChanges, TaskRecord, TaskSpec,
     TaskStatus, Worktree, now_ms,
 };
-use crate::store::rows;
+use crate::store::rows::{self, edge_key};
 use crate::store::txn::{Applied, append_event, refused};
 use rusqlite::Connection;
 
