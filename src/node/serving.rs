@@ -5,9 +5,10 @@
 
 use crate::protocol::{
     ErrorCode, MAX_REQUEST_ID_LEN, Method, PROTOCOL_VERSION, PrimaryInfo, Reply, ReplyBody,
-    Request, WireError, decode_request, encode, now_ms, oversized_request_id, request_digest,
+    Request, WireError, decode_request, encode, encode_reply_from, now_ms, oversized_request_id,
+    request_digest,
 };
-use crate::store::writer::{self, DirectReply, Job, ReplyTo};
+use crate::store::writer::{self, Answer, DirectReply, Job, ReplyTo};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -156,11 +157,11 @@ impl Serving {
             Method::TaskPurge { id: task } => self.after_purge(task.clone(), envelope, id.clone()),
             _ => {
                 let (replies, id) = (self.replies.clone(), id.clone());
-                ReplyTo::Direct(DirectReply::new(move |result| {
+                ReplyTo::Direct(DirectReply::new(move |answer| {
                     let answer = Outgoing::Answer {
                         envelope,
                         id,
-                        result,
+                        answer,
                     };
                     if tokio::runtime::Handle::try_current().is_ok() {
                         // Dropped unanswered on the event loop (the store
@@ -208,7 +209,7 @@ impl Serving {
                 .send(Outgoing::Answer {
                     envelope,
                     id,
-                    result,
+                    answer: Answer::Value(result),
                 })
                 .await;
         });
@@ -239,8 +240,28 @@ pub(super) enum Outgoing {
     Answer {
         envelope: Vec<Bytes>,
         id: String,
-        result: writer::WriteResult,
+        answer: Answer,
     },
+}
+
+/// A write's reply: written around the result the ledger encoded, or
+/// encoded whole.
+fn encode_answer(id: String, epoch: u64, answer: Answer) -> Vec<u8> {
+    let result = match answer {
+        Answer::Encoded(bytes) => match encode_reply_from(&id, epoch, &bytes) {
+            Some(reply) => return reply,
+            None => crate::protocol::decode::<writer::WriteResult>(&bytes).unwrap_or_else(|e| {
+                let msg = format!("recorded reply unreadable: {e}");
+                Err(WireError::new(ErrorCode::Internal, msg))
+            }),
+        },
+        Answer::Value(result) => result,
+    };
+    let reply = match result {
+        Ok(body) => Reply::ok(id, epoch, body),
+        Err(e) => Reply::err(id, epoch, e),
+    };
+    encode(&reply)
 }
 
 fn frame(mut envelope: Vec<Bytes>, payload: Vec<u8>) -> ZmqMessage {
@@ -270,14 +291,8 @@ pub(super) async fn reply_loop(
             Outgoing::Answer {
                 envelope,
                 id,
-                result,
-            } => {
-                let reply = match result {
-                    Ok(body) => Reply::ok(id, epoch, body),
-                    Err(e) => Reply::err(id, epoch, e),
-                };
-                frame(envelope, encode(&reply))
-            }
+                answer,
+            } => frame(envelope, encode_answer(id, epoch, answer)),
         };
         let peer = msg.get(0).cloned().unwrap_or_default();
         if let Some(until) = stalled.get(&peer) {

@@ -115,6 +115,46 @@ pub fn request_digest(method: &Method) -> u64 {
     hash
 }
 
+type RmpResult = Result<(), rmp::encode::ValueWriteError>;
+
+/// The reply to request `id` whose result (`Result<ReplyBody, WireError>`)
+/// is encoded already, as the store thread encoded it for the ledger: the
+/// bytes `encode(&Reply { .. })` gives, without encoding the result again
+/// on the primary's event loop, where it was a write's costliest step (a
+/// task record is most of a reply; see docs/design.md, Serving as primary).
+/// `None` when `result` is not an encoded `Ok` or `Err`: the caller decodes
+/// and encodes it the long way.
+pub fn encode_reply_from(id: &str, epoch: u64, result: &[u8]) -> Option<Vec<u8>> {
+    // `Result` encodes as a one-entry map named after its variant.
+    const OK: &[u8] = &[0x81, 0xa2, b'O', b'k'];
+    const ERR: &[u8] = &[0x81, 0xa3, b'E', b'r', b'r'];
+    const NIL: &[u8] = &[0xc0];
+    let (ok, err) = match (result.strip_prefix(OK), result.strip_prefix(ERR)) {
+        (Some(body), _) => (body, NIL),
+        (_, Some(error)) => (NIL, error),
+        _ => return None,
+    };
+    // `Reply`'s fields, in their declared order, as `encode` names them.
+    fn fields(out: &mut Vec<u8>, id: &str, epoch: u64, ok: &[u8], err: &[u8]) -> RmpResult {
+        use rmp::encode::{write_map_len, write_str, write_uint};
+        write_map_len(out, 5)?;
+        write_str(out, "v")?;
+        write_uint(out, u64::from(PROTOCOL_VERSION))?;
+        write_str(out, "id")?;
+        write_str(out, id)?;
+        write_str(out, "epoch")?;
+        write_uint(out, epoch)?;
+        write_str(out, "ok")?;
+        out.extend_from_slice(ok);
+        write_str(out, "err")?;
+        out.extend_from_slice(err);
+        Ok(())
+    }
+    let mut out = Vec::with_capacity(40 + id.len() + result.len());
+    fields(&mut out, id, epoch, ok, err).expect("writing to a Vec cannot fail");
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +285,41 @@ mod tests {
             let v: String = rmp_serde::from_slice(&encode(code)).unwrap();
             assert_eq!(v, code.as_str());
         }
+    }
+
+    #[test]
+    fn a_reply_from_an_encoded_result_is_the_reply_encoded_whole() {
+        use crate::protocol::{Reply, ReplyBody, WireError};
+        type Res = Result<ReplyBody, WireError>;
+        let long_id = "r".repeat(300);
+        let results: Vec<Res> = vec![
+            Ok(ReplyBody::Done {}),
+            Ok(ReplyBody::Task(Box::new(crate::protocol::TaskRecord::new(
+                "t1".into(),
+                crate::protocol::TaskSpec {
+                    prompt: "é".repeat(40),
+                    ..Default::default()
+                },
+                1_700_000_000_000,
+            )))),
+            Err(WireError::new(ErrorCode::InvalidParams, "no such engine")),
+        ];
+        for result in results {
+            for (id, epoch) in [("r1", 0), (long_id.as_str(), 7), ("", u64::MAX)] {
+                let fast = encode_reply_from(id, epoch, &encode(&result)).unwrap();
+                let whole = match result.clone() {
+                    Ok(body) => Reply::ok(id.into(), epoch, body),
+                    Err(e) => Reply::err(id.into(), epoch, e),
+                };
+                assert_eq!(fast, encode(&whole), "{whole:?}");
+                assert_eq!(decode::<Reply>(&fast).unwrap(), whole);
+            }
+        }
+        // Anything else is left to the long way.
+        assert_eq!(
+            encode_reply_from("r1", 1, &encode(&ReplyBody::Done {})),
+            None
+        );
+        assert_eq!(encode_reply_from("r1", 1, b""), None);
     }
 }

@@ -29,7 +29,8 @@ mod wire_form;
 pub use agent::{AgentUpdate, AgentUpdates, ControlKind, PermissionPolicy, TaskControl};
 pub use awaits::{AWAIT_POLICIES, AWAIT_STATES, AwaitPolicy, AwaitRecord, AwaitSpec, AwaitState};
 pub use codec::{
-    RequestHead, decode, decode_request, encode, oversized_request_id, request_digest,
+    RequestHead, decode, decode_request, encode, encode_reply_from, oversized_request_id,
+    request_digest,
 };
 pub use conclusion::{
     CONCLUSION_SOURCES, CONCLUSION_STATUSES, Conclusion, ConclusionSource, ConclusionStatus,

@@ -88,30 +88,43 @@ pub enum ReplyTo {
 }
 
 impl ReplyTo {
-    fn answer(self, result: WriteResult) {
+    /// `encoded` is `result` as the ledger recorded it, when it was.
+    fn answer(self, result: WriteResult, encoded: Option<Vec<u8>>) {
         match self {
             ReplyTo::Waiter(tx) => {
                 let _ = tx.send(result);
             }
-            ReplyTo::Direct(d) => d.answer(result),
+            ReplyTo::Direct(d) => d.answer(match encoded {
+                Some(bytes) => Answer::Encoded(bytes),
+                None => Answer::Value(result),
+            }),
         }
     }
+}
+
+/// A write's result as handed to a [`DirectReply`]: encoded already when
+/// the ledger recorded it (the reply is written around those bytes instead
+/// of encoding the result again; see `protocol::encode_reply_from`).
+pub enum Answer {
+    Value(WriteResult),
+    /// `encode(&result)`.
+    Encoded(Vec<u8>),
 }
 
 /// An answer to deliver, exactly once: one dropped unanswered (the store
 /// thread stopped with the write queued) answers "unavailable", as a
 /// waiter would learn from its closed channel, so the caller retries at
 /// once instead of waiting out its timeout.
-pub struct DirectReply(Option<Box<dyn FnOnce(WriteResult) + Send>>);
+pub struct DirectReply(Option<Box<dyn FnOnce(Answer) + Send>>);
 
 impl DirectReply {
-    pub fn new(deliver: impl FnOnce(WriteResult) + Send + 'static) -> Self {
+    pub fn new(deliver: impl FnOnce(Answer) + Send + 'static) -> Self {
         DirectReply(Some(Box::new(deliver)))
     }
 
-    fn answer(mut self, result: WriteResult) {
+    fn answer(mut self, answer: Answer) {
         if let Some(deliver) = self.0.take() {
-            deliver(result);
+            deliver(answer);
         }
     }
 }
@@ -119,10 +132,10 @@ impl DirectReply {
 impl Drop for DirectReply {
     fn drop(&mut self) {
         if let Some(deliver) = self.0.take() {
-            deliver(Err(WireError::new(
+            deliver(Answer::Value(Err(WireError::new(
                 ErrorCode::Unavailable,
                 "the store stopped; retry",
-            )));
+            ))));
         }
     }
 }
@@ -306,6 +319,8 @@ impl Guard {
 struct Done {
     reply: ReplyTo,
     result: WriteResult,
+    /// `result` as the ledger recorded it (writes from clients only).
+    encoded: Option<Vec<u8>>,
 }
 
 fn run(
@@ -418,7 +433,7 @@ fn hand_out(done: Vec<Done>, events: Vec<Event>, published: &tokio::sync::mpsc::
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::after_commit(&events);
     for d in done {
-        d.reply.answer(d.result);
+        d.reply.answer(d.result, d.encoded);
     }
     for e in events {
         // Waits while the publisher's queue is full: a durable event is
@@ -437,10 +452,8 @@ fn fail_batch(batch: &mut Vec<Job>, e: StoreError) {
     };
     for job in batch.drain(..) {
         if let Job::Write { reply, .. } | Job::Internal { reply, .. } = job {
-            reply.answer(Err(WireError::new(
-                code,
-                format!("the store could not commit: {e}"),
-            )));
+            let error = WireError::new(code, format!("the store could not commit: {e}"));
+            reply.answer(Err(error), None);
         }
     }
 }
@@ -476,18 +489,22 @@ fn commit_batch(
                     digest: *digest,
                 };
                 let admission = &guard.admission;
-                let result =
+                let (result, encoded) =
                     apply_idempotent(&mut tx, epoch, &request, method, admission, &mut events)?;
-                results.push(Some(result));
+                results.push(Some((result, encoded)));
             }
             Job::Internal { op, .. } if guard.poisoned.contains(&op.key()) => {
-                results.push(Some(Err(super::crash_guard::poison_error(
+                let poisoned = super::crash_guard::poison_error(
                     &op.key(),
                     super::crash_guard::POISON_AFTER_CRASHES,
-                ))));
+                );
+                results.push(Some((Err(poisoned), None)));
             }
             Job::Internal { op, .. } => {
-                results.push(Some(apply_internal(&mut tx, epoch, op, &mut events)?));
+                results.push(Some((
+                    apply_internal(&mut tx, epoch, op, &mut events)?,
+                    None,
+                )));
             }
             Job::Served { epoch, takeover_us } => {
                 super::promotions::served(&tx, *epoch, *takeover_us)?;
@@ -520,8 +537,12 @@ fn commit_batch(
     WRITES_COMMITTED.fetch_add(writes as u64, Ordering::Relaxed);
     for (job, result) in batch.drain(..).zip(results) {
         match (job, result) {
-            (Job::Write { reply, .. } | Job::Internal { reply, .. }, Some(result)) => {
-                done.push(Done { reply, result })
+            (Job::Write { reply, .. } | Job::Internal { reply, .. }, Some((result, encoded))) => {
+                done.push(Done {
+                    reply,
+                    result,
+                    encoded,
+                })
             }
             (Job::Shutdown { done: d, .. }, _) => *shutdown = Some(d),
             (Job::Served { .. }, _) => {}
@@ -570,7 +591,8 @@ struct LedgerKey<'a> {
 
 /// Looks the request up in the ledger; applies it under a savepoint if new.
 /// A returned `Err` is an SQLite failure that dooms the whole transaction;
-/// an `Ok(Err(..))` is this request's own error reply.
+/// an `Ok((Err(..), _))` is this request's own error reply. Beside the
+/// result, its encoding as the ledger holds it, when it does.
 fn apply_idempotent(
     tx: &mut Transaction<'_>,
     epoch: u64,
@@ -578,7 +600,7 @@ fn apply_idempotent(
     method: &mut Method,
     admission: &Admission,
     events: &mut Vec<Event>,
-) -> Result<WriteResult, StoreError> {
+) -> Result<(WriteResult, Option<Vec<u8>>), StoreError> {
     let request_id = key.request_id;
     let recorded: Option<(Vec<u8>, Option<i64>)> = tx
         .prepare_cached("SELECT reply, digest FROM ledger WHERE request_id = ?1")?
@@ -587,23 +609,27 @@ fn apply_idempotent(
     if let Some((bytes, digest)) = recorded {
         // Rows written before digests were recorded have none: trust them.
         if digest.is_some_and(|d| d as u64 != key.digest) {
-            return Ok(Err(WireError::new(
-                ErrorCode::IdempotencyConflict,
-                format!(
-                    "request id {request_id} was already used for a different request; use a new id for a new request (reuse an id only to retry the same request)"
-                ),
-            )));
+            return Ok((
+                Err(WireError::new(
+                    ErrorCode::IdempotencyConflict,
+                    format!(
+                        "request id {request_id} was already used for a different request; use a new id for a new request (reuse an id only to retry the same request)"
+                    ),
+                )),
+                None,
+            ));
         }
-        return Ok(decode::<WriteResult>(&bytes).unwrap_or_else(|e| {
-            Err(WireError::new(
-                ErrorCode::Internal,
-                format!("recorded reply unreadable: {e}"),
-            ))
-        }));
+        return Ok(match decode::<WriteResult>(&bytes) {
+            Ok(result) => (result, Some(bytes)),
+            Err(e) => {
+                let msg = format!("recorded reply unreadable: {e}");
+                (Err(WireError::new(ErrorCode::Internal, msg)), None)
+            }
+        });
     }
     let limits = match admission(method, tx) {
         Ok(limits) => limits,
-        Err(e) => return Ok(Err(e)),
+        Err(e) => return Ok((Err(e), None)),
     };
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::while_applying(method);
@@ -620,6 +646,7 @@ fn apply_idempotent(
         sp.rollback()?;
         own_events.clear();
     }
+    let encoded = encode(&result);
     sp.conn()
         .prepare_cached(
             "INSERT INTO ledger (request_id, from_instance, method, at, reply, digest)
@@ -630,12 +657,12 @@ fn apply_idempotent(
             key.from,
             method.name(),
             now_ms() as i64,
-            encode(&result),
+            &encoded,
             key.digest as i64
         ])?;
     sp.release()?;
     events.extend(own_events);
-    Ok(result)
+    Ok((result, Some(encoded)))
 }
 
 /// A method the event loop answers itself reached the store thread.

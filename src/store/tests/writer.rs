@@ -7,7 +7,9 @@ use super::{
     Admission, Guard, Job, LedgerKey, ReplyTo, WriteResult, apply_idempotent, commit_batch,
     rehearse,
 };
-use crate::protocol::{ErrorCode, Event, EventData, Method, NewTask, ReplyBody, request_digest};
+use crate::protocol::{
+    ErrorCode, Event, EventData, Method, NewTask, ReplyBody, encode, request_digest,
+};
 use crate::store::crash_guard::InFlight;
 use crate::store::tasks::InternalOp;
 use rusqlite::Connection;
@@ -238,8 +240,9 @@ fn a_refused_write_undoes_its_partial_effects() {
         from: "test",
         digest,
     };
-    let result =
+    let (result, encoded) =
         apply_idempotent(&mut tx, 7, &key, &mut method, &admit_all(), &mut events).unwrap();
+    assert_eq!(encoded, Some(encode(&result)), "answered as recorded");
     assert_eq!(result.unwrap_err().code, ErrorCode::InvalidParams);
     assert!(events.is_empty());
     tx.commit().unwrap();
@@ -265,8 +268,10 @@ fn admission_runs_only_for_new_writes_and_its_refusal_is_not_recorded() {
         from: "test",
         digest: request_digest(&refused),
     };
-    let result = apply_idempotent(&mut tx, 7, &key, &mut refused, &admission, &mut events);
-    assert_eq!(result.unwrap().unwrap_err().code, ErrorCode::InvalidParams);
+    let (result, encoded) =
+        apply_idempotent(&mut tx, 7, &key, &mut refused, &admission, &mut events).unwrap();
+    assert_eq!(result.unwrap_err().code, ErrorCode::InvalidParams);
+    assert_eq!(encoded, None, "not recorded, so not answered as recorded");
 
     let mut fine = create("echo hi");
     let key = LedgerKey {
@@ -276,7 +281,10 @@ fn admission_runs_only_for_new_writes_and_its_refusal_is_not_recorded() {
     };
     let first = apply_idempotent(&mut tx, 7, &key, &mut fine, &admission, &mut events).unwrap();
     let again = apply_idempotent(&mut tx, 7, &key, &mut fine, &admission, &mut events).unwrap();
-    assert_eq!(task_id(&first), task_id(&again));
+    assert_eq!(task_id(&first.0), task_id(&again.0));
+    // The retry is answered with the bytes the ledger recorded.
+    assert_eq!(first.1, Some(encode(&first.0)));
+    assert_eq!(first.1, again.1);
     tx.commit().unwrap();
     assert_eq!(
         calls.load(std::sync::atomic::Ordering::SeqCst),
