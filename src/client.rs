@@ -188,7 +188,7 @@ put large inputs (prompt text, environment values) in a file in the workspace an
     async fn ensure_connected(&mut self, started: Instant) -> Result<(), ClientError> {
         let failover_deadline = started + self.failover_wait;
         loop {
-            if self.watch.poll() {
+            if self.watch.poll_if_told() {
                 self.conn = None;
             }
             if self.conn.is_some() {

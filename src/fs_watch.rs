@@ -175,6 +175,30 @@ impl FileWatch {
     }
 }
 
+impl FileWatch {
+    /// False only when the kernel has reported nothing about the path since
+    /// the last call (or since `new`), so that it is as it was then; takes
+    /// the report. True without inotify, or on an ancestor's watch: look.
+    /// Spares a caller that checks before every step a `stat` per step.
+    pub fn take_change(&mut self) -> bool {
+        match self.rx.as_mut() {
+            Some(rx) if !self.proxy => match rx.has_changed() {
+                Ok(false) => false,
+                Ok(true) => {
+                    rx.borrow_and_update();
+                    true
+                }
+                // The directory went away: watch again, and look.
+                Err(_) => {
+                    self.register();
+                    true
+                }
+            },
+            _ => true,
+        }
+    }
+}
+
 impl Drop for FileWatch {
     fn drop(&mut self) {
         self.release();
@@ -496,6 +520,38 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), watch.changed())
             .await
             .expect("the removal was noticed");
+    }
+
+    /// `take_change` says "as it was" until the kernel reports the path,
+    /// then "look" once per report, and never hides a report from
+    /// `changed` that it did not take.
+    #[tokio::test]
+    async fn take_change_reports_each_change_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("primary.json");
+        let mut watch = FileWatch::new(&target, Duration::from_secs(3600));
+        assert!(watch.is_notified(), "inotify should work in tests");
+        assert!(!watch.take_change(), "nothing happened yet");
+        std::fs::write(dir.path().join("tmp"), b"x").unwrap();
+        std::fs::rename(dir.path().join("tmp"), &target).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !watch.take_change() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the rename was never reported"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!watch.take_change(), "one report, taken once");
+        // A report not taken is still there for `changed`.
+        std::fs::remove_file(&target).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the removal was noticed");
+        // Without inotify (or a directory missing on the way): always look.
+        let mut missing =
+            FileWatch::new(&dir.path().join("no/such/file"), Duration::from_secs(3600));
+        assert!(missing.take_change());
     }
 
     /// Events the reader thread read for `dir`.

@@ -149,6 +149,9 @@ pub struct PrimaryWatch {
     stamp: Option<(u64, u64, SystemTime)>,
     current: Option<PrimaryRecord>,
     notify: FileWatch,
+    /// `notified` resolved (taking the kernel's report) and `poll` has not
+    /// looked since: `poll_if_told` must look.
+    told: bool,
 }
 
 impl PrimaryWatch {
@@ -158,6 +161,7 @@ impl PrimaryWatch {
             ws: ws.clone(),
             stamp: None,
             current: None,
+            told: false,
             // Watching starts before the first read, so no change between
             // the two is missed.
             notify: FileWatch::new(&ws.primary_json(), FALLBACK_POLL),
@@ -179,12 +183,14 @@ impl PrimaryWatch {
     /// with `poll`. Cheaper than `next_change` in a loop that is woken by
     /// other things often (it does not `stat` the file each time).
     pub async fn notified(&mut self) {
-        self.notify.changed().await
+        self.notify.changed().await;
+        self.told = true;
     }
 
     /// Re-checks the file; returns true when the record changed.
     pub fn poll(&mut self) -> bool {
         use std::os::unix::fs::MetadataExt;
+        self.told = false;
         let stamp = std::fs::metadata(&self.path).ok().map(|m| {
             (
                 m.ino(),
@@ -200,6 +206,18 @@ impl PrimaryWatch {
         let changed = fresh != self.current;
         self.current = fresh;
         changed
+    }
+
+    /// `poll`, skipped while the kernel has reported no change of the file
+    /// since the last look (see `FileWatch::take_change`): a client that
+    /// re-checks before every call pays no `stat` for it.
+    pub fn poll_if_told(&mut self) -> bool {
+        // Taken first: a report that arrives after it is left for the next.
+        let reported = self.notify.take_change();
+        if !reported && !self.told && self.current.is_some() {
+            return false;
+        }
+        self.poll()
     }
 
     pub fn current(&self) -> Option<&PrimaryRecord> {
@@ -224,3 +242,49 @@ pub fn survivor_delay() -> std::time::Duration {
 /// See [`survivor_delay`]: far under the 100 ms in which every survivor
 /// must write again.
 pub const SURVIVOR_SPREAD: std::time::Duration = std::time::Duration::from_millis(16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(epoch: u64) -> PrimaryRecord {
+        PrimaryRecord {
+            instance_id: format!("i{epoch}"),
+            pid: std::process::id(),
+            epoch,
+            pub_endpoint: "ipc:///nowhere/pub".into(),
+            rpc_endpoint: "ipc:///nowhere/rpc".into(),
+            started_at: 1,
+        }
+    }
+
+    /// `poll_if_told` skips the file only while nothing was reported: not
+    /// after a report `notified` took (the failover a client waits for).
+    #[tokio::test]
+    async fn a_record_replaced_is_read_after_the_report_whoever_took_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".grove")).unwrap();
+        let ws = Workspace::resolve(dir.path()).unwrap();
+        record(1).write(&ws).unwrap();
+        let mut watch = PrimaryWatch::new(&ws);
+        assert!(watch.poll_if_told(), "the first look reads the file");
+        assert_eq!(watch.current().map(|r| r.epoch), Some(1));
+        assert!(!watch.poll_if_told(), "nothing reported: as it was");
+
+        record(2).write(&ws).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watch.notified())
+            .await
+            .expect("the new record was reported");
+        assert!(watch.poll_if_told(), "the report was taken by `notified`");
+        assert_eq!(watch.current().map(|r| r.epoch), Some(2));
+
+        record(3).write(&ws).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while watch.current().map(|r| r.epoch) != Some(3) {
+            assert!(std::time::Instant::now() < deadline, "never read epoch 3");
+            watch.poll_if_told();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!watch.poll_if_told());
+    }
+}
