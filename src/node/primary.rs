@@ -633,10 +633,12 @@ async fn hand_over(
 /// engine, its binary, the model and the persona validated, as the task
 /// would run. Runs on the store thread (see `writer::Admission`).
 fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admission {
-    use crate::orchestrator::engines::{RunSpec, validate};
-    // The configuration as read for the current batch: its files are
-    // checked once per batch, not once per write.
+    use crate::orchestrator::engines::{FsChecks, RunSpec, validate_with};
+    // The configuration as read for the current batch, and what validation
+    // asked the file system in it: its files are checked once per batch,
+    // not once per write.
     let read = std::cell::RefCell::new(None::<(u64, Arc<Config>)>);
+    let checks = std::cell::RefCell::new(FsChecks::default());
     Box::new(move |method, tx| {
         let config = {
             let mut read = read.borrow_mut();
@@ -645,10 +647,12 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
                 _ => {
                     let config = live.current();
                     *read = Some((writer::batch_number(), config.clone()));
+                    *checks.borrow_mut() = FsChecks::default();
                     config
                 }
             }
         };
+        let checks = &mut *checks.borrow_mut();
         let limits = writer::Limits {
             max_depth: config.max_delegation_depth,
             max_children: config.max_children,
@@ -657,7 +661,7 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
         let invalid = |msg: String| WireError::new(ErrorCode::InvalidParams, msg);
         let (id, changes) = match method {
             Method::TaskCreate(new) => {
-                admit_new(&config, &root, new)?;
+                admit_new(&config, &root, new, checks)?;
                 return Ok(limits);
             }
             Method::GoalCreate(goal) => {
@@ -673,7 +677,7 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
                 }
                 let kind = config.engines.get(engine.as_str()).map(|e| e.kind);
                 goal.task.keep_session = kind == Some(crate::config::EngineKind::Acp);
-                admit_new(&config, &root, &mut goal.task)?;
+                admit_new(&config, &root, &mut goal.task, checks)?;
                 return Ok(limits);
             }
             Method::TaskRelaunch { id, changes, .. } | Method::TaskResume { id, changes, .. } => {
@@ -693,7 +697,8 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
             return Ok(limits);
         };
         changes.apply(&mut task.spec);
-        validate(&config, &root, &RunSpec::of_task(&task)).map_err(|e| invalid(e.to_string()))?;
+        validate_with(&config, &root, &RunSpec::of_task(&task), checks)
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(limits)
     })
 }
@@ -704,14 +709,15 @@ fn admit_new(
     config: &crate::config::Config,
     root: &std::path::Path,
     new: &mut crate::protocol::NewTask,
+    checks: &mut crate::orchestrator::engines::FsChecks,
 ) -> Result<(), WireError> {
-    use crate::orchestrator::engines::{RunSpec, validate};
+    use crate::orchestrator::engines::{RunSpec, validate_with};
     let engine = new
         .engine
         .get_or_insert_with(|| config.default_engine.clone())
         .clone();
     let spec = RunSpec::of_new(new, &engine);
-    validate(config, root, &spec)
+    validate_with(config, root, &spec, checks)
         .map_err(|e| WireError::new(ErrorCode::InvalidParams, e.to_string()))?;
     decide_worktree(config, root, &engine, &mut new.worktree)
 }

@@ -5,7 +5,7 @@
 use crate::config::{Config, EngineConfig, EngineKind, PermissionPolicy, PromptVia};
 use crate::protocol::{NewTask, TaskRecord};
 use crate::runs::AcpSpec;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// What the supervisor runs.
@@ -113,9 +113,19 @@ pub enum EngineError {
 /// Checks everything a spawn can get wrong, without running anything, so
 /// that a task that cannot start is refused when it is created.
 pub fn validate(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<(), EngineError> {
+    validate_with(config, workspace, spec, &mut FsChecks::default())
+}
+
+/// [`validate`], with the file system's answers remembered in `checks`.
+pub fn validate_with(
+    config: &Config,
+    workspace: &Path,
+    spec: &RunSpec<'_>,
+    checks: &mut FsChecks,
+) -> Result<(), EngineError> {
     let engine = spec.engine;
     let e = lookup(config, engine)?;
-    if find_binary(&e.command[0]).is_none() {
+    if !checks.on_path(&e.command[0]) {
         check_template(engine, e, spec.model)?;
         return Err(EngineError::MissingBinary(format!(
             "{} engine '{engine}' needs '{}', which is not on PATH; install it{} or configure [engines.{engine}] command in .grove/grove.toml",
@@ -124,15 +134,57 @@ pub fn validate(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result
             install_hint(&e.command[0]),
         )));
     }
-    build(config, workspace, spec).map(|_| ())
+    build(config, workspace, spec, checks).map(|_| ())
+}
+
+/// What validation asked the file system (is the engine's program on
+/// `PATH`, is the work dir a directory), remembered for as long as the
+/// caller keeps this: the store thread keeps one per batch, so that a
+/// batch of `task.create`s stats each binary and directory once instead
+/// of once a write (see docs/design.md, Serving as primary). Holds at most
+/// one entry per write it served.
+#[derive(Default)]
+pub struct FsChecks {
+    on_path: HashMap<String, bool>,
+    dirs: HashMap<PathBuf, bool>,
+}
+
+impl FsChecks {
+    fn on_path(&mut self, program: &str) -> bool {
+        if let Some(&found) = self.on_path.get(program) {
+            return found;
+        }
+        let found = find_binary(program).is_some();
+        self.on_path.insert(program.to_string(), found);
+        found
+    }
+
+    fn is_dir(&mut self, dir: &Path) -> bool {
+        if let Some(&is) = self.dirs.get(dir) {
+            return is;
+        }
+        let is = dir.is_dir();
+        self.dirs.insert(dir.to_path_buf(), is);
+        is
+    }
 }
 
 /// The command line for one run of `task`.
 pub fn launch(config: &Config, workspace: &Path, task: &TaskRecord) -> Result<Launch, EngineError> {
-    build(config, workspace, &RunSpec::of_task(task))
+    build(
+        config,
+        workspace,
+        &RunSpec::of_task(task),
+        &mut FsChecks::default(),
+    )
 }
 
-fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch, EngineError> {
+fn build(
+    config: &Config,
+    workspace: &Path,
+    spec: &RunSpec<'_>,
+    checks: &mut FsChecks,
+) -> Result<Launch, EngineError> {
     let e = lookup(config, spec.engine)?;
     check_template(spec.engine, e, spec.model)?;
     if e.kind != EngineKind::Acp && (spec.keep_session || spec.permissions.is_some()) {
@@ -151,7 +203,7 @@ fn build(config: &Config, workspace: &Path, spec: &RunSpec<'_>) -> Result<Launch
     }
     let work_dir = match spec.worktree {
         Some(tree) => in_worktree(workspace, &workspace.join(tree), spec.work_dir),
-        None => resolve_work_dir(workspace, spec.work_dir)?,
+        None => resolve_work_dir(workspace, spec.work_dir, checks)?,
     };
     let mut prompt = match spec.persona {
         Some(p) => format!("{}\n\n{}", persona_text(config, workspace, p)?, spec.prompt),
@@ -399,13 +451,17 @@ fn in_worktree(workspace: &Path, tree: &Path, work_dir: Option<&str>) -> PathBuf
     }
 }
 
-fn resolve_work_dir(workspace: &Path, work_dir: Option<&str>) -> Result<PathBuf, EngineError> {
+fn resolve_work_dir(
+    workspace: &Path,
+    work_dir: Option<&str>,
+    checks: &mut FsChecks,
+) -> Result<PathBuf, EngineError> {
     let dir = match work_dir {
         Some(d) if Path::new(d).is_absolute() => PathBuf::from(d),
         Some(d) => workspace.join(d),
         None => workspace.to_path_buf(),
     };
-    if !dir.is_dir() {
+    if !checks.is_dir(&dir) {
         return Err(EngineError::WorkDir(format!(
             "work dir {} is not a directory",
             dir.display()
@@ -711,6 +767,34 @@ mod tests {
         c.mcp_inject = false;
         let argv = launch(&c, dir.path(), &t).unwrap().argv;
         assert!(!argv.iter().any(|a| a == "--mcp-config"), "{argv:?}");
+    }
+
+    /// A batch's checks are asked once and remembered while the caller
+    /// keeps them; fresh checks see the file system as it is now.
+    #[test]
+    fn fs_checks_remember_what_they_were_told() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let mut t = sample();
+        t.spec.work_dir = Some("sub".into());
+        let spec = RunSpec::of_task(&t);
+        let mut batch = FsChecks::default();
+        validate_with(&config(), dir.path(), &spec, &mut batch).unwrap();
+        std::fs::remove_dir(dir.path().join("sub")).unwrap();
+        validate_with(&config(), dir.path(), &spec, &mut batch)
+            .expect("the same batch remembers the work dir");
+        let err = validate_with(&config(), dir.path(), &spec, &mut FsChecks::default());
+        assert!(matches!(err, Err(EngineError::WorkDir(_))), "{err:?}");
+        let mut missing = config();
+        let shell = missing.engines.get_mut("shell").unwrap();
+        shell.command[0] = "grove-no-such-binary".into();
+        let err = validate_with(
+            &missing,
+            dir.path(),
+            &RunSpec::of_task(&sample()),
+            &mut batch,
+        );
+        assert!(matches!(err, Err(EngineError::MissingBinary(_))), "{err:?}");
     }
 
     fn sample() -> TaskRecord {
