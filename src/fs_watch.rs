@@ -352,7 +352,13 @@ fn watch_file(fd: libc::c_int, dirs: &mut Dirs, dir_wd: libc::c_int, name: &OsSt
     let Ok(c_file) = CString::new(dir.path.join(name).into_os_string().into_vec()) else {
         return false;
     };
-    let wd = unsafe { libc::inotify_add_watch(fd, c_file.as_ptr(), FILE_MASK) };
+    // Added to whatever mask the inode is watched with, never in place of
+    // it: when the name leads to a directory we watch (below), replacing
+    // its mask until it is put back would lose that directory's entry
+    // events in between (a `primary.json` renamed into place unseen; this
+    // happened once in CI, the reader thread adding a watch for a link's
+    // creation while a test renamed a file beside it).
+    let wd = unsafe { libc::inotify_add_watch(fd, c_file.as_ptr(), FILE_MASK | libc::IN_MASK_ADD) };
     if wd < 0 {
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -367,7 +373,7 @@ fn watch_file(fd: libc::c_int, dirs: &mut Dirs, dir_wd: libc::c_int, name: &OsSt
     }
     if let Some(dir) = dirs.by_wd.get(&wd) {
         // The name leads to a directory we watch (a link to it, or a
-        // directory made where a file was expected): the add replaced that
+        // directory made where a file was expected): the add widened that
         // directory's mask. Put it back; there are no writes to watch.
         if let Ok(c_dir) = CString::new(dir.path.as_os_str().as_bytes()) {
             unsafe { libc::inotify_add_watch(fd, c_dir.as_ptr(), DIR_MASK) };
