@@ -14,9 +14,10 @@ use crate::config::Config;
 use crate::paths::Workspace;
 use crate::primary_record::{PrimaryRecord, PrimaryWatch};
 use crate::protocol::{
-    ErrorCode, MAX_FRAME_BYTES, Method, PROTOCOL_VERSION, Reply, ReplyBody, Request, WireError,
+    ErrorCode, MAX_FRAME_BYTES, Method, PROTOCOL_VERSION, Reply, ReplyBody, RequestRef, WireError,
     decode, encode,
 };
+use bytes::Bytes;
 use std::time::{Duration, Instant};
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -116,7 +117,8 @@ impl Client {
         id: &str,
         method: Method,
     ) -> Result<ReplyBody, ClientError> {
-        self.check_size(id, &method)?;
+        let mut frame = self.frame(id, &method);
+        check_size(&frame, &method)?;
         let started = Instant::now();
         let is_ping = matches!(method, Method::Ping {});
         loop {
@@ -125,10 +127,8 @@ impl Client {
             // primary is reported after `probe_timeout`, not `rpc_timeout`.
             if !is_ping && !self.conn.as_ref().is_some_and(|c| c.probed) {
                 let probe_id = uuid::Uuid::new_v4().to_string();
-                match self
-                    .exchange(&probe_id, &Method::Ping {}, self.probe_timeout)
-                    .await
-                {
+                let probe = self.frame(&probe_id, &Method::Ping {});
+                match self.exchange(&probe_id, &probe, self.probe_timeout).await {
                     Outcome::Reply(_) => {
                         if let Some(c) = self.conn.as_mut() {
                             c.probed = true
@@ -144,7 +144,11 @@ impl Client {
             } else {
                 self.rpc_timeout
             };
-            match self.exchange(id, &method, timeout).await {
+            // Connecting may have raised the epoch the request must carry.
+            if frame.epoch_seen != self.max_epoch_seen {
+                frame = self.frame(id, &method);
+            }
+            match self.exchange(id, &frame, timeout).await {
                 Outcome::Reply(r) => return r.into_result().map_err(ClientError::Refused),
                 // Writes are safe to resend (the ledger dedupes them), pings
                 // are harmless; a test hook must hit one primary only.
@@ -158,29 +162,20 @@ impl Client {
         }
     }
 
-    /// Refuses, before anything is sent, a request the primary would refuse
-    /// as `too_large`: it is never applied, and saying so here names its
-    /// size and what to do.
-    fn check_size(&self, id: &str, method: &Method) -> Result<(), ClientError> {
-        let request = Request {
+    /// The request encoded once, as it is sent (and resent) while the epoch
+    /// it carries stays the one seen.
+    fn frame(&self, id: &str, method: &Method) -> Frame {
+        let request = RequestRef {
             v: PROTOCOL_VERSION,
-            id: id.to_string(),
-            from: self.instance_id.clone(),
-            epoch_seen: u64::MAX, // the longest encoding of any epoch
-            method: method.clone(),
+            id,
+            from: &self.instance_id,
+            epoch_seen: self.max_epoch_seen,
+            method,
         };
-        let size = encode(&request).len();
-        if size <= MAX_FRAME_BYTES {
-            return Ok(());
+        Frame {
+            epoch_seen: self.max_epoch_seen,
+            bytes: Bytes::from(encode(&request)),
         }
-        Err(ClientError::Refused(WireError::new(
-            ErrorCode::TooLarge,
-            format!(
-                "the {} request is {size} bytes, more than the {MAX_FRAME_BYTES} bytes (1 MiB) one request may carry; \
-put large inputs (prompt text, environment values) in a file in the workspace and refer to it instead",
-                method.name()
-            ),
-        )))
     }
 
     /// Makes sure we hold a DEALER connected to the primary named by
@@ -322,19 +317,16 @@ put large inputs (prompt text, environment values) in a file in the workspace an
 
     /// Sends one request and waits for its reply, watching for a failover:
     /// the primary's exit, or a new `primary.json`, ends the wait at once.
-    async fn exchange(&mut self, id: &str, method: &Method, timeout: Duration) -> Outcome {
-        let request = Request {
-            v: PROTOCOL_VERSION,
-            id: id.to_string(),
-            from: self.instance_id.clone(),
-            epoch_seen: self.max_epoch_seen,
-            method: method.clone(),
-        };
-        let frame = encode(&request);
+    async fn exchange(&mut self, id: &str, frame: &Frame, timeout: Duration) -> Outcome {
         let Some(conn) = self.conn.as_mut() else {
             return Outcome::PrimaryChanged;
         };
-        if conn.dealer.send(ZmqMessage::from(frame)).await.is_err() {
+        if conn
+            .dealer
+            .send(ZmqMessage::from(frame.bytes.clone()))
+            .await
+            .is_err()
+        {
             // The peer went away: pause briefly so that a primary that
             // keeps refusing cannot spin us, then reconnect (or fail over).
             self.conn = None;
@@ -426,6 +418,43 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
+/// A request ready to send, and the epoch it carries.
+struct Frame {
+    epoch_seen: u64,
+    bytes: Bytes,
+}
+
+/// Refuses, before anything is sent, a request the primary would refuse
+/// as `too_large`: it is never applied, and saying so here names its size
+/// and what to do. Measured as if it carried the largest epoch, so that
+/// connecting to a newer primary cannot make it too large.
+fn check_size(frame: &Frame, method: &Method) -> Result<(), ClientError> {
+    let size = frame.bytes.len() - uint_len(frame.epoch_seen) + uint_len(u64::MAX);
+    if size <= MAX_FRAME_BYTES {
+        return Ok(());
+    }
+    Err(ClientError::Refused(WireError::new(
+        ErrorCode::TooLarge,
+        format!(
+            "the {} request is {size} bytes, more than the {MAX_FRAME_BYTES} bytes (1 MiB) one request may carry; \
+put large inputs (prompt text, environment values) in a file in the workspace and refer to it instead",
+            method.name()
+        ),
+    )))
+}
+
+/// Bytes of an unsigned integer in MessagePack, as `encode` writes it (the
+/// shortest form).
+fn uint_len(v: u64) -> usize {
+    match v {
+        0..=0x7f => 1,
+        0x80..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
 /// A write that was sent but not answered may still be applied when its
 /// primary recovers: said so, since the user's next step depends on it.
 fn unanswered(e: ClientError, method: &Method) -> ClientError {
@@ -498,5 +527,53 @@ mod tests {
         // Other errors pass through.
         let refused = ClientError::Bus("gone".into());
         assert!(!unanswered(refused, &write).to_string().contains("applied"));
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// A request is measured as it would be with the largest epoch, from
+    /// the frame actually sent (whatever epoch it carries): on both sides
+    /// of the bound.
+    #[test]
+    fn the_size_checked_is_the_size_with_the_largest_epoch() {
+        let task = |n: usize| {
+            Method::TaskCreate(crate::protocol::NewTask {
+                prompt: "x".repeat(n),
+                ..Default::default()
+            })
+        };
+        let encoded = |method: &Method, epoch_seen: u64| {
+            encode(&RequestRef {
+                v: PROTOCOL_VERSION,
+                id: "r1",
+                from: "me",
+                epoch_seen,
+                method,
+            })
+        };
+        // Past 65,535 bytes the prompt's length prefix no longer grows.
+        let overhead = encoded(&task(70_000), u64::MAX).len() - 70_000;
+        for epoch_seen in [0, 127, 128, 300, 70_000, 1 << 40] {
+            for largest in [MAX_FRAME_BYTES - 1, MAX_FRAME_BYTES, MAX_FRAME_BYTES + 1] {
+                let method = task(largest - overhead);
+                assert_eq!(encoded(&method, u64::MAX).len(), largest);
+                let frame = Frame {
+                    epoch_seen,
+                    bytes: Bytes::from(encoded(&method, epoch_seen)),
+                };
+                let checked = check_size(&frame, &method);
+                assert_eq!(
+                    checked.is_ok(),
+                    largest <= MAX_FRAME_BYTES,
+                    "{epoch_seen} {largest}"
+                );
+                if let Err(ClientError::Refused(e)) = checked {
+                    assert!(e.message.contains(&format!("is {largest} bytes")), "{e:?}");
+                }
+            }
+        }
     }
 }

@@ -322,4 +322,37 @@ mod tests {
         );
         assert_eq!(encode_reply_from("r1", 1, b""), None);
     }
+
+    #[test]
+    fn a_borrowed_request_encodes_as_the_request() {
+        let r = req(Method::TaskCreate(NewTask {
+            prompt: "echo hi".into(),
+            tags: vec!["a".into()],
+            ..Default::default()
+        }));
+        for epoch_seen in [
+            0,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            u64::from(u32::MAX) + 1,
+            u64::MAX,
+        ] {
+            let borrowed = crate::protocol::RequestRef {
+                v: r.v,
+                id: &r.id,
+                from: &r.from,
+                epoch_seen,
+                method: &r.method,
+            };
+            let owned = Request {
+                epoch_seen,
+                ..r.clone()
+            };
+            assert_eq!(encode(&borrowed), encode(&owned));
+        }
+    }
 }

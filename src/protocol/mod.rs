@@ -72,6 +72,17 @@ pub struct Request {
     pub method: Method,
 }
 
+/// A [`Request`] borrowed for encoding: the same bytes, without cloning the
+/// method (a whole task spec) to send it.
+#[derive(Debug, Serialize)]
+pub struct RequestRef<'a> {
+    pub v: u32,
+    pub id: &'a str,
+    pub from: &'a str,
+    pub epoch_seen: u64,
+    pub method: &'a Method,
+}
+
 /// Every RPC method. The variant name on the wire is the method name.
 // `task.create` carries a whole task spec and is the largest by far; a
 // request is decoded once and moved a few times, so boxing it would only
