@@ -528,11 +528,6 @@ mod tests {
         let refused = ClientError::Bus("gone".into());
         assert!(!unanswered(refused, &write).to_string().contains("applied"));
     }
-}
-
-#[cfg(test)]
-mod size_tests {
-    use super::*;
 
     /// A request is measured as it would be with the largest epoch, from
     /// the frame actually sent (whatever epoch it carries): on both sides

@@ -173,9 +173,7 @@ impl FileWatch {
         tokio::time::sleep(self.fallback).await;
         self.register();
     }
-}
 
-impl FileWatch {
     /// False only when the kernel has reported nothing about the path since
     /// the last call (or since `new`), so that it is as it was then; takes
     /// the report. True without inotify, or on an ancestor's watch: look.

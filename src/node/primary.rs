@@ -637,22 +637,15 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
     // The configuration as read for the current batch, and what validation
     // asked the file system in it: its files are checked once per batch,
     // not once per write.
-    let read = std::cell::RefCell::new(None::<(u64, Arc<Config>)>);
-    let checks = std::cell::RefCell::new(FsChecks::default());
+    let read = std::cell::RefCell::new(None::<(u64, Arc<Config>, FsChecks)>);
     Box::new(move |method, tx| {
-        let config = {
-            let mut read = read.borrow_mut();
-            match &*read {
-                Some((batch, config)) if *batch == writer::batch_number() => config.clone(),
-                _ => {
-                    let config = live.current();
-                    *read = Some((writer::batch_number(), config.clone()));
-                    *checks.borrow_mut() = FsChecks::default();
-                    config
-                }
-            }
+        let batch = writer::batch_number();
+        let mut read = read.borrow_mut();
+        let (_, config, checks) = match &mut *read {
+            Some(current) if current.0 == batch => current,
+            stale => stale.insert((batch, live.current(), FsChecks::default())),
         };
-        let checks = &mut *checks.borrow_mut();
+        let config = config.clone();
         let limits = writer::Limits {
             max_depth: config.max_delegation_depth,
             max_children: config.max_children,

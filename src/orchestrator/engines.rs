@@ -151,21 +151,11 @@ pub struct FsChecks {
 
 impl FsChecks {
     fn on_path(&mut self, program: &str) -> bool {
-        if let Some(&found) = self.on_path.get(program) {
-            return found;
-        }
-        let found = find_binary(program).is_some();
-        self.on_path.insert(program.to_string(), found);
-        found
+        *(self.on_path.entry(program.to_string())).or_insert_with(|| find_binary(program).is_some())
     }
 
     fn is_dir(&mut self, dir: &Path) -> bool {
-        if let Some(&is) = self.dirs.get(dir) {
-            return is;
-        }
-        let is = dir.is_dir();
-        self.dirs.insert(dir.to_path_buf(), is);
-        is
+        *(self.dirs.entry(dir.to_path_buf())).or_insert_with(|| dir.is_dir())
     }
 }
 
