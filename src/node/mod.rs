@@ -221,6 +221,12 @@ struct Rebuild {
     /// number (ext4 hands a freed inode out again), and would then pass for
     /// the same one. An open directory's inode is not freed.
     state_dir: Option<(std::fs::File, election::FileId)>,
+    /// The lock file the step began with, held open for the same reason.
+    lock: Option<(std::fs::File, election::FileId)>,
+    /// The store the step began with, by id only: a second descriptor of
+    /// the store in this process would drop SQLite's POSIX locks on it
+    /// when closed.
+    store: Option<election::FileId>,
 }
 
 impl Rebuild {
@@ -229,21 +235,40 @@ impl Rebuild {
 
     /// Notes the state dir a step starts on.
     fn begin(&mut self, ws: &Workspace) {
-        self.state_dir = std::fs::File::open(&ws.state_dir)
-            .ok()
-            .and_then(|dir| election::open_file_id(&dir).map(|id| (dir, id)));
+        let held = |path: &std::path::Path| {
+            std::fs::File::open(path)
+                .ok()
+                .and_then(|f| election::open_file_id(&f).map(|id| (f, id)))
+        };
+        self.state_dir = held(&ws.state_dir);
+        self.lock = held(&ws.lock_path());
+        self.store = election::file_id(&ws.db_path());
+    }
+
+    /// True when the step's state dir, or a file in it the step began with
+    /// (lock, store), is no longer what its path names: the deletion raced
+    /// the step. `rm -rf` unlinks the entries before the directory, and
+    /// fails to remove a directory we put new entries in meanwhile, so the
+    /// directory may be the same one while the files under the step are
+    /// gone; SQLite then fails with a bare "disk I/O error" (it `stat`s the
+    /// store to create its WAL).
+    fn raced(&self, ws: &Workspace) -> bool {
+        let moved = |began: Option<election::FileId>, path: &std::path::Path| {
+            began.is_some() && election::file_id(path) != began
+        };
+        let began_on = self.state_dir.as_ref().map(|(_, id)| *id);
+        began_on.is_none()
+            || election::file_id(&ws.state_dir) != began_on
+            || moved(self.lock.as_ref().map(|(_, id)| *id), &ws.lock_path())
+            || moved(self.store, &ws.db_path())
     }
 
     async fn retry(&mut self, ws: &Workspace, e: NodeError) -> Result<(), NodeError> {
         // Deleted or replaced during the step, in a workspace that is still
-        // there: the failure is the race, not a lasting problem.
-        // Or emptied: `rm -rf` unlinks the entries before the directory,
-        // and fails to remove a directory we put new entries in meanwhile,
-        // so the step may lose a file it just made in a directory that is
-        // still the same one.
-        let began_on = self.state_dir.as_ref().map(|(_, id)| *id);
-        let replaced = began_on.is_none() || election::file_id(&ws.state_dir) != began_on;
-        let raced = replaced || vanished(&e);
+        // there: the failure is the race, not a lasting problem. Or a file
+        // the step made was lost in a directory that is still the same one
+        // (`vanished`).
+        let raced = self.raced(ws) || vanished(&e);
         if !ws.root.is_dir() || !raced || self.failures >= Self::TRIES {
             return Err(e);
         }
@@ -257,7 +282,7 @@ impl Rebuild {
 /// True when `e` comes of a file that was not there: in a rebuild's
 /// steps, which make every file they use, that is a file deleted under it.
 fn vanished(e: &NodeError) -> bool {
-    if let NodeError::Store(StoreError::Missing(_)) = e {
+    if let NodeError::Store(StoreError::Missing(_) | StoreError::Vanished(_)) = e {
         return true;
     }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -406,6 +431,40 @@ fn record_event(f: &mut std::fs::File, event: &Event) {
 mod tests {
     use super::*;
 
+    /// The store and lock file unlinked under a step, in a state dir that
+    /// is still the same one (what `rm -rf` leaves when it cannot remove
+    /// the directory), tell the step's failure is the deletion's doing.
+    #[test]
+    fn a_step_whose_files_were_unlinked_raced_a_deletion() {
+        let root = tempfile::tempdir().unwrap();
+        let ws = Workspace::resolve(root.path()).unwrap();
+        ws.ensure_state_dir().unwrap();
+        let begun = |files: &[std::path::PathBuf]| {
+            for f in files {
+                std::fs::write(f, b"x").unwrap();
+            }
+            let mut r = Rebuild::default();
+            r.begin(&ws);
+            r
+        };
+        let all = [ws.lock_path(), ws.db_path()];
+        assert!(!begun(&all).raced(&ws), "nothing changed");
+        for file in &all {
+            let r = begun(&all);
+            let stale = file.with_extension("stale");
+            std::fs::rename(file, &stale).unwrap();
+            assert!(r.raced(&ws), "{} unlinked", file.display());
+            std::fs::write(file, b"new").unwrap();
+            assert!(r.raced(&ws), "{} replaced", file.display());
+            std::fs::remove_file(stale).unwrap();
+        }
+        // A file the step made itself is no sign of a race.
+        std::fs::remove_file(ws.db_path()).unwrap();
+        let r = begun(&[ws.lock_path()]);
+        std::fs::write(ws.db_path(), b"made by the step").unwrap();
+        assert!(!r.raced(&ws));
+    }
+
     #[test]
     fn a_file_gone_under_a_step_is_told_from_other_failures() {
         let gone = || std::io::Error::from(std::io::ErrorKind::NotFound);
@@ -419,6 +478,9 @@ mod tests {
             source: gone(),
         }));
         assert!(vanished(&NodeError::Store(StoreError::Missing(
+            "grove.db".into()
+        ))));
+        assert!(vanished(&NodeError::Store(StoreError::Vanished(
             "grove.db".into()
         ))));
         let refused = NodeError::Io {

@@ -40,6 +40,9 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("no store at {0}: no grove has run in this workspace yet")]
     Missing(String),
+    /// Deleted between grove's look at it and SQLite's open of it.
+    #[error("the store {0} was deleted while grove opened it")]
+    Vanished(String),
     #[error(
         "the store {path} is empty: {why}. grove will not start a fresh store in its place, which would silently forget every task. \
          Restore it from a backup; or, to start anew on purpose, move it aside (`mv {path} {path}.broken`) and run grove again"
@@ -84,7 +87,7 @@ pub fn open_read_write(path: &Path, epoch_floor: u64) -> Result<Connection, Stor
         Ok(meta) if meta.len() == 0 => replace_empty(path, epoch_floor)?,
         Ok(_) => {}
     }
-    let mut conn = Connection::open(path)?;
+    let mut conn = open_existing(path)?;
     configure(&conn)?;
     // A file SQLite reads but that holds no grove schema is as empty as a
     // 0-byte one (grove only ever puts a fully created store in place).
@@ -92,11 +95,26 @@ pub fn open_read_write(path: &Path, epoch_floor: u64) -> Result<Connection, Stor
     if version == 0 {
         drop(conn);
         replace_empty(path, epoch_floor)?;
-        conn = Connection::open(path)?;
+        conn = open_existing(path)?;
         configure(&conn)?;
     }
     schema::migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// Opens a store file read-write that must already exist: SQLite is never
+/// let to create one. Its default open creates a missing file, so a store
+/// deleted between grove's look at it and the open (`rm -rf .grove` under
+/// a promotion) came back as an empty `grove.db`, which every later member
+/// then refused as a store emptied by damage: a workspace bricked by one
+/// deletion. A file gone by the open is `Vanished`, which a member
+/// rebuilding its state dir retries.
+fn open_existing(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    Connection::open_with_flags(path, flags).map_err(|e| match path.try_exists() {
+        Ok(false) => StoreError::Vanished(path.display().to_string()),
+        _ => e.into(),
+    })
 }
 
 /// One query plan per statement, whatever values are bound to it. Without
@@ -223,7 +241,7 @@ fn create(path: &Path) -> Result<(), StoreError> {
         .open(&tmp)
         .map_err(|e| create_error(&tmp, e))?;
     let built = (|| {
-        let mut conn = Connection::open(&tmp)?;
+        let mut conn = open_existing(&tmp)?;
         configure(&conn)?;
         schema::migrate(&mut conn)
     })(); // closing the last connection checkpoints and removes its WAL

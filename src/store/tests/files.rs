@@ -46,3 +46,21 @@ fn two_promotions_creating_the_store_at_once_share_one() {
         drop(conns);
     }
 }
+
+/// A store deleted between grove's look at it and SQLite's open is
+/// reported as such, and not made again empty by SQLite: an empty
+/// `grove.db` is refused as damage by every later member, so one
+/// `rm -rf .grove` racing a promotion bricked the workspace.
+#[test]
+fn a_store_deleted_before_its_open_is_not_made_again_empty() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("grove.db");
+    drop(open_read_write(&db, 0).expect("create the store"));
+    std::fs::remove_file(&db).unwrap();
+    match crate::store::open_existing(&db) {
+        Err(crate::store::StoreError::Vanished(path)) => assert!(path.ends_with("grove.db")),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened a store that is not there"),
+    }
+    assert!(!db.exists(), "SQLite made the store again");
+}
