@@ -250,6 +250,24 @@ thread_local! {
     static BATCH: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
+/// The first three hex digits of the ids of the tasks created in the batch
+/// the store thread is applying now; `None` outside one. A random id per
+/// task put each new entry of the id index on a leaf page of its own, one
+/// more WAL page per write that no batch shared; ids that share their start
+/// within a batch (and differ in the other 116 random bits) put a batch's
+/// entries on one page. See docs/design.md, "Task ids".
+pub fn batch_id_prefix() -> Option<u16> {
+    thread_local! {
+        static SALT: u64 = uuid::Uuid::new_v4().as_u128() as u64;
+    }
+    let batch = batch_number();
+    // Batch 0: no batch (a store used directly, as by tests and tools).
+    (batch != 0).then(|| {
+        let mixed = SALT.with(|salt| (batch ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        (mixed >> 52) as u16
+    })
+}
+
 /// The batch the store thread is applying now: an [`Admission`] may keep
 /// what it read (the configuration) for as long as this stays the same,
 /// instead of checking the files again for each write of the batch.

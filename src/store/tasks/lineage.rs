@@ -11,6 +11,7 @@ use crate::protocol::{
 };
 use crate::store::rows::{self, edge_key};
 use crate::store::txn::{Applied, append_event, refused};
+use crate::store::writer::batch_id_prefix;
 use rusqlite::Connection;
 
 /// A task for `spec`, not yet inserted: checked, and pending, queued or
@@ -27,7 +28,7 @@ fn new_task(
         check_parent(tx, parent, c.limits)?;
     }
     let now = now_ms();
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    let id = new_task_id();
     // A retry copies its task's spec: its worktree is named after the new
     // id, from the same base.
     let mut spec = spec;
@@ -45,6 +46,16 @@ fn new_task(
         task.finished_at = Some(now);
     }
     Ok(task)
+}
+
+/// A new task's id: 32 random hex digits, of which a batch's tasks share
+/// the first three ([`batch_id_prefix`]).
+fn new_task_id() -> String {
+    let mut id = uuid::Uuid::new_v4().simple().to_string();
+    if let Some(prefix) = batch_id_prefix() {
+        id.replace_range(..3, &format!("{prefix:03x}"));
+    }
+    id
 }
 
 /// What a new task may not be: without a prompt, with a zero timeout, or

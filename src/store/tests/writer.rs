@@ -421,3 +421,42 @@ fn a_promotion_given_up_before_its_commit_leaves_nothing() {
     let next = super::promote(&path, "next", 3, 0, &won, &|| true).expect("promoted");
     assert_eq!(next.epoch, 2, "the next promotion takes the next epoch");
 }
+
+/// The tasks one batch creates share the first three hex digits of their
+/// ids (their id-index entries then share a page), and differ after them;
+/// outside a batch, and from one batch to the next, the start is random.
+#[test]
+fn a_batchs_task_ids_share_their_start_and_nothing_more() {
+    std::thread::spawn(|| {
+        assert_eq!(super::batch_id_prefix(), None, "no batch yet");
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = store();
+        let mut starts = std::collections::HashSet::new();
+        for batch_no in 1..=8u64 {
+            super::BATCH.with(|b| b.set(batch_no));
+            let mut batch: Vec<Job> = (0..5)
+                .map(|i| write(&format!("req-{batch_no}-{i}"), create("x")))
+                .collect();
+            let (done, _) =
+                commit_batch(&mut conn, 1, &mut batch, &mut None, &guard(&dir, &[]), &[])
+                    .expect("commit");
+            let ids: Vec<String> = done.iter().map(|d| task_id(&d.result)).collect();
+            let prefix = format!("{:03x}", super::batch_id_prefix().expect("in a batch"));
+            for id in &ids {
+                assert_eq!(id.len(), 32, "{id}");
+                assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+                assert!(id.starts_with(&prefix), "{id} in a batch of {prefix}");
+            }
+            let rests: std::collections::HashSet<_> = ids.iter().map(|id| &id[3..]).collect();
+            assert_eq!(rests.len(), ids.len(), "distinct after the start: {ids:?}");
+            starts.insert(prefix);
+        }
+        // Eight batches on one start would be a 1 in 4096^7 chance.
+        assert!(
+            starts.len() > 1,
+            "every batch started its ids the same: {starts:?}"
+        );
+    })
+    .join()
+    .expect("test thread");
+}
