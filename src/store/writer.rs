@@ -255,7 +255,7 @@ thread_local! {
 /// task put each new entry of the id index on a leaf page of its own, one
 /// more WAL page per write that no batch shared; ids that share their start
 /// within a batch (and differ in the other 116 random bits) put a batch's
-/// entries on one page. See docs/design.md, "Task ids".
+/// entries on one page (see docs/design.md, Store).
 pub fn batch_id_prefix() -> Option<u16> {
     thread_local! {
         static SALT: u64 = uuid::Uuid::new_v4().as_u128() as u64;
@@ -587,6 +587,7 @@ fn apply_internal(
         epoch,
         events: &mut own_events,
         limits: Limits::default(),
+        id_prefix: batch_id_prefix(),
     };
     let result = match super::tasks::apply_internal(&mut ctx, op) {
         Ok(r) => r,
@@ -703,6 +704,7 @@ fn apply(
         epoch,
         events,
         limits,
+        id_prefix: batch_id_prefix(),
     };
     match method.route() {
         Route::Member(member) => hello(tx, epoch, member, ctx.events),

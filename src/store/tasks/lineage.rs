@@ -11,7 +11,6 @@ use crate::protocol::{
 };
 use crate::store::rows::{self, edge_key};
 use crate::store::txn::{Applied, append_event, refused};
-use crate::store::writer::batch_id_prefix;
 use rusqlite::Connection;
 
 /// A task for `spec`, not yet inserted: checked, and pending, queued or
@@ -28,7 +27,7 @@ fn new_task(
         check_parent(tx, parent, c.limits)?;
     }
     let now = now_ms();
-    let id = new_task_id();
+    let id = new_task_id(c.id_prefix);
     // A retry copies its task's spec: its worktree is named after the new
     // id, from the same base.
     let mut spec = spec;
@@ -48,11 +47,11 @@ fn new_task(
     Ok(task)
 }
 
-/// A new task's id: 32 random hex digits, of which a batch's tasks share
-/// the first three ([`batch_id_prefix`]).
-fn new_task_id() -> String {
+/// A new task's id: 32 random hex digits, but for the first three when
+/// the batch gives them (`Ctx::id_prefix`).
+fn new_task_id(prefix: Option<u16>) -> String {
     let mut id = uuid::Uuid::new_v4().simple().to_string();
-    if let Some(prefix) = batch_id_prefix() {
+    if let Some(prefix) = prefix {
         id.replace_range(..3, &format!("{prefix:03x}"));
     }
     id

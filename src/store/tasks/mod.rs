@@ -34,6 +34,10 @@ pub(super) struct Ctx<'a> {
     pub epoch: u64,
     pub events: &'a mut Vec<Event>,
     pub limits: Limits,
+    /// The first three hex digits of the ids of the tasks this write
+    /// creates, shared by its batch; `None`: random
+    /// (`writer::batch_id_prefix`).
+    pub id_prefix: Option<u16>,
 }
 
 /// What the configuration allows a new task, as the admission read it

@@ -67,6 +67,7 @@ impl Store {
             epoch: self.epoch,
             events: &mut events,
             limits: Default::default(),
+            id_prefix: None,
         };
         let result = match f(&mut ctx) {
             Ok(r) => r,
