@@ -170,11 +170,20 @@ pub fn poison_error(key: &str, crashes: i64) -> WireError {
     WireError::new(
         ErrorCode::Internal,
         format!(
-            "request {key} was being applied when {crashes} primaries crashed, so it is \
-             refused rather than allowed to crash the next one (this is a bug in grove: \
-             please report it with the members' logs); nothing of it was applied"
+            "request {key} was being applied when {crashes} {POISON_MARK} rather than allowed \
+             to crash the next one (this is a bug in grove: please report it with the \
+             members' logs); nothing of it was applied"
         ),
     )
+}
+
+/// What every [`poison_error`] says, and nothing else does.
+const POISON_MARK: &str = "primaries crashed, so it is refused";
+
+/// Whether `e` is the crash guard's refusal of a request it found in
+/// flight at two crashes: final, like any refusal the ledger recorded.
+pub fn is_poison_refusal(e: &WireError) -> bool {
+    e.code == ErrorCode::Internal && e.message.contains(POISON_MARK)
 }
 
 /// Forgets suspects as old as the ledger's retention.

@@ -193,3 +193,18 @@ fn a_short_marker_over_a_longer_one_names_only_its_own_keys() {
     drop(marker);
     assert_eq!(f.promote().in_flight, 0);
 }
+
+/// A client can tell the guard's refusal from any other internal error
+/// (it is final: the ledger answers every resend with it).
+#[test]
+fn the_guards_refusal_is_recognised_and_nothing_else_is() {
+    use crate::store::crash_guard::{is_poison_refusal, poison_error};
+    assert!(is_poison_refusal(&poison_error("req-1", 2)));
+    assert!(!is_poison_refusal(&WireError::new(
+        ErrorCode::Internal,
+        "the store could not commit: disk I/O error"
+    )));
+    let mut other_code = poison_error("req-1", 2);
+    other_code.code = ErrorCode::InvalidParams;
+    assert!(!is_poison_refusal(&other_code));
+}
