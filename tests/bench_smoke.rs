@@ -51,6 +51,7 @@ fn quick_bench_reports_every_scenario() {
         "write round trip (task.create)",
         "throughput, 4 concurrent writers",
         "throughput, 16 concurrent writers, beside the store's ceiling",
+        "throughput, 16 concurrent writers, beside the transport's ceiling",
         "writes per commit, 16 concurrent writers",
         "events/s delivered to each of 1 subs",
         "events/s delivered to each of 8 subs",

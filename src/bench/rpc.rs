@@ -155,6 +155,7 @@ async fn throughputs(
         let rate = throughput(c, writers, writes, blocker).await?;
         let (primary_cpu, own_cpu) = (ThreadCpu::of(primary), ThreadCpu::own_process());
         let after = counters(client).await?;
+        let transport = raw_echo_rate(writers, writes).await?;
         let commits = after.commits.saturating_sub(before.commits).max(1);
         let carried = after
             .writes_committed
@@ -198,6 +199,19 @@ async fn throughputs(
                 alone.per_commit
             )),
             baseline_p50: Some(alone.rate),
+            goal: None,
+        });
+        rows.push(Row {
+            scenario: "rpc".into(),
+            metric: format!("{metric}, beside the transport's ceiling"),
+            unit: "writes/s".into(),
+            p50: rate,
+            p99: rate,
+            samples: writes,
+            baseline: Some(format!(
+                "raw DEALER/ROUTER echo, {writers} clients on own threads"
+            )),
+            baseline_p50: Some(transport),
             goal: None,
         });
         rows.push(Row {
@@ -470,56 +484,120 @@ async fn throughput(
     Ok((per * writers) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Round trips of a bare DEALER→ROUTER echo on an ipc socket, the server in
-/// its own thread and runtime.
-async fn raw_echo(n: usize) -> Result<Vec<f64>, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let endpoint = format!("ipc://{}", dir.path().join("echo.sock").display());
-    let server_endpoint = endpoint.clone();
-    let total = n + 50;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = super::on_own_thread(async move {
-        let mut router = zeromq::RouterSocket::new();
-        if router.bind(&server_endpoint).await.is_err() {
-            return;
-        }
-        let _ = ready_tx.send(());
-        // Echo exactly the expected count: a "stop" message could sit
-        // unsent in the client's queue while the client joins us.
-        for _ in 0..total {
-            let Ok(msg) = router.recv().await else { return };
-            if router.send(msg).await.is_err() {
+/// A bare ROUTER echo on an ipc socket, in its own thread and runtime (as
+/// the primary's event loop is), echoing exactly `total` messages: a
+/// "stop" message could sit unsent in a client's queue while the client
+/// joins us.
+struct EchoServer {
+    endpoint: String,
+    done: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The echoed payload: about a request's size.
+const ECHO_PAYLOAD: usize = 200;
+
+impl EchoServer {
+    fn start(total: usize) -> Result<EchoServer, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let endpoint = format!("ipc://{}", dir.path().join("echo.sock").display());
+        let server_endpoint = endpoint.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = super::on_own_thread(async move {
+            let mut router = zeromq::RouterSocket::new();
+            if router.bind(&server_endpoint).await.is_err() {
                 return;
             }
-        }
-        // Keep the runtime (and so the last reply's write) alive until
-        // the client has read everything.
-        let _ = done_rx.await;
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .map_err(|_| "echo server did not start")?;
-    let mut dealer = zeromq::DealerSocket::new();
-    dealer.connect(&endpoint).await.map_err(|e| e.to_string())?;
+            let _ = ready_tx.send(());
+            for _ in 0..total {
+                let Ok(msg) = router.recv().await else { return };
+                if router.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            // Keep the runtime (and so the last reply's write) alive until
+            // the clients have read everything.
+            let _ = done_rx.await;
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| "echo server did not start")?;
+        Ok(EchoServer {
+            endpoint,
+            done,
+            thread,
+            _dir: dir,
+        })
+    }
 
-    let payload = vec![0u8; 200];
+    async fn connect(endpoint: &str) -> Result<zeromq::DealerSocket, String> {
+        let mut dealer = zeromq::DealerSocket::new();
+        dealer.connect(endpoint).await.map_err(|e| e.to_string())?;
+        Ok(dealer)
+    }
+
+    async fn stop(self) {
+        let _ = self.done.send(());
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+async fn echo_once(dealer: &mut zeromq::DealerSocket) -> Result<(), String> {
+    let payload = vec![0u8; ECHO_PAYLOAD];
+    dealer
+        .send(zeromq::ZmqMessage::from(payload))
+        .await
+        .map_err(|e| e.to_string())?;
+    dealer.recv().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Round trips of a bare DEALER→ROUTER echo (after 50 unmeasured ones).
+async fn raw_echo(n: usize) -> Result<Vec<f64>, String> {
+    let server = EchoServer::start(n + 50)?;
+    let mut dealer = EchoServer::connect(&server.endpoint).await?;
     let mut out = Vec::with_capacity(n);
-    for i in 0..total {
+    for i in 0..n + 50 {
         let t = Instant::now();
-        dealer
-            .send(zeromq::ZmqMessage::from(payload.clone()))
-            .await
-            .map_err(|e| e.to_string())?;
-        dealer.recv().await.map_err(|e| e.to_string())?;
+        echo_once(&mut dealer).await?;
         if i >= 50 {
             out.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
     drop(dealer);
-    let _ = done_tx.send(());
-    let _ = tokio::task::spawn_blocking(move || server.join()).await;
+    server.stop().await;
     Ok(out)
+}
+
+/// The transport's own ceiling for `writers` concurrent writers: round
+/// trips/s of the bare echo with that many clients, each on its own thread
+/// and runtime as the bench's writers are, sharing `total` round trips.
+/// Every grove write costs at least one such round trip, on the same cores.
+async fn raw_echo_rate(writers: usize, total: usize) -> Result<f64, String> {
+    let per = (total / writers).max(1);
+    let server = EchoServer::start(per * writers)?;
+    let started = Instant::now();
+    let clients: Vec<_> = (0..writers)
+        .map(|_| {
+            let endpoint = server.endpoint.clone();
+            super::on_own_thread(async move {
+                let mut dealer = EchoServer::connect(&endpoint).await?;
+                for _ in 0..per {
+                    echo_once(&mut dealer).await?;
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().map_err(|_| "echo client panicked")???;
+    }
+    let rate = (per * writers) as f64 / started.elapsed().as_secs_f64();
+    server.stop().await;
+    Ok(rate)
 }
 
 /// Durations (ms) of single-row autocommit inserts with grove's pragmas.

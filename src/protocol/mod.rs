@@ -8,10 +8,11 @@
 //! - MessagePack with **named** fields (`rmp_serde::to_vec_named`);
 //! - every field added after protocol v1 is `#[serde(default)]`;
 //! - enums are externally tagged only (`{"task.create": {...}}`): rmp-serde
-//!   has known bugs with untagged/adjacent tagging and `flatten`. The one
-//!   `flatten` (a record's spec, in `task.rs`) is only ever read, never
-//!   written: the record's shape is written out by hand, and its golden
-//!   vectors and requiredness probes (`tests/schema.rs`) check both ways.
+//!   has known bugs with untagged/adjacent tagging and `flatten`, and
+//!   `flatten` is slow besides. A record's shape (its spec's fields and
+//!   its own in one map, in `task.rs`) is written out by hand and read
+//!   through a flat twin; its golden vectors and requiredness probes
+//!   (`tests/schema.rs`) check both ways.
 
 use serde::{Deserialize, Serialize};
 

@@ -386,42 +386,141 @@ impl NewTask {
 ///
 /// Serialized by hand (below) so that the wire and JSON shape stays the
 /// flat map of protocol v1, field for field and in its order; read back
-/// through `flatten`, which takes the fields in any order.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// through [`FlatRecord`], which takes the fields in any order.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TaskRecord {
     pub id: String,
-    #[serde(flatten)]
     pub spec: TaskSpec,
     // The run state: what happened to the spec so far.
     pub status: TaskStatus,
-    #[serde(default)]
     pub failure_reason: Option<FailureReason>,
-    #[serde(default)]
     pub progress_pct: Option<u8>,
-    #[serde(default)]
     pub progress_text: Option<String>,
-    #[serde(default)]
     pub exit_code: Option<i32>,
-    #[serde(default)]
     pub pid: Option<u32>,
     /// Unix milliseconds.
     pub created_at: u64,
     pub updated_at: u64,
-    #[serde(default)]
     pub started_at: Option<u64>,
-    #[serde(default)]
     pub finished_at: Option<u64>,
-    #[serde(default)]
     pub retry_of: Option<String>,
-    #[serde(default = "one")]
     pub attempt: u32,
     /// Identifies the current run (a relaunch starts a new one).
-    #[serde(default)]
     pub run_id: Option<String>,
     /// What the task concluded, once it ended (tasks with a parent or that
     /// asked for one, see [`TaskSpec::want_conclusion`]).
-    #[serde(default)]
     pub conclusion: Option<Conclusion>,
+}
+
+/// A record as the wire carries it: one flat map. Read into this and then
+/// split, rather than through `#[serde(flatten)]` of the spec, which
+/// buffers every field the record does not name itself (the whole spec)
+/// into an intermediate tree first: a client spent ~7 % more CPU per
+/// `task.create` that way (see docs/design.md, Wire protocol). The spec's
+/// fields keep [`TaskSpec`]'s requiredness (`prompt` and `engine` are
+/// required); `tests/schema.rs` probes both.
+#[derive(Deserialize)]
+struct FlatRecord {
+    id: String,
+    prompt: String,
+    engine: String,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    work_dir: Option<String>,
+    #[serde(default)]
+    persona: Option<String>,
+    status: TaskStatus,
+    #[serde(default)]
+    failure_reason: Option<FailureReason>,
+    #[serde(default)]
+    dependencies: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    priority: i64,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    progress_pct: Option<u8>,
+    #[serde(default)]
+    progress_text: Option<String>,
+    #[serde(default)]
+    exit_code: Option<i32>,
+    #[serde(default)]
+    pid: Option<u32>,
+    #[serde(default)]
+    session_id: Option<String>,
+    created_at: u64,
+    updated_at: u64,
+    #[serde(default)]
+    started_at: Option<u64>,
+    #[serde(default)]
+    finished_at: Option<u64>,
+    #[serde(default)]
+    retry_of: Option<String>,
+    #[serde(default = "one")]
+    attempt: u32,
+    #[serde(default)]
+    extra_args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    run_id: Option<String>,
+    #[serde(default)]
+    keep_session: bool,
+    #[serde(default)]
+    permissions: Option<super::PermissionPolicy>,
+    #[serde(default)]
+    worktree: Option<Worktree>,
+    #[serde(default)]
+    parent_id: Option<String>,
+    #[serde(default)]
+    want_conclusion: bool,
+    #[serde(default)]
+    conclusion: Option<Conclusion>,
+}
+
+impl<'de> Deserialize<'de> for TaskRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let f = FlatRecord::deserialize(deserializer)?;
+        Ok(TaskRecord {
+            id: f.id,
+            spec: TaskSpec {
+                prompt: f.prompt,
+                engine: f.engine,
+                model: f.model,
+                work_dir: f.work_dir,
+                persona: f.persona,
+                dependencies: f.dependencies,
+                tags: f.tags,
+                priority: f.priority,
+                timeout_ms: f.timeout_ms,
+                session_id: f.session_id,
+                extra_args: f.extra_args,
+                env: f.env,
+                keep_session: f.keep_session,
+                permissions: f.permissions,
+                worktree: f.worktree,
+                parent_id: f.parent_id,
+                want_conclusion: f.want_conclusion,
+            },
+            status: f.status,
+            failure_reason: f.failure_reason,
+            progress_pct: f.progress_pct,
+            progress_text: f.progress_text,
+            exit_code: f.exit_code,
+            pid: f.pid,
+            created_at: f.created_at,
+            updated_at: f.updated_at,
+            started_at: f.started_at,
+            finished_at: f.finished_at,
+            retry_of: f.retry_of,
+            attempt: f.attempt,
+            run_id: f.run_id,
+            conclusion: f.conclusion,
+        })
+    }
 }
 
 fn one() -> u32 {
