@@ -7,6 +7,7 @@
 //!   its read transactions short, so WAL checkpoints are never starved.
 
 pub mod agent;
+pub mod ceiling;
 pub mod counters;
 pub mod crash_guard;
 pub mod promotions;

@@ -54,10 +54,11 @@ pub(super) fn prune(
 /// goes on with the next batches on the other core. But a WAL starts over
 /// at its beginning only when a checkpoint copied every frame in it, which
 /// one that runs beside a busy writer never does: the WAL would grow for as
-/// long as the writes keep coming. So once the checkpointer is done, the
-/// store thread copies what was appended meanwhile itself, between
-/// batches — a few pages and two small `fsync`s instead of the whole WAL —
-/// and its next commit starts the WAL over. Should the thread or its
+/// long as the writes keep coming. So once the checkpointer is done, it
+/// is handed another pass for what was appended meanwhile, while that is
+/// more than [`CATCH_UP_FRAMES`]; then the store thread copies the rest
+/// itself, between batches — a few pages and two small `fsync`s instead
+/// of the whole WAL — and its next commit starts the WAL over. Should the thread or its
 /// connection fail, the store thread checkpoints alone, as before.
 pub(super) struct Checkpoints {
     /// Frames in the WAL after the last commit (SQLite's WAL hook).
@@ -72,9 +73,8 @@ struct Checkpointer {
     due: std::sync::mpsc::SyncSender<()>,
     /// Checkpoints the thread has run.
     ran: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Handed a checkpoint whose end the store thread has not seen yet:
-    /// it has when `ran` passes this.
-    busy: Option<u64>,
+    /// Handed a pass whose end the store thread has not seen yet.
+    busy: Option<Pass>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -86,6 +86,20 @@ struct Checkpointer {
 /// write. The WAL then peaks near 16 MiB (4 KiB pages), which readers
 /// find pages in through the shared index without reading it.
 const CHECKPOINT_FRAMES: i32 = 4000;
+
+/// Frames appended during a checkpointer's pass that the store thread
+/// copies itself, between batches, to let the WAL start over; more are
+/// handed to the checkpointer for another pass. A checkpoint's `fsync`s
+/// take time in proportion to what it copied (~6 µs a page on the
+/// development machine, ~0.1 ms at the least): the ~1,000–2,000 frames a
+/// busy writer appends during a 4,000-frame pass held every write of the
+/// workspace for milliseconds, while 256 take about one.
+const CATCH_UP_FRAMES: i32 = 256;
+
+/// Passes after which the store thread catches up whatever is left: a
+/// writer that appends faster than the checkpointer copies would otherwise
+/// never let the WAL start over.
+const MAX_PASSES: u32 = 4;
 
 impl Checkpoints {
     /// Turns SQLite's automatic checkpoints off on `conn` and counts the
@@ -127,9 +141,19 @@ impl Checkpoints {
     /// the checkpointer is done (see [`Checkpoints`]).
     pub(super) fn checkpoint_if_due(&mut self, conn: &Connection) {
         if let Some(c) = &mut self.checkpointer
-            && let Some(handed_after) = c.busy
+            && let Some(pass) = c.busy
         {
-            if c.ran.load(Ordering::Acquire) > handed_after {
+            if c.ran.load(Ordering::Acquire) > pass.ran_before {
+                // What the writer appended while that pass ran: another
+                // pass copies it, beside the writer again, while it is
+                // more than a small catch-up (see [`CATCH_UP_FRAMES`]).
+                let now = self.frames.load(Ordering::Relaxed);
+                if now - pass.wal_frames > CATCH_UP_FRAMES
+                    && pass.number < MAX_PASSES
+                    && c.hand(now, pass.number + 1)
+                {
+                    return;
+                }
                 c.busy = None;
                 checkpoint(conn);
             } else if c.thread.is_finished() {
@@ -139,21 +163,15 @@ impl Checkpoints {
             }
             return;
         }
-        if self.frames.load(Ordering::Relaxed) < CHECKPOINT_FRAMES {
+        let wal_frames = self.frames.load(Ordering::Relaxed);
+        if wal_frames < CHECKPOINT_FRAMES {
             return;
         }
         self.frames.store(0, Ordering::Relaxed);
         if self.checkpointer.is_none() {
             self.checkpointer = self.path.as_deref().and_then(Checkpointer::start);
         }
-        let handed = match &mut self.checkpointer {
-            Some(c) => {
-                let ran = c.ran.load(Ordering::Acquire);
-                c.busy = c.due.try_send(()).is_ok().then_some(ran);
-                c.busy.is_some()
-            }
-            None => false,
-        };
+        let handed = (self.checkpointer.as_mut()).is_some_and(|c| c.hand(wal_frames, 1));
         if !handed {
             // No checkpointer (it could not start or open the store):
             // nobody else copies the WAL back, so this thread does.
@@ -180,7 +198,31 @@ impl Drop for Checkpoints {
     }
 }
 
+/// A checkpoint pass handed to the checkpointer.
+#[derive(Clone, Copy)]
+struct Pass {
+    /// `Checkpointer::ran` when it was handed: the pass has ended once
+    /// `ran` is past it.
+    ran_before: u64,
+    /// Frames in the WAL when it was handed: the pass copies at least
+    /// these, so what the writer appends after them is left for the next.
+    wal_frames: i32,
+    /// 1 for the pass a full WAL started, then 2, 3, ...
+    number: u32,
+}
+
 impl Checkpointer {
+    /// Hands it pass `number`; false when it still has one queued.
+    fn hand(&mut self, wal_frames: i32, number: u32) -> bool {
+        let ran_before = self.ran.load(Ordering::Acquire);
+        self.busy = self.due.try_send(()).is_ok().then_some(Pass {
+            ran_before,
+            wal_frames,
+            number,
+        });
+        self.busy.is_some()
+    }
+
     fn start(path: &std::path::Path) -> Option<Checkpointer> {
         let (due, asked) = std::sync::mpsc::sync_channel::<()>(1);
         let ran = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -245,7 +287,7 @@ pub(super) fn prune_history(conn: &Connection, retention: Retention, floor: &mut
 
 #[cfg(test)]
 mod tests {
-    use super::{CHECKPOINT_FRAMES, Checkpoints};
+    use super::{CATCH_UP_FRAMES, CHECKPOINT_FRAMES, Checkpoints};
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
@@ -290,5 +332,58 @@ mod tests {
         let ran = ran.map_or(0, |r| r.load(Ordering::Acquire));
         assert!(ran >= 1, "the checkpointer thread ran no checkpoint");
         drop(checkpoints);
+    }
+
+    /// More appended during a pass than a small catch-up: the checkpointer
+    /// gets another pass for it, and the store thread copies only what is
+    /// left after that one (here nothing), so the WAL still starts over.
+    #[test]
+    fn what_a_busy_writer_appended_during_a_pass_goes_to_another_pass() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut conn =
+            crate::store::open_read_write(&dir.path().join("grove.db"), 0).expect("store");
+        conn.execute_batch("CREATE TABLE filler (b BLOB)")
+            .expect("table");
+        let mut checkpoints = Checkpoints::take_over(&mut conn);
+        let commit = |conn: &rusqlite::Connection| {
+            conn.execute("INSERT INTO filler VALUES (zeroblob(8000))", [])
+                .expect("commit");
+        };
+        while checkpoints.frames.load(Ordering::Relaxed) < CHECKPOINT_FRAMES {
+            commit(&conn);
+        }
+        let appended_from = checkpoints.frames.load(Ordering::Relaxed);
+        checkpoints.checkpoint_if_due(&conn);
+        let handed = |c: &Checkpoints| c.checkpointer.as_ref().and_then(|c| c.busy);
+        let first = handed(&checkpoints).expect("the first pass was not handed");
+        assert_eq!(first.number, 1);
+        // The writer goes on while the pass runs: more than a catch-up.
+        while checkpoints.frames.load(Ordering::Relaxed) <= appended_from + CATCH_UP_FRAMES {
+            commit(&conn);
+        }
+        let ran = checkpoints.checkpointer.as_ref().map(|c| c.ran.clone());
+        let ran = ran.expect("a checkpointer");
+        let passes_ended = |n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while ran.load(Ordering::Acquire) < n {
+                assert!(Instant::now() < deadline, "pass {n} never ended");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        passes_ended(1);
+        checkpoints.checkpoint_if_due(&conn);
+        let second = handed(&checkpoints).expect("no second pass: the store thread copied it all");
+        assert_eq!(second.number, 2);
+        passes_ended(2);
+        // Nothing appended during the second pass: caught up here.
+        checkpoints.checkpoint_if_due(&conn);
+        assert!(handed(&checkpoints).is_none(), "a third pass for nothing");
+        let full = checkpoints.frames.load(Ordering::Relaxed);
+        commit(&conn);
+        let after = checkpoints.frames.load(Ordering::Relaxed);
+        assert!(
+            after < full / 2,
+            "the WAL did not start over: {full} frames, then {after}"
+        );
     }
 }
