@@ -49,6 +49,7 @@ fn quick_bench_reports_every_scenario() {
         "raw flock handoff",
         "SIGTERM → new primary accepts a write, 3 sec.",
         "write round trip (task.create)",
+        "write round trip (task.create), beside its rows alone",
         "throughput, 4 concurrent writers",
         "throughput, 16 concurrent writers, beside the store's ceiling",
         "throughput, 16 concurrent writers, beside the transport's ceiling",

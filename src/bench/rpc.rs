@@ -51,7 +51,8 @@ async fn measure(
 }
 
 /// The sequential write and ping round trips, beside a raw echo (+ a raw
-/// commit for the write).
+/// commit for the write, and apart from that, + SQLite committing the
+/// write's own rows alone: what a write costs before grove adds anything).
 async fn round_trips(
     primary: u32,
     client: &mut crate::client::Client,
@@ -80,6 +81,25 @@ async fn round_trips(
     let echo = raw_echo(writes).await?;
     let commits = raw_commits(writes)?;
     let commit_p50 = quantile(&commits, 0.5);
+    // The same write's rows committed alone, one to a commit (a mean: the
+    // loop is timed whole).
+    let rows_alone_ms = {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let rate = crate::store::ceiling::rows_rate(&dir.path().join("grove.db"), writes, 1)
+            .map_err(|e| e.to_string())?;
+        1000.0 / rate.max(1.0)
+    };
+    let rtt_row = |metric: &str, baseline: &str, base: f64, goal: Option<&str>| Row {
+        scenario: "rpc".into(),
+        metric: metric.into(),
+        unit: "ms".into(),
+        p50: quantile(&rtt, 0.5),
+        p99: quantile(&rtt, 0.99),
+        samples: rtt.len(),
+        baseline: Some(baseline.into()),
+        baseline_p50: Some(base),
+        goal: goal.map(String::from),
+    };
     Ok(vec![
         Row {
             scenario: "rpc".into(),
@@ -92,17 +112,18 @@ async fn round_trips(
             baseline_p50: Some(quantile(&echo, 0.5)),
             goal: None,
         },
-        Row {
-            scenario: "rpc".into(),
-            metric: "write round trip (task.create)".into(),
-            unit: "ms".into(),
-            p50: quantile(&rtt, 0.5),
-            p99: quantile(&rtt, 0.99),
-            samples: rtt.len(),
-            baseline: Some("raw DEALER/ROUTER echo + raw commit".into()),
-            baseline_p50: Some(quantile(&echo, 0.5) + commit_p50),
-            goal: Some("≤ 3× baseline".into()),
-        },
+        rtt_row(
+            "write round trip (task.create)",
+            "raw DEALER/ROUTER echo + raw commit",
+            quantile(&echo, 0.5) + commit_p50,
+            Some("≤ 3× baseline"),
+        ),
+        rtt_row(
+            "write round trip (task.create), beside its rows alone",
+            "echo + the write's rows committed alone",
+            quantile(&echo, 0.5) + rows_alone_ms,
+            None,
+        ),
         cpu_row(
             "primary CPU per sequential write: event loop (main thread)",
             cpu.since(&cpu_before, super::cpu::MAIN),
