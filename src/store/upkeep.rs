@@ -291,24 +291,33 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
-    /// A due checkpoint is handed to the checkpointer thread, which copies
-    /// the WAL back while the writer goes on: the writer's WAL then starts
-    /// over at its beginning instead of growing.
-    #[test]
-    fn a_due_checkpoint_runs_beside_the_writer_and_the_wal_starts_over() {
+    /// A store whose WAL has just grown past [`CHECKPOINT_FRAMES`], its
+    /// checkpoints taken over, nothing handed yet.
+    fn wal_due_for_a_checkpoint() -> (tempfile::TempDir, rusqlite::Connection, Checkpoints) {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut conn =
             crate::store::open_read_write(&dir.path().join("grove.db"), 0).expect("store");
         conn.execute_batch("CREATE TABLE filler (b BLOB)")
             .expect("table");
-        let mut checkpoints = Checkpoints::take_over(&mut conn);
-        let commit = |conn: &rusqlite::Connection| {
-            conn.execute("INSERT INTO filler VALUES (zeroblob(8000))", [])
-                .expect("commit");
-        };
+        let checkpoints = Checkpoints::take_over(&mut conn);
         while checkpoints.frames.load(Ordering::Relaxed) < CHECKPOINT_FRAMES {
             commit(&conn);
         }
+        (dir, conn, checkpoints)
+    }
+
+    /// One commit of two WAL frames' worth.
+    fn commit(conn: &rusqlite::Connection) {
+        conn.execute("INSERT INTO filler VALUES (zeroblob(8000))", [])
+            .expect("commit");
+    }
+
+    /// A due checkpoint is handed to the checkpointer thread, which copies
+    /// the WAL back while the writer goes on: the writer's WAL then starts
+    /// over at its beginning instead of growing.
+    #[test]
+    fn a_due_checkpoint_runs_beside_the_writer_and_the_wal_starts_over() {
+        let (_dir, conn, mut checkpoints) = wal_due_for_a_checkpoint();
         let peak = checkpoints.frames.load(Ordering::Relaxed);
         checkpoints.checkpoint_if_due(&conn);
         assert!(
@@ -339,19 +348,7 @@ mod tests {
     /// left after that one (here nothing), so the WAL still starts over.
     #[test]
     fn what_a_busy_writer_appended_during_a_pass_goes_to_another_pass() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut conn =
-            crate::store::open_read_write(&dir.path().join("grove.db"), 0).expect("store");
-        conn.execute_batch("CREATE TABLE filler (b BLOB)")
-            .expect("table");
-        let mut checkpoints = Checkpoints::take_over(&mut conn);
-        let commit = |conn: &rusqlite::Connection| {
-            conn.execute("INSERT INTO filler VALUES (zeroblob(8000))", [])
-                .expect("commit");
-        };
-        while checkpoints.frames.load(Ordering::Relaxed) < CHECKPOINT_FRAMES {
-            commit(&conn);
-        }
+        let (_dir, conn, mut checkpoints) = wal_due_for_a_checkpoint();
         let appended_from = checkpoints.frames.load(Ordering::Relaxed);
         checkpoints.checkpoint_if_due(&conn);
         let handed = |c: &Checkpoints| c.checkpointer.as_ref().and_then(|c| c.busy);
