@@ -56,10 +56,12 @@ pub(super) fn prune(
 /// one that runs beside a busy writer never does: the WAL would grow for as
 /// long as the writes keep coming. So once the checkpointer is done, it
 /// is handed another pass for what was appended meanwhile, while that is
-/// more than [`CATCH_UP_FRAMES`]; then the store thread copies the rest
-/// itself, between batches — a few pages and two small `fsync`s instead
-/// of the whole WAL — and its next commit starts the WAL over. Should the thread or its
-/// connection fail, the store thread checkpoints alone, as before.
+/// more than [`CATCH_UP_FRAMES`], up to [`MAX_PASSES`]; then the store
+/// thread copies the rest itself, between batches — usually a few hundred
+/// pages and two small `fsync`s instead of the whole WAL, but after the
+/// last pass whatever a writer faster than the checkpointer left — and its
+/// next commit starts the WAL over. Should the thread or its connection
+/// fail, the store thread checkpoints alone, as before.
 pub(super) struct Checkpoints {
     /// Frames in the WAL after the last commit (SQLite's WAL hook).
     frames: std::sync::Arc<std::sync::atomic::AtomicI32>,
@@ -83,8 +85,10 @@ struct Checkpointer {
 /// copies, and the same hot pages (index roots, the tables' last leaves)
 /// are in the WAL many times over: copying them once per 4000 frames
 /// instead of once per 1000 took most of the checkpoints' cost off a
-/// write. The WAL then peaks near 16 MiB (4 KiB pages), which readers
-/// find pages in through the shared index without reading it.
+/// write. The WAL then peaks near 16 MiB (4 KiB pages) plus what a busy
+/// writer appends during the passes (~1,000–2,000 frames during the
+/// first), which readers find pages in through the shared index without
+/// reading it.
 const CHECKPOINT_FRAMES: i32 = 4000;
 
 /// Frames appended during a checkpointer's pass that the store thread
@@ -93,7 +97,7 @@ const CHECKPOINT_FRAMES: i32 = 4000;
 /// take time in proportion to what it copied (~6 µs a page on the
 /// development machine, ~0.1 ms at the least): the ~1,000–2,000 frames a
 /// busy writer appends during a 4,000-frame pass held every write of the
-/// workspace for milliseconds, while 256 take about one.
+/// workspace for milliseconds, while 256 take under two.
 const CATCH_UP_FRAMES: i32 = 256;
 
 /// Passes after which the store thread catches up whatever is left: a
@@ -204,8 +208,10 @@ struct Pass {
     /// `Checkpointer::ran` when it was handed: the pass has ended once
     /// `ran` is past it.
     ran_before: u64,
-    /// Frames in the WAL when it was handed: the pass copies at least
-    /// these, so what the writer appends after them is left for the next.
+    /// Frames in the WAL when it was handed. A `PASSIVE` pass copies what
+    /// was there when it started (less only if a reader still needs older
+    /// pages), so counting what was appended after these overstates what
+    /// is left: at worst one more pass than needed, never a frame missed.
     wal_frames: i32,
     /// 1 for the pass a full WAL started, then 2, 3, ...
     number: u32,
@@ -306,7 +312,8 @@ mod tests {
         (dir, conn, checkpoints)
     }
 
-    /// One commit of two WAL frames' worth.
+    /// One commit of about three WAL frames (a leaf, an overflow page,
+    /// their parent).
     fn commit(conn: &rusqlite::Connection) {
         conn.execute("INSERT INTO filler VALUES (zeroblob(8000))", [])
             .expect("commit");
@@ -344,8 +351,9 @@ mod tests {
     }
 
     /// More appended during a pass than a small catch-up: the checkpointer
-    /// gets another pass for it, and the store thread copies only what is
-    /// left after that one (here nothing), so the WAL still starts over.
+    /// is handed another pass for it rather than the store thread copying
+    /// it, and once that pass is done with nothing appended since, the
+    /// store thread's own checkpoint lets the WAL start over.
     #[test]
     fn what_a_busy_writer_appended_during_a_pass_goes_to_another_pass() {
         let (_dir, conn, mut checkpoints) = wal_due_for_a_checkpoint();
