@@ -839,12 +839,7 @@ fn request(id: &str, method: Method) -> Request {
 }
 
 fn event(seq: u64, data: EventData) -> Event {
-    Event {
-        seq: if data.is_durable() { seq } else { 0 },
-        epoch: 3,
-        at: T0 + seq,
-        data,
-    }
+    Event::new(if data.is_durable() { seq } else { 0 }, 3, T0 + seq, data)
 }
 
 /// Serde's unit-variant name of a plain enum value.

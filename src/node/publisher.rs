@@ -3,7 +3,7 @@
 //! orchestrator woken by every commit it acts on.
 
 use super::watchdog::Watchdog;
-use crate::protocol::{Event, EventData, encode, now_ms};
+use crate::protocol::{Event, EventData, now_ms};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,16 +53,16 @@ pub(super) async fn publish_loop(
             _ = beat.tick() => {
                 release_freed_memory(&mut last_trim);
                 heartbeat.watchdog.tick();
-                Event {
-                    seq: 0,
-                    epoch: heartbeat.epoch,
-                    at: now_ms(),
-                    data: EventData::Heartbeat {
+                Event::new(
+                    0,
+                    heartbeat.epoch,
+                    now_ms(),
+                    EventData::Heartbeat {
                         instance_id: heartbeat.instance_id.clone(),
                         last_seq: last_seq.load(Ordering::Relaxed),
                         uptime_ms: started.elapsed().as_millis() as u64,
                     },
-                }
+                )
             }
         };
         if event.seq > 0 {
@@ -87,7 +87,7 @@ pub(super) async fn publish_loop(
             }
         }
         let mut msg = ZmqMessage::from(event.topic());
-        msg.push_back(Bytes::from(encode(&event)));
+        msg.push_back(Bytes::from(event.to_frame()));
         if let Err(e) = publisher.send(msg).await {
             tracing::debug!("publish failed: {e}");
         }

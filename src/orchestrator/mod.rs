@@ -340,15 +340,15 @@ impl Orchestrator {
         }
         for chunk in tail.chunks {
             // Dropped when the publisher is behind: output is transient.
-            let _ = self.output.try_send(Event {
-                seq: 0,
-                epoch: self.epoch,
-                at: now_ms(),
-                data: EventData::TaskOutput {
+            let _ = self.output.try_send(Event::new(
+                0,
+                self.epoch,
+                now_ms(),
+                EventData::TaskOutput {
                     id: task_id.to_string(),
                     chunk,
                 },
-            });
+            ));
         }
     }
 

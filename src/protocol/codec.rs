@@ -155,6 +155,30 @@ pub fn encode_reply_from(id: &str, epoch: u64, result: &[u8]) -> Option<Vec<u8>>
     Some(out)
 }
 
+/// An event's frame as `encode(&event)` gives it, written around `data`,
+/// the bytes of `event.data` as the store thread encoded them for the event
+/// log: the publisher sends a committed event without encoding its task
+/// record again on the event loop (see docs/design.md, Serving as primary).
+pub fn encode_event_from(seq: u64, epoch: u64, at: u64, data: &[u8]) -> Vec<u8> {
+    // `Event`'s fields, in their declared order, as `encode` names them.
+    fn fields(out: &mut Vec<u8>, seq: u64, epoch: u64, at: u64, data: &[u8]) -> RmpResult {
+        use rmp::encode::{write_map_len, write_str, write_uint};
+        write_map_len(out, 4)?;
+        write_str(out, "seq")?;
+        write_uint(out, seq)?;
+        write_str(out, "epoch")?;
+        write_uint(out, epoch)?;
+        write_str(out, "at")?;
+        write_uint(out, at)?;
+        write_str(out, "data")?;
+        out.extend_from_slice(data);
+        Ok(())
+    }
+    let mut out = Vec::with_capacity(40 + data.len());
+    fields(&mut out, seq, epoch, at, data).expect("writing to a Vec cannot fail");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +345,35 @@ mod tests {
             None
         );
         assert_eq!(encode_reply_from("r1", 1, b""), None);
+    }
+
+    #[test]
+    fn an_event_written_around_its_stored_data_is_the_event_encoded() {
+        use crate::protocol::{Event, EventData, TaskRecord, TaskSpec};
+        let task = TaskRecord::new(
+            "t1".into(),
+            TaskSpec {
+                prompt: "é".repeat(300),
+                ..Default::default()
+            },
+            1_700_000_000_000,
+        );
+        let data = [
+            EventData::TaskCreated { task },
+            EventData::TaskDeleted { id: "t2".into() },
+        ];
+        for data in data {
+            for (seq, epoch, at) in [
+                (1, 0, 0),
+                (200, 70_000, 1_700_000_000_000),
+                (u64::MAX, 1, 127),
+            ] {
+                let event = Event::new(seq, epoch, at, data.clone());
+                let fast = encode_event_from(seq, epoch, at, &encode(&event.data));
+                assert_eq!(fast, encode(&event), "{event:?}");
+                assert_eq!(decode::<Event>(&fast).unwrap(), event);
+            }
+        }
     }
 
     #[test]

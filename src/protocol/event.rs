@@ -16,11 +16,58 @@ pub struct Event {
     /// Unix milliseconds.
     pub at: u64,
     pub data: EventData,
+    /// `data` as the store thread encoded it into the event log, carried
+    /// to the publisher with the event; not on the wire.
+    #[serde(skip)]
+    pub stored: StoredData,
 }
 
 impl Event {
+    /// An event without stored bytes (transient, or read back).
+    pub fn new(seq: u64, epoch: u64, at: u64, data: EventData) -> Event {
+        Event {
+            seq,
+            epoch,
+            at,
+            data,
+            stored: StoredData::default(),
+        }
+    }
+
     pub fn topic(&self) -> &'static str {
         self.data.topic()
+    }
+
+    /// The event as published: written around its stored data when it has
+    /// them (see `codec::encode_event_from`), encoded whole otherwise.
+    pub fn to_frame(&self) -> Vec<u8> {
+        match &self.stored.0 {
+            Some(data) => super::encode_event_from(self.seq, self.epoch, self.at, data),
+            None => super::encode(self),
+        }
+    }
+}
+
+/// An event's `data` as the store thread encoded it for the event log: the
+/// publisher writes the frame around these bytes instead of encoding the
+/// event (its task record, most of it) again on the event loop (see
+/// docs/design.md, Serving as primary). Two events are equal whatever
+/// their stored bytes: those are `data` in another form.
+#[derive(Clone, Default)]
+pub struct StoredData(pub Option<std::sync::Arc<[u8]>>);
+
+impl PartialEq for StoredData {
+    fn eq(&self, _: &StoredData) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for StoredData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(bytes) => write!(f, "<{} bytes>", bytes.len()),
+            None => f.write_str("-"),
+        }
     }
 }
 

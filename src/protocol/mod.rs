@@ -30,14 +30,14 @@ mod wire_form;
 pub use agent::{AgentUpdate, AgentUpdates, ControlKind, PermissionPolicy, TaskControl};
 pub use awaits::{AWAIT_POLICIES, AWAIT_STATES, AwaitPolicy, AwaitRecord, AwaitSpec, AwaitState};
 pub use codec::{
-    RequestHead, decode, decode_request, encode, encode_reply_from, oversized_request_id,
-    request_digest,
+    RequestHead, decode, decode_request, encode, encode_event_from, encode_reply_from,
+    oversized_request_id, request_digest,
 };
 pub use conclusion::{
     CONCLUSION_SOURCES, CONCLUSION_STATUSES, Conclusion, ConclusionSource, ConclusionStatus,
 };
 pub use error::{DecodeError, ERROR_CODES, ErrorCode, WireError};
-pub use event::{Event, EventData, TOPICS};
+pub use event::{Event, EventData, StoredData, TOPICS};
 pub use goal::{GOAL_EXAMPLE, GOAL_STATUSES, GoalRecord, GoalSpec, GoalStatus, goal_brief};
 pub use route::{AgentOp, AwaitOp, Local, Route, TaskOp};
 pub use task::{

@@ -100,8 +100,15 @@ pub fn open_read_write(path: &Path, epoch_floor: u64) -> Result<Connection, Stor
         configure(&conn)?;
     }
     schema::migrate(&mut conn)?;
+    // Every statement the store thread runs stays prepared: rusqlite keeps
+    // 16 by default, fewer than the writes and upkeep use between them, and
+    // a statement pushed out is parsed again on its next use.
+    conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
     Ok(conn)
 }
+
+/// Statements the writer's connection keeps prepared (see `open_read_write`).
+const WRITER_STATEMENTS: usize = 96;
 
 /// Opens a store file read-write that must already exist: SQLite is never
 /// let to create one. Its default open creates a missing file, so a store
@@ -572,12 +579,7 @@ impl Reader {
             let (seq, epoch, at, payload) = row?;
             let data: EventData = crate::protocol::decode(&payload)
                 .map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))?;
-            out.push(Event {
-                seq: seq as u64,
-                epoch: epoch as u64,
-                at: at as u64,
-                data,
-            });
+            out.push(Event::new(seq as u64, epoch as u64, at as u64, data));
         }
         Ok(out)
     }

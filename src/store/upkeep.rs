@@ -293,7 +293,7 @@ pub(super) fn prune_history(conn: &Connection, retention: Retention, floor: &mut
 
 #[cfg(test)]
 mod tests {
-    use super::{CATCH_UP_FRAMES, CHECKPOINT_FRAMES, Checkpoints};
+    use super::{CATCH_UP_FRAMES, CHECKPOINT_FRAMES, Checkpoints, MAX_PASSES};
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
@@ -383,6 +383,44 @@ mod tests {
         // Nothing appended during the second pass: caught up here.
         checkpoints.checkpoint_if_due(&conn);
         assert!(handed(&checkpoints).is_none(), "a third pass for nothing");
+        let full = checkpoints.frames.load(Ordering::Relaxed);
+        commit(&conn);
+        let after = checkpoints.frames.load(Ordering::Relaxed);
+        assert!(
+            after < full / 2,
+            "the WAL did not start over: {full} frames, then {after}"
+        );
+    }
+
+    /// A writer that appends more than a catch-up during every pass gets
+    /// [`MAX_PASSES`] of them and no more: then the store thread copies
+    /// what is left itself, and the WAL starts over all the same.
+    #[test]
+    fn a_writer_that_outruns_every_pass_still_lets_the_wal_start_over() {
+        let (_dir, conn, mut checkpoints) = wal_due_for_a_checkpoint();
+        checkpoints.checkpoint_if_due(&conn);
+        let handed = |c: &Checkpoints| c.checkpointer.as_ref().and_then(|c| c.busy);
+        let ran = (checkpoints.checkpointer.as_ref())
+            .map(|c| c.ran.clone())
+            .expect("a checkpointer");
+        for number in 1..=MAX_PASSES {
+            let pass = handed(&checkpoints).expect("a pass handed");
+            assert_eq!(pass.number, number);
+            while checkpoints.frames.load(Ordering::Relaxed) <= pass.wal_frames + CATCH_UP_FRAMES {
+                commit(&conn);
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while ran.load(Ordering::Acquire) < u64::from(number) {
+                assert!(Instant::now() < deadline, "pass {number} never ended");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            checkpoints.checkpoint_if_due(&conn);
+        }
+        assert!(
+            handed(&checkpoints).is_none(),
+            "a pass beyond the last: the store thread should have caught up"
+        );
+        assert_eq!(ran.load(Ordering::Acquire), u64::from(MAX_PASSES));
         let full = checkpoints.frames.load(Ordering::Relaxed);
         commit(&conn);
         let after = checkpoints.frames.load(Ordering::Relaxed);

@@ -15,7 +15,7 @@ use crate::protocol::{
     ErrorCode, Event, EventData, MemberInfo, Method, ReplyBody, Route, WireError, decode, encode,
     now_ms,
 };
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
@@ -48,7 +48,7 @@ pub fn commit_counts() -> CommitCounts {
 }
 
 pub use super::txn::WriteResult;
-use super::txn::{Applied, Savepoint, append_event, refused};
+use super::txn::{Applied, Immediate, Savepoint, append_event, refused};
 pub use super::upkeep::Retention;
 use super::upkeep::{Checkpoints, PRUNE_EVERY, prune_history};
 
@@ -411,8 +411,7 @@ fn run(
 /// (`seq` is the rowid, so the next event takes the same number), no
 /// ledger entry, and nobody is answered.
 fn rehearse(conn: &mut Connection, epoch: u64) {
-    let Ok(mut tx) = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-    else {
+    let Ok(tx) = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) else {
         return;
     };
     let mut method = Method::TaskCreate(crate::protocol::NewTask {
@@ -427,14 +426,7 @@ fn rehearse(conn: &mut Connection, epoch: u64) {
         digest: 0,
     };
     let admit_all: Admission = Box::new(|_, _| Ok(Limits::default()));
-    let _ = apply_idempotent(
-        &mut tx,
-        epoch,
-        &key,
-        &mut method,
-        &admit_all,
-        &mut Vec::new(),
-    );
+    let _ = apply_idempotent(&tx, epoch, &key, &mut method, &admit_all, &mut Vec::new());
     if let Err(e) = tx.rollback() {
         tracing::warn!("rolling back the store's rehearsal failed: {e}");
     }
@@ -486,7 +478,8 @@ fn commit_batch(
     guard: &Guard,
     acquit: &[String],
 ) -> Result<(Vec<Done>, Vec<Event>), StoreError> {
-    let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let batch_tx = Immediate::begin(conn)?;
+    let tx = batch_tx.conn();
     let mut done = Vec::with_capacity(batch.len());
     let mut events = Vec::new();
     // On error we must hand the jobs back to the caller untouched, so work
@@ -508,7 +501,7 @@ fn commit_batch(
                 };
                 let admission = &guard.admission;
                 let (result, encoded) =
-                    apply_idempotent(&mut tx, epoch, &request, method, admission, &mut events)?;
+                    apply_idempotent(tx, epoch, &request, method, admission, &mut events)?;
                 results.push(Some((result, encoded)));
             }
             Job::Internal { op, .. } if guard.poisoned.contains(&op.key()) => {
@@ -519,18 +512,15 @@ fn commit_batch(
                 results.push(Some((Err(poisoned), None)));
             }
             Job::Internal { op, .. } => {
-                results.push(Some((
-                    apply_internal(&mut tx, epoch, op, &mut events)?,
-                    None,
-                )));
+                results.push(Some((apply_internal(tx, epoch, op, &mut events)?, None)));
             }
             Job::Served { epoch, takeover_us } => {
-                super::promotions::served(&tx, *epoch, *takeover_us)?;
+                super::promotions::served(tx, *epoch, *takeover_us)?;
                 results.push(None);
             }
             Job::Shutdown { instance_id, .. } => {
                 events.push(append_event(
-                    &tx,
+                    tx,
                     epoch,
                     EventData::Shutdown {
                         instance_id: instance_id.clone(),
@@ -544,9 +534,9 @@ fn commit_batch(
     // Applied without a crash: no longer suspect (in this commit, so a
     // crash before it leaves them suspect).
     for key in acquit {
-        super::crash_guard::acquit(&tx, key)?;
+        super::crash_guard::acquit(tx, key)?;
     }
-    tx.commit()?;
+    batch_tx.commit()?;
     let writes = batch
         .iter()
         .filter(|j| matches!(j, Job::Write { .. }))
@@ -575,7 +565,7 @@ fn commit_batch(
 /// An orchestrator operation under its own savepoint: a refusal rolls back
 /// only its own effects. A returned `Err` dooms the whole transaction.
 fn apply_internal(
-    tx: &mut Transaction<'_>,
+    tx: &Connection,
     epoch: u64,
     op: &super::tasks::InternalOp,
     events: &mut Vec<Event>,
@@ -613,7 +603,7 @@ struct LedgerKey<'a> {
 /// an `Ok((Err(..), _))` is this request's own error reply. Beside the
 /// result, its encoding as the ledger holds it, when it does.
 fn apply_idempotent(
-    tx: &mut Transaction<'_>,
+    tx: &Connection,
     epoch: u64,
     key: &LedgerKey<'_>,
     method: &mut Method,
