@@ -228,7 +228,7 @@ fn a_committed_batch_acquits_its_suspects_in_its_own_commit() {
 #[test]
 fn a_refused_write_undoes_its_partial_effects() {
     let mut conn = store();
-    let mut tx = conn.transaction().unwrap();
+    let tx = conn.transaction().unwrap();
     let mut events = Vec::new();
     let mut method = Method::TaskCreate(NewTask {
         prompt: " ".into(),
@@ -241,7 +241,7 @@ fn a_refused_write_undoes_its_partial_effects() {
         digest,
     };
     let (result, encoded) =
-        apply_idempotent(&mut tx, 7, &key, &mut method, &admit_all(), &mut events).unwrap();
+        apply_idempotent(&tx, 7, &key, &mut method, &admit_all(), &mut events).unwrap();
     assert_eq!(encoded, Some(encode(&result)), "answered as recorded");
     assert_eq!(result.unwrap_err().code, ErrorCode::InvalidParams);
     assert!(events.is_empty());
@@ -261,7 +261,7 @@ fn admission_runs_only_for_new_writes_and_its_refusal_is_not_recorded() {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let admission = picky(calls.clone());
     let mut events = Vec::new();
-    let mut tx = conn.transaction().unwrap();
+    let tx = conn.transaction().unwrap();
     let mut refused = create("refuse me");
     let key = LedgerKey {
         request_id: "req-refused",
@@ -269,7 +269,7 @@ fn admission_runs_only_for_new_writes_and_its_refusal_is_not_recorded() {
         digest: request_digest(&refused),
     };
     let (result, encoded) =
-        apply_idempotent(&mut tx, 7, &key, &mut refused, &admission, &mut events).unwrap();
+        apply_idempotent(&tx, 7, &key, &mut refused, &admission, &mut events).unwrap();
     assert_eq!(result.unwrap_err().code, ErrorCode::InvalidParams);
     assert_eq!(encoded, None, "not recorded, so not answered as recorded");
 
@@ -279,8 +279,8 @@ fn admission_runs_only_for_new_writes_and_its_refusal_is_not_recorded() {
         from: "test",
         digest: request_digest(&fine),
     };
-    let first = apply_idempotent(&mut tx, 7, &key, &mut fine, &admission, &mut events).unwrap();
-    let again = apply_idempotent(&mut tx, 7, &key, &mut fine, &admission, &mut events).unwrap();
+    let first = apply_idempotent(&tx, 7, &key, &mut fine, &admission, &mut events).unwrap();
+    let again = apply_idempotent(&tx, 7, &key, &mut fine, &admission, &mut events).unwrap();
     assert_eq!(task_id(&first.0), task_id(&again.0));
     // The retry is answered with the bytes the ledger recorded.
     assert_eq!(first.1, Some(encode(&first.0)));
