@@ -634,16 +634,22 @@ async fn hand_over(
 /// would run. Runs on the store thread (see `writer::Admission`).
 fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admission {
     use crate::orchestrator::engines::{FsChecks, RunSpec, validate_with};
-    // The configuration as read for the current batch, and what validation
-    // asked the file system in it: its files are checked once per batch,
-    // not once per write.
-    let read = std::cell::RefCell::new(None::<(u64, Arc<Config>, FsChecks)>);
+    // The configuration as read for the current batch (its files are
+    // checked once per batch, not once per write), and what validation
+    // asked the file system (see `FsChecks`).
+    let read = std::cell::RefCell::new(None::<(u64, Arc<Config>)>);
+    let checks = std::cell::RefCell::new(FsChecks::default());
     Box::new(move |method, tx| {
         let batch = writer::batch_number();
         let mut read = read.borrow_mut();
-        let (_, config, checks) = match &mut *read {
+        let mut checks = checks.borrow_mut();
+        let checks = &mut *checks;
+        let (_, config) = match &mut *read {
             Some(current) if current.0 == batch => current,
-            stale => stale.insert((batch, live.current(), FsChecks::default())),
+            stale => {
+                checks.next_batch();
+                stale.insert((batch, live.current()))
+            }
         };
         let config = config.clone();
         let limits = writer::Limits {

@@ -139,23 +139,71 @@ pub fn validate_with(
 
 /// What validation asked the file system (is the engine's program on
 /// `PATH`, is the work dir a directory), remembered for as long as the
-/// caller keeps this: the store thread keeps one per batch, so that a
-/// batch of `task.create`s stats each binary and directory once instead
-/// of once a write (see docs/design.md, Serving as primary). Holds at most
-/// one entry per write it served.
+/// caller keeps this. The store thread keeps one and calls
+/// [`FsChecks::next_batch`] between batches: a batch of `task.create`s
+/// stats each binary and directory at most once instead of once a write,
+/// and a check that passed is trusted for [`PASSED_TRUSTED_FOR`], where a
+/// lone write a batch paid two `stat`s each time (~8 % of the store
+/// thread's time per sequential write; see docs/design.md, Serving as
+/// primary). A failed check is asked again in the next batch, so a binary
+/// installed after a refusal is found at once; one removed within the
+/// second fails its task at launch, with the same message.
 #[derive(Default)]
 pub struct FsChecks {
-    on_path: HashMap<String, bool>,
-    dirs: HashMap<PathBuf, bool>,
+    on_path: HashMap<String, Checked>,
+    dirs: HashMap<PathBuf, Checked>,
 }
+
+/// One answer of the file system, and when it was asked.
+#[derive(Clone, Copy)]
+struct Checked {
+    passed: bool,
+    at: std::time::Instant,
+}
+
+/// How long a check that passed is trusted across batches (see [`FsChecks`]).
+pub const PASSED_TRUSTED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most checks kept across batches: engines and work dirs are few, and a
+/// flood of distinct work dirs must not grow the map without bound.
+const KEPT_CHECKS: usize = 256;
 
 impl FsChecks {
     fn on_path(&mut self, program: &str) -> bool {
-        *(self.on_path.entry(program.to_string())).or_insert_with(|| find_binary(program).is_some())
+        let checked = (self.on_path.entry(program.to_string()))
+            .or_insert_with(|| Checked::now(find_binary(program).is_some()));
+        checked.passed
     }
 
     fn is_dir(&mut self, dir: &Path) -> bool {
-        *(self.dirs.entry(dir.to_path_buf())).or_insert_with(|| dir.is_dir())
+        let checked =
+            (self.dirs.entry(dir.to_path_buf())).or_insert_with(|| Checked::now(dir.is_dir()));
+        checked.passed
+    }
+
+    /// Between batches: forgets what failed, and what passed longer than
+    /// [`PASSED_TRUSTED_FOR`] ago.
+    pub fn next_batch(&mut self) {
+        self.next_batch_at(std::time::Instant::now());
+    }
+
+    fn next_batch_at(&mut self, now: std::time::Instant) {
+        let trusted = |c: &Checked| c.passed && now.duration_since(c.at) < PASSED_TRUSTED_FOR;
+        self.on_path.retain(|_, c| trusted(c));
+        self.dirs.retain(|_, c| trusted(c));
+        if self.on_path.len() + self.dirs.len() > KEPT_CHECKS {
+            self.on_path.clear();
+            self.dirs.clear();
+        }
+    }
+}
+
+impl Checked {
+    fn now(passed: bool) -> Checked {
+        Checked {
+            passed,
+            at: std::time::Instant::now(),
+        }
     }
 }
 
@@ -566,6 +614,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failed_check_is_asked_again_next_batch_and_a_passed_one_trusted_a_while() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("work");
+        let mut checks = super::FsChecks::default();
+        assert!(!checks.is_dir(&dir));
+        std::fs::create_dir(&dir).unwrap();
+        assert!(!checks.is_dir(&dir), "asked again within the batch");
+        checks.next_batch();
+        assert!(
+            checks.is_dir(&dir),
+            "a failure was remembered across batches"
+        );
+        std::fs::remove_dir(&dir).unwrap();
+        checks.next_batch();
+        assert!(checks.is_dir(&dir), "a pass within its second is trusted");
+        checks.next_batch_at(std::time::Instant::now() + super::PASSED_TRUSTED_FOR);
+        assert!(!checks.is_dir(&dir), "a pass was trusted past its second");
+    }
+
     use super::*;
 
     fn config() -> Config {
