@@ -144,8 +144,8 @@ pub fn validate_with(
 /// stats each binary and directory at most once instead of once a write,
 /// and a check that passed is trusted for [`PASSED_TRUSTED_FOR`], where a
 /// lone write a batch paid two `stat`s each time (~8 % of the store
-/// thread's time per sequential write; see docs/design.md, Serving as
-/// primary). A failed check is asked again in the next batch, so a binary
+/// thread's time per sequential write;
+/// see docs/design.md, Serving as primary). A failed check is asked again in the next batch, so a binary
 /// installed after a refusal is found at once; one removed within the
 /// second fails its task at launch, with the same message.
 #[derive(Default)]

@@ -319,6 +319,18 @@ mod tests {
             .expect("commit");
     }
 
+    /// One more commit after a checkpoint that copied everything: the WAL
+    /// starts over at its beginning.
+    fn assert_the_wal_starts_over(conn: &rusqlite::Connection, checkpoints: &Checkpoints) {
+        let full = checkpoints.frames.load(Ordering::Relaxed);
+        commit(conn);
+        let after = checkpoints.frames.load(Ordering::Relaxed);
+        assert!(
+            after < full / 2,
+            "the WAL did not start over: {full} frames, then {after}"
+        );
+    }
+
     /// A due checkpoint is handed to the checkpointer thread, which copies
     /// the WAL back while the writer goes on: the writer's WAL then starts
     /// over at its beginning instead of growing.
@@ -383,13 +395,7 @@ mod tests {
         // Nothing appended during the second pass: caught up here.
         checkpoints.checkpoint_if_due(&conn);
         assert!(handed(&checkpoints).is_none(), "a third pass for nothing");
-        let full = checkpoints.frames.load(Ordering::Relaxed);
-        commit(&conn);
-        let after = checkpoints.frames.load(Ordering::Relaxed);
-        assert!(
-            after < full / 2,
-            "the WAL did not start over: {full} frames, then {after}"
-        );
+        assert_the_wal_starts_over(&conn, &checkpoints);
     }
 
     /// A writer that appends more than a catch-up during every pass gets
@@ -421,12 +427,6 @@ mod tests {
             "a pass beyond the last: the store thread should have caught up"
         );
         assert_eq!(ran.load(Ordering::Acquire), u64::from(MAX_PASSES));
-        let full = checkpoints.frames.load(Ordering::Relaxed);
-        commit(&conn);
-        let after = checkpoints.frames.load(Ordering::Relaxed);
-        assert!(
-            after < full / 2,
-            "the WAL did not start over: {full} frames, then {after}"
-        );
+        assert_the_wal_starts_over(&conn, &checkpoints);
     }
 }
