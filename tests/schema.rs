@@ -463,6 +463,7 @@ fn primary_info() -> PrimaryInfo {
         commits: 12,
         writes_committed: 40,
         wal_pages: 95,
+        wal_syncs: 3,
     }
 }
 

@@ -121,6 +121,7 @@ async fn throughput(
     count: usize,
     exec_p50: f64,
 ) -> Result<Vec<Row>, String> {
+    let syncs_before = wal_syncs(client).await?;
     let started = Instant::now();
     let mut ids = Vec::with_capacity(count);
     for _ in 0..count {
@@ -146,6 +147,7 @@ async fn throughput(
         return Err("not every trivial task completed".into());
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let syncs = wal_syncs(client).await?.saturating_sub(syncs_before);
     let latency: Vec<f64> = outcome
         .tasks
         .values()
@@ -175,7 +177,27 @@ async fn throughput(
             baseline_p50: Some(1000.0 / exec_p50.max(1e-6)),
             goal: None,
         },
+        Row {
+            scenario: "tasks".into(),
+            metric: "run ends made durable by each WAL sync, in that burst".into(),
+            unit: "ends".into(),
+            p50: count as f64 / syncs.max(1) as f64,
+            p99: count as f64 / syncs.max(1) as f64,
+            samples: syncs as usize,
+            baseline: None,
+            baseline_p50: None,
+            goal: None,
+        },
     ])
+}
+
+/// The WAL syncs the primary has made for run ends so far (see
+/// `store::wal_sync`).
+async fn wal_syncs(client: &mut crate::client::Client) -> Result<u64, String> {
+    let info = crate::client::ping(client)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(info.wal_syncs)
 }
 
 /// Milliseconds per `fork+exec+wait` of `/bin/true`.

@@ -291,6 +291,7 @@ fn serving(
         commits: 0,
         writes_committed: 0,
         wal_pages: 0,
+        wal_syncs: 0,
     };
     Serving {
         bad_frames: LogLimiter::new(),

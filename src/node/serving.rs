@@ -145,6 +145,7 @@ impl Serving {
         let counts = writer::commit_counts();
         (info.commits, info.writes_committed) = (counts.commits, counts.writes);
         info.wal_pages = counts.wal_pages;
+        info.wal_syncs = counts.wal_syncs;
         info
     }
 

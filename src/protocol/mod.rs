@@ -368,6 +368,10 @@ pub struct PrimaryInfo {
     /// shares and what each write's own B-tree pages cost.
     #[serde(default)]
     pub wal_pages: u64,
+    /// Syncs of the WAL made after commits that recorded run ends (one
+    /// covers every end committed before it).
+    #[serde(default)]
+    pub wal_syncs: u64,
 }
 
 /// A member of the grove, as announced by `hello`.

@@ -237,18 +237,21 @@ impl RunFiles {
         append_line(&Self::run(ws, task, run_id), record, false)
     }
 
-    /// Appends the exit record and syncs it: the only trace of how a run
-    /// ended until the primary has recorded it. After a power loss the
-    /// store's last commits may be gone too (it commits with `synchronous =
-    /// NORMAL`), and a missing exit record would turn a finished run into a
-    /// `lost` one.
+    /// Appends the exit record, synced when `sync`: it is the only trace
+    /// of how a run ended until a primary has recorded it, and after a
+    /// power loss the store's last commits may be gone too (it commits with
+    /// `synchronous = NORMAL`): a missing exit record would turn a finished
+    /// run into a `lost` one. The shim syncs it unless the primary that
+    /// started the run still serves, which records the end at once and
+    /// syncs the store's WAL right after (see docs/design.md, Durable run ends).
     pub fn append_exit(
         ws: &Workspace,
         task: &str,
         run_id: &str,
         exit: &ExitRecord,
+        sync: bool,
     ) -> std::io::Result<()> {
-        append_line(&Self::run(ws, task, run_id), &ExitLineRef { exit }, true)
+        append_line(&Self::run(ws, task, run_id), &ExitLineRef { exit }, sync)
     }
 
     /// Task ids are generated hex; anything else must never reach a path.
@@ -517,7 +520,7 @@ mod tests {
         assert_eq!(RunFiles::read_exit(&ws, "t1", "r1"), None);
         assert_eq!(RunFiles::read_run(&ws, "t1", "r1"), Some(record(Some(99))));
         std::fs::write(&path, whole).unwrap();
-        RunFiles::append_exit(&ws, "t1", "r1", &exit()).unwrap();
+        RunFiles::append_exit(&ws, "t1", "r1", &exit(), true).unwrap();
         assert_eq!(RunFiles::read_exit(&ws, "t1", "r1"), Some(exit()));
         // The exit line is not a run record.
         assert_eq!(RunFiles::read_run(&ws, "t1", "r1"), Some(record(Some(99))));

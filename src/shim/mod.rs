@@ -94,7 +94,7 @@ pub async fn run(spec_path: &Path) -> i32 {
             conclusion: None,
             warm: None,
         };
-        let _ = RunFiles::append_exit(&ws, &spec.task_id, &spec.run_id, &exit);
+        let _ = RunFiles::append_exit(&ws, &spec.task_id, &spec.run_id, &exit, true);
         return 0;
     }
     // This run's output starts where the log ends now (a relaunch or a
@@ -120,11 +120,28 @@ pub async fn run(spec_path: &Path) -> i32 {
     // is woken by this process's end (a pidfd) and commits the run's end
     // from the record, and a primary that takes over later finds it too.
     // Only without a record does the shim tell the primary itself.
-    if let Err(e) = RunFiles::append_exit(&ws, &spec.task_id, &spec.run_id, &exit) {
+    let serving = crate::primary_record::PrimaryRecord::read(&ws).map(|r| (r.epoch, r.pid_alive()));
+    let sync = exit_needs_sync(spec.epoch, serving);
+    if let Err(e) = RunFiles::append_exit(&ws, &spec.task_id, &spec.run_id, &exit, sync) {
         errln!("grove shim: cannot write the exit record: {e}; reporting instead");
         report(&ws, &spec, &exit).await;
     }
     0
+}
+
+/// Whether the exit record must reach the disk before the shim exits.
+/// Not while the primary that started the run still serves (`serving`:
+/// the epoch `primary.json` names, and whether its process runs): woken by
+/// this shim's end, it commits the run's end within milliseconds and the
+/// store syncs its WAL right after, off every run's path (see docs/design.md, Durable run ends) —
+/// a sync here held the run's slot for a journal commit. Otherwise (a
+/// run adopted after a failover, no primary running) the record may be the
+/// only trace of the outcome for as long as nobody reads it. What is left
+/// unsynced: a power loss in the milliseconds before that WAL sync, or
+/// after the primary died before reading the record and before the kernel
+/// wrote it back (seconds) — as if the run had ended just after the power went.
+fn exit_needs_sync(starter_epoch: u64, serving: Option<(u64, bool)>) -> bool {
+    starter_epoch == 0 || serving != Some((starter_epoch, true))
 }
 
 /// The spec from stdin, to its end; then stdin is `/dev/null`, so that
@@ -215,3 +232,22 @@ async fn report(ws: &Workspace, spec: &ShimSpec, exit: &ExitRecord) {
 const REPORT_FOR: Duration = Duration::from_secs(120);
 /// Between two attempts to report.
 const REPORT_RETRY: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::exit_needs_sync;
+
+    #[test]
+    fn the_exit_record_is_synced_unless_its_starter_serves_and_runs() {
+        // The starter (epoch 4) serves and its process runs: it records the
+        // end and syncs the WAL itself.
+        assert!(!exit_needs_sync(4, Some((4, true))));
+        // Its record names a dead process, a later primary adopted the run,
+        // or no primary has written a record: the shim syncs.
+        assert!(exit_needs_sync(4, Some((4, false))));
+        assert!(exit_needs_sync(4, Some((5, true))));
+        assert!(exit_needs_sync(4, None));
+        // A spec without a starting epoch (an older primary's) syncs.
+        assert!(exit_needs_sync(0, Some((0, true))));
+    }
+}

@@ -16,6 +16,7 @@ pub mod schema;
 pub mod tasks;
 mod txn;
 mod upkeep;
+mod wal_sync;
 pub mod writer;
 
 pub use promotions::Promotion;

@@ -37,6 +37,8 @@ pub struct CommitCounts {
     pub writes: u64,
     /// Pages (WAL frames) the commits appended to the WAL.
     pub wal_pages: u64,
+    /// Syncs of the WAL made for the run ends those commits recorded.
+    pub wal_syncs: u64,
 }
 
 pub fn commit_counts() -> CommitCounts {
@@ -44,6 +46,7 @@ pub fn commit_counts() -> CommitCounts {
         commits: COMMITS.load(Ordering::Relaxed),
         writes: WRITES_COMMITTED.load(Ordering::Relaxed),
         wal_pages: WAL_PAGES.load(Ordering::Relaxed),
+        wal_syncs: super::wal_sync::syncs(),
     }
 }
 
@@ -51,6 +54,7 @@ pub use super::txn::WriteResult;
 use super::txn::{Applied, Immediate, Savepoint, append_event, refused};
 pub use super::upkeep::Retention;
 use super::upkeep::{Checkpoints, PRUNE_EVERY, prune_history};
+use super::wal_sync::WalSync;
 
 // Jobs are moved once through a channel; boxing the big variant buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -76,6 +80,20 @@ pub enum Job {
         instance_id: String,
         done: oneshot::Sender<()>,
     },
+}
+
+impl Job {
+    /// Records how a run ended (its shim's exit record or report): the
+    /// WAL is synced after its commit (see docs/design.md, Durable run ends).
+    fn ends_a_run(&self) -> bool {
+        matches!(
+            self,
+            Job::Write {
+                method: Method::TaskFinished(_),
+                ..
+            }
+        )
+    }
 }
 
 /// Where a write's answer goes once its batch has committed.
@@ -355,6 +373,9 @@ fn run(
     let mut last_prune = std::time::Instant::now() - PRUNE_EVERY;
     let mut prune_floor = 0;
     let mut wal = Checkpoints::take_over(&mut conn);
+    let mut run_ends_sync = (conn.path())
+        .filter(|p| !p.is_empty())
+        .map(|p| WalSync::new(std::path::Path::new(p)));
     while let Ok(first) = rx.recv() {
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();
@@ -369,6 +390,7 @@ fn run(
             }
         }
         let mut shutdown = None;
+        let ends_a_run = batch.iter().any(Job::ends_a_run);
         // A write committed to an unlinked store would be acknowledged and
         // lost: refuse it, and the client retries with the next primary.
         let committed = if still_current() {
@@ -392,7 +414,14 @@ fn run(
             ))
         };
         match committed {
-            Ok((done, events)) => hand_out(done, events, &published),
+            Ok((done, events)) => {
+                // Before the answers: the sync starts as early as it can,
+                // and nobody waits for it (see docs/design.md, Durable run ends).
+                if ends_a_run && let Some(sync) = &mut run_ends_sync {
+                    sync.request();
+                }
+                hand_out(done, events, &published)
+            }
             Err(e) => fail_batch(&mut batch, e),
         }
         wal.checkpoint_if_due(&conn);

@@ -460,3 +460,84 @@ fn a_batchs_task_ids_share_their_start_and_nothing_more() {
     .join()
     .expect("test thread");
 }
+
+/// A run's end, once committed, has the store thread sync its WAL (on a
+/// thread of its own: nobody waits for it). The count is the process's, and
+/// other tests may add to it, so only growth is checked — which a store
+/// thread that never asked for a sync would not cause.
+#[test]
+fn a_committed_run_end_is_followed_by_a_wal_sync() {
+    use crate::protocol::{ExitOutcome, TaskExit};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let won = crate::store::promotions::LockWon { at: 1, heard: None };
+    let promotion =
+        super::promote(&dir.path().join("grove.db"), "test", 1, 0, &won, &|| true).unwrap();
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
+    let drain = std::thread::spawn(move || while events_rx.blocking_recv().is_some() {});
+    let retention = super::Retention {
+        events: 1000,
+        ledger_ms: 3_600_000,
+    };
+    let store = super::spawn(
+        promotion,
+        events_tx,
+        retention,
+        Box::new(|| true),
+        admit_all(),
+    )
+    .unwrap();
+    let ask = |job: fn(ReplyTo) -> Job| {
+        let (tx, rx) = oneshot::channel();
+        store.jobs.send(job(ReplyTo::Waiter(tx))).unwrap();
+        rx.blocking_recv().expect("answered")
+    };
+    let id = task_id(&ask(|reply| Job::Write {
+        request_id: "create".into(),
+        from: "test".into(),
+        digest: 0,
+        method: Method::TaskCreate(NewTask {
+            prompt: "true".into(),
+            ..Default::default()
+        }),
+        reply,
+    }));
+    let (tx, rx) = oneshot::channel();
+    let start = InternalOp::Start {
+        id: id.clone(),
+        run_id: "r1".into(),
+        max_parallel: 1,
+    };
+    let (op, reply) = (start, ReplyTo::Waiter(tx));
+    store.jobs.send(Job::Internal { op, reply }).unwrap();
+    rx.blocking_recv().unwrap().expect("started");
+    let before = crate::store::wal_sync::syncs();
+    let (tx, rx) = oneshot::channel();
+    store
+        .jobs
+        .send(Job::Write {
+            request_id: "finished".into(),
+            from: "test".into(),
+            digest: 0,
+            method: Method::TaskFinished(TaskExit {
+                id,
+                run_id: "r1".into(),
+                outcome: ExitOutcome::Exited,
+                exit_code: Some(0),
+                signal: None,
+                message: None,
+                conclusion: None,
+                warm: None,
+            }),
+            reply: ReplyTo::Waiter(tx),
+        })
+        .unwrap();
+    rx.blocking_recv().unwrap().expect("the run's end recorded");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::store::wal_sync::syncs() == before {
+        assert!(Instant::now() < deadline, "no WAL sync after a run's end");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    store.join();
+    drain.join().unwrap();
+}
