@@ -62,7 +62,22 @@ impl PrimaryRecord {
     pub fn pid_alive(&self) -> bool {
         crate::proc::running(self.pid)
     }
+
+    /// Whether the recorded process still runs and is the one that wrote
+    /// the record, not another that reused its pid: it started when the
+    /// record says (to within [`START_SLACK_MS`]: the kernel's boot time is
+    /// known to the second), and a reused pid belongs to a process that
+    /// started after the recorded one died.
+    pub fn same_process_runs(&self) -> bool {
+        self.pid_alive()
+            && crate::proc::started_at_ms(self.pid)
+                .is_some_and(|at| at.abs_diff(self.started_at) <= START_SLACK_MS)
+    }
 }
+
+/// How far a process's start time read from `/proc` may be from the
+/// `started_at` its member recorded (see [`PrimaryRecord::same_process_runs`]).
+const START_SLACK_MS: u64 = 2_000;
 
 /// A file made ahead of time by a member that may be promoted, for its
 /// `primary.json`: the promotion then only writes and renames it. Creating

@@ -120,7 +120,8 @@ pub async fn run(spec_path: &Path) -> i32 {
     // is woken by this process's end (a pidfd) and commits the run's end
     // from the record, and a primary that takes over later finds it too.
     // Only without a record does the shim tell the primary itself.
-    let serving = crate::primary_record::PrimaryRecord::read(&ws).map(|r| (r.epoch, r.pid_alive()));
+    let serving =
+        crate::primary_record::PrimaryRecord::read(&ws).map(|r| (r.epoch, r.same_process_runs()));
     let sync = exit_needs_sync(spec.epoch, serving);
     if let Err(e) = RunFiles::append_exit(&ws, &spec.task_id, &spec.run_id, &exit, sync) {
         errln!("grove shim: cannot write the exit record: {e}; reporting instead");
@@ -131,15 +132,17 @@ pub async fn run(spec_path: &Path) -> i32 {
 
 /// Whether the exit record must reach the disk before the shim exits.
 /// Not while the primary that started the run still serves (`serving`:
-/// the epoch `primary.json` names, and whether its process runs): woken by
-/// this shim's end, it commits the run's end within milliseconds and the
-/// store syncs its WAL right after, off every run's path (see docs/design.md, Durable run ends) —
-/// a sync here held the run's slot for a journal commit. Otherwise (a
-/// run adopted after a failover, no primary running) the record may be the
-/// only trace of the outcome for as long as nobody reads it. What is left
-/// unsynced: a power loss in the milliseconds before that WAL sync, or
-/// after the primary died before reading the record and before the kernel
-/// wrote it back (seconds) — as if the run had ended just after the power went.
+/// the epoch `primary.json` names, and whether the process that wrote it
+/// still runs): woken by this shim's end, it commits the run's end within
+/// milliseconds and the store syncs its WAL right after, off every run's
+/// path (see docs/design.md, Durable run ends) — a sync here held the run's
+/// slot for a journal commit. Otherwise (a run adopted after a failover, no
+/// primary running) the record may be the only trace of the outcome for as
+/// long as nobody reads it. What is left unsynced: a power loss in the
+/// milliseconds before that WAL sync, or while that primary cannot record
+/// the end (it is stopping, or hung) until a successor does or the kernel
+/// writes the record back (up to ~30 s) — as if the run had ended just
+/// after the power went.
 fn exit_needs_sync(starter_epoch: u64, serving: Option<(u64, bool)>) -> bool {
     starter_epoch == 0 || serving != Some((starter_epoch, true))
 }

@@ -27,12 +27,19 @@ pub fn syncs() -> u64 {
     WAL_SYNCS.load(Ordering::Relaxed)
 }
 
+/// How the thread syncs a WAL: [`sync`], but for tests that hold a sync
+/// open to see what arrives meanwhile.
+type SyncFn = Arc<dyn Fn(&Path) + Send + Sync>;
+
 /// The store thread's handle on the syncing thread, which starts with the
 /// first request (an idle primary, or one that only creates tasks, has
-/// none). Dropping it waits for the sync still owed.
+/// none). Dropping it waits for the sync still owed: a handover may wait
+/// for one `fdatasync` when a run ended just before it, and then the ends
+/// it recorded are on disk before the next primary takes over.
 pub(super) struct WalSync {
     wal: PathBuf,
     shared: Arc<Shared>,
+    sync: SyncFn,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -46,7 +53,7 @@ struct Shared {
 struct State {
     /// Requests so far; the thread syncs until it has covered them all.
     requested: u64,
-    /// Requests covered by a finished sync.
+    /// Requests made before the start of the last finished sync.
     covered: u64,
     stop: bool,
 }
@@ -54,11 +61,16 @@ struct State {
 impl WalSync {
     /// For the store at `db` (its WAL is `db` with `-wal` appended).
     pub(super) fn new(db: &Path) -> WalSync {
+        Self::syncing_with(db, Arc::new(sync))
+    }
+
+    fn syncing_with(db: &Path, sync: SyncFn) -> WalSync {
         let mut wal = db.as_os_str().to_owned();
         wal.push("-wal");
         WalSync {
             wal: wal.into(),
             shared: Arc::default(),
+            sync,
             thread: None,
         }
     }
@@ -72,17 +84,20 @@ impl WalSync {
         if self.thread.is_some() {
             return;
         }
-        let (wal, shared) = (self.wal.clone(), self.shared.clone());
+        let (wal, shared, sync) = (self.wal.clone(), self.shared.clone(), self.sync.clone());
         match std::thread::Builder::new()
             .name("grove-walsync".into())
-            .spawn(move || sync_loop(&wal, &shared))
+            .spawn(move || sync_loop(&wal, &shared, &*sync))
         {
             Ok(thread) => self.thread = Some(thread),
-            // No thread to be had: the store thread syncs this one itself,
-            // and tries again next time.
+            // No thread to be had (the process is at its limit): this one
+            // sync is made here, on the store thread, and the next request
+            // tries again.
             Err(e) => {
-                tracing::warn!("cannot start the WAL sync thread: {e}; syncing inline");
-                sync(&self.wal);
+                if rarely() {
+                    tracing::warn!("cannot start the WAL sync thread: {e}; syncing inline");
+                }
+                (self.sync)(&self.wal);
             }
         }
     }
@@ -103,8 +118,10 @@ impl Drop for WalSync {
 }
 
 /// Syncs until every request is covered, then waits for the next; on
-/// `stop`, returns once the requests made before it are covered.
-fn sync_loop(wal: &Path, shared: &Shared) {
+/// `stop`, returns once the requests made before it are covered. A sync
+/// covers the requests made before it starts (`target`, read first): one
+/// that comes while it runs gets the next.
+fn sync_loop(wal: &Path, shared: &Shared, sync: &(dyn Fn(&Path) + Send + Sync)) {
     let lock = || shared.state.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let target = {
@@ -122,6 +139,13 @@ fn sync_loop(wal: &Path, shared: &Shared) {
     }
 }
 
+/// True the first time and then every thousandth: a failure that repeats
+/// on every run's end must not also flood the log.
+fn rarely() -> bool {
+    static TIMES: AtomicU64 = AtomicU64::new(0);
+    TIMES.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000)
+}
+
 /// One `fdatasync` of the WAL, through a descriptor of its own: a sync
 /// flushes the file's pages whoever wrote them. A WAL that is gone was
 /// checkpointed into the store (which SQLite synced) and removed by the
@@ -136,13 +160,12 @@ fn sync(wal: &Path) {
     match synced {
         Ok(()) => {
             WAL_SYNCS.fetch_add(1, Ordering::Relaxed);
+            #[cfg(test)]
+            tests::synced(wal);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            static FAILED: AtomicU64 = AtomicU64::new(0);
-            // The first failure and then every thousandth: a disk that
-            // fails every sync must not also flood the log.
-            if FAILED.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
+            if rarely() {
                 tracing::warn!(
                     "cannot sync the store's WAL ({}): {e}; run ends since the last checkpoint may not survive a power loss",
                     wal.display()
@@ -153,8 +176,29 @@ fn sync(wal: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    /// The WALs this test process synced, each time (the count of
+    /// [`syncs`] is shared by every test running beside).
+    static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub(super) fn synced(wal: &Path) {
+        SYNCED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(wal.to_path_buf());
+    }
+
+    /// How often the WAL of the store at `db` was synced so far.
+    pub(in crate::store) fn syncs_of(db: &Path) -> usize {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let synced = SYNCED.lock().unwrap_or_else(|p| p.into_inner());
+        synced.iter().filter(|w| **w == wal).count()
+    }
 
     fn store_with_wal() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -163,29 +207,70 @@ mod tests {
         (dir, db)
     }
 
-    fn covered(shared: &Shared) -> (u64, u64) {
+    fn counters(shared: &Shared) -> (u64, u64) {
         let state = shared.state.lock().expect("not poisoned");
         (state.requested, state.covered)
     }
 
+    /// How long a test waits for the sync thread before failing.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
-    fn every_request_is_covered_by_a_sync_that_started_after_it() {
+    fn every_request_is_synced_by_the_real_thread() {
         let (_dir, db) = store_with_wal();
         let mut wal = WalSync::new(&db);
         assert!(wal.thread.is_none(), "no thread before the first request");
         let shared = wal.shared.clone();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         for round in 1..=3 {
             wal.request();
-            while covered(&shared).1 < round {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "request {round} never synced"
-                );
-                std::thread::yield_now();
-            }
+            until(&format!("request {round} never synced"), || {
+                counters(&shared).1 >= round
+            });
         }
-        assert_eq!(covered(&shared), (3, 3));
+        assert_eq!(counters(&shared), (3, 3));
+        assert!(syncs_of(&db) >= 1, "the WAL itself was synced");
+    }
+
+    /// A request that comes while a sync runs is not taken as covered by
+    /// it (the sync may have flushed before its commit): a second sync
+    /// starts after it.
+    #[test]
+    fn a_request_made_during_a_sync_gets_a_sync_of_its_own() {
+        let (_dir, db) = store_with_wal();
+        let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let started = Arc::new(AtomicU64::new(0));
+        let count = started.clone();
+        let slow: SyncFn = Arc::new(move |_| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = entered_tx.send(());
+            // Bounded, so that a failing test never hangs in `drop(wal)`.
+            let _ = (released.lock().expect("one sync at a time")).recv_timeout(WAIT);
+        });
+        let mut wal = WalSync::syncing_with(&db, slow);
+        let shared = wal.shared.clone();
+        wal.request();
+        entered.recv_timeout(WAIT).expect("the first sync started");
+        wal.request();
+        release.send(()).expect("the first sync ends");
+        entered
+            .recv_timeout(WAIT)
+            .expect("a second sync started for the request made meanwhile");
+        release.send(()).expect("the second sync ends");
+        until("the second request never covered", || {
+            counters(&shared) == (2, 2)
+        });
+        drop(wal);
+        assert_eq!(started.load(Ordering::SeqCst), 2);
     }
 
     #[test]
@@ -197,7 +282,7 @@ mod tests {
             wal.request();
         }
         drop(wal);
-        assert_eq!(covered(&shared), (5, 5), "nothing owed is dropped");
+        assert_eq!(counters(&shared), (5, 5), "nothing owed is dropped");
     }
 
     #[test]
@@ -207,6 +292,6 @@ mod tests {
         let shared = wal.shared.clone();
         wal.request();
         drop(wal);
-        assert_eq!(covered(&shared), (1, 1));
+        assert_eq!(counters(&shared), (1, 1));
     }
 }

@@ -462,17 +462,17 @@ fn a_batchs_task_ids_share_their_start_and_nothing_more() {
 }
 
 /// A run's end, once committed, has the store thread sync its WAL (on a
-/// thread of its own: nobody waits for it). The count is the process's, and
-/// other tests may add to it, so only growth is checked — which a store
-/// thread that never asked for a sync would not cause.
+/// thread of its own: nobody waits for it); creating and starting a task
+/// does not.
 #[test]
 fn a_committed_run_end_is_followed_by_a_wal_sync() {
     use crate::protocol::{ExitOutcome, TaskExit};
+    use crate::store::wal_sync::tests::syncs_of;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("grove.db");
     let won = crate::store::promotions::LockWon { at: 1, heard: None };
-    let promotion =
-        super::promote(&dir.path().join("grove.db"), "test", 1, 0, &won, &|| true).unwrap();
+    let promotion = super::promote(&db, "test", 1, 0, &won, &|| true).unwrap();
     let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
     let drain = std::thread::spawn(move || while events_rx.blocking_recv().is_some() {});
     let retention = super::Retention {
@@ -511,7 +511,7 @@ fn a_committed_run_end_is_followed_by_a_wal_sync() {
     let (op, reply) = (start, ReplyTo::Waiter(tx));
     store.jobs.send(Job::Internal { op, reply }).unwrap();
     rx.blocking_recv().unwrap().expect("started");
-    let before = crate::store::wal_sync::syncs();
+    assert_eq!(syncs_of(&db), 0, "a creation or a start synced the WAL");
     let (tx, rx) = oneshot::channel();
     store
         .jobs
@@ -534,7 +534,7 @@ fn a_committed_run_end_is_followed_by_a_wal_sync() {
         .unwrap();
     rx.blocking_recv().unwrap().expect("the run's end recorded");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::store::wal_sync::syncs() == before {
+    while syncs_of(&db) == 0 {
         assert!(Instant::now() < deadline, "no WAL sync after a run's end");
         std::thread::sleep(Duration::from_millis(1));
     }
