@@ -64,20 +64,21 @@ impl PrimaryRecord {
     }
 
     /// Whether the recorded process still runs and is the one that wrote
-    /// the record, not another that reused its pid: it started when the
-    /// record says (to within [`START_SLACK_MS`]: the kernel's boot time is
-    /// known to the second), and a reused pid belongs to a process that
-    /// started after the recorded one died.
+    /// the record, not another that reused its pid: that one started no
+    /// later than the member it runs recorded `started_at` (a member may
+    /// start long after its process, as `grove acp` does), while a process
+    /// that reused the pid started after the recorded one died.
     pub fn same_process_runs(&self) -> bool {
         self.pid_alive()
             && crate::proc::started_at_ms(self.pid)
-                .is_some_and(|at| at.abs_diff(self.started_at) <= START_SLACK_MS)
+                .is_some_and(|at| at <= self.started_at + START_SLACK_MS)
     }
 }
 
-/// How far a process's start time read from `/proc` may be from the
-/// `started_at` its member recorded (see [`PrimaryRecord::same_process_runs`]).
-const START_SLACK_MS: u64 = 2_000;
+/// Allowance for reading a process's start from `/proc` (the boot time,
+/// to the second, plus clock ticks) against the member's own clock (see
+/// [`PrimaryRecord::same_process_runs`]).
+const START_SLACK_MS: u64 = 1_000;
 
 /// A file made ahead of time by a member that may be promoted, for its
 /// `primary.json`: the promotion then only writes and renames it. Creating
@@ -271,6 +272,25 @@ mod tests {
             rpc_endpoint: "ipc:///nowhere/rpc".into(),
             started_at: 1,
         }
+    }
+
+    /// This process wrote a record when it started (or later, as a member
+    /// that joined late): the same process. A record that says its process
+    /// started an hour before this one did names a process whose pid this
+    /// one reused. A dead pid is nobody.
+    #[test]
+    fn a_reused_pid_is_not_the_recorded_process() {
+        let now = crate::protocol::now_ms();
+        let ours = |started_at| PrimaryRecord {
+            started_at,
+            ..record(1)
+        };
+        assert!(ours(now).same_process_runs());
+        assert!(!ours(now - 3_600_000).same_process_runs());
+        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!PrimaryRecord { pid, ..ours(now) }.same_process_runs());
     }
 
     /// `poll_if_told` skips the file only while nothing was reported: not

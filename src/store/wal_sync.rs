@@ -65,10 +65,8 @@ impl WalSync {
     }
 
     fn syncing_with(db: &Path, sync: SyncFn) -> WalSync {
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
         WalSync {
-            wal: wal.into(),
+            wal: wal_of(db),
             shared: Arc::default(),
             sync,
             thread: None,
@@ -115,6 +113,13 @@ impl Drop for WalSync {
             let _ = thread.join();
         }
     }
+}
+
+/// The WAL of the store at `db`: SQLite names it `db` with `-wal` appended.
+fn wal_of(db: &Path) -> PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
 }
 
 /// Syncs until every request is covered, then waits for the next; on
@@ -193,9 +198,7 @@ pub(super) mod tests {
 
     /// How often the WAL of the store at `db` was synced so far.
     pub(in crate::store) fn syncs_of(db: &Path) -> usize {
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
-        let wal = PathBuf::from(wal);
+        let wal = wal_of(db);
         let synced = SYNCED.lock().unwrap_or_else(|p| p.into_inner());
         synced.iter().filter(|w| **w == wal).count()
     }
