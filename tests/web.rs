@@ -134,18 +134,9 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, 
     (status, text)
 }
 
-#[test]
-fn requests_without_the_token_for_another_host_or_from_another_site_are_refused() {
-    let notes = tempfile::tempdir().unwrap();
-    let notes = notes.path().join("notes");
-    // `web = true` in the config turns the board on without `grove web`;
-    // the primary picks and stores the port.
-    let mut g = Grove::with_config(&format!(
-        "heartbeat_ms = 100\nweb = true\nnotify = \"printf '%s|%s\\\\n' >> '{}'\"\n",
-        notes.display()
-    ));
-    g.serve();
-    g.wait_primary();
+/// The board a member serves (`web = true` in its config): its port, its
+/// token (checked private) and an authenticated answer of `/api/state`.
+fn board_of(g: &Grove) -> (u16, String, String) {
     let settings = g.ws.join(".grove/web.json");
     let port = wait_for("the primary to store the board's port", DEADLINE, || {
         let v: Value = serde_json::from_slice(&std::fs::read(&settings).ok()?).ok()?;
@@ -158,12 +149,154 @@ fn requests_without_the_token_for_another_host_or_from_another_site_are_refused(
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the token is private");
-    let token = token.trim();
+    let token = token.trim().to_string();
     let ok = wait_for("the board to answer", DEADLINE, || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        let (status, text) = http(port, "GET", "/api/state", &[("X-Grove-Token", token)]);
+        let (status, text) = http(port, "GET", "/api/state", &[("X-Grove-Token", &token)]);
         (status == 200).then_some(text)
     });
+    (port, token, ok)
+}
+
+/// Open descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn connections_that_send_nothing_cannot_exhaust_the_primarys_descriptors() {
+    let mut g = Grove::with_config("web = true\n");
+    g.serve();
+    let (primary, _) = g.wait_primary();
+    let (port, token, _) = board_of(&g);
+    let before = open_fds(primary);
+    // Anyone on the machine can connect without a token. Far more idle
+    // connections than the board serves at once:
+    let idle: Vec<_> = (0..150)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    // The primary holds at most its bound of them (the rest wait in the
+    // kernel's backlog) and keeps answering its clients meanwhile.
+    wait_for("the primary to accept up to its bound", DEADLINE, || {
+        (open_fds(primary) >= before + 32).then_some(())
+    });
+    let id = g.task_create("true");
+    assert!(!id.is_empty());
+    let held = open_fds(primary);
+    assert!(
+        held <= before + 64 + 8,
+        "{held} descriptors open, {before} before 150 idle connections"
+    );
+    // Each is closed once it sent no request head for 10 s.
+    let mut first = idle[0].try_clone().unwrap();
+    first.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        first.read(&mut byte).map_err(|e| e.kind()),
+        Ok(0),
+        "an idle connection is closed by the board"
+    );
+    drop((first, idle));
+    wait_for("the board to answer again", DEADLINE, || {
+        let (status, _) = http(port, "GET", "/api/state", &[("X-Grove-Token", &token)]);
+        (status == 200).then_some(())
+    });
+}
+
+/// A listener of another user on a loopback port (as root: `nobody`'s),
+/// answering every connection "200" and printing what it was sent.
+const IMPOSTOR_PY: &str = r#"
+import os, socket, sys
+os.setgid(65534); os.setuid(65534)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept(); c.settimeout(2)
+    try: print(repr(c.recv(65536)), flush=True)
+    except OSError: pass
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"); c.close()
+"#;
+
+/// A child killed when the test ends, whether it passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_token_is_never_sent_to_another_users_listener_on_the_boards_port() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to listen as another user");
+        return;
+    }
+    let mut g = Grove::new();
+    g.serve();
+    g.wait_primary();
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut impostor = Command::new("python3")
+        .args(["-c", IMPOSTOR_PY, &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut heard = std::io::BufReader::new(impostor.stdout.take().unwrap());
+    let mut impostor = KillOnDrop(impostor);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut heard, &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let out = g.run(&["web", "--port", &port.to_string()]);
+    let (stdout, stderr) = (stdout_of(&out), stderr_of(&out));
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("another user") && stderr.contains("uid 65534"),
+        "{stderr}"
+    );
+    let token = std::fs::read_to_string(g.ws.join(".grove/web.token")).unwrap();
+    assert!(
+        !stdout.contains(token.trim()),
+        "the URL is not printed: {stdout}"
+    );
+    impostor.0.kill().unwrap();
+    impostor.0.wait().unwrap();
+    let mut told = String::new();
+    heard.read_to_string(&mut told).unwrap();
+    assert!(
+        !told.contains(token.trim()),
+        "the impostor heard the token: {told}"
+    );
+    // Once the port is free the primary binds it, and the board is up.
+    let (up, _, _) = wait_for("the board on the freed port", DEADLINE, || {
+        let out = g.run(&["web", "--port", &port.to_string(), "--json"]);
+        let v: Value = serde_json::from_str(&stdout_of(&out)).ok()?;
+        (v["up"] == true).then(|| web(&g))
+    });
+    assert_eq!(up, port);
+}
+
+#[test]
+fn requests_without_the_token_for_another_host_or_from_another_site_are_refused() {
+    let notes = tempfile::tempdir().unwrap();
+    let notes = notes.path().join("notes");
+    // `web = true` in the config turns the board on without `grove web`;
+    // the primary picks and stores the port.
+    let mut g = Grove::with_config(&format!(
+        "heartbeat_ms = 100\nweb = true\nnotify = \"printf '%s|%s\\\\n' >> '{}'\"\n",
+        notes.display()
+    ));
+    g.serve();
+    g.wait_primary();
+    let (port, token, ok) = board_of(&g);
+    let token = token.as_str();
     assert!(
         !ok.to_lowercase().contains("access-control-allow"),
         "no CORS: {ok}"

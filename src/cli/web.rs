@@ -54,6 +54,13 @@ pub async fn run(ctx: &Context, a: WebArgs) -> Result<i32, CliError> {
     let url = crate::web::url(settings.port, &token);
     ctx.ensure_member().await?;
     let up = wait_until_up(settings.port, &token).await;
+    if !up && let Some(uid) = crate::web::port_owner::foreign(settings.port) {
+        // Neither printed nor opened: the URL carries the token.
+        return Err(CliError::Failed(format!(
+            "127.0.0.1:{} is held by another user's program (uid {uid}), not by this workspace's board; its token was not sent there. Choose another port: grove web --port P",
+            settings.port
+        )));
+    }
     if a.json {
         print_json(&serde_json::json!({
             "enabled": true,
@@ -105,6 +112,9 @@ fn store(ctx: &Context, settings: &Settings) -> Result<(), CliError> {
 async fn wait_until_up(port: u16, token: &str) -> bool {
     let until = Instant::now() + COME_UP;
     while Instant::now() < until {
+        if crate::web::port_owner::foreign(port).is_some() {
+            return false;
+        }
         let token = token.to_string();
         let ok = tokio::task::spawn_blocking(move || answers(port, &token))
             .await
@@ -117,7 +127,13 @@ async fn wait_until_up(port: u16, token: &str) -> bool {
     false
 }
 
+/// Whether our board answers on `port`. The token goes only to a listener
+/// of our own user: while no primary serves the stored port, another user
+/// may have bound it (see `web::port_owner`).
 fn answers(port: u16, token: &str) -> bool {
+    if !crate::web::port_owner::ours(port) {
+        return false;
+    }
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };

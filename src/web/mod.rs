@@ -12,7 +12,9 @@
 mod actions;
 mod api;
 mod auth;
+mod connections;
 pub mod notify;
+pub mod port_owner;
 mod sse;
 
 use crate::config::LiveConfig;
@@ -212,7 +214,14 @@ async fn serve(ws: Workspace, live: Arc<LiveConfig>, last_request: Arc<AtomicU64
             Ok(l) => break l,
             Err(e) => {
                 if !warned {
-                    tracing::warn!("web board: cannot bind 127.0.0.1:{port} yet ({e}); retrying");
+                    match port_owner::foreign(port) {
+                        Some(uid) => tracing::error!(
+                            "web board: 127.0.0.1:{port} is held by another user (uid {uid}); retrying, but choose another port: grove web --port P"
+                        ),
+                        None => tracing::warn!(
+                            "web board: cannot bind 127.0.0.1:{port} yet ({e}); retrying"
+                        ),
+                    }
                     warned = true;
                 }
                 tokio::time::sleep(BIND_RETRY).await;
@@ -227,10 +236,7 @@ async fn serve(ws: Workspace, live: Arc<LiveConfig>, last_request: Arc<AtomicU64
         port,
         last_request,
     });
-    let app = api::router(state);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::warn!("web board stopped: {e}");
-    }
+    connections::serve(listener, api::router(state)).await;
 }
 
 /// How often a taken port is tried again.
