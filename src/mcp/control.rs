@@ -24,6 +24,20 @@ pub struct CancelParams {
     pub tree: bool,
 }
 
+/// How long a rerun tool blocks: `None` without `wait`; with it, the
+/// given seconds (bounded like the `wait` tool's) or its default.
+fn waiting(wait: bool, seconds: Option<f64>) -> Result<Option<std::time::Duration>, String> {
+    if !wait {
+        return Ok(None);
+    }
+    let ms = super::seconds(
+        Some(seconds.unwrap_or(super::tasks::WAIT_DEFAULT_SECS)),
+        "wait_seconds",
+        super::tasks::WAIT_MAX_SECS,
+    )?;
+    Ok(ms.map(std::time::Duration::from_millis))
+}
+
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResumeParams {
@@ -41,6 +55,9 @@ pub struct ResumeParams {
     /// Block until the task ends and return it with its conclusion.
     #[serde(default)]
     pub wait: bool,
+    /// With `wait`: the most seconds to block (default 600, at most 3600);
+    /// the answer then says `timed_out`, and `wait` goes on waiting.
+    pub wait_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -52,6 +69,9 @@ pub struct RetryParams {
     /// Block until the new attempt ends and return it.
     #[serde(default)]
     pub wait: bool,
+    /// With `wait`: the most seconds to block (default 600, at most 3600);
+    /// the answer then says `timed_out`, and `wait` goes on waiting.
+    pub wait_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -70,6 +90,9 @@ pub struct RelaunchParams {
     /// Block until the rerun ends and return it.
     #[serde(default)]
     pub wait: bool,
+    /// With `wait`: the most seconds to block (default 600, at most 3600);
+    /// the answer then says `timed_out`, and `wait` goes on waiting.
+    pub wait_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -135,7 +158,10 @@ impl GroveMcp {
     /// last attempt failed.
     #[tool(name = "retry")]
     async fn retry(&self, Parameters(p): Parameters<RetryParams>) -> CallToolResult {
-        let wait = p.wait;
+        let wait = match waiting(p.wait, p.wait_seconds) {
+            Ok(wait) => wait,
+            Err(e) => return reply(Err(e)),
+        };
         let answer = match self.find(&p.id).await {
             Ok(t) => self.rerun(Method::TaskRetry { id: t.id }, wait).await,
             Err(e) => Err(e),
@@ -229,7 +255,7 @@ impl GroveMcp {
             instructions: p.prompt,
             changes,
         };
-        self.rerun(method, p.wait).await
+        self.rerun(method, waiting(p.wait, p.wait_seconds)?).await
     }
 
     async fn do_relaunch(&self, p: RelaunchParams) -> Answer {
@@ -250,22 +276,36 @@ impl GroveMcp {
                 instructions: None,
                 changes,
             },
-            p.wait,
+            waiting(p.wait, p.wait_seconds)?,
         )
         .await
     }
 
-    /// A write that answers with a task, then with `wait` its end.
-    async fn rerun(&self, method: Method, wait: bool) -> Answer {
+    /// A write that answers with a task, then with `wait` its end, or its
+    /// state once `wait` is over: a run that never ends must not hold the
+    /// calling agent's tool call for ever.
+    async fn rerun(&self, method: Method, wait: Option<std::time::Duration>) -> Answer {
         let task = self.write_task(method).await?;
-        if !wait {
+        let Some(within) = wait else {
             return Ok(summary(&task));
-        }
+        };
         let ws = self.grove.workspace();
         let ids = [task.id.clone()];
         let outcome =
-            crate::waiter::wait(ws, &ids, crate::waiter::Policy::All, None, |_| {}).await?;
+            crate::waiter::wait(ws, &ids, crate::waiter::Policy::All, Some(within), |_| {}).await?;
         match outcome.tasks.get(&task.id).cloned().flatten() {
+            Some(t) if outcome.timed_out => {
+                let mut answer = summary(&t);
+                answer["timed_out"] = true.into();
+                answer["hint"] = format!(
+                    "still {} after {} s; `wait` with ids [\"{}\"] to go on waiting",
+                    t.status.as_str(),
+                    within.as_secs_f64(),
+                    t.id
+                )
+                .into();
+                Ok(answer)
+            }
             Some(t) => Ok(summary(&t)),
             None => Err(format!("task {} was deleted while waiting", task.id)),
         }

@@ -107,8 +107,8 @@ pub struct WaitParams {
 }
 
 /// The longest a `wait` blocks by default, and at most.
-const WAIT_DEFAULT_SECS: f64 = 600.0;
-const WAIT_MAX_SECS: f64 = 3600.0;
+pub(super) const WAIT_DEFAULT_SECS: f64 = 600.0;
+pub(super) const WAIT_MAX_SECS: f64 = 3600.0;
 const OUTPUT_DEFAULT: u64 = 4096;
 const OUTPUT_MAX: u64 = 64 * 1024;
 

@@ -134,6 +134,13 @@ async def tools(s, g):
     retried = await g.call("retry", {"id": long["id"]})
     check(retried["id"] != long["id"] and retried["prompt"] == "sleep 60", "retry: a new task, a shell prompt unchanged")
     await g.call("cancel", {"id": retried["id"]})
+    # A waited rerun is bounded: a run that does not end answers timed_out.
+    why = await g.refused("retry", {"id": long["id"], "wait": True, "wait_seconds": 0})
+    check("wait_seconds" in why and "positive" in why, f"retry with a bad wait: {why}")
+    slow = await g.call("retry", {"id": long["id"], "wait": True, "wait_seconds": 0.5})
+    check(slow.get("timed_out") is True and slow["status"] in ("queued", "running")
+          and slow["id"] in slow["hint"], f"a waited retry that does not end in time: {slow}")
+    await g.call("cancel", {"id": slow["id"]})
 
     listed = await g.call("awaits", {"all": True})
     check(listed["awaits"] == [], f"no awaits yet: {listed}")
