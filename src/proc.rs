@@ -115,6 +115,16 @@ pub fn running(pid: u32) -> bool {
     alive(pid) && state(pid) != Some('Z')
 }
 
+/// Whether `pid` runs and, when `start` is given, is the process that
+/// started then (not a later one given the same pid): one read of its
+/// `stat` for both, as the orchestrator asks of every run on every pass.
+pub fn running_as(pid: u32, start: Option<u64>) -> bool {
+    match start {
+        Some(start) => stat(pid).is_some_and(|s| s.state != 'Z' && s.start == start),
+        None => running(pid),
+    }
+}
+
 /// Every process `/proc` shows, zombies included, in one pass.
 pub fn all() -> Vec<Stat> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -272,6 +282,27 @@ mod tests {
             .await
             .expect("the exit was noticed");
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn running_as_names_a_process_by_its_start_and_not_a_zombie() {
+        let me = std::process::id();
+        let start = start_time(me);
+        assert!(running_as(me, start));
+        assert!(running_as(me, None));
+        assert!(!running_as(me, start.map(|s| s + 1)), "a later process");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let (pid, child_start) = (child.id(), start_time(child.id()));
+        // Until it is reaped an ended child is a zombie: not running.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while state(pid) != Some('Z') && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(state(pid), Some('Z'));
+        assert!(!running_as(pid, child_start));
+        assert!(!running_as(pid, None));
+        child.wait().unwrap();
+        assert!(!running_as(pid, child_start));
     }
 
     #[test]

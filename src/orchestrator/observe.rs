@@ -110,10 +110,7 @@ pub fn look(l: Look) -> Seen {
 }
 
 fn run_facts(ws: &Workspace, r: &RunState, row: RowFact) -> RunFacts {
-    let alive = !r.reaped
-        && crate::proc::running(r.shim_pid)
-        && r.shim_start
-            .is_none_or(|s| crate::proc::start_time(r.shim_pid) == Some(s));
+    let alive = !r.reaped && crate::proc::running_as(r.shim_pid, r.shim_start);
     RunFacts {
         task_id: r.task_id.clone(),
         run_id: r.run_id.clone(),
