@@ -411,9 +411,22 @@ fn a_half_made_worktree_is_repaired_by_the_next_run() {
     );
     let tree = tree_of(&g, &t);
     // What a supervisor killed inside `git worktree add -b` leaves: the
-    // branch made, the directory half there and not a worktree.
+    // branch made, the directory half there, and git still marking the
+    // worktree `locked initializing`.
     git(&g.ws, &["branch", &branch_of(&t), "main"]);
-    std::fs::create_dir_all(&tree).unwrap();
+    git(
+        &g.ws,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "--lock",
+            "--reason",
+            "initializing",
+            tree.to_str().unwrap(),
+            &branch_of(&t),
+        ],
+    );
     std::fs::write(tree.join("f.txt"), "half written").unwrap();
     std::fs::write(&gate, "").unwrap();
     wait_status(&g, &id_of(&t), "completed");
@@ -569,4 +582,183 @@ fn review_of_a_running_acp_task_is_its_next_turn_in_the_same_session() {
         "{prompts:?}"
     );
     assert_eq!(u.iter().filter(|(k, _)| k == "session").count(), 1);
+}
+
+/// The task's log, once it holds `what`.
+fn log_with(g: &Grove, id: &str, what: &str) -> String {
+    wait_for(what, DEADLINE, || {
+        let log = g.ok(&["logs", id]);
+        log.contains(what).then_some(log)
+    })
+}
+
+#[test]
+fn a_worktree_moved_off_its_branch_keeps_its_work_through_diff_delete_and_relaunch() {
+    let g = repo("");
+    // The agent leaves its branch: a commit on a detached HEAD, then a
+    // file it never commits.
+    let t = spawn(
+        &g,
+        &[
+            "--worktree",
+            "git switch -q --detach && echo c > c.txt && git add c.txt && git commit -q -m c && echo precious > work.txt",
+        ],
+    );
+    let id = id_of(&t);
+    wait_status(&g, &id, "completed");
+    let tree = tree_of(&g, &t);
+    let out = g.run(&["diff", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("detached HEAD"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = g.run(&["merge", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("not on its branch"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = g.run(&["delete", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let refused = stderr_of(&out);
+    assert!(refused.contains("uncommitted changes"), "{refused}");
+    assert!(
+        refused.contains("1 commit(s) only on the worktree's own HEAD"),
+        "{refused}"
+    );
+
+    // A rerun in it fails, saying why, and deletes nothing.
+    g.ok(&["relaunch", &id]);
+    let done = wait_status(&g, &id, "failed");
+    assert_eq!(done["failure_reason"], "spawn_error", "{done}");
+    let log = log_with(&g, &id, "is not on its branch");
+    assert!(log.contains("detached HEAD"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(tree.join("work.txt")).unwrap(),
+        "precious\n"
+    );
+    assert!(tree.join("c.txt").exists());
+}
+
+#[test]
+fn a_moved_repository_keeps_the_worktree_refuses_delete_and_is_repaired_by_a_rerun() {
+    let mut g = repo("");
+    let t = spawn(&g, &["--worktree", "echo run >> runs.txt; exit 0"]);
+    let id = id_of(&t);
+    wait_status(&g, &id, "completed");
+    for m in &mut g.members {
+        let _ = m.child.kill();
+        let _ = m.child.wait();
+    }
+    g.members.clear();
+    let moved = g.dir.path().join("moved");
+    std::fs::rename(&g.ws, &moved).unwrap();
+    g.ws = moved;
+    g.serve();
+    g.wait_primary();
+    let tree = tree_of(&g, &t);
+    std::fs::write(tree.join("precious.txt"), "precious\n").unwrap();
+
+    // git lists the worktree at its old place and cannot open it here.
+    let out = g.run(&["delete", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("cannot check") && stderr_of(&out).contains("--force"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(tree.join("precious.txt").exists());
+    let out = g.run(&["diff", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+
+    // A rerun repairs it and runs in it, the uncommitted work still there.
+    g.ok(&["relaunch", &id]);
+    wait_for("the rerun in the repaired worktree", DEADLINE, || {
+        let text = std::fs::read_to_string(tree.join("runs.txt")).ok()?;
+        (text == "run\nrun\n").then_some(())
+    });
+    wait_status(&g, &id, "completed");
+    log_with(&g, &id, "repaired worktree");
+    assert_eq!(
+        std::fs::read_to_string(tree.join("precious.txt")).unwrap(),
+        "precious\n"
+    );
+    let out = g.run(&["delete", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("never merged"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn setup_copy_never_writes_through_a_symlink() {
+    let g = repo("[setup]\ncopy = [\".env\", \"conf/app.env\"]\n");
+    let outside = g.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim.txt");
+    std::fs::write(&victim, "victim\n").unwrap();
+    std::fs::write(g.ws.join(".env"), "SECRET=42\n").unwrap();
+    // A branch that commits `.env` as a symlink out of the worktree.
+    git(&g.ws, &["switch", "-q", "-c", "pr"]);
+    std::os::unix::fs::symlink(&victim, g.ws.join(".env.link")).unwrap();
+    std::fs::rename(g.ws.join(".env"), g.ws.join(".env.real")).unwrap();
+    std::fs::rename(g.ws.join(".env.link"), g.ws.join(".env")).unwrap();
+    git(&g.ws, &["add", "-f", ".env"]);
+    git(&g.ws, &["commit", "-q", "-m", "link"]);
+    git(&g.ws, &["switch", "-q", "main"]);
+    std::fs::rename(g.ws.join(".env.real"), g.ws.join(".env")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(g.ws.join(".env")).unwrap(),
+        "SECRET=42\n"
+    );
+    let t = spawn(&g, &["--worktree", "--base", "pr", "touch agent-ran"]);
+    let done = wait_status(&g, &id_of(&t), "failed");
+    assert_eq!(done["failure_reason"], "spawn_error", "{done}");
+    let log = log_with(&g, &id_of(&t), "grove: setup: not copying .env:");
+    assert!(log.contains("is a symlink"), "{log}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim\n");
+    assert!(!tree_of(&g, &t).join("agent-ran").exists());
+
+    // A directory on the way that is a symlink out of the worktree.
+    std::fs::create_dir_all(g.ws.join("conf")).unwrap();
+    std::fs::write(g.ws.join("conf/app.env"), "APP=1\n").unwrap();
+    git(&g.ws, &["switch", "-q", "-c", "pr2"]);
+    std::fs::rename(g.ws.join("conf"), g.ws.join("conf.real")).unwrap();
+    std::os::unix::fs::symlink(&outside, g.ws.join("conf")).unwrap();
+    git(&g.ws, &["add", "conf"]);
+    git(&g.ws, &["commit", "-q", "-m", "dir link"]);
+    git(&g.ws, &["switch", "-q", "main"]);
+    std::fs::remove_file(g.ws.join("conf")).ok();
+    std::fs::rename(g.ws.join("conf.real"), g.ws.join("conf")).unwrap();
+    std::fs::remove_file(g.ws.join(".env")).unwrap();
+    let t = spawn(&g, &["--worktree", "--base", "pr2", "touch agent-ran"]);
+    let done = wait_status(&g, &id_of(&t), "failed");
+    assert_eq!(done["failure_reason"], "spawn_error", "{done}");
+    let log = log_with(&g, &id_of(&t), "grove: setup: not copying conf/app.env:");
+    assert!(log.contains("is a symlink"), "{log}");
+    assert!(!outside.join("app.env").exists());
+}
+
+#[test]
+fn setup_copy_never_truncates_the_file_it_copies() {
+    let g = repo("[setup]\ncopy = [\"app.conf\"]\n");
+    let shared = g.dir.path().join("shared.conf");
+    std::fs::write(&shared, "shared settings\n").unwrap();
+    std::os::unix::fs::symlink(&shared, g.ws.join("app.conf")).unwrap();
+    git(&g.ws, &["add", "app.conf"]);
+    git(&g.ws, &["commit", "-q", "-m", "tracked link"]);
+    let t = spawn(&g, &["--worktree", "touch agent-ran"]);
+    let done = wait_status(&g, &id_of(&t), "failed");
+    assert_eq!(done["failure_reason"], "spawn_error", "{done}");
+    let log = log_with(&g, &id_of(&t), "grove: setup: not copying app.conf:");
+    assert!(log.contains("is a symlink"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(&shared).unwrap(),
+        "shared settings\n"
+    );
 }

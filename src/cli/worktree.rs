@@ -243,8 +243,16 @@ pub fn guard_removal(ctx: &Context, id: &str, force: bool) -> Result<Option<Work
     let Some(w) = (ctx.reader()?.task(id)?).and_then(|t| t.spec.worktree) else {
         return Ok(None);
     };
-    let lost = wt::unmerged(&ctx.ws.root, &w, &ctx.config.setup.copy);
-    if !force && !lost.is_empty() {
+    if force {
+        return Ok(Some(w));
+    }
+    let lost = wt::unmerged(&ctx.ws.root, &w, &ctx.config.setup.copy).map_err(|e| {
+        CliError::Failed(format!(
+            "cannot check {} for unmerged work: {e}; --force to delete anyway",
+            wt::path_of(&ctx.ws.root, &w).display()
+        ))
+    })?;
+    if !lost.is_empty() {
         return Err(CliError::Failed(format!(
             "task {id}'s worktree holds work that was never merged: {}; `grove merge {id}` it, or pass --force to delete it anyway",
             lost.join("; ")

@@ -53,8 +53,10 @@ pub(super) async fn prepare(
     if marker.as_ref().is_some_and(|m| m.exists()) {
         return Ok(());
     }
-    copy_files(&ws.root, &tree, &run.setup.copy, &mut log)
-        .map_err(|e| end(ExitOutcome::SpawnError, e))?;
+    copy_files(&ws.root, &tree, &run.setup.copy, &mut log).map_err(|e| {
+        let _ = writeln!(log, "grove: {e}");
+        end(ExitOutcome::SpawnError, e)
+    })?;
     if let Some(command) = &run.setup.run {
         let _ = writeln!(log, "grove: setup: {command}");
         match run_setup(ws, spec, &tree, command, &log).await {
@@ -79,6 +81,10 @@ fn setup_marker(tree: &Path) -> Option<PathBuf> {
     Some(dir.join("grove-setup-done"))
 }
 
+/// Copies the setup's files from the workspace into the worktree. A file
+/// missing from the workspace is skipped; any other failure fails the setup
+/// (and so the task), as a destination that is or passes through a symlink
+/// does.
 fn copy_files(
     root: &Path,
     tree: &Path,
@@ -94,14 +100,66 @@ fn copy_files(
             );
             continue;
         }
-        let to = tree.join(file);
-        if let Some(dir) = to.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("setup: cannot create {}: {e}", dir.display()))?;
-        }
-        std::fs::copy(&from, &to)
-            .map_err(|e| format!("setup: cannot copy {file} into the worktree: {e}"))?;
+        copy_into(&from, tree, Path::new(file))
+            .map_err(|why| format!("setup: not copying {file}: {why}"))?;
         let _ = writeln!(log, "grove: setup: copied {file}");
+    }
+    Ok(())
+}
+
+/// Copies `from` to `tree/file` without ever writing outside the worktree:
+/// the worktree holds what the task's base committed, and a committed
+/// symlink (`.env -> /home/me/.ssh/config`, or a directory on the way)
+/// would turn the copy into a write wherever it points (docs/design.md,
+/// Worktrees). So no component below `tree` may be a symlink, the file is
+/// opened with `O_NOFOLLOW`, and never truncated when it is the source
+/// itself (a hard link, or the same file reached another way).
+fn copy_into(from: &Path, tree: &Path, file: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let to = tree.join(file);
+    no_symlink_below(tree, file)?;
+    let mut src = std::fs::File::open(from).map_err(|e| format!("cannot open it: {e}"))?;
+    let meta = src.metadata().map_err(|e| format!("cannot stat it: {e}"))?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(meta.mode() & 0o7777)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&to)
+        .map_err(|e| format!("cannot open {}: {e}", to.display()))?;
+    let out = dst
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", to.display()))?;
+    if (out.dev(), out.ino()) == (meta.dev(), meta.ino()) {
+        return Err(format!("{} is the workspace's file itself", to.display()));
+    }
+    // Truncated only now: opening it was no write to the source.
+    dst.set_len(0)
+        .and_then(|()| std::io::copy(&mut src, &mut dst))
+        .map(|_| ())
+        .map_err(|e| format!("cannot write {}: {e}", to.display()))
+}
+
+/// Every component of `file` below `tree`, made a directory where missing
+/// (one at a time, so none is made through a symlink), and none a symlink.
+fn no_symlink_below(tree: &Path, file: &Path) -> Result<(), String> {
+    let mut at = tree.to_path_buf();
+    let parts: Vec<_> = file.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        let last = i + 1 == parts.len();
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!("{} is a symlink", at.display()));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !last => {
+                std::fs::create_dir(&at)
+                    .map_err(|e| format!("cannot create {}: {e}", at.display()))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot stat {}: {e}", at.display())),
+        }
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! uncommitted part is read through a copy of the worktree's index, so
 //! looking never changes what the agent sees.
 
-use super::{State, WorktreeError, branch_head, command, git, path_of, state};
+use super::{State, WorktreeError, branch_head, command, git, not_on_branch, path_of, state};
 use crate::protocol::Worktree;
 use serde::Serialize;
 use std::path::Path;
@@ -54,6 +54,11 @@ pub fn changes(root: &Path, w: &Worktree, form: Form, copied: &[String]) -> supe
                 output(cmd)
             };
             (run(shape)?, run(numstat)?)
+        }
+        // The worktree holds more than the branch shows: showing only the
+        // branch would hide its uncommitted work.
+        State::Astray(found) => {
+            return Err(WorktreeError::Failed(not_on_branch(root, w, &found)));
         }
         _ if branch_head(root, w).is_some() => {
             let range = [w.base.as_str(), w.branch.as_str()];

@@ -238,8 +238,16 @@ fn refuse_dirty(root: &Path) -> super::Result<()> {
 /// so that the merge carries everything `grove diff` showed.
 fn commit_leftovers(ask: &MergeAsk<'_>) -> super::Result<()> {
     let w = ask.worktree;
-    if state(ask.root, w).map_err(WorktreeError::Failed)? != State::Ready {
-        return Ok(());
+    match state(ask.root, w).map_err(WorktreeError::Failed)? {
+        State::Ready => {}
+        // Merging the branch alone would leave its uncommitted work behind
+        // while reporting the task merged.
+        State::Astray(found) => {
+            return Err(WorktreeError::Failed(super::not_on_branch(
+                ask.root, w, &found,
+            )));
+        }
+        State::Absent | State::Leftover => return Ok(()),
     }
     let wt = path_of(ask.root, w);
     let failed = |e: String| WorktreeError::Failed(format!("cannot commit in {}: {e}", w.path));

@@ -151,6 +151,7 @@ pub fn branch_head(root: &Path, w: &Worktree) -> Option<String> {
 #[derive(Debug, Default)]
 struct Listed {
     path: PathBuf,
+    head: String,
     branch: Option<String>,
     /// `locked initializing`: a `worktree add` that did not finish.
     initializing: bool,
@@ -166,6 +167,7 @@ fn listed(root: &Path) -> std::result::Result<Vec<Listed>, String> {
             let (key, value) = line.split_once(' ').unwrap_or((line, ""));
             match key {
                 "worktree" => entry.path = PathBuf::from(value),
+                "HEAD" => entry.head = value.to_string(),
                 "branch" => entry.branch = Some(value.to_string()),
                 "locked" => entry.initializing |= value == "initializing",
                 "prunable" => entry.prunable = true,
@@ -184,6 +186,17 @@ fn same_path(a: &Path, b: &Path) -> bool {
     canon(a) == canon(b)
 }
 
+/// Nothing at `path`, or an empty directory: what `git worktree add` leaves
+/// before it writes anything (it makes the directory first). Anything else,
+/// unreadable included, may hold work.
+fn nothing_in(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(m) if m.is_dir() => std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_none()),
+        Ok(_) => false,
+    }
+}
+
 /// How the task's worktree stands now.
 #[derive(Debug, PartialEq, Eq)]
 pub enum State {
@@ -191,9 +204,16 @@ pub enum State {
     Ready,
     /// Nothing of it: no directory, no registration.
     Absent,
-    /// Left half made (an interrupted `worktree add`, a deleted directory,
-    /// another branch checked out there).
-    Broken,
+    /// Provably a half-made leftover, with nothing of the task's in it: git
+    /// still marks it `locked initializing` (a `worktree add` that did not
+    /// finish), or its directory is missing or empty.
+    Leftover,
+    /// Something else is at its path: another branch or a detached HEAD
+    /// checked out, a registration git cannot use, a directory git does not
+    /// list (a moved repository). It may hold the task's uncommitted work,
+    /// so grove never clears it (docs/design.md, Worktrees). What was found,
+    /// in words.
+    Astray(String),
 }
 
 pub fn state(root: &Path, w: &Worktree) -> std::result::Result<State, String> {
@@ -201,27 +221,63 @@ pub fn state(root: &Path, w: &Worktree) -> std::result::Result<State, String> {
     let entry = listed(root)?
         .into_iter()
         .find(|e| same_path(&e.path, &path));
+    let exists = std::fs::symlink_metadata(&path).is_ok();
     Ok(match entry {
-        None if !path.exists() => State::Absent,
-        None => State::Broken,
+        None if !exists => State::Absent,
+        Some(e) if e.initializing => State::Leftover,
+        _ if nothing_in(&path) => State::Leftover,
         Some(e)
-            if !e.initializing
-                && !e.prunable
+            if !e.prunable
                 && e.branch.as_deref() == Some(branch_ref(w).as_str())
                 && path.join(".git").exists() =>
         {
             State::Ready
         }
-        Some(_) => State::Broken,
+        entry => State::Astray(found(entry.as_ref(), w)),
     })
 }
 
+/// What is at a worktree's path that is not its branch's checkout.
+fn found(entry: Option<&Listed>, w: &Worktree) -> String {
+    let Some(e) = entry else {
+        return "a directory git does not list as a worktree of this repository".into();
+    };
+    if e.prunable {
+        return "a worktree git cannot use (`git worktree list` marks it prunable)".into();
+    }
+    match e.branch.as_deref() {
+        Some(b) if b != branch_ref(w) => {
+            format!("branch {} checked out", b.trim_start_matches("refs/heads/"))
+        }
+        Some(_) => "no `.git` file in its directory".into(),
+        None => format!("a detached HEAD at {}", &e.head[..e.head.len().min(12)]),
+    }
+}
+
+/// The error for a worktree that is not its branch's checkout: what was
+/// found, and the user's ways out (grove deletes nothing of it).
+pub fn not_on_branch(root: &Path, w: &Worktree, found: &str) -> String {
+    let path = path_of(root, w);
+    format!(
+        "the worktree {} is not on its branch {} (found {found}); grove changed nothing in it. \
+         If the repository was moved, run `git worktree repair {}`; if another branch or a detached HEAD \
+         is checked out, commit what it holds and run `git -C {} switch {}`; or discard the task to throw it all away",
+        w.path,
+        w.branch,
+        path.display(),
+        path.display(),
+        w.branch
+    )
+}
+
 /// Makes the task's worktree exist, whatever an earlier attempt left:
-/// reused when ready; a half-made one (an interrupted `worktree add`) is
-/// removed and made again, on the branch when the branch exists (it may
+/// reused when ready; a half-made leftover (an interrupted `worktree add`)
+/// is removed and made again, on the branch when the branch exists (it may
 /// hold the task's commits), else on a new branch from the base. The
-/// branch and the checkout come from one `git worktree add -b`. Returns
-/// what was done, for the task's log.
+/// branch and the checkout come from one `git worktree add -b`. Anything
+/// else at its path is never removed: repaired when git can reconnect it (a
+/// moved repository), else an error saying what is there. Returns what was
+/// done, for the task's log.
 pub fn ensure(root: &Path, w: &Worktree) -> std::result::Result<String, String> {
     let path = path_of(root, w);
     // Several tasks' supervisors add worktrees to one repository at once:
@@ -250,7 +306,8 @@ pub fn ensure(root: &Path, w: &Worktree) -> std::result::Result<String, String> 
                     format!("created worktree {} on {}", w.path, w.branch)
                 });
             }
-            State::Broken => clear(root, &path),
+            State::Astray(found) => return repair(root, w, &found),
+            State::Leftover => clear(root, &path),
             State::Absent => {}
         }
         if let Some(dir) = path.parent() {
@@ -278,6 +335,30 @@ pub fn ensure(root: &Path, w: &Worktree) -> std::result::Result<String, String> 
         "cannot create worktree {} on {}: {last}",
         w.path, w.branch
     ))
+}
+
+/// A worktree that is not its branch's checkout: `git worktree repair`
+/// reconnects one whose repository was moved (both sides' paths are
+/// absolute); whatever it still is after that fails the run, untouched.
+fn repair(root: &Path, w: &Worktree, found: &str) -> std::result::Result<String, String> {
+    let path = path_of(root, w);
+    let _ = git(
+        root,
+        [
+            "worktree".as_ref(),
+            "repair".as_ref(),
+            "--end-of-options".as_ref(),
+            path.as_os_str(),
+        ],
+    );
+    match state(root, w)? {
+        State::Ready => Ok(format!(
+            "repaired worktree {} on {} (found {found})",
+            w.path, w.branch
+        )),
+        State::Astray(now) => Err(not_on_branch(root, w, &now)),
+        _ => Err(not_on_branch(root, w, found)),
+    }
 }
 
 const ENSURE_ATTEMPTS: u32 = 8;
@@ -335,31 +416,82 @@ pub fn remove(root: &Path, w: &Worktree) -> Result<()> {
 
 /// What would be lost if the worktree and its branch went now: changes not
 /// committed in the worktree, commits the workspace's `HEAD` does not
-/// contain. Empty when nothing would.
-pub fn unmerged(root: &Path, w: &Worktree, copied: &[String]) -> Vec<String> {
+/// contain (on the branch, or reachable only from the worktree's own HEAD
+/// when it is detached or on another branch). Empty when nothing would; an
+/// error when git cannot tell (a moved repository, a broken worktree),
+/// which must never read as "nothing".
+pub fn unmerged(
+    root: &Path,
+    w: &Worktree,
+    copied: &[String],
+) -> std::result::Result<Vec<String>, String> {
     let mut lost = Vec::new();
     let path = path_of(root, w);
-    let mut status = vec!["status".to_string(), "--porcelain".into(), "--".into()];
-    status.extend(work_pathspec(root, w, copied));
-    if path.exists()
-        && let Ok(status) = git(&path, &status)
-        && !status.trim().is_empty()
-    {
-        lost.push(format!("uncommitted changes in {}", w.path));
+    if !nothing_in(&path) {
+        lost.extend(tree_work(root, w, &path, copied)?);
     }
     if branch_head(root, w).is_some() {
         let range = format!("HEAD..{}", branch_ref(w));
-        if let Ok(n) = git(root, ["rev-list", "--count", "--end-of-options", &range]) {
-            let n: u64 = n.trim().parse().unwrap_or(0);
-            if n > 0 {
-                lost.push(format!(
-                    "{n} commit(s) on {} that HEAD does not contain",
-                    w.branch
-                ));
-            }
+        let n = git(root, ["rev-list", "--count", "--end-of-options", &range])?;
+        let n: u64 = n.trim().parse().unwrap_or(0);
+        if n > 0 {
+            lost.push(format!(
+                "{n} commit(s) on {} that HEAD does not contain",
+                w.branch
+            ));
         }
     }
-    lost
+    Ok(lost)
+}
+
+/// The work in the worktree itself: uncommitted changes, and commits its
+/// own HEAD holds that no branch, tag or the workspace's `HEAD` does (a
+/// detached HEAD's commits go with it).
+fn tree_work(
+    root: &Path,
+    w: &Worktree,
+    path: &Path,
+    copied: &[String],
+) -> std::result::Result<Vec<String>, String> {
+    // A directory git does not see as a worktree would be read as part of
+    // the workspace's checkout, where `.grove/` is ignored: "clean".
+    let top = git(
+        path,
+        ["rev-parse", "--path-format=absolute", "--show-toplevel"],
+    )?;
+    if !same_path(Path::new(top.trim()), path) {
+        return Err(format!(
+            "git sees no worktree there (it finds {})",
+            top.trim()
+        ));
+    }
+    let mut lost = Vec::new();
+    let mut status = vec!["status".to_string(), "--porcelain".into(), "--".into()];
+    status.extend(work_pathspec(root, w, copied));
+    if !git(path, &status)?.trim().is_empty() {
+        lost.push(format!("uncommitted changes in {}", w.path));
+    }
+    let head = git(path, ["rev-parse", "--verify", "HEAD"])?;
+    let n = git(
+        root,
+        [
+            "rev-list",
+            "--count",
+            head.trim(),
+            "--not",
+            "HEAD",
+            "--branches",
+            "--tags",
+            "--remotes",
+        ],
+    )?;
+    let n: u64 = n.trim().parse().unwrap_or(0);
+    if n > 0 {
+        lost.push(format!(
+            "{n} commit(s) only on the worktree's own HEAD (no branch holds them)"
+        ));
+    }
+    Ok(lost)
 }
 
 /// The worktree's own git admin dir (`<repo>/.git/worktrees/<name>`).
