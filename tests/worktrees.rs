@@ -762,3 +762,78 @@ fn setup_copy_never_truncates_the_file_it_copies() {
         "shared settings\n"
     );
 }
+
+/// Whether `pid` (read from `file`) is a live process: not gone, not a
+/// zombie.
+fn alive_from(file: &Path) -> bool {
+    let pid = std::fs::read_to_string(file).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+    stat.is_ok_and(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+}
+
+/// A hook of the repository's that never returns (here `post-checkout`,
+/// which `git worktree add` runs) and a setup command that never returns:
+/// the task's timeout and a cancel end them, kill what they started, and
+/// leave the next worktree task free to run.
+#[test]
+fn a_hanging_git_hook_or_setup_ends_at_the_timeout_or_a_cancel() {
+    let g = repo("");
+    let hooks = g.dir.path().join("hooks");
+    std::fs::create_dir(&hooks).unwrap();
+    let hook_pid = g.dir.path().join("hook.pid");
+    let hook = hooks.join("post-checkout");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nsleep 300 &\necho $! > '{}'\nwait\n",
+            hook_pid.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    git(
+        &g.ws,
+        &["config", "core.hooksPath", hooks.to_str().unwrap()],
+    );
+
+    let t = spawn(&g, &["--worktree", "--timeout", "1", "true"]);
+    let done = wait_status(&g, &id_of(&t), "failed");
+    assert_eq!(done["failure_reason"], "timeout", "{done}");
+    let log = log_with(&g, &id_of(&t), "while making the worktree");
+    assert!(log.contains("the agent was not started"), "{log}");
+    wait_for("the hook's process killed", DEADLINE, || {
+        (!alive_from(&hook_pid)).then_some(())
+    });
+
+    std::fs::remove_file(&hook_pid).unwrap();
+    let t = spawn(&g, &["--worktree", "true"]);
+    wait_for("the hook running", DEADLINE, || {
+        hook_pid.exists().then_some(())
+    });
+    g.ok(&["cancel", &id_of(&t)]);
+    wait_status(&g, &id_of(&t), "cancelled");
+    log_with(&g, &id_of(&t), "cancelled while making the worktree");
+    wait_for("the hook's process killed", DEADLINE, || {
+        (!alive_from(&hook_pid)).then_some(())
+    });
+
+    // Without the hook, worktree tasks run again: nothing held the lock.
+    git(&g.ws, &["config", "--unset", "core.hooksPath"]);
+    let setup_pid = g.dir.path().join("setup.pid");
+    std::fs::write(
+        g.ws.join(".grove/grove.toml"),
+        format!(
+            "heartbeat_ms = 100\n[setup]\nrun = \"sleep 300 & echo $! > '{}'; wait\"\n",
+            setup_pid.display()
+        ),
+    )
+    .unwrap();
+    let t = spawn(&g, &["--worktree", "--timeout", "1", "touch agent-ran"]);
+    let done = wait_status(&g, &id_of(&t), "failed");
+    assert_eq!(done["failure_reason"], "timeout", "{done}");
+    log_with(&g, &id_of(&t), "while running the setup command");
+    assert!(!tree_of(&g, &t).join("agent-ran").exists());
+    wait_for("the setup's process killed", DEADLINE, || {
+        (!alive_from(&setup_pid)).then_some(())
+    });
+}

@@ -390,7 +390,12 @@ fn shim_main(spec: &std::path::Path) -> i32 {
     let Some(runtime) = runtime() else {
         return EXIT_FAILED;
     };
-    runtime.block_on(crate::shim::run(spec))
+    let code = runtime.block_on(crate::shim::run(spec));
+    // Not waiting for blocking work left running: a preparation cut short
+    // by a cancel or the timeout leaves its thread behind (`shim::worktree`),
+    // and the run has ended (its exit record is written).
+    runtime.shutdown_background();
+    code
 }
 
 /// Every command's one-thread runtime (`None`: could not start, said why).

@@ -9,18 +9,28 @@
 //! next run's `worktree::ensure` repairs.
 
 use super::open_log;
+use super::supervise::sleep_until;
 use crate::paths::Workspace;
 use crate::protocol::{ExitOutcome, now_ms};
 use crate::runs::{ExitRecord, RunFiles, ShimSpec, WorktreeRun, signals, tree};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How often a running setup command looks for a cancel (the control
 /// signals stay blocked until the agent runs, so a cancel waits pending).
 const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
 /// Makes the worktree ready; the exit record of the run when it cannot be.
+///
+/// Every step is bounded by the task's own limits (docs/design.md,
+/// Worktrees): a cancel ends it, and so does the task's timeout, counted
+/// from the start of the preparation and apart from the agent's own. A git
+/// hook or a setup command that hangs would otherwise hold the task's slot
+/// (and the worktree lock of every other task) forever.
 pub(super) async fn prepare(
     ws: &Workspace,
     spec: &ShimSpec,
@@ -36,41 +46,126 @@ pub(super) async fn prepare(
         conclusion: None,
         warm: None,
     };
-    let mut log = open_log(&RunFiles::log(ws, &spec.task_id))
+    let log = open_log(&RunFiles::log(ws, &spec.task_id))
         .map_err(|e| end(ExitOutcome::SpawnError, format!("cannot open the log: {e}")))?;
-    let root = ws.root.clone();
-    let w = run.worktree.clone();
-    let made = tokio::task::spawn_blocking(move || crate::worktree::ensure(&root, &w))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-    let made = made.map_err(|e| {
-        let _ = writeln!(log, "grove: {e}");
-        end(ExitOutcome::SpawnError, e)
+    let deadline = spec
+        .timeout_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let ended = |(outcome, message): (ExitOutcome, String)| {
+        let _ = writeln!(&log, "grove: {message}");
+        end(outcome, message)
+    };
+    let (root, w, files) = (
+        ws.root.clone(),
+        run.worktree.clone(),
+        run.setup.copy.clone(),
+    );
+    let mut made_log = log.try_clone().map_err(|e| {
+        end(
+            ExitOutcome::SpawnError,
+            format!("cannot duplicate the log: {e}"),
+        )
     })?;
-    let _ = writeln!(log, "grove: {made}");
-    let tree = crate::worktree::path_of(&ws.root, &run.worktree);
-    let marker = setup_marker(&tree);
-    if marker.as_ref().is_some_and(|m| m.exists()) {
+    // The worktree made and the files copied off the async thread: git
+    // (and any hook of the repository's) may take long, and so may a copy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let given_up = stop.clone();
+    let made =
+        tokio::task::spawn_blocking(move || make(&root, &w, &files, &mut made_log, &given_up));
+    let needs_setup = match bounded(spec, deadline, "making the worktree", made, &stop).await {
+        Ok(Ok(Ok(needs_setup))) => needs_setup,
+        Ok(Ok(Err(e))) => return Err(ended((ExitOutcome::SpawnError, e))),
+        Ok(Err(e)) => return Err(ended((ExitOutcome::SpawnError, e.to_string()))),
+        Err(stopped) => return Err(ended(stopped)),
+    };
+    if !needs_setup {
         return Ok(());
     }
-    copy_files(&ws.root, &tree, &run.setup.copy, &mut log).map_err(|e| {
-        let _ = writeln!(log, "grove: {e}");
-        end(ExitOutcome::SpawnError, e)
-    })?;
+    let tree = crate::worktree::path_of(&ws.root, &run.worktree);
     if let Some(command) = &run.setup.run {
-        let _ = writeln!(log, "grove: setup: {command}");
-        match run_setup(ws, spec, &tree, command, &log).await {
-            Ok(()) => {}
-            Err((outcome, message)) => {
-                let _ = writeln!(log, "grove: {message}");
-                return Err(end(outcome, message));
-            }
-        }
+        let _ = writeln!(&log, "grove: setup: {command}");
+        run_setup(ws, spec, &tree, command, &log, deadline)
+            .await
+            .map_err(ended)?;
     }
-    if let Some(m) = marker {
+    if let Some(m) = setup_marker(&tree) {
         let _ = std::fs::write(m, b"");
     }
     Ok(())
+}
+
+/// `worktree::ensure`, then the setup's files copied into a new worktree;
+/// whether the setup is still to run (false: it ran for this worktree).
+/// `stop`: the run was given up, start nothing more.
+fn make(
+    root: &Path,
+    w: &crate::protocol::Worktree,
+    files: &[String],
+    log: &mut std::fs::File,
+    stop: &AtomicBool,
+) -> Result<bool, String> {
+    let made = crate::worktree::ensure(root, w, stop)?;
+    let _ = writeln!(log, "grove: {made}");
+    let tree = crate::worktree::path_of(root, w);
+    if setup_marker(&tree).is_some_and(|m| m.exists()) {
+        return Ok(false);
+    }
+    if stop.load(Ordering::SeqCst) {
+        return Err("given up before the setup's files were copied".into());
+    }
+    copy_files(root, &tree, files, log)?;
+    Ok(true)
+}
+
+/// `work` unless a cancel or the deadline comes first. Then `stop` is set,
+/// so that the work starts no other process, and what it started (git, a
+/// hook) is killed until the work has ended, or for `GIVE_UP_WAIT` at most:
+/// work still waiting then (for the worktree lock, which another task's run
+/// holds) starts nothing once it has it, and ends with the shim, whose
+/// runtime does not wait for it (`cli::shim_main`).
+async fn bounded<T>(
+    spec: &ShimSpec,
+    deadline: Option<Instant>,
+    what: &str,
+    work: impl std::future::Future<Output = T>,
+    stop: &AtomicBool,
+) -> Result<T, (ExitOutcome, String)> {
+    let mut check = tokio::time::interval(CANCEL_CHECK);
+    tokio::pin!(work);
+    let stopped = loop {
+        tokio::select! {
+            done = &mut work => return Ok(done),
+            _ = sleep_until(deadline) => break timed_out(spec, what),
+            _ = check.tick() => if signals::cancel_pending() {
+                break (ExitOutcome::Cancelled, format!("cancelled while {what}"));
+            },
+        }
+    };
+    stop.store(true, Ordering::SeqCst);
+    let until = Instant::now() + GIVE_UP_WAIT;
+    loop {
+        tree::kill_all().await;
+        tokio::select! {
+            _ = &mut work => break,
+            _ = tokio::time::sleep(CANCEL_CHECK) => {}
+        }
+        if Instant::now() > until {
+            break;
+        }
+    }
+    Err(stopped)
+}
+
+/// How long a preparation that was given up is waited for, killing what
+/// it starts meanwhile.
+const GIVE_UP_WAIT: Duration = Duration::from_secs(5);
+
+fn timed_out(spec: &ShimSpec, what: &str) -> (ExitOutcome, String) {
+    let ms = spec.timeout_ms.unwrap_or(0);
+    (
+        ExitOutcome::Timeout,
+        format!("timed out after {ms} ms while {what}; the agent was not started"),
+    )
 }
 
 /// Where a worktree records that its setup ran: in its own git admin dir
@@ -172,6 +267,7 @@ async fn run_setup(
     tree: &Path,
     command: &str,
     log: &std::fs::File,
+    deadline: Option<Instant>,
 ) -> Result<(), (ExitOutcome, String)> {
     let failed = |m: String| (ExitOutcome::SpawnError, m);
     let (out, err) = match (log.try_clone(), log.try_clone()) {
@@ -199,7 +295,7 @@ async fn run_setup(
         .map_err(|e| failed(format!("setup: cannot start sh: {e}")))?;
     let pgid = child.id().unwrap_or(0);
     let mut check = tokio::time::interval(CANCEL_CHECK);
-    loop {
+    let stopped = loop {
         tokio::select! {
             status = child.wait() => {
                 return match status {
@@ -208,18 +304,18 @@ async fn run_setup(
                     Err(e) => Err(failed(format!("setup: wait failed: {e}"))),
                 };
             }
-            _ = check.tick() => {
-                if signals::cancel_pending() {
-                    tree::kill_group(pgid, libc::SIGTERM);
-                    let grace = Duration::from_millis(spec.grace_ms);
-                    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-                        tree::kill_group(pgid, libc::SIGKILL);
-                        let _ = child.wait().await;
-                    }
-                    tree::kill_group(pgid, libc::SIGKILL);
-                    return Err((ExitOutcome::Cancelled, "cancelled during the worktree setup".into()));
-                }
-            }
+            _ = sleep_until(deadline) => break timed_out(spec, "running the setup command"),
+            _ = check.tick() => if signals::cancel_pending() {
+                break (ExitOutcome::Cancelled, "cancelled during the worktree setup".into());
+            },
         }
+    };
+    tree::kill_group(pgid, libc::SIGTERM);
+    let grace = Duration::from_millis(spec.grace_ms);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tree::kill_group(pgid, libc::SIGKILL);
+        let _ = child.wait().await;
     }
+    tree::kill_group(pgid, libc::SIGKILL);
+    Err(stopped)
 }

@@ -277,8 +277,13 @@ pub fn not_on_branch(root: &Path, w: &Worktree, found: &str) -> String {
 /// branch and the checkout come from one `git worktree add -b`. Anything
 /// else at its path is never removed: repaired when git can reconnect it (a
 /// moved repository), else an error saying what is there. Returns what was
-/// done, for the task's log.
-pub fn ensure(root: &Path, w: &Worktree) -> std::result::Result<String, String> {
+/// done, for the task's log. `stop` set: the run was given up (a cancel,
+/// its timeout), so no further git command is started.
+pub fn ensure(
+    root: &Path,
+    w: &Worktree,
+    stop: &std::sync::atomic::AtomicBool,
+) -> std::result::Result<String, String> {
     let path = path_of(root, w);
     // Several tasks' supervisors add worktrees to one repository at once:
     // git's lock files make a loser fail rather than wait, and `worktree
@@ -286,10 +291,14 @@ pub fn ensure(root: &Path, w: &Worktree) -> std::result::Result<String, String> 
     // grove's own additions take turns (a flock: a killed holder releases
     // it), and what else races with them is retried.
     let _turn = take_turn(root)?;
+    let given_up = || stop.load(std::sync::atomic::Ordering::SeqCst);
     let mut last = String::new();
     for attempt in 0..ENSURE_ATTEMPTS {
         if attempt > 0 {
             std::thread::sleep(std::time::Duration::from_millis(50 << attempt.min(4)));
+        }
+        if given_up() {
+            return Err("given up while making the worktree".into());
         }
         let now = match state(root, w) {
             Ok(s) => s,
@@ -319,6 +328,9 @@ pub fn ensure(root: &Path, w: &Worktree) -> std::result::Result<String, String> 
             if !ignore.exists() {
                 let _ = std::fs::write(ignore, "*\n");
             }
+        }
+        if given_up() {
+            return Err("given up while making the worktree".into());
         }
         let exists = branch_head(root, w).is_some();
         let mut args: Vec<&OsStr> = vec![OsStr::new("worktree"), OsStr::new("add")];
