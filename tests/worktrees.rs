@@ -277,6 +277,51 @@ fn a_dirty_checkout_is_refused_at_merge_and_left_as_it_was() {
     assert!(!g.ws.join(".git/MERGE_HEAD").exists());
 }
 
+/// git's own checkout update overwrites ignored files; a merge must not
+/// replace what only the user's checkout holds (here a local `.env`, and an
+/// ignored file where the merge needs a directory).
+#[test]
+fn a_merge_never_overwrites_ignored_files_of_the_checkout() {
+    let g = repo("");
+    let t = spawn(
+        &g,
+        &[
+            "--worktree",
+            "printf TASK > .env && mkdir build.conf && printf T > build.conf/x \
+             && git add -f .env build.conf/x && git commit -qm 'env and conf'",
+        ],
+    );
+    wait_status(&g, &id_of(&t), "completed");
+    std::fs::write(g.ws.join(".env"), "MINE").unwrap();
+    std::fs::write(g.ws.join(".git/info/exclude"), "build.conf\n").unwrap();
+    std::fs::write(g.ws.join("build.conf"), "MY CONF").unwrap();
+    let main_before = git(&g.ws, &["rev-parse", "main"]);
+    let out = g.run(&["merge", &id_of(&t)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("untracked (ignored by git): .env, build.conf;"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(g.ws.join(".env")).unwrap(), "MINE");
+    assert_eq!(
+        std::fs::read_to_string(g.ws.join("build.conf")).unwrap(),
+        "MY CONF"
+    );
+    assert_eq!(git(&g.ws, &["rev-parse", "main"]), main_before);
+
+    // Moved away, the merge goes through and brings the task's files.
+    std::fs::remove_file(g.ws.join(".env")).unwrap();
+    std::fs::remove_file(g.ws.join("build.conf")).unwrap();
+    g.ok(&["merge", &id_of(&t)]);
+    assert_eq!(std::fs::read_to_string(g.ws.join(".env")).unwrap(), "TASK");
+    assert_eq!(
+        std::fs::read_to_string(g.ws.join("build.conf/x")).unwrap(),
+        "T"
+    );
+    assert_clean(&g);
+}
+
 #[test]
 fn a_merge_killed_before_it_moves_anything_leaves_no_trace() {
     let g = repo("");

@@ -341,6 +341,88 @@ fn update_ref(root: &Path, target: &str, new: &str, old: &str) -> super::Result<
         })
 }
 
+/// Refuses a move that would replace what the checkout holds untracked at
+/// a path the merge adds: `read-tree -u` refuses a plain untracked file but
+/// overwrites an ignored one (a local `.env`, a build setting), or a
+/// directory's worth of them when the merge needs a directory where an
+/// ignored file is. Those are the user's and nowhere else (docs/design.md,
+/// Worktrees).
+fn refuse_overwriting_untracked(root: &Path, old: &str, new: &str) -> super::Result<()> {
+    let changes = git(
+        root,
+        [
+            "diff",
+            "--name-status",
+            "-z",
+            "--no-renames",
+            "--no-ext-diff",
+            old,
+            new,
+            "--",
+        ],
+    )
+    .map_err(WorktreeError::Failed)?;
+    let mut fields = changes.split('\0').filter(|f| !f.is_empty());
+    let (mut added, mut removed) = (Vec::new(), std::collections::HashSet::new());
+    while let (Some(status), Some(path)) = (fields.next(), fields.next()) {
+        match status {
+            "A" => added.push(path),
+            "D" => {
+                removed.insert(path);
+            }
+            _ => {}
+        }
+    }
+    let in_the_way = in_the_way(root, &added, &removed);
+    if in_the_way.is_empty() {
+        return Ok(());
+    }
+    const SHOWN: usize = 10;
+    let mut list = in_the_way
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if in_the_way.len() > SHOWN {
+        list.push_str(&format!(" and {} more", in_the_way.len() - SHOWN));
+    }
+    Err(WorktreeError::Failed(format!(
+        "the merge would overwrite what the checkout at {} holds untracked (ignored by git): {list}; move it away, then merge again (nothing was changed)",
+        root.display()
+    )))
+}
+
+/// The paths of `added` (or a directory on the way to one) that something
+/// untracked occupies in the checkout. A path on the way that the merge
+/// removes is tracked, so clean (the checkout was checked): not in the way.
+fn in_the_way(
+    root: &Path,
+    added: &[&str],
+    removed: &std::collections::HashSet<&str>,
+) -> Vec<String> {
+    let mut found = std::collections::BTreeSet::new();
+    for path in added {
+        if std::fs::symlink_metadata(root.join(path)).is_ok() {
+            found.insert(path.to_string());
+            continue;
+        }
+        let mut prefix = String::new();
+        for part in Path::new(path).parent().into_iter().flat_map(|p| p.iter()) {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(&part.to_string_lossy());
+            let blocking = std::fs::symlink_metadata(root.join(&prefix)).is_ok_and(|m| !m.is_dir());
+            if blocking && !removed.contains(prefix.as_str()) {
+                found.insert(prefix.clone());
+                break;
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
 fn journal_path(state_dir: &Path) -> PathBuf {
     state_dir.join("merge.journal")
 }
@@ -354,6 +436,7 @@ fn move_checkout(
     old: &str,
     new: &str,
 ) -> super::Result<()> {
+    refuse_overwriting_untracked(root, old, new)?;
     let journal = Journal {
         target: target.into(),
         old: old.into(),
