@@ -231,6 +231,30 @@ fn usable(p: &Project) -> Result<Project, String> {
     Ok(p.clone())
 }
 
+/// The workspace at `path`, when this user may delegate to it: its root,
+/// and its `.grove` when it has one, owned by this user (or root) and
+/// writable by nobody else ([`crate::trust::check`]). A delegation starts
+/// or joins a grove there, which runs what that `.grove` configures as
+/// this user: a directory another user owns or can write could have been
+/// made to run anything. The answer names the path, why, and what to do.
+pub fn trusted_target(path: &Path) -> Result<Workspace, String> {
+    let ws = Workspace::resolve(path).map_err(|e| e.to_string())?;
+    let refuse = |e: crate::trust::Untrusted| format!("cannot delegate: {e}");
+    crate::trust::check(&ws.root, "the workspace")
+        .map_err(|mut e| {
+            e.advice = format!(
+                "A delegation starts grove there, and grove runs what a workspace configures as you: \
+                 delegate only to a directory of yours that nobody else can write \
+                 (if it and its content are yours, `chmod go-w {}`)",
+                ws.root.display()
+            );
+            e
+        })
+        .map_err(refuse)?;
+    crate::trust::check(&ws.state_dir, "the workspace's state dir").map_err(refuse)?;
+    Ok(ws)
+}
+
 /// What a delegated task's proxy passes to `grove delegate-run` (its
 /// environment): the other workspace, and what the task there runs with.
 pub const PROJECT_ENV: &str = "GROVE_DELEGATE_PROJECT";
@@ -246,11 +270,13 @@ pub const WORKDIR_ENV: &str = "GROVE_DELEGATE_WORKDIR";
 /// caller, with its dependencies, timeout and cancel — so that waiting for
 /// it, its conclusion and every delegation tool work as for a local child.
 /// Engine, model, persona and work dir are the other workspace's to
-/// resolve, so they travel in the proxy's environment.
+/// resolve, so they travel in the proxy's environment. Refused when the
+/// other workspace is not [`trusted_target`].
 pub fn proxy_task(
     project: &Project,
     new: crate::protocol::NewTask,
 ) -> Result<crate::protocol::NewTask, String> {
+    trusted_target(&project.path)?;
     if new.keep_session {
         return Err(
             "keep_session cannot be combined with project: a task in another workspace ends after its turn"

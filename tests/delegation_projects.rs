@@ -4,6 +4,7 @@
 //! task, and from the CLI — runs in that workspace's grove while its proxy
 //! here, an ordinary child of the caller, follows it: output, result and
 //! conclusion flow back, and cancelling the proxy cancels the task there.
+//! A directory that others can write or own is never delegated to.
 //! Real processes: two workspaces' members, shims, `grove delegate-run`,
 //! and the official MCP Python SDK as the client.
 
@@ -11,6 +12,8 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 
 /// Two workspaces sharing one user config dir (so one registry); the
@@ -145,4 +148,112 @@ fn cancelling_the_proxy_cancels_the_task_in_the_other_workspace() {
     wait_status(&there, &remote, "cancelled");
     // One task there: the proxy's run created it once.
     assert_eq!(tasks(&there).len(), 1);
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A workspace that other users can write (or that another user owns) is
+/// never delegated to: a grove started or joined there would run what its
+/// `.grove` configures, as this user. Refused at the spawn, with the path
+/// and why, whether named by path or from the registry, its `.grove` too;
+/// refused again when the proxy's run starts, and nothing is made there.
+#[test]
+fn delegation_to_a_directory_others_can_write_is_refused() {
+    let (here, there) = two_workspaces();
+    let refused = |project: &str, names: &Path, why: &str| {
+        let out = here.run(&["spawn", "echo x", "--project", project]);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("cannot delegate") && err.contains(&format!("{}: {why}", names.display())),
+            "{err}"
+        );
+    };
+    // A directory every user can write, named by its path.
+    let open = here.dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    let open = open.canonicalize().unwrap();
+    refused(
+        open.to_str().unwrap(),
+        &open,
+        "it is writable by every user",
+    );
+    // A registered workspace opened up since it registered.
+    let there_root = there.ws.canonicalize().unwrap();
+    let mode = std::fs::metadata(&there_root).unwrap().permissions().mode() & 0o7777;
+    chmod(&there_root, 0o777);
+    refused("other", &there_root, "it is writable by every user");
+    chmod(&there_root, mode);
+    // A workspace of ours whose `.grove` every user can write.
+    let guarded = here.dir.path().join("guarded");
+    std::fs::create_dir_all(guarded.join(".grove")).unwrap();
+    chmod(&guarded, 0o755);
+    chmod(&guarded.join(".grove"), 0o777);
+    let guarded = guarded.canonicalize().unwrap();
+    refused(
+        guarded.to_str().unwrap(),
+        &guarded.join(".grove"),
+        "it is writable by every user",
+    );
+    if unsafe { libc::geteuid() } == 0 {
+        // Another user's directory (chown needs root).
+        let foreign = here.dir.path().join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        chmod(&foreign, 0o755);
+        std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+        let foreign = foreign.canonicalize().unwrap();
+        refused(
+            foreign.to_str().unwrap(),
+            &foreign,
+            "it is owned by uid 65534",
+        );
+        assert!(!foreign.join(".grove").exists());
+    }
+    assert!(tasks(&here).is_empty(), "a refused delegation left a proxy");
+    // A task of the `delegate` engine made by hand skips the spawn's
+    // check: its run checks again, and fails saying why.
+    let by_hand = here.ok(&[
+        "spawn",
+        "-e",
+        "delegate",
+        "--env",
+        &format!("GROVE_DELEGATE_PROJECT={}", open.display()),
+        "echo x",
+    ]);
+    let ended = wait_for("the hand-made proxy to end", DEADLINE, || {
+        let t = show(&here, &by_hand);
+        ["completed", "failed", "cancelled"]
+            .contains(&t["status"].as_str()?)
+            .then_some(t)
+    });
+    let log = here.ok(&["logs", &by_hand]);
+    assert_eq!(ended["status"], "failed", "{log}");
+    assert!(
+        log.contains(&format!("{}: it is writable by every user", open.display())),
+        "{log}"
+    );
+    assert!(!open.join(".grove").exists(), "grove was started there");
+    assert_eq!(
+        std::fs::read_dir(guarded.join(".grove")).unwrap().count(),
+        0,
+        "something was made in the open .grove"
+    );
+    // A directory of ours that nobody else can write is delegated to.
+    let proxy = here.ok(&[
+        "spawn",
+        "echo fine there",
+        "--project",
+        there_root.to_str().unwrap(),
+    ]);
+    wait_status(&here, &proxy, "completed");
+    let theirs = tasks(&there);
+    assert!(
+        theirs
+            .iter()
+            .any(|t| t["prompt"] == "echo fine there" && t["status"] == "completed"),
+        "{theirs:?}"
+    );
 }

@@ -49,6 +49,10 @@ fn contexts(autostart: bool) -> Result<(Context, TaskRecord, Context), CliError>
         .reader()?
         .task(&id)?
         .ok_or_else(|| CliError::Failed(format!("task {id} is not in this workspace")))?;
+    // Checked again where the work starts: the proxy may run long after
+    // its spawn was checked, and a task can name the `delegate` engine
+    // itself.
+    projects::trusted_target(std::path::Path::new(&there)).map_err(CliError::Usage)?;
     let remote = Context::load(Some(there.into()), autostart, false)?;
     Ok((local, task, remote))
 }

@@ -27,7 +27,8 @@ pub struct SpawnArgs {
     /// Run the task in another workspace: its id, name or path (see
     /// `grove projects`). The task created here follows the one there
     /// (output, result, conclusion); cancelling it cancels that one. Engine,
-    /// model, persona and workdir are that workspace's.
+    /// model, persona and workdir are that workspace's. Refused for a
+    /// directory another user owns or others can write.
     #[arg(long, value_name = "PROJECT")]
     pub project: Option<String>,
     /// Idempotency key: the same key never creates a second task.

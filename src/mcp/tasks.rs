@@ -50,7 +50,8 @@ pub struct SpawnParams {
     /// one in that workspace: its output, result and conclusion are that
     /// task's, so `get` and `wait` work on it as on any child; cancelling
     /// it cancels the other. Engine, model, persona and workdir are that
-    /// workspace's.
+    /// workspace's. Refused for a directory another user owns or others
+    /// can write.
     pub project: Option<String>,
 }
 
