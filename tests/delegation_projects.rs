@@ -4,7 +4,9 @@
 //! task, and from the CLI — runs in that workspace's grove while its proxy
 //! here, an ordinary child of the caller, follows it: output, result and
 //! conclusion flow back, and cancelling the proxy cancels the task there.
-//! A directory that others can write or own is never delegated to.
+//! A directory that others can write or own is never delegated to, and a
+//! chain of delegations across workspaces meets `max_delegation_depth`
+//! as one inside a workspace does.
 //! Real processes: two workspaces' members, shims, `grove delegate-run`,
 //! and the official MCP Python SDK as the client.
 
@@ -14,13 +16,18 @@ use common::*;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// Two workspaces sharing one user config dir (so one registry); the
 /// second is named `other` in its config, and a member runs in each.
 fn two_workspaces() -> (Grove, Grove) {
-    let mut here = Grove::with_config("heartbeat_ms = 100\n");
-    let mut there = Grove::with_config("heartbeat_ms = 100\nname = \"other\"\n");
+    two_workspaces_with("", "")
+}
+
+/// [`two_workspaces`], with more config lines for each.
+fn two_workspaces_with(here: &str, there: &str) -> (Grove, Grove) {
+    let mut here = Grove::with_config(&format!("heartbeat_ms = 100\n{here}"));
+    let mut there = Grove::with_config(&format!("heartbeat_ms = 100\nname = \"other\"\n{there}"));
     let registry = here.dir.path().join("config");
     there.env("XDG_CONFIG_HOME", registry.to_str().unwrap());
     here.serve();
@@ -150,8 +157,39 @@ fn cancelling_the_proxy_cancels_the_task_in_the_other_workspace() {
     assert_eq!(tasks(&there).len(), 1);
 }
 
+/// A CLI command on `g`'s workspace as the agent of `task` runs it
+/// (`GROVE_TASK_ID` set, the shared registry of [`two_workspaces`] in
+/// `registry`).
+fn as_agent(g: &Grove, registry: &Path, task: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--workspace")
+        .arg(&g.ws)
+        .env("GROVE_NO_AUTOSTART", "1")
+        .env("GROVE_TASK_ID", task)
+        .env("XDG_CONFIG_HOME", registry)
+        .output()
+        .expect("run grove")
+}
+
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The task of `g` delegated by task `by` of the workspace at `from`, once
+/// it runs.
+fn delegated_task(g: &Grove, from: &Grove, by: &str) -> String {
+    let reference = format!("{}#{by}", from.ws.canonicalize().unwrap().display());
+    let t = wait_for(
+        &format!("the task delegated by {by} to run"),
+        DEADLINE,
+        || {
+            tasks(g).into_iter().find(|t| {
+                t["env"]["GROVE_PARENT_REF"] == reference.as_str() && t["status"] == "running"
+            })
+        },
+    );
+    t["id"].as_str().unwrap().to_string()
 }
 
 /// A workspace that other users can write (or that another user owns) is
@@ -256,4 +294,99 @@ fn delegation_to_a_directory_others_can_write_is_refused() {
             .any(|t| t["prompt"] == "echo fine there" && t["status"] == "completed"),
         "{theirs:?}"
     );
+}
+
+/// Two workspaces delegating back and forth count one depth: a task
+/// delegated from another workspace stands at its proxy's level there, so
+/// the chain top → proxy (here) → task there → proxy (there) → task here
+/// is at the limit (2), and the last task can spawn nothing more, here or
+/// in the other workspace, with a refusal that names where the levels
+/// came from.
+#[test]
+fn a_delegation_chain_across_workspaces_meets_the_same_depth_limit() {
+    let depth = "max_delegation_depth = 2\n";
+    let (here, there) = two_workspaces_with(depth, depth);
+    let registry = here.dir.path().join("config");
+    let top = here.ok(&["spawn", "sleep 300"]);
+    let spawned = |g: &Grove, by: &str, args: &[&str]| {
+        let out = as_agent(g, &registry, by, args);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        stdout_of(&out).trim().to_string()
+    };
+    let here_path = here.ws.canonicalize().unwrap();
+    let first_proxy = spawned(&here, &top, &["spawn", "sleep 300", "--project", "other"]);
+    let there_task = delegated_task(&there, &here, &first_proxy);
+    let second_proxy = spawned(
+        &there,
+        &there_task,
+        &[
+            "spawn",
+            "sleep 300",
+            "--project",
+            here_path.to_str().unwrap(),
+        ],
+    );
+    let back_here = delegated_task(&here, &there, &second_proxy);
+    let there_ref = format!(
+        "{}#{second_proxy}",
+        there.ws.canonicalize().unwrap().display()
+    );
+    for args in [
+        &["spawn", "echo one level too deep"][..],
+        &["spawn", "echo one level too deep", "--project", "other"],
+    ] {
+        let out = as_agent(&here, &registry, &back_here, args);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "delegation too deep: task {back_here} is already 2 levels below a top-level task"
+            )) && err.contains(&there_ref)
+                && err.contains("max_delegation_depth is 2"),
+            "{args:?}: {err}"
+        );
+    }
+    // Nothing was made by the refusals; the chain's tasks run on.
+    assert_eq!(tasks(&here).len(), 3, "{:?}", tasks(&here));
+    there.ok(&["cancel", &second_proxy]);
+    wait_status(&here, &back_here, "cancelled");
+    here.ok(&["cancel", "--tree", &top]);
+    wait_status(&there, &there_task, "cancelled");
+}
+
+/// A task delegated from deeper than the other workspace allows is
+/// refused there, as a child that deep would be: the proxy fails, saying
+/// why, and nothing runs there.
+#[test]
+fn a_delegation_deeper_than_the_other_workspace_allows_is_refused_there() {
+    let (here, there) = two_workspaces_with("", "max_delegation_depth = 1\n");
+    let registry = here.dir.path().join("config");
+    let top = here.ok(&["spawn", "sleep 300"]);
+    let out = as_agent(&here, &registry, &top, &["spawn", "sleep 300"]);
+    let child = stdout_of(&out).trim().to_string();
+    let out = as_agent(
+        &here,
+        &registry,
+        &child,
+        &["spawn", "echo x", "--project", "other"],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let proxy = stdout_of(&out).trim().to_string();
+    let ended = wait_for("the proxy to end", DEADLINE, || {
+        let t = show(&here, &proxy);
+        ["completed", "failed", "cancelled"]
+            .contains(&t["status"].as_str()?)
+            .then_some(t)
+    });
+    let log = here.ok(&["logs", &proxy]);
+    assert_eq!(ended["status"], "failed", "{log}");
+    let reference = format!("{}#{proxy}", here.ws.canonicalize().unwrap().display());
+    assert!(
+        log.contains(&format!(
+            "delegation too deep: this task was delegated from {reference} at 2 levels below a top-level task there, and max_delegation_depth is 1 here"
+        )),
+        "{log}"
+    );
+    assert!(tasks(&there).is_empty(), "{:?}", tasks(&there));
+    here.ok(&["cancel", "--tree", &top]);
 }

@@ -13,7 +13,9 @@
 
 use super::{CliError, Context, EXIT_FAILED, EXIT_OK};
 use crate::projects;
-use crate::protocol::{Method, NewTask, PARENT_REF_ENV, ReplyBody, TaskRecord, TaskStatus};
+use crate::protocol::{
+    DEPTH_ENV, Method, NewTask, PARENT_REF_ENV, ReplyBody, TaskRecord, TaskStatus,
+};
 use std::time::Duration;
 
 /// How often the other task's log and status are read.
@@ -59,14 +61,16 @@ fn contexts(autostart: bool) -> Result<(Context, TaskRecord, Context), CliError>
 
 /// The task to create there: this one's prompt, tags, priority and
 /// environment, with the other workspace's engine, model, persona and
-/// work dir, marked as delegated from here.
-fn remote_task(local: &Context, task: &TaskRecord) -> NewTask {
+/// work dir, marked as delegated from here at this task's level (`depth`),
+/// so that its children there count on from it.
+fn remote_task(local: &Context, task: &TaskRecord, depth: u32) -> NewTask {
     let mut env = task.spec.env.clone();
     env.retain(|k, _| !k.starts_with("GROVE_DELEGATE_"));
     env.insert(
         PARENT_REF_ENV.into(),
         format!("{}#{}", local.ws.root.display(), task.id),
     );
+    env.insert(DEPTH_ENV.into(), depth.to_string());
     NewTask {
         prompt: task.spec.prompt.clone(),
         engine: env_of(task, projects::ENGINE_ENV),
@@ -89,8 +93,16 @@ async fn delegate(autostart: bool) -> Result<i32, CliError> {
     let (local, task, remote) = contexts(autostart)?;
     let run = task.run_id.clone().unwrap_or_default();
     let key = format!("delegate-{}-{}-{run}", projects::id_of(&local.ws), task.id);
+    // This task's level here, levels it inherited included. Past the limit
+    // here counts as limit + 1: refused there too, unless its limit is
+    // higher.
+    let cap = local.config.max_delegation_depth.saturating_add(1);
+    let depth = local.reader()?.delegation_level(&task, cap)?;
     let reply = remote
-        .call(Method::TaskCreate(remote_task(&local, &task)), Some(&key))
+        .call(
+            Method::TaskCreate(remote_task(&local, &task, depth)),
+            Some(&key),
+        )
         .await?;
     let ReplyBody::Task(there) = reply else {
         return Err(CliError::Failed(format!("unexpected reply {reply:?}")));

@@ -51,7 +51,8 @@ pub struct SpawnParams {
     /// task's, so `get` and `wait` work on it as on any child; cancelling
     /// it cancels the other. Engine, model, persona and workdir are that
     /// workspace's. Refused for a directory another user owns or others
-    /// can write.
+    /// can write; the task there counts as deep as the one you get back
+    /// (max_delegation_depth spans workspaces).
     pub project: Option<String>,
 }
 

@@ -41,7 +41,7 @@ pub use event::{Event, EventData, StoredData, TOPICS};
 pub use goal::{GOAL_EXAMPLE, GOAL_STATUSES, GoalRecord, GoalSpec, GoalStatus, goal_brief};
 pub use route::{AgentOp, AwaitOp, Local, Route, TaskOp};
 pub use task::{
-    ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, PARENT_REF_ENV, TASK_STATUSES,
+    DEPTH_ENV, ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, PARENT_REF_ENV, TASK_STATUSES,
     TaskChanges, TaskExit, TaskRecord, TaskSpec, TaskStatus, WarmUse, Worktree, WorktreeAsk,
     finished_request_id,
 };

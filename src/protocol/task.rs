@@ -258,11 +258,28 @@ pub struct TaskSpec<Engine = String, Tree = Option<Worktree>> {
 /// environment, its agent sees it too.
 pub const PARENT_REF_ENV: &str = "GROVE_PARENT_REF";
 
+/// The environment variable that says, on a task delegated from another
+/// workspace, how many levels below a top-level task its proxy there was:
+/// set by `grove delegate-run` beside [`PARENT_REF_ENV`]. This task stands
+/// at that level here, so a chain of delegations across workspaces meets
+/// `max_delegation_depth` as one inside a workspace does.
+pub const DEPTH_ENV: &str = "GROVE_DELEGATION_DEPTH";
+
 impl<E, T> TaskSpec<E, T> {
     /// Spawned by another task: here (`parent_id`) or from another
     /// workspace ([`PARENT_REF_ENV`]).
     pub fn is_delegated(&self) -> bool {
         self.parent_id.is_some() || self.env.contains_key(PARENT_REF_ENV)
+    }
+
+    /// The levels this task inherits from the workspace that delegated it
+    /// ([`DEPTH_ENV`]): 0 when it was not delegated from another
+    /// workspace, `Err` with the value when that is not a number.
+    pub fn inherited_depth(&self) -> Result<u32, &str> {
+        match self.env.get(DEPTH_ENV) {
+            None => Ok(0),
+            Some(v) => v.trim().parse().map_err(|_| v.as_str()),
+        }
     }
 }
 

@@ -388,6 +388,13 @@ impl Reader {
         rows::get(&self.conn, id)
     }
 
+    /// How many levels below a top-level task `task` stands, levels it
+    /// inherited from a workspace that delegated it included; counting
+    /// stops at `cap` (see `tasks/lineage.rs::level`).
+    pub fn delegation_level(&self, task: &TaskRecord, cap: u32) -> Result<u32, StoreError> {
+        Ok(tasks::level(&self.conn, task, cap)?.total)
+    }
+
     /// Pending awaits (and, with `all`, settled ones too), newest first.
     pub fn awaits(
         &self,

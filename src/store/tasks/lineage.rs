@@ -6,9 +6,10 @@ use super::change::save;
 use super::graph::{cascade, dependents, edges_of, ready_status, status_from_deps};
 use super::{Ctx, Limits, Res, finished_task, ok};
 use crate::protocol::{
-    ErrorCode, EventData, FailureReason, NewTask, ReplyBody, TaskChanges, TaskRecord, TaskSpec,
-    TaskStatus, Worktree, now_ms,
+    DEPTH_ENV, ErrorCode, EventData, FailureReason, NewTask, PARENT_REF_ENV, ReplyBody,
+    TaskChanges, TaskRecord, TaskSpec, TaskStatus, Worktree, now_ms,
 };
+use crate::store::StoreError;
 use crate::store::rows::{self, edge_key};
 use crate::store::txn::{Applied, append_event, refused};
 use rusqlite::Connection;
@@ -23,8 +24,9 @@ fn new_task(
 ) -> Result<TaskRecord, Applied> {
     let tx = c.tx;
     let deps = check_spec(tx, &spec)?;
-    if let Some(parent) = &spec.parent_id {
-        check_parent(tx, parent, c.limits)?;
+    match &spec.parent_id {
+        Some(parent) => check_parent(tx, parent, c.limits)?,
+        None => check_inherited(&spec, c.limits)?,
     }
     let now = now_ms();
     let id = new_task_id(c.id_prefix);
@@ -151,9 +153,50 @@ fn is_commit_id(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// How far below a top-level task a task stands: the steps up its parent
+/// chain here, and, above its top-level ancestor, the levels that one
+/// inherited from the workspace that delegated it ([`DEPTH_ENV`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Level {
+    /// Every level, here and inherited.
+    pub total: u32,
+    /// The inherited part, and the task that delegated the chain's top
+    /// (`<workspace>#<task>`), when the walk reached it.
+    pub inherited: Option<(u32, String)>,
+}
+
+/// `task`'s [`Level`]. The chain is walked at most `cap` steps (the answer
+/// is then `cap`, the rest uncounted); parents are only ever older tasks,
+/// so it ends anyway. A parent deleted since counts as one level, the top.
+pub(crate) fn level(conn: &Connection, task: &TaskRecord, cap: u32) -> Result<Level, StoreError> {
+    let inherit = |s: &TaskSpec| {
+        let n = s.inherited_depth().unwrap_or(0);
+        (n > 0).then(|| (n, s.env.get(PARENT_REF_ENV).cloned().unwrap_or_default()))
+    };
+    let mut here = 0u32;
+    let mut inherited = inherit(&task.spec);
+    let mut up = task.spec.parent_id.clone();
+    while let Some(id) = up {
+        here += 1;
+        if here >= cap {
+            return Ok(Level {
+                total: here,
+                inherited: None,
+            });
+        }
+        let parent = rows::get(conn, &id)?;
+        inherited = parent.as_ref().and_then(|p| inherit(&p.spec));
+        up = parent.and_then(|p| p.spec.parent_id);
+    }
+    Ok(Level {
+        total: here.saturating_add(inherited.as_ref().map_or(0, |(n, _)| *n)),
+        inherited,
+    })
+}
+
 /// A child of `parent` may be created: the parent exists, is not too deep
-/// and has room for another child. The parent chain is walked at most
-/// `max_depth` steps, and parents are only ever older tasks, so it ends.
+/// (its [`Level`], levels inherited from another workspace included) and
+/// has room for another child.
 fn check_parent(tx: &Connection, parent: &str, limits: Limits) -> Result<(), Applied> {
     let Some(p) = rows::get(tx, parent)? else {
         return Err(refused(
@@ -161,21 +204,21 @@ fn check_parent(tx: &Connection, parent: &str, limits: Limits) -> Result<(), App
             format!("unknown parent task {parent}"),
         ));
     };
-    let mut depth = 1;
-    let mut up = p.spec.parent_id.clone();
-    while let Some(id) = up {
-        depth += 1;
-        if depth > limits.max_depth {
-            return Err(refused(
-                ErrorCode::Conflict,
-                format!(
-                    "delegation too deep: task {parent} is already {} levels below a top-level task, and max_delegation_depth is {}; do the work in this task, or raise max_delegation_depth in .grove/grove.toml",
-                    depth - 1,
-                    limits.max_depth
-                ),
-            ));
-        }
-        up = rows::get(tx, &id)?.and_then(|t| t.spec.parent_id);
+    let at = level(tx, &p, limits.max_depth)?;
+    if at.total >= limits.max_depth {
+        let across = match &at.inherited {
+            Some((n, from)) => format!(
+                " ({n} of them in the workspace that delegated this chain here, from {from})"
+            ),
+            None => String::new(),
+        };
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!(
+                "delegation too deep: task {parent} is already {} levels below a top-level task{across}, and max_delegation_depth is {}; do the work in this task, or raise max_delegation_depth in .grove/grove.toml",
+                at.total, limits.max_depth
+            ),
+        ));
     }
     let children: i64 = tx
         .prepare_cached("SELECT COUNT(*) FROM tasks WHERE parent_id = ?1")?
@@ -186,6 +229,32 @@ fn check_parent(tx: &Connection, parent: &str, limits: Limits) -> Result<(), App
             format!(
                 "task {parent} already has {children} children, the most max_children ({}) allows; wait for them and purge finished ones, or raise max_children in .grove/grove.toml",
                 limits.max_children
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A task delegated from another workspace without a parent here stands
+/// at the level its proxy there had: refused beyond this workspace's
+/// limit, as a child that deep here would be.
+fn check_inherited(spec: &TaskSpec, limits: Limits) -> Result<(), Applied> {
+    let depth = spec.inherited_depth().map_err(|v| {
+        refused(
+            ErrorCode::InvalidParams,
+            format!("{DEPTH_ENV} is '{v}', not a number of levels (grove delegate-run sets it)"),
+        )
+    })?;
+    if depth > limits.max_depth {
+        let from = match spec.env.get(PARENT_REF_ENV) {
+            Some(from) => format!("was delegated from {from}"),
+            None => format!("says ({DEPTH_ENV}) it was delegated"),
+        };
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!(
+                "delegation too deep: this task {from} at {depth} levels below a top-level task there, and max_delegation_depth is {} here; do the work in the delegating task, or raise max_delegation_depth in .grove/grove.toml",
+                limits.max_depth
             ),
         ));
     }

@@ -26,6 +26,7 @@ use super::rows;
 use super::txn::{Applied, WriteResult, refused};
 use crate::protocol::{ErrorCode, Event, FailureReason, ReplyBody, TaskOp, TaskRecord, TaskStatus};
 use change::{Change, save, transition};
+pub(crate) use lineage::level;
 use rusqlite::Connection;
 
 /// The open transaction, the primary's epoch and the events to publish.
