@@ -384,3 +384,80 @@ fn requests_without_the_token_for_another_host_or_from_another_site_are_refused(
         "one line per task and state: {text}"
     );
 }
+
+/// What the fake `xdg-open` records: its command line as every local user
+/// reads it (`/proc/PID/cmdline`), the file it was given, that file's mode,
+/// owner and type, all in one directory renamed into place when whole.
+const FAKE_XDG_OPEN: &str = r#"#!/bin/sh
+seen="$GROVE_TEST_SEEN"
+mkdir "$seen.tmp"
+tr '\0' '\n' < /proc/$$/cmdline > "$seen.tmp/cmdline"
+printf '%s\n' "$1" > "$seen.tmp/arg"
+cat "$1" > "$seen.tmp/page"
+stat -L -c '%a %u %F' "$1" > "$seen.tmp/stat"
+mv "$seen.tmp" "$seen"
+"#;
+
+#[test]
+fn web_open_never_puts_the_token_on_a_command_line() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut g = Grove::new();
+    let bin = g.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = bin.join("xdg-open");
+    std::fs::write(&fake, FAKE_XDG_OPEN).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let seen = g.dir.path().join("seen");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    g.env("PATH", &path);
+    g.env("GROVE_TEST_SEEN", &seen.display().to_string());
+    // A link where the page goes is replaced, never written through.
+    let victim = g.dir.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    let page = g.ws.join(".grove/web-open.html");
+    std::os::unix::fs::symlink(&victim, &page).unwrap();
+    g.serve();
+    g.wait_primary();
+
+    let out = g.run(&["web", "--open"]);
+    let stdout = stdout_of(&out);
+    assert!(out.status.success(), "{stdout}{}", stderr_of(&out));
+    let token = std::fs::read_to_string(g.ws.join(".grove/web.token")).unwrap();
+    let token = token.trim();
+    let url = stdout.trim();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with(&format!("/?token={token}")),
+        "the URL is still printed to our own terminal: {stdout}"
+    );
+    wait_for("xdg-open to run", DEADLINE, || seen.is_dir().then_some(()));
+    let read = |name: &str| std::fs::read_to_string(seen.join(name)).unwrap();
+    let cmdline = read("cmdline");
+    assert!(
+        !cmdline.contains(token),
+        "xdg-open's command line carries the token: {cmdline}"
+    );
+    assert_eq!(
+        std::path::Path::new(read("arg").trim()),
+        page.canonicalize().unwrap(),
+        "xdg-open is given the page in the state dir"
+    );
+    let html = read("page");
+    assert!(
+        html.contains(&format!("url={url}\""))
+            && html.contains(&format!("location.replace(\"{url}\")")),
+        "the page leads to the board's URL: {html}"
+    );
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(read("stat").trim(), format!("600 {me} regular file"));
+    let meta = std::fs::symlink_metadata(&page).unwrap();
+    assert!(meta.file_type().is_file(), "the planted link was replaced");
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, me));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    // In a browser, the page leads to the board (and the token out of the
+    // address bar).
+    browser(&g, "opener", &format!("file://{}", page.display()));
+    // `--off` removes it.
+    g.ok(&["web", "--off"]);
+    assert!(!page.exists(), "the page outlives the board");
+}

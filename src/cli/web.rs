@@ -37,6 +37,8 @@ pub async fn run(ctx: &Context, a: WebArgs) -> Result<i32, CliError> {
             ..Settings::read(&ctx.ws)
         };
         store(ctx, &settings)?;
+        // `--open`'s page leads to the board: no use while it is off.
+        let _ = std::fs::remove_file(crate::web::opener_path(&ctx.ws));
         if a.json {
             print_json(&serde_json::json!({ "enabled": false, "port": settings.port }));
         } else if ctx.config.web {
@@ -78,7 +80,7 @@ pub async fn run(ctx: &Context, a: WebArgs) -> Result<i32, CliError> {
         );
     }
     if a.open {
-        open(&url);
+        open(ctx, &url);
     }
     Ok(EXIT_OK)
 }
@@ -147,9 +149,24 @@ fn answers(port: u16, token: &str) -> bool {
         && head.starts_with(b"HTTP/1.1 200")
 }
 
-fn open(url: &str) {
+/// Opens the board in the desktop's browser. Never with the URL as an
+/// argument: every local user can read a process's command line
+/// (`/proc/PID/cmdline`), xdg-open's and the browser's it starts, and the
+/// URL carries the token. The browser is given a page of ours instead,
+/// which leads it to the URL (`write_opener`).
+fn open(ctx: &Context, url: &str) {
+    let page = match write_opener(&ctx.ws, url) {
+        Ok(page) => page,
+        Err(e) => {
+            errln!(
+                "grove: cannot write {} ({e}); open the URL above yourself",
+                crate::web::opener_path(&ctx.ws).display()
+            );
+            return;
+        }
+    };
     let spawned = std::process::Command::new("xdg-open")
-        .arg(url)
+        .arg(&page)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -157,4 +174,57 @@ fn open(url: &str) {
     if let Err(e) = spawned {
         errln!("grove: cannot run xdg-open ({e}); open the URL above yourself");
     }
+}
+
+/// Writes `.grove/web-open.html` (0600): a page that sends the browser on
+/// to `url` at once, and returns its path.
+///
+/// In the state dir, which `grove web` has checked is ours and closed to
+/// others (0700), as is `web.token` beside it: the page tells nothing the
+/// token file does not. It is not under the socket dir (`$XDG_RUNTIME_DIR`,
+/// `/tmp`), which a sandboxed browser (a snap, a flatpak) often cannot
+/// read, while the workspace usually is within its reach.
+///
+/// Written whole under a fresh name (`O_CREAT|O_EXCL|O_NOFOLLOW`: never
+/// through a link, never into a file that was there) and renamed over the
+/// last one: a rename replaces whatever is at the name, a link included,
+/// without following it. It is kept, not deleted after a while: xdg-open
+/// returns before the browser has read the page (it may first have to
+/// start), and nothing of ours stays to delete it later. The next `--open`
+/// replaces it, `grove web --off` removes it, and a token that changes
+/// makes an old copy worthless. See docs/design.md, Web board.
+fn write_opener(ws: &crate::paths::Workspace, url: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = crate::web::opener_path(ws);
+    let attr = crate::web::escape_html(url);
+    // As a JavaScript string inside <script>: no `<` to end the element.
+    let script = serde_json::to_string(url)
+        .unwrap_or_default()
+        .replace('<', "\\u003c");
+    let page = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\">\n\
+         <meta name=\"referrer\" content=\"no-referrer\">\n\
+         <meta http-equiv=\"refresh\" content=\"0; url={attr}\">\n\
+         <title>grove board</title>\n\
+         <script>location.replace({script});</script></head>\n\
+         <body><p><a href=\"{attr}\">Open the grove board</a></p></body></html>\n"
+    );
+    let tmp = ws
+        .state_dir
+        .join(format!(".web-open-{}.tmp", uuid::Uuid::new_v4().simple()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    // Exactly 0600, whatever the umask.
+    let written = f
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| f.write_all(page.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map(|()| path)
 }

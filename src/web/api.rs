@@ -68,7 +68,7 @@ const STYLE: &str = include_str!("assets/board.css");
 async fn index(State(board): State<Arc<Board>>) -> Response {
     let page = INDEX.replace("{{TOKEN}}", &board.token).replace(
         "{{WORKSPACE}}",
-        &escape(&board.ws.root.display().to_string()),
+        &super::escape_html(&board.ws.root.display().to_string()),
     );
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }
@@ -91,13 +91,6 @@ fn javascript(text: &'static str) -> Response {
 
 async fn style() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// An error answer with a plain-text reason.

@@ -30,14 +30,20 @@ pub async fn guard(State(board): State<Arc<Board>>, req: Request, next: Next) ->
     }
     board.touch();
     // A first visit with `?token=`: keep it as a cookie and take it out of
-    // the address bar (and of the history).
+    // the address bar. Not by a redirect: a visit that came from another
+    // site or a file (`grove web --open`'s page, `cli/web.rs`) stays
+    // cross-site through redirects, so the browser would not send the
+    // SameSite=Strict cookie with the next request. A page that moves on
+    // by itself (meta refresh; the CSP forbids inline scripts) makes that
+    // request same-site.
     let from_query = query_token(req.uri().query()).is_some();
     if from_query && req.method() == Method::GET && !req.uri().path().starts_with("/api/") {
-        let mut resp = (
-            StatusCode::SEE_OTHER,
-            [(header::LOCATION, req.uri().path())],
-        )
-            .into_response();
+        // One leading slash: `//host` would lead to another site.
+        let path = super::escape_html(&format!("/{}", req.uri().path().trim_start_matches('/')));
+        let page = format!(
+            "<!doctype html>\n<meta charset=\"utf-8\">\n<meta http-equiv=\"refresh\" content=\"0; url={path}\">\n<title>grove board</title>\n<a href=\"{path}\">grove board</a>\n"
+        );
+        let mut resp = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response();
         if let Ok(v) = HeaderValue::from_str(&board.cookie()) {
             resp.headers_mut().insert(header::SET_COOKIE, v);
         }

@@ -45,6 +45,12 @@ pub fn token_path(ws: &Workspace) -> PathBuf {
     ws.state_dir.join("web.token")
 }
 
+/// The page `grove web --open` gives the browser: it leads to the URL
+/// with the token, which no command line may carry (see `cli/web.rs`).
+pub fn opener_path(ws: &Workspace) -> PathBuf {
+    ws.state_dir.join("web-open.html")
+}
+
 impl Settings {
     /// The stored setting; off with no port when none is stored or it does
     /// not parse (a broken file is reported, never taken as "on").
@@ -73,6 +79,14 @@ impl Settings {
         }
         Ok(self)
     }
+}
+
+/// `s` as HTML text or a quoted attribute's value.
+pub fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// The board's URL with its token, as `grove web` prints it.

@@ -20,6 +20,8 @@ Scenarios:
   goals     the goals view follows a goal of the scripted agent (engine
             `scripted`, `goal:gated`: each iteration waits for a file) from
             iteration 1 to completed, and the task page shows its goal
+  opener    URL is the page `grove web --open` wrote (file://): it leads
+            the browser to the board, whose address keeps no token
 
 Every wait has a generous deadline; a failed check exits 1 with its reason.
 """
@@ -62,6 +64,12 @@ class Run:
         check(out.returncode == 0, f"grove {' '.join(args)}: {out.returncode} {out.stderr}")
         return out.stdout.strip()
 
+    def open(self, page):
+        """Opens the board's URL; the board's first page moves on to the
+        address without the token by itself: back once the board is there."""
+        page.goto(self.url)
+        page.wait_for_url(lambda u: u.startswith("http") and "token=" not in u, timeout=DEADLINE * 1000)
+
     def task(self, tid):
         return json.loads(self.cli("show", tid, "--json"))
 
@@ -94,7 +102,7 @@ class Run:
 
 def tasks(r, page):
     first = r.cli("spawn", "echo first", "--tag", "ci")
-    page.goto(r.url)
+    r.open(page)
     row = page.locator(f'tr.task[data-id="{first}"]')
     row.wait_for(timeout=DEADLINE * 1000)
     # The token went from the URL into a cookie; the address bar lost it.
@@ -147,7 +155,7 @@ def approve(r, page):
     no = r.cli("spawn", "permission", "-e", "scripted")
     r.wait_status(yes, "waiting")
     r.wait_status(no, "waiting")
-    page.goto(r.url)
+    r.open(page)
     page.goto(base(r) + "#asks")
     card = page.locator(f'[data-ask="{yes}"]')
     card.wait_for(timeout=DEADLINE * 1000)
@@ -164,7 +172,7 @@ def approve(r, page):
 
 
 def failover(r, page):
-    page.goto(r.url)
+    r.open(page)
     # (wait_for_function evaluates a string, which the board's CSP forbids)
     r.wait("the page's event stream", lambda: page.evaluate(
         "() => !!(window.groveBoard && window.groveBoard.source && window.groveBoard.source.readyState === 1)"))
@@ -206,7 +214,7 @@ def failover(r, page):
 
 
 def delegation(r, page):
-    page.goto(r.url)
+    r.open(page)
     page.goto(base(r) + "#delegation")
     shown = lambda key: page.locator(f'[data-metric="{key}"]').inner_text()
     r.wait("the delegation view", lambda: page.locator('[data-metric="awaits_pending"]').count() == 1)
@@ -236,7 +244,7 @@ def delegation(r, page):
 
 
 def goals(r, page):
-    page.goto(r.url)
+    r.open(page)
     page.goto(base(r) + "#goals")
     r.wait("the goals view", lambda: page.locator("#goals .card").count() == 1)
     proc = subprocess.Popen(
@@ -270,6 +278,20 @@ def goals(r, page):
     r.contiguous(page)
 
 
+def opener(r, page):
+    page.goto(r.url)
+
+    def on_the_board():
+        try:
+            return page.url.startswith("http://127.0.0.1:") and page.evaluate(
+                "() => !!(window.groveBoard && window.groveBoard.source && window.groveBoard.source.readyState === 1)")
+        except Exception:  # evaluated while the page is being replaced
+            return False
+    r.wait("the board", on_the_board)
+    check("token=" not in page.url, f"the token stays in the address bar: {page.url}")
+    page.screenshot(path=r.shot, full_page=True)
+
+
 def base(r):
     return r.url.split("?")[0]
 
@@ -287,7 +309,7 @@ def main():
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         scenarios = {"tasks": tasks, "approve": approve, "failover": failover, "delegation": delegation,
-                     "goals": goals}
+                     "goals": goals, "opener": opener}
         scenarios[scenario](r, page)
         check(not errors, f"the page threw: {errors}")
         browser.close()
