@@ -461,3 +461,158 @@ fn web_open_never_puts_the_token_on_a_command_line() {
     g.ok(&["web", "--off"]);
     assert!(!page.exists(), "the page outlives the board");
 }
+
+/// `git` in `dir` with a test identity, never the user's global config.
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .envs(GIT_IDENTITY)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {}", stderr_of(&out));
+}
+
+const GIT_IDENTITY: [(&str, &str); 4] = [
+    ("GIT_AUTHOR_NAME", "grove test"),
+    ("GIT_AUTHOR_EMAIL", "test@grove.invalid"),
+    ("GIT_COMMITTER_NAME", "grove test"),
+    ("GIT_COMMITTER_EMAIL", "test@grove.invalid"),
+];
+
+/// The most of a patch the board serves (`web/api.rs`, `DIFF_MAX`).
+const DIFF_MAX: usize = 8 << 20;
+
+/// The body of an HTTP answer, as JSON.
+fn json_body(text: &str) -> Value {
+    let body = text.split_once("\r\n\r\n").expect("a head and a body").1;
+    serde_json::from_str(body).expect("a JSON body")
+}
+
+/// Children of `pid` whose command is `name`.
+fn children_named(pid: u32, name: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid ...
+            let Some((comm, rest)) = stat.split_once(") ") else {
+                return false;
+            };
+            let ppid = rest.split_whitespace().nth(1);
+            comm.ends_with(&format!("({name}")) && ppid == Some(&pid.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_boards_diff_of_a_huge_change_is_capped_and_says_so() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nweb = true\n");
+    for (k, v) in GIT_IDENTITY {
+        g.env(k, v);
+    }
+    g.env("GIT_CONFIG_GLOBAL", "/dev/null");
+    git(&g.ws, &["init", "-q", "-b", "main"]);
+    std::fs::write(g.ws.join(".gitignore"), ".grove/\n").unwrap();
+    git(&g.ws, &["add", ".gitignore"]);
+    git(&g.ws, &["commit", "-q", "-m", "start"]);
+    g.serve();
+    let (primary, _) = g.wait_primary();
+    let (port, token, _) = board_of(&g);
+    // About 23 MiB of patch: three million added lines.
+    let big = g.ok(&["spawn", "--worktree", "seq 1 3000000 > big.txt"]);
+    let small = g.ok(&["spawn", "--worktree", "echo small > s.txt"]);
+    wait_status(&g, &big, "completed");
+    wait_status(&g, &small, "completed");
+    let ask = |id: &str| {
+        let (status, text) = http(
+            port,
+            "GET",
+            &format!("/api/tasks/{id}/diff"),
+            &[("X-Grove-Token", &token)],
+        );
+        assert_eq!(status, 200, "{}", &text[..text.len().min(500)]);
+        text
+    };
+
+    let answer = ask(&big);
+    assert!(
+        answer.len() < 2 * DIFF_MAX,
+        "the answer is bounded: {} bytes",
+        answer.len()
+    );
+    let v = json_body(&answer);
+    let changes = &v["changes"];
+    assert_eq!(changes["truncated"], true, "{}", v["hint"]);
+    let text = changes["text"].as_str().unwrap();
+    assert!(
+        text.len() <= DIFF_MAX && text.len() > DIFF_MAX / 2,
+        "{}",
+        text.len()
+    );
+    assert!(
+        text.starts_with("diff --git a/big.txt b/big.txt"),
+        "{}",
+        &text[..200]
+    );
+    assert!(text.ends_with('\n'), "cut after a whole line");
+    assert!(
+        !text.contains("+3000000\n"),
+        "the last line is past the cap"
+    );
+    let hint = v["hint"].as_str().unwrap();
+    assert!(hint.contains(&format!("grove diff {big}")), "{hint}");
+    // The file list is whole: it says how much there is.
+    assert_eq!(changes["files"][0]["path"], "big.txt");
+    assert_eq!(changes["files"][0]["added"], 3_000_000);
+    // The git stopped at the cap was reaped before the answer.
+    assert_eq!(children_named(primary, "git"), Vec::<String>::new());
+
+    let v = json_body(&ask(&small));
+    assert_eq!(v["changes"]["truncated"], false, "{v}");
+    assert!(v["hint"].is_null(), "{v}");
+    assert!(
+        v["changes"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("\n+small\n"),
+        "{v}"
+    );
+
+    // A terminal gets all of it.
+    let out = g.run(&["diff", &big]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.stdout.len() > 3 * DIFF_MAX / 2, "{}", out.stdout.len());
+    assert!(out.stdout.ends_with(b"\n+3000000\n"));
+    // A reader that stops early ends it quietly, git included.
+    let mut diff = Command::new(BIN)
+        .args(["diff", &big, "--workspace"])
+        .arg(&g.ws)
+        .env("GROVE_NO_AUTOSTART", "1")
+        .envs(GIT_IDENTITY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 4096];
+    diff.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    let status = wait_for("grove diff to end after its reader", DEADLINE, || {
+        diff.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0));
+    let worktree = g.ws.join(".grove/worktrees").join(&big);
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("git ") && c.contains(&*worktree.to_string_lossy()))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "git left running");
+    // The page says the changes are cut, and where to see them all.
+    let url = format!("http://127.0.0.1:{port}/?token={token}");
+    browser(&g, "diff", &url);
+}

@@ -111,17 +111,19 @@ fn diff(ctx: &Context, id: &str, stat: bool, json: bool) -> Result<i32, CliError
     } else {
         wt::diff::Form::Patch
     };
-    let changes = wt::diff::changes(&ctx.ws.root, &w, form, &ctx.config.setup.copy)?;
-    if json {
-        let mut v = serde_json::to_value(&changes).unwrap_or_default();
-        v["task"] = task.id.into();
-        if stat {
-            v.as_object_mut().map(|m| m.remove("text"));
-        }
-        print_json(&v);
-    } else {
-        out!("{}", changes.text);
+    let copied = &ctx.config.setup.copy;
+    if !json {
+        // Passed on as git writes it: a patch of gigabytes is never held.
+        wt::diff::write(&ctx.ws.root, &w, form, copied, crate::output::stdout_bytes)?;
+        return Ok(EXIT_OK);
     }
+    let changes = wt::diff::changes(&ctx.ws.root, &w, form, copied, usize::MAX)?;
+    let mut v = serde_json::to_value(&changes).unwrap_or_default();
+    v["task"] = task.id.into();
+    if stat {
+        v.as_object_mut().map(|m| m.remove("text"));
+    }
+    print_json(&v);
     Ok(EXIT_OK)
 }
 

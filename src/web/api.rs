@@ -236,7 +236,14 @@ async fn log(
     .await
 }
 
-/// A worktree task's changes (`grove diff`).
+/// The most of a task's patch (and of its file list) the board serves. A
+/// task may write a file of gigabytes: git's output is read up to this and
+/// git stopped there, so the primary never holds more; `grove diff` in a
+/// terminal streams all of it.
+const DIFF_MAX: usize = 8 << 20;
+
+/// A worktree task's changes (`grove diff`), up to `DIFF_MAX`: then
+/// `truncated` is set and `hint` says where to see the rest.
 async fn diff(
     State(board): State<Arc<Board>>,
     Path(id): Path<String>,
@@ -249,7 +256,15 @@ async fn diff(
             return Ok(Json(json!({"worktree": null})));
         };
         let form = crate::worktree::diff::Form::Patch;
-        match crate::worktree::diff::changes(&root, &w, form, &copied) {
+        match crate::worktree::diff::changes(&root, &w, form, &copied, DIFF_MAX) {
+            Ok(c) if c.truncated => {
+                let hint = format!(
+                    "the changes are larger than the board shows: these are their first {} MiB; `grove diff {}` in a terminal shows all of them",
+                    DIFF_MAX >> 20,
+                    task.id
+                );
+                Ok(Json(json!({"worktree": w, "changes": c, "hint": hint})))
+            }
             Ok(c) => Ok(Json(json!({"worktree": w, "changes": c}))),
             Err(e) => Ok(Json(json!({"worktree": w, "error": e.to_string()}))),
         }

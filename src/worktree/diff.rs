@@ -2,11 +2,18 @@
 //! what is still uncommitted in its worktree, new files included. The
 //! uncommitted part is read through a copy of the worktree's index, so
 //! looking never changes what the agent sees.
+//!
+//! git's output is read as it comes, never gathered whole: a task may
+//! write a file of gigabytes, and whoever asks (the board, served by the
+//! primary; `grove diff`) holds at most what it keeps (`changes`, up to a
+//! cap) or passes on (`write`). See docs/design.md, Worktrees.
 
-use super::{State, WorktreeError, branch_head, command, git, not_on_branch, path_of, state};
+use super::{State, WorktreeError, branch_head, command, not_on_branch, path_of, state};
 use crate::protocol::Worktree;
 use serde::Serialize;
-use std::path::Path;
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 /// One changed file: lines added and deleted (`None`: binary).
 #[derive(Debug, Serialize)]
@@ -23,8 +30,12 @@ pub struct Changes {
     pub branch: String,
     pub path: String,
     pub files: Vec<FileChange>,
-    /// The patch (`git diff`), or the `--stat` summary.
+    /// The patch (`git diff`), or the `--stat` summary; up to the cap,
+    /// cut after its last whole line.
     pub text: String,
+    /// The text (or the file list) stopped at the cap: there is more,
+    /// which `grove diff` shows.
+    pub truncated: bool,
 }
 
 /// What `git diff` shows: the patch, or only the summary.
@@ -33,81 +44,212 @@ pub enum Form {
     Stat,
 }
 
-/// `copied`: the setup's files, left out where the base does not track
-/// them (see `work_pathspec`).
-pub fn changes(root: &Path, w: &Worktree, form: Form, copied: &[String]) -> super::Result<Changes> {
-    let shape: &[&str] = match form {
-        Form::Patch => &["--no-color", "--no-renames"],
-        Form::Stat => &["--no-color", "--no-renames", "--stat"],
-    };
-    let numstat: &[&str] = &["--no-renames", "--numstat"];
-    let (text, numbers) = match state(root, w).map_err(WorktreeError::Failed)? {
-        State::Ready => {
-            let wt = path_of(root, w);
-            let index = snapshot_index(&wt, &super::work_pathspec(root, w, copied))?;
-            let run = |extra: &[&str]| {
-                let mut cmd = command(&wt, ["diff", "--cached"]);
-                cmd.args(extra)
-                    .arg("--end-of-options")
-                    .arg(&w.base)
-                    .env("GIT_INDEX_FILE", index.1.as_path());
-                output(cmd)
-            };
-            (run(shape)?, run(numstat)?)
+impl Form {
+    fn args(&self) -> &'static [&'static str] {
+        match self {
+            Form::Patch => &["--no-color", "--no-renames"],
+            Form::Stat => &["--no-color", "--no-renames", "--stat"],
         }
-        // The worktree holds more than the branch shows: showing only the
-        // branch would hide its uncommitted work.
-        State::Astray(found) => {
-            return Err(WorktreeError::Failed(not_on_branch(root, w, &found)));
-        }
-        _ if branch_head(root, w).is_some() => {
-            let range = [w.base.as_str(), w.branch.as_str()];
-            let run = |extra: &[&str]| {
-                let mut args = vec!["diff"];
-                args.extend(extra);
-                args.push("--end-of-options");
-                args.extend(range);
-                git(root, &args).map_err(WorktreeError::Failed)
-            };
-            (run(shape)?, run(numstat)?)
-        }
-        _ => {
-            return Err(WorktreeError::Failed(format!(
-                "the worktree {} and branch {} are gone (discarded?)",
-                w.path, w.branch
-            )));
-        }
-    };
+    }
+}
+
+/// A task's changes, the text and the file list each read up to `cap`
+/// bytes (`usize::MAX`: all of them). `copied`: the setup's files, left
+/// out where the base does not track them (see `work_pathspec`).
+pub fn changes(
+    root: &Path,
+    w: &Worktree,
+    form: Form,
+    copied: &[String],
+    cap: usize,
+) -> super::Result<Changes> {
+    let source = Source::open(root, w, copied)?;
+    let (text, text_cut) = read_capped(source.command(form.args()), cap)?;
+    let (numbers, files_cut) = read_capped(source.command(&["--no-renames", "--numstat"]), cap)?;
     Ok(Changes {
         base: w.base.clone(),
         branch: w.branch.clone(),
         path: w.path.clone(),
         files: numbers.lines().filter_map(parse_numstat).collect(),
         text,
+        truncated: text_cut || files_cut,
     })
 }
 
-fn output(mut cmd: std::process::Command) -> super::Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| WorktreeError::Failed(format!("cannot run git: {e}")))?;
-    if !out.status.success() {
-        return Err(WorktreeError::Failed(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
+/// Hands the text of a task's changes to `out` as git writes it, all of
+/// it, holding none (`grove diff`).
+pub fn write(
+    root: &Path,
+    w: &Worktree,
+    form: Form,
+    copied: &[String],
+    mut out: impl FnMut(&[u8]),
+) -> super::Result<()> {
+    let source = Source::open(root, w, copied)?;
+    stream(source.command(form.args()), |chunk| {
+        out(chunk);
+        true
+    })?;
+    Ok(())
+}
+
+/// Where a task's changes are read: its worktree, through a private index
+/// holding every change in it; or, the worktree gone, its branch.
+struct Source {
+    /// Where git runs.
+    dir: PathBuf,
+    /// What `git diff` compares: the base (with the index), or base and
+    /// branch.
+    sides: Vec<String>,
+    /// The private index; its directory is removed when this is dropped.
+    index: Option<(tempfile::TempDir, PathBuf)>,
+}
+
+impl Source {
+    fn open(root: &Path, w: &Worktree, copied: &[String]) -> super::Result<Source> {
+        match state(root, w).map_err(WorktreeError::Failed)? {
+            State::Ready => {
+                let wt = path_of(root, w);
+                let index = snapshot_index(&wt, &super::work_pathspec(root, w, copied))?;
+                Ok(Source {
+                    dir: wt,
+                    sides: vec![w.base.clone()],
+                    index: Some(index),
+                })
+            }
+            // The worktree holds more than the branch shows: showing only
+            // the branch would hide its uncommitted work.
+            State::Astray(found) => Err(WorktreeError::Failed(not_on_branch(root, w, &found))),
+            _ if branch_head(root, w).is_some() => Ok(Source {
+                dir: root.to_path_buf(),
+                sides: vec![w.base.clone(), w.branch.clone()],
+                index: None,
+            }),
+            _ => Err(WorktreeError::Failed(format!(
+                "the worktree {} and branch {} are gone (discarded?)",
+                w.path, w.branch
+            ))),
+        }
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+
+    /// `git diff` with `extra` between this source's sides.
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut cmd = command(&self.dir, ["diff"]);
+        if let Some((_, index)) = &self.index {
+            cmd.arg("--cached").env("GIT_INDEX_FILE", index);
+        }
+        cmd.args(extra).arg("--end-of-options").args(&self.sides);
+        cmd
+    }
+}
+
+/// `cmd`'s output up to `cap` bytes, and whether there was more (then git
+/// is stopped there, and the text cut after its last whole line).
+fn read_capped(cmd: Command, cap: usize) -> super::Result<(String, bool)> {
+    let mut bytes = Vec::new();
+    // One byte past the cap tells "more" from "exactly the cap".
+    let keep = cap.saturating_add(1);
+    stream(cmd, |chunk| {
+        let room = keep - bytes.len();
+        bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        bytes.len() < keep
+    })?;
+    let truncated = bytes.len() > cap;
+    if truncated {
+        bytes.truncate(cap);
+        if let Some(last) = bytes.iter().rposition(|b| *b == b'\n') {
+            bytes.truncate(last + 1);
+        }
+    }
+    let text = String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    Ok((text, truncated))
+}
+
+/// How much git's output is read at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// The most of git's error output kept for a message.
+const ERRORS_MAX: u64 = 64 * 1024;
+
+/// Runs `cmd` and hands its output to `sink` as it comes, until git ends
+/// (then a failing git is an error) or `sink` answers false (then git is
+/// stopped). Returns whether it was stopped. Either way git has ended and
+/// been reaped when this returns or unwinds (see `Git`).
+fn stream(mut cmd: Command, mut sink: impl FnMut(&[u8]) -> bool) -> super::Result<bool> {
+    let failed = |e: std::io::Error| WorktreeError::Failed(format!("cannot run git: {e}"));
+    // Its errors go to an unlinked file, read once it has ended: a pipe
+    // nobody reads while its output is read could fill and stall it.
+    let mut errors = tempfile::tempfile().map_err(failed)?;
+    cmd.stdout(Stdio::piped())
+        .stderr(errors.try_clone().map_err(failed)?);
+    let mut git = Git(Some(cmd.spawn().map_err(failed)?));
+    let mut out = git.child().stdout.take().expect("stdout is piped");
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match out.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(failed(e)),
+        };
+        if !sink(&buf[..n]) {
+            drop(out);
+            drop(git);
+            return Ok(true);
+        }
+    }
+    drop(out);
+    let status = git.wait().map_err(failed)?;
+    if status.success() {
+        return Ok(false);
+    }
+    let mut text = String::new();
+    let _ = errors.rewind();
+    let _ = errors.take(ERRORS_MAX).read_to_string(&mut text);
+    let text = text.trim();
+    Err(WorktreeError::Failed(if text.is_empty() {
+        format!("git exited with {status}")
+    } else {
+        text.to_string()
+    }))
+}
+
+/// A running git. Dropped before it was waited for (stopped at a cap, or
+/// an unwind: a closed stdout ends a command that way, see `output.rs`),
+/// it is killed and reaped: no git is left running or a zombie, and none
+/// is waited for while it still works. It stays in its caller's process
+/// group, so a Ctrl-C in the terminal of `grove diff` reaches it as
+/// before; a filter it started (textconv) is not our child, and ends when
+/// it next writes to the git that is gone.
+struct Git(Option<Child>);
+
+impl Git {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("not waited for yet")
+    }
+
+    fn wait(mut self) -> std::io::Result<ExitStatus> {
+        let mut child = self.0.take().expect("not waited for yet");
+        child.wait()
+    }
+}
+
+impl Drop for Git {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A private copy of the worktree's index with every change in it
 /// (`git add -A`), so that new files count and the agent's own index and
 /// staging stay as they are.
-fn snapshot_index(
-    wt: &Path,
-    pathspec: &[String],
-) -> super::Result<(tempfile::TempDir, std::path::PathBuf)> {
+fn snapshot_index(wt: &Path, pathspec: &[String]) -> super::Result<(tempfile::TempDir, PathBuf)> {
     let failed = |e: String| WorktreeError::Failed(e);
-    let index = git(
+    let index = super::git(
         wt,
         ["rev-parse", "--path-format=absolute", "--git-path", "index"],
     )
@@ -119,7 +261,7 @@ fn snapshot_index(
     let _ = std::fs::copy(index.trim(), &copy);
     let mut cmd = command(wt, ["add", "-A", "--"]);
     cmd.args(pathspec).env("GIT_INDEX_FILE", &copy);
-    output(cmd)?;
+    stream(cmd, |_| true)?;
     Ok((dir, copy))
 }
 

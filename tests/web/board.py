@@ -20,6 +20,9 @@ Scenarios:
   goals     the goals view follows a goal of the scripted agent (engine
             `scripted`, `goal:gated`: each iteration waits for a file) from
             iteration 1 to completed, and the task page shows its goal
+  diff      two finished worktree tasks (`seq 1 3000000 > big.txt`, `echo
+            small > s.txt`): "Show changes" of the first says the changes
+            are cut and names `grove diff`; the second's shows them whole
   opener    URL is the page `grove web --open` wrote (file://): it leads
             the browser to the board, whose address keeps no token
 
@@ -278,6 +281,27 @@ def goals(r, page):
     r.contiguous(page)
 
 
+def diff(r, page):
+    r.open(page)
+    by_prompt = lambda prompt: r.wait(f"the task {prompt!r} on the page", lambda: page.evaluate(
+        "p => { const t = [...window.groveBoard.tasks.values()].find(t => t.prompt === p); return t && t.id; }",
+        prompt))
+    big, small = by_prompt("seq 1 3000000 > big.txt"), by_prompt("echo small > s.txt")
+    page.goto(base(r) + f"#task/{big}")
+    page.locator("#task button", has_text="Show changes").click()
+    note = page.locator("#task .truncated")
+    note.wait_for(timeout=DEADLINE * 1000)
+    text = note.inner_text()
+    check(f"grove diff {big}" in text, f"the note names grove diff: {text}")
+    check("diff --git a/big.txt" in page.locator("#task pre.diff").inner_text()[:200], "the patch's start is shown")
+    page.screenshot(path=r.shot, full_page=True)
+    page.goto(base(r) + f"#task/{small}")
+    page.locator("#task button", has_text="Show changes").click()
+    r.wait("the small task's changes", lambda: page.locator("#task pre.diff").count() == 1
+           and "+small" in page.locator("#task pre.diff").inner_text())
+    check(page.locator("#task .truncated").count() == 0, "a small diff is said to be cut")
+
+
 def opener(r, page):
     page.goto(r.url)
 
@@ -309,7 +333,7 @@ def main():
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         scenarios = {"tasks": tasks, "approve": approve, "failover": failover, "delegation": delegation,
-                     "goals": goals, "opener": opener}
+                     "goals": goals, "diff": diff, "opener": opener}
         scenarios[scenario](r, page)
         check(not errors, f"the page threw: {errors}")
         browser.close()

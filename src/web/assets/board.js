@@ -486,8 +486,14 @@ function diffBlock(oldText, newText, path) {
   return h("div", {}, h("div", { class: "mono" }, path || ""), h("pre", { class: "diff" }, lines));
 }
 
+// A long patch is shown plain: an element per line would cost the page
+// seconds for the megabytes the board may send.
+const PATCH_COLOURED_LINES = 50000;
+
 function patchBlock(text) {
-  return h("pre", { class: "diff" }, text.split("\n").map((l) =>
+  const lines = text.split("\n");
+  if (lines.length > PATCH_COLOURED_LINES) return h("pre", { class: "diff" }, text);
+  return h("pre", { class: "diff" }, lines.map((l) =>
     h("div", { class: l.startsWith("+") ? "add" : l.startsWith("-") ? "del" : l.startsWith("@@") ? "hunk" : "" }, l)));
 }
 
@@ -572,6 +578,8 @@ function renderDetail() {
   const diffButton = t.worktree ? h("button", { type: "button", onclick: async () => {
     const r = await getJson(`/api/tasks/${t.id}/diff`);
     d.diff = r.changes ? r.changes.text : (r.error || "no changes");
+    // Past the board's cap the answer holds the first part only: say so.
+    d.diffNote = r.changes && r.changes.truncated ? (r.hint || "truncated: `grove diff` shows all the changes") : null;
     renderDetail();
   } }, "Show changes") : null;
   const talks = t.status === "paused" || t.status === "idle" || (!TERMINAL.has(t.status) && d.updates.length > 0);
@@ -585,7 +593,7 @@ function renderDetail() {
       h("div", { class: "actions" }, actionButtons(t), diffButton),
       talks ? sayBox : null),
     permission,
-    d.diff !== null ? h("div", { class: "card" }, h("h3", {}, "Changes"), patchBlock(d.diff)) : null,
+    d.diff !== null ? h("div", { class: "card" }, h("h3", {}, "Changes"), d.diffNote ? h("p", { class: "truncated" }, d.diffNote) : null, patchBlock(d.diff)) : null,
     h("div", { class: "card", id: "transcript" }, h("h3", {}, d.updates.length ? "Conversation" : "Log"), body),
   ].filter(Boolean));
 }
