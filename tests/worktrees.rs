@@ -322,6 +322,51 @@ fn a_merge_never_overwrites_ignored_files_of_the_checkout() {
     assert_clean(&g);
 }
 
+/// A task that replaces a tracked directory with a file merges (its tracked
+/// files are not "in the way"), unless the directory holds an ignored file
+/// of the user's; an ignored file whose name is not UTF-8 is seen too.
+#[test]
+fn a_merge_tells_tracked_from_ignored_files_in_the_way() {
+    use std::os::unix::ffi::OsStrExt;
+    let g = repo("");
+    std::fs::create_dir(g.ws.join("vendor")).unwrap();
+    std::fs::write(g.ws.join("vendor/a.txt"), "a").unwrap();
+    git(&g.ws, &["add", "vendor/a.txt"]);
+    git(&g.ws, &["commit", "-qm", "vendor"]);
+    let odd = std::ffi::OsStr::from_bytes(b"n\xe9.local");
+    let t = spawn(
+        &g,
+        &[
+            "--worktree",
+            "git rm -q -r vendor && printf F > vendor && printf T > \"$(printf 'n\\351.local')\" \
+             && git add -f vendor \"$(printf 'n\\351.local')\" && git commit -qm flat",
+        ],
+    );
+    wait_status(&g, &id_of(&t), "completed");
+
+    // The user's ignored files: one inside the directory, one with the odd name.
+    std::fs::write(g.ws.join(".git/info/exclude"), "*.local\nvendor/.cache\n").unwrap();
+    std::fs::write(g.ws.join("vendor/.cache"), "MY CACHE").unwrap();
+    std::fs::write(g.ws.join(odd), "SECRET").unwrap();
+    let out = g.run(&["merge", &id_of(&t)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("vendor") && err.contains(".local"), "{err}");
+    assert_eq!(std::fs::read_to_string(g.ws.join(odd)).unwrap(), "SECRET");
+    assert_eq!(
+        std::fs::read_to_string(g.ws.join("vendor/.cache")).unwrap(),
+        "MY CACHE"
+    );
+
+    // Only tracked files in the way: the merge goes through.
+    std::fs::remove_file(g.ws.join("vendor/.cache")).unwrap();
+    std::fs::remove_file(g.ws.join(odd)).unwrap();
+    g.ok(&["merge", &id_of(&t)]);
+    assert_eq!(std::fs::read_to_string(g.ws.join("vendor")).unwrap(), "F");
+    assert_eq!(std::fs::read_to_string(g.ws.join(odd)).unwrap(), "T");
+    assert_clean(&g);
+}
+
 #[test]
 fn a_merge_killed_before_it_moves_anything_leaves_no_trace() {
     let g = repo("");
@@ -880,5 +925,36 @@ fn a_hanging_git_hook_or_setup_ends_at_the_timeout_or_a_cancel() {
     assert!(!tree_of(&g, &t).join("agent-ran").exists());
     wait_for("the setup's process killed", DEADLINE, || {
         (!alive_from(&setup_pid)).then_some(())
+    });
+}
+
+/// A hook that leaves a process in the background (a file watcher, `&`)
+/// neither holds the worktree's making up (git's output is not read from
+/// a pipe the process keeps open) nor outlives the task.
+#[test]
+fn a_hooks_background_process_neither_stalls_the_worktree_nor_outlives_the_task() {
+    let g = repo("");
+    let hooks = g.dir.path().join("hooks");
+    std::fs::create_dir(&hooks).unwrap();
+    let bg_pid = g.dir.path().join("bg.pid");
+    let hook = hooks.join("post-checkout");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\n(sleep 300 & echo $! > '{}') &\nexit 0\n",
+            bg_pid.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    git(
+        &g.ws,
+        &["config", "core.hooksPath", hooks.to_str().unwrap()],
+    );
+    let t = spawn(&g, &["--worktree", "echo ran > ran.txt"]);
+    wait_status(&g, &id_of(&t), "completed");
+    assert!(tree_of(&g, &t).join("ran.txt").exists());
+    wait_for("the hook's background process killed", DEADLINE, || {
+        (!alive_from(&bg_pid)).then_some(())
     });
 }

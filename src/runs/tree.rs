@@ -46,6 +46,16 @@ pub fn signal_all(pgid: u32, sig: i32) {
     }
 }
 
+/// Sends `sig` to every live descendant (a run without an agent yet: its
+/// worktree's git and hooks, its setup command).
+pub fn signal_descendants(sig: i32) {
+    for p in crate::proc::descendants(std::process::id()) {
+        if p.state != 'Z' {
+            kill(p.pid, sig);
+        }
+    }
+}
+
 /// Kills every descendant and reaps those that are, or become, our
 /// children, until none is left. A work list, pass after pass: killing a
 /// process hands its children to us, and the next pass sees them. Call it

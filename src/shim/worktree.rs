@@ -36,6 +36,18 @@ pub(super) async fn prepare(
     spec: &ShimSpec,
     run: &WorktreeRun,
 ) -> Result<(), ExitRecord> {
+    // From here on, what a hook or the setup puts in the background
+    // (`daemon &`, `setsid`) is handed to us, not to init: killed when the
+    // preparation fails, or with the rest of the task when the run ends.
+    tree::become_subreaper();
+    let prepared = make_ready(ws, spec, run).await;
+    if prepared.is_err() {
+        tree::kill_all().await;
+    }
+    prepared
+}
+
+async fn make_ready(ws: &Workspace, spec: &ShimSpec, run: &WorktreeRun) -> Result<(), ExitRecord> {
     let end = |outcome, message: String| ExitRecord {
         run_id: spec.run_id.clone(),
         outcome,
@@ -119,10 +131,11 @@ fn make(
 
 /// `work` unless a cancel or the deadline comes first. Then `stop` is set,
 /// so that the work starts no other process, and what it started (git, a
-/// hook) is killed until the work has ended, or for `GIVE_UP_WAIT` at most:
-/// work still waiting then (for the worktree lock, which another task's run
-/// holds) starts nothing once it has it, and ends with the shim, whose
-/// runtime does not wait for it (`cli::shim_main`).
+/// hook) is sent TERM, then, after the grace, killed until the work has
+/// ended, or for `GIVE_UP_WAIT` at most: work still waiting then (for the
+/// worktree lock, which another task's run holds) starts nothing once it
+/// has it, and ends with the shim, whose runtime does not wait for it
+/// (`cli::shim_main`).
 async fn bounded<T>(
     spec: &ShimSpec,
     deadline: Option<Instant>,
@@ -142,6 +155,15 @@ async fn bounded<T>(
         }
     };
     stop.store(true, Ordering::SeqCst);
+    // TERM first, as for an agent: git removes its lock files (a branch's
+    // `.lock`, the index's) on TERM, and left behind they would fail every
+    // later run of this worktree.
+    tree::signal_descendants(libc::SIGTERM);
+    let grace = tokio::time::sleep(Duration::from_millis(spec.grace_ms));
+    tokio::select! {
+        _ = &mut work => return Err(stopped),
+        _ = grace => {}
+    }
     let until = Instant::now() + GIVE_UP_WAIT;
     loop {
         tree::kill_all().await;

@@ -15,6 +15,7 @@
 use super::{State, WorktreeError, branch_head, git, path_of, same_path, state};
 use crate::protocol::Worktree;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// What to merge and how.
@@ -345,29 +346,35 @@ fn update_ref(root: &Path, target: &str, new: &str, old: &str) -> super::Result<
 /// a path the merge adds: `read-tree -u` refuses a plain untracked file but
 /// overwrites an ignored one (a local `.env`, a build setting), or a
 /// directory's worth of them when the merge needs a directory where an
-/// ignored file is. Those are the user's and nowhere else (docs/design.md,
-/// Worktrees).
+/// ignored file is, or a file where a directory holds ignored files. Those
+/// are the user's and nowhere else (docs/design.md, Worktrees). Paths are
+/// bytes throughout: a name that is not UTF-8 must not slip past.
 fn refuse_overwriting_untracked(root: &Path, old: &str, new: &str) -> super::Result<()> {
-    let changes = git(
-        root,
-        [
-            "diff",
-            "--name-status",
-            "-z",
-            "--no-renames",
-            "--no-ext-diff",
-            old,
-            new,
-            "--",
-        ],
-    )
-    .map_err(WorktreeError::Failed)?;
-    let mut fields = changes.split('\0').filter(|f| !f.is_empty());
-    let (mut added, mut removed) = (Vec::new(), std::collections::HashSet::new());
+    use std::os::unix::ffi::OsStrExt;
+    let args = [
+        "diff",
+        "--name-status",
+        "-z",
+        "--no-renames",
+        "--no-ext-diff",
+        old,
+        new,
+        "--",
+    ];
+    let (status, changes, errors) = super::git_bytes(root, args).map_err(WorktreeError::Failed)?;
+    if !status.success() {
+        return Err(WorktreeError::Failed(format!(
+            "cannot list what the merge changes: {}",
+            String::from_utf8_lossy(&errors).trim()
+        )));
+    }
+    let mut fields = changes.split(|b| *b == 0).filter(|f| !f.is_empty());
+    let (mut added, mut removed) = (Vec::new(), HashSet::new());
     while let (Some(status), Some(path)) = (fields.next(), fields.next()) {
+        let path = Path::new(std::ffi::OsStr::from_bytes(path));
         match status {
-            "A" => added.push(path),
-            "D" => {
+            b"A" => added.push(path),
+            b"D" => {
                 removed.insert(path);
             }
             _ => {}
@@ -381,7 +388,7 @@ fn refuse_overwriting_untracked(root: &Path, old: &str, new: &str) -> super::Res
     let mut list = in_the_way
         .iter()
         .take(SHOWN)
-        .cloned()
+        .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ");
     if in_the_way.len() > SHOWN {
@@ -394,33 +401,59 @@ fn refuse_overwriting_untracked(root: &Path, old: &str, new: &str) -> super::Res
 }
 
 /// The paths of `added` (or a directory on the way to one) that something
-/// untracked occupies in the checkout. A path on the way that the merge
-/// removes is tracked, so clean (the checkout was checked): not in the way.
-fn in_the_way(
-    root: &Path,
-    added: &[&str],
-    removed: &std::collections::HashSet<&str>,
-) -> Vec<String> {
+/// untracked occupies in the checkout. What the merge removes is tracked,
+/// so clean (the checkout was checked): not in the way, neither on the way
+/// nor inside a directory where the merge puts a file.
+fn in_the_way(root: &Path, added: &[&Path], removed: &HashSet<&Path>) -> Vec<PathBuf> {
     let mut found = std::collections::BTreeSet::new();
     for path in added {
-        if std::fs::symlink_metadata(root.join(path)).is_ok() {
-            found.insert(path.to_string());
-            continue;
-        }
-        let mut prefix = String::new();
-        for part in Path::new(path).parent().into_iter().flat_map(|p| p.iter()) {
-            if !prefix.is_empty() {
-                prefix.push('/');
+        match std::fs::symlink_metadata(root.join(path)) {
+            Ok(m) if m.is_dir() => {
+                if holds_untracked(root, path, removed) {
+                    found.insert(path.to_path_buf());
+                }
+                continue;
             }
-            prefix.push_str(&part.to_string_lossy());
+            Ok(_) => {
+                found.insert(path.to_path_buf());
+                continue;
+            }
+            Err(_) => {}
+        }
+        let mut prefix = PathBuf::new();
+        for part in path.parent().into_iter().flat_map(|p| p.iter()) {
+            prefix.push(part);
             let blocking = std::fs::symlink_metadata(root.join(&prefix)).is_ok_and(|m| !m.is_dir());
-            if blocking && !removed.contains(prefix.as_str()) {
+            if blocking && !removed.contains(prefix.as_path()) {
                 found.insert(prefix.clone());
                 break;
             }
         }
     }
     found.into_iter().collect()
+}
+
+/// Whether the directory `dir` of the checkout holds anything but files
+/// the merge removes (a work list: no recursion over the user's tree).
+fn holds_untracked(root: &Path, dir: &Path, removed: &HashSet<&Path>) -> bool {
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(at) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(root.join(&at)) else {
+            return true;
+        };
+        for entry in entries {
+            let Ok(entry) = entry else {
+                return true;
+            };
+            let path = at.join(entry.file_name());
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => todo.push(path),
+                Ok(_) if removed.contains(path.as_path()) => {}
+                _ => return true,
+            }
+        }
+    }
+    false
 }
 
 fn journal_path(state_dir: &Path) -> PathBuf {

@@ -40,19 +40,52 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let out = command(dir, args)
-        .output()
-        .map_err(|e| format!("cannot run git: {e} (is git installed?)"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let (status, stdout, stderr) = git_bytes(dir, args)?;
+    if status.success() {
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
     } else {
-        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let err = String::from_utf8_lossy(&stderr).trim().to_string();
         Err(if err.is_empty() {
-            format!("git exited with {}", out.status)
+            format!("git exited with {status}")
         } else {
             err
         })
     }
+}
+
+/// One `git` command in `dir`: its status, stdout and stderr as bytes. Its
+/// output goes to unlinked files, not pipes: a hook of the repository's
+/// that leaves a process in the background (`watcher &`) keeps a pipe open
+/// long after git has exited, and reading it to its end would wait for
+/// that process — with the worktree lock held.
+pub(crate) fn git_bytes<I, S>(
+    dir: &Path,
+    args: I,
+) -> std::result::Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    use std::io::{Read, Seek};
+    let temp = |what| {
+        tempfile::tempfile()
+            .map_err(|e| format!("cannot make a temporary file for git's {what}: {e}"))
+    };
+    let (mut out, mut err) = (temp("output")?, temp("errors")?);
+    let dup = |f: &std::fs::File| f.try_clone().map_err(|e| format!("cannot run git: {e}"));
+    let status = command(dir, args)
+        .stdout(dup(&out)?)
+        .stderr(dup(&err)?)
+        .status()
+        .map_err(|e| format!("cannot run git: {e} (is git installed?)"))?;
+    let read = |f: &mut std::fs::File| {
+        let mut bytes = Vec::new();
+        f.rewind()
+            .and_then(|()| f.read_to_end(&mut bytes))
+            .map(|_| bytes)
+            .map_err(|e| format!("cannot read git's output: {e}"))
+    };
+    Ok((status, read(&mut out)?, read(&mut err)?))
 }
 
 /// A `git` command in `dir`, not steered by the caller's git environment
