@@ -17,6 +17,7 @@
 
 use crate::paths::Workspace;
 use crate::primary_record::PrimaryRecord;
+use crate::protocol::{DEPTH_ENV, NewTask, PARENT_REF_ENV};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -253,6 +254,49 @@ pub fn trusted_target(path: &Path) -> Result<Workspace, String> {
         .map_err(refuse)?;
     crate::trust::check(&ws.state_dir, "the workspace's state dir").map_err(refuse)?;
     Ok(ws)
+}
+
+/// A task of another workspace creating `new` here without
+/// `--project` (its agent ran `cd ../other && grove spawn`, or an MCP
+/// server of this workspace): `new` takes the place a delegation's task
+/// would, a reference to the caller and the caller's level + 1
+/// ([`DEPTH_ENV`]), so that `max_delegation_depth` holds however an agent
+/// reaches another workspace (docs/design.md, Delegation). The caller is
+/// named by the environment the shim gives every agent (`GROVE_TASK_ID`,
+/// `GROVE_WORKSPACE`); its level is read from its own store when that is a
+/// store this user trusts, and counts as 1 otherwise (it is a task, so
+/// what it creates is at least one level down). `cap`: where counting
+/// stops (this workspace's limit + 1 is refused as well as any more).
+pub fn inherit_foreign_caller(here: &Path, cap: u32, new: &mut NewTask) {
+    if new.parent_id.is_some() || new.env.contains_key(PARENT_REF_ENV) {
+        return;
+    }
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    let (Some(task), Some(there)) = (var("GROVE_TASK_ID"), var("GROVE_WORKSPACE")) else {
+        return;
+    };
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if canonical(Path::new(&there)) == canonical(here) {
+        return; // a task of this workspace (deleted since): not a delegation
+    }
+    let level = caller_level(Path::new(&there), &task, cap).unwrap_or(0);
+    new.env
+        .insert(PARENT_REF_ENV.into(), format!("{there}#{task}"));
+    new.env.insert(
+        DEPTH_ENV.into(),
+        level.saturating_add(1).min(cap).to_string(),
+    );
+}
+
+/// The level of task `id` in the workspace at `root`, from its store, when
+/// that store is one this user trusts.
+fn caller_level(root: &Path, id: &str, cap: u32) -> Option<u32> {
+    let ws = Workspace::resolve(root).ok()?;
+    crate::trust::check(&ws.root, "the workspace").ok()?;
+    crate::trust::check(&ws.state_dir, "the workspace's state dir").ok()?;
+    let reader = crate::store::Reader::open(&ws.db_path()).ok()?;
+    let task = reader.task(id).ok()??;
+    reader.delegation_level(&task, cap).ok()
 }
 
 /// What a delegated task's proxy passes to `grove delegate-run` (its

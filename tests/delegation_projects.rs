@@ -390,3 +390,63 @@ fn a_delegation_deeper_than_the_other_workspace_allows_is_refused_there() {
     assert!(tasks(&there).is_empty(), "{:?}", tasks(&there));
     here.ok(&["cancel", "--tree", &top]);
 }
+
+/// An agent that runs grove in another workspace itself (`cd ../other &&
+/// grove spawn`), not through `--project`, still delegates: what it
+/// creates there inherits its level and names it, so the limit holds
+/// however an agent reaches another workspace.
+#[test]
+fn an_agent_running_grove_in_another_workspace_carries_its_depth_there() {
+    let (here, there) = two_workspaces_with("", "max_delegation_depth = 1\n");
+    let registry = here.dir.path().join("config");
+    let here_path = here.ws.canonicalize().unwrap();
+    // A command in `there` as the agent of `task` of `here` runs it.
+    let from_here = |task: &str, args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .arg("--workspace")
+            .arg(&there.ws)
+            .env("GROVE_NO_AUTOSTART", "1")
+            .env("GROVE_TASK_ID", task)
+            .env("GROVE_WORKSPACE", &here_path)
+            .env("XDG_CONFIG_HOME", &registry)
+            .output()
+            .expect("run grove")
+    };
+    let top = here.ok(&["spawn", "sleep 300"]);
+    let out = from_here(&top, &["spawn", "sleep 300"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let first = stdout_of(&out).trim().to_string();
+    let t = tasks(&there)
+        .into_iter()
+        .find(|t| t["id"] == first.as_str())
+        .expect("the task there");
+    assert_eq!(
+        t["env"]["GROVE_PARENT_REF"],
+        format!("{}#{top}", here_path.display()),
+        "{t}"
+    );
+    assert_eq!(t["env"]["GROVE_DELEGATION_DEPTH"], "1", "{t}");
+    // One level is all `there` allows: that task may not delegate further.
+    let out = as_agent(&there, &registry, &first, &["spawn", "echo too deep"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("delegation too deep") && err.contains("max_delegation_depth is 1"),
+        "{err}"
+    );
+    // A child here (level 1) reaching `there` directly is level 2: refused.
+    let child = stdout_of(&as_agent(&here, &registry, &top, &["spawn", "sleep 300"]))
+        .trim()
+        .to_string();
+    let out = from_here(&child, &["spawn", "echo too deep"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("delegation too deep") && err.contains("at 2 levels"),
+        "{err}"
+    );
+    assert_eq!(tasks(&there).len(), 1, "{:?}", tasks(&there));
+    there.ok(&["cancel", &first]);
+    here.ok(&["cancel", "--tree", &top]);
+}

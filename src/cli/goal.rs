@@ -114,7 +114,7 @@ pub async fn run(ctx: &Context, args: GoalArgs) -> Result<i32, CliError> {
         stall_after: args.stall_after,
     };
     let mut new = args.task.new_task()?;
-    new.parent_id = super::orchestrate::calling_task(ctx);
+    super::orchestrate::place_in_chain(ctx, &mut new);
     let followed =
         super::run::follow_new(ctx, new, Some(limits), args.output_format, args.quiet).await;
     match followed {

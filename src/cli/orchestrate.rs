@@ -61,7 +61,7 @@ pub async fn spawn(ctx: &Context, a: SpawnArgs) -> Result<i32, CliError> {
     let mut new = a.task.new_task()?;
     new.dependencies = resolve_distinct(ctx, &a.dependencies, "--dep")?;
     new.keep_session = a.session;
-    new.parent_id = calling_task(ctx);
+    place_in_chain(ctx, &mut new);
     let new = match &a.project {
         None => new,
         Some(query) => {
@@ -198,10 +198,20 @@ pub async fn wait(ctx: &Context, a: WaitArgs) -> Result<i32, CliError> {
     })
 }
 
+/// Where `new` stands in a chain of delegation: a child of the task this
+/// command runs inside when that is a task of this workspace, else, when
+/// it is a task of another workspace, a task that inherits its level
+/// (`projects::inherit_foreign_caller`).
+pub(super) fn place_in_chain(ctx: &Context, new: &mut crate::protocol::NewTask) {
+    new.parent_id = calling_task(ctx);
+    let cap = ctx.config.max_delegation_depth.saturating_add(1);
+    crate::projects::inherit_foreign_caller(&ctx.ws.root, cap, new);
+}
+
 /// The task this command runs inside (`GROVE_TASK_ID`, set by the shim
 /// for its agent), when it is a task of this workspace: a task spawned
 /// from there is its child.
-pub(super) fn calling_task(ctx: &Context) -> Option<String> {
+fn calling_task(ctx: &Context) -> Option<String> {
     let id = std::env::var("GROVE_TASK_ID")
         .ok()
         .filter(|s| !s.is_empty())?;

@@ -137,7 +137,7 @@ pub(super) async fn follow_new(
         signal,
         pressed: false,
     };
-    new.parent_id = super::orchestrate::calling_task(ctx);
+    super::orchestrate::place_in_chain(ctx, &mut new);
     let engine = new
         .engine
         .clone()

@@ -162,7 +162,7 @@ impl GroveMcp {
         for d in &p.dependencies {
             dependencies.push(self.find(d).await?.id);
         }
-        let new = NewTask {
+        let mut new = NewTask {
             prompt: p.prompt,
             engine: p.engine,
             model: p.model,
@@ -177,6 +177,10 @@ impl GroveMcp {
             keep_session: p.keep_session,
             ..Default::default()
         };
+        // The caller may be a task of another workspace whose MCP server
+        // names this one: its level carries over.
+        let cap = self.grove.config().max_delegation_depth.saturating_add(1);
+        crate::projects::inherit_foreign_caller(&self.grove.workspace().root, cap, &mut new);
         let new = match &p.project {
             None => new,
             Some(query) => {
