@@ -104,6 +104,15 @@ fn worktrees(g: &Grove) -> Vec<String> {
         .collect()
 }
 
+/// `grove ARGS` fails (exit 1) saying `what`; its stderr.
+fn fails_saying(g: &Grove, args: &[&str], what: &str) -> String {
+    let out = g.run(args);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.contains(what), "{args:?}: {err}");
+    err
+}
+
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -149,13 +158,7 @@ fn parallel_tasks_on_one_file_merge_fast_forward_then_conflict_then_discard() {
     assert_clean(&g);
 
     let main_after_a = git(&g.ws, &["rev-parse", "main"]);
-    let out = g.run(&["merge", &id_of(&b)]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("conflicts in:\n  f.txt"),
-        "{}",
-        stderr_of(&out)
-    );
+    fails_saying(&g, &["merge", &id_of(&b)], "conflicts in:\n  f.txt");
     assert_eq!(git(&g.ws, &["rev-parse", "main"]), main_after_a);
     assert_eq!(
         std::fs::read_to_string(g.ws.join("f.txt")).unwrap(),
@@ -262,13 +265,7 @@ fn a_dirty_checkout_is_refused_at_merge_and_left_as_it_was() {
     wait_status(&g, &id_of(&t), "completed");
     std::fs::write(g.ws.join("f.txt"), "my own edit\n").unwrap();
     let main_before = git(&g.ws, &["rev-parse", "main"]);
-    let out = g.run(&["merge", &id_of(&t)]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("uncommitted changes (f.txt)"),
-        "{}",
-        stderr_of(&out)
-    );
+    fails_saying(&g, &["merge", &id_of(&t)], "uncommitted changes (f.txt)");
     assert_eq!(
         std::fs::read_to_string(g.ws.join("f.txt")).unwrap(),
         "my own edit\n"
@@ -544,13 +541,7 @@ fn delete_and_purge_refuse_unmerged_work_without_force_and_remove_the_worktree()
     let t = spawn(&g, &["--worktree", "echo work > w.txt"]);
     let id = id_of(&t);
     wait_status(&g, &id, "completed");
-    let out = g.run(&["delete", &id]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("never merged"),
-        "{}",
-        stderr_of(&out)
-    );
+    fails_saying(&g, &["delete", &id], "never merged");
     assert!(tree_of(&g, &t).exists());
     let out = g.run(&["purge", &id]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
@@ -697,20 +688,8 @@ fn a_worktree_moved_off_its_branch_keeps_its_work_through_diff_delete_and_relaun
     let id = id_of(&t);
     wait_status(&g, &id, "completed");
     let tree = tree_of(&g, &t);
-    let out = g.run(&["diff", &id]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("detached HEAD"),
-        "{}",
-        stderr_of(&out)
-    );
-    let out = g.run(&["merge", &id]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("not on its branch"),
-        "{}",
-        stderr_of(&out)
-    );
+    fails_saying(&g, &["diff", &id], "detached HEAD");
+    fails_saying(&g, &["merge", &id], "not on its branch");
     let out = g.run(&["delete", &id]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let refused = stderr_of(&out);
@@ -776,13 +755,7 @@ fn a_moved_repository_keeps_the_worktree_refuses_delete_and_is_repaired_by_a_rer
         std::fs::read_to_string(tree.join("precious.txt")).unwrap(),
         "precious\n"
     );
-    let out = g.run(&["delete", &id]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("never merged"),
-        "{}",
-        stderr_of(&out)
-    );
+    fails_saying(&g, &["delete", &id], "never merged");
 }
 
 #[test]
@@ -861,6 +834,20 @@ fn alive_from(file: &Path) -> bool {
     stat.is_ok_and(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
 }
 
+/// `script` as the repository's `post-checkout` hook, which `git worktree
+/// add` runs.
+fn post_checkout_hook(g: &Grove, script: &str) {
+    let hooks = g.dir.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let hook = hooks.join("post-checkout");
+    std::fs::write(&hook, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    git(
+        &g.ws,
+        &["config", "core.hooksPath", hooks.to_str().unwrap()],
+    );
+}
+
 /// A hook of the repository's that never returns (here `post-checkout`,
 /// which `git worktree add` runs) and a setup command that never returns:
 /// the task's timeout and a cancel end them, kill what they started, and
@@ -868,22 +855,10 @@ fn alive_from(file: &Path) -> bool {
 #[test]
 fn a_hanging_git_hook_or_setup_ends_at_the_timeout_or_a_cancel() {
     let g = repo("");
-    let hooks = g.dir.path().join("hooks");
-    std::fs::create_dir(&hooks).unwrap();
     let hook_pid = g.dir.path().join("hook.pid");
-    let hook = hooks.join("post-checkout");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\nsleep 300 &\necho $! > '{}'\nwait\n",
-            hook_pid.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    git(
-        &g.ws,
-        &["config", "core.hooksPath", hooks.to_str().unwrap()],
+    post_checkout_hook(
+        &g,
+        &format!("sleep 300 &\necho $! > '{}'\nwait", hook_pid.display()),
     );
 
     let t = spawn(&g, &["--worktree", "--timeout", "1", "true"]);
@@ -934,22 +909,10 @@ fn a_hanging_git_hook_or_setup_ends_at_the_timeout_or_a_cancel() {
 #[test]
 fn a_hooks_background_process_neither_stalls_the_worktree_nor_outlives_the_task() {
     let g = repo("");
-    let hooks = g.dir.path().join("hooks");
-    std::fs::create_dir(&hooks).unwrap();
     let bg_pid = g.dir.path().join("bg.pid");
-    let hook = hooks.join("post-checkout");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\n(sleep 300 & echo $! > '{}') &\nexit 0\n",
-            bg_pid.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    git(
-        &g.ws,
-        &["config", "core.hooksPath", hooks.to_str().unwrap()],
+    post_checkout_hook(
+        &g,
+        &format!("(sleep 300 & echo $! > '{}') &\nexit 0", bg_pid.display()),
     );
     let t = spawn(&g, &["--worktree", "echo ran > ran.txt"]);
     wait_status(&g, &id_of(&t), "completed");
