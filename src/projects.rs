@@ -253,6 +253,17 @@ pub fn trusted_target(path: &Path) -> Result<Workspace, String> {
         })
         .map_err(refuse)?;
     crate::trust::check(&ws.state_dir, "the workspace's state dir").map_err(refuse)?;
+    crate::trust::check_ancestors(&ws.root, "a directory above the workspace")
+        .map_err(|mut e| {
+            e.advice = format!(
+                "whoever can replace it can swap the workspace for one of theirs between grove's check and its use; \
+                 delegate only to a workspace whose every parent directory is yours or root's and writable by nobody else \
+                 (or sticky, as /tmp is): move {} there",
+                ws.root.display()
+            );
+            e
+        })
+        .map_err(refuse)?;
     Ok(ws)
 }
 
@@ -291,9 +302,7 @@ pub fn inherit_foreign_caller(here: &Path, cap: u32, new: &mut NewTask) {
 /// The level of task `id` in the workspace at `root`, from its store, when
 /// that store is one this user trusts.
 fn caller_level(root: &Path, id: &str, cap: u32) -> Option<u32> {
-    let ws = Workspace::resolve(root).ok()?;
-    crate::trust::check(&ws.root, "the workspace").ok()?;
-    crate::trust::check(&ws.state_dir, "the workspace's state dir").ok()?;
+    let ws = trusted_target(root).ok()?;
     let reader = crate::store::Reader::open(&ws.db_path()).ok()?;
     let task = reader.task(id).ok()??;
     reader.delegation_level(&task, cap).ok()

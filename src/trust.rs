@@ -72,6 +72,26 @@ pub fn check(path: &Path, what: &'static str) -> Result<Option<Metadata>, Untrus
     Ok(Some(meta))
 }
 
+/// Checks the directories above `path` (an absolute path with no symlink
+/// left in it): each owned by this user or root, and none writable by
+/// others unless sticky (`/tmp`: others cannot rename or remove what is
+/// ours there). Whoever can replace a directory on the way can swap what
+/// `path` names between a check of it and its use, as ssh's `StrictModes`
+/// knows.
+pub fn check_ancestors(path: &Path, what: &'static str) -> Result<(), Untrusted> {
+    for dir in path.ancestors().skip(1) {
+        let meta = fs::metadata(dir).map_err(|e| unreadable(dir, what, &e))?;
+        if !trusted_owner(meta.uid()) {
+            return Err(foreign(dir, what, &meta));
+        }
+        let sticky = meta.permissions().mode() & 0o1000 != 0;
+        if writable_by_others(&meta) && !sticky {
+            return Err(too_open(dir, what, &meta));
+        }
+    }
+    Ok(())
+}
+
 /// Checks only the owner (for our own paths that grove may tighten itself).
 pub fn check_owner(path: &Path, what: &'static str) -> Result<Option<Metadata>, Untrusted> {
     match fs::symlink_metadata(path) {

@@ -236,6 +236,18 @@ fn delegation_to_a_directory_others_can_write_is_refused() {
         &guarded.join(".grove"),
         "it is writable by every user",
     );
+    // A workspace of ours in a directory every user can write (not
+    // sticky): another user could swap it between the check and the use.
+    let shared = here.dir.path().join("shared");
+    std::fs::create_dir_all(shared.join("mine")).unwrap();
+    chmod(&shared.join("mine"), 0o755);
+    chmod(&shared, 0o777);
+    let shared = shared.canonicalize().unwrap();
+    refused(
+        shared.join("mine").to_str().unwrap(),
+        &shared,
+        "it is writable by every user",
+    );
     if unsafe { libc::geteuid() } == 0 {
         // Another user's directory (chown needs root).
         let foreign = here.dir.path().join("foreign");

@@ -54,8 +54,10 @@ fn contexts(autostart: bool) -> Result<(Context, TaskRecord, Context), CliError>
     // Checked again where the work starts: the proxy may run long after
     // its spawn was checked, and a task can name the `delegate` engine
     // itself.
-    projects::trusted_target(std::path::Path::new(&there)).map_err(CliError::Usage)?;
-    let remote = Context::load(Some(there.into()), autostart, false)?;
+    let checked =
+        projects::trusted_target(std::path::Path::new(&there)).map_err(CliError::Usage)?;
+    // The root as checked (symlinks resolved), not the path again.
+    let remote = Context::load(Some(checked.root), autostart, false)?;
     Ok((local, task, remote))
 }
 
