@@ -616,3 +616,64 @@ fn the_boards_diff_of_a_huge_change_is_capped_and_says_so() {
     let url = format!("http://127.0.0.1:{port}/?token={token}");
     browser(&g, "diff", &url);
 }
+
+/// The token is renewed when the board goes off and when it moves, so one
+/// that leaked (an open tab's cookie, sent to whoever binds the freed
+/// port) is worth nothing; the URL is given, and opened, only once our own
+/// board answers on the port; the first visit's page never leads off the
+/// board (`/\host` is `//host` to a browser).
+#[test]
+fn the_token_is_renewed_and_the_url_given_only_when_our_board_answers() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut g = Grove::new();
+    let bin = g.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = bin.join("xdg-open");
+    std::fs::write(&fake, FAKE_XDG_OPEN).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let seen = g.dir.path().join("seen");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    g.env("PATH", &path);
+    g.env("GROVE_TEST_SEEN", &seen.display().to_string());
+    g.serve();
+    g.wait_primary();
+
+    let (port, first, _) = web(&g);
+    let (status, page) = http(port, "GET", &format!("/\\evil.example/?token={first}"), &[]);
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("url=/evil.example/\"") && !page.contains("/\\"),
+        "the page stays on the board: {page}"
+    );
+
+    g.ok(&["web", "--off"]);
+    let (same_port, second, _) = web(&g);
+    assert_eq!(same_port, port);
+    assert_ne!(first, second, "a new token after --off");
+    let (status, _) = http(port, "GET", "/api/state", &[("X-Grove-Token", &first)]);
+    assert_eq!(status, 401, "the old token is worth nothing");
+
+    let free = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = g.run(&["web", "--port", &free.to_string(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let (moved, third, _) = web(&g);
+    assert_eq!(moved, free);
+    assert_ne!(second, third, "a new token on a new port");
+
+    // A port that answers, but not as our board: no URL, nothing opened.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let out = g.run(&["web", "--port", &taken.to_string(), "--open"]);
+    let (stdout, stderr) = (stdout_of(&out), stderr_of(&out));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        !stdout.contains("token=") && stderr.contains("its URL is not given"),
+        "{stdout}{stderr}"
+    );
+    assert!(!seen.exists(), "nothing was opened");
+    drop(squatter);
+}

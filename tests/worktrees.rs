@@ -921,3 +921,31 @@ fn a_hooks_background_process_neither_stalls_the_worktree_nor_outlives_the_task(
         (!alive_from(&bg_pid)).then_some(())
     });
 }
+
+/// A diff driver of the repository's (an external diff command, or a text
+/// conversion) could show a task's change as anything, or as nothing:
+/// `grove diff` shows git's own patch.
+#[test]
+fn a_repositorys_diff_driver_cannot_hide_a_change_from_review() {
+    let g = repo("");
+    git(&g.ws, &["config", "diff.hide.command", "true"]);
+    git(
+        &g.ws,
+        &["config", "diff.conv.textconv", "sh -c 'echo CONVERTED'"],
+    );
+    let t = spawn(
+        &g,
+        &[
+            "--worktree",
+            "printf 'hidden change\\n' > s.txt && printf 'converted change\\n' > c.txt \\
+             && printf 's.txt diff=hide\\nc.txt diff=conv\\n' > .gitattributes",
+        ],
+    );
+    wait_status(&g, &id_of(&t), "completed");
+    let diff = g.ok(&["diff", &id_of(&t)]);
+    assert!(
+        diff.contains("+hidden change") && diff.contains("+converted change"),
+        "{diff}"
+    );
+    assert!(!diff.contains("CONVERTED"), "{diff}");
+}

@@ -39,6 +39,10 @@ pub async fn run(ctx: &Context, a: WebArgs) -> Result<i32, CliError> {
         store(ctx, &settings)?;
         // `--open`'s page leads to the board: no use while it is off.
         let _ = std::fs::remove_file(crate::web::opener_path(&ctx.ws));
+        // A new token when the board comes back: one that leaked (an open
+        // tab's cookie sent to whoever binds the freed port, the page
+        // reopened from history) is then worth nothing.
+        let _ = std::fs::remove_file(crate::web::token_path(&ctx.ws));
         if a.json {
             print_json(&serde_json::json!({ "enabled": false, "port": settings.port }));
         } else if ctx.config.web {
@@ -56,12 +60,30 @@ pub async fn run(ctx: &Context, a: WebArgs) -> Result<i32, CliError> {
     let url = crate::web::url(settings.port, &token);
     ctx.ensure_member().await?;
     let up = wait_until_up(settings.port, &token).await;
-    if !up && let Some(uid) = crate::web::port_owner::foreign(settings.port) {
-        // Neither printed nor opened: the URL carries the token.
-        return Err(CliError::Failed(format!(
-            "127.0.0.1:{} is held by another user's program (uid {uid}), not by this workspace's board; its token was not sent there. Choose another port: grove web --port P",
-            settings.port
-        )));
+    if !up {
+        // The URL (it carries the token) is neither printed nor opened
+        // unless our own board answers on the port: whatever holds it
+        // instead may be another user's, now or by the time a browser
+        // gets there.
+        if a.json {
+            print_json(&serde_json::json!({
+                "enabled": true,
+                "port": settings.port,
+                "up": false,
+            }));
+        }
+        return Err(CliError::Failed(
+            match crate::web::port_owner::foreign(settings.port) {
+                Some(uid) => format!(
+                    "127.0.0.1:{} is held by another user's program (uid {uid}), not by this workspace's board; its token was not sent there. Choose another port: grove web --port P",
+                    settings.port
+                ),
+                None => format!(
+                    "the board does not answer on 127.0.0.1:{} yet, so its URL is not given: is a member running (`grove status`)? is the port taken by another program (then `grove web --port P`)? see the primary's log, then run `grove web` again",
+                    settings.port
+                ),
+            },
+        ));
     }
     if a.json {
         print_json(&serde_json::json!({
@@ -72,12 +94,6 @@ pub async fn run(ctx: &Context, a: WebArgs) -> Result<i32, CliError> {
         }));
     } else {
         outln!("{url}");
-    }
-    if !up {
-        errln!(
-            "grove: the board does not answer on 127.0.0.1:{} yet: is a member running (`grove status`)? is the port taken by another program (then `grove web --port P`)? see the primary's log",
-            settings.port
-        );
     }
     if a.open {
         open(ctx, &url);
@@ -94,6 +110,13 @@ pub fn enable(ctx: &Context, port: Option<u16>) -> Result<Settings, CliError> {
     }
     .with_port()
     .map_err(|e| CliError::Failed(format!("cannot find a free port on 127.0.0.1: {e}")))?;
+    if stored.port != 0 && settings.port != stored.port {
+        // Moved (perhaps away from a port someone else took): a new token,
+        // which the board on the new port reads when it starts. Tabs open
+        // on the old port still hold the old one, and that port is free
+        // for anyone now.
+        let _ = std::fs::remove_file(crate::web::token_path(&ctx.ws));
+    }
     if settings != stored {
         store(ctx, &settings)?;
     }

@@ -26,7 +26,13 @@ pub const TOKEN_HEADER: &str = "x-grove-token";
 /// The middleware in front of every route.
 pub async fn guard(State(board): State<Arc<Board>>, req: Request, next: Next) -> Response {
     if let Err((status, why)) = check(&board, &req) {
-        return harden((status, format!("{why}\n")).into_response());
+        // Closed after the refusal: a peer without the token gets nothing
+        // more from this connection, and frees its slot
+        // (`connections::MAX_CONNECTIONS`).
+        let mut resp = (status, format!("{why}\n")).into_response();
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return harden(resp);
     }
     board.touch();
     // A first visit with `?token=`: keep it as a cookie and take it out of
@@ -38,8 +44,12 @@ pub async fn guard(State(board): State<Arc<Board>>, req: Request, next: Next) ->
     // request same-site.
     let from_query = query_token(req.uri().query()).is_some();
     if from_query && req.method() == Method::GET && !req.uri().path().starts_with("/api/") {
-        // One leading slash: `//host` would lead to another site.
-        let path = super::escape_html(&format!("/{}", req.uri().path().trim_start_matches('/')));
+        // One leading slash: `//host` (or `/\host`, which browsers read
+        // alike) would lead to another site.
+        let path = super::escape_html(&format!(
+            "/{}",
+            req.uri().path().trim_start_matches(['/', '\\'])
+        ));
         let page = format!(
             "<!doctype html>\n<meta charset=\"utf-8\">\n<meta http-equiv=\"refresh\" content=\"0; url={path}\">\n<title>grove board</title>\n<a href=\"{path}\">grove board</a>\n"
         );

@@ -7,12 +7,21 @@
 //! kernel's backlog, costing us nothing), and a connection that has not
 //! sent a whole request head within [`HEADER_TIMEOUT`] (at its start, or
 //! idle between requests) is closed. A stream of events, once answered,
-//! is not affected: its request was read long ago.
+//! is not affected: its request was read long ago. Nor may a peer hold a
+//! slot by never reading what it asked for (a request pipelined after
+//! another, a refusal it ignores): a connection whose writes make no
+//! progress for [`WRITE_STALL`] is closed ([`WriteDeadline`]); the event
+//! stream's keep-alives keep a reading browser's stream well inside it.
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -24,6 +33,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may take to send a request head, and stay idle
 /// between requests.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection's writes may make no progress before it is
+/// closed (its peer reads nothing).
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// How long to pause after `accept` failed (out of descriptors, say), so
 /// that a persistent failure does not spin the event loop.
@@ -62,10 +75,142 @@ pub async fn serve(listener: TcpListener, app: axum::Router) {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(
+                    TokioIo::new(WriteDeadline::new(stream, WRITE_STALL)),
+                    service,
+                );
             if let Err(e) = connection.await {
                 tracing::debug!("web board: a connection ended: {e}");
             }
         });
+    }
+}
+
+/// A stream whose writes fail once none has made progress for `stall`:
+/// hyper has a deadline for reading a request head, none for writing an
+/// answer, and a peer that never reads would hold its connection slot
+/// for as long as it likes.
+struct WriteDeadline<S> {
+    inner: S,
+    stall: Duration,
+    /// Running while a write waits; reset by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, stall: Duration) -> Self {
+        WriteDeadline {
+            inner,
+            stall,
+            stalled: None,
+        }
+    }
+
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let stall = self.stall;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer read nothing for {stall:?}"),
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.check(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.check(cx, polled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_write_nobody_reads_fails_after_the_stall_and_reading_resets_it() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut w = WriteDeadline::new(ours, Duration::from_millis(300));
+        let chunk = [7u8; 1024];
+        // The pipe fills; the peer reads a little now and then, under the
+        // stall each time: every write goes through in the end.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            // Exactly what the three writes below send.
+            for _ in 0..6 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                theirs.read_exact(&mut buf).await.unwrap();
+            }
+            theirs
+        });
+        for _ in 0..3 {
+            w.write_all(&chunk).await.expect("progress keeps it open");
+        }
+        let theirs = reader.await.unwrap();
+        // Now nobody reads: the write fails once the stall has passed.
+        let started = std::time::Instant::now();
+        let err = loop {
+            if let Err(e) = w.write_all(&chunk).await {
+                break e;
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        drop(theirs);
     }
 }

@@ -30,8 +30,9 @@ pub fn foreign(port: u16) -> Option<u32> {
 }
 
 /// The uids of the `LISTEN` rows (state `0A`) of one table whose local
-/// port is `port`. A row: `sl local_address rem_address st tx:rx tr:when
-/// retrnsmt uid ...`, the address `HEX_IP:HEX_PORT`.
+/// port is `port` on an address a connection to 127.0.0.1 reaches. A row:
+/// `sl local_address rem_address st tx:rx tr:when retrnsmt uid ...`, the
+/// address `HEX_IP:HEX_PORT`.
 fn listening_uids(table: &str, port: u16) -> Vec<u32> {
     table
         .lines()
@@ -39,12 +40,28 @@ fn listening_uids(table: &str, port: u16) -> Vec<u32> {
         .filter_map(|row| {
             let f: Vec<&str> = row.split_whitespace().collect();
             let (local, state, uid) = (f.get(1)?, f.get(3)?, f.get(7)?);
-            let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
-            (local_port == port && *state == "0A")
+            let (ip, hex_port) = local.rsplit_once(':')?;
+            let local_port = u16::from_str_radix(hex_port, 16).ok()?;
+            (local_port == port && *state == "0A" && reaches_loopback(ip))
                 .then(|| uid.parse().ok())
                 .flatten()
         })
         .collect()
+}
+
+/// Whether a listener on `ip` (the kernel's hex, in its byte order) takes
+/// connections to 127.0.0.1: that address itself, the wildcard, and their
+/// IPv6 forms (`::` is dual-stack unless set otherwise; the v4-mapped
+/// 127.0.0.1). A listener on 127.0.0.2 or ::1 shares the port number but
+/// never hears the board's requests.
+fn reaches_loopback(ip: &str) -> bool {
+    const REACHING: [&str; 4] = [
+        "0100007F",
+        "00000000",
+        "00000000000000000000000000000000",
+        "0000000000000000FFFF00000100007F",
+    ];
+    REACHING.iter().any(|r| r.eq_ignore_ascii_case(ip))
 }
 
 #[cfg(test)]
@@ -65,6 +82,27 @@ mod tests {
         assert_eq!(listening_uids(TABLE, 22), vec![0]);
         assert!(listening_uids(TABLE, 80).is_empty());
         assert!(listening_uids("garbage\nrow without fields", 47311).is_empty());
+    }
+
+    #[test]
+    fn only_listeners_that_127_0_0_1_reaches_count() {
+        let row = |ip: &str| {
+            format!(
+                "header\n   0: {ip}:B8CF 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 1\n"
+            )
+        };
+        for ip in [
+            "0100007F",
+            "00000000",
+            "00000000000000000000000000000000",
+            "0000000000000000FFFF00000100007F",
+        ] {
+            assert_eq!(listening_uids(&row(ip), 47311), vec![1000], "{ip}");
+        }
+        // 127.0.0.2, ::1, another address of the machine.
+        for ip in ["0200007F", "00000000000000000000000001000000", "0A00000A"] {
+            assert!(listening_uids(&row(ip), 47311).is_empty(), "{ip}");
+        }
     }
 
     #[test]

@@ -134,7 +134,20 @@ impl Source {
 
     /// `git diff` with `extra` between this source's sides.
     fn command(&self, extra: &[&str]) -> Command {
-        let mut cmd = command(&self.dir, ["diff"]);
+        // No external diff program and no text conversion: both are
+        // configured by the repository (its `.gitattributes`, which the
+        // task's agent may write) and could show a change as anything, or
+        // as nothing, to the person reviewing it; they could also hang.
+        let mut cmd = command(
+            &self.dir,
+            [
+                "-c",
+                "core.fsmonitor=false",
+                "diff",
+                "--no-ext-diff",
+                "--no-textconv",
+            ],
+        );
         if let Some((_, index)) = &self.index {
             cmd.arg("--cached").env("GIT_INDEX_FILE", index);
         }
