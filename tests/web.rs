@@ -398,10 +398,9 @@ stat -L -c '%a %u %F' "$1" > "$seen.tmp/stat"
 mv "$seen.tmp" "$seen"
 "#;
 
-#[test]
-fn web_open_never_puts_the_token_on_a_command_line() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let mut g = Grove::new();
+/// [`FAKE_XDG_OPEN`] first on `g`'s PATH; where it records what it saw.
+fn fake_xdg_open(g: &mut Grove) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let bin = g.dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let fake = bin.join("xdg-open");
@@ -411,6 +410,14 @@ fn web_open_never_puts_the_token_on_a_command_line() {
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     g.env("PATH", &path);
     g.env("GROVE_TEST_SEEN", &seen.display().to_string());
+    seen
+}
+
+#[test]
+fn web_open_never_puts_the_token_on_a_command_line() {
+    use std::os::unix::fs::MetadataExt;
+    let mut g = Grove::new();
+    let seen = fake_xdg_open(&mut g);
     // A link where the page goes is replaced, never written through.
     let victim = g.dir.path().join("victim");
     std::fs::write(&victim, "untouched").unwrap();
@@ -624,17 +631,8 @@ fn the_boards_diff_of_a_huge_change_is_capped_and_says_so() {
 /// board (`/\host` is `//host` to a browser).
 #[test]
 fn the_token_is_renewed_and_the_url_given_only_when_our_board_answers() {
-    use std::os::unix::fs::PermissionsExt;
     let mut g = Grove::new();
-    let bin = g.dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let fake = bin.join("xdg-open");
-    std::fs::write(&fake, FAKE_XDG_OPEN).unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let seen = g.dir.path().join("seen");
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    g.env("PATH", &path);
-    g.env("GROVE_TEST_SEEN", &seen.display().to_string());
+    let seen = fake_xdg_open(&mut g);
     g.serve();
     g.wait_primary();
 
