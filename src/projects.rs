@@ -275,9 +275,9 @@ pub fn trusted_target(path: &Path) -> Result<Workspace, String> {
 /// reaches another workspace (docs/design.md, Delegation). The caller is
 /// named by the environment the shim gives every agent (`GROVE_TASK_ID`,
 /// `GROVE_WORKSPACE`); its level is read from its own store when that is a
-/// store this user trusts, and counts as 1 otherwise (it is a task, so
-/// what it creates is at least one level down). `cap`: where counting
-/// stops (this workspace's limit + 1 is refused as well as any more).
+/// store this user trusts, and taken as 0 otherwise (it is a task, so what
+/// it creates stands at least one level down). `cap`: where counting stops
+/// (this workspace's limit + 1 is refused as well as any more).
 pub fn inherit_foreign_caller(here: &Path, cap: u32, new: &mut NewTask) {
     if new.parent_id.is_some() || new.env.contains_key(PARENT_REF_ENV) {
         return;

@@ -675,3 +675,22 @@ fn the_token_is_renewed_and_the_url_given_only_when_our_board_answers() {
     assert!(!seen.exists(), "nothing was opened");
     drop(squatter);
 }
+
+/// `--off` while the config's `web = true` keeps the board on leaves its
+/// token as it is: the board goes on with it, and `grove web` still finds
+/// it answering.
+#[test]
+fn off_while_the_config_keeps_the_board_on_keeps_its_token() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nweb = true\n");
+    g.serve();
+    g.wait_primary();
+    let (port, token, _) = board_of(&g);
+    let out = g.run(&["web", "--off"]);
+    assert!(
+        stdout_of(&out).contains("keeps it on"),
+        "{}",
+        stdout_of(&out)
+    );
+    let (same_port, same_token, _) = web(&g);
+    assert_eq!((same_port, same_token), (port, token));
+}

@@ -37,12 +37,16 @@ pub async fn run(ctx: &Context, a: WebArgs) -> Result<i32, CliError> {
             ..Settings::read(&ctx.ws)
         };
         store(ctx, &settings)?;
-        // `--open`'s page leads to the board: no use while it is off.
-        let _ = std::fs::remove_file(crate::web::opener_path(&ctx.ws));
-        // A new token when the board comes back: one that leaked (an open
-        // tab's cookie sent to whoever binds the freed port, the page
-        // reopened from history) is then worth nothing.
-        let _ = std::fs::remove_file(crate::web::token_path(&ctx.ws));
+        if !ctx.config.web {
+            // `--open`'s page leads to the board: no use while it is off.
+            let _ = std::fs::remove_file(crate::web::opener_path(&ctx.ws));
+            // A new token when the board comes back: one that leaked (an
+            // open tab's cookie sent to whoever binds the freed port, the
+            // page reopened from history) is then worth nothing. Not while
+            // the config keeps the board on: it goes on with the token it
+            // read when it started.
+            let _ = std::fs::remove_file(crate::web::token_path(&ctx.ws));
+        }
         if a.json {
             print_json(&serde_json::json!({ "enabled": false, "port": settings.port }));
         } else if ctx.config.web {
@@ -60,7 +64,7 @@ pub async fn run(ctx: &Context, a: WebArgs) -> Result<i32, CliError> {
     let url = crate::web::url(settings.port, &token);
     ctx.ensure_member().await?;
     let up = wait_until_up(settings.port, &token).await;
-    if !up {
+    if up != Up::Answered {
         // The URL (it carries the token) is neither printed nor opened
         // unless our own board answers on the port: whatever holds it
         // instead may be another user's, now or by the time a browser
@@ -72,25 +76,23 @@ pub async fn run(ctx: &Context, a: WebArgs) -> Result<i32, CliError> {
                 "up": false,
             }));
         }
-        return Err(CliError::Failed(
-            match crate::web::port_owner::foreign(settings.port) {
-                Some(uid) => format!(
-                    "127.0.0.1:{} is held by another user's program (uid {uid}), not by this workspace's board; its token was not sent there. Choose another port: grove web --port P",
-                    settings.port
-                ),
-                None => format!(
-                    "the board does not answer on 127.0.0.1:{} yet, so its URL is not given: is a member running (`grove status`)? is the port taken by another program (then `grove web --port P`)? see the primary's log, then run `grove web` again",
-                    settings.port
-                ),
-            },
-        ));
+        return Err(CliError::Failed(match up {
+            Up::Held(uid) => format!(
+                "127.0.0.1:{} is held by another user's program (uid {uid}), not by this workspace's board; its token was not sent there. Choose another port: grove web --port P",
+                settings.port
+            ),
+            _ => format!(
+                "the board does not answer on 127.0.0.1:{} yet, so its URL is not given: is a member running (`grove status`)? is the port taken by another program (then `grove web --port P`)? see the primary's log, then run `grove web` again",
+                settings.port
+            ),
+        }));
     }
     if a.json {
         print_json(&serde_json::json!({
             "enabled": true,
             "port": settings.port,
             "url": url,
-            "up": up,
+            "up": true,
         }));
     } else {
         outln!("{url}");
@@ -132,44 +134,57 @@ fn store(ctx: &Context, settings: &Settings) -> Result<(), CliError> {
     })
 }
 
-/// Whether our board (not some other program on the port) answers an
-/// authenticated request within `COME_UP`.
-async fn wait_until_up(port: u16, token: &str) -> bool {
+/// How the board's port answered `grove web`.
+#[derive(Debug, PartialEq, Eq)]
+enum Up {
+    /// Our board answered an authenticated request.
+    Answered,
+    /// Another user listens on it (its uid): nothing was sent there.
+    Held(u32),
+    /// Nothing that answered as our board, until `COME_UP` passed.
+    Silent,
+}
+
+/// Waits up to `COME_UP` for our board (not some other program on the
+/// port) to answer an authenticated request.
+async fn wait_until_up(port: u16, token: &str) -> Up {
     let until = Instant::now() + COME_UP;
     while Instant::now() < until {
-        if crate::web::port_owner::foreign(port).is_some() {
-            return false;
-        }
         let token = token.to_string();
-        let ok = tokio::task::spawn_blocking(move || answers(port, &token))
+        let up = tokio::task::spawn_blocking(move || probe(port, &token))
             .await
-            .unwrap_or(false);
-        if ok {
-            return true;
+            .unwrap_or(Up::Silent);
+        if up != Up::Silent {
+            return up;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    false
+    Up::Silent
 }
 
-/// Whether our board answers on `port`. The token goes only to a listener
-/// of our own user: while no primary serves the stored port, another user
-/// may have bound it (see `web::port_owner`).
-fn answers(port: u16, token: &str) -> bool {
-    if !crate::web::port_owner::ours(port) {
-        return false;
+/// One look at `port`: who holds it (one read of the kernel's tables), and
+/// whether our board answers there. The token goes only to a listener of
+/// our own user: while no primary serves the stored port, another user may
+/// have bound it (see `web::port_owner`).
+fn probe(port: u16, token: &str) -> Up {
+    use crate::web::port_owner::{Holder, holder};
+    match holder(port) {
+        Holder::Other(uid) => return Up::Held(uid),
+        Holder::Nobody => return Up::Silent,
+        Holder::Us => {}
     }
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
+        return Up::Silent;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let req = format!(
         "GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Grove-Token: {token}\r\nConnection: close\r\n\r\n"
     );
     let mut head = [0u8; 12];
-    s.write_all(req.as_bytes()).is_ok()
+    let answered = s.write_all(req.as_bytes()).is_ok()
         && s.read_exact(&mut head).is_ok()
-        && head.starts_with(b"HTTP/1.1 200")
+        && head.starts_with(b"HTTP/1.1 200");
+    if answered { Up::Answered } else { Up::Silent }
 }
 
 /// Opens the board in the desktop's browser. Never with the URL as an

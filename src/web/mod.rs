@@ -228,7 +228,11 @@ async fn serve(ws: Workspace, live: Arc<LiveConfig>, last_request: Arc<AtomicU64
             Ok(l) => break l,
             Err(e) => {
                 if !warned {
-                    match port_owner::foreign(port) {
+                    // The kernel's tables read off the event loop.
+                    let foreign = tokio::task::spawn_blocking(move || port_owner::foreign(port))
+                        .await
+                        .unwrap_or(None);
+                    match foreign {
                         Some(uid) => tracing::error!(
                             "web board: 127.0.0.1:{port} is held by another user (uid {uid}); retrying, but choose another port: grove web --port P"
                         ),

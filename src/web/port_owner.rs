@@ -14,19 +14,33 @@ pub fn listeners(port: u16) -> Vec<u32> {
         .collect()
 }
 
-/// Whether someone listens on `port` and every such listener is ours.
-pub fn ours(port: u16) -> bool {
-    let owners = listeners(port);
+/// Who holds `port`, from one read of the tables.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Holder {
+    Nobody,
+    /// Every listener on it is ours.
+    Us,
+    /// Another user's listener (its uid), whatever else listens.
+    Other(u32),
+}
+
+pub fn holder(port: u16) -> Holder {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    !owners.is_empty() && owners.iter().all(|uid| *uid == me)
+    let owners = listeners(port);
+    match owners.iter().find(|uid| **uid != me) {
+        Some(uid) => Holder::Other(*uid),
+        None if owners.is_empty() => Holder::Nobody,
+        None => Holder::Us,
+    }
 }
 
 /// Someone else's listener on `port`, if there is one.
 pub fn foreign(port: u16) -> Option<u32> {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    listeners(port).into_iter().find(|uid| *uid != me)
+    match holder(port) {
+        Holder::Other(uid) => Some(uid),
+        _ => None,
+    }
 }
 
 /// The uids of the `LISTEN` rows (state `0A`) of one table whose local
@@ -109,9 +123,9 @@ mod tests {
     fn our_own_listener_is_ours() {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
-        assert!(ours(port));
+        assert_eq!(holder(port), Holder::Us);
         assert_eq!(foreign(port), None);
         drop(listener);
-        assert!(!ours(port), "nobody listens: not ours");
+        assert_eq!(holder(port), Holder::Nobody);
     }
 }

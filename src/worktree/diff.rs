@@ -274,7 +274,16 @@ fn snapshot_index(wt: &Path, pathspec: &[String]) -> super::Result<(tempfile::Te
     let _ = std::fs::copy(index.trim(), &copy);
     let mut cmd = command(wt, ["add", "-A", "--"]);
     cmd.args(pathspec).env("GIT_INDEX_FILE", &copy);
-    stream(cmd, |_| true)?;
+    // Its output in files: a clean filter it runs could leave a process
+    // holding a pipe (see `run_to_files`).
+    let (status, _, errors) = super::run_to_files(cmd).map_err(failed)?;
+    if !status.success() {
+        let errors = String::from_utf8_lossy(&errors);
+        return Err(failed(match errors.trim() {
+            "" => format!("git add exited with {status}"),
+            text => text.to_string(),
+        }));
+    }
     Ok((dir, copy))
 }
 

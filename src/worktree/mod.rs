@@ -53,11 +53,7 @@ where
     }
 }
 
-/// One `git` command in `dir`: its status, stdout and stderr as bytes. Its
-/// output goes to unlinked files, not pipes: a hook of the repository's
-/// that leaves a process in the background (`watcher &`) keeps a pipe open
-/// long after git has exited, and reading it to its end would wait for
-/// that process — with the worktree lock held.
+/// One `git` command in `dir`: its status, stdout and stderr as bytes.
 pub(crate) fn git_bytes<I, S>(
     dir: &Path,
     args: I,
@@ -66,6 +62,18 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    run_to_files(command(dir, args))
+}
+
+/// Runs `cmd` to its end: its status, stdout and stderr as bytes. Its
+/// output goes to unlinked files, not pipes: a hook or filter of the
+/// repository's that leaves a process in the background (`watcher &`)
+/// keeps a pipe open long after git has exited, and reading it to its end
+/// would wait for that process — with the worktree lock held, or a board
+/// thread taken.
+pub(crate) fn run_to_files(
+    mut cmd: std::process::Command,
+) -> std::result::Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), String> {
     use std::io::{Read, Seek};
     let temp = |what| {
         tempfile::tempfile()
@@ -73,7 +81,7 @@ where
     };
     let (mut out, mut err) = (temp("output")?, temp("errors")?);
     let dup = |f: &std::fs::File| f.try_clone().map_err(|e| format!("cannot run git: {e}"));
-    let status = command(dir, args)
+    let status = cmd
         .stdout(dup(&out)?)
         .stderr(dup(&err)?)
         .status()
