@@ -22,11 +22,26 @@ pub const CRASH_AFTER_COMMIT_PROMPT: &str = "__grove_crash_after_commit__";
 /// stop it after two.
 pub const CRASH_DURING_APPLY_PROMPT: &str = "__grove_crash_during_apply__";
 
+/// A `task.create` whose prompt is this followed by a path holds the store
+/// thread, while the write is applied, until that path exists (a minute at
+/// most): writes queue behind it as they would behind a stalled disk.
+pub const HOLD_STORE_PROMPT: &str = "__grove_hold_store__:";
+
 /// Called by the store thread before it applies a write.
 pub fn while_applying(method: &Method) {
-    if matches!(method, Method::TaskCreate(new) if new.prompt == CRASH_DURING_APPLY_PROMPT) {
+    let Method::TaskCreate(new) = method else {
+        return;
+    };
+    if new.prompt == CRASH_DURING_APPLY_PROMPT {
         tracing::warn!("test hook: aborting while applying a write");
         std::process::abort();
+    }
+    if let Some(release) = new.prompt.strip_prefix(HOLD_STORE_PROMPT) {
+        tracing::warn!("test hook: holding the store thread until {release} exists");
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while !std::path::Path::new(release).exists() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

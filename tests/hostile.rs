@@ -1,8 +1,8 @@
 //! Misbehaving peers: a client that connects and says nothing, one that
 //! sends 10,000 requests and never reads a reply, one that floods garbage.
 //! The primary must keep serving everyone else, log boundedly, and keep its
-//! memory bounded (documented in README: about 100,000 queued replies per
-//! non-reading peer at most).
+//! memory bounded (documented in README: 1,000 queued replies per
+//! non-reading peer at most, 32 MiB of unanswered writes).
 
 mod common;
 
@@ -98,4 +98,99 @@ fn flooding_and_silent_peers_do_not_stop_the_primary() {
     // queue), but not one line each.
     let lines = count(&g.members[i].stderr());
     assert!(lines < 2_000, "{lines} log lines for 200,000 bad frames");
+}
+
+/// A client that pipelines writes and never reads a reply, while the store
+/// is slow: the primary takes requests only up to its write budget (32 MiB)
+/// and then leaves the rest in the client's queue, instead of holding every
+/// one of them (320 MB here); what it took is applied once the store
+/// catches up, and it serves again.
+#[test]
+fn pipelined_writes_wait_for_the_store_within_the_write_budget() {
+    let mut g = Grove::new();
+    let i = g.serve();
+    let (pid, _) = g.wait_primary();
+    let rpc = g.status()["primary"]["rpc_endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blocker = g.ok(&["spawn", "sleep 600"]);
+    let release = g.dir.path().join("release-the-store");
+    let before = rss_kib(pid);
+    let request = |n: usize, prompt: String| {
+        rmp_serde::to_vec_named(&grove::protocol::Request {
+            v: 1,
+            id: format!("flood-{n}"),
+            from: "flood".into(),
+            epoch_seen: 0,
+            method: grove::protocol::Method::TaskCreate(grove::protocol::NewTask {
+                prompt,
+                tags: vec!["flood".into()],
+                dependencies: vec![blocker.clone()],
+                ..Default::default()
+            }),
+        })
+        .unwrap()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (sent, peak) = rt.block_on(async {
+        let mut holder = zeromq::DealerSocket::new();
+        holder.connect(&rpc).await.unwrap();
+        let hold = format!(
+            "{}{}",
+            grove::test_hooks::HOLD_STORE_PROMPT,
+            release.display()
+        );
+        holder.send(request(0, hold).into()).await.unwrap();
+        let mut flood = zeromq::DealerSocket::new();
+        flood.connect(&rpc).await.unwrap();
+        let prompt = "x".repeat(8 * 1024);
+        let mut sent = 0;
+        for n in 1..=40_000 {
+            let msg = request(n, prompt.clone());
+            let send = flood.send(msg.into());
+            match tokio::time::timeout(std::time::Duration::from_secs(3), send).await {
+                Ok(r) => r.unwrap(),
+                // The primary stopped taking requests.
+                Err(_) => break,
+            }
+            sent += 1;
+        }
+        let peak = rss_kib(pid);
+        std::fs::write(&release, b"").unwrap();
+        drop((holder, flood));
+        (sent, peak)
+    });
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    eprintln!("the flood: {sent} writes sent, the primary grew by {grown_mib} MiB");
+    assert!(
+        grown_mib < 160,
+        "the primary grew by {grown_mib} MiB holding a flood of {sent} writes of 8 KiB"
+    );
+    assert!(
+        sent < 40_000,
+        "the primary took all {sent} writes while its store was held"
+    );
+    assert!(
+        g.members[i].stderr().contains("wait for the store"),
+        "the primary did not say why it stopped taking requests"
+    );
+    // It serves again, and what it took was applied.
+    let id = g.task_create("echo served after the flood");
+    assert!(
+        g.ok(&["show", &id, "--json"])
+            .contains("served after the flood")
+    );
+    let flood = grove::store::TaskFilter {
+        tag: Some("flood".into()),
+        ..Default::default()
+    };
+    let applied = g.db().tasks(&flood).unwrap().len();
+    assert!(
+        applied > 1_000,
+        "only {applied} of the flood's writes were applied"
+    );
 }

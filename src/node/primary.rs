@@ -296,6 +296,7 @@ fn serving(
     Serving {
         bad_frames: LogLimiter::new(),
         full_queue: LogLimiter::new(),
+        budget_warned: Default::default(),
         ws: ws.clone(),
         info,
         started: Instant::now(),
@@ -303,6 +304,7 @@ fn serving(
         jobs: parts.store.jobs.clone(),
         replies,
         last_request: me.last_request.clone(),
+        budget: Arc::new(tokio::sync::Semaphore::new(super::serving::WRITE_BUDGET)),
     }
 }
 
@@ -553,7 +555,15 @@ async fn serve(
     loop {
         tokio::select! {
             msg = router_recv.recv() => match msg {
-                Ok(msg) => serving.handle(msg),
+                Ok(msg) => {
+                    let stop = async {
+                        let _ = shutdown.changed().await;
+                    };
+                    match serving.room_for(&msg, stop).await {
+                        Some(permit) => serving.handle(msg, permit),
+                        None => return Ended::Stopped,
+                    }
+                }
                 Err(e) => tracing::warn!("rpc receive error: {e}"),
             },
             _ = crate::fs_watch::any(&mut watches) => {

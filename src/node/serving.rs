@@ -20,6 +20,8 @@ use zeromq::{SocketSend, ZmqMessage};
 pub(super) struct Serving {
     pub(super) bad_frames: LogLimiter,
     pub(super) full_queue: LogLimiter,
+    /// When the budget's warning was last logged (once a minute at most).
+    pub(super) budget_warned: std::cell::Cell<Option<Instant>>,
     pub(super) info: PrimaryInfo,
     pub(super) ws: crate::paths::Workspace,
     pub(super) started: Instant,
@@ -30,12 +32,61 @@ pub(super) struct Serving {
     pub(super) replies: mpsc::Sender<Outgoing>,
     /// When the last request arrived (an idle member exits; see `idle.rs`).
     pub(super) last_request: Arc<AtomicU64>,
+    /// Bytes of requests taken off the ROUTER whose writes are not yet
+    /// answered may not pass [`WRITE_BUDGET`] (see [`Serving::room_for`]).
+    pub(super) budget: Arc<tokio::sync::Semaphore>,
 }
+
+/// The most request bytes, with [`JOB_OVERHEAD`] each, the primary holds
+/// for writes that the store thread has not answered yet. A client that
+/// pipelines writes without reading the replies (a runaway script, a
+/// hostile peer) held them all in memory: 200,000 4 kB `task.create`s from
+/// one socket took the primary to 1 GB of RSS. Past this budget the event
+/// loop stops taking requests until answers free room, so the flood waits
+/// in the kernel's socket buffer and the sender's queue instead, and every
+/// write still gets applied. Far above what 16 busy windows keep in flight.
+pub(super) const WRITE_BUDGET: usize = 32 << 20;
+/// What a queued write costs beyond its frame: the decoded method, the
+/// job, its envelope and reply path.
+const JOB_OVERHEAD: usize = 512;
+/// A flood that keeps the budget full is told once a minute, not per write.
+const BUDGET_WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl Serving {
     /// Answers one ROUTER message: `[identity, payload]`, or
     /// `[identity, "", payload]` from a REQ socket. Never fails the loop.
-    pub(super) fn handle(&self, msg: ZmqMessage) {
+    /// Waits until the write budget has room for `msg`: the permit is held
+    /// until its answer is handed to the reply task (`write`), or dropped at
+    /// once for a request answered on the loop. Ends early, with `None`,
+    /// when `stop` does.
+    pub(super) async fn room_for(
+        &self,
+        msg: &ZmqMessage,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let bytes: usize = msg.iter().map(|f| f.len()).sum();
+        let cost = (bytes + JOB_OVERHEAD).min(WRITE_BUDGET) as u32;
+        if let Ok(permit) = self.budget.clone().try_acquire_many_owned(cost) {
+            return Some(permit);
+        }
+        if self
+            .budget_warned
+            .get()
+            .is_none_or(|at| at.elapsed() >= BUDGET_WARN_EVERY)
+        {
+            self.budget_warned.set(Some(Instant::now()));
+            tracing::warn!(
+                "{} MiB of writes wait for the store; taking no more requests until they are answered",
+                WRITE_BUDGET >> 20
+            );
+        }
+        tokio::select! {
+            permit = self.budget.clone().acquire_many_owned(cost) => permit.ok(),
+            _ = stop => None,
+        }
+    }
+
+    pub(super) fn handle(&self, msg: ZmqMessage, permit: tokio::sync::OwnedSemaphorePermit) {
         let mut frames = msg.into_vec();
         if frames.is_empty() {
             return;
@@ -70,7 +121,7 @@ impl Serving {
                 crate::test_hooks::stall(ms);
                 self.send(envelope, Reply::ok(id, self.info.epoch, ReplyBody::Done {}));
             }
-            method => self.write(envelope, id, request.from, method, digest),
+            method => self.write(envelope, id, (request.from, method, digest), permit),
         }
     }
 
@@ -152,13 +203,24 @@ impl Serving {
     /// Queues a write on the store thread; the reply goes out after COMMIT.
     /// The store thread hands the answer to the reply task itself: a write
     /// costs the event loop no task of its own (see docs/design.md, Serving as primary).
-    fn write(&self, envelope: Vec<Bytes>, id: String, from: String, method: Method, digest: u64) {
+    /// `permit` is the write's share of the budget, given back with its
+    /// answer.
+    fn write(
+        &self,
+        envelope: Vec<Bytes>,
+        id: String,
+        (from, method, digest): (String, Method, u64),
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let reply = match &method {
             // Purge removes the task's files once its row is gone.
-            Method::TaskPurge { id: task } => self.after_purge(task.clone(), envelope, id.clone()),
+            Method::TaskPurge { id: task } => {
+                self.after_purge(task.clone(), envelope, id.clone(), permit)
+            }
             _ => {
                 let (replies, id) = (self.replies.clone(), id.clone());
                 ReplyTo::Direct(DirectReply::new(move |answer| {
+                    let _permit = permit;
                     let answer = Outgoing::Answer {
                         envelope,
                         id,
@@ -192,11 +254,18 @@ impl Serving {
     }
 
     /// The answer to a purge, sent once the purged task's files are gone.
-    fn after_purge(&self, task: String, envelope: Vec<Bytes>, id: String) -> ReplyTo {
+    fn after_purge(
+        &self,
+        task: String,
+        envelope: Vec<Bytes>,
+        id: String,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> ReplyTo {
         let (tx, rx) = oneshot::channel();
         let replies = self.replies.clone();
         let ws = self.ws.clone();
         crate::loop_watch::spawn("purge reply", async move {
+            let _permit = permit;
             let result = rx.await.unwrap_or_else(|_| {
                 Err(WireError::new(
                     ErrorCode::Unavailable,
@@ -270,11 +339,11 @@ fn frame(mut envelope: Vec<Bytes>, payload: Vec<u8>) -> ZmqMessage {
     ZmqMessage::try_from(envelope).expect("a reply has at least two frames")
 }
 
-/// How long one reply may wait for room in its peer's queue. The transport
-/// queues up to 100,000 messages per peer and then blocks the sender: a
-/// client that never reads must not stall the answers to everyone else.
 /// Replies waiting for the reply task.
 pub(super) const REPLY_QUEUE: usize = 4096;
+/// How long one reply may wait for room in its peer's queue. The transport
+/// queues up to 1,000 messages per peer and then blocks the sender: a
+/// client that never reads must not stall the answers to everyone else.
 const REPLY_SEND_TIMEOUT: Duration = Duration::from_millis(20);
 /// A peer whose queue was full gets its replies dropped for this long.
 const STALLED_PEER_PENALTY: Duration = Duration::from_secs(1);

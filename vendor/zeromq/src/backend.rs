@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 /// Sender for notifying reconnection tasks when a peer disconnects.
 pub(crate) type DisconnectNotifier = mpsc::Sender<PeerIdentity>;
-const PEER_SEND_QUEUE_CAPACITY: usize = 100_000;
+// grove: libzmq's default ZMQ_SNDHWM instead of 100,000 (GROVE-PATCH.md, 5).
+const PEER_SEND_QUEUE_CAPACITY: usize = 1_000;
 
 pub(crate) struct Peer {
     pub(crate) send_queue: mpsc::Sender<Message>,
