@@ -98,3 +98,14 @@ pub fn run_created_stall() -> Option<Duration> {
     crate::output::stderr_fmt(format_args!("test hook: task created, stalling {ms} ms\n"));
     Some(Duration::from_millis(ms))
 }
+
+/// Set in a primary's environment: the board's diff gets this many
+/// milliseconds instead of its minute, so that a test of its deadline does
+/// not wait a minute.
+pub const DIFF_WITHIN_ENV: &str = "GROVE_TEST_DIFF_WITHIN_MS";
+
+/// The board's diff deadline a test asked for, if one did.
+pub fn diff_within() -> Option<Duration> {
+    let ms = std::env::var(DIFF_WITHIN_ENV).ok()?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ms))
+}

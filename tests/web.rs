@@ -624,6 +624,61 @@ fn the_boards_diff_of_a_huge_change_is_capped_and_says_so() {
     browser(&g, "diff", &url);
 }
 
+/// A repository whose clean filter never ends (configuration a task's
+/// agent may write): the board's diff, which copies the worktree into an
+/// index and so runs the filter, answers with an error at its deadline,
+/// and nothing it started is left running.
+#[test]
+fn the_boards_diff_stops_at_its_deadline_with_what_it_started() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nweb = true\n");
+    for (k, v) in GIT_IDENTITY {
+        g.env(k, v);
+    }
+    g.env("GIT_CONFIG_GLOBAL", "/dev/null");
+    g.env("GROVE_TEST_DIFF_WITHIN_MS", "1500");
+    git(&g.ws, &["init", "-q", "-b", "main"]);
+    std::fs::write(g.ws.join(".gitignore"), ".grove/\n").unwrap();
+    std::fs::write(g.ws.join(".gitattributes"), "*.txt filter=stuck\n").unwrap();
+    git(&g.ws, &["add", ".gitignore", ".gitattributes"]);
+    git(&g.ws, &["commit", "-q", "-m", "start"]);
+    // A marker no other process has in its command line.
+    git(&g.ws, &["config", "filter.stuck.clean", "sleep 607; cat"]);
+    g.serve();
+    let (primary, _) = g.wait_primary();
+    let (port, token, _) = board_of(&g);
+    let id = g.ok(&["spawn", "--worktree", "echo changed > a.txt"]);
+    wait_status(&g, &id, "completed");
+
+    let asked = std::time::Instant::now();
+    let (status, text) = http(
+        port,
+        "GET",
+        &format!("/api/tasks/{id}/diff"),
+        &[("X-Grove-Token", &token)],
+    );
+    assert_eq!(status, 200, "{text}");
+    let v = json_body(&text);
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(error.contains("did not end in the time allowed"), "{v}");
+    assert!(asked.elapsed() < DEADLINE, "{:?}", asked.elapsed());
+    assert_eq!(children_named(primary, "git"), Vec::<String>::new());
+    let stuck = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains("sleep 607"))
+            .collect::<Vec<_>>()
+    };
+    wait_for("the stuck filter to be gone", DEADLINE, || {
+        stuck().is_empty().then_some(())
+    });
+    // The board still serves.
+    let (status, _) = http(port, "GET", "/api/state", &[("X-Grove-Token", &token)]);
+    assert_eq!(status, 200);
+}
+
 /// The token is renewed when the board goes off and when it moves, so one
 /// that leaked (an open tab's cookie, sent to whoever binds the freed
 /// port) is worth nothing; the URL is given, and opened, only once our own

@@ -117,7 +117,11 @@ fn diff(ctx: &Context, id: &str, stat: bool, json: bool) -> Result<i32, CliError
         wt::diff::write(&ctx.ws.root, &w, form, copied, crate::output::stdout_bytes)?;
         return Ok(EXIT_OK);
     }
-    let changes = wt::diff::changes(&ctx.ws.root, &w, form, copied, usize::MAX)?;
+    let limits = wt::diff::Limits {
+        cap: usize::MAX,
+        until: None,
+    };
+    let changes = wt::diff::changes(&ctx.ws.root, &w, form, copied, limits)?;
     let mut v = serde_json::to_value(&changes).unwrap_or_default();
     v["task"] = task.id.into();
     if stat {

@@ -242,6 +242,20 @@ async fn log(
 /// terminal streams all of it.
 const DIFF_MAX: usize = 8 << 20;
 
+/// How long the board's diff may take, git and what it starts included:
+/// copying the worktree into an index runs the repository's clean filters
+/// and fsmonitor hook, and one that never ends must not hold a board thread
+/// for good (see `worktree::bounded`).
+const DIFF_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn diff_within() -> std::time::Duration {
+    #[cfg(feature = "test-hooks")]
+    if let Some(within) = crate::test_hooks::diff_within() {
+        return within;
+    }
+    DIFF_WITHIN
+}
+
 /// A worktree task's changes (`grove diff`), up to `DIFF_MAX`: then
 /// `truncated` is set and `hint` says where to see the rest.
 async fn diff(
@@ -256,7 +270,11 @@ async fn diff(
             return Ok(Json(json!({"worktree": null})));
         };
         let form = crate::worktree::diff::Form::Patch;
-        match crate::worktree::diff::changes(&root, &w, form, &copied, DIFF_MAX) {
+        let limits = crate::worktree::diff::Limits {
+            cap: DIFF_MAX,
+            until: Some(std::time::Instant::now() + diff_within()),
+        };
+        match crate::worktree::diff::changes(&root, &w, form, &copied, limits) {
             Ok(c) if c.truncated => {
                 let hint = format!(
                     "the changes are larger than the board shows: these are their first {} MiB; `grove diff {}` in a terminal shows all of them",

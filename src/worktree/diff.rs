@@ -8,12 +8,14 @@
 //! primary; `grove diff`) holds at most what it keeps (`changes`, up to a
 //! cap) or passes on (`write`). See docs/design.md, Worktrees.
 
+use super::bounded::Git;
 use super::{State, WorktreeError, branch_head, command, not_on_branch, path_of, state};
 use crate::protocol::Worktree;
 use serde::Serialize;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 /// One changed file: lines added and deleted (`None`: binary).
 #[derive(Debug, Serialize)]
@@ -53,19 +55,29 @@ impl Form {
     }
 }
 
-/// A task's changes, the text and the file list each read up to `cap`
-/// bytes (`usize::MAX`: all of them). `copied`: the setup's files, left
-/// out where the base does not track them (see `work_pathspec`).
+/// How much of a task's changes to read: up to `cap` bytes of the text and
+/// of the file list each (`usize::MAX`: all of them), and, when `until` is
+/// given, git stopped there with whatever it started (the board: see
+/// `bounded`).
+pub struct Limits {
+    pub cap: usize,
+    pub until: Option<Instant>,
+}
+
+/// A task's changes, read within `limits`. `copied`: the setup's files,
+/// left out where the base does not track them (see `work_pathspec`).
 pub fn changes(
     root: &Path,
     w: &Worktree,
     form: Form,
     copied: &[String],
-    cap: usize,
+    limits: Limits,
 ) -> super::Result<Changes> {
-    let source = Source::open(root, w, copied)?;
-    let (text, text_cut) = read_capped(source.command(form.args()), cap)?;
-    let (numbers, files_cut) = read_capped(source.command(&["--no-renames", "--numstat"]), cap)?;
+    let Limits { cap, until } = limits;
+    let source = Source::open(root, w, copied, until)?;
+    let (text, text_cut) = read_capped(source.command(form.args()), cap, until)?;
+    let numstat = source.command(&["--no-renames", "--numstat"]);
+    let (numbers, files_cut) = read_capped(numstat, cap, until)?;
     Ok(Changes {
         base: w.base.clone(),
         branch: w.branch.clone(),
@@ -85,8 +97,8 @@ pub fn write(
     copied: &[String],
     mut out: impl FnMut(&[u8]),
 ) -> super::Result<()> {
-    let source = Source::open(root, w, copied)?;
-    stream(source.command(form.args()), |chunk| {
+    let source = Source::open(root, w, copied, None)?;
+    stream(source.command(form.args()), None, |chunk| {
         out(chunk);
         true
     })?;
@@ -106,11 +118,17 @@ struct Source {
 }
 
 impl Source {
-    fn open(root: &Path, w: &Worktree, copied: &[String]) -> super::Result<Source> {
+    fn open(
+        root: &Path,
+        w: &Worktree,
+        copied: &[String],
+        until: Option<Instant>,
+    ) -> super::Result<Source> {
         match state(root, w).map_err(WorktreeError::Failed)? {
             State::Ready => {
                 let wt = path_of(root, w);
-                let index = snapshot_index(&wt, &super::work_pathspec(root, w, copied))?;
+                let pathspec = super::work_pathspec(root, w, copied);
+                let index = snapshot_index(&wt, &pathspec, until)?;
                 Ok(Source {
                     dir: wt,
                     sides: vec![w.base.clone()],
@@ -158,11 +176,11 @@ impl Source {
 
 /// `cmd`'s output up to `cap` bytes, and whether there was more (then git
 /// is stopped there, and the text cut after its last whole line).
-fn read_capped(cmd: Command, cap: usize) -> super::Result<(String, bool)> {
+fn read_capped(cmd: Command, cap: usize, until: Option<Instant>) -> super::Result<(String, bool)> {
     let mut bytes = Vec::new();
     // One byte past the cap tells "more" from "exactly the cap".
     let keep = cap.saturating_add(1);
-    stream(cmd, |chunk| {
+    stream(cmd, until, |chunk| {
         let room = keep - bytes.len();
         bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
         bytes.len() < keep
@@ -187,16 +205,22 @@ const ERRORS_MAX: u64 = 64 * 1024;
 
 /// Runs `cmd` and hands its output to `sink` as it comes, until git ends
 /// (then a failing git is an error) or `sink` answers false (then git is
-/// stopped). Returns whether it was stopped. Either way git has ended and
-/// been reaped when this returns or unwinds (see `Git`).
-fn stream(mut cmd: Command, mut sink: impl FnMut(&[u8]) -> bool) -> super::Result<bool> {
+/// stopped), or `until` passes (then git is stopped with what it started,
+/// and that is an error). Returns whether `sink` stopped it. Either way git
+/// has ended and been reaped when this returns or unwinds (see
+/// `bounded::Git`).
+fn stream(
+    mut cmd: Command,
+    until: Option<Instant>,
+    mut sink: impl FnMut(&[u8]) -> bool,
+) -> super::Result<bool> {
     let failed = |e: std::io::Error| WorktreeError::Failed(format!("cannot run git: {e}"));
     // Its errors go to an unlinked file, read once it has ended: a pipe
     // nobody reads while its output is read could fill and stall it.
     let mut errors = tempfile::tempfile().map_err(failed)?;
     cmd.stdout(Stdio::piped())
         .stderr(errors.try_clone().map_err(failed)?);
-    let mut git = Git(Some(cmd.spawn().map_err(failed)?));
+    let mut git = Git::spawn(cmd, until).map_err(failed)?;
     let mut out = git.child().stdout.take().expect("stdout is piped");
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -213,7 +237,10 @@ fn stream(mut cmd: Command, mut sink: impl FnMut(&[u8]) -> bool) -> super::Resul
         }
     }
     drop(out);
-    let status = git.wait().map_err(failed)?;
+    let (status, stopped) = git.wait().map_err(failed)?;
+    if stopped {
+        return Err(past_deadline("git diff"));
+    }
     if status.success() {
         return Ok(false);
     }
@@ -228,39 +255,14 @@ fn stream(mut cmd: Command, mut sink: impl FnMut(&[u8]) -> bool) -> super::Resul
     }))
 }
 
-/// A running git. Dropped before it was waited for (stopped at a cap, or
-/// an unwind: a closed stdout ends a command that way, see `output.rs`),
-/// it is killed and reaped: no git is left running or a zombie, and none
-/// is waited for while it still works. It stays in its caller's process
-/// group, so a Ctrl-C in the terminal of `grove diff` reaches it as
-/// before; a filter it started (textconv) is not our child, and ends when
-/// it next writes to the git that is gone.
-struct Git(Option<Child>);
-
-impl Git {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("not waited for yet")
-    }
-
-    fn wait(mut self) -> std::io::Result<ExitStatus> {
-        let mut child = self.0.take().expect("not waited for yet");
-        child.wait()
-    }
-}
-
-impl Drop for Git {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// A private copy of the worktree's index with every change in it
 /// (`git add -A`), so that new files count and the agent's own index and
 /// staging stay as they are.
-fn snapshot_index(wt: &Path, pathspec: &[String]) -> super::Result<(tempfile::TempDir, PathBuf)> {
+fn snapshot_index(
+    wt: &Path,
+    pathspec: &[String],
+    until: Option<Instant>,
+) -> super::Result<(tempfile::TempDir, PathBuf)> {
     let failed = |e: String| WorktreeError::Failed(e);
     let index = super::git(
         wt,
@@ -276,7 +278,10 @@ fn snapshot_index(wt: &Path, pathspec: &[String]) -> super::Result<(tempfile::Te
     cmd.args(pathspec).env("GIT_INDEX_FILE", &copy);
     // Its output in files: a clean filter it runs could leave a process
     // holding a pipe (see `run_to_files`).
-    let (status, _, errors) = super::run_to_files(cmd).map_err(failed)?;
+    let (status, _, errors, stopped) = super::run_to_files_until(cmd, until).map_err(failed)?;
+    if stopped {
+        return Err(past_deadline("git add"));
+    }
     if !status.success() {
         let errors = String::from_utf8_lossy(&errors);
         return Err(failed(match errors.trim() {
@@ -285,6 +290,13 @@ fn snapshot_index(wt: &Path, pathspec: &[String]) -> super::Result<(tempfile::Te
         }));
     }
     Ok((dir, copy))
+}
+
+/// A git stopped at its deadline, with everything it started.
+fn past_deadline(what: &str) -> WorktreeError {
+    WorktreeError::Failed(format!(
+        "`{what}` did not end in the time allowed and was stopped: a clean filter or hook of the repository that never ends? `grove diff` in a terminal has no deadline"
+    ))
 }
 
 fn parse_numstat(line: &str) -> Option<FileChange> {

@@ -12,6 +12,7 @@
 //! `mod.rs` the base, creation and removal; `diff.rs` a task's changes;
 //! `merge.rs` bringing them into a branch.
 
+mod bounded;
 pub mod diff;
 pub mod merge;
 
@@ -72,8 +73,18 @@ where
 /// would wait for that process — with the worktree lock held, or a board
 /// thread taken.
 pub(crate) fn run_to_files(
-    mut cmd: std::process::Command,
+    cmd: std::process::Command,
 ) -> std::result::Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), String> {
+    let (status, out, err, _) = run_to_files_until(cmd, None)?;
+    Ok((status, out, err))
+}
+
+/// [`run_to_files`], stopped at `until` with everything it started (see
+/// `bounded`); the last value tells whether it was.
+pub(crate) fn run_to_files_until(
+    mut cmd: std::process::Command,
+    until: Option<std::time::Instant>,
+) -> std::result::Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>, bool), String> {
     use std::io::{Read, Seek};
     let temp = |what| {
         tempfile::tempfile()
@@ -81,11 +92,12 @@ pub(crate) fn run_to_files(
     };
     let (mut out, mut err) = (temp("output")?, temp("errors")?);
     let dup = |f: &std::fs::File| f.try_clone().map_err(|e| format!("cannot run git: {e}"));
-    let status = cmd
-        .stdout(dup(&out)?)
-        .stderr(dup(&err)?)
-        .status()
+    cmd.stdout(dup(&out)?).stderr(dup(&err)?);
+    let git = bounded::Git::spawn(cmd, until)
         .map_err(|e| format!("cannot run git: {e} (is git installed?)"))?;
+    let (status, stopped) = git
+        .wait()
+        .map_err(|e| format!("cannot wait for git: {e}"))?;
     let read = |f: &mut std::fs::File| {
         let mut bytes = Vec::new();
         f.rewind()
@@ -93,7 +105,7 @@ pub(crate) fn run_to_files(
             .map(|_| bytes)
             .map_err(|e| format!("cannot read git's output: {e}"))
     };
-    Ok((status, read(&mut out)?, read(&mut err)?))
+    Ok((status, read(&mut out)?, read(&mut err)?, stopped))
 }
 
 /// A `git` command in `dir`, not steered by the caller's git environment

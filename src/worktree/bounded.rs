@@ -1,0 +1,180 @@
+//! A git run that is stopped, with everything it started, when it outlasts
+//! a deadline. The board's diff runs in the primary and copies the task's
+//! worktree into an index (`git add -A`), which runs the repository's
+//! clean filters and fsmonitor hook: configuration the task's agent may
+//! write. One that never ends held a board thread and a git process per
+//! click, for good (see docs/design.md, Worktrees).
+
+use std::io;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+/// A running git: waited for by [`Git::wait`], or killed and reaped when
+/// dropped (stopped early, or an unwind), so that no git is left running or
+/// a zombie. With a deadline it runs in a process group of its own (git
+/// and the filters and hooks it starts), killed whole at the deadline;
+/// without one it stays in its caller's group, so a Ctrl-C in the
+/// terminal of `grove diff` reaches it.
+pub(crate) struct Git {
+    child: Option<Child>,
+    watch: Option<(Arc<Watch>, std::thread::JoinHandle<()>)>,
+}
+
+/// Between a git run and the thread that kills it at its deadline.
+#[derive(Default)]
+struct Watch {
+    /// Set, under its lock, once git has exited and before it is reaped:
+    /// the group is only ever signalled while its leader's pid is still
+    /// ours (a zombie keeps it), never a pid the kernel gave out again.
+    ended: Mutex<bool>,
+    wake: Condvar,
+    killed: AtomicBool,
+}
+
+impl Watch {
+    fn kill_at(&self, pgid: i32, until: Instant) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        while !*ended {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // SAFETY: kill(2) with a group whose leader is not reaped.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                self.killed.store(true, Ordering::Relaxed);
+                return;
+            }
+            ended = (self.wake.wait_timeout(ended, left))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Git {
+    /// Starts `cmd`, to be stopped at `until` when there is one.
+    pub(crate) fn spawn(mut cmd: Command, until: Option<Instant>) -> io::Result<Git> {
+        use std::os::unix::process::CommandExt;
+        if until.is_some() {
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn()?;
+        let watch = until.map(|until| {
+            let watch = Arc::new(Watch::default());
+            let (pgid, watching) = (child.id() as i32, watch.clone());
+            let thread = std::thread::spawn(move || watching.kill_at(pgid, until));
+            (watch, thread)
+        });
+        Ok(Git {
+            child: Some(child),
+            watch,
+        })
+    }
+
+    pub(crate) fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("not waited for yet")
+    }
+
+    /// Waits for git to end and reaps it: its status, and whether the
+    /// deadline stopped it.
+    pub(crate) fn wait(mut self) -> io::Result<(ExitStatus, bool)> {
+        let pid = self.child().id();
+        if self.watch.is_some() {
+            exited(pid)?;
+        }
+        let killed = self.release();
+        let status = self.child.take().expect("not waited for yet").wait()?;
+        Ok((status, killed))
+    }
+
+    /// Tells the deadline's thread that git has ended (or is being killed
+    /// here) and waits for it: whether it killed the group.
+    fn release(&mut self) -> bool {
+        let Some((watch, thread)) = self.watch.take() else {
+            return false;
+        };
+        *watch.ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        watch.wake.notify_all();
+        let _ = thread.join();
+        watch.killed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Git {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if self.watch.is_some() {
+            // Not reaped yet, so the group is still git's.
+            // SAFETY: kill(2) with a group whose leader is not reaped.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        }
+        let _ = child.kill();
+        self.release();
+        let _ = child.wait();
+    }
+}
+
+/// Waits until `pid`, our child, has exited, leaving it to be reaped.
+fn exited(pid: u32) -> io::Result<()> {
+    loop {
+        // SAFETY: waitid fills the zeroed siginfo; WNOWAIT reaps nothing.
+        let done = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let flags = libc::WEXITED | libc::WNOWAIT;
+            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags)
+        };
+        if done == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_run_past_its_deadline_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let mut cmd = Command::new("sh");
+        // A child of its own in the background, as a filter would be.
+        cmd.arg("-c")
+            .arg(format!("sleep 30 & echo $! > {}; wait", pidfile.display()));
+        let started = Instant::now();
+        let git = Git::spawn(cmd, Some(Instant::now() + Duration::from_millis(300))).unwrap();
+        let (status, killed) = git.wait().unwrap();
+        assert!(killed && !status.success(), "{status:?}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+        let grandchild: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Killed with the group; reaped by init (or a subreaper) soon.
+        let until = Instant::now() + Duration::from_secs(10);
+        while crate::proc::running(grandchild as u32) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !crate::proc::running(grandchild as u32),
+            "the background child still runs"
+        );
+    }
+
+    #[test]
+    fn a_run_within_its_deadline_is_not_stopped() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("exit 3");
+        let git = Git::spawn(cmd, Some(Instant::now() + Duration::from_secs(60))).unwrap();
+        let (status, killed) = git.wait().unwrap();
+        assert_eq!((status.code(), killed), (Some(3), false));
+    }
+}
