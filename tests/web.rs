@@ -679,6 +679,64 @@ fn the_boards_diff_stops_at_its_deadline_with_what_it_started() {
     assert_eq!(status, 200);
 }
 
+/// The deadline covers every git the board's diff runs, not only the index
+/// copy and the diff: configuration that makes git itself block (here an
+/// `include.path` naming a FIFO, which git opens and waits on; the
+/// repository's config is as writable to a task's agent as the clean
+/// filter above) holds `git worktree list` in `worktree::state` before the
+/// deadline's first git.
+#[test]
+fn the_boards_diff_deadline_covers_the_gits_before_the_index_copy() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nweb = true\n");
+    for (k, v) in GIT_IDENTITY {
+        g.env(k, v);
+    }
+    g.env("GIT_CONFIG_GLOBAL", "/dev/null");
+    g.env("GROVE_TEST_DIFF_WITHIN_MS", "1500");
+    git(&g.ws, &["init", "-q", "-b", "main"]);
+    std::fs::write(g.ws.join(".gitignore"), ".grove/\n").unwrap();
+    git(&g.ws, &["add", ".gitignore"]);
+    git(&g.ws, &["commit", "-q", "-m", "start"]);
+    g.serve();
+    g.wait_primary();
+    let (port, token, _) = board_of(&g);
+    let id = g.ok(&["spawn", "--worktree", "echo changed > a.txt"]);
+    wait_status(&g, &id, "completed");
+
+    let fifo = g.dir.path().join("config-fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    git(&g.ws, &["config", "include.path", fifo.to_str().unwrap()]);
+    // Whatever the outcome, the gits waiting on the FIFO are let go.
+    struct Release(std::path::PathBuf);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            use std::os::unix::fs::OpenOptionsExt;
+            for _ in 0..200 {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&self.0);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+    let _release = Release(fifo);
+
+    let asked = std::time::Instant::now();
+    let (status, text) = http(
+        port,
+        "GET",
+        &format!("/api/tasks/{id}/diff"),
+        &[("X-Grove-Token", &token)],
+    );
+    let took = asked.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "the board's diff took {took:?} with a 1.5 s deadline (status {status}: {text})"
+    );
+}
+
 /// The token is renewed when the board goes off and when it moves, so one
 /// that leaked (an open tab's cookie, sent to whoever binds the freed
 /// port) is worth nothing; the URL is given, and opened, only once our own
