@@ -735,6 +735,12 @@ fn the_boards_diff_deadline_covers_the_gits_before_the_index_copy() {
         took < std::time::Duration::from_secs(10),
         "the board's diff took {took:?} with a 1.5 s deadline (status {status}: {text})"
     );
+    assert_eq!(status, 200, "{text}");
+    let error = json_body(&text)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("did not end in the time allowed"), "{text}");
 }
 
 /// The token is renewed when the board goes off and when it moves, so one

@@ -49,6 +49,11 @@ pub(super) const WRITE_BUDGET: usize = 32 << 20;
 /// What a queued write costs beyond its frame: the decoded method, the
 /// job, its envelope and reply path.
 const JOB_OVERHEAD: usize = 512;
+/// The least a request costs of the budget, so that at most 4,096 writes
+/// wait for the store: tiny writes at 512 bytes each let one pipelining
+/// client put ~55,000 of them ahead of everyone else's next write (a CLI
+/// write went from 10 ms to over a second while they drained).
+const LEAST_COST: usize = WRITE_BUDGET / 4096;
 /// A flood that keeps the budget full is told once a minute, not per write.
 const BUDGET_WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -65,7 +70,7 @@ impl Serving {
         stop: impl std::future::Future<Output = ()>,
     ) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let bytes: usize = msg.iter().map(|f| f.len()).sum();
-        let cost = (bytes + JOB_OVERHEAD).min(WRITE_BUDGET) as u32;
+        let cost = (bytes + JOB_OVERHEAD).clamp(LEAST_COST, WRITE_BUDGET) as u32;
         if let Ok(permit) = self.budget.clone().try_acquire_many_owned(cost) {
             return Some(permit);
         }

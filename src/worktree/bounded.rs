@@ -5,11 +5,36 @@
 //! write. One that never ends held a board thread and a git process per
 //! click, for good (see docs/design.md, Worktrees).
 
+use std::cell::Cell;
 use std::io;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
+
+/// Why a git run ended early: said wherever a stopped run is an error.
+pub(crate) const STOPPED: &str = "git did not end in the time allowed and was stopped, with what it started: a clean filter, hook or configuration of the repository that never ends? `grove diff` in a terminal has no deadline";
+
+thread_local! {
+    /// The deadline of every git this thread starts (see [`within`]).
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with every git this thread starts meanwhile (through [`Git`]:
+/// `worktree::git`, `run_to_files`, the diff's streams) stopped at `until`.
+/// A scope rather than a parameter, so that no git of the board's diff can
+/// be missed, the plumbing ones before the index copy included (a
+/// repository whose configuration includes a FIFO blocks every git).
+pub(crate) fn within<T>(until: Instant, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Instant>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DEADLINE.set(self.0);
+        }
+    }
+    let _restore = Restore(DEADLINE.replace(Some(until)));
+    f()
+}
 
 /// A running git: waited for by [`Git::wait`], or killed and reaped when
 /// dropped (stopped early, or an unwind), so that no git is left running or
@@ -52,23 +77,36 @@ impl Watch {
 }
 
 impl Git {
-    /// Starts `cmd`, to be stopped at `until` when there is one.
-    pub(crate) fn spawn(mut cmd: Command, until: Option<Instant>) -> io::Result<Git> {
+    /// Starts `cmd`, to be stopped at the deadline of the [`within`] scope
+    /// it starts in, when there is one.
+    pub(crate) fn spawn(mut cmd: Command) -> io::Result<Git> {
         use std::os::unix::process::CommandExt;
-        if until.is_some() {
-            cmd.process_group(0);
+        let Some(until) = DEADLINE.get() else {
+            return Ok(Git {
+                child: Some(cmd.spawn()?),
+                watch: None,
+            });
+        };
+        cmd.process_group(0);
+        let mut child = cmd.spawn()?;
+        let watch = Arc::new(Watch::default());
+        let (pgid, watching) = (child.id() as i32, watch.clone());
+        let thread = std::thread::Builder::new()
+            .name("grove-git-deadline".into())
+            .spawn(move || watching.kill_at(pgid, until));
+        match thread {
+            Ok(thread) => Ok(Git {
+                child: Some(child),
+                watch: Some((watch, thread)),
+            }),
+            Err(e) => {
+                // Nobody would stop it: it does not run at all.
+                // SAFETY: kill(2) with a group whose leader is not reaped.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                let _ = child.wait();
+                Err(e)
+            }
         }
-        let child = cmd.spawn()?;
-        let watch = until.map(|until| {
-            let watch = Arc::new(Watch::default());
-            let (pgid, watching) = (child.id() as i32, watch.clone());
-            let thread = std::thread::spawn(move || watching.kill_at(pgid, until));
-            (watch, thread)
-        });
-        Ok(Git {
-            child: Some(child),
-            watch,
-        })
     }
 
     pub(crate) fn child(&mut self) -> &mut Child {
@@ -149,8 +187,8 @@ mod tests {
         cmd.arg("-c")
             .arg(format!("sleep 30 & echo $! > {}; wait", pidfile.display()));
         let started = Instant::now();
-        let git = Git::spawn(cmd, Some(Instant::now() + Duration::from_millis(300))).unwrap();
-        let (status, killed) = git.wait().unwrap();
+        let until = Instant::now() + Duration::from_millis(300);
+        let (status, killed) = within(until, || Git::spawn(cmd).unwrap().wait().unwrap());
         assert!(killed && !status.success(), "{status:?}");
         assert!(started.elapsed() < Duration::from_secs(20));
         let grandchild: i32 = std::fs::read_to_string(&pidfile)
@@ -173,8 +211,13 @@ mod tests {
     fn a_run_within_its_deadline_is_not_stopped() {
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg("exit 3");
-        let git = Git::spawn(cmd, Some(Instant::now() + Duration::from_secs(60))).unwrap();
-        let (status, killed) = git.wait().unwrap();
+        let until = Instant::now() + Duration::from_secs(60);
+        let (status, killed) = within(until, || Git::spawn(cmd).unwrap().wait().unwrap());
         assert_eq!((status.code(), killed), (Some(3), false));
+        // Outside the scope: no deadline, and the caller's process group.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("exit 0");
+        let git = Git::spawn(cmd).unwrap();
+        assert!(git.watch.is_none());
     }
 }

@@ -57,8 +57,8 @@ impl Form {
 
 /// How much of a task's changes to read: up to `cap` bytes of the text and
 /// of the file list each (`usize::MAX`: all of them), and, when `until` is
-/// given, git stopped there with whatever it started (the board: see
-/// `bounded`).
+/// given, every git it runs stopped there with whatever it started (the
+/// board: see `bounded::within`).
 pub struct Limits {
     pub cap: usize,
     pub until: Option<Instant>,
@@ -74,10 +74,23 @@ pub fn changes(
     limits: Limits,
 ) -> super::Result<Changes> {
     let Limits { cap, until } = limits;
-    let source = Source::open(root, w, copied, until)?;
-    let (text, text_cut) = read_capped(source.command(form.args()), cap, until)?;
+    match until {
+        Some(until) => super::bounded::within(until, || read_changes(root, w, form, copied, cap)),
+        None => read_changes(root, w, form, copied, cap),
+    }
+}
+
+fn read_changes(
+    root: &Path,
+    w: &Worktree,
+    form: Form,
+    copied: &[String],
+    cap: usize,
+) -> super::Result<Changes> {
+    let source = Source::open(root, w, copied)?;
+    let (text, text_cut) = read_capped(source.command(form.args()), cap)?;
     let numstat = source.command(&["--no-renames", "--numstat"]);
-    let (numbers, files_cut) = read_capped(numstat, cap, until)?;
+    let (numbers, files_cut) = read_capped(numstat, cap)?;
     Ok(Changes {
         base: w.base.clone(),
         branch: w.branch.clone(),
@@ -97,8 +110,8 @@ pub fn write(
     copied: &[String],
     mut out: impl FnMut(&[u8]),
 ) -> super::Result<()> {
-    let source = Source::open(root, w, copied, None)?;
-    stream(source.command(form.args()), None, |chunk| {
+    let source = Source::open(root, w, copied)?;
+    stream(source.command(form.args()), |chunk| {
         out(chunk);
         true
     })?;
@@ -118,17 +131,12 @@ struct Source {
 }
 
 impl Source {
-    fn open(
-        root: &Path,
-        w: &Worktree,
-        copied: &[String],
-        until: Option<Instant>,
-    ) -> super::Result<Source> {
+    fn open(root: &Path, w: &Worktree, copied: &[String]) -> super::Result<Source> {
         match state(root, w).map_err(WorktreeError::Failed)? {
             State::Ready => {
                 let wt = path_of(root, w);
                 let pathspec = super::work_pathspec(root, w, copied);
-                let index = snapshot_index(&wt, &pathspec, until)?;
+                let index = snapshot_index(&wt, &pathspec)?;
                 Ok(Source {
                     dir: wt,
                     sides: vec![w.base.clone()],
@@ -176,11 +184,11 @@ impl Source {
 
 /// `cmd`'s output up to `cap` bytes, and whether there was more (then git
 /// is stopped there, and the text cut after its last whole line).
-fn read_capped(cmd: Command, cap: usize, until: Option<Instant>) -> super::Result<(String, bool)> {
+fn read_capped(cmd: Command, cap: usize) -> super::Result<(String, bool)> {
     let mut bytes = Vec::new();
     // One byte past the cap tells "more" from "exactly the cap".
     let keep = cap.saturating_add(1);
-    stream(cmd, until, |chunk| {
+    stream(cmd, |chunk| {
         let room = keep - bytes.len();
         bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
         bytes.len() < keep
@@ -205,22 +213,18 @@ const ERRORS_MAX: u64 = 64 * 1024;
 
 /// Runs `cmd` and hands its output to `sink` as it comes, until git ends
 /// (then a failing git is an error) or `sink` answers false (then git is
-/// stopped), or `until` passes (then git is stopped with what it started,
-/// and that is an error). Returns whether `sink` stopped it. Either way git
+/// stopped), or the deadline of a `bounded::within` scope passes (then git
+/// is stopped with what it started, and that is an error). Returns whether `sink` stopped it. Either way git
 /// has ended and been reaped when this returns or unwinds (see
 /// `bounded::Git`).
-fn stream(
-    mut cmd: Command,
-    until: Option<Instant>,
-    mut sink: impl FnMut(&[u8]) -> bool,
-) -> super::Result<bool> {
+fn stream(mut cmd: Command, mut sink: impl FnMut(&[u8]) -> bool) -> super::Result<bool> {
     let failed = |e: std::io::Error| WorktreeError::Failed(format!("cannot run git: {e}"));
     // Its errors go to an unlinked file, read once it has ended: a pipe
     // nobody reads while its output is read could fill and stall it.
     let mut errors = tempfile::tempfile().map_err(failed)?;
     cmd.stdout(Stdio::piped())
         .stderr(errors.try_clone().map_err(failed)?);
-    let mut git = Git::spawn(cmd, until).map_err(failed)?;
+    let mut git = Git::spawn(cmd).map_err(failed)?;
     let mut out = git.child().stdout.take().expect("stdout is piped");
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -239,7 +243,7 @@ fn stream(
     drop(out);
     let (status, stopped) = git.wait().map_err(failed)?;
     if stopped {
-        return Err(past_deadline("git diff"));
+        return Err(WorktreeError::Failed(super::bounded::STOPPED.into()));
     }
     if status.success() {
         return Ok(false);
@@ -258,11 +262,7 @@ fn stream(
 /// A private copy of the worktree's index with every change in it
 /// (`git add -A`), so that new files count and the agent's own index and
 /// staging stay as they are.
-fn snapshot_index(
-    wt: &Path,
-    pathspec: &[String],
-    until: Option<Instant>,
-) -> super::Result<(tempfile::TempDir, PathBuf)> {
+fn snapshot_index(wt: &Path, pathspec: &[String]) -> super::Result<(tempfile::TempDir, PathBuf)> {
     let failed = |e: String| WorktreeError::Failed(e);
     let index = super::git(
         wt,
@@ -278,10 +278,7 @@ fn snapshot_index(
     cmd.args(pathspec).env("GIT_INDEX_FILE", &copy);
     // Its output in files: a clean filter it runs could leave a process
     // holding a pipe (see `run_to_files`).
-    let (status, _, errors, stopped) = super::run_to_files_until(cmd, until).map_err(failed)?;
-    if stopped {
-        return Err(past_deadline("git add"));
-    }
+    let (status, _, errors) = super::run_to_files(cmd).map_err(failed)?;
     if !status.success() {
         let errors = String::from_utf8_lossy(&errors);
         return Err(failed(match errors.trim() {
@@ -290,13 +287,6 @@ fn snapshot_index(
         }));
     }
     Ok((dir, copy))
-}
-
-/// A git stopped at its deadline, with everything it started.
-fn past_deadline(what: &str) -> WorktreeError {
-    WorktreeError::Failed(format!(
-        "`{what}` did not end in the time allowed and was stopped: a clean filter or hook of the repository that never ends? `grove diff` in a terminal has no deadline"
-    ))
 }
 
 fn parse_numstat(line: &str) -> Option<FileChange> {

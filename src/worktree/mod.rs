@@ -12,7 +12,7 @@
 //! `mod.rs` the base, creation and removal; `diff.rs` a task's changes;
 //! `merge.rs` bringing them into a branch.
 
-mod bounded;
+pub(crate) mod bounded;
 pub mod diff;
 pub mod merge;
 
@@ -71,20 +71,11 @@ where
 /// repository's that leaves a process in the background (`watcher &`)
 /// keeps a pipe open long after git has exited, and reading it to its end
 /// would wait for that process — with the worktree lock held, or a board
-/// thread taken.
+/// thread taken. Inside `bounded::within`, a run stopped at the deadline
+/// is an error.
 pub(crate) fn run_to_files(
-    cmd: std::process::Command,
-) -> std::result::Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), String> {
-    let (status, out, err, _) = run_to_files_until(cmd, None)?;
-    Ok((status, out, err))
-}
-
-/// [`run_to_files`], stopped at `until` with everything it started (see
-/// `bounded`); the last value tells whether it was.
-pub(crate) fn run_to_files_until(
     mut cmd: std::process::Command,
-    until: Option<std::time::Instant>,
-) -> std::result::Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>, bool), String> {
+) -> std::result::Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), String> {
     use std::io::{Read, Seek};
     let temp = |what| {
         tempfile::tempfile()
@@ -93,11 +84,14 @@ pub(crate) fn run_to_files_until(
     let (mut out, mut err) = (temp("output")?, temp("errors")?);
     let dup = |f: &std::fs::File| f.try_clone().map_err(|e| format!("cannot run git: {e}"));
     cmd.stdout(dup(&out)?).stderr(dup(&err)?);
-    let git = bounded::Git::spawn(cmd, until)
-        .map_err(|e| format!("cannot run git: {e} (is git installed?)"))?;
+    let git =
+        bounded::Git::spawn(cmd).map_err(|e| format!("cannot run git: {e} (is git installed?)"))?;
     let (status, stopped) = git
         .wait()
         .map_err(|e| format!("cannot wait for git: {e}"))?;
+    if stopped {
+        return Err(bounded::STOPPED.into());
+    }
     let read = |f: &mut std::fs::File| {
         let mut bytes = Vec::new();
         f.rewind()
@@ -105,7 +99,7 @@ pub(crate) fn run_to_files_until(
             .map(|_| bytes)
             .map_err(|e| format!("cannot read git's output: {e}"))
     };
-    Ok((status, read(&mut out)?, read(&mut err)?, stopped))
+    Ok((status, read(&mut out)?, read(&mut err)?))
 }
 
 /// A `git` command in `dir`, not steered by the caller's git environment
@@ -571,12 +565,7 @@ pub fn git_dir(tree: &Path) -> Option<PathBuf> {
 /// or a commit.
 pub fn work_pathspec(root: &Path, w: &Worktree, copied: &[String]) -> Vec<String> {
     let mut spec = vec![".".to_string()];
-    let quiet = |mut cmd: std::process::Command| {
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    let quiet = |cmd| run_to_files(cmd).is_ok_and(|(status, _, _)| status.success());
     for file in copied {
         let tracked = quiet({
             let mut c = command(root, ["cat-file", "-e"]);
