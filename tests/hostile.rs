@@ -194,3 +194,72 @@ fn pipelined_writes_wait_for_the_store_within_the_write_budget() {
         "only {applied} of the flood's writes were applied"
     );
 }
+
+/// The budget is given back when a write's answer reaches the reply task,
+/// but the answer to a `task.create` carries its prompt: clients that
+/// pipeline big creates (here the same one, replayed from the ledger, so
+/// the store barely grows) and never read have each answer parked in
+/// their peer's send queue, 1,000 deep whatever their size. The primary
+/// should not hold much more than the budget for them.
+#[test]
+fn replies_a_client_never_reads_are_bounded_in_bytes_too() {
+    let mut g = Grove::new();
+    g.serve();
+    let (pid, _) = g.wait_primary();
+    let rpc = g.status()["primary"]["rpc_endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blocker = g.ok(&["spawn", "sleep 600"]);
+    let request = rmp_serde::to_vec_named(&grove::protocol::Request {
+        v: 1,
+        id: "big-replayed".into(),
+        from: "deaf".into(),
+        epoch_seen: 0,
+        method: grove::protocol::Method::TaskCreate(grove::protocol::NewTask {
+            // Below the 128 KiB an exec argument may have.
+            prompt: "x".repeat(100 * 1024),
+            dependencies: vec![blocker.clone()],
+            ..Default::default()
+        }),
+    })
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (before, peak) = rt.block_on(async {
+        // Applied once, its answer read: the rest are replays.
+        let mut first = zeromq::DealerSocket::new();
+        first.connect(&rpc).await.unwrap();
+        first.send(request.clone().into()).await.unwrap();
+        let reply = zeromq::SocketRecv::recv(&mut first).await.unwrap();
+        let reply_len = reply.iter().last().unwrap().len();
+        assert!(reply_len > 100 * 1024, "a reply of {reply_len} bytes");
+        let before = rss_kib(pid);
+        let mut deaf = Vec::new();
+        for _ in 0..4 {
+            let mut d = zeromq::DealerSocket::new();
+            d.connect(&rpc).await.unwrap();
+            for _ in 0..1_000 {
+                d.send(request.clone().into()).await.unwrap();
+            }
+            deaf.push(d);
+        }
+        let mut peak = 0;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            peak = peak.max(rss_kib(pid));
+        }
+        drop(deaf);
+        (before, peak)
+    });
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    eprintln!(
+        "4 x 1,000 replayed 100 KiB creates, never read: the primary grew by {grown_mib} MiB"
+    );
+    assert!(
+        grown_mib < 160,
+        "the primary grew by {grown_mib} MiB for clients that do not read"
+    );
+}
