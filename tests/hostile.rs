@@ -1,8 +1,8 @@
 //! Misbehaving peers: a client that connects and says nothing, one that
 //! sends 10,000 requests and never reads a reply, one that floods garbage.
 //! The primary must keep serving everyone else, log boundedly, and keep its
-//! memory bounded (documented in README: 1,000 queued replies per
-//! non-reading peer at most, 32 MiB of unanswered writes).
+//! memory bounded (documented in README: 1,000 queued replies and 4 MiB
+//! of them per non-reading peer at most, 32 MiB of unanswered writes).
 
 mod common;
 

@@ -11,7 +11,7 @@ use crate::protocol::{
 use crate::store::writer::{self, Answer, DirectReply, Job, ReplyTo};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use zeromq::{SocketSend, ZmqMessage};
@@ -358,8 +358,7 @@ pub(super) async fn reply_loop(
     mut rx: mpsc::Receiver<Outgoing>,
     epoch: u64,
 ) {
-    let mut stalled: std::collections::HashMap<Bytes, Instant> = Default::default();
-    let mut dropped = 0u64;
+    let mut peers = Peers::default();
     while let Some(out) = rx.recv().await {
         let msg = match out {
             Outgoing::Ready(msg) => msg,
@@ -369,25 +368,103 @@ pub(super) async fn reply_loop(
                 answer,
             } => frame(envelope, encode_answer(id, epoch, answer)),
         };
+        peers.send(&mut router, msg).await;
+    }
+}
+
+/// Reply bytes the transport may hold for one peer, not yet written to
+/// its socket. Its queue is bounded at 1,000 messages, but a
+/// `task.create`'s answer carries the prompt: four clients that pipelined
+/// 1,000 replays of a 100 KiB create each and read nothing grew the
+/// primary by 394 MiB. A reply past this is dropped as one to a stalled
+/// peer is (the client resends with the same id and gets it from the
+/// ledger).
+const PEER_REPLY_BYTES: usize = 4 << 20;
+
+/// What the reply task knows of each peer: whether it stalled (then its
+/// replies are dropped for a while instead of stalling everyone else's)
+/// and how many reply bytes the transport holds for it.
+#[derive(Default)]
+struct Peers {
+    stalled: std::collections::HashMap<Bytes, Instant>,
+    dropped: u64,
+    /// Bytes of replies in each peer's transport queue (see [`Queued`]).
+    queued: std::collections::HashMap<Bytes, Arc<AtomicUsize>>,
+    /// `queued` is swept of drained peers when it grows past this.
+    sweep_at: usize,
+}
+
+/// A reply's payload while the transport holds it: counted in its peer's
+/// [`Peers::queued`] until the transport drops it, written or not.
+struct Queued {
+    bytes: Bytes,
+    peer: Arc<AtomicUsize>,
+}
+
+impl AsRef<[u8]> for Queued {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.peer.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
+}
+
+impl Peers {
+    /// `msg` with its payload counted against its peer's reply bytes, or
+    /// `None` when the peer holds too many unread already.
+    fn account(&mut self, peer: &Bytes, msg: ZmqMessage) -> Option<ZmqMessage> {
+        if self.queued.len() > self.sweep_at {
+            self.queued.retain(|_, n| n.load(Ordering::Relaxed) > 0);
+            self.sweep_at = (2 * self.queued.len()).max(1024);
+        }
+        let counter = self.queued.entry(peer.clone()).or_default().clone();
+        let mut frames = msg.into_vec();
+        let payload = frames.pop()?;
+        let held = counter.load(Ordering::Relaxed);
+        if held > 0 && held + payload.len() > PEER_REPLY_BYTES {
+            return None;
+        }
+        counter.fetch_add(payload.len(), Ordering::Relaxed);
+        frames.push(Bytes::from_owner(Queued {
+            bytes: payload,
+            peer: counter,
+        }));
+        ZmqMessage::try_from(frames).ok()
+    }
+
+    async fn send(&mut self, router: &mut zeromq::RouterSendHalf, msg: ZmqMessage) {
         let peer = msg.get(0).cloned().unwrap_or_default();
-        if let Some(until) = stalled.get(&peer) {
+        if let Some(until) = self.stalled.get(&peer) {
             if Instant::now() < *until {
-                dropped += 1;
-                continue;
+                self.dropped += 1;
+                return;
             }
-            stalled.remove(&peer);
-            if dropped > 0 {
+            self.stalled.remove(&peer);
+            if self.dropped > 0 {
+                let dropped = self.dropped;
                 tracing::warn!("dropped {dropped} replies to a client that does not read them");
-                dropped = 0;
+                self.dropped = 0;
             }
         }
+        let Some(msg) = self.account(&peer, msg) else {
+            tracing::warn!("a client does not read its replies; dropping them for a while");
+            self.stalled
+                .insert(peer, Instant::now() + STALLED_PEER_PENALTY);
+            self.dropped += 1;
+            return;
+        };
         match tokio::time::timeout(REPLY_SEND_TIMEOUT, router.send(msg)).await {
             Ok(Ok(())) => {}
             // The client left before its answer: it will retry elsewhere.
             Ok(Err(e)) => tracing::debug!("cannot deliver a reply: {e}"),
             Err(_) => {
                 tracing::warn!("a client does not read its replies; dropping them for a while");
-                stalled.insert(peer, Instant::now() + STALLED_PEER_PENALTY);
+                self.stalled
+                    .insert(peer, Instant::now() + STALLED_PEER_PENALTY);
             }
         }
     }
