@@ -298,7 +298,10 @@ impl Serving {
     fn send(&self, envelope: Vec<Bytes>, reply: Reply) {
         if self
             .replies
-            .try_send(Outgoing::Ready(frame(envelope, encode(&reply))))
+            .try_send(Outgoing::Ready {
+                envelope,
+                payload: encode(&reply),
+            })
             .is_err()
             && self.full_queue.allow()
         {
@@ -311,7 +314,10 @@ impl Serving {
 /// result as the store thread handed it over (encoded by the reply task,
 /// off the store thread).
 pub(super) enum Outgoing {
-    Ready(ZmqMessage),
+    Ready {
+        envelope: Vec<Bytes>,
+        payload: Vec<u8>,
+    },
     Answer {
         envelope: Vec<Bytes>,
         id: String,
@@ -339,11 +345,6 @@ fn encode_answer(id: String, epoch: u64, answer: Answer) -> Vec<u8> {
     encode(&reply)
 }
 
-fn frame(mut envelope: Vec<Bytes>, payload: Vec<u8>) -> ZmqMessage {
-    envelope.push(Bytes::from(payload));
-    ZmqMessage::try_from(envelope).expect("a reply has at least two frames")
-}
-
 /// Replies waiting for the reply task.
 pub(super) const REPLY_QUEUE: usize = 4096;
 /// How long one reply may wait for room in its peer's queue. The transport
@@ -360,15 +361,15 @@ pub(super) async fn reply_loop(
 ) {
     let mut peers = Peers::default();
     while let Some(out) = rx.recv().await {
-        let msg = match out {
-            Outgoing::Ready(msg) => msg,
+        let (envelope, payload) = match out {
+            Outgoing::Ready { envelope, payload } => (envelope, payload),
             Outgoing::Answer {
                 envelope,
                 id,
                 answer,
-            } => frame(envelope, encode_answer(id, epoch, answer)),
+            } => (envelope, encode_answer(id, epoch, answer)),
         };
-        peers.send(&mut router, msg).await;
+        peers.send(&mut router, envelope, payload).await;
     }
 }
 
@@ -397,7 +398,7 @@ struct Peers {
 /// A reply's payload while the transport holds it: counted in its peer's
 /// [`Peers::queued`] until the transport drops it, written or not.
 struct Queued {
-    bytes: Bytes,
+    bytes: Vec<u8>,
     peer: Arc<AtomicUsize>,
 }
 
@@ -414,30 +415,41 @@ impl Drop for Queued {
 }
 
 impl Peers {
-    /// `msg` with its payload counted against its peer's reply bytes, or
-    /// `None` when the peer holds too many unread already.
-    fn account(&mut self, peer: &Bytes, msg: ZmqMessage) -> Option<ZmqMessage> {
+    /// The reply framed, its payload counted against its peer's reply
+    /// bytes; `None` when the peer holds too many unread already.
+    fn account(
+        &mut self,
+        peer: &Bytes,
+        mut envelope: Vec<Bytes>,
+        payload: Vec<u8>,
+    ) -> Option<ZmqMessage> {
         if self.queued.len() > self.sweep_at {
             self.queued.retain(|_, n| n.load(Ordering::Relaxed) > 0);
             self.sweep_at = (2 * self.queued.len()).max(1024);
         }
-        let counter = self.queued.entry(peer.clone()).or_default().clone();
-        let mut frames = msg.into_vec();
-        let payload = frames.pop()?;
+        let counter = match self.queued.get(peer) {
+            Some(counter) => counter.clone(),
+            None => self.queued.entry(peer.clone()).or_default().clone(),
+        };
         let held = counter.load(Ordering::Relaxed);
         if held > 0 && held + payload.len() > PEER_REPLY_BYTES {
             return None;
         }
         counter.fetch_add(payload.len(), Ordering::Relaxed);
-        frames.push(Bytes::from_owner(Queued {
+        envelope.push(Bytes::from_owner(Queued {
             bytes: payload,
             peer: counter,
         }));
-        ZmqMessage::try_from(frames).ok()
+        ZmqMessage::try_from(envelope).ok()
     }
 
-    async fn send(&mut self, router: &mut zeromq::RouterSendHalf, msg: ZmqMessage) {
-        let peer = msg.get(0).cloned().unwrap_or_default();
+    async fn send(
+        &mut self,
+        router: &mut zeromq::RouterSendHalf,
+        envelope: Vec<Bytes>,
+        payload: Vec<u8>,
+    ) {
+        let peer = envelope.first().cloned().unwrap_or_default();
         if let Some(until) = self.stalled.get(&peer) {
             if Instant::now() < *until {
                 self.dropped += 1;
@@ -450,7 +462,7 @@ impl Peers {
                 self.dropped = 0;
             }
         }
-        let Some(msg) = self.account(&peer, msg) else {
+        let Some(msg) = self.account(&peer, envelope, payload) else {
             tracing::warn!("a client does not read its replies; dropping them for a while");
             self.stalled
                 .insert(peer, Instant::now() + STALLED_PEER_PENALTY);
