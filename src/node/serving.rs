@@ -381,6 +381,10 @@ pub(super) async fn reply_loop(
 /// peer is (the client resends with the same id and gets it from the
 /// ledger).
 const PEER_REPLY_BYTES: usize = 4 << 20;
+/// The same for all peers together: many connections that do not read
+/// would otherwise hold 4 MiB each. A reply past it is dropped the same
+/// way, whoever it is for.
+const ALL_REPLY_BYTES: usize = 64 << 20;
 
 /// What the reply task knows of each peer: whether it stalled (then its
 /// replies are dropped for a while instead of stalling everyone else's)
@@ -393,6 +397,8 @@ struct Peers {
     queued: std::collections::HashMap<Bytes, Arc<AtomicUsize>>,
     /// `queued` is swept of drained peers when it grows past this.
     sweep_at: usize,
+    /// Every peer's reply bytes together.
+    all: Arc<AtomicUsize>,
 }
 
 /// A reply's payload while the transport holds it: counted in its peer's
@@ -400,6 +406,7 @@ struct Peers {
 struct Queued {
     bytes: Vec<u8>,
     peer: Arc<AtomicUsize>,
+    all: Arc<AtomicUsize>,
 }
 
 impl AsRef<[u8]> for Queued {
@@ -411,12 +418,13 @@ impl AsRef<[u8]> for Queued {
 impl Drop for Queued {
     fn drop(&mut self) {
         self.peer.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+        self.all.fetch_sub(self.bytes.len(), Ordering::Relaxed);
     }
 }
 
 impl Peers {
     /// The reply framed, its payload counted against its peer's reply
-    /// bytes; `None` when the peer holds too many unread already.
+    /// bytes and everyone's; `None` when either holds too many already.
     fn account(
         &mut self,
         peer: &Bytes,
@@ -431,14 +439,20 @@ impl Peers {
             Some(counter) => counter.clone(),
             None => self.queued.entry(peer.clone()).or_default().clone(),
         };
-        let held = counter.load(Ordering::Relaxed);
-        if held > 0 && held + payload.len() > PEER_REPLY_BYTES {
+        let (held, all) = (
+            counter.load(Ordering::Relaxed),
+            self.all.load(Ordering::Relaxed),
+        );
+        let over = |held: usize, most: usize| held > 0 && held + payload.len() > most;
+        if over(held, PEER_REPLY_BYTES) || over(all, ALL_REPLY_BYTES) {
             return None;
         }
         counter.fetch_add(payload.len(), Ordering::Relaxed);
+        self.all.fetch_add(payload.len(), Ordering::Relaxed);
         envelope.push(Bytes::from_owner(Queued {
             bytes: payload,
             peer: counter,
+            all: self.all.clone(),
         }));
         ZmqMessage::try_from(envelope).ok()
     }
