@@ -274,20 +274,45 @@ async fn diff(
             cap: DIFF_MAX,
             until: Some(std::time::Instant::now() + diff_within()),
         };
-        match crate::worktree::diff::changes(&root, &w, form, &copied, limits) {
-            Ok(c) if c.truncated => {
-                let hint = format!(
-                    "the changes are larger than the board shows: these are their first {} MiB; `grove diff {}` in a terminal shows all of them",
-                    DIFF_MAX >> 20,
-                    task.id
-                );
-                Ok(Json(json!({"worktree": w, "changes": c, "hint": hint})))
-            }
-            Ok(c) => Ok(Json(json!({"worktree": w, "changes": c}))),
-            Err(e) => Ok(Json(json!({"worktree": w, "error": e.to_string()}))),
+        let mut c = match crate::worktree::diff::changes(&root, &w, form, &copied, limits) {
+            Ok(c) => c,
+            Err(e) => return Ok(Json(json!({"worktree": w, "error": e.to_string()}))),
+        };
+        c.truncated |= fit_escaped(&mut c.text, DIFF_MAX);
+        if !c.truncated {
+            return Ok(Json(json!({"worktree": w, "changes": c})));
         }
+        let hint = format!(
+            "the changes are larger than the board shows: these are their first {} MiB; `grove diff {}` in a terminal shows all of them",
+            DIFF_MAX >> 20,
+            task.id
+        );
+        Ok(Json(json!({"worktree": w, "changes": c, "hint": hint})))
     })
     .await
+}
+
+/// Cuts `text` after its last whole line that keeps it within `max` bytes
+/// as a JSON string; true when it cut. In JSON a control character takes
+/// six bytes (`\u001b`), so a patch of ANSI-coloured logs within the
+/// 8 MiB cap made an answer of several times that.
+fn fit_escaped(text: &mut String, max: usize) -> bool {
+    let (mut size, mut whole_lines) = (0, 0);
+    for (at, ch) in text.char_indices() {
+        size += match ch {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        };
+        if size > max {
+            text.truncate(whole_lines);
+            return true;
+        }
+        if ch == '\n' {
+            whole_lines = at + 1;
+        }
+    }
+    false
 }
 
 /// The primary, the live members, and the last promotions (failovers and
@@ -353,4 +378,24 @@ async fn goals(State(board): State<Arc<Board>>) -> Result<Json<Value>, Failure> 
         })))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_escaped;
+
+    #[test]
+    fn a_patch_is_cut_to_its_size_as_json_after_a_whole_line() {
+        let line = format!("+{}\n", "\u{1b}[31m".repeat(10));
+        let mut text = line.repeat(100);
+        let escaped = |t: &str| serde_json::to_string(t).unwrap().len() - 2;
+        let max = 10 * escaped(&line) + 3;
+        assert!(fit_escaped(&mut text, max));
+        assert_eq!(text, line.repeat(10));
+        assert!(escaped(&text) <= max);
+        let mut plain = "+ordinary \"quoted\" text\n".repeat(3);
+        let whole = plain.clone();
+        assert!(!fit_escaped(&mut plain, escaped(&whole)));
+        assert_eq!(plain, whole);
+    }
 }
