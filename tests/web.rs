@@ -515,17 +515,26 @@ fn children_named(pid: u32, name: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn the_boards_diff_of_a_huge_change_is_capped_and_says_so() {
+/// A workspace that is a git repository with one commit (`.gitignore`,
+/// and each of `files` with its text), its board on, not served yet.
+fn board_repo(env: &[(&str, &str)], files: &[(&str, &str)]) -> Grove {
     let mut g = Grove::with_config("heartbeat_ms = 100\nweb = true\n");
-    for (k, v) in GIT_IDENTITY {
+    for (k, v) in GIT_IDENTITY.iter().chain(env) {
         g.env(k, v);
     }
     g.env("GIT_CONFIG_GLOBAL", "/dev/null");
     git(&g.ws, &["init", "-q", "-b", "main"]);
-    std::fs::write(g.ws.join(".gitignore"), ".grove/\n").unwrap();
-    git(&g.ws, &["add", ".gitignore"]);
+    for (name, text) in [(".gitignore", ".grove/\n")].iter().chain(files) {
+        std::fs::write(g.ws.join(name), text).unwrap();
+        git(&g.ws, &["add", name]);
+    }
     git(&g.ws, &["commit", "-q", "-m", "start"]);
+    g
+}
+
+#[test]
+fn the_boards_diff_of_a_huge_change_is_capped_and_says_so() {
+    let mut g = board_repo(&[], &[]);
     g.serve();
     let (primary, _) = g.wait_primary();
     let (port, token, _) = board_of(&g);
@@ -630,17 +639,10 @@ fn the_boards_diff_of_a_huge_change_is_capped_and_says_so() {
 /// and nothing it started is left running.
 #[test]
 fn the_boards_diff_stops_at_its_deadline_with_what_it_started() {
-    let mut g = Grove::with_config("heartbeat_ms = 100\nweb = true\n");
-    for (k, v) in GIT_IDENTITY {
-        g.env(k, v);
-    }
-    g.env("GIT_CONFIG_GLOBAL", "/dev/null");
-    g.env("GROVE_TEST_DIFF_WITHIN_MS", "1500");
-    git(&g.ws, &["init", "-q", "-b", "main"]);
-    std::fs::write(g.ws.join(".gitignore"), ".grove/\n").unwrap();
-    std::fs::write(g.ws.join(".gitattributes"), "*.txt filter=stuck\n").unwrap();
-    git(&g.ws, &["add", ".gitignore", ".gitattributes"]);
-    git(&g.ws, &["commit", "-q", "-m", "start"]);
+    let mut g = board_repo(
+        &[("GROVE_TEST_DIFF_WITHIN_MS", "1500")],
+        &[(".gitattributes", "*.txt filter=stuck\n")],
+    );
     // A marker no other process has in its command line.
     git(&g.ws, &["config", "filter.stuck.clean", "sleep 607; cat"]);
     g.serve();
@@ -687,16 +689,7 @@ fn the_boards_diff_stops_at_its_deadline_with_what_it_started() {
 /// deadline's first git.
 #[test]
 fn the_boards_diff_deadline_covers_the_gits_before_the_index_copy() {
-    let mut g = Grove::with_config("heartbeat_ms = 100\nweb = true\n");
-    for (k, v) in GIT_IDENTITY {
-        g.env(k, v);
-    }
-    g.env("GIT_CONFIG_GLOBAL", "/dev/null");
-    g.env("GROVE_TEST_DIFF_WITHIN_MS", "1500");
-    git(&g.ws, &["init", "-q", "-b", "main"]);
-    std::fs::write(g.ws.join(".gitignore"), ".grove/\n").unwrap();
-    git(&g.ws, &["add", ".gitignore"]);
-    git(&g.ws, &["commit", "-q", "-m", "start"]);
+    let mut g = board_repo(&[("GROVE_TEST_DIFF_WITHIN_MS", "1500")], &[]);
     g.serve();
     g.wait_primary();
     let (port, token, _) = board_of(&g);
