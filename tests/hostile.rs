@@ -212,7 +212,8 @@ fn replies_a_client_never_reads_are_bounded_in_bytes_too() {
 }
 
 /// Many connections that do not read, each under its own 4 MiB: together
-/// they are held to the primary's bound for all replies (64 MiB).
+/// they are held to the primary's bound for all replies (64 MiB), and a
+/// client that reads is still answered.
 #[test]
 fn replies_many_clients_never_read_are_bounded_together() {
     let grown_mib = deaf_replays(40, 40);
@@ -273,6 +274,12 @@ fn deaf_replays(peers: usize, each: usize) -> u64 {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             peak = peak.max(rss_kib(pid));
         }
+        // A client that reads its answers is still answered, however much
+        // the others hold, even with an answer as big as theirs (the room
+        // left under the bound for all is less than one of them).
+        let prompt = format!("answered beside the deaf {}", "y".repeat(100 * 1024));
+        let id = g.task_create(&prompt);
+        assert!(g.ok(&["show", &id, "--json"]).contains("beside the deaf"));
         drop(deaf);
         (before, peak)
     });

@@ -382,8 +382,9 @@ pub(super) async fn reply_loop(
 /// ledger).
 const PEER_REPLY_BYTES: usize = 4 << 20;
 /// The same for all peers together: many connections that do not read
-/// would otherwise hold 4 MiB each. A reply past it is dropped the same
-/// way, whoever it is for.
+/// would otherwise hold 4 MiB each. Past it a reply is dropped the same
+/// way, but only to a peer that holds unread replies itself: a client
+/// that reads its answers is never cut off by others that do not.
 const ALL_REPLY_BYTES: usize = 64 << 20;
 
 /// What the reply task knows of each peer: whether it stalled (then its
@@ -424,7 +425,8 @@ impl Drop for Queued {
 
 impl Peers {
     /// The reply framed, its payload counted against its peer's reply
-    /// bytes and everyone's; `None` when either holds too many already.
+    /// bytes and everyone's; `None` when the peer holds unread replies and
+    /// it or everyone holds too many already.
     fn account(
         &mut self,
         peer: &Bytes,
@@ -443,7 +445,7 @@ impl Peers {
             counter.load(Ordering::Relaxed),
             self.all.load(Ordering::Relaxed),
         );
-        let over = |held: usize, most: usize| held > 0 && held + payload.len() > most;
+        let over = |more: usize, most: usize| held > 0 && more + payload.len() > most;
         if over(held, PEER_REPLY_BYTES) || over(all, ALL_REPLY_BYTES) {
             return None;
         }
