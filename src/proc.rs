@@ -20,6 +20,15 @@ pub fn in_new_session(cmd: &mut std::process::Command) {
     }
 }
 
+/// Sends `sig` to the process group `pgid`; never to group 0 or 1, which
+/// kill(2) would read as our own group or every process we may signal.
+pub fn kill_group(pgid: u32, sig: i32) {
+    if pgid > 1 {
+        // SAFETY: kill(2) takes no pointers.
+        unsafe { libc::kill(-(pgid as i32), sig) };
+    }
+}
+
 /// True when a process with this pid exists (zombies included).
 pub fn alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {

@@ -396,7 +396,8 @@ struct Peers {
     dropped: u64,
     /// Bytes of replies in each peer's transport queue (see [`Queued`]).
     queued: std::collections::HashMap<Bytes, Arc<AtomicUsize>>,
-    /// `queued` is swept of drained peers when it grows past this.
+    /// `queued` and `stalled` are swept of drained peers and expired
+    /// penalties when together they grow past this.
     sweep_at: usize,
     /// Every peer's reply bytes together.
     all: Arc<AtomicUsize>,
@@ -433,9 +434,13 @@ impl Peers {
         mut envelope: Vec<Bytes>,
         payload: Vec<u8>,
     ) -> Option<ZmqMessage> {
-        if self.queued.len() > self.sweep_at {
+        if self.queued.len() + self.stalled.len() > self.sweep_at {
+            // Identities are per connection: without a sweep, every client
+            // that ever connected would keep an entry.
+            let now = Instant::now();
             self.queued.retain(|_, n| n.load(Ordering::Relaxed) > 0);
-            self.sweep_at = (2 * self.queued.len()).max(1024);
+            self.stalled.retain(|_, until| *until > now);
+            self.sweep_at = (2 * (self.queued.len() + self.stalled.len())).max(1024);
         }
         let counter = match self.queued.get(peer) {
             Some(counter) => counter.clone(),

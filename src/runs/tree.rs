@@ -12,11 +12,7 @@ use std::time::Duration;
 /// process in uninterruptible sleep, a fork bomb outrunning it).
 const KILL_DEADLINE: Duration = Duration::from_secs(5);
 
-pub fn kill_group(pgid: u32, sig: i32) {
-    if pgid > 1 {
-        unsafe { libc::kill(-(pgid as i32), sig) };
-    }
-}
+pub use crate::proc::kill_group;
 
 fn kill(pid: u32, sig: i32) {
     if pid > 1 {

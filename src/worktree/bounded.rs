@@ -59,13 +59,13 @@ struct Watch {
 }
 
 impl Watch {
-    fn kill_at(&self, pgid: i32, until: Instant) {
+    fn kill_at(&self, pgid: u32, until: Instant) {
         let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
         while !*ended {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                // SAFETY: kill(2) with a group whose leader is not reaped.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                // Its leader is not reaped: the group is still git's.
+                crate::proc::kill_group(pgid, libc::SIGKILL);
                 self.killed.store(true, Ordering::Relaxed);
                 return;
             }
@@ -90,7 +90,7 @@ impl Git {
         cmd.process_group(0);
         let mut child = cmd.spawn()?;
         let watch = Arc::new(Watch::default());
-        let (pgid, watching) = (child.id() as i32, watch.clone());
+        let (pgid, watching) = (child.id(), watch.clone());
         let thread = std::thread::Builder::new()
             .name("grove-git-deadline".into())
             .spawn(move || watching.kill_at(pgid, until));
@@ -101,8 +101,7 @@ impl Git {
             }),
             Err(e) => {
                 // Nobody would stop it: it does not run at all.
-                // SAFETY: kill(2) with a group whose leader is not reaped.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                crate::proc::kill_group(pgid, libc::SIGKILL);
                 let _ = child.wait();
                 Err(e)
             }
@@ -145,8 +144,7 @@ impl Drop for Git {
         };
         if self.watch.is_some() {
             // Not reaped yet, so the group is still git's.
-            // SAFETY: kill(2) with a group whose leader is not reaped.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            crate::proc::kill_group(child.id(), libc::SIGKILL);
         }
         let _ = child.kill();
         self.release();
