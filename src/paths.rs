@@ -31,6 +31,10 @@ pub enum PathError {
     Untrusted(#[from] crate::trust::Untrusted),
 }
 
+/// The `.gitignore` of a new state dir.
+const GITIGNORE: &str =
+    "# grove's state is its own; to share the config: git add -f .grove/grove.toml\n*\n";
+
 /// The resolved file layout of one workspace.
 #[derive(Debug, Clone)]
 pub struct Workspace {
@@ -98,7 +102,13 @@ impl Workspace {
             });
         }
         match fs::DirBuilder::new().mode(0o700).create(&self.state_dir) {
-            Ok(()) => {}
+            // Nothing of a new state dir is for a repository: `git add -A`
+            // would commit the store (which other checkouts then refuse,
+            // see `refuse_committed_state`) and a config that may hold the
+            // user's keys. Sharing the config is `git add -f`.
+            Ok(()) => {
+                let _ = fs::write(self.state_dir.join(".gitignore"), GITIGNORE);
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(source) => {
                 return Err(PathError::StateDir {
@@ -118,6 +128,55 @@ impl Workspace {
                 path: self.state_dir.clone(),
                 source,
             })
+    }
+
+    /// Refuses a `.grove` in which git tracks grove's state (a store, run
+    /// records, logs: anything but the config, the personas and a
+    /// `.gitignore`): it came with the repository, and a member would run
+    /// the tasks it holds as this user
+    /// (docs/design.md, Committed configuration). When git cannot tell,
+    /// says so in the log and goes on: a broken git must not stop a
+    /// workspace.
+    pub fn refuse_committed_state(&self) -> Result<(), PathError> {
+        let committed = match crate::trust::committed::committed(&self.root) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot tell whether git tracks files in .grove: {e}");
+                return Ok(());
+            }
+        };
+        if committed.state.is_empty() {
+            return Ok(());
+        }
+        let listed = committed.state.join(", ");
+        let args = committed.state.join(" ");
+        // A store's WAL left beside a new store would bring its pages back.
+        let mut gone = committed.state.clone();
+        if gone.iter().any(|p| p.starts_with(".grove/grove.db")) {
+            gone.retain(|p| !p.starts_with(".grove/grove.db"));
+            gone.extend(
+                [
+                    ".grove/grove.db",
+                    ".grove/grove.db-wal",
+                    ".grove/grove.db-shm",
+                ]
+                .map(String::from),
+            );
+        }
+        let gone = gone.join(" ");
+        Err(PathError::Untrusted(crate::trust::Untrusted {
+            what: "the grove state dir",
+            path: self.state_dir.clone(),
+            problem: format!(
+                "git tracks grove's state in it ({listed}): it came with the repository"
+            ),
+            advice: format!(
+                "grove would run the tasks it holds as you, so it uses only state of its own. \
+                 Remove it from the repository and from this checkout \
+                 (`git rm -r --cached -- {args}`, then `rm -rf -- {gone}`), \
+                 and commit only .grove/grove.toml and .grove/personas"
+            ),
+        }))
     }
 
     /// Refuses a state dir that another user owns, and every entry in it

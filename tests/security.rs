@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use serde_json::Value;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
@@ -283,4 +284,165 @@ fn a_config_file_others_can_write_is_refused() {
     );
     std::fs::set_permissions(&toml, std::fs::Permissions::from_mode(0o600)).unwrap();
     g.ok(&["config", "show"]);
+}
+
+/// Runs git in `dir`, insisting on success.
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {}", stderr_of(&out));
+}
+
+/// A `.grove/grove.toml` that came with the repository (git tracks it)
+/// chooses the commands grove runs: it is used only once the user approved
+/// its content with `grove config trust`, and again after each change. One
+/// git does not track is the user's own and needs no approval.
+#[test]
+fn a_committed_config_is_used_only_once_approved() {
+    let mut g = Grove::new();
+    let marker = g.dir.path().join("ran");
+    let toml = format!(
+        "heartbeat_ms = 100\ndefault_engine = \"theirs\"\n[engines.theirs]\ncommand = [\"sh\", \"-c\", \"echo ran > {}; {{prompt}}\"]\n",
+        marker.display()
+    );
+    let config = g.ws.join(".grove/grove.toml");
+    std::fs::write(&config, &toml).unwrap();
+    g.env(
+        "XDG_STATE_HOME",
+        &g.dir.path().join("state").display().to_string(),
+    );
+    git(&g.ws, &["init", "-q"]);
+    std::fs::write(g.ws.join("README"), "a project\n").unwrap();
+    git(&g.ws, &["add", "README"]);
+    git(&g.ws, &["commit", "-qm", "first"]);
+    // Untracked: the user's own.
+    g.ok(&["config", "show"]);
+
+    git(&g.ws, &["add", "-f", ".grove/grove.toml"]);
+    git(&g.ws, &["commit", "-qm", "share the config"]);
+    let out = g.run(&["list"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("git tracks it")
+            && err.contains("have not approved it")
+            && err.contains("grove config trust"),
+        "{err}"
+    );
+    // A member refuses to start on it, and nothing of it ran.
+    let m = g.serve();
+    let status = g.members[m].wait_exit(DEADLINE).expect("the member exits");
+    assert_eq!(status.code(), Some(2), "{}", g.members[m].stderr());
+    assert!(
+        g.members[m].stderr().contains("grove config trust"),
+        "{}",
+        g.members[m].stderr()
+    );
+    // `config show` still explains (exit 2: the config does not load).
+    let out = g.run(&["config", "show"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stdout_of(&out).contains("have not approved it"),
+        "{}",
+        stdout_of(&out)
+    );
+
+    let approved = g.ok(&["config", "trust"]);
+    assert!(
+        approved.contains("engines.theirs.command") && approved.contains("echo ran"),
+        "the commands it approves are shown: {approved}"
+    );
+    g.serve();
+    g.wait_primary();
+    let id = g.task_create("true");
+    wait_status(&g, &id, "completed");
+    assert!(marker.exists(), "the approved engine ran");
+
+    // A pull changes it: the running member keeps the approved one and
+    // says why; a new command refuses the change.
+    std::fs::write(&config, format!("max_parallel = 3\n{toml}")).unwrap();
+    let out = g.run(&["list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("changed since you approved it"),
+        "{}",
+        stderr_of(&out)
+    );
+    let member_error = || {
+        let out = g.run(&["config", "show", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v["members"].as_array().and_then(|ms| ms.first().cloned())
+    };
+    wait_for("the member to refuse the changed config", DEADLINE, || {
+        let m = member_error()?;
+        m["error"]
+            .as_str()?
+            .contains("changed since you approved it")
+            .then_some(())
+    });
+    // Approving it again reaches the running member without a restart.
+    g.ok(&["config", "trust"]);
+    wait_for("the member to load the approved config", DEADLINE, || {
+        let m = member_error()?;
+        m["ok"].as_bool()?.then_some(())
+    });
+    g.ok(&["list"]);
+
+    let revoked = g.ok(&["config", "trust", "--revoke"]);
+    assert!(revoked.contains("revoked"), "{revoked}");
+    assert_eq!(g.run(&["list"]).status.code(), Some(2));
+}
+
+/// A store committed to the repository holds tasks someone else chose: a
+/// member refuses to start on it and says how to get rid of it; a state
+/// dir grove makes ignores itself, so `git add -A` never commits it.
+#[test]
+fn committed_state_keeps_members_from_starting() {
+    let mut g = Grove::new();
+    std::fs::remove_dir_all(g.ws.join(".grove")).unwrap();
+    git(&g.ws, &["init", "-q"]);
+    let m = g.serve();
+    g.wait_primary();
+    g.task_create("true");
+    let ignore = std::fs::read_to_string(g.ws.join(".grove/.gitignore")).expect("a .gitignore");
+    assert!(ignore.lines().any(|l| l == "*"), "{ignore}");
+    let out = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=all"])
+        .current_dir(&g.ws)
+        .output()
+        .unwrap();
+    assert_eq!(stdout_of(&out), "", "git sees nothing of .grove");
+
+    g.members[m].signal(libc::SIGTERM);
+    g.members[m].wait_exit(DEADLINE).expect("the member stops");
+    git(&g.ws, &["add", "-f", ".grove/grove.db"]);
+    git(&g.ws, &["commit", "-qm", "oops"]);
+    let m = g.serve();
+    let status = g.members[m]
+        .wait_exit(DEADLINE)
+        .expect("the member refuses");
+    let err = g.members[m].stderr();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("git tracks grove's state")
+            && err.contains(".grove/grove.db")
+            && err.contains("git rm -r --cached")
+            && err.contains(".grove/grove.db-wal"),
+        "{err}"
+    );
+
+    // Following the advice brings the workspace back.
+    git(
+        &g.ws,
+        &["rm", "-q", "-r", "--cached", "--", ".grove/grove.db"],
+    );
+    for f in ["grove.db", "grove.db-wal", "grove.db-shm"] {
+        let _ = std::fs::remove_file(g.ws.join(".grove").join(f));
+    }
+    g.serve();
+    g.wait_primary();
 }

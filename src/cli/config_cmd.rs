@@ -1,6 +1,8 @@
 //! `grove config show`: the effective configuration, each value with the
 //! place it came from (a file, or the built-in default), and which config
-//! files each running member uses and whether they loaded.
+//! files each running member uses and whether they loaded. `grove config
+//! trust`: the user's approval of a workspace config that came with the
+//! repository (docs/design.md, Committed configuration).
 
 use super::{CliError, Context, EXIT_OK, EXIT_USAGE, print_json};
 use crate::config::LoadReport;
@@ -15,10 +17,27 @@ pub enum ConfigCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Approve the workspace's .grove/grove.toml as it is now.
+    ///
+    /// A workspace config that git tracks came with the repository (a clone,
+    /// a pull) and chooses commands grove runs as you: engines, MCP servers,
+    /// a worktree's setup. grove uses such a file only once you approved its
+    /// content, and again after each change. Read the file first: this
+    /// prints the commands it configures. Running members pick the approval
+    /// up at once. A config git does not track is yours and needs none.
+    Trust {
+        /// Forget the approval instead: grove stops using the file (if git
+        /// tracks it) until it is approved again.
+        #[arg(long)]
+        revoke: bool,
+    },
 }
 
 pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<i32, CliError> {
-    let ConfigCommand::Show { json } = cmd;
+    let json = match cmd {
+        ConfigCommand::Show { json } => json,
+        ConfigCommand::Trust { revoke } => return trust(ctx, revoke),
+    };
     let rows = match &ctx.config_error {
         None => crate::config::explain(&ctx.ws.state_dir, &ctx.config),
         Some(_) => Vec::new(),
@@ -109,4 +128,97 @@ fn describe(report: &LoadReport) -> String {
             crate::protocol::now_ms().saturating_sub(report.loaded_at) / 1000
         ),
     }
+}
+
+/// `grove config trust [--revoke]`.
+fn trust(ctx: &Context, revoke: bool) -> Result<i32, CliError> {
+    use crate::trust::committed;
+    let path = ctx.ws.config_path();
+    if revoke {
+        let had = committed::revoke(&path).map_err(CliError::Failed)?;
+        if had {
+            outln!("revoked the approval of {}", path.display());
+        } else {
+            outln!("{} was not approved; nothing to revoke", path.display());
+        }
+        return Ok(EXIT_OK);
+    }
+    // The same ownership checks as loading it: approval is for content the
+    // repository brought, never for a file another user can write.
+    crate::trust::check(&path, "the workspace config file")
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let content = match std::fs::read(&path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CliError::Usage(format!(
+                "there is no workspace config at {}: nothing to approve",
+                path.display()
+            )));
+        }
+        Err(e) => {
+            return Err(CliError::Failed(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let tracked = match committed::committed(&ctx.ws.root) {
+        Ok(c) => Some(c.config),
+        Err(_) => None,
+    };
+    let commands = configured_commands(&content);
+    let record = committed::approve(&path, &content).map_err(CliError::Failed)?;
+    outln!(
+        "approved {} as it is now ({} bytes)",
+        path.display(),
+        content.len()
+    );
+    if commands.is_empty() {
+        outln!("  it configures no command");
+    } else {
+        outln!("  the commands it configures:");
+        for line in &commands {
+            outln!("    {line}");
+        }
+    }
+    match tracked {
+        Some(false) => outln!(
+            "  git does not track it: grove used it without approval; the approval counts once it is committed"
+        ),
+        _ => outln!("  grove uses it until it changes; after a pull or an edit, approve it again"),
+    }
+    outln!("  (kept in {})", record.display());
+    Ok(EXIT_OK)
+}
+
+/// The settings of a config file's text that name commands or endpoints
+/// grove would use, one `key = value` line each, for the user to see what
+/// they approve. A file that does not parse has none to show (its error is
+/// reported when it is loaded).
+fn configured_commands(content: &[u8]) -> Vec<String> {
+    let Ok(table) = String::from_utf8_lossy(content).parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    let mut show = |key: String, value: Option<&toml::Value>| {
+        if let Some(v) = value {
+            lines.push(format!("{key} = {v}"));
+        }
+    };
+    for section in ["engines", "mcp_servers"] {
+        if let Some(toml::Value::Table(entries)) = table.get(section) {
+            for (name, entry) in entries {
+                for field in ["command", "env", "url", "headers"] {
+                    show(format!("{section}.{name}.{field}"), entry.get(field));
+                }
+            }
+        }
+    }
+    show(
+        "setup.run".into(),
+        table.get("setup").and_then(|s| s.get("run")),
+    );
+    show("notify".into(), table.get("notify"));
+    show("personas_dir".into(), table.get("personas_dir"));
+    lines
 }

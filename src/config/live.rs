@@ -51,6 +51,10 @@ struct Loaded {
 /// last good configuration in use, and the error in the report.
 pub struct LiveConfig {
     state_dir: PathBuf,
+    /// The config files, lowest precedence first.
+    configs: Vec<PathBuf>,
+    /// What a reload depends on: the config files and the approval record
+    /// of the workspace's.
     files: Vec<PathBuf>,
     loaded: Mutex<Loaded>,
 }
@@ -58,7 +62,10 @@ pub struct LiveConfig {
 impl LiveConfig {
     /// Loads the files now; when they do not load, starts from `fallback`.
     pub fn new(state_dir: &Path, fallback: Config) -> LiveConfig {
-        let files = config_files(state_dir);
+        let configs = config_files(state_dir);
+        // The approval of a committed workspace config: `grove config
+        // trust` changes it, not the config, and must reload it too.
+        let approval = crate::trust::committed::approval_record(&state_dir.join("grove.toml"));
         let live = LiveConfig {
             state_dir: state_dir.to_path_buf(),
             loaded: Mutex::new(Loaded {
@@ -66,12 +73,13 @@ impl LiveConfig {
                 stamps: Vec::new(),
                 config: Arc::new(fallback),
                 report: LoadReport {
-                    files: files.iter().map(|f| (f.clone(), f.exists())).collect(),
+                    files: configs.iter().map(|f| (f.clone(), f.exists())).collect(),
                     error: None,
                     loaded_at: crate::protocol::now_ms(),
                 },
             }),
-            files,
+            files: configs.iter().cloned().chain(approval).collect(),
+            configs,
         };
         live.refresh();
         live
@@ -94,7 +102,8 @@ impl LiveConfig {
         self.lock().report.clone()
     }
 
-    /// The files this configuration is loaded from (some may not exist).
+    /// The files this configuration depends on (some may not exist): the
+    /// config files and the approval of a committed workspace config.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
     }
@@ -115,7 +124,9 @@ impl LiveConfig {
         }
         loaded.stamps = stamps;
         loaded.generation += 1;
-        loaded.report.files = self.files.iter().map(|f| (f.clone(), f.exists())).collect();
+        loaded.report.files = (self.configs.iter())
+            .map(|f| (f.clone(), f.exists()))
+            .collect();
         match Config::load(&self.state_dir) {
             Ok(config) => {
                 if loaded.report.error.is_some() || *loaded.config != config {

@@ -32,6 +32,10 @@ pub enum ConfigError {
     Invalid(String),
     #[error(transparent)]
     Untrusted(#[from] crate::trust::Untrusted),
+    /// A workspace config the repository brought, not (or no longer)
+    /// approved by the user (see `crate::trust::committed`).
+    #[error("{0}")]
+    NotApproved(String),
 }
 
 /// The effective configuration of one workspace.
@@ -279,9 +283,23 @@ impl Config {
     /// Loads the layered configuration for the workspace whose state dir is
     /// `state_dir`.
     pub fn load(state_dir: &Path) -> Result<Config, ConfigError> {
+        Self::load_from(state_dir, true)
+    }
+
+    /// [`Config::load`] without asking git whether the workspace config
+    /// came with the repository: only for a process that takes nothing
+    /// from it but the client's timeouts (a shim reporting its run's end),
+    /// where a `git` per run would cost each task start a fork and exec.
+    pub fn load_client_settings(state_dir: &Path) -> Result<Config, ConfigError> {
+        Self::load_from(state_dir, false)
+    }
+
+    fn load_from(state_dir: &Path, vet: bool) -> Result<Config, ConfigError> {
         let mut merged = toml::Table::new();
+        let workspace_file = state_dir.join("grove.toml");
         for path in config_files(state_dir) {
-            if let Some(table) = read_table(&path)? {
+            let vet = vet && path == workspace_file;
+            if let Some(table) = read_table(&path, vet)? {
                 check_known_keys(&path, &table)?;
                 merge(&mut merged, table);
             }
@@ -372,7 +390,7 @@ impl Config {
 pub fn explain(state_dir: &Path, config: &Config) -> Vec<(String, String, String)> {
     let files: Vec<(PathBuf, toml::Table)> = config_files(state_dir)
         .into_iter()
-        .filter_map(|p| read_table(&p).ok().flatten().map(|t| (p, t)))
+        .filter_map(|p| read_table(&p, false).ok().flatten().map(|t| (p, t)))
         .collect();
     // The last file that sets a key wins, as in `Config::load`.
     let source = |key: &str, sub: Option<&str>| {
@@ -453,7 +471,9 @@ fn user_config_path() -> Option<PathBuf> {
     Some(base.join("grove").join("grove.toml"))
 }
 
-fn read_table(path: &Path) -> Result<Option<toml::Table>, ConfigError> {
+/// Reads one config file. `vet`: the file is the workspace's, to be used
+/// only if git does not track it or its content is approved.
+fn read_table(path: &Path, vet: bool) -> Result<Option<toml::Table>, ConfigError> {
     // The file configures the commands grove runs: it, and the dir it is
     // in, must be this user's and not writable by others.
     if crate::trust::check(path, "the config file")?.is_none() {
@@ -472,12 +492,42 @@ fn read_table(path: &Path) -> Result<Option<toml::Table>, ConfigError> {
             });
         }
     };
+    if vet {
+        vet_committed(path, text.as_bytes())?;
+    }
     text.parse::<toml::Table>()
         .map(Some)
         .map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
+}
+
+/// Refuses the workspace config at `path` (content `text`) when git tracks
+/// it, so that it came with the repository, and the user has not approved
+/// this content (docs/design.md, Committed configuration).
+fn vet_committed(path: &Path, text: &[u8]) -> Result<(), ConfigError> {
+    use crate::trust::committed::{self, Approval};
+    let root = path
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    let why = match committed::committed(root) {
+        Ok(c) if !c.config => return Ok(()),
+        Ok(_) => "git tracks it, so it came with the repository".to_string(),
+        Err(e) => format!("grove cannot tell whether git tracks it ({e})"),
+    };
+    let state = match committed::approval(path, text) {
+        Approval::Approved => return Ok(()),
+        Approval::Changed => "it changed since you approved it (a pull or an edit)",
+        Approval::Never => "you have not approved it",
+    };
+    Err(ConfigError::NotApproved(format!(
+        "not using {}: {why}, and {state}. It chooses commands grove runs as you \
+         (engines, MCP servers, a worktree's setup). Read it, then run `grove config trust` \
+         to use it as it is now",
+        path.display()
+    )))
 }
 
 /// Parses the file's table as a `Config` on its own, so that an unknown key

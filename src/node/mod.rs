@@ -92,6 +92,7 @@ pub async fn serve_until(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     opts.ws.ensure_state_dir()?;
+    opts.ws.refuse_committed_state()?;
     opts.ws.ensure_socket_dir()?;
     // So that other workspaces' tasks can delegate here by name; a
     // registry grove cannot write costs only that.

@@ -204,7 +204,7 @@ fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
 /// request id. If nobody answers in time, the next primary reads the exit
 /// record instead.
 async fn report(ws: &Workspace, spec: &ShimSpec, exit: &ExitRecord) {
-    let config = Config::load(&ws.state_dir).unwrap_or_default();
+    let config = Config::load_client_settings(&ws.state_dir).unwrap_or_default();
     let mut client = crate::client::Client::new(ws, &config, &format!("shim-{}", spec.task_id));
     let request_id = crate::protocol::finished_request_id(&spec.run_id);
     let deadline = tokio::time::Instant::now() + REPORT_FOR;

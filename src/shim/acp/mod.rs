@@ -135,7 +135,7 @@ async fn converse(
         &spec.run_id,
         RunFiles::dir(ws).join(format!("{}.{}.outbox", spec.task_id, spec.run_id)),
     ));
-    let config = Config::load(&ws.state_dir).unwrap_or_default();
+    let config = Config::load_client_settings(&ws.state_dir).unwrap_or_default();
     let client = crate::client::Client::new(ws, &config, &format!("shim-{}", spec.task_id));
     let sender = tokio::spawn({
         let outbox = outbox.clone();

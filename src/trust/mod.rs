@@ -12,6 +12,11 @@
 //! as anyone already). A file writable by its group is accepted only when
 //! the group is the owner's private group (the `umask 002` convention of
 //! many distributions: group `alice` with no other member).
+//!
+//! Files the user owns but a repository brought (a committed `grove.toml`,
+//! a committed store) are `committed`'s concern.
+
+pub mod committed;
 
 use std::ffi::CStr;
 use std::fs::{self, Metadata};

@@ -1,0 +1,298 @@
+//! What the repository brought into `.grove`
+//! (see docs/design.md, Committed configuration).
+//!
+//! The ownership checks of this module's parent stop other users; they
+//! cannot stop a file the user cloned. A repository that commits
+//! `.grove/grove.toml` chooses the commands grove runs as the user
+//! (engines, MCP servers, a worktree's setup), and one that commits
+//! `.grove/grove.db` or run records chooses the tasks. So, as direnv's
+//! `allow` and mise's `trust` do:
+//! - a workspace config that git tracks is used only while its content is
+//!   one the user approved (`grove config trust`), a copy of which is kept
+//!   in the user's own state dir, outside every repository;
+//! - state that git tracks (anything in `.grove` but the config, the
+//!   personas and a `.gitignore`) makes a member refuse to start.
+//!
+//! Files git does not track were not brought by a clone or a pull: they are
+//! the user's own, and used as before.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long `git ls-files` may take before grove stops waiting for it. It
+/// reads only the index; a git that waits longer is stuck on something of
+/// the user's own configuration (a FIFO include, a hung filesystem).
+const GIT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The most of `git ls-files`' output read: enough to name what is
+/// tracked, and a repository that commits a million files into `.grove`
+/// cannot make grove hold them all.
+const OUTPUT_CAP: usize = 64 * 1024;
+
+/// The names in `.grove` a repository may commit: the configuration (once
+/// approved), the personas (prompts, not commands) and an ignore file.
+const SHAREABLE: [&str; 3] = ["grove.toml", "personas", ".gitignore"];
+
+/// What git tracks in a workspace's `.grove`.
+#[derive(Debug, Default, PartialEq)]
+pub struct Committed {
+    /// `.grove/grove.toml` (or `.grove` itself) is tracked.
+    pub config: bool,
+    /// Tracked paths that are grove's state (relative to the workspace;
+    /// `.grove` itself when the directory is a tracked symlink or
+    /// submodule), the first few of them.
+    pub state: Vec<String>,
+}
+
+/// Asks git what it tracks in `root/.grove`. `Ok(default)` outside a git
+/// repository or without git; `Err` when git could not tell (it failed or
+/// did not answer in time), with what happened.
+pub fn committed(root: &Path) -> Result<Committed, String> {
+    let Some(out) = ls_files(root)? else {
+        return Ok(Committed::default());
+    };
+    Ok(classify(&out))
+}
+
+/// Sorts `git ls-files -z` output into config and state.
+fn classify(out: &[u8]) -> Committed {
+    let mut found = Committed::default();
+    // The last entry may be cut by the cap: only whole entries count, but
+    // a cut one still shows that something is tracked.
+    for entry in out.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+        let path = String::from_utf8_lossy(entry);
+        let inside = path.strip_prefix(".grove/");
+        let name = inside.map(|p| p.split('/').next().unwrap_or(""));
+        match name {
+            Some("grove.toml") => found.config = true,
+            Some(n) if SHAREABLE.contains(&n) => {}
+            // `.grove` itself: a symlink or submodule the repository chose.
+            None => {
+                found.config = true;
+                found.state.push(path.into_owned());
+            }
+            Some(_) => found.state.push(path.into_owned()),
+        }
+        if found.state.len() >= 5 {
+            break;
+        }
+    }
+    found
+}
+
+/// `git ls-files -z -- .grove` in `root`: `None` when `root` is not in a
+/// git repository or git is not installed.
+fn ls_files(root: &Path) -> Result<Option<Vec<u8>>, String> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("git");
+    // No fsmonitor hook: the question needs the index only.
+    cmd.args([
+        "-c",
+        "core.fsmonitor=false",
+        "ls-files",
+        "-z",
+        "--",
+        ".grove",
+    ])
+    .current_dir(root)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    // Its own group, so that a stuck git and whatever it started can
+    // be killed whole.
+    .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot run git: {e}")),
+    };
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let read_out = std::thread::spawn(move || read_capped(stdout, OUTPUT_CAP));
+    let read_err = std::thread::spawn(move || read_capped(stderr, 4096));
+    let until = Instant::now() + GIT_DEADLINE;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) => {
+                // SAFETY: kill(2) of the group we made above; its leader is
+                // not reaped yet, so the id is still ours.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(format!(
+                    "`git ls-files` did not answer within {} s",
+                    GIT_DEADLINE.as_secs()
+                ));
+            }
+            Err(e) => return Err(format!("cannot wait for git: {e}")),
+        }
+    };
+    let out = read_out.join().unwrap_or_default();
+    let err = String::from_utf8_lossy(&read_err.join().unwrap_or_default()).into_owned();
+    if status.success() {
+        return Ok(Some(out));
+    }
+    if err.contains("not a git repository") {
+        return Ok(None);
+    }
+    Err(format!("`git ls-files` failed ({status}): {}", err.trim()))
+}
+
+/// Reads up to `cap` bytes, then stops reading (the writer gets EPIPE
+/// rather than grove holding everything it writes).
+fn read_capped(from: impl Read, cap: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = from.take(cap as u64).read_to_end(&mut buf);
+    buf
+}
+
+/// Whether the user approved this content of the workspace config `path`.
+#[derive(Debug, PartialEq)]
+pub enum Approval {
+    Approved,
+    /// Approved once, with other content: a pull or an edit changed it.
+    Changed,
+    Never,
+}
+
+/// Where the approved copy of the config at `path` is kept:
+/// `$XDG_STATE_HOME/grove/approved/` (`~/.local/state/grove/approved/`),
+/// one file per workspace config, named by a hash of its path. `None`
+/// without a home.
+pub fn approval_record(path: &Path) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    let name = format!("{:016x}", fnv1a(path.as_os_str().as_encoded_bytes()));
+    Some(base.join("grove").join("approved").join(name))
+}
+
+/// The record's bytes: the config's path, a NUL, the approved content (so
+/// that two paths whose hashes collide never stand for each other).
+fn record_bytes(path: &Path, content: &[u8]) -> Vec<u8> {
+    let mut bytes = path.as_os_str().as_encoded_bytes().to_vec();
+    bytes.push(0);
+    bytes.extend_from_slice(content);
+    bytes
+}
+
+pub fn approval(path: &Path, content: &[u8]) -> Approval {
+    let Some(record) = approval_record(path) else {
+        return Approval::Never;
+    };
+    // A record another user could have written approves nothing.
+    if !matches!(super::check(&record, "an approval record"), Ok(Some(_))) {
+        return Approval::Never;
+    }
+    let Ok(kept) = std::fs::read(&record) else {
+        return Approval::Never;
+    };
+    let prefix = record_bytes(path, &[]);
+    if kept == record_bytes(path, content) {
+        Approval::Approved
+    } else if kept.starts_with(&prefix) {
+        Approval::Changed
+    } else {
+        Approval::Never
+    }
+}
+
+/// Records `content` as the approved content of the config at `path`.
+/// Returns where the record is.
+pub fn approve(path: &Path, content: &[u8]) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let record = approval_record(path)
+        .ok_or("neither XDG_STATE_HOME nor HOME is set: nowhere to keep the approval")?;
+    let dir = record.parent().expect("the record is in a dir");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    super::check(dir, "the approvals dir").map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!(
+        ".{}.{}",
+        record.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&record_bytes(path, content))?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, &record));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("cannot write {}: {e}", record.display()));
+    }
+    Ok(record)
+}
+
+/// Forgets the approval of the config at `path`; true when there was one.
+pub fn revoke(path: &Path) -> Result<bool, String> {
+    let Some(record) = approval_record(path) else {
+        return Ok(false);
+    };
+    match std::fs::remove_file(&record) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("cannot remove {}: {e}", record.display())),
+    }
+}
+
+/// FNV-1a: a name for a record that stays the same across Rust releases
+/// (std's hasher makes no such promise). Not a security measure: the
+/// record holds the path it is for.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_sorts_config_state_and_shareable_files() {
+        let out = b".grove/.gitignore\0.grove/grove.db\0.grove/grove.toml\0.grove/personas/a.md\0.grove/run/x.json\0";
+        let c = classify(out);
+        assert!(c.config);
+        assert_eq!(c.state, vec![".grove/grove.db", ".grove/run/x.json"]);
+        assert_eq!(classify(b""), Committed::default());
+        let only_personas = classify(b".grove/personas/reviewer.md\0");
+        assert_eq!(only_personas, Committed::default());
+    }
+
+    #[test]
+    fn a_tracked_grove_symlink_or_submodule_counts_as_both() {
+        let c = classify(b".grove\0");
+        assert!(c.config);
+        assert_eq!(c.state, vec![".grove"]);
+    }
+
+    #[test]
+    fn classify_names_at_most_five_state_paths() {
+        let out: Vec<u8> = (0..100)
+            .flat_map(|i| format!(".grove/run/{i}.json\0").into_bytes())
+            .collect();
+        assert_eq!(classify(&out).state.len(), 5);
+    }
+
+    #[test]
+    fn fnv1a_is_stable() {
+        // Record names must not change between builds.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
