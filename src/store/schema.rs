@@ -254,6 +254,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE task_deps_v14 RENAME TO task_deps;
     CREATE INDEX task_deps_dep ON task_deps (dep_id, task_at);
     "#,
+    // v15: a spawned task's delegation level, kept when it is created. The
+    // level was only ever walked up the parent chain, and a purged
+    // ancestor cut the walk short: its children's children came out
+    // shallower than they are, past `max_delegation_depth`. NULL (top-level
+    // tasks, and rows made before): the walk alone decides.
+    r#"
+    ALTER TABLE tasks ADD COLUMN depth INTEGER;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

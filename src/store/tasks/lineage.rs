@@ -167,31 +167,53 @@ pub(crate) struct Level {
 
 /// `task`'s [`Level`]. The chain is walked at most `cap` steps (the answer
 /// is then `cap`, the rest uncounted); parents are only ever older tasks,
-/// so it ends anyway. A parent deleted since counts as one level, the top.
+/// so it ends anyway. A parent deleted since ends the walk, but not the
+/// count: the level each spawned task had when it was created is kept
+/// (`tasks.depth`), and the deepest the chain's kept levels say wins.
 pub(crate) fn level(conn: &Connection, task: &TaskRecord, cap: u32) -> Result<Level, StoreError> {
     let inherit = |s: &TaskSpec| {
         let n = s.inherited_depth().unwrap_or(0);
         (n > 0).then(|| (n, s.env.get(PARENT_REF_ENV).cloned().unwrap_or_default()))
     };
     let mut here = 0u32;
+    let mut kept = kept_depth(conn, &task.id)?.unwrap_or(0);
     let mut inherited = inherit(&task.spec);
     let mut up = task.spec.parent_id.clone();
     while let Some(id) = up {
         here += 1;
         if here >= cap {
             return Ok(Level {
-                total: here,
+                total: here.max(kept),
                 inherited: None,
             });
         }
         let parent = rows::get(conn, &id)?;
+        if parent.is_some()
+            && let Some(d) = kept_depth(conn, &id)?
+        {
+            kept = kept.max(here.saturating_add(d));
+        }
         inherited = parent.as_ref().and_then(|p| inherit(&p.spec));
         up = parent.and_then(|p| p.spec.parent_id);
     }
+    let walked = here.saturating_add(inherited.as_ref().map_or(0, |(n, _)| *n));
     Ok(Level {
-        total: here.saturating_add(inherited.as_ref().map_or(0, |(n, _)| *n)),
+        total: walked.max(kept),
         inherited,
     })
+}
+
+/// The level kept for task `id` when it was created (`None`: none kept,
+/// or no such task).
+fn kept_depth(conn: &Connection, id: &str) -> Result<Option<u32>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let depth: Option<Option<i64>> = conn
+        .prepare_cached("SELECT depth FROM tasks WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    Ok(depth
+        .flatten()
+        .map(|d| u32::try_from(d).unwrap_or(u32::MAX)))
 }
 
 /// A child of `parent` may be created: the parent exists, is not too deep
@@ -283,6 +305,14 @@ pub(super) fn create_new(c: &mut Ctx<'_>, new: &NewTask) -> Res {
 /// Inserts a new task and appends its `task.created`.
 fn create(c: &mut Ctx<'_>, task: TaskRecord) -> Res {
     rows::insert(c.tx, &task)?;
+    if task.spec.parent_id.is_some() {
+        // Kept, so that its descendants count it even after an ancestor
+        // is purged (see `level`). Top-level tasks need none: their walk
+        // is their own spec.
+        let depth = level(c.tx, &task, c.limits.max_depth.saturating_add(1))?.total;
+        c.tx.prepare_cached("UPDATE tasks SET depth = ?1 WHERE id = ?2")?
+            .execute(rusqlite::params![depth, task.id])?;
+    }
     c.events.push(append_event(
         c.tx,
         c.epoch,

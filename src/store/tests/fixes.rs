@@ -2,7 +2,7 @@
 //! the code before its fix.
 
 use super::{Exit, Store, expect_task};
-use crate::protocol::{EventData, FailureReason, Method, TaskStatus};
+use crate::protocol::{EventData, FailureReason, Method, NewTask, TaskStatus};
 use crate::store::tasks::InternalOp;
 
 fn events_about(events: &[crate::protocol::Event]) -> Vec<String> {
@@ -164,5 +164,40 @@ fn a_requeued_run_fails_when_a_dependency_failed_since() {
             Some(FailureReason::DependencyFailed),
             None
         )
+    );
+}
+
+/// Purging a finished ancestor cut the walk up the parent chain short: the
+/// level of a task spawned below it came out shallower than it is, and a
+/// chain of agents could spawn past `max_delegation_depth`.
+#[test]
+fn purging_ancestors_keeps_the_delegation_level_of_their_descendants() {
+    let mut s = Store::new();
+    let child_of = |s: &mut Store, parent: &str| {
+        let new = NewTask {
+            prompt: "true".into(),
+            parent_id: Some(parent.to_string()),
+            ..Default::default()
+        };
+        s.apply(&Method::TaskCreate(new)).result
+    };
+    let a = s.create(&[]).id;
+    let b = expect_task(child_of(&mut s, &a)).id;
+    let c = expect_task(child_of(&mut s, &b)).id;
+    s.run(&a, "a1", Exit::Code0);
+    s.run(&b, "b1", Exit::Code0);
+    s.ok(Method::TaskPurge { id: a });
+    s.ok(Method::TaskPurge { id: b });
+    // c stands at 2 (the default limit is 4): its child at 3, and one more
+    // at 4, the last level allowed.
+    let d = expect_task(child_of(&mut s, &c)).id;
+    let e = expect_task(child_of(&mut s, &d)).id;
+    let Err(refused) = child_of(&mut s, &e) else {
+        panic!("a child of a task 4 levels down was created");
+    };
+    assert!(
+        refused.message.contains("delegation too deep") && refused.message.contains("4 levels"),
+        "{}",
+        refused.message
     );
 }
