@@ -109,3 +109,14 @@ pub fn diff_within() -> Option<Duration> {
     let ms = std::env::var(DIFF_WITHIN_ENV).ok()?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ms))
 }
+
+/// Set in a primary's environment: the board's merge and discard get this
+/// many milliseconds instead of their minute, so that a test of their
+/// deadline does not wait a minute.
+pub const MERGE_WITHIN_ENV: &str = "GROVE_TEST_MERGE_WITHIN_MS";
+
+/// The board's merge and discard deadline a test asked for, if one did.
+pub fn merge_within() -> Option<Duration> {
+    let ms = std::env::var(MERGE_WITHIN_ENV).ok()?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ms))
+}

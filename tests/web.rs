@@ -515,6 +515,17 @@ fn children_named(pid: u32, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The command lines of every process whose command line holds `marker`.
+fn commands_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(marker))
+        .collect()
+}
+
 /// A workspace that is a git repository with one commit (`.gitignore`,
 /// and each of `files` with its text), its board on, not served yet.
 fn board_repo(env: &[(&str, &str)], files: &[(&str, &str)]) -> Grove {
@@ -664,21 +675,30 @@ fn the_boards_diff_stops_at_its_deadline_with_what_it_started() {
     assert!(error.contains("did not end in the time allowed"), "{v}");
     assert!(asked.elapsed() < DEADLINE, "{:?}", asked.elapsed());
     assert_eq!(children_named(primary, "git"), Vec::<String>::new());
-    let stuck = || {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| c.contains("sleep 607"))
-            .collect::<Vec<_>>()
-    };
     wait_for("the stuck filter to be gone", DEADLINE, || {
-        stuck().is_empty().then_some(())
+        commands_with("sleep 607").is_empty().then_some(())
     });
     // The board still serves.
     let (status, _) = http(port, "GET", "/api/state", &[("X-Grove-Token", &token)]);
     assert_eq!(status, 200);
+}
+
+/// A FIFO that a repository's configuration includes: every git reading
+/// it waits for a writer. Dropped, it lets such gits go (writers come and
+/// go for a second), whatever the test's outcome.
+struct Release(std::path::PathBuf);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        for _ in 0..200 {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.0);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 }
 
 /// The deadline covers every git the board's diff runs, not only the index
@@ -701,19 +721,6 @@ fn the_boards_diff_deadline_covers_the_gits_before_the_index_copy() {
     assert!(made.success());
     git(&g.ws, &["config", "include.path", fifo.to_str().unwrap()]);
     // Whatever the outcome, the gits waiting on the FIFO are let go.
-    struct Release(std::path::PathBuf);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            use std::os::unix::fs::OpenOptionsExt;
-            for _ in 0..200 {
-                let _ = std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(&self.0);
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        }
-    }
     let _release = Release(fifo);
 
     let asked = std::time::Instant::now();
@@ -734,6 +741,207 @@ fn the_boards_diff_deadline_covers_the_gits_before_the_index_copy() {
         .unwrap_or_default()
         .to_string();
     assert!(error.contains("did not end in the time allowed"), "{text}");
+}
+
+/// `git` in `dir`: its output, trimmed.
+fn git_stdout(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {}", stderr_of(&out));
+    stdout_of(&out).trim().to_string()
+}
+
+/// A change the board's page would send: `POST` with the token header.
+fn post(port: u16, token: &str, path: &str) -> (u16, String) {
+    http(port, "POST", path, &[("X-Grove-Token", token)])
+}
+
+/// git's lock files in a repository (`index.lock`, a ref's `.lock`): one
+/// left behind makes every later git that would write there refuse.
+fn git_locks(ws: &std::path::Path) -> Vec<PathBuf> {
+    let mut todo = vec![ws.join(".git")];
+    let mut found = Vec::new();
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                todo.push(path);
+            } else if path.extension().is_some_and(|e| e == "lock") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// What a stopped merge must leave of the workspace: `main` where it was,
+/// a clean checkout, no journal, no copies, no lock file of git's, nothing
+/// of the board's git running.
+fn assert_untouched(g: &Grove, primary: u32, main: &str) {
+    assert_eq!(children_named(primary, "git"), Vec::<String>::new());
+    wait_for("the stuck filter to be gone", DEADLINE, || {
+        commands_with("sleep 607").is_empty().then_some(())
+    });
+    assert_eq!(git_stdout(&g.ws, &["rev-parse", "main"]), main);
+    let status = ["status", "--porcelain", "--untracked-files=all"];
+    assert_eq!(git_stdout(&g.ws, &status), "");
+    assert_eq!(git_locks(&g.ws), Vec::<PathBuf>::new());
+    let state: Vec<String> = std::fs::read_dir(g.ws.join(".grove"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("merge.") && n != "merge.lock")
+        .collect();
+    assert_eq!(state, Vec::<String>::new(), "a journal or copies are left");
+}
+
+/// The board's merge commits what the task left uncommitted in its
+/// worktree (`git add -A`, which runs the repository's clean filters):
+/// one that never ends is stopped at the deadline, with every git the
+/// merge started, and the answer (504) says that nothing was merged and
+/// where to look; nothing moved, no lock file of git's is left (git is
+/// told to end before it is killed), and once the filter is gone the same
+/// merge goes through.
+#[test]
+fn the_boards_merge_stops_at_its_deadline_and_leaves_the_workspace_as_it_was() {
+    let mut g = board_repo(
+        &[("GROVE_TEST_MERGE_WITHIN_MS", "1500")],
+        &[(".gitattributes", "*.txt filter=stuck\n")],
+    );
+    git(&g.ws, &["config", "filter.stuck.clean", "sleep 607; cat"]);
+    g.serve();
+    let (primary, _) = g.wait_primary();
+    let (port, token, _) = board_of(&g);
+    let id = g.ok(&["spawn", "--worktree", "echo changed > a.txt"]);
+    wait_status(&g, &id, "completed");
+    let main = git_stdout(&g.ws, &["rev-parse", "main"]);
+
+    let asked = std::time::Instant::now();
+    let (status, text) = post(port, &token, &format!("/api/tasks/{id}/merge"));
+    let took = asked.elapsed();
+    assert_eq!(status, 504, "{text}");
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    assert!(
+        text.contains("did not end within")
+            && text.contains("nothing was merged")
+            && text.contains(&format!("`grove merge {id}` in a terminal")),
+        "{text}"
+    );
+    assert_untouched(&g, primary, &main);
+
+    git(&g.ws, &["config", "--unset", "filter.stuck.clean"]);
+    let (status, text) = post(port, &token, &format!("/api/tasks/{id}/merge"));
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        json_body(&text)["merged"]["result"],
+        "fast_forward",
+        "{text}"
+    );
+    let merged = std::fs::read_to_string(g.ws.join("a.txt")).unwrap();
+    assert_eq!(merged, "changed\n");
+    let status = ["status", "--porcelain", "--untracked-files=all"];
+    assert_eq!(git_stdout(&g.ws, &status), "");
+}
+
+/// A deadline that stops the move into the user's checkout itself: git
+/// writes the files (here the smudge filter of the second never ends),
+/// then its index. Stopped before the index, the files it had written are
+/// put back from the copies kept before it began: checkout, index and
+/// branch as they were, and the next merge goes through.
+#[test]
+fn a_board_merge_stopped_while_it_moves_the_checkout_puts_the_files_back() {
+    let mut g = board_repo(
+        &[("GROVE_TEST_MERGE_WITHIN_MS", "4000")],
+        &[
+            (".gitattributes", "*.txt filter=stuck\n"),
+            ("a.txt", "old\n"),
+        ],
+    );
+    g.serve();
+    let (primary, _) = g.wait_primary();
+    let (port, token, _) = board_of(&g);
+    let task = "echo new > a.txt && echo b > b.txt && echo c > c.txt";
+    let id = g.ok(&["spawn", "--worktree", task]);
+    wait_status(&g, &id, "completed");
+    // git checks out a.txt, then b.txt (which never ends), then c.txt.
+    let smudge = "case %f in *b.txt) sleep 607;; esac; cat";
+    git(&g.ws, &["config", "filter.stuck.smudge", smudge]);
+    let main = git_stdout(&g.ws, &["rev-parse", "main"]);
+
+    let (status, text) = post(port, &token, &format!("/api/tasks/{id}/merge"));
+    assert_eq!(status, 504, "{text}");
+    assert!(text.contains("and so are the files, put back"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(g.ws.join("a.txt")).unwrap(),
+        "old\n"
+    );
+    assert!(!g.ws.join("b.txt").exists() && !g.ws.join("c.txt").exists());
+    assert_untouched(&g, primary, &main);
+
+    git(&g.ws, &["config", "--unset", "filter.stuck.smudge"]);
+    let (status, text) = post(port, &token, &format!("/api/tasks/{id}/merge"));
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        json_body(&text)["merged"]["result"],
+        "fast_forward",
+        "{text}"
+    );
+    for (name, text) in [("a.txt", "new\n"), ("b.txt", "b\n"), ("c.txt", "c\n")] {
+        assert_eq!(std::fs::read_to_string(g.ws.join(name)).unwrap(), text);
+    }
+}
+
+/// The board's discard runs git too: `git worktree remove --force` runs no
+/// clean filter, but every git reads the repository's configuration, which
+/// may include a FIFO. Stopped at the deadline, the discard answers 504
+/// and goes no further (the worktree's directory is not removed behind
+/// git's back); once the configuration is whole again, a discard finishes.
+#[test]
+fn the_boards_discard_stops_at_its_deadline_and_a_later_one_finishes() {
+    let mut g = board_repo(&[("GROVE_TEST_MERGE_WITHIN_MS", "1500")], &[]);
+    g.serve();
+    let (primary, _) = g.wait_primary();
+    let (port, token, _) = board_of(&g);
+    let id = g.ok(&["spawn", "--worktree", "echo changed > a.txt"]);
+    wait_status(&g, &id, "completed");
+    let tree = g.ws.join(".grove/worktrees").join(&id);
+    assert!(tree.join("a.txt").exists());
+
+    let config = g.ws.join(".git/config");
+    let whole = std::fs::read(&config).unwrap();
+    let fifo = g.dir.path().join("config-fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    git(&g.ws, &["config", "include.path", fifo.to_str().unwrap()]);
+    // Whatever the outcome, a git waiting on the FIFO is let go.
+    let _release = Release(fifo);
+
+    let asked = std::time::Instant::now();
+    let (status, text) = post(port, &token, &format!("/api/tasks/{id}/discard"));
+    let took = asked.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "the board's discard took {took:?} with a 1.5 s deadline (status {status}: {text})"
+    );
+    assert_eq!(status, 504, "{text}");
+    assert!(
+        text.contains(&format!("`grove discard {id}` in a terminal")),
+        "{text}"
+    );
+    assert_eq!(children_named(primary, "git"), Vec::<String>::new());
+    assert!(tree.join("a.txt").exists(), "removed behind git's back");
+
+    std::fs::write(&config, whole).unwrap();
+    let (status, text) = post(port, &token, &format!("/api/tasks/{id}/discard"));
+    assert_eq!(status, 200, "{text}");
+    assert!(!tree.exists());
+    assert_eq!(git_stdout(&g.ws, &["branch", "--list", "grove/*"]), "");
+    assert_eq!(git_locks(&g.ws), Vec::<PathBuf>::new());
 }
 
 /// The token is renewed when the board goes off and when it moves, so one

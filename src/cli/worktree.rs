@@ -70,7 +70,8 @@ impl From<WorktreeError> for CliError {
     fn from(e: WorktreeError) -> Self {
         match e {
             WorktreeError::Usage(m) => CliError::Usage(m),
-            WorktreeError::Failed(m) => CliError::Failed(m),
+            // Only the board's merge and discard have a deadline.
+            WorktreeError::Failed(m) | WorktreeError::Stopped(m) => CliError::Failed(m),
         }
     }
 }
@@ -165,6 +166,8 @@ fn merge(ctx: &Context, a: MergeArgs) -> Result<i32, CliError> {
         snapshot_message: format!("{title}\n\nLeft uncommitted by grove task {}", task.id),
         into: a.into.clone(),
         copied: &ctx.config.setup.copy,
+        // In a terminal, where a Ctrl-C reaches git: no deadline.
+        until: None,
     };
     let merged = wt::merge::merge(&ask)?;
     if a.json {
@@ -217,7 +220,7 @@ fn discard(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
             task.id
         )));
     }
-    wt::remove(&ctx.ws.root, &w)?;
+    wt::remove(&ctx.ws.root, &w, None)?;
     if json {
         print_json(&serde_json::json!({ "task": task.id, "discarded": w }));
     } else {
@@ -270,7 +273,7 @@ pub fn guard_removal(ctx: &Context, id: &str, force: bool) -> Result<Option<Work
 /// After a successful `delete`/`purge`: the worktree and branch go too.
 pub fn remove_after(ctx: &Context, w: Option<Worktree>) {
     if let Some(w) = w
-        && let Err(e) = wt::remove(&ctx.ws.root, &w)
+        && let Err(e) = wt::remove(&ctx.ws.root, &w, None)
     {
         errln!("grove: the task is gone, but its worktree stays: {e}");
     }

@@ -138,8 +138,26 @@ fn refused(e: ClientError) -> Failure {
     Failure(status, e.to_string())
 }
 
+/// How long the board's merge or discard may take, every git it runs and
+/// what they start included: a clean filter, hook or configuration of the
+/// repository that never ends (which a task's agent may write) must not
+/// hold a board thread, and the request, for good. A stop is safe at any
+/// point (`worktree::merge::merge`, `worktree::remove`); `grove merge` and
+/// `grove discard` in a terminal have no deadline.
+const WORKTREE_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn worktree_within() -> std::time::Duration {
+    #[cfg(feature = "test-hooks")]
+    if let Some(within) = crate::test_hooks::merge_within() {
+        return within;
+    }
+    WORKTREE_WITHIN
+}
+
 /// `merge` or `discard` of a finished task's worktree, on the blocking
-/// pool (git runs meanwhile). Refused while its agent may still write.
+/// pool (git runs meanwhile), within [`WORKTREE_WITHIN`]: stopped there,
+/// it answers 504 with what was left. Refused while its agent may still
+/// write.
 async fn worktree(
     board: &Board,
     id: &str,
@@ -150,8 +168,11 @@ async fn worktree(
     let state_dir = board.ws.state_dir.clone();
     let copied = board.live.current().setup.copy.clone();
     let id = id.to_string();
+    let action = action.to_string();
     let merge = action == "merge";
+    let within = worktree_within();
     read(board, move |r| {
+        let until = std::time::Instant::now() + within;
         let task = find(r, &id)?;
         let Some(w) = task.spec.worktree.clone() else {
             return Err(bad(&format!("task {id} has no worktree of its own")));
@@ -167,9 +188,17 @@ async fn worktree(
                 ),
             ));
         }
-        let failed = |e: crate::worktree::WorktreeError| Failure(StatusCode::CONFLICT, e.to_string());
+        let failed = |e: crate::worktree::WorktreeError| match e {
+            crate::worktree::WorktreeError::Stopped(left) => Failure(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the board's {action} of task {id} did not end within its {within:?} and was stopped, with every git it started (a clean filter, hook or configuration of the repository that never ends?): {left}. `grove {action} {id}` in a terminal has no deadline: run it there to see what git waits for"
+                ),
+            ),
+            e => Failure(StatusCode::CONFLICT, e.to_string()),
+        };
         if !merge {
-            crate::worktree::remove(&root, &w).map_err(failed)?;
+            crate::worktree::remove(&root, &w, Some(until)).map_err(failed)?;
             return Ok(Json(json!({ "discarded": w })));
         }
         let title: String = task.spec.prompt.lines().next().unwrap_or("").trim().chars().take(72).collect();
@@ -187,6 +216,7 @@ async fn worktree(
             snapshot_message: format!("{title}\n\nLeft uncommitted by grove task {id}"),
             into: None,
             copied: &copied,
+            until: Some(until),
         };
         let merged = crate::worktree::merge::merge(&ask).map_err(failed)?;
         Ok(Json(json!({ "merged": merged })))

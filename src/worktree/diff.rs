@@ -224,7 +224,10 @@ fn stream(mut cmd: Command, mut sink: impl FnMut(&[u8]) -> bool) -> super::Resul
     let mut errors = tempfile::tempfile().map_err(failed)?;
     cmd.stdout(Stdio::piped())
         .stderr(errors.try_clone().map_err(failed)?);
-    let mut git = Git::spawn(cmd).map_err(failed)?;
+    let mut git = Git::spawn(cmd).map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => WorktreeError::Failed(super::bounded::STOPPED.into()),
+        _ => failed(e),
+    })?;
     let mut out = git.child().stdout.take().expect("stdout is piped");
     let mut buf = vec![0u8; CHUNK];
     loop {

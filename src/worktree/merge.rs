@@ -11,12 +11,17 @@
 //! (`read-tree -m -u`, which refuses to overwrite local changes), then the
 //! branch by compare-and-swap (`update-ref NEW OLD`). A journal written
 //! before the move lets the next merge finish a move a kill interrupted.
+//!
+//! The board's merge has a deadline (`MergeAsk::until`): every git it runs
+//! is stopped there (`bounded`), and what a stop may leave is said at
+//! [`merge`] and [`move_checkout`] (docs/design.md, Web board).
 
-use super::{State, WorktreeError, branch_head, git, path_of, same_path, state};
+use super::{State, WorktreeError, bounded, branch_head, git, path_of, same_path, state};
 use crate::protocol::Worktree;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// What to merge and how.
 pub struct MergeAsk<'a> {
@@ -35,6 +40,10 @@ pub struct MergeAsk<'a> {
     pub into: Option<String>,
     /// The setup's copied files, never committed (see `work_pathspec`).
     pub copied: &'a [String],
+    /// The board's deadline: every git the merge runs is stopped there,
+    /// the wait for another merge's lock included (see [`merge`]). `None`
+    /// in a terminal, where a Ctrl-C reaches git.
+    pub until: Option<Instant>,
 }
 
 /// How a merge ended.
@@ -75,8 +84,42 @@ struct Journal {
 /// git 2.38 brought `merge-tree --write-tree`.
 const MIN_GIT: (u32, u32) = (2, 38);
 
+/// Said when a deadline stopped a merge before it moved anything.
+const NOTHING_MERGED: &str = "nothing was merged: your checkout and the branch to merge into are as they were (the task's uncommitted work may now be committed on its own branch)";
+
+/// Merges as `ask` says. With `ask.until` (the board) every git it runs is
+/// stopped at that deadline with what it started (`bounded::within`), and
+/// the answer is then [`WorktreeError::Stopped`], saying what was left.
+/// Why a stop is safe at every point (docs/design.md, Web board):
+///
+/// - Before the move (the lock, the checks, the task's leftovers committed
+///   on its branch, `merge-tree`, `commit-tree`) nothing of the user's
+///   checkout or target branch has changed: a stop there leaves them as a
+///   kill would, as they were. git is told to end first (SIGTERM), so a
+///   stopped `git add` or `git commit` removes its `index.lock`; a commit
+///   either moved the task's branch or did not.
+/// - During the move see [`move_checkout`]: a stopped `read-tree` is undone
+///   before the answer, a stop after it leaves the journal, which the next
+///   merge's [`finish_interrupted`] completes; no step after a stop relies
+///   on the word of a stopped git.
+/// - [`finish_interrupted`] itself keeps the journal when its gits were
+///   stopped, for a merge that can look.
 pub fn merge(ask: &MergeAsk<'_>) -> super::Result<Merged> {
+    let Some(until) = ask.until else {
+        return merge_now(ask);
+    };
+    bounded::within(until, || match merge_now(ask) {
+        // A git stopped before the move: its error says only that.
+        Err(e) if bounded::stopped() && !matches!(e, WorktreeError::Stopped(_)) => {
+            Err(WorktreeError::Stopped(NOTHING_MERGED.into()))
+        }
+        merged => merged,
+    })
+}
+
+fn merge_now(ask: &MergeAsk<'_>) -> super::Result<Merged> {
     let _lock = MergeLock::take(ask.state_dir)?;
+    sweep_undo(ask.state_dir);
     check_git_version()?;
     finish_interrupted(ask.root, ask.state_dir);
     let target = target_branch(ask)?;
@@ -142,21 +185,52 @@ pub fn merge(ask: &MergeAsk<'_>) -> super::Result<Merged> {
 /// `.grove/merge.lock`, held for the whole merge.
 struct MergeLock(#[allow(dead_code)] std::fs::File);
 
+/// How often a merge with a deadline tries the lock another merge holds
+/// (flock has no timeout; only the board's merge waits this way).
+const LOCK_RETRY: Duration = Duration::from_millis(50);
+
 impl MergeLock {
+    /// Waits for the other merge to end; within a deadline's scope, until
+    /// the deadline at most.
     fn take(state_dir: &Path) -> super::Result<MergeLock> {
         use std::os::fd::AsRawFd;
         let path = state_dir.join("merge.lock");
         let file = crate::paths::open_private(&path)
             .map_err(|e| WorktreeError::Failed(format!("cannot open {}: {e}", path.display())))?;
-        // SAFETY: flock on an fd we own; blocks until the other merge ends.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(WorktreeError::Failed(format!(
-                "cannot lock {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            )));
+        let until = bounded::deadline();
+        let how = if until.is_some() {
+            libc::LOCK_EX | libc::LOCK_NB
+        } else {
+            libc::LOCK_EX
+        };
+        loop {
+            // SAFETY: flock on an fd we own; without LOCK_NB it blocks
+            // until the other merge ends.
+            if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+                return Ok(MergeLock(file));
+            }
+            let e = std::io::Error::last_os_error();
+            let busy = e.raw_os_error() == Some(libc::EWOULDBLOCK);
+            match until {
+                Some(until) if busy => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(WorktreeError::Stopped(format!(
+                            "another merge of this workspace (a `grove merge` in a terminal?) held {} all the while; {NOTHING_MERGED}",
+                            path.display()
+                        )));
+                    }
+                    std::thread::sleep(left.min(LOCK_RETRY));
+                }
+                _ if e.kind() == std::io::ErrorKind::Interrupted => {}
+                _ => {
+                    return Err(WorktreeError::Failed(format!(
+                        "cannot lock {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
         }
-        Ok(MergeLock(file))
     }
 }
 
@@ -255,9 +329,8 @@ fn commit_leftovers(ask: &MergeAsk<'_>) -> super::Result<()> {
     let mut add = vec!["add".to_string(), "-A".into(), "--".into()];
     add.extend(super::work_pathspec(ask.root, w, ask.copied));
     git(&wt, &add).map_err(failed)?;
-    let staged = super::command(&wt, ["diff", "--cached", "--quiet"])
-        .status()
-        .map_err(|e| failed(e.to_string()))?;
+    let (staged, _, _) = super::run_to_files(super::command(&wt, ["diff", "--cached", "--quiet"]))
+        .map_err(failed)?;
     if staged.success() {
         return Ok(());
     }
@@ -285,10 +358,8 @@ fn rev(root: &Path, name: &str) -> super::Result<String> {
 }
 
 fn is_ancestor(root: &Path, a: &str, b: &str) -> bool {
-    super::command(root, ["merge-base", "--is-ancestor", a, b])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    super::run_to_files(super::command(root, ["merge-base", "--is-ancestor", a, b]))
+        .is_ok_and(|(status, _, _)| status.success())
 }
 
 /// The merged tree, or the conflicting files. Nothing but objects is
@@ -298,7 +369,7 @@ fn merged_tree(
     ours: &str,
     theirs: &str,
 ) -> super::Result<Result<String, Vec<String>>> {
-    let out = super::command(
+    let (status, stdout, stderr) = super::git_bytes(
         root,
         [
             "merge-tree",
@@ -309,12 +380,11 @@ fn merged_tree(
             theirs,
         ],
     )
-    .output()
-    .map_err(|e| WorktreeError::Failed(format!("cannot run git: {e}")))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    .map_err(WorktreeError::Failed)?;
+    let stdout = String::from_utf8_lossy(&stdout);
     let mut lines = stdout.lines();
     let tree = lines.next().unwrap_or("").trim().to_string();
-    match out.status.code() {
+    match status.code() {
         Some(0) => Ok(Ok(tree)),
         Some(1) => {
             let mut files: Vec<String> = lines
@@ -326,7 +396,7 @@ fn merged_tree(
         }
         _ => Err(WorktreeError::Failed(format!(
             "git merge-tree failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&stderr).trim()
         ))),
     }
 }
@@ -342,14 +412,16 @@ fn update_ref(root: &Path, target: &str, new: &str, old: &str) -> super::Result<
         })
 }
 
-/// Refuses a move that would replace what the checkout holds untracked at
-/// a path the merge adds: `read-tree -u` refuses a plain untracked file but
-/// overwrites an ignored one (a local `.env`, a build setting), or a
-/// directory's worth of them when the merge needs a directory where an
-/// ignored file is, or a file where a directory holds ignored files. Those
-/// are the user's and nowhere else (docs/design.md, Worktrees). Paths are
-/// bytes throughout: a name that is not UTF-8 must not slip past.
-fn refuse_overwriting_untracked(root: &Path, old: &str, new: &str) -> super::Result<()> {
+/// What a move from one commit to another changes, paths as bytes (a name
+/// that is not UTF-8 must not slip past).
+struct Changes {
+    added: Vec<PathBuf>,
+    removed: HashSet<PathBuf>,
+    /// Changed in place: content, mode or type.
+    changed: Vec<PathBuf>,
+}
+
+fn changes_between(root: &Path, old: &str, new: &str) -> super::Result<Changes> {
     use std::os::unix::ffi::OsStrExt;
     let args = [
         "diff",
@@ -361,26 +433,40 @@ fn refuse_overwriting_untracked(root: &Path, old: &str, new: &str) -> super::Res
         new,
         "--",
     ];
-    let (status, changes, errors) = super::git_bytes(root, args).map_err(WorktreeError::Failed)?;
+    let (status, listed, errors) = super::git_bytes(root, args).map_err(WorktreeError::Failed)?;
     if !status.success() {
         return Err(WorktreeError::Failed(format!(
             "cannot list what the merge changes: {}",
             String::from_utf8_lossy(&errors).trim()
         )));
     }
-    let mut fields = changes.split(|b| *b == 0).filter(|f| !f.is_empty());
-    let (mut added, mut removed) = (Vec::new(), HashSet::new());
+    let mut fields = listed.split(|b| *b == 0).filter(|f| !f.is_empty());
+    let mut changes = Changes {
+        added: Vec::new(),
+        removed: HashSet::new(),
+        changed: Vec::new(),
+    };
     while let (Some(status), Some(path)) = (fields.next(), fields.next()) {
-        let path = Path::new(std::ffi::OsStr::from_bytes(path));
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(path));
         match status {
-            b"A" => added.push(path),
+            b"A" => changes.added.push(path),
             b"D" => {
-                removed.insert(path);
+                changes.removed.insert(path);
             }
-            _ => {}
+            _ => changes.changed.push(path),
         }
     }
-    let in_the_way = in_the_way(root, &added, &removed);
+    Ok(changes)
+}
+
+/// Refuses a move that would replace what the checkout holds untracked at
+/// a path the merge adds: `read-tree -u` refuses a plain untracked file but
+/// overwrites an ignored one (a local `.env`, a build setting), or a
+/// directory's worth of them when the merge needs a directory where an
+/// ignored file is, or a file where a directory holds ignored files. Those
+/// are the user's and nowhere else (docs/design.md, Worktrees).
+fn refuse_overwriting_untracked(root: &Path, changes: &Changes) -> super::Result<()> {
+    let in_the_way = in_the_way(root, &changes.added, &changes.removed);
     if in_the_way.is_empty() {
         return Ok(());
     }
@@ -404,8 +490,8 @@ fn refuse_overwriting_untracked(root: &Path, old: &str, new: &str) -> super::Res
 /// untracked occupies in the checkout. What the merge removes is tracked,
 /// so clean (the checkout was checked): not in the way, neither on the way
 /// nor inside a directory where the merge puts a file.
-fn in_the_way(root: &Path, added: &[&Path], removed: &HashSet<&Path>) -> Vec<PathBuf> {
-    let mut found = std::collections::BTreeSet::new();
+fn in_the_way(root: &Path, added: &[PathBuf], removed: &HashSet<PathBuf>) -> Vec<PathBuf> {
+    let mut found = BTreeSet::new();
     for path in added {
         match std::fs::symlink_metadata(root.join(path)) {
             Ok(m) if m.is_dir() => {
@@ -435,7 +521,7 @@ fn in_the_way(root: &Path, added: &[&Path], removed: &HashSet<&Path>) -> Vec<Pat
 
 /// Whether the directory `dir` of the checkout holds anything but files
 /// the merge removes (a work list: no recursion over the user's tree).
-fn holds_untracked(root: &Path, dir: &Path, removed: &HashSet<&Path>) -> bool {
+fn holds_untracked(root: &Path, dir: &Path, removed: &HashSet<PathBuf>) -> bool {
     let mut todo = vec![dir.to_path_buf()];
     while let Some(at) = todo.pop() {
         let Ok(entries) = std::fs::read_dir(root.join(&at)) else {
@@ -460,8 +546,43 @@ fn journal_path(state_dir: &Path) -> PathBuf {
     state_dir.join("merge.journal")
 }
 
+/// How long the branch's move (and, when the branch moved meanwhile, the
+/// files' move back) may take once `read-tree` has ended, whatever was
+/// left of the deadline: steps of milliseconds, which a `read-tree` that
+/// ended at the deadline must not leave to the journal. Also what the
+/// look at the index after a stopped `read-tree` gets.
+const FINISH_WITHIN: Duration = Duration::from_secs(10);
+
+/// Runs `f` with [`FINISH_WITHIN`] at least, when a deadline applies.
+fn finishing<T>(f: impl FnOnce() -> T) -> T {
+    match bounded::deadline() {
+        Some(until) => bounded::within(until.max(Instant::now() + FINISH_WITHIN), f),
+        None => f(),
+    }
+}
+
 /// The checkout from `old` to `new` (files and index, refusing to lose
-/// local changes), then the branch.
+/// local changes), then the branch, the journal written before and removed
+/// after. Under a deadline (the board's merge, see [`merge`]) a stop
+/// leaves, by where it came (docs/design.md, Web board):
+///
+/// - before `read-tree`: nothing moved, no journal yet.
+/// - in `read-tree`: git writes the checkout's files first, then its index
+///   (a new file renamed into place), so the index tells how far it got
+///   (`write-tree`, given [`FINISH_WITHIN`]). Still `old`: the branch and
+///   index are as they were, and the files git had written are put back
+///   from the copies [`Undo`] kept before it began (files moved, no git:
+///   a filter that stopped git would stop it again), the journal removed:
+///   as if never begun. `new`: files and index moved, the branch not,
+///   which is the journal's own case: kept, the next merge's
+///   [`finish_interrupted`] moves the branch. Neither known: the journal
+///   is kept, nothing put back, and the answer says so.
+/// - in `update-ref` (given [`FINISH_WITHIN`]): the branch moved or not
+///   (its reference-transaction hook may run after the move), the journal
+///   is kept, and the next merge tells which.
+///
+/// No git is started once the deadline has passed, and nothing here acts
+/// on what a stopped git would have said.
 fn move_checkout(
     root: &Path,
     state_dir: &Path,
@@ -469,7 +590,16 @@ fn move_checkout(
     old: &str,
     new: &str,
 ) -> super::Result<()> {
-    refuse_overwriting_untracked(root, old, new)?;
+    let changes = changes_between(root, old, new)?;
+    refuse_overwriting_untracked(root, &changes)?;
+    let guard = match bounded::deadline() {
+        Some(_) => Some(Guard {
+            undo: Undo::keep(root, state_dir, &changes)?,
+            old_tree: rev(root, &format!("{old}^{{tree}}"))?,
+            new_tree: rev(root, &format!("{new}^{{tree}}"))?,
+        }),
+        None => None,
+    };
     let journal = Journal {
         target: target.into(),
         old: old.into(),
@@ -479,24 +609,253 @@ fn move_checkout(
     crate::paths::write_atomic(&journal_path(state_dir), &bytes)
         .map_err(|e| WorktreeError::Failed(format!("cannot write the merge journal: {e}")))?;
     if let Err(e) = git(root, ["read-tree", "-m", "-u", old, new]) {
+        if let Some(guard) = guard.filter(|_| bounded::stopped()) {
+            return Err(stopped_in_read_tree(root, state_dir, target, guard));
+        }
         let _ = std::fs::remove_file(journal_path(state_dir));
         return Err(WorktreeError::Failed(format!(
             "cannot update the checkout at {} (nothing was changed): {e}",
             root.display()
         )));
     }
-    let moved = update_ref(root, target, new, old);
-    if moved.is_err() {
-        // Someone committed meanwhile: put the files back as they were.
-        let _ = git(root, ["read-tree", "-m", "-u", new, old]);
+    let (moved, put_back) = finishing(|| {
+        let moved = update_ref(root, target, new, old);
+        if moved.is_err() && !bounded::stopped() {
+            // Someone committed meanwhile: put the files back as they were.
+            return (moved, Some(git(root, ["read-tree", "-m", "-u", new, old])));
+        }
+        (moved, None)
+    });
+    match (moved, put_back) {
+        (Err(_), None) if bounded::stopped() => Err(WorktreeError::Stopped(format!(
+            "git was stopped while it moved {target} to the merge, after your checkout's files and index took it; the next merge (`grove merge` of any task) finishes the move, or finds it done (.grove/merge.journal)"
+        ))),
+        (Err(_), Some(Err(e))) if bounded::stopped() => {
+            // The branch is someone else's now: nothing for the journal.
+            let _ = std::fs::remove_file(journal_path(state_dir));
+            Err(WorktreeError::Stopped(format!(
+                "{target} moved while merging, and git was stopped while it put your checkout's files back ({e}): they may hold some of the merge; `git status` shows what differs from {target}"
+            )))
+        }
+        (moved, _) => {
+            let _ = std::fs::remove_file(journal_path(state_dir));
+            moved
+        }
     }
-    let _ = std::fs::remove_file(journal_path(state_dir));
-    moved
+}
+
+/// What a move under a deadline keeps for a stop in `read-tree`.
+struct Guard {
+    undo: Undo,
+    old_tree: String,
+    new_tree: String,
+}
+
+/// The answer, and what is left, when the deadline stopped `read-tree`
+/// (see [`move_checkout`]).
+fn stopped_in_read_tree(root: &Path, state_dir: &Path, target: &str, g: Guard) -> WorktreeError {
+    let (index, lock) = finishing(|| {
+        let index = git(root, ["write-tree"]).map(|t| t.trim().to_string());
+        let lock = [
+            "rev-parse",
+            "--path-format=absolute",
+            "--git-path",
+            "index.lock",
+        ];
+        (index, git(root, lock).map(|l| PathBuf::from(l.trim())))
+    });
+    let reached = |tree: &str| index.as_deref().ok() == Some(tree);
+    if reached(&g.old_tree) {
+        let failed = g.undo.put_back(root);
+        let _ = std::fs::remove_file(journal_path(state_dir));
+        let mut left = format!(
+            "git was stopped while it wrote the merge into your checkout, before its index: {target} and the index are as they were, "
+        );
+        if failed.is_empty() {
+            left.push_str("and so are the files, put back");
+        } else {
+            left.push_str(&format!(
+                "but these files could not be put back as they were: {}",
+                failed.join(", ")
+            ));
+        }
+        if let Ok(lock) = &lock
+            && lock.exists()
+        {
+            left.push_str(&format!(
+                "; {} is left (git did not end when told): remove it once no git runs there",
+                lock.display()
+            ));
+        }
+        return WorktreeError::Stopped(left);
+    }
+    if reached(&g.new_tree) {
+        return WorktreeError::Stopped(format!(
+            "git was stopped as it ended writing the merge into your checkout: its files and index hold the merge, {target} does not yet; the next merge (`grove merge` of any task) moves {target} there (.grove/merge.journal)"
+        ));
+    }
+    WorktreeError::Stopped(format!(
+        "git was stopped while it wrote the merge into your checkout, and what its index holds could not be told; {target} was not moved. The next merge finishes the move if the index holds it (.grove/merge.journal); else `git status` shows what differs from {target}"
+    ))
+}
+
+/// Where a merge with a deadline keeps its copies: in the state dir, on
+/// the checkout's file system, so that a rename puts each back (a path on
+/// another one is named as not put back). Removed with the [`Undo`], or by
+/// the next merge when the process died.
+const UNDO_PREFIX: &str = "merge.undo-";
+
+/// Under a deadline, before `read-tree` moves the checkout: a copy of each
+/// file the move replaces or removes, and what it adds. Put back when the
+/// deadline stops `read-tree` before it wrote the index, without git (see
+/// [`move_checkout`]). Copies, not hard links: a link would change the
+/// file's ctime, which makes git look at its content again (through the
+/// clean filters) as it moves. Every copy goes back, whether git got to
+/// its file or not: git writes a new file where it replaces one, but that
+/// file may get the inode number just freed, so no stat tells them apart.
+struct Undo {
+    _dir: tempfile::TempDir,
+    /// A path in the checkout and its copy.
+    kept: Vec<(PathBuf, PathBuf)>,
+    added: Vec<PathBuf>,
+    /// Where the move may make a directory that was not one: the
+    /// directories of `added`, deepest first.
+    made: Vec<PathBuf>,
+}
+
+impl Undo {
+    fn keep(root: &Path, state_dir: &Path, changes: &Changes) -> super::Result<Undo> {
+        let failed = |e: std::io::Error| {
+            WorktreeError::Failed(format!(
+                "cannot keep a copy of what the merge replaces (nothing was changed): {e}"
+            ))
+        };
+        let dir = tempfile::Builder::new()
+            .prefix(UNDO_PREFIX)
+            .tempdir_in(state_dir)
+            .map_err(failed)?;
+        let mut kept = Vec::new();
+        for (n, path) in changes.changed.iter().chain(&changes.removed).enumerate() {
+            if bounded::deadline().is_some_and(|until| Instant::now() >= until) {
+                return Err(WorktreeError::Stopped(NOTHING_MERGED.into()));
+            }
+            let at = root.join(path);
+            if !below_root_unlinked(root, path) {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&at) else {
+                continue;
+            };
+            // A submodule's directory: `read-tree` leaves what is in it.
+            if meta.is_dir() {
+                continue;
+            }
+            let copy = dir.path().join(n.to_string());
+            if meta.file_type().is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(&at).map_err(failed)?, &copy)
+            } else {
+                std::fs::copy(&at, &copy).map(|_| ())
+            }
+            .map_err(failed)?;
+            kept.push((path.clone(), copy));
+        }
+        let mut made = BTreeSet::new();
+        for path in &changes.added {
+            for above in path.ancestors().skip(1) {
+                if above.as_os_str().is_empty() {
+                    break;
+                }
+                let dir = std::fs::symlink_metadata(root.join(above)).is_ok_and(|m| m.is_dir());
+                if !dir {
+                    made.insert(above.to_path_buf());
+                }
+            }
+        }
+        let mut made: Vec<PathBuf> = made.into_iter().collect();
+        made.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        Ok(Undo {
+            _dir: dir,
+            kept,
+            added: changes.added.clone(),
+            made,
+        })
+    }
+
+    /// The checkout's files as they were before the move, for the paths it
+    /// touches: what it added removed, the directories it made removed
+    /// when empty, what it replaced or removed renamed back from its copy.
+    /// Never through a symbolic link (git writes none through one either).
+    /// The paths that could not be put back.
+    fn put_back(self, root: &Path) -> Vec<String> {
+        let mut failed = Vec::new();
+        for path in &self.added {
+            let at = root.join(path);
+            let file = std::fs::symlink_metadata(&at).is_ok_and(|m| !m.is_dir());
+            if file && below_root_unlinked(root, path) && std::fs::remove_file(&at).is_err() {
+                failed.push(path.display().to_string());
+            }
+        }
+        for dir in &self.made {
+            if below_root_unlinked(root, dir) {
+                // Only an empty one: anything in it stays.
+                let _ = std::fs::remove_dir(root.join(dir));
+            }
+        }
+        for (path, copy) in &self.kept {
+            let at = root.join(path);
+            let back = below_root_unlinked(root, path)
+                && at
+                    .parent()
+                    .is_none_or(|dir| std::fs::create_dir_all(dir).is_ok())
+                && std::fs::rename(copy, &at).is_ok();
+            if !back {
+                failed.push(path.display().to_string());
+            }
+        }
+        failed
+    }
+}
+
+/// Whether every directory between `root` and `path` (relative) is a
+/// directory or absent, never a symbolic link: what is done at `path`
+/// stays inside the checkout.
+fn below_root_unlinked(root: &Path, path: &Path) -> bool {
+    let mut at = root.to_path_buf();
+    let parts: Vec<_> = path.components().collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        if !matches!(part, std::path::Component::Normal(_)) {
+            return false;
+        }
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return false,
+            Err(_) => return true,
+        }
+    }
+    true
+}
+
+/// Removes what a merge with a deadline kept and could not remove itself
+/// (its process died). Under the merge lock: no merge is using one.
+fn sweep_undo(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let ours = name.to_string_lossy().starts_with(UNDO_PREFIX);
+        if ours && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Finishes a move into the checkout that a kill interrupted: when the
 /// files and index already show the new commit but the branch does not,
-/// the branch follows; otherwise nothing had moved.
+/// the branch follows; otherwise nothing had moved. The journal stays when
+/// a deadline stopped a git here (nothing it said is known): a later merge
+/// looks again.
 fn finish_interrupted(root: &Path, state_dir: &Path) {
     let path = journal_path(state_dir);
     let Some(j) = std::fs::read(&path)
@@ -509,8 +868,115 @@ fn finish_interrupted(root: &Path, state_dir: &Path) {
     let at = rev(root, &format!("refs/heads/{}", j.target)).ok();
     let index_tree = git(root, ["write-tree"]).map(|s| s.trim().to_string()).ok();
     let new_tree = rev(root, &format!("{}^{{tree}}", j.new)).ok();
+    if bounded::stopped() {
+        return;
+    }
     if at.as_deref() == Some(j.old.as_str()) && index_tree.is_some() && index_tree == new_tree {
         let _ = update_ref(root, &j.target, &j.new, &j.old);
+        if bounded::stopped() {
+            return;
+        }
     }
     let _ = std::fs::remove_file(&path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// git in `dir`, with a test identity and no user config.
+    fn run(dir: &Path, args: &[&str], index: Option<&Path>) -> String {
+        let mut cmd = Command::new("git");
+        cmd.arg("-C").arg(dir).args(args);
+        cmd.env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t.invalid");
+        if let Some(index) = index {
+            cmd.env("GIT_INDEX_FILE", index);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn write(root: &Path, path: &str, text: &str) {
+        let at = root.join(path);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(at, text).unwrap();
+    }
+
+    /// A move cut before `read-tree` wrote the index is put back from the
+    /// copies: files changed, removed, added, a directory replaced by a
+    /// file and a file by a directory; what is not the move's stays.
+    #[test]
+    fn a_move_stopped_before_the_index_is_put_back_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, state) = (dir.path().join("repo"), dir.path().join("state"));
+        std::fs::create_dir_all(&state).unwrap();
+        run(dir.path(), &["init", "-q", "-b", "main", "repo"], None);
+        write(&root, "changed.txt", "old\n");
+        write(&root, "gone.txt", "gone\n");
+        write(&root, "d/x", "in a directory\n");
+        write(&root, "f", "a file\n");
+        write(&root, "kept.txt", "kept\n");
+        std::os::unix::fs::symlink("kept.txt", root.join("link")).unwrap();
+        run(&root, &["add", "-A"], None);
+        run(&root, &["commit", "-qm", "old"], None);
+        let old = run(&root, &["rev-parse", "HEAD"], None);
+        run(&root, &["switch", "-qc", "task"], None);
+        run(&root, &["rm", "-qr", "gone.txt", "d", "f", "link"], None);
+        write(&root, "changed.txt", "new\n");
+        write(&root, "d", "now a file\n");
+        write(&root, "f/y", "now a directory\n");
+        write(&root, "n/e/w.txt", "added\n");
+        write(&root, "link", "no longer a link\n");
+        run(&root, &["add", "-A"], None);
+        run(&root, &["commit", "-qm", "new"], None);
+        let new = run(&root, &["rev-parse", "HEAD"], None);
+        run(&root, &["switch", "-q", "main"], None);
+        write(&root, "untracked.txt", "mine\n");
+
+        let changes = changes_between(&root, &old, &new).unwrap();
+        let undo = Undo::keep(&root, &state, &changes).unwrap();
+        // The files move while the real index stays: a `read-tree` cut
+        // before it wrote the index.
+        let elsewhere = dir.path().join("index");
+        std::fs::copy(root.join(".git/index"), &elsewhere).unwrap();
+        run(
+            &root,
+            &["read-tree", "-m", "-u", &old, &new],
+            Some(&elsewhere),
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("d")).unwrap(),
+            "now a file\n"
+        );
+        assert!(root.join("n/e/w.txt").exists());
+
+        assert_eq!(undo.put_back(&root), Vec::<String>::new());
+        let status = run(
+            &root,
+            &["status", "--porcelain", "--untracked-files=all"],
+            None,
+        );
+        assert_eq!(status, "?? untracked.txt");
+        assert_eq!(
+            std::fs::read_to_string(root.join("changed.txt")).unwrap(),
+            "old\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("d/x")).unwrap(),
+            "in a directory\n"
+        );
+        assert_eq!(
+            std::fs::read_link(root.join("link")).unwrap(),
+            Path::new("kept.txt")
+        );
+        assert!(!root.join("n").exists(), "the directories it made are gone");
+        let left: Vec<_> = std::fs::read_dir(&state).unwrap().collect();
+        assert!(left.is_empty(), "the copies are removed: {left:?}");
+    }
 }

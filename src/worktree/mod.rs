@@ -31,6 +31,10 @@ pub enum WorktreeError {
     /// Refused or failed: a conflict, a dirty checkout, git failing.
     #[error("{0}")]
     Failed(String),
+    /// Stopped at its deadline (the board's merge and discard, see
+    /// `bounded`): what that left, in words.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 pub type Result<T> = std::result::Result<T, WorktreeError>;
@@ -72,7 +76,7 @@ where
 /// keeps a pipe open long after git has exited, and reading it to its end
 /// would wait for that process — with the worktree lock held, or a board
 /// thread taken. Inside `bounded::within`, a run stopped at the deadline
-/// is an error.
+/// (or not started past it) is an error.
 pub(crate) fn run_to_files(
     mut cmd: std::process::Command,
 ) -> std::result::Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), String> {
@@ -84,8 +88,10 @@ pub(crate) fn run_to_files(
     let (mut out, mut err) = (temp("output")?, temp("errors")?);
     let dup = |f: &std::fs::File| f.try_clone().map_err(|e| format!("cannot run git: {e}"));
     cmd.stdout(dup(&out)?).stderr(dup(&err)?);
-    let git =
-        bounded::Git::spawn(cmd).map_err(|e| format!("cannot run git: {e} (is git installed?)"))?;
+    let git = bounded::Git::spawn(cmd).map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => bounded::STOPPED.into(),
+        _ => format!("cannot run git: {e} (is git installed?)"),
+    })?;
     let (status, stopped) = git
         .wait()
         .map_err(|e| format!("cannot wait for git: {e}"))?;
@@ -443,6 +449,7 @@ fn take_turn(root: &Path) -> std::result::Result<std::fs::File, String> {
 }
 
 /// Removes a worktree's directory and registration (not its branch).
+/// Nothing more once a deadline stopped git (see [`remove`]).
 fn clear(root: &Path, path: &Path) {
     let _ = git(
         root,
@@ -454,6 +461,9 @@ fn clear(root: &Path, path: &Path) {
             path.as_os_str(),
         ],
     );
+    if bounded::stopped() {
+        return;
+    }
     // Only ever under `.grove/worktrees/`: never a directory of the user's.
     if path.starts_with(root.join(".grove").join("worktrees")) && path.exists() {
         let _ = std::fs::remove_dir_all(path);
@@ -462,8 +472,30 @@ fn clear(root: &Path, path: &Path) {
 }
 
 /// Removes the task's worktree and its branch (`grove discard`, and
-/// `delete`/`purge` once they are allowed to).
-pub fn remove(root: &Path, w: &Worktree) -> Result<()> {
+/// `delete`/`purge` once they are allowed to). With `until` (the board),
+/// every git it runs is stopped there (`bounded::within`), and then
+/// nothing further is done: git's removal of the worktree ends as it was
+/// stopped (its lock files removed, see `bounded`), or not begun, which a
+/// later discard finishes; the answer is [`WorktreeError::Stopped`], never
+/// "removed" on the word of a git that was stopped (`branch_head` would
+/// read it as "no branch").
+pub fn remove(root: &Path, w: &Worktree, until: Option<std::time::Instant>) -> Result<()> {
+    let Some(until) = until else {
+        return remove_now(root, w);
+    };
+    bounded::within(until, || {
+        let removed = remove_now(root, w);
+        if bounded::stopped() {
+            return Err(WorktreeError::Stopped(format!(
+                "the worktree {} and branch {} may be partly removed; discard again to finish",
+                w.path, w.branch
+            )));
+        }
+        removed
+    })
+}
+
+fn remove_now(root: &Path, w: &Worktree) -> Result<()> {
     clear(root, &path_of(root, w));
     if branch_head(root, w).is_some() {
         git(root, ["branch", "-D", "--end-of-options", &w.branch]).map_err(|e| {
