@@ -258,6 +258,7 @@ async fn promote_and_serve(
         (pub_endpoint, rpc_endpoint),
         &parts,
         replies_tx,
+        router_recv.gate(),
     );
     let ended = serve(me, opts, live, &guard, &serving, router_recv, shutdown).await;
     let _ = first_report.await;
@@ -277,6 +278,7 @@ fn serving(
     (pub_endpoint, rpc_endpoint): (String, String),
     parts: &Parts,
     replies: mpsc::Sender<super::serving::Outgoing>,
+    gate: zeromq::PeerGate,
 ) -> Serving {
     let info = PrimaryInfo {
         instance_id: me.instance_id.clone(),
@@ -305,6 +307,7 @@ fn serving(
         replies,
         last_request: me.last_request.clone(),
         budget: Arc::new(tokio::sync::Semaphore::new(super::serving::WRITE_BUDGET)),
+        peers: super::serving::PeerShares::new(gate),
     }
 }
 

@@ -35,6 +35,8 @@ pub(super) struct Serving {
     /// Bytes of requests taken off the ROUTER whose writes are not yet
     /// answered may not pass [`WRITE_BUDGET`] (see [`Serving::room_for`]).
     pub(super) budget: Arc<tokio::sync::Semaphore>,
+    /// Each peer's part of the budget (see [`PEER_SHARE`]).
+    pub(super) peers: PeerShares,
 }
 
 /// The most request bytes, with [`JOB_OVERHEAD`] each, the primary holds
@@ -54,6 +56,17 @@ const JOB_OVERHEAD: usize = 512;
 /// client put ~55,000 of them ahead of everyone else's next write (a CLI
 /// write went from 10 ms to over a second while they drained).
 const LEAST_COST: usize = WRITE_BUDGET / 4096;
+/// The most of [`WRITE_BUDGET`] one peer's unanswered writes hold before
+/// the event loop stops taking that peer's requests (they wait in its
+/// connection; the other peers are served). Without it one client
+/// pipelining writes filled the whole budget: up to 4,096 of its writes
+/// went ahead of another window's next one, and pings waited meanwhile.
+/// A quarter: one flooding client leaves three quarters to everyone else,
+/// and still keeps 1,024 writes and more in flight.
+const PEER_SHARE: usize = WRITE_BUDGET / 4;
+/// A paused peer is taken again once its unanswered writes are down to
+/// this (half its share: not paused and resumed at every answer).
+const PEER_RESUME: usize = PEER_SHARE / 2;
 /// A flood that keeps the budget full is told once a minute, not per write.
 const BUDGET_WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -68,9 +81,19 @@ impl Serving {
         &self,
         msg: &ZmqMessage,
         stop: impl std::future::Future<Output = ()>,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    ) -> Option<Room> {
         let bytes: usize = msg.iter().map(|f| f.len()).sum();
-        let cost = (bytes + JOB_OVERHEAD).clamp(LEAST_COST, WRITE_BUDGET) as u32;
+        let cost = (bytes + JOB_OVERHEAD).clamp(LEAST_COST, WRITE_BUDGET);
+        let identity = msg.get(0).cloned().unwrap_or_default();
+        let permit = self.permit(cost as u32, stop).await?;
+        Some(self.peers.hold(identity, cost, permit))
+    }
+
+    async fn permit(
+        &self,
+        cost: u32,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
         if let Ok(permit) = self.budget.clone().try_acquire_many_owned(cost) {
             return Some(permit);
         }
@@ -91,7 +114,7 @@ impl Serving {
         }
     }
 
-    pub(super) fn handle(&self, msg: ZmqMessage, permit: tokio::sync::OwnedSemaphorePermit) {
+    pub(super) fn handle(&self, msg: ZmqMessage, permit: Room) {
         let mut frames = msg.into_vec();
         if frames.is_empty() {
             return;
@@ -215,7 +238,7 @@ impl Serving {
         envelope: Vec<Bytes>,
         id: String,
         (from, method, digest): (String, Method, u64),
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: Room,
     ) {
         let reply = match &method {
             // Purge removes the task's files once its row is gone.
@@ -259,13 +282,7 @@ impl Serving {
     }
 
     /// The answer to a purge, sent once the purged task's files are gone.
-    fn after_purge(
-        &self,
-        task: String,
-        envelope: Vec<Bytes>,
-        id: String,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> ReplyTo {
+    fn after_purge(&self, task: String, envelope: Vec<Bytes>, id: String, permit: Room) -> ReplyTo {
         let (tx, rx) = oneshot::channel();
         let replies = self.replies.clone();
         let ws = self.ws.clone();
@@ -535,5 +552,112 @@ impl LogLimiter {
         }
         self.count.set(self.count.get() + 1);
         self.count.get() <= Self::PER_SECOND
+    }
+}
+
+/// Each peer's unanswered writes, in bytes of the budget, and the gate
+/// that stops taking a peer's requests past [`PEER_SHARE`]. Only the event
+/// loop adds; a [`Room`] gives back wherever its answer is handed over
+/// (the store thread, mostly).
+pub(super) struct PeerShares {
+    gate: zeromq::PeerGate,
+    shares: std::cell::RefCell<std::collections::HashMap<Bytes, Arc<PeerShare>>>,
+    /// The map is swept of idle peers when it grows to this.
+    sweep_at: std::cell::Cell<usize>,
+    /// When a pause was last logged (once a minute at most).
+    warned: std::cell::Cell<Option<Instant>>,
+}
+
+#[derive(Default)]
+struct PeerShare {
+    bytes: AtomicUsize,
+    paused: std::sync::atomic::AtomicBool,
+}
+
+/// The map of peers is swept of those with nothing unanswered when it
+/// holds this many (and then twice as many as it kept).
+const PEERS_SWEPT_AT: usize = 1024;
+
+impl PeerShares {
+    pub(super) fn new(gate: zeromq::PeerGate) -> Self {
+        PeerShares {
+            gate,
+            shares: Default::default(),
+            sweep_at: std::cell::Cell::new(PEERS_SWEPT_AT),
+            warned: Default::default(),
+        }
+    }
+
+    /// Counts `cost` to `identity`'s share, pausing the peer when that
+    /// passes [`PEER_SHARE`]; the returned [`Room`] gives both back.
+    fn hold(
+        &self,
+        identity: Bytes,
+        cost: usize,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Room {
+        let share = self.share_of(&identity);
+        let held = share.bytes.fetch_add(cost, Ordering::AcqRel) + cost;
+        if held > PEER_SHARE && !share.paused.load(Ordering::Acquire) {
+            // Paused first, then flagged: an answer that sees the flag
+            // finds the gate closed, and resumes it (see `Room::drop`).
+            self.gate.pause(&identity);
+            share.paused.store(true, Ordering::Release);
+            if (self.warned.get()).is_none_or(|at| at.elapsed() >= BUDGET_WARN_EVERY) {
+                self.warned.set(Some(Instant::now()));
+                tracing::warn!(
+                    "{} MiB of one client's writes wait for the store; taking no more of its requests until they are answered",
+                    PEER_SHARE >> 20
+                );
+            }
+            // The answers may have drained it meanwhile, before the flag.
+            if share.bytes.load(Ordering::Acquire) <= PEER_RESUME
+                && share.paused.swap(false, Ordering::AcqRel)
+            {
+                self.gate.resume(&identity);
+            }
+        }
+        Room {
+            _permit: permit,
+            share,
+            cost,
+            identity,
+            gate: self.gate.clone(),
+        }
+    }
+
+    fn share_of(&self, identity: &Bytes) -> Arc<PeerShare> {
+        let mut shares = self.shares.borrow_mut();
+        if let Some(share) = shares.get(identity) {
+            return share.clone();
+        }
+        if shares.len() >= self.sweep_at.get() {
+            // A peer with no unanswered write has no `Room` holding it.
+            shares.retain(|_, s| Arc::strong_count(s) > 1);
+            self.sweep_at.set((shares.len() * 2).max(PEERS_SWEPT_AT));
+        }
+        let share = Arc::new(PeerShare::default());
+        shares.insert(identity.clone(), share.clone());
+        share
+    }
+}
+
+/// A request's hold on the write budget and on its peer's share of it,
+/// given back when dropped: with the answer handed to the reply task, or
+/// at once for a request answered on the loop.
+pub(super) struct Room {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    share: Arc<PeerShare>,
+    cost: usize,
+    identity: Bytes,
+    gate: zeromq::PeerGate,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let left = self.share.bytes.fetch_sub(self.cost, Ordering::AcqRel) - self.cost;
+        if left <= PEER_RESUME && self.share.paused.swap(false, Ordering::AcqRel) {
+            self.gate.resume(&self.identity);
+        }
     }
 }

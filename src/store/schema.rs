@@ -257,10 +257,15 @@ const MIGRATIONS: &[&str] = &[
     // v15: a spawned task's delegation level, kept when it is created. The
     // level was only ever walked up the parent chain, and a purged
     // ancestor cut the walk short: its children's children came out
-    // shallower than they are, past `max_delegation_depth`. NULL (top-level
-    // tasks, and rows made before): the walk alone decides.
+    // shallower than they are, past `max_delegation_depth`. No row
+    // (top-level tasks, and tasks made before): the walk alone decides. A
+    // table of its own: the tasks table holds TaskRecord's fields only (the
+    // IPC contract), and only spawned tasks need a row.
     r#"
-    ALTER TABLE tasks ADD COLUMN depth INTEGER;
+    CREATE TABLE task_depths (
+        id    TEXT PRIMARY KEY,
+        depth INTEGER NOT NULL
+    ) WITHOUT ROWID;
     "#,
 ];
 

@@ -169,7 +169,7 @@ pub(crate) struct Level {
 /// is then `cap`, the rest uncounted); parents are only ever older tasks,
 /// so it ends anyway. A parent deleted since ends the walk, but not the
 /// count: the level each spawned task had when it was created is kept
-/// (`tasks.depth`), and the deepest the chain's kept levels say wins.
+/// (`task_depths`), and the deepest the chain's kept levels say wins.
 pub(crate) fn level(conn: &Connection, task: &TaskRecord, cap: u32) -> Result<Level, StoreError> {
     let inherit = |s: &TaskSpec| {
         let n = s.inherited_depth().unwrap_or(0);
@@ -203,12 +203,12 @@ pub(crate) fn level(conn: &Connection, task: &TaskRecord, cap: u32) -> Result<Le
     })
 }
 
-/// The level kept for task `id` when it was created (`None`: none kept,
-/// or no such task).
+/// The level kept for task `id` when it was created (`None`: none kept:
+/// a top-level task, or one made before schema 15).
 fn kept_depth(conn: &Connection, id: &str) -> Result<Option<u32>, StoreError> {
     use rusqlite::OptionalExtension;
     let depth: Option<Option<i64>> = conn
-        .prepare_cached("SELECT depth FROM tasks WHERE id = ?1")?
+        .prepare_cached("SELECT depth FROM task_depths WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
         .optional()?;
     Ok(depth
@@ -310,8 +310,8 @@ fn create(c: &mut Ctx<'_>, task: TaskRecord) -> Res {
         // is purged (see `level`). Top-level tasks need none: their walk
         // is their own spec.
         let depth = level(c.tx, &task, c.limits.max_depth.saturating_add(1))?.total;
-        c.tx.prepare_cached("UPDATE tasks SET depth = ?1 WHERE id = ?2")?
-            .execute(rusqlite::params![depth, task.id])?;
+        c.tx.prepare_cached("INSERT OR REPLACE INTO task_depths (id, depth) VALUES (?1, ?2)")?
+            .execute(rusqlite::params![task.id, depth])?;
     }
     c.events.push(append_event(
         c.tx,
@@ -442,6 +442,8 @@ fn rearm_dependents(c: &mut Ctx<'_>, root: &str) -> Result<(), Applied> {
 
 pub(super) fn delete(c: &mut Ctx<'_>, task: &TaskRecord) -> Res {
     c.tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?
+        .execute([&task.id])?;
+    c.tx.prepare_cached("DELETE FROM task_depths WHERE id = ?1")?
         .execute([&task.id])?;
     // Its conversation (kept past the event retention while it existed).
     c.tx.prepare_cached("DELETE FROM events WHERE task_id = ?1")?

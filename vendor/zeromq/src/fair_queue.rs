@@ -15,6 +15,9 @@ pub(crate) struct QueueInner<S, K: Clone> {
     ready_queue: BinaryHeap<ReadyEvent<K>>,
     queued: HashSet<K>,
     streams: HashMap<K, Pin<Box<S>>>,
+    /// Streams not polled until resumed (grove patch: a ROUTER's owner
+    /// stops taking one peer's messages; see GROVE-PATCH.md, change 6).
+    paused: HashSet<K>,
     waker: Option<Waker>,
     /// Callback invoked when a stream ends (peer disconnected).
     /// Wrapped in Arc so it can be cloned and called outside the lock.
@@ -33,6 +36,23 @@ impl<S, K: Clone + Eq + Hash> QueueInner<S, K> {
     pub fn remove(&mut self, k: &K) {
         self.streams.remove(k);
         self.queued.remove(k);
+        self.paused.remove(k);
+    }
+
+    /// Stops polling stream `k`: what it sends waits in its transport
+    /// until [`QueueInner::resume`].
+    pub fn pause(&mut self, k: K) {
+        self.paused.insert(k);
+    }
+
+    /// Polls stream `k` again (a no-op when it was not paused).
+    pub fn resume(&mut self, k: &K) {
+        if self.paused.remove(k) && self.streams.contains_key(k) {
+            self.push_ready(k.clone());
+            if let Some(w) = &self.waker {
+                w.wake_by_ref();
+            }
+        }
     }
 
     /// Clear all streams and the ready queue.
@@ -140,6 +160,10 @@ where
                     }
                 };
                 inner.queued.remove(&event.key);
+                // Left in `streams`, not queued: `resume` queues it again.
+                if inner.paused.contains(&event.key) {
+                    continue;
+                }
                 match inner.streams.remove(&event.key) {
                     Some(stream) => (event, stream),
                     None => continue,
@@ -209,6 +233,7 @@ impl<S, K: Clone> FairQueue<S, K> {
                 counter: atomic::AtomicUsize::new(0),
                 ready_queue: BinaryHeap::new(),
                 queued: HashSet::new(),
+                paused: HashSet::new(),
                 streams: HashMap::new(),
                 waker: None,
                 on_disconnect: None,

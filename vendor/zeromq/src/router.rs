@@ -183,6 +183,38 @@ impl SocketSend for RouterSendHalf {
     }
 }
 
+/// Stops and resumes taking one peer's messages off a ROUTER (grove
+/// patch, GROVE-PATCH.md change 6): a paused peer's messages wait in its
+/// connection, and its sends block once the kernel's buffers are full,
+/// while every other peer is served.
+#[derive(Clone)]
+pub struct PeerGate {
+    queue: Arc<parking_lot::Mutex<crate::fair_queue::QueueInner<ZmqFramedRead, PeerIdentity>>>,
+}
+
+impl PeerGate {
+    /// `identity` as the ROUTER put it in front of the peer's messages.
+    pub fn pause(&self, identity: &[u8]) {
+        if let Ok(id) = PeerIdentity::try_from(identity) {
+            self.queue.lock().pause(id);
+        }
+    }
+
+    pub fn resume(&self, identity: &[u8]) {
+        if let Ok(id) = PeerIdentity::try_from(identity) {
+            self.queue.lock().resume(&id);
+        }
+    }
+}
+
+impl RouterRecvHalf {
+    pub fn gate(&self) -> PeerGate {
+        PeerGate {
+            queue: self.fair_queue.inner(),
+        }
+    }
+}
+
 #[async_trait]
 impl SocketRecv for RouterRecvHalf {
     async fn recv(&mut self) -> ZmqResult<ZmqMessage> {
