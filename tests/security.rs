@@ -446,3 +446,41 @@ fn committed_state_keeps_members_from_starting() {
     g.serve();
     g.wait_primary();
 }
+
+/// grove reads at most 64 KiB of what git lists in `.grove`: a repository
+/// that commits more than that ahead of its config must not slip the
+/// config, or its state, past the checks.
+#[test]
+fn a_flood_of_committed_files_does_not_hide_the_committed_config() {
+    let mut g = Grove::new();
+    g.env(
+        "XDG_STATE_HOME",
+        &g.dir.path().join("state").display().to_string(),
+    );
+    let cache = g.ws.join(".grove/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    for i in 0..2_000 {
+        std::fs::write(cache.join(format!("entry-with-a-long-name-{i:05}")), "x").unwrap();
+    }
+    git(&g.ws, &["init", "-q"]);
+    git(&g.ws, &["add", "-f", ".grove"]);
+    git(&g.ws, &["commit", "-qm", "everything"]);
+    let out = g.run(&["list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("grove config trust"),
+        "{}",
+        stderr_of(&out)
+    );
+    g.ok(&["config", "trust"]);
+    let m = g.serve();
+    let status = g.members[m]
+        .wait_exit(DEADLINE)
+        .expect("the member refuses");
+    assert_eq!(status.code(), Some(2), "{}", g.members[m].stderr());
+    assert!(
+        g.members[m].stderr().contains(".grove/cache/"),
+        "{}",
+        g.members[m].stderr()
+    );
+}

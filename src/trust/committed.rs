@@ -53,7 +53,18 @@ pub fn committed(root: &Path) -> Result<Committed, String> {
     let Some(out) = ls_files(root)? else {
         return Ok(Committed::default());
     };
-    Ok(classify(&out))
+    let mut found = classify(&out);
+    if out.len() >= OUTPUT_CAP {
+        // The config's entry may be past the cut; what was read is state
+        // enough to refuse. Neither may pass for lack of reading on.
+        found.config = true;
+        if found.state.is_empty() {
+            found
+                .state
+                .push(".grove (more tracked files than grove reads)".into());
+        }
+    }
+    Ok(found)
 }
 
 /// Sorts `git ls-files -z` output into config and state.
@@ -132,7 +143,8 @@ fn ls_files(root: &Path) -> Result<Option<Vec<u8>>, String> {
     };
     let out = read_out.join().unwrap_or_default();
     let err = String::from_utf8_lossy(&read_err.join().unwrap_or_default()).into_owned();
-    if status.success() {
+    // Cut at the cap, git ends on a broken pipe: what it wrote stands.
+    if status.success() || out.len() >= OUTPUT_CAP {
         return Ok(Some(out));
     }
     if err.contains("not a git repository") {
