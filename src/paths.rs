@@ -31,10 +31,6 @@ pub enum PathError {
     Untrusted(#[from] crate::trust::Untrusted),
 }
 
-/// The `.gitignore` of a new state dir.
-const GITIGNORE: &str =
-    "# grove's state is its own; to share the config: git add -f .grove/grove.toml\n*\n";
-
 /// The resolved file layout of one workspace.
 #[derive(Debug, Clone)]
 pub struct Workspace {
@@ -102,13 +98,7 @@ impl Workspace {
             });
         }
         match fs::DirBuilder::new().mode(0o700).create(&self.state_dir) {
-            // Nothing of a new state dir is for a repository: `git add -A`
-            // would commit the store (which other checkouts then refuse,
-            // see `refuse_committed_state`) and a config that may hold the
-            // user's keys. Sharing the config is `git add -f`.
-            Ok(()) => {
-                let _ = fs::write(self.state_dir.join(".gitignore"), GITIGNORE);
-            }
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(source) => {
                 return Err(PathError::StateDir {

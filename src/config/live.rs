@@ -57,6 +57,8 @@ pub struct LiveConfig {
     /// of the workspace's.
     files: Vec<PathBuf>,
     loaded: Mutex<Loaded>,
+    /// Held while a reload reads the files (see `refresh`).
+    loading: Mutex<()>,
 }
 
 impl LiveConfig {
@@ -80,6 +82,7 @@ impl LiveConfig {
             }),
             files: configs.iter().cloned().chain(approval).collect(),
             configs,
+            loading: Mutex::new(()),
         };
         live.refresh();
         live
@@ -118,16 +121,25 @@ impl LiveConfig {
     /// Reloads when a file changed; true when it did (loaded or failed).
     pub fn refresh(&self) -> bool {
         let stamps: Vec<Stamp> = self.files.iter().map(|f| stamp(f)).collect();
-        let mut loaded = self.lock();
-        if loaded.stamps == stamps {
+        if self.lock().stamps == stamps {
             return false;
         }
+        // One load at a time, outside the lock that `latest` and the
+        // others take: a load may ask git (a committed config, see
+        // `trust::committed`), and the event loop must not wait for it.
+        let _loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        let stamps: Vec<Stamp> = self.files.iter().map(|f| stamp(f)).collect();
+        if self.lock().stamps == stamps {
+            return false;
+        }
+        let result = Config::load(&self.state_dir);
+        let mut loaded = self.lock();
         loaded.stamps = stamps;
         loaded.generation += 1;
         loaded.report.files = (self.configs.iter())
             .map(|f| (f.clone(), f.exists()))
             .collect();
-        match Config::load(&self.state_dir) {
+        match result {
             Ok(config) => {
                 if loaded.report.error.is_some() || *loaded.config != config {
                     tracing::info!("configuration reloaded");

@@ -508,6 +508,13 @@ fn read_table(path: &Path, vet: bool) -> Result<Option<toml::Table>, ConfigError
 /// this content (docs/design.md, Committed configuration).
 fn vet_committed(path: &Path, text: &[u8]) -> Result<(), ConfigError> {
     use crate::trust::committed::{self, Approval};
+    // Approved content needs no git: the common case of a reload, and one
+    // that must be cheap (a member's event loop may be reloading).
+    let state = match committed::approval(path, text) {
+        Approval::Approved => return Ok(()),
+        Approval::Changed => "it changed since you approved it (a pull or an edit)",
+        Approval::Never => "you have not approved it",
+    };
     let root = path
         .parent()
         .and_then(Path::parent)
@@ -516,11 +523,6 @@ fn vet_committed(path: &Path, text: &[u8]) -> Result<(), ConfigError> {
         Ok(c) if !c.config => return Ok(()),
         Ok(_) => "git tracks it, so it came with the repository".to_string(),
         Err(e) => format!("grove cannot tell whether git tracks it ({e})"),
-    };
-    let state = match committed::approval(path, text) {
-        Approval::Approved => return Ok(()),
-        Approval::Changed => "it changed since you approved it (a pull or an edit)",
-        Approval::Never => "you have not approved it",
     };
     Err(ConfigError::NotApproved(format!(
         "not using {}: {why}, and {state}. It chooses commands grove runs as you \

@@ -587,7 +587,11 @@ async fn serve(
                 if let Some(ended) = files_changed(ws, epoch, guard) {
                     return ended;
                 }
-                let generation = live.generation();
+                // Off the loop: a reload may ask git (a committed config).
+                let reload = live.clone();
+                let generation = tokio::task::spawn_blocking(move || reload.generation())
+                    .await
+                    .unwrap_or(reported);
                 if generation != reported || !ws.member_report(&me.instance_id).exists() {
                     reported = generation;
                     super::report(opts, me, live, "primary");

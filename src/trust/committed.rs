@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 /// How long `git ls-files` may take before grove stops waiting for it. It
 /// reads only the index; a git that waits longer is stuck on something of
 /// the user's own configuration (a FIFO include, a hung filesystem).
-const GIT_DEADLINE: Duration = Duration::from_secs(5);
+/// Well below the primary's watchdog (5 s by default): a reload may run it.
+const GIT_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The most of `git ls-files`' output read: enough to name what is
 /// tracked, and a repository that commits a million files into `.grove`
@@ -55,13 +56,12 @@ pub fn committed(root: &Path) -> Result<Committed, String> {
     };
     let mut found = classify(&out);
     if out.len() >= OUTPUT_CAP {
-        // The config's entry may be past the cut; what was read is state
-        // enough to refuse. Neither may pass for lack of reading on.
+        // The config's entry may be past the cut, and so much tracked
+        // there is state enough to refuse: neither may pass for lack of
+        // reading on.
         found.config = true;
         if found.state.is_empty() {
-            found
-                .state
-                .push(".grove (more tracked files than grove reads)".into());
+            found.state.push(".grove".into());
         }
     }
     Ok(found)
@@ -74,20 +74,26 @@ fn classify(out: &[u8]) -> Committed {
     // a cut one still shows that something is tracked.
     for entry in out.split(|b| *b == 0).filter(|e| !e.is_empty()) {
         let path = String::from_utf8_lossy(entry);
-        let inside = path.strip_prefix(".grove/");
+        // Matched without case: on a file system that ignores it (macOS,
+        // a Windows drive under WSL) `.GROVE/Grove.toml` is what grove opens.
+        let lower = path.to_lowercase();
+        let inside = lower.strip_prefix(".grove/");
         let name = inside.map(|p| p.split('/').next().unwrap_or(""));
-        match name {
-            Some("grove.toml") => found.config = true,
-            Some(n) if SHAREABLE.contains(&n) => {}
+        let state = match name {
+            Some("grove.toml") => {
+                found.config = true;
+                false
+            }
+            Some(n) => !SHAREABLE.contains(&n),
             // `.grove` itself: a symlink or submodule the repository chose.
             None => {
                 found.config = true;
-                found.state.push(path.into_owned());
+                true
             }
-            Some(_) => found.state.push(path.into_owned()),
-        }
-        if found.state.len() >= 5 {
-            break;
+        };
+        // Named: the first few (the config is looked for to the end).
+        if state && found.state.len() < 5 {
+            found.state.push(path.into_owned());
         }
     }
     found
@@ -98,25 +104,46 @@ fn classify(out: &[u8]) -> Committed {
 fn ls_files(root: &Path) -> Result<Option<Vec<u8>>, String> {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new("git");
-    // No fsmonitor hook: the question needs the index only.
+    // No fsmonitor hook: the question needs the index only. `icase`: see
+    // `classify`.
     cmd.args([
         "-c",
         "core.fsmonitor=false",
         "ls-files",
         "-z",
         "--",
-        ".grove",
+        ":(icase).grove",
     ])
     .current_dir(root)
+    // Its messages untranslated: "not a git repository" is read below.
+    .env("LC_ALL", "C")
+    .env("LANGUAGE", "")
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     // Its own group, so that a stuck git and whatever it started can
     // be killed whole.
     .process_group(0);
+    // The repository is the one at `root`, whatever the caller's
+    // environment points git at (`GIT_DIR` of a dotfiles setup, a hook's
+    // `GIT_INDEX_FILE`): another index would say nothing is tracked.
+    for (key, _) in std::env::vars_os() {
+        if key.as_encoded_bytes().starts_with(b"GIT_") {
+            cmd.env_remove(key);
+        }
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // No git: nothing can be told of a repository, if there is one.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return match root.ancestors().find(|d| d.join(".git").exists()) {
+                Some(repo) => Err(format!(
+                    "git is not on PATH, and {} is a git repository",
+                    repo.display()
+                )),
+                None => Ok(None),
+            };
+        }
         Err(e) => return Err(format!("cannot run git: {e}")),
     };
     let stdout = child.stdout.take().expect("piped");
@@ -284,6 +311,19 @@ mod tests {
         assert_eq!(classify(b""), Committed::default());
         let only_personas = classify(b".grove/personas/reviewer.md\0");
         assert_eq!(only_personas, Committed::default());
+    }
+
+    #[test]
+    fn names_are_matched_without_case_and_the_config_is_found_past_the_named_state() {
+        let c = classify(b".GROVE/Grove.TOML\0");
+        assert!(c.config);
+        let out: Vec<u8> = (0..10)
+            .flat_map(|i| format!(".grove/a{i}\0").into_bytes())
+            .chain(b".grove/grove.toml\0".iter().copied())
+            .collect();
+        let c = classify(&out);
+        assert!(c.config, "the config after five state paths");
+        assert_eq!(c.state.len(), 5);
     }
 
     #[test]
