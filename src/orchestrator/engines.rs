@@ -520,6 +520,16 @@ pub fn persona_text(config: &Config, workspace: &Path, name: &str) -> Result<Str
             .map_err(|e| EngineError::Persona(e.to_string()))?;
         crate::trust::check(&path, "the persona file")
             .map_err(|e| EngineError::Persona(e.to_string()))?;
+        // A persona file may be a symlink a repository committed (the
+        // personas are shareable): one leading out of the dir, to
+        // `~/.ssh/id_rsa` say, would put that file into a prompt.
+        if std::fs::symlink_metadata(&path).is_ok() && !inside(&path, &dir) {
+            return Err(EngineError::Persona(format!(
+                "the persona file {} leads out of {} (a symlink); a persona goes into a prompt, so only files in the personas dir are used",
+                path.display(),
+                dir.display()
+            )));
+        }
     }
     match valid.then(|| std::fs::read_to_string(&path)) {
         Some(Ok(text)) => Ok(text.trim_end().to_string()),
@@ -535,6 +545,15 @@ pub fn persona_text(config: &Config, workspace: &Path, name: &str) -> Result<Str
                 }
             )))
         }
+    }
+}
+
+/// Whether `path`, symlinks followed, is a regular file inside `dir` (also
+/// followed).
+fn inside(path: &Path, dir: &Path) -> bool {
+    match (std::fs::canonicalize(path), std::fs::canonicalize(dir)) {
+        (Ok(file), Ok(dir)) => file.starts_with(&dir) && file.is_file(),
+        _ => false,
     }
 }
 
@@ -614,6 +633,35 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_persona_symlink_out_of_the_personas_dir_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path().join("ws");
+        let dir = ws.join(".grove/personas");
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = tmp.path().join("id_rsa");
+        std::fs::write(&secret, "PRIVATE KEY").unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("leak.md")).unwrap();
+        std::fs::write(dir.join("reviewer.md"), "You review.\n").unwrap();
+        std::os::unix::fs::symlink("reviewer.md", dir.join("alias.md")).unwrap();
+        let config = crate::config::Config::default();
+        let err = super::persona_text(&config, &ws, "leak")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("leads out of") && !err.contains("PRIVATE"),
+            "{err}"
+        );
+        assert_eq!(
+            super::persona_text(&config, &ws, "reviewer").unwrap(),
+            "You review."
+        );
+        assert_eq!(
+            super::persona_text(&config, &ws, "alias").unwrap(),
+            "You review."
+        );
+    }
+
     #[test]
     fn a_failed_check_is_asked_again_next_batch_and_a_passed_one_trusted_a_while() {
         let tmp = tempfile::tempdir().unwrap();

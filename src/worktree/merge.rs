@@ -871,6 +871,13 @@ fn finish_interrupted(root: &Path, state_dir: &Path) {
     if bounded::stopped() {
         return;
     }
+    // The branch still at the journal's start, but the index unreadable
+    // (`write-tree` fails while another git, an editor's, holds
+    // `index.lock`): nothing says the move is stale, so the journal stays
+    // for a merge that can look.
+    if at.as_deref() == Some(j.old.as_str()) && (index_tree.is_none() || new_tree.is_none()) {
+        return;
+    }
     if at.as_deref() == Some(j.old.as_str()) && index_tree.is_some() && index_tree == new_tree {
         let _ = update_ref(root, &j.target, &j.new, &j.old);
         if bounded::stopped() {
@@ -906,6 +913,41 @@ mod tests {
         let at = root.join(path);
         std::fs::create_dir_all(at.parent().unwrap()).unwrap();
         std::fs::write(at, text).unwrap();
+    }
+
+    /// A journal whose move the index has taken, while another git holds
+    /// `index.lock` (an editor's `git status`): kept, not read as stale,
+    /// and finished once the lock is gone.
+    #[test]
+    fn an_unreadable_index_keeps_the_journal_for_the_next_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, state) = (dir.path().join("repo"), dir.path().join("state"));
+        std::fs::create_dir_all(&state).unwrap();
+        run(dir.path(), &["init", "-q", "-b", "main", "repo"], None);
+        write(&root, "a.txt", "old\n");
+        run(&root, &["add", "-A"], None);
+        run(&root, &["commit", "-qm", "old"], None);
+        let old = run(&root, &["rev-parse", "HEAD"], None);
+        write(&root, "a.txt", "new\n");
+        run(&root, &["commit", "-qam", "new"], None);
+        let new = run(&root, &["rev-parse", "HEAD"], None);
+        // The files and index moved, the branch not: what a kill between
+        // `read-tree` and `update-ref` leaves.
+        run(&root, &["update-ref", "refs/heads/main", &old], None);
+        let journal = Journal {
+            target: "main".into(),
+            old: old.clone(),
+            new: new.clone(),
+        };
+        std::fs::write(journal_path(&state), serde_json::to_vec(&journal).unwrap()).unwrap();
+        std::fs::write(root.join(".git/index.lock"), "").unwrap();
+        finish_interrupted(&root, &state);
+        assert!(journal_path(&state).exists(), "the journal was dropped");
+        assert_eq!(run(&root, &["rev-parse", "main"], None), old);
+        std::fs::remove_file(root.join(".git/index.lock")).unwrap();
+        finish_interrupted(&root, &state);
+        assert_eq!(run(&root, &["rev-parse", "main"], None), new);
+        assert!(!journal_path(&state).exists());
     }
 
     /// A move cut before `read-tree` wrote the index is put back from the
