@@ -118,34 +118,13 @@ fn pipelined_writes_wait_for_the_store_within_the_write_budget() {
     let blocker = g.ok(&["spawn", "sleep 600"]);
     let release = g.dir.path().join("release-the-store");
     let before = rss_kib(pid);
-    let request = |n: usize, prompt: String| {
-        rmp_serde::to_vec_named(&grove::protocol::Request {
-            v: 1,
-            id: format!("flood-{n}"),
-            from: "flood".into(),
-            epoch_seen: 0,
-            method: grove::protocol::Method::TaskCreate(grove::protocol::NewTask {
-                prompt,
-                tags: vec!["flood".into()],
-                dependencies: vec![blocker.clone()],
-                ..Default::default()
-            }),
-        })
-        .unwrap()
-    };
+    let request = |n: usize, prompt: String| frame(n, flood_create(&blocker, prompt));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let (sent, peak) = rt.block_on(async {
-        let mut holder = zeromq::DealerSocket::new();
-        holder.connect(&rpc).await.unwrap();
-        let hold = format!(
-            "{}{}",
-            grove::test_hooks::HOLD_STORE_PROMPT,
-            release.display()
-        );
-        holder.send(request(0, hold).into()).await.unwrap();
+        let holder = hold_store(&rpc, &blocker, &release).await;
         let mut flood = zeromq::DealerSocket::new();
         flood.connect(&rpc).await.unwrap();
         let prompt = "x".repeat(8 * 1024);
@@ -197,6 +176,46 @@ fn pipelined_writes_wait_for_the_store_within_the_write_budget() {
     );
 }
 
+/// A raw request frame, as a client sends it.
+fn frame(n: usize, method: grove::protocol::Method) -> Vec<u8> {
+    rmp_serde::to_vec_named(&grove::protocol::Request {
+        v: 1,
+        id: format!("flood-{n}"),
+        from: "flood".into(),
+        epoch_seen: 0,
+        method,
+    })
+    .unwrap()
+}
+
+/// A `task.create` tagged `flood`, waiting on `blocker` (it never runs).
+fn flood_create(blocker: &str, prompt: String) -> grove::protocol::Method {
+    grove::protocol::Method::TaskCreate(grove::protocol::NewTask {
+        prompt,
+        tags: vec!["flood".into()],
+        dependencies: vec![blocker.to_string()],
+        ..Default::default()
+    })
+}
+
+/// Holds the primary's store thread until `release` exists (a create the
+/// store thread stops at, `test_hooks::HOLD_STORE_PROMPT`); the returned
+/// socket sent it.
+async fn hold_store(rpc: &str, blocker: &str, release: &std::path::Path) -> zeromq::DealerSocket {
+    let mut holder = zeromq::DealerSocket::new();
+    holder.connect(rpc).await.unwrap();
+    let hold = format!(
+        "{}{}",
+        grove::test_hooks::HOLD_STORE_PROMPT,
+        release.display()
+    );
+    holder
+        .send(frame(0, flood_create(blocker, hold)).into())
+        .await
+        .unwrap();
+    holder
+}
+
 /// One client pipelining writes gets a quarter of the write budget: past
 /// that the primary stops taking its requests only, and keeps serving
 /// everyone else. Before, its flood took the whole budget while the store
@@ -213,43 +232,18 @@ fn one_pipelining_client_does_not_hold_the_others_up() {
         .to_string();
     let blocker = g.ok(&["spawn", "sleep 600"]);
     let release = g.dir.path().join("release-the-store");
-    let request = |n: usize, method: grove::protocol::Method| {
-        rmp_serde::to_vec_named(&grove::protocol::Request {
-            v: 1,
-            id: format!("fair-{n}"),
-            from: "fair".into(),
-            epoch_seen: 0,
-            method,
-        })
-        .unwrap()
-    };
-    let create = |prompt: String| {
-        grove::protocol::Method::TaskCreate(grove::protocol::NewTask {
-            prompt,
-            tags: vec!["flood".into()],
-            dependencies: vec![blocker.clone()],
-            ..Default::default()
-        })
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let (sent, ponged) = rt.block_on(async {
-        let mut holder = zeromq::DealerSocket::new();
-        holder.connect(&rpc).await.unwrap();
-        let hold = format!(
-            "{}{}",
-            grove::test_hooks::HOLD_STORE_PROMPT,
-            release.display()
-        );
-        holder.send(request(0, create(hold)).into()).await.unwrap();
+        let holder = hold_store(&rpc, &blocker, &release).await;
         let mut flood = zeromq::DealerSocket::new();
         flood.connect(&rpc).await.unwrap();
         let prompt = "x".repeat(8 * 1024);
         let mut sent = 0;
         for n in 1..=20_000 {
-            let send = flood.send(request(n, create(prompt.clone())).into());
+            let send = flood.send(frame(n, flood_create(&blocker, prompt.clone())).into());
             match tokio::time::timeout(std::time::Duration::from_secs(3), send).await {
                 Ok(r) => r.unwrap(),
                 // The primary stopped taking this client's requests.
@@ -261,7 +255,7 @@ fn one_pipelining_client_does_not_hold_the_others_up() {
         // requests meanwhile can answer this.
         let mut other = zeromq::DealerSocket::new();
         other.connect(&rpc).await.unwrap();
-        let ping = request(30_000, grove::protocol::Method::Ping {});
+        let ping = frame(30_000, grove::protocol::Method::Ping {});
         other.send(ping.into()).await.unwrap();
         let ponged = tokio::time::timeout(std::time::Duration::from_secs(10), other.recv())
             .await

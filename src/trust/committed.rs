@@ -19,7 +19,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long `git ls-files` may take before grove stops waiting for it. It
 /// reads only the index; a git that waits longer is stuck on something of
@@ -150,24 +150,29 @@ fn ls_files(root: &Path) -> Result<Option<Vec<u8>>, String> {
     let stderr = child.stderr.take().expect("piped");
     let read_out = std::thread::spawn(move || read_capped(stdout, OUTPUT_CAP));
     let read_err = std::thread::spawn(move || read_capped(stderr, 4096));
-    let until = Instant::now() + GIT_DEADLINE;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(1)),
-            Ok(None) => {
-                // SAFETY: kill(2) of the group we made above; its leader is
-                // not reaped yet, so the id is still ours.
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-                let _ = child.wait();
-                return Err(format!(
-                    "`git ls-files` did not answer within {} s",
-                    GIT_DEADLINE.as_secs()
-                ));
-            }
-            Err(e) => return Err(format!("cannot wait for git: {e}")),
-        }
-    };
+    // Told when git ends, without reaping it (`WNOWAIT`): only this thread
+    // reaps, so until it does the group id is still git's to kill.
+    let pid = child.id();
+    let (ended_tx, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: waitid(2) into a zeroed siginfo_t we own.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        let _ = ended_tx.send(());
+    });
+    if ended.recv_timeout(GIT_DEADLINE).is_err() {
+        // SAFETY: kill(2) of the group made above; its leader is not
+        // reaped yet (see above).
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        let _ = child.wait();
+        return Err(format!(
+            "`git ls-files` did not answer within {} s",
+            GIT_DEADLINE.as_secs()
+        ));
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("cannot wait for git: {e}"))?;
     let out = read_out.join().unwrap_or_default();
     let err = String::from_utf8_lossy(&read_err.join().unwrap_or_default()).into_owned();
     // Cut at the cap, git ends on a broken pipe: what it wrote stands.
