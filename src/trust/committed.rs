@@ -225,24 +225,25 @@ fn record_bytes(path: &Path, content: &[u8]) -> Vec<u8> {
 }
 
 pub fn approval(path: &Path, content: &[u8]) -> Approval {
-    let Some(record) = approval_record(path) else {
-        return Approval::Never;
-    };
-    // A record another user could have written approves nothing.
+    match approved_copy(path) {
+        Some(kept) if kept == content => Approval::Approved,
+        Some(_) => Approval::Changed,
+        None => Approval::Never,
+    }
+}
+
+/// The content of the config at `path` as the user last approved it, if
+/// they did: what `grove config trust` shows a change against. A record
+/// another user could have written, or one for another path whose hash
+/// collides, holds nothing.
+pub fn approved_copy(path: &Path) -> Option<Vec<u8>> {
+    let record = approval_record(path)?;
     if !matches!(super::check(&record, "an approval record"), Ok(Some(_))) {
-        return Approval::Never;
+        return None;
     }
-    let Ok(kept) = std::fs::read(&record) else {
-        return Approval::Never;
-    };
-    let prefix = record_bytes(path, &[]);
-    if kept == record_bytes(path, content) {
-        Approval::Approved
-    } else if kept.starts_with(&prefix) {
-        Approval::Changed
-    } else {
-        Approval::Never
-    }
+    let kept = std::fs::read(&record).ok()?;
+    kept.strip_prefix(record_bytes(path, &[]).as_slice())
+        .map(<[u8]>::to_vec)
 }
 
 /// Records `content` as the approved content of the config at `path`.
