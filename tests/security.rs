@@ -417,6 +417,61 @@ fn a_committed_config_is_used_only_once_approved() {
     assert_eq!(g.run(&["list"]).status.code(), Some(2));
 }
 
+/// git's answer for an untracked config is kept while the repository's
+/// index stays as it was (every command asks it otherwise: a fork and exec
+/// of git each), and not a moment longer: `git add` of the config is
+/// refused by the very next command.
+#[test]
+fn a_kept_git_answer_lasts_only_as_long_as_the_index() {
+    let mut g = Grove::new();
+    let state = g.dir.path().join("state");
+    g.env("XDG_STATE_HOME", &state.display().to_string());
+    git(&g.ws, &["init", "-q"]);
+    std::fs::write(g.ws.join("README"), "a project\n").unwrap();
+    git(&g.ws, &["add", "README"]);
+    git(&g.ws, &["commit", "-qm", "first"]);
+    std::fs::write(g.ws.join(".grove/grove.toml"), "max_parallel = 3\n").unwrap();
+    // Kept once the index has settled (an index changed in the last two
+    // seconds may change again unseen within its clock's tick).
+    let kept = state.join("grove/committed");
+    wait_for("git's answer to be kept", DEADLINE, || {
+        g.ok(&["config", "show"]);
+        std::fs::read_dir(&kept).ok()?.next().map(|_| ())
+    });
+    // Kept: a git that would fail is not asked.
+    let fake = g.dir.path().join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    let asked = g.dir.path().join("git-was-asked");
+    let script = fake.join("git");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ntouch {}\nexit 1\n", asked.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    g.env("PATH", &path);
+    g.ok(&["config", "show"]);
+    assert!(
+        !asked.exists(),
+        "git was asked again for an unchanged index"
+    );
+    // The index changes: asked again, and the change is seen at once.
+    g.unset_env("PATH");
+    git(&g.ws, &["add", "-f", ".grove/grove.toml"]);
+    let out = g.run(&["config", "show"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out).contains("git tracks it"),
+        "{}",
+        stdout_of(&out)
+    );
+}
+
 /// A store committed to the repository holds tasks someone else chose: a
 /// member refuses to start on it and says how to get rid of it.
 #[test]

@@ -519,7 +519,7 @@ fn vet_committed(path: &Path, text: &[u8]) -> Result<(), ConfigError> {
         .parent()
         .and_then(Path::parent)
         .unwrap_or(Path::new("."));
-    let why = match committed::committed(root) {
+    let why = match committed::committed_cached(root) {
         Ok(c) if !c.config => return Ok(()),
         Ok(_) => "git tracks it, so it came with the repository".to_string(),
         Err(e) => format!("grove cannot tell whether git tracks it ({e})"),

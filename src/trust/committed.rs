@@ -67,6 +67,23 @@ pub fn committed(root: &Path) -> Result<Committed, String> {
     Ok(found)
 }
 
+/// [`committed`], answered from the answer kept for the repository's
+/// index as it is now when there is one (see `committed_cache`): the
+/// question every command and tool call asks of a config the user has not
+/// approved, most often a local one that git does not track.
+pub fn committed_cached(root: &Path) -> Result<Committed, String> {
+    use super::committed_cache as cache;
+    let key = cache::index_key(root);
+    if let Some(found) = key.as_ref().and_then(|k| cache::read(root, k)) {
+        return Ok(found);
+    }
+    let found = committed(root)?;
+    if let Some(key) = key {
+        cache::write(root, &key, &found);
+    }
+    Ok(found)
+}
+
 /// Sorts `git ls-files -z` output into config and state.
 fn classify(out: &[u8]) -> Committed {
     let mut found = Committed::default();
@@ -207,12 +224,16 @@ pub enum Approval {
 /// one file per workspace config, named by a hash of its path. `None`
 /// without a home.
 pub fn approval_record(path: &Path) -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_STATE_HOME")
+    let name = format!("{:016x}", fnv1a(path.as_os_str().as_encoded_bytes()));
+    Some(state_home()?.join("grove").join("approved").join(name))
+}
+
+/// The user's state dir: `$XDG_STATE_HOME`, else `~/.local/state`.
+pub(super) fn state_home() -> Option<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
-    let name = format!("{:016x}", fnv1a(path.as_os_str().as_encoded_bytes()));
-    Some(base.join("grove").join("approved").join(name))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
 }
 
 /// The record's bytes: the config's path, a NUL, the approved content (so
@@ -249,19 +270,27 @@ pub fn approved_copy(path: &Path) -> Option<Vec<u8>> {
 /// Records `content` as the approved content of the config at `path`.
 /// Returns where the record is.
 pub fn approve(path: &Path, content: &[u8]) -> Result<PathBuf, String> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let record = approval_record(path)
         .ok_or("neither XDG_STATE_HOME nor HOME is set: nowhere to keep the approval")?;
-    let dir = record.parent().expect("the record is in a dir");
+    write_private(&record, &record_bytes(path, content))?;
+    Ok(record)
+}
+
+/// Writes `bytes` to `file` whole or not at all (a temporary file synced,
+/// then renamed), mode 0600, in a dir of the user's own (0700, created
+/// if missing, owner-checked).
+pub(super) fn write_private(file: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = file.parent().ok_or("a record needs a dir")?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    super::check(dir, "the approvals dir").map_err(|e| e.to_string())?;
+    super::check(dir, "a dir of grove's records").map_err(|e| e.to_string())?;
     let tmp = dir.join(format!(
         ".{}.{}",
-        record.file_name().unwrap_or_default().to_string_lossy(),
+        file.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
     let written = std::fs::OpenOptions::new()
@@ -272,15 +301,15 @@ pub fn approve(path: &Path, content: &[u8]) -> Result<PathBuf, String> {
         .open(&tmp)
         .and_then(|mut f| {
             use std::io::Write;
-            f.write_all(&record_bytes(path, content))?;
+            f.write_all(bytes)?;
             f.sync_all()
         })
-        .and_then(|()| std::fs::rename(&tmp, &record));
+        .and_then(|()| std::fs::rename(&tmp, file));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!("cannot write {}: {e}", record.display()));
+        return Err(format!("cannot write {}: {e}", file.display()));
     }
-    Ok(record)
+    Ok(())
 }
 
 /// Forgets the approval of the config at `path`; true when there was one.
@@ -298,7 +327,7 @@ pub fn revoke(path: &Path) -> Result<bool, String> {
 /// FNV-1a: a name for a record that stays the same across Rust releases
 /// (std's hasher makes no such promise). Not a security measure: the
 /// record holds the path it is for.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })

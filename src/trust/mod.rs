@@ -17,6 +17,7 @@
 //! a committed store) are `committed`'s concern.
 
 pub mod committed;
+mod committed_cache;
 
 use std::ffi::CStr;
 use std::fs::{self, Metadata};
