@@ -269,10 +269,19 @@ fn retry_relaunch_resume_lineage_and_purge() {
     let blocker = g.ok(&["spawn", "sleep 30"]);
     let p = g.ok(&["spawn", "echo first", "--dep", &blocker]);
     g.ok(&["pause", &p]);
-    g.ok(&["resume", &p, "--instructions", "echo second"]);
+    // A shell task's prompt is a command: instructions would run as
+    // commands, and are refused.
+    let out = g.run(&["resume", &p, "--instructions", "tidy up"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("shell engine"),
+        "{}",
+        stderr_of(&out)
+    );
+    g.ok(&["resume", &p]);
     let t = show(&g, &p);
     assert_eq!(t["status"], "pending");
-    assert!(t["prompt"].as_str().unwrap().ends_with("echo second"));
+    assert_eq!(t["prompt"], "echo first");
     g.ok(&["cancel", &blocker]);
     // purge is idempotent and removes the log.
     let log = g.ws.join(format!(".grove/logs/{a}.log"));

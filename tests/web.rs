@@ -283,6 +283,52 @@ fn the_token_is_never_sent_to_another_users_listener_on_the_boards_port() {
     assert_eq!(up, port);
 }
 
+/// Another user's connection, token and all, is closed unread: browsers
+/// send the board's login cookie to every port of 127.0.0.1, and a tab
+/// open while another user holds the port sends them the token.
+const FOREIGN_CLIENT_PY: &str = r#"
+import os, socket, sys
+os.setgid(65534); os.setuid(65534)
+port, token = int(sys.argv[1]), sys.argv[2]
+c = socket.socket(); c.settimeout(10); c.connect(("127.0.0.1", port))
+got = b""
+try:
+    c.sendall(("GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Grove-Token: %s\r\nConnection: close\r\n\r\n" % (port, token)).encode())
+    while True:
+        b = c.recv(65536)
+        if not b: break
+        got += b
+except OSError: pass
+print(repr(got[:200]), flush=True)
+"#;
+
+#[test]
+fn another_users_connection_is_refused_even_with_the_token() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to connect as another user");
+        return;
+    }
+    let mut g = Grove::with_config("heartbeat_ms = 100\nweb = true\n");
+    g.serve();
+    g.wait_primary();
+    let (port, token, _) = board_of(&g);
+    let out = Command::new("python3")
+        .args(["-c", FOREIGN_CLIENT_PY, &port.to_string(), &token])
+        .output()
+        .expect("python3");
+    let heard = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        heard.trim(),
+        "b''",
+        "another user got an answer: {heard}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Ours, the same request, is answered.
+    let (status, _) = http(port, "GET", "/api/state", &[("X-Grove-Token", &token)]);
+    assert_eq!(status, 200);
+}
+
 #[test]
 fn requests_without_the_token_for_another_host_or_from_another_site_are_refused() {
     let notes = tempfile::tempdir().unwrap();

@@ -560,11 +560,25 @@ fn delete_and_purge_refuse_unmerged_work_without_force_and_remove_the_worktree()
 
 #[test]
 fn review_relaunches_a_cli_task_in_its_worktree_with_the_quoted_lines() {
-    let g = repo("");
-    // `exit 0` ends the shell script before the appended comments.
-    let t = spawn(&g, &["--worktree", "echo run >> runs.txt; exit 0"]);
+    // A CLI agent: its prompt is words it reads (kept in prompt.txt), not
+    // a command line.
+    let g = repo(
+        "[engines.reader]\ncommand = [\"sh\", \"-c\", \"echo run >> runs.txt; printf '%s' \\\"$1\\\" > prompt.txt\", \"sh\", \"{prompt}\"]\n",
+    );
+    let t = spawn(&g, &["--worktree", "-e", "reader", "add a line"]);
     let id = id_of(&t);
     wait_status(&g, &id, "completed");
+    // A shell task's prompt is a command: a review's words would run.
+    let sh = spawn(&g, &["--worktree", "echo hi > f.txt"]);
+    wait_status(&g, &id_of(&sh), "completed");
+    let out = g.run(&["review", &id_of(&sh), "--comment", "f.txt:1", "rm -rf ~"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("shell engine"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(show(&g, &id_of(&sh))["prompt"], "echo hi > f.txt");
     g.ok(&[
         "review",
         &id,
@@ -588,11 +602,14 @@ fn review_relaunches_a_cli_task_in_its_worktree_with_the_quoted_lines() {
         prompt.contains("runs.txt, line 1:\n    1 | run\nonce is enough"),
         "{prompt}"
     );
-    // Same task, same worktree: the second run appended to the first's file.
+    // Same task, same worktree: the second run appended to the first's
+    // file, and its agent read the comments.
     wait_for("two runs in one worktree", DEADLINE, || {
         let text = std::fs::read_to_string(tree_of(&g, &t).join("runs.txt")).ok()?;
         (text == "run\nrun\n").then_some(())
     });
+    let read = std::fs::read_to_string(tree_of(&g, &t).join("prompt.txt")).unwrap();
+    assert!(read.contains("once is enough"), "{read}");
     let out = g.run(&["review", &id, "--comment", "f.txt:9-10", "x"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
 }

@@ -12,7 +12,10 @@
 //!   `X-Grove-Token` header, which a page of another origin cannot set
 //!   without a CORS preflight the board never answers, and an `Origin`,
 //!   when sent, must be the board's own;
-//! - no CORS header is ever sent.
+//! - no CORS header is ever sent;
+//! - and before any of that, a connection whose peer is another user is
+//!   closed unread (`connections.rs`): browsers send the cookie to every
+//!   port of 127.0.0.1, so another user's page can learn the token.
 
 use super::api::Board;
 use axum::extract::{Request, State};
@@ -78,10 +81,14 @@ fn check(board: &Board, req: &Request) -> Result<(), (StatusCode, String)> {
             ),
         ));
     }
-    let given = header_token(headers)
-        .or_else(|| cookie_token(headers, &board.cookie_name()))
-        .or_else(|| query_token(req.uri().query()));
-    if !given.is_some_and(|t| same(&t, &board.token)) {
+    // Every cookie of the name counts: a page of another port of
+    // 127.0.0.1 can set one (cookies do not tell ports apart) with a
+    // longer path, which browsers send first, and would lock the user out.
+    let matches = |t: &String| same(t, &board.token);
+    let given = header_token(headers).is_some_and(|t| matches(&t))
+        || cookie_tokens(headers, &board.cookie_name()).any(|t| matches(&t))
+        || query_token(req.uri().query()).is_some_and(|t| matches(&t));
+    if !given {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
             "grove board: this needs the workspace's token; open the URL that `grove web` prints (http://127.0.0.1:PORT/?token=...)",
@@ -141,14 +148,14 @@ fn header_token(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-fn cookie_token(headers: &HeaderMap, name: &str) -> Option<String> {
+fn cookie_tokens<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = String> + 'a {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
 }
 
@@ -196,8 +203,15 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("other=1; grove_token_80=abc"),
         );
-        assert_eq!(cookie_token(&h, "grove_token_80").as_deref(), Some("abc"));
-        assert_eq!(cookie_token(&h, "grove_token_81"), None);
+        let all = |h: &HeaderMap, name: &str| cookie_tokens(h, name).collect::<Vec<_>>();
+        assert_eq!(all(&h, "grove_token_80"), vec!["abc".to_string()]);
+        assert!(all(&h, "grove_token_81").is_empty());
+        // A planted cookie of the same name, sent first, hides nothing.
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("grove_token_80=planted; grove_token_80=abc"),
+        );
+        assert_eq!(all(&h, "grove_token_80"), vec!["planted", "abc"]);
         assert!(same("abc", "abc"));
         assert!(!same("abc", "abd"));
         assert!(!same("abc", "abcd"));

@@ -56,8 +56,8 @@ pub async fn serve(listener: TcpListener, app: axum::Router) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 accept_failures += 1;
                 if accept_failures.is_power_of_two() {
@@ -72,6 +72,9 @@ pub async fn serve(listener: TcpListener, app: axum::Router) {
         let service = TowerToHyperService::new(app.clone());
         open.spawn(async move {
             let _slot = slot;
+            if !from_our_user(&stream, peer).await {
+                return;
+            }
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -83,6 +86,40 @@ pub async fn serve(listener: TcpListener, app: axum::Router) {
                 tracing::debug!("web board: a connection ended: {e}");
             }
         });
+    }
+}
+
+/// Whether the peer of `stream` runs as this user (or root): only then is
+/// a byte of it read. Another local user reaches 127.0.0.1 as easily, and
+/// the token is not enough to keep them out: browsers send a site's
+/// cookies to every port of it, so a page of theirs on 127.0.0.1 is sent
+/// the board's login cookie, and a listener of theirs on the board's port
+/// while no primary holds it hears the token an open tab sends (see
+/// docs/design.md, Web board). Their connection is closed unread, and
+/// frees its slot at once. Off the event loop: it reads the kernel's
+/// socket tables.
+async fn from_our_user(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr) -> bool {
+    let Ok(ours) = stream.local_addr() else {
+        return false;
+    };
+    let uid = tokio::task::spawn_blocking(move || super::port_owner::peer_uid(peer, ours))
+        .await
+        .ok()
+        .flatten();
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    match uid {
+        Some(uid) if uid == me || uid == 0 => true,
+        Some(uid) => {
+            tracing::debug!("web board: closed a connection of another user (uid {uid})");
+            false
+        }
+        None => {
+            tracing::debug!(
+                "web board: closed a connection from {peer} unread: no open socket of it in /proc/net/tcp (closed already, or the tables cannot be read)"
+            );
+            false
+        }
     }
 }
 

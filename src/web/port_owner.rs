@@ -4,6 +4,8 @@
 //! The port is stored and reused; while no primary serves it, another user
 //! may bind it, and a probe that sent the token there would hand it over.
 
+use std::net::{IpAddr, SocketAddr};
+
 /// The users owning a listening socket on `port`, in either table; empty
 /// when nobody listens (or the tables cannot be read).
 pub fn listeners(port: u16) -> Vec<u32> {
@@ -41,6 +43,57 @@ pub fn foreign(port: u16) -> Option<u32> {
         Holder::Other(uid) => Some(uid),
         _ => None,
     }
+}
+
+/// The owner of the socket at the other end of a connection the board
+/// accepted: the row whose local address is the peer's and whose remote
+/// address is ours. `None` when no table has it (the peer is gone, the
+/// tables cannot be read). Read from `/proc/net/tcp` (a browser's socket
+/// to 127.0.0.1) and `/proc/net/tcp6` (a dual-stack socket connecting to
+/// the v4-mapped address).
+pub fn peer_uid(peer: SocketAddr, ours: SocketAddr) -> Option<u32> {
+    [("/proc/net/tcp", false), ("/proc/net/tcp6", true)]
+        .iter()
+        .filter_map(|(table, six)| {
+            let (local, remote) = (hex_addr(peer, *six)?, hex_addr(ours, *six)?);
+            let text = std::fs::read_to_string(table).ok()?;
+            connection_uid(&text, &local, &remote)
+        })
+        .next()
+}
+
+/// An address as the kernel's tables print it: the IP's 32-bit words in
+/// this machine's byte order, `%08X` each, then `:%04X` of the port. An
+/// IPv4 address in the IPv6 table is the v4-mapped one. `None`: an IPv6
+/// address asked of the IPv4 table.
+fn hex_addr(addr: SocketAddr, six: bool) -> Option<String> {
+    let octets: Vec<u8> = match (addr.ip(), six) {
+        (IpAddr::V4(v4), false) => v4.octets().to_vec(),
+        (IpAddr::V4(v4), true) => v4.to_ipv6_mapped().octets().to_vec(),
+        (IpAddr::V6(v6), true) => v6.octets().to_vec(),
+        (IpAddr::V6(v6), false) => v6.to_ipv4_mapped()?.octets().to_vec(),
+    };
+    let mut text: String = octets
+        .chunks(4)
+        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+        .collect();
+    text.push_str(&format!(":{:04X}", addr.port()));
+    Some(text)
+}
+
+/// The uid of the `ESTABLISHED` row (state `01`) of `table` with exactly
+/// these local and remote addresses (in the tables' hex form). Only that
+/// state: a socket its process has closed (`FIN_WAIT`, `TIME_WAIT`) has
+/// no owner left and the kernel shows it as root's, so a peer that sent a
+/// request and closed at once would pass for root.
+fn connection_uid(table: &str, local: &str, remote: &str) -> Option<u32> {
+    table.lines().skip(1).find_map(|row| {
+        let f: Vec<&str> = row.split_whitespace().collect();
+        let (l, r, state, uid) = (f.get(1)?, f.get(2)?, f.get(3)?, f.get(7)?);
+        (l.eq_ignore_ascii_case(local) && r.eq_ignore_ascii_case(remote) && *state == "01")
+            .then(|| uid.parse().ok())
+            .flatten()
+    })
 }
 
 /// The uids of the `LISTEN` rows (state `0A`) of one table whose local
@@ -117,6 +170,45 @@ mod tests {
         for ip in ["0200007F", "00000000000000000000000001000000", "0A00000A"] {
             assert!(listening_uids(&row(ip), 47311).is_empty(), "{ip}");
         }
+    }
+
+    #[test]
+    fn a_connections_peer_is_found_by_both_ends() {
+        // Row 1 of TABLE: 127.0.0.1:47311 connected to 127.0.0.1:54321
+        // (0xD431), uid 0.
+        assert_eq!(
+            connection_uid(TABLE, "0100007F:B8CF", "0100007F:D431"),
+            Some(0)
+        );
+        assert_eq!(
+            connection_uid(TABLE, "0100007F:D431", "0100007F:B8CF"),
+            None
+        );
+        // Closed by its process: shown as root's, and not taken for it.
+        let closed = TABLE.replace(" 01 00000000", " 05 00000000");
+        assert_eq!(
+            connection_uid(&closed, "0100007F:B8CF", "0100007F:D431"),
+            None
+        );
+        let v4: SocketAddr = "127.0.0.1:47311".parse().unwrap();
+        assert_eq!(hex_addr(v4, false).unwrap(), "0100007F:B8CF");
+        assert_eq!(
+            hex_addr(v4, true).unwrap(),
+            "0000000000000000FFFF00000100007F:B8CF"
+        );
+        assert_eq!(hex_addr("[::1]:1".parse().unwrap(), false), None);
+    }
+
+    #[test]
+    fn the_peer_of_a_real_connection_is_us() {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server_side, peer) = listener.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(peer_uid(peer, listener.local_addr().unwrap()), Some(me));
+        drop(client);
     }
 
     #[test]

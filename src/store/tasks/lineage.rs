@@ -372,6 +372,21 @@ fn retry_notice(old: &TaskRecord) -> Option<String> {
 
 /// Reruns a finished task under its id (see [`rearm`]), with `changes`
 /// to its spec (checked by the admission like a spawn's) and then
+/// Instructions (a review's comments, a resume's words) are appended to
+/// the prompt for an agent to read; the shell engine's prompt is a
+/// command line, where they would run as commands.
+pub(super) fn refuse_instructions_for_shell(spec: &TaskSpec, id: &str) -> Result<(), Applied> {
+    if spec.engine != "shell" {
+        return Ok(());
+    }
+    Err(refused(
+        ErrorCode::InvalidParams,
+        format!(
+            "task {id} runs the shell engine: its prompt is a command line, and instructions added to it would run as commands; give it a new command instead (`grove relaunch {id} --prompt '...'` once it has ended)"
+        ),
+    ))
+}
+
 /// `instructions` appended to its prompt (a review's comments).
 pub(super) fn relaunch(
     c: &mut Ctx<'_>,
@@ -383,6 +398,7 @@ pub(super) fn relaunch(
     check_changes(changes)?;
     changes.apply(&mut task.spec);
     if let Some(extra) = instructions.filter(|s| !s.trim().is_empty()) {
+        refuse_instructions_for_shell(&task.spec, id)?;
         task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
     }
     let task = rearm(c, task)?;

@@ -181,6 +181,7 @@ pub(super) fn resume(
     let rerun = extra.is_some() || changes.model.is_some() || changes.timeout_ms.is_some();
     changes.apply(&mut task.spec);
     if let Some(extra) = extra {
+        super::lineage::refuse_instructions_for_shell(&task.spec, id)?;
         task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
     }
     if rerun && had_run {
