@@ -394,3 +394,60 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_lost() {
     g2.ok(&["cancel", &blocker]);
     g2.task_create("echo room again");
 }
+
+/// A disk that fills up while the store is first built leaves no store
+/// behind: the member says the disk is full, and once there is room the
+/// workspace starts as if nothing happened (a half-copied store was left
+/// in place once, which every later start called malformed).
+#[test]
+fn a_full_disk_while_the_store_is_created_leaves_no_broken_store() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let g = Grove::new();
+    let mnt = g.dir.path().join("tiny");
+    std::fs::create_dir(&mnt).unwrap();
+    // Room for the workspace's first files, not for a whole store: the
+    // size at which the old build left a malformed `grove.db`.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=400k", "tmpfs"])
+        .arg(&mnt)
+        .status();
+    if !matches!(mounted, Ok(s) if s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let mut g2 = Grove::new();
+    g2.ws = mnt.join("ws");
+    std::fs::create_dir_all(&g2.ws).unwrap();
+    let m = g2.serve();
+    let status = g2.members[m].wait_exit(DEADLINE).expect("the member exits");
+    assert!(!status.success());
+    let stderr = g2.members[m].stderr();
+    assert!(stderr.contains("full"), "{stderr}");
+    assert!(
+        !g2.ws.join(".grove/grove.db").exists(),
+        "a store was left behind"
+    );
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&mnt)
+        .status();
+    assert!(matches!(grown, Ok(s) if s.success()));
+    g2.serve();
+    g2.wait_primary();
+    let id = g2.task_create("echo room again");
+    assert!(g2.db().task(&id).unwrap().is_some());
+    assert_eq!(g2.db().integrity_check().unwrap(), "ok");
+}

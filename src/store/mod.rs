@@ -252,8 +252,29 @@ fn create(path: &Path) -> Result<(), StoreError> {
     let built = (|| {
         let mut conn = open_existing(&tmp)?;
         configure(&conn)?;
-        schema::migrate(&mut conn)
-    })(); // closing the last connection checkpoints and removes its WAL
+        schema::migrate(&mut conn)?;
+        // Everything into the main file before it is linked in, and
+        // checked: only that file is linked, and closing a connection
+        // checkpoints without a word when it fails (a full disk left a
+        // half-copied store in place that every later start called
+        // malformed).
+        let (busy, frames, copied): (i64, i64, i64) =
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        if busy != 0 || copied < frames {
+            return Err(create_error(
+                &tmp,
+                std::io::Error::other(format!(
+                    "the new store's checkpoint copied {copied} of {frames} pages"
+                )),
+            ));
+        }
+        conn.close().map_err(|(_, e)| e)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| create_error(&tmp, e))
+    })();
     let placed = built.and_then(|()| {
         match std::fs::hard_link(&tmp, path) {
             Ok(()) => Ok(()),
