@@ -162,9 +162,10 @@ impl Workspace {
             ),
             advice: format!(
                 "grove would run the tasks it holds as you, so it uses only state of its own. \
-                 Remove it from the repository and from this checkout \
-                 (`git rm -r --cached -- {args}`, then `rm -rf -- {gone}`), \
-                 and commit only .grove/grove.toml and .grove/personas"
+                 If you committed your own state by mistake, take it out of the repository \
+                 and keep it (`git rm -r --cached -- {args}`, then commit): your task history stays. \
+                 If it came with a clone or a pull (someone else's tasks), also delete it from \
+                 this checkout (`rm -rf -- {gone}`). Commit only .grove/grove.toml and .grove/personas"
             ),
         }))
     }

@@ -480,7 +480,7 @@ fn committed_state_keeps_members_from_starting() {
     git(&g.ws, &["init", "-q"]);
     let m = g.serve();
     g.wait_primary();
-    g.task_create("true");
+    let mine = g.task_create("true");
     g.members[m].signal(libc::SIGTERM);
     g.members[m].wait_exit(DEADLINE).expect("the member stops");
     git(&g.ws, &["add", "-f", ".grove/grove.db"]);
@@ -499,7 +499,23 @@ fn committed_state_keeps_members_from_starting() {
         "{err}"
     );
 
-    // Following the advice brings the workspace back.
+    // Committed by mistake: taking it out of the repository is enough,
+    // and the history stays.
+    git(
+        &g.ws,
+        &["rm", "-q", "-r", "--cached", "--", ".grove/grove.db"],
+    );
+    git(&g.ws, &["commit", "-qm", "untrack"]);
+    let m = g.serve();
+    g.wait_primary();
+    assert!(g.db().task(&mine).unwrap().is_some(), "the history was kept");
+    g.members[m].signal(libc::SIGTERM);
+    g.members[m].wait_exit(DEADLINE).expect("the member stops");
+
+    // Brought by a pull: following the rest of the advice (delete it)
+    // brings the workspace back too.
+    git(&g.ws, &["add", "-f", ".grove/grove.db"]);
+    git(&g.ws, &["commit", "-qm", "theirs"]);
     git(
         &g.ws,
         &["rm", "-q", "-r", "--cached", "--", ".grove/grove.db"],
