@@ -377,3 +377,51 @@ fn grove_failing_is_125_whatever_the_task_would_have_done() {
     assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
     assert!(stderr(&o).starts_with("grove: "), "{}", stderr(&o));
 }
+
+/// A run whose last member goes away (killed, stopped) does not wait for
+/// an end nobody would record: without autostart it says so (125, grove
+/// failed); with it, it starts a member, which adopts the task, and ends
+/// with the task's own exit code.
+#[test]
+fn a_run_whose_last_member_is_gone_says_so_or_starts_one() {
+    let mut g = shell();
+    let mut bg = Background::start(&g, &["sleep 2; exit 7"], &[]);
+    let (id, _) = running_task(&g);
+    g.members[0].signal(libc::SIGKILL);
+    assert_eq!(bg.exit_code(), Some(125), "{}", bg.said());
+    assert!(bg.said().contains("no grove member runs"), "{}", bg.said());
+    // `wait` and `logs -f` alike: unavailable (3), not a wait forever.
+    for args in [["wait", id.as_str()], ["logs", "-f"]] {
+        let mut args = args.to_vec();
+        if args[0] == "logs" {
+            args.push(&id);
+        }
+        let out = g.run(&args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no grove member runs"),
+            "{}",
+            stderr(&out)
+        );
+    }
+
+    let g = shell();
+    let mut child = Command::new(BIN)
+        .args(["run", "sleep 2; exit 7", "--workspace"])
+        .arg(&g.ws)
+        .env_remove("GROVE_NO_AUTOSTART")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start grove run");
+    running_task(&g);
+    g.ok(&["stop"]);
+    let status = wait_for("grove run to exit", DEADLINE, || child.try_wait().unwrap());
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
+    // Whatever happens, the member it started goes.
+    let _ = g.run(&["stop"]);
+    assert_eq!(status.code(), Some(7), "{said}");
+    assert!(said.contains("started `grove serve`"), "{said}");
+}

@@ -508,7 +508,10 @@ fn committed_state_keeps_members_from_starting() {
     git(&g.ws, &["commit", "-qm", "untrack"]);
     let m = g.serve();
     g.wait_primary();
-    assert!(g.db().task(&mine).unwrap().is_some(), "the history was kept");
+    assert!(
+        g.db().task(&mine).unwrap().is_some(),
+        "the history was kept"
+    );
     g.members[m].signal(libc::SIGTERM);
     g.members[m].wait_exit(DEADLINE).expect("the member stops");
 

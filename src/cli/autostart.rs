@@ -38,6 +38,60 @@ impl Context {
         }
     }
 
+    /// Keeps a member running while a command waits for tasks (`run`,
+    /// `wait`, `spawn --wait`, `logs -f`): run beside the wait, it returns
+    /// only when waiting has become hopeless, with the error to exit with.
+    /// A wait follows the bus and the store, both of which a new primary
+    /// serves again; with no member left at all (the last one stopped,
+    /// killed, or its `.grove` deleted) nothing would ever end the wait.
+    /// So once the workspace has gone [`NO_PRIMARY_GRACE`] without a
+    /// primary (far longer than a failover), a member is started as
+    /// autostart does (the tasks' shims outlived the old one and report to
+    /// the new), or without autostart the command says so and exits 3. A
+    /// primary that exists but does not answer for [`UNRESPONSIVE_GIVE_UP`]
+    /// (stopped, stuck) ends the wait the same way.
+    pub async fn keep_member(&self) -> CliError {
+        let mut client = self.client();
+        let mut missing_since: Option<std::time::Instant> = None;
+        let mut silent_since: Option<std::time::Instant> = None;
+        loop {
+            tokio::time::sleep(MEMBER_CHECK).await;
+            let now = std::time::Instant::now();
+            match crate::client::ping(&mut client).await {
+                Ok(_) => {
+                    (missing_since, silent_since) = (None, None);
+                }
+                Err(ClientError::NoPrimary { .. }) => {
+                    silent_since = None;
+                    if now.duration_since(*missing_since.get_or_insert(now)) < NO_PRIMARY_GRACE {
+                        continue;
+                    }
+                    if !self.autostart {
+                        return CliError::Unavailable(format!(
+                            "no grove member runs for {} any more (it was stopped or killed); the tasks' runs go on and their ends are kept: start one (`grove serve`) and wait again",
+                            self.ws.root.display()
+                        ));
+                    }
+                    if let Err(e) = self.start_member().await {
+                        return e;
+                    }
+                    missing_since = None;
+                    client = self.client();
+                }
+                Err(e) => {
+                    missing_since = None;
+                    if now.duration_since(*silent_since.get_or_insert(now)) >= UNRESPONSIVE_GIVE_UP
+                    {
+                        return CliError::Unavailable(format!(
+                            "stopped waiting: {e} for {} s; the tasks' runs go on: wait again once it answers",
+                            UNRESPONSIVE_GIVE_UP.as_secs()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
     /// Starts one background member, unless another command started one
     /// meanwhile: the first to take `.grove/autostart.lock` starts it and
     /// holds the lock until it is up (or dead); the others then find it.
@@ -129,6 +183,18 @@ impl Context {
         Ok((child, log))
     }
 }
+
+/// How often a waiting command asks whether a member still runs.
+const MEMBER_CHECK: Duration = Duration::from_millis(500);
+
+/// How long a waiting command lets the workspace go without a primary
+/// before it starts one (or gives up): a failover takes milliseconds, a
+/// handover a few more.
+const NO_PRIMARY_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a primary may not answer a waiting command's pings before it
+/// stops waiting: several times the watchdog that ends a stuck member.
+const UNRESPONSIVE_GIVE_UP: Duration = Duration::from_secs(20);
 
 /// How long one readiness probe may take before the child is checked again.
 const POLL_PING: Duration = Duration::from_millis(500);

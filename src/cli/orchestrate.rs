@@ -117,15 +117,17 @@ pub(super) async fn written_task(
 
 /// Follows `task` to its end; the exit code is its own (1 without one).
 async fn wait_for_end(ctx: &Context, task: &TaskRecord, json: bool) -> Result<i32, CliError> {
-    let outcome = crate::waiter::wait(
+    let waited = crate::waiter::wait(
         &ctx.ws,
         std::slice::from_ref(&task.id),
         Policy::All,
         None,
         progress_line,
-    )
-    .await
-    .map_err(CliError::Unavailable)?;
+    );
+    let outcome = tokio::select! {
+        outcome = waited => outcome.map_err(CliError::Unavailable)?,
+        hopeless = ctx.keep_member() => return Err(hopeless),
+    };
     let last = outcome.tasks.get(&task.id).cloned().flatten();
     if json {
         print_json(&last);
@@ -165,15 +167,17 @@ pub async fn wait(ctx: &Context, a: WaitArgs) -> Result<i32, CliError> {
             }
         }
     }
-    let outcome = crate::waiter::wait(&ctx.ws, &ids, policy, deadline, |t| bars.update(t))
-        .await
-        .map_err(|e| {
+    let waited = crate::waiter::wait(&ctx.ws, &ids, policy, deadline, |t| bars.update(t));
+    let outcome = tokio::select! {
+        outcome = waited => outcome.map_err(|e| {
             if e.starts_with("quorum") {
                 CliError::Usage(e)
             } else {
                 CliError::Unavailable(e)
             }
-        })?;
+        })?,
+        hopeless = ctx.keep_member() => return Err(hopeless),
+    };
     if a.json {
         print_json(&serde_json::json!({
             "satisfied": outcome.satisfied,
@@ -418,6 +422,18 @@ pub fn stats(ctx: &Context, json: bool) -> Result<i32, CliError> {
 
 /// `grove logs ID [--follow]`: with --follow, tails until the task ends.
 pub async fn logs(ctx: &Context, id: &str, follow: bool) -> Result<i32, CliError> {
+    if !follow {
+        return copy_all_of(ctx, id, false).await;
+    }
+    // Followed, the task ends only if a member runs to record it.
+    tokio::select! {
+        r = copy_all_of(ctx, id, true) => r,
+        hopeless = ctx.keep_member() => Err(hopeless),
+    }
+}
+
+/// The task's log, and with `follow` what it writes until it ends.
+async fn copy_all_of(ctx: &Context, id: &str, follow: bool) -> Result<i32, CliError> {
     let id = resolve_id(ctx, id)?;
     let path = crate::runs::RunFiles::log(&ctx.ws, &id);
     let reader = ctx.reader()?;

@@ -342,8 +342,12 @@ impl Follow<'_> {
         sub: &mut crate::subscriber::Subscription,
         interrupt: &mut Interrupt,
     ) -> Result<Option<i32>, CliError> {
+        let ctx = self.ctx;
+        let hopeless = ctx.keep_member();
+        tokio::pin!(hopeless);
         while !self.done() {
             tokio::select! {
+                e = &mut hopeless => return Err(e),
                 event = sub.events.recv() => {
                     let Some(event) = event else {
                         return Err(CliError::Unavailable("the event stream ended".into()));
