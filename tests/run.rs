@@ -384,7 +384,7 @@ fn grove_failing_is_125_whatever_the_task_would_have_done() {
 /// with the task's own exit code.
 #[test]
 fn a_run_whose_last_member_is_gone_says_so_or_starts_one() {
-    let mut g = shell();
+    let g = shell();
     let mut bg = Background::start(&g, &["sleep 2; exit 7"], &[]);
     let (id, _) = running_task(&g);
     g.members[0].signal(libc::SIGKILL);
