@@ -194,11 +194,19 @@ fn no_member_running_is_reported_not_hung() {
 #[test]
 fn invalid_config_names_file_and_line() {
     let g = Grove::with_config("heartbeat_ms = 100\nheartbeat = 5\n");
-    let out = g.run(&["status"]);
+    let out = g.run(&["engines"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("grove.toml") && err.contains("line 2"),
+        "{err}"
+    );
+    // A command that starts nothing goes on, and says why it can.
+    let out = g.run(&["stop"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("goes on without the config"),
         "{err}"
     );
 }

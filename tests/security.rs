@@ -324,7 +324,7 @@ fn a_committed_config_is_used_only_once_approved() {
 
     git(&g.ws, &["add", "-f", ".grove/grove.toml"]);
     git(&g.ws, &["commit", "-qm", "share the config"]);
-    let out = g.run(&["list"]);
+    let out = g.run(&["engines"]);
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -339,7 +339,7 @@ fn a_committed_config_is_used_only_once_approved() {
     std::fs::create_dir_all(&elsewhere).unwrap();
     git(&elsewhere, &["init", "-q"]);
     g.env("GIT_DIR", &elsewhere.join(".git").display().to_string());
-    let out = g.run(&["list"]);
+    let out = g.run(&["engines"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     g.unset_env("GIT_DIR");
     // A member refuses to start on it, and nothing of it ran.
@@ -374,7 +374,7 @@ fn a_committed_config_is_used_only_once_approved() {
     // A pull changes it: the running member keeps the approved one and
     // says why; a new command refuses the change.
     std::fs::write(&config, format!("max_parallel = 3\n{toml}")).unwrap();
-    let out = g.run(&["list"]);
+    let out = g.run(&["engines"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr_of(&out).contains("changed since you approved it"),
@@ -400,7 +400,7 @@ fn a_committed_config_is_used_only_once_approved() {
         "{shown}"
     );
     assert_eq!(
-        g.run(&["list"]).status.code(),
+        g.run(&["engines"]).status.code(),
         Some(2),
         "--show approved it"
     );
@@ -414,7 +414,7 @@ fn a_committed_config_is_used_only_once_approved() {
 
     let revoked = g.ok(&["config", "trust", "--revoke"]);
     assert!(revoked.contains("revoked"), "{revoked}");
-    assert_eq!(g.run(&["list"]).status.code(), Some(2));
+    assert_eq!(g.run(&["engines"]).status.code(), Some(2));
 }
 
 /// git's answer for an untracked config is kept while the repository's
@@ -548,7 +548,7 @@ fn a_flood_of_committed_files_does_not_hide_the_committed_config() {
     git(&g.ws, &["init", "-q"]);
     git(&g.ws, &["add", "-f", ".grove"]);
     git(&g.ws, &["commit", "-qm", "everything"]);
-    let out = g.run(&["list"]);
+    let out = g.run(&["engines"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(
         stderr_of(&out).contains("grove config trust"),

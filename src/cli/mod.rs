@@ -558,8 +558,27 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     if let Some(code) = without_workspace(&cli).await {
         return Ok(code);
     }
-    let lenient = matches!(cli.command, Command::Config(_));
+    // Commands that start nothing go on without a config that does not
+    // load (a typo, an unapproved pull): the user must still be able to
+    // see their tasks, stop the members and cancel a runaway task.
+    // `config show` reports the error itself; the others say they go on.
+    let lenient = matches!(
+        cli.command,
+        Command::Config(_)
+            | Command::Stop { .. }
+            | Command::Status { .. }
+            | Command::List(_)
+            | Command::Show { .. }
+            | Command::Logs { .. }
+            | Command::Events(_)
+            | Command::Cancel { .. }
+    );
     let ctx = Context::load(cli.workspace, !cli.no_autostart, lenient)?;
+    if let Some(e) = &ctx.config_error
+        && !matches!(cli.command, Command::Config(_))
+    {
+        errln!("grove: {e}\ngrove: (this command starts nothing, and goes on without the config)");
+    }
     let control = |id, kind, option, text| TaskControl {
         id,
         kind,
