@@ -632,6 +632,16 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Purge { id, force, json } => {
             let id = task::resolve_purge_id(&ctx, &id)?;
+            if ctx.reader()?.task(&id)?.is_none() {
+                // Purged already (idempotent), or a typo of a full id:
+                // either way nothing was deleted now, and it says so.
+                if json {
+                    print_json(&serde_json::json!({ "deleted": id, "existed": false }));
+                } else {
+                    outln!("no task {id}: purged already, or never existed; nothing to do");
+                }
+                return Ok(EXIT_OK);
+            }
             worktree::removing(&ctx, Method::TaskPurge { id }, force, json).await
         }
         Command::Worktree(cmd) => worktree::run(&ctx, cmd).await,

@@ -440,6 +440,12 @@ pub(super) fn exit_code(t: &TaskRecord, saw_prompt: bool, acp: bool) -> i32 {
     if t.status == TaskStatus::Completed {
         return EXIT_OK;
     }
+    // Stopped from outside (a timeout, a cancel from elsewhere): its
+    // processes died of grove's SIGTERM, and their 143 is no exit code of
+    // the task's own (it would read as a command that killed itself).
+    if t.status == TaskStatus::Cancelled || t.failure_reason == Some(FailureReason::Timeout) {
+        return EXIT_FAILED;
+    }
     match t.failure_reason {
         Some(FailureReason::SpawnError) => EXIT_CANNOT_START,
         Some(FailureReason::AgentError) if acp && !saw_prompt => EXIT_CANNOT_START,
@@ -509,6 +515,12 @@ mod tests {
             exit_code(&task(Failed, Some(Timeout), None), false, false),
             1
         );
+        // Killed by grove's SIGTERM at the timeout or a cancel: not 143.
+        assert_eq!(
+            exit_code(&task(Failed, Some(Timeout), Some(143)), false, false),
+            1
+        );
+        assert_eq!(exit_code(&task(Cancelled, None, Some(143)), true, true), 1);
         assert_eq!(
             exit_code(&task(Failed, Some(SpawnError), None), false, false),
             126
