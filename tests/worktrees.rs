@@ -144,6 +144,10 @@ fn parallel_tasks_on_one_file_merge_fast_forward_then_conflict_then_discard() {
     assert!(patch.contains("+TWO by b"), "{patch}");
 
     let main_before = git(&g.ws, &["rev-parse", "main"]);
+    // An empty message is refused before anything moves, as git would.
+    let out = g.run(&["merge", &id_of(&a), "--squash", "-m", " "]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert_eq!(git(&g.ws, &["rev-parse", "main"]), main_before);
     let merged: Value = serde_json::from_str(&g.ok(&["merge", &id_of(&a), "--json"])).unwrap();
     assert_eq!(merged["result"], "fast_forward", "{merged}");
     assert_eq!(

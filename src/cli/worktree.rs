@@ -150,6 +150,12 @@ fn merge(ctx: &Context, a: MergeArgs) -> Result<i32, CliError> {
         .trim()
         .to_string();
     let title: String = title.chars().take(72).collect();
+    if a.message.as_deref().is_some_and(|m| m.trim().is_empty()) {
+        // git itself refuses an empty commit message.
+        return Err(CliError::Usage(
+            "-m needs a message: an empty one says nothing of what was merged (leave -m out for grove's)".into(),
+        ));
+    }
     let message = a.message.clone().unwrap_or_else(|| {
         if a.squash {
             format!("{title}\n\ngrove task {}", task.id)
