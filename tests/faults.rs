@@ -27,6 +27,14 @@ fn refused_writes_name_the_reason() {
     g.serve();
     g.wait_primary();
     let blocker = g.task_create("sleep 60");
+    // A running task's run would go on, its slot freed: refused.
+    wait_for("the blocker to run", DEADLINE, || {
+        (g.db().task(&blocker).ok()??.status == grove::protocol::TaskStatus::Running).then_some(())
+    });
+    let out = g.run(&["task", "set-status", &blocker, "completed"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("grove cancel"), "{err}");
     let id = g.ok(&["task", "create", "echo x", "--dep", &blocker]);
     let out = g.run(&["task", "set-status", &id, "completed"]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -31,6 +31,22 @@ pub(super) fn update_status(
         ));
     }
     let task = existing(c.tx, id)?;
+    // Completed or failed, a live run would go on with its slot freed and
+    // nobody to stop it (the orchestrator takes those for a run that
+    // ended by itself): they are its end's to write. Cancelled stops it.
+    let live = matches!(
+        task.status,
+        TaskStatus::Running | TaskStatus::Waiting | TaskStatus::Idle
+    ) || (task.status == TaskStatus::Paused && started(&task));
+    if live && status != TaskStatus::Cancelled {
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!(
+                "task {id} is {} and its run goes on; `grove cancel {id}` stops it (completed or failed is set when its run ends)",
+                task.status.as_str()
+            ),
+        ));
+    }
     // The state machine lets a paused task complete because its
     // stopped process may still exit; one paused before it started
     // has no process, and is no more done than a queued task.

@@ -104,8 +104,11 @@ impl Store {
 
     /// Creates a task with these dependencies; panics when refused.
     pub fn create(&mut self, deps: &[&str]) -> TaskRecord {
+        // An agent's engine, not `shell`: instructions (resume, relaunch)
+        // are refused for a shell task, whose prompt is a command line.
         let new = NewTask {
             prompt: "true".into(),
+            engine: Some("agent".into()),
             dependencies: deps.iter().map(|d| d.to_string()).collect(),
             ..Default::default()
         };

@@ -105,6 +105,7 @@ impl Harness {
         let method = match op {
             Op::Spawn(_) => Method::TaskCreate(NewTask {
                 prompt: "true".into(),
+                engine: Some("agent".into()),
                 dependencies: deps.iter().map(|&d| self.id(Some(d))).collect(),
                 ..Default::default()
             }),

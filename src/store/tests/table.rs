@@ -145,8 +145,10 @@ const TABLE: &[(Op, [Expect; 9])] = {
     (ProgressBad,           [INVL,   INVL,  INVL,   INVL,   INVL,  CONF,   CONF,   CONF,   NOTF]),
     // BUG (fixed): a task paused before it started could be set completed,
     // although neither pending nor queued can: it never ran.
-    (Set(Completed),        [CONF,   CONF,  DONE,   CONF,   DONE,  CONF,   CONF,   CONF,   NOTF]),
-    (Set(Failed),           [F_EX,   F_EX,  F_EX,   F_EX,   F_EX,  CONF,   CONF,   CONF,   NOTF]),
+    // BUG (fixed): a live run (running, or paused with its process) set
+    // completed or failed went on, its slot freed, with nobody to stop it.
+    (Set(Completed),        [CONF,   CONF,  CONF,   CONF,   CONF,  CONF,   CONF,   CONF,   NOTF]),
+    (Set(Failed),           [F_EX,   F_EX,  CONF,   F_EX,   CONF,  CONF,   CONF,   CONF,   NOTF]),
     (Set(Cancelled),        [CANC,   CANC,  CANC,   CANC,   CANC,  CONF,   CONF,   CONF,   NOTF]),
     // Only final statuses; checked before the task is looked up.
     (Set(Queued),           [INVL,   INVL,  INVL,   INVL,   INVL,  INVL,   INVL,   INVL,   INVL]),
