@@ -441,7 +441,15 @@ fn check_template(name: &str, e: &EngineConfig, model: Option<&str>) -> Result<(
                 break;
             };
             let token = &rest[start..start + len + 1];
-            if !PLACEHOLDERS.contains(&token) {
+            // Only what looks like one of ours (`{promt}`, `{work_dir}`) is
+            // a typo to refuse; a shell's `${HOME}` or `${file}`, a
+            // function's `{ ...; }` or a jq filter pass through untouched
+            // (`fill_template` leaves every other brace alone).
+            let name = &token[1..token.len() - 1];
+            let shaped = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                && !rest[..start].ends_with('$');
+            if shaped && !PLACEHOLDERS.contains(&token) {
                 return Err(EngineError::Template(format!(
                     "engine '{name}': unknown placeholder {token} in its command (known: {})",
                     PLACEHOLDERS.join(", ")
@@ -752,6 +760,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("{nope}"), "{err}");
+        // A shell's braces, a function's and a jq filter's are not ours.
+        c.engines.get_mut("odd").unwrap().command = vec![
+            "sh".into(),
+            "-c".into(),
+            "f() { echo \"${HOME}\" \"${file}\"; }; jq '{a: .b}'; f \"$1\"".into(),
+            "sh".into(),
+            "{prompt}".into(),
+        ];
+        validate(&c, dir.path(), &RunSpec::of_task(&t)).expect("no placeholder typo in it");
     }
 
     #[test]
