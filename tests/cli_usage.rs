@@ -232,12 +232,15 @@ fn purge_takes_a_full_id_or_a_prefix_that_names_a_task() {
         again.contains("purged already, or never existed"),
         "{again}"
     );
-    // A unique prefix still works for a task that exists.
+    // A unique prefix still works for a task that exists, in capitals too
+    // (ids are hex).
     let other = &ids[1];
     let prefix = (8..=32)
         .map(|n| &other[..n])
         .find(|p| ids.iter().filter(|i| i.starts_with(p)).count() == 1)
         .unwrap();
+    let shown = g.ok(&["show", &prefix.to_ascii_uppercase(), "--json"]);
+    assert!(shown.contains(other.as_str()), "{shown}");
     assert_eq!(g.ok(&["purge", prefix]), format!("deleted {other}"));
 }
 
@@ -398,4 +401,28 @@ fn a_huge_acp_prompt_gets_a_clear_answer_at_once() {
     assert!(!said.contains("unresponsive"), "{said}");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// `GROVE_WORKSPACE=` (set but empty, as a script's unset variable leaves
+/// it) means the current directory, like no variable at all.
+#[test]
+fn an_empty_grove_workspace_variable_means_the_current_directory() {
+    let mut g = Grove::new();
+    g.serve();
+    g.wait_primary();
+    let id = g.task_create("true");
+    let out = std::process::Command::new(BIN)
+        .args(["list"])
+        .current_dir(&g.ws)
+        .env("GROVE_WORKSPACE", "")
+        .env("GROVE_NO_AUTOSTART", "1")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains(&id[..12]), "{said}");
 }

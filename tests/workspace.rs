@@ -270,3 +270,27 @@ fn grove_toml_edited_while_members_run() {
     let id = g.ok(&["spawn", "y", "-e", "newengine"]);
     g.ok(&["wait", &id]);
 }
+
+/// The workspace is the directory given, never searched for upwards: a
+/// command run in a subdirectory of a workspace says where the grove runs.
+#[test]
+fn a_command_below_a_workspace_names_the_grove_above() {
+    let mut g = Grove::new();
+    g.serve();
+    g.wait_primary();
+    g.task_create("true");
+    let sub = g.ws.join("src/deep");
+    std::fs::create_dir_all(&sub).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["list", "--workspace"])
+        .arg(&sub)
+        .env("GROVE_NO_AUTOSTART", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("a grove runs in {}", g.ws.display())),
+        "{err}"
+    );
+}

@@ -106,10 +106,11 @@ impl Context {
         }
         let (mut child, log) = self.spawn_member()?;
         errln!(
-            "grove: no member was running for {}; started `grove serve` in the background (pid {}, log {}). Use --no-autostart to prevent this.",
+            "grove: no member was running for {}; started `grove serve` in the background (pid {}, log {}). Use --no-autostart to prevent this.{}",
             self.ws.root.display(),
             child.id(),
-            log.describe()
+            log.describe(),
+            self.grove_above()
         );
         let until = std::time::Instant::now() + COME_UP_WITHIN;
         loop {

@@ -350,6 +350,13 @@ pub fn main() -> i32 {
     }
     // Before any thread exists (see the function).
     crate::election::reserve_lock_descriptor();
+    // `GROVE_WORKSPACE=` (set, empty: a script's unset variable) means no
+    // workspace given, not an empty one, which clap would refuse.
+    if std::env::var_os("GROVE_WORKSPACE").is_some_and(|v| v.is_empty()) {
+        // SAFETY: no other thread exists yet (see above), so nothing reads
+        // the environment meanwhile.
+        unsafe { std::env::remove_var("GROVE_WORKSPACE") };
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -480,11 +487,32 @@ impl Context {
 
     pub fn reader(&self) -> Result<crate::store::Reader, CliError> {
         crate::store::Reader::open(&self.ws.db_path()).map_err(|e| match e {
-            crate::store::StoreError::Missing(_) | crate::store::StoreError::Sqlite(_) => {
-                CliError::Unavailable(e.to_string())
+            crate::store::StoreError::Missing(_) => {
+                CliError::Unavailable(format!("{e}{}", self.grove_above()))
             }
+            crate::store::StoreError::Sqlite(_) => CliError::Unavailable(e.to_string()),
             e => e.into(),
         })
+    }
+
+    /// A hint for a command run below the workspace it meant: the
+    /// workspace is the directory given (or the current one), never
+    /// searched for upwards, so `cd src` makes another one. Names the
+    /// nearest directory above with a store of its own.
+    pub(super) fn grove_above(&self) -> String {
+        let above = self
+            .ws
+            .root
+            .ancestors()
+            .skip(1)
+            .find(|d| std::fs::symlink_metadata(d.join(".grove").join("grove.db")).is_ok());
+        match above {
+            Some(d) => format!(
+                " (a grove runs in {0}, above: run grove there, or pass --workspace {0})",
+                d.display()
+            ),
+            None => String::new(),
+        }
     }
 }
 

@@ -262,7 +262,9 @@ pub fn resolve_id(ctx: &Context, id: &str) -> Result<String, CliError> {
     if id.is_empty() {
         return Err(CliError::Usage("a task id cannot be empty".into()));
     }
-    match ctx.reader()?.find_task(id)? {
+    // Ids are lowercase hex; one copied from somewhere that shouts is the
+    // same id.
+    match ctx.reader()?.find_task(&id.to_ascii_lowercase())? {
         FindTask::Found(t) => Ok(t.id),
         FindTask::Missing => Err(CliError::Failed(format!(
             "no task {id} (see `grove task list`)"
@@ -278,7 +280,9 @@ pub fn resolve_id(ctx: &Context, id: &str) -> Result<String, CliError> {
 /// that names no task is an error, as for every other command.
 pub fn resolve_purge_id(ctx: &Context, id: &str) -> Result<String, CliError> {
     match resolve_id(ctx, id) {
-        Err(CliError::Failed(_)) if is_full_task_id(id) => Ok(id.to_string()),
+        Err(CliError::Failed(_)) if is_full_task_id(&id.to_ascii_lowercase()) => {
+            Ok(id.to_ascii_lowercase())
+        }
         other => other,
     }
 }
