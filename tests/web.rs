@@ -379,6 +379,15 @@ fn requests_without_the_token_for_another_host_or_from_another_site_are_refused(
     );
     assert_eq!(status, 403);
     assert_eq!(g.db().tasks(&Default::default()).unwrap().len(), 0);
+    // A page of another port of 127.0.0.1 is sent the cookie: its event
+    // stream (a read it could not see, but that costs us) is refused too.
+    let (status, _) = http(
+        port,
+        "GET",
+        "/api/events?since=1",
+        &[("Cookie", &cookie), ("Origin", "http://127.0.0.1:1")],
+    );
+    assert_eq!(status, 403);
     // The board's own page sends the header and its origin: accepted (here
     // refused only for the empty prompt).
     let origin = format!("http://127.0.0.1:{port}");

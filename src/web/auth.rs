@@ -94,22 +94,27 @@ fn check(board: &Board, req: &Request) -> Result<(), (StatusCode, String)> {
             "grove board: this needs the workspace's token; open the URL that `grove web` prints (http://127.0.0.1:PORT/?token=...)",
         ));
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        if !header_token(headers).is_some_and(|t| same(&t, &board.token)) {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                "grove board: a change needs the token in the X-Grove-Token header (the board's page sends it; a page of another site cannot)",
-            ));
-        }
-        if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
-            && origin != format!("http://127.0.0.1:{port}")
-            && origin != format!("http://localhost:{port}")
-        {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                &format!("grove board: refused a change sent from another origin ({origin})"),
-            ));
-        }
+    if req.method() != Method::GET
+        && req.method() != Method::HEAD
+        && !header_token(headers).is_some_and(|t| same(&t, &board.token))
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "grove board: a change needs the token in the X-Grove-Token header (the board's page sends it; a page of another site cannot)",
+        ));
+    }
+    // Any method: a page of another port of 127.0.0.1 is sent the cookie
+    // and could open event streams (replaying the whole log) it cannot
+    // read. Browsers send `Origin` with every cross-origin request a page
+    // makes; the board's own reads are same-origin, navigations carry none.
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
+        && origin != format!("http://127.0.0.1:{port}")
+        && origin != format!("http://localhost:{port}")
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            &format!("grove board: refused a request sent from another origin ({origin})"),
+        ));
     }
     Ok(())
 }

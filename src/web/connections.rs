@@ -102,6 +102,13 @@ async fn from_our_user(stream: &tokio::net::TcpStream, peer: std::net::SocketAdd
     let Ok(ours) = stream.local_addr() else {
         return false;
     };
+    // One look-up at a time: each holds a descriptor of the tables while
+    // it reads them, and a flood of connections must not turn into a
+    // flood of blocking threads and descriptors beside the connections'.
+    static ONE_AT_A_TIME: Semaphore = Semaphore::const_new(1);
+    let Ok(_turn) = ONE_AT_A_TIME.acquire().await else {
+        return false;
+    };
     let uid = tokio::task::spawn_blocking(move || super::port_owner::peer_uid(peer, ours))
         .await
         .ok()
