@@ -112,6 +112,7 @@ fn check_spec(tx: &Connection, spec: &TaskSpec) -> Result<Vec<TaskStatus>, Appli
     if spec.prompt.trim().is_empty() {
         return Err(refused(ErrorCode::InvalidParams, "the prompt is empty"));
     }
+    no_nul(&spec.prompt, "the prompt")?;
     if spec.timeout_ms == Some(0) {
         return Err(refused(ErrorCode::InvalidParams, "timeout must be > 0"));
     }
@@ -283,11 +284,27 @@ fn check_inherited(spec: &TaskSpec, limits: Limits) -> Result<(), Applied> {
     Ok(())
 }
 
+/// A NUL byte ends a C string: no command line, environment or file name
+/// can hold one, so a prompt with one would be accepted and then fail to
+/// start (a `spawn_error` that names nothing the user did).
+fn no_nul(text: &str, what: &str) -> Result<(), Applied> {
+    match text.find('\0') {
+        None => Ok(()),
+        Some(at) => Err(refused(
+            ErrorCode::InvalidParams,
+            format!("{what} holds a NUL byte (at byte {at}), which no command line can carry"),
+        )),
+    }
+}
+
 /// What a resume or relaunch may not change a task to: an empty prompt or
 /// a zero timeout (the engine and model are the admission's).
 pub(super) fn check_changes(changes: &TaskChanges) -> Result<(), Applied> {
     if changes.prompt.as_ref().is_some_and(|p| p.trim().is_empty()) {
         return Err(refused(ErrorCode::InvalidParams, "the new prompt is empty"));
+    }
+    if let Some(p) = &changes.prompt {
+        no_nul(p, "the new prompt")?;
     }
     if changes.timeout_ms == Some(0) {
         return Err(refused(ErrorCode::InvalidParams, "timeout must be > 0"));

@@ -201,3 +201,18 @@ fn purging_ancestors_keeps_the_delegation_level_of_their_descendants() {
         refused.message
     );
 }
+
+/// A prompt with a NUL byte was accepted, then failed to start as a
+/// `spawn_error` naming nothing the user did: refused when written.
+#[test]
+fn a_prompt_with_a_nul_byte_is_refused_when_written() {
+    let mut s = Store::new();
+    let out = s.apply(&Method::TaskCreate(crate::protocol::NewTask {
+        prompt: "echo a\0b".into(),
+        ..Default::default()
+    }));
+    let err = out.result.expect_err("refused");
+    assert_eq!(err.code, crate::protocol::ErrorCode::InvalidParams);
+    assert!(err.message.contains("NUL"), "{}", err.message);
+    assert_eq!(s.count(), 0);
+}
