@@ -174,10 +174,14 @@ fn parallel_tasks_on_one_file_merge_fast_forward_then_conflict_then_discard() {
         "the conflicting branch is kept"
     );
 
-    g.ok(&["discard", &id_of(&b)]);
+    let said = g.ok(&["discard", &id_of(&b)]);
+    assert!(said.starts_with("removed"), "{said}");
     assert!(!tree_of(&g, &b).exists());
     assert!(!branch_exists(&g, &branch_of(&b)));
     assert!(!worktrees(&g).iter().any(|w| w.contains(&id_of(&b))));
+    // Again: nothing is left, and it says so.
+    let again = g.ok(&["discard", &id_of(&b)]);
+    assert!(again.contains("gone already"), "{again}");
 }
 
 #[test]

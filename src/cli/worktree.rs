@@ -226,11 +226,21 @@ fn discard(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
             task.id
         )));
     }
+    // Discarded already (a second discard, a merge's clean-up): said so,
+    // not "removed" again.
+    let there =
+        wt::path_of(&ctx.ws.root, &w).exists() || wt::branch_head(&ctx.ws.root, &w).is_some();
     wt::remove(&ctx.ws.root, &w, None)?;
     if json {
-        print_json(&serde_json::json!({ "task": task.id, "discarded": w }));
-    } else {
+        print_json(&serde_json::json!({ "task": task.id, "discarded": w, "existed": there }));
+    } else if there {
         outln!("removed {} and branch {}", w.path, w.branch);
+    } else {
+        outln!(
+            "nothing to discard: {} and branch {} are gone already",
+            w.path,
+            w.branch
+        );
     }
     Ok(EXIT_OK)
 }
