@@ -41,6 +41,7 @@ impl Context {
     /// Keeps a member running while a command waits for tasks (`run`,
     /// `wait`, `spawn --wait`, `logs -f`): run beside the wait, it returns
     /// only when waiting has become hopeless, with the error to exit with.
+    /// It reads `primary.json` twice a second and pings every 5 s.
     /// A wait follows the bus and the store, both of which a new primary
     /// serves again; with no member left at all (the last one stopped,
     /// killed, or its `.grove` deleted) nothing would ever end the wait.
@@ -54,41 +55,48 @@ impl Context {
         let mut client = self.client();
         let mut missing_since: Option<std::time::Instant> = None;
         let mut silent_since: Option<std::time::Instant> = None;
+        let mut next_ping = std::time::Instant::now() + PING_EVERY;
         loop {
             tokio::time::sleep(MEMBER_CHECK).await;
             let now = std::time::Instant::now();
-            match crate::client::ping(&mut client).await {
-                Ok(_) => {
-                    (missing_since, silent_since) = (None, None);
+            // Whether a primary runs is read from its record, which wakes
+            // nobody; whether it answers is asked only now and then.
+            let record = crate::primary_record::PrimaryRecord::read(&self.ws);
+            if record.is_some_and(|r| r.same_process_runs()) {
+                missing_since = None;
+                if now < next_ping {
+                    continue;
                 }
-                Err(ClientError::NoPrimary { .. }) => {
-                    silent_since = None;
-                    if now.duration_since(*missing_since.get_or_insert(now)) < NO_PRIMARY_GRACE {
-                        continue;
-                    }
-                    if !self.autostart {
-                        return CliError::Unavailable(format!(
-                            "no grove member runs for {} any more (it was stopped or killed); the tasks' runs go on and their ends are kept: start one (`grove serve`) and wait again",
-                            self.ws.root.display()
-                        ));
-                    }
-                    if let Err(e) = self.start_member().await {
-                        return e;
-                    }
-                    missing_since = None;
-                    client = self.client();
-                }
-                Err(e) => {
-                    missing_since = None;
-                    if now.duration_since(*silent_since.get_or_insert(now)) >= UNRESPONSIVE_GIVE_UP
-                    {
-                        return CliError::Unavailable(format!(
-                            "stopped waiting: {e} for {} s; the tasks' runs go on: wait again once it answers",
-                            UNRESPONSIVE_GIVE_UP.as_secs()
-                        ));
+                next_ping = now + PING_EVERY;
+                match crate::client::ping(&mut client).await {
+                    Ok(_) => silent_since = None,
+                    Err(e) => {
+                        let silent = *silent_since.get_or_insert(now);
+                        if now.duration_since(silent) >= UNRESPONSIVE_GIVE_UP {
+                            return CliError::Unavailable(format!(
+                                "stopped waiting: {e} for {} s; the tasks' runs go on: wait again once it answers",
+                                UNRESPONSIVE_GIVE_UP.as_secs()
+                            ));
+                        }
                     }
                 }
+                continue;
             }
+            silent_since = None;
+            if now.duration_since(*missing_since.get_or_insert(now)) < NO_PRIMARY_GRACE {
+                continue;
+            }
+            if !self.autostart {
+                return CliError::Unavailable(format!(
+                    "no grove member runs for {} any more (it was stopped or killed); the tasks' runs go on and their ends are kept: start one (`grove serve`) and wait again",
+                    self.ws.root.display()
+                ));
+            }
+            if let Err(e) = self.start_member().await {
+                return e;
+            }
+            missing_since = None;
+            client = self.client();
         }
     }
 
@@ -192,6 +200,10 @@ const MEMBER_CHECK: Duration = Duration::from_millis(500);
 /// before it starts one (or gives up): a failover takes milliseconds, a
 /// handover a few more.
 const NO_PRIMARY_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a waiting command pings a primary whose process runs: a
+/// ping wakes it, the record does not.
+const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a primary may not answer a waiting command's pings before it
 /// stops waiting: several times the watchdog that ends a stuck member.
