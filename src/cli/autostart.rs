@@ -74,7 +74,7 @@ impl Context {
                         let silent = *silent_since.get_or_insert(now);
                         if now.duration_since(silent) >= UNRESPONSIVE_GIVE_UP {
                             return CliError::Unavailable(format!(
-                                "stopped waiting: {e} for {} s; the tasks' runs go on: wait again once it answers",
+                                "stopped waiting: the primary has not answered for {} s ({e}); the tasks' runs go on: wait again once it answers",
                                 UNRESPONSIVE_GIVE_UP.as_secs()
                             ));
                         }
