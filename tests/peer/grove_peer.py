@@ -853,9 +853,13 @@ class Checks:
         r = self.p.request("task.pause", {"id": tid})
         self.p.expect_error(r, "conflict")
         prompt = t["prompt"]
-        _, t = self.p.call("task.resume", {"id": tid, "instructions": "and say bye"})
+        # A shell task's prompt is a command line: instructions appended to
+        # it would run as commands, so they are refused, and it stays paused.
+        r = self.p.request("task.resume", {"id": tid, "instructions": "and say bye"})
+        self.p.expect_error(r, "invalid_params")
+        _, t = self.p.call("task.resume", {"id": tid})
         check(t["status"] == "pending", f"a resumed waiting task is pending again: {t}")
-        check(t["prompt"] == prompt + "\n\nand say bye", f"instructions appended: {t['prompt']!r}")
+        check(t["prompt"] == prompt, f"the prompt is as it was: {t['prompt']!r}")
         check(t["run_id"] is None, "never started")
         self.task = t
 

@@ -331,16 +331,23 @@ fn resume_parent(c: &mut Ctx<'_>, parent_id: &str, text: String) -> Result<(), A
         crate::store::counters::bump(c.tx, "live_injections", 1)?;
         return next_turn::give(c, parent, text);
     }
+    // A shell parent's prompt is a command line: the children's results
+    // (text agents wrote) appended to it would run as commands. It is
+    // rerun as it was, and reads the results itself (`grove awaits`,
+    // `grove show`).
+    let text = lineage::takes_instructions(&parent.spec).then_some(text);
     match parent.status {
         TaskStatus::Completed | TaskStatus::Failed => {
-            lineage::relaunch(c, parent_id, Some(&text), &TaskChanges::default())?
+            lineage::relaunch(c, parent_id, text.as_deref(), &TaskChanges::default())?
                 .map_err(Applied::Refused)?;
             crate::store::counters::bump(c.tx, "resurrections", 1)?;
         }
         TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Paused => {
-            let mut parent = parent;
-            parent.spec.prompt = format!("{}\n\n{text}", parent.spec.prompt);
-            super::change::save(c, parent)?.map_err(Applied::Refused)?;
+            if let Some(text) = text {
+                let mut parent = parent;
+                parent.spec.prompt = format!("{}\n\n{text}", parent.spec.prompt);
+                super::change::save(c, parent)?.map_err(Applied::Refused)?;
+            }
         }
         // Cancelled: its await was dropped with it.
         _ => {}

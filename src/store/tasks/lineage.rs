@@ -389,11 +389,17 @@ fn retry_notice(old: &TaskRecord) -> Option<String> {
 
 /// Reruns a finished task under its id (see [`rearm`]), with `changes`
 /// to its spec (checked by the admission like a spawn's) and then
+/// Whether words may be appended to the task's prompt: not to a shell
+/// task's, which is a command line.
+pub(super) fn takes_instructions(spec: &TaskSpec) -> bool {
+    spec.engine != "shell"
+}
+
 /// Instructions (a review's comments, a resume's words) are appended to
 /// the prompt for an agent to read; the shell engine's prompt is a
 /// command line, where they would run as commands.
 pub(super) fn refuse_instructions_for_shell(spec: &TaskSpec, id: &str) -> Result<(), Applied> {
-    if spec.engine != "shell" {
+    if takes_instructions(spec) {
         return Ok(());
     }
     Err(refused(

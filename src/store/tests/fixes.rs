@@ -216,3 +216,45 @@ fn a_prompt_with_a_nul_byte_is_refused_when_written() {
     assert!(err.message.contains("NUL"), "{}", err.message);
     assert_eq!(s.count(), 0);
 }
+
+/// An await's results were appended to a finished parent's prompt when it
+/// was rerun: a shell parent's prompt is a command line, so the children's
+/// words would have run as commands (and refusing them would refuse the
+/// child's end). A shell parent is rerun as it was.
+#[test]
+fn a_shell_parent_is_resumed_without_its_childrens_words_in_its_command() {
+    use crate::protocol::{AwaitPolicy, AwaitSpec};
+    let mut s = Store::new();
+    let parent = expect_task(
+        s.apply(&Method::TaskCreate(NewTask {
+            prompt: "echo parent".into(),
+            engine: Some("shell".into()),
+            ..Default::default()
+        }))
+        .result,
+    )
+    .id;
+    s.start(&parent, "p1");
+    let child = expect_task(
+        s.apply(&Method::TaskCreate(NewTask {
+            prompt: "true".into(),
+            parent_id: Some(parent.clone()),
+            ..Default::default()
+        }))
+        .result,
+    )
+    .id;
+    s.ok(Method::TaskAwait(AwaitSpec {
+        parent_id: parent.clone(),
+        children: vec![child.clone()],
+        policy: AwaitPolicy::All,
+        quorum: None,
+        timeout_ms: None,
+    }));
+    s.ok(super::exit_method(&parent, "p1", Exit::Code0));
+    // The child's end commits, and the parent runs again, as it was.
+    s.run(&child, "c1", Exit::Code0);
+    let p = s.task(&parent).unwrap();
+    assert_eq!(p.spec.prompt, "echo parent");
+    assert_eq!(p.status, crate::protocol::TaskStatus::Queued, "{p:?}");
+}

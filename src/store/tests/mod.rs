@@ -48,10 +48,11 @@ impl Store {
     /// Applies a wire method the way the store thread does: in its own
     /// transaction, rolled back (events and all) when refused.
     pub fn apply(&mut self, method: &Method) -> Outcome {
-        let Route::Task(op) = method.route() else {
-            panic!("not a task operation: {method:?}");
-        };
-        self.in_tx(|c| tasks::apply(c, op))
+        match method.route() {
+            Route::Task(op) => self.in_tx(|c| tasks::apply(c, op)),
+            Route::Await(op) => self.in_tx(|c| tasks::apply_await(c, op)),
+            _ => panic!("not a task operation: {method:?}"),
+        }
     }
 
     /// Applies an orchestrator operation, likewise.
