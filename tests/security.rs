@@ -472,6 +472,32 @@ fn a_kept_git_answer_lasts_only_as_long_as_the_index() {
     );
 }
 
+/// git skips a `.git` that is no repository (an empty dir) for the
+/// repository above it: git's answer must not be kept under that `.git`,
+/// whose (missing) index would never change when the outer one does.
+#[test]
+fn an_empty_dot_git_below_the_repository_does_not_key_the_kept_answer() {
+    let mut g = Grove::new();
+    let state = g.dir.path().join("state");
+    g.env("XDG_STATE_HOME", &state.display().to_string());
+    let outer = g.dir.path().join("outer");
+    std::fs::create_dir_all(&outer).unwrap();
+    git(&outer, &["init", "-q"]);
+    std::fs::write(outer.join("README"), "a project\n").unwrap();
+    git(&outer, &["add", "README"]);
+    git(&outer, &["commit", "-qm", "first"]);
+    let ws = outer.join("ws");
+    std::fs::create_dir_all(ws.join(".git")).unwrap();
+    std::fs::create_dir_all(ws.join(".grove")).unwrap();
+    std::fs::write(ws.join(".grove/grove.toml"), "max_parallel = 3\n").unwrap();
+    g.ws = ws;
+    g.ok(&["config", "show"]);
+    git(&outer, &["add", "-f", "ws/.grove/grove.toml"]);
+    let out = g.run(&["config", "show"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout_of(&out));
+    assert!(stdout_of(&out).contains("git tracks it"), "{}", stdout_of(&out));
+}
+
 /// A store committed to the repository holds tasks someone else chose: a
 /// member refuses to start on it and says how to get rid of it.
 #[test]

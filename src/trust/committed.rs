@@ -78,7 +78,12 @@ pub fn committed_cached(root: &Path) -> Result<Committed, String> {
         return Ok(found);
     }
     let found = committed(root)?;
-    if let Some(key) = key {
+    // Kept only when the walk found the git dir git used: git skips a
+    // `.git` that is no repository (an empty dir) for the one above it,
+    // whose index the key would then not follow.
+    if let Some(key) = key
+        && git_dir(root).is_some_and(|used| key.names_git_dir(&used))
+    {
         cache::write(root, &key, &found);
     }
     Ok(found)
@@ -119,28 +124,48 @@ fn classify(out: &[u8]) -> Committed {
 /// `git ls-files -z -- .grove` in `root`: `None` when `root` is not in a
 /// git repository or git is not installed.
 fn ls_files(root: &Path) -> Result<Option<Vec<u8>>, String> {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new("git");
     // No fsmonitor hook: the question needs the index only. `icase`: see
     // `classify`.
-    cmd.args([
-        "-c",
-        "core.fsmonitor=false",
-        "ls-files",
-        "-z",
-        "--",
-        ":(icase).grove",
-    ])
-    .current_dir(root)
-    // Its messages untranslated: "not a git repository" is read below.
-    .env("LC_ALL", "C")
-    .env("LANGUAGE", "")
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    // Its own group, so that a stuck git and whatever it started can
-    // be killed whole.
-    .process_group(0);
+    git(
+        root,
+        &[
+            "-c",
+            "core.fsmonitor=false",
+            "ls-files",
+            "-z",
+            "--",
+            ":(icase).grove",
+        ],
+    )
+}
+
+/// The git dir git uses for `root` (`rev-parse --absolute-git-dir`), as
+/// `ls_files` finds it: what `committed_cache` checks its own walk
+/// against before it keeps an answer. `None` when git cannot say.
+pub(super) fn git_dir(root: &Path) -> Option<PathBuf> {
+    let out = git(root, &["rev-parse", "--absolute-git-dir"]).ok()??;
+    let text = String::from_utf8(out).ok()?;
+    Some(PathBuf::from(text.trim_end_matches('\n')))
+}
+
+/// Runs git with `args` in `root`, bounded (see `GIT_DEADLINE`,
+/// `OUTPUT_CAP`), in the repository at `root` whatever the caller's
+/// environment says: `None` when `root` is in no repository or git is not
+/// installed.
+fn git(root: &Path, args: &[&str]) -> Result<Option<Vec<u8>>, String> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("git");
+    cmd.args(args)
+        .current_dir(root)
+        // Its messages untranslated: "not a git repository" is read below.
+        .env("LC_ALL", "C")
+        .env("LANGUAGE", "")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so that a stuck git and whatever it started can
+        // be killed whole.
+        .process_group(0);
     // The repository is the one at `root`, whatever the caller's
     // environment points git at (`GIT_DIR` of a dotfiles setup, a hook's
     // `GIT_INDEX_FILE`): another index would say nothing is tracked.
@@ -149,6 +174,9 @@ fn ls_files(root: &Path) -> Result<Option<Vec<u8>>, String> {
             cmd.env_remove(key);
         }
     }
+    // A workspace on a mount of its own inside a repository is still in
+    // it: a pull there writes through the mount.
+    cmd.env("GIT_DISCOVERY_ACROSS_FILESYSTEM", "1");
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         // No git: nothing can be told of a repository, if there is one.

@@ -36,6 +36,18 @@ const GITFILE_CAP: u64 = 4096;
 pub struct IndexKey {
     text: String,
     settled: bool,
+    /// The git dir the walk found (the `.git` dir, or where a `.git` file
+    /// points).
+    git_dir: PathBuf,
+}
+
+impl IndexKey {
+    /// Whether `used` (the git dir git itself reports) is the one this key
+    /// follows.
+    pub fn names_git_dir(&self, used: &Path) -> bool {
+        let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+        canonical(&self.git_dir).is_some_and(|mine| Some(mine) == canonical(used))
+    }
 }
 
 pub fn index_key(root: &Path) -> Option<IndexKey> {
@@ -85,7 +97,11 @@ pub fn index_key(root: &Path) -> Option<IndexKey> {
         }
         Err(_) => return None,
     };
-    Some(IndexKey { text, settled })
+    Some(IndexKey {
+        text,
+        settled,
+        git_dir,
+    })
 }
 
 fn ctime(m: &std::fs::Metadata) -> SystemTime {
@@ -199,6 +215,7 @@ mod tests {
         IndexKey {
             text: text.into(),
             settled: true,
+            git_dir: PathBuf::from("/nonexistent"),
         }
     }
 
@@ -223,6 +240,7 @@ mod tests {
         let unsettled = IndexKey {
             text: "index 3".into(),
             settled: false,
+            git_dir: PathBuf::from("/nonexistent"),
         };
         write_to(&file, root, &unsettled, &Committed::default());
         assert_eq!(
