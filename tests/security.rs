@@ -495,7 +495,11 @@ fn an_empty_dot_git_below_the_repository_does_not_key_the_kept_answer() {
     git(&outer, &["add", "-f", "ws/.grove/grove.toml"]);
     let out = g.run(&["config", "show"]);
     assert_eq!(out.status.code(), Some(2), "{}", stdout_of(&out));
-    assert!(stdout_of(&out).contains("git tracks it"), "{}", stdout_of(&out));
+    assert!(
+        stdout_of(&out).contains("git tracks it"),
+        "{}",
+        stdout_of(&out)
+    );
 }
 
 /// A store committed to the repository holds tasks someone else chose: a

