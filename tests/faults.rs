@@ -214,7 +214,7 @@ fn invalid_config_names_file_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
-        err.contains("line 2") && err.contains("goes on without the config"),
+        err.contains("line 2") && err.contains("goes on with the defaults"),
         "{err}"
     );
 }

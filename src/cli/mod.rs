@@ -605,7 +605,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     if let Some(e) = &ctx.config_error
         && !matches!(cli.command, Command::Config(_))
     {
-        errln!("grove: {e}\ngrove: (this command starts nothing, and goes on without the config)");
+        errln!(
+            "grove: {e}\ngrove: (this command runs nothing the config chooses, and goes on with the defaults)"
+        );
     }
     let control = |id, kind, option, text| TaskControl {
         id,

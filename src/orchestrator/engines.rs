@@ -445,14 +445,21 @@ fn check_template(name: &str, e: &EngineConfig, model: Option<&str>) -> Result<(
             // a typo to refuse; a shell's `${HOME}` or `${file}`, a
             // function's `{ ...; }` or a jq filter pass through untouched
             // (`fill_template` leaves every other brace alone).
-            let name = &token[1..token.len() - 1];
-            let shaped = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            let word = &token[1..token.len() - 1];
+            let shaped = !word.is_empty()
+                && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
                 && !rest[..start].ends_with('$');
             if shaped && !PLACEHOLDERS.contains(&token) {
                 return Err(EngineError::Template(format!(
                     "engine '{name}': unknown placeholder {token} in its command (known: {})",
                     PLACEHOLDERS.join(", ")
+                )));
+            }
+            // `"${prompt}"` in a shell script is filled like `{prompt}`:
+            // the prompt's text would become shell code.
+            if PLACEHOLDERS.contains(&token) && rest[..start].ends_with('$') {
+                return Err(EngineError::Template(format!(
+                    "engine '{name}': ${token} in its command pastes the value into shell code; pass {token} as an argument of its own and use \"$1\""
                 )));
             }
             rest = &rest[start + len + 1..];
@@ -759,7 +766,10 @@ mod tests {
         let err = validate(&c, dir.path(), &RunSpec::of_task(&t))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("{nope}"), "{err}");
+        assert!(
+            err.contains("{nope}") && err.contains("engine 'odd'"),
+            "{err}"
+        );
         // A shell's braces, a function's and a jq filter's are not ours.
         c.engines.get_mut("odd").unwrap().command = vec![
             "sh".into(),
@@ -769,6 +779,14 @@ mod tests {
             "{prompt}".into(),
         ];
         validate(&c, dir.path(), &RunSpec::of_task(&t)).expect("no placeholder typo in it");
+        // A placeholder inside a shell's `${...}` would paste the prompt
+        // into shell code.
+        c.engines.get_mut("odd").unwrap().command =
+            vec!["sh".into(), "-c".into(), "echo \"${prompt}\"".into()];
+        let err = validate(&c, dir.path(), &RunSpec::of_task(&t))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("${prompt}"), "{err}");
     }
 
     #[test]

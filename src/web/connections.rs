@@ -122,6 +122,16 @@ async fn from_our_user(stream: &tokio::net::TcpStream, peer: std::net::SocketAdd
             false
         }
         None => {
+            // Said once loudly when the tables cannot be read at all (a
+            // sandbox, WSL1): every connection is refused then.
+            static UNREADABLE: std::sync::Once = std::sync::Once::new();
+            if std::fs::metadata("/proc/net/tcp").is_err() {
+                UNREADABLE.call_once(|| {
+                    tracing::warn!(
+                        "web board: /proc/net/tcp cannot be read here, so no connection's user can be told and every one is refused"
+                    )
+                });
+            }
             tracing::debug!(
                 "web board: closed a connection from {peer} unread: no open socket of it in /proc/net/tcp (closed already, or the tables cannot be read)"
             );

@@ -287,7 +287,7 @@ fn check_inherited(spec: &TaskSpec, limits: Limits) -> Result<(), Applied> {
 /// A NUL byte ends a C string: no command line, environment or file name
 /// can hold one, so a prompt with one would be accepted and then fail to
 /// start (a `spawn_error` that names nothing the user did).
-fn no_nul(text: &str, what: &str) -> Result<(), Applied> {
+pub(super) fn no_nul(text: &str, what: &str) -> Result<(), Applied> {
     match text.find('\0') {
         None => Ok(()),
         Some(at) => Err(refused(
@@ -422,6 +422,7 @@ pub(super) fn relaunch(
     changes.apply(&mut task.spec);
     if let Some(extra) = instructions.filter(|s| !s.trim().is_empty()) {
         refuse_instructions_for_shell(&task.spec, id)?;
+        no_nul(extra, "the instructions")?;
         task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
     }
     let task = rearm(c, task)?;

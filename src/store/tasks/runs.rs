@@ -42,8 +42,13 @@ pub(super) fn update_status(
         return Err(refused(
             ErrorCode::Conflict,
             format!(
-                "task {id} is {} and its run goes on; `grove cancel {id}` stops it (completed or failed is set when its run ends)",
-                task.status.as_str()
+                "task {id} is {} and its run goes on; {} (completed or failed is set when its run ends)",
+                task.status.as_str(),
+                if task.status == TaskStatus::Idle {
+                    format!("`grove close {id}` ends its session, `grove cancel {id}` stops it")
+                } else {
+                    format!("`grove cancel {id}` stops it")
+                }
             ),
         ));
     }
@@ -198,6 +203,7 @@ pub(super) fn resume(
     changes.apply(&mut task.spec);
     if let Some(extra) = extra {
         super::lineage::refuse_instructions_for_shell(&task.spec, id)?;
+        super::lineage::no_nul(extra, "the instructions")?;
         task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
     }
     if rerun && had_run {
