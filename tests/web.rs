@@ -388,6 +388,15 @@ fn requests_without_the_token_for_another_host_or_from_another_site_are_refused(
         &[("Cookie", &cookie), ("Origin", "http://127.0.0.1:1")],
     );
     assert_eq!(status, 403);
+    // An `<img>` of such a page sends no `Origin`, but its browser says
+    // where the request comes from.
+    let (status, _) = http(
+        port,
+        "GET",
+        "/api/events?since=1",
+        &[("Cookie", &cookie), ("Sec-Fetch-Site", "same-site")],
+    );
+    assert_eq!(status, 403);
     // The board's own page sends the header and its origin: accepted (here
     // refused only for the empty prompt).
     let origin = format!("http://127.0.0.1:{port}");

@@ -103,6 +103,19 @@ fn check(board: &Board, req: &Request) -> Result<(), (StatusCode, String)> {
             "grove board: a change needs the token in the X-Grove-Token header (the board's page sends it; a page of another site cannot)",
         ));
     }
+    // The API is the board page's own: a request a browser marks as made
+    // by another site's page, or another port's of this one (an `<img>`
+    // or `<script>` sends no `Origin`, but does send the cookie), is not.
+    // Programs (curl, the CLI) send no such header.
+    if req.uri().path().starts_with("/api/")
+        && let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && (site == "same-site" || site == "cross-site")
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            &format!("grove board: refused an API request made by another site's page ({site})"),
+        ));
+    }
     // Any method: a page of another port of 127.0.0.1 is sent the cookie
     // and could open event streams (replaying the whole log) it cannot
     // read. Browsers send `Origin` with every cross-origin request a page
