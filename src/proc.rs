@@ -152,6 +152,45 @@ pub fn descendants(root: u32) -> Vec<Stat> {
     descendants_in(root, &all())
 }
 
+/// The descendants of `root` that belong to it: grove members (`grove
+/// serve` of this very binary) and everything below them left out. A
+/// task that runs `grove spawn` where no member runs autostarts one, as
+/// its descendant: a workspace's member, with tasks of its own, that must
+/// outlive the task which happened to start it (see docs/design.md,
+/// Shim).
+pub fn descendants_but_members(root: u32) -> Vec<Stat> {
+    let all = all();
+    let mine = descendants_in(root, &all);
+    let members: Vec<u32> = (mine.iter())
+        .filter(|p| p.state != 'Z' && is_grove_member(p.pid))
+        .map(|p| p.pid)
+        .collect();
+    if members.is_empty() {
+        return mine;
+    }
+    let spared: HashSet<u32> = (members.iter())
+        .flat_map(|m| descendants_in(*m, &all).into_iter().map(|p| p.pid))
+        .chain(members.iter().copied())
+        .collect();
+    mine.into_iter()
+        .filter(|p| !spared.contains(&p.pid))
+        .collect()
+}
+
+/// Whether `pid` runs this binary (the same file, even replaced since) as
+/// `grove serve`.
+fn is_grove_member(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let same_binary = match (
+        std::fs::metadata(format!("/proc/{pid}/exe")),
+        std::fs::metadata("/proc/self/exe"),
+    ) {
+        (Ok(theirs), Ok(ours)) => theirs.dev() == ours.dev() && theirs.ino() == ours.ino(),
+        _ => false,
+    };
+    same_binary && cmdline(pid).get(1).is_some_and(|a| a == "serve")
+}
+
 fn descendants_in(root: u32, all: &[Stat]) -> Vec<Stat> {
     let mut children: HashMap<u32, Vec<&Stat>> = HashMap::new();
     for s in all {

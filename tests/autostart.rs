@@ -145,3 +145,49 @@ fn stop_stops_every_member_and_hands_nothing_over() {
         (!grove::proc::running(agent)).then_some(())
     });
 }
+
+/// A task that runs `grove spawn` where no member runs autostarts one, as
+/// its descendant; the task's shim kills every process of the task when it
+/// ends, and once killed that member too, with the task it had just been
+/// given. A member is spared, with its tasks: it serves the workspace.
+#[test]
+fn a_member_a_task_autostarted_outlives_the_task() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\n");
+    let m = g.serve();
+    g.wait_primary();
+    let marker = g.dir.path().join("child-ran");
+    let prompt = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; env -u GROVE_NO_AUTOSTART {bin} spawn --workspace {ws} 'sleep 1; echo ran > {marker}' > {go}.id 2> {go}.err",
+        go = g.dir.path().join("go").display(),
+        bin = BIN,
+        ws = g.ws.display(),
+        marker = marker.display(),
+    );
+    let t = g.task_create(&prompt);
+    wait_for("the task to run", DEADLINE, || {
+        (task_status(&g, &t).as_deref() == Some("running")).then_some(())
+    });
+    // Its member stops; the task goes on, then runs `grove spawn`.
+    g.members[m].signal(libc::SIGTERM);
+    g.members[m].wait_exit(DEADLINE).expect("the member stops");
+    std::fs::write(g.dir.path().join("go"), "").unwrap();
+    let err_file = g.dir.path().join("go.err");
+    let said = wait_for("the task's grove spawn to autostart", DEADLINE, || {
+        let said = std::fs::read_to_string(&err_file).ok()?;
+        said.contains("in the background").then_some(said)
+    });
+    let member = said
+        .split("in the background (pid ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok());
+    let _reap = Reap(member.into_iter().collect());
+    // The task has ended (its shim killed what was left of it); the member
+    // it started still runs, and so does the child it was given.
+    wait_for("the task to end", DEADLINE, || {
+        (task_status(&g, &t).as_deref() == Some("completed")).then_some(())
+    });
+    wait_for("the child to run to its end", DEADLINE, || {
+        marker.exists().then_some(())
+    });
+    let _ = run_autostart(&g, &["stop"]);
+}

@@ -35,7 +35,7 @@ pub fn become_subreaper() {
 /// fork its way out), then to every other live descendant.
 pub fn signal_all(pgid: u32, sig: i32) {
     kill_group(pgid, sig);
-    for p in crate::proc::descendants(std::process::id()) {
+    for p in crate::proc::descendants_but_members(std::process::id()) {
         if p.state != 'Z' && p.pgrp != pgid {
             kill(p.pid, sig);
         }
@@ -45,7 +45,7 @@ pub fn signal_all(pgid: u32, sig: i32) {
 /// Sends `sig` to every live descendant (a run without an agent yet: its
 /// worktree's git and hooks, its setup command).
 pub fn signal_descendants(sig: i32) {
-    for p in crate::proc::descendants(std::process::id()) {
+    for p in crate::proc::descendants_but_members(std::process::id()) {
         if p.state != 'Z' {
             kill(p.pid, sig);
         }
@@ -67,7 +67,9 @@ pub async fn kill_all() {
         if !has_children() {
             return;
         }
-        let left = crate::proc::descendants(me);
+        // A grove member the task autostarted is spared, with its tasks:
+        // it serves a workspace, not this run.
+        let left = crate::proc::descendants_but_members(me);
         if left.is_empty() {
             return;
         }
