@@ -19,6 +19,14 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeE
     rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
+/// Decodes what the store itself wrote (an event's payload, a ledger's
+/// reply): no frame limit, which is the wire's bound on what a peer may
+/// send. A row written bigger than a frame by an older grove must not
+/// stop every follower that catches up through it, forever.
+pub fn decode_stored<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
 /// The parts of a request that can be read even when its method cannot, so
 /// that the error reply can still be addressed to the request's id.
 #[derive(Debug, Default, Deserialize)]

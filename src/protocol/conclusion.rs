@@ -98,7 +98,59 @@ pub struct Conclusion {
     pub blocked_reason: Option<String>,
 }
 
+/// The most of a conclusion's summary a task record keeps.
+pub const MAX_SUMMARY_BYTES: usize = 32 * 1024;
+/// The most artifacts or follow-ups kept, and the most of each.
+pub const MAX_LIST_ITEMS: usize = 32;
+pub const MAX_ITEM_BYTES: usize = 1024;
+/// The most of any other text of a conclusion.
+pub const MAX_NOTE_BYTES: usize = 4 * 1024;
+
+/// Cuts `text` to at most `max` bytes (at a character boundary), saying
+/// how much was cut.
+pub fn cut_text(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!(" … ({cut} bytes cut)"));
+}
+
 impl Conclusion {
+    /// This conclusion as a task record keeps it: every text bounded. A
+    /// task's record travels whole in every event about it, and an event
+    /// bigger than a frame could not be read by any follower; an agent's
+    /// conclusion is whatever it wrote (a review found one of 1 MB).
+    pub fn bounded(mut self) -> Conclusion {
+        cut_text(&mut self.summary, MAX_SUMMARY_BYTES);
+        for list in [&mut self.artifacts, &mut self.follow_up] {
+            if list.len() > MAX_LIST_ITEMS {
+                let more = list.len() - MAX_LIST_ITEMS;
+                list.truncate(MAX_LIST_ITEMS);
+                list.push(format!("… ({more} more left out)"));
+            }
+            for item in list.iter_mut() {
+                cut_text(item, MAX_ITEM_BYTES);
+            }
+        }
+        for note in [
+            &mut self.error,
+            &mut self.next_step,
+            &mut self.blocked_reason,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            cut_text(note, MAX_NOTE_BYTES);
+        }
+        self
+    }
+
     /// For a task that ended without a run to read (cancelled or failed
     /// before it started, its supervisor lost): made from its status alone.
     pub fn from_status(

@@ -30,8 +30,8 @@ mod wire_form;
 pub use agent::{AgentUpdate, AgentUpdates, ControlKind, PermissionPolicy, TaskControl};
 pub use awaits::{AWAIT_POLICIES, AWAIT_STATES, AwaitPolicy, AwaitRecord, AwaitSpec, AwaitState};
 pub use codec::{
-    RequestHead, decode, decode_request, encode, encode_event_from, encode_reply_from,
-    oversized_request_id, request_digest,
+    RequestHead, decode, decode_request, decode_stored, encode, encode_event_from,
+    encode_reply_from, oversized_request_id, request_digest,
 };
 pub use conclusion::{
     CONCLUSION_SOURCES, CONCLUSION_STATUSES, Conclusion, ConclusionSource, ConclusionStatus,
@@ -41,9 +41,9 @@ pub use event::{Event, EventData, StoredData, TOPICS};
 pub use goal::{GOAL_EXAMPLE, GOAL_STATUSES, GoalRecord, GoalSpec, GoalStatus, goal_brief};
 pub use route::{AgentOp, AwaitOp, Local, Route, TaskOp};
 pub use task::{
-    DEPTH_ENV, ExitOutcome, FAILURE_REASONS, FailureReason, NewTask, PARENT_REF_ENV, TASK_STATUSES,
-    TaskChanges, TaskExit, TaskRecord, TaskSpec, TaskStatus, WarmUse, Worktree, WorktreeAsk,
-    finished_request_id,
+    DEPTH_ENV, ExitOutcome, FAILURE_REASONS, FailureReason, MAX_PROMPT_BYTES, NewTask,
+    PARENT_REF_ENV, TASK_STATUSES, TaskChanges, TaskExit, TaskRecord, TaskSpec, TaskStatus,
+    WarmUse, Worktree, WorktreeAsk, finished_request_id,
 };
 pub use wire_form::FormError;
 

@@ -544,7 +544,28 @@ fn one() -> u32 {
     1
 }
 
+/// The longest prompt a task may have: with its conclusion and progress
+/// (bounded too) its record stays well inside a frame (`MAX_FRAME_BYTES`),
+/// as every event about it carries it whole.
+pub const MAX_PROMPT_BYTES: usize = 512 * 1024;
+/// The most of a progress note a record keeps.
+pub const MAX_PROGRESS_TEXT_BYTES: usize = 4 * 1024;
+
 impl TaskRecord {
+    /// Bounds the texts the record keeps (see [`MAX_PROMPT_BYTES`] and
+    /// `Conclusion::bounded`). Writes refuse a prompt that is too long
+    /// where a user sent it; this is the net below every write, which a
+    /// task's end (never refused) passes too.
+    pub fn bound_texts(&mut self) {
+        if let Some(c) = self.conclusion.take() {
+            self.conclusion = Some(c.bounded());
+        }
+        if let Some(p) = &mut self.progress_text {
+            super::conclusion::cut_text(p, MAX_PROGRESS_TEXT_BYTES);
+        }
+        super::conclusion::cut_text(&mut self.spec.prompt, MAX_PROMPT_BYTES);
+    }
+
     /// A task that has not run: pending, first attempt, created `now`.
     pub fn new(id: String, spec: TaskSpec, now: u64) -> TaskRecord {
         TaskRecord {

@@ -14,7 +14,7 @@ use super::tasks::{Ctx, existing, move_to};
 use super::txn::{Applied, WriteResult, append_event, refused};
 use crate::protocol::{
     AgentOp, AgentUpdates, Conclusion, ConclusionSource, ControlKind, ErrorCode, EventData,
-    ReplyBody, TaskControl, TaskRecord, TaskStatus, decode,
+    ReplyBody, TaskControl, TaskRecord, TaskStatus, decode_stored,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -215,7 +215,7 @@ fn followup_pending(c: &Ctx<'_>, task: &TaskRecord, idle: &str) -> Result<bool, 
             run_id,
             kind: ControlKind::Say,
             ..
-        }) = decode::<EventData>(&payload)
+        }) = decode_stored::<EventData>(&payload)
             && run_id == run
         {
             return Ok(true);
@@ -287,7 +287,7 @@ impl super::Reader {
                 kind: k,
                 acp,
                 ..
-            }) = decode::<EventData>(&payload)
+            }) = decode_stored::<EventData>(&payload)
                 && task == id
                 && k == kind
             {
@@ -315,7 +315,8 @@ impl super::Reader {
         let mut out = Vec::new();
         for row in rows {
             let (seq, payload) = row?;
-            if let Ok(EventData::TaskAgentUpdate { kind, acp, .. }) = decode::<EventData>(&payload)
+            if let Ok(EventData::TaskAgentUpdate { kind, acp, .. }) =
+                decode_stored::<EventData>(&payload)
             {
                 out.push((seq as u64, kind, acp));
             }
@@ -341,7 +342,7 @@ impl super::Reader {
                 kind,
                 option,
                 text,
-            }) = decode::<EventData>(&payload)
+            }) = decode_stored::<EventData>(&payload)
                 && task == id
             {
                 out.push(Control {

@@ -606,7 +606,7 @@ impl Reader {
         let mut out = Vec::new();
         for row in rows {
             let (seq, epoch, at, payload) = row?;
-            let data: EventData = crate::protocol::decode(&payload)
+            let data: EventData = crate::protocol::decode_stored(&payload)
                 .map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))?;
             out.push(Event::new(seq as u64, epoch as u64, at as u64, data));
         }

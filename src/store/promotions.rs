@@ -135,7 +135,7 @@ pub fn read(conn: &Connection, limit: usize) -> Result<Vec<Promotion>, StoreErro
             instance_id,
             pid,
             epoch,
-        }) = crate::protocol::decode::<EventData>(&payload)
+        }) = crate::protocol::decode_stored::<EventData>(&payload)
         else {
             continue;
         };

@@ -12,8 +12,7 @@
 
 use super::StoreError;
 use crate::protocol::{
-    ErrorCode, Event, EventData, MemberInfo, Method, ReplyBody, Route, WireError, decode, encode,
-    now_ms,
+    ErrorCode, Event, EventData, MemberInfo, Method, ReplyBody, Route, WireError, encode, now_ms,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -657,13 +656,15 @@ fn apply_idempotent(
                 None,
             ));
         }
-        return Ok(match decode::<WriteResult>(&bytes) {
-            Ok(result) => (result, Some(bytes)),
-            Err(e) => {
-                let msg = format!("recorded reply unreadable: {e}");
-                (Err(WireError::new(ErrorCode::Internal, msg)), None)
-            }
-        });
+        return Ok(
+            match crate::protocol::decode_stored::<WriteResult>(&bytes) {
+                Ok(result) => (result, Some(bytes)),
+                Err(e) => {
+                    let msg = format!("recorded reply unreadable: {e}");
+                    (Err(WireError::new(ErrorCode::Internal, msg)), None)
+                }
+            },
+        );
     }
     let limits = match admission(method, tx) {
         Ok(limits) => limits,

@@ -268,34 +268,38 @@ pub fn results_prompt(
     );
     let mut left_out: Vec<&str> = Vec::new();
     for (id, task) in children {
-        if out.len() > PROMPT_BYTES {
-            if task.as_ref().is_none_or(|t| t.status.is_terminal()) {
-                left_out.push(id);
+        let block = match task {
+            None => format!(
+                "\n[delegated-result {id} deleted]\n(the task was deleted before it reported)\n[/delegated-result]\n"
+            ),
+            Some(t) if !t.status.is_terminal() => continue,
+            Some(t) => {
+                let body = match &t.conclusion {
+                    Some(con) => {
+                        // Bounded whole (artifacts and follow-ups too),
+                        // whatever an older grove stored.
+                        let mut con = con.clone().bounded();
+                        if con.summary.chars().count() > SUMMARY_CHARS {
+                            con.summary =
+                                con.summary.chars().take(SUMMARY_CHARS).collect::<String>() + "…";
+                        }
+                        serde_json::to_string(&con).unwrap_or_default()
+                    }
+                    None => "(no conclusion recorded)".to_string(),
+                };
+                format!(
+                    "\n[delegated-result {id} {}]\n{body}\n[/delegated-result]\n",
+                    t.status.as_str()
+                )
             }
-            continue;
-        }
-        let Some(t) = task else {
-            out.push_str(&format!("\n[delegated-result {id} deleted]\n(the task was deleted before it reported)\n[/delegated-result]\n"));
-            continue;
         };
-        if !t.status.is_terminal() {
+        // The whole prompt stays within its bound: a block that would take
+        // it past is left out and named.
+        if out.len() + block.len() > PROMPT_BYTES {
+            left_out.push(id);
             continue;
         }
-        out.push_str(&format!(
-            "\n[delegated-result {id} {}]\n",
-            t.status.as_str()
-        ));
-        match &t.conclusion {
-            Some(con) => {
-                let mut con = con.clone();
-                if con.summary.chars().count() > SUMMARY_CHARS {
-                    con.summary = con.summary.chars().take(SUMMARY_CHARS).collect::<String>() + "…";
-                }
-                out.push_str(&serde_json::to_string(&con).unwrap_or_default());
-            }
-            None => out.push_str("(no conclusion recorded)"),
-        }
-        out.push_str("\n[/delegated-result]\n");
+        out.push_str(&block);
     }
     if !left_out.is_empty() {
         out.push_str(&format!(
@@ -309,7 +313,12 @@ pub fn results_prompt(
         .collect();
     if !running.is_empty() {
         out.push_str(&format!(
-            "\nStill running (not waited for): {}\n",
+            "\nStill running ({}): {}\n",
+            if state == AwaitState::Expired {
+                "the deadline passed before they ended"
+            } else {
+                "not waited for"
+            },
             running.join(", ")
         ));
     }

@@ -121,6 +121,7 @@ fn with_status(mut task: TaskRecord, change: Change) -> TaskRecord {
 /// Writes back a changed task and appends `task.updated`.
 pub(super) fn save(c: &mut Ctx<'_>, mut task: TaskRecord) -> Res {
     task.updated_at = now_ms();
+    task.bound_texts();
     rows::update(c.tx, &task)?;
     c.events.push(append_event(
         c.tx,

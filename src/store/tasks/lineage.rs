@@ -113,6 +113,7 @@ fn check_spec(tx: &Connection, spec: &TaskSpec) -> Result<Vec<TaskStatus>, Appli
         return Err(refused(ErrorCode::InvalidParams, "the prompt is empty"));
     }
     no_nul(&spec.prompt, "the prompt")?;
+    too_long(&spec.prompt, "the prompt")?;
     if spec.timeout_ms == Some(0) {
         return Err(refused(ErrorCode::InvalidParams, "timeout must be > 0"));
     }
@@ -297,6 +298,21 @@ pub(super) fn no_nul(text: &str, what: &str) -> Result<(), Applied> {
     }
 }
 
+/// A prompt longer than a task record may keep (`MAX_PROMPT_BYTES`).
+pub(super) fn too_long(text: &str, what: &str) -> Result<(), Applied> {
+    let max = crate::protocol::MAX_PROMPT_BYTES;
+    if text.len() <= max {
+        return Ok(());
+    }
+    Err(refused(
+        ErrorCode::InvalidParams,
+        format!(
+            "{what} is {} bytes, more than the {max} a task keeps; put the long part in a file and name it in the prompt",
+            text.len()
+        ),
+    ))
+}
+
 /// What a resume or relaunch may not change a task to: an empty prompt or
 /// a zero timeout (the engine and model are the admission's).
 pub(super) fn check_changes(changes: &TaskChanges) -> Result<(), Applied> {
@@ -305,6 +321,7 @@ pub(super) fn check_changes(changes: &TaskChanges) -> Result<(), Applied> {
     }
     if let Some(p) = &changes.prompt {
         no_nul(p, "the new prompt")?;
+        too_long(p, "the new prompt")?;
     }
     if changes.timeout_ms == Some(0) {
         return Err(refused(ErrorCode::InvalidParams, "timeout must be > 0"));
@@ -320,7 +337,8 @@ pub(super) fn create_new(c: &mut Ctx<'_>, new: &NewTask) -> Res {
 }
 
 /// Inserts a new task and appends its `task.created`.
-fn create(c: &mut Ctx<'_>, task: TaskRecord) -> Res {
+fn create(c: &mut Ctx<'_>, mut task: TaskRecord) -> Res {
+    task.bound_texts();
     rows::insert(c.tx, &task)?;
     if task.spec.parent_id.is_some() {
         // Kept, so that its descendants count it even after an ancestor
@@ -424,6 +442,7 @@ pub(super) fn relaunch(
         refuse_instructions_for_shell(&task.spec, id)?;
         no_nul(extra, "the instructions")?;
         task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
+        too_long(&task.spec.prompt, "the prompt with the instructions")?;
     }
     let task = rearm(c, task)?;
     if task.status == TaskStatus::Failed {

@@ -205,6 +205,7 @@ pub(super) fn resume(
         super::lineage::refuse_instructions_for_shell(&task.spec, id)?;
         super::lineage::no_nul(extra, "the instructions")?;
         task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
+        super::lineage::too_long(&task.spec.prompt, "the prompt with the instructions")?;
     }
     if rerun && had_run {
         // The orchestrator kills the old run, whose id no longer matches.

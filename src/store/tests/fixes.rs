@@ -258,3 +258,89 @@ fn a_shell_parent_is_resumed_without_its_childrens_words_in_its_command() {
     assert_eq!(p.spec.prompt, "echo parent");
     assert_eq!(p.status, crate::protocol::TaskStatus::Queued, "{p:?}");
 }
+
+/// An agent's conclusion is whatever it wrote: one of ~1 MB (a thousand
+/// artifacts) made every event about its task bigger than a frame, which
+/// no follower could read, and the parent awaiting it was never resumed.
+/// A record keeps its texts bounded, and a results prompt stays within
+/// its bound however big the conclusions are.
+#[test]
+fn a_huge_conclusion_is_kept_bounded_and_its_events_fit_a_frame() {
+    use crate::protocol::{Conclusion, ConclusionSource, ConclusionStatus, TaskExit};
+    let mut s = Store::new();
+    let parent = s.create(&[]).id;
+    let t = expect_task(
+        s.apply(&Method::TaskCreate(NewTask {
+            prompt: "true".into(),
+            engine: Some("agent".into()),
+            parent_id: Some(parent),
+            ..Default::default()
+        }))
+        .result,
+    )
+    .id;
+    s.start(&t, "r1");
+    let huge = Conclusion {
+        status: ConclusionStatus::Success,
+        summary: "s".repeat(900_000),
+        artifacts: vec!["a".repeat(1000); 1000],
+        follow_up: vec!["f".repeat(5000); 10],
+        confidence: None,
+        source: ConclusionSource::Reported,
+        error: None,
+        progress: None,
+        next_step: Some("n".repeat(100_000)),
+        blocked_reason: None,
+    };
+    let out = s.apply(&Method::TaskFinished(TaskExit {
+        id: t.clone(),
+        run_id: "r1".into(),
+        outcome: crate::protocol::ExitOutcome::Exited,
+        exit_code: Some(0),
+        signal: None,
+        message: Some("m".repeat(100_000)),
+        conclusion: Some(huge),
+        warm: None,
+    }));
+    out.result.expect("a task's end is never refused");
+    for e in &out.events {
+        let frame = crate::protocol::encode(&e.data).len();
+        assert!(
+            frame < crate::protocol::MAX_FRAME_BYTES / 2,
+            "{frame} bytes"
+        );
+    }
+    let kept = s.task(&t).unwrap().conclusion.unwrap();
+    assert!(kept.summary.len() < 40_000 && kept.summary.ends_with("bytes cut)"));
+    assert_eq!(kept.artifacts.len(), 33);
+    // The results prompt of two such children stays within its 64 KiB.
+    let children = vec![
+        ("c1".to_string(), s.task(&t)),
+        ("c2".to_string(), s.task(&t)),
+    ];
+    let rec = crate::protocol::AwaitRecord {
+        id: "a".into(),
+        parent_id: "p".into(),
+        children: vec!["c1".into(), "c2".into()],
+        policy: crate::protocol::AwaitPolicy::All,
+        quorum: 2,
+        created_at: 0,
+        deadline: 0,
+        state: crate::protocol::AwaitState::Satisfied,
+        settled_at: None,
+    };
+    let prompt = crate::store::tasks::awaits::results_prompt(&rec, &children, rec.state);
+    assert!(prompt.len() <= 64 * 1024, "{} bytes", prompt.len());
+}
+
+/// A prompt longer than a record keeps is refused where it is sent.
+#[test]
+fn a_prompt_longer_than_a_record_keeps_is_refused() {
+    let mut s = Store::new();
+    let out = s.apply(&Method::TaskCreate(NewTask {
+        prompt: "x".repeat(crate::protocol::MAX_PROMPT_BYTES + 1),
+        ..Default::default()
+    }));
+    let err = out.result.expect_err("refused");
+    assert!(err.message.contains("more than the"), "{}", err.message);
+}
