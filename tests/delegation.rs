@@ -193,7 +193,10 @@ fn an_await_is_cancelled_counts_any_end_and_expires_at_its_deadline() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("Still running (not waited for): {}", children[1])),
+        text.contains(&format!(
+            "Still running (the deadline passed before they ended): {}",
+            children[1]
+        )),
         "{text}"
     );
     wait_status(&g, &parent, "completed");

@@ -117,6 +117,9 @@ async fn delegate(autostart: bool) -> Result<i32, CliError> {
     let mut stop = Stop::install()?;
     tokio::select! {
         r = follow(&remote, &there.id) => r,
+        // The other workspace's last member may go while its task runs:
+        // one is started there (autostart), or the proxy fails saying so.
+        hopeless = remote.keep_member() => Err(hopeless),
         _ = stop.next() => {
             // Cancelled or timed out here: so is the task there.
             let cancel = Method::TaskCancel { id: there.id.clone() };

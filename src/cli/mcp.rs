@@ -34,6 +34,10 @@ impl Grove for Context {
                 .map_err(|e| e.to_string())
         })
     }
+
+    fn keep_member(&self) -> BoxFuture<'_, String> {
+        Box::pin(async move { Context::keep_member(self).await.to_string() })
+    }
 }
 
 pub async fn run(ctx: Context) -> Result<i32, CliError> {

@@ -39,6 +39,10 @@ pub trait Grove: Send + Sync + 'static {
     fn call(&self, method: Method) -> BoxFuture<'_, Result<ReplyBody, String>>;
     /// Makes sure a member runs (a read before any write needs its store).
     fn ensure_member(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// Run beside a wait: keeps a member running (starting one when the
+    /// last is gone) and resolves only when waiting has become hopeless,
+    /// with why.
+    fn keep_member(&self) -> BoxFuture<'_, String>;
 }
 
 /// The server: grove, the caller's task, and the tools.

@@ -294,7 +294,12 @@ impl GroveMcp {
         .map(std::time::Duration::from_millis);
         self.grove.ensure_member().await?;
         let ws = self.grove.workspace();
-        let outcome = crate::waiter::wait(ws, &ids, policy, timeout, |_| {}).await?;
+        // A wait outlives the workspace's last member only by starting
+        // another (see `Grove::keep_member`).
+        let outcome = tokio::select! {
+            outcome = crate::waiter::wait(ws, &ids, policy, timeout, |_| {}) => outcome?,
+            hopeless = self.grove.keep_member() => return Err(hopeless),
+        };
         let tasks: Vec<_> = (outcome.tasks.iter())
             .map(|(id, t)| match t {
                 Some(t) => summary(t),
