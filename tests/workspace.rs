@@ -294,3 +294,37 @@ fn a_command_below_a_workspace_names_the_grove_above() {
         "{err}"
     );
 }
+
+/// A wait reads the store it started with: `.grove` deleted under running
+/// members is rebuilt with a new store that holds none of the tasks waited
+/// for, and nothing would ever end the wait. It ends, saying why.
+#[test]
+fn a_wait_ends_when_the_store_it_reads_is_replaced() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\n");
+    g.serve();
+    g.wait_primary();
+    let id = g.task_create("sleep 30");
+    let mut waiter = std::process::Command::new(BIN)
+        .args(["wait", &id, "--workspace"])
+        .arg(&g.ws)
+        .env("GROVE_NO_AUTOSTART", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the wait has the store open, the store goes.
+    let pid = waiter.id();
+    wait_for("the wait to open the store", DEADLINE, || {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+        fds.flatten()
+            .filter_map(|f| std::fs::read_link(f.path()).ok())
+            .any(|t| t.to_string_lossy().ends_with("grove.db"))
+            .then_some(())
+    });
+    remove_state_dir(&g);
+    let status = wait_for("the wait to end", DEADLINE, || waiter.try_wait().unwrap());
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut waiter.stderr.take().unwrap(), &mut said).unwrap();
+    assert_eq!(status.code(), Some(3), "{said}");
+    assert!(said.contains("store was replaced"), "{said}");
+}

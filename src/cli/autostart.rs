@@ -56,9 +56,23 @@ impl Context {
         let mut missing_since: Option<std::time::Instant> = None;
         let mut silent_since: Option<std::time::Instant> = None;
         let mut next_ping = std::time::Instant::now() + PING_EVERY;
+        let mut started = 0;
+        // The store the wait reads: a `.grove` deleted and rebuilt by the
+        // members holds none of the tasks waited for, and no event of the
+        // new one will ever end the wait.
+        let store = store_identity(&self.ws.db_path());
         loop {
             tokio::time::sleep(MEMBER_CHECK).await;
             let now = std::time::Instant::now();
+            if let Some(was) = store
+                && let Some(is) = store_identity(&self.ws.db_path())
+                && is != was
+            {
+                return CliError::Unavailable(format!(
+                    "the workspace's store was replaced ({} was deleted and made anew): the tasks waited for are not in it",
+                    self.ws.state_dir.display()
+                ));
+            }
             // Whether a primary runs is read from its record, which wakes
             // nobody; whether it answers is asked only now and then.
             let record = crate::primary_record::PrimaryRecord::read(&self.ws);
@@ -92,9 +106,17 @@ impl Context {
                     self.ws.root.display()
                 ));
             }
+            if started == MAX_RESTARTS {
+                return CliError::Unavailable(format!(
+                    "stopped waiting: the members started for {} kept going away ({MAX_RESTARTS} started); see {}",
+                    self.ws.root.display(),
+                    self.ws.state_dir.join("serve.log").display()
+                ));
+            }
             if let Err(e) = self.start_member().await {
                 return e;
             }
+            started += 1;
             missing_since = None;
             client = self.client();
         }
@@ -191,6 +213,16 @@ impl Context {
             .map_err(|e| CliError::Failed(format!("cannot start grove serve: {e}")))?;
         Ok((child, log))
     }
+}
+
+/// The most members one waiting command starts: one that keeps going
+/// away is not fixed by starting more.
+const MAX_RESTARTS: u32 = 3;
+
+/// The store file's identity (device, inode), when it exists.
+fn store_identity(db: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(db).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// How often a waiting command asks whether a member still runs.
