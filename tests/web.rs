@@ -1078,3 +1078,54 @@ fn off_while_the_config_keeps_the_board_on_keeps_its_token() {
     let (same_port, same_token, _) = web(&g);
     assert_eq!((same_port, same_token), (port, token));
 }
+
+/// While no member runs, anyone may hold the board's port and serve a
+/// page of their own on its origin to a tab left open, which could read
+/// the board, token and all, once it is back: a board that starts cold
+/// starts with a new token. One that a failover moves keeps its token,
+/// and open tabs their login.
+#[test]
+fn a_board_started_cold_has_a_new_token_and_a_failover_keeps_it() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nweb = true\n");
+    let first = g.serve();
+    g.wait_primary();
+    let (port, old, _) = board_of(&g);
+    g.members[first].signal(libc::SIGTERM);
+    g.members[first]
+        .wait_exit(DEADLINE)
+        .expect("the member stops");
+    g.serve();
+    g.wait_primary();
+    let token_file = g.ws.join(".grove/web.token");
+    let new = wait_for("a new token, answered", DEADLINE, || {
+        let t = std::fs::read_to_string(&token_file)
+            .ok()?
+            .trim()
+            .to_string();
+        if t == old {
+            return None;
+        }
+        let (status, _) = http(port, "GET", "/api/state", &[("X-Grove-Token", &t)]);
+        (status == 200).then_some(t)
+    });
+    let (status, _) = http(port, "GET", "/api/state", &[("X-Grove-Token", &old)]);
+    assert_eq!(status, 401, "the old token still works");
+    // A failover: the secondary heard the primary moments ago.
+    g.serve();
+    let (primary, epoch) = g.wait_primary();
+    g.wait_secondaries_at(1, epoch);
+    g.member_by_pid(primary).signal(libc::SIGKILL);
+    g.wait_new_primary(primary, epoch);
+    wait_for("the board back with the same token", DEADLINE, || {
+        let (status, _) = http_if_up(port, &new)?;
+        (status == 200).then_some(())
+    });
+    let kept = std::fs::read_to_string(&token_file).unwrap();
+    assert_eq!(kept.trim(), new);
+}
+
+/// `http` when something listens on the port, `None` otherwise.
+fn http_if_up(port: u16, token: &str) -> Option<(u16, String)> {
+    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    Some(http(port, "GET", "/api/state", &[("X-Grove-Token", token)]))
+}

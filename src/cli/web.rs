@@ -60,10 +60,10 @@ pub async fn run(ctx: &Context, a: WebArgs) -> Result<i32, CliError> {
         return Err(CliError::Usage("--port must be between 1 and 65535".into()));
     }
     let settings = enable(ctx, a.port)?;
-    let token = crate::web::token(&ctx.ws).map_err(CliError::Usage)?;
-    let url = crate::web::url(settings.port, &token);
+    crate::web::token(&ctx.ws).map_err(CliError::Usage)?;
     ctx.ensure_member().await?;
-    let up = wait_until_up(settings.port, &token).await;
+    let (up, token) = wait_until_up(&ctx.ws, settings.port).await?;
+    let url = crate::web::url(settings.port, &token);
     if up != Up::Answered {
         // The URL (it carries the token) is neither printed nor opened
         // unless our own board answers on the port: whatever holds it
@@ -146,20 +146,22 @@ enum Up {
 }
 
 /// Waits up to `COME_UP` for our board (not some other program on the
-/// port) to answer an authenticated request.
-async fn wait_until_up(port: u16, token: &str) -> Up {
+/// port) to answer an authenticated request. The token is read again for
+/// each try: a board that starts cold makes a new one (see
+/// `web::BoardOptions::took_over`). Answers the token last tried.
+async fn wait_until_up(ws: &crate::paths::Workspace, port: u16) -> Result<(Up, String), CliError> {
     let until = Instant::now() + COME_UP;
-    while Instant::now() < until {
-        let token = token.to_string();
-        let up = tokio::task::spawn_blocking(move || probe(port, &token))
+    loop {
+        let token = crate::web::token(ws).map_err(CliError::Usage)?;
+        let tried = token.clone();
+        let up = tokio::task::spawn_blocking(move || probe(port, &tried))
             .await
             .unwrap_or(Up::Silent);
-        if up != Up::Silent {
-            return up;
+        if up != Up::Silent || Instant::now() >= until {
+            return Ok((up, token));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Up::Silent
 }
 
 /// One look at `port`: who holds it (one read of the kernel's tables), and

@@ -508,10 +508,16 @@ fn start_parts(
     );
     let orchestrator_task =
         crate::loop_watch::spawn("orchestrator", orchestrator.run(changed).in_current_span());
+    // Heard from a primary within a few heartbeats: a failover or a
+    // handover, and the board's open tabs keep their login.
+    let heartbeat_ms = live.current().heartbeat_ms;
+    let took_over = (me.heard.lock().unwrap_or_else(|p| p.into_inner()).as_ref())
+        .is_some_and(|h| crate::protocol::now_ms().saturating_sub(h.at) <= 3 * heartbeat_ms + 1000);
     let board = crate::web::run(crate::web::BoardOptions {
         ws: opts.ws.clone(),
         live: live.clone(),
         last_request: me.last_request.clone(),
+        took_over,
     });
     let notify = crate::web::notify::run(opts.ws.clone(), live.clone(), notify_rx);
     let board_tasks = [

@@ -141,6 +141,14 @@ pub struct BoardOptions {
     /// and open pages count, so an autostarted member does not exit under
     /// a page someone watches.
     pub last_request: Arc<AtomicU64>,
+    /// This primary took over from one it heard moments ago (a failover,
+    /// a handover): the board's port was free for milliseconds at most,
+    /// and open tabs keep their login. Otherwise (a cold start) the board
+    /// starts with a new token: while no member ran, anyone could hold
+    /// its port and serve a page of their own on its origin to a tab left
+    /// open, which could then read the board, token and all, once it is
+    /// back (see docs/design.md, Web board).
+    pub took_over: bool,
 }
 
 /// While this member is primary: serves the board whenever the stored
@@ -151,7 +159,9 @@ pub async fn run(opts: BoardOptions) {
         ws,
         live,
         last_request,
+        took_over,
     } = opts;
+    let mut renew = !took_over;
     let mut watches: Vec<FileWatch> = std::iter::once(settings_path(&ws))
         .chain(live.files().iter().cloned())
         .map(|p| FileWatch::with_writes(&p, RECHECK))
@@ -168,7 +178,13 @@ pub async fn run(opts: BoardOptions) {
                     tracing::info!("web board on port {port} stopped");
                 }
                 if let Some(port) = want {
-                    let server = serve(ws.clone(), live.clone(), last_request.clone(), port);
+                    let server = serve(
+                        ws.clone(),
+                        live.clone(),
+                        last_request.clone(),
+                        port,
+                        std::mem::take(&mut renew),
+                    );
                     serving = Some((port, Serving(crate::loop_watch::spawn("web", server))));
                 }
             }
@@ -214,14 +230,13 @@ fn wanted_port(ws: &Workspace, live: &LiveConfig) -> Option<u16> {
 
 /// Binds `port` on 127.0.0.1 (retrying while it is taken: the primary
 /// before us may still be letting it go) and serves until aborted.
-async fn serve(ws: Workspace, live: Arc<LiveConfig>, last_request: Arc<AtomicU64>, port: u16) {
-    let token = match token(&ws) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("web board not started: {e}");
-            return;
-        }
-    };
+async fn serve(
+    ws: Workspace,
+    live: Arc<LiveConfig>,
+    last_request: Arc<AtomicU64>,
+    port: u16,
+    mut renew: bool,
+) {
     let mut warned = false;
     let listener = loop {
         match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
@@ -232,6 +247,9 @@ async fn serve(ws: Workspace, live: Arc<LiveConfig>, last_request: Arc<AtomicU64
                     let foreign = tokio::task::spawn_blocking(move || port_owner::foreign(port))
                         .await
                         .unwrap_or(None);
+                    // Another user held the port: a tab open on it may
+                    // have been served their page (see `BoardOptions`).
+                    renew |= foreign.is_some();
                     match foreign {
                         Some(uid) => tracing::error!(
                             "web board: 127.0.0.1:{port} is held by another user (uid {uid}); retrying, but choose another port: grove web --port P"
@@ -244,6 +262,18 @@ async fn serve(ws: Workspace, live: Arc<LiveConfig>, last_request: Arc<AtomicU64
                 }
                 tokio::time::sleep(BIND_RETRY).await;
             }
+        }
+    };
+    if renew {
+        let _ = std::fs::remove_file(token_path(&ws));
+    }
+    // Read (or made) once the port is ours: the URL `grove web` prints
+    // names the token the board checks.
+    let token = match token(&ws) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("web board not started: {e}");
+            return;
         }
     };
     tracing::info!("web board on http://127.0.0.1:{port}/");
