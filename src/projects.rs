@@ -198,6 +198,28 @@ pub fn resolve(query: &str) -> Result<Project, String> {
     let path = Path::new(query);
     if path.is_absolute() || query.contains('/') {
         let ws = Workspace::resolve(path).map_err(|e| e.to_string())?;
+        // A directory inside a workspace is not another one: a grove
+        // started there would have none of the workspace's config,
+        // engines or tasks (and `/` is no project at all).
+        if ws.root.parent().is_none() {
+            return Err(format!(
+                "{} is the file system's root, not a project; give a project's directory",
+                ws.root.display()
+            ));
+        }
+        if !ws.state_dir.join("grove.db").exists()
+            && let Some(above) = ws
+                .root
+                .ancestors()
+                .skip(1)
+                .find(|d| d.join(".grove").join("grove.db").exists())
+        {
+            return Err(format!(
+                "{} is inside the workspace {}: give that one (its path, or its name in `projects`)",
+                ws.root.display(),
+                above.display()
+            ));
+        }
         let name = ws
             .root
             .file_name()

@@ -85,6 +85,23 @@ fn members_register_their_workspaces_and_stale_entries_can_be_forgotten() {
     let refused = here.run(&["spawn", "echo x", "--project", "gone"]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--forget"));
+    // A directory inside a workspace is no other project: no grove is
+    // started there, and the workspace above is named. `/` is none.
+    let inside = there.ws.join("src");
+    std::fs::create_dir_all(&inside).unwrap();
+    let refused = here.run(&[
+        "spawn",
+        "echo x",
+        "--project",
+        &inside.display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("is inside the workspace"), "{err}");
+    assert!(!inside.join(".grove").exists(), "a grove was made inside");
+    let refused = here.run(&["spawn", "echo x", "--project", "/"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(!std::path::Path::new("/.grove/grove.db").exists());
     here.ok(&["projects", "--forget", "00000000deadbeef"]);
     assert!(projects(&here).iter().all(|p| p["name"] != "gone"));
     assert_eq!(
