@@ -338,33 +338,44 @@ fn a_deleted_socket_dir_is_rebuilt() {
     g.task_create("echo after the socket dir came back");
 }
 
-#[test]
-fn a_full_disk_is_a_clear_error_and_nothing_is_lost() {
+/// Unmounts (lazily) when dropped, whatever the test's outcome.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A tmpfs of `size` mounted at `mnt` (created), or `None` (said why)
+/// where mounting is not possible: not root, or not allowed here.
+fn small_tmpfs(mnt: &std::path::Path, size: &str) -> Option<Unmount> {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
+        return None;
     }
-    let g = Grove::new();
-    let mnt = g.dir.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
+    std::fs::create_dir(mnt).unwrap();
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(&mnt)
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(mnt)
         .status();
     if !matches!(mounted, Ok(s) if s.success()) {
         eprintln!("skipped: cannot mount a tmpfs here");
+        return None;
+    }
+    Some(Unmount(mnt.to_path_buf()))
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_nothing_is_lost() {
+    let g = Grove::new();
+    let mnt = g.dir.path().join("small");
+    let Some(_unmount) = small_tmpfs(&mnt, "3m") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    };
     let mut g2 = Grove::with_config("heartbeat_ms = 100\n");
     // Put this grove's workspace on the small filesystem.
     let ws = mnt.join("ws");
@@ -417,33 +428,13 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_lost() {
 /// in place once, which every later start called malformed).
 #[test]
 fn a_full_disk_while_the_store_is_created_leaves_no_broken_store() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
     let g = Grove::new();
     let mnt = g.dir.path().join("tiny");
-    std::fs::create_dir(&mnt).unwrap();
     // Room for the workspace's first files, not for a whole store: the
     // size at which the old build left a malformed `grove.db`.
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=400k", "tmpfs"])
-        .arg(&mnt)
-        .status();
-    if !matches!(mounted, Ok(s) if s.success()) {
-        eprintln!("skipped: cannot mount a tmpfs here");
+    let Some(_unmount) = small_tmpfs(&mnt, "400k") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    };
     let mut g2 = Grove::new();
     g2.ws = mnt.join("ws");
     std::fs::create_dir_all(&g2.ws).unwrap();
