@@ -107,7 +107,11 @@ async fn open_stream(
             if status.starts_with("HTTP/1.1 200") {
                 return Ok(lines);
             }
-            return Err(format!("the board refused the event stream: {status}"));
+            // A board that starts cold makes a new token once its port is
+            // bound: the one read above may be the last one. Read again.
+            if !status.starts_with("HTTP/1.1 401") || Instant::now() > until {
+                return Err(format!("the board refused the event stream: {status}"));
+            }
         }
         if Instant::now() > until {
             return Err(format!("the board did not come up within {WAIT:?}"));

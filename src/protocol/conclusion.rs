@@ -106,19 +106,56 @@ pub const MAX_ITEM_BYTES: usize = 1024;
 /// The most of any other text of a conclusion.
 pub const MAX_NOTE_BYTES: usize = 4 * 1024;
 
-/// Cuts `text` to at most `max` bytes (at a character boundary), saying
-/// how much was cut.
+/// Room kept for the note a cut ends with.
+const CUT_NOTE_BYTES: usize = 32;
+
+/// Cuts `text` to at most `max` bytes, the note saying how much was cut
+/// included (at a character boundary). A text within `max` is left as it
+/// is, so bounding what was bounded before changes nothing (every save of
+/// a record bounds it again).
 pub fn cut_text(text: &mut String, max: usize) {
     if text.len() <= max {
         return;
     }
-    let mut end = max;
+    let mut end = max.saturating_sub(CUT_NOTE_BYTES);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     let cut = text.len() - end;
     text.truncate(end);
     text.push_str(&format!(" … ({cut} bytes cut)"));
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn bounding_twice_changes_nothing_and_cuts_say_how_much() {
+        let mut t = "é".repeat(1000);
+        cut_text(&mut t, 101);
+        assert!(t.len() <= 101, "{}", t.len());
+        assert!(t.ends_with("bytes cut)"), "{t}");
+        let once = t.clone();
+        cut_text(&mut t, 101);
+        assert_eq!(t, once);
+        let c = Conclusion {
+            status: ConclusionStatus::Success,
+            summary: "s".repeat(100_000),
+            artifacts: vec!["a".into(); 1000],
+            follow_up: Vec::new(),
+            confidence: None,
+            source: ConclusionSource::Reported,
+            error: None,
+            progress: None,
+            next_step: None,
+            blocked_reason: None,
+        };
+        let once = c.bounded();
+        assert_eq!(once.artifacts.len(), MAX_LIST_ITEMS);
+        assert_eq!(once.artifacts.last().unwrap(), "… (969 more left out)");
+        assert_eq!(once.clone().bounded(), once);
+    }
 }
 
 impl Conclusion {
@@ -129,9 +166,11 @@ impl Conclusion {
     pub fn bounded(mut self) -> Conclusion {
         cut_text(&mut self.summary, MAX_SUMMARY_BYTES);
         for list in [&mut self.artifacts, &mut self.follow_up] {
+            // The marker takes the last place: bounded again, the list is
+            // as it was.
             if list.len() > MAX_LIST_ITEMS {
-                let more = list.len() - MAX_LIST_ITEMS;
-                list.truncate(MAX_LIST_ITEMS);
+                let more = list.len() - (MAX_LIST_ITEMS - 1);
+                list.truncate(MAX_LIST_ITEMS - 1);
                 list.push(format!("… ({more} more left out)"));
             }
             for item in list.iter_mut() {

@@ -125,6 +125,8 @@ fn turn_conclusion(acp: &str) -> Option<Conclusion> {
 /// the agent reported through `task.conclude` is not replaced by grove's
 /// guess), then judged by the task's goal, if it pursues one.
 fn concluded(c: &mut Ctx<'_>, id: &str, con: Conclusion) -> Result<(), Applied> {
+    // Bounded before the goal keeps its texts too (see `Conclusion::bounded`).
+    let con = con.bounded();
     let mut task = existing(c.tx, id)?;
     let own = (task.conclusion.as_ref()).is_some_and(|o| o.source == ConclusionSource::Reported);
     if !own || con.source == ConclusionSource::Reported {

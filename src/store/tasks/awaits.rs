@@ -354,7 +354,7 @@ fn resume_parent(c: &mut Ctx<'_>, parent_id: &str, text: String) -> Result<(), A
         TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Paused => {
             if let Some(text) = text {
                 let mut parent = parent;
-                parent.spec.prompt = format!("{}\n\n{text}", parent.spec.prompt);
+                parent.spec.prompt = lineage::fit_prompt(&parent.spec.prompt, &text);
                 super::change::save(c, parent)?.map_err(Applied::Refused)?;
             }
         }

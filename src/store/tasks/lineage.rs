@@ -114,6 +114,18 @@ fn check_spec(tx: &Connection, spec: &TaskSpec) -> Result<Vec<TaskStatus>, Appli
     }
     no_nul(&spec.prompt, "the prompt")?;
     too_long(&spec.prompt, "the prompt")?;
+    // The rest of the spec (environment, tags, arguments, model) beside
+    // the prompt: a record travels whole in each event about it, which
+    // must stay within a frame with the conclusion to come.
+    let size = crate::protocol::encode(spec).len();
+    if size > MAX_SPEC_BYTES {
+        return Err(refused(
+            ErrorCode::InvalidParams,
+            format!(
+                "the task is {size} bytes with its environment, tags and arguments, more than the {MAX_SPEC_BYTES} a task keeps; pass large values through a file"
+            ),
+        ));
+    }
     if spec.timeout_ms == Some(0) {
         return Err(refused(ErrorCode::InvalidParams, "timeout must be > 0"));
     }
@@ -298,6 +310,64 @@ pub(super) fn no_nul(text: &str, what: &str) -> Result<(), Applied> {
     }
 }
 
+/// What a user sends to a resume or relaunch (a new prompt, instructions
+/// added to the old one) is refused when the prompt would be longer than
+/// a record keeps. Only there: the same writes made inside a child's end
+/// (an await's results, a goal's next iteration) are never refused, and
+/// fit the prompt instead ([`fit_prompt`]).
+pub(super) fn check_sent_prompt(
+    tx: &Connection,
+    id: &str,
+    instructions: Option<&str>,
+    changes: &TaskChanges,
+) -> Result<(), Applied> {
+    if let Some(p) = &changes.prompt {
+        too_long(p, "the new prompt")?;
+    }
+    let Some(extra) = instructions.filter(|s| !s.trim().is_empty()) else {
+        return Ok(());
+    };
+    let base = match &changes.prompt {
+        Some(p) => p.len(),
+        None => rows::get(tx, id)?.map_or(0, |t| t.spec.prompt.len()),
+    };
+    if base + 2 + extra.len() > crate::protocol::MAX_PROMPT_BYTES {
+        return Err(refused(
+            ErrorCode::InvalidParams,
+            format!(
+                "the prompt with the instructions would be {} bytes, more than the {} a task keeps; put the long part in a file and name it",
+                base + 2 + extra.len(),
+                crate::protocol::MAX_PROMPT_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `prompt` with `extra` after it, within what a record keeps: when too
+/// long, the end of the earlier prompt goes (its start, the task's own
+/// words, and the newest text stay), saying so. For writes that are never
+/// refused: an await's results piling up over resurrections.
+pub(super) fn fit_prompt(prompt: &str, extra: &str) -> String {
+    const CUT: &str = "\n\n[grove: earlier text cut here to keep the prompt within its bound]";
+    let max = crate::protocol::MAX_PROMPT_BYTES;
+    if prompt.len() + 2 + extra.len() <= max {
+        return format!("{prompt}\n\n{extra}");
+    }
+    let mut keep = max
+        .saturating_sub(extra.len() + 2 + CUT.len())
+        .min(prompt.len());
+    while !prompt.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{CUT}\n\n{extra}", &prompt[..keep])
+}
+
+/// The most a task's spec may take encoded: the prompt's bound and room
+/// for its environment, tags and arguments, leaving a frame room for the
+/// rest of the record (a bounded conclusion, progress).
+const MAX_SPEC_BYTES: usize = 640 * 1024;
+
 /// A prompt longer than a task record may keep (`MAX_PROMPT_BYTES`).
 pub(super) fn too_long(text: &str, what: &str) -> Result<(), Applied> {
     let max = crate::protocol::MAX_PROMPT_BYTES;
@@ -321,7 +391,6 @@ pub(super) fn check_changes(changes: &TaskChanges) -> Result<(), Applied> {
     }
     if let Some(p) = &changes.prompt {
         no_nul(p, "the new prompt")?;
-        too_long(p, "the new prompt")?;
     }
     if changes.timeout_ms == Some(0) {
         return Err(refused(ErrorCode::InvalidParams, "timeout must be > 0"));
@@ -373,7 +442,9 @@ pub(super) fn retry(c: &mut Ctx<'_>, id: &str) -> Res {
         && spec.engine != "shell"
         && let Some(notice) = retry_notice(&old)
     {
-        spec.prompt = format!("{notice}\n\n{}", spec.prompt);
+        if notice.len() + 2 + spec.prompt.len() <= crate::protocol::MAX_PROMPT_BYTES {
+            spec.prompt = format!("{notice}\n\n{}", spec.prompt);
+        }
     }
     let task = new_task(c, spec, Some(old.id.clone()), old.attempt + 1)?;
     create(c, task)
@@ -441,8 +512,7 @@ pub(super) fn relaunch(
     if let Some(extra) = instructions.filter(|s| !s.trim().is_empty()) {
         refuse_instructions_for_shell(&task.spec, id)?;
         no_nul(extra, "the instructions")?;
-        task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
-        too_long(&task.spec.prompt, "the prompt with the instructions")?;
+        task.spec.prompt = fit_prompt(&task.spec.prompt, extra);
     }
     let task = rearm(c, task)?;
     if task.status == TaskStatus::Failed {

@@ -186,13 +186,19 @@ pub(super) fn apply(c: &mut Ctx<'_>, op: TaskOp<'_>) -> Res {
             id,
             instructions,
             changes,
-        } => runs::resume(c, id, instructions, changes),
+        } => {
+            lineage::check_sent_prompt(c.tx, id, instructions, changes)?;
+            runs::resume(c, id, instructions, changes)
+        }
         TaskOp::Retry { id } => lineage::retry(c, id),
         TaskOp::Relaunch {
             id,
             instructions,
             changes,
-        } => lineage::relaunch(c, id, instructions, changes),
+        } => {
+            lineage::check_sent_prompt(c.tx, id, instructions, changes)?;
+            lineage::relaunch(c, id, instructions, changes)
+        }
         TaskOp::Conclude { id, conclusion } => {
             let mut task = existing(c.tx, id)?;
             if task.status.is_terminal() {

@@ -204,8 +204,7 @@ pub(super) fn resume(
     if let Some(extra) = extra {
         super::lineage::refuse_instructions_for_shell(&task.spec, id)?;
         super::lineage::no_nul(extra, "the instructions")?;
-        task.spec.prompt = format!("{}\n\n{}", task.spec.prompt, extra);
-        super::lineage::too_long(&task.spec.prompt, "the prompt with the instructions")?;
+        task.spec.prompt = super::lineage::fit_prompt(&task.spec.prompt, extra);
     }
     if rerun && had_run {
         // The orchestrator kills the old run, whose id no longer matches.

@@ -312,7 +312,7 @@ fn a_huge_conclusion_is_kept_bounded_and_its_events_fit_a_frame() {
     }
     let kept = s.task(&t).unwrap().conclusion.unwrap();
     assert!(kept.summary.len() < 40_000 && kept.summary.ends_with("bytes cut)"));
-    assert_eq!(kept.artifacts.len(), 33);
+    assert_eq!(kept.artifacts.len(), 32);
     // The results prompt of two such children stays within its 64 KiB.
     let children = vec![
         ("c1".to_string(), s.task(&t)),
@@ -343,4 +343,65 @@ fn a_prompt_longer_than_a_record_keeps_is_refused() {
     }));
     let err = out.result.expect_err("refused");
     assert!(err.message.contains("more than the"), "{}", err.message);
+}
+
+/// An await's results are appended to a finished parent's prompt at each
+/// resurrection; once the prompt passed what a record keeps, the relaunch
+/// inside the child's end was refused, and so the child's end itself (and
+/// its cancel), for good. The prompt is fitted instead: never refused.
+#[test]
+fn a_childs_end_is_never_refused_for_its_parents_prompt_length() {
+    use crate::protocol::{AwaitPolicy, AwaitSpec, MAX_PROMPT_BYTES};
+    let mut s = Store::new();
+    let parent = expect_task(
+        s.apply(&Method::TaskCreate(NewTask {
+            prompt: "p".repeat(MAX_PROMPT_BYTES - 10),
+            engine: Some("agent".into()),
+            ..Default::default()
+        }))
+        .result,
+    )
+    .id;
+    s.start(&parent, "p1");
+    let child = expect_task(
+        s.apply(&Method::TaskCreate(NewTask {
+            prompt: "true".into(),
+            parent_id: Some(parent.clone()),
+            ..Default::default()
+        }))
+        .result,
+    )
+    .id;
+    s.ok(Method::TaskAwait(AwaitSpec {
+        parent_id: parent.clone(),
+        children: vec![child.clone()],
+        policy: AwaitPolicy::All,
+        quorum: None,
+        timeout_ms: None,
+    }));
+    s.ok(super::exit_method(&parent, "p1", Exit::Code0));
+    s.run(&child, "c1", Exit::Code0);
+    let p = s.task(&parent).unwrap();
+    assert!(p.spec.prompt.len() <= MAX_PROMPT_BYTES);
+    assert!(
+        p.spec.prompt.contains("earlier text cut"),
+        "the cut is said"
+    );
+    assert!(
+        p.spec
+            .prompt
+            .contains(&format!("[delegated-result {child}"))
+    );
+    // A user's relaunch that would pass the bound is refused, with why.
+    let out = s.apply(&Method::TaskRelaunch {
+        id: child.clone(),
+        instructions: Some("x".repeat(MAX_PROMPT_BYTES)),
+        changes: Default::default(),
+    });
+    assert!(
+        out.result
+            .expect_err("refused")
+            .message
+            .contains("more than the")
+    );
 }
