@@ -441,10 +441,9 @@ pub(super) fn retry(c: &mut Ctx<'_>, id: &str) -> Res {
     if c.limits.retry_notice
         && spec.engine != "shell"
         && let Some(notice) = retry_notice(&old)
+        && notice.len() + 2 + spec.prompt.len() <= crate::protocol::MAX_PROMPT_BYTES
     {
-        if notice.len() + 2 + spec.prompt.len() <= crate::protocol::MAX_PROMPT_BYTES {
-            spec.prompt = format!("{notice}\n\n{}", spec.prompt);
-        }
+        spec.prompt = format!("{notice}\n\n{}", spec.prompt);
     }
     let task = new_task(c, spec, Some(old.id.clone()), old.attempt + 1)?;
     create(c, task)
