@@ -126,38 +126,6 @@ pub fn cut_text(text: &mut String, max: usize) {
     text.push_str(&format!(" … ({cut} bytes cut)"));
 }
 
-#[cfg(test)]
-mod bound_tests {
-    use super::*;
-
-    #[test]
-    fn bounding_twice_changes_nothing_and_cuts_say_how_much() {
-        let mut t = "é".repeat(1000);
-        cut_text(&mut t, 101);
-        assert!(t.len() <= 101, "{}", t.len());
-        assert!(t.ends_with("bytes cut)"), "{t}");
-        let once = t.clone();
-        cut_text(&mut t, 101);
-        assert_eq!(t, once);
-        let c = Conclusion {
-            status: ConclusionStatus::Success,
-            summary: "s".repeat(100_000),
-            artifacts: vec!["a".into(); 1000],
-            follow_up: Vec::new(),
-            confidence: None,
-            source: ConclusionSource::Reported,
-            error: None,
-            progress: None,
-            next_step: None,
-            blocked_reason: None,
-        };
-        let once = c.bounded();
-        assert_eq!(once.artifacts.len(), MAX_LIST_ITEMS);
-        assert_eq!(once.artifacts.last().unwrap(), "… (969 more left out)");
-        assert_eq!(once.clone().bounded(), once);
-    }
-}
-
 impl Conclusion {
     /// This conclusion as a task record keeps it: every text bounded. A
     /// task's record travels whole in every event about it, and an event
@@ -225,5 +193,37 @@ impl Conclusion {
             next_step: None,
             blocked_reason: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn bounding_twice_changes_nothing_and_cuts_say_how_much() {
+        let mut t = "é".repeat(1000);
+        cut_text(&mut t, 101);
+        assert!(t.len() <= 101, "{}", t.len());
+        assert!(t.ends_with("bytes cut)"), "{t}");
+        let once = t.clone();
+        cut_text(&mut t, 101);
+        assert_eq!(t, once);
+        let c = Conclusion {
+            status: ConclusionStatus::Success,
+            summary: "s".repeat(100_000),
+            artifacts: vec!["a".into(); 1000],
+            follow_up: Vec::new(),
+            confidence: None,
+            source: ConclusionSource::Reported,
+            error: None,
+            progress: None,
+            next_step: None,
+            blocked_reason: None,
+        };
+        let once = c.bounded();
+        assert_eq!(once.artifacts.len(), MAX_LIST_ITEMS);
+        assert_eq!(once.artifacts.last().unwrap(), "… (969 more left out)");
+        assert_eq!(once.clone().bounded(), once);
     }
 }
