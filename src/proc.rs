@@ -177,18 +177,29 @@ pub fn descendants_but_members(root: u32) -> Vec<Stat> {
         .collect()
 }
 
-/// Whether `pid` runs this binary (the same file, even replaced since) as
-/// `grove serve`.
+/// Whether `pid` runs grove (this binary's path, whichever build of it:
+/// an upgrade replaces the file under running processes) as a member, or
+/// as a part a member started that outlives its parent there: a shim (the
+/// fork server's shims, orphaned when it exits idle) or a shared agent's
+/// host. Such processes serve a workspace, not the run they happen to be
+/// below (see `descendants_but_members`).
 fn is_grove_member(pid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let same_binary = match (
-        std::fs::metadata(format!("/proc/{pid}/exe")),
-        std::fs::metadata("/proc/self/exe"),
-    ) {
-        (Ok(theirs), Ok(ours)) => theirs.dev() == ours.dev() && theirs.ino() == ours.ino(),
+    let path = |p: &str| {
+        std::fs::read_link(p).ok().map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_suffix(" (deleted)")
+                .map(str::to_string)
+                .unwrap_or(l)
+        })
+    };
+    let same_binary = match (path(&format!("/proc/{pid}/exe")), path("/proc/self/exe")) {
+        (Some(theirs), Some(ours)) => theirs == ours,
         _ => false,
     };
-    same_binary && cmdline(pid).get(1).is_some_and(|a| a == "serve")
+    same_binary
+        && cmdline(pid)
+            .get(1)
+            .is_some_and(|a| matches!(a.as_str(), "serve" | "shim" | "agent-host"))
 }
 
 fn descendants_in(root: u32, all: &[Stat]) -> Vec<Stat> {

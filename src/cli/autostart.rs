@@ -61,23 +61,45 @@ impl Context {
         // members holds none of the tasks waited for, and no event of the
         // new one will ever end the wait.
         let store = store_identity(&self.ws.db_path());
+        let mut store_missing_since: Option<std::time::Instant> = None;
+        // When the last member this wait started came up: one that stays
+        // up a while resets the count of restarts.
+        let mut started_at: Option<std::time::Instant> = None;
         loop {
             tokio::time::sleep(MEMBER_CHECK).await;
             let now = std::time::Instant::now();
-            if let Some(was) = store
-                && let Some(is) = store_identity(&self.ws.db_path())
-                && is != was
-            {
-                return CliError::Unavailable(format!(
-                    "the workspace's store was replaced ({} was deleted and made anew): the tasks waited for are not in it",
-                    self.ws.state_dir.display()
-                ));
+            if let Some(was) = store {
+                match store_identity(&self.ws.db_path()) {
+                    Some(is) if is != was => {
+                        return CliError::Unavailable(format!(
+                            "the workspace's store was replaced ({} was deleted and made anew): the tasks waited for are not in it",
+                            self.ws.state_dir.display()
+                        ));
+                    }
+                    Some(_) => store_missing_since = None,
+                    // Gone, and not made anew by a member meanwhile: not
+                    // brought back by starting one (which would make an
+                    // empty store) either.
+                    None => {
+                        let since = *store_missing_since.get_or_insert(now);
+                        if now.duration_since(since) >= NO_PRIMARY_GRACE {
+                            return CliError::Unavailable(format!(
+                                "the workspace's store is gone ({} was deleted): the tasks waited for went with it",
+                                self.ws.state_dir.display()
+                            ));
+                        }
+                        continue;
+                    }
+                }
             }
             // Whether a primary runs is read from its record, which wakes
             // nobody; whether it answers is asked only now and then.
             let record = crate::primary_record::PrimaryRecord::read(&self.ws);
             if record.is_some_and(|r| r.same_process_runs()) {
                 missing_since = None;
+                if started_at.is_some_and(|at| now.duration_since(at) >= STAYED_UP) {
+                    (started, started_at) = (0, None);
+                }
                 if now < next_ping {
                     continue;
                 }
@@ -117,6 +139,7 @@ impl Context {
                 return e;
             }
             started += 1;
+            started_at = Some(std::time::Instant::now());
             missing_since = None;
             client = self.client();
         }
@@ -215,9 +238,13 @@ impl Context {
     }
 }
 
-/// The most members one waiting command starts: one that keeps going
-/// away is not fixed by starting more.
+/// The most members one waiting command starts in a row: one that keeps
+/// going away is not fixed by starting more.
 const MAX_RESTARTS: u32 = 3;
+
+/// How long a member started by a waiting command must stay up for the
+/// count of restarts to start over.
+const STAYED_UP: Duration = Duration::from_secs(60);
 
 /// The store file's identity (device, inode), when it exists.
 fn store_identity(db: &std::path::Path) -> Option<(u64, u64)> {

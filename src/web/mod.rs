@@ -242,14 +242,16 @@ async fn serve(
         match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
             Ok(l) => break l,
             Err(e) => {
+                // Who holds it, at every failed try (the kernel's tables,
+                // read off the event loop): another user may take the port
+                // after our first try found the last primary still on it.
+                let foreign = tokio::task::spawn_blocking(move || port_owner::foreign(port))
+                    .await
+                    .unwrap_or(None);
+                // Another user held the port: a tab open on it may have
+                // been served their page (see `BoardOptions`).
+                renew |= foreign.is_some();
                 if !warned {
-                    // The kernel's tables read off the event loop.
-                    let foreign = tokio::task::spawn_blocking(move || port_owner::foreign(port))
-                        .await
-                        .unwrap_or(None);
-                    // Another user held the port: a tab open on it may
-                    // have been served their page (see `BoardOptions`).
-                    renew |= foreign.is_some();
                     match foreign {
                         Some(uid) => tracing::error!(
                             "web board: 127.0.0.1:{port} is held by another user (uid {uid}); retrying, but choose another port: grove web --port P"
