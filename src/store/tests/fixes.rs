@@ -223,35 +223,8 @@ fn a_prompt_with_a_nul_byte_is_refused_when_written() {
 /// child's end). A shell parent is rerun as it was.
 #[test]
 fn a_shell_parent_is_resumed_without_its_childrens_words_in_its_command() {
-    use crate::protocol::{AwaitPolicy, AwaitSpec};
     let mut s = Store::new();
-    let parent = expect_task(
-        s.apply(&Method::TaskCreate(NewTask {
-            prompt: "echo parent".into(),
-            engine: Some("shell".into()),
-            ..Default::default()
-        }))
-        .result,
-    )
-    .id;
-    s.start(&parent, "p1");
-    let child = expect_task(
-        s.apply(&Method::TaskCreate(NewTask {
-            prompt: "true".into(),
-            parent_id: Some(parent.clone()),
-            ..Default::default()
-        }))
-        .result,
-    )
-    .id;
-    s.ok(Method::TaskAwait(AwaitSpec {
-        parent_id: parent.clone(),
-        children: vec![child.clone()],
-        policy: AwaitPolicy::All,
-        quorum: None,
-        timeout_ms: None,
-    }));
-    s.ok(super::exit_method(&parent, "p1", Exit::Code0));
+    let (parent, child) = parent_awaiting_a_child(&mut s, "echo parent", "shell");
     // The child's end commits, and the parent runs again, as it was.
     s.run(&child, "c1", Exit::Code0);
     let p = s.task(&parent).unwrap();
@@ -351,35 +324,10 @@ fn a_prompt_longer_than_a_record_keeps_is_refused() {
 /// its cancel), for good. The prompt is fitted instead: never refused.
 #[test]
 fn a_childs_end_is_never_refused_for_its_parents_prompt_length() {
-    use crate::protocol::{AwaitPolicy, AwaitSpec, MAX_PROMPT_BYTES};
+    use crate::protocol::MAX_PROMPT_BYTES;
     let mut s = Store::new();
-    let parent = expect_task(
-        s.apply(&Method::TaskCreate(NewTask {
-            prompt: "p".repeat(MAX_PROMPT_BYTES - 10),
-            engine: Some("agent".into()),
-            ..Default::default()
-        }))
-        .result,
-    )
-    .id;
-    s.start(&parent, "p1");
-    let child = expect_task(
-        s.apply(&Method::TaskCreate(NewTask {
-            prompt: "true".into(),
-            parent_id: Some(parent.clone()),
-            ..Default::default()
-        }))
-        .result,
-    )
-    .id;
-    s.ok(Method::TaskAwait(AwaitSpec {
-        parent_id: parent.clone(),
-        children: vec![child.clone()],
-        policy: AwaitPolicy::All,
-        quorum: None,
-        timeout_ms: None,
-    }));
-    s.ok(super::exit_method(&parent, "p1", Exit::Code0));
+    let long = "p".repeat(MAX_PROMPT_BYTES - 10);
+    let (parent, child) = parent_awaiting_a_child(&mut s, &long, "agent");
     s.run(&child, "c1", Exit::Code0);
     let p = s.task(&parent).unwrap();
     assert!(p.spec.prompt.len() <= MAX_PROMPT_BYTES);
@@ -404,4 +352,38 @@ fn a_childs_end_is_never_refused_for_its_parents_prompt_length() {
             .message
             .contains("more than the")
     );
+}
+
+/// A parent (`prompt`, `engine`) that ran, awaited its one child and
+/// ended its run: the child's end fires the await. (parent, child)
+fn parent_awaiting_a_child(s: &mut Store, prompt: &str, engine: &str) -> (String, String) {
+    use crate::protocol::{AwaitPolicy, AwaitSpec};
+    let create =
+        |s: &mut Store, new: NewTask| expect_task(s.apply(&Method::TaskCreate(new)).result).id;
+    let parent = create(
+        s,
+        NewTask {
+            prompt: prompt.into(),
+            engine: Some(engine.into()),
+            ..Default::default()
+        },
+    );
+    s.start(&parent, "p1");
+    let child = create(
+        s,
+        NewTask {
+            prompt: "true".into(),
+            parent_id: Some(parent.clone()),
+            ..Default::default()
+        },
+    );
+    s.ok(Method::TaskAwait(AwaitSpec {
+        parent_id: parent.clone(),
+        children: vec![child.clone()],
+        policy: AwaitPolicy::All,
+        quorum: None,
+        timeout_ms: None,
+    }));
+    s.ok(super::exit_method(&parent, "p1", Exit::Code0));
+    (parent, child)
 }
