@@ -118,10 +118,7 @@ fn corrupt_primary_json_is_ignored_and_rewritten() {
 
 /// The directory of the serving primary's sockets, from `status`.
 fn socket_dir(g: &Grove) -> std::path::PathBuf {
-    let rpc = g.status()["primary"]["rpc_endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rpc = g.rpc_endpoint();
     std::path::Path::new(rpc.trim_start_matches("ipc://"))
         .parent()
         .unwrap()

@@ -111,34 +111,17 @@ fn pipelined_writes_wait_for_the_store_within_the_write_budget() {
     let mut g = Grove::new();
     let i = g.serve();
     let (pid, _) = g.wait_primary();
-    let rpc = g.status()["primary"]["rpc_endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rpc = g.rpc_endpoint();
     let blocker = g.ok(&["spawn", "sleep 600"]);
     let release = g.dir.path().join("release-the-store");
     let before = rss_kib(pid);
-    let request = |n: usize, prompt: String| frame(n, flood_create(&blocker, prompt));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let (sent, peak) = rt.block_on(async {
         let holder = hold_store(&rpc, &blocker, &release).await;
-        let mut flood = zeromq::DealerSocket::new();
-        flood.connect(&rpc).await.unwrap();
-        let prompt = "x".repeat(8 * 1024);
-        let mut sent = 0;
-        for n in 1..=40_000 {
-            let msg = request(n, prompt.clone());
-            let send = flood.send(msg.into());
-            match tokio::time::timeout(std::time::Duration::from_secs(3), send).await {
-                Ok(r) => r.unwrap(),
-                // The primary stopped taking requests.
-                Err(_) => break,
-            }
-            sent += 1;
-        }
+        let (flood, sent) = flood_until_held_up(&rpc, &blocker, 40_000).await;
         let peak = rss_kib(pid);
         std::fs::write(&release, b"").unwrap();
         drop((holder, flood));
@@ -216,6 +199,29 @@ async fn hold_store(rpc: &str, blocker: &str, release: &std::path::Path) -> zero
     holder
 }
 
+/// One client pipelining up to `most` 8 KiB `task.create`s without reading
+/// an answer, until a send stays blocked for 3 s (the primary stopped
+/// taking its requests). The client, and how many it sent.
+async fn flood_until_held_up(
+    rpc: &str,
+    blocker: &str,
+    most: usize,
+) -> (zeromq::DealerSocket, usize) {
+    let mut flood = zeromq::DealerSocket::new();
+    flood.connect(rpc).await.unwrap();
+    let prompt = "x".repeat(8 * 1024);
+    let mut sent = 0;
+    for n in 1..=most {
+        let send = flood.send(frame(n, flood_create(blocker, prompt.clone())).into());
+        match tokio::time::timeout(std::time::Duration::from_secs(3), send).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => break,
+        }
+        sent += 1;
+    }
+    (flood, sent)
+}
+
 /// One client pipelining writes gets a quarter of the write budget: past
 /// that the primary stops taking its requests only, and keeps serving
 /// everyone else. Before, its flood took the whole budget while the store
@@ -226,10 +232,7 @@ fn one_pipelining_client_does_not_hold_the_others_up() {
     let mut g = Grove::new();
     g.serve();
     g.wait_primary();
-    let rpc = g.status()["primary"]["rpc_endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rpc = g.rpc_endpoint();
     let blocker = g.ok(&["spawn", "sleep 600"]);
     let release = g.dir.path().join("release-the-store");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -238,19 +241,7 @@ fn one_pipelining_client_does_not_hold_the_others_up() {
         .unwrap();
     let (sent, ponged) = rt.block_on(async {
         let holder = hold_store(&rpc, &blocker, &release).await;
-        let mut flood = zeromq::DealerSocket::new();
-        flood.connect(&rpc).await.unwrap();
-        let prompt = "x".repeat(8 * 1024);
-        let mut sent = 0;
-        for n in 1..=20_000 {
-            let send = flood.send(frame(n, flood_create(&blocker, prompt.clone())).into());
-            match tokio::time::timeout(std::time::Duration::from_secs(3), send).await {
-                Ok(r) => r.unwrap(),
-                // The primary stopped taking this client's requests.
-                Err(_) => break,
-            }
-            sent += 1;
-        }
+        let (flood, sent) = flood_until_held_up(&rpc, &blocker, 20_000).await;
         // The store is still held: only a primary that takes the others'
         // requests meanwhile can answer this.
         let mut other = zeromq::DealerSocket::new();
@@ -314,10 +305,7 @@ fn deaf_replays(peers: usize, each: usize) -> u64 {
     let mut g = Grove::new();
     g.serve();
     let (pid, _) = g.wait_primary();
-    let rpc = g.status()["primary"]["rpc_endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rpc = g.rpc_endpoint();
     let blocker = g.ok(&["spawn", "sleep 600"]);
     let request = rmp_serde::to_vec_named(&grove::protocol::Request {
         v: 1,

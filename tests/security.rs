@@ -28,10 +28,7 @@ fn state_dir_socket_dir_and_logs_are_private() {
     for f in ["grove.db", "grove.db-wal", "grove.db-shm"] {
         assert_eq!(mode(&g.ws.join(".grove").join(f)), 0o600, "{f}");
     }
-    let rpc = g.status()["primary"]["rpc_endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rpc = g.rpc_endpoint();
     let sock = std::path::PathBuf::from(rpc.trim_start_matches("ipc://"));
     assert_eq!(mode(sock.parent().unwrap()), 0o700);
     assert_eq!(mode(&sock) & 0o077, 0, "socket file open to others");
@@ -142,10 +139,7 @@ fn another_local_user_cannot_connect() {
     let mut g = Grove::new();
     g.serve();
     g.wait_primary();
-    let rpc = g.status()["primary"]["rpc_endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rpc = g.rpc_endpoint();
     let path = rpc.trim_start_matches("ipc://").to_string();
     // The other user tries the socket itself, below our 0700 directory.
     let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1]); print('CONNECTED')\nexcept OSError as e:\n    print('DENIED', e.errno)";

@@ -41,7 +41,8 @@ impl Context {
     /// Keeps a member running while a command waits for tasks (`run`,
     /// `wait`, `spawn --wait`, `logs -f`): run beside the wait, it returns
     /// only when waiting has become hopeless, with the error to exit with.
-    /// It reads `primary.json` twice a second and pings every 5 s.
+    /// It is woken by `primary.json` changing (inotify) and by the
+    /// primary's exit (a pidfd), and pings a running primary every 5 s.
     /// A wait follows the bus and the store, both of which a new primary
     /// serves again; with no member left at all (the last one stopped,
     /// killed, or its `.grove` deleted) nothing would ever end the wait.
@@ -50,77 +51,71 @@ impl Context {
     /// autostart does (the tasks' shims outlived the old one and report to
     /// the new), or without autostart the command says so and exits 3. A
     /// primary that exists but does not answer for [`UNRESPONSIVE_GIVE_UP`]
-    /// (stopped, stuck) ends the wait the same way.
+    /// (stopped, stuck), and a store replaced or gone, end the wait too.
     pub async fn keep_member(&self) -> CliError {
+        use std::time::Instant;
         let mut client = self.client();
-        let mut missing_since: Option<std::time::Instant> = None;
-        let mut silent_since: Option<std::time::Instant> = None;
-        let mut next_ping = std::time::Instant::now() + PING_EVERY;
-        let mut started = 0;
+        let mut watch = crate::primary_record::PrimaryWatch::new(&self.ws);
         // The store the wait reads: a `.grove` deleted and rebuilt by the
         // members holds none of the tasks waited for, and no event of the
         // new one will ever end the wait.
         let store = store_identity(&self.ws.db_path());
-        let mut store_missing_since: Option<std::time::Instant> = None;
+        let mut silent_since: Option<Instant> = None;
+        let mut started = 0;
         // When the last member this wait started came up: one that stays
         // up a while resets the count of restarts.
-        let mut started_at: Option<std::time::Instant> = None;
+        let mut started_at: Option<Instant> = None;
         loop {
-            tokio::time::sleep(MEMBER_CHECK).await;
-            let now = std::time::Instant::now();
-            if let Some(was) = store {
-                match store_identity(&self.ws.db_path()) {
-                    Some(is) if is != was => {
-                        return CliError::Unavailable(format!(
-                            "the workspace's store was replaced ({} was deleted and made anew): the tasks waited for are not in it",
-                            self.ws.state_dir.display()
-                        ));
-                    }
-                    Some(_) => store_missing_since = None,
-                    // Gone, and not made anew by a member meanwhile: not
-                    // brought back by starting one (which would make an
-                    // empty store) either.
-                    None => {
-                        let since = *store_missing_since.get_or_insert(now);
-                        if now.duration_since(since) >= NO_PRIMARY_GRACE {
-                            return CliError::Unavailable(format!(
-                                "the workspace's store is gone ({} was deleted): the tasks waited for went with it",
-                                self.ws.state_dir.display()
-                            ));
-                        }
-                        continue;
-                    }
-                }
+            watch.poll();
+            if let Some(e) = self.store_lost(store) {
+                return e;
             }
-            // Whether a primary runs is read from its record, which wakes
-            // nobody; whether it answers is asked only now and then.
-            let record = crate::primary_record::PrimaryRecord::read(&self.ws);
-            if record.is_some_and(|r| r.same_process_runs()) {
-                missing_since = None;
-                if started_at.is_some_and(|at| now.duration_since(at) >= STAYED_UP) {
+            let running = (watch.current())
+                .filter(|r| r.same_process_runs())
+                .map(|r| r.pid);
+            if let Some(pid) = running {
+                if started_at.is_some_and(|at| at.elapsed() >= STAYED_UP) {
                     (started, started_at) = (0, None);
                 }
-                if now < next_ping {
-                    continue;
-                }
-                next_ping = now + PING_EVERY;
-                match crate::client::ping(&mut client).await {
-                    Ok(_) => silent_since = None,
-                    Err(e) => {
-                        let silent = *silent_since.get_or_insert(now);
-                        if now.duration_since(silent) >= UNRESPONSIVE_GIVE_UP {
-                            return CliError::Unavailable(format!(
-                                "stopped waiting: the primary has not answered for {} s ({e}); the tasks' runs go on: wait again once it answers",
-                                UNRESPONSIVE_GIVE_UP.as_secs()
-                            ));
+                let exit = crate::proc::ExitWatch::new(pid, PING_EVERY);
+                tokio::select! {
+                    _ = exit.exited() => {}
+                    _ = watch.next_change() => {}
+                    _ = tokio::time::sleep(PING_EVERY) => {
+                        match crate::client::ping(&mut client).await {
+                            Ok(_) => silent_since = None,
+                            Err(e) => {
+                                let silent = *silent_since.get_or_insert_with(Instant::now);
+                                if silent.elapsed() >= UNRESPONSIVE_GIVE_UP {
+                                    return CliError::Unavailable(format!(
+                                        "stopped waiting: the primary has not answered for {} s ({e}); the tasks' runs go on: wait again once it answers",
+                                        UNRESPONSIVE_GIVE_UP.as_secs()
+                                    ));
+                                }
+                            }
                         }
                     }
                 }
                 continue;
             }
             silent_since = None;
-            if now.duration_since(*missing_since.get_or_insert(now)) < NO_PRIMARY_GRACE {
+            // No primary: a failover names a new one within milliseconds.
+            let appeared = tokio::time::timeout(NO_PRIMARY_GRACE, async {
+                loop {
+                    watch.next_change().await;
+                    watch.poll();
+                    if watch.current().is_some_and(|r| r.same_process_runs()) {
+                        return;
+                    }
+                }
+            })
+            .await
+            .is_ok();
+            if appeared {
                 continue;
+            }
+            if let Some(e) = self.store_lost(store) {
+                return e;
             }
             if !self.autostart {
                 return CliError::Unavailable(format!(
@@ -139,10 +134,27 @@ impl Context {
                 return e;
             }
             started += 1;
-            started_at = Some(std::time::Instant::now());
-            missing_since = None;
+            started_at = Some(Instant::now());
             client = self.client();
         }
+    }
+
+    /// Why the store a wait began with is of no more use: replaced (`.grove`
+    /// deleted and made anew), or gone (and starting a member would make an
+    /// empty one). `None` while it is the same file, or there was none.
+    fn store_lost(&self, was: Option<(u64, u64)>) -> Option<CliError> {
+        let was = was?;
+        let why = match store_identity(&self.ws.db_path()) {
+            Some(is) if is == was => return None,
+            Some(_) => {
+                "was replaced (its .grove deleted and made anew): the tasks waited for are not in it"
+            }
+            None => "is gone (its .grove deleted): the tasks waited for went with it",
+        };
+        Some(CliError::Unavailable(format!(
+            "the workspace's store ({}) {why}",
+            self.ws.db_path().display()
+        )))
     }
 
     /// Starts one background member, unless another command started one
@@ -251,9 +263,6 @@ fn store_identity(db: &std::path::Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(db).ok().map(|m| (m.dev(), m.ino()))
 }
-
-/// How often a waiting command asks whether a member still runs.
-const MEMBER_CHECK: Duration = Duration::from_millis(500);
 
 /// How long a waiting command lets the workspace go without a primary
 /// before it starts one (or gives up): a failover takes milliseconds, a

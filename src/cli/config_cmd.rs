@@ -228,9 +228,10 @@ fn trust(ctx: &Context, revoke: bool, show: bool) -> Result<i32, CliError> {
 /// of a file it shows whole.
 const MAX_CHANGED_LINES: usize = 200;
 
-/// The most lines a side may have for the line diff (its table is the
-/// product of both sides).
-const MAX_DIFF_LINES: usize = 2_000;
+/// The most lines a side may have for the line diff: its table is the
+/// product of both sides (4 MB at this bound), for a config file of a few
+/// dozen lines as a rule.
+const MAX_DIFF_LINES: usize = 1_000;
 
 /// `text`'s lines, at most [`MAX_CHANGED_LINES`] of them, then how many
 /// more there are.

@@ -197,6 +197,14 @@ impl Grove {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// The primary's RPC endpoint, as `grove status` shows it.
+    pub fn rpc_endpoint(&self) -> String {
+        self.status()["primary"]["rpc_endpoint"]
+            .as_str()
+            .expect("a primary's rpc endpoint")
+            .to_string()
+    }
+
     /// Waits until `grove status` shows a healthy primary and returns its pid.
     pub fn wait_primary(&self) -> (u32, u64) {
         let s = wait_for("a healthy primary", DEADLINE, || {
