@@ -70,9 +70,11 @@ impl Context {
             if let Some(e) = self.store_lost(store) {
                 return e;
             }
-            let running = (watch.current())
-                .filter(|r| r.same_process_runs())
-                .map(|r| r.pid);
+            // Its process runs: not `same_process_runs`, whose check of the
+            // start time against the boot time moves with this VM's clock
+            // (a stopped primary was taken for gone now and then). A pid
+            // reused meanwhile is a primary that does not answer, below.
+            let running = (watch.current()).filter(|r| r.pid_alive()).map(|r| r.pid);
             if let Some(pid) = running {
                 if started_at.is_some_and(|at| at.elapsed() >= STAYED_UP) {
                     (started, started_at) = (0, None);
@@ -104,7 +106,7 @@ impl Context {
                 loop {
                     watch.next_change().await;
                     watch.poll();
-                    if watch.current().is_some_and(|r| r.same_process_runs()) {
+                    if watch.current().is_some_and(|r| r.pid_alive()) {
                         return;
                     }
                 }
