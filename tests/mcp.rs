@@ -1,8 +1,8 @@
 //! `grove mcp` driven by the official MCP Python SDK (PyPI `mcp`): every
 //! tool listed with a valid schema and called, bad arguments refused as tool
 //! errors; delegation from inside a task (parent and children, the fan-out
-//! limit, the caller's own progress and conclusion); conclusions, overrides
-//! and `cancel --tree` from the CLI.
+//! limit, the caller's own progress and conclusion, its slot lent while it
+//! waits); conclusions, overrides and `cancel --tree` from the CLI.
 
 mod common;
 
@@ -72,6 +72,54 @@ fn a_task_delegates_through_mcp_within_its_fan_out() {
         show(&g, ids["quick"].as_str().unwrap())["status"],
         "completed"
     );
+}
+
+/// A parent blocked in `wait` lends its `max_parallel` slot: under
+/// `max_parallel = 1` its child used to queue behind it until the wait
+/// timed out. After the wait it holds its slot again.
+#[test]
+fn a_parent_waiting_through_mcp_lends_its_slot_to_its_child() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nmax_parallel = 1\n");
+    g.serve();
+    g.wait_primary();
+    let parent = g.ok(&["spawn", "sleep 60"]);
+    wait_status(&g, &parent, "running");
+    let out = client(&g, "lend", &[("GROVE_TASK_ID", &parent)]);
+    let ids: serde_json::Value = out
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("the client prints the children's ids");
+    let later = ids["later"].as_str().unwrap();
+    assert_eq!(
+        show(&g, later)["status"],
+        "queued",
+        "the slot was taken back"
+    );
+    let events = g.ok(&["events"]);
+    assert!(
+        events.contains("lent its slot") && events.contains("took its slot back"),
+        "{events}"
+    );
+    g.ok(&["cancel", &parent]);
+    wait_status(&g, later, "completed");
+}
+
+/// The same through the command line: a shell task that runs
+/// `grove spawn --wait` lends its slot to the task it spawned.
+#[test]
+fn a_task_waiting_through_the_cli_lends_its_slot() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nmax_parallel = 1\n");
+    g.serve();
+    g.wait_primary();
+    let script = format!("'{BIN}' spawn --wait 'echo the child ran' && echo parent done");
+    let parent = g.ok(&["spawn", &script]);
+    let done = wait_status(&g, &parent, "completed");
+    assert_eq!(done["exit_code"], 0, "{done}");
+    let children: serde_json::Value =
+        serde_json::from_str(&g.ok(&["list", "--parent", &parent, "--json"])).unwrap();
+    assert_eq!(children[0]["status"], "completed", "{children}");
+    let log = g.ok(&["logs", &parent]);
+    assert!(log.contains("parent done"), "{log}");
 }
 
 #[test]

@@ -535,6 +535,10 @@ fn methods(full: bool) -> Vec<Method> {
         Method::TaskAwaitCancel {
             parent_id: task_id(),
         },
+        Method::TaskLendSlot {
+            id: task_id(),
+            lend: true,
+        },
         Method::GoalCreate(goal_spec(full)),
         Method::TaskPurge { id: task_id() },
         Method::TaskFinished(task_exit(full)),
@@ -568,6 +572,7 @@ fn method_guard(m: &Method) -> &'static str {
         Method::TaskConclude { .. } => "task.conclude",
         Method::TaskAwait(_) => "task.await",
         Method::TaskAwaitCancel { .. } => "task.await_cancel",
+        Method::TaskLendSlot { .. } => "task.lend_slot",
         Method::GoalCreate(_) => "goal.create",
         Method::TaskPurge { .. } => "task.purge",
         Method::TaskFinished(_) => "task.finished",
@@ -725,6 +730,11 @@ fn events(full: bool) -> Vec<EventData> {
         EventData::GoalUpdated {
             goal: goal_record(full),
         },
+        EventData::TaskSlot {
+            id: task_id(),
+            run_id: RUN_ID.into(),
+            lent: true,
+        },
     ]
 }
 
@@ -742,6 +752,7 @@ fn topic_guard(e: &EventData) -> &'static str {
         EventData::TaskAgentUpdate { .. } => "task.agent_update",
         EventData::TaskControlled { .. } => "task.control",
         EventData::GoalUpdated { .. } => "goal.updated",
+        EventData::TaskSlot { .. } => "task.slot",
     }
 }
 

@@ -107,5 +107,14 @@ fn summary(d: &EventData) -> String {
             goal.iteration,
             goal.max_iterations
         ),
+        EventData::TaskSlot { id, lent, .. } => format!(
+            "{} {}",
+            &id[..12.min(id.len())],
+            if *lent {
+                "lent its slot while it waits"
+            } else {
+                "took its slot back"
+            }
+        ),
     }
 }

@@ -163,6 +163,10 @@ enum Command {
         json: bool,
     },
     /// Wait for tasks: all (default), --any, or --quorum N; --timeout SECS.
+    ///
+    /// Run inside a task (GROVE_TASK_ID), the task's max_parallel slot is
+    /// lent while it waits, so the tasks it waits for can run; so do
+    /// `spawn --wait` and `run`.
     Wait(orchestrate::WaitArgs),
     /// Cancel a task; a running one has its whole process group killed.
     Cancel {

@@ -124,10 +124,13 @@ async fn wait_for_end(ctx: &Context, task: &TaskRecord, json: bool) -> Result<i3
         None,
         progress_line,
     );
-    let outcome = tokio::select! {
-        outcome = waited => outcome.map_err(CliError::Unavailable)?,
-        hopeless = ctx.keep_member() => return Err(hopeless),
+    let waited = async {
+        tokio::select! {
+            outcome = waited => outcome.map_err(CliError::Unavailable),
+            hopeless = ctx.keep_member() => Err(hopeless),
+        }
     };
+    let outcome = lending_slot(ctx, waited).await?;
     let last = outcome.tasks.get(&task.id).cloned().flatten();
     if json {
         print_json(&last);
@@ -168,16 +171,19 @@ pub async fn wait(ctx: &Context, a: WaitArgs) -> Result<i32, CliError> {
         }
     }
     let waited = crate::waiter::wait(&ctx.ws, &ids, policy, deadline, |t| bars.update(t));
-    let outcome = tokio::select! {
-        outcome = waited => outcome.map_err(|e| {
-            if e.starts_with("quorum") {
-                CliError::Usage(e)
-            } else {
-                CliError::Unavailable(e)
-            }
-        })?,
-        hopeless = ctx.keep_member() => return Err(hopeless),
+    let waited = async {
+        tokio::select! {
+            outcome = waited => outcome.map_err(|e| {
+                if e.starts_with("quorum") {
+                    CliError::Usage(e)
+                } else {
+                    CliError::Unavailable(e)
+                }
+            }),
+            hopeless = ctx.keep_member() => Err(hopeless),
+        }
     };
+    let outcome = lending_slot(ctx, waited).await?;
     if a.json {
         print_json(&serde_json::json!({
             "satisfied": outcome.satisfied,
@@ -210,6 +216,12 @@ pub(super) fn place_in_chain(ctx: &Context, new: &mut crate::protocol::NewTask) 
     new.parent_id = calling_task(ctx);
     let cap = ctx.config.max_delegation_depth.saturating_add(1);
     crate::projects::inherit_foreign_caller(&ctx.ws.root, cap, new);
+}
+
+/// Runs `wait` with the slot of the task this command runs inside lent
+/// (see `mcp::slot_loan`): a task blocked in a wait does no work.
+pub(super) async fn lending_slot<F: std::future::Future>(ctx: &Context, wait: F) -> F::Output {
+    crate::mcp::slot_loan::while_waiting(ctx, calling_task(ctx), wait).await
 }
 
 /// The task this command runs inside (`GROVE_TASK_ID`, set by the shim

@@ -180,7 +180,8 @@ pub(super) async fn follow_new(
         view,
         gaps: 0,
     };
-    if let Some(code) = follow.until_ended(&mut sub, &mut interrupt).await? {
+    let followed = follow.until_ended(&mut sub, &mut interrupt);
+    if let Some(code) = super::orchestrate::lending_slot(ctx, followed).await? {
         return Ok(code);
     }
     let Follow {

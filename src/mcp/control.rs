@@ -289,10 +289,8 @@ impl GroveMcp {
         let Some(within) = wait else {
             return Ok(summary(&task));
         };
-        let ws = self.grove.workspace();
         let ids = [task.id.clone()];
-        let outcome =
-            crate::waiter::wait(ws, &ids, crate::waiter::Policy::All, Some(within), |_| {}).await?;
+        let outcome = (self.wait_for(&ids, crate::waiter::Policy::All, Some(within))).await?;
         match outcome.tasks.get(&task.id).cloned().flatten() {
             Some(t) if outcome.timed_out => {
                 let mut answer = summary(&t);

@@ -15,6 +15,7 @@
 mod awaits;
 mod control;
 mod info;
+pub mod slot_loan;
 mod tasks;
 
 use crate::config::Config;

@@ -146,7 +146,8 @@ impl GroveMcp {
     }
 
     /// Block until tasks end (all, any, or a quorum of them ended) or the
-    /// timeout passes; returns each task with its conclusion.
+    /// timeout passes; returns each task with its conclusion. While you
+    /// wait, your task's parallel slot is lent, so your children can run.
     #[tool(name = "wait")]
     async fn wait(&self, Parameters(p): Parameters<WaitParams>) -> CallToolResult {
         reply(self.do_wait(p).await)
@@ -293,13 +294,7 @@ impl GroveMcp {
         )?
         .map(std::time::Duration::from_millis);
         self.grove.ensure_member().await?;
-        let ws = self.grove.workspace();
-        // A wait outlives the workspace's last member only by starting
-        // another (see `Grove::keep_member`).
-        let outcome = tokio::select! {
-            outcome = crate::waiter::wait(ws, &ids, policy, timeout, |_| {}) => outcome?,
-            hopeless = self.grove.keep_member() => return Err(hopeless),
-        };
+        let outcome = self.wait_for(&ids, policy, timeout).await?;
         let tasks: Vec<_> = (outcome.tasks.iter())
             .map(|(id, t)| match t {
                 Some(t) => summary(t),
@@ -311,6 +306,26 @@ impl GroveMcp {
             "timed_out": outcome.timed_out,
             "tasks": tasks,
         }))
+    }
+
+    /// Waits for `ids` as the caller's task, whose slot is lent meanwhile
+    /// (`slot_loan`). A wait outlives the workspace's last member only by
+    /// starting another (see `Grove::keep_member`).
+    pub(super) async fn wait_for(
+        &self,
+        ids: &[String],
+        policy: Policy,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<crate::waiter::Outcome, String> {
+        let ws = self.grove.workspace();
+        let waited = async {
+            tokio::select! {
+                outcome = crate::waiter::wait(ws, ids, policy, timeout, |_| {}) => outcome,
+                hopeless = self.grove.keep_member() => Err(hopeless),
+            }
+        };
+        let me = self.parent().await;
+        super::slot_loan::while_waiting(self.grove.as_ref(), me, waited).await
     }
 
     /// The tasks a wait names, each once; none named: the caller's

@@ -74,6 +74,8 @@ pub(super) async fn publish_loop(
                     task.status == crate::protocol::TaskStatus::Queued
                 }
                 EventData::TaskUpdated { .. } | EventData::TaskDeleted { .. } => true,
+                // A lent slot is a free one.
+                EventData::TaskSlot { lent, .. } => *lent,
                 // A control for an ACP task's shim: the orchestrator wakes
                 // it (whoever wrote the control may be gone already).
                 EventData::TaskControlled { id, .. } => {

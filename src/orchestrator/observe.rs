@@ -222,10 +222,13 @@ impl Store<'_> {
     /// Slot use, and the queue only when a slot is free (`limit`:
     /// `max_parallel` plus the slots this pass frees).
     fn slots(&self, holding: &[TaskRecord], limit: usize) -> Option<Slots> {
-        // A paused task keeps its slot only while it has a run.
+        // A paused task keeps its slot only while it has a run; a running
+        // task blocked in a wait lends its own (`store::tasks::slot_loans`).
+        let lent = self.read(|r| r.lent_slots(crate::protocol::now_ms()))?;
         let held = holding
             .iter()
             .filter(|t| t.status != TaskStatus::Paused || t.run_id.is_some())
+            .filter(|t| !(t.status == TaskStatus::Running && lent.contains(&t.id)))
             .count();
         // Only as many as there are free slots, in start order.
         let queued = if held < limit {

@@ -125,6 +125,14 @@ pub enum EventData {
     /// A goal changed: created, an iteration ended, or it ended.
     #[serde(rename = "goal.updated")]
     GoalUpdated { goal: GoalRecord },
+    /// A running task lent its slot while it waits (`lent`), or took it
+    /// back (`task.lend_slot`). Renewals of a loan are not events.
+    #[serde(rename = "task.slot")]
+    TaskSlot {
+        id: String,
+        run_id: String,
+        lent: bool,
+    },
 }
 
 pub const TOPICS: &[&str] = &[
@@ -140,6 +148,7 @@ pub const TOPICS: &[&str] = &[
     "task.agent_update",
     "task.control",
     "goal.updated",
+    "task.slot",
 ];
 
 impl EventData {
@@ -157,6 +166,7 @@ impl EventData {
             EventData::TaskAgentUpdate { .. } => "task.agent_update",
             EventData::TaskControlled { .. } => "task.control",
             EventData::GoalUpdated { .. } => "goal.updated",
+            EventData::TaskSlot { .. } => "task.slot",
         }
     }
 

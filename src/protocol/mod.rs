@@ -177,6 +177,11 @@ pub enum Method {
     /// Cancels a parent's pending await.
     #[serde(rename = "task.await_cancel")]
     TaskAwaitCancel { parent_id: String },
+    /// A running task blocked in a wait lends its `max_parallel` slot
+    /// (`lend`), renewing the loan while it waits, or takes it back. A
+    /// loan not renewed lapses (see docs/design.md, Slot loans).
+    #[serde(rename = "task.lend_slot")]
+    TaskLendSlot { id: String, lend: bool },
     /// Creates a goal and its task in one commit: the task's iterations
     /// run until the goal ends (see [`GoalRecord`]). Cancel it by
     /// cancelling its task.
@@ -229,6 +234,7 @@ pub const METHOD_NAMES: &[&str] = &[
     "task.conclude",
     "task.await",
     "task.await_cancel",
+    "task.lend_slot",
     "goal.create",
     "task.purge",
     "task.finished",
@@ -263,6 +269,7 @@ impl Method {
             Method::TaskConclude { .. } => "task.conclude",
             Method::TaskAwait(_) => "task.await",
             Method::TaskAwaitCancel { .. } => "task.await_cancel",
+            Method::TaskLendSlot { .. } => "task.lend_slot",
             Method::GoalCreate(_) => "goal.create",
             Method::TaskPurge { .. } => "task.purge",
             Method::TaskFinished(_) => "task.finished",

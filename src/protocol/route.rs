@@ -101,6 +101,10 @@ pub enum TaskOp<'a> {
         id: &'a str,
     },
     Finished(&'a TaskExit),
+    LendSlot {
+        id: &'a str,
+        lend: bool,
+    },
 }
 
 impl Method {
@@ -158,6 +162,7 @@ impl Method {
             }
             Method::TaskPurge { id } => Route::Task(TaskOp::Purge { id }),
             Method::TaskFinished(exit) => Route::Task(TaskOp::Finished(exit)),
+            Method::TaskLendSlot { id, lend } => Route::Task(TaskOp::LendSlot { id, lend: *lend }),
             Method::TaskAgentUpdates(batch) => Route::Agent(AgentOp::Updates(batch)),
             Method::TaskControl(ctl) => Route::Agent(AgentOp::Control(ctl)),
             Method::TaskAwait(spec) => Route::Await(AwaitOp::Create(spec)),

@@ -447,6 +447,12 @@ impl Reader {
         Ok(tasks::goals::get(&self.conn, id)?)
     }
 
+    /// The running tasks whose slot is lent at `now` (Unix ms) while they
+    /// wait (see `tasks::slot_loans`).
+    pub fn lent_slots(&self, now: u64) -> Result<Vec<String>, StoreError> {
+        Ok(tasks::slot_loans::lent(&self.conn, now)?)
+    }
+
     /// Whether the task has a pending await (its shim keeps the session).
     pub fn is_awaiting(&self, task_id: &str) -> Result<bool, StoreError> {
         Ok(tasks::awaits::is_awaiting(&self.conn, task_id)?)

@@ -267,6 +267,17 @@ const MIGRATIONS: &[&str] = &[
         depth INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // v16: slot loans. A running task blocked in a wait lends its
+    // `max_parallel` slot for its current run until `until` (Unix ms),
+    // renewing it while it waits (see `tasks::slot_loans`). A table of its
+    // own, like v15's: the tasks table holds TaskRecord's fields only.
+    r#"
+    CREATE TABLE slot_loans (
+        id     TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        until  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

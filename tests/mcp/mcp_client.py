@@ -5,7 +5,8 @@ SCENARIO is `tools` (every tool listed, its schema valid, each one called,
 bad arguments refused as tool errors), `children` (run with GROVE_TASK_ID
 set: what it spawns are that task's children, under max_children = 2) or
 `projects` (GROVE_TASK_ID and OTHER_PROJECT set: a child delegated to
-another workspace).
+another workspace) or `lend` (GROVE_TASK_ID set, under max_parallel = 1:
+the caller's slot is lent while it waits, so its child runs).
 Prints `N passed, M failed` and exits non-zero on any failure.
 """
 
@@ -216,6 +217,17 @@ async def projects(s, g):
     print(json.dumps({"child": child["id"]}), flush=True)
 
 
+async def lend(s, g):
+    """The caller's task holds the only slot; its child runs while it waits."""
+    child = await g.call("spawn", {"prompt": "echo ran on a lent slot"})
+    check(child["status"] == "queued", f"the child queues behind its parent {child}")
+    waited = await g.call("wait", {"ids": [child["id"]], "timeout_seconds": 60})
+    t = waited["tasks"][0]
+    check(waited["satisfied"] and t["status"] == "completed", f"the child ran meanwhile {waited}")
+    later = await g.call("spawn", {"prompt": "echo after the wait"})
+    print(json.dumps({"child": child["id"], "later": later["id"]}), flush=True)
+
+
 async def main():
     params = StdioServerParameters(
         command=GROVE, args=["mcp", "--workspace", WS], env=dict(os.environ)
@@ -226,7 +238,7 @@ async def main():
             check(init.server_info.name == "grove", "initialize: the server is grove")
             g = Grove(s)
             try:
-                await {"tools": tools, "children": children, "projects": projects}[SCENARIO](s, g)
+                await {"tools": tools, "children": children, "projects": projects, "lend": lend}[SCENARIO](s, g)
             except AssertionError as e:
                 check(False, str(e))
 

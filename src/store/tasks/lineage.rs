@@ -573,6 +573,7 @@ pub(super) fn delete(c: &mut Ctx<'_>, task: &TaskRecord) -> Res {
         .execute([&task.id])?;
     c.tx.prepare_cached("DELETE FROM task_depths WHERE id = ?1")?
         .execute([&task.id])?;
+    super::slot_loans::forget(c.tx, &task.id)?;
     // Its conversation (kept past the event retention while it existed).
     c.tx.prepare_cached("DELETE FROM events WHERE task_id = ?1")?
         .execute([&task.id])?;

@@ -21,6 +21,7 @@ mod graph;
 mod lineage;
 mod next_turn;
 mod runs;
+pub mod slot_loans;
 
 use super::rows;
 use super::txn::{Applied, WriteResult, refused};
@@ -214,6 +215,7 @@ pub(super) fn apply(c: &mut Ctx<'_>, op: TaskOp<'_>) -> Res {
             save(c, task)
         }
         TaskOp::Finished(exit) => runs::finished(c, exit),
+        TaskOp::LendSlot { id, lend } => slot_loans::lend(c, id, lend),
     }
 }
 

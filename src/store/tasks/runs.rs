@@ -227,7 +227,8 @@ pub(super) fn resume(
 }
 
 /// queued → running as run `run_id`, refused when `max_parallel` tasks
-/// already hold a slot (running, or paused mid-run), counted inside the
+/// already hold a slot (running, or paused mid-run; not a running task
+/// that lent its slot while it waits, see `slot_loans`), counted inside the
 /// transaction so that two starts can never both take the last slot.
 pub(super) fn start(c: &mut Ctx<'_>, id: &str, run_id: &str, max_parallel: usize) -> Res {
     let mut task = existing(c.tx, id)?;
@@ -237,13 +238,8 @@ pub(super) fn start(c: &mut Ctx<'_>, id: &str, run_id: &str, max_parallel: usize
             format!("task {id} is {}, not queued", task.status.as_str()),
         ));
     }
-    let held: i64 =
-        c.tx.prepare_cached(
-            "SELECT COUNT(*) FROM tasks WHERE status IN ('running', 'waiting')
-                OR (status = 'paused' AND run_id IS NOT NULL)",
-        )?
-        .query_row([], |r| r.get(0))?;
-    if held as usize >= max_parallel {
+    let held = super::slot_loans::held(c.tx, crate::protocol::now_ms())?;
+    if held >= max_parallel {
         return Err(refused(
             ErrorCode::Conflict,
             format!("{held} tasks already run or are paused mid-run (max_parallel {max_parallel})"),

@@ -9,6 +9,7 @@
 //!   sequences of operations applied to both.
 //! - `crash_guard`: counting crashes, poisoning after two.
 //! - `files`: two promotions creating the store at once.
+//! - `slot_loans`: a waiting task's slot lent.
 //! - `writer.rs` (a child of `writer`, for its private parts): group commit.
 
 mod crash_guard;
@@ -17,6 +18,7 @@ mod fixes;
 mod model;
 mod property;
 mod rows;
+mod slot_loans;
 mod table;
 
 use super::tasks::{self, Ctx, InternalOp};
