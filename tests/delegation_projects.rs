@@ -3,7 +3,8 @@
 //! forgets), and a task spawned with a project — through MCP from inside a
 //! task, and from the CLI — runs in that workspace's grove while its proxy
 //! here, an ordinary child of the caller, follows it: output, result and
-//! conclusion flow back, and cancelling the proxy cancels the task there.
+//! conclusion flow back, and cancelling the proxy cancels the task there
+//! and the tasks it spawned there.
 //! A directory that others can write or own is never delegated to, and a
 //! chain of delegations across workspaces meets `max_delegation_depth`
 //! as one inside a workspace does.
@@ -167,11 +168,19 @@ fn cancelling_the_proxy_cancels_the_task_in_the_other_workspace() {
     });
     let remote = remote["id"].as_str().unwrap().to_string();
     wait_status(&here, &proxy, "running");
+    // The task there spawned a task of its own there.
+    let registry = here.dir.path().join("config");
+    let out = as_agent(&there, &registry, &remote, &["spawn", "sleep 301"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let below = stdout_of(&out).trim().to_string();
+    wait_status(&there, &below, "running");
     here.ok(&["cancel", &proxy]);
     wait_status(&here, &proxy, "cancelled");
     wait_status(&there, &remote, "cancelled");
-    // One task there: the proxy's run created it once.
-    assert_eq!(tasks(&there).len(), 1);
+    // So is the work it spawned there, which only served the proxy.
+    wait_status(&there, &below, "cancelled");
+    // Two tasks there: the proxy's run created its task once.
+    assert_eq!(tasks(&there).len(), 2);
 }
 
 /// A CLI command on `g`'s workspace as the agent of `task` runs it

@@ -8,7 +8,8 @@
 //! the same run never creates a second one — prints that task's output as
 //! it comes, and ends with its conclusion as a conclusion block (which the
 //! shim records as this task's) and its outcome as the exit code. A cancel
-//! or timeout here (SIGTERM from the shim) cancels the task there. Either
+//! or timeout here (SIGTERM from the shim) cancels the task there and every
+//! task below it (see docs/design.md, Delegation). Either
 //! workspace may fail over meanwhile: both clients follow their primary.
 
 use super::{CliError, Context, EXIT_FAILED, EXIT_OK};
@@ -121,10 +122,14 @@ async fn delegate(autostart: bool) -> Result<i32, CliError> {
         // one is started there (autostart), or the proxy fails saying so.
         hopeless = remote.keep_member() => Err(hopeless),
         _ = stop.next() => {
-            // Cancelled or timed out here: so is the task there.
-            let cancel = Method::TaskCancel { id: there.id.clone() };
+            // Cancelled or timed out here: so is the task there, with
+            // every task below it: the work it spawned there serves only
+            // this task, and nobody here sees it. A delegated task below
+            // it cancels its own tree in turn (its `delegate-run`).
             let key = format!("{key}-cancel");
-            if let Err(e) = remote.call(cancel, Some(&key)).await {
+            let cancelled =
+                super::orchestrate::cancel_with_descendants(&remote, &there.id, Some(&key));
+            if let Err(e) = cancelled.await {
                 errln!("grove delegate-run: cannot cancel task {} there: {e}", there.id);
             }
             Ok(128 + libc::SIGTERM)

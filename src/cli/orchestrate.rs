@@ -315,26 +315,7 @@ pub(super) fn seconds_to_ms(v: Option<f64>, flag: &str) -> Result<Option<u64>, C
 /// parents before their children (a cancelled parent spawns no more).
 pub async fn cancel_tree(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
     let id = resolve_id(ctx, id)?;
-    let reader = ctx.reader()?;
-    let root = reader
-        .task(&id)?
-        .ok_or_else(|| CliError::Failed(format!("no task {id}")))?;
-    let below = reader.descendants(&id)?.into_iter().map(|(_, t)| t);
-    let mut cancelled = Vec::new();
-    for t in std::iter::once(root).chain(below) {
-        if t.status.is_terminal() {
-            continue;
-        }
-        match ctx
-            .call(Method::TaskCancel { id: t.id.clone() }, None)
-            .await
-        {
-            Ok(_) => cancelled.push(t.id),
-            // Finished meanwhile: nothing left to cancel.
-            Err(CliError::Failed(e)) if e.contains("already") => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let cancelled = cancel_with_descendants(ctx, &id, None).await?;
     if json {
         print_json(&serde_json::json!({ "cancelled": cancelled }));
     } else {
@@ -346,6 +327,40 @@ pub async fn cancel_tree(ctx: &Context, id: &str, json: bool) -> Result<i32, Cli
         }
     }
     Ok(EXIT_OK)
+}
+
+/// Cancels task `id`, then every unfinished task below it, parents before
+/// their children: the task first, so that it spawns no more, and those
+/// below read after it was cancelled. `key`: the first cancel's request
+/// id. Returns the tasks cancelled (a task that finished meanwhile is not
+/// one of them).
+pub(super) async fn cancel_with_descendants(
+    ctx: &Context,
+    id: &str,
+    key: Option<&str>,
+) -> Result<Vec<String>, CliError> {
+    let mut cancelled = Vec::new();
+    let cancel = async |id: &str, key: Option<&str>| {
+        match ctx.call(Method::TaskCancel { id: id.into() }, key).await {
+            Ok(_) => Ok(true),
+            // Finished meanwhile: nothing left to cancel.
+            Err(CliError::Failed(e)) if e.contains("already") => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
+    let reader = ctx.reader()?;
+    let root = reader
+        .task(id)?
+        .ok_or_else(|| CliError::Failed(format!("no task {id}")))?;
+    if !root.status.is_terminal() && cancel(id, key).await? {
+        cancelled.push(root.id);
+    }
+    for (_, t) in reader.descendants(id)? {
+        if !t.status.is_terminal() && cancel(&t.id, None).await? {
+            cancelled.push(t.id);
+        }
+    }
+    Ok(cancelled)
 }
 
 /// cancel / pause / resume / retry / relaunch / delete / purge: one write,
