@@ -571,7 +571,8 @@ fn review_relaunches_a_cli_task_in_its_worktree_with_the_quoted_lines() {
     // A CLI agent: its prompt is words it reads (kept in prompt.txt), not
     // a command line.
     let g = repo(
-        "[engines.reader]\ncommand = [\"sh\", \"-c\", \"echo run >> runs.txt; printf '%s' \\\"$1\\\" > prompt.txt\", \"sh\", \"{prompt}\"]\n",
+        "[engines.reader]\ncommand = [\"sh\", \"-c\", \"echo run >> runs.txt; printf '%s' \\\"$1\\\" > prompt.txt\", \"sh\", \"{prompt}\"]\n\
+         [engines.bashy]\ncommand = [\"bash\", \"-c\", \"{prompt}\"]\n",
     );
     let t = spawn(&g, &["--worktree", "-e", "reader", "add a line"]);
     let id = id_of(&t);
@@ -587,6 +588,17 @@ fn review_relaunches_a_cli_task_in_its_worktree_with_the_quoted_lines() {
         stderr_of(&out)
     );
     assert_eq!(show(&g, &id_of(&sh))["prompt"], "echo hi > f.txt");
+    // So is the prompt of an engine of the user's that hands it to a shell.
+    let bashy = spawn(&g, &["--worktree", "-e", "bashy", "echo hi > g.txt"]);
+    wait_status(&g, &id_of(&bashy), "completed");
+    let out = g.run(&["review", &id_of(&bashy), "--comment", "g.txt:1", "rm -rf ~"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("hands its prompt to a shell as code"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(show(&g, &id_of(&bashy))["prompt"], "echo hi > g.txt");
     g.ok(&[
         "review",
         &id,

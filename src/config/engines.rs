@@ -74,6 +74,56 @@ pub enum PromptVia {
     Stdin,
 }
 
+impl EngineConfig {
+    /// Whether the engine hands its prompt to a shell as code: its program
+    /// (past `env` and its assignments) is a shell, and the prompt is the
+    /// script of `-c`, or the shell's stdin read as its script (`-s`, or no
+    /// script file named). Words appended to such a prompt (a review's
+    /// comments, a resume's instructions) would run as commands, as they
+    /// would for the built-in `shell` engine. A prompt passed to a shell as
+    /// an argument (`sh -c 'agent "$1"' sh {prompt}`, `bash agent.sh
+    /// {prompt}`) is not code.
+    pub fn runs_prompt_as_shell(&self) -> bool {
+        const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish"];
+        let name = |arg: &str| arg.rsplit('/').next().unwrap_or(arg).to_string();
+        let mut args = self.command.iter().map(String::as_str);
+        let mut program = args.next();
+        while program.is_some_and(|p| name(p) == "env") {
+            program = args.find(|a| !a.contains('=') && !a.starts_with('-'));
+        }
+        if !program.is_some_and(|p| SHELLS.contains(&name(p).as_str())) {
+            return false;
+        }
+        let rest: Vec<&str> = args.collect();
+        let (mut script_arg, mut stdin_script, mut i) = (false, false, 0);
+        while let Some(a) = rest.get(i) {
+            i += 1;
+            if *a == "--" {
+                break;
+            }
+            let Some(flags) = a.strip_prefix('-').or_else(|| a.strip_prefix('+')) else {
+                i -= 1;
+                break;
+            };
+            if flags.starts_with('-') {
+                continue; // a long option (`--login`)
+            }
+            script_arg |= flags.contains('c');
+            stdin_script |= flags.contains('s');
+            // `-o NAME`, `-O NAME`: the option's name follows.
+            if flags.ends_with('o') || flags.ends_with('O') {
+                i += 1;
+            }
+        }
+        let operand = rest.get(i);
+        if script_arg {
+            operand.is_some_and(|script| script.contains("{prompt}"))
+        } else {
+            (stdin_script || operand.is_none()) && self.prompt_via == PromptVia::Stdin
+        }
+    }
+}
+
 fn engine(command: &[&str], model_args: &[&str]) -> EngineConfig {
     EngineConfig {
         kind: EngineKind::Cli,
@@ -161,3 +211,62 @@ pub fn builtin_engines() -> BTreeMap<String, EngineConfig> {
 /// The built-in engine of a task delegated to another workspace (see
 /// `grove delegate-run`): the task here follows the one it created there.
 pub const DELEGATE_ENGINE: &str = "delegate";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(command: &[&str], via: PromptVia) -> EngineConfig {
+        EngineConfig {
+            prompt_via: via,
+            ..engine(command, &[])
+        }
+    }
+
+    #[test]
+    fn a_prompt_handed_to_a_shell_as_code_is_recognised() {
+        use PromptVia::{Arg, Stdin};
+        let code = [
+            (&["bash", "-c", "{prompt}"][..], Arg),
+            (&["/bin/sh", "-ec", "cd src && {prompt}"], Arg),
+            (&["env", "A=1", "zsh", "--login", "-c", "{prompt}"], Arg),
+            (
+                &[
+                    "/usr/bin/env",
+                    "-i",
+                    "bash",
+                    "-o",
+                    "pipefail",
+                    "-c",
+                    "{prompt}",
+                ],
+                Arg,
+            ),
+            (&["bash"], Stdin),
+            (&["sh", "-s", "--", "x"], Stdin),
+            (&["dash", "-e"], Stdin),
+        ];
+        for (command, via) in code {
+            assert!(
+                with(command, via).runs_prompt_as_shell(),
+                "{command:?} {via:?}"
+            );
+        }
+        let not_code = [
+            (&["sh", "-c", "agent \"$1\"", "sh", "{prompt}"][..], Arg),
+            (&["bash", "agent.sh", "{prompt}"], Arg),
+            (&["bash", "agent.sh"], Stdin),
+            (&["claude", "-p", "{prompt}"], Arg),
+            (&["env", "A=1", "codex", "exec", "{prompt}"], Arg),
+            (&["bash", "-c", "agent --from-stdin"], Stdin),
+            (&["bash"], Arg),
+            (&["python3", "-c", "{prompt}"], Arg),
+        ];
+        for (command, via) in not_code {
+            assert!(
+                !with(command, via).runs_prompt_as_shell(),
+                "{command:?} {via:?}"
+            );
+        }
+    }
+}

@@ -717,7 +717,22 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
                 admit_new(&config, &root, &mut goal.task, checks)?;
                 return Ok(limits);
             }
-            Method::TaskRelaunch { id, changes, .. } | Method::TaskResume { id, changes, .. } => {
+            Method::TaskRelaunch {
+                id,
+                changes,
+                instructions,
+            }
+            | Method::TaskResume {
+                id,
+                changes,
+                instructions,
+            } => {
+                let words = instructions
+                    .as_deref()
+                    .is_some_and(|s| !s.trim().is_empty());
+                if words {
+                    refuse_words_for_shell_prompt(&config, tx, id, changes)?;
+                }
                 (id, changes)
             }
             Method::TaskAwait(spec) => {
@@ -738,6 +753,38 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
             .map_err(|e| invalid(e.to_string()))?;
         Ok(limits)
     })
+}
+
+/// Instructions are appended to the prompt for an agent to read: an
+/// engine that hands its prompt to a shell as code (`bash -c {prompt}`,
+/// see `EngineConfig::runs_prompt_as_shell`) would run them as commands.
+/// The built-in `shell` engine is refused by the store itself
+/// (`store::tasks::lineage`); this is the configured engines' check, which
+/// needs the configuration. The engine is the one the rerun would use. A
+/// missing task is the store's to refuse.
+fn refuse_words_for_shell_prompt(
+    config: &crate::config::Config,
+    tx: &rusqlite::Connection,
+    id: &str,
+    changes: &crate::protocol::TaskChanges,
+) -> Result<(), WireError> {
+    let Ok(Some(mut task)) = crate::store::read_task(tx, id) else {
+        return Ok(());
+    };
+    changes.apply(&mut task.spec);
+    let engine = &task.spec.engine;
+    match config.engines.get(engine) {
+        // The store's refusal says it for `shell`, whatever it is set to.
+        _ if engine == "shell" => Ok(()),
+        Some(e) if e.runs_prompt_as_shell() => Err(WireError::new(
+            ErrorCode::InvalidParams,
+            format!(
+                "task {id} runs engine '{engine}', which hands its prompt to a shell as code ({}): instructions added to it would run as commands; give it a new prompt instead (`grove relaunch {id} --prompt '...'` once it has ended)",
+                e.command.join(" ")
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A new task as it would run: the default engine filled in, the engine,
