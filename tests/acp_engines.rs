@@ -88,6 +88,22 @@ fn a_full_turn_is_stored_as_agent_updates_and_a_transcript() {
     assert!(log.contains("## thought\ngreeting"), "{log}");
 }
 
+/// An agent that wrote no conclusion block concludes with its own last
+/// message: not the log's tail, which is grove's transcript (the prompt
+/// with the brief, `## ...` headers and notes).
+#[test]
+fn a_silent_acp_agent_concludes_with_its_own_message() {
+    let mut g = scripted("ask");
+    g.serve();
+    g.wait_primary();
+    let id = g.ok(&["spawn", "hello", "-e", "scripted", "--conclusion"]);
+    let done = wait_status(&g, &id, "completed");
+    let c = &done["conclusion"];
+    assert_eq!(c["source"], "synthesized", "{done}");
+    assert_eq!(c["status"], "success", "{done}");
+    assert_eq!(c["summary"], "Hello world", "{done}");
+}
+
 #[test]
 fn tool_calls_diffs_and_plans_are_updates_and_the_file_is_written_in_the_workdir() {
     let mut g = scripted("ask");

@@ -210,7 +210,9 @@ async fn converse(
     outbox.close();
     let _ = sender.await;
     outbox.remove_dir();
-    finish(ended)
+    let mut exit = finish(ended);
+    exit.conclusion = session.run_conclusion(exit.outcome, exit.exit_code);
+    exit
 }
 
 /// The agent's command, the task's log and the workdir confinement, or

@@ -176,6 +176,19 @@ impl Session {
         json!({ "stopReason": stop, "conclusion": con })
     }
 
+    /// The run's conclusion, when the task asked for one: from the agent's
+    /// message in the last turn, never from the log, which is grove's
+    /// transcript (its prompt with the brief, its `## ...` notes) and
+    /// would be quoted as the summary of an agent that wrote no block.
+    pub fn run_conclusion(
+        &self,
+        outcome: crate::protocol::ExitOutcome,
+        exit_code: Option<i32>,
+    ) -> Option<crate::protocol::Conclusion> {
+        let text = self.transcript().turn_text().to_string();
+        (self.conclude).then(|| crate::runs::conclusion::from_output(&text, outcome, exit_code))
+    }
+
     pub fn prompted(&self, text: &str) {
         self.transcript().prompt(text);
         self.outbox.push("prompt", json!({"text": text}));
