@@ -83,8 +83,10 @@ fn a_parent_waiting_through_mcp_lends_its_slot_to_its_child() {
     g.serve();
     g.wait_primary();
     let parent = g.ok(&["spawn", "sleep 60"]);
-    wait_status(&g, &parent, "running");
-    let out = client(&g, "lend", &[("GROVE_TASK_ID", &parent)]);
+    let running = wait_status(&g, &parent, "running");
+    let run = running["run_id"].as_str().unwrap();
+    let inside = [("GROVE_TASK_ID", parent.as_str()), ("GROVE_RUN_ID", run)];
+    let out = client(&g, "lend", &inside);
     let ids: serde_json::Value = out
         .lines()
         .find_map(|l| serde_json::from_str(l).ok())
@@ -120,6 +122,42 @@ fn a_task_waiting_through_the_cli_lends_its_slot() {
     assert_eq!(children[0]["status"], "completed", "{children}");
     let log = g.ok(&["logs", &parent]);
     assert!(log.contains("parent done"), "{log}");
+}
+
+/// A loan lasts 30 s unless renewed: the waiter renews it while it waits
+/// (seen in the store, without waiting out a loan), so the second child
+/// still starts when the first ends.
+#[test]
+fn a_waiting_task_renews_the_loan_of_its_slot() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nmax_parallel = 1\n");
+    g.serve();
+    g.wait_primary();
+    let script = format!(
+        "a=$('{BIN}' spawn 'while [ ! -e go ]; do sleep 0.05; done') && \
+         b=$('{BIN}' spawn 'echo second') && '{BIN}' wait \"$a\" \"$b\""
+    );
+    let parent = g.ok(&["spawn", &script]);
+    let until = || -> Option<i64> {
+        let db = rusqlite::Connection::open(g.ws.join(".grove/grove.db")).ok()?;
+        db.query_row("SELECT MAX(until) FROM slot_loans", [], |r| r.get(0))
+            .ok()
+            .flatten()
+    };
+    let first = wait_for("the parent's loan", DEADLINE, until);
+    wait_for(
+        "the loan's renewal",
+        std::time::Duration::from_secs(60),
+        || until().filter(|u| *u >= first + 5_000),
+    );
+    std::fs::write(g.ws.join("go"), "").unwrap();
+    let done = wait_status(&g, &parent, "completed");
+    assert_eq!(done["exit_code"], 0, "{done}");
+    let children: serde_json::Value =
+        serde_json::from_str(&g.ok(&["list", "--parent", &parent, "--json"])).unwrap();
+    assert_eq!(children.as_array().unwrap().len(), 2, "{children}");
+    for c in children.as_array().unwrap() {
+        assert_eq!(c["status"], "completed", "{children}");
+    }
 }
 
 #[test]

@@ -537,6 +537,8 @@ fn methods(full: bool) -> Vec<Method> {
         },
         Method::TaskLendSlot {
             id: task_id(),
+            run_id: RUN_ID.into(),
+            waiter: "5b1e0c9d7a2f4e3b8c6d1a0f9e8d7c6b".into(),
             lend: true,
         },
         Method::GoalCreate(goal_spec(full)),

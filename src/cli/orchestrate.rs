@@ -221,7 +221,8 @@ pub(super) fn place_in_chain(ctx: &Context, new: &mut crate::protocol::NewTask) 
 /// Runs `wait` with the slot of the task this command runs inside lent
 /// (see `mcp::slot_loan`): a task blocked in a wait does no work.
 pub(super) async fn lending_slot<F: std::future::Future>(ctx: &Context, wait: F) -> F::Output {
-    crate::mcp::slot_loan::while_waiting(ctx, calling_task(ctx), wait).await
+    let lender = crate::mcp::slot_loan::Lender::of(calling_task(ctx));
+    crate::mcp::slot_loan::while_waiting(ctx, lender, wait).await
 }
 
 /// The task this command runs inside (`GROVE_TASK_ID`, set by the shim

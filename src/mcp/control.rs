@@ -10,7 +10,8 @@ use crate::protocol::{
 use crate::store::TaskFilter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::CallToolResult;
-use rmcp::{schemars, tool, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, schemars, tool, tool_router};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -150,20 +151,31 @@ impl GroveMcp {
     /// Continue a paused task, optionally with more instructions, a new
     /// model, timeout or tags.
     #[tool(name = "resume")]
-    async fn resume(&self, Parameters(p): Parameters<ResumeParams>) -> CallToolResult {
-        reply(self.do_resume(p).await)
+    async fn resume(
+        &self,
+        Parameters(p): Parameters<ResumeParams>,
+        call: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        reply(self.do_resume(p, &call).await)
     }
 
     /// Try a finished task again as a new task; its agent is told why the
     /// last attempt failed.
     #[tool(name = "retry")]
-    async fn retry(&self, Parameters(p): Parameters<RetryParams>) -> CallToolResult {
+    async fn retry(
+        &self,
+        Parameters(p): Parameters<RetryParams>,
+        call: RequestContext<RoleServer>,
+    ) -> CallToolResult {
         let wait = match waiting(p.wait, p.wait_seconds) {
             Ok(wait) => wait,
             Err(e) => return reply(Err(e)),
         };
         let answer = match self.find(&p.id).await {
-            Ok(t) => self.rerun(Method::TaskRetry { id: t.id }, wait).await,
+            Ok(t) => {
+                self.rerun(Method::TaskRetry { id: t.id }, wait, &call)
+                    .await
+            }
             Err(e) => Err(e),
         };
         reply(answer)
@@ -172,8 +184,12 @@ impl GroveMcp {
     /// Rerun a finished task under the same id, optionally with a new
     /// prompt, engine, model, timeout or tags.
     #[tool(name = "relaunch")]
-    async fn relaunch(&self, Parameters(p): Parameters<RelaunchParams>) -> CallToolResult {
-        reply(self.do_relaunch(p).await)
+    async fn relaunch(
+        &self,
+        Parameters(p): Parameters<RelaunchParams>,
+        call: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        reply(self.do_relaunch(p, &call).await)
     }
 
     /// Send a follow-up prompt to a running conversation task (ACP engine),
@@ -242,7 +258,7 @@ impl GroveMcp {
         Ok(json!({ "cancelled": cancelled }))
     }
 
-    async fn do_resume(&self, p: ResumeParams) -> Answer {
+    async fn do_resume(&self, p: ResumeParams, call: &RequestContext<RoleServer>) -> Answer {
         let task = self.find(&p.id).await?;
         let changes = TaskChanges {
             model: p.model,
@@ -255,10 +271,11 @@ impl GroveMcp {
             instructions: p.prompt,
             changes,
         };
-        self.rerun(method, waiting(p.wait, p.wait_seconds)?).await
+        self.rerun(method, waiting(p.wait, p.wait_seconds)?, call)
+            .await
     }
 
-    async fn do_relaunch(&self, p: RelaunchParams) -> Answer {
+    async fn do_relaunch(&self, p: RelaunchParams, call: &RequestContext<RoleServer>) -> Answer {
         let task = self.find(&p.id).await?;
         if p.prompt.as_ref().is_some_and(|s| s.trim().is_empty()) {
             return Err("the new prompt is empty; leave `prompt` out to keep the old one".into());
@@ -277,6 +294,7 @@ impl GroveMcp {
                 changes,
             },
             waiting(p.wait, p.wait_seconds)?,
+            call,
         )
         .await
     }
@@ -284,13 +302,18 @@ impl GroveMcp {
     /// A write that answers with a task, then with `wait` its end, or its
     /// state once `wait` is over: a run that never ends must not hold the
     /// calling agent's tool call for ever.
-    async fn rerun(&self, method: Method, wait: Option<std::time::Duration>) -> Answer {
+    async fn rerun(
+        &self,
+        method: Method,
+        wait: Option<std::time::Duration>,
+        call: &RequestContext<RoleServer>,
+    ) -> Answer {
         let task = self.write_task(method).await?;
         let Some(within) = wait else {
             return Ok(summary(&task));
         };
         let ids = [task.id.clone()];
-        let outcome = (self.wait_for(&ids, crate::waiter::Policy::All, Some(within))).await?;
+        let outcome = (self.wait_for(&ids, crate::waiter::Policy::All, Some(within), call)).await?;
         match outcome.tasks.get(&task.id).cloned().flatten() {
             Some(t) if outcome.timed_out => {
                 let mut answer = summary(&t);

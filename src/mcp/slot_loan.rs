@@ -1,72 +1,103 @@
-//! A task blocked in a wait lends its `max_parallel` slot for as long as it
-//! waits (see docs/design.md, Slot loans): the children it waits for can
-//! then run even when waiting parents hold every slot. Used by every wait
-//! of a task on tasks: the MCP `wait` tool and the reruns that wait, and
-//! `grove wait`, `spawn --wait` and `run` inside a task.
+//! A task blocked in a wait for its children lends its `max_parallel` slot
+//! for as long as it waits (see docs/design.md, Slot loans): the children
+//! can then run even when waiting parents hold every slot. Every wait of a
+//! task on tasks goes through here: the MCP `wait` tool and the MCP reruns
+//! that wait, and `grove wait`, `spawn --wait`, `run` (and the commands
+//! that wait like them) inside a task.
 
 use super::Grove;
 use crate::protocol::Method;
 use crate::store::tasks::slot_loans::RENEW_EVERY_MS;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-/// How long taking the slot back may hold up the end of a wait: the loan
-/// lapses on its own anyway (`slot_loans::LOAN_MS`).
+/// How long the end of a wait may be held up by taking the slot back (and
+/// by a renewal still in flight, which must land first): the loan lapses
+/// on its own anyway (`slot_loans::LOAN_MS`).
 const GIVE_BACK_WITHIN: Duration = Duration::from_secs(2);
-/// How long a renewal may hold up the wait (it is not polled meanwhile).
-const RENEW_WITHIN: Duration = Duration::from_secs(5);
 
-/// Runs `wait` with the slot of `task` lent: `task` is the task this
-/// process runs inside (`None`: not inside a task of this workspace, and
-/// nothing is lent). A task that is not running lends nothing (a refusal
-/// is not the wait's business).
+/// Who lends: the task this process runs inside and the run it waits in.
+#[derive(Debug, Clone)]
+pub struct Lender {
+    task: String,
+    run: String,
+}
+
+impl Lender {
+    /// `task`: the caller's task (`GROVE_TASK_ID`) when it is a task of
+    /// this workspace; the run is `GROVE_RUN_ID`, which the shim gives the
+    /// agent and its MCP servers. Either missing: nothing is lent.
+    pub fn of(task: Option<String>) -> Option<Lender> {
+        let run = std::env::var("GROVE_RUN_ID")
+            .ok()
+            .filter(|r| !r.is_empty())?;
+        Some(Lender { task: task?, run })
+    }
+}
+
+/// Runs `wait` with the slot of `lender`'s task lent (nothing lent without
+/// a lender). The lends run beside the wait, never holding it up: the
+/// first at once, then one every `RENEW_EVERY_MS` after the last one
+/// answered, whatever that answer was (a refusal only says the loan does
+/// not count now). When the wait ends, a lend still in flight lands first,
+/// then the slot is taken back.
 pub async fn while_waiting<F: Future>(
     grove: &dyn Grove,
-    task: Option<String>,
+    lender: Option<Lender>,
     wait: F,
 ) -> F::Output {
-    let Some(id) = task else {
+    let Some(lender) = lender else {
         return wait.await;
     };
-    if !lend(grove, &id, true).await {
-        return wait.await;
-    }
-    let mut wait = std::pin::pin!(wait);
-    let renew_every = Duration::from_millis(RENEW_EVERY_MS);
-    let mut lent = true;
-    let out = loop {
-        tokio::select! {
-            out = &mut wait => break out,
-            _ = tokio::time::sleep(renew_every), if lent => {
-                // Awaited here, not in the `select!`: a renewal dropped
-                // mid-flight could land after the slot was taken back.
-                // A refused one (the task no longer runs) stops renewing.
-                lent = tokio::time::timeout(RENEW_WITHIN, lend(grove, &id, true))
-                    .await
-                    .unwrap_or(true);
+    let waiter = uuid::Uuid::new_v4().simple().to_string();
+    let lend = |on: bool| {
+        let method = Method::TaskLendSlot {
+            id: lender.task.clone(),
+            run_id: lender.run.clone(),
+            waiter: waiter.clone(),
+            lend: on,
+        };
+        async move {
+            if let Err(e) = grove.call(method).await {
+                tracing::debug!("task.lend_slot {on}: {e}");
             }
         }
     };
-    if tokio::time::timeout(GIVE_BACK_WITHIN, lend(grove, &id, false))
+    let mut wait = std::pin::pin!(wait);
+    let mut in_flight: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
+        Some(Box::pin(lend(true)));
+    let renew_every = Duration::from_millis(RENEW_EVERY_MS);
+    let mut next = tokio::time::Instant::now() + renew_every;
+    let out = loop {
+        tokio::select! {
+            out = &mut wait => break out,
+            // Never dropped mid-flight (a lend landing after the slot was
+            // taken back would lend it again): the client's own timeouts
+            // end a call to a primary that does not answer.
+            _ = async { in_flight.as_mut().expect("in flight").await }, if in_flight.is_some() => {
+                in_flight = None;
+                next = tokio::time::Instant::now() + renew_every;
+            }
+            _ = tokio::time::sleep_until(next), if in_flight.is_none() => {
+                in_flight = Some(Box::pin(lend(true)));
+            }
+        }
+    };
+    let give_back = async {
+        if let Some(lending) = in_flight {
+            lending.await;
+        }
+        lend(false).await;
+    };
+    if tokio::time::timeout(GIVE_BACK_WITHIN, give_back)
         .await
         .is_err()
     {
-        tracing::debug!("taking the slot of {id} back timed out; the loan lapses");
+        tracing::debug!(
+            "taking the slot of {} back timed out; its loan lapses",
+            lender.task
+        );
     }
     out
-}
-
-/// One `task.lend_slot`; whether it was applied.
-async fn lend(grove: &dyn Grove, id: &str, lend: bool) -> bool {
-    let method = Method::TaskLendSlot {
-        id: id.to_string(),
-        lend,
-    };
-    match grove.call(method).await {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::debug!("task.lend_slot {id} {lend}: {e}");
-            false
-        }
-    }
 }

@@ -6,7 +6,8 @@ use crate::store::TaskFilter;
 use crate::waiter::Policy;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::CallToolResult;
-use rmcp::{schemars, tool, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, schemars, tool, tool_router};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -149,8 +150,12 @@ impl GroveMcp {
     /// timeout passes; returns each task with its conclusion. While you
     /// wait, your task's parallel slot is lent, so your children can run.
     #[tool(name = "wait")]
-    async fn wait(&self, Parameters(p): Parameters<WaitParams>) -> CallToolResult {
-        reply(self.do_wait(p).await)
+    async fn wait(
+        &self,
+        Parameters(p): Parameters<WaitParams>,
+        call: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        reply(self.do_wait(p, &call).await)
     }
 }
 
@@ -271,7 +276,7 @@ impl GroveMcp {
         }))
     }
 
-    async fn do_wait(&self, p: WaitParams) -> Answer {
+    async fn do_wait(&self, p: WaitParams, call: &RequestContext<RoleServer>) -> Answer {
         let ids = self.wait_ids(&p.ids).await?;
         let policy = match (p.policy.as_deref().unwrap_or("all"), p.quorum) {
             ("all", _) => Policy::All,
@@ -294,7 +299,7 @@ impl GroveMcp {
         )?
         .map(std::time::Duration::from_millis);
         self.grove.ensure_member().await?;
-        let outcome = self.wait_for(&ids, policy, timeout).await?;
+        let outcome = self.wait_for(&ids, policy, timeout, call).await?;
         let tasks: Vec<_> = (outcome.tasks.iter())
             .map(|(id, t)| match t {
                 Some(t) => summary(t),
@@ -309,23 +314,28 @@ impl GroveMcp {
     }
 
     /// Waits for `ids` as the caller's task, whose slot is lent meanwhile
-    /// (`slot_loan`). A wait outlives the workspace's last member only by
-    /// starting another (see `Grove::keep_member`).
+    /// (`slot_loan`), until the client cancels the call (`call`: rmcp does
+    /// not drop a handler whose request was cancelled, and a wait left
+    /// behind would go on lending the slot of an agent that works on). A
+    /// wait outlives the workspace's last member only by starting another
+    /// (see `Grove::keep_member`).
     pub(super) async fn wait_for(
         &self,
         ids: &[String],
         policy: Policy,
         timeout: Option<std::time::Duration>,
+        call: &RequestContext<RoleServer>,
     ) -> Result<crate::waiter::Outcome, String> {
         let ws = self.grove.workspace();
         let waited = async {
             tokio::select! {
                 outcome = crate::waiter::wait(ws, ids, policy, timeout, |_| {}) => outcome,
                 hopeless = self.grove.keep_member() => Err(hopeless),
+                _ = call.ct.cancelled() => Err("the client cancelled this call".into()),
             }
         };
-        let me = self.parent().await;
-        super::slot_loan::while_waiting(self.grove.as_ref(), me, waited).await
+        let lender = super::slot_loan::Lender::of(self.parent().await);
+        super::slot_loan::while_waiting(self.grove.as_ref(), lender, waited).await
     }
 
     /// The tasks a wait names, each once; none named: the caller's

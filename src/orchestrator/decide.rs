@@ -94,6 +94,9 @@ pub struct Slots {
     pub held: usize,
     /// Queued tasks in creation order.
     pub queued: Vec<Queued>,
+    /// Running tasks whose slot is lent while they wait for their
+    /// children (`store::tasks::slot_loans`): not in `held`.
+    pub lent: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,7 +174,7 @@ pub fn decide(facts: &Facts) -> Decision {
     }
     match &facts.slots {
         Some(slots) => {
-            let free = facts.max_parallel + ending(&facts.runs);
+            let free = facts.max_parallel + ending(&facts.runs, &slots.lent);
             d.actions.extend(starts(slots, free))
         }
         None => d.retry = true,
@@ -183,10 +186,10 @@ pub fn decide(facts: &Facts) -> Decision {
 /// commits their end before it asks for any start (the store thread
 /// applies writes in order), so their slots count as free now rather than
 /// one pass later; the store thread still checks the limit in the start's
-/// own transaction.
-pub fn ending(runs: &[RunFacts]) -> usize {
+/// own transaction. A task whose slot is lent holds none to free.
+pub fn ending(runs: &[RunFacts], lent: &[String]) -> usize {
     runs.iter()
-        .filter(|r| !r.alive)
+        .filter(|r| !r.alive && !lent.contains(&r.task_id))
         .filter(|r| match &r.row {
             RowFact::Present(row) => {
                 row.run_id.as_deref() == Some(r.run_id.as_str())

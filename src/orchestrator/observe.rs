@@ -93,11 +93,17 @@ pub fn look(l: Look) -> Seen {
             give_up,
         })
         .collect();
-    let ending = super::decide::ending(&runs);
+    // A running task blocked in a wait lends its slot
+    // (`store::tasks::slot_loans`).
+    let lent = reader.read(|r| r.lent_slots(crate::protocol::now_ms()));
+    let slots = holding.zip(lent).and_then(|(holding, lent)| {
+        let ending = super::decide::ending(&runs, &lent);
+        reader.slots(&holding, lent, config.max_parallel + ending)
+    });
     let facts = Facts {
         now: Instant::now(),
         max_parallel: config.max_parallel,
-        slots: holding.and_then(|h| reader.slots(&h, config.max_parallel + ending)),
+        slots,
         runs,
         unconfirmed,
     };
@@ -221,10 +227,9 @@ impl Store<'_> {
 
     /// Slot use, and the queue only when a slot is free (`limit`:
     /// `max_parallel` plus the slots this pass frees).
-    fn slots(&self, holding: &[TaskRecord], limit: usize) -> Option<Slots> {
+    fn slots(&self, holding: &[TaskRecord], lent: Vec<String>, limit: usize) -> Option<Slots> {
         // A paused task keeps its slot only while it has a run; a running
-        // task blocked in a wait lends its own (`store::tasks::slot_loans`).
-        let lent = self.read(|r| r.lent_slots(crate::protocol::now_ms()))?;
+        // task whose slot is lent holds none.
         let held = holding
             .iter()
             .filter(|t| t.status != TaskStatus::Paused || t.run_id.is_some())
@@ -239,7 +244,7 @@ impl Store<'_> {
         } else {
             Vec::new()
         };
-        Some(Slots { held, queued })
+        Some(Slots { held, queued, lent })
     }
 
     /// Started tasks (running, waiting for a permission answer, idle

@@ -177,11 +177,18 @@ pub enum Method {
     /// Cancels a parent's pending await.
     #[serde(rename = "task.await_cancel")]
     TaskAwaitCancel { parent_id: String },
-    /// A running task blocked in a wait lends its `max_parallel` slot
-    /// (`lend`), renewing the loan while it waits, or takes it back. A
-    /// loan not renewed lapses (see docs/design.md, Slot loans).
+    /// A running task blocked in a wait for its children lends its
+    /// `max_parallel` slot (`lend`), renewing the loan while it waits, or
+    /// takes it back; each waiter (`waiter`) has its own loan, for the run
+    /// it waits in. A loan not renewed lapses
+    /// (see docs/design.md, Slot loans).
     #[serde(rename = "task.lend_slot")]
-    TaskLendSlot { id: String, lend: bool },
+    TaskLendSlot {
+        id: String,
+        run_id: String,
+        waiter: String,
+        lend: bool,
+    },
     /// Creates a goal and its task in one commit: the task's iterations
     /// run until the goal ends (see [`GoalRecord`]). Cancel it by
     /// cancelling its task.

@@ -103,6 +103,8 @@ pub enum TaskOp<'a> {
     Finished(&'a TaskExit),
     LendSlot {
         id: &'a str,
+        run_id: &'a str,
+        waiter: &'a str,
         lend: bool,
     },
 }
@@ -162,7 +164,17 @@ impl Method {
             }
             Method::TaskPurge { id } => Route::Task(TaskOp::Purge { id }),
             Method::TaskFinished(exit) => Route::Task(TaskOp::Finished(exit)),
-            Method::TaskLendSlot { id, lend } => Route::Task(TaskOp::LendSlot { id, lend: *lend }),
+            Method::TaskLendSlot {
+                id,
+                run_id,
+                waiter,
+                lend,
+            } => Route::Task(TaskOp::LendSlot {
+                id,
+                run_id,
+                waiter,
+                lend: *lend,
+            }),
             Method::TaskAgentUpdates(batch) => Route::Agent(AgentOp::Updates(batch)),
             Method::TaskControl(ctl) => Route::Agent(AgentOp::Control(ctl)),
             Method::TaskAwait(spec) => Route::Await(AwaitOp::Create(spec)),

@@ -114,6 +114,7 @@ pub(super) fn command(
         .current_dir(&spec.work_dir)
         .envs(&spec.env)
         .env("GROVE_TASK_ID", &spec.task_id)
+        .env("GROVE_RUN_ID", &spec.run_id)
         .env("GROVE_WORKSPACE", &ws.root)
         .stderr(err)
         .stdin(if spec.stdin.is_some() || acp {

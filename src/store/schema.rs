@@ -267,15 +267,19 @@ const MIGRATIONS: &[&str] = &[
         depth INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
-    // v16: slot loans. A running task blocked in a wait lends its
-    // `max_parallel` slot for its current run until `until` (Unix ms),
-    // renewing it while it waits (see `tasks::slot_loans`). A table of its
-    // own, like v15's: the tasks table holds TaskRecord's fields only.
+    // v16: slot loans. A running task blocked in a wait for its children
+    // lends its `max_parallel` slot: one row per waiter (a task may wait
+    // in several tool calls at once), for the run it waits in, until
+    // `until` (Unix ms), renewed while it waits (see `tasks::slot_loans`).
+    // A table of its own, like v15's: the tasks table holds TaskRecord's
+    // fields only.
     r#"
     CREATE TABLE slot_loans (
-        id     TEXT PRIMARY KEY,
+        id     TEXT NOT NULL,
+        waiter TEXT NOT NULL,
         run_id TEXT NOT NULL,
-        until  INTEGER NOT NULL
+        until  INTEGER NOT NULL,
+        PRIMARY KEY (id, waiter)
     ) WITHOUT ROWID;
     "#,
 ];

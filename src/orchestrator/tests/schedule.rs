@@ -20,6 +20,7 @@ fn priority_first_then_creation_order() {
             queued("new-low", 0),
             queued("high", 9),
         ],
+        ..Default::default()
     });
     assert_eq!(started(&decide(&f)), ["high", "mid", "old-low"]);
 }
@@ -31,6 +32,7 @@ fn never_more_than_max_parallel() {
     f.slots = Some(Slots {
         held: 3,
         queued: vec![queued("a", 0), queued("b", 0), queued("c", 0)],
+        ..Default::default()
     });
     assert_eq!(started(&decide(&f)), ["a"]);
 
@@ -54,6 +56,7 @@ fn a_paused_task_with_a_run_keeps_its_slot() {
     f.slots = Some(Slots {
         held: 2,
         queued: vec![queued("waiting", 0)],
+        ..Default::default()
     });
     let d = decide(&f);
     assert!(started(&d).is_empty());
@@ -69,11 +72,13 @@ fn only_queued_tasks_start_so_dependents_wait() {
     f.slots = Some(Slots {
         held: 0,
         queued: Vec::new(),
+        ..Default::default()
     });
     assert!(started(&decide(&f)).is_empty());
     f.slots = Some(Slots {
         held: 0,
         queued: vec![queued("released-dependent", 0)],
+        ..Default::default()
     });
     assert_eq!(started(&decide(&f)), ["released-dependent"]);
 }
@@ -99,6 +104,7 @@ fn finalizing_comes_before_starting() {
     f.slots = Some(Slots {
         held: 0,
         queued: vec![queued("next", 0)],
+        ..Default::default()
     });
     let d = decide(&f);
     assert!(matches!(d.actions[0], Action::Finish { .. }));
@@ -125,6 +131,7 @@ fn a_run_that_ended_frees_its_slot_in_the_same_pass() {
     f.slots = Some(Slots {
         held: 2,
         queued: vec![queued("next", 0), queued("later", 0)],
+        ..Default::default()
     });
     let d = decide(&f);
     assert_eq!(started(&d), ["next"]);

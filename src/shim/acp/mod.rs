@@ -414,6 +414,7 @@ fn session_mcp_servers(ws: &Workspace, spec: &ShimSpec, acp: &AcpSpec) -> Vec<se
                 "args": ["mcp"],
                 "env": [
                     {"name": "GROVE_TASK_ID", "value": spec.task_id},
+                    {"name": "GROVE_RUN_ID", "value": spec.run_id},
                     {"name": "GROVE_WORKSPACE", "value": root},
                 ],
             }),

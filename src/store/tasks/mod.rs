@@ -215,7 +215,20 @@ pub(super) fn apply(c: &mut Ctx<'_>, op: TaskOp<'_>) -> Res {
             save(c, task)
         }
         TaskOp::Finished(exit) => runs::finished(c, exit),
-        TaskOp::LendSlot { id, lend } => slot_loans::lend(c, id, lend),
+        TaskOp::LendSlot {
+            id,
+            run_id,
+            waiter,
+            lend,
+        } => slot_loans::lend(
+            c,
+            slot_loans::LendSlot {
+                id,
+                run_id,
+                waiter,
+                lend,
+            },
+        ),
     }
 }
 

@@ -1,17 +1,22 @@
 //! Slot loans (see docs/design.md, Slot loans). A running task blocked in
-//! a wait (`grove wait`, `spawn --wait`, `run`, the MCP `wait` tool) does
-//! no work, yet it held its `max_parallel` slot: enough parents waiting on
-//! their children held every slot, and the children queued until the
-//! waits timed out. While it waits, its slot is lent: the task is not
-//! counted as holding one. The waiter renews the loan every
-//! `RENEW_EVERY_MS`; a loan not renewed lapses after `LOAN_MS`, so a waiter
-//! that died without taking its slot back costs the limit only that long.
-//! Taking the slot back may leave more than `max_parallel` running for a
-//! while (the children started meanwhile): nothing new starts until the
-//! count is under the limit again.
+//! a wait for its children (`grove wait`, `spawn --wait`, `run`, the MCP
+//! `wait` tool) does no work, yet it held its `max_parallel` slot: enough
+//! parents waiting on their children held every slot, and the children
+//! queued until the waits timed out. While it waits, its slot is lent: the
+//! task is not counted as holding one.
+//!
+//! A loan is one waiter's (a task may wait in several calls at once), for
+//! the run it waits in, and lasts `LOAN_MS` unless the waiter renews it
+//! (every `RENEW_EVERY_MS`): a waiter that died without taking the slot
+//! back costs the limit that long at most. It counts only while the task
+//! runs that run and still has an unfinished child — the case it exists
+//! for: a task that waits for anything else, or whose children ended,
+//! holds its slot as any running task does. Taking the slot back may leave
+//! more than `max_parallel` running for a while (the children started
+//! meanwhile): nothing new starts until the count is under the limit.
 
 use super::{Ctx, Res, existing, ok};
-use crate::protocol::{ErrorCode, EventData, TaskRecord, TaskStatus, now_ms};
+use crate::protocol::{ErrorCode, EventData, TaskStatus, now_ms};
 use crate::store::txn::{Applied, append_event, refused};
 use rusqlite::{Connection, OptionalExtension};
 
@@ -21,61 +26,95 @@ pub const LOAN_MS: u64 = 30_000;
 /// one slow or lost renewal does not end it.
 pub const RENEW_EVERY_MS: u64 = 10_000;
 
-/// `task.lend_slot`: lends `id`'s slot (a running task only) or takes it
-/// back. Only a loan's start and end are events (`task.slot`): the start
-/// wakes the scheduler, which may now start a queued task.
-pub(super) fn lend(c: &mut Ctx<'_>, id: &str, lend: bool) -> Res {
+/// What a `task.lend_slot` names: the task, the run the waiter waits in,
+/// the waiter, and whether it lends or takes the slot back.
+pub struct LendSlot<'a> {
+    pub id: &'a str,
+    pub run_id: &'a str,
+    pub waiter: &'a str,
+    pub lend: bool,
+}
+
+/// `task.lend_slot`: a waiter lends (or renews its loan of) the slot of
+/// its running task, or takes it back. The first waiter's loan and the
+/// last one's end are events (`task.slot`); the first wakes the scheduler,
+/// which may now start a queued task. Renewals are not events.
+pub(super) fn lend(c: &mut Ctx<'_>, req: LendSlot<'_>) -> Res {
+    let LendSlot {
+        id,
+        run_id,
+        waiter,
+        lend,
+    } = req;
     let task = existing(c.tx, id)?;
     let now = now_ms();
-    let was_lent = is_lent(c.tx, &task, now)?;
-    let run_id = task.run_id.clone().unwrap_or_default();
+    let before = has_loans(c.tx, id, run_id, now)?;
     if lend {
-        if task.status != TaskStatus::Running {
+        if task.status != TaskStatus::Running || task.run_id.as_deref() != Some(run_id) {
             return Err(refused(
                 ErrorCode::Conflict,
                 format!(
-                    "task {id} is {}; only a running task lends its slot",
-                    task.status.as_str()
+                    "task {id} is {}{}; only a running task lends its slot, for the run it waits in",
+                    task.status.as_str(),
+                    match task.run_id.as_deref() {
+                        Some(now) if now != run_id => format!(" in run {now}, not {run_id}"),
+                        _ => String::new(),
+                    }
                 ),
             ));
         }
         c.tx.prepare_cached(
-            "INSERT OR REPLACE INTO slot_loans (id, run_id, until) VALUES (?1, ?2, ?3)",
+            "INSERT OR REPLACE INTO slot_loans (id, waiter, run_id, until) VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(rusqlite::params![id, run_id, (now + LOAN_MS) as i64])?;
+        .execute(rusqlite::params![
+            id,
+            waiter,
+            run_id,
+            (now + LOAN_MS) as i64
+        ])?;
     } else {
-        c.tx.prepare_cached("DELETE FROM slot_loans WHERE id = ?1")?
-            .execute([id])?;
+        c.tx.prepare_cached("DELETE FROM slot_loans WHERE id = ?1 AND waiter = ?2")?
+            .execute([id, waiter])?;
     }
-    if was_lent != lend {
+    // A task's loans of other runs, and lapsed ones, go too.
+    c.tx.prepare_cached("DELETE FROM slot_loans WHERE id = ?1 AND (run_id != ?2 OR until <= ?3)")?
+        .execute(rusqlite::params![
+            id,
+            task.run_id.as_deref().unwrap_or(""),
+            now as i64
+        ])?;
+    let after = has_loans(c.tx, id, run_id, now)?;
+    if before != after {
         c.events.push(append_event(
             c.tx,
             c.epoch,
             EventData::TaskSlot {
                 id: task.id.clone(),
-                run_id,
-                lent: lend,
+                run_id: run_id.to_string(),
+                lent: after,
             },
         )?);
     }
     ok(task)
 }
 
-/// The condition under which a task's loan counts at `?1` (now): for its
-/// current run, while it runs, not lapsed, and not further ahead than a
-/// loan is ever given (a clock set back would otherwise stretch it).
-const IN_FORCE: &str = "l.run_id = t.run_id AND t.status = 'running' \
-     AND l.until > ?1 AND l.until <= ?1 + 30000";
-const _: () = assert!(LOAN_MS == 30_000, "IN_FORCE spells LOAN_MS out");
-
-fn is_lent(tx: &Connection, task: &TaskRecord, now: u64) -> rusqlite::Result<bool> {
-    tx.prepare_cached(&format!(
-        "SELECT 1 FROM slot_loans l JOIN tasks t ON t.id = l.id WHERE l.id = ?2 AND {IN_FORCE}"
-    ))?
-    .query_row(rusqlite::params![now as i64, task.id], |_| Ok(()))
-    .optional()
-    .map(|found| found.is_some())
+/// Whether waiters of `id` hold loans for `run_id` that have not lapsed.
+fn has_loans(tx: &Connection, id: &str, run_id: &str, now: u64) -> rusqlite::Result<bool> {
+    tx.prepare_cached("SELECT 1 FROM slot_loans WHERE id = ?1 AND run_id = ?2 AND until > ?3")?
+        .query_row(rusqlite::params![id, run_id, now as i64], |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
 }
+
+/// The condition under which loan `l` of task `t` counts at `?1` (now):
+/// for the run `t` runs, not lapsed, not further ahead than a loan is ever
+/// given (a clock set back would otherwise stretch it), and while `t` has a
+/// child that may still need a slot.
+const IN_FORCE: &str = "l.run_id = t.run_id AND t.status = 'running' \
+     AND l.until > ?1 AND l.until <= ?1 + 30000 \
+     AND EXISTS (SELECT 1 FROM tasks c WHERE c.parent_id = t.id \
+         AND c.status IN ('pending', 'queued', 'running', 'waiting', 'paused'))";
+const _: () = assert!(LOAN_MS == 30_000, "IN_FORCE spells LOAN_MS out");
 
 /// How many tasks hold a slot at `now`: running or waiting for a
 /// permission answer, or paused with a run (it keeps its slot), less the
@@ -94,13 +133,13 @@ pub(super) fn held(tx: &Connection, now: u64) -> rusqlite::Result<usize> {
 /// held slots leaves them out, as `held` does).
 pub fn lent(conn: &Connection, now: u64) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT l.id FROM slot_loans l JOIN tasks t ON t.id = l.id WHERE {IN_FORCE}"
+        "SELECT DISTINCT l.id FROM slot_loans l JOIN tasks t ON t.id = l.id WHERE {IN_FORCE}"
     ))?;
     let rows = stmt.query_map([now as i64], |r| r.get(0))?;
     rows.collect()
 }
 
-/// A deleted task's loan goes with it.
+/// A deleted task's loans go with it.
 pub(super) fn forget(tx: &Connection, id: &str) -> Result<(), Applied> {
     tx.prepare_cached("DELETE FROM slot_loans WHERE id = ?1")?
         .execute([id])?;

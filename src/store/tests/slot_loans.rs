@@ -1,9 +1,10 @@
-//! Slot loans (`tasks::slot_loans`): a running task blocked in a wait is
-//! not counted as holding a slot, for its current run, while its loan is
-//! renewed; and nothing else changes.
+//! Slot loans (`tasks::slot_loans`): a running task blocked in a wait for
+//! its children is not counted as holding a slot, for the run it waits in,
+//! while a waiter's loan is renewed and a child may still need a slot; and
+//! nothing else changes.
 
-use super::{Exit, Store};
-use crate::protocol::{ErrorCode, EventData, Method, TaskStatus};
+use super::{Exit, Store, expect_task};
+use crate::protocol::{ErrorCode, EventData, Method, NewTask};
 use crate::store::tasks::InternalOp;
 
 fn start(s: &mut Store, id: &str, run: &str) -> bool {
@@ -15,11 +16,28 @@ fn start(s: &mut Store, id: &str, run: &str) -> bool {
     s.internal(&op).result.is_ok()
 }
 
-fn lend(s: &mut Store, id: &str, lend: bool) -> Vec<EventData> {
-    let out = s.apply(&Method::TaskLendSlot {
+fn child_of(s: &mut Store, parent: &str) -> String {
+    let new = NewTask {
+        prompt: "true".into(),
+        engine: Some("agent".into()),
+        parent_id: Some(parent.into()),
+        ..Default::default()
+    };
+    expect_task(s.apply(&Method::TaskCreate(new)).result).id
+}
+
+fn lend_method(id: &str, run: &str, waiter: &str, lend: bool) -> Method {
+    Method::TaskLendSlot {
         id: id.into(),
+        run_id: run.into(),
+        waiter: waiter.into(),
         lend,
-    });
+    }
+}
+
+/// Applies a lend that must succeed; the events it appended.
+fn lend(s: &mut Store, id: &str, run: &str, waiter: &str, on: bool) -> Vec<EventData> {
+    let out = s.apply(&lend_method(id, run, waiter, on));
     out.result.expect("task.lend_slot applied");
     out.events.into_iter().map(|e| e.data).collect()
 }
@@ -33,45 +51,54 @@ fn slot_event(id: &str, run: &str, lent: bool) -> EventData {
 }
 
 #[test]
-fn a_lent_slot_lets_a_queued_task_start_and_taking_it_back_holds_the_next() {
+fn a_lent_slot_lets_a_child_start_until_the_last_waiter_takes_it_back() {
     let mut s = Store::new();
-    let (parent, child, other) = (s.create(&[]).id, s.create(&[]).id, s.create(&[]).id);
+    let parent = s.create(&[]).id;
+    let other = s.create(&[]).id;
     assert!(start(&mut s, &parent, "p1"));
+    let child = child_of(&mut s, &parent);
     assert!(
         !start(&mut s, &child, "c1"),
         "the parent holds the only slot"
     );
 
-    assert_eq!(
-        lend(&mut s, &parent, true),
-        [slot_event(&parent, "p1", true)]
-    );
+    let lent = slot_event(&parent, "p1", true);
+    assert_eq!(lend(&mut s, &parent, "p1", "w1", true), [lent]);
     assert!(start(&mut s, &child, "c1"), "the lent slot is free");
     assert!(!start(&mut s, &other, "o1"), "the child holds it now");
     assert!(
-        lend(&mut s, &parent, true).is_empty(),
-        "a renewal is no event"
+        lend(&mut s, &parent, "p1", "w1", true).is_empty(),
+        "a renewal"
     );
-
-    assert_eq!(
-        lend(&mut s, &parent, false),
-        [slot_event(&parent, "p1", false)]
+    assert!(
+        lend(&mut s, &parent, "p1", "w2", true).is_empty(),
+        "a second waiter"
     );
-    assert!(lend(&mut s, &parent, false).is_empty(), "nothing was lent");
+    assert!(
+        lend(&mut s, &parent, "p1", "w1", false).is_empty(),
+        "w2 still waits"
+    );
+    let back = slot_event(&parent, "p1", false);
+    assert_eq!(lend(&mut s, &parent, "p1", "w2", false), [back]);
+    assert!(
+        lend(&mut s, &parent, "p1", "w2", false).is_empty(),
+        "nothing lent"
+    );
     s.ok(super::exit_method(&child, "c1", Exit::Code0));
     assert!(
         !start(&mut s, &other, "o1"),
         "the parent holds its slot again"
     );
-    assert_eq!(s.status(&parent), Some(TaskStatus::Running));
 }
 
 #[test]
-fn a_loan_counts_only_while_in_force_for_the_running_run() {
+fn a_loan_counts_only_while_in_force() {
     let mut s = Store::new();
-    let (parent, child) = (s.create(&[]).id, s.create(&[]).id);
+    let parent = s.create(&[]).id;
+    let other = s.create(&[]).id;
     assert!(start(&mut s, &parent, "p1"));
-    lend(&mut s, &parent, true);
+    let child = child_of(&mut s, &parent);
+    lend(&mut s, &parent, "p1", "w", true);
     let set = |s: &Store, sql: &str| s.conn.execute(sql, []).expect("update the loan");
 
     set(&s, "UPDATE slot_loans SET until = 1");
@@ -79,10 +106,7 @@ fn a_loan_counts_only_while_in_force_for_the_running_run() {
     // Set far ahead (the clock was set back since): not trusted either.
     set(&s, "UPDATE slot_loans SET until = 32503680000000");
     assert!(!start(&mut s, &child, "c1"), "a loan beyond its length");
-    lend(&mut s, &parent, true);
-    set(&s, "UPDATE slot_loans SET run_id = 'an-earlier-run'");
-    assert!(!start(&mut s, &child, "c1"), "another run's loan");
-    lend(&mut s, &parent, true);
+    lend(&mut s, &parent, "p1", "w", true);
     s.ok(Method::TaskPause { id: parent.clone() });
     assert!(!start(&mut s, &child, "c1"), "a paused task holds its slot");
     s.ok(Method::TaskResume {
@@ -91,31 +115,35 @@ fn a_loan_counts_only_while_in_force_for_the_running_run() {
         changes: Default::default(),
     });
     assert!(start(&mut s, &child, "c1"), "running again, still lent");
+    // Its children ended: the task waits for nothing of its own.
+    s.ok(super::exit_method(&child, "c1", Exit::Code0));
+    assert!(!start(&mut s, &other, "o1"), "no unfinished child");
 }
 
 #[test]
-fn only_a_running_task_lends_and_a_deleted_task_leaves_no_loan() {
+fn only_a_running_task_lends_for_the_run_it_runs() {
     let mut s = Store::new();
-    let queued = s.create(&[]).id;
-    let refused = s.apply(&Method::TaskLendSlot {
-        id: queued.clone(),
-        lend: true,
-    });
-    let e = refused.result.expect_err("a queued task holds no slot");
-    assert_eq!(e.code, ErrorCode::Conflict, "{e:?}");
+    let t = s.create(&[]).id;
+    let refused = |s: &mut Store, m: Method| s.apply(&m).result.expect_err("refused").code;
+    assert_eq!(
+        refused(&mut s, lend_method(&t, "r1", "w", true)),
+        ErrorCode::Conflict,
+        "a queued task holds no slot"
+    );
     assert!(
-        lend(&mut s, &queued, false).is_empty(),
+        lend(&mut s, &t, "r1", "w", false).is_empty(),
         "giving back is fine"
     );
-    let missing = s.apply(&Method::TaskLendSlot {
-        id: "f".repeat(32),
-        lend: true,
-    });
-    assert_eq!(missing.result.unwrap_err().code, ErrorCode::NotFound);
-
-    let t = s.create(&[]).id;
-    s.start(&t, "t1");
-    lend(&mut s, &t, true);
+    let missing = "f".repeat(32);
+    assert_eq!(
+        refused(&mut s, lend_method(&missing, "r1", "w", true)),
+        ErrorCode::NotFound
+    );
+    s.start(&t, "t2");
+    let out = s.apply(&lend_method(&t, "t1", "w", true));
+    let e = out.result.expect_err("a waiter of an earlier run");
+    assert!(e.message.contains("in run t2, not t1"), "{e:?}");
+    lend(&mut s, &t, "t2", "w", true);
     s.ok(Method::TaskDelete {
         id: t.clone(),
         force: true,
@@ -123,5 +151,5 @@ fn only_a_running_task_lends_and_a_deleted_task_leaves_no_loan() {
     let rows: i64 = (s.conn)
         .query_row("SELECT COUNT(*) FROM slot_loans", [], |r| r.get(0))
         .expect("count loans");
-    assert_eq!(rows, 0);
+    assert_eq!(rows, 0, "a deleted task's loans go with it");
 }
