@@ -155,6 +155,23 @@ fn a_child_delegated_to_another_workspace_through_mcp_reports_back() {
     // The proxy here is the parent's child.
     assert_eq!(show(&here, child)["parent_id"], parent.as_str());
     here.ok(&["cancel", &parent]);
+    // A conclusion grove made up there (no block) is made up here too,
+    // not passed off as the agent's report.
+    let args = [
+        "spawn",
+        "--conclusion",
+        "--project",
+        "other",
+        "echo plain words",
+    ];
+    let plain = here.ok(&args);
+    let done = wait_status(&here, &plain, "completed");
+    let c = &done["conclusion"];
+    assert_eq!(c["source"], "synthesized", "{done}");
+    assert!(
+        c["summary"].as_str().unwrap().contains("plain words"),
+        "{done}"
+    );
 }
 
 #[test]

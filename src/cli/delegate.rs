@@ -165,11 +165,17 @@ async fn follow(remote: &Context, id: &str) -> Result<i32, CliError> {
 }
 
 /// The other task's end, as this task's: its conclusion as a block (the
-/// shim reads the last one), then why it did not complete.
+/// shim reads the last one) when its agent reported one, then why it did
+/// not complete. A conclusion grove made up there (from the output, or
+/// from a malformed block) is not printed as a block, which this task
+/// would record as reported: this task's own is then made up the same way
+/// from the same output, which it printed.
 fn ended(t: &TaskRecord) -> i32 {
+    use crate::protocol::ConclusionSource;
     use crate::runs::conclusion::{CLOSE, OPEN};
     outln!("");
-    if let Some(c) = &t.conclusion {
+    let reported = t.conclusion.as_ref();
+    if let Some(c) = reported.filter(|c| c.source == ConclusionSource::Reported) {
         let block = serde_json::json!({
             "status": c.status, "summary": c.summary, "artifacts": c.artifacts,
             "follow_up": c.follow_up, "confidence": c.confidence,
