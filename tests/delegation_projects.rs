@@ -168,10 +168,36 @@ fn a_child_delegated_to_another_workspace_through_mcp_reports_back() {
     let done = wait_status(&here, &plain, "completed");
     let c = &done["conclusion"];
     assert_eq!(c["source"], "synthesized", "{done}");
-    assert!(
-        c["summary"].as_str().unwrap().contains("plain words"),
-        "{done}"
+    assert_eq!(c["summary"], "plain words", "{done}");
+}
+
+/// An ACP agent there that wrote no block concludes with its message,
+/// there and here alike: not with the transcript the proxy copied.
+#[test]
+fn a_delegated_acp_agent_without_a_block_concludes_with_its_message_here_too() {
+    let agent = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/acp_agents/scripted_agent.py"
     );
+    let scripted = format!(
+        "[engines.scripted]\nkind = \"acp\"\ncommand = [\"{}\", \"{agent}\"]\npermissions = \"allow_all\"\n",
+        test_env::python().display()
+    );
+    let (here, _there) = two_workspaces_with("", &scripted);
+    let args = [
+        "spawn",
+        "--conclusion",
+        "--project",
+        "other",
+        "-e",
+        "scripted",
+        "hello",
+    ];
+    let proxy = here.ok(&args);
+    let done = wait_status(&here, &proxy, "completed");
+    let c = &done["conclusion"];
+    assert_eq!(c["source"], "synthesized", "{done}");
+    assert_eq!(c["summary"], "Hello world", "{done}");
 }
 
 #[test]

@@ -445,3 +445,37 @@ fn queued_tasks_start_by_priority_then_age() {
         ["b", "d", "c", "a", "e"]
     );
 }
+
+/// An engine of the user's that hands its prompt to a shell as code gets
+/// no words in it, as the `shell` engine does: a spawn that asks for a
+/// conclusion runs the command as given (the brief appended used to break
+/// it), and a goal or a persona, whose words would run, is refused.
+#[test]
+fn a_configured_shell_engine_gets_no_words_in_its_prompt() {
+    let mut g = Grove::with_config(
+        "heartbeat_ms = 100\n[engines.bashy]\ncommand = [\"bash\", \"-c\", \"{prompt}\"]\n",
+    );
+    g.serve();
+    g.wait_primary();
+    std::fs::create_dir_all(g.ws.join(".grove/personas")).unwrap();
+    std::fs::write(g.ws.join(".grove/personas/chatty.md"), "rm -rf ~\n").unwrap();
+    let id = g.ok(&["spawn", "--conclusion", "-e", "bashy", "echo ran as given"]);
+    let done = wait_status(&g, &id, "completed");
+    assert_eq!(done["conclusion"]["summary"], "ran as given", "{done}");
+    let out = g.run(&["goal", "-e", "bashy", "make test"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("needs an agent"),
+        "{}",
+        stderr_of(&out)
+    );
+    for engine in ["bashy", "shell"] {
+        let out = g.run(&["spawn", "-e", engine, "--persona", "chatty", "echo x"]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("leave --persona out"),
+            "{}",
+            stderr_of(&out)
+        );
+    }
+}

@@ -101,6 +101,10 @@ async fn delegate(autostart: bool) -> Result<i32, CliError> {
     // higher.
     let cap = local.config.max_delegation_depth.saturating_add(1);
     let depth = local.reader()?.delegation_level(&task, cap)?;
+    // Before the create: a cancel that comes while it runs (it may start a
+    // member there) waits in `stop` instead of ending this process with
+    // the task there created and left to run.
+    let mut stop = Stop::install()?;
     let reply = remote
         .call(
             Method::TaskCreate(remote_task(&local, &task, depth)),
@@ -115,26 +119,40 @@ async fn delegate(autostart: bool) -> Result<i32, CliError> {
         remote.ws.root.display(),
         there.id
     );
-    let mut stop = Stop::install()?;
-    tokio::select! {
+    let cancel_there = async || {
+        // The work it spawned there serves only this task, and nobody here
+        // sees it: the task there goes with every task below it. A
+        // delegated task below it cancels its own tree in turn (its
+        // `delegate-run`).
+        let key = format!("{key}-cancel");
+        match super::orchestrate::cancel_with_descendants(&remote, &there.id, Some(&key)).await {
+            Err(e) => errln!(
+                "grove delegate-run: cannot cancel task {} there: {e}",
+                there.id
+            ),
+            Ok(done) => {
+                for f in done.failed {
+                    errln!("grove delegate-run: cannot cancel task {f} there");
+                }
+            }
+        }
+    };
+    let followed = tokio::select! {
         r = follow(&remote, &there.id) => r,
         // The other workspace's last member may go while its task runs:
         // one is started there (autostart), or the proxy fails saying so.
         hopeless = remote.keep_member() => Err(hopeless),
         _ = stop.next() => {
-            // Cancelled or timed out here: so is the task there, with
-            // every task below it: the work it spawned there serves only
-            // this task, and nobody here sees it. A delegated task below
-            // it cancels its own tree in turn (its `delegate-run`).
-            let key = format!("{key}-cancel");
-            let cancelled =
-                super::orchestrate::cancel_with_descendants(&remote, &there.id, Some(&key));
-            if let Err(e) = cancelled.await {
-                errln!("grove delegate-run: cannot cancel task {} there: {e}", there.id);
-            }
-            Ok(128 + libc::SIGTERM)
+            // Cancelled or timed out here: so is the task there.
+            cancel_there().await;
+            return Ok(128 + libc::SIGTERM);
         }
+    };
+    if followed.is_err() {
+        // This task fails: the task there would run on unseen.
+        cancel_there().await;
     }
+    followed
 }
 
 /// Prints the task's output until it ended, then its conclusion block;
@@ -165,21 +183,22 @@ async fn follow(remote: &Context, id: &str) -> Result<i32, CliError> {
 }
 
 /// The other task's end, as this task's: its conclusion as a block (the
-/// shim reads the last one) when its agent reported one, then why it did
-/// not complete. A conclusion grove made up there (from the output, or
-/// from a malformed block) is not printed as a block, which this task
-/// would record as reported: this task's own is then made up the same way
-/// from the same output, which it printed.
+/// shim reads the last one), saying so when grove made it up there (from
+/// the output, or from a malformed block) rather than the agent reporting
+/// it; then why it did not complete.
 fn ended(t: &TaskRecord) -> i32 {
     use crate::protocol::ConclusionSource;
     use crate::runs::conclusion::{CLOSE, OPEN};
     outln!("");
-    let reported = t.conclusion.as_ref();
-    if let Some(c) = reported.filter(|c| c.source == ConclusionSource::Reported) {
-        let block = serde_json::json!({
+    if let Some(c) = &t.conclusion {
+        let mut block = serde_json::json!({
             "status": c.status, "summary": c.summary, "artifacts": c.artifacts,
             "follow_up": c.follow_up, "confidence": c.confidence,
         });
+        if c.source != ConclusionSource::Reported {
+            block["source"] = serde_json::json!(c.source);
+            block["error"] = serde_json::json!(c.error);
+        }
         outln!("{OPEN}{block}{CLOSE}");
     }
     if t.status == TaskStatus::Completed {

@@ -76,37 +76,44 @@ pub enum PromptVia {
 
 impl EngineConfig {
     /// Whether the engine hands its prompt to a shell as code: its program
-    /// (past `env` and its assignments) is a shell, and the prompt is the
-    /// script of `-c`, or the shell's stdin read as its script (`-s`, or no
-    /// script file named). Words appended to such a prompt (a review's
-    /// comments, a resume's instructions) would run as commands, as they
-    /// would for the built-in `shell` engine. A prompt passed to a shell as
-    /// an argument (`sh -c 'agent "$1"' sh {prompt}`, `bash agent.sh
-    /// {prompt}`) is not code.
+    /// (past wrappers such as `env`, `nice`, `timeout`, `busybox`) is a
+    /// shell, and the prompt is in the script of `-c`, or is the shell's
+    /// stdin read as its script (`-s`, or no script file named). Words
+    /// appended to such a prompt (a review's comments, a resume's
+    /// instructions, the conclusion brief, a persona) would run as
+    /// commands, as they would for the built-in `shell` engine. A prompt
+    /// passed to a shell as an argument (`sh -c 'agent "$1"' sh {prompt}`,
+    /// `bash agent.sh {prompt}`) is not code; neither is one a script
+    /// `eval`s, which no reading of the command line can tell.
     pub fn runs_prompt_as_shell(&self) -> bool {
-        const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish"];
-        let name = |arg: &str| arg.rsplit('/').next().unwrap_or(arg).to_string();
-        let mut args = self.command.iter().map(String::as_str);
-        let mut program = args.next();
-        while program.is_some_and(|p| name(p) == "env") {
-            program = args.find(|a| !a.contains('=') && !a.starts_with('-'));
-        }
-        if !program.is_some_and(|p| SHELLS.contains(&name(p).as_str())) {
+        let argv: Vec<&str> = self.command.iter().map(String::as_str).collect();
+        let Some(at) = past_wrappers(&argv) else {
+            return false;
+        };
+        if !SHELLS.contains(&program_name(argv[at])) {
             return false;
         }
-        let rest: Vec<&str> = args.collect();
+        let rest = &argv[at + 1..];
         let (mut script_arg, mut stdin_script, mut i) = (false, false, 0);
         while let Some(a) = rest.get(i) {
             i += 1;
             if *a == "--" {
                 break;
             }
+            if let Some(script) = a.strip_prefix("--command=") {
+                return script.contains("{prompt}"); // fish
+            }
+            if matches!(*a, "--rcfile" | "--init-file") {
+                i += 1;
+                continue;
+            }
             let Some(flags) = a.strip_prefix('-').or_else(|| a.strip_prefix('+')) else {
                 i -= 1;
                 break;
             };
             if flags.starts_with('-') {
-                continue; // a long option (`--login`)
+                script_arg |= flags == "-command"; // fish's `--command SCRIPT`
+                continue; // another long option (`--login`)
             }
             script_arg |= flags.contains('c');
             stdin_script |= flags.contains('s');
@@ -120,6 +127,54 @@ impl EngineConfig {
             operand.is_some_and(|script| script.contains("{prompt}"))
         } else {
             (stdin_script || operand.is_none()) && self.prompt_via == PromptVia::Stdin
+        }
+    }
+}
+
+/// Shells whose script a prompt can be.
+const SHELLS: &[&str] = &[
+    "sh", "bash", "rbash", "dash", "zsh", "ksh", "ksh93", "mksh", "oksh", "ash", "yash", "posh",
+    "fish", "csh", "tcsh",
+];
+
+fn program_name(arg: &str) -> &str {
+    arg.rsplit('/').next().unwrap_or(arg)
+}
+
+/// Where the program a command line runs is, past the commands that only
+/// run another (`env A=1`, `nice -n 5`, `timeout 1h`, `busybox`, `nohup`,
+/// `setsid`, `stdbuf -oL`, `ionice -c 3`) and their options.
+fn past_wrappers(argv: &[&str]) -> Option<usize> {
+    // Options that take the next argument as their value, per wrapper.
+    let valued: fn(&str) -> &'static [&'static str] = |wrapper| match wrapper {
+        "env" => &["-u", "--unset", "-C", "--chdir", "-S", "--split-string"],
+        "nice" => &["-n", "--adjustment"],
+        "timeout" => &["-s", "--signal", "-k", "--kill-after"],
+        "stdbuf" => &["-i", "-o", "-e", "--input", "--output", "--error"],
+        "ionice" => &["-c", "--class", "-n", "--classdata", "-p", "--pid"],
+        _ => &[],
+    };
+    let mut i = 0;
+    loop {
+        let wrapper = program_name(argv.get(i)?);
+        if !matches!(
+            wrapper,
+            "env" | "nice" | "timeout" | "busybox" | "nohup" | "setsid" | "stdbuf" | "ionice"
+        ) {
+            return Some(i);
+        }
+        i += 1;
+        while let Some(a) = argv.get(i) {
+            if valued(wrapper).contains(a) {
+                i += 2;
+            } else if a.starts_with('-') || (wrapper == "env" && a.contains('=')) {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        if wrapper == "timeout" {
+            i += 1; // its duration
         }
     }
 }
@@ -245,6 +300,21 @@ mod tests {
             (&["bash"], Stdin),
             (&["sh", "-s", "--", "x"], Stdin),
             (&["dash", "-e"], Stdin),
+            (&["busybox", "sh", "-c", "{prompt}"], Arg),
+            (&["nice", "-n", "10", "bash", "-c", "{prompt}"], Arg),
+            (
+                &["timeout", "-k", "5", "1h", "bash", "-lc", "{prompt}"],
+                Arg,
+            ),
+            (
+                &["env", "-u", "HOME", "-C", "/repo", "bash", "-c", "{prompt}"],
+                Arg,
+            ),
+            (&["bash", "--rcfile", "rc", "-c", "{prompt}"], Arg),
+            (&["fish", "--command={prompt}"], Arg),
+            (&["fish", "--command", "{prompt}"], Arg),
+            (&["tcsh", "-c", "{prompt}"], Arg),
+            (&["bash", "-euo", "pipefail", "-c", "{prompt}"], Arg),
         ];
         for (command, via) in code {
             assert!(
@@ -261,6 +331,9 @@ mod tests {
             (&["bash", "-c", "agent --from-stdin"], Stdin),
             (&["bash"], Arg),
             (&["python3", "-c", "{prompt}"], Arg),
+            (&["nice", "-n", "10", "claude", "-p", "{prompt}"], Arg),
+            (&["timeout", "1h", "codex", "exec", "{prompt}"], Arg),
+            (&["busybox", "sh", "agent.sh", "{prompt}"], Arg),
         ];
         for (command, via) in not_code {
             assert!(

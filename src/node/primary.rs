@@ -706,10 +706,14 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
                 // engine, successive runs on any other.
                 let engine =
                     (goal.task.engine).get_or_insert_with(|| config.default_engine.clone());
-                if engine == "shell" {
+                let code =
+                    (config.engines.get(engine.as_str())).is_some_and(|e| e.runs_prompt_as_shell());
+                if engine == "shell" || code {
                     return Err(WireError::new(
                         ErrorCode::InvalidParams,
-                        "a goal needs an agent: the shell engine runs its prompt as a command and cannot follow a goal's brief (choose an acp or cli engine with -e; see grove engines)",
+                        format!(
+                            "a goal needs an agent: engine '{engine}' runs its prompt as a shell command and cannot follow a goal's brief (choose an acp or cli engine with -e; see grove engines)"
+                        ),
                     ));
                 }
                 let kind = config.engines.get(engine.as_str()).map(|e| e.kind);

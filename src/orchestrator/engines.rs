@@ -243,14 +243,27 @@ fn build(
         Some(tree) => in_worktree(workspace, &workspace.join(tree), spec.work_dir),
         None => resolve_work_dir(workspace, spec.work_dir, checks)?,
     };
+    // A prompt that a shell runs as code (the `shell` engine's, or one a
+    // configured engine hands to a shell) is a command line: no words go
+    // into it, which would run as commands (a persona's text, the brief).
+    let code = spec.engine == "shell" || e.runs_prompt_as_shell();
     let mut prompt = match spec.persona {
-        Some(p) => format!("{}\n\n{}", persona_text(config, workspace, p)?, spec.prompt),
+        Some(p) => {
+            let persona = persona_text(config, workspace, p)?;
+            if code {
+                return Err(EngineError::Template(format!(
+                    "engine '{}' runs its prompt as a shell command: persona '{p}' would run as commands; leave --persona out",
+                    spec.engine
+                )));
+            }
+            format!("{persona}\n\n{}", spec.prompt)
+        }
         None => spec.prompt.to_string(),
     };
     // Never for a delegated task's proxy: the task it creates in the other
     // workspace gets the brief there.
     // Nor for a prompt that asks for its own block already (a goal's).
-    let briefed = spec.engine != "shell"
+    let briefed = !code
         && spec.engine != crate::config::DELEGATE_ENGINE
         && !prompt.contains(crate::runs::conclusion::OPEN);
     if spec.brief && config.conclusion_brief && briefed {

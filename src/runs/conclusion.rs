@@ -102,14 +102,26 @@ fn parse_block(block: &str) -> Result<Conclusion, String> {
                 .ok_or("`progress` must be a number from 0 to 100")?,
         ),
     };
+    // A block may say that it is not an agent's report: `grove
+    // delegate-run` passes on a conclusion grove made up in the other
+    // workspace (with why, for a malformed one). An agent that says so of
+    // its own block only lowers it: a made-up conclusion completes no goal.
+    let (source, error) = match v["source"].as_str() {
+        Some("synthesized") => (ConclusionSource::Synthesized, None),
+        Some("malformed") => (
+            ConclusionSource::Malformed,
+            text(&v["error"], "error")?.or(Some("malformed".into())),
+        ),
+        _ => (ConclusionSource::Reported, None),
+    };
     Ok(Conclusion {
         status,
         summary: summary.trim().to_string(),
         artifacts: strings(&v["artifacts"], "artifacts")?,
         follow_up: strings(&v["follow_up"], "follow_up")?,
         confidence,
-        source: ConclusionSource::Reported,
-        error: None,
+        source,
+        error,
         progress,
         next_step: text(&v["next_step"], "next_step")?,
         blocked_reason: text(&v["blocked_reason"], "blocked_reason")?,
@@ -217,6 +229,30 @@ mod tests {
         assert_eq!(c.artifacts, vec!["f.rs"]);
         assert_eq!(c.confidence, Some(0.5));
         assert_eq!(c.source, ConclusionSource::Reported);
+    }
+
+    #[test]
+    fn a_block_passed_on_keeps_its_source() {
+        let block = |extra: &str| {
+            let out = format!(
+                "<grove:conclusion>{{\"status\":\"success\",\"summary\":\"s\"{extra}}}</grove:conclusion>"
+            );
+            from_output(&out, ExitOutcome::Exited, Some(0))
+        };
+        assert_eq!(
+            block(",\"source\":\"synthesized\"").source,
+            ConclusionSource::Synthesized
+        );
+        let m = block(",\"source\":\"malformed\",\"error\":\"not JSON\"");
+        assert_eq!(
+            (m.source, m.error.as_deref()),
+            (ConclusionSource::Malformed, Some("not JSON"))
+        );
+        assert_eq!(
+            block(",\"source\":\"trusted\"").source,
+            ConclusionSource::Reported
+        );
+        assert_eq!(block("").source, ConclusionSource::Reported);
     }
 
     #[test]

@@ -110,15 +110,12 @@ pub async fn run(spec_path: &Path) -> i32 {
         (Ok(()), Some(acp)) => acp::supervise(&ws, &spec, acp, &mut record).await,
         (Ok(()), None) => supervise::supervise(&ws, &spec, &mut record).await,
     };
-    if spec.conclusion && exit.conclusion.is_none() {
-        // Read here, where the run ends, so that the primary's store thread
-        // never reads a log. An ACP run concludes from its agent's last
-        // message (`acp::supervise`); one that never got to talk has
-        // nothing of the agent's to quote: its log is grove's transcript.
-        let tail = match &spec.acp {
-            None => conclusion::read_tail(&log, log_start),
-            Some(_) => String::new(),
-        };
+    // Read here, where the run ends, so that the primary's store thread
+    // never reads a log. An ACP run concludes from its agent's last message
+    // (`acp::supervise`), never from its log, which is grove's transcript:
+    // without one, the store concludes from how the run ended.
+    if spec.conclusion && exit.conclusion.is_none() && spec.acp.is_none() {
+        let tail = conclusion::read_tail(&log, log_start);
         exit.conclusion = Some(conclusion::from_output(&tail, exit.outcome, exit.exit_code));
     }
     // The exit record is the report: whichever primary supervises the run

@@ -180,13 +180,17 @@ impl Session {
     /// message in the last turn, never from the log, which is grove's
     /// transcript (its prompt with the brief, its `## ...` notes) and
     /// would be quoted as the summary of an agent that wrote no block.
+    /// None when the last turn has no message: the task keeps an earlier
+    /// turn's conclusion, else the store makes one from how the run ended
+    /// and its message (an agent that crashed says why there).
     pub fn run_conclusion(
         &self,
         outcome: crate::protocol::ExitOutcome,
         exit_code: Option<i32>,
     ) -> Option<crate::protocol::Conclusion> {
         let text = self.transcript().turn_text().to_string();
-        (self.conclude).then(|| crate::runs::conclusion::from_output(&text, outcome, exit_code))
+        (self.conclude && !text.trim().is_empty())
+            .then(|| crate::runs::conclusion::from_output(&text, outcome, exit_code))
     }
 
     pub fn prompted(&self, text: &str) {

@@ -25,7 +25,7 @@ fn new_task(
     let tx = c.tx;
     let deps = check_spec(tx, &spec)?;
     match &spec.parent_id {
-        Some(parent) => check_parent(tx, parent, c.limits)?,
+        Some(parent) => check_parent(tx, parent, c.limits, retry_of.is_none())?,
         None => check_inherited(&spec, c.limits)?,
     }
     let now = now_ms();
@@ -233,13 +233,22 @@ fn kept_depth(conn: &Connection, id: &str) -> Result<Option<u32>, StoreError> {
 /// A child of `parent` may be created: the parent exists, is not too deep
 /// (its [`Level`], levels inherited from another workspace included) and
 /// has room for another child.
-fn check_parent(tx: &Connection, parent: &str, limits: Limits) -> Result<(), Applied> {
+fn check_parent(tx: &Connection, parent: &str, limits: Limits, fresh: bool) -> Result<(), Applied> {
     let Some(p) = rows::get(tx, parent)? else {
         return Err(refused(
             ErrorCode::InvalidParams,
             format!("unknown parent task {parent}"),
         ));
     };
+    // A cancelled task's agent may still be ending (its kill grace): what
+    // it spawns then would run on unseen, after `cancel --tree` read the
+    // tree. A retry of one of its children is the user's, not the agent's.
+    if fresh && p.status == TaskStatus::Cancelled {
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!("task {parent} was cancelled: it spawns no more tasks"),
+        ));
+    }
     let at = level(tx, &p, limits.max_depth)?;
     if at.total >= limits.max_depth {
         let across = match &at.inherited {

@@ -2,7 +2,7 @@
 //! the code before its fix.
 
 use super::{Exit, Store, expect_task};
-use crate::protocol::{EventData, FailureReason, Method, NewTask, TaskStatus};
+use crate::protocol::{ErrorCode, EventData, FailureReason, Method, NewTask, TaskStatus};
 use crate::store::tasks::InternalOp;
 
 fn events_about(events: &[crate::protocol::Event]) -> Vec<String> {
@@ -386,4 +386,30 @@ fn parent_awaiting_a_child(s: &mut Store, prompt: &str, engine: &str) -> (String
     }));
     s.ok(super::exit_method(&parent, "p1", Exit::Code0));
     (parent, child)
+}
+
+/// A cancelled task's agent may still be ending when it spawns: the child
+/// would run on unseen after `cancel --tree` read the tree. Refused; a
+/// retry of one of its children (the user's) is not.
+#[test]
+fn a_cancelled_task_spawns_no_more_children() {
+    let mut s = Store::new();
+    let parent = s.create(&[]).id;
+    s.start(&parent, "p1");
+    let child = |parent: &str| {
+        Method::TaskCreate(NewTask {
+            prompt: "true".into(),
+            engine: Some("agent".into()),
+            parent_id: Some(parent.into()),
+            ..Default::default()
+        })
+    };
+    let first = expect_task(s.apply(&child(&parent)).result).id;
+    s.run(&first, "f1", Exit::Code1);
+    s.ok(Method::TaskCancel { id: parent.clone() });
+    let refused = s.apply(&child(&parent)).result.expect_err("refused");
+    assert_eq!(refused.code, ErrorCode::Conflict, "{refused:?}");
+    assert!(refused.message.contains("was cancelled"), "{refused:?}");
+    let retried = expect_task(s.apply(&Method::TaskRetry { id: first }).result);
+    assert_eq!(retried.spec.parent_id.as_deref(), Some(parent.as_str()));
 }
