@@ -125,7 +125,7 @@ async fn delegate(autostart: bool) -> Result<i32, CliError> {
         // delegated task below it cancels its own tree in turn (its
         // `delegate-run`).
         let key = format!("{key}-cancel");
-        match super::orchestrate::cancel_with_descendants(&remote, &there.id, Some(&key)).await {
+        match crate::mcp::tree::cancel_with_descendants(&remote, &there.id, Some(&key)).await {
             Err(e) => errln!(
                 "grove delegate-run: cannot cancel task {} there: {e}",
                 there.id

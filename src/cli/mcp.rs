@@ -19,9 +19,13 @@ impl Grove for Context {
         Config::load(&self.ws.state_dir).unwrap_or_else(|_| self.config.clone())
     }
 
-    fn call(&self, method: Method) -> BoxFuture<'_, Result<ReplyBody, String>> {
+    fn call_keyed<'a>(
+        &'a self,
+        method: Method,
+        key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<ReplyBody, String>> {
         Box::pin(async move {
-            Context::call(self, method, None)
+            Context::call(self, method, key)
                 .await
                 .map_err(|e| e.to_string())
         })

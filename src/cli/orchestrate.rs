@@ -316,7 +316,10 @@ pub(super) fn seconds_to_ms(v: Option<f64>, flag: &str) -> Result<Option<u64>, C
 /// parents before their children (a cancelled parent spawns no more).
 pub async fn cancel_tree(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
     let id = resolve_id(ctx, id)?;
-    let Cancelled { cancelled, failed } = cancel_with_descendants(ctx, &id, None).await?;
+    let crate::mcp::tree::Cancelled { cancelled, failed } =
+        crate::mcp::tree::cancel_with_descendants(ctx, &id, None)
+            .await
+            .map_err(CliError::Failed)?;
     if json {
         print_json(&serde_json::json!({ "cancelled": cancelled, "failed": failed }));
     } else {
@@ -334,59 +337,6 @@ pub async fn cancel_tree(ctx: &Context, id: &str, json: bool) -> Result<i32, Cli
         errln!("grove: cannot cancel {f}");
     }
     Ok(EXIT_FAILED)
-}
-
-/// Cancels task `id`, then every unfinished task below it, parents before
-/// their children (a cancelled task spawns no more: the store refuses it).
-/// The tree is read again until a pass finds nothing new to cancel, so
-/// that a child created while the walk ran is not missed. One task that
-/// cannot be cancelled does not stop the walk: the rest are cancelled,
-/// and the failures are returned beside them. `key`: the first cancel's
-/// request id.
-pub(super) async fn cancel_with_descendants(
-    ctx: &Context,
-    id: &str,
-    key: Option<&str>,
-) -> Result<Cancelled, CliError> {
-    /// Passes over the tree at most: each finds tasks created since the
-    /// one before, which the delegation limits keep finite anyway.
-    const MAX_PASSES: usize = 20;
-    let mut done = Cancelled::default();
-    let mut tried = std::collections::HashSet::new();
-    let reader = ctx.reader()?;
-    let root = reader
-        .task(id)?
-        .ok_or_else(|| CliError::Failed(format!("no task {id}")))?;
-    let mut todo = vec![(root, key)];
-    for _ in 0..MAX_PASSES {
-        for (t, key) in todo.drain(..) {
-            if t.status.is_terminal() || !tried.insert(t.id.clone()) {
-                continue;
-            }
-            match ctx.call(Method::TaskCancel { id: t.id.clone() }, key).await {
-                Ok(_) => done.cancelled.push(t.id),
-                // Finished or deleted meanwhile: nothing left to cancel.
-                Err(CliError::Failed(e)) if e.contains("already") || e.contains("no task") => {}
-                Err(e) => done.failed.push(format!("{}: {e}", t.id)),
-            }
-        }
-        todo = (reader.descendants(id)?.into_iter())
-            .map(|(_, t)| (t, None))
-            .filter(|(t, _)| !t.status.is_terminal() && !tried.contains(&t.id))
-            .collect();
-        if todo.is_empty() {
-            break;
-        }
-    }
-    Ok(done)
-}
-
-/// What [`cancel_with_descendants`] did.
-#[derive(Debug, Default)]
-pub(super) struct Cancelled {
-    pub cancelled: Vec<String>,
-    /// Tasks that could not be cancelled, each with why.
-    pub failed: Vec<String>,
 }
 
 /// cancel / pause / resume / retry / relaunch / delete / purge: one write,

@@ -5,7 +5,6 @@ use super::tasks::IdParams;
 use super::{Answer, GroveMcp, MAX_TIMEOUT_SECS, reply, seconds, summary};
 use crate::protocol::{
     Conclusion, ConclusionSource, ConclusionStatus, ControlKind, Method, TaskChanges, TaskControl,
-    TaskRecord,
 };
 use crate::store::TaskFilter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -221,29 +220,27 @@ impl GroveMcp {
 
     async fn do_cancel(&self, p: CancelParams) -> Answer {
         let root = self.find(&p.id).await?;
-        let mut todo: Vec<TaskRecord> = vec![root.clone()];
-        if p.tree {
-            let below = self
-                .reader()
-                .await?
-                .descendants(&root.id)
-                .map_err(|e| e.to_string())?;
-            todo.extend(below.into_iter().map(|(_, t)| t));
-        }
-        let mut cancelled = Vec::new();
-        for t in todo.into_iter().filter(|t| !t.status.is_terminal()) {
+        let (cancelled, failed) = if p.tree {
+            let done = super::tree::cancel_with_descendants(self.grove.as_ref(), &root.id, None);
+            let done = done.await?;
+            (done.cancelled, done.failed)
+        } else if root.status.is_terminal() {
+            (Vec::new(), Vec::new())
+        } else {
             match self
                 .grove
-                .call(Method::TaskCancel { id: t.id.clone() })
+                .call(Method::TaskCancel {
+                    id: root.id.clone(),
+                })
                 .await
             {
-                Ok(_) => cancelled.push(t.id),
+                Ok(_) => (vec![root.id.clone()], Vec::new()),
                 // It finished meanwhile.
-                Err(e) if e.contains("already") => {}
+                Err(e) if e.contains("already") => (Vec::new(), Vec::new()),
                 Err(e) => return Err(e),
             }
-        }
-        if cancelled.is_empty() {
+        };
+        if cancelled.is_empty() && failed.is_empty() {
             return Err(format!(
                 "task {} is already {}{}: nothing to cancel",
                 root.id,
@@ -255,7 +252,7 @@ impl GroveMcp {
                 }
             ));
         }
-        Ok(json!({ "cancelled": cancelled }))
+        Ok(json!({ "cancelled": cancelled, "failed": failed }))
     }
 
     async fn do_resume(&self, p: ResumeParams, call: &RequestContext<RoleServer>) -> Answer {

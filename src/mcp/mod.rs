@@ -10,13 +10,15 @@
 //! those as tool errors). Tools by area: `tasks.rs` (spawn, get, list,
 //! output, wait), `control.rs` (cancel, pause, resume, retry, relaunch,
 //! say, progress, conclude), `info.rs` (stats, engines, personas,
-//! projects), `awaits.rs` (await, awaits, await_cancel).
+//! projects), `awaits.rs` (await, awaits, await_cancel); `tree.rs` cancels a task
+//! with everything below it (also for the command line).
 
 mod awaits;
 mod control;
 mod info;
 pub mod slot_loan;
 mod tasks;
+pub mod tree;
 
 use crate::config::Config;
 use crate::paths::Workspace;
@@ -37,7 +39,16 @@ pub trait Grove: Send + Sync + 'static {
     /// The configuration as the files say now.
     fn config(&self) -> Config;
     /// One write, applied at most once; the error says what to do.
-    fn call(&self, method: Method) -> BoxFuture<'_, Result<ReplyBody, String>>;
+    fn call(&self, method: Method) -> BoxFuture<'_, Result<ReplyBody, String>> {
+        self.call_keyed(method, None)
+    }
+    /// One write with this request id (`None`: a fresh one), so that a
+    /// resend of the same request is applied once.
+    fn call_keyed<'a>(
+        &'a self,
+        method: Method,
+        key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<ReplyBody, String>>;
     /// Makes sure a member runs (a read before any write needs its store).
     fn ensure_member(&self) -> BoxFuture<'_, Result<(), String>>;
     /// Run beside a wait: keeps a member running (starting one when the
