@@ -90,7 +90,9 @@ fn a_full_turn_is_stored_as_agent_updates_and_a_transcript() {
 
 /// An agent that wrote no conclusion block concludes with its own last
 /// message: not the log's tail, which is grove's transcript (the prompt
-/// with the brief, `## ...` headers and notes).
+/// with the brief, `## ...` headers and notes). A later turn that breaks
+/// before the agent says anything concludes failed, saying why, rather
+/// than keeping the earlier turn's success.
 #[test]
 fn a_silent_acp_agent_concludes_with_its_own_message() {
     let mut g = scripted("ask");
@@ -102,6 +104,24 @@ fn a_silent_acp_agent_concludes_with_its_own_message() {
     assert_eq!(c["source"], "synthesized", "{done}");
     assert_eq!(c["status"], "success", "{done}");
     assert_eq!(c["summary"], "Hello world", "{done}");
+
+    let kept = g.ok(&[
+        "spawn",
+        "hello",
+        "-e",
+        "scripted",
+        "--conclusion",
+        "--session",
+    ]);
+    wait_status(&g, &kept, "idle");
+    g.ok(&["say", &kept, "garbage"]);
+    let broken = wait_status(&g, &kept, "failed");
+    let c = &broken["conclusion"];
+    assert_eq!(c["status"], "failed", "{broken}");
+    assert!(
+        c["summary"].as_str().unwrap().contains("agent_error"),
+        "{broken}"
+    );
 }
 
 #[test]

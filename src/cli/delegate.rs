@@ -199,6 +199,9 @@ fn ended(t: &TaskRecord) -> i32 {
             block["source"] = serde_json::json!(c.source);
             block["error"] = serde_json::json!(c.error);
         }
+        // `<` only ever stands in a string of the JSON: escaped, a block
+        // quoted in the summary (a malformed one's) is no block here.
+        let block = block.to_string().replace('<', "\\u003c");
         outln!("{OPEN}{block}{CLOSE}");
     }
     if t.status == TaskStatus::Completed {

@@ -316,6 +316,10 @@ pub(super) fn seconds_to_ms(v: Option<f64>, flag: &str) -> Result<Option<u64>, C
 /// parents before their children (a cancelled parent spawns no more).
 pub async fn cancel_tree(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
     let id = resolve_id(ctx, id)?;
+    // Read here first for this command's own errors (and exit codes).
+    if ctx.reader()?.task(&id)?.is_none() {
+        return Err(CliError::Failed(format!("no task {id}")));
+    }
     let crate::mcp::tree::Cancelled { cancelled, failed } =
         crate::mcp::tree::cancel_with_descendants(ctx, &id, None)
             .await
@@ -336,7 +340,9 @@ pub async fn cancel_tree(ctx: &Context, id: &str, json: bool) -> Result<i32, Cli
     for f in &failed {
         errln!("grove: cannot cancel {f}");
     }
-    Ok(EXIT_FAILED)
+    // What refuses a cancel is an existing task that already ended (not a
+    // failure); what is left is grove not answering.
+    Ok(super::EXIT_UNAVAILABLE)
 }
 
 /// cancel / pause / resume / retry / relaunch / delete / purge: one write,

@@ -240,6 +240,9 @@ impl GroveMcp {
                 Err(e) => return Err(e),
             }
         };
+        if cancelled.is_empty() && !failed.is_empty() {
+            return Err(format!("nothing could be cancelled: {}", failed.join("; ")));
+        }
         if cancelled.is_empty() && failed.is_empty() {
             return Err(format!(
                 "task {} is already {}{}: nothing to cancel",

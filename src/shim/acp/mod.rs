@@ -211,7 +211,7 @@ async fn converse(
     let _ = sender.await;
     outbox.remove_dir();
     let mut exit = finish(ended);
-    exit.conclusion = session.run_conclusion(exit.outcome, exit.exit_code);
+    exit.conclusion = session.run_conclusion(exit.outcome, exit.exit_code, exit.message.as_deref());
     exit
 }
 

@@ -180,17 +180,30 @@ impl Session {
     /// message in the last turn, never from the log, which is grove's
     /// transcript (its prompt with the brief, its `## ...` notes) and
     /// would be quoted as the summary of an agent that wrote no block.
-    /// None when the last turn has no message: the task keeps an earlier
-    /// turn's conclusion, else the store makes one from how the run ended
-    /// and its message (an agent that crashed says why there).
+    /// A last turn that ended well with no message (tools only) leaves
+    /// the task an earlier turn's conclusion (None; the store makes one
+    /// from the status when there is none); one that did not end well
+    /// concludes failed, quoting why it ended (`message`: an agent that
+    /// crashed says so), never keeping an earlier turn's success.
     pub fn run_conclusion(
         &self,
         outcome: crate::protocol::ExitOutcome,
         exit_code: Option<i32>,
+        message: Option<&str>,
     ) -> Option<crate::protocol::Conclusion> {
+        use crate::protocol::ExitOutcome;
+        if !self.conclude {
+            return None;
+        }
         let text = self.transcript().turn_text().to_string();
-        (self.conclude && !text.trim().is_empty())
-            .then(|| crate::runs::conclusion::from_output(&text, outcome, exit_code))
+        let text = match (text.trim().is_empty(), outcome) {
+            (false, _) => text,
+            (true, ExitOutcome::EndTurn) => return None,
+            (true, _) => message.unwrap_or_default().to_string(),
+        };
+        Some(crate::runs::conclusion::from_output(
+            &text, outcome, exit_code,
+        ))
     }
 
     pub fn prompted(&self, text: &str) {

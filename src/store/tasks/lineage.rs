@@ -25,7 +25,7 @@ fn new_task(
     let tx = c.tx;
     let deps = check_spec(tx, &spec)?;
     match &spec.parent_id {
-        Some(parent) => check_parent(tx, parent, c.limits, retry_of.is_none())?,
+        Some(parent) => check_parent(tx, parent, c.limits)?,
         None => check_inherited(&spec, c.limits)?,
     }
     let now = now_ms();
@@ -233,22 +233,14 @@ fn kept_depth(conn: &Connection, id: &str) -> Result<Option<u32>, StoreError> {
 /// A child of `parent` may be created: the parent exists, is not too deep
 /// (its [`Level`], levels inherited from another workspace included) and
 /// has room for another child.
-fn check_parent(tx: &Connection, parent: &str, limits: Limits, fresh: bool) -> Result<(), Applied> {
+fn check_parent(tx: &Connection, parent: &str, limits: Limits) -> Result<(), Applied> {
     let Some(p) = rows::get(tx, parent)? else {
         return Err(refused(
             ErrorCode::InvalidParams,
             format!("unknown parent task {parent}"),
         ));
     };
-    // A cancelled task's agent may still be ending (its kill grace): what
-    // it spawns then would run on unseen, after `cancel --tree` read the
-    // tree. A retry of one of its children is the user's, not the agent's.
-    if fresh && p.status == TaskStatus::Cancelled {
-        return Err(refused(
-            ErrorCode::Conflict,
-            format!("task {parent} was cancelled: it spawns no more tasks"),
-        ));
-    }
+    refuse_below_cancelled(&p)?;
     let at = level(tx, &p, limits.max_depth)?;
     if at.total >= limits.max_depth {
         let across = match &at.inherited {
@@ -278,6 +270,26 @@ fn check_parent(tx: &Connection, parent: &str, limits: Limits, fresh: bool) -> R
         ));
     }
     Ok(())
+}
+
+/// A cancelled task's agent may still be ending (its kill grace): work it
+/// started below it then — a child spawned, a child retried or relaunched
+/// (its tools can) — would run on unseen after `cancel --tree` read the
+/// tree. So nothing new runs below a cancelled task; the work can be
+/// spawned anew, without that parent. Checked for what is asked over the
+/// wire (a create, a retry, a relaunch), never for an await's rerun of its
+/// parent inside a child's end, which is never refused.
+pub(super) fn refuse_below_cancelled(parent: &TaskRecord) -> Result<(), Applied> {
+    if parent.status != TaskStatus::Cancelled {
+        return Ok(());
+    }
+    Err(refused(
+        ErrorCode::Conflict,
+        format!(
+            "task {} was cancelled: nothing new runs below it; spawn the work anew (without it as parent)",
+            parent.id
+        ),
+    ))
 }
 
 /// A task delegated from another workspace without a parent here stands

@@ -198,6 +198,12 @@ pub(super) fn apply(c: &mut Ctx<'_>, op: TaskOp<'_>) -> Res {
             changes,
         } => {
             lineage::check_sent_prompt(c.tx, id, instructions, changes)?;
+            let task = existing(c.tx, id)?;
+            if let Some(parent) = task.spec.parent_id.as_deref()
+                && let Some(parent) = rows::get(c.tx, parent)?
+            {
+                lineage::refuse_below_cancelled(&parent)?;
+            }
             lineage::relaunch(c, id, instructions, changes)
         }
         TaskOp::Conclude { id, conclusion } => {

@@ -388,11 +388,11 @@ fn parent_awaiting_a_child(s: &mut Store, prompt: &str, engine: &str) -> (String
     (parent, child)
 }
 
-/// A cancelled task's agent may still be ending when it spawns: the child
-/// would run on unseen after `cancel --tree` read the tree. Refused; a
-/// retry of one of its children (the user's) is not.
+/// A cancelled task's agent may still be ending when it spawns, retries or
+/// relaunches a child (its tools can): the child would run on unseen after
+/// `cancel --tree` read the tree. All refused.
 #[test]
-fn a_cancelled_task_spawns_no_more_children() {
+fn nothing_new_runs_below_a_cancelled_task() {
     let mut s = Store::new();
     let parent = s.create(&[]).id;
     s.start(&parent, "p1");
@@ -407,9 +407,19 @@ fn a_cancelled_task_spawns_no_more_children() {
     let first = expect_task(s.apply(&child(&parent)).result).id;
     s.run(&first, "f1", Exit::Code1);
     s.ok(Method::TaskCancel { id: parent.clone() });
-    let refused = s.apply(&child(&parent)).result.expect_err("refused");
-    assert_eq!(refused.code, ErrorCode::Conflict, "{refused:?}");
-    assert!(refused.message.contains("was cancelled"), "{refused:?}");
-    let retried = expect_task(s.apply(&Method::TaskRetry { id: first }).result);
-    assert_eq!(retried.spec.parent_id.as_deref(), Some(parent.as_str()));
+    let relaunch = Method::TaskRelaunch {
+        id: first.clone(),
+        instructions: None,
+        changes: Default::default(),
+    };
+    for method in [
+        child(&parent),
+        Method::TaskRetry { id: first.clone() },
+        relaunch,
+    ] {
+        let refused = s.apply(&method).result.expect_err("refused");
+        assert_eq!(refused.code, ErrorCode::Conflict, "{refused:?}");
+        assert!(refused.message.contains("was cancelled"), "{refused:?}");
+    }
+    assert_eq!(s.status(&first), Some(TaskStatus::Failed));
 }
