@@ -86,7 +86,8 @@ impl EngineConfig {
     /// `bash agent.sh {prompt}`) is not code; neither is one a script
     /// `eval`s, which no reading of the command line can tell.
     pub fn runs_prompt_as_shell(&self) -> bool {
-        let argv: Vec<&str> = self.command.iter().map(String::as_str).collect();
+        let argv = split_env_strings(&self.command);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let Some(at) = past_wrappers(&argv) else {
             return false;
         };
@@ -141,9 +142,41 @@ fn program_name(arg: &str) -> &str {
     arg.rsplit('/').next().unwrap_or(arg)
 }
 
+/// The command line with `env -S STRING` (`--split-string`) split into
+/// the words it stands for (by white space: env's own quoting is not
+/// followed, which only matters inside the words).
+fn split_env_strings(command: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(command.len());
+    let mut args = command.iter();
+    let mut after_env = false;
+    while let Some(a) = args.next() {
+        if !after_env {
+            after_env = program_name(a) == "env";
+            out.push(a.clone());
+            continue;
+        }
+        let joined =
+            (a.strip_prefix("--split-string=")).or(a.strip_prefix("-S").filter(|v| !v.is_empty()));
+        let split = match joined {
+            Some(value) => Some(value.to_string()),
+            None if a == "-S" || a == "--split-string" => args.next().cloned(),
+            None => {
+                out.push(a.clone());
+                continue;
+            }
+        };
+        out.extend(
+            split
+                .iter()
+                .flat_map(|v| v.split_whitespace().map(str::to_string)),
+        );
+    }
+    out
+}
+
 /// Where the program a command line runs is, past the commands that only
 /// run another (`env A=1`, `nice -n 5`, `timeout 1h`, `busybox`, `nohup`,
-/// `setsid`, `stdbuf -oL`, `ionice -c 3`) and their options.
+/// `setsid`, `stdbuf -oL`, `ionice -c 3`, `sudo -u u`) and their options.
 fn past_wrappers(argv: &[&str]) -> Option<usize> {
     // Options that take the next argument as their value, per wrapper.
     let valued: fn(&str) -> &'static [&'static str] = |wrapper| match wrapper {
@@ -152,6 +185,9 @@ fn past_wrappers(argv: &[&str]) -> Option<usize> {
         "timeout" => &["-s", "--signal", "-k", "--kill-after"],
         "stdbuf" => &["-i", "-o", "-e", "--input", "--output", "--error"],
         "ionice" => &["-c", "--class", "-n", "--classdata", "-p", "--pid"],
+        "sudo" => &[
+            "-u", "--user", "-g", "--group", "-C", "-D", "-h", "-p", "-r", "-t", "-U",
+        ],
         _ => &[],
     };
     let mut i = 0;
@@ -159,7 +195,15 @@ fn past_wrappers(argv: &[&str]) -> Option<usize> {
         let wrapper = program_name(argv.get(i)?);
         if !matches!(
             wrapper,
-            "env" | "nice" | "timeout" | "busybox" | "nohup" | "setsid" | "stdbuf" | "ionice"
+            "env"
+                | "nice"
+                | "timeout"
+                | "busybox"
+                | "nohup"
+                | "setsid"
+                | "stdbuf"
+                | "ionice"
+                | "sudo"
         ) {
             return Some(i);
         }
@@ -315,6 +359,9 @@ mod tests {
             (&["fish", "--command", "{prompt}"], Arg),
             (&["tcsh", "-c", "{prompt}"], Arg),
             (&["bash", "-euo", "pipefail", "-c", "{prompt}"], Arg),
+            (&["env", "-S", "bash -c", "{prompt}"], Arg),
+            (&["/usr/bin/env", "-Sbash -e -c", "{prompt}"], Arg),
+            (&["sudo", "-u", "agent", "bash", "-c", "{prompt}"], Arg),
         ];
         for (command, via) in code {
             assert!(
@@ -334,6 +381,8 @@ mod tests {
             (&["nice", "-n", "10", "claude", "-p", "{prompt}"], Arg),
             (&["timeout", "1h", "codex", "exec", "{prompt}"], Arg),
             (&["busybox", "sh", "agent.sh", "{prompt}"], Arg),
+            (&["env", "-S", "claude -p", "{prompt}"], Arg),
+            (&["sudo", "-u", "agent", "claude", "-p", "{prompt}"], Arg),
         ];
         for (command, via) in not_code {
             assert!(

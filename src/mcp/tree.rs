@@ -55,8 +55,13 @@ pub async fn cancel_with_descendants(
             .filter(|(t, _)| !t.status.is_terminal() && !tried.contains(&t.id))
             .collect();
         if todo.is_empty() {
-            break;
+            return Ok(done);
         }
     }
+    // Still growing after every pass: said, not left unseen.
+    done.failed.push(format!(
+        "{} more below {id}: tasks kept being created while they were cancelled; cancel the tree again",
+        todo.len()
+    ));
     Ok(done)
 }
