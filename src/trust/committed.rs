@@ -51,6 +51,9 @@ pub struct Committed {
 /// repository or without git; `Err` when git could not tell (it failed or
 /// did not answer in time), with what happened.
 pub fn committed(root: &Path) -> Result<Committed, String> {
+    if !maybe_in_a_repository(root) {
+        return Ok(Committed::default());
+    }
     let Some(out) = ls_files(root)? else {
         return Ok(Committed::default());
     };
@@ -87,6 +90,24 @@ pub fn committed_cached(root: &Path) -> Result<Committed, String> {
         cache::write(root, &key, &found);
     }
     Ok(found)
+}
+
+/// Whether git could find a repository for `root`: a `.git` (directory
+/// or file) in it or a directory above, or a directory above that looks
+/// like a git dir itself (a bare repository: `HEAD`, `objects`, `refs`).
+/// A few `stat`s that spare the fork and exec of git (~3 ms, on every
+/// member's start and every command) for a workspace outside any
+/// repository; where one may be, git is asked as before. The walk is of
+/// the real path, as git's own discovery is (a symlinked path's lexical
+/// parents are not git's).
+fn maybe_in_a_repository(root: &Path) -> bool {
+    let real = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    real.ancestors().any(|dir| {
+        dir.join(".git").symlink_metadata().is_ok()
+            || (dir.join("HEAD").is_file()
+                && dir.join("objects").is_dir()
+                && dir.join("refs").is_dir())
+    })
 }
 
 /// Sorts `git ls-files -z` output into config and state.
@@ -364,6 +385,31 @@ pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn git_is_asked_only_where_a_repository_may_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("a/b");
+        std::fs::create_dir_all(&ws).unwrap();
+        let outside_any = !dir.path().ancestors().any(|d| d.join(".git").exists());
+        if outside_any {
+            assert!(!maybe_in_a_repository(&ws), "no repository above");
+        }
+        // A bare repository's layout above the workspace.
+        let a = dir.path().join("a");
+        std::fs::write(a.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::create_dir_all(a.join("objects")).unwrap();
+        std::fs::create_dir_all(a.join("refs")).unwrap();
+        assert!(maybe_in_a_repository(&ws), "a bare repository above");
+        std::fs::remove_file(a.join("HEAD")).unwrap();
+        // A `.git` file (a worktree's, a submodule's) above.
+        std::fs::write(a.join(".git"), "gitdir: /elsewhere\n").unwrap();
+        assert!(maybe_in_a_repository(&ws), "a .git file above");
+        // Reached through a symbolic link: the real path is walked.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&ws, &link).unwrap();
+        assert!(maybe_in_a_repository(&link), "through a link");
+    }
 
     #[test]
     fn classify_sorts_config_state_and_shareable_files() {
