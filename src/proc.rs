@@ -161,8 +161,9 @@ pub fn descendants(root: u32) -> Vec<Stat> {
 pub fn descendants_but_members(root: u32) -> Vec<Stat> {
     let all = all();
     let mine = descendants_in(root, &all);
+    let ours = exe_path("/proc/self/exe");
     let members: Vec<u32> = (mine.iter())
-        .filter(|p| p.state != 'Z' && is_grove_member(p.pid))
+        .filter(|p| p.state != 'Z' && is_grove_member(p.pid, ours.as_deref()))
         .map(|p| p.pid)
         .collect();
     if members.is_empty() {
@@ -183,23 +184,27 @@ pub fn descendants_but_members(root: u32) -> Vec<Stat> {
 /// fork server's shims, orphaned when it exits idle) or a shared agent's
 /// host. Such processes serve a workspace, not the run they happen to be
 /// below (see `descendants_but_members`).
-fn is_grove_member(pid: u32) -> bool {
-    let path = |p: &str| {
-        std::fs::read_link(p).ok().map(|l| {
-            let l = l.to_string_lossy().into_owned();
-            l.strip_suffix(" (deleted)")
-                .map(str::to_string)
-                .unwrap_or(l)
-        })
-    };
-    let same_binary = match (path(&format!("/proc/{pid}/exe")), path("/proc/self/exe")) {
-        (Some(theirs), Some(ours)) => theirs == ours,
-        _ => false,
-    };
+fn is_grove_member(pid: u32, ours: Option<&str>) -> bool {
+    let theirs = exe_path(&format!("/proc/{pid}/exe"));
+    let same_binary = ours.is_some_and(|ours| theirs.as_deref() == Some(ours));
     same_binary
         && cmdline(pid)
             .get(1)
             .is_some_and(|a| matches!(a.as_str(), "serve" | "shim" | "agent-host"))
+}
+
+/// The executable a `/proc/PID/exe` link names, without the ` (deleted)`
+/// the kernel adds once the file was replaced (an upgrade).
+fn exe_path(link: &str) -> Option<String> {
+    let l = std::fs::read_link(link)
+        .ok()?
+        .to_string_lossy()
+        .into_owned();
+    Some(
+        l.strip_suffix(" (deleted)")
+            .map(str::to_string)
+            .unwrap_or(l),
+    )
 }
 
 fn descendants_in(root: u32, all: &[Stat]) -> Vec<Stat> {

@@ -86,8 +86,15 @@ impl EngineConfig {
     /// `bash agent.sh {prompt}`) is not code; neither is one a script
     /// `eval`s, which no reading of the command line can tell.
     pub fn runs_prompt_as_shell(&self) -> bool {
-        let argv = split_env_strings(&self.command);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        // Copied only for an `env`, whose `-S` may hold the program.
+        let split;
+        let words = if self.command.iter().any(|a| program_name(a) == "env") {
+            split = split_env_strings(&self.command);
+            &split
+        } else {
+            &self.command
+        };
+        let argv: Vec<&str> = words.iter().map(String::as_str).collect();
         let Some(at) = past_wrappers(&argv) else {
             return false;
         };

@@ -696,7 +696,7 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
             retry_notice: config.retry_notice,
         };
         let invalid = |msg: String| WireError::new(ErrorCode::InvalidParams, msg);
-        let (id, changes) = match method {
+        let (id, changes, words) = match method {
             Method::TaskCreate(new) => {
                 admit_new(&config, &root, new, checks)?;
                 return Ok(limits);
@@ -734,10 +734,7 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
                 let words = instructions
                     .as_deref()
                     .is_some_and(|s| !s.trim().is_empty());
-                if words {
-                    refuse_words_for_shell_prompt(&config, tx, id, changes)?;
-                }
-                (id, changes)
+                (id, changes, words)
             }
             Method::TaskAwait(spec) => {
                 awaitable(&config, tx, &spec.parent_id)?;
@@ -745,16 +742,22 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
             }
             _ => return Ok(limits),
         };
-        // A missing task is the store's to refuse.
-        if changes.is_empty() {
+        if changes.is_empty() && !words {
             return Ok(limits);
         }
+        // The task as the rerun would run it, read once. A missing task is
+        // the store's to refuse.
         let Ok(Some(mut task)) = crate::store::read_task(tx, id) else {
             return Ok(limits);
         };
         changes.apply(&mut task.spec);
-        validate_with(&config, &root, &RunSpec::of_task(&task), checks)
-            .map_err(|e| invalid(e.to_string()))?;
+        if words {
+            refuse_words_for_shell_prompt(&config, &task)?;
+        }
+        if !changes.is_empty() {
+            validate_with(&config, &root, &RunSpec::of_task(&task), checks)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
         Ok(limits)
     })
 }
@@ -764,19 +767,13 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
 /// see `EngineConfig::runs_prompt_as_shell`) would run them as commands.
 /// The built-in `shell` engine is refused by the store itself
 /// (`store::tasks::lineage`); this is the configured engines' check, which
-/// needs the configuration. The engine is the one the rerun would use. A
-/// missing task is the store's to refuse.
+/// needs the configuration. `task` is as the rerun would run it (its
+/// changes applied).
 fn refuse_words_for_shell_prompt(
     config: &crate::config::Config,
-    tx: &rusqlite::Connection,
-    id: &str,
-    changes: &crate::protocol::TaskChanges,
+    task: &crate::protocol::TaskRecord,
 ) -> Result<(), WireError> {
-    let Ok(Some(mut task)) = crate::store::read_task(tx, id) else {
-        return Ok(());
-    };
-    changes.apply(&mut task.spec);
-    let engine = &task.spec.engine;
+    let (id, engine) = (&task.id, &task.spec.engine);
     match config.engines.get(engine) {
         // The store's refusal says it for `shell`, whatever it is set to.
         _ if engine == "shell" => Ok(()),

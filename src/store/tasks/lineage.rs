@@ -117,7 +117,7 @@ fn check_spec(tx: &Connection, spec: &TaskSpec) -> Result<Vec<TaskStatus>, Appli
     // The rest of the spec (environment, tags, arguments, model) beside
     // the prompt: a record travels whole in each event about it, which
     // must stay within a frame with the conclusion to come.
-    let size = crate::protocol::encode(spec).len();
+    let size = spec_size_bound(spec);
     if size > MAX_SPEC_BYTES {
         return Err(refused(
             ErrorCode::InvalidParams,
@@ -388,6 +388,38 @@ pub(super) fn fit_prompt(prompt: &str, extra: &str) -> String {
 /// for its environment, tags and arguments, leaving a frame room for the
 /// rest of the record (a bounded conclusion, progress).
 const MAX_SPEC_BYTES: usize = 640 * 1024;
+
+/// At least what `spec` takes encoded, without encoding it a second time
+/// on the store thread (the record is encoded for its event anyway): its
+/// texts, each with room for its string header and its field's name, and
+/// room for the fixed-size fields.
+pub(crate) fn spec_size_bound(spec: &TaskSpec) -> usize {
+    const FIXED: usize = 1024;
+    const PER_TEXT: usize = 32;
+    let one = |s: &String| s.len() + PER_TEXT;
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, one);
+    let all = |v: &[String]| v.iter().map(one).sum::<usize>();
+    let env: usize = spec.env.iter().map(|(k, v)| one(k) + one(v)).sum();
+    let tree = (spec.worktree.as_ref()).map_or(0, |w| one(&w.base) + one(&w.branch) + one(&w.path));
+    FIXED
+        + one(&spec.prompt)
+        + one(&spec.engine)
+        + [
+            &spec.model,
+            &spec.work_dir,
+            &spec.persona,
+            &spec.session_id,
+            &spec.parent_id,
+        ]
+        .into_iter()
+        .map(opt)
+        .sum::<usize>()
+        + all(&spec.dependencies)
+        + all(&spec.tags)
+        + all(&spec.extra_args)
+        + env
+        + tree
+}
 
 /// A prompt longer than a task record may keep (`MAX_PROMPT_BYTES`).
 pub(super) fn too_long(text: &str, what: &str) -> Result<(), Applied> {

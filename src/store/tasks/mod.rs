@@ -28,6 +28,8 @@ use super::txn::{Applied, WriteResult, refused};
 use crate::protocol::{ErrorCode, Event, FailureReason, ReplyBody, TaskOp, TaskRecord, TaskStatus};
 use change::{Change, save, transition};
 pub(crate) use lineage::level;
+#[cfg(test)]
+pub(crate) use lineage::spec_size_bound;
 use rusqlite::Connection;
 
 /// The open transaction, the primary's epoch and the events to publish.

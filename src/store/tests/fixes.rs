@@ -423,3 +423,44 @@ fn nothing_new_runs_below_a_cancelled_task() {
     }
     assert_eq!(s.status(&first), Some(TaskStatus::Failed));
 }
+
+/// A task's spec beside its prompt is bounded where it is created, by a
+/// bound on its encoded size computed without encoding it on the store
+/// thread: never below what it encodes to, and a spec past the bound is
+/// refused, saying why.
+#[test]
+fn a_spec_too_big_for_a_frame_is_refused_by_its_size_bound() {
+    let mut s = Store::new();
+    let parent = s.create(&[]).id;
+    let new = NewTask {
+        prompt: "é".repeat(300),
+        engine: Some("agent".into()),
+        model: Some("m".into()),
+        work_dir: Some("/w".into()),
+        tags: vec!["t".into(); 40],
+        extra_args: vec!["--flag".into(); 40],
+        env: (0..40).map(|i| (format!("K{i}"), "v".repeat(i))).collect(),
+        parent_id: Some(parent),
+        ..Default::default()
+    };
+    let task = expect_task(s.apply(&Method::TaskCreate(new.clone())).result);
+    let encoded = crate::protocol::encode(&task.spec).len();
+    let bound = crate::store::tasks::spec_size_bound(&task.spec);
+    assert!(
+        bound >= encoded,
+        "bound {bound} below the encoded {encoded}"
+    );
+    let huge = NewTask {
+        env: [("BIG".to_string(), "x".repeat(700 * 1024))].into(),
+        ..new
+    };
+    let refused = s
+        .apply(&Method::TaskCreate(huge))
+        .result
+        .expect_err("refused");
+    assert_eq!(refused.code, ErrorCode::InvalidParams, "{refused:?}");
+    assert!(
+        refused.message.contains("pass large values through a file"),
+        "{refused:?}"
+    );
+}
