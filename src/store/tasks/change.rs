@@ -64,6 +64,11 @@ pub(super) fn set_status(c: &mut Ctx<'_>, task: TaskRecord, change: Change) -> R
     check_transition(task.status, change.to)
         .map_err(|m| refused(ErrorCode::Conflict, format!("task {}: {m}", task.id)))?;
     let (id, parent) = (task.id.clone(), task.spec.parent_id.clone());
+    // A run that ends, or leaves its slot to be queued again, ends the
+    // loans of that slot (see docs/design.md, Slot loans).
+    if change.to.is_terminal() || matches!(change.to, TaskStatus::Queued | TaskStatus::Pending) {
+        super::slot_loans::run_left(c, &task)?;
+    }
     let saved = save(c, with_status(task, change))?;
     // A durable await sees every child's end in the child's own commit.
     if change.to.is_terminal()

@@ -91,6 +91,7 @@ pub(super) fn requeue(c: &mut Ctx<'_>, id: &str, run_id: &str) -> Res {
     if task.run_id.as_deref() != Some(run_id) || !started(&task) {
         return ok(task);
     }
+    super::slot_loans::run_left(c, &task)?;
     task.run_id = None;
     task.started_at = None;
     task.pid = None;

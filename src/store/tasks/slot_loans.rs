@@ -139,6 +139,40 @@ pub fn lent(conn: &Connection, now: u64) -> rusqlite::Result<Vec<String>> {
     rows.collect()
 }
 
+/// The run of `task` ended or left its slot (it ended, or was queued
+/// again): its loans go, and a loan that was still lent ends with an
+/// event, so that every `task.slot` lent is followed by one taken back. A
+/// task that goes from running to waiting for a permission answer keeps
+/// its loans (they count again once it runs again), and no event says so:
+/// a waiting task holds its slot whatever its loans (see [`held`]).
+pub(super) fn run_left(c: &mut Ctx<'_>, task: &crate::protocol::TaskRecord) -> Result<(), Applied> {
+    let Some(run_id) = task.run_id.as_deref() else {
+        return Ok(());
+    };
+    let now = now_ms() as i64;
+    let mut gone =
+        c.tx.prepare_cached("DELETE FROM slot_loans WHERE id = ?1 RETURNING run_id, until")?;
+    let mut lent = false;
+    let mut rows = gone.query([&task.id])?;
+    while let Some(row) = rows.next()? {
+        lent |= row.get::<_, String>(0)? == run_id && row.get::<_, i64>(1)? > now;
+    }
+    drop(rows);
+    drop(gone);
+    if lent {
+        c.events.push(append_event(
+            c.tx,
+            c.epoch,
+            EventData::TaskSlot {
+                id: task.id.clone(),
+                run_id: run_id.to_string(),
+                lent: false,
+            },
+        )?);
+    }
+    Ok(())
+}
+
 /// A deleted task's loans go with it.
 pub(super) fn forget(tx: &Connection, id: &str) -> Result<(), Applied> {
     tx.prepare_cached("DELETE FROM slot_loans WHERE id = ?1")?

@@ -153,3 +153,46 @@ fn only_a_running_task_lends_for_the_run_it_runs() {
         .expect("count loans");
     assert_eq!(rows, 0, "a deleted task's loans go with it");
 }
+
+/// The slot events of an outcome.
+fn slot_events(out: super::Outcome) -> Vec<EventData> {
+    out.events
+        .into_iter()
+        .map(|e| e.data)
+        .filter(|d| matches!(d, EventData::TaskSlot { .. }))
+        .collect()
+}
+
+#[test]
+fn a_run_that_ends_or_is_queued_again_takes_its_lent_slot_back_with_an_event() {
+    let mut s = Store::new();
+    let ended = s.create(&[]).id;
+    assert!(start(&mut s, &ended, "e1"));
+    child_of(&mut s, &ended);
+    lend(&mut s, &ended, "e1", "w", true);
+    let out = s.apply(&super::exit_method(&ended, "e1", Exit::Code0));
+    assert_eq!(slot_events(out), [slot_event(&ended, "e1", false)]);
+
+    let requeued = s.create(&[]).id;
+    assert!(start(&mut s, &requeued, "r1"));
+    lend(&mut s, &requeued, "r1", "w", true);
+    let out = s.internal(&InternalOp::Requeue {
+        id: requeued.clone(),
+        run_id: "r1".into(),
+    });
+    assert_eq!(slot_events(out), [slot_event(&requeued, "r1", false)]);
+
+    // A loan that lapsed ended long ago: no event for it now.
+    let lapsed = s.create(&[]).id;
+    assert!(start(&mut s, &lapsed, "l1"));
+    lend(&mut s, &lapsed, "l1", "w", true);
+    (s.conn)
+        .execute("UPDATE slot_loans SET until = 1", [])
+        .expect("lapse the loan");
+    let out = s.apply(&super::exit_method(&lapsed, "l1", Exit::Code1));
+    assert!(slot_events(out).is_empty());
+    let rows: i64 = (s.conn)
+        .query_row("SELECT COUNT(*) FROM slot_loans", [], |r| r.get(0))
+        .expect("count loans");
+    assert_eq!(rows, 0, "ended runs keep no loans");
+}
