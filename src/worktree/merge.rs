@@ -16,10 +16,11 @@
 //! is stopped there (`bounded`), and what a stop may leave is said at
 //! [`merge`] and [`move_checkout`] (docs/design.md, Web board).
 
+use super::undo::{UNDO_PREFIX, Undo};
 use super::{State, WorktreeError, bounded, branch_head, git, path_of, same_path, state};
 use crate::protocol::Worktree;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -85,7 +86,7 @@ struct Journal {
 const MIN_GIT: (u32, u32) = (2, 38);
 
 /// Said when a deadline stopped a merge before it moved anything.
-const NOTHING_MERGED: &str = "nothing was merged: your checkout and the branch to merge into are as they were (the task's uncommitted work may now be committed on its own branch)";
+pub(super) const NOTHING_MERGED: &str = "nothing was merged: your checkout and the branch to merge into are as they were (the task's uncommitted work may now be committed on its own branch)";
 
 /// Merges as `ask` says. With `ask.until` (the board) every git it runs is
 /// stopped at that deadline with what it started (`bounded::within`), and
@@ -414,19 +415,23 @@ fn update_ref(root: &Path, target: &str, new: &str, old: &str) -> super::Result<
 
 /// What a move from one commit to another changes, paths as bytes (a name
 /// that is not UTF-8 must not slip past).
-struct Changes {
-    added: Vec<PathBuf>,
-    removed: HashSet<PathBuf>,
+pub(super) struct Changes {
+    pub added: Vec<PathBuf>,
+    pub removed: HashSet<PathBuf>,
     /// Changed in place: content, mode or type.
-    changed: Vec<PathBuf>,
+    pub changed: Vec<PathBuf>,
+    /// The blob the new commit has at each added or changed path (not a
+    /// submodule's commit): what `read-tree` writes there.
+    pub new_blobs: HashMap<PathBuf, String>,
 }
 
 fn changes_between(root: &Path, old: &str, new: &str) -> super::Result<Changes> {
     use std::os::unix::ffi::OsStrExt;
     let args = [
         "diff",
-        "--name-status",
+        "--raw",
         "-z",
+        "--no-abbrev",
         "--no-renames",
         "--no-ext-diff",
         old,
@@ -445,10 +450,22 @@ fn changes_between(root: &Path, old: &str, new: &str) -> super::Result<Changes> 
         added: Vec::new(),
         removed: HashSet::new(),
         changed: Vec::new(),
+        new_blobs: HashMap::new(),
     };
-    while let (Some(status), Some(path)) = (fields.next(), fields.next()) {
+    // `:OLD_MODE NEW_MODE OLD_ID NEW_ID STATUS`, then the path.
+    while let (Some(raw), Some(path)) = (fields.next(), fields.next()) {
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(path));
-        match status {
+        let raw = String::from_utf8_lossy(raw);
+        let raw: Vec<&str> = raw.split(' ').collect();
+        let [_, new_mode, _, new_id, status] = raw[..] else {
+            return Err(WorktreeError::Failed(format!(
+                "cannot read what the merge changes: git said {raw:?}"
+            )));
+        };
+        if matches!(new_mode, "100644" | "100755" | "120000") {
+            changes.new_blobs.insert(path.clone(), new_id.to_string());
+        }
+        match status.as_bytes() {
             b"A" => changes.added.push(path),
             b"D" => {
                 changes.removed.insert(path);
@@ -666,17 +683,34 @@ fn stopped_in_read_tree(root: &Path, state_dir: &Path, target: &str, g: Guard) -
     });
     let reached = |tree: &str| index.as_deref().ok() == Some(tree);
     if reached(&g.old_tree) {
-        let failed = g.undo.put_back(root);
+        // What git wrote is told from what it writes (`cat-file`, given
+        // [`FINISH_WITHIN`]).
+        let undone = finishing(|| g.undo.put_back(root, state_dir));
         let _ = std::fs::remove_file(journal_path(state_dir));
         let mut left = format!(
             "git was stopped while it wrote the merge into your checkout, before its index: {target} and the index are as they were, "
         );
-        if failed.is_empty() {
+        if undone.failed.is_empty() && undone.changed.is_empty() {
             left.push_str("and so are the files, put back");
         } else {
+            left.push_str("and so are the files, put back, but for these");
+        }
+        if !undone.changed.is_empty() {
             left.push_str(&format!(
-                "but these files could not be put back as they were: {}",
-                failed.join(", ")
+                "; changed by someone else while git wrote the merge, so left as they are: {}",
+                undone.changed.join(", ")
+            ));
+            if let Some(before) = &undone.kept_at {
+                left.push_str(&format!(
+                    " (what they held before the merge is in {})",
+                    before.display()
+                ));
+            }
+        }
+        if !undone.failed.is_empty() {
+            left.push_str(&format!(
+                "; could not be put back as they were: {}",
+                undone.failed.join(", ")
             ));
         }
         if let Ok(lock) = &lock
@@ -697,143 +731,6 @@ fn stopped_in_read_tree(root: &Path, state_dir: &Path, target: &str, g: Guard) -
     WorktreeError::Stopped(format!(
         "git was stopped while it wrote the merge into your checkout, and what its index holds could not be told; {target} was not moved. The next merge finishes the move if the index holds it (.grove/merge.journal); else `git status` shows what differs from {target}"
     ))
-}
-
-/// Where a merge with a deadline keeps its copies: in the state dir, on
-/// the checkout's file system, so that a rename puts each back (a path on
-/// another one is named as not put back). Removed with the [`Undo`], or by
-/// the next merge when the process died.
-const UNDO_PREFIX: &str = "merge.undo-";
-
-/// Under a deadline, before `read-tree` moves the checkout: a copy of each
-/// file the move replaces or removes, and what it adds. Put back when the
-/// deadline stops `read-tree` before it wrote the index, without git (see
-/// [`move_checkout`]). Copies, not hard links: a link would change the
-/// file's ctime, which makes git look at its content again (through the
-/// clean filters) as it moves. Every copy goes back, whether git got to
-/// its file or not: git writes a new file where it replaces one, but that
-/// file may get the inode number just freed, so no stat tells them apart.
-struct Undo {
-    _dir: tempfile::TempDir,
-    /// A path in the checkout and its copy.
-    kept: Vec<(PathBuf, PathBuf)>,
-    added: Vec<PathBuf>,
-    /// Where the move may make a directory that was not one: the
-    /// directories of `added`, deepest first.
-    made: Vec<PathBuf>,
-}
-
-impl Undo {
-    fn keep(root: &Path, state_dir: &Path, changes: &Changes) -> super::Result<Undo> {
-        let failed = |e: std::io::Error| {
-            WorktreeError::Failed(format!(
-                "cannot keep a copy of what the merge replaces (nothing was changed): {e}"
-            ))
-        };
-        let dir = tempfile::Builder::new()
-            .prefix(UNDO_PREFIX)
-            .tempdir_in(state_dir)
-            .map_err(failed)?;
-        let mut kept = Vec::new();
-        for (n, path) in changes.changed.iter().chain(&changes.removed).enumerate() {
-            if bounded::deadline().is_some_and(|until| Instant::now() >= until) {
-                return Err(WorktreeError::Stopped(NOTHING_MERGED.into()));
-            }
-            let at = root.join(path);
-            if !below_root_unlinked(root, path) {
-                continue;
-            }
-            let Ok(meta) = std::fs::symlink_metadata(&at) else {
-                continue;
-            };
-            // A submodule's directory: `read-tree` leaves what is in it.
-            if meta.is_dir() {
-                continue;
-            }
-            let copy = dir.path().join(n.to_string());
-            if meta.file_type().is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(&at).map_err(failed)?, &copy)
-            } else {
-                std::fs::copy(&at, &copy).map(|_| ())
-            }
-            .map_err(failed)?;
-            kept.push((path.clone(), copy));
-        }
-        let mut made = BTreeSet::new();
-        for path in &changes.added {
-            for above in path.ancestors().skip(1) {
-                if above.as_os_str().is_empty() {
-                    break;
-                }
-                let dir = std::fs::symlink_metadata(root.join(above)).is_ok_and(|m| m.is_dir());
-                if !dir {
-                    made.insert(above.to_path_buf());
-                }
-            }
-        }
-        let mut made: Vec<PathBuf> = made.into_iter().collect();
-        made.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        Ok(Undo {
-            _dir: dir,
-            kept,
-            added: changes.added.clone(),
-            made,
-        })
-    }
-
-    /// The checkout's files as they were before the move, for the paths it
-    /// touches: what it added removed, the directories it made removed
-    /// when empty, what it replaced or removed renamed back from its copy.
-    /// Never through a symbolic link (git writes none through one either).
-    /// The paths that could not be put back.
-    fn put_back(self, root: &Path) -> Vec<String> {
-        let mut failed = Vec::new();
-        for path in &self.added {
-            let at = root.join(path);
-            let file = std::fs::symlink_metadata(&at).is_ok_and(|m| !m.is_dir());
-            if file && below_root_unlinked(root, path) && std::fs::remove_file(&at).is_err() {
-                failed.push(path.display().to_string());
-            }
-        }
-        for dir in &self.made {
-            if below_root_unlinked(root, dir) {
-                // Only an empty one: anything in it stays.
-                let _ = std::fs::remove_dir(root.join(dir));
-            }
-        }
-        for (path, copy) in &self.kept {
-            let at = root.join(path);
-            let back = below_root_unlinked(root, path)
-                && at
-                    .parent()
-                    .is_none_or(|dir| std::fs::create_dir_all(dir).is_ok())
-                && std::fs::rename(copy, &at).is_ok();
-            if !back {
-                failed.push(path.display().to_string());
-            }
-        }
-        failed
-    }
-}
-
-/// Whether every directory between `root` and `path` (relative) is a
-/// directory or absent, never a symbolic link: what is done at `path`
-/// stays inside the checkout.
-fn below_root_unlinked(root: &Path, path: &Path) -> bool {
-    let mut at = root.to_path_buf();
-    let parts: Vec<_> = path.components().collect();
-    for part in &parts[..parts.len().saturating_sub(1)] {
-        if !matches!(part, std::path::Component::Normal(_)) {
-            return false;
-        }
-        at.push(part);
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return false,
-            Err(_) => return true,
-        }
-    }
-    true
 }
 
 /// Removes what a merge with a deadline kept and could not remove itself
@@ -998,7 +895,7 @@ mod tests {
         );
         assert!(root.join("n/e/w.txt").exists());
 
-        assert_eq!(undo.put_back(&root), Vec::<String>::new());
+        assert_eq!(undo.put_back(&root, &state), Default::default());
         let status = run(
             &root,
             &["status", "--porcelain", "--untracked-files=all"],
@@ -1020,5 +917,62 @@ mod tests {
         assert!(!root.join("n").exists(), "the directories it made are gone");
         let left: Vec<_> = std::fs::read_dir(&state).unwrap().collect();
         assert!(left.is_empty(), "the copies are removed: {left:?}");
+    }
+    /// A file someone changes while `read-tree` writes the merge (an
+    /// editor saving) holds neither what it held nor what git wrote: the
+    /// put-back leaves it as it is, keeps what it held before the merge for
+    /// them, and says so; the rest is put back.
+    #[test]
+    fn a_put_back_never_overwrites_a_change_made_during_the_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, state) = (dir.path().join("repo"), dir.path().join("state"));
+        std::fs::create_dir_all(&state).unwrap();
+        run(dir.path(), &["init", "-q", "-b", "main", "repo"], None);
+        write(&root, "edited.txt", "old\n");
+        write(&root, "plain.txt", "old\n");
+        write(&root, "gone.txt", "gone\n");
+        run(&root, &["add", "-A"], None);
+        run(&root, &["commit", "-qm", "old"], None);
+        let old = run(&root, &["rev-parse", "HEAD"], None);
+        run(&root, &["switch", "-qc", "task"], None);
+        run(&root, &["rm", "-q", "gone.txt"], None);
+        write(&root, "edited.txt", "new\n");
+        write(&root, "plain.txt", "new\n");
+        write(&root, "added.txt", "added\n");
+        write(&root, "added-too.txt", "added\n");
+        run(&root, &["add", "-A"], None);
+        run(&root, &["commit", "-qm", "new"], None);
+        let new = run(&root, &["rev-parse", "HEAD"], None);
+        run(&root, &["switch", "-q", "main"], None);
+
+        let changes = changes_between(&root, &old, &new).unwrap();
+        let undo = Undo::keep(&root, &state, &changes).unwrap();
+        let elsewhere = dir.path().join("index");
+        std::fs::copy(root.join(".git/index"), &elsewhere).unwrap();
+        run(
+            &root,
+            &["read-tree", "-m", "-u", &old, &new],
+            Some(&elsewhere),
+        );
+        // Saved by someone else meanwhile.
+        write(&root, "edited.txt", "mine\n");
+        write(&root, "added.txt", "mine too\n");
+        write(&root, "gone.txt", "made again\n");
+
+        let left = undo.put_back(&root, &state);
+        let mut changed = left.changed.clone();
+        changed.sort();
+        assert_eq!(changed, ["added.txt", "edited.txt", "gone.txt"], "{left:?}");
+        assert!(left.failed.is_empty(), "{left:?}");
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        assert_eq!(read(&root.join("edited.txt")), "mine\n");
+        assert_eq!(read(&root.join("added.txt")), "mine too\n");
+        assert_eq!(read(&root.join("gone.txt")), "made again\n");
+        assert_eq!(read(&root.join("plain.txt")), "old\n", "put back");
+        assert!(!root.join("added-too.txt").exists(), "what git added goes");
+        let before = left.kept_at.expect("the copies are kept");
+        assert!(before.starts_with(&state));
+        assert_eq!(read(&before.join("edited.txt")), "old\n");
+        assert_eq!(read(&before.join("gone.txt")), "gone\n");
     }
 }

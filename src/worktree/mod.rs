@@ -15,6 +15,7 @@
 pub(crate) mod bounded;
 pub mod diff;
 pub mod merge;
+mod undo;
 
 use crate::protocol::Worktree;
 use std::ffi::OsStr;
