@@ -85,17 +85,20 @@ pub(super) fn lend(c: &mut Ctx<'_>, req: LendSlot<'_>) -> Res {
         ])?;
     let after = has_loans(c.tx, id, run_id, now)?;
     if before != after {
-        c.events.push(append_event(
-            c.tx,
-            c.epoch,
-            EventData::TaskSlot {
-                id: task.id.clone(),
-                run_id: run_id.to_string(),
-                lent: after,
-            },
-        )?);
+        slot_event(c, id, run_id, after)?;
     }
     ok(task)
+}
+
+/// Appends `task.slot`: `id`'s slot in `run_id` lent, or taken back.
+fn slot_event(c: &mut Ctx<'_>, id: &str, run_id: &str, lent: bool) -> Result<(), Applied> {
+    let data = EventData::TaskSlot {
+        id: id.to_string(),
+        run_id: run_id.to_string(),
+        lent,
+    };
+    c.events.push(append_event(c.tx, c.epoch, data)?);
+    Ok(())
 }
 
 /// Whether waiters of `id` hold loans for `run_id` that have not lapsed.
@@ -160,15 +163,7 @@ pub(super) fn run_left(c: &mut Ctx<'_>, task: &crate::protocol::TaskRecord) -> R
     drop(rows);
     drop(gone);
     if lent {
-        c.events.push(append_event(
-            c.tx,
-            c.epoch,
-            EventData::TaskSlot {
-                id: task.id.clone(),
-                run_id: run_id.to_string(),
-                lent: false,
-            },
-        )?);
+        slot_event(c, &task.id, run_id, false)?;
     }
     Ok(())
 }
