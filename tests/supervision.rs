@@ -398,3 +398,36 @@ fn tasks_start_when_the_fork_server_is_killed_or_stopped() {
     });
     wait_no_task_processes(&g, &mark, "every task's end");
 }
+
+/// A run's end that cannot be saved when it comes (someone holds the
+/// store's write lock past the writer's busy timeout; a full disk does the
+/// same) is saved once the store can be written again: the task does not
+/// stay `running` with no process, holding its slot, for good.
+#[test]
+fn a_run_end_that_cannot_be_saved_at_once_is_saved_later() {
+    let mut g = Grove::new();
+    g.serve();
+    g.wait_primary();
+    let go = g.dir.path().join("go");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; exit 7",
+        go.display()
+    );
+    let id = g.ok(&["spawn", &script]);
+    wait_status(&g, &id, "running");
+    let locker = rusqlite::Connection::open(g.ws.join(".grove/grove.db")).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::fs::write(&go, "").unwrap();
+    // Each write (and the store's upkeep) waits out the busy timeout (10 s).
+    wait_for("the end's write to fail", Duration::from_secs(120), || {
+        g.members[0]
+            .stderr()
+            .contains("trying again until it is saved")
+            .then_some(())
+    });
+    assert_eq!(show(&g, &id)["status"], "running");
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    let t = wait_status(&g, &id, "failed");
+    assert_eq!(t["exit_code"], 7, "{t}");
+}

@@ -138,7 +138,16 @@ pub struct Orchestrator {
     /// then every pass tries again: a run no primary knows of would never
     /// be finalized (its shim leaves its end on disk only).
     adopted: bool,
+    /// Tasks whose run's end could not be saved (a full disk, a store
+    /// locked by someone else): confirmed again from what their run left
+    /// on disk, each pass until it is saved, and warned about once.
+    unsaved_ends: std::collections::HashSet<String>,
 }
+
+/// A store write of a run's end, and what to confirm again if it fails
+/// (task id, run id): the run is no longer supervised by then, and only
+/// its row, still running, would say it ever was.
+type EndWrite = (String, Pending, Option<(String, String)>);
 
 impl Orchestrator {
     pub fn new(
@@ -161,6 +170,7 @@ impl Orchestrator {
             await_deadline: None,
             settle_on_takeover: true,
             adopted: false,
+            unsaved_ends: std::collections::HashSet::new(),
         }
     }
 
@@ -371,9 +381,28 @@ impl Orchestrator {
             }
         }
         let started = self.start(starts, config.max_parallel);
-        for (what, rx) in writes {
-            if let Err(e) = reply(rx).await {
-                tracing::debug!("{what}: {e}");
+        for (what, rx, end) in writes {
+            let result = reply(rx).await;
+            let Some((task_id, run_id)) = end else {
+                if let Err(e) = result {
+                    tracing::debug!("{what}: {e}");
+                }
+                continue;
+            };
+            match result {
+                Ok(_) if self.unsaved_ends.remove(&task_id) => {
+                    tracing::info!(task = %task_id, "the run's end is saved at last ({what})");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Its run is forgotten: confirmed again next pass from
+                    // its exit record (or its absence), with the same key.
+                    if self.unsaved_ends.insert(task_id.clone()) {
+                        tracing::warn!(task = %task_id, "{what}: {e}; trying again until it is saved");
+                    }
+                    self.unconfirmed.insert(task_id, (run_id, Instant::now()));
+                    self.reschedule = true;
+                }
             }
         }
         let (started, refused) = started.await;
@@ -385,7 +414,7 @@ impl Orchestrator {
 
     /// Carries out one action other than a start; returns the store write
     /// it queued, if any.
-    async fn act(&mut self, action: Action) -> Option<(String, Pending)> {
+    async fn act(&mut self, action: Action) -> Option<EndWrite> {
         match action {
             Action::Adopt {
                 task_id,
@@ -420,7 +449,12 @@ impl Orchestrator {
                 tracing::debug!(task = %task_id, "finalizing a run from its exit record");
                 self.forget(&task_id);
                 let key = crate::protocol::finished_request_id(&exit.run_id);
-                Some((format!("finish {task_id}"), self.queue_write(key, exit)))
+                let end = Some((task_id.clone(), exit.run_id.clone()));
+                Some((
+                    format!("finish {task_id}"),
+                    self.queue_write(key, exit),
+                    end,
+                ))
             }
             Action::Lost {
                 task_id,
@@ -435,17 +469,19 @@ impl Orchestrator {
                 blocking(move || kill_leftovers(&ws, &t, &r, shim_pid)).await;
                 let op = InternalOp::Lost {
                     id: task_id.clone(),
-                    run_id,
+                    run_id: run_id.clone(),
                 };
-                Some((format!("lost {task_id}"), self.queue_internal(op)))
+                let end = Some((task_id.clone(), run_id));
+                Some((format!("lost {task_id}"), self.queue_internal(op), end))
             }
             Action::Requeue { task_id, run_id } => {
                 tracing::warn!(task = %task_id, "its supervisor never started: requeued");
                 let op = InternalOp::Requeue {
                     id: task_id.clone(),
-                    run_id,
+                    run_id: run_id.clone(),
                 };
-                Some((format!("requeue {task_id}"), self.queue_internal(op)))
+                let end = Some((task_id.clone(), run_id));
+                Some((format!("requeue {task_id}"), self.queue_internal(op), end))
             }
             Action::SetPid {
                 task_id,
@@ -460,7 +496,11 @@ impl Orchestrator {
                     run_id,
                     pid,
                 };
-                Some((format!("set pid of {task_id}"), self.queue_internal(op)))
+                Some((
+                    format!("set pid of {task_id}"),
+                    self.queue_internal(op),
+                    None,
+                ))
             }
             action => {
                 self.signal(action);

@@ -17,6 +17,7 @@ pub mod tasks;
 mod txn;
 mod upkeep;
 mod wal_sync;
+mod wal_vfs;
 pub mod writer;
 
 pub use promotions::Promotion;
@@ -120,7 +121,13 @@ const WRITER_STATEMENTS: usize = 96;
 /// rebuilding its state dir retries.
 fn open_existing(path: &Path) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    Connection::open_with_flags(path, flags).map_err(|e| match path.try_exists() {
+    process_settings();
+    let opened = if wal_vfs::register() {
+        Connection::open_with_flags_and_vfs(path, flags, wal_vfs::NAME)
+    } else {
+        Connection::open_with_flags(path, flags)
+    };
+    opened.map_err(|e| match path.try_exists() {
         Ok(false) => StoreError::Vanished(path.display().to_string()),
         _ => e.into(),
     })
@@ -175,6 +182,9 @@ pub fn process_settings() {
         };
         if rc != rusqlite::ffi::SQLITE_OK {
             tracing::debug!("SQLite was initialized before its settings: {rc}");
+        }
+        if !wal_vfs::register() {
+            tracing::warn!("the WAL-gathering VFS could not be registered; the store writes its WAL frame by frame");
         }
     });
 }

@@ -20,6 +20,7 @@ mod property;
 mod rows;
 mod slot_loans;
 mod table;
+mod wal_vfs;
 
 use super::tasks::{self, Ctx, InternalOp};
 use super::txn::{Applied, WriteResult};

@@ -1,0 +1,270 @@
+//! The writer's WAL written a commit at a time (see docs/design.md, Store).
+//! SQLite writes each WAL frame as two `pwrite`s, its
+//! 24-byte header and then its page, and since a frame is 4,120 bytes each
+//! page straddles two of the kernel's pages: a commit of 20 pages cost 40
+//! system calls and ~60 trips through the file system's buffered-write
+//! path, a third of the store thread's time. This VFS is SQLite's own unix
+//! VFS, but for the WAL file of the connections opened with it: writes
+//! that append to what this connection wrote last are gathered, and
+//! written when the commit's last frame is (one `pwrite` per 124 KiB).
+//!
+//! Why this is safe. Frames are seen by others only once the commit
+//! publishes the WAL index's header, which SQLite does after it wrote the
+//! commit frame: the one whose header carries the database size
+//! (`nTruncate` ≠ 0), so its page is the commit's last write, and every
+//! gathered byte is written (or its error returned, failing the commit)
+//! before `xWrite` of that page returns. Every other write (one not
+//! appending, such as SQLite rewriting a frame in place or its checksums)
+//! first writes what was gathered and then goes through at once, and so
+//! does every other call on the file (a read, a size, a sync, a close).
+//! A crash loses only what was never published. The test
+//! `store::tests::wal_vfs` checks this against the bundled SQLite.
+
+use rusqlite::ffi;
+use std::ffi::{CStr, c_int, c_void};
+
+/// The name connections open the store with (`Connection::open_with_flags_and_vfs`).
+pub const NAME: &CStr = c"grove-wal";
+
+/// SQLite's frame header (`WAL_FRAME_HDRSIZE`).
+const FRAME_HEADER: c_int = 24;
+
+/// At most this much is gathered; and each `pwrite` writes at most this
+/// much: SQLite's unix VFS masks a write's length to 17 bits
+/// (`seekAndWriteFd`), so a longer one would be cut.
+const CHUNK: usize = 0x1ffff & !0xfff;
+
+/// Registers the VFS once per process (not as the default), over the
+/// default one; whether it is there to be used. Called from
+/// `store::process_settings`, after the settings SQLite takes only before
+/// it is initialized (finding a VFS initializes it).
+pub fn register() -> bool {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        // SAFETY: `sqlite3_vfs_find(NULL)` returns the default VFS, which
+        // lives as long as the process; ours is leaked, so it does too.
+        unsafe {
+            let real = ffi::sqlite3_vfs_find(std::ptr::null());
+            if real.is_null() || (*real).xOpen.is_none() {
+                return false;
+            }
+            let ours = Box::leak(Box::new(*real));
+            ours.szOsFile = (HEADER + (*real).szOsFile as usize) as c_int;
+            ours.pNext = std::ptr::null_mut();
+            ours.zName = NAME.as_ptr();
+            ours.pAppData = real.cast();
+            ours.xOpen = Some(open);
+            ffi::sqlite3_vfs_register(ours, 0) == ffi::SQLITE_OK
+        }
+    })
+}
+
+/// A WAL file opened through this VFS: SQLite's file first (its methods
+/// ours), then the unix VFS's own file at `HEADER`.
+#[repr(C)]
+struct WalFile {
+    base: ffi::sqlite3_file,
+    real: *mut ffi::sqlite3_file,
+    /// Gathered bytes, to be written at `at`.
+    gathered: Vec<u8>,
+    at: i64,
+    /// Where this connection's last write ended: a write there appends.
+    end: i64,
+    /// The commit frame's header was gathered: its page ends the commit.
+    commit_page_next: bool,
+}
+
+/// Where the unix VFS's file starts in ours (8-byte aligned).
+const HEADER: usize = std::mem::size_of::<WalFile>().next_multiple_of(8);
+
+fn real_vfs(vfs: *mut ffi::sqlite3_vfs) -> *mut ffi::sqlite3_vfs {
+    // SAFETY: set by `register` to the default VFS.
+    unsafe { (*vfs).pAppData.cast() }
+}
+
+unsafe extern "C" fn open(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    // SAFETY: SQLite gives `szOsFile` bytes at `file`, as many as the
+    // unix VFS's file needs past `HEADER`; a file that is not a WAL is
+    // the unix VFS's own, at `file`, with its own methods.
+    unsafe {
+        let real = real_vfs(vfs);
+        let real_open = (*real).xOpen.expect("checked at register");
+        if flags & ffi::SQLITE_OPEN_WAL == 0 {
+            return real_open(real, name, file, flags, out_flags);
+        }
+        let inner = file.cast::<u8>().add(HEADER).cast::<ffi::sqlite3_file>();
+        let rc = real_open(real, name, inner, flags, out_flags);
+        if rc != ffi::SQLITE_OK || (*inner).pMethods.is_null() {
+            (*file).pMethods = std::ptr::null();
+            return rc;
+        }
+        file.cast::<WalFile>().write(WalFile {
+            base: ffi::sqlite3_file {
+                pMethods: &WAL_METHODS,
+            },
+            real: inner,
+            gathered: Vec::new(),
+            at: 0,
+            end: -1,
+            commit_page_next: false,
+        });
+        rc
+    }
+}
+
+/// # Safety
+/// `file` was opened by [`open`] as a WAL.
+unsafe fn wal<'a>(file: *mut ffi::sqlite3_file) -> &'a mut WalFile {
+    unsafe { &mut *file.cast::<WalFile>() }
+}
+
+impl WalFile {
+    fn methods(&self) -> &ffi::sqlite3_io_methods {
+        // SAFETY: the unix VFS's file is open while ours is.
+        unsafe { &*(*self.real).pMethods }
+    }
+
+    /// Writes what was gathered, in chunks: SQLite's result.
+    fn write_gathered(&mut self) -> c_int {
+        let write = self.methods().xWrite.expect("a file writes");
+        let mut rc = ffi::SQLITE_OK;
+        let mut at = self.at;
+        for chunk in self.gathered.chunks(CHUNK) {
+            // SAFETY: `chunk` is readable for its length.
+            rc = unsafe { write(self.real, chunk.as_ptr().cast(), chunk.len() as c_int, at) };
+            if rc != ffi::SQLITE_OK {
+                break;
+            }
+            at += chunk.len() as i64;
+        }
+        self.gathered.clear();
+        self.commit_page_next = false;
+        rc
+    }
+
+    fn write(&mut self, data: &[u8], offset: i64) -> c_int {
+        let appends = offset == self.end;
+        if !appends || self.gathered.len() + data.len() > CHUNK * 8 {
+            let rc = self.write_gathered();
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+        }
+        self.end = offset + data.len() as i64;
+        if !appends {
+            let write = self.methods().xWrite.expect("a file writes");
+            // SAFETY: `data` is readable for its length.
+            return unsafe { write(self.real, data.as_ptr().cast(), data.len() as c_int, offset) };
+        }
+        if self.gathered.is_empty() {
+            self.at = offset;
+        }
+        self.gathered.extend_from_slice(data);
+        let is_header = data.len() == FRAME_HEADER as usize;
+        if is_header && data[4..8] != [0; 4] {
+            // A commit frame: its database size is set.
+            self.commit_page_next = true;
+        } else if self.commit_page_next && !is_header {
+            return self.write_gathered();
+        }
+        ffi::SQLITE_OK
+    }
+}
+
+unsafe extern "C" fn wal_write(
+    file: *mut ffi::sqlite3_file,
+    data: *const c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    // SAFETY: SQLite passes `amount` readable bytes at `data`.
+    unsafe {
+        let data = std::slice::from_raw_parts(data.cast::<u8>(), amount.max(0) as usize);
+        wal(file).write(data, offset)
+    }
+}
+
+/// Forwards a call to the unix VFS's file, after writing what was gathered
+/// (a read, a size or a sync must see every byte written).
+macro_rules! forwarded {
+    ($name:ident, $method:ident, flush, ($($arg:ident: $ty:ty),*)) => {
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file $(, $arg: $ty)*) -> c_int {
+            // SAFETY: `file` is one of ours, its unix file open.
+            unsafe {
+                let w = wal(file);
+                let rc = w.write_gathered();
+                if rc != ffi::SQLITE_OK {
+                    return rc;
+                }
+                (w.methods().$method.expect("the unix VFS has it"))(w.real $(, $arg)*)
+            }
+        }
+    };
+    ($name:ident, $method:ident, ($($arg:ident: $ty:ty),*)) => {
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file $(, $arg: $ty)*) -> c_int {
+            // SAFETY: `file` is one of ours, its unix file open.
+            unsafe {
+                let w = wal(file);
+                (w.methods().$method.expect("the unix VFS has it"))(w.real $(, $arg)*)
+            }
+        }
+    };
+}
+
+forwarded!(wal_read, xRead, flush, (data: *mut c_void, amount: c_int, offset: i64));
+forwarded!(wal_truncate, xTruncate, flush, (size: i64));
+forwarded!(wal_sync, xSync, flush, (flags: c_int));
+forwarded!(wal_file_size, xFileSize, flush, (size: *mut i64));
+forwarded!(wal_file_control, xFileControl, flush, (op: c_int, arg: *mut c_void));
+forwarded!(wal_lock, xLock, (level: c_int));
+forwarded!(wal_unlock, xUnlock, (level: c_int));
+forwarded!(wal_check_reserved_lock, xCheckReservedLock, (out: *mut c_int));
+forwarded!(wal_sector_size, xSectorSize, ());
+forwarded!(wal_device_characteristics, xDeviceCharacteristics, ());
+
+unsafe extern "C" fn wal_close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: `file` is one of ours: written out, its fields dropped, and
+    // the unix file closed; SQLite does not use it after.
+    unsafe {
+        let w = wal(file);
+        let written = w.write_gathered();
+        let close = w.methods().xClose.expect("a file closes");
+        let real = w.real;
+        std::ptr::drop_in_place(file.cast::<WalFile>());
+        let closed = close(real);
+        if written != ffi::SQLITE_OK {
+            written
+        } else {
+            closed
+        }
+    }
+}
+
+/// Version 1: SQLite asks a WAL file for no shared memory or mapping.
+static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 1,
+    xClose: Some(wal_close),
+    xRead: Some(wal_read),
+    xWrite: Some(wal_write),
+    xTruncate: Some(wal_truncate),
+    xSync: Some(wal_sync),
+    xFileSize: Some(wal_file_size),
+    xLock: Some(wal_lock),
+    xUnlock: Some(wal_unlock),
+    xCheckReservedLock: Some(wal_check_reserved_lock),
+    xFileControl: Some(wal_file_control),
+    xSectorSize: Some(wal_sector_size),
+    xDeviceCharacteristics: Some(wal_device_characteristics),
+    xShmMap: None,
+    xShmLock: None,
+    xShmBarrier: None,
+    xShmUnmap: None,
+    xFetch: None,
+    xUnfetch: None,
+};
