@@ -51,6 +51,19 @@ fn a_shell_task_streams_its_output_in_each_format_and_passes_its_exit_code() {
     assert_eq!(stdout(&o), "one\ntwo\n");
     assert!(stderr(&o).contains("exit code 3"), "{}", stderr(&o));
 
+    // A task's own 125, 126 and 130 are its exit codes, not grove's
+    // verdicts: said as such.
+    for code in [125, 126, 130] {
+        let o = run(&g, &[&format!("exit {code}")]);
+        assert_eq!(o.status.code(), Some(code), "{}", stderr(&o));
+        let said = stderr(&o);
+        assert!(said.contains(&format!("exit code {code}")), "{said}");
+        assert!(
+            !said.contains("could not start") && !said.contains("lost"),
+            "{said}"
+        );
+    }
+
     let o = run(&g, &["--output-format", "stream-json", script]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let lines = json_lines(&o);

@@ -4,7 +4,7 @@
 //! this command only creates it and watches; killing it, or any member,
 //! does not stop the goal (Ctrl-C does: it cancels the goal's task).
 
-use super::run::{EXIT_CANNOT_START, EXIT_GROVE, EXIT_INTERRUPTED};
+use super::run::{EXIT_CANNOT_START, EXIT_GROVE, Verdict};
 use super::run_view::OutputFormat;
 use super::task_args::TaskArgs;
 use super::{CliError, Context, EXIT_FAILED, EXIT_OK, print_json};
@@ -129,13 +129,14 @@ pub async fn run(ctx: &Context, args: GoalArgs) -> Result<i32, CliError> {
 
 /// The exit code of an ended goal; `run_code` is what `grove run` would
 /// say of its task (grove's own failures and a failed start stay apart).
-pub fn exit_code(goal: &GoalRecord, run_code: i32) -> i32 {
+pub fn exit_code(goal: &GoalRecord, last_run: Verdict) -> i32 {
     match goal.status {
         GoalStatus::Completed => EXIT_OK,
         GoalStatus::Blocked => EXIT_BLOCKED,
         GoalStatus::Stalled => EXIT_STALLED,
         GoalStatus::Timeout => EXIT_TIMEOUT,
-        GoalStatus::Failed if matches!(run_code, EXIT_GROVE | EXIT_CANNOT_START) => run_code,
+        GoalStatus::Failed if last_run == Verdict::Lost => EXIT_GROVE,
+        GoalStatus::Failed if last_run == Verdict::CannotStart => EXIT_CANNOT_START,
         GoalStatus::Failed | GoalStatus::Cancelled | GoalStatus::Running => EXIT_FAILED,
     }
 }
@@ -157,8 +158,8 @@ pub fn result(g: &GoalRecord) -> Value {
 }
 
 /// How the goal ended, on stderr (whatever the output format).
-pub fn explain(g: &GoalRecord, task: &TaskRecord, code: i32, engine: &str) {
-    if code == EXIT_INTERRUPTED {
+pub fn explain(g: &GoalRecord, task: &TaskRecord, verdict: Verdict, engine: &str) {
+    if verdict == Verdict::Interrupted {
         return;
     }
     let after = format!(
@@ -171,7 +172,7 @@ pub fn explain(g: &GoalRecord, task: &TaskRecord, code: i32, engine: &str) {
         _ => g.response.clone(),
     };
     let why = why.map(|w| format!(": {w}")).unwrap_or_default();
-    if code == EXIT_CANNOT_START {
+    if verdict == Verdict::CannotStart {
         errln!(
             "grove: engine '{engine}' could not start goal {0}{why} (what it wrote: `grove logs {0}`)",
             task.id

@@ -195,19 +195,27 @@ pub(super) async fn follow_new(
     }
     view.read_log(&ctx.ws, &task.id, true);
     let run_code = exit_code(&task, view.saw_prompt, acp);
+    // Said from why the task ended, not from the code: a task's own exit
+    // 125, 126 or 130 is the task's, not grove's verdict.
+    let verdict = match () {
+        _ if interrupt.pressed => Verdict::Interrupted,
+        _ if run_code == EXIT_CANNOT_START && grove_code(&task) => Verdict::CannotStart,
+        _ if run_code == EXIT_GROVE && grove_code(&task) => Verdict::Lost,
+        _ => Verdict::Ended,
+    };
     let code = match &goal {
         _ if interrupt.pressed => EXIT_INTERRUPTED,
-        Some(goal) => super::goal::exit_code(goal, run_code),
+        Some(goal) => super::goal::exit_code(goal, verdict),
         None => run_code,
     };
     match &goal {
         Some(goal) => {
             view.finish_with(super::goal::result(goal));
-            super::goal::explain(goal, &task, code, &engine);
+            super::goal::explain(goal, &task, verdict, &engine);
         }
         None => {
             view.finish(&task);
-            explain(&task, code, &engine);
+            explain(&task, code, verdict, &engine);
         }
     }
     Ok(code)
@@ -458,22 +466,43 @@ pub(super) fn exit_code(t: &TaskRecord, saw_prompt: bool, acp: bool) -> i32 {
     }
 }
 
+/// What ended a run, for what stderr says: grove's verdicts (their exit
+/// codes 125, 126, 130 are also codes a task may exit with itself).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(super) enum Verdict {
+    Interrupted,
+    CannotStart,
+    Lost,
+    /// The task ended by itself, or was stopped: its end says how.
+    Ended,
+}
+
+/// Whether [`exit_code`] gave the task grove's code rather than its own
+/// exit code.
+fn grove_code(t: &TaskRecord) -> bool {
+    matches!(
+        t.failure_reason,
+        Some(FailureReason::SpawnError | FailureReason::AgentError | FailureReason::Lost)
+    )
+}
+
 /// Why the run did not succeed, on stderr (whatever the output format).
-fn explain(t: &TaskRecord, code: i32, engine: &str) {
+fn explain(t: &TaskRecord, code: i32, verdict: Verdict, engine: &str) {
     let why = t.progress_text.as_deref().unwrap_or("no reason recorded");
-    match code {
-        EXIT_OK | EXIT_INTERRUPTED => {}
-        EXIT_CANNOT_START => {
+    match verdict {
+        Verdict::Interrupted => {}
+        Verdict::Ended if code == EXIT_OK => {}
+        Verdict::CannotStart => {
             errln!(
                 "grove: engine '{engine}' could not start task {0}: {why} (what it wrote: `grove logs {0}`)",
                 t.id
             )
         }
-        EXIT_GROVE => errln!(
+        Verdict::Lost => errln!(
             "grove: task {} was lost: its supervisor vanished ({why})",
             t.id
         ),
-        _ => {
+        Verdict::Ended => {
             let mut end = super::orchestrate::describe_end(t);
             // The supervisor's account of an agent's end (a crash, a
             // timeout); after an exit code it is only the last progress.
