@@ -591,3 +591,32 @@ fn a_flood_of_committed_files_does_not_hide_the_committed_config() {
         g.members[m].stderr()
     );
 }
+
+/// A `.grove` that another user planted as a symbolic link is refused,
+/// and the advice is to remove the link: never a recursive `chmod` or
+/// `chown`, which follow the link they are given and would change what it
+/// points to (another user's directory, `/tmp`).
+#[test]
+fn a_planted_state_link_is_refused_with_advice_that_leaves_its_target_alone() {
+    if !is_root() {
+        eprintln!("skipped: a link owned by another user needs root to make");
+        return;
+    }
+    let g = Grove::new();
+    let target = tempfile::tempdir().unwrap();
+    let link = g.ws.join(".grove");
+    std::fs::remove_dir_all(&link).unwrap();
+    std::os::unix::fs::symlink(target.path(), &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    let out = g.run(&["list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("symbolic link") && err.contains("rm "),
+        "{err}"
+    );
+    assert!(
+        !err.contains("chmod -R") && !err.contains("chown -R"),
+        "{err}"
+    );
+}

@@ -88,7 +88,7 @@ pub fn check_ancestors(path: &Path, what: &'static str) -> Result<(), Untrusted>
     for dir in path.ancestors().skip(1) {
         let meta = fs::metadata(dir).map_err(|e| unreadable(dir, what, &e))?;
         if !trusted_owner(meta.uid()) {
-            return Err(foreign(dir, what, &meta));
+            return Err(foreign_above(dir, what, &meta));
         }
         let sticky = meta.permissions().mode() & 0o1000 != 0;
         if writable_by_others(&meta) && !sticky {
@@ -134,6 +134,23 @@ pub fn tighten(path: &Path, meta: &Metadata, mode: u32) {
 
 fn foreign(path: &Path, what: &'static str, meta: &Metadata) -> Untrusted {
     let me = describe_uid(euid());
+    let p = path.display();
+    // A link is never advised through: `chmod -R` and `chown -R` follow
+    // the one they are given, and would change whatever it points to.
+    if let Ok(link) = fs::read_link(path) {
+        return Untrusted {
+            what,
+            path: path.to_path_buf(),
+            problem: format!(
+                "it is a symbolic link to {}, and it or what it points to is owned by {}, not by you ({me})",
+                link.display(),
+                describe_uid(meta.uid()),
+            ),
+            advice: format!(
+                "grove uses only your own files. Remove the link (`rm {p}`, which leaves what it points to alone) and grove creates its own"
+            ),
+        };
+    }
     Untrusted {
         what,
         path: path.to_path_buf(),
@@ -147,8 +164,22 @@ fn foreign(path: &Path, what: &'static str, meta: &Metadata) -> Untrusted {
              If you trust it, take it over (as root: `chown -R {} {p}` and `chmod -R go-w {p}`); \
              otherwise remove it and grove creates its own",
             euid(),
-            p = path.display()
         ),
+    }
+}
+
+/// A directory above the workspace's state that another user owns: never
+/// advised to be taken over whole (it holds more than grove's files).
+fn foreign_above(dir: &Path, what: &'static str, meta: &Metadata) -> Untrusted {
+    Untrusted {
+        what,
+        path: dir.to_path_buf(),
+        problem: format!(
+            "it is owned by {}, not by you ({}) or root: whoever owns it can swap what grove reads below it",
+            describe_uid(meta.uid()),
+            describe_uid(euid()),
+        ),
+        advice: "keep the workspace below directories that you or root own (move it, or have that directory's owner changed to you; its contents need not be)".into(),
     }
 }
 
