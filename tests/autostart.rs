@@ -191,3 +191,41 @@ fn a_member_a_task_autostarted_outlives_the_task() {
     });
     let _ = run_autostart(&g, &["stop"]);
 }
+
+/// A member that does not exit after SIGTERM (stopped with SIGSTOP) is
+/// named, and `grove stop` exits 1; the other members are stopped all the
+/// same, the primary included. Continued, the member takes its SIGTERM.
+#[test]
+fn stop_stops_every_member_it_can_and_names_the_one_that_would_not() {
+    let mut g = Grove::new();
+    g.serve();
+    let (primary, epoch) = g.wait_primary();
+    g.serve();
+    g.wait_secondaries_at(1, epoch);
+    let stuck = g
+        .members
+        .iter()
+        .map(|m| m.pid)
+        .find(|p| *p != primary)
+        .unwrap();
+    g.member_by_pid(stuck).signal(libc::SIGSTOP);
+    let out = g.run(&["stop"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("pid {stuck} did not stop")), "{err}");
+    assert!(
+        stdout_of(&out).contains(&primary.to_string()),
+        "{}",
+        stdout_of(&out)
+    );
+    assert!(
+        g.member_by_pid(primary).wait_exit(DEADLINE).is_some(),
+        "the primary was left running"
+    );
+    let m = g.member_by_pid(stuck);
+    m.signal(libc::SIGCONT);
+    assert!(
+        m.wait_exit(DEADLINE).is_some(),
+        "the stopped member never took its SIGTERM"
+    );
+}

@@ -21,18 +21,32 @@ struct Member {
 
 pub async fn run(ctx: &Context, json: bool) -> Result<i32, CliError> {
     let mut stopped: Vec<u32> = Vec::new();
+    // Members that did not exit after SIGTERM (stopped by SIGSTOP, hung):
+    // named at the end; the others are stopped all the same.
+    let mut hung: Vec<u32> = Vec::new();
     // A member that was starting meanwhile (and was promoted when the
     // primary left) is found by the next round.
     for _round in 0..3 {
-        let (primary, secondaries) = members(ctx);
+        let (primary, mut secondaries) = members(ctx);
+        let primary = primary.filter(|p| !hung.contains(&p.pid));
+        secondaries.retain(|m| !hung.contains(&m.pid));
         if primary.is_none() && secondaries.is_empty() {
             break;
         }
-        terminate(&secondaries).await?;
-        stopped.extend(secondaries.iter().map(|m| m.pid));
+        let left = terminate(&secondaries).await;
+        stopped.extend(
+            secondaries
+                .iter()
+                .map(|m| m.pid)
+                .filter(|p| !left.contains(p)),
+        );
+        hung.extend(left);
         if let Some(p) = primary {
-            terminate(&[p]).await?;
-            stopped.push(p.pid);
+            let left = terminate(&[p]).await;
+            if left.is_empty() {
+                stopped.push(p.pid);
+            }
+            hung.extend(left);
         }
     }
     let running = ctx
@@ -42,7 +56,13 @@ pub async fn run(ctx: &Context, json: bool) -> Result<i32, CliError> {
         .and_then(|c| c.get("running").copied())
         .unwrap_or(0);
     if json {
-        print_json(&serde_json::json!({ "stopped": stopped, "running_tasks": running }));
+        print_json(&serde_json::json!({
+            "stopped": stopped,
+            "did_not_stop": hung,
+            "running_tasks": running,
+        }));
+    } else if stopped.is_empty() && !hung.is_empty() {
+        // Said below, as the error.
     } else if stopped.is_empty() {
         outln!("no member was running for {}", ctx.ws.root.display());
     } else {
@@ -56,6 +76,15 @@ pub async fn run(ctx: &Context, json: bool) -> Result<i32, CliError> {
         if running > 0 {
             outln!("{running} running task(s) keep running; the next member adopts them");
         }
+    }
+    if !hung.is_empty() {
+        let pids: Vec<String> = hung.iter().map(u32::to_string).collect();
+        return Err(CliError::Failed(format!(
+            "member pid {} did not stop within {} s after SIGTERM (stopped with SIGSTOP, or hung?); `kill -9 {}` ends it, its tasks keep running",
+            pids.join(", "),
+            STOP_WITHIN.as_secs(),
+            pids.join(" ")
+        )));
     }
     Ok(EXIT_OK)
 }
@@ -95,8 +124,9 @@ fn is_member(pid: u32, started_at: u64, kinds: &[&str]) -> bool {
     kind_ok && same_process
 }
 
-/// SIGTERM to each, then waits until every one has exited.
-async fn terminate(members: &[Member]) -> Result<(), CliError> {
+/// SIGTERM to each, then waits until every one has exited, for
+/// [`STOP_WITHIN`] at most: the ones still running then.
+async fn terminate(members: &[Member]) -> Vec<u32> {
     for m in members {
         // SAFETY: kill(2) with a plain signal; the pid was just checked to
         // be a member of this workspace.
@@ -109,16 +139,8 @@ async fn terminate(members: &[Member]) -> Result<(), CliError> {
             .map(|m| m.pid)
             .filter(|p| crate::proc::running(*p))
             .collect();
-        if left.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= until {
-            return Err(CliError::Failed(format!(
-                "member pid {} did not stop within {} s after SIGTERM (hung?); `kill -9 {}` ends it, its tasks keep running",
-                left[0],
-                STOP_WITHIN.as_secs(),
-                left[0]
-            )));
+        if left.is_empty() || Instant::now() >= until {
+            return left;
         }
         tokio::time::sleep(STOP_POLL).await;
     }
