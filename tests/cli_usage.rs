@@ -266,7 +266,14 @@ fn an_oversized_request_is_refused_before_it_is_sent() {
         EXIT_USAGE,
         "an oversized prompt file",
     );
-    assert!(err.contains("too_large"), "{err}");
+    assert!(err.contains("longer than the 524288 bytes"), "{err}");
+    // One without an end is read no further than a prompt may be.
+    let err = expect_code(
+        &g.run(&["spawn", "--prompt-file", "/dev/zero"]),
+        EXIT_USAGE,
+        "an endless prompt file",
+    );
+    assert!(err.contains("longer than the 524288 bytes"), "{err}");
     // The primary is fine.
     g.ok(&["spawn", "true"]);
 }

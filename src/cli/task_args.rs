@@ -128,17 +128,30 @@ fn worktree_ask(on: bool, off: bool, base: Option<String>) -> Option<WorktreeAsk
 
 fn read_prompt_file(path: &std::path::Path) -> Result<String, CliError> {
     use std::io::Read;
-    let mut text = String::new();
+    // Read no further than a prompt may be (`/dev/zero`, an endless pipe):
+    // the rest would be refused anyway.
+    let max = crate::protocol::MAX_PROMPT_BYTES;
+    let mut bytes = Vec::new();
     let read = if path.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut text).map(|_| ())
+        (std::io::stdin().lock().take(max as u64 + 1))
+            .read_to_end(&mut bytes)
+            .map(|_| ())
     } else {
-        std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text).map(|_| ()))
+        std::fs::File::open(path)
+            .and_then(|f| f.take(max as u64 + 1).read_to_end(&mut bytes).map(|_| ()))
     };
-    read.map_err(|e| {
+    let cannot = |e: &dyn std::fmt::Display| {
         CliError::Usage(format!(
             "cannot read the prompt from {}: {e}",
             path.display()
         ))
-    })?;
-    Ok(text)
+    };
+    read.map_err(|e| cannot(&e))?;
+    if bytes.len() > max {
+        return Err(CliError::Usage(format!(
+            "the prompt in {} is longer than the {max} bytes a task keeps; put the long part in a file and name it in the prompt",
+            path.display()
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| cannot(&"it is not UTF-8 text"))
 }
