@@ -230,6 +230,36 @@ fn the_test_build_has_the_fault_hooks() {
     );
 }
 
+/// A primary stopped longer than the watchdog's timeout (Ctrl-Z, then
+/// `fg`) was not hung: continued, it serves on. Stops begun at different
+/// points of the watchdog's nap, since one begun just after the nap did
+/// hides in it.
+#[test]
+fn a_primary_stopped_past_the_watchdog_timeout_and_continued_serves_on() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nwatchdog_timeout_ms = 1000\n");
+    g.serve();
+    let (primary, _) = g.wait_primary();
+    for round in 0..8u64 {
+        std::thread::sleep(Duration::from_millis(37 * round % 250));
+        let m = g.member_by_pid(primary);
+        m.signal(libc::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(1_300));
+        m.signal(libc::SIGCONT);
+        // The watchdog's confirmation (200 ms here) is over by the time a
+        // write through the primary answers twice.
+        g.task_create(&format!("echo round {round}"));
+        std::thread::sleep(Duration::from_millis(300));
+        g.task_create(&format!("echo after round {round}"));
+        let m = g.member_by_pid(primary);
+        assert!(
+            m.child.try_wait().unwrap().is_none(),
+            "round {round}: the primary exited: {}",
+            m.stderr()
+        );
+    }
+    assert!(!g.member_by_pid(primary).stderr().contains("watchdog"));
+}
+
 #[test]
 fn watchdog_aborts_a_hung_primary_and_failover_proceeds() {
     let mut g = Grove::with_config(
