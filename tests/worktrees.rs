@@ -986,3 +986,36 @@ fn a_repositorys_diff_driver_cannot_hide_a_change_from_review() {
     );
     assert!(!diff.contains("CONVERTED"), "{diff}");
 }
+
+/// A task that ran `git init` in a directory of its worktree: its branch
+/// would hold only a pointer to a commit inside the worktree. The merge
+/// refuses, saying so and changing nothing (nor can a purge then take the
+/// files); with the inner `.git` removed as advised, the files merge.
+#[test]
+fn a_directory_the_task_made_a_repository_of_its_own_is_not_merged_as_a_pointer() {
+    let g = repo("");
+    let script = "mkdir proj && cd proj && git init -q && echo important > f \
+                  && git add f && git commit -qm inner && echo more > g";
+    let t = spawn(&g, &["--worktree", "--wait", script]);
+    let id = id_of(&t);
+    assert_eq!(t["status"], "completed", "{t}");
+    let main_before = git(&g.ws, &["rev-parse", "main"]);
+    let err = fails_saying(&g, &["merge", &id], "a git repository of its own");
+    assert!(err.contains("proj"), "{err}");
+    assert_eq!(
+        git(&g.ws, &["rev-parse", "main"]),
+        main_before,
+        "main moved"
+    );
+    assert!(!g.ws.join("proj").exists());
+    fails_saying(&g, &["purge", &id], "HEAD does not contain");
+    // As the refusal says.
+    assert!(err.contains("git rm -q --cached proj"), "{err}");
+    std::fs::remove_dir_all(tree_of(&g, &t).join("proj/.git")).unwrap();
+    git(&tree_of(&g, &t), &["rm", "-q", "--cached", "proj"]);
+    g.ok(&["merge", &id]);
+    let read = |p: &str| std::fs::read_to_string(g.ws.join(p)).unwrap();
+    assert_eq!(read("proj/f"), "important\n");
+    assert_eq!(read("proj/g"), "more\n");
+    assert_clean(&g);
+}

@@ -141,6 +141,7 @@ fn merge_now(ask: &MergeAsk<'_>) -> super::Result<Merged> {
     if is_ancestor(ask.root, &src, &tgt) {
         return Ok(Merged::UpToDate { into: target });
     }
+    refuse_embedded_repositories(ask, &tgt, &src)?;
     let fast = is_ancestor(ask.root, &tgt, &src);
     let (new, done): (String, fn(String, String) -> Merged) = if fast && !ask.squash {
         (src.clone(), |into, commit| Merged::FastForward {
@@ -269,9 +270,14 @@ fn target_branch(ask: &MergeAsk<'_>) -> super::Result<String> {
             "--into {target} is the task's own branch"
         )));
     }
-    rev(ask.root, &format!("refs/heads/{target}")).map_err(|_| {
-        WorktreeError::Usage(format!("there is no branch {target:?} to merge into"))
-    })?;
+    // A revision such as `main~1` resolves under `refs/heads/` too, and
+    // the move's compare-and-swap would then fail as "moved meanwhile".
+    let named = git(ask.root, ["check-ref-format", "--branch", &target]).is_ok();
+    if !named || rev(ask.root, &format!("refs/heads/{target}")).is_err() {
+        return Err(WorktreeError::Usage(format!(
+            "there is no branch {target:?} to merge into (name a branch, not a revision)"
+        )));
+    }
     Ok(target)
 }
 
@@ -347,6 +353,85 @@ fn commit_leftovers(ask: &MergeAsk<'_>) -> super::Result<()> {
     )
     .map_err(failed)?;
     Ok(())
+}
+
+/// Refuses a merge that would bring in a directory the task made a git
+/// repository of its own (`git init`, a project generator): `git add -A`
+/// commits such a directory as a pointer to a commit that exists only
+/// inside it, in the worktree; merged, the branch would hold the pointer
+/// and none of the files, and the worktree's removal would then take the
+/// files for good. A submodule declared in `.gitmodules` is a pointer on
+/// purpose and is merged as one. Nothing has changed when it refuses.
+fn refuse_embedded_repositories(ask: &MergeAsk<'_>, tgt: &str, src: &str) -> super::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let range = format!("{tgt}...{src}");
+    let args = [
+        "diff",
+        "--raw",
+        "-z",
+        "--no-abbrev",
+        "--no-renames",
+        "--no-ext-diff",
+        &range,
+        "--",
+    ];
+    let (status, listed, errors) =
+        super::git_bytes(ask.root, args).map_err(WorktreeError::Failed)?;
+    if !status.success() {
+        return Err(WorktreeError::Failed(format!(
+            "cannot list what the task's branch changes: {}",
+            String::from_utf8_lossy(&errors).trim()
+        )));
+    }
+    let mut fields = listed.split(|b| *b == 0).filter(|f| !f.is_empty());
+    let mut links = Vec::new();
+    while let (Some(raw), Some(path)) = (fields.next(), fields.next()) {
+        if raw.split(|b| *b == b' ').nth(1) == Some(b"160000") {
+            links.push(
+                String::from_utf8_lossy(std::ffi::OsStr::from_bytes(path).as_bytes()).into_owned(),
+            );
+        }
+    }
+    if links.is_empty() {
+        return Ok(());
+    }
+    // Declared submodules: `submodule.<name>.path` in the branch's
+    // `.gitmodules` (none: the blob is missing and git says nothing).
+    let blob = format!("{src}:.gitmodules");
+    let declared = git(
+        ask.root,
+        [
+            "config",
+            "--blob",
+            &blob,
+            "--get-regexp",
+            r"^submodule\..*\.path$",
+        ],
+    )
+    .unwrap_or_default();
+    let declared: HashSet<&str> = declared
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(_, path)| path))
+        .collect();
+    let embedded: Vec<String> = links
+        .into_iter()
+        .filter(|l| !declared.contains(l.as_str()))
+        .collect();
+    if embedded.is_empty() {
+        return Ok(());
+    }
+    let w = ask.worktree;
+    Err(WorktreeError::Failed(format!(
+        "the task made {} a git repository of its own (`git init` there?): its branch holds only a pointer to a commit inside the worktree, not the files, and merging would lose them; nothing was merged. To merge them as plain files, remove the inner repository and its pointer in the worktree (`cd {} && rm -rf {} && git rm -q --cached {}`), then merge again",
+        embedded.join(", "),
+        w.path,
+        embedded
+            .iter()
+            .map(|e| format!("{e}/.git"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        embedded.join(" ")
+    )))
 }
 
 fn rev(root: &Path, name: &str) -> super::Result<String> {
