@@ -160,6 +160,43 @@ fn a_waiting_task_renews_the_loan_of_its_slot() {
     }
 }
 
+/// A `grove wait` stopped in the middle (SIGTERM: `timeout 60 grove wait`
+/// in a script) takes its slot back before it exits: the task works on,
+/// and its loan must not count on until it lapses.
+#[test]
+fn a_wait_stopped_in_the_middle_takes_its_slot_back() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nmax_parallel = 1\n");
+    g.serve();
+    g.wait_primary();
+    let script = format!(
+        "a=$('{BIN}' spawn 'while [ ! -e go ]; do sleep 0.05; done') && \
+         {{ '{BIN}' wait \"$a\" & echo $! > waiter.pid; wait; }}; \
+         while [ ! -e done ]; do sleep 0.05; done"
+    );
+    let parent = g.ok(&["spawn", &script]);
+    let loans = || -> Option<i64> {
+        let db = rusqlite::Connection::open(g.ws.join(".grove/grove.db")).ok()?;
+        db.query_row("SELECT COUNT(*) FROM slot_loans", [], |r| r.get(0))
+            .ok()
+    };
+    wait_for("the parent's loan", DEADLINE, || loans().filter(|n| *n > 0));
+    let waiter: i32 = wait_for("the waiter's pid", DEADLINE, || {
+        std::fs::read_to_string(g.ws.join("waiter.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    unsafe { libc::kill(waiter, libc::SIGTERM) };
+    wait_for("the loan taken back", DEADLINE, || {
+        loans().filter(|n| *n == 0)
+    });
+    assert_eq!(show(&g, &parent)["status"], "running");
+    std::fs::write(g.ws.join("go"), "").unwrap();
+    std::fs::write(g.ws.join("done"), "").unwrap();
+    wait_status(&g, &parent, "completed");
+}
+
 #[test]
 fn delegation_depth_is_limited() {
     let mut g = Grove::with_config("heartbeat_ms = 100\nmax_delegation_depth = 1\n");

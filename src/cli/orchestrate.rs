@@ -221,8 +221,34 @@ pub(super) fn place_in_chain(ctx: &Context, new: &mut crate::protocol::NewTask) 
 /// Runs `wait` with the slot of the task this command runs inside lent
 /// (see `mcp::slot_loan`): a task blocked in a wait does no work.
 pub(super) async fn lending_slot<F: std::future::Future>(ctx: &Context, wait: F) -> F::Output {
-    let lender = crate::mcp::slot_loan::Lender::of(calling_task(ctx));
-    crate::mcp::slot_loan::while_waiting(ctx, lender, wait).await
+    use crate::mcp::slot_loan;
+    let Some(lender) = slot_loan::Lender::of(calling_task(ctx)) else {
+        return wait.await;
+    };
+    // Stopped in the middle (`timeout 60 grove wait …` in a script, a
+    // hang-up), the slot is taken back first: the task may work on, and
+    // its loan would count for 30 s. SIGINT stays the command's own (a
+    // `grove run` cancels its task on Ctrl-C).
+    let stop = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => libc::SIGTERM,
+            _ = hup.recv() => libc::SIGHUP,
+        }
+    };
+    tokio::select! {
+        out = slot_loan::while_waiting(ctx, Some(lender), wait) => out,
+        signal = stop => {
+            slot_loan::give_back_all(ctx).await;
+            std::process::exit(128 + signal);
+        }
+    }
 }
 
 /// The task this command runs inside (`GROVE_TASK_ID`, set by the shim

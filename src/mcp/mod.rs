@@ -79,15 +79,23 @@ pub async fn serve(grove: Arc<dyn Grove>) -> Result<(), String> {
             + GroveMcp::info_router()
             + GroveMcp::awaits_router(),
     };
+    let grove = server.grove.clone();
     let running = server
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| format!("MCP session did not start: {e}"))?;
-    running
-        .waiting()
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("MCP session ended: {e}"))
+    // The session ends (the client went away) or the process is told to
+    // stop while tool calls may still wait: their slots are taken back
+    // before it ends (see `slot_loan::give_back_all`).
+    let ended = tokio::select! {
+        ended = running.waiting() => ended.map(|_| ()).map_err(|e| format!("MCP session ended: {e}")),
+        signal = slot_loan::stop_signal() => {
+            slot_loan::give_back_all(grove.as_ref()).await;
+            std::process::exit(128 + signal);
+        }
+    };
+    slot_loan::give_back_all(grove.as_ref()).await;
+    ended
 }
 
 #[tool_handler(

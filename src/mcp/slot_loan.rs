@@ -51,6 +51,7 @@ pub async fn while_waiting<F: Future>(
         return wait.await;
     };
     let waiter = uuid::Uuid::new_v4().simple().to_string();
+    let lending = Lending::register(&lender, &waiter);
     let lend = |on: bool| {
         let method = Method::TaskLendSlot {
             id: lender.task.clone(),
@@ -99,5 +100,80 @@ pub async fn while_waiting<F: Future>(
             lender.task
         );
     }
+    lending.finish();
     out
+}
+
+/// The loans of this process's waits in progress (task, run, waiter), so
+/// that a process ending in the middle of a wait takes its slots back
+/// ([`give_back_all`]) instead of leaving them lent until they lapse: a
+/// `grove mcp` whose client went away or that was told to stop, a
+/// `grove wait` stopped by SIGTERM, while the task works on.
+static LENDING: std::sync::Mutex<Vec<(String, String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// One entry of [`LENDING`], removed once its wait took the slot back. A
+/// wait dropped in the middle (its process ending, its caller stopped)
+/// leaves its entry for [`give_back_all`].
+struct Lending(String);
+
+impl Lending {
+    fn register(lender: &Lender, waiter: &str) -> Lending {
+        let mut all = LENDING.lock().unwrap_or_else(|e| e.into_inner());
+        all.push((lender.task.clone(), lender.run.clone(), waiter.to_string()));
+        Lending(waiter.to_string())
+    }
+
+    fn finish(self) {
+        let mut all = LENDING.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(_, _, waiter)| *waiter != self.0);
+    }
+}
+
+/// Takes back the slot of every wait of this process still lending, within
+/// [`GIVE_BACK_WITHIN`]: for a process about to end in the middle of its
+/// waits. Whatever is not taken back by then lapses on its own.
+pub async fn give_back_all(grove: &dyn Grove) {
+    let loans = LENDING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let back = futures::future::join_all(loans.into_iter().map(|(task, run, waiter)| {
+        let method = Method::TaskLendSlot {
+            id: task,
+            run_id: run,
+            waiter,
+            lend: false,
+        };
+        async move {
+            if let Err(e) = grove.call(method).await {
+                tracing::debug!("task.lend_slot false at the end: {e}");
+            }
+        }
+    }));
+    let _ = tokio::time::timeout(GIVE_BACK_WITHIN, back).await;
+}
+
+/// Resolves with the signal that tells this process to stop (SIGTERM,
+/// SIGINT, SIGHUP), never when none can be listened for.
+pub async fn stop_signal() -> i32 {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        (SignalKind::terminate(), libc::SIGTERM),
+        (SignalKind::interrupt(), libc::SIGINT),
+        (SignalKind::hangup(), libc::SIGHUP),
+    ];
+    let mut streams = Vec::new();
+    for (kind, number) in kinds {
+        if let Ok(s) = signal(kind) {
+            streams.push((s, number));
+        }
+    }
+    if streams.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = streams.iter_mut().map(|(s, number)| {
+        let number = *number;
+        Box::pin(async move {
+            s.recv().await;
+            number
+        })
+    });
+    futures::future::select_all(waits).await.0
 }

@@ -63,15 +63,22 @@ pub(super) fn lend(c: &mut Ctx<'_>, req: LendSlot<'_>) -> Res {
                 ),
             ));
         }
-        c.tx.prepare_cached(
-            "INSERT OR REPLACE INTO slot_loans (id, waiter, run_id, until) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(rusqlite::params![
-            id,
-            waiter,
-            run_id,
-            (now + LOAN_MS) as i64
-        ])?;
+        // A task with no unfinished child waits for nothing of its own: its
+        // loan would never count, and its `task.slot` would say it lent.
+        if has_unfinished_child(c.tx, id)? {
+            c.tx.prepare_cached(
+                "INSERT OR REPLACE INTO slot_loans (id, waiter, run_id, until) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(rusqlite::params![
+                id,
+                waiter,
+                run_id,
+                (now + LOAN_MS) as i64
+            ])?;
+        } else {
+            c.tx.prepare_cached("DELETE FROM slot_loans WHERE id = ?1 AND waiter = ?2")?
+                .execute([id, waiter])?;
+        }
     } else {
         c.tx.prepare_cached("DELETE FROM slot_loans WHERE id = ?1 AND waiter = ?2")?
             .execute([id, waiter])?;
@@ -99,6 +106,17 @@ fn slot_event(c: &mut Ctx<'_>, id: &str, run_id: &str, lent: bool) -> Result<(),
     };
     c.events.push(append_event(c.tx, c.epoch, data)?);
     Ok(())
+}
+
+/// Whether `id` has a child that may still need a slot (as in [`IN_FORCE`]).
+fn has_unfinished_child(tx: &Connection, id: &str) -> rusqlite::Result<bool> {
+    tx.prepare_cached(
+        "SELECT 1 FROM tasks WHERE parent_id = ?1 \
+         AND status IN ('pending', 'queued', 'running', 'waiting', 'paused') LIMIT 1",
+    )?
+    .query_row([id], |_| Ok(()))
+    .optional()
+    .map(|found| found.is_some())
 }
 
 /// Whether waiters of `id` hold loans for `run_id` that have not lapsed.

@@ -175,6 +175,7 @@ fn a_run_that_ends_or_is_queued_again_takes_its_lent_slot_back_with_an_event() {
 
     let requeued = s.create(&[]).id;
     assert!(start(&mut s, &requeued, "r1"));
+    child_of(&mut s, &requeued);
     lend(&mut s, &requeued, "r1", "w", true);
     let out = s.internal(&InternalOp::Requeue {
         id: requeued.clone(),
@@ -185,6 +186,7 @@ fn a_run_that_ends_or_is_queued_again_takes_its_lent_slot_back_with_an_event() {
     // A loan that lapsed ended long ago: no event for it now.
     let lapsed = s.create(&[]).id;
     assert!(start(&mut s, &lapsed, "l1"));
+    child_of(&mut s, &lapsed);
     lend(&mut s, &lapsed, "l1", "w", true);
     (s.conn)
         .execute("UPDATE slot_loans SET until = 1", [])
@@ -195,4 +197,23 @@ fn a_run_that_ends_or_is_queued_again_takes_its_lent_slot_back_with_an_event() {
         .query_row("SELECT COUNT(*) FROM slot_loans", [], |r| r.get(0))
         .expect("count loans");
     assert_eq!(rows, 0, "ended runs keep no loans");
+}
+
+/// A task that waits with no unfinished child of its own (`grove wait` on
+/// another's task) lends nothing, and no `task.slot` says it did.
+#[test]
+fn a_task_without_an_unfinished_child_lends_nothing() {
+    let mut s = Store::new();
+    let t = s.create(&[]).id;
+    assert!(start(&mut s, &t, "t1"));
+    assert!(lend(&mut s, &t, "t1", "w", true).is_empty(), "no event");
+    let rows: i64 = (s.conn)
+        .query_row("SELECT COUNT(*) FROM slot_loans", [], |r| r.get(0))
+        .expect("count loans");
+    assert_eq!(rows, 0, "no loan");
+    child_of(&mut s, &t);
+    assert_eq!(
+        lend(&mut s, &t, "t1", "w", true),
+        [slot_event(&t, "t1", true)]
+    );
 }
