@@ -75,16 +75,22 @@ pub enum PromptVia {
 }
 
 impl EngineConfig {
-    /// Whether the engine hands its prompt to a shell as code: its program
-    /// (past wrappers such as `env`, `nice`, `timeout`, `busybox`) is a
-    /// shell, and the prompt is in the script of `-c`, or is the shell's
-    /// stdin read as its script (`-s`, or no script file named). Words
-    /// appended to such a prompt (a review's comments, a resume's
-    /// instructions, the conclusion brief, a persona) would run as
-    /// commands, as they would for the built-in `shell` engine. A prompt
-    /// passed to a shell as an argument (`sh -c 'agent "$1"' sh {prompt}`,
-    /// `bash agent.sh {prompt}`) is not code; neither is one a script
-    /// `eval`s, which no reading of the command line can tell.
+    /// Whether the engine hands its prompt to a shell, or another
+    /// interpreter, as code: its program (past wrappers such as `env`,
+    /// `nice`, `timeout`, `busybox`), or any program further on its command
+    /// line (behind a wrapper grove does not know: `taskset -c 0`, `flock
+    /// F`, `chrt`, `unshare`, `/usr/bin/time`, `xargs`), is a shell whose
+    /// script the prompt is (in `-c`, or its stdin read as its script:
+    /// `-s`, or no script file named), an interpreter whose `-c`/`-e` code
+    /// holds it (`python3 -c`, `node -e`), or a program that runs its
+    /// `-c` through a shell (`su -c`, `script -qec`). Words appended to such
+    /// a prompt (a review's comments, a resume's instructions, the
+    /// conclusion brief, a persona) would run as code, as they would for
+    /// the built-in `shell` engine. A prompt passed to a shell as an
+    /// argument (`sh -c 'agent "$1"' sh {prompt}`, `bash agent.sh {prompt}`)
+    /// is not code; neither is one a script `eval`s, which no reading of
+    /// the command line can tell. Looking further than the program errs
+    /// towards refusing those words: a wrongly refused one says why.
     pub fn runs_prompt_as_shell(&self) -> bool {
         // Copied only for an `env`, whose `-S` may hold the program.
         let split;
@@ -95,48 +101,103 @@ impl EngineConfig {
             &self.command
         };
         let argv: Vec<&str> = words.iter().map(String::as_str).collect();
-        let Some(at) = past_wrappers(&argv) else {
-            return false;
-        };
-        if !SHELLS.contains(&program_name(argv[at])) {
-            return false;
+        let first = past_wrappers(&argv);
+        let programs = first.into_iter().chain(1..argv.len());
+        programs.into_iter().any(|at| {
+            let (name, rest) = (program_name(argv[at]), &argv[at + 1..]);
+            if SHELLS.contains(&name) {
+                shell_runs_prompt(rest, self.prompt_via)
+            } else if is_interpreter(name) {
+                interpreter_runs_prompt(rest)
+            } else if matches!(name, "su" | "script") {
+                command_option_holds_prompt(rest)
+            } else {
+                false
+            }
+        })
+    }
+}
+
+/// Whether a shell given `rest` runs the prompt as its script.
+fn shell_runs_prompt(rest: &[&str], prompt_via: PromptVia) -> bool {
+    let (mut script_arg, mut stdin_script, mut i) = (false, false, 0);
+    while let Some(a) = rest.get(i) {
+        i += 1;
+        if *a == "--" {
+            break;
         }
-        let rest = &argv[at + 1..];
-        let (mut script_arg, mut stdin_script, mut i) = (false, false, 0);
-        while let Some(a) = rest.get(i) {
+        if let Some(script) = a.strip_prefix("--command=") {
+            return script.contains("{prompt}"); // fish
+        }
+        if matches!(*a, "--rcfile" | "--init-file") {
             i += 1;
-            if *a == "--" {
-                break;
-            }
-            if let Some(script) = a.strip_prefix("--command=") {
-                return script.contains("{prompt}"); // fish
-            }
-            if matches!(*a, "--rcfile" | "--init-file") {
-                i += 1;
-                continue;
-            }
-            let Some(flags) = a.strip_prefix('-').or_else(|| a.strip_prefix('+')) else {
-                i -= 1;
-                break;
-            };
-            if flags.starts_with('-') {
-                script_arg |= flags == "-command"; // fish's `--command SCRIPT`
-                continue; // another long option (`--login`)
-            }
-            script_arg |= flags.contains('c');
-            stdin_script |= flags.contains('s');
-            // `-o NAME`, `-O NAME`: the option's name follows.
-            if flags.ends_with('o') || flags.ends_with('O') {
-                i += 1;
-            }
+            continue;
         }
-        let operand = rest.get(i);
-        if script_arg {
-            operand.is_some_and(|script| script.contains("{prompt}"))
-        } else {
-            (stdin_script || operand.is_none()) && self.prompt_via == PromptVia::Stdin
+        let Some(flags) = a.strip_prefix('-').or_else(|| a.strip_prefix('+')) else {
+            i -= 1;
+            break;
+        };
+        if flags.starts_with('-') {
+            script_arg |= flags == "-command"; // fish's `--command SCRIPT`
+            continue; // another long option (`--login`)
+        }
+        script_arg |= flags.contains('c') || flags == "C"; // fish's `-C` too
+        stdin_script |= flags.contains('s');
+        // `-o NAME`, `-O NAME`: the option's name follows.
+        if flags.ends_with('o') || flags.ends_with('O') {
+            i += 1;
         }
     }
+    let operand = rest.get(i);
+    if script_arg {
+        operand.is_some_and(|script| script.contains("{prompt}"))
+    } else {
+        let stdin_file = operand.is_some_and(|o| matches!(*o, "/dev/stdin" | "-"));
+        (stdin_script || stdin_file || operand.is_none()) && prompt_via == PromptVia::Stdin
+    }
+}
+
+/// Interpreters whose `-c`/`-e` code a prompt can be.
+fn is_interpreter(name: &str) -> bool {
+    let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    matches!(
+        base,
+        "python" | "perl" | "ruby" | "node" | "nodejs" | "php" | "lua"
+    )
+}
+
+/// Whether an interpreter given `rest` runs the prompt as its code: an
+/// option of code before any script or module (whose arguments are its own).
+fn interpreter_runs_prompt(rest: &[&str]) -> bool {
+    let mut i = 0;
+    while let Some(a) = rest.get(i) {
+        if !a.starts_with('-') || matches!(*a, "-m" | "--") {
+            return false;
+        }
+        if let Some(code) = a.strip_prefix("--eval=") {
+            return code.contains("{prompt}");
+        }
+        if matches!(*a, "-c" | "-e" | "-E" | "--eval" | "-r" | "--print") {
+            return rest.get(i + 1).is_some_and(|c| c.contains("{prompt}"));
+        }
+        // Options whose value follows (python's `-X dev`, `-W error`).
+        i += if matches!(*a, "-X" | "-W") { 2 } else { 1 };
+    }
+    false
+}
+
+/// Whether a program that runs its `-c` through a shell (`su`, `script`)
+/// is given the prompt there.
+fn command_option_holds_prompt(rest: &[&str]) -> bool {
+    rest.iter().enumerate().any(|(i, a)| {
+        if let Some(command) = a.strip_prefix("--command=") {
+            return command.contains("{prompt}");
+        }
+        let short_c = a
+            .strip_prefix('-')
+            .is_some_and(|f| !f.starts_with('-') && f.contains('c'));
+        (short_c || *a == "--command") && rest.get(i + 1).is_some_and(|c| c.contains("{prompt}"))
+    })
 }
 
 /// Shells whose script a prompt can be.
@@ -369,6 +430,21 @@ mod tests {
             (&["env", "-S", "bash -c", "{prompt}"], Arg),
             (&["/usr/bin/env", "-Sbash -e -c", "{prompt}"], Arg),
             (&["sudo", "-u", "agent", "bash", "-c", "{prompt}"], Arg),
+            // Behind wrappers grove does not know, and other interpreters.
+            (&["taskset", "-c", "0", "bash", "-c", "{prompt}"], Arg),
+            (&["flock", "/tmp/l", "bash", "-c", "{prompt}"], Arg),
+            (&["/usr/bin/time", "-v", "sh", "-c", "{prompt}"], Arg),
+            (&["unshare", "-n", "bash", "-c", "{prompt}"], Arg),
+            (&["chrt", "-i", "0", "bash", "-c", "{prompt}"], Arg),
+            (&["xargs", "-0", "bash", "-c", "{prompt}"], Arg),
+            (&["script", "-qec", "{prompt}", "/dev/null"], Arg),
+            (&["su", "agent", "-c", "{prompt}"], Arg),
+            (&["sh", "/dev/stdin"], Stdin),
+            (&["fish", "-C", "{prompt}"], Arg),
+            (&["python3", "-c", "{prompt}"], Arg),
+            (&["python3", "-X", "dev", "-c", "{prompt}"], Arg),
+            (&["node", "-e", "{prompt}"], Arg),
+            (&["perl", "-p", "-e", "{prompt}"], Arg),
         ];
         for (command, via) in code {
             assert!(
@@ -384,7 +460,10 @@ mod tests {
             (&["env", "A=1", "codex", "exec", "{prompt}"], Arg),
             (&["bash", "-c", "agent --from-stdin"], Stdin),
             (&["bash"], Arg),
-            (&["python3", "-c", "{prompt}"], Arg),
+            (&["python3", "agent.py", "-c", "{prompt}"], Arg),
+            (&["python3", "-m", "agent", "-c", "{prompt}"], Arg),
+            (&["taskset", "-c", "0", "claude", "-p", "{prompt}"], Arg),
+            (&["flock", "/tmp/l", "codex", "exec", "{prompt}"], Arg),
             (&["nice", "-n", "10", "claude", "-p", "{prompt}"], Arg),
             (&["timeout", "1h", "codex", "exec", "{prompt}"], Arg),
             (&["busybox", "sh", "agent.sh", "{prompt}"], Arg),
