@@ -531,3 +531,28 @@ fn an_agent_running_grove_in_another_workspace_carries_its_depth_there() {
     there.ok(&["cancel", &first]);
     here.ok(&["cancel", "--tree", &top]);
 }
+
+/// A chain that comes back: a task here delegates to the other workspace,
+/// whose task delegates back here, both with `max_parallel = 1`. The
+/// proxies only follow their tasks there and lend their slots meanwhile;
+/// before, the proxy here held the only slot and the task that came back
+/// queued behind it for good.
+#[test]
+fn a_delegation_that_comes_back_to_a_full_workspace_runs() {
+    let one = "max_parallel = 1\n";
+    let (here, _there) = two_workspaces_with(one, one);
+    let here_path = here.ws.canonicalize().unwrap();
+    let back = format!(
+        "'{BIN}' spawn --project '{}' --wait 'echo deep'",
+        here_path.display()
+    );
+    let script = format!("'{BIN}' spawn --project other --wait \"{back}\"");
+    let top = here.ok(&["spawn", &script]);
+    let done = wait_status(&here, &top, "completed");
+    assert_eq!(done["exit_code"], 0, "{done}");
+    let deep = tasks(&here)
+        .into_iter()
+        .find(|t| t["prompt"] == "echo deep")
+        .expect("the task that came back");
+    assert_eq!(deep["status"], "completed", "{deep}");
+}

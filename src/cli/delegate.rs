@@ -137,8 +137,15 @@ async fn delegate(autostart: bool) -> Result<i32, CliError> {
             }
         }
     };
+    // The task here does nothing but follow the one there: its slot is
+    // lent meanwhile (docs/design.md, Slot loans), or a chain that comes
+    // back here (A → B → A) waits on this workspace's slots that its own
+    // proxies hold, for good.
+    let lender = crate::mcp::slot_loan::Lender::of(Some(task.id.clone()));
+    let following =
+        crate::mcp::slot_loan::while_waiting(&local, lender, follow(&remote, &there.id));
     let followed = tokio::select! {
-        r = follow(&remote, &there.id) => r,
+        r = following => r,
         // The other workspace's last member may go while its task runs:
         // one is started there (autostart), or the proxy fails saying so.
         hopeless = remote.keep_member() => Err(hopeless),

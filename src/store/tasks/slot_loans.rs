@@ -65,7 +65,10 @@ pub(super) fn lend(c: &mut Ctx<'_>, req: LendSlot<'_>) -> Res {
         }
         // A task with no unfinished child waits for nothing of its own: its
         // loan would never count, and its `task.slot` would say it lent.
-        if has_unfinished_child(c.tx, id)? {
+        // A `delegate` task's child is the task it follows, in another
+        // workspace.
+        let follows = task.spec.engine == crate::config::DELEGATE_ENGINE;
+        if follows || has_unfinished_child(c.tx, id)? {
             c.tx.prepare_cached(
                 "INSERT OR REPLACE INTO slot_loans (id, waiter, run_id, until) VALUES (?1, ?2, ?3, ?4)",
             )?
@@ -130,11 +133,32 @@ fn has_loans(tx: &Connection, id: &str, run_id: &str, now: u64) -> rusqlite::Res
 /// The condition under which loan `l` of task `t` counts at `?1` (now):
 /// for the run `t` runs, not lapsed, not further ahead than a loan is ever
 /// given (a clock set back would otherwise stretch it), and while `t` has a
-/// child that may still need a slot.
+/// child that may still need a slot (a `delegate` task's is the task it
+/// follows in another workspace).
 const IN_FORCE: &str = "l.run_id = t.run_id AND t.status = 'running' \
      AND l.until > ?1 AND l.until <= ?1 + 30000 \
-     AND EXISTS (SELECT 1 FROM tasks c WHERE c.parent_id = t.id \
-         AND c.status IN ('pending', 'queued', 'running', 'waiting', 'paused'))";
+     AND (t.engine = 'delegate' OR EXISTS (SELECT 1 FROM tasks c WHERE c.parent_id = t.id \
+         AND c.status IN ('pending', 'queued', 'running', 'waiting', 'paused')))";
+const _: () = assert!(
+    same(crate::config::DELEGATE_ENGINE, "delegate"),
+    "IN_FORCE spells DELEGATE_ENGINE out"
+);
+
+/// `a == b`, at compile time.
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 const _: () = assert!(LOAN_MS == 30_000, "IN_FORCE spells LOAN_MS out");
 
 /// How many tasks hold a slot at `now`: running or waiting for a
