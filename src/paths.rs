@@ -39,6 +39,15 @@ pub struct Workspace {
     pub socket_dir: PathBuf,
 }
 
+/// `.grove/.gitignore` as grove writes it (see
+/// `Workspace::keep_state_out_of_git`): what it names may be committed.
+const STATE_GITIGNORE: &str = "# Written by grove: its state here (the store, run records, task logs,\n\
+# worktrees) is this machine's own, and so is grove.toml unless you share\n\
+# it on purpose: `git add -f .grove/grove.toml .grove/personas` (a clone\n\
+# then uses that config only once `grove config trust` approves it).\n\
+*\n\
+!/.gitignore\n";
+
 impl Workspace {
     /// Resolves `root` (canonicalized, so every process agrees on the hash).
     pub fn resolve(root: &Path) -> Result<Self, PathError> {
@@ -117,7 +126,30 @@ impl Workspace {
             .map_err(|source| PathError::NotWritable {
                 path: self.state_dir.clone(),
                 source,
-            })
+            })?;
+        self.keep_state_out_of_git();
+        Ok(())
+    }
+
+    /// Writes `.grove/.gitignore` when there is none: everything in `.grove`
+    /// but this file (the config and personas are shared only on purpose,
+    /// `git add -f`), so that a habitual `git add -A` does not commit the store,
+    /// the run records and the task logs (output that may hold secrets) —
+    /// and, with them committed, every member after refused to start. Never
+    /// over a file that is there (`create_new`); a failure only means git
+    /// is not told.
+    fn keep_state_out_of_git(&self) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.state_dir.join(".gitignore");
+        let made = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path);
+        if let Ok(mut file) = made {
+            let _ = file.write_all(STATE_GITIGNORE.as_bytes());
+        }
     }
 
     /// Refuses a `.grove` in which git tracks grove's state (a store, run
@@ -139,7 +171,6 @@ impl Workspace {
             return Ok(());
         }
         let listed = committed.state.join(", ");
-        let args = committed.state.join(" ");
         // A store's WAL left beside a new store would bring its pages back.
         let mut gone = committed.state.clone();
         if gone.iter().any(|p| p.starts_with(".grove/grove.db")) {
@@ -163,7 +194,8 @@ impl Workspace {
             advice: format!(
                 "grove would run the tasks it holds as you, so it uses only state of its own. \
                  If you committed your own state by mistake, take it out of the repository \
-                 and keep it (`git rm -r --cached -- {args}`, then commit): your task history stays. \
+                 and keep it (`git rm -r -q --cached -- .grove`, then `git add .grove` adds back \
+                 what may be shared, and commit): your task history stays. \
                  If it came with a clone or a pull (someone else's tasks), also delete it from \
                  this checkout (`rm -rf -- {gone}`). Commit only .grove/grove.toml and .grove/personas"
             ),

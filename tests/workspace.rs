@@ -333,3 +333,41 @@ fn a_wait_ends_when_the_store_it_reads_is_replaced() {
         "{said}"
     );
 }
+
+/// In a git repository, `git add -A` after grove ran takes none of its
+/// state (the store, run records, task logs) nor its config, which is
+/// shared only on purpose: grove writes `.grove/.gitignore`. A member starts again after the
+/// commit (committed state would make it refuse).
+#[test]
+fn git_add_all_commits_no_state_of_grove() {
+    let mut g = Grove::new();
+    let ws = g.ws.clone();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&ws)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t.invalid")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    git(&["init", "-q"]);
+    g.serve();
+    g.wait_primary();
+    let id = g.ok(&["spawn", "echo a secret"]);
+    g.ok(&["wait", &id]);
+    git(&["add", "-A"]);
+    let staged = git(&["diff", "--cached", "--name-only"]);
+    let staged: Vec<&str> = staged.lines().collect();
+    assert_eq!(staged, [".grove/.gitignore"], "{staged:?}");
+    git(&["commit", "-qm", "work"]);
+    g.ok(&["stop"]);
+    g.serve();
+    g.wait_primary();
+}
