@@ -1019,3 +1019,60 @@ fn a_directory_the_task_made_a_repository_of_its_own_is_not_merged_as_a_pointer(
     assert_eq!(read("proj/g"), "more\n");
     assert_clean(&g);
 }
+
+/// Ctrl-C in the terminal of `grove merge` while git writes the merge into
+/// the checkout (a slow smudge filter holds `read-tree` there): the move is
+/// out of Ctrl-C's reach, so it is whole or not at all — never files
+/// rewritten under an old index, with "nothing was changed" said.
+#[test]
+fn ctrl_c_during_the_move_never_leaves_a_half_moved_checkout() {
+    let g = repo("");
+    let dir = g.dir.path().to_path_buf();
+    let (slow, reading) = (dir.join("slow"), dir.join("reading"));
+    let smudge = format!(
+        "sh -c 'if [ -e {} ]; then touch {}; sleep 0.4; fi; cat'",
+        slow.display(),
+        reading.display()
+    );
+    git(&g.ws, &["config", "filter.slow.smudge", &smudge]);
+    git(&g.ws, &["config", "filter.slow.clean", "cat"]);
+    std::fs::write(g.ws.join(".gitattributes"), "*.md filter=slow\n").unwrap();
+    for n in 0..5 {
+        std::fs::write(g.ws.join(format!("{n}.md")), "before\n").unwrap();
+    }
+    git(&g.ws, &["add", "-A"]);
+    git(&g.ws, &["commit", "-qm", "files"]);
+    let script = "for n in 0 1 2 3 4; do echo after > $n.md; done";
+    let t = spawn(&g, &["--worktree", "--wait", script]);
+    let id = id_of(&t);
+    let before = git(&g.ws, &["rev-parse", "main"]);
+    std::fs::write(&slow, "").unwrap();
+    let mut merge = {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(common::BIN);
+        cmd.args(["merge", &id, "--workspace"]).arg(&g.ws);
+        cmd.envs(IDENTITY).env("GIT_CONFIG_GLOBAL", "/dev/null");
+        // Its own group, as a terminal's foreground job is.
+        cmd.process_group(0);
+        cmd.spawn().unwrap()
+    };
+    wait_for("git to write the merge", DEADLINE, || {
+        reading.exists().then_some(())
+    });
+    unsafe { libc::killpg(merge.id() as i32, libc::SIGINT) };
+    let status = merge.wait().unwrap();
+    let after = git(&g.ws, &["rev-parse", "main"]);
+    // Whole or not at all, and the checkout matches its branch either way.
+    assert_clean(&g);
+    let files: Vec<String> = (0..5)
+        .map(|n| std::fs::read_to_string(g.ws.join(format!("{n}.md"))).unwrap())
+        .collect();
+    if after == before {
+        assert!(
+            files.iter().all(|f| f == "before\n"),
+            "{files:?} ({status})"
+        );
+    } else {
+        assert!(files.iter().all(|f| f == "after\n"), "{files:?} ({status})");
+    }
+}

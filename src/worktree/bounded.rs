@@ -31,6 +31,45 @@ thread_local! {
     /// Whether a git of the current [`within`] scope was stopped at its
     /// deadline, or not started because the deadline had passed.
     static STOPPED_HERE: Cell<bool> = const { Cell::new(false) };
+    /// Whether gits started now run in a process group of their own even
+    /// without a deadline (see [`out_of_ctrl_c`]).
+    static OWN_GROUP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every git this thread starts meanwhile in a process group
+/// of its own, so that a Ctrl-C in the terminal does not reach it: for the
+/// steps that must not stop halfway (`grove merge`'s move of the checkout:
+/// a `read-tree` interrupted after it wrote files but before its index
+/// left a half-moved checkout). Nothing changes under a deadline's scope,
+/// which puts them in their own group anyway.
+/// This process ignores SIGINT meanwhile too (gits started then inherit
+/// that): killed by a Ctrl-C, it would leave the move to the journal, and
+/// its git still writing the checkout after the prompt came back.
+pub(crate) fn out_of_ctrl_c<T>(f: impl FnOnce() -> T) -> T {
+    // Under a deadline (the board's merge, in the primary) gits have their
+    // own group already, and the primary's Ctrl-C stays its own.
+    if DEADLINE.get().is_some() {
+        return f();
+    }
+    struct Restore(bool, libc::sigaction);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OWN_GROUP.set(self.0);
+            // SAFETY: puts back the disposition read below.
+            unsafe { libc::sigaction(libc::SIGINT, &self.1, std::ptr::null_mut()) };
+        }
+    }
+    // SAFETY: sigaction(2) with a zeroed struct asking SIG_IGN; the old
+    // disposition is written into `old`.
+    let old = unsafe {
+        let mut ignore: libc::sigaction = std::mem::zeroed();
+        ignore.sa_sigaction = libc::SIG_IGN;
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGINT, &ignore, &mut old);
+        old
+    };
+    let _restore = Restore(OWN_GROUP.replace(true), old);
+    f()
 }
 
 /// Runs `f` with every git this thread starts meanwhile (through [`Git`]:
@@ -126,6 +165,9 @@ impl Git {
     pub(crate) fn spawn(mut cmd: Command) -> io::Result<Git> {
         use std::os::unix::process::CommandExt;
         let Some(until) = DEADLINE.get() else {
+            if OWN_GROUP.get() {
+                cmd.process_group(0);
+            }
             return Ok(Git {
                 child: Some(cmd.spawn()?),
                 watch: None,

@@ -710,7 +710,11 @@ fn move_checkout(
     let bytes = serde_json::to_vec(&journal).unwrap_or_default();
     crate::paths::write_atomic(&journal_path(state_dir), &bytes)
         .map_err(|e| WorktreeError::Failed(format!("cannot write the merge journal: {e}")))?;
-    if let Err(e) = git(root, ["read-tree", "-m", "-u", old, new]) {
+    // Out of Ctrl-C's reach: the terminal's SIGINT stopped a `read-tree`
+    // after it wrote files, before its index, and the checkout was left
+    // half moved, with no journal and "nothing was changed" said.
+    let read_tree = bounded::out_of_ctrl_c(|| git(root, ["read-tree", "-m", "-u", old, new]));
+    if let Err(e) = read_tree {
         if let Some(guard) = guard.filter(|_| bounded::stopped()) {
             return Err(stopped_in_read_tree(root, state_dir, target, guard));
         }
@@ -720,13 +724,15 @@ fn move_checkout(
             root.display()
         )));
     }
-    let (moved, put_back) = finishing(|| {
-        let moved = update_ref(root, target, new, old);
-        if moved.is_err() && !bounded::stopped() {
-            // Someone committed meanwhile: put the files back as they were.
-            return (moved, Some(git(root, ["read-tree", "-m", "-u", new, old])));
-        }
-        (moved, None)
+    let (moved, put_back) = bounded::out_of_ctrl_c(|| {
+        finishing(|| {
+            let moved = update_ref(root, target, new, old);
+            if moved.is_err() && !bounded::stopped() {
+                // Someone committed meanwhile: put the files back as they were.
+                return (moved, Some(git(root, ["read-tree", "-m", "-u", new, old])));
+            }
+            (moved, None)
+        })
     });
     match (moved, put_back) {
         (Err(_), None) if bounded::stopped() => Err(WorktreeError::Stopped(format!(
