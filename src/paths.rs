@@ -40,7 +40,7 @@ pub struct Workspace {
 }
 
 /// `.grove/.gitignore` as grove writes it (see
-/// `Workspace::keep_state_out_of_git`): what it names may be committed.
+/// `Workspace::keep_state_out_of_git`).
 const STATE_GITIGNORE: &str = "# Written by grove: its state here (the store, run records, task logs,\n\
 # worktrees) is this machine's own, and so is grove.toml unless you share\n\
 # it on purpose: `git add -f .grove/grove.toml .grove/personas` (a clone\n\
@@ -194,10 +194,10 @@ impl Workspace {
             advice: format!(
                 "grove would run the tasks it holds as you, so it uses only state of its own. \
                  If you committed your own state by mistake, take it out of the repository \
-                 and keep it (`git rm -r -q --cached -- .grove`, then `git add .grove` adds back \
-                 what may be shared, and commit): your task history stays. \
+                 and keep it (`git rm -r -q --cached -- .grove`, and commit; share the config \
+                 again, if you did, with `git add -f .grove/grove.toml .grove/personas`): your task history stays. \
                  If it came with a clone or a pull (someone else's tasks), also delete it from \
-                 this checkout (`rm -rf -- {gone}`). Commit only .grove/grove.toml and .grove/personas"
+                 this checkout (`rm -rf -- {gone}`). Only .grove/grove.toml and .grove/personas may be committed"
             ),
         }))
     }

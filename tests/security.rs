@@ -518,7 +518,7 @@ fn committed_state_keeps_members_from_starting() {
     assert!(
         err.contains("git tracks grove's state")
             && err.contains(".grove/grove.db")
-            && err.contains("git rm -r --cached")
+            && err.contains("git rm -r -q --cached -- .grove")
             && err.contains(".grove/grove.db-wal"),
         "{err}"
     );
