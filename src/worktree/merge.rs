@@ -16,11 +16,12 @@
 //! is stopped there (`bounded`), and what a stop may leave is said at
 //! [`merge`] and [`move_checkout`] (docs/design.md, Web board).
 
-use super::undo::{UNDO_PREFIX, Undo};
+use super::NOTHING_MERGED;
+use super::undo::{Changes, UNDO_PREFIX, Undo, changes_between};
 use super::{State, WorktreeError, bounded, branch_head, git, path_of, same_path, state};
 use crate::protocol::Worktree;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -84,9 +85,6 @@ struct Journal {
 
 /// git 2.38 brought `merge-tree --write-tree`.
 const MIN_GIT: (u32, u32) = (2, 38);
-
-/// Said when a deadline stopped a merge before it moved anything.
-pub(super) const NOTHING_MERGED: &str = "nothing was merged: your checkout and the branch to merge into are as they were (the task's uncommitted work may now be committed on its own branch)";
 
 /// Merges as `ask` says. With `ask.until` (the board) every git it runs is
 /// stopped at that deadline with what it started (`bounded::within`), and
@@ -496,69 +494,6 @@ fn update_ref(root: &Path, target: &str, new: &str, old: &str) -> super::Result<
                 "{target} moved while merging ({e}); nothing was merged, try again"
             ))
         })
-}
-
-/// What a move from one commit to another changes, paths as bytes (a name
-/// that is not UTF-8 must not slip past).
-pub(super) struct Changes {
-    pub added: Vec<PathBuf>,
-    pub removed: HashSet<PathBuf>,
-    /// Changed in place: content, mode or type.
-    pub changed: Vec<PathBuf>,
-    /// The blob the new commit has at each added or changed path (not a
-    /// submodule's commit): what `read-tree` writes there.
-    pub new_blobs: HashMap<PathBuf, String>,
-}
-
-fn changes_between(root: &Path, old: &str, new: &str) -> super::Result<Changes> {
-    use std::os::unix::ffi::OsStrExt;
-    let args = [
-        "diff",
-        "--raw",
-        "-z",
-        "--no-abbrev",
-        "--no-renames",
-        "--no-ext-diff",
-        old,
-        new,
-        "--",
-    ];
-    let (status, listed, errors) = super::git_bytes(root, args).map_err(WorktreeError::Failed)?;
-    if !status.success() {
-        return Err(WorktreeError::Failed(format!(
-            "cannot list what the merge changes: {}",
-            String::from_utf8_lossy(&errors).trim()
-        )));
-    }
-    let mut fields = listed.split(|b| *b == 0).filter(|f| !f.is_empty());
-    let mut changes = Changes {
-        added: Vec::new(),
-        removed: HashSet::new(),
-        changed: Vec::new(),
-        new_blobs: HashMap::new(),
-    };
-    // `:OLD_MODE NEW_MODE OLD_ID NEW_ID STATUS`, then the path.
-    while let (Some(raw), Some(path)) = (fields.next(), fields.next()) {
-        let path = PathBuf::from(std::ffi::OsStr::from_bytes(path));
-        let raw = String::from_utf8_lossy(raw);
-        let raw: Vec<&str> = raw.split(' ').collect();
-        let [_, new_mode, _, new_id, status] = raw[..] else {
-            return Err(WorktreeError::Failed(format!(
-                "cannot read what the merge changes: git said {raw:?}"
-            )));
-        };
-        if matches!(new_mode, "100644" | "100755" | "120000") {
-            changes.new_blobs.insert(path.clone(), new_id.to_string());
-        }
-        match status.as_bytes() {
-            b"A" => changes.added.push(path),
-            b"D" => {
-                changes.removed.insert(path);
-            }
-            _ => changes.changed.push(path),
-        }
-    }
-    Ok(changes)
 }
 
 /// Refuses a move that would replace what the checkout holds untracked at

@@ -38,6 +38,9 @@ pub enum WorktreeError {
     Stopped(String),
 }
 
+/// Said when a deadline stopped a merge before it moved anything.
+pub(crate) const NOTHING_MERGED: &str = "nothing was merged: your checkout and the branch to merge into are as they were (the task's uncommitted work may now be committed on its own branch)";
+
 pub type Result<T> = std::result::Result<T, WorktreeError>;
 
 /// One `git` command in `dir`: its stdout, or its stderr as the error.

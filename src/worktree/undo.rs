@@ -6,9 +6,8 @@
 //! saving, an agent) is theirs: it is left as it is, and what it held
 //! before the merge is kept beside the store for them.
 
-use super::merge::Changes;
 use super::{WorktreeError, bounded};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -71,7 +70,7 @@ impl Undo {
         let mut kept = Vec::new();
         for (n, path) in changes.changed.iter().chain(&changes.removed).enumerate() {
             if bounded::deadline().is_some_and(|until| Instant::now() >= until) {
-                return Err(WorktreeError::Stopped(super::merge::NOTHING_MERGED.into()));
+                return Err(WorktreeError::Stopped(super::NOTHING_MERGED.into()));
             }
             let at = root.join(path);
             if !below_root_unlinked(root, path) {
@@ -369,4 +368,67 @@ pub(super) fn below_root_unlinked(root: &Path, path: &Path) -> bool {
         }
     }
     true
+}
+
+/// What a move from one commit to another changes, paths as bytes (a name
+/// that is not UTF-8 must not slip past).
+pub(super) struct Changes {
+    pub added: Vec<PathBuf>,
+    pub removed: HashSet<PathBuf>,
+    /// Changed in place: content, mode or type.
+    pub changed: Vec<PathBuf>,
+    /// The blob the new commit has at each added or changed path (not a
+    /// submodule's commit): what `read-tree` writes there.
+    pub new_blobs: HashMap<PathBuf, String>,
+}
+
+pub(super) fn changes_between(root: &Path, old: &str, new: &str) -> super::Result<Changes> {
+    use std::os::unix::ffi::OsStrExt;
+    let args = [
+        "diff",
+        "--raw",
+        "-z",
+        "--no-abbrev",
+        "--no-renames",
+        "--no-ext-diff",
+        old,
+        new,
+        "--",
+    ];
+    let (status, listed, errors) = super::git_bytes(root, args).map_err(WorktreeError::Failed)?;
+    if !status.success() {
+        return Err(WorktreeError::Failed(format!(
+            "cannot list what the merge changes: {}",
+            String::from_utf8_lossy(&errors).trim()
+        )));
+    }
+    let mut fields = listed.split(|b| *b == 0).filter(|f| !f.is_empty());
+    let mut changes = Changes {
+        added: Vec::new(),
+        removed: HashSet::new(),
+        changed: Vec::new(),
+        new_blobs: HashMap::new(),
+    };
+    // `:OLD_MODE NEW_MODE OLD_ID NEW_ID STATUS`, then the path.
+    while let (Some(raw), Some(path)) = (fields.next(), fields.next()) {
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(path));
+        let raw = String::from_utf8_lossy(raw);
+        let raw: Vec<&str> = raw.split(' ').collect();
+        let [_, new_mode, _, new_id, status] = raw[..] else {
+            return Err(WorktreeError::Failed(format!(
+                "cannot read what the merge changes: git said {raw:?}"
+            )));
+        };
+        if matches!(new_mode, "100644" | "100755" | "120000") {
+            changes.new_blobs.insert(path.clone(), new_id.to_string());
+        }
+        match status.as_bytes() {
+            b"A" => changes.added.push(path),
+            b"D" => {
+                changes.removed.insert(path);
+            }
+            _ => changes.changed.push(path),
+        }
+    }
+    Ok(changes)
 }
