@@ -229,22 +229,9 @@ pub(super) async fn lending_slot<F: std::future::Future>(ctx: &Context, wait: F)
     // hang-up), the slot is taken back first: the task may work on, and
     // its loan would count for 30 s. SIGINT stays the command's own (a
     // `grove run` cancels its task on Ctrl-C).
-    let stop = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => libc::SIGTERM,
-            _ = hup.recv() => libc::SIGHUP,
-        }
-    };
     tokio::select! {
         out = slot_loan::while_waiting(ctx, Some(lender), wait) => out,
-        signal = stop => {
+        signal = slot_loan::stop_signal(&[libc::SIGTERM, libc::SIGHUP]) => {
             slot_loan::give_back_all(ctx).await;
             std::process::exit(128 + signal);
         }

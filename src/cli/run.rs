@@ -197,11 +197,10 @@ pub(super) async fn follow_new(
     let run_code = exit_code(&task, view.saw_prompt, acp);
     // Said from why the task ended, not from the code: a task's own exit
     // 125, 126 or 130 is the task's, not grove's verdict.
-    let verdict = match () {
-        _ if interrupt.pressed => Verdict::Interrupted,
-        _ if run_code == EXIT_CANNOT_START && grove_code(&task) => Verdict::CannotStart,
-        _ if run_code == EXIT_GROVE && grove_code(&task) => Verdict::Lost,
-        _ => Verdict::Ended,
+    let verdict = if interrupt.pressed {
+        Verdict::Interrupted
+    } else {
+        verdict(&task, view.saw_prompt, acp)
     };
     let code = match &goal {
         _ if interrupt.pressed => EXIT_INTERRUPTED,
@@ -449,16 +448,17 @@ pub(super) fn exit_code(t: &TaskRecord, saw_prompt: bool, acp: bool) -> i32 {
     if t.status == TaskStatus::Completed {
         return EXIT_OK;
     }
-    // Stopped from outside (a timeout, a cancel from elsewhere): its
-    // processes died of grove's SIGTERM, and their 143 is no exit code of
-    // the task's own (it would read as a command that killed itself).
-    if t.status == TaskStatus::Cancelled || t.failure_reason == Some(FailureReason::Timeout) {
-        return EXIT_FAILED;
-    }
-    match t.failure_reason {
-        Some(FailureReason::SpawnError) => EXIT_CANNOT_START,
-        Some(FailureReason::AgentError) if acp && !saw_prompt => EXIT_CANNOT_START,
-        Some(FailureReason::Lost) => EXIT_GROVE,
+    match verdict(t, saw_prompt, acp) {
+        Verdict::CannotStart => EXIT_CANNOT_START,
+        Verdict::Lost => EXIT_GROVE,
+        // Stopped from outside (a timeout, a cancel from elsewhere): its
+        // processes died of grove's SIGTERM, and their 143 is no exit code
+        // of the task's own (it would read as a command that killed itself).
+        _ if t.status == TaskStatus::Cancelled
+            || t.failure_reason == Some(FailureReason::Timeout) =>
+        {
+            EXIT_FAILED
+        }
         _ => t
             .exit_code
             .filter(|c| (1..=255).contains(c))
@@ -477,13 +477,18 @@ pub(super) enum Verdict {
     Ended,
 }
 
-/// Whether [`exit_code`] gave the task grove's code rather than its own
-/// exit code.
-fn grove_code(t: &TaskRecord) -> bool {
-    matches!(
-        t.failure_reason,
-        Some(FailureReason::SpawnError | FailureReason::AgentError | FailureReason::Lost)
-    )
+/// grove's verdict on a run that ended, from why it ended (never from its
+/// exit code, which may be the task's own 125 or 126).
+fn verdict(t: &TaskRecord, saw_prompt: bool, acp: bool) -> Verdict {
+    if t.status == TaskStatus::Cancelled || t.failure_reason == Some(FailureReason::Timeout) {
+        return Verdict::Ended;
+    }
+    match t.failure_reason {
+        Some(FailureReason::SpawnError) => Verdict::CannotStart,
+        Some(FailureReason::AgentError) if acp && !saw_prompt => Verdict::CannotStart,
+        Some(FailureReason::Lost) => Verdict::Lost,
+        _ => Verdict::Ended,
+    }
 }
 
 /// Why the run did not succeed, on stderr (whatever the output format).

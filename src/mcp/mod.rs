@@ -89,7 +89,7 @@ pub async fn serve(grove: Arc<dyn Grove>) -> Result<(), String> {
     // before it ends (see `slot_loan::give_back_all`).
     let ended = tokio::select! {
         ended = running.waiting() => ended.map(|_| ()).map_err(|e| format!("MCP session ended: {e}")),
-        signal = slot_loan::stop_signal() => {
+        signal = slot_loan::stop_signal(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) => {
             slot_loan::give_back_all(grove.as_ref()).await;
             std::process::exit(128 + signal);
         }

@@ -150,18 +150,13 @@ pub async fn give_back_all(grove: &dyn Grove) {
     let _ = tokio::time::timeout(GIVE_BACK_WITHIN, back).await;
 }
 
-/// Resolves with the signal that tells this process to stop (SIGTERM,
-/// SIGINT, SIGHUP), never when none can be listened for.
-pub async fn stop_signal() -> i32 {
+/// Resolves with the first of `signals` (SIGTERM, SIGINT, SIGHUP) this
+/// process gets, never when none can be listened for.
+pub async fn stop_signal(signals: &[i32]) -> i32 {
     use tokio::signal::unix::{SignalKind, signal};
-    let kinds = [
-        (SignalKind::terminate(), libc::SIGTERM),
-        (SignalKind::interrupt(), libc::SIGINT),
-        (SignalKind::hangup(), libc::SIGHUP),
-    ];
     let mut streams = Vec::new();
-    for (kind, number) in kinds {
-        if let Ok(s) = signal(kind) {
+    for &number in signals {
+        if let Ok(s) = signal(SignalKind::from_raw(number)) {
             streams.push((s, number));
         }
     }

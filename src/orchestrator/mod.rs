@@ -390,18 +390,27 @@ impl Orchestrator {
                 continue;
             };
             match result {
-                Ok(_) if self.unsaved_ends.remove(&task_id) => {
-                    tracing::info!(task = %task_id, "the run's end is saved at last ({what})");
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    // Its run is forgotten: confirmed again next pass from
-                    // its exit record (or its absence), with the same key.
+                // The store could not commit (a full disk, its lock held
+                // past the busy timeout). The run is forgotten: confirmed
+                // again next pass from its exit record (or its absence),
+                // with the same key. A refusal (the task deleted meanwhile)
+                // is final, as before.
+                Err(e) if e.code == crate::protocol::ErrorCode::Internal => {
                     if self.unsaved_ends.insert(task_id.clone()) {
                         tracing::warn!(task = %task_id, "{what}: {e}; trying again until it is saved");
                     }
                     self.unconfirmed.insert(task_id, (run_id, Instant::now()));
                     self.reschedule = true;
+                }
+                result => {
+                    let was_unsaved = self.unsaved_ends.remove(&task_id);
+                    match result {
+                        Ok(_) if was_unsaved => {
+                            tracing::info!(task = %task_id, "the run's end is saved at last ({what})");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!("{what}: {e}"),
+                    }
                 }
             }
         }

@@ -361,35 +361,12 @@ fn commit_leftovers(ask: &MergeAsk<'_>) -> super::Result<()> {
 /// files for good. A submodule declared in `.gitmodules` is a pointer on
 /// purpose and is merged as one. Nothing has changed when it refuses.
 fn refuse_embedded_repositories(ask: &MergeAsk<'_>, tgt: &str, src: &str) -> super::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
     let range = format!("{tgt}...{src}");
-    let args = [
-        "diff",
-        "--raw",
-        "-z",
-        "--no-abbrev",
-        "--no-renames",
-        "--no-ext-diff",
-        &range,
-        "--",
-    ];
-    let (status, listed, errors) =
-        super::git_bytes(ask.root, args).map_err(WorktreeError::Failed)?;
-    if !status.success() {
-        return Err(WorktreeError::Failed(format!(
-            "cannot list what the task's branch changes: {}",
-            String::from_utf8_lossy(&errors).trim()
-        )));
-    }
-    let mut fields = listed.split(|b| *b == 0).filter(|f| !f.is_empty());
-    let mut links = Vec::new();
-    while let (Some(raw), Some(path)) = (fields.next(), fields.next()) {
-        if raw.split(|b| *b == b' ').nth(1) == Some(b"160000") {
-            links.push(
-                String::from_utf8_lossy(std::ffi::OsStr::from_bytes(path).as_bytes()).into_owned(),
-            );
-        }
-    }
+    let links: Vec<String> = super::undo::raw_diff(ask.root, &[&range], "the task's branch")?
+        .into_iter()
+        .filter(|c| c.new_mode == "160000")
+        .map(|c| c.path.to_string_lossy().into_owned())
+        .collect();
     if links.is_empty() {
         return Ok(());
     }

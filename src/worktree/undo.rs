@@ -383,52 +383,74 @@ pub(super) struct Changes {
 }
 
 pub(super) fn changes_between(root: &Path, old: &str, new: &str) -> super::Result<Changes> {
-    use std::os::unix::ffi::OsStrExt;
-    let args = [
-        "diff",
-        "--raw",
-        "-z",
-        "--no-abbrev",
-        "--no-renames",
-        "--no-ext-diff",
-        old,
-        new,
-        "--",
-    ];
-    let (status, listed, errors) = super::git_bytes(root, args).map_err(WorktreeError::Failed)?;
-    if !status.success() {
-        return Err(WorktreeError::Failed(format!(
-            "cannot list what the merge changes: {}",
-            String::from_utf8_lossy(&errors).trim()
-        )));
-    }
-    let mut fields = listed.split(|b| *b == 0).filter(|f| !f.is_empty());
     let mut changes = Changes {
         added: Vec::new(),
         removed: HashSet::new(),
         changed: Vec::new(),
         new_blobs: HashMap::new(),
     };
+    for c in raw_diff(root, &[old, new], "the merge")? {
+        if matches!(c.new_mode.as_str(), "100644" | "100755" | "120000") {
+            changes.new_blobs.insert(c.path.clone(), c.new_id);
+        }
+        match c.status.as_str() {
+            "A" => changes.added.push(c.path),
+            "D" => {
+                changes.removed.insert(c.path);
+            }
+            _ => changes.changed.push(c.path),
+        }
+    }
+    Ok(changes)
+}
+
+/// One path of `git diff --raw`: its new mode and object, its status.
+pub(super) struct RawChange {
+    pub path: PathBuf,
+    pub new_mode: String,
+    pub new_id: String,
+    pub status: String,
+}
+
+/// `git diff --raw` between `revs` (two commits, or an `A...B` range),
+/// paths as bytes (a name that is not UTF-8 must not slip past); `what`
+/// names whose changes they are, for the error.
+pub(super) fn raw_diff(root: &Path, revs: &[&str], what: &str) -> super::Result<Vec<RawChange>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut args = vec![
+        "diff",
+        "--raw",
+        "-z",
+        "--no-abbrev",
+        "--no-renames",
+        "--no-ext-diff",
+    ];
+    args.extend(revs);
+    args.push("--");
+    let (status, listed, errors) = super::git_bytes(root, args).map_err(WorktreeError::Failed)?;
+    if !status.success() {
+        return Err(WorktreeError::Failed(format!(
+            "cannot list what {what} changes: {}",
+            String::from_utf8_lossy(&errors).trim()
+        )));
+    }
+    let mut fields = listed.split(|b| *b == 0).filter(|f| !f.is_empty());
+    let mut out = Vec::new();
     // `:OLD_MODE NEW_MODE OLD_ID NEW_ID STATUS`, then the path.
     while let (Some(raw), Some(path)) = (fields.next(), fields.next()) {
-        let path = PathBuf::from(std::ffi::OsStr::from_bytes(path));
         let raw = String::from_utf8_lossy(raw);
         let raw: Vec<&str> = raw.split(' ').collect();
         let [_, new_mode, _, new_id, status] = raw[..] else {
             return Err(WorktreeError::Failed(format!(
-                "cannot read what the merge changes: git said {raw:?}"
+                "cannot read what {what} changes: git said {raw:?}"
             )));
         };
-        if matches!(new_mode, "100644" | "100755" | "120000") {
-            changes.new_blobs.insert(path.clone(), new_id.to_string());
-        }
-        match status.as_bytes() {
-            b"A" => changes.added.push(path),
-            b"D" => {
-                changes.removed.insert(path);
-            }
-            _ => changes.changed.push(path),
-        }
+        out.push(RawChange {
+            path: PathBuf::from(std::ffi::OsStr::from_bytes(path)),
+            new_mode: new_mode.into(),
+            new_id: new_id.into(),
+            status: status.into(),
+        });
     }
-    Ok(changes)
+    Ok(out)
 }
