@@ -124,6 +124,38 @@ fn a_task_waiting_through_the_cli_lends_its_slot() {
     assert!(log.contains("parent done"), "{log}");
 }
 
+/// The slot a waiting parent lends goes to its child, not to an older
+/// task queued ahead of it (which used to run in it while the child
+/// queued on): the child starts before the older task.
+#[test]
+fn a_lent_slot_goes_to_the_child_not_to_an_older_queued_task() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\nmax_parallel = 1\n");
+    g.serve();
+    g.wait_primary();
+    let go = g.ws.join("go");
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done; '{BIN}' spawn --wait 'echo the child ran' && echo parent done",
+        go.display()
+    );
+    let parent = g.ok(&["spawn", &script]);
+    wait_status(&g, &parent, "running");
+    let older = g.ok(&["spawn", "true"]);
+    assert_eq!(show(&g, &older)["status"], "queued");
+    std::fs::write(&go, "").unwrap();
+    let done = wait_status(&g, &parent, "completed");
+    assert_eq!(done["exit_code"], 0, "{done}");
+    let older = wait_status(&g, &older, "completed");
+    let children: serde_json::Value =
+        serde_json::from_str(&g.ok(&["list", "--parent", &parent, "--json"])).unwrap();
+    let child = &children[0];
+    assert_eq!(child["status"], "completed", "{children}");
+    let started = |t: &serde_json::Value| t["started_at"].as_u64().expect("started_at");
+    assert!(
+        started(child) < started(&older),
+        "the child started after the older task: {child} {older}"
+    );
+}
+
 /// A loan lasts 30 s unless renewed: the waiter renews it while it waits
 /// (seen in the store, without waiting out a loan), so the second child
 /// still starts when the first ends.

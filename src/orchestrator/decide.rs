@@ -97,13 +97,13 @@ pub struct Slots {
     /// Running tasks whose slot is lent while they wait for their
     /// children (`store::tasks::slot_loans`): not in `held`.
     pub lent: Vec<String>,
+    /// The lenders whose slot is kept for their children, each with the
+    /// child to start in it first (which `queued` may not list).
+    pub reserved: Vec<Reserved>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Queued {
-    pub id: String,
-    pub priority: i64,
-}
+pub use crate::store::QueuedTask as Queued;
+pub use crate::store::tasks::slot_loans::Reserved;
 
 /// One thing to do. The executor carries them out in order: every store
 /// write goes through the one store thread, in this order.
@@ -311,19 +311,44 @@ fn tell(run: &RunFacts, pause: bool, agent: Option<u32>) -> Option<Action> {
 }
 
 /// Queued tasks to start: priority first, then FIFO, while slots are free
-/// (`limit`: `max_parallel` plus the slots this pass frees). The store
-/// thread checks the limit again inside the start's transaction, so a
-/// stale count can never start more than the limit.
+/// (`limit`: `max_parallel` plus the slots this pass frees). A slot a
+/// waiting parent lent is kept for its children (`slot_loans::may_start`,
+/// the same rule the store thread applies). The store thread checks the
+/// limit again inside the start's transaction, so a stale count can never
+/// start more than the limit.
 fn starts(slots: &Slots, limit: usize) -> Vec<Action> {
-    let free = limit.saturating_sub(slots.held);
+    let mut free = limit.saturating_sub(slots.held);
+    let mut kept: Vec<&str> = slots.reserved.iter().map(|r| r.lender.as_str()).collect();
     let mut queued: Vec<&Queued> = slots.queued.iter().collect();
     // The list comes in creation order and the sort is stable.
     queued.sort_by_key(|q| std::cmp::Reverse(q.priority));
-    queued
-        .into_iter()
-        .take(free)
-        .map(|q| Action::Start {
-            task_id: q.id.clone(),
-        })
-        .collect()
+    let mut out = Vec::new();
+    let start = |id: &str| Action::Start {
+        task_id: id.to_string(),
+    };
+    for q in queued {
+        if free == 0 {
+            break;
+        }
+        let parent_keeps = q
+            .parent
+            .as_deref()
+            .and_then(|p| kept.iter().position(|k| *k == p));
+        if let Some(at) = parent_keeps {
+            kept.remove(at);
+        } else if free <= kept.len() {
+            continue;
+        }
+        out.push(start(&q.id));
+        free -= 1;
+    }
+    // The lenders' first children that the queue's head did not list (a
+    // child listed there took its parent's slot out of `kept`).
+    for r in &slots.reserved {
+        if free > 0 && kept.contains(&r.lender.as_str()) {
+            out.push(start(&r.child));
+            free -= 1;
+        }
+    }
+    out
 }

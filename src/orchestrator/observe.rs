@@ -4,7 +4,7 @@
 //! (`spawn_blocking`), never on the primary's single event-loop thread,
 //! where every slow step would delay every request.
 
-use super::decide::{Facts, Queued, Row, RowFact, RunFacts, Slots, Trace, Unconfirmed};
+use super::decide::{Facts, Row, RowFact, RunFacts, Slots, Trace, Unconfirmed};
 use super::tail::{Tail, tail_log};
 use crate::config::{Config, LiveConfig};
 use crate::paths::Workspace;
@@ -235,16 +235,25 @@ impl Store<'_> {
             .filter(|t| t.status != TaskStatus::Paused || t.run_id.is_some())
             .filter(|t| !(t.status == TaskStatus::Running && lent.contains(&t.id)))
             .count();
-        // Only as many as there are free slots, in start order.
-        let queued = if held < limit {
-            self.read(|r| r.next_queued(limit - held))?
-                .into_iter()
-                .map(|(id, priority)| Queued { id, priority })
-                .collect()
+        // Only as many as there are free slots, in start order; and the
+        // lenders whose slot is kept for a child, only when there are loans.
+        let (queued, reserved) = if held < limit {
+            let queued = self.read(|r| r.next_queued(limit - held))?;
+            let reserved = if lent.is_empty() {
+                Vec::new()
+            } else {
+                self.read(|r| r.reserved_slots(crate::protocol::now_ms()))?
+            };
+            (queued, reserved)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
-        Some(Slots { held, queued, lent })
+        Some(Slots {
+            held,
+            queued,
+            lent,
+            reserved,
+        })
     }
 
     /// Started tasks (running, waiting for a permission answer, idle

@@ -363,6 +363,16 @@ pub struct TaskFilter {
     pub parent_id: Option<String>,
 }
 
+/// A queued task, as the scheduler needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedTask {
+    pub id: String,
+    pub priority: i64,
+    /// The task that spawned it here: a slot its parent lent is kept for
+    /// it (see `tasks::slot_loans::reserving`).
+    pub parent: Option<String>,
+}
+
 /// A registered member, as recorded by `hello`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MemberRow {
@@ -463,6 +473,12 @@ impl Reader {
         Ok(tasks::slot_loans::lent(&self.conn, now)?)
     }
 
+    /// The lenders whose slot is kept for their children at `now`, each
+    /// with its child to start first (see `tasks::slot_loans::reserving`).
+    pub fn reserved_slots(&self, now: u64) -> Result<Vec<tasks::slot_loans::Reserved>, StoreError> {
+        Ok(tasks::slot_loans::reserving(&self.conn, now)?)
+    }
+
     /// Whether the task has a pending await (its shim keeps the session).
     pub fn is_awaiting(&self, task_id: &str) -> Result<bool, StoreError> {
         Ok(tasks::awaits::is_awaiting(&self.conn, task_id)?)
@@ -507,16 +523,21 @@ impl Reader {
         })
     }
 
-    /// The next `limit` queued tasks to start, as (id, priority): highest
-    /// priority first, then oldest. Only two columns of the rows it returns
-    /// are read, so a scheduling pass costs the same with 10 or 10,000
+    /// The next `limit` queued tasks to start: highest priority first, then
+    /// oldest. Only three columns of the rows it returns are read, so a scheduling pass costs the same with 10 or 10,000
     /// tasks queued.
-    pub fn next_queued(&self, limit: usize) -> Result<Vec<(String, i64)>, StoreError> {
+    pub fn next_queued(&self, limit: usize) -> Result<Vec<QueuedTask>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, priority FROM tasks WHERE status = 'queued'
+            "SELECT id, priority, parent_id FROM tasks WHERE status = 'queued'
              ORDER BY priority DESC, rowid LIMIT ?1",
         )?;
-        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok(QueuedTask {
+                id: r.get(0)?,
+                priority: r.get(1)?,
+                parent: r.get(2)?,
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -4,7 +4,8 @@
 //! stay the proof that observing and executing carry them out.
 //!
 //! - `schedule`: priority, FIFO, `max_parallel`, a paused task with a run
-//!   keeps its slot, unstarted dependents, an unreadable store.
+//!   keeps its slot, unstarted dependents, an unreadable store, a lent
+//!   slot kept for the lender's children.
 //! - `runs`: finalizing a finished or lost run, adoption and the start
 //!   grace, killing unwanted runs (cancel cascades, deletes, superseded
 //!   runs), pause and resume, the agent's pid.
@@ -13,7 +14,8 @@ mod runs;
 mod schedule;
 
 use super::decide::{
-    Action, Decision, Facts, Queued, Row, RowFact, RunFacts, Slots, Trace, Unconfirmed, decide,
+    Action, Decision, Facts, Queued, Reserved, Row, RowFact, RunFacts, Slots, Trace, Unconfirmed,
+    decide,
 };
 use crate::protocol::{ExitOutcome, TaskStatus};
 use crate::runs::{ExitRecord, RunRecord};
@@ -34,6 +36,7 @@ fn queued(id: &str, priority: i64) -> Queued {
     Queued {
         id: id.into(),
         priority,
+        parent: None,
     }
 }
 

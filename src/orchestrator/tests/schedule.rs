@@ -168,3 +168,57 @@ fn a_run_that_ended_frees_its_slot_in_the_same_pass() {
         assert!(started(&decide(&f)).is_empty(), "{row:?}");
     }
 }
+
+fn child(id: &str, parent: &str) -> Queued {
+    Queued {
+        parent: Some(parent.into()),
+        ..queued(id, 0)
+    }
+}
+
+fn kept(lender: &str, child: &str) -> Reserved {
+    Reserved {
+        lender: lender.into(),
+        child: child.into(),
+        priority: 0,
+    }
+}
+
+#[test]
+fn a_lent_slot_goes_to_the_lenders_child_not_the_queues_head() {
+    let mut f = facts();
+    f.max_parallel = 1;
+    f.slots = Some(Slots {
+        held: 0,
+        queued: vec![queued("older", 9), child("child", "parent")],
+        lent: vec!["parent".into()],
+        reserved: vec![kept("parent", "child")],
+    });
+    assert_eq!(started(&decide(&f)), ["child"]);
+
+    // A second slot nobody keeps goes to the queue's head as before.
+    f.max_parallel = 2;
+    assert_eq!(started(&decide(&f)), ["older", "child"]);
+
+    // A child beyond the queue's head is started from the lender's list.
+    f.max_parallel = 1;
+    f.slots.as_mut().unwrap().queued = vec![queued("older", 9)];
+    assert_eq!(started(&decide(&f)), ["child"]);
+
+    // Full: even the kept slot waits for the count to come down.
+    f.slots.as_mut().unwrap().held = 1;
+    assert!(started(&decide(&f)).is_empty());
+}
+
+#[test]
+fn one_lent_slot_starts_one_child() {
+    let mut f = facts();
+    f.max_parallel = 1;
+    f.slots = Some(Slots {
+        held: 0,
+        queued: vec![child("first", "parent"), child("second", "parent")],
+        lent: vec!["parent".into()],
+        reserved: vec![kept("parent", "first")],
+    });
+    assert_eq!(started(&decide(&f)), ["first"]);
+}

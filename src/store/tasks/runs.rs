@@ -229,8 +229,10 @@ pub(super) fn resume(
 
 /// queued → running as run `run_id`, refused when `max_parallel` tasks
 /// already hold a slot (running, or paused mid-run; not a running task
-/// that lent its slot while it waits, see `slot_loans`), counted inside the
-/// transaction so that two starts can never both take the last slot.
+/// that lent its slot while it waits, see `slot_loans`), or when the free
+/// slots are kept for the children of lenders (`slot_loans::may_start`),
+/// counted inside the transaction so that two starts can never both take
+/// the last slot.
 pub(super) fn start(c: &mut Ctx<'_>, id: &str, run_id: &str, max_parallel: usize) -> Res {
     let mut task = existing(c.tx, id)?;
     if task.status != TaskStatus::Queued {
@@ -239,11 +241,27 @@ pub(super) fn start(c: &mut Ctx<'_>, id: &str, run_id: &str, max_parallel: usize
             format!("task {id} is {}, not queued", task.status.as_str()),
         ));
     }
-    let held = super::slot_loans::held(c.tx, crate::protocol::now_ms())?;
+    let now = crate::protocol::now_ms();
+    let held = super::slot_loans::held(c.tx, now)?;
     if held >= max_parallel {
         return Err(refused(
             ErrorCode::Conflict,
             format!("{held} tasks already run or are paused mid-run (max_parallel {max_parallel})"),
+        ));
+    }
+    let reserved = super::slot_loans::reserving(c.tx, now)?;
+    if !super::slot_loans::may_start(
+        task.spec.parent_id.as_deref(),
+        held,
+        &reserved,
+        max_parallel,
+    ) {
+        return Err(refused(
+            ErrorCode::Conflict,
+            format!(
+                "the free slots are kept for the children of {} task(s) that lent theirs while they wait",
+                reserved.len()
+            ),
         ));
     }
     task.run_id = Some(run_id.to_string());

@@ -174,6 +174,68 @@ pub(super) fn held(tx: &Connection, now: u64) -> rusqlite::Result<usize> {
     .map(|n| n as usize)
 }
 
+/// A lender whose slot is kept for one of its children (see docs/design.md,
+/// Slot loans), and the child to start in it first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reserved {
+    pub lender: String,
+    pub child: String,
+    pub priority: i64,
+}
+
+/// The lenders whose slot is kept for their children at `now`: a loan in
+/// force, not a `delegate` task (what it follows runs elsewhere, so its
+/// slot is anyone's), a queued child, and no child started (running,
+/// waiting, or paused with a run — whether or not that child lent the slot
+/// on to its own children: the slot went to it). For each, its first
+/// queued child in start order.
+pub fn reserving(conn: &Connection, now: u64) -> rusqlite::Result<Vec<Reserved>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT t.id, c.id, c.priority FROM tasks t
+         JOIN tasks c ON c.parent_id = t.id AND c.status = 'queued'
+         WHERE t.status = 'running' AND t.engine != 'delegate'
+           AND EXISTS (SELECT 1 FROM slot_loans l WHERE l.id = t.id AND {IN_FORCE})
+           AND NOT EXISTS (SELECT 1 FROM tasks s WHERE s.parent_id = t.id
+               AND (s.status IN ('running', 'waiting') OR (s.status = 'paused' AND s.run_id IS NOT NULL)))
+         ORDER BY c.priority DESC, c.rowid"
+    ))?;
+    let rows = stmt.query_map([now as i64], |r| {
+        Ok(Reserved {
+            lender: r.get(0)?,
+            child: r.get(1)?,
+            priority: r.get(2)?,
+        })
+    })?;
+    let mut out: Vec<Reserved> = Vec::new();
+    for row in rows {
+        let row = row?;
+        // The first row of each lender is its child to start first.
+        if !out.iter().any(|r| r.lender == row.lender) {
+            out.push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether starting `task` now stays within `max_parallel`, `held` slots
+/// being held: a child of a lender whose slot is kept for it may take any
+/// free slot, anyone else only a slot no lender keeps. So a lent slot goes
+/// to the lender's children, and a child is never held back more than
+/// without loans (nothing new can wait for ever on a kept slot: while one
+/// is kept, a child that may take it is queued).
+pub fn may_start(
+    parent: Option<&str>,
+    held: usize,
+    reserved: &[Reserved],
+    max_parallel: usize,
+) -> bool {
+    if held >= max_parallel {
+        return false;
+    }
+    let kept_for_it = parent.is_some_and(|p| reserved.iter().any(|r| r.lender == p));
+    kept_for_it || held + reserved.len() < max_parallel
+}
+
 /// The tasks whose slot is lent at `now` (the orchestrator's count of
 /// held slots leaves them out, as `held` does).
 pub fn lent(conn: &Connection, now: u64) -> rusqlite::Result<Vec<String>> {

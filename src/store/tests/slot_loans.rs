@@ -217,3 +217,64 @@ fn a_task_without_an_unfinished_child_lends_nothing() {
         [slot_event(&t, "t1", true)]
     );
 }
+
+fn start_with(s: &mut Store, id: &str, run: &str, max_parallel: usize) -> Result<(), String> {
+    let op = InternalOp::Start {
+        id: id.into(),
+        run_id: run.into(),
+        max_parallel,
+    };
+    s.internal(&op).result.map(|_| ()).map_err(|e| e.message)
+}
+
+/// A lent slot goes to the lender's children: an older unrelated task
+/// queued ahead of them does not take it (and then run over the limit
+/// once the slot is taken back); it still takes a slot nobody keeps.
+#[test]
+fn a_lent_slot_is_kept_for_the_lenders_children() {
+    let mut s = Store::new();
+    let parent = s.create(&[]).id;
+    let other = s.create(&[]).id;
+    assert!(start(&mut s, &parent, "p1"));
+    let child = child_of(&mut s, &parent);
+    let second = child_of(&mut s, &parent);
+    lend(&mut s, &parent, "p1", "w", true);
+
+    let e = start_with(&mut s, &other, "o1", 1).expect_err("kept for the children");
+    assert!(e.contains("kept for the children"), "{e}");
+    assert_eq!(
+        start_with(&mut s, &other, "o1", 2),
+        Ok(()),
+        "a slot nobody keeps"
+    );
+    assert_eq!(start_with(&mut s, &child, "c1", 2), Ok(()), "the kept slot");
+    assert!(
+        start_with(&mut s, &second, "c2", 2).is_err(),
+        "one slot lent, one child in it"
+    );
+    // The child in the slot lends it on to its own child: the slot is the
+    // child's now, so the parent keeps nothing for its second child.
+    let grandchild = child_of(&mut s, &child);
+    lend(&mut s, &child, "c1", "w", true);
+    assert_eq!(start_with(&mut s, &grandchild, "g1", 2), Ok(()));
+}
+
+/// A lender keeps nothing while none of its children can start: they wait
+/// for dependencies, one of which may be what must run in the slot.
+#[test]
+fn a_lender_keeps_no_slot_for_children_that_cannot_start() {
+    let mut s = Store::new();
+    let dependency = s.create(&[]).id;
+    let parent = s.create(&[]).id;
+    assert!(start(&mut s, &parent, "p1"));
+    let new = NewTask {
+        prompt: "true".into(),
+        engine: Some("agent".into()),
+        parent_id: Some(parent.clone()),
+        dependencies: vec![dependency.clone()],
+        ..Default::default()
+    };
+    expect_task(s.apply(&Method::TaskCreate(new)).result);
+    lend(&mut s, &parent, "p1", "w", true);
+    assert_eq!(start_with(&mut s, &dependency, "d1", 1), Ok(()));
+}
