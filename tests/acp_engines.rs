@@ -329,6 +329,70 @@ fn a_permission_request_waits_for_approve_from_another_window_and_keeps_its_slot
     assert!(!g.run(&["approve", &id]).status.success());
 }
 
+/// The `ask` number of task `id`'s latest permission request.
+fn latest_ask(g: &Grove, id: &str) -> u64 {
+    let u = updates(g, id);
+    u.iter()
+        .rfind(|(k, _)| k == "permission_request")
+        .and_then(|(_, req)| req["ask"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Waits until task `id` waits on permission request `ask`.
+fn wait_asked(g: &Grove, id: &str, ask: u64) {
+    wait_for(
+        &format!("task {id} to wait on request {ask}"),
+        std::time::Duration::from_secs(20),
+        || (show(g, id)["status"] == "waiting" && latest_ask(g, id) == ask).then_some(()),
+    );
+}
+
+/// An answer is for one request: given late (another window answered that
+/// request meanwhile and the agent asked the next), it is refused, never
+/// taken for the next request the user has not seen.
+#[test]
+fn a_late_answer_is_refused_rather_than_applied_to_the_next_request() {
+    let mut g = scripted("ask");
+    g.serve();
+    g.wait_primary();
+    let id = spawn(&g, "permtwice");
+    wait_asked(&g, &id, 1);
+    let out = g.run(&["deny", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("permission request 1: Run step 0"), "{said}");
+    wait_asked(&g, &id, 2);
+    // The editor's answer to request 1, arriving now.
+    let out = g.run(&["approve", &id, "--request", "1"]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("request 1 was answered already") && err.contains("request 2 is pending"),
+        "{err}"
+    );
+    assert_eq!(show(&g, &id)["status"], "waiting", "request 2 still waits");
+    g.ok(&["approve", &id, "--request", "2"]);
+    wait_status(&g, &id, "completed");
+    assert_eq!(message_text(&updates(&g, &id)), "perms reject,allow");
+}
+
+/// Requests asked at once are put to the human one at a time, each with its
+/// own number; the task used to fail as the second overwrote the first.
+#[test]
+fn permission_requests_asked_at_once_are_answered_one_by_one() {
+    let mut g = scripted("ask");
+    g.serve();
+    g.wait_primary();
+    let id = spawn(&g, "permparallel 3");
+    for (ask, verb) in [(1, "approve"), (2, "deny"), (3, "approve")] {
+        wait_asked(&g, &id, ask);
+        g.ok(&[verb, &id, "--request", &ask.to_string()]);
+    }
+    let done = wait_status(&g, &id, "completed");
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(message_text(&updates(&g, &id)), "perms allow,reject,allow");
+}
+
 #[test]
 fn deny_rejects_and_cancel_ends_a_waiting_task() {
     let mut g = scripted("ask");

@@ -550,6 +550,7 @@ fn methods(full: bool) -> Vec<Method> {
             kind: ControlKind::Approve,
             option: full.then(|| "allow".into()),
             text: full.then(|| "also run the tests".into()),
+            ask: full.then_some(3),
         }),
         Method::SessionCreate {
             id: SESSION_ID.into(),
@@ -728,6 +729,7 @@ fn events(full: bool) -> Vec<EventData> {
             kind: ControlKind::Deny,
             option: full.then(|| "reject".into()),
             text: full.then(|| "also run the tests".into()),
+            ask: full.then_some(3),
         },
         EventData::GoalUpdated {
             goal: goal_record(full),
@@ -1340,12 +1342,14 @@ fn cases() -> Vec<Case> {
                 kind: ControlKind::Say,
                 option: Some("reject".into()),
                 text: Some("also run the tests".into()),
+                ask: Some(3),
             }),
             view(&TaskControl {
                 id: task_id(),
                 kind: ControlKind::Approve,
                 option: None,
                 text: None,
+                ask: None,
             }),
         ),
         rec(

@@ -74,6 +74,7 @@ async fn start_turn(
             kind: ControlKind::Say,
             option: None,
             text: Some(text.to_string()),
+            ask: None,
         }),
         None => Method::TaskCreate(NewTask {
             prompt: text.to_string(),
@@ -209,7 +210,7 @@ async fn relay_update(
             // from another window, the turn's end) keep flowing.
             let (a, s, t) = (agent.clone(), session.clone(), task_id.to_string());
             agent.borrow_mut().spawn(async move {
-                ask_editor(&a, &s, &t, &value["request"]).await;
+                ask_editor(&a, &s, &t, &value).await;
             });
             None
         }
@@ -250,13 +251,17 @@ fn stop_reason(turn_end: &Value) -> StopReason {
 /// (`update`: the stored `permission_request` update).
 pub async fn ask_pending(agent: &Shared, session: &SessionId, task_id: &str, update: &str) {
     let value: Value = serde_json::from_str(update).unwrap_or(Value::Null);
-    ask_editor(agent, session, task_id, &value["request"]).await;
+    ask_editor(agent, session, task_id, &value).await;
 }
 
-/// Asks the editor the agent's permission request and answers the task
-/// with what the editor chose (a reject option denies; no choice denies).
-async fn ask_editor(agent: &Shared, session: &SessionId, task_id: &str, request: &Value) {
-    let mut request = request.clone();
+/// Asks the editor the agent's permission request (`update`: the stored
+/// `permission_request` update) and answers the task with what the editor
+/// chose (a reject option denies; no choice denies), for that request only:
+/// if it was answered meanwhile (another window, the timeout), the store
+/// refuses this answer rather than apply it to a later request.
+async fn ask_editor(agent: &Shared, session: &SessionId, task_id: &str, update: &Value) {
+    let ask = update["ask"].as_u64();
+    let mut request = update["request"].clone();
     request["sessionId"] = Value::String(session.to_string());
     let parsed = match serde_json::from_value::<schema::RequestPermissionRequest>(request.clone()) {
         Ok(r) => r,
@@ -297,6 +302,7 @@ async fn ask_editor(agent: &Shared, session: &SessionId, task_id: &str, request:
         kind,
         option: chosen,
         text: None,
+        ask,
     };
     // Refused when another window answered first: that answer stands.
     if let Err(e) = super::call(agent, Method::TaskControl(control)).await {

@@ -216,15 +216,25 @@ enum Command {
     },
     /// Allow an ACP task's pending permission request (OPTION: one of the
     /// option ids its agent offered; default the narrowest allow option).
+    /// The answer is for the request pending as the command reads it (named
+    /// in its output); with --request N only for request N, refused when
+    /// that one was answered meanwhile (another window, the timeout).
     Approve {
         id: String,
         option: Option<String>,
+        /// Answer only permission request N (`grove show` names it).
+        #[arg(long, value_name = "N")]
+        request: Option<u64>,
         #[arg(long)]
         json: bool,
     },
-    /// Reject an ACP task's pending permission request.
+    /// Reject an ACP task's pending permission request (as approve: the one
+    /// pending as the command reads it, or --request N only).
     Deny {
         id: String,
+        /// Answer only permission request N (`grove show` names it).
+        #[arg(long, value_name = "N")]
+        request: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -618,6 +628,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         kind,
         option,
         text,
+        ask: None,
     };
     match cli.command {
         Command::Serve {
@@ -679,12 +690,18 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             worktree::removing(&ctx, Method::TaskPurge { id }, force, json).await
         }
         Command::Worktree(cmd) => worktree::run(&ctx, cmd).await,
-        Command::Approve { id, option, json } => {
+        Command::Approve {
+            id,
+            option,
+            request,
+            json,
+        } => {
             let c = control(id, ControlKind::Approve, option, None);
-            steer::send(&ctx, c, json).await
+            steer::send(&ctx, TaskControl { ask: request, ..c }, json).await
         }
-        Command::Deny { id, json } => {
-            steer::send(&ctx, control(id, ControlKind::Deny, None, None), json).await
+        Command::Deny { id, request, json } => {
+            let c = control(id, ControlKind::Deny, None, None);
+            steer::send(&ctx, TaskControl { ask: request, ..c }, json).await
         }
         Command::Mode { id, mode, json } => {
             steer::send(&ctx, control(id, ControlKind::Mode, None, Some(mode)), json).await

@@ -11,8 +11,28 @@ use crate::protocol::{ControlKind, Method, TaskControl};
 
 pub async fn send(ctx: &Context, control: TaskControl, json: bool) -> Result<i32, CliError> {
     let id = super::task::resolve_id(ctx, &control.id)?;
-    if let Some(option) = &control.option {
-        check_option(ctx, &id, option)?;
+    let mut control = control;
+    if matches!(control.kind, ControlKind::Approve | ControlKind::Deny) {
+        let pending = pending_request(ctx, &id)?;
+        if let Some(option) = &control.option {
+            check_option(&id, pending.as_ref(), option)?;
+        }
+        // Bound to the request read here: one reported meanwhile is not
+        // answered by this command.
+        if control.ask.is_none() {
+            control.ask = pending.as_ref().and_then(|p| p["ask"].as_u64());
+        }
+        if !json && let Some(p) = &pending {
+            let title = p["request"]["toolCall"]["title"]
+                .as_str()
+                .unwrap_or("a tool call");
+            match p["ask"].as_u64() {
+                Some(n) if control.ask == Some(n) => {
+                    errln!("grove: permission request {n}: {title}")
+                }
+                _ => {}
+            }
+        }
     }
     if matches!(control.kind, ControlKind::Say | ControlKind::Mode)
         && control.text.as_deref().is_none_or(str::is_empty)
@@ -31,15 +51,24 @@ pub async fn send(ctx: &Context, control: TaskControl, json: bool) -> Result<i32
     Ok(code)
 }
 
-/// Refuses an option the agent did not offer, naming the ones it did.
-fn check_option(ctx: &Context, id: &str, option: &str) -> Result<(), CliError> {
+/// The task's latest permission request (its `permission_request` update),
+/// if it has one.
+fn pending_request(ctx: &Context, id: &str) -> Result<Option<serde_json::Value>, CliError> {
     let reader = ctx.reader()?;
-    let Some(request) = reader
+    Ok(reader
         .last_agent_update(id, crate::store::agent::PERMISSION_REQUEST)
         .ok()
         .flatten()
-        .and_then(|acp| serde_json::from_str::<serde_json::Value>(&acp).ok())
-    else {
+        .and_then(|acp| serde_json::from_str::<serde_json::Value>(&acp).ok()))
+}
+
+/// Refuses an option the agent did not offer, naming the ones it did.
+fn check_option(
+    id: &str,
+    request: Option<&serde_json::Value>,
+    option: &str,
+) -> Result<(), CliError> {
+    let Some(request) = request else {
         return Ok(());
     };
     let offered: Vec<String> = request["request"]["options"]

@@ -361,6 +361,7 @@ async fn review(ctx: &Context, id: &str, comments: &[String], json: bool) -> Res
             kind: ControlKind::Say,
             option: None,
             text: Some(text),
+            ask: None,
         };
         return super::steer::send(ctx, control, json).await;
     }

@@ -80,6 +80,7 @@ impl Conversation {
             kind,
             option: None,
             text,
+            ask: None,
         };
         window
             .call(Method::TaskControl(control))

@@ -349,6 +349,7 @@ impl GroveMcp {
             kind: ControlKind::Say,
             option: None,
             text: Some(p.text),
+            ask: None,
         };
         self.grove.call(Method::TaskControl(control)).await?;
         Ok(json!({ "id": task.id, "queued": true }))

@@ -71,6 +71,12 @@ pub struct TaskControl {
     /// The follow-up prompt of `say`, the mode id of `mode`.
     #[serde(default)]
     pub text: Option<String>,
+    /// The permission request an answer is for: the `ask` number of its
+    /// `permission_request` update. Given, the answer is refused unless
+    /// that request is the one pending (a late answer never lands on the
+    /// next request); `None` answers whichever is pending.
+    #[serde(default)]
+    pub ask: Option<u64>,
 }
 
 /// Parameters of `task.agent_updates`.

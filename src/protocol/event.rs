@@ -121,6 +121,10 @@ pub enum EventData {
         option: Option<String>,
         #[serde(default)]
         text: Option<String>,
+        /// An answer's permission request (its `ask` number), as the store
+        /// bound it: the shim applies it to that request only.
+        #[serde(default)]
+        ask: Option<u64>,
     },
     /// A goal changed: created, an iteration ended, or it ended.
     #[serde(rename = "goal.updated")]

@@ -174,6 +174,26 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
         }
         _ => {}
     }
+    // An answer is bound to the request pending now; one given for another
+    // request (answered meanwhile from another window, or by the timeout)
+    // is refused, never taken for the next request's.
+    let ask = match ctl.kind {
+        ControlKind::Approve | ControlKind::Deny => {
+            let pending = pending_ask(c.tx, &ctl.id)?;
+            if let Some(asked) = ctl.ask
+                && pending != Some(asked)
+            {
+                return refuse(&format!(
+                    "its permission request {asked} was answered already{}",
+                    pending.map_or(String::new(), |p| format!(
+                        "; request {p} is pending now (answer it by its own number)"
+                    ))
+                ));
+            }
+            pending
+        }
+        _ => None,
+    };
     let event = append_event(
         c.tx,
         c.epoch,
@@ -183,6 +203,7 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
             kind: ctl.kind,
             option: ctl.option.clone(),
             text: ctl.text.clone(),
+            ask,
         },
     )?;
     c.events.push(event);
@@ -195,6 +216,34 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
         }
         ControlKind::Approve | ControlKind::Deny => move_to(c, task, TaskStatus::Running),
     }
+}
+
+/// How far back a waiting task's pending request is looked for among its
+/// latest updates (it is reported last, and nothing more is reported while
+/// it waits: one or two updates back).
+const PENDING_LOOKBACK: i64 = 256;
+
+/// The `ask` number of task `id`'s pending permission request: that of its
+/// latest `permission_request` update (the shim reports one request at a
+/// time, and the task is waiting, so it is the pending one). `None` from
+/// a shim older than the numbers.
+fn pending_ask(tx: &rusqlite::Connection, id: &str) -> Result<Option<u64>, Applied> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT payload FROM events WHERE task_id = ?1 AND topic = 'task.agent_update' \
+         ORDER BY seq DESC LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![id, PENDING_LOOKBACK])?;
+    while let Some(row) = rows.next()? {
+        let payload: Vec<u8> = row.get(0)?;
+        if let Ok(EventData::TaskAgentUpdate { kind, acp, .. }) =
+            decode_stored::<EventData>(&payload)
+            && kind == PERMISSION_REQUEST
+        {
+            let v: serde_json::Value = serde_json::from_str(&acp).unwrap_or_default();
+            return Ok(v["ask"].as_u64());
+        }
+    }
+    Ok(None)
 }
 
 /// Whether a follow-up for the task's run was written after the last
@@ -251,6 +300,7 @@ pub(super) fn resume_session(
                 kind: ControlKind::Say,
                 option: None,
                 text: Some(text.to_string()),
+                ask: None,
             },
         )?;
         c.events.push(event);
@@ -267,6 +317,8 @@ pub struct Control {
     pub kind: ControlKind,
     pub option: Option<String>,
     pub text: Option<String>,
+    /// An answer's permission request, as the store bound it.
+    pub ask: Option<u64>,
 }
 
 impl super::Reader {
@@ -344,6 +396,7 @@ impl super::Reader {
                 kind,
                 option,
                 text,
+                ask,
             }) = decode_stored::<EventData>(&payload)
                 && task == id
             {
@@ -353,6 +406,7 @@ impl super::Reader {
                     kind,
                     option,
                     text,
+                    ask,
                 });
             }
         }

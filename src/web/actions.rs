@@ -28,6 +28,9 @@ pub struct Ask {
     text: Option<String>,
     /// `approve`: the option id (default: the narrowest allow option).
     option: Option<String>,
+    /// `approve`, `deny`: the permission request answered (its `ask`
+    /// number); refused when another was answered meanwhile.
+    ask: Option<u64>,
     /// `merge`: one commit instead of the history.
     squash: bool,
     request_id: Option<String>,
@@ -69,6 +72,7 @@ pub async fn act(
             kind,
             option,
             text,
+            ask: ask.ask,
         })
     };
     let method = match action.as_str() {

@@ -230,6 +230,29 @@ class Scripted:
             await self.conn.write_text_file(session_id=sid, path=path, content="new\n")
             await self.conn.session_update(session_id=sid, update=update_tool_call("t1", status="completed"))
             await self.say(sid, "edited")
+        elif "permtwice" in words or "permparallel" in words:
+            # Two requests one after the other, or N at once (ACP lets
+            # tools run in parallel): which option each answer chose.
+            options = [
+                schema.PermissionOption(option_id="allow", name="Allow once", kind="allow_once"),
+                schema.PermissionOption(option_id="reject", name="Reject", kind="reject_once"),
+            ]
+
+            async def ask(i):
+                answer = await self.conn.request_permission(
+                    session_id=sid,
+                    tool_call=update_tool_call(f"p{i}", title=f"Run step {i}", kind="execute"),
+                    options=options,
+                )
+                o = answer.outcome
+                return o.option_id if getattr(o, "outcome", "") == "selected" else "cancelled"
+
+            if "permtwice" in words:
+                got = [await ask(0), await ask(1)]
+            else:
+                n = int(words[words.index("permparallel") + 1])
+                got = await asyncio.gather(*(ask(i) for i in range(n)))
+            await self.say(sid, "perms " + ",".join(got))
         elif "permission" in words:
             await self.conn.session_update(
                 session_id=sid, update=start_tool_call("t2", "Run make", kind="execute", status="pending")

@@ -193,6 +193,7 @@ async fn close(
         kind: ControlKind::Close,
         option: None,
         text: None,
+        ask: None,
     };
     client
         .call(Method::TaskControl(control))

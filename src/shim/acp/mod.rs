@@ -583,7 +583,7 @@ async fn watch(
                     "permission_timeout_ms: nobody answered for {} ms",
                     w.acp.permission_timeout_ms
                 );
-                w.session.answer(Some(crate::protocol::ControlKind::Deny), None, &by);
+                w.session.answer(Some(crate::protocol::ControlKind::Deny), None, None, &by);
             }
             control = signals.next() => match control {
                 Control::Cancel => {

@@ -95,6 +95,9 @@ impl Outbox {
             if text.len() > MAX_UPDATE_BYTES {
                 acp = serde_json::json!({
                     "sessionUpdate": kind,
+                    // A permission request keeps its number: it can still
+                    // be answered (the task's log has the rest).
+                    "ask": acp["ask"],
                     "_grove": {"omitted_bytes": text.len(), "see": "the task's log"},
                 });
                 text = acp.to_string();

@@ -35,8 +35,9 @@ pub struct Session {
     /// Each turn's end carries the conclusion block of its message (the
     /// task asked for one; a goal decides on it).
     pub conclude: bool,
-    /// The permission request that waits for a human, if any.
-    pub pending: Mutex<Option<Pending>>,
+    /// The permission requests that wait for a human: the one reported
+    /// (pending), then those the agent asked meanwhile, in order.
+    asks: Mutex<Asks>,
     pub controls: Controls,
     /// Follow-up prompts (`grove say`, a resume's instructions) for when
     /// the current turn ends.
@@ -90,10 +91,32 @@ impl Controls {
 /// holding the connection's dispatch loop, for `grove approve`/`deny` (or
 /// the permission timeout).
 pub struct Pending {
+    /// Its number in the session (from 1), in its `permission_request`
+    /// update: an answer names it, so a late answer cannot land on the
+    /// next request.
+    ask: u64,
+    /// The request as the agent sent it (reported when its turn comes).
+    request: Value,
+    title: String,
     options: Vec<PermissionOption>,
     tool_call_id: String,
     respond: Respond,
-    pub since: Instant,
+    since: Instant,
+}
+
+/// The most permission requests that wait behind the pending one. ACP lets
+/// an agent ask several at once (tools run in parallel); they are put to
+/// the human one at a time, so that each answer names one request. Beyond
+/// this an agent asks in a loop: the extra ones are cancelled.
+const MAX_WAITING_ASKS: usize = 64;
+
+/// The session's permission requests waiting for a human.
+#[derive(Default)]
+struct Asks {
+    pending: Option<Pending>,
+    later: VecDeque<Pending>,
+    /// The last request's number.
+    last: u64,
 }
 
 pub type Respond = Box<dyn FnOnce(RequestPermissionResponse) + Send>;
@@ -121,7 +144,7 @@ impl Session {
             policy,
             keep,
             conclude,
-            pending: Mutex::new(None),
+            asks: Mutex::default(),
             controls,
             followups: Mutex::default(),
             modes: Mutex::default(),
@@ -226,19 +249,57 @@ impl Session {
             .as_str()
             .unwrap_or("")
             .to_string();
-        // Pending before the request is reported: an answer can only be
-        // given once the store has it, and must then find it here.
-        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pending {
+        let mut asks = self.lock_asks();
+        asks.last += 1;
+        let ask = Pending {
+            ask: asks.last,
+            request,
+            title,
             options: req.options.clone(),
-            tool_call_id: tool_call_id.clone(),
+            tool_call_id,
             respond,
             since: Instant::now(),
-        });
+        };
+        // Behind those already waiting, also while one was just answered
+        // and the next is about to be put (see `answer`).
+        if asks.pending.is_none() && asks.later.is_empty() {
+            self.report(&mut asks, ask);
+        } else if asks.later.len() < MAX_WAITING_ASKS {
+            self.note(&format!(
+                "permission asked for tool {} {}: waits behind request {}",
+                ask.tool_call_id,
+                ask.title,
+                asks.pending.as_ref().map_or(0, |p| p.ask)
+            ));
+            asks.later.push_back(ask);
+        } else {
+            drop(asks);
+            self.note(&format!(
+                "permission asked for tool {} while {MAX_WAITING_ASKS} requests wait: cancelled",
+                ask.tool_call_id
+            ));
+            (ask.respond)(RequestPermissionResponse::new(
+                RequestPermissionOutcome::Cancelled,
+            ));
+        }
+    }
+
+    fn lock_asks(&self) -> std::sync::MutexGuard<'_, Asks> {
+        self.asks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `ask` the pending request and reports it. Pending before it is
+    /// reported: an answer can only be given once the store has it, and
+    /// must then find it here.
+    fn report(&self, asks: &mut Asks, mut ask: Pending) {
+        ask.since = Instant::now();
         self.note(&format!(
-            "permission asked for tool {tool_call_id} {title}: waiting for grove approve / grove deny"
+            "permission asked for tool {} {} (request {}): waiting for grove approve / grove deny",
+            ask.tool_call_id, ask.title, ask.ask
         ));
-        self.outbox
-            .push_now(super::PERMISSION_REQUEST, json!({"request": request}));
+        let update = json!({"request": ask.request, "ask": ask.ask});
+        asks.pending = Some(ask);
+        self.outbox.push_now(super::PERMISSION_REQUEST, update);
         self.changed.notify_one();
     }
 
@@ -282,9 +343,7 @@ impl Session {
                     continue;
                 }
             };
-            if !self.answer(Some(ctl.kind), ctl.option.as_deref(), by) {
-                self.note(&format!("{by}: no permission request is pending; ignored"));
-            }
+            self.answer(Some(ctl.kind), ctl.option.as_deref(), ctl.ask, by);
         }
     }
 
@@ -308,10 +367,10 @@ impl Session {
         self.wake.notify_one();
     }
 
-    /// Ends the turn and the session: a pending request is answered
+    /// Ends the turn and the session: the waiting requests are answered
     /// `cancelled` first, as ACP asks of a client that cancels.
     pub fn cancel(&self, by: &str) {
-        self.answer(None, None, by);
+        self.cancel_asks(by);
         self.close(by);
         self.interrupt.notify_one();
     }
@@ -325,7 +384,7 @@ impl Session {
             // The agent holds live streams: its turn is cancelled through
             // the protocol, never by SIGSTOP; the session is kept.
             self.note("paused: the turn is cancelled, the session kept");
-            self.answer(None, None, "grove pause");
+            self.cancel_asks("grove pause");
             if self.in_turn.load(Ordering::SeqCst) {
                 self.resume_pending.store(true, Ordering::SeqCst);
             }
@@ -411,32 +470,66 @@ impl Session {
 
     /// Whether a permission request waits for a human.
     pub fn waiting(&self) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.lock_asks().pending.is_some()
     }
 
-    /// When the pending request started waiting, if one does.
+    /// When the pending request was put to the human, if one waits.
     pub fn waiting_since(&self) -> Option<Instant> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|p| p.since)
+        self.lock_asks().pending.as_ref().map(|p| p.since)
     }
 
-    /// Answers the pending request (`None`: the turn is being cancelled);
-    /// false when none is pending.
-    pub fn answer(&self, kind: Option<ControlKind>, option: Option<&str>, by: &str) -> bool {
-        let Some(p) = self
+    /// Answers every waiting request `cancelled` (the turn is being
+    /// cancelled).
+    fn cancel_asks(&self, by: &str) {
+        let mut asks = self.lock_asks();
+        let all: Vec<Pending> = asks
             .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .take()
-        else {
-            return false;
+            .into_iter()
+            .chain(asks.later.drain(..))
+            .collect();
+        drop(asks);
+        for p in all {
+            self.respond(p, None, None, by);
+        }
+    }
+
+    /// Answers the pending request, when it is request `ask` (given), and
+    /// puts the next waiting one to the human. An answer for another
+    /// request (a late one, from a shim's view) is ignored with a note.
+    pub fn answer(
+        &self,
+        kind: Option<ControlKind>,
+        option: Option<&str>,
+        ask: Option<u64>,
+        by: &str,
+    ) {
+        let mut asks = self.lock_asks();
+        let Some(p) = asks.pending.take_if(|p| ask.is_none_or(|a| a == p.ask)) else {
+            let now = asks.pending.as_ref().map(|p| p.ask);
+            drop(asks);
+            self.note(&match (ask, now) {
+                (Some(a), Some(n)) => {
+                    format!("{by}: answers request {a}, but request {n} is pending; ignored")
+                }
+                _ => format!("{by}: no permission request is pending; ignored"),
+            });
+            return;
         };
+        drop(asks);
+        // The answer's update goes out before the next request's, so that
+        // the store sees the task run again, then wait again.
+        self.respond(p, kind, option, by);
+        let mut asks = self.lock_asks();
+        if asks.pending.is_none()
+            && let Some(next) = asks.later.pop_front()
+        {
+            self.report(&mut asks, next);
+        }
+    }
+
+    /// Gives request `p` its answer (`kind` `None`: cancelled).
+    fn respond(&self, p: Pending, kind: Option<ControlKind>, option: Option<&str>, by: &str) {
         let find = |kinds: &[PermissionOptionKind]| {
             option
                 .and_then(|o| p.options.iter().find(|x| x.option_id.to_string() == o))
@@ -472,7 +565,6 @@ impl Session {
         };
         (p.respond)(RequestPermissionResponse::new(outcome));
         self.changed.notify_one();
-        true
     }
 }
 

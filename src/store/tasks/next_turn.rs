@@ -47,6 +47,7 @@ fn control(
             kind,
             option: None,
             text,
+            ask: None,
         },
     )?);
     Ok(())

@@ -400,6 +400,9 @@ function permissionCard(t, request) {
   const tool = req.toolCall || {};
   const options = req.options || [];
   const allow = options.filter((o) => (o.kind || "").startsWith("allow"));
+  // The request's number: an answer for a request answered meanwhile (from
+  // another window) is refused, never taken for the next one's.
+  const ask = request && typeof request.ask === "number" ? request.ask : null;
   return h("div", { class: "card ask", "data-ask": t.id },
     h("div", {}, h("a", { href: "#task/" + t.id, class: "mono" }, short(t.id)), " ", firstLine(t.prompt)),
     h("div", { class: "tool" },
@@ -409,8 +412,8 @@ function permissionCard(t, request) {
       tool.rawInput ? h("pre", {}, JSON.stringify(tool.rawInput, null, 2)) : ""),
     h("div", { class: "actions" },
       (allow.length ? allow : [{ optionId: null, name: "Approve" }]).map((o) =>
-        h("button", { type: "button", class: "primary", "data-action": "approve", onclick: () => act(t.id, "approve", { option: o.optionId }) }, o.name || o.optionId)),
-      h("button", { type: "button", class: "danger", "data-action": "deny", onclick: () => act(t.id, "deny") }, "Deny")));
+        h("button", { type: "button", class: "primary", "data-action": "approve", onclick: () => act(t.id, "approve", { option: o.optionId, ask }) }, o.name || o.optionId)),
+      h("button", { type: "button", class: "danger", "data-action": "deny", onclick: () => act(t.id, "deny", { ask }) }, "Deny")));
 }
 
 const askCache = new Map(); // id -> {updated_at, card}
