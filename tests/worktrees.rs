@@ -566,6 +566,50 @@ fn delete_and_purge_refuse_unmerged_work_without_force_and_remove_the_worktree()
     assert!(!branch_exists(&g, &branch_of(&t)));
 }
 
+/// A cancelled task's agent lives on for the kill grace and may write on:
+/// discarding its worktree meanwhile let it recreate the directory, where
+/// git found the workspace's own repository and committed the user's
+/// uncommitted edit onto main. `discard` now waits for the run to end, and
+/// git in a worktree task never looks above `.grove/worktrees`.
+#[test]
+fn discard_after_cancel_waits_for_the_agent_and_git_never_reaches_main() {
+    let g = repo("kill_grace_ms = 1500\n");
+    let head = git(&g.ws, &["rev-parse", "main"]);
+    let pid_file = g.ws.join("agent.pid");
+    let script = format!(
+        "echo $$ > '{}'; echo ceiling=$GIT_CEILING_DIRECTORIES; trap '' TERM; D=$PWD; \
+         while true; do mkdir -p $D; echo work >> $D/agent.txt; git -C $D add -A; \
+         git -C $D commit -qm checkpoint >/dev/null 2>&1; sleep 0.05; done",
+        pid_file.display()
+    );
+    let t = spawn(&g, &["--worktree", &script]);
+    let id = id_of(&t);
+    let branch = branch_of(&t);
+    wait_for("the agent's first commit", DEADLINE, || {
+        let log = branch_exists(&g, &branch).then(|| git(&g.ws, &["log", "--oneline", &branch]));
+        log.filter(|l| l.lines().count() > 1).map(|_| ())
+    });
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    std::fs::write(g.ws.join("f.txt"), "the user's unfinished edit\n").unwrap();
+    g.ok(&["cancel", &id]);
+    g.ok(&["discard", &id]);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "discard returned while the agent ran"
+    );
+    assert!(!tree_of(&g, &t).exists(), "the worktree came back");
+    assert_eq!(git(&g.ws, &["rev-parse", "main"]), head, "main moved");
+    let log = std::fs::read_to_string(g.ws.join(format!(".grove/logs/{id}.log"))).unwrap();
+    let worktrees = g.ws.join(".grove/worktrees");
+    assert!(
+        log.contains(&format!("ceiling={}", worktrees.display())),
+        "{log}"
+    );
+}
+
 #[test]
 fn review_relaunches_a_cli_task_in_its_worktree_with_the_quoted_lines() {
     // A CLI agent: its prompt is words it reads (kept in prompt.txt), not

@@ -5,7 +5,7 @@
 use super::task::resolve_id;
 use super::{CliError, Context, EXIT_FAILED, EXIT_OK, orchestrate, print_json};
 use crate::config::EngineKind;
-use crate::protocol::{ControlKind, Method, TaskControl, TaskRecord, TaskStatus, Worktree};
+use crate::protocol::{ControlKind, Method, TaskControl, TaskRecord, Worktree};
 use crate::worktree::{self as wt, WorktreeError};
 use clap::{Args, Subcommand};
 
@@ -98,12 +98,38 @@ fn task_with_tree(ctx: &Context, id: &str) -> Result<(TaskRecord, Worktree), Cli
     }
 }
 
-/// A task whose agent may still be writing: its worktree must not change
-/// under it.
-fn is_live(t: &TaskRecord) -> bool {
-    matches!(t.status, TaskStatus::Running | TaskStatus::Waiting)
-        || (t.status == TaskStatus::Paused && t.run_id.is_some())
+/// Waits until the last run of task `task_id` has ended (see
+/// `RunFiles::still_going`), for at most the kill grace and a margin; false when
+/// it outlasted the wait. (Blocking: the command has nothing else to do.)
+fn wait_run_ended(ctx: &Context, task_id: &str, run_id: Option<&str>) -> bool {
+    let until = std::time::Instant::now() + ctx.config.kill_grace() + RUN_END_MARGIN;
+    let mut said = false;
+    while crate::runs::RunFiles::still_going(&ctx.ws, task_id, run_id) {
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        if !said {
+            errln!("grove: waiting for task {task_id}'s processes to end first");
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
 }
+
+/// `doing` (merge, discard) waits until the task's last run has ended.
+fn ended_before(ctx: &Context, task: &TaskRecord, doing: &str) -> Result<(), CliError> {
+    if wait_run_ended(ctx, &task.id, task.run_id.as_deref()) {
+        return Ok(());
+    }
+    Err(CliError::Failed(format!(
+        "task {}'s processes are still being stopped and may still write in its worktree; {doing} once they are gone",
+        task.id
+    )))
+}
+
+/// How long past the kill grace a stopped run may take to be gone.
+const RUN_END_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn diff(ctx: &Context, id: &str, stat: bool, json: bool) -> Result<i32, CliError> {
     let (task, w) = task_with_tree(ctx, id)?;
@@ -134,13 +160,14 @@ fn diff(ctx: &Context, id: &str, stat: bool, json: bool) -> Result<i32, CliError
 
 fn merge(ctx: &Context, a: MergeArgs) -> Result<i32, CliError> {
     let (task, w) = task_with_tree(ctx, &a.id)?;
-    if is_live(&task) {
+    if task.runs_by_its_row() {
         return Err(CliError::Failed(format!(
             "task {} is {}: its agent may still change the worktree; wait for it or cancel it, then merge",
             task.id,
             task.status.as_str()
         )));
     }
+    ended_before(ctx, &task, "merge")?;
     let title = task
         .spec
         .prompt
@@ -218,7 +245,7 @@ fn short(commit: &str) -> &str {
 
 fn discard(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
     let (task, w) = task_with_tree(ctx, id)?;
-    if is_live(&task) {
+    if task.runs_by_its_row() {
         return Err(CliError::Failed(format!(
             "task {} is {}: cancel it first (`grove cancel {}`), then discard",
             task.id,
@@ -226,6 +253,7 @@ fn discard(ctx: &Context, id: &str, json: bool) -> Result<i32, CliError> {
             task.id
         )));
     }
+    ended_before(ctx, &task, "discard")?;
     // Discarded already (a second discard, a merge's clean-up): said so,
     // not "removed" again.
     let there =
@@ -256,8 +284,25 @@ pub async fn removing(
     let (Method::TaskDelete { id, .. } | Method::TaskPurge { id }) = &method else {
         unreachable!("only delete and purge remove a task");
     };
-    let tree = guard_removal(ctx, id, force)?;
+    let id = id.clone();
+    let run_id = (ctx.reader()?.task(&id)?).and_then(|t| t.run_id);
+    let tree = guard_removal(ctx, &id, force)?;
     let code = orchestrate::simple(ctx, method, json).await?;
+    // A forced delete of a running task: its processes are being stopped
+    // and may still write in the worktree meanwhile.
+    if let Some(w) = &tree
+        && code == EXIT_OK
+        && !wait_run_ended(ctx, &id, run_id.as_deref())
+    {
+        errln!(
+            "grove: the task is gone, but its processes are still being stopped: its worktree {} and branch {} stay; remove them once they are gone (`git worktree remove --force {}`, `git branch -D {}`)",
+            w.path,
+            w.branch,
+            w.path,
+            w.branch
+        );
+        return Ok(code);
+    }
     remove_after(ctx, tree);
     Ok(code)
 }

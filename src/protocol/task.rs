@@ -566,6 +566,15 @@ impl TaskRecord {
         super::conclusion::cut_text(&mut self.spec.prompt, MAX_PROMPT_BYTES);
     }
 
+    /// Whether its agent runs by its row (running, waiting for a permission
+    /// answer, or paused mid-run): its worktree must not change under it.
+    /// A run whose row says it ended may still be being stopped: see
+    /// `runs::RunFiles::still_going`.
+    pub fn runs_by_its_row(&self) -> bool {
+        matches!(self.status, TaskStatus::Running | TaskStatus::Waiting)
+            || (self.status == TaskStatus::Paused && self.run_id.is_some())
+    }
+
     /// A task that has not run: pending, first attempt, created `now`.
     pub fn new(id: String, spec: TaskSpec, now: u64) -> TaskRecord {
         TaskRecord {

@@ -208,6 +208,19 @@ impl RunFiles {
     }
 
     /// The run's latest record (the last one its shim appended).
+    /// Whether run `run_id` of `task` is still going, whatever its task's
+    /// row says: a cancelled or deleted task's processes get the kill grace
+    /// and may write on meanwhile. Its shim lives until every process of
+    /// the run is gone and its exit record is written.
+    pub fn still_going(ws: &Workspace, task: &str, run_id: Option<&str>) -> bool {
+        let Some(run) = run_id else { return false };
+        let Some(record) = Self::read_run(ws, task, run) else {
+            return false;
+        };
+        Self::read_exit(ws, task, run).is_none()
+            && crate::proc::running_as(record.shim_pid, Some(record.shim_start))
+    }
+
     pub fn read_run(ws: &Workspace, task: &str, run_id: &str) -> Option<RunRecord> {
         let bytes = std::fs::read(Self::run(ws, task, run_id)).ok()?;
         records::<RunRecord>(&bytes).last()

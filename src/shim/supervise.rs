@@ -93,6 +93,33 @@ pub(super) async fn supervise(
     finish(outcome, status, Some(message))
 }
 
+/// For an agent in a worktree of its own, git's search for a repository
+/// stops at `.grove/worktrees`: a git command in its worktree's directory
+/// after that worktree was removed (discarded, or its task deleted while
+/// the agent was being stopped), and recreated by the agent's own
+/// `mkdir -p`, would otherwise walk up to the workspace's repository and
+/// commit the user's uncommitted work onto their branch. Any ceiling the
+/// agent's environment already had is kept.
+fn git_ceiling(ws: &Workspace, spec: &ShimSpec) -> Option<std::ffi::OsString> {
+    let worktrees = ws.state_dir.join("worktrees");
+    if !spec.work_dir.starts_with(&worktrees) {
+        return None;
+    }
+    let mut ceiling = worktrees.into_os_string();
+    let had = (spec
+        .env
+        .get("GIT_CEILING_DIRECTORIES")
+        .cloned()
+        .map(Into::into))
+    .or_else(|| std::env::var_os("GIT_CEILING_DIRECTORIES"))
+    .filter(|v: &std::ffi::OsString| !v.is_empty());
+    if let Some(had) = had {
+        ceiling.push(":");
+        ceiling.push(had);
+    }
+    Some(ceiling)
+}
+
 /// The agent's command: its own process group (so that signals reach its
 /// children at once), output straight into the log file — except an ACP
 /// agent's stdin and stdout, which are the protocol's pipes (`acp`).
@@ -124,6 +151,9 @@ pub(super) fn command(
         })
         .process_group(0)
         .kill_on_drop(false);
+    if let Some(ceiling) = git_ceiling(ws, spec) {
+        cmd.env("GIT_CEILING_DIRECTORIES", ceiling);
+    }
     // No `pre_exec`: the shim has no signal ignored
     // (`signals::default_the_ignored`) and none blocked when it spawns the
     // agent, so std can `posix_spawn` it instead of forking the shim.

@@ -6,7 +6,7 @@
 
 use super::api::{Board, Failure, find, read};
 use crate::client::{Client, ClientError};
-use crate::protocol::{ControlKind, ErrorCode, Method, NewTask, TaskControl, TaskStatus};
+use crate::protocol::{ControlKind, ErrorCode, Method, NewTask, TaskControl};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -168,6 +168,7 @@ async fn worktree(
     action: &str,
     squash: bool,
 ) -> Result<Json<Value>, Failure> {
+    let ws = board.ws.clone();
     let root = board.ws.root.clone();
     let state_dir = board.ws.state_dir.clone();
     let copied = board.live.current().setup.copy.clone();
@@ -181,14 +182,20 @@ async fn worktree(
         let Some(w) = task.spec.worktree.clone() else {
             return Err(bad(&format!("task {id} has no worktree of its own")));
         };
-        let live = matches!(task.status, TaskStatus::Running | TaskStatus::Waiting)
-            || (task.status == TaskStatus::Paused && task.run_id.is_some());
-        if live {
+        if task.runs_by_its_row() {
             return Err(Failure(
                 StatusCode::CONFLICT,
                 format!(
                     "task {id} is {}: its agent may still change the worktree; wait for it or cancel it first",
                     task.status.as_str()
+                ),
+            ));
+        }
+        if crate::runs::RunFiles::still_going(&ws, &task.id, task.run_id.as_deref()) {
+            return Err(Failure(
+                StatusCode::CONFLICT,
+                format!(
+                    "task {id}'s processes are still being stopped and may still write in its worktree; {action} once they are gone (a moment)"
                 ),
             ));
         }
