@@ -125,3 +125,26 @@ fn killing_the_shared_agent_fails_every_task_it_served_with_the_reason() {
     assert_ne!(pid_of(&g, &c), pid);
     wait_status(&g, &c, "completed");
 }
+
+/// A shared agent that writes one line that is not ACP and lives on: the
+/// host used to wait for it to exit, so every task on it stayed `running`
+/// for good and the agent outlived `grove stop`. Now the agent is stopped
+/// and every task it served fails with the reason.
+#[test]
+fn a_shared_agent_writing_what_is_not_acp_fails_every_task_and_is_stopped() {
+    let mut g = shared("agent_idle_ms = 60000\n");
+    g.serve();
+    g.wait_primary();
+    let probe = spawn(&g, "pid", &["--session"]);
+    let pid = pid_of(&g, &probe);
+    let slow = spawn(&g, "slow 400", &[]);
+    said(&g, &slow, "c0");
+    let garbage = spawn(&g, "garbage", &[]);
+    for id in [&slow, &garbage, &probe] {
+        let t = wait_status(&g, id, "failed");
+        assert_eq!(t["failure_reason"], "agent_error", "{t}");
+    }
+    wait_for("the shared agent to be stopped", DEADLINE, || {
+        (!alive(pid)).then_some(())
+    });
+}

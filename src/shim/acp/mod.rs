@@ -143,6 +143,7 @@ async fn converse(
     });
     let session = new_session(ws, spec, acp, &outbox, log, confined);
     let fatal: transport::Fatal = Arc::default();
+    let closed = Arc::new(tokio::sync::Notify::new());
     match warm {
         Some(WarmUse::CapReached) => session
             .tell("warm reuse: the shared agent is at warm_cap; this task has an agent of its own"),
@@ -161,7 +162,7 @@ async fn converse(
     }
     let lines = agent_client_protocol::Lines::new(
         transport::outgoing(writer),
-        transport::incoming(reader, outbox.clone(), fatal.clone()),
+        transport::incoming(reader, outbox.clone(), fatal.clone(), closed.clone()),
     );
     let turn = Turn {
         work_dir: spec.work_dir.clone(),
@@ -178,6 +179,7 @@ async fn converse(
         acp,
         session: &session,
         fatal: &fatal,
+        closed: &closed,
         grace,
     };
     let ended = watch(&mut agent, conversation, &turn, &mut signals).await;
@@ -430,6 +432,8 @@ struct Watched<'a> {
     acp: &'a AcpSpec,
     session: &'a Session,
     fatal: &'a transport::Fatal,
+    /// The agent's lines ended (see `transport::incoming`).
+    closed: &'a tokio::sync::Notify,
     grace: Duration,
 }
 
@@ -564,6 +568,25 @@ async fn watch(
                         died(status, fatal)
                     }
                 };
+            }
+            // A shared agent's host went away (the agent died, or wrote
+            // what is not ACP) while the session waited between turns,
+            // when the conversation reads nothing: its own agent's exit
+            // says so for an agent of the task's own, above.
+            _ = w.closed.notified(), if matches!(agent, Agent::Shared { .. }) => {
+                let r = match tokio::time::timeout(DRAIN, &mut conversation).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        conversation.abort();
+                        Ok(Err("its connection closed".to_string()))
+                    }
+                };
+                if matches!(r, Ok(Ok(_))) {
+                    return why(r);
+                }
+                if let Agent::Shared { pid, log } = agent {
+                    return shared_gone(r, fatal, *pid, log);
+                }
             }
             _ = w.session.changed.notified() => {}
             _ = sleep_until(clock.expiry()) => {

@@ -21,6 +21,16 @@ struct Reader<R> {
     out: BufReader<R>,
     outbox: Arc<Outbox>,
     fatal: Fatal,
+    closed: Arc<tokio::sync::Notify>,
+}
+
+/// The agent's lines ended (end of file, a line that is not ACP, an error),
+/// or the conversation dropped them: whoever waits on `closed` learns it,
+/// also while no turn runs (a kept session between turns reads nothing).
+impl<R> Drop for Reader<R> {
+    fn drop(&mut self) {
+        self.closed.notify_one();
+    }
 }
 
 /// The agent's lines: its stdout, or the socket of the shared agent's
@@ -29,11 +39,13 @@ pub fn incoming<R: AsyncRead + Unpin + Send + 'static>(
     stdout: R,
     outbox: Arc<Outbox>,
     fatal: Fatal,
+    closed: Arc<tokio::sync::Notify>,
 ) -> impl Stream<Item = std::io::Result<String>> + Send + 'static {
     let reader = Reader {
         out: BufReader::new(stdout),
         outbox,
         fatal,
+        closed,
     };
     futures::stream::unfold(reader, |mut r| async move {
         loop {

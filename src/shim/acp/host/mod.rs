@@ -200,8 +200,15 @@ async fn relay(
                 // Still our socket (shims connect to it rather than start
                 // another host): shims that come from now on start a new one.
                 remove_files(args);
-                let status = agent.wait().await.map(|s| s.to_string()).unwrap_or_default();
-                errln!("grove agent-host: the agent exited ({status}); every session ends");
+                // The agent may well live on (it wrote what is not ACP, or
+                // closed only its stdout): the caller kills its group, and
+                // our exit closes every shim's connection, which fails its
+                // task. Waiting for it here hung every session on it.
+                let status = match agent.try_wait() {
+                    Ok(Some(s)) => format!("the agent exited ({s})"),
+                    _ => "stopping the agent".to_string(),
+                };
+                errln!("grove agent-host: {status}; every session ends");
                 return Ok(());
             }
             _ = hub.changed.notified() => {}
