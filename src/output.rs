@@ -94,6 +94,15 @@ impl Write for Stdout {
     }
 }
 
+/// What a command says on stderr when its stdout's reader goes away
+/// (`grove run ... | head -1`: where its task goes on).
+static WHEN_STDOUT_CLOSES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Says `note` on stderr if stdout's reader goes away from now on.
+pub fn say_when_stdout_closes(note: String) {
+    let _ = WHEN_STDOUT_CLOSES.set(note);
+}
+
 /// Runs a whole command; a command whose stdout went away ends here with
 /// exit code `closed_ok` (a closed pipe) or `failed` (any other error).
 /// Real panics pass through untouched.
@@ -101,7 +110,12 @@ pub fn run_command(closed_ok: i32, failed: i32, command: impl FnOnce() -> i32) -
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(command)) {
         Ok(code) => code,
         Err(payload) => match payload.downcast::<StdoutGone>() {
-            Ok(gone) if gone.broken_pipe => closed_ok,
+            Ok(gone) if gone.broken_pipe => {
+                if let Some(note) = WHEN_STDOUT_CLOSES.get() {
+                    stderr_fmt(format_args!("{note}\n"));
+                }
+                closed_ok
+            }
             Ok(_) => failed,
             Err(other) => std::panic::resume_unwind(other),
         },

@@ -438,3 +438,40 @@ fn a_run_whose_last_member_is_gone_says_so_or_starts_one() {
     assert_eq!(status.code(), Some(7), "{said}");
     assert!(said.contains("started `grove serve`"), "{said}");
 }
+
+/// `grove run ... | head -1`: the reader goes away; `grove run` exits 141
+/// (as a writer killed by SIGPIPE), never 0, which says the task
+/// completed, and says the task goes on; the task does, to its own end.
+#[test]
+fn a_closed_stdout_exits_141_and_the_task_goes_on() {
+    let g = shell();
+    let go = g.ws.join("go");
+    let script = format!(
+        "echo first; while [ ! -e '{}' ]; do sleep 0.02; done; echo second; exit 9",
+        go.display()
+    );
+    let mut child = Command::new(BIN)
+        .args(["run", "-q", &script, "--workspace"])
+        .arg(&g.ws)
+        .env("GROVE_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start grove run");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first, "first\n");
+    drop(out);
+    std::fs::write(&go, "").unwrap();
+    let status = wait_for("grove run to exit", DEADLINE, || child.try_wait().unwrap());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(141), "{err}");
+    let (_, id) = err.split_once("task ").expect("names the task");
+    let id: String = id.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    assert!(err.contains("goes on"), "{err}");
+    let t = common::wait_status(&g, &id, "failed");
+    assert_eq!(t["exit_code"], 9, "{t}");
+}

@@ -55,6 +55,9 @@ Exit codes:
   125  grove itself failed; 126 the engine could not start; 127 no such
        engine or program (as `grove run`)
   130  interrupted: Ctrl-C cancels the goal (a second one stops waiting)
+  141  stdout's reader went away (`| head -1`): the goal goes on
+SIGHUP and SIGTERM end `grove goal` alone: the goal keeps going (--timeout
+bounds it).
 
 Examples:
   grove goal -e claude 'make every test in tests/ pass' --max-iterations 10

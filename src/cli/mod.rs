@@ -382,8 +382,14 @@ pub fn main() -> i32 {
     let Some(runtime) = runtime() else {
         return EXIT_FAILED;
     };
-    // A closed stdout (`grove list | head -1`) ends the command quietly.
-    crate::output::run_command(EXIT_OK, EXIT_FAILED, || runtime.block_on(run(cli)))
+    // A closed stdout (`grove list | head -1`) ends the command quietly;
+    // `run` and `goal` exit as a process killed by SIGPIPE would, never 0:
+    // their exit code is the task's, which is not known yet.
+    let closed = match cli.command {
+        Command::Run(_) | Command::Goal(_) => run::EXIT_STDOUT_CLOSED,
+        _ => EXIT_OK,
+    };
+    crate::output::run_command(closed, EXIT_FAILED, || runtime.block_on(run(cli)))
 }
 
 /// `grove shim SPEC`, exactly as the orchestrator starts it (`-`: the spec

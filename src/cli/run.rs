@@ -31,6 +31,9 @@ pub const EXIT_CANNOT_START: i32 = 126;
 pub const EXIT_NO_ENGINE: i32 = 127;
 /// Interrupted (Ctrl-C): 128 + SIGINT, as shells report it.
 pub const EXIT_INTERRUPTED: i32 = 130;
+/// Its stdout's reader went away (`| head -1`): 128 + SIGPIPE, as shells
+/// report a writer killed by it. The task goes on, as on SIGHUP.
+pub const EXIT_STDOUT_CLOSED: i32 = 141;
 
 pub const RUN_AFTER_HELP: &str = "\
 Output (--output-format):
@@ -60,6 +63,10 @@ Exit codes:
   130  interrupted: Ctrl-C cancels the task, waits for it to end, exits 130.
        A second Ctrl-C exits at once and leaves the task cancelling
        (see `grove show ID`).
+  141  stdout's reader went away (`| head -1`): the task goes on
+SIGHUP and SIGTERM end `grove run` alone (129, 143): the task keeps running,
+as every task outlives the window that started it (`grove wait ID`). Use
+--timeout to bound the task itself, not `timeout grove run`.
 
 Examples:
   grove run 'make test'                        # a shell task, its output live
@@ -169,6 +176,10 @@ pub(super) async fn follow_new(
     let Some((task, goal)) = create(ctx, method, &mut interrupt).await? else {
         return Ok(EXIT_INTERRUPTED);
     };
+    crate::output::say_when_stdout_closes(format!(
+        "grove: stdout closed: task {} goes on without this command (`grove wait {}`, `grove logs -f {}`)",
+        task.id, task.id, task.id
+    ));
     view.started(&task);
     if interrupt.pressed && !cancel(ctx, &task.id, &mut interrupt, &mut view).await {
         return Ok(interrupt.again(Some(&task.id)));
