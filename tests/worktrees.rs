@@ -1120,3 +1120,41 @@ fn ctrl_c_during_the_move_never_leaves_a_half_moved_checkout() {
         assert!(files.iter().all(|f| f == "after\n"), "{files:?} ({status})");
     }
 }
+
+/// Every file under `.git/objects` (loose objects and packs).
+fn object_files(g: &Grove) -> usize {
+    let mut todo = vec![g.ws.join(".git/objects")];
+    let mut n = 0;
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// `grove diff` only reads: the blobs it takes of the worktree's new and
+/// changed files stay out of the repository (each look wrote a copy of
+/// every such file into `.git/objects` before).
+#[test]
+fn diff_writes_nothing_into_the_repository() {
+    let g = repo("");
+    let t = spawn(
+        &g,
+        &[
+            "--worktree",
+            "head -c 200000 /dev/urandom > big.bin; echo four >> f.txt",
+        ],
+    );
+    wait_status(&g, &id_of(&t), "completed");
+    let before = object_files(&g);
+    let stat = g.ok(&["diff", &id_of(&t), "--stat"]);
+    assert!(stat.contains("big.bin") && stat.contains("f.txt"), "{stat}");
+    let patch = g.ok(&["diff", &id_of(&t)]);
+    assert!(patch.contains("+four"), "{patch}");
+    assert_eq!(object_files(&g), before, "grove diff wrote objects");
+}

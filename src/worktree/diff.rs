@@ -126,8 +126,29 @@ struct Source {
     /// What `git diff` compares: the base (with the index), or base and
     /// branch.
     sides: Vec<String>,
-    /// The private index; its directory is removed when this is dropped.
-    index: Option<(tempfile::TempDir, PathBuf)>,
+    /// The private index and objects; removed when this is dropped.
+    index: Option<Snapshot>,
+}
+
+/// A private copy of a worktree's index with every change in it, and the
+/// objects that took: in a directory of their own, the repository's as an
+/// alternate. `git add -A` wrote a blob of every new or changed file into
+/// the repository on each look (a 300 MB artefact grew `.git/objects` by
+/// 300 MB per `grove diff`, until git's garbage collection, weeks later);
+/// a diff only reads.
+struct Snapshot {
+    dir: tempfile::TempDir,
+    index: PathBuf,
+    /// The repository's objects, which the private ones extend.
+    objects: String,
+}
+
+impl Snapshot {
+    fn apply(&self, cmd: &mut Command) {
+        cmd.env("GIT_INDEX_FILE", &self.index)
+            .env("GIT_OBJECT_DIRECTORY", self.dir.path().join("objects"))
+            .env("GIT_ALTERNATE_OBJECT_DIRECTORIES", &self.objects);
+    }
 }
 
 impl Source {
@@ -174,8 +195,9 @@ impl Source {
                 "--no-textconv",
             ],
         );
-        if let Some((_, index)) = &self.index {
-            cmd.arg("--cached").env("GIT_INDEX_FILE", index);
+        if let Some(snapshot) = &self.index {
+            cmd.arg("--cached");
+            snapshot.apply(&mut cmd);
         }
         cmd.args(extra).arg("--end-of-options").args(&self.sides);
         cmd
@@ -264,21 +286,43 @@ fn stream(mut cmd: Command, mut sink: impl FnMut(&[u8]) -> bool) -> super::Resul
 
 /// A private copy of the worktree's index with every change in it
 /// (`git add -A`), so that new files count and the agent's own index and
-/// staging stay as they are.
-fn snapshot_index(wt: &Path, pathspec: &[String]) -> super::Result<(tempfile::TempDir, PathBuf)> {
+/// staging stay as they are; the blobs it takes stay private too (see
+/// [`Snapshot`]).
+fn snapshot_index(wt: &Path, pathspec: &[String]) -> super::Result<Snapshot> {
     let failed = |e: String| WorktreeError::Failed(e);
-    let index = super::git(
+    let paths = super::git(
         wt,
-        ["rev-parse", "--path-format=absolute", "--git-path", "index"],
+        [
+            "rev-parse",
+            "--path-format=absolute",
+            "--git-path",
+            "index",
+            "--git-path",
+            "objects",
+        ],
     )
     .map_err(failed)?;
+    let mut paths = paths.lines();
+    let (Some(index), Some(objects)) = (paths.next(), paths.next()) else {
+        return Err(failed(format!(
+            "git rev-parse named no index and objects in {}",
+            wt.display()
+        )));
+    };
     let dir =
         tempfile::tempdir().map_err(|e| failed(format!("cannot create a temporary index: {e}")))?;
-    let copy = dir.path().join("index");
+    std::fs::create_dir(dir.path().join("objects"))
+        .map_err(|e| failed(format!("cannot create a temporary object directory: {e}")))?;
+    let snapshot = Snapshot {
+        index: dir.path().join("index"),
+        objects: objects.trim().to_string(),
+        dir,
+    };
     // No index yet (nothing staged ever): git builds one from scratch.
-    let _ = std::fs::copy(index.trim(), &copy);
+    let _ = std::fs::copy(index.trim(), &snapshot.index);
     let mut cmd = command(wt, ["add", "-A", "--"]);
-    cmd.args(pathspec).env("GIT_INDEX_FILE", &copy);
+    cmd.args(pathspec);
+    snapshot.apply(&mut cmd);
     // Its output in files: a clean filter it runs could leave a process
     // holding a pipe (see `run_to_files`).
     let (status, _, errors) = super::run_to_files(cmd).map_err(failed)?;
@@ -289,7 +333,7 @@ fn snapshot_index(wt: &Path, pathspec: &[String]) -> super::Result<(tempfile::Te
             text => text.to_string(),
         }));
     }
-    Ok((dir, copy))
+    Ok(snapshot)
 }
 
 fn parse_numstat(line: &str) -> Option<FileChange> {

@@ -121,7 +121,14 @@ where
 {
     let mut cmd = std::process::Command::new("git");
     cmd.arg("-C").arg(dir).args(args);
-    for var in ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX"] {
+    for var in [
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_PREFIX",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    ] {
         cmd.env_remove(var);
     }
     cmd.env("GIT_TERMINAL_PROMPT", "0")
