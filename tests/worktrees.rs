@@ -573,12 +573,16 @@ fn delete_and_purge_refuse_unmerged_work_without_force_and_remove_the_worktree()
 /// git in a worktree task never looks above `.grove/worktrees`.
 #[test]
 fn discard_after_cancel_waits_for_the_agent_and_git_never_reaches_main() {
-    let g = repo("kill_grace_ms = 1500\n");
+    let g = repo("kill_grace_ms = 10000\n");
     let head = git(&g.ws, &["rev-parse", "main"]);
     let pid_file = g.ws.join("agent.pid");
+    // After the TERM it writes and commits ten more times and exits by
+    // itself, well within the grace: a git it runs gets the TERM too and
+    // removes its locks (a KILL mid-commit would leave them).
     let script = format!(
-        "echo $$ > '{}'; echo ceiling=$GIT_CEILING_DIRECTORIES; trap '' TERM; D=$PWD; \
-         while true; do mkdir -p $D; echo work >> $D/agent.txt; git -C $D add -A; \
+        "echo $$ > '{}'; echo ceiling=$GIT_CEILING_DIRECTORIES; stop=0; trap 'stop=1' TERM; \
+         D=$PWD; n=0; while [ $n -lt 10 ]; do [ $stop = 1 ] && n=$((n+1)); mkdir -p $D; \
+         echo work >> $D/agent.txt; git -C $D add -A; \
          git -C $D commit -qm checkpoint >/dev/null 2>&1; sleep 0.05; done",
         pid_file.display()
     );
