@@ -1162,3 +1162,53 @@ fn diff_writes_nothing_into_the_repository() {
     assert!(patch.contains("+four"), "{patch}");
     assert_eq!(object_files(&g), before, "grove diff wrote objects");
 }
+
+/// A task merged with `--squash` holds nothing unmerged: its commits are
+/// not in main, its changes are. `delete` used to refuse it as "never
+/// merged" and advise a second merge; work that is not in main still
+/// counts.
+#[test]
+fn a_squash_merged_task_deletes_without_force() {
+    let g = repo("");
+    let script = "echo a > a.txt && git add a.txt && git commit -qm a && echo b > b.txt && git add b.txt && git commit -qm b";
+    let t = spawn(&g, &["--worktree", script]);
+    let id = id_of(&t);
+    wait_status(&g, &id, "completed");
+    g.ok(&["merge", "--squash", &id]);
+    g.ok(&["delete", &id]);
+    assert!(!tree_of(&g, &t).exists());
+    assert!(!branch_exists(&g, &branch_of(&t)));
+
+    // Squash-merged, then more work on the branch: that still counts.
+    let t = spawn(
+        &g,
+        &[
+            "--worktree",
+            "echo c > c.txt && git add c.txt && git commit -qm c",
+        ],
+    );
+    let id = id_of(&t);
+    wait_status(&g, &id, "completed");
+    g.ok(&["merge", "--squash", &id]);
+    let tree = tree_of(&g, &t);
+    std::fs::write(tree.join("d.txt"), "d\n").unwrap();
+    git(&tree, &["add", "d.txt"]);
+    git(&tree, &["commit", "-q", "-m", "d"]);
+    fails_saying(&g, &["delete", &id], "never merged");
+}
+
+/// A branch named `grove` leaves no room for the task branches
+/// (`grove/<id>`): refused at spawn, saying why, not failed at each start.
+#[test]
+fn a_branch_named_grove_is_refused_at_spawn() {
+    let g = repo("");
+    git(&g.ws, &["branch", "grove"]);
+    let out = g.run(&["spawn", "--worktree", "echo hi"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("branch named `grove`"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(g.ok(&["list", "--json"]).trim() == "[]");
+}

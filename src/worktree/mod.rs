@@ -162,10 +162,29 @@ pub fn check_repo(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Task branches are `grove/<id>`: a branch named `grove` itself (or a
+/// file in the way of `refs/heads/grove/`) leaves git no room for them,
+/// and every worktree task would fail at its start, after its retries.
+fn check_branch_room(root: &Path) -> Result<()> {
+    let taken = git(
+        root,
+        ["rev-parse", "--verify", "--quiet", "refs/heads/grove"],
+    )
+    .is_ok_and(|id| !id.trim().is_empty());
+    if taken {
+        return Err(WorktreeError::Usage(format!(
+            "the repository at {} has a branch named `grove`: task worktrees live on branches `grove/<id>`, which git cannot make beside it; rename it (`git branch -m grove <new-name>`), or spawn without --worktree",
+            root.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The full commit id `base` names (default `HEAD`) in the workspace's
 /// repository.
 pub fn resolve_base(root: &Path, base: Option<&str>) -> Result<String> {
     check_repo(root)?;
+    check_branch_room(root)?;
     let name = base.unwrap_or("HEAD");
     let spec = format!("{name}^{{commit}}");
     match git(
@@ -536,7 +555,7 @@ pub fn unmerged(
         let range = format!("HEAD..{}", branch_ref(w));
         let n = git(root, ["rev-list", "--count", "--end-of-options", &range])?;
         let n: u64 = n.trim().parse().unwrap_or(0);
-        if n > 0 {
+        if n > 0 && !content_merged(root, &branch_ref(w)) {
             lost.push(format!(
                 "{n} commit(s) on {} that HEAD does not contain",
                 w.branch
@@ -544,6 +563,29 @@ pub fn unmerged(
         }
     }
     Ok(lost)
+}
+
+/// Whether merging `branch` into `HEAD` would change nothing: its changes
+/// are there already, though its commits are not (`grove merge --squash`,
+/// a cherry-pick). Deleting a squash-merged task was refused as "never
+/// merged", and the advice given, `grove merge`, merged it a second time.
+/// A conflict, or any failure to tell, counts as not merged.
+fn content_merged(root: &Path, branch: &str) -> bool {
+    let merged = git(
+        root,
+        [
+            "merge-tree",
+            "--write-tree",
+            "--end-of-options",
+            "HEAD",
+            branch,
+        ],
+    );
+    let head = git(root, ["rev-parse", "--verify", "HEAD^{tree}"]);
+    match (merged, head) {
+        (Ok(merged), Ok(head)) => merged.lines().next().map(str::trim) == Some(head.trim()),
+        _ => false,
+    }
 }
 
 /// The work in the worktree itself: uncommitted changes, and commits its
