@@ -393,6 +393,48 @@ fn permission_requests_asked_at_once_are_answered_one_by_one() {
     assert_eq!(message_text(&updates(&g, &id)), "perms allow,reject,allow");
 }
 
+/// An agent that offers no option that allows: `grove approve` would have
+/// answered `cancelled` and said it approved; it is refused, naming what
+/// was offered.
+#[test]
+fn approve_is_refused_when_the_agent_offers_nothing_that_allows() {
+    let mut g = scripted("ask");
+    g.serve();
+    g.wait_primary();
+    let id = spawn(&g, "rejectonly");
+    wait_asked(&g, &id, 1);
+    let out = g.run(&["approve", &id]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("offered no option that allows") && err.contains("reject"),
+        "{err}"
+    );
+    g.ok(&["deny", &id]);
+    wait_status(&g, &id, "completed");
+    assert_eq!(message_text(&updates(&g, &id)), "perms reject");
+}
+
+/// A follow-up to a session told to close would be accepted and never run
+/// (the session ends after its turn): refused.
+#[test]
+fn a_follow_up_after_close_is_refused() {
+    let mut g = scripted("ask");
+    g.serve();
+    g.wait_primary();
+    let id = g.ok(&["spawn", "permission", "-e", "scripted", "--session"]);
+    wait_status(&g, &id, "waiting");
+    g.ok(&["close", &id]);
+    let out = g.run(&["say", &id, "turns"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("session is closing"),
+        "{out:?}"
+    );
+    g.ok(&["approve", &id]);
+    wait_status(&g, &id, "completed");
+}
+
 #[test]
 fn deny_rejects_and_cancel_ends_a_waiting_task() {
     let mut g = scripted("ask");

@@ -16,6 +16,8 @@ pub async fn send(ctx: &Context, control: TaskControl, json: bool) -> Result<i32
         let pending = pending_request(ctx, &id)?;
         if let Some(option) = &control.option {
             check_option(&id, pending.as_ref(), option)?;
+        } else if control.kind == ControlKind::Approve {
+            check_allows(&id, pending.as_ref())?;
         }
         // Bound to the request read here: one reported meanwhile is not
         // answered by this command.
@@ -60,6 +62,33 @@ fn pending_request(ctx: &Context, id: &str) -> Result<Option<serde_json::Value>,
         .ok()
         .flatten()
         .and_then(|acp| serde_json::from_str::<serde_json::Value>(&acp).ok()))
+}
+
+/// Refuses an approve of a request whose agent offered no option that
+/// allows (only rejects, or none): it would be answered `cancelled`, and
+/// the command would say it approved.
+fn check_allows(id: &str, request: Option<&serde_json::Value>) -> Result<(), CliError> {
+    let Some(options) = request.and_then(|r| r["request"]["options"].as_array()) else {
+        return Ok(());
+    };
+    let allows = options
+        .iter()
+        .any(|o| o["kind"].as_str().is_some_and(|k| k.starts_with("allow")));
+    if allows {
+        return Ok(());
+    }
+    let offered: Vec<&str> = options
+        .iter()
+        .filter_map(|o| o["optionId"].as_str())
+        .collect();
+    Err(CliError::Usage(format!(
+        "task {id}'s agent offered no option that allows (it offered: {}); `grove deny {id}` answers it, or `grove approve {id} OPTION` picks one",
+        if offered.is_empty() {
+            "none".to_string()
+        } else {
+            offered.join(", ")
+        }
+    )))
 }
 
 /// Refuses an option the agent did not offer, naming the ones it did.

@@ -172,6 +172,11 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
                 "it does not keep its session (spawn --session); it ends after its turn",
             );
         }
+        // Its shim ends the session after the current turn: a follow-up
+        // now would be accepted and never run.
+        ControlKind::Say if closing(c.tx, &task)? => {
+            return refuse("its session is closing (grove close); spawn a new task");
+        }
         _ => {}
     }
     // An answer is bound to the request pending now; one given for another
@@ -216,6 +221,33 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
         }
         ControlKind::Approve | ControlKind::Deny => move_to(c, task, TaskStatus::Running),
     }
+}
+
+/// How many of a task's latest controls are looked at for a close of its
+/// run (a session takes few controls after its close: it ends).
+const CLOSE_LOOKBACK: i64 = 256;
+
+/// Whether the task's current run was told to close its session.
+fn closing(tx: &rusqlite::Connection, task: &TaskRecord) -> Result<bool, Applied> {
+    let run = task.run_id.clone().unwrap_or_default();
+    let mut stmt = tx.prepare_cached(
+        "SELECT payload FROM events WHERE task_id = ?1 AND topic = 'task.control' \
+         ORDER BY seq DESC LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![task.id, CLOSE_LOOKBACK])?;
+    while let Some(row) = rows.next()? {
+        let payload: Vec<u8> = row.get(0)?;
+        if let Ok(EventData::TaskControlled {
+            run_id,
+            kind: ControlKind::Close,
+            ..
+        }) = decode_stored::<EventData>(&payload)
+            && run_id == run
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// How far back a waiting task's pending request is looked for among its

@@ -230,7 +230,7 @@ class Scripted:
             await self.conn.write_text_file(session_id=sid, path=path, content="new\n")
             await self.conn.session_update(session_id=sid, update=update_tool_call("t1", status="completed"))
             await self.say(sid, "edited")
-        elif "permtwice" in words or "permparallel" in words:
+        elif "permtwice" in words or "permparallel" in words or "rejectonly" in words:
             # Two requests one after the other, or N at once (ACP lets
             # tools run in parallel): which option each answer chose.
             options = [
@@ -247,8 +247,12 @@ class Scripted:
                 o = answer.outcome
                 return o.option_id if getattr(o, "outcome", "") == "selected" else "cancelled"
 
+            if "rejectonly" in words:
+                options = [options[1]]
             if "permtwice" in words:
                 got = [await ask(0), await ask(1)]
+            elif "rejectonly" in words:
+                got = [await ask(0)]
             else:
                 n = int(words[words.index("permparallel") + 1])
                 got = await asyncio.gather(*(ask(i) for i in range(n)))

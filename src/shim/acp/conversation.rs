@@ -166,10 +166,15 @@ async fn open(cx: &Connection, session: &Session, turn: &Turn) -> Result<Session
     let init = InitializeRequest::new(agent_client_protocol::schema::ProtocolVersion::V1)
         .client_capabilities(ClientCapabilities::new().fs(fs))
         .client_info(Implementation::new("grove", env!("CARGO_PKG_VERSION")));
-    let info = cx
-        .send_request(init)
-        .block_task()
+    let answer = tokio::time::timeout(super::host::INIT_WAIT, cx.send_request(init).block_task());
+    let info = answer
         .await
+        .map_err(|_| {
+            format!(
+                "the agent did not answer initialize in {:?}",
+                super::host::INIT_WAIT
+            )
+        })?
         .map_err(|e| protocol_error("initialize failed", e))?;
     let info = serde_json::to_value(&info).unwrap_or(Value::Null);
     session.record("initialized", info.clone());

@@ -38,8 +38,10 @@ use tokio::sync::{Notify, mpsc};
 
 /// Lines waiting for one reader (the agent, or one shim).
 const QUEUE: usize = 64;
-/// How long the agent may take to answer `initialize`.
-const INIT_WAIT: Duration = Duration::from_secs(60);
+/// How long an agent may take to answer `initialize` (here, and in a shim
+/// with an agent of its own): one that never answers held its task's slot
+/// for good.
+pub const INIT_WAIT: Duration = Duration::from_secs(60);
 /// When a shim holds the start lock as the idle period ends: look again.
 const LOCK_RETRY: Duration = Duration::from_millis(50);
 
