@@ -48,6 +48,9 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 pub async fn serve(listener: TcpListener, app: axum::Router) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut open = JoinSet::new();
+    // At most one look-up per open connection waits.
+    let (lookups, asked) = tokio::sync::mpsc::channel(MAX_CONNECTIONS);
+    open.spawn(look_up_users(asked));
     let mut accept_failures = 0u64;
     loop {
         // Finished connections leave the set as they end, so it holds at
@@ -70,9 +73,10 @@ pub async fn serve(listener: TcpListener, app: axum::Router) {
             }
         };
         let service = TowerToHyperService::new(app.clone());
+        let lookups = lookups.clone();
         open.spawn(async move {
             let _slot = slot;
-            if !from_our_user(&stream, peer).await {
+            if !from_our_user(&stream, peer, &lookups).await {
                 return;
             }
             let connection = hyper::server::conn::http1::Builder::new()
@@ -98,21 +102,19 @@ pub async fn serve(listener: TcpListener, app: axum::Router) {
 /// docs/design.md, Web board). Their connection is closed unread, and
 /// frees its slot at once. Off the event loop: it reads the kernel's
 /// socket tables.
-async fn from_our_user(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr) -> bool {
+async fn from_our_user(
+    stream: &tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    lookups: &tokio::sync::mpsc::Sender<Lookup>,
+) -> bool {
     let Ok(ours) = stream.local_addr() else {
         return false;
     };
-    // One look-up at a time: each holds a descriptor of the tables while
-    // it reads them, and a flood of connections must not turn into a
-    // flood of blocking threads and descriptors beside the connections'.
-    static ONE_AT_A_TIME: Semaphore = Semaphore::const_new(1);
-    let Ok(_turn) = ONE_AT_A_TIME.acquire().await else {
+    let (answer, uid) = tokio::sync::oneshot::channel();
+    if lookups.send((peer, ours, answer)).await.is_err() {
         return false;
-    };
-    let uid = tokio::task::spawn_blocking(move || super::port_owner::peer_uid(peer, ours))
-        .await
-        .ok()
-        .flatten();
+    }
+    let uid = uid.await.ok().flatten();
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     match uid {
@@ -136,6 +138,37 @@ async fn from_our_user(stream: &tokio::net::TcpStream, peer: std::net::SocketAdd
                 "web board: closed a connection from {peer} unread: no open socket of it in /proc/net/tcp (closed already, or the tables cannot be read)"
             );
             false
+        }
+    }
+}
+
+/// A connection whose user is asked: its peer's address, ours, and where
+/// the uid goes (`None`: not found).
+type Lookup = (
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<Option<u32>>,
+);
+
+/// Answers the look-ups of connections' users, every one waiting at the
+/// time with one read of the kernel's tables (`port_owner::peer_uids`):
+/// another user holding thousands of sockets makes a read slow, and
+/// connecting in a loop queued the board's own connections behind one
+/// read each of theirs (requests took 10–20 s). One read at a time, off
+/// the event loop: a flood of connections never turns into a flood of
+/// blocking threads and descriptors.
+async fn look_up_users(mut asked: tokio::sync::mpsc::Receiver<Lookup>) {
+    while let Some(first) = asked.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = asked.try_recv() {
+            batch.push(more);
+        }
+        let pairs: Vec<_> = batch.iter().map(|(peer, ours, _)| (*peer, *ours)).collect();
+        let uids = tokio::task::spawn_blocking(move || super::port_owner::peer_uids(&pairs))
+            .await
+            .unwrap_or_default();
+        for (i, (_, _, answer)) in batch.into_iter().enumerate() {
+            let _ = answer.send(uids.get(i).copied().flatten());
         }
     }
 }

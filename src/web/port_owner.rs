@@ -45,21 +45,57 @@ pub fn foreign(port: u16) -> Option<u32> {
     }
 }
 
-/// The owner of the socket at the other end of a connection the board
-/// accepted: the row whose local address is the peer's and whose remote
-/// address is ours. `None` when no table has it (the peer is gone, the
-/// tables cannot be read). Read from `/proc/net/tcp` (a browser's socket
-/// to 127.0.0.1) and `/proc/net/tcp6` (a dual-stack socket connecting to
-/// the v4-mapped address).
-pub fn peer_uid(peer: SocketAddr, ours: SocketAddr) -> Option<u32> {
-    [("/proc/net/tcp", false), ("/proc/net/tcp6", true)]
-        .iter()
-        .filter_map(|(table, six)| {
-            let (local, remote) = (hex_addr(peer, *six)?, hex_addr(ours, *six)?);
-            let text = std::fs::read_to_string(table).ok()?;
-            connection_uid(&text, &local, &remote)
-        })
-        .next()
+/// The owner of the socket at the other end of each connection the board
+/// accepted, as (peer, ours): the row whose local address is the peer's
+/// and whose remote address is ours. `None` when no table has it (the peer
+/// is gone, the tables cannot be read). Read from `/proc/net/tcp` (a
+/// browser's socket to 127.0.0.1) and `/proc/net/tcp6` (a dual-stack
+/// socket connecting to the v4-mapped address), each once for all the
+/// connections asked: a table lists every TCP socket of the machine, and
+/// another user who holds thousands of them open made each read take
+/// milliseconds — one read per connection queued the board's own behind
+/// their flood.
+pub fn peer_uids(asked: &[(SocketAddr, SocketAddr)]) -> Vec<Option<u32>> {
+    let mut found = vec![None; asked.len()];
+    for (table, six) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        // The rows to look for, in the table's hex form.
+        let mut wanted: std::collections::HashMap<(String, String), Vec<usize>> =
+            std::collections::HashMap::new();
+        for (i, (peer, ours)) in asked.iter().enumerate() {
+            if let (None, Some(local), Some(remote)) =
+                (found[i], hex_addr(*peer, six), hex_addr(*ours, six))
+            {
+                wanted.entry((local, remote)).or_default().push(i);
+            }
+        }
+        if wanted.is_empty() {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for (local, remote, uid) in established(&text) {
+            let key = (local.to_ascii_uppercase(), remote.to_ascii_uppercase());
+            for &i in wanted.get(&key).into_iter().flatten() {
+                found[i] = Some(uid);
+            }
+        }
+    }
+    found
+}
+
+/// The `ESTABLISHED` rows (state `01`) of `table`: local address, remote
+/// address, uid. Only that state: a socket its process has closed
+/// (`FIN_WAIT`, `TIME_WAIT`) has no owner left and the kernel shows it as
+/// root's, so a peer that sent a request and closed at once would pass
+/// for root.
+fn established(table: &str) -> impl Iterator<Item = (&str, &str, u32)> {
+    table.lines().skip(1).filter_map(|row| {
+        let mut f = row.split_whitespace();
+        let (_, local, remote, state) = (f.next()?, f.next()?, f.next()?, f.next()?);
+        let uid = f.nth(3)?.parse().ok()?;
+        (state == "01").then_some((local, remote, uid))
+    })
 }
 
 /// An address as the kernel's tables print it: the IP's 32-bit words in
@@ -81,19 +117,13 @@ fn hex_addr(addr: SocketAddr, six: bool) -> Option<String> {
     Some(text)
 }
 
-/// The uid of the `ESTABLISHED` row (state `01`) of `table` with exactly
-/// these local and remote addresses (in the tables' hex form). Only that
-/// state: a socket its process has closed (`FIN_WAIT`, `TIME_WAIT`) has
-/// no owner left and the kernel shows it as root's, so a peer that sent a
-/// request and closed at once would pass for root.
+/// The uid of the `ESTABLISHED` row of `table` with exactly these local
+/// and remote addresses (in the tables' hex form).
+#[cfg(test)]
 fn connection_uid(table: &str, local: &str, remote: &str) -> Option<u32> {
-    table.lines().skip(1).find_map(|row| {
-        let f: Vec<&str> = row.split_whitespace().collect();
-        let (l, r, state, uid) = (f.get(1)?, f.get(2)?, f.get(3)?, f.get(7)?);
-        (l.eq_ignore_ascii_case(local) && r.eq_ignore_ascii_case(remote) && *state == "01")
-            .then(|| uid.parse().ok())
-            .flatten()
-    })
+    established(table)
+        .find(|(l, r, _)| l.eq_ignore_ascii_case(local) && r.eq_ignore_ascii_case(remote))
+        .map(|(_, _, uid)| uid)
 }
 
 /// The uids of the `LISTEN` rows (state `0A`) of one table whose local
@@ -207,7 +237,13 @@ mod tests {
         assert_eq!(peer, client.local_addr().unwrap());
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
-        assert_eq!(peer_uid(peer, listener.local_addr().unwrap()), Some(me));
+        let stranger: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let ours = listener.local_addr().unwrap();
+        assert_eq!(
+            peer_uids(&[(peer, ours), (stranger, ours), (peer, ours)]),
+            [Some(me), None, Some(me)],
+            "each asked once, in one read"
+        );
         drop(client);
     }
 
