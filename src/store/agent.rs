@@ -223,59 +223,63 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
     }
 }
 
-/// How many of a task's latest controls are looked at for a close of its
-/// run (a session takes few controls after its close: it ends).
-const CLOSE_LOOKBACK: i64 = 256;
+/// How many of a task's latest events of a topic are looked at for the
+/// newest one that matters: a pending permission request is reported last
+/// (nothing more is while it waits), and a session takes few controls
+/// after its close (it ends).
+const LOOKBACK: i64 = 256;
+
+/// The first of task `id`'s latest [`LOOKBACK`] events on `topic`, newest
+/// first, that `pick` takes.
+fn newest<T>(
+    tx: &rusqlite::Connection,
+    id: &str,
+    topic: &str,
+    mut pick: impl FnMut(EventData) -> Option<T>,
+) -> Result<Option<T>, Applied> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT payload FROM events WHERE task_id = ?1 AND topic = ?2 ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![id, topic, LOOKBACK])?;
+    while let Some(row) = rows.next()? {
+        let payload: Vec<u8> = row.get(0)?;
+        if let Some(found) = decode_stored::<EventData>(&payload)
+            .ok()
+            .and_then(&mut pick)
+        {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
 
 /// Whether the task's current run was told to close its session.
 fn closing(tx: &rusqlite::Connection, task: &TaskRecord) -> Result<bool, Applied> {
     let run = task.run_id.clone().unwrap_or_default();
-    let mut stmt = tx.prepare_cached(
-        "SELECT payload FROM events WHERE task_id = ?1 AND topic = 'task.control' \
-         ORDER BY seq DESC LIMIT ?2",
-    )?;
-    let mut rows = stmt.query(params![task.id, CLOSE_LOOKBACK])?;
-    while let Some(row) = rows.next()? {
-        let payload: Vec<u8> = row.get(0)?;
-        if let Ok(EventData::TaskControlled {
+    let close = newest(tx, &task.id, "task.control", |e| match e {
+        EventData::TaskControlled {
             run_id,
             kind: ControlKind::Close,
             ..
-        }) = decode_stored::<EventData>(&payload)
-            && run_id == run
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+        } if run_id == run => Some(()),
+        _ => None,
+    })?;
+    Ok(close.is_some())
 }
-
-/// How far back a waiting task's pending request is looked for among its
-/// latest updates (it is reported last, and nothing more is reported while
-/// it waits: one or two updates back).
-const PENDING_LOOKBACK: i64 = 256;
 
 /// The `ask` number of task `id`'s pending permission request: that of its
 /// latest `permission_request` update (the shim reports one request at a
 /// time, and the task is waiting, so it is the pending one). `None` from
 /// a shim older than the numbers.
 fn pending_ask(tx: &rusqlite::Connection, id: &str) -> Result<Option<u64>, Applied> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT payload FROM events WHERE task_id = ?1 AND topic = 'task.agent_update' \
-         ORDER BY seq DESC LIMIT ?2",
-    )?;
-    let mut rows = stmt.query(params![id, PENDING_LOOKBACK])?;
-    while let Some(row) = rows.next()? {
-        let payload: Vec<u8> = row.get(0)?;
-        if let Ok(EventData::TaskAgentUpdate { kind, acp, .. }) =
-            decode_stored::<EventData>(&payload)
-            && kind == PERMISSION_REQUEST
-        {
-            let v: serde_json::Value = serde_json::from_str(&acp).unwrap_or_default();
-            return Ok(v["ask"].as_u64());
-        }
-    }
-    Ok(None)
+    let request = newest(tx, id, "task.agent_update", |e| match e {
+        EventData::TaskAgentUpdate { kind, acp, .. } if kind == PERMISSION_REQUEST => Some(acp),
+        _ => None,
+    })?;
+    Ok(request.and_then(|acp| {
+        let v: serde_json::Value = serde_json::from_str(&acp).unwrap_or_default();
+        v["ask"].as_u64()
+    }))
 }
 
 /// Whether a follow-up for the task's run was written after the last
