@@ -259,6 +259,39 @@ pub fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
     (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
+/// Blocks until the process `pid` started at `start` has ended, or until
+/// `until`; true when it ended. Off any runtime (a command with nothing
+/// else to do): the blocking counterpart of [`ExitWatch`], on a pidfd, or
+/// a check every 20 ms where there is none.
+pub fn wait_gone(pid: u32, start: Option<u64>, until: std::time::Instant) -> bool {
+    use std::os::fd::AsRawFd;
+    // Opened, then checked: the pidfd then names the process that had
+    // that start time, not a later one with its pid.
+    let fd = pidfd(pid);
+    loop {
+        if !running_as(pid, start) {
+            return true;
+        }
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let Some(fd) = &fd else {
+            std::thread::sleep(left.min(std::time::Duration::from_millis(20)));
+            continue;
+        };
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd, for the call's duration. A signal
+        // (EINTR) or a timeout goes round the loop again.
+        unsafe { libc::poll(&mut p, 1, ms) };
+    }
+}
+
 /// Notices the end of another process without polling: a pidfd becomes
 /// readable when its process exits (zombie or reaped). Where pidfds are not
 /// available (kernels before 5.3, fd limit) it falls back to checking
@@ -312,6 +345,20 @@ impl ExitWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_gone_returns_when_the_process_ends_or_the_time_is_up() {
+        let mut long = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = long.id();
+        let soon = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        assert!(!wait_gone(pid, start_time(pid), soon), "it still runs");
+        let mut short = std::process::Command::new("sleep").arg("0.1").spawn().unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        assert!(wait_gone(short.id(), start_time(short.id()), until));
+        let _ = short.wait();
+        let _ = long.kill();
+        let _ = long.wait();
+    }
 
     #[test]
     fn self_is_alive_with_a_start_time() {

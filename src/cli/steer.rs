@@ -12,6 +12,8 @@ use crate::protocol::{ControlKind, Method, TaskControl};
 pub async fn send(ctx: &Context, control: TaskControl, json: bool) -> Result<i32, CliError> {
     let id = super::task::resolve_id(ctx, &control.id)?;
     let mut control = control;
+    // The request answered, named once the answer is accepted.
+    let mut answered = None;
     if matches!(control.kind, ControlKind::Approve | ControlKind::Deny) {
         let pending = pending_request(ctx, &id)?;
         if let Some(option) = &control.option {
@@ -24,16 +26,11 @@ pub async fn send(ctx: &Context, control: TaskControl, json: bool) -> Result<i32
         if control.ask.is_none() {
             control.ask = pending.as_ref().and_then(|p| p["ask"].as_u64());
         }
-        if !json && let Some(p) = &pending {
-            let title = p["request"]["toolCall"]["title"]
-                .as_str()
-                .unwrap_or("a tool call");
-            match p["ask"].as_u64() {
-                Some(n) if control.ask == Some(n) => {
-                    errln!("grove: permission request {n}: {title}")
-                }
-                _ => {}
-            }
+        if let Some(p) = &pending
+            && let Some(n) = p["ask"].as_u64().filter(|n| control.ask == Some(*n))
+        {
+            let title = p["request"]["toolCall"]["title"].as_str();
+            answered = Some((n, title.unwrap_or("a tool call").to_string()));
         }
     }
     if matches!(control.kind, ControlKind::Say | ControlKind::Mode)
@@ -50,6 +47,12 @@ pub async fn send(ctx: &Context, control: TaskControl, json: bool) -> Result<i32
         json,
     )
     .await?;
+    if let Some((n, title)) = answered
+        && !json
+        && code == super::EXIT_OK
+    {
+        errln!("grove: permission request {n}: {title}");
+    }
     Ok(code)
 }
 

@@ -102,19 +102,16 @@ fn task_with_tree(ctx: &Context, id: &str) -> Result<(TaskRecord, Worktree), Cli
 /// `RunFiles::still_going`), for at most the kill grace and a margin; false when
 /// it outlasted the wait. (Blocking: the command has nothing else to do.)
 fn wait_run_ended(ctx: &Context, task_id: &str, run_id: Option<&str>) -> bool {
-    let until = std::time::Instant::now() + ctx.config.kill_grace() + RUN_END_MARGIN;
-    let mut said = false;
-    while crate::runs::RunFiles::still_going(&ctx.ws, task_id, run_id) {
-        if std::time::Instant::now() >= until {
-            return false;
-        }
-        if !said {
-            errln!("grove: waiting for task {task_id}'s processes to end first");
-            said = true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    if !crate::runs::RunFiles::still_going(&ctx.ws, task_id, run_id) {
+        return true;
     }
-    true
+    let Some(record) = run_id.and_then(|r| crate::runs::RunFiles::read_run(&ctx.ws, task_id, r))
+    else {
+        return true;
+    };
+    errln!("grove: waiting for task {task_id}'s processes to end first");
+    let until = std::time::Instant::now() + ctx.config.kill_grace() + RUN_END_MARGIN;
+    crate::proc::wait_gone(record.shim_pid, Some(record.shim_start), until)
 }
 
 /// `doing` (merge, discard) waits until the task's last run has ended.
