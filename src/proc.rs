@@ -348,11 +348,17 @@ mod tests {
 
     #[test]
     fn wait_gone_returns_when_the_process_ends_or_the_time_is_up() {
-        let mut long = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut long = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = long.id();
         let soon = std::time::Instant::now() + std::time::Duration::from_millis(50);
         assert!(!wait_gone(pid, start_time(pid), soon), "it still runs");
-        let mut short = std::process::Command::new("sleep").arg("0.1").spawn().unwrap();
+        let mut short = std::process::Command::new("sleep")
+            .arg("0.1")
+            .spawn()
+            .unwrap();
         let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
         assert!(wait_gone(short.id(), start_time(short.id()), until));
         let _ = short.wait();

@@ -183,10 +183,32 @@ pub fn process_settings() {
         if rc != rusqlite::ffi::SQLITE_OK {
             tracing::debug!("SQLite was initialized before its settings: {rc}");
         }
+        // SAFETY: set before SQLite is initialized, from one thread (the
+        // `Once`); the callback is a plain function that only logs.
+        if let Err(e) = unsafe { rusqlite::trace::config_log(Some(sqlite_said)) } {
+            tracing::debug!("SQLite's log could not be routed: {e}");
+        }
         if !wal_vfs::register() {
             tracing::warn!("the WAL-gathering VFS could not be registered; the store writes its WAL frame by frame");
         }
     });
+}
+
+/// SQLite's own log, into the member's: where SQLite found damage (the
+/// line of its source that did), an I/O error or a recovered WAL is what a
+/// report of a damaged store needs, and SQLite says it nowhere else. Busy
+/// and constraint notes are expected in a working store and stay at debug.
+fn sqlite_said(code: std::ffi::c_int, message: &str) {
+    use rusqlite::ffi;
+    match code & 0xff {
+        ffi::SQLITE_CORRUPT
+        | ffi::SQLITE_IOERR
+        | ffi::SQLITE_NOTADB
+        | ffi::SQLITE_FULL
+        | ffi::SQLITE_CANTOPEN => tracing::warn!(code, "SQLite: {message}"),
+        ffi::SQLITE_NOTICE | ffi::SQLITE_WARNING => tracing::info!(code, "SQLite: {message}"),
+        _ => tracing::debug!(code, "SQLite: {message}"),
+    }
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

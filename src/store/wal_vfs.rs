@@ -13,7 +13,8 @@
 //! commit frame: the one whose header carries the database size
 //! (`nTruncate` ≠ 0), so its page is the commit's last write, and every
 //! gathered byte is written (or its error returned, failing the commit)
-//! before `xWrite` of that page returns. Every other write (one not
+//! before `xWrite` of that page returns — however its header was written
+//! (see `WalFile::write`). Every other write (one not
 //! appending, such as SQLite rewriting a frame in place or its checksums)
 //! first writes what was gathered and then goes through at once, and so
 //! does every other call on the file (a read, a size, a sync, a close).
@@ -29,10 +30,14 @@ pub const NAME: &CStr = c"grove-wal";
 /// SQLite's frame header (`WAL_FRAME_HDRSIZE`).
 const FRAME_HEADER: c_int = 24;
 
-/// At most this much is gathered; and each `pwrite` writes at most this
-/// much: SQLite's unix VFS masks a write's length to 17 bits
-/// (`seekAndWriteFd`), so a longer one would be cut.
+/// Each `pwrite` writes at most this much: SQLite's unix VFS masks a
+/// write's length to 17 bits (`seekAndWriteFd`), so a longer one would be
+/// cut.
 const CHUNK: usize = 0x1ffff & !0xfff;
+
+/// At most this much is gathered (~1 MiB, 247 frames of 4 KiB pages) before
+/// it is written, commit or not.
+const GATHERED_AT_MOST: usize = CHUNK * 8;
 
 /// Registers the VFS once per process (not as the default), over the
 /// default one; whether it is there to be used. Called from
@@ -130,7 +135,9 @@ impl WalFile {
         unsafe { &*(*self.real).pMethods }
     }
 
-    /// Writes what was gathered, in chunks: SQLite's result.
+    /// Writes what was gathered, in chunks: SQLite's result. Whether the
+    /// next page ends a commit is kept: this is also called between a
+    /// commit frame's header and its page (the gathering bound, below).
     fn write_gathered(&mut self) -> c_int {
         let write = self.methods().xWrite.expect("a file writes");
         let mut rc = ffi::SQLITE_OK;
@@ -144,33 +151,46 @@ impl WalFile {
             at += chunk.len() as i64;
         }
         self.gathered.clear();
-        self.commit_page_next = false;
         rc
     }
 
     fn write(&mut self, data: &[u8], offset: i64) -> c_int {
-        let appends = offset == self.end;
-        if !appends || self.gathered.len() + data.len() > CHUNK * 8 {
+        // Whether this page ends a commit is decided first, whichever way
+        // its header was written: a commit frame's header goes through at
+        // once when it does not append (the first frame after this
+        // connection opened, after a rolled-back spill, after SQLite
+        // rewrote checksums), and writing what was gathered at the
+        // gathering bound may fall between the header and its page. Both
+        // once left the commit's page gathered after the commit returned
+        // (see docs/design.md, Store).
+        let is_header = data.len() == FRAME_HEADER as usize;
+        let ends_commit = !is_header && self.commit_page_next;
+        // A commit frame's header: its database size is set.
+        self.commit_page_next = is_header && data[4..8] != [0; 4];
+        if offset != self.end {
+            // Not appending (a frame rewritten in place, its checksums, a
+            // new WAL header): what was gathered first, then this at once.
+            let rc = self.write_gathered();
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+            self.end = offset + data.len() as i64;
+            let write = self.methods().xWrite.expect("a file writes");
+            // SAFETY: `data` is readable for its length.
+            return unsafe { write(self.real, data.as_ptr().cast(), data.len() as c_int, offset) };
+        }
+        self.end = offset + data.len() as i64;
+        if self.gathered.len() + data.len() > GATHERED_AT_MOST {
             let rc = self.write_gathered();
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
         }
-        self.end = offset + data.len() as i64;
-        if !appends {
-            let write = self.methods().xWrite.expect("a file writes");
-            // SAFETY: `data` is readable for its length.
-            return unsafe { write(self.real, data.as_ptr().cast(), data.len() as c_int, offset) };
-        }
         if self.gathered.is_empty() {
             self.at = offset;
         }
         self.gathered.extend_from_slice(data);
-        let is_header = data.len() == FRAME_HEADER as usize;
-        if is_header && data[4..8] != [0; 4] {
-            // A commit frame: its database size is set.
-            self.commit_page_next = true;
-        } else if self.commit_page_next && !is_header {
+        if ends_commit {
             return self.write_gathered();
         }
         ffi::SQLITE_OK

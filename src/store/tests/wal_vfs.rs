@@ -114,3 +114,117 @@ fn frames_rewritten_in_place_reach_the_file_with_their_commit() {
         assert_eq!(same, 900 * 400 * (round + 1));
     }
 }
+
+/// The gathered bytes are written in pieces of at most a MiB: a commit of
+/// ~250 frames reaches that bound, and where it fell between the commit
+/// frame's header and its page, the page stayed gathered after the commit
+/// returned. Another connection (grove's checkpointer) then copied what
+/// the file held at that frame into the database: a page of an older WAL
+/// generation under the commit page's number, and a store SQLite called
+/// malformed (`cascade` on CI). Commits of every size around the bound,
+/// each read back at once through SQLite's own VFS.
+#[test]
+fn a_commit_reaching_the_gathering_bound_is_written_whole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("w.db");
+    let w = writer(&path);
+    let reader =
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("a reader");
+    let wal = path.with_file_name("w.db-wal");
+    let mut sizes = std::collections::BTreeSet::new();
+    for n in 236..=256 {
+        // A new table each round: the commit is one frame per row (a row
+        // fills a page) and the same few others every time, so that the
+        // commits' sizes cover every frame count around the bound.
+        w.execute_batch(&format!(
+            "CREATE TABLE t{n} (id INTEGER PRIMARY KEY, b BLOB NOT NULL)"
+        ))
+        .expect("table");
+        let before = std::fs::metadata(&wal).expect("the WAL").len();
+        let tx = w.unchecked_transaction().expect("begin");
+        for _ in 0..n {
+            tx.execute(
+                &format!("INSERT INTO t{n} (b) VALUES (randomblob(3900))"),
+                [],
+            )
+            .expect("insert");
+        }
+        tx.commit().expect("commit");
+        let after = std::fs::metadata(&wal).expect("the WAL").len();
+        sizes.insert((after - before) / (24 + 4096));
+        let (count, bytes): (i64, f64) = reader
+            .query_row(
+                &format!("SELECT COUNT(*), total(length(b)) FROM t{n}"),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap_or_else(|e| panic!("a commit of {n} rows read back: {e}"));
+        assert_eq!((count, bytes as i64), (n, n * 3900), "a commit of {n} rows");
+    }
+    // The bound falls on frame 247 of a commit (`wal_vfs::GATHERED_AT_MOST`).
+    assert!(
+        sizes.contains(&247),
+        "the commits' frame counts cover the bound: {sizes:?}"
+    );
+}
+
+/// A commit frame's header that does not append goes through at once, and
+/// its page, which does append, must still be written with it. That is
+/// the first frame of a commit after SQLite rewrote checksums at the end of
+/// a spilled transaction, or after a spilled transaction rolled back; in a
+/// commit of one frame the header is the commit's. Such a page once
+/// stayed gathered past its commit, until the next call on the file.
+#[test]
+fn a_one_frame_commit_after_a_write_elsewhere_is_written_whole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("w.db");
+    let w = writer(&path);
+    w.pragma_update(None, "cache_size", 10)
+        .expect("a tiny cache");
+    w.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, b BLOB NOT NULL)")
+        .expect("table");
+    let reader =
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("a reader");
+    // The frames committed, from the WAL index's header in shared memory
+    // (`WalIndexHdr::mxFrame`, native-endian at byte 16).
+    let shm = path.with_file_name("w.db-shm");
+    let frames = || {
+        let head = std::fs::read(&shm).expect("the WAL index");
+        u32::from_ne_bytes(head[16..20].try_into().expect("four bytes"))
+    };
+    let mut n = 0;
+    let mut bump = |after: &str| {
+        let before = frames();
+        w.execute("UPDATE t SET n = n + 1 WHERE id = 1", [])
+            .expect("update");
+        assert_eq!(frames(), before + 1, "one frame after {after}");
+        n += 1;
+        let seen: i64 = reader
+            .query_row("SELECT n FROM t WHERE id = 1", [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("the one frame after {after} read back: {e}"));
+        assert_eq!(seen, n, "the one frame after {after}");
+    };
+    for round in 0..3 {
+        // Spilled, then rewritten in place: checksums rewritten at commit.
+        let tx = w.unchecked_transaction().expect("begin");
+        for _ in 0..400 {
+            tx.execute("INSERT INTO t (n, b) VALUES (0, randomblob(900))", [])
+                .expect("insert");
+        }
+        tx.execute(
+            "UPDATE t SET b = randomblob(900) WHERE id % 3 = ?1",
+            [round],
+        )
+        .expect("update");
+        tx.commit().expect("commit");
+        bump("a spilled commit");
+        // Spilled, then rolled back.
+        let tx = w.unchecked_transaction().expect("begin");
+        for _ in 0..400 {
+            tx.execute("INSERT INTO t (n, b) VALUES (0, randomblob(900))", [])
+                .expect("insert");
+        }
+        tx.rollback().expect("rollback");
+        bump("a spilled rollback");
+    }
+}
