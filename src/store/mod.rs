@@ -197,15 +197,14 @@ pub fn process_settings() {
 /// SQLite's own log, into the member's: where SQLite found damage (the
 /// line of its source that did), an I/O error or a recovered WAL is what a
 /// report of a damaged store needs, and SQLite says it nowhere else. Busy
-/// and constraint notes are expected in a working store and stay at debug.
+/// and constraint notes are expected in a working store, and a file that
+/// cannot be opened is reported by grove itself: those stay at debug.
 fn sqlite_said(code: std::ffi::c_int, message: &str) {
     use rusqlite::ffi;
     match code & 0xff {
-        ffi::SQLITE_CORRUPT
-        | ffi::SQLITE_IOERR
-        | ffi::SQLITE_NOTADB
-        | ffi::SQLITE_FULL
-        | ffi::SQLITE_CANTOPEN => tracing::warn!(code, "SQLite: {message}"),
+        ffi::SQLITE_CORRUPT | ffi::SQLITE_IOERR | ffi::SQLITE_NOTADB | ffi::SQLITE_FULL => {
+            tracing::warn!(code, "SQLite: {message}")
+        }
         ffi::SQLITE_NOTICE | ffi::SQLITE_WARNING => tracing::info!(code, "SQLite: {message}"),
         _ => tracing::debug!(code, "SQLite: {message}"),
     }
