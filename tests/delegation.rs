@@ -209,3 +209,37 @@ fn an_await_is_cancelled_counts_any_end_and_expires_at_its_deadline() {
     );
     g.ok(&["cancel", &children[1]]);
 }
+
+/// A kept-session child that ended its turn and waits, idle, for a
+/// follow-up has ended for an await, as it has for `grove wait`: the
+/// parent is resumed with its result at once, not at the deadline (an
+/// hour by default). An idle child that awaits children of its own has
+/// not (the `an_await_is_cancelled...` test above holds `wait` to that).
+#[test]
+fn an_await_counts_an_idle_kept_session_child_as_ended() {
+    let mut g = Grove::scripted_acp("allow_all", "");
+    g.serve();
+    g.wait_primary();
+    let plan = serde_json::json!({
+        "children": [{"prompt": "hello", "engine": "scripted", "keep_session": true}],
+        "timeout_seconds": 600,
+    });
+    std::fs::write(g.ws.join("delegate.json"), plan.to_string()).unwrap();
+    let parent = g.ok(&["spawn", "delegate", "-e", "scripted"]);
+    wait_for("the parent resumed", DEADLINE, || {
+        (resumptions(&g).len() == 1).then_some(())
+    });
+    let text = &resumptions(&g)[0];
+    assert!(text.contains("the await is satisfied"), "{text}");
+    let settled = awaits(&g, true);
+    let this = (settled.iter())
+        .find(|a| a["parent_id"] == parent.as_str())
+        .expect("the parent's await");
+    assert_eq!(this["state"], "satisfied", "{settled:?}");
+    let child = this["children"][0].as_str().unwrap();
+    assert!(
+        text.contains(&format!("[delegated-result {child} idle]")),
+        "{text}"
+    );
+    g.ok(&["close", child]);
+}

@@ -371,3 +371,43 @@ fn git_add_all_commits_no_state_of_grove() {
     g.serve();
     g.wait_primary();
 }
+
+/// A FIFO (or any file that is not a regular one) where `grove.toml` goes
+/// is refused by name at once: reading it used to block every command
+/// that loads the config, forever, with nothing said.
+#[test]
+fn a_fifo_for_grove_toml_is_refused_not_waited_on() {
+    let g = Grove::new();
+    let toml = g.ws.join(".grove/grove.toml");
+    let _ = std::fs::remove_file(&toml);
+    let c = std::ffi::CString::new(toml.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let mut child = std::process::Command::new(BIN)
+        .args(["list", "--workspace"])
+        .arg(&g.ws)
+        .env("GROVE_NO_AUTOSTART", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let ended = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("grove list still waits on the FIFO after 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!ended.success(), "refused: {stderr}");
+    assert!(
+        stderr.contains("grove.toml") && stderr.contains("not a regular file"),
+        "{stderr}"
+    );
+}

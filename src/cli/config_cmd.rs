@@ -152,8 +152,8 @@ fn trust(ctx: &Context, revoke: bool, show: bool) -> Result<i32, CliError> {
     // repository brought, never for a file another user can write.
     crate::trust::check(&path, "the workspace config file")
         .map_err(|e| CliError::Usage(e.to_string()))?;
-    let content = match std::fs::read(&path) {
-        Ok(c) => c,
+    let content = match crate::config::read_config_text(&path) {
+        Ok(c) => c.into_bytes(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CliError::Usage(format!(
                 "there is no workspace config at {}: nothing to approve",

@@ -482,7 +482,7 @@ fn read_table(path: &Path, vet: bool) -> Result<Option<toml::Table>, ConfigError
     if let Some(dir) = path.parent() {
         crate::trust::check(dir, "the directory of the config file")?;
     }
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_config_text(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
@@ -501,6 +501,38 @@ fn read_table(path: &Path, vet: bool) -> Result<Option<toml::Table>, ConfigError
             path: path.to_path_buf(),
             message: e.to_string(),
         })
+}
+
+/// A config file is read whole, so at most this much of it.
+const CONFIG_AT_MOST: u64 = 4 << 20;
+
+/// A config file's text: a regular file of at most [`CONFIG_AT_MOST`]
+/// bytes. Opened without blocking and checked after the open, so that a
+/// FIFO (or a device) put where the file goes, even between a look at it
+/// and the open, is refused instead of hanging every command that loads
+/// the config.
+pub fn read_config_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    file.take(CONFIG_AT_MOST + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > CONFIG_AT_MOST {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is larger than {} MiB", CONFIG_AT_MOST >> 20),
+        ));
+    }
+    Ok(text)
 }
 
 /// Refuses the workspace config at `path` (content `text`) when git tracks
@@ -546,7 +578,7 @@ fn check_known_keys(path: &Path, table: &toml::Table) -> Result<(), ConfigError>
 
 /// Finds the line of the offending key in the original file for the message.
 fn line_hint(path: &Path, message: &str) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = read_config_text(path).unwrap_or_default();
     let key = message
         .split('`')
         .nth(1)

@@ -559,7 +559,7 @@ pub fn persona_text(config: &Config, workspace: &Path, name: &str) -> Result<Str
             )));
         }
     }
-    match valid.then(|| std::fs::read_to_string(&path)) {
+    match valid.then(|| crate::config::read_config_text(&path)) {
         Some(Ok(text)) => Ok(text.trim_end().to_string()),
         _ => {
             let known = personas(config, workspace);

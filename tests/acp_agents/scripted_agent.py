@@ -20,7 +20,8 @@ words of the prompt, never from the order of requests:
   pid            says the agent's process id
   inits          says how many times the agent was initialized
   delegate       through grove's MCP server (from session/new): spawns the
-                 children listed in delegate.json in its cwd, awaits them
+                 children listed in delegate.json in its cwd (a shell
+                 prompt, or the spawn tool's arguments), awaits them
                  (policy and quorum from the file) and ends its turn
   goal:MODE      one iteration of a goal (its number read from the prompt's
                  "iteration N", else 1) appended to goals.log in its cwd,
@@ -329,8 +330,10 @@ async def _delegate(server, plan):
         async with ClientSession(r, w) as s:
             await s.initialize()
             ids = []
-            for prompt in plan["children"]:
-                got = await s.call_tool("spawn", {"prompt": prompt, "engine": "shell"})
+            for child in plan["children"]:
+                # A prompt for a shell child, or the spawn tool's arguments.
+                spawn = child if isinstance(child, dict) else {"prompt": child, "engine": "shell"}
+                got = await s.call_tool("spawn", spawn)
                 if got.is_error:
                     return f"spawn refused: {got.content[0].text}"
                 ids.append(got.structured_content["id"])

@@ -218,7 +218,7 @@ pub(super) fn settle_due(c: &mut Ctx<'_>, now: u64, limit: usize) -> Result<usiz
 /// Fires the await when enough children ended or its deadline passed.
 fn evaluate(c: &mut Ctx<'_>, rec: AwaitRecord, now: u64) -> Result<AwaitRecord, Applied> {
     let children = children_now(c, &rec)?;
-    let ended = children.iter().filter(|(_, t)| ended(t)).count() as u32;
+    let ended = children.iter().filter(|child| child.ended).count() as u32;
     let state = if ended >= rec.quorum {
         AwaitState::Satisfied
     } else if now >= rec.deadline {
@@ -232,30 +232,48 @@ fn evaluate(c: &mut Ctx<'_>, rec: AwaitRecord, now: u64) -> Result<AwaitRecord, 
     Ok(rec)
 }
 
-/// Ended whatever its status; a deleted child has ended too.
-fn ended(t: &Option<TaskRecord>) -> bool {
-    t.as_ref().is_none_or(|t| t.status.is_terminal())
+/// One child of an await as it is now.
+pub struct Child {
+    pub id: String,
+    /// `None`: deleted.
+    pub task: Option<TaskRecord>,
+    /// Ended for the await (see [`ended`]).
+    pub ended: bool,
 }
 
-fn children_now(
-    c: &Ctx<'_>,
-    rec: &AwaitRecord,
-) -> Result<Vec<(String, Option<TaskRecord>)>, Applied> {
+/// Ended for an await: finished whatever its status, deleted, or idle in a
+/// kept session (its turn ended well and it waits for a follow-up), as
+/// every other wait counts it (see docs/design.md, Waiting) — unless it is
+/// idle only until an await of its own fires. Counting only finished
+/// children, an await on a `keep_session` child sat out its deadline (an
+/// hour by default) while `wait` returned at once.
+fn ended(tx: &rusqlite::Connection, t: &Option<TaskRecord>) -> rusqlite::Result<bool> {
+    Ok(match t {
+        None => true,
+        Some(t) if t.status.is_terminal() => true,
+        Some(t) if t.status == TaskStatus::Idle => pending(tx, &t.id)?.is_none(),
+        Some(_) => false,
+    })
+}
+
+fn children_now(c: &Ctx<'_>, rec: &AwaitRecord) -> Result<Vec<Child>, Applied> {
     let mut out = Vec::with_capacity(rec.children.len());
     for id in &rec.children {
-        out.push((id.clone(), rows::get(c.tx, id)?));
+        let task = rows::get(c.tx, id)?;
+        let ended = ended(c.tx, &task)?;
+        out.push(Child {
+            id: id.clone(),
+            task,
+            ended,
+        });
     }
     Ok(out)
 }
 
 /// The parent's next turn: one `[delegated-result ID STATUS]` block per
 /// ended child with its conclusion, and the children still running.
-pub fn results_prompt(
-    rec: &AwaitRecord,
-    children: &[(String, Option<TaskRecord>)],
-    state: AwaitState,
-) -> String {
-    let done = children.iter().filter(|(_, t)| ended(t)).count();
+pub fn results_prompt(rec: &AwaitRecord, children: &[Child], state: AwaitState) -> String {
+    let done = children.iter().filter(|child| child.ended).count();
     let why = match state {
         AwaitState::Expired => "the await's deadline passed",
         _ => "the await is satisfied",
@@ -267,12 +285,12 @@ pub fn results_prompt(
         rec.quorum
     );
     let mut left_out: Vec<&str> = Vec::new();
-    for (id, task) in children {
+    for Child { id, task, ended } in children {
         let block = match task {
             None => format!(
                 "\n[delegated-result {id} deleted]\n(the task was deleted before it reported)\n[/delegated-result]\n"
             ),
-            Some(t) if !t.status.is_terminal() => continue,
+            Some(_) if !ended => continue,
             Some(t) => {
                 let body = match &t.conclusion {
                     Some(con) => {
@@ -308,8 +326,8 @@ pub fn results_prompt(
         ));
     }
     let running: Vec<&str> = (children.iter())
-        .filter(|(_, t)| !ended(t))
-        .map(|(id, _)| id.as_str())
+        .filter(|child| !child.ended)
+        .map(|child| child.id.as_str())
         .collect();
     if !running.is_empty() {
         out.push_str(&format!(

@@ -70,8 +70,9 @@ pub(super) fn set_status(c: &mut Ctx<'_>, task: TaskRecord, change: Change) -> R
         super::slot_loans::run_left(c, &task)?;
     }
     let saved = save(c, with_status(task, change))?;
-    // A durable await sees every child's end in the child's own commit.
-    if change.to.is_terminal()
+    // A durable await sees every child's end in the child's own commit,
+    // an idle kept session's included (see `awaits::ended`).
+    if (change.to.is_terminal() || change.to == TaskStatus::Idle)
         && let Some(parent) = parent
     {
         super::awaits::child_ended(c, &parent, &id)?;

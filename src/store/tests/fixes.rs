@@ -287,10 +287,12 @@ fn a_huge_conclusion_is_kept_bounded_and_its_events_fit_a_frame() {
     assert!(kept.summary.len() < 40_000 && kept.summary.ends_with("bytes cut)"));
     assert_eq!(kept.artifacts.len(), 32);
     // The results prompt of two such children stays within its 64 KiB.
-    let children = vec![
-        ("c1".to_string(), s.task(&t)),
-        ("c2".to_string(), s.task(&t)),
-    ];
+    let child = |id: &str| crate::store::tasks::awaits::Child {
+        id: id.to_string(),
+        task: s.task(&t),
+        ended: true,
+    };
+    let children = vec![child("c1"), child("c2")];
     let rec = crate::protocol::AwaitRecord {
         id: "a".into(),
         parent_id: "p".into(),
