@@ -242,6 +242,29 @@ fn purge_takes_a_full_id_or_a_prefix_that_names_a_task() {
     let shown = g.ok(&["show", &prefix.to_ascii_uppercase(), "--json"]);
     assert!(shown.contains(other.as_str()), "{shown}");
     assert_eq!(g.ok(&["purge", prefix]), format!("deleted {other}"));
+
+    // A deleted task's log and run files go with it: nothing could reach
+    // them once its row is gone.
+    let deleted = &ids[2];
+    let log = g.ws.join(format!(".grove/logs/{deleted}.log"));
+    assert!(log.exists(), "the task ran and has a log");
+    assert_eq!(g.ok(&["delete", deleted]), format!("deleted {deleted}"));
+    assert!(!log.exists(), "delete left the log");
+    let runs = std::fs::read_dir(g.ws.join(".grove/run")).unwrap();
+    let left: Vec<_> = (runs.flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(deleted.as_str())
+        })
+        .collect();
+    assert!(left.is_empty(), "delete left {left:?}");
+    // Files a deleted task left behind anyway (its processes outlived the
+    // delete) are removed by a purge of its id, which says so.
+    std::fs::write(&log, "left\n").unwrap();
+    let said = g.ok(&["purge", deleted]);
+    assert!(said.contains("removed the 1 file(s) it left"), "{said}");
+    assert!(!log.exists());
 }
 
 #[test]

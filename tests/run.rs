@@ -50,6 +50,10 @@ fn a_shell_task_streams_its_output_in_each_format_and_passes_its_exit_code() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(stdout(&o), "one\ntwo\n");
     assert!(stderr(&o).contains("exit code 3"), "{}", stderr(&o));
+    // Into a pipe the bytes go as written: no line ending is added.
+    let o = run(&g, &["printf abc"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "abc");
 
     // A task's own 125, 126 and 130 are its exit codes, not grove's
     // verdicts: said as such.
@@ -474,4 +478,17 @@ fn a_closed_stdout_exits_141_and_the_task_goes_on() {
     assert!(err.contains("goes on"), "{err}");
     let t = common::wait_status(&g, &id, "failed");
     assert_eq!(t["exit_code"], 9, "{t}");
+}
+
+/// A timeout stops the task with grove's SIGTERM: `grove run` and
+/// `spawn --wait` both exit 1 for it, never the 143 of that signal (which
+/// would read as a command that killed itself).
+#[test]
+fn a_timeout_exits_1_from_run_and_from_spawn_wait_alike() {
+    let g = shell();
+    let o = run(&g, &["--timeout", "1", "sleep 30"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = g.run(&["spawn", "--wait", "--timeout", "1", "sleep 30"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("timeout"), "{}", stderr(&o));
 }

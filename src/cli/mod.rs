@@ -193,9 +193,9 @@ enum Command {
     /// Rerun a finished task under the same id (its failed dependents too),
     /// optionally with a new prompt, engine, model, timeout or tags.
     Relaunch(rerun::RelaunchArgs),
-    /// Delete a task; refused while it runs unless --force (which kills it).
-    /// Its worktree and branch go too, refused while they hold work that
-    /// was never merged unless --force.
+    /// Delete a task and its log; refused while it runs unless --force
+    /// (which kills it). Its worktree and branch go too, refused while they
+    /// hold work that was never merged unless --force.
     Delete {
         id: String,
         #[arg(long)]
@@ -685,9 +685,18 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             let id = task::resolve_purge_id(&ctx, &id)?;
             if ctx.reader()?.task(&id)?.is_none() {
                 // Purged already (idempotent), or a typo of a full id:
-                // either way nothing was deleted now, and it says so.
+                // either way nothing was deleted now, and it says so. Files
+                // a deleted task left (its processes outlived the delete,
+                // or an older grove kept them) go now.
+                let files = crate::runs::RunFiles::remove_all(&ctx.ws, &id);
                 if json {
-                    print_json(&serde_json::json!({ "deleted": id, "existed": false }));
+                    print_json(&serde_json::json!({
+                        "deleted": id,
+                        "existed": false,
+                        "files_removed": files,
+                    }));
+                } else if files > 0 {
+                    outln!("no task {id}: removed the {files} file(s) it left (its log, its runs)");
                 } else {
                     outln!("no task {id}: purged already, or never existed; nothing to do");
                 }

@@ -21,7 +21,8 @@ pub struct SpawnArgs {
     #[arg(long)]
     pub session: bool,
     /// Block until the task ends (with --session: until its first turn
-    /// ends) and exit with its exit code.
+    /// ends) and exit with its exit code (1 when it has none, or when a
+    /// timeout or a cancel stopped it, as `grove run`).
     #[arg(long)]
     pub wait: bool,
     /// Run the task in another workspace: its id, name or path (see
@@ -115,7 +116,8 @@ pub(super) async fn written_task(
     wait_for_end(ctx, &task, json).await
 }
 
-/// Follows `task` to its end; the exit code is its own (1 without one).
+/// Follows `task` to its end; the exit code is its own (1 without one, or
+/// when a timeout or a cancel stopped it, as `grove run`).
 async fn wait_for_end(ctx: &Context, task: &TaskRecord, json: bool) -> Result<i32, CliError> {
     let waited = crate::waiter::wait(
         &ctx.ws,
@@ -139,9 +141,13 @@ async fn wait_for_end(ctx: &Context, task: &TaskRecord, json: bool) -> Result<i3
         Some(t) if matches!(t.status, TaskStatus::Completed | TaskStatus::Idle) => EXIT_OK,
         Some(t) => {
             errln!("task {} {}", t.id, describe_end(&t));
-            t.exit_code
-                .filter(|c| (1..=255).contains(c))
-                .unwrap_or(EXIT_FAILED)
+            if super::run::stopped_from_outside(&t) {
+                EXIT_FAILED
+            } else {
+                (t.exit_code)
+                    .filter(|c| (1..=255).contains(c))
+                    .unwrap_or(EXIT_FAILED)
+            }
         }
         None => EXIT_FAILED,
     })

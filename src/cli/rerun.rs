@@ -59,7 +59,8 @@ pub struct RelaunchArgs {
 /// How the command ends: at once, or when the task does.
 #[derive(Args, Debug)]
 struct End {
-    /// Block until the task ends and exit with its exit code.
+    /// Block until the task ends and exit with its exit code (1 when it has
+    /// none, or when a timeout or a cancel stopped it, as `grove run`).
     #[arg(long)]
     wait: bool,
     #[arg(long)]

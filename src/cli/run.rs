@@ -465,16 +465,19 @@ pub(super) fn exit_code(t: &TaskRecord, saw_prompt: bool, acp: bool) -> i32 {
         // Stopped from outside (a timeout, a cancel from elsewhere): its
         // processes died of grove's SIGTERM, and their 143 is no exit code
         // of the task's own (it would read as a command that killed itself).
-        _ if t.status == TaskStatus::Cancelled
-            || t.failure_reason == Some(FailureReason::Timeout) =>
-        {
-            EXIT_FAILED
-        }
+        _ if stopped_from_outside(t) => EXIT_FAILED,
         _ => t
             .exit_code
             .filter(|c| (1..=255).contains(c))
             .unwrap_or(EXIT_FAILED),
     }
+}
+
+/// Stopped by a timeout or a cancel: its processes died of grove's
+/// SIGTERM, and their 143 is no exit code of the task's own. `grove run`
+/// and `spawn --wait` both exit 1 for it.
+pub(super) fn stopped_from_outside(t: &TaskRecord) -> bool {
+    t.status == TaskStatus::Cancelled || t.failure_reason == Some(FailureReason::Timeout)
 }
 
 /// What ended a run, for what stderr says: grove's verdicts (their exit

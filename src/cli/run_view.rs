@@ -260,7 +260,11 @@ impl View {
             for line in open {
                 self.line(&line);
             }
-            if self.mid_line {
+            // A half-written last line is ended for a terminal's prompt,
+            // and in an agent's conversation (text grove lays out); into a
+            // pipe or a file a command's output goes as it was written
+            // (`printf abc` gives `abc`, a binary stays whole).
+            if self.mid_line && (self.acp || std::io::stdout().is_terminal()) {
                 self.text("\n");
             }
         }

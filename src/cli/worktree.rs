@@ -284,21 +284,32 @@ pub async fn removing(
     let id = id.clone();
     let run_id = (ctx.reader()?.task(&id)?).and_then(|t| t.run_id);
     let tree = guard_removal(ctx, &id, force)?;
+    let purge = matches!(method, Method::TaskPurge { .. });
     let code = orchestrate::simple(ctx, method, json).await?;
-    // A forced delete of a running task: its processes are being stopped
-    // and may still write in the worktree meanwhile.
-    if let Some(w) = &tree
-        && code == EXIT_OK
-        && !wait_run_ended(ctx, &id, run_id.as_deref())
-    {
-        errln!(
-            "grove: the task is gone, but its processes are still being stopped: its worktree {} and branch {} stay; remove them once they are gone (`git worktree remove --force {}`, `git branch -D {}`)",
-            w.path,
-            w.branch,
-            w.path,
-            w.branch
-        );
+    if code != EXIT_OK {
         return Ok(code);
+    }
+    // A forced delete of a running task: its processes are being stopped
+    // and may still write in the worktree and the log meanwhile.
+    if !wait_run_ended(ctx, &id, run_id.as_deref()) {
+        errln!(
+            "grove: the task is gone, but its processes are still being stopped: its log stays (`grove purge {id}` removes it once they are gone)"
+        );
+        if let Some(w) = &tree {
+            errln!(
+                "grove: its worktree {} and branch {} stay too; remove them once they are gone (`git worktree remove --force {}`, `git branch -D {}`)",
+                w.path,
+                w.branch,
+                w.path,
+                w.branch
+            );
+        }
+        return Ok(code);
+    }
+    // A purge's files went with it (the primary removes them); a deleted
+    // task's go too: nothing could reach them once its row is gone.
+    if !purge {
+        crate::runs::RunFiles::remove_all(&ctx.ws, &id);
     }
     remove_after(ctx, tree);
     Ok(code)

@@ -747,7 +747,7 @@ fn admission(live: Arc<LiveConfig>, root: std::path::PathBuf) -> writer::Admissi
         }
         // The task as the rerun would run it, read once. A missing task is
         // the store's to refuse.
-        let Ok(Some(mut task)) = crate::store::read_task(tx, id) else {
+        let Some(mut task) = crate::store::read_task(tx, id).map_err(unreadable)? else {
             return Ok(limits);
         };
         changes.apply(&mut task.spec);
@@ -807,6 +807,16 @@ fn admit_new(
     decide_worktree(config, root, &engine, &mut new.worktree)
 }
 
+/// A task the admission could not read: this write fails, said as it is
+/// (and if SQLite rolled the batch back meanwhile, the store thread fails
+/// the whole batch, see `store::writer`).
+fn unreadable(e: impl std::fmt::Display) -> WireError {
+    WireError::new(
+        ErrorCode::Internal,
+        format!("the store could not read the task: {e}"),
+    )
+}
+
 /// A task may await its children only if its agent session can be
 /// resumed with their results: an ACP engine's (the shim keeps the session
 /// open while the await is pending). A missing task is the store's to
@@ -816,7 +826,7 @@ fn awaitable(
     tx: &rusqlite::Connection,
     parent: &str,
 ) -> Result<(), WireError> {
-    let Ok(Some(task)) = crate::store::read_task(tx, parent) else {
+    let Some(task) = crate::store::read_task(tx, parent).map_err(unreadable)? else {
         return Ok(());
     };
     let kind = config.engines.get(&task.spec.engine).map(|e| e.kind);

@@ -272,22 +272,26 @@ impl RunFiles {
         !task.is_empty() && task.len() <= 64 && task.chars().all(|c| c.is_ascii_alphanumeric())
     }
 
-    /// Removes every file of a task (purge). Missing files are fine.
-    pub fn remove_all(ws: &Workspace, task: &str) {
+    /// Removes every file of a task (purge, delete): how many there were.
+    /// Missing files are fine.
+    pub fn remove_all(ws: &Workspace, task: &str) -> usize {
         if !Self::is_safe_id(task) {
-            return;
+            return 0;
         }
-        let _ = std::fs::remove_file(Self::log(ws, task));
-        let _ = std::fs::remove_file(Self::spec(ws, task));
-        let _ = std::fs::remove_file(Self::old_shim_log(ws, task));
+        let mut removed = 0;
+        let mut remove = |p: &Path| removed += usize::from(std::fs::remove_file(p).is_ok());
+        remove(&Self::log(ws, task));
+        remove(&Self::spec(ws, task));
+        remove(&Self::old_shim_log(ws, task));
         if let Ok(entries) = std::fs::read_dir(Self::dir(ws)) {
             let prefix = format!("{task}.");
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(e.path());
+                    remove(&e.path());
                 }
             }
         }
+        removed
     }
 }
 

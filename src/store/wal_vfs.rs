@@ -18,7 +18,13 @@
 //! appending, such as SQLite rewriting a frame in place or its checksums)
 //! first writes what was gathered and then goes through at once, and so
 //! does every other call on the file (a read, a size, a sync, a close).
-//! A crash loses only what was never published. The test
+//! A crash loses only what was never published.
+//!
+//! It assumes `synchronous = NORMAL`, which the writer's connection always
+//! sets (`store::configure`): with `FULL` on a file that is not
+//! power-safe, SQLite pads a commit to a sector boundary and may split a
+//! padding frame's page around a sync, and such a piece would be gathered
+//! past the commit. The test
 //! `store::tests::wal_vfs` checks this against the bundled SQLite.
 
 use rusqlite::ffi;
@@ -138,19 +144,28 @@ impl WalFile {
     /// Writes what was gathered, in chunks: SQLite's result. Whether the
     /// next page ends a commit is kept: this is also called between a
     /// commit frame's header and its page (the gathering bound, below).
+    ///
+    /// What a failed write did not write stays gathered, to be written by
+    /// the next call (or to fail it, up to the commit's page, so failing
+    /// the commit). Dropped, it was lost for good though SQLite had been
+    /// told it was written: a failure reported through a read (a full
+    /// disk) fails only the statement that read, the transaction goes on,
+    /// and its commit published frames that were never in the file.
     fn write_gathered(&mut self) -> c_int {
         let write = self.methods().xWrite.expect("a file writes");
+        let mut written = 0;
         let mut rc = ffi::SQLITE_OK;
-        let mut at = self.at;
         for chunk in self.gathered.chunks(CHUNK) {
+            let at = self.at + written as i64;
             // SAFETY: `chunk` is readable for its length.
             rc = unsafe { write(self.real, chunk.as_ptr().cast(), chunk.len() as c_int, at) };
             if rc != ffi::SQLITE_OK {
                 break;
             }
-            at += chunk.len() as i64;
+            written += chunk.len();
         }
-        self.gathered.clear();
+        self.gathered.drain(..written);
+        self.at += written as i64;
         rc
     }
 
@@ -179,13 +194,13 @@ impl WalFile {
             // SAFETY: `data` is readable for its length.
             return unsafe { write(self.real, data.as_ptr().cast(), data.len() as c_int, offset) };
         }
-        self.end = offset + data.len() as i64;
         if self.gathered.len() + data.len() > GATHERED_AT_MOST {
             let rc = self.write_gathered();
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
         }
+        self.end = offset + data.len() as i64;
         if self.gathered.is_empty() {
             self.at = offset;
         }

@@ -666,7 +666,17 @@ fn apply_idempotent(
             },
         );
     }
-    let limits = match admission(method, tx) {
+    let admitted = admission(method, tx);
+    // A read of the admission's that failed (a full disk, an I/O error)
+    // may have made SQLite roll back the whole transaction. The batch is
+    // then doomed, not this write alone: it would otherwise go on outside
+    // any transaction, each write's savepoint committing on its own.
+    if tx.is_autocommit() {
+        return Err(StoreError::Unavailable(
+            "SQLite rolled back the batch's transaction while a write was checked".into(),
+        ));
+    }
+    let limits = match admitted {
         Ok(limits) => limits,
         Err(e) => return Ok((Err(e), None)),
     };

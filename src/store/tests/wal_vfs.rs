@@ -228,3 +228,124 @@ fn a_one_frame_commit_after_a_write_elsewhere_is_written_whole() {
         bump("a spilled rollback");
     }
 }
+
+/// Fault injection for the test below: SQLite's unix VFS's `pwrite`
+/// (`xSetSystemCall`), failing once with ENOSPC while armed, for a write
+/// longer than one frame to one file: a gathered write of the WAL VFS
+/// (SQLite's own writes to a WAL are at most a page or a header).
+mod enospc {
+    use rusqlite::ffi;
+    use std::ffi::{c_int, c_void};
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    pub static ARMED: AtomicBool = AtomicBool::new(false);
+    pub static FAILED: AtomicUsize = AtomicUsize::new(0);
+    pub static TARGET: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+    unsafe extern "C" fn pwrite(
+        fd: c_int,
+        buf: *const c_void,
+        n: usize,
+        off: libc::off_t,
+    ) -> isize {
+        if n > 24 + 4096 && ARMED.load(Ordering::SeqCst) {
+            let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+            if link.is_some() && link == *TARGET.lock().unwrap() {
+                ARMED.store(false, Ordering::SeqCst);
+                FAILED.fetch_add(1, Ordering::SeqCst);
+                unsafe { *libc::__errno_location() = libc::ENOSPC };
+                return -1;
+            }
+        }
+        unsafe { libc::pwrite(fd, buf, n, off) }
+    }
+
+    /// SQLite's own `pwrite` again (a null pointer restores the default).
+    pub fn uninstall() {
+        unsafe {
+            let unix = ffi::sqlite3_vfs_find(c"unix".as_ptr());
+            let set = (*unix)
+                .xSetSystemCall
+                .expect("the unix VFS sets system calls");
+            set(unix, c"pwrite".as_ptr(), None);
+        }
+    }
+
+    pub fn install(wal: PathBuf) {
+        *TARGET.lock().unwrap() = Some(wal);
+        unsafe {
+            let unix = ffi::sqlite3_vfs_find(c"unix".as_ptr());
+            assert!(!unix.is_null());
+            let set = (*unix)
+                .xSetSystemCall
+                .expect("the unix VFS sets system calls");
+            let f: unsafe extern "C" fn(c_int, *const c_void, usize, libc::off_t) -> isize = pwrite;
+            let rc = set(unix, c"pwrite".as_ptr(), Some(std::mem::transmute(f)));
+            assert_eq!(rc, ffi::SQLITE_OK, "pwrite overridden");
+        }
+    }
+}
+
+/// A gathered write that fails is reported to the call that wrote it out:
+/// here a read, in the middle of a statement. SQLite takes a failed read
+/// as no loss of what was written before: with SQLITE_FULL and a
+/// statement journal it rolls back only the statement, and the
+/// transaction goes on. The frames spilled (and acknowledged) before that
+/// read were dropped with the failed write, yet the commit publishes them:
+/// a reader (or the checkpointer) then reads whatever the file held there.
+#[test]
+fn a_gathered_write_failing_under_a_read_is_not_lost_to_the_commit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("w.db");
+    let w = writer(&path);
+    w.pragma_update(None, "cache_size", 10)
+        .expect("a tiny cache");
+    w.execute_batch(
+        "CREATE TABLE a (id INTEGER PRIMARY KEY, b BLOB NOT NULL);
+         CREATE TABLE c (id INTEGER PRIMARY KEY, v INTEGER NOT NULL);",
+    )
+    .expect("tables");
+    let reader =
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("a reader");
+    let wal = std::fs::canonicalize(path.with_file_name("w.db-wal")).expect("the WAL");
+    enospc::install(wal);
+    w.execute_batch("BEGIN IMMEDIATE").expect("begin");
+    for _ in 0..100 {
+        // A page a row, appended: old leaves spill, gathered, unread.
+        w.execute("INSERT INTO a (b) VALUES (randomblob(3900))", [])
+            .expect("insert");
+    }
+    // A statement with a statement journal (INSERT … SELECT, NOT NULL)
+    // that reads a spilled page: the read writes what was gathered first.
+    enospc::ARMED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = w.execute("INSERT INTO c (v) SELECT id FROM a WHERE id <= 3", []);
+    enospc::ARMED.store(false, std::sync::atomic::Ordering::SeqCst);
+    enospc::uninstall();
+    assert_eq!(
+        enospc::FAILED.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the gathered write failed under the read: {failed:?}"
+    );
+    assert!(failed.is_err());
+    // SQLite rolled back the statement only: the transaction goes on, and
+    // commits.
+    assert!(!w.is_autocommit(), "the transaction is still open");
+    let committed = w.execute_batch("COMMIT");
+    if committed.is_err() {
+        return; // the failure doomed the transaction: nothing lost
+    }
+    // Committed: every row must be there, whole, for another connection.
+    let check: String = reader
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap_or_else(|e| format!("error: {e}"));
+    let rows = reader.query_row("SELECT COUNT(*), total(length(b)) FROM a", [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)? as i64))
+    });
+    assert_eq!(
+        check, "ok",
+        "the committed store, read by another connection (rows: {rows:?})"
+    );
+    assert_eq!(rows.expect("rows"), (100, 390_000));
+}
