@@ -281,8 +281,11 @@ mod enospc {
             let set = (*unix)
                 .xSetSystemCall
                 .expect("the unix VFS sets system calls");
-            let f: unsafe extern "C" fn(c_int, *const c_void, usize, libc::off_t) -> isize = pwrite;
-            let rc = set(unix, c"pwrite".as_ptr(), Some(std::mem::transmute(f)));
+            type Pwrite = unsafe extern "C" fn(c_int, *const c_void, usize, libc::off_t) -> isize;
+            // SQLite's system call slot is typed `void (*)(void)`; it calls
+            // the pointer as `pwrite` again.
+            let f = std::mem::transmute::<Pwrite, unsafe extern "C" fn()>(pwrite);
+            let rc = set(unix, c"pwrite".as_ptr(), Some(f));
             assert_eq!(rc, ffi::SQLITE_OK, "pwrite overridden");
         }
     }
