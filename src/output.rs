@@ -14,6 +14,8 @@
 //! `lib.rs` makes clippy flag `println!`/`eprintln!` (`print_stdout`,
 //! `print_stderr`; CI denies warnings), so no command can bypass this.
 
+pub mod terminal_safe;
+
 use std::io::{self, Write};
 
 // Exit codes of every command (README, "Exit codes"); shared by the CLI and
@@ -53,6 +55,29 @@ pub fn stdout_bytes(bytes: &[u8]) {
     let mut out = io::stdout().lock();
     if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
         stdout_failed(e)
+    }
+}
+
+/// Writes what a task or its agent produced (a log, its output, a diff of
+/// its files): as it is into a pipe or a file, through
+/// [`terminal_safe::TerminalFilter`] onto a terminal, so that it
+/// cannot drive the terminal showing it. One filter for the process: a
+/// sequence split between two writes is judged whole.
+pub fn stdout_task_bytes(bytes: &[u8]) {
+    static FILTER: std::sync::OnceLock<Option<std::sync::Mutex<terminal_safe::TerminalFilter>>> =
+        std::sync::OnceLock::new();
+    let filter = FILTER
+        .get_or_init(|| std::io::IsTerminal::is_terminal(&io::stdout()).then(Default::default));
+    match filter {
+        None => stdout_bytes(bytes),
+        Some(filter) => {
+            let mut shown = Vec::new();
+            filter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .filter(bytes, &mut shown);
+            stdout_bytes(&shown)
+        }
     }
 }
 

@@ -492,3 +492,41 @@ fn a_timeout_exits_1_from_run_and_from_spawn_wait_alike() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("timeout"), "{}", stderr(&o));
 }
+
+/// What a task wrote reaches a terminal as text and colours only: an
+/// escape sequence that sets the window's title or clears the screen is
+/// dropped (the output may come from whatever an agent read). Into a
+/// pipe it goes byte for byte. The terminal is a pty, opened by Python's
+/// `pty` module.
+#[test]
+fn a_tasks_escape_sequences_reach_a_terminal_only_as_colours() {
+    let g = shell();
+    let script = r"printf 'a\033]0;evil title\007b\033[31mc\033[0m\033[2Jd\n'";
+    let id = g.ok(&["spawn", script]);
+    g.ok(&["wait", &id]);
+    let piped = g.run(&["logs", &id]).stdout;
+    assert!(
+        piped.windows(2).any(|w| w == b"\x1b]"),
+        "a pipe gets the bytes as written: {piped:?}"
+    );
+    let on_terminal = Command::new(common::test_env::python())
+        .args([
+            "-c",
+            "import pty, sys; pty.spawn(sys.argv[1:])",
+            BIN,
+            "logs",
+        ])
+        .arg(&id)
+        .arg("--workspace")
+        .arg(&g.ws)
+        .env("GROVE_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("grove logs on a pty");
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(shown.contains("ab\x1b[31mc\x1b[0md"), "{shown:?}");
+    assert!(
+        !shown.contains("\x1b]") && !shown.contains("evil") && !shown.contains("\x1b[2J"),
+        "{shown:?}"
+    );
+}

@@ -570,7 +570,7 @@ pub(super) fn copy_log(path: &std::path::Path, offset: u64) -> Result<Option<u64
         if bytes.is_empty() {
             return Ok(Some(log.offset()));
         }
-        crate::output::stdout_bytes(bytes);
+        crate::output::stdout_task_bytes(bytes);
         let n = bytes.len();
         log.consume(n);
     }

@@ -208,7 +208,7 @@ impl View {
         match self.format {
             OutputFormat::Text => {
                 self.spinner.hide();
-                crate::output::stdout_bytes(bytes);
+                crate::output::stdout_task_bytes(bytes);
                 self.after_text(bytes.last() == Some(&b'\n'));
             }
             OutputFormat::StreamJson => {
@@ -311,13 +311,14 @@ impl View {
         self.spinner.show();
     }
 
-    /// Text on stdout, as it came.
+    /// Text on stdout, as it came (onto a terminal, without what would
+    /// drive it: an agent's words and tool titles are its to choose).
     fn text(&mut self, s: &str) {
         if s.is_empty() {
             return;
         }
         self.spinner.hide();
-        crate::output::stdout_bytes(s.as_bytes());
+        crate::output::stdout_task_bytes(s.as_bytes());
         self.after_text(s.ends_with('\n'));
     }
 

@@ -138,7 +138,13 @@ fn diff(ctx: &Context, id: &str, stat: bool, json: bool) -> Result<i32, CliError
     let copied = &ctx.config.setup.copy;
     if !json {
         // Passed on as git writes it: a patch of gigabytes is never held.
-        wt::diff::write(&ctx.ws.root, &w, form, copied, crate::output::stdout_bytes)?;
+        wt::diff::write(
+            &ctx.ws.root,
+            &w,
+            form,
+            copied,
+            crate::output::stdout_task_bytes,
+        )?;
         return Ok(EXIT_OK);
     }
     let limits = wt::diff::Limits {
