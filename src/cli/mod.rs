@@ -686,8 +686,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             if ctx.reader()?.task(&id)?.is_none() {
                 // Purged already (idempotent), or a typo of a full id:
                 // either way nothing was deleted now, and it says so. Files
-                // a deleted task left (its processes outlived the delete,
-                // or an older grove kept them) go now.
+                // a deleted task left (its run records, see
+                // `RunFiles::remove_logs`) go now.
                 let files = crate::runs::RunFiles::remove_all(&ctx.ws, &id);
                 if json {
                     print_json(&serde_json::json!({
@@ -696,7 +696,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
                         "files_removed": files,
                     }));
                 } else if files > 0 {
-                    outln!("no task {id}: removed the {files} file(s) it left (its log, its runs)");
+                    outln!("no task {id}: removed the {files} file(s) it left (its run records)");
                 } else {
                     outln!("no task {id}: purged already, or never existed; nothing to do");
                 }

@@ -313,9 +313,10 @@ pub async fn removing(
         return Ok(code);
     }
     // A purge's files went with it (the primary removes them); a deleted
-    // task's go too: nothing could reach them once its row is gone.
+    // task's log goes too: nothing could reach it once its row is gone
+    // (its run records stay for the orchestrator, see `remove_logs`).
     if !purge {
-        crate::runs::RunFiles::remove_all(&ctx.ws, &id);
+        crate::runs::RunFiles::remove_logs(&ctx.ws, &id);
     }
     remove_after(ctx, tree);
     Ok(code)

@@ -7,7 +7,10 @@
 //! file in the repository), so `grove logs`, `grove run` and `grove diff`
 //! pass a terminal only text and the colours and styles of SGR sequences
 //! (`ESC [ digits ; … m`), which build tools print and people expect to
-//! keep. Every other escape sequence is dropped whole, and so is every
+//! keep, and erase-in-line (`ESC [ K`, for progress bars). Every other
+//! escape sequence is dropped whole (a string one ends, at the latest, at
+//! a newline or after 4 KiB, so that one never ended hides nothing after
+//! it), and so is every
 //! other control character but newline, tab, carriage return and
 //! backspace, the C1 controls written as UTF-8 (U+0080–U+009F, which some
 //! terminals obey) included. Into a pipe or a file the bytes go as written.
@@ -19,11 +22,18 @@
 /// needs more, and nothing unbounded is held).
 const SGR_AT_MOST: usize = 64;
 
+/// A string sequence (a title, a clipboard write) that has not ended after
+/// this many bytes, or at a newline, is taken for ended: one that never
+/// ends must not hide the rest of a log or a diff.
+const STRING_AT_MOST: usize = 4096;
+
 #[derive(Default)]
 pub struct TerminalFilter {
     state: State,
     /// The sequence being read, passed on whole once it proves an SGR.
     held: Vec<u8>,
+    /// Bytes of the string being dropped (see [`STRING_AT_MOST`]).
+    string_len: usize,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Debug)]
@@ -81,11 +91,15 @@ impl TerminalFilter {
                     self.held.push(b);
                     self.state = State::Csi;
                 }
-                b']' | b'P' | b'_' | b'^' | b'X' => self.state = State::Str,
+                b']' | b'P' | b'_' | b'^' | b'X' => {
+                    self.string_len = 0;
+                    self.state = State::Str;
+                }
                 0x20..=0x2f => self.state = State::EscapeIntermediate,
                 // A control inside the sequence ends it, and is itself
-                // judged as text.
-                0x00..=0x1f => {
+                // judged as text; so is a byte no sequence has (the first
+                // of a UTF-8 character).
+                0x00..=0x1f | 0x80..=0xff => {
                     self.state = State::Text;
                     self.byte(b, out);
                 }
@@ -93,7 +107,7 @@ impl TerminalFilter {
             },
             State::EscapeIntermediate => match b {
                 0x20..=0x2f => {}
-                0x00..=0x1f => {
+                0x00..=0x1f | 0x80..=0xff => {
                     self.state = State::Text;
                     self.byte(b, out);
                 }
@@ -101,7 +115,9 @@ impl TerminalFilter {
             },
             State::Csi => match b {
                 b'0'..=b'9' | b';' | b':' if self.held.len() < SGR_AT_MOST => self.held.push(b),
-                b'm' => {
+                // Colours and styles; and erasing the rest of the line,
+                // which progress bars redrawn after `\r` need.
+                b'm' | b'K' => {
                     self.held.push(b);
                     out.extend_from_slice(&self.held);
                     self.state = State::Text;
@@ -122,9 +138,19 @@ impl TerminalFilter {
                 _ => {}
             },
             State::Str => match b {
-                0x07 => self.state = State::Text,
+                // BEL ends it, as CAN and SUB cancel it.
+                0x07 | 0x18 | 0x1a => self.state = State::Text,
                 ESC => self.state = State::StrEscape,
-                _ => {}
+                b'\n' => {
+                    self.state = State::Text;
+                    out.push(b);
+                }
+                _ => {
+                    self.string_len += 1;
+                    if self.string_len > STRING_AT_MOST {
+                        self.state = State::Text;
+                    }
+                }
             },
             State::StrEscape => match b {
                 b'\\' => self.state = State::Text,
@@ -179,6 +205,19 @@ mod tests {
         // Text whose UTF-8 starts with 0xC2, as C1 controls do, passes.
         assert_eq!(shown(&["£5 é ©".as_bytes()]), "£5 é ©".as_bytes());
         assert_eq!(shown(&[b"a\xc2", b"\x9bb"]), b"ab");
+    }
+
+    #[test]
+    fn a_string_never_ended_hides_nothing_past_its_line() {
+        assert_eq!(shown(&[b"x\x1b]0;title\nline2\n"]), b"x\nline2\n");
+        assert_eq!(shown(&[b"x\x1b]0;t\x18visible\n"]), b"xvisible\n");
+        let long = [b"x\x1b]0;".as_slice(), &[b'a'; 5000], b"y"].concat();
+        let out = shown(&[&long]);
+        assert!(out.starts_with(b"x") && out.ends_with(b"y") && out.len() < 1000);
+        // ESC just before a UTF-8 character keeps the character.
+        assert_eq!(shown(&["a\x1bé b".as_bytes()]), "aé b".as_bytes());
+        // A progress bar's erase-in-line passes.
+        assert_eq!(shown(&[b"10%\r\x1b[K20%"]), b"10%\r\x1b[K20%");
     }
 
     #[test]

@@ -272,8 +272,23 @@ impl RunFiles {
         !task.is_empty() && task.len() <= 64 && task.chars().all(|c| c.is_ascii_alphanumeric())
     }
 
-    /// Removes every file of a task (purge, delete): how many there were.
-    /// Missing files are fine.
+    /// Removes a deleted task's log (and an older grove's shim log): how
+    /// many there were. Its run records stay until a purge of its id: the
+    /// orchestrator still reads a stopped run's exit record to drop it
+    /// (without one it takes the run for lost and cannot clean up after
+    /// it).
+    pub fn remove_logs(ws: &Workspace, task: &str) -> usize {
+        if !Self::is_safe_id(task) {
+            return 0;
+        }
+        [Self::log(ws, task), Self::old_shim_log(ws, task)]
+            .iter()
+            .filter(|p| std::fs::remove_file(p).is_ok())
+            .count()
+    }
+
+    /// Removes every file of a task (purge): how many there were. Missing
+    /// files are fine.
     pub fn remove_all(ws: &Workspace, task: &str) -> usize {
         if !Self::is_safe_id(task) {
             return 0;

@@ -17,8 +17,9 @@
 //! (see `WalFile::write`). Every other write (one not
 //! appending, such as SQLite rewriting a frame in place or its checksums)
 //! first writes what was gathered and then goes through at once, and so
-//! does every other call on the file (a read, a size, a sync, a close).
-//! A crash loses only what was never published.
+//! does every other call on the file (a read, a size, a sync) but a
+//! close, which drops it: no commit's, see `wal_close`. A crash loses only
+//! what was never published.
 //!
 //! It assumes `synchronous = NORMAL`, which the writer's connection always
 //! sets (`store::configure`): with `FULL` on a file that is not
@@ -206,7 +207,13 @@ impl WalFile {
         }
         self.gathered.extend_from_slice(data);
         if ends_commit {
-            return self.write_gathered();
+            let rc = self.write_gathered();
+            if rc != ffi::SQLITE_OK {
+                // The commit fails and SQLite rolls it back: what it did
+                // not write is no one's (see `wal_close`).
+                self.gathered.clear();
+            }
+            return rc;
         }
         ffi::SQLITE_OK
     }
@@ -263,21 +270,20 @@ forwarded!(wal_check_reserved_lock, xCheckReservedLock, (out: *mut c_int));
 forwarded!(wal_sector_size, xSectorSize, ());
 forwarded!(wal_device_characteristics, xDeviceCharacteristics, ());
 
+/// Closes without writing what is still gathered: every commit's bytes
+/// were written before it returned, so what is left belongs to a write
+/// transaction that rolled back (or failed), past the WAL's last frame. It
+/// is no one's to write, and written late (a member closing its store
+/// after another became primary) it could land on that one's frames.
 unsafe extern "C" fn wal_close(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: `file` is one of ours: written out, its fields dropped, and
-    // the unix file closed; SQLite does not use it after.
+    // SAFETY: `file` is one of ours: its fields dropped and the unix file
+    // closed; SQLite does not use it after.
     unsafe {
         let w = wal(file);
-        let written = w.write_gathered();
         let close = w.methods().xClose.expect("a file closes");
         let real = w.real;
         std::ptr::drop_in_place(file.cast::<WalFile>());
-        let closed = close(real);
-        if written != ffi::SQLITE_OK {
-            written
-        } else {
-            closed
-        }
+        close(real)
     }
 }
 

@@ -9,8 +9,8 @@
 
 use super::{Ctx, Res, existing, lineage, next_turn};
 use crate::protocol::{
-    AwaitOp, AwaitPolicy, AwaitRecord, AwaitSpec, AwaitState, ErrorCode, ReplyBody, TaskChanges,
-    TaskRecord, TaskStatus, now_ms,
+    AwaitOp, AwaitPolicy, AwaitRecord, AwaitSpec, AwaitState, ErrorCode, GoalStatus, ReplyBody,
+    TaskChanges, TaskRecord, TaskStatus, now_ms,
 };
 use crate::store::rows;
 use crate::store::txn::{Applied, refused};
@@ -42,12 +42,16 @@ pub(in crate::store) fn apply(c: &mut Ctx<'_>, op: AwaitOp<'_>) -> Res {
             let rec = settle(c, rec, AwaitState::Cancelled)?;
             // A one-turn parent that stayed idle only for this await has
             // nothing left to wait for: its session ends (it completes),
-            // rather than idling until its idle timeout.
+            // rather than idling until its idle timeout. A kept session
+            // stays idle, and has now ended for its own parent's await.
             if let Some(parent) = rows::get(c.tx, parent_id)?
                 && parent.status == TaskStatus::Idle
-                && !parent.spec.keep_session
             {
-                next_turn::close(c, &parent)?;
+                if !parent.spec.keep_session {
+                    next_turn::close(c, &parent)?;
+                } else if let Some(grandparent) = &parent.spec.parent_id {
+                    child_ended(c, grandparent, parent_id)?;
+                }
             }
             Ok(Ok(ReplyBody::Await(Box::new(rec))))
         }
@@ -142,8 +146,13 @@ fn resolve_children(
              AND status NOT IN ('completed', 'failed', 'cancelled') ORDER BY created_at, id",
         )?;
         let rows = stmt.query_map([&parent.id], |r| r.get::<_, String>(0))?;
-        for id in rows {
-            out.push(id?);
+        let ids = rows.collect::<Result<Vec<_>, _>>()?;
+        // Not those that have ended for an await already (an idle kept
+        // session): they would satisfy it in this very commit.
+        for id in ids {
+            if !ended(c.tx, &rows::get(c.tx, &id)?)? {
+                out.push(id);
+            }
         }
         if out.is_empty() {
             return Err(refused(
@@ -244,14 +253,17 @@ pub struct Child {
 /// Ended for an await: finished whatever its status, deleted, or idle in a
 /// kept session (its turn ended well and it waits for a follow-up), as
 /// every other wait counts it (see docs/design.md, Waiting) — unless it is
-/// idle only until an await of its own fires. Counting only finished
+/// idle only until an await of its own fires, or pursues a running goal. Counting only finished
 /// children, an await on a `keep_session` child sat out its deadline (an
 /// hour by default) while `wait` returned at once.
 fn ended(tx: &rusqlite::Connection, t: &Option<TaskRecord>) -> rusqlite::Result<bool> {
     Ok(match t {
         None => true,
         Some(t) if t.status.is_terminal() => true,
-        Some(t) if t.status == TaskStatus::Idle => pending(tx, &t.id)?.is_none(),
+        Some(t) if t.status == TaskStatus::Idle => {
+            pending(tx, &t.id)?.is_none()
+                && (super::goals::get(tx, &t.id)?).is_none_or(|g| g.status != GoalStatus::Running)
+        }
         Some(_) => false,
     })
 }
