@@ -293,11 +293,9 @@ impl RunFiles {
         if !Self::is_safe_id(task) {
             return 0;
         }
-        let mut removed = 0;
+        let mut removed = Self::remove_logs(ws, task);
         let mut remove = |p: &Path| removed += usize::from(std::fs::remove_file(p).is_ok());
-        remove(&Self::log(ws, task));
         remove(&Self::spec(ws, task));
-        remove(&Self::old_shim_log(ws, task));
         if let Ok(entries) = std::fs::read_dir(Self::dir(ws)) {
             let prefix = format!("{task}.");
             for e in entries.flatten() {

@@ -117,15 +117,6 @@ fn hex_addr(addr: SocketAddr, six: bool) -> Option<String> {
     Some(text)
 }
 
-/// The uid of the `ESTABLISHED` row of `table` with exactly these local
-/// and remote addresses (in the tables' hex form).
-#[cfg(test)]
-fn connection_uid(table: &str, local: &str, remote: &str) -> Option<u32> {
-    established(table)
-        .find(|(l, r, _)| l.eq_ignore_ascii_case(local) && r.eq_ignore_ascii_case(remote))
-        .map(|(_, _, uid)| uid)
-}
-
 /// The uids of the `LISTEN` rows (state `0A`) of one table whose local
 /// port is `port` on an address a connection to 127.0.0.1 reaches. A row:
 /// `sl local_address rem_address st tx:rx tr:when retrnsmt uid ...`, the
@@ -200,6 +191,14 @@ mod tests {
         for ip in ["0200007F", "00000000000000000000000001000000", "0A00000A"] {
             assert!(listening_uids(&row(ip), 47311).is_empty(), "{ip}");
         }
+    }
+
+    /// The uid of the `ESTABLISHED` row of `table` with exactly these
+    /// local and remote addresses (in the tables' hex form).
+    fn connection_uid(table: &str, local: &str, remote: &str) -> Option<u32> {
+        established(table)
+            .find(|(l, r, _)| l.eq_ignore_ascii_case(local) && r.eq_ignore_ascii_case(remote))
+            .map(|(_, _, uid)| uid)
     }
 
     #[test]

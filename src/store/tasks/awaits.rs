@@ -253,9 +253,9 @@ pub struct Child {
 /// Ended for an await: finished whatever its status, deleted, or idle in a
 /// kept session (its turn ended well and it waits for a follow-up), as
 /// every other wait counts it (see docs/design.md, Waiting) — unless it is
-/// idle only until an await of its own fires, or pursues a running goal. Counting only finished
-/// children, an await on a `keep_session` child sat out its deadline (an
-/// hour by default) while `wait` returned at once.
+/// idle only until an await of its own fires, or pursues a running goal.
+/// Counting only finished children, an await on a `keep_session` child
+/// sat out its deadline (an hour by default) while `wait` returned at once.
 fn ended(tx: &rusqlite::Connection, t: &Option<TaskRecord>) -> rusqlite::Result<bool> {
     Ok(match t {
         None => true,
