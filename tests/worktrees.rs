@@ -1166,7 +1166,7 @@ fn diff_writes_nothing_into_the_repository() {
 /// A task merged with `--squash` holds nothing unmerged: its commits are
 /// not in main, its changes are. `delete` used to refuse it as "never
 /// merged" and advise a second merge; work that is not in main still
-/// counts.
+/// counts, and telling writes nothing into the repository.
 #[test]
 fn a_squash_merged_task_deletes_without_force() {
     let g = repo("");
@@ -1194,7 +1194,11 @@ fn a_squash_merged_task_deletes_without_force() {
     std::fs::write(tree.join("d.txt"), "d\n").unwrap();
     git(&tree, &["add", "d.txt"]);
     git(&tree, &["commit", "-q", "-m", "d"]);
+    // The check merges the branch into HEAD to see what would change: the
+    // trees that takes stay out of the repository.
+    let before = object_files(&g);
     fails_saying(&g, &["delete", &id], "never merged");
+    assert_eq!(object_files(&g), before, "the squash check wrote objects");
 }
 
 /// A branch named `grove` leaves no room for the task branches

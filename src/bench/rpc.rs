@@ -167,6 +167,7 @@ async fn throughputs(
     let sqlite_rate = 1000.0 / (commits.iter().sum::<f64>() / commits.len() as f64);
     let mut rows = Vec::new();
     let ceiling = store_ceiling(writes.max(MIN_CEILING_WRITES))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = writes.max(MIN_CEILING_WRITES);
     let alone = tokio::task::spawn_blocking(move || store_thread_alone(n))
         .await
@@ -206,7 +207,7 @@ async fn throughputs(
             baseline: Some(format!(
                 "store ceiling: a write's rows alone, {CEILING_BATCH}/commit"
             )),
-            baseline_p50: Some(ceiling),
+            baseline_p50: Some(ceiling.rate),
             goal: None,
         });
         rows.push(Row {
@@ -233,7 +234,26 @@ async fn throughputs(
             baseline: Some(format!(
                 "raw DEALER/ROUTER echo, {writers} clients on own threads"
             )),
-            baseline_p50: Some(transport),
+            baseline_p50: Some(transport.rate),
+            goal: None,
+        });
+        // What no work of grove's own costs: a bare echo round trip of the
+        // same crate with this many clients, plus SQLite writing the rows
+        // of a write at its best batching, on the same cores. A write can
+        // cost no less than both, so no pipeline gets 16 writers past this
+        // (see docs/performance.md).
+        let bare = cores as f64 * 1e9 / (transport.cpu_ns + ceiling.cpu_ns).max(1.0);
+        rows.push(Row {
+            scenario: "rpc".into(),
+            metric: format!(
+                "{metric}: the most a bare echo plus the write's rows allow on {cores} cores"
+            ),
+            unit: "writes/s".into(),
+            p50: bare,
+            p99: bare,
+            samples: writes,
+            baseline: Some("raw SQLite, one row per commit".into()),
+            baseline_p50: Some(sqlite_rate),
             goal: None,
         });
         rows.push(Row {
@@ -275,7 +295,6 @@ async fn throughputs(
         // cores: at this run's CPU per write, the rate all the machine's
         // cores kept busy all the time would reach. A goal above it needs
         // less CPU per write, not a better pipeline.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cpu_bound = cores as f64 * 1e9 * done as f64 / (primary_ns + writers_ns).max(1) as f64;
         rows.push(Row {
             scenario: "rpc".into(),
@@ -332,11 +351,23 @@ const MIN_CEILING_WRITES: usize = 20_000;
 /// one write each in flight can put in one), in a tight loop in this
 /// process with the checkpointer beside it: no sockets, channels,
 /// decoding, ledger look-up or admission (see `store::ceiling`).
-fn store_ceiling(writes: usize) -> Result<f64, String> {
+fn store_ceiling(writes: usize) -> Result<Measured, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    crate::store::ceiling::rows_rate(&dir.path().join("grove.db"), writes, CEILING_BATCH)
-        .map(|measured| measured.rate)
-        .map_err(|e| e.to_string())
+    let before = ThreadCpu::own_process();
+    let measured =
+        crate::store::ceiling::rows_rate(&dir.path().join("grove.db"), writes, CEILING_BATCH)
+            .map_err(|e| e.to_string())?;
+    Ok(Measured {
+        rate: measured.rate,
+        cpu_ns: ThreadCpu::own_process().saturating_sub(before) as f64 / writes.max(1) as f64,
+    })
+}
+
+/// A baseline's rate and the CPU it spent on this machine's cores per
+/// operation (all of this process's threads: the baselines run here alone).
+struct Measured {
+    rate: f64,
+    cpu_ns: f64,
 }
 
 /// What grove's own store thread does alone: [`store_thread_alone`].
@@ -580,9 +611,10 @@ async fn raw_echo(n: usize) -> Result<Vec<f64>, String> {
 /// trips/s of the bare echo with that many clients, each on its own thread
 /// and runtime as the bench's writers are, sharing `total` round trips.
 /// Every grove write costs at least one such round trip, on the same cores.
-async fn raw_echo_rate(writers: usize, total: usize) -> Result<f64, String> {
+async fn raw_echo_rate(writers: usize, total: usize) -> Result<Measured, String> {
     let per = (total / writers).max(1);
     let server = EchoServer::start(per * writers)?;
+    let cpu_before = ThreadCpu::own_process();
     let started = Instant::now();
     let clients: Vec<_> = (0..writers)
         .map(|_| {
@@ -600,8 +632,12 @@ async fn raw_echo_rate(writers: usize, total: usize) -> Result<f64, String> {
         c.join().map_err(|_| "echo client panicked")???;
     }
     let rate = (per * writers) as f64 / started.elapsed().as_secs_f64();
+    let cpu_ns = ThreadCpu::own_process().saturating_sub(cpu_before) as f64;
     server.stop().await;
-    Ok(rate)
+    Ok(Measured {
+        rate,
+        cpu_ns: cpu_ns / (per * writers) as f64,
+    })
 }
 
 /// Durations (ms) of single-row autocommit inserts with grove's pragmas.

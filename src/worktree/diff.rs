@@ -9,6 +9,7 @@
 //! cap) or passes on (`write`). See docs/design.md, Worktrees.
 
 use super::bounded::Git;
+use super::scratch_objects::ScratchObjects;
 use super::{State, WorktreeError, branch_head, command, not_on_branch, path_of, state};
 use crate::protocol::Worktree;
 use serde::Serialize;
@@ -131,23 +132,19 @@ struct Source {
 }
 
 /// A private copy of a worktree's index with every change in it, and the
-/// objects that took: in a directory of their own, the repository's as an
-/// alternate. `git add -A` wrote a blob of every new or changed file into
-/// the repository on each look (a 300 MB artefact grew `.git/objects` by
-/// 300 MB per `grove diff`, until git's garbage collection, weeks later);
-/// a diff only reads.
+/// objects that took, in scratch objects: `git add -A` wrote a blob of
+/// every new or changed file into the repository on each look (a 300 MB
+/// artefact grew `.git/objects` by 300 MB per `grove diff`); a diff only
+/// reads.
 struct Snapshot {
-    dir: tempfile::TempDir,
+    objects: ScratchObjects,
     index: PathBuf,
-    /// The repository's objects, which the private ones extend.
-    objects: String,
 }
 
 impl Snapshot {
     fn apply(&self, cmd: &mut Command) {
-        cmd.env("GIT_INDEX_FILE", &self.index)
-            .env("GIT_OBJECT_DIRECTORY", self.dir.path().join("objects"))
-            .env("GIT_ALTERNATE_OBJECT_DIRECTORIES", &self.objects);
+        cmd.env("GIT_INDEX_FILE", &self.index);
+        self.objects.apply(cmd);
     }
 }
 
@@ -309,14 +306,10 @@ fn snapshot_index(wt: &Path, pathspec: &[String]) -> super::Result<Snapshot> {
             wt.display()
         )));
     };
-    let dir =
-        tempfile::tempdir().map_err(|e| failed(format!("cannot create a temporary index: {e}")))?;
-    std::fs::create_dir(dir.path().join("objects"))
-        .map_err(|e| failed(format!("cannot create a temporary object directory: {e}")))?;
+    let objects = ScratchObjects::over(objects).map_err(failed)?;
     let snapshot = Snapshot {
-        index: dir.path().join("index"),
-        objects: objects.trim().to_string(),
-        dir,
+        index: objects.dir().join("index"),
+        objects,
     };
     // No index yet (nothing staged ever): git builds one from scratch.
     let _ = std::fs::copy(index.trim(), &snapshot.index);

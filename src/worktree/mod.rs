@@ -15,6 +15,7 @@
 pub(crate) mod bounded;
 pub mod diff;
 pub mod merge;
+mod scratch_objects;
 mod undo;
 
 use crate::protocol::Worktree;
@@ -571,7 +572,12 @@ pub fn unmerged(
 /// merged", and the advice given, `grove merge`, merged it a second time.
 /// A conflict, or any failure to tell, counts as not merged.
 fn content_merged(root: &Path, branch: &str) -> bool {
-    let merged = git(
+    // The merged trees go to scratch objects: a check must not leave
+    // objects in the user's repository (see `scratch_objects`).
+    let Ok(scratch) = scratch_objects::ScratchObjects::for_repo(root) else {
+        return false;
+    };
+    let mut cmd = command(
         root,
         [
             "merge-tree",
@@ -581,10 +587,15 @@ fn content_merged(root: &Path, branch: &str) -> bool {
             branch,
         ],
     );
+    scratch.apply(&mut cmd);
+    let merged = match run_to_files(cmd) {
+        Ok((status, out, _)) if status.success() => String::from_utf8_lossy(&out).into_owned(),
+        _ => return false,
+    };
     let head = git(root, ["rev-parse", "--verify", "HEAD^{tree}"]);
-    match (merged, head) {
-        (Ok(merged), Ok(head)) => merged.lines().next().map(str::trim) == Some(head.trim()),
-        _ => false,
+    match head {
+        Ok(head) => merged.lines().next().map(str::trim) == Some(head.trim()),
+        Err(_) => false,
     }
 }
 

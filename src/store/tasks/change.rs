@@ -70,22 +70,25 @@ pub(super) fn set_status(c: &mut Ctx<'_>, task: TaskRecord, change: Change) -> R
         super::slot_loans::run_left(c, &task)?;
     }
     let saved = save(c, with_status(task, change))?;
+    if change.to == TaskStatus::Cancelled {
+        super::awaits::parent_gone(c, &id)?;
+    }
+    // A goal decides in the commit of its task's end: over, or the next
+    // run. Before the parent's await looks: a run its goal follows with
+    // another has not ended the child (the await fired at a CLI goal's
+    // first iteration).
+    if change.to.is_terminal()
+        && let Ok(ReplyBody::Task(task)) = &saved
+        && let Some(rerun) = super::goals::task_ended(c, task)?
+    {
+        return ok(rerun);
+    }
     // A durable await sees every child's end in the child's own commit,
     // an idle kept session's included (see `awaits::ended`).
     if (change.to.is_terminal() || change.to == TaskStatus::Idle)
         && let Some(parent) = parent
     {
         super::awaits::child_ended(c, &parent, &id)?;
-    }
-    if change.to == TaskStatus::Cancelled {
-        super::awaits::parent_gone(c, &id)?;
-    }
-    // A goal decides in the commit of its task's end: over, or the next run.
-    if change.to.is_terminal()
-        && let Ok(ReplyBody::Task(task)) = &saved
-        && let Some(rerun) = super::goals::task_ended(c, task)?
-    {
-        return ok(rerun);
     }
     Ok(saved)
 }

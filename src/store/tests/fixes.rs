@@ -466,3 +466,84 @@ fn a_spec_too_big_for_a_frame_is_refused_by_its_size_bound() {
         "{refused:?}"
     );
 }
+
+/// An await on a child that pursues a goal in runs (a CLI engine's goal)
+/// waits for the goal, not for its first run: the child's first run ending
+/// fired the parent's await, before the goal rerun it, so the parent went
+/// on with an iteration's partial result as the child's.
+#[test]
+fn an_await_on_a_cli_goal_child_waits_for_the_goal_to_end() {
+    use crate::protocol::{
+        AwaitPolicy, AwaitSpec, Conclusion, ConclusionSource, ConclusionStatus, GoalSpec,
+        GoalStatus,
+    };
+    let mut s = Store::new();
+    let parent = s.create(&[]).id;
+    s.start(&parent, "p1");
+    let goal = s.ok(Method::GoalCreate(GoalSpec {
+        task: NewTask {
+            prompt: "reach it".into(),
+            engine: Some("agent".into()),
+            parent_id: Some(parent.clone()),
+            ..Default::default()
+        },
+        max_iterations: 5,
+        max_duration_ms: 3_600_000,
+        stall_after: 3,
+    }));
+    let child = match goal {
+        crate::protocol::ReplyBody::Goal(g) => g.id,
+        other => panic!("expected a goal, got {other:?}"),
+    };
+    s.ok(Method::TaskAwait(AwaitSpec {
+        parent_id: parent.clone(),
+        children: vec![child.clone()],
+        policy: AwaitPolicy::All,
+        quorum: None,
+        timeout_ms: None,
+    }));
+    s.ok(super::exit_method(&parent, "p1", Exit::Code0));
+    let state = |s: &Store| -> String {
+        s.conn
+            .query_row(
+                "SELECT state FROM awaits WHERE parent_id = ?1",
+                [&parent],
+                |r| r.get(0),
+            )
+            .expect("the await")
+    };
+    let iteration = |s: &mut Store, run: &str, status: ConclusionStatus, progress: f64| {
+        s.start(&child, run);
+        let Method::TaskFinished(mut exit) = super::exit_method(&child, run, Exit::Code0) else {
+            unreachable!()
+        };
+        exit.conclusion = Some(Conclusion {
+            status,
+            summary: format!("{run} done"),
+            artifacts: vec![],
+            follow_up: vec![],
+            confidence: None,
+            source: ConclusionSource::Reported,
+            error: None,
+            progress: Some(progress),
+            next_step: None,
+            blocked_reason: None,
+        });
+        s.ok(Method::TaskFinished(exit));
+    };
+    iteration(&mut s, "c1", ConclusionStatus::Partial, 40.0);
+    assert_eq!(s.status(&child), Some(TaskStatus::Queued), "rerun");
+    assert_eq!(state(&s), "pending", "fired at the goal's first iteration");
+    iteration(&mut s, "c2", ConclusionStatus::Success, 100.0);
+    let goal = crate::store::tasks::goals::get(&s.conn, &child)
+        .unwrap()
+        .unwrap();
+    assert_eq!(goal.status, GoalStatus::Completed);
+    assert_eq!(state(&s), "satisfied");
+    let resumed = s.task(&parent).unwrap();
+    assert!(
+        resumed.spec.prompt.contains("c2 done") && !resumed.spec.prompt.contains("c1 done"),
+        "{}",
+        resumed.spec.prompt
+    );
+}

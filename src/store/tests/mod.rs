@@ -54,6 +54,7 @@ impl Store {
         match method.route() {
             Route::Task(op) => self.in_tx(|c| tasks::apply(c, op)),
             Route::Await(op) => self.in_tx(|c| tasks::apply_await(c, op)),
+            Route::Goal(spec) => self.in_tx(|c| tasks::apply_goal(c, spec)),
             _ => panic!("not a task operation: {method:?}"),
         }
     }
