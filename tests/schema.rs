@@ -1013,6 +1013,7 @@ fn lists_and_limits_match() {
         ControlKind::Say,
         ControlKind::Mode,
         ControlKind::Close,
+        ControlKind::Interrupt,
     ]
     .iter()
     .map(|k| {
@@ -1021,7 +1022,8 @@ fn lists_and_limits_match() {
             | ControlKind::Deny
             | ControlKind::Say
             | ControlKind::Mode
-            | ControlKind::Close => {}
+            | ControlKind::Close
+            | ControlKind::Interrupt => {}
         }
         wire_name(k)
     })

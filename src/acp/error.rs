@@ -15,6 +15,8 @@ pub enum AcpError {
         "not a JSON-RPC 2.0 message: a request has an id and a method, a notification a method, a response an id and a result or error"
     )]
     NotJsonRpc,
+    #[error("a request's id must be a string, an integer or null")]
+    BadRequestId,
     #[error("method not found: {0}")]
     MethodNotFound(String),
     #[error("invalid params for {method}: {source}")]
@@ -44,10 +46,20 @@ pub enum AcpError {
     PromptRunning,
     #[error("cannot read the store: {0}")]
     Store(#[from] crate::store::StoreError),
-    #[error("grove is unavailable: {0}")]
+    #[error("{}", grove_said(.0))]
     Grove(#[from] crate::client::ClientError),
     #[error("unexpected reply from the primary: {0}")]
     UnexpectedReply(String),
+}
+
+/// A refusal is not an outage: "grove is unavailable: too_large: ..." told
+/// the user to wait for a grove that was up and had said why.
+fn grove_said(e: &crate::client::ClientError) -> String {
+    if e.is_unavailable() {
+        format!("grove is unavailable: {e}")
+    } else {
+        format!("grove refused it: {e}")
+    }
 }
 
 impl AcpError {
@@ -55,7 +67,7 @@ impl AcpError {
         use AcpError::*;
         match self {
             Parse(_) | LineTooLong => ErrorCode::ParseError,
-            NotJsonRpc => ErrorCode::InvalidRequest,
+            NotJsonRpc | BadRequestId => ErrorCode::InvalidRequest,
             MethodNotFound(_) => ErrorCode::MethodNotFound,
             Params { .. }
             | UnknownSession(_)
@@ -103,5 +115,14 @@ mod tests {
             i32::from(err(AcpError::UnexpectedReply("x".into())).code),
             -32603
         );
+        let refusal = crate::protocol::WireError::new(
+            crate::protocol::ErrorCode::TooLarge,
+            "the prompt is too long",
+        );
+        let said = AcpError::Grove(crate::client::ClientError::Refused(refusal)).to_string();
+        assert_eq!(said, "grove refused it: too_large: the prompt is too long");
+        let down = crate::client::ClientError::Unresponsive("no answer".into());
+        let said = AcpError::Grove(down).to_string();
+        assert!(said.starts_with("grove is unavailable: "), "{said}");
     }
 }

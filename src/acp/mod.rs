@@ -50,6 +50,9 @@ pub struct Session {
     /// The task that holds this session's conversation with an ACP engine's
     /// agent (a kept session), once one was started or found.
     pub agent_task: Option<String>,
+    /// A follower shows the agent's updates in this window now
+    /// (`relay::View`).
+    pub viewed: std::rc::Rc<std::cell::Cell<bool>>,
 }
 
 /// The agent's state, shared with running prompts.
@@ -169,6 +172,15 @@ enum Incoming {
     Response(schema::Response<Value, Value>),
 }
 
+/// Whether the message has an `id` member (a notification has none).
+fn has_id(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_str::<Id>(text).is_ok_and(|m| m.id.is_some())
+}
+
 fn request_key(id: &RequestId) -> String {
     serde_json::to_string(id).unwrap_or_default()
 }
@@ -221,6 +233,11 @@ async fn handle_line(agent: &Shared, text: &str) {
             Ok(call) => dispatch(agent, r.id, call).await,
             Err(e) => out.fail(r.id, &e).await,
         },
+        // A request whose id is neither a string, an integer nor null
+        // reads as a notification: its sender would wait for ever.
+        Incoming::Notification(_) if has_id(text) => {
+            out.fail(RequestId::Null, &AcpError::BadRequestId).await
+        }
         Incoming::Notification(n) => notification(agent, &n.method, n.params),
         Incoming::Response(r) => agent.borrow_mut().answered(r),
     }

@@ -5,10 +5,13 @@
 //! their diffs, plans, modes, commands — read from the durable event
 //! stream, so a failover loses none. The agent's permission requests are
 //! asked of the editor and its answer goes back as a control. The editor's
-//! `session/cancel` pauses the task (the turn is cancelled, the session
-//! kept); its next prompt resumes it. Closing or killing the editor leaves
-//! the agent working; `session/load` replays the whole conversation and
-//! follows a turn still running.
+//! `session/cancel` interrupts its prompt (`task.control interrupt`): a
+//! prompt still queued is withdrawn, a running turn is cancelled, and the
+//! session stays open, idle, holding no slot; a new session's task whose
+//! first turn has not begun is cancelled. Closing or killing the editor
+//! leaves the agent working; `session/load` replays the whole
+//! conversation and follows a turn still running. One follower at a time
+//! shows a session's updates in a window (`View`).
 
 use super::Shared;
 use super::error::AcpError;
@@ -18,6 +21,8 @@ use crate::protocol::{
 use agent_client_protocol_schema::v1 as schema;
 use schema::{SessionId, StopReason};
 use serde_json::Value;
+use std::cell::Cell;
+use std::rc::Rc;
 use tokio::sync::Notify;
 
 /// Whether prompts in `engine` are relayed to an ACP agent.
@@ -40,10 +45,20 @@ pub async fn run_turn(
 ) -> StopReason {
     let out = agent.borrow().out.clone();
     match start_turn(agent, session, text, engine).await {
-        Ok((task_id, from)) => follow(agent, session, &task_id, from, Some(cancel)).await,
+        Ok((task_id, from, created)) => {
+            let prompt = Prompt {
+                text,
+                created,
+                cancel,
+            };
+            follow(agent, session, &task_id, from, Following::Prompt(prompt)).await
+        }
         Err(e) => {
-            out.say(session, format!("Could not reach the agent: {e}"))
-                .await;
+            out.say(
+                session,
+                format!("Could not give the agent this prompt: {e}"),
+            )
+            .await;
             StopReason::EndTurn
         }
     }
@@ -51,18 +66,19 @@ pub async fn run_turn(
 
 /// Gives the session's agent its next turn: a follow-up to its idle (or
 /// busy: queued) session, the resume of a paused one, or a new kept
-/// session when there is none. Returns the task and the first event seq
-/// that can belong to the turn.
+/// session when there is none. Returns the task, the first event seq
+/// that can belong to the turn, and whether the task is new.
 async fn start_turn(
     agent: &Shared,
     session: &SessionId,
     text: &str,
     engine: &str,
-) -> Result<(String, u64), AcpError> {
+) -> Result<(String, u64, bool), AcpError> {
     let ws = agent.borrow().ws.clone().ok_or(AcpError::NoWorkspace)?;
     let reader = crate::store::Reader::open(&ws.db_path())?;
     let from = reader.last_seq()? + 1;
     let current = session_task(agent, &reader, session)?;
+    let created = current.is_none();
     let method = match current {
         Some(t) if t.status == TaskStatus::Paused => Method::TaskResume {
             id: t.id.clone(),
@@ -94,7 +110,7 @@ async fn start_turn(
     if let Some(s) = agent.borrow_mut().sessions.get_mut(&*session.0) {
         s.agent_task = Some(task.id.clone());
     }
-    Ok((task.id, from))
+    Ok((task.id, from, created))
 }
 
 /// The session's live agent task: the one this process knows, else the
@@ -133,32 +149,79 @@ pub fn live_agent_task(
         .max_by_key(|t| t.created_at))
 }
 
-/// Relays task `task_id`'s updates from seq `from` until its turn ends;
-/// `cancel` (the editor's `session/cancel`) pauses the task. A prompt's
-/// turn (with `cancel`) starts at its `prompt` update: the end of a turn
-/// still running when the prompt was queued is not its end.
+/// A window's view of one session's agent updates, held by one follower
+/// at a time: two followers of one turn (a load while a turn runs, then a
+/// prompt queued behind it; a load of a session whose prompt this window
+/// follows) sent the editor every update twice.
+pub struct View(Rc<Cell<bool>>);
+
+impl View {
+    /// The session's view, unless another follower holds it.
+    pub fn take(agent: &Shared, session: &SessionId) -> Option<View> {
+        let held = agent.borrow().sessions.get(&*session.0)?.viewed.clone();
+        // Built only when taken: a `View` dropped unheld would free it.
+        (!held.replace(true)).then(|| View(held))
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+/// What a follower follows.
+pub enum Following<'a> {
+    /// A turn that ran when the window loaded the session.
+    Loaded(View),
+    /// This window's prompt.
+    Prompt(Prompt<'a>),
+}
+
+/// A prompt of this window, as its turn.
+pub struct Prompt<'a> {
+    text: &'a str,
+    /// Its task was created for it (a new agent session).
+    created: bool,
+    /// The editor's `session/cancel`.
+    cancel: &'a Notify,
+}
+
+/// Relays task `task_id`'s updates from seq `from` until its turn ends.
+/// A prompt's turn starts at its `prompt` update: the end of a turn still
+/// running when the prompt was queued is not its end; that turn's updates
+/// are shown only while no other follower shows them.
 pub async fn follow(
     agent: &Shared,
     session: &SessionId,
     task_id: &str,
     from: u64,
-    cancel: Option<&Notify>,
+    following: Following<'_>,
 ) -> StopReason {
     let Some(ws) = agent.borrow().ws.clone() else {
         return StopReason::EndTurn;
     };
     let out = agent.borrow().out.clone();
     let mut sub = crate::subscriber::subscribe(&ws, from);
+    let (mut view, prompt) = match following {
+        Following::Loaded(view) => (Some(view), None),
+        Following::Prompt(p) => (View::take(agent, session), Some(p)),
+    };
     let mut cancelled = false;
-    let mut started = cancel.is_none();
+    let mut started = prompt.is_none();
     loop {
+        let cancel = prompt.as_ref().map(|p| p.cancel);
         let event = tokio::select! {
             e = sub.events.recv() => e,
             _ = async { cancel.unwrap().notified().await }, if cancel.is_some() && !cancelled => {
                 cancelled = true;
-                let id = task_id.to_string();
-                if let Err(e) = super::call(agent, Method::TaskPause { id }).await {
+                let prompt = prompt.as_ref().expect("a prompt's cancel");
+                if let Err(e) = interrupt(agent, task_id, prompt, started).await {
                     out.say(session, format!("Could not cancel the turn: {e}")).await;
+                }
+                // Withdrawn before it began: no update of it will come.
+                if !started {
+                    return StopReason::Cancelled;
                 }
                 continue;
             }
@@ -170,6 +233,12 @@ pub async fn follow(
         match event.data {
             EventData::TaskAgentUpdate { id, kind, acp, .. } if id == task_id => {
                 started |= kind == "prompt";
+                if view.is_none() {
+                    view = View::take(agent, session);
+                }
+                if !started && view.is_none() {
+                    continue; // another follower shows the turn before ours
+                }
                 let stop = relay_update(agent, session, task_id, &kind, &acp).await;
                 if let Some(stop) = stop.filter(|_| started) {
                     return stop;
@@ -192,6 +261,31 @@ pub async fn follow(
             _ => {}
         }
     }
+}
+
+/// The editor cancelled `prompt`: a new session whose first turn has not
+/// begun is cancelled whole (there is no conversation to keep, and its
+/// queued or starting task would otherwise run the prompt); otherwise the
+/// prompt is interrupted, which withdraws it while it waits and cancels
+/// its turn once it runs, keeping the session (see `ControlKind::Interrupt`).
+async fn interrupt(
+    agent: &Shared,
+    task_id: &str,
+    prompt: &Prompt<'_>,
+    started: bool,
+) -> Result<ReplyBody, AcpError> {
+    let id = task_id.to_string();
+    if prompt.created && !started {
+        return super::call(agent, Method::TaskCancel { id }).await;
+    }
+    let control = TaskControl {
+        id,
+        kind: ControlKind::Interrupt,
+        option: None,
+        text: (!started).then(|| prompt.text.to_string()),
+        ask: None,
+    };
+    super::call(agent, Method::TaskControl(control)).await
 }
 
 /// Sends one live update to the editor; `Some` when it ends the turn.

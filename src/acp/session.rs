@@ -106,10 +106,18 @@ fn reattach(
             super::relay::ask_pending(&asker, &session, &task_id, &request).await;
         });
     }
-    if matches!(task.status, TaskStatus::Running | TaskStatus::Waiting) {
+    // Not when this window follows the session already: its own prompt
+    // (a reload of a thread whose turn runs) or an earlier load's follower.
+    let prompting = a.sessions.get(&*id.0).is_some_and(|s| s.cancel.is_some());
+    drop(a);
+    if matches!(task.status, TaskStatus::Running | TaskStatus::Waiting)
+        && !prompting
+        && let Some(view) = super::relay::View::take(agent, id)
+    {
         let (follower, session) = (agent.clone(), id.clone());
-        a.spawn(async move {
-            super::relay::follow(&follower, &session, &task.id, upto + 1, None).await;
+        let following = super::relay::Following::Loaded(view);
+        agent.borrow_mut().spawn(async move {
+            super::relay::follow(&follower, &session, &task.id, upto + 1, following).await;
         });
     }
     Ok(())
@@ -124,6 +132,7 @@ fn open_session(agent: &Shared, id: &str) -> SessionModeState {
         engine,
         cancel: None,
         agent_task: None,
+        viewed: Default::default(),
     });
     let current = session.engine.clone();
     SessionModeState::new(current, offered_modes(&a.config))

@@ -22,6 +22,12 @@ pub enum ControlKind {
     /// End a kept session (`--session`): after the current turn, if one
     /// runs; the task completes.
     Close,
+    /// An editor's cancel of its prompt: with `text`, the queued follow-up
+    /// of that text is withdrawn, or the running turn is cancelled if it is
+    /// that text's; without, the running turn is cancelled. The session
+    /// stays open (idle, or on to its next queued follow-up) and holds no
+    /// slot, unlike a pause. Nothing to interrupt is no error.
+    Interrupt,
 }
 
 /// How an ACP agent's permission requests are answered: an engine's

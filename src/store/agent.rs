@@ -164,7 +164,9 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
                 "say needs a text, mode a mode id",
             ));
         }
-        ControlKind::Say | ControlKind::Mode | ControlKind::Close if !session_open => {
+        ControlKind::Say | ControlKind::Mode | ControlKind::Close | ControlKind::Interrupt
+            if !session_open =>
+        {
             return refuse("its agent session has ended");
         }
         ControlKind::Close if !task.spec.keep_session => {
@@ -216,7 +218,10 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
         // A follow-up to an idle session is its next turn, at once: the
         // user asked for it (it takes no slot from the queue's order).
         ControlKind::Say if status == TaskStatus::Idle => move_to(c, task, TaskStatus::Running),
-        ControlKind::Say | ControlKind::Mode | ControlKind::Close => {
+        // An interrupt changes no status here: the shim answers a pending
+        // request `cancelled` (its `permission` update runs the task
+        // again) and reports the session idle after the cut turn.
+        ControlKind::Say | ControlKind::Mode | ControlKind::Close | ControlKind::Interrupt => {
             Ok(Ok(ReplyBody::Task(Box::new(task))))
         }
         ControlKind::Approve | ControlKind::Deny => move_to(c, task, TaskStatus::Running),

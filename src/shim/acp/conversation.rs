@@ -130,26 +130,33 @@ async fn run_turns(
     };
     let mut text = turn.prompt;
     loop {
-        session.in_turn.store(true, Ordering::SeqCst);
-        let stop = prompt(&cx, &session, &id, &text).await;
-        session.in_turn.store(false, Ordering::SeqCst);
-        let (stop, paused) = match stop {
+        // An editor may have withdrawn this prompt just before it began
+        // (`Session::interrupt_turn`): then there is no turn.
+        let withdrawn = !session.set_turn(Some(&text));
+        let stop = match withdrawn {
+            true => Ok((StopReason::Cancelled, true)),
+            false => prompt(&cx, &session, &id, &text).await,
+        };
+        session.set_turn(None);
+        let (stop, kept) = match stop {
             Ok(stop) => stop,
             Err(e) => return Ok(Err(protocol_error("session/prompt failed", e))),
         };
-        // A turn cut short by a pause is not the task's end (even when it
-        // was resumed before the agent ended it); any other stop reason but
-        // end_turn is (refusal, max_tokens, a cancel).
-        let paused = stop == StopReason::Cancelled && paused;
-        if stop != StopReason::EndTurn && !paused {
+        // A turn cut short by a pause or an interrupt is not the task's
+        // end (even when it was resumed before the agent ended it); any
+        // other stop reason but end_turn is (refusal, max_tokens, a cancel).
+        let kept = stop == StopReason::Cancelled && kept;
+        if stop != StopReason::EndTurn && !kept {
             return Ok(Ok(stop));
         }
         // Said at once (whoever follows the turn sees it end), before the
         // session waits for what comes next.
-        session
-            .outbox
-            .push(super::TURN_END, session.turn_end(&stop));
-        session.turn_end_sent.store(true, Ordering::SeqCst);
+        if !withdrawn {
+            session
+                .outbox
+                .push(super::TURN_END, session.turn_end(&stop));
+            session.turn_end_sent.store(true, Ordering::SeqCst);
+        }
         match session.between_turns().await {
             Next::Turn(next) => text = next,
             Next::End => return Ok(Ok(StopReason::EndTurn)),
@@ -274,8 +281,9 @@ fn select_values(options: &Value) -> Vec<(String, String)> {
     out
 }
 
-/// One turn: the prompt, then its stop reason and whether a pause cut it
-/// short. An interrupt (a pause, a cancel, the timeout) sends
+/// One turn: the prompt, then its stop reason and whether a pause or an
+/// interrupt (not a close) cut it short. An interrupt (a pause, an
+/// editor's cancel, a cancel, the timeout) sends
 /// `session/cancel` and the turn ends as the agent ends it; modes asked
 /// meanwhile are sent as they come.
 async fn prompt(
@@ -298,11 +306,11 @@ async fn prompt(
             _ = session.steer.notified() => set_modes(cx, session, id).await,
             _ = session.interrupt.notified() => {
                 if session.interrupting() {
-                    let by_pause = !session.closing();
+                    let kept = !session.closing();
                     // The shim kills the process tree if the agent does
                     // not end the turn within the grace.
                     let _ = cx.send_notification(CancelNotification::new(id.clone()));
-                    return sent.await.map(|r| (r.stop_reason, by_pause));
+                    return sent.await.map(|r| (r.stop_reason, kept));
                 }
             }
         }

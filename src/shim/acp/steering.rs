@@ -56,7 +56,14 @@ pub struct Session {
     /// The task's row says paused: no turn runs until it is resumed.
     paused: AtomicBool,
     /// A turn is running (between its prompt and its stop reason).
-    pub in_turn: AtomicBool,
+    in_turn: AtomicBool,
+    /// The running turn's prompt, which an interrupt may name.
+    turn_text: Mutex<Option<String>>,
+    /// The running turn is being cut short by an interrupt: the session
+    /// goes on after it (see [`Session::interrupt_turn`]).
+    interrupted: AtomicBool,
+    /// The follow-up just taken off the queue, whose turn has not begun.
+    starting: Mutex<Starting>,
     /// The last turn's end was reported (the session then waited).
     pub turn_end_sent: AtomicBool,
     /// A turn was cut short by a pause: the resume continues it.
@@ -121,6 +128,14 @@ struct Asks {
 
 pub type Respond = Box<dyn FnOnce(RequestPermissionResponse) + Send>;
 
+/// A follow-up between the queue and its turn (see `Session::set_turn`).
+#[derive(Default)]
+struct Starting {
+    text: Option<String>,
+    /// An interrupt named it meanwhile: its turn is not run.
+    withdrawn: bool,
+}
+
 /// What comes after a turn.
 pub enum Next {
     Turn(String),
@@ -154,6 +169,9 @@ impl Session {
             changed: Notify::new(),
             paused: AtomicBool::new(false),
             in_turn: AtomicBool::new(false),
+            turn_text: Mutex::new(None),
+            interrupted: AtomicBool::new(false),
+            starting: Mutex::default(),
             turn_end_sent: AtomicBool::new(false),
             resume_pending: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -342,6 +360,10 @@ impl Session {
                     self.close("grove close");
                     continue;
                 }
+                ControlKind::Interrupt => {
+                    self.interrupt_turn(ctl.text.as_deref());
+                    continue;
+                }
             };
             self.answer(Some(ctl.kind), ctl.option.as_deref(), ctl.ask, by);
         }
@@ -375,6 +397,69 @@ impl Session {
         self.interrupt.notify_one();
     }
 
+    /// A turn with prompt `text` starts (`None`: it ended). False when an
+    /// interrupt withdrew that prompt as it was taken off the queue (no
+    /// turn is run then).
+    pub fn set_turn(&self, text: Option<&str>) -> bool {
+        let mut starting = self.lock_starting();
+        let withdrawn = text.is_some() && starting.withdrawn;
+        *starting = Starting::default();
+        let mut current = self.turn_text.lock().unwrap_or_else(|p| p.into_inner());
+        *current = text.filter(|_| !withdrawn).map(str::to_string);
+        // An interrupt meant for the turn before is not this one's.
+        self.interrupted.store(false, Ordering::SeqCst);
+        self.in_turn.store(current.is_some(), Ordering::SeqCst);
+        if withdrawn {
+            self.note("follow-up withdrawn (interrupt) as it began");
+        }
+        !withdrawn
+    }
+
+    fn lock_starting(&self) -> std::sync::MutexGuard<'_, Starting> {
+        self.starting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An editor cancelled its prompt (`task.control interrupt`): the
+    /// queued follow-up `text` is withdrawn if it waits (or was just taken
+    /// off the queue); else the running turn is cut short
+    /// (`session/cancel`) when it is `text`'s, or any with no text. Unlike
+    /// a pause, the session then goes on as after any turn: to its next
+    /// follow-up, or idle, holding no slot. A pause kept the slot, so every
+    /// cancel in an editor held one until nothing could start.
+    pub fn interrupt_turn(&self, text: Option<&str>) {
+        // The order of the locks is the queue's, then the turn's: a
+        // follow-up moves from one to the other under both.
+        let mut queued = self.lock_followups();
+        if let Some(t) = text
+            && let Some(i) = queued.iter().position(|q| q == t)
+        {
+            queued.remove(i);
+            drop(queued);
+            self.note(&format!("follow-up withdrawn (interrupt): {t}"));
+            return;
+        }
+        let mut starting = self.lock_starting();
+        if let Some(t) = text
+            && starting.text.as_deref() == Some(t)
+        {
+            starting.withdrawn = true;
+            return;
+        }
+        let current = self.turn_text.lock().unwrap_or_else(|p| p.into_inner());
+        let runs = self.in_turn.load(Ordering::SeqCst);
+        let named = text.is_none_or(|t| current.as_deref() == Some(t));
+        drop((current, starting, queued));
+        if !(runs && named) {
+            self.note("interrupt: that turn neither runs nor waits; nothing to do");
+            return;
+        }
+        self.note("interrupted: the turn is cancelled, the session kept");
+        self.cancel_asks("grove interrupt");
+        self.interrupted.store(true, Ordering::SeqCst);
+        self.interrupt.notify_one();
+        self.changed.notify_one();
+    }
+
     /// The task was paused (true) or resumed (false), as its row says.
     pub fn set_paused(&self, paused: bool) {
         if self.paused.swap(paused, Ordering::SeqCst) == paused {
@@ -396,10 +481,12 @@ impl Session {
         self.changed.notify_one();
     }
 
-    /// Whether the running turn must end now (paused, or closing by a
-    /// cancel): a stale interrupt is ignored.
+    /// Whether the running turn must end now (paused, interrupted, or
+    /// closing by a cancel): a stale interrupt is ignored.
     pub fn interrupting(&self) -> bool {
-        self.paused.load(Ordering::SeqCst) || self.closing.load(Ordering::SeqCst)
+        self.paused.load(Ordering::SeqCst)
+            || self.interrupted.load(Ordering::SeqCst)
+            || self.closing.load(Ordering::SeqCst)
     }
 
     /// Whether the session ends after the current turn.
@@ -441,7 +528,10 @@ impl Session {
                 return Next::End;
             }
             if !self.paused.load(Ordering::SeqCst) {
-                if let Some(text) = self.lock_followups().pop_front() {
+                let mut queued = self.lock_followups();
+                if let Some(text) = queued.pop_front() {
+                    self.lock_starting().text = Some(text.clone());
+                    drop(queued);
                     self.resume_pending.store(false, Ordering::SeqCst);
                     self.set_idle(false);
                     return Next::Turn(text);
@@ -549,7 +639,10 @@ impl Session {
                 PermissionOptionKind::RejectOnce,
                 PermissionOptionKind::RejectAlways,
             ]),
-            Some(ControlKind::Say | ControlKind::Mode | ControlKind::Close) | None => None,
+            Some(
+                ControlKind::Say | ControlKind::Mode | ControlKind::Close | ControlKind::Interrupt,
+            )
+            | None => None,
         };
         let answer = match &chosen {
             Some(id) => json!({"outcome": "selected", "optionId": id, "by": by}),
