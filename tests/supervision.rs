@@ -399,6 +399,30 @@ fn tasks_start_when_the_fork_server_is_killed_or_stopped() {
     wait_no_task_processes(&g, &mark, "every task's end");
 }
 
+/// The fork server exits when idle (or is killed); the primary, its
+/// parent, reaps it at once: an idle primary kept it `<defunct>` until its
+/// next task's start.
+#[test]
+fn an_ended_fork_server_is_reaped_while_the_primary_is_idle() {
+    let mut g = Grove::with_config("heartbeat_ms = 100\n");
+    g.serve();
+    g.wait_primary();
+    let go = g.dir.path().join("go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let id = g.ok(&["spawn", &script]);
+    wait_status(&g, &id, "running");
+    let server = fork_server_of(&g, &id);
+    std::fs::write(&go, "").unwrap();
+    wait_status(&g, &id, "completed");
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    wait_for("the ended fork server reaped", DEADLINE, || {
+        (!std::path::Path::new(&format!("/proc/{server}")).exists()).then_some(())
+    });
+    // The next task gets a new server.
+    let next = g.ok(&["spawn", "echo next"]);
+    assert_eq!(wait_status(&g, &next, "completed")["exit_code"], 0);
+}
+
 /// A run's end that cannot be saved when it comes (someone holds the
 /// store's write lock past the writer's busy timeout; a full disk does the
 /// same) is saved once the store can be written again: the task does not

@@ -142,6 +142,9 @@ pub struct Orchestrator {
     /// locked by someone else): confirmed again from what their run left
     /// on disk, each pass until it is saved, and warned about once.
     unsaved_ends: std::collections::HashSet<String>,
+    /// The end of the shims' fork server, watched to reap it (see
+    /// `runs::zygote::server_pid`).
+    fork_server: Option<(u32, crate::proc::ExitWatch)>,
 }
 
 /// A store write of a run's end, and what to confirm again if it fails
@@ -171,6 +174,7 @@ impl Orchestrator {
             settle_on_takeover: true,
             adopted: false,
             unsaved_ends: std::collections::HashSet::new(),
+            fork_server: None,
         }
     }
 
@@ -182,10 +186,13 @@ impl Orchestrator {
             self.pass().await;
             // With no run, only a committed change (or an await's deadline)
             // can give us work, so an idle primary sleeps until one arrives.
+            self.watch_fork_server();
+            let server = self.fork_server.as_ref().map(|(_, watch)| watch);
             if self.runs.is_empty() && self.unconfirmed.is_empty() && !self.reschedule {
                 tokio::select! {
                     _ = changed.notified() => {}
                     _ = until_ms(self.await_deadline) => {}
+                    _ = exited(server) => crate::runs::zygote::reap_if_exited(),
                 }
             } else {
                 let (mut records, mut exits) = (Vec::new(), Vec::new());
@@ -199,8 +206,20 @@ impl Orchestrator {
                     _ = any_exit(exits.into_iter()) => {}
                     _ = tokio::time::sleep(TICK) => {}
                     _ = until_ms(self.await_deadline) => {}
+                    _ = exited(server) => crate::runs::zygote::reap_if_exited(),
                 }
             }
+        }
+    }
+
+    /// The fork server's end, to await: the server exits when idle and is
+    /// this process's child to reap.
+    fn watch_fork_server(&mut self) {
+        let Some(pid) = crate::runs::zygote::server_pid() else {
+            return; // a start holds it: the watch stays as it is
+        };
+        if self.fork_server.as_ref().map(|(p, _)| *p) != pid {
+            self.fork_server = pid.map(|p| (p, crate::proc::ExitWatch::new(p, FORK_SERVER_LOOK)));
         }
     }
 
@@ -721,6 +740,16 @@ async fn any_exit<'a>(watches: impl Iterator<Item = &'a crate::proc::ExitWatch>)
 async fn until_ms(at: Option<u64>) {
     match at {
         Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How often the fork server's end is looked for where no pidfd tells it.
+const FORK_SERVER_LOOK: Duration = Duration::from_secs(5);
+
+async fn exited(watch: Option<&crate::proc::ExitWatch>) {
+    match watch {
+        Some(w) => w.exited().await,
         None => std::future::pending().await,
     }
 }

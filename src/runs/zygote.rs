@@ -112,6 +112,30 @@ pub fn start_shim(exe: &Path, spec: &impl AsRawFd, stderr: &File) -> Option<Fork
     None
 }
 
+/// The running server's pid, for its parent to notice its end: it exits
+/// when idle (or is killed), and unreaped it stayed `<defunct>` under an
+/// idle primary until its next task's start. `Some(None)` while none
+/// runs; `None` while a start holds it (ask again later).
+pub fn server_pid() -> Option<Option<u32>> {
+    match &*SERVER.try_lock().ok()? {
+        Server::Running(z) => Some(Some(z.pid)),
+        _ => Some(None),
+    }
+}
+
+/// Reaps the server if it has exited; never waits (a start holding the
+/// server looks itself).
+pub fn reap_if_exited() {
+    let Ok(mut server) = SERVER.try_lock() else {
+        return;
+    };
+    if let Server::Running(z) = &*server
+        && z.has_exited()
+    {
+        *server = Server::Unstarted;
+    }
+}
+
 /// Whether a failed request had been sent.
 struct Sent(bool);
 
