@@ -172,6 +172,30 @@ fn a_second_window_sees_each_update_once_and_its_cancel_withdraws_only_its_promp
     assert!(!log.contains("Hello world"), "{log}");
 }
 
+/// A prompt queued behind another queued one (a `grove say` here) waits
+/// for its own turn: it took the first turn to begin as its own, and was
+/// answered at that turn's end while it still waited.
+#[test]
+fn a_queued_prompt_is_answered_at_its_own_turn_s_end() {
+    let g = workspace("");
+    let (mut a, sid) = window(&g, "a");
+    let a_id = send_prompt(&mut a, &sid, "slow 30");
+    a.wait_update("A's turn streams", |n| chunk_text(&n.update).is_some());
+    let task = agent_task(&g, &sid)["id"].as_str().unwrap().to_string();
+    g.ok(&["say", &task, "slow 5"]);
+    let mut b = Agent::start(&g, "b");
+    b.initialize();
+    load(&mut b, &g, &sid);
+    let b_id = send_prompt(&mut b, &sid, "hello");
+    assert_eq!(stop_reason(&a.response(a_id)), "end_turn");
+    assert_eq!(stop_reason(&b.response(b_id)), "end_turn");
+    let shown = chunks(&b, &sid).concat();
+    assert!(
+        shown.ends_with("Hello world"),
+        "B was answered before its own turn ended: {shown:?}"
+    );
+}
+
 /// The same window loading its own session while its turn runs (an editor
 /// reopening the thread) is shown the rest of the turn once.
 #[test]

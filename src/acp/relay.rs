@@ -232,7 +232,19 @@ pub async fn follow(
         };
         match event.data {
             EventData::TaskAgentUpdate { id, kind, acp, .. } if id == task_id => {
-                started |= kind == "prompt";
+                // A loaded turn's follower ends with it: the next turn
+                // (begun or not) is another follower's.
+                if prompt.is_none() && matches!(kind.as_str(), "prompt" | "idle") {
+                    return StopReason::EndTurn;
+                }
+                // Our turn is our prompt's, not another window's queued
+                // before it (a new task's first turn is ours).
+                if let Some(p) = &prompt
+                    && kind == "prompt"
+                    && (p.created || prompt_text(&acp).as_deref() == Some(p.text))
+                {
+                    started = true;
+                }
                 if view.is_none() {
                     view = View::take(agent, session);
                 }
@@ -278,14 +290,25 @@ async fn interrupt(
     if prompt.created && !started {
         return super::call(agent, Method::TaskCancel { id }).await;
     }
+    // Named always: an interrupt of "whatever runs" sent as the turn
+    // ended would cut the next one (a goal's iteration, another window's).
     let control = TaskControl {
         id,
         kind: ControlKind::Interrupt,
-        option: None,
-        text: (!started).then(|| prompt.text.to_string()),
+        option: started.then(|| crate::protocol::INTERRUPT_RUNNING.to_string()),
+        text: Some(prompt.text.to_string()),
         ask: None,
     };
     super::call(agent, Method::TaskControl(control)).await
+}
+
+/// The text of a stored `prompt` update.
+fn prompt_text(acp: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Prompt {
+        text: String,
+    }
+    serde_json::from_str::<Prompt>(acp).ok().map(|p| p.text)
 }
 
 /// Sends one live update to the editor; `Some` when it ends the turn.

@@ -188,11 +188,12 @@ impl Orchestrator {
             // can give us work, so an idle primary sleeps until one arrives.
             self.watch_fork_server();
             let server = self.fork_server.as_ref().map(|(_, watch)| watch);
+            let mut fork_server_ended = false;
             if self.runs.is_empty() && self.unconfirmed.is_empty() && !self.reschedule {
                 tokio::select! {
                     _ = changed.notified() => {}
                     _ = until_ms(self.await_deadline) => {}
-                    _ = exited(server) => crate::runs::zygote::reap_if_exited(),
+                    _ = exited(server) => fork_server_ended = true,
                 }
             } else {
                 let (mut records, mut exits) = (Vec::new(), Vec::new());
@@ -206,8 +207,14 @@ impl Orchestrator {
                     _ = any_exit(exits.into_iter()) => {}
                     _ = tokio::time::sleep(TICK) => {}
                     _ = until_ms(self.await_deadline) => {}
-                    _ = exited(server) => crate::runs::zygote::reap_if_exited(),
+                    _ = exited(server) => fork_server_ended = true,
                 }
+            }
+            if fork_server_ended {
+                crate::runs::zygote::reap_if_exited();
+                // Watched afresh: an ended process's pidfd stays ready, and
+                // its pid may already name the next server.
+                self.fork_server = None;
             }
         }
     }

@@ -22,13 +22,17 @@ pub enum ControlKind {
     /// End a kept session (`--session`): after the current turn, if one
     /// runs; the task completes.
     Close,
-    /// An editor's cancel of its prompt: with `text`, the queued follow-up
-    /// of that text is withdrawn, or the running turn is cancelled if it is
-    /// that text's; without, the running turn is cancelled. The session
-    /// stays open (idle, or on to its next queued follow-up) and holds no
-    /// slot, unlike a pause. Nothing to interrupt is no error.
+    /// An editor's cancel of its prompt `text`: withdrawn while it is a
+    /// queued follow-up; its turn cut short once it runs (`option`
+    /// [`INTERRUPT_RUNNING`]: the editor saw it begin, so only the running
+    /// turn of that text is cut, never a queued one of another window). The
+    /// session stays open (idle, or on to its next queued follow-up) and
+    /// holds no slot, unlike a pause. Nothing to interrupt is no error.
     Interrupt,
 }
+
+/// The `option` of an interrupt whose prompt's turn has begun.
+pub const INTERRUPT_RUNNING: &str = "running";
 
 /// How an ACP agent's permission requests are answered: an engine's
 /// setting, or a task's own (`grove spawn --permissions`, `--yolo`).

@@ -27,7 +27,9 @@ mod route;
 mod task;
 mod wire_form;
 
-pub use agent::{AgentUpdate, AgentUpdates, ControlKind, PermissionPolicy, TaskControl};
+pub use agent::{
+    AgentUpdate, AgentUpdates, ControlKind, INTERRUPT_RUNNING, PermissionPolicy, TaskControl,
+};
 pub use awaits::{AWAIT_POLICIES, AWAIT_STATES, AwaitPolicy, AwaitRecord, AwaitSpec, AwaitState};
 pub use codec::{
     RequestHead, decode, decode_request, decode_stored, encode, encode_event_from,

@@ -169,7 +169,7 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
         {
             return refuse("its agent session has ended");
         }
-        ControlKind::Close if !task.spec.keep_session => {
+        ControlKind::Close | ControlKind::Interrupt if !task.spec.keep_session => {
             return refuse(
                 "it does not keep its session (spawn --session); it ends after its turn",
             );

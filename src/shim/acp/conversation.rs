@@ -130,13 +130,8 @@ async fn run_turns(
     };
     let mut text = turn.prompt;
     loop {
-        // An editor may have withdrawn this prompt just before it began
-        // (`Session::interrupt_turn`): then there is no turn.
-        let withdrawn = !session.set_turn(Some(&text));
-        let stop = match withdrawn {
-            true => Ok((StopReason::Cancelled, true)),
-            false => prompt(&cx, &session, &id, &text).await,
-        };
+        session.set_turn(Some(&text));
+        let stop = prompt(&cx, &session, &id, &text).await;
         session.set_turn(None);
         let (stop, kept) = match stop {
             Ok(stop) => stop,
@@ -151,12 +146,10 @@ async fn run_turns(
         }
         // Said at once (whoever follows the turn sees it end), before the
         // session waits for what comes next.
-        if !withdrawn {
-            session
-                .outbox
-                .push(super::TURN_END, session.turn_end(&stop));
-            session.turn_end_sent.store(true, Ordering::SeqCst);
-        }
+        session
+            .outbox
+            .push(super::TURN_END, session.turn_end(&stop));
+        session.turn_end_sent.store(true, Ordering::SeqCst);
         match session.between_turns().await {
             Next::Turn(next) => text = next,
             Next::End => return Ok(Ok(StopReason::EndTurn)),

@@ -9,7 +9,7 @@ use super::fs::Confined;
 use super::outbox::Outbox;
 use super::transcript::Transcript;
 use crate::config::PermissionPolicy;
-use crate::protocol::ControlKind;
+use crate::protocol::{ControlKind, INTERRUPT_RUNNING};
 use agent_client_protocol::v1::schema::{
     PermissionOption, PermissionOptionKind, RequestPermissionOutcome, RequestPermissionRequest,
     RequestPermissionResponse, SelectedPermissionOutcome,
@@ -62,8 +62,10 @@ pub struct Session {
     /// The running turn is being cut short by an interrupt: the session
     /// goes on after it (see [`Session::interrupt_turn`]).
     interrupted: AtomicBool,
-    /// The follow-up just taken off the queue, whose turn has not begun.
-    starting: Mutex<Starting>,
+    /// The controls seen when the session last reported itself idle: a
+    /// later control (a follow-up withdrawn before it ran) needs a new
+    /// report, or the store keeps the task running.
+    idle_seen: std::sync::atomic::AtomicU64,
     /// The last turn's end was reported (the session then waited).
     pub turn_end_sent: AtomicBool,
     /// A turn was cut short by a pause: the resume continues it.
@@ -128,14 +130,6 @@ struct Asks {
 
 pub type Respond = Box<dyn FnOnce(RequestPermissionResponse) + Send>;
 
-/// A follow-up between the queue and its turn (see `Session::set_turn`).
-#[derive(Default)]
-struct Starting {
-    text: Option<String>,
-    /// An interrupt named it meanwhile: its turn is not run.
-    withdrawn: bool,
-}
-
 /// What comes after a turn.
 pub enum Next {
     Turn(String),
@@ -171,7 +165,7 @@ impl Session {
             in_turn: AtomicBool::new(false),
             turn_text: Mutex::new(None),
             interrupted: AtomicBool::new(false),
-            starting: Mutex::default(),
+            idle_seen: std::sync::atomic::AtomicU64::new(0),
             turn_end_sent: AtomicBool::new(false),
             resume_pending: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -361,7 +355,8 @@ impl Session {
                     continue;
                 }
                 ControlKind::Interrupt => {
-                    self.interrupt_turn(ctl.text.as_deref());
+                    let running = ctl.option.as_deref() == Some(INTERRUPT_RUNNING);
+                    self.interrupt_turn(ctl.text.as_deref(), running);
                     continue;
                 }
             };
@@ -397,60 +392,47 @@ impl Session {
         self.interrupt.notify_one();
     }
 
-    /// A turn with prompt `text` starts (`None`: it ended). False when an
-    /// interrupt withdrew that prompt as it was taken off the queue (no
-    /// turn is run then).
-    pub fn set_turn(&self, text: Option<&str>) -> bool {
-        let mut starting = self.lock_starting();
-        let withdrawn = text.is_some() && starting.withdrawn;
-        *starting = Starting::default();
+    /// A turn with prompt `text` starts (`None`: it ended).
+    pub fn set_turn(&self, text: Option<&str>) {
         let mut current = self.turn_text.lock().unwrap_or_else(|p| p.into_inner());
-        *current = text.filter(|_| !withdrawn).map(str::to_string);
+        *current = text.map(str::to_string);
         // An interrupt meant for the turn before is not this one's.
         self.interrupted.store(false, Ordering::SeqCst);
-        self.in_turn.store(current.is_some(), Ordering::SeqCst);
-        if withdrawn {
-            self.note("follow-up withdrawn (interrupt) as it began");
-        }
-        !withdrawn
+        self.in_turn.store(text.is_some(), Ordering::SeqCst);
     }
 
-    fn lock_starting(&self) -> std::sync::MutexGuard<'_, Starting> {
-        self.starting.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// An editor cancelled its prompt (`task.control interrupt`): the
-    /// queued follow-up `text` is withdrawn if it waits (or was just taken
-    /// off the queue); else the running turn is cut short
-    /// (`session/cancel`) when it is `text`'s, or any with no text. Unlike
-    /// a pause, the session then goes on as after any turn: to its next
-    /// follow-up, or idle, holding no slot. A pause kept the slot, so every
-    /// cancel in an editor held one until nothing could start.
-    pub fn interrupt_turn(&self, text: Option<&str>) {
-        // The order of the locks is the queue's, then the turn's: a
-        // follow-up moves from one to the other under both.
+    /// An editor cancelled its prompt `text` (`task.control interrupt`;
+    /// `running`: the editor saw its turn begin). A prompt still queued is
+    /// withdrawn; the running turn is cut short (`session/cancel`) only when
+    /// it is that prompt's. Unlike a pause, the session then goes on as
+    /// after any turn: to its next follow-up, or idle, holding no slot. A
+    /// pause kept the slot, so every cancel in an editor held one until
+    /// nothing could start. (The shim's runtime is single-threaded: a
+    /// follow-up leaves the queue and begins its turn in one step, so it is
+    /// always one or the other here.)
+    pub fn interrupt_turn(&self, text: Option<&str>, running: bool) {
         let mut queued = self.lock_followups();
-        if let Some(t) = text
+        if !running
+            && let Some(t) = text
             && let Some(i) = queued.iter().position(|q| q == t)
         {
             queued.remove(i);
             drop(queued);
+            // A resume's continuation was asked for with this prompt.
+            if !self.in_turn.load(Ordering::SeqCst) {
+                self.resume_pending.store(false, Ordering::SeqCst);
+            }
             self.note(&format!("follow-up withdrawn (interrupt): {t}"));
+            self.wake.notify_one();
             return;
         }
-        let mut starting = self.lock_starting();
-        if let Some(t) = text
-            && starting.text.as_deref() == Some(t)
-        {
-            starting.withdrawn = true;
-            return;
-        }
+        drop(queued);
         let current = self.turn_text.lock().unwrap_or_else(|p| p.into_inner());
         let runs = self.in_turn.load(Ordering::SeqCst);
         let named = text.is_none_or(|t| current.as_deref() == Some(t));
-        drop((current, starting, queued));
+        drop(current);
         if !(runs && named) {
-            self.note("interrupt: that turn neither runs nor waits; nothing to do");
+            self.note("interrupt: that prompt neither runs nor waits; nothing to do");
             return;
         }
         self.note("interrupted: the turn is cancelled, the session kept");
@@ -528,10 +510,8 @@ impl Session {
                 return Next::End;
             }
             if !self.paused.load(Ordering::SeqCst) {
-                let mut queued = self.lock_followups();
-                if let Some(text) = queued.pop_front() {
-                    self.lock_starting().text = Some(text.clone());
-                    drop(queued);
+                let next = self.lock_followups().pop_front();
+                if let Some(text) = next {
                     self.resume_pending.store(false, Ordering::SeqCst);
                     self.set_idle(false);
                     return Next::Turn(text);
@@ -542,8 +522,11 @@ impl Session {
                 if !self.keep && !awaiting {
                     return Next::End;
                 }
-                if self.idle_since().is_none() {
-                    let seen = *self.controls.last.lock().unwrap_or_else(|p| p.into_inner());
+                let seen = *self.controls.last.lock().unwrap_or_else(|p| p.into_inner());
+                // Again when a control came since the last report (a
+                // follow-up that moved the task to running was withdrawn).
+                if self.idle_since().is_none() || seen > self.idle_seen.load(Ordering::SeqCst) {
+                    self.idle_seen.store(seen, Ordering::SeqCst);
                     self.note(if awaiting {
                         "idle: awaiting the results of delegated tasks"
                     } else {

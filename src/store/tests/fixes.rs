@@ -359,7 +359,6 @@ fn a_childs_end_is_never_refused_for_its_parents_prompt_length() {
 /// A parent (`prompt`, `engine`) that ran, awaited its one child and
 /// ended its run: the child's end fires the await. (parent, child)
 fn parent_awaiting_a_child(s: &mut Store, prompt: &str, engine: &str) -> (String, String) {
-    use crate::protocol::{AwaitPolicy, AwaitSpec};
     let create =
         |s: &mut Store, new: NewTask| expect_task(s.apply(&Method::TaskCreate(new)).result).id;
     let parent = create(
@@ -379,15 +378,22 @@ fn parent_awaiting_a_child(s: &mut Store, prompt: &str, engine: &str) -> (String
             ..Default::default()
         },
     );
+    awaits_then_ends_its_run(s, &parent, &child);
+    (parent, child)
+}
+
+/// `parent`, running as run `p1`, awaits its one `child`, then its run
+/// ends: the child's end fires the await.
+fn awaits_then_ends_its_run(s: &mut Store, parent: &str, child: &str) {
+    use crate::protocol::{AwaitPolicy, AwaitSpec};
     s.ok(Method::TaskAwait(AwaitSpec {
-        parent_id: parent.clone(),
-        children: vec![child.clone()],
+        parent_id: parent.into(),
+        children: vec![child.into()],
         policy: AwaitPolicy::All,
         quorum: None,
         timeout_ms: None,
     }));
-    s.ok(super::exit_method(&parent, "p1", Exit::Code0));
-    (parent, child)
+    s.ok(super::exit_method(parent, "p1", Exit::Code0));
 }
 
 /// A cancelled task's agent may still be ending when it spawns, retries or
@@ -473,10 +479,7 @@ fn a_spec_too_big_for_a_frame_is_refused_by_its_size_bound() {
 /// on with an iteration's partial result as the child's.
 #[test]
 fn an_await_on_a_cli_goal_child_waits_for_the_goal_to_end() {
-    use crate::protocol::{
-        AwaitPolicy, AwaitSpec, Conclusion, ConclusionSource, ConclusionStatus, GoalSpec,
-        GoalStatus,
-    };
+    use crate::protocol::{Conclusion, ConclusionSource, ConclusionStatus, GoalSpec, GoalStatus};
     let mut s = Store::new();
     let parent = s.create(&[]).id;
     s.start(&parent, "p1");
@@ -495,14 +498,7 @@ fn an_await_on_a_cli_goal_child_waits_for_the_goal_to_end() {
         crate::protocol::ReplyBody::Goal(g) => g.id,
         other => panic!("expected a goal, got {other:?}"),
     };
-    s.ok(Method::TaskAwait(AwaitSpec {
-        parent_id: parent.clone(),
-        children: vec![child.clone()],
-        policy: AwaitPolicy::All,
-        quorum: None,
-        timeout_ms: None,
-    }));
-    s.ok(super::exit_method(&parent, "p1", Exit::Code0));
+    awaits_then_ends_its_run(&mut s, &parent, &child);
     let state = |s: &Store| -> String {
         s.conn
             .query_row(
