@@ -158,10 +158,12 @@ fn control(c: &mut Ctx<'_>, ctl: &TaskControl) -> Result<WriteResult, Applied> {
         ControlKind::Approve | ControlKind::Deny if status != TaskStatus::Waiting => {
             return refuse("it has no pending permission request to answer");
         }
-        ControlKind::Say | ControlKind::Mode if ctl.text.as_deref().is_none_or(str::is_empty) => {
+        ControlKind::Say | ControlKind::Mode | ControlKind::Interrupt
+            if ctl.text.as_deref().is_none_or(str::is_empty) =>
+        {
             return Err(refused(
                 ErrorCode::InvalidParams,
-                "say needs a text, mode a mode id",
+                "say needs a text, interrupt the prompt's text, mode a mode id",
             ));
         }
         ControlKind::Say | ControlKind::Mode | ControlKind::Close | ControlKind::Interrupt

@@ -50,7 +50,12 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let (status, stdout, stderr) = git_bytes(dir, args)?;
+    output_of(command(dir, args))
+}
+
+/// `cmd` (a [`command`]) run to its end: its stdout, or why it failed.
+fn output_of(cmd: std::process::Command) -> std::result::Result<String, String> {
+    let (status, stdout, stderr) = run_to_files(cmd)?;
     if status.success() {
         Ok(String::from_utf8_lossy(&stdout).into_owned())
     } else {
@@ -588,14 +593,10 @@ fn content_merged(root: &Path, branch: &str) -> bool {
         ],
     );
     scratch.apply(&mut cmd);
-    let merged = match run_to_files(cmd) {
-        Ok((status, out, _)) if status.success() => String::from_utf8_lossy(&out).into_owned(),
-        _ => return false,
-    };
     let head = git(root, ["rev-parse", "--verify", "HEAD^{tree}"]);
-    match head {
-        Ok(head) => merged.lines().next().map(str::trim) == Some(head.trim()),
-        Err(_) => false,
+    match (output_of(cmd), head) {
+        (Ok(merged), Ok(head)) => merged.lines().next().map(str::trim) == Some(head.trim()),
+        _ => false,
     }
 }
 

@@ -62,10 +62,6 @@ pub struct Session {
     /// The running turn is being cut short by an interrupt: the session
     /// goes on after it (see [`Session::interrupt_turn`]).
     interrupted: AtomicBool,
-    /// The controls seen when the session last reported itself idle: a
-    /// later control (a follow-up withdrawn before it ran) needs a new
-    /// report, or the store keeps the task running.
-    idle_seen: std::sync::atomic::AtomicU64,
     /// The last turn's end was reported (the session then waited).
     pub turn_end_sent: AtomicBool,
     /// A turn was cut short by a pause: the resume continues it.
@@ -165,7 +161,6 @@ impl Session {
             in_turn: AtomicBool::new(false),
             turn_text: Mutex::new(None),
             interrupted: AtomicBool::new(false),
-            idle_seen: std::sync::atomic::AtomicU64::new(0),
             turn_end_sent: AtomicBool::new(false),
             resume_pending: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -356,7 +351,7 @@ impl Session {
                 }
                 ControlKind::Interrupt => {
                     let running = ctl.option.as_deref() == Some(INTERRUPT_RUNNING);
-                    self.interrupt_turn(ctl.text.as_deref(), running);
+                    self.interrupt_turn(ctl.text.as_deref().unwrap_or_default(), running);
                     continue;
                 }
             };
@@ -410,26 +405,26 @@ impl Session {
     /// nothing could start. (The shim's runtime is single-threaded: a
     /// follow-up leaves the queue and begins its turn in one step, so it is
     /// always one or the other here.)
-    pub fn interrupt_turn(&self, text: Option<&str>, running: bool) {
+    pub fn interrupt_turn(&self, text: &str, running: bool) {
         let mut queued = self.lock_followups();
-        if !running
-            && let Some(t) = text
-            && let Some(i) = queued.iter().position(|q| q == t)
-        {
+        if !running && let Some(i) = queued.iter().position(|q| q == text) {
             queued.remove(i);
             drop(queued);
-            // A resume's continuation was asked for with this prompt.
             if !self.in_turn.load(Ordering::SeqCst) {
+                // A resume's continuation was asked for with this prompt;
+                // and a follow-up to an idle session had made it running
+                // in the store: it is reported idle again.
                 self.resume_pending.store(false, Ordering::SeqCst);
+                self.set_idle(false);
             }
-            self.note(&format!("follow-up withdrawn (interrupt): {t}"));
+            self.note(&format!("follow-up withdrawn (interrupt): {text}"));
             self.wake.notify_one();
             return;
         }
         drop(queued);
         let current = self.turn_text.lock().unwrap_or_else(|p| p.into_inner());
         let runs = self.in_turn.load(Ordering::SeqCst);
-        let named = text.is_none_or(|t| current.as_deref() == Some(t));
+        let named = current.as_deref() == Some(text);
         drop(current);
         if !(runs && named) {
             self.note("interrupt: that prompt neither runs nor waits; nothing to do");
@@ -522,11 +517,8 @@ impl Session {
                 if !self.keep && !awaiting {
                     return Next::End;
                 }
-                let seen = *self.controls.last.lock().unwrap_or_else(|p| p.into_inner());
-                // Again when a control came since the last report (a
-                // follow-up that moved the task to running was withdrawn).
-                if self.idle_since().is_none() || seen > self.idle_seen.load(Ordering::SeqCst) {
-                    self.idle_seen.store(seen, Ordering::SeqCst);
+                if self.idle_since().is_none() {
+                    let seen = *self.controls.last.lock().unwrap_or_else(|p| p.into_inner());
                     self.note(if awaiting {
                         "idle: awaiting the results of delegated tasks"
                     } else {
